@@ -1,0 +1,299 @@
+//! The header walk: Ethernet → VLAN tags → IPv4/IPv6 (+ extension headers) → TCP.
+//!
+//! Written once for the kernel and the host. Rules that keep it verifier-friendly: offsets only
+//! grow by bounded amounts, loops have constant trip counts, and nothing is read except through
+//! [`Cursor::header`]. What the walk accepts mirrors Wireshark's dissector for the cases rstwatch
+//! counts: a TCP header directly on Ethernet / 802.1Q / 802.1ad / IPv4 / IPv6.
+
+use crate::{
+    cursor::{Cursor, Header},
+    wire::{FlowKey, FAMILY_IPV4, FAMILY_IPV6, IPPROTO_TCP},
+};
+
+pub const ETH_P_IPV4: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88a8;
+/// Pre-standard QinQ outer tag still emitted by some switches.
+pub const ETH_P_QINQ_LEGACY: u16 = 0x9100;
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_AH: u8 = 51;
+const IPPROTO_DSTOPTS: u8 = 60;
+
+/// Stacked VLAN tags we walk through; deeper stacks are reported as malformed.
+pub const MAX_VLAN_TAGS: usize = 3;
+/// IPv6 extension headers we walk through before giving up (reported as malformed). Real
+/// traffic carries at most two or three; the bound keeps the verifier's work fixed.
+pub const MAX_IPV6_EXT_HEADERS: usize = 8;
+
+#[repr(C)]
+pub struct EthHdr {
+    pub dst: [u8; 6],
+    pub src: [u8; 6],
+    pub ether_type: [u8; 2],
+}
+
+#[repr(C)]
+pub struct VlanTag {
+    pub tci: [u8; 2],
+    pub ether_type: [u8; 2],
+}
+
+#[repr(C)]
+pub struct Ipv4Hdr {
+    pub version_ihl: u8,
+    pub tos: u8,
+    pub total_len: [u8; 2],
+    pub id: [u8; 2],
+    pub frag_off: [u8; 2],
+    pub ttl: u8,
+    pub protocol: u8,
+    pub check: [u8; 2],
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+}
+
+#[repr(C)]
+pub struct Ipv6Hdr {
+    pub version_class_flow: [u8; 4],
+    pub payload_len: [u8; 2],
+    pub next_header: u8,
+    pub hop_limit: u8,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+}
+
+/// The first 8 bytes every IPv6 extension header has (the whole of a fragment header).
+#[repr(C)]
+pub struct Ipv6ExtHdr {
+    pub next_header: u8,
+    pub len: u8,
+    pub data: [u8; 6],
+}
+
+#[repr(C)]
+pub struct TcpHdr {
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub seq: [u8; 4],
+    pub ack: [u8; 4],
+    pub data_offset: u8,
+    pub flags: u8,
+    pub window: [u8; 2],
+    pub check: [u8; 2],
+    pub urgent: [u8; 2],
+}
+
+// SAFETY: all of these are repr(C) structs of u8 and [u8; N] only.
+unsafe impl Header for EthHdr {}
+unsafe impl Header for VlanTag {}
+unsafe impl Header for Ipv4Hdr {}
+unsafe impl Header for Ipv6Hdr {}
+unsafe impl Header for Ipv6ExtHdr {}
+unsafe impl Header for TcpHdr {}
+
+const _: () = {
+    assert!(core::mem::size_of::<EthHdr>() == 14);
+    assert!(core::mem::size_of::<VlanTag>() == 4);
+    assert!(core::mem::size_of::<Ipv4Hdr>() == 20);
+    assert!(core::mem::size_of::<Ipv6Hdr>() == 40);
+    assert!(core::mem::size_of::<Ipv6ExtHdr>() == 8);
+    assert!(core::mem::size_of::<TcpHdr>() == 20);
+};
+
+/// Where a TCP segment's headers sit in the frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment {
+    /// [`FAMILY_IPV4`] or [`FAMILY_IPV6`].
+    pub family: u8,
+    /// Offset of the IP header.
+    pub l3: usize,
+    /// Offset of the TCP header.
+    pub l4: usize,
+    /// The TCP flags byte (FIN, SYN, RST, PSH, ACK, URG, ECE, CWR).
+    pub flags: u8,
+}
+
+/// What the header walk found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Walk {
+    /// A TCP header with a valid data offset.
+    Tcp(Segment),
+    /// Not TCP over IP (ARP, UDP, ICMP, an unknown ethertype…): passes uncounted.
+    NotTcp,
+    /// An IPv4 or IPv6 fragment other than the first: it carries no TCP header.
+    Fragment,
+    /// Truncated inside a header, a bad IHL / data offset / IP version, or deeper than the
+    /// walk's bounds (VLAN stack or IPv6 extension chain).
+    Malformed,
+}
+
+#[inline(always)]
+fn is_vlan(ether_type: u16) -> bool {
+    ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD || ether_type == ETH_P_QINQ_LEGACY
+}
+
+/// Walks the headers of one Ethernet frame down to TCP.
+#[inline(always)]
+pub fn walk<C: Cursor + ?Sized>(frame: &C) -> Walk {
+    let Some(eth) = frame.header::<EthHdr>(0) else {
+        return Walk::Malformed;
+    };
+    let mut ether_type = u16::from_be_bytes(eth.ether_type);
+    let mut offset = core::mem::size_of::<EthHdr>();
+    for _ in 0..MAX_VLAN_TAGS {
+        if !is_vlan(ether_type) {
+            break;
+        }
+        let Some(tag) = frame.header::<VlanTag>(offset) else {
+            return Walk::Malformed;
+        };
+        ether_type = u16::from_be_bytes(tag.ether_type);
+        offset += core::mem::size_of::<VlanTag>();
+    }
+    match ether_type {
+        ETH_P_IPV4 => walk_ipv4(frame, offset),
+        ETH_P_IPV6 => walk_ipv6(frame, offset),
+        t if is_vlan(t) => Walk::Malformed,
+        _ => Walk::NotTcp,
+    }
+}
+
+#[inline(always)]
+fn walk_ipv4<C: Cursor + ?Sized>(frame: &C, l3: usize) -> Walk {
+    let Some(ip) = frame.header::<Ipv4Hdr>(l3) else {
+        return Walk::Malformed;
+    };
+    let ihl = (ip.version_ihl & 0x0f) as usize;
+    if ip.version_ihl >> 4 != 4 || ihl < 5 {
+        return Walk::Malformed;
+    }
+    if u16::from_be_bytes(ip.frag_off) & 0x1fff != 0 {
+        return Walk::Fragment;
+    }
+    if ip.protocol != IPPROTO_TCP {
+        return Walk::NotTcp;
+    }
+    walk_tcp(frame, FAMILY_IPV4, l3, l3 + ihl * 4)
+}
+
+#[inline(always)]
+fn walk_ipv6<C: Cursor + ?Sized>(frame: &C, l3: usize) -> Walk {
+    let Some(ip) = frame.header::<Ipv6Hdr>(l3) else {
+        return Walk::Malformed;
+    };
+    if ip.version_class_flow[0] >> 4 != 6 {
+        return Walk::Malformed;
+    }
+    let mut next_header = ip.next_header;
+    let mut offset = l3 + core::mem::size_of::<Ipv6Hdr>();
+    for _ in 0..=MAX_IPV6_EXT_HEADERS {
+        let this_header = next_header;
+        if this_header == IPPROTO_TCP {
+            return walk_tcp(frame, FAMILY_IPV6, l3, offset);
+        }
+        if !matches!(
+            this_header,
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_FRAGMENT | IPPROTO_AH
+        ) {
+            return Walk::NotTcp;
+        }
+        let Some(ext) = frame.header::<Ipv6ExtHdr>(offset) else {
+            return Walk::Malformed;
+        };
+        next_header = ext.next_header;
+        // Lengths are bounded by the u8 length field: at most 2048 bytes per header.
+        offset += match this_header {
+            IPPROTO_FRAGMENT => {
+                // Fragment offset (13 bits, in 8-byte units) sits above the 3 flag bits.
+                if u16::from_be_bytes([ext.data[0], ext.data[1]]) >> 3 != 0 {
+                    return Walk::Fragment;
+                }
+                8
+            }
+            // RFC 4302: AH length is in 4-byte units, minus 2.
+            IPPROTO_AH => (ext.len as usize + 2) * 4,
+            _ => (ext.len as usize + 1) * 8,
+        };
+    }
+    Walk::Malformed
+}
+
+#[inline(always)]
+fn walk_tcp<C: Cursor + ?Sized>(frame: &C, family: u8, l3: usize, l4: usize) -> Walk {
+    let Some(tcp) = frame.header::<TcpHdr>(l4) else {
+        return Walk::Malformed;
+    };
+    if tcp.data_offset >> 4 < 5 {
+        return Walk::Malformed;
+    }
+    Walk::Tcp(Segment {
+        family,
+        l3,
+        l4,
+        flags: tcp.flags,
+    })
+}
+
+/// The directional 5-tuple (plus interface) of a segment the walk found.
+///
+/// Returns `None` only if the cursor no longer yields the headers the walk saw.
+#[inline(always)]
+pub fn flow_key<C: Cursor + ?Sized>(frame: &C, segment: &Segment, ifindex: u32) -> Option<FlowKey> {
+    let tcp = frame.header::<TcpHdr>(segment.l4)?;
+    let mut key = FlowKey {
+        src: [0; 16],
+        dst: [0; 16],
+        ifindex,
+        sport: u16::from_be_bytes(tcp.sport),
+        dport: u16::from_be_bytes(tcp.dport),
+        family: segment.family,
+        protocol: IPPROTO_TCP,
+        _pad: [0; 2],
+    };
+    if segment.family == FAMILY_IPV4 {
+        let ip = frame.header::<Ipv4Hdr>(segment.l3)?;
+        key.src[..4].copy_from_slice(&ip.src);
+        key.dst[..4].copy_from_slice(&ip.dst);
+    } else {
+        let ip = frame.header::<Ipv6Hdr>(segment.l3)?;
+        key.src = ip.src;
+        key.dst = ip.dst;
+    }
+    Some(key)
+}
+
+/// What one frame means to rstwatch's counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Observation {
+    NotTcp,
+    Malformed,
+    Fragment,
+    /// A TCP segment without RST.
+    Segment,
+    /// A TCP segment with RST (alone or with ACK), keyed by its flow.
+    Reset(FlowKey),
+}
+
+/// The classification every consumer shares: the XDP program, replay and the tests.
+#[inline(always)]
+pub fn inspect<C: Cursor + ?Sized>(frame: &C, ifindex: u32) -> Observation {
+    match walk(frame) {
+        Walk::Tcp(segment) if segment.flags & TCP_RST != 0 => match flow_key(frame, &segment, ifindex) {
+            Some(key) => Observation::Reset(key),
+            None => Observation::Malformed,
+        },
+        Walk::Tcp(_) => Observation::Segment,
+        Walk::NotTcp => Observation::NotTcp,
+        Walk::Fragment => Observation::Fragment,
+        Walk::Malformed => Observation::Malformed,
+    }
+}

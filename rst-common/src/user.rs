@@ -1,0 +1,30 @@
+//! Host-only additions: `aya::Pod` for the map types and address formatting.
+
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crate::wire::{Counters, FlowKey, FlowValue, FAMILY_IPV4};
+
+// SAFETY: plain repr(C) integer aggregates with explicit padding; every bit pattern is valid.
+unsafe impl aya::Pod for FlowKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for FlowValue {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Counters {}
+
+impl FlowKey {
+    pub fn src_ip(&self) -> IpAddr {
+        to_ip(self.family, &self.src)
+    }
+
+    pub fn dst_ip(&self) -> IpAddr {
+        to_ip(self.family, &self.dst)
+    }
+}
+
+fn to_ip(family: u8, bytes: &[u8; 16]) -> IpAddr {
+    if family == FAMILY_IPV4 {
+        IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(*bytes))
+    }
+}

@@ -1,0 +1,88 @@
+//! The layouts kernel and userspace exchange through BPF maps.
+//!
+//! Every type is `#[repr(C)]` with explicit padding, so the bytes the kernel hashes as a map key
+//! are exactly the bytes userspace builds, and sizes are asserted at compile time.
+
+pub const FAMILY_IPV4: u8 = 4;
+pub const FAMILY_IPV6: u8 = 6;
+pub const IPPROTO_TCP: u8 = 6;
+
+/// Map names, shared so the loader cannot drift from the object.
+pub const MAP_FLOWS: [&str; 2] = ["FLOWS_0", "FLOWS_1"];
+pub const MAP_EPOCH: &str = "EPOCH";
+pub const MAP_COUNTERS: &str = "COUNTERS";
+pub const PROG_XDP: &str = "rstwatch_xdp";
+/// An empty XDP_PASS program in the same object: the baseline for cost measurements.
+pub const PROG_XDP_BASELINE: &str = "rstwatch_xdp_pass";
+
+/// Default capacity of each of the two per-interval flow tables.
+pub const DEFAULT_MAX_FLOWS: u32 = 65_536;
+
+/// One direction of a TCP connection on one interface: who sent the RST to whom.
+///
+/// IPv4 addresses occupy the first 4 bytes of `src` / `dst`; the rest stays zero.
+/// Ports are in host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub ifindex: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u8,
+    pub protocol: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Per-flow counts for one interval.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowValue {
+    /// Updated with atomic adds: one entry is shared by all CPUs.
+    pub resets: u64,
+}
+
+/// Per-CPU totals. Every frame the program sees lands in exactly one of `not_tcp`, `malformed`,
+/// `fragments` or `tcp`; every RST also in `resets`, and in `overflow` when it found no flow entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub frames: u64,
+    pub tcp: u64,
+    pub resets: u64,
+    pub malformed: u64,
+    pub fragments: u64,
+    pub overflow: u64,
+}
+
+impl Counters {
+    /// Adds `other` field by field (wrapping: kernel counters never reset but may wrap).
+    pub fn accumulate(&mut self, other: &Counters) {
+        let Counters { frames, tcp, resets, malformed, fragments, overflow } = other;
+        self.frames = self.frames.wrapping_add(*frames);
+        self.tcp = self.tcp.wrapping_add(*tcp);
+        self.resets = self.resets.wrapping_add(*resets);
+        self.malformed = self.malformed.wrapping_add(*malformed);
+        self.fragments = self.fragments.wrapping_add(*fragments);
+        self.overflow = self.overflow.wrapping_add(*overflow);
+    }
+
+    /// `self - earlier`, field by field.
+    pub fn since(&self, earlier: &Counters) -> Counters {
+        Counters {
+            frames: self.frames.wrapping_sub(earlier.frames),
+            tcp: self.tcp.wrapping_sub(earlier.tcp),
+            resets: self.resets.wrapping_sub(earlier.resets),
+            malformed: self.malformed.wrapping_sub(earlier.malformed),
+            fragments: self.fragments.wrapping_sub(earlier.fragments),
+            overflow: self.overflow.wrapping_sub(earlier.overflow),
+        }
+    }
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<FlowKey>() == 44);
+    assert!(core::mem::size_of::<FlowValue>() == 8);
+    assert!(core::mem::size_of::<Counters>() == 48);
+};

@@ -1,0 +1,140 @@
+//! rstwatch's kernel side: one XDP program that counts TCP resets per directional 5-tuple.
+//!
+//! Minimum kernel: 5.18 (XDP multi-buffer, `xdp.frags`); bpf_link attachment needs 5.9.
+//! The program never changes a frame and always returns `XDP_PASS`.
+#![no_std]
+#![no_main]
+// The BPF target has no compare-and-swap, so `AtomicU64::fetch_add` does not exist there; the
+// intrinsic lowers to BPF's native atomic add.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
+
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
+
+use aya_ebpf::{
+    bindings::{xdp_action, BPF_NOEXIST},
+    macros::{map, xdp},
+    maps::{Array, HashMap, PerCpuArray},
+    programs::XdpContext,
+};
+use rst_common::{
+    inspect,
+    wire::{Counters, FlowKey, FlowValue, DEFAULT_MAX_FLOWS},
+    Cursor, Header, Observation,
+};
+
+/// Two flow tables and two counter slots used in turn: the program writes to `FLOWS_<EPOCH>` and
+/// `COUNTERS[EPOCH]` while userspace drains the other pair. Userspace flips `EPOCH` and waits for
+/// an RCU grace period before draining, so no program still holds a pointer into what is being
+/// drained: no increment is lost, and each interval's flows add up to its counters exactly.
+/// Userspace sizes both flow tables with `--max-flows` at load.
+#[map]
+static FLOWS_0: HashMap<FlowKey, FlowValue> = HashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+#[map]
+static FLOWS_1: HashMap<FlowKey, FlowValue> = HashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+#[map]
+static EPOCH: Array<u32> = Array::with_max_entries(1, 0);
+#[map]
+static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(2, 0);
+
+const EEXIST: i32 = 17;
+
+/// The XDP context as a [`Cursor`] over the first buffer (`data` .. `data_end`); with
+/// multi-buffer frames the headers rstwatch reads are always in that first buffer.
+struct XdpFrame<'a>(&'a XdpContext);
+
+impl Cursor for XdpFrame<'_> {
+    #[inline(always)]
+    fn header<T: Header>(&self, offset: usize) -> Option<&T> {
+        let start = self.0.data();
+        let end = self.0.data_end();
+        if start + offset + core::mem::size_of::<T>() > end {
+            return None;
+        }
+        // SAFETY: the verifier-visible check above keeps the whole T inside the packet, and
+        // `Header` types have alignment 1 and accept every bit pattern.
+        Some(unsafe { &*((start + offset) as *const T) })
+    }
+}
+
+#[xdp(frags)]
+pub fn rstwatch_xdp(ctx: XdpContext) -> u32 {
+    count(&XdpFrame(&ctx), ctx.ingress_ifindex() as u32);
+    xdp_action::XDP_PASS
+}
+
+/// The baseline for cost measurements: the cheapest program the same hook can run.
+#[xdp(frags)]
+pub fn rstwatch_xdp_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+#[inline(always)]
+fn count<C: Cursor>(frame: &C, ifindex: u32) {
+    let epoch = match EPOCH.get(0) {
+        Some(epoch) => *epoch & 1,
+        None => 0,
+    };
+    let Some(counters) = COUNTERS.get_ptr_mut(epoch) else {
+        return;
+    };
+    // SAFETY: a per-CPU slot, only touched by programs on this CPU, which do not preempt each
+    // other while one runs.
+    let counters = unsafe { &mut *counters };
+    counters.frames += 1;
+    match inspect(frame, ifindex) {
+        Observation::NotTcp => {}
+        Observation::Malformed => counters.malformed += 1,
+        Observation::Fragment => counters.fragments += 1,
+        Observation::Segment => counters.tcp += 1,
+        Observation::Reset(key) => {
+            counters.tcp += 1;
+            counters.resets += 1;
+            let recorded = match epoch {
+                0 => record_reset(&FLOWS_0, &key),
+                _ => record_reset(&FLOWS_1, &key),
+            };
+            if !recorded {
+                counters.overflow += 1;
+            }
+        }
+    }
+}
+
+/// Adds one reset to `key`'s entry, creating it if needed. Returns false when the table is full.
+#[inline(always)]
+fn record_reset(flows: &HashMap<FlowKey, FlowValue>, key: &FlowKey) -> bool {
+    if let Some(value) = flows.get_ptr_mut(key) {
+        bump(value);
+        return true;
+    }
+    match flows.insert(key, FlowValue { resets: 1 }, BPF_NOEXIST as u64) {
+        Ok(()) => true,
+        // Another CPU created the entry between our lookup and insert: add to theirs.
+        Err(err) if err == -EEXIST => match flows.get_ptr_mut(key) {
+            Some(value) => {
+                bump(value);
+                true
+            }
+            None => false,
+        },
+        Err(_) => false,
+    }
+}
+
+#[inline(always)]
+fn bump(value: *mut FlowValue) {
+    // SAFETY: `value` points into a live map element for the duration of this program run (the
+    // element can only be freed after an RCU grace period); all writers use atomic adds.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*value).resets, 1) };
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
