@@ -1,1 +1,9 @@
+//! rstwatch's userspace: load the eBPF object, attach it, read its maps, report.
+//!
+//! The modules follow the data: [`loader`] (object → kernel → interfaces), [`collector`] (maps →
+//! one exact [`collector::Sample`] per interval), [`report`] (samples → table or JSON Lines).
 
+pub mod batch;
+pub mod collector;
+pub mod loader;
+pub mod report;

@@ -1,0 +1,105 @@
+//! Reading the kernel's counts exactly, once per interval.
+//!
+//! The program writes into the pair (`FLOWS_<e>`, `COUNTERS[e]`) selected by `EPOCH = e`.
+//! [`Collector::collect`] flips `EPOCH`, waits for an RCU grace period — after which no program
+//! run that read the old epoch can still be in flight — and then owns the old pair alone: it
+//! drains the flow table with one batch syscall per few thousand entries and zeroes the
+//! counter slot. Nothing races, so nothing is lost or counted twice, and every interval's flow
+//! counts add up to its counters: `sum(flows) + overflow == resets`.
+
+use std::{io, os::fd::AsFd as _, time::Instant};
+
+use anyhow::Context as _;
+use aya::{
+    maps::{Array, Map, MapData, PerCpuArray, PerCpuValues},
+    Ebpf,
+};
+use rst_common::{
+    wire::{MAP_COUNTERS, MAP_EPOCH, MAP_FLOWS},
+    Counters, FlowKey, FlowValue,
+};
+
+use crate::batch::drain_hash_map;
+
+/// What the kernel counted during one epoch.
+#[derive(Debug, Default)]
+pub struct Sample {
+    pub counters: Counters,
+    pub flows: Vec<(FlowKey, u64)>,
+    /// How long the flip + grace period + drain took.
+    pub read_time: std::time::Duration,
+}
+
+pub struct Collector {
+    flows: [MapData; 2],
+    epoch: Array<MapData, u32>,
+    counters: PerCpuArray<MapData, Counters>,
+    cpus: usize,
+    active: u32,
+    warned_no_membarrier: bool,
+}
+
+impl Collector {
+    /// Takes ownership of the maps the collector drains.
+    pub fn new(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
+        let mut take = |name: &str| ebpf.take_map(name).with_context(|| format!("the eBPF object has no map {name}"));
+        let flows = [hash_map_data(take(MAP_FLOWS[0])?)?, hash_map_data(take(MAP_FLOWS[1])?)?];
+        let epoch: Array<MapData, u32> = take(MAP_EPOCH)?.try_into()?;
+        let counters: PerCpuArray<MapData, Counters> = take(MAP_COUNTERS)?.try_into()?;
+        let cpus = aya::util::nr_cpus().map_err(|(what, error)| anyhow::anyhow!("{what}: {error}"))?;
+        let active = epoch.get(&0, 0)? & 1;
+        Ok(Self { flows, epoch, counters, cpus, active, warned_no_membarrier: false })
+    }
+
+    /// Ends the current epoch and returns everything counted in it.
+    pub fn collect(&mut self) -> anyhow::Result<Sample> {
+        let started = Instant::now();
+        let finished = self.active;
+        let next = finished ^ 1;
+        self.epoch.set(0, next, 0).context("flipping the epoch")?;
+        self.active = next;
+        self.wait_for_grace_period();
+
+        let per_cpu = self.counters.get(&finished, 0).context("reading the counters")?;
+        let mut counters = Counters::default();
+        for cpu in per_cpu.iter() {
+            counters.accumulate(cpu);
+        }
+        let zeroes = PerCpuValues::try_from(vec![Counters::default(); self.cpus])?;
+        self.counters.set(finished, zeroes, 0).context("resetting the counters")?;
+
+        let mut flows = Vec::new();
+        drain_hash_map::<FlowKey, FlowValue>(self.flows[finished as usize].fd().as_fd(), |key, value| {
+            flows.push((*key, value.resets));
+        })
+        .context("draining the flow table")?;
+        Ok(Sample { counters, flows, read_time: started.elapsed() })
+    }
+
+    /// After this returns, every BPF program run that started before it has finished.
+    fn wait_for_grace_period(&mut self) {
+        const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+        // SAFETY: membarrier takes no pointers; MEMBARRIER_CMD_GLOBAL waits for an RCU grace
+        // period on all CPUs (synchronize_rcu), and BPF programs run inside RCU read sections.
+        let ret = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+        if ret < 0 {
+            // nohz_full kernels refuse it. Programs run for microseconds; a pause orders of
+            // magnitude longer is a safe, if not formally exact, substitute.
+            if !self.warned_no_membarrier {
+                self.warned_no_membarrier = true;
+                eprintln!(
+                    "rstwatch: warning: membarrier(MEMBARRIER_CMD_GLOBAL) failed ({}); waiting 50 ms per interval instead",
+                    io::Error::last_os_error()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+fn hash_map_data(map: Map) -> anyhow::Result<MapData> {
+    match map {
+        Map::HashMap(data) => Ok(data),
+        other => anyhow::bail!("expected a hash map for the flow table, got {other:?}"),
+    }
+}

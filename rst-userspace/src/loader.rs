@@ -1,0 +1,268 @@
+//! Loading the eBPF object and attaching its XDP program to interfaces.
+//!
+//! Minimum kernel: 5.18 (multi-buffer XDP); the attachment is a bpf_link (5.9+), so a crashed or
+//! killed rstwatch leaves nothing behind: the kernel detaches when the last link fd closes.
+
+use std::{
+    ffi::CString,
+    fmt, io,
+    mem::size_of,
+    os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
+};
+
+use aya::{programs::Xdp, Ebpf, EbpfLoader};
+use caps::{CapSet, Capability};
+use rst_common::wire::{MAP_FLOWS, PROG_XDP};
+
+/// The XDP object built by `build.rs` (aya-build), embedded so the binary is self-contained.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rst-ebpf"));
+
+/// Linux's IFNAMSIZ minus the terminating NUL.
+const MAX_IFACE_NAME: usize = 15;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("missing capability {capability} ({why}); run as root or grant it, e.g. `--cap-add {short}` in a container")]
+    MissingCapability { capability: &'static str, short: &'static str, why: &'static str },
+    #[error("invalid interface name {name:?}: {why}")]
+    InvalidInterfaceName { name: String, why: &'static str },
+    #[error("unknown interface {name:?} (see `ip link`)")]
+    UnknownInterface { name: String },
+    #[error("interface {iface} already has an XDP program attached; rstwatch never replaces another program (inspect it with `ip link show {iface}`)")]
+    AlreadyAttached { iface: String },
+    #[error("the driver of {iface} does not support native XDP; use --xdp-mode skb (or auto)")]
+    NativeUnsupported { iface: String },
+    #[error("attaching XDP to {iface} ({mode}) failed")]
+    Attach {
+        iface: String,
+        mode: XdpMode,
+        #[source]
+        source: io::Error,
+    },
+    #[error("loading the eBPF object failed")]
+    Load(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// How to hook XDP: in the driver (fast path) or in the generic network stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpModeChoice {
+    /// Native where the driver supports it, generic otherwise.
+    Auto,
+    Native,
+    Skb,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpMode {
+    Native,
+    Skb,
+}
+
+impl XdpMode {
+    fn link_flags(self) -> u32 {
+        // XDP_FLAGS_SKB_MODE / XDP_FLAGS_DRV_MODE from include/uapi/linux/if_link.h
+        match self {
+            XdpMode::Skb => 1 << 1,
+            XdpMode::Native => 1 << 2,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            XdpMode::Native => "native",
+            XdpMode::Skb => "skb",
+        }
+    }
+}
+
+impl fmt::Display for XdpMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            XdpMode::Native => "native XDP",
+            XdpMode::Skb => "generic XDP",
+        })
+    }
+}
+
+fn has_capability(capability: Capability) -> bool {
+    // If capget itself fails, let the kernel be the judge rather than refuse up front.
+    caps::has_cap(None, CapSet::Effective, capability).unwrap_or(true)
+}
+
+/// Checks up front what the kernel would otherwise refuse with a bare EPERM.
+pub fn check_capabilities() -> Result<(), Error> {
+    let admin = has_capability(Capability::CAP_SYS_ADMIN);
+    if !admin && !has_capability(Capability::CAP_BPF) {
+        return Err(Error::MissingCapability {
+            capability: "CAP_BPF",
+            short: "BPF",
+            why: "needed to load eBPF programs and maps",
+        });
+    }
+    if !has_capability(Capability::CAP_NET_ADMIN) {
+        return Err(Error::MissingCapability {
+            capability: "CAP_NET_ADMIN",
+            short: "NET_ADMIN",
+            why: "needed to attach XDP to an interface",
+        });
+    }
+    Ok(())
+}
+
+/// Loads the object with both flow tables sized to `max_flows`, and loads the XDP program.
+pub fn load(max_flows: u32) -> anyhow::Result<Ebpf> {
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries(MAP_FLOWS[0], max_flows)
+        .map_max_entries(MAP_FLOWS[1], max_flows)
+        .load(EBPF_OBJECT)
+        .map_err(|error| load_error(Box::new(error)))?;
+    xdp_program(&mut ebpf)?
+        .load()
+        .map_err(|error| load_error(Box::new(error)))?;
+    Ok(ebpf)
+}
+
+fn load_error(error: Box<dyn std::error::Error + Send + Sync>) -> anyhow::Error {
+    let denied = {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error.as_ref());
+        let mut denied = false;
+        while let Some(current) = source {
+            if let Some(io) = current.downcast_ref::<io::Error>() {
+                denied |= matches!(io.raw_os_error(), Some(libc::EPERM | libc::EACCES));
+            }
+            source = current.source();
+        }
+        denied
+    };
+    if denied && !has_capability(Capability::CAP_PERFMON) && !has_capability(Capability::CAP_SYS_ADMIN) {
+        return Error::MissingCapability {
+            capability: "CAP_PERFMON",
+            short: "PERFMON",
+            why: "the verifier refused the program without it",
+        }
+        .into();
+    }
+    Error::Load(error).into()
+}
+
+pub fn xdp_program(ebpf: &mut Ebpf) -> anyhow::Result<&mut Xdp> {
+    let program = ebpf
+        .program_mut(PROG_XDP)
+        .ok_or_else(|| anyhow::anyhow!("the eBPF object has no program {PROG_XDP}"))?;
+    Ok(program.try_into()?)
+}
+
+/// Resolves an interface name the way the kernel would, with errors an operator can act on.
+pub fn resolve_interface(name: &str) -> Result<u32, Error> {
+    let invalid = |why| Error::InvalidInterfaceName { name: name.to_owned(), why };
+    if name.is_empty() {
+        return Err(invalid("empty"));
+    }
+    if name.len() > MAX_IFACE_NAME {
+        return Err(invalid("longer than 15 bytes"));
+    }
+    if name.contains(['/', ':']) || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid("contains '/', ':', whitespace or control characters"));
+    }
+    let c_name = CString::new(name).map_err(|_| invalid("contains a NUL byte"))?;
+    // SAFETY: `c_name` is a valid NUL-terminated string for the duration of the call.
+    let ifindex = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
+    if ifindex == 0 {
+        return Err(Error::UnknownInterface { name: name.to_owned() });
+    }
+    Ok(ifindex)
+}
+
+/// An attached XDP program. Dropping it (or the process dying) detaches it.
+#[derive(Debug)]
+pub struct XdpAttachment {
+    pub iface: String,
+    pub ifindex: u32,
+    pub mode: XdpMode,
+    _link: OwnedFd,
+}
+
+/// Attaches rstwatch's XDP program to `iface` through a bpf_link.
+///
+/// aya's `Xdp::attach` silently falls back to a netlink attachment, which would outlive a
+/// killed rstwatch; this refuses instead, so every attachment is owned by a file descriptor.
+///
+/// # Errors
+/// [`Error::AlreadyAttached`] when any XDP program is on the interface (in any mode: the kernel
+/// refuses to mix them), [`Error::NativeUnsupported`] for `--xdp-mode native` on a driver
+/// without XDP, [`Error::MissingCapability`] on EPERM.
+pub fn attach_xdp(
+    program: &Xdp,
+    iface: &str,
+    ifindex: u32,
+    choice: XdpModeChoice,
+) -> Result<XdpAttachment, Error> {
+    let modes: &[XdpMode] = match choice {
+        XdpModeChoice::Auto => &[XdpMode::Native, XdpMode::Skb],
+        XdpModeChoice::Native => &[XdpMode::Native],
+        XdpModeChoice::Skb => &[XdpMode::Skb],
+    };
+    let program_fd = program
+        .fd()
+        .map_err(|error| Error::Load(Box::new(error)))?
+        .as_fd()
+        .as_raw_fd();
+    let mut last_error = None;
+    for &mode in modes {
+        match bpf_link_create_xdp(program_fd, ifindex, mode) {
+            Ok(link) => {
+                return Ok(XdpAttachment { iface: iface.to_owned(), ifindex, mode, _link: link });
+            }
+            Err(error) => match error.raw_os_error() {
+                Some(libc::EBUSY | libc::EEXIST) => {
+                    return Err(Error::AlreadyAttached { iface: iface.to_owned() })
+                }
+                Some(libc::EPERM | libc::EACCES) => {
+                    return Err(Error::MissingCapability {
+                        capability: "CAP_NET_ADMIN",
+                        short: "NET_ADMIN",
+                        why: "needed to attach XDP to an interface",
+                    })
+                }
+                Some(libc::EOPNOTSUPP) if choice == XdpModeChoice::Native => {
+                    return Err(Error::NativeUnsupported { iface: iface.to_owned() })
+                }
+                _ => last_error = Some(Error::Attach { iface: iface.to_owned(), mode, source: error }),
+            },
+        }
+    }
+    Err(last_error.unwrap_or(Error::NativeUnsupported { iface: iface.to_owned() }))
+}
+
+/// The `link_create` member of `union bpf_attr`, up to the fields XDP uses, plus zeroed room.
+#[repr(C)]
+#[derive(Default)]
+struct LinkCreateAttr {
+    prog_fd: u32,
+    target_ifindex: u32,
+    attach_type: u32,
+    flags: u32,
+    _rest: [u64; 4],
+}
+
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_XDP: u32 = 37;
+
+fn bpf_link_create_xdp(program_fd: i32, ifindex: u32, mode: XdpMode) -> io::Result<OwnedFd> {
+    let attr = LinkCreateAttr {
+        prog_fd: program_fd as u32,
+        target_ifindex: ifindex,
+        attach_type: BPF_XDP,
+        flags: mode.link_flags(),
+        ..Default::default()
+    };
+    // SAFETY: `attr` is a valid, zero-padded bpf_attr prefix that lives across the call.
+    let ret = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_LINK_CREATE, &attr as *const LinkCreateAttr, size_of::<LinkCreateAttr>())
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: on success BPF_LINK_CREATE returns a new file descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(ret as i32) })
+}
