@@ -1,15 +1,189 @@
-use aya::programs::{TestRun, TestRunOptions};
-fn main() -> anyhow::Result<()> {
-    let mut ebpf = rstwatch::loader::load(1024)?;
-    let mut f = vec![0u8; 54];
-    f[12] = 0x08; f[14] = 0x45; f[14+9] = 6; f[26..30].copy_from_slice(&[10,0,0,1]); f[30..34].copy_from_slice(&[10,0,0,2]);
-    f[34..36].copy_from_slice(&443u16.to_be_bytes()); f[36..38].copy_from_slice(&5555u16.to_be_bytes()); f[46] = 0x50; f[47] = 0x14;
-    let p = rstwatch::loader::xdp_program(&mut ebpf)?;
-    for _ in 0..3 { let r = p.test_run(TestRunOptions { data_in: Some(&f), repeat: 1000, ..TestRunOptions::new() })?; println!("ret {} {:?}", r.return_value, r.duration); }
-    let mut c = rstwatch::collector::Collector::new(&mut ebpf)?;
-    let s = c.collect()?;
-    println!("{:?}", s);
-    let s = c.collect()?;
-    println!("{:?}", s);
-    Ok(())
+//! `rstwatch`: who is resetting TCP connections, how often, and towards whom.
+
+use std::{
+    collections::HashSet,
+    io::{self, Write},
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use clap::Parser;
+use rst_common::wire::DEFAULT_MAX_FLOWS;
+use rstwatch::{
+    collector::Collector,
+    loader::{self, XdpAttachment, XdpModeChoice},
+    report::{Aggregator, Format, InterfaceRecord, Printer},
+};
+use tokio::signal::unix::{signal, SignalKind};
+
+/// Counts TCP resets per flow with XDP on the given interfaces and reports the top resetters.
+///
+/// Needs CAP_BPF and CAP_NET_ADMIN (CAP_PERFMON on some kernels). Nothing is changed or dropped:
+/// the program only reads headers and always passes the frame on.
+#[derive(Debug, Parser)]
+#[command(name = "rstwatch", version)]
+struct Cli {
+    /// Interface to watch; repeat for several.
+    #[arg(short = 'i', long = "iface", value_name = "IFACE", required = true)]
+    ifaces: Vec<String>,
+    /// How often to read the counters and print a report (e.g. 500ms, 1s, 1m).
+    #[arg(long, default_value = "1s", value_parser = parse_interval)]
+    interval: Duration,
+    /// Stop after this long (e.g. 30s, 5m); default: until SIGINT or SIGTERM.
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// How many resetters and flows each report lists.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    top: u32,
+    /// Output: a table for people, or JSON Lines for programs.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+    /// Where to hook XDP.
+    #[arg(long, value_enum, default_value_t = XdpModeChoice::Auto)]
+    xdp_mode: XdpModeChoice,
+    /// Capacity of each of the two per-interval flow tables (kernel memory is ~100 bytes per
+    /// entry, allocated at start). RSTs beyond it are still counted, as `overflow`.
+    #[arg(long, default_value_t = DEFAULT_MAX_FLOWS, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
+    max_flows: u32,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text).map_err(|error| format!("{error} (examples: 500ms, 10s, 5m)"))?;
+    if duration.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(duration)
+}
+
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let interval = parse_duration(text)?;
+    if interval < Duration::from_millis(10) {
+        return Err("must be at least 10ms".into());
+    }
+    Ok(interval)
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            use clap::error::ErrorKind;
+            if matches!(error.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = error.print();
+                return ExitCode::SUCCESS;
+            }
+            // One line, like every other rstwatch error; `--help` has the long story.
+            let text = error.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("rstwatch: {first} (see --help)");
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("rstwatch: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    // Everything that can be checked without touching the kernel is checked first.
+    let mut seen = HashSet::new();
+    let mut targets = Vec::new();
+    for iface in &cli.ifaces {
+        let ifindex = loader::resolve_interface(iface)?;
+        if !seen.insert(ifindex) {
+            anyhow::bail!("interface {iface:?} given more than once");
+        }
+        targets.push((iface.clone(), ifindex));
+    }
+    loader::check_capabilities()?;
+
+    let mut ebpf = loader::load(cli.max_flows)?;
+    let mut collector = Collector::new(&mut ebpf)?;
+    let program = loader::xdp_program(&mut ebpf)?;
+    // If any attach fails, the ones before it are dropped (detached) on the way out.
+    let mut attachments: Vec<XdpAttachment> = Vec::new();
+    for (iface, ifindex) in &targets {
+        attachments.push(loader::attach_xdp(program, iface, *ifindex, cli.xdp_mode)?);
+    }
+    for XdpAttachment { iface, ifindex, mode, .. } in &attachments {
+        eprintln!("rstwatch: attached to {iface} (ifindex {ifindex}, {mode})");
+    }
+    let interfaces = attachments
+        .iter()
+        .map(|a| InterfaceRecord { iface: a.iface.clone(), ifindex: a.ifindex, mode: a.mode.as_str() })
+        .collect();
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .enable_io()
+        .build()
+        .context("starting the runtime")?;
+    let mut aggregator = Aggregator::new(interfaces, cli.top as usize);
+    let mut printer = Printer::new(io::stdout().lock(), cli.format, cli.top as usize);
+    let outcome = runtime.block_on(watch(&cli, &mut collector, &mut aggregator, &mut printer));
+
+    // Detach before the last read, so the summary holds every RST that crossed the hook.
+    drop(attachments);
+    let result = outcome.and_then(|last_interval_start| {
+        let sample = collector.collect()?;
+        let elapsed = last_interval_start.elapsed();
+        let record = aggregator.add(&sample, elapsed);
+        if sample.counters.frames > 0 || elapsed >= cli.interval / 2 {
+            printer.interval(&record)?;
+        }
+        printer.summary(&aggregator.summary())?;
+        Ok(())
+    });
+    match result {
+        Err(error) if is_broken_pipe(&error) => Ok(()),
+        other => other,
+    }
+}
+
+/// Reports every interval until a stop condition; returns when the unreported interval began.
+async fn watch<W: Write>(
+    cli: &Cli,
+    collector: &mut Collector,
+    aggregator: &mut Aggregator,
+    printer: &mut Printer<W>,
+) -> anyhow::Result<Instant> {
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let started = tokio::time::Instant::now();
+    let deadline = cli.duration.map(|d| started + d);
+    let mut ticks = tokio::time::interval_at(started + cli.interval, cli.interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut interval_start = Instant::now();
+    loop {
+        let until_deadline = async {
+            match deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = ticks.tick() => {
+                if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                    return Ok(interval_start);
+                }
+                let sample = collector.collect()?;
+                let now = Instant::now();
+                let record = aggregator.add(&sample, now - interval_start);
+                interval_start = now;
+                printer.interval(&record)?;
+            }
+            _ = interrupt.recv() => return Ok(interval_start),
+            _ = terminate.recv() => return Ok(interval_start),
+            _ = until_deadline => return Ok(interval_start),
+        }
+    }
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| cause.downcast_ref::<io::Error>().is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe))
 }
