@@ -11,8 +11,13 @@ pub mod parse;
 pub mod wire;
 
 pub use cursor::{Cursor, Header};
-pub use parse::{inspect, walk, Observation, Segment, Walk};
+pub use parse::{inspect, inspect_with, walk, Observation, Segment, Walk};
 pub use wire::{Counters, FlowKey, FlowValue};
 
 #[cfg(feature = "user")]
 mod user;
+
+#[cfg(feature = "craft")]
+extern crate std;
+#[cfg(feature = "craft")]
+pub mod craft;

@@ -286,8 +286,15 @@ pub enum Observation {
 /// The classification every consumer shares: the XDP program, replay and the tests.
 #[inline(always)]
 pub fn inspect<C: Cursor + ?Sized>(frame: &C, ifindex: u32) -> Observation {
+    inspect_with(frame, || ifindex)
+}
+
+/// [`inspect`] that asks for the interface only when a reset needs it: in the kernel the
+/// ingress ifindex is three dependent loads, which non-RST traffic should not pay for.
+#[inline(always)]
+pub fn inspect_with<C: Cursor + ?Sized>(frame: &C, ifindex: impl FnOnce() -> u32) -> Observation {
     match walk(frame) {
-        Walk::Tcp(segment) if segment.flags & TCP_RST != 0 => match flow_key(frame, &segment, ifindex) {
+        Walk::Tcp(segment) if segment.flags & TCP_RST != 0 => match flow_key(frame, &segment, ifindex()) {
             Some(key) => Observation::Reset(key),
             None => Observation::Malformed,
         },

@@ -2,7 +2,7 @@
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::wire::{Counters, FlowKey, FlowValue, FAMILY_IPV4};
+use crate::wire::{Counters, FlowKey, FlowValue, ResetCounters, TrafficCounters, FAMILY_IPV4};
 
 // SAFETY: plain repr(C) integer aggregates with explicit padding; every bit pattern is valid.
 unsafe impl aya::Pod for FlowKey {}
@@ -10,6 +10,10 @@ unsafe impl aya::Pod for FlowKey {}
 unsafe impl aya::Pod for FlowValue {}
 // SAFETY: as above.
 unsafe impl aya::Pod for Counters {}
+// SAFETY: as above.
+unsafe impl aya::Pod for TrafficCounters {}
+// SAFETY: as above.
+unsafe impl aya::Pod for ResetCounters {}
 
 impl FlowKey {
     pub fn src_ip(&self) -> IpAddr {

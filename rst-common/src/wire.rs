@@ -10,7 +10,8 @@ pub const IPPROTO_TCP: u8 = 6;
 /// Map names, shared so the loader cannot drift from the object.
 pub const MAP_FLOWS: [&str; 2] = ["FLOWS_0", "FLOWS_1"];
 pub const MAP_EPOCH: &str = "EPOCH";
-pub const MAP_COUNTERS: &str = "COUNTERS";
+pub const MAP_TRAFFIC: &str = "TRAFFIC";
+pub const MAP_RESET_COUNTERS: &str = "RESET_COUNTERS";
 pub const PROG_XDP: &str = "rstwatch_xdp";
 /// An empty XDP_PASS program in the same object: the baseline for cost measurements.
 pub const PROG_XDP_BASELINE: &str = "rstwatch_xdp_pass";
@@ -43,8 +44,28 @@ pub struct FlowValue {
     pub resets: u64,
 }
 
-/// Per-CPU totals. Every frame the program sees lands in exactly one of `not_tcp`, `malformed`,
-/// `fragments` or `tcp`; every RST also in `resets`, and in `overflow` when it found no flow entry.
+/// Per-CPU, cumulative counts of everything the program sees (map `TRAFFIC`). Kept apart from
+/// the per-epoch reset counts so the path non-RST frames take never reads the epoch.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrafficCounters {
+    pub frames: u64,
+    pub tcp: u64,
+    pub malformed: u64,
+    pub fragments: u64,
+}
+
+/// Per-CPU reset counts of one epoch (map `RESET_COUNTERS`, indexed by epoch). `overflow`
+/// counts the resets that found no room in the flow table; they are in `resets` too.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ResetCounters {
+    pub resets: u64,
+    pub overflow: u64,
+}
+
+/// What userspace reports for a period: traffic deltas plus that period's reset counts.
+/// Each frame lands in at most one of `tcp`, `malformed`, `fragments`; RSTs are TCP segments.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -85,4 +106,6 @@ const _: () = {
     assert!(core::mem::size_of::<FlowKey>() == 44);
     assert!(core::mem::size_of::<FlowValue>() == 8);
     assert!(core::mem::size_of::<Counters>() == 48);
+    assert!(core::mem::size_of::<TrafficCounters>() == 32);
+    assert!(core::mem::size_of::<ResetCounters>() == 16);
 };

@@ -18,13 +18,13 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use rst_common::{
-    inspect,
-    wire::{Counters, FlowKey, FlowValue, DEFAULT_MAX_FLOWS},
+    inspect_with,
+    wire::{FlowKey, FlowValue, ResetCounters, TrafficCounters, DEFAULT_MAX_FLOWS},
     Cursor, Header, Observation,
 };
 
-/// Two flow tables and two counter slots used in turn: the program writes to `FLOWS_<EPOCH>` and
-/// `COUNTERS[EPOCH]` while userspace drains the other pair. Userspace flips `EPOCH` and waits for
+/// Two flow tables and two reset-counter slots used in turn: the program writes to
+/// `FLOWS_<EPOCH>` and `RESET_COUNTERS[EPOCH]` while userspace drains the other pair. Userspace flips `EPOCH` and waits for
 /// an RCU grace period before draining, so no program still holds a pointer into what is being
 /// drained: no increment is lost, and each interval's flows add up to its counters exactly.
 /// Userspace sizes both flow tables with `--max-flows` at load.
@@ -35,7 +35,10 @@ static FLOWS_1: HashMap<FlowKey, FlowValue> = HashMap::with_max_entries(DEFAULT_
 #[map]
 static EPOCH: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
-static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(2, 0);
+static RESET_COUNTERS: PerCpuArray<ResetCounters> = PerCpuArray::with_max_entries(2, 0);
+/// Cumulative, never flipped: the common path touches only this.
+#[map]
+static TRAFFIC: PerCpuArray<TrafficCounters> = PerCpuArray::with_max_entries(1, 0);
 
 const EEXIST: i32 = 17;
 
@@ -59,7 +62,7 @@ impl Cursor for XdpFrame<'_> {
 
 #[xdp(frags)]
 pub fn rstwatch_xdp(ctx: XdpContext) -> u32 {
-    count(&XdpFrame(&ctx), ctx.ingress_ifindex() as u32);
+    count(&XdpFrame(&ctx), || ctx.ingress_ifindex() as u32);
     xdp_action::XDP_PASS
 }
 
@@ -70,34 +73,44 @@ pub fn rstwatch_xdp_pass(_ctx: XdpContext) -> u32 {
 }
 
 #[inline(always)]
-fn count<C: Cursor>(frame: &C, ifindex: u32) {
-    let epoch = match EPOCH.get(0) {
-        Some(epoch) => *epoch & 1,
-        None => 0,
-    };
-    let Some(counters) = COUNTERS.get_ptr_mut(epoch) else {
+fn count<C: Cursor>(frame: &C, ifindex: impl FnOnce() -> u32) {
+    let Some(traffic) = TRAFFIC.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: a per-CPU slot, only touched by programs on this CPU, which do not preempt each
     // other while one runs.
-    let counters = unsafe { &mut *counters };
-    counters.frames += 1;
-    match inspect(frame, ifindex) {
+    let traffic = unsafe { &mut *traffic };
+    traffic.frames += 1;
+    match inspect_with(frame, ifindex) {
         Observation::NotTcp => {}
-        Observation::Malformed => counters.malformed += 1,
-        Observation::Fragment => counters.fragments += 1,
-        Observation::Segment => counters.tcp += 1,
+        Observation::Malformed => traffic.malformed += 1,
+        Observation::Fragment => traffic.fragments += 1,
+        Observation::Segment => traffic.tcp += 1,
         Observation::Reset(key) => {
-            counters.tcp += 1;
-            counters.resets += 1;
-            let recorded = match epoch {
-                0 => record_reset(&FLOWS_0, &key),
-                _ => record_reset(&FLOWS_1, &key),
-            };
-            if !recorded {
-                counters.overflow += 1;
-            }
+            traffic.tcp += 1;
+            count_reset(&key);
         }
+    }
+}
+
+#[inline(always)]
+fn count_reset(key: &FlowKey) {
+    let epoch = match EPOCH.get(0) {
+        Some(epoch) => *epoch & 1,
+        None => 0,
+    };
+    let Some(counters) = RESET_COUNTERS.get_ptr_mut(epoch) else {
+        return;
+    };
+    // SAFETY: per-CPU slot, as above.
+    let counters = unsafe { &mut *counters };
+    counters.resets += 1;
+    let recorded = match epoch {
+        0 => record_reset(&FLOWS_0, key),
+        _ => record_reset(&FLOWS_1, key),
+    };
+    if !recorded {
+        counters.overflow += 1;
     }
 }
 

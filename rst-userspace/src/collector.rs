@@ -15,7 +15,7 @@ use aya::{
     Ebpf,
 };
 use rst_common::{
-    wire::{MAP_COUNTERS, MAP_EPOCH, MAP_FLOWS},
+    wire::{ResetCounters, TrafficCounters, MAP_EPOCH, MAP_FLOWS, MAP_RESET_COUNTERS, MAP_TRAFFIC},
     Counters, FlowKey, FlowValue,
 };
 
@@ -33,7 +33,10 @@ pub struct Sample {
 pub struct Collector {
     flows: [MapData; 2],
     epoch: Array<MapData, u32>,
-    counters: PerCpuArray<MapData, Counters>,
+    reset_counters: PerCpuArray<MapData, ResetCounters>,
+    traffic: PerCpuArray<MapData, TrafficCounters>,
+    /// Traffic totals at the previous collect: the kernel's are cumulative.
+    traffic_before: TrafficCounters,
     cpus: usize,
     active: u32,
     warned_no_membarrier: bool,
@@ -45,10 +48,22 @@ impl Collector {
         let mut take = |name: &str| ebpf.take_map(name).with_context(|| format!("the eBPF object has no map {name}"));
         let flows = [hash_map_data(take(MAP_FLOWS[0])?)?, hash_map_data(take(MAP_FLOWS[1])?)?];
         let epoch: Array<MapData, u32> = take(MAP_EPOCH)?.try_into()?;
-        let counters: PerCpuArray<MapData, Counters> = take(MAP_COUNTERS)?.try_into()?;
+        let reset_counters: PerCpuArray<MapData, ResetCounters> = take(MAP_RESET_COUNTERS)?.try_into()?;
+        let traffic: PerCpuArray<MapData, TrafficCounters> = take(MAP_TRAFFIC)?.try_into()?;
         let cpus = aya::util::nr_cpus().map_err(|(what, error)| anyhow::anyhow!("{what}: {error}"))?;
         let active = epoch.get(&0, 0)? & 1;
-        Ok(Self { flows, epoch, counters, cpus, active, warned_no_membarrier: false })
+        let mut collector = Self {
+            flows,
+            epoch,
+            reset_counters,
+            traffic,
+            traffic_before: TrafficCounters::default(),
+            cpus,
+            active,
+            warned_no_membarrier: false,
+        };
+        collector.traffic_before = collector.read_traffic()?;
+        Ok(collector)
     }
 
     /// Ends the current epoch and returns everything counted in it.
@@ -60,13 +75,23 @@ impl Collector {
         self.active = next;
         self.wait_for_grace_period();
 
-        let per_cpu = self.counters.get(&finished, 0).context("reading the counters")?;
-        let mut counters = Counters::default();
-        for cpu in per_cpu.iter() {
-            counters.accumulate(cpu);
+        let mut resets = ResetCounters::default();
+        for cpu in self.reset_counters.get(&finished, 0).context("reading the reset counters")?.iter() {
+            resets.resets += cpu.resets;
+            resets.overflow += cpu.overflow;
         }
-        let zeroes = PerCpuValues::try_from(vec![Counters::default(); self.cpus])?;
-        self.counters.set(finished, zeroes, 0).context("resetting the counters")?;
+        let zeroes = PerCpuValues::try_from(vec![ResetCounters::default(); self.cpus])?;
+        self.reset_counters.set(finished, zeroes, 0).context("resetting the reset counters")?;
+        let traffic = self.read_traffic()?;
+        let before = std::mem::replace(&mut self.traffic_before, traffic);
+        let counters = Counters {
+            frames: traffic.frames.wrapping_sub(before.frames),
+            tcp: traffic.tcp.wrapping_sub(before.tcp),
+            resets: resets.resets,
+            malformed: traffic.malformed.wrapping_sub(before.malformed),
+            fragments: traffic.fragments.wrapping_sub(before.fragments),
+            overflow: resets.overflow,
+        };
 
         let mut flows = Vec::new();
         drain_hash_map::<FlowKey, FlowValue>(self.flows[finished as usize].fd().as_fd(), |key, value| {
@@ -74,6 +99,17 @@ impl Collector {
         })
         .context("draining the flow table")?;
         Ok(Sample { counters, flows, read_time: started.elapsed() })
+    }
+
+    fn read_traffic(&self) -> anyhow::Result<TrafficCounters> {
+        let mut total = TrafficCounters::default();
+        for cpu in self.traffic.get(&0, 0).context("reading the traffic counters")?.iter() {
+            total.frames = total.frames.wrapping_add(cpu.frames);
+            total.tcp = total.tcp.wrapping_add(cpu.tcp);
+            total.malformed = total.malformed.wrapping_add(cpu.malformed);
+            total.fragments = total.fragments.wrapping_add(cpu.fragments);
+        }
+        Ok(total)
     }
 
     /// After this returns, every BPF program run that started before it has finished.

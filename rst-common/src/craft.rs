@@ -1,0 +1,810 @@
+//! Frames built to order for tests, fuzzers and benchmarks (feature `craft`, host only).
+//!
+//! [`FrameBuilder`] describes a frame layer by layer and lays it out with etherparse's header
+//! types, so lengths, next-header chains and checksums are etherparse's, not ours. etherparse's
+//! own `PacketBuilder` stops at two VLAN tags and a fixed IPv6 extension order; the walk in
+//! [`crate::parse`] needs three tags and arbitrary (and overlong) chains, so we chain the
+//! per-header writers ourselves.
+//!
+//! [`Crafted`] then breaks a well-formed frame in exactly one place (truncation, IHL, data
+//! offset, IP version): etherparse refuses to write such headers, so those are byte edits.
+//!
+//! [`cases`] is the one table of frames and the [`Observation`] each must produce. The host
+//! tests run it through [`crate::inspect`], the kernel tests through the XDP program: a case
+//! added here is checked in both places.
+
+use std::{borrow::ToOwned, format, string::String, vec, vec::Vec};
+
+use etherparse::{
+    EtherType, Ethernet2Header, IpAuthHeader, IpFragOffset, IpNumber, Ipv4Header, Ipv6FragmentHeader,
+    Ipv6Header, Ipv6RawExtHeader, SingleVlanHeader, TcpHeader, TcpOptionElement, VlanId, VlanPcp,
+};
+
+use crate::{
+    parse::{
+        TcpHdr, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, ETH_P_QINQ_LEGACY, MAX_IPV6_EXT_HEADERS,
+        MAX_VLAN_TAGS, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+    },
+    wire::{FlowKey, FAMILY_IPV4, FAMILY_IPV6, IPPROTO_TCP},
+    Observation,
+};
+
+pub const TCP_PSH: u8 = 0x08;
+
+/// The shortest frame `BPF_PROG_TEST_RUN` accepts for XDP (`ETH_HLEN`); every [`cases`] frame is
+/// at least this long so the kernel tests can replay all of them.
+pub const MIN_TEST_RUN_FRAME: usize = 14;
+
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ICMPV6: u8 = 58;
+const IPPROTO_NO_NEXT_HEADER: u8 = 59;
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_AH: u8 = 51;
+const IPPROTO_DSTOPTS: u8 = 60;
+const ETH_P_ARP: u16 = 0x0806;
+const ETH_P_LLDP: u16 = 0x88cc;
+
+/// Which tag protocol identifier a VLAN tag is announced with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VlanKind {
+    /// 802.1Q customer tag, 0x8100.
+    Dot1Q,
+    /// 802.1ad service tag (QinQ outer), 0x88a8.
+    Dot1Ad,
+    /// Pre-standard QinQ outer tag, 0x9100.
+    QinQLegacy,
+}
+
+impl VlanKind {
+    pub fn tpid(self) -> u16 {
+        match self {
+            VlanKind::Dot1Q => ETH_P_8021Q,
+            VlanKind::Dot1Ad => ETH_P_8021AD,
+            VlanKind::QinQLegacy => ETH_P_QINQ_LEGACY,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Vlan {
+    pub kind: VlanKind,
+    /// 12-bit VLAN identifier.
+    pub id: u16,
+}
+
+/// One IPv6 extension header. Lengths use the header's own units, so a builder can produce every
+/// length the wire format allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ipv6Ext {
+    /// Hop-by-hop options, `8 * (len + 1)` bytes, padded with Pad1 options.
+    HopByHop { len: u8 },
+    /// Routing header (type 0, no segments left), `8 * (len + 1)` bytes.
+    Routing { len: u8 },
+    /// Destination options, `8 * (len + 1)` bytes, padded with Pad1 options.
+    DestinationOptions { len: u8 },
+    /// Fragment header; `offset` is in 8-byte units (13 bits).
+    Fragment { offset: u16, more: bool },
+    /// Authentication header with an ICV of `icv_len` bytes (a multiple of 4; for IPv6 the
+    /// whole header, 12 + `icv_len`, should be a multiple of 8).
+    Auth { icv_len: u16 },
+}
+
+impl Ipv6Ext {
+    fn protocol(self) -> u8 {
+        match self {
+            Ipv6Ext::HopByHop { .. } => IPPROTO_HOPOPTS,
+            Ipv6Ext::Routing { .. } => IPPROTO_ROUTING,
+            Ipv6Ext::DestinationOptions { .. } => IPPROTO_DSTOPTS,
+            Ipv6Ext::Fragment { .. } => IPPROTO_FRAGMENT,
+            Ipv6Ext::Auth { .. } => IPPROTO_AH,
+        }
+    }
+
+    fn write(self, next_header: u8, out: &mut Vec<u8>) {
+        let next_header = IpNumber(next_header);
+        let result = match self {
+            Ipv6Ext::HopByHop { len } | Ipv6Ext::Routing { len } | Ipv6Ext::DestinationOptions { len } => {
+                // All zeroes: Pad1 options, or routing type 0 with no segments left.
+                let payload = vec![0u8; 6 + 8 * len as usize];
+                Ipv6RawExtHeader::new_raw(next_header, &payload)
+                    .expect("a payload of 6 + 8n bytes is always valid")
+                    .write(out)
+            }
+            Ipv6Ext::Fragment { offset, more } => {
+                let offset = IpFragOffset::try_new(offset).expect("fragment offset fits in 13 bits");
+                Ipv6FragmentHeader::new(next_header, offset, more, 0x5eed).write(out)
+            }
+            Ipv6Ext::Auth { icv_len } => {
+                let icv = vec![0xa5u8; icv_len as usize];
+                IpAuthHeader::new(next_header, 0x1000, 1, &icv)
+                    .expect("ICV length is a multiple of 4 and at most 1016 bytes")
+                    .write(out)
+            }
+        };
+        result.expect("writing to a Vec cannot fail");
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ipv4 {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    /// Raw option bytes: a multiple of 4, at most 40.
+    pub options: Vec<u8>,
+    /// In 8-byte units (13 bits).
+    pub fragment_offset: u16,
+    pub more_fragments: bool,
+    pub dont_fragment: bool,
+    pub identification: u16,
+    pub ttl: u8,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ipv6 {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// In wire order, each pointing at the next; the last one points at the transport.
+    pub extensions: Vec<Ipv6Ext>,
+    pub hop_limit: u8,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Network {
+    Ipv4(Ipv4),
+    Ipv6(Ipv6),
+    /// Any other ethertype (ARP, LLDP…) followed by raw bytes.
+    Other { ether_type: u16, bytes: Vec<u8> },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tcp {
+    pub sport: u16,
+    pub dport: u16,
+    pub seq: u32,
+    pub ack: u32,
+    /// FIN, SYN, RST, PSH, ACK, URG, ECE, CWR as on the wire.
+    pub flags: u8,
+    pub window: u16,
+    /// Options (padded with zeroes to a multiple of 4, at most 40 bytes): they set the data
+    /// offset.
+    pub options: Vec<TcpOptionElement>,
+    pub payload: Vec<u8>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Tcp(Tcp),
+    /// Another IP protocol (UDP, ICMPv6, none…), header and payload as raw bytes. Also what a
+    /// non-first fragment carries.
+    Other { protocol: u8, bytes: Vec<u8> },
+}
+
+/// Where the layers of a built frame start, for the edits that break it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Layout {
+    Ipv4 { l3: usize, l4: usize },
+    Ipv6 { l3: usize, l4: usize },
+    Other,
+}
+
+/// A frame described layer by layer; [`FrameBuilder::build`] lays it out.
+///
+/// The setters panic when the frame has no such layer (e.g. IPv4 options on an IPv6 frame):
+/// that is a mistake in the test, not in the code under test.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FrameBuilder {
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    /// Outermost first.
+    pub vlans: Vec<Vlan>,
+    pub network: Network,
+    /// Ignored for [`Network::Other`].
+    pub transport: Transport,
+}
+
+impl FrameBuilder {
+    /// A TCP segment over IPv4 (ports 49152 → 443, flags ACK), no options, not fragmented.
+    pub fn ipv4(src: [u8; 4], dst: [u8; 4]) -> Self {
+        Self::with_network(Network::Ipv4(Ipv4 {
+            src,
+            dst,
+            options: Vec::new(),
+            fragment_offset: 0,
+            more_fragments: false,
+            dont_fragment: true,
+            identification: 0x1234,
+            ttl: 64,
+        }))
+    }
+
+    /// A TCP segment over IPv6 (ports 49152 → 443, flags ACK), no extension headers.
+    pub fn ipv6(src: [u8; 16], dst: [u8; 16]) -> Self {
+        Self::with_network(Network::Ipv6(Ipv6 { src, dst, extensions: Vec::new(), hop_limit: 64 }))
+    }
+
+    /// A frame of another ethertype, `bytes` following the Ethernet header (and tags).
+    pub fn ether_type(ether_type: u16, bytes: &[u8]) -> Self {
+        Self::with_network(Network::Other { ether_type, bytes: bytes.to_owned() })
+    }
+
+    fn with_network(network: Network) -> Self {
+        Self {
+            src_mac: [0x02, 0, 0, 0, 0, 0x01],
+            dst_mac: [0x02, 0, 0, 0, 0, 0x02],
+            vlans: Vec::new(),
+            network,
+            transport: Transport::Tcp(Tcp {
+                sport: 49152,
+                dport: 443,
+                seq: 0x0102_0304,
+                ack: 0,
+                flags: TCP_ACK,
+                window: 64240,
+                options: Vec::new(),
+                payload: Vec::new(),
+            }),
+        }
+    }
+
+    /// Adds a VLAN tag inside the ones already there.
+    pub fn vlan(mut self, kind: VlanKind, id: u16) -> Self {
+        self.vlans.push(Vlan { kind, id });
+        self
+    }
+
+    pub fn ipv4_options(mut self, options: &[u8]) -> Self {
+        self.ipv4_mut().options = options.to_owned();
+        self
+    }
+
+    /// IPv4 fragment fields; `offset` in 8-byte units.
+    pub fn ipv4_fragment(mut self, offset: u16, more_fragments: bool) -> Self {
+        let ip = self.ipv4_mut();
+        ip.fragment_offset = offset;
+        ip.more_fragments = more_fragments;
+        ip.dont_fragment = false;
+        self
+    }
+
+    /// Appends an IPv6 extension header after the ones already there.
+    pub fn ipv6_ext(mut self, ext: Ipv6Ext) -> Self {
+        self.ipv6_mut().extensions.push(ext);
+        self
+    }
+
+    pub fn ports(mut self, sport: u16, dport: u16) -> Self {
+        let tcp = self.tcp_mut();
+        tcp.sport = sport;
+        tcp.dport = dport;
+        self
+    }
+
+    /// Replaces the TCP flags byte.
+    pub fn flags(mut self, flags: u8) -> Self {
+        self.tcp_mut().flags = flags;
+        self
+    }
+
+    pub fn tcp_options(mut self, options: &[TcpOptionElement]) -> Self {
+        self.tcp_mut().options = options.to_owned();
+        self
+    }
+
+    pub fn payload(mut self, payload: &[u8]) -> Self {
+        self.tcp_mut().payload = payload.to_owned();
+        self
+    }
+
+    /// Replaces TCP with another IP protocol and its raw bytes.
+    pub fn ip_payload(mut self, protocol: u8, bytes: &[u8]) -> Self {
+        self.transport = Transport::Other { protocol, bytes: bytes.to_owned() };
+        self
+    }
+
+    fn ipv4_mut(&mut self) -> &mut Ipv4 {
+        match &mut self.network {
+            Network::Ipv4(ip) => ip,
+            other => panic!("not an IPv4 frame: {other:?}"),
+        }
+    }
+
+    fn ipv6_mut(&mut self) -> &mut Ipv6 {
+        match &mut self.network {
+            Network::Ipv6(ip) => ip,
+            other => panic!("not an IPv6 frame: {other:?}"),
+        }
+    }
+
+    fn tcp_mut(&mut self) -> &mut Tcp {
+        match &mut self.transport {
+            Transport::Tcp(tcp) => tcp,
+            other => panic!("not a TCP frame: {other:?}"),
+        }
+    }
+
+    /// The key rstwatch should record for this frame if it is a RST, taken from the builder's
+    /// fields (not from parsing the bytes).
+    ///
+    /// # Panics
+    /// If the frame is not TCP over IP.
+    pub fn flow_key(&self, ifindex: u32) -> FlowKey {
+        let Transport::Tcp(tcp) = &self.transport else {
+            panic!("not a TCP frame: {:?}", self.transport);
+        };
+        let (family, src, dst) = match &self.network {
+            Network::Ipv4(ip) => (FAMILY_IPV4, widen(ip.src), widen(ip.dst)),
+            Network::Ipv6(ip) => (FAMILY_IPV6, ip.src, ip.dst),
+            Network::Other { .. } => panic!("not an IP frame"),
+        };
+        FlowKey {
+            src,
+            dst,
+            ifindex,
+            sport: tcp.sport,
+            dport: tcp.dport,
+            family,
+            protocol: IPPROTO_TCP,
+            _pad: [0; 2],
+        }
+    }
+
+    /// Lays the frame out. No padding to Ethernet's 60-byte minimum: a test that wants it adds
+    /// payload.
+    pub fn build(&self) -> Crafted {
+        let mut bytes = Vec::with_capacity(128);
+        let network_type = match &self.network {
+            Network::Ipv4(_) => ETH_P_IPV4,
+            Network::Ipv6(_) => ETH_P_IPV6,
+            Network::Other { ether_type, .. } => *ether_type,
+        };
+        // Each header announces the next one's type: Ethernet the first tag's TPID, each tag
+        // the next tag's TPID, the innermost tag the network ethertype.
+        let mut next_types: Vec<u16> = self.vlans.iter().map(|vlan| vlan.kind.tpid()).collect();
+        next_types.push(network_type);
+        Ethernet2Header { source: self.src_mac, destination: self.dst_mac, ether_type: EtherType(next_types[0]) }
+            .write(&mut bytes)
+            .expect("writing to a Vec cannot fail");
+        for (vlan, next_type) in self.vlans.iter().zip(&next_types[1..]) {
+            SingleVlanHeader {
+                pcp: VlanPcp::ZERO,
+                drop_eligible_indicator: false,
+                vlan_id: VlanId::try_new(vlan.id).expect("VLAN id fits in 12 bits"),
+                ether_type: EtherType(*next_type),
+            }
+            .write(&mut bytes)
+            .expect("writing to a Vec cannot fail");
+        }
+        let l3 = bytes.len();
+        let layout = match &self.network {
+            Network::Ipv4(ip) => self.write_ipv4(ip, &mut bytes, l3),
+            Network::Ipv6(ip) => self.write_ipv6(ip, &mut bytes, l3),
+            Network::Other { bytes: rest, .. } => {
+                bytes.extend_from_slice(rest);
+                Layout::Other
+            }
+        };
+        Crafted { bytes, layout }
+    }
+
+    fn write_ipv4(&self, ip: &Ipv4, bytes: &mut Vec<u8>, l3: usize) -> Layout {
+        let (protocol, transport) = self.transport_bytes(|tcp, payload| {
+            tcp.calc_checksum_ipv4_raw(ip.src, ip.dst, payload).expect("TCP segment fits in an IPv4 packet")
+        });
+        let mut header = Ipv4Header::new(0, ip.ttl, IpNumber(protocol), ip.src, ip.dst).expect("empty payload fits");
+        header.options = ip.options[..].try_into().expect("IPv4 options are a multiple of 4, at most 40 bytes");
+        header.identification = ip.identification;
+        header.dont_fragment = ip.dont_fragment;
+        header.more_fragments = ip.more_fragments;
+        header.fragment_offset = IpFragOffset::try_new(ip.fragment_offset).expect("fragment offset fits in 13 bits");
+        header.set_payload_len(transport.len()).expect("payload fits in an IPv4 packet");
+        // `write` computes the header checksum.
+        header.write(bytes).expect("writing to a Vec cannot fail");
+        let l4 = bytes.len();
+        bytes.extend_from_slice(&transport);
+        Layout::Ipv4 { l3, l4 }
+    }
+
+    fn write_ipv6(&self, ip: &Ipv6, bytes: &mut Vec<u8>, l3: usize) -> Layout {
+        let (protocol, transport) = self.transport_bytes(|tcp, payload| {
+            tcp.calc_checksum_ipv6_raw(ip.src, ip.dst, payload).expect("TCP segment fits in an IPv6 packet")
+        });
+        let mut extensions = Vec::new();
+        let next_headers = ip.extensions.iter().skip(1).map(|ext| ext.protocol()).chain([protocol]);
+        for (ext, next_header) in ip.extensions.iter().zip(next_headers) {
+            ext.write(next_header, &mut extensions);
+        }
+        let mut header = Ipv6Header {
+            next_header: IpNumber(ip.extensions.first().map_or(protocol, |ext| ext.protocol())),
+            hop_limit: ip.hop_limit,
+            source: ip.src,
+            destination: ip.dst,
+            ..Default::default()
+        };
+        header
+            .set_payload_length(extensions.len() + transport.len())
+            .expect("payload fits in an IPv6 packet (no jumbograms)");
+        header.write(bytes).expect("writing to a Vec cannot fail");
+        bytes.extend_from_slice(&extensions);
+        let l4 = bytes.len();
+        bytes.extend_from_slice(&transport);
+        Layout::Ipv6 { l3, l4 }
+    }
+
+    /// The transport's protocol number and bytes; `checksum` computes TCP's over the pseudo
+    /// header of the enclosing IP version.
+    fn transport_bytes(&self, checksum: impl Fn(&TcpHeader, &[u8]) -> u16) -> (u8, Vec<u8>) {
+        match &self.transport {
+            Transport::Tcp(tcp) => {
+                let mut header = TcpHeader::new(tcp.sport, tcp.dport, tcp.seq, tcp.window);
+                header.acknowledgment_number = tcp.ack;
+                header.fin = tcp.flags & TCP_FIN != 0;
+                header.syn = tcp.flags & TCP_SYN != 0;
+                header.rst = tcp.flags & TCP_RST != 0;
+                header.psh = tcp.flags & TCP_PSH != 0;
+                header.ack = tcp.flags & TCP_ACK != 0;
+                header.urg = tcp.flags & 0x20 != 0;
+                header.ece = tcp.flags & 0x40 != 0;
+                header.cwr = tcp.flags & 0x80 != 0;
+                header.set_options(&tcp.options).expect("TCP options fit in 40 bytes");
+                header.checksum = checksum(&header, &tcp.payload);
+                let mut bytes = Vec::with_capacity(header.header_len() + tcp.payload.len());
+                header.write(&mut bytes).expect("writing to a Vec cannot fail");
+                bytes.extend_from_slice(&tcp.payload);
+                (IPPROTO_TCP, bytes)
+            }
+            Transport::Other { protocol, bytes } => (*protocol, bytes.clone()),
+        }
+    }
+}
+
+fn widen(v4: [u8; 4]) -> [u8; 16] {
+    let mut address = [0; 16];
+    address[..4].copy_from_slice(&v4);
+    address
+}
+
+/// A laid-out frame, and the edits that break it in one place.
+///
+/// The edits are deliberately raw byte writes after etherparse is done: checksums are left as
+/// they were, since the walk never checks them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Crafted {
+    pub bytes: Vec<u8>,
+    layout: Layout,
+}
+
+impl Crafted {
+    /// Offset of the IP header, if the frame has one.
+    pub fn l3(&self) -> Option<usize> {
+        match self.layout {
+            Layout::Ipv4 { l3, .. } | Layout::Ipv6 { l3, .. } => Some(l3),
+            Layout::Other => None,
+        }
+    }
+
+    /// Offset of the transport header (after all IPv6 extension headers), if IP.
+    pub fn l4(&self) -> Option<usize> {
+        match self.layout {
+            Layout::Ipv4 { l4, .. } | Layout::Ipv6 { l4, .. } => Some(l4),
+            Layout::Other => None,
+        }
+    }
+
+    /// Where the fixed 20 bytes of the TCP header end: the walk needs exactly this much.
+    pub fn tcp_header_end(&self) -> usize {
+        self.l4().expect("not an IP frame") + core::mem::size_of::<TcpHdr>()
+    }
+
+    /// The first `len` bytes only.
+    pub fn truncated(mut self, len: usize) -> Self {
+        assert!(len <= self.bytes.len(), "cannot truncate {} bytes to {len}", self.bytes.len());
+        self.bytes.truncate(len);
+        self
+    }
+
+    /// Overwrites the IPv4 header length (in 32-bit words), leaving everything else in place.
+    pub fn with_ipv4_ihl(mut self, ihl: u8) -> Self {
+        assert!(ihl <= 0x0f);
+        let Layout::Ipv4 { l3, .. } = self.layout else {
+            panic!("not an IPv4 frame");
+        };
+        self.bytes[l3] = (self.bytes[l3] & 0xf0) | ihl;
+        self
+    }
+
+    /// Overwrites the version nibble of the IP header (IPv4 or IPv6: it is the same nibble).
+    pub fn with_ip_version(mut self, version: u8) -> Self {
+        assert!(version <= 0x0f);
+        let l3 = self.l3().expect("not an IP frame");
+        self.bytes[l3] = (self.bytes[l3] & 0x0f) | (version << 4);
+        self
+    }
+
+    /// Overwrites the TCP data offset (in 32-bit words).
+    pub fn with_tcp_data_offset(mut self, data_offset: u8) -> Self {
+        assert!(data_offset <= 0x0f);
+        let l4 = self.l4().expect("not an IP frame");
+        // The data offset is the high nibble of byte 12 of the TCP header.
+        self.bytes[l4 + 12] = (self.bytes[l4 + 12] & 0x0f) | (data_offset << 4);
+        self
+    }
+
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
+}
+
+/// One frame and what the walk must make of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Case {
+    pub name: String,
+    pub frame: Vec<u8>,
+    pub expected: Observation,
+}
+
+pub const CLIENT_V4: [u8; 4] = [192, 0, 2, 10];
+pub const SERVER_V4: [u8; 4] = [198, 51, 100, 20];
+pub const CLIENT_V6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x0a];
+pub const SERVER_V6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x14];
+
+/// A plain IPv4 TCP frame between the documentation addresses.
+pub fn tcp_v4() -> FrameBuilder {
+    FrameBuilder::ipv4(CLIENT_V4, SERVER_V4)
+}
+
+/// A plain IPv6 TCP frame between the documentation addresses.
+pub fn tcp_v6() -> FrameBuilder {
+    FrameBuilder::ipv6(CLIENT_V6, SERVER_V6)
+}
+
+/// Eight bytes of IPv4 options: a router alert (RFC 2113) and a NOP-padded end of list.
+pub const IPV4_OPTIONS_ROUTER_ALERT: [u8; 8] = [0x94, 0x04, 0x00, 0x00, 0x01, 0x01, 0x01, 0x00];
+
+/// The options Linux puts on a SYN: MSS, SACK permitted, timestamps, window scale (20 bytes).
+pub fn syn_options() -> Vec<TcpOptionElement> {
+    vec![
+        TcpOptionElement::MaximumSegmentSize(1460),
+        TcpOptionElement::SelectiveAcknowledgementPermitted,
+        TcpOptionElement::Timestamp(0x0001_0203, 0),
+        TcpOptionElement::Noop,
+        TcpOptionElement::WindowScale(7),
+    ]
+}
+
+/// A VLAN-tagged RST over IPv4 with options: the frame the truncation sweeps cut.
+pub fn vlan_ipv4_options_rst() -> FrameBuilder {
+    tcp_v4()
+        .vlan(VlanKind::Dot1Q, 100)
+        .ipv4_options(&IPV4_OPTIONS_ROUTER_ALERT)
+        .ports(443, 49152)
+        .flags(TCP_RST)
+}
+
+/// An IPv6 RST behind a hop-by-hop, a destination options and an authentication header.
+pub fn ipv6_ext_rst() -> FrameBuilder {
+    tcp_v6()
+        .ipv6_ext(Ipv6Ext::HopByHop { len: 0 })
+        .ipv6_ext(Ipv6Ext::DestinationOptions { len: 1 })
+        .ipv6_ext(Ipv6Ext::Auth { icv_len: 12 })
+        .ports(8080, 50000)
+        .flags(TCP_RST | TCP_ACK)
+}
+
+/// Every header variant and every malformed variant the walk distinguishes, each with the
+/// [`Observation`] it must produce on interface `ifindex`.
+///
+/// Every frame is at least [`MIN_TEST_RUN_FRAME`] bytes (the kernel's test-run refuses shorter
+/// ones); what happens to shorter frames is covered by the host truncation tests. RST cases use
+/// distinct ports, so each one is its own flow in the kernel's table.
+pub fn cases(ifindex: u32) -> Vec<Case> {
+    let mut table = Table { ifindex, cases: Vec::new(), next_port: 20000 };
+
+    // Plain TCP over IPv4 and IPv6, and which flags make a reset.
+    table.reset("ipv4 rst", tcp_v4().flags(TCP_RST));
+    table.reset("ipv4 rst+ack", tcp_v4().flags(TCP_RST | TCP_ACK));
+    table.reset("ipv4 rst with every other flag", tcp_v4().flags(0xff));
+    table.segment("ipv4 syn", tcp_v4().flags(TCP_SYN).tcp_options(&syn_options()));
+    table.segment("ipv4 ack with payload", tcp_v4().flags(TCP_ACK | TCP_PSH).payload(b"hello"));
+    table.segment("ipv4 fin+ack", tcp_v4().flags(TCP_FIN | TCP_ACK));
+    table.segment("ipv4 no flags", tcp_v4().flags(0));
+    table.segment("ipv4 all flags but rst", tcp_v4().flags(!TCP_RST));
+    table.reset("ipv6 rst", tcp_v6().flags(TCP_RST));
+    table.reset("ipv6 rst+ack", tcp_v6().flags(TCP_RST | TCP_ACK));
+    table.segment("ipv6 syn", tcp_v6().flags(TCP_SYN).tcp_options(&syn_options()));
+    table.segment("ipv6 ack with payload", tcp_v6().payload(&[0x42; 100]));
+
+    // Header lengths: options move the next header.
+    table.reset("ipv4 options (ihl 7) rst", tcp_v4().ipv4_options(&IPV4_OPTIONS_ROUTER_ALERT).flags(TCP_RST));
+    table.reset("ipv4 40 bytes of options (ihl 15) rst", tcp_v4().ipv4_options(&[0x01; 40]).flags(TCP_RST));
+    table.reset("tcp options (data offset 10) rst", tcp_v4().tcp_options(&syn_options()).flags(TCP_RST));
+    table.reset(
+        "tcp 40 bytes of options (data offset 15) rst",
+        tcp_v6().tcp_options(&vec![TcpOptionElement::Noop; 40]).flags(TCP_RST | TCP_ACK),
+    );
+    table.reset("ipv4 rst with payload", tcp_v4().flags(TCP_RST).payload(b"connection reset by peer"));
+
+    // VLAN tags: 802.1Q, 802.1ad, legacy QinQ, stacks up to MAX_VLAN_TAGS.
+    table.reset("802.1q ipv4 rst", tcp_v4().vlan(VlanKind::Dot1Q, 100).flags(TCP_RST));
+    table.reset("802.1q ipv6 rst", tcp_v6().vlan(VlanKind::Dot1Q, 4094).flags(TCP_RST));
+    table.reset("802.1ad alone ipv4 rst", tcp_v4().vlan(VlanKind::Dot1Ad, 7).flags(TCP_RST));
+    table.reset(
+        "qinq 802.1ad+802.1q ipv4 rst",
+        tcp_v4().vlan(VlanKind::Dot1Ad, 10).vlan(VlanKind::Dot1Q, 20).flags(TCP_RST),
+    );
+    table.reset(
+        "qinq 0x9100+802.1q ipv6 rst",
+        tcp_v6().vlan(VlanKind::QinQLegacy, 10).vlan(VlanKind::Dot1Q, 20).flags(TCP_RST),
+    );
+    let three_tags = tcp_v6().vlan(VlanKind::Dot1Ad, 1).vlan(VlanKind::Dot1Q, 2).vlan(VlanKind::Dot1Q, 3);
+    assert_eq!(three_tags.vlans.len(), MAX_VLAN_TAGS);
+    table.reset("three tags ipv6 rst", three_tags.clone().flags(TCP_RST));
+    table.segment("qinq ipv4 syn", tcp_v4().vlan(VlanKind::Dot1Ad, 10).vlan(VlanKind::Dot1Q, 20).flags(TCP_SYN));
+    table.malformed("four tags (deeper than the walk goes)", three_tags.vlan(VlanKind::Dot1Q, 4).flags(TCP_RST).build());
+
+    // IPv6 extension headers, one of each kind, a long one, and chains up to the bound.
+    table.reset("ipv6 hop-by-hop rst", tcp_v6().ipv6_ext(Ipv6Ext::HopByHop { len: 0 }).flags(TCP_RST));
+    table.reset("ipv6 routing rst", tcp_v6().ipv6_ext(Ipv6Ext::Routing { len: 2 }).flags(TCP_RST));
+    table.reset("ipv6 destination options rst", tcp_v6().ipv6_ext(Ipv6Ext::DestinationOptions { len: 0 }).flags(TCP_RST));
+    table.reset("ipv6 authentication header rst", tcp_v6().ipv6_ext(Ipv6Ext::Auth { icv_len: 12 }).flags(TCP_RST));
+    table.reset("ipv6 2048-byte destination options rst", tcp_v6().ipv6_ext(Ipv6Ext::DestinationOptions { len: 255 }).flags(TCP_RST));
+    table.reset("ipv6 1016-byte icv rst", tcp_v6().ipv6_ext(Ipv6Ext::Auth { icv_len: 1012 }).flags(TCP_RST));
+    table.reset("ipv6 hop-by-hop, dstopts, auth, rst+ack", ipv6_ext_rst());
+    table.reset(
+        "ipv6 every kind of extension header rst",
+        tcp_v6()
+            .ipv6_ext(Ipv6Ext::HopByHop { len: 1 })
+            .ipv6_ext(Ipv6Ext::DestinationOptions { len: 0 })
+            .ipv6_ext(Ipv6Ext::Routing { len: 0 })
+            .ipv6_ext(Ipv6Ext::Fragment { offset: 0, more: true })
+            .ipv6_ext(Ipv6Ext::Auth { icv_len: 4 })
+            .ipv6_ext(Ipv6Ext::DestinationOptions { len: 0 })
+            .flags(TCP_RST),
+    );
+    table.reset("ipv6 chain of 8 (the bound) rst", ipv6_chain(MAX_IPV6_EXT_HEADERS).flags(TCP_RST));
+    table.segment("ipv6 chain of 8 (the bound) syn", ipv6_chain(MAX_IPV6_EXT_HEADERS).flags(TCP_SYN));
+    table.malformed("ipv6 chain of 9 (past the bound) rst", ipv6_chain(MAX_IPV6_EXT_HEADERS + 1).flags(TCP_RST).build());
+
+    // Fragments: only the first one carries the TCP header.
+    table.reset("ipv4 first fragment (mf) rst", tcp_v4().ipv4_fragment(0, true).flags(TCP_RST));
+    table.fragment("ipv4 non-first fragment", tcp_v4().ipv4_fragment(185, true).ip_payload(IPPROTO_TCP, &[0x55; 64]));
+    table.fragment("ipv4 last fragment", tcp_v4().ipv4_fragment(370, false).ip_payload(IPPROTO_TCP, &[0x55; 40]));
+    table.fragment("ipv4 non-first fragment of udp", tcp_v4().ipv4_fragment(1, false).ip_payload(IPPROTO_UDP, &[0; 8]));
+    table.fragment(
+        "ipv4 non-first fragment that looks like a rst",
+        tcp_v4().ipv4_fragment(3, false).flags(TCP_RST),
+    );
+    table.reset("ipv6 first fragment (mf) rst", tcp_v6().ipv6_ext(Ipv6Ext::Fragment { offset: 0, more: true }).flags(TCP_RST));
+    table.fragment(
+        "ipv6 non-first fragment",
+        tcp_v6().ipv6_ext(Ipv6Ext::Fragment { offset: 181, more: true }).ip_payload(IPPROTO_TCP, &[0x55; 64]),
+    );
+    table.fragment(
+        "ipv6 non-first fragment behind hop-by-hop",
+        tcp_v6()
+            .ipv6_ext(Ipv6Ext::HopByHop { len: 0 })
+            .ipv6_ext(Ipv6Ext::Fragment { offset: 1, more: false })
+            .flags(TCP_RST),
+    );
+
+    // Not TCP over IP: passes uncounted.
+    table.not_tcp("arp", FrameBuilder::ether_type(ETH_P_ARP, &[0; 28]).build());
+    table.not_tcp("802.1q arp", FrameBuilder::ether_type(ETH_P_ARP, &[0; 28]).vlan(VlanKind::Dot1Q, 5).build());
+    table.not_tcp("lldp", FrameBuilder::ether_type(ETH_P_LLDP, &[0; 46]).build());
+    table.not_tcp("unknown ethertype, nothing after it", FrameBuilder::ether_type(0x1234, &[]).build());
+    table.not_tcp("ipv4 udp", tcp_v4().ip_payload(IPPROTO_UDP, &[0; 8]).build());
+    table.not_tcp("ipv6 udp", tcp_v6().ip_payload(IPPROTO_UDP, &[0; 8]).build());
+    table.not_tcp("ipv6 icmpv6", tcp_v6().ip_payload(IPPROTO_ICMPV6, &[128, 0, 0, 0, 0, 1, 0, 1]).build());
+    table.not_tcp("ipv6 no next header", tcp_v6().ip_payload(IPPROTO_NO_NEXT_HEADER, &[]).build());
+    table.not_tcp(
+        "ipv6 hop-by-hop then udp",
+        tcp_v6().ipv6_ext(Ipv6Ext::HopByHop { len: 0 }).ip_payload(IPPROTO_UDP, &[0; 8]).build(),
+    );
+    table.not_tcp("ipv4 udp behind qinq", tcp_v4().vlan(VlanKind::Dot1Ad, 1).vlan(VlanKind::Dot1Q, 2).ip_payload(IPPROTO_UDP, &[0; 8]).build());
+
+    // Malformed: truncated inside each header.
+    let rst_v4 = vlan_ipv4_options_rst().build();
+    let rst_v6 = ipv6_ext_rst().build();
+    table.malformed("ethernet only, ipv4 ethertype", tcp_v4().build().truncated(14));
+    table.malformed("truncated in the vlan tag", rst_v4.clone().truncated(16));
+    table.malformed("truncated in the ipv4 header", rst_v4.clone().truncated(18 + 19));
+    table.malformed("truncated in the ipv4 options", rst_v4.clone().truncated(18 + 24));
+    table.malformed("ipv4 truncated before tcp", rst_v4.clone().truncated(rst_v4.l4().unwrap()));
+    table.malformed("ipv4 truncated in the tcp header", rst_v4.clone().truncated(rst_v4.tcp_header_end() - 1));
+    table.malformed("truncated in the ipv6 header", rst_v6.clone().truncated(14 + 39));
+    table.malformed("truncated in an ipv6 extension header", rst_v6.clone().truncated(14 + 40 + 8 + 4));
+    table.malformed("ipv6 truncated in the tcp header", rst_v6.clone().truncated(rst_v6.tcp_header_end() - 1));
+    table.malformed(
+        "ipv6 2048-byte extension header cut short",
+        tcp_v6().ipv6_ext(Ipv6Ext::DestinationOptions { len: 255 }).flags(TCP_RST).build().truncated(14 + 40 + 1000),
+    );
+    table.malformed(
+        "tcp options cut off: only the fixed header is needed, but it is cut too",
+        tcp_v4().tcp_options(&syn_options()).flags(TCP_RST).build().truncated(14 + 20 + 10),
+    );
+
+    // Malformed: impossible header fields.
+    for ihl in [0, 1, 4] {
+        table.malformed(&format!("ipv4 ihl {ihl}"), tcp_v4().flags(TCP_RST).build().with_ipv4_ihl(ihl));
+    }
+    table.malformed(
+        "ipv4 ihl 15 without options: tcp header past the end",
+        tcp_v4().flags(TCP_RST).build().with_ipv4_ihl(15),
+    );
+    for data_offset in [0, 4] {
+        table.malformed(
+            &format!("tcp data offset {data_offset} on a rst"),
+            tcp_v4().flags(TCP_RST).build().with_tcp_data_offset(data_offset),
+        );
+        table.malformed(
+            &format!("tcp data offset {data_offset} on an ipv6 syn"),
+            tcp_v6().flags(TCP_SYN).build().with_tcp_data_offset(data_offset),
+        );
+    }
+    table.malformed("ipv4 ethertype, version 6", tcp_v4().flags(TCP_RST).build().with_ip_version(6));
+    table.malformed("ipv4 ethertype, version 0", tcp_v4().flags(TCP_RST).build().with_ip_version(0));
+    table.malformed("ipv6 ethertype, version 4", tcp_v6().flags(TCP_RST).build().with_ip_version(4));
+    table.malformed(
+        "ipv6 ethertype, version 15 behind a vlan tag",
+        tcp_v6().vlan(VlanKind::Dot1Q, 9).flags(TCP_RST).build().with_ip_version(15),
+    );
+
+    table.cases
+}
+
+/// `count` destination options headers in a row before TCP.
+pub fn ipv6_chain(count: usize) -> FrameBuilder {
+    (0..count).fold(tcp_v6(), |frame, _| frame.ipv6_ext(Ipv6Ext::DestinationOptions { len: 0 }))
+}
+
+struct Table {
+    ifindex: u32,
+    cases: Vec<Case>,
+    /// Gives every TCP case its own source port, so every RST case is its own flow.
+    next_port: u16,
+}
+
+impl Table {
+    fn push(&mut self, name: &str, frame: Vec<u8>, expected: Observation) {
+        assert!(
+            frame.len() >= MIN_TEST_RUN_FRAME,
+            "case {name:?} is {} bytes, shorter than a test-run accepts",
+            frame.len()
+        );
+        assert!(!self.cases.iter().any(|case| case.name == name), "duplicate case name {name:?}");
+        self.cases.push(Case { name: name.to_owned(), frame, expected });
+    }
+
+    fn unique_ports(&mut self, frame: FrameBuilder) -> FrameBuilder {
+        let Transport::Tcp(tcp) = &frame.transport else {
+            return frame;
+        };
+        let dport = tcp.dport;
+        self.next_port += 1;
+        frame.ports(self.next_port, dport)
+    }
+
+    fn reset(&mut self, name: &str, frame: FrameBuilder) {
+        let frame = self.unique_ports(frame);
+        let key = frame.flow_key(self.ifindex);
+        self.push(name, frame.build().into_bytes(), Observation::Reset(key));
+    }
+
+    fn segment(&mut self, name: &str, frame: FrameBuilder) {
+        let frame = self.unique_ports(frame);
+        self.push(name, frame.build().into_bytes(), Observation::Segment);
+    }
+
+    fn fragment(&mut self, name: &str, frame: FrameBuilder) {
+        self.push(name, frame.build().into_bytes(), Observation::Fragment);
+    }
+
+    fn not_tcp(&mut self, name: &str, frame: Crafted) {
+        self.push(name, frame.into_bytes(), Observation::NotTcp);
+    }
+
+    fn malformed(&mut self, name: &str, frame: Crafted) {
+        self.push(name, frame.into_bytes(), Observation::Malformed);
+    }
+}
