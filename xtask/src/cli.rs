@@ -1,0 +1,119 @@
+//! The `cargo xtask` command line.
+
+use std::{process::ExitCode, time::Duration};
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+
+use crate::{build, demo, lab, setup, signal, testrun, traffic};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "rstwatch developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install the eBPF toolchain, bpf-linker and the lab's apt packages (only what is missing).
+    Setup,
+    /// Build target/release/rstwatch.
+    Build,
+    /// Replay the forum case in a namespace lab and watch it with rstwatch.
+    Demo {
+        /// How long rstwatch watches (and traffic runs), in seconds.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// Setup, build, then run the whole test suite (needs root: BPF and network namespaces).
+    Test {
+        /// Passed on to the test runner.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Remove lab namespaces left behind by processes that are gone.
+    Sweep,
+    /// Generate resets between two lab namespaces and print what was done as JSON.
+    #[command(hide = true)]
+    Traffic(TrafficArgs),
+}
+
+#[derive(clap::Args)]
+struct TrafficArgs {
+    #[arg(long)]
+    client_ns: String,
+    #[arg(long)]
+    server_ns: String,
+    /// Number of rounds (each round runs every step once).
+    #[arg(long)]
+    rounds: Option<u32>,
+    /// Or: run for this many milliseconds.
+    #[arg(long)]
+    duration_ms: Option<u64>,
+    /// Pause after each round, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pace_ms: u64,
+    /// Connections the balancer keeps before it resets new ones.
+    #[arg(long, default_value_t = 4)]
+    balancer_limit: usize,
+    /// How long a client keeps a connection the balancer accepted (default: until the end).
+    #[arg(long)]
+    hold_ms: Option<u64>,
+    /// KIND[/EVERY]:SRC->DST:PORT, KIND one of refused, server-abort, client-abort, balancer.
+    #[arg(required = true)]
+    steps: Vec<traffic::Step>,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Setup => setup::run()?,
+        Command::Build => {
+            build::run()?;
+        }
+        Command::Demo { seconds } => demo::run(Duration::from_secs(seconds))?,
+        Command::Test { args } => return testrun::run(&args),
+        Command::Sweep => {
+            for name in lab::sweep_stale()? {
+                println!("removed {name}");
+            }
+        }
+        Command::Traffic(args) => return run_traffic(args),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_traffic(args: TrafficArgs) -> Result<ExitCode> {
+    signal::install()?;
+    let plan = traffic::Plan {
+        client_ns: lab::Netns::open(&args.client_ns)?,
+        server_ns: lab::Netns::open(&args.server_ns)?,
+        steps: args.steps,
+        rounds: args.rounds,
+        duration: args.duration_ms.map(Duration::from_millis),
+        pace: Duration::from_millis(args.pace_ms),
+        balancer_limit: args.balancer_limit,
+        hold: args.hold_ms.map(Duration::from_millis),
+    };
+    let report = traffic::run(&plan, &signal::stop_requested).context("traffic")?;
+    println!("{}", report.to_json());
+    if report.errors.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for e in &report.errors {
+            eprintln!("xtask traffic: {e}");
+        }
+        Ok(ExitCode::FAILURE)
+    }
+}

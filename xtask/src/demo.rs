@@ -1,0 +1,153 @@
+//! `cargo xtask demo`: the forum case ("I'm seeing a large number of TCP RST and am not sure what
+//! is causing it") replayed in a namespace lab, with rstwatch showing who sends the resets.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::atomic::{AtomicBool, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+
+use crate::{
+    build, lab, setup, signal,
+    traffic::{self, Kind, Side, Step},
+};
+
+const CLIENTS: [Ipv4Addr; 3] = [Ipv4Addr::new(10, 77, 1, 11), Ipv4Addr::new(10, 77, 1, 12), Ipv4Addr::new(10, 77, 1, 13)];
+const VIP: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 77, 2, 10)), 443);
+const APP: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 77, 2, 20)), 8080);
+const ABORTER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 77, 2, 30)), 9000);
+const BALANCER_LIMIT: usize = 6;
+const HOLD: Duration = Duration::from_millis(1500);
+const PACE: Duration = Duration::from_millis(100);
+
+pub fn run(seconds: Duration) -> Result<()> {
+    signal::install()?;
+    setup::run()?;
+    let rstwatch = build::run()?;
+    if signal::stop_requested() {
+        return Ok(());
+    }
+    for name in lab::sweep_stale()? {
+        eprintln!("xtask: removed stale lab namespace {name}");
+    }
+
+    let client_addrs: Vec<IpAddr> = CLIENTS.iter().copied().map(IpAddr::V4).collect();
+    let hosts = lab::TwoHosts::new(&client_addrs, &[VIP.ip(), APP.ip(), ABORTER.ip()])?;
+    print_header(&hosts, seconds);
+
+    let mut steps: Vec<Step> =
+        CLIENTS.iter().map(|&c| Step { kind: Kind::Balancer, every: 1, src: c.into(), dst: VIP }).collect();
+    steps.push(Step { kind: Kind::Refused, every: 5, src: CLIENTS[1].into(), dst: APP });
+    steps.push(Step { kind: Kind::ServerAbort, every: 4, src: CLIENTS[2].into(), dst: ABORTER });
+    let plan = traffic::Plan {
+        client_ns: hosts.client.clone(),
+        server_ns: hosts.server.clone(),
+        steps,
+        rounds: None,
+        // rstwatch's own --duration ends the run; this only bounds it if rstwatch hangs.
+        duration: Some(seconds + Duration::from_secs(5)),
+        pace: PACE,
+        balancer_limit: BALANCER_LIMIT,
+        hold: Some(HOLD),
+    };
+
+    let duration_arg = format!("{}s", seconds.as_secs());
+    let mut watcher = lab::Proc::spawn_with(
+        hosts.client.exec(&rstwatch).args(["-i", &hosts.client_if.name, "--duration", &duration_arg]),
+        false,
+        true,
+    )?;
+    watcher.wait_for_stderr("attached", Duration::from_secs(30)).context("starting rstwatch")?;
+
+    let watcher_done = AtomicBool::new(false);
+    let stop = || watcher_done.load(Ordering::SeqCst) || signal::stop_requested();
+    let (report, status) = thread::scope(|scope| {
+        let generator = scope.spawn(|| traffic::run(&plan, &stop));
+        let status = wait_for_watcher(&mut watcher, seconds);
+        watcher_done.store(true, Ordering::SeqCst);
+        let report = generator.join().map_err(|_| anyhow!("the traffic generator panicked"))?;
+        Ok::<_, anyhow::Error>((report, status))
+    })?;
+    let report = report?;
+    print_report(&report);
+    let status = status?;
+    drop(hosts);
+    if !status.success() {
+        bail!("rstwatch exited with {status}");
+    }
+    if !report.errors.is_empty() {
+        bail!("the traffic generator hit {} unexpected outcomes (see above)", report.errors.len());
+    }
+    Ok(())
+}
+
+/// Waits for rstwatch to end on its own (`--duration`, or the Ctrl-C it shares with us). If we
+/// alone were told to stop (SIGTERM to xtask), it is passed on; if rstwatch still hangs, killed.
+fn wait_for_watcher(watcher: &mut lab::Proc, seconds: Duration) -> Result<std::process::ExitStatus> {
+    let hard_deadline = Instant::now() + seconds + Duration::from_secs(30);
+    let mut stop_seen: Option<Instant> = None;
+    let mut forwarded = false;
+    loop {
+        if let Some(status) = watcher.try_wait()? {
+            return Ok(status);
+        }
+        if signal::stop_requested() {
+            let since = *stop_seen.get_or_insert_with(Instant::now);
+            if !forwarded && since.elapsed() > Duration::from_secs(2) {
+                watcher.signal(libc::SIGINT)?;
+                forwarded = true;
+            }
+            if since.elapsed() > Duration::from_secs(15) {
+                bail!("rstwatch did not stop within 15 s of SIGINT");
+            }
+        }
+        if Instant::now() > hard_deadline {
+            bail!("rstwatch ran 30 s past its --duration");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn print_header(hosts: &lab::TwoHosts, seconds: Duration) {
+    let clients: Vec<String> = CLIENTS.iter().map(ToString::to_string).collect();
+    println!("rstwatch demo: \"I'm seeing a large number of TCP RST and am not sure what is causing it\"");
+    println!();
+    println!("  clients    netns {:<22} {}  (veth {})", hosts.client.name(), clients.join(", "), hosts.client_if.name);
+    println!("  data centre netns {:<21} (veth {})", hosts.server.name(), hosts.server_if.name);
+    println!("    {:<17} load balancer VIP: keeps {BALANCER_LIMIT} connections, resets any above that", VIP.to_string());
+    println!("    {:<17} app server with nothing listening: its kernel answers every SYN with a RST", APP.to_string());
+    println!("    {:<17} a service that accepts and aborts (SO_LINGER 0)", ABORTER.to_string());
+    println!();
+    println!(
+        "  Each client connects to the VIP every {} ms and keeps what it gets for {} ms; {} also hits the closed",
+        PACE.as_millis(),
+        HOLD.as_millis(),
+        CLIENTS[1]
+    );
+    println!("  port, {} the aborting service. rstwatch watches {} for {} s: XDP sees what arrives there,", CLIENTS[2], hosts.client_if.name, seconds.as_secs());
+    println!("  i.e. the resets the data centre sends. Ctrl-C stops early (summary still printed).");
+    println!();
+}
+
+fn print_report(report: &traffic::Report) {
+    let mut by_sender: BTreeMap<SocketAddr, (u64, u64)> = BTreeMap::new();
+    for (flow, n) in report.expected(Side::Server) {
+        let e = by_sender.entry(flow.src).or_default();
+        e.0 += n;
+        e.1 += 1;
+    }
+    let held = report.conns.iter().filter(|c| c.outcome == traffic::Outcome::Held).count();
+    println!();
+    println!("traffic generator: {} connections in {:.1} s; resets the data centre sent:", report.conns.len(), report.elapsed.as_secs_f64());
+    for (src, (resets, flows)) in &by_sender {
+        println!("  {:<17} {resets:>6} RSTs over {flows} flows", src.to_string());
+    }
+    println!("  (the balancer kept {held} connections and closed them cleanly)");
+    for e in &report.errors {
+        println!("  unexpected: {e}");
+    }
+}

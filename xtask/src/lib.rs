@@ -1,0 +1,15 @@
+//! Developer and CI tasks for rstwatch: toolchain setup, builds, the network-namespace lab, the
+//! Rust traffic generator that drives it, the demo and the test runner.
+//!
+//! Everything here shells out to the same tools a person would use (`rustup`, `cargo`, `apt-get`,
+//! `ip`), so a failure message names a command that can be re-run by hand.
+
+pub mod build;
+pub mod cli;
+pub mod cmd;
+pub mod demo;
+pub mod lab;
+pub mod setup;
+pub mod signal;
+pub mod testrun;
+pub mod traffic;
