@@ -13,6 +13,9 @@
 //! tests run it through [`crate::inspect`], the kernel tests through the XDP program: a case
 //! added here is checked in both places.
 
+/// The etherparse this module builds with, for callers that name its types (TCP options).
+pub use etherparse;
+
 use std::{borrow::ToOwned, format, string::String, vec, vec::Vec};
 
 use etherparse::{
