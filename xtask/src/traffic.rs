@@ -549,6 +549,12 @@ fn client_step(step: &Step, hold: Option<Duration>) -> Result<(Conn, Option<Kept
         (Kind::Refused, Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => Ok((conn(Outcome::Refused), None)),
         (Kind::Refused, Err(e)) => Err(anyhow!("{client}: expected a refusal, got {e}")),
         (Kind::Refused, Ok(())) => Err(anyhow!("{client}: connected to a port that should be closed")),
+        // The handshake completed and the reset followed before connect() looked: a RST in
+        // SYN-SENT would have been ECONNREFUSED.
+        (Kind::ServerAbort, Err(e)) if e.kind() == io::ErrorKind::ConnectionReset => {
+            Ok((conn(Outcome::ServerAborted), None))
+        }
+        (Kind::Balancer, Err(e)) if e.kind() == io::ErrorKind::ConnectionReset => Ok((conn(Outcome::Rejected), None)),
         (_, Err(e)) => Err(anyhow!("{client}: connecting: {e}")),
         (Kind::ClientAbort, Ok(())) => {
             abort(sock)?;

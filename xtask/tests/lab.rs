@@ -1,0 +1,406 @@
+//! rstwatch end to end, in network namespaces, against real Linux TCP stacks on both ends.
+//!
+//! Runs the release binary (`cargo xtask build`, or RSTWATCH_BIN) and needs root: BPF, XDP and
+//! network namespaces. Every expected count comes from the traffic generator's own account of
+//! what it did, and tcpdump on the same veth is an independent witness of that account.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use anyhow::{bail, ensure, Context as _, Result};
+use serde_json::Value;
+use xtask::lab::{Finished, Iface, Netns, Proc, TwoHosts};
+
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+const C1: &str = "10.77.1.2";
+const C2: &str = "10.77.1.3";
+const C3: &str = "10.77.1.4";
+const C6: &str = "fd77::1:2";
+const S4: &str = "10.77.2.2";
+const S6: &str = "fd77::2:2";
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("test address literal")
+}
+
+fn rstwatch() -> PathBuf {
+    let bin = std::env::var_os("RSTWATCH_BIN").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("target/release/rstwatch")
+    });
+    assert!(bin.is_file(), "{} does not exist: run `cargo xtask build` (or set RSTWATCH_BIN)", bin.display());
+    bin
+}
+
+fn hosts() -> Result<TwoHosts> {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    ensure!(euid == 0, "these tests need root (network namespaces, BPF, XDP)");
+    TwoHosts::new(&[ip(C1), ip(C2), ip(C3), ip(C6)], &[ip(S4), ip(S6)])
+}
+
+/// Starts rstwatch inside `iface`'s namespace and waits until it says it attached.
+fn watch(iface: &Iface, args: &[&str]) -> Result<Proc> {
+    let mut cmd = iface.ns.exec(rstwatch());
+    cmd.args(["-i", &iface.name]).args(args);
+    let mut proc = Proc::spawn(&mut cmd)?;
+    proc.wait_for_stderr(&format!("attached to {}", iface.name), START_TIMEOUT)?;
+    Ok(proc)
+}
+
+/// Runs the generator and returns its JSON account; the run must have gone exactly as planned.
+fn traffic(hosts: &TwoHosts, extra: &[&str], steps: &[String]) -> Result<Value> {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    cmd.args(["traffic", "--client-ns", hosts.client.name(), "--server-ns", hosts.server.name()])
+        .args(extra)
+        .args(steps);
+    let fin = Proc::spawn(&mut cmd)?.finish(Duration::from_secs(120))?;
+    ensure!(fin.status.success(), "traffic generator failed ({}): {}", fin.status, fin.stderr);
+    let report: Value = serde_json::from_str(fin.stdout.trim()).context("traffic generator JSON")?;
+    ensure!(report["errors"].as_array().is_some_and(Vec::is_empty), "generator errors: {}", report["errors"]);
+    Ok(report)
+}
+
+fn steps(kind: &str, srcs: &[&str], dst: &str, port: u16) -> Vec<String> {
+    let dst: IpAddr = ip(dst);
+    srcs.iter().map(|s| format!("{kind}:{s}->{}", SocketAddr::new(dst, port))).collect()
+}
+
+type FlowKey = (IpAddr, u16, IpAddr, u16);
+
+/// What the generator says each flow must have counted, for resets sent by `from`.
+fn expected(report: &Value, from: &str) -> Result<BTreeMap<FlowKey, u64>> {
+    let mut flows = BTreeMap::new();
+    for conn in report["connections"].as_array().context("no connections")? {
+        for reset in conn["resets"].as_array().context("no resets array")? {
+            if reset["from"] != from {
+                continue;
+            }
+            let key = flow_key(reset)?;
+            *flows.entry(key).or_insert(0) += reset["count"].as_u64().context("count")?;
+        }
+    }
+    Ok(flows)
+}
+
+fn flow_key(v: &Value) -> Result<FlowKey> {
+    let addr = |k: &str| -> Result<IpAddr> {
+        v[k].as_str().with_context(|| format!("{k} in {v}"))?.parse().with_context(|| format!("{k} in {v}"))
+    };
+    let port = |k: &str| -> Result<u16> {
+        u16::try_from(v[k].as_u64().with_context(|| format!("{k} in {v}"))?).with_context(|| format!("{k} in {v}"))
+    };
+    Ok((addr("src")?, port("sport")?, addr("dst")?, port("dport")?))
+}
+
+/// rstwatch's final summary: the one `summary` line, the last line of its stdout.
+fn summary(fin: &Finished) -> Result<Value> {
+    let lines: Vec<&str> = fin.stdout.lines().filter(|l| !l.trim().is_empty()).collect();
+    let mut summaries = Vec::new();
+    for line in &lines {
+        let v: Value = serde_json::from_str(line).with_context(|| format!("stdout line is not JSON: {line}"))?;
+        match v["type"].as_str() {
+            Some("interval") => {}
+            Some("summary") => summaries.push(v),
+            other => bail!("unexpected JSON line type {other:?}: {line}"),
+        }
+    }
+    ensure!(summaries.len() == 1, "want exactly one summary line, got {}: {}", summaries.len(), fin.stdout);
+    ensure!(lines.last().is_some_and(|l| l.contains("\"summary\"")), "the summary is not the last line");
+    Ok(summaries.remove(0))
+}
+
+/// rstwatch's flows with resets on `iface`, checking the totals add up.
+fn counted(summary: &Value, iface: &Iface) -> Result<BTreeMap<FlowKey, u64>> {
+    let mut flows = BTreeMap::new();
+    let mut sum = 0;
+    for f in summary["flows"].as_array().context("summary has no flows array")? {
+        let resets = f["resets"].as_u64().with_context(|| format!("resets in {f}"))?;
+        sum += resets;
+        if resets == 0 {
+            continue;
+        }
+        ensure!(f["iface"] == iface.name.as_str(), "flow on an unexpected interface: {f}");
+        let key = flow_key(f)?;
+        let family = if key.0.is_ipv4() { "ipv4" } else { "ipv6" };
+        ensure!(f["family"] == family, "family does not match the addresses: {f}");
+        ensure!(flows.insert(key, resets).is_none(), "flow listed twice: {f}");
+    }
+    let totals = &summary["totals"];
+    let total = totals["resets"].as_u64().context("totals.resets")?;
+    let overflow = totals["overflow"].as_u64().context("totals.overflow")?;
+    assert_eq!(total, sum + overflow, "totals.resets != sum of flow resets + overflow: {totals}");
+    assert_eq!(overflow, 0, "a handful of flows must not overflow the table: {totals}");
+    let ifaces = summary["interfaces"].as_array().context("summary has no interfaces")?;
+    ensure!(ifaces.iter().any(|i| i["iface"] == iface.name.as_str()), "{} missing from {}", iface.name, summary["interfaces"]);
+    Ok(flows)
+}
+
+fn assert_detached(iface: &Iface) -> Result<()> {
+    let details = iface.details()?;
+    assert!(!xtask::lab::details_show_xdp(&details), "an XDP program is still attached to {}:\n{details}", iface.name);
+    Ok(())
+}
+
+fn assert_one_line_error(fin: &Finished, needle: &str) {
+    assert!(!fin.status.success(), "expected failure, got {}; stderr: {}", fin.status, fin.stderr);
+    let lines: Vec<&str> = fin.stderr.trim_end().lines().collect();
+    assert_eq!(lines.len(), 1, "stderr must be exactly one line, got:\n{}", fin.stderr);
+    assert!(lines[0].contains(needle), "stderr should mention {needle:?}: {}", lines[0]);
+}
+
+static CAPTURES: AtomicU32 = AtomicU32::new(0);
+
+/// tcpdump on `iface`, writing every TCP frame to a file of its own.
+struct Capture {
+    proc: Proc,
+    path: PathBuf,
+}
+
+impl Capture {
+    fn start(iface: &Iface) -> Result<Capture> {
+        let n = CAPTURES.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("rstwatch-lab-{}-{n}.pcap", std::process::id()));
+        let mut cmd = iface.ns.exec("tcpdump");
+        cmd.args(["-i", &iface.name, "-nn", "-U", "-Z", "root", "-w"]).arg(&path).arg("tcp");
+        let mut proc = Proc::spawn(&mut cmd)?;
+        proc.wait_for_stderr("listening on", START_TIMEOUT)?;
+        Ok(Capture { proc, path })
+    }
+
+    /// Stops the capture and counts resets per directional flow.
+    fn resets(self) -> Result<BTreeMap<FlowKey, u64>> {
+        self.proc.signal(libc::SIGINT)?;
+        let fin = self.proc.finish(EXIT_TIMEOUT)?;
+        ensure!(fin.status.success(), "tcpdump failed ({}): {}", fin.status, fin.stderr);
+        let bytes = std::fs::read(&self.path).with_context(|| format!("reading {}", self.path.display()))?;
+        let _ = std::fs::remove_file(&self.path);
+        pcap_resets(&bytes)
+    }
+}
+
+/// A small pcap reader (Ethernet, IPv4/IPv6 without extension headers, TCP): only what tcpdump
+/// writes for a veth.
+fn pcap_resets(bytes: &[u8]) -> Result<BTreeMap<FlowKey, u64>> {
+    ensure!(bytes.len() >= 24, "pcap too short");
+    let le = match bytes[..4] {
+        [0xd4, 0xc3, 0xb2, 0xa1] | [0x4d, 0x3c, 0xb2, 0xa1] => true,
+        [0xa1, 0xb2, 0xc3, 0xd4] | [0xa1, 0xb2, 0x3c, 0x4d] => false,
+        _ => bail!("not a pcap file"),
+    };
+    let u32_at = |b: &[u8], at: usize| {
+        let w = [b[at], b[at + 1], b[at + 2], b[at + 3]];
+        if le { u32::from_le_bytes(w) } else { u32::from_be_bytes(w) }
+    };
+    ensure!(u32_at(bytes, 20) == 1, "link type {} is not Ethernet", u32_at(bytes, 20));
+    let mut flows = BTreeMap::new();
+    let mut at = 24;
+    while at + 16 <= bytes.len() {
+        let len = usize::try_from(u32_at(bytes, at + 8))?;
+        let frame = bytes.get(at + 16..at + 16 + len).context("truncated pcap record")?;
+        at += 16 + len;
+        let be16 = |b: &[u8], i: usize| u16::from_be_bytes([b[i], b[i + 1]]);
+        if frame.len() < 14 {
+            continue;
+        }
+        let (src, dst, tcp) = match be16(frame, 12) {
+            0x0800 => {
+                let ip4 = &frame[14..];
+                let ihl = usize::from(ip4[0] & 0x0f) * 4;
+                if ip4[9] != 6 {
+                    continue;
+                }
+                let a = |i: usize| IpAddr::from([ip4[i], ip4[i + 1], ip4[i + 2], ip4[i + 3]]);
+                (a(12), a(16), &ip4[ihl..])
+            }
+            0x86dd => {
+                let ip6 = &frame[14..];
+                if ip6[6] != 6 {
+                    continue;
+                }
+                let a = |i: usize| -> Result<IpAddr> { Ok(IpAddr::from(<[u8; 16]>::try_from(&ip6[i..i + 16])?)) };
+                (a(8)?, a(24)?, &ip6[40..])
+            }
+            _ => continue,
+        };
+        if tcp.len() >= 14 && tcp[13] & 0x04 != 0 {
+            *flows.entry((src, be16(tcp, 0), dst, be16(tcp, 2))).or_insert(0) += 1;
+        }
+    }
+    Ok(flows)
+}
+
+fn refused_and_aborted_steps() -> Vec<String> {
+    let mut s = steps("refused", &[C1, C2, C3], S4, 81);
+    s.extend(steps("server-abort", &[C1, C2, C3], S4, 8443));
+    s.extend(steps("refused", &[C6], S6, 81));
+    s.extend(steps("server-abort", &[C6], S6, 8443));
+    s
+}
+
+/// (a) Resets the server sends, counted on the client's veth, flow by flow.
+#[test]
+fn counts_server_resets_exactly_on_the_client_side() -> Result<()> {
+    let hosts = hosts()?;
+    let capture = Capture::start(&hosts.client_if)?;
+    let rw = watch(&hosts.client_if, &["--duration", "6s", "--interval", "1s", "--format", "json"])?;
+    let report = traffic(&hosts, &["--rounds", "3"], &refused_and_aborted_steps())?;
+    let fin = rw.finish(EXIT_TIMEOUT)?;
+    assert!(fin.status.success(), "rstwatch failed ({}): {}", fin.status, fin.stderr);
+    let witness = capture.resets()?;
+
+    let want = expected(&report, "server")?;
+    assert_eq!(want.len(), 3 * 8, "the generator should have made 3 rounds of 8 resetting connections");
+    assert!(want.values().all(|&n| n == 1), "each connection resets once: {want:?}");
+    assert!(expected(&report, "client")?.is_empty());
+    assert_eq!(witness, want, "tcpdump disagrees with the generator's account");
+
+    let summary = summary(&fin)?;
+    let got = counted(&summary, &hosts.client_if)?;
+    assert_eq!(got, want, "rstwatch's per-flow counts differ from the resets that were sent");
+    assert!(fin.stdout.lines().any(|l| l.contains("\"interval\"")), "no interval line in {}", fin.stdout);
+    assert_detached(&hosts.client_if)
+}
+
+/// (b) XDP sees ingress only: on the server's veth the clients' aborts count, the server's don't.
+#[test]
+fn counts_client_resets_on_the_server_side() -> Result<()> {
+    let hosts = hosts()?;
+    let capture = Capture::start(&hosts.server_if)?;
+    let rw = watch(&hosts.server_if, &["--duration", "6s", "--interval", "1s", "--format", "json"])?;
+    let mut s = steps("client-abort", &[C1, C2, C3], S4, 9000);
+    s.extend(steps("client-abort", &[C6], S6, 9000));
+    s.extend(steps("server-abort", &[C1], S4, 8443));
+    s.extend(steps("balancer", &[C2, C3, C1], S4, 443));
+    let report = traffic(&hosts, &["--rounds", "2", "--balancer-limit", "2"], &s)?;
+    let fin = rw.finish(EXIT_TIMEOUT)?;
+    assert!(fin.status.success(), "rstwatch failed ({}): {}", fin.status, fin.stderr);
+    let witness = capture.resets()?;
+
+    let from_clients = expected(&report, "client")?;
+    let from_server = expected(&report, "server")?;
+    assert_eq!(from_clients.len(), 2 * 4);
+    // Round one: the balancer keeps two and turns one away; round two: turns all three away.
+    assert_eq!(from_server.len(), 2 * 1 + 1 + 3);
+    let mut all = from_clients.clone();
+    all.extend(from_server.iter().map(|(k, v)| (*k, *v)));
+    assert_eq!(witness, all, "tcpdump disagrees with the generator's account");
+
+    let got = counted(&summary(&fin)?, &hosts.server_if)?;
+    assert_eq!(got, from_clients, "on the server side rstwatch must count exactly the clients' resets");
+    assert_detached(&hosts.server_if)
+}
+
+fn run_to_end(ns: &Netns, prog: &str, args: &[&str]) -> Result<Finished> {
+    let mut cmd = ns.exec(prog);
+    cmd.args(args);
+    Proc::spawn(&mut cmd)?.finish(EXIT_TIMEOUT)
+}
+
+fn rstwatch_str() -> String {
+    rstwatch().to_string_lossy().into_owned()
+}
+
+/// (c) An interface that does not exist.
+#[test]
+fn unknown_interface_is_one_line_error() -> Result<()> {
+    let hosts = hosts()?;
+    let fin = run_to_end(&hosts.client, &rstwatch_str(), &["-i", "nosuchif0", "--duration", "1s"])?;
+    assert_one_line_error(&fin, "nosuchif0");
+    assert_eq!(fin.status.code(), Some(1), "runtime errors exit 1");
+    assert_detached(&hosts.client_if)
+}
+
+/// (c) Durations that do not parse or make no sense.
+#[test]
+fn bad_durations_are_one_line_errors() -> Result<()> {
+    let hosts = hosts()?;
+    let iface = hosts.client_if.name.as_str();
+    for (args, needle) in [
+        (vec!["-i", iface, "--duration", "5parsecs"], "5parsecs"),
+        (vec!["-i", iface, "--duration", "1s", "--interval", "0s"], "interval"),
+    ] {
+        let fin = run_to_end(&hosts.client, &rstwatch_str(), &args)?;
+        assert_one_line_error(&fin, needle);
+        assert_detached(&hosts.client_if)?;
+    }
+    Ok(())
+}
+
+/// (c) Without CAP_BPF (and CAP_SYS_ADMIN, which also grants it) or without CAP_NET_ADMIN.
+#[test]
+fn missing_capabilities_are_named() -> Result<()> {
+    let hosts = hosts()?;
+    let bin = rstwatch_str();
+    for (caps, needle) in [("-bpf,-sys_admin", "CAP_BPF"), ("-net_admin", "CAP_NET_ADMIN")] {
+        let bounding = format!("--bounding-set={caps}");
+        let inheritable = format!("--inh-caps={caps}");
+        let args = [bounding.as_str(), &inheritable, "--", &bin, "-i", &hosts.client_if.name, "--duration", "1s"];
+        let fin = run_to_end(&hosts.client, "setpriv", &args)?;
+        assert_one_line_error(&fin, needle);
+        assert_detached(&hosts.client_if)?;
+    }
+    Ok(())
+}
+
+/// (c) A second rstwatch on an interface that already has an XDP program fails; the first one
+/// carries on untouched.
+#[test]
+fn second_attach_fails_and_first_keeps_running() -> Result<()> {
+    let hosts = hosts()?;
+    let first = watch(&hosts.client_if, &["--duration", "5s", "--format", "json"])?;
+    let second = run_to_end(&hosts.client, &rstwatch_str(), &["-i", &hosts.client_if.name, "--duration", "1s"])?;
+    assert_one_line_error(&second, "already has an XDP program");
+    assert!(hosts.client_if.xdp_attached()?, "the second rstwatch removed the first one's program");
+    let report = traffic(&hosts, &["--rounds", "2"], &steps("refused", &[C1], S4, 81))?;
+    let fin = first.finish(EXIT_TIMEOUT)?;
+    assert!(fin.status.success(), "the first rstwatch failed ({}): {}", fin.status, fin.stderr);
+    assert_eq!(counted(&summary(&fin)?, &hosts.client_if)?, expected(&report, "server")?);
+    assert_detached(&hosts.client_if)
+}
+
+fn stops_on(signal: libc::c_int) -> Result<()> {
+    let hosts = hosts()?;
+    let rw = watch(&hosts.client_if, &["--duration", "10m", "--interval", "1s", "--format", "json"])?;
+    let report = traffic(&hosts, &["--rounds", "2"], &refused_and_aborted_steps())?;
+    rw.signal(signal)?;
+    let fin = rw.finish(EXIT_TIMEOUT)?;
+    assert_eq!(fin.status.code(), Some(0), "rstwatch must exit 0 on signal {signal}; stderr: {}", fin.stderr);
+    assert_eq!(counted(&summary(&fin)?, &hosts.client_if)?, expected(&report, "server")?);
+    assert_detached(&hosts.client_if)
+}
+
+/// (d)
+#[test]
+fn sigterm_prints_summary_and_detaches() -> Result<()> {
+    stops_on(libc::SIGTERM)
+}
+
+/// (d)
+#[test]
+fn sigint_prints_summary_and_detaches() -> Result<()> {
+    stops_on(libc::SIGINT)
+}
+
+/// The lab itself: everything it made is gone after drop, also when the test panics.
+#[test]
+fn lab_is_removed_after_a_panic() -> Result<()> {
+    let names = std::sync::Mutex::new(None);
+    let panicked = std::panic::catch_unwind(|| {
+        let hosts = hosts().expect("lab");
+        *names.lock().expect("lock") = Some((hosts.client.name().to_owned(), hosts.server.name().to_owned()));
+        panic!("deliberate");
+    });
+    assert!(panicked.is_err());
+    let (client, server) = names.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.take().context("lab never built")?;
+    let list = String::from_utf8(Command::new("ip").args(["netns", "list"]).output()?.stdout)?;
+    assert!(!list.contains(&client) && !list.contains(&server), "namespaces left behind: {list}");
+    Ok(())
+}
