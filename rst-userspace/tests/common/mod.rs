@@ -1,0 +1,245 @@
+//! The real XDP object under `BPF_PROG_TEST_RUN`, shared by the kernel and corpus tests.
+//!
+//! [`Kernel`] loads the object the way rstwatch does (`rstwatch::loader::load`), builds the real
+//! [`Collector`] before any frame runs (its traffic baseline is taken there), and also keeps a
+//! second handle on the maps it needs to look at after every single frame: the per-frame deltas
+//! say how the kernel classified each frame, so a disagreement names the frame, not just a
+//! total.
+
+#![allow(dead_code)] // Each test crate uses its own part of the harness.
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Context as _};
+use aya::{
+    maps::{HashMap, Map, MapData, PerCpuArray},
+    programs::{TestRun, TestRunOptions, Xdp},
+    Ebpf,
+};
+use rst_common::{
+    wire::{ResetCounters, TrafficCounters, MAP_FLOWS, MAP_RESET_COUNTERS, MAP_TRAFFIC, PROG_XDP},
+    Counters, FlowKey, FlowValue, Observation,
+};
+use rstwatch::collector::{Collector, Sample};
+
+/// `XDP_PASS` from include/uapi/linux/bpf.h.
+pub const XDP_PASS: u32 = 2;
+/// The loopback's ifindex in every network namespace: what a test run without `ctx_in`
+/// reports as the ingress interface.
+pub const LOOPBACK_IFINDEX: u32 = 1;
+/// `BPF_PROG_TEST_RUN` refuses XDP input shorter than an Ethernet header (`ETH_HLEN`).
+pub const MIN_FRAME: usize = 14;
+
+/// `struct xdp_md` (include/uapi/linux/bpf.h), the context a test run may pass in.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct XdpMd {
+    data: u32,
+    data_end: u32,
+    data_meta: u32,
+    ingress_ifindex: u32,
+    rx_queue_index: u32,
+    egress_ifindex: u32,
+}
+
+/// How the kernel classified one frame, read from the counter deltas it left behind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    NotTcp,
+    Malformed,
+    Fragment,
+    Segment,
+    Reset,
+}
+
+impl Verdict {
+    pub fn expected(observation: &Observation) -> Self {
+        match observation {
+            Observation::NotTcp => Verdict::NotTcp,
+            Observation::Malformed => Verdict::Malformed,
+            Observation::Fragment => Verdict::Fragment,
+            Observation::Segment => Verdict::Segment,
+            Observation::Reset(_) => Verdict::Reset,
+        }
+    }
+}
+
+pub struct Kernel {
+    ebpf: Ebpf,
+    collector: Collector,
+    traffic: PerCpuArray<MapData, TrafficCounters>,
+    resets: PerCpuArray<MapData, ResetCounters>,
+    /// The table of epoch 0, the one test runs write to until the first collect.
+    flows: HashMap<MapData, FlowKey, FlowValue>,
+}
+
+impl Kernel {
+    pub fn load(max_flows: u32) -> anyhow::Result<Self> {
+        let mut ebpf = rstwatch::loader::load(max_flows).context("loading the eBPF object (tests need root)")?;
+        let traffic = PerCpuArray::try_from(second_handle(&ebpf, MAP_TRAFFIC)?)?;
+        let resets = PerCpuArray::try_from(second_handle(&ebpf, MAP_RESET_COUNTERS)?)?;
+        let flows = HashMap::try_from(second_handle(&ebpf, MAP_FLOWS[0])?)?;
+        let collector = Collector::new(&mut ebpf)?;
+        Ok(Self { ebpf, collector, traffic, resets, flows })
+    }
+
+    pub fn program(&self) -> anyhow::Result<&Xdp> {
+        let program = self.ebpf.program(PROG_XDP).with_context(|| format!("no program {PROG_XDP}"))?;
+        Ok(program.try_into()?)
+    }
+
+    /// Runs `frame` through the program `repeat` times, as arriving on the loopback.
+    pub fn run(&self, frame: &[u8], repeat: u32) -> anyhow::Result<()> {
+        run_xdp(self.program()?, frame, None, repeat)
+    }
+
+    /// Runs `frame` once as arriving on `ifindex` (which must exist in this network namespace).
+    pub fn run_on(&self, frame: &[u8], ifindex: u32) -> anyhow::Result<()> {
+        run_xdp(self.program()?, frame, Some(ifindex), 1)
+    }
+
+    /// Runs one frame and reports how the kernel classified it. For a reset, also checks that
+    /// `expected_key`'s entry grew by exactly one.
+    pub fn classify(&self, frame: &[u8], expected_key: Option<&FlowKey>) -> anyhow::Result<Verdict> {
+        let traffic_before = self.traffic_totals()?;
+        let resets_before = self.reset_totals()?;
+        let flow_before = expected_key.map(|key| self.flow_count(key)).transpose()?;
+        self.run(frame, 1)?;
+        let traffic = delta(&self.traffic_totals()?, &traffic_before);
+        let resets = self.reset_totals()?.resets - resets_before.resets;
+        let verdict = match (traffic.frames, traffic.tcp, traffic.malformed, traffic.fragments, resets) {
+            (1, 0, 0, 0, 0) => Verdict::NotTcp,
+            (1, 0, 1, 0, 0) => Verdict::Malformed,
+            (1, 0, 0, 1, 0) => Verdict::Fragment,
+            (1, 1, 0, 0, 0) => Verdict::Segment,
+            (1, 1, 0, 0, 1) => Verdict::Reset,
+            _ => bail!("one frame left impossible counter deltas: {traffic:?}, resets +{resets}"),
+        };
+        if let (Verdict::Reset, Some(key), Some(before)) = (verdict, expected_key, flow_before) {
+            let after = self.flow_count(key)?;
+            if after != before + 1 {
+                bail!("reset counted, but the entry for {key:?} went from {before} to {after}");
+            }
+        }
+        Ok(verdict)
+    }
+
+    /// Ends the epoch the test runs wrote to and returns what it counted.
+    pub fn collect(&mut self) -> anyhow::Result<Sample> {
+        self.collector.collect()
+    }
+
+    fn traffic_totals(&self) -> anyhow::Result<TrafficCounters> {
+        let mut total = TrafficCounters::default();
+        for cpu in self.traffic.get(&0, 0)?.iter() {
+            total = sum(&total, cpu);
+        }
+        Ok(total)
+    }
+
+    fn reset_totals(&self) -> anyhow::Result<ResetCounters> {
+        let mut total = ResetCounters::default();
+        for cpu in self.resets.get(&0, 0)?.iter() {
+            total.resets += cpu.resets;
+            total.overflow += cpu.overflow;
+        }
+        Ok(total)
+    }
+
+    fn flow_count(&self, key: &FlowKey) -> anyhow::Result<u64> {
+        match self.flows.get(key, 0) {
+            Ok(value) => Ok(value.resets),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(0),
+            Err(error) => Err(error.into()),
+        }
+    }
+}
+
+/// A new file descriptor for one of the object's maps, so the harness can read it after the
+/// collector has taken the original.
+fn second_handle(ebpf: &Ebpf, name: &str) -> anyhow::Result<Map> {
+    let map = ebpf.map(name).with_context(|| format!("the eBPF object has no map {name}"))?;
+    let data = match map {
+        Map::HashMap(data) | Map::PerCpuArray(data) | Map::Array(data) => data,
+        other => bail!("unexpected map type for {name}: {other:?}"),
+    };
+    let id = data.info()?.id();
+    Ok(Map::from_map_data(MapData::from_id(id)?)?)
+}
+
+/// One `BPF_PROG_TEST_RUN` that must return `XDP_PASS`. With `ifindex`, a `struct xdp_md`
+/// context sets the ingress interface; without, the kernel uses the loopback.
+pub fn run_xdp(program: &Xdp, frame: &[u8], ifindex: Option<u32>, repeat: u32) -> anyhow::Result<()> {
+    if frame.len() < MIN_FRAME {
+        bail!("a test run needs at least {MIN_FRAME} bytes, got {}", frame.len());
+    }
+    let context = ifindex.map(|ifindex| XdpMd {
+        data: 0,
+        // The kernel insists data_end is the whole input, also when it spills into fragments.
+        data_end: frame.len() as u32,
+        ingress_ifindex: ifindex,
+        ..XdpMd::default()
+    });
+    let context_bytes = context.as_ref().map(|context| {
+        // SAFETY: XdpMd is repr(C) of six u32s, no padding; the slice borrows `context`, which
+        // outlives it.
+        unsafe { std::slice::from_raw_parts((context as *const XdpMd).cast::<u8>(), size_of::<XdpMd>()) }
+    });
+    let result = program
+        .test_run(TestRunOptions { data_in: Some(frame), ctx_in: context_bytes, repeat, ..TestRunOptions::new() })
+        .with_context(|| format!("BPF_PROG_TEST_RUN with a {}-byte frame", frame.len()))?;
+    if result.return_value != XDP_PASS {
+        bail!("the program returned {} instead of XDP_PASS for a {}-byte frame", result.return_value, frame.len());
+    }
+    Ok(())
+}
+
+fn sum(a: &TrafficCounters, b: &TrafficCounters) -> TrafficCounters {
+    TrafficCounters {
+        frames: a.frames + b.frames,
+        tcp: a.tcp + b.tcp,
+        malformed: a.malformed + b.malformed,
+        fragments: a.fragments + b.fragments,
+    }
+}
+
+fn delta(after: &TrafficCounters, before: &TrafficCounters) -> TrafficCounters {
+    TrafficCounters {
+        frames: after.frames - before.frames,
+        tcp: after.tcp - before.tcp,
+        malformed: after.malformed - before.malformed,
+        fragments: after.fragments - before.fragments,
+    }
+}
+
+/// What a sample must contain after `observations` ran once each (no table overflow).
+pub fn expected_sample(observations: impl IntoIterator<Item = Observation>) -> (Counters, BTreeMap<FlowKey, u64>) {
+    let mut counters = Counters::default();
+    let mut flows = BTreeMap::new();
+    for observation in observations {
+        counters.frames += 1;
+        match observation {
+            Observation::NotTcp => {}
+            Observation::Malformed => counters.malformed += 1,
+            Observation::Fragment => counters.fragments += 1,
+            Observation::Segment => counters.tcp += 1,
+            Observation::Reset(key) => {
+                counters.tcp += 1;
+                counters.resets += 1;
+                *flows.entry(key).or_insert(0) += 1;
+            }
+        }
+    }
+    (counters, flows)
+}
+
+/// The flows of a sample as a map, failing on a key drained twice.
+pub fn sample_flows(sample: &Sample) -> anyhow::Result<BTreeMap<FlowKey, u64>> {
+    let mut flows = BTreeMap::new();
+    for (key, count) in &sample.flows {
+        if flows.insert(*key, *count).is_some() {
+            bail!("flow {key:?} drained twice");
+        }
+    }
+    Ok(flows)
+}
