@@ -6,4 +6,5 @@
 pub mod batch;
 pub mod collector;
 pub mod loader;
+pub mod replay;
 pub mod report;

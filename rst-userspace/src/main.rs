@@ -4,7 +4,7 @@ use std::{
     collections::HashSet,
     io::{self, Write},
     process::ExitCode,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::Context as _;
@@ -13,7 +13,8 @@ use rst_common::wire::DEFAULT_MAX_FLOWS;
 use rstwatch::{
     collector::Collector,
     loader::{self, XdpAttachment, XdpModeChoice},
-    report::{Aggregator, Format, InterfaceRecord, Printer},
+    replay,
+    report::{parse_duration, Aggregator, InterfaceRecord, Printer, ReportOptions},
 };
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -22,23 +23,29 @@ use tokio::signal::unix::{signal, SignalKind};
 /// Needs CAP_BPF and CAP_NET_ADMIN (CAP_PERFMON on some kernels). Nothing is changed or dropped:
 /// the program only reads headers and always passes the frame on.
 #[derive(Debug, Parser)]
-#[command(name = "rstwatch", version)]
+#[command(name = "rstwatch", version, args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    watch: WatchArgs,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Report on pcap / pcapng files offline, with the same parser and the same output; needs no
+    /// privileges.
+    Replay(replay::ReplayArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct WatchArgs {
     /// Interface to watch; repeat for several.
     #[arg(short = 'i', long = "iface", value_name = "IFACE", required = true)]
     ifaces: Vec<String>,
-    /// How often to read the counters and print a report (e.g. 500ms, 1s, 1m).
-    #[arg(long, default_value = "1s", value_parser = parse_interval)]
-    interval: Duration,
     /// Stop after this long (e.g. 30s, 5m); default: until SIGINT or SIGTERM.
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
-    /// How many resetters and flows each report lists.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    top: u32,
-    /// Output: a table for people, or JSON Lines for programs.
-    #[arg(long, value_enum, default_value_t = Format::Table)]
-    format: Format,
     /// Where to hook XDP.
     #[arg(long, value_enum, default_value_t = XdpModeChoice::Auto)]
     xdp_mode: XdpModeChoice,
@@ -46,22 +53,8 @@ struct Cli {
     /// entry, allocated at start). RSTs beyond it are still counted, as `overflow`.
     #[arg(long, default_value_t = DEFAULT_MAX_FLOWS, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
     max_flows: u32,
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let duration = humantime::parse_duration(text).map_err(|error| format!("{error} (examples: 500ms, 10s, 5m)"))?;
-    if duration.is_zero() {
-        return Err("must be longer than zero".into());
-    }
-    Ok(duration)
-}
-
-fn parse_interval(text: &str) -> Result<Duration, String> {
-    let interval = parse_duration(text)?;
-    if interval < Duration::from_millis(10) {
-        return Err("must be at least 10ms".into());
-    }
-    Ok(interval)
+    #[command(flatten)]
+    report: ReportOptions,
 }
 
 fn main() -> ExitCode {
@@ -75,12 +68,21 @@ fn main() -> ExitCode {
             }
             // One line, like every other rstwatch error; `--help` has the long story.
             let text = error.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!("rstwatch: {first} (see --help)");
+            let message: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .take_while(|line| !line.starts_with("Usage:") && !line.starts_with("For more information"))
+                .filter(|line| !line.is_empty())
+                .collect();
+            eprintln!("rstwatch: {} (see --help)", message.join(" "));
             return ExitCode::from(2);
         }
     };
-    match run(cli) {
+    let outcome = match cli.command {
+        Some(Command::Replay(args)) => replay::run(&args),
+        None => run(cli.watch),
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("rstwatch: error: {error:#}");
@@ -89,7 +91,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: WatchArgs) -> anyhow::Result<()> {
     // Everything that can be checked without touching the kernel is checked first.
     let mut seen = HashSet::new();
     let mut targets = Vec::new();
@@ -123,8 +125,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .enable_io()
         .build()
         .context("starting the runtime")?;
-    let mut aggregator = Aggregator::new(interfaces, cli.top as usize);
-    let mut printer = Printer::new(io::stdout().lock(), cli.format, cli.top as usize);
+    let ReportOptions { interval, top, format } = cli.report;
+    let mut aggregator = Aggregator::new(interfaces, top as usize);
+    let mut printer = Printer::new(io::stdout().lock(), format, top as usize);
     let outcome = runtime.block_on(watch(&cli, &mut collector, &mut aggregator, &mut printer));
 
     // Detach before the last read, so the summary holds every RST that crossed the hook.
@@ -132,8 +135,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let result = outcome.and_then(|last_interval_start| {
         let sample = collector.collect()?;
         let elapsed = last_interval_start.elapsed();
-        let record = aggregator.add(&sample, elapsed);
-        if sample.counters.frames > 0 || elapsed >= cli.interval / 2 {
+        let record = aggregator.add(&sample, elapsed, SystemTime::now());
+        if sample.counters.frames > 0 || elapsed >= interval / 2 {
             printer.interval(&record)?;
         }
         printer.summary(&aggregator.summary())?;
@@ -147,7 +150,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// Reports every interval until a stop condition; returns when the unreported interval began.
 async fn watch<W: Write>(
-    cli: &Cli,
+    cli: &WatchArgs,
     collector: &mut Collector,
     aggregator: &mut Aggregator,
     printer: &mut Printer<W>,
@@ -156,7 +159,8 @@ async fn watch<W: Write>(
     let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let started = tokio::time::Instant::now();
     let deadline = cli.duration.map(|d| started + d);
-    let mut ticks = tokio::time::interval_at(started + cli.interval, cli.interval);
+    let interval = cli.report.interval;
+    let mut ticks = tokio::time::interval_at(started + interval, interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut interval_start = Instant::now();
     loop {
@@ -173,7 +177,7 @@ async fn watch<W: Write>(
                 }
                 let sample = collector.collect()?;
                 let now = Instant::now();
-                let record = aggregator.add(&sample, now - interval_start);
+                let record = aggregator.add(&sample, now - interval_start, SystemTime::now());
                 interval_start = now;
                 printer.interval(&record)?;
             }

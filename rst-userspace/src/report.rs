@@ -21,6 +21,37 @@ pub enum Format {
     Json,
 }
 
+/// Report options shared by live watching and replay.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReportOptions {
+    /// How often to report (e.g. 500ms, 1s, 1m); in replay, measured in capture time.
+    #[arg(long, default_value = "1s", value_parser = parse_interval)]
+    pub interval: Duration,
+    /// How many resetters and flows each report lists.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub top: u32,
+    /// Output: a table for people, or JSON Lines for programs.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+/// A positive duration in humantime syntax.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text).map_err(|error| format!("{error} (examples: 500ms, 10s, 5m)"))?;
+    if duration.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(duration)
+}
+
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let interval = parse_duration(text)?;
+    if interval < Duration::from_millis(10) {
+        return Err("must be at least 10ms".into());
+    }
+    Ok(interval)
+}
+
 /// How many destinations / ports a resetter row lists.
 const ROW_DETAIL: usize = 3;
 
@@ -140,8 +171,9 @@ impl Aggregator {
         }
     }
 
-    /// Folds one sample into the run and returns its interval view (top N only).
-    pub fn add(&mut self, sample: &Sample, elapsed: Duration) -> IntervalRecord {
+    /// Folds one sample into the run and returns its interval view (top N only). `ended` is
+    /// when the interval ended: wall-clock time live, capture time in replay.
+    pub fn add(&mut self, sample: &Sample, elapsed: Duration, ended: SystemTime) -> IntervalRecord {
         self.intervals += 1;
         self.elapsed += elapsed;
         self.totals.accumulate(&sample.counters);
@@ -156,7 +188,7 @@ impl Aggregator {
         IntervalRecord {
             kind: "interval",
             seq: self.intervals,
-            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            time: humantime::format_rfc3339_millis(ended).to_string(),
             elapsed_ms: elapsed.as_secs_f64() * 1e3,
             rate: per_second(totals.resets, elapsed),
             totals,
