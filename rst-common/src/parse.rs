@@ -147,8 +147,15 @@ pub fn walk<C: Cursor + ?Sized>(frame: &C) -> Walk {
     let Some(eth) = frame.header::<EthHdr>(0) else {
         return Walk::Malformed;
     };
-    let mut ether_type = u16::from_be_bytes(eth.ether_type);
-    let mut offset = core::mem::size_of::<EthHdr>();
+    walk_from(frame, core::mem::size_of::<EthHdr>(), u16::from_be_bytes(eth.ether_type))
+}
+
+/// Walks from the header at `offset`, whose type `ether_type` names: for link layers other
+/// than Ethernet (Linux cooked capture, raw IP) that carry an ethertype of their own.
+#[inline(always)]
+pub fn walk_from<C: Cursor + ?Sized>(frame: &C, offset: usize, ether_type: u16) -> Walk {
+    let mut ether_type = ether_type;
+    let mut offset = offset;
     for _ in 0..MAX_VLAN_TAGS {
         if !is_vlan(ether_type) {
             break;
@@ -293,7 +300,18 @@ pub fn inspect<C: Cursor + ?Sized>(frame: &C, ifindex: u32) -> Observation {
 /// ingress ifindex is three dependent loads, which non-RST traffic should not pay for.
 #[inline(always)]
 pub fn inspect_with<C: Cursor + ?Sized>(frame: &C, ifindex: impl FnOnce() -> u32) -> Observation {
-    match walk(frame) {
+    observe(frame, walk(frame), ifindex)
+}
+
+/// [`inspect`] for frames whose link layer is not Ethernet; see [`walk_from`].
+#[inline(always)]
+pub fn inspect_from<C: Cursor + ?Sized>(frame: &C, offset: usize, ether_type: u16, ifindex: u32) -> Observation {
+    observe(frame, walk_from(frame, offset, ether_type), || ifindex)
+}
+
+#[inline(always)]
+fn observe<C: Cursor + ?Sized>(frame: &C, walked: Walk, ifindex: impl FnOnce() -> u32) -> Observation {
+    match walked {
         Walk::Tcp(segment) if segment.flags & TCP_RST != 0 => match flow_key(frame, &segment, ifindex()) {
             Some(key) => Observation::Reset(key),
             None => Observation::Malformed,
