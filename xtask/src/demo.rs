@@ -48,8 +48,9 @@ pub fn run(seconds: Duration) -> Result<()> {
         server_ns: hosts.server.clone(),
         steps,
         rounds: None,
-        // rstwatch's own --duration ends the run; this only bounds it if rstwatch hangs.
-        duration: Some(seconds + Duration::from_secs(5)),
+        // Traffic ends just before rstwatch's --duration does, so its summary holds all of it
+        // and can be checked against the generator's account printed after it.
+        duration: Some(seconds.saturating_sub(Duration::from_millis(500))),
         pace: PACE,
         balancer_limit: BALANCER_LIMIT,
         hold: Some(HOLD),
@@ -116,8 +117,8 @@ fn print_header(hosts: &lab::TwoHosts, seconds: Duration) {
     let clients: Vec<String> = CLIENTS.iter().map(ToString::to_string).collect();
     println!("rstwatch demo: \"I'm seeing a large number of TCP RST and am not sure what is causing it\"");
     println!();
-    println!("  clients    netns {:<22} {}  (veth {})", hosts.client.name(), clients.join(", "), hosts.client_if.name);
-    println!("  data centre netns {:<21} (veth {})", hosts.server.name(), hosts.server_if.name);
+    println!("  clients      netns {}  veth {}: {}", hosts.client.name(), hosts.client_if.name, clients.join(", "));
+    println!("  data centre  netns {}  veth {}:", hosts.server.name(), hosts.server_if.name);
     println!("    {:<17} load balancer VIP: keeps {BALANCER_LIMIT} connections, resets any above that", VIP.to_string());
     println!("    {:<17} app server with nothing listening: its kernel answers every SYN with a RST", APP.to_string());
     println!("    {:<17} a service that accepts and aborts (SO_LINGER 0)", ABORTER.to_string());
@@ -142,7 +143,11 @@ fn print_report(report: &traffic::Report) {
     }
     let held = report.conns.iter().filter(|c| c.outcome == traffic::Outcome::Held).count();
     println!();
-    println!("traffic generator: {} connections in {:.1} s; resets the data centre sent:", report.conns.len(), report.elapsed.as_secs_f64());
+    println!(
+        "traffic generator: {} connections in {:.1} s; the resets the data centre sent (rstwatch's summary should match):",
+        report.conns.len(),
+        report.elapsed.as_secs_f64()
+    );
     for (src, (resets, flows)) in &by_sender {
         println!("  {:<17} {resets:>6} RSTs over {flows} flows", src.to_string());
     }
