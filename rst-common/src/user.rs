@@ -2,7 +2,7 @@
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::wire::{Counters, FlowKey, FlowValue, ResetCounters, TrafficCounters, FAMILY_IPV4};
+use crate::wire::{Counters, FlowKey, FlowValue, ResetCounters, SourceKey, TrafficCounters, FAMILY_IPV4};
 
 // SAFETY: plain repr(C) integer aggregates with explicit padding; every bit pattern is valid.
 unsafe impl aya::Pod for FlowKey {}
@@ -13,6 +13,8 @@ unsafe impl aya::Pod for Counters {}
 // SAFETY: as above.
 unsafe impl aya::Pod for TrafficCounters {}
 // SAFETY: as above.
+unsafe impl aya::Pod for SourceKey {}
+// SAFETY: as above.
 unsafe impl aya::Pod for ResetCounters {}
 
 impl FlowKey {
@@ -22,6 +24,12 @@ impl FlowKey {
 
     pub fn dst_ip(&self) -> IpAddr {
         to_ip(self.family, &self.dst)
+    }
+}
+
+impl SourceKey {
+    pub fn src_ip(&self) -> IpAddr {
+        to_ip(self.family, &self.src)
     }
 }
 

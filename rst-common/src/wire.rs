@@ -9,6 +9,7 @@ pub const IPPROTO_TCP: u8 = 6;
 
 /// Map names, shared so the loader cannot drift from the object.
 pub const MAP_FLOWS: [&str; 2] = ["FLOWS_0", "FLOWS_1"];
+pub const MAP_OVERFLOW_SOURCES: [&str; 2] = ["OVERFLOW_SOURCES_0", "OVERFLOW_SOURCES_1"];
 pub const MAP_EPOCH: &str = "EPOCH";
 pub const MAP_TRAFFIC: &str = "TRAFFIC";
 pub const MAP_RESET_COUNTERS: &str = "RESET_COUNTERS";
@@ -18,6 +19,9 @@ pub const PROG_XDP_BASELINE: &str = "rstwatch_xdp_pass";
 
 /// Default capacity of each of the two per-interval flow tables.
 pub const DEFAULT_MAX_FLOWS: u32 = 65_536;
+/// Default capacity of each of the two per-interval overflow tables (RSTs per source address
+/// that found no room in the flow table): a scan floods flows, not sources.
+pub const DEFAULT_MAX_OVERFLOW_SOURCES: u32 = 16_384;
 
 /// One direction of a TCP connection on one interface: who sent the RST to whom.
 ///
@@ -34,6 +38,24 @@ pub struct FlowKey {
     pub family: u8,
     pub protocol: u8,
     pub _pad: [u8; 2],
+}
+
+/// The sender of RSTs that found no room in the flow table, on one interface. Addresses as in
+/// [`FlowKey`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceKey {
+    pub src: [u8; 16],
+    pub ifindex: u32,
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+impl SourceKey {
+    #[inline(always)]
+    pub fn of(flow: &FlowKey) -> Self {
+        SourceKey { src: flow.src, ifindex: flow.ifindex, family: flow.family, _pad: [0; 3] }
+    }
 }
 
 /// Per-flow counts for one interval.
@@ -56,12 +78,14 @@ pub struct TrafficCounters {
 }
 
 /// Per-CPU reset counts of one epoch (map `RESET_COUNTERS`, indexed by epoch). `overflow`
-/// counts the resets that found no room in the flow table; they are in `resets` too.
+/// counts the resets that found no room in the flow table (they are in `resets` too);
+/// `source_overflow` those of them that found no room in the overflow-source table either.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ResetCounters {
     pub resets: u64,
     pub overflow: u64,
+    pub source_overflow: u64,
 }
 
 /// What userspace reports for a period: traffic deltas plus that period's reset counts.
@@ -75,18 +99,20 @@ pub struct Counters {
     pub malformed: u64,
     pub fragments: u64,
     pub overflow: u64,
+    pub source_overflow: u64,
 }
 
 impl Counters {
     /// Adds `other` field by field (wrapping: kernel counters never reset but may wrap).
     pub fn accumulate(&mut self, other: &Counters) {
-        let Counters { frames, tcp, resets, malformed, fragments, overflow } = other;
+        let Counters { frames, tcp, resets, malformed, fragments, overflow, source_overflow } = other;
         self.frames = self.frames.wrapping_add(*frames);
         self.tcp = self.tcp.wrapping_add(*tcp);
         self.resets = self.resets.wrapping_add(*resets);
         self.malformed = self.malformed.wrapping_add(*malformed);
         self.fragments = self.fragments.wrapping_add(*fragments);
         self.overflow = self.overflow.wrapping_add(*overflow);
+        self.source_overflow = self.source_overflow.wrapping_add(*source_overflow);
     }
 
     /// `self - earlier`, field by field.
@@ -98,6 +124,7 @@ impl Counters {
             malformed: self.malformed.wrapping_sub(earlier.malformed),
             fragments: self.fragments.wrapping_sub(earlier.fragments),
             overflow: self.overflow.wrapping_sub(earlier.overflow),
+            source_overflow: self.source_overflow.wrapping_sub(earlier.source_overflow),
         }
     }
 }
@@ -105,7 +132,8 @@ impl Counters {
 const _: () = {
     assert!(core::mem::size_of::<FlowKey>() == 44);
     assert!(core::mem::size_of::<FlowValue>() == 8);
-    assert!(core::mem::size_of::<Counters>() == 48);
+    assert!(core::mem::size_of::<SourceKey>() == 24);
+    assert!(core::mem::size_of::<Counters>() == 56);
     assert!(core::mem::size_of::<TrafficCounters>() == 32);
-    assert!(core::mem::size_of::<ResetCounters>() == 16);
+    assert!(core::mem::size_of::<ResetCounters>() == 24);
 };

@@ -19,7 +19,10 @@ use aya_ebpf::{
 };
 use rst_common::{
     inspect_with,
-    wire::{FlowKey, FlowValue, ResetCounters, TrafficCounters, DEFAULT_MAX_FLOWS},
+    wire::{
+        FlowKey, FlowValue, ResetCounters, SourceKey, TrafficCounters, DEFAULT_MAX_FLOWS,
+        DEFAULT_MAX_OVERFLOW_SOURCES,
+    },
     Cursor, Header, Observation,
 };
 
@@ -32,6 +35,14 @@ use rst_common::{
 static FLOWS_0: HashMap<FlowKey, FlowValue> = HashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
 #[map]
 static FLOWS_1: HashMap<FlowKey, FlowValue> = HashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+/// Per source address, the RSTs that found no room in the flow table of the same epoch, so a
+/// scan that floods the flow table cannot hide who sends the resets.
+#[map]
+static OVERFLOW_SOURCES_0: HashMap<SourceKey, FlowValue> =
+    HashMap::with_max_entries(DEFAULT_MAX_OVERFLOW_SOURCES, 0);
+#[map]
+static OVERFLOW_SOURCES_1: HashMap<SourceKey, FlowValue> =
+    HashMap::with_max_entries(DEFAULT_MAX_OVERFLOW_SOURCES, 0);
 #[map]
 static EPOCH: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
@@ -109,22 +120,31 @@ fn count_reset(key: &FlowKey) {
         0 => record_reset(&FLOWS_0, key),
         _ => record_reset(&FLOWS_1, key),
     };
+    if recorded {
+        return;
+    }
+    counters.overflow += 1;
+    let source = SourceKey::of(key);
+    let recorded = match epoch {
+        0 => record_reset(&OVERFLOW_SOURCES_0, &source),
+        _ => record_reset(&OVERFLOW_SOURCES_1, &source),
+    };
     if !recorded {
-        counters.overflow += 1;
+        counters.source_overflow += 1;
     }
 }
 
 /// Adds one reset to `key`'s entry, creating it if needed. Returns false when the table is full.
 #[inline(always)]
-fn record_reset(flows: &HashMap<FlowKey, FlowValue>, key: &FlowKey) -> bool {
-    if let Some(value) = flows.get_ptr_mut(key) {
+fn record_reset<K>(table: &HashMap<K, FlowValue>, key: &K) -> bool {
+    if let Some(value) = table.get_ptr_mut(key) {
         bump(value);
         return true;
     }
-    match flows.insert(key, FlowValue { resets: 1 }, BPF_NOEXIST as u64) {
+    match table.insert(key, FlowValue { resets: 1 }, BPF_NOEXIST as u64) {
         Ok(()) => true,
         // Another CPU created the entry between our lookup and insert: add to theirs.
-        Err(err) if err == -EEXIST => match flows.get_ptr_mut(key) {
+        Err(err) if err == -EEXIST => match table.get_ptr_mut(key) {
             Some(value) => {
                 bump(value);
                 true

@@ -15,7 +15,10 @@ use aya::{
     Ebpf,
 };
 use rst_common::{
-    wire::{ResetCounters, TrafficCounters, MAP_EPOCH, MAP_FLOWS, MAP_RESET_COUNTERS, MAP_TRAFFIC},
+    wire::{
+        ResetCounters, SourceKey, TrafficCounters, MAP_EPOCH, MAP_FLOWS, MAP_OVERFLOW_SOURCES,
+        MAP_RESET_COUNTERS, MAP_TRAFFIC,
+    },
     Counters, FlowKey, FlowValue,
 };
 
@@ -26,12 +29,15 @@ use crate::batch::drain_hash_map;
 pub struct Sample {
     pub counters: Counters,
     pub flows: Vec<(FlowKey, u64)>,
+    /// Per sender, the resets that found no room in the flow table (`counters.overflow`).
+    pub overflow_sources: Vec<(SourceKey, u64)>,
     /// How long the flip + grace period + drain took.
     pub read_time: std::time::Duration,
 }
 
 pub struct Collector {
     flows: [MapData; 2],
+    overflow_sources: [MapData; 2],
     epoch: Array<MapData, u32>,
     reset_counters: PerCpuArray<MapData, ResetCounters>,
     traffic: PerCpuArray<MapData, TrafficCounters>,
@@ -47,6 +53,8 @@ impl Collector {
     pub fn new(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
         let mut take = |name: &str| ebpf.take_map(name).with_context(|| format!("the eBPF object has no map {name}"));
         let flows = [hash_map_data(take(MAP_FLOWS[0])?)?, hash_map_data(take(MAP_FLOWS[1])?)?];
+        let overflow_sources =
+            [hash_map_data(take(MAP_OVERFLOW_SOURCES[0])?)?, hash_map_data(take(MAP_OVERFLOW_SOURCES[1])?)?];
         let epoch: Array<MapData, u32> = take(MAP_EPOCH)?.try_into()?;
         let reset_counters: PerCpuArray<MapData, ResetCounters> = take(MAP_RESET_COUNTERS)?.try_into()?;
         let traffic: PerCpuArray<MapData, TrafficCounters> = take(MAP_TRAFFIC)?.try_into()?;
@@ -54,6 +62,7 @@ impl Collector {
         let active = epoch.get(&0, 0)? & 1;
         let mut collector = Self {
             flows,
+            overflow_sources,
             epoch,
             reset_counters,
             traffic,
@@ -79,6 +88,7 @@ impl Collector {
         for cpu in self.reset_counters.get(&finished, 0).context("reading the reset counters")?.iter() {
             resets.resets += cpu.resets;
             resets.overflow += cpu.overflow;
+            resets.source_overflow += cpu.source_overflow;
         }
         let zeroes = PerCpuValues::try_from(vec![ResetCounters::default(); self.cpus])?;
         self.reset_counters.set(finished, zeroes, 0).context("resetting the reset counters")?;
@@ -91,6 +101,7 @@ impl Collector {
             malformed: traffic.malformed.wrapping_sub(before.malformed),
             fragments: traffic.fragments.wrapping_sub(before.fragments),
             overflow: resets.overflow,
+            source_overflow: resets.source_overflow,
         };
 
         let mut flows = Vec::new();
@@ -98,7 +109,14 @@ impl Collector {
             flows.push((*key, value.resets));
         })
         .context("draining the flow table")?;
-        Ok(Sample { counters, flows, read_time: started.elapsed() })
+        let mut overflow_sources = Vec::new();
+        if counters.overflow > 0 {
+            drain_hash_map::<SourceKey, FlowValue>(self.overflow_sources[finished as usize].fd().as_fd(), |key, value| {
+                overflow_sources.push((*key, value.resets));
+            })
+            .context("draining the overflow-source table")?;
+        }
+        Ok(Sample { counters, flows, overflow_sources, read_time: started.elapsed() })
     }
 
     fn read_traffic(&self) -> anyhow::Result<TrafficCounters> {

@@ -12,7 +12,7 @@ use std::{
 
 use aya::{programs::Xdp, Ebpf, EbpfLoader};
 use caps::{CapSet, Capability};
-use rst_common::wire::{MAP_FLOWS, PROG_XDP};
+use rst_common::wire::{MAP_FLOWS, MAP_OVERFLOW_SOURCES, PROG_XDP};
 
 /// The XDP object built by `build.rs` (aya-build), embedded so the binary is self-contained.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rst-ebpf"));
@@ -109,11 +109,21 @@ pub fn check_capabilities() -> Result<(), Error> {
     Ok(())
 }
 
-/// Loads the object with both flow tables sized to `max_flows`, and loads the XDP program.
+/// Capacity of the overflow-source tables for a given flow-table capacity: a quarter of it, so
+/// memory stays proportional to what the operator asked for, within sane bounds.
+pub fn overflow_sources_for(max_flows: u32) -> u32 {
+    (max_flows / 4).clamp(256, 262_144)
+}
+
+/// Loads the object with both flow tables sized to `max_flows` (and the overflow-source tables
+/// to [`overflow_sources_for`]), and loads the XDP program.
 pub fn load(max_flows: u32) -> anyhow::Result<Ebpf> {
+    let max_sources = overflow_sources_for(max_flows);
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(MAP_FLOWS[0], max_flows)
         .map_max_entries(MAP_FLOWS[1], max_flows)
+        .map_max_entries(MAP_OVERFLOW_SOURCES[0], max_sources)
+        .map_max_entries(MAP_OVERFLOW_SOURCES[1], max_sources)
         .load(EBPF_OBJECT)
         .map_err(|error| load_error(Box::new(error)))?;
     xdp_program(&mut ebpf)?

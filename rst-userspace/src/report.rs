@@ -10,7 +10,10 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use rst_common::{wire::FAMILY_IPV4, Counters, FlowKey};
+use rst_common::{
+    wire::{SourceKey, FAMILY_IPV4},
+    Counters, FlowKey,
+};
 use serde::Serialize;
 
 use crate::collector::Sample;
@@ -69,13 +72,17 @@ pub struct Totals {
     pub resets: u64,
     pub malformed: u64,
     pub fragments: u64,
+    /// RSTs that found no room in the flow table: in `resets`, in no flow.
     pub overflow: u64,
+    /// Of those, the RSTs that found no room in the per-source overflow table either: in no
+    /// source's count.
+    pub source_overflow: u64,
 }
 
 impl From<&Counters> for Totals {
     fn from(counters: &Counters) -> Self {
-        let Counters { frames, tcp, resets, malformed, fragments, overflow } = *counters;
-        Totals { frames, tcp, resets, malformed, fragments, overflow }
+        let Counters { frames, tcp, resets, malformed, fragments, overflow, source_overflow } = *counters;
+        Totals { frames, tcp, resets, malformed, fragments, overflow, source_overflow }
     }
 }
 
@@ -110,9 +117,11 @@ pub struct SourceRecord {
     pub resets: u64,
     /// Resets per second over the interval (or the whole run, in the summary).
     pub rate: f64,
-    /// Percent of all resets with a flow entry in the same period.
+    /// Percent of all resets attributed to a source in the same period.
     pub share: f64,
     pub flows: u64,
+    /// Resets it sent that found no room in the flow table (included in `resets`, in no flow).
+    pub overflow: u64,
     /// The source ports it sent most RSTs from (a server's service port stands out here).
     pub ports: Vec<PortCount>,
     pub destinations: Vec<DestinationCount>,
@@ -155,6 +164,7 @@ pub struct Aggregator {
     elapsed: Duration,
     totals: Counters,
     flows: HashMap<FlowKey, u64>,
+    overflow_sources: HashMap<SourceKey, u64>,
 }
 
 impl Aggregator {
@@ -168,6 +178,7 @@ impl Aggregator {
             elapsed: Duration::ZERO,
             totals: Counters::default(),
             flows: HashMap::new(),
+            overflow_sources: HashMap::new(),
         }
     }
 
@@ -180,8 +191,15 @@ impl Aggregator {
         for (key, resets) in &sample.flows {
             *self.flows.entry(*key).or_default() += resets;
         }
+        for (key, resets) in &sample.overflow_sources {
+            *self.overflow_sources.entry(*key).or_default() += resets;
+        }
         let totals = Totals::from(&sample.counters);
-        let mut sources = rank_sources(sample.flows.iter().map(|(k, r)| (k, *r)), elapsed);
+        let mut sources = rank_sources(
+            sample.flows.iter().map(|(k, r)| (k, *r)),
+            sample.overflow_sources.iter().map(|(k, r)| (k, *r)),
+            elapsed,
+        );
         sources.truncate(self.top);
         let mut flows = self.flow_records(sample.flows.iter().map(|(k, r)| (k, *r)));
         flows.truncate(self.top);
@@ -209,7 +227,7 @@ impl Aggregator {
             interfaces: self.interfaces.clone(),
             totals: Totals::from(&self.totals),
             overflowed: self.totals.overflow > 0,
-            sources: rank_sources(flows_iter(), self.elapsed),
+            sources: rank_sources(flows_iter(), self.overflow_sources.iter().map(|(k, r)| (k, *r)), self.elapsed),
             flows: self.flow_records(flows_iter()),
         }
     }
@@ -249,12 +267,18 @@ fn per_second(count: u64, elapsed: Duration) -> f64 {
 struct SourceTally {
     resets: u64,
     flows: u64,
+    overflow: u64,
     ports: BTreeMap<u16, u64>,
     destinations: BTreeMap<IpAddr, u64>,
 }
 
-/// Groups flows by the address that sent the RSTs, largest first.
-fn rank_sources<'a>(flows: impl Iterator<Item = (&'a FlowKey, u64)>, elapsed: Duration) -> Vec<SourceRecord> {
+/// Groups flows (and the resets that overflowed the flow table) by the address that sent the
+/// RSTs, largest first.
+fn rank_sources<'a>(
+    flows: impl Iterator<Item = (&'a FlowKey, u64)>,
+    overflow_sources: impl Iterator<Item = (&'a SourceKey, u64)>,
+    elapsed: Duration,
+) -> Vec<SourceRecord> {
     let mut tallies: BTreeMap<IpAddr, SourceTally> = BTreeMap::new();
     let mut all = 0u64;
     for (key, resets) in flows {
@@ -265,6 +289,12 @@ fn rank_sources<'a>(flows: impl Iterator<Item = (&'a FlowKey, u64)>, elapsed: Du
         *tally.ports.entry(key.sport).or_default() += resets;
         *tally.destinations.entry(key.dst_ip()).or_default() += resets;
     }
+    for (key, resets) in overflow_sources {
+        all += resets;
+        let tally = tallies.entry(key.src_ip()).or_default();
+        tally.resets += resets;
+        tally.overflow += resets;
+    }
     let mut sources: Vec<SourceRecord> = tallies
         .into_iter()
         .map(|(src, tally)| SourceRecord {
@@ -273,6 +303,7 @@ fn rank_sources<'a>(flows: impl Iterator<Item = (&'a FlowKey, u64)>, elapsed: Du
             rate: per_second(tally.resets, elapsed),
             share: if all > 0 { 100.0 * tally.resets as f64 / all as f64 } else { 0.0 },
             flows: tally.flows,
+            overflow: tally.overflow,
             ports: top_n(tally.ports, ROW_DETAIL).into_iter().map(|(port, resets)| PortCount { port, resets }).collect(),
             destinations: top_n(tally.destinations, ROW_DETAIL)
                 .into_iter()
@@ -323,7 +354,7 @@ impl<W: Write> Printer<W> {
                     write!(self.out, "  malformed {}  fragments {}", t.malformed, t.fragments)?;
                 }
                 writeln!(self.out)?;
-                self.overflow_warning(t.overflow)?;
+                self.overflow_warning(t)?;
                 if t.resets == 0 {
                     writeln!(self.out, "   no resets")?;
                 } else {
@@ -356,7 +387,7 @@ impl<W: Write> Printer<W> {
                     t.malformed,
                     t.fragments
                 )?;
-                self.overflow_warning(t.overflow)?;
+                self.overflow_warning(t)?;
                 if t.resets == 0 {
                     writeln!(self.out, "   no resets seen")?;
                 } else {
@@ -379,11 +410,19 @@ impl<W: Write> Printer<W> {
         self.out.flush()
     }
 
-    fn overflow_warning(&mut self, overflow: u64) -> io::Result<()> {
-        if overflow > 0 {
+    fn overflow_warning(&mut self, totals: &Totals) -> io::Result<()> {
+        if totals.overflow > 0 {
             writeln!(
                 self.out,
-                "   WARNING: flow table full: {overflow} RSTs are in the totals but in no flow (raise --max-flows)"
+                "   WARNING: flow table full: {} RSTs are in the totals and their sources but in no flow (raise --max-flows)",
+                totals.overflow
+            )?;
+        }
+        if totals.source_overflow > 0 {
+            writeln!(
+                self.out,
+                "   WARNING: source table full too: {} RSTs are in the totals only",
+                totals.source_overflow
             )?;
         }
         Ok(())
