@@ -179,6 +179,12 @@ pub fn details_show_xdp(details: &str) -> bool {
         .any(|w| w.starts_with("xdp") || w.starts_with("prog/xdp"))
 }
 
+/// The start of every interface name of lab `n` of process `pid`. The counter is wrapped so names
+/// stay within IFNAMSIZ; 4096 labs of one process are never alive at once.
+fn if_tag(pid: u32, n: u32) -> String {
+    format!("{IF_PREFIX}{pid:x}-{:x}", n & 0xfff)
+}
+
 /// Namespaces and veth pairs that disappear with the value.
 pub struct Lab {
     ns_tag: String,
@@ -192,11 +198,9 @@ impl Lab {
     pub fn new() -> Result<Lab> {
         let pid = std::process::id();
         let n = NEXT_LAB.fetch_add(1, Ordering::Relaxed);
-        // The counter is wrapped so interface names stay within IFNAMSIZ; 4096 labs per process
-        // are never alive at once.
         Ok(Lab {
             ns_tag: format!("{NS_PREFIX}{pid}-{n}"),
-            if_tag: format!("{IF_PREFIX}{pid:x}-{:x}", n & 0xfff),
+            if_tag: if_tag(pid, n),
             namespaces: Vec::new(),
             pairs: Vec::new(),
         })
@@ -478,4 +482,30 @@ fn reader(
             cvar.notify_all();
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xdp_is_recognised_in_ip_link_details() {
+        let bare = "3: a@b: <BROADCAST,MULTICAST,UP> mtu 1500 qdisc noqueue state UP\n    veth addrgenmode eui64";
+        assert!(!details_show_xdp(bare));
+        for attached in [
+            "3: a@b: <UP> mtu 1500 xdp qdisc noqueue\n    prog/xdp id 42 name rst tag 00 jited",
+            "3: a@b: <UP> mtu 1500 xdpgeneric qdisc noqueue\n    prog/xdpgeneric id 7",
+        ] {
+            assert!(details_show_xdp(attached), "{attached}");
+        }
+    }
+
+    #[test]
+    fn interface_names_fit_ifnamsiz_for_any_pid() {
+        // PID_MAX_LIMIT is 2^22; pair index 15, side `a`.
+        for n in [0, 0xfff, u32::MAX] {
+            let name = format!("{}fa", if_tag(1 << 22, n));
+            assert!(name.len() <= IFNAMSIZ_MAX, "{name}");
+        }
+    }
 }

@@ -602,12 +602,12 @@ fn release(kept: &mut Vec<Kept>, all: bool, errors: &mut Vec<String>) {
 /// Matches every server-side report against the client's record of the same connection, waiting
 /// until each connection that reached a server has been reported (or `IO_TIMEOUT` passes).
 fn reconcile(report: &mut Report, events: &mpsc::Receiver<ServerEvent>) {
-    let mut pending: HashMap<(SocketAddr, SocketAddr), Outcome> = report
-        .conns
-        .iter()
-        .filter(|c| c.kind != Kind::Refused)
-        .map(|c| ((c.server, c.client), c.outcome))
-        .collect();
+    // A list per 4-tuple: a connection that ended in a RST leaves no TIME_WAIT behind, so the
+    // kernel may hand the same source port out again later in the run.
+    let mut pending: HashMap<(SocketAddr, SocketAddr), Vec<Outcome>> = HashMap::new();
+    for c in report.conns.iter().filter(|c| c.kind != Kind::Refused) {
+        pending.entry((c.server, c.client)).or_default().push(c.outcome);
+    }
     let deadline = Instant::now() + IO_TIMEOUT;
     while !pending.is_empty() {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -617,23 +617,121 @@ fn reconcile(report: &mut Report, events: &mpsc::Receiver<ServerEvent>) {
             report.errors.push(format!("no server-side report for {}", missing.join(", ")));
             return;
         };
-        match (ev.result, pending.remove(&(ev.listener, ev.peer))) {
-            (Err(e), _) => report.errors.push(format!("server {} (peer {}): {e}", ev.listener, ev.peer)),
-            (Ok(seen), Some(expected)) if seen == expected => {}
-            (Ok(seen), Some(expected)) => report.errors.push(format!(
+        let key = (ev.listener, ev.peer);
+        let seen = match ev.result {
+            Ok(seen) => seen,
+            Err(e) => {
+                report.errors.push(format!("server {} (peer {}): {e}", ev.listener, ev.peer));
+                take_one(&mut pending, key, None);
+                continue;
+            }
+        };
+        match take_one(&mut pending, key, Some(seen)) {
+            Some(expected) if expected == seen => {}
+            Some(expected) => report.errors.push(format!(
                 "{}->{}: the client saw {} but the server {}",
                 ev.peer,
                 ev.listener,
                 expected.name(),
                 seen.name()
             )),
-            (Ok(seen), None) => {
-                report.errors.push(format!("server {} saw an unplanned connection from {} ({})", ev.listener, ev.peer, seen.name()))
-            }
+            None => report.errors.push(format!(
+                "server {} saw an unplanned connection from {} ({})",
+                ev.listener,
+                ev.peer,
+                seen.name()
+            )),
         }
     }
     // Anything already queued past the last expected event is a connection nobody planned.
     while let Ok(ev) = events.try_recv() {
         report.errors.push(format!("server {} saw an unplanned connection from {}: {:?}", ev.listener, ev.peer, ev.result));
+    }
+}
+
+/// Removes one pending outcome for `key`, the one equal to `prefer` if there is one.
+fn take_one(
+    pending: &mut HashMap<(SocketAddr, SocketAddr), Vec<Outcome>>,
+    key: (SocketAddr, SocketAddr),
+    prefer: Option<Outcome>,
+) -> Option<Outcome> {
+    let list = pending.get_mut(&key)?;
+    let at = prefer.and_then(|p| list.iter().position(|&o| o == p)).unwrap_or(0);
+    let taken = (at < list.len()).then(|| list.remove(at));
+    if list.is_empty() {
+        pending.remove(&key);
+    }
+    taken
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_parse_and_print_back() {
+        for text in ["refused:10.77.1.2->10.77.2.2:81", "balancer/3:fd77::1:2->[fd77::2:2]:443"] {
+            let step: Step = text.parse().expect(text);
+            assert_eq!(step.to_string(), text);
+        }
+        let s: Step = "client-abort/2:10.0.0.1->10.0.0.2:9".parse().expect("valid");
+        assert_eq!((s.kind, s.every, s.dst.port()), (Kind::ClientAbort, 2, 9));
+    }
+
+    #[test]
+    fn bad_steps_are_rejected() {
+        for text in [
+            "refused",
+            "nonsense:10.0.0.1->10.0.0.2:1",
+            "refused/0:10.0.0.1->10.0.0.2:1",
+            "refused:10.0.0.1->[fd00::1]:1",
+            "refused:10.0.0.1->10.0.0.2",
+        ] {
+            assert!(text.parse::<Step>().is_err(), "{text} should not parse");
+        }
+    }
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().expect("socket address literal")
+    }
+
+    #[test]
+    fn one_address_cannot_be_two_kinds_of_server_or_closed() {
+        let step = |k, dst: &str| Step { kind: k, every: 1, src: sa("10.0.0.1:0").ip(), dst: sa(dst) };
+        assert!(listener_roles(&[step(Kind::ServerAbort, "10.0.0.2:1"), step(Kind::Balancer, "10.0.0.2:1")]).is_err());
+        assert!(listener_roles(&[step(Kind::ServerAbort, "10.0.0.2:1"), step(Kind::Refused, "10.0.0.2:1")]).is_err());
+        let roles = listener_roles(&[step(Kind::Balancer, "10.0.0.2:1"), step(Kind::Refused, "10.0.0.2:2")]).expect("ok");
+        assert_eq!(roles.into_iter().collect::<Vec<_>>(), vec![(sa("10.0.0.2:1"), Kind::Balancer)]);
+    }
+
+    #[test]
+    fn expected_flows_are_directional_and_summed() {
+        let conn = |client: &str, server: &str, outcome| Conn { kind: Kind::Balancer, client: sa(client), server: sa(server), outcome };
+        let report = Report {
+            conns: vec![
+                conn("10.0.0.1:5000", "10.0.0.2:443", Outcome::Rejected),
+                conn("10.0.0.1:5000", "10.0.0.2:443", Outcome::Rejected),
+                conn("10.0.0.1:5001", "10.0.0.2:443", Outcome::Held),
+                conn("10.0.0.1:5002", "10.0.0.2:9", Outcome::ClientAborted),
+            ],
+            ..Report::default()
+        };
+        let server = report.expected(Side::Server);
+        assert_eq!(server.into_iter().collect::<Vec<_>>(), vec![(Flow { src: sa("10.0.0.2:443"), dst: sa("10.0.0.1:5000") }, 2)]);
+        let client = report.expected(Side::Client);
+        assert_eq!(client.into_iter().collect::<Vec<_>>(), vec![(Flow { src: sa("10.0.0.1:5002"), dst: sa("10.0.0.2:9") }, 1)]);
+        let json = report.to_json();
+        assert_eq!(json["connections"][2]["resets"].as_array().map(Vec::len), Some(0));
+        assert_eq!(json["connections"][3]["resets"][0]["from"], "client");
+    }
+
+    #[test]
+    fn reused_four_tuples_reconcile_one_by_one() {
+        let key = (sa("10.0.0.2:443"), sa("10.0.0.1:5000"));
+        let mut pending = HashMap::from([(key, vec![Outcome::Held, Outcome::Rejected])]);
+        assert_eq!(take_one(&mut pending, key, Some(Outcome::Rejected)), Some(Outcome::Rejected));
+        assert_eq!(take_one(&mut pending, key, Some(Outcome::Rejected)), Some(Outcome::Held));
+        assert!(pending.is_empty());
+        assert_eq!(take_one(&mut pending, key, None), None);
     }
 }

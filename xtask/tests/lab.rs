@@ -257,8 +257,8 @@ fn counts_server_resets_exactly_on_the_client_side() -> Result<()> {
     let witness = capture.resets()?;
 
     let want = expected(&report, "server")?;
-    assert_eq!(want.len(), 3 * 8, "the generator should have made 3 rounds of 8 resetting connections");
-    assert!(want.values().all(|&n| n == 1), "each connection resets once: {want:?}");
+    // Summed rather than counted per flow: a source port freed by a RST may be handed out again.
+    assert_eq!(want.values().sum::<u64>(), 3 * 8, "3 rounds of 8 connections that reset once each");
     assert!(expected(&report, "client")?.is_empty());
     assert_eq!(witness, want, "tcpdump disagrees with the generator's account");
 
@@ -286,9 +286,11 @@ fn counts_client_resets_on_the_server_side() -> Result<()> {
 
     let from_clients = expected(&report, "client")?;
     let from_server = expected(&report, "server")?;
-    assert_eq!(from_clients.len(), 2 * 4);
-    // Round one: the balancer keeps two and turns one away; round two: turns all three away.
-    assert_eq!(from_server.len(), 2 * 1 + 1 + 3);
+    assert_eq!(from_clients.values().sum::<u64>(), 2 * 4);
+    // Server aborts: one a round. The balancer keeps two and turns one away in round one, and
+    // turns all three away in round two.
+    assert_eq!(from_server.values().sum::<u64>(), 2 * 1 + 1 + 3);
+    // The two directions never share a key: src is the server in one, a client in the other.
     let mut all = from_clients.clone();
     all.extend(from_server.iter().map(|(k, v)| (*k, *v)));
     assert_eq!(witness, all, "tcpdump disagrees with the generator's account");
