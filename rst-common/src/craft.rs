@@ -19,8 +19,8 @@ pub use etherparse;
 use std::{borrow::ToOwned, format, string::String, vec, vec::Vec};
 
 use etherparse::{
-    EtherType, Ethernet2Header, IpAuthHeader, IpFragOffset, IpNumber, Ipv4Header, Ipv6FragmentHeader,
-    Ipv6Header, Ipv6RawExtHeader, SingleVlanHeader, TcpHeader, TcpOptionElement, VlanId, VlanPcp,
+    EtherType, Ethernet2Header, IpAuthHeader, IpFragOffset, IpNumber, Ipv4Header, Ipv6FragmentHeader, Ipv6Header,
+    Ipv6RawExtHeader, SingleVlanHeader, TcpHeader, TcpOptionElement, VlanId, VlanPcp,
 };
 
 use crate::{
@@ -158,7 +158,10 @@ pub enum Network {
     Ipv4(Ipv4),
     Ipv6(Ipv6),
     /// Any other ethertype (ARP, LLDP…) followed by raw bytes.
-    Other { ether_type: u16, bytes: Vec<u8> },
+    Other {
+        ether_type: u16,
+        bytes: Vec<u8>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -181,7 +184,10 @@ pub enum Transport {
     Tcp(Tcp),
     /// Another IP protocol (UDP, ICMPv6, none…), header and payload as raw bytes. Also what a
     /// non-first fragment carries.
-    Other { protocol: u8, bytes: Vec<u8> },
+    Other {
+        protocol: u8,
+        bytes: Vec<u8>,
+    },
 }
 
 /// Where the layers of a built frame start, for the edits that break it.
@@ -341,16 +347,7 @@ impl FrameBuilder {
             Network::Ipv6(ip) => (FAMILY_IPV6, ip.src, ip.dst),
             Network::Other { .. } => panic!("not an IP frame"),
         };
-        FlowKey {
-            src,
-            dst,
-            ifindex,
-            sport: tcp.sport,
-            dport: tcp.dport,
-            family,
-            protocol: IPPROTO_TCP,
-            _pad: [0; 2],
-        }
+        FlowKey { src, dst, ifindex, sport: tcp.sport, dport: tcp.dport, family, protocol: IPPROTO_TCP, _pad: [0; 2] }
     }
 
     /// Lays the frame out. No padding to Ethernet's 60-byte minimum: a test that wants it adds
@@ -578,11 +575,7 @@ pub fn syn_options() -> Vec<TcpOptionElement> {
 
 /// A VLAN-tagged RST over IPv4 with options: the frame the truncation sweeps cut.
 pub fn vlan_ipv4_options_rst() -> FrameBuilder {
-    tcp_v4()
-        .vlan(VlanKind::Dot1Q, 100)
-        .ipv4_options(&IPV4_OPTIONS_ROUTER_ALERT)
-        .ports(443, 49152)
-        .flags(TCP_RST)
+    tcp_v4().vlan(VlanKind::Dot1Q, 100).ipv4_options(&IPV4_OPTIONS_ROUTER_ALERT).ports(443, 49152).flags(TCP_RST)
 }
 
 /// An IPv6 RST behind a hop-by-hop, a destination options and an authentication header.
@@ -644,14 +637,21 @@ pub fn cases(ifindex: u32) -> Vec<Case> {
     assert_eq!(three_tags.vlans.len(), MAX_VLAN_TAGS);
     table.reset("three tags ipv6 rst", three_tags.clone().flags(TCP_RST));
     table.segment("qinq ipv4 syn", tcp_v4().vlan(VlanKind::Dot1Ad, 10).vlan(VlanKind::Dot1Q, 20).flags(TCP_SYN));
-    table.malformed("four tags (deeper than the walk goes)", three_tags.vlan(VlanKind::Dot1Q, 4).flags(TCP_RST).build());
+    table
+        .malformed("four tags (deeper than the walk goes)", three_tags.vlan(VlanKind::Dot1Q, 4).flags(TCP_RST).build());
 
     // IPv6 extension headers, one of each kind, a long one, and chains up to the bound.
     table.reset("ipv6 hop-by-hop rst", tcp_v6().ipv6_ext(Ipv6Ext::HopByHop { len: 0 }).flags(TCP_RST));
     table.reset("ipv6 routing rst", tcp_v6().ipv6_ext(Ipv6Ext::Routing { len: 2 }).flags(TCP_RST));
-    table.reset("ipv6 destination options rst", tcp_v6().ipv6_ext(Ipv6Ext::DestinationOptions { len: 0 }).flags(TCP_RST));
+    table.reset(
+        "ipv6 destination options rst",
+        tcp_v6().ipv6_ext(Ipv6Ext::DestinationOptions { len: 0 }).flags(TCP_RST),
+    );
     table.reset("ipv6 authentication header rst", tcp_v6().ipv6_ext(Ipv6Ext::Auth { icv_len: 12 }).flags(TCP_RST));
-    table.reset("ipv6 2048-byte destination options rst", tcp_v6().ipv6_ext(Ipv6Ext::DestinationOptions { len: 255 }).flags(TCP_RST));
+    table.reset(
+        "ipv6 2048-byte destination options rst",
+        tcp_v6().ipv6_ext(Ipv6Ext::DestinationOptions { len: 255 }).flags(TCP_RST),
+    );
     table.reset("ipv6 1016-byte icv rst", tcp_v6().ipv6_ext(Ipv6Ext::Auth { icv_len: 1012 }).flags(TCP_RST));
     table.reset("ipv6 hop-by-hop, dstopts, auth, rst+ack", ipv6_ext_rst());
     table.reset(
@@ -667,18 +667,19 @@ pub fn cases(ifindex: u32) -> Vec<Case> {
     );
     table.reset("ipv6 chain of 8 (the bound) rst", ipv6_chain(MAX_IPV6_EXT_HEADERS).flags(TCP_RST));
     table.segment("ipv6 chain of 8 (the bound) syn", ipv6_chain(MAX_IPV6_EXT_HEADERS).flags(TCP_SYN));
-    table.malformed("ipv6 chain of 9 (past the bound) rst", ipv6_chain(MAX_IPV6_EXT_HEADERS + 1).flags(TCP_RST).build());
+    table
+        .malformed("ipv6 chain of 9 (past the bound) rst", ipv6_chain(MAX_IPV6_EXT_HEADERS + 1).flags(TCP_RST).build());
 
     // Fragments: only the first one carries the TCP header.
     table.reset("ipv4 first fragment (mf) rst", tcp_v4().ipv4_fragment(0, true).flags(TCP_RST));
     table.fragment("ipv4 non-first fragment", tcp_v4().ipv4_fragment(185, true).ip_payload(IPPROTO_TCP, &[0x55; 64]));
     table.fragment("ipv4 last fragment", tcp_v4().ipv4_fragment(370, false).ip_payload(IPPROTO_TCP, &[0x55; 40]));
     table.fragment("ipv4 non-first fragment of udp", tcp_v4().ipv4_fragment(1, false).ip_payload(IPPROTO_UDP, &[0; 8]));
-    table.fragment(
-        "ipv4 non-first fragment that looks like a rst",
-        tcp_v4().ipv4_fragment(3, false).flags(TCP_RST),
+    table.fragment("ipv4 non-first fragment that looks like a rst", tcp_v4().ipv4_fragment(3, false).flags(TCP_RST));
+    table.reset(
+        "ipv6 first fragment (mf) rst",
+        tcp_v6().ipv6_ext(Ipv6Ext::Fragment { offset: 0, more: true }).flags(TCP_RST),
     );
-    table.reset("ipv6 first fragment (mf) rst", tcp_v6().ipv6_ext(Ipv6Ext::Fragment { offset: 0, more: true }).flags(TCP_RST));
     table.fragment(
         "ipv6 non-first fragment",
         tcp_v6().ipv6_ext(Ipv6Ext::Fragment { offset: 181, more: true }).ip_payload(IPPROTO_TCP, &[0x55; 64]),
@@ -704,7 +705,10 @@ pub fn cases(ifindex: u32) -> Vec<Case> {
         "ipv6 hop-by-hop then udp",
         tcp_v6().ipv6_ext(Ipv6Ext::HopByHop { len: 0 }).ip_payload(IPPROTO_UDP, &[0; 8]).build(),
     );
-    table.not_tcp("ipv4 udp behind qinq", tcp_v4().vlan(VlanKind::Dot1Ad, 1).vlan(VlanKind::Dot1Q, 2).ip_payload(IPPROTO_UDP, &[0; 8]).build());
+    table.not_tcp(
+        "ipv4 udp behind qinq",
+        tcp_v4().vlan(VlanKind::Dot1Ad, 1).vlan(VlanKind::Dot1Q, 2).ip_payload(IPPROTO_UDP, &[0; 8]).build(),
+    );
 
     // Malformed: truncated inside each header.
     let rst_v4 = vlan_ipv4_options_rst().build();

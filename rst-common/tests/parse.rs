@@ -227,13 +227,11 @@ fn well_formed_frames_parse_with_etherparse() {
         if !matches!(case.expected, Observation::Reset(_) | Observation::Segment) {
             continue;
         }
-        let tcp = SlicedPacket::from_ethernet(&case.frame)
-            .map_err(|error| error.to_string())
-            .and_then(|packet| {
-                let payload = packet.ip_payload().ok_or("no IP payload")?;
-                let (tcp, _) = TcpHeader::from_slice(payload.payload).map_err(|error| error.to_string())?;
-                Ok(tcp)
-            });
+        let tcp = SlicedPacket::from_ethernet(&case.frame).map_err(|error| error.to_string()).and_then(|packet| {
+            let payload = packet.ip_payload().ok_or("no IP payload")?;
+            let (tcp, _) = TcpHeader::from_slice(payload.payload).map_err(|error| error.to_string())?;
+            Ok(tcp)
+        });
         let tcp = match tcp {
             Ok(tcp) => tcp,
             Err(error) => {

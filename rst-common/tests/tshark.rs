@@ -43,7 +43,14 @@ fn well_formed_cases_dissect_as_expected_in_tshark() {
     let output = Command::new("tshark")
         .args(["-n", "-r"])
         .arg(&capture)
-        .args(["-o", "tcp.check_checksum:TRUE", "-o", "ip.check_checksum:TRUE", "-o", "tcp.desegment_tcp_streams:FALSE"])
+        .args([
+            "-o",
+            "tcp.check_checksum:TRUE",
+            "-o",
+            "ip.check_checksum:TRUE",
+            "-o",
+            "tcp.desegment_tcp_streams:FALSE",
+        ])
         // Dissect first fragments in place instead of waiting for the rest.
         .args(["-o", "ip.defragment:FALSE", "-o", "ipv6.defragment:FALSE"])
         .args(["-T", "fields", "-E", "separator=/t", "-E", "occurrence=l"])

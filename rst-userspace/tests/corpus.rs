@@ -124,9 +124,8 @@ fn check_capture(capture: &Path) -> anyhow::Result<String> {
             _ => None,
         };
         ran += 1;
-        let verdict = kernel
-            .classify(frame, key)
-            .with_context(|| format!("frame {} ({} bytes)", index + 1, frame.len()))?;
+        let verdict =
+            kernel.classify(frame, key).with_context(|| format!("frame {} ({} bytes)", index + 1, frame.len()))?;
         if verdict != Verdict::expected(&host) {
             disagreements.push(format!(
                 "frame {} ({} bytes): host {host:?}, kernel {verdict:?}",

@@ -28,7 +28,9 @@ fn every_case_is_classified_and_counted_like_the_host_expects() -> anyhow::Resul
         };
         match kernel.classify(&case.frame, expected_key) {
             Ok(verdict) if verdict == Verdict::expected(&case.expected) => {}
-            Ok(verdict) => failures.push(format!("{}: expected {:?}, kernel counted {verdict:?}", case.name, case.expected)),
+            Ok(verdict) => {
+                failures.push(format!("{}: expected {:?}, kernel counted {verdict:?}", case.name, case.expected))
+            }
             Err(error) => failures.push(format!("{}: {error:#}", case.name)),
         }
     }
@@ -79,11 +81,7 @@ fn jumbo_and_multi_buffer_frames_count_and_pass() -> anyhow::Result<()> {
             assert_eq!(frame.len(), len);
             let key = builder.flow_key(LOOPBACK_IFINDEX);
             let observation = if verdict == Verdict::Reset { Observation::Reset(key) } else { Observation::Segment };
-            assert_eq!(
-                kernel.classify(&frame, Some(&key))?,
-                verdict,
-                "{len}-byte frame with flags {flags:#04x}"
-            );
+            assert_eq!(kernel.classify(&frame, Some(&key))?, verdict, "{len}-byte frame with flags {flags:#04x}");
             expected.push(observation);
         }
     }
@@ -128,8 +126,7 @@ fn a_full_flow_table_counts_overflow() -> anyhow::Result<()> {
     let sample = kernel.collect()?;
     assert_eq!(sample.counters.resets, 15);
     assert_eq!(sample.counters.overflow, 5);
-    let expected: BTreeMap<FlowKey, u64> =
-        flows[..2].iter().map(|flow| (flow.flow_key(LOOPBACK_IFINDEX), 5)).collect();
+    let expected: BTreeMap<FlowKey, u64> = flows[..2].iter().map(|flow| (flow.flow_key(LOOPBACK_IFINDEX), 5)).collect();
     assert_eq!(sample_flows(&sample)?, expected);
     Ok(())
 }
@@ -152,7 +149,9 @@ fn concurrent_test_runs_lose_no_counts() -> anyhow::Result<()> {
                 scope.spawn(move || -> anyhow::Result<()> {
                     for round in 0..ROUNDS {
                         // Alternate the order so both threads race to create both entries.
-                        for frame in [&frames[(thread + round as usize) % 2], &frames[(thread + round as usize + 1) % 2]] {
+                        for frame in
+                            [&frames[(thread + round as usize) % 2], &frames[(thread + round as usize + 1) % 2]]
+                        {
                             run_xdp(program, frame, None, REPEAT)?;
                         }
                     }
