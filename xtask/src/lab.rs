@@ -62,7 +62,9 @@ impl Netns {
     /// An existing namespace, by name.
     pub fn open(name: &str) -> Result<Netns> {
         ensure!(netns_exists(name), "no network namespace named {name:?}");
-        Ok(Netns { name: name.to_owned() })
+        Ok(Netns {
+            name: name.to_owned(),
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -96,7 +98,8 @@ impl Netns {
         // network namespace, which is allowed in a multi-threaded process.
         let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
         if rc != 0 {
-            return Err(std::io::Error::last_os_error()).with_context(|| format!("setns into {}", self.name));
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("setns into {}", self.name));
         }
         Ok(())
     }
@@ -117,7 +120,10 @@ impl Netns {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("processes {pids:?} in {} did not exit after SIGKILL", self.name);
+                bail!(
+                    "processes {pids:?} in {} did not exit after SIGKILL",
+                    self.name
+                );
             }
             for pid in pids {
                 // Only processes we started live in a lab namespace; a pid that is already gone
@@ -149,7 +155,9 @@ impl Iface {
         let cidr = format!("{addr}/{prefix}");
         match addr {
             IpAddr::V4(_) => self.ns.ip(["addr", "add", &cidr, "dev", &self.name])?,
-            IpAddr::V6(_) => self.ns.ip(["-6", "addr", "add", &cidr, "dev", &self.name, "nodad"])?,
+            IpAddr::V6(_) => self
+                .ns
+                .ip(["-6", "addr", "add", &cidr, "dev", &self.name, "nodad"])?,
         };
         Ok(())
     }
@@ -167,7 +175,9 @@ impl Iface {
     pub fn ifindex(&self) -> Result<u32> {
         let out = self.details()?;
         let index = out.split(':').next().unwrap_or("").trim();
-        index.parse().with_context(|| format!("no ifindex in `ip link show {}`: {out}", self.name))
+        index
+            .parse()
+            .with_context(|| format!("no ifindex in `ip link show {}`: {out}", self.name))
     }
 }
 
@@ -212,7 +222,9 @@ impl Lab {
             !role.is_empty() && role.chars().all(|c| c.is_ascii_alphanumeric()),
             "namespace role {role:?} must be letters and digits"
         );
-        let ns = Netns { name: format!("{}-{role}", self.ns_tag) };
+        let ns = Netns {
+            name: format!("{}-{role}", self.ns_tag),
+        };
         ip_run(["netns", "add", &ns.name])?;
         self.namespaces.push(ns.clone());
         ns.ip(["link", "set", "lo", "up"])?;
@@ -225,13 +237,23 @@ impl Lab {
         ensure!(n < 16, "a lab has at most 16 veth pairs");
         let name_a = format!("{}{n:x}a", self.if_tag);
         let name_b = format!("{}{n:x}b", self.if_tag);
-        ensure!(name_a.len() <= IFNAMSIZ_MAX, "interface name {name_a} is too long");
+        ensure!(
+            name_a.len() <= IFNAMSIZ_MAX,
+            "interface name {name_a} is too long"
+        );
         // Created inside the namespaces directly: never in (and never visible to) the host's.
         ip_run([
-            "link", "add", &name_a, "netns", &a.name, "type", "veth", "peer", "name", &name_b, "netns", &b.name,
+            "link", "add", &name_a, "netns", &a.name, "type", "veth", "peer", "name", &name_b,
+            "netns", &b.name,
         ])?;
-        let end_a = Iface { ns: a.clone(), name: name_a };
-        let end_b = Iface { ns: b.clone(), name: name_b };
+        let end_a = Iface {
+            ns: a.clone(),
+            name: name_a,
+        };
+        let end_b = Iface {
+            ns: b.clone(),
+            name: name_b,
+        };
         self.pairs.push(end_a.clone());
         end_a.ns.ip(["link", "set", &end_a.name, "up"])?;
         end_b.ns.ip(["link", "set", &end_b.name, "up"])?;
@@ -305,7 +327,13 @@ impl TwoHosts {
                 iface.add_addr(addr, if addr.is_ipv4() { 16 } else { 64 })?;
             }
         }
-        Ok(TwoHosts { client, server, client_if, server_if, lab })
+        Ok(TwoHosts {
+            client,
+            server,
+            client_if,
+            server_if,
+            lab,
+        })
     }
 }
 
@@ -315,14 +343,21 @@ pub fn sweep_stale() -> Result<Vec<String>> {
     let listing = ip_run(["netns", "list"])?;
     let mut removed = Vec::new();
     for name in listing.lines().filter_map(|l| l.split_whitespace().next()) {
-        let Some(pid) = name.strip_prefix(NS_PREFIX).and_then(|rest| rest.split('-').next()) else {
+        let Some(pid) = name
+            .strip_prefix(NS_PREFIX)
+            .and_then(|rest| rest.split('-').next())
+        else {
             continue;
         };
-        let Ok(pid) = pid.parse::<u32>() else { continue };
+        let Ok(pid) = pid.parse::<u32>() else {
+            continue;
+        };
         if Path::new(&format!("/proc/{pid}")).exists() {
             continue;
         }
-        let ns = Netns { name: name.to_owned() };
+        let ns = Netns {
+            name: name.to_owned(),
+        };
         // The namespace's veths go with it once nothing inside holds it.
         ns.delete()?;
         removed.push(name.to_owned());
@@ -366,8 +401,14 @@ impl Proc {
     pub fn spawn_with(cmd: &mut Command, capture_stdout: bool, echo_stderr: bool) -> Result<Proc> {
         let what = cmd::describe(cmd);
         cmd.stdin(Stdio::null()).stderr(Stdio::piped());
-        cmd.stdout(if capture_stdout { Stdio::piped() } else { Stdio::inherit() });
-        let mut child = cmd.spawn().with_context(|| format!("cannot start `{what}`"))?;
+        cmd.stdout(if capture_stdout {
+            Stdio::piped()
+        } else {
+            Stdio::inherit()
+        });
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start `{what}`"))?;
         let collected = Arc::new((Mutex::new(Collected::default()), Condvar::new()));
         let mut readers = Vec::new();
         if let Some(out) = child.stdout.take() {
@@ -376,7 +417,13 @@ impl Proc {
         if let Some(err) = child.stderr.take() {
             readers.push(reader(err, Arc::clone(&collected), true, echo_stderr));
         }
-        Ok(Proc { child, what, collected, readers, status: None })
+        Ok(Proc {
+            child,
+            what,
+            collected,
+            readers,
+            status: None,
+        })
     }
 
     pub fn id(&self) -> u32 {
@@ -389,7 +436,11 @@ impl Proc {
 
     /// Stderr so far.
     pub fn stderr(&self) -> String {
-        self.collected.0.lock().map(|c| c.stderr.clone()).unwrap_or_default()
+        self.collected
+            .0
+            .lock()
+            .map(|c| c.stderr.clone())
+            .unwrap_or_default()
     }
 
     /// Waits until stderr has a line containing `needle`, or the process exits, or `timeout`.
@@ -400,22 +451,38 @@ impl Proc {
                 return Ok(());
             }
             if let Some(status) = self.try_wait()? {
-                bail!("`{}` exited ({status}) before printing {needle:?}; stderr: {}", self.what, self.stderr().trim());
+                bail!(
+                    "`{}` exited ({status}) before printing {needle:?}; stderr: {}",
+                    self.what,
+                    self.stderr().trim()
+                );
             }
             let now = Instant::now();
             if now >= deadline {
-                bail!("`{}` did not print {needle:?} within {timeout:?}; stderr: {}", self.what, self.stderr().trim());
+                bail!(
+                    "`{}` did not print {needle:?} within {timeout:?}; stderr: {}",
+                    self.what,
+                    self.stderr().trim()
+                );
             }
             let (lock, cvar) = &*self.collected;
-            let guard = lock.lock().map_err(|_| anyhow::anyhow!("output collector poisoned"))?;
+            let guard = lock
+                .lock()
+                .map_err(|_| anyhow::anyhow!("output collector poisoned"))?;
             let wait = (deadline - now).min(Duration::from_millis(100));
-            drop(cvar.wait_timeout(guard, wait).map_err(|_| anyhow::anyhow!("output collector poisoned"))?);
+            drop(
+                cvar.wait_timeout(guard, wait)
+                    .map_err(|_| anyhow::anyhow!("output collector poisoned"))?,
+            );
         }
     }
 
     pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
         if self.status.is_none() {
-            self.status = self.child.try_wait().with_context(|| format!("waiting for `{}`", self.what))?;
+            self.status = self
+                .child
+                .try_wait()
+                .with_context(|| format!("waiting for `{}`", self.what))?;
         }
         Ok(self.status)
     }
@@ -430,7 +497,11 @@ impl Proc {
             }
             if Instant::now() >= deadline {
                 self.kill();
-                bail!("`{}` still running after {timeout:?}; killed it. stderr: {}", self.what, self.stderr().trim());
+                bail!(
+                    "`{}` still running after {timeout:?}; killed it. stderr: {}",
+                    self.what,
+                    self.stderr().trim()
+                );
             }
             thread::sleep(Duration::from_millis(20));
         };
@@ -438,8 +509,14 @@ impl Proc {
             let _ = r.join();
         }
         let (lock, _) = &*self.collected;
-        let mut c = lock.lock().map_err(|_| anyhow::anyhow!("output collector poisoned"))?;
-        Ok(Finished { status, stdout: std::mem::take(&mut c.stdout), stderr: std::mem::take(&mut c.stderr) })
+        let mut c = lock
+            .lock()
+            .map_err(|_| anyhow::anyhow!("output collector poisoned"))?;
+        Ok(Finished {
+            status,
+            stdout: std::mem::take(&mut c.stdout),
+            stderr: std::mem::take(&mut c.stderr),
+        })
     }
 
     fn kill(&mut self) {
@@ -477,7 +554,12 @@ fn reader(
             }
             let (lock, cvar) = &*collected;
             if let Ok(mut c) = lock.lock() {
-                if is_stderr { &mut c.stderr } else { &mut c.stdout }.push_str(&line);
+                if is_stderr {
+                    &mut c.stderr
+                } else {
+                    &mut c.stdout
+                }
+                .push_str(&line);
             }
             cvar.notify_all();
         }

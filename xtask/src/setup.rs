@@ -11,7 +11,9 @@ use crate::cmd;
 pub const EBPF_TOOLCHAIN: &str = "nightly-2026-05-20";
 pub const BPF_LINKER_VERSION: &str = "0.10.4";
 /// Debian packages the lab and the tests use. bpftool has been its own package since bookworm.
-pub const APT_PACKAGES: &[&str] = &["iproute2", "tcpdump", "tshark", "ethtool", "nftables", "bpftool"];
+pub const APT_PACKAGES: &[&str] = &[
+    "iproute2", "tcpdump", "tshark", "ethtool", "nftables", "bpftool",
+];
 
 pub fn run() -> Result<()> {
     toolchain()?;
@@ -28,23 +30,48 @@ fn toolchain() -> Result<()> {
     let item = format!("{EBPF_TOOLCHAIN} + rust-src");
     let toolchains = cmd::output(&mut cmd::command("rustup", ["toolchain", "list"]))
         .context("rustup is required to install the eBPF toolchain")?;
-    let have_toolchain = toolchains.lines().any(|l| l.starts_with(&format!("{EBPF_TOOLCHAIN}-")) || l.trim() == EBPF_TOOLCHAIN);
+    let have_toolchain = toolchains
+        .lines()
+        .any(|l| l.starts_with(&format!("{EBPF_TOOLCHAIN}-")) || l.trim() == EBPF_TOOLCHAIN);
     if !have_toolchain {
         cmd::run(&mut cmd::command(
             "rustup",
-            ["toolchain", "install", EBPF_TOOLCHAIN, "--profile", "minimal", "--component", "rust-src"],
+            [
+                "toolchain",
+                "install",
+                EBPF_TOOLCHAIN,
+                "--profile",
+                "minimal",
+                "--component",
+                "rust-src",
+            ],
         ))?;
         report(&item, "installed");
         return Ok(());
     }
     let components = cmd::output(&mut cmd::command(
         "rustup",
-        ["component", "list", "--installed", "--toolchain", EBPF_TOOLCHAIN],
+        [
+            "component",
+            "list",
+            "--installed",
+            "--toolchain",
+            EBPF_TOOLCHAIN,
+        ],
     ))?;
     if components.lines().any(|l| l.trim() == "rust-src") {
         report(&item, "ok");
     } else {
-        cmd::run(&mut cmd::command("rustup", ["component", "add", "rust-src", "--toolchain", EBPF_TOOLCHAIN]))?;
+        cmd::run(&mut cmd::command(
+            "rustup",
+            [
+                "component",
+                "add",
+                "rust-src",
+                "--toolchain",
+                EBPF_TOOLCHAIN,
+            ],
+        ))?;
         report(&item, "installed");
     }
     Ok(())
@@ -64,21 +91,32 @@ fn bpf_linker() -> Result<()> {
     }
     cmd::run(&mut cmd::command(
         "cargo",
-        ["install", "--locked", &format!("bpf-linker@{BPF_LINKER_VERSION}")],
+        [
+            "install",
+            "--locked",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+        ],
     ))?;
     report(&item, "installed");
     Ok(())
 }
 
 fn dpkg_installed(package: &str) -> bool {
-    let Ok(out) = Command::new("dpkg-query").args(["-W", "-f=${Status}", package]).output() else {
+    let Ok(out) = Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+    else {
         return false;
     };
     out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "install ok installed"
 }
 
 fn apt_packages() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES.iter().copied().filter(|p| !dpkg_installed(p)).collect();
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !dpkg_installed(p))
+        .collect();
     if !missing.is_empty() {
         if !cmd::succeeds(&mut cmd::command("apt-get", ["--version"])) {
             bail!("apt-get not found: install {} by hand", missing.join(" "));
@@ -97,7 +135,14 @@ fn apt_packages() -> Result<()> {
         if !dpkg_installed(package) {
             bail!("apt package {package} is still not installed after apt-get install");
         }
-        report(&format!("apt {package}"), if missing.contains(package) { "installed" } else { "ok" });
+        report(
+            &format!("apt {package}"),
+            if missing.contains(package) {
+                "installed"
+            } else {
+                "ok"
+            },
+        );
     }
     Ok(())
 }

@@ -32,17 +32,28 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn rstwatch() -> PathBuf {
-    let bin = std::env::var_os("RSTWATCH_BIN").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("target/release/rstwatch")
-    });
-    assert!(bin.is_file(), "{} does not exist: run `cargo xtask build` (or set RSTWATCH_BIN)", bin.display());
+    let bin = std::env::var_os("RSTWATCH_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join("target/release/rstwatch")
+        });
+    assert!(
+        bin.is_file(),
+        "{} does not exist: run `cargo xtask build` (or set RSTWATCH_BIN)",
+        bin.display()
+    );
     bin
 }
 
 fn hosts() -> Result<TwoHosts> {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
-    ensure!(euid == 0, "these tests need root (network namespaces, BPF, XDP)");
+    ensure!(
+        euid == 0,
+        "these tests need root (network namespaces, BPF, XDP)"
+    );
     TwoHosts::new(&[ip(C1), ip(C2), ip(C3), ip(C6)], &[ip(S4), ip(S6)])
 }
 
@@ -58,19 +69,37 @@ fn watch(iface: &Iface, args: &[&str]) -> Result<Proc> {
 /// Runs the generator and returns its JSON account; the run must have gone exactly as planned.
 fn traffic(hosts: &TwoHosts, extra: &[&str], steps: &[String]) -> Result<Value> {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
-    cmd.args(["traffic", "--client-ns", hosts.client.name(), "--server-ns", hosts.server.name()])
-        .args(extra)
-        .args(steps);
+    cmd.args([
+        "traffic",
+        "--client-ns",
+        hosts.client.name(),
+        "--server-ns",
+        hosts.server.name(),
+    ])
+    .args(extra)
+    .args(steps);
     let fin = Proc::spawn(&mut cmd)?.finish(Duration::from_secs(120))?;
-    ensure!(fin.status.success(), "traffic generator failed ({}): {}", fin.status, fin.stderr);
-    let report: Value = serde_json::from_str(fin.stdout.trim()).context("traffic generator JSON")?;
-    ensure!(report["errors"].as_array().is_some_and(Vec::is_empty), "generator errors: {}", report["errors"]);
+    ensure!(
+        fin.status.success(),
+        "traffic generator failed ({}): {}",
+        fin.status,
+        fin.stderr
+    );
+    let report: Value =
+        serde_json::from_str(fin.stdout.trim()).context("traffic generator JSON")?;
+    ensure!(
+        report["errors"].as_array().is_some_and(Vec::is_empty),
+        "generator errors: {}",
+        report["errors"]
+    );
     Ok(report)
 }
 
 fn steps(kind: &str, srcs: &[&str], dst: &str, port: u16) -> Vec<String> {
     let dst: IpAddr = ip(dst);
-    srcs.iter().map(|s| format!("{kind}:{s}->{}", SocketAddr::new(dst, port))).collect()
+    srcs.iter()
+        .map(|s| format!("{kind}:{s}->{}", SocketAddr::new(dst, port)))
+        .collect()
 }
 
 type FlowKey = (IpAddr, u16, IpAddr, u16);
@@ -92,28 +121,45 @@ fn expected(report: &Value, from: &str) -> Result<BTreeMap<FlowKey, u64>> {
 
 fn flow_key(v: &Value) -> Result<FlowKey> {
     let addr = |k: &str| -> Result<IpAddr> {
-        v[k].as_str().with_context(|| format!("{k} in {v}"))?.parse().with_context(|| format!("{k} in {v}"))
+        v[k].as_str()
+            .with_context(|| format!("{k} in {v}"))?
+            .parse()
+            .with_context(|| format!("{k} in {v}"))
     };
     let port = |k: &str| -> Result<u16> {
-        u16::try_from(v[k].as_u64().with_context(|| format!("{k} in {v}"))?).with_context(|| format!("{k} in {v}"))
+        u16::try_from(v[k].as_u64().with_context(|| format!("{k} in {v}"))?)
+            .with_context(|| format!("{k} in {v}"))
     };
     Ok((addr("src")?, port("sport")?, addr("dst")?, port("dport")?))
 }
 
 /// rstwatch's final summary: the one `summary` line, the last line of its stdout.
 fn summary(fin: &Finished) -> Result<Value> {
-    let lines: Vec<&str> = fin.stdout.lines().filter(|l| !l.trim().is_empty()).collect();
+    let lines: Vec<&str> = fin
+        .stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
     let mut summaries = Vec::new();
     for line in &lines {
-        let v: Value = serde_json::from_str(line).with_context(|| format!("stdout line is not JSON: {line}"))?;
+        let v: Value = serde_json::from_str(line)
+            .with_context(|| format!("stdout line is not JSON: {line}"))?;
         match v["type"].as_str() {
             Some("interval") => {}
             Some("summary") => summaries.push(v),
             other => bail!("unexpected JSON line type {other:?}: {line}"),
         }
     }
-    ensure!(summaries.len() == 1, "want exactly one summary line, got {}: {}", summaries.len(), fin.stdout);
-    ensure!(lines.last().is_some_and(|l| l.contains("\"summary\"")), "the summary is not the last line");
+    ensure!(
+        summaries.len() == 1,
+        "want exactly one summary line, got {}: {}",
+        summaries.len(),
+        fin.stdout
+    );
+    ensure!(
+        lines.last().is_some_and(|l| l.contains("\"summary\"")),
+        "the summary is not the last line"
+    );
     Ok(summaries.remove(0))
 }
 
@@ -121,39 +167,85 @@ fn summary(fin: &Finished) -> Result<Value> {
 fn counted(summary: &Value, iface: &Iface) -> Result<BTreeMap<FlowKey, u64>> {
     let mut flows = BTreeMap::new();
     let mut sum = 0;
-    for f in summary["flows"].as_array().context("summary has no flows array")? {
-        let resets = f["resets"].as_u64().with_context(|| format!("resets in {f}"))?;
+    for f in summary["flows"]
+        .as_array()
+        .context("summary has no flows array")?
+    {
+        let resets = f["resets"]
+            .as_u64()
+            .with_context(|| format!("resets in {f}"))?;
         sum += resets;
         if resets == 0 {
             continue;
         }
-        ensure!(f["iface"] == iface.name.as_str(), "flow on an unexpected interface: {f}");
+        ensure!(
+            f["iface"] == iface.name.as_str(),
+            "flow on an unexpected interface: {f}"
+        );
         let key = flow_key(f)?;
         let family = if key.0.is_ipv4() { "ipv4" } else { "ipv6" };
-        ensure!(f["family"] == family, "family does not match the addresses: {f}");
-        ensure!(flows.insert(key, resets).is_none(), "flow listed twice: {f}");
+        ensure!(
+            f["family"] == family,
+            "family does not match the addresses: {f}"
+        );
+        ensure!(
+            flows.insert(key, resets).is_none(),
+            "flow listed twice: {f}"
+        );
     }
     let totals = &summary["totals"];
     let total = totals["resets"].as_u64().context("totals.resets")?;
     let overflow = totals["overflow"].as_u64().context("totals.overflow")?;
-    assert_eq!(total, sum + overflow, "totals.resets != sum of flow resets + overflow: {totals}");
-    assert_eq!(overflow, 0, "a handful of flows must not overflow the table: {totals}");
-    let ifaces = summary["interfaces"].as_array().context("summary has no interfaces")?;
-    ensure!(ifaces.iter().any(|i| i["iface"] == iface.name.as_str()), "{} missing from {}", iface.name, summary["interfaces"]);
+    assert_eq!(
+        total,
+        sum + overflow,
+        "totals.resets != sum of flow resets + overflow: {totals}"
+    );
+    assert_eq!(
+        overflow, 0,
+        "a handful of flows must not overflow the table: {totals}"
+    );
+    let ifaces = summary["interfaces"]
+        .as_array()
+        .context("summary has no interfaces")?;
+    ensure!(
+        ifaces.iter().any(|i| i["iface"] == iface.name.as_str()),
+        "{} missing from {}",
+        iface.name,
+        summary["interfaces"]
+    );
     Ok(flows)
 }
 
 fn assert_detached(iface: &Iface) -> Result<()> {
     let details = iface.details()?;
-    assert!(!xtask::lab::details_show_xdp(&details), "an XDP program is still attached to {}:\n{details}", iface.name);
+    assert!(
+        !xtask::lab::details_show_xdp(&details),
+        "an XDP program is still attached to {}:\n{details}",
+        iface.name
+    );
     Ok(())
 }
 
 fn assert_one_line_error(fin: &Finished, needle: &str) {
-    assert!(!fin.status.success(), "expected failure, got {}; stderr: {}", fin.status, fin.stderr);
+    assert!(
+        !fin.status.success(),
+        "expected failure, got {}; stderr: {}",
+        fin.status,
+        fin.stderr
+    );
     let lines: Vec<&str> = fin.stderr.trim_end().lines().collect();
-    assert_eq!(lines.len(), 1, "stderr must be exactly one line, got:\n{}", fin.stderr);
-    assert!(lines[0].contains(needle), "stderr should mention {needle:?}: {}", lines[0]);
+    assert_eq!(
+        lines.len(),
+        1,
+        "stderr must be exactly one line, got:\n{}",
+        fin.stderr
+    );
+    assert!(
+        lines[0].contains(needle),
+        "stderr should mention {needle:?}: {}",
+        lines[0]
+    );
 }
 
 static CAPTURES: AtomicU32 = AtomicU32::new(0);
@@ -167,9 +259,12 @@ struct Capture {
 impl Capture {
     fn start(iface: &Iface) -> Result<Capture> {
         let n = CAPTURES.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("rstwatch-lab-{}-{n}.pcap", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("rstwatch-lab-{}-{n}.pcap", std::process::id()));
         let mut cmd = iface.ns.exec("tcpdump");
-        cmd.args(["-i", &iface.name, "-nn", "-U", "-Z", "root", "-w"]).arg(&path).arg("tcp");
+        cmd.args(["-i", &iface.name, "-nn", "-U", "-Z", "root", "-w"])
+            .arg(&path)
+            .arg("tcp");
         let mut proc = Proc::spawn(&mut cmd)?;
         proc.wait_for_stderr("listening on", START_TIMEOUT)?;
         Ok(Capture { proc, path })
@@ -179,8 +274,14 @@ impl Capture {
     fn resets(self) -> Result<BTreeMap<FlowKey, u64>> {
         self.proc.signal(libc::SIGINT)?;
         let fin = self.proc.finish(EXIT_TIMEOUT)?;
-        ensure!(fin.status.success(), "tcpdump failed ({}): {}", fin.status, fin.stderr);
-        let bytes = std::fs::read(&self.path).with_context(|| format!("reading {}", self.path.display()))?;
+        ensure!(
+            fin.status.success(),
+            "tcpdump failed ({}): {}",
+            fin.status,
+            fin.stderr
+        );
+        let bytes = std::fs::read(&self.path)
+            .with_context(|| format!("reading {}", self.path.display()))?;
         let _ = std::fs::remove_file(&self.path);
         pcap_resets(&bytes)
     }
@@ -197,14 +298,24 @@ fn pcap_resets(bytes: &[u8]) -> Result<BTreeMap<FlowKey, u64>> {
     };
     let u32_at = |b: &[u8], at: usize| {
         let w = [b[at], b[at + 1], b[at + 2], b[at + 3]];
-        if le { u32::from_le_bytes(w) } else { u32::from_be_bytes(w) }
+        if le {
+            u32::from_le_bytes(w)
+        } else {
+            u32::from_be_bytes(w)
+        }
     };
-    ensure!(u32_at(bytes, 20) == 1, "link type {} is not Ethernet", u32_at(bytes, 20));
+    ensure!(
+        u32_at(bytes, 20) == 1,
+        "link type {} is not Ethernet",
+        u32_at(bytes, 20)
+    );
     let mut flows = BTreeMap::new();
     let mut at = 24;
     while at + 16 <= bytes.len() {
         let len = usize::try_from(u32_at(bytes, at + 8))?;
-        let frame = bytes.get(at + 16..at + 16 + len).context("truncated pcap record")?;
+        let frame = bytes
+            .get(at + 16..at + 16 + len)
+            .context("truncated pcap record")?;
         at += 16 + len;
         let be16 = |b: &[u8], i: usize| u16::from_be_bytes([b[i], b[i + 1]]);
         if frame.len() < 14 {
@@ -225,13 +336,17 @@ fn pcap_resets(bytes: &[u8]) -> Result<BTreeMap<FlowKey, u64>> {
                 if ip6[6] != 6 {
                     continue;
                 }
-                let a = |i: usize| -> Result<IpAddr> { Ok(IpAddr::from(<[u8; 16]>::try_from(&ip6[i..i + 16])?)) };
+                let a = |i: usize| -> Result<IpAddr> {
+                    Ok(IpAddr::from(<[u8; 16]>::try_from(&ip6[i..i + 16])?))
+                };
                 (a(8)?, a(24)?, &ip6[40..])
             }
             _ => continue,
         };
         if tcp.len() >= 14 && tcp[13] & 0x04 != 0 {
-            *flows.entry((src, be16(tcp, 0), dst, be16(tcp, 2))).or_insert(0) += 1;
+            *flows
+                .entry((src, be16(tcp, 0), dst, be16(tcp, 2)))
+                .or_insert(0) += 1;
         }
     }
     Ok(flows)
@@ -250,22 +365,44 @@ fn refused_and_aborted_steps() -> Vec<String> {
 fn counts_server_resets_exactly_on_the_client_side() -> Result<()> {
     let hosts = hosts()?;
     let capture = Capture::start(&hosts.client_if)?;
-    let rw = watch(&hosts.client_if, &["--duration", "6s", "--interval", "1s", "--format", "json"])?;
+    let rw = watch(
+        &hosts.client_if,
+        &["--duration", "6s", "--interval", "1s", "--format", "json"],
+    )?;
     let report = traffic(&hosts, &["--rounds", "3"], &refused_and_aborted_steps())?;
     let fin = rw.finish(EXIT_TIMEOUT)?;
-    assert!(fin.status.success(), "rstwatch failed ({}): {}", fin.status, fin.stderr);
+    assert!(
+        fin.status.success(),
+        "rstwatch failed ({}): {}",
+        fin.status,
+        fin.stderr
+    );
     let witness = capture.resets()?;
 
     let want = expected(&report, "server")?;
     // Summed rather than counted per flow: a source port freed by a RST may be handed out again.
-    assert_eq!(want.values().sum::<u64>(), 3 * 8, "3 rounds of 8 connections that reset once each");
+    assert_eq!(
+        want.values().sum::<u64>(),
+        3 * 8,
+        "3 rounds of 8 connections that reset once each"
+    );
     assert!(expected(&report, "client")?.is_empty());
-    assert_eq!(witness, want, "tcpdump disagrees with the generator's account");
+    assert_eq!(
+        witness, want,
+        "tcpdump disagrees with the generator's account"
+    );
 
     let summary = summary(&fin)?;
     let got = counted(&summary, &hosts.client_if)?;
-    assert_eq!(got, want, "rstwatch's per-flow counts differ from the resets that were sent");
-    assert!(fin.stdout.lines().any(|l| l.contains("\"interval\"")), "no interval line in {}", fin.stdout);
+    assert_eq!(
+        got, want,
+        "rstwatch's per-flow counts differ from the resets that were sent"
+    );
+    assert!(
+        fin.stdout.lines().any(|l| l.contains("\"interval\"")),
+        "no interval line in {}",
+        fin.stdout
+    );
     assert_detached(&hosts.client_if)
 }
 
@@ -274,14 +411,22 @@ fn counts_server_resets_exactly_on_the_client_side() -> Result<()> {
 fn counts_client_resets_on_the_server_side() -> Result<()> {
     let hosts = hosts()?;
     let capture = Capture::start(&hosts.server_if)?;
-    let rw = watch(&hosts.server_if, &["--duration", "6s", "--interval", "1s", "--format", "json"])?;
+    let rw = watch(
+        &hosts.server_if,
+        &["--duration", "6s", "--interval", "1s", "--format", "json"],
+    )?;
     let mut s = steps("client-abort", &[C1, C2, C3], S4, 9000);
     s.extend(steps("client-abort", &[C6], S6, 9000));
     s.extend(steps("server-abort", &[C1], S4, 8443));
     s.extend(steps("balancer", &[C2, C3, C1], S4, 443));
     let report = traffic(&hosts, &["--rounds", "2", "--balancer-limit", "2"], &s)?;
     let fin = rw.finish(EXIT_TIMEOUT)?;
-    assert!(fin.status.success(), "rstwatch failed ({}): {}", fin.status, fin.stderr);
+    assert!(
+        fin.status.success(),
+        "rstwatch failed ({}): {}",
+        fin.status,
+        fin.stderr
+    );
     let witness = capture.resets()?;
 
     let from_clients = expected(&report, "client")?;
@@ -289,14 +434,24 @@ fn counts_client_resets_on_the_server_side() -> Result<()> {
     assert_eq!(from_clients.values().sum::<u64>(), 2 * 4);
     // Server aborts: one a round. The balancer keeps two and turns one away in round one, and
     // turns all three away in round two.
-    assert_eq!(from_server.values().sum::<u64>(), 2 * 1 + 1 + 3);
+    let (server_aborts, kept_then_full, all_turned_away) = (2, 1, 3);
+    assert_eq!(
+        from_server.values().sum::<u64>(),
+        server_aborts + kept_then_full + all_turned_away
+    );
     // The two directions never share a key: src is the server in one, a client in the other.
     let mut all = from_clients.clone();
     all.extend(from_server.iter().map(|(k, v)| (*k, *v)));
-    assert_eq!(witness, all, "tcpdump disagrees with the generator's account");
+    assert_eq!(
+        witness, all,
+        "tcpdump disagrees with the generator's account"
+    );
 
     let got = counted(&summary(&fin)?, &hosts.server_if)?;
-    assert_eq!(got, from_clients, "on the server side rstwatch must count exactly the clients' resets");
+    assert_eq!(
+        got, from_clients,
+        "on the server side rstwatch must count exactly the clients' resets"
+    );
     assert_detached(&hosts.server_if)
 }
 
@@ -314,7 +469,11 @@ fn rstwatch_str() -> String {
 #[test]
 fn unknown_interface_is_one_line_error() -> Result<()> {
     let hosts = hosts()?;
-    let fin = run_to_end(&hosts.client, &rstwatch_str(), &["-i", "nosuchif0", "--duration", "1s"])?;
+    let fin = run_to_end(
+        &hosts.client,
+        &rstwatch_str(),
+        &["-i", "nosuchif0", "--duration", "1s"],
+    )?;
     assert_one_line_error(&fin, "nosuchif0");
     assert_eq!(fin.status.code(), Some(1), "runtime errors exit 1");
     assert_detached(&hosts.client_if)
@@ -327,7 +486,10 @@ fn bad_durations_are_one_line_errors() -> Result<()> {
     let iface = hosts.client_if.name.as_str();
     for (args, needle) in [
         (vec!["-i", iface, "--duration", "5parsecs"], "5parsecs"),
-        (vec!["-i", iface, "--duration", "1s", "--interval", "0s"], "interval"),
+        (
+            vec!["-i", iface, "--duration", "1s", "--interval", "0s"],
+            "interval",
+        ),
     ] {
         let fin = run_to_end(&hosts.client, &rstwatch_str(), &args)?;
         assert_one_line_error(&fin, needle);
@@ -341,10 +503,22 @@ fn bad_durations_are_one_line_errors() -> Result<()> {
 fn missing_capabilities_are_named() -> Result<()> {
     let hosts = hosts()?;
     let bin = rstwatch_str();
-    for (caps, needle) in [("-bpf,-sys_admin", "CAP_BPF"), ("-net_admin", "CAP_NET_ADMIN")] {
+    for (caps, needle) in [
+        ("-bpf,-sys_admin", "CAP_BPF"),
+        ("-net_admin", "CAP_NET_ADMIN"),
+    ] {
         let bounding = format!("--bounding-set={caps}");
         let inheritable = format!("--inh-caps={caps}");
-        let args = [bounding.as_str(), &inheritable, "--", &bin, "-i", &hosts.client_if.name, "--duration", "1s"];
+        let args = [
+            bounding.as_str(),
+            &inheritable,
+            "--",
+            &bin,
+            "-i",
+            &hosts.client_if.name,
+            "--duration",
+            "1s",
+        ];
         let fin = run_to_end(&hosts.client, "setpriv", &args)?;
         assert_one_line_error(&fin, needle);
         assert_detached(&hosts.client_if)?;
@@ -358,24 +532,50 @@ fn missing_capabilities_are_named() -> Result<()> {
 fn second_attach_fails_and_first_keeps_running() -> Result<()> {
     let hosts = hosts()?;
     let first = watch(&hosts.client_if, &["--duration", "5s", "--format", "json"])?;
-    let second = run_to_end(&hosts.client, &rstwatch_str(), &["-i", &hosts.client_if.name, "--duration", "1s"])?;
+    let second = run_to_end(
+        &hosts.client,
+        &rstwatch_str(),
+        &["-i", &hosts.client_if.name, "--duration", "1s"],
+    )?;
     assert_one_line_error(&second, "already has an XDP program");
-    assert!(hosts.client_if.xdp_attached()?, "the second rstwatch removed the first one's program");
+    assert!(
+        hosts.client_if.xdp_attached()?,
+        "the second rstwatch removed the first one's program"
+    );
     let report = traffic(&hosts, &["--rounds", "2"], &steps("refused", &[C1], S4, 81))?;
     let fin = first.finish(EXIT_TIMEOUT)?;
-    assert!(fin.status.success(), "the first rstwatch failed ({}): {}", fin.status, fin.stderr);
-    assert_eq!(counted(&summary(&fin)?, &hosts.client_if)?, expected(&report, "server")?);
+    assert!(
+        fin.status.success(),
+        "the first rstwatch failed ({}): {}",
+        fin.status,
+        fin.stderr
+    );
+    assert_eq!(
+        counted(&summary(&fin)?, &hosts.client_if)?,
+        expected(&report, "server")?
+    );
     assert_detached(&hosts.client_if)
 }
 
 fn stops_on(signal: libc::c_int) -> Result<()> {
     let hosts = hosts()?;
-    let rw = watch(&hosts.client_if, &["--duration", "10m", "--interval", "1s", "--format", "json"])?;
+    let rw = watch(
+        &hosts.client_if,
+        &["--duration", "10m", "--interval", "1s", "--format", "json"],
+    )?;
     let report = traffic(&hosts, &["--rounds", "2"], &refused_and_aborted_steps())?;
     rw.signal(signal)?;
     let fin = rw.finish(EXIT_TIMEOUT)?;
-    assert_eq!(fin.status.code(), Some(0), "rstwatch must exit 0 on signal {signal}; stderr: {}", fin.stderr);
-    assert_eq!(counted(&summary(&fin)?, &hosts.client_if)?, expected(&report, "server")?);
+    assert_eq!(
+        fin.status.code(),
+        Some(0),
+        "rstwatch must exit 0 on signal {signal}; stderr: {}",
+        fin.stderr
+    );
+    assert_eq!(
+        counted(&summary(&fin)?, &hosts.client_if)?,
+        expected(&report, "server")?
+    );
     assert_detached(&hosts.client_if)
 }
 
@@ -397,12 +597,22 @@ fn lab_is_removed_after_a_panic() -> Result<()> {
     let names = std::sync::Mutex::new(None);
     let panicked = std::panic::catch_unwind(|| {
         let hosts = hosts().expect("lab");
-        *names.lock().expect("lock") = Some((hosts.client.name().to_owned(), hosts.server.name().to_owned()));
+        *names.lock().expect("lock") = Some((
+            hosts.client.name().to_owned(),
+            hosts.server.name().to_owned(),
+        ));
         panic!("deliberate");
     });
     assert!(panicked.is_err());
-    let (client, server) = names.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.take().context("lab never built")?;
+    let (client, server) = names
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .take()
+        .context("lab never built")?;
     let list = String::from_utf8(Command::new("ip").args(["netns", "list"]).output()?.stdout)?;
-    assert!(!list.contains(&client) && !list.contains(&server), "namespaces left behind: {list}");
+    assert!(
+        !list.contains(&client) && !list.contains(&server),
+        "namespaces left behind: {list}"
+    );
     Ok(())
 }
