@@ -1,18 +1,293 @@
 //! `rstwatch replay`: the same report from capture files, computed by the same classifier.
+//!
+//! Frames stream out of the files ([`capture`]), lose their link header ([`link`]) and go
+//! through `rst-common`'s walk, exactly as in the XDP program; a host map takes the place of
+//! the kernel's flow table. The report comes from the live [`Aggregator`] and [`Printer`],
+//! with intervals measured in capture time: a frame stamped at or after the end of the current
+//! interval closes it. Needs no privileges, except `--kernel`.
 
-use std::path::PathBuf;
+pub mod capture;
+pub mod kernel;
+pub mod link;
 
-use crate::report::ReportOptions;
+use std::{
+    collections::HashMap,
+    io::{self, Write},
+    mem,
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime},
+};
+
+use anyhow::Context as _;
+use rst_common::{Counters, FlowKey, Observation};
+
+use self::{
+    capture::{CaptureError, CaptureReader, Event, Interface, Stop},
+    kernel::KernelCheck,
+    link::Link,
+};
+use crate::{
+    collector::Sample,
+    report::{Aggregator, FlowRecord, InterfaceRecord, Printer, ReportOptions},
+};
 
 #[derive(Debug, clap::Args)]
 pub struct ReplayArgs {
-    /// pcap or pcapng files, read in order.
+    /// pcap or pcapng files, read in order as one run.
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
     #[command(flatten)]
     pub report: ReportOptions,
+    /// On a broken file, report the error, keep what was read before the break and go on with
+    /// the next file; the summary is printed and the exit status is still non-zero.
+    #[arg(long)]
+    pub keep_going: bool,
+    /// Also run every frame through the XDP program (BPF_PROG_TEST_RUN) and check that the
+    /// kernel's counts equal replay's; needs root.
+    #[arg(long)]
+    pub kernel: bool,
 }
 
 pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
-    anyhow::bail!("replay of {} file(s) is not built yet", args.files.len())
+    match run_to(args, io::stdout().lock()) {
+        // `rstwatch replay … | head` is not an error.
+        Err(error) if is_broken_pipe(&error) => Ok(()),
+        other => other,
+    }
+}
+
+/// Replays `args.files` and writes the report to `out`.
+pub fn run_to<W: Write>(args: &ReplayArgs, out: W) -> anyhow::Result<()> {
+    let ReportOptions { interval, top, format } = args.report;
+    let kernel = if args.kernel { Some(KernelCheck::new()?) } else { None };
+    let mut replay = Replay {
+        // Interfaces are named by replay itself (see `Replay::name_flows`): a pcapng file may
+        // declare one after packets of another, so they are not all known up front.
+        aggregator: Aggregator::new(Vec::new(), top as usize),
+        printer: Printer::new(out, format, top as usize),
+        interval_ns: u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX),
+        tally: Tally::default(),
+        window: None,
+        new_file: false,
+        interfaces: Vec::new(),
+        by_name: HashMap::new(),
+        kernel,
+    };
+    let mut broken = 0usize;
+    for path in &args.files {
+        match replay.file(path) {
+            Ok(()) => {}
+            Err(Stop::Capture(error)) => {
+                let error = anyhow::Error::new(error).context(path.display().to_string());
+                if !args.keep_going {
+                    return Err(error);
+                }
+                eprintln!("rstwatch: error: {error:#} (--keep-going: reporting what was read)");
+                broken += 1;
+            }
+            Err(Stop::Sink(error)) => return Err(error.context(path.display().to_string())),
+        }
+    }
+    replay.finish()?;
+    if let Some(check) = replay.kernel.take() {
+        let parity = check.finish()?;
+        eprintln!("rstwatch: {}", parity.describe());
+        if !parity.agrees() {
+            anyhow::bail!("the kernel and replay disagree on the same frames");
+        }
+    }
+    if broken > 0 {
+        anyhow::bail!("{broken} of {} files could not be read to the end (errors above)", args.files.len());
+    }
+    Ok(())
+}
+
+/// Counts frames exactly as the XDP program's `count()` does (rst-ebpf/src/main.rs): every
+/// frame, then at most one of tcp / malformed / fragments, resets being TCP segments too. Only
+/// the flow table differs: a host map has no capacity limit, so `overflow` stays zero.
+#[derive(Default)]
+pub struct Tally {
+    pub counters: Counters,
+    pub flows: HashMap<FlowKey, u64>,
+}
+
+impl Tally {
+    #[inline]
+    pub fn count(&mut self, observation: &Observation) {
+        self.counters.frames += 1;
+        match observation {
+            Observation::NotTcp => {}
+            Observation::Malformed => self.counters.malformed += 1,
+            Observation::Fragment => self.counters.fragments += 1,
+            Observation::Segment => self.counters.tcp += 1,
+            Observation::Reset(key) => {
+                self.counters.tcp += 1;
+                self.counters.resets += 1;
+                *self.flows.entry(*key).or_default() += 1;
+            }
+        }
+    }
+}
+
+/// What replay knows of one of a file's interfaces.
+#[derive(Clone, Copy)]
+enum Slot {
+    Supported { link: Link, ifindex: u32 },
+    Unsupported(pcap_file::DataLink),
+}
+
+/// The interval being filled, in capture time (ns since the Unix epoch).
+struct Window {
+    start: u64,
+    /// The latest timestamp counted in it.
+    latest: u64,
+}
+
+struct Replay<W: Write> {
+    aggregator: Aggregator,
+    printer: Printer<W>,
+    interval_ns: u64,
+    tally: Tally,
+    window: Option<Window>,
+    /// Set when a file after the first begins: its first frame decides whether the timeline
+    /// goes on (the next file of a rotated capture) or a new stretch of time begins.
+    new_file: bool,
+    /// Every interface of the run; `ifindex` is its position plus one.
+    interfaces: Vec<InterfaceRecord>,
+    /// Named interfaces already seen: the same name and link type in several files (a rotated
+    /// capture) is one interface.
+    by_name: HashMap<(String, &'static str), u32>,
+    kernel: Option<KernelCheck>,
+}
+
+impl<W: Write> Replay<W> {
+    fn file(&mut self, path: &Path) -> Result<(), Stop<anyhow::Error>> {
+        let mut reader = CaptureReader::open(path)?;
+        self.new_file = self.window.is_some();
+        let mut slots: Vec<Slot> = Vec::new();
+        reader.read(|event| match event {
+            Event::Interface(interface) => {
+                slots.push(self.interface(path, interface));
+                Ok(())
+            }
+            Event::Packet(packet) => match slots.get(packet.interface) {
+                Some(Slot::Supported { link, ifindex }) => {
+                    self.packet(*link, *ifindex, packet.timestamp_ns, packet.data)
+                        .with_context(|| format!("frame {}", packet.frame))
+                        .map_err(Stop::Sink)
+                }
+                Some(Slot::Unsupported(datalink)) => Err(Stop::Capture(CaptureError::UnsupportedLink {
+                    frame: packet.frame,
+                    datalink: *datalink,
+                    code: u32::from(*datalink),
+                })),
+                // The reader announces every interface before its packets.
+                None => Err(Stop::Sink(anyhow::anyhow!("frame {}: interface {} was never announced", packet.frame, packet.interface))),
+            },
+        })
+    }
+
+    fn interface(&mut self, path: &Path, interface: &Interface) -> Slot {
+        let Some(link) = Link::from_datalink(interface.datalink) else {
+            return Slot::Unsupported(interface.datalink);
+        };
+        let mode = link.as_str();
+        if let Some(name) = &interface.name {
+            if let Some(&ifindex) = self.by_name.get(&(name.clone(), mode)) {
+                return Slot::Supported { link, ifindex };
+            }
+        }
+        let file = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+        let iface = match (&interface.name, interface.pcapng) {
+            (Some(name), _) => name.clone(),
+            (None, true) => format!("{file}#{}", interface.index),
+            (None, false) => file,
+        };
+        let ifindex = u32::try_from(self.interfaces.len() + 1).unwrap_or(u32::MAX);
+        if let Some(name) = &interface.name {
+            self.by_name.insert((name.clone(), mode), ifindex);
+        }
+        self.interfaces.push(InterfaceRecord { iface, ifindex, mode });
+        Slot::Supported { link, ifindex }
+    }
+
+    #[inline]
+    fn packet(&mut self, link: Link, ifindex: u32, timestamp_ns: u64, frame: &[u8]) -> anyhow::Result<()> {
+        self.advance_clock(timestamp_ns)?;
+        let observation = link.inspect(frame, ifindex);
+        self.tally.count(&observation);
+        if let Some(check) = &mut self.kernel {
+            check.frame(link, frame, &observation)?;
+        }
+        Ok(())
+    }
+
+    /// Closes the intervals that end at or before `timestamp`.
+    #[inline]
+    fn advance_clock(&mut self, timestamp: u64) -> io::Result<()> {
+        let interval = self.interval_ns;
+        let Some(window) = &mut self.window else {
+            self.window = Some(Window { start: timestamp, latest: timestamp });
+            return Ok(());
+        };
+        let end = window.start.saturating_add(interval);
+        if mem::take(&mut self.new_file) && !(window.start..end).contains(&timestamp) {
+            // The next file does not continue this interval: close it where its frames ended
+            // and start over, so the time between unrelated captures counts for nothing.
+            let (start, latest) = (window.start, window.latest);
+            self.window = Some(Window { start: timestamp, latest: timestamp });
+            return self.flush(latest - start, latest);
+        }
+        if timestamp < end {
+            // Out-of-order stamps (merged interfaces) count where they are read.
+            window.latest = window.latest.max(timestamp);
+            return Ok(());
+        }
+        // Whole intervals without a frame become one idle record, not thousands.
+        let idle = (timestamp - end) / interval;
+        let next = end + idle * interval;
+        self.window = Some(Window { start: next, latest: timestamp });
+        self.flush(interval, end)?;
+        if idle > 0 {
+            self.flush(idle * interval, next)?;
+        }
+        Ok(())
+    }
+
+    /// Reports what was counted since the last flush as one interval of `elapsed_ns`.
+    fn flush(&mut self, elapsed_ns: u64, ended_ns: u64) -> io::Result<()> {
+        let sample = Sample {
+            counters: mem::take(&mut self.tally.counters),
+            flows: self.tally.flows.drain().collect(),
+            read_time: Duration::ZERO,
+            // Nothing overflows a host map.
+            ..Sample::default()
+        };
+        let ended = SystemTime::UNIX_EPOCH + Duration::from_nanos(ended_ns);
+        let mut record = self.aggregator.add(&sample, Duration::from_nanos(elapsed_ns), ended);
+        self.name_flows(&mut record.flows);
+        self.printer.interval(&record)
+    }
+
+    fn finish(&mut self) -> io::Result<()> {
+        if let Some(window) = self.window.take() {
+            self.flush(window.latest - window.start, window.latest)?;
+        }
+        let mut summary = self.aggregator.summary();
+        summary.interfaces = self.interfaces.clone();
+        self.name_flows(&mut summary.flows);
+        self.printer.summary(&summary)
+    }
+
+    fn name_flows(&self, flows: &mut [FlowRecord]) {
+        for flow in flows {
+            if let Some(interface) = flow.ifindex.checked_sub(1).and_then(|i| self.interfaces.get(i as usize)) {
+                flow.iface.clone_from(&interface.iface);
+            }
+        }
+    }
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| cause.downcast_ref::<io::Error>().is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe))
 }

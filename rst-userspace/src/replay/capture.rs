@@ -1,0 +1,470 @@
+//! Streaming pcap and pcapng reading.
+//!
+//! The formats are decoded by the `pcap-file` crate's slice parsers; this module only feeds
+//! them from a fixed-size buffer (grown only for a record that does not fit), so memory stays
+//! flat whatever the file size, and frames are handed out as borrowed slices, never copied.
+//! pcap-file's own `Read`-based readers are not used because they cannot tell a truncated file
+//! from a corrupt one (both become `UnexpectedEof`), and their pcap reader rejects valid files
+//! whose frames were longer than the snap length (`orig_len > snaplen`).
+
+use std::{
+    borrow::Cow,
+    fs::File,
+    io::{self, Read},
+    path::Path,
+};
+
+use pcap_file::{
+    pcap::PcapParser,
+    pcapng::{blocks::interface_description::InterfaceDescriptionOption, Block, PcapNgParser},
+    DataLink, PcapError, TsResolution,
+};
+
+/// Bytes read from the file at a time.
+const CHUNK: usize = 1 << 20;
+/// The largest record (pcap packet record or pcapng block) accepted. Frames are at most 256 KiB
+/// (libpcap's largest snap length); anything much bigger is a corrupt length field, and this
+/// bound keeps such a file from making replay allocate without limit.
+const MAX_RECORD: usize = 16 << 20;
+/// libpcap's largest snap length (`MAXIMUM_SNAPLEN`): a longer pcap record is corrupt.
+const MAX_FRAME: u32 = 262_144;
+
+const PCAPNG_MAGIC: [u8; 4] = [0x0a, 0x0d, 0x0d, 0x0a];
+const PCAP_MAGICS: [[u8; 4]; 4] =
+    [[0xa1, 0xb2, 0xc3, 0xd4], [0xd4, 0xc3, 0xb2, 0xa1], [0xa1, 0xb2, 0x3c, 0x4d], [0x4d, 0x3c, 0xb2, 0xa1]];
+
+/// Why a capture could not be read (further). `frame` is the 1-based number of the frame being
+/// read when it happened, as Wireshark numbers them; `offset` the file offset of its record.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("cannot open: {0}")]
+    Open(#[source] io::Error),
+    #[error("frame {frame} (byte {offset}): read failed")]
+    Io {
+        frame: u64,
+        offset: u64,
+        #[source]
+        source: io::Error,
+    },
+    #[error("not a pcap or pcapng file ({what})")]
+    NotCapture { what: String },
+    #[error("frame {frame} (byte {offset}): the file ends inside a record: truncated capture")]
+    Truncated { frame: u64, offset: u64 },
+    #[error("frame {frame} (byte {offset}): corrupt {what}: {reason}")]
+    Corrupt { frame: u64, offset: u64, what: &'static str, reason: String },
+    #[error(
+        "frame {frame}: unsupported link type {datalink:?} ({code}); replay reads Ethernet, Linux \
+         cooked capture (SLL, SLL2), raw IP and BSD loopback"
+    )]
+    UnsupportedLink { frame: u64, datalink: DataLink, code: u32 },
+    #[error("frame {frame} (byte {offset}): packet on interface {interface}, which no interface description block declared")]
+    UnknownInterface { frame: u64, offset: u64, interface: u32 },
+}
+
+/// An interface a capture declares: the pcap file header, or a pcapng IDB.
+#[derive(Debug, Clone)]
+pub struct Interface {
+    /// Its position among the file's interfaces, counting across pcapng sections.
+    pub index: usize,
+    /// The IDB's `if_name` option, if any.
+    pub name: Option<String>,
+    pub datalink: DataLink,
+    /// Declared by a pcapng IDB rather than a pcap file header.
+    pub pcapng: bool,
+    scale: TsScale,
+    /// `if_tsoffset`, in nanoseconds.
+    offset_ns: u64,
+}
+
+/// One frame, borrowed from the read buffer.
+#[derive(Debug, Clone, Copy)]
+pub struct Packet<'a> {
+    /// 1-based, counting every packet record of the file.
+    pub frame: u64,
+    /// Index into the file's interfaces (see [`Interface::index`]).
+    pub interface: usize,
+    /// Capture time in nanoseconds since the Unix epoch.
+    pub timestamp_ns: u64,
+    pub data: &'a [u8],
+}
+
+pub enum Event<'a> {
+    /// Comes before any packet on it.
+    Interface(&'a Interface),
+    Packet(Packet<'a>),
+}
+
+/// Why [`CaptureReader::read`] stopped early.
+#[derive(Debug)]
+pub enum Stop<E> {
+    Capture(CaptureError),
+    /// The sink's own error.
+    Sink(E),
+}
+
+impl<E> From<CaptureError> for Stop<E> {
+    fn from(error: CaptureError) -> Self {
+        Stop::Capture(error)
+    }
+}
+
+/// pcapng timestamps count units of `if_tsresol`: a power of ten or of two of a second.
+#[derive(Debug, Clone, Copy)]
+enum TsScale {
+    Mul(u64),
+    Div(u64),
+    /// 2^-k seconds.
+    Binary(u32),
+}
+
+impl TsScale {
+    fn from_tsresol(tsresol: u8) -> Option<TsScale> {
+        let exponent = u32::from(tsresol & 0x7f);
+        if tsresol & 0x80 != 0 {
+            return (exponent < 64).then_some(TsScale::Binary(exponent));
+        }
+        match exponent {
+            0..=9 => Some(TsScale::Mul(10u64.pow(9 - exponent))),
+            10..=19 => Some(TsScale::Div(10u64.pow(exponent - 9))),
+            _ => None,
+        }
+    }
+
+    #[inline]
+    fn to_ns(self, units: u64) -> u64 {
+        match self {
+            TsScale::Mul(factor) => units.saturating_mul(factor),
+            TsScale::Div(divisor) => units / divisor,
+            TsScale::Binary(k) => ((u128::from(units) * 1_000_000_000) >> k).min(u128::from(u64::MAX)) as u64,
+        }
+    }
+}
+
+enum Format {
+    Pcap { parser: PcapParser, frac_to_ns: u32, frac_limit: u32 },
+    PcapNg { parser: PcapNgParser, section_base: usize, last_timestamp_ns: u64 },
+}
+
+/// A capture file read front to back, one buffer at a time.
+pub struct CaptureReader {
+    file: File,
+    buf: Vec<u8>,
+    /// Unparsed bytes are `buf[start..end]`.
+    start: usize,
+    end: usize,
+    /// File offset of `buf[start]`.
+    offset: u64,
+    eof: bool,
+    frames: u64,
+    interfaces: Vec<Interface>,
+}
+
+impl CaptureReader {
+    pub fn open(path: &Path) -> Result<Self, CaptureError> {
+        let file = File::open(path).map_err(CaptureError::Open)?;
+        Ok(Self::new(file))
+    }
+
+    pub fn new(file: File) -> Self {
+        Self { file, buf: vec![0; CHUNK], start: 0, end: 0, offset: 0, eof: false, frames: 0, interfaces: Vec::new() }
+    }
+
+    /// Frames read so far.
+    pub fn frames(&self) -> u64 {
+        self.frames
+    }
+
+    /// Reads the whole capture, handing every interface and frame to `sink` in file order.
+    pub fn read<E>(&mut self, mut sink: impl FnMut(Event<'_>) -> Result<(), Stop<E>>) -> Result<(), Stop<E>> {
+        let mut format = self.open_format()?;
+        if let Format::Pcap { parser, .. } = &format {
+            let header = parser.header();
+            self.interfaces.push(Interface {
+                index: 0,
+                name: None,
+                datalink: header.datalink,
+                pcapng: false,
+                scale: TsScale::Mul(1),
+                offset_ns: 0,
+            });
+            sink(Event::Interface(&self.interfaces[0]))?;
+        }
+        loop {
+            let parsed = match &mut format {
+                Format::Pcap { parser, frac_to_ns, frac_limit } => {
+                    self.next_pcap(parser, *frac_to_ns, *frac_limit, &mut sink)
+                }
+                Format::PcapNg { parser, section_base, last_timestamp_ns } => {
+                    self.next_pcapng(parser, section_base, last_timestamp_ns, &mut sink)
+                }
+            };
+            match parsed {
+                Ok(true) => {}
+                Ok(false) => return Ok(()),
+                Err(stop) => return Err(stop),
+            }
+        }
+    }
+
+    /// Detects the format from the magic number and parses the file header.
+    fn open_format(&mut self) -> Result<Format, CaptureError> {
+        while self.end < 4 && self.fill()? {}
+        let magic: [u8; 4] = match self.buf.get(..4) {
+            Some(magic) if self.end >= 4 => [magic[0], magic[1], magic[2], magic[3]],
+            _ if self.end == 0 => return Err(CaptureError::NotCapture { what: "the file is empty".into() }),
+            _ => return Err(CaptureError::NotCapture { what: format!("only {} bytes long", self.end) }),
+        };
+        if magic == PCAPNG_MAGIC {
+            let parser = self.parse_header("pcapng section header", PcapNgParser::new)?;
+            return Ok(Format::PcapNg { parser, section_base: 0, last_timestamp_ns: 0 });
+        }
+        if PCAP_MAGICS.contains(&magic) {
+            let parser = self.parse_header("pcap file header", PcapParser::new)?;
+            let (frac_to_ns, frac_limit) = match parser.header().ts_resolution {
+                TsResolution::MicroSecond => (1_000, 1_000_000),
+                TsResolution::NanoSecond => (1, 1_000_000_000),
+            };
+            return Ok(Format::Pcap { parser, frac_to_ns, frac_limit });
+        }
+        let what = match magic {
+            [0x1f, 0x8b, ..] => "gzip-compressed: decompress it first".to_owned(),
+            _ => format!("starts with {:02x} {:02x} {:02x} {:02x}", magic[0], magic[1], magic[2], magic[3]),
+        };
+        Err(CaptureError::NotCapture { what })
+    }
+
+    fn parse_header<T>(
+        &mut self,
+        what: &'static str,
+        parse: impl for<'a> Fn(&'a [u8]) -> Result<(&'a [u8], T), PcapError>,
+    ) -> Result<T, CaptureError> {
+        loop {
+            let available = &self.buf[self.start..self.end];
+            match parse(available) {
+                Ok((rest, header)) => {
+                    let used = available.len() - rest.len();
+                    self.consume(used);
+                    return Ok(header);
+                }
+                Err(PcapError::IncompleteBuffer) => {
+                    if !self.fill()? {
+                        return Err(self.truncated());
+                    }
+                }
+                Err(error) => return Err(self.corrupt(what, error)),
+            }
+        }
+    }
+
+    /// One pcap record. Returns false at the clean end of the file.
+    #[inline]
+    fn next_pcap<E>(
+        &mut self,
+        parser: &PcapParser,
+        frac_to_ns: u32,
+        frac_limit: u32,
+        sink: &mut impl FnMut(Event<'_>) -> Result<(), Stop<E>>,
+    ) -> Result<bool, Stop<E>> {
+        let available = &self.buf[self.start..self.end];
+        match parser.next_raw_packet(available) {
+            Ok((rest, raw)) => {
+                let used = available.len() - rest.len();
+                let frame = self.frames + 1;
+                if raw.ts_frac >= frac_limit {
+                    return Err(self.corrupt_at(frame, "packet record", format!("timestamp fraction {}", raw.ts_frac)).into());
+                }
+                if raw.incl_len > MAX_FRAME {
+                    return Err(self
+                        .corrupt_at(frame, "packet record", format!("captured length {} > {MAX_FRAME}", raw.incl_len))
+                        .into());
+                }
+                let data: &[u8] = match &raw.data {
+                    Cow::Borrowed(data) => data,
+                    Cow::Owned(data) => data,
+                };
+                let timestamp_ns = u64::from(raw.ts_sec) * 1_000_000_000 + u64::from(raw.ts_frac * frac_to_ns);
+                self.frames = frame;
+                sink(Event::Packet(Packet { frame, interface: 0, timestamp_ns, data }))?;
+                self.consume(used);
+                Ok(true)
+            }
+            Err(PcapError::IncompleteBuffer) => self.refill_or_end(),
+            Err(error) => Err(self.corrupt("packet record", error).into()),
+        }
+    }
+
+    /// One pcapng block. Returns false at the clean end of the file.
+    #[inline]
+    fn next_pcapng<E>(
+        &mut self,
+        parser: &mut PcapNgParser,
+        section_base: &mut usize,
+        last_timestamp_ns: &mut u64,
+        sink: &mut impl FnMut(Event<'_>) -> Result<(), Stop<E>>,
+    ) -> Result<bool, Stop<E>> {
+        let available = &self.buf[self.start..self.end];
+        let (rest, block) = match parser.next_block(available) {
+            Ok(parsed) => parsed,
+            Err(PcapError::IncompleteBuffer) => return self.refill_or_end(),
+            Err(error) => return Err(self.corrupt("block", error).into()),
+        };
+        let used = available.len() - rest.len();
+        // (interface within the section, raw timestamp, data) of a packet block.
+        let (interface_id, raw_timestamp, data) = match &block {
+            Block::EnhancedPacket(packet) => {
+                // pcap-file turns the raw 64-bit count into a Duration as if it were nanoseconds,
+                // which is exact: take it back and scale it by the interface's resolution.
+                (packet.interface_id, Some(packet.timestamp.as_nanos() as u64), &packet.data)
+            }
+            Block::Packet(packet) => (u32::from(packet.interface_id), Some(packet.timestamp), &packet.data),
+            // A simple packet block belongs to the section's first interface and has no
+            // timestamp: it inherits the previous frame's.
+            Block::SimplePacket(packet) => (0, None, &packet.data),
+            Block::SectionHeader(_) => {
+                *section_base = self.interfaces.len();
+                self.consume(used);
+                return Ok(true);
+            }
+            Block::InterfaceDescription(idb) => {
+                let interface = self.describe(idb.linktype, &idb.options)?;
+                self.interfaces.push(interface);
+                if let Some(interface) = self.interfaces.last() {
+                    sink(Event::Interface(interface))?;
+                }
+                self.consume(used);
+                return Ok(true);
+            }
+            _ => {
+                self.consume(used);
+                return Ok(true);
+            }
+        };
+        let frame = self.frames + 1;
+        let interface = *section_base + interface_id as usize;
+        let Some(declared) = self.interfaces.get(interface) else {
+            return Err(CaptureError::UnknownInterface { frame, offset: self.offset, interface: interface_id }.into());
+        };
+        let timestamp_ns = match raw_timestamp {
+            Some(units) => declared.scale.to_ns(units).saturating_add(declared.offset_ns),
+            None => *last_timestamp_ns,
+        };
+        *last_timestamp_ns = timestamp_ns;
+        let data: &[u8] = match data {
+            Cow::Borrowed(data) => data,
+            Cow::Owned(data) => data,
+        };
+        self.frames = frame;
+        sink(Event::Packet(Packet { frame, interface, timestamp_ns, data }))?;
+        self.consume(used);
+        Ok(true)
+    }
+
+    fn describe(&self, datalink: DataLink, options: &[InterfaceDescriptionOption<'_>]) -> Result<Interface, CaptureError> {
+        let mut interface = Interface {
+            index: self.interfaces.len(),
+            name: None,
+            datalink,
+            pcapng: true,
+            // The pcapng default resolution is microseconds.
+            scale: TsScale::Mul(1_000),
+            offset_ns: 0,
+        };
+        for option in options {
+            match option {
+                InterfaceDescriptionOption::IfName(name) if !name.is_empty() => interface.name = Some(name.to_string()),
+                InterfaceDescriptionOption::IfTsResol(tsresol) => {
+                    interface.scale = TsScale::from_tsresol(*tsresol).ok_or_else(|| {
+                        self.corrupt_at(self.frames + 1, "interface description", format!("if_tsresol {tsresol:#x}"))
+                    })?;
+                }
+                InterfaceDescriptionOption::IfTsOffset(seconds) => {
+                    interface.offset_ns = seconds.saturating_mul(1_000_000_000);
+                }
+                _ => {}
+            }
+        }
+        Ok(interface)
+    }
+
+    #[inline]
+    fn consume(&mut self, used: usize) {
+        self.start += used;
+        self.offset += used as u64;
+    }
+
+    /// After the parser asked for more bytes: reads them, or reports the end of the file.
+    fn refill_or_end<E>(&mut self) -> Result<bool, Stop<E>> {
+        if self.fill()? {
+            return Ok(true);
+        }
+        if self.start == self.end {
+            Ok(false)
+        } else {
+            Err(self.truncated().into())
+        }
+    }
+
+    /// Reads more of the file behind the unparsed bytes. Returns false at the end of the file.
+    fn fill(&mut self) -> Result<bool, CaptureError> {
+        if self.eof {
+            return Ok(false);
+        }
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end == self.buf.len() {
+            // One record fills the whole buffer: grow it, up to the bound.
+            if self.buf.len() >= MAX_RECORD {
+                return Err(self.corrupt_at(
+                    self.frames + 1,
+                    "record",
+                    format!("longer than {} MiB (a corrupt length field?)", MAX_RECORD >> 20),
+                ));
+            }
+            self.buf.resize(self.buf.len() * 2, 0);
+        }
+        loop {
+            match self.file.read(&mut self.buf[self.end..]) {
+                Ok(0) => {
+                    self.eof = true;
+                    return Ok(false);
+                }
+                Ok(read) => {
+                    self.end += read;
+                    return Ok(true);
+                }
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(source) => return Err(CaptureError::Io { frame: self.frames + 1, offset: self.offset, source }),
+            }
+        }
+    }
+
+    fn truncated(&self) -> CaptureError {
+        CaptureError::Truncated { frame: self.frames + 1, offset: self.offset }
+    }
+
+    fn corrupt(&self, what: &'static str, error: PcapError) -> CaptureError {
+        self.corrupt_at(self.frames + 1, what, error.to_string())
+    }
+
+    fn corrupt_at(&self, frame: u64, what: &'static str, reason: String) -> CaptureError {
+        CaptureError::Corrupt { frame, offset: self.offset, what, reason }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TsScale;
+
+    #[test]
+    fn pcapng_timestamp_resolutions() {
+        let micro = TsScale::from_tsresol(6).map(|s| s.to_ns(1_500_000));
+        assert_eq!(micro, Some(1_500_000_000));
+        assert_eq!(TsScale::from_tsresol(9).map(|s| s.to_ns(7)), Some(7));
+        assert_eq!(TsScale::from_tsresol(12).map(|s| s.to_ns(7_000)), Some(7));
+        assert_eq!(TsScale::from_tsresol(0x80 | 10).map(|s| s.to_ns(1024)), Some(1_000_000_000));
+        assert!(TsScale::from_tsresol(30).is_none());
+    }
+}

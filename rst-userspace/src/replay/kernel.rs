@@ -1,0 +1,171 @@
+//! `rstwatch replay --kernel`: the same frames through the real XDP program, for comparison.
+//!
+//! Every frame replay classifies also goes through `BPF_PROG_TEST_RUN` on the embedded object,
+//! loaded exactly as live mode loads it, and the kernel's counts are read with the live
+//! [`Collector`]. At the end, the kernel's counters and per-flow reset counts must equal
+//! replay's for the same frames. Test runs arrive on the loopback (ifindex 1) whatever capture
+//! interface a frame came from, so flows are compared by their 5-tuple and direction only.
+
+use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr};
+
+use anyhow::{bail, Context as _};
+use aya::{
+    programs::{TestRun, TestRunOptions},
+    Ebpf,
+};
+use rst_common::{wire::DEFAULT_MAX_FLOWS, Counters, FlowKey, Observation};
+
+use super::{link::Link, Tally};
+use crate::{collector::Collector, loader};
+
+/// `XDP_PASS` (include/uapi/linux/bpf.h): the program passes every frame.
+const XDP_PASS: u32 = 2;
+
+/// One direction of a 5-tuple, without the interface.
+pub type Direction = (IpAddr, u16, IpAddr, u16);
+
+pub struct KernelCheck {
+    ebpf: Ebpf,
+    collector: Collector,
+    /// What replay counted for the frames that went to the kernel.
+    host: Counters,
+    host_flows: BTreeMap<Direction, u64>,
+    kernel: Counters,
+    kernel_flows: BTreeMap<Direction, u64>,
+    /// Frames a test run cannot take (see [`Link::kernel_frame`]).
+    left_out: u64,
+    left_out_not_malformed: u64,
+    resets_since_collect: u64,
+    scratch: Vec<u8>,
+}
+
+/// The outcome of a comparison.
+#[derive(Debug)]
+pub struct Parity {
+    pub host: Counters,
+    pub kernel: Counters,
+    pub host_flows: BTreeMap<Direction, u64>,
+    pub kernel_flows: BTreeMap<Direction, u64>,
+    /// Frames too short for a test run; replay must call them malformed.
+    pub left_out: u64,
+    pub left_out_not_malformed: u64,
+}
+
+impl KernelCheck {
+    pub fn new() -> anyhow::Result<Self> {
+        let mut ebpf = loader::load(DEFAULT_MAX_FLOWS)
+            .context("--kernel runs every frame through the XDP program with BPF_PROG_TEST_RUN, which needs root (CAP_BPF, CAP_PERFMON)")?;
+        // The collector's traffic baseline is taken here, before any frame runs.
+        let collector = Collector::new(&mut ebpf)?;
+        Ok(Self {
+            ebpf,
+            collector,
+            host: Counters::default(),
+            host_flows: BTreeMap::new(),
+            kernel: Counters::default(),
+            kernel_flows: BTreeMap::new(),
+            left_out: 0,
+            left_out_not_malformed: 0,
+            resets_since_collect: 0,
+            scratch: Vec::new(),
+        })
+    }
+
+    /// Runs one frame through the kernel; `host` is what replay made of it.
+    pub fn frame(&mut self, link: Link, frame: &[u8], host: &Observation) -> anyhow::Result<()> {
+        let Some(input) = link.kernel_frame(frame, &mut self.scratch) else {
+            self.left_out += 1;
+            if *host != Observation::Malformed {
+                self.left_out_not_malformed += 1;
+            }
+            return Ok(());
+        };
+        let program = loader::xdp_program(&mut self.ebpf)?;
+        let result = program
+            .test_run(TestRunOptions { data_in: Some(input), ..TestRunOptions::new() })
+            .with_context(|| format!("BPF_PROG_TEST_RUN with a {}-byte frame", input.len()))?;
+        if result.return_value != XDP_PASS {
+            bail!("the XDP program returned {} instead of XDP_PASS", result.return_value);
+        }
+        let mut one = Tally::default();
+        one.count(host);
+        self.host.accumulate(&one.counters);
+        if let Observation::Reset(key) = host {
+            *self.host_flows.entry(direction(key)).or_default() += 1;
+            self.resets_since_collect += 1;
+            // Drain before the kernel's flow table could fill: every reset adds at most one
+            // entry, so half the table leaves a wide margin.
+            if self.resets_since_collect >= u64::from(DEFAULT_MAX_FLOWS / 2) {
+                self.collect()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn collect(&mut self) -> anyhow::Result<()> {
+        let sample = self.collector.collect()?;
+        self.kernel.accumulate(&sample.counters);
+        for (key, resets) in &sample.flows {
+            *self.kernel_flows.entry(direction(key)).or_default() += resets;
+        }
+        self.resets_since_collect = 0;
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> anyhow::Result<Parity> {
+        self.collect()?;
+        Ok(Parity {
+            host: self.host,
+            kernel: self.kernel,
+            host_flows: self.host_flows,
+            kernel_flows: self.kernel_flows,
+            left_out: self.left_out,
+            left_out_not_malformed: self.left_out_not_malformed,
+        })
+    }
+}
+
+impl Parity {
+    pub fn agrees(&self) -> bool {
+        self.host == self.kernel && self.host_flows == self.kernel_flows && self.left_out_not_malformed == 0
+    }
+
+    /// One line when they agree, the differences when they do not.
+    pub fn describe(&self) -> String {
+        if self.agrees() {
+            return format!(
+                "kernel parity: {} frames through BPF_PROG_TEST_RUN ({} too short for a test run and malformed in both), \
+                 {} resets in {} directions: identical",
+                self.kernel.frames,
+                self.left_out,
+                self.kernel.resets,
+                self.kernel_flows.len()
+            );
+        }
+        let mut text = String::from("kernel parity: replay and the kernel DISAGREE");
+        if self.host != self.kernel {
+            let _ = write!(text, "\n  counters: replay {:?}\n            kernel {:?}", self.host, self.kernel);
+        }
+        if self.left_out_not_malformed > 0 {
+            let _ = write!(
+                text,
+                "\n  {} frames too short for a test run were not malformed to replay",
+                self.left_out_not_malformed
+            );
+        }
+        let directions = self.host_flows.keys().chain(self.kernel_flows.keys().filter(|k| !self.host_flows.contains_key(*k)));
+        for direction in directions {
+            let host = self.host_flows.get(direction).copied().unwrap_or(0);
+            let kernel = self.kernel_flows.get(direction).copied().unwrap_or(0);
+            if host != kernel {
+                let (src, sport, dst, dport) = direction;
+                let _ = write!(text, "\n  {src}:{sport} -> {dst}:{dport}: replay {host}, kernel {kernel}");
+            }
+        }
+        text
+    }
+}
+
+fn direction(key: &FlowKey) -> Direction {
+    (key.src_ip(), key.sport, key.dst_ip(), key.dport)
+}
