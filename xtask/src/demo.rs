@@ -41,6 +41,9 @@ pub fn run(seconds: Duration) -> Result<()> {
 
     let client_addrs: Vec<IpAddr> = CLIENTS.iter().copied().map(IpAddr::V4).collect();
     let hosts = lab::TwoHosts::new(&client_addrs, &[VIP.ip(), APP.ip(), ABORTER.ip()])?;
+    if signal::stop_requested() {
+        return Ok(());
+    }
     print_header(&hosts, seconds);
 
     let mut steps: Vec<Step> = CLIENTS
@@ -79,12 +82,10 @@ pub fn run(seconds: Duration) -> Result<()> {
 
     let duration_arg = format!("{}s", seconds.as_secs());
     let mut watcher = lab::Proc::spawn_with(
-        hosts.client.exec(&rstwatch).args([
-            "-i",
-            &hosts.client_if.name,
-            "--duration",
-            &duration_arg,
-        ]),
+        hosts
+            .client
+            .exec(&rstwatch)
+            .args(["-i", &hosts.client_if.name, "--duration", &duration_arg]),
         false,
         true,
     )?;
@@ -121,10 +122,7 @@ pub fn run(seconds: Duration) -> Result<()> {
 
 /// Waits for rstwatch to end on its own (`--duration`, or the Ctrl-C it shares with us). If we
 /// alone were told to stop (SIGTERM to xtask), it is passed on; if rstwatch still hangs, killed.
-fn wait_for_watcher(
-    watcher: &mut lab::Proc,
-    seconds: Duration,
-) -> Result<std::process::ExitStatus> {
+fn wait_for_watcher(watcher: &mut lab::Proc, seconds: Duration) -> Result<std::process::ExitStatus> {
     let hard_deadline = Instant::now() + seconds + Duration::from_secs(30);
     let mut stop_seen: Option<Instant> = None;
     let mut forwarded = false;
@@ -183,10 +181,13 @@ fn print_header(hosts: &lab::TwoHosts, seconds: Duration) {
         HOLD.as_millis(),
         CLIENTS[1]
     );
-    println!("  port, {} the aborting service. rstwatch watches {} for {} s: XDP sees what arrives there,", CLIENTS[2], hosts.client_if.name, seconds.as_secs());
     println!(
-        "  i.e. the resets the data centre sends. Ctrl-C stops early (summary still printed)."
+        "  port, {} the aborting service. rstwatch watches {} for {} s: XDP sees what arrives there,",
+        CLIENTS[2],
+        hosts.client_if.name,
+        seconds.as_secs()
     );
+    println!("  i.e. the resets the data centre sends. Ctrl-C stops early (summary still printed).");
     println!();
 }
 
@@ -209,10 +210,7 @@ fn print_report(report: &traffic::Report) {
         report.elapsed.as_secs_f64()
     );
     for (src, (resets, flows)) in &by_sender {
-        println!(
-            "  {:<17} {resets:>6} RSTs over {flows} flows",
-            src.to_string()
-        );
+        println!("  {:<17} {resets:>6} RSTs over {flows} flows", src.to_string());
     }
     println!("  (the balancer kept {held} connections and closed them cleanly)");
     for e in &report.errors {

@@ -62,9 +62,7 @@ impl Netns {
     /// An existing namespace, by name.
     pub fn open(name: &str) -> Result<Netns> {
         ensure!(netns_exists(name), "no network namespace named {name:?}");
-        Ok(Netns {
-            name: name.to_owned(),
-        })
+        Ok(Netns { name: name.to_owned() })
     }
 
     pub fn name(&self) -> &str {
@@ -98,8 +96,7 @@ impl Netns {
         // network namespace, which is allowed in a multi-threaded process.
         let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
         if rc != 0 {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("setns into {}", self.name));
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("setns into {}", self.name));
         }
         Ok(())
     }
@@ -120,10 +117,7 @@ impl Netns {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!(
-                    "processes {pids:?} in {} did not exit after SIGKILL",
-                    self.name
-                );
+                bail!("processes {pids:?} in {} did not exit after SIGKILL", self.name);
             }
             for pid in pids {
                 // Only processes we started live in a lab namespace; a pid that is already gone
@@ -155,9 +149,7 @@ impl Iface {
         let cidr = format!("{addr}/{prefix}");
         match addr {
             IpAddr::V4(_) => self.ns.ip(["addr", "add", &cidr, "dev", &self.name])?,
-            IpAddr::V6(_) => self
-                .ns
-                .ip(["-6", "addr", "add", &cidr, "dev", &self.name, "nodad"])?,
+            IpAddr::V6(_) => self.ns.ip(["-6", "addr", "add", &cidr, "dev", &self.name, "nodad"])?,
         };
         Ok(())
     }
@@ -237,14 +229,10 @@ impl Lab {
         ensure!(n < 16, "a lab has at most 16 veth pairs");
         let name_a = format!("{}{n:x}a", self.if_tag);
         let name_b = format!("{}{n:x}b", self.if_tag);
-        ensure!(
-            name_a.len() <= IFNAMSIZ_MAX,
-            "interface name {name_a} is too long"
-        );
+        ensure!(name_a.len() <= IFNAMSIZ_MAX, "interface name {name_a} is too long");
         // Created inside the namespaces directly: never in (and never visible to) the host's.
         ip_run([
-            "link", "add", &name_a, "netns", &a.name, "type", "veth", "peer", "name", &name_b,
-            "netns", &b.name,
+            "link", "add", &name_a, "netns", &a.name, "type", "veth", "peer", "name", &name_b, "netns", &b.name,
         ])?;
         let end_a = Iface {
             ns: a.clone(),
@@ -343,10 +331,7 @@ pub fn sweep_stale() -> Result<Vec<String>> {
     let listing = ip_run(["netns", "list"])?;
     let mut removed = Vec::new();
     for name in listing.lines().filter_map(|l| l.split_whitespace().next()) {
-        let Some(pid) = name
-            .strip_prefix(NS_PREFIX)
-            .and_then(|rest| rest.split('-').next())
-        else {
+        let Some(pid) = name.strip_prefix(NS_PREFIX).and_then(|rest| rest.split('-').next()) else {
             continue;
         };
         let Ok(pid) = pid.parse::<u32>() else {
@@ -355,12 +340,14 @@ pub fn sweep_stale() -> Result<Vec<String>> {
         if Path::new(&format!("/proc/{pid}")).exists() {
             continue;
         }
-        let ns = Netns {
-            name: name.to_owned(),
-        };
-        // The namespace's veths go with it once nothing inside holds it.
-        ns.delete()?;
-        removed.push(name.to_owned());
+        let ns = Netns { name: name.to_owned() };
+        // The namespace's veths go with it once nothing inside holds it. Another process may be
+        // sweeping the same leftovers: losing that race is not an error.
+        match ns.delete() {
+            Ok(()) => removed.push(name.to_owned()),
+            Err(_) if !netns_exists(name) => {}
+            Err(e) => return Err(e),
+        }
     }
     Ok(removed)
 }
@@ -406,9 +393,7 @@ impl Proc {
         } else {
             Stdio::inherit()
         });
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start `{what}`"))?;
+        let mut child = cmd.spawn().with_context(|| format!("cannot start `{what}`"))?;
         let collected = Arc::new((Mutex::new(Collected::default()), Condvar::new()));
         let mut readers = Vec::new();
         if let Some(out) = child.stdout.take() {
@@ -436,11 +421,7 @@ impl Proc {
 
     /// Stderr so far.
     pub fn stderr(&self) -> String {
-        self.collected
-            .0
-            .lock()
-            .map(|c| c.stderr.clone())
-            .unwrap_or_default()
+        self.collected.0.lock().map(|c| c.stderr.clone()).unwrap_or_default()
     }
 
     /// Waits until stderr has a line containing `needle`, or the process exits, or `timeout`.
@@ -466,9 +447,7 @@ impl Proc {
                 );
             }
             let (lock, cvar) = &*self.collected;
-            let guard = lock
-                .lock()
-                .map_err(|_| anyhow::anyhow!("output collector poisoned"))?;
+            let guard = lock.lock().map_err(|_| anyhow::anyhow!("output collector poisoned"))?;
             let wait = (deadline - now).min(Duration::from_millis(100));
             drop(
                 cvar.wait_timeout(guard, wait)
@@ -509,9 +488,7 @@ impl Proc {
             let _ = r.join();
         }
         let (lock, _) = &*self.collected;
-        let mut c = lock
-            .lock()
-            .map_err(|_| anyhow::anyhow!("output collector poisoned"))?;
+        let mut c = lock.lock().map_err(|_| anyhow::anyhow!("output collector poisoned"))?;
         Ok(Finished {
             status,
             stdout: std::mem::take(&mut c.stdout),
@@ -554,12 +531,7 @@ fn reader(
             }
             let (lock, cvar) = &*collected;
             if let Ok(mut c) = lock.lock() {
-                if is_stderr {
-                    &mut c.stderr
-                } else {
-                    &mut c.stdout
-                }
-                .push_str(&line);
+                if is_stderr { &mut c.stderr } else { &mut c.stdout }.push_str(&line);
             }
             cvar.notify_all();
         }

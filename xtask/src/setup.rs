@@ -11,9 +11,7 @@ use crate::cmd;
 pub const EBPF_TOOLCHAIN: &str = "nightly-2026-05-20";
 pub const BPF_LINKER_VERSION: &str = "0.10.4";
 /// Debian packages the lab and the tests use. bpftool has been its own package since bookworm.
-pub const APT_PACKAGES: &[&str] = &[
-    "iproute2", "tcpdump", "tshark", "ethtool", "nftables", "bpftool",
-];
+pub const APT_PACKAGES: &[&str] = &["iproute2", "tcpdump", "tshark", "ethtool", "nftables", "bpftool"];
 
 pub fn run() -> Result<()> {
     toolchain()?;
@@ -51,26 +49,14 @@ fn toolchain() -> Result<()> {
     }
     let components = cmd::output(&mut cmd::command(
         "rustup",
-        [
-            "component",
-            "list",
-            "--installed",
-            "--toolchain",
-            EBPF_TOOLCHAIN,
-        ],
+        ["component", "list", "--installed", "--toolchain", EBPF_TOOLCHAIN],
     ))?;
     if components.lines().any(|l| l.trim() == "rust-src") {
         report(&item, "ok");
     } else {
         cmd::run(&mut cmd::command(
             "rustup",
-            [
-                "component",
-                "add",
-                "rust-src",
-                "--toolchain",
-                EBPF_TOOLCHAIN,
-            ],
+            ["component", "add", "rust-src", "--toolchain", EBPF_TOOLCHAIN],
         ))?;
         report(&item, "installed");
     }
@@ -91,11 +77,7 @@ fn bpf_linker() -> Result<()> {
     }
     cmd::run(&mut cmd::command(
         "cargo",
-        [
-            "install",
-            "--locked",
-            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
-        ],
+        ["install", "--locked", &format!("bpf-linker@{BPF_LINKER_VERSION}")],
     ))?;
     report(&item, "installed");
     Ok(())
@@ -112,11 +94,7 @@ fn dpkg_installed(package: &str) -> bool {
 }
 
 fn apt_packages() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| !dpkg_installed(p))
-        .collect();
+    let missing: Vec<&str> = APT_PACKAGES.iter().copied().filter(|p| !dpkg_installed(p)).collect();
     if !missing.is_empty() {
         if !cmd::succeeds(&mut cmd::command("apt-get", ["--version"])) {
             bail!("apt-get not found: install {} by hand", missing.join(" "));
@@ -137,11 +115,7 @@ fn apt_packages() -> Result<()> {
         }
         report(
             &format!("apt {package}"),
-            if missing.contains(package) {
-                "installed"
-            } else {
-                "ok"
-            },
+            if missing.contains(package) { "installed" } else { "ok" },
         );
     }
     Ok(())

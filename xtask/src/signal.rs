@@ -29,8 +29,7 @@ pub fn install() -> Result<()> {
         // pointers are valid for the duration of the call.
         let rc = unsafe { libc::sigaction(signal, &action, std::ptr::null_mut()) };
         if rc != 0 {
-            return Err(io::Error::last_os_error())
-                .context("installing the SIGINT/SIGTERM handler");
+            return Err(io::Error::last_os_error()).context("installing the SIGINT/SIGTERM handler");
         }
     }
     Ok(())
@@ -52,8 +51,7 @@ pub fn send(pid: u32, signal: libc::c_int) -> Result<()> {
     // SAFETY: kill(2) has no memory-safety preconditions; the pid is one of our own children.
     let rc = unsafe { libc::kill(pid, signal) };
     if rc != 0 {
-        return Err(io::Error::last_os_error())
-            .with_context(|| format!("sending signal {signal} to pid {pid}"));
+        return Err(io::Error::last_os_error()).with_context(|| format!("sending signal {signal} to pid {pid}"));
     }
     Ok(())
 }

@@ -5,11 +5,15 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 
-use crate::{build, cmd, setup};
+use crate::{build, cmd, lab, setup};
 
 pub fn run(extra: &[String]) -> Result<ExitCode> {
     setup::run()?;
     build::run()?;
+    // Leftovers of a test run that was killed would otherwise pile up run after run.
+    for name in lab::sweep_stale()? {
+        println!("xtask: removed stale lab namespace {name}");
+    }
     // rst-ebpf is a no_std BPF binary on nightly; rst-userspace's build script compiles it, and a
     // host build of it on stable cannot work, so it is left out of `--workspace`.
     let mut runner = if cmd::succeeds(&mut cmd::command("cargo", ["nextest", "--version"])) {

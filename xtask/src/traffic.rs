@@ -65,17 +65,10 @@ impl Kind {
 impl FromStr for Kind {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Kind> {
-        [
-            Kind::Refused,
-            Kind::ServerAbort,
-            Kind::ClientAbort,
-            Kind::Balancer,
-        ]
-        .into_iter()
-        .find(|k| k.name() == s)
-        .ok_or_else(|| {
-            anyhow!("unknown traffic kind {s:?} (refused, server-abort, client-abort, balancer)")
-        })
+        [Kind::Refused, Kind::ServerAbort, Kind::ClientAbort, Kind::Balancer]
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| anyhow!("unknown traffic kind {s:?} (refused, server-abort, client-abort, balancer)"))
     }
 }
 
@@ -298,10 +291,7 @@ pub fn run(plan: &Plan, stop: &(dyn Fn() -> bool + Sync)) -> Result<Report> {
         plan.rounds.is_some() || plan.duration.is_some(),
         "a traffic plan needs a round count or a duration"
     );
-    ensure!(
-        !plan.steps.is_empty(),
-        "a traffic plan needs at least one step"
-    );
+    ensure!(!plan.steps.is_empty(), "a traffic plan needs at least one step");
     let roles = listener_roles(&plan.steps)?;
 
     let mut listeners = Vec::new();
@@ -320,8 +310,7 @@ pub fn run(plan: &Plan, stop: &(dyn Fn() -> bool + Sync)) -> Result<Report> {
             let tx = events_tx.clone();
             let servers_stop = &servers_stop;
             let limit = plan.balancer_limit;
-            accept_loops
-                .push(scope.spawn(move || accept_loop(addr, kind, sock, limit, tx, servers_stop)));
+            accept_loops.push(scope.spawn(move || accept_loop(addr, kind, sock, limit, tx, servers_stop)));
         }
         drop(events_tx);
 
@@ -475,12 +464,7 @@ fn accept_loop(
                     continue;
                 }
             },
-            Err(e)
-                if e.kind() == io::ErrorKind::Interrupted
-                    || e.kind() == io::ErrorKind::WouldBlock =>
-            {
-                continue
-            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted || e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => {
                 send(&events, addr, Err(format!("accept on {addr}: {e}")));
                 continue;
@@ -537,10 +521,8 @@ fn accept_loop(
 /// The balancer's side of a kept connection: greet, wait for the client's FIN, close with a FIN.
 fn hold(mut conn: Socket, held: &AtomicUsize) -> std::result::Result<Outcome, String> {
     let result = (|| {
-        conn.set_read_timeout(Some(IO_TIMEOUT))
-            .map_err(|e| e.to_string())?;
-        conn.write_all(WELCOME)
-            .map_err(|e| format!("greeting: {e}"))?;
+        conn.set_read_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
+        conn.write_all(WELCOME).map_err(|e| format!("greeting: {e}"))?;
         let mut buf = [0u8; 16];
         match conn.read(&mut buf) {
             Ok(0) => Ok(Outcome::Held),
@@ -557,8 +539,7 @@ fn hold(mut conn: Socket, held: &AtomicUsize) -> std::result::Result<Outcome, St
 
 /// The server's side of a client abort: the next read must report the client's RST.
 fn expect_reset(mut conn: Socket) -> std::result::Result<Outcome, String> {
-    conn.set_read_timeout(Some(IO_TIMEOUT))
-        .map_err(|e| e.to_string())?;
+    conn.set_read_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
     let mut buf = [0u8; 16];
     match conn.read(&mut buf) {
         Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Ok(Outcome::ClientAborted),
@@ -578,11 +559,8 @@ fn drive_clients(plan: &Plan, stop: &(dyn Fn() -> bool + Sync), start: Instant) 
     let mut report = Report::default();
     let mut kept: Vec<Kept> = Vec::new();
     let deadline = plan.duration.map(|d| start + d);
-    let over = |round: u32| {
-        stop()
-            || plan.rounds.is_some_and(|n| round >= n)
-            || deadline.is_some_and(|d| Instant::now() >= d)
-    };
+    let over =
+        |round: u32| stop() || plan.rounds.is_some_and(|n| round >= n) || deadline.is_some_and(|d| Instant::now() >= d);
     let mut round = 0;
     'rounds: while !over(round) {
         for step in plan.steps.iter().filter(|s| round % s.every == 0) {
@@ -626,38 +604,26 @@ fn client_step(step: &Step, hold: Option<Duration>) -> Result<(Conn, Option<Kept
         sock.set_read_timeout(Some(IO_TIMEOUT))?;
     }
     match (step.kind, connected) {
-        (Kind::Refused, Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
-            Ok((conn(Outcome::Refused), None))
-        }
+        (Kind::Refused, Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => Ok((conn(Outcome::Refused), None)),
         (Kind::Refused, Err(e)) => Err(anyhow!("{client}: expected a refusal, got {e}")),
-        (Kind::Refused, Ok(())) => Err(anyhow!(
-            "{client}: connected to a port that should be closed"
-        )),
+        (Kind::Refused, Ok(())) => Err(anyhow!("{client}: connected to a port that should be closed")),
         // The handshake completed and the reset followed before connect() looked: a RST in
         // SYN-SENT would have been ECONNREFUSED.
         (Kind::ServerAbort, Err(e)) if e.kind() == io::ErrorKind::ConnectionReset => {
             Ok((conn(Outcome::ServerAborted), None))
         }
-        (Kind::Balancer, Err(e)) if e.kind() == io::ErrorKind::ConnectionReset => {
-            Ok((conn(Outcome::Rejected), None))
-        }
+        (Kind::Balancer, Err(e)) if e.kind() == io::ErrorKind::ConnectionReset => Ok((conn(Outcome::Rejected), None)),
         (_, Err(e)) => Err(anyhow!("{client}: connecting: {e}")),
         (Kind::ClientAbort, Ok(())) => {
             abort(sock)?;
             Ok((conn(Outcome::ClientAborted), None))
         }
         (Kind::ServerAbort, Ok(())) => match read_one(&sock) {
-            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
-                Ok((conn(Outcome::ServerAborted), None))
-            }
-            other => Err(anyhow!(
-                "{client}: expected a reset from the server, got {other:?}"
-            )),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Ok((conn(Outcome::ServerAborted), None)),
+            other => Err(anyhow!("{client}: expected a reset from the server, got {other:?}")),
         },
         (Kind::Balancer, Ok(())) => match read_one(&sock) {
-            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
-                Ok((conn(Outcome::Rejected), None))
-            }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Ok((conn(Outcome::Rejected), None)),
             Ok(1) => Ok((
                 conn(Outcome::Held),
                 Some(Kept {
@@ -712,17 +678,13 @@ fn reconcile(report: &mut Report, events: &mpsc::Receiver<ServerEvent>) {
     // kernel may hand the same source port out again later in the run.
     let mut pending: HashMap<(SocketAddr, SocketAddr), Vec<Outcome>> = HashMap::new();
     for c in report.conns.iter().filter(|c| c.kind != Kind::Refused) {
-        pending
-            .entry((c.server, c.client))
-            .or_default()
-            .push(c.outcome);
+        pending.entry((c.server, c.client)).or_default().push(c.outcome);
     }
     let deadline = Instant::now() + IO_TIMEOUT;
     while !pending.is_empty() {
         let left = deadline.saturating_duration_since(Instant::now());
         let Ok(ev) = events.recv_timeout(left) else {
-            let mut missing: Vec<String> =
-                pending.keys().map(|(s, c)| format!("{c}->{s}")).collect();
+            let mut missing: Vec<String> = pending.keys().map(|(s, c)| format!("{c}->{s}")).collect();
             missing.sort();
             report
                 .errors
@@ -773,9 +735,7 @@ fn take_one(
     prefer: Option<Outcome>,
 ) -> Option<Outcome> {
     let list = pending.get_mut(&key)?;
-    let at = prefer
-        .and_then(|p| list.iter().position(|&o| o == p))
-        .unwrap_or(0);
+    let at = prefer.and_then(|p| list.iter().position(|&o| o == p)).unwrap_or(0);
     let taken = (at < list.len()).then(|| list.remove(at));
     if list.is_empty() {
         pending.remove(&key);
@@ -796,9 +756,7 @@ mod tests {
             let step: Step = text.parse().expect(text);
             assert_eq!(step.to_string(), text);
         }
-        let s: Step = "client-abort/2:10.0.0.1->10.0.0.2:9"
-            .parse()
-            .expect("valid");
+        let s: Step = "client-abort/2:10.0.0.1->10.0.0.2:9".parse().expect("valid");
         assert_eq!((s.kind, s.every, s.dst.port()), (Kind::ClientAbort, 2, 9));
     }
 
@@ -832,16 +790,9 @@ mod tests {
             step(Kind::Balancer, "10.0.0.2:1")
         ])
         .is_err());
-        assert!(listener_roles(&[
-            step(Kind::ServerAbort, "10.0.0.2:1"),
-            step(Kind::Refused, "10.0.0.2:1")
-        ])
-        .is_err());
-        let roles = listener_roles(&[
-            step(Kind::Balancer, "10.0.0.2:1"),
-            step(Kind::Refused, "10.0.0.2:2"),
-        ])
-        .expect("ok");
+        assert!(listener_roles(&[step(Kind::ServerAbort, "10.0.0.2:1"), step(Kind::Refused, "10.0.0.2:1")]).is_err());
+        let roles =
+            listener_roles(&[step(Kind::Balancer, "10.0.0.2:1"), step(Kind::Refused, "10.0.0.2:2")]).expect("ok");
         assert_eq!(
             roles.into_iter().collect::<Vec<_>>(),
             vec![(sa("10.0.0.2:1"), Kind::Balancer)]
@@ -888,10 +839,7 @@ mod tests {
             )]
         );
         let json = report.to_json();
-        assert_eq!(
-            json["connections"][2]["resets"].as_array().map(Vec::len),
-            Some(0)
-        );
+        assert_eq!(json["connections"][2]["resets"].as_array().map(Vec::len), Some(0));
         assert_eq!(json["connections"][3]["resets"][0]["from"], "client");
     }
 

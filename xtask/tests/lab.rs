@@ -32,13 +32,11 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn rstwatch() -> PathBuf {
-    let bin = std::env::var_os("RSTWATCH_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("..")
-                .join("target/release/rstwatch")
-        });
+    let bin = std::env::var_os("RSTWATCH_BIN").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join("target/release/rstwatch")
+    });
     assert!(
         bin.is_file(),
         "{} does not exist: run `cargo xtask build` (or set RSTWATCH_BIN)",
@@ -50,10 +48,8 @@ fn rstwatch() -> PathBuf {
 fn hosts() -> Result<TwoHosts> {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
-    ensure!(
-        euid == 0,
-        "these tests need root (network namespaces, BPF, XDP)"
-    );
+    ensure!(euid == 0, "these tests need root (network namespaces, BPF, XDP)");
+    xtask::lab::sweep_stale()?;
     TwoHosts::new(&[ip(C1), ip(C2), ip(C3), ip(C6)], &[ip(S4), ip(S6)])
 }
 
@@ -85,8 +81,7 @@ fn traffic(hosts: &TwoHosts, extra: &[&str], steps: &[String]) -> Result<Value> 
         fin.status,
         fin.stderr
     );
-    let report: Value =
-        serde_json::from_str(fin.stdout.trim()).context("traffic generator JSON")?;
+    let report: Value = serde_json::from_str(fin.stdout.trim()).context("traffic generator JSON")?;
     ensure!(
         report["errors"].as_array().is_some_and(Vec::is_empty),
         "generator errors: {}",
@@ -127,23 +122,17 @@ fn flow_key(v: &Value) -> Result<FlowKey> {
             .with_context(|| format!("{k} in {v}"))
     };
     let port = |k: &str| -> Result<u16> {
-        u16::try_from(v[k].as_u64().with_context(|| format!("{k} in {v}"))?)
-            .with_context(|| format!("{k} in {v}"))
+        u16::try_from(v[k].as_u64().with_context(|| format!("{k} in {v}"))?).with_context(|| format!("{k} in {v}"))
     };
     Ok((addr("src")?, port("sport")?, addr("dst")?, port("dport")?))
 }
 
 /// rstwatch's final summary: the one `summary` line, the last line of its stdout.
 fn summary(fin: &Finished) -> Result<Value> {
-    let lines: Vec<&str> = fin
-        .stdout
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .collect();
+    let lines: Vec<&str> = fin.stdout.lines().filter(|l| !l.trim().is_empty()).collect();
     let mut summaries = Vec::new();
     for line in &lines {
-        let v: Value = serde_json::from_str(line)
-            .with_context(|| format!("stdout line is not JSON: {line}"))?;
+        let v: Value = serde_json::from_str(line).with_context(|| format!("stdout line is not JSON: {line}"))?;
         match v["type"].as_str() {
             Some("interval") => {}
             Some("summary") => summaries.push(v),
@@ -167,13 +156,8 @@ fn summary(fin: &Finished) -> Result<Value> {
 fn counted(summary: &Value, iface: &Iface) -> Result<BTreeMap<FlowKey, u64>> {
     let mut flows = BTreeMap::new();
     let mut sum = 0;
-    for f in summary["flows"]
-        .as_array()
-        .context("summary has no flows array")?
-    {
-        let resets = f["resets"]
-            .as_u64()
-            .with_context(|| format!("resets in {f}"))?;
+    for f in summary["flows"].as_array().context("summary has no flows array")? {
+        let resets = f["resets"].as_u64().with_context(|| format!("resets in {f}"))?;
         sum += resets;
         if resets == 0 {
             continue;
@@ -184,14 +168,8 @@ fn counted(summary: &Value, iface: &Iface) -> Result<BTreeMap<FlowKey, u64>> {
         );
         let key = flow_key(f)?;
         let family = if key.0.is_ipv4() { "ipv4" } else { "ipv6" };
-        ensure!(
-            f["family"] == family,
-            "family does not match the addresses: {f}"
-        );
-        ensure!(
-            flows.insert(key, resets).is_none(),
-            "flow listed twice: {f}"
-        );
+        ensure!(f["family"] == family, "family does not match the addresses: {f}");
+        ensure!(flows.insert(key, resets).is_none(), "flow listed twice: {f}");
     }
     let totals = &summary["totals"];
     let total = totals["resets"].as_u64().context("totals.resets")?;
@@ -201,13 +179,8 @@ fn counted(summary: &Value, iface: &Iface) -> Result<BTreeMap<FlowKey, u64>> {
         sum + overflow,
         "totals.resets != sum of flow resets + overflow: {totals}"
     );
-    assert_eq!(
-        overflow, 0,
-        "a handful of flows must not overflow the table: {totals}"
-    );
-    let ifaces = summary["interfaces"]
-        .as_array()
-        .context("summary has no interfaces")?;
+    assert_eq!(overflow, 0, "a handful of flows must not overflow the table: {totals}");
+    let ifaces = summary["interfaces"].as_array().context("summary has no interfaces")?;
     ensure!(
         ifaces.iter().any(|i| i["iface"] == iface.name.as_str()),
         "{} missing from {}",
@@ -235,12 +208,7 @@ fn assert_one_line_error(fin: &Finished, needle: &str) {
         fin.stderr
     );
     let lines: Vec<&str> = fin.stderr.trim_end().lines().collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "stderr must be exactly one line, got:\n{}",
-        fin.stderr
-    );
+    assert_eq!(lines.len(), 1, "stderr must be exactly one line, got:\n{}", fin.stderr);
     assert!(
         lines[0].contains(needle),
         "stderr should mention {needle:?}: {}",
@@ -259,8 +227,7 @@ struct Capture {
 impl Capture {
     fn start(iface: &Iface) -> Result<Capture> {
         let n = CAPTURES.fetch_add(1, Ordering::Relaxed);
-        let path =
-            std::env::temp_dir().join(format!("rstwatch-lab-{}-{n}.pcap", std::process::id()));
+        let path = std::env::temp_dir().join(format!("rstwatch-lab-{}-{n}.pcap", std::process::id()));
         let mut cmd = iface.ns.exec("tcpdump");
         cmd.args(["-i", &iface.name, "-nn", "-U", "-Z", "root", "-w"])
             .arg(&path)
@@ -274,14 +241,8 @@ impl Capture {
     fn resets(self) -> Result<BTreeMap<FlowKey, u64>> {
         self.proc.signal(libc::SIGINT)?;
         let fin = self.proc.finish(EXIT_TIMEOUT)?;
-        ensure!(
-            fin.status.success(),
-            "tcpdump failed ({}): {}",
-            fin.status,
-            fin.stderr
-        );
-        let bytes = std::fs::read(&self.path)
-            .with_context(|| format!("reading {}", self.path.display()))?;
+        ensure!(fin.status.success(), "tcpdump failed ({}): {}", fin.status, fin.stderr);
+        let bytes = std::fs::read(&self.path).with_context(|| format!("reading {}", self.path.display()))?;
         let _ = std::fs::remove_file(&self.path);
         pcap_resets(&bytes)
     }
@@ -313,9 +274,7 @@ fn pcap_resets(bytes: &[u8]) -> Result<BTreeMap<FlowKey, u64>> {
     let mut at = 24;
     while at + 16 <= bytes.len() {
         let len = usize::try_from(u32_at(bytes, at + 8))?;
-        let frame = bytes
-            .get(at + 16..at + 16 + len)
-            .context("truncated pcap record")?;
+        let frame = bytes.get(at + 16..at + 16 + len).context("truncated pcap record")?;
         at += 16 + len;
         let be16 = |b: &[u8], i: usize| u16::from_be_bytes([b[i], b[i + 1]]);
         if frame.len() < 14 {
@@ -336,17 +295,13 @@ fn pcap_resets(bytes: &[u8]) -> Result<BTreeMap<FlowKey, u64>> {
                 if ip6[6] != 6 {
                     continue;
                 }
-                let a = |i: usize| -> Result<IpAddr> {
-                    Ok(IpAddr::from(<[u8; 16]>::try_from(&ip6[i..i + 16])?))
-                };
+                let a = |i: usize| -> Result<IpAddr> { Ok(IpAddr::from(<[u8; 16]>::try_from(&ip6[i..i + 16])?)) };
                 (a(8)?, a(24)?, &ip6[40..])
             }
             _ => continue,
         };
         if tcp.len() >= 14 && tcp[13] & 0x04 != 0 {
-            *flows
-                .entry((src, be16(tcp, 0), dst, be16(tcp, 2)))
-                .or_insert(0) += 1;
+            *flows.entry((src, be16(tcp, 0), dst, be16(tcp, 2))).or_insert(0) += 1;
         }
     }
     Ok(flows)
@@ -371,12 +326,7 @@ fn counts_server_resets_exactly_on_the_client_side() -> Result<()> {
     )?;
     let report = traffic(&hosts, &["--rounds", "3"], &refused_and_aborted_steps())?;
     let fin = rw.finish(EXIT_TIMEOUT)?;
-    assert!(
-        fin.status.success(),
-        "rstwatch failed ({}): {}",
-        fin.status,
-        fin.stderr
-    );
+    assert!(fin.status.success(), "rstwatch failed ({}): {}", fin.status, fin.stderr);
     let witness = capture.resets()?;
 
     let want = expected(&report, "server")?;
@@ -387,10 +337,7 @@ fn counts_server_resets_exactly_on_the_client_side() -> Result<()> {
         "3 rounds of 8 connections that reset once each"
     );
     assert!(expected(&report, "client")?.is_empty());
-    assert_eq!(
-        witness, want,
-        "tcpdump disagrees with the generator's account"
-    );
+    assert_eq!(witness, want, "tcpdump disagrees with the generator's account");
 
     let summary = summary(&fin)?;
     let got = counted(&summary, &hosts.client_if)?;
@@ -421,12 +368,7 @@ fn counts_client_resets_on_the_server_side() -> Result<()> {
     s.extend(steps("balancer", &[C2, C3, C1], S4, 443));
     let report = traffic(&hosts, &["--rounds", "2", "--balancer-limit", "2"], &s)?;
     let fin = rw.finish(EXIT_TIMEOUT)?;
-    assert!(
-        fin.status.success(),
-        "rstwatch failed ({}): {}",
-        fin.status,
-        fin.stderr
-    );
+    assert!(fin.status.success(), "rstwatch failed ({}): {}", fin.status, fin.stderr);
     let witness = capture.resets()?;
 
     let from_clients = expected(&report, "client")?;
@@ -442,10 +384,7 @@ fn counts_client_resets_on_the_server_side() -> Result<()> {
     // The two directions never share a key: src is the server in one, a client in the other.
     let mut all = from_clients.clone();
     all.extend(from_server.iter().map(|(k, v)| (*k, *v)));
-    assert_eq!(
-        witness, all,
-        "tcpdump disagrees with the generator's account"
-    );
+    assert_eq!(witness, all, "tcpdump disagrees with the generator's account");
 
     let got = counted(&summary(&fin)?, &hosts.server_if)?;
     assert_eq!(
@@ -469,11 +408,7 @@ fn rstwatch_str() -> String {
 #[test]
 fn unknown_interface_is_one_line_error() -> Result<()> {
     let hosts = hosts()?;
-    let fin = run_to_end(
-        &hosts.client,
-        &rstwatch_str(),
-        &["-i", "nosuchif0", "--duration", "1s"],
-    )?;
+    let fin = run_to_end(&hosts.client, &rstwatch_str(), &["-i", "nosuchif0", "--duration", "1s"])?;
     assert_one_line_error(&fin, "nosuchif0");
     assert_eq!(fin.status.code(), Some(1), "runtime errors exit 1");
     assert_detached(&hosts.client_if)
@@ -486,10 +421,7 @@ fn bad_durations_are_one_line_errors() -> Result<()> {
     let iface = hosts.client_if.name.as_str();
     for (args, needle) in [
         (vec!["-i", iface, "--duration", "5parsecs"], "5parsecs"),
-        (
-            vec!["-i", iface, "--duration", "1s", "--interval", "0s"],
-            "interval",
-        ),
+        (vec!["-i", iface, "--duration", "1s", "--interval", "0s"], "interval"),
     ] {
         let fin = run_to_end(&hosts.client, &rstwatch_str(), &args)?;
         assert_one_line_error(&fin, needle);
@@ -503,10 +435,7 @@ fn bad_durations_are_one_line_errors() -> Result<()> {
 fn missing_capabilities_are_named() -> Result<()> {
     let hosts = hosts()?;
     let bin = rstwatch_str();
-    for (caps, needle) in [
-        ("-bpf,-sys_admin", "CAP_BPF"),
-        ("-net_admin", "CAP_NET_ADMIN"),
-    ] {
+    for (caps, needle) in [("-bpf,-sys_admin", "CAP_BPF"), ("-net_admin", "CAP_NET_ADMIN")] {
         let bounding = format!("--bounding-set={caps}");
         let inheritable = format!("--inh-caps={caps}");
         let args = [
@@ -597,10 +526,7 @@ fn lab_is_removed_after_a_panic() -> Result<()> {
     let names = std::sync::Mutex::new(None);
     let panicked = std::panic::catch_unwind(|| {
         let hosts = hosts().expect("lab");
-        *names.lock().expect("lock") = Some((
-            hosts.client.name().to_owned(),
-            hosts.server.name().to_owned(),
-        ));
+        *names.lock().expect("lock") = Some((hosts.client.name().to_owned(), hosts.server.name().to_owned()));
         panic!("deliberate");
     });
     assert!(panicked.is_err());
