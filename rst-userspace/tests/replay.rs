@@ -1,0 +1,608 @@
+//! `rstwatch replay`: the real binary on real and crafted captures.
+//!
+//! - the shared corpus and the fixtures in `tests/data` give exactly tshark's per-direction
+//!   RST counts (`NAME.resets.json`), and the kernel's (`--kernel`, BPF_PROG_TEST_RUN);
+//! - every crafted case of `rst_common::craft` re-wrapped as SLL, SLL2, raw IP and BSD
+//!   loopback is classified as on Ethernet, by replay and by the kernel;
+//! - intervals follow capture time; broken files fail cleanly, naming file and frame, and
+//!   `--keep-going` still reports what was read; replay runs without privileges.
+//!
+//! Tests that need the kernel (`--kernel`) need root, like the other kernel tests.
+
+use std::{
+    borrow::Cow,
+    collections::BTreeMap,
+    fs::File,
+    io::BufWriter,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    time::Duration,
+};
+
+use anyhow::{bail, Context as _};
+use pcap_file::{
+    pcap::{PcapHeader, PcapPacket, PcapWriter},
+    pcapng::{
+        blocks::{
+            enhanced_packet::EnhancedPacketBlock,
+            interface_description::{InterfaceDescriptionBlock, InterfaceDescriptionOption},
+        },
+        PcapNgWriter,
+    },
+    DataLink,
+};
+use rst_common::{
+    craft::{self, tcp_v4, tcp_v6},
+    parse::{TCP_ACK, TCP_RST, TCP_SYN},
+    Observation,
+};
+use rstwatch::replay::kernel::Parity;
+use serde_json::Value;
+
+type Direction = (IpAddr, u16, IpAddr, u16);
+
+const T0: u64 = 1_700_000_000;
+
+fn rstwatch(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rstwatch")).args(args).output().expect("running rstwatch")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Runs `rstwatch replay --format json ARGS` and returns its JSON lines.
+fn replay_json(args: &[&str]) -> (Output, Vec<Value>) {
+    let mut all = vec!["replay", "--format", "json"];
+    all.extend_from_slice(args);
+    let output = rstwatch(&all);
+    let lines = text(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("bad JSON line {line:?}: {e}")))
+        .collect();
+    assert!(!text(&output.stderr).contains("panicked"), "rstwatch panicked:\n{}", text(&output.stderr));
+    (output, lines)
+}
+
+fn summary(lines: &[Value]) -> &Value {
+    let last = lines.last().expect("no output");
+    assert_eq!(last["type"], "summary", "the last line is not the summary: {last}");
+    last
+}
+
+/// The summary's flows by direction, across interfaces.
+fn directions(summary: &Value) -> BTreeMap<Direction, u64> {
+    let mut out = BTreeMap::new();
+    for flow in summary["flows"].as_array().expect("flows") {
+        let key = (
+            flow["src"].as_str().and_then(|s| s.parse().ok()).expect("src"),
+            flow["sport"].as_u64().expect("sport") as u16,
+            flow["dst"].as_str().and_then(|s| s.parse().ok()).expect("dst"),
+            flow["dport"].as_u64().expect("dport") as u16,
+        );
+        *out.entry(key).or_default() += flow["resets"].as_u64().expect("resets");
+    }
+    out
+}
+
+#[derive(serde::Deserialize)]
+struct ExpectedResets {
+    src: IpAddr,
+    sport: u16,
+    dst: IpAddr,
+    dport: u16,
+    resets: u64,
+}
+
+fn expected_resets(capture: &Path) -> anyhow::Result<BTreeMap<Direction, u64>> {
+    let mut path = capture.as_os_str().to_owned();
+    path.push(".resets.json");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", Path::new(&path).display()))?;
+    let entries: Vec<ExpectedResets> = serde_json::from_str(&text)?;
+    let mut expected = BTreeMap::new();
+    for e in entries {
+        if expected.insert((e.src, e.sport, e.dst, e.dport), e.resets).is_some() {
+            bail!("a direction is listed twice in {}", Path::new(&path).display());
+        }
+    }
+    Ok(expected)
+}
+
+/// The corpus directory, or `None` (after saying so) when it is absent outside CI.
+fn corpus_dir() -> Option<PathBuf> {
+    let dir = match std::env::var_os("RSTWATCH_CORPUS") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus"),
+    };
+    if dir.is_dir() {
+        return Some(dir);
+    }
+    assert!(
+        std::env::var("CI").map_or(true, |ci| ci != "true"),
+        "corpus not found at {} (CI=true: the corpus is required)",
+        dir.display()
+    );
+    eprintln!("NOTICE: corpus not found at {}, skipping the corpus replay", dir.display());
+    None
+}
+
+fn captures_in(dir: &Path) -> Vec<PathBuf> {
+    let mut captures: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("pcap" | "pcapng")))
+        .collect();
+    captures.sort();
+    captures
+}
+
+fn fixtures() -> Vec<PathBuf> {
+    captures_in(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data"))
+}
+
+/// Every capture replayed alone must give tshark's per-direction counts exactly.
+fn check_against_tshark(captures: &[PathBuf]) {
+    assert!(!captures.is_empty());
+    let mut failures = Vec::new();
+    for capture in captures {
+        let path = capture.to_str().expect("UTF-8 path");
+        let (output, lines) = replay_json(&[path]);
+        if !output.status.success() {
+            failures.push(format!("{path}: exit {:?}: {}", output.status, text(&output.stderr)));
+            continue;
+        }
+        let got = directions(summary(&lines));
+        match expected_resets(capture) {
+            Ok(expected) if expected == got => {
+                eprintln!("{path}: {} resets in {} directions, as tshark", got.values().sum::<u64>(), got.len())
+            }
+            Ok(expected) => failures.push(format!("{path}: tshark {expected:?}\n  replay {got:?}")),
+            Err(error) => failures.push(format!("{path}: {error:#}")),
+        }
+    }
+    assert!(failures.is_empty(), "replay disagrees with tshark:\n{}", failures.join("\n"));
+}
+
+#[test]
+fn corpus_replay_equals_tshark() {
+    if let Some(corpus) = corpus_dir() {
+        check_against_tshark(&captures_in(&corpus));
+    }
+}
+
+#[test]
+fn sll_sll2_and_two_interface_fixtures_equal_tshark() {
+    let fixtures = fixtures();
+    assert_eq!(fixtures.len(), 3, "{fixtures:?}");
+    check_against_tshark(&fixtures);
+}
+
+#[test]
+fn two_interfaces_in_one_pcapng_are_reported_apart() {
+    let capture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/two-interfaces-resets.pcapng");
+    let (output, lines) = replay_json(&[capture.to_str().expect("UTF-8")]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let summary = summary(&lines);
+    let interfaces: Vec<(String, u64, String)> = summary["interfaces"]
+        .as_array()
+        .expect("interfaces")
+        .iter()
+        .map(|i| (i["iface"].as_str().unwrap_or("").into(), i["ifindex"].as_u64().unwrap_or(0), i["mode"].as_str().unwrap_or("").into()))
+        .collect();
+    assert_eq!(
+        interfaces,
+        [("lo".into(), 1, "ethernet".into()), ("any".into(), 2, "linux-sll".into())],
+        "IDB names, per-run numbers and link types"
+    );
+    // dumpcap saw every frame on both interfaces: each direction is one flow on each.
+    let mut per_iface: BTreeMap<(String, Direction), u64> = BTreeMap::new();
+    for flow in summary["flows"].as_array().expect("flows") {
+        let direction = directions(&serde_json::json!({ "flows": [flow] }));
+        for (d, n) in direction {
+            per_iface.insert((flow["iface"].as_str().unwrap_or("").into(), d), n);
+        }
+    }
+    let expected = expected_resets(&capture).expect("expected resets");
+    for (direction, resets) in &expected {
+        for iface in ["lo", "any"] {
+            assert_eq!(per_iface.get(&(iface.into(), *direction)), Some(&(resets / 2)), "{iface} {direction:?}");
+        }
+    }
+    assert_eq!(per_iface.len(), 2 * expected.len());
+}
+
+/// Writes a classic pcap of `frames` (timestamp in ns since T0, bytes).
+fn write_pcap(path: &Path, datalink: DataLink, frames: &[(u64, Vec<u8>)]) {
+    let file = BufWriter::new(File::create(path).expect("creating a capture"));
+    let header = PcapHeader { datalink, snaplen: 262_144, ..PcapHeader::default() };
+    let mut writer = PcapWriter::with_header(file, header).expect("pcap header");
+    for (ns, data) in frames {
+        let timestamp = Duration::from_secs(T0) + Duration::from_nanos(*ns);
+        writer.write_packet(&PcapPacket::new(timestamp, data.len() as u32, data)).expect("pcap record");
+    }
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("replay");
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    dir.join(name)
+}
+
+/// The crafted cases' frames with their Ethernet header replaced by another link layer's.
+/// `None` when that link type cannot carry the frame (raw IP has no room for VLAN tags or
+/// non-IP ethertypes).
+fn rewrap(datalink: DataLink, frame: &[u8]) -> Option<Vec<u8>> {
+    let ether_type = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
+    let network = frame.get(14..)?;
+    let mut out = Vec::new();
+    match datalink {
+        DataLink::LINUX_SLL => {
+            // Packet type 0 (to us), ARPHRD_ETHER, 6-byte address padded to 8, protocol.
+            out.extend_from_slice(&[0, 0, 0, 1, 0, 6, 2, 0, 0, 0, 0, 1, 0, 0]);
+            out.extend_from_slice(&ether_type.to_be_bytes());
+        }
+        DataLink::LINUX_SLL2 => {
+            out.extend_from_slice(&ether_type.to_be_bytes());
+            out.extend_from_slice(&[0, 0, 0, 0, 0, 7, 0, 1, 0, 6, 2, 0, 0, 0, 0, 1, 0, 0]);
+        }
+        DataLink::RAW => {
+            let version = network.first().map(|b| b >> 4);
+            let matches = matches!((ether_type, version), (0x0800, Some(4)) | (0x86dd, Some(6)));
+            if !matches {
+                return None;
+            }
+        }
+        DataLink::NULL => {
+            let family: u32 = match ether_type {
+                0x0800 => 2,
+                0x86dd => 30,
+                _ => return None,
+            };
+            out.extend_from_slice(&family.to_le_bytes());
+        }
+        _ => return None,
+    }
+    out.extend_from_slice(network);
+    Some(out)
+}
+
+/// Totals and per-direction resets that `observations` must produce.
+fn expected_totals(observations: &[Observation]) -> (Value, BTreeMap<Direction, u64>) {
+    let (mut frames, mut tcp, mut resets, mut malformed, mut fragments) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut flows = BTreeMap::new();
+    for observation in observations {
+        frames += 1;
+        match observation {
+            Observation::NotTcp => {}
+            Observation::Malformed => malformed += 1,
+            Observation::Fragment => fragments += 1,
+            Observation::Segment => tcp += 1,
+            Observation::Reset(key) => {
+                tcp += 1;
+                resets += 1;
+                *flows.entry((key.src_ip(), key.sport, key.dst_ip(), key.dport)).or_default() += 1;
+            }
+        }
+    }
+    let totals = serde_json::json!({"frames": frames, "tcp": tcp, "resets": resets, "malformed": malformed, "fragments": fragments});
+    (totals, flows)
+}
+
+fn totals_of(summary: &Value) -> Value {
+    let t = &summary["totals"];
+    serde_json::json!({"frames": t["frames"], "tcp": t["tcp"], "resets": t["resets"], "malformed": t["malformed"], "fragments": t["fragments"]})
+}
+
+#[test]
+fn crafted_cases_classify_the_same_on_every_link_type() {
+    let cases = craft::cases(1);
+    for (datalink, name) in [
+        (DataLink::ETHERNET, "ethernet"),
+        (DataLink::LINUX_SLL, "sll"),
+        (DataLink::LINUX_SLL2, "sll2"),
+        (DataLink::RAW, "raw"),
+        (DataLink::NULL, "null"),
+    ] {
+        let mut frames = Vec::new();
+        let mut observations = Vec::new();
+        for (i, case) in cases.iter().enumerate() {
+            let frame = if datalink == DataLink::ETHERNET { Some(case.frame.clone()) } else { rewrap(datalink, &case.frame) };
+            // Frames whose Ethernet header the case itself damages have no other link form.
+            if let (Some(frame), true) = (frame, case.frame.len() >= 14) {
+                frames.push((i as u64 * 1_000_000, frame));
+                observations.push(case.expected);
+            }
+        }
+        assert!(frames.len() > cases.len() / 2, "{name}: only {} of {} cases carried", frames.len(), cases.len());
+        let path = tmp(&format!("cases-{name}.pcap"));
+        write_pcap(&path, datalink, &frames);
+        let (output, lines) = replay_json(&[path.to_str().expect("UTF-8")]);
+        assert!(output.status.success(), "{name}: {}", text(&output.stderr));
+        let summary = summary(&lines);
+        let (totals, flows) = expected_totals(&observations);
+        assert_eq!(totals_of(summary), totals, "{name}: totals");
+        assert_eq!(directions(summary), flows, "{name}: flows");
+    }
+}
+
+/// A truncated link header (SLL shorter than 16 bytes) is malformed, like a runt Ethernet frame.
+#[test]
+fn short_link_headers_are_malformed() {
+    let rst = tcp_v4().flags(TCP_RST).build().into_bytes();
+    let sll = rewrap(DataLink::LINUX_SLL, &rst).expect("sll");
+    let frames = vec![(0, sll[..10].to_vec()), (1, sll.clone()), (2, Vec::new())];
+    let path = tmp("short-sll.pcap");
+    write_pcap(&path, DataLink::LINUX_SLL, &frames);
+    let (output, lines) = replay_json(&[path.to_str().expect("UTF-8")]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert_eq!(totals_of(summary(&lines)), serde_json::json!({"frames": 3, "tcp": 1, "resets": 1, "malformed": 2, "fragments": 0}));
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// `--kernel` on every corpus capture, every fixture and the crafted cases in every link type.
+#[test]
+fn kernel_parity_on_every_capture() {
+    if !is_root() {
+        eprintln!("NOTICE: not root, skipping the kernel parity test (BPF_PROG_TEST_RUN needs root)");
+        return;
+    }
+    // Make sure the crafted captures exist even when this test runs first.
+    crafted_cases_classify_the_same_on_every_link_type();
+    let mut captures = fixtures();
+    if let Some(corpus) = corpus_dir() {
+        captures.extend(captures_in(&corpus));
+    }
+    captures.extend(["ethernet", "sll", "sll2", "raw", "null"].map(|n| tmp(&format!("cases-{n}.pcap"))));
+    let mut failures = Vec::new();
+    for capture in &captures {
+        let path = capture.to_str().expect("UTF-8");
+        let output = rstwatch(&["replay", "--kernel", "--format", "json", path]);
+        let stderr = text(&output.stderr);
+        if output.status.success() && stderr.contains(": identical") {
+            eprintln!("{path}: {}", stderr.trim());
+        } else {
+            failures.push(format!("{path}: exit {:?}\n{stderr}", output.status));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The comparison itself can fail: a missing reset or a differing counter is reported.
+#[test]
+fn parity_reports_differences() {
+    let direction: (IpAddr, u16, IpAddr, u16) = ("192.0.2.1".parse().unwrap_or(IpAddr::from([0; 4])), 80, IpAddr::from([192, 0, 2, 2]), 5000);
+    let counters = rst_common::Counters { frames: 1, tcp: 1, resets: 1, ..Default::default() };
+    let same = Parity {
+        host: counters,
+        kernel: counters,
+        host_flows: BTreeMap::from([(direction, 1)]),
+        kernel_flows: BTreeMap::from([(direction, 1)]),
+        left_out: 0,
+        left_out_not_malformed: 0,
+    };
+    assert!(same.agrees(), "{}", same.describe());
+    let differs = Parity { kernel_flows: BTreeMap::new(), ..same };
+    assert!(!differs.agrees());
+    assert!(differs.describe().contains("192.0.2.1:80 -> 192.0.2.2:5000: replay 1, kernel 0"), "{}", differs.describe());
+}
+
+#[test]
+fn intervals_follow_capture_time() {
+    let rst = tcp_v4().flags(TCP_RST).build().into_bytes();
+    let ack = tcp_v6().flags(TCP_ACK).build().into_bytes();
+    let ms = 1_000_000u64;
+    // [0 s, 1 s): 2 frames; [1 s, 2 s): 1; nothing for 3 s; [5 s, 5.3 s]: 2.
+    let frames = vec![(0, rst.clone()), (500 * ms, ack.clone()), (1_200 * ms, rst.clone()), (5_000 * ms, ack), (5_300 * ms, rst)];
+    let path = tmp("paced.pcap");
+    write_pcap(&path, DataLink::ETHERNET, &frames);
+    let (output, lines) = replay_json(&["--interval", "1s", path.to_str().expect("UTF-8")]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let intervals: Vec<(f64, u64, u64, String)> = lines
+        .iter()
+        .filter(|l| l["type"] == "interval")
+        .map(|l| {
+            (
+                l["elapsed_ms"].as_f64().unwrap_or(-1.0),
+                l["totals"]["frames"].as_u64().unwrap_or(99),
+                l["totals"]["resets"].as_u64().unwrap_or(99),
+                l["time"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        intervals,
+        [
+            (1000.0, 2, 1, "2023-11-14T22:13:21.000Z".to_owned()),
+            (1000.0, 1, 1, "2023-11-14T22:13:22.000Z".to_owned()),
+            (3000.0, 0, 0, "2023-11-14T22:13:25.000Z".to_owned()),
+            (300.0, 2, 1, "2023-11-14T22:13:25.300Z".to_owned()),
+        ],
+        "elapsed, frames, resets, end time of each interval"
+    );
+    let summary = summary(&lines);
+    assert_eq!(summary["duration_ms"].as_f64(), Some(5300.0));
+    assert_eq!(summary["intervals"].as_u64(), Some(4));
+    // The rate is over capture time: 3 resets in 5.3 s.
+    let rate = summary["sources"][0]["rate"].as_f64().unwrap_or(0.0);
+    assert!((rate - 3.0 / 5.3).abs() < 1e-9, "rate {rate}");
+}
+
+/// A second file that does not continue the first one's interval starts a new stretch of time:
+/// the gap between captures is not counted as capture time.
+#[test]
+fn unrelated_files_do_not_count_the_time_between_them() {
+    let rst = tcp_v4().flags(TCP_RST).build().into_bytes();
+    let first = tmp("first.pcap");
+    let second = tmp("second.pcap");
+    write_pcap(&first, DataLink::ETHERNET, &[(0, rst.clone()), (400_000_000, rst.clone())]);
+    // A day later.
+    write_pcap(&second, DataLink::ETHERNET, &[(86_400_000_000_000, rst.clone()), (86_400_600_000_000, rst)]);
+    let (output, lines) = replay_json(&[first.to_str().expect("UTF-8"), second.to_str().expect("UTF-8")]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let summary = summary(&lines);
+    assert_eq!(summary["duration_ms"].as_f64(), Some(1000.0));
+    assert_eq!(summary["totals"]["resets"].as_u64(), Some(4));
+    assert_eq!(summary["interfaces"].as_array().map(Vec::len), Some(2), "one interface per classic pcap");
+}
+
+/// A valid pcap of `n` frames (one reset each), as bytes.
+fn valid_pcap(n: usize) -> Vec<u8> {
+    let path = tmp(&format!("valid-{n}.pcap"));
+    let frames: Vec<(u64, Vec<u8>)> =
+        (0..n).map(|i| (i as u64 * 1000, tcp_v4().ports(80, 1000 + i as u16).flags(TCP_RST).build().into_bytes())).collect();
+    write_pcap(&path, DataLink::ETHERNET, &frames);
+    std::fs::read(&path).expect("reading it back")
+}
+
+fn write_bytes(name: &str, bytes: &[u8]) -> String {
+    let path = tmp(name);
+    std::fs::write(&path, bytes).expect("writing a broken file");
+    path.to_str().expect("UTF-8").to_owned()
+}
+
+/// Runs replay on a broken file; checks the failure and returns (stderr, the summary if any).
+fn broken(path: &str, keep_going: bool, expected: &[&str]) -> (String, Option<Value>) {
+    let mut args = vec![];
+    if keep_going {
+        args.push("--keep-going");
+    }
+    args.push(path);
+    let (output, lines) = replay_json(&args);
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{path}: {stderr}");
+    let file_name = Path::new(path).file_name().and_then(|n| n.to_str()).unwrap_or(path);
+    assert!(stderr.contains(file_name), "the error names the file: {stderr}");
+    for needle in expected {
+        assert!(stderr.contains(needle), "expected {needle:?} in: {stderr}");
+    }
+    let summary = lines.last().filter(|l| l["type"] == "summary").cloned();
+    (stderr, summary)
+}
+
+#[test]
+fn truncated_file_names_the_frame_and_keep_going_reports_the_rest() {
+    let bytes = valid_pcap(5);
+    // Each record: 16-byte header + 54-byte frame; cut frame 4 in half.
+    let record = 16 + 54;
+    let cut = 24 + 3 * record + record / 2;
+    let path = write_bytes("truncated.pcap", &bytes[..cut]);
+    let (_, summary) = broken(&path, false, &["frame 4", "truncated"]);
+    assert!(summary.is_none(), "no summary without --keep-going");
+    let (stderr, summary) = broken(&path, true, &["frame 4", "truncated", "--keep-going"]);
+    let summary = summary.unwrap_or_else(|| panic!("--keep-going still reports: {stderr}"));
+    assert_eq!(summary["totals"]["frames"].as_u64(), Some(3));
+    assert_eq!(summary["totals"]["resets"].as_u64(), Some(3));
+
+    // A cut inside a record header.
+    let path = write_bytes("truncated-header.pcap", &bytes[..24 + 2 * record + 5]);
+    broken(&path, false, &["frame 3", "truncated"]);
+}
+
+#[test]
+fn corrupt_pcapng_block_names_the_frame() {
+    let path = tmp("corrupt.pcapng");
+    {
+        let file = BufWriter::new(File::create(&path).expect("creating"));
+        let mut writer = PcapNgWriter::new(file).expect("pcapng");
+        writer
+            .write_pcapng_block(InterfaceDescriptionBlock {
+                linktype: DataLink::ETHERNET,
+                snaplen: 0,
+                options: vec![InterfaceDescriptionOption::IfName(Cow::Borrowed("eth9"))],
+            })
+            .expect("idb");
+        for i in 0..4u16 {
+            let data = tcp_v4().ports(443, 2000 + i).flags(TCP_RST | TCP_ACK).build().into_bytes();
+            writer
+                .write_pcapng_block(EnhancedPacketBlock {
+                    interface_id: 0,
+                    timestamp: Duration::from_secs(T0),
+                    original_len: data.len() as u32,
+                    data: Cow::Owned(data),
+                    options: vec![],
+                })
+                .expect("epb");
+        }
+    }
+    let mut bytes = std::fs::read(&path).expect("reading");
+    // Find the third EPB (type 6, little-endian) and break its trailing length.
+    let starts: Vec<usize> = (0..bytes.len().saturating_sub(8))
+        .filter(|&i| bytes[i..i + 4] == [6, 0, 0, 0] && i % 4 == 0)
+        .collect();
+    let third = *starts.get(2).expect("a third EPB");
+    let len = u32::from_le_bytes([bytes[third + 4], bytes[third + 5], bytes[third + 6], bytes[third + 7]]) as usize;
+    bytes[third + len - 4] ^= 0x40;
+    let path = write_bytes("corrupt-block.pcapng", &bytes);
+    let (_, summary) = broken(&path, true, &["frame 3", "corrupt block"]);
+    let summary = summary.expect("summary with --keep-going");
+    assert_eq!(summary["totals"]["resets"].as_u64(), Some(2));
+    assert_eq!(summary["interfaces"][0]["iface"], "eth9");
+
+    // A packet on an interface no IDB declared.
+    let mut bytes = std::fs::read(&path).expect("reading");
+    bytes[third + len - 4] ^= 0x40;
+    bytes[third + 8] = 3;
+    let path = write_bytes("undeclared-interface.pcapng", &bytes);
+    broken(&path, false, &["frame 3", "interface 3"]);
+}
+
+#[test]
+fn unsupported_link_type_and_non_captures_fail_cleanly() {
+    let frame = tcp_v4().flags(TCP_SYN).build().into_bytes();
+    let path = tmp("wifi.pcap");
+    write_pcap(&path, DataLink::IEEE802_11, &[(0, frame)]);
+    broken(path.to_str().expect("UTF-8"), false, &["frame 1", "unsupported link type"]);
+
+    let path = write_bytes("notes.pcap", b"these are my notes, not a capture\n");
+    broken(&path, false, &["not a pcap or pcapng file"]);
+    let path = write_bytes("empty.pcap", b"");
+    broken(&path, false, &["not a pcap or pcapng file", "empty"]);
+    let path = write_bytes("header-only.pcap", &valid_pcap(1)[..10]);
+    broken(&path, false, &["truncated"]);
+    let missing = tmp("does-not-exist.pcap");
+    broken(missing.to_str().expect("UTF-8"), false, &["cannot open"]);
+
+    // --keep-going goes on with the next file and still fails at the end.
+    let good = write_bytes("good.pcap", &valid_pcap(2));
+    let (output, lines) = replay_json(&["--keep-going", &path, &good]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(summary(&lines)["totals"]["resets"].as_u64(), Some(2));
+    assert!(text(&output.stderr).contains("1 of 2 files"), "{}", text(&output.stderr));
+}
+
+/// Replay needs no privileges: run it as `nobody` on a world-readable copy.
+#[test]
+fn replay_runs_unprivileged() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/sll2-loopback-resets.pcap");
+    let copy = std::env::temp_dir().join(format!("rstwatch-replay-unprivileged-{}.pcap", std::process::id()));
+    std::fs::copy(&fixture, &copy).expect("copying the fixture");
+    let binary = env!("CARGO_BIN_EXE_rstwatch");
+    let output = if is_root() {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        // The binary itself may sit under a directory nobody cannot enter: copy it too.
+        let bin_copy = std::env::temp_dir().join(format!("rstwatch-unprivileged-{}", std::process::id()));
+        std::fs::copy(binary, &bin_copy).expect("copying the binary");
+        std::fs::set_permissions(&bin_copy, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let output = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+            .arg(&bin_copy)
+            .args(["replay", "--format", "json"])
+            .arg(&copy)
+            .output()
+            .expect("running setpriv");
+        let _ = std::fs::remove_file(&bin_copy);
+        output
+    } else {
+        Command::new(binary).args(["replay", "--format", "json"]).arg(&copy).output().expect("running rstwatch")
+    };
+    let _ = std::fs::remove_file(&copy);
+    assert!(output.status.success(), "unprivileged replay failed: {}", text(&output.stderr));
+    let lines: Vec<Value> = text(&output.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert_eq!(summary(&lines)["totals"]["resets"].as_u64(), Some(6));
+}
