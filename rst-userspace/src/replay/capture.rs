@@ -37,7 +37,7 @@ const PCAP_MAGICS: [[u8; 4]; 4] =
 /// read when it happened, as Wireshark numbers them; `offset` the file offset of its record.
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
-    #[error("cannot open: {0}")]
+    #[error("cannot open")]
     Open(#[source] io::Error),
     #[error("frame {frame} (byte {offset}): read failed")]
     Io {

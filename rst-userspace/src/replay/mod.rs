@@ -238,7 +238,9 @@ impl<W: Write> Replay<W> {
             self.window = Some(Window { start: timestamp, latest: timestamp });
             return self.flush(latest - start, latest);
         }
-        if timestamp < end {
+        // (`end` saturates only for stamps centuries away: such a file's frames stay in one
+        // interval rather than each closing one.)
+        if timestamp < end || end == u64::MAX {
             // Out-of-order stamps (merged interfaces) count where they are read.
             window.latest = window.latest.max(timestamp);
             return Ok(());
