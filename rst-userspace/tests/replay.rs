@@ -358,6 +358,8 @@ fn kernel_parity_on_every_capture() {
         captures.extend(captures_in(&corpus));
     }
     captures.extend(["ethernet", "sll", "sll2", "raw", "null"].map(|n| tmp(&format!("cases-{n}.pcap"))));
+    short_link_headers_are_malformed();
+    captures.push(tmp("short-sll.pcap"));
     let mut failures = Vec::new();
     for capture in &captures {
         let path = capture.to_str().expect("UTF-8");
