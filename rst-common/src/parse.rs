@@ -256,18 +256,18 @@ fn walk_tcp<C: Cursor + ?Sized>(frame: &C, family: u8, l3: usize, l4: usize) -> 
 #[inline(always)]
 pub fn flow_key<C: Cursor + ?Sized>(frame: &C, segment: &Segment, ifindex: u32) -> Option<FlowKey> {
     let tcp = frame.header::<TcpHdr>(segment.l4)?;
-    // Whole arrays built by value: zero-filling part of one makes LLVM call a byte-loop memset
-    // on BPF.
+    // Addresses move as 32-bit words: byte-array copies become a load and a stack spill per
+    // byte on BPF.
     let (src, dst) = if segment.family == FAMILY_IPV4 {
         let ip = frame.header::<Ipv4Hdr>(segment.l3)?;
-        (widen_ipv4(ip.src), widen_ipv4(ip.dst))
+        ([u32::from_ne_bytes(ip.src), 0, 0, 0], [u32::from_ne_bytes(ip.dst), 0, 0, 0])
     } else {
         let ip = frame.header::<Ipv6Hdr>(segment.l3)?;
-        (ip.src, ip.dst)
+        (ipv6_words(&ip.src), ipv6_words(&ip.dst))
     };
     Some(FlowKey {
-        src,
-        dst,
+        src: words_to_bytes(src),
+        dst: words_to_bytes(dst),
         ifindex,
         sport: u16::from_be_bytes(tcp.sport),
         dport: u16::from_be_bytes(tcp.dport),
@@ -278,8 +278,19 @@ pub fn flow_key<C: Cursor + ?Sized>(frame: &C, segment: &Segment, ifindex: u32) 
 }
 
 #[inline(always)]
-fn widen_ipv4([a, b, c, d]: [u8; 4]) -> [u8; 16] {
-    [a, b, c, d, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+fn ipv6_words(a: &[u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+    ]
+}
+
+#[inline(always)]
+fn words_to_bytes(words: [u32; 4]) -> [u8; 16] {
+    // SAFETY: [u32; 4] and [u8; 16] have the same size and every bit pattern is valid for both.
+    unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(words) }
 }
 
 /// What one frame means to rstwatch's counters.

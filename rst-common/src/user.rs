@@ -2,7 +2,7 @@
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::wire::{Counters, FlowKey, FlowValue, ResetCounters, SourceKey, TrafficCounters, FAMILY_IPV4};
+use crate::wire::{CacheSlot, Counters, FlowKey, FlowValue, ResetCounters, SourceKey, TrafficCounters, FAMILY_IPV4};
 
 // SAFETY: plain repr(C) integer aggregates with explicit padding; every bit pattern is valid.
 unsafe impl aya::Pod for FlowKey {}
@@ -14,6 +14,8 @@ unsafe impl aya::Pod for Counters {}
 unsafe impl aya::Pod for TrafficCounters {}
 // SAFETY: as above.
 unsafe impl aya::Pod for SourceKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for CacheSlot {}
 // SAFETY: as above.
 unsafe impl aya::Pod for ResetCounters {}
 

@@ -10,12 +10,16 @@ pub const IPPROTO_TCP: u8 = 6;
 /// Map names, shared so the loader cannot drift from the object.
 pub const MAP_FLOWS: [&str; 2] = ["FLOWS_0", "FLOWS_1"];
 pub const MAP_OVERFLOW_SOURCES: [&str; 2] = ["OVERFLOW_SOURCES_0", "OVERFLOW_SOURCES_1"];
+pub const MAP_FLOW_CACHE: &str = "FLOW_CACHE";
 pub const MAP_EPOCH: &str = "EPOCH";
 pub const MAP_TRAFFIC: &str = "TRAFFIC";
 pub const MAP_RESET_COUNTERS: &str = "RESET_COUNTERS";
 pub const PROG_XDP: &str = "rstwatch_xdp";
 /// An empty XDP_PASS program in the same object: the baseline for cost measurements.
 pub const PROG_XDP_BASELINE: &str = "rstwatch_xdp_pass";
+
+/// Slots per CPU and epoch in the direct-mapped flow cache (a power of two).
+pub const FLOW_CACHE_SLOTS: u32 = 1024;
 
 /// Default capacity of each of the two per-interval flow tables.
 pub const DEFAULT_MAX_FLOWS: u32 = 65_536;
@@ -28,7 +32,7 @@ pub const DEFAULT_MAX_OVERFLOW_SOURCES: u32 = 16_384;
 /// IPv4 addresses occupy the first 4 bytes of `src` / `dst`; the rest stays zero.
 /// Ports are in host byte order.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {
     pub src: [u8; 16],
     pub dst: [u8; 16],
@@ -38,6 +42,51 @@ pub struct FlowKey {
     pub family: u8,
     pub protocol: u8,
     pub _pad: [u8; 2],
+}
+
+/// One slot of the per-CPU flow cache (map `FLOW_CACHE`, `2 * FLOW_CACHE_SLOTS` slots per CPU,
+/// the half `epoch * FLOW_CACHE_SLOTS ..` belonging to each epoch). A repeated RST on a cached
+/// flow is a per-CPU add: no hashing, no atomics. A slot is written back to the flow table when
+/// another flow needs it, and userspace drains what is left at the end of the epoch.
+/// `resets == 0` marks a free slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheSlot {
+    pub key: FlowKey,
+    pub _pad: u32,
+    pub resets: u64,
+}
+
+impl FlowKey {
+    /// The key as eleven 32-bit words: for hashing and comparing without byte loops on BPF.
+    #[inline(always)]
+    pub fn words(&self) -> [u32; 11] {
+        // SAFETY: FlowKey is repr(C), 44 bytes without implicit padding (asserted below), so
+        // all of its bytes are initialized and any 44 bytes form a valid [u32; 11].
+        unsafe { core::mem::transmute_copy(self) }
+    }
+
+    /// Slot of this flow in one epoch's half of the flow cache.
+    #[inline(always)]
+    pub fn cache_slot(&self) -> u32 {
+        // A collision only costs a write-back, so a fold and one multiply are enough; the ports
+        // word keeps the two directions of a connection apart.
+        let mut fold = 0u32;
+        for word in self.words() {
+            fold ^= word;
+        }
+        fold.wrapping_mul(0x9e37_79b1) >> (32 - FLOW_CACHE_SLOTS.trailing_zeros())
+    }
+
+    #[inline(always)]
+    pub fn same_flow(&self, other: &FlowKey) -> bool {
+        let (a, b) = (self.words(), other.words());
+        let mut differ = 0;
+        for i in 0..a.len() {
+            differ |= a[i] ^ b[i];
+        }
+        differ == 0
+    }
 }
 
 /// The sender of RSTs that found no room in the flow table, on one interface. Addresses as in
@@ -133,6 +182,8 @@ const _: () = {
     assert!(core::mem::size_of::<FlowKey>() == 44);
     assert!(core::mem::size_of::<FlowValue>() == 8);
     assert!(core::mem::size_of::<SourceKey>() == 24);
+    assert!(core::mem::size_of::<CacheSlot>() == 56);
+    assert!(FLOW_CACHE_SLOTS.is_power_of_two());
     assert!(core::mem::size_of::<Counters>() == 56);
     assert!(core::mem::size_of::<TrafficCounters>() == 32);
     assert!(core::mem::size_of::<ResetCounters>() == 24);

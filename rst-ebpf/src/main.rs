@@ -20,8 +20,8 @@ use aya_ebpf::{
 use rst_common::{
     inspect_with,
     wire::{
-        FlowKey, FlowValue, ResetCounters, SourceKey, TrafficCounters, DEFAULT_MAX_FLOWS,
-        DEFAULT_MAX_OVERFLOW_SOURCES,
+        CacheSlot, FlowKey, FlowValue, ResetCounters, SourceKey, TrafficCounters,
+        DEFAULT_MAX_FLOWS, DEFAULT_MAX_OVERFLOW_SOURCES, FLOW_CACHE_SLOTS,
     },
     Cursor, Header, Observation,
 };
@@ -43,6 +43,9 @@ static OVERFLOW_SOURCES_0: HashMap<SourceKey, FlowValue> =
 #[map]
 static OVERFLOW_SOURCES_1: HashMap<SourceKey, FlowValue> =
     HashMap::with_max_entries(DEFAULT_MAX_OVERFLOW_SOURCES, 0);
+/// Per-CPU, direct-mapped cache in front of the flow tables; see [`CacheSlot`].
+#[map]
+static FLOW_CACHE: PerCpuArray<CacheSlot> = PerCpuArray::with_max_entries(2 * FLOW_CACHE_SLOTS, 0);
 #[map]
 static EPOCH: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
@@ -116,37 +119,58 @@ fn count_reset(key: &FlowKey) {
     // SAFETY: per-CPU slot, as above.
     let counters = unsafe { &mut *counters };
     counters.resets += 1;
+    let Some(slot) = FLOW_CACHE.get_ptr_mut(epoch * FLOW_CACHE_SLOTS + key.cache_slot()) else {
+        write_back(epoch, key, 1, counters);
+        return;
+    };
+    // SAFETY: per-CPU slot, as above.
+    let slot = unsafe { &mut *slot };
+    if slot.resets != 0 {
+        if slot.key.same_flow(key) {
+            slot.resets += 1;
+            return;
+        }
+        write_back(epoch, &slot.key, slot.resets, counters);
+    }
+    slot.key = *key;
+    slot.resets = 1;
+}
+
+/// Moves `resets` RSTs of `key` from the cache into the epoch's flow table; what does not fit
+/// goes to the per-source overflow table, and what does not fit there either is only counted.
+#[inline(always)]
+fn write_back(epoch: u32, key: &FlowKey, resets: u64, counters: &mut ResetCounters) {
     let recorded = match epoch {
-        0 => record_reset(&FLOWS_0, key),
-        _ => record_reset(&FLOWS_1, key),
+        0 => add_to_table(&FLOWS_0, key, resets),
+        _ => add_to_table(&FLOWS_1, key, resets),
     };
     if recorded {
         return;
     }
-    counters.overflow += 1;
+    counters.overflow += resets;
     let source = SourceKey::of(key);
     let recorded = match epoch {
-        0 => record_reset(&OVERFLOW_SOURCES_0, &source),
-        _ => record_reset(&OVERFLOW_SOURCES_1, &source),
+        0 => add_to_table(&OVERFLOW_SOURCES_0, &source, resets),
+        _ => add_to_table(&OVERFLOW_SOURCES_1, &source, resets),
     };
     if !recorded {
-        counters.source_overflow += 1;
+        counters.source_overflow += resets;
     }
 }
 
-/// Adds one reset to `key`'s entry, creating it if needed. Returns false when the table is full.
+/// Adds `resets` to `key`'s entry, creating it if needed. Returns false when the table is full.
 #[inline(always)]
-fn record_reset<K>(table: &HashMap<K, FlowValue>, key: &K) -> bool {
+fn add_to_table<K>(table: &HashMap<K, FlowValue>, key: &K, resets: u64) -> bool {
     if let Some(value) = table.get_ptr_mut(key) {
-        bump(value);
+        add(value, resets);
         return true;
     }
-    match table.insert(key, FlowValue { resets: 1 }, BPF_NOEXIST as u64) {
+    match table.insert(key, FlowValue { resets }, BPF_NOEXIST as u64) {
         Ok(()) => true,
         // Another CPU created the entry between our lookup and insert: add to theirs.
         Err(err) if err == -EEXIST => match table.get_ptr_mut(key) {
             Some(value) => {
-                bump(value);
+                add(value, resets);
                 true
             }
             None => false,
@@ -156,10 +180,10 @@ fn record_reset<K>(table: &HashMap<K, FlowValue>, key: &K) -> bool {
 }
 
 #[inline(always)]
-fn bump(value: *mut FlowValue) {
+fn add(value: *mut FlowValue, resets: u64) {
     // SAFETY: `value` points into a live map element for the duration of this program run (the
     // element can only be freed after an RCU grace period); all writers use atomic adds.
-    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*value).resets, 1) };
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*value).resets, resets) };
 }
 
 #[cfg(not(test))]

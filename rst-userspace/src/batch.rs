@@ -100,3 +100,71 @@ pub fn drain_hash_map<K: Pod, V: Pod>(
         }
     }
 }
+
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+
+/// Reads `count` consecutive entries of the per-CPU array behind `map_fd`, starting at index
+/// `first`, with one `BPF_MAP_LOOKUP_BATCH`. Returns, per index, `cpus` values (the kernel's
+/// per-CPU layout: each value padded to 8 bytes, which `V: Pod` with 8-byte size already is).
+///
+/// # Errors
+/// The syscall's errno, or `UnexpectedEof` when the kernel returned fewer entries than asked.
+pub fn lookup_per_cpu_array<V: Pod>(map_fd: BorrowedFd<'_>, first: u32, count: u32, cpus: usize) -> io::Result<Vec<V>> {
+    assert_eq!(size_of::<V>() % 8, 0, "per-CPU values are laid out in 8-byte units");
+    let mut keys = vec![0u32; count as usize];
+    let mut values: Vec<V> = Vec::with_capacity(count as usize * cpus);
+    // Array batches resume after the key in `in_batch`: start after `first - 1`.
+    let start_after = first.wrapping_sub(1);
+    let mut token = 0u32;
+    let mut attr = BatchAttr {
+        in_batch: if first == 0 { 0 } else { &start_after as *const u32 as u64 },
+        out_batch: &mut token as *mut u32 as u64,
+        keys: keys.as_mut_ptr() as u64,
+        values: values.as_mut_ptr() as u64,
+        count,
+        map_fd: map_fd.as_raw_fd() as u32,
+        ..Default::default()
+    };
+    // SAFETY: the buffers hold `count` keys and `count * cpus` values, the tokens are u32 like
+    // the array's keys, and all of it outlives the call.
+    let ret = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &mut attr as *mut BatchAttr, size_of::<BatchAttr>()) };
+    let error = (ret < 0).then(io::Error::last_os_error);
+    if let Some(error) = error {
+        // ENOENT only means the batch reached the end of the array.
+        if error.raw_os_error() != Some(libc::ENOENT) {
+            return Err(error);
+        }
+    }
+    if attr.count != count {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("read {} of {count} array entries", attr.count)));
+    }
+    // SAFETY: the kernel wrote `count` complete per-CPU values (Pod) for each of `count` keys.
+    unsafe { values.set_len(count as usize * cpus) };
+    Ok(values)
+}
+
+/// Writes `values` (`cpus` per index) to `count` consecutive indices from `first` of the
+/// per-CPU array behind `map_fd`, with one `BPF_MAP_UPDATE_BATCH`.
+pub fn update_per_cpu_array<V: Pod>(map_fd: BorrowedFd<'_>, first: u32, values: &[V], cpus: usize) -> io::Result<()> {
+    assert_eq!(size_of::<V>() % 8, 0, "per-CPU values are laid out in 8-byte units");
+    let count = values.len() / cpus;
+    let keys: Vec<u32> = (first..first + count as u32).collect();
+    let mut attr = BatchAttr {
+        keys: keys.as_ptr() as u64,
+        values: values.as_ptr() as u64,
+        count: count as u32,
+        map_fd: map_fd.as_raw_fd() as u32,
+        ..Default::default()
+    };
+    // SAFETY: `keys` and `values` hold `count` keys and `count * cpus` values and outlive the
+    // call; the kernel only reads them.
+    let ret = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_UPDATE_BATCH, &mut attr as *mut BatchAttr, size_of::<BatchAttr>()) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if attr.count as usize != count {
+        return Err(io::Error::new(io::ErrorKind::WriteZero, format!("wrote {} of {count} array entries", attr.count)));
+    }
+    Ok(())
+}

@@ -7,7 +7,7 @@
 //! counter slot. Nothing races, so nothing is lost or counted twice, and every interval's flow
 //! counts add up to its counters: `sum(flows) + overflow == resets`.
 
-use std::{io, os::fd::AsFd as _, time::Instant};
+use std::{collections::HashMap, io, os::fd::AsFd as _, time::Instant};
 
 use anyhow::Context as _;
 use aya::{
@@ -16,13 +16,13 @@ use aya::{
 };
 use rst_common::{
     wire::{
-        ResetCounters, SourceKey, TrafficCounters, MAP_EPOCH, MAP_FLOWS, MAP_OVERFLOW_SOURCES,
-        MAP_RESET_COUNTERS, MAP_TRAFFIC,
+        CacheSlot, ResetCounters, SourceKey, TrafficCounters, FLOW_CACHE_SLOTS, MAP_EPOCH,
+        MAP_FLOWS, MAP_FLOW_CACHE, MAP_OVERFLOW_SOURCES, MAP_RESET_COUNTERS, MAP_TRAFFIC,
     },
     Counters, FlowKey, FlowValue,
 };
 
-use crate::batch::drain_hash_map;
+use crate::batch::{drain_hash_map, lookup_per_cpu_array, update_per_cpu_array};
 
 /// What the kernel counted during one epoch.
 #[derive(Debug, Default)]
@@ -38,6 +38,9 @@ pub struct Sample {
 pub struct Collector {
     flows: [MapData; 2],
     overflow_sources: [MapData; 2],
+    flow_cache: MapData,
+    /// Zeroes for one epoch's half of the flow cache, all CPUs.
+    empty_cache: Vec<CacheSlot>,
     epoch: Array<MapData, u32>,
     reset_counters: PerCpuArray<MapData, ResetCounters>,
     traffic: PerCpuArray<MapData, TrafficCounters>,
@@ -55,6 +58,10 @@ impl Collector {
         let flows = [hash_map_data(take(MAP_FLOWS[0])?)?, hash_map_data(take(MAP_FLOWS[1])?)?];
         let overflow_sources =
             [hash_map_data(take(MAP_OVERFLOW_SOURCES[0])?)?, hash_map_data(take(MAP_OVERFLOW_SOURCES[1])?)?];
+        let flow_cache = match take(MAP_FLOW_CACHE)? {
+            Map::PerCpuArray(data) => data,
+            other => anyhow::bail!("expected a per-CPU array for the flow cache, got {other:?}"),
+        };
         let epoch: Array<MapData, u32> = take(MAP_EPOCH)?.try_into()?;
         let reset_counters: PerCpuArray<MapData, ResetCounters> = take(MAP_RESET_COUNTERS)?.try_into()?;
         let traffic: PerCpuArray<MapData, TrafficCounters> = take(MAP_TRAFFIC)?.try_into()?;
@@ -63,6 +70,8 @@ impl Collector {
         let mut collector = Self {
             flows,
             overflow_sources,
+            flow_cache,
+            empty_cache: vec![CacheSlot { key: FlowKey::default(), _pad: 0, resets: 0 }; FLOW_CACHE_SLOTS as usize * cpus],
             epoch,
             reset_counters,
             traffic,
@@ -104,11 +113,22 @@ impl Collector {
             source_overflow: resets.source_overflow,
         };
 
-        let mut flows = Vec::new();
+        // A flow can sit in the table and in several CPUs' caches at once: merge.
+        let mut merged: HashMap<FlowKey, u64> = HashMap::new();
         drain_hash_map::<FlowKey, FlowValue>(self.flows[finished as usize].fd().as_fd(), |key, value| {
-            flows.push((*key, value.resets));
+            *merged.entry(*key).or_default() += value.resets;
         })
         .context("draining the flow table")?;
+        let first_slot = finished * FLOW_CACHE_SLOTS;
+        let cached: Vec<CacheSlot> =
+            lookup_per_cpu_array(self.flow_cache.fd().as_fd(), first_slot, FLOW_CACHE_SLOTS, self.cpus)
+                .context("reading the flow cache")?;
+        for slot in cached.iter().filter(|slot| slot.resets > 0) {
+            *merged.entry(slot.key).or_default() += slot.resets;
+        }
+        update_per_cpu_array(self.flow_cache.fd().as_fd(), first_slot, &self.empty_cache, self.cpus)
+            .context("clearing the flow cache")?;
+        let flows: Vec<(FlowKey, u64)> = merged.into_iter().collect();
         let mut overflow_sources = Vec::new();
         if counters.overflow > 0 {
             drain_hash_map::<SourceKey, FlowValue>(self.overflow_sources[finished as usize].fd().as_fd(), |key, value| {

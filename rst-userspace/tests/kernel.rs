@@ -11,6 +11,7 @@ use common::{expected_sample, run_xdp, sample_flows, Kernel, Verdict, LOOPBACK_I
 use rst_common::{
     craft::{cases, tcp_v4, tcp_v6, VlanKind},
     parse::{TCP_ACK, TCP_RST},
+    wire::FLOW_CACHE_SLOTS,
     FlowKey, Observation,
 };
 
@@ -114,20 +115,33 @@ fn ingress_ifindex_is_part_of_the_key() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A table of two entries and three flows: the third flow's resets are counted as overflow,
-/// never lost, and `sum(flows) + overflow == resets`.
+/// A table of two entries and a scan of many more flows than it and the per-CPU cache hold:
+/// the resets that find no room are counted as overflow and attributed to their sender in the
+/// overflow-source table, never lost: `sum(flows) + overflow == resets`.
 #[test]
 fn a_full_flow_table_counts_overflow() -> anyhow::Result<()> {
+    const SCANNED: u16 = 3 * FLOW_CACHE_SLOTS as u16;
     let mut kernel = Kernel::load(2)?;
-    let flows: Vec<_> = (0..3).map(|i| tcp_v4().ports(9000 + i, 443).flags(TCP_RST)).collect();
+    let flows: Vec<_> = (0..SCANNED).map(|i| tcp_v4().ports(10_000 + i, 443).flags(TCP_RST)).collect();
     for flow in &flows {
-        kernel.run(&flow.build().bytes, 5)?;
+        kernel.run(&flow.build().bytes, 2)?;
     }
     let sample = kernel.collect()?;
-    assert_eq!(sample.counters.resets, 15);
-    assert_eq!(sample.counters.overflow, 5);
-    let expected: BTreeMap<FlowKey, u64> = flows[..2].iter().map(|flow| (flow.flow_key(LOOPBACK_IFINDEX), 5)).collect();
-    assert_eq!(sample_flows(&sample)?, expected);
+    let resets = 2 * u64::from(SCANNED);
+    assert_eq!(sample.counters.resets, resets);
+    assert!(sample.counters.overflow > 0, "a scan of {SCANNED} flows must overflow a 2-entry table");
+    let in_flows: u64 = sample.flows.iter().map(|(_, count)| count).sum();
+    assert_eq!(in_flows + sample.counters.overflow, resets);
+    // Every flow that made it is one of the scanned flows, with both of its resets.
+    let scanned: BTreeMap<FlowKey, u64> = flows.iter().map(|flow| (flow.flow_key(LOOPBACK_IFINDEX), 2)).collect();
+    for (key, count) in sample_flows(&sample)? {
+        assert_eq!(scanned.get(&key), Some(&count), "unexpected flow {key:?} with {count}");
+    }
+    // The overflowed resets all belong to the one sender, and its table had room for them.
+    assert_eq!(sample.counters.source_overflow, 0);
+    assert_eq!(sample.overflow_sources.len(), 1);
+    assert_eq!(sample.overflow_sources[0].1, sample.counters.overflow);
+    assert_eq!(sample.overflow_sources[0].0.src_ip(), flows[0].flow_key(LOOPBACK_IFINDEX).src_ip());
     Ok(())
 }
 

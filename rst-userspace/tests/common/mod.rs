@@ -17,7 +17,7 @@ use aya::{
     Ebpf,
 };
 use rst_common::{
-    wire::{ResetCounters, TrafficCounters, MAP_FLOWS, MAP_RESET_COUNTERS, MAP_TRAFFIC, PROG_XDP},
+    wire::{CacheSlot, ResetCounters, TrafficCounters, MAP_FLOWS, MAP_FLOW_CACHE, MAP_RESET_COUNTERS, MAP_TRAFFIC, PROG_XDP},
     Counters, FlowKey, FlowValue, Observation,
 };
 use rstwatch::collector::{Collector, Sample};
@@ -71,6 +71,8 @@ pub struct Kernel {
     resets: PerCpuArray<MapData, ResetCounters>,
     /// The table of epoch 0, the one test runs write to until the first collect.
     flows: HashMap<MapData, FlowKey, FlowValue>,
+    /// The per-CPU flow cache in front of it (epoch 0 is its first half).
+    cache: PerCpuArray<MapData, CacheSlot>,
 }
 
 impl Kernel {
@@ -79,8 +81,9 @@ impl Kernel {
         let traffic = PerCpuArray::try_from(second_handle(&ebpf, MAP_TRAFFIC)?)?;
         let resets = PerCpuArray::try_from(second_handle(&ebpf, MAP_RESET_COUNTERS)?)?;
         let flows = HashMap::try_from(second_handle(&ebpf, MAP_FLOWS[0])?)?;
+        let cache = PerCpuArray::try_from(second_handle(&ebpf, MAP_FLOW_CACHE)?)?;
         let collector = Collector::new(&mut ebpf)?;
-        Ok(Self { ebpf, collector, traffic, resets, flows })
+        Ok(Self { ebpf, collector, traffic, resets, flows, cache })
     }
 
     pub fn program(&self) -> anyhow::Result<&Xdp> {
@@ -146,12 +149,21 @@ impl Kernel {
         Ok(total)
     }
 
+    /// What epoch 0 holds for `key`: its table entry plus its slot in every CPU's cache.
     fn flow_count(&self, key: &FlowKey) -> anyhow::Result<u64> {
-        match self.flows.get(key, 0) {
-            Ok(value) => Ok(value.resets),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(0),
-            Err(error) => Err(error.into()),
-        }
+        let in_table = match self.flows.get(key, 0) {
+            Ok(value) => value.resets,
+            Err(aya::maps::MapError::KeyNotFound) => 0,
+            Err(error) => return Err(error.into()),
+        };
+        let cached: u64 = self
+            .cache
+            .get(&key.cache_slot(), 0)?
+            .iter()
+            .filter(|slot| slot.resets > 0 && slot.key == *key)
+            .map(|slot| slot.resets)
+            .sum();
+        Ok(in_table + cached)
     }
 }
 
