@@ -137,6 +137,9 @@ pub struct IntervalRecord {
     pub totals: Totals,
     pub rate: f64,
     pub flows_seen: usize,
+    /// Resets in all of this interval's flows (not only the listed top N): with
+    /// `totals.overflow` it adds up to `totals.resets`.
+    pub flow_resets: u64,
     pub overflowed: bool,
     pub sources: Vec<SourceRecord>,
     pub flows: Vec<FlowRecord>,
@@ -211,6 +214,7 @@ impl Aggregator {
             rate: per_second(totals.resets, elapsed),
             totals,
             flows_seen: sample.flows.len(),
+            flow_resets: sample.flows.iter().map(|(_, resets)| resets).sum(),
             overflowed: sample.counters.overflow > 0,
             sources,
             flows,
