@@ -11,7 +11,7 @@ pub mod parse;
 pub mod wire;
 
 pub use cursor::{Cursor, Header};
-pub use parse::{inspect, inspect_from, inspect_with, walk, walk_from, Observation, Segment, Walk};
+pub use parse::{count, FrameCounters, inspect, inspect_from, inspect_with, walk, walk_from, Observation, Segment, Walk};
 pub use wire::{Counters, FlowKey, FlowValue};
 
 #[cfg(feature = "user")]

@@ -337,3 +337,38 @@ fn observe<C: Cursor + ?Sized>(frame: &C, walked: Walk, ifindex: impl FnOnce() -
         Walk::Malformed => Observation::Malformed,
     }
 }
+
+/// The counters a frame can land in. [`count`] decides which; kernel and replay only say where
+/// their counters live.
+pub trait FrameCounters {
+    fn frame(&mut self);
+    fn tcp(&mut self);
+    fn malformed(&mut self);
+    fn fragment(&mut self);
+}
+
+/// Counts one observed frame: always in `frame`, then in at most one of `tcp`, `malformed`,
+/// `fragment` (a reset is a TCP segment). Returns the flow a reset must be charged to.
+#[inline(always)]
+pub fn count<'a, C: FrameCounters>(counters: &mut C, observation: &'a Observation) -> Option<&'a FlowKey> {
+    counters.frame();
+    match observation {
+        Observation::NotTcp => None,
+        Observation::Malformed => {
+            counters.malformed();
+            None
+        }
+        Observation::Fragment => {
+            counters.fragment();
+            None
+        }
+        Observation::Segment => {
+            counters.tcp();
+            None
+        }
+        Observation::Reset(key) => {
+            counters.tcp();
+            Some(key)
+        }
+    }
+}

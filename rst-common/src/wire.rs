@@ -188,3 +188,29 @@ const _: () = {
     assert!(core::mem::size_of::<TrafficCounters>() == 32);
     assert!(core::mem::size_of::<ResetCounters>() == 24);
 };
+
+macro_rules! frame_counters {
+    ($counters:ty) => {
+        impl crate::parse::FrameCounters for $counters {
+            #[inline(always)]
+            fn frame(&mut self) {
+                self.frames += 1;
+            }
+            #[inline(always)]
+            fn tcp(&mut self) {
+                self.tcp += 1;
+            }
+            #[inline(always)]
+            fn malformed(&mut self) {
+                self.malformed += 1;
+            }
+            #[inline(always)]
+            fn fragment(&mut self) {
+                self.fragments += 1;
+            }
+        }
+    };
+}
+
+frame_counters!(TrafficCounters);
+frame_counters!(Counters);

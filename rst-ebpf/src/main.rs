@@ -18,12 +18,12 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use rst_common::{
-    inspect_with,
+    count, inspect_with,
     wire::{
         CacheSlot, FlowKey, FlowValue, ResetCounters, SourceKey, TrafficCounters,
         DEFAULT_MAX_FLOWS, DEFAULT_MAX_OVERFLOW_SOURCES, FLOW_CACHE_SLOTS,
     },
-    Cursor, Header, Observation,
+    Cursor, Header,
 };
 
 /// Two flow tables and two reset-counter slots used in turn: the program writes to
@@ -76,7 +76,7 @@ impl Cursor for XdpFrame<'_> {
 
 #[xdp(frags)]
 pub fn rstwatch_xdp(ctx: XdpContext) -> u32 {
-    count(&XdpFrame(&ctx), || ctx.ingress_ifindex() as u32);
+    count_frame(&XdpFrame(&ctx), || ctx.ingress_ifindex() as u32);
     xdp_action::XDP_PASS
 }
 
@@ -87,23 +87,15 @@ pub fn rstwatch_xdp_pass(_ctx: XdpContext) -> u32 {
 }
 
 #[inline(always)]
-fn count<C: Cursor>(frame: &C, ifindex: impl FnOnce() -> u32) {
+fn count_frame<C: Cursor>(frame: &C, ifindex: impl FnOnce() -> u32) {
     let Some(traffic) = TRAFFIC.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: a per-CPU slot, only touched by programs on this CPU, which do not preempt each
     // other while one runs.
     let traffic = unsafe { &mut *traffic };
-    traffic.frames += 1;
-    match inspect_with(frame, ifindex) {
-        Observation::NotTcp => {}
-        Observation::Malformed => traffic.malformed += 1,
-        Observation::Fragment => traffic.fragments += 1,
-        Observation::Segment => traffic.tcp += 1,
-        Observation::Reset(key) => {
-            traffic.tcp += 1;
-            count_reset(&key);
-        }
+    if let Some(key) = count(traffic, &inspect_with(frame, ifindex)) {
+        count_reset(key);
     }
 }
 

@@ -102,9 +102,8 @@ pub fn run_to<W: Write>(args: &ReplayArgs, out: W) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Counts frames exactly as the XDP program's `count()` does (rst-ebpf/src/main.rs): every
-/// frame, then at most one of tcp / malformed / fragments, resets being TCP segments too. Only
-/// the flow table differs: a host map has no capacity limit, so `overflow` stays zero.
+/// Counts frames with the same `rst_common::count` the XDP program uses. Only the flow table
+/// differs: a host map has no capacity limit, so `overflow` stays zero.
 #[derive(Default)]
 pub struct Tally {
     pub counters: Counters,
@@ -114,17 +113,9 @@ pub struct Tally {
 impl Tally {
     #[inline]
     pub fn count(&mut self, observation: &Observation) {
-        self.counters.frames += 1;
-        match observation {
-            Observation::NotTcp => {}
-            Observation::Malformed => self.counters.malformed += 1,
-            Observation::Fragment => self.counters.fragments += 1,
-            Observation::Segment => self.counters.tcp += 1,
-            Observation::Reset(key) => {
-                self.counters.tcp += 1;
-                self.counters.resets += 1;
-                *self.flows.entry(*key).or_default() += 1;
-            }
+        if let Some(key) = rst_common::count(&mut self.counters, observation) {
+            self.counters.resets += 1;
+            *self.flows.entry(*key).or_default() += 1;
         }
     }
 }
