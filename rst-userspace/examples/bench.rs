@@ -1,0 +1,636 @@
+//! Kernel-side measurements for `cargo xtask bench` (and the flood test): everything that needs
+//! the real eBPF object or the real `Collector`, which xtask cannot link against.
+//!
+//! ```text
+//! cargo build --release -p rst-userspace --example bench
+//! target/release/examples/bench kernel  [--trials 7] [--repeat 2000000] [--singles 20000]
+//! target/release/examples/bench gen     --iface IF --flows K [--repeat R] [--passes P] [--seconds S] [--rate FPS]
+//! target/release/examples/bench drain   [--flows 1000,100000,1000000] [--trials 5]
+//! ```
+//!
+//! Every subcommand prints one JSON object on stdout; xtask turns them into tables.
+//!
+//! * `kernel`: cost per packet of `rstwatch_xdp` over `rstwatch_xdp_pass` (the empty program in
+//!   the same object) under `BPF_PROG_TEST_RUN`, from the kernel-reported duration. Frames that
+//!   can repeat run with a large `repeat` (one call per trial and program, A/B interleaved, the
+//!   order alternating between trials); flows that must change from run to run (a new flow per
+//!   run, two flows that evict each other from a cache slot, 64k flows) run as single test runs,
+//!   each prog run followed by a baseline run of the same frame, and the difference of the
+//!   medians is reported (the fixed per-call cost is in both and cancels out).
+//! * `gen`: the flood generator: a two-instruction XDP program (`r0 = XDP_TX; exit`) loaded
+//!   here, outside rstwatch's object, run with `BPF_F_TEST_XDP_LIVE_FRAMES` on one end of a
+//!   veth, so every run transmits the frame to the peer, where the program under test sees it.
+//! * `drain`: the userspace read: flow tables filled with N entries (one batch update), then the
+//!   real `Collector::collect()` timed; plus the grace period alone (the epoch-flip latency).
+
+use std::{
+    io,
+    mem::size_of,
+    os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context as _};
+use aya::{
+    maps::{Array, Map, MapData},
+    programs::{TestRun, TestRunOptions, Xdp},
+    Ebpf,
+};
+use rst_common::{
+    craft::{tcp_v4, tcp_v6, FrameBuilder, VlanKind},
+    parse::{TCP_ACK, TCP_RST},
+    wire::{FlowKey, FlowValue, MAP_EPOCH, MAP_FLOWS, PROG_XDP, PROG_XDP_BASELINE},
+};
+use rstwatch::collector::Collector;
+use serde_json::{json, Value};
+
+/// Ethernet's minimum frame without the FCS: 64 bytes on the wire.
+const MIN_ETHERNET: usize = 60;
+/// The budget per frame at 10 Gb/s line rate with 64-byte frames: (64 + 20) * 8 bits / 10 Gb/s.
+const BUDGET_NS: f64 = 67.2;
+/// XDP_PASS / XDP_TX from include/uapi/linux/bpf.h.
+const XDP_PASS: u32 = 2;
+const XDP_TX: i32 = 3;
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((command, rest)) = args.split_first() else {
+        bail!("usage: bench kernel|gen|drain [options] (see the source's header)");
+    };
+    let opts = Opts::parse(rest)?;
+    let out = match command.as_str() {
+        "kernel" => kernel(&opts)?,
+        "gen" => generate(&opts)?,
+        "drain" => drain(&opts)?,
+        other => bail!("unknown subcommand {other:?}: kernel, gen or drain"),
+    };
+    println!("{out}");
+    Ok(())
+}
+
+/// `--name value` pairs, nothing fancier.
+struct Opts(Vec<(String, String)>);
+
+impl Opts {
+    fn parse(args: &[String]) -> anyhow::Result<Opts> {
+        ensure!(args.len() % 2 == 0, "options come as --name value pairs: {args:?}");
+        let mut pairs = Vec::new();
+        for pair in args.chunks(2) {
+            let name = pair[0].strip_prefix("--").with_context(|| format!("{:?} is not an option", pair[0]))?;
+            pairs.push((name.to_owned(), pair[1].clone()));
+        }
+        Ok(Opts(pairs))
+    }
+
+    fn get<T: std::str::FromStr>(&self, name: &str, default: T) -> anyhow::Result<T>
+    where
+        T::Err: std::fmt::Display,
+    {
+        match self.0.iter().rev().find(|(n, _)| n == name) {
+            Some((_, value)) => value.parse().map_err(|e| anyhow::anyhow!("--{name} {value}: {e}")),
+            None => Ok(default),
+        }
+    }
+
+    fn text(&self, name: &str) -> Option<&str> {
+        self.0.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Frames
+
+/// Pads a TCP frame with payload to the 60-byte Ethernet minimum.
+fn padded(frame: FrameBuilder) -> Vec<u8> {
+    let len = frame.build().into_bytes().len();
+    if len >= MIN_ETHERNET {
+        return frame.build().into_bytes();
+    }
+    frame.payload(&vec![0u8; MIN_ETHERNET - len]).build().into_bytes()
+}
+
+/// The `index`-th flow of a flood: a server (10.20.N.1:443) resetting clients (10.30.0.2:PORT),
+/// 60 000 flows per server address. The destination MAC is nobody's, so after XDP the peer's
+/// stack drops the frame at once (PACKET_OTHERHOST) instead of answering it.
+fn flood_flow(index: u32) -> FrameBuilder {
+    let server = (index / 60_000) as u8;
+    let port = 1024 + (index % 60_000) as u16;
+    let mut frame = FrameBuilder::ipv4([10, 20, server, 1], [10, 30, 0, 2]).ports(443, port).flags(TCP_RST | TCP_ACK);
+    frame.dst_mac = [0x02, 0x52, 0x53, 0x54, 0x00, 0x01];
+    frame
+}
+
+// ---------------------------------------------------------------------------------------------
+// Part 1: cost per packet in the kernel
+
+struct Programs {
+    ebpf: Ebpf,
+    collector: Collector,
+}
+
+impl Programs {
+    fn load(max_flows: u32) -> anyhow::Result<Programs> {
+        let mut ebpf = rstwatch::loader::load(max_flows).context("loading the eBPF object (needs root)")?;
+        let baseline: &mut Xdp = ebpf
+            .program_mut(PROG_XDP_BASELINE)
+            .with_context(|| format!("no program {PROG_XDP_BASELINE}"))?
+            .try_into()?;
+        baseline.load()?;
+        let collector = Collector::new(&mut ebpf)?;
+        Ok(Programs { ebpf, collector })
+    }
+
+    fn program(&self, name: &str) -> anyhow::Result<&Xdp> {
+        Ok(self.ebpf.program(name).with_context(|| format!("no program {name}"))?.try_into()?)
+    }
+
+    /// Kernel-reported ns per run for `repeat` runs of `frame`.
+    fn run(&self, name: &str, frame: &[u8], repeat: u32) -> anyhow::Result<f64> {
+        let result = self
+            .program(name)?
+            .test_run(TestRunOptions { data_in: Some(frame), repeat, ..TestRunOptions::new() })
+            .with_context(|| format!("BPF_PROG_TEST_RUN of {name}"))?;
+        ensure!(result.return_value == XDP_PASS, "{name} returned {}", result.return_value);
+        Ok(result.duration.as_nanos() as f64)
+    }
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    let n = values.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+/// One line of the part-1 table.
+struct Line {
+    name: &'static str,
+    method: String,
+    /// Per trial: (program ns, baseline ns).
+    trials: Vec<(f64, f64)>,
+}
+
+impl Line {
+    fn to_json(&self) -> Value {
+        let mut deltas: Vec<f64> = self.trials.iter().map(|(p, b)| p - b).collect();
+        let mut prog: Vec<f64> = self.trials.iter().map(|(p, _)| *p).collect();
+        let mut base: Vec<f64> = self.trials.iter().map(|(_, b)| *b).collect();
+        let delta = median(&mut deltas);
+        json!({
+            "name": self.name,
+            "method": self.method,
+            "prog_ns": median(&mut prog),
+            "baseline_ns": median(&mut base),
+            "over_empty_ns": delta,
+            "budget_share": delta / BUDGET_NS,
+            "trial_deltas_ns": deltas,
+        })
+    }
+}
+
+fn kernel(opts: &Opts) -> anyhow::Result<Value> {
+    let trials: usize = opts.get("trials", 7)?;
+    let repeat: u32 = opts.get("repeat", 2_000_000)?;
+    let singles: u32 = opts.get("singles", 20_000)?;
+    // rstwatch's default table size: a new flow's insert lands in a table of this capacity.
+    let max_flows: u32 = opts.get("max-flows", rst_common::wire::DEFAULT_MAX_FLOWS)?;
+    ensure!(max_flows >= 65_536, "--max-flows must hold the 64k-flow line");
+    let mut programs = Programs::load(max_flows)?;
+    let mut lines = Vec::new();
+
+    // Frames that repeat: one test run of `repeat` runs per program and trial.
+    let repeated: [(&'static str, Vec<u8>); 6] = [
+        ("non-TCP (IPv4 UDP)", {
+            let udp = FrameBuilder::ipv4([10, 0, 0, 1], [10, 0, 0, 2]).ip_payload(17, &[0u8; 26]);
+            udp.build().into_bytes()
+        }),
+        ("IPv4 TCP ACK", padded(tcp_v4().flags(TCP_ACK))),
+        ("IPv4 RST, existing flow (per-CPU cache hit)", padded(tcp_v4().ports(443, 40000).flags(TCP_RST))),
+        ("IPv6 RST, existing flow", padded(tcp_v6().ports(443, 40001).flags(TCP_RST))),
+        ("802.1Q VLAN IPv4 RST, existing flow", padded(tcp_v4().vlan(VlanKind::Dot1Q, 100).ports(443, 40002).flags(TCP_RST))),
+        ("IPv4 TCP ACK with 1500-byte frame", tcp_v4().flags(TCP_ACK).payload(&[0u8; 1446]).build().into_bytes()),
+    ];
+    for (name, frame) in repeated {
+        let mut line = Line { name, method: format!("repeat {repeat}, {} B frame", frame.len()), trials: Vec::new() };
+        for trial in 0..trials {
+            // A/B, then B/A: a drift in machine load hits both programs alike.
+            let (prog, base) = if trial % 2 == 0 {
+                let p = programs.run(PROG_XDP, &frame, repeat)?;
+                (p, programs.run(PROG_XDP_BASELINE, &frame, repeat)?)
+            } else {
+                let b = programs.run(PROG_XDP_BASELINE, &frame, repeat)?;
+                (programs.run(PROG_XDP, &frame, repeat)?, b)
+            };
+            line.trials.push((prog, base));
+            programs.collector.collect()?;
+        }
+        lines.push(line);
+    }
+
+    // Flows that change every run: single test runs (no dispatcher swap), each followed by the
+    // baseline on the same frame; per trial, median(prog) - median(baseline).
+    let single_lines: [(&'static str, &str); 5] = [
+        ("IPv4 RST, existing flow, hash path (two flows evicting each other)", "collide"),
+        ("IPv4 RST, new flow each run (hash insert)", "new"),
+        ("IPv4 RST over 64k flows, round robin (cache miss, hash hit)", "64k"),
+        ("IPv4 TCP ACK, single runs (calibration: cf. the repeat line)", "ack"),
+        ("IPv4 RST, existing flow, single runs (calibration: cf. the repeat line)", "hit"),
+    ];
+    let mut next_new = 0u32;
+    for (name, kind) in single_lines {
+        let frames: Vec<Vec<u8>> = match kind {
+            "collide" => {
+                let (a, b) = colliding_pair();
+                vec![a, b]
+            }
+            "64k" => (0..65_536u32).map(|i| padded(flood_flow(i))).collect(),
+            "ack" => vec![padded(tcp_v4().flags(TCP_ACK))],
+            "hit" => vec![padded(tcp_v4().ports(443, 40000).flags(TCP_RST))],
+            _ => Vec::new(),
+        };
+        let method = match kind {
+            "collide" => format!("{singles} single runs alternating two flows that share a cache slot"),
+            "new" => format!("{singles} single runs, each a flow never seen before"),
+            "64k" => "65 536 flows, one pass to insert, then one timed pass of single runs".to_owned(),
+            _ => format!("{singles} single runs"),
+        };
+        let mut line = Line { name, method, trials: Vec::new() };
+        for _ in 0..trials {
+            // Untimed warm-up: the 64k flows all enter the table; for new flows, the cache fills
+            // up so that every timed run evicts (and inserts) a flow, as in a long scan.
+            if kind == "64k" {
+                for frame in &frames {
+                    programs.run(PROG_XDP, frame, 1)?;
+                }
+            }
+            if kind == "new" {
+                for _ in 0..4 * rst_common::wire::FLOW_CACHE_SLOTS {
+                    programs.run(PROG_XDP, &padded(new_flow(next_new)), 1)?;
+                    next_new += 1;
+                }
+            }
+            let count = if kind == "64k" { frames.len() } else { singles as usize };
+            let mut prog = Vec::with_capacity(count);
+            let mut base = Vec::with_capacity(count);
+            for i in 0..count {
+                let new_frame;
+                let frame: &[u8] = if kind == "new" {
+                    new_frame = padded(new_flow(next_new));
+                    next_new += 1;
+                    &new_frame
+                } else {
+                    &frames[i % frames.len()]
+                };
+                prog.push(programs.run(PROG_XDP, frame, 1)?);
+                base.push(programs.run(PROG_XDP_BASELINE, frame, 1)?);
+            }
+            line.trials.push((median(&mut prog), median(&mut base)));
+            let sample = programs.collector.collect()?;
+            ensure!(sample.counters.overflow == 0, "the flow table overflowed during {name}");
+        }
+        lines.push(line);
+    }
+
+    Ok(json!({
+        "part": "kernel",
+        "trials": trials,
+        "repeat": repeat,
+        "singles": singles,
+        "max_flows": max_flows,
+        "budget_ns": BUDGET_NS,
+        "lines": lines.iter().map(Line::to_json).collect::<Vec<_>>(),
+    }))
+}
+
+/// Two IPv4 RST frames whose flows land in the same slot of the per-CPU cache.
+fn colliding_pair() -> (Vec<u8>, Vec<u8>) {
+    let first = tcp_v4().ports(443, 30000).flags(TCP_RST);
+    let slot = first.flow_key(1).cache_slot();
+    let second = (30001..u16::MAX)
+        .map(|port| tcp_v4().ports(443, port).flags(TCP_RST))
+        .find(|frame| frame.flow_key(1).cache_slot() == slot)
+        .expect("some port collides among 35 000");
+    (padded(first), padded(second))
+}
+
+/// A flow no other run uses: 172.16/12 sources, counting up.
+fn new_flow(index: u32) -> FrameBuilder {
+    let [_, b, c, d] = index.to_be_bytes();
+    FrameBuilder::ipv4([172, 16 + (b & 0x0f), c, d], [192, 0, 2, 1]).ports(443, 50000).flags(TCP_RST)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Part 2: the live-frames generator
+
+/// `union bpf_attr` for BPF_PROG_LOAD, up to `expected_attach_type`, plus zeroed room.
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+    _rest: [u64; 8],
+}
+
+/// `union bpf_attr` for BPF_PROG_TEST_RUN (the `test` member).
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    _pad: u32,
+}
+
+const _: () = assert!(size_of::<TestRunAttr>() == 80);
+
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_PROG_TYPE_XDP: u32 = 6;
+const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
+
+/// `struct xdp_md` (include/uapi/linux/bpf.h).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct XdpMd {
+    data: u32,
+    data_end: u32,
+    data_meta: u32,
+    ingress_ifindex: u32,
+    rx_queue_index: u32,
+    egress_ifindex: u32,
+}
+
+/// Loads `r0 = XDP_TX; exit` as an XDP program.
+fn load_xdp_tx() -> io::Result<OwnedFd> {
+    // struct bpf_insn: code, dst_reg:4 | src_reg:4, off, imm.
+    let insns: [u64; 2] = [
+        // BPF_ALU64 | BPF_MOV | BPF_K (0xb7), dst r0, imm XDP_TX.
+        u64::from_le_bytes([0xb7, 0, 0, 0, 0, 0, 0, 0]) | ((XDP_TX as u32 as u64) << 32),
+        // BPF_JMP | BPF_EXIT (0x95).
+        u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]),
+    ];
+    let license = b"GPL\0";
+    let mut attr = ProgLoadAttr {
+        prog_type: BPF_PROG_TYPE_XDP,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        ..Default::default()
+    };
+    attr.prog_name[..6].copy_from_slice(b"bm_gen");
+    // SAFETY: `attr` is a valid, zero-padded bpf_attr prefix for BPF_PROG_LOAD; the instruction
+    // array and license string it points to outlive the call and are only read.
+    let ret = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, &attr as *const ProgLoadAttr, size_of::<ProgLoadAttr>()) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: on success BPF_PROG_LOAD returns a new file descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(ret as i32) })
+}
+
+/// One live-frames test run: `repeat` copies of `frame` transmitted out of `ctx`'s interface.
+/// Returns the kernel-reported ns per frame.
+fn live_run(prog: &OwnedFd, frame: &[u8], ctx: &XdpMd, repeat: u32, batch: u32) -> io::Result<u32> {
+    let mut attr = TestRunAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        data_size_in: frame.len() as u32,
+        data_in: frame.as_ptr() as u64,
+        repeat,
+        ctx_size_in: size_of::<XdpMd>() as u32,
+        ctx_in: ctx as *const XdpMd as u64,
+        flags: BPF_F_TEST_XDP_LIVE_FRAMES,
+        batch_size: batch,
+        ..Default::default()
+    };
+    // SAFETY: `attr` is a valid bpf_attr for BPF_PROG_TEST_RUN; `frame` and `ctx` outlive the
+    // call and are only read, there are no output buffers.
+    let ret = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_TEST_RUN, &mut attr as *mut TestRunAttr, size_of::<TestRunAttr>()) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(attr.duration)
+}
+
+fn generate(opts: &Opts) -> anyhow::Result<Value> {
+    let iface = opts.text("iface").context("--iface IFACE is required")?;
+    let flows: u32 = opts.get("flows", 64)?;
+    let first: u32 = opts.get("first", 0)?;
+    let repeat: u32 = opts.get("repeat", 1)?;
+    let passes: u64 = opts.get("passes", 1)?;
+    let seconds: f64 = opts.get("seconds", 0.0)?;
+    // Calls per second (0: as fast as possible).
+    let rate: f64 = opts.get("rate", 0.0)?;
+    let batch: u32 = opts.get("batch", 64)?;
+    ensure!(flows > 0 && repeat > 0, "--flows and --repeat must be positive");
+    let ifindex = rstwatch::loader::resolve_interface(iface)?;
+    let prog = load_xdp_tx().context("loading the XDP_TX generator program")?;
+    let frames: Vec<Vec<u8>> = (first..first + flows).map(|i| padded(flood_flow(i))).collect();
+    let contexts: Vec<XdpMd> = frames
+        .iter()
+        .map(|f| XdpMd { data_end: f.len() as u32, ingress_ifindex: ifindex, ..XdpMd::default() })
+        .collect();
+    let started = Instant::now();
+    let mut calls = 0u64;
+    let mut sent = 0u64;
+    let mut kernel_ns = 0f64;
+    let mut per_flow = vec![0u64; flows as usize];
+    'outer: for pass in 0.. {
+        if seconds <= 0.0 && pass >= passes {
+            break;
+        }
+        for (i, (frame, ctx)) in frames.iter().zip(&contexts).enumerate() {
+            if seconds > 0.0 && started.elapsed().as_secs_f64() >= seconds {
+                break 'outer;
+            }
+            if rate > 0.0 {
+                let due = Duration::from_secs_f64(calls as f64 / rate);
+                let elapsed = started.elapsed();
+                if due > elapsed {
+                    std::thread::sleep(due - elapsed);
+                }
+            }
+            let ns = live_run(&prog, frame, ctx, repeat, batch).context("live-frames test run")?;
+            calls += 1;
+            sent += u64::from(repeat);
+            per_flow[i] += u64::from(repeat);
+            kernel_ns += f64::from(ns) * f64::from(repeat);
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let expected: Vec<Value> = per_flow
+        .iter()
+        .enumerate()
+        .filter(|(_, &n)| n > 0)
+        .map(|(i, &n)| {
+            let key = flood_flow(first + i as u32).flow_key(0);
+            json!([key.src_ip().to_string(), key.sport, key.dst_ip().to_string(), key.dport, n])
+        })
+        .collect();
+    Ok(json!({
+        "part": "gen",
+        "iface": iface,
+        "ifindex": ifindex,
+        "flows": flows,
+        "repeat": repeat,
+        "calls": calls,
+        "sent": sent,
+        "elapsed_s": elapsed,
+        "wall_rate_pps": sent as f64 / elapsed,
+        "kernel_ns_per_frame": kernel_ns / sent.max(1) as f64,
+        "kernel_rate_pps": if kernel_ns > 0.0 { sent as f64 / (kernel_ns / 1e9) } else { 0.0 },
+        "frame_bytes": frames[0].len(),
+        "expected": if opts.get("list", 0u32)? > 0 { Value::Array(expected) } else { Value::Null },
+    }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Part 3: userspace read cost
+
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+
+/// The `batch` member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+fn update_batch(map: &MapData, keys: &[FlowKey], values: &[FlowValue]) -> io::Result<()> {
+    for (keys, values) in keys.chunks(65_536).zip(values.chunks(65_536)) {
+        let mut attr = BatchAttr {
+            keys: keys.as_ptr() as u64,
+            values: values.as_ptr() as u64,
+            count: keys.len() as u32,
+            map_fd: map.fd().as_fd().as_raw_fd() as u32,
+            ..Default::default()
+        };
+        // SAFETY: `keys` and `values` hold `count` entries each, outlive the call and are only
+        // read; `attr` is a valid bpf_attr for BPF_MAP_UPDATE_BATCH.
+        let ret = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_UPDATE_BATCH, &mut attr as *mut BatchAttr, size_of::<BatchAttr>()) };
+        if ret < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if attr.count as usize != keys.len() {
+            return Err(io::Error::other(format!("updated {} of {} entries", attr.count, keys.len())));
+        }
+    }
+    Ok(())
+}
+
+/// A second handle on one of the object's maps (the collector owns the first).
+fn second_handle(ebpf: &Ebpf, name: &str) -> anyhow::Result<MapData> {
+    let map = ebpf.map(name).with_context(|| format!("no map {name}"))?;
+    let data = match map {
+        Map::HashMap(data) | Map::Array(data) | Map::PerCpuArray(data) => data,
+        other => bail!("unexpected map type for {name}: {other:?}"),
+    };
+    Ok(MapData::from_id(data.info()?.id())?)
+}
+
+fn membarrier_ns() -> f64 {
+    let started = Instant::now();
+    // SAFETY: membarrier takes no pointers; MEMBARRIER_CMD_GLOBAL (1) waits for a grace period.
+    let ret = unsafe { libc::syscall(libc::SYS_membarrier, 1 as libc::c_long, 0, 0) };
+    assert!(ret >= 0, "membarrier(MEMBARRIER_CMD_GLOBAL): {}", io::Error::last_os_error());
+    started.elapsed().as_nanos() as f64
+}
+
+fn drain(opts: &Opts) -> anyhow::Result<Value> {
+    let sizes: Vec<u32> = opts
+        .text("flows")
+        .unwrap_or("1000,100000,1000000")
+        .split(',')
+        .map(|s| s.trim().parse().with_context(|| format!("--flows {s}")))
+        .collect::<anyhow::Result<_>>()?;
+    let trials: usize = opts.get("trials", 5)?;
+    let largest = *sizes.iter().max().context("--flows is empty")?;
+    let mut ebpf = rstwatch::loader::load(largest.max(1024)).context("loading the eBPF object (needs root)")?;
+    let tables = [second_handle(&ebpf, MAP_FLOWS[0])?, second_handle(&ebpf, MAP_FLOWS[1])?];
+    let epoch: Array<MapData, u32> = Map::Array(second_handle(&ebpf, MAP_EPOCH)?).try_into()?;
+    let mut collector = Collector::new(&mut ebpf)?;
+
+    let mut flips = Vec::new();
+    let mut empty = Vec::new();
+    for _ in 0..trials.max(5) {
+        flips.push(membarrier_ns());
+        let sample = collector.collect()?;
+        empty.push(sample.read_time.as_nanos() as f64);
+    }
+    let empty_ns = median(&mut empty);
+    let mut rows = Vec::new();
+    for &n in &sizes {
+        let keys: Vec<FlowKey> = (0..n)
+            .map(|i| {
+                let mut key = flood_flow(i).flow_key(7);
+                key.sport = (i % 50_000) as u16;
+                key
+            })
+            .collect();
+        let values: Vec<FlowValue> = (0..n).map(|i| FlowValue { resets: u64::from(i % 7 + 1) }).collect();
+        let expected: u64 = values.iter().map(|v| v.resets).sum();
+        let mut times = Vec::new();
+        let mut fill = Vec::new();
+        for _ in 0..trials {
+            // Fill the table of the epoch the kernel is writing now: the next collect drains it.
+            let active = epoch.get(&0, 0)? & 1;
+            let started = Instant::now();
+            update_batch(&tables[active as usize], &keys, &values).context("filling the flow table")?;
+            fill.push(started.elapsed().as_nanos() as f64);
+            let sample = collector.collect()?;
+            ensure!(sample.flows.len() == n as usize, "drained {} of {n} flows", sample.flows.len());
+            let total: u64 = sample.flows.iter().map(|(_, r)| r).sum();
+            ensure!(total == expected, "drained {total} resets, filled {expected}");
+            times.push(sample.read_time.as_nanos() as f64);
+        }
+        let collect_ns = median(&mut times);
+        rows.push(json!({
+            "flows": n,
+            "collect_ms": collect_ns / 1e6,
+            "ns_per_entry": collect_ns / f64::from(n),
+            "ns_per_entry_over_empty": (collect_ns - empty_ns) / f64::from(n),
+            "fill_ms": median(&mut fill) / 1e6,
+        }));
+    }
+    Ok(json!({
+        "part": "drain",
+        "trials": trials,
+        "grace_period_ms": median(&mut flips) / 1e6,
+        "empty_collect_ms": empty_ns / 1e6,
+        "rows": rows,
+    }))
+}
