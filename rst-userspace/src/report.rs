@@ -185,6 +185,12 @@ impl Aggregator {
         }
     }
 
+    /// Makes an interface known after the start (replay meets pcapng interfaces as it reads).
+    pub fn add_interface(&mut self, interface: InterfaceRecord) {
+        self.names.insert(interface.ifindex, interface.iface.clone());
+        self.interfaces.push(interface);
+    }
+
     /// Folds one sample into the run and returns its interval view (top N only). `ended` is
     /// when the interval ended: wall-clock time live, capture time in replay.
     pub fn add(&mut self, sample: &Sample, elapsed: Duration, ended: SystemTime) -> IntervalRecord {
@@ -375,8 +381,11 @@ impl<W: Write> Printer<W> {
             Format::Json => self.json_line(record),
             Format::Table => {
                 let t = &record.totals;
-                let ifaces: Vec<String> =
+                let mut ifaces: Vec<String> =
                     record.interfaces.iter().map(|i| format!("{} ({})", i.iface, i.mode)).collect();
+                if ifaces.is_empty() {
+                    ifaces.push("no interface".into());
+                }
                 writeln!(self.out)?;
                 writeln!(
                     self.out,

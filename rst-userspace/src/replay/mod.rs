@@ -28,7 +28,7 @@ use self::{
 };
 use crate::{
     collector::Sample,
-    report::{Aggregator, FlowRecord, InterfaceRecord, Printer, ReportOptions},
+    report::{Aggregator, InterfaceRecord, Printer, ReportOptions},
 };
 
 #[derive(Debug, clap::Args)]
@@ -61,15 +61,15 @@ pub fn run_to<W: Write>(args: &ReplayArgs, out: W) -> anyhow::Result<()> {
     let ReportOptions { interval, top, format } = args.report;
     let kernel = if args.kernel { Some(KernelCheck::new()?) } else { None };
     let mut replay = Replay {
-        // Interfaces are named by replay itself (see `Replay::name_flows`): a pcapng file may
-        // declare one after packets of another, so they are not all known up front.
+        // A pcapng file may declare an interface after packets of another: each is added to the
+        // aggregator when met.
         aggregator: Aggregator::new(Vec::new(), top as usize),
         printer: Printer::new(out, format, top as usize),
         interval_ns: u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX),
         tally: Tally::default(),
         window: None,
         new_file: false,
-        interfaces: Vec::new(),
+        interfaces: 0,
         by_name: HashMap::new(),
         kernel,
     };
@@ -144,7 +144,8 @@ struct Replay<W: Write> {
     /// goes on (the next file of a rotated capture) or a new stretch of time begins.
     new_file: bool,
     /// Every interface of the run; `ifindex` is its position plus one.
-    interfaces: Vec<InterfaceRecord>,
+    /// Interfaces met so far; the next one gets ifindex `interfaces + 1`.
+    interfaces: u32,
     /// Named interfaces already seen: the same name and link type in several files (a rotated
     /// capture) is one interface.
     by_name: HashMap<(String, &'static str), u32>,
@@ -194,11 +195,12 @@ impl<W: Write> Replay<W> {
             (None, true) => format!("{file}#{}", interface.index),
             (None, false) => file,
         };
-        let ifindex = u32::try_from(self.interfaces.len() + 1).unwrap_or(u32::MAX);
+        self.interfaces = self.interfaces.saturating_add(1);
+        let ifindex = self.interfaces;
         if let Some(name) = &interface.name {
             self.by_name.insert((name.clone(), mode), ifindex);
         }
-        self.interfaces.push(InterfaceRecord { iface, ifindex, mode });
+        self.aggregator.add_interface(InterfaceRecord { iface, ifindex, mode });
         Slot::Supported { link, ifindex }
     }
 
@@ -257,8 +259,7 @@ impl<W: Write> Replay<W> {
             ..Sample::default()
         };
         let ended = SystemTime::UNIX_EPOCH + Duration::from_nanos(ended_ns);
-        let mut record = self.aggregator.add(&sample, Duration::from_nanos(elapsed_ns), ended);
-        self.name_flows(&mut record.flows);
+        let record = self.aggregator.add(&sample, Duration::from_nanos(elapsed_ns), ended);
         self.printer.interval(&record)
     }
 
@@ -266,18 +267,7 @@ impl<W: Write> Replay<W> {
         if let Some(window) = self.window.take() {
             self.flush(window.latest - window.start, window.latest)?;
         }
-        let mut summary = self.aggregator.summary();
-        summary.interfaces = self.interfaces.clone();
-        self.name_flows(&mut summary.flows);
-        self.printer.summary(&summary)
-    }
-
-    fn name_flows(&self, flows: &mut [FlowRecord]) {
-        for flow in flows {
-            if let Some(interface) = flow.ifindex.checked_sub(1).and_then(|i| self.interfaces.get(i as usize)) {
-                flow.iface.clone_from(&interface.iface);
-            }
-        }
+        self.printer.summary(&self.aggregator.summary())
     }
 }
 
