@@ -143,7 +143,6 @@ struct Replay<W: Write> {
     /// Set when a file after the first begins: its first frame decides whether the timeline
     /// goes on (the next file of a rotated capture) or a new stretch of time begins.
     new_file: bool,
-    /// Every interface of the run; `ifindex` is its position plus one.
     /// Interfaces met so far; the next one gets ifindex `interfaces + 1`.
     interfaces: u32,
     /// Named interfaces already seen: the same name and link type in several files (a rotated
