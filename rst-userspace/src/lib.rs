@@ -6,5 +6,6 @@
 pub mod batch;
 pub mod collector;
 pub mod loader;
+pub mod netlink;
 pub mod replay;
 pub mod report;

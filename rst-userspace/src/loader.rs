@@ -28,8 +28,8 @@ pub enum Error {
     InvalidInterfaceName { name: String, why: &'static str },
     #[error("unknown interface {name:?} (see `ip link`)")]
     UnknownInterface { name: String },
-    #[error("interface {iface} already has an XDP program attached; rstwatch never replaces another program (inspect it with `ip link show {iface}`)")]
-    AlreadyAttached { iface: String },
+    #[error("interface {iface} already has an XDP program attached{holder}; rstwatch never replaces another program (inspect it with `ip link show {iface}`)")]
+    AlreadyAttached { iface: String, holder: String },
     #[error("the driver of {iface} does not support native XDP; use --xdp-mode skb (or auto)")]
     NativeUnsupported { iface: String },
     #[error("attaching XDP to {iface} ({mode}) failed")]
@@ -225,7 +225,7 @@ pub fn attach_xdp(
             }
             Err(error) => match error.raw_os_error() {
                 Some(libc::EBUSY | libc::EEXIST) => {
-                    return Err(Error::AlreadyAttached { iface: iface.to_owned() })
+                    return Err(Error::AlreadyAttached { iface: iface.to_owned(), holder: describe_holder(ifindex) })
                 }
                 Some(libc::EPERM | libc::EACCES) => {
                     return Err(Error::MissingCapability {
@@ -242,6 +242,18 @@ pub fn attach_xdp(
         }
     }
     Err(last_error.unwrap_or(Error::NativeUnsupported { iface: iface.to_owned() }))
+}
+
+/// " (program 42 \"ddos_filter\", native)" — as much as the kernel tells this process.
+fn describe_holder(ifindex: u32) -> String {
+    match crate::netlink::attached_xdp(ifindex) {
+        Ok(Some(held)) if held.program_id != 0 => match crate::netlink::program_name(held.program_id) {
+            Some(name) => format!(" (program {} {name:?}, {})", held.program_id, held.mode),
+            None => format!(" (program {}, {})", held.program_id, held.mode),
+        },
+        Ok(Some(held)) => format!(" ({})", held.mode),
+        _ => String::new(),
+    }
 }
 
 /// The `link_create` member of `union bpf_attr`, up to the fields XDP uses, plus zeroed room.
