@@ -455,6 +455,50 @@ fn missing_capabilities_are_named() -> Result<()> {
     Ok(())
 }
 
+/// The documented minimum for an unprivileged user (the container line: BPF, NET_ADMIN,
+/// PERFMON) is enough, and each one of them is needed: without it the error names it.
+#[test]
+fn an_unprivileged_user_needs_exactly_bpf_net_admin_and_perfmon() -> Result<()> {
+    let hosts = hosts()?;
+    let bin = rstwatch_str();
+    let run_as_nobody = |caps: &str| -> Result<Finished> {
+        let set = format!("-all,{caps}");
+        let (inheritable, ambient, bounding) =
+            (format!("--inh-caps={set}"), format!("--ambient-caps={set}"), format!("--bounding-set={set}"));
+        let args = [
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            &inheritable,
+            &ambient,
+            &bounding,
+            "--",
+            &bin,
+            "-i",
+            &hosts.client_if.name,
+            "--duration",
+            "1s",
+            "--format",
+            "json",
+        ];
+        run_to_end(&hosts.client, "setpriv", &args)
+    };
+    let fin = run_as_nobody("+bpf,+net_admin,+perfmon")?;
+    assert_eq!(fin.status.code(), Some(0), "stderr: {}", fin.stderr);
+    summary(&fin)?;
+    assert_detached(&hosts.client_if)?;
+    for (caps, missing) in [
+        ("+net_admin,+perfmon", "CAP_BPF"),
+        ("+bpf,+perfmon", "CAP_NET_ADMIN"),
+        ("+bpf,+net_admin", "CAP_PERFMON"),
+    ] {
+        let fin = run_as_nobody(caps)?;
+        assert_one_line_error(&fin, missing);
+        assert_detached(&hosts.client_if)?;
+    }
+    Ok(())
+}
+
 /// (c) A second rstwatch on an interface that already has an XDP program fails; the first one
 /// carries on untouched.
 #[test]
