@@ -148,7 +148,7 @@ fn load_error(error: Box<dyn std::error::Error + Send + Sync>) -> anyhow::Error 
         return Error::MissingCapability {
             capability: "CAP_PERFMON",
             short: "PERFMON",
-            why: "the verifier refused the program without it",
+            why: "without it the verifier refuses the program's packet-pointer comparisons",
         }
         .into();
     }
