@@ -5,6 +5,8 @@
 //! cargo build --release -p rst-userspace --example bench
 //! target/release/examples/bench kernel  [--trials 7] [--repeat 2000000] [--singles 20000]
 //! target/release/examples/bench gen     --iface IF --flows K [--repeat R] [--passes P] [--seconds S] [--rate FPS]
+//! target/release/examples/bench pkt     --iface IF --flows K --rate PPS --seconds S
+//! target/release/examples/bench hold    --iface IF [--program rstwatch_xdp_pass]
 //! target/release/examples/bench drain   [--flows 1000,100000,1000000] [--trials 5]
 //! ```
 //!
@@ -20,6 +22,10 @@
 //! * `gen`: the flood generator: a two-instruction XDP program (`r0 = XDP_TX; exit`) loaded
 //!   here, outside rstwatch's object, run with `BPF_F_TEST_XDP_LIVE_FRAMES` on one end of a
 //!   veth, so every run transmits the frame to the peer, where the program under test sees it.
+//! * `pkt`: a paced AF_PACKET flood (one frame per flow in turn, `sendmmsg`), for floods of many
+//!   distinct flows per second, which one-frame live test runs (~30k calls/s) cannot reach.
+//! * `hold`: attaches one of the object's programs (the empty `rstwatch_xdp_pass` by default) to
+//!   an interface until killed: the floor of the flood comparison.
 //! * `drain`: the userspace read: flow tables filled with N entries (one batch update), then the
 //!   real `Collector::collect()` timed; plus the grace period alone (the epoch-flip latency).
 
@@ -62,7 +68,9 @@ fn main() -> anyhow::Result<()> {
         "kernel" => kernel(&opts)?,
         "gen" => generate(&opts)?,
         "drain" => drain(&opts)?,
-        other => bail!("unknown subcommand {other:?}: kernel, gen or drain"),
+        "pkt" => packet_flood(&opts)?,
+        "hold" => hold(&opts)?,
+        other => bail!("unknown subcommand {other:?}: kernel, gen, pkt, hold or drain"),
     };
     println!("{out}");
     Ok(())
@@ -633,4 +641,95 @@ fn drain(opts: &Opts) -> anyhow::Result<Value> {
         "empty_collect_ms": empty_ns / 1e6,
         "rows": rows,
     }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers for the flood comparison and the CPU-share runs
+
+fn hold(opts: &Opts) -> anyhow::Result<Value> {
+    let iface = opts.text("iface").context("--iface IFACE is required")?;
+    let name = opts.text("program").unwrap_or(PROG_XDP_BASELINE).to_owned();
+    let ifindex = rstwatch::loader::resolve_interface(iface)?;
+    let mut ebpf = rstwatch::loader::load(1024)?;
+    let program: &mut Xdp = ebpf.program_mut(&name).with_context(|| format!("no program {name}"))?.try_into()?;
+    if name != PROG_XDP {
+        program.load()?;
+    }
+    let attachment =
+        rstwatch::loader::attach_xdp(program, iface, ifindex, rstwatch::loader::XdpModeChoice::Auto)?;
+    eprintln!("bench: attached {name} to {iface} ({})", attachment.mode);
+    // Until killed: the bpf_link closes with the process, which detaches the program.
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn packet_flood(opts: &Opts) -> anyhow::Result<Value> {
+    let iface = opts.text("iface").context("--iface IFACE is required")?;
+    let flows: u32 = opts.get("flows", 10_000)?;
+    let rate: f64 = opts.get("rate", 100_000.0)?;
+    let seconds: f64 = opts.get("seconds", 5.0)?;
+    ensure!(flows > 0 && rate > 0.0 && seconds > 0.0, "--flows, --rate and --seconds must be positive");
+    let ifindex = rstwatch::loader::resolve_interface(iface)?;
+    // SAFETY: plain socket(2) call; the result is checked before use.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error()).context("socket(AF_PACKET)");
+    }
+    // SAFETY: `fd` is a new descriptor nothing else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let one: libc::c_int = 1;
+    // SAFETY: PACKET_QDISC_BYPASS takes an int; the pointer and length describe `one`.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_QDISC_BYPASS,
+            &one as *const libc::c_int as *const libc::c_void,
+            size_of::<libc::c_int>() as u32,
+        )
+    };
+    // SAFETY: sockaddr_ll is plain data; all-zero is a valid starting value.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_ifindex = ifindex as i32;
+    addr.sll_halen = 6;
+    let frames: Vec<Vec<u8>> = (0..flows).map(|i| padded(flood_flow(i))).collect();
+    const BATCH: usize = 64;
+    let started = Instant::now();
+    let mut sent = 0u64;
+    let mut next = 0usize;
+    while started.elapsed().as_secs_f64() < seconds {
+        let due = Duration::from_secs_f64(sent as f64 / rate);
+        let elapsed = started.elapsed();
+        if due > elapsed {
+            std::thread::sleep(due - elapsed);
+        }
+        let mut iovecs: Vec<libc::iovec> = Vec::with_capacity(BATCH);
+        for k in 0..BATCH {
+            let frame = &frames[(next + k) % frames.len()];
+            iovecs.push(libc::iovec { iov_base: frame.as_ptr() as *mut libc::c_void, iov_len: frame.len() });
+        }
+        // SAFETY: mmsghdr is plain data; zero is a valid starting value, filled in below.
+        let mut messages: Vec<libc::mmsghdr> = (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
+        for (message, iov) in messages.iter_mut().zip(iovecs.iter_mut()) {
+            message.msg_hdr.msg_name = &mut addr as *mut libc::sockaddr_ll as *mut libc::c_void;
+            message.msg_hdr.msg_namelen = size_of::<libc::sockaddr_ll>() as u32;
+            message.msg_hdr.msg_iov = iov;
+            message.msg_hdr.msg_iovlen = 1;
+        }
+        // SAFETY: every message points at a live iovec, frame and address for the whole call.
+        let ret = unsafe { libc::sendmmsg(socket.as_raw_fd(), messages.as_mut_ptr(), BATCH as u32, 0) };
+        if ret < 0 {
+            let error = io::Error::last_os_error();
+            if error.raw_os_error() == Some(libc::ENOBUFS) {
+                continue;
+            }
+            return Err(error).context("sendmmsg");
+        }
+        sent += ret as u64;
+        next = (next + ret as usize) % frames.len();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    Ok(json!({ "part": "pkt", "flows": flows, "sent": sent, "elapsed_s": elapsed, "rate_pps": sent as f64 / elapsed }))
 }

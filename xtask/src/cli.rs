@@ -5,7 +5,7 @@ use std::{process::ExitCode, time::Duration};
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 
-use crate::{build, demo, lab, setup, signal, testrun, traffic};
+use crate::{bench, build, demo, lab, setup, signal, testrun, traffic};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "rstwatch developer tasks")]
@@ -34,6 +34,18 @@ enum Command {
     },
     /// Remove lab namespaces left behind by processes that are gone.
     Sweep,
+    /// Measure what BENCHMARKS.md reports (needs root); prints Markdown tables.
+    Bench {
+        /// Only these parts (default: all).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        parts: Vec<bench::Part>,
+        /// Fewer trials, shorter floods: a smoke run.
+        #[arg(long)]
+        quick: bool,
+        /// Raw JSON results (default target/bench/results.json).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
     /// Generate resets between two lab namespaces and print what was done as JSON.
     #[command(hide = true)]
     Traffic(TrafficArgs),
@@ -90,6 +102,10 @@ fn run(command: Command) -> Result<ExitCode> {
             }
         }
         Command::Traffic(args) => return run_traffic(args),
+        Command::Bench { parts, quick, out } => {
+            setup::run()?;
+            bench::run(&bench::Options { parts, quick, out })?
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

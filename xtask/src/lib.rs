@@ -4,6 +4,7 @@
 //! Everything here shells out to the same tools a person would use (`rustup`, `cargo`, `apt-get`,
 //! `ip`), so a failure message names a command that can be re-run by hand.
 
+pub mod bench;
 pub mod build;
 pub mod cli;
 pub mod cmd;
