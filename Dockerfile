@@ -1,0 +1,17 @@
+# rstwatch: multi-stage build. The eBPF object needs the pinned nightly (rust-src) and
+# bpf-linker; the runtime image needs neither: the object is embedded in the binary.
+FROM rust:1.95-bookworm AS build
+RUN rustup toolchain install nightly-2026-05-20 --profile minimal --component rust-src \
+    && cargo install --locked bpf-linker@0.10.4
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked -p rst-userspace \
+    && install -m 0755 target/release/rstwatch /rstwatch
+
+FROM debian:bookworm-slim
+COPY --from=build /rstwatch /usr/local/bin/rstwatch
+# Root inside the container, but holding only what `docker run` grants:
+#   --cap-drop ALL --cap-add BPF --cap-add NET_ADMIN --cap-add PERFMON --network host
+# (Docker gives a non-root user no effective capabilities, so USER is left as root.)
+ENTRYPOINT ["/usr/local/bin/rstwatch"]
+CMD ["--help"]
