@@ -20,7 +20,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 /// Counts TCP resets per flow with XDP on the given interfaces and reports the top resetters.
 ///
-/// Needs CAP_BPF and CAP_NET_ADMIN (CAP_PERFMON on some kernels). Nothing is changed or dropped:
+/// Needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (or root). Nothing is changed or dropped:
 /// the program only reads headers and always passes the frame on.
 #[derive(Debug, Parser)]
 #[command(name = "rstwatch", version, args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
@@ -36,6 +36,13 @@ enum Command {
     /// Report on pcap / pcapng files offline, with the same parser and the same output; needs no
     /// privileges.
     Replay(replay::ReplayArgs),
+    /// Print a shell completion script (e.g. `rstwatch completions bash > /etc/bash_completion.d/rstwatch`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), generated from these options: `rstwatch man | man -l -`.
+    Man,
 }
 
 #[derive(Debug, clap::Args)]
@@ -80,6 +87,13 @@ fn main() -> ExitCode {
     };
     let outcome = match cli.command {
         Some(Command::Replay(args)) => replay::run(&args),
+        Some(Command::Completions { shell }) => {
+            clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "rstwatch", &mut io::stdout());
+            Ok(())
+        }
+        Some(Command::Man) => clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+            .render(&mut io::stdout())
+            .context("writing the man page"),
         None => run(cli.watch),
     };
     match outcome {
