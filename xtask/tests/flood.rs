@@ -1,0 +1,68 @@
+//! The exactness invariant under a real flood: sum of per-flow counts + overflow == the kernel's
+//! RST total == RSTs sent, at every interval and over the run.
+//!
+//! A live-frames generator (`BPF_PROG_TEST_RUN` with `BPF_F_TEST_XDP_LIVE_FRAMES`, an XDP_TX
+//! program of its own) pushes RSTs out of one end of a veth; the release `rstwatch` watches the
+//! other end. Needs root, the release binary (`cargo xtask build`, or RSTWATCH_BIN) and the
+//! bench example (built here unless BENCH_BIN names one).
+
+use std::collections::BTreeMap;
+
+use anyhow::{ensure, Result};
+use xtask::bench::{self, FloodLab, GenPlan};
+
+fn lab() -> Result<FloodLab> {
+    let rstwatch = bench::rstwatch_bin();
+    ensure!(rstwatch.is_file(), "{} does not exist: run `cargo xtask build` (or set RSTWATCH_BIN)", rstwatch.display());
+    bench::build_bench()?;
+    FloodLab::new()
+}
+
+/// Fast flows (many frames per test run) and a sweep of 4096 flows (four times the per-CPU
+/// cache, so flows are evicted into the table and drained from both), at 200 ms intervals so
+/// epoch flips land in the middle of the flood.
+#[test]
+fn every_reset_of_a_flood_is_counted_once_in_its_flow() -> Result<()> {
+    let lab = lab()?;
+    let xdp_before = lab.xdp_received()?;
+    let rstwatch = bench::start_rstwatch(&lab, &["--interval", "200ms"])?;
+    let fast = bench::generate(&lab, &GenPlan { flows: 16, first: 0, repeat: 50_000, passes: 1 })?;
+    let sweep = bench::generate(&lab, &GenPlan { flows: 4096, first: 1000, repeat: 1, passes: 2 })?;
+    let out = bench::stop_rstwatch(rstwatch)?;
+
+    let sent = fast.sent + sweep.sent;
+    assert_eq!(sent, 16 * 50_000 + 2 * 4096);
+    let received = lab.xdp_received()? - xdp_before;
+    // The peer also sees its neighbour's own IPv6 chatter (a few frames), never fewer than sent.
+    assert!(received >= sent && received - sent < 100, "the peer received {received} XDP frames for {sent} sent");
+    let mut expected: BTreeMap<_, u64> = fast.expected;
+    for (flow, count) in sweep.expected {
+        *expected.entry(flow).or_default() += count;
+    }
+    let exact = bench::check_exact(&out, sent, &expected)?;
+    assert_eq!(exact.overflow, 0, "{exact:?}");
+    assert_eq!(exact.flows, 16 + 4096);
+    assert!(exact.intervals >= 3, "the flood must span several intervals: {exact:?}");
+    Ok(())
+}
+
+/// A flow table of 64 entries against 4096 flows: most RSTs overflow, and still every one is in
+/// the totals, and every one is either in its flow or in `overflow`.
+#[test]
+fn a_flood_that_overflows_the_table_still_adds_up() -> Result<()> {
+    let lab = lab()?;
+    let rstwatch = bench::start_rstwatch(&lab, &["--interval", "300ms", "--max-flows", "64"])?;
+    let sweep = bench::generate(&lab, &GenPlan { flows: 4096, first: 0, repeat: 1, passes: 3 })?;
+    let fast = bench::generate(&lab, &GenPlan { flows: 4, first: 50_000, repeat: 20_000, passes: 1 })?;
+    let out = bench::stop_rstwatch(rstwatch)?;
+
+    let sent = sweep.sent + fast.sent;
+    let mut expected: BTreeMap<_, u64> = sweep.expected;
+    for (flow, count) in fast.expected {
+        *expected.entry(flow).or_default() += count;
+    }
+    let exact = bench::check_exact(&out, sent, &expected)?;
+    assert!(exact.overflow > 0, "4096 flows must overflow a 64-entry table: {exact:?}");
+    assert!(exact.in_flows > 0, "the table still holds flows: {exact:?}");
+    Ok(())
+}
