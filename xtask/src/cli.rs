@@ -5,7 +5,7 @@ use std::{process::ExitCode, time::Duration};
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 
-use crate::{bench, build, demo, lab, setup, signal, testrun, traffic};
+use crate::{bench, build, demo, lab, reliability, setup, signal, testrun, traffic};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "rstwatch developer tasks")]
@@ -43,6 +43,26 @@ enum Command {
         #[arg(long)]
         quick: bool,
         /// Raw JSON results (default target/bench/results.json).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
+    /// Differential fuzzing: the XDP object against an etherparse reference (needs root).
+    Fuzz {
+        /// Passed on to the fuzzer: --frames N (default 10000000), --seed N, --findings DIR, --json.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Flood rstwatch with RSTs across churning flows and check every interval (needs root).
+    Soak {
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        /// Flows per round (each round of 10 s moves to a new set).
+        #[arg(long, default_value_t = 4096)]
+        flows: u32,
+        /// Frames per live test run.
+        #[arg(long, default_value_t = 4096)]
+        repeat: u32,
+        /// JSON report (default target/reliability/soak.json).
         #[arg(long)]
         out: Option<std::path::PathBuf>,
     },
@@ -102,6 +122,16 @@ fn run(command: Command) -> Result<ExitCode> {
             }
         }
         Command::Traffic(args) => return run_traffic(args),
+        Command::Fuzz { args } => {
+            setup::run()?;
+            return reliability::fuzz(&args);
+        }
+        Command::Soak { minutes, flows, repeat, out } => {
+            setup::run()?;
+            build::run()?;
+            let options = reliability::SoakOptions { flows, repeat, ..reliability::SoakOptions::minutes(minutes) };
+            return reliability::soak_command(&options, out);
+        }
         Command::Bench { parts, quick, out } => {
             setup::run()?;
             bench::run(&bench::Options { parts, quick, out })?

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod cmd;
 pub mod demo;
 pub mod lab;
+pub mod reliability;
 pub mod setup;
 pub mod signal;
 pub mod testrun;
