@@ -161,8 +161,8 @@ impl Collector {
             // magnitude longer is a safe, if not formally exact, substitute.
             if !self.warned_no_membarrier {
                 self.warned_no_membarrier = true;
-                eprintln!(
-                    "rstwatch: warning: membarrier(MEMBARRIER_CMD_GLOBAL) failed ({}); waiting 50 ms per interval instead",
+                tracing::warn!(
+                    "membarrier(MEMBARRIER_CMD_GLOBAL) failed ({}); waiting 50 ms per interval instead",
                     io::Error::last_os_error()
                 );
             }

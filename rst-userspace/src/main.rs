@@ -2,7 +2,7 @@
 
 use std::{
     collections::HashSet,
-    io::{self, Write},
+    io::{self, IsTerminal as _, Write},
     process::ExitCode,
     time::{Duration, Instant, SystemTime},
 };
@@ -27,8 +27,34 @@ use tokio::signal::unix::{signal, SignalKind};
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Log level for stderr diagnostics (error, warn, info, debug, trace); RUST_LOG, when set,
+    /// takes precedence and accepts per-module filters.
+    #[arg(long, global = true, default_value = "info", value_parser = ["error", "warn", "info", "debug", "trace"])]
+    log_level: String,
+    /// Diagnostics as text lines or as JSON objects (reports always go to stdout).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(flatten)]
     watch: WatchArgs,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Diagnostics go to stderr through `tracing`; errors that end the run stay one plain line.
+fn init_logging(level: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr)
+        .with_target(false)
+        .with_ansi(io::stderr().is_terminal());
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -85,6 +111,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    init_logging(&cli.log_level, cli.log_format);
     let outcome = match cli.command {
         Some(Command::Replay(args)) => replay::run(&args),
         Some(Command::Completions { shell }) => {
@@ -127,7 +154,7 @@ fn run(cli: WatchArgs) -> anyhow::Result<()> {
         attachments.push(loader::attach_xdp(program, iface, *ifindex, cli.xdp_mode)?);
     }
     for XdpAttachment { iface, ifindex, mode, .. } in &attachments {
-        eprintln!("rstwatch: attached to {iface} (ifindex {ifindex}, {mode})");
+        tracing::info!("attached to {iface} (ifindex {ifindex}, {mode})");
     }
     let interfaces = attachments
         .iter()
@@ -145,7 +172,9 @@ fn run(cli: WatchArgs) -> anyhow::Result<()> {
     let outcome = runtime.block_on(watch(&cli, &mut collector, &mut aggregator, &mut printer));
 
     // Detach before the last read, so the summary holds every RST that crossed the hook.
+    let detached: Vec<String> = attachments.iter().map(|a| a.iface.clone()).collect();
     drop(attachments);
+    tracing::info!("detached from {}", detached.join(", "));
     let result = outcome.and_then(|last_interval_start| {
         let sample = collector.collect()?;
         let elapsed = last_interval_start.elapsed();
@@ -190,6 +219,7 @@ async fn watch<W: Write>(
                     return Ok(interval_start);
                 }
                 let sample = collector.collect()?;
+                tracing::debug!(read_ms = sample.read_time.as_secs_f64() * 1e3, flows = sample.flows.len(), "interval read");
                 let now = Instant::now();
                 let record = aggregator.add(&sample, now - interval_start, SystemTime::now());
                 interval_start = now;
