@@ -61,9 +61,12 @@ pub fn rstwatch_bin() -> PathBuf {
         .unwrap_or_else(build::rstwatch_path)
 }
 
-/// Builds the bench example (and with it the eBPF object) unless `BENCH_BIN` names one.
+/// Builds the bench example (and with it the eBPF object) unless `BENCH_BIN` names one; once
+/// per process.
 pub fn build_bench() -> Result<PathBuf> {
-    if std::env::var_os("BENCH_BIN").is_none() {
+    static BUILT: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let mut built = BUILT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if !*built && std::env::var_os("BENCH_BIN").is_none() {
         let mut cargo = cmd::command(
             "cargo",
             ["build", "--release", "-p", "rst-userspace", "--example", "bench"],
@@ -71,6 +74,7 @@ pub fn build_bench() -> Result<PathBuf> {
         cargo.current_dir(cmd::workspace_root());
         cmd::run(&mut cargo).context("building the bench example")?;
     }
+    *built = true;
     let bin = bench_bin();
     ensure!(bin.is_file(), "{} does not exist", bin.display());
     Ok(bin)
