@@ -79,6 +79,9 @@ const MAX_VLAN_TAGS: usize = 3;
 const MAX_IPV6_EXT_HEADERS: usize = 8;
 const TCP_RST: u8 = 0x04;
 
+/// See [`reference`]; off unless `--ah-zero-as-8-bytes`.
+pub static AH_ZERO_AS_8_BYTES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Is `frame` (Ethernet) a TCP segment with RST that rstwatch must count, and for which
 /// directional flow? Built on etherparse's header slices; rstwatch's own code is not used.
 ///
@@ -92,6 +95,10 @@ const TCP_RST: u8 = 0x04;
 /// 4. a TCP header counts once its first 20 bytes are present with a data offset >= 5, even if
 ///    the options it announces are cut off: etherparse wants the whole header, so it is given
 ///    the first 20 bytes with the data offset set to 5.
+///
+/// With [`AH_ZERO_AS_8_BYTES`] set, an AH whose Payload Len is 0 is walked as 8 bytes, as
+/// rstwatch currently does (finding in RELIABILITY.md): for looking for other disagreements
+/// while that one is open (`--ah-zero-as-8-bytes`).
 pub fn reference(frame: &[u8], ifindex: u32) -> Option<FlowKey> {
     let eth = Ethernet2HeaderSlice::from_slice(frame).ok()?;
     let mut ether_type = eth.ether_type().0;
@@ -137,6 +144,13 @@ pub fn reference(frame: &[u8], ifindex: u32) -> Option<FlowKey> {
                         }
                         next = fragment.next_header().0;
                         fragment.slice().len()
+                    }
+                    51 if payload.get(1) == Some(&0)
+                        && payload.len() >= 8
+                        && AH_ZERO_AS_8_BYTES.load(std::sync::atomic::Ordering::Relaxed) =>
+                    {
+                        next = payload[0];
+                        8
                     }
                     51 => {
                         let auth = IpAuthHeaderSlice::from_slice(payload).ok()?;
@@ -1050,8 +1064,9 @@ fn cli() -> anyhow::Result<bool> {
             "--batch" => config.batch = value("--batch")?.parse().context("--batch")?,
             "--findings" => findings = Some(PathBuf::from(value("--findings")?)),
             "--json" => json = true,
+            "--ah-zero-as-8-bytes" => AH_ZERO_AS_8_BYTES.store(true, std::sync::atomic::Ordering::Relaxed),
             "--quiet" => config.progress = false,
-            other => bail!("unknown argument {other:?} (--frames N, --seed N, --batch N, --findings DIR, --json, --quiet)"),
+            other => bail!("unknown argument {other:?} (--frames N, --seed N, --batch N, --findings DIR, --json, --quiet, --ah-zero-as-8-bytes)"),
         }
     }
     if config.batch == 0 || config.batch as u64 >= u64::from(MAX_FLOWS) {
@@ -1080,6 +1095,7 @@ fn cli() -> anyhow::Result<bool> {
         "collects": report.collects,
         "bisected_batches": report.bisections,
         "seed": config.seed,
+        "ah_zero_as_8_bytes": AH_ZERO_AS_8_BYTES.load(std::sync::atomic::Ordering::Relaxed),
         "seed_frames": {"captures": report.seed_frames.0, "cases": report.seed_frames.1},
         "by_origin": report.by_origin,
         "seconds": report.elapsed.as_secs_f64(),

@@ -50,6 +50,11 @@ pub struct SoakOptions {
     pub round: Duration,
     /// Memory samples before this are warm-up.
     pub warmup: Duration,
+    /// Alongside: a paced AF_PACKET flood (`bench pkt`) cycling through this many flows, one
+    /// frame each in turn, so every interval sees tens of thousands of flows it never saw before.
+    pub churn_flows: u32,
+    /// Its frames per second (0: no churn flood).
+    pub churn_rate: u32,
     /// Extra arguments for rstwatch (e.g. a small `--max-flows` to force overflow).
     pub rstwatch_args: Vec<String>,
 }
@@ -63,6 +68,8 @@ impl SoakOptions {
             repeat: 4096,
             round: Duration::from_secs(10),
             warmup: Duration::from_secs(5),
+            churn_flows: 200_000,
+            churn_rate: 50_000,
             rstwatch_args: Vec::new(),
         }
     }
@@ -174,6 +181,8 @@ pub struct SoakReport {
     pub options: SoakOptions,
     pub elapsed: Duration,
     pub sent: u64,
+    /// Of which the churn flood's.
+    pub churn_sent: u64,
     pub rounds: u32,
     pub distinct_flows: u64,
     pub check: IntervalCheck,
@@ -223,6 +232,9 @@ impl SoakReport {
             "rounds": self.rounds,
             "distinct_flows": self.distinct_flows,
             "sent": self.sent,
+            "churn_sent": self.churn_sent,
+            "churn_flows": self.options.churn_flows,
+            "churn_rate_target_pps": self.options.churn_rate,
             "counted_resets": self.check.resets,
             "counted_frames": self.check.frames,
             "overflow": self.check.overflow,
@@ -269,6 +281,14 @@ pub fn soak(options: &SoakOptions) -> Result<SoakReport> {
         })
     };
 
+    let churn = if options.churn_rate > 0 {
+        let mut pkt = lab.gen.exec(bench::bench_bin());
+        pkt.args(["pkt", "--iface", &lab.gen_if.name, "--flows", &options.churn_flows.to_string()])
+            .args(["--rate", &options.churn_rate.to_string(), "--seconds", &format!("{:.3}", options.duration.as_secs_f64())]);
+        Some(crate::lab::Proc::spawn(&mut pkt)?)
+    } else {
+        None
+    };
     let mut sent = 0u64;
     let mut rounds = 0u32;
     let mut outcome = Ok(());
@@ -304,6 +324,19 @@ pub fn soak(options: &SoakOptions) -> Result<SoakReport> {
             break;
         }
     }
+    let mut churn_sent = 0;
+    if let Some(churn) = churn {
+        let result = churn.finish(Duration::from_secs(60)).and_then(|fin| {
+            ensure!(fin.status.success(), "the churn flood failed ({}): {}", fin.status, fin.stderr.trim());
+            let v: Value = serde_json::from_str(fin.stdout.trim()).context("bench pkt printed no JSON")?;
+            Ok(v["sent"].as_u64().unwrap_or(0))
+        });
+        match result {
+            Ok(n) => churn_sent = n,
+            Err(error) if outcome.is_ok() => outcome = Err(error),
+            Err(_) => {}
+        }
+    }
     let elapsed = started.elapsed();
     // Let the last interval see the end of the flood.
     thread::sleep(options.interval + Duration::from_millis(200));
@@ -324,9 +357,10 @@ pub fn soak(options: &SoakOptions) -> Result<SoakReport> {
     Ok(SoakReport {
         options: options.clone(),
         elapsed,
-        sent,
+        sent: sent + churn_sent,
+        churn_sent,
         rounds,
-        distinct_flows: u64::from(rounds) * u64::from(options.flows),
+        distinct_flows: u64::from(rounds) * u64::from(options.flows) + u64::from(options.churn_flows),
         summary_resets: output.summary["totals"]["resets"].as_u64().unwrap_or(0),
         check,
         rss_after_warmup: (warm[0], warm[warm.len() - 1]),
