@@ -15,6 +15,7 @@ pub const MAP_EPOCH: &str = "EPOCH";
 pub const MAP_TRAFFIC: &str = "TRAFFIC";
 pub const MAP_RESET_COUNTERS: &str = "RESET_COUNTERS";
 pub const PROG_XDP: &str = "rstwatch_xdp";
+pub const PROG_TC: &str = "rstwatch_tc";
 /// An empty XDP_PASS program in the same object: the baseline for cost measurements.
 pub const PROG_XDP_BASELINE: &str = "rstwatch_xdp_pass";
 

@@ -1,7 +1,8 @@
-//! rstwatch's kernel side: one XDP program that counts TCP resets per directional 5-tuple.
+//! rstwatch's kernel side: an XDP program (and the same count on the TC ingress hook) that
+//! counts TCP resets per directional 5-tuple.
 //!
 //! Minimum kernel: 5.18 (XDP multi-buffer, `xdp.frags`); bpf_link attachment needs 5.9.
-//! The program never changes a frame and always returns `XDP_PASS`.
+//! The programs never change a frame: XDP always returns `XDP_PASS`, TC always "next".
 #![no_std]
 #![no_main]
 // The BPF target has no compare-and-swap, so `AtomicU64::fetch_add` does not exist there; the
@@ -13,9 +14,9 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
     bindings::{xdp_action, BPF_NOEXIST},
-    macros::{map, xdp},
+    macros::{classifier, map, xdp},
     maps::{Array, HashMap, PerCpuArray},
-    programs::XdpContext,
+    programs::{TcContext, XdpContext},
 };
 use rst_common::{
     count, inspect_with,
@@ -56,15 +57,18 @@ static TRAFFIC: PerCpuArray<TrafficCounters> = PerCpuArray::with_max_entries(1, 
 
 const EEXIST: i32 = 17;
 
-/// The XDP context as a [`Cursor`] over the first buffer (`data` .. `data_end`); with
-/// multi-buffer frames the headers rstwatch reads are always in that first buffer.
-struct XdpFrame<'a>(&'a XdpContext);
+/// The directly readable bytes of a packet (`data` .. `data_end`) as a [`Cursor`]: the first
+/// buffer of a multi-buffer XDP frame, the linear part of an skb. The headers rstwatch reads
+/// are there.
+struct Packet {
+    start: usize,
+    end: usize,
+}
 
-impl Cursor for XdpFrame<'_> {
+impl Cursor for Packet {
     #[inline(always)]
     fn header<T: Header>(&self, offset: usize) -> Option<&T> {
-        let start = self.0.data();
-        let end = self.0.data_end();
+        let Packet { start, end } = *self;
         if start + offset + core::mem::size_of::<T>() > end {
             return None;
         }
@@ -76,9 +80,23 @@ impl Cursor for XdpFrame<'_> {
 
 #[xdp(frags)]
 pub fn rstwatch_xdp(ctx: XdpContext) -> u32 {
-    count_frame(&XdpFrame(&ctx), || ctx.ingress_ifindex() as u32);
+    count_frame(&Packet { start: ctx.data(), end: ctx.data_end() }, || ctx.ingress_ifindex() as u32);
     xdp_action::XDP_PASS
 }
+
+/// The same count on the TC ingress hook (tcx, kernel ≥ 6.6), for interfaces whose XDP hook
+/// another program holds. Returns "next": the verdict stays with the other programs and the stack.
+#[classifier]
+pub fn rstwatch_tc(ctx: TcContext) -> i32 {
+    count_frame(&Packet { start: ctx.data(), end: ctx.data_end() }, || {
+        // SAFETY: `skb` is the context pointer the kernel passed to this program run.
+        unsafe { (*ctx.skb.skb).ifindex }
+    });
+    TCX_NEXT
+}
+
+/// `TCX_NEXT` (include/uapi/linux/bpf.h), the same value as `TC_ACT_UNSPEC` for clsact.
+const TCX_NEXT: i32 = -1;
 
 /// The baseline for cost measurements: the cheapest program the same hook can run.
 #[xdp(frags)]

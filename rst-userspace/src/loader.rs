@@ -10,9 +10,15 @@ use std::{
     os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
 };
 
-use aya::{programs::Xdp, Ebpf, EbpfLoader};
+use aya::{
+    programs::{
+        tc::{SchedClassifierLink, TcAttachOptions},
+        LinkOrder, SchedClassifier, TcAttachType, Xdp,
+    },
+    Ebpf, EbpfLoader,
+};
 use caps::{CapSet, Capability};
-use rst_common::wire::{MAP_FLOWS, MAP_OVERFLOW_SOURCES, PROG_XDP};
+use rst_common::wire::{MAP_FLOWS, MAP_OVERFLOW_SOURCES, PROG_TC, PROG_XDP};
 
 /// The XDP object built by `build.rs` (aya-build), embedded so the binary is self-contained.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rst-ebpf"));
@@ -28,7 +34,7 @@ pub enum Error {
     InvalidInterfaceName { name: String, why: &'static str },
     #[error("unknown interface {name:?} (see `ip link`)")]
     UnknownInterface { name: String },
-    #[error("interface {iface} already has an XDP program attached{holder}; rstwatch never replaces another program (inspect it with `ip link show {iface}`)")]
+    #[error("interface {iface} already has an XDP program attached{holder}; rstwatch never replaces another program: watch beside it with --hook tc")]
     AlreadyAttached { iface: String, holder: String },
     #[error("the driver of {iface} does not support native XDP; use --xdp-mode skb (or auto)")]
     NativeUnsupported { iface: String },
@@ -39,8 +45,22 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[error("attaching to the TC ingress hook of {iface} failed (tcx links need kernel 6.6 or later)")]
+    AttachTc {
+        iface: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
     #[error("loading the eBPF object failed")]
     Load(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Where to count: XDP (the earliest hook, one program per interface), or TC ingress through a
+/// tcx link, which coexists with other programs (an XDP-based load balancer or DDoS filter).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum HookChoice {
+    Xdp,
+    Tc,
 }
 
 /// How to hook XDP: in the driver (fast path) or in the generic network stack.
@@ -56,6 +76,31 @@ pub enum XdpModeChoice {
 pub enum XdpMode {
     Native,
     Skb,
+}
+
+/// Where an attachment counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    Xdp(XdpMode),
+    TcIngress,
+}
+
+impl Hook {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hook::Xdp(mode) => mode.as_str(),
+            Hook::TcIngress => "tc",
+        }
+    }
+}
+
+impl fmt::Display for Hook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Hook::Xdp(mode) => mode.fmt(f),
+            Hook::TcIngress => f.write_str("tcx ingress"),
+        }
+    }
 }
 
 impl XdpMode {
@@ -116,7 +161,7 @@ pub fn overflow_sources_for(max_flows: u32) -> u32 {
 }
 
 /// Loads the object with both flow tables sized to `max_flows` (and the overflow-source tables
-/// to [`overflow_sources_for`]), and loads the XDP program.
+/// to [`overflow_sources_for`]), and loads the XDP and TC programs.
 pub fn load(max_flows: u32) -> anyhow::Result<Ebpf> {
     let max_sources = overflow_sources_for(max_flows);
     let mut ebpf = EbpfLoader::new()
@@ -127,6 +172,9 @@ pub fn load(max_flows: u32) -> anyhow::Result<Ebpf> {
         .load(EBPF_OBJECT)
         .map_err(|error| load_error(Box::new(error)))?;
     xdp_program(&mut ebpf)?
+        .load()
+        .map_err(|error| load_error(Box::new(error)))?;
+    tc_program(&mut ebpf)?
         .load()
         .map_err(|error| load_error(Box::new(error)))?;
     Ok(ebpf)
@@ -162,6 +210,13 @@ pub fn xdp_program(ebpf: &mut Ebpf) -> anyhow::Result<&mut Xdp> {
     Ok(program.try_into()?)
 }
 
+pub fn tc_program(ebpf: &mut Ebpf) -> anyhow::Result<&mut SchedClassifier> {
+    let program = ebpf
+        .program_mut(PROG_TC)
+        .ok_or_else(|| anyhow::anyhow!("the eBPF object has no program {PROG_TC}"))?;
+    Ok(program.try_into()?)
+}
+
 /// Resolves an interface name the way the kernel would, with errors an operator can act on.
 pub fn resolve_interface(name: &str) -> Result<u32, Error> {
     let invalid = |why| Error::InvalidInterfaceName { name: name.to_owned(), why };
@@ -183,13 +238,49 @@ pub fn resolve_interface(name: &str) -> Result<u32, Error> {
     Ok(ifindex)
 }
 
-/// An attached XDP program. Dropping it (or the process dying) detaches it.
+/// An attached program. Dropping it (or the process dying) detaches it: both kinds are links
+/// owned by a file descriptor of this process.
 #[derive(Debug)]
-pub struct XdpAttachment {
+pub struct Attachment {
     pub iface: String,
     pub ifindex: u32,
-    pub mode: XdpMode,
-    _link: OwnedFd,
+    pub hook: Hook,
+    _link: Link,
+}
+
+#[derive(Debug)]
+enum Link {
+    Xdp(#[allow(dead_code, reason = "held for its Drop")] OwnedFd),
+    Tc(#[allow(dead_code, reason = "held for its Drop")] SchedClassifierLink),
+}
+
+/// Attaches the TC program to `iface`'s ingress through a tcx link, first in line before any
+/// other program; it returns "next", so the others' verdicts stand.
+///
+/// # Errors
+/// [`Error::AttachTc`] (kernels before 6.6 have no tcx), [`Error::MissingCapability`] on EPERM.
+pub fn attach_tc(program: &mut SchedClassifier, iface: &str, ifindex: u32) -> Result<Attachment, Error> {
+    let attach_error = |source: aya::programs::ProgramError| {
+        let denied = matches!(
+            &source,
+            aya::programs::ProgramError::SyscallError(aya::sys::SyscallError { io_error, .. })
+                if matches!(io_error.raw_os_error(), Some(libc::EPERM | libc::EACCES))
+        );
+        if denied {
+            Error::MissingCapability {
+                capability: "CAP_NET_ADMIN",
+                short: "NET_ADMIN",
+                why: "needed to attach to an interface",
+            }
+        } else {
+            Error::AttachTc { iface: iface.to_owned(), source }
+        }
+    };
+    let id = program
+        .attach_with_options(iface, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::first()))
+        .map_err(attach_error)?;
+    let link = program.take_link(id).map_err(attach_error)?;
+    Ok(Attachment { iface: iface.to_owned(), ifindex, hook: Hook::TcIngress, _link: Link::Tc(link) })
 }
 
 /// Attaches rstwatch's XDP program to `iface` through a bpf_link.
@@ -206,7 +297,7 @@ pub fn attach_xdp(
     iface: &str,
     ifindex: u32,
     choice: XdpModeChoice,
-) -> Result<XdpAttachment, Error> {
+) -> Result<Attachment, Error> {
     let modes: &[XdpMode] = match choice {
         XdpModeChoice::Auto => &[XdpMode::Native, XdpMode::Skb],
         XdpModeChoice::Native => &[XdpMode::Native],
@@ -221,7 +312,7 @@ pub fn attach_xdp(
     for &mode in modes {
         match bpf_link_create_xdp(program_fd, ifindex, mode) {
             Ok(link) => {
-                return Ok(XdpAttachment { iface: iface.to_owned(), ifindex, mode, _link: link });
+                return Ok(Attachment { iface: iface.to_owned(), ifindex, hook: Hook::Xdp(mode), _link: Link::Xdp(link) });
             }
             Err(error) => match error.raw_os_error() {
                 Some(libc::EBUSY | libc::EEXIST) => {

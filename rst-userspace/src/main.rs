@@ -12,7 +12,7 @@ use clap::Parser;
 use rst_common::wire::DEFAULT_MAX_FLOWS;
 use rstwatch::{
     collector::Collector,
-    loader::{self, XdpAttachment, XdpModeChoice},
+    loader::{self, Attachment, HookChoice, XdpModeChoice},
     replay,
     report::{parse_duration, Aggregator, InterfaceRecord, Printer, ReportOptions},
 };
@@ -79,6 +79,9 @@ struct WatchArgs {
     /// Stop after this long (e.g. 30s, 5m); default: until SIGINT or SIGTERM.
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
+    /// Where to count: the XDP hook, or TC ingress (tcx, kernel ≥ 6.6) beside another XDP program.
+    #[arg(long, value_enum, default_value_t = HookChoice::Xdp)]
+    hook: HookChoice,
     /// Where to hook XDP.
     #[arg(long, value_enum, default_value_t = XdpModeChoice::Auto)]
     xdp_mode: XdpModeChoice,
@@ -147,18 +150,20 @@ fn run(cli: WatchArgs) -> anyhow::Result<()> {
 
     let mut ebpf = loader::load(cli.max_flows)?;
     let mut collector = Collector::new(&mut ebpf)?;
-    let program = loader::xdp_program(&mut ebpf)?;
     // If any attach fails, the ones before it are dropped (detached) on the way out.
-    let mut attachments: Vec<XdpAttachment> = Vec::new();
+    let mut attachments: Vec<Attachment> = Vec::new();
     for (iface, ifindex) in &targets {
-        attachments.push(loader::attach_xdp(program, iface, *ifindex, cli.xdp_mode)?);
+        attachments.push(match cli.hook {
+            HookChoice::Xdp => loader::attach_xdp(loader::xdp_program(&mut ebpf)?, iface, *ifindex, cli.xdp_mode)?,
+            HookChoice::Tc => loader::attach_tc(loader::tc_program(&mut ebpf)?, iface, *ifindex)?,
+        });
     }
-    for XdpAttachment { iface, ifindex, mode, .. } in &attachments {
-        tracing::info!("attached to {iface} (ifindex {ifindex}, {mode})");
+    for Attachment { iface, ifindex, hook, .. } in &attachments {
+        tracing::info!("attached to {iface} (ifindex {ifindex}, {hook})");
     }
     let interfaces = attachments
         .iter()
-        .map(|a| InterfaceRecord { iface: a.iface.clone(), ifindex: a.ifindex, mode: a.mode.as_str() })
+        .map(|a| InterfaceRecord { iface: a.iface.clone(), ifindex: a.ifindex, mode: a.hook.as_str() })
         .collect();
 
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -394,6 +394,30 @@ fn counts_client_resets_on_the_server_side() -> Result<()> {
     assert_detached(&hosts.server_if)
 }
 
+/// Beside another XDP user: the interface's XDP hook is taken (here by a first rstwatch, which
+/// must keep working), a plain second rstwatch is refused and names --hook tc, and
+/// `--hook tc` counts exactly the same resets through a tcx link.
+#[test]
+fn hook_tc_watches_beside_a_foreign_xdp_program() -> Result<()> {
+    let hosts = hosts()?;
+    let iface = &hosts.client_if;
+    let foreign = watch(iface, &["--duration", "8s", "--format", "json"])?;
+    let refused = run_to_end(&hosts.client, &rstwatch_str(), &["-i", &iface.name, "--duration", "1s"])?;
+    assert_one_line_error(&refused, "--hook tc");
+    let beside = watch(iface, &["--hook", "tc", "--duration", "5s", "--format", "json"])?;
+    let report = traffic(&hosts, &["--rounds", "2"], &refused_and_aborted_steps())?;
+    let want = expected(&report, "server")?;
+    let (beside, foreign) = (beside.finish(EXIT_TIMEOUT)?, foreign.finish(EXIT_TIMEOUT)?);
+    for (name, fin) in [("--hook tc", &beside), ("the XDP one", &foreign)] {
+        assert!(fin.status.success(), "{name} failed ({}): {}", fin.status, fin.stderr);
+        assert_eq!(counted(&summary(fin)?, iface)?, want, "{name} miscounted");
+    }
+    assert_eq!(summary(&beside)?["interfaces"][0]["mode"], "tc");
+    // The tcx link's own detach is checked with a BPF_PROG_QUERY in rst-userspace/tests/hooks.rs
+    // (this machine's bpftool 7.1 does not list tcx links).
+    assert_detached(iface)
+}
+
 fn run_to_end(ns: &Netns, prog: &str, args: &[&str]) -> Result<Finished> {
     let mut cmd = ns.exec(prog);
     cmd.args(args);

@@ -1,0 +1,95 @@
+//! Attaching and detaching, as the kernel sees it, on a veth pair in a network namespace of the
+//! test's own thread (gone when the thread ends). Also the TC program's verdict: always "next".
+
+use std::process::Command;
+
+use aya::programs::{SchedClassifier, TcAttachType, TestRun, TestRunOptions};
+use rst_common::{
+    craft::tcp_v4,
+    parse::{TCP_ACK, TCP_RST},
+    wire::PROG_TC,
+};
+use rstwatch::{
+    collector::Collector,
+    loader::{self, Hook, XdpModeChoice, XdpMode},
+    netlink,
+};
+
+/// Moves this test thread into a fresh network namespace holding the veth pair `a` — `b`.
+/// Children spawned from this thread inherit the namespace, so `ip` configures it.
+fn private_veth(a: &str, b: &str) -> u32 {
+    // SAFETY: unshare(CLONE_NEWNET) only changes the calling thread's network namespace.
+    let ret = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+    assert_eq!(ret, 0, "unshare(CLONE_NEWNET) needs root: {}", std::io::Error::last_os_error());
+    for args in [
+        vec!["link", "add", a, "type", "veth", "peer", "name", b],
+        vec!["link", "set", a, "up"],
+        vec!["link", "set", b, "up"],
+    ] {
+        let status = Command::new("ip").args(&args).status().expect("ip runs");
+        assert!(status.success(), "ip {args:?}");
+    }
+    loader::resolve_interface(a).expect("the veth exists")
+}
+
+fn tcx_ingress_programs(iface: &str) -> Vec<String> {
+    let (_, programs) = SchedClassifier::query_tcx(iface, TcAttachType::Ingress).expect("tcx query");
+    programs.iter().map(|info| info.name_as_str().unwrap_or("?").to_owned()).collect()
+}
+
+#[test]
+fn tc_attachment_is_a_tcx_link_that_goes_with_its_owner() {
+    let ifindex = private_veth("rwhook0", "rwhook1");
+    let mut ebpf = loader::load(1024).expect("load");
+    let attachment = loader::attach_tc(loader::tc_program(&mut ebpf).expect("program"), "rwhook0", ifindex)
+        .expect("attach tc");
+    assert_eq!(attachment.hook, Hook::TcIngress);
+    assert_eq!(tcx_ingress_programs("rwhook0"), [PROG_TC]);
+    drop(attachment);
+    assert!(tcx_ingress_programs("rwhook0").is_empty(), "still attached after the link was dropped");
+}
+
+#[test]
+fn xdp_attachment_goes_with_its_owner_and_blocks_a_second_one() {
+    let ifindex = private_veth("rwhook2", "rwhook3");
+    let mut ebpf = loader::load(1024).expect("load");
+    let attachment =
+        loader::attach_xdp(loader::xdp_program(&mut ebpf).expect("program"), "rwhook2", ifindex, XdpModeChoice::Auto)
+            .expect("attach xdp");
+    assert_eq!(attachment.hook, Hook::Xdp(XdpMode::Native), "veth supports native XDP");
+    let held = netlink::attached_xdp(ifindex).expect("rtnetlink").expect("an XDP program is attached");
+    assert_eq!(netlink::program_name(held.program_id).as_deref(), Some("rstwatch_xdp"));
+
+    let mut second = loader::load(1024).expect("load");
+    let refused =
+        loader::attach_xdp(loader::xdp_program(&mut second).expect("program"), "rwhook2", ifindex, XdpModeChoice::Skb)
+            .expect_err("the hook is taken");
+    let message = refused.to_string();
+    assert!(message.contains("already has an XDP program") && message.contains(&held.program_id.to_string()), "{message}");
+
+    drop(attachment);
+    assert_eq!(netlink::attached_xdp(ifindex).expect("rtnetlink"), None);
+}
+
+#[test]
+fn tc_program_counts_like_xdp_and_always_says_next() {
+    let mut ebpf = loader::load(1024).expect("load");
+    let mut collector = Collector::new(&mut ebpf).expect("collector");
+    let program = loader::tc_program(&mut ebpf).expect("program");
+    let reset = tcp_v4().flags(TCP_RST | TCP_ACK);
+    for frame in [reset.build().bytes, tcp_v4().flags(TCP_ACK).build().bytes] {
+        let result = program
+            .test_run(TestRunOptions { data_in: Some(&frame), ..TestRunOptions::new() })
+            .expect("test run");
+        assert_eq!(result.return_value as i32, -1, "TC programs must return TCX_NEXT / TC_ACT_UNSPEC");
+    }
+    let sample = collector.collect().expect("collect");
+    assert_eq!((sample.counters.frames, sample.counters.tcp, sample.counters.resets), (2, 2, 1));
+    assert_eq!(sample.flows.len(), 1);
+    let (key, count) = sample.flows[0];
+    assert_eq!(count, 1);
+    assert_eq!((key.src_ip(), key.sport, key.dst_ip(), key.dport), {
+        let expected = reset.flow_key(key.ifindex);
+        (expected.src_ip(), expected.sport, expected.dst_ip(), expected.dport)
+    });
+}
