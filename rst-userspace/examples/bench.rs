@@ -590,6 +590,7 @@ fn drain(opts: &Opts) -> anyhow::Result<Value> {
     let mut ebpf = rstwatch::loader::load(largest.max(1024)).context("loading the eBPF object (needs root)")?;
     let tables = [second_handle(&ebpf, MAP_FLOWS[0])?, second_handle(&ebpf, MAP_FLOWS[1])?];
     let epoch: Array<MapData, u32> = Map::Array(second_handle(&ebpf, MAP_EPOCH)?).try_into()?;
+    let cache = second_handle(&ebpf, rst_common::wire::MAP_FLOW_CACHE)?;
     let mut collector = Collector::new(&mut ebpf)?;
 
     let mut flips = Vec::new();
@@ -600,6 +601,24 @@ fn drain(opts: &Opts) -> anyhow::Result<Value> {
         empty.push(sample.read_time.as_nanos() as f64);
     }
     let empty_ns = median(&mut empty);
+    // The flow cache's share of every collect: one batch read and one batch clear of an epoch's
+    // half (1024 slots per CPU).
+    let cpus = aya::util::nr_cpus().map_err(|(what, error)| anyhow::anyhow!("{what}: {error}"))?;
+    let slots = rst_common::wire::FLOW_CACHE_SLOTS;
+    let zeroes = vec![
+        rst_common::wire::CacheSlot { key: FlowKey::default(), _pad: 0, resets: 0 };
+        slots as usize * cpus
+    ];
+    let (mut cache_read, mut cache_clear) = (Vec::new(), Vec::new());
+    for _ in 0..trials.max(5) {
+        let started = Instant::now();
+        let _: Vec<rst_common::wire::CacheSlot> =
+            rstwatch::batch::lookup_per_cpu_array(cache.fd().as_fd(), slots, slots, cpus)?;
+        cache_read.push(started.elapsed().as_nanos() as f64);
+        let started = Instant::now();
+        rstwatch::batch::update_per_cpu_array(cache.fd().as_fd(), slots, &zeroes, cpus)?;
+        cache_clear.push(started.elapsed().as_nanos() as f64);
+    }
     let mut rows = Vec::new();
     for &n in &sizes {
         let keys: Vec<FlowKey> = (0..n)
@@ -625,8 +644,24 @@ fn drain(opts: &Opts) -> anyhow::Result<Value> {
             ensure!(total == expected, "drained {total} resets, filled {expected}");
             times.push(sample.read_time.as_nanos() as f64);
         }
+        // The kernel's share: the same fill drained with the batch syscalls alone, no merging.
+        let mut raw = Vec::new();
+        for _ in 0..trials {
+            let active = epoch.get(&0, 0)? & 1;
+            update_batch(&tables[active as usize], &keys, &values).context("filling the flow table")?;
+            let started = Instant::now();
+            let drained = rstwatch::batch::drain_hash_map::<FlowKey, FlowValue>(
+                tables[active as usize].fd().as_fd(),
+                |_, _| {},
+            )?;
+            raw.push(started.elapsed().as_nanos() as f64);
+            ensure!(drained == n as usize, "batch drain returned {drained} of {n}");
+        }
         let collect_ns = median(&mut times);
+        let raw_ns = median(&mut raw);
         rows.push(json!({
+            "batch_drain_ms": raw_ns / 1e6,
+            "batch_drain_ns_per_entry": raw_ns / f64::from(n),
             "flows": n,
             "collect_ms": collect_ns / 1e6,
             "ns_per_entry": collect_ns / f64::from(n),
@@ -639,6 +674,8 @@ fn drain(opts: &Opts) -> anyhow::Result<Value> {
         "trials": trials,
         "grace_period_ms": median(&mut flips) / 1e6,
         "empty_collect_ms": empty_ns / 1e6,
+        "cache_read_ms": median(&mut cache_read) / 1e6,
+        "cache_clear_ms": median(&mut cache_clear) / 1e6,
         "rows": rows,
     }))
 }
@@ -657,7 +694,7 @@ fn hold(opts: &Opts) -> anyhow::Result<Value> {
     }
     let attachment =
         rstwatch::loader::attach_xdp(program, iface, ifindex, rstwatch::loader::XdpModeChoice::Auto)?;
-    eprintln!("bench: attached {name} to {iface} ({})", attachment.mode);
+    eprintln!("bench: attached {name} to {iface} ({:?})", attachment.hook);
     // Until killed: the bpf_link closes with the process, which detaches the program.
     loop {
         std::thread::sleep(Duration::from_secs(3600));
