@@ -773,7 +773,8 @@ fn structured(rng: &mut Rng) -> Vec<u8> {
             builder = builder.ipv4_options(&options);
         }
         if rng.chance(15) {
-            builder = builder.ipv4_fragment(if rng.chance(50) { 0 } else { 1 + rng.below(1000) as u16 }, rng.chance(50));
+            builder =
+                builder.ipv4_fragment(if rng.chance(50) { 0 } else { 1 + rng.below(1000) as u16 }, rng.chance(50));
         }
     }
     if rng.chance(5) {
@@ -1009,11 +1010,7 @@ pub fn check_one(kernel: &mut Kernel, frame: &[u8]) -> anyhow::Result<Vec<String
     let mut problems = Vec::new();
     let host = host(frame, IFINDEX);
     if host != expected {
-        problems.push(format!(
-            "host: {}, reference: {}",
-            describe_key(host.as_ref()),
-            describe_key(expected.as_ref())
-        ));
+        problems.push(format!("host: {}, reference: {}", describe_key(host.as_ref()), describe_key(expected.as_ref())));
     }
     if frame.len() >= MIN_TEST_RUN_FRAME {
         let got = kernel.run_and_collect(&[frame])?;

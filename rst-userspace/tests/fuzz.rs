@@ -48,7 +48,12 @@ fn reference_agrees_with_the_case_table() {
         };
         let got = reference(&case.frame, IFINDEX);
         if got != expected {
-            failures.push(format!("{}: reference {}, table {}", case.name, describe_key(got.as_ref()), describe_key(expected.as_ref())));
+            failures.push(format!(
+                "{}: reference {}, table {}",
+                case.name,
+                describe_key(got.as_ref()),
+                describe_key(expected.as_ref())
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

@@ -27,10 +27,23 @@ use crate::{bench, cmd};
 
 /// `cargo run --release -p rst-userspace --example fuzz -- ARGS`; the exit status is the fuzzer's.
 pub fn fuzz(args: &[String]) -> Result<ExitCode> {
-    let mut cargo = cmd::command("cargo", ["run", "--release", "-p", "rst-userspace", "--example", "fuzz", "--"]);
+    let mut cargo = cmd::command(
+        "cargo",
+        [
+            "run",
+            "--release",
+            "-p",
+            "rst-userspace",
+            "--example",
+            "fuzz",
+            "--",
+        ],
+    );
     cargo.args(args).current_dir(cmd::workspace_root());
     println!("xtask: {}", cmd::describe(&cargo));
-    let status = cargo.status().with_context(|| format!("cannot start `{}`", cmd::describe(&cargo)))?;
+    let status = cargo
+        .status()
+        .with_context(|| format!("cannot start `{}`", cmd::describe(&cargo)))?;
     Ok(match status.code() {
         Some(0) => ExitCode::SUCCESS,
         _ => ExitCode::FAILURE,
@@ -98,13 +111,22 @@ impl IntervalCheck {
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
         if !self.sum_mismatches.is_empty() {
-            out.push(format!("flow_resets + overflow != resets in intervals {:?}", self.sum_mismatches));
+            out.push(format!(
+                "flow_resets + overflow != resets in intervals {:?}",
+                self.sum_mismatches
+            ));
         }
         if !self.late.is_empty() {
-            out.push(format!("intervals late by more than one interval (seq, gap s): {:?}", self.late));
+            out.push(format!(
+                "intervals late by more than one interval (seq, gap s): {:?}",
+                self.late
+            ));
         }
         if self.seq_gaps > 0 {
-            out.push(format!("{} gaps in interval sequence numbers", self.seq_gaps));
+            out.push(format!(
+                "{} gaps in interval sequence numbers",
+                self.seq_gaps
+            ));
         }
         out
     }
@@ -112,7 +134,10 @@ impl IntervalCheck {
 
 /// Checks rstwatch's `{"type":"interval"}` records.
 pub fn check_intervals(intervals: &[Value], interval: Duration) -> Result<IntervalCheck> {
-    let mut check = IntervalCheck { intervals: intervals.len(), ..IntervalCheck::default() };
+    let mut check = IntervalCheck {
+        intervals: intervals.len(),
+        ..IntervalCheck::default()
+    };
     let interval_s = interval.as_secs_f64();
     let mut previous: Option<(u64, f64)> = None;
     for record in intervals {
@@ -127,7 +152,9 @@ pub fn check_intervals(intervals: &[Value], interval: Duration) -> Result<Interv
         check.resets += resets;
         check.overflow += overflow;
         check.frames += totals["frames"].as_u64().unwrap_or(0);
-        check.max_flows_seen = check.max_flows_seen.max(record["flows_seen"].as_u64().unwrap_or(0));
+        check.max_flows_seen = check
+            .max_flows_seen
+            .max(record["flows_seen"].as_u64().unwrap_or(0));
         check.max_rate = check.max_rate.max(record["rate"].as_f64().unwrap_or(0.0));
         let time = record["time"].as_str().context("no time")?;
         let at = rfc3339_seconds(time).with_context(|| format!("unreadable time {time:?}"))?;
@@ -153,7 +180,10 @@ pub fn rfc3339_seconds(text: &str) -> Option<f64> {
     let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
     let (y, m, day) = (d.next()??, d.next()??, d.next()??);
     let mut t = time.split(':');
-    let (h, min) = (t.next()?.parse::<i64>().ok()?, t.next()?.parse::<i64>().ok()?);
+    let (h, min) = (
+        t.next()?.parse::<i64>().ok()?,
+        t.next()?.parse::<i64>().ok()?,
+    );
     let s: f64 = t.next()?.parse().ok()?;
     // Days from civil (Howard Hinnant's algorithm).
     let y = if m <= 2 { y - 1 } else { y };
@@ -200,9 +230,13 @@ impl SoakReport {
 
     pub fn problems(&self) -> Vec<String> {
         let mut out = self.check.problems();
-        let expected_intervals = (self.elapsed.as_secs_f64() / self.options.interval.as_secs_f64()) as usize;
+        let expected_intervals =
+            (self.elapsed.as_secs_f64() / self.options.interval.as_secs_f64()) as usize;
         if self.check.intervals + 2 < expected_intervals {
-            out.push(format!("{} intervals reported in {:.0?}, expected about {expected_intervals}", self.check.intervals, self.elapsed));
+            out.push(format!(
+                "{} intervals reported in {:.0?}, expected about {expected_intervals}",
+                self.check.intervals, self.elapsed
+            ));
         }
         let (start, _) = self.rss_after_warmup;
         if self.rss_max_after_warmup > start + Self::RSS_SLACK_KB {
@@ -259,7 +293,10 @@ pub fn soak(options: &SoakOptions) -> Result<SoakReport> {
     crate::signal::install()?;
     bench::build_bench()?;
     let lab = bench::FloodLab::new()?;
-    let mut args = vec!["--interval".to_owned(), format!("{}ms", options.interval.as_millis())];
+    let mut args = vec![
+        "--interval".to_owned(),
+        format!("{}ms", options.interval.as_millis()),
+    ];
     args.extend(options.rstwatch_args.iter().cloned());
     let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let proc = bench::start_rstwatch(&lab, &arg_refs)?;
@@ -283,8 +320,19 @@ pub fn soak(options: &SoakOptions) -> Result<SoakReport> {
 
     let churn = if options.churn_rate > 0 {
         let mut pkt = lab.gen.exec(bench::bench_bin());
-        pkt.args(["pkt", "--iface", &lab.gen_if.name, "--flows", &options.churn_flows.to_string()])
-            .args(["--rate", &options.churn_rate.to_string(), "--seconds", &format!("{:.3}", options.duration.as_secs_f64())]);
+        pkt.args([
+            "pkt",
+            "--iface",
+            &lab.gen_if.name,
+            "--flows",
+            &options.churn_flows.to_string(),
+        ])
+        .args([
+            "--rate",
+            &options.churn_rate.to_string(),
+            "--seconds",
+            &format!("{:.3}", options.duration.as_secs_f64()),
+        ]);
         Some(crate::lab::Proc::spawn(&mut pkt)?)
     } else {
         None
@@ -320,15 +368,24 @@ pub fn soak(options: &SoakOptions) -> Result<SoakReport> {
             }
         }
         if proc_exited(pid) {
-            outcome = Err(anyhow::anyhow!("rstwatch exited during the soak: {}", proc.stderr().trim()));
+            outcome = Err(anyhow::anyhow!(
+                "rstwatch exited during the soak: {}",
+                proc.stderr().trim()
+            ));
             break;
         }
     }
     let mut churn_sent = 0;
     if let Some(churn) = churn {
         let result = churn.finish(Duration::from_secs(60)).and_then(|fin| {
-            ensure!(fin.status.success(), "the churn flood failed ({}): {}", fin.status, fin.stderr.trim());
-            let v: Value = serde_json::from_str(fin.stdout.trim()).context("bench pkt printed no JSON")?;
+            ensure!(
+                fin.status.success(),
+                "the churn flood failed ({}): {}",
+                fin.status,
+                fin.stderr.trim()
+            );
+            let v: Value =
+                serde_json::from_str(fin.stdout.trim()).context("bench pkt printed no JSON")?;
             Ok(v["sent"].as_u64().unwrap_or(0))
         });
         match result {
@@ -360,7 +417,8 @@ pub fn soak(options: &SoakOptions) -> Result<SoakReport> {
         sent: sent + churn_sent,
         churn_sent,
         rounds,
-        distinct_flows: u64::from(rounds) * u64::from(options.flows) + u64::from(options.churn_flows),
+        distinct_flows: u64::from(rounds) * u64::from(options.flows)
+            + u64::from(options.churn_flows),
         summary_resets: output.summary["totals"]["resets"].as_u64().unwrap_or(0),
         check,
         rss_after_warmup: (warm[0], warm[warm.len() - 1]),
@@ -373,7 +431,9 @@ pub fn soak(options: &SoakOptions) -> Result<SoakReport> {
 fn proc_exited(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // State is the field after the parenthesised command name; Z is a zombie.
-        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
         Err(_) => true,
     }
 }
@@ -402,7 +462,11 @@ pub fn soak_command(options: &SoakOptions, out: Option<PathBuf>) -> Result<ExitC
     for p in &problems {
         eprintln!("xtask soak: {p}");
     }
-    Ok(if problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 #[cfg(test)]
@@ -412,7 +476,10 @@ mod tests {
     #[test]
     fn rfc3339_times_parse() {
         assert_eq!(rfc3339_seconds("1970-01-01T00:00:00.000Z"), Some(0.0));
-        assert_eq!(rfc3339_seconds("2000-03-01T00:00:01.500Z"), Some(951_868_801.5));
+        assert_eq!(
+            rfc3339_seconds("2000-03-01T00:00:01.500Z"),
+            Some(951_868_801.5)
+        );
         assert_eq!(rfc3339_seconds("nonsense"), None);
     }
 
