@@ -81,10 +81,12 @@ struct Opts(Vec<(String, String)>);
 
 impl Opts {
     fn parse(args: &[String]) -> anyhow::Result<Opts> {
-        ensure!(args.len() % 2 == 0, "options come as --name value pairs: {args:?}");
+        ensure!(args.len().is_multiple_of(2), "options come as --name value pairs: {args:?}");
         let mut pairs = Vec::new();
         for pair in args.chunks(2) {
-            let name = pair[0].strip_prefix("--").with_context(|| format!("{:?} is not an option", pair[0]))?;
+            let name = pair[0]
+                .strip_prefix("--")
+                .with_context(|| format!("{:?} is not an option", pair[0]))?;
             pairs.push((name.to_owned(), pair[1].clone()));
         }
         Ok(Opts(pairs))
@@ -123,7 +125,9 @@ fn padded(frame: FrameBuilder) -> Vec<u8> {
 fn flood_flow(index: u32) -> FrameBuilder {
     let server = (index / 60_000) as u8;
     let port = 1024 + (index % 60_000) as u16;
-    let mut frame = FrameBuilder::ipv4([10, 20, server, 1], [10, 30, 0, 2]).ports(443, port).flags(TCP_RST | TCP_ACK);
+    let mut frame = FrameBuilder::ipv4([10, 20, server, 1], [10, 30, 0, 2])
+        .ports(443, port)
+        .flags(TCP_RST | TCP_ACK);
     frame.dst_mac = [0x02, 0x52, 0x53, 0x54, 0x00, 0x01];
     frame
 }
@@ -149,16 +153,28 @@ impl Programs {
     }
 
     fn program(&self, name: &str) -> anyhow::Result<&Xdp> {
-        Ok(self.ebpf.program(name).with_context(|| format!("no program {name}"))?.try_into()?)
+        Ok(self
+            .ebpf
+            .program(name)
+            .with_context(|| format!("no program {name}"))?
+            .try_into()?)
     }
 
     /// Kernel-reported ns per run for `repeat` runs of `frame`.
     fn run(&self, name: &str, frame: &[u8], repeat: u32) -> anyhow::Result<f64> {
         let result = self
             .program(name)?
-            .test_run(TestRunOptions { data_in: Some(frame), repeat, ..TestRunOptions::new() })
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                repeat,
+                ..TestRunOptions::new()
+            })
             .with_context(|| format!("BPF_PROG_TEST_RUN of {name}"))?;
-        ensure!(result.return_value == XDP_PASS, "{name} returned {}", result.return_value);
+        ensure!(
+            result.return_value == XDP_PASS,
+            "{name} returned {}",
+            result.return_value
+        );
         Ok(result.duration.as_nanos() as f64)
     }
 }
@@ -219,13 +235,29 @@ fn kernel(opts: &Opts) -> anyhow::Result<Value> {
             udp.build().into_bytes()
         }),
         ("IPv4 TCP ACK", padded(tcp_v4().flags(TCP_ACK))),
-        ("IPv4 RST, existing flow (per-CPU cache hit)", padded(tcp_v4().ports(443, 40000).flags(TCP_RST))),
-        ("IPv6 RST, existing flow", padded(tcp_v6().ports(443, 40001).flags(TCP_RST))),
-        ("802.1Q VLAN IPv4 RST, existing flow", padded(tcp_v4().vlan(VlanKind::Dot1Q, 100).ports(443, 40002).flags(TCP_RST))),
-        ("IPv4 TCP ACK with 1500-byte frame", tcp_v4().flags(TCP_ACK).payload(&[0u8; 1446]).build().into_bytes()),
+        (
+            "IPv4 RST, existing flow (per-CPU cache hit)",
+            padded(tcp_v4().ports(443, 40000).flags(TCP_RST)),
+        ),
+        (
+            "IPv6 RST, existing flow",
+            padded(tcp_v6().ports(443, 40001).flags(TCP_RST)),
+        ),
+        (
+            "802.1Q VLAN IPv4 RST, existing flow",
+            padded(tcp_v4().vlan(VlanKind::Dot1Q, 100).ports(443, 40002).flags(TCP_RST)),
+        ),
+        (
+            "IPv4 TCP ACK with 1500-byte frame",
+            tcp_v4().flags(TCP_ACK).payload(&[0u8; 1446]).build().into_bytes(),
+        ),
     ];
     for (name, frame) in repeated {
-        let mut line = Line { name, method: format!("repeat {repeat}, {} B frame", frame.len()), trials: Vec::new() };
+        let mut line = Line {
+            name,
+            method: format!("repeat {repeat}, {} B frame", frame.len()),
+            trials: Vec::new(),
+        };
         for trial in 0..trials {
             // A/B, then B/A: a drift in machine load hits both programs alike.
             let (prog, base) = if trial % 2 == 0 {
@@ -244,11 +276,17 @@ fn kernel(opts: &Opts) -> anyhow::Result<Value> {
     // Flows that change every run: single test runs (no dispatcher swap), each followed by the
     // baseline on the same frame; per trial, median(prog) - median(baseline).
     let single_lines: [(&'static str, &str); 5] = [
-        ("IPv4 RST, existing flow, hash path (two flows evicting each other)", "collide"),
+        (
+            "IPv4 RST, existing flow, hash path (two flows evicting each other)",
+            "collide",
+        ),
         ("IPv4 RST, new flow each run (hash insert)", "new"),
         ("IPv4 RST over 64k flows, round robin (cache miss, hash hit)", "64k"),
         ("IPv4 TCP ACK, single runs (calibration: cf. the repeat line)", "ack"),
-        ("IPv4 RST, existing flow, single runs (calibration: cf. the repeat line)", "hit"),
+        (
+            "IPv4 RST, existing flow, single runs (calibration: cf. the repeat line)",
+            "hit",
+        ),
     ];
     let mut next_new = 0u32;
     for (name, kind) in single_lines {
@@ -268,7 +306,11 @@ fn kernel(opts: &Opts) -> anyhow::Result<Value> {
             "64k" => "65 536 flows, one pass to insert, then one timed pass of single runs".to_owned(),
             _ => format!("{singles} single runs"),
         };
-        let mut line = Line { name, method, trials: Vec::new() };
+        let mut line = Line {
+            name,
+            method,
+            trials: Vec::new(),
+        };
         for _ in 0..trials {
             // Untimed warm-up: the 64k flows all enter the table; for new flows, the cache fills
             // up so that every timed run evicts (and inserts) a flow, as in a long scan.
@@ -330,7 +372,9 @@ fn colliding_pair() -> (Vec<u8>, Vec<u8>) {
 /// A flow no other run uses: 172.16/12 sources, counting up.
 fn new_flow(index: u32) -> FrameBuilder {
     let [_, b, c, d] = index.to_be_bytes();
-    FrameBuilder::ipv4([172, 16 + (b & 0x0f), c, d], [192, 0, 2, 1]).ports(443, 50000).flags(TCP_RST)
+    FrameBuilder::ipv4([172, 16 + (b & 0x0f), c, d], [192, 0, 2, 1])
+        .ports(443, 50000)
+        .flags(TCP_RST)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -416,7 +460,14 @@ fn load_xdp_tx() -> io::Result<OwnedFd> {
     attr.prog_name[..6].copy_from_slice(b"bm_gen");
     // SAFETY: `attr` is a valid, zero-padded bpf_attr prefix for BPF_PROG_LOAD; the instruction
     // array and license string it points to outlive the call and are only read.
-    let ret = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, &attr as *const ProgLoadAttr, size_of::<ProgLoadAttr>()) };
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_LOAD,
+            &attr as *const ProgLoadAttr,
+            size_of::<ProgLoadAttr>(),
+        )
+    };
     if ret < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -440,7 +491,14 @@ fn live_run(prog: &OwnedFd, frame: &[u8], ctx: &XdpMd, repeat: u32, batch: u32) 
     };
     // SAFETY: `attr` is a valid bpf_attr for BPF_PROG_TEST_RUN; `frame` and `ctx` outlive the
     // call and are only read, there are no output buffers.
-    let ret = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_TEST_RUN, &mut attr as *mut TestRunAttr, size_of::<TestRunAttr>()) };
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            &mut attr as *mut TestRunAttr,
+            size_of::<TestRunAttr>(),
+        )
+    };
     if ret < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -463,7 +521,11 @@ fn generate(opts: &Opts) -> anyhow::Result<Value> {
     let frames: Vec<Vec<u8>> = (first..first + flows).map(|i| padded(flood_flow(i))).collect();
     let contexts: Vec<XdpMd> = frames
         .iter()
-        .map(|f| XdpMd { data_end: f.len() as u32, ingress_ifindex: ifindex, ..XdpMd::default() })
+        .map(|f| XdpMd {
+            data_end: f.len() as u32,
+            ingress_ifindex: ifindex,
+            ..XdpMd::default()
+        })
         .collect();
     let started = Instant::now();
     let mut calls = 0u64;
@@ -499,7 +561,13 @@ fn generate(opts: &Opts) -> anyhow::Result<Value> {
         .filter(|(_, &n)| n > 0)
         .map(|(i, &n)| {
             let key = flood_flow(first + i as u32).flow_key(0);
-            json!([key.src_ip().to_string(), key.sport, key.dst_ip().to_string(), key.dport, n])
+            json!([
+                key.src_ip().to_string(),
+                key.sport,
+                key.dst_ip().to_string(),
+                key.dport,
+                n
+            ])
         })
         .collect();
     Ok(json!({
@@ -549,12 +617,23 @@ fn update_batch(map: &MapData, keys: &[FlowKey], values: &[FlowValue]) -> io::Re
         };
         // SAFETY: `keys` and `values` hold `count` entries each, outlive the call and are only
         // read; `attr` is a valid bpf_attr for BPF_MAP_UPDATE_BATCH.
-        let ret = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_UPDATE_BATCH, &mut attr as *mut BatchAttr, size_of::<BatchAttr>()) };
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_UPDATE_BATCH,
+                &mut attr as *mut BatchAttr,
+                size_of::<BatchAttr>(),
+            )
+        };
         if ret < 0 {
             return Err(io::Error::last_os_error());
         }
         if attr.count as usize != keys.len() {
-            return Err(io::Error::other(format!("updated {} of {} entries", attr.count, keys.len())));
+            return Err(io::Error::other(format!(
+                "updated {} of {} entries",
+                attr.count,
+                keys.len()
+            )));
         }
     }
     Ok(())
@@ -574,7 +653,11 @@ fn membarrier_ns() -> f64 {
     let started = Instant::now();
     // SAFETY: membarrier takes no pointers; MEMBARRIER_CMD_GLOBAL (1) waits for a grace period.
     let ret = unsafe { libc::syscall(libc::SYS_membarrier, 1 as libc::c_long, 0, 0) };
-    assert!(ret >= 0, "membarrier(MEMBARRIER_CMD_GLOBAL): {}", io::Error::last_os_error());
+    assert!(
+        ret >= 0,
+        "membarrier(MEMBARRIER_CMD_GLOBAL): {}",
+        io::Error::last_os_error()
+    );
     started.elapsed().as_nanos() as f64
 }
 
@@ -606,7 +689,11 @@ fn drain(opts: &Opts) -> anyhow::Result<Value> {
     let cpus = aya::util::nr_cpus().map_err(|(what, error)| anyhow::anyhow!("{what}: {error}"))?;
     let slots = rst_common::wire::FLOW_CACHE_SLOTS;
     let zeroes = vec![
-        rst_common::wire::CacheSlot { key: FlowKey::default(), _pad: 0, resets: 0 };
+        rst_common::wire::CacheSlot {
+            key: FlowKey::default(),
+            _pad: 0,
+            resets: 0
+        };
         slots as usize * cpus
     ];
     let (mut cache_read, mut cache_clear) = (Vec::new(), Vec::new());
@@ -628,7 +715,11 @@ fn drain(opts: &Opts) -> anyhow::Result<Value> {
                 key
             })
             .collect();
-        let values: Vec<FlowValue> = (0..n).map(|i| FlowValue { resets: u64::from(i % 7 + 1) }).collect();
+        let values: Vec<FlowValue> = (0..n)
+            .map(|i| FlowValue {
+                resets: u64::from(i % 7 + 1),
+            })
+            .collect();
         let expected: u64 = values.iter().map(|v| v.resets).sum();
         let mut times = Vec::new();
         let mut fill = Vec::new();
@@ -639,7 +730,11 @@ fn drain(opts: &Opts) -> anyhow::Result<Value> {
             update_batch(&tables[active as usize], &keys, &values).context("filling the flow table")?;
             fill.push(started.elapsed().as_nanos() as f64);
             let sample = collector.collect()?;
-            ensure!(sample.flows.len() == n as usize, "drained {} of {n} flows", sample.flows.len());
+            ensure!(
+                sample.flows.len() == n as usize,
+                "drained {} of {n} flows",
+                sample.flows.len()
+            );
             let total: u64 = sample.flows.iter().map(|(_, r)| r).sum();
             ensure!(total == expected, "drained {total} resets, filled {expected}");
             times.push(sample.read_time.as_nanos() as f64);
@@ -650,10 +745,8 @@ fn drain(opts: &Opts) -> anyhow::Result<Value> {
             let active = epoch.get(&0, 0)? & 1;
             update_batch(&tables[active as usize], &keys, &values).context("filling the flow table")?;
             let started = Instant::now();
-            let drained = rstwatch::batch::drain_hash_map::<FlowKey, FlowValue>(
-                tables[active as usize].fd().as_fd(),
-                |_, _| {},
-            )?;
+            let drained =
+                rstwatch::batch::drain_hash_map::<FlowKey, FlowValue>(tables[active as usize].fd().as_fd(), |_, _| {})?;
             raw.push(started.elapsed().as_nanos() as f64);
             ensure!(drained == n as usize, "batch drain returned {drained} of {n}");
         }
@@ -688,12 +781,14 @@ fn hold(opts: &Opts) -> anyhow::Result<Value> {
     let name = opts.text("program").unwrap_or(PROG_XDP_BASELINE).to_owned();
     let ifindex = rstwatch::loader::resolve_interface(iface)?;
     let mut ebpf = rstwatch::loader::load(1024)?;
-    let program: &mut Xdp = ebpf.program_mut(&name).with_context(|| format!("no program {name}"))?.try_into()?;
+    let program: &mut Xdp = ebpf
+        .program_mut(&name)
+        .with_context(|| format!("no program {name}"))?
+        .try_into()?;
     if name != PROG_XDP {
         program.load()?;
     }
-    let attachment =
-        rstwatch::loader::attach_xdp(program, iface, ifindex, rstwatch::loader::XdpModeChoice::Auto)?;
+    let attachment = rstwatch::loader::attach_xdp(program, iface, ifindex, rstwatch::loader::XdpModeChoice::Auto)?;
     eprintln!("bench: attached {name} to {iface} ({:?})", attachment.hook);
     // Until killed: the bpf_link closes with the process, which detaches the program.
     loop {
@@ -706,7 +801,10 @@ fn packet_flood(opts: &Opts) -> anyhow::Result<Value> {
     let flows: u32 = opts.get("flows", 10_000)?;
     let rate: f64 = opts.get("rate", 100_000.0)?;
     let seconds: f64 = opts.get("seconds", 5.0)?;
-    ensure!(flows > 0 && rate > 0.0 && seconds > 0.0, "--flows, --rate and --seconds must be positive");
+    ensure!(
+        flows > 0 && rate > 0.0 && seconds > 0.0,
+        "--flows, --rate and --seconds must be positive"
+    );
     let ifindex = rstwatch::loader::resolve_interface(iface)?;
     // SAFETY: plain socket(2) call; the result is checked before use.
     let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
@@ -745,7 +843,10 @@ fn packet_flood(opts: &Opts) -> anyhow::Result<Value> {
         let mut iovecs: Vec<libc::iovec> = Vec::with_capacity(BATCH);
         for k in 0..BATCH {
             let frame = &frames[(next + k) % frames.len()];
-            iovecs.push(libc::iovec { iov_base: frame.as_ptr() as *mut libc::c_void, iov_len: frame.len() });
+            iovecs.push(libc::iovec {
+                iov_base: frame.as_ptr() as *mut libc::c_void,
+                iov_len: frame.len(),
+            });
         }
         // SAFETY: mmsghdr is plain data; zero is a valid starting value, filled in below.
         let mut messages: Vec<libc::mmsghdr> = (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();

@@ -13,7 +13,11 @@ use xtask::bench::{self, FloodLab, GenPlan};
 
 fn lab() -> Result<FloodLab> {
     let rstwatch = bench::rstwatch_bin();
-    ensure!(rstwatch.is_file(), "{} does not exist: run `cargo xtask build` (or set RSTWATCH_BIN)", rstwatch.display());
+    ensure!(
+        rstwatch.is_file(),
+        "{} does not exist: run `cargo xtask build` (or set RSTWATCH_BIN)",
+        rstwatch.display()
+    );
     bench::build_bench()?;
     FloodLab::new()
 }
@@ -26,15 +30,34 @@ fn every_reset_of_a_flood_is_counted_once_in_its_flow() -> Result<()> {
     let lab = lab()?;
     let xdp_before = lab.xdp_received()?;
     let rstwatch = bench::start_rstwatch(&lab, &["--interval", "200ms"])?;
-    let fast = bench::generate(&lab, &GenPlan { flows: 16, first: 0, repeat: 50_000, passes: 1 })?;
-    let sweep = bench::generate(&lab, &GenPlan { flows: 4096, first: 1000, repeat: 1, passes: 2 })?;
+    let fast = bench::generate(
+        &lab,
+        &GenPlan {
+            flows: 16,
+            first: 0,
+            repeat: 50_000,
+            passes: 1,
+        },
+    )?;
+    let sweep = bench::generate(
+        &lab,
+        &GenPlan {
+            flows: 4096,
+            first: 1000,
+            repeat: 1,
+            passes: 2,
+        },
+    )?;
     let out = bench::stop_rstwatch(rstwatch)?;
 
     let sent = fast.sent + sweep.sent;
     assert_eq!(sent, 16 * 50_000 + 2 * 4096);
     let received = lab.xdp_received()? - xdp_before;
     // The peer also sees its neighbour's own IPv6 chatter (a few frames), never fewer than sent.
-    assert!(received >= sent && received - sent < 100, "the peer received {received} XDP frames for {sent} sent");
+    assert!(
+        received >= sent && received - sent < 100,
+        "the peer received {received} XDP frames for {sent} sent"
+    );
     let mut expected: BTreeMap<_, u64> = fast.expected;
     for (flow, count) in sweep.expected {
         *expected.entry(flow).or_default() += count;
@@ -52,8 +75,24 @@ fn every_reset_of_a_flood_is_counted_once_in_its_flow() -> Result<()> {
 fn a_flood_that_overflows_the_table_still_adds_up() -> Result<()> {
     let lab = lab()?;
     let rstwatch = bench::start_rstwatch(&lab, &["--interval", "300ms", "--max-flows", "64"])?;
-    let sweep = bench::generate(&lab, &GenPlan { flows: 4096, first: 0, repeat: 1, passes: 3 })?;
-    let fast = bench::generate(&lab, &GenPlan { flows: 4, first: 50_000, repeat: 20_000, passes: 1 })?;
+    let sweep = bench::generate(
+        &lab,
+        &GenPlan {
+            flows: 4096,
+            first: 0,
+            repeat: 1,
+            passes: 3,
+        },
+    )?;
+    let fast = bench::generate(
+        &lab,
+        &GenPlan {
+            flows: 4,
+            first: 50_000,
+            repeat: 20_000,
+            passes: 1,
+        },
+    )?;
     let out = bench::stop_rstwatch(rstwatch)?;
 
     let sent = sweep.sent + fast.sent;
@@ -62,7 +101,10 @@ fn a_flood_that_overflows_the_table_still_adds_up() -> Result<()> {
         *expected.entry(flow).or_default() += count;
     }
     let exact = bench::check_exact(&out, sent, &expected)?;
-    assert!(exact.overflow > 0, "4096 flows must overflow a 64-entry table: {exact:?}");
+    assert!(
+        exact.overflow > 0,
+        "4096 flows must overflow a 64-entry table: {exact:?}"
+    );
     assert!(exact.in_flows > 0, "the table still holds flows: {exact:?}");
     Ok(())
 }
