@@ -6,6 +6,8 @@
 pub mod batch;
 pub mod collector;
 pub mod loader;
+pub mod metrics;
 pub mod netlink;
 pub mod replay;
 pub mod report;
+pub mod tui;

@@ -4,15 +4,17 @@ use std::{
     collections::HashSet,
     io::{self, IsTerminal as _, Write},
     process::ExitCode,
+    sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::Context as _;
 use clap::Parser;
-use rst_common::wire::DEFAULT_MAX_FLOWS;
+use rst_common::wire::{DEFAULT_MAX_FLOWS, PROG_TC, PROG_XDP};
 use rstwatch::{
     collector::Collector,
     loader::{self, Attachment, HookChoice, XdpModeChoice},
+    metrics::{self, Metrics, RunTimeWindow},
     replay,
     report::{parse_duration, Aggregator, InterfaceRecord, Printer, ReportOptions},
 };
@@ -69,6 +71,9 @@ enum Command {
     },
     /// Print the man page (roff), generated from these options: `rstwatch man | man -l -`.
     Man,
+    /// Live view in the terminal: the top resetters, destinations, services or flows, refreshed
+    /// every interval; keys sort, switch views, filter by address or port, and pause.
+    Top(rstwatch::tui::TopArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -85,6 +90,9 @@ struct WatchArgs {
     /// Where to hook XDP.
     #[arg(long, value_enum, default_value_t = XdpModeChoice::Auto)]
     xdp_mode: XdpModeChoice,
+    /// Serve Prometheus metrics on PORT (127.0.0.1) or ADDR:PORT; off by default.
+    #[arg(long, value_name = "ADDR", value_parser = metrics::parse_listen)]
+    metrics: Option<std::net::SocketAddr>,
     /// Capacity of each of the two per-interval flow tables (kernel memory is ~100 bytes per
     /// entry, allocated at start). RSTs beyond it are still counted, as `overflow`.
     #[arg(long, default_value_t = DEFAULT_MAX_FLOWS, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
@@ -124,6 +132,7 @@ fn main() -> ExitCode {
         Some(Command::Man) => clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
             .render(&mut io::stdout())
             .context("writing the man page"),
+        Some(Command::Top(args)) => rstwatch::tui::run(&args),
         None => run(cli.watch),
     };
     match outcome {
@@ -147,6 +156,19 @@ fn run(cli: WatchArgs) -> anyhow::Result<()> {
         targets.push((iface.clone(), ifindex));
     }
     loader::check_capabilities()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .enable_io()
+        .build()
+        .context("starting the runtime")?;
+    let listener = match cli.metrics {
+        Some(addr) => Some(
+            runtime
+                .block_on(tokio::net::TcpListener::bind(addr))
+                .with_context(|| format!("binding the metrics endpoint to {addr}"))?,
+        ),
+        None => None,
+    };
 
     let mut ebpf = loader::load(cli.max_flows)?;
     let mut collector = Collector::new(&mut ebpf)?;
@@ -161,20 +183,35 @@ fn run(cli: WatchArgs) -> anyhow::Result<()> {
     for Attachment { iface, ifindex, hook, .. } in &attachments {
         tracing::info!("attached to {iface} (ifindex {ifindex}, {hook})");
     }
-    let interfaces = attachments
+    let interfaces: Vec<InterfaceRecord> = attachments
         .iter()
         .map(|a| InterfaceRecord { iface: a.iface.clone(), ifindex: a.ifindex, mode: a.hook.as_str() })
         .collect();
+    let metrics = listener.map(|listener| {
+        let names = interfaces.iter().map(|i| (i.ifindex, i.iface.clone())).collect();
+        let metrics = Arc::new(Metrics::new(names, cli.max_flows));
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!("serving metrics on http://{addr}/metrics");
+        }
+        runtime.spawn(metrics::serve(listener, Arc::clone(&metrics)));
+        metrics
+    });
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .enable_io()
-        .build()
-        .context("starting the runtime")?;
     let ReportOptions { interval, top, format } = cli.report;
     let mut aggregator = Aggregator::new(interfaces, top as usize);
     let mut printer = Printer::new(io::stdout().lock(), format, top as usize);
-    let outcome = runtime.block_on(watch(&cli, &mut collector, &mut aggregator, &mut printer));
+    let program = match cli.hook {
+        HookChoice::Xdp => PROG_XDP,
+        HookChoice::Tc => PROG_TC,
+    };
+    let mut watch_state = Watch {
+        collector: &mut collector,
+        aggregator: &mut aggregator,
+        printer: &mut printer,
+        metrics: metrics.as_deref(),
+        program: ebpf.program(program).map(|p| (program, p)),
+    };
+    let outcome = runtime.block_on(watch(&cli, &mut watch_state));
 
     // Detach before the last read, so the summary holds every RST that crossed the hook.
     let detached: Vec<String> = attachments.iter().map(|a| a.iface.clone()).collect();
@@ -184,6 +221,9 @@ fn run(cli: WatchArgs) -> anyhow::Result<()> {
         let sample = collector.collect()?;
         let elapsed = last_interval_start.elapsed();
         let record = aggregator.add(&sample, elapsed, SystemTime::now());
+        if let Some(metrics) = &metrics {
+            metrics.observe(&sample, &record);
+        }
         if sample.counters.frames > 0 || elapsed >= interval / 2 {
             printer.interval(&record)?;
         }
@@ -196,13 +236,18 @@ fn run(cli: WatchArgs) -> anyhow::Result<()> {
     }
 }
 
+/// What the interval loop works on.
+struct Watch<'a, W: Write> {
+    collector: &'a mut Collector,
+    aggregator: &'a mut Aggregator,
+    printer: &'a mut Printer<W>,
+    metrics: Option<&'a Metrics>,
+    /// The attached program, for run-time sampling.
+    program: Option<(&'static str, &'a aya::programs::Program)>,
+}
+
 /// Reports every interval until a stop condition; returns when the unreported interval began.
-async fn watch<W: Write>(
-    cli: &WatchArgs,
-    collector: &mut Collector,
-    aggregator: &mut Aggregator,
-    printer: &mut Printer<W>,
-) -> anyhow::Result<Instant> {
+async fn watch<W: Write>(cli: &WatchArgs, state: &mut Watch<'_, W>) -> anyhow::Result<Instant> {
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let started = tokio::time::Instant::now();
@@ -210,6 +255,10 @@ async fn watch<W: Write>(
     let interval = cli.report.interval;
     let mut ticks = tokio::time::interval_at(started + interval, interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Run-time sampling only feeds the metrics endpoint: without it, stats are never turned on.
+    let mut sampling = state.metrics.is_some() && state.program.is_some();
+    let mut next_sample = started + Duration::from_secs(5);
+    let mut window: Option<(RunTimeWindow, tokio::time::Instant)> = None;
     let mut interval_start = Instant::now();
     loop {
         let until_deadline = async {
@@ -218,21 +267,67 @@ async fn watch<W: Write>(
                 None => std::future::pending().await,
             }
         };
+        let window_ends = window.as_ref().map(|(_, ends)| *ends);
+        let sample_due = async move {
+            match (window_ends, sampling) {
+                (Some(ends), _) => tokio::time::sleep_until(ends).await,
+                (None, true) => tokio::time::sleep_until(next_sample).await,
+                (None, false) => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = ticks.tick() => {
                 if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                     return Ok(interval_start);
                 }
-                let sample = collector.collect()?;
+                let sample = state.collector.collect()?;
                 tracing::debug!(read_ms = sample.read_time.as_secs_f64() * 1e3, flows = sample.flows.len(), "interval read");
                 let now = Instant::now();
-                let record = aggregator.add(&sample, now - interval_start, SystemTime::now());
+                let record = state.aggregator.add(&sample, now - interval_start, SystemTime::now());
                 interval_start = now;
-                printer.interval(&record)?;
+                if let Some(metrics) = state.metrics {
+                    metrics.observe(&sample, &record);
+                }
+                state.printer.interval(&record)?;
+            }
+            _ = sample_due => {
+                if let (Some(metrics), Some((name, program))) = (state.metrics, state.program) {
+                    sample_run_time(metrics, name, program, &mut window, &mut next_sample, &mut sampling);
+                }
             }
             _ = interrupt.recv() => return Ok(interval_start),
             _ = terminate.recv() => return Ok(interval_start),
             _ = until_deadline => return Ok(interval_start),
+        }
+    }
+}
+
+/// Opens a run-time sampling window, or closes the open one and publishes what it measured.
+/// Turns sampling off for the rest of the run if the kernel refuses to enable stats.
+fn sample_run_time(
+    metrics: &Metrics,
+    name: &'static str,
+    program: &aya::programs::Program,
+    window: &mut Option<(RunTimeWindow, tokio::time::Instant)>,
+    next_sample: &mut tokio::time::Instant,
+    sampling: &mut bool,
+) {
+    let now = tokio::time::Instant::now();
+    match window.take() {
+        None => match RunTimeWindow::open(program) {
+            Ok(opened) => *window = Some((opened, now + metrics::RUN_TIME_WINDOW)),
+            Err(error) => {
+                tracing::warn!("program run time will not be sampled: {error:#} (BPF_ENABLE_STATS needs CAP_SYS_ADMIN)");
+                *sampling = false;
+            }
+        },
+        Some((opened, _)) => {
+            match opened.close(program) {
+                Ok(Some(ns_per_packet)) => metrics.set_run_time(name, ns_per_packet),
+                Ok(None) => {}
+                Err(error) => tracing::warn!("reading the program's run time: {error:#}"),
+            }
+            *next_sample = now + metrics::RUN_TIME_EVERY;
         }
     }
 }

@@ -11,7 +11,7 @@ use crate::cmd;
 pub const EBPF_TOOLCHAIN: &str = "nightly-2026-05-20";
 pub const BPF_LINKER_VERSION: &str = "0.10.4";
 /// Debian packages the lab and the tests use. bpftool has been its own package since bookworm.
-pub const APT_PACKAGES: &[&str] = &["iproute2", "tcpdump", "tshark", "ethtool", "nftables", "bpftool"];
+pub const APT_PACKAGES: &[&str] = &["iproute2", "tcpdump", "tshark", "ethtool", "nftables", "bpftool", "tmux", "prometheus"];
 
 pub fn run() -> Result<()> {
     toolchain()?;

@@ -418,6 +418,95 @@ fn hook_tc_watches_beside_a_foreign_xdp_program() -> Result<()> {
     assert_detached(iface)
 }
 
+/// One raw HTTP exchange from inside `ns`: returns the whole response.
+fn http_in(ns: &Netns, request: &'static [u8]) -> Result<String> {
+    use std::io::{Read, Write};
+    let ns = Netns::open(ns.name())?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || -> Result<String> {
+                ns.enter_current_thread()?;
+                let mut stream = std::net::TcpStream::connect(("127.0.0.1", METRICS_PORT))?;
+                stream.set_read_timeout(Some(EXIT_TIMEOUT))?;
+                stream.write_all(request)?;
+                let mut response = String::new();
+                stream.read_to_string(&mut response)?;
+                Ok(response)
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("HTTP thread panicked"))?
+    })
+}
+
+const METRICS_PORT: u16 = 19101;
+
+/// `--metrics`: the endpoint reports exactly the resets that crossed the interface, passes
+/// `promtool check metrics`, answers malformed requests with 400 and other paths with 404, and
+/// keeps serving while idle clients hold connections open.
+#[test]
+fn metrics_endpoint_counts_exactly_and_survives_bad_clients() -> Result<()> {
+    let hosts = hosts()?;
+    let iface = &hosts.client_if;
+    let listen = format!("127.0.0.1:{METRICS_PORT}");
+    let rw = watch(iface, &["--duration", "8s", "--format", "json", "--metrics", &listen])?;
+    // Idle clients that never send a request must not block anyone.
+    let idle = {
+        let ns = Netns::open(hosts.client.name())?;
+        std::thread::spawn(move || -> Result<Vec<std::net::TcpStream>> {
+            ns.enter_current_thread()?;
+            (0..16).map(|_| Ok(std::net::TcpStream::connect(("127.0.0.1", METRICS_PORT))?)).collect()
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("idle-client thread panicked"))??
+    };
+    let report = traffic(&hosts, &["--rounds", "2"], &refused_and_aborted_steps())?;
+    let want: u64 = expected(&report, "server")?.values().sum();
+    std::thread::sleep(Duration::from_millis(2500)); // two intervals: the counts are published
+    let bad = http_in(&hosts.client, b"GARBAGE\r\n\r\n")?;
+    assert!(bad.starts_with("HTTP/1.1 400"), "malformed request: {bad}");
+    let missing = http_in(&hosts.client, b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+    assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+    let scrape = http_in(&hosts.client, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+    assert!(scrape.starts_with("HTTP/1.1 200"), "{scrape}");
+    let body = scrape.split_once("\r\n\r\n").map(|(_, body)| body).context("no body")?;
+    let series = format!("rstwatch_resets_total{{iface=\"{}\",direction=\"rx\"}} ", iface.name);
+    let counted: u64 = body
+        .lines()
+        .find_map(|line| line.strip_prefix(&series))
+        .with_context(|| format!("no {series} in\n{body}"))?
+        .trim()
+        .parse()?;
+    assert_eq!(counted, want, "resets in the metrics");
+    let promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .output_with_stdin(body.as_bytes())?;
+    let lint = format!("{}{}", String::from_utf8_lossy(&promtool.stdout), String::from_utf8_lossy(&promtool.stderr));
+    assert!(promtool.status.success(), "promtool check metrics: {lint}");
+    drop(idle);
+    let fin = rw.finish(EXIT_TIMEOUT)?;
+    assert!(fin.status.success(), "rstwatch failed ({}): {}", fin.status, fin.stderr);
+    assert_eq!(counted_total(&summary(&fin)?)?, want);
+    assert_detached(iface)
+}
+
+fn counted_total(summary: &Value) -> Result<u64> {
+    summary["totals"]["resets"].as_u64().context("totals.resets")
+}
+
+trait OutputWithStdin {
+    fn output_with_stdin(&mut self, input: &[u8]) -> Result<std::process::Output>;
+}
+
+impl OutputWithStdin for Command {
+    fn output_with_stdin(&mut self, input: &[u8]) -> Result<std::process::Output> {
+        use std::io::Write;
+        let mut child = self.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn()?;
+        child.stdin.take().context("stdin")?.write_all(input)?;
+        Ok(child.wait_with_output()?)
+    }
+}
+
 fn run_to_end(ns: &Netns, prog: &str, args: &[&str]) -> Result<Finished> {
     let mut cmd = ns.exec(prog);
     cmd.args(args);

@@ -1,0 +1,337 @@
+//! `--metrics ADDR`: Prometheus exposition of the run's totals, the top resetters of the last
+//! interval, and rstwatch's own health.
+//!
+//! Label sets stay bounded whatever the traffic: interfaces are the ones given with `-i`, and
+//! the resetter gauges are cleared and refilled each interval with at most `--top` series.
+//! The endpoint serves only `GET /metrics`, caps concurrent connections and times out slow
+//! clients, so a misbehaving scraper cannot stall the counting.
+
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{atomic::AtomicU64, Arc},
+    time::Duration,
+};
+
+use http_body_util::Full;
+use hyper::{body::Bytes, server::conn::http1, service::service_fn, Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::{
+    encoding::{text::encode, EncodeLabelSet},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use tokio::{net::TcpListener, sync::Semaphore};
+
+use crate::{collector::Sample, report::IntervalRecord};
+
+/// Scrapers served at once; more are closed on accept.
+const MAX_CONNECTIONS: usize = 64;
+/// A client must send its request headers within this time.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection (keep-alive included) lives at most this long.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InterfaceLabels {
+    iface: String,
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResetterLabels {
+    rank: u32,
+    src: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProgramLabels {
+    program: &'static str,
+}
+
+type GaugeF64 = Gauge<f64, AtomicU64>;
+
+pub struct Metrics {
+    registry: Registry,
+    frames: Counter,
+    tcp: Counter,
+    malformed: Counter,
+    fragments: Counter,
+    resets: Family<InterfaceLabels, Counter>,
+    unattributed_resets: Counter,
+    overflow: Counter,
+    source_overflow: Counter,
+    intervals: Counter,
+    top_resetters: Family<ResetterLabels, Gauge>,
+    flow_table_fill: GaugeF64,
+    read_seconds: GaugeF64,
+    run_seconds_per_packet: Family<ProgramLabels, GaugeF64>,
+    names: HashMap<u32, String>,
+    max_flows: u32,
+}
+
+impl Metrics {
+    /// `interfaces`: ifindex → name of every interface watched.
+    pub fn new(interfaces: HashMap<u32, String>, max_flows: u32) -> Self {
+        let mut registry = Registry::with_prefix("rstwatch");
+        let metrics = Metrics {
+            registry: Registry::default(),
+            frames: Counter::default(),
+            tcp: Counter::default(),
+            malformed: Counter::default(),
+            fragments: Counter::default(),
+            resets: Family::default(),
+            unattributed_resets: Counter::default(),
+            overflow: Counter::default(),
+            source_overflow: Counter::default(),
+            intervals: Counter::default(),
+            top_resetters: Family::default(),
+            flow_table_fill: GaugeF64::default(),
+            read_seconds: GaugeF64::default(),
+            run_seconds_per_packet: Family::default(),
+            names: interfaces,
+            max_flows,
+        };
+        registry.register("frames", "Frames the programs saw", metrics.frames.clone());
+        registry.register("tcp_segments", "TCP segments among them", metrics.tcp.clone());
+        registry.register("malformed_frames", "Frames truncated or malformed inside a header", metrics.malformed.clone());
+        registry.register("fragments", "Non-first IP fragments (no TCP header to read)", metrics.fragments.clone());
+        registry.register("resets", "TCP resets, by interface and direction", metrics.resets.clone());
+        registry.register(
+            "unattributed_resets",
+            "Resets that found room in neither the flow nor the source table (no interface known)",
+            metrics.unattributed_resets.clone(),
+        );
+        registry.register("flow_overflow", "Resets that found no room in the flow table", metrics.overflow.clone());
+        registry.register(
+            "source_overflow",
+            "Resets that found no room in the per-source overflow table either",
+            metrics.source_overflow.clone(),
+        );
+        registry.register("intervals", "Intervals read", metrics.intervals.clone());
+        registry.register(
+            "top_resetter_resets",
+            "Resets in the last interval by the top resetters (at most --top series)",
+            metrics.top_resetters.clone(),
+        );
+        registry.register(
+            "flow_table_fill_ratio",
+            "Flows in the last interval over the flow table's capacity",
+            metrics.flow_table_fill.clone(),
+        );
+        registry.register(
+            "interval_read_seconds",
+            "Time to flip the epoch, wait the grace period and drain the tables",
+            metrics.read_seconds.clone(),
+        );
+        registry.register(
+            "program_run_seconds_per_packet",
+            "Average run time per packet, sampled for 1 s a minute with kernel BPF stats (needs CAP_SYS_ADMIN)",
+            metrics.run_seconds_per_packet.clone(),
+        );
+        Metrics { registry, ..metrics }
+    }
+
+    /// Folds one interval in.
+    pub fn observe(&self, sample: &Sample, record: &IntervalRecord) {
+        let counters = &sample.counters;
+        self.frames.inc_by(counters.frames);
+        self.tcp.inc_by(counters.tcp);
+        self.malformed.inc_by(counters.malformed);
+        self.fragments.inc_by(counters.fragments);
+        self.overflow.inc_by(counters.overflow);
+        self.source_overflow.inc_by(counters.source_overflow);
+        self.unattributed_resets.inc_by(counters.source_overflow);
+        self.intervals.inc();
+        let mut per_interface: HashMap<u32, u64> = HashMap::new();
+        for (key, resets) in &sample.flows {
+            *per_interface.entry(key.ifindex).or_default() += resets;
+        }
+        for (key, resets) in &sample.overflow_sources {
+            *per_interface.entry(key.ifindex).or_default() += resets;
+        }
+        for (ifindex, resets) in per_interface {
+            let iface = self.names.get(&ifindex).cloned().unwrap_or_else(|| format!("if{ifindex}"));
+            self.resets.get_or_create(&InterfaceLabels { iface, direction: "rx" }).inc_by(resets);
+        }
+        self.top_resetters.clear();
+        for (rank, source) in record.sources.iter().enumerate() {
+            let labels = ResetterLabels { rank: rank as u32 + 1, src: source.src.to_string() };
+            self.top_resetters.get_or_create(&labels).set(source.resets as i64);
+        }
+        self.flow_table_fill.set(sample.flows.len() as f64 / f64::from(self.max_flows.max(1)));
+        self.read_seconds.set(sample.read_time.as_secs_f64());
+    }
+
+    pub fn set_run_time(&self, program: &'static str, ns_per_packet: f64) {
+        self.run_seconds_per_packet.get_or_create(&ProgramLabels { program }).set(ns_per_packet * 1e-9);
+    }
+
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut text = String::new();
+        encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+}
+
+/// Parses `--metrics`: `PORT` alone binds 127.0.0.1, otherwise `ADDR:PORT` / `[V6]:PORT`.
+pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = text.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    text.parse::<SocketAddr>()
+        .map_err(|_| format!("{text:?} is neither a port nor ADDR:PORT (e.g. 9101, 127.0.0.1:9101, [::1]:9101)"))
+}
+
+/// Serves `GET /metrics` on `listener` until the runtime stops.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                // EMFILE and friends: back off rather than spin.
+                tracing::warn!("metrics endpoint: accept failed: {error}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+            tracing::debug!("metrics endpoint: {MAX_CONNECTIONS} connections open, closing a new one");
+            continue;
+        };
+        let metrics = Arc::clone(&metrics);
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service = service_fn(move |request| respond(request, Arc::clone(&metrics)));
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_LIFETIME, connection).await;
+        });
+    }
+}
+
+async fn respond(request: Request<hyper::body::Incoming>, metrics: Arc<Metrics>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let plain = |status: StatusCode, body: &'static str| {
+        let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+        *response.status_mut() = status;
+        response
+    };
+    // Prometheus asks for OpenMetrics; curl and promtool get the classic text format.
+    let openmetrics = request
+        .headers()
+        .get(hyper::header::ACCEPT)
+        .and_then(|accept| accept.to_str().ok())
+        .is_some_and(|accept| accept.contains("application/openmetrics-text"));
+    Ok(match (request.method(), request.uri().path()) {
+        (&Method::GET, "/metrics") => match metrics.encode() {
+            Ok(text) => {
+                let (body, content_type) = if openmetrics {
+                    (text, "application/openmetrics-text; version=1.0.0; charset=utf-8")
+                } else {
+                    (prometheus_text(&text), "text/plain; version=0.0.4; charset=utf-8")
+                };
+                let mut response = Response::new(Full::new(Bytes::from(body)));
+                if let Ok(value) = content_type.parse() {
+                    response.headers_mut().insert(hyper::header::CONTENT_TYPE, value);
+                }
+                response
+            }
+            Err(_) => plain(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n"),
+        },
+        (&Method::GET, _) => plain(StatusCode::NOT_FOUND, "rstwatch serves /metrics\n"),
+        _ => plain(StatusCode::METHOD_NOT_ALLOWED, "GET only\n"),
+    })
+}
+
+/// OpenMetrics text as the classic Prometheus format: counters' HELP and TYPE name the
+/// `_total` sample, and there is no `# EOF`. Only what prometheus-client emits is handled.
+pub fn prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let mut text = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let header = ["# HELP ", "# TYPE "].into_iter().find(|prefix| line.starts_with(prefix));
+        match header {
+            Some(prefix) => {
+                let rest = &line[prefix.len()..];
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                if counters.contains(name) {
+                    text.push_str(&format!("{prefix}{name}_total {tail}\n"));
+                } else {
+                    text.push_str(line);
+                    text.push('\n');
+                }
+            }
+            None => {
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_get_their_total_suffix_in_help_and_type() {
+        let openmetrics = "# HELP rstwatch_frames Frames.\n# TYPE rstwatch_frames counter\nrstwatch_frames_total 3\n# HELP rstwatch_fill Fill.\n# TYPE rstwatch_fill gauge\nrstwatch_fill 0.5\n# EOF\n";
+        assert_eq!(
+            prometheus_text(openmetrics),
+            "# HELP rstwatch_frames_total Frames.\n# TYPE rstwatch_frames_total counter\nrstwatch_frames_total 3\n# HELP rstwatch_fill Fill.\n# TYPE rstwatch_fill gauge\nrstwatch_fill 0.5\n"
+        );
+    }
+
+    #[test]
+    fn listen_addresses_default_to_loopback() {
+        assert_eq!(parse_listen("9101"), Ok(SocketAddr::from(([127, 0, 0, 1], 9101))));
+        assert_eq!(parse_listen("0.0.0.0:80"), Ok(SocketAddr::from(([0, 0, 0, 0], 80))));
+        assert!(parse_listen("[::1]:9101").is_ok());
+        assert!(parse_listen("localhost:9101").is_err());
+        assert!(parse_listen("99999").is_err());
+    }
+}
+
+/// How often the program's run time is sampled, and for how long. Kernel BPF stats add tens of
+/// nanoseconds to every run of every program on the machine while they are on, so they are on
+/// only for this window, through a `BPF_ENABLE_STATS` file descriptor: closing it restores the
+/// previous state, whatever `kernel.bpf_stats_enabled` says, also if rstwatch is killed.
+pub const RUN_TIME_EVERY: Duration = Duration::from_secs(60);
+pub const RUN_TIME_WINDOW: Duration = Duration::from_secs(1);
+
+/// One sampling window of kernel BPF run-time statistics.
+pub struct RunTimeWindow {
+    _stats: std::os::fd::OwnedFd,
+    run_time: Duration,
+    run_count: u64,
+}
+
+impl RunTimeWindow {
+    /// Turns stats on and takes the first reading. Needs CAP_SYS_ADMIN (BPF_ENABLE_STATS).
+    pub fn open(program: &aya::programs::Program) -> anyhow::Result<Self> {
+        let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)?;
+        let info = program.info()?;
+        Ok(RunTimeWindow { _stats: stats, run_time: info.run_time(), run_count: info.run_count() })
+    }
+
+    /// Takes the second reading and turns stats off again (unless someone else keeps them on).
+    /// Returns nanoseconds per run, or `None` if the program did not run.
+    pub fn close(self, program: &aya::programs::Program) -> anyhow::Result<Option<f64>> {
+        let info = program.info()?;
+        let runs = info.run_count().saturating_sub(self.run_count);
+        let time = info.run_time().saturating_sub(self.run_time);
+        Ok((runs > 0).then(|| time.as_nanos() as f64 / runs as f64))
+    }
+}
