@@ -25,7 +25,7 @@ use ratatui::{
         execute,
         terminal::{self, EnterAlternateScreen, LeaveAlternateScreen},
     },
-    layout::{Constraint, Layout, Rect},
+    layout::{Constraint, Flex, Layout, Rect},
     style::{Modifier, Style},
     text::{Line, Span},
     widgets::{Cell as TableCell, Paragraph, Row, Table},
@@ -119,26 +119,6 @@ impl View {
         match self {
             View::Flow => 3,
             _ => 1,
-        }
-    }
-
-    fn widths(self) -> Vec<Constraint> {
-        match self {
-            View::Flow => vec![
-                Constraint::Length(10),
-                Constraint::Min(22),
-                Constraint::Min(22),
-                Constraint::Length(9),
-                Constraint::Length(9),
-                Constraint::Length(10),
-            ],
-            _ => vec![
-                Constraint::Min(24),
-                Constraint::Length(9),
-                Constraint::Length(9),
-                Constraint::Length(6),
-                Constraint::Length(10),
-            ],
         }
     }
 }
@@ -666,18 +646,46 @@ impl App {
             return;
         }
         let sort = self.sort_column();
-        let header = Row::new(self.view.columns().iter().enumerate().map(|(i, name)| {
-            let marker = if i == sort { if self.reversed() { " ▲" } else { " ▼" } } else { "" };
-            TableCell::from(format!("{name}{marker}"))
-        }))
-        .style(Style::default().add_modifier(Modifier::BOLD | Modifier::UNDERLINED));
-        let body: Vec<Row> = rows
+        let shown: Vec<Vec<(String, bool)>> = rows
             .iter()
             .skip(self.scroll)
             .take(visible)
-            .map(|cells| Row::new(cells.iter().map(|c| TableCell::from(c.to_string()))))
+            .map(|cells| cells.iter().map(|c| (c.to_string(), c.numeric())).collect())
             .collect();
-        let table = Table::new(body, self.view.widths()).header(header).column_spacing(1);
+        let titles: Vec<String> = self
+            .view
+            .columns()
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let marker = if i == sort { if self.reversed() { " ▲" } else { " ▼" } } else { "" };
+                format!("{name}{marker}")
+            })
+            .collect();
+        // Each column as wide as its widest cell on screen (numbers at least 9), numbers right.
+        let widths: Vec<Constraint> = titles
+            .iter()
+            .enumerate()
+            .map(|(i, title)| {
+                let numeric = shown.first().and_then(|r| r.get(i)).is_some_and(|c| c.1);
+                let cells = shown.iter().filter_map(|r| r.get(i)).map(|c| c.0.chars().count());
+                let width = cells.chain([title.chars().count(), if numeric { 9 } else { 15 }]).max().unwrap_or(9);
+                Constraint::Length(u16::try_from(width).unwrap_or(u16::MAX))
+            })
+            .collect();
+        let numeric: Vec<bool> =
+            (0..titles.len()).map(|i| shown.first().and_then(|r| r.get(i)).is_some_and(|c| c.1)).collect();
+        let align = |text: String, right: bool| {
+            let line = Line::from(text);
+            TableCell::from(if right { line.right_aligned() } else { line })
+        };
+        let header = Row::new(titles.into_iter().zip(&numeric).map(|(title, right)| align(title, *right)))
+            .style(Style::default().add_modifier(Modifier::BOLD | Modifier::UNDERLINED));
+        let body: Vec<Row> = shown
+            .into_iter()
+            .map(|cells| Row::new(cells.into_iter().map(|(text, right)| align(text, right))))
+            .collect();
+        let table = Table::new(body, widths).header(header).column_spacing(2).flex(Flex::Start);
         frame.render_widget(table, area);
     }
 
@@ -958,6 +966,14 @@ mod tests {
         Snapshot::new(&interval, &summary)
     }
 
+    /// Intervals with no reset at all.
+    fn empty() -> Snapshot {
+        let mut interval_and_run = snapshot(vec![], vec![]);
+        interval_and_run.overflow_sources.clear();
+        interval_and_run.totals = Totals::default();
+        interval_and_run
+    }
+
     fn sample() -> Snapshot {
         snapshot(
             vec![flow("10.0.0.1", 443, "10.0.1.1", 40000, 6), flow("10.0.0.2", 81, "10.0.1.2", 50000, 2)],
@@ -1024,7 +1040,9 @@ mod tests {
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0][2], Cell::Endpoint(ip("10.0.0.3"), Some(8080)));
         let address = Filter::parse("10.0.0.").unwrap();
-        assert_eq!(s.rows(View::Src, Some(&address)).len(), 3, "10.0.0.1, .2 and the overflowed .9");
+        // Flows to or from a matching address: 10.0.0.1, .2, the overflowed .9, and 10.0.1.3
+        // (which reset 10.0.0.3).
+        assert_eq!(s.rows(View::Src, Some(&address)).len(), 4);
         assert!(s.rows(View::Src, Some(&Filter::Port(1))).is_empty());
     }
 
@@ -1081,7 +1099,7 @@ mod tests {
         // Paused: refreshes are kept but not shown; unpausing shows the latest.
         press(&mut app, KeyCode::Char(' '));
         assert!(app.paused);
-        app.update(snapshot(vec![], vec![]));
+        app.update(empty());
         assert_eq!(app.rows().len(), 3);
         assert!(render(&mut app, 120, 20).contains("PAUSED"));
         press(&mut app, KeyCode::Char('p'));
@@ -1097,13 +1115,13 @@ mod tests {
     #[test]
     fn never_panics_on_empty_data_or_tiny_terminals() {
         for (width, height) in [(0, 0), (1, 1), (20, 5), (5, 20), (3, 2), (80, 3), (160, 40)] {
-            let mut empty = App::new("veth0 (native)".into(), "xdp", Duration::from_millis(500));
-            render(&mut empty, width, height);
-            empty.update(snapshot(vec![], vec![]));
+            let mut idle = App::new("veth0 (native)".into(), "xdp", Duration::from_millis(500));
+            render(&mut idle, width, height);
+            idle.update(empty());
             let mut full = App::new("veth0 (native)".into(), "tc", Duration::from_secs(1));
             full.update(sample());
             for view in ['1', '2', '3', '4'] {
-                for app in [&mut empty, &mut full] {
+                for app in [&mut idle, &mut full] {
                     press(app, KeyCode::Char(view));
                     for _ in 0..7 {
                         press(app, KeyCode::Right);
@@ -1117,12 +1135,12 @@ mod tests {
         }
         let mut app = App::new("veth0 (native)".into(), "xdp", Duration::from_secs(1));
         assert!(render(&mut app, 100, 10).contains("no data yet"));
-        app.update(snapshot(vec![], vec![]));
+        app.update(empty());
         assert!(render(&mut app, 100, 10).contains("no resets seen"));
         app.update(sample());
         let screen = render(&mut app, 120, 12);
         assert!(screen.contains("10.0.0.1"), "{screen}");
-        assert!(screen.contains("RESETTER ▼"), "{screen}");
+        assert!(screen.contains("RSTS ▼"), "{screen}");
         assert!(screen.contains("overflow 10"), "{screen}");
     }
 }
