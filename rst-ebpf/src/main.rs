@@ -169,15 +169,14 @@ fn write_back(epoch: u32, key: &FlowKey, resets: u64, counters: &mut ResetCounte
 }
 
 /// Adds `resets` to `key`'s entry, creating it if needed. Returns false when the table is full.
+///
+/// Insert first: a flow written back from the cache is usually not in this epoch's table yet,
+/// so one hash walk does it; an existing entry costs a second walk.
 #[inline(always)]
 fn add_to_table<K>(table: &HashMap<K, FlowValue>, key: &K, resets: u64) -> bool {
-    if let Some(value) = table.get_ptr_mut(key) {
-        add(value, resets);
-        return true;
-    }
     match table.insert(key, FlowValue { resets }, BPF_NOEXIST as u64) {
         Ok(()) => true,
-        // Another CPU created the entry between our lookup and insert: add to theirs.
+        // The entry exists (perhaps just created by another CPU): add to it.
         Err(err) if err == -EEXIST => match table.get_ptr_mut(key) {
             Some(value) => {
                 add(value, resets);

@@ -113,22 +113,25 @@ impl Collector {
             source_overflow: resets.source_overflow,
         };
 
-        // A flow can sit in the table and in several CPUs' caches at once: merge.
-        let mut merged: HashMap<FlowKey, u64> = HashMap::new();
-        drain_hash_map::<FlowKey, FlowValue>(self.flows[finished as usize].fd().as_fd(), |key, value| {
-            *merged.entry(*key).or_default() += value.resets;
-        })
-        .context("draining the flow table")?;
+        // Table keys are unique; a flow can also sit in several CPUs' cache slots. Only the
+        // (at most slots x CPUs) cached flows go through a map.
         let first_slot = finished * FLOW_CACHE_SLOTS;
-        let cached: Vec<CacheSlot> =
+        let cached_slots: Vec<CacheSlot> =
             lookup_per_cpu_array(self.flow_cache.fd().as_fd(), first_slot, FLOW_CACHE_SLOTS, self.cpus)
                 .context("reading the flow cache")?;
-        for slot in cached.iter().filter(|slot| slot.resets > 0) {
-            *merged.entry(slot.key).or_default() += slot.resets;
-        }
         update_per_cpu_array(self.flow_cache.fd().as_fd(), first_slot, &self.empty_cache, self.cpus)
             .context("clearing the flow cache")?;
-        let flows: Vec<(FlowKey, u64)> = merged.into_iter().collect();
+        let mut cached: HashMap<FlowKey, u64> = HashMap::new();
+        for slot in cached_slots.iter().filter(|slot| slot.resets > 0) {
+            *cached.entry(slot.key).or_default() += slot.resets;
+        }
+        let mut flows: Vec<(FlowKey, u64)> = Vec::new();
+        drain_hash_map::<FlowKey, FlowValue>(self.flows[finished as usize].fd().as_fd(), |key, value| {
+            let also_cached = if cached.is_empty() { 0 } else { cached.remove(key).unwrap_or(0) };
+            flows.push((*key, value.resets + also_cached));
+        })
+        .context("draining the flow table")?;
+        flows.extend(cached);
         let mut overflow_sources = Vec::new();
         if counters.overflow > 0 {
             drain_hash_map::<SourceKey, FlowValue>(self.overflow_sources[finished as usize].fd().as_fd(), |key, value| {
