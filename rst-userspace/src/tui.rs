@@ -36,7 +36,10 @@ use rst_common::wire::DEFAULT_MAX_FLOWS;
 use crate::{
     collector::Collector,
     loader::{self, Attachment, HookChoice, XdpModeChoice},
-    report::{parse_duration, Aggregator, Format, InterfaceRecord, IntervalRecord, Printer, SummaryRecord, Totals},
+    report::{
+        parse_duration, Aggregator, Format, InterfaceRecord, IntervalRecord, Printer,
+        SummaryRecord, Totals,
+    },
 };
 
 /// Options of `rstwatch top`.
@@ -110,7 +113,14 @@ impl View {
             View::Src => &["RESETTER", "RSTS", "RSTS/s", "SHARE", "TOTAL"],
             View::Dst => &["RESET PEER", "RSTS", "RSTS/s", "SHARE", "TOTAL"],
             View::Service => &["SERVICE", "RSTS", "RSTS/s", "SHARE", "TOTAL"],
-            View::Flow => &["IFACE", "FROM (RST SENDER)", "TO", "RSTS", "RSTS/s", "TOTAL"],
+            View::Flow => &[
+                "IFACE",
+                "FROM (RST SENDER)",
+                "TO",
+                "RSTS",
+                "RSTS/s",
+                "TOTAL",
+            ],
         }
     }
 
@@ -205,7 +215,8 @@ impl Filter {
         match self {
             Filter::Port(port) => flow.sport == *port || flow.dport == *port,
             Filter::Address(text) => {
-                flow.src.to_string().contains(text.as_str()) || flow.dst.to_string().contains(text.as_str())
+                flow.src.to_string().contains(text.as_str())
+                    || flow.dst.to_string().contains(text.as_str())
             }
         }
     }
@@ -273,14 +284,26 @@ impl Snapshot {
     pub fn new(interval: &IntervalRecord, run: &SummaryRecord) -> Snapshot {
         let mut last: HashMap<FlowId, u64> = HashMap::new();
         for f in &interval.flows {
-            let id = FlowId { iface: f.iface.clone(), src: f.src, sport: f.sport, dst: f.dst, dport: f.dport };
+            let id = FlowId {
+                iface: f.iface.clone(),
+                src: f.src,
+                sport: f.sport,
+                dst: f.dst,
+                dport: f.dport,
+            };
             *last.entry(id).or_default() += f.resets;
         }
         let mut flows: Vec<FlowRow> = run
             .flows
             .iter()
             .map(|f| {
-                let id = FlowId { iface: f.iface.clone(), src: f.src, sport: f.sport, dst: f.dst, dport: f.dport };
+                let id = FlowId {
+                    iface: f.iface.clone(),
+                    src: f.src,
+                    sport: f.sport,
+                    dst: f.dst,
+                    dport: f.dport,
+                };
                 FlowRow {
                     last: last.remove(&id).unwrap_or(0),
                     total: f.resets,
@@ -302,15 +325,29 @@ impl Snapshot {
             last: n,
             total: n,
         }));
-        let last_overflow: HashMap<IpAddr, u64> =
-            interval.sources.iter().filter(|s| s.overflow > 0).map(|s| (s.src, s.overflow)).collect();
+        let last_overflow: HashMap<IpAddr, u64> = interval
+            .sources
+            .iter()
+            .filter(|s| s.overflow > 0)
+            .map(|s| (s.src, s.overflow))
+            .collect();
         let overflow_sources = run
             .sources
             .iter()
             .filter(|s| s.overflow > 0)
-            .map(|s| (s.src, last_overflow.get(&s.src).copied().unwrap_or(0), s.overflow))
+            .map(|s| {
+                (
+                    s.src,
+                    last_overflow.get(&s.src).copied().unwrap_or(0),
+                    s.overflow,
+                )
+            })
             .collect();
-        let clock = interval.time.get(11..19).unwrap_or(&interval.time).to_string();
+        let clock = interval
+            .time
+            .get(11..19)
+            .unwrap_or(&interval.time)
+            .to_string();
         Snapshot {
             intervals: interval.seq,
             elapsed: Duration::from_secs_f64((interval.elapsed_ms / 1e3).max(0.0)),
@@ -325,9 +362,18 @@ impl Snapshot {
 
     /// The rows of `view` (unsorted), after `filter`.
     pub fn rows(&self, view: View, filter: Option<&Filter>) -> Vec<Vec<Cell>> {
-        let flows = self.flows.iter().filter(|f| filter.is_none_or(|filter| filter.matches_flow(f)));
+        let flows = self
+            .flows
+            .iter()
+            .filter(|f| filter.is_none_or(|filter| filter.matches_flow(f)));
         let seconds = self.elapsed.as_secs_f64();
-        let rate = |n: u64| if seconds > 0.0 { n as f64 / seconds } else { 0.0 };
+        let rate = |n: u64| {
+            if seconds > 0.0 {
+                n as f64 / seconds
+            } else {
+                0.0
+            }
+        };
         if view == View::Flow {
             return flows
                 .map(|f| {
@@ -369,8 +415,18 @@ impl Snapshot {
         groups
             .into_iter()
             .map(|((ip, port), (last, total))| {
-                let share = if all > 0 { 100.0 * last as f64 / all as f64 } else { 0.0 };
-                vec![Cell::Endpoint(ip, port), Cell::Count(last), Cell::Rate(rate(last)), Cell::Percent(share), Cell::Count(total)]
+                let share = if all > 0 {
+                    100.0 * last as f64 / all as f64
+                } else {
+                    0.0
+                };
+                vec![
+                    Cell::Endpoint(ip, port),
+                    Cell::Count(last),
+                    Cell::Rate(rate(last)),
+                    Cell::Percent(share),
+                    Cell::Count(total),
+                ]
             })
             .collect()
     }
@@ -393,7 +449,11 @@ pub fn sort_rows(rows: &mut [Vec<Cell>], column: usize, reverse: bool) {
                 _ => Ordering::Equal,
             })
             .then_with(|| {
-                a.iter().zip(b.iter()).map(|(x, y)| x.cmp(y)).find(|o| o.is_ne()).unwrap_or(Ordering::Equal)
+                a.iter()
+                    .zip(b.iter())
+                    .map(|(x, y)| x.cmp(y))
+                    .find(|o| o.is_ne())
+                    .unwrap_or(Ordering::Equal)
             })
     });
 }
@@ -501,8 +561,12 @@ impl App {
             KeyCode::Char('2' | 'd') => self.set_view(View::Dst),
             KeyCode::Char('3' | 'v') => self.set_view(View::Service),
             KeyCode::Char('4' | 'f') => self.set_view(View::Flow),
-            KeyCode::Left | KeyCode::Char('<' | ',') => self.sort[v] = (self.sort[v] + columns - 1) % columns,
-            KeyCode::Right | KeyCode::Char('>' | '.') => self.sort[v] = (self.sort[v] + 1) % columns,
+            KeyCode::Left | KeyCode::Char('<' | ',') => {
+                self.sort[v] = (self.sort[v] + columns - 1) % columns
+            }
+            KeyCode::Right | KeyCode::Char('>' | '.') => {
+                self.sort[v] = (self.sort[v] + 1) % columns
+            }
             KeyCode::Char('r') => self.reverse[v] = !self.reverse[v],
             KeyCode::Char('/') => {
                 self.editing = Some(self.filter.as_ref().map(filter_text).unwrap_or_default());
@@ -562,7 +626,10 @@ impl App {
         ];
         if self.paused {
             first.push(Span::styled(
-                format!("  PAUSED (still counting: {} RSTs so far)", self.live.totals.resets),
+                format!(
+                    "  PAUSED (still counting: {} RSTs so far)",
+                    self.live.totals.resets
+                ),
                 Style::default().add_modifier(Modifier::REVERSED | Modifier::BOLD),
             ));
         }
@@ -575,12 +642,22 @@ impl App {
             t.overflow
         );
         if t.malformed > 0 || t.fragments > 0 {
-            second.push_str(&format!("  malformed {}  fragments {}", t.malformed, t.fragments));
+            second.push_str(&format!(
+                "  malformed {}  fragments {}",
+                t.malformed, t.fragments
+            ));
         }
         if s.intervals > 0 {
             let seconds = s.elapsed.as_secs_f64();
-            let rate = if seconds > 0.0 { s.last.resets as f64 / seconds } else { 0.0 };
-            second.push_str(&format!("  │ {} last {:.2}s: {} RSTs ({rate:.1}/s)", s.clock, seconds, s.last.resets));
+            let rate = if seconds > 0.0 {
+                s.last.resets as f64 / seconds
+            } else {
+                0.0
+            };
+            second.push_str(&format!(
+                "  │ {} last {:.2}s: {} RSTs ({rate:.1}/s)",
+                s.clock, seconds, s.last.resets
+            ));
         } else {
             second.push_str("  │ waiting for the first interval");
         }
@@ -592,13 +669,24 @@ impl App {
         for (n, view) in View::ALL.iter().enumerate() {
             let text = format!(" {} {} ", n + 1, view.name());
             spans.push(if *view == self.view {
-                Span::styled(text, Style::default().add_modifier(Modifier::REVERSED | Modifier::BOLD))
+                Span::styled(
+                    text,
+                    Style::default().add_modifier(Modifier::REVERSED | Modifier::BOLD),
+                )
             } else {
                 Span::raw(text)
             });
         }
-        let column = self.view.columns().get(self.sort_column()).copied().unwrap_or("");
-        spans.push(Span::raw(format!("  sort {column}{}", if self.reversed() { " (reversed)" } else { "" })));
+        let column = self
+            .view
+            .columns()
+            .get(self.sort_column())
+            .copied()
+            .unwrap_or("");
+        spans.push(Span::raw(format!(
+            "  sort {column}{}",
+            if self.reversed() { " (reversed)" } else { "" }
+        )));
         match (&self.editing, &self.filter) {
             (Some(text), _) => spans.push(Span::styled(
                 format!("  filter: {text}_"),
@@ -642,7 +730,13 @@ impl App {
             } else {
                 "no resets seen".to_string()
             };
-            frame.render_widget(Paragraph::new(vec![self.header_row_line(), Line::from(format!("  {text}"))]), area);
+            frame.render_widget(
+                Paragraph::new(vec![
+                    self.header_row_line(),
+                    Line::from(format!("  {text}")),
+                ]),
+                area,
+            );
             return;
         }
         let sort = self.sort_column();
@@ -658,7 +752,15 @@ impl App {
             .iter()
             .enumerate()
             .map(|(i, name)| {
-                let marker = if i == sort { if self.reversed() { " ▲" } else { " ▼" } } else { "" };
+                let marker = if i == sort {
+                    if self.reversed() {
+                        " ▲"
+                    } else {
+                        " ▼"
+                    }
+                } else {
+                    ""
+                };
                 format!("{name}{marker}")
             })
             .collect();
@@ -668,24 +770,39 @@ impl App {
             .enumerate()
             .map(|(i, title)| {
                 let numeric = shown.first().and_then(|r| r.get(i)).is_some_and(|c| c.1);
-                let cells = shown.iter().filter_map(|r| r.get(i)).map(|c| c.0.chars().count());
-                let width = cells.chain([title.chars().count(), if numeric { 9 } else { 15 }]).max().unwrap_or(9);
+                let cells = shown
+                    .iter()
+                    .filter_map(|r| r.get(i))
+                    .map(|c| c.0.chars().count());
+                let width = cells
+                    .chain([title.chars().count(), if numeric { 9 } else { 15 }])
+                    .max()
+                    .unwrap_or(9);
                 Constraint::Length(u16::try_from(width).unwrap_or(u16::MAX))
             })
             .collect();
-        let numeric: Vec<bool> =
-            (0..titles.len()).map(|i| shown.first().and_then(|r| r.get(i)).is_some_and(|c| c.1)).collect();
+        let numeric: Vec<bool> = (0..titles.len())
+            .map(|i| shown.first().and_then(|r| r.get(i)).is_some_and(|c| c.1))
+            .collect();
         let align = |text: String, right: bool| {
             let line = Line::from(text);
             TableCell::from(if right { line.right_aligned() } else { line })
         };
-        let header = Row::new(titles.into_iter().zip(&numeric).map(|(title, right)| align(title, *right)))
-            .style(Style::default().add_modifier(Modifier::BOLD | Modifier::UNDERLINED));
+        let header = Row::new(
+            titles
+                .into_iter()
+                .zip(&numeric)
+                .map(|(title, right)| align(title, *right)),
+        )
+        .style(Style::default().add_modifier(Modifier::BOLD | Modifier::UNDERLINED));
         let body: Vec<Row> = shown
             .into_iter()
             .map(|cells| Row::new(cells.into_iter().map(|(text, right)| align(text, right))))
             .collect();
-        let table = Table::new(body, widths).header(header).column_spacing(2).flex(Flex::Start);
+        let table = Table::new(body, widths)
+            .header(header)
+            .column_spacing(2)
+            .flex(Flex::Start);
         frame.render_widget(table, area);
     }
 
@@ -728,7 +845,8 @@ impl TerminalGuard {
         TERMINAL_TAKEN.store(true, AtomicOrdering::SeqCst);
         let guard = TerminalGuard;
         terminal::enable_raw_mode().context("putting the terminal in raw mode")?;
-        execute!(io::stdout(), EnterAlternateScreen, cursor::Hide).context("entering the alternate screen")?;
+        execute!(io::stdout(), EnterAlternateScreen, cursor::Hide)
+            .context("entering the alternate screen")?;
         Ok(guard)
     }
 }
@@ -784,7 +902,9 @@ fn install_signal_handlers() -> anyhow::Result<()> {
 pub fn run(args: &TopArgs) -> anyhow::Result<()> {
     // Everything that can be checked without touching the kernel is checked first.
     if !io::stdout().is_terminal() || !io::stdin().is_terminal() {
-        anyhow::bail!("rstwatch top needs a terminal (for a pipe or a file, use plain `rstwatch -i IFACE`)");
+        anyhow::bail!(
+            "rstwatch top needs a terminal (for a pipe or a file, use plain `rstwatch -i IFACE`)"
+        );
     }
     let mut seen = HashSet::new();
     let mut targets = Vec::new();
@@ -804,18 +924,37 @@ pub fn run(args: &TopArgs) -> anyhow::Result<()> {
     let mut attachments: Vec<Attachment> = Vec::new();
     for (iface, ifindex) in &targets {
         attachments.push(match args.hook {
-            HookChoice::Xdp => loader::attach_xdp(loader::xdp_program(&mut ebpf)?, iface, *ifindex, args.xdp_mode)?,
+            HookChoice::Xdp => loader::attach_xdp(
+                loader::xdp_program(&mut ebpf)?,
+                iface,
+                *ifindex,
+                args.xdp_mode,
+            )?,
             HookChoice::Tc => loader::attach_tc(loader::tc_program(&mut ebpf)?, iface, *ifindex)?,
         });
     }
-    for Attachment { iface, ifindex, hook, .. } in &attachments {
+    for Attachment {
+        iface,
+        ifindex,
+        hook,
+        ..
+    } in &attachments
+    {
         tracing::info!("attached to {iface} (ifindex {ifindex}, {hook})");
     }
     let interfaces: Vec<InterfaceRecord> = attachments
         .iter()
-        .map(|a| InterfaceRecord { iface: a.iface.clone(), ifindex: a.ifindex, mode: a.hook.as_str() })
+        .map(|a| InterfaceRecord {
+            iface: a.iface.clone(),
+            ifindex: a.ifindex,
+            mode: a.hook.as_str(),
+        })
         .collect();
-    let described = interfaces.iter().map(|i| format!("{} ({})", i.iface, i.mode)).collect::<Vec<_>>().join(", ");
+    let described = interfaces
+        .iter()
+        .map(|i| format!("{} ({})", i.iface, i.mode))
+        .collect::<Vec<_>>()
+        .join(", ");
     let hook = match args.hook {
         HookChoice::Xdp => "xdp",
         HookChoice::Tc => "tc",
@@ -828,7 +967,15 @@ pub fn run(args: &TopArgs) -> anyhow::Result<()> {
         let guard = TerminalGuard::take()?;
         let outcome = Terminal::new(CrosstermBackend::new(io::stdout()))
             .context("setting up the terminal")
-            .and_then(|mut terminal| live(&mut terminal, &mut app, &mut collector, &mut aggregator, args.interval));
+            .and_then(|mut terminal| {
+                live(
+                    &mut terminal,
+                    &mut app,
+                    &mut collector,
+                    &mut aggregator,
+                    args.interval,
+                )
+            });
         drop(guard);
         outcome
     };
@@ -882,7 +1029,9 @@ fn live<B: Backend>(
             dirty = false;
         }
         // Short polls so a signal is seen promptly even without a key.
-        let wait = next_tick.saturating_duration_since(Instant::now()).min(Duration::from_millis(100));
+        let wait = next_tick
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_millis(100));
         if event::poll(wait).context("reading the terminal")? {
             match event::read().context("reading the terminal")? {
                 Event::Key(key) => {
@@ -945,7 +1094,10 @@ mod tests {
             seq: 3,
             time: "2026-01-01T12:34:56.000Z".into(),
             elapsed_ms: 2000.0,
-            totals: Totals { resets: sum(&last), ..Totals::default() },
+            totals: Totals {
+                resets: sum(&last),
+                ..Totals::default()
+            },
             rate: 0.0,
             flows_seen: last.len(),
             flow_resets: sum(&last),
@@ -958,7 +1110,11 @@ mod tests {
             duration_ms: 6000.0,
             intervals: 3,
             interfaces: vec![],
-            totals: Totals { resets: sum(&run) + 10, overflow: 10, ..Totals::default() },
+            totals: Totals {
+                resets: sum(&run) + 10,
+                overflow: 10,
+                ..Totals::default()
+            },
             overflowed: true,
             sources: vec![source("10.0.0.9", 10, 10)],
             flows: run,
@@ -976,7 +1132,10 @@ mod tests {
 
     fn sample() -> Snapshot {
         snapshot(
-            vec![flow("10.0.0.1", 443, "10.0.1.1", 40000, 6), flow("10.0.0.2", 81, "10.0.1.2", 50000, 2)],
+            vec![
+                flow("10.0.0.1", 443, "10.0.1.1", 40000, 6),
+                flow("10.0.0.2", 81, "10.0.1.2", 50000, 2),
+            ],
             vec![
                 flow("10.0.0.1", 443, "10.0.1.1", 40000, 8),
                 flow("10.0.0.2", 81, "10.0.1.2", 50000, 2),
@@ -1014,14 +1173,26 @@ mod tests {
         assert_eq!(src[0][2], Cell::Rate(3.0));
         assert_eq!(src[0][3], Cell::Percent(50.0));
         assert_eq!(src[0][4], Cell::Count(8));
-        assert_eq!(src[1][0], Cell::Endpoint(ip("10.0.0.9"), None), "overflowed RSTs stay with their sender");
+        assert_eq!(
+            src[1][0],
+            Cell::Endpoint(ip("10.0.0.9"), None),
+            "overflowed RSTs stay with their sender"
+        );
         assert_eq!(src.len(), 4);
 
         let mut services = s.rows(View::Service, None);
         sort_rows(&mut services, 4, false);
-        assert_eq!(services[0][0], Cell::Endpoint(ip("10.0.0.3"), Some(8080)), "ephemeral sender → the receiver's port");
+        assert_eq!(
+            services[0][0],
+            Cell::Endpoint(ip("10.0.0.3"), Some(8080)),
+            "ephemeral sender → the receiver's port"
+        );
         assert_eq!(services[1][0], Cell::Endpoint(ip("10.0.0.1"), Some(443)));
-        assert_eq!(services.len(), 3, "overflow has no port: not in the service view");
+        assert_eq!(
+            services.len(),
+            3,
+            "overflow has no port: not in the service view"
+        );
 
         let dst = s.rows(View::Dst, None);
         assert_eq!(dst.len(), 3);
@@ -1034,7 +1205,10 @@ mod tests {
         assert_eq!(Filter::parse(" "), None);
         assert_eq!(Filter::parse("443"), Some(Filter::Port(443)));
         assert_eq!(Filter::parse(":81"), Some(Filter::Port(81)));
-        assert_eq!(Filter::parse("99999"), Some(Filter::Address("99999".into())));
+        assert_eq!(
+            Filter::parse("99999"),
+            Some(Filter::Address("99999".into()))
+        );
         let port = Filter::Port(8080);
         let rows = s.rows(View::Flow, Some(&port));
         assert_eq!(rows.len(), 1);
@@ -1057,7 +1231,10 @@ mod tests {
         assert_eq!(rows[0][5], Cell::Count(2));
         // Addresses sort as addresses: 10.0.0.2 < 10.0.0.10.
         let mut by_addr = vec![
-            vec![Cell::Endpoint(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 10)), None)],
+            vec![Cell::Endpoint(
+                IpAddr::V4(Ipv4Addr::new(10, 0, 0, 10)),
+                None,
+            )],
             vec![Cell::Endpoint(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), None)],
         ];
         sort_rows(&mut by_addr, 0, false);
@@ -1110,6 +1287,19 @@ mod tests {
         let mut app = App::new(String::new(), "xdp", Duration::from_secs(1));
         press(&mut app, KeyCode::Esc);
         assert!(app.quit);
+    }
+
+    #[test]
+    fn the_panic_hook_gives_the_terminal_back_first() {
+        install_panic_hook();
+        TERMINAL_TAKEN.store(true, AtomicOrdering::SeqCst);
+        let outcome = std::panic::catch_unwind(|| panic!("a bug while the terminal is raw"));
+        assert!(outcome.is_err());
+        assert!(
+            !TERMINAL_TAKEN.load(AtomicOrdering::SeqCst),
+            "the hook restored the terminal"
+        );
+        restore_terminal(); // idempotent
     }
 
     #[test]
