@@ -348,6 +348,7 @@ fn live_view_shows_resetters_switches_views_filters_pauses_and_quits_cleanly() -
     tmux.keys(&["4"])?;
     let screen = tmux.wait_for("the flow view", |s| s.contains("FROM (RST SENDER)"))?;
     assert!(screen.contains(&format!("{S4}:81")), "{screen}");
+    println!("flow view:\n{screen}");
     tmux.keys(&["v"])?;
     let screen = tmux.wait_for("the service view", |s| {
         total(s, &format!("{S4}:81")) == Some(sent)
