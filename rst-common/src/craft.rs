@@ -531,6 +531,12 @@ impl Crafted {
         self
     }
 
+    /// Overwrites one byte: for fields the builder (etherparse) refuses to write.
+    pub fn with_byte(mut self, offset: usize, value: u8) -> Self {
+        self.bytes[offset] = value;
+        self
+    }
+
     pub fn into_bytes(self) -> Vec<u8> {
         self.bytes
     }
@@ -749,6 +755,11 @@ pub fn cases(ifindex: u32) -> Vec<Case> {
             tcp_v6().flags(TCP_SYN).build().with_tcp_data_offset(data_offset),
         );
     }
+    // RFC 4302: an AH "Payload Len" of 0 is shorter than the header's own fixed part (found by
+    // the differential fuzzer: rstwatch used to walk it as 8 bytes).
+    let ah = tcp_v6().ipv6_ext(Ipv6Ext::Auth { icv_len: 4 }).flags(TCP_RST).build();
+    let ah_len_at = ah.l3().expect("ipv6") + 40 + 1;
+    table.malformed("ipv6 ah with payload len 0", ah.with_byte(ah_len_at, 0));
     table.malformed("ipv4 ethertype, version 6", tcp_v4().flags(TCP_RST).build().with_ip_version(6));
     table.malformed("ipv4 ethertype, version 0", tcp_v4().flags(TCP_RST).build().with_ip_version(0));
     table.malformed("ipv6 ethertype, version 4", tcp_v6().flags(TCP_RST).build().with_ip_version(4));

@@ -226,7 +226,9 @@ fn walk_ipv6<C: Cursor + ?Sized>(frame: &C, l3: usize) -> Walk {
                 }
                 8
             }
-            // RFC 4302: AH length is in 4-byte units, minus 2.
+            // RFC 4302: AH length is in 4-byte units, minus 2; 0 would make it shorter than its
+            // own fixed part, so such a header is malformed (as Wireshark and etherparse say).
+            IPPROTO_AH if ext.len == 0 => return Walk::Malformed,
             IPPROTO_AH => (ext.len as usize + 2) * 4,
             _ => (ext.len as usize + 1) * 8,
         };

@@ -1,7 +1,7 @@
 //! `rstwatch`: who is resetting TCP connections, how often, and towards whom.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     io::{self, IsTerminal as _, Write},
     process::ExitCode,
     sync::Arc,
@@ -173,22 +173,16 @@ fn run(cli: WatchArgs) -> anyhow::Result<()> {
     let mut ebpf = loader::load(cli.max_flows)?;
     let mut collector = Collector::new(&mut ebpf)?;
     // If any attach fails, the ones before it are dropped (detached) on the way out.
-    let mut attachments: Vec<Attachment> = Vec::new();
+    let mut attachments: Vec<Option<Attachment>> = Vec::new();
     for (iface, ifindex) in &targets {
-        attachments.push(match cli.hook {
-            HookChoice::Xdp => loader::attach_xdp(loader::xdp_program(&mut ebpf)?, iface, *ifindex, cli.xdp_mode)?,
-            HookChoice::Tc => loader::attach_tc(loader::tc_program(&mut ebpf)?, iface, *ifindex)?,
-        });
+        attachments.push(Some(attach(&mut ebpf, &cli, iface, *ifindex)?));
     }
-    for Attachment { iface, ifindex, hook, .. } in &attachments {
+    for Attachment { iface, ifindex, hook, .. } in attachments.iter().flatten() {
         tracing::info!("attached to {iface} (ifindex {ifindex}, {hook})");
     }
-    let interfaces: Vec<InterfaceRecord> = attachments
-        .iter()
-        .map(|a| InterfaceRecord { iface: a.iface.clone(), ifindex: a.ifindex, mode: a.hook.as_str() })
-        .collect();
+    let interfaces: Vec<InterfaceRecord> = attachments.iter().flatten().map(interface_record).collect();
     let metrics = listener.map(|listener| {
-        let names = interfaces.iter().map(|i| (i.ifindex, i.iface.clone())).collect();
+        let names: HashMap<u32, String> = interfaces.iter().map(|i| (i.ifindex, i.iface.clone())).collect();
         let metrics = Arc::new(Metrics::new(names, cli.max_flows));
         if let Ok(addr) = listener.local_addr() {
             tracing::info!("serving metrics on http://{addr}/metrics");
@@ -200,21 +194,19 @@ fn run(cli: WatchArgs) -> anyhow::Result<()> {
     let ReportOptions { interval, top, format } = cli.report;
     let mut aggregator = Aggregator::new(interfaces, top as usize);
     let mut printer = Printer::new(io::stdout().lock(), format, top as usize);
-    let program = match cli.hook {
-        HookChoice::Xdp => PROG_XDP,
-        HookChoice::Tc => PROG_TC,
-    };
     let mut watch_state = Watch {
         collector: &mut collector,
         aggregator: &mut aggregator,
         printer: &mut printer,
         metrics: metrics.as_deref(),
-        program: ebpf.program(program).map(|p| (program, p)),
+        ebpf: &mut ebpf,
+        attachments: &mut attachments,
+        missing_since: vec![None; targets.len()],
     };
     let outcome = runtime.block_on(watch(&cli, &mut watch_state));
 
     // Detach before the last read, so the summary holds every RST that crossed the hook.
-    let detached: Vec<String> = attachments.iter().map(|a| a.iface.clone()).collect();
+    let detached: Vec<String> = attachments.iter().flatten().map(|a| a.iface.clone()).collect();
     drop(attachments);
     tracing::info!("detached from {}", detached.join(", "));
     let result = outcome.and_then(|last_interval_start| {
@@ -236,14 +228,72 @@ fn run(cli: WatchArgs) -> anyhow::Result<()> {
     }
 }
 
+fn attach(ebpf: &mut aya::Ebpf, cli: &WatchArgs, iface: &str, ifindex: u32) -> anyhow::Result<Attachment> {
+    Ok(match cli.hook {
+        HookChoice::Xdp => loader::attach_xdp(loader::xdp_program(ebpf)?, iface, ifindex, cli.xdp_mode)?,
+        HookChoice::Tc => loader::attach_tc(loader::tc_program(ebpf)?, iface, ifindex)?,
+    })
+}
+
+fn interface_record(attachment: &Attachment) -> InterfaceRecord {
+    InterfaceRecord { iface: attachment.iface.clone(), ifindex: attachment.ifindex, mode: attachment.hook.as_str() }
+}
+
+fn program_name(hook: HookChoice) -> &'static str {
+    match hook {
+        HookChoice::Xdp => PROG_XDP,
+        HookChoice::Tc => PROG_TC,
+    }
+}
+
 /// What the interval loop works on.
 struct Watch<'a, W: Write> {
     collector: &'a mut Collector,
     aggregator: &'a mut Aggregator,
     printer: &'a mut Printer<W>,
     metrics: Option<&'a Metrics>,
-    /// The attached program, for run-time sampling.
-    program: Option<(&'static str, &'a aya::programs::Program)>,
+    ebpf: &'a mut aya::Ebpf,
+    /// One per `-i`, in order; `None` while that interface is gone.
+    attachments: &'a mut Vec<Option<Attachment>>,
+    /// Per `-i`: whether its disappearance was reported and a re-attach failure logged.
+    missing_since: Vec<Option<bool>>,
+}
+
+impl<W: Write> Watch<'_, W> {
+    /// Interfaces come and go: a deleted one is reported once and the others carry on; one that
+    /// comes back under its name (with a new ifindex) is attached again.
+    fn follow_interfaces(&mut self, cli: &WatchArgs) {
+        for (index, name) in cli.ifaces.iter().enumerate() {
+            let current = loader::resolve_interface(name).ok();
+            let attached = self.attachments[index].as_ref().map(|a| a.ifindex);
+            if attached.is_some() && attached == current {
+                continue;
+            }
+            if let Some(gone) = attached {
+                tracing::warn!("interface {name} (ifindex {gone}) disappeared; the others are still watched, and it will be attached again if it comes back");
+                self.attachments[index] = None;
+                self.missing_since[index] = Some(false);
+            }
+            let Some(ifindex) = current else { continue };
+            match attach(self.ebpf, cli, name, ifindex) {
+                Ok(attachment) => {
+                    tracing::info!("interface {name} is back (ifindex {ifindex}): attached again ({})", attachment.hook);
+                    self.aggregator.add_interface(interface_record(&attachment));
+                    if let Some(metrics) = self.metrics {
+                        metrics.add_interface(ifindex, name);
+                    }
+                    self.attachments[index] = Some(attachment);
+                    self.missing_since[index] = None;
+                }
+                Err(error) => {
+                    if self.missing_since[index] != Some(true) {
+                        tracing::warn!("interface {name} is back but attaching failed: {error:#}; retrying every interval");
+                        self.missing_since[index] = Some(true);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Reports every interval until a stop condition; returns when the unreported interval began.
@@ -256,7 +306,8 @@ async fn watch<W: Write>(cli: &WatchArgs, state: &mut Watch<'_, W>) -> anyhow::R
     let mut ticks = tokio::time::interval_at(started + interval, interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Run-time sampling only feeds the metrics endpoint: without it, stats are never turned on.
-    let mut sampling = state.metrics.is_some() && state.program.is_some();
+    let program = program_name(cli.hook);
+    let mut sampling = state.metrics.is_some();
     let mut next_sample = started + Duration::from_secs(5);
     let mut window: Option<(RunTimeWindow, tokio::time::Instant)> = None;
     let mut interval_start = Instant::now();
@@ -280,6 +331,7 @@ async fn watch<W: Write>(cli: &WatchArgs, state: &mut Watch<'_, W>) -> anyhow::R
                 if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                     return Ok(interval_start);
                 }
+                state.follow_interfaces(cli);
                 let sample = state.collector.collect()?;
                 tracing::debug!(read_ms = sample.read_time.as_secs_f64() * 1e3, flows = sample.flows.len(), "interval read");
                 let now = Instant::now();
@@ -291,8 +343,8 @@ async fn watch<W: Write>(cli: &WatchArgs, state: &mut Watch<'_, W>) -> anyhow::R
                 state.printer.interval(&record)?;
             }
             _ = sample_due => {
-                if let (Some(metrics), Some((name, program))) = (state.metrics, state.program) {
-                    sample_run_time(metrics, name, program, &mut window, &mut next_sample, &mut sampling);
+                if let (Some(metrics), Some(loaded)) = (state.metrics, state.ebpf.program(program)) {
+                    sample_run_time(metrics, program, loaded, &mut window, &mut next_sample, &mut sampling);
                 }
             }
             _ = interrupt.recv() => return Ok(interval_start),

@@ -67,7 +67,7 @@ pub struct Metrics {
     flow_table_fill: GaugeF64,
     read_seconds: GaugeF64,
     run_seconds_per_packet: Family<ProgramLabels, GaugeF64>,
-    names: HashMap<u32, String>,
+    names: std::sync::Mutex<HashMap<u32, String>>,
     max_flows: u32,
 }
 
@@ -90,7 +90,7 @@ impl Metrics {
             flow_table_fill: GaugeF64::default(),
             read_seconds: GaugeF64::default(),
             run_seconds_per_packet: Family::default(),
-            names: interfaces,
+            names: std::sync::Mutex::new(interfaces),
             max_flows,
         };
         registry.register("frames", "Frames the programs saw", metrics.frames.clone());
@@ -151,8 +151,9 @@ impl Metrics {
         for (key, resets) in &sample.overflow_sources {
             *per_interface.entry(key.ifindex).or_default() += resets;
         }
+        let names = self.names.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         for (ifindex, resets) in per_interface {
-            let iface = self.names.get(&ifindex).cloned().unwrap_or_else(|| format!("if{ifindex}"));
+            let iface = names.get(&ifindex).cloned().unwrap_or_else(|| format!("if{ifindex}"));
             self.resets.get_or_create(&InterfaceLabels { iface, direction: "rx" }).inc_by(resets);
         }
         self.top_resetters.clear();
@@ -162,6 +163,11 @@ impl Metrics {
         }
         self.flow_table_fill.set(sample.flows.len() as f64 / f64::from(self.max_flows.max(1)));
         self.read_seconds.set(sample.read_time.as_secs_f64());
+    }
+
+    /// Names an interface attached after the start (one that came back with a new ifindex).
+    pub fn add_interface(&self, ifindex: u32, name: &str) {
+        self.names.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(ifindex, name.to_owned());
     }
 
     pub fn set_run_time(&self, program: &'static str, ns_per_packet: f64) {

@@ -135,10 +135,12 @@ fn a_full_flow_table_counts_overflow() -> anyhow::Result<()> {
     assert!(sample.counters.overflow > 0, "a scan of {SCANNED} flows must overflow a 2-entry table");
     let in_flows: u64 = sample.flows.iter().map(|(_, count)| count).sum();
     assert_eq!(in_flows + sample.counters.overflow, resets);
-    // Every flow that made it is one of the scanned flows, with both of its resets.
-    let scanned: BTreeMap<FlowKey, u64> = flows.iter().map(|flow| (flow.flow_key(LOOPBACK_IFINDEX), 2)).collect();
+    // Every flow that made it is one of the scanned flows, with at most its two resets: the
+    // test thread may move between CPUs between runs, so a flow's two resets can sit in two
+    // CPUs' caches and be written back separately, one finding room and the other not.
+    let scanned: std::collections::BTreeSet<FlowKey> = flows.iter().map(|flow| flow.flow_key(LOOPBACK_IFINDEX)).collect();
     for (key, count) in sample_flows(&sample)? {
-        assert_eq!(scanned.get(&key), Some(&count), "unexpected flow {key:?} with {count}");
+        assert!(scanned.contains(&key) && (1..=2).contains(&count), "unexpected flow {key:?} with {count}");
     }
     // The overflowed resets all belong to the one sender, and its table had room for them.
     assert_eq!(sample.counters.source_overflow, 0);

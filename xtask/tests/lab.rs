@@ -507,6 +507,39 @@ impl OutputWithStdin for Command {
     }
 }
 
+/// Interfaces come and go: a watched interface deleted mid-run is reported once, the others
+/// keep being counted exactly, and when it comes back under its name it is attached again.
+#[test]
+fn a_deleted_interface_is_reported_and_reattached_when_it_returns() -> Result<()> {
+    let hosts = hosts()?;
+    let extra = Iface { ns: Netns::open(hosts.client.name())?, name: format!("{}x", hosts.client_if.name) };
+    let peer = format!("{}y", hosts.client_if.name);
+    let create = || -> Result<()> {
+        hosts.client.ip(["link", "add", &extra.name, "type", "veth", "peer", "name", &peer])?;
+        hosts.client.ip(["link", "set", &extra.name, "up"])?;
+        hosts.client.ip(["link", "set", &peer, "up"])?;
+        Ok(())
+    };
+    create()?;
+    let rw = watch(&hosts.client_if, &["-i", &extra.name, "--duration", "7s", "--interval", "500ms", "--format", "json"])?;
+    std::thread::sleep(Duration::from_millis(800));
+    hosts.client.ip(["link", "del", &extra.name])?;
+    let report = traffic(&hosts, &["--rounds", "1"], &refused_and_aborted_steps())?;
+    create()?;
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(extra.xdp_attached()?, "rstwatch did not attach to {} again", extra.name);
+    let fin = rw.finish(EXIT_TIMEOUT)?;
+    assert!(fin.status.success(), "rstwatch failed ({}): {}", fin.status, fin.stderr);
+    assert_eq!(fin.stderr.matches("disappeared").count(), 1, "reported once: {}", fin.stderr);
+    assert_eq!(fin.stderr.matches("is back").count(), 1, "{}", fin.stderr);
+    let summary = summary(&fin)?;
+    assert_eq!(counted(&summary, &hosts.client_if)?, expected(&report, "server")?);
+    let listed = summary["interfaces"].as_array().context("interfaces")?;
+    assert_eq!(listed.iter().filter(|i| i["iface"] == extra.name.as_str()).count(), 2, "{listed:?}");
+    assert_detached(&extra)?;
+    assert_detached(&hosts.client_if)
+}
+
 fn run_to_end(ns: &Netns, prog: &str, args: &[&str]) -> Result<Finished> {
     let mut cmd = ns.exec(prog);
     cmd.args(args);
