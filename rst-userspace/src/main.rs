@@ -191,8 +191,8 @@ fn run(cli: WatchArgs) -> anyhow::Result<()> {
         metrics
     });
 
-    let ReportOptions { interval, top, format } = cli.report;
-    let mut aggregator = Aggregator::new(interfaces, top as usize);
+    let ReportOptions { interval, top, format, summary_flows } = cli.report;
+    let mut aggregator = Aggregator::new(interfaces, top as usize).limit_flows(summary_flows);
     let mut printer = Printer::new(io::stdout().lock(), format, top as usize);
     let mut watch_state = Watch {
         collector: &mut collector,

@@ -36,7 +36,14 @@ pub struct ReportOptions {
     /// Output: a table for people, or JSON Lines for programs.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
+    /// Most flows the run's summary keeps (memory stays bounded under a scan); resets of flows
+    /// beyond it still count in the totals and for their source, as `summary.unlisted`.
+    #[arg(long, default_value_t = DEFAULT_SUMMARY_FLOWS, value_parser = clap::value_parser!(u32).range(1..))]
+    pub summary_flows: u32,
 }
+
+/// About 15 MiB of flow records at most.
+pub const DEFAULT_SUMMARY_FLOWS: u32 = 65_536;
 
 /// A positive duration in humantime syntax.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -145,6 +152,14 @@ pub struct IntervalRecord {
     pub flows: Vec<FlowRecord>,
 }
 
+/// Resets of flows the summary has no room for (beyond `--summary-flows`).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Unlisted {
+    pub resets: u64,
+    /// Per-interval flow records turned away (a flow active in several intervals counts in each).
+    pub flow_records: u64,
+}
+
 #[derive(Debug, Serialize)]
 pub struct SummaryRecord {
     #[serde(rename = "type")]
@@ -154,6 +169,8 @@ pub struct SummaryRecord {
     pub interfaces: Vec<InterfaceRecord>,
     pub totals: Totals,
     pub overflowed: bool,
+    /// `flows` lists every flow of the run unless this is non-zero.
+    pub unlisted: Unlisted,
     pub sources: Vec<SourceRecord>,
     pub flows: Vec<FlowRecord>,
 }
@@ -168,6 +185,8 @@ pub struct Aggregator {
     totals: Counters,
     flows: HashMap<FlowKey, u64>,
     overflow_sources: HashMap<SourceKey, u64>,
+    flow_limit: usize,
+    unlisted: Unlisted,
 }
 
 impl Aggregator {
@@ -182,7 +201,15 @@ impl Aggregator {
             totals: Counters::default(),
             flows: HashMap::new(),
             overflow_sources: HashMap::new(),
+            flow_limit: DEFAULT_SUMMARY_FLOWS as usize,
+            unlisted: Unlisted::default(),
         }
+    }
+
+    /// Keeps at most `limit` flows for the summary; see [`ReportOptions::summary_flows`].
+    pub fn limit_flows(mut self, limit: u32) -> Self {
+        self.flow_limit = limit as usize;
+        self
     }
 
     /// Makes an interface known after the start (replay meets pcapng interfaces as it reads).
@@ -198,7 +225,16 @@ impl Aggregator {
         self.elapsed += elapsed;
         self.totals.accumulate(&sample.counters);
         for (key, resets) in &sample.flows {
-            *self.flows.entry(*key).or_default() += resets;
+            if let Some(count) = self.flows.get_mut(key) {
+                *count += resets;
+            } else if self.flows.len() < self.flow_limit {
+                self.flows.insert(*key, *resets);
+            } else {
+                // Still the sender's: counted for its source, like a flow-table overflow.
+                self.unlisted.resets += resets;
+                self.unlisted.flow_records += 1;
+                *self.overflow_sources.entry(SourceKey::of(key)).or_default() += resets;
+            }
         }
         for (key, resets) in &sample.overflow_sources {
             *self.overflow_sources.entry(*key).or_default() += resets;
@@ -237,6 +273,7 @@ impl Aggregator {
             interfaces: self.interfaces.clone(),
             totals: Totals::from(&self.totals),
             overflowed: self.totals.overflow > 0,
+            unlisted: self.unlisted,
             sources: rank_sources(flows_iter(), self.overflow_sources.iter().map(|(k, r)| (k, *r)), self.elapsed),
             flows: self.flow_records(flows_iter()),
         }
@@ -408,6 +445,13 @@ impl<W: Write> Printer<W> {
                     self.sources_table(&sources)?;
                     let flows: Vec<FlowRecord> = record.flows.iter().take(self.top).cloned().collect();
                     self.flows_table(&flows, "TOP FLOWS (whole run)")?;
+                    if record.unlisted.resets > 0 {
+                        writeln!(
+                            self.out,
+                            "   {} RSTs belong to flows beyond --summary-flows: counted for their sources, not listed",
+                            record.unlisted.resets
+                        )?;
+                    }
                     if record.flows.len() > self.top {
                         writeln!(self.out, "   … {} more flows (--format json lists every flow)", record.flows.len() - self.top)?;
                     }

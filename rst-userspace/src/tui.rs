@@ -1116,6 +1116,7 @@ mod tests {
                 ..Totals::default()
             },
             overflowed: true,
+            unlisted: Default::default(),
             sources: vec![source("10.0.0.9", 10, 10)],
             flows: run,
         };

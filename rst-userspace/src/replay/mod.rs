@@ -58,12 +58,12 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
 
 /// Replays `args.files` and writes the report to `out`.
 pub fn run_to<W: Write>(args: &ReplayArgs, out: W) -> anyhow::Result<()> {
-    let ReportOptions { interval, top, format } = args.report;
+    let ReportOptions { interval, top, format, summary_flows } = args.report;
     let kernel = if args.kernel { Some(KernelCheck::new()?) } else { None };
     let mut replay = Replay {
         // A pcapng file may declare an interface after packets of another: each is added to the
         // aggregator when met.
-        aggregator: Aggregator::new(Vec::new(), top as usize),
+        aggregator: Aggregator::new(Vec::new(), top as usize).limit_flows(summary_flows),
         printer: Printer::new(out, format, top as usize),
         interval_ns: u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX),
         tally: Tally::default(),
