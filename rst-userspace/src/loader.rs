@@ -217,6 +217,47 @@ pub fn tc_program(ebpf: &mut Ebpf) -> anyhow::Result<&mut SchedClassifier> {
     Ok(program.try_into()?)
 }
 
+/// Resolves every `-i` up front (before anything touches the kernel): one ifindex each, no
+/// interface twice.
+pub fn resolve_targets(names: &[String]) -> anyhow::Result<Vec<(String, u32)>> {
+    let mut seen = std::collections::HashSet::new();
+    let mut targets = Vec::new();
+    for name in names {
+        let ifindex = resolve_interface(name)?;
+        if !seen.insert(ifindex) {
+            anyhow::bail!("interface {name:?} given more than once");
+        }
+        targets.push((name.clone(), ifindex));
+    }
+    Ok(targets)
+}
+
+/// Attaches the chosen hook's program to one interface.
+pub fn attach(
+    ebpf: &mut Ebpf,
+    hook: HookChoice,
+    xdp_mode: XdpModeChoice,
+    iface: &str,
+    ifindex: u32,
+) -> anyhow::Result<Attachment> {
+    let attachment = match hook {
+        HookChoice::Xdp => attach_xdp(xdp_program(ebpf)?, iface, ifindex, xdp_mode)?,
+        HookChoice::Tc => attach_tc(tc_program(ebpf)?, iface, ifindex)?,
+    };
+    tracing::info!("attached to {iface} (ifindex {ifindex}, {})", attachment.hook);
+    Ok(attachment)
+}
+
+/// Attaches to every target; if one fails, those before it are dropped (detached) on the way out.
+pub fn attach_all(
+    ebpf: &mut Ebpf,
+    hook: HookChoice,
+    xdp_mode: XdpModeChoice,
+    targets: &[(String, u32)],
+) -> anyhow::Result<Vec<Attachment>> {
+    targets.iter().map(|(iface, ifindex)| attach(ebpf, hook, xdp_mode, iface, *ifindex)).collect()
+}
+
 /// Resolves an interface name the way the kernel would, with errors an operator can act on.
 pub fn resolve_interface(name: &str) -> Result<u32, Error> {
     let invalid = |why| Error::InvalidInterfaceName { name: name.to_owned(), why };

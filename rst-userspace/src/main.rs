@@ -1,7 +1,7 @@
 //! `rstwatch`: who is resetting TCP connections, how often, and towards whom.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     io::{self, IsTerminal as _, Write},
     process::ExitCode,
     sync::Arc,
@@ -146,15 +146,7 @@ fn main() -> ExitCode {
 
 fn run(cli: WatchArgs) -> anyhow::Result<()> {
     // Everything that can be checked without touching the kernel is checked first.
-    let mut seen = HashSet::new();
-    let mut targets = Vec::new();
-    for iface in &cli.ifaces {
-        let ifindex = loader::resolve_interface(iface)?;
-        if !seen.insert(ifindex) {
-            anyhow::bail!("interface {iface:?} given more than once");
-        }
-        targets.push((iface.clone(), ifindex));
-    }
+    let targets = loader::resolve_targets(&cli.ifaces)?;
     loader::check_capabilities()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -172,15 +164,9 @@ fn run(cli: WatchArgs) -> anyhow::Result<()> {
 
     let mut ebpf = loader::load(cli.max_flows)?;
     let mut collector = Collector::new(&mut ebpf)?;
-    // If any attach fails, the ones before it are dropped (detached) on the way out.
-    let mut attachments: Vec<Option<Attachment>> = Vec::new();
-    for (iface, ifindex) in &targets {
-        attachments.push(Some(attach(&mut ebpf, &cli, iface, *ifindex)?));
-    }
-    for Attachment { iface, ifindex, hook, .. } in attachments.iter().flatten() {
-        tracing::info!("attached to {iface} (ifindex {ifindex}, {hook})");
-    }
-    let interfaces: Vec<InterfaceRecord> = attachments.iter().flatten().map(interface_record).collect();
+    let mut attachments: Vec<Option<Attachment>> =
+        loader::attach_all(&mut ebpf, cli.hook, cli.xdp_mode, &targets)?.into_iter().map(Some).collect();
+    let interfaces: Vec<InterfaceRecord> = attachments.iter().flatten().map(InterfaceRecord::of).collect();
     let metrics = listener.map(|listener| {
         let names: HashMap<u32, String> = interfaces.iter().map(|i| (i.ifindex, i.iface.clone())).collect();
         let metrics = Arc::new(Metrics::new(names, cli.max_flows));
@@ -228,17 +214,6 @@ fn run(cli: WatchArgs) -> anyhow::Result<()> {
     }
 }
 
-fn attach(ebpf: &mut aya::Ebpf, cli: &WatchArgs, iface: &str, ifindex: u32) -> anyhow::Result<Attachment> {
-    Ok(match cli.hook {
-        HookChoice::Xdp => loader::attach_xdp(loader::xdp_program(ebpf)?, iface, ifindex, cli.xdp_mode)?,
-        HookChoice::Tc => loader::attach_tc(loader::tc_program(ebpf)?, iface, ifindex)?,
-    })
-}
-
-fn interface_record(attachment: &Attachment) -> InterfaceRecord {
-    InterfaceRecord { iface: attachment.iface.clone(), ifindex: attachment.ifindex, mode: attachment.hook.as_str() }
-}
-
 fn program_name(hook: HookChoice) -> &'static str {
     match hook {
         HookChoice::Xdp => PROG_XDP,
@@ -275,10 +250,10 @@ impl<W: Write> Watch<'_, W> {
                 self.missing_since[index] = Some(false);
             }
             let Some(ifindex) = current else { continue };
-            match attach(self.ebpf, cli, name, ifindex) {
+            match loader::attach(self.ebpf, cli.hook, cli.xdp_mode, name, ifindex) {
                 Ok(attachment) => {
-                    tracing::info!("interface {name} is back (ifindex {ifindex}): attached again ({})", attachment.hook);
-                    self.aggregator.add_interface(interface_record(&attachment));
+                    tracing::info!("interface {name} is back (ifindex {ifindex})");
+                    self.aggregator.add_interface(InterfaceRecord::of(&attachment));
                     if let Some(metrics) = self.metrics {
                         metrics.add_interface(ifindex, name);
                     }

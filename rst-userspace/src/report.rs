@@ -54,7 +54,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
-fn parse_interval(text: &str) -> Result<Duration, String> {
+pub fn parse_interval(text: &str) -> Result<Duration, String> {
     let interval = parse_duration(text)?;
     if interval < Duration::from_millis(10) {
         return Err("must be at least 10ms".into());
@@ -70,6 +70,12 @@ pub struct InterfaceRecord {
     pub iface: String,
     pub ifindex: u32,
     pub mode: &'static str,
+}
+
+impl InterfaceRecord {
+    pub fn of(attachment: &crate::loader::Attachment) -> Self {
+        InterfaceRecord { iface: attachment.iface.clone(), ifindex: attachment.ifindex, mode: attachment.hook.as_str() }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]

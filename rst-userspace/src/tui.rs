@@ -8,7 +8,7 @@
 
 use std::{
     cmp::Ordering,
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     fmt,
     io::{self, IsTerminal as _},
     net::IpAddr,
@@ -35,9 +35,9 @@ use rst_common::wire::DEFAULT_MAX_FLOWS;
 
 use crate::{
     collector::Collector,
-    loader::{self, Attachment, HookChoice, XdpModeChoice},
+    loader::{self, HookChoice, XdpModeChoice},
     report::{
-        parse_duration, Aggregator, Format, InterfaceRecord, IntervalRecord, Printer,
+        parse_interval, Aggregator, Format, InterfaceRecord, IntervalRecord, Printer,
         SummaryRecord, Totals,
     },
 };
@@ -49,7 +49,7 @@ pub struct TopArgs {
     #[arg(short = 'i', long = "iface", value_name = "IFACE", required = true)]
     pub ifaces: Vec<String>,
     /// How often to read the counts and refresh the table (e.g. 500ms, 1s, 5s).
-    #[arg(long, default_value = "1s", value_parser = parse_refresh)]
+    #[arg(long, default_value = "1s", value_parser = parse_interval)]
     pub interval: Duration,
     /// Where to count: the XDP hook, or TC ingress (tcx, kernel ≥ 6.6) beside another XDP program.
     #[arg(long, value_enum, default_value_t = HookChoice::Xdp)]
@@ -63,14 +63,6 @@ pub struct TopArgs {
     pub max_flows: u32,
 }
 
-/// The same bounds as the watch mode's `--interval`.
-fn parse_refresh(text: &str) -> Result<Duration, String> {
-    let interval = parse_duration(text)?;
-    if interval < Duration::from_millis(10) {
-        return Err("must be at least 10ms".into());
-    }
-    Ok(interval)
-}
 
 // ───────────────────────────── views, rows, sorting, filtering ─────────────────────────────
 
@@ -906,50 +898,14 @@ pub fn run(args: &TopArgs) -> anyhow::Result<()> {
             "rstwatch top needs a terminal (for a pipe or a file, use plain `rstwatch -i IFACE`)"
         );
     }
-    let mut seen = HashSet::new();
-    let mut targets = Vec::new();
-    for iface in &args.ifaces {
-        let ifindex = loader::resolve_interface(iface)?;
-        if !seen.insert(ifindex) {
-            anyhow::bail!("interface {iface:?} given more than once");
-        }
-        targets.push((iface.clone(), ifindex));
-    }
+    let targets = loader::resolve_targets(&args.ifaces)?;
     loader::check_capabilities()?;
     install_signal_handlers()?;
 
     let mut ebpf = loader::load(args.max_flows)?;
     let mut collector = Collector::new(&mut ebpf)?;
-    // If any attach fails, the ones before it are dropped (detached) on the way out.
-    let mut attachments: Vec<Attachment> = Vec::new();
-    for (iface, ifindex) in &targets {
-        attachments.push(match args.hook {
-            HookChoice::Xdp => loader::attach_xdp(
-                loader::xdp_program(&mut ebpf)?,
-                iface,
-                *ifindex,
-                args.xdp_mode,
-            )?,
-            HookChoice::Tc => loader::attach_tc(loader::tc_program(&mut ebpf)?, iface, *ifindex)?,
-        });
-    }
-    for Attachment {
-        iface,
-        ifindex,
-        hook,
-        ..
-    } in &attachments
-    {
-        tracing::info!("attached to {iface} (ifindex {ifindex}, {hook})");
-    }
-    let interfaces: Vec<InterfaceRecord> = attachments
-        .iter()
-        .map(|a| InterfaceRecord {
-            iface: a.iface.clone(),
-            ifindex: a.ifindex,
-            mode: a.hook.as_str(),
-        })
-        .collect();
+    let attachments = loader::attach_all(&mut ebpf, args.hook, args.xdp_mode, &targets)?;
+    let interfaces: Vec<InterfaceRecord> = attachments.iter().map(InterfaceRecord::of).collect();
     let described = interfaces
         .iter()
         .map(|i| format!("{} ({})", i.iface, i.mode))
