@@ -170,6 +170,47 @@ fn kill_9_leaves_nothing_attached() -> Result<()> {
     Ok(())
 }
 
+/// The BPF programs process `pid` holds, by the kernel's own account (`/proc/PID/fdinfo`:
+/// program fds carry `prog_id`), named through `bpftool prog show id`.
+fn programs_of(pid: u32) -> Result<Vec<(String, u64)>> {
+    let mut programs = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))? {
+        let Ok(info) = std::fs::read_to_string(entry?.path()) else { continue };
+        let Some(id) = info.lines().find_map(|line| line.strip_prefix("prog_id:")) else { continue };
+        let id: u64 = id.trim().parse()?;
+        let shown = xtask::cmd::output(Command::new("bpftool").args(["-j", "prog", "show", "id", &id.to_string()]))?;
+        let v: Value = serde_json::from_str(shown.trim()).with_context(|| format!("bpftool prog show: {shown}"))?;
+        programs.push((v["name"].as_str().unwrap_or_default().to_owned(), id));
+    }
+    Ok(programs)
+}
+
+/// kill -9 with `--hook tc`: the tcx link dies with the process. (bpftool 7.1 lists no tcx
+/// links per device, so the kernel's view used is that the TC program, which a surviving link
+/// would keep loaded, is freed.)
+#[test]
+fn kill_9_with_hook_tc_leaves_nothing_attached() -> Result<()> {
+    let (_lab, mon, mon_if) = lab()?;
+    let mut cmd = mon.exec(rstwatch());
+    cmd.args(["-i", &mon_if.name, "--hook", "tc"]);
+    let mut proc = Proc::spawn(&mut cmd)?;
+    proc.wait_for_stderr(&format!("attached to {}", mon_if.name), START_TIMEOUT)?;
+    let programs = programs_of(proc.id())?;
+    let tc: Vec<u64> = programs.iter().filter(|(name, _)| name == "rstwatch_tc").map(|(_, id)| *id).collect();
+    ensure!(!tc.is_empty(), "bpftool shows no rstwatch_tc program held by rstwatch: {programs:?}");
+    proc.signal(libc::SIGKILL)?;
+    let fin = proc.finish(Duration::from_secs(10))?;
+    ensure!(fin.status.signal() == Some(libc::SIGKILL), "rstwatch ended with {}", fin.status);
+    let freed = wait_until(Duration::from_secs(10), || Ok(programs.iter().all(|(_, id)| !prog_loaded(*id))))?;
+    ensure!(freed, "programs {programs:?} still loaded 10 s after kill -9: a tcx link survived");
+    ensure!(!mon_if.xdp_attached()?, "XDP attached after kill -9 of a --hook tc rstwatch");
+    let mut again = mon.exec(rstwatch());
+    again.args(["-i", &mon_if.name, "--hook", "tc", "--duration", "1s"]);
+    let fin = Proc::spawn(&mut again)?.finish(Duration::from_secs(30))?;
+    ensure!(fin.status.success(), "rstwatch --hook tc after kill -9 failed: {}", fin.stderr);
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // Hostile command lines
 
