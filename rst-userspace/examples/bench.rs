@@ -590,51 +590,9 @@ fn generate(opts: &Opts) -> anyhow::Result<Value> {
 // ---------------------------------------------------------------------------------------------
 // Part 3: userspace read cost
 
-const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
-
-/// The `batch` member of `union bpf_attr`.
-#[repr(C)]
-#[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
-
 fn update_batch(map: &MapData, keys: &[FlowKey], values: &[FlowValue]) -> io::Result<()> {
     for (keys, values) in keys.chunks(65_536).zip(values.chunks(65_536)) {
-        let mut attr = BatchAttr {
-            keys: keys.as_ptr() as u64,
-            values: values.as_ptr() as u64,
-            count: keys.len() as u32,
-            map_fd: map.fd().as_fd().as_raw_fd() as u32,
-            ..Default::default()
-        };
-        // SAFETY: `keys` and `values` hold `count` entries each, outlive the call and are only
-        // read; `attr` is a valid bpf_attr for BPF_MAP_UPDATE_BATCH.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_UPDATE_BATCH,
-                &mut attr as *mut BatchAttr,
-                size_of::<BatchAttr>(),
-            )
-        };
-        if ret < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if attr.count as usize != keys.len() {
-            return Err(io::Error::other(format!(
-                "updated {} of {} entries",
-                attr.count,
-                keys.len()
-            )));
-        }
+        rstwatch::batch::update_batch(map.fd().as_fd(), keys, values)?;
     }
     Ok(())
 }

@@ -148,23 +148,31 @@ pub fn lookup_per_cpu_array<V: Pod>(map_fd: BorrowedFd<'_>, first: u32, count: u
 /// per-CPU array behind `map_fd`, with one `BPF_MAP_UPDATE_BATCH`.
 pub fn update_per_cpu_array<V: Pod>(map_fd: BorrowedFd<'_>, first: u32, values: &[V], cpus: usize) -> io::Result<()> {
     assert_eq!(size_of::<V>() % 8, 0, "per-CPU values are laid out in 8-byte units");
-    let count = values.len() / cpus;
-    let keys: Vec<u32> = (first..first + count as u32).collect();
+    let keys: Vec<u32> = (first..first + (values.len() / cpus) as u32).collect();
+    update_batch(map_fd, &keys, values)
+}
+
+/// Writes `keys[i] → values[i]` (for per-CPU maps, `values` holds all CPUs' values of each key
+/// in a row) with one `BPF_MAP_UPDATE_BATCH`. Minimum kernel: 5.6.
+///
+/// # Errors
+/// The syscall's errno, or `WriteZero` when the kernel wrote fewer entries than given.
+pub fn update_batch<K: Pod, V: Pod>(map_fd: BorrowedFd<'_>, keys: &[K], values: &[V]) -> io::Result<()> {
     let mut attr = BatchAttr {
         keys: keys.as_ptr() as u64,
         values: values.as_ptr() as u64,
-        count: count as u32,
+        count: keys.len() as u32,
         map_fd: map_fd.as_raw_fd() as u32,
         ..Default::default()
     };
-    // SAFETY: `keys` and `values` hold `count` keys and `count * cpus` values and outlive the
-    // call; the kernel only reads them.
+    // SAFETY: `keys` and `values` hold `count` entries (times CPUs for per-CPU values) and
+    // outlive the call; the kernel only reads them.
     let ret = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_UPDATE_BATCH, &mut attr as *mut BatchAttr, size_of::<BatchAttr>()) };
     if ret < 0 {
         return Err(io::Error::last_os_error());
     }
-    if attr.count as usize != count {
-        return Err(io::Error::new(io::ErrorKind::WriteZero, format!("wrote {} of {count} array entries", attr.count)));
+    if attr.count as usize != keys.len() {
+        return Err(io::Error::new(io::ErrorKind::WriteZero, format!("wrote {} of {} entries", attr.count, keys.len())));
     }
     Ok(())
 }
