@@ -32,17 +32,7 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn rstwatch() -> PathBuf {
-    let bin = std::env::var_os("RSTWATCH_BIN").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("..")
-            .join("target/release/rstwatch")
-    });
-    assert!(
-        bin.is_file(),
-        "{} does not exist: run `cargo xtask build` (or set RSTWATCH_BIN)",
-        bin.display()
-    );
-    bin
+    xtask::build::rstwatch_for_tests()
 }
 
 fn hosts() -> Result<TwoHosts> {

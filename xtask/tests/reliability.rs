@@ -24,17 +24,7 @@ use xtask::{
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn rstwatch() -> PathBuf {
-    let bin = std::env::var_os("RSTWATCH_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/rstwatch")
-        });
-    assert!(
-        bin.is_file(),
-        "{} does not exist: run `cargo xtask build`",
-        bin.display()
-    );
-    bin
+    xtask::build::rstwatch_for_tests()
 }
 
 fn root() -> Result<()> {
