@@ -47,7 +47,7 @@ use rst_common::{
     parse::{TCP_ACK, TCP_RST},
     wire::{FlowKey, FlowValue, MAP_EPOCH, MAP_FLOWS, PROG_XDP, PROG_XDP_BASELINE},
 };
-use rstwatch::collector::Collector;
+use rstwatch::{collector::Collector, testrun::XdpMd};
 use serde_json::{json, Value};
 
 /// Ethernet's minimum frame without the FCS: 64 bytes on the wire.
@@ -428,17 +428,6 @@ const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_PROG_TYPE_XDP: u32 = 6;
 const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
 
-/// `struct xdp_md` (include/uapi/linux/bpf.h).
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct XdpMd {
-    data: u32,
-    data_end: u32,
-    data_meta: u32,
-    ingress_ifindex: u32,
-    rx_queue_index: u32,
-    egress_ifindex: u32,
-}
 
 /// Loads `r0 = XDP_TX; exit` as an XDP program.
 fn load_xdp_tx() -> io::Result<OwnedFd> {
@@ -521,11 +510,7 @@ fn generate(opts: &Opts) -> anyhow::Result<Value> {
     let frames: Vec<Vec<u8>> = (first..first + flows).map(|i| padded(flood_flow(i))).collect();
     let contexts: Vec<XdpMd> = frames
         .iter()
-        .map(|f| XdpMd {
-            data_end: f.len() as u32,
-            ingress_ifindex: ifindex,
-            ..XdpMd::default()
-        })
+        .map(|f| XdpMd::arriving(f.len(), ifindex))
         .collect();
     let started = Instant::now();
     let mut calls = 0u64;

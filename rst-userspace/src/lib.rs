@@ -10,4 +10,5 @@ pub mod metrics;
 pub mod netlink;
 pub mod replay;
 pub mod report;
+pub mod testrun;
 pub mod tui;

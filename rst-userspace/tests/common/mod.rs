@@ -20,7 +20,10 @@ use rst_common::{
     wire::{CacheSlot, ResetCounters, TrafficCounters, MAP_FLOWS, MAP_FLOW_CACHE, MAP_RESET_COUNTERS, MAP_TRAFFIC, PROG_XDP},
     Counters, FlowKey, FlowValue, Observation,
 };
-use rstwatch::collector::{Collector, Sample};
+use rstwatch::{
+    collector::{Collector, Sample},
+    testrun::XdpMd,
+};
 
 /// `XDP_PASS` from include/uapi/linux/bpf.h.
 pub const XDP_PASS: u32 = 2;
@@ -29,18 +32,6 @@ pub const XDP_PASS: u32 = 2;
 pub const LOOPBACK_IFINDEX: u32 = 1;
 /// `BPF_PROG_TEST_RUN` refuses XDP input shorter than an Ethernet header (`ETH_HLEN`).
 pub const MIN_FRAME: usize = 14;
-
-/// `struct xdp_md` (include/uapi/linux/bpf.h), the context a test run may pass in.
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct XdpMd {
-    data: u32,
-    data_end: u32,
-    data_meta: u32,
-    ingress_ifindex: u32,
-    rx_queue_index: u32,
-    egress_ifindex: u32,
-}
 
 /// How the kernel classified one frame, read from the counter deltas it left behind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -185,18 +176,8 @@ pub fn run_xdp(program: &Xdp, frame: &[u8], ifindex: Option<u32>, repeat: u32) -
     if frame.len() < MIN_FRAME {
         bail!("a test run needs at least {MIN_FRAME} bytes, got {}", frame.len());
     }
-    let context = ifindex.map(|ifindex| XdpMd {
-        data: 0,
-        // The kernel insists data_end is the whole input, also when it spills into fragments.
-        data_end: frame.len() as u32,
-        ingress_ifindex: ifindex,
-        ..XdpMd::default()
-    });
-    let context_bytes = context.as_ref().map(|context| {
-        // SAFETY: XdpMd is repr(C) of six u32s, no padding; the slice borrows `context`, which
-        // outlives it.
-        unsafe { std::slice::from_raw_parts((context as *const XdpMd).cast::<u8>(), size_of::<XdpMd>()) }
-    });
+    let context = ifindex.map(|ifindex| XdpMd::arriving(frame.len(), ifindex));
+    let context_bytes = context.as_ref().map(XdpMd::as_bytes);
     let result = program
         .test_run(TestRunOptions { data_in: Some(frame), ctx_in: context_bytes, repeat, ..TestRunOptions::new() })
         .with_context(|| format!("BPF_PROG_TEST_RUN with a {}-byte frame", frame.len()))?;
