@@ -530,6 +530,15 @@ fn a_deleted_interface_is_reported_and_reattached_when_it_returns() -> Result<()
     assert_detached(&hosts.client_if)
 }
 
+/// rstwatch on the client's veth under `setpriv` with `privileges` (its options), run to the end.
+fn rstwatch_with_privileges(hosts: &TwoHosts, privileges: &[String], args: &[&str]) -> Result<Finished> {
+    let bin = rstwatch_str();
+    let mut all: Vec<&str> = privileges.iter().map(String::as_str).collect();
+    all.extend(["--", bin.as_str(), "-i", hosts.client_if.name.as_str()]);
+    all.extend(args);
+    run_to_end(&hosts.client, "setpriv", &all)
+}
+
 fn run_to_end(ns: &Netns, prog: &str, args: &[&str]) -> Result<Finished> {
     let mut cmd = ns.exec(prog);
     cmd.args(args);
@@ -570,21 +579,9 @@ fn bad_durations_are_one_line_errors() -> Result<()> {
 #[test]
 fn missing_capabilities_are_named() -> Result<()> {
     let hosts = hosts()?;
-    let bin = rstwatch_str();
     for (caps, needle) in [("-bpf,-sys_admin", "CAP_BPF"), ("-net_admin", "CAP_NET_ADMIN")] {
-        let bounding = format!("--bounding-set={caps}");
-        let inheritable = format!("--inh-caps={caps}");
-        let args = [
-            bounding.as_str(),
-            &inheritable,
-            "--",
-            &bin,
-            "-i",
-            &hosts.client_if.name,
-            "--duration",
-            "1s",
-        ];
-        let fin = run_to_end(&hosts.client, "setpriv", &args)?;
+        let privileges = [format!("--bounding-set={caps}"), format!("--inh-caps={caps}")];
+        let fin = rstwatch_with_privileges(&hosts, &privileges, &["--duration", "1s"])?;
         assert_one_line_error(&fin, needle);
         assert_detached(&hosts.client_if)?;
     }
@@ -596,28 +593,17 @@ fn missing_capabilities_are_named() -> Result<()> {
 #[test]
 fn an_unprivileged_user_needs_exactly_bpf_net_admin_and_perfmon() -> Result<()> {
     let hosts = hosts()?;
-    let bin = rstwatch_str();
     let run_as_nobody = |caps: &str| -> Result<Finished> {
         let set = format!("-all,{caps}");
-        let (inheritable, ambient, bounding) =
-            (format!("--inh-caps={set}"), format!("--ambient-caps={set}"), format!("--bounding-set={set}"));
-        let args = [
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            &inheritable,
-            &ambient,
-            &bounding,
-            "--",
-            &bin,
-            "-i",
-            &hosts.client_if.name,
-            "--duration",
-            "1s",
-            "--format",
-            "json",
+        let privileges = [
+            "--reuid=65534".to_owned(),
+            "--regid=65534".to_owned(),
+            "--clear-groups".to_owned(),
+            format!("--inh-caps={set}"),
+            format!("--ambient-caps={set}"),
+            format!("--bounding-set={set}"),
         ];
-        run_to_end(&hosts.client, "setpriv", &args)
+        rstwatch_with_privileges(&hosts, &privileges, &["--duration", "1s", "--format", "json"])
     };
     let fin = run_as_nobody("+bpf,+net_admin,+perfmon")?;
     assert_eq!(fin.status.code(), Some(0), "stderr: {}", fin.stderr);
