@@ -226,7 +226,10 @@ pub struct SoakReport {
 
 impl SoakReport {
     /// RSS growth allowed (or 10 %, whichever is larger): the allocator settling, not a leak.
-    pub const RSS_SLACK_KB: u64 = 2048;
+    /// Under the whole suite running in parallel, a 20 s run was seen settling by +2.8 MiB in
+    /// its second half; the leak this guards against (an unbounded flow map) grows by ≈ 15 MiB
+    /// in 10 s at the test's churn, and the 10-minute soak shows no growth at all.
+    pub const RSS_SLACK_KB: u64 = 6 * 1024;
 
     pub fn problems(&self) -> Vec<String> {
         let mut out = self.check.problems();
