@@ -29,8 +29,8 @@ use crate::{
         IPPROTO_FRAGMENT, IPPROTO_HOPOPTS, IPPROTO_ROUTING, MAX_IPV6_EXT_HEADERS,
         MAX_VLAN_TAGS, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
     },
-    wire::{FlowKey, FAMILY_IPV4, FAMILY_IPV6, IPPROTO_TCP},
-    Observation,
+    wire::{FlowKey, DIRECTION_RX, FAMILY_IPV4, FAMILY_IPV6, IPPROTO_TCP},
+    Observation, TcpEvent,
 };
 
 pub const TCP_PSH: u8 = 0x08;
@@ -338,12 +338,55 @@ impl FrameBuilder {
         let Transport::Tcp(tcp) = &self.transport else {
             panic!("not a TCP frame: {:?}", self.transport);
         };
-        let (family, src, dst) = match &self.network {
-            Network::Ipv4(ip) => (FAMILY_IPV4, widen(ip.src), widen(ip.dst)),
-            Network::Ipv6(ip) => (FAMILY_IPV6, ip.src, ip.dst),
+        let (family, src, dst, ttl) = match &self.network {
+            Network::Ipv4(ip) => (FAMILY_IPV4, widen(ip.src), widen(ip.dst), ip.ttl),
+            Network::Ipv6(ip) => (FAMILY_IPV6, ip.src, ip.dst, ip.hop_limit),
             Network::Other { .. } => panic!("not an IP frame"),
         };
-        FlowKey { src, dst, ifindex, sport: tcp.sport, dport: tcp.dport, family, protocol: IPPROTO_TCP, _pad: [0; 2] }
+        FlowKey {
+            src,
+            dst,
+            ifindex,
+            sport: tcp.sport,
+            dport: tcp.dport,
+            family,
+            protocol: IPPROTO_TCP,
+            direction: DIRECTION_RX,
+            class: 0,
+            rst_ttl: ttl,
+            peer_ttl: 0,
+            _pad: [0; 2],
+        }
+    }
+
+    /// The event the walk should report for this frame received on `ifindex`, from the
+    /// builder's fields.
+    ///
+    /// # Panics
+    /// If the frame is not TCP over IP.
+    pub fn event(&self, ifindex: u32) -> TcpEvent {
+        let Transport::Tcp(tcp) = &self.transport else {
+            panic!("not a TCP frame: {:?}", self.transport);
+        };
+        TcpEvent { key: self.flow_key(ifindex), flags: tcp.flags, seq: tcp.seq, ack: tcp.ack }
+    }
+
+    /// Sets the IPv4 TTL or IPv6 hop limit.
+    pub fn ttl(mut self, ttl: u8) -> Self {
+        match &mut self.network {
+            Network::Ipv4(ip) => ip.ttl = ttl,
+            Network::Ipv6(ip) => ip.hop_limit = ttl,
+            Network::Other { .. } => panic!("not an IP frame"),
+        }
+        self
+    }
+
+    /// Sets the TCP sequence and acknowledgment numbers.
+    pub fn seq_ack(mut self, seq: u32, ack: u32) -> Self {
+        let tcp = self.tcp_mut();
+        tcp.seq = seq;
+        tcp.ack = ack;
+        self
     }
 
     /// Lays the frame out. No padding to Ethernet's 60-byte minimum: a test that wants it adds
@@ -606,6 +649,9 @@ pub fn cases(ifindex: u32) -> Vec<Case> {
     table.segment("ipv4 syn", tcp_v4().flags(TCP_SYN).tcp_options(&syn_options()));
     table.segment("ipv4 ack with payload", tcp_v4().flags(TCP_ACK | TCP_PSH).payload(b"hello"));
     table.segment("ipv4 fin+ack", tcp_v4().flags(TCP_FIN | TCP_ACK));
+    table.segment("ipv4 syn+ack", tcp_v4().flags(TCP_SYN | TCP_ACK).seq_ack(0x1111_0000, 0x0102_0305));
+    table.segment("ipv4 ack only", tcp_v4().flags(TCP_ACK));
+    table.segment("ipv6 pure ack", tcp_v6().flags(TCP_ACK));
     table.segment("ipv4 no flags", tcp_v4().flags(0));
     table.segment("ipv4 all flags but rst", tcp_v4().flags(!TCP_RST));
     table.reset("ipv6 rst", tcp_v6().flags(TCP_RST));
@@ -801,13 +847,15 @@ impl Table {
 
     fn reset(&mut self, name: &str, frame: FrameBuilder) {
         let frame = self.unique_ports(frame);
-        let key = frame.flow_key(self.ifindex);
-        self.push(name, frame.build().into_bytes(), Observation::Reset(key));
+        let event = frame.event(self.ifindex);
+        self.push(name, frame.build().into_bytes(), Observation::Reset(event));
     }
 
     fn segment(&mut self, name: &str, frame: FrameBuilder) {
         let frame = self.unique_ports(frame);
-        self.push(name, frame.build().into_bytes(), Observation::Segment);
+        let event = frame.event(self.ifindex);
+        let expected = if event.flags & (TCP_SYN | TCP_FIN) != 0 { Observation::Control(event) } else { Observation::Segment };
+        self.push(name, frame.build().into_bytes(), expected);
     }
 
     fn fragment(&mut self, name: &str, frame: FrameBuilder) {

@@ -7,11 +7,15 @@
 #![no_std]
 
 pub mod cursor;
+pub mod diagnose;
 pub mod parse;
 pub mod wire;
 
 pub use cursor::{Cursor, Header};
-pub use parse::{count, FrameCounters, inspect, inspect_from, inspect_with, walk, walk_from, Observation, Segment, Walk};
+pub use diagnose::{track, ConnTable, Tracked};
+pub use parse::{
+    count, inspect, inspect_from, inspect_with, walk, walk_from, FrameCounters, Observation, Segment, TcpEvent, Walk,
+};
 pub use wire::{Counters, FlowKey, FlowValue};
 
 #[cfg(feature = "user")]

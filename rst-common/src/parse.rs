@@ -7,7 +7,7 @@
 
 use crate::{
     cursor::{Cursor, Header},
-    wire::{FlowKey, FAMILY_IPV4, FAMILY_IPV6, IPPROTO_TCP},
+    wire::{FlowKey, DIRECTION_RX, FAMILY_IPV4, FAMILY_IPV6, IPPROTO_TCP},
 };
 
 pub const ETH_P_IPV4: u16 = 0x0800;
@@ -252,30 +252,51 @@ fn walk_tcp<C: Cursor + ?Sized>(frame: &C, family: u8, l3: usize, l4: usize) -> 
     })
 }
 
-/// The directional 5-tuple (plus interface) of a segment the walk found.
+/// A TCP segment rstwatch acts on, read once from the frame: an RST, or a segment that
+/// opens or closes a connection (SYN, SYN+ACK, FIN).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpEvent {
+    /// The directional 5-tuple plus interface and direction, `rst_ttl` set to the segment's TTL
+    /// / hop limit; `class` and `peer_ttl` are left for [`crate::diagnose`].
+    pub key: FlowKey,
+    pub flags: u8,
+    pub seq: u32,
+    pub ack: u32,
+}
+
+/// Reads the [`TcpEvent`] of a segment the walk found.
 ///
 /// Returns `None` only if the cursor no longer yields the headers the walk saw.
 #[inline(always)]
-pub fn flow_key<C: Cursor + ?Sized>(frame: &C, segment: &Segment, ifindex: u32) -> Option<FlowKey> {
+pub fn tcp_event<C: Cursor + ?Sized>(frame: &C, segment: &Segment, direction: u8, ifindex: u32) -> Option<TcpEvent> {
     let tcp = frame.header::<TcpHdr>(segment.l4)?;
     // Addresses move as 32-bit words: byte-array copies become a load and a stack spill per
     // byte on BPF.
-    let (src, dst) = if segment.family == FAMILY_IPV4 {
+    let (src, dst, ttl) = if segment.family == FAMILY_IPV4 {
         let ip = frame.header::<Ipv4Hdr>(segment.l3)?;
-        ([u32::from_ne_bytes(ip.src), 0, 0, 0], [u32::from_ne_bytes(ip.dst), 0, 0, 0])
+        ([u32::from_ne_bytes(ip.src), 0, 0, 0], [u32::from_ne_bytes(ip.dst), 0, 0, 0], ip.ttl)
     } else {
         let ip = frame.header::<Ipv6Hdr>(segment.l3)?;
-        (ipv6_words(&ip.src), ipv6_words(&ip.dst))
+        (ipv6_words(&ip.src), ipv6_words(&ip.dst), ip.hop_limit)
     };
-    Some(FlowKey {
-        src: words_to_bytes(src),
-        dst: words_to_bytes(dst),
-        ifindex,
-        sport: u16::from_be_bytes(tcp.sport),
-        dport: u16::from_be_bytes(tcp.dport),
-        family: segment.family,
-        protocol: IPPROTO_TCP,
-        _pad: [0; 2],
+    Some(TcpEvent {
+        key: FlowKey {
+            src: words_to_bytes(src),
+            dst: words_to_bytes(dst),
+            ifindex,
+            sport: u16::from_be_bytes(tcp.sport),
+            dport: u16::from_be_bytes(tcp.dport),
+            family: segment.family,
+            protocol: IPPROTO_TCP,
+            direction,
+            class: 0,
+            rst_ttl: ttl,
+            peer_ttl: 0,
+            _pad: [0; 2],
+        },
+        flags: tcp.flags,
+        seq: u32::from_be_bytes(tcp.seq),
+        ack: u32::from_be_bytes(tcp.ack),
     })
 }
 
@@ -301,38 +322,45 @@ pub enum Observation {
     NotTcp,
     Malformed,
     Fragment,
-    /// A TCP segment without RST.
+    /// A TCP segment without RST, SYN or FIN: the common case, which costs nothing more.
     Segment,
-    /// A TCP segment with RST (alone or with ACK), keyed by its flow.
-    Reset(FlowKey),
+    /// A SYN, SYN+ACK or FIN without RST: it tells the connection's state.
+    Control(TcpEvent),
+    /// A TCP segment with RST (alone or with ACK, SYN, FIN…).
+    Reset(TcpEvent),
 }
 
-/// The classification every consumer shares: the XDP program, replay and the tests.
+/// The classification every consumer shares: the XDP program, replay and the tests. The frame
+/// was received ([`DIRECTION_RX`]) on interface `ifindex`.
 #[inline(always)]
 pub fn inspect<C: Cursor + ?Sized>(frame: &C, ifindex: u32) -> Observation {
-    inspect_with(frame, || ifindex)
+    inspect_with(frame, DIRECTION_RX, || ifindex)
 }
 
-/// [`inspect`] that asks for the interface only when a reset needs it: in the kernel the
-/// ingress ifindex is three dependent loads, which non-RST traffic should not pay for.
+/// [`inspect`] for either direction, asking for the interface only when an event needs it: in
+/// the kernel the ingress ifindex is three dependent loads, which plain segments should not pay
+/// for.
 #[inline(always)]
-pub fn inspect_with<C: Cursor + ?Sized>(frame: &C, ifindex: impl FnOnce() -> u32) -> Observation {
-    observe(frame, walk(frame), ifindex)
+pub fn inspect_with<C: Cursor + ?Sized>(frame: &C, direction: u8, ifindex: impl FnOnce() -> u32) -> Observation {
+    observe(frame, walk(frame), direction, ifindex)
 }
 
 /// [`inspect`] for frames whose link layer is not Ethernet; see [`walk_from`].
 #[inline(always)]
 pub fn inspect_from<C: Cursor + ?Sized>(frame: &C, offset: usize, ether_type: u16, ifindex: u32) -> Observation {
-    observe(frame, walk_from(frame, offset, ether_type), || ifindex)
+    observe(frame, walk_from(frame, offset, ether_type), DIRECTION_RX, || ifindex)
 }
 
 #[inline(always)]
-fn observe<C: Cursor + ?Sized>(frame: &C, walked: Walk, ifindex: impl FnOnce() -> u32) -> Observation {
+fn observe<C: Cursor + ?Sized>(frame: &C, walked: Walk, direction: u8, ifindex: impl FnOnce() -> u32) -> Observation {
     match walked {
-        Walk::Tcp(segment) if segment.flags & TCP_RST != 0 => match flow_key(frame, &segment, ifindex()) {
-            Some(key) => Observation::Reset(key),
-            None => Observation::Malformed,
-        },
+        Walk::Tcp(segment) if segment.flags & (TCP_RST | TCP_SYN | TCP_FIN) != 0 => {
+            match tcp_event(frame, &segment, direction, ifindex()) {
+                Some(event) if segment.flags & TCP_RST != 0 => Observation::Reset(event),
+                Some(event) => Observation::Control(event),
+                None => Observation::Malformed,
+            }
+        }
         Walk::Tcp(_) => Observation::Segment,
         Walk::NotTcp => Observation::NotTcp,
         Walk::Fragment => Observation::Fragment,
@@ -350,9 +378,9 @@ pub trait FrameCounters {
 }
 
 /// Counts one observed frame: always in `frame`, then in at most one of `tcp`, `malformed`,
-/// `fragment` (a reset is a TCP segment). Returns the flow a reset must be charged to.
+/// `fragment` (a reset is a TCP segment). Returns the event [`crate::diagnose::track`] must see.
 #[inline(always)]
-pub fn count<'a, C: FrameCounters>(counters: &mut C, observation: &'a Observation) -> Option<&'a FlowKey> {
+pub fn count<'a, C: FrameCounters>(counters: &mut C, observation: &'a Observation) -> Option<&'a TcpEvent> {
     counters.frame();
     match observation {
         Observation::NotTcp => None,
@@ -368,9 +396,9 @@ pub fn count<'a, C: FrameCounters>(counters: &mut C, observation: &'a Observatio
             counters.tcp();
             None
         }
-        Observation::Reset(key) => {
+        Observation::Control(event) | Observation::Reset(event) => {
             counters.tcp();
-            Some(key)
+            Some(event)
         }
     }
 }

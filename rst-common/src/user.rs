@@ -2,7 +2,10 @@
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::wire::{CacheSlot, Counters, FlowKey, FlowValue, ResetCounters, SourceKey, TrafficCounters, FAMILY_IPV4};
+use crate::wire::{
+    CacheSlot, ConnKey, ConnState, Counters, FlowKey, FlowValue, ResetCounters, ServiceKey, ServiceValue, SourceKey,
+    StackResetKey, TrafficCounters, FAMILY_IPV4,
+};
 
 // SAFETY: plain repr(C) integer aggregates with explicit padding; every bit pattern is valid.
 unsafe impl aya::Pod for FlowKey {}
@@ -18,6 +21,16 @@ unsafe impl aya::Pod for SourceKey {}
 unsafe impl aya::Pod for CacheSlot {}
 // SAFETY: as above.
 unsafe impl aya::Pod for ResetCounters {}
+// SAFETY: as above.
+unsafe impl aya::Pod for ConnKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for ConnState {}
+// SAFETY: as above.
+unsafe impl aya::Pod for ServiceKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for ServiceValue {}
+// SAFETY: as above.
+unsafe impl aya::Pod for StackResetKey {}
 
 impl FlowKey {
     pub fn src_ip(&self) -> IpAddr {
@@ -32,6 +45,22 @@ impl FlowKey {
 impl SourceKey {
     pub fn src_ip(&self) -> IpAddr {
         to_ip(self.family, &self.src)
+    }
+}
+
+impl ServiceKey {
+    pub fn ip(&self) -> IpAddr {
+        to_ip(self.family, &self.addr)
+    }
+}
+
+impl StackResetKey {
+    pub fn src_ip(&self) -> IpAddr {
+        to_ip(self.family, &self.src)
+    }
+
+    pub fn dst_ip(&self) -> IpAddr {
+        to_ip(self.family, &self.dst)
     }
 }
 

@@ -14,8 +14,18 @@ pub const MAP_FLOW_CACHE: &str = "FLOW_CACHE";
 pub const MAP_EPOCH: &str = "EPOCH";
 pub const MAP_TRAFFIC: &str = "TRAFFIC";
 pub const MAP_RESET_COUNTERS: &str = "RESET_COUNTERS";
+pub const MAP_CONNECTIONS: &str = "CONNECTIONS";
+pub const MAP_SERVICES: [&str; 2] = ["SERVICES_0", "SERVICES_1"];
+pub const MAP_STACK_RESETS: [&str; 2] = ["STACK_RESETS_0", "STACK_RESETS_1"];
 pub const PROG_XDP: &str = "rstwatch_xdp";
 pub const PROG_TC: &str = "rstwatch_tc";
+pub const PROG_TC_EGRESS: &str = "rstwatch_tc_egress";
+/// Tracepoint `tcp:tcp_send_reset` (kernel ≥ 6.10 for its `reason`).
+pub const PROG_SEND_RESET: &str = "rstwatch_send_reset";
+/// Globals the loader sets from the tracepoint's format file before loading.
+pub const GLOBAL_SEND_RESET_REASON_OFFSET: &str = "SEND_RESET_REASON_OFFSET";
+pub const GLOBAL_SEND_RESET_SADDR_OFFSET: &str = "SEND_RESET_SADDR_OFFSET";
+pub const GLOBAL_SEND_RESET_DADDR_OFFSET: &str = "SEND_RESET_DADDR_OFFSET";
 /// An empty XDP_PASS program in the same object: the baseline for cost measurements.
 pub const PROG_XDP_BASELINE: &str = "rstwatch_xdp_pass";
 
@@ -27,8 +37,22 @@ pub const DEFAULT_MAX_FLOWS: u32 = 65_536;
 /// Default capacity of each of the two per-interval overflow tables (RSTs per source address
 /// that found no room in the flow table): a scan floods flows, not sources.
 pub const DEFAULT_MAX_OVERFLOW_SOURCES: u32 = 16_384;
+/// Default capacity of the connection-state table (LRU: the oldest connections are forgotten
+/// first, and their resets are then classified by inference).
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 65_536;
+/// Default capacity of each of the two per-interval service tables.
+pub const DEFAULT_MAX_SERVICES: u32 = 16_384;
 
-/// One direction of a TCP connection on one interface: who sent the RST to whom.
+/// Which way a segment crossed the interface: received (XDP or TC ingress) or sent (TC egress).
+pub const DIRECTION_RX: u8 = 0;
+pub const DIRECTION_TX: u8 = 1;
+
+/// One direction of a TCP connection on one interface: who sent the RST to whom, plus what the
+/// classifier said about the RST.
+///
+/// The classification lives in the key, so RSTs of one flow that differ in kind, side or TTL
+/// are separate entries, each an exact count; userspace folds them into one flow record. A
+/// flow keeps to one or two entries in practice (its first RST, then the rest).
 ///
 /// IPv4 addresses occupy the first 4 bytes of `src` / `dst`; the rest stays zero.
 /// Ports are in host byte order.
@@ -42,7 +66,165 @@ pub struct FlowKey {
     pub dport: u16,
     pub family: u8,
     pub protocol: u8,
+    /// [`DIRECTION_RX`] or [`DIRECTION_TX`].
+    pub direction: u8,
+    /// A [`ResetClass`] as its byte; 0 until [`crate::diagnose`] classifies the RST.
+    pub class: u8,
+    /// TTL / hop limit the RST arrived with.
+    pub rst_ttl: u8,
+    /// TTL / hop limit the claimed sender used in its SYN or SYN+ACK on this interface; 0 when
+    /// no handshake segment of it was seen.
+    pub peer_ttl: u8,
     pub _pad: [u8; 2],
+}
+
+/// What kind of reset, by the state of its connection when it was seen.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ResetKind {
+    /// Answers a SYN: the server side turned the connection away (port closed, listener gone,
+    /// a balancer at its limit).
+    Refused = 0,
+    /// After the SYN+ACK (or a SYN), before any byte moved.
+    Handshake = 1,
+    /// Data moved (or the connection predates what rstwatch saw).
+    Established = 2,
+    /// After a FIN was seen.
+    Closing = 3,
+}
+
+impl ResetKind {
+    pub const ALL: [ResetKind; 4] = [ResetKind::Refused, ResetKind::Handshake, ResetKind::Established, ResetKind::Closing];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            ResetKind::Refused => "refused",
+            ResetKind::Handshake => "handshake",
+            ResetKind::Established => "established",
+            ResetKind::Closing => "closing",
+        }
+    }
+}
+
+/// The classifier's verdict on one RST, packed into [`FlowKey::class`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ResetClass(pub u8);
+
+impl ResetClass {
+    const KIND: u8 = 0b11;
+    /// The RST had ACK set.
+    const ACK: u8 = 1 << 2;
+    /// Its sender is the connection's server (else the client).
+    const SERVER: u8 = 1 << 3;
+    /// The side is known from a SYN / SYN+ACK seen, not inferred from the ports.
+    const SIDE_OBSERVED: u8 = 1 << 4;
+    /// The first RST rstwatch saw in this connection on this interface.
+    const FIRST: u8 = 1 << 5;
+
+    #[inline(always)]
+    pub const fn new(kind: ResetKind, ack: bool, server: bool, side_observed: bool, first: bool) -> Self {
+        ResetClass(
+            kind as u8
+                | if ack { Self::ACK } else { 0 }
+                | if server { Self::SERVER } else { 0 }
+                | if side_observed { Self::SIDE_OBSERVED } else { 0 }
+                | if first { Self::FIRST } else { 0 },
+        )
+    }
+
+    pub const fn kind(self) -> ResetKind {
+        match self.0 & Self::KIND {
+            0 => ResetKind::Refused,
+            1 => ResetKind::Handshake,
+            2 => ResetKind::Established,
+            _ => ResetKind::Closing,
+        }
+    }
+
+    pub const fn ack(self) -> bool {
+        self.0 & Self::ACK != 0
+    }
+
+    pub const fn server(self) -> bool {
+        self.0 & Self::SERVER != 0
+    }
+
+    pub const fn side_observed(self) -> bool {
+        self.0 & Self::SIDE_OBSERVED != 0
+    }
+
+    pub const fn first(self) -> bool {
+        self.0 & Self::FIRST != 0
+    }
+}
+
+/// A TCP connection on one interface, the same whichever way a segment goes: endpoints in a
+/// canonical order (`lo` the smaller address-and-port). Addresses as in [`FlowKey`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    pub lo: [u8; 16],
+    pub hi: [u8; 16],
+    pub ifindex: u32,
+    pub lo_port: u16,
+    pub hi_port: u16,
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+/// What the handshake told about a connection (map `CONNECTIONS`, an LRU hash).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnState {
+    pub client_isn: u32,
+    pub server_isn: u32,
+    pub client_ttl: u8,
+    pub server_ttl: u8,
+    /// `CONN_*` bits.
+    pub flags: u8,
+    pub _pad: u8,
+}
+
+/// The client is the `lo` endpoint of the [`ConnKey`].
+pub const CONN_CLIENT_IS_LO: u8 = 1 << 0;
+pub const CONN_SYN: u8 = 1 << 1;
+pub const CONN_SYNACK: u8 = 1 << 2;
+pub const CONN_FIN: u8 = 1 << 3;
+pub const CONN_RESET: u8 = 1 << 4;
+
+/// A service: a server address and port on one interface.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    pub addr: [u8; 16],
+    pub ifindex: u32,
+    pub port: u16,
+    pub family: u8,
+    pub _pad: u8,
+}
+
+/// Per-service handshake counts for one interval (atomic adds, shared by all CPUs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceValue {
+    /// SYNs without ACK: connection attempts.
+    pub attempts: u64,
+    /// SYN+ACKs: the server accepted the handshake.
+    pub synacks: u64,
+}
+
+/// An RST this host's TCP stack decided to send (tracepoint `tcp:tcp_send_reset`), with the
+/// kernel's reason (`enum sk_rst_reason`). Addresses as in [`FlowKey`]; `src` is this host.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StackResetKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u8,
+    pub _pad: [u8; 3],
+    pub reason: u32,
 }
 
 /// One slot of the per-CPU flow cache (map `FLOW_CACHE`, `2 * FLOW_CACHE_SLOTS` slots per CPU,
@@ -54,16 +236,15 @@ pub struct FlowKey {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CacheSlot {
     pub key: FlowKey,
-    pub _pad: u32,
     pub resets: u64,
 }
 
 impl FlowKey {
-    /// The key as eleven 32-bit words: for hashing and comparing without byte loops on BPF.
+    /// The key as twelve 32-bit words: for hashing and comparing without byte loops on BPF.
     #[inline(always)]
-    pub fn words(&self) -> [u32; 11] {
-        // SAFETY: FlowKey is repr(C), 44 bytes without implicit padding (asserted below), so
-        // all of its bytes are initialized and any 44 bytes form a valid [u32; 11].
+    pub fn words(&self) -> [u32; 12] {
+        // SAFETY: FlowKey is repr(C), 48 bytes without implicit padding (asserted below), so
+        // all of its bytes are initialized and any 48 bytes form a valid [u32; 12].
         unsafe { core::mem::transmute_copy(self) }
     }
 
@@ -87,6 +268,60 @@ impl FlowKey {
             differ |= a[i] ^ b[i];
         }
         differ == 0
+    }
+
+    /// The connection this segment belongs to, and whether its sender is the `lo` endpoint.
+    #[inline(always)]
+    pub fn connection(&self) -> (ConnKey, bool) {
+        let sender_is_lo = endpoint_le(&self.src, self.sport, &self.dst, self.dport);
+        let (lo, lo_port, hi, hi_port) = if sender_is_lo {
+            (self.src, self.sport, self.dst, self.dport)
+        } else {
+            (self.dst, self.dport, self.src, self.sport)
+        };
+        (ConnKey { lo, hi, ifindex: self.ifindex, lo_port, hi_port, family: self.family, _pad: [0; 3] }, sender_is_lo)
+    }
+
+    /// The key as the header walk alone makes it: the classifier's `class` and `peer_ttl`
+    /// cleared (`rst_ttl` is the segment's own).
+    #[inline(always)]
+    pub fn unclassified(&self) -> FlowKey {
+        FlowKey { class: 0, peer_ttl: 0, ..*self }
+    }
+
+    /// The same flow with the classification cleared: what a flow record is keyed by.
+    #[inline(always)]
+    pub fn flow_id(&self) -> FlowKey {
+        FlowKey { class: 0, rst_ttl: 0, peer_ttl: 0, ..*self }
+    }
+}
+
+/// `(a, a_port) <= (b, b_port)`, comparing addresses as big-endian numbers word by word.
+#[inline(always)]
+fn endpoint_le(a: &[u8; 16], a_port: u16, b: &[u8; 16], b_port: u16) -> bool {
+    let (a, b) = (address_words(a), address_words(b));
+    for i in 0..4 {
+        if a[i] != b[i] {
+            return a[i] < b[i];
+        }
+    }
+    a_port <= b_port
+}
+
+#[inline(always)]
+fn address_words(a: &[u8; 16]) -> [u32; 4] {
+    [
+        u32::from_be_bytes([a[0], a[1], a[2], a[3]]),
+        u32::from_be_bytes([a[4], a[5], a[6], a[7]]),
+        u32::from_be_bytes([a[8], a[9], a[10], a[11]]),
+        u32::from_be_bytes([a[12], a[13], a[14], a[15]]),
+    ]
+}
+
+impl ServiceKey {
+    #[inline(always)]
+    pub fn new(addr: [u8; 16], port: u16, flow: &FlowKey) -> Self {
+        ServiceKey { addr, ifindex: flow.ifindex, port, family: flow.family, _pad: 0 }
     }
 }
 
@@ -136,6 +371,10 @@ pub struct ResetCounters {
     pub resets: u64,
     pub overflow: u64,
     pub source_overflow: u64,
+    /// Handshake segments whose service found no room in the service table.
+    pub service_overflow: u64,
+    /// Kernel reset events that found no room in the stack-reset table.
+    pub stack_overflow: u64,
 }
 
 /// What userspace reports for a period: traffic deltas plus that period's reset counts.
@@ -150,12 +389,15 @@ pub struct Counters {
     pub fragments: u64,
     pub overflow: u64,
     pub source_overflow: u64,
+    pub service_overflow: u64,
+    pub stack_overflow: u64,
 }
 
 impl Counters {
     /// Adds `other` field by field (wrapping: kernel counters never reset but may wrap).
     pub fn accumulate(&mut self, other: &Counters) {
-        let Counters { frames, tcp, resets, malformed, fragments, overflow, source_overflow } = other;
+        let Counters { frames, tcp, resets, malformed, fragments, overflow, source_overflow, service_overflow, stack_overflow } =
+            other;
         self.frames = self.frames.wrapping_add(*frames);
         self.tcp = self.tcp.wrapping_add(*tcp);
         self.resets = self.resets.wrapping_add(*resets);
@@ -163,6 +405,8 @@ impl Counters {
         self.fragments = self.fragments.wrapping_add(*fragments);
         self.overflow = self.overflow.wrapping_add(*overflow);
         self.source_overflow = self.source_overflow.wrapping_add(*source_overflow);
+        self.service_overflow = self.service_overflow.wrapping_add(*service_overflow);
+        self.stack_overflow = self.stack_overflow.wrapping_add(*stack_overflow);
     }
 
     /// `self - earlier`, field by field.
@@ -175,19 +419,26 @@ impl Counters {
             fragments: self.fragments.wrapping_sub(earlier.fragments),
             overflow: self.overflow.wrapping_sub(earlier.overflow),
             source_overflow: self.source_overflow.wrapping_sub(earlier.source_overflow),
+            service_overflow: self.service_overflow.wrapping_sub(earlier.service_overflow),
+            stack_overflow: self.stack_overflow.wrapping_sub(earlier.stack_overflow),
         }
     }
 }
 
 const _: () = {
-    assert!(core::mem::size_of::<FlowKey>() == 44);
+    assert!(core::mem::size_of::<FlowKey>() == 48);
     assert!(core::mem::size_of::<FlowValue>() == 8);
     assert!(core::mem::size_of::<SourceKey>() == 24);
     assert!(core::mem::size_of::<CacheSlot>() == 56);
+    assert!(core::mem::size_of::<ConnKey>() == 44);
+    assert!(core::mem::size_of::<ConnState>() == 12);
+    assert!(core::mem::size_of::<ServiceKey>() == 24);
+    assert!(core::mem::size_of::<ServiceValue>() == 16);
+    assert!(core::mem::size_of::<StackResetKey>() == 44);
     assert!(FLOW_CACHE_SLOTS.is_power_of_two());
-    assert!(core::mem::size_of::<Counters>() == 56);
+    assert!(core::mem::size_of::<Counters>() == 72);
     assert!(core::mem::size_of::<TrafficCounters>() == 32);
-    assert!(core::mem::size_of::<ResetCounters>() == 24);
+    assert!(core::mem::size_of::<ResetCounters>() == 40);
 };
 
 macro_rules! frame_counters {

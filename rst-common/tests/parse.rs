@@ -3,9 +3,9 @@
 use rst_common::{
     craft::{self, cases, ipv6_chain, tcp_v4, tcp_v6, Crafted, FrameBuilder, Ipv6Ext, VlanKind},
     inspect,
-    parse::{MAX_IPV6_EXT_HEADERS, TCP_ACK, TCP_RST, TCP_SYN},
-    wire::{FAMILY_IPV4, FAMILY_IPV6, IPPROTO_TCP},
-    FlowKey, Observation,
+    parse::{MAX_IPV6_EXT_HEADERS, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    wire::{DIRECTION_RX, FAMILY_IPV4, FAMILY_IPV6, IPPROTO_TCP},
+    FlowKey, Observation, TcpEvent,
 };
 
 const IFINDEX: u32 = 7;
@@ -34,6 +34,7 @@ fn case_table_covers_every_observation() {
     let count = |matches: fn(&Observation) -> bool| all.iter().filter(|case| matches(&case.expected)).count();
     assert!(count(|o| matches!(o, Observation::Reset(_))) >= 10);
     assert!(count(|o| matches!(o, Observation::Segment)) >= 5);
+    assert!(count(|o| matches!(o, Observation::Control(_))) >= 5);
     assert!(count(|o| matches!(o, Observation::Fragment)) >= 4);
     assert!(count(|o| matches!(o, Observation::NotTcp)) >= 5);
     assert!(count(|o| matches!(o, Observation::Malformed)) >= 10);
@@ -41,10 +42,10 @@ fn case_table_covers_every_observation() {
 
 /// Cuts `frame` at every length: it must stay malformed until the fixed 20 bytes of the TCP
 /// header are complete, and be that reset from then on (options and payload are not needed).
-fn assert_truncations(frame: &Crafted, key: FlowKey) {
+fn assert_truncations(frame: &Crafted, event: TcpEvent) {
     let complete = frame.tcp_header_end();
     for len in 0..=frame.bytes.len() {
-        let expected = if len < complete { Observation::Malformed } else { Observation::Reset(key) };
+        let expected = if len < complete { Observation::Malformed } else { Observation::Reset(event) };
         let observed = inspect(&frame.bytes[..len], IFINDEX);
         assert_eq!(
             observed,
@@ -62,7 +63,7 @@ fn truncated_vlan_ipv4_options_rst() {
     let frame = builder.build();
     // 14 Ethernet + 4 tag + 28 IPv4 with options: the TCP header starts at 46.
     assert_eq!(frame.l4(), Some(46));
-    assert_truncations(&frame, builder.flow_key(IFINDEX));
+    assert_truncations(&frame, builder.event(IFINDEX));
 }
 
 #[test]
@@ -71,7 +72,7 @@ fn truncated_ipv6_extension_header_rst() {
     let frame = builder.build();
     // 14 Ethernet + 40 IPv6 + 8 hop-by-hop + 16 destination options + 24 AH.
     assert_eq!(frame.l4(), Some(102));
-    assert_truncations(&frame, builder.flow_key(IFINDEX));
+    assert_truncations(&frame, builder.event(IFINDEX));
 }
 
 #[test]
@@ -81,7 +82,7 @@ fn truncated_qinq_rst_with_ipv6_fragment_header() {
         .vlan(VlanKind::Dot1Q, 200)
         .ipv6_ext(Ipv6Ext::Fragment { offset: 0, more: true })
         .flags(TCP_RST);
-    assert_truncations(&builder.build(), builder.flow_key(IFINDEX));
+    assert_truncations(&builder.build(), builder.event(IFINDEX));
 }
 
 #[test]
@@ -90,16 +91,20 @@ fn rst_alone_and_rst_ack_both_count() {
         let frame = tcp_v4().flags(flags).build();
         assert!(matches!(inspect(&frame.bytes[..], IFINDEX), Observation::Reset(_)), "flags {flags:#04x}");
     }
-    for flags in [TCP_ACK, TCP_SYN, TCP_SYN | TCP_ACK, !TCP_RST] {
-        let frame = tcp_v4().flags(flags).build();
-        assert_eq!(inspect(&frame.bytes[..], IFINDEX), Observation::Segment, "flags {flags:#04x}");
+    let frame = tcp_v4().flags(TCP_ACK).build();
+    assert_eq!(inspect(&frame.bytes[..], IFINDEX), Observation::Segment);
+    // Handshake and closing segments are tracked, not counted as resets.
+    for flags in [TCP_SYN, TCP_SYN | TCP_ACK, TCP_FIN | TCP_ACK, !TCP_RST] {
+        let builder = tcp_v4().flags(flags);
+        let frame = builder.build();
+        assert_eq!(inspect(&frame.bytes[..], IFINDEX), Observation::Control(builder.event(IFINDEX)), "flags {flags:#04x}");
     }
 }
 
 #[test]
 fn ipv4_key_is_exact() {
     let frame = FrameBuilder::ipv4([10, 1, 2, 3], [172, 16, 254, 1]).ports(1, 65535).flags(TCP_RST).build();
-    let Observation::Reset(key) = inspect(&frame.bytes[..], 42) else {
+    let Observation::Reset(TcpEvent { key, .. }) = inspect(&frame.bytes[..], 42) else {
         panic!("not a reset");
     };
     let expected = FlowKey {
@@ -110,6 +115,10 @@ fn ipv4_key_is_exact() {
         dport: 65535,
         family: FAMILY_IPV4,
         protocol: IPPROTO_TCP,
+        direction: DIRECTION_RX,
+        class: 0,
+        rst_ttl: 64,
+        peer_ttl: 0,
         _pad: [0; 2],
     };
     assert_eq!(key, expected);
@@ -121,10 +130,10 @@ fn ipv6_key_is_exact_and_directional() {
     let b: [u8; 16] = core::array::from_fn(|i| 0xf0 - i as u8);
     let forward = FrameBuilder::ipv6(a, b).ports(0x1234, 0xabcd).flags(TCP_RST).build();
     let backward = FrameBuilder::ipv6(b, a).ports(0xabcd, 0x1234).flags(TCP_RST).build();
-    let Observation::Reset(forward) = inspect(&forward.bytes[..], 3) else {
+    let Observation::Reset(TcpEvent { key: forward, .. }) = inspect(&forward.bytes[..], 3) else {
         panic!("not a reset");
     };
-    let Observation::Reset(backward) = inspect(&backward.bytes[..], 3) else {
+    let Observation::Reset(TcpEvent { key: backward, .. }) = inspect(&backward.bytes[..], 3) else {
         panic!("not a reset");
     };
     assert_eq!(
@@ -137,6 +146,10 @@ fn ipv6_key_is_exact_and_directional() {
             dport: 0xabcd,
             family: FAMILY_IPV6,
             protocol: IPPROTO_TCP,
+            direction: DIRECTION_RX,
+            class: 0,
+            rst_ttl: 64,
+            peer_ttl: 0,
             _pad: [0; 2]
         }
     );
@@ -165,7 +178,7 @@ fn qinq_tags_in_every_combination() {
             let frame = builder.build();
             assert_eq!(
                 inspect(&frame.bytes[..], IFINDEX),
-                Observation::Reset(builder.flow_key(IFINDEX)),
+                Observation::Reset(builder.event(IFINDEX)),
                 "{outer:?} + {inner:?}"
             );
         }
@@ -187,9 +200,9 @@ fn non_first_fragments_are_fragments() {
 #[test]
 fn first_fragment_with_more_fragments_is_counted() {
     let v4 = tcp_v4().ipv4_fragment(0, true).flags(TCP_RST);
-    assert_eq!(inspect(&v4.build().bytes[..], IFINDEX), Observation::Reset(v4.flow_key(IFINDEX)));
+    assert_eq!(inspect(&v4.build().bytes[..], IFINDEX), Observation::Reset(v4.event(IFINDEX)));
     let v6 = tcp_v6().ipv6_ext(Ipv6Ext::Fragment { offset: 0, more: true }).flags(TCP_RST);
-    assert_eq!(inspect(&v6.build().bytes[..], IFINDEX), Observation::Reset(v6.flow_key(IFINDEX)));
+    assert_eq!(inspect(&v6.build().bytes[..], IFINDEX), Observation::Reset(v6.event(IFINDEX)));
 }
 
 #[test]
@@ -224,7 +237,7 @@ fn well_formed_frames_parse_with_etherparse() {
     use craft::etherparse::{SlicedPacket, TcpHeader};
     let mut unreadable = Vec::new();
     for case in cases(IFINDEX) {
-        if !matches!(case.expected, Observation::Reset(_) | Observation::Segment) {
+        if !matches!(case.expected, Observation::Reset(_) | Observation::Segment | Observation::Control(_)) {
             continue;
         }
         let tcp = SlicedPacket::from_ethernet(&case.frame).map_err(|error| error.to_string()).and_then(|packet| {
@@ -240,7 +253,7 @@ fn well_formed_frames_parse_with_etherparse() {
             }
         };
         match case.expected {
-            Observation::Reset(key) => {
+            Observation::Reset(TcpEvent { key, .. }) => {
                 assert!(tcp.rst, "{}", case.name);
                 assert_eq!((tcp.source_port, tcp.destination_port), (key.sport, key.dport), "{}", case.name);
             }

@@ -80,7 +80,7 @@ fn well_formed_cases_dissect_as_expected_in_tshark() {
         if is_set(reset) != is_reset {
             problems.push(format!("rst flag {reset:?}"));
         }
-        if let Observation::Reset(key) = case.expected {
+        if let Observation::Reset(rst_common::TcpEvent { key, .. }) = case.expected {
             if (sport, dport) != (key.sport.to_string().as_str(), key.dport.to_string().as_str()) {
                 problems.push(format!("ports {sport}->{dport}, key has {}->{}", key.sport, key.dport));
             }

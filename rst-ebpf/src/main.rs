@@ -1,7 +1,9 @@
 //! rstwatch's kernel side: an XDP program (and the same count on the TC ingress hook) that
-//! counts TCP resets per directional 5-tuple.
+//! counts TCP resets per directional 5-tuple, a TC egress program for what the host sends, and
+//! a tracepoint program that records the reason the host's TCP stack gives for its own resets.
 //!
-//! Minimum kernel: 5.18 (XDP multi-buffer, `xdp.frags`); bpf_link attachment needs 5.9.
+//! Minimum kernel: 5.18 (XDP multi-buffer, `xdp.frags`); bpf_link attachment needs 5.9, tcx
+//! links 6.6, the `reason` of `tcp:tcp_send_reset` 6.10 (without it the rest works).
 //! The programs never change a frame: XDP always returns `XDP_PASS`, TC always "next".
 #![no_std]
 #![no_main]
@@ -14,17 +16,18 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
     bindings::{xdp_action, BPF_NOEXIST},
-    macros::{classifier, map, xdp},
-    maps::{Array, HashMap, PerCpuArray},
-    programs::{TcContext, XdpContext},
+    macros::{classifier, map, tracepoint, xdp},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    programs::{TcContext, TracePointContext, XdpContext},
 };
 use rst_common::{
-    count, inspect_with,
+    count, inspect_with, track,
     wire::{
-        CacheSlot, FlowKey, FlowValue, ResetCounters, SourceKey, TrafficCounters,
-        DEFAULT_MAX_FLOWS, DEFAULT_MAX_OVERFLOW_SOURCES, FLOW_CACHE_SLOTS,
+        CacheSlot, ConnKey, ConnState, FlowKey, FlowValue, ResetCounters, ServiceKey, ServiceValue, SourceKey,
+        StackResetKey, TrafficCounters, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_OVERFLOW_SOURCES,
+        DEFAULT_MAX_SERVICES, DIRECTION_RX, DIRECTION_TX, FAMILY_IPV4, FAMILY_IPV6, FLOW_CACHE_SLOTS,
     },
-    Cursor, Header,
+    ConnTable, Cursor, Header, Tracked,
 };
 
 /// Two flow tables and two reset-counter slots used in turn: the program writes to
@@ -54,6 +57,30 @@ static RESET_COUNTERS: PerCpuArray<ResetCounters> = PerCpuArray::with_max_entrie
 /// Cumulative, never flipped: the common path touches only this.
 #[map]
 static TRAFFIC: PerCpuArray<TrafficCounters> = PerCpuArray::with_max_entries(1, 0);
+/// What SYN, SYN+ACK and FIN segments told about each connection; read by the reset
+/// classifier. Losing an entry to the LRU only turns an observed classification into an
+/// inferred one: no count depends on it.
+#[map]
+static CONNECTIONS: LruHashMap<ConnKey, ConnState> = LruHashMap::with_max_entries(DEFAULT_MAX_CONNECTIONS, 0);
+/// Connection attempts and SYN+ACKs per service, flipped and drained like the flow tables.
+#[map]
+static SERVICES_0: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+#[map]
+static SERVICES_1: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+/// Resets the host's TCP stack sent, per 4-tuple and kernel reason; flipped and drained too.
+#[map]
+static STACK_RESETS_0: HashMap<StackResetKey, FlowValue> = HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+#[map]
+static STACK_RESETS_1: HashMap<StackResetKey, FlowValue> = HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+
+/// Where `tcp:tcp_send_reset` keeps its fields; the loader sets them from the tracepoint's
+/// format file, the defaults are Linux 6.10–6.18's.
+#[unsafe(no_mangle)]
+static SEND_RESET_REASON_OFFSET: u32 = 28;
+#[unsafe(no_mangle)]
+static SEND_RESET_SADDR_OFFSET: u32 = 32;
+#[unsafe(no_mangle)]
+static SEND_RESET_DADDR_OFFSET: u32 = 60;
 
 const EEXIST: i32 = 17;
 
@@ -80,7 +107,7 @@ impl Cursor for Packet {
 
 #[xdp(frags)]
 pub fn rstwatch_xdp(ctx: XdpContext) -> u32 {
-    count_frame(&Packet { start: ctx.data(), end: ctx.data_end() }, || ctx.ingress_ifindex() as u32);
+    count_frame(&Packet { start: ctx.data(), end: ctx.data_end() }, DIRECTION_RX, || ctx.ingress_ifindex() as u32);
     xdp_action::XDP_PASS
 }
 
@@ -88,11 +115,96 @@ pub fn rstwatch_xdp(ctx: XdpContext) -> u32 {
 /// another program holds. Returns "next": the verdict stays with the other programs and the stack.
 #[classifier]
 pub fn rstwatch_tc(ctx: TcContext) -> i32 {
-    count_frame(&Packet { start: ctx.data(), end: ctx.data_end() }, || {
+    count_skb(&ctx, DIRECTION_RX);
+    TCX_NEXT
+}
+
+/// What the host sends (tcx egress): its own resets and its side of every handshake.
+#[classifier]
+pub fn rstwatch_tc_egress(ctx: TcContext) -> i32 {
+    count_skb(&ctx, DIRECTION_TX);
+    TCX_NEXT
+}
+
+#[inline(always)]
+fn count_skb(ctx: &TcContext, direction: u8) {
+    count_frame(&Packet { start: ctx.data(), end: ctx.data_end() }, direction, || {
         // SAFETY: `skb` is the context pointer the kernel passed to this program run.
         unsafe { (*ctx.skb.skb).ifindex }
     });
-    TCX_NEXT
+}
+
+/// `tcp:tcp_send_reset`: this host's stack decided to send an RST, and why. Always returns 0.
+#[tracepoint]
+pub fn rstwatch_send_reset(ctx: TracePointContext) -> u32 {
+    let _ = record_stack_reset(&ctx);
+    0
+}
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+/// The tracepoint's `saddr` / `daddr`: a `struct sockaddr_in` or `sockaddr_in6`.
+type SockAddr = [u8; 28];
+
+#[inline(always)]
+fn record_stack_reset(ctx: &TracePointContext) -> Result<(), i32> {
+    // SAFETY: plain reads of statics the loader may have rewritten before load; volatile so the
+    // compiler does not fold in the defaults.
+    let (reason_offset, saddr_offset, daddr_offset) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const SEND_RESET_REASON_OFFSET),
+            core::ptr::read_volatile(&raw const SEND_RESET_SADDR_OFFSET),
+            core::ptr::read_volatile(&raw const SEND_RESET_DADDR_OFFSET),
+        )
+    };
+    // SAFETY: bpf_probe_read of the tracepoint record at offsets its format file gives.
+    let (reason, src, dst) = unsafe {
+        (
+            ctx.read_at::<u32>(reason_offset as usize)?,
+            ctx.read_at::<SockAddr>(saddr_offset as usize)?,
+            ctx.read_at::<SockAddr>(daddr_offset as usize)?,
+        )
+    };
+    let Some((family, sport, src)) = sockaddr(&src) else {
+        return Ok(());
+    };
+    let Some((_, dport, dst)) = sockaddr(&dst) else {
+        return Ok(());
+    };
+    let key = StackResetKey { src, dst, sport, dport, family, _pad: [0; 3], reason };
+    let epoch = current_epoch();
+    let recorded = match epoch {
+        0 => add_to_table(&STACK_RESETS_0, &key, 1),
+        _ => add_to_table(&STACK_RESETS_1, &key, 1),
+    };
+    if !recorded {
+        if let Some(counters) = RESET_COUNTERS.get_ptr_mut(epoch) {
+            // SAFETY: a live per-CPU slot; atomic because a tracepoint program may run in
+            // process context, where another program on this CPU could interleave.
+            unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*counters).stack_overflow, 1) };
+        }
+    }
+    Ok(())
+}
+
+/// Family, port (host order) and address (as in [`FlowKey`]) of a sockaddr.
+#[inline(always)]
+fn sockaddr(raw: &SockAddr) -> Option<(u8, u16, [u8; 16])> {
+    let family = u16::from_ne_bytes([raw[0], raw[1]]);
+    let port = u16::from_be_bytes([raw[2], raw[3]]);
+    let mut addr = [0u8; 16];
+    match family {
+        AF_INET => {
+            addr[..4].copy_from_slice(&raw[4..8]);
+            Some((FAMILY_IPV4, port, addr))
+        }
+        AF_INET6 => {
+            addr.copy_from_slice(&raw[8..24]);
+            Some((FAMILY_IPV6, port, addr))
+        }
+        _ => None,
+    }
 }
 
 /// `TCX_NEXT` (include/uapi/linux/bpf.h), the same value as `TC_ACT_UNSPEC` for clsact.
@@ -105,24 +217,86 @@ pub fn rstwatch_xdp_pass(_ctx: XdpContext) -> u32 {
 }
 
 #[inline(always)]
-fn count_frame<C: Cursor>(frame: &C, ifindex: impl FnOnce() -> u32) {
+fn count_frame<C: Cursor>(frame: &C, direction: u8, ifindex: impl FnOnce() -> u32) {
     let Some(traffic) = TRAFFIC.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: a per-CPU slot, only touched by programs on this CPU, which do not preempt each
     // other while one runs.
     let traffic = unsafe { &mut *traffic };
-    if let Some(key) = count(traffic, &inspect_with(frame, ifindex)) {
-        count_reset(key);
+    let observation = inspect_with(frame, direction, ifindex);
+    let Some(event) = count(traffic, &observation) else {
+        return;
+    };
+    match track(&mut Connections, event) {
+        Tracked::Reset(key) => count_reset(&key),
+        Tracked::Attempt(service) => count_service(&service, ServiceValue { attempts: 1, synacks: 0 }),
+        Tracked::SynAck(service) => count_service(&service, ServiceValue { attempts: 0, synacks: 1 }),
+        Tracked::Nothing => {}
+    }
+}
+
+/// The kernel's [`ConnTable`]: the `CONNECTIONS` LRU hash.
+struct Connections;
+
+impl ConnTable for Connections {
+    #[inline(always)]
+    fn get(&mut self, key: &ConnKey) -> Option<&mut ConnState> {
+        // SAFETY: the element stays valid for this program run (freed only after an RCU grace
+        // period). Two CPUs updating one connection at once may lose a flag: it only changes a
+        // classification, never a count.
+        CONNECTIONS.get_ptr_mut(key).map(|state| unsafe { &mut *state })
+    }
+
+    #[inline(always)]
+    fn put(&mut self, key: &ConnKey, state: &ConnState) {
+        // An LRU insert only fails without memory; the classification then falls back to
+        // inference.
+        let _ = CONNECTIONS.insert(key, state, 0);
+    }
+}
+
+#[inline(always)]
+fn current_epoch() -> u32 {
+    match EPOCH.get(0) {
+        Some(epoch) => *epoch & 1,
+        None => 0,
+    }
+}
+
+#[inline(always)]
+fn count_service(key: &ServiceKey, counts: ServiceValue) {
+    let epoch = current_epoch();
+    let table = match epoch {
+        0 => &SERVICES_0,
+        _ => &SERVICES_1,
+    };
+    let recorded = match table.insert(key, &counts, BPF_NOEXIST as u64) {
+        Ok(()) => true,
+        Err(err) if err == -EEXIST => match table.get_ptr_mut(key) {
+            Some(value) => {
+                // SAFETY: a live element for this run; every writer adds atomically.
+                unsafe {
+                    atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*value).attempts, counts.attempts);
+                    atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*value).synacks, counts.synacks);
+                }
+                true
+            }
+            None => false,
+        },
+        Err(_) => false,
+    };
+    if !recorded {
+        if let Some(counters) = RESET_COUNTERS.get_ptr_mut(epoch) {
+            // SAFETY: per-CPU slot, as in `count_frame`.
+            unsafe { (*counters).service_overflow += 1 };
+        }
     }
 }
 
 #[inline(always)]
 fn count_reset(key: &FlowKey) {
-    let epoch = match EPOCH.get(0) {
-        Some(epoch) => *epoch & 1,
-        None => 0,
-    };
+    let epoch = current_epoch();
     let Some(counters) = RESET_COUNTERS.get_ptr_mut(epoch) else {
         return;
     };

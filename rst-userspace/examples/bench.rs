@@ -634,7 +634,6 @@ fn drain(opts: &Opts) -> anyhow::Result<Value> {
     let zeroes = vec![
         rst_common::wire::CacheSlot {
             key: FlowKey::default(),
-            _pad: 0,
             resets: 0
         };
         slots as usize * cpus

@@ -16,8 +16,9 @@ use aya::{
 };
 use rst_common::{
     wire::{
-        CacheSlot, ResetCounters, SourceKey, TrafficCounters, FLOW_CACHE_SLOTS, MAP_EPOCH,
-        MAP_FLOWS, MAP_FLOW_CACHE, MAP_OVERFLOW_SOURCES, MAP_RESET_COUNTERS, MAP_TRAFFIC,
+        CacheSlot, ResetCounters, ServiceKey, ServiceValue, SourceKey, StackResetKey, TrafficCounters, FLOW_CACHE_SLOTS,
+        MAP_EPOCH, MAP_FLOWS, MAP_FLOW_CACHE, MAP_OVERFLOW_SOURCES, MAP_RESET_COUNTERS, MAP_SERVICES, MAP_STACK_RESETS,
+        MAP_TRAFFIC,
     },
     Counters, FlowKey, FlowValue,
 };
@@ -31,6 +32,10 @@ pub struct Sample {
     pub flows: Vec<(FlowKey, u64)>,
     /// Per sender, the resets that found no room in the flow table (`counters.overflow`).
     pub overflow_sources: Vec<(SourceKey, u64)>,
+    /// Connection attempts and SYN+ACKs per service.
+    pub services: Vec<(ServiceKey, ServiceValue)>,
+    /// Resets this host's TCP stack sent, per 4-tuple and kernel reason.
+    pub stack_resets: Vec<(StackResetKey, u64)>,
     /// How long the flip + grace period + drain took.
     pub read_time: std::time::Duration,
 }
@@ -38,6 +43,8 @@ pub struct Sample {
 pub struct Collector {
     flows: [MapData; 2],
     overflow_sources: [MapData; 2],
+    services: [MapData; 2],
+    stack_resets: [MapData; 2],
     flow_cache: MapData,
     /// Zeroes for one epoch's half of the flow cache, all CPUs.
     empty_cache: Vec<CacheSlot>,
@@ -58,6 +65,8 @@ impl Collector {
         let flows = [hash_map_data(take(MAP_FLOWS[0])?)?, hash_map_data(take(MAP_FLOWS[1])?)?];
         let overflow_sources =
             [hash_map_data(take(MAP_OVERFLOW_SOURCES[0])?)?, hash_map_data(take(MAP_OVERFLOW_SOURCES[1])?)?];
+        let services = [hash_map_data(take(MAP_SERVICES[0])?)?, hash_map_data(take(MAP_SERVICES[1])?)?];
+        let stack_resets = [hash_map_data(take(MAP_STACK_RESETS[0])?)?, hash_map_data(take(MAP_STACK_RESETS[1])?)?];
         let flow_cache = match take(MAP_FLOW_CACHE)? {
             Map::PerCpuArray(data) => data,
             other => anyhow::bail!("expected a per-CPU array for the flow cache, got {other:?}"),
@@ -70,8 +79,10 @@ impl Collector {
         let mut collector = Self {
             flows,
             overflow_sources,
+            services,
+            stack_resets,
             flow_cache,
-            empty_cache: vec![CacheSlot { key: FlowKey::default(), _pad: 0, resets: 0 }; FLOW_CACHE_SLOTS as usize * cpus],
+            empty_cache: vec![CacheSlot { key: FlowKey::default(), resets: 0 }; FLOW_CACHE_SLOTS as usize * cpus],
             epoch,
             reset_counters,
             traffic,
@@ -98,6 +109,8 @@ impl Collector {
             resets.resets += cpu.resets;
             resets.overflow += cpu.overflow;
             resets.source_overflow += cpu.source_overflow;
+            resets.service_overflow += cpu.service_overflow;
+            resets.stack_overflow += cpu.stack_overflow;
         }
         let zeroes = PerCpuValues::try_from(vec![ResetCounters::default(); self.cpus])?;
         self.reset_counters.set(finished, zeroes, 0).context("resetting the reset counters")?;
@@ -111,6 +124,8 @@ impl Collector {
             fragments: traffic.fragments.wrapping_sub(before.fragments),
             overflow: resets.overflow,
             source_overflow: resets.source_overflow,
+            service_overflow: resets.service_overflow,
+            stack_overflow: resets.stack_overflow,
         };
 
         // Table keys are unique; a flow can also sit in several CPUs' cache slots. Only the
@@ -139,7 +154,17 @@ impl Collector {
             })
             .context("draining the overflow-source table")?;
         }
-        Ok(Sample { counters, flows, overflow_sources, read_time: started.elapsed() })
+        let mut services = Vec::new();
+        drain_hash_map::<ServiceKey, ServiceValue>(self.services[finished as usize].fd().as_fd(), |key, value| {
+            services.push((*key, *value));
+        })
+        .context("draining the service table")?;
+        let mut stack_resets = Vec::new();
+        drain_hash_map::<StackResetKey, FlowValue>(self.stack_resets[finished as usize].fd().as_fd(), |key, value| {
+            stack_resets.push((*key, value.resets));
+        })
+        .context("draining the kernel-reset table")?;
+        Ok(Sample { counters, flows, overflow_sources, services, stack_resets, read_time: started.elapsed() })
     }
 
     fn read_traffic(&self) -> anyhow::Result<TrafficCounters> {

@@ -5,6 +5,7 @@
 
 pub mod batch;
 pub mod collector;
+pub mod connections;
 pub mod loader;
 pub mod metrics;
 pub mod netlink;

@@ -1,7 +1,10 @@
-//! Loading the eBPF object and attaching its XDP program to interfaces.
+//! Loading the eBPF object and attaching its programs: XDP (or TC ingress) and TC egress on
+//! each interface, and the `tcp:tcp_send_reset` tracepoint once.
 //!
-//! Minimum kernel: 5.18 (multi-buffer XDP); the attachment is a bpf_link (5.9+), so a crashed or
-//! killed rstwatch leaves nothing behind: the kernel detaches when the last link fd closes.
+//! Minimum kernel: 5.18 (multi-buffer XDP); the attachments are bpf_links (5.9+; tcx 6.6+), so a
+//! crashed or killed rstwatch leaves nothing behind: the kernel detaches when the last link fd
+//! closes. Without tcx (before 6.6) rstwatch counts received resets only and says so; without
+//! the tracepoint's `reason` (before 6.10) or tracefs it reports no kernel reasons and says so.
 
 use std::{
     ffi::CString,
@@ -13,12 +16,16 @@ use std::{
 use aya::{
     programs::{
         tc::{SchedClassifierLink, TcAttachOptions},
-        LinkOrder, SchedClassifier, TcAttachType, Xdp,
+        LinkOrder, SchedClassifier, TcAttachType, TracePoint, Xdp,
     },
     Ebpf, EbpfLoader,
 };
+use anyhow::Context as _;
 use caps::{CapSet, Capability};
-use rst_common::wire::{MAP_FLOWS, MAP_OVERFLOW_SOURCES, PROG_TC, PROG_XDP};
+use rst_common::wire::{
+    GLOBAL_SEND_RESET_DADDR_OFFSET, GLOBAL_SEND_RESET_REASON_OFFSET, GLOBAL_SEND_RESET_SADDR_OFFSET, MAP_CONNECTIONS,
+    MAP_FLOWS, MAP_OVERFLOW_SOURCES, MAP_SERVICES, MAP_STACK_RESETS, PROG_SEND_RESET, PROG_TC, PROG_TC_EGRESS, PROG_XDP,
+};
 
 /// The XDP object built by `build.rs` (aya-build), embedded so the binary is self-contained.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rst-ebpf"));
@@ -45,9 +52,10 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    #[error("attaching to the TC ingress hook of {iface} failed (tcx links need kernel 6.6 or later)")]
+    #[error("attaching to the TC {direction} hook of {iface} failed (tcx links need kernel 6.6 or later)")]
     AttachTc {
         iface: String,
+        direction: &'static str,
         #[source]
         source: aya::programs::ProgramError,
     },
@@ -83,6 +91,7 @@ pub enum XdpMode {
 pub enum Hook {
     Xdp(XdpMode),
     TcIngress,
+    TcEgress,
 }
 
 impl Hook {
@@ -90,6 +99,7 @@ impl Hook {
         match self {
             Hook::Xdp(mode) => mode.as_str(),
             Hook::TcIngress => "tc",
+            Hook::TcEgress => "tc egress",
         }
     }
 }
@@ -99,6 +109,7 @@ impl fmt::Display for Hook {
         match self {
             Hook::Xdp(mode) => mode.fmt(f),
             Hook::TcIngress => f.write_str("tcx ingress"),
+            Hook::TcEgress => f.write_str("tcx egress"),
         }
     }
 }
@@ -160,24 +171,171 @@ pub fn overflow_sources_for(max_flows: u32) -> u32 {
     (max_flows / 4).clamp(256, 262_144)
 }
 
-/// Loads the object with both flow tables sized to `max_flows` (and the overflow-source tables
-/// to [`overflow_sources_for`]), and loads the XDP and TC programs.
+/// Loads the object with both flow tables sized to `max_flows` (the overflow-source tables to
+/// [`overflow_sources_for`], connection state to `max_flows`, services and kernel events to a
+/// quarter of it), and loads the XDP and TC programs. The tracepoint program is loaded by
+/// [`attach_kernel_events`].
 pub fn load(max_flows: u32) -> anyhow::Result<Ebpf> {
     let max_sources = overflow_sources_for(max_flows);
-    let mut ebpf = EbpfLoader::new()
+    let offsets = SendResetFormat::read();
+    let mut loader = EbpfLoader::new();
+    loader
         .map_max_entries(MAP_FLOWS[0], max_flows)
         .map_max_entries(MAP_FLOWS[1], max_flows)
         .map_max_entries(MAP_OVERFLOW_SOURCES[0], max_sources)
         .map_max_entries(MAP_OVERFLOW_SOURCES[1], max_sources)
-        .load(EBPF_OBJECT)
-        .map_err(|error| load_error(Box::new(error)))?;
+        .map_max_entries(MAP_CONNECTIONS, max_flows.max(1024))
+        .map_max_entries(MAP_SERVICES[0], max_sources)
+        .map_max_entries(MAP_SERVICES[1], max_sources)
+        .map_max_entries(MAP_STACK_RESETS[0], max_sources)
+        .map_max_entries(MAP_STACK_RESETS[1], max_sources);
+    if let Ok(format) = &offsets {
+        loader
+            .override_global(GLOBAL_SEND_RESET_REASON_OFFSET, &format.reason, true)
+            .override_global(GLOBAL_SEND_RESET_SADDR_OFFSET, &format.saddr, true)
+            .override_global(GLOBAL_SEND_RESET_DADDR_OFFSET, &format.daddr, true);
+    }
+    let mut ebpf = loader.load(EBPF_OBJECT).map_err(|error| load_error(Box::new(error)))?;
     xdp_program(&mut ebpf)?
         .load()
         .map_err(|error| load_error(Box::new(error)))?;
-    tc_program(&mut ebpf)?
-        .load()
-        .map_err(|error| load_error(Box::new(error)))?;
+    for name in [PROG_TC, PROG_TC_EGRESS] {
+        classifier(&mut ebpf, name)?
+            .load()
+            .map_err(|error| load_error(Box::new(error)))?;
+    }
     Ok(ebpf)
+}
+
+/// Where `tcp:tcp_send_reset` keeps the fields rstwatch reads, from its format file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendResetFormat {
+    pub reason: u32,
+    pub saddr: u32,
+    pub daddr: u32,
+}
+
+const TRACEFS_MOUNTS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
+
+impl SendResetFormat {
+    /// # Errors
+    /// A one-line reason when tracefs is not mounted or the tracepoint (or its `reason`
+    /// field, before Linux 6.10) does not exist.
+    pub fn read() -> Result<SendResetFormat, String> {
+        let Some(format) = TRACEFS_MOUNTS
+            .iter()
+            .find_map(|mount| std::fs::read_to_string(format!("{mount}/events/tcp/tcp_send_reset/format")).ok())
+        else {
+            let mounted = TRACEFS_MOUNTS.iter().any(|mount| std::path::Path::new(mount).join("events").exists());
+            return Err(if mounted {
+                "this kernel has no tcp:tcp_send_reset tracepoint".to_owned()
+            } else {
+                "tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing)".to_owned()
+            });
+        };
+        SendResetFormat::parse(&format)
+    }
+
+    /// Parses a tracepoint format file: `field:<type> <name>[<n>];\toffset:<o>;\tsize:<s>;…`.
+    pub fn parse(format: &str) -> Result<SendResetFormat, String> {
+        let field = |wanted: &str, size: u32| -> Result<u32, String> {
+            for line in format.lines() {
+                let mut parts = line.trim().split(';').map(str::trim);
+                let Some(declaration) = parts.next().and_then(|d| d.strip_prefix("field:")) else {
+                    continue;
+                };
+                let name = declaration.rsplit(' ').next().unwrap_or_default();
+                let name = name.split('[').next().unwrap_or_default();
+                if name != wanted {
+                    continue;
+                }
+                let mut offset = None;
+                let mut actual_size = None;
+                for part in parts {
+                    if let Some(value) = part.strip_prefix("offset:") {
+                        offset = value.parse::<u32>().ok();
+                    } else if let Some(value) = part.strip_prefix("size:") {
+                        actual_size = value.parse::<u32>().ok();
+                    }
+                }
+                return match (offset, actual_size) {
+                    (Some(offset), Some(actual)) if actual == size => Ok(offset),
+                    _ => Err(format!("tcp:tcp_send_reset field {wanted} is not {size} bytes on this kernel")),
+                };
+            }
+            Err(format!("tcp:tcp_send_reset has no {wanted} field on this kernel (Linux 6.10 added the reason)"))
+        };
+        Ok(SendResetFormat { reason: field("reason", 4)?, saddr: field("saddr", 28)?, daddr: field("daddr", 28)? })
+    }
+}
+
+/// Attaches the kernel-event program (see [`attach_kernel_events`]); when that is not possible,
+/// says why once (a warning) and returns the reason for the report. Also returns the names of
+/// the kernel's reset reasons, index = code.
+pub fn start_kernel_events(ebpf: &mut Ebpf) -> (Result<(), String>, Vec<String>) {
+    let status = attach_kernel_events(ebpf).map_err(|error| format!("{error:#}"));
+    if let Err(why) = &status {
+        tracing::warn!("kernel reasons for this host's resets are unavailable: {why}");
+    }
+    (status, reset_reason_names())
+}
+
+/// `enum sk_rst_reason` names from the tracepoint's print format (they change between kernel
+/// versions), or Linux 6.18's list when the format cannot be read.
+pub fn reset_reason_names() -> Vec<String> {
+    TRACEFS_MOUNTS
+        .iter()
+        .find_map(|mount| std::fs::read_to_string(format!("{mount}/events/tcp/tcp_send_reset/format")).ok())
+        .and_then(|format| parse_reason_names(&format))
+        .unwrap_or_else(|| LINUX_6_18_RESET_REASONS.iter().map(|name| (*name).to_owned()).collect())
+}
+
+const LINUX_6_18_RESET_REASONS: [&str; 26] = [
+    "NOT_SPECIFIED", "NO_SOCKET", "TCP_INVALID_ACK_SEQUENCE", "TCP_RFC7323_PAWS", "TCP_TOO_OLD_ACK",
+    "TCP_ACK_UNSENT_DATA", "TCP_FLAGS", "TCP_OLD_ACK", "TCP_ABORT_ON_DATA", "TCP_TIMEWAIT_SOCKET", "INVALID_SYN",
+    "TCP_ABORT_ON_CLOSE", "TCP_ABORT_ON_LINGER", "TCP_ABORT_ON_MEMORY", "TCP_STATE", "TCP_KEEPALIVE_TIMEOUT",
+    "TCP_DISCONNECT_WITH_DATA", "MPTCP_RST_EUNSPEC", "MPTCP_RST_EMPTCP", "MPTCP_RST_ERESOURCE",
+    "MPTCP_RST_EPROHIBIT", "MPTCP_RST_EWQ2BIG", "MPTCP_RST_EBADPERF", "MPTCP_RST_EMIDDLEBOX", "ERROR", "MAX",
+];
+
+/// The `{ code, "NAME" }` pairs of `__print_symbolic(REC->reason, …)`.
+pub fn parse_reason_names(format: &str) -> Option<Vec<String>> {
+    let start = format.find("__print_symbolic(REC->reason,")?;
+    let list = &format[start..];
+    let list = &list[..list.find(')')?];
+    let mut names = Vec::new();
+    for pair in list.split('{').skip(1) {
+        let (code, rest) = pair.split_once(',')?;
+        let code: usize = code.trim().parse().ok()?;
+        let name = rest.split('"').nth(1)?;
+        if names.len() <= code {
+            names.resize(code + 1, String::new());
+        }
+        names[code] = name.to_owned();
+    }
+    for (code, name) in names.iter_mut().enumerate() {
+        if name.is_empty() {
+            *name = format!("REASON_{code}");
+        }
+    }
+    (!names.is_empty()).then_some(names)
+}
+
+/// Loads and attaches the `tcp:tcp_send_reset` program, so resets this host's stack sends carry
+/// the kernel's reason.
+///
+/// # Errors
+/// Why the reasons are unavailable (no tracefs, an older kernel, missing CAP_PERFMON): the
+/// caller reports it once and carries on without them.
+pub fn attach_kernel_events(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    SendResetFormat::read().map_err(anyhow::Error::msg)?;
+    let program: &mut TracePoint = ebpf
+        .program_mut(PROG_SEND_RESET)
+        .ok_or_else(|| anyhow::anyhow!("the eBPF object has no program {PROG_SEND_RESET}"))?
+        .try_into()?;
+    program.load().context("loading the tcp:tcp_send_reset program")?;
+    program.attach("tcp", "tcp_send_reset").context("attaching to tcp:tcp_send_reset")?;
+    Ok(())
 }
 
 fn load_error(error: Box<dyn std::error::Error + Send + Sync>) -> anyhow::Error {
@@ -211,9 +369,17 @@ pub fn xdp_program(ebpf: &mut Ebpf) -> anyhow::Result<&mut Xdp> {
 }
 
 pub fn tc_program(ebpf: &mut Ebpf) -> anyhow::Result<&mut SchedClassifier> {
+    classifier(ebpf, PROG_TC)
+}
+
+pub fn tc_egress_program(ebpf: &mut Ebpf) -> anyhow::Result<&mut SchedClassifier> {
+    classifier(ebpf, PROG_TC_EGRESS)
+}
+
+fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut SchedClassifier> {
     let program = ebpf
-        .program_mut(PROG_TC)
-        .ok_or_else(|| anyhow::anyhow!("the eBPF object has no program {PROG_TC}"))?;
+        .program_mut(name)
+        .ok_or_else(|| anyhow::anyhow!("the eBPF object has no program {name}"))?;
     Ok(program.try_into()?)
 }
 
@@ -240,11 +406,19 @@ pub fn attach(
     iface: &str,
     ifindex: u32,
 ) -> anyhow::Result<Attachment> {
-    let attachment = match hook {
+    let mut attachment = match hook {
         HookChoice::Xdp => attach_xdp(xdp_program(ebpf)?, iface, ifindex, xdp_mode)?,
         HookChoice::Tc => attach_tc(tc_program(ebpf)?, iface, ifindex)?,
     };
-    tracing::info!("attached to {iface} (ifindex {ifindex}, {})", attachment.hook);
+    match attach_tc_egress(tc_egress_program(ebpf)?, iface) {
+        Ok(link) => attachment.egress = Some(link),
+        Err(error) => tracing::warn!(
+            "{:#}; counting only the resets {iface} receives",
+            anyhow::Error::from(error)
+        ),
+    }
+    let egress = if attachment.egress.is_some() { " + tcx egress" } else { "" };
+    tracing::info!("attached to {iface} (ifindex {ifindex}, {}{egress})", attachment.hook);
     Ok(attachment)
 }
 
@@ -287,6 +461,8 @@ pub struct Attachment {
     pub ifindex: u32,
     pub hook: Hook,
     _link: Link,
+    /// The TC egress link, when the kernel has tcx: what the host sends.
+    pub egress: Option<SchedClassifierLink>,
 }
 
 #[derive(Debug)]
@@ -301,6 +477,19 @@ enum Link {
 /// # Errors
 /// [`Error::AttachTc`] (kernels before 6.6 have no tcx), [`Error::MissingCapability`] on EPERM.
 pub fn attach_tc(program: &mut SchedClassifier, iface: &str, ifindex: u32) -> Result<Attachment, Error> {
+    let link = attach_tcx(program, iface, TcAttachType::Ingress)?;
+    Ok(Attachment { iface: iface.to_owned(), ifindex, hook: Hook::TcIngress, _link: Link::Tc(link), egress: None })
+}
+
+/// Attaches the egress program to `iface` through a tcx link, first in line.
+///
+/// # Errors
+/// As [`attach_tc`].
+pub fn attach_tc_egress(program: &mut SchedClassifier, iface: &str) -> Result<SchedClassifierLink, Error> {
+    attach_tcx(program, iface, TcAttachType::Egress)
+}
+
+fn attach_tcx(program: &mut SchedClassifier, iface: &str, direction: TcAttachType) -> Result<SchedClassifierLink, Error> {
     let attach_error = |source: aya::programs::ProgramError| {
         let denied = matches!(
             &source,
@@ -314,14 +503,14 @@ pub fn attach_tc(program: &mut SchedClassifier, iface: &str, ifindex: u32) -> Re
                 why: "needed to attach to an interface",
             }
         } else {
-            Error::AttachTc { iface: iface.to_owned(), source }
+            let direction = if direction == TcAttachType::Egress { "egress" } else { "ingress" };
+            Error::AttachTc { iface: iface.to_owned(), direction, source }
         }
     };
     let id = program
-        .attach_with_options(iface, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::first()))
+        .attach_with_options(iface, direction, TcAttachOptions::TcxOrder(LinkOrder::first()))
         .map_err(attach_error)?;
-    let link = program.take_link(id).map_err(attach_error)?;
-    Ok(Attachment { iface: iface.to_owned(), ifindex, hook: Hook::TcIngress, _link: Link::Tc(link) })
+    program.take_link(id).map_err(attach_error)
 }
 
 /// Attaches rstwatch's XDP program to `iface` through a bpf_link.
@@ -353,7 +542,13 @@ pub fn attach_xdp(
     for &mode in modes {
         match bpf_link_create_xdp(program_fd, ifindex, mode) {
             Ok(link) => {
-                return Ok(Attachment { iface: iface.to_owned(), ifindex, hook: Hook::Xdp(mode), _link: Link::Xdp(link) });
+                return Ok(Attachment {
+                    iface: iface.to_owned(),
+                    ifindex,
+                    hook: Hook::Xdp(mode),
+                    _link: Link::Xdp(link),
+                    egress: None,
+                });
             }
             Err(error) => match error.raw_os_error() {
                 Some(libc::EBUSY | libc::EEXIST) => {

@@ -164,6 +164,8 @@ fn run(cli: WatchArgs) -> anyhow::Result<()> {
 
     let mut ebpf = loader::load(cli.max_flows)?;
     let mut collector = Collector::new(&mut ebpf)?;
+    // Before the interfaces: once "attached to" is logged, every reset's reason is recorded.
+    let (kernel_events, reason_names) = loader::start_kernel_events(&mut ebpf);
     let mut attachments: Vec<Option<Attachment>> =
         loader::attach_all(&mut ebpf, cli.hook, cli.xdp_mode, &targets)?.into_iter().map(Some).collect();
     let interfaces: Vec<InterfaceRecord> = attachments.iter().flatten().map(InterfaceRecord::of).collect();
@@ -177,9 +179,10 @@ fn run(cli: WatchArgs) -> anyhow::Result<()> {
         metrics
     });
 
-    let ReportOptions { interval, top, format, summary_flows } = cli.report;
+    let ReportOptions { interval, top, format, summary_flows, by } = cli.report;
     let mut aggregator = Aggregator::new(interfaces, top as usize).limit_flows(summary_flows);
-    let mut printer = Printer::new(io::stdout().lock(), format, top as usize);
+    aggregator.kernel_events(kernel_events, reason_names);
+    let mut printer = Printer::new(io::stdout().lock(), format, top as usize).by(by);
     let mut watch_state = Watch {
         collector: &mut collector,
         aggregator: &mut aggregator,

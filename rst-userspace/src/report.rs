@@ -11,7 +11,7 @@ use std::{
 };
 
 use rst_common::{
-    wire::{SourceKey, FAMILY_IPV4},
+    wire::{ResetClass, ResetKind, ServiceKey, ServiceValue, SourceKey, StackResetKey, DIRECTION_TX, FAMILY_IPV4},
     Counters, FlowKey,
 };
 use serde::Serialize;
@@ -22,6 +22,20 @@ use crate::collector::Sample;
 pub enum Format {
     Table,
     Json,
+}
+
+/// What the table ranks. The JSON summary always holds every view.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum View {
+    /// Resetters: the addresses that send RSTs.
+    #[default]
+    Src,
+    /// The addresses RSTs are sent to.
+    Dst,
+    /// Server address and port: attempts, accepted handshakes, resets, refusals.
+    Service,
+    /// Single flows.
+    Flow,
 }
 
 /// Report options shared by live watching and replay.
@@ -36,6 +50,9 @@ pub struct ReportOptions {
     /// Output: a table for people, or JSON Lines for programs.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
+    /// What the table ranks: resetters, destinations, services or flows.
+    #[arg(long, value_enum, default_value_t = View::Src)]
+    pub by: View,
     /// Most flows the run's summary keeps (memory stays bounded under a scan); resets of flows
     /// beyond it still count in the totals and for their source, as `summary.unlisted`.
     #[arg(long, default_value_t = DEFAULT_SUMMARY_FLOWS, value_parser = clap::value_parser!(u32).range(1..))]
@@ -90,13 +107,61 @@ pub struct Totals {
     /// Of those, the RSTs that found no room in the per-source overflow table either: in no
     /// source's count.
     pub source_overflow: u64,
+    /// SYNs and SYN+ACKs whose service found no room in the service table: in no service.
+    pub service_overflow: u64,
+    /// Kernel reset events that found no room in their table: in no flow's `reasons`.
+    pub stack_overflow: u64,
 }
 
 impl From<&Counters> for Totals {
     fn from(counters: &Counters) -> Self {
-        let Counters { frames, tcp, resets, malformed, fragments, overflow, source_overflow } = *counters;
-        Totals { frames, tcp, resets, malformed, fragments, overflow, source_overflow }
+        let Counters { frames, tcp, resets, malformed, fragments, overflow, source_overflow, service_overflow, stack_overflow } =
+            *counters;
+        Totals { frames, tcp, resets, malformed, fragments, overflow, source_overflow, service_overflow, stack_overflow }
     }
+}
+
+/// RSTs by [`ResetKind`].
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct Kinds {
+    pub refused: u64,
+    pub handshake: u64,
+    pub established: u64,
+    pub closing: u64,
+}
+
+impl Kinds {
+    fn add(&mut self, kind: ResetKind, resets: u64) {
+        *match kind {
+            ResetKind::Refused => &mut self.refused,
+            ResetKind::Handshake => &mut self.handshake,
+            ResetKind::Established => &mut self.established,
+            ResetKind::Closing => &mut self.closing,
+        } += resets;
+    }
+
+    fn merge(&mut self, other: &Kinds) {
+        for kind in ResetKind::ALL {
+            self.add(kind, other.get(kind));
+        }
+    }
+
+    pub fn get(&self, kind: ResetKind) -> u64 {
+        match kind {
+            ResetKind::Refused => self.refused,
+            ResetKind::Handshake => self.handshake,
+            ResetKind::Established => self.established,
+            ResetKind::Closing => self.closing,
+        }
+    }
+}
+
+/// RSTs that claim to come from a peer but arrived with another TTL than its handshake.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct Middlebox {
+    pub rst_ttl: u8,
+    pub peer_ttl: u8,
+    pub resets: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -109,6 +174,73 @@ pub struct FlowRecord {
     pub dst: IpAddr,
     pub dport: u16,
     pub resets: u64,
+    /// "rx": the interface received these RSTs; "tx": this host sent them.
+    pub direction: &'static str,
+    pub kinds: Kinds,
+    /// RSTs with ACK set.
+    pub with_ack: u64,
+    /// The role of the RSTs' sender in the connection: "client" (sent the SYN) or "server".
+    pub side: &'static str,
+    /// The side comes from a SYN / SYN+ACK seen, not from the ports.
+    pub side_observed: bool,
+    /// This flow's RST came first in its connection.
+    pub first: bool,
+    pub middlebox: Option<Middlebox>,
+    /// The kernel's reasons for the RSTs this host's stack sent (tx flows).
+    pub reasons: BTreeMap<String, u64>,
+    /// tx RSTs with no kernel event: made by something else on the host (netfilter, a proxy).
+    /// Null when kernel events are unavailable, and for rx flows.
+    pub no_kernel_event: Option<u64>,
+}
+
+/// A server address and port, on one interface.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceRecord {
+    pub iface: String,
+    pub ifindex: u32,
+    pub addr: IpAddr,
+    pub port: u16,
+    /// SYNs without ACK.
+    pub attempts: u64,
+    /// SYN+ACKs: handshakes the server accepted.
+    pub synacks: u64,
+    /// RSTs on its connections, from either side.
+    pub resets: u64,
+    /// Of those, RSTs that refused a connection attempt.
+    pub refused: u64,
+    /// Percent of attempts refused (0 without attempts).
+    pub refused_share: f64,
+    pub kinds: Kinds,
+}
+
+/// An address RSTs were sent to.
+#[derive(Debug, Clone, Serialize)]
+pub struct DestinationRecord {
+    pub dst: IpAddr,
+    pub resets: u64,
+    pub share: f64,
+    pub flows: u64,
+    /// The addresses that sent it most RSTs.
+    pub senders: Vec<SenderCount>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SenderCount {
+    pub src: IpAddr,
+    pub resets: u64,
+}
+
+/// Kernel reset events (tracepoint `tcp:tcp_send_reset`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct KernelEvents {
+    pub available: bool,
+    /// Why not, when unavailable.
+    pub reason: Option<String>,
+    /// Events joined to a tx flow on a watched interface.
+    pub matched: u64,
+    /// Events for resets that left through no watched interface (other namespaces, other
+    /// interfaces).
+    pub elsewhere: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -138,6 +270,9 @@ pub struct SourceRecord {
     /// The source ports it sent most RSTs from (a server's service port stands out here).
     pub ports: Vec<PortCount>,
     pub destinations: Vec<DestinationCount>,
+    /// RSTs it appears to send whose TTL differs from its handshake's: injected in between.
+    pub middlebox: u64,
+    pub kinds: Kinds,
 }
 
 #[derive(Debug, Serialize)]
@@ -179,6 +314,76 @@ pub struct SummaryRecord {
     pub unlisted: Unlisted,
     pub sources: Vec<SourceRecord>,
     pub flows: Vec<FlowRecord>,
+    pub destinations: Vec<DestinationRecord>,
+    pub services: Vec<ServiceRecord>,
+    pub kernel_events: KernelEvents,
+    /// The answers to "is it a lot, from whom, who resets first, why", in words.
+    pub diagnosis: Vec<String>,
+}
+
+/// What the kernel's entries of one flow (one per classification) add up to.
+#[derive(Debug, Clone, Default)]
+struct FlowStats {
+    resets: u64,
+    kinds: Kinds,
+    with_ack: u64,
+    /// RSTs whose sender is the connection's server.
+    from_server: u64,
+    side_observed: bool,
+    first: bool,
+    middlebox: Option<Middlebox>,
+    reasons: BTreeMap<u32, u64>,
+}
+
+impl FlowStats {
+    fn add(&mut self, key: &FlowKey, resets: u64) {
+        let class = ResetClass(key.class);
+        self.resets += resets;
+        self.kinds.add(class.kind(), resets);
+        if class.ack() {
+            self.with_ack += resets;
+        }
+        if class.server() {
+            self.from_server += resets;
+        }
+        self.side_observed |= class.side_observed();
+        self.first |= class.first();
+        if key.peer_ttl != 0 && key.peer_ttl != key.rst_ttl {
+            let middlebox = self.middlebox.get_or_insert(Middlebox { rst_ttl: key.rst_ttl, peer_ttl: key.peer_ttl, resets: 0 });
+            middlebox.resets += resets;
+        }
+    }
+
+    fn merge(&mut self, other: &FlowStats) {
+        self.resets += other.resets;
+        self.kinds.merge(&other.kinds);
+        self.with_ack += other.with_ack;
+        self.from_server += other.from_server;
+        self.side_observed |= other.side_observed;
+        self.first |= other.first;
+        if let Some(theirs) = other.middlebox {
+            let ours = self.middlebox.get_or_insert(Middlebox { resets: 0, ..theirs });
+            ours.resets += theirs.resets;
+        }
+        for (reason, count) in &other.reasons {
+            *self.reasons.entry(*reason).or_default() += count;
+        }
+    }
+
+    fn server_side(&self) -> bool {
+        self.from_server * 2 >= self.resets && self.from_server > 0
+    }
+}
+
+/// A tx flow's 4-tuple as the tracepoint reports it: what kernel events are joined by.
+type FourTuple = ([u8; 16], [u8; 16], u16, u16, u8);
+
+fn four_tuple_of_flow(key: &FlowKey) -> FourTuple {
+    (key.src, key.dst, key.sport, key.dport, key.family)
+}
+
+fn four_tuple_of_event(key: &StackResetKey) -> FourTuple {
+    (key.src, key.dst, key.sport, key.dport, key.family)
 }
 
 /// Accumulates samples over the run.
@@ -189,10 +394,18 @@ pub struct Aggregator {
     intervals: u64,
     elapsed: Duration,
     totals: Counters,
-    flows: HashMap<FlowKey, u64>,
+    /// Keyed by [`FlowKey::flow_id`].
+    flows: HashMap<FlowKey, FlowStats>,
+    /// tx flows of the run by 4-tuple, for kernel events that arrive an interval late.
+    tx_flows: HashMap<FourTuple, FlowKey>,
+    /// Kernel events not matched in their interval: tried once more in the next.
+    pending_events: Vec<(StackResetKey, u64)>,
+    services: HashMap<ServiceKey, ServiceValue>,
     overflow_sources: HashMap<SourceKey, u64>,
     flow_limit: usize,
     unlisted: Unlisted,
+    kernel_events: KernelEvents,
+    reason_names: Vec<String>,
 }
 
 impl Aggregator {
@@ -206,10 +419,28 @@ impl Aggregator {
             elapsed: Duration::ZERO,
             totals: Counters::default(),
             flows: HashMap::new(),
+            tx_flows: HashMap::new(),
+            pending_events: Vec::new(),
+            services: HashMap::new(),
             overflow_sources: HashMap::new(),
             flow_limit: DEFAULT_SUMMARY_FLOWS as usize,
             unlisted: Unlisted::default(),
+            kernel_events: KernelEvents {
+                available: false,
+                reason: Some("not watching a live host".into()),
+                matched: 0,
+                elsewhere: 0,
+            },
+            reason_names: Vec::new(),
         }
+    }
+
+    /// Whether kernel reset events are coming (and why not), and the names of the kernel's
+    /// reason codes, index = code.
+    pub fn kernel_events(&mut self, available: Result<(), String>, reason_names: Vec<String>) {
+        self.kernel_events.available = available.is_ok();
+        self.kernel_events.reason = available.err();
+        self.reason_names = reason_names;
     }
 
     /// Keeps at most `limit` flows for the summary; see [`ReportOptions::summary_flows`].
@@ -230,29 +461,38 @@ impl Aggregator {
         self.intervals += 1;
         self.elapsed += elapsed;
         self.totals.accumulate(&sample.counters);
+        let mut interval: HashMap<FlowKey, FlowStats> = HashMap::new();
         for (key, resets) in &sample.flows {
-            if let Some(count) = self.flows.get_mut(key) {
-                *count += resets;
+            interval.entry(key.flow_id()).or_default().add(key, *resets);
+        }
+        self.join_kernel_events(&mut interval, &sample.stack_resets);
+        for (id, stats) in &interval {
+            if let Some(run) = self.flows.get_mut(id) {
+                run.merge(stats);
             } else if self.flows.len() < self.flow_limit {
-                self.flows.insert(*key, *resets);
+                self.flows.insert(*id, stats.clone());
+                if id.direction == DIRECTION_TX {
+                    self.tx_flows.insert(four_tuple_of_flow(id), *id);
+                }
             } else {
                 // Still the sender's: counted for its source, like a flow-table overflow.
-                self.unlisted.resets += resets;
+                self.unlisted.resets += stats.resets;
                 self.unlisted.flow_records += 1;
-                *self.overflow_sources.entry(SourceKey::of(key)).or_default() += resets;
+                *self.overflow_sources.entry(SourceKey::of(id)).or_default() += stats.resets;
             }
         }
         for (key, resets) in &sample.overflow_sources {
             *self.overflow_sources.entry(*key).or_default() += resets;
         }
+        for (key, value) in &sample.services {
+            let run = self.services.entry(*key).or_default();
+            run.attempts += value.attempts;
+            run.synacks += value.synacks;
+        }
         let totals = Totals::from(&sample.counters);
-        let mut sources = rank_sources(
-            sample.flows.iter().map(|(k, r)| (k, *r)),
-            sample.overflow_sources.iter().map(|(k, r)| (k, *r)),
-            elapsed,
-        );
+        let mut sources = rank_sources(interval.iter(), sample.overflow_sources.iter().map(|(k, r)| (k, *r)), elapsed);
         sources.truncate(self.top);
-        let mut flows = self.flow_records(sample.flows.iter().map(|(k, r)| (k, *r)));
+        let mut flows = self.flow_records(interval.iter());
         flows.truncate(self.top);
         IntervalRecord {
             kind: "interval",
@@ -261,7 +501,7 @@ impl Aggregator {
             elapsed_ms: elapsed.as_secs_f64() * 1e3,
             rate: per_second(totals.resets, elapsed),
             totals,
-            flows_seen: sample.flows.len(),
+            flows_seen: interval.len(),
             flow_resets: sample.flows.iter().map(|(_, resets)| resets).sum(),
             overflowed: sample.counters.overflow > 0,
             sources,
@@ -269,9 +509,47 @@ impl Aggregator {
         }
     }
 
+    /// Charges kernel reset events to the tx flows they explain: this interval's first, then the
+    /// run's (the event and the segment can fall on either side of an epoch flip). An event
+    /// that matches nothing gets one more interval.
+    fn join_kernel_events(&mut self, interval: &mut HashMap<FlowKey, FlowStats>, events: &[(StackResetKey, u64)]) {
+        if events.is_empty() && self.pending_events.is_empty() {
+            return;
+        }
+        let interval_tx: HashMap<FourTuple, FlowKey> = interval
+            .keys()
+            .filter(|id| id.direction == DIRECTION_TX)
+            .map(|id| (four_tuple_of_flow(id), *id))
+            .collect();
+        let pending = std::mem::take(&mut self.pending_events);
+        let tries = pending.iter().map(|event| (event, true)).chain(events.iter().map(|event| (event, false)));
+        for ((event, count), retried) in tries {
+            let tuple = four_tuple_of_event(event);
+            let stats = match interval_tx.get(&tuple) {
+                Some(id) => interval.get_mut(id),
+                None => self.tx_flows.get(&tuple).and_then(|id| self.flows.get_mut(id)),
+            };
+            match stats {
+                Some(stats) => {
+                    *stats.reasons.entry(event.reason).or_default() += count;
+                    self.kernel_events.matched += count;
+                }
+                None if retried => self.kernel_events.elsewhere += count,
+                None => self.pending_events.push((*event, *count)),
+            }
+        }
+    }
+
     /// The whole run: every flow, every source, cumulative.
     pub fn summary(&self) -> SummaryRecord {
-        let flows_iter = || self.flows.iter().map(|(k, r)| (k, *r));
+        let mut kernel_events = self.kernel_events.clone();
+        // What is still pending has had its chance: the run is over.
+        kernel_events.elsewhere += self.pending_events.iter().map(|(_, count)| count).sum::<u64>();
+        let flows = self.flow_records(self.flows.iter());
+        let sources = rank_sources(self.flows.iter(), self.overflow_sources.iter().map(|(k, r)| (k, *r)), self.elapsed);
+        let destinations = rank_destinations(self.flows.iter());
+        let services = self.service_records();
+        let diagnosis = diagnose(&self.totals, &sources, &services, &flows, &kernel_events);
         SummaryRecord {
             kind: "summary",
             duration_ms: self.elapsed.as_secs_f64() * 1e3,
@@ -280,23 +558,47 @@ impl Aggregator {
             totals: Totals::from(&self.totals),
             overflowed: self.totals.overflow > 0,
             unlisted: self.unlisted,
-            sources: rank_sources(flows_iter(), self.overflow_sources.iter().map(|(k, r)| (k, *r)), self.elapsed),
-            flows: self.flow_records(flows_iter()),
+            sources,
+            flows,
+            destinations,
+            services,
+            kernel_events,
+            diagnosis,
         }
     }
 
-    fn flow_records<'a>(&self, flows: impl Iterator<Item = (&'a FlowKey, u64)>) -> Vec<FlowRecord> {
+    fn iface_name(&self, ifindex: u32) -> String {
+        self.names.get(&ifindex).cloned().unwrap_or_else(|| format!("if{ifindex}"))
+    }
+
+    fn reason_name(&self, code: u32) -> String {
+        self.reason_names.get(code as usize).cloned().unwrap_or_else(|| format!("REASON_{code}"))
+    }
+
+    fn flow_records<'a>(&self, flows: impl Iterator<Item = (&'a FlowKey, &'a FlowStats)>) -> Vec<FlowRecord> {
         let mut records: Vec<(FlowKey, FlowRecord)> = flows
-            .map(|(key, resets)| {
+            .map(|(key, stats)| {
+                let tx = key.direction == DIRECTION_TX;
+                let explained: u64 = stats.reasons.values().sum();
                 let record = FlowRecord {
-                    iface: self.names.get(&key.ifindex).cloned().unwrap_or_else(|| format!("if{}", key.ifindex)),
+                    iface: self.iface_name(key.ifindex),
                     ifindex: key.ifindex,
                     family: if key.family == FAMILY_IPV4 { "ipv4" } else { "ipv6" },
                     src: key.src_ip(),
                     sport: key.sport,
                     dst: key.dst_ip(),
                     dport: key.dport,
-                    resets,
+                    resets: stats.resets,
+                    direction: if tx { "tx" } else { "rx" },
+                    kinds: stats.kinds,
+                    with_ack: stats.with_ack,
+                    side: if stats.server_side() { "server" } else { "client" },
+                    side_observed: stats.side_observed,
+                    first: stats.first,
+                    middlebox: stats.middlebox,
+                    reasons: stats.reasons.iter().map(|(code, count)| (self.reason_name(*code), *count)).collect(),
+                    no_kernel_event: (tx && self.kernel_events.available)
+                        .then(|| stats.resets.saturating_sub(explained)),
                 };
                 (*key, record)
             })
@@ -305,6 +607,176 @@ impl Aggregator {
         records.sort_by(|(ka, a), (kb, b)| b.resets.cmp(&a.resets).then_with(|| ka.cmp(kb)));
         records.into_iter().map(|(_, record)| record).collect()
     }
+
+    /// Services from the handshakes counted in the kernel, with the resets of their flows: a
+    /// flow's RSTs from the server side belong to its source's service, the others to its
+    /// destination's.
+    fn service_records(&self) -> Vec<ServiceRecord> {
+        #[derive(Default)]
+        struct Tally {
+            handshakes: ServiceValue,
+            resets: u64,
+            kinds: Kinds,
+        }
+        let mut tallies: BTreeMap<ServiceKey, Tally> = BTreeMap::new();
+        for (key, value) in &self.services {
+            tallies.entry(*key).or_default().handshakes = *value;
+        }
+        for (key, stats) in &self.flows {
+            let from_client = stats.resets - stats.from_server;
+            if stats.from_server > 0 {
+                let tally = tallies.entry(ServiceKey::new(key.src, key.sport, key)).or_default();
+                tally.resets += stats.from_server;
+                // Refusals always come from the server side.
+                tally.kinds.refused += stats.kinds.refused;
+            }
+            if from_client > 0 {
+                let tally = tallies.entry(ServiceKey::new(key.dst, key.dport, key)).or_default();
+                tally.resets += from_client;
+            }
+            // Kinds other than refused are charged to the side that sent most.
+            let service = if stats.server_side() { ServiceKey::new(key.src, key.sport, key) } else { ServiceKey::new(key.dst, key.dport, key) };
+            let tally = tallies.entry(service).or_default();
+            tally.kinds.handshake += stats.kinds.handshake;
+            tally.kinds.established += stats.kinds.established;
+            tally.kinds.closing += stats.kinds.closing;
+        }
+        let mut records: Vec<ServiceRecord> = tallies
+            .into_iter()
+            .map(|(key, tally)| ServiceRecord {
+                iface: self.iface_name(key.ifindex),
+                ifindex: key.ifindex,
+                addr: key.ip(),
+                port: key.port,
+                attempts: tally.handshakes.attempts,
+                synacks: tally.handshakes.synacks,
+                resets: tally.resets,
+                refused: tally.kinds.refused,
+                refused_share: percent(tally.kinds.refused, tally.handshakes.attempts),
+                kinds: tally.kinds,
+            })
+            .collect();
+        records.sort_by(|a, b| {
+            b.resets.cmp(&a.resets).then_with(|| b.attempts.cmp(&a.attempts)).then_with(|| (a.addr, a.port).cmp(&(b.addr, b.port)))
+        });
+        records
+    }
+}
+
+fn percent(part: u64, whole: u64) -> f64 {
+    if whole > 0 {
+        (100.0 * part as f64 / whole as f64).min(100.0)
+    } else {
+        0.0
+    }
+}
+
+fn rank_destinations<'a>(flows: impl Iterator<Item = (&'a FlowKey, &'a FlowStats)>) -> Vec<DestinationRecord> {
+    #[derive(Default)]
+    struct Tally {
+        resets: u64,
+        flows: u64,
+        senders: BTreeMap<IpAddr, u64>,
+    }
+    let mut tallies: BTreeMap<IpAddr, Tally> = BTreeMap::new();
+    let mut all = 0;
+    for (key, stats) in flows {
+        all += stats.resets;
+        let tally = tallies.entry(key.dst_ip()).or_default();
+        tally.resets += stats.resets;
+        tally.flows += 1;
+        *tally.senders.entry(key.src_ip()).or_default() += stats.resets;
+    }
+    let mut records: Vec<DestinationRecord> = tallies
+        .into_iter()
+        .map(|(dst, tally)| DestinationRecord {
+            dst,
+            resets: tally.resets,
+            share: percent(tally.resets, all),
+            flows: tally.flows,
+            senders: top_n(tally.senders, ROW_DETAIL).into_iter().map(|(src, resets)| SenderCount { src, resets }).collect(),
+        })
+        .collect();
+    records.sort_by(|a, b| b.resets.cmp(&a.resets).then_with(|| a.dst.cmp(&b.dst)));
+    records
+}
+
+/// The forum's questions, answered in sentences from the summary's own numbers.
+fn diagnose(
+    totals: &Counters,
+    sources: &[SourceRecord],
+    services: &[ServiceRecord],
+    flows: &[FlowRecord],
+    kernel_events: &KernelEvents,
+) -> Vec<String> {
+    let mut lines = Vec::new();
+    if totals.resets == 0 {
+        return lines;
+    }
+    if let Some(service) = services.iter().filter(|s| s.attempts > 0 && s.refused > 0).max_by(|a, b| {
+        a.refused_share.total_cmp(&b.refused_share).then_with(|| a.refused.cmp(&b.refused))
+    }) {
+        lines.push(format!(
+            "{:.0}% of connection attempts to {} were refused ({} of {})",
+            service.refused_share,
+            endpoint(service.addr, service.port),
+            service.refused,
+            service.attempts
+        ));
+    }
+    if let Some(top) = sources.first() {
+        lines.push(format!("{:.0}% of resets come from {} ({} of {})", top.share, top.src, top.resets, totals.resets));
+    }
+    let firsts: Vec<&FlowRecord> = flows.iter().filter(|f| f.first).collect();
+    if !firsts.is_empty() {
+        let server = firsts.iter().filter(|f| f.side == "server").count();
+        let (side, count) = if server * 2 >= firsts.len() { ("server", server) } else { ("client", firsts.len() - server) };
+        let observed = firsts.iter().filter(|f| f.side_observed).count();
+        lines.push(format!(
+            "the {side} side resets first in {count} of {} connections{}",
+            firsts.len(),
+            if observed == firsts.len() { String::new() } else { format!(" ({} inferred from ports)", firsts.len() - observed) }
+        ));
+    }
+    let mut injected: BTreeMap<IpAddr, (u64, u8, u8)> = BTreeMap::new();
+    for flow in flows {
+        if let Some(middlebox) = &flow.middlebox {
+            let entry = injected.entry(flow.src).or_insert((0, middlebox.rst_ttl, middlebox.peer_ttl));
+            entry.0 += middlebox.resets;
+        }
+    }
+    for (src, (resets, rst_ttl, peer_ttl)) in &injected {
+        lines.push(format!(
+            "TTL says a middlebox sent {resets} resets claiming to be {src} (TTL {rst_ttl}; {src}'s handshake had {peer_ttl})"
+        ));
+    }
+    let mut reasons: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut unexplained = 0;
+    for flow in flows {
+        for (reason, count) in &flow.reasons {
+            *reasons.entry(reason.as_str()).or_default() += count;
+        }
+        unexplained += flow.no_kernel_event.unwrap_or(0);
+    }
+    if !reasons.is_empty() {
+        let mut by_count: Vec<(&str, u64)> = reasons.into_iter().collect();
+        by_count.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+        let listed: Vec<String> = by_count.iter().map(|(reason, count)| format!("{reason} {count}")).collect();
+        lines.push(format!("this host's TCP stack sent resets because: {}", listed.join(", ")));
+    }
+    if unexplained > 0 {
+        lines.push(format!(
+            "{unexplained} resets left this host with no TCP stack event: made by something else here (netfilter REJECT, a proxy)"
+        ));
+    }
+    if !kernel_events.available {
+        if let Some(why) = &kernel_events.reason {
+            if flows.iter().any(|f| f.direction == "tx") {
+                lines.push(format!("no kernel reasons: {why}"));
+            }
+        }
+    }
+    lines
 }
 
 fn per_second(count: u64, elapsed: Duration) -> f64 {
@@ -321,6 +793,8 @@ struct SourceTally {
     resets: u64,
     flows: u64,
     overflow: u64,
+    middlebox: u64,
+    kinds: Kinds,
     ports: BTreeMap<u16, u64>,
     destinations: BTreeMap<IpAddr, u64>,
 }
@@ -328,17 +802,20 @@ struct SourceTally {
 /// Groups flows (and the resets that overflowed the flow table) by the address that sent the
 /// RSTs, largest first.
 fn rank_sources<'a>(
-    flows: impl Iterator<Item = (&'a FlowKey, u64)>,
+    flows: impl Iterator<Item = (&'a FlowKey, &'a FlowStats)>,
     overflow_sources: impl Iterator<Item = (&'a SourceKey, u64)>,
     elapsed: Duration,
 ) -> Vec<SourceRecord> {
     let mut tallies: BTreeMap<IpAddr, SourceTally> = BTreeMap::new();
     let mut all = 0u64;
-    for (key, resets) in flows {
+    for (key, stats) in flows {
+        let resets = stats.resets;
         all += resets;
         let tally = tallies.entry(key.src_ip()).or_default();
         tally.resets += resets;
         tally.flows += 1;
+        tally.middlebox += stats.middlebox.map_or(0, |m| m.resets);
+        tally.kinds.merge(&stats.kinds);
         *tally.ports.entry(key.sport).or_default() += resets;
         *tally.destinations.entry(key.dst_ip()).or_default() += resets;
     }
@@ -362,6 +839,8 @@ fn rank_sources<'a>(
                 .into_iter()
                 .map(|(dst, resets)| DestinationCount { dst, resets })
                 .collect(),
+            middlebox: tally.middlebox,
+            kinds: tally.kinds,
         })
         .collect();
     sources.sort_by(|a, b| b.resets.cmp(&a.resets).then_with(|| a.src.cmp(&b.src)));
@@ -380,11 +859,18 @@ pub struct Printer<W: Write> {
     out: W,
     format: Format,
     top: usize,
+    by: View,
 }
 
 impl<W: Write> Printer<W> {
     pub fn new(out: W, format: Format, top: usize) -> Self {
-        Self { out, format, top }
+        Self { out, format, top, by: View::Src }
+    }
+
+    /// What the summary table ranks first.
+    pub fn by(mut self, view: View) -> Self {
+        self.by = view;
+        self
     }
 
     pub fn interval(&mut self, record: &IntervalRecord) -> io::Result<()> {
@@ -447,8 +933,18 @@ impl<W: Write> Printer<W> {
                 if t.resets == 0 {
                     writeln!(self.out, "   no resets seen")?;
                 } else {
-                    let sources: Vec<SourceRecord> = record.sources.iter().take(self.top).cloned().collect();
-                    self.sources_table(&sources)?;
+                    for line in &record.diagnosis {
+                        writeln!(self.out, "   » {line}")?;
+                    }
+                    match self.by {
+                        View::Src => {
+                            let sources: Vec<SourceRecord> = record.sources.iter().take(self.top).cloned().collect();
+                            self.sources_table(&sources)?;
+                        }
+                        View::Dst => self.destinations_table(&record.destinations)?,
+                        View::Service => self.services_table(&record.services)?,
+                        View::Flow => {}
+                    }
                     let flows: Vec<FlowRecord> = record.flows.iter().take(self.top).cloned().collect();
                     self.flows_table(&flows, "TOP FLOWS (whole run)")?;
                     if record.unlisted.resets > 0 {
@@ -519,6 +1015,52 @@ impl<W: Write> Printer<W> {
         Ok(())
     }
 
+    fn destinations_table(&mut self, destinations: &[DestinationRecord]) -> io::Result<()> {
+        let width = destinations.iter().map(|d| d.dst.to_string().len()).max().unwrap_or(0).max(15);
+        writeln!(self.out, "   {:<width$} {:>9} {:>6} {:>7}  MAIN SENDERS", "RESET TARGET", "RSTS", "SHARE", "FLOWS")?;
+        for destination in destinations.iter().take(self.top) {
+            let senders: Vec<String> = destination.senders.iter().map(|s| format!("{} ({})", s.src, s.resets)).collect();
+            writeln!(
+                self.out,
+                "   {:<width$} {:>9} {:>5.0}% {:>7}  {}",
+                destination.dst.to_string(),
+                destination.resets,
+                destination.share,
+                destination.flows,
+                senders.join(", ")
+            )?;
+        }
+        Ok(())
+    }
+
+    fn services_table(&mut self, services: &[ServiceRecord]) -> io::Result<()> {
+        let width = services.iter().map(|s| endpoint(s.addr, s.port).len()).max().unwrap_or(0).max(21);
+        writeln!(
+            self.out,
+            "   {:<width$} {:>9} {:>8} {:>9} {:>8} {:>8}  RESETS BY KIND",
+            "SERVICE", "ATTEMPTS", "SYN+ACK", "RSTS", "REFUSED", "REFUSED%"
+        )?;
+        for service in services.iter().take(self.top) {
+            let kinds: Vec<String> = ResetKind::ALL
+                .iter()
+                .filter(|kind| service.kinds.get(**kind) > 0)
+                .map(|kind| format!("{} {}", kind.name(), service.kinds.get(*kind)))
+                .collect();
+            writeln!(
+                self.out,
+                "   {:<width$} {:>9} {:>8} {:>9} {:>8} {:>7.0}%  {}",
+                endpoint(service.addr, service.port),
+                service.attempts,
+                service.synacks,
+                service.resets,
+                service.refused,
+                service.refused_share,
+                kinds.join(", ")
+            )?;
+        }
+        Ok(())
+    }
+
     fn flows_table(&mut self, flows: &[FlowRecord], title: &str) -> io::Result<()> {
         let rows: Vec<(String, String, &FlowRecord)> =
             flows.iter().map(|f| (endpoint(f.src, f.sport), endpoint(f.dst, f.dport), f)).collect();
@@ -527,9 +1069,25 @@ impl<W: Write> Printer<W> {
         let dst_width = rows.iter().map(|r| r.1.len()).max().unwrap_or(0);
         writeln!(self.out, "   {title}")?;
         for (src, dst, flow) in &rows {
+            let kinds: Vec<&str> =
+                ResetKind::ALL.iter().filter(|kind| flow.kinds.get(**kind) > 0).map(|kind| kind.name()).collect();
+            let mut notes = format!("{} {} by the {}", flow.direction, kinds.join("+"), flow.side);
+            if flow.first {
+                notes.push_str(", first");
+            }
+            if let Some(middlebox) = &flow.middlebox {
+                notes.push_str(&format!(", MIDDLEBOX? TTL {} vs {}", middlebox.rst_ttl, middlebox.peer_ttl));
+            }
+            if !flow.reasons.is_empty() {
+                let reasons: Vec<&str> = flow.reasons.keys().map(String::as_str).collect();
+                notes.push_str(&format!(", kernel: {}", reasons.join("+")));
+            }
+            if flow.no_kernel_event.unwrap_or(0) > 0 {
+                notes.push_str(", not from the TCP stack");
+            }
             writeln!(
                 self.out,
-                "   {:<iface_width$}  {:>src_width$} → {:<dst_width$} {:>9}",
+                "   {:<iface_width$}  {:>src_width$} → {:<dst_width$} {:>9}  {notes}",
                 flow.iface, src, dst, flow.resets
             )?;
         }

@@ -904,6 +904,7 @@ pub fn run(args: &TopArgs) -> anyhow::Result<()> {
 
     let mut ebpf = loader::load(args.max_flows)?;
     let mut collector = Collector::new(&mut ebpf)?;
+    let (kernel_events, reason_names) = loader::start_kernel_events(&mut ebpf);
     let attachments = loader::attach_all(&mut ebpf, args.hook, args.xdp_mode, &targets)?;
     let interfaces: Vec<InterfaceRecord> = attachments.iter().map(InterfaceRecord::of).collect();
     let described = interfaces
@@ -917,6 +918,7 @@ pub fn run(args: &TopArgs) -> anyhow::Result<()> {
     };
     // Every flow of every interval: the table, not the aggregator, decides what fits.
     let mut aggregator = Aggregator::new(interfaces, usize::MAX);
+    aggregator.kernel_events(kernel_events, reason_names);
     let mut app = App::new(described, hook, args.interval);
 
     let outcome = {
@@ -1027,6 +1029,15 @@ mod tests {
             dst: ip(dst),
             dport,
             resets,
+            direction: "rx",
+            kinds: Default::default(),
+            with_ack: 0,
+            side: "server",
+            side_observed: false,
+            first: false,
+            middlebox: None,
+            reasons: Default::default(),
+            no_kernel_event: None,
         }
     }
 
@@ -1040,6 +1051,8 @@ mod tests {
             overflow,
             ports: vec![],
             destinations: vec![],
+            middlebox: 0,
+            kinds: Default::default(),
         }
     }
 
@@ -1075,6 +1088,10 @@ mod tests {
             unlisted: Default::default(),
             sources: vec![source("10.0.0.9", 10, 10)],
             flows: run,
+            destinations: vec![],
+            services: vec![],
+            kernel_events: Default::default(),
+            diagnosis: vec![],
         };
         Snapshot::new(&interval, &summary)
     }

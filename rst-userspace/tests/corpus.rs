@@ -109,8 +109,8 @@ fn check_capture(capture: &Path) -> anyhow::Result<String> {
     let (mut ran, mut too_short) = (0u64, 0u64);
     for (index, frame) in frames.iter().enumerate() {
         let host = inspect(&frame[..], LOOPBACK_IFINDEX);
-        if let Observation::Reset(key) = host {
-            *host_resets.entry(direction(&key)).or_default() += 1;
+        if let Observation::Reset(event) = host {
+            *host_resets.entry(direction(&event.key)).or_default() += 1;
         }
         if frame.len() < MIN_FRAME {
             too_short += 1;
@@ -120,7 +120,7 @@ fn check_capture(capture: &Path) -> anyhow::Result<String> {
             continue;
         }
         let key = match &host {
-            Observation::Reset(key) => Some(key),
+            Observation::Reset(event) => Some(&event.key),
             _ => None,
         };
         ran += 1;

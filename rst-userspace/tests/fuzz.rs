@@ -43,7 +43,7 @@ fn reference_agrees_with_the_case_table() {
     let mut failures = Vec::new();
     for case in cases(IFINDEX) {
         let expected = match case.expected {
-            Observation::Reset(key) => Some(key),
+            Observation::Reset(event) => Some(event.key),
             _ => None,
         };
         let got = reference(&case.frame, IFINDEX);

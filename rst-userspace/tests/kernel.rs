@@ -9,11 +9,14 @@ use std::collections::BTreeMap;
 
 use common::{expected_sample, run_xdp, sample_flows, Kernel, Verdict, LOOPBACK_IFINDEX};
 use rst_common::{
-    craft::{cases, tcp_v4, tcp_v6, VlanKind},
-    parse::{TCP_ACK, TCP_RST},
-    wire::FLOW_CACHE_SLOTS,
-    FlowKey, Observation,
+    craft::{cases, tcp_v4, tcp_v6, FrameBuilder, VlanKind},
+    inspect,
+    parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    track,
+    wire::{ResetClass, ResetKind, FLOW_CACHE_SLOTS},
+    FlowKey, Observation, Tracked,
 };
+use rstwatch::connections::HostConnections;
 
 const MAX_FLOWS: u32 = 1024;
 
@@ -24,7 +27,7 @@ fn every_case_is_classified_and_counted_like_the_host_expects() -> anyhow::Resul
     let mut failures = Vec::new();
     for case in &cases {
         let expected_key = match &case.expected {
-            Observation::Reset(key) => Some(key),
+            Observation::Reset(event) => Some(&event.key),
             _ => None,
         };
         match kernel.classify(&case.frame, expected_key) {
@@ -55,13 +58,21 @@ fn repeats_count_every_run_and_the_next_epoch_starts_empty() -> anyhow::Result<(
     assert_eq!(first.counters.frames, 2 * u64::from(REPEAT));
     assert_eq!(first.counters.tcp, 2 * u64::from(REPEAT));
     assert_eq!(first.counters.resets, u64::from(REPEAT));
-    assert_eq!(first.flows, vec![(reset.flow_key(LOOPBACK_IFINDEX), u64::from(REPEAT))]);
+    let key = reset.flow_key(LOOPBACK_IFINDEX);
+    assert_eq!(sample_flows(&first)?, BTreeMap::from([(key, u64::from(REPEAT))]));
+    // The first RST of the connection is marked first, the rest are not.
+    let mut classes: Vec<(u8, u64)> = first.flows.iter().map(|(key, count)| (key.class, *count)).collect();
+    classes.sort_unstable();
+    // No handshake seen: the port says who serves, and 49152 → 443 is the client's.
+    let first_rst = ResetClass::new(ResetKind::Established, true, false, false, true).0;
+    let later_rsts = ResetClass::new(ResetKind::Established, true, false, false, false).0;
+    assert_eq!(classes, vec![(later_rsts, u64::from(REPEAT) - 1), (first_rst, 1)]);
 
     // Runs after the flip land in the other epoch: the next sample has them and only them.
     kernel.run(&reset.build().bytes, 1)?;
     let second = kernel.collect()?;
     assert_eq!((second.counters.frames, second.counters.resets), (1, 1));
-    assert_eq!(second.flows, vec![(reset.flow_key(LOOPBACK_IFINDEX), 1)]);
+    assert_eq!(sample_flows(&second)?, BTreeMap::from([(key, 1)]));
     let third = kernel.collect()?;
     assert_eq!(third.counters, Default::default());
     assert!(third.flows.is_empty());
@@ -81,7 +92,8 @@ fn jumbo_and_multi_buffer_frames_count_and_pass() -> anyhow::Result<()> {
             let frame = builder.clone().payload(&vec![0x5a; len - headers]).build().bytes;
             assert_eq!(frame.len(), len);
             let key = builder.flow_key(LOOPBACK_IFINDEX);
-            let observation = if verdict == Verdict::Reset { Observation::Reset(key) } else { Observation::Segment };
+            let observation =
+                if verdict == Verdict::Reset { Observation::Reset(builder.event(LOOPBACK_IFINDEX)) } else { Observation::Segment };
             assert_eq!(kernel.classify(&frame, Some(&key))?, verdict, "{len}-byte frame with flags {flags:#04x}");
             expected.push(observation);
         }
@@ -205,4 +217,112 @@ fn other_interface() -> Option<(String, u32)> {
         .collect();
     interfaces.sort_by_key(|(_, ifindex)| *ifindex);
     interfaces.into_iter().next()
+}
+
+/// Conversations through the kernel and through the host's `track`: the classified keys must be
+/// identical, and each RST gets the kind, side, "first" and peer TTL that rst-common's
+/// `diagnose` documents.
+#[test]
+fn resets_are_classified_in_the_kernel_as_on_the_host() -> anyhow::Result<()> {
+    const CLIENT: [u8; 4] = [10, 0, 0, 1];
+    const SERVER: [u8; 4] = [10, 0, 0, 2];
+    // The server is two hops further than the client from where rstwatch watches.
+    let c2s = |port: u16, flags: u8, seq: u32, ack: u32| {
+        FrameBuilder::ipv4(CLIENT, SERVER).ports(port, 80).flags(flags).seq_ack(seq, ack).ttl(64)
+    };
+    let s2c = |port: u16, flags: u8, seq: u32, ack: u32| {
+        FrameBuilder::ipv4(SERVER, CLIENT).ports(80, port).flags(flags).seq_ack(seq, ack).ttl(62)
+    };
+    use ResetKind::{Established, Handshake, Refused};
+    /// Kind, ACK, from the server, side observed, first, peer TTL.
+    type Expected = (ResetKind, bool, bool, bool, bool, u8);
+    let conversations: Vec<(Vec<FrameBuilder>, Vec<Expected>)> = vec![
+        // Port closed: the server's stack answers the SYN.
+        (vec![c2s(1001, TCP_SYN, 1000, 0), s2c(1001, TCP_RST | TCP_ACK, 0, 1001)], vec![(Refused, true, true, true, true, 0)]),
+        // The client refuses the SYN+ACK: nothing moved yet.
+        (
+            vec![c2s(1002, TCP_SYN, 2000, 0), s2c(1002, TCP_SYN | TCP_ACK, 5000, 2001), c2s(1002, TCP_RST, 2001, 0)],
+            vec![(Handshake, false, false, true, true, 64)],
+        ),
+        // Data moved, the server aborts first, then the client answers with one more RST.
+        (
+            vec![
+                c2s(1003, TCP_SYN, 3000, 0),
+                s2c(1003, TCP_SYN | TCP_ACK, 7000, 3001),
+                c2s(1003, TCP_ACK, 3001, 7001),
+                s2c(1003, TCP_RST | TCP_ACK, 7001, 3101),
+                c2s(1003, TCP_RST, 3101, 0),
+            ],
+            vec![(Established, true, true, true, true, 62), (Established, false, false, true, false, 64)],
+        ),
+        // After a FIN.
+        (
+            vec![
+                c2s(1004, TCP_SYN, 4000, 0),
+                s2c(1004, TCP_SYN | TCP_ACK, 8000, 4001),
+                c2s(1004, TCP_FIN | TCP_ACK, 4051, 8001),
+                s2c(1004, TCP_RST, 8001, 0),
+            ],
+            vec![(ResetKind::Closing, false, true, true, true, 62)],
+        ),
+        // Something between claims to be the server, one hop away instead of two.
+        (
+            vec![
+                c2s(1005, TCP_SYN, 6000, 0),
+                s2c(1005, TCP_SYN | TCP_ACK, 9000, 6001),
+                s2c(1005, TCP_RST, 9101, 0).ttl(63),
+            ],
+            vec![(Established, false, true, true, true, 62)],
+        ),
+        // No handshake seen: RST+ACK with sequence 0 answers a SYN; the port says who serves.
+        (vec![s2c(1006, TCP_RST | TCP_ACK, 0, 77)], vec![(Refused, true, true, false, true, 0)]),
+        (
+            vec![c2s(1007, TCP_RST, 5, 0), c2s(1007, TCP_RST, 6, 0)],
+            vec![(Established, false, false, false, true, 0), (Established, false, false, false, false, 0)],
+        ),
+    ];
+    let mut kernel = Kernel::load(MAX_FLOWS)?;
+    let mut host_connections = HostConnections::default();
+    let mut host_flows: BTreeMap<FlowKey, u64> = BTreeMap::new();
+    let mut failures = Vec::new();
+    for (index, (frames, expected)) in conversations.into_iter().enumerate() {
+        let mut expected = expected.into_iter();
+        for frame in &frames {
+            let bytes = frame.build().into_bytes();
+            kernel.run(&bytes, 1)?;
+            let observation = inspect(&bytes[..], LOOPBACK_IFINDEX);
+            let (Observation::Reset(event) | Observation::Control(event)) = observation else {
+                continue;
+            };
+            let Tracked::Reset(key) = track(&mut host_connections, &event) else {
+                continue;
+            };
+            *host_flows.entry(key).or_default() += 1;
+            let Some((kind, ack, server, observed, first, peer_ttl)) = expected.next() else {
+                failures.push(format!("conversation {index}: an RST more than expected: {key:?}"));
+                continue;
+            };
+            let want = ResetClass::new(kind, ack, server, observed, first);
+            if (ResetClass(key.class), key.peer_ttl) != (want, peer_ttl) {
+                failures.push(format!(
+                    "conversation {index}: got {:?} {:#04x} peer TTL {}, expected {kind:?} {:#04x} peer TTL {peer_ttl}",
+                    ResetClass(key.class).kind(),
+                    key.class,
+                    key.peer_ttl,
+                    want.0
+                ));
+            }
+        }
+        if let Some(missing) = expected.next() {
+            failures.push(format!("conversation {index}: an expected RST never came: {missing:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    let sample = kernel.collect()?;
+    let kernel_flows: BTreeMap<FlowKey, u64> = sample.flows.iter().copied().collect();
+    assert_eq!(kernel_flows, host_flows, "the kernel classified differently from the host");
+    let services: Vec<(std::net::IpAddr, u16, u64, u64)> =
+        sample.services.iter().map(|(key, value)| (key.ip(), key.port, value.attempts, value.synacks)).collect();
+    assert_eq!(services, vec![(std::net::IpAddr::from(SERVER), 80, 5, 4)], "five SYNs, four SYN+ACKs to one service");
+    Ok(())
 }

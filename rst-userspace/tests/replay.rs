@@ -277,8 +277,9 @@ fn expected_totals(observations: &[Observation]) -> (Value, BTreeMap<Direction, 
             Observation::NotTcp => {}
             Observation::Malformed => malformed += 1,
             Observation::Fragment => fragments += 1,
-            Observation::Segment => tcp += 1,
-            Observation::Reset(key) => {
+            Observation::Segment | Observation::Control(_) => tcp += 1,
+            Observation::Reset(event) => {
+                let key = event.key;
                 tcp += 1;
                 resets += 1;
                 *flows.entry((key.src_ip(), key.sport, key.dst_ip(), key.dport)).or_default() += 1;
@@ -377,7 +378,8 @@ fn kernel_parity_on_every_capture() {
 /// The comparison itself can fail: a missing reset or a differing counter is reported.
 #[test]
 fn parity_reports_differences() {
-    let direction: (IpAddr, u16, IpAddr, u16) = ("192.0.2.1".parse().unwrap_or(IpAddr::from([0; 4])), 80, IpAddr::from([192, 0, 2, 2]), 5000);
+    let direction: (IpAddr, u16, IpAddr, u16, u8, u8) =
+        ("192.0.2.1".parse().unwrap_or(IpAddr::from([0; 4])), 80, IpAddr::from([192, 0, 2, 2]), 5000, 0, 0);
     let counters = rst_common::Counters { frames: 1, tcp: 1, resets: 1, ..Default::default() };
     let same = Parity {
         host: counters,
@@ -390,7 +392,7 @@ fn parity_reports_differences() {
     assert!(same.agrees(), "{}", same.describe());
     let differs = Parity { kernel_flows: BTreeMap::new(), ..same };
     assert!(!differs.agrees());
-    assert!(differs.describe().contains("192.0.2.1:80 -> 192.0.2.2:5000: replay 1, kernel 0"), "{}", differs.describe());
+    assert!(differs.describe().contains("192.0.2.1:80 -> 192.0.2.2:5000 (class 0x00, peer TTL 0): replay 1, kernel 0"), "{}", differs.describe());
 }
 
 #[test]

@@ -9,6 +9,7 @@ pub mod build;
 pub mod cli;
 pub mod cmd;
 pub mod demo;
+pub mod diag_lab;
 pub mod lab;
 pub mod reliability;
 pub mod setup;

@@ -4,7 +4,8 @@
 //! loaded exactly as live mode loads it, and the kernel's counts are read with the live
 //! [`Collector`]. At the end, the kernel's counters and per-flow reset counts must equal
 //! replay's for the same frames. Test runs arrive on the loopback (ifindex 1) whatever capture
-//! interface a frame came from, so flows are compared by their 5-tuple and direction only.
+//! interface a frame came from, so replay's side of the comparison tracks connections as if on
+//! the loopback too, and flows are compared by 5-tuple, direction and classification.
 
 use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr};
 
@@ -21,8 +22,12 @@ use crate::{collector::Collector, loader};
 /// `XDP_PASS` (include/uapi/linux/bpf.h): the program passes every frame.
 const XDP_PASS: u32 = 2;
 
-/// One direction of a 5-tuple, without the interface.
-pub type Direction = (IpAddr, u16, IpAddr, u16);
+/// One direction of a 5-tuple, without the interface, with the classifier's verdict
+/// (`FlowKey::class`, `peer_ttl`).
+pub type Direction = (IpAddr, u16, IpAddr, u16, u8, u8);
+
+/// The interface BPF_PROG_TEST_RUN frames arrive on.
+const LOOPBACK_IFINDEX: u32 = 1;
 
 pub struct KernelCheck {
     ebpf: Ebpf,
@@ -30,6 +35,8 @@ pub struct KernelCheck {
     /// What replay counted for the frames that went to the kernel.
     host: Counters,
     host_flows: BTreeMap<Direction, u64>,
+    /// Replay's count of the frames the kernel also saw, with connection state of its own.
+    host_tally: Tally,
     kernel: Counters,
     kernel_flows: BTreeMap<Direction, u64>,
     /// Frames a test run cannot take (see [`Link::kernel_frame`]).
@@ -62,6 +69,7 @@ impl KernelCheck {
             collector,
             host: Counters::default(),
             host_flows: BTreeMap::new(),
+            host_tally: Tally::default(),
             kernel: Counters::default(),
             kernel_flows: BTreeMap::new(),
             left_out: 0,
@@ -87,11 +95,17 @@ impl KernelCheck {
         if result.return_value != XDP_PASS {
             bail!("the XDP program returned {} instead of XDP_PASS", result.return_value);
         }
-        let mut one = Tally::default();
-        one.count(host);
-        self.host.accumulate(&one.counters);
-        if let Observation::Reset(key) = host {
-            *self.host_flows.entry(direction(key)).or_default() += 1;
+        let mut on_loopback = *host;
+        if let Observation::Reset(event) | Observation::Control(event) = &mut on_loopback {
+            event.key.ifindex = LOOPBACK_IFINDEX;
+        }
+        self.host_tally.count(&on_loopback);
+        self.host.accumulate(&std::mem::take(&mut self.host_tally.counters));
+        self.host_tally.services.clear();
+        if matches!(host, Observation::Reset(_)) {
+            for (key, resets) in self.host_tally.flows.drain() {
+                *self.host_flows.entry(direction(&key)).or_default() += resets;
+            }
             self.resets_since_collect += 1;
             // Drain before the kernel's flow table could fill: every reset adds at most one
             // entry, so half the table leaves a wide margin.
@@ -158,8 +172,11 @@ impl Parity {
             let host = self.host_flows.get(direction).copied().unwrap_or(0);
             let kernel = self.kernel_flows.get(direction).copied().unwrap_or(0);
             if host != kernel {
-                let (src, sport, dst, dport) = direction;
-                let _ = write!(text, "\n  {src}:{sport} -> {dst}:{dport}: replay {host}, kernel {kernel}");
+                let (src, sport, dst, dport, class, peer_ttl) = direction;
+                let _ = write!(
+                    text,
+                    "\n  {src}:{sport} -> {dst}:{dport} (class {class:#04x}, peer TTL {peer_ttl}): replay {host}, kernel {kernel}"
+                );
             }
         }
         text
@@ -167,5 +184,5 @@ impl Parity {
 }
 
 fn direction(key: &FlowKey) -> Direction {
-    (key.src_ip(), key.sport, key.dst_ip(), key.dport)
+    (key.src_ip(), key.sport, key.dst_ip(), key.dport, key.class, key.peer_ttl)
 }

@@ -19,7 +19,11 @@ use std::{
 };
 
 use anyhow::Context as _;
-use rst_common::{Counters, FlowKey, Observation};
+use rst_common::{
+    track,
+    wire::{ServiceKey, ServiceValue},
+    Counters, FlowKey, Observation, Tracked,
+};
 
 use self::{
     capture::{CaptureError, CaptureReader, Event, Interface, Stop},
@@ -28,6 +32,7 @@ use self::{
 };
 use crate::{
     collector::Sample,
+    connections::HostConnections,
     report::{Aggregator, InterfaceRecord, Printer, ReportOptions},
 };
 
@@ -58,13 +63,13 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
 
 /// Replays `args.files` and writes the report to `out`.
 pub fn run_to<W: Write>(args: &ReplayArgs, out: W) -> anyhow::Result<()> {
-    let ReportOptions { interval, top, format, summary_flows } = args.report;
+    let ReportOptions { interval, top, format, summary_flows, by } = args.report;
     let kernel = if args.kernel { Some(KernelCheck::new()?) } else { None };
     let mut replay = Replay {
         // A pcapng file may declare an interface after packets of another: each is added to the
         // aggregator when met.
         aggregator: Aggregator::new(Vec::new(), top as usize).limit_flows(summary_flows),
-        printer: Printer::new(out, format, top as usize),
+        printer: Printer::new(out, format, top as usize).by(by),
         interval_ns: u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX),
         tally: Tally::default(),
         window: None,
@@ -102,20 +107,44 @@ pub fn run_to<W: Write>(args: &ReplayArgs, out: W) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Counts frames with the same `rst_common::count` the XDP program uses. Only the flow table
-/// differs: a host map has no capacity limit, so `overflow` stays zero.
-#[derive(Default)]
+/// Counts frames with the same `rst_common::count` and `track` the kernel programs use. Only
+/// the tables differ: host maps have no capacity limit, so the overflow counters stay zero.
 pub struct Tally {
     pub counters: Counters,
     pub flows: HashMap<FlowKey, u64>,
+    pub services: HashMap<ServiceKey, ServiceValue>,
+    /// Lives across intervals, as the kernel's does.
+    pub connections: HostConnections,
+}
+
+/// Connections replay remembers: captures are read once, so a generous bound costs little.
+const REPLAY_CONNECTIONS: usize = 1 << 20;
+
+impl Default for Tally {
+    fn default() -> Self {
+        Tally {
+            counters: Counters::default(),
+            flows: HashMap::new(),
+            services: HashMap::new(),
+            connections: HostConnections::with_capacity(REPLAY_CONNECTIONS),
+        }
+    }
 }
 
 impl Tally {
     #[inline]
     pub fn count(&mut self, observation: &Observation) {
-        if let Some(key) = rst_common::count(&mut self.counters, observation) {
-            self.counters.resets += 1;
-            *self.flows.entry(*key).or_default() += 1;
+        let Some(event) = rst_common::count(&mut self.counters, observation) else {
+            return;
+        };
+        match track(&mut self.connections, event) {
+            Tracked::Reset(key) => {
+                self.counters.resets += 1;
+                *self.flows.entry(key).or_default() += 1;
+            }
+            Tracked::Attempt(service) => self.services.entry(service).or_default().attempts += 1,
+            Tracked::SynAck(service) => self.services.entry(service).or_default().synacks += 1,
+            Tracked::Nothing => {}
         }
     }
 }
@@ -253,6 +282,7 @@ impl<W: Write> Replay<W> {
         let sample = Sample {
             counters: mem::take(&mut self.tally.counters),
             flows: self.tally.flows.drain().collect(),
+            services: self.tally.services.drain().collect(),
             read_time: Duration::ZERO,
             // Nothing overflows a host map.
             ..Sample::default()

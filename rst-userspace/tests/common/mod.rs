@@ -17,7 +17,10 @@ use aya::{
     Ebpf,
 };
 use rst_common::{
-    wire::{CacheSlot, ResetCounters, TrafficCounters, MAP_FLOWS, MAP_FLOW_CACHE, MAP_RESET_COUNTERS, MAP_TRAFFIC, PROG_XDP},
+    wire::{
+        CacheSlot, ResetCounters, TrafficCounters, FLOW_CACHE_SLOTS, MAP_FLOWS, MAP_FLOW_CACHE, MAP_RESET_COUNTERS,
+        MAP_TRAFFIC, PROG_XDP,
+    },
     Counters, FlowKey, FlowValue, Observation,
 };
 use rstwatch::{
@@ -49,7 +52,7 @@ impl Verdict {
             Observation::NotTcp => Verdict::NotTcp,
             Observation::Malformed => Verdict::Malformed,
             Observation::Fragment => Verdict::Fragment,
-            Observation::Segment => Verdict::Segment,
+            Observation::Segment | Observation::Control(_) => Verdict::Segment,
             Observation::Reset(_) => Verdict::Reset,
         }
     }
@@ -140,20 +143,24 @@ impl Kernel {
         Ok(total)
     }
 
-    /// What epoch 0 holds for `key`: its table entry plus its slot in every CPU's cache.
+    /// What epoch 0 holds for `key` (unclassified: every classification of the flow): its
+    /// table entries plus its slots in every CPU's cache.
     fn flow_count(&self, key: &FlowKey) -> anyhow::Result<u64> {
-        let in_table = match self.flows.get(key, 0) {
-            Ok(value) => value.resets,
-            Err(aya::maps::MapError::KeyNotFound) => 0,
-            Err(error) => return Err(error.into()),
-        };
-        let cached: u64 = self
-            .cache
-            .get(&key.cache_slot(), 0)?
-            .iter()
-            .filter(|slot| slot.resets > 0 && slot.key == *key)
-            .map(|slot| slot.resets)
-            .sum();
+        let mut in_table = 0;
+        for entry in self.flows.iter() {
+            let (stored, value) = entry?;
+            if stored.unclassified() == *key {
+                in_table += value.resets;
+            }
+        }
+        let mut cached = 0;
+        for slot in 0..FLOW_CACHE_SLOTS {
+            for cpu in self.cache.get(&slot, 0)?.iter() {
+                if cpu.resets > 0 && cpu.key.unclassified() == *key {
+                    cached += cpu.resets;
+                }
+            }
+        }
         Ok(in_table + cached)
     }
 }
@@ -215,24 +222,27 @@ pub fn expected_sample(observations: impl IntoIterator<Item = Observation>) -> (
             Observation::NotTcp => {}
             Observation::Malformed => counters.malformed += 1,
             Observation::Fragment => counters.fragments += 1,
-            Observation::Segment => counters.tcp += 1,
-            Observation::Reset(key) => {
+            Observation::Segment | Observation::Control(_) => counters.tcp += 1,
+            Observation::Reset(event) => {
                 counters.tcp += 1;
                 counters.resets += 1;
-                *flows.entry(key).or_insert(0) += 1;
+                *flows.entry(event.key).or_insert(0) += 1;
             }
         }
     }
     (counters, flows)
 }
 
-/// The flows of a sample as a map, failing on a key drained twice.
+/// The flows of a sample as a map by unclassified key (see [`FlowKey::unclassified`]),
+/// failing on a key drained twice.
 pub fn sample_flows(sample: &Sample) -> anyhow::Result<BTreeMap<FlowKey, u64>> {
+    let mut drained = std::collections::HashSet::new();
     let mut flows = BTreeMap::new();
     for (key, count) in &sample.flows {
-        if flows.insert(*key, *count).is_some() {
+        if !drained.insert(*key) {
             bail!("flow {key:?} drained twice");
         }
+        *flows.entry(key.unclassified()).or_insert(0) += count;
     }
     Ok(flows)
 }

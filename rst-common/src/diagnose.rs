@@ -1,0 +1,167 @@
+//! The connection tracker and reset classifier: what kind of reset, sent by which side, first or
+//! not, and from which TTL the claimed sender used to speak.
+//!
+//! Like the header walk, this is the only copy: the kernel programs run it over an LRU map and
+//! replay and the tests over a host table. Only segments that open or close a connection (SYN,
+//! SYN+ACK, FIN) and RSTs get here; plain data and ACK segments never touch connection state,
+//! which is what keeps the common path at the cost of the walk.
+//!
+//! Kinds (see [`ResetKind`]): an RST from the server side after a SYN and before any SYN+ACK,
+//! with ACK acknowledging the SYN, is `refused`. After the SYN+ACK an RST whose sequence
+//! numbers are still those of the handshake (its seq is its sender's ISN + 1 and its ACK, if
+//! set, acknowledges only the peer's SYN) is `handshake`: nothing was sent yet. Any other RST
+//! after the SYN+ACK is `established`, and after a FIN `closing`. With no handshake seen (the
+//! connection predates rstwatch, or the LRU forgot it) an RST+ACK with sequence 0 is `refused`
+//! (RFC 9293 answers a SYN so) and anything else `established`; the side is then inferred from
+//! the ports (the lower port is the server's) and reported as not observed.
+
+use crate::{
+    parse::{TcpEvent, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    wire::{
+        ConnKey, ConnState, FlowKey, ResetClass, ResetKind, ServiceKey, CONN_CLIENT_IS_LO, CONN_FIN, CONN_RESET, CONN_SYN,
+        CONN_SYNACK,
+    },
+};
+
+/// Where connection state lives: a BPF LRU hash in the kernel, a bounded map on the host.
+pub trait ConnTable {
+    /// The state of `key`, updated in place.
+    fn get(&mut self, key: &ConnKey) -> Option<&mut ConnState>;
+    /// Sets `key`'s state, replacing any; a full table forgets its oldest connections.
+    fn put(&mut self, key: &ConnKey, state: &ConnState);
+}
+
+/// What a tracked segment asks the caller to count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tracked {
+    Nothing,
+    /// A SYN without ACK: an attempt to connect to this service.
+    Attempt(ServiceKey),
+    /// A SYN+ACK: the service accepted a handshake.
+    SynAck(ServiceKey),
+    /// An RST, its key classified.
+    Reset(FlowKey),
+}
+
+/// Updates connection state with one event from [`crate::count`] and says what to count.
+#[inline(always)]
+pub fn track<T: ConnTable + ?Sized>(conns: &mut T, event: &TcpEvent) -> Tracked {
+    let TcpEvent { key, flags, seq, ack } = *event;
+    let (conn, sender_is_lo) = key.connection();
+    if flags & TCP_RST != 0 {
+        return Tracked::Reset(classify(conns, &conn, sender_is_lo, event));
+    }
+    if flags & TCP_SYN != 0 {
+        if flags & TCP_ACK == 0 {
+            // A new attempt replaces whatever an earlier connection on this 4-tuple left.
+            let state = ConnState {
+                client_isn: seq,
+                client_ttl: key.rst_ttl,
+                flags: CONN_SYN | client_flag(sender_is_lo),
+                ..ConnState::default()
+            };
+            conns.put(&conn, &state);
+            return Tracked::Attempt(ServiceKey::new(key.dst, key.dport, &key));
+        }
+        let client_is_lo = !sender_is_lo;
+        let mut joined = false;
+        if let Some(state) = conns.get(&conn) {
+            if state.flags & CONN_SYN != 0 && (state.flags & CONN_CLIENT_IS_LO != 0) == client_is_lo {
+                state.server_isn = seq;
+                state.server_ttl = key.rst_ttl;
+                state.flags |= CONN_SYNACK;
+                joined = true;
+            }
+        }
+        if !joined {
+            // The SYN went by before rstwatch started (or another path): the SYN+ACK still
+            // names both ends and both initial sequence numbers.
+            let state = ConnState {
+                client_isn: ack.wrapping_sub(1),
+                server_isn: seq,
+                server_ttl: key.rst_ttl,
+                flags: CONN_SYNACK | client_flag(client_is_lo),
+                ..ConnState::default()
+            };
+            conns.put(&conn, &state);
+        }
+        return Tracked::SynAck(ServiceKey::new(key.src, key.sport, &key));
+    }
+    if flags & TCP_FIN != 0 {
+        let mut known = false;
+        if let Some(state) = conns.get(&conn) {
+            state.flags |= CONN_FIN;
+            known = true;
+        }
+        if !known {
+            let state = ConnState { flags: CONN_FIN | client_flag(client_is_lo_by_ports(&conn)), ..ConnState::default() };
+            conns.put(&conn, &state);
+        }
+    }
+    Tracked::Nothing
+}
+
+#[inline(always)]
+fn classify<T: ConnTable + ?Sized>(conns: &mut T, conn: &ConnKey, sender_is_lo: bool, event: &TcpEvent) -> FlowKey {
+    let TcpEvent { key, flags, seq, ack } = *event;
+    let ack_set = flags & TCP_ACK != 0;
+    let inferred = if ack_set && seq == 0 { ResetKind::Refused } else { ResetKind::Established };
+    let mut class = None;
+    if let Some(state) = conns.get(conn) {
+        let sender_is_client = (state.flags & CONN_CLIENT_IS_LO != 0) == sender_is_lo;
+        let (own_isn, peer_isn) = if sender_is_client {
+            (state.client_isn, state.server_isn)
+        } else {
+            (state.server_isn, state.client_isn)
+        };
+        let kind = if state.flags & CONN_FIN != 0 {
+            ResetKind::Closing
+        } else if state.flags & CONN_SYNACK != 0 {
+            let nothing_sent = seq == own_isn.wrapping_add(1) && (!ack_set || ack == peer_isn.wrapping_add(1));
+            if nothing_sent {
+                ResetKind::Handshake
+            } else {
+                ResetKind::Established
+            }
+        } else if state.flags & CONN_SYN != 0 {
+            if !sender_is_client && ack_set && ack == state.client_isn.wrapping_add(1) {
+                ResetKind::Refused
+            } else {
+                ResetKind::Handshake
+            }
+        } else {
+            inferred
+        };
+        let observed = state.flags & (CONN_SYN | CONN_SYNACK) != 0;
+        let peer_ttl = if sender_is_client { state.client_ttl } else { state.server_ttl };
+        let first = state.flags & CONN_RESET == 0;
+        state.flags |= CONN_RESET;
+        class = Some((ResetClass::new(kind, ack_set, !sender_is_client, observed, first), peer_ttl));
+    }
+    let (class, peer_ttl) = match class {
+        Some(found) => found,
+        None => {
+            let client_is_lo = client_is_lo_by_ports(conn);
+            // Remember the reset so a later one in the same connection is not "first" too.
+            let state = ConnState { flags: CONN_RESET | client_flag(client_is_lo), ..ConnState::default() };
+            conns.put(conn, &state);
+            (ResetClass::new(inferred, ack_set, client_is_lo != sender_is_lo, false, true), 0)
+        }
+    };
+    FlowKey { class: class.0, peer_ttl, ..key }
+}
+
+#[inline(always)]
+fn client_flag(client_is_lo: bool) -> u8 {
+    if client_is_lo {
+        CONN_CLIENT_IS_LO
+    } else {
+        0
+    }
+}
+
+/// Without a handshake, the well-known (lower) port is the server's.
+#[inline(always)]
+fn client_is_lo_by_ports(conn: &ConnKey) -> bool {
+    conn.lo_port > conn.hi_port
+}
