@@ -44,7 +44,7 @@ use aya::{
 };
 use rst_common::{
     craft::{tcp_v4, tcp_v6, FrameBuilder, VlanKind},
-    parse::{TCP_ACK, TCP_RST},
+    parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     wire::{FlowKey, FlowValue, MAP_EPOCH, MAP_FLOWS, PROG_XDP, PROG_XDP_BASELINE},
 };
 use rstwatch::{collector::Collector, testrun::XdpMd};
@@ -229,7 +229,7 @@ fn kernel(opts: &Opts) -> anyhow::Result<Value> {
     let mut lines = Vec::new();
 
     // Frames that repeat: one test run of `repeat` runs per program and trial.
-    let repeated: [(&'static str, Vec<u8>); 6] = [
+    let repeated: [(&'static str, Vec<u8>); 8] = [
         ("non-TCP (IPv4 UDP)", {
             let udp = FrameBuilder::ipv4([10, 0, 0, 1], [10, 0, 0, 2]).ip_payload(17, &[0u8; 26]);
             udp.build().into_bytes()
@@ -250,6 +250,14 @@ fn kernel(opts: &Opts) -> anyhow::Result<Value> {
         (
             "IPv4 TCP ACK with 1500-byte frame",
             tcp_v4().flags(TCP_ACK).payload(&[0u8; 1446]).build().into_bytes(),
+        ),
+        (
+            "IPv4 SYN (connection state written, service attempt counted)",
+            padded(tcp_v4().ports(40003, 443).flags(TCP_SYN).ttl(64)),
+        ),
+        (
+            "IPv4 FIN+ACK (connection state looked up and flagged)",
+            padded(tcp_v4().ports(40004, 443).flags(TCP_FIN | TCP_ACK)),
         ),
     ];
     for (name, frame) in repeated {

@@ -270,14 +270,19 @@ impl SendResetFormat {
 }
 
 /// Attaches the kernel-event program (see [`attach_kernel_events`]); when that is not possible,
-/// says why once (a warning) and returns the reason for the report. Also returns the names of
-/// the kernel's reset reasons, index = code.
+/// returns why, for the caller to say once (after the interfaces are attached, so a failed start
+/// stays one line) and to report. Also returns the names of the kernel's reset reasons, index =
+/// code.
 pub fn start_kernel_events(ebpf: &mut Ebpf) -> (Result<(), String>, Vec<String>) {
     let status = attach_kernel_events(ebpf).map_err(|error| format!("{error:#}"));
-    if let Err(why) = &status {
+    (status, reset_reason_names())
+}
+
+/// The warning for [`start_kernel_events`]'s failure.
+pub fn warn_kernel_events(status: &Result<(), String>) {
+    if let Err(why) = status {
         tracing::warn!("kernel reasons for this host's resets are unavailable: {why}");
     }
-    (status, reset_reason_names())
 }
 
 /// `enum sk_rst_reason` names from the tracepoint's print format (they change between kernel

@@ -724,6 +724,26 @@ fn diagnose(
             service.attempts
         ));
     }
+    // Accepted, then reset: a balancer or server shedding load after the handshake.
+    if let Some(service) = services
+        .iter()
+        .filter(|s| s.synacks > 0 && s.resets > s.refused)
+        .max_by(|a, b| (a.resets - a.refused).cmp(&(b.resets - b.refused)))
+    {
+        let reset = service.resets - service.refused;
+        let (kind, _) = ResetKind::ALL
+            .iter()
+            .filter(|kind| **kind != ResetKind::Refused)
+            .map(|kind| (kind.name(), service.kinds.get(*kind)))
+            .max_by_key(|(_, count)| *count)
+            .unwrap_or(("established", 0));
+        lines.push(format!(
+            "{:.0}% of accepted connections to {} were reset, mostly {kind} ({reset} resets, {} SYN+ACKs)",
+            percent(reset, service.synacks),
+            endpoint(service.addr, service.port),
+            service.synacks
+        ));
+    }
     if let Some(top) = sources.first() {
         lines.push(format!("{:.0}% of resets come from {} ({} of {})", top.share, top.src, top.resets, totals.resets));
     }

@@ -918,6 +918,7 @@ pub fn run(args: &TopArgs) -> anyhow::Result<()> {
     };
     // Every flow of every interval: the table, not the aggregator, decides what fits.
     let mut aggregator = Aggregator::new(interfaces, usize::MAX);
+    loader::warn_kernel_events(&kernel_events);
     aggregator.kernel_events(kernel_events, reason_names);
     let mut app = App::new(described, hook, args.interval);
 

@@ -80,12 +80,22 @@ pub fn run(seconds: Duration) -> Result<()> {
         hold: Some(HOLD),
     };
 
+    // The kernel's reasons come through tracefs; without it the demo still runs, and rstwatch
+    // says what is missing.
+    if let Err(error) = crate::diag_lab::ensure_tracefs() {
+        eprintln!("xtask: no tracefs ({error:#}): rstwatch will show no kernel reasons");
+    }
     let duration_arg = format!("{}s", seconds.as_secs());
+    // nsenter, not `ip netns exec`: the latter mounts a /sys of its own, without tracefs.
     let mut watcher = lab::Proc::spawn_with(
-        hosts
-            .client
-            .exec(&rstwatch)
-            .args(["-i", &hosts.client_if.name, "--duration", &duration_arg]),
+        crate::diag_lab::nsenter(&hosts.server, &rstwatch).args([
+            "-i",
+            &hosts.server_if.name,
+            "--duration",
+            &duration_arg,
+            "--by",
+            "service",
+        ]),
         false,
         true,
     )?;
@@ -182,12 +192,13 @@ fn print_header(hosts: &lab::TwoHosts, seconds: Duration) {
         CLIENTS[1]
     );
     println!(
-        "  port, {} the aborting service. rstwatch watches {} for {} s: XDP sees what arrives there,",
+        "  port, {} the aborting service. rstwatch watches the data centre's veth {} for {} s: XDP sees",
         CLIENTS[2],
-        hosts.client_if.name,
+        hosts.server_if.name,
         seconds.as_secs()
     );
-    println!("  i.e. the resets the data centre sends. Ctrl-C stops early (summary still printed).");
+    println!("  the clients' SYNs arrive, TC egress the resets the data centre sends, with the kernel's reason for each.");
+    println!("  Ctrl-C stops early (summary still printed).");
     println!();
 }
 

@@ -142,14 +142,23 @@ fn summary(fin: &Finished) -> Result<Value> {
     Ok(summaries.remove(0))
 }
 
-/// rstwatch's flows with resets on `iface`, checking the totals add up.
+/// rstwatch's flows with resets that `iface` received, checking the totals add up.
 fn counted(summary: &Value, iface: &Iface) -> Result<BTreeMap<FlowKey, u64>> {
+    counted_in(summary, iface, "rx")
+}
+
+/// rstwatch's flows with resets that left through `iface` (TC egress).
+fn counted_tx(summary: &Value, iface: &Iface) -> Result<BTreeMap<FlowKey, u64>> {
+    counted_in(summary, iface, "tx")
+}
+
+fn counted_in(summary: &Value, iface: &Iface, direction: &str) -> Result<BTreeMap<FlowKey, u64>> {
     let mut flows = BTreeMap::new();
     let mut sum = 0;
     for f in summary["flows"].as_array().context("summary has no flows array")? {
         let resets = f["resets"].as_u64().with_context(|| format!("resets in {f}"))?;
         sum += resets;
-        if resets == 0 {
+        if resets == 0 || f["direction"] != direction {
             continue;
         }
         ensure!(
@@ -335,6 +344,7 @@ fn counts_server_resets_exactly_on_the_client_side() -> Result<()> {
         got, want,
         "rstwatch's per-flow counts differ from the resets that were sent"
     );
+    assert_eq!(counted_tx(&summary, &hosts.client_if)?, BTreeMap::new(), "the clients sent no reset");
     assert!(
         fin.stdout.lines().any(|l| l.contains("\"interval\"")),
         "no interval line in {}",
@@ -343,7 +353,8 @@ fn counts_server_resets_exactly_on_the_client_side() -> Result<()> {
     assert_detached(&hosts.client_if)
 }
 
-/// (b) XDP sees ingress only: on the server's veth the clients' aborts count, the server's don't.
+/// (b) Both directions on the server's veth: XDP counts the clients' aborts as received, TC
+/// egress the server's own resets as sent.
 #[test]
 fn counts_client_resets_on_the_server_side() -> Result<()> {
     let hosts = hosts()?;
@@ -376,10 +387,16 @@ fn counts_client_resets_on_the_server_side() -> Result<()> {
     all.extend(from_server.iter().map(|(k, v)| (*k, *v)));
     assert_eq!(witness, all, "tcpdump disagrees with the generator's account");
 
-    let got = counted(&summary(&fin)?, &hosts.server_if)?;
+    let summary = summary(&fin)?;
     assert_eq!(
-        got, from_clients,
-        "on the server side rstwatch must count exactly the clients' resets"
+        counted(&summary, &hosts.server_if)?,
+        from_clients,
+        "XDP on the server side must count exactly the clients' resets"
+    );
+    assert_eq!(
+        counted_tx(&summary, &hosts.server_if)?,
+        from_server,
+        "TC egress on the server side must count exactly the server's own resets"
     );
     assert_detached(&hosts.server_if)
 }
