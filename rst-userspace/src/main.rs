@@ -171,7 +171,7 @@ fn run(cli: WatchArgs) -> anyhow::Result<()> {
     let interfaces: Vec<InterfaceRecord> = attachments.iter().flatten().map(InterfaceRecord::of).collect();
     let metrics = listener.map(|listener| {
         let names: HashMap<u32, String> = interfaces.iter().map(|i| (i.ifindex, i.iface.clone())).collect();
-        let metrics = Arc::new(Metrics::new(names, cli.max_flows));
+        let metrics = Arc::new(Metrics::new(names, cli.max_flows, reason_names.clone()));
         if let Ok(addr) = listener.local_addr() {
             tracing::info!("serving metrics on http://{addr}/metrics");
         }

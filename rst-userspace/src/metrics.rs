@@ -24,6 +24,8 @@ use prometheus_client::{
 };
 use tokio::{net::TcpListener, sync::Semaphore};
 
+use rst_common::wire::{ResetClass, ResetKind, DIRECTION_TX};
+
 use crate::{collector::Sample, report::IntervalRecord};
 
 /// Scrapers served at once; more are closed on accept.
@@ -37,6 +39,28 @@ const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 struct InterfaceLabels {
     iface: String,
     direction: &'static str,
+}
+
+/// Interfaces × 2 directions × 4 kinds.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResetLabels {
+    iface: String,
+    direction: &'static str,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabels {
+    rank: u32,
+    iface: String,
+    addr: String,
+    port: u16,
+}
+
+/// The kernel's reset reasons: a fixed enum.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -58,7 +82,12 @@ pub struct Metrics {
     tcp: Counter,
     malformed: Counter,
     fragments: Counter,
-    resets: Family<InterfaceLabels, Counter>,
+    resets: Family<ResetLabels, Counter>,
+    middlebox_resets: Family<InterfaceLabels, Counter>,
+    kernel_resets: Family<ReasonLabels, Counter>,
+    service_attempts: Family<ServiceLabels, Gauge>,
+    service_synacks: Family<ServiceLabels, Gauge>,
+    service_resets: Family<ServiceLabels, Gauge>,
     unattributed_resets: Counter,
     overflow: Counter,
     source_overflow: Counter,
@@ -69,11 +98,13 @@ pub struct Metrics {
     run_seconds_per_packet: Family<ProgramLabels, GaugeF64>,
     names: std::sync::Mutex<HashMap<u32, String>>,
     max_flows: u32,
+    reason_names: Vec<String>,
 }
 
 impl Metrics {
     /// `interfaces`: ifindex → name of every interface watched.
-    pub fn new(interfaces: HashMap<u32, String>, max_flows: u32) -> Self {
+    /// `reason_names`: the kernel's reset reasons, index = code.
+    pub fn new(interfaces: HashMap<u32, String>, max_flows: u32, reason_names: Vec<String>) -> Self {
         let mut registry = Registry::with_prefix("rstwatch");
         let metrics = Metrics {
             registry: Registry::default(),
@@ -82,6 +113,11 @@ impl Metrics {
             malformed: Counter::default(),
             fragments: Counter::default(),
             resets: Family::default(),
+            middlebox_resets: Family::default(),
+            kernel_resets: Family::default(),
+            service_attempts: Family::default(),
+            service_synacks: Family::default(),
+            service_resets: Family::default(),
             unattributed_resets: Counter::default(),
             overflow: Counter::default(),
             source_overflow: Counter::default(),
@@ -92,12 +128,42 @@ impl Metrics {
             run_seconds_per_packet: Family::default(),
             names: std::sync::Mutex::new(interfaces),
             max_flows,
+            reason_names,
         };
         registry.register("frames", "Frames the programs saw", metrics.frames.clone());
         registry.register("tcp_segments", "TCP segments among them", metrics.tcp.clone());
         registry.register("malformed_frames", "Frames truncated or malformed inside a header", metrics.malformed.clone());
         registry.register("fragments", "Non-first IP fragments (no TCP header to read)", metrics.fragments.clone());
-        registry.register("resets", "TCP resets, by interface and direction", metrics.resets.clone());
+        registry.register(
+            "resets",
+            "TCP resets in flows, by interface, direction (rx received, tx sent) and kind (refused, handshake, established, closing)",
+            metrics.resets.clone(),
+        );
+        registry.register(
+            "middlebox_resets",
+            "Resets whose TTL differs from the claimed sender's handshake: likely injected in between",
+            metrics.middlebox_resets.clone(),
+        );
+        registry.register(
+            "kernel_resets",
+            "Resets this host's TCP stack sent, by the kernel's reason (tcp:tcp_send_reset; all namespaces)",
+            metrics.kernel_resets.clone(),
+        );
+        registry.register(
+            "service_attempts",
+            "Connection attempts (SYN) in the last interval to the top services by resets (at most --top series)",
+            metrics.service_attempts.clone(),
+        );
+        registry.register(
+            "service_synacks",
+            "Handshakes accepted (SYN+ACK) in the last interval by the top services",
+            metrics.service_synacks.clone(),
+        );
+        registry.register(
+            "service_resets",
+            "Resets in the last interval on connections of the top services",
+            metrics.service_resets.clone(),
+        );
         registry.register(
             "unattributed_resets",
             "Resets that found room in neither the flow nor the source table (no interface known)",
@@ -144,17 +210,37 @@ impl Metrics {
         self.source_overflow.inc_by(counters.source_overflow);
         self.unattributed_resets.inc_by(counters.source_overflow);
         self.intervals.inc();
-        let mut per_interface: HashMap<u32, u64> = HashMap::new();
-        for (key, resets) in &sample.flows {
-            *per_interface.entry(key.ifindex).or_default() += resets;
-        }
-        for (key, resets) in &sample.overflow_sources {
-            *per_interface.entry(key.ifindex).or_default() += resets;
-        }
         let names = self.names.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        for (ifindex, resets) in per_interface {
-            let iface = names.get(&ifindex).cloned().unwrap_or_else(|| format!("if{ifindex}"));
-            self.resets.get_or_create(&InterfaceLabels { iface, direction: "rx" }).inc_by(resets);
+        let name = |ifindex: u32| names.get(&ifindex).cloned().unwrap_or_else(|| format!("if{ifindex}"));
+        let direction = |direction: u8| if direction == DIRECTION_TX { "tx" } else { "rx" };
+        let mut per_class: HashMap<(u32, u8, ResetKind), u64> = HashMap::new();
+        let mut middlebox: HashMap<(u32, u8), u64> = HashMap::new();
+        for (key, resets) in &sample.flows {
+            *per_class.entry((key.ifindex, key.direction, ResetClass(key.class).kind())).or_default() += resets;
+            if key.peer_ttl != 0 && key.peer_ttl != key.rst_ttl {
+                *middlebox.entry((key.ifindex, key.direction)).or_default() += resets;
+            }
+        }
+        for ((ifindex, dir, kind), resets) in per_class {
+            let labels = ResetLabels { iface: name(ifindex), direction: direction(dir), kind: kind.name() };
+            self.resets.get_or_create(&labels).inc_by(resets);
+        }
+        for ((ifindex, dir), resets) in middlebox {
+            self.middlebox_resets.get_or_create(&InterfaceLabels { iface: name(ifindex), direction: direction(dir) }).inc_by(resets);
+        }
+        for (key, count) in &sample.stack_resets {
+            let reason = self.reason_names.get(key.reason as usize).cloned().unwrap_or_else(|| format!("REASON_{}", key.reason));
+            self.kernel_resets.get_or_create(&ReasonLabels { reason }).inc_by(*count);
+        }
+        for family in [&self.service_attempts, &self.service_synacks, &self.service_resets] {
+            family.clear();
+        }
+        for (rank, service) in record.services.iter().enumerate() {
+            let labels =
+                ServiceLabels { rank: rank as u32 + 1, iface: service.iface.clone(), addr: service.addr.to_string(), port: service.port };
+            self.service_attempts.get_or_create(&labels).set(service.attempts as i64);
+            self.service_synacks.get_or_create(&labels).set(service.synacks as i64);
+            self.service_resets.get_or_create(&labels).set(service.resets as i64);
         }
         self.top_resetters.clear();
         for (rank, source) in record.sources.iter().enumerate() {

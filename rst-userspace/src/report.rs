@@ -291,6 +291,8 @@ pub struct IntervalRecord {
     pub overflowed: bool,
     pub sources: Vec<SourceRecord>,
     pub flows: Vec<FlowRecord>,
+    /// This interval's services (top N): attempts, SYN+ACKs and resets.
+    pub services: Vec<ServiceRecord>,
 }
 
 /// Resets of flows the summary has no room for (beyond `--summary-flows`).
@@ -494,6 +496,8 @@ impl Aggregator {
         sources.truncate(self.top);
         let mut flows = self.flow_records(interval.iter());
         flows.truncate(self.top);
+        let mut services = self.service_records(sample.services.iter().map(|(k, v)| (k, v)), interval.iter());
+        services.truncate(self.top);
         IntervalRecord {
             kind: "interval",
             seq: self.intervals,
@@ -506,6 +510,7 @@ impl Aggregator {
             overflowed: sample.counters.overflow > 0,
             sources,
             flows,
+            services,
         }
     }
 
@@ -548,7 +553,7 @@ impl Aggregator {
         let flows = self.flow_records(self.flows.iter());
         let sources = rank_sources(self.flows.iter(), self.overflow_sources.iter().map(|(k, r)| (k, *r)), self.elapsed);
         let destinations = rank_destinations(self.flows.iter());
-        let services = self.service_records();
+        let services = self.service_records(self.services.iter(), self.flows.iter());
         let diagnosis = diagnose(&self.totals, &sources, &services, &flows, &kernel_events);
         SummaryRecord {
             kind: "summary",
@@ -611,7 +616,11 @@ impl Aggregator {
     /// Services from the handshakes counted in the kernel, with the resets of their flows: a
     /// flow's RSTs from the server side belong to its source's service, the others to its
     /// destination's.
-    fn service_records(&self) -> Vec<ServiceRecord> {
+    fn service_records<'a>(
+        &self,
+        handshakes: impl Iterator<Item = (&'a ServiceKey, &'a ServiceValue)>,
+        flows: impl Iterator<Item = (&'a FlowKey, &'a FlowStats)>,
+    ) -> Vec<ServiceRecord> {
         #[derive(Default)]
         struct Tally {
             handshakes: ServiceValue,
@@ -619,10 +628,10 @@ impl Aggregator {
             kinds: Kinds,
         }
         let mut tallies: BTreeMap<ServiceKey, Tally> = BTreeMap::new();
-        for (key, value) in &self.services {
+        for (key, value) in handshakes {
             tallies.entry(*key).or_default().handshakes = *value;
         }
-        for (key, stats) in &self.flows {
+        for (key, stats) in flows {
             let from_client = stats.resets - stats.from_server;
             if stats.from_server > 0 {
                 let tally = tallies.entry(ServiceKey::new(key.src, key.sport, key)).or_default();

@@ -1074,6 +1074,7 @@ mod tests {
             overflowed: false,
             sources: vec![source("10.0.0.9", 4, 4)],
             flows: last,
+            services: vec![],
         };
         let summary = SummaryRecord {
             kind: "summary",

@@ -476,14 +476,19 @@ fn metrics_endpoint_counts_exactly_and_survives_bad_clients() -> Result<()> {
     let scrape = http_in(&hosts.client, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
     assert!(scrape.starts_with("HTTP/1.1 200"), "{scrape}");
     let body = scrape.split_once("\r\n\r\n").map(|(_, body)| body).context("no body")?;
-    let series = format!("rstwatch_resets_total{{iface=\"{}\",direction=\"rx\"}} ", iface.name);
-    let counted: u64 = body
-        .lines()
-        .find_map(|line| line.strip_prefix(&series))
-        .with_context(|| format!("no {series} in\n{body}"))?
-        .trim()
-        .parse()?;
-    assert_eq!(counted, want, "resets in the metrics");
+    // One series per kind; the refused ones are the answers from the closed port 81.
+    let series = format!("rstwatch_resets_total{{iface=\"{}\",direction=\"rx\",kind=\"", iface.name);
+    let mut by_kind: BTreeMap<String, u64> = BTreeMap::new();
+    for line in body.lines() {
+        if let Some(rest) = line.strip_prefix(&series) {
+            let (kind, value) = rest.split_once("\"} ").with_context(|| format!("odd series line {line}"))?;
+            by_kind.insert(kind.to_owned(), value.trim().parse()?);
+        }
+    }
+    let counted: u64 = by_kind.values().sum();
+    assert_eq!(counted, want, "resets in the metrics: {by_kind:?}\n{body}");
+    let refused: u64 = expected(&report, "server")?.iter().filter(|(key, _)| key.1 == 81).map(|(_, n)| n).sum();
+    assert_eq!(by_kind.get("refused").copied().unwrap_or(0), refused, "refused resets in the metrics: {by_kind:?}");
     let promtool = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
