@@ -54,12 +54,7 @@ pub fn track<T: ConnTable + ?Sized>(conns: &mut T, event: &TcpEvent) -> Tracked 
     if flags & TCP_SYN != 0 {
         if flags & TCP_ACK == 0 {
             // A new attempt replaces whatever an earlier connection on this 4-tuple left.
-            let state = ConnState {
-                client_isn: seq,
-                client_ttl: key.rst_ttl,
-                flags: CONN_SYN | client_flag(sender_is_lo),
-                ..ConnState::default()
-            };
+            let state = ConnState::new(seq, 0, key.rst_ttl, 0, CONN_SYN | client_flag(sender_is_lo));
             conns.put(&conn, &state);
             return Tracked::Attempt(ServiceKey::new(key.dst, key.dport, &key));
         }
@@ -76,13 +71,7 @@ pub fn track<T: ConnTable + ?Sized>(conns: &mut T, event: &TcpEvent) -> Tracked 
         if !joined {
             // The SYN went by before rstwatch started (or another path): the SYN+ACK still
             // names both ends and both initial sequence numbers.
-            let state = ConnState {
-                client_isn: ack.wrapping_sub(1),
-                server_isn: seq,
-                server_ttl: key.rst_ttl,
-                flags: CONN_SYNACK | client_flag(client_is_lo),
-                ..ConnState::default()
-            };
+            let state = ConnState::new(ack.wrapping_sub(1), seq, 0, key.rst_ttl, CONN_SYNACK | client_flag(client_is_lo));
             conns.put(&conn, &state);
         }
         return Tracked::SynAck(ServiceKey::new(key.src, key.sport, &key));
@@ -94,7 +83,7 @@ pub fn track<T: ConnTable + ?Sized>(conns: &mut T, event: &TcpEvent) -> Tracked 
             known = true;
         }
         if !known {
-            let state = ConnState { flags: CONN_FIN | client_flag(client_is_lo_by_ports(&conn)), ..ConnState::default() };
+            let state = ConnState::new(0, 0, 0, 0, CONN_FIN | client_flag(client_is_lo_by_ports(&conn)));
             conns.put(&conn, &state);
         }
     }
@@ -143,12 +132,12 @@ fn classify<T: ConnTable + ?Sized>(conns: &mut T, conn: &ConnKey, sender_is_lo: 
         None => {
             let client_is_lo = client_is_lo_by_ports(conn);
             // Remember the reset so a later one in the same connection is not "first" too.
-            let state = ConnState { flags: CONN_RESET | client_flag(client_is_lo), ..ConnState::default() };
+            let state = ConnState::new(0, 0, 0, 0, CONN_RESET | client_flag(client_is_lo));
             conns.put(conn, &state);
             (ResetClass::new(inferred, ack_set, client_is_lo != sender_is_lo, false, true), 0)
         }
     };
-    FlowKey { class: class.0, peer_ttl, ..key }
+    key.classified(class.0, peer_ttl)
 }
 
 #[inline(always)]

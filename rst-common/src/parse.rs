@@ -280,20 +280,16 @@ pub fn tcp_event<C: Cursor + ?Sized>(frame: &C, segment: &Segment, direction: u8
         (ipv6_words(&ip.src), ipv6_words(&ip.dst), ip.hop_limit)
     };
     Some(TcpEvent {
-        key: FlowKey {
-            src: words_to_bytes(src),
-            dst: words_to_bytes(dst),
+        key: FlowKey::from_parts(
+            src,
+            dst,
             ifindex,
-            sport: u16::from_be_bytes(tcp.sport),
-            dport: u16::from_be_bytes(tcp.dport),
-            family: segment.family,
-            protocol: IPPROTO_TCP,
+            u16::from_be_bytes(tcp.sport),
+            u16::from_be_bytes(tcp.dport),
+            segment.family,
             direction,
-            class: 0,
-            rst_ttl: ttl,
-            peer_ttl: 0,
-            _pad: [0; 2],
-        },
+            ttl,
+        ),
         flags: tcp.flags,
         seq: u32::from_be_bytes(tcp.seq),
         ack: u32::from_be_bytes(tcp.ack),
@@ -308,12 +304,6 @@ fn ipv6_words(a: &[u8; 16]) -> [u32; 4] {
         u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
         u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
     ]
-}
-
-#[inline(always)]
-fn words_to_bytes(words: [u32; 4]) -> [u8; 16] {
-    // SAFETY: [u32; 4] and [u8; 16] have the same size and every bit pattern is valid for both.
-    unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(words) }
 }
 
 /// What one frame means to rstwatch's counters.

@@ -270,16 +270,73 @@ impl FlowKey {
         differ == 0
     }
 
+    /// Builds a key from whole words (see [`word`]); addresses as [`FlowKey::src`] holds them,
+    /// in native-endian words.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    pub fn from_parts(
+        src: [u32; 4],
+        dst: [u32; 4],
+        ifindex: u32,
+        sport: u16,
+        dport: u16,
+        family: u8,
+        direction: u8,
+        rst_ttl: u8,
+    ) -> FlowKey {
+        let words = [
+            src[0],
+            src[1],
+            src[2],
+            src[3],
+            dst[0],
+            dst[1],
+            dst[2],
+            dst[3],
+            ifindex,
+            ports_word(sport, dport),
+            word([family, IPPROTO_TCP, direction, 0]),
+            word([rst_ttl, 0, 0, 0]),
+        ];
+        // SAFETY: FlowKey is repr(C), 48 bytes without implicit padding (asserted below).
+        unsafe { core::mem::transmute::<[u32; 12], FlowKey>(words) }
+    }
+
+    /// This key with the classifier's verdict, built word-wise (see [`word`]).
+    #[inline(always)]
+    pub fn classified(&self, class: u8, peer_ttl: u8) -> FlowKey {
+        let mut words = self.words();
+        words[10] = word([self.family, self.protocol, self.direction, class]);
+        words[11] = word([self.rst_ttl, peer_ttl, 0, 0]);
+        // SAFETY: as in `from_parts`.
+        unsafe { core::mem::transmute::<[u32; 12], FlowKey>(words) }
+    }
+
     /// The connection this segment belongs to, and whether its sender is the `lo` endpoint.
     #[inline(always)]
     pub fn connection(&self) -> (ConnKey, bool) {
         let sender_is_lo = endpoint_le(&self.src, self.sport, &self.dst, self.dport);
+        let (src, dst) = (native_words(&self.src), native_words(&self.dst));
         let (lo, lo_port, hi, hi_port) = if sender_is_lo {
-            (self.src, self.sport, self.dst, self.dport)
+            (src, self.sport, dst, self.dport)
         } else {
-            (self.dst, self.dport, self.src, self.sport)
+            (dst, self.dport, src, self.sport)
         };
-        (ConnKey { lo, hi, ifindex: self.ifindex, lo_port, hi_port, family: self.family, _pad: [0; 3] }, sender_is_lo)
+        let words = [
+            lo[0],
+            lo[1],
+            lo[2],
+            lo[3],
+            hi[0],
+            hi[1],
+            hi[2],
+            hi[3],
+            self.ifindex,
+            ports_word(lo_port, hi_port),
+            word([self.family, 0, 0, 0]),
+        ];
+        // SAFETY: ConnKey is repr(C), 44 bytes without implicit padding (asserted below).
+        (unsafe { core::mem::transmute::<[u32; 11], ConnKey>(words) }, sender_is_lo)
     }
 
     /// The key as the header walk alone makes it: the classifier's `class` and `peer_ttl`
@@ -294,6 +351,29 @@ impl FlowKey {
     pub fn flow_id(&self) -> FlowKey {
         FlowKey { class: 0, rst_ttl: 0, peer_ttl: 0, ..*self }
     }
+}
+
+/// Four bytes as the word they occupy in memory.
+///
+/// Keys are built from whole 32-bit words: the eBPF object is compiled to allow misaligned
+/// packet loads, and LLVM would otherwise merge neighbouring byte fields (a constant protocol
+/// next to a direction, say) into 16-bit stores at odd stack offsets, which the verifier
+/// rejects.
+#[inline(always)]
+pub const fn word(bytes: [u8; 4]) -> u32 {
+    u32::from_ne_bytes(bytes)
+}
+
+#[inline(always)]
+const fn ports_word(a: u16, b: u16) -> u32 {
+    let (a, b) = (a.to_ne_bytes(), b.to_ne_bytes());
+    word([a[0], a[1], b[0], b[1]])
+}
+
+#[inline(always)]
+fn native_words(a: &[u8; 16]) -> [u32; 4] {
+    // SAFETY: same size, every bit pattern valid for both.
+    unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(*a) }
 }
 
 /// `(a, a_port) <= (b, b_port)`, comparing addresses as big-endian numbers word by word.
@@ -321,7 +401,43 @@ fn address_words(a: &[u8; 16]) -> [u32; 4] {
 impl ServiceKey {
     #[inline(always)]
     pub fn new(addr: [u8; 16], port: u16, flow: &FlowKey) -> Self {
-        ServiceKey { addr, ifindex: flow.ifindex, port, family: flow.family, _pad: 0 }
+        let addr = native_words(&addr);
+        let port = port.to_ne_bytes();
+        let words = [addr[0], addr[1], addr[2], addr[3], flow.ifindex, word([port[0], port[1], flow.family, 0])];
+        // SAFETY: ServiceKey is repr(C), 24 bytes without implicit padding (asserted below).
+        unsafe { core::mem::transmute::<[u32; 6], ServiceKey>(words) }
+    }
+}
+
+impl ConnState {
+    /// Built word-wise (see [`word`]).
+    #[inline(always)]
+    pub fn new(client_isn: u32, server_isn: u32, client_ttl: u8, server_ttl: u8, flags: u8) -> Self {
+        let words = [client_isn, server_isn, word([client_ttl, server_ttl, flags, 0])];
+        // SAFETY: ConnState is repr(C), 12 bytes without implicit padding (asserted below).
+        unsafe { core::mem::transmute::<[u32; 3], ConnState>(words) }
+    }
+}
+
+impl StackResetKey {
+    /// Built word-wise (see [`word`]); addresses as in [`FlowKey`], in native-endian words.
+    #[inline(always)]
+    pub fn new(src: [u32; 4], dst: [u32; 4], sport: u16, dport: u16, family: u8, reason: u32) -> Self {
+        let words = [
+            src[0],
+            src[1],
+            src[2],
+            src[3],
+            dst[0],
+            dst[1],
+            dst[2],
+            dst[3],
+            ports_word(sport, dport),
+            word([family, 0, 0, 0]),
+            reason,
+        ];
+        // SAFETY: StackResetKey is repr(C), 44 bytes without implicit padding (asserted below).
+        unsafe { core::mem::transmute::<[u32; 11], StackResetKey>(words) }
     }
 }
 

@@ -144,8 +144,11 @@ pub fn rstwatch_send_reset(ctx: TracePointContext) -> u32 {
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 
-/// The tracepoint's `saddr` / `daddr`: a `struct sockaddr_in` or `sockaddr_in6`.
-type SockAddr = [u8; 28];
+/// The tracepoint's `saddr` / `daddr`: a `struct sockaddr_in` or `sockaddr_in6`. Aligned so
+/// its address words load whole (stack accesses must be aligned).
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+struct SockAddr([u8; 28]);
 
 #[inline(always)]
 fn record_stack_reset(ctx: &TracePointContext) -> Result<(), i32> {
@@ -172,7 +175,7 @@ fn record_stack_reset(ctx: &TracePointContext) -> Result<(), i32> {
     let Some((_, dport, dst)) = sockaddr(&dst) else {
         return Ok(());
     };
-    let key = StackResetKey { src, dst, sport, dport, family, _pad: [0; 3], reason };
+    let key = StackResetKey::new(src, dst, sport, dport, family, reason);
     let epoch = current_epoch();
     let recorded = match epoch {
         0 => add_to_table(&STACK_RESETS_0, &key, 1),
@@ -188,21 +191,17 @@ fn record_stack_reset(ctx: &TracePointContext) -> Result<(), i32> {
     Ok(())
 }
 
-/// Family, port (host order) and address (as in [`FlowKey`]) of a sockaddr.
+/// Family, port (host order) and address (as in [`FlowKey`], native-endian words) of a sockaddr.
 #[inline(always)]
-fn sockaddr(raw: &SockAddr) -> Option<(u8, u16, [u8; 16])> {
+fn sockaddr(raw: &SockAddr) -> Option<(u8, u16, [u32; 4])> {
+    let raw = &raw.0;
     let family = u16::from_ne_bytes([raw[0], raw[1]]);
     let port = u16::from_be_bytes([raw[2], raw[3]]);
-    let mut addr = [0u8; 16];
+    let word = |at: usize| u32::from_ne_bytes([raw[at], raw[at + 1], raw[at + 2], raw[at + 3]]);
     match family {
-        AF_INET => {
-            addr[..4].copy_from_slice(&raw[4..8]);
-            Some((FAMILY_IPV4, port, addr))
-        }
-        AF_INET6 => {
-            addr.copy_from_slice(&raw[8..24]);
-            Some((FAMILY_IPV6, port, addr))
-        }
+        AF_INET => Some((FAMILY_IPV4, port, [word(4), 0, 0, 0])),
+        // sin6_port, sin6_flowinfo, then the address.
+        AF_INET6 => Some((FAMILY_IPV6, port, [word(8), word(12), word(16), word(20)])),
         _ => None,
     }
 }
