@@ -13,7 +13,8 @@
 //! after the SYN+ACK is `established`, and after a FIN `closing`. With no handshake seen (the
 //! connection predates rstwatch, or the LRU forgot it) an RST+ACK with sequence 0 is `refused`
 //! (RFC 9293 answers a SYN so) and anything else `established`; the side is then inferred from
-//! the ports (the lower port is the server's) and reported as not observed.
+//! the ports (the lower port is the server's) and reported as not observed; such a connection is
+//! not remembered, so each of its RSTs is reported as the first.
 
 use crate::{
     parse::{TcpEvent, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
@@ -129,13 +130,10 @@ fn classify<T: ConnTable + ?Sized>(conns: &mut T, conn: &ConnKey, sender_is_lo: 
     }
     let (class, peer_ttl) = match class {
         Some(found) => found,
-        None => {
-            let client_is_lo = client_is_lo_by_ports(conn);
-            // Remember the reset so a later one in the same connection is not "first" too.
-            let state = ConnState::new(0, 0, 0, 0, CONN_RESET | client_flag(client_is_lo));
-            conns.put(conn, &state);
-            (ResetClass::new(inferred, ack_set, client_is_lo != sender_is_lo, false, true), 0)
-        }
+        // Not remembered: an insert per RST would make a scan of unknown connections pay for
+        // one LRU insert each, exactly when rstwatch must stay cheap. So with no handshake seen,
+        // every RST of the connection counts as its first.
+        None => (ResetClass::new(inferred, ack_set, client_is_lo_by_ports(conn) != sender_is_lo, false, true), 0),
     };
     key.classified(class.0, peer_ttl)
 }
