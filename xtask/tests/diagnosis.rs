@@ -461,6 +461,35 @@ fn summary_problems(summary: &Value, end: End, iface: &Iface, conns: &[Conn]) ->
     Ok(problems)
 }
 
+/// On the router's veth towards the client, the RST its nftables rule made leaves (tx) with no
+/// TCP stack event behind it, and its TTL gives it away there too: the server's SYN+ACK left
+/// this veth one hop older than the router's own RST.
+fn router_problems(summary: &Value, conns: &[Conn]) -> Result<Vec<String>> {
+    let mut problems = Vec::new();
+    let flows = summary["flows"].as_array().context("router summary has no flows")?;
+    for conn in conns.iter().filter(|c| c.scenario == Scenario::Middlebox) {
+        let found = flows.iter().find(|f| {
+            f["direction"] == "tx"
+                && sockaddr(f, "src", "sport").ok() == Some(conn.server)
+                && sockaddr(f, "dst", "dport").ok() == Some(conn.client)
+        });
+        let Some(flow) = found else {
+            problems.push(format!("router: no tx flow for the nftables RST of {conn}"));
+            continue;
+        };
+        let want = json!({
+            "resets": 1,
+            "reasons": {},
+            "no_kernel_event": 1,
+            "middlebox": {"rst_ttl": DEFAULT_TTL, "peer_ttl": DEFAULT_TTL - 1, "resets": 1},
+            "kinds": {"established": 1},
+            "side": "server",
+        });
+        compare("router", &format!("flow of {conn}"), flow, &want, &mut problems);
+    }
+    Ok(problems)
+}
+
 /// Both veths watched at once; every scenario over IPv4 and IPv6; each summary must classify
 /// every RST exactly: direction, connection state, ACK, the sender's role, first in its
 /// connection, the middlebox's TTL tell, the kernel's reason on the sending side, and the
@@ -476,11 +505,15 @@ fn diagnosis_lab_classifies_every_reset() -> Result<()> {
     let server_cap = Capture::start(&lab.server_if)?;
     let client_rw = watch(&lab.client_if)?;
     let server_rw = watch(&lab.server_if)?;
+    // The router's side towards the client: where its nftables RST leaves.
+    let router_rw = watch(&lab.router_client_if)?;
     let conns = lab.run_all()?;
     std::thread::sleep(SETTLE);
-    let signalled = [client_rw.signal(libc::SIGINT), server_rw.signal(libc::SIGINT)];
+    let signalled =
+        [client_rw.signal(libc::SIGINT), server_rw.signal(libc::SIGINT), router_rw.signal(libc::SIGINT)];
     let client_fin = client_rw.finish(EXIT_TIMEOUT);
     let server_fin = server_rw.finish(EXIT_TIMEOUT);
+    let router_fin = router_rw.finish(EXIT_TIMEOUT);
     let client_segs = client_cap.stop()?;
     let server_segs = server_cap.stop()?;
     // Only now: closing these sends FINs that the client's stack answers with RSTs.
@@ -488,7 +521,7 @@ fn diagnosis_lab_classifies_every_reset() -> Result<()> {
     for s in signalled {
         s?;
     }
-    let (client_fin, server_fin) = (client_fin?, server_fin?);
+    let (client_fin, server_fin, router_fin) = (client_fin?, server_fin?, router_fin?);
 
     check_wire(&conns, End::Client, &client_segs)
         .context("the lab itself misbehaved (tcpdump on the client's veth): rstwatch cannot be judged")?;
@@ -497,13 +530,15 @@ fn diagnosis_lab_classifies_every_reset() -> Result<()> {
 
     let client_summary = summary(&client_fin, "client")?;
     let server_summary = summary(&server_fin, "server")?;
+    let router_summary = summary(&router_fin, "router")?;
     let mut problems = summary_problems(&client_summary, End::Client, &lab.client_if, &conns)?;
     problems.extend(summary_problems(&server_summary, End::Server, &lab.server_if, &conns)?);
+    problems.extend(router_problems(&router_summary, &conns)?);
     if !problems.is_empty() {
         let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string());
         bail!(
             "rstwatch misclassified {} things:\n  {}\n\nconnections:\n  {}\n\nclient-side flows: {}\nclient-side services: {}\n\
-             server-side flows: {}\nserver-side services: {}",
+             server-side flows: {}\nserver-side services: {}\nrouter-side flows: {}",
             problems.len(),
             problems.join("\n  "),
             conns.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "),
@@ -511,6 +546,7 @@ fn diagnosis_lab_classifies_every_reset() -> Result<()> {
             pretty(&client_summary["services"]),
             pretty(&server_summary["flows"]),
             pretty(&server_summary["services"]),
+            pretty(&router_summary["flows"]),
         );
     }
     Ok(())
