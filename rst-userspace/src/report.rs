@@ -293,6 +293,8 @@ pub struct IntervalRecord {
     pub flows: Vec<FlowRecord>,
     /// This interval's services (top N): attempts, SYN+ACKs and resets.
     pub services: Vec<ServiceRecord>,
+    /// This interval's reset targets (top N).
+    pub destinations: Vec<DestinationRecord>,
 }
 
 /// Resets of flows the summary has no room for (beyond `--summary-flows`).
@@ -498,6 +500,8 @@ impl Aggregator {
         flows.truncate(self.top);
         let mut services = self.service_records(sample.services.iter().map(|(k, v)| (k, v)), interval.iter());
         services.truncate(self.top);
+        let mut destinations = rank_destinations(interval.iter());
+        destinations.truncate(self.top);
         IntervalRecord {
             kind: "interval",
             seq: self.intervals,
@@ -511,6 +515,7 @@ impl Aggregator {
             sources,
             flows,
             services,
+            destinations,
         }
     }
 
@@ -926,7 +931,12 @@ impl<W: Write> Printer<W> {
                 if t.resets == 0 {
                     writeln!(self.out, "   no resets")?;
                 } else {
-                    self.sources_table(&record.sources)?;
+                    match self.by {
+                        View::Src => self.sources_table(&record.sources)?,
+                        View::Dst => self.destinations_table(&record.destinations)?,
+                        View::Service => self.services_table(&record.services)?,
+                        View::Flow => {}
+                    }
                     self.flows_table(&record.flows, "TOP FLOWS")?;
                 }
                 self.out.flush()

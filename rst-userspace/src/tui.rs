@@ -1075,6 +1075,7 @@ mod tests {
             sources: vec![source("10.0.0.9", 4, 4)],
             flows: last,
             services: vec![],
+            destinations: vec![],
         };
         let summary = SummaryRecord {
             kind: "summary",

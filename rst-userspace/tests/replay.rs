@@ -610,3 +610,62 @@ fn replay_runs_unprivileged() {
     let lines: Vec<Value> = text(&output.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
     assert_eq!(summary(&lines)["totals"]["resets"].as_u64(), Some(6));
 }
+
+/// Replay runs the same classifier: three attempts at a closed port (one refused twice as a
+/// retry would be) and one accepted connection the server aborts. The JSON summary holds the
+/// services, the kinds and the sentences; `--by service` puts the service table on screen.
+#[test]
+fn replay_classifies_and_ranks_services() {
+    let client = [192, 0, 2, 1];
+    let server = [192, 0, 2, 80];
+    let ms = 1_000_000u64;
+    let mut frames = Vec::new();
+    for (i, port) in [40001u16, 40002, 40003].into_iter().enumerate() {
+        let t = i as u64 * 10 * ms;
+        frames.push((t, craft::FrameBuilder::ipv4(client, server).ports(port, 81).flags(TCP_SYN).seq_ack(100, 0).build().into_bytes()));
+        frames.push((t + ms, craft::FrameBuilder::ipv4(server, client).ports(81, port).flags(TCP_RST | TCP_ACK).seq_ack(0, 101).build().into_bytes()));
+    }
+    let accepted = [
+        craft::FrameBuilder::ipv4(client, server).ports(40004, 443).flags(TCP_SYN).seq_ack(500, 0),
+        craft::FrameBuilder::ipv4(server, client).ports(443, 40004).flags(TCP_SYN | TCP_ACK).seq_ack(9000, 501).ttl(60),
+        craft::FrameBuilder::ipv4(client, server).ports(40004, 443).flags(TCP_ACK).seq_ack(501, 9001),
+        craft::FrameBuilder::ipv4(server, client).ports(443, 40004).flags(TCP_RST | TCP_ACK).seq_ack(9001, 601).ttl(60),
+    ];
+    for (i, frame) in accepted.into_iter().enumerate() {
+        frames.push((100 * ms + i as u64 * ms, frame.build().into_bytes()));
+    }
+    let path = tmp("services.pcap");
+    write_pcap(&path, DataLink::ETHERNET, &frames);
+    let file = path.to_str().expect("UTF-8");
+
+    let (output, lines) = replay_json(&[file]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let summary = summary(&lines);
+    let services: Vec<(String, u64, u64, u64, u64, u64)> = summary["services"]
+        .as_array()
+        .expect("services")
+        .iter()
+        .map(|s| {
+            let n = |k: &str| s[k].as_u64().unwrap_or(u64::MAX);
+            (format!("{}:{}", s["addr"].as_str().unwrap_or("?"), n("port")), n("attempts"), n("synacks"), n("resets"), n("refused"), s["kinds"]["established"].as_u64().unwrap_or(u64::MAX))
+        })
+        .collect();
+    assert_eq!(
+        services,
+        vec![("192.0.2.80:81".to_owned(), 3, 0, 3, 3, 0), ("192.0.2.80:443".to_owned(), 1, 1, 1, 0, 1)],
+        "{}",
+        summary["services"]
+    );
+    let aborted = summary["flows"].as_array().expect("flows").iter().find(|f| f["sport"] == 443).expect("the abort's flow");
+    assert_eq!((aborted["side"].as_str(), aborted["side_observed"].as_bool(), aborted["first"].as_bool()), (Some("server"), Some(true), Some(true)));
+    assert_eq!(aborted["middlebox"], Value::Null, "the RST came with the SYN+ACK's TTL");
+    let diagnosis: Vec<&str> = summary["diagnosis"].as_array().expect("diagnosis").iter().filter_map(Value::as_str).collect();
+    assert!(diagnosis.contains(&"100% of connection attempts to 192.0.2.80:81 were refused (3 of 3)"), "{diagnosis:?}");
+    assert!(diagnosis.contains(&"the server side resets first in 4 of 4 connections"), "{diagnosis:?}");
+
+    let table = rstwatch(&["replay", "--by", "service", file]);
+    assert!(table.status.success(), "{}", text(&table.stderr));
+    let screen = text(&table.stdout);
+    assert!(screen.contains("SERVICE") && screen.contains("REFUSED%"), "{screen}");
+    assert!(screen.lines().any(|l| l.contains("192.0.2.80:81") && l.contains("100%") && l.contains("refused 3")), "{screen}");
+}
