@@ -7,6 +7,7 @@ pub mod batch;
 pub mod collector;
 pub mod connections;
 pub mod loader;
+pub mod logsink;
 pub mod metrics;
 pub mod netlink;
 pub mod replay;

@@ -50,7 +50,7 @@ enum LogFormat {
 fn init_logging(level: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr)
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(rstwatch::logsink::writer())
         .with_target(false)
         .with_ansi(io::stderr().is_terminal());
     let _ = match format {

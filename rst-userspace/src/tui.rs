@@ -923,6 +923,8 @@ pub fn run(args: &TopArgs) -> anyhow::Result<()> {
     let mut app = App::new(described, hook, args.interval);
 
     let outcome = {
+        // Declared first, dropped last: held log lines appear once the terminal is restored.
+        let _held_logs = crate::logsink::hold();
         let guard = TerminalGuard::take()?;
         let outcome = Terminal::new(CrosstermBackend::new(io::stdout()))
             .context("setting up the terminal")
