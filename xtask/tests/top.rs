@@ -395,6 +395,8 @@ fn live_view_shows_resetters_switches_views_filters_pauses_and_quits_cleanly() -
         s.contains("filter: address ~ 10.79.2") && total(s, S4) == Some(sent)
     })?;
     tmux.keys(&["/", "Escape"])?;
+    // An Escape followed at once by another key reads as Alt+key: let it land alone first.
+    tmux.wait_for("the address filter cleared", |s| !s.contains("filter:"))?;
 
     // Pause: the display freezes, counting goes on, nothing is lost.
     tmux.keys(&["p"])?;
