@@ -52,7 +52,7 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    #[error("attaching to the TC {direction} hook of {iface} failed (tcx links need kernel 6.6 or later)")]
+    #[error("attaching to the TC {direction} hook of {iface} failed")]
     AttachTc {
         iface: String,
         direction: &'static str,
@@ -422,7 +422,11 @@ pub fn attach(
             anyhow::Error::from(error)
         ),
     }
-    let egress = if attachment.egress.is_some() { " + tcx egress" } else { "" };
+    let egress = match (attachment.egress.is_some(), TcLink::for_this_kernel()) {
+        (false, _) => "",
+        (true, TcLink::Tcx) => " + tcx egress",
+        (true, TcLink::Clsact) => " + clsact egress",
+    };
     tracing::info!("attached to {iface} (ifindex {ifindex}, {}{egress})", attachment.hook);
     Ok(attachment)
 }
@@ -494,7 +498,46 @@ pub fn attach_tc_egress(program: &mut SchedClassifier, iface: &str) -> Result<Sc
     attach_tcx(program, iface, TcAttachType::Egress)
 }
 
+/// How TC programs are attached: tcx links where the kernel has them (6.6+), otherwise a
+/// `clsact` qdisc with a netlink filter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcLink {
+    Tcx,
+    /// Kernels before 6.6. The filter is removed when rstwatch exits, but unlike a link it
+    /// outlives a `kill -9` (remove it with `tc filter del dev IFACE ingress|egress`), and the
+    /// `clsact` qdisc rstwatch may have added stays (it is shared with other users).
+    Clsact,
+}
+
+impl TcLink {
+    /// tcx on kernels that have it. `RSTWATCH_TC_LINK=clsact` forces the older way (tests use
+    /// it to exercise the path on new kernels).
+    pub fn for_this_kernel() -> TcLink {
+        if std::env::var_os("RSTWATCH_TC_LINK").is_some_and(|v| v == "clsact") {
+            return TcLink::Clsact;
+        }
+        match aya::util::KernelVersion::current() {
+            Ok(version) if version < aya::util::KernelVersion::new(6, 6, 0) => TcLink::Clsact,
+            _ => TcLink::Tcx,
+        }
+    }
+}
+
 fn attach_tcx(program: &mut SchedClassifier, iface: &str, direction: TcAttachType) -> Result<SchedClassifierLink, Error> {
+    attach_tc_with(program, iface, direction, TcLink::for_this_kernel())
+}
+
+/// Attaches a TC program to one direction of `iface`, first in line; it returns "next"
+/// (`TC_ACT_UNSPEC` for clsact), so the verdicts of the others stand.
+///
+/// # Errors
+/// [`Error::AttachTc`], [`Error::MissingCapability`] on EPERM.
+pub fn attach_tc_with(
+    program: &mut SchedClassifier,
+    iface: &str,
+    direction: TcAttachType,
+    how: TcLink,
+) -> Result<SchedClassifierLink, Error> {
     let attach_error = |source: aya::programs::ProgramError| {
         let denied = matches!(
             &source,
@@ -512,9 +555,20 @@ fn attach_tcx(program: &mut SchedClassifier, iface: &str, direction: TcAttachTyp
             Error::AttachTc { iface: iface.to_owned(), direction, source }
         }
     };
-    let id = program
-        .attach_with_options(iface, direction, TcAttachOptions::TcxOrder(LinkOrder::first()))
-        .map_err(attach_error)?;
+    let options = match how {
+        TcLink::Tcx => TcAttachOptions::TcxOrder(LinkOrder::first()),
+        TcLink::Clsact => {
+            // Already there (another user's, or ours from a previous run) is fine.
+            if let Err(error) = aya::programs::tc::qdisc_add_clsact(iface) {
+                let exists = matches!(&error, aya::programs::tc::TcError::NetlinkError(e) if e.raw_os_error() == Some(libc::EEXIST));
+                if !exists {
+                    tracing::debug!("adding a clsact qdisc to {iface}: {error}");
+                }
+            }
+            TcAttachOptions::Netlink(aya::programs::tc::NlOptions::default())
+        }
+    };
+    let id = program.attach_with_options(iface, direction, options).map_err(attach_error)?;
     program.take_link(id).map_err(attach_error)
 }
 

@@ -7,11 +7,11 @@ use aya::programs::{SchedClassifier, TcAttachType, TestRun, TestRunOptions};
 use rst_common::{
     craft::tcp_v4,
     parse::{TCP_ACK, TCP_RST},
-    wire::PROG_TC,
+    wire::{PROG_TC, PROG_TC_EGRESS},
 };
 use rstwatch::{
     collector::Collector,
-    loader::{self, Hook, XdpModeChoice, XdpMode},
+    loader::{self, Hook, TcLink, XdpModeChoice, XdpMode},
     netlink,
 };
 
@@ -47,6 +47,28 @@ fn tc_attachment_is_a_tcx_link_that_goes_with_its_owner() {
     assert_eq!(tcx_ingress_programs("rwhook0"), [PROG_TC]);
     drop(attachment);
     assert!(tcx_ingress_programs("rwhook0").is_empty(), "still attached after the link was dropped");
+}
+
+fn tc_filters(iface: &str, direction: &str) -> String {
+    let output = Command::new("tc").args(["filter", "show", "dev", iface, direction]).output().expect("tc runs");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Kernels before 6.6 have no tcx: egress (and `--hook tc` ingress) go through a clsact qdisc and
+/// a netlink filter, removed when the attachment is dropped.
+#[test]
+fn clsact_attachment_for_older_kernels_is_removed_with_its_owner() {
+    let _ifindex = private_veth("rwhook4", "rwhook5");
+    let mut ebpf = loader::load(1024).expect("load");
+    let program = loader::tc_egress_program(&mut ebpf).expect("program");
+    let link = loader::attach_tc_with(program, "rwhook4", TcAttachType::Egress, TcLink::Clsact).expect("attach clsact");
+    let listed = tc_filters("rwhook4", "egress");
+    assert!(listed.contains(PROG_TC_EGRESS), "the filter names the program: {listed}");
+    let (_, tcx) = SchedClassifier::query_tcx("rwhook4", TcAttachType::Egress).expect("tcx query");
+    assert!(tcx.is_empty(), "a netlink filter, not a tcx link");
+    drop(link);
+    let listed = tc_filters("rwhook4", "egress");
+    assert!(!listed.contains(PROG_TC_EGRESS), "still attached after the link was dropped: {listed}");
 }
 
 #[test]

@@ -730,3 +730,35 @@ fn lab_is_removed_after_a_panic() -> Result<()> {
     );
     Ok(())
 }
+
+/// Kernels before 6.6 have no tcx links: `--hook tc` ingress and the egress program then go
+/// through a clsact qdisc and netlink filters (forced here with RSTWATCH_TC_LINK=clsact). The
+/// counts are the same, and the filters are gone after rstwatch exits.
+#[test]
+fn clsact_filters_count_both_directions_and_are_removed_at_exit() -> Result<()> {
+    let hosts = hosts()?;
+    let iface = &hosts.server_if;
+    let mut cmd = iface.ns.exec(rstwatch());
+    cmd.env("RSTWATCH_TC_LINK", "clsact")
+        .args(["-i", &iface.name, "--hook", "tc", "--duration", "5s", "--interval", "1s", "--format", "json"]);
+    let mut rw = Proc::spawn(&mut cmd)?;
+    rw.wait_for_stderr(&format!("attached to {}", iface.name), START_TIMEOUT)?;
+    assert!(rw.stderr().contains("clsact egress"), "{}", rw.stderr());
+    let mut s = steps("client-abort", &[C1, C2], S4, 9000);
+    s.extend(steps("server-abort", &[C3], S4, 8443));
+    s.extend(steps("server-abort", &[C6], S6, 8443));
+    let report = traffic(&hosts, &["--rounds", "2"], &s)?;
+    let fin = rw.finish(EXIT_TIMEOUT)?;
+    assert!(fin.status.success(), "rstwatch failed ({}): {}", fin.status, fin.stderr);
+    let summary = summary(&fin)?;
+    assert_eq!(counted(&summary, iface)?, expected(&report, "client")?, "clsact ingress");
+    assert_eq!(counted_tx(&summary, iface)?, expected(&report, "server")?, "clsact egress");
+    for direction in ["ingress", "egress"] {
+        let out = Command::new("ip")
+            .args(["netns", "exec", hosts.server.name(), "tc", "filter", "show", "dev", &iface.name, direction])
+            .output()?;
+        let filters = String::from_utf8_lossy(&out.stdout);
+        assert!(!filters.contains("rstwatch"), "a {direction} filter outlived rstwatch: {filters}");
+    }
+    Ok(())
+}
