@@ -28,6 +28,8 @@ pub const GLOBAL_SEND_RESET_SADDR_OFFSET: &str = "SEND_RESET_SADDR_OFFSET";
 pub const GLOBAL_SEND_RESET_DADDR_OFFSET: &str = "SEND_RESET_DADDR_OFFSET";
 /// An empty XDP_PASS program in the same object: the baseline for cost measurements.
 pub const PROG_XDP_BASELINE: &str = "rstwatch_xdp_pass";
+/// An empty TC program returning "next": the baseline for the TC programs.
+pub const PROG_TC_BASELINE: &str = "rstwatch_tc_next";
 
 /// Slots per CPU and epoch in the direct-mapped flow cache (a power of two).
 pub const FLOW_CACHE_SLOTS: u32 = 1024;

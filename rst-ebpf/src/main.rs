@@ -215,6 +215,12 @@ pub fn rstwatch_xdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// The same baseline for the TC programs.
+#[classifier]
+pub fn rstwatch_tc_next(_ctx: TcContext) -> i32 {
+    TCX_NEXT
+}
+
 #[inline(always)]
 fn count_frame<C: Cursor>(frame: &C, direction: u8, ifindex: impl FnOnce() -> u32) {
     let Some(traffic) = TRAFFIC.get_ptr_mut(0) else {

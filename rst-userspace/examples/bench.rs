@@ -39,13 +39,13 @@ use std::{
 use anyhow::{bail, ensure, Context as _};
 use aya::{
     maps::{Array, Map, MapData},
-    programs::{TestRun, TestRunOptions, Xdp},
+    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
     Ebpf,
 };
 use rst_common::{
     craft::{tcp_v4, tcp_v6, FrameBuilder, VlanKind},
     parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
-    wire::{FlowKey, FlowValue, MAP_EPOCH, MAP_FLOWS, PROG_XDP, PROG_XDP_BASELINE},
+    wire::{FlowKey, FlowValue, MAP_EPOCH, MAP_FLOWS, PROG_TC_BASELINE, PROG_TC_EGRESS, PROG_XDP, PROG_XDP_BASELINE},
 };
 use rstwatch::{collector::Collector, testrun::XdpMd};
 use serde_json::{json, Value};
@@ -56,6 +56,8 @@ const MIN_ETHERNET: usize = 60;
 const BUDGET_NS: f64 = 67.2;
 /// XDP_PASS / XDP_TX from include/uapi/linux/bpf.h.
 const XDP_PASS: u32 = 2;
+/// `TCX_NEXT` / `TC_ACT_UNSPEC`: what rstwatch's TC programs return.
+const TC_NEXT: i32 = -1;
 const XDP_TX: i32 = 3;
 
 fn main() -> anyhow::Result<()> {
@@ -148,6 +150,11 @@ impl Programs {
             .with_context(|| format!("no program {PROG_XDP_BASELINE}"))?
             .try_into()?;
         baseline.load()?;
+        let tc_baseline: &mut SchedClassifier = ebpf
+            .program_mut(PROG_TC_BASELINE)
+            .with_context(|| format!("no program {PROG_TC_BASELINE}"))?
+            .try_into()?;
+        tc_baseline.load()?;
         let collector = Collector::new(&mut ebpf)?;
         Ok(Programs { ebpf, collector })
     }
@@ -158,6 +165,16 @@ impl Programs {
             .program(name)
             .with_context(|| format!("no program {name}"))?
             .try_into()?)
+    }
+
+    /// Kernel-reported ns per run for `repeat` runs of `frame` through a TC program (as an skb).
+    fn run_tc(&self, name: &str, frame: &[u8], repeat: u32) -> anyhow::Result<f64> {
+        let program: &SchedClassifier = self.ebpf.program(name).with_context(|| format!("no program {name}"))?.try_into()?;
+        let result = program
+            .test_run(TestRunOptions { data_in: Some(frame), repeat, ..TestRunOptions::new() })
+            .with_context(|| format!("BPF_PROG_TEST_RUN of {name}"))?;
+        ensure!(result.return_value as i32 == TC_NEXT, "{name} returned {}", result.return_value as i32);
+        Ok(result.duration.as_nanos() as f64)
     }
 
     /// Kernel-reported ns per run for `repeat` runs of `frame`.
@@ -274,6 +291,28 @@ fn kernel(opts: &Opts) -> anyhow::Result<Value> {
             } else {
                 let b = programs.run(PROG_XDP_BASELINE, &frame, repeat)?;
                 (programs.run(PROG_XDP, &frame, repeat)?, b)
+            };
+            line.trials.push((prog, base));
+            programs.collector.collect()?;
+        }
+        lines.push(line);
+    }
+
+    // What the host sends: the TC egress program against an empty TC program, same method.
+    let egress: [(&'static str, Vec<u8>); 3] = [
+        ("TC egress: IPv4 TCP ACK (what the host sends)", padded(tcp_v4().flags(TCP_ACK))),
+        ("TC egress: IPv4 TCP ACK, 1500-byte frame", tcp_v4().flags(TCP_ACK).payload(&[0u8; 1446]).build().into_bytes()),
+        ("TC egress: IPv4 RST, existing flow", padded(tcp_v4().ports(443, 40005).flags(TCP_RST | TCP_ACK))),
+    ];
+    for (name, frame) in egress {
+        let mut line = Line { name, method: format!("repeat {repeat}, {} B frame, as an skb", frame.len()), trials: Vec::new() };
+        for trial in 0..trials {
+            let (prog, base) = if trial % 2 == 0 {
+                let p = programs.run_tc(PROG_TC_EGRESS, &frame, repeat)?;
+                (p, programs.run_tc(PROG_TC_BASELINE, &frame, repeat)?)
+            } else {
+                let b = programs.run_tc(PROG_TC_BASELINE, &frame, repeat)?;
+                (programs.run_tc(PROG_TC_EGRESS, &frame, repeat)?, b)
             };
             line.trials.push((prog, base));
             programs.collector.collect()?;
