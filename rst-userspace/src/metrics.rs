@@ -26,7 +26,10 @@ use tokio::{net::TcpListener, sync::Semaphore};
 
 use rst_common::wire::{ResetClass, ResetKind, DIRECTION_TX};
 
-use crate::{collector::Sample, report::IntervalRecord};
+use crate::{
+    collector::Sample,
+    report::{IntervalRecord, ServiceRecord},
+};
 
 /// Scrapers served at once; more are closed on accept.
 const MAX_CONNECTIONS: usize = 64;
@@ -151,17 +154,17 @@ impl Metrics {
         );
         registry.register(
             "service_attempts",
-            "Connection attempts (SYN) in the last interval to the top services by resets (at most --top series)",
+            "Connection attempts (SYN) since the start to the run's top services by resets (at most --top series)",
             metrics.service_attempts.clone(),
         );
         registry.register(
             "service_synacks",
-            "Handshakes accepted (SYN+ACK) in the last interval by the top services",
+            "Handshakes accepted (SYN+ACK) since the start by the run's top services",
             metrics.service_synacks.clone(),
         );
         registry.register(
             "service_resets",
-            "Resets in the last interval on connections of the top services",
+            "Resets since the start on connections of the run's top services",
             metrics.service_resets.clone(),
         );
         registry.register(
@@ -200,7 +203,8 @@ impl Metrics {
     }
 
     /// Folds one interval in.
-    pub fn observe(&self, sample: &Sample, record: &IntervalRecord) {
+    /// `services`: the run's top services (cumulative), see `Aggregator::top_services`.
+    pub fn observe(&self, sample: &Sample, record: &IntervalRecord, services: &[ServiceRecord]) {
         let counters = &sample.counters;
         self.frames.inc_by(counters.frames);
         self.tcp.inc_by(counters.tcp);
@@ -235,7 +239,7 @@ impl Metrics {
         for family in [&self.service_attempts, &self.service_synacks, &self.service_resets] {
             family.clear();
         }
-        for (rank, service) in record.services.iter().enumerate() {
+        for (rank, service) in services.iter().enumerate() {
             let labels =
                 ServiceLabels { rank: rank as u32 + 1, iface: service.iface.clone(), addr: service.addr.to_string(), port: service.port };
             self.service_attempts.get_or_create(&labels).set(service.attempts as i64);

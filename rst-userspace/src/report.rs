@@ -577,6 +577,13 @@ impl Aggregator {
         }
     }
 
+    /// The run's services so far, the top N by resets (then attempts): what `--metrics` exports.
+    pub fn top_services(&self) -> Vec<ServiceRecord> {
+        let mut services = self.service_records(self.services.iter(), self.flows.iter());
+        services.truncate(self.top);
+        services
+    }
+
     fn iface_name(&self, ifindex: u32) -> String {
         self.names.get(&ifindex).cloned().unwrap_or_else(|| format!("if{ifindex}"))
     }

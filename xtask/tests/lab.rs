@@ -489,6 +489,13 @@ fn metrics_endpoint_counts_exactly_and_survives_bad_clients() -> Result<()> {
     assert_eq!(counted, want, "resets in the metrics: {by_kind:?}\n{body}");
     let refused: u64 = expected(&report, "server")?.iter().filter(|(key, _)| key.1 == 81).map(|(_, n)| n).sum();
     assert_eq!(by_kind.get("refused").copied().unwrap_or(0), refused, "refused resets in the metrics: {by_kind:?}");
+    // Every refused connection was one attempt at port 81 (IPv4 and IPv6 services apart).
+    let attempts_81: u64 = body
+        .lines()
+        .filter(|l| l.starts_with("rstwatch_service_attempts{") && l.contains("port=\"81\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(attempts_81, refused, "service attempts in the metrics:\n{body}");
     let promtool = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
