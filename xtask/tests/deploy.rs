@@ -32,3 +32,35 @@ fn hadolint_flags_a_bad_dockerfile() -> Result<()> {
     assert!(!clean && findings.contains("DL3007"), "hadolint should flag `debian:latest`:\n{findings}");
     Ok(())
 }
+
+/// Every metric the Grafana dashboard queries is one rstwatch registers (a renamed metric would
+/// leave a silently empty panel).
+#[test]
+fn grafana_dashboard_queries_only_metrics_rstwatch_exports() -> Result<()> {
+    let root = workspace_root();
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("deploy/grafana-dashboard.json"))?)?;
+    let source = std::fs::read_to_string(root.join("rst-userspace/src/metrics.rs"))?;
+    let mut queried = Vec::new();
+    for panel in dashboard["panels"].as_array().context("panels")? {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().context("expr")?;
+            let mut rest = expr;
+            while let Some(at) = rest.find("rstwatch_") {
+                let name: String =
+                    rest[at + "rstwatch_".len()..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                rest = &rest[at + "rstwatch_".len() + name.len()..];
+                queried.push(name);
+            }
+        }
+    }
+    ensure!(queried.len() >= 8, "the dashboard queries too little: {queried:?}");
+    for name in &queried {
+        let registered = name.strip_suffix("_total").unwrap_or(name);
+        assert!(
+            source.contains(&format!("\"{registered}\",")) || source.contains(&format!("register(\"{registered}\"")),
+            "the dashboard queries rstwatch_{name}, which metrics.rs does not register"
+        );
+    }
+    Ok(())
+}
