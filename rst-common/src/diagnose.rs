@@ -14,7 +14,10 @@
 //! connection predates rstwatch, or the LRU forgot it) an RST+ACK with sequence 0 is `refused`
 //! (RFC 9293 answers a SYN so) and anything else `established`; the side is then inferred from
 //! the ports (the lower port is the server's) and reported as not observed; such a connection is
-//! not remembered, so each of its RSTs is reported as the first.
+//! not remembered, so each of its RSTs is reported as the first. Retransmitted SYNs and
+//! SYN+ACKs (same initial sequence number) count once. Limitation: an RST without ACK carries no
+//! word about what its peer sent, so a server's RST+ISN+1 without ACK after the client sent data
+//! reads as `handshake`.
 
 use crate::{
     parse::{TcpEvent, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
@@ -54,6 +57,13 @@ pub fn track<T: ConnTable + ?Sized>(conns: &mut T, event: &TcpEvent) -> Tracked 
     }
     if flags & TCP_SYN != 0 {
         if flags & TCP_ACK == 0 {
+            if let Some(state) = conns.get(&conn) {
+                // A retransmitted SYN is the same attempt: keep what the handshake told.
+                let same_client = (state.flags & CONN_CLIENT_IS_LO != 0) == sender_is_lo;
+                if state.flags & CONN_SYN != 0 && same_client && state.client_isn == seq {
+                    return Tracked::Nothing;
+                }
+            }
             // A new attempt replaces whatever an earlier connection on this 4-tuple left.
             let state = ConnState::new(seq, 0, key.rst_ttl, 0, CONN_SYN | client_flag(sender_is_lo));
             conns.put(&conn, &state);
@@ -62,6 +72,10 @@ pub fn track<T: ConnTable + ?Sized>(conns: &mut T, event: &TcpEvent) -> Tracked 
         let client_is_lo = !sender_is_lo;
         let mut joined = false;
         if let Some(state) = conns.get(&conn) {
+            if state.flags & CONN_SYNACK != 0 && state.server_isn == seq {
+                // A retransmitted SYN+ACK: the same handshake, counted once.
+                return Tracked::Nothing;
+            }
             if state.flags & CONN_SYN != 0 && (state.flags & CONN_CLIENT_IS_LO != 0) == client_is_lo {
                 state.server_isn = seq;
                 state.server_ttl = key.rst_ttl;
@@ -78,14 +92,10 @@ pub fn track<T: ConnTable + ?Sized>(conns: &mut T, event: &TcpEvent) -> Tracked 
         return Tracked::SynAck(ServiceKey::new(key.src, key.sport, &key));
     }
     if flags & TCP_FIN != 0 {
-        let mut known = false;
+        // Only a connection already known: an insert per FIN would let a FIN scan (or every
+        // older connection closing) push real handshakes out of the table.
         if let Some(state) = conns.get(&conn) {
             state.flags |= CONN_FIN;
-            known = true;
-        }
-        if !known {
-            let state = ConnState::new(0, 0, 0, 0, CONN_FIN | client_flag(client_is_lo_by_ports(&conn)));
-            conns.put(&conn, &state);
         }
     }
     Tracked::Nothing
@@ -116,6 +126,10 @@ fn classify<T: ConnTable + ?Sized>(conns: &mut T, conn: &ConnKey, sender_is_lo: 
         } else if state.flags & CONN_SYN != 0 {
             if !sender_is_client && ack_set && ack == state.client_isn.wrapping_add(1) {
                 ResetKind::Refused
+            } else if sender_is_client && seq != state.client_isn.wrapping_add(1) {
+                // The client has sent data: the SYN+ACK went by on another path (asymmetric
+                // routing) or unseen.
+                ResetKind::Established
             } else {
                 ResetKind::Handshake
             }
@@ -133,7 +147,11 @@ fn classify<T: ConnTable + ?Sized>(conns: &mut T, conn: &ConnKey, sender_is_lo: 
         // Not remembered: an insert per RST would make a scan of unknown connections pay for
         // one LRU insert each, exactly when rstwatch must stay cheap. So with no handshake seen,
         // every RST of the connection counts as its first.
-        None => (ResetClass::new(inferred, ack_set, client_is_lo_by_ports(conn) != sender_is_lo, false, true), 0),
+        None => {
+            // A refusal comes from the server whatever the ports say.
+            let server = inferred == ResetKind::Refused || client_is_lo_by_ports(conn) != sender_is_lo;
+            (ResetClass::new(inferred, ack_set, server, false, true), 0)
+        }
     };
     key.classified(class.0, peer_ttl)
 }

@@ -469,7 +469,8 @@ pub struct FlowValue {
     pub resets: u64,
 }
 
-/// Per-CPU, cumulative counts of everything the program sees (map `TRAFFIC`). Kept apart from
+/// Per-CPU, cumulative counts of everything the programs see (map `TRAFFIC`, one slot per
+/// direction). Kept apart from
 /// the per-epoch reset counts so the path non-RST frames take never reads the epoch.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -493,6 +494,8 @@ pub struct ResetCounters {
     pub service_overflow: u64,
     /// Kernel reset events that found no room in the stack-reset table.
     pub stack_overflow: u64,
+    /// Of `resets`, those this host sent (TC egress).
+    pub tx_resets: u64,
 }
 
 /// What userspace reports for a period: traffic deltas plus that period's reset counts.
@@ -509,13 +512,29 @@ pub struct Counters {
     pub source_overflow: u64,
     pub service_overflow: u64,
     pub stack_overflow: u64,
+    /// Of `frames`, `tcp` and `resets`: what this host sent (TC egress).
+    pub tx_frames: u64,
+    pub tx_tcp: u64,
+    pub tx_resets: u64,
 }
 
 impl Counters {
     /// Adds `other` field by field (wrapping: kernel counters never reset but may wrap).
     pub fn accumulate(&mut self, other: &Counters) {
-        let Counters { frames, tcp, resets, malformed, fragments, overflow, source_overflow, service_overflow, stack_overflow } =
-            other;
+        let Counters {
+            frames,
+            tcp,
+            resets,
+            malformed,
+            fragments,
+            overflow,
+            source_overflow,
+            service_overflow,
+            stack_overflow,
+            tx_frames,
+            tx_tcp,
+            tx_resets,
+        } = other;
         self.frames = self.frames.wrapping_add(*frames);
         self.tcp = self.tcp.wrapping_add(*tcp);
         self.resets = self.resets.wrapping_add(*resets);
@@ -525,6 +544,9 @@ impl Counters {
         self.source_overflow = self.source_overflow.wrapping_add(*source_overflow);
         self.service_overflow = self.service_overflow.wrapping_add(*service_overflow);
         self.stack_overflow = self.stack_overflow.wrapping_add(*stack_overflow);
+        self.tx_frames = self.tx_frames.wrapping_add(*tx_frames);
+        self.tx_tcp = self.tx_tcp.wrapping_add(*tx_tcp);
+        self.tx_resets = self.tx_resets.wrapping_add(*tx_resets);
     }
 
     /// `self - earlier`, field by field.
@@ -539,6 +561,9 @@ impl Counters {
             source_overflow: self.source_overflow.wrapping_sub(earlier.source_overflow),
             service_overflow: self.service_overflow.wrapping_sub(earlier.service_overflow),
             stack_overflow: self.stack_overflow.wrapping_sub(earlier.stack_overflow),
+            tx_frames: self.tx_frames.wrapping_sub(earlier.tx_frames),
+            tx_tcp: self.tx_tcp.wrapping_sub(earlier.tx_tcp),
+            tx_resets: self.tx_resets.wrapping_sub(earlier.tx_resets),
         }
     }
 }
@@ -554,9 +579,9 @@ const _: () = {
     assert!(core::mem::size_of::<ServiceValue>() == 16);
     assert!(core::mem::size_of::<StackResetKey>() == 44);
     assert!(FLOW_CACHE_SLOTS.is_power_of_two());
-    assert!(core::mem::size_of::<Counters>() == 72);
+    assert!(core::mem::size_of::<Counters>() == 96);
     assert!(core::mem::size_of::<TrafficCounters>() == 32);
-    assert!(core::mem::size_of::<ResetCounters>() == 40);
+    assert!(core::mem::size_of::<ResetCounters>() == 48);
 };
 
 macro_rules! frame_counters {

@@ -54,9 +54,9 @@ static FLOW_CACHE: PerCpuArray<CacheSlot> = PerCpuArray::with_max_entries(2 * FL
 static EPOCH: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 static RESET_COUNTERS: PerCpuArray<ResetCounters> = PerCpuArray::with_max_entries(2, 0);
-/// Cumulative, never flipped: the common path touches only this.
+/// Cumulative, never flipped, one slot per direction (rx, tx): the common path touches only this.
 #[map]
-static TRAFFIC: PerCpuArray<TrafficCounters> = PerCpuArray::with_max_entries(1, 0);
+static TRAFFIC: PerCpuArray<TrafficCounters> = PerCpuArray::with_max_entries(2, 0);
 /// What SYN, SYN+ACK and FIN segments told about each connection; read by the reset
 /// classifier. Losing an entry to the LRU only turns an observed classification into an
 /// inferred one: no count depends on it.
@@ -200,6 +200,11 @@ fn sockaddr(raw: &SockAddr) -> Option<(u8, u16, [u32; 4])> {
     let word = |at: usize| u32::from_ne_bytes([raw[at], raw[at + 1], raw[at + 2], raw[at + 3]]);
     match family {
         AF_INET => Some((FAMILY_IPV4, port, [word(4), 0, 0, 0])),
+        // A dual-stack socket (`[::]` listeners) speaking IPv4 reports ::ffff:a.b.c.d; the
+        // segment on the wire, and so its flow, is IPv4.
+        AF_INET6 if word(8) == 0 && word(12) == 0 && word(16) == u32::from_ne_bytes([0, 0, 0xff, 0xff]) => {
+            Some((FAMILY_IPV4, port, [word(20), 0, 0, 0]))
+        }
         // sin6_port, sin6_flowinfo, then the address.
         AF_INET6 => Some((FAMILY_IPV6, port, [word(8), word(12), word(16), word(20)])),
         _ => None,
@@ -223,7 +228,8 @@ pub fn rstwatch_tc_next(_ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn count_frame<C: Cursor>(frame: &C, direction: u8, ifindex: impl FnOnce() -> u32) {
-    let Some(traffic) = TRAFFIC.get_ptr_mut(0) else {
+    // One slot per direction: the index is a constant of each program.
+    let Some(traffic) = TRAFFIC.get_ptr_mut(u32::from(direction)) else {
         return;
     };
     // SAFETY: a per-CPU slot, only touched by programs on this CPU, which do not preempt each
@@ -308,6 +314,7 @@ fn count_reset(key: &FlowKey) {
     // SAFETY: per-CPU slot, as above.
     let counters = unsafe { &mut *counters };
     counters.resets += 1;
+    counters.tx_resets += u64::from(key.direction == DIRECTION_TX);
     let Some(slot) = FLOW_CACHE.get_ptr_mut(epoch * FLOW_CACHE_SLOTS + key.cache_slot()) else {
         write_back(epoch, key, 1, counters);
         return;

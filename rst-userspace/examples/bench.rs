@@ -269,7 +269,7 @@ fn kernel(opts: &Opts) -> anyhow::Result<Value> {
             tcp_v4().flags(TCP_ACK).payload(&[0u8; 1446]).build().into_bytes(),
         ),
         (
-            "IPv4 SYN (connection state written, service attempt counted)",
+            "IPv4 SYN retransmission (connection state looked up, nothing written)",
             padded(tcp_v4().ports(40003, 443).flags(TCP_SYN).ttl(64)),
         ),
         (
@@ -322,12 +322,13 @@ fn kernel(opts: &Opts) -> anyhow::Result<Value> {
 
     // Flows that change every run: single test runs (no dispatcher swap), each followed by the
     // baseline on the same frame; per trial, median(prog) - median(baseline).
-    let single_lines: [(&'static str, &str); 5] = [
+    let single_lines: [(&'static str, &str); 6] = [
         (
             "IPv4 RST, existing flow, hash path (two flows evicting each other)",
             "collide",
         ),
         ("IPv4 RST, new flow each run (hash insert)", "new"),
+        ("IPv4 SYN, new connection each run (connection state + service count)", "syn"),
         ("IPv4 RST over 64k flows, round robin (cache miss, hash hit)", "64k"),
         ("IPv4 TCP ACK, single runs (calibration: cf. the repeat line)", "ack"),
         (
@@ -350,6 +351,7 @@ fn kernel(opts: &Opts) -> anyhow::Result<Value> {
         let method = match kind {
             "collide" => format!("{singles} single runs alternating two flows that share a cache slot"),
             "new" => format!("{singles} single runs, each a flow never seen before"),
+            "syn" => format!("{singles} single runs, each a connection never seen before"),
             "64k" => "65 536 flows, one pass to insert, then one timed pass of single runs".to_owned(),
             _ => format!("{singles} single runs"),
         };
@@ -366,7 +368,7 @@ fn kernel(opts: &Opts) -> anyhow::Result<Value> {
                     programs.run(PROG_XDP, frame, 1)?;
                 }
             }
-            if kind == "new" {
+            if kind == "new" || kind == "syn" {
                 for _ in 0..4 * rst_common::wire::FLOW_CACHE_SLOTS {
                     programs.run(PROG_XDP, &padded(new_flow(next_new)), 1)?;
                     next_new += 1;
@@ -377,8 +379,9 @@ fn kernel(opts: &Opts) -> anyhow::Result<Value> {
             let mut base = Vec::with_capacity(count);
             for i in 0..count {
                 let new_frame;
-                let frame: &[u8] = if kind == "new" {
-                    new_frame = padded(new_flow(next_new));
+                let frame: &[u8] = if kind == "new" || kind == "syn" {
+                    let flow = new_flow(next_new);
+                    new_frame = padded(if kind == "syn" { flow.ports(50000, 443).flags(TCP_SYN) } else { flow });
                     next_new += 1;
                     &new_frame
                 } else {

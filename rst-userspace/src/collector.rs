@@ -18,7 +18,7 @@ use rst_common::{
     wire::{
         CacheSlot, ResetCounters, ServiceKey, ServiceValue, SourceKey, StackResetKey, TrafficCounters, FLOW_CACHE_SLOTS,
         MAP_EPOCH, MAP_FLOWS, MAP_FLOW_CACHE, MAP_OVERFLOW_SOURCES, MAP_RESET_COUNTERS, MAP_SERVICES, MAP_STACK_RESETS,
-        MAP_TRAFFIC,
+        MAP_TRAFFIC, DIRECTION_RX, DIRECTION_TX,
     },
     Counters, FlowKey, FlowValue,
 };
@@ -51,8 +51,8 @@ pub struct Collector {
     epoch: Array<MapData, u32>,
     reset_counters: PerCpuArray<MapData, ResetCounters>,
     traffic: PerCpuArray<MapData, TrafficCounters>,
-    /// Traffic totals at the previous collect: the kernel's are cumulative.
-    traffic_before: TrafficCounters,
+    /// Traffic totals (all, sent) at the previous collect: the kernel's are cumulative.
+    traffic_before: [TrafficCounters; 2],
     cpus: usize,
     active: u32,
     warned_no_membarrier: bool,
@@ -86,7 +86,7 @@ impl Collector {
             epoch,
             reset_counters,
             traffic,
-            traffic_before: TrafficCounters::default(),
+            traffic_before: [TrafficCounters::default(); 2],
             cpus,
             active,
             warned_no_membarrier: false,
@@ -111,11 +111,13 @@ impl Collector {
             resets.source_overflow += cpu.source_overflow;
             resets.service_overflow += cpu.service_overflow;
             resets.stack_overflow += cpu.stack_overflow;
+            resets.tx_resets += cpu.tx_resets;
         }
         let zeroes = PerCpuValues::try_from(vec![ResetCounters::default(); self.cpus])?;
         self.reset_counters.set(finished, zeroes, 0).context("resetting the reset counters")?;
         let traffic = self.read_traffic()?;
-        let before = std::mem::replace(&mut self.traffic_before, traffic);
+        let [before, tx_before] = std::mem::replace(&mut self.traffic_before, traffic);
+        let [traffic, tx] = traffic;
         let counters = Counters {
             frames: traffic.frames.wrapping_sub(before.frames),
             tcp: traffic.tcp.wrapping_sub(before.tcp),
@@ -126,6 +128,9 @@ impl Collector {
             source_overflow: resets.source_overflow,
             service_overflow: resets.service_overflow,
             stack_overflow: resets.stack_overflow,
+            tx_frames: tx.frames.wrapping_sub(tx_before.frames),
+            tx_tcp: tx.tcp.wrapping_sub(tx_before.tcp),
+            tx_resets: resets.tx_resets,
         };
 
         // Table keys are unique; a flow can also sit in several CPUs' cache slots. Only the
@@ -167,15 +172,25 @@ impl Collector {
         Ok(Sample { counters, flows, overflow_sources, services, stack_resets, read_time: started.elapsed() })
     }
 
-    fn read_traffic(&self) -> anyhow::Result<TrafficCounters> {
+    /// Cumulative traffic: both directions together, and what was sent.
+    fn read_traffic(&self) -> anyhow::Result<[TrafficCounters; 2]> {
         let mut total = TrafficCounters::default();
-        for cpu in self.traffic.get(&0, 0).context("reading the traffic counters")?.iter() {
-            total.frames = total.frames.wrapping_add(cpu.frames);
-            total.tcp = total.tcp.wrapping_add(cpu.tcp);
-            total.malformed = total.malformed.wrapping_add(cpu.malformed);
-            total.fragments = total.fragments.wrapping_add(cpu.fragments);
+        let mut sent = TrafficCounters::default();
+        let add = |sum: &mut TrafficCounters, cpu: &TrafficCounters| {
+            sum.frames = sum.frames.wrapping_add(cpu.frames);
+            sum.tcp = sum.tcp.wrapping_add(cpu.tcp);
+            sum.malformed = sum.malformed.wrapping_add(cpu.malformed);
+            sum.fragments = sum.fragments.wrapping_add(cpu.fragments);
+        };
+        for direction in [DIRECTION_RX, DIRECTION_TX] {
+            for cpu in self.traffic.get(&u32::from(direction), 0).context("reading the traffic counters")?.iter() {
+                add(&mut total, cpu);
+                if direction == DIRECTION_TX {
+                    add(&mut sent, cpu);
+                }
+            }
         }
-        Ok(total)
+        Ok([total, sent])
     }
 
     /// After this returns, every BPF program run that started before it has finished.

@@ -244,8 +244,9 @@ impl SendResetFormat {
                 let Some(declaration) = parts.next().and_then(|d| d.strip_prefix("field:")) else {
                     continue;
                 };
-                let name = declaration.rsplit(' ').next().unwrap_or_default();
-                let name = name.split('[').next().unwrap_or_default();
+                // `__u8 saddr[28]`, or on older kernels `saddr[sizeof(struct sockaddr_in6)]`.
+                let name = declaration.split('[').next().unwrap_or_default();
+                let name = name.rsplit(' ').next().unwrap_or_default();
                 if name != wanted {
                     continue;
                 }
@@ -422,12 +423,16 @@ pub fn attach(
             anyhow::Error::from(error)
         ),
     }
+    let ingress = match (attachment.hook, TcLink::for_this_kernel()) {
+        (Hook::TcIngress, TcLink::Clsact) => "clsact ingress".to_owned(),
+        (hook, _) => hook.to_string(),
+    };
     let egress = match (attachment.egress.is_some(), TcLink::for_this_kernel()) {
         (false, _) => "",
         (true, TcLink::Tcx) => " + tcx egress",
         (true, TcLink::Clsact) => " + clsact egress",
     };
-    tracing::info!("attached to {iface} (ifindex {ifindex}, {}{egress})", attachment.hook);
+    tracing::info!("attached to {iface} (ifindex {ifindex}, {ingress}{egress})");
     Ok(attachment)
 }
 
@@ -673,4 +678,31 @@ fn bpf_link_create_xdp(program_fd: i32, ifindex: u32, mode: XdpMode) -> io::Resu
     }
     // SAFETY: on success BPF_LINK_CREATE returns a new file descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(ret as i32) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LINUX_6_18: &str = "name: tcp_send_reset\nformat:\n\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\
+        \tfield:const void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;\n\tfield:int state;\toffset:24;\tsize:4;\tsigned:1;\n\
+        \tfield:enum sk_rst_reason reason;\toffset:28;\tsize:4;\tsigned:0;\n\tfield:__u8 saddr[28];\toffset:32;\tsize:28;\tsigned:0;\n\
+        \tfield:__u8 daddr[28];\toffset:60;\tsize:28;\tsigned:0;\n\nprint fmt: \"x\", __print_symbolic(REC->reason, { 0, \"NOT_SPECIFIED\" }, { 1, \"NO_SOCKET\" }, { 3, \"TCP_RFC7323_PAWS\" })\n";
+
+    #[test]
+    fn send_reset_format_gives_offsets_and_reason_names() {
+        assert_eq!(SendResetFormat::parse(LINUX_6_18), Ok(SendResetFormat { reason: 28, saddr: 32, daddr: 60 }));
+        // Older kernels spell the array size out.
+        let older = LINUX_6_18.replace("saddr[28]", "saddr[sizeof(struct sockaddr_in6)]");
+        assert_eq!(SendResetFormat::parse(&older).map(|f| f.saddr), Ok(32));
+        let names = parse_reason_names(LINUX_6_18).expect("names");
+        assert_eq!(names, ["NOT_SPECIFIED", "NO_SOCKET", "REASON_2", "TCP_RFC7323_PAWS"]);
+    }
+
+    #[test]
+    fn a_kernel_without_the_reason_field_is_named() {
+        let without = LINUX_6_18.replace("enum sk_rst_reason reason;", "int other;");
+        let error = SendResetFormat::parse(&without).expect_err("no reason field");
+        assert!(error.contains("no reason field"), "{error}");
+    }
 }

@@ -44,7 +44,12 @@ struct InterfaceLabels {
     direction: &'static str,
 }
 
-/// Interfaces × 2 directions × 4 kinds.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: &'static str,
+}
+
+/// Interfaces × 2 directions × 4 kinds (+ one series per interface for overflowed resets).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResetLabels {
     iface: String,
@@ -81,8 +86,8 @@ type GaugeF64 = Gauge<f64, AtomicU64>;
 
 pub struct Metrics {
     registry: Registry,
-    frames: Counter,
-    tcp: Counter,
+    frames: Family<DirectionLabels, Counter>,
+    tcp: Family<DirectionLabels, Counter>,
     malformed: Counter,
     fragments: Counter,
     resets: Family<ResetLabels, Counter>,
@@ -111,8 +116,8 @@ impl Metrics {
         let mut registry = Registry::with_prefix("rstwatch");
         let metrics = Metrics {
             registry: Registry::default(),
-            frames: Counter::default(),
-            tcp: Counter::default(),
+            frames: Family::default(),
+            tcp: Family::default(),
             malformed: Counter::default(),
             fragments: Counter::default(),
             resets: Family::default(),
@@ -133,7 +138,7 @@ impl Metrics {
             max_flows,
             reason_names,
         };
-        registry.register("frames", "Frames the programs saw", metrics.frames.clone());
+        registry.register("frames", "Frames the programs saw, by direction (rx received, tx sent)", metrics.frames.clone());
         registry.register("tcp_segments", "TCP segments among them", metrics.tcp.clone());
         registry.register("malformed_frames", "Frames truncated or malformed inside a header", metrics.malformed.clone());
         registry.register("fragments", "Non-first IP fragments (no TCP header to read)", metrics.fragments.clone());
@@ -206,8 +211,13 @@ impl Metrics {
     /// `services`: the run's top services (cumulative), see `Aggregator::top_services`.
     pub fn observe(&self, sample: &Sample, record: &IntervalRecord, services: &[ServiceRecord]) {
         let counters = &sample.counters;
-        self.frames.inc_by(counters.frames);
-        self.tcp.inc_by(counters.tcp);
+        for (direction, frames, tcp) in [
+            ("rx", counters.frames.saturating_sub(counters.tx_frames), counters.tcp.saturating_sub(counters.tx_tcp)),
+            ("tx", counters.tx_frames, counters.tx_tcp),
+        ] {
+            self.frames.get_or_create(&DirectionLabels { direction }).inc_by(frames);
+            self.tcp.get_or_create(&DirectionLabels { direction }).inc_by(tcp);
+        }
         self.malformed.inc_by(counters.malformed);
         self.fragments.inc_by(counters.fragments);
         self.overflow.inc_by(counters.overflow);
@@ -227,6 +237,16 @@ impl Metrics {
         }
         for ((ifindex, dir, kind), resets) in per_class {
             let labels = ResetLabels { iface: name(ifindex), direction: direction(dir), kind: kind.name() };
+            self.resets.get_or_create(&labels).inc_by(resets);
+        }
+        // Resets the flow table had no room for: counted per sender only, neither direction nor
+        // kind known.
+        let mut overflowed: HashMap<u32, u64> = HashMap::new();
+        for (key, resets) in &sample.overflow_sources {
+            *overflowed.entry(key.ifindex).or_default() += resets;
+        }
+        for (ifindex, resets) in overflowed {
+            let labels = ResetLabels { iface: name(ifindex), direction: "unknown", kind: "unclassified" };
             self.resets.get_or_create(&labels).inc_by(resets);
         }
         for ((ifindex, dir), resets) in middlebox {

@@ -111,13 +111,45 @@ pub struct Totals {
     pub service_overflow: u64,
     /// Kernel reset events that found no room in their table: in no flow's `reasons`.
     pub stack_overflow: u64,
+    /// The part of `frames`, `tcp` and `resets` this host sent (TC egress); the rest it received.
+    pub tx: DirectionTotals,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct DirectionTotals {
+    pub frames: u64,
+    pub tcp: u64,
+    pub resets: u64,
 }
 
 impl From<&Counters> for Totals {
     fn from(counters: &Counters) -> Self {
-        let Counters { frames, tcp, resets, malformed, fragments, overflow, source_overflow, service_overflow, stack_overflow } =
-            *counters;
-        Totals { frames, tcp, resets, malformed, fragments, overflow, source_overflow, service_overflow, stack_overflow }
+        let Counters {
+            frames,
+            tcp,
+            resets,
+            malformed,
+            fragments,
+            overflow,
+            source_overflow,
+            service_overflow,
+            stack_overflow,
+            tx_frames,
+            tx_tcp,
+            tx_resets,
+        } = *counters;
+        Totals {
+            frames,
+            tcp,
+            resets,
+            malformed,
+            fragments,
+            overflow,
+            source_overflow,
+            service_overflow,
+            stack_overflow,
+            tx: DirectionTotals { frames: tx_frames, tcp: tx_tcp, resets: tx_resets },
+        }
     }
 }
 
@@ -353,8 +385,7 @@ impl FlowStats {
         self.side_observed |= class.side_observed();
         self.first |= class.first();
         if key.peer_ttl != 0 && key.peer_ttl != key.rst_ttl {
-            let middlebox = self.middlebox.get_or_insert(Middlebox { rst_ttl: key.rst_ttl, peer_ttl: key.peer_ttl, resets: 0 });
-            middlebox.resets += resets;
+            self.add_middlebox(Middlebox { rst_ttl: key.rst_ttl, peer_ttl: key.peer_ttl, resets });
         }
     }
 
@@ -366,11 +397,25 @@ impl FlowStats {
         self.side_observed |= other.side_observed;
         self.first |= other.first;
         if let Some(theirs) = other.middlebox {
-            let ours = self.middlebox.get_or_insert(Middlebox { resets: 0, ..theirs });
-            ours.resets += theirs.resets;
+            self.add_middlebox(theirs);
         }
         for (reason, count) in &other.reasons {
             *self.reasons.entry(*reason).or_default() += count;
+        }
+    }
+
+    /// Counts every suspect RST; the TTL pair shown is the lowest of those seen (stable
+    /// whatever order entries arrive in).
+    fn add_middlebox(&mut self, seen: Middlebox) {
+        match &mut self.middlebox {
+            Some(ours) => {
+                ours.resets += seen.resets;
+                if (seen.rst_ttl, seen.peer_ttl) < (ours.rst_ttl, ours.peer_ttl) {
+                    ours.rst_ttl = seen.rst_ttl;
+                    ours.peer_ttl = seen.peer_ttl;
+                }
+            }
+            None => self.middlebox = Some(seen),
         }
     }
 
@@ -807,7 +852,7 @@ fn diagnose(
     }
     if unexplained > 0 {
         lines.push(format!(
-            "{unexplained} resets left this host with no TCP stack event: made by something else here (netfilter REJECT, a proxy)"
+            "{unexplained} resets left this host with no TCP stack event: made by something else here (netfilter REJECT, a proxy) or forwarded through it"
         ));
     }
     if !kernel_events.available {

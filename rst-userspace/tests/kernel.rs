@@ -272,6 +272,25 @@ fn resets_are_classified_in_the_kernel_as_on_the_host() -> anyhow::Result<()> {
             ],
             vec![(Established, false, true, true, true, 62)],
         ),
+        // A retransmitted SYN after the SYN+ACK changes nothing: the server's RST at ISN+1
+        // acknowledging only the SYN is still a handshake reset, with the SYN+ACK's TTL.
+        (
+            vec![
+                c2s(1008, TCP_SYN, 100, 0),
+                s2c(1008, TCP_SYN | TCP_ACK, 9000, 101),
+                c2s(1008, TCP_SYN, 100, 0),
+                s2c(1008, TCP_RST | TCP_ACK, 9001, 101),
+            ],
+            vec![(Handshake, true, true, true, true, 62)],
+        ),
+        // The SYN+ACK went another way: a client RST past its ISN+1 means data moved.
+        (vec![c2s(1009, TCP_SYN, 200, 0), c2s(1009, TCP_RST | TCP_ACK, 1201, 5)], vec![(Established, true, false, true, true, 64)]),
+        // No handshake seen: RST+ACK with sequence 0 answers a SYN, and comes from the server
+        // even when the ports would say otherwise.
+        (
+            vec![FrameBuilder::ipv4(SERVER, CLIENT).ports(50000, 40000).flags(TCP_RST | TCP_ACK).seq_ack(0, 9).ttl(62)],
+            vec![(Refused, true, true, false, true, 0)],
+        ),
         // No handshake seen: RST+ACK with sequence 0 answers a SYN; the port says who serves.
         (vec![s2c(1006, TCP_RST | TCP_ACK, 0, 77)], vec![(Refused, true, true, false, true, 0)]),
         (
@@ -321,6 +340,10 @@ fn resets_are_classified_in_the_kernel_as_on_the_host() -> anyhow::Result<()> {
     assert_eq!(kernel_flows, host_flows, "the kernel classified differently from the host");
     let services: Vec<(std::net::IpAddr, u16, u64, u64)> =
         sample.services.iter().map(|(key, value)| (key.ip(), key.port, value.attempts, value.synacks)).collect();
-    assert_eq!(services, vec![(std::net::IpAddr::from(SERVER), 80, 5, 4)], "five SYNs, four SYN+ACKs to one service");
+    assert_eq!(
+        services,
+        vec![(std::net::IpAddr::from(SERVER), 80, 7, 5)],
+        "seven attempts and five SYN+ACKs to one service (a retransmitted SYN counts once)"
+    );
     Ok(())
 }
