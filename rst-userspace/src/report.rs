@@ -445,6 +445,8 @@ pub struct Aggregator {
     totals: Counters,
     /// Keyed by [`FlowKey::flow_id`].
     flows: HashMap<FlowKey, FlowStats>,
+    /// The last interval's flows (kept for its capacity).
+    interval_flows: HashMap<FlowKey, FlowStats>,
     /// tx flows of the run by 4-tuple, for kernel events that arrive an interval late.
     tx_flows: HashMap<FourTuple, FlowKey>,
     /// Kernel events not matched in their interval: tried once more in the next.
@@ -468,6 +470,7 @@ impl Aggregator {
             elapsed: Duration::ZERO,
             totals: Counters::default(),
             flows: HashMap::new(),
+            interval_flows: HashMap::new(),
             tx_flows: HashMap::new(),
             pending_events: Vec::new(),
             services: HashMap::new(),
@@ -510,7 +513,10 @@ impl Aggregator {
         self.intervals += 1;
         self.elapsed += elapsed;
         self.totals.accumulate(&sample.counters);
-        let mut interval: HashMap<FlowKey, FlowStats> = HashMap::new();
+        // Reused across intervals: a map of tens of thousands of flows allocated afresh every
+        // interval leaves the allocator's heap higher each time.
+        let mut interval = std::mem::take(&mut self.interval_flows);
+        interval.clear();
         for (key, resets) in &sample.flows {
             interval.entry(key.flow_id()).or_default().add(key, *resets);
         }
@@ -541,13 +547,12 @@ impl Aggregator {
         let totals = Totals::from(&sample.counters);
         let mut sources = rank_sources(interval.iter(), sample.overflow_sources.iter().map(|(k, r)| (k, *r)), elapsed);
         sources.truncate(self.top);
-        let mut flows = self.flow_records(interval.iter());
-        flows.truncate(self.top);
+        let flows = self.flow_records(interval.iter(), self.top);
         let mut services = self.service_records(sample.services.iter().map(|(k, v)| (k, v)), interval.iter());
         services.truncate(self.top);
         let mut destinations = rank_destinations(interval.iter());
         destinations.truncate(self.top);
-        IntervalRecord {
+        let record = IntervalRecord {
             kind: "interval",
             seq: self.intervals,
             time: humantime::format_rfc3339_millis(ended).to_string(),
@@ -561,7 +566,9 @@ impl Aggregator {
             flows,
             services,
             destinations,
-        }
+        };
+        self.interval_flows = interval;
+        record
     }
 
     /// Charges kernel reset events to the tx flows they explain: this interval's first, then the
@@ -600,7 +607,7 @@ impl Aggregator {
         let mut kernel_events = self.kernel_events.clone();
         // What is still pending has had its chance: the run is over.
         kernel_events.elsewhere += self.pending_events.iter().map(|(_, count)| count).sum::<u64>();
-        let flows = self.flow_records(self.flows.iter());
+        let flows = self.flow_records(self.flows.iter(), usize::MAX);
         let sources = rank_sources(self.flows.iter(), self.overflow_sources.iter().map(|(k, r)| (k, *r)), self.elapsed);
         let destinations = rank_destinations(self.flows.iter());
         let services = self.service_records(self.services.iter(), self.flows.iter());
@@ -637,12 +644,17 @@ impl Aggregator {
         self.reason_names.get(code as usize).cloned().unwrap_or_else(|| format!("REASON_{code}"))
     }
 
-    fn flow_records<'a>(&self, flows: impl Iterator<Item = (&'a FlowKey, &'a FlowStats)>) -> Vec<FlowRecord> {
-        let mut records: Vec<(FlowKey, FlowRecord)> = flows
+    /// The `limit` largest flows as records, largest first; ties in a stable, readable order.
+    fn flow_records<'a>(&self, flows: impl Iterator<Item = (&'a FlowKey, &'a FlowStats)>, limit: usize) -> Vec<FlowRecord> {
+        let mut ranked: Vec<(&FlowKey, &FlowStats)> = flows.collect();
+        ranked.sort_by(|(ka, a), (kb, b)| b.resets.cmp(&a.resets).then_with(|| ka.cmp(kb)));
+        ranked.truncate(limit);
+        ranked
+            .into_iter()
             .map(|(key, stats)| {
                 let tx = key.direction == DIRECTION_TX;
                 let explained: u64 = stats.reasons.values().sum();
-                let record = FlowRecord {
+                FlowRecord {
                     iface: self.iface_name(key.ifindex),
                     ifindex: key.ifindex,
                     family: if key.family == FAMILY_IPV4 { "ipv4" } else { "ipv6" },
@@ -661,13 +673,9 @@ impl Aggregator {
                     reasons: stats.reasons.iter().map(|(code, count)| (self.reason_name(*code), *count)).collect(),
                     no_kernel_event: (tx && self.kernel_events.available)
                         .then(|| stats.resets.saturating_sub(explained)),
-                };
-                (*key, record)
+                }
             })
-            .collect();
-        // Largest first; ties in a stable, readable order.
-        records.sort_by(|(ka, a), (kb, b)| b.resets.cmp(&a.resets).then_with(|| ka.cmp(kb)));
-        records.into_iter().map(|(_, record)| record).collect()
+            .collect()
     }
 
     /// Services from the handshakes counted in the kernel, with the resets of their flows: a
