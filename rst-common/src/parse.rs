@@ -7,7 +7,7 @@
 
 use crate::{
     cursor::{Cursor, Header},
-    wire::{FlowKey, DIRECTION_RX, FAMILY_IPV4, FAMILY_IPV6, IPPROTO_TCP},
+    wire::{native_words, FlowKey, DIRECTION_RX, FAMILY_IPV4, FAMILY_IPV6, IPPROTO_TCP},
 };
 
 pub const ETH_P_IPV4: u16 = 0x0800;
@@ -277,7 +277,7 @@ pub fn tcp_event<C: Cursor + ?Sized>(frame: &C, segment: &Segment, direction: u8
         ([u32::from_ne_bytes(ip.src), 0, 0, 0], [u32::from_ne_bytes(ip.dst), 0, 0, 0], ip.ttl)
     } else {
         let ip = frame.header::<Ipv6Hdr>(segment.l3)?;
-        (ipv6_words(&ip.src), ipv6_words(&ip.dst), ip.hop_limit)
+        (native_words(&ip.src), native_words(&ip.dst), ip.hop_limit)
     };
     Some(TcpEvent {
         key: FlowKey::from_parts(
@@ -296,15 +296,6 @@ pub fn tcp_event<C: Cursor + ?Sized>(frame: &C, segment: &Segment, direction: u8
     })
 }
 
-#[inline(always)]
-fn ipv6_words(a: &[u8; 16]) -> [u32; 4] {
-    [
-        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
-        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
-        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
-        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
-    ]
-}
 
 /// What one frame means to rstwatch's counters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -372,8 +372,9 @@ const fn ports_word(a: u16, b: u16) -> u32 {
     word([a[0], a[1], b[0], b[1]])
 }
 
+/// An address as four native-endian words (its bytes in memory order).
 #[inline(always)]
-fn native_words(a: &[u8; 16]) -> [u32; 4] {
+pub fn native_words(a: &[u8; 16]) -> [u32; 4] {
     // SAFETY: same size, every bit pattern valid for both.
     unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(*a) }
 }

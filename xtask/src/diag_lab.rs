@@ -567,28 +567,8 @@ fn listener(addr: SocketAddr) -> Result<Socket> {
     Ok(sock)
 }
 
-/// Waits up to `timeout` for `sock` to become readable (a pending connection, for a listener).
-fn readable(sock: &Socket, timeout: Duration) -> io::Result<bool> {
-    let mut pfd = libc::pollfd {
-        fd: sock.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-    // SAFETY: `pfd` is one valid pollfd for the duration of the call and nfds is 1.
-    match unsafe { libc::poll(&mut pfd, 1, ms) } {
-        -1 => {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                Ok(false)
-            } else {
-                Err(e)
-            }
-        }
-        0 => Ok(false),
-        _ => Ok(true),
-    }
-}
+
+use crate::traffic::readable;
 
 fn accept(listener: &Socket) -> Result<Socket> {
     let deadline = Instant::now() + IO_TIMEOUT;

@@ -394,7 +394,7 @@ fn listener(addr: SocketAddr) -> Result<Socket> {
 }
 
 /// Waits up to `timeout` for `sock` to become readable (a pending connection, for a listener).
-fn readable(sock: &Socket, timeout: Duration) -> io::Result<bool> {
+pub(crate) fn readable(sock: &Socket, timeout: Duration) -> io::Result<bool> {
     let mut pfd = libc::pollfd {
         fd: sock.as_raw_fd(),
         events: libc::POLLIN,

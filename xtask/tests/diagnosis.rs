@@ -205,22 +205,7 @@ fn summary(fin: &Finished, what: &str) -> Result<Value> {
         fin.status,
         fin.stderr
     );
-    let lines: Vec<&str> = fin.stdout.lines().filter(|l| !l.trim().is_empty()).collect();
-    let mut summaries = Vec::new();
-    for line in &lines {
-        let v: Value = serde_json::from_str(line).with_context(|| format!("stdout line is not JSON: {line}"))?;
-        match v["type"].as_str() {
-            Some("interval") => {}
-            Some("summary") => summaries.push(v),
-            other => bail!("unexpected JSON line type {other:?}: {line}"),
-        }
-    }
-    ensure!(
-        summaries.len() == 1 && lines.last().is_some_and(|l| l.contains("\"summary\"")),
-        "want exactly one summary line, last: {}",
-        fin.stdout
-    );
-    Ok(summaries.remove(0))
+    xtask::lab::summary_line(&fin.stdout).with_context(|| format!("rstwatch on the {what}'s veth:\n{}", fin.stdout))
 }
 
 /// A flow by the RST's source and destination. Within one interface of this lab each pair's RSTs

@@ -119,27 +119,7 @@ fn flow_key(v: &Value) -> Result<FlowKey> {
 
 /// rstwatch's final summary: the one `summary` line, the last line of its stdout.
 fn summary(fin: &Finished) -> Result<Value> {
-    let lines: Vec<&str> = fin.stdout.lines().filter(|l| !l.trim().is_empty()).collect();
-    let mut summaries = Vec::new();
-    for line in &lines {
-        let v: Value = serde_json::from_str(line).with_context(|| format!("stdout line is not JSON: {line}"))?;
-        match v["type"].as_str() {
-            Some("interval") => {}
-            Some("summary") => summaries.push(v),
-            other => bail!("unexpected JSON line type {other:?}: {line}"),
-        }
-    }
-    ensure!(
-        summaries.len() == 1,
-        "want exactly one summary line, got {}: {}",
-        summaries.len(),
-        fin.stdout
-    );
-    ensure!(
-        lines.last().is_some_and(|l| l.contains("\"summary\"")),
-        "the summary is not the last line"
-    );
-    Ok(summaries.remove(0))
+    xtask::lab::summary_line(&fin.stdout).with_context(|| format!("rstwatch's stdout:\n{}", fin.stdout))
 }
 
 /// rstwatch's flows with resets that `iface` received, checking the totals add up.
