@@ -43,6 +43,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::{
     cmd,
     lab::{Iface, Lab, Netns, Proc},
+    traffic::{in_netns, readable},
 };
 
 pub const CLIENT4: Ipv4Addr = Ipv4Addr::new(10, 88, 1, 2);
@@ -538,18 +539,6 @@ fn nft(ns: &Netns, ruleset: &str) -> Result<()> {
     Ok(())
 }
 
-/// Runs `f` on a fresh thread that entered `ns`, so whatever sockets `f` creates live there.
-fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-    thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                ns.enter_current_thread()?;
-                f()
-            })
-            .join()
-            .map_err(|_| anyhow!("thread in {} panicked", ns.name()))?
-    })
-}
 
 fn tcp_socket(family: Family) -> Result<Socket> {
     let sock = Socket::new(family.domain(), Type::STREAM, Some(Protocol::TCP))?;
@@ -567,8 +556,6 @@ fn listener(addr: SocketAddr) -> Result<Socket> {
     Ok(sock)
 }
 
-
-use crate::traffic::readable;
 
 fn accept(listener: &Socket) -> Result<Socket> {
     let deadline = Instant::now() + IO_TIMEOUT;
