@@ -22,6 +22,8 @@
 //! * `gen`: the flood generator: a two-instruction XDP program (`r0 = XDP_TX; exit`) loaded
 //!   here, outside rstwatch's object, run with `BPF_F_TEST_XDP_LIVE_FRAMES` on one end of a
 //!   veth, so every run transmits the frame to the peer, where the program under test sees it.
+//!   What the peer's full ring refused is read from the veth around each run (one flow per
+//!   run) and reported as `dropped_by_veth`; the per-flow `expected` counts are what arrived.
 //! * `pkt`: a paced AF_PACKET flood (one frame per flow in turn, `sendmmsg`), for floods of many
 //!   distinct flows per second, which one-frame live test runs (~30k calls/s) cannot reach.
 //! * `hold`: attaches one of the object's programs (the empty `rstwatch_xdp_pass` by default) to
@@ -544,6 +546,97 @@ fn live_run(prog: &OwnedFd, frame: &[u8], ctx: &XdpMd, repeat: u32, batch: u32) 
     Ok(attr.duration)
 }
 
+/// The veth's count of frames its peer's ring refused (`tx_queue_N_xdp_xmit_errors` in
+/// `ethtool -S`, summed over queues), read through `SIOCETHTOOL`.
+///
+/// A live-frames run hands its frames to the peer's ring inside the syscall, and a full ring
+/// (the peer's NAPI starved on a loaded machine) drops the rest there and counts them here. So
+/// the change across one run is exactly what that run's flow lost before any XDP hook saw it.
+struct XmitErrors {
+    socket: OwnedFd,
+    name: [u8; libc::IFNAMSIZ],
+    /// Indices of the `*_xdp_xmit_errors` counters in the statistics array.
+    indices: Vec<usize>,
+    n_stats: u32,
+    stats: Vec<u64>,
+}
+
+/// `struct ifreq` with the `ifr_data` member.
+#[repr(C)]
+struct IfreqData {
+    name: [u8; libc::IFNAMSIZ],
+    data: *mut libc::c_void,
+    _pad: [u8; 16],
+}
+
+const SIOCETHTOOL: libc::c_ulong = 0x8946;
+const ETHTOOL_GSTRINGS: u32 = 0x1b;
+const ETHTOOL_GSTATS: u32 = 0x1d;
+const ETHTOOL_GSSET_INFO: u32 = 0x37;
+const ETH_SS_STATS: u32 = 1;
+const ETH_GSTRING_LEN: usize = 32;
+
+impl XmitErrors {
+    fn open(iface: &str) -> anyhow::Result<XmitErrors> {
+        // SAFETY: socket() has no memory preconditions.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error()).context("socket for SIOCETHTOOL");
+        }
+        // SAFETY: a successful socket() returns a descriptor nothing else owns.
+        let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut name = [0u8; libc::IFNAMSIZ];
+        ensure!(iface.len() < name.len(), "interface name {iface:?} is too long");
+        name[..iface.len()].copy_from_slice(iface.as_bytes());
+        let mut this = XmitErrors { socket, name, indices: Vec::new(), n_stats: 0, stats: Vec::new() };
+
+        // struct ethtool_sset_info: cmd, reserved, sset_mask (u64), data[1] (u32).
+        let mut info = [0u32; 5];
+        info[0] = ETHTOOL_GSSET_INFO;
+        info[2] = 1 << ETH_SS_STATS;
+        this.ioctl(info.as_mut_ptr().cast()).context("ETHTOOL_GSSET_INFO")?;
+        let count = info[4];
+        // struct ethtool_gstrings: cmd, string_set, len, then len * ETH_GSTRING_LEN bytes.
+        let mut strings = vec![0u32; 3 + count as usize * ETH_GSTRING_LEN / 4];
+        strings[0] = ETHTOOL_GSTRINGS;
+        strings[1] = ETH_SS_STATS;
+        strings[2] = count;
+        this.ioctl(strings.as_mut_ptr().cast()).context("ETHTOOL_GSTRINGS")?;
+        let bytes: Vec<u8> = strings[3..].iter().flat_map(|w| w.to_ne_bytes()).collect();
+        for (index, raw) in bytes.chunks(ETH_GSTRING_LEN).enumerate() {
+            let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+            let stat = String::from_utf8_lossy(&raw[..end]);
+            if stat.starts_with("tx_queue_") && stat.ends_with("_xdp_xmit_errors") {
+                this.indices.push(index);
+            }
+        }
+        ensure!(!this.indices.is_empty(), "{iface} has no xdp_xmit_errors counter (not a veth?)");
+        this.n_stats = count;
+        // struct ethtool_stats: cmd, n_stats, then n_stats u64.
+        this.stats = vec![0u64; 1 + count as usize];
+        Ok(this)
+    }
+
+    fn ioctl(&self, data: *mut libc::c_void) -> io::Result<()> {
+        let mut request = IfreqData { name: self.name, data, _pad: [0; 16] };
+        // SAFETY: `request` names the interface and points at a buffer laid out as the command
+        // in its first word asks, sized from the kernel's own count; both outlive the call.
+        let ret = unsafe { libc::ioctl(self.socket.as_raw_fd(), SIOCETHTOOL, &mut request) };
+        if ret < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn read(&mut self) -> io::Result<u64> {
+        self.stats.fill(0);
+        self.stats[0] = u64::from(ETHTOOL_GSTATS) | u64::from(self.n_stats) << 32;
+        let stats = self.stats.as_mut_ptr().cast();
+        self.ioctl(stats)?;
+        Ok(self.indices.iter().map(|&i| self.stats[1 + i]).sum())
+    }
+}
+
 fn generate(opts: &Opts) -> anyhow::Result<Value> {
     let iface = opts.text("iface").context("--iface IFACE is required")?;
     let flows: u32 = opts.get("flows", 64)?;
@@ -562,9 +655,12 @@ fn generate(opts: &Opts) -> anyhow::Result<Value> {
         .iter()
         .map(|f| XdpMd::arriving(f.len(), ifindex))
         .collect();
+    let mut xmit_errors = XmitErrors::open(iface).context("reading the veth's XDP transmit errors")?;
     let started = Instant::now();
     let mut calls = 0u64;
     let mut sent = 0u64;
+    let mut dropped = 0u64;
+    let mut per_flow_dropped = vec![0u64; flows as usize];
     let mut kernel_ns = 0f64;
     let mut per_flow = vec![0u64; flows as usize];
     'outer: for pass in 0.. {
@@ -582,7 +678,11 @@ fn generate(opts: &Opts) -> anyhow::Result<Value> {
                     std::thread::sleep(due - elapsed);
                 }
             }
+            let errors_before = xmit_errors.read().context("ETHTOOL_GSTATS")?;
             let ns = live_run(&prog, frame, ctx, repeat, batch).context("live-frames test run")?;
+            let lost = xmit_errors.read().context("ETHTOOL_GSTATS")? - errors_before;
+            dropped += lost;
+            per_flow_dropped[i] += lost;
             calls += 1;
             sent += u64::from(repeat);
             per_flow[i] += u64::from(repeat);
@@ -590,11 +690,14 @@ fn generate(opts: &Opts) -> anyhow::Result<Value> {
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
+    // What each flow delivered to the peer's hook: what it sent less what its runs lost.
     let expected: Vec<Value> = per_flow
         .iter()
+        .zip(&per_flow_dropped)
+        .map(|(&n, &lost)| n.saturating_sub(lost))
         .enumerate()
-        .filter(|(_, &n)| n > 0)
-        .map(|(i, &n)| {
+        .filter(|(_, n)| *n > 0)
+        .map(|(i, n)| {
             let key = flood_flow(first + i as u32).flow_key(0);
             json!([
                 key.src_ip().to_string(),
@@ -613,6 +716,9 @@ fn generate(opts: &Opts) -> anyhow::Result<Value> {
         "repeat": repeat,
         "calls": calls,
         "sent": sent,
+        "dropped_by_veth": dropped,
+        // Another generator on the same veth would share the counter: never underflow.
+        "delivered": sent.saturating_sub(dropped),
         "elapsed_s": elapsed,
         "wall_rate_pps": sent as f64 / elapsed,
         "kernel_ns_per_frame": kernel_ns / sent.max(1) as f64,

@@ -58,6 +58,19 @@ pub struct Collector {
     warned_no_membarrier: bool,
 }
 
+impl Sample {
+    /// Whether the interval counted anything at all: the frame counters are read after the
+    /// epoch flip, so a flood's last resets can land in an interval whose frames the previous
+    /// one already holds.
+    pub fn counted_anything(&self) -> bool {
+        let Counters { frames, tcp, resets, overflow, tx_frames, .. } = self.counters;
+        frames + tcp + resets + overflow + tx_frames > 0
+            || !self.flows.is_empty()
+            || !self.services.is_empty()
+            || !self.stack_resets.is_empty()
+    }
+}
+
 impl Collector {
     /// Takes ownership of the maps the collector drains.
     pub fn new(ebpf: &mut Ebpf) -> anyhow::Result<Self> {

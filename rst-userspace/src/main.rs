@@ -206,7 +206,7 @@ fn run(cli: WatchArgs) -> anyhow::Result<()> {
         if let Some(metrics) = &metrics {
             metrics.observe(&sample, &record, &aggregator.top_services());
         }
-        if sample.counters.frames > 0 || elapsed >= interval / 2 {
+        if sample.counted_anything() || elapsed >= interval / 2 {
             printer.interval(&record)?;
         }
         printer.summary(&aggregator.summary())?;
