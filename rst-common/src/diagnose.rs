@@ -22,7 +22,7 @@
 use crate::{
     parse::{TcpEvent, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     wire::{
-        ConnKey, ConnState, FlowKey, ResetClass, ResetKind, ServiceKey, CONN_CLIENT_IS_LO, CONN_FIN, CONN_RESET, CONN_SYN,
+        CacheSlot, ConnKey, ConnState, FlowKey, ResetClass, ResetKind, ServiceKey, CONN_CLIENT_IS_LO, CONN_FIN, CONN_RESET, CONN_SYN,
         CONN_SYNACK,
     },
 };
@@ -33,6 +33,42 @@ pub trait ConnTable {
     fn get(&mut self, key: &ConnKey) -> Option<&mut ConnState>;
     /// Sets `key`'s state, replacing any; a full table forgets its oldest connections.
     fn put(&mut self, key: &ConnKey, state: &ConnState);
+    /// Called after every change [`track`] makes to the table, so a verdict remembered from
+    /// before (the kernel's flow cache, see [`CacheSlot`]) is not trusted after it.
+    fn changed(&mut self) {}
+}
+
+impl CacheSlot {
+    /// Whether this slot's key is the verdict the classifier would give the RST `event` now,
+    /// with the connection table at `generation`: the same segment, the same sequence numbers
+    /// and flags, and no change to the table since the slot's verdict was made.
+    #[inline(always)]
+    pub fn holds_verdict_for(&self, event: &TcpEvent, generation: u32) -> bool {
+        self.resets != 0
+            && self.generation == generation
+            && self.seq == event.seq
+            && self.ack == event.ack
+            && self.flags == event.flags
+            && self.key.classifies(&event.key)
+    }
+
+    /// Makes the slot count `key`, the verdict on `event` made at `generation` (read before
+    /// the classifier ran: a change the classification itself made must not be covered).
+    #[inline(always)]
+    pub fn hold(&mut self, key: &FlowKey, event: &TcpEvent, generation: u32, resets: u64) {
+        self.key = *key;
+        self.resets = resets;
+        self.remember(event, generation);
+    }
+
+    /// Keeps the slot's count and key, with `event` as the segment its verdict was made from.
+    #[inline(always)]
+    pub fn remember(&mut self, event: &TcpEvent, generation: u32) {
+        self.seq = event.seq;
+        self.ack = event.ack;
+        self.generation = generation;
+        self.flags = event.flags;
+    }
 }
 
 /// What a tracked segment asks the caller to count.
@@ -67,6 +103,7 @@ pub fn track<T: ConnTable + ?Sized>(conns: &mut T, event: &TcpEvent) -> Tracked 
             // A new attempt replaces whatever an earlier connection on this 4-tuple left.
             let state = ConnState::new(seq, 0, key.rst_ttl, 0, CONN_SYN | client_flag(sender_is_lo));
             conns.put(&conn, &state);
+            conns.changed();
             return Tracked::Attempt(ServiceKey::new(key.dst, key.dport, &key));
         }
         let client_is_lo = !sender_is_lo;
@@ -89,13 +126,19 @@ pub fn track<T: ConnTable + ?Sized>(conns: &mut T, event: &TcpEvent) -> Tracked 
             let state = ConnState::new(ack.wrapping_sub(1), seq, 0, key.rst_ttl, CONN_SYNACK | client_flag(client_is_lo));
             conns.put(&conn, &state);
         }
+        conns.changed();
         return Tracked::SynAck(ServiceKey::new(key.src, key.sport, &key));
     }
     if flags & TCP_FIN != 0 {
         // Only a connection already known: an insert per FIN would let a FIN scan (or every
         // older connection closing) push real handshakes out of the table.
+        let mut changed = false;
         if let Some(state) = conns.get(&conn) {
+            changed = state.flags & CONN_FIN == 0;
             state.flags |= CONN_FIN;
+        }
+        if changed {
+            conns.changed();
         }
     }
     Tracked::Nothing
@@ -107,6 +150,7 @@ fn classify<T: ConnTable + ?Sized>(conns: &mut T, conn: &ConnKey, sender_is_lo: 
     let ack_set = flags & TCP_ACK != 0;
     let inferred = if ack_set && seq == 0 { ResetKind::Refused } else { ResetKind::Established };
     let mut class = None;
+    let mut changed = false;
     if let Some(state) = conns.get(conn) {
         let sender_is_client = (state.flags & CONN_CLIENT_IS_LO != 0) == sender_is_lo;
         let (own_isn, peer_isn) = if sender_is_client {
@@ -139,8 +183,14 @@ fn classify<T: ConnTable + ?Sized>(conns: &mut T, conn: &ConnKey, sender_is_lo: 
         let observed = state.flags & (CONN_SYN | CONN_SYNACK) != 0;
         let peer_ttl = if sender_is_client { state.client_ttl } else { state.server_ttl };
         let first = state.flags & CONN_RESET == 0;
-        state.flags |= CONN_RESET;
+        if first {
+            state.flags |= CONN_RESET;
+            changed = true;
+        }
         class = Some((ResetClass::new(kind, ack_set, !sender_is_client, observed, first), peer_ttl));
+    }
+    if changed {
+        conns.changed();
     }
     let (class, peer_ttl) = match class {
         Some(found) => found,
@@ -169,4 +219,78 @@ fn client_flag(client_is_lo: bool) -> u8 {
 #[inline(always)]
 fn client_is_lo_by_ports(conn: &ConnKey) -> bool {
     conn.lo_port > conn.hi_port
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::vec::Vec;
+
+    use crate::{craft::tcp_v4, wire::ConnState};
+
+    #[derive(Default)]
+    struct Table {
+        entries: Vec<(ConnKey, ConnState)>,
+        changes: u32,
+    }
+
+    impl ConnTable for Table {
+        fn get(&mut self, key: &ConnKey) -> Option<&mut ConnState> {
+            self.entries.iter_mut().find(|(k, _)| k == key).map(|(_, state)| state)
+        }
+        fn put(&mut self, key: &ConnKey, state: &ConnState) {
+            self.entries.retain(|(k, _)| k != key);
+            self.entries.push((*key, *state));
+        }
+        fn changed(&mut self) {
+            self.changes += 1;
+        }
+    }
+
+    fn verdict(table: &mut Table, event: &TcpEvent) -> FlowKey {
+        match track(table, event) {
+            Tracked::Reset(key) => key,
+            other => panic!("an RST tracked as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_change_to_the_table_is_announced_and_nothing_else() {
+        let mut table = Table::default();
+        let syn = tcp_v4().ports(40000, 80).flags(TCP_SYN).seq_ack(10, 0).event(1);
+        let synack = tcp_v4().ports(80, 40000).flags(TCP_SYN | TCP_ACK).seq_ack(70, 11).event(1);
+        let fin = tcp_v4().ports(40000, 80).flags(TCP_FIN | TCP_ACK).seq_ack(11, 71).event(1);
+        let rst = tcp_v4().ports(80, 40000).flags(TCP_RST).seq_ack(71, 0).event(1);
+        let mut changes = Vec::new();
+        for event in [&syn, &syn, &synack, &synack, &fin, &fin, &rst, &rst] {
+            let _ = track(&mut table, event);
+            changes.push(table.changes);
+        }
+        // Retransmissions, a second FIN and a second RST leave the table as it was.
+        assert_eq!(changes, [1, 1, 2, 2, 3, 3, 4, 4]);
+    }
+
+    #[test]
+    fn a_slot_holds_a_verdict_only_for_the_same_segment_at_the_same_generation() {
+        let mut table = Table::default();
+        let rst = tcp_v4().ports(80, 40000).flags(TCP_RST | TCP_ACK).seq_ack(500, 9).event(1);
+        let key = verdict(&mut table, &rst);
+        assert_ne!(key.class, 0, "the verdict is in the key");
+        let mut slot = CacheSlot::EMPTY;
+        assert!(!slot.holds_verdict_for(&rst, 0), "an empty slot holds nothing");
+        slot.hold(&key, &rst, 7, 1);
+        assert!(slot.holds_verdict_for(&rst, 7));
+        assert!(!slot.holds_verdict_for(&rst, 8), "the table changed since");
+        let other_seq = TcpEvent { seq: 501, ..rst };
+        let other_ack = TcpEvent { ack: 10, ..rst };
+        let other_flags = TcpEvent { flags: TCP_RST, ..rst };
+        let other_ttl = TcpEvent { key: FlowKey { rst_ttl: rst.key.rst_ttl - 1, ..rst.key }, ..rst };
+        let other_port = TcpEvent { key: FlowKey { dport: 40001, ..rst.key }, ..rst };
+        for other in [other_seq, other_ack, other_flags, other_ttl, other_port] {
+            assert!(!slot.holds_verdict_for(&other, 7), "{other:?}");
+        }
+        // Only the verdict bytes are ignored: a key differing elsewhere is another segment.
+        assert!(key.classifies(&rst.key));
+        assert!(!FlowKey { _pad: [1, 0], ..key }.classifies(&rst.key));
+    }
 }

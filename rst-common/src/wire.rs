@@ -234,11 +234,48 @@ pub struct StackResetKey {
 /// flow is a per-CPU add: no hashing, no atomics. A slot is written back to the flow table when
 /// another flow needs it, and userspace drains what is left at the end of the epoch.
 /// `resets == 0` marks a free slot.
+///
+/// A slot also remembers what its key's classification was made from — the RST's sequence and
+/// acknowledgment numbers and flags, and the connection-table generation read before the
+/// classifier ran. The classifier's only other input is that table, and every change to it
+/// bumps the generation, so an RST that matches all of these would be classified the same:
+/// it is counted without the connection lookup. The slot index comes from the unclassified
+/// key ([`FlowKey::cache_slot`] of the segment's key), which the RST knows before classifying.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CacheSlot {
     pub key: FlowKey,
     pub resets: u64,
+    pub seq: u32,
+    pub ack: u32,
+    pub generation: u32,
+    pub flags: u8,
+    pub _pad: [u8; 3],
+}
+
+impl CacheSlot {
+    pub const EMPTY: CacheSlot = CacheSlot {
+        key: FlowKey {
+            src: [0; 16],
+            dst: [0; 16],
+            ifindex: 0,
+            sport: 0,
+            dport: 0,
+            family: 0,
+            protocol: 0,
+            direction: 0,
+            class: 0,
+            rst_ttl: 0,
+            peer_ttl: 0,
+            _pad: [0; 2],
+        },
+        resets: 0,
+        seq: 0,
+        ack: 0,
+        generation: 0,
+        flags: 0,
+        _pad: [0; 3],
+    };
 }
 
 impl FlowKey {
@@ -260,6 +297,23 @@ impl FlowKey {
             fold ^= word;
         }
         fold.wrapping_mul(0x9e37_79b1) >> (32 - FLOW_CACHE_SLOTS.trailing_zeros())
+    }
+
+    /// Whether this (classified) key is `segment`'s (as parsed, unclassified) but for the
+    /// classifier's verdict: the class byte and the peer's TTL.
+    #[inline(always)]
+    pub fn classifies(&self, segment: &FlowKey) -> bool {
+        // The class is the fourth byte of word 10, the peer's TTL the second byte of word 11.
+        const CLASS: u32 = word([0, 0, 0, 0xff]);
+        const PEER_TTL: u32 = word([0, 0xff, 0, 0]);
+        let (a, b) = (self.words(), segment.words());
+        let mut differ = 0;
+        for i in 0..10 {
+            differ |= a[i] ^ b[i];
+        }
+        differ |= (a[10] & !CLASS) ^ b[10];
+        differ |= (a[11] & !PEER_TTL) ^ b[11];
+        differ == 0
     }
 
     #[inline(always)]
@@ -573,7 +627,7 @@ const _: () = {
     assert!(core::mem::size_of::<FlowKey>() == 48);
     assert!(core::mem::size_of::<FlowValue>() == 8);
     assert!(core::mem::size_of::<SourceKey>() == 24);
-    assert!(core::mem::size_of::<CacheSlot>() == 56);
+    assert!(core::mem::size_of::<CacheSlot>() == 72);
     assert!(core::mem::size_of::<ConnKey>() == 44);
     assert!(core::mem::size_of::<ConnState>() == 12);
     assert!(core::mem::size_of::<ServiceKey>() == 24);

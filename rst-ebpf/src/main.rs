@@ -21,7 +21,9 @@ use aya_ebpf::{
     programs::{TcContext, TracePointContext, XdpContext},
 };
 use rst_common::{
-    count, inspect_with, track,
+    count, inspect_with,
+    parse::{TcpEvent, TCP_RST},
+    track,
     wire::{
         CacheSlot, ConnKey, ConnState, FlowKey, FlowValue, ResetCounters, ServiceKey, ServiceValue, SourceKey,
         StackResetKey, TrafficCounters, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_OVERFLOW_SOURCES,
@@ -52,6 +54,9 @@ static OVERFLOW_SOURCES_1: HashMap<SourceKey, FlowValue> =
 static FLOW_CACHE: PerCpuArray<CacheSlot> = PerCpuArray::with_max_entries(2 * FLOW_CACHE_SLOTS, 0);
 #[map]
 static EPOCH: Array<u32> = Array::with_max_entries(1, 0);
+/// Bumped on every change to `CONNECTIONS`: a flow-cache verdict made before it is not reused.
+#[map]
+static CONN_GENERATION: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 static RESET_COUNTERS: PerCpuArray<ResetCounters> = PerCpuArray::with_max_entries(2, 0);
 /// Cumulative, never flipped, one slot per direction (rx, tx): the common path touches only this.
@@ -239,8 +244,13 @@ fn count_frame<C: Cursor>(frame: &C, direction: u8, ifindex: impl FnOnce() -> u3
     let Some(event) = count(traffic, &observation) else {
         return;
     };
+    if event.flags & TCP_RST != 0 {
+        count_reset(event);
+        return;
+    }
     match track(&mut Connections, event) {
-        Tracked::Reset(key) => count_reset(&key),
+        // Not reached: resets are counted above, with the flow cache in front of the classifier.
+        Tracked::Reset(key) => count_classified(&key),
         Tracked::Attempt(service) => count_service(&service, ServiceValue { attempts: 1, synacks: 0 }),
         Tracked::SynAck(service) => count_service(&service, ServiceValue { attempts: 0, synacks: 1 }),
         Tracked::Nothing => {}
@@ -264,6 +274,23 @@ impl ConnTable for Connections {
         // An LRU insert only fails without memory; the classification then falls back to
         // inference.
         let _ = CONNECTIONS.insert(key, state, 0);
+    }
+
+    #[inline(always)]
+    fn changed(&mut self) {
+        if let Some(generation) = CONN_GENERATION.get_ptr_mut(0) {
+            // SAFETY: a live array element; every CPU adds atomically.
+            unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(generation, 1) };
+        }
+    }
+}
+
+#[inline(always)]
+fn conn_generation() -> u32 {
+    match CONN_GENERATION.get_ptr(0) {
+        // SAFETY: a live array element; a torn read is impossible for an aligned u32.
+        Some(generation) => unsafe { core::ptr::read_volatile(generation) },
+        None => 0,
     }
 }
 
@@ -305,8 +332,53 @@ fn count_service(key: &ServiceKey, counts: ServiceValue) {
     }
 }
 
+/// Counts an RST. A repeated RST whose verdict the per-CPU cache slot still holds (see
+/// [`CacheSlot`]) is one add; anything else goes through the classifier first.
 #[inline(always)]
-fn count_reset(key: &FlowKey) {
+fn count_reset(event: &TcpEvent) {
+    let epoch = current_epoch();
+    let Some(counters) = RESET_COUNTERS.get_ptr_mut(epoch) else {
+        return;
+    };
+    // SAFETY: per-CPU slot, as above.
+    let counters = unsafe { &mut *counters };
+    counters.resets += 1;
+    counters.tx_resets += u64::from(event.key.direction == DIRECTION_TX);
+    let generation = conn_generation();
+    let Some(slot) = FLOW_CACHE.get_ptr_mut(epoch * FLOW_CACHE_SLOTS + event.key.cache_slot()) else {
+        write_back(epoch, &classify(event), 1, counters);
+        return;
+    };
+    // SAFETY: per-CPU slot, as above.
+    let slot = unsafe { &mut *slot };
+    if slot.holds_verdict_for(event, generation) {
+        slot.resets += 1;
+        return;
+    }
+    let key = classify(event);
+    if slot.resets != 0 {
+        if slot.key.same_flow(&key) {
+            slot.resets += 1;
+            slot.remember(event, generation);
+            return;
+        }
+        write_back(epoch, &slot.key, slot.resets, counters);
+    }
+    slot.hold(&key, event, generation, 1);
+}
+
+#[inline(always)]
+fn classify(event: &TcpEvent) -> FlowKey {
+    match track(&mut Connections, event) {
+        Tracked::Reset(key) => key,
+        // `track` answers every RST with `Reset`.
+        _ => event.key,
+    }
+}
+
+/// An already classified RST straight into the flow table.
+#[inline(always)]
+fn count_classified(key: &FlowKey) {
     let epoch = current_epoch();
     let Some(counters) = RESET_COUNTERS.get_ptr_mut(epoch) else {
         return;
@@ -315,21 +387,7 @@ fn count_reset(key: &FlowKey) {
     let counters = unsafe { &mut *counters };
     counters.resets += 1;
     counters.tx_resets += u64::from(key.direction == DIRECTION_TX);
-    let Some(slot) = FLOW_CACHE.get_ptr_mut(epoch * FLOW_CACHE_SLOTS + key.cache_slot()) else {
-        write_back(epoch, key, 1, counters);
-        return;
-    };
-    // SAFETY: per-CPU slot, as above.
-    let slot = unsafe { &mut *slot };
-    if slot.resets != 0 {
-        if slot.key.same_flow(key) {
-            slot.resets += 1;
-            return;
-        }
-        write_back(epoch, &slot.key, slot.resets, counters);
-    }
-    slot.key = *key;
-    slot.resets = 1;
+    write_back(epoch, key, 1, counters);
 }
 
 /// Moves `resets` RSTs of `key` from the cache into the epoch's flow table; what does not fit

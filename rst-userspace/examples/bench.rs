@@ -787,13 +787,7 @@ fn drain(opts: &Opts) -> anyhow::Result<Value> {
     // half (1024 slots per CPU).
     let cpus = aya::util::nr_cpus().map_err(|(what, error)| anyhow::anyhow!("{what}: {error}"))?;
     let slots = rst_common::wire::FLOW_CACHE_SLOTS;
-    let zeroes = vec![
-        rst_common::wire::CacheSlot {
-            key: FlowKey::default(),
-            resets: 0
-        };
-        slots as usize * cpus
-    ];
+    let zeroes = vec![rst_common::wire::CacheSlot::EMPTY; slots as usize * cpus];
     let (mut cache_read, mut cache_clear) = (Vec::new(), Vec::new());
     for _ in 0..trials.max(5) {
         let started = Instant::now();

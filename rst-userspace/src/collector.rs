@@ -95,7 +95,7 @@ impl Collector {
             services,
             stack_resets,
             flow_cache,
-            empty_cache: vec![CacheSlot { key: FlowKey::default(), resets: 0 }; FLOW_CACHE_SLOTS as usize * cpus],
+            empty_cache: vec![CacheSlot::EMPTY; FLOW_CACHE_SLOTS as usize * cpus],
             epoch,
             reset_counters,
             traffic,

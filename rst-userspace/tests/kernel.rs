@@ -297,6 +297,42 @@ fn resets_are_classified_in_the_kernel_as_on_the_host() -> anyhow::Result<()> {
             vec![c2s(1007, TCP_RST, 5, 0), c2s(1007, TCP_RST, 6, 0)],
             vec![(Established, false, false, false, true, 0), (Established, false, false, false, true, 0)],
         ),
+        // The kernel's flow cache reuses a verdict for an identical RST only while the
+        // connection table is unchanged. The same RST three times: the first marks the
+        // connection reset, so the second is classified again, the third reuses that.
+        (
+            vec![
+                c2s(1010, TCP_SYN, 100, 0),
+                s2c(1010, TCP_SYN | TCP_ACK, 900, 101),
+                c2s(1010, TCP_ACK, 101, 901),
+                s2c(1010, TCP_RST | TCP_ACK, 950, 150),
+                s2c(1010, TCP_RST | TCP_ACK, 950, 150),
+                s2c(1010, TCP_RST | TCP_ACK, 950, 150),
+            ],
+            vec![(Established, true, true, true, true, 62), (Established, true, true, true, false, 62), (Established, true, true, true, false, 62)],
+        ),
+        // A FIN between two identical RSTs changes the verdict.
+        (
+            vec![
+                c2s(1011, TCP_SYN, 300, 0),
+                s2c(1011, TCP_SYN | TCP_ACK, 700, 301),
+                c2s(1011, TCP_ACK, 301, 701),
+                s2c(1011, TCP_RST | TCP_ACK, 750, 350),
+                s2c(1011, TCP_RST | TCP_ACK, 750, 350),
+                c2s(1011, TCP_FIN | TCP_ACK, 350, 750),
+                s2c(1011, TCP_RST | TCP_ACK, 750, 350),
+            ],
+            vec![
+                (Established, true, true, true, true, 62),
+                (Established, true, true, true, false, 62),
+                (ResetKind::Closing, true, true, true, false, 62),
+            ],
+        ),
+        // An RST of a connection never seen, then its SYN, then the same RST: now observed.
+        (
+            vec![c2s(1013, TCP_RST, 501, 0), c2s(1013, TCP_SYN, 500, 0), c2s(1013, TCP_RST, 501, 0)],
+            vec![(Established, false, false, false, true, 0), (Handshake, false, false, true, true, 64)],
+        ),
     ];
     let mut kernel = Kernel::load(MAX_FLOWS)?;
     let mut host_connections = HostConnections::default();
@@ -342,8 +378,8 @@ fn resets_are_classified_in_the_kernel_as_on_the_host() -> anyhow::Result<()> {
         sample.services.iter().map(|(key, value)| (key.ip(), key.port, value.attempts, value.synacks)).collect();
     assert_eq!(
         services,
-        vec![(std::net::IpAddr::from(SERVER), 80, 7, 5)],
-        "seven attempts and five SYN+ACKs to one service (a retransmitted SYN counts once)"
+        vec![(std::net::IpAddr::from(SERVER), 80, 10, 7)],
+        "ten attempts and seven SYN+ACKs to one service (a retransmitted SYN counts once)"
     );
     Ok(())
 }
