@@ -163,6 +163,19 @@ pub struct Kinds {
 }
 
 impl Kinds {
+    /// The kind most of the resets were ("" for none); ties go to the earlier in the
+    /// handshake.
+    pub fn dominant(&self) -> &'static str {
+        let Kinds { refused, handshake, established, closing } = *self;
+        let mut best = ("", 0);
+        for (name, count) in [("refused", refused), ("handshake", handshake), ("established", established), ("closing", closing)] {
+            if count > best.1 {
+                best = (name, count);
+            }
+        }
+        best.0
+    }
+
     fn add(&mut self, kind: ResetKind, resets: u64) {
         *match kind {
             ResetKind::Refused => &mut self.refused,

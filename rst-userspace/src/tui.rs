@@ -73,9 +73,9 @@ pub enum View {
     Src,
     /// The addresses that received them.
     Dst,
-    /// The (address, port) on the non-ephemeral side.
+    /// Server address and port: attempts, refusals and RSTs, from the run's service records.
     Service,
-    /// Every directional 5-tuple.
+    /// Every directional 5-tuple, with its direction and main reset kind.
     Flow,
 }
 
@@ -104,11 +104,13 @@ impl View {
         match self {
             View::Src => &["RESETTER", "RSTS", "RSTS/s", "SHARE", "TOTAL"],
             View::Dst => &["RESET PEER", "RSTS", "RSTS/s", "SHARE", "TOTAL"],
-            View::Service => &["SERVICE", "RSTS", "RSTS/s", "SHARE", "TOTAL"],
+            View::Service => &["SERVICE", "ATTEMPTS", "REFUSED", "RSTS", "RSTS/s", "SHARE", "TOTAL"],
             View::Flow => &[
                 "IFACE",
+                "DIR",
                 "FROM (RST SENDER)",
                 "TO",
+                "KIND",
                 "RSTS",
                 "RSTS/s",
                 "TOTAL",
@@ -119,7 +121,8 @@ impl View {
     /// The column sorted by until the user picks another: the last interval's RSTs.
     fn default_sort(self) -> usize {
         match self {
-            View::Flow => 3,
+            View::Flow => 5,
+            View::Service => 3,
             _ => 1,
         }
     }
@@ -176,9 +179,6 @@ impl fmt::Display for Cell {
     }
 }
 
-/// The ports at or above which a port is taken for the ephemeral (client) side.
-pub const EPHEMERAL_FROM: u16 = 32768;
-
 /// A row filter: a port number (digits only) matches either port of a flow; anything else is
 /// an address substring matched against either address.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -213,6 +213,13 @@ impl Filter {
         }
     }
 
+    fn matches_service(&self, service: &ServiceRow) -> bool {
+        match self {
+            Filter::Port(port) => service.port == *port,
+            Filter::Address(text) => service.addr.to_string().contains(text.as_str()),
+        }
+    }
+
     fn matches_address(&self, ip: &IpAddr) -> bool {
         match self {
             Filter::Port(_) => false,
@@ -234,6 +241,7 @@ impl fmt::Display for Filter {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct FlowId {
     iface: String,
+    direction: &'static str,
     src: IpAddr,
     sport: u16,
     dst: IpAddr,
@@ -243,10 +251,25 @@ struct FlowId {
 #[derive(Clone, Debug)]
 struct FlowRow {
     iface: String,
+    direction: &'static str,
     src: IpAddr,
     sport: u16,
     dst: IpAddr,
     dport: u16,
+    /// The kind most of the run's RSTs of the flow were.
+    kind: &'static str,
+    last: u64,
+    total: u64,
+}
+
+/// One service (server address and port on an interface): attempts and refusals over the run,
+/// RSTs in the last interval and over the run.
+#[derive(Clone, Debug)]
+struct ServiceRow {
+    addr: IpAddr,
+    port: u16,
+    attempts: u64,
+    refused_share: f64,
     last: u64,
     total: u64,
 }
@@ -264,6 +287,7 @@ pub struct Snapshot {
     pub last: Totals,
     pub totals: Totals,
     flows: Vec<FlowRow>,
+    services: Vec<ServiceRow>,
     /// RSTs that overflowed the flow table, per sender: (last interval, run).
     overflow_sources: Vec<(IpAddr, u64, u64)>,
     /// Wall-clock time of the refresh (HH:MM:SS).
@@ -278,6 +302,7 @@ impl Snapshot {
         for f in &interval.flows {
             let id = FlowId {
                 iface: f.iface.clone(),
+                direction: f.direction,
                 src: f.src,
                 sport: f.sport,
                 dst: f.dst,
@@ -291,6 +316,7 @@ impl Snapshot {
             .map(|f| {
                 let id = FlowId {
                     iface: f.iface.clone(),
+                    direction: f.direction,
                     src: f.src,
                     sport: f.sport,
                     dst: f.dst,
@@ -299,7 +325,9 @@ impl Snapshot {
                 FlowRow {
                     last: last.remove(&id).unwrap_or(0),
                     total: f.resets,
+                    kind: f.kinds.dominant(),
                     iface: id.iface,
+                    direction: id.direction,
                     src: id.src,
                     sport: id.sport,
                     dst: id.dst,
@@ -310,6 +338,8 @@ impl Snapshot {
         // Not in the run's flows (only if a caller passes records that do not belong together).
         flows.extend(last.into_iter().map(|(id, n)| FlowRow {
             iface: id.iface,
+            direction: id.direction,
+            kind: "",
             src: id.src,
             sport: id.sport,
             dst: id.dst,
@@ -317,6 +347,35 @@ impl Snapshot {
             last: n,
             total: n,
         }));
+        // A service is an address and port on one interface; the table shows the address and
+        // port, so services of the same address and port on several interfaces add up.
+        let mut services: Vec<ServiceRow> = Vec::new();
+        fn add_service(services: &mut Vec<ServiceRow>, addr: IpAddr, port: u16) -> usize {
+            match services.iter().position(|s| s.addr == addr && s.port == port) {
+                Some(at) => at,
+                None => {
+                    services.push(ServiceRow { addr, port, attempts: 0, refused_share: 0.0, last: 0, total: 0 });
+                    services.len() - 1
+                }
+            }
+        }
+        let mut refused = Vec::new();
+        for s in &run.services {
+            let at = add_service(&mut services, s.addr, s.port);
+            let row = &mut services[at];
+            row.attempts += s.attempts;
+            row.total += s.resets;
+            refused.resize(services.len(), 0u64);
+            refused[at] += s.refused;
+        }
+        for s in &interval.services {
+            let at = add_service(&mut services, s.addr, s.port);
+            services[at].last += s.resets;
+        }
+        refused.resize(services.len(), 0);
+        for (row, refused) in services.iter_mut().zip(refused) {
+            row.refused_share = if row.attempts > 0 { 100.0 * refused as f64 / row.attempts as f64 } else { 0.0 };
+        }
         let last_overflow: HashMap<IpAddr, u64> = interval
             .sources
             .iter()
@@ -347,6 +406,7 @@ impl Snapshot {
             last: interval.totals,
             totals: run.totals,
             flows,
+            services,
             overflow_sources,
             clock,
         }
@@ -371,11 +431,36 @@ impl Snapshot {
                 .map(|f| {
                     vec![
                         Cell::Text(f.iface.clone()),
+                        Cell::Text(f.direction.to_string()),
                         Cell::Endpoint(f.src, Some(f.sport)),
                         Cell::Endpoint(f.dst, Some(f.dport)),
+                        Cell::Text(f.kind.to_string()),
                         Cell::Count(f.last),
                         Cell::Rate(rate(f.last)),
                         Cell::Count(f.total),
+                    ]
+                })
+                .collect();
+        }
+        if view == View::Service {
+            let services: Vec<&ServiceRow> = self
+                .services
+                .iter()
+                .filter(|s| filter.is_none_or(|filter| filter.matches_service(s)))
+                .collect();
+            let all: u64 = services.iter().map(|s| s.last).sum();
+            return services
+                .into_iter()
+                .map(|s| {
+                    let share = if all > 0 { 100.0 * s.last as f64 / all as f64 } else { 0.0 };
+                    vec![
+                        Cell::Endpoint(s.addr, Some(s.port)),
+                        Cell::Count(s.attempts),
+                        Cell::Percent(s.refused_share),
+                        Cell::Count(s.last),
+                        Cell::Rate(rate(s.last)),
+                        Cell::Percent(share),
+                        Cell::Count(s.total),
                     ]
                 })
                 .collect();
@@ -384,10 +469,8 @@ impl Snapshot {
         for f in flows {
             let key = match view {
                 View::Src => (f.src, None),
-                View::Dst => (f.dst, None),
-                View::Service if f.sport < EPHEMERAL_FROM => (f.src, Some(f.sport)),
-                // (View::Flow returned above.)
-                View::Service | View::Flow => (f.dst, Some(f.dport)),
+                // (View::Flow and View::Service returned above.)
+                View::Dst | View::Service | View::Flow => (f.dst, None),
             };
             let group = groups.entry(key).or_default();
             group.0 += f.last;
@@ -696,13 +779,11 @@ impl App {
         } else {
             "1-4/s d v f view · ←→/<> sort · r reverse · / filter · p/space pause · ↑↓ scroll · q quit".to_string()
         };
-        let note = match self.view {
-            View::Service => format!(
-                "service: the RST sender's address:port if its port < {EPHEMERAL_FROM}, else the receiver's (SYN-based service detection comes later)"
-            ),
+        let note: String = match self.view {
+            View::Service => "service: server address:port (from SYN / SYN+ACK, else the lower port) · ATTEMPTS, REFUSED: whole run · RSTS/RATE/SHARE: last interval · TOTAL: whole run".into(),
             View::Src => "src: addresses that sent RSTs · RSTS/RATE/SHARE: last interval · TOTAL: whole run".into(),
             View::Dst => "dst: addresses that received RSTs · RSTS/RATE/SHARE: last interval · TOTAL: whole run".into(),
-            View::Flow => "flow: interface and directional 5-tuple, FROM is the RST sender".into(),
+            View::Flow => "flow: interface, rx/tx, directional 5-tuple (FROM is the RST sender), the run's main reset kind".into(),
         };
         vec![Line::from(keys), Line::from(note)]
     }
@@ -762,12 +843,21 @@ impl App {
             .enumerate()
             .map(|(i, title)| {
                 let numeric = shown.first().and_then(|r| r.get(i)).is_some_and(|c| c.1);
+                // Addresses get room to grow between refreshes; short words (rx, refused) not.
+                let endpoint = rows.first().and_then(|r| r.get(i)).is_some_and(|c| matches!(c, Cell::Endpoint(..)));
                 let cells = shown
                     .iter()
                     .filter_map(|r| r.get(i))
                     .map(|c| c.0.chars().count());
+                let least = if numeric {
+                    9
+                } else if endpoint {
+                    15
+                } else {
+                    0
+                };
                 let width = cells
-                    .chain([title.chars().count(), if numeric { 9 } else { 15 }])
+                    .chain([title.chars().count(), least])
                     .max()
                     .unwrap_or(9);
                 Constraint::Length(u16::try_from(width).unwrap_or(u16::MAX))
@@ -1016,7 +1106,7 @@ mod tests {
     use ratatui::backend::TestBackend;
 
     use super::*;
-    use crate::report::{FlowRecord, SourceRecord};
+    use crate::report::{FlowRecord, ServiceRecord, SourceRecord};
 
     fn ip(text: &str) -> IpAddr {
         text.parse().unwrap()
@@ -1059,7 +1149,31 @@ mod tests {
         }
     }
 
+    fn service(addr: &str, port: u16, attempts: u64, refused: u64, resets: u64) -> ServiceRecord {
+        ServiceRecord {
+            iface: "veth0".into(),
+            ifindex: 3,
+            addr: ip(addr),
+            port,
+            attempts,
+            synacks: attempts - refused,
+            resets,
+            refused,
+            refused_share: 0.0,
+            kinds: Default::default(),
+        }
+    }
+
     fn snapshot(last: Vec<FlowRecord>, run: Vec<FlowRecord>) -> Snapshot {
+        snapshot_with(last, run, vec![], vec![])
+    }
+
+    fn snapshot_with(
+        last: Vec<FlowRecord>,
+        run: Vec<FlowRecord>,
+        last_services: Vec<ServiceRecord>,
+        run_services: Vec<ServiceRecord>,
+    ) -> Snapshot {
         let sum = |f: &[FlowRecord]| f.iter().map(|f| f.resets).sum::<u64>();
         let interval = IntervalRecord {
             kind: "interval",
@@ -1076,7 +1190,7 @@ mod tests {
             overflowed: false,
             sources: vec![source("10.0.0.9", 4, 4)],
             flows: last,
-            services: vec![],
+            services: last_services,
             destinations: vec![],
         };
         let summary = SummaryRecord {
@@ -1094,7 +1208,7 @@ mod tests {
             sources: vec![source("10.0.0.9", 10, 10)],
             flows: run,
             destinations: vec![],
-            services: vec![],
+            services: run_services,
             kernel_events: Default::default(),
             diagnosis: vec![],
         };
@@ -1110,7 +1224,11 @@ mod tests {
     }
 
     fn sample() -> Snapshot {
-        snapshot(
+        let mut refusals = flow("10.0.1.3", 45000, "10.0.0.3", 8080, 20);
+        refusals.direction = "tx";
+        refusals.kinds.refused = 19;
+        refusals.kinds.handshake = 1;
+        snapshot_with(
             vec![
                 flow("10.0.0.1", 443, "10.0.1.1", 40000, 6),
                 flow("10.0.0.2", 81, "10.0.1.2", 50000, 2),
@@ -1118,7 +1236,13 @@ mod tests {
             vec![
                 flow("10.0.0.1", 443, "10.0.1.1", 40000, 8),
                 flow("10.0.0.2", 81, "10.0.1.2", 50000, 2),
-                flow("10.0.1.3", 45000, "10.0.0.3", 8080, 20),
+                refusals,
+            ],
+            vec![service("10.0.0.1", 443, 0, 0, 6), service("10.0.0.2", 81, 0, 0, 2)],
+            vec![
+                service("10.0.0.1", 443, 10, 0, 8),
+                service("10.0.0.2", 81, 4, 2, 2),
+                service("10.0.0.3", 8080, 20, 20, 20),
             ],
         )
     }
@@ -1159,23 +1283,46 @@ mod tests {
         );
         assert_eq!(src.len(), 4);
 
+        // Services come from the run's service records: attempts and refusals over the run,
+        // RSTs in the interval (rate, share) and over the run.
         let mut services = s.rows(View::Service, None);
-        sort_rows(&mut services, 4, false);
+        sort_rows(&mut services, 6, false);
+        assert_eq!(services.len(), 3);
         assert_eq!(
-            services[0][0],
-            Cell::Endpoint(ip("10.0.0.3"), Some(8080)),
-            "ephemeral sender → the receiver's port"
+            services[0],
+            [
+                Cell::Endpoint(ip("10.0.0.3"), Some(8080)),
+                Cell::Count(20),
+                Cell::Percent(100.0),
+                Cell::Count(0),
+                Cell::Rate(0.0),
+                Cell::Percent(0.0),
+                Cell::Count(20),
+            ]
         );
-        assert_eq!(services[1][0], Cell::Endpoint(ip("10.0.0.1"), Some(443)));
         assert_eq!(
-            services.len(),
-            3,
-            "overflow has no port: not in the service view"
+            services[2],
+            [
+                Cell::Endpoint(ip("10.0.0.2"), Some(81)),
+                Cell::Count(4),
+                Cell::Percent(50.0),
+                Cell::Count(2),
+                Cell::Rate(1.0),
+                Cell::Percent(25.0),
+                Cell::Count(2),
+            ]
         );
 
         let dst = s.rows(View::Dst, None);
         assert_eq!(dst.len(), 3);
-        assert_eq!(s.rows(View::Flow, None).len(), 3);
+        let mut flows = s.rows(View::Flow, None);
+        sort_rows(&mut flows, 7, false);
+        assert_eq!(flows.len(), 3);
+        // Interface, direction, sender, receiver, the run's main kind.
+        assert_eq!(flows[0][1], Cell::Text("tx".into()));
+        assert_eq!(flows[0][4], Cell::Text("refused".into()), "19 refused beat 1 handshake");
+        assert_eq!(flows[1][1], Cell::Text("rx".into()));
+        assert_eq!(flows[1][4], Cell::Text(String::new()), "no kind known");
     }
 
     #[test]
@@ -1191,7 +1338,11 @@ mod tests {
         let port = Filter::Port(8080);
         let rows = s.rows(View::Flow, Some(&port));
         assert_eq!(rows.len(), 1);
-        assert_eq!(rows[0][2], Cell::Endpoint(ip("10.0.0.3"), Some(8080)));
+        assert_eq!(rows[0][3], Cell::Endpoint(ip("10.0.0.3"), Some(8080)));
+        let rows = s.rows(View::Service, Some(&Filter::Port(81)));
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0][0], Cell::Endpoint(ip("10.0.0.2"), Some(81)));
+        assert_eq!(s.rows(View::Service, Some(&Filter::parse("10.0.0.3").unwrap())).len(), 1);
         let address = Filter::parse("10.0.0.").unwrap();
         // Flows to or from a matching address: 10.0.0.1, .2, the overflowed .9, and 10.0.1.3
         // (which reset 10.0.0.3).
@@ -1203,11 +1354,11 @@ mod tests {
     fn sorting_is_numeric_and_reversible() {
         let s = sample();
         let mut rows = s.rows(View::Flow, None);
-        sort_rows(&mut rows, 5, false);
-        let totals: Vec<&Cell> = rows.iter().map(|r| &r[5]).collect();
+        sort_rows(&mut rows, 7, false);
+        let totals: Vec<&Cell> = rows.iter().map(|r| &r[7]).collect();
         assert_eq!(totals, [&Cell::Count(20), &Cell::Count(8), &Cell::Count(2)]);
-        sort_rows(&mut rows, 5, true);
-        assert_eq!(rows[0][5], Cell::Count(2));
+        sort_rows(&mut rows, 7, true);
+        assert_eq!(rows[0][7], Cell::Count(2));
         // Addresses sort as addresses: 10.0.0.2 < 10.0.0.10.
         let mut by_addr = vec![
             vec![Cell::Endpoint(

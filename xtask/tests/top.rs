@@ -343,15 +343,27 @@ fn live_view_shows_resetters_switches_views_filters_pauses_and_quits_cleanly() -
     tmux.keys(&["4"])?;
     let screen = tmux.wait_for("the flow view", |s| s.contains("FROM (RST SENDER)"))?;
     assert!(screen.contains(&format!("{S4}:81")), "{screen}");
+    // Each flow row: interface, direction, sender, receiver, kind, counts. The server's
+    // refusals arrive on the client's interface.
+    let flow_rows: Vec<Vec<&str>> = screen
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|words| words.get(2) == Some(&format!("{S4}:81").as_str()))
+        .collect();
+    assert_eq!(flow_rows.len(), sent as usize, "one row per refused connect:\n{screen}");
+    for words in &flow_rows {
+        assert_eq!((words[0], words[1], words[4]), (iface.name.as_str(), "rx", "refused"), "{screen}");
+    }
     println!("flow view:\n{screen}");
     tmux.keys(&["v"])?;
+    // The service: six attempts seen leaving the client, all refused, six RSTs.
     let screen = tmux.wait_for("the service view", |s| {
         total(s, &format!("{S4}:81")) == Some(sent)
     })?;
-    assert!(
-        screen.contains("SYN-based service detection comes later"),
-        "{screen}"
-    );
+    let words = row(&screen, &format!("{S4}:81")).context("service row")?;
+    assert_eq!((words[1], words[2]), ("6", "100%"), "ATTEMPTS and REFUSED: {screen}");
+    assert!(screen.contains("ATTEMPTS") && screen.contains("from SYN / SYN+ACK"), "{screen}");
+    println!("service view:\n{screen}");
     tmux.keys(&["d"])?;
     tmux.wait_for("the dst view", |s| {
         s.contains("RESET PEER") && total(s, C1) == Some(3) && total(s, C2) == Some(3)
