@@ -33,29 +33,28 @@ pub trait ConnTable {
     fn get(&mut self, key: &ConnKey) -> Option<&mut ConnState>;
     /// Sets `key`'s state, replacing any; a full table forgets its oldest connections.
     fn put(&mut self, key: &ConnKey, state: &ConnState);
-    /// Called after every change [`track`] makes to the table, so a verdict remembered from
-    /// before (the kernel's flow cache, see [`CacheSlot`]) is not trusted after it.
-    fn changed(&mut self) {}
+    /// Called after every change [`track`] makes to `key`'s state, so a verdict remembered
+    /// from before (the kernel's flow cache, see [`CacheSlot`]) is not trusted after it.
+    fn changed(&mut self, _key: &ConnKey) {}
 }
 
 impl CacheSlot {
     /// Whether this slot's key is the verdict the classifier would give the RST `event` now,
-    /// with the connection table at `generation`: the same segment, the same sequence numbers
-    /// and flags, and no change to the table since the slot's verdict was made.
+    /// with its connection group at `generation`: the same segment, the same sequence numbers
+    /// and ACK flag, and no change to the group since the slot's verdict was made.
     #[inline(always)]
-    pub fn holds_verdict_for(&self, event: &TcpEvent, generation: u32) -> bool {
+    pub fn holds_verdict_for(&self, event: &TcpEvent, generation: u64) -> bool {
         self.resets != 0
-            && self.generation == generation
+            && self.verdict_tag == verdict_tag(event, generation)
             && self.seq == event.seq
             && self.ack == event.ack
-            && self.flags == event.flags
             && self.key.classifies(&event.key)
     }
 
     /// Makes the slot count `key`, the verdict on `event` made at `generation` (read before
     /// the classifier ran: a change the classification itself made must not be covered).
     #[inline(always)]
-    pub fn hold(&mut self, key: &FlowKey, event: &TcpEvent, generation: u32, resets: u64) {
+    pub fn hold(&mut self, key: &FlowKey, event: &TcpEvent, generation: u64, resets: u64) {
         self.key = *key;
         self.resets = resets;
         self.remember(event, generation);
@@ -63,12 +62,17 @@ impl CacheSlot {
 
     /// Keeps the slot's count and key, with `event` as the segment its verdict was made from.
     #[inline(always)]
-    pub fn remember(&mut self, event: &TcpEvent, generation: u32) {
+    pub fn remember(&mut self, event: &TcpEvent, generation: u64) {
+        self.verdict_tag = verdict_tag(event, generation);
         self.seq = event.seq;
         self.ack = event.ack;
-        self.generation = generation;
-        self.flags = event.flags;
     }
+}
+
+#[inline(always)]
+fn verdict_tag(event: &TcpEvent, generation: u64) -> u64 {
+    let ack = u64::from(event.flags & TCP_ACK != 0);
+    (generation & (u64::MAX >> 1)) | ack << 63
 }
 
 /// What a tracked segment asks the caller to count.
@@ -103,7 +107,7 @@ pub fn track<T: ConnTable + ?Sized>(conns: &mut T, event: &TcpEvent) -> Tracked 
             // A new attempt replaces whatever an earlier connection on this 4-tuple left.
             let state = ConnState::new(seq, 0, key.rst_ttl, 0, CONN_SYN | client_flag(sender_is_lo));
             conns.put(&conn, &state);
-            conns.changed();
+            conns.changed(&conn);
             return Tracked::Attempt(ServiceKey::new(key.dst, key.dport, &key));
         }
         let client_is_lo = !sender_is_lo;
@@ -126,7 +130,7 @@ pub fn track<T: ConnTable + ?Sized>(conns: &mut T, event: &TcpEvent) -> Tracked 
             let state = ConnState::new(ack.wrapping_sub(1), seq, 0, key.rst_ttl, CONN_SYNACK | client_flag(client_is_lo));
             conns.put(&conn, &state);
         }
-        conns.changed();
+        conns.changed(&conn);
         return Tracked::SynAck(ServiceKey::new(key.src, key.sport, &key));
     }
     if flags & TCP_FIN != 0 {
@@ -138,7 +142,7 @@ pub fn track<T: ConnTable + ?Sized>(conns: &mut T, event: &TcpEvent) -> Tracked 
             state.flags |= CONN_FIN;
         }
         if changed {
-            conns.changed();
+            conns.changed(&conn);
         }
     }
     Tracked::Nothing
@@ -190,7 +194,7 @@ fn classify<T: ConnTable + ?Sized>(conns: &mut T, conn: &ConnKey, sender_is_lo: 
         class = Some((ResetClass::new(kind, ack_set, !sender_is_client, observed, first), peer_ttl));
     }
     if changed {
-        conns.changed();
+        conns.changed(conn);
     }
     let (class, peer_ttl) = match class {
         Some(found) => found,
@@ -226,12 +230,16 @@ mod tests {
     use super::*;
     use std::vec::Vec;
 
-    use crate::{craft::tcp_v4, wire::ConnState};
+    use crate::{
+        craft::{tcp_v4, FrameBuilder},
+        wire::ConnState,
+    };
 
     #[derive(Default)]
     struct Table {
         entries: Vec<(ConnKey, ConnState)>,
         changes: u32,
+        changed_groups: Vec<u32>,
     }
 
     impl ConnTable for Table {
@@ -242,8 +250,9 @@ mod tests {
             self.entries.retain(|(k, _)| k != key);
             self.entries.push((*key, *state));
         }
-        fn changed(&mut self) {
+        fn changed(&mut self, key: &ConnKey) {
             self.changes += 1;
+            self.changed_groups.push(key.generation_slot());
         }
     }
 
@@ -268,6 +277,24 @@ mod tests {
         }
         // Retransmissions, a second FIN and a second RST leave the table as it was.
         assert_eq!(changes, [1, 1, 2, 2, 3, 3, 4, 4]);
+        // Every change lands in the group the RST (either direction) reads its generation from.
+        assert_eq!(table.changed_groups, [rst.key.generation_slot(); 4]);
+        assert_eq!(syn.key.generation_slot(), rst.key.generation_slot());
+    }
+
+    #[test]
+    fn a_connection_group_is_the_same_from_both_ends_and_spreads_connections() {
+        let mut groups = std::collections::BTreeSet::new();
+        for port in 40000..41000u16 {
+            let there = FrameBuilder::ipv4([10, 0, 0, 1], [10, 0, 9, 9]).ports(port, 443).flags(TCP_RST).event(2).key;
+            let back = FrameBuilder::ipv4([10, 0, 9, 9], [10, 0, 0, 1]).ports(443, port).flags(TCP_RST).event(2).key;
+            assert_ne!(there.src, back.src);
+            let (conn, _) = there.connection();
+            assert_eq!(there.generation_slot(), conn.generation_slot());
+            assert_eq!(back.generation_slot(), conn.generation_slot());
+            groups.insert(conn.generation_slot());
+        }
+        assert!(groups.len() > 500, "1000 connections in only {} groups", groups.len());
     }
 
     #[test]
@@ -284,11 +311,14 @@ mod tests {
         let other_seq = TcpEvent { seq: 501, ..rst };
         let other_ack = TcpEvent { ack: 10, ..rst };
         let other_flags = TcpEvent { flags: TCP_RST, ..rst };
+        let same_but_psh = TcpEvent { flags: TCP_RST | TCP_ACK | 0x08, ..rst };
         let other_ttl = TcpEvent { key: FlowKey { rst_ttl: rst.key.rst_ttl - 1, ..rst.key }, ..rst };
         let other_port = TcpEvent { key: FlowKey { dport: 40001, ..rst.key }, ..rst };
         for other in [other_seq, other_ack, other_flags, other_ttl, other_port] {
             assert!(!slot.holds_verdict_for(&other, 7), "{other:?}");
         }
+        // The classifier reads no flag but ACK (and RST).
+        assert!(slot.holds_verdict_for(&same_but_psh, 7));
         // Only the verdict bytes are ignored: a key differing elsewhere is another segment.
         assert!(key.classifies(&rst.key));
         assert!(!FlowKey { _pad: [1, 0], ..key }.classifies(&rst.key));

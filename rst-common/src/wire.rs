@@ -33,6 +33,9 @@ pub const PROG_TC_BASELINE: &str = "rstwatch_tc_next";
 
 /// Slots per CPU and epoch in the direct-mapped flow cache (a power of two).
 pub const FLOW_CACHE_SLOTS: u32 = 1024;
+/// Connection-table generations (map `CONN_GENERATIONS`), one per group of connections: a
+/// change to one connection only invalidates cached verdicts of its group.
+pub const CONN_GENERATIONS: u32 = 1024;
 
 /// Default capacity of each of the two per-interval flow tables.
 pub const DEFAULT_MAX_FLOWS: u32 = 65_536;
@@ -174,6 +177,26 @@ pub struct ConnKey {
     pub _pad: [u8; 3],
 }
 
+impl ConnKey {
+    /// See [`FlowKey::generation_slot`].
+    #[inline(always)]
+    pub fn generation_slot(&self) -> u32 {
+        // SAFETY: ConnKey is repr(C), 44 bytes without implicit padding (asserted below).
+        let w: [u32; 11] = unsafe { core::mem::transmute_copy(self) };
+        generation_slot([w[0], w[1], w[2], w[3]], [w[4], w[5], w[6], w[7]], self.ifindex, self.lo_port ^ self.hi_port)
+    }
+}
+
+/// Symmetric in the two endpoints: XOR does not care which is which.
+#[inline(always)]
+fn generation_slot(a: [u32; 4], b: [u32; 4], ifindex: u32, ports: u16) -> u32 {
+    let mut fold = ifindex ^ u32::from(ports);
+    for i in 0..4 {
+        fold ^= a[i] ^ b[i];
+    }
+    fold.wrapping_mul(0x9e37_79b1) >> (32 - CONN_GENERATIONS.trailing_zeros())
+}
+
 /// What the handshake told about a connection (map `CONNECTIONS`, an LRU hash).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -236,21 +259,23 @@ pub struct StackResetKey {
 /// `resets == 0` marks a free slot.
 ///
 /// A slot also remembers what its key's classification was made from — the RST's sequence and
-/// acknowledgment numbers and flags, and the connection-table generation read before the
-/// classifier ran. The classifier's only other input is that table, and every change to it
-/// bumps the generation, so an RST that matches all of these would be classified the same:
-/// it is counted without the connection lookup. The slot index comes from the unclassified
+/// acknowledgment numbers and ACK flag, and the generation of the connection's group in the
+/// connection table, read before the classifier ran. The classifier's only other input is
+/// that table, and every change to a connection bumps its group's generation, so an RST that
+/// matches all of these would be classified the same: it is counted without the connection
+/// lookup. The slot index comes from the unclassified
 /// key ([`FlowKey::cache_slot`] of the segment's key), which the RST knows before classifying.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CacheSlot {
     pub key: FlowKey,
     pub resets: u64,
+    /// The generation (63 bits: it cannot come round again within an epoch, and slots are
+    /// emptied every epoch) and, in the top bit, whether the RST carried an ACK — the only
+    /// flag the classifier reads besides RST.
+    pub verdict_tag: u64,
     pub seq: u32,
     pub ack: u32,
-    pub generation: u32,
-    pub flags: u8,
-    pub _pad: [u8; 3],
 }
 
 impl CacheSlot {
@@ -270,11 +295,9 @@ impl CacheSlot {
             _pad: [0; 2],
         },
         resets: 0,
+        verdict_tag: 0,
         seq: 0,
         ack: 0,
-        generation: 0,
-        flags: 0,
-        _pad: [0; 3],
     };
 }
 
@@ -297,6 +320,14 @@ impl FlowKey {
             fold ^= word;
         }
         fold.wrapping_mul(0x9e37_79b1) >> (32 - FLOW_CACHE_SLOTS.trailing_zeros())
+    }
+
+    /// The connection's group in `CONN_GENERATIONS`: the same for both directions, and the same
+    /// as [`ConnKey::generation_slot`] of [`FlowKey::connection`].
+    #[inline(always)]
+    pub fn generation_slot(&self) -> u32 {
+        let w = self.words();
+        generation_slot([w[0], w[1], w[2], w[3]], [w[4], w[5], w[6], w[7]], self.ifindex, self.sport ^ self.dport)
     }
 
     /// Whether this (classified) key is `segment`'s (as parsed, unclassified) but for the
@@ -628,6 +659,7 @@ const _: () = {
     assert!(core::mem::size_of::<FlowValue>() == 8);
     assert!(core::mem::size_of::<SourceKey>() == 24);
     assert!(core::mem::size_of::<CacheSlot>() == 72);
+    assert!(CONN_GENERATIONS.is_power_of_two());
     assert!(core::mem::size_of::<ConnKey>() == 44);
     assert!(core::mem::size_of::<ConnState>() == 12);
     assert!(core::mem::size_of::<ServiceKey>() == 24);

@@ -27,7 +27,8 @@ use rst_common::{
     wire::{
         CacheSlot, ConnKey, ConnState, FlowKey, FlowValue, ResetCounters, ServiceKey, ServiceValue, SourceKey,
         StackResetKey, TrafficCounters, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_OVERFLOW_SOURCES,
-        DEFAULT_MAX_SERVICES, DIRECTION_RX, DIRECTION_TX, FAMILY_IPV4, FAMILY_IPV6, FLOW_CACHE_SLOTS,
+        CONN_GENERATIONS as CONN_GENERATIONS_LEN, DEFAULT_MAX_SERVICES, DIRECTION_RX, DIRECTION_TX, FAMILY_IPV4,
+        FAMILY_IPV6, FLOW_CACHE_SLOTS,
     },
     ConnTable, Cursor, Header, Tracked,
 };
@@ -54,9 +55,10 @@ static OVERFLOW_SOURCES_1: HashMap<SourceKey, FlowValue> =
 static FLOW_CACHE: PerCpuArray<CacheSlot> = PerCpuArray::with_max_entries(2 * FLOW_CACHE_SLOTS, 0);
 #[map]
 static EPOCH: Array<u32> = Array::with_max_entries(1, 0);
-/// Bumped on every change to `CONNECTIONS`: a flow-cache verdict made before it is not reused.
+/// Per group of connections ([`ConnKey::generation_slot`]), bumped on every change to one of
+/// them in `CONNECTIONS`: a flow-cache verdict made before it is not reused.
 #[map]
-static CONN_GENERATION: Array<u32> = Array::with_max_entries(1, 0);
+static CONN_GENERATIONS: Array<u64> = Array::with_max_entries(CONN_GENERATIONS_LEN, 0);
 #[map]
 static RESET_COUNTERS: PerCpuArray<ResetCounters> = PerCpuArray::with_max_entries(2, 0);
 /// Cumulative, never flipped, one slot per direction (rx, tx): the common path touches only this.
@@ -249,8 +251,8 @@ fn count_frame<C: Cursor>(frame: &C, direction: u8, ifindex: impl FnOnce() -> u3
         return;
     }
     match track(&mut Connections, event) {
-        // Not reached: resets are counted above, with the flow cache in front of the classifier.
-        Tracked::Reset(key) => count_classified(&key),
+        // Resets were counted above, with the flow cache in front of the classifier.
+        Tracked::Reset(_) => {}
         Tracked::Attempt(service) => count_service(&service, ServiceValue { attempts: 1, synacks: 0 }),
         Tracked::SynAck(service) => count_service(&service, ServiceValue { attempts: 0, synacks: 1 }),
         Tracked::Nothing => {}
@@ -277,21 +279,22 @@ impl ConnTable for Connections {
     }
 
     #[inline(always)]
-    fn changed(&mut self) {
-        if let Some(generation) = CONN_GENERATION.get_ptr_mut(0) {
+    fn changed(&mut self, key: &ConnKey) {
+        if let Some(generation) = CONN_GENERATIONS.get_ptr_mut(key.generation_slot()) {
             // SAFETY: a live array element; every CPU adds atomically.
-            unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(generation, 1) };
+            unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(generation, 1) };
         }
     }
 }
 
+/// The generation of `key`'s connection group; `None` (never for an in-range index) means no
+/// verdict may be reused.
 #[inline(always)]
-fn conn_generation() -> u32 {
-    match CONN_GENERATION.get_ptr(0) {
-        // SAFETY: a live array element; a torn read is impossible for an aligned u32.
-        Some(generation) => unsafe { core::ptr::read_volatile(generation) },
-        None => 0,
-    }
+fn conn_generation(key: &FlowKey) -> Option<u64> {
+    CONN_GENERATIONS
+        .get_ptr(key.generation_slot())
+        // SAFETY: a live array element; a torn read is impossible for an aligned u64.
+        .map(|generation| unsafe { core::ptr::read_volatile(generation) })
 }
 
 #[inline(always)]
@@ -344,8 +347,12 @@ fn count_reset(event: &TcpEvent) {
     let counters = unsafe { &mut *counters };
     counters.resets += 1;
     counters.tx_resets += u64::from(event.key.direction == DIRECTION_TX);
-    let generation = conn_generation();
-    let Some(slot) = FLOW_CACHE.get_ptr_mut(epoch * FLOW_CACHE_SLOTS + event.key.cache_slot()) else {
+    // Without a generation to check a verdict against (never for an in-range index), or
+    // without a slot: classify and go straight to the table.
+    let (Some(generation), Some(slot)) = (
+        conn_generation(&event.key),
+        FLOW_CACHE.get_ptr_mut(epoch * FLOW_CACHE_SLOTS + event.key.cache_slot()),
+    ) else {
         write_back(epoch, &classify(event), 1, counters);
         return;
     };
@@ -374,20 +381,6 @@ fn classify(event: &TcpEvent) -> FlowKey {
         // `track` answers every RST with `Reset`.
         _ => event.key,
     }
-}
-
-/// An already classified RST straight into the flow table.
-#[inline(always)]
-fn count_classified(key: &FlowKey) {
-    let epoch = current_epoch();
-    let Some(counters) = RESET_COUNTERS.get_ptr_mut(epoch) else {
-        return;
-    };
-    // SAFETY: per-CPU slot, as above.
-    let counters = unsafe { &mut *counters };
-    counters.resets += 1;
-    counters.tx_resets += u64::from(key.direction == DIRECTION_TX);
-    write_back(epoch, key, 1, counters);
 }
 
 /// Moves `resets` RSTs of `key` from the cache into the epoch's flow table; what does not fit
