@@ -279,26 +279,9 @@ pub struct CacheSlot {
 }
 
 impl CacheSlot {
-    pub const EMPTY: CacheSlot = CacheSlot {
-        key: FlowKey {
-            src: [0; 16],
-            dst: [0; 16],
-            ifindex: 0,
-            sport: 0,
-            dport: 0,
-            family: 0,
-            protocol: 0,
-            direction: 0,
-            class: 0,
-            rst_ttl: 0,
-            peer_ttl: 0,
-            _pad: [0; 2],
-        },
-        resets: 0,
-        verdict_tag: 0,
-        seq: 0,
-        ack: 0,
-    };
+    // SAFETY: CacheSlot is repr(C) integers and byte arrays only: all-zero bytes are a valid
+    // value, the free slot the kernel starts with.
+    pub const EMPTY: CacheSlot = unsafe { core::mem::zeroed() };
 }
 
 impl FlowKey {

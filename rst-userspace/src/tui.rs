@@ -269,7 +269,7 @@ struct ServiceRow {
     addr: IpAddr,
     port: u16,
     attempts: u64,
-    refused_share: f64,
+    refused: u64,
     last: u64,
     total: u64,
 }
@@ -354,27 +354,21 @@ impl Snapshot {
             match services.iter().position(|s| s.addr == addr && s.port == port) {
                 Some(at) => at,
                 None => {
-                    services.push(ServiceRow { addr, port, attempts: 0, refused_share: 0.0, last: 0, total: 0 });
+                    services.push(ServiceRow { addr, port, attempts: 0, refused: 0, last: 0, total: 0 });
                     services.len() - 1
                 }
             }
         }
-        let mut refused = Vec::new();
         for s in &run.services {
             let at = add_service(&mut services, s.addr, s.port);
             let row = &mut services[at];
             row.attempts += s.attempts;
+            row.refused += s.refused;
             row.total += s.resets;
-            refused.resize(services.len(), 0u64);
-            refused[at] += s.refused;
         }
         for s in &interval.services {
             let at = add_service(&mut services, s.addr, s.port);
             services[at].last += s.resets;
-        }
-        refused.resize(services.len(), 0);
-        for (row, refused) in services.iter_mut().zip(refused) {
-            row.refused_share = if row.attempts > 0 { 100.0 * refused as f64 / row.attempts as f64 } else { 0.0 };
         }
         let last_overflow: HashMap<IpAddr, u64> = interval
             .sources
@@ -453,10 +447,11 @@ impl Snapshot {
                 .into_iter()
                 .map(|s| {
                     let share = if all > 0 { 100.0 * s.last as f64 / all as f64 } else { 0.0 };
+                    let refused = if s.attempts > 0 { 100.0 * s.refused as f64 / s.attempts as f64 } else { 0.0 };
                     vec![
                         Cell::Endpoint(s.addr, Some(s.port)),
                         Cell::Count(s.attempts),
-                        Cell::Percent(s.refused_share),
+                        Cell::Percent(refused),
                         Cell::Count(s.last),
                         Cell::Rate(rate(s.last)),
                         Cell::Percent(share),
