@@ -9,6 +9,7 @@
 pub mod cursor;
 pub mod diagnose;
 pub mod parse;
+pub mod table;
 pub mod wire;
 
 pub use cursor::{Cursor, Header};

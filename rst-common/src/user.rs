@@ -2,10 +2,10 @@
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::wire::{
+use crate::{table::FlowSlot, wire::{
     CacheSlot, ConnKey, ConnState, Counters, FlowKey, FlowValue, ResetCounters, ServiceKey, ServiceValue, SourceKey,
     StackResetKey, TrafficCounters, FAMILY_IPV4,
-};
+}};
 
 // SAFETY: plain repr(C) integer aggregates with explicit padding; every bit pattern is valid.
 unsafe impl aya::Pod for FlowKey {}
@@ -31,6 +31,8 @@ unsafe impl aya::Pod for ServiceKey {}
 unsafe impl aya::Pod for ServiceValue {}
 // SAFETY: as above.
 unsafe impl aya::Pod for StackResetKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for FlowSlot {}
 
 impl FlowKey {
     pub fn src_ip(&self) -> IpAddr {

@@ -8,7 +8,10 @@ pub const FAMILY_IPV6: u8 = 6;
 pub const IPPROTO_TCP: u8 = 6;
 
 /// Map names, shared so the loader cannot drift from the object.
-pub const MAP_FLOWS: [&str; 2] = ["FLOWS_0", "FLOWS_1"];
+/// Both epochs' flow tables in one mmap-able array (see [`crate::table`]).
+pub const MAP_FLOW_TABLE: &str = "FLOW_TABLE";
+/// The global holding log2 of one epoch's flow-table slots; the loader sets it.
+pub const GLOBAL_FLOW_TABLE_BITS: &str = "FLOW_TABLE_BITS";
 pub const MAP_OVERFLOW_SOURCES: [&str; 2] = ["OVERFLOW_SOURCES_0", "OVERFLOW_SOURCES_1"];
 pub const MAP_FLOW_CACHE: &str = "FLOW_CACHE";
 pub const MAP_EPOCH: &str = "EPOCH";
@@ -565,6 +568,9 @@ pub struct ResetCounters {
     pub stack_overflow: u64,
     /// Of `resets`, those this host sent (TC egress).
     pub tx_resets: u64,
+    /// Flow-table writes that passed a slot another CPU was filling (see
+    /// [`crate::table::Added::Raced`]): while 0, every flow sits in one slot at most.
+    pub table_races: u64,
 }
 
 /// What userspace reports for a period: traffic deltas plus that period's reset counts.
@@ -651,7 +657,7 @@ const _: () = {
     assert!(FLOW_CACHE_SLOTS.is_power_of_two());
     assert!(core::mem::size_of::<Counters>() == 96);
     assert!(core::mem::size_of::<TrafficCounters>() == 32);
-    assert!(core::mem::size_of::<ResetCounters>() == 48);
+    assert!(core::mem::size_of::<ResetCounters>() == 56);
 };
 
 macro_rules! frame_counters {

@@ -7,15 +7,16 @@
 //! The programs never change a frame: XDP always returns `XDP_PASS`, TC always "next".
 #![no_std]
 #![no_main]
-// The BPF target has no compare-and-swap, so `AtomicU64::fetch_add` does not exist there; the
-// intrinsic lowers to BPF's native atomic add.
+// Rust's BPF target declares no compare-and-swap, so `AtomicU64` has neither `fetch_add` nor
+// `compare_exchange` there; the intrinsics lower to BPF's atomic add and (with the linker's
+// `--cpu=v3`, Linux ≥ 5.12) BPF_CMPXCHG.
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
-use core::intrinsics::{atomic_xadd, AtomicOrdering};
+use core::intrinsics::{atomic_cxchg, atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
-    bindings::{xdp_action, BPF_NOEXIST},
+    bindings::{xdp_action, BPF_F_MMAPABLE, BPF_NOEXIST},
     macros::{classifier, map, tracepoint, xdp},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::{TcContext, TracePointContext, XdpContext},
@@ -23,6 +24,7 @@ use aya_ebpf::{
 use rst_common::{
     count, inspect_with,
     parse::{TcpEvent, TCP_RST},
+    table::{add_to_flow_table, flow_table_bits, Added, FlowSlot, SlotArray},
     track,
     wire::{
         CacheSlot, ConnKey, ConnState, FlowKey, FlowValue, ResetCounters, ServiceKey, ServiceValue, SourceKey,
@@ -33,15 +35,18 @@ use rst_common::{
     ConnTable, Cursor, Header, Tracked,
 };
 
-/// Two flow tables and two reset-counter slots used in turn: the program writes to
-/// `FLOWS_<EPOCH>` and `RESET_COUNTERS[EPOCH]` while userspace drains the other pair. Userspace flips `EPOCH` and waits for
-/// an RCU grace period before draining, so no program still holds a pointer into what is being
-/// drained: no increment is lost, and each interval's flows add up to its counters exactly.
-/// Userspace sizes both flow tables with `--max-flows` at load.
+/// Two flow tables (the halves of one array, see [`rst_common::table`]) and two reset-counter
+/// slots used in turn: the program writes to half `EPOCH` and `RESET_COUNTERS[EPOCH]` while
+/// userspace drains the other pair. Userspace flips `EPOCH` and waits for an RCU grace period
+/// before draining, so no program still writes into what is being drained: no increment is
+/// lost, and each interval's flows add up to its counters exactly. Userspace sizes the table
+/// from `--max-flows` at load (and sets `FLOW_TABLE_BITS` to match) and maps it to read it.
 #[map]
-static FLOWS_0: HashMap<FlowKey, FlowValue> = HashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
-#[map]
-static FLOWS_1: HashMap<FlowKey, FlowValue> = HashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+static FLOW_TABLE: Array<FlowSlot> = Array::with_max_entries(2 << DEFAULT_FLOW_TABLE_BITS, BPF_F_MMAPABLE);
+/// log2 of one epoch's slots in `FLOW_TABLE`.
+#[unsafe(no_mangle)]
+static FLOW_TABLE_BITS: u32 = DEFAULT_FLOW_TABLE_BITS;
+const DEFAULT_FLOW_TABLE_BITS: u32 = flow_table_bits(DEFAULT_MAX_FLOWS);
 /// Per source address, the RSTs that found no room in the flow table of the same epoch, so a
 /// scan that floods the flow table cannot hide who sends the resets.
 #[map]
@@ -383,16 +388,42 @@ fn classify(event: &TcpEvent) -> FlowKey {
     }
 }
 
+/// The kernel's flow table: `FLOW_TABLE` with BPF's atomics.
+struct FlowTable;
+
+impl SlotArray for FlowTable {
+    #[inline(always)]
+    fn slot(&self, index: u32) -> Option<*mut FlowSlot> {
+        FLOW_TABLE.get_ptr_mut(index)
+    }
+
+    #[inline(always)]
+    unsafe fn claim(tag: *mut u64) -> bool {
+        // SAFETY: the caller passes a live slot's tag; every CPU claims with this CAS.
+        unsafe { atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(tag, 0, FlowSlot::BUSY).1 }
+    }
+
+    #[inline(always)]
+    unsafe fn add(counter: *mut u64, n: u64) {
+        // SAFETY: the caller passes a live slot's counter; every writer adds atomically.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, n) };
+    }
+}
+
 /// Moves `resets` RSTs of `key` from the cache into the epoch's flow table; what does not fit
 /// goes to the per-source overflow table, and what does not fit there either is only counted.
 #[inline(always)]
 fn write_back(epoch: u32, key: &FlowKey, resets: u64, counters: &mut ResetCounters) {
-    let recorded = match epoch {
-        0 => add_to_table(&FLOWS_0, key, resets),
-        _ => add_to_table(&FLOWS_1, key, resets),
-    };
-    if recorded {
-        return;
+    // SAFETY: a plain read of a global the loader may have rewritten before load; volatile so
+    // the compiler does not fold in the default.
+    let bits = unsafe { core::ptr::read_volatile(&raw const FLOW_TABLE_BITS) };
+    match add_to_flow_table(&FlowTable, bits, epoch, key, resets) {
+        Added::Stored => return,
+        Added::Raced => {
+            counters.table_races += 1;
+            return;
+        }
+        Added::Full => {}
     }
     counters.overflow += resets;
     let source = SourceKey::of(key);

@@ -47,9 +47,9 @@ use aya::{
 use rst_common::{
     craft::{tcp_v4, tcp_v6, FrameBuilder, VlanKind},
     parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
-    wire::{FlowKey, FlowValue, MAP_EPOCH, MAP_FLOWS, PROG_TC_BASELINE, PROG_TC_EGRESS, PROG_XDP, PROG_XDP_BASELINE},
+    wire::{FlowKey, MAP_EPOCH, MAP_FLOW_TABLE, PROG_TC_BASELINE, PROG_TC_EGRESS, PROG_XDP, PROG_XDP_BASELINE},
 };
-use rstwatch::{collector::Collector, testrun::XdpMd};
+use rstwatch::{collector::Collector, flow_table::FlowTableMap, testrun::XdpMd};
 use serde_json::{json, Value};
 
 /// Ethernet's minimum frame without the FCS: 64 bytes on the wire.
@@ -731,9 +731,12 @@ fn generate(opts: &Opts) -> anyhow::Result<Value> {
 // ---------------------------------------------------------------------------------------------
 // Part 3: userspace read cost
 
-fn update_batch(map: &MapData, keys: &[FlowKey], values: &[FlowValue]) -> io::Result<()> {
-    for (keys, values) in keys.chunks(65_536).zip(values.chunks(65_536)) {
-        rstwatch::batch::update_batch(map.fd().as_fd(), keys, values)?;
+/// Stores `keys[i]` with `values[i]` resets in `epoch`'s half of the flow table, the way the
+/// kernel does ([`rst_common::table::add_to_flow_table`]).
+fn fill_table(table: &FlowTableMap, epoch: u32, keys: &[FlowKey], values: &[u64]) -> anyhow::Result<()> {
+    for (key, &resets) in keys.iter().zip(values) {
+        let added = rst_common::table::add_to_flow_table(table, table.bits(), epoch, key, resets);
+        ensure!(added == rst_common::table::Added::Stored, "the flow table answered {added:?} for {key:?}");
     }
     Ok(())
 }
@@ -770,7 +773,8 @@ fn drain(opts: &Opts) -> anyhow::Result<Value> {
     let trials: usize = opts.get("trials", 5)?;
     let largest = *sizes.iter().max().context("--flows is empty")?;
     let mut ebpf = rstwatch::loader::load(largest.max(1024)).context("loading the eBPF object (needs root)")?;
-    let tables = [second_handle(&ebpf, MAP_FLOWS[0])?, second_handle(&ebpf, MAP_FLOWS[1])?];
+    let table_map = second_handle(&ebpf, MAP_FLOW_TABLE)?;
+    let mut table = FlowTableMap::new(table_map.fd().as_fd(), rst_common::table::flow_table_bits(largest.max(1024)))?;
     let epoch: Array<MapData, u32> = Map::Array(second_handle(&ebpf, MAP_EPOCH)?).try_into()?;
     let cache = second_handle(&ebpf, rst_common::wire::MAP_FLOW_CACHE)?;
     let mut collector = Collector::new(&mut ebpf)?;
@@ -807,19 +811,15 @@ fn drain(opts: &Opts) -> anyhow::Result<Value> {
                 key
             })
             .collect();
-        let values: Vec<FlowValue> = (0..n)
-            .map(|i| FlowValue {
-                resets: u64::from(i % 7 + 1),
-            })
-            .collect();
-        let expected: u64 = values.iter().map(|v| v.resets).sum();
+        let values: Vec<u64> = (0..n).map(|i| u64::from(i % 7 + 1)).collect();
+        let expected: u64 = values.iter().sum();
         let mut times = Vec::new();
         let mut fill = Vec::new();
         for _ in 0..trials {
             // Fill the table of the epoch the kernel is writing now: the next collect drains it.
             let active = epoch.get(&0, 0)? & 1;
             let started = Instant::now();
-            update_batch(&tables[active as usize], &keys, &values).context("filling the flow table")?;
+            fill_table(&table, active, &keys, &values)?;
             fill.push(started.elapsed().as_nanos() as f64);
             let sample = collector.collect()?;
             ensure!(
@@ -831,22 +831,21 @@ fn drain(opts: &Opts) -> anyhow::Result<Value> {
             ensure!(total == expected, "drained {total} resets, filled {expected}");
             times.push(sample.read_time.as_nanos() as f64);
         }
-        // The kernel's share: the same fill drained with the batch syscalls alone, no merging.
+        // The table scan alone (read and empty every slot), without merging by key.
         let mut raw = Vec::new();
         for _ in 0..trials {
             let active = epoch.get(&0, 0)? & 1;
-            update_batch(&tables[active as usize], &keys, &values).context("filling the flow table")?;
+            fill_table(&table, active, &keys, &values)?;
             let started = Instant::now();
-            let drained =
-                rstwatch::batch::drain_hash_map::<FlowKey, FlowValue>(tables[active as usize].fd().as_fd(), |_, _| {})?;
+            let drained = table.drain(active, |_, _| {});
             raw.push(started.elapsed().as_nanos() as f64);
-            ensure!(drained == n as usize, "batch drain returned {drained} of {n}");
+            ensure!(drained == n as usize, "the scan emptied {drained} slots for {n} flows");
         }
         let collect_ns = median(&mut times);
         let raw_ns = median(&mut raw);
         rows.push(json!({
-            "batch_drain_ms": raw_ns / 1e6,
-            "batch_drain_ns_per_entry": raw_ns / f64::from(n),
+            "scan_ms": raw_ns / 1e6,
+            "scan_ns_per_entry": raw_ns / f64::from(n),
             "flows": n,
             "collect_ms": collect_ns / 1e6,
             "ns_per_entry": collect_ns / f64::from(n),

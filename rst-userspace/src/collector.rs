@@ -1,10 +1,10 @@
 //! Reading the kernel's counts exactly, once per interval.
 //!
-//! The program writes into the pair (`FLOWS_<e>`, `COUNTERS[e]`) selected by `EPOCH = e`.
+//! The program writes into the pair (flow-table half `e`, `COUNTERS[e]`) selected by `EPOCH = e`.
 //! [`Collector::collect`] flips `EPOCH`, waits for an RCU grace period — after which no program
 //! run that read the old epoch can still be in flight — and then owns the old pair alone: it
-//! drains the flow table with one batch syscall per few thousand entries and zeroes the
-//! counter slot. Nothing races, so nothing is lost or counted twice, and every interval's flow
+//! scans the flow table's half of that epoch through its memory mapping (emptying it as it
+//! goes), drains the smaller hash tables with batch syscalls and zeroes the counter slot. Nothing races, so nothing is lost or counted twice, and every interval's flow
 //! counts add up to its counters: `sum(flows) + overflow == resets`.
 
 use std::{collections::HashMap, io, os::fd::AsFd as _, time::Instant};
@@ -17,13 +17,18 @@ use aya::{
 use rst_common::{
     wire::{
         CacheSlot, ResetCounters, ServiceKey, ServiceValue, SourceKey, StackResetKey, TrafficCounters, FLOW_CACHE_SLOTS,
-        MAP_EPOCH, MAP_FLOWS, MAP_FLOW_CACHE, MAP_OVERFLOW_SOURCES, MAP_RESET_COUNTERS, MAP_SERVICES, MAP_STACK_RESETS,
+        MAP_EPOCH, MAP_FLOW_TABLE, MAP_FLOW_CACHE, MAP_OVERFLOW_SOURCES, MAP_RESET_COUNTERS, MAP_SERVICES, MAP_STACK_RESETS,
         MAP_TRAFFIC, DIRECTION_RX, DIRECTION_TX,
     },
     Counters, FlowKey, FlowValue,
 };
 
-use crate::batch::{drain_hash_map, lookup_per_cpu_array, update_per_cpu_array};
+use crate::{
+    batch::{drain_hash_map, lookup_per_cpu_array, update_per_cpu_array},
+    flow_table::FlowTableMap,
+};
+
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// What the kernel counted during one epoch.
 #[derive(Debug, Default)]
@@ -41,7 +46,12 @@ pub struct Sample {
 }
 
 pub struct Collector {
-    flows: [MapData; 2],
+    flows: FlowTableMap,
+    /// Keeps the table's map alive while mapped.
+    _flow_table: MapData,
+    /// Where each collect sums a flow's cache slots and table slots; kept between collects so
+    /// its capacity is: growing a million-entry map anew each interval cost more than the scan.
+    merged: FastMap<FlowKey, u64>,
     overflow_sources: [MapData; 2],
     services: [MapData; 2],
     stack_resets: [MapData; 2],
@@ -75,7 +85,17 @@ impl Collector {
     /// Takes ownership of the maps the collector drains.
     pub fn new(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
         let mut take = |name: &str| ebpf.take_map(name).with_context(|| format!("the eBPF object has no map {name}"));
-        let flows = [hash_map_data(take(MAP_FLOWS[0])?)?, hash_map_data(take(MAP_FLOWS[1])?)?];
+        let flow_table = match take(MAP_FLOW_TABLE)? {
+            Map::Array(data) => data,
+            other => anyhow::bail!("expected an array for the flow table, got {other:?}"),
+        };
+        let slots = flow_table.info().context("reading the flow table's size")?.max_entries();
+        anyhow::ensure!(
+            slots.is_power_of_two() && slots >= 2,
+            "the flow table has {slots} slots, not two epochs of a power of two"
+        );
+        let flows = FlowTableMap::new(flow_table.fd().as_fd(), (slots / 2).trailing_zeros())
+            .context("mapping the flow table (Linux >= 5.5)")?;
         let overflow_sources =
             [hash_map_data(take(MAP_OVERFLOW_SOURCES[0])?)?, hash_map_data(take(MAP_OVERFLOW_SOURCES[1])?)?];
         let services = [hash_map_data(take(MAP_SERVICES[0])?)?, hash_map_data(take(MAP_SERVICES[1])?)?];
@@ -91,6 +111,8 @@ impl Collector {
         let active = epoch.get(&0, 0)? & 1;
         let mut collector = Self {
             flows,
+            _flow_table: flow_table,
+            merged: FastMap::default(),
             overflow_sources,
             services,
             stack_resets,
@@ -125,6 +147,7 @@ impl Collector {
             resets.service_overflow += cpu.service_overflow;
             resets.stack_overflow += cpu.stack_overflow;
             resets.tx_resets += cpu.tx_resets;
+            resets.table_races += cpu.table_races;
         }
         let zeroes = PerCpuValues::try_from(vec![ResetCounters::default(); self.cpus])?;
         self.reset_counters.set(finished, zeroes, 0).context("resetting the reset counters")?;
@@ -146,25 +169,30 @@ impl Collector {
             tx_resets: resets.tx_resets,
         };
 
-        // Table keys are unique; a flow can also sit in several CPUs' cache slots. Only the
-        // (at most slots x CPUs) cached flows go through a map.
+        // A flow can sit in several CPUs' cache slots and in the table; in the table itself
+        // only once, unless two CPUs raced to store it (the kernel tells). Only the cached
+        // flows (at most slots x CPUs) go through a map then: summing a million table slots
+        // through a million-entry map costs several times the scan.
         let first_slot = finished * FLOW_CACHE_SLOTS;
         let cached_slots: Vec<CacheSlot> =
             lookup_per_cpu_array(self.flow_cache.fd().as_fd(), first_slot, FLOW_CACHE_SLOTS, self.cpus)
                 .context("reading the flow cache")?;
         update_per_cpu_array(self.flow_cache.fd().as_fd(), first_slot, &self.empty_cache, self.cpus)
             .context("clearing the flow cache")?;
-        let mut cached: HashMap<FlowKey, u64> = HashMap::new();
+        let merged = &mut self.merged;
         for slot in cached_slots.iter().filter(|slot| slot.resets > 0) {
-            *cached.entry(slot.key).or_default() += slot.resets;
+            *merged.entry(slot.key).or_default() += slot.resets;
         }
         let mut flows: Vec<(FlowKey, u64)> = Vec::new();
-        drain_hash_map::<FlowKey, FlowValue>(self.flows[finished as usize].fd().as_fd(), |key, value| {
-            let also_cached = if cached.is_empty() { 0 } else { cached.remove(key).unwrap_or(0) };
-            flows.push((*key, value.resets + also_cached));
-        })
-        .context("draining the flow table")?;
-        flows.extend(cached);
+        if resets.table_races > 0 {
+            self.flows.drain(finished, |key, resets| *merged.entry(*key).or_default() += resets);
+        } else {
+            self.flows.drain(finished, |key, resets| {
+                let also_cached = if merged.is_empty() { 0 } else { merged.remove(key).unwrap_or(0) };
+                flows.push((*key, resets + also_cached));
+            });
+        }
+        flows.extend(merged.drain());
         let mut overflow_sources = Vec::new();
         if counters.overflow > 0 {
             drain_hash_map::<SourceKey, FlowValue>(self.overflow_sources[finished as usize].fd().as_fd(), |key, value| {
@@ -230,6 +258,6 @@ impl Collector {
 fn hash_map_data(map: Map) -> anyhow::Result<MapData> {
     match map {
         Map::HashMap(data) => Ok(data),
-        other => anyhow::bail!("expected a hash map for the flow table, got {other:?}"),
+        other => anyhow::bail!("expected a hash map, got {other:?}"),
     }
 }

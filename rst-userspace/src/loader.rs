@@ -24,7 +24,7 @@ use anyhow::Context as _;
 use caps::{CapSet, Capability};
 use rst_common::wire::{
     GLOBAL_SEND_RESET_DADDR_OFFSET, GLOBAL_SEND_RESET_REASON_OFFSET, GLOBAL_SEND_RESET_SADDR_OFFSET, MAP_CONNECTIONS,
-    MAP_FLOWS, MAP_OVERFLOW_SOURCES, MAP_SERVICES, MAP_STACK_RESETS, PROG_SEND_RESET, PROG_TC, PROG_TC_EGRESS, PROG_XDP,
+    MAP_FLOW_TABLE, GLOBAL_FLOW_TABLE_BITS, MAP_OVERFLOW_SOURCES, MAP_SERVICES, MAP_STACK_RESETS, PROG_SEND_RESET, PROG_TC, PROG_TC_EGRESS, PROG_XDP,
 };
 
 /// The XDP object built by `build.rs` (aya-build), embedded so the binary is self-contained.
@@ -171,17 +171,19 @@ pub fn overflow_sources_for(max_flows: u32) -> u32 {
     (max_flows / 4).clamp(256, 262_144)
 }
 
-/// Loads the object with both flow tables sized to `max_flows` (the overflow-source tables to
+/// Loads the object with both epochs' flow tables sized to hold `max_flows` flows each at half
+/// load ([`rst_common::table::flow_table_bits`]; the overflow-source tables to
 /// [`overflow_sources_for`], connection state to `max_flows`, services and kernel events to a
 /// quarter of it), and loads the XDP and TC programs. The tracepoint program is loaded by
 /// [`attach_kernel_events`].
 pub fn load(max_flows: u32) -> anyhow::Result<Ebpf> {
     let max_sources = overflow_sources_for(max_flows);
     let offsets = SendResetFormat::read();
+    let table_bits = rst_common::table::flow_table_bits(max_flows);
     let mut loader = EbpfLoader::new();
     loader
-        .map_max_entries(MAP_FLOWS[0], max_flows)
-        .map_max_entries(MAP_FLOWS[1], max_flows)
+        .map_max_entries(MAP_FLOW_TABLE, 2 << table_bits)
+        .override_global(GLOBAL_FLOW_TABLE_BITS, &table_bits, true)
         .map_max_entries(MAP_OVERFLOW_SOURCES[0], max_sources)
         .map_max_entries(MAP_OVERFLOW_SOURCES[1], max_sources)
         .map_max_entries(MAP_CONNECTIONS, max_flows.max(1024))

@@ -142,7 +142,7 @@ fn a_full_flow_table_counts_overflow() -> anyhow::Result<()> {
     let sample = kernel.collect()?;
     let resets = 2 * u64::from(SCANNED);
     assert_eq!(sample.counters.resets, resets);
-    assert!(sample.counters.overflow > 0, "a scan of {SCANNED} flows must overflow a 2-entry table");
+    assert!(sample.counters.overflow > 0, "a scan of {SCANNED} flows must overflow the smallest table (1024 slots)");
     let in_flows: u64 = sample.flows.iter().map(|(_, count)| count).sum();
     assert_eq!(in_flows + sample.counters.overflow, resets);
     // Every flow that made it is one of the scanned flows, with at most its two resets: the

@@ -12,19 +12,20 @@ use std::collections::BTreeMap;
 
 use anyhow::{bail, Context as _};
 use aya::{
-    maps::{HashMap, Map, MapData, PerCpuArray},
+    maps::{Map, MapData, PerCpuArray},
     programs::{TestRun, TestRunOptions, Xdp},
     Ebpf,
 };
 use rst_common::{
     wire::{
-        CacheSlot, ResetCounters, TrafficCounters, FLOW_CACHE_SLOTS, MAP_FLOWS, MAP_FLOW_CACHE, MAP_RESET_COUNTERS,
+        CacheSlot, ResetCounters, TrafficCounters, FLOW_CACHE_SLOTS, MAP_FLOW_TABLE, MAP_FLOW_CACHE, MAP_RESET_COUNTERS,
         MAP_TRAFFIC, PROG_XDP,
     },
-    Counters, FlowKey, FlowValue, Observation,
+    Counters, FlowKey, Observation,
 };
 use rstwatch::{
     collector::{Collector, Sample},
+    flow_table::FlowTableMap,
     testrun::XdpMd,
 };
 
@@ -63,8 +64,9 @@ pub struct Kernel {
     collector: Collector,
     traffic: PerCpuArray<MapData, TrafficCounters>,
     resets: PerCpuArray<MapData, ResetCounters>,
-    /// The table of epoch 0, the one test runs write to until the first collect.
-    flows: HashMap<MapData, FlowKey, FlowValue>,
+    /// The flow table; test runs write to epoch 0's half until the first collect.
+    flows: FlowTableMap,
+    _flow_table: MapData,
     /// The per-CPU flow cache in front of it (epoch 0 is its first half).
     cache: PerCpuArray<MapData, CacheSlot>,
 }
@@ -74,10 +76,14 @@ impl Kernel {
         let mut ebpf = rstwatch::loader::load(max_flows).context("loading the eBPF object (tests need root)")?;
         let traffic = PerCpuArray::try_from(second_handle(&ebpf, MAP_TRAFFIC)?)?;
         let resets = PerCpuArray::try_from(second_handle(&ebpf, MAP_RESET_COUNTERS)?)?;
-        let flows = HashMap::try_from(second_handle(&ebpf, MAP_FLOWS[0])?)?;
+        let Map::Array(flow_table) = second_handle(&ebpf, MAP_FLOW_TABLE)? else {
+            bail!("{MAP_FLOW_TABLE} is not an array");
+        };
+        let bits = rst_common::table::flow_table_bits(max_flows);
+        let flows = FlowTableMap::new(std::os::fd::AsFd::as_fd(flow_table.fd()), bits)?;
         let cache = PerCpuArray::try_from(second_handle(&ebpf, MAP_FLOW_CACHE)?)?;
         let collector = Collector::new(&mut ebpf)?;
-        Ok(Self { ebpf, collector, traffic, resets, flows, cache })
+        Ok(Self { ebpf, collector, traffic, resets, flows, _flow_table: flow_table, cache })
     }
 
     pub fn program(&self) -> anyhow::Result<&Xdp> {
@@ -147,12 +153,11 @@ impl Kernel {
     /// table entries plus its slots in every CPU's cache.
     fn flow_count(&self, key: &FlowKey) -> anyhow::Result<u64> {
         let mut in_table = 0;
-        for entry in self.flows.iter() {
-            let (stored, value) = entry?;
+        self.flows.visit(0, |stored, resets| {
             if stored.unclassified() == *key {
-                in_table += value.resets;
+                in_table += resets;
             }
-        }
+        });
         let mut cached = 0;
         for slot in 0..FLOW_CACHE_SLOTS {
             for cpu in self.cache.get(&slot, 0)?.iter() {
