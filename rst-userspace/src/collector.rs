@@ -43,6 +43,9 @@ pub struct Sample {
     pub stack_resets: Vec<(StackResetKey, u64)>,
     /// How long the flip + grace period + drain took.
     pub read_time: std::time::Duration,
+    /// Flow-table writes that raced with another CPU's (`ResetCounters::table_races`): when
+    /// non-zero the table's slots were summed by key.
+    pub table_races: u64,
 }
 
 pub struct Collector {
@@ -210,7 +213,15 @@ impl Collector {
             stack_resets.push((*key, value.resets));
         })
         .context("draining the kernel-reset table")?;
-        Ok(Sample { counters, flows, overflow_sources, services, stack_resets, read_time: started.elapsed() })
+        Ok(Sample {
+            counters,
+            flows,
+            overflow_sources,
+            services,
+            stack_resets,
+            read_time: started.elapsed(),
+            table_races: resets.table_races,
+        })
     }
 
     /// Cumulative traffic: both directions together, and what was sent.
