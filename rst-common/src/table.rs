@@ -19,7 +19,7 @@
 //! is then stored twice, and userspace adds the two up. Nothing is counted for a key it was not
 //! compared equal to.
 
-use crate::wire::FlowKey;
+use crate::wire::{ConnKey, ConnState, FlowKey};
 
 /// Slots a flow may probe before it overflows. At the table's design load (half full, see
 /// [`flow_table_bits`]) all of them are taken with probability 2^-32.
@@ -167,6 +167,103 @@ pub fn add_to_flow_table<T: SlotArray>(table: &T, bits: u32, epoch: u32, key: &F
     Added::Full
 }
 
+/// One slot of the connection table (map `CONNECTIONS`): a cache line. All zeroes is free (no
+/// real key has interface 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnSlot {
+    pub key: ConnKey,
+    pub state: ConnState,
+    pub _pad: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<ConnSlot>() == 64);
+
+impl ConnSlot {
+    // SAFETY: integers and byte arrays only; all-zero is the free slot.
+    pub const EMPTY: ConnSlot = unsafe { core::mem::zeroed() };
+}
+
+impl ConnKey {
+    #[inline(always)]
+    fn words(&self) -> [u32; 11] {
+        // SAFETY: ConnKey is repr(C), 44 bytes without implicit padding (asserted in `wire`).
+        unsafe { core::mem::transmute_copy(self) }
+    }
+
+    #[inline(always)]
+    fn same_connection(&self, other: &ConnKey) -> bool {
+        let (a, b) = (self.words(), other.words());
+        let mut differ = 0;
+        for i in 0..a.len() {
+            differ |= a[i] ^ b[i];
+        }
+        differ == 0
+    }
+
+    /// The pair of slots of a table of `1 << bits` this connection may occupy.
+    #[inline(always)]
+    fn conn_set(&self, bits: u32) -> u32 {
+        const K: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut hash = 0u64;
+        for word in self.words() {
+            hash = (hash.rotate_left(23) ^ u64::from(word)).wrapping_mul(K);
+        }
+        ((hash >> 32) as u32 & ((1u32 << bits) - 1)) & !1
+    }
+}
+
+/// The connection table: an array of [`ConnSlot`]s in pairs ("2-way set-associative"), each
+/// pair keeping the two connections that hashed to it most recently. Unlike the LRU hash map
+/// it replaces, finding a connection or learning it has none costs one hash and one cache
+/// line (the pair shares one 128-byte span), with no lock and no allocation: a new flow's
+/// RST looked a connection up in a cold LRU bucket for about 310 ns.
+///
+/// Writes from two CPUs to one pair at the same moment can mix two connections' bytes; the mix
+/// matches neither key or gives one connection the other's flags. Only a classification can
+/// suffer — as with the LRU map, whose in-place updates could lose a flag — never a count.
+pub trait ConnSlots {
+    /// Slot `index`; `None` outside the table.
+    fn slot(&self, index: u32) -> Option<*mut ConnSlot>;
+}
+
+/// `key`'s state in a table of `1 << bits` slots, to read and update in place.
+#[inline(always)]
+pub fn conn_lookup<T: ConnSlots>(table: &T, bits: u32, key: &ConnKey) -> Option<*mut ConnState> {
+    let set = key.conn_set(bits.clamp(1, MAX_FLOW_TABLE_BITS + 1));
+    for way in 0..2 {
+        let slot = table.slot(set | way)?;
+        // SAFETY: a live slot of the table for the whole call.
+        if unsafe { (*slot).key.same_connection(key) } {
+            return Some(unsafe { &raw mut (*slot).state });
+        }
+    }
+    None
+}
+
+/// Sets `key`'s state: in its slot if it has one, else in the first of its pair, the pair's
+/// previous first moving to the second (so the older of the two is forgotten).
+#[inline(always)]
+pub fn conn_store<T: ConnSlots>(table: &T, bits: u32, key: &ConnKey, state: &ConnState) {
+    let set = key.conn_set(bits.clamp(1, MAX_FLOW_TABLE_BITS + 1));
+    let (Some(first), Some(second)) = (table.slot(set), table.slot(set | 1)) else {
+        return;
+    };
+    // SAFETY: live slots of the table for the whole call; plain stores (see `ConnSlots` on
+    // what a concurrent writer can do).
+    unsafe {
+        if (*second).key.same_connection(key) {
+            (*second).state = *state;
+            return;
+        }
+        if !(*first).key.same_connection(key) {
+            *second = *first;
+            (*first).key = *key;
+        }
+        (*first).state = *state;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     extern crate std;
@@ -263,6 +360,48 @@ mod tests {
         let mut stale: Vec<_> = (0..2usize << bits).map(|_| UnsafeCell::new(FlowSlot::EMPTY)).collect();
         stale[first] = UnsafeCell::new(FlowSlot { tag: FlowSlot::tag_of(key(1).table_hash()), ..FlowSlot::EMPTY });
         assert_eq!(add_to_flow_table(&Host(stale), bits, 0, &key(1), 1), Added::Raced);
+    }
+
+    struct HostConns(Vec<UnsafeCell<ConnSlot>>);
+
+    impl ConnSlots for HostConns {
+        fn slot(&self, index: u32) -> Option<*mut ConnSlot> {
+            self.0.get(index as usize).map(UnsafeCell::get)
+        }
+    }
+
+    fn conn(i: u32) -> ConnKey {
+        key(i).connection().0
+    }
+
+    #[test]
+    fn a_connection_pair_keeps_the_two_latest_and_updates_in_place() {
+        let bits = 4;
+        let table = HostConns((0..1usize << bits).map(|_| UnsafeCell::new(ConnSlot::EMPTY)).collect());
+        let state = |n: u32| ConnState::new(n, 0, 64, 0, 0);
+        // Three connections sharing one pair.
+        let set = conn(0).conn_set(bits);
+        let same: Vec<ConnKey> = (0..10_000).map(conn).filter(|c| c.conn_set(bits) == set).take(3).collect();
+        assert_eq!(same.len(), 3);
+        assert_eq!(conn_lookup(&table, bits, &same[0]), None, "an empty table knows nothing");
+        conn_store(&table, bits, &same[0], &state(1));
+        conn_store(&table, bits, &same[1], &state(2));
+        let read = |c: &ConnKey| conn_lookup(&table, bits, c).map(|p| unsafe { (*p).client_isn });
+        assert_eq!((read(&same[0]), read(&same[1])), (Some(1), Some(2)));
+        // Updating either keeps both.
+        conn_store(&table, bits, &same[0], &state(10));
+        conn_store(&table, bits, &same[1], &state(20));
+        assert_eq!((read(&same[0]), read(&same[1])), (Some(10), Some(20)));
+        // In place, through the pointer.
+        unsafe { (*conn_lookup(&table, bits, &same[0]).unwrap()).flags = 7 };
+        assert_eq!(conn_lookup(&table, bits, &same[0]).map(|p| unsafe { (*p).flags }), Some(7));
+        // A third forgets the older of the two (the one stored first into the pair).
+        conn_store(&table, bits, &same[2], &state(3));
+        assert_eq!(read(&same[2]), Some(3));
+        assert_eq!([read(&same[0]), read(&same[1])].iter().filter(|r| r.is_some()).count(), 1);
+        // Nothing outside the pair was touched.
+        let used = table.0.iter().filter(|cell| unsafe { (*cell.get()).key.ifindex } != 0).count();
+        assert_eq!(used, 2);
     }
 
     #[test]

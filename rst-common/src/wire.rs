@@ -18,6 +18,8 @@ pub const MAP_EPOCH: &str = "EPOCH";
 pub const MAP_TRAFFIC: &str = "TRAFFIC";
 pub const MAP_RESET_COUNTERS: &str = "RESET_COUNTERS";
 pub const MAP_CONNECTIONS: &str = "CONNECTIONS";
+/// The global holding log2 of the connection table's slots; the loader sets it.
+pub const GLOBAL_CONN_TABLE_BITS: &str = "CONN_TABLE_BITS";
 pub const MAP_SERVICES: [&str; 2] = ["SERVICES_0", "SERVICES_1"];
 pub const MAP_STACK_RESETS: [&str; 2] = ["STACK_RESETS_0", "STACK_RESETS_1"];
 pub const PROG_XDP: &str = "rstwatch_xdp";
@@ -45,8 +47,9 @@ pub const DEFAULT_MAX_FLOWS: u32 = 65_536;
 /// Default capacity of each of the two per-interval overflow tables (RSTs per source address
 /// that found no room in the flow table): a scan floods flows, not sources.
 pub const DEFAULT_MAX_OVERFLOW_SOURCES: u32 = 16_384;
-/// Default capacity of the connection-state table (LRU: the oldest connections are forgotten
-/// first, and their resets are then classified by inference).
+/// Connections the host-side connection table (replay, tests) keeps by default; the kernel's
+/// is sized with the flow table (see [`crate::table::ConnSlots`]). Forgotten connections'
+/// resets are classified by inference.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 65_536;
 /// Default capacity of each of the two per-interval service tables.
 pub const DEFAULT_MAX_SERVICES: u32 = 16_384;
@@ -200,7 +203,7 @@ fn generation_slot(a: [u32; 4], b: [u32; 4], ifindex: u32, ports: u16) -> u32 {
     fold.wrapping_mul(0x9e37_79b1) >> (32 - CONN_GENERATIONS.trailing_zeros())
 }
 
-/// What the handshake told about a connection (map `CONNECTIONS`, an LRU hash).
+/// What the handshake told about a connection (map `CONNECTIONS`, see [`crate::table::ConnSlots`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConnState {

@@ -18,17 +18,17 @@ use core::intrinsics::{atomic_cxchg, atomic_xadd, AtomicOrdering};
 use aya_ebpf::{
     bindings::{xdp_action, BPF_F_MMAPABLE, BPF_NOEXIST},
     macros::{classifier, map, tracepoint, xdp},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
     programs::{TcContext, TracePointContext, XdpContext},
 };
 use rst_common::{
     count, inspect_with,
     parse::{TcpEvent, TCP_RST},
-    table::{add_to_flow_table, flow_table_bits, Added, FlowSlot, SlotArray},
+    table::{add_to_flow_table, conn_lookup, conn_store, flow_table_bits, Added, ConnSlot, ConnSlots, FlowSlot, SlotArray},
     track,
     wire::{
         CacheSlot, ConnKey, ConnState, FlowKey, FlowValue, ResetCounters, ServiceKey, ServiceValue, SourceKey,
-        StackResetKey, TrafficCounters, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_OVERFLOW_SOURCES,
+        StackResetKey, TrafficCounters, DEFAULT_MAX_FLOWS, DEFAULT_MAX_OVERFLOW_SOURCES,
         CONN_GENERATIONS as CONN_GENERATIONS_LEN, DEFAULT_MAX_SERVICES, DIRECTION_RX, DIRECTION_TX, FAMILY_IPV4,
         FAMILY_IPV6, FLOW_CACHE_SLOTS,
     },
@@ -70,10 +70,14 @@ static RESET_COUNTERS: PerCpuArray<ResetCounters> = PerCpuArray::with_max_entrie
 #[map]
 static TRAFFIC: PerCpuArray<TrafficCounters> = PerCpuArray::with_max_entries(2, 0);
 /// What SYN, SYN+ACK and FIN segments told about each connection; read by the reset
-/// classifier. Losing an entry to the LRU only turns an observed classification into an
-/// inferred one: no count depends on it.
+/// classifier (see [`ConnSlots`]: pairs of slots, the older connection of a pair forgotten
+/// first). Losing an entry only turns an observed classification into an inferred one: no
+/// count depends on it. Mmap-able only for its page-aligned (so cache-line-aligned) slots.
 #[map]
-static CONNECTIONS: LruHashMap<ConnKey, ConnState> = LruHashMap::with_max_entries(DEFAULT_MAX_CONNECTIONS, 0);
+static CONNECTIONS: Array<ConnSlot> = Array::with_max_entries(1 << DEFAULT_FLOW_TABLE_BITS, BPF_F_MMAPABLE);
+/// log2 of `CONNECTIONS`' slots; the loader sets it.
+#[unsafe(no_mangle)]
+static CONN_TABLE_BITS: u32 = DEFAULT_FLOW_TABLE_BITS;
 /// Connection attempts and SYN+ACKs per service, flipped and drained like the flow tables.
 #[map]
 static SERVICES_0: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
@@ -264,23 +268,34 @@ fn count_frame<C: Cursor>(frame: &C, direction: u8, ifindex: impl FnOnce() -> u3
     }
 }
 
-/// The kernel's [`ConnTable`]: the `CONNECTIONS` LRU hash.
+/// The kernel's [`ConnTable`]: the `CONNECTIONS` array.
 struct Connections;
+
+impl ConnSlots for Connections {
+    #[inline(always)]
+    fn slot(&self, index: u32) -> Option<*mut ConnSlot> {
+        CONNECTIONS.get_ptr_mut(index)
+    }
+}
+
+#[inline(always)]
+fn conn_table_bits() -> u32 {
+    // SAFETY: a plain read of a global the loader may have rewritten before load; volatile so
+    // the compiler does not fold in the default.
+    unsafe { core::ptr::read_volatile(&raw const CONN_TABLE_BITS) }
+}
 
 impl ConnTable for Connections {
     #[inline(always)]
     fn get(&mut self, key: &ConnKey) -> Option<&mut ConnState> {
-        // SAFETY: the element stays valid for this program run (freed only after an RCU grace
-        // period). Two CPUs updating one connection at once may lose a flag: it only changes a
-        // classification, never a count.
-        CONNECTIONS.get_ptr_mut(key).map(|state| unsafe { &mut *state })
+        // SAFETY: array elements live as long as the map. Two CPUs updating one connection at
+        // once may lose a flag: it only changes a classification, never a count.
+        conn_lookup(self, conn_table_bits(), key).map(|state| unsafe { &mut *state })
     }
 
     #[inline(always)]
     fn put(&mut self, key: &ConnKey, state: &ConnState) {
-        // An LRU insert only fails without memory; the classification then falls back to
-        // inference.
-        let _ = CONNECTIONS.insert(key, state, 0);
+        conn_store(self, conn_table_bits(), key, state);
     }
 
     #[inline(always)]

@@ -23,7 +23,7 @@ use aya::{
 use anyhow::Context as _;
 use caps::{CapSet, Capability};
 use rst_common::wire::{
-    GLOBAL_SEND_RESET_DADDR_OFFSET, GLOBAL_SEND_RESET_REASON_OFFSET, GLOBAL_SEND_RESET_SADDR_OFFSET, MAP_CONNECTIONS,
+    GLOBAL_SEND_RESET_DADDR_OFFSET, GLOBAL_SEND_RESET_REASON_OFFSET, GLOBAL_SEND_RESET_SADDR_OFFSET, GLOBAL_CONN_TABLE_BITS, MAP_CONNECTIONS,
     MAP_FLOW_TABLE, GLOBAL_FLOW_TABLE_BITS, MAP_OVERFLOW_SOURCES, MAP_SERVICES, MAP_STACK_RESETS, PROG_SEND_RESET, PROG_TC, PROG_TC_EGRESS, PROG_XDP,
 };
 
@@ -172,9 +172,9 @@ pub fn overflow_sources_for(max_flows: u32) -> u32 {
 }
 
 /// Loads the object with both epochs' flow tables sized to hold `max_flows` flows each at half
-/// load ([`rst_common::table::flow_table_bits`]; the overflow-source tables to
-/// [`overflow_sources_for`], connection state to `max_flows`, services and kernel events to a
-/// quarter of it), and loads the XDP and TC programs. The tracepoint program is loaded by
+/// load ([`rst_common::table::flow_table_bits`]), the connection table to as many slots as
+/// one epoch's flow table, the overflow-source tables to [`overflow_sources_for`], services
+/// and kernel events to a quarter of it, and loads the XDP and TC programs. The tracepoint program is loaded by
 /// [`attach_kernel_events`].
 pub fn load(max_flows: u32) -> anyhow::Result<Ebpf> {
     let max_sources = overflow_sources_for(max_flows);
@@ -186,7 +186,8 @@ pub fn load(max_flows: u32) -> anyhow::Result<Ebpf> {
         .override_global(GLOBAL_FLOW_TABLE_BITS, &table_bits, true)
         .map_max_entries(MAP_OVERFLOW_SOURCES[0], max_sources)
         .map_max_entries(MAP_OVERFLOW_SOURCES[1], max_sources)
-        .map_max_entries(MAP_CONNECTIONS, max_flows.max(1024))
+        .map_max_entries(MAP_CONNECTIONS, 1 << table_bits)
+        .override_global(GLOBAL_CONN_TABLE_BITS, &table_bits, true)
         .map_max_entries(MAP_SERVICES[0], max_sources)
         .map_max_entries(MAP_SERVICES[1], max_sources)
         .map_max_entries(MAP_STACK_RESETS[0], max_sources)
