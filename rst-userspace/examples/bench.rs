@@ -324,12 +324,16 @@ fn kernel(opts: &Opts) -> anyhow::Result<Value> {
 
     // Flows that change every run: single test runs (no dispatcher swap), each followed by the
     // baseline on the same frame; per trial, median(prog) - median(baseline).
-    let single_lines: [(&'static str, &str); 6] = [
+    let single_lines: [(&'static str, &str); 7] = [
         (
             "IPv4 RST, existing flow, hash path (two flows evicting each other)",
             "collide",
         ),
         ("IPv4 RST, new flow each run (hash insert)", "new"),
+        (
+            "IPv4 RST refusing the SYN just seen, new flow each run (a refused connect)",
+            "refused",
+        ),
         ("IPv4 SYN, new connection each run (connection state + service count)", "syn"),
         ("IPv4 RST over 64k flows, round robin (cache miss, hash hit)", "64k"),
         ("IPv4 TCP ACK, single runs (calibration: cf. the repeat line)", "ack"),
@@ -353,6 +357,7 @@ fn kernel(opts: &Opts) -> anyhow::Result<Value> {
         let method = match kind {
             "collide" => format!("{singles} single runs alternating two flows that share a cache slot"),
             "new" => format!("{singles} single runs, each a flow never seen before"),
+            "refused" => format!("{singles} single runs, each the RST answering a new connection's SYN (run untimed just before)"),
             "syn" => format!("{singles} single runs, each a connection never seen before"),
             "64k" => "65 536 flows, one pass to insert, then one timed pass of single runs".to_owned(),
             _ => format!("{singles} single runs"),
@@ -370,7 +375,7 @@ fn kernel(opts: &Opts) -> anyhow::Result<Value> {
                     programs.run(PROG_XDP, frame, 1)?;
                 }
             }
-            if kind == "new" || kind == "syn" {
+            if kind == "new" || kind == "syn" || kind == "refused" {
                 for _ in 0..4 * rst_common::wire::FLOW_CACHE_SLOTS {
                     programs.run(PROG_XDP, &padded(new_flow(next_new)), 1)?;
                     next_new += 1;
@@ -381,7 +386,12 @@ fn kernel(opts: &Opts) -> anyhow::Result<Value> {
             let mut base = Vec::with_capacity(count);
             for i in 0..count {
                 let new_frame;
-                let frame: &[u8] = if kind == "new" || kind == "syn" {
+                let frame: &[u8] = if kind == "refused" {
+                    programs.run(PROG_XDP, &padded(syn_of(next_new)), 1)?;
+                    new_frame = padded(new_flow(next_new).flags(TCP_RST | TCP_ACK));
+                    next_new += 1;
+                    &new_frame
+                } else if kind == "new" || kind == "syn" {
                     let flow = new_flow(next_new);
                     new_frame = padded(if kind == "syn" { flow.ports(50000, 443).flags(TCP_SYN) } else { flow });
                     next_new += 1;
@@ -427,6 +437,14 @@ fn new_flow(index: u32) -> FrameBuilder {
     FrameBuilder::ipv4([172, 16 + (b & 0x0f), c, d], [192, 0, 2, 1])
         .ports(443, 50000)
         .flags(TCP_RST)
+}
+
+/// The SYN that [`new_flow`]'s RST answers: the client's connection attempt.
+fn syn_of(index: u32) -> FrameBuilder {
+    let [_, b, c, d] = index.to_be_bytes();
+    FrameBuilder::ipv4([192, 0, 2, 1], [172, 16 + (b & 0x0f), c, d])
+        .ports(50000, 443)
+        .flags(TCP_SYN)
 }
 
 // ---------------------------------------------------------------------------------------------
