@@ -8,6 +8,7 @@
 //! target/release/examples/bench pkt     --iface IF --flows K --rate PPS --seconds S
 //! target/release/examples/bench hold    --iface IF [--program rstwatch_xdp_pass]
 //! target/release/examples/bench drain   [--flows 1000,100000,1000000] [--trials 5]
+//! target/release/examples/bench latency [--mib 1,4,16,64]
 //! ```
 //!
 //! Every subcommand prints one JSON object on stdout; xtask turns them into tables.
@@ -74,7 +75,8 @@ fn main() -> anyhow::Result<()> {
         "drain" => drain(&opts)?,
         "pkt" => packet_flood(&opts)?,
         "hold" => hold(&opts)?,
-        other => bail!("unknown subcommand {other:?}: kernel, gen, pkt, hold or drain"),
+        "latency" => memory_latency(&opts)?,
+        other => bail!("unknown subcommand {other:?}: kernel, gen, pkt, hold, drain or latency"),
     };
     println!("{out}");
     Ok(())
@@ -326,16 +328,16 @@ fn kernel(opts: &Opts) -> anyhow::Result<Value> {
     // baseline on the same frame; per trial, median(prog) - median(baseline).
     let single_lines: [(&'static str, &str); 7] = [
         (
-            "IPv4 RST, existing flow, hash path (two flows evicting each other)",
+            "IPv4 RST, existing flow, table path (two flows evicting each other)",
             "collide",
         ),
-        ("IPv4 RST, new flow each run (hash insert)", "new"),
+        ("IPv4 RST, new flow each run (table store)", "new"),
         (
             "IPv4 RST refusing the SYN just seen, new flow each run (a refused connect)",
             "refused",
         ),
         ("IPv4 SYN, new connection each run (connection state + service count)", "syn"),
-        ("IPv4 RST over 64k flows, round robin (cache miss, hash hit)", "64k"),
+        ("IPv4 RST over 64k flows, round robin (cache miss, table hit)", "64k"),
         ("IPv4 TCP ACK, single runs (calibration: cf. the repeat line)", "ack"),
         (
             "IPv4 RST, existing flow, single runs (calibration: cf. the repeat line)",
@@ -880,6 +882,46 @@ fn drain(opts: &Opts) -> anyhow::Result<Value> {
         "cache_clear_ms": median(&mut cache_clear) / 1e6,
         "rows": rows,
     }))
+}
+
+/// What one cache line read costs when it depends on the one before (a pointer chase over a
+/// random cycle of 64-byte lines): the price of a random slot in a table of that size.
+fn memory_latency(opts: &Opts) -> anyhow::Result<Value> {
+    let sizes: Vec<usize> = opts
+        .text("mib")
+        .unwrap_or("1,4,16,64")
+        .split(',')
+        .map(|s| s.trim().parse().with_context(|| format!("--mib {s}")))
+        .collect::<anyhow::Result<_>>()?;
+    const LINE_WORDS: usize = 8;
+    let mut rows = Vec::new();
+    for mib in sizes {
+        let lines = (mib << 20) / 64;
+        ensure!(lines > 1, "--mib must be positive");
+        // A random cyclic order of the lines (Sattolo's shuffle: one cycle through all).
+        let mut order: Vec<usize> = (0..lines).collect();
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for i in (1..lines).rev() {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            order.swap(i, (state % i as u64) as usize);
+        }
+        let mut next = vec![0usize; lines * LINE_WORDS];
+        for i in 0..lines {
+            next[order[i] * LINE_WORDS] = order[(i + 1) % lines] * LINE_WORDS;
+        }
+        let steps = 2_000_000usize;
+        let mut at = 0usize;
+        let started = Instant::now();
+        for _ in 0..steps {
+            at = next[at];
+        }
+        let ns = started.elapsed().as_nanos() as f64 / steps as f64;
+        std::hint::black_box(at);
+        rows.push(json!({ "mib": mib, "ns_per_dependent_read": ns }));
+    }
+    Ok(json!({ "part": "latency", "rows": rows }))
 }
 
 // ---------------------------------------------------------------------------------------------
