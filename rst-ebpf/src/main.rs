@@ -332,7 +332,7 @@ fn count_service(key: &ServiceKey, counts: ServiceValue) {
         0 => &SERVICES_0,
         _ => &SERVICES_1,
     };
-    let recorded = match table.insert(key, &counts, BPF_NOEXIST as u64) {
+    let recorded = match table.insert(key, counts, BPF_NOEXIST as u64) {
         Ok(()) => true,
         Err(err) if err == -EEXIST => match table.get_ptr_mut(key) {
             Some(value) => {

@@ -111,6 +111,18 @@ impl Opts {
     fn text(&self, name: &str) -> Option<&str> {
         self.0.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
+
+    /// A comma-separated list, `default` when the option is absent.
+    fn list<T: std::str::FromStr>(&self, name: &str, default: &str) -> anyhow::Result<Vec<T>>
+    where
+        T::Err: std::error::Error + Send + Sync + 'static,
+    {
+        self.text(name)
+            .unwrap_or(default)
+            .split(',')
+            .map(|s| s.trim().parse().with_context(|| format!("--{name} {s}")))
+            .collect()
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -788,12 +800,7 @@ fn membarrier_ns() -> f64 {
 }
 
 fn drain(opts: &Opts) -> anyhow::Result<Value> {
-    let sizes: Vec<u32> = opts
-        .text("flows")
-        .unwrap_or("1000,100000,1000000")
-        .split(',')
-        .map(|s| s.trim().parse().with_context(|| format!("--flows {s}")))
-        .collect::<anyhow::Result<_>>()?;
+    let sizes: Vec<u32> = opts.list("flows", "1000,100000,1000000")?;
     let trials: usize = opts.get("trials", 5)?;
     let largest = *sizes.iter().max().context("--flows is empty")?;
     let mut ebpf = rstwatch::loader::load(largest.max(1024)).context("loading the eBPF object (needs root)")?;
@@ -891,12 +898,7 @@ fn drain(opts: &Opts) -> anyhow::Result<Value> {
 /// What one cache line read costs when it depends on the one before (a pointer chase over a
 /// random cycle of 64-byte lines): the price of a random slot in a table of that size.
 fn memory_latency(opts: &Opts) -> anyhow::Result<Value> {
-    let sizes: Vec<usize> = opts
-        .text("mib")
-        .unwrap_or("1,4,16,64")
-        .split(',')
-        .map(|s| s.trim().parse().with_context(|| format!("--mib {s}")))
-        .collect::<anyhow::Result<_>>()?;
+    let sizes: Vec<usize> = opts.list("mib", "1,4,16,64")?;
     const LINE_WORDS: usize = 8;
     let mut rows = Vec::new();
     for mib in sizes {

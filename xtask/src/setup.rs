@@ -33,7 +33,7 @@ pub fn hadolint_path() -> std::path::PathBuf {
 fn hadolint() -> Result<()> {
     let item = format!("hadolint {HADOLINT_VERSION}");
     let path = hadolint_path();
-    let version = cmd::capture(&mut Command::new(&path).arg("--version")).ok().filter(|o| o.status.success());
+    let version = cmd::capture(Command::new(&path).arg("--version")).ok().filter(|o| o.status.success());
     if version.is_some_and(|o| String::from_utf8_lossy(&o.stdout).contains(HADOLINT_VERSION)) {
         report(&item, "ok");
         return Ok(());

@@ -521,7 +521,6 @@ fn hostile_capture_files_get_clear_errors_in_flat_memory() -> Result<()> {
         corrupt_mid[24 + 8..24 + 12].copy_from_slice(&0x7fff_ffffu32.to_le_bytes());
     }
     add("corrupt-caplen.pcap", &corrupt_mid)?;
-    drop(add);
     // Huge and sparse: 3 GiB of zeros (not a capture), and a valid header followed by 1 GiB of
     // zeros (every 16 bytes a zero-length record).
     let zeros = d.join("zeros-3g.pcap");

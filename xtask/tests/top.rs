@@ -333,7 +333,7 @@ fn live_view_shows_resetters_switches_views_filters_pauses_and_quits_cleanly() -
     })?;
     let words = row(&screen, S4).context("resetter row")?;
     assert!(
-        words.iter().any(|w| *w == "100%"),
+        words.contains(&"100%"),
         "one resetter has the whole share: {words:?}"
     );
     assert!(screen.contains("RSTS ▼"), "{screen}");
