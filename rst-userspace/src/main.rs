@@ -93,8 +93,9 @@ struct WatchArgs {
     /// Serve Prometheus metrics on PORT (127.0.0.1) or ADDR:PORT; off by default.
     #[arg(long, value_name = "ADDR", value_parser = metrics::parse_listen)]
     metrics: Option<std::net::SocketAddr>,
-    /// Capacity of each of the two per-interval flow tables (kernel memory is ~100 bytes per
-    /// entry, allocated at start). RSTs beyond it are still counted, as `overflow`.
+    /// Capacity of each of the two per-interval flow tables (kernel memory, allocated at
+    /// start: ~384 bytes per flow of it, flow tables and connection state together). RSTs
+    /// beyond it are still counted, as `overflow`.
     #[arg(long, default_value_t = DEFAULT_MAX_FLOWS, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
     max_flows: u32,
     #[command(flatten)]
