@@ -8,8 +8,8 @@
 #![no_std]
 #![no_main]
 // Rust's BPF target declares no compare-and-swap, so `AtomicU64` has neither `fetch_add` nor
-// `compare_exchange` there; the intrinsics lower to BPF's atomic add and (with the linker's
-// `--cpu=v3`, Linux ≥ 5.12) BPF_CMPXCHG.
+// `compare_exchange` there; the intrinsics lower to BPF's atomic add and, for 64-bit values,
+// BPF_CMPXCHG (Linux ≥ 5.12; LLVM needs no `alu32` / v3 for the 64-bit form).
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
@@ -423,6 +423,19 @@ impl SlotArray for FlowTable {
         // SAFETY: the caller passes a live slot's counter; every writer adds atomically.
         unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, n) };
     }
+
+    #[inline(always)]
+    unsafe fn load_tag(tag: *const u64) -> u64 {
+        // SAFETY: the caller passes a live slot's tag. A plain load: BPF has load-acquire only
+        // from Linux 6.15; what a weakly ordered CPU may then see is covered by `Added::Raced`.
+        unsafe { core::ptr::read_volatile(tag) }
+    }
+
+    #[inline(always)]
+    unsafe fn publish_tag(tag: *mut u64, value: u64) {
+        // SAFETY: as in `load_tag` (store-release likewise needs 6.15).
+        unsafe { core::ptr::write_volatile(tag, value) }
+    }
 }
 
 /// Moves `resets` RSTs of `key` from the cache into the epoch's flow table; what does not fit
@@ -435,7 +448,10 @@ fn write_back(epoch: u32, key: &FlowKey, resets: u64, counters: &mut ResetCounte
     match add_to_flow_table(&FlowTable, bits, epoch, key, resets) {
         Added::Stored => return,
         Added::Raced => {
-            counters.table_races += 1;
+            // The collector's only sign that a flow may sit in two slots: atomic, so that not
+            // even programs interleaving on one CPU (possible on PREEMPT_RT) can lose it.
+            // SAFETY: a live per-CPU slot; every writer of this field adds atomically.
+            unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut counters.table_races, 1) };
             return;
         }
         Added::Full => {}

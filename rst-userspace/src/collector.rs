@@ -52,8 +52,7 @@ pub struct Collector {
     flows: FlowTableMap,
     /// Keeps the table's map alive while mapped.
     _flow_table: MapData,
-    /// Where each collect sums a flow's cache slots and table slots; kept between collects so
-    /// its capacity is: growing a million-entry map anew each interval cost more than the scan.
+    /// Where [`merge_flows`] sums a flow's slots; kept between collects for its capacity.
     merged: FastMap<FlowKey, u64>,
     overflow_sources: [MapData; 2],
     services: [MapData; 2],
@@ -172,30 +171,17 @@ impl Collector {
             tx_resets: resets.tx_resets,
         };
 
-        // A flow can sit in several CPUs' cache slots and in the table; in the table itself
-        // only once, unless two CPUs raced to store it (the kernel tells). Only the cached
-        // flows (at most slots x CPUs) go through a map then: summing a million table slots
-        // through a million-entry map costs several times the scan.
         let first_slot = finished * FLOW_CACHE_SLOTS;
         let cached_slots: Vec<CacheSlot> =
             lookup_per_cpu_array(self.flow_cache.fd().as_fd(), first_slot, FLOW_CACHE_SLOTS, self.cpus)
                 .context("reading the flow cache")?;
         update_per_cpu_array(self.flow_cache.fd().as_fd(), first_slot, &self.empty_cache, self.cpus)
             .context("clearing the flow cache")?;
-        let merged = &mut self.merged;
-        for slot in cached_slots.iter().filter(|slot| slot.resets > 0) {
-            *merged.entry(slot.key).or_default() += slot.resets;
-        }
-        let mut flows: Vec<(FlowKey, u64)> = Vec::new();
-        if resets.table_races > 0 {
-            self.flows.drain(finished, |key, resets| *merged.entry(*key).or_default() += resets);
-        } else {
-            self.flows.drain(finished, |key, resets| {
-                let also_cached = if merged.is_empty() { 0 } else { merged.remove(key).unwrap_or(0) };
-                flows.push((*key, resets + also_cached));
-            });
-        }
-        flows.extend(merged.drain());
+        let table = &mut self.flows;
+        let drain_table = |sink: &mut dyn FnMut(&FlowKey, u64)| {
+            table.drain(finished, sink);
+        };
+        let flows = merge_flows(&cached_slots, drain_table, resets.table_races, &mut self.merged);
         let mut overflow_sources = Vec::new();
         if counters.overflow > 0 {
             drain_hash_map::<SourceKey, FlowValue>(self.overflow_sources[finished as usize].fd().as_fd(), |key, value| {
@@ -266,9 +252,101 @@ impl Collector {
     }
 }
 
+/// One epoch's flows with unique keys: the per-CPU cache's occupied slots (a flow may sit in
+/// several CPUs' caches and in the table) and the table's slots, which `drain_table` passes to
+/// its sink. The table holds a key at most once unless the kernel reported `table_races`; only
+/// then does every table slot go through `merged` (a map kept between calls for its capacity,
+/// left empty): summing a million slots through a million-entry map costs several times the scan.
+fn merge_flows(
+    cached_slots: &[CacheSlot],
+    drain_table: impl FnOnce(&mut dyn FnMut(&FlowKey, u64)),
+    table_races: u64,
+    merged: &mut FastMap<FlowKey, u64>,
+) -> Vec<(FlowKey, u64)> {
+    merged.clear();
+    for slot in cached_slots.iter().filter(|slot| slot.resets > 0) {
+        *merged.entry(slot.key).or_default() += slot.resets;
+    }
+    let mut flows: Vec<(FlowKey, u64)> = Vec::new();
+    if table_races > 0 {
+        drain_table(&mut |key, resets| *merged.entry(*key).or_default() += resets);
+    } else {
+        drain_table(&mut |key, resets| {
+            let also_cached = if merged.is_empty() { 0 } else { merged.remove(key).unwrap_or(0) };
+            flows.push((*key, resets + also_cached));
+        });
+    }
+    flows.extend(merged.drain());
+    flows
+}
+
 fn hash_map_data(map: Map) -> anyhow::Result<MapData> {
     match map {
         Map::HashMap(data) => Ok(data),
         other => anyhow::bail!("expected a hash map, got {other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use rst_common::wire::{DIRECTION_RX, FAMILY_IPV4};
+
+    use super::*;
+
+    fn flow(port: u16) -> FlowKey {
+        FlowKey::from_parts([0x0a00_0001, 0, 0, 0], [0x0a00_0002, 0, 0, 0], 2, port, 80, FAMILY_IPV4, DIRECTION_RX, 64)
+    }
+
+    fn cached(port: u16, resets: u64) -> CacheSlot {
+        CacheSlot { key: flow(port), resets, ..CacheSlot::EMPTY }
+    }
+
+    fn merge(cache: &[CacheSlot], table: &[(u16, u64)], races: u64) -> Vec<(FlowKey, u64)> {
+        let mut merged = FastMap::default();
+        let flows = merge_flows(
+            cache,
+            |sink| {
+                for &(port, resets) in table {
+                    sink(&flow(port), resets);
+                }
+            },
+            races,
+            &mut merged,
+        );
+        assert!(merged.is_empty(), "the reused map is left empty");
+        flows
+    }
+
+    fn by_port(flows: &[(FlowKey, u64)]) -> BTreeMap<u16, u64> {
+        let ports: BTreeMap<u16, u64> = flows.iter().map(|(key, resets)| (key.sport, *resets)).collect();
+        assert_eq!(ports.len(), flows.len(), "a key came twice: {flows:?}");
+        ports
+    }
+
+    #[test]
+    fn cache_and_table_slots_of_a_flow_are_summed_once() {
+        // Flow 1 in two CPUs' caches and the table, flow 2 only cached, flow 3 only in the table;
+        // an empty cache slot counts nothing.
+        let cache = [cached(1, 2), cached(2, 5), cached(1, 1), CacheSlot::EMPTY];
+        let flows = merge(&cache, &[(1, 10), (3, 7)], 0);
+        assert_eq!(by_port(&flows), BTreeMap::from([(1, 13), (2, 5), (3, 7)]));
+    }
+
+    #[test]
+    fn after_a_race_a_flow_stored_twice_comes_out_once() {
+        let flows = merge(&[cached(4, 1)], &[(4, 3), (5, 1), (4, 2), (5, 6)], 1);
+        assert_eq!(by_port(&flows), BTreeMap::from([(4, 6), (5, 7)]));
+    }
+
+    #[test]
+    fn without_a_race_the_table_is_taken_as_it_is() {
+        // What the kernel promises when it reports no race: the table's keys are unique. The
+        // fast path does not look for duplicates, so it passes one through — which is why the
+        // kernel must report every race (see `rst_common::table::Added::Raced`).
+        let flows = merge(&[], &[(6, 1), (6, 1)], 0);
+        assert_eq!(flows.len(), 2);
+        assert_eq!(merge(&[], &[], 0), Vec::new());
     }
 }

@@ -68,7 +68,11 @@ impl FlowTableMap {
     /// Only correct once no program can write to that half any more: after the epoch flip and
     /// an RCU grace period.
     pub fn drain(&mut self, epoch: u32, sink: impl FnMut(&FlowKey, u64)) -> usize {
-        self.scan(epoch, true, sink)
+        let emptied = self.scan(epoch, true, sink);
+        // The emptied half must be seen empty by the programs once the epoch flips back to it
+        // (the flip's syscall orders this too; weakly ordered CPUs get it in writing).
+        std::sync::atomic::fence(Ordering::SeqCst);
+        emptied
     }
 
     /// What `epoch`'s half holds now, left in place: for tests and tools that look while the
@@ -117,6 +121,16 @@ impl SlotArray for FlowTableMap {
     unsafe fn add(counter: *mut u64, n: u64) {
         // SAFETY: as in `claim`.
         unsafe { AtomicU64::from_ptr(counter) }.fetch_add(n, Ordering::Relaxed);
+    }
+
+    unsafe fn load_tag(tag: *const u64) -> u64 {
+        // SAFETY: as in `claim`; the atomic only reads.
+        unsafe { AtomicU64::from_ptr(tag.cast_mut()) }.load(Ordering::Acquire)
+    }
+
+    unsafe fn publish_tag(tag: *mut u64, value: u64) {
+        // SAFETY: as in `claim`.
+        unsafe { AtomicU64::from_ptr(tag) }.store(value, Ordering::Release);
     }
 }
 
