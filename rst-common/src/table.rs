@@ -25,6 +25,21 @@ use crate::wire::{ConnKey, ConnState, FlowKey};
 /// [`flow_table_bits`]) all of them are taken with probability 2^-32.
 pub const FLOW_TABLE_PROBES: u32 = 32;
 
+/// Slots per block of the used-block bitmap (map `FLOW_BLOCKS`): 64 slots, one 4 KiB page.
+/// The kernel sets a block's bit when it claims a slot in it, so a drain reads only the
+/// blocks that hold flows: an idle interval costs nothing however large `--max-flows` is.
+pub const SLOTS_PER_BLOCK_LOG2: u32 = 6;
+
+/// Words of the used-block bitmap for a table of `2 << bits` slots (both epochs).
+pub const fn flow_block_words(bits: u32) -> u32 {
+    let blocks = (2u32 << bits) >> SLOTS_PER_BLOCK_LOG2;
+    if blocks < 64 {
+        1
+    } else {
+        blocks / 64
+    }
+}
+
 /// Table size bounds (log2 of one epoch's slots): 1 Ki to 32 Mi slots.
 pub const MIN_FLOW_TABLE_BITS: u32 = 10;
 pub const MAX_FLOW_TABLE_BITS: u32 = 25;
@@ -132,6 +147,10 @@ pub trait SlotArray {
     /// # Safety
     /// `tag` points to a live slot's `tag`, claimed by this caller.
     unsafe fn publish_tag(tag: *mut u64, value: u64);
+
+    /// Sets bit `block % 64` of word `block / 64` of the used-block bitmap, atomically
+    /// (another CPU may set a bit of the same word). False if the word does not exist.
+    fn mark_block(&self, block: u32) -> bool;
 }
 
 /// What [`add_to_flow_table`] did.
@@ -140,7 +159,9 @@ pub enum Added {
     Stored,
     /// Stored, after passing a slot that another CPU was filling or that it could not compare
     /// (its tag matched, its key was not yet visible): the flow may now sit in two slots.
-    /// Userspace must then sum the epoch's slots by key; otherwise it need not.
+    /// Also when the used-block bitmap could not mark the slot's block. Userspace must then
+    /// read the epoch's whole half and sum its slots by key; otherwise the marked blocks hold
+    /// every flow, each once.
     Raced,
     /// All [`FLOW_TABLE_PROBES`] slots hold other flows: the caller counts the resets as
     /// overflow.
@@ -162,7 +183,8 @@ pub fn add_to_flow_table<T: SlotArray>(table: &T, bits: u32, epoch: u32, key: &F
     let mut raced = false;
     let stored = |raced: bool| if raced { Added::Raced } else { Added::Stored };
     for probe in 0..FLOW_TABLE_PROBES {
-        let Some(slot) = table.slot(base | (start.wrapping_add(probe.wrapping_mul(stride)) & mask)) else {
+        let index = base | (start.wrapping_add(probe.wrapping_mul(stride)) & mask);
+        let Some(slot) = table.slot(index) else {
             return Added::Full;
         };
         // SAFETY: `slot` is a live slot of the table for the whole call (the kernel's array
@@ -186,6 +208,11 @@ pub fn add_to_flow_table<T: SlotArray>(table: &T, bits: u32, epoch: u32, key: &F
                     core::ptr::write_volatile(&raw mut (*slot).key, *key);
                     T::add(&raw mut (*slot).resets, resets);
                     T::publish_tag(&raw mut (*slot).tag, tag);
+                    // Sized by the loader to cover every block; were it not, the drain's full
+                    // scan fallback still finds the slot (see `Added::Raced`).
+                    if !table.mark_block(index >> SLOTS_PER_BLOCK_LOG2) {
+                        return Added::Raced;
+                    }
                     return stored(raced);
                 }
                 raced = true;
@@ -299,12 +326,22 @@ pub fn conn_store<T: ConnSlots>(table: &T, bits: u32, key: &ConnKey, state: &Con
 #[cfg(test)]
 mod tests {
     extern crate std;
-    use std::{cell::UnsafeCell, vec::Vec};
+    use std::{cell::UnsafeCell, vec, vec::Vec};
 
     use super::*;
     use crate::wire::{FAMILY_IPV4, DIRECTION_RX};
 
-    struct Host(Vec<UnsafeCell<FlowSlot>>);
+    struct Host(Vec<UnsafeCell<FlowSlot>>, UnsafeCell<Vec<u64>>);
+
+    impl Host {
+        fn new(slots: impl Iterator<Item = FlowSlot>) -> Host {
+            Host(slots.map(UnsafeCell::new).collect(), UnsafeCell::new(vec![0; 1 << 16]))
+        }
+
+        fn blocks(&self) -> Vec<u64> {
+            unsafe { (*self.1.get()).clone() }
+        }
+    }
 
     impl SlotArray for Host {
         fn slot(&self, index: u32) -> Option<*mut FlowSlot> {
@@ -332,6 +369,17 @@ mod tests {
             // SAFETY: single-threaded test.
             unsafe { *tag = value };
         }
+        fn mark_block(&self, block: u32) -> bool {
+            // SAFETY: single-threaded test.
+            let words = unsafe { &mut *self.1.get() };
+            match words.get_mut(block as usize / 64) {
+                Some(word) => {
+                    *word |= 1 << (block % 64);
+                    true
+                }
+                None => false,
+            }
+        }
     }
 
     fn key(i: u32) -> FlowKey {
@@ -349,7 +397,7 @@ mod tests {
     #[test]
     fn a_half_full_table_takes_every_flow_once_per_epoch() {
         let bits = flow_table_bits(10_000);
-        let table = Host((0..2usize << bits).map(|_| UnsafeCell::new(FlowSlot::EMPTY)).collect());
+        let table = Host::new((0..2usize << bits).map(|_| FlowSlot::EMPTY));
         for round in 1..=3u64 {
             for i in 0..10_000 {
                 assert_eq!(add_to_flow_table(&table, bits, 1, &key(i), round), Added::Stored, "flow {i}");
@@ -365,12 +413,20 @@ mod tests {
         keys.sort();
         keys.dedup();
         assert_eq!(keys.len(), 10_000);
+        // Exactly the blocks holding a flow are marked, all in epoch 1's half.
+        let mut used_blocks = vec![0u64; table.blocks().len()];
+        for (index, _) in slots.iter().enumerate().filter(|(_, slot)| slot.tag != 0) {
+            let block = index >> SLOTS_PER_BLOCK_LOG2;
+            used_blocks[block / 64] |= 1 << (block % 64);
+        }
+        assert_eq!(table.blocks(), used_blocks);
+        assert!(flow_block_words(bits) as usize * 64 >= (2 << bits) >> SLOTS_PER_BLOCK_LOG2);
     }
 
     #[test]
     fn a_flow_that_finds_no_free_slot_overflows_and_touches_nothing() {
         let bits = MIN_FLOW_TABLE_BITS;
-        let table = Host((0..2usize << bits).map(|_| UnsafeCell::new(FlowSlot::EMPTY)).collect());
+        let table = Host::new((0..2usize << bits).map(|_| FlowSlot::EMPTY));
         let mut stored = 0;
         let mut refused = 0;
         for i in 0..4 * (1 << bits) {
@@ -387,19 +443,29 @@ mod tests {
         assert!(slots[1 << bits..].iter().all(|slot| *slot == FlowSlot::EMPTY));
         // A slot being filled by another CPU is skipped, not counted into, and the skip is
         // told: the flow may end up in two slots.
-        let busy: Vec<_> = (0..2usize << bits).map(|_| UnsafeCell::new(FlowSlot { tag: FlowSlot::BUSY, ..FlowSlot::EMPTY })).collect();
-        assert_eq!(add_to_flow_table(&Host(busy), bits, 0, &key(1), 1), Added::Full);
-        let mut one_busy: Vec<_> = (0..2usize << bits).map(|_| UnsafeCell::new(FlowSlot::EMPTY)).collect();
+        let busy = Host::new((0..2usize << bits).map(|_| FlowSlot { tag: FlowSlot::BUSY, ..FlowSlot::EMPTY }));
+        assert_eq!(add_to_flow_table(&busy, bits, 0, &key(1), 1), Added::Full);
         let first = (key(1).table_hash() >> 32) as usize & ((1 << bits) - 1);
-        one_busy[first] = UnsafeCell::new(FlowSlot { tag: FlowSlot::BUSY, ..FlowSlot::EMPTY });
-        let table = Host(one_busy);
+        let table = Host::new((0..2usize << bits).map(|i| FlowSlot {
+            tag: if i == first { FlowSlot::BUSY } else { 0 },
+            ..FlowSlot::EMPTY
+        }));
         assert_eq!(add_to_flow_table(&table, bits, 0, &key(1), 1), Added::Raced);
         assert_eq!(add_to_flow_table(&table, bits, 0, &key(1), 1), Added::Raced, "still passes the busy slot");
         // A tag that matches over a key that does not is a race too (it may be this flow's key
         // not yet visible).
-        let mut stale: Vec<_> = (0..2usize << bits).map(|_| UnsafeCell::new(FlowSlot::EMPTY)).collect();
-        stale[first] = UnsafeCell::new(FlowSlot { tag: FlowSlot::tag_of(key(1).table_hash()), ..FlowSlot::EMPTY });
-        assert_eq!(add_to_flow_table(&Host(stale), bits, 0, &key(1), 1), Added::Raced);
+        let stale = Host::new((0..2usize << bits).map(|i| FlowSlot {
+            tag: if i == first { FlowSlot::tag_of(key(1).table_hash()) } else { 0 },
+            ..FlowSlot::EMPTY
+        }));
+        assert_eq!(add_to_flow_table(&stale, bits, 0, &key(1), 1), Added::Raced);
+        // A block the bitmap cannot mark is reported like a race: the drain then reads the
+        // whole half instead of the marked blocks.
+        let unmarkable = Host(
+            (0..2usize << bits).map(|_| UnsafeCell::new(FlowSlot::EMPTY)).collect(),
+            UnsafeCell::new(Vec::new()),
+        );
+        assert_eq!(add_to_flow_table(&unmarkable, bits, 0, &key(1), 1), Added::Raced);
     }
 
     struct HostConns(Vec<UnsafeCell<ConnSlot>>);

@@ -10,6 +10,8 @@ pub const IPPROTO_TCP: u8 = 6;
 /// Map names, shared so the loader cannot drift from the object.
 /// Both epochs' flow tables in one mmap-able array (see [`crate::table`]).
 pub const MAP_FLOW_TABLE: &str = "FLOW_TABLE";
+/// The flow table's used-block bitmap (see [`crate::table::SLOTS_PER_BLOCK_LOG2`]).
+pub const MAP_FLOW_BLOCKS: &str = "FLOW_BLOCKS";
 /// The global holding log2 of one epoch's flow-table slots; the loader sets it.
 pub const GLOBAL_FLOW_TABLE_BITS: &str = "FLOW_TABLE_BITS";
 pub const MAP_OVERFLOW_SOURCES: [&str; 2] = ["OVERFLOW_SOURCES_0", "OVERFLOW_SOURCES_1"];

@@ -13,7 +13,7 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
-use core::intrinsics::{atomic_cxchg, atomic_xadd, AtomicOrdering};
+use core::intrinsics::{atomic_cxchg, atomic_or, atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
     bindings::{xdp_action, BPF_F_MMAPABLE, BPF_NOEXIST},
@@ -24,7 +24,10 @@ use aya_ebpf::{
 use rst_common::{
     count, inspect_with,
     parse::{TcpEvent, TCP_RST},
-    table::{add_to_flow_table, conn_lookup, conn_store, flow_table_bits, Added, ConnSlot, ConnSlots, FlowSlot, SlotArray},
+    table::{
+        add_to_flow_table, conn_lookup, conn_store, flow_block_words, flow_table_bits, Added, ConnSlot, ConnSlots, FlowSlot,
+        SlotArray,
+    },
     track,
     wire::{
         CacheSlot, ConnKey, ConnState, FlowKey, FlowValue, ResetCounters, ServiceKey, ServiceValue, SourceKey,
@@ -43,6 +46,10 @@ use rst_common::{
 /// from `--max-flows` at load (and sets `FLOW_TABLE_BITS` to match) and maps it to read it.
 #[map]
 static FLOW_TABLE: Array<FlowSlot> = Array::with_max_entries(2 << DEFAULT_FLOW_TABLE_BITS, BPF_F_MMAPABLE);
+/// Which blocks of `FLOW_TABLE` hold a flow (see [`rst_common::table::SLOTS_PER_BLOCK_LOG2`]):
+/// set here on every claim, read and cleared by userspace, which drains only marked blocks.
+#[map]
+static FLOW_BLOCKS: Array<u64> = Array::with_max_entries(flow_block_words(DEFAULT_FLOW_TABLE_BITS), BPF_F_MMAPABLE);
 /// log2 of one epoch's slots in `FLOW_TABLE`.
 #[unsafe(no_mangle)]
 static FLOW_TABLE_BITS: u32 = DEFAULT_FLOW_TABLE_BITS;
@@ -435,6 +442,17 @@ impl SlotArray for FlowTable {
     unsafe fn publish_tag(tag: *mut u64, value: u64) {
         // SAFETY: as in `load_tag` (store-release likewise needs 6.15).
         unsafe { core::ptr::write_volatile(tag, value) }
+    }
+
+    #[inline(always)]
+    fn mark_block(&self, block: u32) -> bool {
+        let Some(word) = FLOW_BLOCKS.get_ptr_mut(block / 64) else {
+            return false;
+        };
+        // SAFETY: a live array element; every writer (the programs, and userspace clearing
+        // bits) uses atomic read-modify-writes.
+        unsafe { atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(word, 1 << (block % 64)) };
+        true
     }
 }
 

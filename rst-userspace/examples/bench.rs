@@ -48,7 +48,7 @@ use aya::{
 use rst_common::{
     craft::{tcp_v4, tcp_v6, FrameBuilder, VlanKind},
     parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
-    wire::{FlowKey, MAP_EPOCH, MAP_FLOW_TABLE, PROG_TC_BASELINE, PROG_TC_EGRESS, PROG_XDP, PROG_XDP_BASELINE},
+    wire::{FlowKey, MAP_EPOCH, MAP_FLOW_BLOCKS, MAP_FLOW_TABLE, PROG_TC_BASELINE, PROG_TC_EGRESS, PROG_XDP, PROG_XDP_BASELINE},
 };
 use rstwatch::{collector::Collector, flow_table::FlowTableMap, testrun::XdpMd};
 use serde_json::{json, Value};
@@ -805,7 +805,9 @@ fn drain(opts: &Opts) -> anyhow::Result<Value> {
     let largest = *sizes.iter().max().context("--flows is empty")?;
     let mut ebpf = rstwatch::loader::load(largest.max(1024)).context("loading the eBPF object (needs root)")?;
     let table_map = second_handle(&ebpf, MAP_FLOW_TABLE)?;
-    let mut table = FlowTableMap::new(table_map.fd().as_fd(), rst_common::table::flow_table_bits(largest.max(1024)))?;
+    let blocks_map = second_handle(&ebpf, MAP_FLOW_BLOCKS)?;
+    let bits = rst_common::table::flow_table_bits(largest.max(1024));
+    let mut table = FlowTableMap::new(table_map.fd().as_fd(), blocks_map.fd().as_fd(), bits)?;
     let epoch: Array<MapData, u32> = Map::Array(second_handle(&ebpf, MAP_EPOCH)?).try_into()?;
     let cache = second_handle(&ebpf, rst_common::wire::MAP_FLOW_CACHE)?;
     let mut collector = Collector::new(&mut ebpf)?;
@@ -868,7 +870,7 @@ fn drain(opts: &Opts) -> anyhow::Result<Value> {
             let active = epoch.get(&0, 0)? & 1;
             fill_table(&table, active, &keys, &values)?;
             let started = Instant::now();
-            let drained = table.drain(active, |_, _| {});
+            let drained = table.drain(active, false, |_, _| {});
             raw.push(started.elapsed().as_nanos() as f64);
             ensure!(drained == n as usize, "the scan emptied {drained} slots for {n} flows");
         }

@@ -17,7 +17,7 @@ use aya::{
 use rst_common::{
     wire::{
         CacheSlot, ResetCounters, ServiceKey, ServiceValue, SourceKey, StackResetKey, TrafficCounters, FLOW_CACHE_SLOTS,
-        MAP_EPOCH, MAP_FLOW_TABLE, MAP_FLOW_CACHE, MAP_OVERFLOW_SOURCES, MAP_RESET_COUNTERS, MAP_SERVICES, MAP_STACK_RESETS,
+        MAP_EPOCH, MAP_FLOW_BLOCKS, MAP_FLOW_TABLE, MAP_FLOW_CACHE, MAP_OVERFLOW_SOURCES, MAP_RESET_COUNTERS, MAP_SERVICES, MAP_STACK_RESETS,
         MAP_TRAFFIC, DIRECTION_RX, DIRECTION_TX,
     },
     Counters, FlowKey, FlowValue,
@@ -50,8 +50,8 @@ pub struct Sample {
 
 pub struct Collector {
     flows: FlowTableMap,
-    /// Keeps the table's map alive while mapped.
-    _flow_table: MapData,
+    /// Keep the table's maps alive while mapped.
+    _flow_table: [MapData; 2],
     /// Where [`merge_flows`] sums a flow's slots; kept between collects for its capacity.
     merged: FastMap<FlowKey, u64>,
     overflow_sources: [MapData; 2],
@@ -96,7 +96,11 @@ impl Collector {
             slots.is_power_of_two() && slots >= 2,
             "the flow table has {slots} slots, not two epochs of a power of two"
         );
-        let flows = FlowTableMap::new(flow_table.fd().as_fd(), (slots / 2).trailing_zeros())
+        let flow_blocks = match take(MAP_FLOW_BLOCKS)? {
+            Map::Array(data) => data,
+            other => anyhow::bail!("expected an array for the flow table's block bitmap, got {other:?}"),
+        };
+        let flows = FlowTableMap::new(flow_table.fd().as_fd(), flow_blocks.fd().as_fd(), (slots / 2).trailing_zeros())
             .context("mapping the flow table (Linux >= 5.5)")?;
         let overflow_sources =
             [hash_map_data(take(MAP_OVERFLOW_SOURCES[0])?)?, hash_map_data(take(MAP_OVERFLOW_SOURCES[1])?)?];
@@ -113,7 +117,7 @@ impl Collector {
         let active = epoch.get(&0, 0)? & 1;
         let mut collector = Self {
             flows,
-            _flow_table: flow_table,
+            _flow_table: [flow_table, flow_blocks],
             merged: FastMap::default(),
             overflow_sources,
             services,
@@ -178,8 +182,9 @@ impl Collector {
         update_per_cpu_array(self.flow_cache.fd().as_fd(), first_slot, &self.empty_cache, self.cpus)
             .context("clearing the flow cache")?;
         let table = &mut self.flows;
+        let whole_half = resets.table_races > 0;
         let drain_table = |sink: &mut dyn FnMut(&FlowKey, u64)| {
-            table.drain(finished, sink);
+            table.drain(finished, whole_half, sink);
         };
         let flows = merge_flows(&cached_slots, drain_table, resets.table_races, &mut self.merged);
         let mut overflow_sources = Vec::new();

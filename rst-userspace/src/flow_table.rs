@@ -1,5 +1,5 @@
 //! The flow table ([`rst_common::table`]) mapped into this process: draining an epoch is a scan
-//! of memory, with no syscall per entry.
+//! of the memory blocks that hold flows, with no syscall per entry.
 //!
 //! Minimum kernel: 5.5 (`BPF_F_MMAPABLE` arrays).
 
@@ -11,33 +11,19 @@ use std::{
 };
 
 use rst_common::{
-    table::{FlowSlot, SlotArray},
+    table::{flow_block_words, FlowSlot, SlotArray, MAX_FLOW_TABLE_BITS, MIN_FLOW_TABLE_BITS, SLOTS_PER_BLOCK_LOG2},
     FlowKey,
 };
 
-/// Both epochs' halves of the table, shared with the kernel.
-///
-/// The kernel writes the active half at any time, so the mapping is only ever touched through
-/// raw pointers with volatile or atomic accesses — never as a Rust reference.
-pub struct FlowTableMap {
-    slots: NonNull<FlowSlot>,
-    bits: u32,
+/// A shared, read-write mapping of a BPF array's values.
+struct Mapping<T> {
+    start: NonNull<T>,
     len: usize,
 }
 
-// SAFETY: the mapping is plain shared memory with no thread affinity; `drain` takes `&mut self`
-// and the `SlotArray` writers use atomics.
-unsafe impl Send for FlowTableMap {}
-// SAFETY: as above: shared access goes through atomics only.
-unsafe impl Sync for FlowTableMap {}
-
-impl FlowTableMap {
-    /// Maps the table behind `map_fd`, an mmap-able array of `2 << bits` [`FlowSlot`]s.
-    ///
-    /// # Errors
-    /// `mmap`'s errno (`EINVAL` for a map created without `BPF_F_MMAPABLE`).
-    pub fn new(map_fd: BorrowedFd<'_>, bits: u32) -> io::Result<Self> {
-        let len = (2usize << bits) * size_of::<FlowSlot>();
+impl<T> Mapping<T> {
+    fn new(map_fd: BorrowedFd<'_>, elements: usize) -> io::Result<Self> {
+        let len = elements * size_of::<T>();
         // SAFETY: a new shared mapping of the map's data, which the kernel keeps alive while
         // mapped; nothing else in this process aliases it.
         let address = unsafe {
@@ -53,8 +39,55 @@ impl FlowTableMap {
         if address == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        let slots = NonNull::new(address.cast::<FlowSlot>()).ok_or_else(|| io::Error::other("mmap returned NULL"))?;
-        Ok(Self { slots, bits, len })
+        let start = NonNull::new(address.cast::<T>()).ok_or_else(|| io::Error::other("mmap returned NULL"))?;
+        Ok(Self { start, len })
+    }
+
+    fn at(&self, index: usize) -> *mut T {
+        debug_assert!((index + 1) * size_of::<T>() <= self.len);
+        // SAFETY: callers stay inside the mapping (checked above in debug builds).
+        unsafe { self.start.as_ptr().add(index) }
+    }
+}
+
+impl<T> Drop for Mapping<T> {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once; no pointer into it outlives self.
+        unsafe { libc::munmap(self.start.as_ptr().cast(), self.len) };
+    }
+}
+
+/// Both epochs' halves of the table and the used-block bitmap, shared with the kernel.
+///
+/// The kernel writes the active half at any time, so the mapping is only ever touched through
+/// raw pointers with volatile or atomic accesses — never as a Rust reference.
+pub struct FlowTableMap {
+    slots: Mapping<FlowSlot>,
+    blocks: Mapping<u64>,
+    bits: u32,
+}
+
+// SAFETY: the mappings are plain shared memory with no thread affinity; `drain` takes
+// `&mut self` and the `SlotArray` writers use atomics.
+unsafe impl Send for FlowTableMap {}
+// SAFETY: as above: shared access goes through atomics only.
+unsafe impl Sync for FlowTableMap {}
+
+impl FlowTableMap {
+    /// Maps the table behind `table_fd`, an mmap-able array of `2 << bits` [`FlowSlot`]s, and
+    /// its used-block bitmap behind `blocks_fd`, one of [`flow_block_words`]`(bits)` words.
+    ///
+    /// # Errors
+    /// `mmap`'s errno (`EINVAL` for a map created without `BPF_F_MMAPABLE`, or smaller).
+    pub fn new(table_fd: BorrowedFd<'_>, blocks_fd: BorrowedFd<'_>, bits: u32) -> io::Result<Self> {
+        if !(MIN_FLOW_TABLE_BITS..=MAX_FLOW_TABLE_BITS).contains(&bits) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("a flow table of 2 << {bits} slots")));
+        }
+        Ok(Self {
+            slots: Mapping::new(table_fd, 2usize << bits)?,
+            blocks: Mapping::new(blocks_fd, flow_block_words(bits) as usize)?,
+            bits,
+        })
     }
 
     /// log2 of one epoch's slots.
@@ -65,10 +98,31 @@ impl FlowTableMap {
     /// Passes every flow stored in `epoch`'s half to `sink` (a flow two CPUs stored twice comes
     /// twice) and leaves the half empty. Returns the number of slots it emptied.
     ///
+    /// Reads only the blocks the kernel marked as used, unless `whole_half`: after the kernel
+    /// reported a race (a block it may have failed to mark, see
+    /// [`rst_common::table::Added::Raced`]) every slot of the half is read.
+    ///
     /// Only correct once no program can write to that half any more: after the epoch flip and
     /// an RCU grace period.
-    pub fn drain(&mut self, epoch: u32, sink: impl FnMut(&FlowKey, u64)) -> usize {
-        let emptied = self.scan(epoch, true, sink);
+    pub fn drain(&mut self, epoch: u32, whole_half: bool, mut sink: impl FnMut(&FlowKey, u64)) -> usize {
+        let blocks_per_epoch = 1usize << (self.bits - SLOTS_PER_BLOCK_LOG2);
+        let first_block = (epoch as usize & 1) * blocks_per_epoch;
+        let mut emptied = 0;
+        let mut block = first_block;
+        while block < first_block + blocks_per_epoch {
+            let (word, first_bit) = (block / 64, block % 64);
+            let bits_here = (64 - first_bit).min(first_block + blocks_per_epoch - block);
+            let mask = if bits_here == 64 { u64::MAX } else { ((1u64 << bits_here) - 1) << first_bit };
+            // SAFETY: `word` is inside the bitmap mapping, aligned; the programs set bits of the
+            // other half in the same word concurrently, so this clears with an atomic too.
+            let taken = unsafe { AtomicU64::from_ptr(self.blocks.at(word)) }.fetch_and(!mask, Ordering::AcqRel) & mask;
+            for bit in first_bit..first_bit + bits_here {
+                if whole_half || taken & (1 << bit) != 0 {
+                    emptied += self.scan_block(word * 64 + bit, true, &mut sink);
+                }
+            }
+            block += bits_here;
+        }
         // The emptied half must be seen empty by the programs once the epoch flips back to it
         // (the flip's syscall orders this too; weakly ordered CPUs get it in writing).
         std::sync::atomic::fence(Ordering::SeqCst);
@@ -77,20 +131,21 @@ impl FlowTableMap {
 
     /// What `epoch`'s half holds now, left in place: for tests and tools that look while the
     /// programs may still be writing (a slot being filled right then may be missed).
-    pub fn visit(&self, epoch: u32, sink: impl FnMut(&FlowKey, u64)) -> usize {
-        self.scan(epoch, false, sink)
+    pub fn visit(&self, epoch: u32, mut sink: impl FnMut(&FlowKey, u64)) -> usize {
+        let blocks_per_epoch = 1usize << (self.bits - SLOTS_PER_BLOCK_LOG2);
+        let first_block = (epoch as usize & 1) * blocks_per_epoch;
+        (first_block..first_block + blocks_per_epoch).map(|block| self.scan_block(block, false, &mut sink)).sum()
     }
 
-    fn scan(&self, epoch: u32, empty: bool, mut sink: impl FnMut(&FlowKey, u64)) -> usize {
-        let per_epoch = 1usize << self.bits;
-        let first = (epoch as usize & 1) * per_epoch;
+    fn scan_block(&self, block: usize, empty: bool, sink: &mut impl FnMut(&FlowKey, u64)) -> usize {
+        let first = block << SLOTS_PER_BLOCK_LOG2;
         let mut used = 0;
-        for index in first..first + per_epoch {
+        for index in first..first + (1 << SLOTS_PER_BLOCK_LOG2) {
             // SAFETY: `index` is inside the mapping; volatile because the memory is shared
             // with the kernel. Emptying is only asked for by `drain`, whose contract keeps the
             // kernel out of this half.
             unsafe {
-                let slot = self.slots.as_ptr().add(index);
+                let slot = self.slots.at(index);
                 if std::ptr::read_volatile(&raw const (*slot).tag) == 0 {
                     continue;
                 }
@@ -108,8 +163,7 @@ impl FlowTableMap {
 
 impl SlotArray for FlowTableMap {
     fn slot(&self, index: u32) -> Option<*mut FlowSlot> {
-        // SAFETY: in bounds of the mapping, checked first.
-        ((index as usize) < (2usize << self.bits)).then(|| unsafe { self.slots.as_ptr().add(index as usize) })
+        ((index as usize) < (2usize << self.bits)).then(|| self.slots.at(index as usize))
     }
 
     unsafe fn claim(tag: *mut u64) -> bool {
@@ -132,11 +186,14 @@ impl SlotArray for FlowTableMap {
         // SAFETY: as in `claim`.
         unsafe { AtomicU64::from_ptr(tag) }.store(value, Ordering::Release);
     }
-}
 
-impl Drop for FlowTableMap {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, unmapped once; no pointer into it outlives self.
-        unsafe { libc::munmap(self.slots.as_ptr().cast(), self.len) };
+    fn mark_block(&self, block: u32) -> bool {
+        let word = block as usize / 64;
+        if word >= flow_block_words(self.bits) as usize {
+            return false;
+        }
+        // SAFETY: inside the bitmap mapping, aligned; every writer uses atomics.
+        unsafe { AtomicU64::from_ptr(self.blocks.at(word)) }.fetch_or(1 << (block % 64), Ordering::Relaxed);
+        true
     }
 }

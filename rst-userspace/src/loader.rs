@@ -24,7 +24,7 @@ use anyhow::Context as _;
 use caps::{CapSet, Capability};
 use rst_common::wire::{
     GLOBAL_SEND_RESET_DADDR_OFFSET, GLOBAL_SEND_RESET_REASON_OFFSET, GLOBAL_SEND_RESET_SADDR_OFFSET, GLOBAL_CONN_TABLE_BITS, MAP_CONNECTIONS,
-    MAP_FLOW_TABLE, GLOBAL_FLOW_TABLE_BITS, MAP_OVERFLOW_SOURCES, MAP_SERVICES, MAP_STACK_RESETS, PROG_SEND_RESET, PROG_TC, PROG_TC_EGRESS, PROG_XDP,
+    MAP_FLOW_BLOCKS, MAP_FLOW_TABLE, GLOBAL_FLOW_TABLE_BITS, MAP_OVERFLOW_SOURCES, MAP_SERVICES, MAP_STACK_RESETS, PROG_SEND_RESET, PROG_TC, PROG_TC_EGRESS, PROG_XDP,
 };
 
 /// The XDP object built by `build.rs` (aya-build), embedded so the binary is self-contained.
@@ -183,6 +183,7 @@ pub fn load(max_flows: u32) -> anyhow::Result<Ebpf> {
     let mut loader = EbpfLoader::new();
     loader
         .map_max_entries(MAP_FLOW_TABLE, 2 << table_bits)
+        .map_max_entries(MAP_FLOW_BLOCKS, rst_common::table::flow_block_words(table_bits))
         .override_global(GLOBAL_FLOW_TABLE_BITS, &table_bits, true)
         .map_max_entries(MAP_OVERFLOW_SOURCES[0], max_sources)
         .map_max_entries(MAP_OVERFLOW_SOURCES[1], max_sources)

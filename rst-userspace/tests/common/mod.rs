@@ -18,7 +18,7 @@ use aya::{
 };
 use rst_common::{
     wire::{
-        CacheSlot, ResetCounters, TrafficCounters, FLOW_CACHE_SLOTS, MAP_FLOW_TABLE, MAP_FLOW_CACHE, MAP_RESET_COUNTERS,
+        CacheSlot, ResetCounters, TrafficCounters, FLOW_CACHE_SLOTS, MAP_FLOW_BLOCKS, MAP_FLOW_TABLE, MAP_FLOW_CACHE, MAP_RESET_COUNTERS,
         MAP_TRAFFIC, PROG_XDP,
     },
     Counters, FlowKey, Observation,
@@ -66,7 +66,7 @@ pub struct Kernel {
     resets: PerCpuArray<MapData, ResetCounters>,
     /// The flow table; test runs write to epoch 0's half until the first collect.
     flows: FlowTableMap,
-    _flow_table: MapData,
+    _flow_table: [MapData; 2],
     /// The per-CPU flow cache in front of it (epoch 0 is its first half).
     cache: PerCpuArray<MapData, CacheSlot>,
 }
@@ -79,11 +79,18 @@ impl Kernel {
         let Map::Array(flow_table) = second_handle(&ebpf, MAP_FLOW_TABLE)? else {
             bail!("{MAP_FLOW_TABLE} is not an array");
         };
+        let Map::Array(flow_blocks) = second_handle(&ebpf, MAP_FLOW_BLOCKS)? else {
+            bail!("{MAP_FLOW_BLOCKS} is not an array");
+        };
         let bits = rst_common::table::flow_table_bits(max_flows);
-        let flows = FlowTableMap::new(std::os::fd::AsFd::as_fd(flow_table.fd()), bits)?;
+        let flows = FlowTableMap::new(
+            std::os::fd::AsFd::as_fd(flow_table.fd()),
+            std::os::fd::AsFd::as_fd(flow_blocks.fd()),
+            bits,
+        )?;
         let cache = PerCpuArray::try_from(second_handle(&ebpf, MAP_FLOW_CACHE)?)?;
         let collector = Collector::new(&mut ebpf)?;
-        Ok(Self { ebpf, collector, traffic, resets, flows, _flow_table: flow_table, cache })
+        Ok(Self { ebpf, collector, traffic, resets, flows, _flow_table: [flow_table, flow_blocks], cache })
     }
 
     pub fn program(&self) -> anyhow::Result<&Xdp> {
