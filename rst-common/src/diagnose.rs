@@ -1,8 +1,8 @@
 //! The connection tracker and reset classifier: what kind of reset, sent by which side, first or
 //! not, and from which TTL the claimed sender used to speak.
 //!
-//! Like the header walk, this is the only copy: the kernel programs run it over an LRU map and
-//! replay and the tests over a host table. Only segments that open or close a connection (SYN,
+//! Like the header walk, this is the only copy: the kernel programs run it over an array of
+//! slot pairs ([`crate::table::ConnSlots`]) and replay and the tests over a host table. Only segments that open or close a connection (SYN,
 //! SYN+ACK, FIN) and RSTs get here; plain data and ACK segments never touch connection state,
 //! which is what keeps the common path at the cost of the walk.
 //!
@@ -11,7 +11,7 @@
 //! numbers are still those of the handshake (its seq is its sender's ISN + 1 and its ACK, if
 //! set, acknowledges only the peer's SYN) is `handshake`: nothing was sent yet. Any other RST
 //! after the SYN+ACK is `established`, and after a FIN `closing`. With no handshake seen (the
-//! connection predates rstwatch, or the LRU forgot it) an RST+ACK with sequence 0 is `refused`
+//! connection predates rstwatch, or the table forgot it) an RST+ACK with sequence 0 is `refused`
 //! (RFC 9293 answers a SYN so) and anything else `established`; the side is then inferred from
 //! the ports (the lower port is the server's) and reported as not observed; such a connection is
 //! not remembered, so each of its RSTs is reported as the first. Retransmitted SYNs and
@@ -27,7 +27,7 @@ use crate::{
     },
 };
 
-/// Where connection state lives: a BPF LRU hash in the kernel, a bounded map on the host.
+/// Where connection state lives: an array of slot pairs in the kernel, a bounded map on the host.
 pub trait ConnTable {
     /// The state of `key`, updated in place.
     fn get(&mut self, key: &ConnKey) -> Option<&mut ConnState>;
@@ -199,7 +199,7 @@ fn classify<T: ConnTable + ?Sized>(conns: &mut T, conn: &ConnKey, sender_is_lo: 
     let (class, peer_ttl) = match class {
         Some(found) => found,
         // Not remembered: an insert per RST would make a scan of unknown connections pay for
-        // one LRU insert each, exactly when rstwatch must stay cheap. So with no handshake seen,
+        // one table write each, exactly when rstwatch must stay cheap. So with no handshake seen,
         // every RST of the connection counts as its first.
         None => {
             // A refusal comes from the server whatever the ports say.

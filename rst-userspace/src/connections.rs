@@ -7,8 +7,8 @@ use rst_common::{
     ConnTable,
 };
 
-/// A bounded map of connection state. Where the kernel's LRU forgets the oldest connection,
-/// this forgets all of them at once when full: cheaper, and equally harmless, since forgotten
+/// A bounded map of connection state. Where the kernel's table forgets the older connection of
+/// a pair of slots, this forgets all of them at once when full: cheaper, and equally harmless, since forgotten
 /// state only turns observed classifications into inferred ones.
 #[derive(Debug)]
 pub struct HostConnections {
