@@ -12,7 +12,8 @@ pub const IPPROTO_TCP: u8 = 6;
 pub const MAP_FLOW_TABLE: &str = "FLOW_TABLE";
 /// The flow table's used-block bitmap (see [`crate::table::SLOTS_PER_BLOCK_LOG2`]).
 pub const MAP_FLOW_BLOCKS: &str = "FLOW_BLOCKS";
-/// The global holding log2 of one epoch's flow-table slots; the loader sets it.
+/// The global holding log2 of one epoch's flow-table slots (and of the connection table's); the
+/// loader sets it.
 pub const GLOBAL_FLOW_TABLE_BITS: &str = "FLOW_TABLE_BITS";
 pub const MAP_OVERFLOW_SOURCES: [&str; 2] = ["OVERFLOW_SOURCES_0", "OVERFLOW_SOURCES_1"];
 pub const MAP_FLOW_CACHE: &str = "FLOW_CACHE";
@@ -20,8 +21,6 @@ pub const MAP_EPOCH: &str = "EPOCH";
 pub const MAP_TRAFFIC: &str = "TRAFFIC";
 pub const MAP_RESET_COUNTERS: &str = "RESET_COUNTERS";
 pub const MAP_CONNECTIONS: &str = "CONNECTIONS";
-/// The global holding log2 of the connection table's slots; the loader sets it.
-pub const GLOBAL_CONN_TABLE_BITS: &str = "CONN_TABLE_BITS";
 pub const MAP_SERVICES: [&str; 2] = ["SERVICES_0", "SERVICES_1"];
 pub const MAP_STACK_RESETS: [&str; 2] = ["STACK_RESETS_0", "STACK_RESETS_1"];
 pub const PROG_XDP: &str = "rstwatch_xdp";

@@ -50,7 +50,8 @@ static FLOW_TABLE: Array<FlowSlot> = Array::with_max_entries(2 << DEFAULT_FLOW_T
 /// set here on every claim, read and cleared by userspace, which drains only marked blocks.
 #[map]
 static FLOW_BLOCKS: Array<u64> = Array::with_max_entries(flow_block_words(DEFAULT_FLOW_TABLE_BITS), BPF_F_MMAPABLE);
-/// log2 of one epoch's slots in `FLOW_TABLE`.
+/// log2 of one epoch's slots in `FLOW_TABLE`, and of the slots of `CONNECTIONS`; the loader
+/// sets it.
 #[unsafe(no_mangle)]
 static FLOW_TABLE_BITS: u32 = DEFAULT_FLOW_TABLE_BITS;
 const DEFAULT_FLOW_TABLE_BITS: u32 = flow_table_bits(DEFAULT_MAX_FLOWS);
@@ -82,9 +83,6 @@ static TRAFFIC: PerCpuArray<TrafficCounters> = PerCpuArray::with_max_entries(2, 
 /// count depends on it. Mmap-able only for its page-aligned (so cache-line-aligned) slots.
 #[map]
 static CONNECTIONS: Array<ConnSlot> = Array::with_max_entries(1 << DEFAULT_FLOW_TABLE_BITS, BPF_F_MMAPABLE);
-/// log2 of `CONNECTIONS`' slots; the loader sets it.
-#[unsafe(no_mangle)]
-static CONN_TABLE_BITS: u32 = DEFAULT_FLOW_TABLE_BITS;
 /// Connection attempts and SYN+ACKs per service, flipped and drained like the flow tables.
 #[map]
 static SERVICES_0: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
@@ -285,11 +283,12 @@ impl ConnSlots for Connections {
     }
 }
 
+/// `FLOW_TABLE_BITS`, as the loader set it.
 #[inline(always)]
-fn conn_table_bits() -> u32 {
+fn table_bits() -> u32 {
     // SAFETY: a plain read of a global the loader may have rewritten before load; volatile so
     // the compiler does not fold in the default.
-    unsafe { core::ptr::read_volatile(&raw const CONN_TABLE_BITS) }
+    unsafe { core::ptr::read_volatile(&raw const FLOW_TABLE_BITS) }
 }
 
 impl ConnTable for Connections {
@@ -297,12 +296,12 @@ impl ConnTable for Connections {
     fn get(&mut self, key: &ConnKey) -> Option<&mut ConnState> {
         // SAFETY: array elements live as long as the map. Two CPUs updating one connection at
         // once may lose a flag: it only changes a classification, never a count.
-        conn_lookup(self, conn_table_bits(), key).map(|state| unsafe { &mut *state })
+        conn_lookup(self, table_bits(), key).map(|state| unsafe { &mut *state })
     }
 
     #[inline(always)]
     fn put(&mut self, key: &ConnKey, state: &ConnState) {
-        conn_store(self, conn_table_bits(), key, state);
+        conn_store(self, table_bits(), key, state);
     }
 
     #[inline(always)]
@@ -460,10 +459,7 @@ impl SlotArray for FlowTable {
 /// goes to the per-source overflow table, and what does not fit there either is only counted.
 #[inline(always)]
 fn write_back(epoch: u32, key: &FlowKey, resets: u64, counters: &mut ResetCounters) {
-    // SAFETY: a plain read of a global the loader may have rewritten before load; volatile so
-    // the compiler does not fold in the default.
-    let bits = unsafe { core::ptr::read_volatile(&raw const FLOW_TABLE_BITS) };
-    match add_to_flow_table(&FlowTable, bits, epoch, key, resets) {
+    match add_to_flow_table(&FlowTable, table_bits(), epoch, key, resets) {
         Added::Stored => return,
         Added::Raced => {
             // The collector's only sign that a flow may sit in two slots: atomic, so that not
