@@ -546,15 +546,43 @@ pub struct FlowValue {
 }
 
 /// Per-CPU, cumulative counts of everything the programs see (map `TRAFFIC`, one slot per
-/// direction). Kept apart from
-/// the per-epoch reset counts so the path non-RST frames take never reads the epoch.
+/// direction). Kept apart from the per-epoch reset counts so the path non-RST frames take never
+/// reads the epoch. Each frame lands in exactly one field — one add per frame on the path
+/// all traffic takes — and the frame count is their sum ([`TrafficCounters::frames`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TrafficCounters {
-    pub frames: u64,
+    pub not_tcp: u64,
     pub tcp: u64,
     pub malformed: u64,
     pub fragments: u64,
+}
+
+impl TrafficCounters {
+    /// Every frame counted (wrapping, like the counters).
+    pub fn frames(&self) -> u64 {
+        let TrafficCounters { not_tcp, tcp, malformed, fragments } = *self;
+        not_tcp.wrapping_add(tcp).wrapping_add(malformed).wrapping_add(fragments)
+    }
+
+    /// Adds `other` field by field (wrapping).
+    pub fn accumulate(&mut self, other: &TrafficCounters) {
+        let TrafficCounters { not_tcp, tcp, malformed, fragments } = *other;
+        self.not_tcp = self.not_tcp.wrapping_add(not_tcp);
+        self.tcp = self.tcp.wrapping_add(tcp);
+        self.malformed = self.malformed.wrapping_add(malformed);
+        self.fragments = self.fragments.wrapping_add(fragments);
+    }
+
+    /// `self - before`, field by field (wrapping).
+    pub fn since(&self, before: &TrafficCounters) -> TrafficCounters {
+        TrafficCounters {
+            not_tcp: self.not_tcp.wrapping_sub(before.not_tcp),
+            tcp: self.tcp.wrapping_sub(before.tcp),
+            malformed: self.malformed.wrapping_sub(before.malformed),
+            fragments: self.fragments.wrapping_sub(before.fragments),
+        }
+    }
 }
 
 /// Per-CPU reset counts of one epoch (map `RESET_COUNTERS`, indexed by epoch). `overflow`
@@ -664,28 +692,39 @@ const _: () = {
     assert!(core::mem::size_of::<ResetCounters>() == 56);
 };
 
-macro_rules! frame_counters {
-    ($counters:ty) => {
-        impl crate::parse::FrameCounters for $counters {
-            #[inline(always)]
-            fn frame(&mut self) {
-                self.frames += 1;
-            }
-            #[inline(always)]
-            fn tcp(&mut self) {
-                self.tcp += 1;
-            }
-            #[inline(always)]
-            fn malformed(&mut self) {
-                self.malformed += 1;
-            }
-            #[inline(always)]
-            fn fragment(&mut self) {
-                self.fragments += 1;
-            }
-        }
-    };
+impl crate::parse::FrameCounters for TrafficCounters {
+    #[inline(always)]
+    fn not_tcp(&mut self) {
+        self.not_tcp += 1;
+    }
+    #[inline(always)]
+    fn tcp(&mut self) {
+        self.tcp += 1;
+    }
+    #[inline(always)]
+    fn malformed(&mut self) {
+        self.malformed += 1;
+    }
+    #[inline(always)]
+    fn fragment(&mut self) {
+        self.fragments += 1;
+    }
 }
 
-frame_counters!(TrafficCounters);
-frame_counters!(Counters);
+impl crate::parse::FrameCounters for Counters {
+    fn not_tcp(&mut self) {
+        self.frames += 1;
+    }
+    fn tcp(&mut self) {
+        self.frames += 1;
+        self.tcp += 1;
+    }
+    fn malformed(&mut self) {
+        self.frames += 1;
+        self.malformed += 1;
+    }
+    fn fragment(&mut self) {
+        self.frames += 1;
+        self.fragments += 1;
+    }
+}

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo build --release -p rst-userspace --example bench
-//! target/release/examples/bench kernel  [--trials 7] [--repeat 2000000] [--singles 20000]
+//! target/release/examples/bench kernel  [--trials 7] [--repeat 2000000] [--singles 20000] [--max-flows N] [--lines ACK,new flow]
 //! target/release/examples/bench gen     --iface IF --flows K [--repeat R] [--passes P] [--seconds S] [--rate FPS]
 //! target/release/examples/bench pkt     --iface IF --flows K --rate PPS --seconds S
 //! target/release/examples/bench hold    --iface IF [--program rstwatch_xdp_pass]
@@ -259,6 +259,9 @@ fn kernel(opts: &Opts) -> anyhow::Result<Value> {
     let max_flows: u32 = opts.get("max-flows", rst_common::wire::DEFAULT_MAX_FLOWS)?;
     // Smaller tables (to see what fits the CPU caches) skip the 64k-flow line, which would overflow.
     ensure!(max_flows >= 8192, "--max-flows must hold the new-flow lines' 4 096 warm-up flows twice");
+    // Only the lines whose names contain one of these (comma-separated); all by default.
+    let only: Vec<String> = opts.list("lines", "")?;
+    let wanted = |name: &str| only.iter().any(|part| name.contains(part.as_str()));
     let mut programs = Programs::load(max_flows)?;
     let mut lines = Vec::new();
 
@@ -295,6 +298,9 @@ fn kernel(opts: &Opts) -> anyhow::Result<Value> {
         ),
     ];
     for (name, frame) in repeated {
+        if !wanted(name) {
+            continue;
+        }
         let mut line = Line {
             name,
             method: format!("repeat {repeat}, {} B frame", frame.len()),
@@ -322,6 +328,9 @@ fn kernel(opts: &Opts) -> anyhow::Result<Value> {
         ("TC egress: IPv4 RST, existing flow", padded(tcp_v4().ports(443, 40005).flags(TCP_RST | TCP_ACK))),
     ];
     for (name, frame) in egress {
+        if !wanted(name) {
+            continue;
+        }
         let mut line = Line { name, method: format!("repeat {repeat}, {} B frame, as an skb", frame.len()), trials: Vec::new() };
         for trial in 0..trials {
             let (prog, base) = if trial % 2 == 0 {
@@ -359,7 +368,7 @@ fn kernel(opts: &Opts) -> anyhow::Result<Value> {
     ];
     let mut next_new = 0u32;
     for (name, kind) in single_lines {
-        if kind == "64k" && max_flows < 65_536 {
+        if (kind == "64k" && max_flows < 65_536) || !wanted(name) {
             continue;
         }
         let frames: Vec<Vec<u8>> = match kind {

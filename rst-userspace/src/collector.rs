@@ -161,7 +161,7 @@ impl Collector {
         let [before, tx_before] = std::mem::replace(&mut self.traffic_before, traffic);
         let [traffic, tx] = traffic;
         let counters = Counters {
-            frames: traffic.frames.wrapping_sub(before.frames),
+            frames: traffic.frames().wrapping_sub(before.frames()),
             tcp: traffic.tcp.wrapping_sub(before.tcp),
             resets: resets.resets,
             malformed: traffic.malformed.wrapping_sub(before.malformed),
@@ -170,7 +170,7 @@ impl Collector {
             source_overflow: resets.source_overflow,
             service_overflow: resets.service_overflow,
             stack_overflow: resets.stack_overflow,
-            tx_frames: tx.frames.wrapping_sub(tx_before.frames),
+            tx_frames: tx.frames().wrapping_sub(tx_before.frames()),
             tx_tcp: tx.tcp.wrapping_sub(tx_before.tcp),
             tx_resets: resets.tx_resets,
         };
@@ -219,17 +219,11 @@ impl Collector {
     fn read_traffic(&self) -> anyhow::Result<[TrafficCounters; 2]> {
         let mut total = TrafficCounters::default();
         let mut sent = TrafficCounters::default();
-        let add = |sum: &mut TrafficCounters, cpu: &TrafficCounters| {
-            sum.frames = sum.frames.wrapping_add(cpu.frames);
-            sum.tcp = sum.tcp.wrapping_add(cpu.tcp);
-            sum.malformed = sum.malformed.wrapping_add(cpu.malformed);
-            sum.fragments = sum.fragments.wrapping_add(cpu.fragments);
-        };
         for direction in [DIRECTION_RX, DIRECTION_TX] {
             for cpu in self.traffic.get(&u32::from(direction), 0).context("reading the traffic counters")?.iter() {
-                add(&mut total, cpu);
+                total.accumulate(cpu);
                 if direction == DIRECTION_TX {
-                    add(&mut sent, cpu);
+                    sent.accumulate(cpu);
                 }
             }
         }

@@ -115,9 +115,9 @@ impl Kernel {
         let resets_before = self.reset_totals()?;
         let flow_before = expected_key.map(|key| self.flow_count(key)).transpose()?;
         self.run(frame, 1)?;
-        let traffic = delta(&self.traffic_totals()?, &traffic_before);
+        let traffic = self.traffic_totals()?.since(&traffic_before);
         let resets = self.reset_totals()?.resets - resets_before.resets;
-        let verdict = match (traffic.frames, traffic.tcp, traffic.malformed, traffic.fragments, resets) {
+        let verdict = match (traffic.frames(), traffic.tcp, traffic.malformed, traffic.fragments, resets) {
             (1, 0, 0, 0, 0) => Verdict::NotTcp,
             (1, 0, 1, 0, 0) => Verdict::Malformed,
             (1, 0, 0, 1, 0) => Verdict::Fragment,
@@ -142,7 +142,7 @@ impl Kernel {
     fn traffic_totals(&self) -> anyhow::Result<TrafficCounters> {
         let mut total = TrafficCounters::default();
         for cpu in self.traffic.get(&0, 0)?.iter() {
-            total = sum(&total, cpu);
+            total.accumulate(cpu);
         }
         Ok(total)
     }
@@ -206,23 +206,6 @@ pub fn run_xdp(program: &Xdp, frame: &[u8], ifindex: Option<u32>, repeat: u32) -
     Ok(())
 }
 
-fn sum(a: &TrafficCounters, b: &TrafficCounters) -> TrafficCounters {
-    TrafficCounters {
-        frames: a.frames + b.frames,
-        tcp: a.tcp + b.tcp,
-        malformed: a.malformed + b.malformed,
-        fragments: a.fragments + b.fragments,
-    }
-}
-
-fn delta(after: &TrafficCounters, before: &TrafficCounters) -> TrafficCounters {
-    TrafficCounters {
-        frames: after.frames - before.frames,
-        tcp: after.tcp - before.tcp,
-        malformed: after.malformed - before.malformed,
-        fragments: after.fragments - before.fragments,
-    }
-}
 
 /// What a sample must contain after `observations` ran once each (no table overflow).
 pub fn expected_sample(observations: impl IntoIterator<Item = Observation>) -> (Counters, BTreeMap<FlowKey, u64>) {
