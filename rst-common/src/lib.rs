@@ -15,7 +15,7 @@ pub mod wire;
 pub use cursor::{Cursor, Header};
 pub use diagnose::{track, ConnTable, Tracked};
 pub use parse::{
-    count, inspect, inspect_from, inspect_with, observe, walk, walk_from, FrameCounters, Observation, Segment, TcpEvent, Walk,
+    count, inspect, inspect_from, inspect_with, walk, walk_from, FrameCounters, Observation, Segment, TcpEvent, Walk,
 };
 pub use wire::{Counters, FlowKey, FlowValue};
 

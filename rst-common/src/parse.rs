@@ -150,99 +150,6 @@ pub fn walk<C: Cursor + ?Sized>(frame: &C) -> Walk {
     walk_from(frame, core::mem::size_of::<EthHdr>(), u16::from_be_bytes(eth.ether_type))
 }
 
-/// An untagged IPv4 TCP frame without IP options, up to the end of the fixed TCP header.
-#[repr(C)]
-pub struct PlainIpv4Tcp {
-    pub eth: EthHdr,
-    pub ip: Ipv4Hdr,
-    pub tcp: TcpHdr,
-}
-
-/// An untagged IPv6 TCP frame without extension headers, likewise.
-#[repr(C)]
-pub struct PlainIpv6Tcp {
-    pub eth: EthHdr,
-    pub ip: Ipv6Hdr,
-    pub tcp: TcpHdr,
-}
-
-// SAFETY: repr(C) structs of `Header` types, themselves u8 and [u8; N] only: no padding.
-unsafe impl Header for PlainIpv4Tcp {}
-unsafe impl Header for PlainIpv6Tcp {}
-
-const _: () = assert!(core::mem::size_of::<PlainIpv4Tcp>() == 54 && core::mem::size_of::<PlainIpv6Tcp>() == 74);
-
-/// What [`first_look`] makes of a frame.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FirstLook {
-    /// A TCP segment without RST, SYN or FIN: [`Observation::Segment`], nothing more to read.
-    Segment,
-    /// Not TCP: [`Observation::NotTcp`].
-    NotTcp,
-    /// An RST, SYN or FIN, its headers already walked: what [`walk`] would have found.
-    Event(Segment),
-    /// Anything else: [`walk`] decides.
-    Unknown,
-}
-
-/// The frames nearly all traffic is, told apart in a handful of loads and branches because
-/// every frame on the wire pays for this and almost none is a reset. Only untagged IPv4
-/// without options and not a later fragment, and untagged IPv6 without extension headers, are
-/// decided here, and only frames at least as long as those headers plus a TCP header (every
-/// frame on an Ethernet wire is); anything else is [`FirstLook::Unknown`]. Never disagrees
-/// with [`walk`] and [`inspect`] (tested).
-#[inline(always)]
-pub fn first_look<C: Cursor + ?Sized>(frame: &C) -> FirstLook {
-    let Some(PlainIpv4Tcp { eth, ip, tcp }) = frame.header::<PlainIpv4Tcp>(0) else {
-        return FirstLook::Unknown;
-    };
-    let (family, l4, tcp) = if eth.ether_type == ETH_P_IPV4.to_be_bytes() {
-        // Version 4 and IHL 5; the fragment offset (the low 13 bits) zero. One test for all:
-        // on BPF each branch is an instruction every frame runs.
-        if (ip.version_ihl ^ 0x45) | (ip.frag_off[0] & 0x1f) | ip.frag_off[1] != 0 {
-            return FirstLook::Unknown;
-        }
-        if ip.protocol != IPPROTO_TCP {
-            return FirstLook::NotTcp;
-        }
-        (FAMILY_IPV4, core::mem::size_of::<EthHdr>() + core::mem::size_of::<Ipv4Hdr>(), tcp)
-    } else if eth.ether_type == ETH_P_IPV6.to_be_bytes() {
-        let Some(PlainIpv6Tcp { ip, tcp, .. }) = frame.header::<PlainIpv6Tcp>(0) else {
-            return FirstLook::Unknown;
-        };
-        if ip.version_class_flow[0] >> 4 != 6 || is_ipv6_extension(ip.next_header) {
-            return FirstLook::Unknown;
-        }
-        if ip.next_header != IPPROTO_TCP {
-            return FirstLook::NotTcp;
-        }
-        (FAMILY_IPV6, core::mem::size_of::<EthHdr>() + core::mem::size_of::<Ipv6Hdr>(), tcp)
-    } else {
-        return FirstLook::Unknown;
-    };
-    // A data offset under 5 words (malformed): (offset + 11) stays below 16 exactly then.
-    if !((tcp.data_offset >> 4) + 11) & 0x10 != 0 {
-        return FirstLook::Unknown;
-    }
-    if tcp.flags & (TCP_RST | TCP_SYN | TCP_FIN) == 0 {
-        return FirstLook::Segment;
-    }
-    FirstLook::Event(Segment {
-        family,
-        l3: core::mem::size_of::<EthHdr>(),
-        l4,
-        flags: tcp.flags,
-    })
-}
-
-#[inline(always)]
-fn is_ipv6_extension(next_header: u8) -> bool {
-    matches!(
-        next_header,
-        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_FRAGMENT | IPPROTO_AH
-    )
-}
-
 /// Walks from the header at `offset`, whose type `ether_type` names: for link layers other
 /// than Ethernet (Linux cooked capture, raw IP) that carry an ethertype of their own.
 #[inline(always)]
@@ -300,7 +207,10 @@ fn walk_ipv6<C: Cursor + ?Sized>(frame: &C, l3: usize) -> Walk {
         if this_header == IPPROTO_TCP {
             return walk_tcp(frame, FAMILY_IPV6, l3, offset);
         }
-        if !is_ipv6_extension(this_header) {
+        if !matches!(
+            this_header,
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_FRAGMENT | IPPROTO_AH
+        ) {
             return Walk::NotTcp;
         }
         let Some(ext) = frame.header::<Ipv6ExtHdr>(offset) else {
@@ -422,34 +332,20 @@ pub fn inspect_from<C: Cursor + ?Sized>(frame: &C, offset: usize, ether_type: u1
     observe(frame, walk_from(frame, offset, ether_type), DIRECTION_RX, || ifindex)
 }
 
-/// [`inspect_with`] after [`walk`]: what the walk found, read further where it needs to be.
 #[inline(always)]
-pub fn observe<C: Cursor + ?Sized>(frame: &C, walked: Walk, direction: u8, ifindex: impl FnOnce() -> u32) -> Observation {
-    if let Some(uneventful) = Observation::without_event(walked) {
-        return uneventful;
-    }
+fn observe<C: Cursor + ?Sized>(frame: &C, walked: Walk, direction: u8, ifindex: impl FnOnce() -> u32) -> Observation {
     match walked {
-        Walk::Tcp(segment) => match tcp_event(frame, &segment, direction, ifindex()) {
-            Some(event) if segment.flags & TCP_RST != 0 => Observation::Reset(event),
-            Some(event) => Observation::Control(event),
-            None => Observation::Malformed,
-        },
-        _ => Observation::Malformed,
-    }
-}
-
-impl Observation {
-    /// The observation of a walk that needs nothing more read from the frame — every frame
-    /// but an RST, SYN or FIN. `None` for those.
-    #[inline(always)]
-    pub fn without_event(walked: Walk) -> Option<Observation> {
-        match walked {
-            Walk::Tcp(segment) if segment.flags & (TCP_RST | TCP_SYN | TCP_FIN) != 0 => None,
-            Walk::Tcp(_) => Some(Observation::Segment),
-            Walk::NotTcp => Some(Observation::NotTcp),
-            Walk::Fragment => Some(Observation::Fragment),
-            Walk::Malformed => Some(Observation::Malformed),
+        Walk::Tcp(segment) if segment.flags & (TCP_RST | TCP_SYN | TCP_FIN) != 0 => {
+            match tcp_event(frame, &segment, direction, ifindex()) {
+                Some(event) if segment.flags & TCP_RST != 0 => Observation::Reset(event),
+                Some(event) => Observation::Control(event),
+                None => Observation::Malformed,
+            }
         }
+        Walk::Tcp(_) => Observation::Segment,
+        Walk::NotTcp => Observation::NotTcp,
+        Walk::Fragment => Observation::Fragment,
+        Walk::Malformed => Observation::Malformed,
     }
 }
 

@@ -3,7 +3,7 @@
 use rst_common::{
     craft::{self, cases, ipv6_chain, tcp_v4, tcp_v6, Crafted, FrameBuilder, Ipv6Ext, VlanKind},
     inspect,
-    parse::{first_look, walk, FirstLook, Walk, MAX_IPV6_EXT_HEADERS, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    parse::{MAX_IPV6_EXT_HEADERS, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     wire::{DIRECTION_RX, FAMILY_IPV4, FAMILY_IPV6, IPPROTO_TCP},
     FlowKey, Observation, TcpEvent,
 };
@@ -38,59 +38,6 @@ fn case_table_covers_every_observation() {
     assert!(count(|o| matches!(o, Observation::Fragment)) >= 4);
     assert!(count(|o| matches!(o, Observation::NotTcp)) >= 5);
     assert!(count(|o| matches!(o, Observation::Malformed)) >= 10);
-}
-
-/// The kernel's shortcut for ordinary frames never answers differently from the full walk:
-/// over every case cut at every length, and with each of its first 80 bytes replaced by
-/// values that matter to the headers.
-#[test]
-fn first_look_never_disagrees_with_the_walk() {
-    let mut decided = 0;
-    let mut check = |frame: &[u8]| {
-        let agrees = match first_look(frame) {
-            FirstLook::Segment => inspect(frame, IFINDEX) == Observation::Segment,
-            FirstLook::NotTcp => inspect(frame, IFINDEX) == Observation::NotTcp,
-            FirstLook::Event(segment) => walk(frame) == Walk::Tcp(segment),
-            FirstLook::Unknown => return,
-        };
-        decided += 1;
-        assert!(agrees, "first_look says {:?} of {}", first_look(frame), hex(frame));
-    };
-    for case in cases(IFINDEX) {
-        let frame = &case.frame;
-        for len in 0..=frame.len() {
-            check(&frame[..len]);
-        }
-        for at in 0..frame.len().min(80) {
-            for value in [0x00, 0x01, 0x04, 0x06, 0x08, 0x11, 0x1f, 0x20, 0x2c, 0x40, 0x45, 0x46, 0x4f, 0x50, 0x60, 0x81, 0x86, 0xdd, 0xff] {
-                let mut mutated = frame.clone();
-                mutated[at] = value;
-                check(&mutated);
-            }
-        }
-    }
-    assert!(decided > 1000, "the shortcut decided only {decided} frames: it is not being exercised");
-}
-
-#[test]
-fn first_look_decides_ordinary_traffic_and_leaves_the_rest() {
-    let ack_v4 = tcp_v4().flags(TCP_ACK).build().into_bytes();
-    let ack_v6 = tcp_v6().flags(TCP_ACK).build().into_bytes();
-    let udp_v4 = FrameBuilder::ipv4([10, 0, 0, 1], [10, 0, 0, 2]).ip_payload(17, &[0u8; 26]).build().into_bytes();
-    let mut udp_v6 = ack_v6.clone();
-    udp_v6[14 + 6] = 17;
-    assert_eq!(first_look(&ack_v4[..]), FirstLook::Segment);
-    assert_eq!(first_look(&ack_v6[..]), FirstLook::Segment);
-    assert_eq!(first_look(&udp_v4[..]), FirstLook::NotTcp);
-    assert_eq!(first_look(&udp_v6[..]), FirstLook::NotTcp);
-    for flags in [TCP_RST, TCP_SYN, TCP_FIN, TCP_RST | TCP_ACK, TCP_SYN | TCP_ACK, TCP_FIN | TCP_ACK] {
-        for frame in [tcp_v4().flags(flags), tcp_v6().flags(flags)] {
-            let frame = frame.build().into_bytes();
-            assert!(matches!(first_look(&frame[..]), FirstLook::Event(_)), "flags {flags:#x}");
-        }
-    }
-    let tagged = tcp_v4().vlan(VlanKind::Dot1Q, 100).flags(TCP_ACK).build().into_bytes();
-    assert_eq!(first_look(&tagged[..]), FirstLook::Unknown, "VLAN tags take the full walk");
 }
 
 /// Cuts `frame` at every length: it must stay malformed until the fixed 20 bytes of the TCP

@@ -22,8 +22,8 @@ use aya_ebpf::{
     programs::{TcContext, TracePointContext, XdpContext},
 };
 use rst_common::{
-    count, observe, walk,
-    parse::{first_look, FirstLook, TcpEvent, Walk, TCP_RST},
+    count, inspect_with,
+    parse::{TcpEvent, TCP_RST},
     table::{
         add_to_flow_table, conn_lookup, conn_store, flow_block_words, flow_table_bits, Added, ConnSlot, ConnSlots, FlowSlot,
         SlotArray,
@@ -249,27 +249,14 @@ pub fn rstwatch_tc_next(_ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn count_frame<C: Cursor>(frame: &C, direction: u8, ifindex: impl FnOnce() -> u32) {
-    // Nearly every frame ends here: a few header bytes compared, one counter added to.
-    let walked = match first_look(frame) {
-        FirstLook::Segment => {
-            if let Some(traffic) = traffic_counters(direction) {
-                count_one(&mut traffic.tcp);
-            }
-            return;
-        }
-        FirstLook::NotTcp => {
-            if let Some(traffic) = traffic_counters(direction) {
-                count_one(&mut traffic.not_tcp);
-            }
-            return;
-        }
-        FirstLook::Event(segment) => Walk::Tcp(segment),
-        FirstLook::Unknown => walk(frame),
-    };
-    let Some(traffic) = traffic_counters(direction) else {
+    // One slot per direction: the index is a constant of each program.
+    let Some(traffic) = TRAFFIC.get_ptr_mut(u32::from(direction)) else {
         return;
     };
-    let observation = observe(frame, walked, direction, ifindex);
+    // SAFETY: a per-CPU slot, only touched by programs on this CPU, which do not preempt each
+    // other while one runs.
+    let traffic = unsafe { &mut *traffic };
+    let observation = inspect_with(frame, direction, ifindex);
     let Some(event) = count(traffic, &observation) else {
         return;
     };
@@ -284,22 +271,6 @@ fn count_frame<C: Cursor>(frame: &C, direction: u8, ifindex: impl FnOnce() -> u3
         Tracked::SynAck(service) => count_service(&service, ServiceValue { attempts: 0, synacks: 1 }),
         Tracked::Nothing => {}
     }
-}
-
-/// Adds one to a per-CPU counter. Volatile so that LLVM keeps this add apart from the same add
-/// after the full walk: merged, the common frame would take the full walk's longer exit.
-#[inline(always)]
-fn count_one(counter: &mut u64) {
-    // SAFETY: a valid, exclusive reference.
-    unsafe { core::ptr::write_volatile(counter, core::ptr::read_volatile(counter) + 1) };
-}
-
-/// This CPU's traffic counters for `direction` (one slot each: a constant of each program).
-#[inline(always)]
-fn traffic_counters(direction: u8) -> Option<&'static mut TrafficCounters> {
-    // SAFETY: a per-CPU slot, only touched by programs on this CPU, which do not preempt each
-    // other while one runs.
-    TRAFFIC.get_ptr_mut(u32::from(direction)).map(|traffic| unsafe { &mut *traffic })
 }
 
 /// The kernel's [`ConnTable`]: the `CONNECTIONS` array.
