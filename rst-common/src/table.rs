@@ -260,15 +260,34 @@ impl ConnKey {
         differ == 0
     }
 
-    /// The pair of slots of a table of `1 << bits` this connection may occupy.
     #[inline(always)]
-    fn conn_set(&self, bits: u32) -> u32 {
+    fn conn_hash(&self) -> u64 {
         const K: u64 = 0x9e37_79b9_7f4a_7c15;
         let mut hash = 0u64;
         for word in self.words() {
             hash = (hash.rotate_left(23) ^ u64::from(word)).wrapping_mul(K);
         }
-        ((hash >> 32) as u32 & ((1u32 << bits) - 1)) & !1
+        hash
+    }
+
+    /// The pair of slots of a table of `1 << bits` this connection may occupy (its first
+    /// slot), and its fingerprint there (never 0, which marks a free slot).
+    #[inline(always)]
+    fn conn_place(&self, bits: u32) -> (u32, u8) {
+        let hash = self.conn_hash();
+        let set = ((hash >> 32) as u32 & ((1u32 << bits) - 1)) & !1;
+        // Bits the set index does not use; the low bit forced so no fingerprint is 0.
+        (set, (hash >> 24) as u8 | 1)
+    }
+}
+
+/// Words of [`ConnSlots::fingerprints`] for a connection table of `1 << bits` slots: one
+/// byte per slot, eight slots to a word.
+pub const fn conn_fingerprint_words(bits: u32) -> u32 {
+    if bits < 3 {
+        1
+    } else {
+        1 << (bits - 3)
     }
 }
 
@@ -284,13 +303,28 @@ impl ConnKey {
 pub trait ConnSlots {
     /// Slot `index`; `None` outside the table.
     fn slot(&self, index: u32) -> Option<*mut ConnSlot>;
+
+    /// The fingerprints of the pair starting at slot `set` (even), one byte per slot, 0 for a
+    /// free one: 2 bytes of a dense array ([`conn_fingerprint_words`]) that stays in the CPU
+    /// caches, so that most segments of connections the table does not hold — every RST of a
+    /// scan or a flood — are answered without touching a cold slot (one cache miss, about
+    /// 150 ns, less per new flow). `None` outside the table.
+    fn fingerprints(&self, set: u32) -> Option<*mut [u8; 2]>;
 }
 
 /// `key`'s state in a table of `1 << bits` slots, to read and update in place.
+///
+/// A fingerprint that another CPU's store left out of step with its slot can only hide a
+/// connection (as if forgotten) or cost a slot compare that fails: never a wrong state.
 #[inline(always)]
 pub fn conn_lookup<T: ConnSlots>(table: &T, bits: u32, key: &ConnKey) -> Option<*mut ConnState> {
-    let set = key.conn_set(bits.clamp(1, MAX_FLOW_TABLE_BITS + 1));
+    let (set, fingerprint) = key.conn_place(bits.clamp(1, MAX_FLOW_TABLE_BITS + 1));
+    // SAFETY: a live element of the fingerprint array; bytes, so no torn read.
+    let fingerprints = unsafe { core::ptr::read_volatile(table.fingerprints(set)?) };
     for way in 0..2 {
+        if fingerprints[way as usize] != fingerprint {
+            continue;
+        }
         let slot = table.slot(set | way)?;
         // SAFETY: a live slot of the table for the whole call.
         if unsafe { (*slot).key.same_connection(key) } {
@@ -304,22 +338,30 @@ pub fn conn_lookup<T: ConnSlots>(table: &T, bits: u32, key: &ConnKey) -> Option<
 /// previous first moving to the second (so the older of the two is forgotten).
 #[inline(always)]
 pub fn conn_store<T: ConnSlots>(table: &T, bits: u32, key: &ConnKey, state: &ConnState) {
-    let set = key.conn_set(bits.clamp(1, MAX_FLOW_TABLE_BITS + 1));
-    let (Some(first), Some(second)) = (table.slot(set), table.slot(set | 1)) else {
+    let (set, fingerprint) = key.conn_place(bits.clamp(1, MAX_FLOW_TABLE_BITS + 1));
+    let (Some(first), Some(second), Some(fingerprints)) = (table.slot(set), table.slot(set | 1), table.fingerprints(set))
+    else {
         return;
     };
-    // SAFETY: live slots of the table for the whole call; plain stores (see `ConnSlots` on
-    // what a concurrent writer can do).
+    // SAFETY: live slots and fingerprints of the table for the whole call; plain stores (see
+    // `ConnSlots` on what a concurrent writer can do). Slots are written before the
+    // fingerprints that lead a lookup to them.
     unsafe {
+        let [first_print, _] = core::ptr::read_volatile(fingerprints);
         if (*second).key.same_connection(key) {
             (*second).state = *state;
+            core::ptr::write_volatile(fingerprints, [first_print, fingerprint]);
             return;
         }
-        if !(*first).key.same_connection(key) {
+        let second_print = if (*first).key.same_connection(key) {
+            core::ptr::read_volatile(fingerprints)[1]
+        } else {
             *second = *first;
             (*first).key = *key;
-        }
+            first_print
+        };
         (*first).state = *state;
+        core::ptr::write_volatile(fingerprints, [fingerprint, second_print]);
     }
 }
 
@@ -468,11 +510,26 @@ mod tests {
         assert_eq!(add_to_flow_table(&unmarkable, bits, 0, &key(1), 1), Added::Raced);
     }
 
-    struct HostConns(Vec<UnsafeCell<ConnSlot>>);
+    /// Slots, fingerprints, and how many times a slot was handed out.
+    struct HostConns(Vec<UnsafeCell<ConnSlot>>, Vec<UnsafeCell<[u8; 2]>>, std::cell::Cell<usize>);
+
+    impl HostConns {
+        fn new(bits: u32) -> HostConns {
+            HostConns(
+                (0..1usize << bits).map(|_| UnsafeCell::new(ConnSlot::EMPTY)).collect(),
+                (0..1usize << (bits - 1)).map(|_| UnsafeCell::new([0; 2])).collect(),
+                std::cell::Cell::new(0),
+            )
+        }
+    }
 
     impl ConnSlots for HostConns {
         fn slot(&self, index: u32) -> Option<*mut ConnSlot> {
+            self.2.set(self.2.get() + 1);
             self.0.get(index as usize).map(UnsafeCell::get)
+        }
+        fn fingerprints(&self, set: u32) -> Option<*mut [u8; 2]> {
+            self.1.get(set as usize / 2).map(UnsafeCell::get)
         }
     }
 
@@ -483,11 +540,11 @@ mod tests {
     #[test]
     fn a_connection_pair_keeps_the_two_latest_and_updates_in_place() {
         let bits = 4;
-        let table = HostConns((0..1usize << bits).map(|_| UnsafeCell::new(ConnSlot::EMPTY)).collect());
+        let table = HostConns::new(bits);
         let state = |n: u32| ConnState::new(n, 0, 64, 0, 0);
         // Three connections sharing one pair.
-        let set = conn(0).conn_set(bits);
-        let same: Vec<ConnKey> = (0..10_000).map(conn).filter(|c| c.conn_set(bits) == set).take(3).collect();
+        let set = conn(0).conn_place(bits).0;
+        let same: Vec<ConnKey> = (0..10_000).map(conn).filter(|c| c.conn_place(bits).0 == set).take(3).collect();
         assert_eq!(same.len(), 3);
         assert_eq!(conn_lookup(&table, bits, &same[0]), None, "an empty table knows nothing");
         conn_store(&table, bits, &same[0], &state(1));
@@ -507,6 +564,31 @@ mod tests {
         // Nothing outside the pair was touched.
         let used = table.0.iter().filter(|cell| unsafe { (*cell.get()).key.ifindex } != 0).count();
         assert_eq!(used, 2);
+    }
+
+    #[test]
+    fn connections_the_table_lacks_are_answered_from_the_fingerprints() {
+        let bits = 12;
+        let table = HostConns::new(bits);
+        let state = ConnState::new(1, 0, 64, 0, 0);
+        for i in 0..200 {
+            conn_store(&table, bits, &conn(i), &state);
+        }
+        // Stored ones are found (bar the few a third connection pushed out of their pair).
+        let found = (0..200).filter(|&i| conn_lookup(&table, bits, &conn(i)).is_some()).count();
+        assert!(found > 190, "only {found} of 200 stored connections found");
+        // Absent ones read a slot only when a fingerprint happens to match (1 in 128 per way).
+        table.2.set(0);
+        for i in 1_000..11_000 {
+            assert_eq!(conn_lookup(&table, bits, &conn(i)), None);
+        }
+        assert!(table.2.get() < 100, "{} slot reads for 10 000 absent connections", table.2.get());
+        // A fingerprint that matches a slot holding another connection finds nothing.
+        let (set, fingerprint) = conn(5).conn_place(bits);
+        unsafe { *table.fingerprints(set).unwrap() = [fingerprint, fingerprint] };
+        unsafe { (*table.slot(set).unwrap()).key = conn(7) };
+        unsafe { (*table.slot(set | 1).unwrap()).key = conn(8) };
+        assert_eq!(conn_lookup(&table, bits, &conn(5)), None);
     }
 
     #[test]

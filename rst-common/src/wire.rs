@@ -21,6 +21,7 @@ pub const MAP_EPOCH: &str = "EPOCH";
 pub const MAP_TRAFFIC: &str = "TRAFFIC";
 pub const MAP_RESET_COUNTERS: &str = "RESET_COUNTERS";
 pub const MAP_CONNECTIONS: &str = "CONNECTIONS";
+pub const MAP_CONN_FINGERPRINTS: &str = "CONN_FINGERPRINTS";
 pub const MAP_SERVICES: [&str; 2] = ["SERVICES_0", "SERVICES_1"];
 pub const MAP_STACK_RESETS: [&str; 2] = ["STACK_RESETS_0", "STACK_RESETS_1"];
 pub const PROG_XDP: &str = "rstwatch_xdp";

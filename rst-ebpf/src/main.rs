@@ -25,7 +25,7 @@ use rst_common::{
     count, inspect_with,
     parse::{TcpEvent, TCP_RST},
     table::{
-        add_to_flow_table, conn_lookup, conn_store, flow_block_words, flow_table_bits, Added, ConnSlot, ConnSlots, FlowSlot,
+        add_to_flow_table, conn_fingerprint_words, conn_lookup, conn_store, flow_block_words, flow_table_bits, Added, ConnSlot, ConnSlots, FlowSlot,
         SlotArray,
     },
     track,
@@ -83,6 +83,10 @@ static TRAFFIC: PerCpuArray<TrafficCounters> = PerCpuArray::with_max_entries(2, 
 /// count depends on it. Mmap-able only for its page-aligned (so cache-line-aligned) slots.
 #[map]
 static CONNECTIONS: Array<ConnSlot> = Array::with_max_entries(1 << DEFAULT_FLOW_TABLE_BITS, BPF_F_MMAPABLE);
+/// One byte per `CONNECTIONS` slot, eight to an element (see [`ConnSlots::fingerprints`]).
+#[map]
+static CONN_FINGERPRINTS: Array<u64> =
+    Array::with_max_entries(conn_fingerprint_words(DEFAULT_FLOW_TABLE_BITS), 0);
 /// Connection attempts and SYN+ACKs per service, flipped and drained like the flow tables.
 #[map]
 static SERVICES_0: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
@@ -280,6 +284,13 @@ impl ConnSlots for Connections {
     #[inline(always)]
     fn slot(&self, index: u32) -> Option<*mut ConnSlot> {
         CONNECTIONS.get_ptr_mut(index)
+    }
+
+    #[inline(always)]
+    fn fingerprints(&self, set: u32) -> Option<*mut [u8; 2]> {
+        let word = CONN_FINGERPRINTS.get_ptr_mut(set / 8)?;
+        // SAFETY: byte offset 0, 2, 4 or 6 of a live 8-byte element: both bytes inside it.
+        Some(unsafe { word.cast::<u8>().add((set & 6) as usize) }.cast::<[u8; 2]>())
     }
 }
 

@@ -23,7 +23,7 @@ use aya::{
 use anyhow::Context as _;
 use caps::{CapSet, Capability};
 use rst_common::wire::{
-    GLOBAL_SEND_RESET_DADDR_OFFSET, GLOBAL_SEND_RESET_REASON_OFFSET, GLOBAL_SEND_RESET_SADDR_OFFSET, MAP_CONNECTIONS,
+    GLOBAL_SEND_RESET_DADDR_OFFSET, GLOBAL_SEND_RESET_REASON_OFFSET, GLOBAL_SEND_RESET_SADDR_OFFSET, MAP_CONNECTIONS, MAP_CONN_FINGERPRINTS,
     MAP_FLOW_BLOCKS, MAP_FLOW_TABLE, GLOBAL_FLOW_TABLE_BITS, MAP_OVERFLOW_SOURCES, MAP_SERVICES, MAP_STACK_RESETS, PROG_SEND_RESET, PROG_TC, PROG_TC_EGRESS, PROG_XDP,
 };
 
@@ -188,6 +188,7 @@ pub fn load(max_flows: u32) -> anyhow::Result<Ebpf> {
         .map_max_entries(MAP_OVERFLOW_SOURCES[0], max_sources)
         .map_max_entries(MAP_OVERFLOW_SOURCES[1], max_sources)
         .map_max_entries(MAP_CONNECTIONS, 1 << table_bits)
+        .map_max_entries(MAP_CONN_FINGERPRINTS, rst_common::table::conn_fingerprint_words(table_bits))
         .map_max_entries(MAP_SERVICES[0], max_sources)
         .map_max_entries(MAP_SERVICES[1], max_sources)
         .map_max_entries(MAP_STACK_RESETS[0], max_sources)
