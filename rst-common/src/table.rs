@@ -71,6 +71,20 @@ impl FlowSlot {
     }
 }
 
+/// Each CPU's eviction-log entries per epoch (see [`crate::wire::LoggedFlow`]): together about
+/// `max_flows`, split over the CPUs, a power of two from 256 to 32 768.
+pub const fn eviction_log_slots(max_flows: u32, cpus: u32) -> u32 {
+    let share = max_flows / if cpus == 0 { 1 } else { cpus };
+    let slots = if share == 0 { 1 } else { 1 << (31 - share.leading_zeros()) };
+    if slots < 256 {
+        256
+    } else if slots > 32_768 {
+        32_768
+    } else {
+        slots
+    }
+}
+
 /// log2 of one epoch's slots for a table that must hold `max_flows` flows: at most half full.
 pub const fn flow_table_bits(max_flows: u32) -> u32 {
     let wanted = if max_flows == 0 { 2 } else { max_flows as u64 * 2 };

@@ -3,7 +3,7 @@
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::{table::FlowSlot, wire::{
-    CacheSlot, ConnKey, ConnState, Counters, FlowKey, FlowValue, ResetCounters, ServiceKey, ServiceValue, SourceKey,
+    CacheSlot, ConnKey, ConnState, Counters, FlowKey, FlowValue, LoggedFlow, ResetCounters, ServiceKey, ServiceValue, SourceKey,
     StackResetKey, TrafficCounters, FAMILY_IPV4,
 }};
 
@@ -21,6 +21,8 @@ unsafe impl aya::Pod for SourceKey {}
 unsafe impl aya::Pod for CacheSlot {}
 // SAFETY: as above.
 unsafe impl aya::Pod for ResetCounters {}
+// SAFETY: as above.
+unsafe impl aya::Pod for LoggedFlow {}
 // SAFETY: as above.
 unsafe impl aya::Pod for ConnKey {}
 // SAFETY: as above.

@@ -22,6 +22,9 @@ pub const MAP_TRAFFIC: &str = "TRAFFIC";
 pub const MAP_RESET_COUNTERS: &str = "RESET_COUNTERS";
 pub const MAP_CONNECTIONS: &str = "CONNECTIONS";
 pub const MAP_CONN_FINGERPRINTS: &str = "CONN_FINGERPRINTS";
+pub const MAP_EVICTION_LOG: &str = "EVICTION_LOG";
+/// The global holding each CPU's eviction-log entries per epoch; the loader sets it.
+pub const GLOBAL_EVICTION_LOG_SLOTS: &str = "EVICTION_LOG_SLOTS";
 pub const MAP_SERVICES: [&str; 2] = ["SERVICES_0", "SERVICES_1"];
 pub const MAP_STACK_RESETS: [&str; 2] = ["STACK_RESETS_0", "STACK_RESETS_1"];
 pub const PROG_XDP: &str = "rstwatch_xdp";
@@ -604,6 +607,21 @@ pub struct ResetCounters {
     /// Flow-table writes that passed a slot another CPU was filling (see
     /// [`crate::table::Added::Raced`]): while 0, every flow sits in one slot at most.
     pub table_races: u64,
+    /// Entries of this CPU's half of `EVICTION_LOG` in use (see [`LoggedFlow`]).
+    pub logged: u64,
+}
+
+/// One entry of the per-CPU eviction log (map `EVICTION_LOG`, indexed by
+/// `epoch * slots + n`): resets a flow had when the flow cache gave its slot to another flow.
+/// Appending here is a few stores to memory this CPU wrote a moment ago; the flow table would
+/// take a random line, a cache miss for every new flow. Userspace sums the entries by key with
+/// the table's when it drains the epoch; when a CPU's log is full, evicted flows go to the
+/// table as before.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoggedFlow {
+    pub key: FlowKey,
+    pub resets: u64,
 }
 
 /// What userspace reports for a period: traffic deltas plus that period's reset counts.
@@ -690,7 +708,8 @@ const _: () = {
     assert!(FLOW_CACHE_SLOTS.is_power_of_two());
     assert!(core::mem::size_of::<Counters>() == 96);
     assert!(core::mem::size_of::<TrafficCounters>() == 32);
-    assert!(core::mem::size_of::<ResetCounters>() == 56);
+    assert!(core::mem::size_of::<ResetCounters>() == 64);
+    assert!(core::mem::size_of::<LoggedFlow>() == 56);
 };
 
 impl crate::parse::FrameCounters for TrafficCounters {

@@ -30,7 +30,7 @@ use rst_common::{
     },
     track,
     wire::{
-        CacheSlot, ConnKey, ConnState, FlowKey, FlowValue, ResetCounters, ServiceKey, ServiceValue, SourceKey,
+        CacheSlot, ConnKey, ConnState, FlowKey, FlowValue, LoggedFlow, ResetCounters, ServiceKey, ServiceValue, SourceKey,
         StackResetKey, TrafficCounters, DEFAULT_MAX_FLOWS, DEFAULT_MAX_OVERFLOW_SOURCES,
         CONN_GENERATIONS as CONN_GENERATIONS_LEN, DEFAULT_MAX_SERVICES, DIRECTION_RX, DIRECTION_TX, FAMILY_IPV4,
         FAMILY_IPV6, FLOW_CACHE_SLOTS,
@@ -63,6 +63,13 @@ static OVERFLOW_SOURCES_0: HashMap<SourceKey, FlowValue> =
 #[map]
 static OVERFLOW_SOURCES_1: HashMap<SourceKey, FlowValue> =
     HashMap::with_max_entries(DEFAULT_MAX_OVERFLOW_SOURCES, 0);
+/// Per CPU, the flows its cache evicted, one half per epoch (see [`LoggedFlow`]); the loader
+/// sizes it and sets `EVICTION_LOG_SLOTS` to match.
+#[map]
+static EVICTION_LOG: PerCpuArray<LoggedFlow> = PerCpuArray::with_max_entries(2 * DEFAULT_EVICTION_LOG_SLOTS, 0);
+#[unsafe(no_mangle)]
+static EVICTION_LOG_SLOTS: u32 = DEFAULT_EVICTION_LOG_SLOTS;
+const DEFAULT_EVICTION_LOG_SLOTS: u32 = 256;
 /// Per-CPU, direct-mapped cache in front of the flow tables; see [`CacheSlot`].
 #[map]
 static FLOW_CACHE: PerCpuArray<CacheSlot> = PerCpuArray::with_max_entries(2 * FLOW_CACHE_SLOTS, 0);
@@ -466,10 +473,23 @@ impl SlotArray for FlowTable {
     }
 }
 
-/// Moves `resets` RSTs of `key` from the cache into the epoch's flow table; what does not fit
-/// goes to the per-source overflow table, and what does not fit there either is only counted.
+/// Moves `resets` RSTs of `key` from the cache into this CPU's eviction log, or when that is
+/// full into the epoch's flow table; what does not fit there goes to the per-source overflow
+/// table, and what does not fit there either is only counted.
 #[inline(always)]
 fn write_back(epoch: u32, key: &FlowKey, resets: u64, counters: &mut ResetCounters) {
+    // SAFETY: a plain read of a global the loader may have rewritten before load; volatile so
+    // the compiler does not fold in the default.
+    let log_slots = unsafe { core::ptr::read_volatile(&raw const EVICTION_LOG_SLOTS) };
+    if counters.logged < u64::from(log_slots) {
+        if let Some(entry) = EVICTION_LOG.get_ptr_mut(epoch * log_slots + counters.logged as u32) {
+            // SAFETY: a per-CPU slot, as in `count_frame`; the count that makes it visible to
+            // userspace is written after it, on the same CPU, in the same epoch.
+            unsafe { *entry = LoggedFlow { key: *key, resets } };
+            counters.logged += 1;
+            return;
+        }
+    }
     match add_to_flow_table(&FlowTable, table_bits(), epoch, key, resets) {
         Added::Stored => return,
         Added::Raced => {

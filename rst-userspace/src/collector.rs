@@ -16,8 +16,8 @@ use aya::{
 };
 use rst_common::{
     wire::{
-        CacheSlot, ResetCounters, ServiceKey, ServiceValue, SourceKey, StackResetKey, TrafficCounters, FLOW_CACHE_SLOTS,
-        MAP_EPOCH, MAP_FLOW_BLOCKS, MAP_FLOW_TABLE, MAP_FLOW_CACHE, MAP_OVERFLOW_SOURCES, MAP_RESET_COUNTERS, MAP_SERVICES, MAP_STACK_RESETS,
+        CacheSlot, LoggedFlow, ResetCounters, ServiceKey, ServiceValue, SourceKey, StackResetKey, TrafficCounters, FLOW_CACHE_SLOTS,
+        MAP_EPOCH, MAP_EVICTION_LOG, MAP_FLOW_BLOCKS, MAP_FLOW_TABLE, MAP_FLOW_CACHE, MAP_OVERFLOW_SOURCES, MAP_RESET_COUNTERS, MAP_SERVICES, MAP_STACK_RESETS,
         MAP_TRAFFIC, DIRECTION_RX, DIRECTION_TX,
     },
     Counters, FlowKey, FlowValue,
@@ -58,6 +58,9 @@ pub struct Collector {
     services: [MapData; 2],
     stack_resets: [MapData; 2],
     flow_cache: MapData,
+    eviction_log: MapData,
+    /// Entries of each CPU's eviction log per epoch.
+    log_slots: u32,
     /// Zeroes for one epoch's half of the flow cache, all CPUs.
     empty_cache: Vec<CacheSlot>,
     epoch: Array<MapData, u32>,
@@ -110,6 +113,11 @@ impl Collector {
             Map::PerCpuArray(data) => data,
             other => anyhow::bail!("expected a per-CPU array for the flow cache, got {other:?}"),
         };
+        let eviction_log = match take(MAP_EVICTION_LOG)? {
+            Map::PerCpuArray(data) => data,
+            other => anyhow::bail!("expected a per-CPU array for the eviction log, got {other:?}"),
+        };
+        let log_slots = eviction_log.info().context("reading the eviction log's size")?.max_entries() / 2;
         let epoch: Array<MapData, u32> = take(MAP_EPOCH)?.try_into()?;
         let reset_counters: PerCpuArray<MapData, ResetCounters> = take(MAP_RESET_COUNTERS)?.try_into()?;
         let traffic: PerCpuArray<MapData, TrafficCounters> = take(MAP_TRAFFIC)?.try_into()?;
@@ -123,6 +131,8 @@ impl Collector {
             services,
             stack_resets,
             flow_cache,
+            eviction_log,
+            log_slots,
             empty_cache: vec![CacheSlot::EMPTY; FLOW_CACHE_SLOTS as usize * cpus],
             epoch,
             reset_counters,
@@ -146,7 +156,10 @@ impl Collector {
         self.wait_for_grace_period();
 
         let mut resets = ResetCounters::default();
-        for cpu in self.reset_counters.get(&finished, 0).context("reading the reset counters")?.iter() {
+        let per_cpu = self.reset_counters.get(&finished, 0).context("reading the reset counters")?;
+        // Each CPU's used entries, within the log whatever the counter says.
+        let logged: Vec<u32> = per_cpu.iter().map(|cpu| cpu.logged.min(u64::from(self.log_slots)) as u32).collect();
+        for cpu in per_cpu.iter() {
             resets.resets += cpu.resets;
             resets.overflow += cpu.overflow;
             resets.source_overflow += cpu.source_overflow;
@@ -181,12 +194,20 @@ impl Collector {
                 .context("reading the flow cache")?;
         update_per_cpu_array(self.flow_cache.fd().as_fd(), first_slot, &self.empty_cache, self.cpus)
             .context("clearing the flow cache")?;
+        let longest_log = logged.iter().copied().max().unwrap_or(0);
+        let log: Vec<LoggedFlow> = if longest_log == 0 {
+            Vec::new()
+        } else {
+            lookup_per_cpu_array(self.eviction_log.fd().as_fd(), finished * self.log_slots, longest_log, self.cpus)
+                .context("reading the eviction log")?
+        };
+        let cached_flows = cached_slots.iter().map(|slot| (slot.key, slot.resets));
         let table = &mut self.flows;
         let whole_half = resets.table_races > 0;
         let drain_table = |sink: &mut dyn FnMut(&FlowKey, u64)| {
             table.drain(finished, whole_half, sink);
         };
-        let flows = merge_flows(&cached_slots, drain_table, resets.table_races, &mut self.merged);
+        let flows = merge_flows(cached_flows.chain(logged_flows(&log, &logged)), drain_table, resets.table_races, &mut self.merged);
         let mut overflow_sources = Vec::new();
         if counters.overflow > 0 {
             drain_hash_map::<SourceKey, FlowValue>(self.overflow_sources[finished as usize].fd().as_fd(), |key, value| {
@@ -251,20 +272,22 @@ impl Collector {
     }
 }
 
-/// One epoch's flows with unique keys: the per-CPU cache's occupied slots (a flow may sit in
-/// several CPUs' caches and in the table) and the table's slots, which `drain_table` passes to
-/// its sink. The table holds a key at most once unless the kernel reported `table_races`; only
-/// then does every table slot go through `merged` (a map kept between calls for its capacity,
-/// left empty): summing a million slots through a million-entry map costs several times the scan.
+/// One epoch's flows with unique keys: `per_cpu` — the per-CPU caches' occupied slots and the
+/// eviction logs' entries (a flow may sit in several CPUs' caches and logs, several times in
+/// one log, and in the table) — and the table's slots, which `drain_table` passes to its sink.
+/// The table holds a key at most once unless the kernel reported `table_races`; only then does
+/// every table slot go through `merged` (a map kept between calls for its capacity, left
+/// empty): summing a million slots through a million-entry map costs several times the scan.
 fn merge_flows(
-    cached_slots: &[CacheSlot],
+    per_cpu: impl Iterator<Item = (FlowKey, u64)>,
     drain_table: impl FnOnce(&mut dyn FnMut(&FlowKey, u64)),
     table_races: u64,
     merged: &mut FastMap<FlowKey, u64>,
 ) -> Vec<(FlowKey, u64)> {
     merged.clear();
-    for slot in cached_slots.iter().filter(|slot| slot.resets > 0) {
-        *merged.entry(slot.key).or_default() += slot.resets;
+    // Free cache slots count nothing.
+    for (key, resets) in per_cpu.filter(|&(_, resets)| resets > 0) {
+        *merged.entry(key).or_default() += resets;
     }
     let mut flows: Vec<(FlowKey, u64)> = Vec::new();
     if table_races > 0 {
@@ -277,6 +300,17 @@ fn merge_flows(
     }
     flows.extend(merged.drain());
     flows
+}
+
+/// The entries of one epoch's eviction logs as read from the per-CPU array: entry `n` of CPU
+/// `c` at `n * cpus + c`, of which only the first `logged[c]` of each CPU were written in this
+/// epoch (the rest are left from earlier ones).
+fn logged_flows<'a>(log: &'a [LoggedFlow], logged: &'a [u32]) -> impl Iterator<Item = (FlowKey, u64)> + 'a {
+    let cpus = logged.len().max(1);
+    log.iter()
+        .enumerate()
+        .filter(move |(at, _)| at / cpus < logged[at % cpus] as usize)
+        .map(|(_, entry)| (entry.key, entry.resets))
 }
 
 fn hash_map_data(map: Map) -> anyhow::Result<MapData> {
@@ -305,7 +339,7 @@ mod tests {
     fn merge(cache: &[CacheSlot], table: &[(u16, u64)], races: u64) -> Vec<(FlowKey, u64)> {
         let mut merged = FastMap::default();
         let flows = merge_flows(
-            cache,
+            cache.iter().map(|slot| (slot.key, slot.resets)),
             |sink| {
                 for &(port, resets) in table {
                     sink(&flow(port), resets);
@@ -331,6 +365,31 @@ mod tests {
         let cache = [cached(1, 2), cached(2, 5), cached(1, 1), CacheSlot::EMPTY];
         let flows = merge(&cache, &[(1, 10), (3, 7)], 0);
         assert_eq!(by_port(&flows), BTreeMap::from([(1, 13), (2, 5), (3, 7)]));
+    }
+
+    #[test]
+    fn eviction_log_entries_count_only_up_to_each_cpus_length_and_sum_with_the_rest() {
+        let logged_flow = |port: u16, resets: u64| LoggedFlow { key: flow(port), resets };
+        // Two CPUs, three entries each, interleaved as the kernel lays them out; CPU 0 wrote
+        // two this epoch, CPU 1 all three. The third of CPU 0 is an earlier epoch's.
+        let log = [
+            logged_flow(1, 1),
+            logged_flow(1, 4),
+            logged_flow(2, 2),
+            logged_flow(3, 8),
+            logged_flow(9, 100),
+            logged_flow(1, 16),
+        ];
+        let entries: Vec<(FlowKey, u64)> = logged_flows(&log, &[2, 3]).collect();
+        assert_eq!(entries.len(), 5);
+        let mut merged = FastMap::default();
+        let flows = merge_flows(
+            [cached(1, 32)].iter().map(|slot| (slot.key, slot.resets)).chain(entries),
+            |sink| sink(&flow(1), 64),
+            0,
+            &mut merged,
+        );
+        assert_eq!(by_port(&flows), BTreeMap::from([(1, 1 + 4 + 16 + 32 + 64), (2, 2), (3, 8)]));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use aya::{
 use anyhow::Context as _;
 use caps::{CapSet, Capability};
 use rst_common::wire::{
-    GLOBAL_SEND_RESET_DADDR_OFFSET, GLOBAL_SEND_RESET_REASON_OFFSET, GLOBAL_SEND_RESET_SADDR_OFFSET, MAP_CONNECTIONS, MAP_CONN_FINGERPRINTS,
+    GLOBAL_SEND_RESET_DADDR_OFFSET, GLOBAL_SEND_RESET_REASON_OFFSET, GLOBAL_SEND_RESET_SADDR_OFFSET, MAP_CONNECTIONS, MAP_CONN_FINGERPRINTS, MAP_EVICTION_LOG, GLOBAL_EVICTION_LOG_SLOTS,
     MAP_FLOW_BLOCKS, MAP_FLOW_TABLE, GLOBAL_FLOW_TABLE_BITS, MAP_OVERFLOW_SOURCES, MAP_SERVICES, MAP_STACK_RESETS, PROG_SEND_RESET, PROG_TC, PROG_TC_EGRESS, PROG_XDP,
 };
 
@@ -180,11 +180,15 @@ pub fn load(max_flows: u32) -> anyhow::Result<Ebpf> {
     let max_sources = overflow_sources_for(max_flows);
     let offsets = SendResetFormat::read();
     let table_bits = rst_common::table::flow_table_bits(max_flows);
+    let cpus = aya::util::nr_cpus().map_err(|(what, error)| anyhow::anyhow!("{what}: {error}"))?;
+    let log_slots = rst_common::table::eviction_log_slots(max_flows, u32::try_from(cpus).unwrap_or(u32::MAX));
     let mut loader = EbpfLoader::new();
     loader
         .map_max_entries(MAP_FLOW_TABLE, 2 << table_bits)
         .map_max_entries(MAP_FLOW_BLOCKS, rst_common::table::flow_block_words(table_bits))
         .override_global(GLOBAL_FLOW_TABLE_BITS, &table_bits, true)
+        .map_max_entries(MAP_EVICTION_LOG, 2 * log_slots)
+        .override_global(GLOBAL_EVICTION_LOG_SLOTS, &log_slots, true)
         .map_max_entries(MAP_OVERFLOW_SOURCES[0], max_sources)
         .map_max_entries(MAP_OVERFLOW_SOURCES[1], max_sources)
         .map_max_entries(MAP_CONNECTIONS, 1 << table_bits)

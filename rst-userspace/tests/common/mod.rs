@@ -18,7 +18,7 @@ use aya::{
 };
 use rst_common::{
     wire::{
-        CacheSlot, ResetCounters, TrafficCounters, FLOW_CACHE_SLOTS, MAP_FLOW_BLOCKS, MAP_FLOW_TABLE, MAP_FLOW_CACHE, MAP_RESET_COUNTERS,
+        CacheSlot, LoggedFlow, ResetCounters, TrafficCounters, FLOW_CACHE_SLOTS, MAP_EVICTION_LOG, MAP_FLOW_BLOCKS, MAP_FLOW_TABLE, MAP_FLOW_CACHE, MAP_RESET_COUNTERS,
         MAP_TRAFFIC, PROG_XDP,
     },
     Counters, FlowKey, Observation,
@@ -69,6 +69,7 @@ pub struct Kernel {
     _flow_table: [MapData; 2],
     /// The per-CPU flow cache in front of it (epoch 0 is its first half).
     cache: PerCpuArray<MapData, CacheSlot>,
+    log: PerCpuArray<MapData, LoggedFlow>,
 }
 
 impl Kernel {
@@ -89,8 +90,9 @@ impl Kernel {
             bits,
         )?;
         let cache = PerCpuArray::try_from(second_handle(&ebpf, MAP_FLOW_CACHE)?)?;
+        let log = PerCpuArray::try_from(second_handle(&ebpf, MAP_EVICTION_LOG)?)?;
         let collector = Collector::new(&mut ebpf)?;
-        Ok(Self { ebpf, collector, traffic, resets, flows, _flow_table: [flow_table, flow_blocks], cache })
+        Ok(Self { ebpf, collector, traffic, resets, flows, _flow_table: [flow_table, flow_blocks], cache, log })
     }
 
     pub fn program(&self) -> anyhow::Result<&Xdp> {
@@ -158,6 +160,15 @@ impl Kernel {
 
     /// What epoch 0 holds for `key` (unclassified: every classification of the flow): its
     /// table entries plus its slots in every CPU's cache.
+    /// In the current epoch (0 until the first collect): eviction-log entries used, all CPUs,
+    /// and flow-table slots used.
+    pub fn log_and_table_use(&self) -> anyhow::Result<(u64, usize)> {
+        let logged = self.resets.get(&0, 0)?.iter().map(|counters| counters.logged).sum();
+        let mut in_table = 0;
+        self.flows.visit(0, |_, _| in_table += 1);
+        Ok((logged, in_table))
+    }
+
     fn flow_count(&self, key: &FlowKey) -> anyhow::Result<u64> {
         let mut in_table = 0;
         self.flows.visit(0, |stored, resets| {
@@ -173,7 +184,17 @@ impl Kernel {
                 }
             }
         }
-        Ok(in_table + cached)
+        // Epoch 0's half of the eviction logs starts at entry 0: each CPU's first `logged`.
+        let mut logged = 0;
+        for (cpu, counters) in self.resets.get(&0, 0)?.iter().enumerate() {
+            for entry in 0..counters.logged as u32 {
+                let entry = &self.log.get(&entry, 0)?[cpu];
+                if entry.key.unclassified() == *key {
+                    logged += entry.resets;
+                }
+            }
+        }
+        Ok(in_table + cached + logged)
     }
 }
 
