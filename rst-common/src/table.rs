@@ -71,14 +71,13 @@ impl FlowSlot {
     }
 }
 
-/// Each CPU's eviction-log entries per epoch (see [`crate::wire::LoggedFlow`]): together about
-/// `max_flows`, split over the CPUs, a power of two from 256 to 32 768.
+/// Each CPU's eviction-log entries per epoch (see [`crate::wire::LoggedFlow`]): `max_flows`
+/// split over the CPUs, a power of two from 1 to 32 768. The logs of all CPUs together hold no
+/// more than `max_flows` flows, however many CPUs the machine says it may have.
 pub const fn eviction_log_slots(max_flows: u32, cpus: u32) -> u32 {
     let share = max_flows / if cpus == 0 { 1 } else { cpus };
     let slots = if share == 0 { 1 } else { 1 << (31 - share.leading_zeros()) };
-    if slots < 256 {
-        256
-    } else if slots > 32_768 {
+    if slots > 32_768 {
         32_768
     } else {
         slots
@@ -440,6 +439,19 @@ mod tests {
 
     fn key(i: u32) -> FlowKey {
         FlowKey::from_parts([0x0a00_0001, 0, 0, 0], [0x0a00_0002, 0, 0, 0], 3, (i % 60_000) as u16, 80 + (i / 60_000) as u16, FAMILY_IPV4, DIRECTION_RX, 64)
+    }
+
+    #[test]
+    fn eviction_logs_share_max_flows_between_the_cpus_within_bounds() {
+        assert_eq!(eviction_log_slots(65_536, 2), 32_768);
+        assert_eq!(eviction_log_slots(65_536, 3), 16_384, "a power of two, rounded down");
+        assert_eq!(eviction_log_slots(1 << 24, 2), 32_768);
+        assert_eq!(eviction_log_slots(2, 2), 1);
+        assert_eq!(eviction_log_slots(2, 4), 1, "never none");
+        assert_eq!(eviction_log_slots(65_536, 0), 32_768);
+        // Thousands of possible CPUs: the logs together stay within max_flows entries.
+        assert_eq!(eviction_log_slots(65_536, 8_192), 8);
+        assert_eq!(eviction_log_slots(65_536, 1 << 20), 1);
     }
 
     #[test]

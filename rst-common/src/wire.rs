@@ -611,8 +611,8 @@ pub struct ResetCounters {
     pub logged: u64,
 }
 
-/// One entry of the per-CPU eviction log (map `EVICTION_LOG`, indexed by
-/// `epoch * slots + n`): resets a flow had when the flow cache gave its slot to another flow.
+/// One entry of a CPU's eviction log (map `EVICTION_LOG`, entry `n` of CPU `c` in epoch `e` at
+/// `(c * 2 + e) * slots + n`): resets a flow had when the flow cache gave its slot to another flow.
 /// Appending here is a few stores to memory this CPU wrote a moment ago; the flow table would
 /// take a random line, a cache miss for every new flow. Userspace sums the entries by key with
 /// the table's when it drains the epoch; when a CPU's log is full, evicted flows go to the

@@ -17,6 +17,7 @@ use core::intrinsics::{atomic_cxchg, atomic_or, atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
     bindings::{xdp_action, BPF_F_MMAPABLE, BPF_NOEXIST},
+    helpers::bpf_get_smp_processor_id,
     macros::{classifier, map, tracepoint, xdp},
     maps::{Array, HashMap, PerCpuArray},
     programs::{TcContext, TracePointContext, XdpContext},
@@ -63,10 +64,13 @@ static OVERFLOW_SOURCES_0: HashMap<SourceKey, FlowValue> =
 #[map]
 static OVERFLOW_SOURCES_1: HashMap<SourceKey, FlowValue> =
     HashMap::with_max_entries(DEFAULT_MAX_OVERFLOW_SOURCES, 0);
-/// Per CPU, the flows its cache evicted, one half per epoch (see [`LoggedFlow`]); the loader
-/// sizes it and sets `EVICTION_LOG_SLOTS` to match.
+/// The flows each CPU's cache evicted (see [`LoggedFlow`]): per CPU and epoch, a run of
+/// `EVICTION_LOG_SLOTS` entries at `((cpu * 2) + epoch) * EVICTION_LOG_SLOTS`, written only by
+/// that CPU. A plain array rather than a per-CPU one so that userspace maps and reads it
+/// without a syscall per entry. The loader sizes it for every possible CPU (a CPU id beyond
+/// them would find no entry and write to the table).
 #[map]
-static EVICTION_LOG: PerCpuArray<LoggedFlow> = PerCpuArray::with_max_entries(2 * DEFAULT_EVICTION_LOG_SLOTS, 0);
+static EVICTION_LOG: Array<LoggedFlow> = Array::with_max_entries(2 * DEFAULT_EVICTION_LOG_SLOTS, BPF_F_MMAPABLE);
 #[unsafe(no_mangle)]
 static EVICTION_LOG_SLOTS: u32 = DEFAULT_EVICTION_LOG_SLOTS;
 const DEFAULT_EVICTION_LOG_SLOTS: u32 = 256;
@@ -478,13 +482,16 @@ impl SlotArray for FlowTable {
 /// table, and what does not fit there either is only counted.
 #[inline(always)]
 fn write_back(epoch: u32, key: &FlowKey, resets: u64, counters: &mut ResetCounters) {
-    // SAFETY: a plain read of a global the loader may have rewritten before load; volatile so
-    // the compiler does not fold in the default.
-    let log_slots = unsafe { core::ptr::read_volatile(&raw const EVICTION_LOG_SLOTS) };
+    // SAFETY: plain reads of globals the loader may have rewritten before load; volatile so
+    // the compiler does not fold in the defaults. The helper has no preconditions.
+    let (log_slots, cpu) =
+        unsafe { (core::ptr::read_volatile(&raw const EVICTION_LOG_SLOTS), bpf_get_smp_processor_id()) };
     if counters.logged < u64::from(log_slots) {
-        if let Some(entry) = EVICTION_LOG.get_ptr_mut(epoch * log_slots + counters.logged as u32) {
-            // SAFETY: a per-CPU slot, as in `count_frame`; the count that makes it visible to
-            // userspace is written after it, on the same CPU, in the same epoch.
+        let index = (cpu * 2 + epoch) * log_slots + counters.logged as u32;
+        if let Some(entry) = EVICTION_LOG.get_ptr_mut(index) {
+            // SAFETY: this CPU's run of the log for this epoch, written by nothing else (per-CPU
+            // use, as in `count_frame`); userspace reads it only after the epoch is flipped and
+            // a grace period has passed, and only the first `logged` entries.
             unsafe { *entry = LoggedFlow { key: *key, resets } };
             counters.logged += 1;
             return;

@@ -41,7 +41,7 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _};
 use aya::{
-    maps::{Array, Map, MapData},
+    maps::{Array, Map, MapData, PerCpuArray, PerCpuValues},
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
     Ebpf,
 };
@@ -819,6 +819,11 @@ fn drain(opts: &Opts) -> anyhow::Result<Value> {
     let mut table = FlowTableMap::new(table_map.fd().as_fd(), blocks_map.fd().as_fd(), bits)?;
     let epoch: Array<MapData, u32> = Map::Array(second_handle(&ebpf, MAP_EPOCH)?).try_into()?;
     let cache = second_handle(&ebpf, rst_common::wire::MAP_FLOW_CACHE)?;
+    let log_data = second_handle(&ebpf, rst_common::wire::MAP_EVICTION_LOG)?;
+    let log_entries = log_data.info()?.max_entries();
+    let mut log: Array<MapData, rst_common::wire::LoggedFlow> = Map::Array(log_data).try_into()?;
+    let mut resets: PerCpuArray<MapData, rst_common::wire::ResetCounters> =
+        Map::PerCpuArray(second_handle(&ebpf, rst_common::wire::MAP_RESET_COUNTERS)?).try_into()?;
     let mut collector = Collector::new(&mut ebpf)?;
 
     let mut flips = Vec::new();
@@ -883,9 +888,39 @@ fn drain(opts: &Opts) -> anyhow::Result<Value> {
             raw.push(started.elapsed().as_nanos() as f64);
             ensure!(drained == n as usize, "the scan emptied {drained} slots for {n} flows");
         }
+        // The same table with every CPU's eviction log full as well (distinct flows): the log
+        // entries go through the merge map, and then every table slot is looked up in it.
+        let log_slots = log_entries / (2 * cpus as u32);
+        let logged: Vec<(u32, rst_common::wire::LoggedFlow)> = (0..cpus as u32)
+            .flat_map(|cpu| (0..log_slots).map(move |n| (cpu, n)))
+            .map(|(cpu, n)| {
+                let key = flood_flow(n + (cpu * log_slots)).flow_key(9);
+                (cpu, rst_common::wire::LoggedFlow { key, resets: 1 })
+            })
+            .collect();
+        let mut with_logs = Vec::new();
+        for _ in 0..trials {
+            let active = epoch.get(&0, 0)? & 1;
+            fill_table(&table, active, &keys, &values)?;
+            for (at, (cpu, entry)) in logged.iter().enumerate() {
+                let n = at as u32 % log_slots;
+                log.set((cpu * 2 + active) * log_slots + n, entry, 0)?;
+            }
+            let counters = rst_common::wire::ResetCounters { logged: u64::from(log_slots), ..Default::default() };
+            resets.set(active, PerCpuValues::try_from(vec![counters; cpus])?, 0)?;
+            let sample = collector.collect()?;
+            let total: u64 = sample.flows.iter().map(|(_, r)| r).sum();
+            ensure!(total == expected + logged.len() as u64, "drained {total} resets with the logs");
+            with_logs.push(sample.read_time.as_nanos() as f64);
+        }
+        let with_logs_ns = median(&mut with_logs);
+        let entries_with_logs = f64::from(n) + logged.len() as f64;
         let collect_ns = median(&mut times);
         let raw_ns = median(&mut raw);
         rows.push(json!({
+            "with_full_logs_collect_ms": with_logs_ns / 1e6,
+            "with_full_logs_entries": entries_with_logs,
+            "with_full_logs_ns_per_entry": with_logs_ns / entries_with_logs,
             "scan_ms": raw_ns / 1e6,
             "scan_ns_per_entry": raw_ns / f64::from(n),
             "flows": n,

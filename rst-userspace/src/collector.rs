@@ -16,7 +16,7 @@ use aya::{
 };
 use rst_common::{
     wire::{
-        CacheSlot, LoggedFlow, ResetCounters, ServiceKey, ServiceValue, SourceKey, StackResetKey, TrafficCounters, FLOW_CACHE_SLOTS,
+        CacheSlot, ResetCounters, ServiceKey, ServiceValue, SourceKey, StackResetKey, TrafficCounters, FLOW_CACHE_SLOTS,
         MAP_EPOCH, MAP_EVICTION_LOG, MAP_FLOW_BLOCKS, MAP_FLOW_TABLE, MAP_FLOW_CACHE, MAP_OVERFLOW_SOURCES, MAP_RESET_COUNTERS, MAP_SERVICES, MAP_STACK_RESETS,
         MAP_TRAFFIC, DIRECTION_RX, DIRECTION_TX,
     },
@@ -25,7 +25,7 @@ use rst_common::{
 
 use crate::{
     batch::{drain_hash_map, lookup_per_cpu_array, update_per_cpu_array},
-    flow_table::FlowTableMap,
+    flow_table::{EvictionLogMap, FlowTableMap},
 };
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
@@ -58,9 +58,8 @@ pub struct Collector {
     services: [MapData; 2],
     stack_resets: [MapData; 2],
     flow_cache: MapData,
-    eviction_log: MapData,
-    /// Entries of each CPU's eviction log per epoch.
-    log_slots: u32,
+    log: EvictionLogMap,
+    _log: MapData,
     /// Zeroes for one epoch's half of the flow cache, all CPUs.
     empty_cache: Vec<CacheSlot>,
     epoch: Array<MapData, u32>,
@@ -113,15 +112,16 @@ impl Collector {
             Map::PerCpuArray(data) => data,
             other => anyhow::bail!("expected a per-CPU array for the flow cache, got {other:?}"),
         };
-        let eviction_log = match take(MAP_EVICTION_LOG)? {
-            Map::PerCpuArray(data) => data,
-            other => anyhow::bail!("expected a per-CPU array for the eviction log, got {other:?}"),
+        let cpus = aya::util::nr_cpus().map_err(|(what, error)| anyhow::anyhow!("{what}: {error}"))?;
+        let log_data = match take(MAP_EVICTION_LOG)? {
+            Map::Array(data) => data,
+            other => anyhow::bail!("expected an array for the eviction log, got {other:?}"),
         };
-        let log_slots = eviction_log.info().context("reading the eviction log's size")?.max_entries() / 2;
+        let log_entries = log_data.info().context("reading the eviction log's size")?.max_entries();
+        let log = EvictionLogMap::new(log_data.fd().as_fd(), log_entries, cpus).context("mapping the eviction log")?;
         let epoch: Array<MapData, u32> = take(MAP_EPOCH)?.try_into()?;
         let reset_counters: PerCpuArray<MapData, ResetCounters> = take(MAP_RESET_COUNTERS)?.try_into()?;
         let traffic: PerCpuArray<MapData, TrafficCounters> = take(MAP_TRAFFIC)?.try_into()?;
-        let cpus = aya::util::nr_cpus().map_err(|(what, error)| anyhow::anyhow!("{what}: {error}"))?;
         let active = epoch.get(&0, 0)? & 1;
         let mut collector = Self {
             flows,
@@ -131,8 +131,8 @@ impl Collector {
             services,
             stack_resets,
             flow_cache,
-            eviction_log,
-            log_slots,
+            log,
+            _log: log_data,
             empty_cache: vec![CacheSlot::EMPTY; FLOW_CACHE_SLOTS as usize * cpus],
             epoch,
             reset_counters,
@@ -157,8 +157,7 @@ impl Collector {
 
         let mut resets = ResetCounters::default();
         let per_cpu = self.reset_counters.get(&finished, 0).context("reading the reset counters")?;
-        // Each CPU's used entries, within the log whatever the counter says.
-        let logged: Vec<u32> = per_cpu.iter().map(|cpu| cpu.logged.min(u64::from(self.log_slots)) as u32).collect();
+        let logged: Vec<u64> = per_cpu.iter().map(|cpu| cpu.logged).collect();
         for cpu in per_cpu.iter() {
             resets.resets += cpu.resets;
             resets.overflow += cpu.overflow;
@@ -194,20 +193,15 @@ impl Collector {
                 .context("reading the flow cache")?;
         update_per_cpu_array(self.flow_cache.fd().as_fd(), first_slot, &self.empty_cache, self.cpus)
             .context("clearing the flow cache")?;
-        let longest_log = logged.iter().copied().max().unwrap_or(0);
-        let log: Vec<LoggedFlow> = if longest_log == 0 {
-            Vec::new()
-        } else {
-            lookup_per_cpu_array(self.eviction_log.fd().as_fd(), finished * self.log_slots, longest_log, self.cpus)
-                .context("reading the eviction log")?
-        };
+        let mut logged_flows = Vec::new();
+        self.log.read(finished, &logged, |key, resets| logged_flows.push((*key, resets)));
         let cached_flows = cached_slots.iter().map(|slot| (slot.key, slot.resets));
         let table = &mut self.flows;
         let whole_half = resets.table_races > 0;
         let drain_table = |sink: &mut dyn FnMut(&FlowKey, u64)| {
             table.drain(finished, whole_half, sink);
         };
-        let flows = merge_flows(cached_flows.chain(logged_flows(&log, &logged)), drain_table, resets.table_races, &mut self.merged);
+        let flows = merge_flows(cached_flows.chain(logged_flows), drain_table, resets.table_races, &mut self.merged);
         let mut overflow_sources = Vec::new();
         if counters.overflow > 0 {
             drain_hash_map::<SourceKey, FlowValue>(self.overflow_sources[finished as usize].fd().as_fd(), |key, value| {
@@ -302,17 +296,6 @@ fn merge_flows(
     flows
 }
 
-/// The entries of one epoch's eviction logs as read from the per-CPU array: entry `n` of CPU
-/// `c` at `n * cpus + c`, of which only the first `logged[c]` of each CPU were written in this
-/// epoch (the rest are left from earlier ones).
-fn logged_flows<'a>(log: &'a [LoggedFlow], logged: &'a [u32]) -> impl Iterator<Item = (FlowKey, u64)> + 'a {
-    let cpus = logged.len().max(1);
-    log.iter()
-        .enumerate()
-        .filter(move |(at, _)| at / cpus < logged[at % cpus] as usize)
-        .map(|(_, entry)| (entry.key, entry.resets))
-}
-
 fn hash_map_data(map: Map) -> anyhow::Result<MapData> {
     match map {
         Map::HashMap(data) => Ok(data),
@@ -368,23 +351,12 @@ mod tests {
     }
 
     #[test]
-    fn eviction_log_entries_count_only_up_to_each_cpus_length_and_sum_with_the_rest() {
-        let logged_flow = |port: u16, resets: u64| LoggedFlow { key: flow(port), resets };
-        // Two CPUs, three entries each, interleaved as the kernel lays them out; CPU 0 wrote
-        // two this epoch, CPU 1 all three. The third of CPU 0 is an earlier epoch's.
-        let log = [
-            logged_flow(1, 1),
-            logged_flow(1, 4),
-            logged_flow(2, 2),
-            logged_flow(3, 8),
-            logged_flow(9, 100),
-            logged_flow(1, 16),
-        ];
-        let entries: Vec<(FlowKey, u64)> = logged_flows(&log, &[2, 3]).collect();
-        assert_eq!(entries.len(), 5);
+    fn cache_log_and_table_entries_of_a_flow_are_summed_once() {
+        // Flow 1 cached, logged three times (two CPUs) and in the table; flows 2 and 3 logged.
+        let logged = [(1, 1), (1, 4), (2, 2), (3, 8), (1, 16)].map(|(port, resets)| (flow(port), resets));
         let mut merged = FastMap::default();
         let flows = merge_flows(
-            [cached(1, 32)].iter().map(|slot| (slot.key, slot.resets)).chain(entries),
+            [cached(1, 32)].iter().map(|slot| (slot.key, slot.resets)).chain(logged),
             |sink| sink(&flow(1), 64),
             0,
             &mut merged,

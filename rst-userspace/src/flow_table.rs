@@ -11,6 +11,7 @@ use std::{
 };
 
 use rst_common::{
+    wire::LoggedFlow,
     table::{flow_block_words, FlowSlot, SlotArray, MAX_FLOW_TABLE_BITS, MIN_FLOW_TABLE_BITS, SLOTS_PER_BLOCK_LOG2},
     FlowKey,
 };
@@ -195,5 +196,53 @@ impl SlotArray for FlowTableMap {
         // SAFETY: inside the bitmap mapping, aligned; every writer uses atomics.
         unsafe { AtomicU64::from_ptr(self.blocks.at(word)) }.fetch_or(1 << (block % 64), Ordering::Relaxed);
         true
+    }
+}
+
+/// The eviction logs ([`LoggedFlow`]) mapped into this process: each CPU's run of entries per
+/// epoch, read after the epoch is flipped and a grace period has passed — no syscall per entry.
+pub struct EvictionLogMap {
+    entries: Mapping<LoggedFlow>,
+    slots: u32,
+    cpus: u32,
+}
+
+// SAFETY: plain shared memory; only read, through volatile reads, in `read`.
+unsafe impl Send for EvictionLogMap {}
+// SAFETY: as above.
+unsafe impl Sync for EvictionLogMap {}
+
+impl EvictionLogMap {
+    /// Maps the log behind `log_fd`, an mmap-able array of `entries` [`LoggedFlow`]s laid out
+    /// for `cpus` CPUs (two epochs each).
+    ///
+    /// # Errors
+    /// When `entries` is not two equal runs per CPU, or the mapping fails.
+    pub fn new(log_fd: BorrowedFd<'_>, entries: u32, cpus: usize) -> io::Result<Self> {
+        let cpus = u32::try_from(cpus).map_err(io::Error::other)?;
+        let runs = cpus.checked_mul(2).filter(|&runs| runs > 0 && entries % runs == 0 && entries > 0);
+        let Some(runs) = runs else {
+            return Err(io::Error::other(format!("an eviction log of {entries} entries is not two runs for each of {cpus} CPUs")));
+        };
+        Ok(Self { entries: Mapping::new(log_fd, entries as usize)?, slots: entries / runs, cpus })
+    }
+
+    /// Entries per CPU and epoch.
+    pub fn slots(&self) -> u32 {
+        self.slots
+    }
+
+    /// Passes the first `logged[c]` entries of each CPU `c`'s run for `epoch` to `sink`. Only
+    /// for an epoch no program writes any more.
+    pub fn read(&self, epoch: u32, logged: &[u64], mut sink: impl FnMut(&FlowKey, u64)) {
+        for (cpu, &used) in (0..self.cpus).zip(logged) {
+            let run = (cpu * 2 + (epoch & 1)) as usize * self.slots as usize;
+            for n in 0..used.min(u64::from(self.slots)) as usize {
+                // SAFETY: inside the mapping (run + n < 2 * cpus * slots); volatile because the
+                // memory is the kernel's, though no program writes this run now.
+                let LoggedFlow { key, resets } = unsafe { std::ptr::read_volatile(self.entries.at(run + n)) };
+                sink(&key, resets);
+            }
+        }
     }
 }

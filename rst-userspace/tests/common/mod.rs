@@ -18,14 +18,14 @@ use aya::{
 };
 use rst_common::{
     wire::{
-        CacheSlot, LoggedFlow, ResetCounters, TrafficCounters, FLOW_CACHE_SLOTS, MAP_EVICTION_LOG, MAP_FLOW_BLOCKS, MAP_FLOW_TABLE, MAP_FLOW_CACHE, MAP_RESET_COUNTERS,
+        CacheSlot, ResetCounters, TrafficCounters, FLOW_CACHE_SLOTS, MAP_EVICTION_LOG, MAP_FLOW_BLOCKS, MAP_FLOW_TABLE, MAP_FLOW_CACHE, MAP_RESET_COUNTERS,
         MAP_TRAFFIC, PROG_XDP,
     },
     Counters, FlowKey, Observation,
 };
 use rstwatch::{
     collector::{Collector, Sample},
-    flow_table::FlowTableMap,
+    flow_table::{EvictionLogMap, FlowTableMap},
     testrun::XdpMd,
 };
 
@@ -69,7 +69,8 @@ pub struct Kernel {
     _flow_table: [MapData; 2],
     /// The per-CPU flow cache in front of it (epoch 0 is its first half).
     cache: PerCpuArray<MapData, CacheSlot>,
-    log: PerCpuArray<MapData, LoggedFlow>,
+    log: EvictionLogMap,
+    _log: MapData,
 }
 
 impl Kernel {
@@ -90,9 +91,13 @@ impl Kernel {
             bits,
         )?;
         let cache = PerCpuArray::try_from(second_handle(&ebpf, MAP_FLOW_CACHE)?)?;
-        let log = PerCpuArray::try_from(second_handle(&ebpf, MAP_EVICTION_LOG)?)?;
+        let Map::Array(log_data) = second_handle(&ebpf, MAP_EVICTION_LOG)? else {
+            bail!("{MAP_EVICTION_LOG} is not an array");
+        };
+        let cpus = aya::util::nr_cpus().map_err(|(what, error)| anyhow::anyhow!("{what}: {error}"))?;
+        let log = EvictionLogMap::new(std::os::fd::AsFd::as_fd(log_data.fd()), log_data.info()?.max_entries(), cpus)?;
         let collector = Collector::new(&mut ebpf)?;
-        Ok(Self { ebpf, collector, traffic, resets, flows, _flow_table: [flow_table, flow_blocks], cache, log })
+        Ok(Self { ebpf, collector, traffic, resets, flows, _flow_table: [flow_table, flow_blocks], cache, log, _log: log_data })
     }
 
     pub fn program(&self) -> anyhow::Result<&Xdp> {
@@ -184,16 +189,15 @@ impl Kernel {
                 }
             }
         }
-        // Epoch 0's half of the eviction logs starts at entry 0: each CPU's first `logged`.
+        // Epoch 0's runs of the eviction logs, each CPU's first `logged` (the kernel is idle:
+        // the harness runs the programs itself).
+        let used: Vec<u64> = self.resets.get(&0, 0)?.iter().map(|counters| counters.logged).collect();
         let mut logged = 0;
-        for (cpu, counters) in self.resets.get(&0, 0)?.iter().enumerate() {
-            for entry in 0..counters.logged as u32 {
-                let entry = &self.log.get(&entry, 0)?[cpu];
-                if entry.key.unclassified() == *key {
-                    logged += entry.resets;
-                }
+        self.log.read(0, &used, |stored, resets| {
+            if stored.unclassified() == *key {
+                logged += resets;
             }
-        }
+        });
         Ok(in_table + cached + logged)
     }
 }
