@@ -607,7 +607,7 @@ pub struct ResetCounters {
     /// Flow-table writes that passed a slot another CPU was filling (see
     /// [`crate::table::Added::Raced`]): while 0, every flow sits in one slot at most.
     pub table_races: u64,
-    /// Entries of this CPU's half of `EVICTION_LOG` in use (see [`LoggedFlow`]).
+    /// Entries of this CPU's run of `EVICTION_LOG` for this epoch in use (see [`LoggedFlow`]).
     pub logged: u64,
 }
 

@@ -94,7 +94,7 @@ struct WatchArgs {
     #[arg(long, value_name = "ADDR", value_parser = metrics::parse_listen)]
     metrics: Option<std::net::SocketAddr>,
     /// Capacity of each of the two per-interval flow tables (kernel memory, allocated at
-    /// start: ~386 bytes per flow of it, flow tables and connection state together). RSTs
+    /// start: ~500 bytes per flow of it: flow tables, eviction logs and connection state). RSTs
     /// beyond it are still counted, as `overflow`.
     #[arg(long, default_value_t = DEFAULT_MAX_FLOWS, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
     max_flows: u32,
