@@ -67,7 +67,7 @@ static OVERFLOW_SOURCES_1: HashMap<SourceKey, FlowValue> =
 /// The flows each CPU's cache evicted (see [`LoggedFlow`]): per CPU and epoch, a run of
 /// `EVICTION_LOG_SLOTS` entries at `((cpu * 2) + epoch) * EVICTION_LOG_SLOTS`, written only by
 /// that CPU. A plain array rather than a per-CPU one so that userspace maps and reads it
-/// without a syscall per entry. The loader sizes it for every possible CPU (a CPU id beyond
+/// without a syscall per entry. The loader sizes it for every possible CPU id (a CPU id beyond
 /// them would find no entry and write to the table).
 #[map]
 static EVICTION_LOG: Array<LoggedFlow> = Array::with_max_entries(2 * DEFAULT_EVICTION_LOG_SLOTS, BPF_F_MMAPABLE);

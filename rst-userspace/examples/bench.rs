@@ -890,9 +890,11 @@ fn drain(opts: &Opts) -> anyhow::Result<Value> {
         }
         // The same table with every CPU's eviction log full as well (distinct flows): the log
         // entries go through the merge map, and then every table slot is looked up in it.
-        let log_slots = log_entries / (2 * cpus as u32);
-        let logged: Vec<(u32, rst_common::wire::LoggedFlow)> = (0..cpus as u32)
-            .flat_map(|cpu| (0..log_slots).map(move |n| (cpu, n)))
+        let cpu_ids = rstwatch::flow_table::possible_cpu_ids()?;
+        let log_slots = log_entries / (2 * rstwatch::flow_table::eviction_log_cpus(&cpu_ids));
+        let logged: Vec<(u32, rst_common::wire::LoggedFlow)> = cpu_ids
+            .iter()
+            .flat_map(|&cpu| (0..log_slots).map(move |n| (cpu, n)))
             .map(|(cpu, n)| {
                 let key = flood_flow(n + (cpu * log_slots)).flow_key(9);
                 (cpu, rst_common::wire::LoggedFlow { key, resets: 1 })

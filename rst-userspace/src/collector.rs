@@ -118,7 +118,8 @@ impl Collector {
             other => anyhow::bail!("expected an array for the eviction log, got {other:?}"),
         };
         let log_entries = log_data.info().context("reading the eviction log's size")?.max_entries();
-        let log = EvictionLogMap::new(log_data.fd().as_fd(), log_entries, cpus).context("mapping the eviction log")?;
+        let cpu_ids = crate::flow_table::possible_cpu_ids().context("reading the possible CPUs")?;
+        let log = EvictionLogMap::new(log_data.fd().as_fd(), log_entries, cpu_ids).context("mapping the eviction log")?;
         let epoch: Array<MapData, u32> = take(MAP_EPOCH)?.try_into()?;
         let reset_counters: PerCpuArray<MapData, ResetCounters> = take(MAP_RESET_COUNTERS)?.try_into()?;
         let traffic: PerCpuArray<MapData, TrafficCounters> = take(MAP_TRAFFIC)?.try_into()?;

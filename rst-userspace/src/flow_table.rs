@@ -199,12 +199,44 @@ impl SlotArray for FlowTableMap {
     }
 }
 
+/// The ids of the CPUs the kernel may run on (`/sys/devices/system/cpu/possible`), in the order
+/// per-CPU map values come in. Not always `0..n`: the list can have holes.
+///
+/// # Errors
+/// When the file cannot be read or parsed.
+pub fn possible_cpu_ids() -> io::Result<Vec<u32>> {
+    const POSSIBLE: &str = "/sys/devices/system/cpu/possible";
+    let list = std::fs::read_to_string(POSSIBLE)?;
+    parse_cpu_list(list.trim()).ok_or_else(|| io::Error::other(format!("{POSSIBLE}: cannot parse {list:?}")))
+}
+
+/// `0-3,8,10-11` → `[0, 1, 2, 3, 8, 10, 11]`; `None` unless every part is a number or an
+/// ascending range and the ids ascend.
+fn parse_cpu_list(list: &str) -> Option<Vec<u32>> {
+    let mut ids: Vec<u32> = Vec::new();
+    for part in list.split(',') {
+        let (first, last) = match part.split_once('-') {
+            Some((first, last)) => (first.parse().ok()?, last.parse().ok()?),
+            None => {
+                let id = part.parse().ok()?;
+                (id, id)
+            }
+        };
+        if first > last || ids.last().is_some_and(|&previous| previous >= first) {
+            return None;
+        }
+        ids.extend(first..=last);
+    }
+    Some(ids)
+}
+
 /// The eviction logs ([`LoggedFlow`]) mapped into this process: each CPU's run of entries per
 /// epoch, read after the epoch is flipped and a grace period has passed — no syscall per entry.
 pub struct EvictionLogMap {
     entries: Mapping<LoggedFlow>,
     slots: u32,
-    cpus: u32,
+    /// The possible CPUs' ids, in per-CPU value order; runs are laid out by id.
+    cpu_ids: Vec<u32>,
 }
 
 // SAFETY: plain shared memory; only read, through volatile reads, in `read`.
@@ -214,17 +246,20 @@ unsafe impl Sync for EvictionLogMap {}
 
 impl EvictionLogMap {
     /// Maps the log behind `log_fd`, an mmap-able array of `entries` [`LoggedFlow`]s laid out
-    /// for `cpus` CPUs (two epochs each).
+    /// as two runs (epochs) for every CPU id up to the highest of `cpu_ids` (see
+    /// [`eviction_log_cpus`]).
     ///
     /// # Errors
-    /// When `entries` is not two equal runs per CPU, or the mapping fails.
-    pub fn new(log_fd: BorrowedFd<'_>, entries: u32, cpus: usize) -> io::Result<Self> {
-        let cpus = u32::try_from(cpus).map_err(io::Error::other)?;
-        let runs = cpus.checked_mul(2).filter(|&runs| runs > 0 && entries % runs == 0 && entries > 0);
+    /// When `entries` is not two equal runs per CPU id, or the mapping fails.
+    pub fn new(log_fd: BorrowedFd<'_>, entries: u32, cpu_ids: Vec<u32>) -> io::Result<Self> {
+        let runs = eviction_log_cpus(&cpu_ids).checked_mul(2).filter(|&runs| runs > 0 && entries % runs == 0 && entries > 0);
         let Some(runs) = runs else {
-            return Err(io::Error::other(format!("an eviction log of {entries} entries is not two runs for each of {cpus} CPUs")));
+            return Err(io::Error::other(format!(
+                "an eviction log of {entries} entries is not two runs for each CPU id up to {:?}",
+                cpu_ids.last()
+            )));
         };
-        Ok(Self { entries: Mapping::new(log_fd, entries as usize)?, slots: entries / runs, cpus })
+        Ok(Self { entries: Mapping::new(log_fd, entries as usize)?, slots: entries / runs, cpu_ids })
     }
 
     /// Entries per CPU and epoch.
@@ -232,17 +267,40 @@ impl EvictionLogMap {
         self.slots
     }
 
-    /// Passes the first `logged[c]` entries of each CPU `c`'s run for `epoch` to `sink`. Only
-    /// for an epoch no program writes any more.
+    /// Passes each CPU's first `logged` entries of its run for `epoch` to `sink`; `logged` in
+    /// per-CPU value order (the possible CPUs, ascending). Only for an epoch no program writes
+    /// any more.
     pub fn read(&self, epoch: u32, logged: &[u64], mut sink: impl FnMut(&FlowKey, u64)) {
-        for (cpu, &used) in (0..self.cpus).zip(logged) {
+        for (&cpu, &used) in self.cpu_ids.iter().zip(logged) {
             let run = (cpu * 2 + (epoch & 1)) as usize * self.slots as usize;
             for n in 0..used.min(u64::from(self.slots)) as usize {
-                // SAFETY: inside the mapping (run + n < 2 * cpus * slots); volatile because the
+                // SAFETY: inside the mapping (run + n < 2 * (max id + 1) * slots); volatile because the
                 // memory is the kernel's, though no program writes this run now.
                 let LoggedFlow { key, resets } = unsafe { std::ptr::read_volatile(self.entries.at(run + n)) };
                 sink(&key, resets);
             }
+        }
+    }
+}
+
+/// CPU ids the eviction log has runs for: every id up to the highest possible one, so that a
+/// CPU's run is found from its id alone (what the kernel program has).
+pub fn eviction_log_cpus(cpu_ids: &[u32]) -> u32 {
+    cpu_ids.last().map_or(1, |&highest| highest + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists_parse_with_holes_and_refuse_nonsense() {
+        assert_eq!(parse_cpu_list("0"), Some(vec![0]));
+        assert_eq!(parse_cpu_list("0-3"), Some(vec![0, 1, 2, 3]));
+        assert_eq!(parse_cpu_list("0,2-3,8"), Some(vec![0, 2, 3, 8]));
+        assert_eq!(eviction_log_cpus(&[0, 2, 3, 8]), 9);
+        for bad in ["", "a", "3-1", "0,0", "2,1", "0-", "-1"] {
+            assert_eq!(parse_cpu_list(bad), None, "{bad:?}");
         }
     }
 }

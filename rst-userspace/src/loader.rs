@@ -180,15 +180,16 @@ pub fn load(max_flows: u32) -> anyhow::Result<Ebpf> {
     let max_sources = overflow_sources_for(max_flows);
     let offsets = SendResetFormat::read();
     let table_bits = rst_common::table::flow_table_bits(max_flows);
-    let cpus = aya::util::nr_cpus().map_err(|(what, error)| anyhow::anyhow!("{what}: {error}"))?;
-    let cpus = u32::try_from(cpus).context("more CPUs than a u32 counts")?;
+    let cpu_ids = crate::flow_table::possible_cpu_ids().context("reading the possible CPUs")?;
+    let cpus = u32::try_from(cpu_ids.len()).context("more CPUs than a u32 counts")?;
     let log_slots = rst_common::table::eviction_log_slots(max_flows, cpus);
+    let log_runs = 2 * crate::flow_table::eviction_log_cpus(&cpu_ids);
     let mut loader = EbpfLoader::new();
     loader
         .map_max_entries(MAP_FLOW_TABLE, 2 << table_bits)
         .map_max_entries(MAP_FLOW_BLOCKS, rst_common::table::flow_block_words(table_bits))
         .override_global(GLOBAL_FLOW_TABLE_BITS, &table_bits, true)
-        .map_max_entries(MAP_EVICTION_LOG, 2 * cpus * log_slots)
+        .map_max_entries(MAP_EVICTION_LOG, log_runs * log_slots)
         .override_global(GLOBAL_EVICTION_LOG_SLOTS, &log_slots, true)
         .map_max_entries(MAP_OVERFLOW_SOURCES[0], max_sources)
         .map_max_entries(MAP_OVERFLOW_SOURCES[1], max_sources)

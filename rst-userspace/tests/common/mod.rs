@@ -94,8 +94,8 @@ impl Kernel {
         let Map::Array(log_data) = second_handle(&ebpf, MAP_EVICTION_LOG)? else {
             bail!("{MAP_EVICTION_LOG} is not an array");
         };
-        let cpus = aya::util::nr_cpus().map_err(|(what, error)| anyhow::anyhow!("{what}: {error}"))?;
-        let log = EvictionLogMap::new(std::os::fd::AsFd::as_fd(log_data.fd()), log_data.info()?.max_entries(), cpus)?;
+        let cpu_ids = rstwatch::flow_table::possible_cpu_ids()?;
+        let log = EvictionLogMap::new(std::os::fd::AsFd::as_fd(log_data.fd()), log_data.info()?.max_entries(), cpu_ids)?;
         let collector = Collector::new(&mut ebpf)?;
         Ok(Self { ebpf, collector, traffic, resets, flows, _flow_table: [flow_table, flow_blocks], cache, log, _log: log_data })
     }
