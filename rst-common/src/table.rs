@@ -72,8 +72,9 @@ impl FlowSlot {
 }
 
 /// Each CPU's eviction-log entries per epoch (see [`crate::wire::LoggedFlow`]): `max_flows`
-/// split over the CPUs, a power of two from 1 to 32 768. The logs of all CPUs together hold no
-/// more than `max_flows` flows, however many CPUs the machine says it may have.
+/// split over the CPUs, rounded down to a power of two, from 1 to 32 768. So the logs of all
+/// CPUs together hold at most `max_flows` flows — unless there are more CPUs than that, when
+/// each still gets one entry.
 pub const fn eviction_log_slots(max_flows: u32, cpus: u32) -> u32 {
     let share = max_flows / if cpus == 0 { 1 } else { cpus };
     let slots = if share == 0 { 1 } else { 1 << (31 - share.leading_zeros()) };

@@ -168,8 +168,6 @@ impl Collector {
             resets.tx_resets += cpu.tx_resets;
             resets.table_races += cpu.table_races;
         }
-        let zeroes = PerCpuValues::try_from(vec![ResetCounters::default(); self.cpus])?;
-        self.reset_counters.set(finished, zeroes, 0).context("resetting the reset counters")?;
         let traffic = self.read_traffic()?;
         let [before, tx_before] = std::mem::replace(&mut self.traffic_before, traffic);
         let [traffic, tx] = traffic;
@@ -195,7 +193,7 @@ impl Collector {
         update_per_cpu_array(self.flow_cache.fd().as_fd(), first_slot, &self.empty_cache, self.cpus)
             .context("clearing the flow cache")?;
         let mut logged_flows = Vec::new();
-        self.log.read(finished, &logged, |key, resets| logged_flows.push((*key, resets)));
+        self.log.drain(finished, &logged, |key, resets| logged_flows.push((*key, resets)));
         let cached_flows = cached_slots.iter().map(|slot| (slot.key, slot.resets));
         let table = &mut self.flows;
         let whole_half = resets.table_races > 0;
@@ -220,6 +218,9 @@ impl Collector {
             stack_resets.push((*key, value.resets));
         })
         .context("draining the kernel-reset table")?;
+        // Last: until everything of the epoch is read, its counts (and the logs' lengths) stay.
+        let zeroes = PerCpuValues::try_from(vec![ResetCounters::default(); self.cpus])?;
+        self.reset_counters.set(finished, zeroes, 0).context("resetting the reset counters")?;
         Ok(Sample {
             counters,
             flows,

@@ -267,17 +267,39 @@ impl EvictionLogMap {
         self.slots
     }
 
-    /// Passes each CPU's first `logged` entries of its run for `epoch` to `sink`; `logged` in
+    /// Passes each CPU's first `logged` entries of its run for `epoch` to `sink` and zeroes
+    /// their counts, so that an entry a program skipped (programs interleaving on one CPU,
+    /// possible on PREEMPT_RT) can only count 0 later, never an old flow again; `logged` in
     /// per-CPU value order (the possible CPUs, ascending). Only for an epoch no program writes
     /// any more.
-    pub fn read(&self, epoch: u32, logged: &[u64], mut sink: impl FnMut(&FlowKey, u64)) {
+    pub fn drain(&mut self, epoch: u32, logged: &[u64], mut sink: impl FnMut(&FlowKey, u64)) {
+        self.each(epoch, logged, |entry| {
+            // SAFETY: an entry of the mapping (see `each`) no program writes now; volatile:
+            // the kernel's memory.
+            let LoggedFlow { key, resets } = unsafe {
+                let read = std::ptr::read_volatile(entry);
+                std::ptr::write_volatile(&raw mut (*entry).resets, 0);
+                read
+            };
+            sink(&key, resets);
+        });
+    }
+
+    /// [`drain`](Self::drain) without emptying anything: for tests and diagnostics.
+    pub fn visit(&self, epoch: u32, logged: &[u64], mut sink: impl FnMut(&FlowKey, u64)) {
+        self.each(epoch, logged, |entry| {
+            // SAFETY: an entry of the mapping (see `each`); volatile: the kernel's memory.
+            let LoggedFlow { key, resets } = unsafe { std::ptr::read_volatile(entry) };
+            sink(&key, resets);
+        });
+    }
+
+    fn each(&self, epoch: u32, logged: &[u64], mut entry: impl FnMut(*mut LoggedFlow)) {
         for (&cpu, &used) in self.cpu_ids.iter().zip(logged) {
             let run = (cpu * 2 + (epoch & 1)) as usize * self.slots as usize;
             for n in 0..used.min(u64::from(self.slots)) as usize {
-                // SAFETY: inside the mapping (run + n < 2 * (max id + 1) * slots); volatile because the
-                // memory is the kernel's, though no program writes this run now.
-                let LoggedFlow { key, resets } = unsafe { std::ptr::read_volatile(self.entries.at(run + n)) };
-                sink(&key, resets);
+                // Inside the mapping: run + n < 2 * (highest id + 1) * slots.
+                entry(self.entries.at(run + n));
             }
         }
     }

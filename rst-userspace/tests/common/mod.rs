@@ -163,17 +163,16 @@ impl Kernel {
         Ok(total)
     }
 
-    /// What epoch 0 holds for `key` (unclassified: every classification of the flow): its
-    /// table entries plus its slots in every CPU's cache.
-    /// In the current epoch (0 until the first collect): eviction-log entries used, all CPUs,
-    /// and flow-table slots used.
-    pub fn log_and_table_use(&self) -> anyhow::Result<(u64, usize)> {
-        let logged = self.resets.get(&0, 0)?.iter().map(|counters| counters.logged).sum();
+    /// In `epoch`: eviction-log entries used, all CPUs, and flow-table slots used.
+    pub fn log_and_table_use(&self, epoch: u32) -> anyhow::Result<(u64, usize)> {
+        let logged = self.resets.get(&epoch, 0)?.iter().map(|counters| counters.logged).sum();
         let mut in_table = 0;
-        self.flows.visit(0, |_, _| in_table += 1);
+        self.flows.visit(epoch, |_, _| in_table += 1);
         Ok((logged, in_table))
     }
 
+    /// What epoch 0 holds for `key` (unclassified: every classification of the flow): its
+    /// table entries plus its slots in every CPU's cache and entries in every CPU's log.
     fn flow_count(&self, key: &FlowKey) -> anyhow::Result<u64> {
         let mut in_table = 0;
         self.flows.visit(0, |stored, resets| {
@@ -193,7 +192,7 @@ impl Kernel {
         // the harness runs the programs itself).
         let used: Vec<u64> = self.resets.get(&0, 0)?.iter().map(|counters| counters.logged).collect();
         let mut logged = 0;
-        self.log.read(0, &used, |stored, resets| {
+        self.log.visit(0, &used, |stored, resets| {
             if stored.unclassified() == *key {
                 logged += resets;
             }
