@@ -361,14 +361,14 @@ pub fn conn_store<T: ConnSlots>(table: &T, bits: u32, key: &ConnKey, state: &Con
     // `ConnSlots` on what a concurrent writer can do). Slots are written before the
     // fingerprints that lead a lookup to them.
     unsafe {
-        let [first_print, _] = core::ptr::read_volatile(fingerprints);
+        let [first_print, second_print] = core::ptr::read_volatile(fingerprints);
         if (*second).key.same_connection(key) {
             (*second).state = *state;
             core::ptr::write_volatile(fingerprints, [first_print, fingerprint]);
             return;
         }
         let second_print = if (*first).key.same_connection(key) {
-            core::ptr::read_volatile(fingerprints)[1]
+            second_print
         } else {
             *second = *first;
             (*first).key = *key;

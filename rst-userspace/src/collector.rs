@@ -170,19 +170,19 @@ impl Collector {
         }
         let traffic = self.read_traffic()?;
         let [before, tx_before] = std::mem::replace(&mut self.traffic_before, traffic);
-        let [traffic, tx] = traffic;
+        let [traffic, tx] = [traffic[0].since(&before), traffic[1].since(&tx_before)];
         let counters = Counters {
-            frames: traffic.frames().wrapping_sub(before.frames()),
-            tcp: traffic.tcp.wrapping_sub(before.tcp),
+            frames: traffic.frames(),
+            tcp: traffic.tcp,
             resets: resets.resets,
-            malformed: traffic.malformed.wrapping_sub(before.malformed),
-            fragments: traffic.fragments.wrapping_sub(before.fragments),
+            malformed: traffic.malformed,
+            fragments: traffic.fragments,
             overflow: resets.overflow,
             source_overflow: resets.source_overflow,
             service_overflow: resets.service_overflow,
             stack_overflow: resets.stack_overflow,
-            tx_frames: tx.frames().wrapping_sub(tx_before.frames()),
-            tx_tcp: tx.tcp.wrapping_sub(tx_before.tcp),
+            tx_frames: tx.frames(),
+            tx_tcp: tx.tcp,
             tx_resets: resets.tx_resets,
         };
 
