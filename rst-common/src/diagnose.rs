@@ -232,7 +232,7 @@ mod tests {
 
     use crate::{
         craft::{tcp_v4, FrameBuilder},
-        wire::ConnState,
+        wire::{ConnState, FLOW_CACHE_SLOTS},
     };
 
     #[derive(Default)]
@@ -295,6 +295,26 @@ mod tests {
             groups.insert(conn.generation_slot());
         }
         assert!(groups.len() > 500, "1000 connections in only {} groups", groups.len());
+    }
+
+    #[test]
+    fn cache_slots_spread_flows_and_keep_the_two_directions_apart() {
+        const V6_A: [u8; 16] = [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        const V6_B: [u8; 16] = [0x20, 1, 0xd, 0xb8, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 9];
+        let (mut slots, mut apart) = (std::collections::BTreeSet::new(), 0);
+        for port in 40000..41000u16 {
+            let there = FrameBuilder::ipv6(V6_A, V6_B).ports(port, 443).flags(TCP_RST).event(2).key;
+            let back = FrameBuilder::ipv6(V6_B, V6_A).ports(443, port).flags(TCP_RST).event(2).key;
+            // The slot is a fold of every word of the key, the group one of the connection's.
+            let fold = there.words().iter().fold(0u32, |fold, word| fold ^ word);
+            let expected = fold.wrapping_mul(0x9e37_79b1) >> (32 - FLOW_CACHE_SLOTS.trailing_zeros());
+            assert_eq!(there.cache_and_generation_slots(), (expected, there.connection().0.generation_slot()));
+            assert_eq!(there.generation_slot(), back.generation_slot());
+            apart += usize::from(there.cache_slot() != back.cache_slot());
+            slots.insert(there.cache_slot());
+        }
+        assert!(apart > 990, "only {apart} of 1000 connections have their directions in two slots");
+        assert!(slots.len() > 500, "1000 flows in only {} slots", slots.len());
     }
 
     #[test]

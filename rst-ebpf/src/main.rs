@@ -335,12 +335,12 @@ impl ConnTable for Connections {
     }
 }
 
-/// The generation of `key`'s connection group; `None` (never for an in-range index) means no
-/// verdict may be reused.
+/// The generation of a connection group ([`FlowKey::generation_slot`]); `None` (never for an
+/// in-range index) means no verdict may be reused.
 #[inline(always)]
-fn conn_generation(key: &FlowKey) -> Option<u64> {
+fn conn_generation(generation_slot: u32) -> Option<u64> {
     CONN_GENERATIONS
-        .get_ptr(key.generation_slot())
+        .get_ptr(generation_slot)
         // SAFETY: a live array element; a torn read is impossible for an aligned u64.
         .map(|generation| unsafe { core::ptr::read_volatile(generation) })
 }
@@ -397,9 +397,10 @@ fn count_reset(event: &TcpEvent) {
     counters.tx_resets += u64::from(event.key.direction == DIRECTION_TX);
     // Without a generation to check a verdict against (never for an in-range index), or
     // without a slot: classify and go straight to the table.
+    let (cache_slot, generation_slot) = event.key.cache_and_generation_slots();
     let (Some(generation), Some(slot)) = (
-        conn_generation(&event.key),
-        FLOW_CACHE.get_ptr_mut(epoch * FLOW_CACHE_SLOTS + event.key.cache_slot()),
+        conn_generation(generation_slot),
+        FLOW_CACHE.get_ptr_mut(epoch * FLOW_CACHE_SLOTS + cache_slot),
     ) else {
         write_back(epoch, &classify(event), 1, counters);
         return;
