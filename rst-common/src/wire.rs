@@ -25,6 +25,9 @@ pub const MAP_CONN_FINGERPRINTS: &str = "CONN_FINGERPRINTS";
 pub const MAP_EVICTION_LOG: &str = "EVICTION_LOG";
 /// The global holding each CPU's eviction-log entries per epoch; the loader sets it.
 pub const GLOBAL_EVICTION_LOG_SLOTS: &str = "EVICTION_LOG_SLOTS";
+/// The global that makes the programs count with atomic adds only, for kernels where two
+/// programs on one CPU may interleave (PREEMPT_RT); the loader sets it. Non-zero: atomic.
+pub const GLOBAL_ATOMIC_COUNTING: &str = "ATOMIC_COUNTING";
 pub const MAP_SERVICES: [&str; 2] = ["SERVICES_0", "SERVICES_1"];
 pub const MAP_STACK_RESETS: [&str; 2] = ["STACK_RESETS_0", "STACK_RESETS_1"];
 pub const PROG_XDP: &str = "rstwatch_xdp";

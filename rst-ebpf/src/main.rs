@@ -24,7 +24,7 @@ use aya_ebpf::{
 };
 use rst_common::{
     count, inspect_with,
-    parse::{TcpEvent, TCP_RST},
+    parse::{FrameCounters, TcpEvent, TCP_RST},
     table::{
         add_to_flow_table, conn_fingerprint_words, conn_lookup, conn_store, flow_block_words, flow_table_bits, Added, ConnSlot, ConnSlots, FlowSlot,
         SlotArray,
@@ -73,6 +73,13 @@ static OVERFLOW_SOURCES_1: HashMap<SourceKey, FlowValue> =
 static EVICTION_LOG: Array<LoggedFlow> = Array::with_max_entries(2 * DEFAULT_EVICTION_LOG_SLOTS, BPF_F_MMAPABLE);
 #[unsafe(no_mangle)]
 static EVICTION_LOG_SLOTS: u32 = DEFAULT_EVICTION_LOG_SLOTS;
+/// Non-zero when programs on one CPU may interleave (PREEMPT_RT, where softirqs are preemptible
+/// threads): every count is then an atomic add and RSTs skip the per-CPU flow cache and
+/// eviction log, whose multi-field updates no atomic covers. The loader sets it; the verifier
+/// reads it as a constant (a frozen read-only global) and drops the branch not taken, so the
+/// default costs nothing.
+#[unsafe(no_mangle)]
+static ATOMIC_COUNTING: u32 = 0;
 const DEFAULT_EVICTION_LOG_SLOTS: u32 = 256;
 /// Per-CPU, direct-mapped cache in front of the flow tables; see [`CacheSlot`].
 #[map]
@@ -268,11 +275,8 @@ fn count_frame<C: Cursor>(frame: &C, direction: u8, ifindex: impl FnOnce() -> u3
     let Some(traffic) = TRAFFIC.get_ptr_mut(u32::from(direction)) else {
         return;
     };
-    // SAFETY: a per-CPU slot, only touched by programs on this CPU, which do not preempt each
-    // other while one runs.
-    let traffic = unsafe { &mut *traffic };
     let observation = inspect_with(frame, direction, ifindex);
-    let Some(event) = count(traffic, &observation) else {
+    let Some(event) = count(&mut Traffic(traffic), &observation) else {
         return;
     };
     if event.flags & TCP_RST != 0 {
@@ -285,6 +289,56 @@ fn count_frame<C: Cursor>(frame: &C, direction: u8, ifindex: impl FnOnce() -> u3
         Tracked::Attempt(service) => count_service(&service, ServiceValue { attempts: 1, synacks: 0 }),
         Tracked::SynAck(service) => count_service(&service, ServiceValue { attempts: 0, synacks: 1 }),
         Tracked::Nothing => {}
+    }
+}
+
+/// Whether the loader asked for atomic counting (see [`ATOMIC_COUNTING`]).
+#[inline(always)]
+fn atomic_counting() -> bool {
+    // SAFETY: a plain read of a global the loader may have rewritten before load; volatile so
+    // the compiler does not fold in the default (the verifier folds in the loaded value).
+    unsafe { core::ptr::read_volatile(&raw const ATOMIC_COUNTING) != 0 }
+}
+
+/// Adds `n` to a counter that only programs on this CPU write (a per-CPU map value): a plain
+/// add, unless programs on one CPU may interleave.
+///
+/// # Safety
+/// `counter` points into a live per-CPU map value of this CPU.
+#[inline(always)]
+unsafe fn add_local(counter: *mut u64, n: u64) {
+    if atomic_counting() {
+        // SAFETY: the caller's pointer; every writer of a per-CPU counter comes through here.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, n) };
+    } else {
+        // SAFETY: as above; programs on one CPU do not preempt each other while one runs.
+        unsafe { *counter += n };
+    }
+}
+
+/// This CPU's `TRAFFIC` slot for one direction as the parser's [`FrameCounters`].
+struct Traffic(*mut TrafficCounters);
+
+impl FrameCounters for Traffic {
+    #[inline(always)]
+    fn not_tcp(&mut self) {
+        // SAFETY: a live per-CPU slot of `TRAFFIC`, from `count_frame`.
+        unsafe { add_local(&raw mut (*self.0).not_tcp, 1) }
+    }
+    #[inline(always)]
+    fn tcp(&mut self) {
+        // SAFETY: as in `not_tcp`.
+        unsafe { add_local(&raw mut (*self.0).tcp, 1) }
+    }
+    #[inline(always)]
+    fn malformed(&mut self) {
+        // SAFETY: as in `not_tcp`.
+        unsafe { add_local(&raw mut (*self.0).malformed, 1) }
+    }
+    #[inline(always)]
+    fn fragment(&mut self) {
+        // SAFETY: as in `not_tcp`.
+        unsafe { add_local(&raw mut (*self.0).fragments, 1) }
     }
 }
 
@@ -377,8 +431,8 @@ fn count_service(key: &ServiceKey, counts: ServiceValue) {
     };
     if !recorded {
         if let Some(counters) = RESET_COUNTERS.get_ptr_mut(epoch) {
-            // SAFETY: per-CPU slot, as in `count_frame`.
-            unsafe { (*counters).service_overflow += 1 };
+            // SAFETY: this CPU's live slot.
+            unsafe { add_local(&raw mut (*counters).service_overflow, 1) };
         }
     }
 }
@@ -391,10 +445,18 @@ fn count_reset(event: &TcpEvent) {
     let Some(counters) = RESET_COUNTERS.get_ptr_mut(epoch) else {
         return;
     };
-    // SAFETY: per-CPU slot, as above.
+    // SAFETY: this CPU's live slot.
+    unsafe {
+        add_local(&raw mut (*counters).resets, 1);
+        add_local(&raw mut (*counters).tx_resets, u64::from(event.key.direction == DIRECTION_TX));
+    }
+    // SAFETY: this CPU's live slot; below, only written through `add_local` unless programs on
+    // one CPU cannot interleave.
     let counters = unsafe { &mut *counters };
-    counters.resets += 1;
-    counters.tx_resets += u64::from(event.key.direction == DIRECTION_TX);
+    if atomic_counting() {
+        write_back(epoch, &classify(event), 1, counters);
+        return;
+    }
     // Without a generation to check a verdict against (never for an in-range index), or
     // without a slot: classify and go straight to the table.
     let (cache_slot, generation_slot) = event.key.cache_and_generation_slots();
@@ -487,7 +549,9 @@ fn write_back(epoch: u32, key: &FlowKey, resets: u64, counters: &mut ResetCounte
     // the compiler does not fold in the defaults. The helper has no preconditions.
     let (log_slots, cpu) =
         unsafe { (core::ptr::read_volatile(&raw const EVICTION_LOG_SLOTS), bpf_get_smp_processor_id()) };
-    if counters.logged < u64::from(log_slots) {
+    // Appending claims an entry with a plain increment of `logged`: only while programs on one
+    // CPU cannot interleave.
+    if !atomic_counting() && counters.logged < u64::from(log_slots) {
         let index = (cpu * 2 + epoch) * log_slots + counters.logged as u32;
         if let Some(entry) = EVICTION_LOG.get_ptr_mut(index) {
             // SAFETY: this CPU's run of the log for this epoch, written by nothing else (per-CPU
@@ -509,14 +573,16 @@ fn write_back(epoch: u32, key: &FlowKey, resets: u64, counters: &mut ResetCounte
         }
         Added::Full => {}
     }
-    counters.overflow += resets;
+    // SAFETY: this CPU's live slot.
+    unsafe { add_local(&raw mut counters.overflow, resets) };
     let source = SourceKey::of(key);
     let recorded = match epoch {
         0 => add_to_table(&OVERFLOW_SOURCES_0, &source, resets),
         _ => add_to_table(&OVERFLOW_SOURCES_1, &source, resets),
     };
     if !recorded {
-        counters.source_overflow += resets;
+        // SAFETY: as above.
+        unsafe { add_local(&raw mut counters.source_overflow, resets) };
     }
 }
 

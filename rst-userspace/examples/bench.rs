@@ -4,6 +4,7 @@
 //! ```text
 //! cargo build --release -p rst-userspace --example bench
 //! target/release/examples/bench kernel  [--trials 7] [--repeat 2000000] [--singles 20000] [--max-flows N] [--lines ACK,new flow]
+//!                                         [--counting auto|per-cpu|atomic]
 //! target/release/examples/bench gen     --iface IF --flows K [--repeat R] [--passes P] [--seconds S] [--rate FPS]
 //! target/release/examples/bench pkt     --iface IF --flows K --rate PPS --seconds S
 //! target/release/examples/bench hold    --iface IF [--program rstwatch_xdp_pass]
@@ -50,7 +51,7 @@ use rst_common::{
     parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     wire::{FlowKey, MAP_EPOCH, MAP_FLOW_BLOCKS, MAP_FLOW_TABLE, PROG_TC_BASELINE, PROG_TC_EGRESS, PROG_XDP, PROG_XDP_BASELINE},
 };
-use rstwatch::{collector::Collector, flow_table::FlowTableMap, testrun::XdpMd};
+use rstwatch::{collector::Collector, flow_table::FlowTableMap, loader::Counting, testrun::XdpMd};
 use serde_json::{json, Value};
 
 /// Ethernet's minimum frame without the FCS: 64 bytes on the wire.
@@ -159,8 +160,9 @@ struct Programs {
 }
 
 impl Programs {
-    fn load(max_flows: u32) -> anyhow::Result<Programs> {
-        let mut ebpf = rstwatch::loader::load(max_flows).context("loading the eBPF object (needs root)")?;
+    fn load(max_flows: u32, counting: Counting) -> anyhow::Result<Programs> {
+        let mut ebpf =
+            rstwatch::loader::load_counting(max_flows, counting).context("loading the eBPF object (needs root)")?;
         let baseline: &mut Xdp = ebpf
             .program_mut(PROG_XDP_BASELINE)
             .with_context(|| format!("no program {PROG_XDP_BASELINE}"))?
@@ -262,7 +264,11 @@ fn kernel(opts: &Opts) -> anyhow::Result<Value> {
     // Only the lines whose names contain one of these (comma-separated); all by default.
     let only: Vec<String> = opts.list("lines", "")?;
     let wanted = |name: &str| only.iter().any(|part| name.contains(part.as_str()));
-    let mut programs = Programs::load(max_flows)?;
+    // `atomic`: what a PREEMPT_RT kernel gets (see `rstwatch::loader::Counting`).
+    let counting = opts.text("counting").unwrap_or("auto");
+    let counting = <Counting as clap::ValueEnum>::from_str(counting, false)
+        .map_err(|error| anyhow::anyhow!("--counting {counting}: {error}"))?;
+    let mut programs = Programs::load(max_flows, counting)?;
     let mut lines = Vec::new();
 
     // Frames that repeat: one test run of `repeat` runs per program and trial.
@@ -442,6 +448,7 @@ fn kernel(opts: &Opts) -> anyhow::Result<Value> {
         "repeat": repeat,
         "singles": singles,
         "max_flows": max_flows,
+        "atomic_counting": counting.is_atomic(),
         "budget_ns": BUDGET_NS,
         "lines": lines.iter().map(Line::to_json).collect::<Vec<_>>(),
     }))

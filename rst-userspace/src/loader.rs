@@ -23,7 +23,7 @@ use aya::{
 use anyhow::Context as _;
 use caps::{CapSet, Capability};
 use rst_common::wire::{
-    GLOBAL_SEND_RESET_DADDR_OFFSET, GLOBAL_SEND_RESET_REASON_OFFSET, GLOBAL_SEND_RESET_SADDR_OFFSET, MAP_CONNECTIONS, MAP_CONN_FINGERPRINTS, MAP_EVICTION_LOG, GLOBAL_EVICTION_LOG_SLOTS,
+    GLOBAL_SEND_RESET_DADDR_OFFSET, GLOBAL_SEND_RESET_REASON_OFFSET, GLOBAL_SEND_RESET_SADDR_OFFSET, MAP_CONNECTIONS, MAP_CONN_FINGERPRINTS, MAP_EVICTION_LOG, GLOBAL_EVICTION_LOG_SLOTS, GLOBAL_ATOMIC_COUNTING,
     MAP_FLOW_BLOCKS, MAP_FLOW_TABLE, GLOBAL_FLOW_TABLE_BITS, MAP_OVERFLOW_SOURCES, MAP_SERVICES, MAP_STACK_RESETS, PROG_SEND_RESET, PROG_TC, PROG_TC_EGRESS, PROG_XDP,
 };
 
@@ -177,6 +177,59 @@ pub fn overflow_sources_for(max_flows: u32) -> u32 {
 /// and kernel events to a quarter of it, and loads the XDP and TC programs. The tracepoint program is loaded by
 /// [`attach_kernel_events`].
 pub fn load(max_flows: u32) -> anyhow::Result<Ebpf> {
+    load_counting(max_flows, Counting::Auto)
+}
+
+/// How the programs count. Their per-CPU counters, flow cache and eviction logs are exact only
+/// while two programs on one CPU never interleave: true where softirqs and the BPF programs in
+/// them run with preemption off, which is every kernel but PREEMPT_RT (there, since Linux 6.18,
+/// not even the per-CPU softirq lock serializes them by default).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Counting {
+    /// `atomic` on a PREEMPT_RT kernel, `per-cpu` elsewhere.
+    #[default]
+    Auto,
+    /// Plain adds to per-CPU counters and the per-CPU flow cache in front of the classifier.
+    PerCpu,
+    /// Atomic adds only, every RST classified and added to the shared flow table: exact on
+    /// every kernel, dearer per RST.
+    Atomic,
+}
+
+impl Counting {
+    /// Whether the programs must count atomically on this kernel.
+    pub fn is_atomic(self) -> bool {
+        match self {
+            Counting::Auto => is_preempt_rt(
+                std::fs::read_to_string("/sys/kernel/realtime").ok().as_deref(),
+                &std::fs::read_to_string("/proc/sys/kernel/version").unwrap_or_default(),
+            ),
+            Counting::PerCpu => false,
+            Counting::Atomic => true,
+        }
+    }
+}
+
+/// PREEMPT_RT kernels have `/sys/kernel/realtime` reading 1 (mainline since 6.12, the RT patch
+/// set before) and say `PREEMPT_RT` in their version string (`uname -v`).
+pub fn is_preempt_rt(sys_kernel_realtime: Option<&str>, version: &str) -> bool {
+    sys_kernel_realtime.is_some_and(|value| value.trim() == "1") || version.split_whitespace().any(|word| word == "PREEMPT_RT")
+}
+
+/// [`load`], counting as `counting` says.
+pub fn load_counting(max_flows: u32, counting: Counting) -> anyhow::Result<Ebpf> {
+    let atomic = counting.is_atomic();
+    match (counting, atomic) {
+        (Counting::Auto, true) => tracing::info!(
+            "PREEMPT_RT kernel: counting with atomic adds and no per-CPU flow cache, so that programs \
+             preempting each other on one CPU lose nothing (each RST costs more)"
+        ),
+        (Counting::PerCpu, _) if Counting::Auto.is_atomic() => tracing::warn!(
+            "--counting per-cpu on a PREEMPT_RT kernel: programs preempting each other on one CPU can lose counts"
+        ),
+        _ => {}
+    }
+    let atomic = u32::from(atomic);
     let max_sources = overflow_sources_for(max_flows);
     let offsets = SendResetFormat::read();
     let table_bits = rst_common::table::flow_table_bits(max_flows);
@@ -191,6 +244,7 @@ pub fn load(max_flows: u32) -> anyhow::Result<Ebpf> {
         .override_global(GLOBAL_FLOW_TABLE_BITS, &table_bits, true)
         .map_max_entries(MAP_EVICTION_LOG, log_runs * log_slots)
         .override_global(GLOBAL_EVICTION_LOG_SLOTS, &log_slots, true)
+        .override_global(GLOBAL_ATOMIC_COUNTING, &atomic, true)
         .map_max_entries(MAP_OVERFLOW_SOURCES[0], max_sources)
         .map_max_entries(MAP_OVERFLOW_SOURCES[1], max_sources)
         .map_max_entries(MAP_CONNECTIONS, 1 << table_bits)
@@ -698,6 +752,18 @@ mod tests {
         \tfield:const void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;\n\tfield:int state;\toffset:24;\tsize:4;\tsigned:1;\n\
         \tfield:enum sk_rst_reason reason;\toffset:28;\tsize:4;\tsigned:0;\n\tfield:__u8 saddr[28];\toffset:32;\tsize:28;\tsigned:0;\n\
         \tfield:__u8 daddr[28];\toffset:60;\tsize:28;\tsigned:0;\n\nprint fmt: \"x\", __print_symbolic(REC->reason, { 0, \"NOT_SPECIFIED\" }, { 1, \"NO_SOCKET\" }, { 3, \"TCP_RFC7323_PAWS\" })\n";
+
+    #[test]
+    fn preempt_rt_is_told_by_sys_kernel_realtime_or_the_version_string() {
+        const RT_VERSION: &str = "#1 SMP PREEMPT_RT Thu Oct  2 10:00:00 UTC 2025\n";
+        const THIS_VM: &str = "#1 SMP PREEMPT_DYNAMIC @0\n";
+        assert!(is_preempt_rt(Some("1\n"), THIS_VM));
+        assert!(is_preempt_rt(None, RT_VERSION));
+        assert!(!is_preempt_rt(None, THIS_VM));
+        assert!(!is_preempt_rt(Some("0\n"), "#1 SMP PREEMPT Mon Jan  1 00:00:00 UTC 2024"));
+        // A word that merely starts with it is not the flag.
+        assert!(!is_preempt_rt(None, "#1 SMP PREEMPT_RTX"));
+    }
 
     #[test]
     fn send_reset_format_gives_offsets_and_reason_names() {

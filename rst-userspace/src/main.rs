@@ -13,7 +13,7 @@ use clap::Parser;
 use rst_common::wire::{DEFAULT_MAX_FLOWS, PROG_TC, PROG_XDP};
 use rstwatch::{
     collector::Collector,
-    loader::{self, Attachment, HookChoice, XdpModeChoice},
+    loader::{self, Attachment, Counting, HookChoice, XdpModeChoice},
     metrics::{self, Metrics, RunTimeWindow},
     replay,
     report::{parse_duration, Aggregator, InterfaceRecord, Printer, ReportOptions},
@@ -98,6 +98,12 @@ struct WatchArgs {
     /// beyond it are still counted, as `overflow`.
     #[arg(long, default_value_t = DEFAULT_MAX_FLOWS, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
     max_flows: u32,
+    /// How the programs count: `per-cpu` (plain per-CPU adds and a per-CPU flow cache, exact
+    /// where programs on one CPU never preempt each other), `atomic` (atomic adds only, every RST
+    /// into the shared flow table: exact on PREEMPT_RT too, dearer per RST), or `auto`: atomic
+    /// on a PREEMPT_RT kernel.
+    #[arg(long, value_enum, default_value_t = Counting::Auto)]
+    counting: Counting,
     #[command(flatten)]
     report: ReportOptions,
 }
@@ -163,7 +169,7 @@ fn run(cli: WatchArgs) -> anyhow::Result<()> {
         None => None,
     };
 
-    let mut ebpf = loader::load(cli.max_flows)?;
+    let mut ebpf = loader::load_counting(cli.max_flows, cli.counting)?;
     let mut collector = Collector::new(&mut ebpf)?;
     // Before the interfaces: once "attached to" is logged, every reset's reason is recorded.
     let (kernel_events, reason_names) = loader::start_kernel_events(&mut ebpf);

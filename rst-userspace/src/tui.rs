@@ -35,7 +35,7 @@ use rst_common::wire::DEFAULT_MAX_FLOWS;
 
 use crate::{
     collector::Collector,
-    loader::{self, HookChoice, XdpModeChoice},
+    loader::{self, Counting, HookChoice, XdpModeChoice},
     report::{
         parse_interval, Aggregator, Format, InterfaceRecord, IntervalRecord, Printer,
         SummaryRecord, Totals,
@@ -61,6 +61,12 @@ pub struct TopArgs {
     /// as `overflow`.
     #[arg(long, default_value_t = DEFAULT_MAX_FLOWS, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
     pub max_flows: u32,
+    /// How the programs count: `per-cpu` (plain per-CPU adds and a per-CPU flow cache, exact
+    /// where programs on one CPU never preempt each other), `atomic` (atomic adds only, every RST
+    /// into the shared flow table: exact on PREEMPT_RT too, dearer per RST), or `auto`: atomic
+    /// on a PREEMPT_RT kernel.
+    #[arg(long, value_enum, default_value_t = Counting::Auto)]
+    pub counting: Counting,
 }
 
 
@@ -987,7 +993,7 @@ pub fn run(args: &TopArgs) -> anyhow::Result<()> {
     loader::check_capabilities()?;
     install_signal_handlers()?;
 
-    let mut ebpf = loader::load(args.max_flows)?;
+    let mut ebpf = loader::load_counting(args.max_flows, args.counting)?;
     let mut collector = Collector::new(&mut ebpf)?;
     let (kernel_events, reason_names) = loader::start_kernel_events(&mut ebpf);
     let attachments = loader::attach_all(&mut ebpf, args.hook, args.xdp_mode, &targets)?;

@@ -18,13 +18,25 @@ use rst_common::{
     wire::{ResetClass, ResetKind, FLOW_CACHE_SLOTS},
     FlowKey, Observation, Tracked,
 };
-use rstwatch::connections::HostConnections;
+use rstwatch::{connections::HostConnections, loader::Counting};
 
 const MAX_FLOWS: u32 = 1024;
 
 #[test]
 fn every_case_is_classified_and_counted_like_the_host_expects() -> anyhow::Result<()> {
-    let mut kernel = Kernel::load(MAX_FLOWS)?;
+    every_case_counted_like_the_host_expects(Counting::PerCpu)
+}
+
+/// Counting for kernels where programs on one CPU may interleave (PREEMPT_RT): atomic adds,
+/// every RST classified and added to the shared table, the per-CPU cache and logs unused. (The
+/// interleaving itself cannot be produced here: it takes a preemptible softirq.)
+#[test]
+fn atomic_counting_classifies_and_counts_every_case_the_same() -> anyhow::Result<()> {
+    every_case_counted_like_the_host_expects(Counting::Atomic)
+}
+
+fn every_case_counted_like_the_host_expects(counting: Counting) -> anyhow::Result<()> {
+    let mut kernel = Kernel::load_counting(MAX_FLOWS, counting)?;
     let cases = cases(LOOPBACK_IFINDEX);
     let mut failures = Vec::new();
     for case in &cases {
@@ -41,6 +53,11 @@ fn every_case_is_classified_and_counted_like_the_host_expects() -> anyhow::Resul
         }
     }
     assert!(failures.is_empty(), "{} of {} cases differ:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    let (cached, (logged, _)) = (kernel.cached_resets()?, kernel.log_and_table_use(0)?);
+    match counting {
+        Counting::Atomic => assert_eq!((cached, logged), (0, 0), "atomic counting must not use the per-CPU cache or log"),
+        _ => assert!(cached > 0, "per-CPU counting keeps the last resets in the cache"),
+    }
 
     let sample = kernel.collect()?;
     let (counters, flows) = expected_sample(cases.iter().map(|case| case.expected));
@@ -204,10 +221,20 @@ fn evictions_beyond_the_log_go_to_the_table_and_every_count_is_exact() -> anyhow
 /// incremented from both CPUs at once: the per-flow sums and the totals must be exact.
 #[test]
 fn concurrent_test_runs_lose_no_counts() -> anyhow::Result<()> {
+    concurrent_test_runs_count_exactly(Counting::PerCpu)
+}
+
+/// The same with atomic counting, where both CPUs add every RST to the shared table entries.
+#[test]
+fn concurrent_test_runs_lose_no_counts_with_atomic_counting() -> anyhow::Result<()> {
+    concurrent_test_runs_count_exactly(Counting::Atomic)
+}
+
+fn concurrent_test_runs_count_exactly(counting: Counting) -> anyhow::Result<()> {
     const THREADS: usize = 2;
     const ROUNDS: u32 = 50;
     const REPEAT: u32 = 2000;
-    let mut kernel = Kernel::load(MAX_FLOWS)?;
+    let mut kernel = Kernel::load_counting(MAX_FLOWS, counting)?;
     let flows = [tcp_v4().ports(1111, 80).flags(TCP_RST), tcp_v6().ports(2222, 443).flags(TCP_RST | TCP_ACK)];
     let frames: Vec<Vec<u8>> = flows.iter().map(|flow| flow.build().bytes).collect();
     let program = kernel.program()?;

@@ -25,6 +25,7 @@ use rst_common::{
 };
 use rstwatch::{
     collector::{Collector, Sample},
+    loader::Counting,
     flow_table::{EvictionLogMap, FlowTableMap},
     testrun::XdpMd,
 };
@@ -75,7 +76,12 @@ pub struct Kernel {
 
 impl Kernel {
     pub fn load(max_flows: u32) -> anyhow::Result<Self> {
-        let mut ebpf = rstwatch::loader::load(max_flows).context("loading the eBPF object (tests need root)")?;
+        Self::load_counting(max_flows, Counting::Auto)
+    }
+
+    pub fn load_counting(max_flows: u32, counting: Counting) -> anyhow::Result<Self> {
+        let mut ebpf =
+            rstwatch::loader::load_counting(max_flows, counting).context("loading the eBPF object (tests need root)")?;
         let traffic = PerCpuArray::try_from(second_handle(&ebpf, MAP_TRAFFIC)?)?;
         let resets = PerCpuArray::try_from(second_handle(&ebpf, MAP_RESET_COUNTERS)?)?;
         let Map::Array(flow_table) = second_handle(&ebpf, MAP_FLOW_TABLE)? else {
@@ -169,6 +175,15 @@ impl Kernel {
         let mut in_table = 0;
         self.flows.visit(epoch, |_, _| in_table += 1);
         Ok((logged, in_table))
+    }
+
+    /// Resets held in the per-CPU flow cache, both epochs, all CPUs.
+    pub fn cached_resets(&self) -> anyhow::Result<u64> {
+        let mut cached = 0;
+        for slot in 0..2 * FLOW_CACHE_SLOTS {
+            cached += self.cache.get(&slot, 0)?.iter().map(|cpu| cpu.resets).sum::<u64>();
+        }
+        Ok(cached)
     }
 
     /// What epoch 0 holds for `key` (unclassified: every classification of the flow): its
