@@ -393,7 +393,7 @@ impl Rng {
     pub fn new(seed: u64) -> Self {
         Rng(seed)
     }
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -402,13 +402,13 @@ impl Rng {
     }
     /// Uniform in `0..n` (n > 0).
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+        (self.next_u64() % n as u64) as usize
     }
     pub fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
+        self.next_u64() % 100 < percent
     }
     pub fn byte(&mut self) -> u8 {
-        self.next() as u8
+        self.next_u64() as u8
     }
     pub fn pick<T: Copy>(&mut self, items: &[T]) -> T {
         items[self.below(items.len())]
@@ -637,7 +637,7 @@ fn mutate(rng: &mut Rng, frame: &mut Vec<u8>) -> &'static str {
             let count = 1 + rng.below(4);
             for _ in 0..count {
                 if frame.len() >= 12 {
-                    let tpid = if rng.chance(90) { rng.pick(&VLAN_TPIDS) } else { rng.next() as u16 };
+                    let tpid = if rng.chance(90) { rng.pick(&VLAN_TPIDS) } else { rng.next_u64() as u16 };
                     let tag = [(tpid >> 8) as u8, tpid as u8, rng.byte() & 0x0f, rng.byte()];
                     frame.splice(12..12, tag);
                 }
@@ -690,7 +690,7 @@ fn mutate(rng: &mut Rng, frame: &mut Vec<u8>) -> &'static str {
             "ipv6 ext insert"
         }
         11 => {
-            let t = if rng.chance(85) { rng.pick(&interesting_types) } else { rng.next() as u16 };
+            let t = if rng.chance(85) { rng.pick(&interesting_types) } else { rng.next_u64() as u16 };
             let at = l.ether_type_at;
             if frame.len() >= at + 2 {
                 frame[at..at + 2].copy_from_slice(&t.to_be_bytes());
@@ -724,7 +724,7 @@ fn mutate(rng: &mut Rng, frame: &mut Vec<u8>) -> &'static str {
             // IPv4 total length / IPv6 payload length: must not matter.
             if let Some(l3) = l.l3 {
                 let at = if l.v6 { l3 + 4 } else { l3 + 2 };
-                let random = rng.next() as u16;
+                let random = rng.next_u64() as u16;
                 let value = rng.pick(&[0u16, 1, 20, 40, 0xffff, random]);
                 if frame.len() >= at + 2 {
                     frame[at..at + 2].copy_from_slice(&value.to_be_bytes());
@@ -795,7 +795,7 @@ fn structured(rng: &mut Rng) -> Vec<u8> {
         return builder.ip_payload(rng.pick(&[17u8, 58, 59, 1]), &[0u8; 24]).build().into_bytes();
     }
     let flags = if rng.chance(60) { TCP_RST | (rng.byte() & 0x1b) } else { rng.byte() };
-    builder = builder.ports(rng.next() as u16, rng.next() as u16).flags(flags);
+    builder = builder.ports(rng.next_u64() as u16, rng.next_u64() as u16).flags(flags);
     if rng.chance(30) {
         builder = builder.tcp_options(&[TcpOptionElement::MaximumSegmentSize(1460), TcpOptionElement::Noop]);
     }

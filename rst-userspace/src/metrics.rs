@@ -397,29 +397,6 @@ pub fn prometheus_text(openmetrics: &str) -> String {
     text
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn counters_get_their_total_suffix_in_help_and_type() {
-        let openmetrics = "# HELP rstwatch_frames Frames.\n# TYPE rstwatch_frames counter\nrstwatch_frames_total 3\n# HELP rstwatch_fill Fill.\n# TYPE rstwatch_fill gauge\nrstwatch_fill 0.5\n# EOF\n";
-        assert_eq!(
-            prometheus_text(openmetrics),
-            "# HELP rstwatch_frames_total Frames.\n# TYPE rstwatch_frames_total counter\nrstwatch_frames_total 3\n# HELP rstwatch_fill Fill.\n# TYPE rstwatch_fill gauge\nrstwatch_fill 0.5\n"
-        );
-    }
-
-    #[test]
-    fn listen_addresses_default_to_loopback() {
-        assert_eq!(parse_listen("9101"), Ok(SocketAddr::from(([127, 0, 0, 1], 9101))));
-        assert_eq!(parse_listen("0.0.0.0:80"), Ok(SocketAddr::from(([0, 0, 0, 0], 80))));
-        assert!(parse_listen("[::1]:9101").is_ok());
-        assert!(parse_listen("localhost:9101").is_err());
-        assert!(parse_listen("99999").is_err());
-    }
-}
-
 /// How often the program's run time is sampled, and for how long. Kernel BPF stats add tens of
 /// nanoseconds to every run of every program on the machine while they are on, so they are on
 /// only for this window, through a `BPF_ENABLE_STATS` file descriptor: closing it restores the
@@ -449,5 +426,28 @@ impl RunTimeWindow {
         let runs = info.run_count().saturating_sub(self.run_count);
         let time = info.run_time().saturating_sub(self.run_time);
         Ok((runs > 0).then(|| time.as_nanos() as f64 / runs as f64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_get_their_total_suffix_in_help_and_type() {
+        let openmetrics = "# HELP rstwatch_frames Frames.\n# TYPE rstwatch_frames counter\nrstwatch_frames_total 3\n# HELP rstwatch_fill Fill.\n# TYPE rstwatch_fill gauge\nrstwatch_fill 0.5\n# EOF\n";
+        assert_eq!(
+            prometheus_text(openmetrics),
+            "# HELP rstwatch_frames_total Frames.\n# TYPE rstwatch_frames_total counter\nrstwatch_frames_total 3\n# HELP rstwatch_fill Fill.\n# TYPE rstwatch_fill gauge\nrstwatch_fill 0.5\n"
+        );
+    }
+
+    #[test]
+    fn listen_addresses_default_to_loopback() {
+        assert_eq!(parse_listen("9101"), Ok(SocketAddr::from(([127, 0, 0, 1], 9101))));
+        assert_eq!(parse_listen("0.0.0.0:80"), Ok(SocketAddr::from(([0, 0, 0, 0], 80))));
+        assert!(parse_listen("[::1]:9101").is_ok());
+        assert!(parse_listen("localhost:9101").is_err());
+        assert!(parse_listen("99999").is_err());
     }
 }

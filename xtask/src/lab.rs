@@ -538,6 +538,28 @@ fn reader(
     })
 }
 
+/// The one `summary` object of rstwatch's JSON Lines output, which must be its last line; every
+/// other line must be an `interval` object.
+pub fn summary_line(stdout: &str) -> Result<serde_json::Value> {
+    let lines: Vec<&str> = stdout.lines().filter(|l| !l.trim().is_empty()).collect();
+    let mut summaries = Vec::new();
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("stdout line is not JSON: {line}"))?;
+        match v["type"].as_str() {
+            Some("interval") => {}
+            Some("summary") => summaries.push(v),
+            other => anyhow::bail!("unexpected JSON line type {other:?}: {line}"),
+        }
+    }
+    ensure!(
+        summaries.len() == 1 && lines.last().is_some_and(|l| l.contains("\"summary\"")),
+        "want exactly one summary line, and last: {} summary lines",
+        summaries.len()
+    );
+    Ok(summaries.remove(0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -562,26 +584,4 @@ mod tests {
             assert!(name.len() <= IFNAMSIZ_MAX, "{name}");
         }
     }
-}
-
-/// The one `summary` object of rstwatch's JSON Lines output, which must be its last line; every
-/// other line must be an `interval` object.
-pub fn summary_line(stdout: &str) -> Result<serde_json::Value> {
-    let lines: Vec<&str> = stdout.lines().filter(|l| !l.trim().is_empty()).collect();
-    let mut summaries = Vec::new();
-    for line in &lines {
-        let v: serde_json::Value =
-            serde_json::from_str(line).with_context(|| format!("stdout line is not JSON: {line}"))?;
-        match v["type"].as_str() {
-            Some("interval") => {}
-            Some("summary") => summaries.push(v),
-            other => anyhow::bail!("unexpected JSON line type {other:?}: {line}"),
-        }
-    }
-    ensure!(
-        summaries.len() == 1 && lines.last().is_some_and(|l| l.contains("\"summary\"")),
-        "want exactly one summary line, and last: {} summary lines",
-        summaries.len()
-    );
-    Ok(summaries.remove(0))
 }
