@@ -25,14 +25,35 @@ pub const MAP_CONN_FINGERPRINTS: &str = "CONN_FINGERPRINTS";
 pub const MAP_EVICTION_LOG: &str = "EVICTION_LOG";
 /// The global holding each CPU's eviction-log entries per epoch; the loader sets it.
 pub const GLOBAL_EVICTION_LOG_SLOTS: &str = "EVICTION_LOG_SLOTS";
-/// The global that makes the programs count with atomic adds only, for kernels where two
-/// programs on one CPU may interleave (PREEMPT_RT); the loader sets it. Non-zero: atomic.
-pub const GLOBAL_ATOMIC_COUNTING: &str = "ATOMIC_COUNTING";
 pub const MAP_SERVICES: [&str; 2] = ["SERVICES_0", "SERVICES_1"];
 pub const MAP_STACK_RESETS: [&str; 2] = ["STACK_RESETS_0", "STACK_RESETS_1"];
 pub const PROG_XDP: &str = "rstwatch_xdp";
 pub const PROG_TC: &str = "rstwatch_tc";
 pub const PROG_TC_EGRESS: &str = "rstwatch_tc_egress";
+/// The same three counting with atomic adds only and without the per-CPU flow cache, for
+/// kernels where two programs on one CPU may interleave (PREEMPT_RT).
+pub const PROG_XDP_ATOMIC: &str = "rstwatch_xdp_atomic";
+pub const PROG_TC_ATOMIC: &str = "rstwatch_tc_atomic";
+pub const PROG_TC_EGRESS_ATOMIC: &str = "rstwatch_tc_egress_atomic";
+
+/// The names of one set of counting programs (XDP, TC ingress, TC egress).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CountingPrograms {
+    pub xdp: &'static str,
+    pub tc: &'static str,
+    pub tc_egress: &'static str,
+}
+
+impl CountingPrograms {
+    /// Per-CPU counting (the default), or atomic counting.
+    pub const fn new(atomic: bool) -> CountingPrograms {
+        if atomic {
+            CountingPrograms { xdp: PROG_XDP_ATOMIC, tc: PROG_TC_ATOMIC, tc_egress: PROG_TC_EGRESS_ATOMIC }
+        } else {
+            CountingPrograms { xdp: PROG_XDP, tc: PROG_TC, tc_egress: PROG_TC_EGRESS }
+        }
+    }
+}
 /// Tracepoint `tcp:tcp_send_reset` (kernel ≥ 6.10 for its `reason`).
 pub const PROG_SEND_RESET: &str = "rstwatch_send_reset";
 /// Globals the loader sets from the tracepoint's format file before loading.

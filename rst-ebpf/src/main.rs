@@ -73,13 +73,6 @@ static OVERFLOW_SOURCES_1: HashMap<SourceKey, FlowValue> =
 static EVICTION_LOG: Array<LoggedFlow> = Array::with_max_entries(2 * DEFAULT_EVICTION_LOG_SLOTS, BPF_F_MMAPABLE);
 #[unsafe(no_mangle)]
 static EVICTION_LOG_SLOTS: u32 = DEFAULT_EVICTION_LOG_SLOTS;
-/// Non-zero when programs on one CPU may interleave (PREEMPT_RT, where softirqs are preemptible
-/// threads): every count is then an atomic add and RSTs skip the per-CPU flow cache and
-/// eviction log, whose multi-field updates no atomic covers. The loader sets it; the verifier
-/// reads it as a constant (a frozen read-only global) and drops the branch not taken, so the
-/// default costs nothing.
-#[unsafe(no_mangle)]
-static ATOMIC_COUNTING: u32 = 0;
 const DEFAULT_EVICTION_LOG_SLOTS: u32 = 256;
 /// Per-CPU, direct-mapped cache in front of the flow tables; see [`CacheSlot`].
 #[map]
@@ -150,31 +143,63 @@ impl Cursor for Packet {
 
 #[xdp(frags)]
 pub fn rstwatch_xdp(ctx: XdpContext) -> u32 {
-    count_frame(&Packet { start: ctx.data(), end: ctx.data_end() }, DIRECTION_RX, || ctx.ingress_ifindex() as u32);
-    xdp_action::XDP_PASS
+    count_xdp::<PER_CPU>(&ctx)
 }
 
 /// The same count on the TC ingress hook (tcx, kernel ≥ 6.6), for interfaces whose XDP hook
 /// another program holds. Returns "next": the verdict stays with the other programs and the stack.
 #[classifier]
 pub fn rstwatch_tc(ctx: TcContext) -> i32 {
-    count_skb(&ctx, DIRECTION_RX);
-    TCX_NEXT
+    count_skb::<PER_CPU>(&ctx, DIRECTION_RX)
 }
 
 /// What the host sends (tcx egress): its own resets and its side of every handshake.
 #[classifier]
 pub fn rstwatch_tc_egress(ctx: TcContext) -> i32 {
-    count_skb(&ctx, DIRECTION_TX);
-    TCX_NEXT
+    count_skb::<PER_CPU>(&ctx, DIRECTION_TX)
+}
+
+// The three counting programs again, counting with atomic adds only and without the per-CPU
+// flow cache and eviction logs, whose multi-field updates no atomic covers: for kernels where
+// two programs on one CPU may interleave (PREEMPT_RT, whose softirqs are preemptible threads).
+// The loader loads one set or the other. Separate programs rather than a flag the verifier
+// folds: one more branch in the default program costs it ~5 ns per RST in register spills.
+
+#[xdp(frags)]
+pub fn rstwatch_xdp_atomic(ctx: XdpContext) -> u32 {
+    count_xdp::<ATOMIC_ADDS>(&ctx)
+}
+
+#[classifier]
+pub fn rstwatch_tc_atomic(ctx: TcContext) -> i32 {
+    count_skb::<ATOMIC_ADDS>(&ctx, DIRECTION_RX)
+}
+
+#[classifier]
+pub fn rstwatch_tc_egress_atomic(ctx: TcContext) -> i32 {
+    count_skb::<ATOMIC_ADDS>(&ctx, DIRECTION_TX)
+}
+
+/// How a program counts (the `ATOMIC` parameter below): plain adds to per-CPU state, or
+/// atomic adds only.
+const PER_CPU: bool = false;
+const ATOMIC_ADDS: bool = true;
+
+#[inline(always)]
+fn count_xdp<const ATOMIC: bool>(ctx: &XdpContext) -> u32 {
+    count_frame::<ATOMIC, _>(&Packet { start: ctx.data(), end: ctx.data_end() }, DIRECTION_RX, || {
+        ctx.ingress_ifindex() as u32
+    });
+    xdp_action::XDP_PASS
 }
 
 #[inline(always)]
-fn count_skb(ctx: &TcContext, direction: u8) {
-    count_frame(&Packet { start: ctx.data(), end: ctx.data_end() }, direction, || {
+fn count_skb<const ATOMIC: bool>(ctx: &TcContext, direction: u8) -> i32 {
+    count_frame::<ATOMIC, _>(&Packet { start: ctx.data(), end: ctx.data_end() }, direction, || {
         // SAFETY: `skb` is the context pointer the kernel passed to this program run.
         unsafe { (*ctx.skb.skb).ifindex }
     });
+    TCX_NEXT
 }
 
 /// `tcp:tcp_send_reset`: this host's stack decided to send an RST, and why. Always returns 0.
@@ -270,44 +295,36 @@ pub fn rstwatch_tc_next(_ctx: TcContext) -> i32 {
 }
 
 #[inline(always)]
-fn count_frame<C: Cursor>(frame: &C, direction: u8, ifindex: impl FnOnce() -> u32) {
+fn count_frame<const ATOMIC: bool, C: Cursor>(frame: &C, direction: u8, ifindex: impl FnOnce() -> u32) {
     // One slot per direction: the index is a constant of each program.
     let Some(traffic) = TRAFFIC.get_ptr_mut(u32::from(direction)) else {
         return;
     };
     let observation = inspect_with(frame, direction, ifindex);
-    let Some(event) = count(&mut Traffic(traffic), &observation) else {
+    let Some(event) = count(&mut Traffic::<ATOMIC>(traffic), &observation) else {
         return;
     };
     if event.flags & TCP_RST != 0 {
-        count_reset(event);
+        count_reset::<ATOMIC>(event);
         return;
     }
     match track(&mut Connections, event) {
         // Resets were counted above, with the flow cache in front of the classifier.
         Tracked::Reset(_) => {}
-        Tracked::Attempt(service) => count_service(&service, ServiceValue { attempts: 1, synacks: 0 }),
-        Tracked::SynAck(service) => count_service(&service, ServiceValue { attempts: 0, synacks: 1 }),
+        Tracked::Attempt(service) => count_service::<ATOMIC>(&service, ServiceValue { attempts: 1, synacks: 0 }),
+        Tracked::SynAck(service) => count_service::<ATOMIC>(&service, ServiceValue { attempts: 0, synacks: 1 }),
         Tracked::Nothing => {}
     }
 }
 
-/// Whether the loader asked for atomic counting (see [`ATOMIC_COUNTING`]).
-#[inline(always)]
-fn atomic_counting() -> bool {
-    // SAFETY: a plain read of a global the loader may have rewritten before load; volatile so
-    // the compiler does not fold in the default (the verifier folds in the loaded value).
-    unsafe { core::ptr::read_volatile(&raw const ATOMIC_COUNTING) != 0 }
-}
-
 /// Adds `n` to a counter that only programs on this CPU write (a per-CPU map value): a plain
-/// add, unless programs on one CPU may interleave.
+/// add, unless programs on one CPU may interleave (`ATOMIC`).
 ///
 /// # Safety
 /// `counter` points into a live per-CPU map value of this CPU.
 #[inline(always)]
-unsafe fn add_local(counter: *mut u64, n: u64) {
-    if atomic_counting() {
+unsafe fn add_local<const ATOMIC: bool>(counter: *mut u64, n: u64) {
+    if ATOMIC {
         // SAFETY: the caller's pointer; every writer of a per-CPU counter comes through here.
         unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, n) };
     } else {
@@ -317,28 +334,28 @@ unsafe fn add_local(counter: *mut u64, n: u64) {
 }
 
 /// This CPU's `TRAFFIC` slot for one direction as the parser's [`FrameCounters`].
-struct Traffic(*mut TrafficCounters);
+struct Traffic<const ATOMIC: bool>(*mut TrafficCounters);
 
-impl FrameCounters for Traffic {
+impl<const ATOMIC: bool> FrameCounters for Traffic<ATOMIC> {
     #[inline(always)]
     fn not_tcp(&mut self) {
         // SAFETY: a live per-CPU slot of `TRAFFIC`, from `count_frame`.
-        unsafe { add_local(&raw mut (*self.0).not_tcp, 1) }
+        unsafe { add_local::<ATOMIC>(&raw mut (*self.0).not_tcp, 1) }
     }
     #[inline(always)]
     fn tcp(&mut self) {
         // SAFETY: as in `not_tcp`.
-        unsafe { add_local(&raw mut (*self.0).tcp, 1) }
+        unsafe { add_local::<ATOMIC>(&raw mut (*self.0).tcp, 1) }
     }
     #[inline(always)]
     fn malformed(&mut self) {
         // SAFETY: as in `not_tcp`.
-        unsafe { add_local(&raw mut (*self.0).malformed, 1) }
+        unsafe { add_local::<ATOMIC>(&raw mut (*self.0).malformed, 1) }
     }
     #[inline(always)]
     fn fragment(&mut self) {
         // SAFETY: as in `not_tcp`.
-        unsafe { add_local(&raw mut (*self.0).fragments, 1) }
+        unsafe { add_local::<ATOMIC>(&raw mut (*self.0).fragments, 1) }
     }
 }
 
@@ -408,7 +425,7 @@ fn current_epoch() -> u32 {
 }
 
 #[inline(always)]
-fn count_service(key: &ServiceKey, counts: ServiceValue) {
+fn count_service<const ATOMIC: bool>(key: &ServiceKey, counts: ServiceValue) {
     let epoch = current_epoch();
     let table = match epoch {
         0 => &SERVICES_0,
@@ -432,7 +449,7 @@ fn count_service(key: &ServiceKey, counts: ServiceValue) {
     if !recorded {
         if let Some(counters) = RESET_COUNTERS.get_ptr_mut(epoch) {
             // SAFETY: this CPU's live slot.
-            unsafe { add_local(&raw mut (*counters).service_overflow, 1) };
+            unsafe { add_local::<ATOMIC>(&raw mut (*counters).service_overflow, 1) };
         }
     }
 }
@@ -440,21 +457,21 @@ fn count_service(key: &ServiceKey, counts: ServiceValue) {
 /// Counts an RST. A repeated RST whose verdict the per-CPU cache slot still holds (see
 /// [`CacheSlot`]) is one add; anything else goes through the classifier first.
 #[inline(always)]
-fn count_reset(event: &TcpEvent) {
+fn count_reset<const ATOMIC: bool>(event: &TcpEvent) {
     let epoch = current_epoch();
     let Some(counters) = RESET_COUNTERS.get_ptr_mut(epoch) else {
         return;
     };
     // SAFETY: this CPU's live slot.
     unsafe {
-        add_local(&raw mut (*counters).resets, 1);
-        add_local(&raw mut (*counters).tx_resets, u64::from(event.key.direction == DIRECTION_TX));
+        add_local::<ATOMIC>(&raw mut (*counters).resets, 1);
+        add_local::<ATOMIC>(&raw mut (*counters).tx_resets, u64::from(event.key.direction == DIRECTION_TX));
     }
     // SAFETY: this CPU's live slot; below, only written through `add_local` unless programs on
     // one CPU cannot interleave.
     let counters = unsafe { &mut *counters };
-    if atomic_counting() {
-        write_back(epoch, &classify(event), 1, counters);
+    if ATOMIC {
+        write_back::<ATOMIC>(epoch, &classify(event), 1, counters);
         return;
     }
     // Without a generation to check a verdict against (never for an in-range index), or
@@ -464,7 +481,7 @@ fn count_reset(event: &TcpEvent) {
         conn_generation(generation_slot),
         FLOW_CACHE.get_ptr_mut(epoch * FLOW_CACHE_SLOTS + cache_slot),
     ) else {
-        write_back(epoch, &classify(event), 1, counters);
+        write_back::<ATOMIC>(epoch, &classify(event), 1, counters);
         return;
     };
     // SAFETY: per-CPU slot, as above.
@@ -480,7 +497,7 @@ fn count_reset(event: &TcpEvent) {
             slot.remember(event, generation);
             return;
         }
-        write_back(epoch, &slot.key, slot.resets, counters);
+        write_back::<ATOMIC>(epoch, &slot.key, slot.resets, counters);
     }
     slot.hold(&key, event, generation, 1);
 }
@@ -544,14 +561,14 @@ impl SlotArray for FlowTable {
 /// full into the epoch's flow table; what does not fit there goes to the per-source overflow
 /// table, and what does not fit there either is only counted.
 #[inline(always)]
-fn write_back(epoch: u32, key: &FlowKey, resets: u64, counters: &mut ResetCounters) {
+fn write_back<const ATOMIC: bool>(epoch: u32, key: &FlowKey, resets: u64, counters: &mut ResetCounters) {
     // SAFETY: plain reads of globals the loader may have rewritten before load; volatile so
     // the compiler does not fold in the defaults. The helper has no preconditions.
     let (log_slots, cpu) =
         unsafe { (core::ptr::read_volatile(&raw const EVICTION_LOG_SLOTS), bpf_get_smp_processor_id()) };
     // Appending claims an entry with a plain increment of `logged`: only while programs on one
     // CPU cannot interleave.
-    if !atomic_counting() && counters.logged < u64::from(log_slots) {
+    if !ATOMIC && counters.logged < u64::from(log_slots) {
         let index = (cpu * 2 + epoch) * log_slots + counters.logged as u32;
         if let Some(entry) = EVICTION_LOG.get_ptr_mut(index) {
             // SAFETY: this CPU's run of the log for this epoch, written by nothing else (per-CPU
@@ -574,7 +591,7 @@ fn write_back(epoch: u32, key: &FlowKey, resets: u64, counters: &mut ResetCounte
         Added::Full => {}
     }
     // SAFETY: this CPU's live slot.
-    unsafe { add_local(&raw mut counters.overflow, resets) };
+    unsafe { add_local::<ATOMIC>(&raw mut counters.overflow, resets) };
     let source = SourceKey::of(key);
     let recorded = match epoch {
         0 => add_to_table(&OVERFLOW_SOURCES_0, &source, resets),
@@ -582,7 +599,7 @@ fn write_back(epoch: u32, key: &FlowKey, resets: u64, counters: &mut ResetCounte
     };
     if !recorded {
         // SAFETY: as above.
-        unsafe { add_local(&raw mut counters.source_overflow, resets) };
+        unsafe { add_local::<ATOMIC>(&raw mut counters.source_overflow, resets) };
     }
 }
 

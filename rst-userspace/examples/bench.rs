@@ -49,7 +49,7 @@ use aya::{
 use rst_common::{
     craft::{tcp_v4, tcp_v6, FrameBuilder, VlanKind},
     parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
-    wire::{FlowKey, MAP_EPOCH, MAP_FLOW_BLOCKS, MAP_FLOW_TABLE, PROG_TC_BASELINE, PROG_TC_EGRESS, PROG_XDP, PROG_XDP_BASELINE},
+    wire::{CountingPrograms, FlowKey, MAP_EPOCH, MAP_FLOW_BLOCKS, MAP_FLOW_TABLE, PROG_TC_BASELINE, PROG_XDP_BASELINE},
 };
 use rstwatch::{collector::Collector, flow_table::FlowTableMap, loader::Counting, testrun::XdpMd};
 use serde_json::{json, Value};
@@ -269,6 +269,8 @@ fn kernel(opts: &Opts) -> anyhow::Result<Value> {
     let counting = <Counting as clap::ValueEnum>::from_str(counting, false)
         .map_err(|error| anyhow::anyhow!("--counting {counting}: {error}"))?;
     let mut programs = Programs::load(max_flows, counting)?;
+    // The counting programs loaded: the per-CPU set, or the atomic one.
+    let CountingPrograms { xdp: counting_xdp, tc_egress: counting_tc_egress, .. } = rstwatch::loader::counting_programs(&programs.ebpf);
     let mut lines = Vec::new();
 
     // Frames that repeat: one test run of `repeat` runs per program and trial.
@@ -315,11 +317,11 @@ fn kernel(opts: &Opts) -> anyhow::Result<Value> {
         for trial in 0..trials {
             // A/B, then B/A: a drift in machine load hits both programs alike.
             let (prog, base) = if trial % 2 == 0 {
-                let p = programs.run(PROG_XDP, &frame, repeat)?;
+                let p = programs.run(counting_xdp, &frame, repeat)?;
                 (p, programs.run(PROG_XDP_BASELINE, &frame, repeat)?)
             } else {
                 let b = programs.run(PROG_XDP_BASELINE, &frame, repeat)?;
-                (programs.run(PROG_XDP, &frame, repeat)?, b)
+                (programs.run(counting_xdp, &frame, repeat)?, b)
             };
             line.trials.push((prog, base));
             programs.collector.collect()?;
@@ -340,11 +342,11 @@ fn kernel(opts: &Opts) -> anyhow::Result<Value> {
         let mut line = Line { name, method: format!("repeat {repeat}, {} B frame, as an skb", frame.len()), trials: Vec::new() };
         for trial in 0..trials {
             let (prog, base) = if trial % 2 == 0 {
-                let p = programs.run_tc(PROG_TC_EGRESS, &frame, repeat)?;
+                let p = programs.run_tc(counting_tc_egress, &frame, repeat)?;
                 (p, programs.run_tc(PROG_TC_BASELINE, &frame, repeat)?)
             } else {
                 let b = programs.run_tc(PROG_TC_BASELINE, &frame, repeat)?;
-                (programs.run_tc(PROG_TC_EGRESS, &frame, repeat)?, b)
+                (programs.run_tc(counting_tc_egress, &frame, repeat)?, b)
             };
             line.trials.push((prog, base));
             programs.collector.collect()?;
@@ -405,12 +407,12 @@ fn kernel(opts: &Opts) -> anyhow::Result<Value> {
             // up so that every timed run evicts (and inserts) a flow, as in a long scan.
             if kind == "64k" {
                 for frame in &frames {
-                    programs.run(PROG_XDP, frame, 1)?;
+                    programs.run(counting_xdp, frame, 1)?;
                 }
             }
             if kind == "new" || kind == "syn" || kind == "refused" {
                 for _ in 0..4 * rst_common::wire::FLOW_CACHE_SLOTS {
-                    programs.run(PROG_XDP, &padded(new_flow(next_new)), 1)?;
+                    programs.run(counting_xdp, &padded(new_flow(next_new)), 1)?;
                     next_new += 1;
                 }
             }
@@ -420,7 +422,7 @@ fn kernel(opts: &Opts) -> anyhow::Result<Value> {
             for i in 0..count {
                 let new_frame;
                 let frame: &[u8] = if kind == "refused" {
-                    programs.run(PROG_XDP, &padded(syn_of(next_new)), 1)?;
+                    programs.run(counting_xdp, &padded(syn_of(next_new)), 1)?;
                     new_frame = padded(new_flow(next_new).flags(TCP_RST | TCP_ACK));
                     next_new += 1;
                     &new_frame
@@ -432,7 +434,7 @@ fn kernel(opts: &Opts) -> anyhow::Result<Value> {
                 } else {
                     &frames[i % frames.len()]
                 };
-                prog.push(programs.run(PROG_XDP, frame, 1)?);
+                prog.push(programs.run(counting_xdp, frame, 1)?);
                 base.push(programs.run(PROG_XDP_BASELINE, frame, 1)?);
             }
             line.trials.push((median(&mut prog), median(&mut base)));
@@ -997,7 +999,7 @@ fn hold(opts: &Opts) -> anyhow::Result<Value> {
         .program_mut(&name)
         .with_context(|| format!("no program {name}"))?
         .try_into()?;
-    if name != PROG_XDP {
+    if program.fd().is_err() {
         program.load()?;
     }
     let attachment = rstwatch::loader::attach_xdp(program, iface, ifindex, rstwatch::loader::XdpModeChoice::Auto)?;

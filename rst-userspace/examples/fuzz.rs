@@ -54,7 +54,7 @@ use rst_common::{
         FrameBuilder, Ipv6Ext, VlanKind,
     },
     inspect,
-    wire::{DIRECTION_RX, FAMILY_IPV4, FAMILY_IPV6, IPPROTO_TCP, PROG_XDP},
+    wire::{DIRECTION_RX, FAMILY_IPV4, FAMILY_IPV6, IPPROTO_TCP},
     FlowKey, Observation,
 };
 use rstwatch::collector::{Collector, Sample};
@@ -243,7 +243,8 @@ impl Kernel {
     }
 
     fn program(&self) -> anyhow::Result<&Xdp> {
-        let program = self.ebpf.program(PROG_XDP).with_context(|| format!("no program {PROG_XDP}"))?;
+        let name = rstwatch::loader::counting_programs(&self.ebpf).xdp;
+        let program = self.ebpf.program(name).with_context(|| format!("no program {name}"))?;
         Ok(program.try_into()?)
     }
 

@@ -23,8 +23,8 @@ use aya::{
 use anyhow::Context as _;
 use caps::{CapSet, Capability};
 use rst_common::wire::{
-    GLOBAL_SEND_RESET_DADDR_OFFSET, GLOBAL_SEND_RESET_REASON_OFFSET, GLOBAL_SEND_RESET_SADDR_OFFSET, MAP_CONNECTIONS, MAP_CONN_FINGERPRINTS, MAP_EVICTION_LOG, GLOBAL_EVICTION_LOG_SLOTS, GLOBAL_ATOMIC_COUNTING,
-    MAP_FLOW_BLOCKS, MAP_FLOW_TABLE, GLOBAL_FLOW_TABLE_BITS, MAP_OVERFLOW_SOURCES, MAP_SERVICES, MAP_STACK_RESETS, PROG_SEND_RESET, PROG_TC, PROG_TC_EGRESS, PROG_XDP,
+    GLOBAL_SEND_RESET_DADDR_OFFSET, GLOBAL_SEND_RESET_REASON_OFFSET, GLOBAL_SEND_RESET_SADDR_OFFSET, MAP_CONNECTIONS, MAP_CONN_FINGERPRINTS, MAP_EVICTION_LOG, GLOBAL_EVICTION_LOG_SLOTS,
+    MAP_FLOW_BLOCKS, MAP_FLOW_TABLE, GLOBAL_FLOW_TABLE_BITS, MAP_OVERFLOW_SOURCES, MAP_SERVICES, MAP_STACK_RESETS, PROG_SEND_RESET, PROG_XDP_ATOMIC, CountingPrograms,
 };
 
 /// The XDP object built by `build.rs` (aya-build), embedded so the binary is self-contained.
@@ -224,12 +224,13 @@ pub fn load_counting(max_flows: u32, counting: Counting) -> anyhow::Result<Ebpf>
             "PREEMPT_RT kernel: counting with atomic adds and no per-CPU flow cache, so that programs \
              preempting each other on one CPU lose nothing (each RST costs more)"
         ),
+        (Counting::Atomic, _) => tracing::info!("counting with atomic adds and no per-CPU flow cache (--counting atomic)"),
         (Counting::PerCpu, _) if Counting::Auto.is_atomic() => tracing::warn!(
             "--counting per-cpu on a PREEMPT_RT kernel: programs preempting each other on one CPU can lose counts"
         ),
         _ => {}
     }
-    let atomic = u32::from(atomic);
+    let programs = CountingPrograms::new(atomic);
     let max_sources = overflow_sources_for(max_flows);
     let offsets = SendResetFormat::read();
     let table_bits = rst_common::table::flow_table_bits(max_flows);
@@ -244,7 +245,6 @@ pub fn load_counting(max_flows: u32, counting: Counting) -> anyhow::Result<Ebpf>
         .override_global(GLOBAL_FLOW_TABLE_BITS, &table_bits, true)
         .map_max_entries(MAP_EVICTION_LOG, log_runs * log_slots)
         .override_global(GLOBAL_EVICTION_LOG_SLOTS, &log_slots, true)
-        .override_global(GLOBAL_ATOMIC_COUNTING, &atomic, true)
         .map_max_entries(MAP_OVERFLOW_SOURCES[0], max_sources)
         .map_max_entries(MAP_OVERFLOW_SOURCES[1], max_sources)
         .map_max_entries(MAP_CONNECTIONS, 1 << table_bits)
@@ -260,10 +260,12 @@ pub fn load_counting(max_flows: u32, counting: Counting) -> anyhow::Result<Ebpf>
             .override_global(GLOBAL_SEND_RESET_DADDR_OFFSET, &format.daddr, true);
     }
     let mut ebpf = loader.load(EBPF_OBJECT).map_err(|error| load_error(Box::new(error)))?;
-    xdp_program(&mut ebpf)?
-        .load()
-        .map_err(|error| load_error(Box::new(error)))?;
-    for name in [PROG_TC, PROG_TC_EGRESS] {
+    let xdp: &mut Xdp = ebpf
+        .program_mut(programs.xdp)
+        .ok_or_else(|| anyhow::anyhow!("the eBPF object has no program {}", programs.xdp))?
+        .try_into()?;
+    xdp.load().map_err(|error| load_error(Box::new(error)))?;
+    for name in [programs.tc, programs.tc_egress] {
         classifier(&mut ebpf, name)?
             .load()
             .map_err(|error| load_error(Box::new(error)))?;
@@ -431,19 +433,24 @@ fn load_error(error: Box<dyn std::error::Error + Send + Sync>) -> anyhow::Error 
     Error::Load(error).into()
 }
 
+/// The counting programs [`load_counting`] loaded: the per-CPU set or the atomic one.
+pub fn counting_programs(ebpf: &Ebpf) -> CountingPrograms {
+    let atomic = ebpf.program(PROG_XDP_ATOMIC).is_some_and(|program| program.fd().is_ok());
+    CountingPrograms::new(atomic)
+}
+
 pub fn xdp_program(ebpf: &mut Ebpf) -> anyhow::Result<&mut Xdp> {
-    let program = ebpf
-        .program_mut(PROG_XDP)
-        .ok_or_else(|| anyhow::anyhow!("the eBPF object has no program {PROG_XDP}"))?;
+    let name = counting_programs(ebpf).xdp;
+    let program = ebpf.program_mut(name).ok_or_else(|| anyhow::anyhow!("the eBPF object has no program {name}"))?;
     Ok(program.try_into()?)
 }
 
 pub fn tc_program(ebpf: &mut Ebpf) -> anyhow::Result<&mut SchedClassifier> {
-    classifier(ebpf, PROG_TC)
+    classifier(ebpf, counting_programs(ebpf).tc)
 }
 
 pub fn tc_egress_program(ebpf: &mut Ebpf) -> anyhow::Result<&mut SchedClassifier> {
-    classifier(ebpf, PROG_TC_EGRESS)
+    classifier(ebpf, counting_programs(ebpf).tc_egress)
 }
 
 fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut SchedClassifier> {

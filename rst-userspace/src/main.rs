@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::Context as _;
 use clap::Parser;
-use rst_common::wire::{DEFAULT_MAX_FLOWS, PROG_TC, PROG_XDP};
+use rst_common::wire::DEFAULT_MAX_FLOWS;
 use rstwatch::{
     collector::Collector,
     loader::{self, Attachment, Counting, HookChoice, XdpModeChoice},
@@ -225,10 +225,11 @@ fn run(cli: WatchArgs) -> anyhow::Result<()> {
     }
 }
 
-fn program_name(hook: HookChoice) -> &'static str {
+fn program_name(ebpf: &aya::Ebpf, hook: HookChoice) -> &'static str {
+    let programs = loader::counting_programs(ebpf);
     match hook {
-        HookChoice::Xdp => PROG_XDP,
-        HookChoice::Tc => PROG_TC,
+        HookChoice::Xdp => programs.xdp,
+        HookChoice::Tc => programs.tc,
     }
 }
 
@@ -292,7 +293,7 @@ async fn watch<W: Write>(cli: &WatchArgs, state: &mut Watch<'_, W>) -> anyhow::R
     let mut ticks = tokio::time::interval_at(started + interval, interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Run-time sampling only feeds the metrics endpoint: without it, stats are never turned on.
-    let program = program_name(cli.hook);
+    let program = program_name(state.ebpf, cli.hook);
     let mut sampling = state.metrics.is_some();
     let mut next_sample = started + Duration::from_secs(5);
     let mut window: Option<(RunTimeWindow, tokio::time::Instant)> = None;

@@ -19,7 +19,7 @@ use aya::{
 use rst_common::{
     wire::{
         CacheSlot, ResetCounters, TrafficCounters, FLOW_CACHE_SLOTS, MAP_EVICTION_LOG, MAP_FLOW_BLOCKS, MAP_FLOW_TABLE, MAP_FLOW_CACHE, MAP_RESET_COUNTERS,
-        MAP_TRAFFIC, PROG_XDP,
+        MAP_TRAFFIC,
     },
     Counters, FlowKey, Observation,
 };
@@ -107,7 +107,8 @@ impl Kernel {
     }
 
     pub fn program(&self) -> anyhow::Result<&Xdp> {
-        let program = self.ebpf.program(PROG_XDP).with_context(|| format!("no program {PROG_XDP}"))?;
+        let name = rstwatch::loader::counting_programs(&self.ebpf).xdp;
+        let program = self.ebpf.program(name).with_context(|| format!("no program {name}"))?;
         Ok(program.try_into()?)
     }
 
