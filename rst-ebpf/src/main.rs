@@ -163,7 +163,7 @@ pub fn rstwatch_tc_egress(ctx: TcContext) -> i32 {
 // flow cache and eviction logs, whose multi-field updates no atomic covers: for kernels where
 // two programs on one CPU may interleave (PREEMPT_RT, whose softirqs are preemptible threads).
 // The loader loads one set or the other. Separate programs rather than a flag the verifier
-// folds: one more branch in the default program costs it ~5 ns per RST in register spills.
+// folds: one more branch in the default program cost it up to ~10 ns per RST in register spills.
 
 #[xdp(frags)]
 pub fn rstwatch_xdp_atomic(ctx: XdpContext) -> u32 {
