@@ -30,8 +30,8 @@ pub const MAP_STACK_RESETS: [&str; 2] = ["STACK_RESETS_0", "STACK_RESETS_1"];
 pub const PROG_XDP: &str = "rstwatch_xdp";
 pub const PROG_TC: &str = "rstwatch_tc";
 pub const PROG_TC_EGRESS: &str = "rstwatch_tc_egress";
-/// The same three counting with atomic adds only and without the per-CPU flow cache, for
-/// kernels where two programs on one CPU may interleave (PREEMPT_RT).
+/// The same three programs counting with atomic adds only and without the per-CPU flow cache,
+/// for kernels where two programs on one CPU may interleave (PREEMPT_RT).
 pub const PROG_XDP_ATOMIC: &str = "rstwatch_xdp_atomic";
 pub const PROG_TC_ATOMIC: &str = "rstwatch_tc_atomic";
 pub const PROG_TC_EGRESS_ATOMIC: &str = "rstwatch_tc_egress_atomic";

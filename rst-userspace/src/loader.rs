@@ -182,8 +182,9 @@ pub fn load(max_flows: u32) -> anyhow::Result<Ebpf> {
 
 /// How the programs count. Their per-CPU counters, flow cache and eviction logs are exact only
 /// while two programs on one CPU never interleave: true where softirqs and the BPF programs in
-/// them run with preemption off, which is every kernel but PREEMPT_RT (there, since Linux 6.18,
-/// not even the per-CPU softirq lock serializes them by default).
+/// them run with preemption off, which is every kernel but PREEMPT_RT (there softirqs are
+/// preemptible threads, and since 2025 the per-CPU softirq lock that serialized them is optional:
+/// `CONFIG_PREEMPT_RT_NEEDS_BH_LOCK`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Counting {
     /// `atomic` on a PREEMPT_RT kernel, `per-cpu` elsewhere.
