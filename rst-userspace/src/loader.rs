@@ -440,6 +440,15 @@ pub fn counting_programs(ebpf: &Ebpf) -> CountingPrograms {
     CountingPrograms::new(atomic)
 }
 
+/// `"atomic"` or `"per-cpu"`: how the loaded programs count (see [`Counting`]).
+pub fn counting_mode(ebpf: &Ebpf) -> &'static str {
+    if counting_programs(ebpf).xdp == PROG_XDP_ATOMIC {
+        "atomic"
+    } else {
+        "per-cpu"
+    }
+}
+
 pub fn xdp_program(ebpf: &mut Ebpf) -> anyhow::Result<&mut Xdp> {
     let name = counting_programs(ebpf).xdp;
     let program = ebpf.program_mut(name).ok_or_else(|| anyhow::anyhow!("the eBPF object has no program {name}"))?;

@@ -190,6 +190,7 @@ fn run(cli: WatchArgs) -> anyhow::Result<()> {
     let mut aggregator = Aggregator::new(interfaces, top as usize).limit_flows(summary_flows);
     loader::warn_kernel_events(&kernel_events);
     aggregator.kernel_events(kernel_events, reason_names);
+    aggregator.counting(loader::counting_mode(&ebpf));
     let mut printer = Printer::new(io::stdout().lock(), format, top as usize).by(by);
     let mut watch_state = Watch {
         collector: &mut collector,

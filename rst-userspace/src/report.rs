@@ -357,6 +357,8 @@ pub struct SummaryRecord {
     pub duration_ms: f64,
     pub intervals: u64,
     pub interfaces: Vec<InterfaceRecord>,
+    /// How the kernel side counted: `"per-cpu"` or `"atomic"` (see `--counting`); null offline.
+    pub counting: Option<&'static str>,
     pub totals: Totals,
     pub overflowed: bool,
     /// `flows` lists every flow of the run unless this is non-zero.
@@ -470,6 +472,7 @@ pub struct Aggregator {
     unlisted: Unlisted,
     kernel_events: KernelEvents,
     reason_names: Vec<String>,
+    counting: Option<&'static str>,
 }
 
 impl Aggregator {
@@ -497,6 +500,7 @@ impl Aggregator {
                 elsewhere: 0,
             },
             reason_names: Vec::new(),
+            counting: None,
         }
     }
 
@@ -506,6 +510,11 @@ impl Aggregator {
         self.kernel_events.available = available.is_ok();
         self.kernel_events.reason = available.err();
         self.reason_names = reason_names;
+    }
+
+    /// How the kernel side counts (see [`crate::loader::counting_mode`]), for the summary.
+    pub fn counting(&mut self, mode: &'static str) {
+        self.counting = Some(mode);
     }
 
     /// Keeps at most `limit` flows for the summary; see [`ReportOptions::summary_flows`].
@@ -630,6 +639,7 @@ impl Aggregator {
             duration_ms: self.elapsed.as_secs_f64() * 1e3,
             intervals: self.intervals,
             interfaces: self.interfaces.clone(),
+            counting: self.counting,
             totals: Totals::from(&self.totals),
             overflowed: self.totals.overflow > 0,
             unlisted: self.unlisted,

@@ -297,12 +297,20 @@ fn refused_and_aborted_steps() -> Vec<String> {
 /// (a) Resets the server sends, counted on the client's veth, flow by flow.
 #[test]
 fn counts_server_resets_exactly_on_the_client_side() -> Result<()> {
+    counts_server_resets_on_the_client_side(&[], "per-cpu")
+}
+
+/// The same with the programs a PREEMPT_RT kernel gets: atomic adds, no per-CPU cache.
+#[test]
+fn atomic_counting_counts_server_resets_exactly_on_the_client_side() -> Result<()> {
+    counts_server_resets_on_the_client_side(&["--counting", "atomic"], "atomic")
+}
+
+fn counts_server_resets_on_the_client_side(counting: &[&str], mode: &str) -> Result<()> {
     let hosts = hosts()?;
     let capture = Capture::start(&hosts.client_if)?;
-    let rw = watch(
-        &hosts.client_if,
-        &["--duration", "6s", "--interval", "1s", "--format", "json"],
-    )?;
+    let args = [&["--duration", "6s", "--interval", "1s", "--format", "json"], counting].concat();
+    let rw = watch(&hosts.client_if, &args)?;
     let report = traffic(&hosts, &["--rounds", "3"], &refused_and_aborted_steps())?;
     let fin = rw.finish(EXIT_TIMEOUT)?;
     assert!(fin.status.success(), "rstwatch failed ({}): {}", fin.status, fin.stderr);
@@ -319,6 +327,10 @@ fn counts_server_resets_exactly_on_the_client_side() -> Result<()> {
     assert_eq!(witness, want, "tcpdump disagrees with the generator's account");
 
     let summary = summary(&fin)?;
+    // `auto` is per-cpu unless this kernel is PREEMPT_RT.
+    if !counting.is_empty() || !std::path::Path::new("/sys/kernel/realtime").exists() {
+        assert_eq!(summary["counting"], mode, "the summary says how the kernel side counted");
+    }
     let got = counted(&summary, &hosts.client_if)?;
     assert_eq!(
         got, want,
