@@ -1199,6 +1199,7 @@ mod tests {
             duration_ms: 6000.0,
             intervals: 3,
             interfaces: vec![],
+            counting: Some("per-cpu"),
             totals: Totals {
                 resets: sum(&run) + 10,
                 overflow: 10,
