@@ -37,6 +37,7 @@ fn atomic_counting_classifies_and_counts_every_case_the_same() -> anyhow::Result
 
 fn every_case_counted_like_the_host_expects(counting: Counting) -> anyhow::Result<()> {
     let mut kernel = Kernel::load_counting(MAX_FLOWS, counting)?;
+    assert_eq!(kernel.counting_mode(), if counting == Counting::Atomic { "atomic" } else { "per-cpu" });
     let cases = cases(LOOPBACK_IFINDEX);
     let mut failures = Vec::new();
     for case in &cases {
@@ -235,6 +236,7 @@ fn concurrent_test_runs_count_exactly(counting: Counting) -> anyhow::Result<()> 
     const ROUNDS: u32 = 50;
     const REPEAT: u32 = 2000;
     let mut kernel = Kernel::load_counting(MAX_FLOWS, counting)?;
+    assert_eq!(kernel.counting_mode(), if counting == Counting::Atomic { "atomic" } else { "per-cpu" });
     let flows = [tcp_v4().ports(1111, 80).flags(TCP_RST), tcp_v6().ports(2222, 443).flags(TCP_RST | TCP_ACK)];
     let frames: Vec<Vec<u8>> = flows.iter().map(|flow| flow.build().bytes).collect();
     let program = kernel.program()?;

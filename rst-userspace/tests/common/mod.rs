@@ -106,6 +106,11 @@ impl Kernel {
         Ok(Self { ebpf, collector, traffic, resets, flows, _flow_table: [flow_table, flow_blocks], cache, log, _log: log_data })
     }
 
+    /// `"per-cpu"` or `"atomic"`: which counting programs were loaded.
+    pub fn counting_mode(&self) -> &'static str {
+        rstwatch::loader::counting_mode(&self.ebpf)
+    }
+
     pub fn program(&self) -> anyhow::Result<&Xdp> {
         let name = rstwatch::loader::counting_programs(&self.ebpf).xdp;
         let program = self.ebpf.program(name).with_context(|| format!("no program {name}"))?;
