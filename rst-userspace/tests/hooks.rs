@@ -1,5 +1,6 @@
 //! Attaching and detaching, as the kernel sees it, on a veth pair in a network namespace of the
 //! test's own thread (gone when the thread ends). Also the TC program's verdict: always "next".
+//! The per-CPU programs throughout, so the names checked do not depend on the kernel.
 
 use std::process::Command;
 
@@ -11,7 +12,7 @@ use rst_common::{
 };
 use rstwatch::{
     collector::Collector,
-    loader::{self, Hook, TcLink, XdpModeChoice, XdpMode},
+    loader::{self, Counting, Hook, TcLink, XdpModeChoice, XdpMode},
     netlink,
 };
 
@@ -40,7 +41,7 @@ fn tcx_ingress_programs(iface: &str) -> Vec<String> {
 #[test]
 fn tc_attachment_is_a_tcx_link_that_goes_with_its_owner() {
     let ifindex = private_veth("rwhook0", "rwhook1");
-    let mut ebpf = loader::load(1024).expect("load");
+    let mut ebpf = loader::load_counting(1024, Counting::PerCpu).expect("load");
     let attachment = loader::attach_tc(loader::tc_program(&mut ebpf).expect("program"), "rwhook0", ifindex)
         .expect("attach tc");
     assert_eq!(attachment.hook, Hook::TcIngress);
@@ -59,7 +60,7 @@ fn tc_filters(iface: &str, direction: &str) -> String {
 #[test]
 fn clsact_attachment_for_older_kernels_is_removed_with_its_owner() {
     let _ifindex = private_veth("rwhook4", "rwhook5");
-    let mut ebpf = loader::load(1024).expect("load");
+    let mut ebpf = loader::load_counting(1024, Counting::PerCpu).expect("load");
     let program = loader::tc_egress_program(&mut ebpf).expect("program");
     let link = loader::attach_tc_with(program, "rwhook4", TcAttachType::Egress, TcLink::Clsact).expect("attach clsact");
     let listed = tc_filters("rwhook4", "egress");
@@ -74,7 +75,7 @@ fn clsact_attachment_for_older_kernels_is_removed_with_its_owner() {
 #[test]
 fn xdp_attachment_goes_with_its_owner_and_blocks_a_second_one() {
     let ifindex = private_veth("rwhook2", "rwhook3");
-    let mut ebpf = loader::load(1024).expect("load");
+    let mut ebpf = loader::load_counting(1024, Counting::PerCpu).expect("load");
     let attachment =
         loader::attach_xdp(loader::xdp_program(&mut ebpf).expect("program"), "rwhook2", ifindex, XdpModeChoice::Auto)
             .expect("attach xdp");
@@ -82,7 +83,7 @@ fn xdp_attachment_goes_with_its_owner_and_blocks_a_second_one() {
     let held = netlink::attached_xdp(ifindex).expect("rtnetlink").expect("an XDP program is attached");
     assert_eq!(netlink::program_name(held.program_id).as_deref(), Some("rstwatch_xdp"));
 
-    let mut second = loader::load(1024).expect("load");
+    let mut second = loader::load_counting(1024, Counting::PerCpu).expect("load");
     let refused =
         loader::attach_xdp(loader::xdp_program(&mut second).expect("program"), "rwhook2", ifindex, XdpModeChoice::Skb)
             .expect_err("the hook is taken");
@@ -95,7 +96,7 @@ fn xdp_attachment_goes_with_its_owner_and_blocks_a_second_one() {
 
 #[test]
 fn tc_program_counts_like_xdp_and_always_says_next() {
-    let mut ebpf = loader::load(1024).expect("load");
+    let mut ebpf = loader::load_counting(1024, Counting::PerCpu).expect("load");
     let mut collector = Collector::new(&mut ebpf).expect("collector");
     let program = loader::tc_program(&mut ebpf).expect("program");
     let reset = tcp_v4().flags(TCP_RST | TCP_ACK);

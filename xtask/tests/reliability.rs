@@ -182,7 +182,8 @@ fn programs_of(pid: u32) -> Result<Vec<(String, u64)>> {
 fn kill_9_with_hook_tc_leaves_nothing_attached() -> Result<()> {
     let (_lab, mon, mon_if) = lab()?;
     let mut cmd = mon.exec(rstwatch());
-    cmd.args(["-i", &mon_if.name, "--hook", "tc"]);
+    // The per-CPU programs whatever the kernel, for the name checked below.
+    cmd.args(["-i", &mon_if.name, "--hook", "tc", "--counting", "per-cpu"]);
     let mut proc = Proc::spawn(&mut cmd)?;
     proc.wait_for_stderr(&format!("attached to {}", mon_if.name), START_TIMEOUT)?;
     let programs = programs_of(proc.id())?;
