@@ -27,9 +27,20 @@ fn lab() -> Result<FloodLab> {
 /// epoch flips land in the middle of the flood.
 #[test]
 fn every_reset_of_a_flood_is_counted_once_in_its_flow() -> Result<()> {
+    flood_counted_once_in_its_flow(&[])
+}
+
+/// The same with the programs a PREEMPT_RT kernel gets (atomic adds, every RST into the shared
+/// table).
+#[test]
+fn every_reset_of_a_flood_is_counted_once_with_atomic_counting() -> Result<()> {
+    flood_counted_once_in_its_flow(&["--counting", "atomic"])
+}
+
+fn flood_counted_once_in_its_flow(counting: &[&str]) -> Result<()> {
     let lab = lab()?;
     let xdp_before = lab.xdp_received()?;
-    let rstwatch = bench::start_rstwatch(&lab, &["--interval", "200ms"])?;
+    let rstwatch = bench::start_rstwatch(&lab, &[&["--interval", "200ms"], counting].concat())?;
     let fast = bench::generate(
         &lab,
         &GenPlan {
@@ -49,6 +60,9 @@ fn every_reset_of_a_flood_is_counted_once_in_its_flow() -> Result<()> {
         },
     )?;
     let out = bench::stop_rstwatch(rstwatch)?;
+    if !counting.is_empty() {
+        assert_eq!(out.summary["counting"], "atomic", "the atomic programs counted");
+    }
 
     assert_eq!(fast.sent + sweep.sent, 16 * 50_000 + 2 * 4096);
     // On a loaded machine the peer's ring may refuse frames before any hook sees them; the
