@@ -17,7 +17,9 @@ pub const MAP_FLOW_BLOCKS: &str = "FLOW_BLOCKS";
 pub const GLOBAL_FLOW_TABLE_BITS: &str = "FLOW_TABLE_BITS";
 pub const MAP_OVERFLOW_SOURCES: [&str; 2] = ["OVERFLOW_SOURCES_0", "OVERFLOW_SOURCES_1"];
 pub const MAP_FLOW_CACHE: &str = "FLOW_CACHE";
-pub const MAP_EPOCH: &str = "EPOCH";
+/// The epoch is the object's only zero-initialized global (`EPOCH` in `rst-ebpf`), so the
+/// loader makes the `.bss` section a one-entry array map holding just that u32.
+pub const MAP_EPOCH: &str = ".bss";
 pub const MAP_TRAFFIC: &str = "TRAFFIC";
 pub const MAP_RESET_COUNTERS: &str = "RESET_COUNTERS";
 pub const MAP_CONNECTIONS: &str = "CONNECTIONS";
