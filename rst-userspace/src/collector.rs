@@ -120,7 +120,9 @@ impl Collector {
         let log_entries = log_data.info().context("reading the eviction log's size")?.max_entries();
         let cpu_ids = crate::flow_table::possible_cpu_ids().context("reading the possible CPUs")?;
         let log = EvictionLogMap::new(log_data.fd().as_fd(), log_entries, cpu_ids).context("mapping the eviction log")?;
-        let epoch: Array<MapData, u32> = take(MAP_EPOCH)?.try_into()?;
+        let epoch: Array<MapData, u32> = take(MAP_EPOCH)?
+            .try_into()
+            .context("the epoch global (the object's .bss) must be a single u32")?;
         let reset_counters: PerCpuArray<MapData, ResetCounters> = take(MAP_RESET_COUNTERS)?.try_into()?;
         let traffic: PerCpuArray<MapData, TrafficCounters> = take(MAP_TRAFFIC)?.try_into()?;
         let active = epoch.get(&0, 0)? & 1;
