@@ -450,7 +450,7 @@ fn kernel(opts: &Opts) -> anyhow::Result<Value> {
         "repeat": repeat,
         "singles": singles,
         "max_flows": max_flows,
-        "atomic_counting": counting.is_atomic(),
+        "counting": rstwatch::loader::counting_mode(&programs.ebpf),
         "budget_ns": BUDGET_NS,
         "lines": lines.iter().map(Line::to_json).collect::<Vec<_>>(),
     }))
