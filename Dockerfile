@@ -1,10 +1,12 @@
 # rstwatch: multi-stage build. The eBPF object needs the pinned nightly (rust-src) and
 # bpf-linker; the runtime image needs neither: the object is embedded in the binary.
 FROM rust:1.95-bookworm AS build
-RUN rustup toolchain install nightly-2026-05-20 --profile minimal --component rust-src \
-    && cargo install --locked bpf-linker@0.10.4
 WORKDIR /src
 COPY . .
+# The eBPF nightly is named once, in rst-ebpf/rust-toolchain.toml.
+RUN rustup toolchain install "$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rst-ebpf/rust-toolchain.toml)" \
+        --profile minimal --component rust-src \
+    && cargo install --locked bpf-linker@0.10.4
 RUN cargo build --release --locked -p rst-userspace \
     && install -m 0755 target/release/rstwatch /rstwatch
 

@@ -26,8 +26,8 @@ use etherparse::{
 use crate::{
     parse::{
         TcpHdr, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, ETH_P_QINQ_LEGACY, IPPROTO_AH, IPPROTO_DSTOPTS,
-        IPPROTO_FRAGMENT, IPPROTO_HOPOPTS, IPPROTO_ROUTING, MAX_IPV6_EXT_HEADERS,
-        MAX_VLAN_TAGS, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+        IPPROTO_FRAGMENT, IPPROTO_HOPOPTS, IPPROTO_ROUTING, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, TCP_ACK, TCP_FIN,
+        TCP_RST, TCP_SYN,
     },
     wire::{FlowKey, DIRECTION_RX, FAMILY_IPV4, FAMILY_IPV6, IPPROTO_TCP},
     Observation, TcpEvent,
@@ -854,7 +854,8 @@ impl Table {
     fn segment(&mut self, name: &str, frame: FrameBuilder) {
         let frame = self.unique_ports(frame);
         let event = frame.event(self.ifindex);
-        let expected = if event.flags & (TCP_SYN | TCP_FIN) != 0 { Observation::Control(event) } else { Observation::Segment };
+        let expected =
+            if event.flags & (TCP_SYN | TCP_FIN) != 0 { Observation::Control(event) } else { Observation::Segment };
         self.push(name, frame.build().into_bytes(), expected);
     }
 

@@ -22,8 +22,8 @@
 use crate::{
     parse::{TcpEvent, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     wire::{
-        CacheSlot, ConnKey, ConnState, FlowKey, ResetClass, ResetKind, ServiceKey, CONN_CLIENT_IS_LO, CONN_FIN, CONN_RESET, CONN_SYN,
-        CONN_SYNACK,
+        CacheSlot, ConnKey, ConnState, FlowKey, ResetClass, ResetKind, ServiceKey, CONN_CLIENT_IS_LO, CONN_FIN,
+        CONN_RESET, CONN_SYN, CONN_SYNACK,
     },
 };
 
@@ -127,7 +127,8 @@ pub fn track<T: ConnTable + ?Sized>(conns: &mut T, event: &TcpEvent) -> Tracked 
         if !joined {
             // The SYN went by before rstwatch started (or another path): the SYN+ACK still
             // names both ends and both initial sequence numbers.
-            let state = ConnState::new(ack.wrapping_sub(1), seq, 0, key.rst_ttl, CONN_SYNACK | client_flag(client_is_lo));
+            let state =
+                ConnState::new(ack.wrapping_sub(1), seq, 0, key.rst_ttl, CONN_SYNACK | client_flag(client_is_lo));
             conns.put(&conn, &state);
         }
         conns.changed(&conn);
@@ -157,11 +158,8 @@ fn classify<T: ConnTable + ?Sized>(conns: &mut T, conn: &ConnKey, sender_is_lo: 
     let mut changed = false;
     if let Some(state) = conns.get(conn) {
         let sender_is_client = (state.flags & CONN_CLIENT_IS_LO != 0) == sender_is_lo;
-        let (own_isn, peer_isn) = if sender_is_client {
-            (state.client_isn, state.server_isn)
-        } else {
-            (state.server_isn, state.client_isn)
-        };
+        let (own_isn, peer_isn) =
+            if sender_is_client { (state.client_isn, state.server_isn) } else { (state.server_isn, state.client_isn) };
         let kind = if state.flags & CONN_FIN != 0 {
             ResetKind::Closing
         } else if state.flags & CONN_SYNACK != 0 {

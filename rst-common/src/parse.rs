@@ -207,10 +207,7 @@ fn walk_ipv6<C: Cursor + ?Sized>(frame: &C, l3: usize) -> Walk {
         if this_header == IPPROTO_TCP {
             return walk_tcp(frame, FAMILY_IPV6, l3, offset);
         }
-        if !matches!(
-            this_header,
-            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_FRAGMENT | IPPROTO_AH
-        ) {
+        if !matches!(this_header, IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_FRAGMENT | IPPROTO_AH) {
             return Walk::NotTcp;
         }
         let Some(ext) = frame.header::<Ipv6ExtHdr>(offset) else {
@@ -244,12 +241,7 @@ fn walk_tcp<C: Cursor + ?Sized>(frame: &C, family: u8, l3: usize, l4: usize) -> 
     if tcp.data_offset >> 4 < 5 {
         return Walk::Malformed;
     }
-    Walk::Tcp(Segment {
-        family,
-        l3,
-        l4,
-        flags: tcp.flags,
-    })
+    Walk::Tcp(Segment { family, l3, l4, flags: tcp.flags })
 }
 
 /// A TCP segment rstwatch acts on, read once from the frame: an RST, or a segment that
@@ -295,7 +287,6 @@ pub fn tcp_event<C: Cursor + ?Sized>(frame: &C, segment: &Segment, direction: u8
         ack: u32::from_be_bytes(tcp.ack),
     })
 }
-
 
 /// What one frame means to rstwatch's counters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

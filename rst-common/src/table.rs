@@ -353,7 +353,8 @@ pub fn conn_lookup<T: ConnSlots>(table: &T, bits: u32, key: &ConnKey) -> Option<
 #[inline(always)]
 pub fn conn_store<T: ConnSlots>(table: &T, bits: u32, key: &ConnKey, state: &ConnState) {
     let (set, fingerprint) = key.conn_place(bits.clamp(1, MAX_FLOW_TABLE_BITS + 1));
-    let (Some(first), Some(second), Some(fingerprints)) = (table.slot(set), table.slot(set | 1), table.fingerprints(set))
+    let (Some(first), Some(second), Some(fingerprints)) =
+        (table.slot(set), table.slot(set | 1), table.fingerprints(set))
     else {
         return;
     };
@@ -385,7 +386,7 @@ mod tests {
     use std::{cell::UnsafeCell, vec, vec::Vec};
 
     use super::*;
-    use crate::wire::{FAMILY_IPV4, DIRECTION_RX};
+    use crate::wire::{DIRECTION_RX, FAMILY_IPV4};
 
     struct Host(Vec<UnsafeCell<FlowSlot>>, UnsafeCell<Vec<u64>>);
 
@@ -439,7 +440,16 @@ mod tests {
     }
 
     fn key(i: u32) -> FlowKey {
-        FlowKey::from_parts([0x0a00_0001, 0, 0, 0], [0x0a00_0002, 0, 0, 0], 3, (i % 60_000) as u16, 80 + (i / 60_000) as u16, FAMILY_IPV4, DIRECTION_RX, 64)
+        FlowKey::from_parts(
+            [0x0a00_0001, 0, 0, 0],
+            [0x0a00_0002, 0, 0, 0],
+            3,
+            (i % 60_000) as u16,
+            80 + (i / 60_000) as u16,
+            FAMILY_IPV4,
+            DIRECTION_RX,
+            64,
+        )
     }
 
     #[test]
@@ -515,10 +525,10 @@ mod tests {
         let busy = Host::new((0..2usize << bits).map(|_| FlowSlot { tag: FlowSlot::BUSY, ..FlowSlot::EMPTY }));
         assert_eq!(add_to_flow_table(&busy, bits, 0, &key(1), 1), Added::Full);
         let first = (key(1).table_hash() >> 32) as usize & ((1 << bits) - 1);
-        let table = Host::new((0..2usize << bits).map(|i| FlowSlot {
-            tag: if i == first { FlowSlot::BUSY } else { 0 },
-            ..FlowSlot::EMPTY
-        }));
+        let table = Host::new(
+            (0..2usize << bits)
+                .map(|i| FlowSlot { tag: if i == first { FlowSlot::BUSY } else { 0 }, ..FlowSlot::EMPTY }),
+        );
         assert_eq!(add_to_flow_table(&table, bits, 0, &key(1), 1), Added::Raced);
         assert_eq!(add_to_flow_table(&table, bits, 0, &key(1), 1), Added::Raced, "still passes the busy slot");
         // A tag that matches over a key that does not is a race too (it may be this flow's key
@@ -530,10 +540,8 @@ mod tests {
         assert_eq!(add_to_flow_table(&stale, bits, 0, &key(1), 1), Added::Raced);
         // A block the bitmap cannot mark is reported like a race: the drain then reads the
         // whole half instead of the marked blocks.
-        let unmarkable = Host(
-            (0..2usize << bits).map(|_| UnsafeCell::new(FlowSlot::EMPTY)).collect(),
-            UnsafeCell::new(Vec::new()),
-        );
+        let unmarkable =
+            Host((0..2usize << bits).map(|_| UnsafeCell::new(FlowSlot::EMPTY)).collect(), UnsafeCell::new(Vec::new()));
         assert_eq!(add_to_flow_table(&unmarkable, bits, 0, &key(1), 1), Added::Raced);
     }
 
@@ -622,7 +630,8 @@ mod tests {
     fn scans_spread_over_the_table() {
         // Consecutive ports must not pile into one run of slots.
         let bits = 12;
-        let mut starts: Vec<u32> = (0..1000).map(|i| ((key(i).table_hash() >> 32) as u32) & ((1 << bits) - 1)).collect();
+        let mut starts: Vec<u32> =
+            (0..1000).map(|i| ((key(i).table_hash() >> 32) as u32) & ((1 << bits) - 1)).collect();
         starts.sort();
         starts.dedup();
         assert!(starts.len() > 850, "only {} distinct start slots for 1000 flows", starts.len());

@@ -2,10 +2,13 @@
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::{table::FlowSlot, wire::{
-    CacheSlot, ConnKey, ConnState, Counters, FlowKey, FlowValue, LoggedFlow, ResetCounters, ServiceKey, ServiceValue, SourceKey,
-    StackResetKey, TrafficCounters, FAMILY_IPV4,
-}};
+use crate::{
+    table::FlowSlot,
+    wire::{
+        CacheSlot, ConnKey, ConnState, Counters, FlowKey, FlowValue, LoggedFlow, ResetCounters, ServiceKey,
+        ServiceValue, SourceKey, StackResetKey, TrafficCounters, FAMILY_IPV4,
+    },
+};
 
 // SAFETY: plain repr(C) integer aggregates with explicit padding; every bit pattern is valid.
 unsafe impl aya::Pod for FlowKey {}

@@ -136,7 +136,8 @@ pub enum ResetKind {
 }
 
 impl ResetKind {
-    pub const ALL: [ResetKind; 4] = [ResetKind::Refused, ResetKind::Handshake, ResetKind::Established, ResetKind::Closing];
+    pub const ALL: [ResetKind; 4] =
+        [ResetKind::Refused, ResetKind::Handshake, ResetKind::Established, ResetKind::Closing];
 
     pub const fn name(self) -> &'static str {
         match self {
@@ -441,11 +442,8 @@ impl FlowKey {
     pub fn connection(&self) -> (ConnKey, bool) {
         let sender_is_lo = endpoint_le(&self.src, self.sport, &self.dst, self.dport);
         let (src, dst) = (native_words(&self.src), native_words(&self.dst));
-        let (lo, lo_port, hi, hi_port) = if sender_is_lo {
-            (src, self.sport, dst, self.dport)
-        } else {
-            (dst, self.dport, src, self.sport)
-        };
+        let (lo, lo_port, hi, hi_port) =
+            if sender_is_lo { (src, self.sport, dst, self.dport) } else { (dst, self.dport, src, self.sport) };
         let words = [
             lo[0],
             lo[1],

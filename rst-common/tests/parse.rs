@@ -97,7 +97,11 @@ fn rst_alone_and_rst_ack_both_count() {
     for flags in [TCP_SYN, TCP_SYN | TCP_ACK, TCP_FIN | TCP_ACK, !TCP_RST] {
         let builder = tcp_v4().flags(flags);
         let frame = builder.build();
-        assert_eq!(inspect(&frame.bytes[..], IFINDEX), Observation::Control(builder.event(IFINDEX)), "flags {flags:#04x}");
+        assert_eq!(
+            inspect(&frame.bytes[..], IFINDEX),
+            Observation::Control(builder.event(IFINDEX)),
+            "flags {flags:#04x}"
+        );
     }
 }
 

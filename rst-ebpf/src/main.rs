@@ -26,15 +26,15 @@ use rst_common::{
     count, inspect_with,
     parse::{FrameCounters, TcpEvent, TCP_RST},
     table::{
-        add_to_flow_table, conn_fingerprint_words, conn_lookup, conn_store, flow_block_words, flow_table_bits, Added, ConnSlot, ConnSlots, FlowSlot,
-        SlotArray,
+        add_to_flow_table, conn_fingerprint_words, conn_lookup, conn_store, flow_block_words, flow_table_bits, Added,
+        ConnSlot, ConnSlots, FlowSlot, SlotArray,
     },
     track,
     wire::{
-        CacheSlot, ConnKey, ConnState, FlowKey, FlowValue, LoggedFlow, ResetCounters, ServiceKey, ServiceValue, SourceKey,
-        StackResetKey, TrafficCounters, DEFAULT_MAX_FLOWS, DEFAULT_MAX_OVERFLOW_SOURCES,
-        CONN_GENERATIONS as CONN_GENERATIONS_LEN, DEFAULT_MAX_SERVICES, DIRECTION_RX, DIRECTION_TX, FAMILY_IPV4,
-        FAMILY_IPV6, FLOW_CACHE_SLOTS,
+        CacheSlot, ConnKey, ConnState, FlowKey, FlowValue, LoggedFlow, ResetCounters, ServiceKey, ServiceValue,
+        SourceKey, StackResetKey, TrafficCounters, CONN_GENERATIONS as CONN_GENERATIONS_LEN, DEFAULT_MAX_FLOWS,
+        DEFAULT_MAX_OVERFLOW_SOURCES, DEFAULT_MAX_SERVICES, DIRECTION_RX, DIRECTION_TX, FAMILY_IPV4, FAMILY_IPV6,
+        FLOW_CACHE_SLOTS,
     },
     ConnTable, Cursor, Header, Tracked,
 };
@@ -59,11 +59,9 @@ const DEFAULT_FLOW_TABLE_BITS: u32 = flow_table_bits(DEFAULT_MAX_FLOWS);
 /// Per source address, the RSTs that found no room in the flow table of the same epoch, so a
 /// scan that floods the flow table cannot hide who sends the resets.
 #[map]
-static OVERFLOW_SOURCES_0: HashMap<SourceKey, FlowValue> =
-    HashMap::with_max_entries(DEFAULT_MAX_OVERFLOW_SOURCES, 0);
+static OVERFLOW_SOURCES_0: HashMap<SourceKey, FlowValue> = HashMap::with_max_entries(DEFAULT_MAX_OVERFLOW_SOURCES, 0);
 #[map]
-static OVERFLOW_SOURCES_1: HashMap<SourceKey, FlowValue> =
-    HashMap::with_max_entries(DEFAULT_MAX_OVERFLOW_SOURCES, 0);
+static OVERFLOW_SOURCES_1: HashMap<SourceKey, FlowValue> = HashMap::with_max_entries(DEFAULT_MAX_OVERFLOW_SOURCES, 0);
 /// The flows each CPU's cache evicted (see [`LoggedFlow`]): per CPU and epoch, a run of
 /// `EVICTION_LOG_SLOTS` entries at `((cpu * 2) + epoch) * EVICTION_LOG_SLOTS`, written only by
 /// that CPU. A plain array rather than a per-CPU one so that userspace maps and reads it
@@ -101,8 +99,7 @@ static TRAFFIC: PerCpuArray<TrafficCounters> = PerCpuArray::with_max_entries(2, 
 static CONNECTIONS: Array<ConnSlot> = Array::with_max_entries(1 << DEFAULT_FLOW_TABLE_BITS, BPF_F_MMAPABLE);
 /// One byte per `CONNECTIONS` slot, eight to an element (see [`ConnSlots::fingerprints`]).
 #[map]
-static CONN_FINGERPRINTS: Array<u64> =
-    Array::with_max_entries(conn_fingerprint_words(DEFAULT_FLOW_TABLE_BITS), 0);
+static CONN_FINGERPRINTS: Array<u64> = Array::with_max_entries(conn_fingerprint_words(DEFAULT_FLOW_TABLE_BITS), 0);
 /// Connection attempts and SYN+ACKs per service, flipped and drained like the flow tables.
 #[map]
 static SERVICES_0: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
@@ -480,10 +477,9 @@ fn count_reset<const ATOMIC: bool>(event: &TcpEvent) {
     // Without a generation to check a verdict against (never for an in-range index), or
     // without a slot: classify and go straight to the table.
     let (cache_slot, generation_slot) = event.key.cache_and_generation_slots();
-    let (Some(generation), Some(slot)) = (
-        conn_generation(generation_slot),
-        FLOW_CACHE.get_ptr_mut(epoch * FLOW_CACHE_SLOTS + cache_slot),
-    ) else {
+    let (Some(generation), Some(slot)) =
+        (conn_generation(generation_slot), FLOW_CACHE.get_ptr_mut(epoch * FLOW_CACHE_SLOTS + cache_slot))
+    else {
         write_back::<ATOMIC>(epoch, &classify(event), 1, counters);
         return;
     };

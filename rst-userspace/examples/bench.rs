@@ -49,7 +49,9 @@ use aya::{
 use rst_common::{
     craft::{tcp_v4, tcp_v6, FrameBuilder, VlanKind},
     parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
-    wire::{CountingPrograms, FlowKey, MAP_EPOCH, MAP_FLOW_BLOCKS, MAP_FLOW_TABLE, PROG_TC_BASELINE, PROG_XDP_BASELINE},
+    wire::{
+        CountingPrograms, FlowKey, MAP_EPOCH, MAP_FLOW_BLOCKS, MAP_FLOW_TABLE, PROG_TC_BASELINE, PROG_XDP_BASELINE,
+    },
 };
 use rstwatch::{collector::Collector, flow_table::FlowTableMap, loader::Counting, testrun::XdpMd};
 use serde_json::{json, Value};
@@ -91,9 +93,7 @@ impl Opts {
         ensure!(args.len().is_multiple_of(2), "options come as --name value pairs: {args:?}");
         let mut pairs = Vec::new();
         for pair in args.chunks(2) {
-            let name = pair[0]
-                .strip_prefix("--")
-                .with_context(|| format!("{:?} is not an option", pair[0]))?;
+            let name = pair[0].strip_prefix("--").with_context(|| format!("{:?} is not an option", pair[0]))?;
             pairs.push((name.to_owned(), pair[1].clone()));
         }
         Ok(Opts(pairs))
@@ -144,9 +144,7 @@ fn padded(frame: FrameBuilder) -> Vec<u8> {
 fn flood_flow(index: u32) -> FrameBuilder {
     let server = (index / 60_000) as u8;
     let port = 1024 + (index % 60_000) as u16;
-    let mut frame = FrameBuilder::ipv4([10, 20, server, 1], [10, 30, 0, 2])
-        .ports(443, port)
-        .flags(TCP_RST | TCP_ACK);
+    let mut frame = FrameBuilder::ipv4([10, 20, server, 1], [10, 30, 0, 2]).ports(443, port).flags(TCP_RST | TCP_ACK);
     frame.dst_mac = [0x02, 0x52, 0x53, 0x54, 0x00, 0x01];
     frame
 }
@@ -168,26 +166,21 @@ impl Programs {
             .with_context(|| format!("no program {PROG_XDP_BASELINE}"))?
             .try_into()?;
         baseline.load()?;
-        let tc_baseline: &mut SchedClassifier = ebpf
-            .program_mut(PROG_TC_BASELINE)
-            .with_context(|| format!("no program {PROG_TC_BASELINE}"))?
-            .try_into()?;
+        let tc_baseline: &mut SchedClassifier =
+            ebpf.program_mut(PROG_TC_BASELINE).with_context(|| format!("no program {PROG_TC_BASELINE}"))?.try_into()?;
         tc_baseline.load()?;
         let collector = Collector::new(&mut ebpf)?;
         Ok(Programs { ebpf, collector })
     }
 
     fn program(&self, name: &str) -> anyhow::Result<&Xdp> {
-        Ok(self
-            .ebpf
-            .program(name)
-            .with_context(|| format!("no program {name}"))?
-            .try_into()?)
+        Ok(self.ebpf.program(name).with_context(|| format!("no program {name}"))?.try_into()?)
     }
 
     /// Kernel-reported ns per run for `repeat` runs of `frame` through a TC program (as an skb).
     fn run_tc(&self, name: &str, frame: &[u8], repeat: u32) -> anyhow::Result<f64> {
-        let program: &SchedClassifier = self.ebpf.program(name).with_context(|| format!("no program {name}"))?.try_into()?;
+        let program: &SchedClassifier =
+            self.ebpf.program(name).with_context(|| format!("no program {name}"))?.try_into()?;
         let result = program
             .test_run(TestRunOptions { data_in: Some(frame), repeat, ..TestRunOptions::new() })
             .with_context(|| format!("BPF_PROG_TEST_RUN of {name}"))?;
@@ -199,17 +192,9 @@ impl Programs {
     fn run(&self, name: &str, frame: &[u8], repeat: u32) -> anyhow::Result<f64> {
         let result = self
             .program(name)?
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                repeat,
-                ..TestRunOptions::new()
-            })
+            .test_run(TestRunOptions { data_in: Some(frame), repeat, ..TestRunOptions::new() })
             .with_context(|| format!("BPF_PROG_TEST_RUN of {name}"))?;
-        ensure!(
-            result.return_value == XDP_PASS,
-            "{name} returned {}",
-            result.return_value
-        );
+        ensure!(result.return_value == XDP_PASS, "{name} returned {}", result.return_value);
         Ok(result.duration.as_nanos() as f64)
     }
 }
@@ -270,7 +255,8 @@ fn kernel(opts: &Opts) -> anyhow::Result<Value> {
         .map_err(|error| anyhow::anyhow!("--counting {counting}: {error}"))?;
     let mut programs = Programs::load(max_flows, counting)?;
     // The counting programs loaded: the per-CPU set, or the atomic one.
-    let CountingPrograms { xdp: counting_xdp, tc_egress: counting_tc_egress, .. } = rstwatch::loader::counting_programs(&programs.ebpf);
+    let CountingPrograms { xdp: counting_xdp, tc_egress: counting_tc_egress, .. } =
+        rstwatch::loader::counting_programs(&programs.ebpf);
     let mut lines = Vec::new();
 
     // Frames that repeat: one test run of `repeat` runs per program and trial.
@@ -280,22 +266,13 @@ fn kernel(opts: &Opts) -> anyhow::Result<Value> {
             udp.build().into_bytes()
         }),
         ("IPv4 TCP ACK", padded(tcp_v4().flags(TCP_ACK))),
-        (
-            "IPv4 RST, existing flow (per-CPU cache hit)",
-            padded(tcp_v4().ports(443, 40000).flags(TCP_RST)),
-        ),
-        (
-            "IPv6 RST, existing flow",
-            padded(tcp_v6().ports(443, 40001).flags(TCP_RST)),
-        ),
+        ("IPv4 RST, existing flow (per-CPU cache hit)", padded(tcp_v4().ports(443, 40000).flags(TCP_RST))),
+        ("IPv6 RST, existing flow", padded(tcp_v6().ports(443, 40001).flags(TCP_RST))),
         (
             "802.1Q VLAN IPv4 RST, existing flow",
             padded(tcp_v4().vlan(VlanKind::Dot1Q, 100).ports(443, 40002).flags(TCP_RST)),
         ),
-        (
-            "IPv4 TCP ACK with 1500-byte frame",
-            tcp_v4().flags(TCP_ACK).payload(&[0u8; 1446]).build().into_bytes(),
-        ),
+        ("IPv4 TCP ACK with 1500-byte frame", tcp_v4().flags(TCP_ACK).payload(&[0u8; 1446]).build().into_bytes()),
         (
             "IPv4 SYN retransmission (connection state looked up, nothing written)",
             padded(tcp_v4().ports(40003, 443).flags(TCP_SYN).ttl(64)),
@@ -309,11 +286,7 @@ fn kernel(opts: &Opts) -> anyhow::Result<Value> {
         if !wanted(name) {
             continue;
         }
-        let mut line = Line {
-            name,
-            method: format!("repeat {repeat}, {} B frame", frame.len()),
-            trials: Vec::new(),
-        };
+        let mut line = Line { name, method: format!("repeat {repeat}, {} B frame", frame.len()), trials: Vec::new() };
         for trial in 0..trials {
             // A/B, then B/A: a drift in machine load hits both programs alike.
             let (prog, base) = if trial % 2 == 0 {
@@ -332,14 +305,18 @@ fn kernel(opts: &Opts) -> anyhow::Result<Value> {
     // What the host sends: the TC egress program against an empty TC program, same method.
     let egress: [(&'static str, Vec<u8>); 3] = [
         ("TC egress: IPv4 TCP ACK (what the host sends)", padded(tcp_v4().flags(TCP_ACK))),
-        ("TC egress: IPv4 TCP ACK, 1500-byte frame", tcp_v4().flags(TCP_ACK).payload(&[0u8; 1446]).build().into_bytes()),
+        (
+            "TC egress: IPv4 TCP ACK, 1500-byte frame",
+            tcp_v4().flags(TCP_ACK).payload(&[0u8; 1446]).build().into_bytes(),
+        ),
         ("TC egress: IPv4 RST, existing flow", padded(tcp_v4().ports(443, 40005).flags(TCP_RST | TCP_ACK))),
     ];
     for (name, frame) in egress {
         if !wanted(name) {
             continue;
         }
-        let mut line = Line { name, method: format!("repeat {repeat}, {} B frame, as an skb", frame.len()), trials: Vec::new() };
+        let mut line =
+            Line { name, method: format!("repeat {repeat}, {} B frame, as an skb", frame.len()), trials: Vec::new() };
         for trial in 0..trials {
             let (prog, base) = if trial % 2 == 0 {
                 let p = programs.run_tc(counting_tc_egress, &frame, repeat)?;
@@ -357,22 +334,13 @@ fn kernel(opts: &Opts) -> anyhow::Result<Value> {
     // Flows that change every run: single test runs (no dispatcher swap), each followed by the
     // baseline on the same frame; per trial, median(prog) - median(baseline).
     let single_lines: [(&'static str, &str); 7] = [
-        (
-            "IPv4 RST, existing flow, table path (two flows evicting each other)",
-            "collide",
-        ),
+        ("IPv4 RST, existing flow, table path (two flows evicting each other)", "collide"),
         ("IPv4 RST, new flow each run (table store)", "new"),
-        (
-            "IPv4 RST refusing the SYN just seen, new flow each run (a refused connect)",
-            "refused",
-        ),
+        ("IPv4 RST refusing the SYN just seen, new flow each run (a refused connect)", "refused"),
         ("IPv4 SYN, new connection each run (connection state + service count)", "syn"),
         ("IPv4 RST over 64k flows, round robin (cache miss, table hit)", "64k"),
         ("IPv4 TCP ACK, single runs (calibration: cf. the repeat line)", "ack"),
-        (
-            "IPv4 RST, existing flow, single runs (calibration: cf. the repeat line)",
-            "hit",
-        ),
+        ("IPv4 RST, existing flow, single runs (calibration: cf. the repeat line)", "hit"),
     ];
     let mut next_new = 0u32;
     for (name, kind) in single_lines {
@@ -392,16 +360,14 @@ fn kernel(opts: &Opts) -> anyhow::Result<Value> {
         let method = match kind {
             "collide" => format!("{singles} single runs alternating two flows that share a cache slot"),
             "new" => format!("{singles} single runs, each a flow never seen before"),
-            "refused" => format!("{singles} single runs, each the RST answering a new connection's SYN (run untimed just before)"),
+            "refused" => format!(
+                "{singles} single runs, each the RST answering a new connection's SYN (run untimed just before)"
+            ),
             "syn" => format!("{singles} single runs, each a connection never seen before"),
             "64k" => "65 536 flows, one pass to insert, then one timed pass of single runs".to_owned(),
             _ => format!("{singles} single runs"),
         };
-        let mut line = Line {
-            name,
-            method,
-            trials: Vec::new(),
-        };
+        let mut line = Line { name, method, trials: Vec::new() };
         for _ in 0..trials {
             // Untimed warm-up: the 64k flows all enter the table; for new flows, the cache fills
             // up so that every timed run evicts (and inserts) a flow, as in a long scan.
@@ -470,17 +436,13 @@ fn colliding_pair() -> (Vec<u8>, Vec<u8>) {
 /// A flow no other run uses: 172.16/12 sources, counting up.
 fn new_flow(index: u32) -> FrameBuilder {
     let [_, b, c, d] = index.to_be_bytes();
-    FrameBuilder::ipv4([172, 16 + (b & 0x0f), c, d], [192, 0, 2, 1])
-        .ports(443, 50000)
-        .flags(TCP_RST)
+    FrameBuilder::ipv4([172, 16 + (b & 0x0f), c, d], [192, 0, 2, 1]).ports(443, 50000).flags(TCP_RST)
 }
 
 /// The SYN that [`new_flow`]'s RST answers: the client's connection attempt.
 fn syn_of(index: u32) -> FrameBuilder {
     let [_, b, c, d] = index.to_be_bytes();
-    FrameBuilder::ipv4([192, 0, 2, 1], [172, 16 + (b & 0x0f), c, d])
-        .ports(50000, 443)
-        .flags(TCP_SYN)
+    FrameBuilder::ipv4([192, 0, 2, 1], [172, 16 + (b & 0x0f), c, d]).ports(50000, 443).flags(TCP_SYN)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -534,7 +496,6 @@ const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_PROG_TYPE_XDP: u32 = 6;
 const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
 
-
 /// Loads `r0 = XDP_TX; exit` as an XDP program.
 fn load_xdp_tx() -> io::Result<OwnedFd> {
     // struct bpf_insn: code, dst_reg:4 | src_reg:4, off, imm.
@@ -555,14 +516,8 @@ fn load_xdp_tx() -> io::Result<OwnedFd> {
     attr.prog_name[..6].copy_from_slice(b"bm_gen");
     // SAFETY: `attr` is a valid, zero-padded bpf_attr prefix for BPF_PROG_LOAD; the instruction
     // array and license string it points to outlive the call and are only read.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_LOAD,
-            &attr as *const ProgLoadAttr,
-            size_of::<ProgLoadAttr>(),
-        )
-    };
+    let ret =
+        unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, &attr as *const ProgLoadAttr, size_of::<ProgLoadAttr>()) };
     if ret < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -587,12 +542,7 @@ fn live_run(prog: &OwnedFd, frame: &[u8], ctx: &XdpMd, repeat: u32, batch: u32) 
     // SAFETY: `attr` is a valid bpf_attr for BPF_PROG_TEST_RUN; `frame` and `ctx` outlive the
     // call and are only read, there are no output buffers.
     let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestRunAttr,
-            size_of::<TestRunAttr>(),
-        )
+        libc::syscall(libc::SYS_bpf, BPF_PROG_TEST_RUN, &mut attr as *mut TestRunAttr, size_of::<TestRunAttr>())
     };
     if ret < 0 {
         return Err(io::Error::last_os_error());
@@ -705,10 +655,7 @@ fn generate(opts: &Opts) -> anyhow::Result<Value> {
     let ifindex = rstwatch::loader::resolve_interface(iface)?;
     let prog = load_xdp_tx().context("loading the XDP_TX generator program")?;
     let frames: Vec<Vec<u8>> = (first..first + flows).map(|i| padded(flood_flow(i))).collect();
-    let contexts: Vec<XdpMd> = frames
-        .iter()
-        .map(|f| XdpMd::arriving(f.len(), ifindex))
-        .collect();
+    let contexts: Vec<XdpMd> = frames.iter().map(|f| XdpMd::arriving(f.len(), ifindex)).collect();
     let mut xmit_errors = XmitErrors::open(iface).context("reading the veth's XDP transmit errors")?;
     let started = Instant::now();
     let mut calls = 0u64;
@@ -753,13 +700,7 @@ fn generate(opts: &Opts) -> anyhow::Result<Value> {
         .filter(|(_, n)| *n > 0)
         .map(|(i, n)| {
             let key = flood_flow(first + i as u32).flow_key(0);
-            json!([
-                key.src_ip().to_string(),
-                key.sport,
-                key.dst_ip().to_string(),
-                key.dport,
-                n
-            ])
+            json!([key.src_ip().to_string(), key.sport, key.dst_ip().to_string(), key.dport, n])
         })
         .collect();
     Ok(json!({
@@ -809,11 +750,7 @@ fn membarrier_ns() -> f64 {
     let started = Instant::now();
     // SAFETY: membarrier takes no pointers; MEMBARRIER_CMD_GLOBAL (1) waits for a grace period.
     let ret = unsafe { libc::syscall(libc::SYS_membarrier, 1 as libc::c_long, 0, 0) };
-    assert!(
-        ret >= 0,
-        "membarrier(MEMBARRIER_CMD_GLOBAL): {}",
-        io::Error::last_os_error()
-    );
+    assert!(ret >= 0, "membarrier(MEMBARRIER_CMD_GLOBAL): {}", io::Error::last_os_error());
     started.elapsed().as_nanos() as f64
 }
 
@@ -878,11 +815,7 @@ fn drain(opts: &Opts) -> anyhow::Result<Value> {
             fill_table(&table, active, &keys, &values)?;
             fill.push(started.elapsed().as_nanos() as f64);
             let sample = collector.collect()?;
-            ensure!(
-                sample.flows.len() == n as usize,
-                "drained {} of {n} flows",
-                sample.flows.len()
-            );
+            ensure!(sample.flows.len() == n as usize, "drained {} of {n} flows", sample.flows.len());
             let total: u64 = sample.flows.iter().map(|(_, r)| r).sum();
             ensure!(total == expected, "drained {total} resets, filled {expected}");
             times.push(sample.read_time.as_nanos() as f64);
@@ -995,10 +928,7 @@ fn hold(opts: &Opts) -> anyhow::Result<Value> {
     let name = opts.text("program").unwrap_or(PROG_XDP_BASELINE).to_owned();
     let ifindex = rstwatch::loader::resolve_interface(iface)?;
     let mut ebpf = rstwatch::loader::load(1024)?;
-    let program: &mut Xdp = ebpf
-        .program_mut(&name)
-        .with_context(|| format!("no program {name}"))?
-        .try_into()?;
+    let program: &mut Xdp = ebpf.program_mut(&name).with_context(|| format!("no program {name}"))?.try_into()?;
     if program.fd().is_err() {
         program.load()?;
     }
@@ -1015,10 +945,7 @@ fn packet_flood(opts: &Opts) -> anyhow::Result<Value> {
     let flows: u32 = opts.get("flows", 10_000)?;
     let rate: f64 = opts.get("rate", 100_000.0)?;
     let seconds: f64 = opts.get("seconds", 5.0)?;
-    ensure!(
-        flows > 0 && rate > 0.0 && seconds > 0.0,
-        "--flows, --rate and --seconds must be positive"
-    );
+    ensure!(flows > 0 && rate > 0.0 && seconds > 0.0, "--flows, --rate and --seconds must be positive");
     let ifindex = rstwatch::loader::resolve_interface(iface)?;
     // SAFETY: plain socket(2) call; the result is checked before use.
     let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
@@ -1057,10 +984,7 @@ fn packet_flood(opts: &Opts) -> anyhow::Result<Value> {
         let mut iovecs: Vec<libc::iovec> = Vec::with_capacity(BATCH);
         for k in 0..BATCH {
             let frame = &frames[(next + k) % frames.len()];
-            iovecs.push(libc::iovec {
-                iov_base: frame.as_ptr() as *mut libc::c_void,
-                iov_len: frame.len(),
-            });
+            iovecs.push(libc::iovec { iov_base: frame.as_ptr() as *mut libc::c_void, iov_len: frame.len() });
         }
         // SAFETY: mmsghdr is plain data; zero is a valid starting value, filled in below.
         let mut messages: Vec<libc::mmsghdr> = (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();

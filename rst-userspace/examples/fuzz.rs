@@ -952,7 +952,8 @@ fn check_batch(
     }
     let sample = kernel.collect()?;
     report.collects += 1;
-    let got = Tally { frames: sample.counters.frames, resets: sample.counters.resets, flows: unclassified(&sample.flows) };
+    let got =
+        Tally { frames: sample.counters.frames, resets: sample.counters.resets, flows: unclassified(&sample.flows) };
     let expected = Tally::expected(batch.iter().map(|(_, f)| f.as_slice()));
     report.distinct_flows_max_batch = report.distinct_flows_max_batch.max(expected.flows.len());
     if sample.counters.overflow != 0 || got != expected {

@@ -82,7 +82,8 @@ fn template(i: usize) -> Vec<u8> {
     let server = [10, 0, (i / 256 % 16) as u8, (i % 256) as u8];
     let builder: FrameBuilder = match i % 50 {
         7 => tcp_v4().flags(TCP_RST | TCP_ACK),
-        0..=4 => FrameBuilder::ipv4([192, 0, 2, 1], server).ip_payload(17, &[0x30, 0x39, 0, 53, 0, 16, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]),
+        0..=4 => FrameBuilder::ipv4([192, 0, 2, 1], server)
+            .ip_payload(17, &[0x30, 0x39, 0, 53, 0, 16, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]),
         5 | 6 => tcp_v6().flags(TCP_ACK),
         8 => tcp_v4().vlan(VlanKind::Dot1Q, 7).flags(TCP_SYN),
         _ => tcp_v4().flags(TCP_ACK).payload(&[0x61; 12]),

@@ -41,10 +41,7 @@ const INITIAL_CHUNK: usize = 8192;
 ///
 /// # Errors
 /// The syscall's errno, except `ENOENT` (end of map) which ends the drain normally.
-pub fn drain_hash_map<K: Pod, V: Pod>(
-    map_fd: BorrowedFd<'_>,
-    mut sink: impl FnMut(&K, &V),
-) -> io::Result<usize> {
+pub fn drain_hash_map<K: Pod, V: Pod>(map_fd: BorrowedFd<'_>, mut sink: impl FnMut(&K, &V)) -> io::Result<usize> {
     let mut chunk = INITIAL_CHUNK;
     let mut keys: Vec<K> = Vec::with_capacity(chunk);
     let mut values: Vec<V> = Vec::with_capacity(chunk);
@@ -128,7 +125,9 @@ pub fn lookup_per_cpu_array<V: Pod>(map_fd: BorrowedFd<'_>, first: u32, count: u
     };
     // SAFETY: the buffers hold `count` keys and `count * cpus` values, the tokens are u32 like
     // the array's keys, and all of it outlives the call.
-    let ret = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &mut attr as *mut BatchAttr, size_of::<BatchAttr>()) };
+    let ret = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &mut attr as *mut BatchAttr, size_of::<BatchAttr>())
+    };
     let error = (ret < 0).then(io::Error::last_os_error);
     if let Some(error) = error {
         // ENOENT only means the batch reached the end of the array.
@@ -137,7 +136,10 @@ pub fn lookup_per_cpu_array<V: Pod>(map_fd: BorrowedFd<'_>, first: u32, count: u
         }
     }
     if attr.count != count {
-        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("read {} of {count} array entries", attr.count)));
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("read {} of {count} array entries", attr.count),
+        ));
     }
     // SAFETY: the kernel wrote `count` complete per-CPU values (Pod) for each of `count` keys.
     unsafe { values.set_len(count as usize * cpus) };
@@ -167,12 +169,17 @@ pub fn update_batch<K: Pod, V: Pod>(map_fd: BorrowedFd<'_>, keys: &[K], values: 
     };
     // SAFETY: `keys` and `values` hold `count` entries (times CPUs for per-CPU values) and
     // outlive the call; the kernel only reads them.
-    let ret = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_UPDATE_BATCH, &mut attr as *mut BatchAttr, size_of::<BatchAttr>()) };
+    let ret = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_MAP_UPDATE_BATCH, &mut attr as *mut BatchAttr, size_of::<BatchAttr>())
+    };
     if ret < 0 {
         return Err(io::Error::last_os_error());
     }
     if attr.count as usize != keys.len() {
-        return Err(io::Error::new(io::ErrorKind::WriteZero, format!("wrote {} of {} entries", attr.count, keys.len())));
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            format!("wrote {} of {} entries", attr.count, keys.len()),
+        ));
     }
     Ok(())
 }

@@ -16,9 +16,9 @@ use aya::{
 };
 use rst_common::{
     wire::{
-        CacheSlot, ResetCounters, ServiceKey, ServiceValue, SourceKey, StackResetKey, TrafficCounters, FLOW_CACHE_SLOTS,
-        MAP_EPOCH, MAP_EVICTION_LOG, MAP_FLOW_BLOCKS, MAP_FLOW_TABLE, MAP_FLOW_CACHE, MAP_OVERFLOW_SOURCES, MAP_RESET_COUNTERS, MAP_SERVICES, MAP_STACK_RESETS,
-        MAP_TRAFFIC, DIRECTION_RX, DIRECTION_TX,
+        CacheSlot, ResetCounters, ServiceKey, ServiceValue, SourceKey, StackResetKey, TrafficCounters, DIRECTION_RX,
+        DIRECTION_TX, FLOW_CACHE_SLOTS, MAP_EPOCH, MAP_EVICTION_LOG, MAP_FLOW_BLOCKS, MAP_FLOW_CACHE, MAP_FLOW_TABLE,
+        MAP_OVERFLOW_SOURCES, MAP_RESET_COUNTERS, MAP_SERVICES, MAP_STACK_RESETS, MAP_TRAFFIC,
     },
     Counters, FlowKey, FlowValue,
 };
@@ -119,10 +119,10 @@ impl Collector {
         };
         let log_entries = log_data.info().context("reading the eviction log's size")?.max_entries();
         let cpu_ids = crate::flow_table::possible_cpu_ids().context("reading the possible CPUs")?;
-        let log = EvictionLogMap::new(log_data.fd().as_fd(), log_entries, cpu_ids).context("mapping the eviction log")?;
-        let epoch: Array<MapData, u32> = take(MAP_EPOCH)?
-            .try_into()
-            .context("the epoch global (the object's .bss) must be a single u32")?;
+        let log =
+            EvictionLogMap::new(log_data.fd().as_fd(), log_entries, cpu_ids).context("mapping the eviction log")?;
+        let epoch: Array<MapData, u32> =
+            take(MAP_EPOCH)?.try_into().context("the epoch global (the object's .bss) must be a single u32")?;
         let reset_counters: PerCpuArray<MapData, ResetCounters> = take(MAP_RESET_COUNTERS)?.try_into()?;
         let traffic: PerCpuArray<MapData, TrafficCounters> = take(MAP_TRAFFIC)?.try_into()?;
         let active = epoch.get(&0, 0)? & 1;
@@ -205,9 +205,12 @@ impl Collector {
         let flows = merge_flows(cached_flows.chain(logged_flows), drain_table, resets.table_races, &mut self.merged);
         let mut overflow_sources = Vec::new();
         if counters.overflow > 0 {
-            drain_hash_map::<SourceKey, FlowValue>(self.overflow_sources[finished as usize].fd().as_fd(), |key, value| {
-                overflow_sources.push((*key, value.resets));
-            })
+            drain_hash_map::<SourceKey, FlowValue>(
+                self.overflow_sources[finished as usize].fd().as_fd(),
+                |key, value| {
+                    overflow_sources.push((*key, value.resets));
+                },
+            )
             .context("draining the overflow-source table")?;
         }
         let mut services = Vec::new();

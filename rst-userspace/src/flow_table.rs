@@ -11,8 +11,8 @@ use std::{
 };
 
 use rst_common::{
-    wire::LoggedFlow,
     table::{flow_block_words, FlowSlot, SlotArray, MAX_FLOW_TABLE_BITS, MIN_FLOW_TABLE_BITS, SLOTS_PER_BLOCK_LOG2},
+    wire::LoggedFlow,
     FlowKey,
 };
 
@@ -252,7 +252,9 @@ impl EvictionLogMap {
     /// # Errors
     /// When `entries` is not two equal runs per CPU id, or the mapping fails.
     pub fn new(log_fd: BorrowedFd<'_>, entries: u32, cpu_ids: Vec<u32>) -> io::Result<Self> {
-        let runs = eviction_log_cpus(&cpu_ids).checked_mul(2).filter(|&runs| runs > 0 && entries.is_multiple_of(runs) && entries > 0);
+        let runs = eviction_log_cpus(&cpu_ids)
+            .checked_mul(2)
+            .filter(|&runs| runs > 0 && entries.is_multiple_of(runs) && entries > 0);
         let Some(runs) = runs else {
             return Err(io::Error::other(format!(
                 "an eviction log of {entries} entries is not two runs for each CPU id up to {:?}",

@@ -13,6 +13,7 @@ use std::{
     os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
 };
 
+use anyhow::Context as _;
 use aya::{
     programs::{
         tc::{SchedClassifierLink, TcAttachOptions},
@@ -20,11 +21,12 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use anyhow::Context as _;
 use caps::{CapSet, Capability};
 use rst_common::wire::{
-    GLOBAL_SEND_RESET_DADDR_OFFSET, GLOBAL_SEND_RESET_REASON_OFFSET, GLOBAL_SEND_RESET_SADDR_OFFSET, MAP_CONNECTIONS, MAP_CONN_FINGERPRINTS, MAP_EVICTION_LOG, GLOBAL_EVICTION_LOG_SLOTS,
-    MAP_FLOW_BLOCKS, MAP_FLOW_TABLE, GLOBAL_FLOW_TABLE_BITS, MAP_OVERFLOW_SOURCES, MAP_SERVICES, MAP_STACK_RESETS, PROG_SEND_RESET, PROG_XDP_ATOMIC, CountingPrograms,
+    CountingPrograms, GLOBAL_EVICTION_LOG_SLOTS, GLOBAL_FLOW_TABLE_BITS, GLOBAL_SEND_RESET_DADDR_OFFSET,
+    GLOBAL_SEND_RESET_REASON_OFFSET, GLOBAL_SEND_RESET_SADDR_OFFSET, MAP_CONNECTIONS, MAP_CONN_FINGERPRINTS,
+    MAP_EVICTION_LOG, MAP_FLOW_BLOCKS, MAP_FLOW_TABLE, MAP_OVERFLOW_SOURCES, MAP_SERVICES, MAP_STACK_RESETS,
+    PROG_SEND_RESET, PROG_XDP_ATOMIC,
 };
 
 /// The XDP object built by `build.rs` (aya-build), embedded so the binary is self-contained.
@@ -35,7 +37,9 @@ const MAX_IFACE_NAME: usize = 15;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("missing capability {capability} ({why}); run as root or grant it, e.g. `--cap-add {short}` in a container")]
+    #[error(
+        "missing capability {capability} ({why}); run as root or grant it, e.g. `--cap-add {short}` in a container"
+    )]
     MissingCapability { capability: &'static str, short: &'static str, why: &'static str },
     #[error("invalid interface name {name:?}: {why}")]
     InvalidInterfaceName { name: String, why: &'static str },
@@ -214,7 +218,8 @@ impl Counting {
 /// PREEMPT_RT kernels have `/sys/kernel/realtime` reading 1 (mainline since 6.12, the RT patch
 /// set before) and say `PREEMPT_RT` in their version string (`uname -v`).
 pub fn is_preempt_rt(sys_kernel_realtime: Option<&str>, version: &str) -> bool {
-    sys_kernel_realtime.is_some_and(|value| value.trim() == "1") || version.split_whitespace().any(|word| word == "PREEMPT_RT")
+    sys_kernel_realtime.is_some_and(|value| value.trim() == "1")
+        || version.split_whitespace().any(|word| word == "PREEMPT_RT")
 }
 
 /// [`load`], counting as `counting` says.
@@ -225,7 +230,9 @@ pub fn load_counting(max_flows: u32, counting: Counting) -> anyhow::Result<Ebpf>
             "PREEMPT_RT kernel: counting with atomic adds and no per-CPU flow cache, so that programs \
              preempting each other on one CPU lose nothing (each RST costs more)"
         ),
-        (Counting::Atomic, _) => tracing::info!("counting with atomic adds and no per-CPU flow cache (--counting atomic)"),
+        (Counting::Atomic, _) => {
+            tracing::info!("counting with atomic adds and no per-CPU flow cache (--counting atomic)")
+        }
         (Counting::PerCpu, _) if Counting::Auto.is_atomic() => tracing::warn!(
             "--counting per-cpu on a PREEMPT_RT kernel: programs preempting each other on one CPU can lose counts"
         ),
@@ -267,9 +274,7 @@ pub fn load_counting(max_flows: u32, counting: Counting) -> anyhow::Result<Ebpf>
         .try_into()?;
     xdp.load().map_err(|error| load_error(Box::new(error)))?;
     for name in [programs.tc, programs.tc_egress] {
-        classifier(&mut ebpf, name)?
-            .load()
-            .map_err(|error| load_error(Box::new(error)))?;
+        classifier(&mut ebpf, name)?.load().map_err(|error| load_error(Box::new(error)))?;
     }
     Ok(ebpf)
 }
@@ -364,11 +369,32 @@ pub fn reset_reason_names() -> Vec<String> {
 }
 
 const LINUX_6_18_RESET_REASONS: [&str; 26] = [
-    "NOT_SPECIFIED", "NO_SOCKET", "TCP_INVALID_ACK_SEQUENCE", "TCP_RFC7323_PAWS", "TCP_TOO_OLD_ACK",
-    "TCP_ACK_UNSENT_DATA", "TCP_FLAGS", "TCP_OLD_ACK", "TCP_ABORT_ON_DATA", "TCP_TIMEWAIT_SOCKET", "INVALID_SYN",
-    "TCP_ABORT_ON_CLOSE", "TCP_ABORT_ON_LINGER", "TCP_ABORT_ON_MEMORY", "TCP_STATE", "TCP_KEEPALIVE_TIMEOUT",
-    "TCP_DISCONNECT_WITH_DATA", "MPTCP_RST_EUNSPEC", "MPTCP_RST_EMPTCP", "MPTCP_RST_ERESOURCE",
-    "MPTCP_RST_EPROHIBIT", "MPTCP_RST_EWQ2BIG", "MPTCP_RST_EBADPERF", "MPTCP_RST_EMIDDLEBOX", "ERROR", "MAX",
+    "NOT_SPECIFIED",
+    "NO_SOCKET",
+    "TCP_INVALID_ACK_SEQUENCE",
+    "TCP_RFC7323_PAWS",
+    "TCP_TOO_OLD_ACK",
+    "TCP_ACK_UNSENT_DATA",
+    "TCP_FLAGS",
+    "TCP_OLD_ACK",
+    "TCP_ABORT_ON_DATA",
+    "TCP_TIMEWAIT_SOCKET",
+    "INVALID_SYN",
+    "TCP_ABORT_ON_CLOSE",
+    "TCP_ABORT_ON_LINGER",
+    "TCP_ABORT_ON_MEMORY",
+    "TCP_STATE",
+    "TCP_KEEPALIVE_TIMEOUT",
+    "TCP_DISCONNECT_WITH_DATA",
+    "MPTCP_RST_EUNSPEC",
+    "MPTCP_RST_EMPTCP",
+    "MPTCP_RST_ERESOURCE",
+    "MPTCP_RST_EPROHIBIT",
+    "MPTCP_RST_EWQ2BIG",
+    "MPTCP_RST_EBADPERF",
+    "MPTCP_RST_EMIDDLEBOX",
+    "ERROR",
+    "MAX",
 ];
 
 /// The `{ code, "NAME" }` pairs of `__print_symbolic(REC->reason, …)`.
@@ -464,9 +490,7 @@ pub fn tc_egress_program(ebpf: &mut Ebpf) -> anyhow::Result<&mut SchedClassifier
 }
 
 fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut SchedClassifier> {
-    let program = ebpf
-        .program_mut(name)
-        .ok_or_else(|| anyhow::anyhow!("the eBPF object has no program {name}"))?;
+    let program = ebpf.program_mut(name).ok_or_else(|| anyhow::anyhow!("the eBPF object has no program {name}"))?;
     Ok(program.try_into()?)
 }
 
@@ -499,10 +523,7 @@ pub fn attach(
     };
     match attach_tc_egress(tc_egress_program(ebpf)?, iface) {
         Ok(link) => attachment.egress = Some(link),
-        Err(error) => tracing::warn!(
-            "{:#}; counting only the resets {iface} receives",
-            anyhow::Error::from(error)
-        ),
+        Err(error) => tracing::warn!("{:#}; counting only the resets {iface} receives", anyhow::Error::from(error)),
     }
     let ingress = match (attachment.hook, TcLink::for_this_kernel()) {
         (Hook::TcIngress, TcLink::Clsact) => "clsact ingress".to_owned(),
@@ -609,7 +630,11 @@ impl TcLink {
     }
 }
 
-fn attach_tcx(program: &mut SchedClassifier, iface: &str, direction: TcAttachType) -> Result<SchedClassifierLink, Error> {
+fn attach_tcx(
+    program: &mut SchedClassifier,
+    iface: &str,
+    direction: TcAttachType,
+) -> Result<SchedClassifierLink, Error> {
     attach_tc_with(program, iface, direction, TcLink::for_this_kernel())
 }
 
@@ -667,22 +692,13 @@ pub fn attach_tc_with(
 /// [`Error::AlreadyAttached`] when any XDP program is on the interface (in any mode: the kernel
 /// refuses to mix them), [`Error::NativeUnsupported`] for `--xdp-mode native` on a driver
 /// without XDP, [`Error::MissingCapability`] on EPERM.
-pub fn attach_xdp(
-    program: &Xdp,
-    iface: &str,
-    ifindex: u32,
-    choice: XdpModeChoice,
-) -> Result<Attachment, Error> {
+pub fn attach_xdp(program: &Xdp, iface: &str, ifindex: u32, choice: XdpModeChoice) -> Result<Attachment, Error> {
     let modes: &[XdpMode] = match choice {
         XdpModeChoice::Auto => &[XdpMode::Native, XdpMode::Skb],
         XdpModeChoice::Native => &[XdpMode::Native],
         XdpModeChoice::Skb => &[XdpMode::Skb],
     };
-    let program_fd = program
-        .fd()
-        .map_err(|error| Error::Load(Box::new(error)))?
-        .as_fd()
-        .as_raw_fd();
+    let program_fd = program.fd().map_err(|error| Error::Load(Box::new(error)))?.as_fd().as_raw_fd();
     let mut last_error = None;
     for &mode in modes {
         match bpf_link_create_xdp(program_fd, ifindex, mode) {

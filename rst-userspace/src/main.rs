@@ -50,7 +50,9 @@ enum LogFormat {
 fn init_logging(level: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(rstwatch::logsink::writer())
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(rstwatch::logsink::writer())
         .with_target(false)
         .with_ansi(io::stderr().is_terminal());
     let _ = match format {
@@ -133,7 +135,12 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Some(Command::Replay(args)) => replay::run(&args),
         Some(Command::Completions { shell }) => {
-            clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "rstwatch", &mut io::stdout());
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "rstwatch",
+                &mut io::stdout(),
+            );
             Ok(())
         }
         Some(Command::Man) => clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
@@ -275,7 +282,9 @@ impl<W: Write> Watch<'_, W> {
                 }
                 Err(error) => {
                     if self.missing_since[index] != Some(true) {
-                        tracing::warn!("interface {name} is back but attaching failed: {error:#}; retrying every interval");
+                        tracing::warn!(
+                            "interface {name} is back but attaching failed: {error:#}; retrying every interval"
+                        );
                         self.missing_since[index] = Some(true);
                     }
                 }
@@ -357,7 +366,9 @@ fn sample_run_time(
         None => match RunTimeWindow::open(program) {
             Ok(opened) => *window = Some((opened, now + metrics::RUN_TIME_WINDOW)),
             Err(error) => {
-                tracing::warn!("program run time will not be sampled: {error:#} (BPF_ENABLE_STATS needs CAP_SYS_ADMIN)");
+                tracing::warn!(
+                    "program run time will not be sampled: {error:#} (BPF_ENABLE_STATS needs CAP_SYS_ADMIN)"
+                );
                 *sampling = false;
             }
         },

@@ -138,9 +138,17 @@ impl Metrics {
             max_flows,
             reason_names,
         };
-        registry.register("frames", "Frames the programs saw, by direction (rx received, tx sent)", metrics.frames.clone());
+        registry.register(
+            "frames",
+            "Frames the programs saw, by direction (rx received, tx sent)",
+            metrics.frames.clone(),
+        );
         registry.register("tcp_segments", "TCP segments among them", metrics.tcp.clone());
-        registry.register("malformed_frames", "Frames truncated or malformed inside a header", metrics.malformed.clone());
+        registry.register(
+            "malformed_frames",
+            "Frames truncated or malformed inside a header",
+            metrics.malformed.clone(),
+        );
         registry.register("fragments", "Non-first IP fragments (no TCP header to read)", metrics.fragments.clone());
         registry.register(
             "resets",
@@ -250,18 +258,25 @@ impl Metrics {
             self.resets.get_or_create(&labels).inc_by(resets);
         }
         for ((ifindex, dir), resets) in middlebox {
-            self.middlebox_resets.get_or_create(&InterfaceLabels { iface: name(ifindex), direction: direction(dir) }).inc_by(resets);
+            self.middlebox_resets
+                .get_or_create(&InterfaceLabels { iface: name(ifindex), direction: direction(dir) })
+                .inc_by(resets);
         }
         for (key, count) in &sample.stack_resets {
-            let reason = self.reason_names.get(key.reason as usize).cloned().unwrap_or_else(|| format!("REASON_{}", key.reason));
+            let reason =
+                self.reason_names.get(key.reason as usize).cloned().unwrap_or_else(|| format!("REASON_{}", key.reason));
             self.kernel_resets.get_or_create(&ReasonLabels { reason }).inc_by(*count);
         }
         for family in [&self.service_attempts, &self.service_synacks, &self.service_resets] {
             family.clear();
         }
         for (rank, service) in services.iter().enumerate() {
-            let labels =
-                ServiceLabels { rank: rank as u32 + 1, iface: service.iface.clone(), addr: service.addr.to_string(), port: service.port };
+            let labels = ServiceLabels {
+                rank: rank as u32 + 1,
+                iface: service.iface.clone(),
+                addr: service.addr.to_string(),
+                port: service.port,
+            };
             self.service_attempts.get_or_create(&labels).set(service.attempts as i64);
             self.service_synacks.get_or_create(&labels).set(service.synacks as i64);
             self.service_resets.get_or_create(&labels).set(service.resets as i64);
@@ -330,7 +345,10 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
     }
 }
 
-async fn respond(request: Request<hyper::body::Incoming>, metrics: Arc<Metrics>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn respond(
+    request: Request<hyper::body::Incoming>,
+    metrics: Arc<Metrics>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let plain = |status: StatusCode, body: &'static str| {
         let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
         *response.status_mut() = status;

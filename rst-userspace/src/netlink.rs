@@ -1,7 +1,11 @@
 //! Which XDP program an interface already holds, asked of the kernel over rtnetlink, so that
 //! rstwatch can name what it refuses to replace.
 
-use std::{io, mem::size_of, os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd}};
+use std::{
+    io,
+    mem::size_of,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+};
 
 const RTM_NEWLINK: u16 = 16;
 const RTM_GETLINK: u16 = 18;
@@ -55,9 +59,7 @@ pub fn attached_xdp(ifindex: u32) -> io::Result<Option<AttachedXdp>> {
         info: IfInfoMsg { family: libc::AF_UNSPEC as u8, _pad: 0, kind: 0, index: ifindex as i32, flags: 0, change: 0 },
     };
     // SAFETY: `request` is a fully initialized repr(C) value that outlives the call.
-    let sent = unsafe {
-        libc::send(socket.as_raw_fd(), (&request as *const Request).cast(), size_of::<Request>(), 0)
-    };
+    let sent = unsafe { libc::send(socket.as_raw_fd(), (&request as *const Request).cast(), size_of::<Request>(), 0) };
     if sent < 0 {
         return Err(io::Error::last_os_error());
     }

@@ -168,7 +168,9 @@ impl Kinds {
     pub fn dominant(&self) -> &'static str {
         let Kinds { refused, handshake, established, closing } = *self;
         let mut best = ("", 0);
-        for (name, count) in [("refused", refused), ("handshake", handshake), ("established", established), ("closing", closing)] {
+        for (name, count) in
+            [("refused", refused), ("handshake", handshake), ("established", established), ("closing", closing)]
+        {
             if count > best.1 {
                 best = (name, count);
             }
@@ -600,11 +602,8 @@ impl Aggregator {
         if events.is_empty() && self.pending_events.is_empty() {
             return;
         }
-        let interval_tx: HashMap<FourTuple, FlowKey> = interval
-            .keys()
-            .filter(|id| id.direction == DIRECTION_TX)
-            .map(|id| (four_tuple_of_flow(id), *id))
-            .collect();
+        let interval_tx: HashMap<FourTuple, FlowKey> =
+            interval.keys().filter(|id| id.direction == DIRECTION_TX).map(|id| (four_tuple_of_flow(id), *id)).collect();
         let pending = std::mem::take(&mut self.pending_events);
         let tries = pending.iter().map(|event| (event, true)).chain(events.iter().map(|event| (event, false)));
         for ((event, count), retried) in tries {
@@ -668,7 +667,11 @@ impl Aggregator {
     }
 
     /// The `limit` largest flows as records, largest first; ties in a stable, readable order.
-    fn flow_records<'a>(&self, flows: impl Iterator<Item = (&'a FlowKey, &'a FlowStats)>, limit: usize) -> Vec<FlowRecord> {
+    fn flow_records<'a>(
+        &self,
+        flows: impl Iterator<Item = (&'a FlowKey, &'a FlowStats)>,
+        limit: usize,
+    ) -> Vec<FlowRecord> {
         let mut ranked: Vec<(&FlowKey, &FlowStats)> = flows.collect();
         ranked.sort_by(|(ka, a), (kb, b)| b.resets.cmp(&a.resets).then_with(|| ka.cmp(kb)));
         ranked.truncate(limit);
@@ -732,7 +735,11 @@ impl Aggregator {
                 tally.resets += from_client;
             }
             // Kinds other than refused are charged to the side that sent most.
-            let service = if stats.server_side() { ServiceKey::new(key.src, key.sport, key) } else { ServiceKey::new(key.dst, key.dport, key) };
+            let service = if stats.server_side() {
+                ServiceKey::new(key.src, key.sport, key)
+            } else {
+                ServiceKey::new(key.dst, key.dport, key)
+            };
             let tally = tallies.entry(service).or_default();
             tally.kinds.handshake += stats.kinds.handshake;
             tally.kinds.established += stats.kinds.established;
@@ -754,7 +761,10 @@ impl Aggregator {
             })
             .collect();
         records.sort_by(|a, b| {
-            b.resets.cmp(&a.resets).then_with(|| b.attempts.cmp(&a.attempts)).then_with(|| (a.addr, a.port).cmp(&(b.addr, b.port)))
+            b.resets
+                .cmp(&a.resets)
+                .then_with(|| b.attempts.cmp(&a.attempts))
+                .then_with(|| (a.addr, a.port).cmp(&(b.addr, b.port)))
         });
         records
     }
@@ -791,7 +801,10 @@ fn rank_destinations<'a>(flows: impl Iterator<Item = (&'a FlowKey, &'a FlowStats
             resets: tally.resets,
             share: percent(tally.resets, all),
             flows: tally.flows,
-            senders: top_n(tally.senders, ROW_DETAIL).into_iter().map(|(src, resets)| SenderCount { src, resets }).collect(),
+            senders: top_n(tally.senders, ROW_DETAIL)
+                .into_iter()
+                .map(|(src, resets)| SenderCount { src, resets })
+                .collect(),
         })
         .collect();
     records.sort_by(|a, b| b.resets.cmp(&a.resets).then_with(|| a.dst.cmp(&b.dst)));
@@ -810,9 +823,11 @@ fn diagnose(
     if totals.resets == 0 {
         return lines;
     }
-    if let Some(service) = services.iter().filter(|s| s.attempts > 0 && s.refused > 0).max_by(|a, b| {
-        a.refused_share.total_cmp(&b.refused_share).then_with(|| a.refused.cmp(&b.refused))
-    }) {
+    if let Some(service) = services
+        .iter()
+        .filter(|s| s.attempts > 0 && s.refused > 0)
+        .max_by(|a, b| a.refused_share.total_cmp(&b.refused_share).then_with(|| a.refused.cmp(&b.refused)))
+    {
         lines.push(format!(
             "{:.0}% of connection attempts to {} were refused ({} of {})",
             service.refused_share,
@@ -847,12 +862,17 @@ fn diagnose(
     let firsts: Vec<&FlowRecord> = flows.iter().filter(|f| f.first).collect();
     if !firsts.is_empty() {
         let server = firsts.iter().filter(|f| f.side == "server").count();
-        let (side, count) = if server * 2 >= firsts.len() { ("server", server) } else { ("client", firsts.len() - server) };
+        let (side, count) =
+            if server * 2 >= firsts.len() { ("server", server) } else { ("client", firsts.len() - server) };
         let observed = firsts.iter().filter(|f| f.side_observed).count();
         lines.push(format!(
             "the {side} side resets first in {count} of {} connections{}",
             firsts.len(),
-            if observed == firsts.len() { String::new() } else { format!(" ({} inferred from ports)", firsts.len() - observed) }
+            if observed == firsts.len() {
+                String::new()
+            } else {
+                format!(" ({} inferred from ports)", firsts.len() - observed)
+            }
         ));
     }
     let mut injected: BTreeMap<IpAddr, (u64, u8, u8)> = BTreeMap::new();
@@ -951,7 +971,10 @@ fn rank_sources<'a>(
             share: if all > 0 { 100.0 * tally.resets as f64 / all as f64 } else { 0.0 },
             flows: tally.flows,
             overflow: tally.overflow,
-            ports: top_n(tally.ports, ROW_DETAIL).into_iter().map(|(port, resets)| PortCount { port, resets }).collect(),
+            ports: top_n(tally.ports, ROW_DETAIL)
+                .into_iter()
+                .map(|(port, resets)| PortCount { port, resets })
+                .collect(),
             destinations: top_n(tally.destinations, ROW_DETAIL)
                 .into_iter()
                 .map(|(dst, resets)| DestinationCount { dst, resets })
@@ -1077,7 +1100,11 @@ impl<W: Write> Printer<W> {
                         )?;
                     }
                     if record.flows.len() > self.top {
-                        writeln!(self.out, "   … {} more flows (--format json lists every flow)", record.flows.len() - self.top)?;
+                        writeln!(
+                            self.out,
+                            "   … {} more flows (--format json lists every flow)",
+                            record.flows.len() - self.top
+                        )?;
                     }
                 }
                 self.out.flush()
@@ -1141,7 +1168,8 @@ impl<W: Write> Printer<W> {
         let width = destinations.iter().map(|d| d.dst.to_string().len()).max().unwrap_or(0).max(15);
         writeln!(self.out, "   {:<width$} {:>9} {:>6} {:>7}  MAIN SENDERS", "RESET TARGET", "RSTS", "SHARE", "FLOWS")?;
         for destination in destinations.iter().take(self.top) {
-            let senders: Vec<String> = destination.senders.iter().map(|s| format!("{} ({})", s.src, s.resets)).collect();
+            let senders: Vec<String> =
+                destination.senders.iter().map(|s| format!("{} ({})", s.src, s.resets)).collect();
             writeln!(
                 self.out,
                 "   {:<width$} {:>9} {:>5.0}% {:>7}  {}",

@@ -36,10 +36,7 @@ use rst_common::wire::DEFAULT_MAX_FLOWS;
 use crate::{
     collector::Collector,
     loader::{self, Counting, HookChoice, XdpModeChoice},
-    report::{
-        parse_interval, Aggregator, Format, InterfaceRecord, IntervalRecord, Printer,
-        SummaryRecord, Totals,
-    },
+    report::{parse_interval, Aggregator, Format, InterfaceRecord, IntervalRecord, Printer, SummaryRecord, Totals},
 };
 
 /// Options of `rstwatch top`.
@@ -68,7 +65,6 @@ pub struct TopArgs {
     #[arg(long, value_enum, default_value_t = Counting::Auto)]
     pub counting: Counting,
 }
-
 
 // ───────────────────────────── views, rows, sorting, filtering ─────────────────────────────
 
@@ -111,16 +107,7 @@ impl View {
             View::Src => &["RESETTER", "RSTS", "RSTS/s", "SHARE", "TOTAL"],
             View::Dst => &["RESET PEER", "RSTS", "RSTS/s", "SHARE", "TOTAL"],
             View::Service => &["SERVICE", "ATTEMPTS", "REFUSED", "RSTS", "RSTS/s", "SHARE", "TOTAL"],
-            View::Flow => &[
-                "IFACE",
-                "DIR",
-                "FROM (RST SENDER)",
-                "TO",
-                "KIND",
-                "RSTS",
-                "RSTS/s",
-                "TOTAL",
-            ],
+            View::Flow => &["IFACE", "DIR", "FROM (RST SENDER)", "TO", "KIND", "RSTS", "RSTS/s", "TOTAL"],
         }
     }
 
@@ -213,8 +200,7 @@ impl Filter {
         match self {
             Filter::Port(port) => flow.sport == *port || flow.dport == *port,
             Filter::Address(text) => {
-                flow.src.to_string().contains(text.as_str())
-                    || flow.dst.to_string().contains(text.as_str())
+                flow.src.to_string().contains(text.as_str()) || flow.dst.to_string().contains(text.as_str())
             }
         }
     }
@@ -376,29 +362,15 @@ impl Snapshot {
             let at = add_service(&mut services, s.addr, s.port);
             services[at].last += s.resets;
         }
-        let last_overflow: HashMap<IpAddr, u64> = interval
-            .sources
-            .iter()
-            .filter(|s| s.overflow > 0)
-            .map(|s| (s.src, s.overflow))
-            .collect();
+        let last_overflow: HashMap<IpAddr, u64> =
+            interval.sources.iter().filter(|s| s.overflow > 0).map(|s| (s.src, s.overflow)).collect();
         let overflow_sources = run
             .sources
             .iter()
             .filter(|s| s.overflow > 0)
-            .map(|s| {
-                (
-                    s.src,
-                    last_overflow.get(&s.src).copied().unwrap_or(0),
-                    s.overflow,
-                )
-            })
+            .map(|s| (s.src, last_overflow.get(&s.src).copied().unwrap_or(0), s.overflow))
             .collect();
-        let clock = interval
-            .time
-            .get(11..19)
-            .unwrap_or(&interval.time)
-            .to_string();
+        let clock = interval.time.get(11..19).unwrap_or(&interval.time).to_string();
         Snapshot {
             intervals: interval.seq,
             elapsed: Duration::from_secs_f64((interval.elapsed_ms / 1e3).max(0.0)),
@@ -414,10 +386,7 @@ impl Snapshot {
 
     /// The rows of `view` (unsorted), after `filter`.
     pub fn rows(&self, view: View, filter: Option<&Filter>) -> Vec<Vec<Cell>> {
-        let flows = self
-            .flows
-            .iter()
-            .filter(|f| filter.is_none_or(|filter| filter.matches_flow(f)));
+        let flows = self.flows.iter().filter(|f| filter.is_none_or(|filter| filter.matches_flow(f)));
         let seconds = self.elapsed.as_secs_f64();
         let rate = |n: u64| {
             if seconds > 0.0 {
@@ -443,11 +412,8 @@ impl Snapshot {
                 .collect();
         }
         if view == View::Service {
-            let services: Vec<&ServiceRow> = self
-                .services
-                .iter()
-                .filter(|s| filter.is_none_or(|filter| filter.matches_service(s)))
-                .collect();
+            let services: Vec<&ServiceRow> =
+                self.services.iter().filter(|s| filter.is_none_or(|filter| filter.matches_service(s))).collect();
             let all: u64 = services.iter().map(|s| s.last).sum();
             return services
                 .into_iter()
@@ -491,11 +457,7 @@ impl Snapshot {
         groups
             .into_iter()
             .map(|((ip, port), (last, total))| {
-                let share = if all > 0 {
-                    100.0 * last as f64 / all as f64
-                } else {
-                    0.0
-                };
+                let share = if all > 0 { 100.0 * last as f64 / all as f64 } else { 0.0 };
                 vec![
                     Cell::Endpoint(ip, port),
                     Cell::Count(last),
@@ -524,13 +486,7 @@ pub fn sort_rows(rows: &mut [Vec<Cell>], column: usize, reverse: bool) {
                 (Some(x), Some(y)) => y.cmp(&x),
                 _ => Ordering::Equal,
             })
-            .then_with(|| {
-                a.iter()
-                    .zip(b.iter())
-                    .map(|(x, y)| x.cmp(y))
-                    .find(|o| o.is_ne())
-                    .unwrap_or(Ordering::Equal)
-            })
+            .then_with(|| a.iter().zip(b.iter()).map(|(x, y)| x.cmp(y)).find(|o| o.is_ne()).unwrap_or(Ordering::Equal))
     });
 }
 
@@ -637,12 +593,8 @@ impl App {
             KeyCode::Char('2' | 'd') => self.set_view(View::Dst),
             KeyCode::Char('3' | 'v') => self.set_view(View::Service),
             KeyCode::Char('4' | 'f') => self.set_view(View::Flow),
-            KeyCode::Left | KeyCode::Char('<' | ',') => {
-                self.sort[v] = (self.sort[v] + columns - 1) % columns
-            }
-            KeyCode::Right | KeyCode::Char('>' | '.') => {
-                self.sort[v] = (self.sort[v] + 1) % columns
-            }
+            KeyCode::Left | KeyCode::Char('<' | ',') => self.sort[v] = (self.sort[v] + columns - 1) % columns,
+            KeyCode::Right | KeyCode::Char('>' | '.') => self.sort[v] = (self.sort[v] + 1) % columns,
             KeyCode::Char('r') => self.reverse[v] = !self.reverse[v],
             KeyCode::Char('/') => {
                 self.editing = Some(self.filter.as_ref().map(filter_text).unwrap_or_default());
@@ -674,13 +626,9 @@ impl App {
         if area.width == 0 || area.height == 0 {
             return;
         }
-        let [header, tabs, table, footer] = Layout::vertical([
-            Constraint::Length(2),
-            Constraint::Length(1),
-            Constraint::Min(0),
-            Constraint::Length(2),
-        ])
-        .areas(area);
+        let [header, tabs, table, footer] =
+            Layout::vertical([Constraint::Length(2), Constraint::Length(1), Constraint::Min(0), Constraint::Length(2)])
+                .areas(area);
         frame.render_widget(Paragraph::new(self.header_lines()), header);
         frame.render_widget(Paragraph::new(self.tabs_line()), tabs);
         self.draw_table(frame, table);
@@ -702,10 +650,7 @@ impl App {
         ];
         if self.paused {
             first.push(Span::styled(
-                format!(
-                    "  PAUSED (still counting: {} RSTs so far)",
-                    self.live.totals.resets
-                ),
+                format!("  PAUSED (still counting: {} RSTs so far)", self.live.totals.resets),
                 Style::default().add_modifier(Modifier::REVERSED | Modifier::BOLD),
             ));
         }
@@ -718,22 +663,12 @@ impl App {
             t.overflow
         );
         if t.malformed > 0 || t.fragments > 0 {
-            second.push_str(&format!(
-                "  malformed {}  fragments {}",
-                t.malformed, t.fragments
-            ));
+            second.push_str(&format!("  malformed {}  fragments {}", t.malformed, t.fragments));
         }
         if s.intervals > 0 {
             let seconds = s.elapsed.as_secs_f64();
-            let rate = if seconds > 0.0 {
-                s.last.resets as f64 / seconds
-            } else {
-                0.0
-            };
-            second.push_str(&format!(
-                "  │ {} last {:.2}s: {} RSTs ({rate:.1}/s)",
-                s.clock, seconds, s.last.resets
-            ));
+            let rate = if seconds > 0.0 { s.last.resets as f64 / seconds } else { 0.0 };
+            second.push_str(&format!("  │ {} last {:.2}s: {} RSTs ({rate:.1}/s)", s.clock, seconds, s.last.resets));
         } else {
             second.push_str("  │ waiting for the first interval");
         }
@@ -745,29 +680,17 @@ impl App {
         for (n, view) in View::ALL.iter().enumerate() {
             let text = format!(" {} {} ", n + 1, view.name());
             spans.push(if *view == self.view {
-                Span::styled(
-                    text,
-                    Style::default().add_modifier(Modifier::REVERSED | Modifier::BOLD),
-                )
+                Span::styled(text, Style::default().add_modifier(Modifier::REVERSED | Modifier::BOLD))
             } else {
                 Span::raw(text)
             });
         }
-        let column = self
-            .view
-            .columns()
-            .get(self.sort_column())
-            .copied()
-            .unwrap_or("");
-        spans.push(Span::raw(format!(
-            "  sort {column}{}",
-            if self.reversed() { " (reversed)" } else { "" }
-        )));
+        let column = self.view.columns().get(self.sort_column()).copied().unwrap_or("");
+        spans.push(Span::raw(format!("  sort {column}{}", if self.reversed() { " (reversed)" } else { "" })));
         match (&self.editing, &self.filter) {
-            (Some(text), _) => spans.push(Span::styled(
-                format!("  filter: {text}_"),
-                Style::default().add_modifier(Modifier::BOLD),
-            )),
+            (Some(text), _) => {
+                spans.push(Span::styled(format!("  filter: {text}_"), Style::default().add_modifier(Modifier::BOLD)))
+            }
             (None, Some(filter)) => spans.push(Span::raw(format!("  filter: {filter}"))),
             (None, None) => {}
         }
@@ -804,13 +727,7 @@ impl App {
             } else {
                 "no resets seen".to_string()
             };
-            frame.render_widget(
-                Paragraph::new(vec![
-                    self.header_row_line(),
-                    Line::from(format!("  {text}")),
-                ]),
-                area,
-            );
+            frame.render_widget(Paragraph::new(vec![self.header_row_line(), Line::from(format!("  {text}"))]), area);
             return;
         }
         let sort = self.sort_column();
@@ -846,10 +763,7 @@ impl App {
                 let numeric = shown.first().and_then(|r| r.get(i)).is_some_and(|c| c.1);
                 // Addresses get room to grow between refreshes; short words (rx, refused) not.
                 let endpoint = rows.first().and_then(|r| r.get(i)).is_some_and(|c| matches!(c, Cell::Endpoint(..)));
-                let cells = shown
-                    .iter()
-                    .filter_map(|r| r.get(i))
-                    .map(|c| c.0.chars().count());
+                let cells = shown.iter().filter_map(|r| r.get(i)).map(|c| c.0.chars().count());
                 let least = if numeric {
                     9
                 } else if endpoint {
@@ -857,35 +771,23 @@ impl App {
                 } else {
                     0
                 };
-                let width = cells
-                    .chain([title.chars().count(), least])
-                    .max()
-                    .unwrap_or(9);
+                let width = cells.chain([title.chars().count(), least]).max().unwrap_or(9);
                 Constraint::Length(u16::try_from(width).unwrap_or(u16::MAX))
             })
             .collect();
-        let numeric: Vec<bool> = (0..titles.len())
-            .map(|i| shown.first().and_then(|r| r.get(i)).is_some_and(|c| c.1))
-            .collect();
+        let numeric: Vec<bool> =
+            (0..titles.len()).map(|i| shown.first().and_then(|r| r.get(i)).is_some_and(|c| c.1)).collect();
         let align = |text: String, right: bool| {
             let line = Line::from(text);
             TableCell::from(if right { line.right_aligned() } else { line })
         };
-        let header = Row::new(
-            titles
-                .into_iter()
-                .zip(&numeric)
-                .map(|(title, right)| align(title, *right)),
-        )
-        .style(Style::default().add_modifier(Modifier::BOLD | Modifier::UNDERLINED));
+        let header = Row::new(titles.into_iter().zip(&numeric).map(|(title, right)| align(title, *right)))
+            .style(Style::default().add_modifier(Modifier::BOLD | Modifier::UNDERLINED));
         let body: Vec<Row> = shown
             .into_iter()
             .map(|cells| Row::new(cells.into_iter().map(|(text, right)| align(text, right))))
             .collect();
-        let table = Table::new(body, widths)
-            .header(header)
-            .column_spacing(2)
-            .flex(Flex::Start);
+        let table = Table::new(body, widths).header(header).column_spacing(2).flex(Flex::Start);
         frame.render_widget(table, area);
     }
 
@@ -928,8 +830,7 @@ impl TerminalGuard {
         TERMINAL_TAKEN.store(true, AtomicOrdering::SeqCst);
         let guard = TerminalGuard;
         terminal::enable_raw_mode().context("putting the terminal in raw mode")?;
-        execute!(io::stdout(), EnterAlternateScreen, cursor::Hide)
-            .context("entering the alternate screen")?;
+        execute!(io::stdout(), EnterAlternateScreen, cursor::Hide).context("entering the alternate screen")?;
         Ok(guard)
     }
 }
@@ -985,9 +886,7 @@ fn install_signal_handlers() -> anyhow::Result<()> {
 pub fn run(args: &TopArgs) -> anyhow::Result<()> {
     // Everything that can be checked without touching the kernel is checked first.
     if !io::stdout().is_terminal() || !io::stdin().is_terminal() {
-        anyhow::bail!(
-            "rstwatch top needs a terminal (for a pipe or a file, use plain `rstwatch -i IFACE`)"
-        );
+        anyhow::bail!("rstwatch top needs a terminal (for a pipe or a file, use plain `rstwatch -i IFACE`)");
     }
     let targets = loader::resolve_targets(&args.ifaces)?;
     loader::check_capabilities()?;
@@ -998,11 +897,7 @@ pub fn run(args: &TopArgs) -> anyhow::Result<()> {
     let (kernel_events, reason_names) = loader::start_kernel_events(&mut ebpf);
     let attachments = loader::attach_all(&mut ebpf, args.hook, args.xdp_mode, &targets)?;
     let interfaces: Vec<InterfaceRecord> = attachments.iter().map(InterfaceRecord::of).collect();
-    let described = interfaces
-        .iter()
-        .map(|i| format!("{} ({})", i.iface, i.mode))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let described = interfaces.iter().map(|i| format!("{} ({})", i.iface, i.mode)).collect::<Vec<_>>().join(", ");
     let hook = match args.hook {
         HookChoice::Xdp => "xdp",
         HookChoice::Tc => "tc",
@@ -1019,15 +914,7 @@ pub fn run(args: &TopArgs) -> anyhow::Result<()> {
         let guard = TerminalGuard::take()?;
         let outcome = Terminal::new(CrosstermBackend::new(io::stdout()))
             .context("setting up the terminal")
-            .and_then(|mut terminal| {
-                live(
-                    &mut terminal,
-                    &mut app,
-                    &mut collector,
-                    &mut aggregator,
-                    args.interval,
-                )
-            });
+            .and_then(|mut terminal| live(&mut terminal, &mut app, &mut collector, &mut aggregator, args.interval));
         drop(guard);
         outcome
     };
@@ -1081,9 +968,7 @@ fn live<B: Backend>(
             dirty = false;
         }
         // Short polls so a signal is seen promptly even without a key.
-        let wait = next_tick
-            .saturating_duration_since(Instant::now())
-            .min(Duration::from_millis(100));
+        let wait = next_tick.saturating_duration_since(Instant::now()).min(Duration::from_millis(100));
         if event::poll(wait).context("reading the terminal")? {
             match event::read().context("reading the terminal")? {
                 Event::Key(key) => {
@@ -1181,10 +1066,7 @@ mod tests {
             seq: 3,
             time: "2026-01-01T12:34:56.000Z".into(),
             elapsed_ms: 2000.0,
-            totals: Totals {
-                resets: sum(&last),
-                ..Totals::default()
-            },
+            totals: Totals { resets: sum(&last), ..Totals::default() },
             rate: 0.0,
             flows_seen: last.len(),
             flow_resets: sum(&last),
@@ -1200,11 +1082,7 @@ mod tests {
             intervals: 3,
             interfaces: vec![],
             counting: Some("per-cpu"),
-            totals: Totals {
-                resets: sum(&run) + 10,
-                overflow: 10,
-                ..Totals::default()
-            },
+            totals: Totals { resets: sum(&run) + 10, overflow: 10, ..Totals::default() },
             overflowed: true,
             unlisted: Default::default(),
             sources: vec![source("10.0.0.9", 10, 10)],
@@ -1231,15 +1109,8 @@ mod tests {
         refusals.kinds.refused = 19;
         refusals.kinds.handshake = 1;
         snapshot_with(
-            vec![
-                flow("10.0.0.1", 443, "10.0.1.1", 40000, 6),
-                flow("10.0.0.2", 81, "10.0.1.2", 50000, 2),
-            ],
-            vec![
-                flow("10.0.0.1", 443, "10.0.1.1", 40000, 8),
-                flow("10.0.0.2", 81, "10.0.1.2", 50000, 2),
-                refusals,
-            ],
+            vec![flow("10.0.0.1", 443, "10.0.1.1", 40000, 6), flow("10.0.0.2", 81, "10.0.1.2", 50000, 2)],
+            vec![flow("10.0.0.1", 443, "10.0.1.1", 40000, 8), flow("10.0.0.2", 81, "10.0.1.2", 50000, 2), refusals],
             vec![service("10.0.0.1", 443, 0, 0, 6), service("10.0.0.2", 81, 0, 0, 2)],
             vec![
                 service("10.0.0.1", 443, 10, 0, 8),
@@ -1278,11 +1149,7 @@ mod tests {
         assert_eq!(src[0][2], Cell::Rate(3.0));
         assert_eq!(src[0][3], Cell::Percent(50.0));
         assert_eq!(src[0][4], Cell::Count(8));
-        assert_eq!(
-            src[1][0],
-            Cell::Endpoint(ip("10.0.0.9"), None),
-            "overflowed RSTs stay with their sender"
-        );
+        assert_eq!(src[1][0], Cell::Endpoint(ip("10.0.0.9"), None), "overflowed RSTs stay with their sender");
         assert_eq!(src.len(), 4);
 
         // Services come from the run's service records: attempts and refusals over the run,
@@ -1333,10 +1200,7 @@ mod tests {
         assert_eq!(Filter::parse(" "), None);
         assert_eq!(Filter::parse("443"), Some(Filter::Port(443)));
         assert_eq!(Filter::parse(":81"), Some(Filter::Port(81)));
-        assert_eq!(
-            Filter::parse("99999"),
-            Some(Filter::Address("99999".into()))
-        );
+        assert_eq!(Filter::parse("99999"), Some(Filter::Address("99999".into())));
         let port = Filter::Port(8080);
         let rows = s.rows(View::Flow, Some(&port));
         assert_eq!(rows.len(), 1);
@@ -1363,10 +1227,7 @@ mod tests {
         assert_eq!(rows[0][7], Cell::Count(2));
         // Addresses sort as addresses: 10.0.0.2 < 10.0.0.10.
         let mut by_addr = vec![
-            vec![Cell::Endpoint(
-                IpAddr::V4(Ipv4Addr::new(10, 0, 0, 10)),
-                None,
-            )],
+            vec![Cell::Endpoint(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 10)), None)],
             vec![Cell::Endpoint(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), None)],
         ];
         sort_rows(&mut by_addr, 0, false);
@@ -1427,10 +1288,7 @@ mod tests {
         TERMINAL_TAKEN.store(true, AtomicOrdering::SeqCst);
         let outcome = std::panic::catch_unwind(|| panic!("a bug while the terminal is raw"));
         assert!(outcome.is_err());
-        assert!(
-            !TERMINAL_TAKEN.load(AtomicOrdering::SeqCst),
-            "the hook restored the terminal"
-        );
+        assert!(!TERMINAL_TAKEN.load(AtomicOrdering::SeqCst), "the hook restored the terminal");
         restore_terminal(); // idempotent
     }
 

@@ -12,7 +12,7 @@ use rst_common::{
 };
 use rstwatch::{
     collector::Collector,
-    loader::{self, Counting, Hook, TcLink, XdpModeChoice, XdpMode},
+    loader::{self, Counting, Hook, TcLink, XdpMode, XdpModeChoice},
     netlink,
 };
 
@@ -42,8 +42,8 @@ fn tcx_ingress_programs(iface: &str) -> Vec<String> {
 fn tc_attachment_is_a_tcx_link_that_goes_with_its_owner() {
     let ifindex = private_veth("rwhook0", "rwhook1");
     let mut ebpf = loader::load_counting(1024, Counting::PerCpu).expect("load");
-    let attachment = loader::attach_tc(loader::tc_program(&mut ebpf).expect("program"), "rwhook0", ifindex)
-        .expect("attach tc");
+    let attachment =
+        loader::attach_tc(loader::tc_program(&mut ebpf).expect("program"), "rwhook0", ifindex).expect("attach tc");
     assert_eq!(attachment.hook, Hook::TcIngress);
     assert_eq!(tcx_ingress_programs("rwhook0"), [PROG_TC]);
     drop(attachment);
@@ -88,7 +88,10 @@ fn xdp_attachment_goes_with_its_owner_and_blocks_a_second_one() {
         loader::attach_xdp(loader::xdp_program(&mut second).expect("program"), "rwhook2", ifindex, XdpModeChoice::Skb)
             .expect_err("the hook is taken");
     let message = refused.to_string();
-    assert!(message.contains("already has an XDP program") && message.contains(&held.program_id.to_string()), "{message}");
+    assert!(
+        message.contains("already has an XDP program") && message.contains(&held.program_id.to_string()),
+        "{message}"
+    );
 
     drop(attachment);
     assert_eq!(netlink::attached_xdp(ifindex).expect("rtnetlink"), None);
@@ -101,9 +104,8 @@ fn tc_program_counts_like_xdp_and_always_says_next() {
     let program = loader::tc_program(&mut ebpf).expect("program");
     let reset = tcp_v4().flags(TCP_RST | TCP_ACK);
     for frame in [reset.build().bytes, tcp_v4().flags(TCP_ACK).build().bytes] {
-        let result = program
-            .test_run(TestRunOptions { data_in: Some(&frame), ..TestRunOptions::new() })
-            .expect("test run");
+        let result =
+            program.test_run(TestRunOptions { data_in: Some(&frame), ..TestRunOptions::new() }).expect("test run");
         assert_eq!(result.return_value as i32, -1, "TC programs must return TCX_NEXT / TC_ACT_UNSPEC");
     }
     let sample = collector.collect().expect("collect");

@@ -56,7 +56,9 @@ fn every_case_counted_like_the_host_expects(counting: Counting) -> anyhow::Resul
     assert!(failures.is_empty(), "{} of {} cases differ:\n{}", failures.len(), cases.len(), failures.join("\n"));
     let (cached, (logged, _)) = (kernel.cached_resets()?, kernel.log_and_table_use(0)?);
     match counting {
-        Counting::Atomic => assert_eq!((cached, logged), (0, 0), "atomic counting must not use the per-CPU cache or log"),
+        Counting::Atomic => {
+            assert_eq!((cached, logged), (0, 0), "atomic counting must not use the per-CPU cache or log")
+        }
         _ => assert!(cached > 0, "per-CPU counting keeps the last resets in the cache"),
     }
 
@@ -110,8 +112,11 @@ fn jumbo_and_multi_buffer_frames_count_and_pass() -> anyhow::Result<()> {
             let frame = builder.clone().payload(&vec![0x5a; len - headers]).build().bytes;
             assert_eq!(frame.len(), len);
             let key = builder.flow_key(LOOPBACK_IFINDEX);
-            let observation =
-                if verdict == Verdict::Reset { Observation::Reset(builder.event(LOOPBACK_IFINDEX)) } else { Observation::Segment };
+            let observation = if verdict == Verdict::Reset {
+                Observation::Reset(builder.event(LOOPBACK_IFINDEX))
+            } else {
+                Observation::Segment
+            };
             assert_eq!(kernel.classify(&frame, Some(&key))?, verdict, "{len}-byte frame with flags {flags:#04x}");
             expected.push(observation);
         }
@@ -168,7 +173,8 @@ fn a_full_flow_table_counts_overflow() -> anyhow::Result<()> {
     // Every flow that made it is one of the scanned flows, with at most its two resets: the
     // test thread may move between CPUs between runs, so a flow's two resets can sit in two
     // CPUs' caches and be written back separately, one finding room and the other not.
-    let scanned: std::collections::BTreeSet<FlowKey> = flows.iter().map(|flow| flow.flow_key(LOOPBACK_IFINDEX)).collect();
+    let scanned: std::collections::BTreeSet<FlowKey> =
+        flows.iter().map(|flow| flow.flow_key(LOOPBACK_IFINDEX)).collect();
     for (key, count) in sample_flows(&sample)? {
         assert!(scanned.contains(&key) && (1..=2).contains(&count), "unexpected flow {key:?} with {count}");
     }
@@ -402,7 +408,10 @@ fn resets_are_classified_in_the_kernel_as_on_the_host() -> anyhow::Result<()> {
     type Expected = (ResetKind, bool, bool, bool, bool, u8);
     let conversations: Vec<(Vec<FrameBuilder>, Vec<Expected>)> = vec![
         // Port closed: the server's stack answers the SYN.
-        (vec![c2s(1001, TCP_SYN, 1000, 0), s2c(1001, TCP_RST | TCP_ACK, 0, 1001)], vec![(Refused, true, true, true, true, 0)]),
+        (
+            vec![c2s(1001, TCP_SYN, 1000, 0), s2c(1001, TCP_RST | TCP_ACK, 0, 1001)],
+            vec![(Refused, true, true, true, true, 0)],
+        ),
         // The client refuses the SYN+ACK: nothing moved yet.
         (
             vec![c2s(1002, TCP_SYN, 2000, 0), s2c(1002, TCP_SYN | TCP_ACK, 5000, 2001), c2s(1002, TCP_RST, 2001, 0)],
@@ -450,7 +459,10 @@ fn resets_are_classified_in_the_kernel_as_on_the_host() -> anyhow::Result<()> {
             vec![(Handshake, true, true, true, true, 62)],
         ),
         // The SYN+ACK went another way: a client RST past its ISN+1 means data moved.
-        (vec![c2s(1009, TCP_SYN, 200, 0), c2s(1009, TCP_RST | TCP_ACK, 1201, 5)], vec![(Established, true, false, true, true, 64)]),
+        (
+            vec![c2s(1009, TCP_SYN, 200, 0), c2s(1009, TCP_RST | TCP_ACK, 1201, 5)],
+            vec![(Established, true, false, true, true, 64)],
+        ),
         // No handshake seen: RST+ACK with sequence 0 answers a SYN, and comes from the server
         // even when the ports would say otherwise.
         (
@@ -475,7 +487,11 @@ fn resets_are_classified_in_the_kernel_as_on_the_host() -> anyhow::Result<()> {
                 s2c(1010, TCP_RST | TCP_ACK, 950, 150),
                 s2c(1010, TCP_RST | TCP_ACK, 950, 150),
             ],
-            vec![(Established, true, true, true, true, 62), (Established, true, true, true, false, 62), (Established, true, true, true, false, 62)],
+            vec![
+                (Established, true, true, true, true, 62),
+                (Established, true, true, true, false, 62),
+                (Established, true, true, true, false, 62),
+            ],
         ),
         // A FIN between two identical RSTs changes the verdict.
         (

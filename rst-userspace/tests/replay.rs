@@ -188,7 +188,13 @@ fn two_interfaces_in_one_pcapng_are_reported_apart() {
         .as_array()
         .expect("interfaces")
         .iter()
-        .map(|i| (i["iface"].as_str().unwrap_or("").into(), i["ifindex"].as_u64().unwrap_or(0), i["mode"].as_str().unwrap_or("").into()))
+        .map(|i| {
+            (
+                i["iface"].as_str().unwrap_or("").into(),
+                i["ifindex"].as_u64().unwrap_or(0),
+                i["mode"].as_str().unwrap_or("").into(),
+            )
+        })
         .collect();
     assert_eq!(
         interfaces,
@@ -308,7 +314,8 @@ fn crafted_cases_classify_the_same_on_every_link_type() {
         let mut frames = Vec::new();
         let mut observations = Vec::new();
         for (i, case) in cases.iter().enumerate() {
-            let frame = if datalink == DataLink::ETHERNET { Some(case.frame.clone()) } else { rewrap(datalink, &case.frame) };
+            let frame =
+                if datalink == DataLink::ETHERNET { Some(case.frame.clone()) } else { rewrap(datalink, &case.frame) };
             // Frames whose Ethernet header the case itself damages have no other link form.
             if let (Some(frame), true) = (frame, case.frame.len() >= 14) {
                 frames.push((i as u64 * 1_000_000, frame));
@@ -337,7 +344,10 @@ fn short_link_headers_are_malformed() {
     write_pcap(&path, DataLink::LINUX_SLL, &frames);
     let (output, lines) = replay_json(&[path.to_str().expect("UTF-8")]);
     assert!(output.status.success(), "{}", text(&output.stderr));
-    assert_eq!(totals_of(summary(&lines)), serde_json::json!({"frames": 3, "tcp": 1, "resets": 1, "malformed": 2, "fragments": 0}));
+    assert_eq!(
+        totals_of(summary(&lines)),
+        serde_json::json!({"frames": 3, "tcp": 1, "resets": 1, "malformed": 2, "fragments": 0})
+    );
 }
 
 fn is_root() -> bool {
@@ -392,7 +402,11 @@ fn parity_reports_differences() {
     assert!(same.agrees(), "{}", same.describe());
     let differs = Parity { kernel_flows: BTreeMap::new(), ..same };
     assert!(!differs.agrees());
-    assert!(differs.describe().contains("192.0.2.1:80 -> 192.0.2.2:5000 (class 0x00, peer TTL 0): replay 1, kernel 0"), "{}", differs.describe());
+    assert!(
+        differs.describe().contains("192.0.2.1:80 -> 192.0.2.2:5000 (class 0x00, peer TTL 0): replay 1, kernel 0"),
+        "{}",
+        differs.describe()
+    );
 }
 
 #[test]
@@ -401,7 +415,13 @@ fn intervals_follow_capture_time() {
     let ack = tcp_v6().flags(TCP_ACK).build().into_bytes();
     let ms = 1_000_000u64;
     // [0 s, 1 s): 2 frames; [1 s, 2 s): 1; nothing for 3 s; [5 s, 5.3 s]: 2.
-    let frames = vec![(0, rst.clone()), (500 * ms, ack.clone()), (1_200 * ms, rst.clone()), (5_000 * ms, ack), (5_300 * ms, rst)];
+    let frames = vec![
+        (0, rst.clone()),
+        (500 * ms, ack.clone()),
+        (1_200 * ms, rst.clone()),
+        (5_000 * ms, ack),
+        (5_300 * ms, rst),
+    ];
     let path = tmp("paced.pcap");
     write_pcap(&path, DataLink::ETHERNET, &frames);
     let (output, lines) = replay_json(&["--interval", "1s", path.to_str().expect("UTF-8")]);
@@ -457,8 +477,9 @@ fn unrelated_files_do_not_count_the_time_between_them() {
 /// A valid pcap of `n` frames (one reset each), as bytes.
 fn valid_pcap(n: usize) -> Vec<u8> {
     let path = tmp(&format!("valid-{n}.pcap"));
-    let frames: Vec<(u64, Vec<u8>)> =
-        (0..n).map(|i| (i as u64 * 1000, tcp_v4().ports(80, 1000 + i as u16).flags(TCP_RST).build().into_bytes())).collect();
+    let frames: Vec<(u64, Vec<u8>)> = (0..n)
+        .map(|i| (i as u64 * 1000, tcp_v4().ports(80, 1000 + i as u16).flags(TCP_RST).build().into_bytes()))
+        .collect();
     write_pcap(&path, DataLink::ETHERNET, &frames);
     std::fs::read(&path).expect("reading it back")
 }
@@ -535,9 +556,8 @@ fn corrupt_pcapng_block_names_the_frame() {
     }
     let mut bytes = std::fs::read(&path).expect("reading");
     // Find the third EPB (type 6, little-endian) and break its trailing length.
-    let starts: Vec<usize> = (0..bytes.len().saturating_sub(8))
-        .filter(|&i| bytes[i..i + 4] == [6, 0, 0, 0] && i % 4 == 0)
-        .collect();
+    let starts: Vec<usize> =
+        (0..bytes.len().saturating_sub(8)).filter(|&i| bytes[i..i + 4] == [6, 0, 0, 0] && i % 4 == 0).collect();
     let third = *starts.get(2).expect("a third EPB");
     let len = u32::from_le_bytes([bytes[third + 4], bytes[third + 5], bytes[third + 6], bytes[third + 7]]) as usize;
     bytes[third + len - 4] ^= 0x40;
@@ -622,8 +642,24 @@ fn replay_classifies_and_ranks_services() {
     let mut frames = Vec::new();
     for (i, port) in [40001u16, 40002, 40003].into_iter().enumerate() {
         let t = i as u64 * 10 * ms;
-        frames.push((t, craft::FrameBuilder::ipv4(client, server).ports(port, 81).flags(TCP_SYN).seq_ack(100, 0).build().into_bytes()));
-        frames.push((t + ms, craft::FrameBuilder::ipv4(server, client).ports(81, port).flags(TCP_RST | TCP_ACK).seq_ack(0, 101).build().into_bytes()));
+        frames.push((
+            t,
+            craft::FrameBuilder::ipv4(client, server)
+                .ports(port, 81)
+                .flags(TCP_SYN)
+                .seq_ack(100, 0)
+                .build()
+                .into_bytes(),
+        ));
+        frames.push((
+            t + ms,
+            craft::FrameBuilder::ipv4(server, client)
+                .ports(81, port)
+                .flags(TCP_RST | TCP_ACK)
+                .seq_ack(0, 101)
+                .build()
+                .into_bytes(),
+        ));
     }
     let accepted = [
         craft::FrameBuilder::ipv4(client, server).ports(40004, 443).flags(TCP_SYN).seq_ack(500, 0),
@@ -647,7 +683,14 @@ fn replay_classifies_and_ranks_services() {
         .iter()
         .map(|s| {
             let n = |k: &str| s[k].as_u64().unwrap_or(u64::MAX);
-            (format!("{}:{}", s["addr"].as_str().unwrap_or("?"), n("port")), n("attempts"), n("synacks"), n("resets"), n("refused"), s["kinds"]["established"].as_u64().unwrap_or(u64::MAX))
+            (
+                format!("{}:{}", s["addr"].as_str().unwrap_or("?"), n("port")),
+                n("attempts"),
+                n("synacks"),
+                n("resets"),
+                n("refused"),
+                s["kinds"]["established"].as_u64().unwrap_or(u64::MAX),
+            )
         })
         .collect();
     assert_eq!(
@@ -656,10 +699,15 @@ fn replay_classifies_and_ranks_services() {
         "{}",
         summary["services"]
     );
-    let aborted = summary["flows"].as_array().expect("flows").iter().find(|f| f["sport"] == 443).expect("the abort's flow");
-    assert_eq!((aborted["side"].as_str(), aborted["side_observed"].as_bool(), aborted["first"].as_bool()), (Some("server"), Some(true), Some(true)));
+    let aborted =
+        summary["flows"].as_array().expect("flows").iter().find(|f| f["sport"] == 443).expect("the abort's flow");
+    assert_eq!(
+        (aborted["side"].as_str(), aborted["side_observed"].as_bool(), aborted["first"].as_bool()),
+        (Some("server"), Some(true), Some(true))
+    );
     assert_eq!(aborted["middlebox"], Value::Null, "the RST came with the SYN+ACK's TTL");
-    let diagnosis: Vec<&str> = summary["diagnosis"].as_array().expect("diagnosis").iter().filter_map(Value::as_str).collect();
+    let diagnosis: Vec<&str> =
+        summary["diagnosis"].as_array().expect("diagnosis").iter().filter_map(Value::as_str).collect();
     assert!(diagnosis.contains(&"100% of connection attempts to 192.0.2.80:81 were refused (3 of 3)"), "{diagnosis:?}");
     assert!(diagnosis.contains(&"the server side resets first in 4 of 4 connections"), "{diagnosis:?}");
 
@@ -667,5 +715,8 @@ fn replay_classifies_and_ranks_services() {
     assert!(table.status.success(), "{}", text(&table.stderr));
     let screen = text(&table.stdout);
     assert!(screen.contains("SERVICE") && screen.contains("REFUSED%"), "{screen}");
-    assert!(screen.lines().any(|l| l.contains("192.0.2.80:81") && l.contains("100%") && l.contains("refused 3")), "{screen}");
+    assert!(
+        screen.lines().any(|l| l.contains("192.0.2.80:81") && l.contains("100%") && l.contains("refused 3")),
+        "{screen}"
+    );
 }

@@ -56,9 +56,7 @@ pub fn bench_bin() -> PathBuf {
 
 /// `target/release/rstwatch`, or `RSTWATCH_BIN`.
 pub fn rstwatch_bin() -> PathBuf {
-    std::env::var_os("RSTWATCH_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(build::rstwatch_path)
+    std::env::var_os("RSTWATCH_BIN").map(PathBuf::from).unwrap_or_else(build::rstwatch_path)
 }
 
 /// Builds the bench example (and with it the eBPF object) unless `BENCH_BIN` names one; once
@@ -67,10 +65,7 @@ pub fn build_bench() -> Result<PathBuf> {
     static BUILT: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
     let mut built = BUILT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if !*built && std::env::var_os("BENCH_BIN").is_none() {
-        let mut cargo = cmd::command(
-            "cargo",
-            ["build", "--release", "-p", "rst-userspace", "--example", "bench"],
-        );
+        let mut cargo = cmd::command("cargo", ["build", "--release", "-p", "rst-userspace", "--example", "bench"]);
         cargo.current_dir(cmd::workspace_root());
         cmd::run(&mut cargo).context("building the bench example")?;
     }
@@ -89,13 +84,7 @@ pub fn bench_json(ns: Option<&Netns>, args: &[String]) -> Result<Value> {
     };
     command.args(args);
     let fin = Proc::spawn(&mut command)?.finish(Duration::from_secs(900))?;
-    ensure!(
-        fin.status.success(),
-        "`bench {}` failed ({}): {}",
-        args.join(" "),
-        fin.status,
-        fin.stderr.trim()
-    );
+    ensure!(fin.status.success(), "`bench {}` failed ({}): {}", args.join(" "), fin.status, fin.stderr.trim());
     serde_json::from_str(fin.stdout.trim()).with_context(|| format!("bench printed no JSON: {}", fin.stdout))
 }
 
@@ -119,10 +108,7 @@ pub struct FloodLab {
 impl FloodLab {
     pub fn new() -> Result<FloodLab> {
         // SAFETY: geteuid has no preconditions.
-        ensure!(
-            unsafe { libc::geteuid() } == 0,
-            "the flood lab needs root (namespaces, BPF, XDP)"
-        );
+        ensure!(unsafe { libc::geteuid() } == 0, "the flood lab needs root (namespaces, BPF, XDP)");
         crate::lab::sweep_stale()?;
         let mut lab = Lab::new()?;
         let gen = lab.add_ns("gen")?;
@@ -131,13 +117,7 @@ impl FloodLab {
         let mut ethtool = mon.exec("ethtool");
         ethtool.args(["-K", &mon_if.name, "gro", "on"]);
         cmd::output(&mut ethtool)?;
-        Ok(FloodLab {
-            gen,
-            mon,
-            gen_if,
-            mon_if,
-            lab,
-        })
+        Ok(FloodLab { gen, mon, gen_if, mon_if, lab })
     }
 
     /// XDP frames the monitor's veth received from its peer (`ethtool -S`, all queues).
@@ -150,10 +130,7 @@ impl FloodLab {
             let line = line.trim();
             if let Some((name, value)) = line.split_once(':') {
                 if name.starts_with("rx_queue_") && name.ends_with("_xdp_packets") {
-                    total += value
-                        .trim()
-                        .parse::<u64>()
-                        .with_context(|| format!("ethtool -S: {line}"))?;
+                    total += value.trim().parse::<u64>().with_context(|| format!("ethtool -S: {line}"))?;
                 }
             }
         }
@@ -174,9 +151,7 @@ impl FloodLab {
     pub fn rx_packets(&self) -> Result<u64> {
         let text = self.mon.ip(["-s", "-j", "link", "show", "dev", &self.mon_if.name])?;
         let v: Value = serde_json::from_str(&text).context("ip -j output")?;
-        v[0]["stats64"]["rx"]["packets"]
-            .as_u64()
-            .context("no rx packets in `ip -s -j link`")
+        v[0]["stats64"]["rx"]["packets"].as_u64().context("no rx packets in `ip -s -j link`")
     }
 }
 
@@ -261,12 +236,7 @@ pub struct RstwatchOutput {
 pub fn stop_rstwatch(proc: Proc) -> Result<RstwatchOutput> {
     proc.signal(libc::SIGINT)?;
     let fin = proc.finish(EXIT_TIMEOUT)?;
-    ensure!(
-        fin.status.success(),
-        "rstwatch failed ({}): {}",
-        fin.status,
-        fin.stderr.trim()
-    );
+    ensure!(fin.status.success(), "rstwatch failed ({}): {}", fin.status, fin.stderr.trim());
     let mut intervals = Vec::new();
     let mut summary = None;
     for line in fin.stdout.lines().filter(|l| !l.trim().is_empty()) {
@@ -280,10 +250,7 @@ pub fn stop_rstwatch(proc: Proc) -> Result<RstwatchOutput> {
             other => bail!("unexpected line type {other:?}"),
         }
     }
-    Ok(RstwatchOutput {
-        intervals,
-        summary: summary.context("rstwatch printed no summary")?,
-    })
+    Ok(RstwatchOutput { intervals, summary: summary.context("rstwatch printed no summary")? })
 }
 
 /// What the exactness check found.
@@ -340,14 +307,8 @@ pub fn check_exact(out: &RstwatchOutput, sent: u64, expected: &BTreeMap<FlowId, 
         ensure!(counted.insert(id.clone(), resets).is_none(), "flow {id:?} listed twice");
     }
     let in_flows: u64 = counted.values().sum();
-    ensure!(
-        in_flows + overflow == resets,
-        "sum of flows {in_flows} + overflow {overflow} != resets {resets}"
-    );
-    ensure!(
-        resets == sent,
-        "rstwatch counted {resets} RSTs, the generator sent {sent}"
-    );
+    ensure!(in_flows + overflow == resets, "sum of flows {in_flows} + overflow {overflow} != resets {resets}");
+    ensure!(resets == sent, "rstwatch counted {resets} RSTs, the generator sent {sent}");
     let sources_overflow: u64 = out.summary["sources"]
         .as_array()
         .context("summary sources")?
@@ -367,21 +328,9 @@ pub fn check_exact(out: &RstwatchOutput, sent: u64, expected: &BTreeMap<FlowId, 
         }
     }
     if overflow == 0 {
-        ensure!(
-            counted.len() == expected.len(),
-            "{} flows counted, {} sent",
-            counted.len(),
-            expected.len()
-        );
+        ensure!(counted.len() == expected.len(), "{} flows counted, {} sent", counted.len(), expected.len());
     }
-    Ok(Exactness {
-        sent,
-        resets,
-        in_flows,
-        overflow,
-        intervals: out.intervals.len(),
-        flows: counted.len(),
-    })
+    Ok(Exactness { sent, resets, in_flows, overflow, intervals: out.intervals.len(), flows: counted.len() })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -424,17 +373,13 @@ pub fn stop_capture(proc: Proc) -> Result<Captured> {
     let number = |suffix: &str| -> Option<u64> {
         fin.stderr.lines().find_map(|line| {
             let line = line.trim();
-            let rest = line
-                .strip_suffix(suffix)
-                .or_else(|| line.find(suffix).map(|i| &line[..i]))?;
+            let rest = line.strip_suffix(suffix).or_else(|| line.find(suffix).map(|i| &line[..i]))?;
             rest.split_whitespace().last()?.parse().ok()
         })
     };
     let captured = number(" packets captured").or_else(|| number(" packet captured"));
     let captured = captured.with_context(|| format!("no packet count in: {}", fin.stderr.trim()))?;
-    let dropped = number(" packets dropped by kernel")
-        .or_else(|| number(" packets dropped"))
-        .unwrap_or(0);
+    let dropped = number(" packets dropped by kernel").or_else(|| number(" packets dropped")).unwrap_or(0);
     Ok(Captured { captured, dropped })
 }
 
@@ -445,11 +390,8 @@ pub fn run(options: &Options) -> Result<()> {
     let started = Instant::now();
     build::run()?;
     build_bench()?;
-    let parts: Vec<Part> = if options.parts.is_empty() {
-        vec![Part::Kernel, Part::Flood, Part::Userspace]
-    } else {
-        options.parts.clone()
-    };
+    let parts: Vec<Part> =
+        if options.parts.is_empty() { vec![Part::Kernel, Part::Flood, Part::Userspace] } else { options.parts.clone() };
     let mut results = json!({ "machine": machine()?, "quick": options.quick });
     let mut markdown = String::new();
     writeln!(markdown, "{}", machine_line(&results["machine"]))?;
@@ -458,10 +400,8 @@ pub fn run(options: &Options) -> Result<()> {
         let repeat = if options.quick { "500000" } else { "2000000" };
         let singles = if options.quick { "5000" } else { "20000" };
         eprintln!("xtask bench: part 1, cost per packet ({trials} trials)");
-        let kernel = bench_json(
-            None,
-            &strings(["kernel", "--trials", trials, "--repeat", repeat, "--singles", singles]),
-        )?;
+        let kernel =
+            bench_json(None, &strings(["kernel", "--trials", trials, "--repeat", repeat, "--singles", singles]))?;
         markdown.push_str(&kernel_table(&kernel)?);
         results["kernel"] = kernel;
     }
@@ -475,11 +415,7 @@ pub fn run(options: &Options) -> Result<()> {
         }
         if parts.contains(&Part::Userspace) {
             eprintln!("xtask bench: part 3, userspace read cost");
-            let sizes = if options.quick {
-                "1000,100000"
-            } else {
-                "1000,100000,1000000"
-            };
+            let sizes = if options.quick { "1000,100000" } else { "1000,100000,1000000" };
             let drain = bench_json(None, &strings(["drain", "--flows", sizes, "--trials", "5"]))?;
             let cpu = cpu_share(&lab, options.quick)?;
             markdown.push_str(&userspace_table(&drain, &cpu)?);
@@ -487,21 +423,14 @@ pub fn run(options: &Options) -> Result<()> {
             results["cpu"] = cpu;
         }
     }
-    let out = options
-        .out
-        .clone()
-        .unwrap_or_else(|| cmd::workspace_root().join("target/bench/results.json"));
+    let out = options.out.clone().unwrap_or_else(|| cmd::workspace_root().join("target/bench/results.json"));
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     std::fs::write(&out, serde_json::to_string_pretty(&results)?)
         .with_context(|| format!("writing {}", out.display()))?;
     println!("{markdown}");
-    eprintln!(
-        "xtask bench: raw results in {} ({:.0} s)",
-        out.display(),
-        started.elapsed().as_secs_f64()
-    );
+    eprintln!("xtask bench: raw results in {} ({:.0} s)", out.display(), started.elapsed().as_secs_f64());
     Ok(())
 }
 
@@ -509,10 +438,7 @@ fn machine() -> Result<Value> {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
         .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")
-                .map(|r| r.trim_start_matches([' ', '\t', ':']).to_owned())
-        })
+        .find_map(|l| l.strip_prefix("model name").map(|r| r.trim_start_matches([' ', '\t', ':']).to_owned()))
         .unwrap_or_default();
     let kernel = cmd::output(&mut cmd::command("uname", ["-r"]))?.trim().to_owned();
     // SAFETY: sysconf has no preconditions.
@@ -533,10 +459,7 @@ fn machine_line(m: &Value) -> String {
 
 fn kernel_table(kernel: &Value) -> Result<String> {
     let mut md = String::new();
-    writeln!(
-        md,
-        "\n### 1. Cost per packet in the kernel (BPF_PROG_TEST_RUN, kernel-reported duration)\n"
-    )?;
+    writeln!(md, "\n### 1. Cost per packet in the kernel (BPF_PROG_TEST_RUN, kernel-reported duration)\n")?;
     writeln!(
         md,
         "{} trials per line, median; `rstwatch_xdp` minus `rstwatch_xdp_pass` (empty XDP_PASS, same object); flow tables of {} entries.\n",
@@ -550,11 +473,7 @@ fn kernel_table(kernel: &Value) -> Result<String> {
     for line in kernel["lines"].as_array().context("kernel lines")? {
         let deltas: Vec<String> = line["trial_deltas_ns"]
             .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|d| format!("{:.0}", d.as_f64().unwrap_or(f64::NAN)))
-                    .collect()
-            })
+            .map(|a| a.iter().map(|d| format!("{:.0}", d.as_f64().unwrap_or(f64::NAN))).collect())
             .unwrap_or_default();
         writeln!(
             md,
@@ -577,12 +496,7 @@ const LISTENERS: [&str; 5] = ["rstwatch", "empty XDP", "tcpdump", "tshark", "not
 fn flood(lab: &FloodLab, quick: bool) -> Result<Value> {
     let trials = if quick { 1 } else { 3 };
     // Rate: few flows, long runs (each run of more than one frame costs a grace period).
-    let rate_plan = GenPlan {
-        flows: 16,
-        first: 0,
-        repeat: if quick { 100_000 } else { 250_000 },
-        passes: 1,
-    };
+    let rate_plan = GenPlan { flows: 16, first: 0, repeat: if quick { 100_000 } else { 250_000 }, passes: 1 };
     let mut runs = Vec::new();
     for trial in 0..trials {
         // Rotate the order so a drift in machine load does not favour one listener.
@@ -593,12 +507,7 @@ fn flood(lab: &FloodLab, quick: bool) -> Result<Value> {
         }
     }
     // Exactness over many flows: 4096 flows (four times the per-CPU cache), one frame per run.
-    let many_plan = GenPlan {
-        flows: 4096,
-        first: 100_000,
-        repeat: 1,
-        passes: if quick { 3 } else { 10 },
-    };
+    let many_plan = GenPlan { flows: 4096, first: 100_000, repeat: 1, passes: if quick { 3 } else { 10 } };
     eprintln!("xtask bench:   rstwatch, {} flows", many_plan.flows);
     let many = flood_once(lab, "rstwatch", &many_plan)?;
     Ok(
@@ -668,15 +577,8 @@ fn median(mut values: Vec<f64>) -> f64 {
 fn flood_table(flood: &Value) -> Result<String> {
     let mut md = String::new();
     let runs = flood["runs"].as_array().context("flood runs")?;
-    writeln!(
-        md,
-        "\n### 2. Exactness under flood (live-frames XDP_TX generator → veth → listener on the peer)\n"
-    )?;
-    writeln!(
-        md,
-        "Plan per trial: `{}`; medians over trials.\n",
-        flood["rate_plan"].as_str().unwrap_or("?")
-    )?;
+    writeln!(md, "\n### 2. Exactness under flood (live-frames XDP_TX generator → veth → listener on the peer)\n")?;
+    writeln!(md, "Plan per trial: `{}`; medians over trials.\n", flood["rate_plan"].as_str().unwrap_or("?"))?;
     writeln!(md, "| on the peer | sent / trial | received (ethtool xdp) | counted / delivered | kernel-reported rate (Mpps) | wall rate (Mpps) | trials |")?;
     writeln!(md, "|---|---:|---:|---|---:|---:|---:|")?;
     for listener in LISTENERS {
@@ -704,22 +606,12 @@ fn flood_table(flood: &Value) -> Result<String> {
                 None => "–".to_owned(),
             })
             .collect();
-        let f = |key: &str| {
-            median(
-                rows.iter()
-                    .map(|r| r["gen"][key].as_f64().unwrap_or(f64::NAN))
-                    .collect(),
-            )
-        };
+        let f = |key: &str| median(rows.iter().map(|r| r["gen"][key].as_f64().unwrap_or(f64::NAN)).collect());
         writeln!(
             md,
             "| {listener} | {} | {} | {} | {:.2} | {:.2} | {} |",
             rows[0]["sent"],
-            median(
-                rows.iter()
-                    .map(|r| r["xdp_received"].as_f64().unwrap_or(f64::NAN))
-                    .collect()
-            ),
+            median(rows.iter().map(|r| r["xdp_received"].as_f64().unwrap_or(f64::NAN)).collect()),
             ratios.join("<br>"),
             f("kernel_rate_pps") / 1e6,
             f("wall_rate_pps") / 1e6,

@@ -5,7 +5,7 @@ use std::{process::ExitCode, time::Duration};
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 
-use crate::{bench, build, demo, lab, reliability, setup, signal, testrun, traffic};
+use crate::{bench, build, demo, lab, lint, reliability, setup, signal, testrun, traffic};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "rstwatch developer tasks")]
@@ -26,7 +26,9 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
-    /// Setup, build, then run the whole test suite (needs root: BPF and network namespaces).
+    /// rustfmt check and clippy -D warnings on the host crates and the eBPF crate.
+    Lint,
+    /// Setup, lint, build, then run the whole test suite (needs root: BPF and network namespaces).
     Test {
         /// Passed on to the test runner.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -115,6 +117,10 @@ fn run(command: Command) -> Result<ExitCode> {
             build::run()?;
         }
         Command::Demo { seconds } => demo::run(Duration::from_secs(seconds))?,
+        Command::Lint => {
+            setup::run()?;
+            lint::run()?
+        }
         Command::Test { args } => return testrun::run(&args),
         Command::Sweep => {
             for name in lab::sweep_stale()? {

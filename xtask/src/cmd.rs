@@ -11,10 +11,7 @@ use anyhow::{bail, Context as _, Result};
 /// The workspace root: xtask always lives one level below it.
 pub fn workspace_root() -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| manifest.to_path_buf())
+    manifest.parent().map(Path::to_path_buf).unwrap_or_else(|| manifest.to_path_buf())
 }
 
 /// `prog arg1 arg2` as a person would type it, for error messages.
@@ -29,9 +26,7 @@ pub fn describe(cmd: &Command) -> String {
 
 /// Runs `cmd` with inherited stdio and fails unless it exits 0.
 pub fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd
-        .status()
-        .with_context(|| format!("cannot start `{}`", describe(cmd)))?;
+    let status = cmd.status().with_context(|| format!("cannot start `{}`", describe(cmd)))?;
     if !status.success() {
         bail!("`{}` failed ({status})", describe(cmd));
     }
@@ -42,20 +37,14 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 pub fn output(cmd: &mut Command) -> Result<String> {
     let out = capture(cmd)?;
     if !out.status.success() {
-        bail!(
-            "`{}` failed ({}): {}",
-            describe(cmd),
-            out.status,
-            first_line(&out.stderr)
-        );
+        bail!("`{}` failed ({}): {}", describe(cmd), out.status, first_line(&out.stderr));
     }
     String::from_utf8(out.stdout).with_context(|| format!("`{}` printed non-UTF-8", describe(cmd)))
 }
 
 /// Runs `cmd` capturing its output, whatever its exit status.
 pub fn capture(cmd: &mut Command) -> Result<Output> {
-    cmd.output()
-        .with_context(|| format!("cannot start `{}`", describe(cmd)))
+    cmd.output().with_context(|| format!("cannot start `{}`", describe(cmd)))
 }
 
 /// Whether `cmd` starts and exits 0, all output discarded.
@@ -65,11 +54,7 @@ pub fn succeeds(cmd: &mut Command) -> bool {
 
 pub fn first_line(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);
-    text.lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or("(no output)")
-        .to_owned()
+    text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("(no output)").to_owned()
 }
 
 /// A `Command` for `prog` with `args`.

@@ -16,11 +16,8 @@ use crate::{
     traffic::{self, Kind, Side, Step},
 };
 
-const CLIENTS: [Ipv4Addr; 3] = [
-    Ipv4Addr::new(10, 77, 1, 11),
-    Ipv4Addr::new(10, 77, 1, 12),
-    Ipv4Addr::new(10, 77, 1, 13),
-];
+const CLIENTS: [Ipv4Addr; 3] =
+    [Ipv4Addr::new(10, 77, 1, 11), Ipv4Addr::new(10, 77, 1, 12), Ipv4Addr::new(10, 77, 1, 13)];
 const VIP: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 77, 2, 10)), 443);
 const APP: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 77, 2, 20)), 8080);
 const ABORTER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 77, 2, 30)), 9000);
@@ -46,27 +43,10 @@ pub fn run(seconds: Duration) -> Result<()> {
     }
     print_header(&hosts, seconds);
 
-    let mut steps: Vec<Step> = CLIENTS
-        .iter()
-        .map(|&c| Step {
-            kind: Kind::Balancer,
-            every: 1,
-            src: c.into(),
-            dst: VIP,
-        })
-        .collect();
-    steps.push(Step {
-        kind: Kind::Refused,
-        every: 5,
-        src: CLIENTS[1].into(),
-        dst: APP,
-    });
-    steps.push(Step {
-        kind: Kind::ServerAbort,
-        every: 4,
-        src: CLIENTS[2].into(),
-        dst: ABORTER,
-    });
+    let mut steps: Vec<Step> =
+        CLIENTS.iter().map(|&c| Step { kind: Kind::Balancer, every: 1, src: c.into(), dst: VIP }).collect();
+    steps.push(Step { kind: Kind::Refused, every: 5, src: CLIENTS[1].into(), dst: APP });
+    steps.push(Step { kind: Kind::ServerAbort, every: 4, src: CLIENTS[2].into(), dst: ABORTER });
     let plan = traffic::Plan {
         client_ns: hosts.client.clone(),
         server_ns: hosts.server.clone(),
@@ -99,9 +79,7 @@ pub fn run(seconds: Duration) -> Result<()> {
         false,
         true,
     )?;
-    watcher
-        .wait_for_stderr("attached", Duration::from_secs(30))
-        .context("starting rstwatch")?;
+    watcher.wait_for_stderr("attached", Duration::from_secs(30)).context("starting rstwatch")?;
 
     let watcher_done = AtomicBool::new(false);
     let stop = || watcher_done.load(Ordering::SeqCst) || signal::stop_requested();
@@ -109,9 +87,7 @@ pub fn run(seconds: Duration) -> Result<()> {
         let generator = scope.spawn(|| traffic::run(&plan, &stop));
         let status = wait_for_watcher(&mut watcher, seconds);
         watcher_done.store(true, Ordering::SeqCst);
-        let report = generator
-            .join()
-            .map_err(|_| anyhow!("the traffic generator panicked"))?;
+        let report = generator.join().map_err(|_| anyhow!("the traffic generator panicked"))?;
         Ok::<_, anyhow::Error>((report, status))
     })?;
     let report = report?;
@@ -122,10 +98,7 @@ pub fn run(seconds: Duration) -> Result<()> {
         bail!("rstwatch exited with {status}");
     }
     if !report.errors.is_empty() {
-        bail!(
-            "the traffic generator hit {} unexpected outcomes (see above)",
-            report.errors.len()
-        );
+        bail!("the traffic generator hit {} unexpected outcomes (see above)", report.errors.len());
     }
     Ok(())
 }
@@ -161,29 +134,14 @@ fn print_header(hosts: &lab::TwoHosts, seconds: Duration) {
     let clients: Vec<String> = CLIENTS.iter().map(ToString::to_string).collect();
     println!("rstwatch demo: \"I'm seeing a large number of TCP RST and am not sure what is causing it\"");
     println!();
-    println!(
-        "  clients      netns {}  veth {}: {}",
-        hosts.client.name(),
-        hosts.client_if.name,
-        clients.join(", ")
-    );
-    println!(
-        "  data centre  netns {}  veth {}:",
-        hosts.server.name(),
-        hosts.server_if.name
-    );
+    println!("  clients      netns {}  veth {}: {}", hosts.client.name(), hosts.client_if.name, clients.join(", "));
+    println!("  data centre  netns {}  veth {}:", hosts.server.name(), hosts.server_if.name);
     println!(
         "    {:<17} load balancer VIP: keeps {BALANCER_LIMIT} connections, resets any above that",
         VIP.to_string()
     );
-    println!(
-        "    {:<17} app server with nothing listening: its kernel answers every SYN with a RST",
-        APP.to_string()
-    );
-    println!(
-        "    {:<17} a service that accepts and aborts (SO_LINGER 0)",
-        ABORTER.to_string()
-    );
+    println!("    {:<17} app server with nothing listening: its kernel answers every SYN with a RST", APP.to_string());
+    println!("    {:<17} a service that accepts and aborts (SO_LINGER 0)", ABORTER.to_string());
     println!();
     println!(
         "  Each client connects to the VIP every {} ms and keeps what it gets for {} ms; {} also hits the closed",
@@ -197,7 +155,9 @@ fn print_header(hosts: &lab::TwoHosts, seconds: Duration) {
         hosts.server_if.name,
         seconds.as_secs()
     );
-    println!("  the clients' SYNs arrive, TC egress the resets the data centre sends, with the kernel's reason for each.");
+    println!(
+        "  the clients' SYNs arrive, TC egress the resets the data centre sends, with the kernel's reason for each."
+    );
     println!("  Ctrl-C stops early (summary still printed).");
     println!();
 }
@@ -209,11 +169,7 @@ fn print_report(report: &traffic::Report) {
         e.0 += n;
         e.1 += 1;
     }
-    let held = report
-        .conns
-        .iter()
-        .filter(|c| c.outcome == traffic::Outcome::Held)
-        .count();
+    let held = report.conns.iter().filter(|c| c.outcome == traffic::Outcome::Held).count();
     println!();
     println!(
         "traffic generator: {} connections in {:.1} s; the resets the data centre sent (rstwatch's summary should match):",

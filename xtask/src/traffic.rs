@@ -100,11 +100,7 @@ impl FromStr for Step {
             src: src.parse().with_context(bad)?,
             dst: dst.parse().with_context(bad)?,
         };
-        ensure!(
-            step.src.is_ipv4() == step.dst.is_ipv4(),
-            "{}: SRC and DST are of different families",
-            bad()
-        );
+        ensure!(step.src.is_ipv4() == step.dst.is_ipv4(), "{}: SRC and DST are of different families", bad());
         Ok(step)
     }
 }
@@ -209,20 +205,8 @@ impl Report {
         for c in &self.conns {
             let (by_server, by_client) = c.outcome.resets();
             let (flow, n) = match side {
-                Side::Server => (
-                    Flow {
-                        src: c.server,
-                        dst: c.client,
-                    },
-                    by_server,
-                ),
-                Side::Client => (
-                    Flow {
-                        src: c.client,
-                        dst: c.server,
-                    },
-                    by_client,
-                ),
+                Side::Server => (Flow { src: c.server, dst: c.client }, by_server),
+                Side::Client => (Flow { src: c.client, dst: c.server }, by_client),
             };
             if n > 0 {
                 *flows.entry(flow).or_insert(0) += n;
@@ -287,10 +271,7 @@ struct ServerEvent {
 /// connection down cleanly. Setup failures are errors; surprises during the run are recorded in
 /// `Report::errors`.
 pub fn run(plan: &Plan, stop: &(dyn Fn() -> bool + Sync)) -> Result<Report> {
-    ensure!(
-        plan.rounds.is_some() || plan.duration.is_some(),
-        "a traffic plan needs a round count or a duration"
-    );
+    ensure!(plan.rounds.is_some() || plan.duration.is_some(), "a traffic plan needs a round count or a duration");
     ensure!(!plan.steps.is_empty(), "a traffic plan needs at least one step");
     let roles = listener_roles(&plan.steps)?;
 
@@ -342,21 +323,11 @@ fn listener_roles(steps: &[Step]) -> Result<BTreeMap<SocketAddr, Kind>> {
     let mut roles = BTreeMap::new();
     for step in steps.iter().filter(|s| s.kind != Kind::Refused) {
         if let Some(prev) = roles.insert(step.dst, step.kind) {
-            ensure!(
-                prev == step.kind,
-                "{} is both a {} and a {} server",
-                step.dst,
-                prev.name(),
-                step.kind.name()
-            );
+            ensure!(prev == step.kind, "{} is both a {} and a {} server", step.dst, prev.name(), step.kind.name());
         }
     }
     for step in steps.iter().filter(|s| s.kind == Kind::Refused) {
-        ensure!(
-            !roles.contains_key(&step.dst),
-            "{} must stay closed for `refused` but also has a server",
-            step.dst
-        );
+        ensure!(!roles.contains_key(&step.dst), "{} must stay closed for `refused` but also has a server", step.dst);
     }
     Ok(roles)
 }
@@ -395,11 +366,7 @@ fn listener(addr: SocketAddr) -> Result<Socket> {
 
 /// Waits up to `timeout` for `sock` to become readable (a pending connection, for a listener).
 pub(crate) fn readable(sock: &Socket, timeout: Duration) -> io::Result<bool> {
-    let mut pfd = libc::pollfd {
-        fd: sock.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
+    let mut pfd = libc::pollfd { fd: sock.as_raw_fd(), events: libc::POLLIN, revents: 0 };
     let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
     // SAFETY: `pfd` is one valid pollfd for the duration of the call and nfds is 1.
     let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
@@ -441,11 +408,7 @@ fn accept_loop(
     let send = |events: &mpsc::Sender<ServerEvent>, peer, result| {
         // The receiver outlives every sender in `run`; a send can only fail once the run is
         // over, when nobody needs the event any more.
-        let _ = events.send(ServerEvent {
-            listener: addr,
-            peer,
-            result,
-        });
+        let _ = events.send(ServerEvent { listener: addr, peer, result });
     };
     while !stop.load(Ordering::SeqCst) {
         match readable(&listener, Duration::from_millis(50)) {
@@ -471,21 +434,13 @@ fn accept_loop(
             }
         };
         match kind {
-            Kind::Refused => send(
-                &events,
-                peer,
-                Err("a port planned to stay closed accepted a connection".into()),
-            ),
+            Kind::Refused => send(&events, peer, Err("a port planned to stay closed accepted a connection".into())),
             Kind::ServerAbort => {
-                let r = abort(conn)
-                    .map(|()| Outcome::ServerAborted)
-                    .map_err(|e| format!("abort: {e}"));
+                let r = abort(conn).map(|()| Outcome::ServerAborted).map_err(|e| format!("abort: {e}"));
                 send(&events, peer, r);
             }
             Kind::Balancer if held.load(Ordering::SeqCst) >= balancer_limit => {
-                let r = abort(conn)
-                    .map(|()| Outcome::Rejected)
-                    .map_err(|e| format!("abort: {e}"));
+                let r = abort(conn).map(|()| Outcome::Rejected).map_err(|e| format!("abort: {e}"));
                 send(&events, peer, r);
             }
             Kind::Balancer => {
@@ -493,22 +448,14 @@ fn accept_loop(
                 let (events, held) = (events.clone(), Arc::clone(&held));
                 handlers.push(thread::spawn(move || {
                     let r = hold(conn, &held);
-                    let _ = events.send(ServerEvent {
-                        listener: addr,
-                        peer,
-                        result: r,
-                    });
+                    let _ = events.send(ServerEvent { listener: addr, peer, result: r });
                 }));
             }
             Kind::ClientAbort => {
                 let events = events.clone();
                 handlers.push(thread::spawn(move || {
                     let r = expect_reset(conn);
-                    let _ = events.send(ServerEvent {
-                        listener: addr,
-                        peer,
-                        result: r,
-                    });
+                    let _ = events.send(ServerEvent { listener: addr, peer, result: r });
                 }));
             }
         }
@@ -590,15 +537,9 @@ fn drive_clients(plan: &Plan, stop: &(dyn Fn() -> bool + Sync), start: Instant) 
 
 fn client_step(step: &Step, hold: Option<Duration>) -> Result<(Conn, Option<Kept>)> {
     let sock = Socket::new(domain_of(&step.dst), Type::STREAM, Some(Protocol::TCP))?;
-    sock.bind(&SocketAddr::new(step.src, 0).into())
-        .with_context(|| format!("binding to {}", step.src))?;
+    sock.bind(&SocketAddr::new(step.src, 0).into()).with_context(|| format!("binding to {}", step.src))?;
     let client = as_inet(&sock.local_addr()?)?;
-    let conn = |outcome| Conn {
-        kind: step.kind,
-        client,
-        server: step.dst,
-        outcome,
-    };
+    let conn = |outcome| Conn { kind: step.kind, client, server: step.dst, outcome };
     let connected = sock.connect_timeout(&step.dst.into(), IO_TIMEOUT);
     if step.kind != Kind::Refused {
         sock.set_read_timeout(Some(IO_TIMEOUT))?;
@@ -624,16 +565,8 @@ fn client_step(step: &Step, hold: Option<Duration>) -> Result<(Conn, Option<Kept
         },
         (Kind::Balancer, Ok(())) => match read_one(&sock) {
             Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Ok((conn(Outcome::Rejected), None)),
-            Ok(1) => Ok((
-                conn(Outcome::Held),
-                Some(Kept {
-                    sock,
-                    release_at: hold.map(|h| Instant::now() + h),
-                }),
-            )),
-            other => Err(anyhow!(
-                "{client}: expected the balancer's greeting or a reset, got {other:?}"
-            )),
+            Ok(1) => Ok((conn(Outcome::Held), Some(Kept { sock, release_at: hold.map(|h| Instant::now() + h) }))),
+            other => Err(anyhow!("{client}: expected the balancer's greeting or a reset, got {other:?}")),
         },
     }
 }
@@ -652,21 +585,17 @@ fn read_one(sock: &Socket) -> io::Result<usize> {
 /// balancer's, so no data is ever left unread on either side (which would turn a close into a RST).
 fn release(kept: &mut Vec<Kept>, all: bool, errors: &mut Vec<String>) {
     let now = Instant::now();
-    let (due, rest): (Vec<Kept>, Vec<Kept>) = kept
-        .drain(..)
-        .partition(|k| all || k.release_at.is_some_and(|t| now >= t));
+    let (due, rest): (Vec<Kept>, Vec<Kept>) =
+        kept.drain(..).partition(|k| all || k.release_at.is_some_and(|t| now >= t));
     *kept = rest;
     for k in due {
         let peer = k.sock.peer_addr().ok().and_then(|a| a.as_socket());
-        let r = k
-            .sock
-            .shutdown(std::net::Shutdown::Write)
-            .and_then(|()| read_one(&k.sock));
+        let r = k.sock.shutdown(std::net::Shutdown::Write).and_then(|()| read_one(&k.sock));
         match r {
             Ok(0) => {}
-            other => errors.push(format!(
-                "closing kept connection to {peer:?}: expected the balancer's FIN, got {other:?}"
-            )),
+            other => {
+                errors.push(format!("closing kept connection to {peer:?}: expected the balancer's FIN, got {other:?}"))
+            }
         }
     }
 }
@@ -686,18 +615,14 @@ fn reconcile(report: &mut Report, events: &mpsc::Receiver<ServerEvent>) {
         let Ok(ev) = events.recv_timeout(left) else {
             let mut missing: Vec<String> = pending.keys().map(|(s, c)| format!("{c}->{s}")).collect();
             missing.sort();
-            report
-                .errors
-                .push(format!("no server-side report for {}", missing.join(", ")));
+            report.errors.push(format!("no server-side report for {}", missing.join(", ")));
             return;
         };
         let key = (ev.listener, ev.peer);
         let seen = match ev.result {
             Ok(seen) => seen,
             Err(e) => {
-                report
-                    .errors
-                    .push(format!("server {} (peer {}): {e}", ev.listener, ev.peer));
+                report.errors.push(format!("server {} (peer {}): {e}", ev.listener, ev.peer));
                 take_one(&mut pending, key, None);
                 continue;
             }
@@ -721,10 +646,9 @@ fn reconcile(report: &mut Report, events: &mpsc::Receiver<ServerEvent>) {
     }
     // Anything already queued past the last expected event is a connection nobody planned.
     while let Ok(ev) = events.try_recv() {
-        report.errors.push(format!(
-            "server {} saw an unplanned connection from {}: {:?}",
-            ev.listener, ev.peer, ev.result
-        ));
+        report
+            .errors
+            .push(format!("server {} saw an unplanned connection from {}: {:?}", ev.listener, ev.peer, ev.result));
     }
 }
 
@@ -749,10 +673,7 @@ mod tests {
 
     #[test]
     fn steps_parse_and_print_back() {
-        for text in [
-            "refused:10.77.1.2->10.77.2.2:81",
-            "balancer/3:fd77::1:2->[fd77::2:2]:443",
-        ] {
+        for text in ["refused:10.77.1.2->10.77.2.2:81", "balancer/3:fd77::1:2->[fd77::2:2]:443"] {
             let step: Step = text.parse().expect(text);
             assert_eq!(step.to_string(), text);
         }
@@ -779,24 +700,12 @@ mod tests {
 
     #[test]
     fn one_address_cannot_be_two_kinds_of_server_or_closed() {
-        let step = |k, dst: &str| Step {
-            kind: k,
-            every: 1,
-            src: sa("10.0.0.1:0").ip(),
-            dst: sa(dst),
-        };
-        assert!(listener_roles(&[
-            step(Kind::ServerAbort, "10.0.0.2:1"),
-            step(Kind::Balancer, "10.0.0.2:1")
-        ])
-        .is_err());
+        let step = |k, dst: &str| Step { kind: k, every: 1, src: sa("10.0.0.1:0").ip(), dst: sa(dst) };
+        assert!(listener_roles(&[step(Kind::ServerAbort, "10.0.0.2:1"), step(Kind::Balancer, "10.0.0.2:1")]).is_err());
         assert!(listener_roles(&[step(Kind::ServerAbort, "10.0.0.2:1"), step(Kind::Refused, "10.0.0.2:1")]).is_err());
         let roles =
             listener_roles(&[step(Kind::Balancer, "10.0.0.2:1"), step(Kind::Refused, "10.0.0.2:2")]).expect("ok");
-        assert_eq!(
-            roles.into_iter().collect::<Vec<_>>(),
-            vec![(sa("10.0.0.2:1"), Kind::Balancer)]
-        );
+        assert_eq!(roles.into_iter().collect::<Vec<_>>(), vec![(sa("10.0.0.2:1"), Kind::Balancer)]);
     }
 
     #[test]
@@ -819,24 +728,12 @@ mod tests {
         let server = report.expected(Side::Server);
         assert_eq!(
             server.into_iter().collect::<Vec<_>>(),
-            vec![(
-                Flow {
-                    src: sa("10.0.0.2:443"),
-                    dst: sa("10.0.0.1:5000")
-                },
-                2
-            )]
+            vec![(Flow { src: sa("10.0.0.2:443"), dst: sa("10.0.0.1:5000") }, 2)]
         );
         let client = report.expected(Side::Client);
         assert_eq!(
             client.into_iter().collect::<Vec<_>>(),
-            vec![(
-                Flow {
-                    src: sa("10.0.0.1:5002"),
-                    dst: sa("10.0.0.2:9")
-                },
-                1
-            )]
+            vec![(Flow { src: sa("10.0.0.1:5002"), dst: sa("10.0.0.2:9") }, 1)]
         );
         let json = report.to_json();
         assert_eq!(json["connections"][2]["resets"].as_array().map(Vec::len), Some(0));
@@ -847,14 +744,8 @@ mod tests {
     fn reused_four_tuples_reconcile_one_by_one() {
         let key = (sa("10.0.0.2:443"), sa("10.0.0.1:5000"));
         let mut pending = HashMap::from([(key, vec![Outcome::Held, Outcome::Rejected])]);
-        assert_eq!(
-            take_one(&mut pending, key, Some(Outcome::Rejected)),
-            Some(Outcome::Rejected)
-        );
-        assert_eq!(
-            take_one(&mut pending, key, Some(Outcome::Rejected)),
-            Some(Outcome::Held)
-        );
+        assert_eq!(take_one(&mut pending, key, Some(Outcome::Rejected)), Some(Outcome::Rejected));
+        assert_eq!(take_one(&mut pending, key, Some(Outcome::Rejected)), Some(Outcome::Held));
         assert!(pending.is_empty());
         assert_eq!(take_one(&mut pending, key, None), None);
     }

@@ -47,8 +47,10 @@ fn grafana_dashboard_queries_only_metrics_rstwatch_exports() -> Result<()> {
             let expr = target["expr"].as_str().context("expr")?;
             let mut rest = expr;
             while let Some(at) = rest.find("rstwatch_") {
-                let name: String =
-                    rest[at + "rstwatch_".len()..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                let name: String = rest[at + "rstwatch_".len()..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
                 rest = &rest[at + "rstwatch_".len() + name.len()..];
                 queried.push(name);
             }

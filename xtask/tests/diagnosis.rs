@@ -83,11 +83,7 @@ fn check_wire(conns: &[Conn], end: End, segments: &[Segment]) -> Result<()> {
         let mine = of_conn(segments, conn);
         let syns = mine.iter().filter(|s| s.has(SYN) && !s.has(ACK)).count();
         let synacks: Vec<_> = mine.iter().filter(|s| s.has(SYN | ACK)).collect();
-        ensure!(
-            syns == 1,
-            "{conn}: {syns} SYNs on the {name}'s veth{}",
-            listing(segments)
-        );
+        ensure!(syns == 1, "{conn}: {syns} SYNs on the {name}'s veth{}", listing(segments));
         let want_synacks = usize::from(conn.scenario.handshake_completes());
         ensure!(
             synacks.len() == want_synacks,
@@ -100,17 +96,10 @@ fn check_wire(conns: &[Conn], end: End, segments: &[Segment]) -> Result<()> {
             End::Server => DEFAULT_TTL,
         };
         for sa in synacks {
-            ensure!(
-                sa.ttl == path_ttl,
-                "{conn}: SYN+ACK with TTL {} on the {name}'s veth, want {path_ttl}",
-                sa.ttl
-            );
+            ensure!(sa.ttl == path_ttl, "{conn}: SYN+ACK with TTL {} on the {name}'s veth, want {path_ttl}", sa.ttl);
         }
         if conn.scenario == Scenario::Middlebox {
-            let data: Vec<_> = mine
-                .iter()
-                .filter(|s| s.src == conn.client && s.payload > 0 && s.has(PSH))
-                .collect();
+            let data: Vec<_> = mine.iter().filter(|s| s.src == conn.client && s.payload > 0 && s.has(PSH)).collect();
             let want_data = usize::from(end == End::Client);
             ensure!(
                 data.len() == want_data,
@@ -127,14 +116,10 @@ fn check_wire(conns: &[Conn], end: End, segments: &[Segment]) -> Result<()> {
 /// lab expects, and none for the router's.
 fn check_kernel_reasons(conns: &[Conn], events: &[diag_lab::KernelReset]) -> Result<()> {
     let ours = |e: &diag_lab::KernelReset| {
-        conns
-            .iter()
-            .find(|c| [(c.client, c.server), (c.server, c.client)].contains(&(e.src, e.dst)))
+        conns.iter().find(|c| [(c.client, c.server), (c.server, c.client)].contains(&(e.src, e.dst)))
     };
-    let mut got: Vec<String> = events
-        .iter()
-        .filter_map(|e| ours(e).map(|c| format!("{c}: {} > {} {}", e.src, e.dst, e.reason)))
-        .collect();
+    let mut got: Vec<String> =
+        events.iter().filter_map(|e| ours(e).map(|c| format!("{c}: {} > {} {}", e.src, e.dst, e.reason))).collect();
     let mut want: Vec<String> = conns
         .iter()
         .filter_map(|c| {
@@ -173,14 +158,8 @@ fn diag_lab_scenarios_produce_the_expected_resets() -> Result<()> {
         eprintln!("segments on the {}'s veth:{}", end_name(end), listing(segs));
     }
     for e in &events {
-        if conns
-            .iter()
-            .any(|c| [(c.client, c.server), (c.server, c.client)].contains(&(e.src, e.dst)))
-        {
-            eprintln!(
-                "tcp_send_reset {} > {} state={} reason={}",
-                e.src, e.dst, e.state, e.reason
-            );
+        if conns.iter().any(|c| [(c.client, c.server), (c.server, c.client)].contains(&(e.src, e.dst))) {
+            eprintln!("tcp_send_reset {} > {} state={} reason={}", e.src, e.dst, e.state, e.reason);
         }
     }
     check_wire(&conns, End::Client, &client_segs)?;
@@ -199,12 +178,7 @@ fn watch(iface: &Iface) -> Result<Proc> {
 
 /// rstwatch's final summary: the one `summary` line, the last line of its stdout.
 fn summary(fin: &Finished, what: &str) -> Result<Value> {
-    ensure!(
-        fin.status.success(),
-        "rstwatch on the {what}'s veth failed ({}): {}",
-        fin.status,
-        fin.stderr
-    );
+    ensure!(fin.status.success(), "rstwatch on the {what}'s veth failed ({}): {}", fin.status, fin.stderr);
     xtask::lab::summary_line(&fin.stdout).with_context(|| format!("rstwatch on the {what}'s veth:\n{}", fin.stdout))
 }
 
@@ -229,11 +203,7 @@ fn compare(what: &str, path: &str, got: &Value, want: &Value, problems: &mut Vec
     match want {
         Value::Object(fields) if !path.ends_with("reasons") && got.is_object() => {
             for (k, w) in fields {
-                let sub = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                };
+                let sub = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
                 compare(what, &sub, &got[k.as_str()], w, problems);
             }
         }
@@ -327,28 +297,16 @@ fn summary_problems(summary: &Value, end: End, iface: &Iface, conns: &[Conn]) ->
     }
     for (key, (conn, record)) in &want {
         if !seen.contains(key) {
-            problems.push(format!(
-                "{name}: no {} flow {} > {} for {conn}",
-                record["direction"], key.0, key.1
-            ));
+            problems.push(format!("{name}: no {} flow {} > {} for {conn}", record["direction"], key.0, key.1));
         }
     }
 
     // Totals: every reset is in a listed flow.
     let totals = &summary["totals"];
     let want_total = u64::try_from(want.len())?;
-    compare(
-        &format!("{name}: totals"),
-        "",
-        totals,
-        &json!({"resets": want_total, "overflow": 0}),
-        &mut problems,
-    );
+    compare(&format!("{name}: totals"), "", totals, &json!({"resets": want_total, "overflow": 0}), &mut problems);
     if totals["resets"].as_u64() != Some(flow_resets) {
-        problems.push(format!(
-            "{name}: totals.resets {} != sum of flow resets {flow_resets}",
-            totals["resets"]
-        ));
+        problems.push(format!("{name}: totals.resets {} != sum of flow resets {flow_resets}", totals["resets"]));
     }
 
     // Services: one per scenario and family, whether or not a RST of it crossed this veth.
@@ -375,13 +333,7 @@ fn summary_problems(summary: &Value, end: End, iface: &Iface, conns: &[Conn]) ->
             problems.push(format!("{name}: service listed twice: {s}"));
         }
         match want_services.get(&key) {
-            Some((conn, record)) => compare(
-                &format!("{name}: service {key} of {conn}"),
-                "",
-                s,
-                record,
-                &mut problems,
-            ),
+            Some((conn, record)) => compare(&format!("{name}: service {key} of {conn}"), "", s, record, &mut problems),
             None => problems.push(format!("{name}: unexpected service {s}")),
         }
     }
@@ -401,10 +353,7 @@ fn summary_problems(summary: &Value, end: End, iface: &Iface, conns: &[Conn]) ->
         let client = family.client().to_string();
         match end {
             End::Client => {
-                let to_client = conns
-                    .iter()
-                    .filter(|c| c.family == family && c.rst_src_dst().1 == c.client)
-                    .count();
+                let to_client = conns.iter().filter(|c| c.family == family && c.rst_src_dst().1 == c.client).count();
                 let to_client = u64::try_from(to_client)?;
                 match sources.iter().find(|s| s["src"] == server.as_str()) {
                     Some(s) => compare(
@@ -424,10 +373,7 @@ fn summary_problems(summary: &Value, end: End, iface: &Iface, conns: &[Conn]) ->
                         &json!({"resets": to_client}),
                         &mut problems,
                     ),
-                    None => problems.push(format!(
-                        "{name}: no destination {client} in {}",
-                        summary["destinations"]
-                    )),
+                    None => problems.push(format!("{name}: no destination {client} in {}", summary["destinations"])),
                 }
             }
             End::Server => {}
@@ -494,8 +440,7 @@ fn diagnosis_lab_classifies_every_reset() -> Result<()> {
     let router_rw = watch(&lab.router_client_if)?;
     let conns = lab.run_all()?;
     std::thread::sleep(SETTLE);
-    let signalled =
-        [client_rw.signal(libc::SIGINT), server_rw.signal(libc::SIGINT), router_rw.signal(libc::SIGINT)];
+    let signalled = [client_rw.signal(libc::SIGINT), server_rw.signal(libc::SIGINT), router_rw.signal(libc::SIGINT)];
     let client_fin = client_rw.finish(EXIT_TIMEOUT);
     let server_fin = server_rw.finish(EXIT_TIMEOUT);
     let router_fin = router_rw.finish(EXIT_TIMEOUT);

@@ -13,11 +13,7 @@ use xtask::bench::{self, FloodLab, GenPlan};
 
 fn lab() -> Result<FloodLab> {
     let rstwatch = bench::rstwatch_bin();
-    ensure!(
-        rstwatch.is_file(),
-        "{} does not exist: run `cargo xtask build` (or set RSTWATCH_BIN)",
-        rstwatch.display()
-    );
+    ensure!(rstwatch.is_file(), "{} does not exist: run `cargo xtask build` (or set RSTWATCH_BIN)", rstwatch.display());
     bench::build_bench()?;
     FloodLab::new()
 }
@@ -41,24 +37,8 @@ fn flood_counted_once_in_its_flow(counting: &[&str]) -> Result<()> {
     let lab = lab()?;
     let xdp_before = lab.xdp_received()?;
     let rstwatch = bench::start_rstwatch(&lab, &[&["--interval", "200ms"], counting].concat())?;
-    let fast = bench::generate(
-        &lab,
-        &GenPlan {
-            flows: 16,
-            first: 0,
-            repeat: 50_000,
-            passes: 1,
-        },
-    )?;
-    let sweep = bench::generate(
-        &lab,
-        &GenPlan {
-            flows: 4096,
-            first: 1000,
-            repeat: 1,
-            passes: 2,
-        },
-    )?;
+    let fast = bench::generate(&lab, &GenPlan { flows: 16, first: 0, repeat: 50_000, passes: 1 })?;
+    let sweep = bench::generate(&lab, &GenPlan { flows: 4096, first: 1000, repeat: 1, passes: 2 })?;
     let out = bench::stop_rstwatch(rstwatch)?;
     if !counting.is_empty() {
         assert_eq!(out.summary["counting"], "atomic", "the atomic programs counted");
@@ -97,24 +77,8 @@ fn a_flood_that_overflows_the_table_still_adds_up() -> Result<()> {
     let lab = lab()?;
     let xdp_before = lab.xdp_received()?;
     let rstwatch = bench::start_rstwatch(&lab, &["--interval", "300ms", "--max-flows", "64"])?;
-    let sweep = bench::generate(
-        &lab,
-        &GenPlan {
-            flows: 4096,
-            first: 0,
-            repeat: 1,
-            passes: 3,
-        },
-    )?;
-    let fast = bench::generate(
-        &lab,
-        &GenPlan {
-            flows: 4,
-            first: 50_000,
-            repeat: 20_000,
-            passes: 1,
-        },
-    )?;
+    let sweep = bench::generate(&lab, &GenPlan { flows: 4096, first: 0, repeat: 1, passes: 3 })?;
+    let fast = bench::generate(&lab, &GenPlan { flows: 4, first: 50_000, repeat: 20_000, passes: 1 })?;
     let out = bench::stop_rstwatch(rstwatch)?;
 
     let delivered = sweep.delivered + fast.delivered;
@@ -141,10 +105,7 @@ fn a_flood_that_overflows_the_table_still_adds_up() -> Result<()> {
         "rstwatch saw a different number of received frames than reached the peer's XDP hook"
     );
     let exact = bench::check_exact(&out, delivered, &expected)?;
-    assert!(
-        exact.overflow > 0,
-        "4096 flows must overflow a 64-entry table: {exact:?}"
-    );
+    assert!(exact.overflow > 0, "4096 flows must overflow a 64-entry table: {exact:?}");
     assert!(exact.in_flows > 0, "the table still holds flows: {exact:?}");
     Ok(())
 }
@@ -157,15 +118,7 @@ fn frames_the_veth_drops_before_the_hook_are_told_apart_exactly() -> Result<()> 
     lab.threaded_napi()?;
     let xdp_before = lab.xdp_received()?;
     let rstwatch = bench::start_rstwatch(&lab, &["--interval", "200ms"])?;
-    let gen = bench::generate(
-        &lab,
-        &GenPlan {
-            flows: 8,
-            first: 7000,
-            repeat: 100_000,
-            passes: 1,
-        },
-    )?;
+    let gen = bench::generate(&lab, &GenPlan { flows: 8, first: 7000, repeat: 100_000, passes: 1 })?;
     let out = bench::stop_rstwatch(rstwatch)?;
     let received = lab.xdp_received()? - xdp_before;
     assert!(

@@ -55,36 +55,19 @@ fn watch(iface: &Iface, args: &[&str]) -> Result<Proc> {
 /// Runs the generator and returns its JSON account; the run must have gone exactly as planned.
 fn traffic(hosts: &TwoHosts, extra: &[&str], steps: &[String]) -> Result<Value> {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
-    cmd.args([
-        "traffic",
-        "--client-ns",
-        hosts.client.name(),
-        "--server-ns",
-        hosts.server.name(),
-    ])
-    .args(extra)
-    .args(steps);
+    cmd.args(["traffic", "--client-ns", hosts.client.name(), "--server-ns", hosts.server.name()])
+        .args(extra)
+        .args(steps);
     let fin = Proc::spawn(&mut cmd)?.finish(Duration::from_secs(120))?;
-    ensure!(
-        fin.status.success(),
-        "traffic generator failed ({}): {}",
-        fin.status,
-        fin.stderr
-    );
+    ensure!(fin.status.success(), "traffic generator failed ({}): {}", fin.status, fin.stderr);
     let report: Value = serde_json::from_str(fin.stdout.trim()).context("traffic generator JSON")?;
-    ensure!(
-        report["errors"].as_array().is_some_and(Vec::is_empty),
-        "generator errors: {}",
-        report["errors"]
-    );
+    ensure!(report["errors"].as_array().is_some_and(Vec::is_empty), "generator errors: {}", report["errors"]);
     Ok(report)
 }
 
 fn steps(kind: &str, srcs: &[&str], dst: &str, port: u16) -> Vec<String> {
     let dst: IpAddr = ip(dst);
-    srcs.iter()
-        .map(|s| format!("{kind}:{s}->{}", SocketAddr::new(dst, port)))
-        .collect()
+    srcs.iter().map(|s| format!("{kind}:{s}->{}", SocketAddr::new(dst, port))).collect()
 }
 
 type FlowKey = (IpAddr, u16, IpAddr, u16);
@@ -106,10 +89,7 @@ fn expected(report: &Value, from: &str) -> Result<BTreeMap<FlowKey, u64>> {
 
 fn flow_key(v: &Value) -> Result<FlowKey> {
     let addr = |k: &str| -> Result<IpAddr> {
-        v[k].as_str()
-            .with_context(|| format!("{k} in {v}"))?
-            .parse()
-            .with_context(|| format!("{k} in {v}"))
+        v[k].as_str().with_context(|| format!("{k} in {v}"))?.parse().with_context(|| format!("{k} in {v}"))
     };
     let port = |k: &str| -> Result<u16> {
         u16::try_from(v[k].as_u64().with_context(|| format!("{k} in {v}"))?).with_context(|| format!("{k} in {v}"))
@@ -141,10 +121,7 @@ fn counted_in(summary: &Value, iface: &Iface, direction: &str) -> Result<BTreeMa
         if resets == 0 || f["direction"] != direction {
             continue;
         }
-        ensure!(
-            f["iface"] == iface.name.as_str(),
-            "flow on an unexpected interface: {f}"
-        );
+        ensure!(f["iface"] == iface.name.as_str(), "flow on an unexpected interface: {f}");
         let key = flow_key(f)?;
         let family = if key.0.is_ipv4() { "ipv4" } else { "ipv6" };
         ensure!(f["family"] == family, "family does not match the addresses: {f}");
@@ -153,11 +130,7 @@ fn counted_in(summary: &Value, iface: &Iface, direction: &str) -> Result<BTreeMa
     let totals = &summary["totals"];
     let total = totals["resets"].as_u64().context("totals.resets")?;
     let overflow = totals["overflow"].as_u64().context("totals.overflow")?;
-    assert_eq!(
-        total,
-        sum + overflow,
-        "totals.resets != sum of flow resets + overflow: {totals}"
-    );
+    assert_eq!(total, sum + overflow, "totals.resets != sum of flow resets + overflow: {totals}");
     assert_eq!(overflow, 0, "a handful of flows must not overflow the table: {totals}");
     let ifaces = summary["interfaces"].as_array().context("summary has no interfaces")?;
     ensure!(
@@ -171,28 +144,15 @@ fn counted_in(summary: &Value, iface: &Iface, direction: &str) -> Result<BTreeMa
 
 fn assert_detached(iface: &Iface) -> Result<()> {
     let details = iface.details()?;
-    assert!(
-        !xtask::lab::details_show_xdp(&details),
-        "an XDP program is still attached to {}:\n{details}",
-        iface.name
-    );
+    assert!(!xtask::lab::details_show_xdp(&details), "an XDP program is still attached to {}:\n{details}", iface.name);
     Ok(())
 }
 
 fn assert_one_line_error(fin: &Finished, needle: &str) {
-    assert!(
-        !fin.status.success(),
-        "expected failure, got {}; stderr: {}",
-        fin.status,
-        fin.stderr
-    );
+    assert!(!fin.status.success(), "expected failure, got {}; stderr: {}", fin.status, fin.stderr);
     let lines: Vec<&str> = fin.stderr.trim_end().lines().collect();
     assert_eq!(lines.len(), 1, "stderr must be exactly one line, got:\n{}", fin.stderr);
-    assert!(
-        lines[0].contains(needle),
-        "stderr should mention {needle:?}: {}",
-        lines[0]
-    );
+    assert!(lines[0].contains(needle), "stderr should mention {needle:?}: {}", lines[0]);
 }
 
 static CAPTURES: AtomicU32 = AtomicU32::new(0);
@@ -208,9 +168,7 @@ impl Capture {
         let n = CAPTURES.fetch_add(1, Ordering::Relaxed);
         let path = std::env::temp_dir().join(format!("rstwatch-lab-{}-{n}.pcap", std::process::id()));
         let mut cmd = iface.ns.exec("tcpdump");
-        cmd.args(["-i", &iface.name, "-nn", "-U", "-Z", "root", "-w"])
-            .arg(&path)
-            .arg("tcp");
+        cmd.args(["-i", &iface.name, "-nn", "-U", "-Z", "root", "-w"]).arg(&path).arg("tcp");
         let mut proc = Proc::spawn(&mut cmd)?;
         proc.wait_for_stderr("listening on", START_TIMEOUT)?;
         Ok(Capture { proc, path })
@@ -244,11 +202,7 @@ fn pcap_resets(bytes: &[u8]) -> Result<BTreeMap<FlowKey, u64>> {
             u32::from_be_bytes(w)
         }
     };
-    ensure!(
-        u32_at(bytes, 20) == 1,
-        "link type {} is not Ethernet",
-        u32_at(bytes, 20)
-    );
+    ensure!(u32_at(bytes, 20) == 1, "link type {} is not Ethernet", u32_at(bytes, 20));
     let mut flows = BTreeMap::new();
     let mut at = 24;
     while at + 16 <= bytes.len() {
@@ -318,11 +272,7 @@ fn counts_server_resets_on_the_client_side(counting: &[&str], mode: &str) -> Res
 
     let want = expected(&report, "server")?;
     // Summed rather than counted per flow: a source port freed by a RST may be handed out again.
-    assert_eq!(
-        want.values().sum::<u64>(),
-        3 * 8,
-        "3 rounds of 8 connections that reset once each"
-    );
+    assert_eq!(want.values().sum::<u64>(), 3 * 8, "3 rounds of 8 connections that reset once each");
     assert!(expected(&report, "client")?.is_empty());
     assert_eq!(witness, want, "tcpdump disagrees with the generator's account");
 
@@ -332,16 +282,9 @@ fn counts_server_resets_on_the_client_side(counting: &[&str], mode: &str) -> Res
         assert_eq!(summary["counting"], mode, "the summary says how the kernel side counted");
     }
     let got = counted(&summary, &hosts.client_if)?;
-    assert_eq!(
-        got, want,
-        "rstwatch's per-flow counts differ from the resets that were sent"
-    );
+    assert_eq!(got, want, "rstwatch's per-flow counts differ from the resets that were sent");
     assert_eq!(counted_tx(&summary, &hosts.client_if)?, BTreeMap::new(), "the clients sent no reset");
-    assert!(
-        fin.stdout.lines().any(|l| l.contains("\"interval\"")),
-        "no interval line in {}",
-        fin.stdout
-    );
+    assert!(fin.stdout.lines().any(|l| l.contains("\"interval\"")), "no interval line in {}", fin.stdout);
     assert_detached(&hosts.client_if)
 }
 
@@ -351,10 +294,7 @@ fn counts_server_resets_on_the_client_side(counting: &[&str], mode: &str) -> Res
 fn counts_client_resets_on_the_server_side() -> Result<()> {
     let hosts = hosts()?;
     let capture = Capture::start(&hosts.server_if)?;
-    let rw = watch(
-        &hosts.server_if,
-        &["--duration", "6s", "--interval", "1s", "--format", "json"],
-    )?;
+    let rw = watch(&hosts.server_if, &["--duration", "6s", "--interval", "1s", "--format", "json"])?;
     let mut s = steps("client-abort", &[C1, C2, C3], S4, 9000);
     s.extend(steps("client-abort", &[C6], S6, 9000));
     s.extend(steps("server-abort", &[C1], S4, 8443));
@@ -370,10 +310,7 @@ fn counts_client_resets_on_the_server_side() -> Result<()> {
     // Server aborts: one a round. The balancer keeps two and turns one away in round one, and
     // turns all three away in round two.
     let (server_aborts, kept_then_full, all_turned_away) = (2, 1, 3);
-    assert_eq!(
-        from_server.values().sum::<u64>(),
-        server_aborts + kept_then_full + all_turned_away
-    );
+    assert_eq!(from_server.values().sum::<u64>(), server_aborts + kept_then_full + all_turned_away);
     // The two directions never share a key: src is the server in one, a client in the other.
     let mut all = from_clients.clone();
     all.extend(from_server.iter().map(|(k, v)| (*k, *v)));
@@ -532,7 +469,8 @@ fn a_deleted_interface_is_reported_and_reattached_when_it_returns() -> Result<()
         Ok(())
     };
     create()?;
-    let rw = watch(&hosts.client_if, &["-i", &extra.name, "--duration", "7s", "--interval", "500ms", "--format", "json"])?;
+    let rw =
+        watch(&hosts.client_if, &["-i", &extra.name, "--duration", "7s", "--interval", "500ms", "--format", "json"])?;
     std::thread::sleep(Duration::from_millis(800));
     hosts.client.ip(["link", "del", &extra.name])?;
     let report = traffic(&hosts, &["--rounds", "1"], &refused_and_aborted_steps())?;
@@ -630,11 +568,9 @@ fn an_unprivileged_user_needs_exactly_bpf_net_admin_and_perfmon() -> Result<()> 
     assert_eq!(fin.status.code(), Some(0), "stderr: {}", fin.stderr);
     summary(&fin)?;
     assert_detached(&hosts.client_if)?;
-    for (caps, missing) in [
-        ("+net_admin,+perfmon", "CAP_BPF"),
-        ("+bpf,+perfmon", "CAP_NET_ADMIN"),
-        ("+bpf,+net_admin", "CAP_PERFMON"),
-    ] {
+    for (caps, missing) in
+        [("+net_admin,+perfmon", "CAP_BPF"), ("+bpf,+perfmon", "CAP_NET_ADMIN"), ("+bpf,+net_admin", "CAP_PERFMON")]
+    {
         let fin = run_as_nobody(caps)?;
         assert_one_line_error(&fin, missing);
         assert_detached(&hosts.client_if)?;
@@ -648,50 +584,24 @@ fn an_unprivileged_user_needs_exactly_bpf_net_admin_and_perfmon() -> Result<()> 
 fn second_attach_fails_and_first_keeps_running() -> Result<()> {
     let hosts = hosts()?;
     let first = watch(&hosts.client_if, &["--duration", "5s", "--format", "json"])?;
-    let second = run_to_end(
-        &hosts.client,
-        &rstwatch_str(),
-        &["-i", &hosts.client_if.name, "--duration", "1s"],
-    )?;
+    let second = run_to_end(&hosts.client, &rstwatch_str(), &["-i", &hosts.client_if.name, "--duration", "1s"])?;
     assert_one_line_error(&second, "already has an XDP program");
-    assert!(
-        hosts.client_if.xdp_attached()?,
-        "the second rstwatch removed the first one's program"
-    );
+    assert!(hosts.client_if.xdp_attached()?, "the second rstwatch removed the first one's program");
     let report = traffic(&hosts, &["--rounds", "2"], &steps("refused", &[C1], S4, 81))?;
     let fin = first.finish(EXIT_TIMEOUT)?;
-    assert!(
-        fin.status.success(),
-        "the first rstwatch failed ({}): {}",
-        fin.status,
-        fin.stderr
-    );
-    assert_eq!(
-        counted(&summary(&fin)?, &hosts.client_if)?,
-        expected(&report, "server")?
-    );
+    assert!(fin.status.success(), "the first rstwatch failed ({}): {}", fin.status, fin.stderr);
+    assert_eq!(counted(&summary(&fin)?, &hosts.client_if)?, expected(&report, "server")?);
     assert_detached(&hosts.client_if)
 }
 
 fn stops_on(signal: libc::c_int) -> Result<()> {
     let hosts = hosts()?;
-    let rw = watch(
-        &hosts.client_if,
-        &["--duration", "10m", "--interval", "1s", "--format", "json"],
-    )?;
+    let rw = watch(&hosts.client_if, &["--duration", "10m", "--interval", "1s", "--format", "json"])?;
     let report = traffic(&hosts, &["--rounds", "2"], &refused_and_aborted_steps())?;
     rw.signal(signal)?;
     let fin = rw.finish(EXIT_TIMEOUT)?;
-    assert_eq!(
-        fin.status.code(),
-        Some(0),
-        "rstwatch must exit 0 on signal {signal}; stderr: {}",
-        fin.stderr
-    );
-    assert_eq!(
-        counted(&summary(&fin)?, &hosts.client_if)?,
-        expected(&report, "server")?
-    );
+    assert_eq!(fin.status.code(), Some(0), "rstwatch must exit 0 on signal {signal}; stderr: {}", fin.stderr);
+    assert_eq!(counted(&summary(&fin)?, &hosts.client_if)?, expected(&report, "server")?);
     assert_detached(&hosts.client_if)
 }
 
@@ -717,16 +627,9 @@ fn lab_is_removed_after_a_panic() -> Result<()> {
         panic!("deliberate");
     });
     assert!(panicked.is_err());
-    let (client, server) = names
-        .lock()
-        .map_err(|_| anyhow::anyhow!("poisoned"))?
-        .take()
-        .context("lab never built")?;
+    let (client, server) = names.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.take().context("lab never built")?;
     let list = String::from_utf8(Command::new("ip").args(["netns", "list"]).output()?.stdout)?;
-    assert!(
-        !list.contains(&client) && !list.contains(&server),
-        "namespaces left behind: {list}"
-    );
+    assert!(!list.contains(&client) && !list.contains(&server), "namespaces left behind: {list}");
     Ok(())
 }
 
@@ -738,8 +641,18 @@ fn clsact_filters_count_both_directions_and_are_removed_at_exit() -> Result<()> 
     let hosts = hosts()?;
     let iface = &hosts.server_if;
     let mut cmd = iface.ns.exec(rstwatch());
-    cmd.env("RSTWATCH_TC_LINK", "clsact")
-        .args(["-i", &iface.name, "--hook", "tc", "--duration", "5s", "--interval", "1s", "--format", "json"]);
+    cmd.env("RSTWATCH_TC_LINK", "clsact").args([
+        "-i",
+        &iface.name,
+        "--hook",
+        "tc",
+        "--duration",
+        "5s",
+        "--interval",
+        "1s",
+        "--format",
+        "json",
+    ]);
     let mut rw = Proc::spawn(&mut cmd)?;
     rw.wait_for_stderr(&format!("attached to {}", iface.name), START_TIMEOUT)?;
     assert!(rw.stderr().contains("clsact egress"), "{}", rw.stderr());

@@ -29,10 +29,7 @@ fn rstwatch() -> PathBuf {
 
 fn root() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
-    ensure!(
-        unsafe { libc::geteuid() } == 0,
-        "these tests need root (namespaces, BPF, XDP)"
-    );
+    ensure!(unsafe { libc::geteuid() } == 0, "these tests need root (namespaces, BPF, XDP)");
     xtask::lab::sweep_stale()?;
     Ok(())
 }
@@ -53,19 +50,12 @@ fn bpftool_attachments(iface: &Iface) -> Result<Vec<(String, u64)>> {
     let mut cmd = iface.ns.exec("bpftool");
     cmd.args(["-j", "net", "show", "dev", &iface.name]);
     let out = xtask::cmd::output(&mut cmd)?;
-    let v: Value =
-        serde_json::from_str(out.trim()).with_context(|| format!("bpftool net show: {out}"))?;
+    let v: Value = serde_json::from_str(out.trim()).with_context(|| format!("bpftool net show: {out}"))?;
     let mut found = Vec::new();
     for section in v.as_array().into_iter().flatten() {
         for (kind, entries) in section.as_object().into_iter().flatten() {
             for entry in entries.as_array().into_iter().flatten() {
-                found.push((
-                    kind.clone(),
-                    entry["id"]
-                        .as_u64()
-                        .or(entry["prog_id"].as_u64())
-                        .unwrap_or(0),
-                ));
+                found.push((kind.clone(), entry["id"].as_u64().or(entry["prog_id"].as_u64()).unwrap_or(0)));
             }
         }
     }
@@ -103,28 +93,14 @@ fn kill_9_leaves_nothing_attached() -> Result<()> {
         cmd.args(["-i", &mon_if.name, "--xdp-mode", mode]);
         let mut proc = Proc::spawn(&mut cmd)?;
         proc.wait_for_stderr(&format!("attached to {}", mon_if.name), START_TIMEOUT)?;
-        ensure!(
-            mon_if.xdp_attached()?,
-            "{mode}: `ip -d link` shows no XDP while rstwatch runs"
-        );
+        ensure!(mon_if.xdp_attached()?, "{mode}: `ip -d link` shows no XDP while rstwatch runs");
         let attached = bpftool_attachments(&mon_if)?;
-        ensure!(
-            !attached.is_empty(),
-            "{mode}: bpftool shows nothing attached while rstwatch runs"
-        );
-        let ids: Vec<u64> = attached
-            .iter()
-            .map(|(_, id)| *id)
-            .filter(|id| *id != 0)
-            .collect();
+        ensure!(!attached.is_empty(), "{mode}: bpftool shows nothing attached while rstwatch runs");
+        let ids: Vec<u64> = attached.iter().map(|(_, id)| *id).filter(|id| *id != 0).collect();
         let killed_at = Instant::now();
         proc.signal(libc::SIGKILL)?;
         let fin = proc.finish(Duration::from_secs(10))?;
-        ensure!(
-            fin.status.signal() == Some(libc::SIGKILL),
-            "{mode}: rstwatch ended with {}",
-            fin.status
-        );
+        ensure!(fin.status.signal() == Some(libc::SIGKILL), "{mode}: rstwatch ended with {}", fin.status);
         let detached = wait_until(Duration::from_secs(5), || {
             Ok(!mon_if.xdp_attached()? && bpftool_attachments(&mon_if)?.is_empty())
         })?;
@@ -136,26 +112,15 @@ fn kill_9_leaves_nothing_attached() -> Result<()> {
         );
         let detach_ms = killed_at.elapsed().as_millis();
         // Programs are freed after an RCU grace period or so; a leak would stay.
-        let freed = wait_until(Duration::from_secs(10), || {
-            Ok(ids.iter().all(|id| !prog_loaded(*id)))
-        })?;
-        ensure!(
-            freed,
-            "{mode}: program(s) {ids:?} still loaded 10 s after kill -9"
-        );
-        report.push(format!(
-            "{mode}: {attached:?} gone within {detach_ms} ms, programs freed"
-        ));
+        let freed = wait_until(Duration::from_secs(10), || Ok(ids.iter().all(|id| !prog_loaded(*id))))?;
+        ensure!(freed, "{mode}: program(s) {ids:?} still loaded 10 s after kill -9");
+        report.push(format!("{mode}: {attached:?} gone within {detach_ms} ms, programs freed"));
     }
     // And the interface is free for the next rstwatch.
     let mut cmd = mon.exec(rstwatch());
     cmd.args(["-i", &mon_if.name, "--duration", "1s"]);
     let fin = Proc::spawn(&mut cmd)?.finish(Duration::from_secs(30))?;
-    ensure!(
-        fin.status.success(),
-        "rstwatch after kill -9 failed: {}",
-        fin.stderr
-    );
+    ensure!(fin.status.success(), "rstwatch after kill -9 failed: {}", fin.stderr);
     eprintln!("kill -9: {}", report.join("; "));
     Ok(())
 }
@@ -274,11 +239,7 @@ struct Outcome {
 /// Runs `cmd` to its end (killed after `timeout`), with its peak memory from wait4(2).
 fn run_measured(cmd: &mut Command, timeout: Duration) -> Result<Outcome> {
     let started = Instant::now();
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
     let pid = child.id() as libc::pid_t;
     let mut out = child.stdout.take().context("stdout")?;
     let mut err = child.stderr.take().context("stderr")?;
@@ -328,25 +289,11 @@ fn run_measured(cmd: &mut Command, timeout: Duration) -> Result<Outcome> {
 /// A clear, short error: non-zero exit, no panic, at most two lines naming rstwatch.
 fn clear_error(what: &str, outcome: &Outcome) -> Result<()> {
     let err = outcome.stderr.trim();
-    ensure!(
-        outcome.status.code().is_some_and(|c| c != 0),
-        "{what}: exit {} (stderr: {err})",
-        outcome.status
-    );
-    ensure!(
-        !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
-        "{what}: panic: {err}"
-    );
+    ensure!(outcome.status.code().is_some_and(|c| c != 0), "{what}: exit {} (stderr: {err})", outcome.status);
+    ensure!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "{what}: panic: {err}");
     ensure!(!err.is_empty(), "{what}: no error message");
-    ensure!(
-        err.lines().count() <= 2,
-        "{what}: {} lines of error:\n{err}",
-        err.lines().count()
-    );
-    ensure!(
-        err.contains("rstwatch") || err.contains("error"),
-        "{what}: message does not say who complains: {err}"
-    );
+    ensure!(err.lines().count() <= 2, "{what}: {} lines of error:\n{err}", err.lines().count());
+    ensure!(err.contains("rstwatch") || err.contains("error"), "{what}: message does not say who complains: {err}");
     Ok(())
 }
 
@@ -355,14 +302,8 @@ fn hostile_command_lines_get_one_line_errors_and_attach_nothing() -> Result<()> 
     let (_lab, mon, mon_if) = lab()?;
     let mut failures = Vec::new();
     let mut table = Vec::new();
-    let mut cases: Vec<Vec<String>> = BAD_ARGS
-        .iter()
-        .map(|args| {
-            args.iter()
-                .map(|a| a.replace("{IF}", &mon_if.name))
-                .collect()
-        })
-        .collect();
+    let mut cases: Vec<Vec<String>> =
+        BAD_ARGS.iter().map(|args| args.iter().map(|a| a.replace("{IF}", &mon_if.name)).collect()).collect();
     for name in bad_names() {
         cases.push(vec!["-i".into(), name.clone()]);
         // A bad name after a good one: nothing may stay attached to the good one.
@@ -377,19 +318,12 @@ fn hostile_command_lines_get_one_line_errors_and_attach_nothing() -> Result<()> 
                 if let Err(e) = clear_error(&what, &outcome) {
                     failures.push(format!("{e:#}"));
                 }
-                table.push(format!(
-                    "{what} -> {} | {}",
-                    outcome.status,
-                    outcome.stderr.trim().replace('\n', " / ")
-                ));
+                table.push(format!("{what} -> {} | {}", outcome.status, outcome.stderr.trim().replace('\n', " / ")));
             }
             Err(e) => failures.push(format!("{what}: {e:#}")),
         }
         if mon_if.xdp_attached()? || !bpftool_attachments(&mon_if)?.is_empty() {
-            failures.push(format!(
-                "{what}: left something attached to {}",
-                mon_if.name
-            ));
+            failures.push(format!("{what}: left something attached to {}", mon_if.name));
         }
     }
     eprintln!("{}", table.join("\n"));
@@ -429,9 +363,7 @@ impl Drop for TempDir {
 }
 
 fn fixture(name: &str) -> Result<Vec<u8>> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../rst-userspace/tests/data")
-        .join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../rst-userspace/tests/data").join(name);
     std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
 }
 
@@ -543,16 +475,9 @@ fn hostile_capture_files_get_clear_errors_in_flat_memory() -> Result<()> {
         if let Err(e) = clear_error(name, &outcome) {
             problems.push(format!("{e:#}"));
         }
-        let file_name = path
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .into_owned();
+        let file_name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
         if !outcome.stderr.contains(&file_name) {
-            problems.push(format!(
-                "{name}: the error does not name the file: {}",
-                outcome.stderr.trim()
-            ));
+            problems.push(format!("{name}: the error does not name the file: {}", outcome.stderr.trim()));
         }
         if outcome.max_rss_kb > REPLAY_RSS_LIMIT_KB {
             problems.push(format!("{name}: peak RSS {} KiB", outcome.max_rss_kb));
@@ -595,10 +520,7 @@ fn hostile_capture_files_get_clear_errors_in_flat_memory() -> Result<()> {
     let good = d.join("good.pcap");
     std::fs::write(&good, &pcap)?;
     let mut cmd = Command::new(rstwatch());
-    cmd.args(["replay", "--keep-going", "--format", "json"])
-        .arg(&good)
-        .arg(d.join("record-cut.pcap"))
-        .arg(&good);
+    cmd.args(["replay", "--keep-going", "--format", "json"]).arg(&good).arg(d.join("record-cut.pcap")).arg(&good);
     let outcome = run_measured(&mut cmd, Duration::from_secs(60))?;
     let summary = outcome.stdout.lines().find(|l| l.contains("\"summary\""));
     if outcome.status.success() || summary.is_none() || outcome.stderr.contains("panicked") {
@@ -616,11 +538,7 @@ fn hostile_capture_files_get_clear_errors_in_flat_memory() -> Result<()> {
     ));
 
     eprintln!("{}", table.join("\n"));
-    ensure!(
-        failures.is_empty(),
-        "hostile captures:\n{}",
-        failures.join("\n")
-    );
+    ensure!(failures.is_empty(), "hostile captures:\n{}", failures.join("\n"));
     Ok(())
 }
 
@@ -631,10 +549,7 @@ fn hostile_capture_files_get_clear_errors_in_flat_memory() -> Result<()> {
 #[test]
 fn short_soak_keeps_exact_intervals_and_flat_memory() -> Result<()> {
     root()?;
-    let seconds: f64 = std::env::var("RSTWATCH_SOAK_SECONDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20.0);
+    let seconds: f64 = std::env::var("RSTWATCH_SOAK_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(20.0);
     let mut options = reliability::SoakOptions::minutes(seconds / 60.0);
     options.round = Duration::from_secs(5);
     options.churn_rate = 20_000;
@@ -649,11 +564,7 @@ fn short_soak_keeps_exact_intervals_and_flat_memory() -> Result<()> {
     let report = reliability::soak(&options)?;
     eprintln!("{}", serde_json::to_string(&report.to_json())?);
     let problems = report.problems();
-    ensure!(
-        problems.is_empty(),
-        "soak problems:\n{}",
-        problems.join("\n")
-    );
+    ensure!(problems.is_empty(), "soak problems:\n{}", problems.join("\n"));
     Ok(())
 }
 
@@ -670,14 +581,7 @@ fn no_unwrap_expect_or_panic_outside_tests() -> Result<()> {
     for dir in ["rst-userspace/src", "rst-common/src", "rst-ebpf/src"] {
         collect_rs(&root.join(dir), &mut files)?;
     }
-    let needles = [
-        ".unwrap()",
-        ".expect(",
-        "panic!(",
-        "unreachable!(",
-        "todo!(",
-        "unimplemented!(",
-    ];
+    let needles = [".unwrap()", ".expect(", "panic!(", "unreachable!(", "todo!(", "unimplemented!("];
     let mut found = Vec::new();
     for file in files.iter().filter(|f| !f.ends_with("craft.rs")) {
         let text = std::fs::read_to_string(file)?;
@@ -694,15 +598,8 @@ fn no_unwrap_expect_or_panic_outside_tests() -> Result<()> {
             }
         }
     }
-    ensure!(
-        found.is_empty(),
-        "panicking calls on runtime paths:\n{}",
-        found.join("\n")
-    );
-    eprintln!(
-        "scanned {} files: no unwrap/expect/panic outside tests",
-        files.len()
-    );
+    ensure!(found.is_empty(), "panicking calls on runtime paths:\n{}", found.join("\n"));
+    eprintln!("scanned {} files: no unwrap/expect/panic outside tests", files.len());
     Ok(())
 }
 

@@ -57,7 +57,9 @@ pub enum CaptureError {
          cooked capture (SLL, SLL2), raw IP and BSD loopback"
     )]
     UnsupportedLink { frame: u64, datalink: DataLink, code: u32 },
-    #[error("frame {frame} (byte {offset}): packet on interface {interface}, which no interface description block declared")]
+    #[error(
+        "frame {frame} (byte {offset}): packet on interface {interface}, which no interface description block declared"
+    )]
     UnknownInterface { frame: u64, offset: u64, interface: u32 },
 }
 
@@ -271,7 +273,9 @@ impl CaptureReader {
                 let used = available.len() - rest.len();
                 let frame = self.frames + 1;
                 if raw.ts_frac >= frac_limit {
-                    return Err(self.corrupt_at(frame, "packet record", format!("timestamp fraction {}", raw.ts_frac)).into());
+                    return Err(self
+                        .corrupt_at(frame, "packet record", format!("timestamp fraction {}", raw.ts_frac))
+                        .into());
                 }
                 if raw.incl_len > MAX_FRAME {
                     return Err(self
@@ -359,7 +363,11 @@ impl CaptureReader {
         Ok(true)
     }
 
-    fn describe(&self, datalink: DataLink, options: &[InterfaceDescriptionOption<'_>]) -> Result<Interface, CaptureError> {
+    fn describe(
+        &self,
+        datalink: DataLink,
+        options: &[InterfaceDescriptionOption<'_>],
+    ) -> Result<Interface, CaptureError> {
         let mut interface = Interface {
             index: self.interfaces.len(),
             name: None,

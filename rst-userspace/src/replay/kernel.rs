@@ -167,7 +167,8 @@ impl Parity {
                 self.left_out_not_malformed
             );
         }
-        let directions = self.host_flows.keys().chain(self.kernel_flows.keys().filter(|k| !self.host_flows.contains_key(*k)));
+        let directions =
+            self.host_flows.keys().chain(self.kernel_flows.keys().filter(|k| !self.host_flows.contains_key(*k)));
         for direction in directions {
             let host = self.host_flows.get(direction).copied().unwrap_or(0);
             let kernel = self.kernel_flows.get(direction).copied().unwrap_or(0);

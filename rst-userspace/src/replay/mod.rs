@@ -191,18 +191,21 @@ impl<W: Write> Replay<W> {
                 Ok(())
             }
             Event::Packet(packet) => match slots.get(packet.interface) {
-                Some(Slot::Supported { link, ifindex }) => {
-                    self.packet(*link, *ifindex, packet.timestamp_ns, packet.data)
-                        .with_context(|| format!("frame {}", packet.frame))
-                        .map_err(Stop::Sink)
-                }
+                Some(Slot::Supported { link, ifindex }) => self
+                    .packet(*link, *ifindex, packet.timestamp_ns, packet.data)
+                    .with_context(|| format!("frame {}", packet.frame))
+                    .map_err(Stop::Sink),
                 Some(Slot::Unsupported(datalink)) => Err(Stop::Capture(CaptureError::UnsupportedLink {
                     frame: packet.frame,
                     datalink: *datalink,
                     code: u32::from(*datalink),
                 })),
                 // The reader announces every interface before its packets.
-                None => Err(Stop::Sink(anyhow::anyhow!("frame {}: interface {} was never announced", packet.frame, packet.interface))),
+                None => Err(Stop::Sink(anyhow::anyhow!(
+                    "frame {}: interface {} was never announced",
+                    packet.frame,
+                    packet.interface
+                ))),
             },
         })
     }

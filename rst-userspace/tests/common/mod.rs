@@ -18,15 +18,15 @@ use aya::{
 };
 use rst_common::{
     wire::{
-        CacheSlot, ResetCounters, TrafficCounters, FLOW_CACHE_SLOTS, MAP_EVICTION_LOG, MAP_FLOW_BLOCKS, MAP_FLOW_TABLE, MAP_FLOW_CACHE, MAP_RESET_COUNTERS,
-        MAP_TRAFFIC,
+        CacheSlot, ResetCounters, TrafficCounters, FLOW_CACHE_SLOTS, MAP_EVICTION_LOG, MAP_FLOW_BLOCKS, MAP_FLOW_CACHE,
+        MAP_FLOW_TABLE, MAP_RESET_COUNTERS, MAP_TRAFFIC,
     },
     Counters, FlowKey, Observation,
 };
 use rstwatch::{
     collector::{Collector, Sample},
-    loader::Counting,
     flow_table::{EvictionLogMap, FlowTableMap},
+    loader::Counting,
     testrun::XdpMd,
 };
 
@@ -80,8 +80,8 @@ impl Kernel {
     }
 
     pub fn load_counting(max_flows: u32, counting: Counting) -> anyhow::Result<Self> {
-        let mut ebpf =
-            rstwatch::loader::load_counting(max_flows, counting).context("loading the eBPF object (tests need root)")?;
+        let mut ebpf = rstwatch::loader::load_counting(max_flows, counting)
+            .context("loading the eBPF object (tests need root)")?;
         let traffic = PerCpuArray::try_from(second_handle(&ebpf, MAP_TRAFFIC)?)?;
         let resets = PerCpuArray::try_from(second_handle(&ebpf, MAP_RESET_COUNTERS)?)?;
         let Map::Array(flow_table) = second_handle(&ebpf, MAP_FLOW_TABLE)? else {
@@ -101,9 +101,20 @@ impl Kernel {
             bail!("{MAP_EVICTION_LOG} is not an array");
         };
         let cpu_ids = rstwatch::flow_table::possible_cpu_ids()?;
-        let log = EvictionLogMap::new(std::os::fd::AsFd::as_fd(log_data.fd()), log_data.info()?.max_entries(), cpu_ids)?;
+        let log =
+            EvictionLogMap::new(std::os::fd::AsFd::as_fd(log_data.fd()), log_data.info()?.max_entries(), cpu_ids)?;
         let collector = Collector::new(&mut ebpf)?;
-        Ok(Self { ebpf, collector, traffic, resets, flows, _flow_table: [flow_table, flow_blocks], cache, log, _log: log_data })
+        Ok(Self {
+            ebpf,
+            collector,
+            traffic,
+            resets,
+            flows,
+            _flow_table: [flow_table, flow_blocks],
+            cache,
+            log,
+            _log: log_data,
+        })
     }
 
     /// `"per-cpu"` or `"atomic"`: which counting programs were loaded.
@@ -250,7 +261,6 @@ pub fn run_xdp(program: &Xdp, frame: &[u8], ifindex: Option<u32>, repeat: u32) -
     }
     Ok(())
 }
-
 
 /// What a sample must contain after `observations` ran once each (no table overflow).
 pub fn expected_sample(observations: impl IntoIterator<Item = Observation>) -> (Counters, BTreeMap<FlowKey, u64>) {
