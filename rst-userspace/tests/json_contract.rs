@@ -1,0 +1,138 @@
+//! The `--format json` contract, checked without root: every key path (with the JSON types seen
+//! at it) of the interval and summary lines that `rstwatch replay` writes for a capture that
+//! exercises every record kind must equal `tests/data/json-contract.txt`.
+//!
+//! Adding a field means adding its line to that file (`RSTWATCH_BLESS=1` rewrites it, and the
+//! diff shows what was added); a renamed or dropped field fails here, before anyone parses it.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs::File,
+    io::BufWriter,
+    path::Path,
+    process::Command,
+    time::Duration,
+};
+
+use pcap_file::{
+    pcap::{PcapHeader, PcapPacket, PcapWriter},
+    DataLink,
+};
+use rst_common::{
+    craft::{self, FrameBuilder},
+    parse::{TCP_ACK, TCP_RST, TCP_SYN},
+};
+use serde_json::Value;
+
+const MS: u64 = 1_000_000;
+
+/// Frames that make every array of the report non-empty: the crafted case table (every kind
+/// of frame and reset), a closed port refusing three attempts, an accepted connection the
+/// server aborts, and a reset whose TTL is not the server's (a middlebox), spread over three
+/// seconds so that several intervals are written.
+fn contract_capture() -> Vec<(u64, Vec<u8>)> {
+    let mut frames: Vec<(u64, Vec<u8>)> =
+        craft::cases(1).into_iter().enumerate().map(|(i, case)| (i as u64 * MS, case.frame)).collect();
+    let client = [192, 0, 2, 1];
+    let server = [192, 0, 2, 80];
+    for (i, port) in [40001u16, 40002, 40003].into_iter().enumerate() {
+        let t = 1_000 * MS + i as u64 * 10 * MS;
+        let syn = FrameBuilder::ipv4(client, server).ports(port, 81).flags(TCP_SYN).seq_ack(100, 0);
+        let refusal = FrameBuilder::ipv4(server, client).ports(81, port).flags(TCP_RST | TCP_ACK).seq_ack(0, 101);
+        frames.push((t, syn.build().into_bytes()));
+        frames.push((t + MS, refusal.build().into_bytes()));
+    }
+    let conversations = [(40004u16, 60u8, 60u8), (40005, 60, 250)];
+    for (n, (port, synack_ttl, rst_ttl)) in conversations.into_iter().enumerate() {
+        let t = 2_000 * MS + n as u64 * 100 * MS;
+        let handshake = [
+            FrameBuilder::ipv4(client, server).ports(port, 443).flags(TCP_SYN).seq_ack(500, 0),
+            FrameBuilder::ipv4(server, client).ports(443, port).flags(TCP_SYN | TCP_ACK).seq_ack(9000, 501).ttl(synack_ttl),
+            FrameBuilder::ipv4(client, server).ports(port, 443).flags(TCP_ACK).seq_ack(501, 9001),
+            FrameBuilder::ipv4(server, client).ports(443, port).flags(TCP_RST | TCP_ACK).seq_ack(9001, 601).ttl(rst_ttl),
+        ];
+        for (i, frame) in handshake.into_iter().enumerate() {
+            frames.push((t + i as u64 * MS, frame.build().into_bytes()));
+        }
+    }
+    frames
+}
+
+fn write_pcap(path: &Path, frames: &[(u64, Vec<u8>)]) {
+    let file = BufWriter::new(File::create(path).expect("creating the capture"));
+    let header = PcapHeader { datalink: DataLink::ETHERNET, snaplen: 262_144, ..PcapHeader::default() };
+    let mut writer = PcapWriter::with_header(file, header).expect("pcap header");
+    for (ns, data) in frames {
+        let timestamp = Duration::from_secs(1_700_000_000) + Duration::from_nanos(*ns);
+        writer.write_packet(&PcapPacket::new(timestamp, data.len() as u32, data)).expect("pcap record");
+    }
+}
+
+fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// Every key path under `value` (`[]` for any array element) with the types seen there.
+fn collect_paths(prefix: &str, value: &Value, out: &mut BTreeMap<String, BTreeSet<&'static str>>) {
+    out.entry(prefix.to_owned()).or_default().insert(type_name(value));
+    match value {
+        Value::Object(map) => {
+            for (key, child) in map {
+                collect_paths(&format!("{prefix}.{key}"), child, out);
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                collect_paths(&format!("{prefix}[]"), item, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn json_key_paths_are_the_contract() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("json-contract");
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let capture = dir.join("contract.pcap");
+    write_pcap(&capture, &contract_capture());
+    let output = Command::new(env!("CARGO_BIN_EXE_rstwatch"))
+        .args(["replay", "--format", "json"])
+        .arg(&capture)
+        .output()
+        .expect("running rstwatch replay");
+    assert!(output.status.success(), "replay failed: {}", String::from_utf8_lossy(&output.stderr));
+    let mut paths = BTreeMap::new();
+    let mut kinds = BTreeSet::new();
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let value: Value = serde_json::from_str(line).expect("every line is one JSON object");
+        let kind = value["type"].as_str().expect("every line has a type").to_owned();
+        collect_paths(&kind, &value, &mut paths);
+        kinds.insert(kind);
+    }
+    assert!(kinds.contains("interval") && kinds.contains("summary"), "line types: {kinds:?}");
+    let actual: String = paths
+        .iter()
+        .map(|(path, types)| format!("{path}: {}\n", types.iter().copied().collect::<Vec<_>>().join(" | ")))
+        .collect();
+    let golden_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/json-contract.txt");
+    if std::env::var_os("RSTWATCH_BLESS").is_some() {
+        std::fs::write(&golden_path, &actual).expect("writing the golden file");
+    }
+    let golden = std::fs::read_to_string(&golden_path).expect("tests/data/json-contract.txt");
+    let golden_lines: BTreeSet<&str> = golden.lines().collect();
+    let actual_lines: BTreeSet<&str> = actual.lines().collect();
+    let missing: Vec<&&str> = golden_lines.difference(&actual_lines).collect();
+    let added: Vec<&&str> = actual_lines.difference(&golden_lines).collect();
+    assert!(
+        missing.is_empty() && added.is_empty(),
+        "the JSON contract changed.\n  gone or retyped (never allowed): {missing:#?}\n  new (add to tests/data/json-contract.txt): {added:#?}"
+    );
+}
