@@ -21,8 +21,3 @@ pub use wire::{Counters, FlowKey, FlowValue};
 
 #[cfg(feature = "user")]
 mod user;
-
-#[cfg(feature = "craft")]
-extern crate std;
-#[cfg(feature = "craft")]
-pub mod craft;

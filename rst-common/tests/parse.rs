@@ -1,12 +1,12 @@
-//! The header walk on the host, over frames from `rst_common::craft`.
+//! The header walk on the host, over frames from `rst_craft`.
 
 use rst_common::{
-    craft::{self, cases, ipv6_chain, tcp_v4, tcp_v6, Crafted, FrameBuilder, Ipv6Ext, VlanKind},
     inspect,
     parse::{MAX_IPV6_EXT_HEADERS, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     wire::{DIRECTION_RX, FAMILY_IPV4, FAMILY_IPV6, IPPROTO_TCP},
     FlowKey, Observation, TcpEvent,
 };
+use rst_craft::{self as craft, cases, ipv6_chain, tcp_v4, tcp_v6, Crafted, FrameBuilder, Ipv6Ext, VlanKind};
 
 const IFINDEX: u32 = 7;
 

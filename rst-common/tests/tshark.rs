@@ -11,7 +11,8 @@ use pcap_file::{
     pcap::{PcapHeader, PcapPacket, PcapWriter},
     DataLink,
 };
-use rst_common::{craft::cases, Observation};
+use rst_common::Observation;
+use rst_craft::cases;
 
 #[test]
 fn well_formed_cases_dissect_as_expected_in_tshark() {

@@ -47,12 +47,12 @@ use aya::{
     Ebpf,
 };
 use rst_common::{
-    craft::{tcp_v4, tcp_v6, FrameBuilder, VlanKind},
     parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     wire::{
         CountingPrograms, FlowKey, MAP_EPOCH, MAP_FLOW_BLOCKS, MAP_FLOW_TABLE, PROG_TC_BASELINE, PROG_XDP_BASELINE,
     },
 };
+use rst_craft::{tcp_v4, tcp_v6, FrameBuilder, VlanKind};
 use rstwatch::{collector::Collector, flow_table::FlowTableMap, loader::Counting, testrun::XdpMd};
 use serde_json::{json, Value};
 

@@ -45,17 +45,17 @@ use pcap_file::{
     DataLink,
 };
 use rst_common::{
-    craft::{
-        cases,
-        etherparse::{
-            Ethernet2HeaderSlice, IpAuthHeaderSlice, Ipv4HeaderSlice, Ipv6FragmentHeaderSlice, Ipv6HeaderSlice,
-            Ipv6RawExtHeaderSlice, SingleVlanHeaderSlice, TcpHeaderSlice, TcpOptionElement,
-        },
-        FrameBuilder, Ipv6Ext, VlanKind,
-    },
     inspect,
     wire::{DIRECTION_RX, FAMILY_IPV4, FAMILY_IPV6, IPPROTO_TCP},
     FlowKey, Observation,
+};
+use rst_craft::{
+    cases,
+    etherparse::{
+        Ethernet2HeaderSlice, IpAuthHeaderSlice, Ipv4HeaderSlice, Ipv6FragmentHeaderSlice, Ipv6HeaderSlice,
+        Ipv6RawExtHeaderSlice, SingleVlanHeaderSlice, TcpHeaderSlice, TcpOptionElement,
+    },
+    FrameBuilder, Ipv6Ext, VlanKind,
 };
 use rstwatch::collector::{Collector, Sample};
 

@@ -23,10 +23,8 @@ use pcap_file::{
     },
     DataLink,
 };
-use rst_common::{
-    craft::{tcp_v4, tcp_v6, FrameBuilder, VlanKind},
-    parse::{TCP_ACK, TCP_RST, TCP_SYN},
-};
+use rst_common::parse::{TCP_ACK, TCP_RST, TCP_SYN};
+use rst_craft::{tcp_v4, tcp_v6, FrameBuilder, VlanKind};
 
 /// Distinct frames written in turn: enough flows that the flow table is exercised.
 const TEMPLATES: usize = 4096;

@@ -13,10 +13,10 @@ use std::path::Path;
 
 use engine::{check_one, describe_key, host, reference, unhex, Config, Kernel, IFINDEX, MAX_FLOWS};
 use rst_common::{
-    craft::{cases, ipv6_chain, tcp_v4, tcp_v6, vlan_ipv4_options_rst, Ipv6Ext, VlanKind},
     parse::{TCP_ACK, TCP_RST},
     Observation,
 };
+use rst_craft::{cases, ipv6_chain, tcp_v4, tcp_v6, vlan_ipv4_options_rst, Ipv6Ext, VlanKind};
 
 /// Frames in the quick slice; `RSTWATCH_FUZZ_FRAMES` overrides.
 const QUICK_FRAMES: u64 = 200_000;

@@ -6,10 +6,10 @@ use std::process::Command;
 
 use aya::programs::{SchedClassifier, TcAttachType, TestRun, TestRunOptions};
 use rst_common::{
-    craft::tcp_v4,
     parse::{TCP_ACK, TCP_RST},
     wire::{PROG_TC, PROG_TC_EGRESS},
 };
+use rst_craft::tcp_v4;
 use rstwatch::{
     collector::Collector,
     loader::{self, Counting, Hook, TcLink, XdpMode, XdpModeChoice},

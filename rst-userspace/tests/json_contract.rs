@@ -18,10 +18,8 @@ use pcap_file::{
     pcap::{PcapHeader, PcapPacket, PcapWriter},
     DataLink,
 };
-use rst_common::{
-    craft::{self, FrameBuilder},
-    parse::{TCP_ACK, TCP_RST, TCP_SYN},
-};
+use rst_common::parse::{TCP_ACK, TCP_RST, TCP_SYN};
+use rst_craft::{self as craft, FrameBuilder};
 use serde_json::Value;
 
 const MS: u64 = 1_000_000;
@@ -47,9 +45,17 @@ fn contract_capture() -> Vec<(u64, Vec<u8>)> {
         let t = 2_000 * MS + n as u64 * 100 * MS;
         let handshake = [
             FrameBuilder::ipv4(client, server).ports(port, 443).flags(TCP_SYN).seq_ack(500, 0),
-            FrameBuilder::ipv4(server, client).ports(443, port).flags(TCP_SYN | TCP_ACK).seq_ack(9000, 501).ttl(synack_ttl),
+            FrameBuilder::ipv4(server, client)
+                .ports(443, port)
+                .flags(TCP_SYN | TCP_ACK)
+                .seq_ack(9000, 501)
+                .ttl(synack_ttl),
             FrameBuilder::ipv4(client, server).ports(port, 443).flags(TCP_ACK).seq_ack(501, 9001),
-            FrameBuilder::ipv4(server, client).ports(443, port).flags(TCP_RST | TCP_ACK).seq_ack(9001, 601).ttl(rst_ttl),
+            FrameBuilder::ipv4(server, client)
+                .ports(443, port)
+                .flags(TCP_RST | TCP_ACK)
+                .seq_ack(9001, 601)
+                .ttl(rst_ttl),
         ];
         for (i, frame) in handshake.into_iter().enumerate() {
             frames.push((t + i as u64 * MS, frame.build().into_bytes()));

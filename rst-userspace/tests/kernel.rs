@@ -11,13 +11,13 @@ use anyhow::Context as _;
 
 use common::{expected_sample, run_xdp, sample_flows, Kernel, Verdict, LOOPBACK_IFINDEX};
 use rst_common::{
-    craft::{cases, tcp_v4, tcp_v6, FrameBuilder, VlanKind},
     inspect,
     parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     track,
     wire::{ResetClass, ResetKind, FLOW_CACHE_SLOTS},
     FlowKey, Observation, Tracked,
 };
+use rst_craft::{cases, tcp_v4, tcp_v6, FrameBuilder, VlanKind};
 use rstwatch::{connections::HostConnections, loader::Counting};
 
 const MAX_FLOWS: u32 = 1024;

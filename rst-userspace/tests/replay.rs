@@ -2,7 +2,7 @@
 //!
 //! - the shared corpus and the fixtures in `tests/data` give exactly tshark's per-direction
 //!   RST counts (`NAME.resets.json`), and the kernel's (`--kernel`, BPF_PROG_TEST_RUN);
-//! - every crafted case of `rst_common::craft` re-wrapped as SLL, SLL2, raw IP and BSD
+//! - every crafted case of `rst_craft` re-wrapped as SLL, SLL2, raw IP and BSD
 //!   loopback is classified as on Ethernet, by replay and by the kernel;
 //! - intervals follow capture time; broken files fail cleanly, naming file and frame, and
 //!   `--keep-going` still reports what was read; replay runs without privileges.
@@ -33,10 +33,10 @@ use pcap_file::{
     DataLink,
 };
 use rst_common::{
-    craft::{self, tcp_v4, tcp_v6},
     parse::{TCP_ACK, TCP_RST, TCP_SYN},
     Observation,
 };
+use rst_craft::{self as craft, tcp_v4, tcp_v6};
 use rstwatch::replay::kernel::Parity;
 use serde_json::Value;
 

@@ -1,29 +1,27 @@
-//! Frames built to order for tests, fuzzers and benchmarks (feature `craft`, host only).
+//! Frames built to order for tests, fuzzers and benchmarks (std, host only: never in the eBPF build).
 //!
 //! [`FrameBuilder`] describes a frame layer by layer and lays it out with etherparse's header
 //! types, so lengths, next-header chains and checksums are etherparse's, not ours. etherparse's
 //! own `PacketBuilder` stops at two VLAN tags and a fixed IPv6 extension order; the walk in
-//! [`crate::parse`] needs three tags and arbitrary (and overlong) chains, so we chain the
+//! [`rst_common::parse`] needs three tags and arbitrary (and overlong) chains, so we chain the
 //! per-header writers ourselves.
 //!
 //! [`Crafted`] then breaks a well-formed frame in exactly one place (truncation, IHL, data
 //! offset, IP version): etherparse refuses to write such headers, so those are byte edits.
 //!
 //! [`cases`] is the one table of frames and the [`Observation`] each must produce. The host
-//! tests run it through [`crate::inspect`], the kernel tests through the XDP program: a case
+//! tests run it through [`rst_common::inspect`], the kernel tests through the XDP program: a case
 //! added here is checked in both places.
 
 /// The etherparse this module builds with, for callers that name its types (TCP options).
 pub use etherparse;
-
-use std::{borrow::ToOwned, format, string::String, vec, vec::Vec};
 
 use etherparse::{
     EtherType, Ethernet2Header, IpAuthHeader, IpFragOffset, IpNumber, Ipv4Header, Ipv6FragmentHeader, Ipv6Header,
     Ipv6RawExtHeader, SingleVlanHeader, TcpHeader, TcpOptionElement, VlanId, VlanPcp,
 };
 
-use crate::{
+use rst_common::{
     parse::{
         TcpHdr, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, ETH_P_QINQ_LEGACY, IPPROTO_AH, IPPROTO_DSTOPTS,
         IPPROTO_FRAGMENT, IPPROTO_HOPOPTS, IPPROTO_ROUTING, MAX_IPV6_EXT_HEADERS, MAX_VLAN_TAGS, TCP_ACK, TCP_FIN,
