@@ -13,5 +13,6 @@ pub mod metrics;
 pub mod netlink;
 pub mod replay;
 pub mod report;
+pub mod sys;
 pub mod testrun;
 pub mod tui;

@@ -16,8 +16,6 @@
 //! Without the corpus the test passes with a visible notice, except under `CI=true`, where a
 //! missing corpus is a failure.
 
-mod common;
-
 use std::{
     collections::BTreeMap,
     fs::File,
@@ -27,13 +25,16 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
-use common::{sample_flows, Kernel, Verdict, LOOPBACK_IFINDEX, MIN_FRAME};
 use pcap_file::{
     pcap::PcapReader,
     pcapng::{Block, PcapNgReader},
     DataLink,
 };
 use rst_common::{inspect, FlowKey, Observation};
+use rstwatch::{
+    loader::Counting,
+    testrun::{sample_flows, Harness, Verdict, LOOPBACK_IFINDEX, MIN_FRAME},
+};
 
 /// One direction of a 5-tuple, as the corpus JSON names it.
 type Direction = (IpAddr, u16, IpAddr, u16);
@@ -103,7 +104,7 @@ fn captures(corpus: &Path) -> anyhow::Result<Vec<PathBuf>> {
 fn check_capture(capture: &Path) -> anyhow::Result<String> {
     let frames = read_frames(capture)?;
     let expected = expected_resets(capture)?;
-    let mut kernel = Kernel::load(rst_common::wire::DEFAULT_MAX_FLOWS)?;
+    let mut kernel = Harness::load(rst_common::wire::DEFAULT_MAX_FLOWS, Counting::Auto)?;
     let mut host_resets: BTreeMap<Direction, u64> = BTreeMap::new();
     let mut disagreements = Vec::new();
     let (mut ran, mut too_short) = (0u64, 0u64);

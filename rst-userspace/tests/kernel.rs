@@ -3,13 +3,10 @@
 //! Needs root (CAP_BPF + CAP_PERFMON, or CAP_SYS_ADMIN) and a kernel with multi-buffer XDP
 //! test runs (5.18+).
 
-mod common;
-
 use std::collections::BTreeMap;
 
 use anyhow::Context as _;
 
-use common::{expected_sample, run_xdp, sample_flows, Kernel, Verdict, LOOPBACK_IFINDEX};
 use rst_common::{
     inspect,
     parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
@@ -18,7 +15,12 @@ use rst_common::{
     FlowKey, Observation, Tracked,
 };
 use rst_craft::{cases, tcp_v4, tcp_v6, FrameBuilder, VlanKind};
-use rstwatch::{connections::HostConnections, loader::Counting};
+use rstwatch::{
+    connections::HostConnections,
+    loader::Counting,
+    sys::affinity::{pin_current_thread, usable_cpus},
+    testrun::{expected_sample, run_xdp, sample_flows, Harness, Verdict, LOOPBACK_IFINDEX},
+};
 
 const MAX_FLOWS: u32 = 1024;
 
@@ -36,7 +38,7 @@ fn atomic_counting_classifies_and_counts_every_case_the_same() -> anyhow::Result
 }
 
 fn every_case_counted_like_the_host_expects(counting: Counting) -> anyhow::Result<()> {
-    let mut kernel = Kernel::load_counting(MAX_FLOWS, counting)?;
+    let mut kernel = Harness::load(MAX_FLOWS, counting)?;
     assert_eq!(kernel.counting_mode(), if counting == Counting::Atomic { "atomic" } else { "per-cpu" });
     let cases = cases(LOOPBACK_IFINDEX);
     let mut failures = Vec::new();
@@ -72,7 +74,7 @@ fn every_case_counted_like_the_host_expects(counting: Counting) -> anyhow::Resul
 #[test]
 fn repeats_count_every_run_and_the_next_epoch_starts_empty() -> anyhow::Result<()> {
     const REPEAT: u32 = 1000;
-    let mut kernel = Kernel::load(MAX_FLOWS)?;
+    let mut kernel = Harness::load(MAX_FLOWS, Counting::Auto)?;
     let reset = tcp_v6().vlan(VlanKind::Dot1Q, 3).flags(TCP_RST | TCP_ACK);
     kernel.run(&reset.build().bytes, REPEAT)?;
     kernel.run(&tcp_v4().build().bytes, REPEAT)?;
@@ -103,7 +105,7 @@ fn repeats_count_every_run_and_the_next_epoch_starts_empty() -> anyhow::Result<(
 /// program as multi-buffer packets; the headers are in the first buffer, so they count.
 #[test]
 fn jumbo_and_multi_buffer_frames_count_and_pass() -> anyhow::Result<()> {
-    let mut kernel = Kernel::load(MAX_FLOWS)?;
+    let mut kernel = Harness::load(MAX_FLOWS, Counting::Auto)?;
     let mut expected = Vec::new();
     for (index, len) in [1514usize, 4096, 9000, 9018, 65535].into_iter().enumerate() {
         for (flags, verdict) in [(TCP_RST, Verdict::Reset), (TCP_ACK, Verdict::Segment)] {
@@ -132,7 +134,7 @@ fn jumbo_and_multi_buffer_frames_count_and_pass() -> anyhow::Result<()> {
 #[test]
 fn ingress_ifindex_is_part_of_the_key() -> anyhow::Result<()> {
     let other = other_interface();
-    let mut kernel = Kernel::load(MAX_FLOWS)?;
+    let mut kernel = Harness::load(MAX_FLOWS, Counting::Auto)?;
     let reset = tcp_v4().flags(TCP_RST);
     let frame = reset.build().bytes;
     kernel.run(&frame, 1)?;
@@ -156,7 +158,7 @@ fn ingress_ifindex_is_part_of_the_key() -> anyhow::Result<()> {
 #[test]
 fn a_full_flow_table_counts_overflow() -> anyhow::Result<()> {
     const SCANNED: u16 = 3 * FLOW_CACHE_SLOTS as u16;
-    let mut kernel = Kernel::load(2)?;
+    let mut kernel = Harness::load(2, Counting::Auto)?;
     let flows: Vec<_> = (0..SCANNED).map(|i| tcp_v4().ports(10_000 + i, 443).flags(TCP_RST)).collect();
     // Single runs: a test run with repeat > 1 swaps the XDP dispatcher, an RCU grace period each.
     for flow in &flows {
@@ -196,9 +198,9 @@ fn evictions_beyond_the_log_go_to_the_table_and_every_count_is_exact() -> anyhow
     let cpus = rstwatch::flow_table::possible_cpu_ids()?.len();
     let log_slots = rst_common::table::eviction_log_slots(MAX, cpus as u32);
     let scanned = FLOW_CACHE_SLOTS + log_slots + 1000;
-    let mut kernel = Kernel::load(MAX)?;
+    let mut kernel = Harness::load(MAX, Counting::Auto)?;
     let cpu = *usable_cpus().last().context("no usable CPU")?;
-    pin_to_cpu(cpu)?;
+    pin_current_thread(cpu).with_context(|| format!("pinning to CPU {cpu}"))?;
     for epoch in 0..2u32 {
         let flows: Vec<_> =
             (0..scanned).map(|i| tcp_v4().ports(10_000 + i as u16, 443 + epoch as u16).flags(TCP_RST)).collect();
@@ -241,7 +243,7 @@ fn concurrent_test_runs_count_exactly(counting: Counting) -> anyhow::Result<()> 
     const THREADS: usize = 2;
     const ROUNDS: u32 = 50;
     const REPEAT: u32 = 2000;
-    let mut kernel = Kernel::load_counting(MAX_FLOWS, counting)?;
+    let mut kernel = Harness::load(MAX_FLOWS, counting)?;
     assert_eq!(kernel.counting_mode(), if counting == Counting::Atomic { "atomic" } else { "per-cpu" });
     let flows = [tcp_v4().ports(1111, 80).flags(TCP_RST), tcp_v6().ports(2222, 443).flags(TCP_RST | TCP_ACK)];
     let frames: Vec<Vec<u8>> = flows.iter().map(|flow| flow.build().bytes).collect();
@@ -292,7 +294,7 @@ fn two_cpus_storing_the_same_flows_at_once_keep_every_count() -> anyhow::Result<
         eprintln!("fewer than {THREADS} usable CPUs ({cpus:?}): nothing runs at once, skipped");
         return Ok(());
     }
-    let mut kernel = Kernel::load(u32::from(FLOWS))?;
+    let mut kernel = Harness::load(u32::from(FLOWS), Counting::Auto)?;
     let mut races = 0;
     let mut rounds = 0;
     // At least ROUNDS, and on until some round raced (how often the two CPUs truly overlap
@@ -310,7 +312,7 @@ fn two_cpus_storing_the_same_flows_at_once_keep_every_count() -> anyhow::Result<
                 .map(|thread| {
                     let (frames, start, cpu) = (&frames, &start, cpus[thread]);
                     scope.spawn(move || -> anyhow::Result<()> {
-                        pin_to_cpu(cpu)?;
+                        pin_current_thread(cpu).with_context(|| format!("pinning to CPU {cpu}"))?;
                         start.wait();
                         for frame in frames {
                             run_xdp(program, frame, None, 1)?;
@@ -347,30 +349,6 @@ fn two_cpus_storing_the_same_flows_at_once_keep_every_count() -> anyhow::Result<
     if races == 0 {
         eprintln!("warning: no round raced; only the race-free path was checked");
     }
-    Ok(())
-}
-
-/// The CPUs this process may run on.
-fn usable_cpus() -> Vec<usize> {
-    // SAFETY: cpu_set_t is plain data; sched_getaffinity(0) fills it for this thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return Vec::new();
-        }
-        (0..libc::CPU_SETSIZE as usize).filter(|&cpu| libc::CPU_ISSET(cpu, &set)).collect()
-    }
-}
-
-fn pin_to_cpu(cpu: usize) -> anyhow::Result<()> {
-    // SAFETY: cpu_set_t is plain data; CPU_SET writes inside it; sched_setaffinity(0) only
-    // changes this thread.
-    let ret = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
-    };
-    anyhow::ensure!(ret == 0, "pinning to CPU {cpu}: {}", std::io::Error::last_os_error());
     Ok(())
 }
 
@@ -516,7 +494,7 @@ fn resets_are_classified_in_the_kernel_as_on_the_host() -> anyhow::Result<()> {
             vec![(Established, false, false, false, true, 0), (Handshake, false, false, true, true, 64)],
         ),
     ];
-    let mut kernel = Kernel::load(MAX_FLOWS)?;
+    let mut kernel = Harness::load(MAX_FLOWS, Counting::Auto)?;
     let mut host_connections = HostConnections::default();
     let mut host_flows: BTreeMap<FlowKey, u64> = BTreeMap::new();
     let mut failures = Vec::new();

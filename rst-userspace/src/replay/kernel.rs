@@ -2,36 +2,29 @@
 //!
 //! Every frame replay classifies also goes through `BPF_PROG_TEST_RUN` on the embedded object,
 //! loaded exactly as live mode loads it, and the kernel's counts are read with the live
-//! [`Collector`]. At the end, the kernel's counters and per-flow reset counts must equal
+//! [`crate::collector::Collector`]. At the end, the kernel's counters and per-flow reset counts must equal
 //! replay's for the same frames. Test runs arrive on the loopback (ifindex 1) whatever capture
 //! interface a frame came from, so replay's side of the comparison tracks connections as if on
 //! the loopback too, and flows are compared by 5-tuple, direction and classification.
 
 use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr};
 
-use anyhow::{bail, Context as _};
-use aya::{
-    programs::{TestRun, TestRunOptions},
-    Ebpf,
-};
+use anyhow::Context as _;
 use rst_common::{wire::DEFAULT_MAX_FLOWS, Counters, FlowKey, Observation};
 
 use super::{link::Link, Tally};
-use crate::{collector::Collector, loader};
-
-/// `XDP_PASS` (include/uapi/linux/bpf.h): the program passes every frame.
-const XDP_PASS: u32 = 2;
+use crate::{
+    loader::Counting,
+    testrun::{Harness, LOOPBACK_IFINDEX},
+};
 
 /// One direction of a 5-tuple, without the interface, with the classifier's verdict
 /// (`FlowKey::class`, `peer_ttl`).
 pub type Direction = (IpAddr, u16, IpAddr, u16, u8, u8);
 
-/// The interface BPF_PROG_TEST_RUN frames arrive on.
-const LOOPBACK_IFINDEX: u32 = 1;
-
 pub struct KernelCheck {
-    ebpf: Ebpf,
-    collector: Collector,
+    /// The object loaded exactly as live mode loads it, with the live collector.
+    harness: Harness,
     /// What replay counted for the frames that went to the kernel.
     host: Counters,
     host_flows: BTreeMap<Direction, u64>,
@@ -60,13 +53,11 @@ pub struct Parity {
 
 impl KernelCheck {
     pub fn new() -> anyhow::Result<Self> {
-        let mut ebpf = loader::load(DEFAULT_MAX_FLOWS)
-            .context("--kernel runs every frame through the XDP program with BPF_PROG_TEST_RUN, which needs root (CAP_BPF, CAP_PERFMON)")?;
         // The collector's traffic baseline is taken here, before any frame runs.
-        let collector = Collector::new(&mut ebpf)?;
+        let harness = Harness::load(DEFAULT_MAX_FLOWS, Counting::Auto)
+            .context("--kernel runs every frame through the XDP program with BPF_PROG_TEST_RUN, which needs root (CAP_BPF, CAP_PERFMON)")?;
         Ok(Self {
-            ebpf,
-            collector,
+            harness,
             host: Counters::default(),
             host_flows: BTreeMap::new(),
             host_tally: Tally::default(),
@@ -88,13 +79,7 @@ impl KernelCheck {
             }
             return Ok(());
         };
-        let program = loader::xdp_program(&mut self.ebpf)?;
-        let result = program
-            .test_run(TestRunOptions { data_in: Some(input), ..TestRunOptions::new() })
-            .with_context(|| format!("BPF_PROG_TEST_RUN with a {}-byte frame", input.len()))?;
-        if result.return_value != XDP_PASS {
-            bail!("the XDP program returned {} instead of XDP_PASS", result.return_value);
-        }
+        self.harness.run(input, 1)?;
         let mut on_loopback = *host;
         if let Observation::Reset(event) | Observation::Control(event) = &mut on_loopback {
             event.key.ifindex = LOOPBACK_IFINDEX;
@@ -117,7 +102,7 @@ impl KernelCheck {
     }
 
     fn collect(&mut self) -> anyhow::Result<()> {
-        let sample = self.collector.collect()?;
+        let sample = self.harness.collect()?;
         self.kernel.accumulate(&sample.counters);
         for (key, resets) in &sample.flows {
             *self.kernel_flows.entry(direction(key)).or_default() += resets;

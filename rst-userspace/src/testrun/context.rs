@@ -1,5 +1,4 @@
-//! The context `BPF_PROG_TEST_RUN` takes for XDP programs, shared by the kernel-side tests,
-//! replay's `--kernel` check, the fuzzer and the benchmarks.
+//! The context `BPF_PROG_TEST_RUN` takes for XDP programs: where a test frame arrives.
 
 /// `struct xdp_md` (include/uapi/linux/bpf.h).
 #[repr(C)]
