@@ -1,22 +1,21 @@
 //! The differential fuzzer's quick slice, its regressions, and checks of the reference itself.
 //!
-//! The engine is `examples/fuzz.rs` (the full run: `cargo xtask fuzz`). Kernel tests need root.
+//! The engine is `rst_tools::fuzz` (the full run: `cargo xtask fuzz`). Kernel tests need root.
 //!
 //! `tests/regressions/*.hex`: frames the fuzzer once found the XDP program (or rst-common's
 //! walk) and the reference disagreeing on. `#` lines are comments; the rest is the frame as hex.
 //! Each must now produce the same answer everywhere.
 
-#[path = "../examples/fuzz.rs"]
-mod engine;
-
 use std::path::Path;
 
-use engine::{check_one, describe_key, host, reference, unhex, Config, Kernel, IFINDEX, MAX_FLOWS};
+use engine::{check_one, describe_key, host, reference, unhex, Config, IFINDEX, MAX_FLOWS};
 use rst_common::{
     parse::{TCP_ACK, TCP_RST},
     Observation,
 };
 use rst_craft::{cases, ipv6_chain, tcp_v4, tcp_v6, vlan_ipv4_options_rst, Ipv6Ext, VlanKind};
+use rst_tools::fuzz as engine;
+use rstwatch::{loader::Counting, testrun::Harness};
 
 /// Frames in the quick slice; `RSTWATCH_FUZZ_FRAMES` overrides.
 const QUICK_FRAMES: u64 = 200_000;
@@ -86,7 +85,7 @@ fn reference_and_host_agree_on_every_truncation() {
 /// Frames once found disagreeing, through host and kernel, one by one.
 #[test]
 fn regressions_agree_with_the_reference() -> anyhow::Result<()> {
-    let mut kernel = Kernel::load(MAX_FLOWS)?;
+    let mut kernel = Harness::load(MAX_FLOWS, Counting::Auto)?;
     let mut failures = Vec::new();
     let regressions = regressions()?;
     assert!(!regressions.is_empty(), "tests/regressions holds no .hex file");

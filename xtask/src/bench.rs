@@ -2,9 +2,9 @@
 //!
 //! Kernel-side measurements need the eBPF object and the real `Collector`, which xtask must not
 //! link (it would build the eBPF object before `cargo xtask setup` installed its toolchain): they
-//! live in `rst-userspace/examples/bench.rs`, built here with
-//! `cargo build --release -p rst-userspace --example bench` and run as a child process that
-//! prints JSON. This module runs it, builds the namespace lab for the floods, runs rstwatch,
+//! live in the `rstwatch-bench` binary (crate rst-tools), built here with
+//! `cargo build --release -p rst-tools --bin rstwatch-bench` and run as a child process that
+//! prints one JSON object, typed on both sides by rst-bench-report. This module runs it, builds the namespace lab for the floods, runs rstwatch,
 //! tcpdump and tshark against them, checks exactness, and prints Markdown tables.
 //!
 //! The flood helpers are public: `xtask/tests/flood.rs` uses the same lab, generator and
@@ -19,6 +19,7 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context as _, Result};
+use rst_bench_report::{median, DrainReport, GenReport, KernelReport, PktReport, Report};
 use serde_json::{json, Value};
 
 use crate::{
@@ -47,11 +48,11 @@ pub struct Options {
     pub out: Option<PathBuf>,
 }
 
-/// `target/release/examples/bench`, or `BENCH_BIN`.
+/// `target/release/rstwatch-bench`, or `BENCH_BIN`.
 pub fn bench_bin() -> PathBuf {
     std::env::var_os("BENCH_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| cmd::workspace_root().join("target/release/examples/bench"))
+        .unwrap_or_else(|| cmd::workspace_root().join("target/release/rstwatch-bench"))
 }
 
 /// `target/release/rstwatch`, or `RSTWATCH_BIN`.
@@ -59,15 +60,15 @@ pub fn rstwatch_bin() -> PathBuf {
     std::env::var_os("RSTWATCH_BIN").map(PathBuf::from).unwrap_or_else(build::rstwatch_path)
 }
 
-/// Builds the bench example (and with it the eBPF object) unless `BENCH_BIN` names one; once
+/// Builds the bench binary (and with it the eBPF object) unless `BENCH_BIN` names one; once
 /// per process.
 pub fn build_bench() -> Result<PathBuf> {
     static BUILT: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
     let mut built = BUILT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if !*built && std::env::var_os("BENCH_BIN").is_none() {
-        let mut cargo = cmd::command("cargo", ["build", "--release", "-p", "rst-userspace", "--example", "bench"]);
+        let mut cargo = cmd::command("cargo", ["build", "--release", "-p", "rst-tools", "--bin", "rstwatch-bench"]);
         cargo.current_dir(cmd::workspace_root());
-        cmd::run(&mut cargo).context("building the bench example")?;
+        cmd::run(&mut cargo).context("building rstwatch-bench")?;
     }
     *built = true;
     let bin = bench_bin();
@@ -75,8 +76,8 @@ pub fn build_bench() -> Result<PathBuf> {
     Ok(bin)
 }
 
-/// Runs the bench example (inside `ns` if given) and parses the one JSON object it prints.
-pub fn bench_json(ns: Option<&Netns>, args: &[String]) -> Result<Value> {
+/// Runs the bench binary (inside `ns` if given) and parses the one report it prints.
+pub fn bench_report<T: serde::de::DeserializeOwned>(ns: Option<&Netns>, args: &[String]) -> Result<T> {
     let bin = bench_bin();
     let mut command = match ns {
         Some(ns) => ns.exec(&bin),
@@ -85,7 +86,7 @@ pub fn bench_json(ns: Option<&Netns>, args: &[String]) -> Result<Value> {
     command.args(args);
     let fin = Proc::spawn(&mut command)?.finish(Duration::from_secs(900))?;
     ensure!(fin.status.success(), "`bench {}` failed ({}): {}", args.join(" "), fin.status, fin.stderr.trim());
-    serde_json::from_str(fin.stdout.trim()).with_context(|| format!("bench printed no JSON: {}", fin.stdout))
+    serde_json::from_str(fin.stdout.trim()).with_context(|| format!("bench printed no report: {}", fin.stdout))
 }
 
 fn strings<const N: usize>(args: [&str; N]) -> Vec<String> {
@@ -175,6 +176,7 @@ pub struct GenOutcome {
     pub sent: u64,
     /// Frames the peer's ring accepted: `sent` less what a full ring dropped before any hook.
     pub delivered: u64,
+    /// The generator's report without the per-flow list (that is `expected`).
     pub json: Value,
     pub expected: BTreeMap<FlowId, u64>,
 }
@@ -196,20 +198,13 @@ pub fn generate(lab: &FloodLab, plan: &GenPlan) -> Result<GenOutcome> {
         "--list".to_owned(),
         "1".to_owned(),
     ];
-    let mut json = bench_json(Some(&lab.gen), &args)?;
-    let sent = json["sent"].as_u64().context("generator: no sent")?;
-    let delivered = json["delivered"].as_u64().context("generator: no delivered")?;
+    let mut report: GenReport = bench_report(Some(&lab.gen), &args)?;
+    let (sent, delivered) = (report.sent, report.delivered);
     let mut expected = BTreeMap::new();
-    for flow in json["expected"].as_array().context("generator: no expected flows")? {
-        let id = (
-            flow[0].as_str().context("src")?.to_owned(),
-            flow[1].as_u64().context("sport")?,
-            flow[2].as_str().context("dst")?.to_owned(),
-            flow[3].as_u64().context("dport")?,
-        );
-        *expected.entry(id).or_insert(0) += flow[4].as_u64().context("count")?;
+    for (src, sport, dst, dport, count) in report.expected.take().context("generator: no expected flows")? {
+        *expected.entry((src, u64::from(sport), dst, u64::from(dport))).or_insert(0) += count;
     }
-    json["expected"] = Value::Null;
+    let json = serde_json::to_value(Report::Gen(report))?;
     ensure!(
         expected.values().sum::<u64>() == delivered,
         "generator's per-flow counts do not add up to the {delivered} frames delivered"
@@ -400,10 +395,10 @@ pub fn run(options: &Options) -> Result<()> {
         let repeat = if options.quick { "500000" } else { "2000000" };
         let singles = if options.quick { "5000" } else { "20000" };
         eprintln!("xtask bench: part 1, cost per packet ({trials} trials)");
-        let kernel =
-            bench_json(None, &strings(["kernel", "--trials", trials, "--repeat", repeat, "--singles", singles]))?;
+        let kernel: KernelReport =
+            bench_report(None, &strings(["kernel", "--trials", trials, "--repeat", repeat, "--singles", singles]))?;
         markdown.push_str(&kernel_table(&kernel)?);
-        results["kernel"] = kernel;
+        results["kernel"] = serde_json::to_value(Report::Kernel(kernel))?;
     }
     if parts.contains(&Part::Flood) || parts.contains(&Part::Userspace) {
         let lab = FloodLab::new()?;
@@ -416,10 +411,10 @@ pub fn run(options: &Options) -> Result<()> {
         if parts.contains(&Part::Userspace) {
             eprintln!("xtask bench: part 3, userspace read cost");
             let sizes = if options.quick { "1000,100000" } else { "1000,100000,1000000" };
-            let drain = bench_json(None, &strings(["drain", "--flows", sizes, "--trials", "5"]))?;
+            let drain: DrainReport = bench_report(None, &strings(["drain", "--flows", sizes, "--trials", "5"]))?;
             let cpu = cpu_share(&lab, options.quick)?;
             markdown.push_str(&userspace_table(&drain, &cpu)?);
-            results["drain"] = drain;
+            results["drain"] = serde_json::to_value(Report::Drain(drain))?;
             results["cpu"] = cpu;
         }
     }
@@ -457,33 +452,30 @@ fn machine_line(m: &Value) -> String {
     )
 }
 
-fn kernel_table(kernel: &Value) -> Result<String> {
+fn kernel_table(kernel: &KernelReport) -> Result<String> {
     let mut md = String::new();
     writeln!(md, "\n### 1. Cost per packet in the kernel (BPF_PROG_TEST_RUN, kernel-reported duration)\n")?;
     writeln!(
         md,
         "{} trials per line, median; `rstwatch_xdp` minus `rstwatch_xdp_pass` (empty XDP_PASS, same object); flow tables of {} entries.\n",
-        kernel["trials"], kernel["max_flows"]
+        kernel.trials, kernel.max_flows
     )?;
     writeln!(
         md,
         "| frames | method | rstwatch ns | empty ns | ns over empty | share of 67.2 ns | per-trial deltas (ns) |"
     )?;
     writeln!(md, "|---|---|---:|---:|---:|---:|---|")?;
-    for line in kernel["lines"].as_array().context("kernel lines")? {
-        let deltas: Vec<String> = line["trial_deltas_ns"]
-            .as_array()
-            .map(|a| a.iter().map(|d| format!("{:.0}", d.as_f64().unwrap_or(f64::NAN))).collect())
-            .unwrap_or_default();
+    for line in &kernel.lines {
+        let deltas: Vec<String> = line.trial_deltas_ns.iter().map(|d| format!("{d:.0}")).collect();
         writeln!(
             md,
             "| {} | {} | {:.1} | {:.1} | **{:.1}** | {:.0}% | {} |",
-            line["name"].as_str().unwrap_or("?"),
-            line["method"].as_str().unwrap_or("?"),
-            line["prog_ns"].as_f64().unwrap_or(f64::NAN),
-            line["baseline_ns"].as_f64().unwrap_or(f64::NAN),
-            line["over_empty_ns"].as_f64().unwrap_or(f64::NAN),
-            100.0 * line["budget_share"].as_f64().unwrap_or(f64::NAN),
+            line.name,
+            line.method,
+            line.prog_ns,
+            line.baseline_ns,
+            line.over_empty_ns,
+            100.0 * line.budget_share,
             deltas.join(" ")
         )?;
     }
@@ -565,15 +557,6 @@ fn flood_once(lab: &FloodLab, listener: &str, plan: &GenPlan) -> Result<Value> {
     Ok(row)
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
-    match values.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => values[n / 2],
-        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
-    }
-}
-
 fn flood_table(flood: &Value) -> Result<String> {
     let mut md = String::new();
     let runs = flood["runs"].as_array().context("flood runs")?;
@@ -606,12 +589,12 @@ fn flood_table(flood: &Value) -> Result<String> {
                 None => "–".to_owned(),
             })
             .collect();
-        let f = |key: &str| median(rows.iter().map(|r| r["gen"][key].as_f64().unwrap_or(f64::NAN)).collect());
+        let f = |key: &str| median(rows.iter().map(|r| r["gen"][key].as_f64().unwrap_or(f64::NAN)));
         writeln!(
             md,
             "| {listener} | {} | {} | {} | {:.2} | {:.2} | {} |",
             rows[0]["sent"],
-            median(rows.iter().map(|r| r["xdp_received"].as_f64().unwrap_or(f64::NAN)).collect()),
+            median(rows.iter().map(|r| r["xdp_received"].as_f64().unwrap_or(f64::NAN))),
             ratios.join("<br>"),
             f("kernel_rate_pps") / 1e6,
             f("wall_rate_pps") / 1e6,
@@ -666,7 +649,7 @@ fn cpu_share(lab: &FloodLab, quick: bool) -> Result<Value> {
         let hwm_running = vm_hwm_kb(pid)?;
         let gen = generator.finish(Duration::from_secs(60))?;
         ensure!(gen.status.success(), "pkt generator failed: {}", gen.stderr.trim());
-        let gen: Value = serde_json::from_str(gen.stdout.trim())?;
+        let gen: PktReport = serde_json::from_str(gen.stdout.trim())?;
         // SAFETY: sysconf has no preconditions.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
         let share = (ticks_after - ticks_before) as f64 / hz / (at_after - at_before).as_secs_f64();
@@ -684,8 +667,8 @@ fn cpu_share(lab: &FloodLab, quick: bool) -> Result<Value> {
         let flows_seen: Vec<f64> = out.intervals.iter().filter_map(|i| i["flows_seen"].as_f64()).collect();
         rows.push(json!({
             "flows": flows,
-            "rate_pps": gen["rate_pps"],
-            "sent": gen["sent"],
+            "rate_pps": gen.rate_pps,
+            "sent": gen.sent,
             "counted": out.summary["totals"]["resets"],
             "overflow": out.summary["totals"]["overflow"],
             "cpu_share": share,
@@ -715,32 +698,29 @@ fn vm_hwm_kb(pid: u32) -> Result<u64> {
     Ok(line.split_whitespace().nth(1).context("VmHWM value")?.parse()?)
 }
 
-fn userspace_table(drain: &Value, cpu: &Value) -> Result<String> {
+fn userspace_table(drain: &DrainReport, cpu: &Value) -> Result<String> {
     let mut md = String::new();
     writeln!(md, "\n### 3. Userspace read cost\n")?;
     writeln!(
         md,
         "Epoch flip: grace period (membarrier MEMBARRIER_CMD_GLOBAL) {:.2} ms; a whole collect() with empty tables {:.2} ms, of which flow-cache batch read {:.2} ms and clear {:.2} ms (medians of {} trials).\n",
-        drain["grace_period_ms"].as_f64().unwrap_or(f64::NAN),
-        drain["empty_collect_ms"].as_f64().unwrap_or(f64::NAN),
-        drain["cache_read_ms"].as_f64().unwrap_or(f64::NAN),
-        drain["cache_clear_ms"].as_f64().unwrap_or(f64::NAN),
-        drain["trials"]
+        drain.grace_period_ms, drain.empty_collect_ms, drain.cache_read_ms, drain.cache_clear_ms, drain.trials
     )?;
     writeln!(md, "| flows drained | collect() ms | ns per entry | ns per entry over empty collect | of which the table scan alone (read + empty, no merge), ns per entry | with every eviction log full too: entries, collect() ms, ns per entry |")?;
     writeln!(md, "|---:|---:|---:|---:|---:|---:|")?;
-    for row in drain["rows"].as_array().context("drain rows")? {
+    for row in &drain.rows {
         writeln!(
             md,
             "| {} | {:.2} | {:.0} | {:.0} | {:.0} | {}, {:.2}, {:.0} |",
-            row["flows"],
-            row["collect_ms"].as_f64().unwrap_or(f64::NAN),
-            row["ns_per_entry"].as_f64().unwrap_or(f64::NAN),
-            row["ns_per_entry_over_empty"].as_f64().unwrap_or(f64::NAN),
-            row["scan_ns_per_entry"].as_f64().unwrap_or(f64::NAN),
-            row["with_full_logs_entries"],
-            row["with_full_logs_collect_ms"].as_f64().unwrap_or(f64::NAN),
-            row["with_full_logs_ns_per_entry"].as_f64().unwrap_or(f64::NAN)
+            row.flows,
+            row.collect_ms,
+            row.ns_per_entry,
+            row.ns_per_entry_over_empty,
+            row.scan_ns_per_entry,
+            // As the untyped table printed it: an integral f64 through serde_json, "123.0".
+            serde_json::Value::from(row.with_full_logs_entries),
+            row.with_full_logs_collect_ms,
+            row.with_full_logs_ns_per_entry
         )?;
     }
     writeln!(md, "\n| distinct flows (per second) | flood rate (pps) | flows per interval | rstwatch CPU | VmHWM running | VmHWM incl. summary | counted / sent |")?;

@@ -1,6 +1,6 @@
 //! `cargo xtask fuzz` and `cargo xtask soak`: the repeatable evidence behind RELIABILITY.md.
 //!
-//! - `fuzz` runs the differential fuzzer (`rst-userspace/examples/fuzz.rs`) through cargo: xtask
+//! - `fuzz` runs the differential fuzzer (`rstwatch-fuzz`, crate rst-tools) through cargo: xtask
 //!   must not depend on rst-userspace, whose build script builds the eBPF object.
 //! - `soak` floods rstwatch with RSTs for minutes, reusing the bench's flood lab and its
 //!   live-frames generator (`bench gen`: a two-instruction XDP_TX program under
@@ -25,9 +25,9 @@ use serde_json::{json, Value};
 
 use crate::{bench, cmd};
 
-/// `cargo run --release -p rst-userspace --example fuzz -- ARGS`; the exit status is the fuzzer's.
+/// `cargo run --release -p rst-tools --bin rstwatch-fuzz -- ARGS`; the exit status is the fuzzer's.
 pub fn fuzz(args: &[String]) -> Result<ExitCode> {
-    let mut cargo = cmd::command("cargo", ["run", "--release", "-p", "rst-userspace", "--example", "fuzz", "--"]);
+    let mut cargo = cmd::command("cargo", ["run", "--release", "-p", "rst-tools", "--bin", "rstwatch-fuzz", "--"]);
     cargo.args(args).current_dir(cmd::workspace_root());
     println!("xtask: {}", cmd::describe(&cargo));
     let status = cargo.status().with_context(|| format!("cannot start `{}`", cmd::describe(&cargo)))?;
@@ -340,9 +340,9 @@ pub fn soak(options: &SoakOptions) -> Result<SoakReport> {
             "--seconds".to_owned(),
             format!("{seconds:.3}"),
         ];
-        match bench::bench_json(Some(&lab.gen), &gen) {
+        match bench::bench_report::<rst_bench_report::GenReport>(Some(&lab.gen), &gen) {
             Ok(result) => {
-                sent += result["sent"].as_u64().unwrap_or(0);
+                sent += result.sent;
                 rounds += 1;
             }
             Err(error) => {

@@ -29,7 +29,6 @@ use rst_common::{
 
 use crate::{
     collector::{Collector, Sample},
-    flow_table::FlowTableMap,
     loader::{self, Counting},
 };
 
@@ -82,6 +81,8 @@ pub struct Harness {
     collector: Collector,
     programs: CountingPrograms,
     probe: probe::Probe,
+    /// Every map's kernel id, taken before the collector took the maps out of `ebpf`.
+    map_ids: Vec<(String, u32)>,
 }
 
 impl Harness {
@@ -90,9 +91,15 @@ impl Harness {
     pub fn load(max_flows: u32, counting: Counting) -> anyhow::Result<Self> {
         let mut ebpf = loader::load_counting(max_flows, counting).context("loading the eBPF object for test runs")?;
         let programs = loader::counting_programs(&ebpf);
-        let probe = probe::Probe::open(&ebpf, max_flows)?;
+        let mut map_ids = Vec::new();
+        for (name, map) in ebpf.maps() {
+            if let Some(data) = readable(map) {
+                map_ids.push((name.to_owned(), data.info().map_err(map_error(name))?.id()));
+            }
+        }
+        let probe = probe::Probe::open(|name| second_handle(&map_ids, name), max_flows)?;
         let collector = Collector::new(&mut ebpf)?;
-        Ok(Self { ebpf, collector, programs, probe })
+        Ok(Self { ebpf, collector, programs, probe, map_ids })
     }
 
     /// Also loads the empty XDP and TC programs of the object, the floor cost measurements
@@ -166,15 +173,10 @@ impl Harness {
         self.probe.cached_resets()
     }
 
-    /// The flow table, for writing entries the way the kernel does (the drain benchmark).
-    pub fn flow_table(&self) -> &FlowTableMap {
-        self.probe.flow_table()
-    }
-
     /// A new file descriptor for one of the object's maps, so it can be read (or written) while
     /// the collector holds the original.
     pub fn second_handle(&self, name: &str) -> Result<MapData, Error> {
-        second_handle(&self.ebpf, name)
+        second_handle(&self.map_ids, name)
     }
 }
 
@@ -194,17 +196,22 @@ where
     program.try_into().map_err(|source| Error::Program { name: name.to_owned(), source })
 }
 
-pub(crate) fn second_handle(ebpf: &Ebpf, name: &str) -> Result<MapData, Error> {
-    let map = ebpf.map(name).ok_or_else(|| Error::NoMap(name.to_owned()))?;
-    let data = match map {
-        Map::HashMap(data) | Map::PerCpuArray(data) | Map::Array(data) => data,
-        // Every map the harness reads is one of the three above; anything else is a new map
-        // type in the object that the harness must learn first.
-        _ => return Err(Error::NoMap(format!("{name} (of a type the harness does not read)"))),
-    };
-    let map_error = |source| Error::Map { name: name.to_owned(), source };
-    let id = data.info().map_err(map_error)?.id();
-    MapData::from_id(id).map_err(map_error)
+/// The maps a second handle can read: arrays and hash maps. Others (a ring buffer, say) belong
+/// to the collector alone, and asking for one is [`Error::NoMap`].
+fn readable(map: &Map) -> Option<&MapData> {
+    match map {
+        Map::HashMap(data) | Map::PerCpuArray(data) | Map::Array(data) | Map::PerCpuHashMap(data) => Some(data),
+        _ => None,
+    }
+}
+
+fn map_error(name: &str) -> impl Fn(MapError) -> Error + '_ {
+    move |source| Error::Map { name: name.to_owned(), source }
+}
+
+fn second_handle(map_ids: &[(String, u32)], name: &str) -> Result<MapData, Error> {
+    let (_, id) = map_ids.iter().find(|(n, _)| n == name).ok_or_else(|| Error::NoMap(name.to_owned()))?;
+    MapData::from_id(*id).map_err(map_error(name))
 }
 
 /// One XDP test run of `repeat` runs that must return `XDP_PASS`; the kernel-reported time per

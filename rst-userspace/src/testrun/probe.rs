@@ -8,10 +8,7 @@ use std::{
 };
 
 use anyhow::bail;
-use aya::{
-    maps::{MapData, PerCpuArray},
-    Ebpf,
-};
+use aya::maps::{Map, MapData, PerCpuArray};
 use rst_common::{
     wire::{
         CacheSlot, ResetCounters, TrafficCounters, FLOW_CACHE_SLOTS, MAP_EVICTION_LOG, MAP_FLOW_BLOCKS, MAP_FLOW_CACHE,
@@ -20,7 +17,6 @@ use rst_common::{
     Counters, FlowKey, Observation,
 };
 
-use super::second_handle;
 use crate::{
     collector::Sample,
     flow_table::{self, EvictionLogMap, FlowTableMap},
@@ -61,13 +57,17 @@ pub(super) struct Probe {
 }
 
 impl Probe {
-    pub(super) fn open(ebpf: &Ebpf, max_flows: u32) -> anyhow::Result<Self> {
-        let traffic = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(second_handle(ebpf, MAP_TRAFFIC)?))?;
-        let resets = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(second_handle(ebpf, MAP_RESET_COUNTERS)?))?;
-        let cache = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(second_handle(ebpf, MAP_FLOW_CACHE)?))?;
-        let flow_table = second_handle(ebpf, MAP_FLOW_TABLE)?;
-        let flow_blocks = second_handle(ebpf, MAP_FLOW_BLOCKS)?;
-        let log_data = second_handle(ebpf, MAP_EVICTION_LOG)?;
+    /// `second_handle` opens a map of the object by name.
+    pub(super) fn open(
+        second_handle: impl Fn(&str) -> Result<MapData, super::Error>,
+        max_flows: u32,
+    ) -> anyhow::Result<Self> {
+        let traffic = PerCpuArray::try_from(Map::PerCpuArray(second_handle(MAP_TRAFFIC)?))?;
+        let resets = PerCpuArray::try_from(Map::PerCpuArray(second_handle(MAP_RESET_COUNTERS)?))?;
+        let cache = PerCpuArray::try_from(Map::PerCpuArray(second_handle(MAP_FLOW_CACHE)?))?;
+        let flow_table = second_handle(MAP_FLOW_TABLE)?;
+        let flow_blocks = second_handle(MAP_FLOW_BLOCKS)?;
+        let log_data = second_handle(MAP_EVICTION_LOG)?;
         let bits = rst_common::table::flow_table_bits(max_flows);
         let flows = FlowTableMap::new(flow_table.fd().as_fd(), flow_blocks.fd().as_fd(), bits)?;
         let log = EvictionLogMap::new(
@@ -76,10 +76,6 @@ impl Probe {
             flow_table::possible_cpu_ids()?,
         )?;
         Ok(Self { traffic, resets, flows, _flow_maps: [flow_table, flow_blocks, log_data], cache, log })
-    }
-
-    pub(super) fn flow_table(&self) -> &FlowTableMap {
-        &self.flows
     }
 
     /// Runs one frame (`run`) and reads the counter deltas it left.

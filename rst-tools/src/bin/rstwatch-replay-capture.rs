@@ -1,8 +1,8 @@
 //! Writes a large capture for timing `rstwatch replay` against tcpdump and tshark.
 //!
 //! ```text
-//! cargo run --release -p rst-userspace --example replay_bench_capture -- /tmp/bench.pcap 1000000
-//! cargo run --release -p rst-userspace --example replay_bench_capture -- /tmp/bench.pcapng 1000000
+//! cargo run --release -p rst-tools --bin rstwatch-replay-capture -- /tmp/bench.pcap 1000000
+//! cargo run --release -p rst-tools --bin rstwatch-replay-capture -- /tmp/bench.pcapng 1000000
 //! ```
 //!
 //! Small Ethernet frames (60–90 bytes): mostly IPv4 TCP, some IPv6 TCP, VLAN-tagged TCP, UDP,
@@ -11,7 +11,8 @@
 
 use std::{borrow::Cow, fs::File, io::BufWriter, time::Duration};
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
+use clap::Parser;
 use pcap_file::{
     pcap::{PcapHeader, PcapPacket, PcapWriter},
     pcapng::{
@@ -29,12 +30,18 @@ use rst_craft::{tcp_v4, tcp_v6, FrameBuilder, VlanKind};
 /// Distinct frames written in turn: enough flows that the flow table is exercised.
 const TEMPLATES: usize = 4096;
 
+#[derive(Parser)]
+#[command(name = "rstwatch-replay-capture", about = "Writes a large capture for timing `rstwatch replay`")]
+struct Args {
+    /// OUT.pcap or OUT.pcapng.
+    path: String,
+    /// Frames to write.
+    #[arg(default_value_t = 1_000_000)]
+    count: u64,
+}
+
 fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let (Some(path), count) = (args.next(), args.next()) else {
-        bail!("usage: replay_bench_capture OUT.pcap|OUT.pcapng [FRAMES (default 1000000)]");
-    };
-    let count: u64 = count.as_deref().unwrap_or("1000000").parse().context("FRAMES")?;
+    let Args { path, count } = Args::parse();
     let templates: Vec<Vec<u8>> = (0..TEMPLATES).map(template).collect();
     let resets = (0..TEMPLATES).filter(|i| i % 50 == 7).count();
     let file = BufWriter::with_capacity(1 << 20, File::create(&path).with_context(|| format!("creating {path}"))?);

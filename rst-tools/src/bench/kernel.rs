@@ -1,0 +1,281 @@
+//! Part 1: cost per packet of `rstwatch_xdp` over `rstwatch_xdp_pass` (the empty program in the
+//! same object) under `BPF_PROG_TEST_RUN`, from the kernel-reported duration.
+//!
+//! Frames that can repeat run with a large `repeat` (one call per trial and program, A/B
+//! interleaved, the order alternating between trials); flows that must change from run to run (a
+//! new flow per run, two flows that evict each other from a cache slot, 64k flows) run as single
+//! test runs, each prog run followed by a baseline run of the same frame, and the difference of
+//! the medians is reported (the fixed per-call cost is in both and cancels out).
+
+use anyhow::ensure;
+use rst_bench_report::{median, CountingMode, KernelLine, KernelReport};
+use rst_common::{
+    parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    wire::{CountingPrograms, PROG_TC_BASELINE, PROG_XDP_ATOMIC, PROG_XDP_BASELINE},
+};
+use rst_craft::{tcp_v4, tcp_v6, FrameBuilder, VlanKind};
+use rstwatch::{
+    loader::Counting,
+    testrun::{self, Harness},
+};
+
+use super::{flood_flow, padded, BUDGET_NS};
+
+/// Kernel-reported ns per run for `repeat` runs of `frame` through the XDP program `name`.
+fn run(harness: &Harness, name: &str, frame: &[u8], repeat: u32) -> anyhow::Result<f64> {
+    Ok(testrun::run_xdp(harness.xdp(name)?, frame, None, repeat)?.as_nanos() as f64)
+}
+
+/// The same through a TC program (the frame as an skb).
+fn run_tc(harness: &Harness, name: &str, frame: &[u8], repeat: u32) -> anyhow::Result<f64> {
+    Ok(testrun::run_tc(harness.tc(name)?, frame, repeat)?.as_nanos() as f64)
+}
+
+/// One line of the part-1 table.
+struct Line {
+    name: &'static str,
+    method: String,
+    /// Per trial: (program ns, baseline ns).
+    trials: Vec<(f64, f64)>,
+}
+
+impl Line {
+    fn report(&self) -> KernelLine {
+        let deltas: Vec<f64> = self.trials.iter().map(|(p, b)| p - b).collect();
+        let delta = median(deltas.iter().copied());
+        KernelLine {
+            name: self.name.to_owned(),
+            method: self.method.clone(),
+            prog_ns: median(self.trials.iter().map(|(p, _)| *p)),
+            baseline_ns: median(self.trials.iter().map(|(_, b)| *b)),
+            over_empty_ns: delta,
+            budget_share: delta / BUDGET_NS,
+            // Sorted, as the median left them: the table lists them in order.
+            trial_deltas_ns: sorted(deltas),
+        }
+    }
+}
+
+fn sorted(mut values: Vec<f64>) -> Vec<f64> {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values
+}
+
+/// Part 1's options.
+#[derive(Clone, Debug, clap::Args)]
+pub struct KernelArgs {
+    /// Trials per line (A/B, then B/A).
+    #[arg(long, default_value_t = 7)]
+    pub trials: usize,
+    /// Runs per test run for the frames that repeat.
+    #[arg(long, default_value_t = 2_000_000)]
+    pub repeat: u32,
+    /// Single test runs per trial for the flows that change every run.
+    #[arg(long, default_value_t = 20_000)]
+    pub singles: u32,
+    /// Flow table size; rstwatch's default: a new flow's insert lands in a table of this capacity.
+    #[arg(long, default_value_t = rst_common::wire::DEFAULT_MAX_FLOWS)]
+    pub max_flows: u32,
+    /// Only the lines whose names contain one of these (comma-separated); all by default.
+    #[arg(long, value_delimiter = ',')]
+    pub lines: Vec<String>,
+    /// `atomic`: what a PREEMPT_RT kernel gets (see `rstwatch::loader::Counting`).
+    #[arg(long, value_enum, default_value_t = Counting::Auto)]
+    pub counting: Counting,
+}
+
+pub fn kernel(args: &KernelArgs) -> anyhow::Result<KernelReport> {
+    let KernelArgs { trials, repeat, singles, max_flows, ref lines, counting } = *args;
+    // Smaller tables (to see what fits the CPU caches) skip the 64k-flow line, which would overflow.
+    ensure!(max_flows >= 8192, "--max-flows must hold the new-flow lines' 4 096 warm-up flows twice");
+    let wanted = |name: &str| lines.is_empty() || lines.iter().any(|part| name.contains(part.trim()));
+    let mut programs = Harness::load(max_flows, counting)?;
+    programs.load_baselines()?;
+    // The counting programs loaded: the per-CPU set, or the atomic one.
+    let CountingPrograms { xdp: counting_xdp, tc_egress: counting_tc_egress, .. } = programs.programs();
+    let mut measured = Vec::new();
+
+    // Frames that repeat: one test run of `repeat` runs per program and trial.
+    let repeated: [(&'static str, Vec<u8>); 8] = [
+        ("non-TCP (IPv4 UDP)", {
+            let udp = FrameBuilder::ipv4([10, 0, 0, 1], [10, 0, 0, 2]).ip_payload(17, &[0u8; 26]);
+            udp.build().into_bytes()
+        }),
+        ("IPv4 TCP ACK", padded(tcp_v4().flags(TCP_ACK))),
+        ("IPv4 RST, existing flow (per-CPU cache hit)", padded(tcp_v4().ports(443, 40000).flags(TCP_RST))),
+        ("IPv6 RST, existing flow", padded(tcp_v6().ports(443, 40001).flags(TCP_RST))),
+        (
+            "802.1Q VLAN IPv4 RST, existing flow",
+            padded(tcp_v4().vlan(VlanKind::Dot1Q, 100).ports(443, 40002).flags(TCP_RST)),
+        ),
+        ("IPv4 TCP ACK with 1500-byte frame", tcp_v4().flags(TCP_ACK).payload(&[0u8; 1446]).build().into_bytes()),
+        (
+            "IPv4 SYN retransmission (connection state looked up, nothing written)",
+            padded(tcp_v4().ports(40003, 443).flags(TCP_SYN).ttl(64)),
+        ),
+        (
+            "IPv4 FIN+ACK (connection state looked up and flagged)",
+            padded(tcp_v4().ports(40004, 443).flags(TCP_FIN | TCP_ACK)),
+        ),
+    ];
+    for (name, frame) in repeated {
+        if !wanted(name) {
+            continue;
+        }
+        let mut line = Line { name, method: format!("repeat {repeat}, {} B frame", frame.len()), trials: Vec::new() };
+        for trial in 0..trials {
+            // A/B, then B/A: a drift in machine load hits both programs alike.
+            let (prog, base) = if trial % 2 == 0 {
+                let p = run(&programs, counting_xdp, &frame, repeat)?;
+                (p, run(&programs, PROG_XDP_BASELINE, &frame, repeat)?)
+            } else {
+                let b = run(&programs, PROG_XDP_BASELINE, &frame, repeat)?;
+                (run(&programs, counting_xdp, &frame, repeat)?, b)
+            };
+            line.trials.push((prog, base));
+            programs.collect()?;
+        }
+        measured.push(line);
+    }
+
+    // What the host sends: the TC egress program against an empty TC program, same method.
+    let egress: [(&'static str, Vec<u8>); 3] = [
+        ("TC egress: IPv4 TCP ACK (what the host sends)", padded(tcp_v4().flags(TCP_ACK))),
+        (
+            "TC egress: IPv4 TCP ACK, 1500-byte frame",
+            tcp_v4().flags(TCP_ACK).payload(&[0u8; 1446]).build().into_bytes(),
+        ),
+        ("TC egress: IPv4 RST, existing flow", padded(tcp_v4().ports(443, 40005).flags(TCP_RST | TCP_ACK))),
+    ];
+    for (name, frame) in egress {
+        if !wanted(name) {
+            continue;
+        }
+        let mut line =
+            Line { name, method: format!("repeat {repeat}, {} B frame, as an skb", frame.len()), trials: Vec::new() };
+        for trial in 0..trials {
+            let (prog, base) = if trial % 2 == 0 {
+                let p = run_tc(&programs, counting_tc_egress, &frame, repeat)?;
+                (p, run_tc(&programs, PROG_TC_BASELINE, &frame, repeat)?)
+            } else {
+                let b = run_tc(&programs, PROG_TC_BASELINE, &frame, repeat)?;
+                (run_tc(&programs, counting_tc_egress, &frame, repeat)?, b)
+            };
+            line.trials.push((prog, base));
+            programs.collect()?;
+        }
+        measured.push(line);
+    }
+
+    // Flows that change every run: single test runs (no dispatcher swap), each followed by the
+    // baseline on the same frame; per trial, median(prog) - median(baseline).
+    let single_lines: [(&'static str, &str); 7] = [
+        ("IPv4 RST, existing flow, table path (two flows evicting each other)", "collide"),
+        ("IPv4 RST, new flow each run (table store)", "new"),
+        ("IPv4 RST refusing the SYN just seen, new flow each run (a refused connect)", "refused"),
+        ("IPv4 SYN, new connection each run (connection state + service count)", "syn"),
+        ("IPv4 RST over 64k flows, round robin (cache miss, table hit)", "64k"),
+        ("IPv4 TCP ACK, single runs (calibration: cf. the repeat line)", "ack"),
+        ("IPv4 RST, existing flow, single runs (calibration: cf. the repeat line)", "hit"),
+    ];
+    let mut next_new = 0u32;
+    for (name, kind) in single_lines {
+        if (kind == "64k" && max_flows < 65_536) || !wanted(name) {
+            continue;
+        }
+        let frames: Vec<Vec<u8>> = match kind {
+            "collide" => {
+                let (a, b) = colliding_pair();
+                vec![a, b]
+            }
+            "64k" => (0..65_536u32).map(|i| padded(flood_flow(i))).collect(),
+            "ack" => vec![padded(tcp_v4().flags(TCP_ACK))],
+            "hit" => vec![padded(tcp_v4().ports(443, 40000).flags(TCP_RST))],
+            _ => Vec::new(),
+        };
+        let method = match kind {
+            "collide" => format!("{singles} single runs alternating two flows that share a cache slot"),
+            "new" => format!("{singles} single runs, each a flow never seen before"),
+            "refused" => format!(
+                "{singles} single runs, each the RST answering a new connection's SYN (run untimed just before)"
+            ),
+            "syn" => format!("{singles} single runs, each a connection never seen before"),
+            "64k" => "65 536 flows, one pass to insert, then one timed pass of single runs".to_owned(),
+            _ => format!("{singles} single runs"),
+        };
+        let mut line = Line { name, method, trials: Vec::new() };
+        for _ in 0..trials {
+            // Untimed warm-up: the 64k flows all enter the table; for new flows, the cache fills
+            // up so that every timed run evicts (and inserts) a flow, as in a long scan.
+            if kind == "64k" {
+                for frame in &frames {
+                    run(&programs, counting_xdp, frame, 1)?;
+                }
+            }
+            if kind == "new" || kind == "syn" || kind == "refused" {
+                for _ in 0..4 * rst_common::wire::FLOW_CACHE_SLOTS {
+                    run(&programs, counting_xdp, &padded(new_flow(next_new)), 1)?;
+                    next_new += 1;
+                }
+            }
+            let count = if kind == "64k" { frames.len() } else { singles as usize };
+            let mut prog = Vec::with_capacity(count);
+            let mut base = Vec::with_capacity(count);
+            for i in 0..count {
+                let new_frame;
+                let frame: &[u8] = if kind == "refused" {
+                    run(&programs, counting_xdp, &padded(syn_of(next_new)), 1)?;
+                    new_frame = padded(new_flow(next_new).flags(TCP_RST | TCP_ACK));
+                    next_new += 1;
+                    &new_frame
+                } else if kind == "new" || kind == "syn" {
+                    let flow = new_flow(next_new);
+                    new_frame = padded(if kind == "syn" { flow.ports(50000, 443).flags(TCP_SYN) } else { flow });
+                    next_new += 1;
+                    &new_frame
+                } else {
+                    &frames[i % frames.len()]
+                };
+                prog.push(run(&programs, counting_xdp, frame, 1)?);
+                base.push(run(&programs, PROG_XDP_BASELINE, frame, 1)?);
+            }
+            line.trials.push((median(prog), median(base)));
+            let sample = programs.collect()?;
+            ensure!(sample.counters.overflow == 0, "the flow table overflowed during {name}");
+        }
+        measured.push(line);
+    }
+
+    Ok(KernelReport {
+        trials,
+        repeat,
+        singles,
+        max_flows,
+        counting: if programs.programs().xdp == PROG_XDP_ATOMIC { CountingMode::Atomic } else { CountingMode::PerCpu },
+        budget_ns: BUDGET_NS,
+        lines: measured.iter().map(Line::report).collect(),
+    })
+}
+
+/// Two IPv4 RST frames whose flows land in the same slot of the per-CPU cache.
+fn colliding_pair() -> (Vec<u8>, Vec<u8>) {
+    let first = tcp_v4().ports(443, 30000).flags(TCP_RST);
+    let slot = first.flow_key(1).cache_slot();
+    let second = (30001..u16::MAX)
+        .map(|port| tcp_v4().ports(443, port).flags(TCP_RST))
+        .find(|frame| frame.flow_key(1).cache_slot() == slot)
+        .expect("some port collides among 35 000");
+    (padded(first), padded(second))
+}
+
+/// A flow no other run uses: 172.16/12 sources, counting up.
+fn new_flow(index: u32) -> FrameBuilder {
+    let [_, b, c, d] = index.to_be_bytes();
+    FrameBuilder::ipv4([172, 16 + (b & 0x0f), c, d], [192, 0, 2, 1]).ports(443, 50000).flags(TCP_RST)
+}
+
+/// The SYN that [`new_flow`]'s RST answers: the client's connection attempt.
+fn syn_of(index: u32) -> FrameBuilder {
+    let [_, b, c, d] = index.to_be_bytes();
+    FrameBuilder::ipv4([192, 0, 2, 1], [172, 16 + (b & 0x0f), c, d]).ports(50000, 443).flags(TCP_SYN)
+}
