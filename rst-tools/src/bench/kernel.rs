@@ -21,14 +21,47 @@ use rstwatch::{
 
 use super::{flood_flow, padded, BUDGET_NS};
 
-/// Kernel-reported ns per run for `repeat` runs of `frame` through the XDP program `name`.
-fn run(harness: &Harness, name: &str, frame: &[u8], repeat: u32) -> anyhow::Result<f64> {
-    Ok(testrun::run_xdp(harness.xdp(name)?, frame, None, repeat)?.as_nanos() as f64)
+/// How a frame reaches the programs: as an XDP buffer, or as an skb at TC.
+#[derive(Clone, Copy)]
+enum Hook {
+    Xdp,
+    Tc,
 }
 
-/// The same through a TC program (the frame as an skb).
-fn run_tc(harness: &Harness, name: &str, frame: &[u8], repeat: u32) -> anyhow::Result<f64> {
-    Ok(testrun::run_tc(harness.tc(name)?, frame, repeat)?.as_nanos() as f64)
+/// Kernel-reported ns per run for `repeat` runs of `frame` through the program `name`.
+fn run(harness: &Harness, hook: Hook, name: &str, frame: &[u8], repeat: u32) -> anyhow::Result<f64> {
+    let duration = match hook {
+        Hook::Xdp => testrun::run_xdp(harness.xdp(name)?, frame, None, repeat)?,
+        Hook::Tc => testrun::run_tc(harness.tc(name)?, frame, repeat)?,
+    };
+    Ok(duration.as_nanos() as f64)
+}
+
+/// A line for a frame that can repeat: per trial one test run of `repeat` runs through `prog`
+/// and one through `base`, collecting after each trial.
+fn repeated_line(
+    harness: &mut Harness,
+    hook: Hook,
+    [prog, base]: [&str; 2],
+    (name, method): (&'static str, String),
+    frame: &[u8],
+    trials: usize,
+    repeat: u32,
+) -> anyhow::Result<Line> {
+    let mut line = Line { name, method, trials: Vec::new() };
+    for trial in 0..trials {
+        // A/B, then B/A: a drift in machine load hits both programs alike.
+        let (p, b) = if trial % 2 == 0 {
+            let p = run(harness, hook, prog, frame, repeat)?;
+            (p, run(harness, hook, base, frame, repeat)?)
+        } else {
+            let b = run(harness, hook, base, frame, repeat)?;
+            (run(harness, hook, prog, frame, repeat)?, b)
+        };
+        line.trials.push((p, b));
+        harness.collect()?;
+    }
+    Ok(line)
 }
 
 /// One line of the part-1 table.
@@ -122,19 +155,9 @@ pub fn kernel(args: &KernelArgs) -> anyhow::Result<KernelReport> {
         if !wanted(name) {
             continue;
         }
-        let mut line = Line { name, method: format!("repeat {repeat}, {} B frame", frame.len()), trials: Vec::new() };
-        for trial in 0..trials {
-            // A/B, then B/A: a drift in machine load hits both programs alike.
-            let (prog, base) = if trial % 2 == 0 {
-                let p = run(&programs, counting_xdp, &frame, repeat)?;
-                (p, run(&programs, PROG_XDP_BASELINE, &frame, repeat)?)
-            } else {
-                let b = run(&programs, PROG_XDP_BASELINE, &frame, repeat)?;
-                (run(&programs, counting_xdp, &frame, repeat)?, b)
-            };
-            line.trials.push((prog, base));
-            programs.collect()?;
-        }
+        let method = format!("repeat {repeat}, {} B frame", frame.len());
+        let programs_ab = [counting_xdp, PROG_XDP_BASELINE];
+        let line = repeated_line(&mut programs, Hook::Xdp, programs_ab, (name, method), &frame, trials, repeat)?;
         measured.push(line);
     }
 
@@ -151,19 +174,9 @@ pub fn kernel(args: &KernelArgs) -> anyhow::Result<KernelReport> {
         if !wanted(name) {
             continue;
         }
-        let mut line =
-            Line { name, method: format!("repeat {repeat}, {} B frame, as an skb", frame.len()), trials: Vec::new() };
-        for trial in 0..trials {
-            let (prog, base) = if trial % 2 == 0 {
-                let p = run_tc(&programs, counting_tc_egress, &frame, repeat)?;
-                (p, run_tc(&programs, PROG_TC_BASELINE, &frame, repeat)?)
-            } else {
-                let b = run_tc(&programs, PROG_TC_BASELINE, &frame, repeat)?;
-                (run_tc(&programs, counting_tc_egress, &frame, repeat)?, b)
-            };
-            line.trials.push((prog, base));
-            programs.collect()?;
-        }
+        let method = format!("repeat {repeat}, {} B frame, as an skb", frame.len());
+        let programs_ab = [counting_tc_egress, PROG_TC_BASELINE];
+        let line = repeated_line(&mut programs, Hook::Tc, programs_ab, (name, method), &frame, trials, repeat)?;
         measured.push(line);
     }
 
@@ -209,12 +222,12 @@ pub fn kernel(args: &KernelArgs) -> anyhow::Result<KernelReport> {
             // up so that every timed run evicts (and inserts) a flow, as in a long scan.
             if kind == "64k" {
                 for frame in &frames {
-                    run(&programs, counting_xdp, frame, 1)?;
+                    run(&programs, Hook::Xdp, counting_xdp, frame, 1)?;
                 }
             }
             if kind == "new" || kind == "syn" || kind == "refused" {
                 for _ in 0..4 * rst_common::wire::FLOW_CACHE_SLOTS {
-                    run(&programs, counting_xdp, &padded(new_flow(next_new)), 1)?;
+                    run(&programs, Hook::Xdp, counting_xdp, &padded(new_flow(next_new)), 1)?;
                     next_new += 1;
                 }
             }
@@ -224,7 +237,7 @@ pub fn kernel(args: &KernelArgs) -> anyhow::Result<KernelReport> {
             for i in 0..count {
                 let new_frame;
                 let frame: &[u8] = if kind == "refused" {
-                    run(&programs, counting_xdp, &padded(syn_of(next_new)), 1)?;
+                    run(&programs, Hook::Xdp, counting_xdp, &padded(syn_of(next_new)), 1)?;
                     new_frame = padded(new_flow(next_new).flags(TCP_RST | TCP_ACK));
                     next_new += 1;
                     &new_frame
@@ -236,8 +249,8 @@ pub fn kernel(args: &KernelArgs) -> anyhow::Result<KernelReport> {
                 } else {
                     &frames[i % frames.len()]
                 };
-                prog.push(run(&programs, counting_xdp, frame, 1)?);
-                base.push(run(&programs, PROG_XDP_BASELINE, frame, 1)?);
+                prog.push(run(&programs, Hook::Xdp, counting_xdp, frame, 1)?);
+                base.push(run(&programs, Hook::Xdp, PROG_XDP_BASELINE, frame, 1)?);
             }
             line.trials.push((median(prog), median(base)));
             let sample = programs.collect()?;
