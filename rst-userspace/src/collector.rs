@@ -158,35 +158,12 @@ impl Collector {
         self.active = next;
         self.wait_for_grace_period();
 
-        let mut resets = ResetCounters::default();
         let per_cpu = self.reset_counters.get(&finished, 0).context("reading the reset counters")?;
         let logged: Vec<u64> = per_cpu.iter().map(|cpu| cpu.logged).collect();
-        for cpu in per_cpu.iter() {
-            resets.resets += cpu.resets;
-            resets.overflow += cpu.overflow;
-            resets.source_overflow += cpu.source_overflow;
-            resets.service_overflow += cpu.service_overflow;
-            resets.stack_overflow += cpu.stack_overflow;
-            resets.tx_resets += cpu.tx_resets;
-            resets.table_races += cpu.table_races;
-        }
+        let resets = ResetCounters::sum(per_cpu.iter());
         let traffic = self.read_traffic()?;
         let [before, tx_before] = std::mem::replace(&mut self.traffic_before, traffic);
-        let [traffic, tx] = [traffic[0].since(&before), traffic[1].since(&tx_before)];
-        let counters = Counters {
-            frames: traffic.frames(),
-            tcp: traffic.tcp,
-            resets: resets.resets,
-            malformed: traffic.malformed,
-            fragments: traffic.fragments,
-            overflow: resets.overflow,
-            source_overflow: resets.source_overflow,
-            service_overflow: resets.service_overflow,
-            stack_overflow: resets.stack_overflow,
-            tx_frames: tx.frames(),
-            tx_tcp: tx.tcp,
-            tx_resets: resets.tx_resets,
-        };
+        let counters = Counters::of_period(&traffic[0].since(&before), &traffic[1].since(&tx_before), &resets);
 
         let first_slot = finished * FLOW_CACHE_SLOTS;
         let cached_slots: Vec<CacheSlot> =
@@ -239,17 +216,12 @@ impl Collector {
 
     /// Cumulative traffic: both directions together, and what was sent.
     fn read_traffic(&self) -> anyhow::Result<[TrafficCounters; 2]> {
-        let mut total = TrafficCounters::default();
-        let mut sent = TrafficCounters::default();
-        for direction in [DIRECTION_RX, DIRECTION_TX] {
-            for cpu in self.traffic.get(&u32::from(direction), 0).context("reading the traffic counters")?.iter() {
-                total.accumulate(cpu);
-                if direction == DIRECTION_TX {
-                    sent.accumulate(cpu);
-                }
-            }
-        }
-        Ok([total, sent])
+        let [received, sent] = [DIRECTION_RX, DIRECTION_TX].map(|direction| {
+            let per_cpu = self.traffic.get(&u32::from(direction), 0).context("reading the traffic counters")?;
+            anyhow::Ok(TrafficCounters::sum(per_cpu.iter()))
+        });
+        let (received, sent) = (received?, sent?);
+        Ok([TrafficCounters::sum([&received, &sent]), sent])
     }
 
     /// After this returns, every BPF program run that started before it has finished.

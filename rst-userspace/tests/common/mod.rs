@@ -170,20 +170,11 @@ impl Kernel {
     }
 
     fn traffic_totals(&self) -> anyhow::Result<TrafficCounters> {
-        let mut total = TrafficCounters::default();
-        for cpu in self.traffic.get(&0, 0)?.iter() {
-            total.accumulate(cpu);
-        }
-        Ok(total)
+        Ok(TrafficCounters::sum(self.traffic.get(&0, 0)?.iter()))
     }
 
     fn reset_totals(&self) -> anyhow::Result<ResetCounters> {
-        let mut total = ResetCounters::default();
-        for cpu in self.resets.get(&0, 0)?.iter() {
-            total.resets += cpu.resets;
-            total.overflow += cpu.overflow;
-        }
-        Ok(total)
+        Ok(ResetCounters::sum(self.resets.get(&0, 0)?.iter()))
     }
 
     /// In `epoch`: eviction-log entries used, all CPUs, and flow-table slots used.
