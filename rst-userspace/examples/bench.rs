@@ -153,7 +153,7 @@ fn flood_flow(index: u32) -> FrameBuilder {
 // Part 1: cost per packet in the kernel
 
 struct Programs {
-    ebpf: Ebpf,
+    ebpf: rstwatch::loader::LoadedObject,
     collector: Collector,
 }
 
@@ -255,8 +255,7 @@ fn kernel(opts: &Opts) -> anyhow::Result<Value> {
         .map_err(|error| anyhow::anyhow!("--counting {counting}: {error}"))?;
     let mut programs = Programs::load(max_flows, counting)?;
     // The counting programs loaded: the per-CPU set, or the atomic one.
-    let CountingPrograms { xdp: counting_xdp, tc_egress: counting_tc_egress, .. } =
-        rstwatch::loader::counting_programs(&programs.ebpf);
+    let CountingPrograms { xdp: counting_xdp, tc_egress: counting_tc_egress, .. } = programs.ebpf.programs();
     let mut lines = Vec::new();
 
     // Frames that repeat: one test run of `repeat` runs per program and trial.
@@ -416,7 +415,7 @@ fn kernel(opts: &Opts) -> anyhow::Result<Value> {
         "repeat": repeat,
         "singles": singles,
         "max_flows": max_flows,
-        "counting": rstwatch::loader::counting_mode(&programs.ebpf),
+        "counting": programs.ebpf.counting().as_str(),
         "budget_ns": BUDGET_NS,
         "lines": lines.iter().map(Line::to_json).collect::<Vec<_>>(),
     }))

@@ -35,10 +35,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
-use aya::{
-    programs::{TestRun, TestRunOptions, Xdp},
-    Ebpf,
-};
+use aya::programs::{TestRun, TestRunOptions, Xdp};
 use pcap_file::{
     pcap::PcapReader,
     pcapng::{Block, PcapNgReader},
@@ -230,7 +227,7 @@ pub fn host(frame: &[u8], ifindex: u32) -> Option<FlowKey> {
 
 /// The XDP object as rstwatch loads it, with rstwatch's own collector.
 pub struct Kernel {
-    ebpf: Ebpf,
+    ebpf: rstwatch::loader::LoadedObject,
     collector: Collector,
 }
 
@@ -243,7 +240,7 @@ impl Kernel {
     }
 
     fn program(&self) -> anyhow::Result<&Xdp> {
-        let name = rstwatch::loader::counting_programs(&self.ebpf).xdp;
+        let name = self.ebpf.programs().xdp;
         let program = self.ebpf.program(name).with_context(|| format!("no program {name}"))?;
         Ok(program.try_into()?)
     }

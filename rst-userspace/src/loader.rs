@@ -26,7 +26,7 @@ use rst_common::wire::{
     CountingPrograms, GLOBAL_EVICTION_LOG_SLOTS, GLOBAL_FLOW_TABLE_BITS, GLOBAL_SEND_RESET_DADDR_OFFSET,
     GLOBAL_SEND_RESET_REASON_OFFSET, GLOBAL_SEND_RESET_SADDR_OFFSET, MAP_CONNECTIONS, MAP_CONN_FINGERPRINTS,
     MAP_EVICTION_LOG, MAP_FLOW_BLOCKS, MAP_FLOW_TABLE, MAP_OVERFLOW_SOURCES, MAP_SERVICES, MAP_STACK_RESETS,
-    PROG_SEND_RESET, PROG_XDP_ATOMIC,
+    PROG_SEND_RESET,
 };
 
 /// The XDP object built by `build.rs` (aya-build), embedded so the binary is self-contained.
@@ -180,7 +180,7 @@ pub fn overflow_sources_for(max_flows: u32) -> u32 {
 /// one epoch's flow table, the overflow-source tables to [`overflow_sources_for`], services
 /// and kernel events to a quarter of it, and loads the XDP and TC programs. The tracepoint program is loaded by
 /// [`attach_kernel_events`].
-pub fn load(max_flows: u32) -> anyhow::Result<Ebpf> {
+pub fn load(max_flows: u32) -> anyhow::Result<LoadedObject> {
     load_counting(max_flows, Counting::Auto)
 }
 
@@ -202,17 +202,77 @@ pub enum Counting {
 }
 
 impl Counting {
-    /// Whether the programs must count atomically on this kernel.
-    pub fn is_atomic(self) -> bool {
+    /// What the choice means on this kernel.
+    pub fn resolve(self) -> CountingMode {
         match self {
-            Counting::Auto => is_preempt_rt(
-                std::fs::read_to_string("/sys/kernel/realtime").ok().as_deref(),
-                &std::fs::read_to_string("/proc/sys/kernel/version").unwrap_or_default(),
-            ),
-            Counting::PerCpu => false,
-            Counting::Atomic => true,
+            Counting::Auto if this_kernel_is_preempt_rt() => CountingMode::Atomic,
+            Counting::Auto | Counting::PerCpu => CountingMode::PerCpu,
+            Counting::Atomic => CountingMode::Atomic,
         }
     }
+}
+
+/// How the loaded programs count: what [`Counting`] resolved to when they were loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CountingMode {
+    PerCpu,
+    Atomic,
+}
+
+impl CountingMode {
+    /// `"per-cpu"` or `"atomic"`, as the run summary says it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CountingMode::PerCpu => "per-cpu",
+            CountingMode::Atomic => "atomic",
+        }
+    }
+
+    /// The programs that count this way.
+    pub fn programs(self) -> CountingPrograms {
+        CountingPrograms::new(self == CountingMode::Atomic)
+    }
+}
+
+/// The loaded object together with how its programs count, decided once by [`load_counting`]
+/// so that nothing has to guess it back from which programs have a file descriptor.
+///
+/// It derefs to the [`Ebpf`]: maps and programs are taken from it as from any aya object.
+pub struct LoadedObject {
+    ebpf: Ebpf,
+    counting: CountingMode,
+}
+
+impl LoadedObject {
+    pub fn counting(&self) -> CountingMode {
+        self.counting
+    }
+
+    /// The counting programs that were loaded.
+    pub fn programs(&self) -> CountingPrograms {
+        self.counting.programs()
+    }
+}
+
+impl std::ops::Deref for LoadedObject {
+    type Target = Ebpf;
+
+    fn deref(&self) -> &Ebpf {
+        &self.ebpf
+    }
+}
+
+impl std::ops::DerefMut for LoadedObject {
+    fn deref_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+}
+
+fn this_kernel_is_preempt_rt() -> bool {
+    is_preempt_rt(
+        std::fs::read_to_string("/sys/kernel/realtime").ok().as_deref(),
+        &std::fs::read_to_string("/proc/sys/kernel/version").unwrap_or_default(),
+    )
 }
 
 /// PREEMPT_RT kernels have `/sys/kernel/realtime` reading 1 (mainline since 6.12, the RT patch
@@ -223,22 +283,22 @@ pub fn is_preempt_rt(sys_kernel_realtime: Option<&str>, version: &str) -> bool {
 }
 
 /// [`load`], counting as `counting` says.
-pub fn load_counting(max_flows: u32, counting: Counting) -> anyhow::Result<Ebpf> {
-    let atomic = counting.is_atomic();
-    match (counting, atomic) {
-        (Counting::Auto, true) => tracing::info!(
+pub fn load_counting(max_flows: u32, counting: Counting) -> anyhow::Result<LoadedObject> {
+    let mode = counting.resolve();
+    match (counting, mode) {
+        (Counting::Auto, CountingMode::Atomic) => tracing::info!(
             "PREEMPT_RT kernel: counting with atomic adds and no per-CPU flow cache, so that programs \
              preempting each other on one CPU lose nothing (each RST costs more)"
         ),
         (Counting::Atomic, _) => {
             tracing::info!("counting with atomic adds and no per-CPU flow cache (--counting atomic)")
         }
-        (Counting::PerCpu, _) if Counting::Auto.is_atomic() => tracing::warn!(
+        (Counting::PerCpu, _) if this_kernel_is_preempt_rt() => tracing::warn!(
             "--counting per-cpu on a PREEMPT_RT kernel: programs preempting each other on one CPU can lose counts"
         ),
         _ => {}
     }
-    let programs = CountingPrograms::new(atomic);
+    let programs = mode.programs();
     let max_sources = overflow_sources_for(max_flows);
     let offsets = SendResetFormat::read();
     let table_bits = rst_common::table::flow_table_bits(max_flows);
@@ -276,7 +336,7 @@ pub fn load_counting(max_flows: u32, counting: Counting) -> anyhow::Result<Ebpf>
     for name in [programs.tc, programs.tc_egress] {
         classifier(&mut ebpf, name)?.load().map_err(|error| load_error(Box::new(error)))?;
     }
-    Ok(ebpf)
+    Ok(LoadedObject { ebpf, counting: mode })
 }
 
 /// Where `tcp:tcp_send_reset` keeps the fields rstwatch reads, from its format file.
@@ -460,33 +520,21 @@ fn load_error(error: Box<dyn std::error::Error + Send + Sync>) -> anyhow::Error 
     Error::Load(error).into()
 }
 
-/// The counting programs [`load_counting`] loaded: the per-CPU set or the atomic one.
-pub fn counting_programs(ebpf: &Ebpf) -> CountingPrograms {
-    let atomic = ebpf.program(PROG_XDP_ATOMIC).is_some_and(|program| program.fd().is_ok());
-    CountingPrograms::new(atomic)
-}
-
-/// `"atomic"` or `"per-cpu"`: how the loaded programs count (see [`Counting`]).
-pub fn counting_mode(ebpf: &Ebpf) -> &'static str {
-    if counting_programs(ebpf).xdp == PROG_XDP_ATOMIC {
-        "atomic"
-    } else {
-        "per-cpu"
-    }
-}
-
-pub fn xdp_program(ebpf: &mut Ebpf) -> anyhow::Result<&mut Xdp> {
-    let name = counting_programs(ebpf).xdp;
-    let program = ebpf.program_mut(name).ok_or_else(|| anyhow::anyhow!("the eBPF object has no program {name}"))?;
+/// The XDP program that counts, of the set the object was loaded with.
+pub fn xdp_program(object: &mut LoadedObject) -> anyhow::Result<&mut Xdp> {
+    let name = object.programs().xdp;
+    let program = object.program_mut(name).ok_or_else(|| anyhow::anyhow!("the eBPF object has no program {name}"))?;
     Ok(program.try_into()?)
 }
 
-pub fn tc_program(ebpf: &mut Ebpf) -> anyhow::Result<&mut SchedClassifier> {
-    classifier(ebpf, counting_programs(ebpf).tc)
+pub fn tc_program(object: &mut LoadedObject) -> anyhow::Result<&mut SchedClassifier> {
+    let name = object.programs().tc;
+    classifier(object, name)
 }
 
-pub fn tc_egress_program(ebpf: &mut Ebpf) -> anyhow::Result<&mut SchedClassifier> {
-    classifier(ebpf, counting_programs(ebpf).tc_egress)
+pub fn tc_egress_program(object: &mut LoadedObject) -> anyhow::Result<&mut SchedClassifier> {
+    let name = object.programs().tc_egress;
+    classifier(object, name)
 }
 
 fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut SchedClassifier> {
@@ -511,7 +559,7 @@ pub fn resolve_targets(names: &[String]) -> anyhow::Result<Vec<(String, u32)>> {
 
 /// Attaches the chosen hook's program to one interface.
 pub fn attach(
-    ebpf: &mut Ebpf,
+    ebpf: &mut LoadedObject,
     hook: HookChoice,
     xdp_mode: XdpModeChoice,
     iface: &str,
@@ -540,7 +588,7 @@ pub fn attach(
 
 /// Attaches to every target; if one fails, those before it are dropped (detached) on the way out.
 pub fn attach_all(
-    ebpf: &mut Ebpf,
+    ebpf: &mut LoadedObject,
     hook: HookChoice,
     xdp_mode: XdpModeChoice,
     targets: &[(String, u32)],

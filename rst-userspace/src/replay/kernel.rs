@@ -10,10 +10,7 @@
 use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr};
 
 use anyhow::{bail, Context as _};
-use aya::{
-    programs::{TestRun, TestRunOptions},
-    Ebpf,
-};
+use aya::programs::{TestRun, TestRunOptions};
 use rst_common::{wire::DEFAULT_MAX_FLOWS, Counters, FlowKey, Observation};
 
 use super::{link::Link, Tally};
@@ -30,7 +27,7 @@ pub type Direction = (IpAddr, u16, IpAddr, u16, u8, u8);
 const LOOPBACK_IFINDEX: u32 = 1;
 
 pub struct KernelCheck {
-    ebpf: Ebpf,
+    ebpf: loader::LoadedObject,
     collector: Collector,
     /// What replay counted for the frames that went to the kernel.
     host: Counters,

@@ -61,7 +61,7 @@ impl Verdict {
 }
 
 pub struct Kernel {
-    ebpf: Ebpf,
+    ebpf: rstwatch::loader::LoadedObject,
     collector: Collector,
     traffic: PerCpuArray<MapData, TrafficCounters>,
     resets: PerCpuArray<MapData, ResetCounters>,
@@ -119,11 +119,11 @@ impl Kernel {
 
     /// `"per-cpu"` or `"atomic"`: which counting programs were loaded.
     pub fn counting_mode(&self) -> &'static str {
-        rstwatch::loader::counting_mode(&self.ebpf)
+        self.ebpf.counting().as_str()
     }
 
     pub fn program(&self) -> anyhow::Result<&Xdp> {
-        let name = rstwatch::loader::counting_programs(&self.ebpf).xdp;
+        let name = self.ebpf.programs().xdp;
         let program = self.ebpf.program(name).with_context(|| format!("no program {name}"))?;
         Ok(program.try_into()?)
     }
