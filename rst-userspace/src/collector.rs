@@ -7,7 +7,7 @@
 //! goes), drains the smaller hash tables with batch syscalls and zeroes the counter slot. Nothing races, so nothing is lost or counted twice, and every interval's flow
 //! counts add up to its counters: `sum(flows) + overflow == resets`.
 
-use std::{collections::HashMap, io, os::fd::AsFd as _, time::Instant};
+use std::{collections::HashMap, os::fd::AsFd as _, time::Instant};
 
 use anyhow::Context as _;
 use aya::{
@@ -24,8 +24,8 @@ use rst_common::{
 };
 
 use crate::{
-    batch::{drain_hash_map, lookup_per_cpu_array, update_per_cpu_array},
     flow_table::{EvictionLogMap, FlowTableMap},
+    sys::map_batch::{drain_hash_map, lookup_per_cpu_array, update_per_cpu_array},
 };
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
@@ -226,19 +226,12 @@ impl Collector {
 
     /// After this returns, every BPF program run that started before it has finished.
     fn wait_for_grace_period(&mut self) {
-        const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
-        // SAFETY: membarrier takes no pointers; MEMBARRIER_CMD_GLOBAL waits for an RCU grace
-        // period on all CPUs (synchronize_rcu), and BPF programs run inside RCU read sections.
-        let ret = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
-        if ret < 0 {
+        if let Err(error) = crate::sys::membarrier::global() {
             // nohz_full kernels refuse it. Programs run for microseconds; a pause orders of
             // magnitude longer is a safe, if not formally exact, substitute.
             if !self.warned_no_membarrier {
                 self.warned_no_membarrier = true;
-                tracing::warn!(
-                    "membarrier(MEMBARRIER_CMD_GLOBAL) failed ({}); waiting 50 ms per interval instead",
-                    io::Error::last_os_error()
-                );
+                tracing::warn!("{:#}; waiting 50 ms per interval instead", anyhow::Error::from(error));
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }

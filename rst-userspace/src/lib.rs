@@ -3,7 +3,6 @@
 //! The modules follow the data: [`loader`] (object → kernel → interfaces), [`collector`] (maps →
 //! one exact [`collector::Sample`] per interval), [`report`] (samples → table or JSON Lines).
 
-pub mod batch;
 pub mod collector;
 pub mod connections;
 pub mod flow_table;
@@ -13,5 +12,9 @@ pub mod metrics;
 pub mod netlink;
 pub mod replay;
 pub mod report;
+pub mod sys;
 pub mod testrun;
 pub mod tui;
+
+/// The batch commands' old path, for code written against it.
+pub use sys::map_batch as batch;

@@ -9,8 +9,7 @@
 use std::{
     ffi::CString,
     fmt, io,
-    mem::size_of,
-    os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::{AsFd as _, OwnedFd},
 };
 
 use anyhow::Context as _;
@@ -54,7 +53,7 @@ pub enum Error {
         iface: String,
         mode: XdpMode,
         #[source]
-        source: io::Error,
+        source: crate::sys::Error,
     },
     #[error("attaching to the TC {direction} hook of {iface} failed")]
     AttachTc {
@@ -609,12 +608,7 @@ pub fn resolve_interface(name: &str) -> Result<u32, Error> {
         return Err(invalid("contains '/', ':', whitespace or control characters"));
     }
     let c_name = CString::new(name).map_err(|_| invalid("contains a NUL byte"))?;
-    // SAFETY: `c_name` is a valid NUL-terminated string for the duration of the call.
-    let ifindex = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
-    if ifindex == 0 {
-        return Err(Error::UnknownInterface { name: name.to_owned() });
-    }
-    Ok(ifindex)
+    crate::sys::netdev::index_of(&c_name).ok_or_else(|| Error::UnknownInterface { name: name.to_owned() })
 }
 
 /// An attached program. Dropping it (or the process dying) detaches it: both kinds are links
@@ -746,10 +740,10 @@ pub fn attach_xdp(program: &Xdp, iface: &str, ifindex: u32, choice: XdpModeChoic
         XdpModeChoice::Native => &[XdpMode::Native],
         XdpModeChoice::Skb => &[XdpMode::Skb],
     };
-    let program_fd = program.fd().map_err(|error| Error::Load(Box::new(error)))?.as_fd().as_raw_fd();
+    let program_fd = program.fd().map_err(|error| Error::Load(Box::new(error)))?.as_fd();
     let mut last_error = None;
     for &mode in modes {
-        match bpf_link_create_xdp(program_fd, ifindex, mode) {
+        match crate::sys::bpf_link::create_xdp(program_fd, ifindex, mode.link_flags()) {
             Ok(link) => {
                 return Ok(Attachment {
                     iface: iface.to_owned(),
@@ -790,39 +784,6 @@ fn describe_holder(ifindex: u32) -> String {
         Ok(Some(held)) => format!(" ({})", held.mode),
         _ => String::new(),
     }
-}
-
-/// The `link_create` member of `union bpf_attr`, up to the fields XDP uses, plus zeroed room.
-#[repr(C)]
-#[derive(Default)]
-struct LinkCreateAttr {
-    prog_fd: u32,
-    target_ifindex: u32,
-    attach_type: u32,
-    flags: u32,
-    _rest: [u64; 4],
-}
-
-const BPF_LINK_CREATE: libc::c_long = 28;
-const BPF_XDP: u32 = 37;
-
-fn bpf_link_create_xdp(program_fd: i32, ifindex: u32, mode: XdpMode) -> io::Result<OwnedFd> {
-    let attr = LinkCreateAttr {
-        prog_fd: program_fd as u32,
-        target_ifindex: ifindex,
-        attach_type: BPF_XDP,
-        flags: mode.link_flags(),
-        ..Default::default()
-    };
-    // SAFETY: `attr` is a valid, zero-padded bpf_attr prefix that lives across the call.
-    let ret = unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_LINK_CREATE, &attr as *const LinkCreateAttr, size_of::<LinkCreateAttr>())
-    };
-    if ret < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: on success BPF_LINK_CREATE returns a new file descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(ret as i32) })
 }
 
 #[cfg(test)]
