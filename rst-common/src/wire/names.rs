@@ -13,6 +13,11 @@ pub const MAP_FLOW_CACHE: &str = "FLOW_CACHE";
 /// The epoch is the object's only zero-initialized global (`EPOCH` in `rst-ebpf`), so the
 /// loader makes the `.bss` section a one-entry array map holding just that u32.
 pub const MAP_EPOCH: &str = ".bss";
+/// The global in [`MAP_EPOCH`].
+pub const GLOBAL_EPOCH: &str = "EPOCH";
+/// Per connection group, a generation the kernel bumps on every change (see
+/// [`crate::wire::CONN_GENERATIONS`]); only the programs use it.
+pub const MAP_CONN_GENERATIONS: &str = "CONN_GENERATIONS";
 pub const MAP_TRAFFIC: &str = "TRAFFIC";
 pub const MAP_RESET_COUNTERS: &str = "RESET_COUNTERS";
 pub const MAP_CONNECTIONS: &str = "CONNECTIONS";
@@ -59,3 +64,75 @@ pub const GLOBAL_SEND_RESET_DADDR_OFFSET: &str = "SEND_RESET_DADDR_OFFSET";
 pub const PROG_XDP_BASELINE: &str = "rstwatch_xdp_pass";
 /// An empty TC program returning "next": the baseline for the TC programs.
 pub const PROG_TC_BASELINE: &str = "rstwatch_tc_next";
+
+/// The kinds of map the object defines (`enum bpf_map_type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapKind {
+    Hash,
+    Array,
+    PerCpuArray,
+}
+
+impl MapKind {
+    /// The kernel's `BPF_MAP_TYPE_*` number.
+    pub const fn map_type(self) -> u32 {
+        match self {
+            MapKind::Hash => 1,
+            MapKind::Array => 2,
+            MapKind::PerCpuArray => 6,
+        }
+    }
+}
+
+/// The kinds of program the object defines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgramKind {
+    Xdp,
+    SchedClassifier,
+    TracePoint,
+}
+
+/// Every map of the object and its kind, the `.bss` data map included: a map added to the
+/// object is added here, and the contract test holds the object to exactly this list.
+pub const MAPS: [(&str, MapKind); 17] = [
+    (MAP_FLOW_TABLE, MapKind::Array),
+    (MAP_FLOW_BLOCKS, MapKind::Array),
+    (MAP_OVERFLOW_SOURCES[0], MapKind::Hash),
+    (MAP_OVERFLOW_SOURCES[1], MapKind::Hash),
+    (MAP_EVICTION_LOG, MapKind::Array),
+    (MAP_FLOW_CACHE, MapKind::PerCpuArray),
+    (MAP_EPOCH, MapKind::Array),
+    (MAP_CONN_GENERATIONS, MapKind::Array),
+    (MAP_RESET_COUNTERS, MapKind::PerCpuArray),
+    (MAP_TRAFFIC, MapKind::PerCpuArray),
+    (MAP_CONNECTIONS, MapKind::Array),
+    (MAP_CONN_FINGERPRINTS, MapKind::Array),
+    (MAP_SERVICES[0], MapKind::Hash),
+    (MAP_SERVICES[1], MapKind::Hash),
+    (MAP_STACK_RESETS[0], MapKind::Hash),
+    (MAP_STACK_RESETS[1], MapKind::Hash),
+    // The loader's overrides of the globals below, a map aya makes from the section.
+    (".rodata", MapKind::Array),
+];
+
+/// Every program of the object and its kind.
+pub const PROGRAMS: [(&str, ProgramKind); 9] = [
+    (PROG_XDP, ProgramKind::Xdp),
+    (PROG_TC, ProgramKind::SchedClassifier),
+    (PROG_TC_EGRESS, ProgramKind::SchedClassifier),
+    (PROG_XDP_ATOMIC, ProgramKind::Xdp),
+    (PROG_TC_ATOMIC, ProgramKind::SchedClassifier),
+    (PROG_TC_EGRESS_ATOMIC, ProgramKind::SchedClassifier),
+    (PROG_SEND_RESET, ProgramKind::TracePoint),
+    (PROG_XDP_BASELINE, ProgramKind::Xdp),
+    (PROG_TC_BASELINE, ProgramKind::SchedClassifier),
+];
+
+/// The u32 globals the loader sets before loading (read-only to the programs).
+pub const LOADER_GLOBALS: [&str; 5] = [
+    GLOBAL_FLOW_TABLE_BITS,
+    GLOBAL_EVICTION_LOG_SLOTS,
+    GLOBAL_SEND_RESET_REASON_OFFSET,
+    GLOBAL_SEND_RESET_SADDR_OFFSET,
+    GLOBAL_SEND_RESET_DADDR_OFFSET,
+];
