@@ -161,6 +161,7 @@ impl Collector {
         let per_cpu = self.reset_counters.get(&finished, 0).context("reading the reset counters")?;
         let logged: Vec<u64> = per_cpu.iter().map(|cpu| cpu.logged).collect();
         let resets = ResetCounters::sum(per_cpu.iter());
+        log_rare_events(finished, &per_cpu, self.log.cpu_ids(), self.log.slots());
         let traffic = self.read_traffic()?;
         let [before, tx_before] = std::mem::replace(&mut self.traffic_before, traffic);
         let counters = Counters::of_period(&traffic[0].since(&before), &traffic[1].since(&tx_before), &resets);
@@ -234,6 +235,38 @@ impl Collector {
                 tracing::warn!("{:#}; waiting 50 ms per interval instead", anyhow::Error::from(error));
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+/// The tracing target of the kernel side's rare events.
+pub const KERNEL_EVENTS: &str = "rstwatch::kernel";
+
+/// The kernel side's rare events in `epoch` — a CPU's eviction log filling, resets finding the
+/// flow table full, races for a flow-table slot — at debug level, per CPU (`per_cpu` in the
+/// order of `cpu_ids`). Told from the counters the programs keep anyway, so they cost the
+/// programs nothing (see "Why no aya-log" in the README).
+fn log_rare_events(epoch: u32, per_cpu: &[ResetCounters], cpu_ids: &[u32], log_slots: u32) {
+    for (cpu, counters) in cpu_ids.iter().zip(per_cpu) {
+        if counters.logged >= u64::from(log_slots) {
+            tracing::debug!(
+                target: KERNEL_EVENTS,
+                "CPU {cpu} filled its eviction log ({log_slots} entries) in epoch {epoch}: later evictions went to the flow table"
+            );
+        }
+        if counters.overflow > 0 {
+            tracing::debug!(
+                target: KERNEL_EVENTS,
+                "CPU {cpu} found the flow table full for {} resets in epoch {epoch}: counted per source instead",
+                counters.overflow
+            );
+        }
+        if counters.table_races > 0 {
+            tracing::debug!(
+                target: KERNEL_EVENTS,
+                "CPU {cpu} raced another CPU for a flow-table slot {} times in epoch {epoch}: the drain summed the whole half",
+                counters.table_races
+            );
         }
     }
 }

@@ -240,6 +240,11 @@ impl EvictionLogMap {
         self.slots
     }
 
+    /// The possible CPUs' ids, in per-CPU value order.
+    pub fn cpu_ids(&self) -> &[u32] {
+        &self.cpu_ids
+    }
+
     /// Passes each CPU's first `logged` entries of its run for `epoch` to `sink` and zeroes
     /// their counts, so that an entry a program skipped (programs interleaving on one CPU,
     /// possible on PREEMPT_RT) can only count 0 later, never an old flow again; `logged` in
