@@ -13,9 +13,6 @@ const IFLA_XDP_PROG_ID: u16 = 4;
 const NLA_TYPE_MASK: u16 = 0x3fff;
 const NLMSG_ERROR: u16 = 2;
 
-/// `struct ifinfomsg`: family, pad, type (u8, u8, u16), index (i32), flags, change (u32, u32).
-const IFINFOMSG_LEN: usize = 16;
-
 /// The XDP program attached to an interface, as rtnetlink reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AttachedXdp {
@@ -33,6 +30,9 @@ pub fn attached_xdp(ifindex: u32) -> sys::Result<Option<AttachedXdp>> {
 }
 
 const CALL: &str = "rtnetlink RTM_GETLINK";
+
+/// `struct ifinfomsg`: family, pad, type (u8, u8, u16), index (i32), flags, change (u32, u32).
+const IFINFOMSG_LEN: usize = 16;
 
 /// An `RTM_GETLINK` request for one interface: a `nlmsghdr` and an `ifinfomsg`.
 fn getlink_request(ifindex: u32) -> Vec<u8> {

@@ -69,7 +69,7 @@ pub struct Counters {
 /// exhaustively, so a field added to the struct but not to the list is a compile error rather
 /// than a count silently dropped.
 macro_rules! field_wise {
-    ($counters:ident { $($field:ident),+ $(,)? }) => {
+    ($counters:ident: $($field:ident),+) => {
         impl $counters {
             /// Adds `other` field by field (wrapping).
             pub fn accumulate(&mut self, other: &$counters) {
@@ -95,31 +95,10 @@ macro_rules! field_wise {
     };
 }
 
-field_wise!(TrafficCounters { not_tcp, tcp, malformed, fragments });
-field_wise!(ResetCounters {
-    resets,
-    overflow,
-    source_overflow,
-    service_overflow,
-    stack_overflow,
-    tx_resets,
-    table_races,
-    logged
-});
-field_wise!(Counters {
-    frames,
-    tcp,
-    resets,
-    malformed,
-    fragments,
-    overflow,
-    source_overflow,
-    service_overflow,
-    stack_overflow,
-    tx_frames,
-    tx_tcp,
-    tx_resets
-});
+field_wise!(TrafficCounters: not_tcp, tcp, malformed, fragments);
+field_wise!(ResetCounters: resets, overflow, source_overflow, service_overflow, stack_overflow, tx_resets, table_races, logged);
+field_wise!(Counters: frames, tcp, resets, malformed, fragments, overflow, source_overflow, service_overflow,
+    stack_overflow, tx_frames, tx_tcp, tx_resets);
 
 impl Counters {
     /// A period's report from the kernel's shapes: `traffic` (both directions) and `sent`, the
