@@ -6,6 +6,7 @@
 pub mod collector;
 pub mod connections;
 pub mod flow_table;
+pub mod kernel_events;
 pub mod loader;
 pub mod logsink;
 pub mod metrics;
