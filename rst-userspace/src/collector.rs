@@ -240,7 +240,7 @@ impl Collector {
 }
 
 /// The tracing target of the kernel side's rare events.
-pub const KERNEL_EVENTS: &str = "rstwatch::kernel";
+pub const KERNEL_LOG_TARGET: &str = "rstwatch::kernel";
 
 /// The kernel side's rare events in `epoch` — a CPU's eviction log filling, resets finding the
 /// flow table full, races for a flow-table slot — at debug level, per CPU (`per_cpu` in the
@@ -250,20 +250,20 @@ fn log_rare_events(epoch: u32, per_cpu: &[ResetCounters], cpu_ids: &[u32], log_s
     for (cpu, counters) in cpu_ids.iter().zip(per_cpu) {
         if counters.logged >= u64::from(log_slots) {
             tracing::debug!(
-                target: KERNEL_EVENTS,
+                target: KERNEL_LOG_TARGET,
                 "CPU {cpu} filled its eviction log ({log_slots} entries) in epoch {epoch}: later evictions went to the flow table"
             );
         }
         if counters.overflow > 0 {
             tracing::debug!(
-                target: KERNEL_EVENTS,
+                target: KERNEL_LOG_TARGET,
                 "CPU {cpu} found the flow table full for {} resets in epoch {epoch}: counted per source instead",
                 counters.overflow
             );
         }
         if counters.table_races > 0 {
             tracing::debug!(
-                target: KERNEL_EVENTS,
+                target: KERNEL_LOG_TARGET,
                 "CPU {cpu} raced another CPU for a flow-table slot {} times in epoch {epoch}: the drain summed the whole half",
                 counters.table_races
             );

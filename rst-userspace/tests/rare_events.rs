@@ -11,7 +11,7 @@ use std::{
 
 use common::Kernel;
 use rst_common::{craft::tcp_v4, parse::TCP_RST, wire::FLOW_CACHE_SLOTS};
-use rstwatch::collector::KERNEL_EVENTS;
+use rstwatch::collector::KERNEL_LOG_TARGET;
 
 /// Everything a subscriber writes, kept for the test to read.
 #[derive(Clone, Default)]
@@ -54,13 +54,13 @@ fn scan_logging_at(level: tracing::Level) -> anyhow::Result<String> {
 #[test]
 fn rare_kernel_events_are_logged_at_debug_only() -> anyhow::Result<()> {
     let debug_log = scan_logging_at(tracing::Level::DEBUG)?;
-    let lines: Vec<&str> = debug_log.lines().filter(|line| line.contains(KERNEL_EVENTS)).collect();
+    let lines: Vec<&str> = debug_log.lines().filter(|line| line.contains(KERNEL_LOG_TARGET)).collect();
     assert!(lines.iter().any(|line| line.contains("filled its eviction log")), "the log filling: {lines:#?}");
     assert!(lines.iter().any(|line| line.contains("found the flow table full")), "the overflow: {lines:#?}");
     // One line per CPU and event, not per reset: the scan overflowed hundreds of times.
     assert!(lines.len() <= 3 * std::thread::available_parallelism()?.get(), "{lines:#?}");
 
     let info_log = scan_logging_at(tracing::Level::INFO)?;
-    assert!(!info_log.contains(KERNEL_EVENTS), "nothing of them below debug: {info_log}");
+    assert!(!info_log.contains(KERNEL_LOG_TARGET), "nothing of them below debug: {info_log}");
     Ok(())
 }
