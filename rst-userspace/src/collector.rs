@@ -7,7 +7,7 @@
 //! goes), drains the smaller hash tables with batch syscalls and zeroes the counter slot. Nothing races, so nothing is lost or counted twice, and every interval's flow
 //! counts add up to its counters: `sum(flows) + overflow == resets`.
 
-use std::{collections::HashMap, io, os::fd::AsFd as _, time::Instant};
+use std::{collections::HashMap, os::fd::AsFd as _, time::Instant};
 
 use anyhow::Context as _;
 use aya::{
@@ -24,8 +24,8 @@ use rst_common::{
 };
 
 use crate::{
-    batch::{drain_hash_map, lookup_per_cpu_array, update_per_cpu_array},
     flow_table::{EvictionLogMap, FlowTableMap},
+    sys::map_batch::{drain_hash_map, lookup_per_cpu_array, update_per_cpu_array},
 };
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
@@ -158,35 +158,13 @@ impl Collector {
         self.active = next;
         self.wait_for_grace_period();
 
-        let mut resets = ResetCounters::default();
         let per_cpu = self.reset_counters.get(&finished, 0).context("reading the reset counters")?;
         let logged: Vec<u64> = per_cpu.iter().map(|cpu| cpu.logged).collect();
-        for cpu in per_cpu.iter() {
-            resets.resets += cpu.resets;
-            resets.overflow += cpu.overflow;
-            resets.source_overflow += cpu.source_overflow;
-            resets.service_overflow += cpu.service_overflow;
-            resets.stack_overflow += cpu.stack_overflow;
-            resets.tx_resets += cpu.tx_resets;
-            resets.table_races += cpu.table_races;
-        }
+        let resets = ResetCounters::sum(per_cpu.iter());
+        log_rare_events(finished, &per_cpu, self.log.cpu_ids(), self.log.slots());
         let traffic = self.read_traffic()?;
         let [before, tx_before] = std::mem::replace(&mut self.traffic_before, traffic);
-        let [traffic, tx] = [traffic[0].since(&before), traffic[1].since(&tx_before)];
-        let counters = Counters {
-            frames: traffic.frames(),
-            tcp: traffic.tcp,
-            resets: resets.resets,
-            malformed: traffic.malformed,
-            fragments: traffic.fragments,
-            overflow: resets.overflow,
-            source_overflow: resets.source_overflow,
-            service_overflow: resets.service_overflow,
-            stack_overflow: resets.stack_overflow,
-            tx_frames: tx.frames(),
-            tx_tcp: tx.tcp,
-            tx_resets: resets.tx_resets,
-        };
+        let counters = Counters::of_period(&traffic[0].since(&before), &traffic[1].since(&tx_before), &resets);
 
         let first_slot = finished * FLOW_CACHE_SLOTS;
         let cached_slots: Vec<CacheSlot> =
@@ -239,36 +217,56 @@ impl Collector {
 
     /// Cumulative traffic: both directions together, and what was sent.
     fn read_traffic(&self) -> anyhow::Result<[TrafficCounters; 2]> {
-        let mut total = TrafficCounters::default();
-        let mut sent = TrafficCounters::default();
-        for direction in [DIRECTION_RX, DIRECTION_TX] {
-            for cpu in self.traffic.get(&u32::from(direction), 0).context("reading the traffic counters")?.iter() {
-                total.accumulate(cpu);
-                if direction == DIRECTION_TX {
-                    sent.accumulate(cpu);
-                }
-            }
-        }
-        Ok([total, sent])
+        let [received, sent] = [DIRECTION_RX, DIRECTION_TX].map(|direction| {
+            let per_cpu = self.traffic.get(&u32::from(direction), 0).context("reading the traffic counters")?;
+            anyhow::Ok(TrafficCounters::sum(per_cpu.iter()))
+        });
+        let (received, sent) = (received?, sent?);
+        Ok([TrafficCounters::sum([&received, &sent]), sent])
     }
 
     /// After this returns, every BPF program run that started before it has finished.
     fn wait_for_grace_period(&mut self) {
-        const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
-        // SAFETY: membarrier takes no pointers; MEMBARRIER_CMD_GLOBAL waits for an RCU grace
-        // period on all CPUs (synchronize_rcu), and BPF programs run inside RCU read sections.
-        let ret = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
-        if ret < 0 {
+        if let Err(error) = crate::sys::membarrier::global() {
             // nohz_full kernels refuse it. Programs run for microseconds; a pause orders of
             // magnitude longer is a safe, if not formally exact, substitute.
             if !self.warned_no_membarrier {
                 self.warned_no_membarrier = true;
-                tracing::warn!(
-                    "membarrier(MEMBARRIER_CMD_GLOBAL) failed ({}); waiting 50 ms per interval instead",
-                    io::Error::last_os_error()
-                );
+                tracing::warn!("{:#}; waiting 50 ms per interval instead", anyhow::Error::from(error));
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+/// The tracing target of the kernel side's rare events.
+pub const KERNEL_LOG_TARGET: &str = "rstwatch::kernel";
+
+/// The kernel side's rare events in `epoch` — a CPU's eviction log filling, resets finding the
+/// flow table full, races for a flow-table slot — at debug level, per CPU (`per_cpu` in the
+/// order of `cpu_ids`). Told from the counters the programs keep anyway, so they cost the
+/// programs nothing (see "Why no aya-log" in the README).
+fn log_rare_events(epoch: u32, per_cpu: &[ResetCounters], cpu_ids: &[u32], log_slots: u32) {
+    for (cpu, counters) in cpu_ids.iter().zip(per_cpu) {
+        if counters.logged >= u64::from(log_slots) {
+            tracing::debug!(
+                target: KERNEL_LOG_TARGET,
+                "CPU {cpu} filled its eviction log ({log_slots} entries) in epoch {epoch}: later evictions went to the flow table"
+            );
+        }
+        if counters.overflow > 0 {
+            tracing::debug!(
+                target: KERNEL_LOG_TARGET,
+                "CPU {cpu} found the flow table full for {} resets in epoch {epoch}: counted per source instead",
+                counters.overflow
+            );
+        }
+        if counters.table_races > 0 {
+            tracing::debug!(
+                target: KERNEL_LOG_TARGET,
+                "CPU {cpu} raced another CPU for a flow-table slot {} times in epoch {epoch}: the drain summed the whole half",
+                counters.table_races
+            );
         }
     }
 }

@@ -5,8 +5,7 @@
 
 use std::{
     io,
-    os::fd::{AsRawFd as _, BorrowedFd},
-    ptr::NonNull,
+    os::fd::BorrowedFd,
     sync::atomic::{AtomicU64, Ordering},
 };
 
@@ -16,47 +15,23 @@ use rst_common::{
     FlowKey,
 };
 
-/// A shared, read-write mapping of a BPF array's values.
-struct Mapping<T> {
-    start: NonNull<T>,
-    len: usize,
+use crate::sys::{self, mmap::Mapping};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("a flow table of 2 << {bits} slots is outside {MIN_FLOW_TABLE_BITS}..={MAX_FLOW_TABLE_BITS} bits")]
+    TableBits { bits: u32 },
+    #[error("an eviction log of {entries} entries is not two runs for each CPU id up to {highest_cpu:?}")]
+    LogLayout { entries: u32, highest_cpu: Option<u32> },
+    #[error("mapping the map into this process")]
+    Map(#[from] sys::Error),
+    #[error("reading {POSSIBLE_CPUS}")]
+    ReadCpus(#[source] io::Error),
+    #[error("{POSSIBLE_CPUS}: cannot parse {0:?}")]
+    ParseCpus(String),
 }
 
-impl<T> Mapping<T> {
-    fn new(map_fd: BorrowedFd<'_>, elements: usize) -> io::Result<Self> {
-        let len = elements * size_of::<T>();
-        // SAFETY: a new shared mapping of the map's data, which the kernel keeps alive while
-        // mapped; nothing else in this process aliases it.
-        let address = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                map_fd.as_raw_fd(),
-                0,
-            )
-        };
-        if address == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let start = NonNull::new(address.cast::<T>()).ok_or_else(|| io::Error::other("mmap returned NULL"))?;
-        Ok(Self { start, len })
-    }
-
-    fn at(&self, index: usize) -> *mut T {
-        debug_assert!((index + 1) * size_of::<T>() <= self.len);
-        // SAFETY: callers stay inside the mapping (checked above in debug builds).
-        unsafe { self.start.as_ptr().add(index) }
-    }
-}
-
-impl<T> Drop for Mapping<T> {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, unmapped once; no pointer into it outlives self.
-        unsafe { libc::munmap(self.start.as_ptr().cast(), self.len) };
-    }
-}
+const POSSIBLE_CPUS: &str = "/sys/devices/system/cpu/possible";
 
 /// Both epochs' halves of the table and the used-block bitmap, shared with the kernel.
 ///
@@ -79,10 +54,11 @@ impl FlowTableMap {
     /// its used-block bitmap behind `blocks_fd`, one of [`flow_block_words`]`(bits)` words.
     ///
     /// # Errors
-    /// `mmap`'s errno (`EINVAL` for a map created without `BPF_F_MMAPABLE`, or smaller).
-    pub fn new(table_fd: BorrowedFd<'_>, blocks_fd: BorrowedFd<'_>, bits: u32) -> io::Result<Self> {
+    /// [`Error::TableBits`], or [`Error::Map`] with `mmap`'s errno (`EINVAL` for a map created
+    /// without `BPF_F_MMAPABLE`, or smaller).
+    pub fn new(table_fd: BorrowedFd<'_>, blocks_fd: BorrowedFd<'_>, bits: u32) -> Result<Self, Error> {
         if !(MIN_FLOW_TABLE_BITS..=MAX_FLOW_TABLE_BITS).contains(&bits) {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("a flow table of 2 << {bits} slots")));
+            return Err(Error::TableBits { bits });
         }
         Ok(Self {
             slots: Mapping::new(table_fd, 2usize << bits)?,
@@ -114,9 +90,11 @@ impl FlowTableMap {
             let (word, first_bit) = (block / 64, block % 64);
             let bits_here = (64 - first_bit).min(first_block + blocks_per_epoch - block);
             let mask = if bits_here == 64 { u64::MAX } else { ((1u64 << bits_here) - 1) << first_bit };
-            // SAFETY: `word` is inside the bitmap mapping, aligned; the programs set bits of the
+            // The bitmap has a bit for every block of both halves (`flow_block_words`).
+            let Some(bitmap_word) = self.blocks.at(word) else { break };
+            // SAFETY: a word inside the bitmap mapping, aligned; the programs set bits of the
             // other half in the same word concurrently, so this clears with an atomic too.
-            let taken = unsafe { AtomicU64::from_ptr(self.blocks.at(word)) }.fetch_and(!mask, Ordering::AcqRel) & mask;
+            let taken = unsafe { AtomicU64::from_ptr(bitmap_word) }.fetch_and(!mask, Ordering::AcqRel) & mask;
             for bit in first_bit..first_bit + bits_here {
                 if whole_half || taken & (1 << bit) != 0 {
                     emptied += self.scan_block(word * 64 + bit, true, &mut sink);
@@ -139,14 +117,14 @@ impl FlowTableMap {
     }
 
     fn scan_block(&self, block: usize, empty: bool, sink: &mut impl FnMut(&FlowKey, u64)) -> usize {
-        let first = block << SLOTS_PER_BLOCK_LOG2;
+        // Every block of both halves is inside the table, `2 << bits` slots.
+        let Some(slots) = self.slots.run(block << SLOTS_PER_BLOCK_LOG2, 1 << SLOTS_PER_BLOCK_LOG2) else { return 0 };
         let mut used = 0;
-        for index in first..first + (1 << SLOTS_PER_BLOCK_LOG2) {
-            // SAFETY: `index` is inside the mapping; volatile because the memory is shared
-            // with the kernel. Emptying is only asked for by `drain`, whose contract keeps the
+        for slot in slots.iter() {
+            // SAFETY: a slot inside the mapping; volatile because the memory is shared with
+            // the kernel. Emptying is only asked for by `drain`, whose contract keeps the
             // kernel out of this half.
             unsafe {
-                let slot = self.slots.at(index);
                 if std::ptr::read_volatile(&raw const (*slot).tag) == 0 {
                     continue;
                 }
@@ -164,7 +142,7 @@ impl FlowTableMap {
 
 impl SlotArray for FlowTableMap {
     fn slot(&self, index: u32) -> Option<*mut FlowSlot> {
-        ((index as usize) < (2usize << self.bits)).then(|| self.slots.at(index as usize))
+        self.slots.at(index as usize)
     }
 
     unsafe fn claim(tag: *mut u64) -> bool {
@@ -189,12 +167,9 @@ impl SlotArray for FlowTableMap {
     }
 
     fn mark_block(&self, block: u32) -> bool {
-        let word = block as usize / 64;
-        if word >= flow_block_words(self.bits) as usize {
-            return false;
-        }
+        let Some(word) = self.blocks.at(block as usize / 64) else { return false };
         // SAFETY: inside the bitmap mapping, aligned; every writer uses atomics.
-        unsafe { AtomicU64::from_ptr(self.blocks.at(word)) }.fetch_or(1 << (block % 64), Ordering::Relaxed);
+        unsafe { AtomicU64::from_ptr(word) }.fetch_or(1 << (block % 64), Ordering::Relaxed);
         true
     }
 }
@@ -203,11 +178,10 @@ impl SlotArray for FlowTableMap {
 /// per-CPU map values come in. Not always `0..n`: the list can have holes.
 ///
 /// # Errors
-/// When the file cannot be read or parsed.
-pub fn possible_cpu_ids() -> io::Result<Vec<u32>> {
-    const POSSIBLE: &str = "/sys/devices/system/cpu/possible";
-    let list = std::fs::read_to_string(POSSIBLE)?;
-    parse_cpu_list(list.trim()).ok_or_else(|| io::Error::other(format!("{POSSIBLE}: cannot parse {list:?}")))
+/// [`Error::ReadCpus`], [`Error::ParseCpus`].
+pub fn possible_cpu_ids() -> Result<Vec<u32>, Error> {
+    let list = std::fs::read_to_string(POSSIBLE_CPUS).map_err(Error::ReadCpus)?;
+    parse_cpu_list(list.trim()).ok_or(Error::ParseCpus(list))
 }
 
 /// `0-3,8,10-11` → `[0, 1, 2, 3, 8, 10, 11]`; `None` unless every part is a number or an
@@ -250,16 +224,13 @@ impl EvictionLogMap {
     /// [`eviction_log_cpus`]).
     ///
     /// # Errors
-    /// When `entries` is not two equal runs per CPU id, or the mapping fails.
-    pub fn new(log_fd: BorrowedFd<'_>, entries: u32, cpu_ids: Vec<u32>) -> io::Result<Self> {
+    /// [`Error::LogLayout`] when `entries` is not two equal runs per CPU id, [`Error::Map`].
+    pub fn new(log_fd: BorrowedFd<'_>, entries: u32, cpu_ids: Vec<u32>) -> Result<Self, Error> {
         let runs = eviction_log_cpus(&cpu_ids)
             .checked_mul(2)
             .filter(|&runs| runs > 0 && entries.is_multiple_of(runs) && entries > 0);
         let Some(runs) = runs else {
-            return Err(io::Error::other(format!(
-                "an eviction log of {entries} entries is not two runs for each CPU id up to {:?}",
-                cpu_ids.last()
-            )));
+            return Err(Error::LogLayout { entries, highest_cpu: cpu_ids.last().copied() });
         };
         Ok(Self { entries: Mapping::new(log_fd, entries as usize)?, slots: entries / runs, cpu_ids })
     }
@@ -267,6 +238,11 @@ impl EvictionLogMap {
     /// Entries per CPU and epoch.
     pub fn slots(&self) -> u32 {
         self.slots
+    }
+
+    /// The possible CPUs' ids, in per-CPU value order.
+    pub fn cpu_ids(&self) -> &[u32] {
+        &self.cpu_ids
     }
 
     /// Passes each CPU's first `logged` entries of its run for `epoch` to `sink` and zeroes
@@ -298,10 +274,10 @@ impl EvictionLogMap {
 
     fn each(&self, epoch: u32, logged: &[u64], mut entry: impl FnMut(*mut LoggedFlow)) {
         for (&cpu, &used) in self.cpu_ids.iter().zip(logged) {
-            let run = (cpu * 2 + (epoch & 1)) as usize * self.slots as usize;
-            for n in 0..used.min(u64::from(self.slots)) as usize {
-                // Inside the mapping: run + n < 2 * (highest id + 1) * slots.
-                entry(self.entries.at(run + n));
+            let first = (cpu * 2 + (epoch & 1)) as usize * self.slots as usize;
+            // Inside the mapping, two runs for every id up to the highest: `new` checked it.
+            if let Some(run) = self.entries.run(first, used.min(u64::from(self.slots)) as usize) {
+                run.iter().for_each(&mut entry);
             }
         }
     }

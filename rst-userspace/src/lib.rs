@@ -3,10 +3,10 @@
 //! The modules follow the data: [`loader`] (object → kernel → interfaces), [`collector`] (maps →
 //! one exact [`collector::Sample`] per interval), [`report`] (samples → table or JSON Lines).
 
-pub mod batch;
 pub mod collector;
 pub mod connections;
 pub mod flow_table;
+pub mod kernel_events;
 pub mod loader;
 pub mod logsink;
 pub mod metrics;
@@ -16,3 +16,6 @@ pub mod report;
 pub mod sys;
 pub mod testrun;
 pub mod tui;
+
+/// The batch commands' old path, for code written against it.
+pub use sys::map_batch as batch;

@@ -9,15 +9,14 @@
 use std::{
     ffi::CString,
     fmt, io,
-    mem::size_of,
-    os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::{AsFd as _, OwnedFd},
 };
 
 use anyhow::Context as _;
 use aya::{
     programs::{
         tc::{SchedClassifierLink, TcAttachOptions},
-        LinkOrder, SchedClassifier, TcAttachType, TracePoint, Xdp,
+        LinkOrder, SchedClassifier, TcAttachType, Xdp,
     },
     Ebpf, EbpfLoader,
 };
@@ -26,7 +25,13 @@ use rst_common::wire::{
     CountingPrograms, GLOBAL_EVICTION_LOG_SLOTS, GLOBAL_FLOW_TABLE_BITS, GLOBAL_SEND_RESET_DADDR_OFFSET,
     GLOBAL_SEND_RESET_REASON_OFFSET, GLOBAL_SEND_RESET_SADDR_OFFSET, MAP_CONNECTIONS, MAP_CONN_FINGERPRINTS,
     MAP_EVICTION_LOG, MAP_FLOW_BLOCKS, MAP_FLOW_TABLE, MAP_OVERFLOW_SOURCES, MAP_SERVICES, MAP_STACK_RESETS,
-    PROG_SEND_RESET, PROG_XDP_ATOMIC,
+};
+
+// The tracepoint program's part of loading lives in its own module; its functions keep their
+// `loader::` paths.
+pub use crate::kernel_events::{
+    attach_kernel_events, parse_reason_names, reset_reason_names, start_kernel_events, warn_kernel_events,
+    SendResetFormat,
 };
 
 /// The XDP object built by `build.rs` (aya-build), embedded so the binary is self-contained.
@@ -54,7 +59,7 @@ pub enum Error {
         iface: String,
         mode: XdpMode,
         #[source]
-        source: io::Error,
+        source: crate::sys::Error,
     },
     #[error("attaching to the TC {direction} hook of {iface} failed")]
     AttachTc {
@@ -180,7 +185,7 @@ pub fn overflow_sources_for(max_flows: u32) -> u32 {
 /// one epoch's flow table, the overflow-source tables to [`overflow_sources_for`], services
 /// and kernel events to a quarter of it, and loads the XDP and TC programs. The tracepoint program is loaded by
 /// [`attach_kernel_events`].
-pub fn load(max_flows: u32) -> anyhow::Result<Ebpf> {
+pub fn load(max_flows: u32) -> anyhow::Result<LoadedObject> {
     load_counting(max_flows, Counting::Auto)
 }
 
@@ -202,17 +207,77 @@ pub enum Counting {
 }
 
 impl Counting {
-    /// Whether the programs must count atomically on this kernel.
-    pub fn is_atomic(self) -> bool {
+    /// What the choice means on this kernel.
+    pub fn resolve(self) -> CountingMode {
         match self {
-            Counting::Auto => is_preempt_rt(
-                std::fs::read_to_string("/sys/kernel/realtime").ok().as_deref(),
-                &std::fs::read_to_string("/proc/sys/kernel/version").unwrap_or_default(),
-            ),
-            Counting::PerCpu => false,
-            Counting::Atomic => true,
+            Counting::Auto if this_kernel_is_preempt_rt() => CountingMode::Atomic,
+            Counting::Auto | Counting::PerCpu => CountingMode::PerCpu,
+            Counting::Atomic => CountingMode::Atomic,
         }
     }
+}
+
+/// How the loaded programs count: what [`Counting`] resolved to when they were loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CountingMode {
+    PerCpu,
+    Atomic,
+}
+
+impl CountingMode {
+    /// `"per-cpu"` or `"atomic"`, as the run summary says it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CountingMode::PerCpu => "per-cpu",
+            CountingMode::Atomic => "atomic",
+        }
+    }
+
+    /// The programs that count this way.
+    pub fn programs(self) -> CountingPrograms {
+        CountingPrograms::new(self == CountingMode::Atomic)
+    }
+}
+
+/// The loaded object together with how its programs count, decided once by [`load_counting`]
+/// so that nothing has to guess it back from which programs have a file descriptor.
+///
+/// It derefs to the [`Ebpf`]: maps and programs are taken from it as from any aya object.
+pub struct LoadedObject {
+    ebpf: Ebpf,
+    counting: CountingMode,
+}
+
+impl LoadedObject {
+    pub fn counting(&self) -> CountingMode {
+        self.counting
+    }
+
+    /// The counting programs that were loaded.
+    pub fn programs(&self) -> CountingPrograms {
+        self.counting.programs()
+    }
+}
+
+impl std::ops::Deref for LoadedObject {
+    type Target = Ebpf;
+
+    fn deref(&self) -> &Ebpf {
+        &self.ebpf
+    }
+}
+
+impl std::ops::DerefMut for LoadedObject {
+    fn deref_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+}
+
+fn this_kernel_is_preempt_rt() -> bool {
+    is_preempt_rt(
+        std::fs::read_to_string("/sys/kernel/realtime").ok().as_deref(),
+        &std::fs::read_to_string("/proc/sys/kernel/version").unwrap_or_default(),
+    )
 }
 
 /// PREEMPT_RT kernels have `/sys/kernel/realtime` reading 1 (mainline since 6.12, the RT patch
@@ -223,22 +288,22 @@ pub fn is_preempt_rt(sys_kernel_realtime: Option<&str>, version: &str) -> bool {
 }
 
 /// [`load`], counting as `counting` says.
-pub fn load_counting(max_flows: u32, counting: Counting) -> anyhow::Result<Ebpf> {
-    let atomic = counting.is_atomic();
-    match (counting, atomic) {
-        (Counting::Auto, true) => tracing::info!(
+pub fn load_counting(max_flows: u32, counting: Counting) -> anyhow::Result<LoadedObject> {
+    let mode = counting.resolve();
+    match (counting, mode) {
+        (Counting::Auto, CountingMode::Atomic) => tracing::info!(
             "PREEMPT_RT kernel: counting with atomic adds and no per-CPU flow cache, so that programs \
              preempting each other on one CPU lose nothing (each RST costs more)"
         ),
         (Counting::Atomic, _) => {
             tracing::info!("counting with atomic adds and no per-CPU flow cache (--counting atomic)")
         }
-        (Counting::PerCpu, _) if Counting::Auto.is_atomic() => tracing::warn!(
+        (Counting::PerCpu, _) if this_kernel_is_preempt_rt() => tracing::warn!(
             "--counting per-cpu on a PREEMPT_RT kernel: programs preempting each other on one CPU can lose counts"
         ),
         _ => {}
     }
-    let programs = CountingPrograms::new(atomic);
+    let programs = mode.programs();
     let max_sources = overflow_sources_for(max_flows);
     let offsets = SendResetFormat::read();
     let table_bits = rst_common::table::flow_table_bits(max_flows);
@@ -276,165 +341,7 @@ pub fn load_counting(max_flows: u32, counting: Counting) -> anyhow::Result<Ebpf>
     for name in [programs.tc, programs.tc_egress] {
         classifier(&mut ebpf, name)?.load().map_err(|error| load_error(Box::new(error)))?;
     }
-    Ok(ebpf)
-}
-
-/// Where `tcp:tcp_send_reset` keeps the fields rstwatch reads, from its format file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SendResetFormat {
-    pub reason: u32,
-    pub saddr: u32,
-    pub daddr: u32,
-}
-
-const TRACEFS_MOUNTS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
-
-impl SendResetFormat {
-    /// # Errors
-    /// A one-line reason when tracefs is not mounted or the tracepoint (or its `reason`
-    /// field, before Linux 6.10) does not exist.
-    pub fn read() -> Result<SendResetFormat, String> {
-        let Some(format) = TRACEFS_MOUNTS
-            .iter()
-            .find_map(|mount| std::fs::read_to_string(format!("{mount}/events/tcp/tcp_send_reset/format")).ok())
-        else {
-            let mounted = TRACEFS_MOUNTS.iter().any(|mount| std::path::Path::new(mount).join("events").exists());
-            return Err(if mounted {
-                "this kernel has no tcp:tcp_send_reset tracepoint".to_owned()
-            } else {
-                "tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing)".to_owned()
-            });
-        };
-        SendResetFormat::parse(&format)
-    }
-
-    /// Parses a tracepoint format file: `field:<type> <name>[<n>];\toffset:<o>;\tsize:<s>;…`.
-    pub fn parse(format: &str) -> Result<SendResetFormat, String> {
-        let field = |wanted: &str, size: u32| -> Result<u32, String> {
-            for line in format.lines() {
-                let mut parts = line.trim().split(';').map(str::trim);
-                let Some(declaration) = parts.next().and_then(|d| d.strip_prefix("field:")) else {
-                    continue;
-                };
-                // `__u8 saddr[28]`, or on older kernels `saddr[sizeof(struct sockaddr_in6)]`.
-                let name = declaration.split('[').next().unwrap_or_default();
-                let name = name.rsplit(' ').next().unwrap_or_default();
-                if name != wanted {
-                    continue;
-                }
-                let mut offset = None;
-                let mut actual_size = None;
-                for part in parts {
-                    if let Some(value) = part.strip_prefix("offset:") {
-                        offset = value.parse::<u32>().ok();
-                    } else if let Some(value) = part.strip_prefix("size:") {
-                        actual_size = value.parse::<u32>().ok();
-                    }
-                }
-                return match (offset, actual_size) {
-                    (Some(offset), Some(actual)) if actual == size => Ok(offset),
-                    _ => Err(format!("tcp:tcp_send_reset field {wanted} is not {size} bytes on this kernel")),
-                };
-            }
-            Err(format!("tcp:tcp_send_reset has no {wanted} field on this kernel (Linux 6.10 added the reason)"))
-        };
-        Ok(SendResetFormat { reason: field("reason", 4)?, saddr: field("saddr", 28)?, daddr: field("daddr", 28)? })
-    }
-}
-
-/// Attaches the kernel-event program (see [`attach_kernel_events`]); when that is not possible,
-/// returns why, for the caller to say once (after the interfaces are attached, so a failed start
-/// stays one line) and to report. Also returns the names of the kernel's reset reasons, index =
-/// code.
-pub fn start_kernel_events(ebpf: &mut Ebpf) -> (Result<(), String>, Vec<String>) {
-    let status = attach_kernel_events(ebpf).map_err(|error| format!("{error:#}"));
-    (status, reset_reason_names())
-}
-
-/// The warning for [`start_kernel_events`]'s failure.
-pub fn warn_kernel_events(status: &Result<(), String>) {
-    if let Err(why) = status {
-        tracing::warn!("kernel reasons for this host's resets are unavailable: {why}");
-    }
-}
-
-/// `enum sk_rst_reason` names from the tracepoint's print format (they change between kernel
-/// versions), or Linux 6.18's list when the format cannot be read.
-pub fn reset_reason_names() -> Vec<String> {
-    TRACEFS_MOUNTS
-        .iter()
-        .find_map(|mount| std::fs::read_to_string(format!("{mount}/events/tcp/tcp_send_reset/format")).ok())
-        .and_then(|format| parse_reason_names(&format))
-        .unwrap_or_else(|| LINUX_6_18_RESET_REASONS.iter().map(|name| (*name).to_owned()).collect())
-}
-
-const LINUX_6_18_RESET_REASONS: [&str; 26] = [
-    "NOT_SPECIFIED",
-    "NO_SOCKET",
-    "TCP_INVALID_ACK_SEQUENCE",
-    "TCP_RFC7323_PAWS",
-    "TCP_TOO_OLD_ACK",
-    "TCP_ACK_UNSENT_DATA",
-    "TCP_FLAGS",
-    "TCP_OLD_ACK",
-    "TCP_ABORT_ON_DATA",
-    "TCP_TIMEWAIT_SOCKET",
-    "INVALID_SYN",
-    "TCP_ABORT_ON_CLOSE",
-    "TCP_ABORT_ON_LINGER",
-    "TCP_ABORT_ON_MEMORY",
-    "TCP_STATE",
-    "TCP_KEEPALIVE_TIMEOUT",
-    "TCP_DISCONNECT_WITH_DATA",
-    "MPTCP_RST_EUNSPEC",
-    "MPTCP_RST_EMPTCP",
-    "MPTCP_RST_ERESOURCE",
-    "MPTCP_RST_EPROHIBIT",
-    "MPTCP_RST_EWQ2BIG",
-    "MPTCP_RST_EBADPERF",
-    "MPTCP_RST_EMIDDLEBOX",
-    "ERROR",
-    "MAX",
-];
-
-/// The `{ code, "NAME" }` pairs of `__print_symbolic(REC->reason, …)`.
-pub fn parse_reason_names(format: &str) -> Option<Vec<String>> {
-    let start = format.find("__print_symbolic(REC->reason,")?;
-    let list = &format[start..];
-    let list = &list[..list.find(')')?];
-    let mut names = Vec::new();
-    for pair in list.split('{').skip(1) {
-        let (code, rest) = pair.split_once(',')?;
-        let code: usize = code.trim().parse().ok()?;
-        let name = rest.split('"').nth(1)?;
-        if names.len() <= code {
-            names.resize(code + 1, String::new());
-        }
-        names[code] = name.to_owned();
-    }
-    for (code, name) in names.iter_mut().enumerate() {
-        if name.is_empty() {
-            *name = format!("REASON_{code}");
-        }
-    }
-    (!names.is_empty()).then_some(names)
-}
-
-/// Loads and attaches the `tcp:tcp_send_reset` program, so resets this host's stack sends carry
-/// the kernel's reason.
-///
-/// # Errors
-/// Why the reasons are unavailable (no tracefs, an older kernel, missing CAP_PERFMON): the
-/// caller reports it once and carries on without them.
-pub fn attach_kernel_events(ebpf: &mut Ebpf) -> anyhow::Result<()> {
-    SendResetFormat::read().map_err(anyhow::Error::msg)?;
-    let program: &mut TracePoint = ebpf
-        .program_mut(PROG_SEND_RESET)
-        .ok_or_else(|| anyhow::anyhow!("the eBPF object has no program {PROG_SEND_RESET}"))?
-        .try_into()?;
-    program.load().context("loading the tcp:tcp_send_reset program")?;
-    program.attach("tcp", "tcp_send_reset").context("attaching to tcp:tcp_send_reset")?;
-    Ok(())
+    Ok(LoadedObject { ebpf, counting: mode })
 }
 
 fn load_error(error: Box<dyn std::error::Error + Send + Sync>) -> anyhow::Error {
@@ -460,33 +367,21 @@ fn load_error(error: Box<dyn std::error::Error + Send + Sync>) -> anyhow::Error 
     Error::Load(error).into()
 }
 
-/// The counting programs [`load_counting`] loaded: the per-CPU set or the atomic one.
-pub fn counting_programs(ebpf: &Ebpf) -> CountingPrograms {
-    let atomic = ebpf.program(PROG_XDP_ATOMIC).is_some_and(|program| program.fd().is_ok());
-    CountingPrograms::new(atomic)
-}
-
-/// `"atomic"` or `"per-cpu"`: how the loaded programs count (see [`Counting`]).
-pub fn counting_mode(ebpf: &Ebpf) -> &'static str {
-    if counting_programs(ebpf).xdp == PROG_XDP_ATOMIC {
-        "atomic"
-    } else {
-        "per-cpu"
-    }
-}
-
-pub fn xdp_program(ebpf: &mut Ebpf) -> anyhow::Result<&mut Xdp> {
-    let name = counting_programs(ebpf).xdp;
-    let program = ebpf.program_mut(name).ok_or_else(|| anyhow::anyhow!("the eBPF object has no program {name}"))?;
+/// The XDP program that counts, of the set the object was loaded with.
+pub fn xdp_program(object: &mut LoadedObject) -> anyhow::Result<&mut Xdp> {
+    let name = object.programs().xdp;
+    let program = object.program_mut(name).ok_or_else(|| anyhow::anyhow!("the eBPF object has no program {name}"))?;
     Ok(program.try_into()?)
 }
 
-pub fn tc_program(ebpf: &mut Ebpf) -> anyhow::Result<&mut SchedClassifier> {
-    classifier(ebpf, counting_programs(ebpf).tc)
+pub fn tc_program(object: &mut LoadedObject) -> anyhow::Result<&mut SchedClassifier> {
+    let name = object.programs().tc;
+    classifier(object, name)
 }
 
-pub fn tc_egress_program(ebpf: &mut Ebpf) -> anyhow::Result<&mut SchedClassifier> {
-    classifier(ebpf, counting_programs(ebpf).tc_egress)
+pub fn tc_egress_program(object: &mut LoadedObject) -> anyhow::Result<&mut SchedClassifier> {
+    let name = object.programs().tc_egress;
+    classifier(object, name)
 }
 
 fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut SchedClassifier> {
@@ -511,7 +406,7 @@ pub fn resolve_targets(names: &[String]) -> anyhow::Result<Vec<(String, u32)>> {
 
 /// Attaches the chosen hook's program to one interface.
 pub fn attach(
-    ebpf: &mut Ebpf,
+    ebpf: &mut LoadedObject,
     hook: HookChoice,
     xdp_mode: XdpModeChoice,
     iface: &str,
@@ -540,7 +435,7 @@ pub fn attach(
 
 /// Attaches to every target; if one fails, those before it are dropped (detached) on the way out.
 pub fn attach_all(
-    ebpf: &mut Ebpf,
+    ebpf: &mut LoadedObject,
     hook: HookChoice,
     xdp_mode: XdpModeChoice,
     targets: &[(String, u32)],
@@ -561,12 +456,7 @@ pub fn resolve_interface(name: &str) -> Result<u32, Error> {
         return Err(invalid("contains '/', ':', whitespace or control characters"));
     }
     let c_name = CString::new(name).map_err(|_| invalid("contains a NUL byte"))?;
-    // SAFETY: `c_name` is a valid NUL-terminated string for the duration of the call.
-    let ifindex = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
-    if ifindex == 0 {
-        return Err(Error::UnknownInterface { name: name.to_owned() });
-    }
-    Ok(ifindex)
+    crate::sys::netdev::index_of(&c_name).ok_or_else(|| Error::UnknownInterface { name: name.to_owned() })
 }
 
 /// An attached program. Dropping it (or the process dying) detaches it: both kinds are links
@@ -698,10 +588,10 @@ pub fn attach_xdp(program: &Xdp, iface: &str, ifindex: u32, choice: XdpModeChoic
         XdpModeChoice::Native => &[XdpMode::Native],
         XdpModeChoice::Skb => &[XdpMode::Skb],
     };
-    let program_fd = program.fd().map_err(|error| Error::Load(Box::new(error)))?.as_fd().as_raw_fd();
+    let program_fd = program.fd().map_err(|error| Error::Load(Box::new(error)))?.as_fd();
     let mut last_error = None;
     for &mode in modes {
-        match bpf_link_create_xdp(program_fd, ifindex, mode) {
+        match crate::sys::bpf_link::create_xdp(program_fd, ifindex, mode.link_flags()) {
             Ok(link) => {
                 return Ok(Attachment {
                     iface: iface.to_owned(),
@@ -744,47 +634,9 @@ fn describe_holder(ifindex: u32) -> String {
     }
 }
 
-/// The `link_create` member of `union bpf_attr`, up to the fields XDP uses, plus zeroed room.
-#[repr(C)]
-#[derive(Default)]
-struct LinkCreateAttr {
-    prog_fd: u32,
-    target_ifindex: u32,
-    attach_type: u32,
-    flags: u32,
-    _rest: [u64; 4],
-}
-
-const BPF_LINK_CREATE: libc::c_long = 28;
-const BPF_XDP: u32 = 37;
-
-fn bpf_link_create_xdp(program_fd: i32, ifindex: u32, mode: XdpMode) -> io::Result<OwnedFd> {
-    let attr = LinkCreateAttr {
-        prog_fd: program_fd as u32,
-        target_ifindex: ifindex,
-        attach_type: BPF_XDP,
-        flags: mode.link_flags(),
-        ..Default::default()
-    };
-    // SAFETY: `attr` is a valid, zero-padded bpf_attr prefix that lives across the call.
-    let ret = unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_LINK_CREATE, &attr as *const LinkCreateAttr, size_of::<LinkCreateAttr>())
-    };
-    if ret < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: on success BPF_LINK_CREATE returns a new file descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(ret as i32) })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const LINUX_6_18: &str = "name: tcp_send_reset\nformat:\n\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\
-        \tfield:const void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;\n\tfield:int state;\toffset:24;\tsize:4;\tsigned:1;\n\
-        \tfield:enum sk_rst_reason reason;\toffset:28;\tsize:4;\tsigned:0;\n\tfield:__u8 saddr[28];\toffset:32;\tsize:28;\tsigned:0;\n\
-        \tfield:__u8 daddr[28];\toffset:60;\tsize:28;\tsigned:0;\n\nprint fmt: \"x\", __print_symbolic(REC->reason, { 0, \"NOT_SPECIFIED\" }, { 1, \"NO_SOCKET\" }, { 3, \"TCP_RFC7323_PAWS\" })\n";
 
     #[test]
     fn preempt_rt_is_told_by_sys_kernel_realtime_or_the_version_string() {
@@ -796,22 +648,5 @@ mod tests {
         assert!(!is_preempt_rt(Some("0\n"), "#1 SMP PREEMPT Mon Jan  1 00:00:00 UTC 2024"));
         // A word that merely starts with it is not the flag.
         assert!(!is_preempt_rt(None, "#1 SMP PREEMPT_RTX"));
-    }
-
-    #[test]
-    fn send_reset_format_gives_offsets_and_reason_names() {
-        assert_eq!(SendResetFormat::parse(LINUX_6_18), Ok(SendResetFormat { reason: 28, saddr: 32, daddr: 60 }));
-        // Older kernels spell the array size out.
-        let older = LINUX_6_18.replace("saddr[28]", "saddr[sizeof(struct sockaddr_in6)]");
-        assert_eq!(SendResetFormat::parse(&older).map(|f| f.saddr), Ok(32));
-        let names = parse_reason_names(LINUX_6_18).expect("names");
-        assert_eq!(names, ["NOT_SPECIFIED", "NO_SOCKET", "REASON_2", "TCP_RFC7323_PAWS"]);
-    }
-
-    #[test]
-    fn a_kernel_without_the_reason_field_is_named() {
-        let without = LINUX_6_18.replace("enum sk_rst_reason reason;", "int other;");
-        let error = SendResetFormat::parse(&without).expect_err("no reason field");
-        assert!(error.contains("no reason field"), "{error}");
     }
 }

@@ -197,7 +197,7 @@ fn run(cli: WatchArgs) -> anyhow::Result<()> {
     let mut aggregator = Aggregator::new(interfaces, top as usize).limit_flows(summary_flows);
     loader::warn_kernel_events(&kernel_events);
     aggregator.kernel_events(kernel_events, reason_names);
-    aggregator.counting(loader::counting_mode(&ebpf));
+    aggregator.counting(ebpf.counting().as_str());
     let mut printer = Printer::new(io::stdout().lock(), format, top as usize).by(by);
     let mut watch_state = Watch {
         collector: &mut collector,
@@ -233,8 +233,8 @@ fn run(cli: WatchArgs) -> anyhow::Result<()> {
     }
 }
 
-fn program_name(ebpf: &aya::Ebpf, hook: HookChoice) -> &'static str {
-    let programs = loader::counting_programs(ebpf);
+fn program_name(ebpf: &loader::LoadedObject, hook: HookChoice) -> &'static str {
+    let programs = ebpf.programs();
     match hook {
         HookChoice::Xdp => programs.xdp,
         HookChoice::Tc => programs.tc,
@@ -247,7 +247,7 @@ struct Watch<'a, W: Write> {
     aggregator: &'a mut Aggregator,
     printer: &'a mut Printer<W>,
     metrics: Option<&'a Metrics>,
-    ebpf: &'a mut aya::Ebpf,
+    ebpf: &'a mut loader::LoadedObject,
     /// One per `-i`, in order; `None` while that interface is gone.
     attachments: &'a mut Vec<Option<Attachment>>,
     /// Per `-i`: whether its disappearance was reported and a re-attach failure logged.

@@ -1,11 +1,9 @@
 //! Which XDP program an interface already holds, asked of the kernel over rtnetlink, so that
 //! rstwatch can name what it refuses to replace.
 
-use std::{
-    io,
-    mem::size_of,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-};
+use std::{io, mem::size_of};
+
+use crate::sys;
 
 const RTM_NEWLINK: u16 = 16;
 const RTM_GETLINK: u16 = 18;
@@ -14,22 +12,6 @@ const IFLA_XDP_ATTACHED: u16 = 2;
 const IFLA_XDP_PROG_ID: u16 = 4;
 const NLA_TYPE_MASK: u16 = 0x3fff;
 const NLMSG_ERROR: u16 = 2;
-
-#[repr(C)]
-struct Request {
-    header: libc::nlmsghdr,
-    info: IfInfoMsg,
-}
-
-#[repr(C)]
-struct IfInfoMsg {
-    family: u8,
-    _pad: u8,
-    kind: u16,
-    index: i32,
-    flags: u32,
-    change: u32,
-}
 
 /// The XDP program attached to an interface, as rtnetlink reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,36 +22,33 @@ pub struct AttachedXdp {
 }
 
 /// Returns the XDP program on `ifindex`, if any. Needs no capability.
-pub fn attached_xdp(ifindex: u32) -> io::Result<Option<AttachedXdp>> {
-    // SAFETY: plain socket(2) call; the returned descriptor is owned below.
-    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just created and nothing else owns it.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    let request = Request {
-        header: libc::nlmsghdr {
-            nlmsg_len: size_of::<Request>() as u32,
-            nlmsg_type: RTM_GETLINK,
-            nlmsg_flags: libc::NLM_F_REQUEST as u16,
-            nlmsg_seq: 1,
-            nlmsg_pid: 0,
-        },
-        info: IfInfoMsg { family: libc::AF_UNSPEC as u8, _pad: 0, kind: 0, index: ifindex as i32, flags: 0, change: 0 },
-    };
-    // SAFETY: `request` is a fully initialized repr(C) value that outlives the call.
-    let sent = unsafe { libc::send(socket.as_raw_fd(), (&request as *const Request).cast(), size_of::<Request>(), 0) };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut buffer = vec![0u8; 64 * 1024];
-    // SAFETY: `buffer` is writable for its whole length during the call.
-    let received = unsafe { libc::recv(socket.as_raw_fd(), buffer.as_mut_ptr().cast(), buffer.len(), 0) };
-    if received < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    parse_link_message(&buffer[..received as usize])
+///
+/// # Errors
+/// The socket's errors, the kernel's answer to the request (`ENODEV`), a malformed reply.
+pub fn attached_xdp(ifindex: u32) -> sys::Result<Option<AttachedXdp>> {
+    parse_link_message(&sys::netlink::route_request(&getlink_request(ifindex))?)
+}
+
+const CALL: &str = "rtnetlink RTM_GETLINK";
+
+/// `struct ifinfomsg`: family, pad, type (u8, u8, u16), index (i32), flags, change (u32, u32).
+const IFINFOMSG_LEN: usize = 16;
+
+/// An `RTM_GETLINK` request for one interface: a `nlmsghdr` and an `ifinfomsg`.
+fn getlink_request(ifindex: u32) -> Vec<u8> {
+    let len = size_of::<libc::nlmsghdr>() + IFINFOMSG_LEN;
+    let mut request = Vec::with_capacity(len);
+    request.extend_from_slice(&(len as u32).to_ne_bytes());
+    request.extend_from_slice(&RTM_GETLINK.to_ne_bytes());
+    request.extend_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
+    // Sequence number, then port id 0: the kernel.
+    request.extend_from_slice(&1u32.to_ne_bytes());
+    request.extend_from_slice(&0u32.to_ne_bytes());
+    // ifinfomsg: family, pad, type, then the index; flags and change stay zero.
+    request.extend_from_slice(&[libc::AF_UNSPEC as u8, 0, 0, 0]);
+    request.extend_from_slice(&(ifindex as i32).to_ne_bytes());
+    request.resize(len, 0);
+    request
 }
 
 fn u16_at(bytes: &[u8], at: usize) -> Option<u16> {
@@ -95,17 +74,17 @@ fn attributes(bytes: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     })
 }
 
-fn parse_link_message(message: &[u8]) -> io::Result<Option<AttachedXdp>> {
-    let malformed = || io::Error::new(io::ErrorKind::InvalidData, "malformed rtnetlink reply");
+fn parse_link_message(message: &[u8]) -> sys::Result<Option<AttachedXdp>> {
+    let malformed = || sys::Error::Malformed { call: CALL, what: "a reply shorter than its headers say" };
     let kind = u16_at(message, 4).ok_or_else(malformed)?;
     if kind == NLMSG_ERROR {
         let errno = u32_at(message, size_of::<libc::nlmsghdr>()).ok_or_else(malformed)? as i32;
-        return Err(io::Error::from_raw_os_error(-errno));
+        return Err(sys::Error::Os { call: CALL, source: io::Error::from_raw_os_error(-errno) });
     }
     if kind != RTM_NEWLINK {
         return Err(malformed());
     }
-    let attrs = message.get(size_of::<libc::nlmsghdr>() + size_of::<IfInfoMsg>()..).ok_or_else(malformed)?;
+    let attrs = message.get(size_of::<libc::nlmsghdr>() + IFINFOMSG_LEN..).ok_or_else(malformed)?;
     let Some((_, xdp)) = attributes(attrs).find(|(kind, _)| *kind == IFLA_XDP) else {
         return Ok(None);
     };
@@ -150,7 +129,7 @@ mod tests {
     }
 
     fn link_message(attrs: &[u8]) -> Vec<u8> {
-        let mut message = vec![0u8; size_of::<libc::nlmsghdr>() + size_of::<IfInfoMsg>()];
+        let mut message = vec![0u8; size_of::<libc::nlmsghdr>() + IFINFOMSG_LEN];
         message[4..6].copy_from_slice(&RTM_NEWLINK.to_ne_bytes());
         message.extend_from_slice(attrs);
         message
@@ -171,6 +150,16 @@ mod tests {
         assert_eq!(parse_link_message(&link_message(&attribute(3, b"veth0\0"))).unwrap(), None);
         let attrs = attribute(IFLA_XDP, &attribute(IFLA_XDP_ATTACHED, &[0]));
         assert_eq!(parse_link_message(&link_message(&attrs)).unwrap(), None);
+    }
+
+    #[test]
+    fn the_request_is_one_nlmsghdr_and_ifinfomsg_for_the_interface() {
+        let request = getlink_request(7);
+        assert_eq!(request.len(), 32);
+        assert_eq!(u32_at(&request, 0), Some(32));
+        assert_eq!(u16_at(&request, 4), Some(RTM_GETLINK));
+        assert_eq!(u16_at(&request, 6), Some(libc::NLM_F_REQUEST as u16));
+        assert_eq!(u32_at(&request, 20), Some(7));
     }
 
     #[test]

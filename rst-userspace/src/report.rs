@@ -514,7 +514,7 @@ impl Aggregator {
         self.reason_names = reason_names;
     }
 
-    /// How the kernel side counts (see [`crate::loader::counting_mode`]), for the summary.
+    /// How the kernel side counts (see [`crate::loader::CountingMode`]), for the summary.
     pub fn counting(&mut self, mode: &'static str) {
         self.counting = Some(mode);
     }

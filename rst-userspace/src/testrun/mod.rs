@@ -77,7 +77,7 @@ pub enum Error {
 
 /// The object as live mode loads it, its collector, and a second look at its maps.
 pub struct Harness {
-    ebpf: Ebpf,
+    ebpf: loader::LoadedObject,
     collector: Collector,
     programs: CountingPrograms,
     probe: probe::Probe,
@@ -90,7 +90,7 @@ impl Harness {
     /// `counting` picks.
     pub fn load(max_flows: u32, counting: Counting) -> anyhow::Result<Self> {
         let mut ebpf = loader::load_counting(max_flows, counting).context("loading the eBPF object for test runs")?;
-        let programs = loader::counting_programs(&ebpf);
+        let programs = ebpf.programs();
         let mut map_ids = Vec::new();
         for (name, map) in ebpf.maps() {
             if let Some(data) = readable(map) {
@@ -119,7 +119,7 @@ impl Harness {
 
     /// `"per-cpu"` or `"atomic"`: which counting programs were loaded.
     pub fn counting_mode(&self) -> &'static str {
-        loader::counting_mode(&self.ebpf)
+        self.ebpf.counting().as_str()
     }
 
     pub fn ebpf(&self) -> &Ebpf {

@@ -1,16 +1,18 @@
-//! `BPF_MAP_LOOKUP_AND_DELETE_BATCH`, which aya 0.14 does not wrap.
+//! The bpf(2) map batch commands, which aya 0.14 does not wrap: `BPF_MAP_LOOKUP_BATCH`,
+//! `BPF_MAP_UPDATE_BATCH` and `BPF_MAP_LOOKUP_AND_DELETE_BATCH`. Minimum kernel: 5.6.
 //!
 //! Draining a hash map with `iter()` + `remove()` costs a lookup, a get-next-key walk and a
 //! delete per entry (quadratic in the worst case); the batch command moves thousands of entries
-//! per syscall. Minimum kernel: 5.6.
+//! per syscall.
 
 use std::{
-    io,
     mem::size_of,
     os::fd::{AsRawFd as _, BorrowedFd},
 };
 
 use aya::Pod;
+
+use super::{Error, Result};
 
 const BPF_MAP_LOOKUP_AND_DELETE_BATCH: libc::c_long = 25;
 
@@ -34,14 +36,16 @@ const _: () = assert!(size_of::<BatchAttr>() == 56);
 /// bucket that does gets `ENOSPC`, and the buffer grows.
 const INITIAL_CHUNK: usize = 8192;
 
-/// Removes every entry from the hash map behind `map_fd` and passes each to `sink`.
+/// Removes every entry from the hash map behind `map_fd` and passes each to `sink`, with
+/// `BPF_MAP_LOOKUP_AND_DELETE_BATCH` (Linux 5.6).
 ///
 /// Only correct for maps no BPF program writes to while this runs (rstwatch drains the table
 /// of the previous epoch, after a grace period). Returns the number of entries drained.
 ///
 /// # Errors
-/// The syscall's errno, except `ENOENT` (end of map) which ends the drain normally.
-pub fn drain_hash_map<K: Pod, V: Pod>(map_fd: BorrowedFd<'_>, mut sink: impl FnMut(&K, &V)) -> io::Result<usize> {
+/// [`Error::Os`] with the syscall's errno, except `ENOENT` (end of map) which ends the drain
+/// normally and `ENOSPC` (a bucket larger than the buffer) which grows the buffer.
+pub fn drain_hash_map<K: Pod, V: Pod>(map_fd: BorrowedFd<'_>, mut sink: impl FnMut(&K, &V)) -> Result<usize> {
     let mut chunk = INITIAL_CHUNK;
     let mut keys: Vec<K> = Vec::with_capacity(chunk);
     let mut values: Vec<V> = Vec::with_capacity(chunk);
@@ -69,7 +73,7 @@ pub fn drain_hash_map<K: Pod, V: Pod>(map_fd: BorrowedFd<'_>, mut sink: impl FnM
                 size_of::<BatchAttr>(),
             )
         };
-        let error = (ret < 0).then(io::Error::last_os_error);
+        let error = (ret < 0).then(|| Error::last("bpf(BPF_MAP_LOOKUP_AND_DELETE_BATCH)"));
         let returned = (attr.count as usize).min(chunk);
         // SAFETY: the kernel wrote `returned` complete keys and values (both Pod) into the
         // buffers, whose capacity is `chunk`.
@@ -102,12 +106,14 @@ const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 
 /// Reads `count` consecutive entries of the per-CPU array behind `map_fd`, starting at index
-/// `first`, with one `BPF_MAP_LOOKUP_BATCH`. Returns, per index, `cpus` values (the kernel's
-/// per-CPU layout: each value padded to 8 bytes, which `V: Pod` with 8-byte size already is).
+/// `first`, with one `BPF_MAP_LOOKUP_BATCH` (Linux 5.6). Returns, per index, `cpus` values (the
+/// kernel's per-CPU layout: each value padded to 8 bytes, which `V: Pod` with 8-byte size
+/// already is).
 ///
 /// # Errors
-/// The syscall's errno, or `UnexpectedEof` when the kernel returned fewer entries than asked.
-pub fn lookup_per_cpu_array<V: Pod>(map_fd: BorrowedFd<'_>, first: u32, count: u32, cpus: usize) -> io::Result<Vec<V>> {
+/// [`Error::Os`] with the syscall's errno, or [`Error::Partial`] when the kernel returned fewer
+/// entries than asked (the range runs past the array's end).
+pub fn lookup_per_cpu_array<V: Pod>(map_fd: BorrowedFd<'_>, first: u32, count: u32, cpus: usize) -> Result<Vec<V>> {
     assert_eq!(size_of::<V>() % 8, 0, "per-CPU values are laid out in 8-byte units");
     let mut keys = vec![0u32; count as usize];
     let mut values: Vec<V> = Vec::with_capacity(count as usize * cpus);
@@ -128,18 +134,15 @@ pub fn lookup_per_cpu_array<V: Pod>(map_fd: BorrowedFd<'_>, first: u32, count: u
     let ret = unsafe {
         libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &mut attr as *mut BatchAttr, size_of::<BatchAttr>())
     };
-    let error = (ret < 0).then(io::Error::last_os_error);
-    if let Some(error) = error {
+    if ret < 0 {
+        let error = Error::last("bpf(BPF_MAP_LOOKUP_BATCH)");
         // ENOENT only means the batch reached the end of the array.
         if error.raw_os_error() != Some(libc::ENOENT) {
             return Err(error);
         }
     }
     if attr.count != count {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            format!("read {} of {count} array entries", attr.count),
-        ));
+        return Err(Error::Partial { call: "bpf(BPF_MAP_LOOKUP_BATCH)", done: attr.count, asked: count });
     }
     // SAFETY: the kernel wrote `count` complete per-CPU values (Pod) for each of `count` keys.
     unsafe { values.set_len(count as usize * cpus) };
@@ -147,8 +150,11 @@ pub fn lookup_per_cpu_array<V: Pod>(map_fd: BorrowedFd<'_>, first: u32, count: u
 }
 
 /// Writes `values` (`cpus` per index) to `count` consecutive indices from `first` of the
-/// per-CPU array behind `map_fd`, with one `BPF_MAP_UPDATE_BATCH`.
-pub fn update_per_cpu_array<V: Pod>(map_fd: BorrowedFd<'_>, first: u32, values: &[V], cpus: usize) -> io::Result<()> {
+/// per-CPU array behind `map_fd`, with one `BPF_MAP_UPDATE_BATCH` (Linux 5.6).
+///
+/// # Errors
+/// As [`update_batch`].
+pub fn update_per_cpu_array<V: Pod>(map_fd: BorrowedFd<'_>, first: u32, values: &[V], cpus: usize) -> Result<()> {
     assert_eq!(size_of::<V>() % 8, 0, "per-CPU values are laid out in 8-byte units");
     let keys: Vec<u32> = (first..first + (values.len() / cpus) as u32).collect();
     update_batch(map_fd, &keys, values)
@@ -158,8 +164,9 @@ pub fn update_per_cpu_array<V: Pod>(map_fd: BorrowedFd<'_>, first: u32, values: 
 /// in a row) with one `BPF_MAP_UPDATE_BATCH`. Minimum kernel: 5.6.
 ///
 /// # Errors
-/// The syscall's errno, or `WriteZero` when the kernel wrote fewer entries than given.
-pub fn update_batch<K: Pod, V: Pod>(map_fd: BorrowedFd<'_>, keys: &[K], values: &[V]) -> io::Result<()> {
+/// [`Error::Os`] with the syscall's errno, or [`Error::Partial`] when the kernel wrote fewer
+/// entries than given.
+pub fn update_batch<K: Pod, V: Pod>(map_fd: BorrowedFd<'_>, keys: &[K], values: &[V]) -> Result<()> {
     let mut attr = BatchAttr {
         keys: keys.as_ptr() as u64,
         values: values.as_ptr() as u64,
@@ -173,13 +180,10 @@ pub fn update_batch<K: Pod, V: Pod>(map_fd: BorrowedFd<'_>, keys: &[K], values: 
         libc::syscall(libc::SYS_bpf, BPF_MAP_UPDATE_BATCH, &mut attr as *mut BatchAttr, size_of::<BatchAttr>())
     };
     if ret < 0 {
-        return Err(io::Error::last_os_error());
+        return Err(Error::last("bpf(BPF_MAP_UPDATE_BATCH)"));
     }
     if attr.count as usize != keys.len() {
-        return Err(io::Error::new(
-            io::ErrorKind::WriteZero,
-            format!("wrote {} of {} entries", attr.count, keys.len()),
-        ));
+        return Err(Error::Partial { call: "bpf(BPF_MAP_UPDATE_BATCH)", done: attr.count, asked: keys.len() as u32 });
     }
     Ok(())
 }

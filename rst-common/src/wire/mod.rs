@@ -1,0 +1,31 @@
+//! The layouts kernel and userspace exchange through BPF maps, and the names and sizes both
+//! sides build them from.
+//!
+//! Every type is `#[repr(C)]` with explicit padding, so the bytes the kernel hashes as a map key
+//! are exactly the bytes userspace builds, and sizes are asserted at compile time. One module per
+//! concern; everything is re-exported here, so `rst_common::wire::FlowKey` and the like stay the
+//! paths to use.
+
+mod class;
+mod counters;
+mod defaults;
+mod hash;
+mod keys;
+pub mod names;
+mod values;
+
+pub use class::{ResetClass, ResetKind};
+pub use counters::{Counters, ResetCounters, TrafficCounters};
+pub use defaults::{
+    CONN_GENERATIONS, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_OVERFLOW_SOURCES, DEFAULT_MAX_SERVICES,
+    FLOW_CACHE_SLOTS,
+};
+pub use keys::{
+    native_words, word, ConnKey, FlowKey, ServiceKey, SourceKey, StackResetKey, DIRECTION_RX, DIRECTION_TX,
+    FAMILY_IPV4, FAMILY_IPV6, IPPROTO_TCP,
+};
+pub use names::*;
+pub use values::{
+    CacheSlot, ConnState, FlowValue, LoggedFlow, ServiceValue, CONN_CLIENT_IS_LO, CONN_FIN, CONN_RESET, CONN_SYN,
+    CONN_SYNACK,
+};

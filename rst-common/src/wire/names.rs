@@ -1,0 +1,138 @@
+//! The names of the object's maps, programs and globals, shared so the loader and the contract
+//! test (`rst-userspace/tests/object.rs`) cannot drift from the object.
+
+/// Both epochs' flow tables in one mmap-able array (see [`crate::table`]).
+pub const MAP_FLOW_TABLE: &str = "FLOW_TABLE";
+/// The flow table's used-block bitmap (see [`crate::table::SLOTS_PER_BLOCK_LOG2`]).
+pub const MAP_FLOW_BLOCKS: &str = "FLOW_BLOCKS";
+/// The global holding log2 of one epoch's flow-table slots (and of the connection table's); the
+/// loader sets it.
+pub const GLOBAL_FLOW_TABLE_BITS: &str = "FLOW_TABLE_BITS";
+pub const MAP_OVERFLOW_SOURCES: [&str; 2] = ["OVERFLOW_SOURCES_0", "OVERFLOW_SOURCES_1"];
+pub const MAP_FLOW_CACHE: &str = "FLOW_CACHE";
+/// The epoch is the object's only zero-initialized global (`EPOCH` in `rst-ebpf`), so the
+/// loader makes the `.bss` section a one-entry array map holding just that u32.
+pub const MAP_EPOCH: &str = ".bss";
+/// The global in [`MAP_EPOCH`].
+pub const GLOBAL_EPOCH: &str = "EPOCH";
+/// Per connection group, a generation the kernel bumps on every change (see
+/// [`crate::wire::CONN_GENERATIONS`]); only the programs use it.
+pub const MAP_CONN_GENERATIONS: &str = "CONN_GENERATIONS";
+pub const MAP_TRAFFIC: &str = "TRAFFIC";
+pub const MAP_RESET_COUNTERS: &str = "RESET_COUNTERS";
+pub const MAP_CONNECTIONS: &str = "CONNECTIONS";
+pub const MAP_CONN_FINGERPRINTS: &str = "CONN_FINGERPRINTS";
+pub const MAP_EVICTION_LOG: &str = "EVICTION_LOG";
+/// The global holding each CPU's eviction-log entries per epoch; the loader sets it.
+pub const GLOBAL_EVICTION_LOG_SLOTS: &str = "EVICTION_LOG_SLOTS";
+pub const MAP_SERVICES: [&str; 2] = ["SERVICES_0", "SERVICES_1"];
+pub const MAP_STACK_RESETS: [&str; 2] = ["STACK_RESETS_0", "STACK_RESETS_1"];
+pub const PROG_XDP: &str = "rstwatch_xdp";
+pub const PROG_TC: &str = "rstwatch_tc";
+pub const PROG_TC_EGRESS: &str = "rstwatch_tc_egress";
+/// The same three programs counting with atomic adds only and without the per-CPU flow cache,
+/// for kernels where two programs on one CPU may interleave (PREEMPT_RT).
+pub const PROG_XDP_ATOMIC: &str = "rstwatch_xdp_atomic";
+pub const PROG_TC_ATOMIC: &str = "rstwatch_tc_atomic";
+pub const PROG_TC_EGRESS_ATOMIC: &str = "rstwatch_tc_egress_atomic";
+
+/// The names of one set of counting programs (XDP, TC ingress, TC egress).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CountingPrograms {
+    pub xdp: &'static str,
+    pub tc: &'static str,
+    pub tc_egress: &'static str,
+}
+
+impl CountingPrograms {
+    /// Per-CPU counting (the default), or atomic counting.
+    pub const fn new(atomic: bool) -> CountingPrograms {
+        if atomic {
+            CountingPrograms { xdp: PROG_XDP_ATOMIC, tc: PROG_TC_ATOMIC, tc_egress: PROG_TC_EGRESS_ATOMIC }
+        } else {
+            CountingPrograms { xdp: PROG_XDP, tc: PROG_TC, tc_egress: PROG_TC_EGRESS }
+        }
+    }
+}
+/// Tracepoint `tcp:tcp_send_reset` (kernel ≥ 6.10 for its `reason`).
+pub const PROG_SEND_RESET: &str = "rstwatch_send_reset";
+/// Globals the loader sets from the tracepoint's format file before loading.
+pub const GLOBAL_SEND_RESET_REASON_OFFSET: &str = "SEND_RESET_REASON_OFFSET";
+pub const GLOBAL_SEND_RESET_SADDR_OFFSET: &str = "SEND_RESET_SADDR_OFFSET";
+pub const GLOBAL_SEND_RESET_DADDR_OFFSET: &str = "SEND_RESET_DADDR_OFFSET";
+/// An empty XDP_PASS program in the same object: the baseline for cost measurements.
+pub const PROG_XDP_BASELINE: &str = "rstwatch_xdp_pass";
+/// An empty TC program returning "next": the baseline for the TC programs.
+pub const PROG_TC_BASELINE: &str = "rstwatch_tc_next";
+
+/// The kinds of map the object defines (`enum bpf_map_type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapKind {
+    Hash,
+    Array,
+    PerCpuArray,
+}
+
+impl MapKind {
+    /// The kernel's `BPF_MAP_TYPE_*` number.
+    pub const fn map_type(self) -> u32 {
+        match self {
+            MapKind::Hash => 1,
+            MapKind::Array => 2,
+            MapKind::PerCpuArray => 6,
+        }
+    }
+}
+
+/// The kinds of program the object defines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgramKind {
+    Xdp,
+    SchedClassifier,
+    TracePoint,
+}
+
+/// Every map of the object and its kind, the `.bss` data map included: a map added to the
+/// object is added here, and the contract test holds the object to exactly this list.
+pub const MAPS: [(&str, MapKind); 17] = [
+    (MAP_FLOW_TABLE, MapKind::Array),
+    (MAP_FLOW_BLOCKS, MapKind::Array),
+    (MAP_OVERFLOW_SOURCES[0], MapKind::Hash),
+    (MAP_OVERFLOW_SOURCES[1], MapKind::Hash),
+    (MAP_EVICTION_LOG, MapKind::Array),
+    (MAP_FLOW_CACHE, MapKind::PerCpuArray),
+    (MAP_EPOCH, MapKind::Array),
+    (MAP_CONN_GENERATIONS, MapKind::Array),
+    (MAP_RESET_COUNTERS, MapKind::PerCpuArray),
+    (MAP_TRAFFIC, MapKind::PerCpuArray),
+    (MAP_CONNECTIONS, MapKind::Array),
+    (MAP_CONN_FINGERPRINTS, MapKind::Array),
+    (MAP_SERVICES[0], MapKind::Hash),
+    (MAP_SERVICES[1], MapKind::Hash),
+    (MAP_STACK_RESETS[0], MapKind::Hash),
+    (MAP_STACK_RESETS[1], MapKind::Hash),
+    // The loader's overrides of the globals below, a map aya makes from the section.
+    (".rodata", MapKind::Array),
+];
+
+/// Every program of the object and its kind.
+pub const PROGRAMS: [(&str, ProgramKind); 9] = [
+    (PROG_XDP, ProgramKind::Xdp),
+    (PROG_TC, ProgramKind::SchedClassifier),
+    (PROG_TC_EGRESS, ProgramKind::SchedClassifier),
+    (PROG_XDP_ATOMIC, ProgramKind::Xdp),
+    (PROG_TC_ATOMIC, ProgramKind::SchedClassifier),
+    (PROG_TC_EGRESS_ATOMIC, ProgramKind::SchedClassifier),
+    (PROG_SEND_RESET, ProgramKind::TracePoint),
+    (PROG_XDP_BASELINE, ProgramKind::Xdp),
+    (PROG_TC_BASELINE, ProgramKind::SchedClassifier),
+];
+
+/// The u32 globals the loader sets before loading (read-only to the programs).
+pub const LOADER_GLOBALS: [&str; 5] = [
+    GLOBAL_FLOW_TABLE_BITS,
+    GLOBAL_EVICTION_LOG_SLOTS,
+    GLOBAL_SEND_RESET_REASON_OFFSET,
+    GLOBAL_SEND_RESET_SADDR_OFFSET,
+    GLOBAL_SEND_RESET_DADDR_OFFSET,
+];
