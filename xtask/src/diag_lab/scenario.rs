@@ -168,7 +168,7 @@ impl fmt::Display for Rst {
     }
 }
 
-pub(super) fn refused_client(client_ip: IpAddr, server: SocketAddr) -> Result<SocketAddr> {
+pub fn refused_client(client_ip: IpAddr, server: SocketAddr) -> Result<SocketAddr> {
     let (sock, local) = bound_client(client_ip)?;
     match sock.connect_timeout(&server.into(), IO_TIMEOUT) {
         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Ok(local),

@@ -122,21 +122,32 @@ pub fn tcp_segments(bytes: &[u8]) -> Result<Vec<Segment>> {
 
 static CAPTURES: AtomicU32 = AtomicU32::new(0);
 
-/// tcpdump on one lab interface, every TCP segment to a file of its own (removed on drop).
+/// tcpdump on one lab interface, every TCP segment to a file: a temporary one of its own
+/// (removed on drop) or one the caller keeps.
 pub struct Capture {
     proc: Option<Proc>,
     path: PathBuf,
+    keep: bool,
 }
 
 impl Capture {
     pub fn start(iface: &Iface) -> Result<Capture> {
         let n = CAPTURES.fetch_add(1, Ordering::Relaxed);
         let path = std::env::temp_dir().join(format!("rstwatch-diag-{}-{n}.pcap", std::process::id()));
+        Self::spawn(iface, path, false)
+    }
+
+    /// Like [`Capture::start`], but into `path`, which stays when the capture ends.
+    pub fn to_file(iface: &Iface, path: &Path) -> Result<Capture> {
+        Self::spawn(iface, path.to_owned(), true)
+    }
+
+    fn spawn(iface: &Iface, path: PathBuf, keep: bool) -> Result<Capture> {
         let mut cmd = iface.ns.exec("tcpdump");
         cmd.args(["-i", &iface.name, "-nn", "-U", "-Z", "root", "-w"]).arg(&path).arg("tcp");
         let mut proc = Proc::spawn(&mut cmd)?;
         proc.wait_for_stderr("listening on", CAPTURE_START_TIMEOUT)?;
-        Ok(Capture { proc: Some(proc), path })
+        Ok(Capture { proc: Some(proc), path, keep })
     }
 
     /// Stops tcpdump and returns what it captured.
@@ -153,8 +164,10 @@ impl Capture {
 impl Drop for Capture {
     fn drop(&mut self) {
         drop(self.proc.take());
-        // Never written if tcpdump failed to start.
-        let _ = std::fs::remove_file(&self.path);
+        if !self.keep {
+            // Never written if tcpdump failed to start.
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
