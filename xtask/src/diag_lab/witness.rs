@@ -144,7 +144,9 @@ impl Capture {
 
     fn spawn(iface: &Iface, path: PathBuf, keep: bool) -> Result<Capture> {
         let mut cmd = iface.ns.exec("tcpdump");
-        cmd.args(["-i", &iface.name, "-nn", "-U", "-Z", "root", "-w"]).arg(&path).arg("tcp");
+        // --immediate-mode: without it packets reach tcpdump in blocks, and those of the last
+        // block before SIGINT can be lost.
+        cmd.args(["-i", &iface.name, "-nn", "-U", "--immediate-mode", "-Z", "root", "-w"]).arg(&path).arg("tcp");
         let mut proc = Proc::spawn(&mut cmd)?;
         proc.wait_for_stderr("listening on", CAPTURE_START_TIMEOUT)?;
         Ok(Capture { proc: Some(proc), path, keep })

@@ -6,8 +6,7 @@
 //! closes with SO_LINGER {on, 0} as soon as the connect succeeded. So the backend never accepts
 //! a check; its kernel drops the half-open request and counts it as `Tcp: AttemptFails`. The
 //! account of each check comes from a capture on the backend's veth (HAProxy is not ours to
-//! instrument); the counter only says when a check has come and gone. (It ran one ahead of the
-//! capture on Linux 6.18 in every run tried, with no segment to show for the extra one.)
+//! instrument), cross-checked against that kernel counter.
 
 use std::{
     net::SocketAddr,
@@ -98,6 +97,7 @@ impl HealthChecks {
             proc.signal(libc::SIGKILL)?;
             drop(proc);
         }
+        let checks = self.checks()?;
         // tcpdump may not have read the last check's RST off its ring yet.
         thread::sleep(Duration::from_millis(100));
         let segments = self.capture.take().context("capture already stopped")?.stop()?;
@@ -106,7 +106,11 @@ impl HealthChecks {
             let at_ms = (s.time_us / 1000).saturating_sub(clock.start_unix_ms());
             account.conns.push(ConnRecord { client: s.src, server: self.service, outcome: Outcome::Reset, at_ms });
         }
-        ensure!(!account.conns.is_empty(), "no check's RST crossed the backend's veth");
+        ensure!(
+            u64::try_from(account.conns.len()).ok() == Some(checks),
+            "the backend's kernel counted {checks} reset checks, its veth carried {} RSTs",
+            account.conns.len()
+        );
         account.details = Details::HealthCheck {
             checker: CLIENT.into(),
             interval_ms: u64::try_from(CHECK_INTERVAL.as_millis()).unwrap_or(u64::MAX),
