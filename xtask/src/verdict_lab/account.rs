@@ -177,6 +177,45 @@ impl Account {
             .collect()
     }
 
+    /// The lab's account in one sentence, as the demo prints it next to rstwatch's verdicts.
+    pub fn text(&self) -> String {
+        let svc = self.service;
+        let refused = self.count(Outcome::Refused);
+        let reset = self.count(Outcome::Reset);
+        let closed = self.count(Outcome::Closed);
+        match self.details {
+            Details::WentDown { killed_ms, first_refusal_ms, .. } => format!(
+                "{svc} served {closed} requests, its process was killed at {killed_ms} ms, and it refused \
+                 {refused} connections from {first_refusal_ms} ms on: it went down"
+            ),
+            Details::Limit { limit } => format!(
+                "{svc} holds {limit} connections (nftables ct count): {refused} more were reset in the handshake: \
+                 a connection limit"
+            ),
+            Details::StateLost { primary, standby, moved_ms } => format!(
+                "{svc} moved from {primary} to {standby} at {moved_ms} ms: the standby reset the {reset} connections \
+                 it never saw: state lost"
+            ),
+            Details::Middlebox { rst_ttl, peer_ttl, .. } => format!(
+                "the router forged {refused} resets claiming to be {svc} (TTL {rst_ttl}; the host's own packets \
+                 arrive with {peer_ttl}): a middlebox"
+            ),
+            Details::HealthCheck { checker, interval_ms } => format!(
+                "HAProxy on {checker} checked {svc} {reset} times, every {interval_ms} ms, resetting each check \
+                 right after the handshake: health checks (benign)"
+            ),
+            Details::None => match self.cause {
+                Cause::NoListener => {
+                    format!("nothing listens on {svc}: its kernel refused all {refused} connections: no listener")
+                }
+                Cause::AppAbort => {
+                    format!("{svc} answered and then aborted {reset} connections (SO_LINGER 0): the application")
+                }
+                other => format!("{svc}: {} ({} connections)", other.name(), self.conns.len()),
+            },
+        }
+    }
+
     pub fn to_json(&self, clock: &Clock) -> Value {
         let resets = self.rsts_at(End::Client).len();
         let mut v = json!({
@@ -184,6 +223,7 @@ impl Account {
             "addr": self.service.ip().to_string(),
             "port": self.service.port(),
             "benign": self.cause.benign(),
+            "text": self.text(),
             "sender": match self.cause.resetter() {
                 Resetter::Client => "client",
                 Resetter::Router => "router",

@@ -214,18 +214,31 @@ impl VerdictLab {
     /// Every scenario, one after the other, with HAProxy checking the backend throughout; runs
     /// at least `at_least` in all (the health checks need time to show their interval).
     pub fn run_all(&self, at_least: Duration) -> Result<Run> {
+        self.run_announced(at_least, |_| {})
+    }
+
+    /// `run_all`, calling `announce` with each cause as its scenario begins (the demo's
+    /// narration; HAProxy's checks begin first and end last).
+    pub fn run_announced(&self, at_least: Duration, mut announce: impl FnMut(Cause)) -> Result<Run> {
         let clock = Clock::start();
+        announce(Cause::HealthCheck);
         let checks = HealthChecks::start(self, &clock)?;
-        let mut accounts = vec![
-            self.no_listener(&clock).context("no_listener")?,
-            self.went_down(&clock).context("went_down")?,
-            self.connection_limit(&clock).context("connection_limit")?,
-            self.state_lost(&clock).context("state_lost")?,
-            self.middlebox(&clock).context("middlebox")?,
-            self.app_abort(&clock).context("app_abort")?,
-        ];
+        let mut accounts = Vec::new();
+        for cause in Cause::ALL.into_iter().filter(|&c| c != Cause::HealthCheck) {
+            announce(cause);
+            let account = match cause {
+                Cause::NoListener => self.no_listener(&clock),
+                Cause::WentDown => self.went_down(&clock),
+                Cause::ConnectionLimit => self.connection_limit(&clock),
+                Cause::StateLost => self.state_lost(&clock),
+                Cause::Middlebox => self.middlebox(&clock),
+                Cause::AppAbort => self.app_abort(&clock),
+                Cause::HealthCheck => continue,
+            };
+            accounts.push(account.context(cause.name())?);
+        }
         std::thread::sleep(at_least.saturating_sub(Duration::from_millis(clock.ms())));
-        accounts.push(checks.stop(&clock).context("health_check")?);
+        accounts.push(checks.stop(&clock).context(Cause::HealthCheck.name())?);
         Ok(Run { clock, accounts })
     }
 
