@@ -15,7 +15,9 @@ use std::{
 use anyhow::{ensure, Context as _, Result};
 use serde_json::Value;
 use xtask::{
-    diag_lab::{self, tcp_segments, Capture, End, ResetTrace, Rst, Segment, ACK, DEFAULT_TTL, FIN, RST, SYN},
+    diag_lab::{
+        self, ensure_rsts, listing, tcp_segments, Capture, End, ResetTrace, Segment, ACK, DEFAULT_TTL, FIN, RST, SYN,
+    },
     verdict_lab::{host_of, Account, Cause, Details, Outcome, Role, Run, VerdictLab, CLIENT, SERVED_PORT, VIP},
 };
 
@@ -25,14 +27,6 @@ const RUN: Duration = Duration::from_secs(3);
 /// HAProxy's `inter`, and how far apart two checks may be from it on a loaded CI machine.
 const CHECK_INTERVAL_MS: u64 = 250;
 const INTERVAL_SLACK_MS: u64 = 60;
-
-fn listing<'a>(segments: impl IntoIterator<Item = &'a Segment>) -> String {
-    segments.into_iter().map(|s| format!("\n    {s}")).collect()
-}
-
-fn rst_list(rsts: &[Rst]) -> String {
-    rsts.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
-}
 
 /// Whether `s` belongs to a connection with `service` (either direction).
 fn with(s: &Segment, service: SocketAddr) -> bool {
@@ -50,18 +44,7 @@ fn ms_of(s: &Segment, run: &Run) -> u64 {
 
 /// The RSTs on one veth are exactly what the accounts whose connections cross it say.
 fn check_rsts(name: &str, accounts: &[&Account], end: End, segments: &[Segment]) -> Result<()> {
-    let mut want: Vec<Rst> = accounts.iter().flat_map(|a| a.rsts_at(end)).collect();
-    let mut got: Vec<Rst> = segments.iter().filter_map(Segment::as_rst).collect();
-    want.sort();
-    got.sort();
-    ensure!(
-        got == want,
-        "RSTs on {name} differ from the account\n  want: {}\n  got:  {}\n  all segments:{}",
-        rst_list(&want),
-        rst_list(&got),
-        listing(segments)
-    );
-    Ok(())
+    ensure_rsts(name, accounts.iter().flat_map(|a| a.rsts_at(end)).collect(), segments)
 }
 
 /// Each refusal is a RST+ACK answering the SYN of its connection, with no SYN+ACK before it.

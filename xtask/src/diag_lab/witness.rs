@@ -120,6 +120,28 @@ pub fn tcp_segments(bytes: &[u8]) -> Result<Vec<Segment>> {
     Ok(segments)
 }
 
+/// One segment a line, for error messages.
+pub fn listing<'a>(segments: impl IntoIterator<Item = &'a Segment>) -> String {
+    segments.into_iter().map(|s| format!("\n    {s}")).collect()
+}
+
+/// The RSTs among `segments` are exactly `want` (in any order); the error names `place` and
+/// lists every segment.
+pub fn ensure_rsts(place: &str, mut want: Vec<Rst>, segments: &[Segment]) -> Result<()> {
+    let mut got: Vec<Rst> = segments.iter().filter_map(Segment::as_rst).collect();
+    want.sort();
+    got.sort();
+    let list = |rsts: &[Rst]| rsts.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+    ensure!(
+        got == want,
+        "RSTs on {place} differ from the lab's account\n  want: {}\n  got:  {}\n  all segments:{}",
+        list(&want),
+        list(&got),
+        listing(segments)
+    );
+    Ok(())
+}
+
 static CAPTURES: AtomicU32 = AtomicU32::new(0);
 
 /// tcpdump on one lab interface, every TCP segment to a file: a temporary one of its own
