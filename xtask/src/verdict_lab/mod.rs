@@ -151,7 +151,17 @@ impl Run {
             "client": CLIENT.to_string(),
             "client_if": lab.client_if.name,
             "router": ROUTER_CLIENT_SIDE.to_string(),
-            "services": self.accounts.iter().map(|a| a.to_json(&self.clock)).collect::<Vec<_>>(),
+            "router_client_if": lab.router_client_if.name,
+            "services": self.accounts.iter().map(|a| {
+                let host = lab.host(host_of(a.cause));
+                let mut v = a.to_json(&self.clock);
+                // Where the server side of the service is watched: the host that sends (or, for
+                // the router's forgeries, never sees) its RSTs.
+                v["host"] = json!(host.role.name());
+                v["host_addr"] = json!(host.role.addr().to_string());
+                v["host_if"] = json!(host.iface.name);
+                v
+            }).collect::<Vec<_>>(),
         })
     }
 }
