@@ -18,7 +18,10 @@ use xtask::{
     diag_lab::{
         self, ensure_rsts, listing, tcp_segments, Capture, End, ResetTrace, Segment, ACK, DEFAULT_TTL, FIN, RST, SYN,
     },
-    verdict_lab::{host_of, Account, Cause, Details, Outcome, Role, Run, VerdictLab, CLIENT, SERVED_PORT, VIP},
+    verdict_lab::{
+        host_of, Account, Cause, Details, Outcome, Role, Run, VerdictLab, CLIENT, CLIENT6, IPV6_CAUSES, SERVED_PORT,
+        VIP,
+    },
 };
 
 /// Past any delayed ACK or first retransmission timeout, so a stray segment would show.
@@ -216,7 +219,15 @@ fn check_counts(run: &Run) -> Result<()> {
     ensure!(count(Cause::StateLost, Outcome::Reset) == 3);
     ensure!(count(Cause::Middlebox, Outcome::Refused) == 3);
     ensure!(count(Cause::AppAbort, Outcome::Reset) == 3);
-    ensure!(run.accounts.iter().map(|a| a.cause).collect::<Vec<_>>() == Cause::ALL);
+    let v4 = Cause::ALL.iter().filter(|&&c| c != Cause::HealthCheck);
+    let order: Vec<Cause> = v4.chain(&IPV6_CAUSES).chain([&Cause::HealthCheck]).copied().collect();
+    ensure!(run.accounts.iter().map(|a| a.cause).collect::<Vec<_>>() == order);
+    let v6: Vec<Cause> = run.accounts.iter().filter(|a| a.service.is_ipv6()).map(|a| a.cause).collect();
+    ensure!(v6 == IPV6_CAUSES, "IPv6 accounts: {v6:?}");
+    for cause in IPV6_CAUSES {
+        let both: Vec<&Account> = run.accounts.iter().filter(|a| a.cause == cause).collect();
+        ensure!(both.len() == 2 && both[0].conns.len() == both[1].conns.len(), "{}: v4 and v6 differ", cause.name());
+    }
     Ok(())
 }
 
@@ -325,7 +336,8 @@ fn every_service_resets_for_its_one_cause_only() -> Result<()> {
         "the standby saw a handshake: it must know none of the connections"
     );
     check_kernel_reasons(&run, &events)?;
-    ensure!(client_segs.iter().all(|s| s.src.ip() == IpAddr::from(CLIENT) || s.dst.ip() == IpAddr::from(CLIENT)));
+    let ours = [IpAddr::from(CLIENT), IpAddr::from(CLIENT6)];
+    ensure!(client_segs.iter().all(|s| ours.contains(&s.src.ip()) || ours.contains(&s.dst.ip())));
     ensure!(client_segs.iter().filter_map(Segment::as_rst).all(|r| r.ttl == DEFAULT_TTL || r.ttl == DEFAULT_TTL - 1));
     Ok(())
 }
@@ -340,7 +352,7 @@ fn committed_capture_matches_its_account() -> Result<()> {
     let segments = tcp_segments(&pcap)?;
     let mut want: Vec<(SocketAddr, SocketAddr)> = Vec::new();
     let services = account["services"].as_array().context("no services")?;
-    ensure!(services.len() == Cause::ALL.len(), "{} services", services.len());
+    ensure!(services.len() == Cause::ALL.len() + IPV6_CAUSES.len(), "{} services", services.len());
     for service in services {
         let from_client = service["sender"] == "client";
         let mut resets = 0;

@@ -13,6 +13,9 @@
 //!                                                         └─ veth ── backend   10.89.2.18 (HAProxy's checks)
 //! ```
 //!
+//! IPv6 (fd89:1::/64, fd89:2::/64, hosts fd89:2::11 ...) carries the scenarios of
+//! [`IPV6_CAUSES`] a second time.
+//!
 //! Every server host is one hop from the client: its own segments reach the client's veth with
 //! TTL 63, the router's forged RSTs with 64. Each scenario (see `scenarios`) returns its
 //! [`Account`]; every RST it accounts for is the only one of its connection, so captures on the
@@ -23,7 +26,7 @@ mod haproxy;
 mod scenarios;
 
 use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::Path,
     sync::Mutex,
     time::Duration,
@@ -37,13 +40,18 @@ pub use account::{Account, Cause, Clock, ConnRecord, Details, Outcome};
 pub use haproxy::HealthChecks;
 
 use crate::{
-    diag_lab::{nft, ping, sysctl, Capture},
+    diag_lab::{nft, ping, sysctl, Capture, Family},
     lab::{Iface, Lab, Netns},
 };
 
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 89, 1, 2);
 pub const ROUTER_CLIENT_SIDE: Ipv4Addr = Ipv4Addr::new(10, 89, 1, 1);
 pub const ROUTER_LAN: Ipv4Addr = Ipv4Addr::new(10, 89, 2, 1);
+pub const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd89, 1, 0, 0, 0, 0, 0, 2);
+pub const ROUTER6_CLIENT_SIDE: Ipv6Addr = Ipv6Addr::new(0xfd89, 1, 0, 0, 0, 0, 0, 1);
+pub const ROUTER6_LAN: Ipv6Addr = Ipv6Addr::new(0xfd89, 2, 0, 0, 0, 0, 0, 1);
+/// The scenarios that also run over IPv6 (on the same hosts, ports and counts).
+pub const IPV6_CAUSES: [Cause; 2] = [Cause::NoListener, Cause::AppAbort];
 /// The address that moves from the primary to the standby.
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 89, 2, 20);
 
@@ -110,6 +118,28 @@ impl Role {
         };
         Ipv4Addr::new(10, 89, 2, host)
     }
+
+    /// The IPv6 address: the same last digits, fd89:2::11 for 10.89.2.11.
+    pub fn addr6(self) -> Ipv6Addr {
+        let [.., last] = self.addr().octets();
+        let hex = u16::from(last / 10) << 4 | u16::from(last % 10);
+        Ipv6Addr::new(0xfd89, 2, 0, 0, 0, 0, 0, hex)
+    }
+
+    pub fn addr_in(self, family: Family) -> IpAddr {
+        match family {
+            Family::V4 => self.addr().into(),
+            Family::V6 => self.addr6().into(),
+        }
+    }
+}
+
+/// The client's address of the family of `server`.
+pub fn client_for(server: &IpAddr) -> IpAddr {
+    match Family::of(server) {
+        Family::V4 => CLIENT.into(),
+        Family::V6 => CLIENT6.into(),
+    }
 }
 
 /// The host whose veth carries each cause's server side: for `state_lost` the standby, which
@@ -149,6 +179,7 @@ impl Run {
             "lab": "verdict-lab",
             "started_unix_ms": self.clock.start_unix_ms(),
             "client": CLIENT.to_string(),
+            "client6": CLIENT6.to_string(),
             "client_if": lab.client_if.name,
             "router": ROUTER_CLIENT_SIDE.to_string(),
             "router_client_if": lab.router_client_if.name,
@@ -158,7 +189,7 @@ impl Run {
                 // Where the server side of the service is watched: the host that sends (or, for
                 // the router's forgeries, never sees) its RSTs.
                 v["host"] = json!(host.role.name());
-                v["host_addr"] = json!(host.role.addr().to_string());
+                v["host_addr"] = json!(host.role.addr_in(Family::of(&a.service.ip())).to_string());
                 v["host_if"] = json!(host.iface.name);
                 v
             }).collect::<Vec<_>>(),
@@ -185,28 +216,41 @@ impl VerdictLab {
         let mut lab = Lab::new()?;
         let client = lab.add_ns("client")?;
         let router = lab.add_ns("router")?;
+        no_dad(&client)?;
+        no_dad(&router)?;
         let (client_if, router_client_if) = lab.add_veth(&client, &router)?;
         client_if.add_addr(CLIENT.into(), 24)?;
+        client_if.add_addr(CLIENT6.into(), 64)?;
         router_client_if.add_addr(ROUTER_CLIENT_SIDE.into(), 24)?;
+        router_client_if.add_addr(ROUTER6_CLIENT_SIDE.into(), 64)?;
         client.ip(["route", "add", "default", "via", &ROUTER_CLIENT_SIDE.to_string()])?;
+        client.ip(["-6", "route", "add", "default", "via", &ROUTER6_CLIENT_SIDE.to_string()])?;
         // The bridge lives inside the router's namespace: its name only has to be unique there.
         router.ip(["link", "add", "lan", "type", "bridge"])?;
         router.ip(["link", "set", "lan", "up"])?;
         router.ip(["addr", "add", &format!("{ROUTER_LAN}/24"), "dev", "lan"])?;
+        router.ip(["-6", "addr", "add", &format!("{ROUTER6_LAN}/64"), "dev", "lan", "nodad"])?;
         let mut hosts = Vec::new();
         for role in Role::ALL {
             let ns = lab.add_ns(role.name())?;
+            no_dad(&ns)?;
             let (port, iface) = lab.add_veth(&router, &ns)?;
             router.ip(["link", "set", &port.name, "master", "lan"])?;
             iface.add_addr(role.addr().into(), 24)?;
+            iface.add_addr(role.addr6().into(), 64)?;
             ns.ip(["route", "add", "default", "via", &ROUTER_LAN.to_string()])?;
+            ns.ip(["-6", "route", "add", "default", "via", &ROUTER6_LAN.to_string()])?;
             hosts.push(Host { role, ns, iface });
         }
         sysctl(&router, "net.ipv4.ip_forward=1")?;
+        sysctl(&router, "net.ipv6.conf.all.forwarding=1")?;
         nft(&router, &forging_ruleset())?;
         let vlab = VerdictLab { client, router, client_if, router_client_if, hosts, held: Mutex::new(Vec::new()), lab };
         for host in &vlab.hosts {
             ping(&vlab.client, host.role.addr().into())?;
+        }
+        for cause in IPV6_CAUSES {
+            ping(&vlab.client, host_of(cause).addr6().into())?;
         }
         Ok(vlab)
     }
@@ -237,16 +281,18 @@ impl VerdictLab {
         for cause in Cause::ALL.into_iter().filter(|&c| c != Cause::HealthCheck) {
             announce(cause);
             let account = match cause {
-                Cause::NoListener => self.no_listener(&clock),
+                Cause::NoListener => self.no_listener(Family::V4, &clock),
                 Cause::WentDown => self.went_down(&clock),
                 Cause::ConnectionLimit => self.connection_limit(&clock),
                 Cause::StateLost => self.state_lost(&clock),
                 Cause::Middlebox => self.middlebox(&clock),
-                Cause::AppAbort => self.app_abort(&clock),
+                Cause::AppAbort => self.app_abort(Family::V4, &clock),
                 Cause::HealthCheck => continue,
             };
             accounts.push(account.context(cause.name())?);
         }
+        accounts.push(self.no_listener(Family::V6, &clock).context("no_listener over IPv6")?);
+        accounts.push(self.app_abort(Family::V6, &clock).context("app_abort over IPv6")?);
         std::thread::sleep(at_least.saturating_sub(Duration::from_millis(clock.ms())));
         accounts.push(checks.stop(&clock).context(Cause::HealthCheck.name())?);
         Ok(Run { clock, accounts })
@@ -306,4 +352,11 @@ pub fn limit_ruleset(limit: u32) -> String {
 /// `addr:port` of a role's host.
 pub fn service(role: Role, port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(role.addr()), port)
+}
+
+/// Before the veths exist, so their link-local addresses skip duplicate address detection too
+/// (global ones get `nodad`): nothing stays "tentative".
+fn no_dad(ns: &Netns) -> Result<()> {
+    sysctl(ns, "net.ipv6.conf.all.accept_dad=0")?;
+    sysctl(ns, "net.ipv6.conf.default.accept_dad=0")
 }

@@ -18,13 +18,13 @@ use anyhow::{bail, ensure, Context as _, Result};
 use socket2::Socket;
 
 use super::{
-    host_of, limit_ruleset, service, Account, Cause, Clock, ConnRecord, Details, Outcome, Role, VerdictLab, ABORT_PORT,
-    CLIENT, FORGED_PORT, LIMIT_PORT, NO_LISTENER_PORT, SERVED_PORT, VIP, VIP_PORT, WENT_DOWN_PORT,
+    client_for, host_of, limit_ruleset, service, Account, Cause, Clock, ConnRecord, Details, Outcome, Role, VerdictLab,
+    ABORT_PORT, FORGED_PORT, LIMIT_PORT, NO_LISTENER_PORT, SERVED_PORT, VIP, VIP_PORT, WENT_DOWN_PORT,
 };
 use crate::{
     diag_lab::{
         abort, accept, bound_client, expect_reset, listener, nft, read_request, refused_client, send_request, unacked,
-        wait_until, DEFAULT_TTL,
+        wait_until, Family, DEFAULT_TTL,
     },
     lab::{Netns, Proc},
     traffic::{in_netns, readable},
@@ -47,8 +47,8 @@ pub const RESPONSE: &[u8] = b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n";
 const HTTP_INDEX: &str = "went_down lab\n";
 
 impl VerdictLab {
-    fn client_socket(&self) -> Result<(Socket, SocketAddr)> {
-        in_netns(&self.client, || bound_client(CLIENT.into()))
+    fn client_socket(&self, server: SocketAddr) -> Result<(Socket, SocketAddr)> {
+        in_netns(&self.client, || bound_client(client_for(&server.ip())))
     }
 
     fn listen(&self, role: Role, addr: SocketAddr) -> Result<Socket> {
@@ -56,7 +56,7 @@ impl VerdictLab {
     }
 
     fn connect(&self, server: SocketAddr) -> Result<(Socket, SocketAddr)> {
-        let (sock, local) = self.client_socket()?;
+        let (sock, local) = self.client_socket(server)?;
         sock.connect_timeout(&server.into(), IO_TIMEOUT).with_context(|| format!("{local}: connecting to {server}"))?;
         sock.set_read_timeout(Some(IO_TIMEOUT))?;
         sock.set_write_timeout(Some(IO_TIMEOUT))?;
@@ -64,7 +64,7 @@ impl VerdictLab {
     }
 
     fn refused(&self, server: SocketAddr, clock: &Clock) -> Result<ConnRecord> {
-        let client = in_netns(&self.client, || refused_client(CLIENT.into(), server))?;
+        let client = in_netns(&self.client, || refused_client(client_for(&server.ip()), server))?;
         Ok(ConnRecord { client, server, outcome: Outcome::Refused, at_ms: clock.ms() })
     }
 
@@ -81,8 +81,9 @@ impl VerdictLab {
     }
 
     /// The kernel of a host without a listener answers each SYN with RST+ACK.
-    pub fn no_listener(&self, clock: &Clock) -> Result<Account> {
-        let mut account = Account::new(Cause::NoListener, service(host_of(Cause::NoListener), NO_LISTENER_PORT));
+    pub fn no_listener(&self, family: Family, clock: &Clock) -> Result<Account> {
+        let addr = host_of(Cause::NoListener).addr_in(family);
+        let mut account = Account::new(Cause::NoListener, SocketAddr::new(addr, NO_LISTENER_PORT));
         for _ in 0..NO_LISTENER_ATTEMPTS {
             account.conns.push(self.refused(account.service, clock)?);
             thread::sleep(PACE);
@@ -233,9 +234,9 @@ impl VerdictLab {
     }
 
     /// Request and response, then the server closes with SO_LINGER {on, 0}: RST+ACK after data.
-    pub fn app_abort(&self, clock: &Clock) -> Result<Account> {
+    pub fn app_abort(&self, family: Family, clock: &Clock) -> Result<Account> {
         let role = host_of(Cause::AppAbort);
-        let mut account = Account::new(Cause::AppAbort, service(role, ABORT_PORT));
+        let mut account = Account::new(Cause::AppAbort, SocketAddr::new(role.addr_in(family), ABORT_PORT));
         let listener = self.listen(role, account.service)?;
         for _ in 0..ABORTS {
             let (sock, client) = self.connect(account.service)?;
