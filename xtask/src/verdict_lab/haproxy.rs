@@ -18,7 +18,9 @@ use std::{
 use anyhow::{bail, ensure, Context as _, Result};
 use socket2::Socket;
 
-use super::{host_of, service, Account, Cause, Clock, ConnRecord, Details, Outcome, VerdictLab, CHECKED_PORT, CLIENT};
+use super::{
+    host_of, next_tag, service, Account, Cause, Clock, ConnRecord, Details, Outcome, VerdictLab, CHECKED_PORT, CLIENT,
+};
 use crate::{
     diag_lab::{listener, Capture, ACK, RST},
     lab::{Netns, Proc},
@@ -42,12 +44,12 @@ pub struct HealthChecks {
 
 impl HealthChecks {
     /// Starts the backend and HAProxy; returns once the first check has come and gone.
-    pub fn start(lab: &VerdictLab, clock: &Clock) -> Result<HealthChecks> {
+    pub fn start(lab: &VerdictLab) -> Result<HealthChecks> {
         let host = lab.host(host_of(Cause::HealthCheck));
         let svc = service(host.role, CHECKED_PORT);
         let listening = in_netns(&host.ns, || listener(svc))?;
         let capture = Capture::start(&host.iface)?;
-        let dir = std::env::temp_dir().join(format!("rstwatch-haproxy-{}-{}", std::process::id(), clock.ms()));
+        let dir = std::env::temp_dir().join(format!("rstwatch-haproxy-{}-{}", std::process::id(), next_tag()));
         let mut hc = HealthChecks {
             service: svc,
             backend_ns: host.ns.clone(),

@@ -28,7 +28,10 @@ mod scenarios;
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::Path,
-    sync::Mutex,
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        Mutex,
+    },
     time::Duration,
 };
 
@@ -276,7 +279,7 @@ impl VerdictLab {
     pub fn run_announced(&self, at_least: Duration, mut announce: impl FnMut(Cause)) -> Result<Run> {
         let clock = Clock::start();
         announce(Cause::HealthCheck);
-        let checks = HealthChecks::start(self, &clock)?;
+        let checks = HealthChecks::start(self)?;
         let mut accounts = Vec::new();
         for cause in Cause::ALL.into_iter().filter(|&c| c != Cause::HealthCheck) {
             announce(cause);
@@ -352,6 +355,12 @@ pub fn limit_ruleset(limit: u32) -> String {
 /// `addr:port` of a role's host.
 pub fn service(role: Role, port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(role.addr()), port)
+}
+
+/// Tells apart the temporary directories of one process (HAProxy's config, http.server's site).
+fn next_tag() -> u32 {
+    static N: AtomicU32 = AtomicU32::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
 }
 
 /// Before the veths exist, so their link-local addresses skip duplicate address detection too

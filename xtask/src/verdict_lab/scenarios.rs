@@ -18,8 +18,8 @@ use anyhow::{bail, ensure, Context as _, Result};
 use socket2::Socket;
 
 use super::{
-    client_for, host_of, limit_ruleset, service, Account, Cause, Clock, ConnRecord, Details, Outcome, Role, VerdictLab,
-    ABORT_PORT, FORGED_PORT, LIMIT_PORT, NO_LISTENER_PORT, SERVED_PORT, VIP, VIP_PORT, WENT_DOWN_PORT,
+    client_for, host_of, limit_ruleset, next_tag, service, Account, Cause, Clock, ConnRecord, Details, Outcome, Role,
+    VerdictLab, ABORT_PORT, FORGED_PORT, LIMIT_PORT, NO_LISTENER_PORT, SERVED_PORT, VIP, VIP_PORT, WENT_DOWN_PORT,
 };
 use crate::{
     diag_lab::{
@@ -304,7 +304,7 @@ struct HttpSite {
 
 impl HttpSite {
     fn new() -> Result<HttpSite> {
-        let dir = std::env::temp_dir().join(format!("rstwatch-verdict-http-{}-{}", std::process::id(), rand_tag()));
+        let dir = std::env::temp_dir().join(format!("rstwatch-verdict-http-{}-{}", std::process::id(), next_tag()));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         std::fs::write(dir.join("index.html"), HTTP_INDEX).context("writing index.html")?;
         Ok(HttpSite { dir })
@@ -327,11 +327,6 @@ impl Drop for HttpSite {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn rand_tag() -> u32 {
-    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Polls `ss` in `ns` until something listens on `addr` (or `proc` exits, or IO_TIMEOUT).
