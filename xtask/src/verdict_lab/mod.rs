@@ -369,3 +369,30 @@ fn no_dad(ns: &Netns) -> Result<()> {
     sysctl(ns, "net.ipv6.conf.all.accept_dad=0")?;
     sysctl(ns, "net.ipv6.conf.default.accept_dad=0")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_have_their_own_addresses_in_both_families() {
+        assert_eq!(Role::Closed.addr6().to_string(), "fd89:2::11");
+        assert_eq!(Role::Backend.addr6().to_string(), "fd89:2::18");
+        let mut v4: Vec<Ipv4Addr> = Role::ALL.iter().map(|r| r.addr()).collect();
+        v4.push(VIP);
+        v4.sort_unstable();
+        v4.dedup();
+        assert_eq!(v4.len(), Role::ALL.len() + 1, "the VIP is no host's own address");
+        assert_eq!(client_for(&IpAddr::from(Role::Aborter.addr6())), IpAddr::from(CLIENT6));
+    }
+
+    #[test]
+    fn every_cause_has_a_host_and_the_rules_name_their_ports() {
+        let mut hosts: Vec<Role> = Cause::ALL.iter().map(|&c| host_of(c)).collect();
+        hosts.sort_unstable();
+        hosts.dedup();
+        assert_eq!(hosts.len(), Cause::ALL.len(), "one host per cause");
+        assert!(forging_ruleset().contains(&format!("ip daddr {} tcp dport {FORGED_PORT}", Role::Guarded.addr())));
+        assert!(limit_ruleset(3).contains(&format!("tcp dport {LIMIT_PORT} ct state new ct count over 3")));
+    }
+}
