@@ -5,7 +5,7 @@ use std::{process::ExitCode, time::Duration};
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 
-use crate::{bench, build, demo, lab, lint, reliability, setup, signal, testrun, traffic};
+use crate::{bench, build, demo, lab, lint, reliability, setup, signal, testrun, traffic, verdict_lab};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "rstwatch developer tasks")]
@@ -68,6 +68,16 @@ enum Command {
         #[arg(long)]
         out: Option<std::path::PathBuf>,
     },
+    /// Services that each reset for one known reason (issue 18's causes), made by real stacks and
+    /// tools in a namespace lab (needs root); prints the lab's account as JSON.
+    VerdictLab {
+        /// The run lasts at least this long (HAProxy's health checks need time to show).
+        #[arg(long, default_value_t = 4)]
+        seconds: u64,
+        /// Write a pcap of the client's veth here (what `rstwatch replay` reads).
+        #[arg(long)]
+        capture: Option<std::path::PathBuf>,
+    },
     /// Generate resets between two lab namespaces and print what was done as JSON.
     #[command(hide = true)]
     Traffic(TrafficArgs),
@@ -128,6 +138,10 @@ fn run(command: Command) -> Result<ExitCode> {
             }
         }
         Command::Traffic(args) => return run_traffic(args),
+        Command::VerdictLab { seconds, capture } => {
+            let account = verdict_lab::run_command(Duration::from_secs(seconds), capture.as_deref())?;
+            println!("{account:#}");
+        }
         Command::Fuzz { args } => {
             setup::run()?;
             return reliability::fuzz(&args);

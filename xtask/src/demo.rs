@@ -1,5 +1,7 @@
 //! `cargo xtask demo`: the forum case ("I'm seeing a large number of TCP RST and am not sure what
-//! is causing it") replayed in a namespace lab, with rstwatch showing who sends the resets.
+//! is causing it") replayed in a namespace lab, with rstwatch showing who sends the resets; then
+//! the forum's suspects one by one in the verdict lab (`crate::verdict_lab`), a VIP failover to a
+//! standby without state and a firewall forging resets among them, watched from the client.
 
 use std::{
     collections::BTreeMap,
@@ -14,6 +16,7 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use crate::{
     build, lab, setup, signal,
     traffic::{self, Kind, Side, Step},
+    verdict_lab::{self, Cause, VerdictLab},
 };
 
 const CLIENTS: [Ipv4Addr; 3] =
@@ -65,21 +68,7 @@ pub fn run(seconds: Duration) -> Result<()> {
     if let Err(error) = crate::diag_lab::ensure_tracefs() {
         eprintln!("xtask: no tracefs ({error:#}): rstwatch will show no kernel reasons");
     }
-    let duration_arg = format!("{}s", seconds.as_secs());
-    // nsenter, not `ip netns exec`: the latter mounts a /sys of its own, without tracefs.
-    let mut watcher = lab::Proc::spawn_with(
-        crate::diag_lab::nsenter(&hosts.server, &rstwatch).args([
-            "-i",
-            &hosts.server_if.name,
-            "--duration",
-            &duration_arg,
-            "--by",
-            "service",
-        ]),
-        false,
-        true,
-    )?;
-    watcher.wait_for_stderr("attached", Duration::from_secs(30)).context("starting rstwatch")?;
+    let mut watcher = watch(&hosts.server, &hosts.server_if, &rstwatch, seconds, &["--by", "service"])?;
 
     let watcher_done = AtomicBool::new(false);
     let stop = || watcher_done.load(Ordering::SeqCst) || signal::stop_requested();
@@ -100,7 +89,71 @@ pub fn run(seconds: Duration) -> Result<()> {
     if !report.errors.is_empty() {
         bail!("the traffic generator hit {} unexpected outcomes (see above)", report.errors.len());
     }
+    if signal::stop_requested() {
+        return Ok(());
+    }
+    suspects(&rstwatch, seconds)
+}
+
+/// rstwatch on `iface` for `seconds`, run with nsenter: `ip netns exec` mounts a /sys of its own,
+/// without tracefs. Returns once it has attached.
+fn watch(
+    ns: &lab::Netns,
+    iface: &lab::Iface,
+    rstwatch: &std::path::Path,
+    seconds: Duration,
+    extra: &[&str],
+) -> Result<lab::Proc> {
+    let duration_arg = format!("{}s", seconds.as_secs());
+    let mut cmd = crate::diag_lab::nsenter(ns, rstwatch);
+    cmd.args(["-i", &iface.name, "--duration", &duration_arg]).args(extra);
+    let mut watcher = lab::Proc::spawn_with(&mut cmd, false, true)?;
+    watcher.wait_for_stderr("attached", Duration::from_secs(30)).context("starting rstwatch")?;
+    Ok(watcher)
+}
+
+/// The second act: every suspect of the forum thread, each made by real software on a host of
+/// its own, watched from the client's veth; the lab's account follows rstwatch's summary.
+fn suspects(rstwatch: &std::path::Path, seconds: Duration) -> Result<()> {
+    let lab = VerdictLab::new()?;
+    println!();
+    println!(
+        "The suspects one by one: client {} — router — the server LAN behind {}",
+        verdict_lab::CLIENT,
+        verdict_lab::ROUTER_LAN
+    );
+    println!("  rstwatch watches the client's veth {} for {} s.", lab.client_if.name, seconds.as_secs());
+    println!();
+    let mut watcher = watch(&lab.client, &lab.client_if, rstwatch, seconds, &[])?;
+    // rstwatch's --duration must outlast the scenarios, which take a second or two on their own.
+    let run = lab.run_announced(seconds.saturating_sub(Duration::from_secs(3)), |cause| {
+        println!("  now: {}", suspect(cause));
+    });
+    let status = wait_for_watcher(&mut watcher, seconds);
+    let run = run?;
+    println!();
+    println!("verdict lab: what each service did (rstwatch's verdicts above should say the same):");
+    for account in &run.accounts {
+        println!("  {:<16} {}", account.cause.name(), account.text());
+    }
+    let status = status?;
+    drop(lab);
+    if !status.success() {
+        bail!("rstwatch exited with {status}");
+    }
     Ok(())
+}
+
+fn suspect(cause: Cause) -> &'static str {
+    match cause {
+        Cause::HealthCheck => "HAProxy on the client starts health-checking a backend (harmless resets)",
+        Cause::NoListener => "a server with nothing listening on the port",
+        Cause::WentDown => "an HTTP server that serves, then is killed",
+        Cause::ConnectionLimit => "a balancer at its connection limit (nftables ct count)",
+        Cause::StateLost => "a VIP failing over to a standby that knows none of the connections",
+        Cause::Middlebox => "a firewall on the router forging resets for one port",
+        Cause::AppAbort => "an application aborting its connections (SO_LINGER 0)",
+    }
 }
 
 /// Waits for rstwatch to end on its own (`--duration`, or the Ctrl-C it shares with us). If we

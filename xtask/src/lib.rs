@@ -17,3 +17,4 @@ pub mod setup;
 pub mod signal;
 pub mod testrun;
 pub mod traffic;
+pub mod verdict_lab;

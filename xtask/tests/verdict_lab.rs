@@ -1,0 +1,381 @@
+//! The verdict lab against independent witnesses: tcpdump on the client's veth and on every
+//! server host's veth, and the kernel's `tcp:tcp_send_reset` tracepoint. Each service must have
+//! produced exactly the RSTs its account says, with the properties its cause means, and no
+//! service any RST it should not have.
+//!
+//! The lab test needs root (namespaces, nftables, tracefs); the committed capture's test does not.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    path::Path,
+    time::Duration,
+};
+
+use anyhow::{ensure, Context as _, Result};
+use serde_json::Value;
+use xtask::{
+    diag_lab::{
+        self, ensure_rsts, listing, tcp_segments, Capture, End, ResetTrace, Segment, ACK, DEFAULT_TTL, FIN, RST, SYN,
+    },
+    verdict_lab::{
+        host_of, Account, Cause, Details, Outcome, Role, Run, VerdictLab, CLIENT, CLIENT6, IPV6_CAUSES, SERVED_PORT,
+        VIP,
+    },
+};
+
+/// Past any delayed ACK or first retransmission timeout, so a stray segment would show.
+const SETTLE: Duration = Duration::from_millis(700);
+const RUN: Duration = Duration::from_secs(3);
+/// HAProxy's `inter`, and how far apart two checks may be from it on a loaded CI machine.
+const CHECK_INTERVAL_MS: u64 = 250;
+const INTERVAL_SLACK_MS: u64 = 60;
+
+/// Whether `s` belongs to a connection with `service` (either direction).
+fn with(s: &Segment, service: SocketAddr) -> bool {
+    s.src == service || s.dst == service
+}
+
+/// The segments of one connection, identified by its client address.
+fn conn_of(segments: &[Segment], client: SocketAddr, server: SocketAddr) -> Vec<&Segment> {
+    segments.iter().filter(|s| (s.src, s.dst) == (client, server) || (s.src, s.dst) == (server, client)).collect()
+}
+
+fn ms_of(s: &Segment, run: &Run) -> u64 {
+    (s.time_us / 1000).saturating_sub(run.clock.start_unix_ms())
+}
+
+/// The RSTs on one veth are exactly what the accounts whose connections cross it say.
+fn check_rsts(name: &str, accounts: &[&Account], end: End, segments: &[Segment]) -> Result<()> {
+    ensure_rsts(name, accounts.iter().flat_map(|a| a.rsts_at(end)).collect(), segments)
+}
+
+/// Each refusal is a RST+ACK answering the SYN of its connection, with no SYN+ACK before it.
+fn check_refusals(account: &Account, segments: &[Segment]) -> Result<()> {
+    for c in account.service_conns().filter(|c| c.outcome == Outcome::Refused) {
+        let conn = conn_of(segments, c.client, c.server);
+        let syn = conn.iter().find(|s| s.src == c.client && s.has(SYN) && !s.has(ACK));
+        let rst = conn.iter().find(|s| s.has(RST));
+        let (Some(syn), Some(rst)) = (syn, rst) else {
+            anyhow::bail!("{}: refusal of {} without SYN and RST:{}", account.cause.name(), c.client, listing(conn));
+        };
+        ensure!(
+            rst.has(ACK) && rst.ack == syn.seq.wrapping_add(1) && rst.src == c.server,
+            "{}: {} is not the answer to {}",
+            account.cause.name(),
+            rst,
+            syn
+        );
+        ensure!(
+            !conn.iter().any(|s| s.has(SYN | ACK)),
+            "{}: a refused connection had a SYN+ACK:{}",
+            account.cause.name(),
+            listing(conn)
+        );
+    }
+    Ok(())
+}
+
+/// Connections accounted as closed end with FINs both ways and no RST.
+fn check_closed(account: &Account, segments: &[Segment]) -> Result<()> {
+    for c in account.conns.iter().filter(|c| c.outcome == Outcome::Closed) {
+        let conn = conn_of(segments, c.client, c.server);
+        let fins = [c.client, c.server].map(|from| conn.iter().any(|s| s.src == from && s.has(FIN)));
+        ensure!(
+            fins == [true, true] && !conn.iter().any(|s| s.has(RST)),
+            "{}: {} should have closed with FINs both ways:{}",
+            account.cause.name(),
+            c.client,
+            listing(conn)
+        );
+    }
+    Ok(())
+}
+
+fn check_went_down(account: &Account, run: &Run, segments: &[Segment]) -> Result<()> {
+    let Details::WentDown { last_accept_ms, killed_ms, first_refusal_ms } = account.details else {
+        anyhow::bail!("went_down without its details");
+    };
+    ensure!(last_accept_ms < killed_ms && killed_ms <= first_refusal_ms, "{:?}", account.details);
+    let mine: Vec<&Segment> = segments.iter().filter(|s| with(s, account.service)).collect();
+    let last_synack = mine.iter().filter(|s| s.has(SYN | ACK)).map(|s| ms_of(s, run)).max().unwrap_or(0);
+    let first_rst = mine.iter().filter(|s| s.has(RST)).map(|s| ms_of(s, run)).min().unwrap_or(0);
+    // Wall-clock milliseconds on both sides: allow for rounding.
+    ensure!(
+        last_synack <= killed_ms + 1 && first_rst + 1 >= killed_ms,
+        "went_down: last SYN+ACK at {last_synack} ms, first RST at {first_rst} ms, killed at {killed_ms} ms"
+    );
+    Ok(())
+}
+
+/// At each turn-away, exactly `limit` connections are open (handshake seen, no FIN or RST yet).
+fn check_limit(account: &Account, segments: &[Segment]) -> Result<()> {
+    let Details::Limit { limit } = account.details else {
+        anyhow::bail!("connection_limit without its limit");
+    };
+    let mut open: BTreeMap<SocketAddr, bool> = BTreeMap::new();
+    let mut turned_away = 0;
+    for s in segments.iter().filter(|s| with(s, account.service)) {
+        let client = if s.src == account.service { s.dst } else { s.src };
+        if s.has(SYN | ACK) {
+            open.insert(client, true);
+        } else if s.has(FIN) {
+            open.insert(client, false);
+        } else if s.has(RST) {
+            let holding = open.values().filter(|&&o| o).count();
+            ensure!(
+                holding == usize::try_from(limit)?,
+                "a turn-away while {holding} connections were open, want {limit}"
+            );
+            turned_away += 1;
+        }
+    }
+    ensure!(turned_away == account.count(Outcome::Refused), "{turned_away} turn-aways on the wire");
+    Ok(())
+}
+
+/// The standby's RSTs carry no ACK, and their sequence number is the acknowledgement number of
+/// the client's data segment they answer.
+fn check_state_lost(account: &Account, segments: &[Segment]) -> Result<()> {
+    for c in &account.conns {
+        let conn = conn_of(segments, c.client, c.server);
+        let rst_at = conn.iter().position(|s| s.has(RST)).context("state_lost: no RST")?;
+        let rst = conn[rst_at];
+        let data = conn[..rst_at].iter().rev().find(|s| s.src == c.client && s.payload > 0);
+        let data = data.context("state_lost: no client data before the RST")?;
+        ensure!(
+            !rst.has(ACK) && rst.seq == data.ack,
+            "state_lost: {rst} (seq {}) does not answer {data} (ack {})",
+            rst.seq,
+            data.ack
+        );
+    }
+    Ok(())
+}
+
+/// The forged RSTs carry the router's TTL, the guarded host's own SYN+ACKs one less.
+fn check_middlebox(account: &Account, segments: &[Segment]) -> Result<()> {
+    let Details::Middlebox { rst_ttl, peer_ttl, served_port } = account.details else {
+        anyhow::bail!("middlebox without its TTLs");
+    };
+    let host = account.service.ip();
+    let own: Vec<&Segment> =
+        segments.iter().filter(|s| s.src.ip() == host && s.src.port() == served_port && s.has(SYN | ACK)).collect();
+    ensure!(!own.is_empty() && own.iter().all(|s| s.ttl == peer_ttl), "the host's SYN+ACKs:{}", listing(own));
+    let forged: Vec<&Segment> = segments.iter().filter(|s| s.src == account.service && s.has(RST)).collect();
+    ensure!(forged.iter().all(|s| s.ttl == rst_ttl && rst_ttl != peer_ttl), "forged RSTs:{}", listing(forged));
+    Ok(())
+}
+
+/// The aborts are RST+ACK after data both ways, in the window: at the server's next sequence
+/// number.
+fn check_app_abort(account: &Account, segments: &[Segment]) -> Result<()> {
+    for c in &account.conns {
+        let conn = conn_of(segments, c.client, c.server);
+        let rst_at = conn.iter().position(|s| s.has(RST)).context("app_abort: no RST")?;
+        let before = &conn[..rst_at];
+        let last_server_data = before.iter().rev().find(|s| s.src == c.server && s.payload > 0);
+        let last_server_data = last_server_data.context("app_abort: the server sent no data")?;
+        ensure!(before.iter().any(|s| s.src == c.client && s.payload > 0), "app_abort: the client sent no data");
+        let next = last_server_data.seq.wrapping_add(u32::try_from(last_server_data.payload)?);
+        let rst = conn[rst_at];
+        ensure!(rst.has(ACK) && rst.seq == next, "app_abort: {rst} (seq {}) is not at {next}", rst.seq);
+    }
+    Ok(())
+}
+
+/// Each check: SYN, SYN+ACK, the client's RST+ACK, nothing else; at HAProxy's interval.
+fn check_health_checks(account: &Account, segments: &[Segment]) -> Result<()> {
+    let mut times = Vec::new();
+    for c in &account.conns {
+        let conn = conn_of(segments, c.client, c.server);
+        let shape: Vec<(u8, usize)> = conn.iter().map(|s| (s.flags & (SYN | ACK | RST | FIN), s.payload)).collect();
+        ensure!(
+            shape == [(SYN, 0), (SYN | ACK, 0), (RST | ACK, 0)] && conn[2].src == c.client,
+            "a check that is not SYN, SYN+ACK, RST+ACK:{}",
+            listing(conn)
+        );
+        times.push(conn[2].time_us / 1000);
+    }
+    ensure!(times.len() >= 5, "only {} checks", times.len());
+    for pair in times.windows(2) {
+        let gap = pair[1] - pair[0];
+        ensure!(
+            gap.abs_diff(CHECK_INTERVAL_MS) <= INTERVAL_SLACK_MS,
+            "checks {gap} ms apart, want {CHECK_INTERVAL_MS} ms ± {INTERVAL_SLACK_MS}"
+        );
+    }
+    Ok(())
+}
+
+/// What the account itself claims, scenario by scenario.
+fn check_counts(run: &Run) -> Result<()> {
+    let count = |cause, outcome| run.account(cause).map_or(0, |a| a.count(outcome));
+    ensure!(count(Cause::NoListener, Outcome::Refused) == 3);
+    ensure!(count(Cause::WentDown, Outcome::Closed) == 3 && count(Cause::WentDown, Outcome::Refused) == 3);
+    ensure!(
+        count(Cause::ConnectionLimit, Outcome::Closed) == 3 && count(Cause::ConnectionLimit, Outcome::Refused) == 2
+    );
+    ensure!(count(Cause::StateLost, Outcome::Reset) == 3);
+    ensure!(count(Cause::Middlebox, Outcome::Refused) == 3);
+    ensure!(count(Cause::AppAbort, Outcome::Reset) == 3);
+    let v4 = Cause::ALL.iter().filter(|&&c| c != Cause::HealthCheck);
+    let order: Vec<Cause> = v4.chain(&IPV6_CAUSES).chain([&Cause::HealthCheck]).copied().collect();
+    ensure!(run.accounts.iter().map(|a| a.cause).collect::<Vec<_>>() == order);
+    let v6: Vec<Cause> = run.accounts.iter().filter(|a| a.service.is_ipv6()).map(|a| a.cause).collect();
+    ensure!(v6 == IPV6_CAUSES, "IPv6 accounts: {v6:?}");
+    for cause in IPV6_CAUSES {
+        let both: Vec<&Account> = run.accounts.iter().filter(|a| a.cause == cause).collect();
+        ensure!(both.len() == 2 && both[0].conns.len() == both[1].conns.len(), "{}: v4 and v6 differ", cause.name());
+    }
+    Ok(())
+}
+
+/// Kernel reasons where a TCP stack sent the RST; none where netfilter did. The standby answers
+/// from its listener, so the tracepoint names the listening socket (`dest=0.0.0.0:0`), in
+/// TCP_LISTEN, with reason TCP_FLAGS: an ACK where a listener wants a SYN.
+fn check_kernel_reasons(run: &Run, events: &[diag_lab::KernelReset]) -> Result<()> {
+    for account in &run.accounts {
+        let reason = match account.cause {
+            Cause::NoListener | Cause::WentDown => Some("NO_SOCKET"),
+            Cause::AppAbort | Cause::HealthCheck => Some("TCP_STATE"),
+            Cause::StateLost => Some("TCP_FLAGS"),
+            Cause::ConnectionLimit | Cause::Middlebox => None,
+        };
+        let mut want: Vec<_> = account
+            .rsts_at(End::Client)
+            .into_iter()
+            .filter_map(|rst| {
+                let dst = if account.cause == Cause::StateLost { "0.0.0.0:0".parse().ok()? } else { rst.dst };
+                reason.map(|r| (rst.src, dst, r.to_owned()))
+            })
+            .collect();
+        let ends = |e: &&diag_lab::KernelReset| {
+            account.conns.iter().any(|c| [(c.client, c.server), (c.server, c.client)].contains(&(e.src, e.dst)))
+                || (account.cause == Cause::StateLost && e.src == account.service)
+        };
+        let mut got: Vec<_> = events.iter().filter(ends).map(|e| (e.src, e.dst, e.reason.clone())).collect();
+        want.sort();
+        got.sort();
+        ensure!(got == want, "{}: tcp_send_reset events\n  want: {want:?}\n  got:  {got:?}", account.cause.name());
+    }
+    Ok(())
+}
+
+#[test]
+fn every_service_resets_for_its_one_cause_only() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    ensure!(unsafe { libc::geteuid() } == 0, "this test needs root (namespaces, nftables, tracefs)");
+    xtask::lab::sweep_stale()?;
+    diag_lab::ensure_tracefs()?;
+    let lab = VerdictLab::new()?;
+    let client_cap = Capture::start(&lab.client_if)?;
+    let host_caps: Vec<(Role, Capture)> =
+        lab.hosts.iter().map(|h| Ok((h.role, Capture::start(&h.iface)?))).collect::<Result<_>>()?;
+    let trace = ResetTrace::start()?;
+    let run = lab.run_all(RUN)?;
+    std::thread::sleep(SETTLE);
+    let events = trace.stop()?;
+    let client_segs = client_cap.stop()?;
+    let host_segs: BTreeMap<Role, Vec<Segment>> =
+        host_caps.into_iter().map(|(r, c)| Ok((r, c.stop()?))).collect::<Result<_>>()?;
+    eprintln!("segments on the client's veth:{}", listing(&client_segs));
+    eprintln!("account: {:#}", run.to_json(&lab));
+
+    check_counts(&run)?;
+    let all: Vec<&Account> = run.accounts.iter().collect();
+    check_rsts("the client's veth", &all, End::Client, &client_segs)?;
+    for (role, segs) in &host_segs {
+        let here: Vec<&Account> = run.accounts.iter().filter(|a| host_of(a.cause) == *role).collect();
+        check_rsts(&format!("the {} host's veth", role.name()), &here, End::Server, segs)?;
+    }
+    for account in &run.accounts {
+        let server_segs = &host_segs[&host_of(account.cause)];
+        check_refusals(account, &client_segs)?;
+        // The router's forged refusals never reach the guarded host.
+        if account.cause != Cause::Middlebox {
+            check_refusals(account, server_segs)?;
+        }
+        check_closed(account, &client_segs)?;
+        check_closed(account, server_segs)?;
+        match account.cause {
+            Cause::NoListener | Cause::Middlebox => {}
+            Cause::WentDown => check_went_down(account, &run, &client_segs)?,
+            Cause::ConnectionLimit => check_limit(account, &client_segs)?,
+            Cause::StateLost => {
+                check_state_lost(account, &client_segs)?;
+                check_state_lost(account, server_segs)?;
+            }
+            Cause::AppAbort => check_app_abort(account, &client_segs)?,
+            Cause::HealthCheck => {
+                check_health_checks(account, &client_segs)?;
+                check_health_checks(account, server_segs)?;
+            }
+        }
+        if account.cause == Cause::Middlebox {
+            check_middlebox(account, &client_segs)?;
+            ensure!(
+                !server_segs.iter().any(|s| s.dst == account.service),
+                "a segment to the guarded port reached the host:{}",
+                listing(server_segs)
+            );
+            ensure!(server_segs.iter().any(|s| s.src.port() == SERVED_PORT), "the served port saw no traffic");
+        }
+    }
+    // The primary's veth saw the moved connections start, and nothing of them after the move.
+    let state_lost = run.account(Cause::StateLost).context("no state_lost account")?;
+    let Details::StateLost { moved_ms, .. } = state_lost.details else {
+        anyhow::bail!("state_lost without its details");
+    };
+    let primary = &host_segs[&Role::Primary];
+    ensure!(primary.iter().any(|s| s.dst.ip() == IpAddr::from(VIP)), "the primary never saw the VIP's connections");
+    let late: Vec<&Segment> = primary.iter().filter(|s| ms_of(s, &run) > moved_ms + 1).collect();
+    ensure!(late.is_empty(), "the primary saw segments after the move:{}", listing(late));
+    ensure!(
+        !host_segs[&Role::Standby].iter().any(|s| s.has(SYN)),
+        "the standby saw a handshake: it must know none of the connections"
+    );
+    check_kernel_reasons(&run, &events)?;
+    let ours = [IpAddr::from(CLIENT), IpAddr::from(CLIENT6)];
+    ensure!(client_segs.iter().all(|s| ours.contains(&s.src.ip()) || ours.contains(&s.dst.ip())));
+    ensure!(client_segs.iter().filter_map(Segment::as_rst).all(|r| r.ttl == DEFAULT_TTL || r.ttl == DEFAULT_TTL - 1));
+    Ok(())
+}
+
+/// The capture committed for replay tests still matches the account committed with it: per
+/// service, the RSTs the account's connections make, and no others.
+#[test]
+fn committed_capture_matches_its_account() -> Result<()> {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../rst-userspace/tests/data");
+    let pcap = std::fs::read(data.join("verdict-lab.cap")).context("reading verdict-lab.cap")?;
+    let account: Value = serde_json::from_slice(&std::fs::read(data.join("verdict-lab.account.json"))?)?;
+    let segments = tcp_segments(&pcap)?;
+    let mut want: Vec<(SocketAddr, SocketAddr)> = Vec::new();
+    let services = account["services"].as_array().context("no services")?;
+    ensure!(services.len() == Cause::ALL.len() + IPV6_CAUSES.len(), "{} services", services.len());
+    for service in services {
+        let from_client = service["sender"] == "client";
+        let mut resets = 0;
+        for conn in service["conns"].as_array().context("no conns")? {
+            if conn["outcome"] == "closed" {
+                continue;
+            }
+            let client: SocketAddr = conn["client"].as_str().context("client")?.parse()?;
+            let server: SocketAddr = conn["server"].as_str().context("server")?.parse()?;
+            want.push(if from_client { (client, server) } else { (server, client) });
+            resets += 1;
+        }
+        ensure!(
+            service["resets"] == resets,
+            "{}: resets {} but {resets} reset conns",
+            service["cause"],
+            service["resets"]
+        );
+    }
+    let mut got: Vec<(SocketAddr, SocketAddr)> =
+        segments.iter().filter_map(Segment::as_rst).map(|r| (r.src, r.dst)).collect();
+    want.sort();
+    got.sort();
+    ensure!(got == want, "the committed capture's RSTs differ from its account\n  want: {want:?}\n  got:  {got:?}");
+    Ok(())
+}
