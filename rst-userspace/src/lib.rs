@@ -1,9 +1,12 @@
 //! rstwatch's userspace: load the eBPF object, attach it, read its maps, report.
 //!
 //! The modules follow the data: [`loader`] (object → kernel → interfaces), [`collector`] (maps →
-//! one exact [`collector::Sample`] per interval), [`report`] (samples → table or JSON Lines).
+//! one exact [`collector::Sample`] per interval), [`aggregate`] (samples → the run's typed
+//! model), and the model's readers: [`output`] (table or JSON Lines), [`metrics`], [`tui`].
 
+pub mod aggregate;
 pub mod batch;
+pub mod cli;
 pub mod collector;
 pub mod connections;
 pub mod flow_table;
@@ -11,7 +14,8 @@ pub mod loader;
 pub mod logsink;
 pub mod metrics;
 pub mod netlink;
+pub mod output;
 pub mod replay;
-pub mod report;
 pub mod testrun;
 pub mod tui;
+pub mod view;

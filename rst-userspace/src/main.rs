@@ -12,11 +12,16 @@ use anyhow::Context as _;
 use clap::Parser;
 use rst_common::wire::DEFAULT_MAX_FLOWS;
 use rstwatch::{
+    aggregate::{
+        model::{CountingMode, Interface},
+        Aggregator,
+    },
+    cli::{parse_duration, ReportOptions},
     collector::Collector,
     loader::{self, Attachment, Counting, HookChoice, XdpModeChoice},
     metrics::{self, Metrics, RunTimeWindow},
+    output::Printer,
     replay,
-    report::{parse_duration, Aggregator, InterfaceRecord, Printer, ReportOptions},
 };
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -182,7 +187,7 @@ fn run(cli: WatchArgs) -> anyhow::Result<()> {
     let (kernel_events, reason_names) = loader::start_kernel_events(&mut ebpf);
     let mut attachments: Vec<Option<Attachment>> =
         loader::attach_all(&mut ebpf, cli.hook, cli.xdp_mode, &targets)?.into_iter().map(Some).collect();
-    let interfaces: Vec<InterfaceRecord> = attachments.iter().flatten().map(InterfaceRecord::of).collect();
+    let interfaces: Vec<Interface> = attachments.iter().flatten().map(Interface::of).collect();
     let metrics = listener.map(|listener| {
         let names: HashMap<u32, String> = interfaces.iter().map(|i| (i.ifindex, i.iface.clone())).collect();
         let metrics = Arc::new(Metrics::new(names, cli.max_flows, reason_names.clone()));
@@ -197,8 +202,8 @@ fn run(cli: WatchArgs) -> anyhow::Result<()> {
     let mut aggregator = Aggregator::new(interfaces, top as usize).limit_flows(summary_flows);
     loader::warn_kernel_events(&kernel_events);
     aggregator.kernel_events(kernel_events, reason_names);
-    aggregator.counting(loader::counting_mode(&ebpf));
-    let mut printer = Printer::new(io::stdout().lock(), format, top as usize).by(by);
+    aggregator.counting(CountingMode::from_loaded(loader::counting_mode(&ebpf)));
+    let mut printer = Printer::new(io::stdout().lock(), format, top as usize, by);
     let mut watch_state = Watch {
         collector: &mut collector,
         aggregator: &mut aggregator,
@@ -273,7 +278,7 @@ impl<W: Write> Watch<'_, W> {
             match loader::attach(self.ebpf, cli.hook, cli.xdp_mode, name, ifindex) {
                 Ok(attachment) => {
                     tracing::info!("interface {name} is back (ifindex {ifindex})");
-                    self.aggregator.add_interface(InterfaceRecord::of(&attachment));
+                    self.aggregator.add_interface(Interface::of(&attachment));
                     if let Some(metrics) = self.metrics {
                         metrics.add_interface(ifindex, name);
                     }

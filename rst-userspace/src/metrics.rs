@@ -27,8 +27,8 @@ use tokio::{net::TcpListener, sync::Semaphore};
 use rst_common::wire::{ResetClass, ResetKind, DIRECTION_TX};
 
 use crate::{
+    aggregate::model::{Interval, Service},
     collector::Sample,
-    report::{IntervalRecord, ServiceRecord},
 };
 
 /// Scrapers served at once; more are closed on accept.
@@ -217,7 +217,7 @@ impl Metrics {
 
     /// Folds one interval in.
     /// `services`: the run's top services (cumulative), see `Aggregator::top_services`.
-    pub fn observe(&self, sample: &Sample, record: &IntervalRecord, services: &[ServiceRecord]) {
+    pub fn observe(&self, sample: &Sample, record: &Interval, services: &[Service]) {
         let counters = &sample.counters;
         for (direction, frames, tcp) in [
             ("rx", counters.frames.saturating_sub(counters.tx_frames), counters.tcp.saturating_sub(counters.tx_tcp)),

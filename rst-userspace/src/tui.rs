@@ -31,12 +31,17 @@ use ratatui::{
     widgets::{Cell as TableCell, Paragraph, Row, Table},
     Frame, Terminal,
 };
-use rst_common::wire::DEFAULT_MAX_FLOWS;
+use rst_common::wire::{ResetKind, DEFAULT_MAX_FLOWS};
 
 use crate::{
+    aggregate::{
+        model::{Direction, Interface, Interval, Run, Totals},
+        Aggregator,
+    },
+    cli::parse_interval,
     collector::Collector,
     loader::{self, Counting, HookChoice, XdpModeChoice},
-    report::{parse_interval, Aggregator, Format, InterfaceRecord, IntervalRecord, Printer, SummaryRecord, Totals},
+    output::{self, Format, Printer},
 };
 
 /// Options of `rstwatch top`.
@@ -233,7 +238,7 @@ impl fmt::Display for Filter {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct FlowId {
     iface: String,
-    direction: &'static str,
+    direction: Direction,
     src: IpAddr,
     sport: u16,
     dst: IpAddr,
@@ -243,7 +248,7 @@ struct FlowId {
 #[derive(Clone, Debug)]
 struct FlowRow {
     iface: String,
-    direction: &'static str,
+    direction: Direction,
     src: IpAddr,
     sport: u16,
     dst: IpAddr,
@@ -289,7 +294,7 @@ pub struct Snapshot {
 impl Snapshot {
     /// Built from the aggregator's view of the last interval (every flow: the aggregator's `top`
     /// must not cut it) and of the whole run.
-    pub fn new(interval: &IntervalRecord, run: &SummaryRecord) -> Snapshot {
+    pub fn new(interval: &Interval, run: &Run) -> Snapshot {
         let mut last: HashMap<FlowId, u64> = HashMap::new();
         for f in &interval.flows {
             let id = FlowId {
@@ -317,7 +322,7 @@ impl Snapshot {
                 FlowRow {
                     last: last.remove(&id).unwrap_or(0),
                     total: f.resets,
-                    kind: f.kinds.dominant(),
+                    kind: f.kinds.dominant().map_or("", ResetKind::name),
                     iface: id.iface,
                     direction: id.direction,
                     src: id.src,
@@ -370,17 +375,16 @@ impl Snapshot {
             .filter(|s| s.overflow > 0)
             .map(|s| (s.src, last_overflow.get(&s.src).copied().unwrap_or(0), s.overflow))
             .collect();
-        let clock = interval.time.get(11..19).unwrap_or(&interval.time).to_string();
         Snapshot {
             intervals: interval.seq,
-            elapsed: Duration::from_secs_f64((interval.elapsed_ms / 1e3).max(0.0)),
-            run: Duration::from_secs_f64((run.duration_ms / 1e3).max(0.0)),
+            elapsed: interval.elapsed,
+            run: run.elapsed,
             last: interval.totals,
             totals: run.totals,
             flows,
             services,
             overflow_sources,
-            clock,
+            clock: output::clock(interval.ended),
         }
     }
 
@@ -400,7 +404,7 @@ impl Snapshot {
                 .map(|f| {
                     vec![
                         Cell::Text(f.iface.clone()),
-                        Cell::Text(f.direction.to_string()),
+                        Cell::Text(f.direction.name().to_string()),
                         Cell::Endpoint(f.src, Some(f.sport)),
                         Cell::Endpoint(f.dst, Some(f.dport)),
                         Cell::Text(f.kind.to_string()),
@@ -896,8 +900,9 @@ pub fn run(args: &TopArgs) -> anyhow::Result<()> {
     let mut collector = Collector::new(&mut ebpf)?;
     let (kernel_events, reason_names) = loader::start_kernel_events(&mut ebpf);
     let attachments = loader::attach_all(&mut ebpf, args.hook, args.xdp_mode, &targets)?;
-    let interfaces: Vec<InterfaceRecord> = attachments.iter().map(InterfaceRecord::of).collect();
-    let described = interfaces.iter().map(|i| format!("{} ({})", i.iface, i.mode)).collect::<Vec<_>>().join(", ");
+    let interfaces: Vec<Interface> = attachments.iter().map(Interface::of).collect();
+    let described =
+        interfaces.iter().map(|i| format!("{} ({})", i.iface, i.mode.name())).collect::<Vec<_>>().join(", ");
     let hook = match args.hook {
         HookChoice::Xdp => "xdp",
         HookChoice::Tc => "tc",
@@ -926,7 +931,7 @@ pub fn run(args: &TopArgs) -> anyhow::Result<()> {
     let last_interval_start = outcome?;
     let sample = collector.collect()?;
     aggregator.add(&sample, last_interval_start.elapsed(), SystemTime::now());
-    let mut printer = Printer::new(io::stdout().lock(), Format::Table, 10);
+    let mut printer = Printer::new(io::stdout().lock(), Format::Table, 10, crate::view::View::Src);
     match printer.summary(&aggregator.summary()) {
         Err(error) if error.kind() == io::ErrorKind::BrokenPipe => Ok(()),
         other => other.context("writing the summary"),
@@ -992,26 +997,26 @@ mod tests {
     use ratatui::backend::TestBackend;
 
     use super::*;
-    use crate::report::{FlowRecord, ServiceRecord, SourceRecord};
+    use crate::aggregate::model::{CountingMode, Family, Flow, KindCounts, Service, Side, Source};
 
     fn ip(text: &str) -> IpAddr {
         text.parse().unwrap()
     }
 
-    fn flow(src: &str, sport: u16, dst: &str, dport: u16, resets: u64) -> FlowRecord {
-        FlowRecord {
+    fn flow(src: &str, sport: u16, dst: &str, dport: u16, resets: u64) -> Flow {
+        Flow {
             iface: "veth0".into(),
             ifindex: 3,
-            family: "ipv4",
+            family: Family::Ipv4,
             src: ip(src),
             sport,
             dst: ip(dst),
             dport,
             resets,
-            direction: "rx",
-            kinds: Default::default(),
+            direction: Direction::Rx,
+            kinds: KindCounts::default(),
             with_ack: 0,
-            side: "server",
+            side: Side::Server,
             side_observed: false,
             first: false,
             middlebox: None,
@@ -1020,8 +1025,8 @@ mod tests {
         }
     }
 
-    fn source(src: &str, resets: u64, overflow: u64) -> SourceRecord {
-        SourceRecord {
+    fn source(src: &str, resets: u64, overflow: u64) -> Source {
+        Source {
             src: ip(src),
             resets,
             rate: 0.0,
@@ -1035,8 +1040,8 @@ mod tests {
         }
     }
 
-    fn service(addr: &str, port: u16, attempts: u64, refused: u64, resets: u64) -> ServiceRecord {
-        ServiceRecord {
+    fn service(addr: &str, port: u16, attempts: u64, refused: u64, resets: u64) -> Service {
+        Service {
             iface: "veth0".into(),
             ifindex: 3,
             addr: ip(addr),
@@ -1050,47 +1055,41 @@ mod tests {
         }
     }
 
-    fn snapshot(last: Vec<FlowRecord>, run: Vec<FlowRecord>) -> Snapshot {
+    fn snapshot(last: Vec<Flow>, run: Vec<Flow>) -> Snapshot {
         snapshot_with(last, run, vec![], vec![])
     }
 
     fn snapshot_with(
-        last: Vec<FlowRecord>,
-        run: Vec<FlowRecord>,
-        last_services: Vec<ServiceRecord>,
-        run_services: Vec<ServiceRecord>,
+        last: Vec<Flow>,
+        run: Vec<Flow>,
+        last_services: Vec<Service>,
+        run_services: Vec<Service>,
     ) -> Snapshot {
-        let sum = |f: &[FlowRecord]| f.iter().map(|f| f.resets).sum::<u64>();
-        let interval = IntervalRecord {
-            kind: "interval",
+        let sum = |f: &[Flow]| f.iter().map(|f| f.resets).sum::<u64>();
+        let interval = Interval {
             seq: 3,
-            time: "2026-01-01T12:34:56.000Z".into(),
-            elapsed_ms: 2000.0,
+            ended: SystemTime::UNIX_EPOCH + Duration::from_secs(1_767_270_896),
+            elapsed: Duration::from_secs(2),
             totals: Totals { resets: sum(&last), ..Totals::default() },
-            rate: 0.0,
             flows_seen: last.len(),
             flow_resets: sum(&last),
-            overflowed: false,
             sources: vec![source("10.0.0.9", 4, 4)],
             flows: last,
             services: last_services,
             destinations: vec![],
         };
-        let summary = SummaryRecord {
-            kind: "summary",
-            duration_ms: 6000.0,
+        let summary = Run {
+            elapsed: Duration::from_secs(6),
             intervals: 3,
             interfaces: vec![],
-            counting: Some("per-cpu"),
+            counting: Some(CountingMode::PerCpu),
             totals: Totals { resets: sum(&run) + 10, overflow: 10, ..Totals::default() },
-            overflowed: true,
             unlisted: Default::default(),
             sources: vec![source("10.0.0.9", 10, 10)],
             flows: run,
             destinations: vec![],
             services: run_services,
             kernel_events: Default::default(),
-            diagnosis: vec![],
         };
         Snapshot::new(&interval, &summary)
     }
@@ -1105,9 +1104,9 @@ mod tests {
 
     fn sample() -> Snapshot {
         let mut refusals = flow("10.0.1.3", 45000, "10.0.0.3", 8080, 20);
-        refusals.direction = "tx";
-        refusals.kinds.refused = 19;
-        refusals.kinds.handshake = 1;
+        refusals.direction = Direction::Tx;
+        refusals.kinds.add(ResetKind::Refused, 19);
+        refusals.kinds.add(ResetKind::Handshake, 1);
         snapshot_with(
             vec![flow("10.0.0.1", 443, "10.0.1.1", 40000, 6), flow("10.0.0.2", 81, "10.0.1.2", 50000, 2)],
             vec![flow("10.0.0.1", 443, "10.0.1.1", 40000, 8), flow("10.0.0.2", 81, "10.0.1.2", 50000, 2), refusals],
