@@ -224,7 +224,7 @@ fn run(cli: WatchArgs) -> anyhow::Result<()> {
         let elapsed = last_interval_start.elapsed();
         let record = aggregator.add(&sample, elapsed, SystemTime::now());
         if let Some(metrics) = &metrics {
-            metrics.observe(&sample, &record, &aggregator.top_services());
+            metrics.observe(&sample, &record, &aggregator.interval_by_interface(), &aggregator.top_services());
         }
         if sample.counted_anything() || elapsed >= interval / 2 {
             printer.interval(&record)?;
@@ -340,7 +340,12 @@ async fn watch<W: Write>(cli: &WatchArgs, state: &mut Watch<'_, W>) -> anyhow::R
                 let record = state.aggregator.add(&sample, now - interval_start, SystemTime::now());
                 interval_start = now;
                 if let Some(metrics) = state.metrics {
-                    metrics.observe(&sample, &record, &state.aggregator.top_services());
+                    metrics.observe(
+                        &sample,
+                        &record,
+                        &state.aggregator.interval_by_interface(),
+                        &state.aggregator.top_services(),
+                    );
                 }
                 state.printer.interval(&record)?;
             }

@@ -122,6 +122,17 @@ pub struct IntervalFlow<'a> {
     pub run: Option<&'a FlowStats>,
 }
 
+/// The last interval's flow resets on one interface in one direction: what `--metrics` counts
+/// (every flow, not only the top N).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceResets {
+    pub iface: String,
+    pub direction: Direction,
+    pub kinds: KindCounts,
+    /// RSTs whose TTL differs from the claimed sender's handshake.
+    pub middlebox: u64,
+}
+
 /// Accumulates samples over the run.
 pub struct Aggregator {
     interfaces: Vec<Interface>,
@@ -325,6 +336,25 @@ impl Aggregator {
     /// interval by interval instead of rebuilding it).
     pub fn interval_flows(&self) -> impl Iterator<Item = IntervalFlow<'_>> {
         self.interval_flows.iter().map(|(key, interval)| IntervalFlow { key, interval, run: self.flows.get(key) })
+    }
+
+    /// The last interval's flow resets per interface and direction, in ifindex order.
+    pub fn interval_by_interface(&self) -> Vec<InterfaceResets> {
+        let mut groups: BTreeMap<(u32, Direction), (KindCounts, u64)> = BTreeMap::new();
+        for (key, stats) in &self.interval_flows {
+            let group = groups.entry((key.ifindex, Direction::of(key))).or_default();
+            group.0.merge(&stats.kinds);
+            group.1 += stats.middlebox.map_or(0, |m| m.resets);
+        }
+        groups
+            .into_iter()
+            .map(|((ifindex, direction), (kinds, middlebox))| InterfaceResets {
+                iface: self.iface_name(ifindex),
+                direction,
+                kinds,
+                middlebox,
+            })
+            .collect()
     }
 
     /// The last interval's services, every one of them, ranked.
