@@ -13,7 +13,7 @@ use std::{
     io::{self, IsTerminal as _},
     net::IpAddr,
     sync::atomic::{AtomicBool, AtomicI32, Ordering as AtomicOrdering},
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -31,45 +31,18 @@ use ratatui::{
     widgets::{Cell as TableCell, Paragraph, Row, Table},
     Frame, Terminal,
 };
-use rst_common::wire::{ResetKind, DEFAULT_MAX_FLOWS};
+use rst_common::wire::ResetKind;
 
 use crate::{
     aggregate::{
-        model::{Direction, Interface, Interval, Run, Totals},
-        Aggregator,
+        model::{Direction, Interval, Run, Totals},
+        DEFAULT_SUMMARY_FLOWS,
     },
-    cli::parse_interval,
-    collector::Collector,
-    loader::{self, Counting, HookChoice, XdpModeChoice},
+    cli::TopArgs,
+    live::{LiveSession, Settings},
+    loader::HookChoice,
     output::{self, Format, Printer},
 };
-
-/// Options of `rstwatch top`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct TopArgs {
-    /// Interface to watch; repeat for several.
-    #[arg(short = 'i', long = "iface", value_name = "IFACE", required = true)]
-    pub ifaces: Vec<String>,
-    /// How often to read the counts and refresh the table (e.g. 500ms, 1s, 5s).
-    #[arg(long, default_value = "1s", value_parser = parse_interval)]
-    pub interval: Duration,
-    /// Where to count: the XDP hook, or TC ingress (tcx, kernel ≥ 6.6) beside another XDP program.
-    #[arg(long, value_enum, default_value_t = HookChoice::Xdp)]
-    pub hook: HookChoice,
-    /// Where to hook XDP.
-    #[arg(long, value_enum, default_value_t = XdpModeChoice::Auto)]
-    pub xdp_mode: XdpModeChoice,
-    /// Capacity of each of the two per-interval flow tables. RSTs beyond it are still counted,
-    /// as `overflow`.
-    #[arg(long, default_value_t = DEFAULT_MAX_FLOWS, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
-    pub max_flows: u32,
-    /// How the programs count: `per-cpu` (plain per-CPU adds and a per-CPU flow cache, exact
-    /// where programs on one CPU never preempt each other), `atomic` (atomic adds only, every RST
-    /// into the shared flow table: exact on PREEMPT_RT too, dearer per RST), or `auto`: atomic
-    /// on a PREEMPT_RT kernel.
-    #[arg(long, value_enum, default_value_t = Counting::Auto)]
-    pub counting: Counting,
-}
 
 // ───────────────────────────── views, rows, sorting, filtering ─────────────────────────────
 
@@ -892,26 +865,17 @@ pub fn run(args: &TopArgs) -> anyhow::Result<()> {
     if !io::stdout().is_terminal() || !io::stdin().is_terminal() {
         anyhow::bail!("rstwatch top needs a terminal (for a pipe or a file, use plain `rstwatch -i IFACE`)");
     }
-    let targets = loader::resolve_targets(&args.ifaces)?;
-    loader::check_capabilities()?;
+    let options = args.live();
+    let targets = LiveSession::preflight(&options)?;
     install_signal_handlers()?;
-
-    let mut ebpf = loader::load_counting(args.max_flows, args.counting)?;
-    let mut collector = Collector::new(&mut ebpf)?;
-    let (kernel_events, reason_names) = loader::start_kernel_events(&mut ebpf);
-    let attachments = loader::attach_all(&mut ebpf, args.hook, args.xdp_mode, &targets)?;
-    let interfaces: Vec<Interface> = attachments.iter().map(Interface::of).collect();
-    let described =
-        interfaces.iter().map(|i| format!("{} ({})", i.iface, i.mode.name())).collect::<Vec<_>>().join(", ");
-    let hook = match args.hook {
+    // Every flow of every interval: the table, not the aggregator, decides what fits.
+    let settings = Settings { max_flows: args.max_flows, top: usize::MAX, summary_flows: DEFAULT_SUMMARY_FLOWS };
+    let mut session = LiveSession::start(&options, &targets, settings, None)?;
+    let hook = match session.hook() {
         HookChoice::Xdp => "xdp",
         HookChoice::Tc => "tc",
     };
-    // Every flow of every interval: the table, not the aggregator, decides what fits.
-    let mut aggregator = Aggregator::new(interfaces, usize::MAX);
-    loader::warn_kernel_events(&kernel_events);
-    aggregator.kernel_events(kernel_events, reason_names);
-    let mut app = App::new(described, hook, args.interval);
+    let mut app = App::new(session.described_interfaces(), hook, args.interval);
 
     let outcome = {
         // Declared first, dropped last: held log lines appear once the terminal is restored.
@@ -919,49 +883,44 @@ pub fn run(args: &TopArgs) -> anyhow::Result<()> {
         let guard = TerminalGuard::take()?;
         let outcome = Terminal::new(CrosstermBackend::new(io::stdout()))
             .context("setting up the terminal")
-            .and_then(|mut terminal| live(&mut terminal, &mut app, &mut collector, &mut aggregator, args.interval));
+            .and_then(|mut terminal| live(&mut terminal, &mut app, &mut session, args.interval));
         drop(guard);
         outcome
     };
 
-    // Detach before the last read, so the summary holds every RST that crossed the hook.
-    let detached: Vec<String> = attachments.iter().map(|a| a.iface.clone()).collect();
-    drop(attachments);
-    tracing::info!("detached from {}", detached.join(", "));
-    let last_interval_start = outcome?;
-    let sample = collector.collect()?;
-    aggregator.add(&sample, last_interval_start.elapsed(), SystemTime::now());
-    let mut printer = Printer::new(io::stdout().lock(), Format::Table, 10, crate::view::View::Src);
-    match printer.summary(&aggregator.summary()) {
+    session.detach();
+    outcome?;
+    let finished = session.finish()?;
+    let mut printer = Printer::new(io::stdout().lock(), Format::Table, SUMMARY_TOP, crate::view::View::Src);
+    match printer.summary(&finished.run) {
         Err(error) if error.kind() == io::ErrorKind::BrokenPipe => Ok(()),
         other => other.context("writing the summary"),
     }
 }
 
-/// The event loop: a refresh every interval, keys in between. Returns when the unreported
-/// interval began.
+/// How many resetters and flows the summary printed at exit lists (`rstwatch`'s default `--top`).
+const SUMMARY_TOP: usize = 10;
+
+/// The event loop: a refresh every interval, keys in between.
 fn live<B: Backend>(
     terminal: &mut Terminal<B>,
     app: &mut App,
-    collector: &mut Collector,
-    aggregator: &mut Aggregator,
+    session: &mut LiveSession,
     interval: Duration,
-) -> anyhow::Result<Instant> {
-    let mut interval_start = Instant::now();
-    let mut next_tick = interval_start + interval;
+) -> anyhow::Result<()> {
+    session.restart_clock();
+    let mut next_tick = Instant::now() + interval;
     let mut dirty = true;
     loop {
         if STOP_SIGNAL.load(AtomicOrdering::SeqCst) != 0 || app.quit {
-            return Ok(interval_start);
+            return Ok(());
         }
         let now = Instant::now();
         if now >= next_tick {
-            let sample = collector.collect()?;
-            let now = Instant::now();
-            let record = aggregator.add(&sample, now - interval_start, SystemTime::now());
-            interval_start = now;
-            app.update(Snapshot::new(&record, &aggregator.summary()));
+            let record = session.tick()?;
+            app.update(Snapshot::new(&record, &session.aggregator().summary()));
             // Fixed cadence; after a stall (a suspended terminal, say) start again from now.
+            let now = Instant::now();
             next_tick += interval;
             if next_tick <= now {
                 next_tick = now + interval;
@@ -992,7 +951,7 @@ fn live<B: Backend>(
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
+    use std::{net::Ipv4Addr, time::SystemTime};
 
     use ratatui::backend::TestBackend;
 

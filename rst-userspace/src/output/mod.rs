@@ -62,6 +62,11 @@ fn json_line(out: &mut impl Write, record: &impl Serialize) -> io::Result<()> {
     out.flush()
 }
 
+/// Whether `error` is a closed stdout (`rstwatch … | head`): not a failure.
+pub fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| cause.downcast_ref::<io::Error>().is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe))
+}
+
 /// `HH:MM:SS` (UTC) of a time: the interval's clock in the table and the TUI.
 pub fn clock(time: SystemTime) -> String {
     let seconds = time.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() % 86_400;

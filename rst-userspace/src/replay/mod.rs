@@ -38,7 +38,7 @@ use crate::{
     cli::ReportOptions,
     collector::Sample,
     connections::HostConnections,
-    output::Printer,
+    output::{self, Printer},
 };
 
 #[derive(Debug, clap::Args)]
@@ -61,7 +61,7 @@ pub struct ReplayArgs {
 pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
     match run_to(args, io::stdout().lock()) {
         // `rstwatch replay … | head` is not an error.
-        Err(error) if is_broken_pipe(&error) => Ok(()),
+        Err(error) if output::is_broken_pipe(&error) => Ok(()),
         other => other,
     }
 }
@@ -305,8 +305,4 @@ impl<W: Write> Replay<W> {
         }
         self.printer.summary(&self.aggregator.summary())
     }
-}
-
-fn is_broken_pipe(error: &anyhow::Error) -> bool {
-    error.chain().any(|cause| cause.downcast_ref::<io::Error>().is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe))
 }
