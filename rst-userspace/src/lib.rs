@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod netlink;
 pub mod output;
 pub mod replay;
+pub mod sys;
 pub mod testrun;
 pub mod tui;
 pub mod view;

@@ -33,6 +33,13 @@ pub struct Settings {
     pub summary_flows: u32,
 }
 
+/// Whether an interval's record carries its top N rankings.
+#[derive(Clone, Copy)]
+enum Ranking {
+    TopN,
+    Skip,
+}
+
 /// The last interval, read after detaching, and the whole run.
 pub struct Finished {
     pub interval: Interval,
@@ -110,19 +117,33 @@ impl LiveSession {
         self.interval_start = Instant::now();
     }
 
-    /// Ends the interval: follows the interfaces, reads the maps, folds the sample in.
+    /// Ends the interval: follows the interfaces, reads the maps, folds the sample in and
+    /// ranks the interval (top N).
     pub fn tick(&mut self) -> anyhow::Result<Interval> {
+        self.step(Ranking::TopN)
+    }
+
+    /// [`LiveSession::tick`] without ranking the interval: for a reader that follows the run
+    /// through the aggregator (`rstwatch top`), the rankings would be thrown away.
+    pub fn tick_unranked(&mut self) -> anyhow::Result<Interval> {
+        self.step(Ranking::Skip)
+    }
+
+    fn step(&mut self, ranking: Ranking) -> anyhow::Result<Interval> {
         self.follow_interfaces();
         let sample = self.collector.collect()?;
         tracing::debug!(read_ms = sample.read_time.as_secs_f64() * 1e3, flows = sample.flows.len(), "interval read");
         let now = Instant::now();
         let elapsed = now - self.interval_start;
         self.interval_start = now;
-        Ok(self.fold(&sample, elapsed))
+        Ok(self.fold(&sample, elapsed, ranking))
     }
 
-    fn fold(&mut self, sample: &Sample, elapsed: Duration) -> Interval {
-        let interval = self.aggregator.add(sample, elapsed, SystemTime::now());
+    fn fold(&mut self, sample: &Sample, elapsed: Duration, ranking: Ranking) -> Interval {
+        let interval = match ranking {
+            Ranking::TopN => self.aggregator.add(sample, elapsed, SystemTime::now()),
+            Ranking::Skip => self.aggregator.fold(sample, elapsed, SystemTime::now()),
+        };
         if let Some(metrics) = &self.metrics {
             metrics.observe(
                 sample,
@@ -149,7 +170,7 @@ impl LiveSession {
         self.detach();
         let sample = self.collector.collect()?;
         let elapsed = self.interval_start.elapsed();
-        let interval = self.fold(&sample, elapsed);
+        let interval = self.fold(&sample, elapsed, Ranking::TopN);
         Ok(Finished { interval, counted_anything: sample.counted_anything(), run: self.aggregator.summary() })
     }
 

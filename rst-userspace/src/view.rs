@@ -1,7 +1,7 @@
 //! What a report ranks: the one list of views shared by `--by` and `rstwatch top`.
 
 /// What the table ranks. The JSON summary always holds every view.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, clap::ValueEnum)]
 pub enum View {
     /// Resetters: the addresses that send RSTs.
     #[default]

@@ -8,6 +8,7 @@ pub mod rank;
 
 use std::{
     collections::{BTreeMap, HashMap},
+    net::IpAddr,
     time::{Duration, SystemTime},
 };
 
@@ -145,8 +146,10 @@ pub struct Aggregator {
     flows: HashMap<FlowKey, FlowStats>,
     /// The last interval's flows (also kept for its capacity).
     interval_flows: HashMap<FlowKey, FlowStats>,
-    /// The last interval's services, all of them (the interval's record keeps the top N).
-    interval_services: Vec<Service>,
+    /// The last interval's handshakes per service.
+    interval_handshakes: Vec<(ServiceKey, ServiceValue)>,
+    /// The last interval's resets that overflowed the flow table, by sender.
+    interval_overflow: Vec<(IpAddr, u64)>,
     /// tx flows of the run by 4-tuple, for kernel events that arrive an interval late.
     tx_flows: HashMap<FourTuple, FlowKey>,
     /// Kernel events not matched in their interval: tried once more in the next.
@@ -172,7 +175,8 @@ impl Aggregator {
             totals: Counters::default(),
             flows: HashMap::new(),
             interval_flows: HashMap::new(),
-            interval_services: Vec::new(),
+            interval_handshakes: Vec::new(),
+            interval_overflow: Vec::new(),
             tx_flows: HashMap::new(),
             pending_events: Vec::new(),
             services: HashMap::new(),
@@ -217,6 +221,22 @@ impl Aggregator {
     /// Folds one sample into the run and returns its interval (top N only). `ended` is when
     /// the interval ended: wall-clock time live, capture time in replay.
     pub fn add(&mut self, sample: &Sample, elapsed: Duration, ended: SystemTime) -> Interval {
+        let mut interval = self.fold(sample, elapsed, ended);
+        let flows = &self.interval_flows;
+        interval.sources = rank::sources(flows.iter(), sample.overflow_sources.iter().map(|(k, r)| (k, *r)), elapsed);
+        interval.sources.truncate(self.top);
+        interval.flows = self.flow_records(flows.iter(), self.top);
+        interval.services = self.interval_services();
+        interval.services.truncate(self.top);
+        interval.destinations = rank::destinations(flows.iter());
+        interval.destinations.truncate(self.top);
+        interval
+    }
+
+    /// Folds one sample into the run like [`Aggregator::add`], without ranking the interval:
+    /// its record has the totals and empty rankings, for a reader that follows the run through
+    /// [`Aggregator::interval_flows`] instead.
+    pub fn fold(&mut self, sample: &Sample, elapsed: Duration, ended: SystemTime) -> Interval {
         self.intervals += 1;
         self.elapsed += elapsed;
         self.totals.accumulate(&sample.counters);
@@ -251,13 +271,10 @@ impl Aggregator {
             run.attempts += value.attempts;
             run.synacks += value.synacks;
         }
-        let mut sources = rank::sources(interval.iter(), sample.overflow_sources.iter().map(|(k, r)| (k, *r)), elapsed);
-        sources.truncate(self.top);
-        let flows = self.flow_records(interval.iter(), self.top);
-        self.interval_services = self.service_records(sample.services.iter().map(|(k, v)| (k, v)), interval.iter());
-        let services = self.interval_services.iter().take(self.top).cloned().collect();
-        let mut destinations = rank::destinations(interval.iter());
-        destinations.truncate(self.top);
+        self.interval_handshakes.clear();
+        self.interval_handshakes.extend_from_slice(&sample.services);
+        self.interval_overflow.clear();
+        self.interval_overflow.extend(sample.overflow_sources.iter().map(|(key, resets)| (key.src_ip(), *resets)));
         let record = Interval {
             seq: self.intervals,
             ended,
@@ -265,10 +282,10 @@ impl Aggregator {
             totals: Totals::from(&sample.counters),
             flows_seen: interval.len(),
             flow_resets: sample.flows.iter().map(|(_, resets)| resets).sum(),
-            sources,
-            flows,
-            services,
-            destinations,
+            sources: Vec::new(),
+            flows: Vec::new(),
+            services: Vec::new(),
+            destinations: Vec::new(),
         };
         self.interval_flows = interval;
         record
@@ -358,8 +375,13 @@ impl Aggregator {
     }
 
     /// The last interval's services, every one of them, ranked.
-    pub fn interval_services(&self) -> &[Service] {
-        &self.interval_services
+    pub fn interval_services(&self) -> Vec<Service> {
+        self.service_records(self.interval_handshakes.iter().map(|(k, v)| (k, v)), self.interval_flows.iter())
+    }
+
+    /// The last interval's resets that overflowed the flow table, by sender.
+    pub fn interval_overflow(&self) -> &[(IpAddr, u64)] {
+        &self.interval_overflow
     }
 
     /// The run's counters so far.
