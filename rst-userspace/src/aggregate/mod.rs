@@ -23,6 +23,10 @@ use self::model::{
 };
 use crate::collector::Sample;
 
+/// Tens of thousands of flow keys per interval go through these maps: a fast,
+/// non-cryptographic hasher, as in the collector.
+pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// About 15 MiB of flow records at most.
 pub const DEFAULT_SUMMARY_FLOWS: u32 = 65_536;
 
@@ -143,19 +147,19 @@ pub struct Aggregator {
     elapsed: Duration,
     totals: Counters,
     /// Keyed by [`FlowKey::flow_id`].
-    flows: HashMap<FlowKey, FlowStats>,
+    flows: FastMap<FlowKey, FlowStats>,
     /// The last interval's flows (also kept for its capacity).
-    interval_flows: HashMap<FlowKey, FlowStats>,
+    interval_flows: FastMap<FlowKey, FlowStats>,
     /// The last interval's handshakes per service.
     interval_handshakes: Vec<(ServiceKey, ServiceValue)>,
     /// The last interval's resets that overflowed the flow table, by sender.
     interval_overflow: Vec<(IpAddr, u64)>,
     /// tx flows of the run by 4-tuple, for kernel events that arrive an interval late.
-    tx_flows: HashMap<FourTuple, FlowKey>,
+    tx_flows: FastMap<FourTuple, FlowKey>,
     /// Kernel events not matched in their interval: tried once more in the next.
     pending_events: Vec<(StackResetKey, u64)>,
-    services: HashMap<ServiceKey, ServiceValue>,
-    overflow_sources: HashMap<SourceKey, u64>,
+    services: FastMap<ServiceKey, ServiceValue>,
+    overflow_sources: FastMap<SourceKey, u64>,
     flow_limit: usize,
     unlisted: Unlisted,
     kernel_events: KernelEvents,
@@ -173,14 +177,14 @@ impl Aggregator {
             intervals: 0,
             elapsed: Duration::ZERO,
             totals: Counters::default(),
-            flows: HashMap::new(),
-            interval_flows: HashMap::new(),
+            flows: FastMap::default(),
+            interval_flows: FastMap::default(),
             interval_handshakes: Vec::new(),
             interval_overflow: Vec::new(),
-            tx_flows: HashMap::new(),
+            tx_flows: FastMap::default(),
             pending_events: Vec::new(),
-            services: HashMap::new(),
-            overflow_sources: HashMap::new(),
+            services: FastMap::default(),
+            overflow_sources: FastMap::default(),
             flow_limit: DEFAULT_SUMMARY_FLOWS as usize,
             unlisted: Unlisted::default(),
             kernel_events: KernelEvents {
@@ -294,11 +298,11 @@ impl Aggregator {
     /// Charges kernel reset events to the tx flows they explain: this interval's first, then the
     /// run's (the event and the segment can fall on either side of an epoch flip). An event
     /// that matches nothing gets one more interval.
-    fn join_kernel_events(&mut self, interval: &mut HashMap<FlowKey, FlowStats>, events: &[(StackResetKey, u64)]) {
+    fn join_kernel_events(&mut self, interval: &mut FastMap<FlowKey, FlowStats>, events: &[(StackResetKey, u64)]) {
         if events.is_empty() && self.pending_events.is_empty() {
             return;
         }
-        let interval_tx: HashMap<FourTuple, FlowKey> = interval
+        let interval_tx: FastMap<FourTuple, FlowKey> = interval
             .keys()
             .filter(|id| Direction::of(id) == Direction::Tx)
             .map(|id| (four_tuple_of_flow(id), *id))

@@ -65,6 +65,8 @@ pub struct Context {
     pub seconds: f64,
     /// RSTs of all the view's rows (after the filter) in the last interval.
     pub all_last: u64,
+    /// The last interval's number: a row's `last` counts only if it was seen in it.
+    pub interval: u64,
 }
 
 impl Context {
@@ -114,20 +116,20 @@ pub const SERVICE_COLUMNS: [Column<ServiceRow>; 7] = [
     column("REFUSED", |s, _| {
         Cell::Percent(if s.attempts > 0 { 100.0 * s.refused as f64 / s.attempts as f64 } else { 0.0 })
     }),
-    sorted("RSTS", |s, _| Cell::Count(s.last)),
-    column("RSTS/s", |s, c| c.rate(s.last)),
-    column("SHARE", |s, c| c.share(s.last)),
+    sorted("RSTS", |s, c| Cell::Count(s.last.at(c.interval))),
+    column("RSTS/s", |s, c| c.rate(s.last.at(c.interval))),
+    column("SHARE", |s, c| c.share(s.last.at(c.interval))),
     column("TOTAL", |s, _| Cell::Count(s.total)),
 ];
 
 pub const FLOW_COLUMNS: [Column<FlowRow>; 8] = [
-    column("IFACE", |f, _| Cell::Text(f.iface.clone())),
+    column("IFACE", |f, _| Cell::Text(f.iface.to_string())),
     column("DIR", |f, _| Cell::Text(f.direction.name().to_string())),
     column("FROM (RST SENDER)", |f, _| Cell::Endpoint(f.src, Some(f.sport))),
     column("TO", |f, _| Cell::Endpoint(f.dst, Some(f.dport))),
     column("KIND", |f, _| Cell::Text(f.kind.map_or("", ResetKind::name).to_string())),
-    sorted("RSTS", |f, _| Cell::Count(f.last)),
-    column("RSTS/s", |f, c| c.rate(f.last)),
+    sorted("RSTS", |f, c| Cell::Count(f.last.at(c.interval))),
+    column("RSTS/s", |f, c| c.rate(f.last.at(c.interval))),
     column("TOTAL", |f, _| Cell::Count(f.total)),
 ];
 

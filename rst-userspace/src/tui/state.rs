@@ -3,7 +3,7 @@
 //! sender. A refresh costs what the interval brought, not what the run holds; grouping by
 //! address happens when a view is drawn, so that a filter applies to the flows grouped.
 
-use std::{collections::HashMap, fmt, net::IpAddr, time::Duration};
+use std::{fmt, net::IpAddr, sync::Arc, time::Duration};
 
 use rst_common::{wire::ResetKind, FlowKey};
 
@@ -11,7 +11,7 @@ use super::columns::{self, Cell, Context};
 use crate::{
     aggregate::{
         model::{Direction, Interval, Service, Totals},
-        Aggregator,
+        Aggregator, FastMap,
     },
     output,
     view::View,
@@ -77,7 +77,8 @@ impl fmt::Display for Filter {
 /// One flow, with its count in the last interval and over the run.
 #[derive(Clone, Debug)]
 pub struct FlowRow {
-    pub iface: String,
+    /// Shared by the interface's rows.
+    pub iface: Arc<str>,
     pub direction: Direction,
     pub src: IpAddr,
     pub sport: u16,
@@ -85,8 +86,37 @@ pub struct FlowRow {
     pub dport: u16,
     /// The kind most of the run's RSTs of the flow were.
     pub kind: Option<ResetKind>,
-    pub last: u64,
+    /// RSTs in the last interval it had any in.
+    pub last: Stamped,
     pub total: u64,
+}
+
+/// A count with the interval it belongs to: stamped rather than cleared, so that a refresh
+/// touches only the rows it brings.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stamped {
+    count: u64,
+    interval: u64,
+}
+
+impl Stamped {
+    pub fn new(count: u64, interval: u64) -> Stamped {
+        Stamped { count, interval }
+    }
+
+    /// The count in `interval` (zero if it is from an earlier one).
+    pub fn at(self, interval: u64) -> u64 {
+        if self.interval == interval {
+            self.count
+        } else {
+            0
+        }
+    }
+
+    /// Adds to the count in `interval`, starting it afresh if it is from an earlier one.
+    pub fn add(&mut self, count: u64, interval: u64) {
+        *self = Stamped::new(self.at(interval) + count, interval);
+    }
 }
 
 /// The RSTs of an address (sent, or received), in the last interval and over the run.
@@ -105,7 +135,7 @@ pub struct ServiceRow {
     pub port: u16,
     pub attempts: u64,
     pub refused: u64,
-    pub last: u64,
+    pub last: Stamped,
     pub total: u64,
 }
 
@@ -145,15 +175,14 @@ pub struct Snapshot {
     /// Wall-clock time of the refresh (HH:MM:SS).
     pub clock: String,
     /// The run's flows, by flow id.
-    flows: HashMap<FlowKey, FlowRow>,
+    flows: FastMap<FlowKey, FlowRow>,
     /// The last interval's flows the run had no room for: shown for that interval only.
     transient: Vec<FlowRow>,
-    /// Flows and services whose `last` is not zero: cleared at the next refresh.
-    touched_flows: Vec<FlowKey>,
-    touched_services: Vec<(IpAddr, u16)>,
-    services: HashMap<(IpAddr, u16), ServiceRow>,
+    services: FastMap<(IpAddr, u16), ServiceRow>,
     /// RSTs that overflowed the flow table, per sender: (last interval, run).
-    overflow: HashMap<IpAddr, (u64, u64)>,
+    overflow: FastMap<IpAddr, (u64, u64)>,
+    /// Interface names by ifindex, each allocated once.
+    names: FastMap<u32, Arc<str>>,
 }
 
 impl Snapshot {
@@ -189,36 +218,28 @@ impl Snapshot {
         self.last = interval.totals;
         self.totals = *totals;
         self.clock = output::clock(interval.ended);
-        for key in self.touched_flows.drain(..) {
-            if let Some(row) = self.flows.get_mut(&key) {
-                row.last = 0;
-            }
-        }
         self.transient.clear();
         for change in flows {
             let key = change.key;
             let Some((total, kind)) = change.run else {
                 // Beyond the run's flow limit: its RSTs still belong to the sender.
-                let row = new_row(&key, iface_name(key.ifindex), None, change.last, change.last);
+                let iface = self.name(key.ifindex, &iface_name);
+                let row = new_row(&key, iface, None, Stamped::new(change.last, interval.seq), change.last);
                 self.transient.push(row);
                 self.overflow.entry(key.src_ip()).or_default().1 += change.last;
                 continue;
             };
             match self.flows.get_mut(&key) {
                 Some(row) => {
-                    row.last = change.last;
+                    row.last = Stamped::new(change.last, interval.seq);
                     row.total = total;
                     row.kind = kind;
                 }
                 None => {
-                    self.flows.insert(key, new_row(&key, iface_name(key.ifindex), kind, change.last, total));
+                    let iface = self.name(key.ifindex, &iface_name);
+                    let row = new_row(&key, iface, kind, Stamped::new(change.last, interval.seq), total);
+                    self.flows.insert(key, row);
                 }
-            }
-            self.touched_flows.push(key);
-        }
-        for at in self.touched_services.drain(..) {
-            if let Some(row) = self.services.get_mut(&at) {
-                row.last = 0;
             }
         }
         for service in services.iter() {
@@ -228,14 +249,13 @@ impl Snapshot {
                 port: service.port,
                 attempts: 0,
                 refused: 0,
-                last: 0,
+                last: Stamped::default(),
                 total: 0,
             });
             row.attempts += service.attempts;
             row.refused += service.refused;
-            row.last += service.resets;
+            row.last.add(service.resets, interval.seq);
             row.total += service.resets;
-            self.touched_services.push(at);
         }
         for counts in self.overflow.values_mut() {
             counts.0 = 0;
@@ -247,6 +267,10 @@ impl Snapshot {
         }
     }
 
+    fn name(&mut self, ifindex: u32, iface_name: impl Fn(u32) -> String) -> Arc<str> {
+        Arc::clone(self.names.entry(ifindex).or_insert_with(|| iface_name(ifindex).into()))
+    }
+
     fn flow_rows<'a>(&'a self, filter: Option<&'a Filter>) -> impl Iterator<Item = &'a FlowRow> + 'a {
         self.flows.values().chain(&self.transient).filter(move |f| filter.is_none_or(|filter| filter.matches_flow(f)))
     }
@@ -254,25 +278,28 @@ impl Snapshot {
     /// The rows of `view` (unsorted), after `filter`.
     pub fn rows(&self, view: View, filter: Option<&Filter>) -> Vec<Vec<Cell>> {
         let seconds = self.elapsed.as_secs_f64();
+        let interval = self.intervals;
         match view {
             View::Flow => {
-                columns::cells(self.flow_rows(filter), &columns::FLOW_COLUMNS, &Context { seconds, all_last: 0 })
+                let context = Context { seconds, all_last: 0, interval };
+                columns::cells(self.flow_rows(filter), &columns::FLOW_COLUMNS, &context)
             }
             View::Service => {
                 let services: Vec<&ServiceRow> =
                     self.services.values().filter(|s| filter.is_none_or(|filter| filter.matches_service(s))).collect();
-                let all_last = services.iter().map(|s| s.last).sum();
-                columns::cells(services.into_iter(), &columns::SERVICE_COLUMNS, &Context { seconds, all_last })
+                let all_last = services.iter().map(|s| s.last.at(interval)).sum();
+                let context = Context { seconds, all_last, interval };
+                columns::cells(services.into_iter(), &columns::SERVICE_COLUMNS, &context)
             }
             View::Src | View::Dst => {
-                let mut groups: HashMap<IpAddr, GroupRow> = HashMap::new();
+                let mut groups: FastMap<IpAddr, GroupRow> = FastMap::default();
                 let mut add = |ip: IpAddr, last: u64, total: u64| {
                     let group = groups.entry(ip).or_insert(GroupRow { ip, last: 0, total: 0 });
                     group.last += last;
                     group.total += total;
                 };
                 for f in self.flow_rows(filter) {
-                    add(if view == View::Src { f.src } else { f.dst }, f.last, f.total);
+                    add(if view == View::Src { f.src } else { f.dst }, f.last.at(interval), f.total);
                 }
                 if view == View::Src {
                     // RSTs that found no room in the flow table still belong to their sender.
@@ -284,13 +311,13 @@ impl Snapshot {
                 }
                 let all_last = groups.values().map(|g| g.last).sum();
                 let columns = if view == View::Src { &columns::SRC_COLUMNS } else { &columns::DST_COLUMNS };
-                columns::cells(groups.values(), columns, &Context { seconds, all_last })
+                columns::cells(groups.values(), columns, &Context { seconds, all_last, interval })
             }
         }
     }
 }
 
-fn new_row(key: &FlowKey, iface: String, kind: Option<ResetKind>, last: u64, total: u64) -> FlowRow {
+fn new_row(key: &FlowKey, iface: Arc<str>, kind: Option<ResetKind>, last: Stamped, total: u64) -> FlowRow {
     FlowRow {
         iface,
         direction: Direction::of(key),
