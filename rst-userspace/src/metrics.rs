@@ -312,13 +312,17 @@ impl Metrics {
     }
 }
 
+/// A `--metrics` value that is neither a port nor an address and port.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is neither a port nor ADDR:PORT (e.g. 9101, 127.0.0.1:9101, [::1]:9101)")]
+pub struct ListenError(String);
+
 /// Parses `--metrics`: `PORT` alone binds 127.0.0.1, otherwise `ADDR:PORT` / `[V6]:PORT`.
-pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+pub fn parse_listen(text: &str) -> Result<SocketAddr, ListenError> {
     if let Ok(port) = text.parse::<u16>() {
         return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
     }
-    text.parse::<SocketAddr>()
-        .map_err(|_| format!("{text:?} is neither a port nor ADDR:PORT (e.g. 9101, 127.0.0.1:9101, [::1]:9101)"))
+    text.parse::<SocketAddr>().map_err(|_| ListenError(text.to_owned()))
 }
 
 /// Serves `GET /metrics` on `listener` until the runtime stops.
