@@ -1,21 +1,27 @@
 //! rstwatch's userspace: load the eBPF object, attach it, read its maps, report.
 //!
 //! The modules follow the data: [`loader`] (object → kernel → interfaces), [`collector`] (maps →
-//! one exact [`collector::Sample`] per interval), [`report`] (samples → table or JSON Lines).
+//! one exact [`collector::Sample`] per interval), [`aggregate`] (samples → the run's typed
+//! model), and the model's readers: [`output`] (table or JSON Lines), [`metrics`], [`tui`].
 
+pub mod aggregate;
+pub mod cli;
 pub mod collector;
 pub mod connections;
 pub mod flow_table;
 pub mod kernel_events;
+pub mod live;
 pub mod loader;
 pub mod logsink;
 pub mod metrics;
 pub mod netlink;
+pub mod output;
 pub mod replay;
-pub mod report;
 pub mod sys;
 pub mod testrun;
 pub mod tui;
+pub mod view;
+pub mod watch;
 
 /// The batch commands' old path, for code written against it.
 pub use sys::map_batch as batch;

@@ -217,8 +217,10 @@ impl Counting {
     }
 }
 
-/// How the loaded programs count: what [`Counting`] resolved to when they were loaded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How the loaded programs count: what [`Counting`] resolved to when they were loaded. Its
+/// serialized names are the summary's `counting` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum CountingMode {
     PerCpu,
     Atomic,

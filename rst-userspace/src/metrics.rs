@@ -24,11 +24,12 @@ use prometheus_client::{
 };
 use tokio::{net::TcpListener, sync::Semaphore};
 
-use rst_common::wire::{ResetClass, ResetKind, DIRECTION_TX};
-
 use crate::{
+    aggregate::{
+        model::{Direction, Interval, Service},
+        InterfaceResets,
+    },
     collector::Sample,
-    report::{IntervalRecord, ServiceRecord},
 };
 
 /// Scrapers served at once; more are closed on accept.
@@ -215,37 +216,43 @@ impl Metrics {
         Metrics { registry, ..metrics }
     }
 
-    /// Folds one interval in.
-    /// `services`: the run's top services (cumulative), see `Aggregator::top_services`.
-    pub fn observe(&self, sample: &Sample, record: &IntervalRecord, services: &[ServiceRecord]) {
-        let counters = &sample.counters;
+    /// Folds one interval in: its model (`interval`, `by_interface`, see
+    /// `Aggregator::interval_by_interface`), the run's top services (cumulative, see
+    /// `Aggregator::top_services`), and from the raw sample what only it knows (the overflowed
+    /// resets' interfaces, the kernel's reasons, the collector's own health).
+    pub fn observe(
+        &self,
+        sample: &Sample,
+        interval: &Interval,
+        by_interface: &[InterfaceResets],
+        services: &[Service],
+    ) {
+        let totals = &interval.totals;
         for (direction, frames, tcp) in [
-            ("rx", counters.frames.saturating_sub(counters.tx_frames), counters.tcp.saturating_sub(counters.tx_tcp)),
-            ("tx", counters.tx_frames, counters.tx_tcp),
+            (Direction::Rx, totals.frames.saturating_sub(totals.tx.frames), totals.tcp.saturating_sub(totals.tx.tcp)),
+            (Direction::Tx, totals.tx.frames, totals.tx.tcp),
         ] {
-            self.frames.get_or_create(&DirectionLabels { direction }).inc_by(frames);
-            self.tcp.get_or_create(&DirectionLabels { direction }).inc_by(tcp);
+            let labels = DirectionLabels { direction: direction.name() };
+            self.frames.get_or_create(&labels).inc_by(frames);
+            self.tcp.get_or_create(&labels).inc_by(tcp);
         }
-        self.malformed.inc_by(counters.malformed);
-        self.fragments.inc_by(counters.fragments);
-        self.overflow.inc_by(counters.overflow);
-        self.source_overflow.inc_by(counters.source_overflow);
-        self.unattributed_resets.inc_by(counters.source_overflow);
+        self.malformed.inc_by(totals.malformed);
+        self.fragments.inc_by(totals.fragments);
+        self.overflow.inc_by(totals.overflow);
+        self.source_overflow.inc_by(totals.source_overflow);
+        self.unattributed_resets.inc_by(totals.source_overflow);
         self.intervals.inc();
-        let names = self.names.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let name = |ifindex: u32| names.get(&ifindex).cloned().unwrap_or_else(|| format!("if{ifindex}"));
-        let direction = |direction: u8| if direction == DIRECTION_TX { "tx" } else { "rx" };
-        let mut per_class: HashMap<(u32, u8, ResetKind), u64> = HashMap::new();
-        let mut middlebox: HashMap<(u32, u8), u64> = HashMap::new();
-        for (key, resets) in &sample.flows {
-            *per_class.entry((key.ifindex, key.direction, ResetClass(key.class).kind())).or_default() += resets;
-            if key.peer_ttl != 0 && key.peer_ttl != key.rst_ttl {
-                *middlebox.entry((key.ifindex, key.direction)).or_default() += resets;
+        for group in by_interface {
+            let InterfaceResets { iface, direction, kinds, middlebox } = group;
+            for (kind, resets) in kinds.present() {
+                let labels = ResetLabels { iface: iface.clone(), direction: direction.name(), kind: kind.name() };
+                self.resets.get_or_create(&labels).inc_by(resets);
             }
-        }
-        for ((ifindex, dir, kind), resets) in per_class {
-            let labels = ResetLabels { iface: name(ifindex), direction: direction(dir), kind: kind.name() };
-            self.resets.get_or_create(&labels).inc_by(resets);
+            if *middlebox > 0 {
+                self.middlebox_resets
+                    .get_or_create(&InterfaceLabels { iface: iface.clone(), direction: direction.name() })
+                    .inc_by(*middlebox);
+            }
         }
         // Resets the flow table had no room for: counted per sender only, neither direction nor
         // kind known.
@@ -253,14 +260,13 @@ impl Metrics {
         for (key, resets) in &sample.overflow_sources {
             *overflowed.entry(key.ifindex).or_default() += resets;
         }
-        for (ifindex, resets) in overflowed {
-            let labels = ResetLabels { iface: name(ifindex), direction: "unknown", kind: "unclassified" };
-            self.resets.get_or_create(&labels).inc_by(resets);
-        }
-        for ((ifindex, dir), resets) in middlebox {
-            self.middlebox_resets
-                .get_or_create(&InterfaceLabels { iface: name(ifindex), direction: direction(dir) })
-                .inc_by(resets);
+        if !overflowed.is_empty() {
+            let names = self.names.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (ifindex, resets) in overflowed {
+                let iface = names.get(&ifindex).cloned().unwrap_or_else(|| format!("if{ifindex}"));
+                let labels = ResetLabels { iface, direction: "unknown", kind: "unclassified" };
+                self.resets.get_or_create(&labels).inc_by(resets);
+            }
         }
         for (key, count) in &sample.stack_resets {
             let reason =
@@ -282,7 +288,7 @@ impl Metrics {
             self.service_resets.get_or_create(&labels).set(service.resets as i64);
         }
         self.top_resetters.clear();
-        for (rank, source) in record.sources.iter().enumerate() {
+        for (rank, source) in interval.sources.iter().enumerate() {
             let labels = ResetterLabels { rank: rank as u32 + 1, src: source.src.to_string() };
             self.top_resetters.get_or_create(&labels).set(source.resets as i64);
         }
@@ -306,13 +312,17 @@ impl Metrics {
     }
 }
 
+/// A `--metrics` value that is neither a port nor an address and port.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is neither a port nor ADDR:PORT (e.g. 9101, 127.0.0.1:9101, [::1]:9101)")]
+pub struct ListenError(String);
+
 /// Parses `--metrics`: `PORT` alone binds 127.0.0.1, otherwise `ADDR:PORT` / `[V6]:PORT`.
-pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+pub fn parse_listen(text: &str) -> Result<SocketAddr, ListenError> {
     if let Ok(port) = text.parse::<u16>() {
         return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
     }
-    text.parse::<SocketAddr>()
-        .map_err(|_| format!("{text:?} is neither a port nor ADDR:PORT (e.g. 9101, 127.0.0.1:9101, [::1]:9101)"))
+    text.parse::<SocketAddr>().map_err(|_| ListenError(text.to_owned()))
 }
 
 /// Serves `GET /metrics` on `listener` until the runtime stops.
@@ -449,7 +459,62 @@ impl RunTimeWindow {
 
 #[cfg(test)]
 mod tests {
+    use std::time::SystemTime;
+
+    use rst_common::{
+        wire::{ResetClass, ResetKind, DIRECTION_TX, FAMILY_IPV4},
+        FlowKey,
+    };
+
     use super::*;
+    use crate::aggregate::{
+        model::{AttachMode, Interface},
+        Aggregator,
+    };
+
+    #[test]
+    fn resets_are_counted_per_interface_direction_and_kind_from_the_model() {
+        let key = |direction: u8, kind: ResetKind, sport: u16, peer_ttl: u8| FlowKey {
+            src: [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            dst: [10, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            ifindex: 7,
+            sport,
+            dport: 80,
+            family: FAMILY_IPV4,
+            direction,
+            class: ResetClass::new(kind, true, true, true, false).0,
+            rst_ttl: 64,
+            peer_ttl,
+            ..FlowKey::default()
+        };
+        let sample = Sample {
+            flows: vec![
+                (key(DIRECTION_TX, ResetKind::Refused, 1, 0), 3),
+                (key(DIRECTION_TX, ResetKind::Refused, 2, 0), 2),
+                (key(0, ResetKind::Closing, 3, 60), 4),
+            ],
+            ..Sample::default()
+        };
+        let interfaces = vec![Interface {
+            iface: "veth9".into(),
+            ifindex: 7,
+            mode: AttachMode::Capture(crate::replay::link::Link::Ethernet),
+        }];
+        let mut aggregator = Aggregator::new(interfaces, 10);
+        let interval = aggregator.add(&sample, Duration::from_secs(1), SystemTime::now());
+        let metrics = Metrics::new(HashMap::from([(7, "veth9".to_string())]), 1024, Vec::new());
+        metrics.observe(&sample, &interval, &aggregator.interval_by_interface(), &aggregator.top_services());
+        let text = metrics.encode().unwrap();
+        for series in [
+            r#"rstwatch_resets_total{iface="veth9",direction="tx",kind="refused"} 5"#,
+            r#"rstwatch_resets_total{iface="veth9",direction="rx",kind="closing"} 4"#,
+            r#"rstwatch_middlebox_resets_total{iface="veth9",direction="rx"} 4"#,
+            r#"rstwatch_top_resetter_resets{rank="1",src="10.0.0.1"} 9"#,
+        ] {
+            assert!(text.contains(series), "{series} missing in\n{text}");
+        }
+        assert!(!text.contains(r#"direction="tx",kind="closing""#), "no series for kinds that did not happen");
+    }
 
     #[test]
     fn counters_get_their_total_suffix_in_help_and_type() {

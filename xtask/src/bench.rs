@@ -38,6 +38,8 @@ pub enum Part {
     Kernel,
     Flood,
     Userspace,
+    /// `rstwatch top` vs plain `rstwatch` under the same flood (not in the default set).
+    Top,
 }
 
 pub struct Options {
@@ -400,7 +402,7 @@ pub fn run(options: &Options) -> Result<()> {
         markdown.push_str(&kernel_table(&kernel)?);
         results["kernel"] = serde_json::to_value(Report::Kernel(kernel))?;
     }
-    if parts.contains(&Part::Flood) || parts.contains(&Part::Userspace) {
+    if parts.iter().any(|part| [Part::Flood, Part::Userspace, Part::Top].contains(part)) {
         let lab = FloodLab::new()?;
         if parts.contains(&Part::Flood) {
             eprintln!("xtask bench: part 2, exactness under flood");
@@ -416,6 +418,10 @@ pub fn run(options: &Options) -> Result<()> {
             markdown.push_str(&userspace_table(&drain, &cpu)?);
             results["drain"] = serde_json::to_value(Report::Drain(drain))?;
             results["cpu"] = cpu;
+        }
+        if parts.contains(&Part::Top) {
+            results["top"] = crate::bench_top::run(&lab, options.quick)?;
+            markdown.push_str(&crate::bench_top::table(&results["top"])?);
         }
     }
     let out = options.out.clone().unwrap_or_else(|| cmd::workspace_root().join("target/bench/results.json"));
@@ -680,7 +686,7 @@ fn cpu_share(lab: &FloodLab, quick: bool) -> Result<Value> {
     Ok(json!({ "rows": rows }))
 }
 
-fn cpu_ticks(pid: u32) -> Result<u64> {
+pub fn cpu_ticks(pid: u32) -> Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("/proc/{pid}/stat"))?;
     // Fields after the command name (which is in parentheses and may hold spaces).
     let rest = stat.rsplit_once(')').map(|(_, r)| r).context("malformed stat")?;
@@ -691,7 +697,7 @@ fn cpu_ticks(pid: u32) -> Result<u64> {
     Ok(utime + stime)
 }
 
-fn vm_hwm_kb(pid: u32) -> Result<u64> {
+pub fn vm_hwm_kb(pid: u32) -> Result<u64> {
     let status =
         std::fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("/proc/{pid}/status"))?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:")).context("no VmHWM")?;

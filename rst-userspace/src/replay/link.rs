@@ -21,7 +21,7 @@ const SLL_HLEN: usize = 16;
 const SLL2_HLEN: usize = 20;
 const NULL_HLEN: usize = 4;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Link {
     Ethernet,
     /// Linux cooked capture v1 (`tcpdump -i any` before libpcap 1.10).

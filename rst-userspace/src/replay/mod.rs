@@ -31,9 +31,14 @@ use self::{
     link::Link,
 };
 use crate::{
+    aggregate::{
+        model::{self, AttachMode},
+        Aggregator,
+    },
+    cli::ReportOptions,
     collector::Sample,
     connections::HostConnections,
-    report::{Aggregator, InterfaceRecord, Printer, ReportOptions},
+    output::{self, Printer},
 };
 
 #[derive(Debug, clap::Args)]
@@ -56,7 +61,7 @@ pub struct ReplayArgs {
 pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
     match run_to(args, io::stdout().lock()) {
         // `rstwatch replay … | head` is not an error.
-        Err(error) if is_broken_pipe(&error) => Ok(()),
+        Err(error) if output::is_broken_pipe(&error) => Ok(()),
         other => other,
     }
 }
@@ -69,7 +74,7 @@ pub fn run_to<W: Write>(args: &ReplayArgs, out: W) -> anyhow::Result<()> {
         // A pcapng file may declare an interface after packets of another: each is added to the
         // aggregator when met.
         aggregator: Aggregator::new(Vec::new(), top as usize).limit_flows(summary_flows),
-        printer: Printer::new(out, format, top as usize).by(by),
+        printer: Printer::new(out, format, top as usize, by),
         interval_ns: u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX),
         tally: Tally::default(),
         window: None,
@@ -176,7 +181,7 @@ struct Replay<W: Write> {
     interfaces: u32,
     /// Named interfaces already seen: the same name and link type in several files (a rotated
     /// capture) is one interface.
-    by_name: HashMap<(String, &'static str), u32>,
+    by_name: HashMap<(String, Link), u32>,
     kernel: Option<KernelCheck>,
 }
 
@@ -214,9 +219,8 @@ impl<W: Write> Replay<W> {
         let Some(link) = Link::from_datalink(interface.datalink) else {
             return Slot::Unsupported(interface.datalink);
         };
-        let mode = link.as_str();
         if let Some(name) = &interface.name {
-            if let Some(&ifindex) = self.by_name.get(&(name.clone(), mode)) {
+            if let Some(&ifindex) = self.by_name.get(&(name.clone(), link)) {
                 return Slot::Supported { link, ifindex };
             }
         }
@@ -229,9 +233,9 @@ impl<W: Write> Replay<W> {
         self.interfaces = self.interfaces.saturating_add(1);
         let ifindex = self.interfaces;
         if let Some(name) = &interface.name {
-            self.by_name.insert((name.clone(), mode), ifindex);
+            self.by_name.insert((name.clone(), link), ifindex);
         }
-        self.aggregator.add_interface(InterfaceRecord { iface, ifindex, mode });
+        self.aggregator.add_interface(model::Interface { iface, ifindex, mode: AttachMode::Capture(link) });
         Slot::Supported { link, ifindex }
     }
 
@@ -301,8 +305,4 @@ impl<W: Write> Replay<W> {
         }
         self.printer.summary(&self.aggregator.summary())
     }
-}
-
-fn is_broken_pipe(error: &anyhow::Error) -> bool {
-    error.chain().any(|cause| cause.downcast_ref::<io::Error>().is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe))
 }

@@ -13,6 +13,7 @@ pub mod mmap;
 pub mod netdev;
 pub mod netlink;
 pub mod packet;
+pub mod terminal;
 pub mod test_run;
 
 /// What a system call here failed with.

@@ -1,0 +1,107 @@
+//! The forum's questions ("is it a lot, from whom, who resets first, why"), answered in
+//! sentences from the run's own numbers.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use rst_common::wire::ResetKind;
+
+use super::model::{endpoint, percent, Direction, Flow, Run, Side};
+
+/// The run's diagnosis, most telling first; empty without resets.
+pub fn sentences(run: &Run) -> Vec<String> {
+    let Run { totals, sources, services, flows, kernel_events, .. } = run;
+    let mut lines = Vec::new();
+    if totals.resets == 0 {
+        return lines;
+    }
+    if let Some(service) = services
+        .iter()
+        .filter(|s| s.attempts > 0 && s.refused > 0)
+        .max_by(|a, b| a.refused_share.total_cmp(&b.refused_share).then_with(|| a.refused.cmp(&b.refused)))
+    {
+        lines.push(format!(
+            "{:.0}% of connection attempts to {} were refused ({} of {})",
+            service.refused_share,
+            endpoint(service.addr, service.port),
+            service.refused,
+            service.attempts
+        ));
+    }
+    // Accepted, then reset: a balancer or server shedding load after the handshake.
+    if let Some(service) = services
+        .iter()
+        .filter(|s| s.synacks > 0 && s.resets > s.refused)
+        .max_by(|a, b| (a.resets - a.refused).cmp(&(b.resets - b.refused)))
+    {
+        let reset = service.resets - service.refused;
+        let (kind, _) = ResetKind::ALL
+            .iter()
+            .filter(|kind| **kind != ResetKind::Refused)
+            .map(|kind| (kind.name(), service.kinds.get(*kind)))
+            .max_by_key(|(_, count)| *count)
+            .unwrap_or(("established", 0));
+        lines.push(format!(
+            "{:.0}% of accepted connections to {} were reset, mostly {kind} ({reset} resets, {} SYN+ACKs)",
+            percent(reset, service.synacks),
+            endpoint(service.addr, service.port),
+            service.synacks
+        ));
+    }
+    if let Some(top) = sources.first() {
+        lines.push(format!("{:.0}% of resets come from {} ({} of {})", top.share, top.src, top.resets, totals.resets));
+    }
+    let firsts: Vec<&Flow> = flows.iter().filter(|f| f.first).collect();
+    if !firsts.is_empty() {
+        let server = firsts.iter().filter(|f| f.side == Side::Server).count();
+        let (side, count) =
+            if server * 2 >= firsts.len() { (Side::Server, server) } else { (Side::Client, firsts.len() - server) };
+        let observed = firsts.iter().filter(|f| f.side_observed).count();
+        lines.push(format!(
+            "the {} side resets first in {count} of {} connections{}",
+            side.name(),
+            firsts.len(),
+            if observed == firsts.len() {
+                String::new()
+            } else {
+                format!(" ({} inferred from ports)", firsts.len() - observed)
+            }
+        ));
+    }
+    let mut injected: BTreeMap<IpAddr, (u64, u8, u8)> = BTreeMap::new();
+    for flow in flows {
+        if let Some(middlebox) = &flow.middlebox {
+            let entry = injected.entry(flow.src).or_insert((0, middlebox.rst_ttl, middlebox.peer_ttl));
+            entry.0 += middlebox.resets;
+        }
+    }
+    for (src, (resets, rst_ttl, peer_ttl)) in &injected {
+        lines.push(format!(
+            "TTL says a middlebox sent {resets} resets claiming to be {src} (TTL {rst_ttl}; {src}'s handshake had {peer_ttl})"
+        ));
+    }
+    let mut reasons: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut unexplained = 0;
+    for flow in flows {
+        for (reason, count) in &flow.reasons {
+            *reasons.entry(reason.as_str()).or_default() += count;
+        }
+        unexplained += flow.no_kernel_event.unwrap_or(0);
+    }
+    if !reasons.is_empty() {
+        let mut by_count: Vec<(&str, u64)> = reasons.into_iter().collect();
+        by_count.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+        let listed: Vec<String> = by_count.iter().map(|(reason, count)| format!("{reason} {count}")).collect();
+        lines.push(format!("this host's TCP stack sent resets because: {}", listed.join(", ")));
+    }
+    if unexplained > 0 {
+        lines.push(format!(
+            "{unexplained} resets left this host with no TCP stack event: made by something else here (netfilter REJECT, a proxy) or forwarded through it"
+        ));
+    }
+    if let Some(why) = &kernel_events.unavailable {
+        if flows.iter().any(|f| f.direction == Direction::Tx) {
+            lines.push(format!("no kernel reasons: {why}"));
+        }
+    }
+    lines
+}

@@ -1,0 +1,254 @@
+//! One live run, whichever command shows it: load and attach, then one [`LiveSession::tick`]
+//! per interval (interfaces followed, maps read, the model and the metrics updated), and
+//! [`LiveSession::finish`] (detach, last read, the run's summary). `rstwatch` prints each
+//! interval; `rstwatch top` draws it.
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::Context as _;
+
+use crate::{
+    aggregate::{
+        model::{Interface, Interval, Run},
+        Aggregator,
+    },
+    cli::LiveOptions,
+    collector::{Collector, Sample},
+    loader::{self, Attachment, HookChoice},
+    metrics::{self, Metrics},
+};
+
+/// What a live run is sized by.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Capacity of the kernel's flow tables.
+    pub max_flows: u32,
+    /// How many of each ranking an interval keeps.
+    pub top: usize,
+    /// Most flows the run keeps.
+    pub summary_flows: u32,
+}
+
+/// Whether an interval's record carries its top N rankings.
+#[derive(Clone, Copy)]
+enum Ranking {
+    TopN,
+    Skip,
+}
+
+/// The last interval, read after detaching, and the whole run.
+pub struct Finished {
+    pub interval: Interval,
+    /// Whether the last interval counted anything at all.
+    pub counted_anything: bool,
+    pub run: Run,
+}
+
+pub struct LiveSession {
+    options: LiveOptions,
+    /// One per `-i`, in order; `None` while that interface is gone. Declared before `ebpf`:
+    /// links go before the programs they hold.
+    attachments: Vec<Option<Attachment>>,
+    /// Per `-i`: whether its disappearance was reported and a re-attach failure logged.
+    missing_since: Vec<Option<bool>>,
+    collector: Collector,
+    ebpf: loader::LoadedObject,
+    aggregator: Aggregator,
+    metrics: Option<Arc<Metrics>>,
+    interval_start: Instant,
+}
+
+impl LiveSession {
+    /// Everything that can be checked without touching the kernel: the interfaces exist, the
+    /// capabilities are there. Returns the interfaces' indexes for [`LiveSession::start`].
+    pub fn preflight(options: &LiveOptions) -> anyhow::Result<Vec<(String, u32)>> {
+        let targets = loader::resolve_targets(&options.ifaces)?;
+        loader::check_capabilities()?;
+        Ok(targets)
+    }
+
+    /// Loads, attaches to every `-i` (`targets` from [`LiveSession::preflight`]), and starts
+    /// serving `metrics` (a bound listener, served on `runtime`) if given.
+    pub fn start(
+        options: &LiveOptions,
+        targets: &[(String, u32)],
+        settings: Settings,
+        metrics: Option<(tokio::net::TcpListener, &tokio::runtime::Handle)>,
+    ) -> anyhow::Result<LiveSession> {
+        let mut ebpf = loader::load_counting(settings.max_flows, options.counting)?;
+        let counting = ebpf.counting();
+        let collector = Collector::new(&mut ebpf)?;
+        // Before the interfaces: once "attached to" is logged, every reset's reason is recorded.
+        let (kernel_events, reason_names) = loader::start_kernel_events(&mut ebpf);
+        let attachments: Vec<Option<Attachment>> =
+            loader::attach_all(&mut ebpf, options.hook, options.xdp_mode, targets)?.into_iter().map(Some).collect();
+        let interfaces: Vec<Interface> = attachments.iter().flatten().map(Interface::of).collect();
+        let metrics = metrics.map(|(listener, runtime)| {
+            let names: HashMap<u32, String> = interfaces.iter().map(|i| (i.ifindex, i.iface.clone())).collect();
+            let metrics = Arc::new(Metrics::new(names, settings.max_flows, reason_names.clone()));
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!("serving metrics on http://{addr}/metrics");
+            }
+            runtime.spawn(metrics::serve(listener, Arc::clone(&metrics)));
+            metrics
+        });
+        let mut aggregator = Aggregator::new(interfaces, settings.top).limit_flows(settings.summary_flows);
+        loader::warn_kernel_events(&kernel_events);
+        aggregator.kernel_events(kernel_events, reason_names);
+        aggregator.counting(counting);
+        Ok(LiveSession {
+            options: options.clone(),
+            missing_since: vec![None; attachments.len()],
+            attachments,
+            collector,
+            ebpf,
+            aggregator,
+            metrics,
+            interval_start: Instant::now(),
+        })
+    }
+
+    /// Starts the first interval now (after whatever set-up followed [`LiveSession::start`]).
+    pub fn restart_clock(&mut self) {
+        self.interval_start = Instant::now();
+    }
+
+    /// Ends the interval: follows the interfaces, reads the maps, folds the sample in and
+    /// ranks the interval (top N).
+    pub fn tick(&mut self) -> anyhow::Result<Interval> {
+        self.step(Ranking::TopN)
+    }
+
+    /// [`LiveSession::tick`] without ranking the interval: for a reader that follows the run
+    /// through the aggregator (`rstwatch top`), the rankings would be thrown away.
+    pub fn tick_unranked(&mut self) -> anyhow::Result<Interval> {
+        self.step(Ranking::Skip)
+    }
+
+    fn step(&mut self, ranking: Ranking) -> anyhow::Result<Interval> {
+        self.follow_interfaces();
+        let sample = self.collector.collect()?;
+        tracing::debug!(read_ms = sample.read_time.as_secs_f64() * 1e3, flows = sample.flows.len(), "interval read");
+        let now = Instant::now();
+        let elapsed = now - self.interval_start;
+        self.interval_start = now;
+        Ok(self.fold(&sample, elapsed, ranking))
+    }
+
+    fn fold(&mut self, sample: &Sample, elapsed: Duration, ranking: Ranking) -> Interval {
+        let interval = match ranking {
+            Ranking::TopN => self.aggregator.add(sample, elapsed, SystemTime::now()),
+            Ranking::Skip => self.aggregator.fold(sample, elapsed, SystemTime::now()),
+        };
+        if let Some(metrics) = &self.metrics {
+            metrics.observe(
+                sample,
+                &interval,
+                &self.aggregator.interval_by_interface(),
+                &self.aggregator.top_services(),
+            );
+        }
+        interval
+    }
+
+    /// Detaches from every interface (also what dropping the session does), saying so once.
+    pub fn detach(&mut self) {
+        if self.attachments.is_empty() {
+            return;
+        }
+        let detached: Vec<String> = self.attachments.iter().flatten().map(|a| a.iface.clone()).collect();
+        self.attachments.clear();
+        tracing::info!("detached from {}", detached.join(", "));
+    }
+
+    /// Detaches before the last read, so the summary holds every RST that crossed the hook.
+    pub fn finish(mut self) -> anyhow::Result<Finished> {
+        self.detach();
+        let sample = self.collector.collect()?;
+        let elapsed = self.interval_start.elapsed();
+        let interval = self.fold(&sample, elapsed, Ranking::TopN);
+        Ok(Finished { interval, counted_anything: sample.counted_anything(), run: self.aggregator.summary() })
+    }
+
+    /// The run so far.
+    pub fn aggregator(&self) -> &Aggregator {
+        &self.aggregator
+    }
+
+    /// `iface (mode)` of every interface attached at the start.
+    pub fn described_interfaces(&self) -> String {
+        let described: Vec<String> =
+            self.attachments.iter().flatten().map(|a| format!("{} ({})", a.iface, a.hook.as_str())).collect();
+        described.join(", ")
+    }
+
+    pub fn hook(&self) -> HookChoice {
+        self.options.hook
+    }
+
+    /// The counting program of the chosen hook, with its name, for run-time sampling.
+    pub fn counting_program(&self) -> Option<(&'static str, &aya::programs::Program)> {
+        let programs = self.ebpf.programs();
+        let name = match self.options.hook {
+            HookChoice::Xdp => programs.xdp,
+            HookChoice::Tc => programs.tc,
+        };
+        self.ebpf.program(name).map(|program| (name, program))
+    }
+
+    pub fn metrics(&self) -> Option<&Metrics> {
+        self.metrics.as_deref()
+    }
+
+    /// Interfaces come and go: a deleted one is reported once and the others carry on; one that
+    /// comes back under its name (with a new ifindex) is attached again.
+    fn follow_interfaces(&mut self) {
+        for (index, name) in self.options.ifaces.iter().enumerate() {
+            let current = loader::resolve_interface(name).ok();
+            let attached = self.attachments[index].as_ref().map(|a| a.ifindex);
+            if attached.is_some() && attached == current {
+                continue;
+            }
+            if let Some(gone) = attached {
+                tracing::warn!("interface {name} (ifindex {gone}) disappeared; the others are still watched, and it will be attached again if it comes back");
+                self.attachments[index] = None;
+                self.missing_since[index] = Some(false);
+            }
+            let Some(ifindex) = current else { continue };
+            match loader::attach(&mut self.ebpf, self.options.hook, self.options.xdp_mode, name, ifindex) {
+                Ok(attachment) => {
+                    tracing::info!("interface {name} is back (ifindex {ifindex})");
+                    self.aggregator.add_interface(Interface::of(&attachment));
+                    if let Some(metrics) = &self.metrics {
+                        metrics.add_interface(ifindex, name);
+                    }
+                    self.attachments[index] = Some(attachment);
+                    self.missing_since[index] = None;
+                }
+                Err(error) => {
+                    if self.missing_since[index] != Some(true) {
+                        tracing::warn!(
+                            "interface {name} is back but attaching failed: {error:#}; retrying every interval"
+                        );
+                        self.missing_since[index] = Some(true);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Binds the `--metrics` endpoint on `runtime` (before anything is loaded: a taken port fails
+/// the start early).
+pub fn bind_metrics(
+    runtime: &tokio::runtime::Runtime,
+    addr: std::net::SocketAddr,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    runtime
+        .block_on(tokio::net::TcpListener::bind(addr))
+        .with_context(|| format!("binding the metrics endpoint to {addr}"))
+}

@@ -1,0 +1,322 @@
+//! The `--format json` wire types: the contract other tools parse (add fields, never rename
+//! or drop one; `tests/json_contract.rs` holds every key path). Built from the model, read by
+//! nothing inside rstwatch.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use serde::Serialize;
+
+use crate::aggregate::{
+    diagnosis,
+    model::{
+        AttachMode, CountingMode, Destination, Direction, Family, Flow, Interface, Interval, KernelEvents, KindCounts,
+        Middlebox, Run, Service, Side, Source, Totals, Unlisted,
+    },
+};
+
+fn ms(duration: std::time::Duration) -> f64 {
+    duration.as_secs_f64() * 1e3
+}
+
+#[derive(Serialize)]
+pub struct InterfaceRecord<'a> {
+    iface: &'a str,
+    ifindex: u32,
+    mode: AttachMode,
+}
+
+impl<'a> From<&'a Interface> for InterfaceRecord<'a> {
+    fn from(interface: &'a Interface) -> Self {
+        let Interface { iface, ifindex, mode } = interface;
+        InterfaceRecord { iface, ifindex: *ifindex, mode: *mode }
+    }
+}
+
+#[derive(Serialize)]
+pub struct FlowRecord<'a> {
+    iface: &'a str,
+    ifindex: u32,
+    family: Family,
+    src: IpAddr,
+    sport: u16,
+    dst: IpAddr,
+    dport: u16,
+    resets: u64,
+    direction: Direction,
+    kinds: KindCounts,
+    with_ack: u64,
+    side: Side,
+    side_observed: bool,
+    first: bool,
+    middlebox: Option<Middlebox>,
+    reasons: &'a BTreeMap<String, u64>,
+    no_kernel_event: Option<u64>,
+}
+
+impl<'a> From<&'a Flow> for FlowRecord<'a> {
+    fn from(flow: &'a Flow) -> Self {
+        let Flow {
+            iface,
+            ifindex,
+            family,
+            src,
+            sport,
+            dst,
+            dport,
+            resets,
+            direction,
+            kinds,
+            with_ack,
+            side,
+            side_observed,
+            first,
+            middlebox,
+            reasons,
+            no_kernel_event,
+        } = flow;
+        FlowRecord {
+            iface,
+            ifindex: *ifindex,
+            family: *family,
+            src: *src,
+            sport: *sport,
+            dst: *dst,
+            dport: *dport,
+            resets: *resets,
+            direction: *direction,
+            kinds: *kinds,
+            with_ack: *with_ack,
+            side: *side,
+            side_observed: *side_observed,
+            first: *first,
+            middlebox: *middlebox,
+            reasons,
+            no_kernel_event: *no_kernel_event,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct ServiceRecord<'a> {
+    iface: &'a str,
+    ifindex: u32,
+    addr: IpAddr,
+    port: u16,
+    attempts: u64,
+    synacks: u64,
+    resets: u64,
+    refused: u64,
+    refused_share: f64,
+    kinds: KindCounts,
+}
+
+impl<'a> From<&'a Service> for ServiceRecord<'a> {
+    fn from(service: &'a Service) -> Self {
+        let Service { iface, ifindex, addr, port, attempts, synacks, resets, refused, refused_share, kinds } = service;
+        ServiceRecord {
+            iface,
+            ifindex: *ifindex,
+            addr: *addr,
+            port: *port,
+            attempts: *attempts,
+            synacks: *synacks,
+            resets: *resets,
+            refused: *refused,
+            refused_share: *refused_share,
+            kinds: *kinds,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct SenderCount {
+    src: IpAddr,
+    resets: u64,
+}
+
+#[derive(Serialize)]
+pub struct DestinationRecord {
+    dst: IpAddr,
+    resets: u64,
+    share: f64,
+    flows: u64,
+    senders: Vec<SenderCount>,
+}
+
+impl From<&Destination> for DestinationRecord {
+    fn from(destination: &Destination) -> Self {
+        let Destination { dst, resets, share, flows, senders } = destination;
+        DestinationRecord {
+            dst: *dst,
+            resets: *resets,
+            share: *share,
+            flows: *flows,
+            senders: senders.iter().map(|&(src, resets)| SenderCount { src, resets }).collect(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct PortCount {
+    port: u16,
+    resets: u64,
+}
+
+#[derive(Serialize)]
+pub struct DestinationCount {
+    dst: IpAddr,
+    resets: u64,
+}
+
+#[derive(Serialize)]
+pub struct SourceRecord {
+    src: IpAddr,
+    resets: u64,
+    rate: f64,
+    share: f64,
+    flows: u64,
+    overflow: u64,
+    ports: Vec<PortCount>,
+    destinations: Vec<DestinationCount>,
+    middlebox: u64,
+    kinds: KindCounts,
+}
+
+impl From<&Source> for SourceRecord {
+    fn from(source: &Source) -> Self {
+        let Source { src, resets, rate, share, flows, overflow, ports, destinations, middlebox, kinds } = source;
+        SourceRecord {
+            src: *src,
+            resets: *resets,
+            rate: *rate,
+            share: *share,
+            flows: *flows,
+            overflow: *overflow,
+            ports: ports.iter().map(|&(port, resets)| PortCount { port, resets }).collect(),
+            destinations: destinations.iter().map(|&(dst, resets)| DestinationCount { dst, resets }).collect(),
+            middlebox: *middlebox,
+            kinds: *kinds,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct KernelEventsRecord<'a> {
+    available: bool,
+    /// Why not, when unavailable.
+    reason: Option<&'a str>,
+    matched: u64,
+    elsewhere: u64,
+}
+
+impl<'a> From<&'a KernelEvents> for KernelEventsRecord<'a> {
+    fn from(events: &'a KernelEvents) -> Self {
+        let KernelEvents { unavailable, matched, elsewhere } = events;
+        KernelEventsRecord {
+            available: unavailable.is_none(),
+            reason: unavailable.as_deref(),
+            matched: *matched,
+            elsewhere: *elsewhere,
+        }
+    }
+}
+
+fn all<'a, T, R: From<&'a T>>(items: &'a [T]) -> Vec<R> {
+    items.iter().map(R::from).collect()
+}
+
+/// One `interval` line.
+#[derive(Serialize)]
+pub struct IntervalRecord<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    seq: u64,
+    time: String,
+    elapsed_ms: f64,
+    totals: Totals,
+    rate: f64,
+    flows_seen: usize,
+    flow_resets: u64,
+    overflowed: bool,
+    sources: Vec<SourceRecord>,
+    flows: Vec<FlowRecord<'a>>,
+    services: Vec<ServiceRecord<'a>>,
+    destinations: Vec<DestinationRecord>,
+}
+
+impl<'a> From<&'a Interval> for IntervalRecord<'a> {
+    fn from(interval: &'a Interval) -> Self {
+        let Interval { seq, ended, elapsed, totals, flows_seen, flow_resets, sources, flows, services, destinations } =
+            interval;
+        IntervalRecord {
+            kind: "interval",
+            seq: *seq,
+            time: humantime::format_rfc3339_millis(*ended).to_string(),
+            elapsed_ms: ms(*elapsed),
+            totals: *totals,
+            rate: interval.rate(),
+            flows_seen: *flows_seen,
+            flow_resets: *flow_resets,
+            overflowed: totals.overflow > 0,
+            sources: all(sources),
+            flows: all(flows),
+            services: all(services),
+            destinations: all(destinations),
+        }
+    }
+}
+
+/// The `summary` line.
+#[derive(Serialize)]
+pub struct SummaryRecord<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    duration_ms: f64,
+    intervals: u64,
+    interfaces: Vec<InterfaceRecord<'a>>,
+    /// How the kernel side counted: `"per-cpu"` or `"atomic"` (see `--counting`); null offline.
+    counting: Option<CountingMode>,
+    totals: Totals,
+    overflowed: bool,
+    unlisted: Unlisted,
+    sources: Vec<SourceRecord>,
+    flows: Vec<FlowRecord<'a>>,
+    destinations: Vec<DestinationRecord>,
+    services: Vec<ServiceRecord<'a>>,
+    kernel_events: KernelEventsRecord<'a>,
+    diagnosis: Vec<String>,
+}
+
+impl<'a> From<&'a Run> for SummaryRecord<'a> {
+    fn from(run: &'a Run) -> Self {
+        let Run {
+            elapsed,
+            intervals,
+            interfaces,
+            counting,
+            totals,
+            unlisted,
+            sources,
+            flows,
+            destinations,
+            services,
+            kernel_events,
+        } = run;
+        SummaryRecord {
+            kind: "summary",
+            duration_ms: ms(*elapsed),
+            intervals: *intervals,
+            interfaces: all(interfaces),
+            counting: *counting,
+            totals: *totals,
+            overflowed: totals.overflow > 0,
+            unlisted: *unlisted,
+            sources: all(sources),
+            flows: all(flows),
+            destinations: all(destinations),
+            services: all(services),
+            kernel_events: kernel_events.into(),
+            diagnosis: diagnosis::sentences(run),
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! The table for people: one block per interval, the run's summary with its diagnosis at the end.
+
+use std::io::{self, Write};
+
+use crate::{
+    aggregate::{
+        diagnosis,
+        model::{endpoint, per_second, Destination, Flow, Interval, Run, Service, Source, Totals},
+        rank::ROW_DETAIL,
+    },
+    view::View,
+};
+
+use super::clock;
+
+pub struct TablePrinter<W: Write> {
+    out: W,
+    top: usize,
+    by: View,
+}
+
+impl<W: Write> TablePrinter<W> {
+    pub fn new(out: W, top: usize, by: View) -> Self {
+        Self { out, top, by }
+    }
+
+    pub fn interval(&mut self, record: &Interval) -> io::Result<()> {
+        let t = &record.totals;
+        write!(
+            self.out,
+            "── {}  {:.2}s  RSTs {} ({:.1}/s)  flows {}  frames {}  tcp {}",
+            clock(record.ended),
+            record.elapsed.as_secs_f64(),
+            t.resets,
+            record.rate(),
+            record.flows_seen,
+            t.frames,
+            t.tcp
+        )?;
+        if t.malformed > 0 || t.fragments > 0 {
+            write!(self.out, "  malformed {}  fragments {}", t.malformed, t.fragments)?;
+        }
+        writeln!(self.out)?;
+        self.overflow_warning(t)?;
+        if t.resets == 0 {
+            writeln!(self.out, "   no resets")?;
+        } else {
+            self.ranking(&record.sources, &record.destinations, &record.services)?;
+            self.flows_table(&record.flows, "TOP FLOWS")?;
+        }
+        self.out.flush()
+    }
+
+    pub fn summary(&mut self, run: &Run) -> io::Result<()> {
+        let t = &run.totals;
+        let mut ifaces: Vec<String> =
+            run.interfaces.iter().map(|i| format!("{} ({})", i.iface, i.mode.name())).collect();
+        if ifaces.is_empty() {
+            ifaces.push("no interface".into());
+        }
+        writeln!(self.out)?;
+        writeln!(
+            self.out,
+            "══ SUMMARY  {:.1}s on {}  RSTs {} ({:.1}/s)  flows {}  frames {}  tcp {}  malformed {}  fragments {}",
+            run.elapsed.as_secs_f64(),
+            ifaces.join(", "),
+            t.resets,
+            per_second(t.resets, run.elapsed),
+            run.flows.len(),
+            t.frames,
+            t.tcp,
+            t.malformed,
+            t.fragments
+        )?;
+        self.overflow_warning(t)?;
+        if t.resets == 0 {
+            writeln!(self.out, "   no resets seen")?;
+        } else {
+            for line in diagnosis::sentences(run) {
+                writeln!(self.out, "   » {line}")?;
+            }
+            let sources = &run.sources[..run.sources.len().min(self.top)];
+            self.ranking(sources, &run.destinations, &run.services)?;
+            self.flows_table(&run.flows[..run.flows.len().min(self.top)], "TOP FLOWS (whole run)")?;
+            if run.unlisted.resets > 0 {
+                writeln!(
+                    self.out,
+                    "   {} RSTs belong to flows beyond --summary-flows: counted for their sources, not listed",
+                    run.unlisted.resets
+                )?;
+            }
+            if run.flows.len() > self.top {
+                writeln!(self.out, "   … {} more flows (--format json lists every flow)", run.flows.len() - self.top)?;
+            }
+        }
+        self.out.flush()
+    }
+
+    /// The table `--by` asks for (flows are always listed after it).
+    fn ranking(&mut self, sources: &[Source], destinations: &[Destination], services: &[Service]) -> io::Result<()> {
+        match self.by {
+            View::Src => self.sources_table(sources),
+            View::Dst => self.destinations_table(destinations),
+            View::Service => self.services_table(services),
+            View::Flow => Ok(()),
+        }
+    }
+
+    fn overflow_warning(&mut self, totals: &Totals) -> io::Result<()> {
+        if totals.overflow > 0 {
+            writeln!(
+                self.out,
+                "   WARNING: flow table full: {} RSTs are in the totals and their sources but in no flow (raise --max-flows)",
+                totals.overflow
+            )?;
+        }
+        if totals.source_overflow > 0 {
+            writeln!(
+                self.out,
+                "   WARNING: source table full too: {} RSTs are in the totals only",
+                totals.source_overflow
+            )?;
+        }
+        Ok(())
+    }
+
+    fn sources_table(&mut self, sources: &[Source]) -> io::Result<()> {
+        let width = sources.iter().map(|s| s.src.to_string().len()).max().unwrap_or(0).max(15);
+        writeln!(
+            self.out,
+            "   {:<width$} {:>9} {:>9} {:>6}  {:<17} MAIN DESTINATIONS",
+            "RESETTER", "RSTS", "RSTS/s", "SHARE", "FROM PORT"
+        )?;
+        for source in sources {
+            let mut ports: Vec<String> = source.ports.iter().map(|(port, _)| port.to_string()).collect();
+            if source.flows as usize > ROW_DETAIL && ports.len() == ROW_DETAIL {
+                ports.push("…".into());
+            }
+            let destinations: Vec<String> =
+                source.destinations.iter().map(|(dst, resets)| format!("{dst} ({resets})")).collect();
+            writeln!(
+                self.out,
+                "   {:<width$} {:>9} {:>9.1} {:>5.0}%  {:<17} {}",
+                source.src.to_string(),
+                source.resets,
+                source.rate,
+                source.share,
+                ports.join(","),
+                destinations.join(", ")
+            )?;
+        }
+        Ok(())
+    }
+
+    fn destinations_table(&mut self, destinations: &[Destination]) -> io::Result<()> {
+        let width = destinations.iter().map(|d| d.dst.to_string().len()).max().unwrap_or(0).max(15);
+        writeln!(self.out, "   {:<width$} {:>9} {:>6} {:>7}  MAIN SENDERS", "RESET TARGET", "RSTS", "SHARE", "FLOWS")?;
+        for destination in destinations.iter().take(self.top) {
+            let senders: Vec<String> =
+                destination.senders.iter().map(|(src, resets)| format!("{src} ({resets})")).collect();
+            writeln!(
+                self.out,
+                "   {:<width$} {:>9} {:>5.0}% {:>7}  {}",
+                destination.dst.to_string(),
+                destination.resets,
+                destination.share,
+                destination.flows,
+                senders.join(", ")
+            )?;
+        }
+        Ok(())
+    }
+
+    fn services_table(&mut self, services: &[Service]) -> io::Result<()> {
+        let width = services.iter().map(|s| endpoint(s.addr, s.port).len()).max().unwrap_or(0).max(21);
+        writeln!(
+            self.out,
+            "   {:<width$} {:>9} {:>8} {:>9} {:>8} {:>8}  RESETS BY KIND",
+            "SERVICE", "ATTEMPTS", "SYN+ACK", "RSTS", "REFUSED", "REFUSED%"
+        )?;
+        for service in services.iter().take(self.top) {
+            let kinds: Vec<String> =
+                service.kinds.present().map(|(kind, count)| format!("{} {count}", kind.name())).collect();
+            writeln!(
+                self.out,
+                "   {:<width$} {:>9} {:>8} {:>9} {:>8} {:>7.0}%  {}",
+                endpoint(service.addr, service.port),
+                service.attempts,
+                service.synacks,
+                service.resets,
+                service.refused,
+                service.refused_share,
+                kinds.join(", ")
+            )?;
+        }
+        Ok(())
+    }
+
+    fn flows_table(&mut self, flows: &[Flow], title: &str) -> io::Result<()> {
+        let rows: Vec<(String, String, &Flow)> =
+            flows.iter().map(|f| (endpoint(f.src, f.sport), endpoint(f.dst, f.dport), f)).collect();
+        let iface_width = flows.iter().map(|f| f.iface.len()).max().unwrap_or(0).max(5);
+        let src_width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+        let dst_width = rows.iter().map(|r| r.1.len()).max().unwrap_or(0);
+        writeln!(self.out, "   {title}")?;
+        for (src, dst, flow) in &rows {
+            let kinds: Vec<&str> = flow.kinds.present().map(|(kind, _)| kind.name()).collect();
+            let mut notes = format!("{} {} by the {}", flow.direction.name(), kinds.join("+"), flow.side.name());
+            if flow.first {
+                notes.push_str(", first");
+            }
+            if let Some(middlebox) = &flow.middlebox {
+                notes.push_str(&format!(", MIDDLEBOX? TTL {} vs {}", middlebox.rst_ttl, middlebox.peer_ttl));
+            }
+            if !flow.reasons.is_empty() {
+                let reasons: Vec<&str> = flow.reasons.keys().map(String::as_str).collect();
+                notes.push_str(&format!(", kernel: {}", reasons.join("+")));
+            }
+            if flow.no_kernel_event.unwrap_or(0) > 0 {
+                notes.push_str(", not from the TCP stack");
+            }
+            writeln!(
+                self.out,
+                "   {:<iface_width$}  {:>src_width$} → {:<dst_width$} {:>9}  {notes}",
+                flow.iface, src, dst, flow.resets
+            )?;
+        }
+        Ok(())
+    }
+}
