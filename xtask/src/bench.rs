@@ -697,11 +697,20 @@ pub fn cpu_ticks(pid: u32) -> Result<u64> {
     Ok(utime + stime)
 }
 
+/// The peak resident size of a process, in KiB.
 pub fn vm_hwm_kb(pid: u32) -> Result<u64> {
-    let status =
-        std::fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("/proc/{pid}/status"))?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).context("no VmHWM")?;
-    Ok(line.split_whitespace().nth(1).context("VmHWM value")?.parse()?)
+    status_kb(pid, "VmHWM")
+}
+
+/// A size field of `/proc/PID/status` (`VmHWM`, `VmRSS`, ...), in KiB.
+pub fn status_kb(pid: u32, field: &str) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let value = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .with_context(|| format!("no {field} in {path}"))?;
+    value.trim().trim_end_matches("kB").trim().parse().with_context(|| format!("{field} in {path}: {value:?}"))
 }
 
 fn userspace_table(drain: &DrainReport, cpu: &Value) -> Result<String> {

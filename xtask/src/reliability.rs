@@ -166,16 +166,6 @@ pub fn rfc3339_seconds(text: &str) -> Option<f64> {
     Some((days * 86_400 + h * 3600 + min * 60) as f64 + s)
 }
 
-/// `VmRSS` of a process, in KiB.
-pub fn vm_rss_kb(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmRSS in /proc/PID/status")
-}
-
 #[derive(Debug)]
 pub struct SoakReport {
     pub options: SoakOptions,
@@ -300,7 +290,7 @@ pub fn soak(options: &SoakOptions) -> Result<SoakReport> {
         let (stop, samples) = (Arc::clone(&stop), Arc::clone(&samples));
         thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                if let (Ok(kb), Ok(mut s)) = (vm_rss_kb(pid), samples.lock()) {
+                if let (Ok(kb), Ok(mut s)) = (bench::status_kb(pid, "VmRSS"), samples.lock()) {
                     s.push((started.elapsed().as_secs_f64(), kb));
                 }
                 thread::sleep(Duration::from_secs(1));
@@ -371,7 +361,7 @@ pub fn soak(options: &SoakOptions) -> Result<SoakReport> {
     let elapsed = started.elapsed();
     // Let the last interval see the end of the flood.
     thread::sleep(options.interval + Duration::from_millis(200));
-    let vm_hwm_kb = vm_hwm_kb(pid).unwrap_or(0);
+    let vm_hwm_kb = bench::vm_hwm_kb(pid).unwrap_or(0);
     stop.store(true, Ordering::Relaxed);
     let _ = sampler.join();
     let output = bench::stop_rstwatch(proc);
@@ -405,15 +395,6 @@ fn proc_exited(pid: u32) -> bool {
     }
 }
 
-fn vm_hwm_kb(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmHWM")
-}
-
 /// `cargo xtask soak`: prints the report as JSON (also to `out`) and fails on any problem.
 pub fn soak_command(options: &SoakOptions, out: Option<PathBuf>) -> Result<ExitCode> {
     let report = soak(options)?;
@@ -435,6 +416,16 @@ pub fn soak_command(options: &SoakOptions, out: Option<PathBuf>) -> Result<ExitC
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_sizes_are_read_by_field_name() {
+        let pid = std::process::id();
+        let rss = bench::status_kb(pid, "VmRSS").unwrap();
+        let hwm = bench::vm_hwm_kb(pid).unwrap();
+        assert!(rss > 0 && hwm >= rss, "VmRSS {rss} kB, VmHWM {hwm} kB");
+        // A prefix of a real field is not that field.
+        assert!(bench::status_kb(pid, "VmRS").is_err());
+    }
 
     #[test]
     fn rfc3339_times_parse() {
