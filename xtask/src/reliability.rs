@@ -316,20 +316,14 @@ pub fn soak(options: &SoakOptions) -> Result<SoakReport> {
     while started.elapsed() < options.duration && !crate::signal::stop_requested() {
         let left = options.duration.saturating_sub(started.elapsed());
         let seconds = left.min(options.round).as_secs_f64().max(0.5);
-        let gen = vec![
-            "gen".to_owned(),
-            "--iface".to_owned(),
-            lab.gen_if.name.clone(),
-            "--flows".to_owned(),
-            options.flows.to_string(),
+        let gen = bench::GenPlan {
+            flows: options.flows,
             // A new set of flows every round: the churn.
-            "--first".to_owned(),
-            (rounds * options.flows).to_string(),
-            "--repeat".to_owned(),
-            options.repeat.to_string(),
-            "--seconds".to_owned(),
-            format!("{seconds:.3}"),
-        ];
+            first: rounds * options.flows,
+            repeat: options.repeat,
+            length: bench::GenLength::Seconds(seconds),
+        }
+        .args(&lab.gen_if.name);
         match bench::bench_report::<rst_bench_report::GenReport>(Some(&lab.gen), &gen) {
             Ok(result) => {
                 sent += result.sent;
