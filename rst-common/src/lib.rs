@@ -6,6 +6,19 @@
 //! a fixed trip count.
 #![no_std]
 
+/// Fails the build when a struct the kernel and the host share is not the size both sides were
+/// written for: `wire_sizes!(FlowKey: 48, ConnKey: 44)`.
+macro_rules! wire_sizes {
+    ($($ty:ty: $bytes:literal),+ $(,)?) => {
+        const _: () = {
+            $(assert!(
+                core::mem::size_of::<$ty>() == $bytes,
+                concat!(stringify!($ty), " is not ", stringify!($bytes), " bytes, the size the other side expects")
+            );)+
+        };
+    };
+}
+
 pub mod cursor;
 pub mod diagnose;
 pub mod parse;

@@ -100,14 +100,7 @@ unsafe impl Header for Ipv6Hdr {}
 unsafe impl Header for Ipv6ExtHdr {}
 unsafe impl Header for TcpHdr {}
 
-const _: () = {
-    assert!(core::mem::size_of::<EthHdr>() == 14);
-    assert!(core::mem::size_of::<VlanTag>() == 4);
-    assert!(core::mem::size_of::<Ipv4Hdr>() == 20);
-    assert!(core::mem::size_of::<Ipv6Hdr>() == 40);
-    assert!(core::mem::size_of::<Ipv6ExtHdr>() == 8);
-    assert!(core::mem::size_of::<TcpHdr>() == 20);
-};
+wire_sizes!(EthHdr: 14, VlanTag: 4, Ipv4Hdr: 20, Ipv6Hdr: 40, Ipv6ExtHdr: 8, TcpHdr: 20);
 
 /// Where a TCP segment's headers sit in the frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

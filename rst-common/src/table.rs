@@ -56,7 +56,7 @@ pub struct FlowSlot {
     pub tag: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<FlowSlot>() == 64);
+wire_sizes!(FlowSlot: 64);
 
 impl FlowSlot {
     pub const BUSY: u64 = u64::MAX;
@@ -250,7 +250,7 @@ pub struct ConnSlot {
     pub _pad: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<ConnSlot>() == 64);
+wire_sizes!(ConnSlot: 64);
 
 impl ConnSlot {
     // SAFETY: integers and byte arrays only; all-zero is the free slot.

@@ -95,14 +95,14 @@ fn rst_alone_and_rst_ack_both_count() {
     assert_eq!(inspect(&frame.bytes[..], IFINDEX), Observation::Segment);
     // Handshake and closing segments are tracked, not counted as resets.
     for flags in [TCP_SYN, TCP_SYN | TCP_ACK, TCP_FIN | TCP_ACK, !TCP_RST] {
-        let builder = tcp_v4().flags(flags);
-        let frame = builder.build();
-        assert_eq!(
-            inspect(&frame.bytes[..], IFINDEX),
-            Observation::Control(builder.event(IFINDEX)),
-            "flags {flags:#04x}"
-        );
+        let (seen, event) = walked(&tcp_v4().flags(flags));
+        assert_eq!(seen, Observation::Control(event), "flags {flags:#04x}");
     }
+}
+
+/// What the walk reports for `builder`'s frame, and the event the builder says the frame holds.
+fn walked(builder: &FrameBuilder) -> (Observation, TcpEvent) {
+    (inspect(&builder.build().bytes[..], IFINDEX), builder.event(IFINDEX))
 }
 
 #[test]
@@ -178,13 +178,8 @@ fn qinq_tags_in_every_combination() {
     let kinds = [VlanKind::Dot1Q, VlanKind::Dot1Ad, VlanKind::QinQLegacy];
     for outer in kinds {
         for inner in kinds {
-            let builder = tcp_v4().vlan(outer, 1).vlan(inner, 2).flags(TCP_RST);
-            let frame = builder.build();
-            assert_eq!(
-                inspect(&frame.bytes[..], IFINDEX),
-                Observation::Reset(builder.event(IFINDEX)),
-                "{outer:?} + {inner:?}"
-            );
+            let (seen, event) = walked(&tcp_v4().vlan(outer, 1).vlan(inner, 2).flags(TCP_RST));
+            assert_eq!(seen, Observation::Reset(event), "{outer:?} + {inner:?}");
         }
     }
 }
@@ -203,10 +198,13 @@ fn non_first_fragments_are_fragments() {
 
 #[test]
 fn first_fragment_with_more_fragments_is_counted() {
-    let v4 = tcp_v4().ipv4_fragment(0, true).flags(TCP_RST);
-    assert_eq!(inspect(&v4.build().bytes[..], IFINDEX), Observation::Reset(v4.event(IFINDEX)));
-    let v6 = tcp_v6().ipv6_ext(Ipv6Ext::Fragment { offset: 0, more: true }).flags(TCP_RST);
-    assert_eq!(inspect(&v6.build().bytes[..], IFINDEX), Observation::Reset(v6.event(IFINDEX)));
+    for builder in [
+        tcp_v4().ipv4_fragment(0, true).flags(TCP_RST),
+        tcp_v6().ipv6_ext(Ipv6Ext::Fragment { offset: 0, more: true }).flags(TCP_RST),
+    ] {
+        let (seen, event) = walked(&builder);
+        assert_eq!(seen, Observation::Reset(event));
+    }
 }
 
 #[test]

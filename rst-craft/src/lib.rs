@@ -341,20 +341,7 @@ impl FrameBuilder {
             Network::Ipv6(ip) => (FAMILY_IPV6, ip.src, ip.dst, ip.hop_limit),
             Network::Other { .. } => panic!("not an IP frame"),
         };
-        FlowKey {
-            src,
-            dst,
-            ifindex,
-            sport: tcp.sport,
-            dport: tcp.dport,
-            family,
-            protocol: IPPROTO_TCP,
-            direction: DIRECTION_RX,
-            class: 0,
-            rst_ttl: ttl,
-            peer_ttl: 0,
-            _pad: [0; 2],
-        }
+        received_key(family, src, dst, ifindex, (tcp.sport, tcp.dport), ttl)
     }
 
     /// The event the walk should report for this frame received on `ifindex`, from the
@@ -496,10 +483,31 @@ impl FrameBuilder {
     }
 }
 
-fn widen(v4: [u8; 4]) -> [u8; 16] {
+/// An IPv4 address as a flow key holds it: in the first four of sixteen bytes.
+pub fn widen(v4: [u8; 4]) -> [u8; 16] {
     let mut address = [0; 16];
     address[..4].copy_from_slice(&v4);
     address
+}
+
+/// The key the walk reports for a RST received on `ifindex`: addresses as [`widen`] lays them
+/// out, `ports` as (source, destination), and nothing the classifier fills in later.
+pub fn received_key(family: u8, src: [u8; 16], dst: [u8; 16], ifindex: u32, ports: (u16, u16), rst_ttl: u8) -> FlowKey {
+    let (sport, dport) = ports;
+    FlowKey {
+        src,
+        dst,
+        ifindex,
+        sport,
+        dport,
+        family,
+        protocol: IPPROTO_TCP,
+        direction: DIRECTION_RX,
+        class: 0,
+        rst_ttl,
+        peer_ttl: 0,
+        _pad: [0; 2],
+    }
 }
 
 /// A laid-out frame, and the edits that break it in one place.

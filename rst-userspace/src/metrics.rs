@@ -85,26 +85,67 @@ struct ProgramLabels {
 
 type GaugeF64 = Gauge<f64, AtomicU64>;
 
-pub struct Metrics {
-    registry: Registry,
-    frames: Family<DirectionLabels, Counter>,
-    tcp: Family<DirectionLabels, Counter>,
-    malformed: Counter,
-    fragments: Counter,
-    resets: Family<ResetLabels, Counter>,
-    middlebox_resets: Family<InterfaceLabels, Counter>,
-    kernel_resets: Family<ReasonLabels, Counter>,
-    service_attempts: Family<ServiceLabels, Gauge>,
-    service_synacks: Family<ServiceLabels, Gauge>,
-    service_resets: Family<ServiceLabels, Gauge>,
-    unattributed_resets: Counter,
-    overflow: Counter,
-    source_overflow: Counter,
-    intervals: Counter,
-    top_resetters: Family<ResetterLabels, Gauge>,
-    flow_table_fill: GaugeF64,
-    read_seconds: GaugeF64,
-    run_seconds_per_packet: Family<ProgramLabels, GaugeF64>,
+/// Declares every metric rstwatch exposes once — its field, type, exposed name (after the
+/// `rstwatch_` prefix) and help — so that none can be kept but left out of the registry.
+/// Exposition follows the order written here.
+macro_rules! exposed_metrics {
+    (
+        exposed { $($field:ident: $ty:ty => $name:literal, $help:literal;)+ }
+        $($other:ident: $other_ty:ty,)+
+    ) => {
+        pub struct Metrics {
+            registry: Registry,
+            $($field: $ty,)+
+            $($other: $other_ty,)+
+        }
+
+        impl Metrics {
+            fn registered($($other: $other_ty),+) -> Self {
+                let mut registry = Registry::with_prefix("rstwatch");
+                $(
+                    let $field = <$ty>::default();
+                    registry.register($name, $help, $field.clone());
+                )+
+                Metrics { registry, $($field,)+ $($other,)+ }
+            }
+        }
+    };
+}
+
+exposed_metrics! {
+    exposed {
+        frames: Family<DirectionLabels, Counter> => "frames",
+            "Frames the programs saw, by direction (rx received, tx sent)";
+        tcp: Family<DirectionLabels, Counter> => "tcp_segments", "TCP segments among them";
+        malformed: Counter => "malformed_frames", "Frames truncated or malformed inside a header";
+        fragments: Counter => "fragments", "Non-first IP fragments (no TCP header to read)";
+        resets: Family<ResetLabels, Counter> => "resets",
+            "TCP resets in flows, by interface, direction (rx received, tx sent) and kind (refused, handshake, established, closing)";
+        middlebox_resets: Family<InterfaceLabels, Counter> => "middlebox_resets",
+            "Resets whose TTL differs from the claimed sender's handshake: likely injected in between";
+        kernel_resets: Family<ReasonLabels, Counter> => "kernel_resets",
+            "Resets this host's TCP stack sent, by the kernel's reason (tcp:tcp_send_reset; all namespaces)";
+        service_attempts: Family<ServiceLabels, Gauge> => "service_attempts",
+            "Connection attempts (SYN) since the start to the run's top services by resets (at most --top series)";
+        service_synacks: Family<ServiceLabels, Gauge> => "service_synacks",
+            "Handshakes accepted (SYN+ACK) since the start by the run's top services";
+        service_resets: Family<ServiceLabels, Gauge> => "service_resets",
+            "Resets since the start on connections of the run's top services";
+        unattributed_resets: Counter => "unattributed_resets",
+            "Resets that found room in neither the flow nor the source table (no interface known)";
+        overflow: Counter => "flow_overflow", "Resets that found no room in the flow table";
+        source_overflow: Counter => "source_overflow",
+            "Resets that found no room in the per-source overflow table either";
+        intervals: Counter => "intervals", "Intervals read";
+        top_resetters: Family<ResetterLabels, Gauge> => "top_resetter_resets",
+            "Resets in the last interval by the top resetters (at most --top series)";
+        flow_table_fill: GaugeF64 => "flow_table_fill_ratio",
+            "Flows in the last interval over the flow table's capacity";
+        read_seconds: GaugeF64 => "interval_read_seconds",
+            "Time to flip the epoch, wait the grace period and drain the tables";
+        run_seconds_per_packet: Family<ProgramLabels, GaugeF64> => "program_run_seconds_per_packet",
+            "Average run time per packet, sampled for 1 s a minute with kernel BPF stats (needs CAP_SYS_ADMIN)";
+    }
     names: std::sync::Mutex<HashMap<u32, String>>,
     max_flows: u32,
     reason_names: Vec<String>,
@@ -114,106 +155,7 @@ impl Metrics {
     /// `interfaces`: ifindex → name of every interface watched.
     /// `reason_names`: the kernel's reset reasons, index = code.
     pub fn new(interfaces: HashMap<u32, String>, max_flows: u32, reason_names: Vec<String>) -> Self {
-        let mut registry = Registry::with_prefix("rstwatch");
-        let metrics = Metrics {
-            registry: Registry::default(),
-            frames: Family::default(),
-            tcp: Family::default(),
-            malformed: Counter::default(),
-            fragments: Counter::default(),
-            resets: Family::default(),
-            middlebox_resets: Family::default(),
-            kernel_resets: Family::default(),
-            service_attempts: Family::default(),
-            service_synacks: Family::default(),
-            service_resets: Family::default(),
-            unattributed_resets: Counter::default(),
-            overflow: Counter::default(),
-            source_overflow: Counter::default(),
-            intervals: Counter::default(),
-            top_resetters: Family::default(),
-            flow_table_fill: GaugeF64::default(),
-            read_seconds: GaugeF64::default(),
-            run_seconds_per_packet: Family::default(),
-            names: std::sync::Mutex::new(interfaces),
-            max_flows,
-            reason_names,
-        };
-        registry.register(
-            "frames",
-            "Frames the programs saw, by direction (rx received, tx sent)",
-            metrics.frames.clone(),
-        );
-        registry.register("tcp_segments", "TCP segments among them", metrics.tcp.clone());
-        registry.register(
-            "malformed_frames",
-            "Frames truncated or malformed inside a header",
-            metrics.malformed.clone(),
-        );
-        registry.register("fragments", "Non-first IP fragments (no TCP header to read)", metrics.fragments.clone());
-        registry.register(
-            "resets",
-            "TCP resets in flows, by interface, direction (rx received, tx sent) and kind (refused, handshake, established, closing)",
-            metrics.resets.clone(),
-        );
-        registry.register(
-            "middlebox_resets",
-            "Resets whose TTL differs from the claimed sender's handshake: likely injected in between",
-            metrics.middlebox_resets.clone(),
-        );
-        registry.register(
-            "kernel_resets",
-            "Resets this host's TCP stack sent, by the kernel's reason (tcp:tcp_send_reset; all namespaces)",
-            metrics.kernel_resets.clone(),
-        );
-        registry.register(
-            "service_attempts",
-            "Connection attempts (SYN) since the start to the run's top services by resets (at most --top series)",
-            metrics.service_attempts.clone(),
-        );
-        registry.register(
-            "service_synacks",
-            "Handshakes accepted (SYN+ACK) since the start by the run's top services",
-            metrics.service_synacks.clone(),
-        );
-        registry.register(
-            "service_resets",
-            "Resets since the start on connections of the run's top services",
-            metrics.service_resets.clone(),
-        );
-        registry.register(
-            "unattributed_resets",
-            "Resets that found room in neither the flow nor the source table (no interface known)",
-            metrics.unattributed_resets.clone(),
-        );
-        registry.register("flow_overflow", "Resets that found no room in the flow table", metrics.overflow.clone());
-        registry.register(
-            "source_overflow",
-            "Resets that found no room in the per-source overflow table either",
-            metrics.source_overflow.clone(),
-        );
-        registry.register("intervals", "Intervals read", metrics.intervals.clone());
-        registry.register(
-            "top_resetter_resets",
-            "Resets in the last interval by the top resetters (at most --top series)",
-            metrics.top_resetters.clone(),
-        );
-        registry.register(
-            "flow_table_fill_ratio",
-            "Flows in the last interval over the flow table's capacity",
-            metrics.flow_table_fill.clone(),
-        );
-        registry.register(
-            "interval_read_seconds",
-            "Time to flip the epoch, wait the grace period and drain the tables",
-            metrics.read_seconds.clone(),
-        );
-        registry.register(
-            "program_run_seconds_per_packet",
-            "Average run time per packet, sampled for 1 s a minute with kernel BPF stats (needs CAP_SYS_ADMIN)",
-            metrics.run_seconds_per_packet.clone(),
-        );
-        Metrics { registry, ..metrics }
+        Metrics::registered(std::sync::Mutex::new(interfaces), max_flows, reason_names)
     }
 
     /// Folds one interval in: its model (`interval`, `by_interface`, see

@@ -16,13 +16,7 @@
 //! Without the corpus the test passes with a visible notice, except under `CI=true`, where a
 //! missing corpus is a failure.
 
-use std::{
-    collections::BTreeMap,
-    fs::File,
-    io::BufReader,
-    net::IpAddr,
-    path::{Path, PathBuf},
-};
+use std::{collections::BTreeMap, fs::File, io::BufReader, path::Path};
 
 use anyhow::{bail, Context as _};
 use pcap_file::{
@@ -36,24 +30,16 @@ use rstwatch::{
     testrun::{sample_flows, Harness, Verdict, LOOPBACK_IFINDEX, MIN_FRAME},
 };
 
-/// One direction of a 5-tuple, as the corpus JSON names it.
-type Direction = (IpAddr, u16, IpAddr, u16);
+mod support;
 
-#[derive(serde::Deserialize)]
-struct ExpectedResets {
-    src: IpAddr,
-    sport: u16,
-    dst: IpAddr,
-    dport: u16,
-    resets: u64,
-}
+use support::{captures_in, corpus_dir, expected_resets, Direction};
 
 #[test]
 fn corpus_resets_match_wireshark_in_kernel_and_host() -> anyhow::Result<()> {
     let Some(corpus) = corpus_dir()? else {
         return Ok(());
     };
-    let captures = captures(&corpus)?;
+    let captures = captures_in(&corpus)?;
     assert!(!captures.is_empty(), "no .pcap / .pcapng files in {}", corpus.display());
     let mut failures = Vec::new();
     for capture in &captures {
@@ -71,34 +57,6 @@ fn corpus_resets_match_wireshark_in_kernel_and_host() -> anyhow::Result<()> {
         failures.join("\n")
     );
     Ok(())
-}
-
-/// The corpus directory, or `None` (after saying so) when it is absent outside CI.
-fn corpus_dir() -> anyhow::Result<Option<PathBuf>> {
-    let dir = match std::env::var_os("RSTWATCH_CORPUS") {
-        Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus"),
-    };
-    if dir.is_dir() {
-        return Ok(Some(dir));
-    }
-    if std::env::var("CI").is_ok_and(|ci| ci == "true") {
-        bail!("corpus not found at {} (CI=true: the corpus is required)", dir.display());
-    }
-    eprintln!("corpus not found at {}, skipping", dir.display());
-    Ok(None)
-}
-
-fn captures(corpus: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let mut captures = Vec::new();
-    for entry in std::fs::read_dir(corpus).with_context(|| format!("reading {}", corpus.display()))? {
-        let path = entry?.path();
-        if matches!(path.extension().and_then(|e| e.to_str()), Some("pcap" | "pcapng")) {
-            captures.push(path);
-        }
-    }
-    captures.sort();
-    Ok(captures)
 }
 
 fn check_capture(capture: &Path) -> anyhow::Result<String> {
@@ -202,21 +160,6 @@ fn read_frames(capture: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
         }
     }
     Ok(frames)
-}
-
-fn expected_resets(capture: &Path) -> anyhow::Result<BTreeMap<Direction, u64>> {
-    let mut path = capture.as_os_str().to_owned();
-    path.push(".resets.json");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", Path::new(&path).display()))?;
-    let entries: Vec<ExpectedResets> = serde_json::from_str(&text).context("parsing the expected resets")?;
-    let mut expected = BTreeMap::new();
-    for entry in entries {
-        let direction = (entry.src, entry.sport, entry.dst, entry.dport);
-        if expected.insert(direction, entry.resets).is_some() {
-            bail!("{direction:?} listed twice");
-        }
-    }
-    Ok(expected)
 }
 
 fn diff(expected: &BTreeMap<Direction, u64>, got: &BTreeMap<Direction, u64>) -> String {

@@ -37,9 +37,15 @@ fn atomic_counting_classifies_and_counts_every_case_the_same() -> anyhow::Result
     every_case_counted_like_the_host_expects(Counting::Atomic)
 }
 
-fn every_case_counted_like_the_host_expects(counting: Counting) -> anyhow::Result<()> {
-    let mut kernel = Harness::load(MAX_FLOWS, counting)?;
+/// The programs loaded counting as asked (per CPU or atomic), and saying so.
+fn loaded_counting(counting: Counting) -> anyhow::Result<Harness> {
+    let kernel = Harness::load(MAX_FLOWS, counting)?;
     assert_eq!(kernel.counting_mode(), if counting == Counting::Atomic { "atomic" } else { "per-cpu" });
+    Ok(kernel)
+}
+
+fn every_case_counted_like_the_host_expects(counting: Counting) -> anyhow::Result<()> {
+    let mut kernel = loaded_counting(counting)?;
     let cases = cases(LOOPBACK_IFINDEX);
     let mut failures = Vec::new();
     for case in &cases {
@@ -243,8 +249,7 @@ fn concurrent_test_runs_count_exactly(counting: Counting) -> anyhow::Result<()> 
     const THREADS: usize = 2;
     const ROUNDS: u32 = 50;
     const REPEAT: u32 = 2000;
-    let mut kernel = Harness::load(MAX_FLOWS, counting)?;
-    assert_eq!(kernel.counting_mode(), if counting == Counting::Atomic { "atomic" } else { "per-cpu" });
+    let mut kernel = loaded_counting(counting)?;
     let flows = [tcp_v4().ports(1111, 80).flags(TCP_RST), tcp_v6().ports(2222, 443).flags(TCP_RST | TCP_ACK)];
     let frames: Vec<Vec<u8>> = flows.iter().map(|flow| flow.build().bytes).collect();
     let program = kernel.program()?;

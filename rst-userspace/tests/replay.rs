@@ -20,7 +20,6 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{bail, Context as _};
 use pcap_file::{
     pcap::{PcapHeader, PcapPacket, PcapWriter},
     pcapng::{
@@ -40,7 +39,9 @@ use rst_craft::{self as craft, tcp_v4, tcp_v6};
 use rstwatch::replay::kernel::Parity;
 use serde_json::Value;
 
-type Direction = (IpAddr, u16, IpAddr, u16);
+mod support;
+
+use support::{captures_in, corpus_dir, expected_resets, Direction};
 
 const T0: u64 = 1_700_000_000;
 
@@ -86,59 +87,8 @@ fn directions(summary: &Value) -> BTreeMap<Direction, u64> {
     out
 }
 
-#[derive(serde::Deserialize)]
-struct ExpectedResets {
-    src: IpAddr,
-    sport: u16,
-    dst: IpAddr,
-    dport: u16,
-    resets: u64,
-}
-
-fn expected_resets(capture: &Path) -> anyhow::Result<BTreeMap<Direction, u64>> {
-    let mut path = capture.as_os_str().to_owned();
-    path.push(".resets.json");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", Path::new(&path).display()))?;
-    let entries: Vec<ExpectedResets> = serde_json::from_str(&text)?;
-    let mut expected = BTreeMap::new();
-    for e in entries {
-        if expected.insert((e.src, e.sport, e.dst, e.dport), e.resets).is_some() {
-            bail!("a direction is listed twice in {}", Path::new(&path).display());
-        }
-    }
-    Ok(expected)
-}
-
-/// The corpus directory, or `None` (after saying so) when it is absent outside CI.
-fn corpus_dir() -> Option<PathBuf> {
-    let dir = match std::env::var_os("RSTWATCH_CORPUS") {
-        Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus"),
-    };
-    if dir.is_dir() {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var("CI").map_or(true, |ci| ci != "true"),
-        "corpus not found at {} (CI=true: the corpus is required)",
-        dir.display()
-    );
-    eprintln!("NOTICE: corpus not found at {}, skipping the corpus replay", dir.display());
-    None
-}
-
-fn captures_in(dir: &Path) -> Vec<PathBuf> {
-    let mut captures: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("pcap" | "pcapng")))
-        .collect();
-    captures.sort();
-    captures
-}
-
 fn fixtures() -> Vec<PathBuf> {
-    captures_in(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data"))
+    captures_in(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data")).expect("the fixtures")
 }
 
 /// Every capture replayed alone must give tshark's per-direction counts exactly.
@@ -166,8 +116,8 @@ fn check_against_tshark(captures: &[PathBuf]) {
 
 #[test]
 fn corpus_replay_equals_tshark() {
-    if let Some(corpus) = corpus_dir() {
-        check_against_tshark(&captures_in(&corpus));
+    if let Some(corpus) = corpus_dir().expect("the corpus") {
+        check_against_tshark(&captures_in(&corpus).expect("the corpus captures"));
     }
 }
 
@@ -365,8 +315,8 @@ fn kernel_parity_on_every_capture() {
     // Make sure the crafted captures exist even when this test runs first.
     crafted_cases_classify_the_same_on_every_link_type();
     let mut captures = fixtures();
-    if let Some(corpus) = corpus_dir() {
-        captures.extend(captures_in(&corpus));
+    if let Some(corpus) = corpus_dir().expect("the corpus") {
+        captures.extend(captures_in(&corpus).expect("the corpus captures"));
     }
     captures.extend(["ethernet", "sll", "sll2", "raw", "null"].map(|n| tmp(&format!("cases-{n}.pcap"))));
     short_link_headers_are_malformed();

@@ -159,14 +159,44 @@ impl FloodLab {
 }
 
 /// One run of the live-frames generator.
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 pub struct GenPlan {
     pub flows: u32,
     /// First flow index (flows `first .. first + flows`).
     pub first: u32,
     /// Frames per test run (one flow per run); above 1 each run also costs a grace period.
     pub repeat: u32,
-    pub passes: u32,
+    pub length: GenLength,
+}
+
+/// When a generator run stops.
+#[derive(Clone, Copy, Debug)]
+pub enum GenLength {
+    /// After this many passes over the flows.
+    Passes(u32),
+    /// After this long (to the millisecond).
+    Seconds(f64),
+}
+
+impl GenPlan {
+    /// The generator's arguments (`rstwatch-bench gen ...`) for this plan, out of `iface`.
+    pub fn args(&self, iface: &str) -> Vec<String> {
+        let GenPlan { flows, first, repeat, length } = *self;
+        let (stop, until) = match length {
+            GenLength::Passes(passes) => ("--passes", passes.to_string()),
+            GenLength::Seconds(seconds) => ("--seconds", format!("{seconds:.3}")),
+        };
+        let mut args = vec!["gen".to_owned(), "--iface".to_owned(), iface.to_owned()];
+        for (option, value) in [
+            ("--flows", flows.to_string()),
+            ("--first", first.to_string()),
+            ("--repeat", repeat.to_string()),
+            (stop, until),
+        ] {
+            args.extend([option.to_owned(), value]);
+        }
+        args
+    }
 }
 
 /// `(src, sport, dst, dport)` as rstwatch's JSON prints them.
@@ -185,21 +215,8 @@ pub struct GenOutcome {
 
 /// Runs the live-frames generator in the generator namespace, out of its veth.
 pub fn generate(lab: &FloodLab, plan: &GenPlan) -> Result<GenOutcome> {
-    let args = vec![
-        "gen".to_owned(),
-        "--iface".to_owned(),
-        lab.gen_if.name.clone(),
-        "--flows".to_owned(),
-        plan.flows.to_string(),
-        "--first".to_owned(),
-        plan.first.to_string(),
-        "--repeat".to_owned(),
-        plan.repeat.to_string(),
-        "--passes".to_owned(),
-        plan.passes.to_string(),
-        "--list".to_owned(),
-        "1".to_owned(),
-    ];
+    let mut args = plan.args(&lab.gen_if.name);
+    args.extend(["--list".to_owned(), "1".to_owned()]);
     let mut report: GenReport = bench_report(Some(&lab.gen), &args)?;
     let (sent, delivered) = (report.sent, report.delivered);
     let mut expected = BTreeMap::new();
@@ -494,7 +511,8 @@ const LISTENERS: [&str; 5] = ["rstwatch", "empty XDP", "tcpdump", "tshark", "not
 fn flood(lab: &FloodLab, quick: bool) -> Result<Value> {
     let trials = if quick { 1 } else { 3 };
     // Rate: few flows, long runs (each run of more than one frame costs a grace period).
-    let rate_plan = GenPlan { flows: 16, first: 0, repeat: if quick { 100_000 } else { 250_000 }, passes: 1 };
+    let rate_plan =
+        GenPlan { flows: 16, first: 0, repeat: if quick { 100_000 } else { 250_000 }, length: GenLength::Passes(1) };
     let mut runs = Vec::new();
     for trial in 0..trials {
         // Rotate the order so a drift in machine load does not favour one listener.
@@ -505,7 +523,8 @@ fn flood(lab: &FloodLab, quick: bool) -> Result<Value> {
         }
     }
     // Exactness over many flows: 4096 flows (four times the per-CPU cache), one frame per run.
-    let many_plan = GenPlan { flows: 4096, first: 100_000, repeat: 1, passes: if quick { 3 } else { 10 } };
+    let many_plan =
+        GenPlan { flows: 4096, first: 100_000, repeat: 1, length: GenLength::Passes(if quick { 3 } else { 10 }) };
     eprintln!("xtask bench:   rstwatch, {} flows", many_plan.flows);
     let many = flood_once(lab, "rstwatch", &many_plan)?;
     Ok(
@@ -697,11 +716,20 @@ pub fn cpu_ticks(pid: u32) -> Result<u64> {
     Ok(utime + stime)
 }
 
+/// The peak resident size of a process, in KiB.
 pub fn vm_hwm_kb(pid: u32) -> Result<u64> {
-    let status =
-        std::fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("/proc/{pid}/status"))?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).context("no VmHWM")?;
-    Ok(line.split_whitespace().nth(1).context("VmHWM value")?.parse()?)
+    status_kb(pid, "VmHWM")
+}
+
+/// A size field of `/proc/PID/status` (`VmHWM`, `VmRSS`, ...), in KiB.
+pub fn status_kb(pid: u32, field: &str) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let value = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .with_context(|| format!("no {field} in {path}"))?;
+    value.trim().trim_end_matches("kB").trim().parse().with_context(|| format!("{field} in {path}: {value:?}"))
 }
 
 fn userspace_table(drain: &DrainReport, cpu: &Value) -> Result<String> {
@@ -747,4 +775,17 @@ fn userspace_table(drain: &DrainReport, cpu: &Value) -> Result<String> {
         )?;
     }
     Ok(md)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generator_arguments_name_the_plan_and_its_length() {
+        let plan = GenPlan { flows: 16, first: 4, repeat: 2, length: GenLength::Passes(3) };
+        assert_eq!(plan.args("veth0").join(" "), "gen --iface veth0 --flows 16 --first 4 --repeat 2 --passes 3");
+        let timed = GenPlan { length: GenLength::Seconds(1.25), ..plan };
+        assert_eq!(timed.args("g").join(" "), "gen --iface g --flows 16 --first 4 --repeat 2 --seconds 1.250");
+    }
 }

@@ -166,16 +166,6 @@ pub fn rfc3339_seconds(text: &str) -> Option<f64> {
     Some((days * 86_400 + h * 3600 + min * 60) as f64 + s)
 }
 
-/// `VmRSS` of a process, in KiB.
-pub fn vm_rss_kb(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmRSS in /proc/PID/status")
-}
-
 #[derive(Debug)]
 pub struct SoakReport {
     pub options: SoakOptions,
@@ -300,7 +290,7 @@ pub fn soak(options: &SoakOptions) -> Result<SoakReport> {
         let (stop, samples) = (Arc::clone(&stop), Arc::clone(&samples));
         thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
-                if let (Ok(kb), Ok(mut s)) = (vm_rss_kb(pid), samples.lock()) {
+                if let (Ok(kb), Ok(mut s)) = (bench::status_kb(pid, "VmRSS"), samples.lock()) {
                     s.push((started.elapsed().as_secs_f64(), kb));
                 }
                 thread::sleep(Duration::from_secs(1));
@@ -326,20 +316,14 @@ pub fn soak(options: &SoakOptions) -> Result<SoakReport> {
     while started.elapsed() < options.duration && !crate::signal::stop_requested() {
         let left = options.duration.saturating_sub(started.elapsed());
         let seconds = left.min(options.round).as_secs_f64().max(0.5);
-        let gen = vec![
-            "gen".to_owned(),
-            "--iface".to_owned(),
-            lab.gen_if.name.clone(),
-            "--flows".to_owned(),
-            options.flows.to_string(),
+        let gen = bench::GenPlan {
+            flows: options.flows,
             // A new set of flows every round: the churn.
-            "--first".to_owned(),
-            (rounds * options.flows).to_string(),
-            "--repeat".to_owned(),
-            options.repeat.to_string(),
-            "--seconds".to_owned(),
-            format!("{seconds:.3}"),
-        ];
+            first: rounds * options.flows,
+            repeat: options.repeat,
+            length: bench::GenLength::Seconds(seconds),
+        }
+        .args(&lab.gen_if.name);
         match bench::bench_report::<rst_bench_report::GenReport>(Some(&lab.gen), &gen) {
             Ok(result) => {
                 sent += result.sent;
@@ -371,7 +355,7 @@ pub fn soak(options: &SoakOptions) -> Result<SoakReport> {
     let elapsed = started.elapsed();
     // Let the last interval see the end of the flood.
     thread::sleep(options.interval + Duration::from_millis(200));
-    let vm_hwm_kb = vm_hwm_kb(pid).unwrap_or(0);
+    let vm_hwm_kb = bench::vm_hwm_kb(pid).unwrap_or(0);
     stop.store(true, Ordering::Relaxed);
     let _ = sampler.join();
     let output = bench::stop_rstwatch(proc);
@@ -405,15 +389,6 @@ fn proc_exited(pid: u32) -> bool {
     }
 }
 
-fn vm_hwm_kb(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmHWM")
-}
-
 /// `cargo xtask soak`: prints the report as JSON (also to `out`) and fails on any problem.
 pub fn soak_command(options: &SoakOptions, out: Option<PathBuf>) -> Result<ExitCode> {
     let report = soak(options)?;
@@ -435,6 +410,16 @@ pub fn soak_command(options: &SoakOptions, out: Option<PathBuf>) -> Result<ExitC
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_sizes_are_read_by_field_name() {
+        let pid = std::process::id();
+        let rss = bench::status_kb(pid, "VmRSS").unwrap();
+        let hwm = bench::vm_hwm_kb(pid).unwrap();
+        assert!(rss > 0 && hwm >= rss, "VmRSS {rss} kB, VmHWM {hwm} kB");
+        // A prefix of a real field is not that field.
+        assert!(bench::status_kb(pid, "VmRS").is_err());
+    }
 
     #[test]
     fn rfc3339_times_parse() {

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{ensure, Context as _, Result};
-use xtask::bench::{self, FloodLab, GenPlan};
+use xtask::bench::{self, FloodLab, GenLength, GenPlan};
 
 fn lab() -> Result<FloodLab> {
     let rstwatch = bench::rstwatch_bin();
@@ -37,8 +37,8 @@ fn flood_counted_once_in_its_flow(counting: &[&str]) -> Result<()> {
     let lab = lab()?;
     let xdp_before = lab.xdp_received()?;
     let rstwatch = bench::start_rstwatch(&lab, &[&["--interval", "200ms"], counting].concat())?;
-    let fast = bench::generate(&lab, &GenPlan { flows: 16, first: 0, repeat: 50_000, passes: 1 })?;
-    let sweep = bench::generate(&lab, &GenPlan { flows: 4096, first: 1000, repeat: 1, passes: 2 })?;
+    let fast = bench::generate(&lab, &GenPlan { flows: 16, first: 0, repeat: 50_000, length: GenLength::Passes(1) })?;
+    let sweep = bench::generate(&lab, &GenPlan { flows: 4096, first: 1000, repeat: 1, length: GenLength::Passes(2) })?;
     let out = bench::stop_rstwatch(rstwatch)?;
     if !counting.is_empty() {
         assert_eq!(out.summary["counting"], "atomic", "the atomic programs counted");
@@ -77,8 +77,9 @@ fn a_flood_that_overflows_the_table_still_adds_up() -> Result<()> {
     let lab = lab()?;
     let xdp_before = lab.xdp_received()?;
     let rstwatch = bench::start_rstwatch(&lab, &["--interval", "300ms", "--max-flows", "64"])?;
-    let sweep = bench::generate(&lab, &GenPlan { flows: 4096, first: 0, repeat: 1, passes: 3 })?;
-    let fast = bench::generate(&lab, &GenPlan { flows: 4, first: 50_000, repeat: 20_000, passes: 1 })?;
+    let sweep = bench::generate(&lab, &GenPlan { flows: 4096, first: 0, repeat: 1, length: GenLength::Passes(3) })?;
+    let fast =
+        bench::generate(&lab, &GenPlan { flows: 4, first: 50_000, repeat: 20_000, length: GenLength::Passes(1) })?;
     let out = bench::stop_rstwatch(rstwatch)?;
 
     let delivered = sweep.delivered + fast.delivered;
@@ -118,7 +119,7 @@ fn frames_the_veth_drops_before_the_hook_are_told_apart_exactly() -> Result<()> 
     lab.threaded_napi()?;
     let xdp_before = lab.xdp_received()?;
     let rstwatch = bench::start_rstwatch(&lab, &["--interval", "200ms"])?;
-    let gen = bench::generate(&lab, &GenPlan { flows: 8, first: 7000, repeat: 100_000, passes: 1 })?;
+    let gen = bench::generate(&lab, &GenPlan { flows: 8, first: 7000, repeat: 100_000, length: GenLength::Passes(1) })?;
     let out = bench::stop_rstwatch(rstwatch)?;
     let received = lab.xdp_received()? - xdp_before;
     assert!(

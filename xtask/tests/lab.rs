@@ -155,6 +155,12 @@ fn assert_one_line_error(fin: &Finished, needle: &str) {
     assert!(lines[0].contains(needle), "stderr should mention {needle:?}: {}", lines[0]);
 }
 
+/// rstwatch refused to run: one line on stderr naming `needle`, and nothing left attached.
+fn assert_refused(fin: &Finished, needle: &str, iface: &Iface) -> Result<()> {
+    assert_one_line_error(fin, needle);
+    assert_detached(iface)
+}
+
 static CAPTURES: AtomicU32 = AtomicU32::new(0);
 
 /// tcpdump on `iface`, writing every TCP frame to a file of its own.
@@ -513,9 +519,8 @@ fn rstwatch_str() -> String {
 fn unknown_interface_is_one_line_error() -> Result<()> {
     let hosts = hosts()?;
     let fin = run_to_end(&hosts.client, &rstwatch_str(), &["-i", "nosuchif0", "--duration", "1s"])?;
-    assert_one_line_error(&fin, "nosuchif0");
     assert_eq!(fin.status.code(), Some(1), "runtime errors exit 1");
-    assert_detached(&hosts.client_if)
+    assert_refused(&fin, "nosuchif0", &hosts.client_if)
 }
 
 /// (c) Durations that do not parse or make no sense.
@@ -528,8 +533,7 @@ fn bad_durations_are_one_line_errors() -> Result<()> {
         (vec!["-i", iface, "--duration", "1s", "--interval", "0s"], "interval"),
     ] {
         let fin = run_to_end(&hosts.client, &rstwatch_str(), &args)?;
-        assert_one_line_error(&fin, needle);
-        assert_detached(&hosts.client_if)?;
+        assert_refused(&fin, needle, &hosts.client_if)?;
     }
     Ok(())
 }
@@ -541,8 +545,7 @@ fn missing_capabilities_are_named() -> Result<()> {
     for (caps, needle) in [("-bpf,-sys_admin", "CAP_BPF"), ("-net_admin", "CAP_NET_ADMIN")] {
         let privileges = [format!("--bounding-set={caps}"), format!("--inh-caps={caps}")];
         let fin = rstwatch_with_privileges(&hosts, &privileges, &["--duration", "1s"])?;
-        assert_one_line_error(&fin, needle);
-        assert_detached(&hosts.client_if)?;
+        assert_refused(&fin, needle, &hosts.client_if)?;
     }
     Ok(())
 }
@@ -572,8 +575,7 @@ fn an_unprivileged_user_needs_exactly_bpf_net_admin_and_perfmon() -> Result<()> 
         [("+net_admin,+perfmon", "CAP_BPF"), ("+bpf,+perfmon", "CAP_NET_ADMIN"), ("+bpf,+net_admin", "CAP_PERFMON")]
     {
         let fin = run_as_nobody(caps)?;
-        assert_one_line_error(&fin, missing);
-        assert_detached(&hosts.client_if)?;
+        assert_refused(&fin, missing, &hosts.client_if)?;
     }
     Ok(())
 }

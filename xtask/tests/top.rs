@@ -53,6 +53,19 @@ fn hosts() -> Result<TwoHosts> {
     TwoHosts::new(&[ip(C1), ip(C2)], &[ip(S4)])
 }
 
+/// What every test starts from: root and tmux checked, the lab's hosts, and `rstwatch top
+/// OPTIONS` on the client's interface in a WIDTH×HEIGHT window, its header on screen. `None`:
+/// skipped (no tmux outside CI).
+fn top_on_client(test: &str, width: u16, height: u16, options: &str) -> Result<Option<(TwoHosts, Tmux)>> {
+    if !ready(test)? {
+        return Ok(None);
+    }
+    let hosts = hosts()?;
+    let tmux = Tmux::start(&hosts.client_if, width, height, options)?;
+    tmux.wait_for("the header", |s| s.contains("rstwatch top"))?;
+    Ok(Some((hosts, tmux)))
+}
+
 static SESSIONS: AtomicU32 = AtomicU32::new(0);
 
 /// A tmux server of its own (own socket, no config file) with one session running `rstwatch
@@ -245,13 +258,11 @@ fn assert_restored(tmux: &Tmux, iface: &Iface, code: i32, stty: &str) -> Result<
 
 #[test]
 fn live_view_shows_resetters_switches_views_filters_pauses_and_quits_cleanly() -> Result<()> {
-    if !ready("live_view")? {
+    let Some((hosts, tmux)) = top_on_client("live_view", 160, 40, "--interval 500ms")? else {
         return Ok(());
-    }
-    let hosts = hosts()?;
+    };
     let iface = &hosts.client_if;
-    let tmux = Tmux::start(iface, 160, 40, "--interval 500ms")?;
-    tmux.wait_for("the header", |s| s.contains("rstwatch top") && s.contains("hook xdp"))?;
+    tmux.wait_for("the hook in the header", |s| s.contains("rstwatch top") && s.contains("hook xdp"))?;
     ensure!(tmux.stderr().contains(&format!("attached to {}", iface.name)), "stderr: {}", tmux.stderr());
 
     // Refused connects: the server answers each SYN with one RST from port 81.
@@ -343,13 +354,10 @@ fn live_view_shows_resetters_switches_views_filters_pauses_and_quits_cleanly() -
 
 #[test]
 fn empty_data_in_a_tiny_window_does_not_crash_and_ctrl_c_restores() -> Result<()> {
-    if !ready("empty_data")? {
+    let Some((hosts, tmux)) = top_on_client("empty_data", 20, 5, "--interval 200ms")? else {
         return Ok(());
-    }
-    let hosts = hosts()?;
+    };
     let iface = &hosts.client_if;
-    let tmux = Tmux::start(iface, 20, 5, "--interval 200ms")?;
-    tmux.wait_for("the header", |s| s.contains("rstwatch top"))?;
     // Several intervals of nothing, with every view and a few keys, then a resize.
     for key in ["2", "3", "4", "Right", "Right", "Left", "r", "Down", "PageDown", "p", "p", "1"] {
         tmux.keys(&[key])?;
@@ -373,13 +381,10 @@ fn empty_data_in_a_tiny_window_does_not_crash_and_ctrl_c_restores() -> Result<()
 
 #[test]
 fn sigterm_restores_the_terminal_and_detaches() -> Result<()> {
-    if !ready("sigterm")? {
+    let Some((hosts, tmux)) = top_on_client("sigterm", 80, 24, "--interval 200ms")? else {
         return Ok(());
-    }
-    let hosts = hosts()?;
+    };
     let iface = &hosts.client_if;
-    let tmux = Tmux::start(iface, 80, 24, "--interval 200ms")?;
-    tmux.wait_for("the header", |s| s.contains("rstwatch top"))?;
     // rstwatch is the only process in the client's namespace.
     let pids = hosts.client.pids()?;
     ensure!(pids.len() == 1, "expected rstwatch alone in {}: {pids:?}", hosts.client.name());

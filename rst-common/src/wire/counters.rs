@@ -171,11 +171,7 @@ impl crate::parse::FrameCounters for Counters {
     }
 }
 
-const _: () = {
-    assert!(core::mem::size_of::<Counters>() == 96);
-    assert!(core::mem::size_of::<TrafficCounters>() == 32);
-    assert!(core::mem::size_of::<ResetCounters>() == 64);
-};
+wire_sizes!(Counters: 96, TrafficCounters: 32, ResetCounters: 64);
 
 #[cfg(test)]
 mod tests {

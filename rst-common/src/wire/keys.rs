@@ -292,10 +292,4 @@ impl SourceKey {
     }
 }
 
-const _: () = {
-    assert!(core::mem::size_of::<FlowKey>() == 48);
-    assert!(core::mem::size_of::<ConnKey>() == 44);
-    assert!(core::mem::size_of::<ServiceKey>() == 24);
-    assert!(core::mem::size_of::<StackResetKey>() == 44);
-    assert!(core::mem::size_of::<SourceKey>() == 24);
-};
+wire_sizes!(FlowKey: 48, ConnKey: 44, ServiceKey: 24, StackResetKey: 44, SourceKey: 24);

@@ -96,10 +96,4 @@ pub struct LoggedFlow {
     pub resets: u64,
 }
 
-const _: () = {
-    assert!(core::mem::size_of::<ConnState>() == 12);
-    assert!(core::mem::size_of::<ServiceValue>() == 16);
-    assert!(core::mem::size_of::<CacheSlot>() == 72);
-    assert!(core::mem::size_of::<FlowValue>() == 8);
-    assert!(core::mem::size_of::<LoggedFlow>() == 56);
-};
+wire_sizes!(ConnState: 12, ServiceValue: 16, CacheSlot: 72, FlowValue: 8, LoggedFlow: 56);

@@ -129,7 +129,7 @@ pub fn kernel(args: &KernelArgs) -> anyhow::Result<KernelReport> {
     let mut measured = Vec::new();
 
     // Frames that repeat: one test run of `repeat` runs per program and trial.
-    let repeated: [(&'static str, Vec<u8>); 8] = [
+    let repeated: Vec<(&'static str, Vec<u8>)> = vec![
         ("non-TCP (IPv4 UDP)", {
             let udp = FrameBuilder::ipv4([10, 0, 0, 1], [10, 0, 0, 2]).ip_payload(17, &[0u8; 26]);
             udp.build().into_bytes()
@@ -151,18 +151,8 @@ pub fn kernel(args: &KernelArgs) -> anyhow::Result<KernelReport> {
             padded(tcp_v4().ports(40004, 443).flags(TCP_FIN | TCP_ACK)),
         ),
     ];
-    for (name, frame) in repeated {
-        if !wanted(name) {
-            continue;
-        }
-        let method = format!("repeat {repeat}, {} B frame", frame.len());
-        let programs_ab = [counting_xdp, PROG_XDP_BASELINE];
-        let line = repeated_line(&mut programs, Hook::Xdp, programs_ab, (name, method), &frame, trials, repeat)?;
-        measured.push(line);
-    }
-
     // What the host sends: the TC egress program against an empty TC program, same method.
-    let egress: [(&'static str, Vec<u8>); 3] = [
+    let egress: Vec<(&'static str, Vec<u8>)> = vec![
         ("TC egress: IPv4 TCP ACK (what the host sends)", padded(tcp_v4().flags(TCP_ACK))),
         (
             "TC egress: IPv4 TCP ACK, 1500-byte frame",
@@ -170,14 +160,18 @@ pub fn kernel(args: &KernelArgs) -> anyhow::Result<KernelReport> {
         ),
         ("TC egress: IPv4 RST, existing flow", padded(tcp_v4().ports(443, 40005).flags(TCP_RST | TCP_ACK))),
     ];
-    for (name, frame) in egress {
-        if !wanted(name) {
-            continue;
+    for (hook, programs_ab, frame_kind, frames) in [
+        (Hook::Xdp, [counting_xdp, PROG_XDP_BASELINE], "", repeated),
+        (Hook::Tc, [counting_tc_egress, PROG_TC_BASELINE], ", as an skb", egress),
+    ] {
+        for (name, frame) in frames {
+            if !wanted(name) {
+                continue;
+            }
+            let method = format!("repeat {repeat}, {} B frame{frame_kind}", frame.len());
+            let line = repeated_line(&mut programs, hook, programs_ab, (name, method), &frame, trials, repeat)?;
+            measured.push(line);
         }
-        let method = format!("repeat {repeat}, {} B frame, as an skb", frame.len());
-        let programs_ab = [counting_tc_egress, PROG_TC_BASELINE];
-        let line = repeated_line(&mut programs, Hook::Tc, programs_ab, (name, method), &frame, trials, repeat)?;
-        measured.push(line);
     }
 
     // Flows that change every run: single test runs (no dispatcher swap), each followed by the

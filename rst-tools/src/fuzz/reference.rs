@@ -1,16 +1,19 @@
 //! The reference: is a frame a counted RST, and for which flow? Built on etherparse's header
-//! slices; rstwatch's own code is not used.
+//! slices; rstwatch's own code is not used (only the flow key's layout, from rst-craft).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use rst_common::{
     inspect,
-    wire::{DIRECTION_RX, FAMILY_IPV4, FAMILY_IPV6, IPPROTO_TCP},
+    wire::{FAMILY_IPV4, FAMILY_IPV6, IPPROTO_TCP},
     FlowKey, Observation,
 };
-use rst_craft::etherparse::{
-    Ethernet2HeaderSlice, IpAuthHeaderSlice, Ipv4HeaderSlice, Ipv6FragmentHeaderSlice, Ipv6HeaderSlice,
-    Ipv6RawExtHeaderSlice, SingleVlanHeaderSlice, TcpHeaderSlice,
+use rst_craft::{
+    etherparse::{
+        Ethernet2HeaderSlice, IpAuthHeaderSlice, Ipv4HeaderSlice, Ipv6FragmentHeaderSlice, Ipv6HeaderSlice,
+        Ipv6RawExtHeaderSlice, SingleVlanHeaderSlice, TcpHeaderSlice,
+    },
+    received_key, widen,
 };
 
 pub(crate) const ETH_P_IPV4: u16 = 0x0800;
@@ -125,26 +128,7 @@ pub fn reference(frame: &[u8], ifindex: u32) -> Option<FlowKey> {
     if !tcp.rst() {
         return None;
     }
-    Some(FlowKey {
-        src,
-        dst,
-        ifindex,
-        sport: tcp.source_port(),
-        dport: tcp.destination_port(),
-        family,
-        protocol: IPPROTO_TCP,
-        direction: DIRECTION_RX,
-        class: 0,
-        rst_ttl: ttl,
-        peer_ttl: 0,
-        _pad: [0; 2],
-    })
-}
-
-fn widen(a: [u8; 4]) -> [u8; 16] {
-    let mut out = [0; 16];
-    out[..4].copy_from_slice(&a);
-    out
+    Some(received_key(family, src, dst, ifindex, (tcp.source_port(), tcp.destination_port()), ttl))
 }
 
 /// The host's answer to the same question, from rst-common's walk.

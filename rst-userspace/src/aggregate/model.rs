@@ -16,9 +16,44 @@ use serde::{ser::SerializeMap as _, Serialize, Serializer};
 
 use crate::{loader::Hook, replay::link::Link};
 
+/// Gives each enum one name a value, written once: `name()` returns it, and it is the value's
+/// JSON form (the contract strings).
+macro_rules! named {
+    ($($enum:ident { $($variant:ident => $name:literal),+ })+) => {
+        $(
+            impl $enum {
+                pub const fn name(self) -> &'static str {
+                    match self {
+                        $($enum::$variant => $name),+
+                    }
+                }
+            }
+        )+
+        serialized_by_name!($($enum),+);
+    };
+}
+
+/// Serializes each enum as its `name()`.
+macro_rules! serialized_by_name {
+    ($($enum:ident),+) => {
+        $(
+            impl Serialize for $enum {
+                fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                    serializer.serialize_str(self.name())
+                }
+            }
+        )+
+    };
+}
+
+named! {
+    Direction { Rx => "rx", Tx => "tx" }
+    Side { Client => "client", Server => "server" }
+    Family { Ipv4 => "ipv4", Ipv6 => "ipv6" }
+}
+
 /// Which way the RSTs went through the interface.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Direction {
     /// The interface received them.
     Rx,
@@ -34,35 +69,17 @@ impl Direction {
             Direction::Rx
         }
     }
-
-    pub const fn name(self) -> &'static str {
-        match self {
-            Direction::Rx => "rx",
-            Direction::Tx => "tx",
-        }
-    }
 }
 
 /// The role of the RSTs' sender in the connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Side {
     /// It sent the SYN.
     Client,
     Server,
 }
 
-impl Side {
-    pub const fn name(self) -> &'static str {
-        match self {
-            Side::Client => "client",
-            Side::Server => "server",
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Family {
     Ipv4,
     Ipv6,
@@ -97,11 +114,7 @@ impl AttachMode {
     }
 }
 
-impl Serialize for AttachMode {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.name())
-    }
-}
+serialized_by_name!(AttachMode);
 
 /// An interface of the run.
 #[derive(Debug, Clone)]
@@ -420,6 +433,8 @@ mod tests {
         assert_eq!(json(Direction::Rx), "\"rx\"");
         assert_eq!(json(Side::Client), "\"client\"");
         assert_eq!(json(Family::Ipv6), "\"ipv6\"");
+        assert_eq!(json(Side::Server), "\"server\"");
+        assert_eq!(json(Family::Ipv4), "\"ipv4\"");
         assert_eq!(json(CountingMode::PerCpu), "\"per-cpu\"");
         assert_eq!(json(CountingMode::Atomic), "\"atomic\"");
         assert_eq!(json(AttachMode::Capture(Link::LinuxSll2)), format!("\"{}\"", Link::LinuxSll2.as_str()));

@@ -136,8 +136,6 @@ impl<W: Write> TablePrinter<W> {
             if source.flows as usize > ROW_DETAIL && ports.len() == ROW_DETAIL {
                 ports.push("…".into());
             }
-            let destinations: Vec<String> =
-                source.destinations.iter().map(|(dst, resets)| format!("{dst} ({resets})")).collect();
             writeln!(
                 self.out,
                 "   {:<width$} {:>9} {:>9.1} {:>5.0}%  {:<17} {}",
@@ -146,7 +144,7 @@ impl<W: Write> TablePrinter<W> {
                 source.rate,
                 source.share,
                 ports.join(","),
-                destinations.join(", ")
+                with_resets(&source.destinations)
             )?;
         }
         Ok(())
@@ -156,8 +154,6 @@ impl<W: Write> TablePrinter<W> {
         let width = destinations.iter().map(|d| d.dst.to_string().len()).max().unwrap_or(0).max(15);
         writeln!(self.out, "   {:<width$} {:>9} {:>6} {:>7}  MAIN SENDERS", "RESET TARGET", "RSTS", "SHARE", "FLOWS")?;
         for destination in destinations.iter().take(self.top) {
-            let senders: Vec<String> =
-                destination.senders.iter().map(|(src, resets)| format!("{src} ({resets})")).collect();
             writeln!(
                 self.out,
                 "   {:<width$} {:>9} {:>5.0}% {:>7}  {}",
@@ -165,7 +161,7 @@ impl<W: Write> TablePrinter<W> {
                 destination.resets,
                 destination.share,
                 destination.flows,
-                senders.join(", ")
+                with_resets(&destination.senders)
             )?;
         }
         Ok(())
@@ -227,4 +223,10 @@ impl<W: Write> TablePrinter<W> {
         }
         Ok(())
     }
+}
+
+/// A ranked row's detail list: "10.0.0.1 (5), 10.0.0.2 (3)".
+fn with_resets(addresses: &[(std::net::IpAddr, u64)]) -> String {
+    let listed: Vec<String> = addresses.iter().map(|(addr, resets)| format!("{addr} ({resets})")).collect();
+    listed.join(", ")
 }
