@@ -498,6 +498,7 @@ fn resets_are_classified_in_the_kernel_as_on_the_host() -> anyhow::Result<()> {
     let mut host_connections = HostConnections::default();
     let mut host_flows: BTreeMap<FlowKey, u64> = BTreeMap::new();
     let mut failures = Vec::new();
+    let mut host_services = std::collections::HashMap::new();
     for (index, (frames, expected)) in conversations.into_iter().enumerate() {
         let mut expected = expected.into_iter();
         for frame in &frames {
@@ -507,8 +508,18 @@ fn resets_are_classified_in_the_kernel_as_on_the_host() -> anyhow::Result<()> {
             let (Observation::Reset(event) | Observation::Control(event)) = observation else {
                 continue;
             };
-            let Tracked::Reset(key, _) = track(&mut host_connections, &event) else {
-                continue;
+            let key = match track(&mut host_connections, &event) {
+                Tracked::Reset(key, change) => {
+                    if let Some(change) = change {
+                        host_connections.count_service(&mut host_services, &change);
+                    }
+                    key
+                }
+                Tracked::Service(change) => {
+                    host_connections.count_service(&mut host_services, &change);
+                    continue;
+                }
+                Tracked::Nothing => continue,
             };
             *host_flows.entry(key).or_default() += 1;
             let Some((kind, ack, server, observed, first, peer_ttl)) = expected.next() else {
@@ -541,6 +552,10 @@ fn resets_are_classified_in_the_kernel_as_on_the_host() -> anyhow::Result<()> {
         vec![(std::net::IpAddr::from(SERVER), 80, 10, 7)],
         "ten attempts and seven SYN+ACKs to one service (a retransmitted SYN counts once)"
     );
+    // Every field, the open counts at accepts and turn-aways and the TTL included, as the host
+    // counted them from the same frames.
+    let host_services: Vec<_> = host_services.into_iter().collect();
+    assert_eq!(sample.services, host_services, "the kernel counted services differently from the host");
     Ok(())
 }
 
