@@ -529,48 +529,54 @@ fn count_service<const ATOMIC: bool>(key: &ServiceKey, counts: ServiceValue) {
         0 => &SERVICES_0,
         _ => &SERVICES_1,
     };
-    // An empty entry first, then every count through the atomics: a first insert of `counts`
-    // itself would have LLVM keep its 32 constant bytes in a `.rodata.cst32` section, a map the
-    // object contract does not allow. Costs a second map walk once per service and interval.
-    let recorded = match table.insert(key, ServiceValue::default(), BPF_NOEXIST as u64) {
-        Ok(()) => true,
-        Err(err) => err == -EEXIST,
+    // Looked up first: the entry usually exists (the service's SYN made it this interval), and
+    // then one hash walk does. A new entry is inserted empty and counted through the atomics
+    // like any other: inserting `counts` itself would have LLVM keep its 32 constant bytes in a
+    // `.rodata.cst32` section, a map the object contract does not allow.
+    let value = match table.get_ptr_mut(key) {
+        Some(value) => Some(value),
+        None => match table.insert(key, ServiceValue::default(), BPF_NOEXIST as u64) {
+            Ok(()) => table.get_ptr_mut(key),
+            // Another CPU made it a moment ago.
+            Err(err) if err == -EEXIST => table.get_ptr_mut(key),
+            Err(_) => None,
+        },
     };
-    let recorded = recorded
-        && match table.get_ptr_mut(key) {
-            Some(value) => {
-                // SAFETY: a live element for this run; every writer adds atomically.
-                unsafe {
-                    atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*value).attempts, counts.attempts);
-                    atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*value).synacks, counts.synacks);
-                }
-                let (accept_open, ttl) = counts.accept_word();
-                if accept_open != 0 || ttl != 0 {
-                    // SAFETY: as above; the word is 8-aligned (asserted in rst-common).
-                    unsafe {
-                        update_word((&raw mut (*value).accept_open_max).cast::<u64>(), |bits| {
-                            accept_bits(merge_accept(accept_from_bits(bits), accept_open, ttl))
-                        })
-                    };
-                }
-                let (min, max) = counts.turnaway_word();
-                if max != 0 {
-                    // SAFETY: as above.
-                    unsafe {
-                        update_word((&raw mut (*value).turnaway_open_min).cast::<u64>(), |bits| {
-                            turnaway_bits(merge_turnaway(turnaway_from_bits(bits), min, max))
-                        })
-                    };
-                }
-                true
-            }
-            None => false,
-        };
-    if !recorded {
+    let Some(value) = value else {
         if let Some(counters) = RESET_COUNTERS.get_ptr_mut(epoch) {
             // SAFETY: this CPU's live slot.
             unsafe { add_local::<ATOMIC>(&raw mut (*counters).service_overflow, 1) };
         }
+        return;
+    };
+    // Each add only where there is something to add: an atomic add of 0 still costs a locked
+    // instruction, and a turn-away adds to neither count.
+    // SAFETY: a live element for this run; every writer adds atomically.
+    unsafe {
+        if counts.attempts != 0 {
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*value).attempts, counts.attempts);
+        }
+        if counts.synacks != 0 {
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*value).synacks, counts.synacks);
+        }
+    }
+    let (accept_open, ttl) = counts.accept_word();
+    if accept_open != 0 || ttl != 0 {
+        // SAFETY: as above; the word is 8-aligned (asserted in rst-common).
+        unsafe {
+            update_word((&raw mut (*value).accept_open_max).cast::<u64>(), |bits| {
+                accept_bits(merge_accept(accept_from_bits(bits), accept_open, ttl))
+            })
+        };
+    }
+    let (min, max) = counts.turnaway_word();
+    if max != 0 {
+        // SAFETY: as above.
+        unsafe {
+            update_word((&raw mut (*value).turnaway_open_min).cast::<u64>(), |bits| {
+                turnaway_bits(merge_turnaway(turnaway_from_bits(bits), min, max))
+            })
+        };
     }
 }
 
