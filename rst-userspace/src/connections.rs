@@ -82,3 +82,30 @@ impl OpenConnections for HostConnections {
         self.open.get(service).copied().unwrap_or(0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(port: u16) -> ServiceKey {
+        ServiceKey { port, ..ServiceKey::default() }
+    }
+
+    #[test]
+    fn open_counts_never_go_below_zero_and_a_full_store_counts_no_new_service() {
+        let mut host = HostConnections { services_capacity: 2, ..HostConnections::default() };
+        host.close(&service(1));
+        assert_eq!(host.open_now(&service(1)), 0, "a close of nothing counted");
+        assert_eq!(host.open(&service(1)), Some(0));
+        assert_eq!(host.open(&service(1)), Some(1));
+        for _ in 0..3 {
+            host.close(&service(1));
+        }
+        assert_eq!(host.open_now(&service(1)), 0, "three closes of two connections");
+        assert_eq!(host.open(&service(1)), Some(0), "and the next accept finds none open");
+        assert_eq!(host.open(&service(2)), Some(0));
+        assert_eq!(host.open(&service(3)), None, "no room for a third service");
+        assert_eq!(host.open_now(&service(3)), 0);
+        assert_eq!(host.open(&service(2)), Some(1), "the services it holds still count");
+    }
+}
