@@ -8,7 +8,7 @@ use rst_common::{
     diagnose::{track, ConnTable, Tracked},
     parse::{TcpEvent, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     service_counts,
-    wire::{ConnKey, ConnState, ServiceKey, ServiceValue},
+    wire::{ConnKey, ConnState, ServiceCounts, ServiceKey, ServiceValue},
     OpenConnections, ServiceChange,
     ServiceEvent::{self, Accepted, Attempt, Closed, TurnedAway},
 };
@@ -171,15 +171,15 @@ fn interval(open: &mut Open, changes: &[ServiceEvent]) -> ServiceValue {
     value
 }
 
-fn decoded(value: &ServiceValue) -> (u64, u64, Option<u64>, Option<u64>, Option<u64>, Option<u8>) {
-    (
-        value.attempts,
-        value.synacks,
-        value.accept_open_max(),
-        value.turnaway_open_min(),
-        value.turnaway_open_max(),
-        value.synack_ttl(),
-    )
+/// The decoded counts expected: attempts, SYN+ACKs, most open at an accept, fewest and most at
+/// a turn-away, the TTL.
+fn counts(
+    (attempts, synacks): (u64, u64),
+    accept_open_max: Option<u64>,
+    (turnaway_open_min, turnaway_open_max): (Option<u64>, Option<u64>),
+    synack_ttl: Option<u8>,
+) -> ServiceCounts {
+    ServiceCounts { attempts, synacks, accept_open_max, turnaway_open_min, turnaway_open_max, synack_ttl }
 }
 
 #[test]
@@ -190,13 +190,13 @@ fn accepts_and_turn_aways_record_the_open_count_and_a_limit_that_moves() {
         &mut open,
         &[Attempt { reopens: false }, accept(60), accept(61), accept(62), TurnedAway { closes: false }, Closed],
     );
-    assert_eq!(decoded(&first), (1, 3, Some(2), Some(3), Some(3), Some(62)));
+    assert_eq!(first.decoded(), counts((1, 3), Some(2), (Some(3), Some(3)), Some(62)));
     // Two open carried over; the limit moves down: turned away at 2, then at 1 after a close.
     let second = interval(&mut open, &[TurnedAway { closes: false }, Closed, TurnedAway { closes: true }]);
-    assert_eq!(decoded(&second), (0, 0, None, Some(0), Some(2), None));
+    assert_eq!(second.decoded(), counts((0, 0), None, (Some(0), Some(2)), None));
     // Nothing left open; more closes than opens never go below 0.
     let third = interval(&mut open, &[Closed, Closed, accept(64), Attempt { reopens: true }]);
-    assert_eq!(decoded(&third), (1, 1, Some(0), None, None, Some(64)));
+    assert_eq!(third.decoded(), counts((1, 1), Some(0), (None, None), Some(64)));
     assert_eq!(open.open_now(&ServiceKey::default()), 0, "the reopening attempt closed the one accepted");
 }
 
@@ -208,6 +208,6 @@ fn merging_keeps_sums_extremes_and_the_latest_ttl() {
     value.merge(&ServiceValue::turned_away(3));
     value.merge(&ServiceValue::accepted(Some(1), 59));
     value.merge(&ServiceValue::ATTEMPT);
-    assert_eq!(decoded(&value), (1, 3, Some(4), Some(3), Some(7), Some(59)));
-    assert_eq!(decoded(&ServiceValue::default()), (0, 0, None, None, None, None));
+    assert_eq!(value.decoded(), counts((1, 3), Some(4), (Some(3), Some(7)), Some(59)));
+    assert_eq!(ServiceValue::default().decoded(), ServiceCounts::default());
 }

@@ -11,7 +11,7 @@ use rst_common::{
     inspect,
     parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     track,
-    wire::{ResetClass, ResetKind, FLOW_CACHE_SLOTS},
+    wire::{ResetClass, ResetKind, ServiceCounts, FLOW_CACHE_SLOTS},
     FlowKey, Observation, Tracked,
 };
 use rst_craft::{cases, tcp_v4, tcp_v6, FrameBuilder, VlanKind};
@@ -559,21 +559,6 @@ fn resets_are_classified_in_the_kernel_as_on_the_host() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What one service's interval counts say, decoded: attempts, SYN+ACKs, most open at an accept,
-/// fewest and most open at a turn-away, the latest SYN+ACK's TTL.
-type ServiceCounts = (u64, u64, Option<u64>, Option<u64>, Option<u64>, Option<u8>);
-
-fn service_counts_of(value: &rst_common::wire::ServiceValue) -> ServiceCounts {
-    (
-        value.attempts,
-        value.synacks,
-        value.accept_open_max(),
-        value.turnaway_open_min(),
-        value.turnaway_open_max(),
-        value.synack_ttl(),
-    )
-}
-
 #[test]
 fn open_connections_per_service_are_counted_at_accepts_and_turn_aways() -> anyhow::Result<()> {
     open_connections_counted(Counting::PerCpu)
@@ -634,7 +619,14 @@ fn open_connections_counted(counting: Counting) -> anyhow::Result<()> {
                 syn(2008),
                 synack(2008, 60),
             ],
-            (5, 4, Some(1), Some(0), Some(2), Some(60)),
+            ServiceCounts {
+                attempts: 5,
+                synacks: 4,
+                accept_open_max: Some(1),
+                turnaway_open_min: Some(0),
+                turnaway_open_max: Some(2),
+                synack_ttl: Some(60),
+            },
         ),
         (
             vec![
@@ -650,12 +642,25 @@ fn open_connections_counted(counting: Counting) -> anyhow::Result<()> {
                 c2s(2009, TCP_RST | TCP_ACK, 20095, 7001),
                 c2s(2009, TCP_FIN | TCP_ACK, 20095, 7001),
             ],
-            (2, 1, Some(1), Some(2), Some(2), Some(62)),
+            ServiceCounts {
+                attempts: 2,
+                synacks: 1,
+                accept_open_max: Some(1),
+                turnaway_open_min: Some(2),
+                turnaway_open_max: Some(2),
+                synack_ttl: Some(62),
+            },
         ),
         (
             // Nothing left open, nothing below 0: J is accepted with none open.
             vec![syn(2011), synack(2011, 62)],
-            (1, 1, Some(0), None, None, Some(62)),
+            ServiceCounts {
+                attempts: 1,
+                synacks: 1,
+                accept_open_max: Some(0),
+                synack_ttl: Some(62),
+                ..Default::default()
+            },
         ),
     ];
     let mut kernel = Harness::load(MAX_FLOWS, counting)?;
@@ -678,10 +683,10 @@ fn open_connections_counted(counting: Counting) -> anyhow::Result<()> {
         }
         let sample = kernel.collect()?;
         let kernel_services: Vec<_> =
-            sample.services.iter().map(|(key, value)| (key.ip(), key.port, service_counts_of(value))).collect();
+            sample.services.iter().map(|(key, value)| (key.ip(), key.port, value.decoded())).collect();
         assert_eq!(kernel_services, vec![(std::net::IpAddr::from(SERVER), 80, expected)], "interval {index}");
         let host_services: Vec<_> =
-            host_services.iter().map(|(key, value)| (key.ip(), key.port, service_counts_of(value))).collect();
+            host_services.iter().map(|(key, value)| (key.ip(), key.port, value.decoded())).collect();
         assert_eq!(host_services, kernel_services, "interval {index}: the host's tracker counted differently");
     }
     Ok(())

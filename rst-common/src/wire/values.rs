@@ -128,6 +128,18 @@ impl ServiceValue {
         (self.synack_ttl != 0).then_some(self.synack_ttl)
     }
 
+    /// Every count, the +1-encoded ones decoded: what userspace reads.
+    pub fn decoded(&self) -> ServiceCounts {
+        ServiceCounts {
+            attempts: self.attempts,
+            synacks: self.synacks,
+            accept_open_max: self.accept_open_max(),
+            turnaway_open_min: self.turnaway_open_min(),
+            turnaway_open_max: self.turnaway_open_max(),
+            synack_ttl: self.synack_ttl(),
+        }
+    }
+
     /// `accept_open_max` and `synack_ttl`, as the word the kernel swaps.
     #[inline(always)]
     pub fn accept_word(&self) -> (u32, u8) {
@@ -169,6 +181,17 @@ pub fn turnaway_from_bits(bits: u64) -> (u32, u32) {
     // SAFETY: as in `accept_bits`.
     let [min, max] = unsafe { core::mem::transmute::<u64, [u32; 2]>(bits) };
     (min, max)
+}
+
+/// A [`ServiceValue`] decoded (see its accessors): `None` where the interval had no such event.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceCounts {
+    pub attempts: u64,
+    pub synacks: u64,
+    pub accept_open_max: Option<u64>,
+    pub turnaway_open_min: Option<u64>,
+    pub turnaway_open_max: Option<u64>,
+    pub synack_ttl: Option<u8>,
 }
 
 /// The accept word (`accept_open_max`, `synack_ttl`) after folding in a later accept's.
