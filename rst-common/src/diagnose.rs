@@ -18,6 +18,11 @@
 //! SYN+ACKs (same initial sequence number) count once. Limitation: an RST without ACK carries no
 //! word about what its peer sent, so a server's RST+ISN+1 without ACK after the client sent data
 //! reads as `handshake`.
+//!
+//! What a segment did to its service — an attempt, an accept, a close, a turn-away — comes back
+//! with it ([`Tracked`], [`crate::services::ServiceEvent`]); the caller moves the service's open
+//! count with [`crate::services::service_counts`]. A turn-away is only reported for a connection
+//! whose SYN or SYN+ACK was seen: an inferred refusal says nothing about what the service held.
 
 use crate::{
     parse::{TcpEvent, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},

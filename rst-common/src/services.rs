@@ -9,8 +9,11 @@
 //! "Open" counts connections from their first SYN+ACK to the first FIN or RST either side sent.
 //! A connection whose SYN+ACK went by before the run is not counted, at its close either (the
 //! tracker only reports closes of connections it saw accepted), and a count never goes below 0.
-//! Limitation: a connection the connection table forgets while open (its pair of slots taken by
-//! two newer connections) stays counted, since its close no longer finds it.
+//! Limitations: a connection the connection table forgets while open (its pair of slots taken by
+//! two newer connections) stays counted, since its close no longer finds it; and the kernel's
+//! store keeps a service once counted for the whole run (a count of 0 is not removed, which
+//! could race with an accept), so once [`crate::wire::DEFAULT_MAX_SERVICES`] services have
+//! accepted, new ones go uncounted (their accepts carry no open count, `None`).
 
 use crate::wire::{ServiceKey, ServiceValue};
 
