@@ -18,9 +18,15 @@
 //! SYN+ACKs (same initial sequence number) count once. Limitation: an RST without ACK carries no
 //! word about what its peer sent, so a server's RST+ISN+1 without ACK after the client sent data
 //! reads as `handshake`.
+//!
+//! What a segment did to its service — an attempt, an accept, a close, a turn-away — comes back
+//! with it ([`Tracked`], [`crate::services::ServiceEvent`]); the caller moves the service's open
+//! count with [`crate::services::service_counts`]. A turn-away is only reported for a connection
+//! whose SYN or SYN+ACK was seen: an inferred refusal says nothing about what the service held.
 
 use crate::{
     parse::{TcpEvent, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    services::{ServiceChange, ServiceEvent},
     wire::{
         CacheSlot, ConnKey, ConnState, FlowKey, ResetClass, ResetKind, ServiceKey, CONN_CLIENT_IS_LO, CONN_FIN,
         CONN_RESET, CONN_SYN, CONN_SYNACK,
@@ -79,12 +85,23 @@ fn verdict_tag(event: &TcpEvent, generation: u64) -> u64 {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tracked {
     Nothing,
-    /// A SYN without ACK: an attempt to connect to this service.
-    Attempt(ServiceKey),
-    /// A SYN+ACK: the service accepted a handshake.
-    SynAck(ServiceKey),
-    /// An RST, its key classified.
-    Reset(FlowKey),
+    /// A SYN, the first SYN+ACK of a connection, or a first FIN closing an accepted one: see
+    /// [`ServiceEvent`] (retransmitted SYNs and SYN+ACKs and later FINs are `Nothing`).
+    Service(ServiceChange),
+    /// An RST, its key classified, and what it did to its service: a close or a turn-away when
+    /// it is the first RST of a connection the tracker saw open or being opened.
+    Reset(FlowKey, Option<ServiceChange>),
+}
+
+/// The connection had its SYN+ACK and no FIN or RST yet: its service counts it open.
+#[inline(always)]
+fn holds_open(state: &ConnState) -> bool {
+    state.flags & (CONN_SYNACK | CONN_FIN | CONN_RESET) == CONN_SYNACK
+}
+
+#[inline(always)]
+fn change(service: ServiceKey, event: ServiceEvent) -> ServiceChange {
+    ServiceChange { service, event }
 }
 
 /// Updates connection state with one event from [`crate::count`] and says what to count.
@@ -93,30 +110,38 @@ pub fn track<T: ConnTable + ?Sized>(conns: &mut T, event: &TcpEvent) -> Tracked 
     let TcpEvent { key, flags, seq, ack } = *event;
     let (conn, sender_is_lo) = key.connection();
     if flags & TCP_RST != 0 {
-        return Tracked::Reset(classify(conns, &conn, sender_is_lo, event));
+        let (key, service) = classify(conns, &conn, sender_is_lo, event);
+        return Tracked::Reset(key, service);
     }
     if flags & TCP_SYN != 0 {
         if flags & TCP_ACK == 0 {
+            let mut reopens = false;
             if let Some(state) = conns.get(&conn) {
                 // A retransmitted SYN is the same attempt: keep what the handshake told.
                 let same_client = (state.flags & CONN_CLIENT_IS_LO != 0) == sender_is_lo;
                 if state.flags & CONN_SYN != 0 && same_client && state.client_isn == seq {
                     return Tracked::Nothing;
                 }
+                // The same service's earlier connection, whose close went by unseen.
+                reopens = same_client && holds_open(state);
             }
             // A new attempt replaces whatever an earlier connection on this 4-tuple left.
             let state = ConnState::new(seq, 0, key.rst_ttl, 0, CONN_SYN | client_flag(sender_is_lo));
             conns.put(&conn, &state);
             conns.changed(&conn);
-            return Tracked::Attempt(ServiceKey::new(key.dst, key.dport, &key));
+            let service = ServiceKey::new(key.dst, key.dport, &key);
+            return Tracked::Service(change(service, ServiceEvent::Attempt { reopens }));
         }
         let client_is_lo = !sender_is_lo;
         let mut joined = false;
+        let mut reopens = false;
         if let Some(state) = conns.get(&conn) {
             if state.flags & CONN_SYNACK != 0 && state.server_isn == seq {
                 // A retransmitted SYN+ACK: the same handshake, counted once.
                 return Tracked::Nothing;
             }
+            // A second SYN+ACK (another ISN) for a connection still open replaces it.
+            reopens = (state.flags & CONN_CLIENT_IS_LO != 0) == client_is_lo && holds_open(state);
             if state.flags & CONN_SYN != 0 && (state.flags & CONN_CLIENT_IS_LO != 0) == client_is_lo {
                 state.server_isn = seq;
                 state.server_ttl = key.rst_ttl;
@@ -132,30 +157,56 @@ pub fn track<T: ConnTable + ?Sized>(conns: &mut T, event: &TcpEvent) -> Tracked 
             conns.put(&conn, &state);
         }
         conns.changed(&conn);
-        return Tracked::SynAck(ServiceKey::new(key.src, key.sport, &key));
+        let service = ServiceKey::new(key.src, key.sport, &key);
+        return Tracked::Service(change(service, ServiceEvent::Accepted { ttl: key.rst_ttl, reopens }));
     }
     if flags & TCP_FIN != 0 {
         // Only a connection already known: an insert per FIN would let a FIN scan (or every
         // older connection closing) push real handshakes out of the table.
         let mut changed = false;
+        let mut closed = None;
         if let Some(state) = conns.get(&conn) {
             changed = state.flags & CONN_FIN == 0;
+            if holds_open(state) {
+                closed = Some(server_of(state, &key, sender_is_lo));
+            }
             state.flags |= CONN_FIN;
         }
         if changed {
             conns.changed(&conn);
         }
+        if let Some(service) = closed {
+            return Tracked::Service(change(service, ServiceEvent::Closed));
+        }
     }
     Tracked::Nothing
 }
 
+/// The service (server end) of a known connection, from a segment of it sent by the `lo`
+/// endpoint or not.
 #[inline(always)]
-fn classify<T: ConnTable + ?Sized>(conns: &mut T, conn: &ConnKey, sender_is_lo: bool, event: &TcpEvent) -> FlowKey {
+fn server_of(state: &ConnState, key: &FlowKey, sender_is_lo: bool) -> ServiceKey {
+    let sender_is_client = (state.flags & CONN_CLIENT_IS_LO != 0) == sender_is_lo;
+    if sender_is_client {
+        ServiceKey::new(key.dst, key.dport, key)
+    } else {
+        ServiceKey::new(key.src, key.sport, key)
+    }
+}
+
+#[inline(always)]
+fn classify<T: ConnTable + ?Sized>(
+    conns: &mut T,
+    conn: &ConnKey,
+    sender_is_lo: bool,
+    event: &TcpEvent,
+) -> (FlowKey, Option<ServiceChange>) {
     let TcpEvent { key, flags, seq, ack } = *event;
     let ack_set = flags & TCP_ACK != 0;
     let inferred = if ack_set && seq == 0 { ResetKind::Refused } else { ResetKind::Established };
     let mut class = None;
     let mut changed = false;
+    let mut service = None;
     if let Some(state) = conns.get(conn) {
         let sender_is_client = (state.flags & CONN_CLIENT_IS_LO != 0) == sender_is_lo;
         let (own_isn, peer_isn) =
@@ -185,6 +236,18 @@ fn classify<T: ConnTable + ?Sized>(conns: &mut T, conn: &ConnKey, sender_is_lo: 
         let observed = state.flags & (CONN_SYN | CONN_SYNACK) != 0;
         let peer_ttl = if sender_is_client { state.client_ttl } else { state.server_ttl };
         let first = state.flags & CONN_RESET == 0;
+        let open = holds_open(state);
+        let turned_away = !sender_is_client && matches!(kind, ResetKind::Refused | ResetKind::Handshake);
+        let event = if turned_away {
+            Some(ServiceEvent::TurnedAway { closes: open })
+        } else if open {
+            Some(ServiceEvent::Closed)
+        } else {
+            None
+        };
+        if let (true, true, Some(event)) = (first, observed, event) {
+            service = Some(change(server_of(state, &key, sender_is_lo), event));
+        }
         if first {
             state.flags |= CONN_RESET;
             changed = true;
@@ -205,7 +268,7 @@ fn classify<T: ConnTable + ?Sized>(conns: &mut T, conn: &ConnKey, sender_is_lo: 
             (ResetClass::new(inferred, ack_set, server, false, true), 0)
         }
     };
-    key.classified(class.0, peer_ttl)
+    (key.classified(class.0, peer_ttl), service)
 }
 
 #[inline(always)]

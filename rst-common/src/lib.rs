@@ -22,6 +22,7 @@ macro_rules! wire_sizes {
 pub mod cursor;
 pub mod diagnose;
 pub mod parse;
+pub mod services;
 pub mod table;
 pub mod wire;
 
@@ -30,6 +31,7 @@ pub use diagnose::{track, ConnTable, Tracked};
 pub use parse::{
     count, inspect, inspect_from, inspect_with, walk, walk_from, FrameCounters, Observation, Segment, TcpEvent, Walk,
 };
+pub use services::{service_counts, OpenConnections, ServiceChange, ServiceEvent};
 pub use wire::{Counters, FlowKey, FlowValue};
 
 #[cfg(feature = "user")]

@@ -32,7 +32,7 @@ impl ConnTable for Table {
 
 fn verdict(table: &mut Table, event: &TcpEvent) -> FlowKey {
     match track(table, event) {
-        Tracked::Reset(key) => key,
+        Tracked::Reset(key, _) => key,
         other => panic!("an RST tracked as {other:?}"),
     }
 }

@@ -25,18 +25,20 @@ use aya_ebpf::{
 use rst_common::{
     count, inspect_with,
     parse::{FrameCounters, TcpEvent, TCP_RST},
+    service_counts,
     table::{
         add_to_flow_table, conn_fingerprint_words, conn_lookup, conn_store, flow_block_words, flow_table_bits, Added,
         ConnSlot, ConnSlots, FlowSlot, SlotArray,
     },
     track,
     wire::{
-        CacheSlot, ConnKey, ConnState, FlowKey, FlowValue, LoggedFlow, ResetCounters, ServiceKey, ServiceValue,
-        SourceKey, StackResetKey, TrafficCounters, CONN_GENERATIONS as CONN_GENERATIONS_LEN, DEFAULT_MAX_FLOWS,
+        accept_bits, accept_from_bits, merge_accept, merge_turnaway, turnaway_bits, turnaway_from_bits, CacheSlot,
+        ConnKey, ConnState, FlowKey, FlowValue, LoggedFlow, ResetCounters, ServiceKey, ServiceValue, SourceKey,
+        StackResetKey, TrafficCounters, CONN_GENERATIONS as CONN_GENERATIONS_LEN, DEFAULT_MAX_FLOWS,
         DEFAULT_MAX_OVERFLOW_SOURCES, DEFAULT_MAX_SERVICES, DIRECTION_RX, DIRECTION_TX, FAMILY_IPV4, FAMILY_IPV6,
         FLOW_CACHE_SLOTS,
     },
-    ConnTable, Cursor, Header, Tracked,
+    ConnTable, Cursor, Header, OpenConnections, ServiceChange, Tracked,
 };
 
 /// Two flow tables (the halves of one array, see [`rst_common::table`]) and two reset-counter
@@ -105,6 +107,10 @@ static CONN_FINGERPRINTS: Array<u64> = Array::with_max_entries(conn_fingerprint_
 static SERVICES_0: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
 #[map]
 static SERVICES_1: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+/// Open connections per service (see [`rst_common::services`]): lives across intervals, never
+/// flipped or drained; only SYN+ACKs, FINs and RSTs of tracked connections touch it.
+#[map]
+static SERVICE_OPEN: HashMap<ServiceKey, u64> = HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
 /// Resets the host's TCP stack sent, per 4-tuple and kernel reason; flipped and drained too.
 #[map]
 static STACK_RESETS_0: HashMap<StackResetKey, FlowValue> = HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
@@ -312,9 +318,8 @@ fn count_frame<const ATOMIC: bool, C: Cursor>(frame: &C, direction: u8, ifindex:
     }
     match track(&mut Connections, event) {
         // Resets were counted above, with the flow cache in front of the classifier.
-        Tracked::Reset(_) => {}
-        Tracked::Attempt(service) => count_service::<ATOMIC>(&service, ServiceValue { attempts: 1, synacks: 0 }),
-        Tracked::SynAck(service) => count_service::<ATOMIC>(&service, ServiceValue { attempts: 0, synacks: 1 }),
+        Tracked::Reset(..) => {}
+        Tracked::Service(change) => record_service::<ATOMIC>(&change),
         Tracked::Nothing => {}
     }
 }
@@ -424,6 +429,99 @@ fn current_epoch() -> u32 {
     unsafe { core::ptr::read_volatile(&raw const EPOCH) & 1 }
 }
 
+/// The kernel's [`OpenConnections`]: the `SERVICE_OPEN` map, every writer atomic.
+struct ServiceOpen;
+
+impl OpenConnections for ServiceOpen {
+    #[inline(always)]
+    fn open(&mut self, service: &ServiceKey) -> Option<u32> {
+        let value = match SERVICE_OPEN.get_ptr_mut(service) {
+            Some(value) => value,
+            None => match SERVICE_OPEN.insert(service, 1, BPF_NOEXIST as u64) {
+                Ok(()) => return Some(0),
+                // Another CPU created it a moment ago.
+                Err(err) if err == -EEXIST => SERVICE_OPEN.get_ptr_mut(service)?,
+                Err(_) => return None,
+            },
+        };
+        // BPF's fetching add needs `-mcpu=v3`, which the object is not built for: a
+        // compare-and-swap tells the count before; when it keeps losing, a plain atomic add still
+        // counts the connection, only its accept goes without an open count.
+        // SAFETY: a live element for this program run; every writer uses atomics.
+        match unsafe { update_word(value, |open| open + 1) } {
+            Some(before) => Some(before.min(u64::from(u32::MAX)) as u32),
+            None => {
+                // SAFETY: as above.
+                unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(value, 1) };
+                None
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn close(&mut self, service: &ServiceKey) {
+        if let Some(value) = SERVICE_OPEN.get_ptr_mut(service) {
+            // SAFETY: as in `open`. Never below 0; a dropped update (see `update_word`) leaves
+            // one connection too many counted.
+            unsafe { update_word(value, |open| open.saturating_sub(1)) };
+        }
+    }
+
+    #[inline(always)]
+    fn open_now(&mut self, service: &ServiceKey) -> u32 {
+        match SERVICE_OPEN.get_ptr(service) {
+            // SAFETY: as in `open`; an aligned u64 is never torn.
+            Some(value) => unsafe { core::ptr::read_volatile(value) }.min(u64::from(u32::MAX)) as u32,
+            None => 0,
+        }
+    }
+}
+
+/// Tries a bounded number of times to replace the word at `word` with `next` of it, with
+/// BPF_CMPXCHG, and returns the word it replaced (or found already as wanted). Every CPU writing
+/// the word comes through here (or adds atomically), so a try fails only when another CPU
+/// changed the word in between; after four such failures the update is dropped (`None`; see
+/// `count_service` for what that costs).
+///
+/// # Safety
+/// `word` points into a live map element every writer of which uses atomics.
+#[inline(always)]
+unsafe fn update_word(word: *mut u64, next: impl Fn(u64) -> u64) -> Option<u64> {
+    // SAFETY: the caller's pointer; an aligned u64 is never torn.
+    let mut current = unsafe { core::ptr::read_volatile(word) };
+    for _ in 0..CAS_TRIES {
+        let wanted = next(current);
+        if wanted == current {
+            return Some(current);
+        }
+        // SAFETY: as above.
+        let (seen, swapped) = unsafe {
+            atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(word, current, wanted)
+        };
+        if swapped {
+            return Some(current);
+        }
+        current = seen;
+    }
+    None
+}
+
+const CAS_TRIES: u32 = 4;
+
+/// Applies a tracked change to `SERVICE_OPEN` and counts it in the interval's service table.
+#[inline(always)]
+fn record_service<const ATOMIC: bool>(change: &ServiceChange) {
+    if let Some(counts) = service_counts(&mut ServiceOpen, change) {
+        count_service::<ATOMIC>(&change.service, counts);
+    }
+}
+
+/// Adds `counts` to the service's entry of the interval: the counts with atomic adds, the
+/// open-connection extremes and the TTL with [`update_word`] on their two 64-bit words (as
+/// [`ServiceValue::merge`] folds them on the host). A dropped update (four CPUs changing the same
+/// service's word within one try each) can only leave the interval's range too narrow, never
+/// wider than what its events recorded: a max lower or a min higher than that one event's
+/// count, or an older TTL; `attempts` and `synacks` are always exact.
 #[inline(always)]
 fn count_service<const ATOMIC: bool>(key: &ServiceKey, counts: ServiceValue) {
     let epoch = current_epoch();
@@ -431,26 +529,54 @@ fn count_service<const ATOMIC: bool>(key: &ServiceKey, counts: ServiceValue) {
         0 => &SERVICES_0,
         _ => &SERVICES_1,
     };
-    let recorded = match table.insert(key, counts, BPF_NOEXIST as u64) {
-        Ok(()) => true,
-        Err(err) if err == -EEXIST => match table.get_ptr_mut(key) {
-            Some(value) => {
-                // SAFETY: a live element for this run; every writer adds atomically.
-                unsafe {
-                    atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*value).attempts, counts.attempts);
-                    atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*value).synacks, counts.synacks);
-                }
-                true
-            }
-            None => false,
+    // Looked up first: the entry usually exists (the service's SYN made it this interval), and
+    // then one hash walk does. A new entry is inserted empty and counted through the atomics
+    // like any other: inserting `counts` itself would have LLVM keep its 32 constant bytes in a
+    // `.rodata.cst32` section, a map the object contract does not allow.
+    let value = match table.get_ptr_mut(key) {
+        Some(value) => Some(value),
+        None => match table.insert(key, ServiceValue::default(), BPF_NOEXIST as u64) {
+            Ok(()) => table.get_ptr_mut(key),
+            // Another CPU made it a moment ago.
+            Err(err) if err == -EEXIST => table.get_ptr_mut(key),
+            Err(_) => None,
         },
-        Err(_) => false,
     };
-    if !recorded {
+    let Some(value) = value else {
         if let Some(counters) = RESET_COUNTERS.get_ptr_mut(epoch) {
             // SAFETY: this CPU's live slot.
             unsafe { add_local::<ATOMIC>(&raw mut (*counters).service_overflow, 1) };
         }
+        return;
+    };
+    // Each add only where there is something to add: an atomic add of 0 still costs a locked
+    // instruction, and a turn-away adds to neither count.
+    // SAFETY: a live element for this run; every writer adds atomically.
+    unsafe {
+        if counts.attempts != 0 {
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*value).attempts, counts.attempts);
+        }
+        if counts.synacks != 0 {
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*value).synacks, counts.synacks);
+        }
+    }
+    let (accept_open, ttl) = counts.accept_word();
+    if accept_open != 0 || ttl != 0 {
+        // SAFETY: as above; the word is 8-aligned (asserted in rst-common).
+        unsafe {
+            update_word((&raw mut (*value).accept_open_max).cast::<u64>(), |bits| {
+                accept_bits(merge_accept(accept_from_bits(bits), accept_open, ttl))
+            })
+        };
+    }
+    let (min, max) = counts.turnaway_word();
+    if max != 0 {
+        // SAFETY: as above.
+        unsafe {
+            update_word((&raw mut (*value).turnaway_open_min).cast::<u64>(), |bits| {
+                turnaway_bits(merge_turnaway(turnaway_from_bits(bits), min, max))
+            })
+        };
     }
 }
 
@@ -471,7 +597,7 @@ fn count_reset<const ATOMIC: bool>(event: &TcpEvent) {
     // one CPU cannot interleave.
     let counters = unsafe { &mut *counters };
     if ATOMIC {
-        write_back::<ATOMIC>(epoch, &classify(event), 1, counters);
+        write_back::<ATOMIC>(epoch, &classify::<ATOMIC>(event), 1, counters);
         return;
     }
     // Without a generation to check a verdict against (never for an in-range index), or
@@ -480,7 +606,7 @@ fn count_reset<const ATOMIC: bool>(event: &TcpEvent) {
     let (Some(generation), Some(slot)) =
         (conn_generation(generation_slot), FLOW_CACHE.get_ptr_mut(epoch * FLOW_CACHE_SLOTS + cache_slot))
     else {
-        write_back::<ATOMIC>(epoch, &classify(event), 1, counters);
+        write_back::<ATOMIC>(epoch, &classify::<ATOMIC>(event), 1, counters);
         return;
     };
     // SAFETY: per-CPU slot, as above.
@@ -489,7 +615,7 @@ fn count_reset<const ATOMIC: bool>(event: &TcpEvent) {
         slot.resets += 1;
         return;
     }
-    let key = classify(event);
+    let key = classify::<ATOMIC>(event);
     if slot.resets != 0 {
         if slot.key.same_flow(&key) {
             slot.resets += 1;
@@ -501,10 +627,18 @@ fn count_reset<const ATOMIC: bool>(event: &TcpEvent) {
     slot.hold(&key, event, generation, 1);
 }
 
+/// Classifies an RST and counts what it did to its service (a close or a turn-away). A cached
+/// verdict skips this, but never for a connection's first RST, the only one with a service
+/// change: that first RST changes the connection, so its group's generation moves on.
 #[inline(always)]
-fn classify(event: &TcpEvent) -> FlowKey {
+fn classify<const ATOMIC: bool>(event: &TcpEvent) -> FlowKey {
     match track(&mut Connections, event) {
-        Tracked::Reset(key) => key,
+        Tracked::Reset(key, service) => {
+            if let Some(change) = service {
+                record_service::<ATOMIC>(&change);
+            }
+            key
+        }
         // `track` answers every RST with `Reset`.
         _ => event.key,
     }

@@ -11,7 +11,7 @@ use rst_common::{
     inspect,
     parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     track,
-    wire::{ResetClass, ResetKind, FLOW_CACHE_SLOTS},
+    wire::{ResetClass, ResetKind, ServiceCounts, FLOW_CACHE_SLOTS},
     FlowKey, Observation, Tracked,
 };
 use rst_craft::{cases, tcp_v4, tcp_v6, FrameBuilder, VlanKind};
@@ -503,6 +503,7 @@ fn resets_are_classified_in_the_kernel_as_on_the_host() -> anyhow::Result<()> {
     let mut host_connections = HostConnections::default();
     let mut host_flows: BTreeMap<FlowKey, u64> = BTreeMap::new();
     let mut failures = Vec::new();
+    let mut host_services = std::collections::HashMap::new();
     for (index, (frames, expected)) in conversations.into_iter().enumerate() {
         let mut expected = expected.into_iter();
         for frame in &frames {
@@ -512,8 +513,18 @@ fn resets_are_classified_in_the_kernel_as_on_the_host() -> anyhow::Result<()> {
             let (Observation::Reset(event) | Observation::Control(event)) = observation else {
                 continue;
             };
-            let Tracked::Reset(key) = track(&mut host_connections, &event) else {
-                continue;
+            let key = match track(&mut host_connections, &event) {
+                Tracked::Reset(key, change) => {
+                    if let Some(change) = change {
+                        host_connections.count_service(&mut host_services, &change);
+                    }
+                    key
+                }
+                Tracked::Service(change) => {
+                    host_connections.count_service(&mut host_services, &change);
+                    continue;
+                }
+                Tracked::Nothing => continue,
             };
             *host_flows.entry(key).or_default() += 1;
             let Some((kind, ack, server, observed, first, peer_ttl)) = expected.next() else {
@@ -546,5 +557,142 @@ fn resets_are_classified_in_the_kernel_as_on_the_host() -> anyhow::Result<()> {
         vec![(std::net::IpAddr::from(SERVER), 80, 10, 7)],
         "ten attempts and seven SYN+ACKs to one service (a retransmitted SYN counts once)"
     );
+    // Every field, the open counts at accepts and turn-aways and the TTL included, as the host
+    // counted them from the same frames.
+    let host_services: Vec<_> = host_services.into_iter().collect();
+    assert_eq!(sample.services, host_services, "the kernel counted services differently from the host");
+    Ok(())
+}
+
+#[test]
+fn open_connections_per_service_are_counted_at_accepts_and_turn_aways() -> anyhow::Result<()> {
+    open_connections_counted(Counting::PerCpu)
+}
+
+#[test]
+fn open_connections_per_service_are_counted_the_same_with_atomic_counting() -> anyhow::Result<()> {
+    open_connections_counted(Counting::Atomic)
+}
+
+/// Three intervals of one service (10.0.0.2:80): the open count goes up at a connection's first
+/// SYN+ACK only, down once at its first FIN or RST, never below 0, and lives across intervals;
+/// each interval records the open counts at its accepts and turn-aways and its last SYN+ACK's
+/// TTL. The host's tracker, fed the same frames, must count the same.
+fn open_connections_counted(counting: Counting) -> anyhow::Result<()> {
+    const CLIENT: [u8; 4] = [10, 0, 0, 1];
+    const SERVER: [u8; 4] = [10, 0, 0, 2];
+    let c2s = |port: u16, flags: u8, seq: u32, ack: u32| {
+        FrameBuilder::ipv4(CLIENT, SERVER).ports(port, 80).flags(flags).seq_ack(seq, ack).ttl(64)
+    };
+    let s2c = |port: u16, flags: u8, seq: u32, ack: u32, ttl: u8| {
+        FrameBuilder::ipv4(SERVER, CLIENT).ports(80, port).flags(flags).seq_ack(seq, ack).ttl(ttl)
+    };
+    let syn = |port: u16| c2s(port, TCP_SYN, u32::from(port) * 10, 0);
+    let synack = |port: u16, ttl: u8| s2c(port, TCP_SYN | TCP_ACK, 7000, u32::from(port) * 10 + 1, ttl);
+    let refuse = |port: u16| s2c(port, TCP_RST | TCP_ACK, 0, u32::from(port) * 10 + 1, 62);
+    let intervals: Vec<(Vec<FrameBuilder>, ServiceCounts)> = vec![
+        (
+            vec![
+                // A accepted with none open; its retransmitted SYN+ACK does not count again.
+                syn(2001),
+                synack(2001, 62),
+                synack(2001, 62),
+                // B accepted with A open.
+                syn(2002),
+                synack(2002, 61),
+                // C refused while A and B are open.
+                syn(2003),
+                refuse(2003),
+                // A closes: its FIN, the answering FIN and a late RST take it off once.
+                c2s(2001, TCP_FIN | TCP_ACK, 20011, 7001),
+                s2c(2001, TCP_FIN | TCP_ACK, 7001, 20012, 62),
+                s2c(2001, TCP_RST, 7002, 0, 62),
+                // D refused with only B open.
+                syn(2004),
+                refuse(2004),
+                // B reset mid-stream by the server, twice: one close.
+                s2c(2002, TCP_RST | TCP_ACK, 7500, 20100, 62),
+                s2c(2002, TCP_RST | TCP_ACK, 7500, 20100, 62),
+                // Strays of connections never seen: no change, and nothing below 0.
+                c2s(2005, TCP_RST, 5, 0),
+                c2s(2006, TCP_FIN | TCP_ACK, 5, 5),
+                // F: a SYN+ACK whose SYN went by unseen is accepted (none open), then the
+                // server resets it in the handshake: a turn-away with none open besides.
+                synack(2007, 63),
+                s2c(2007, TCP_RST, 7001, 0, 63),
+                // H stays open into the next interval.
+                syn(2008),
+                synack(2008, 60),
+            ],
+            ServiceCounts {
+                attempts: 5,
+                synacks: 4,
+                accept_open_max: Some(1),
+                turnaway_open_min: Some(0),
+                turnaway_open_max: Some(2),
+                synack_ttl: Some(60),
+            },
+        ),
+        (
+            vec![
+                // G accepted with H (from the last interval) open, I refused with both.
+                syn(2009),
+                synack(2009, 62),
+                syn(2010),
+                refuse(2010),
+                // H closes by the client's RST after its FIN: once.
+                c2s(2008, TCP_FIN | TCP_ACK, 20081, 7001),
+                c2s(2008, TCP_RST, 20082, 0),
+                // G closes; another of its RSTs and a FIN after change nothing.
+                c2s(2009, TCP_RST | TCP_ACK, 20095, 7001),
+                c2s(2009, TCP_FIN | TCP_ACK, 20095, 7001),
+            ],
+            ServiceCounts {
+                attempts: 2,
+                synacks: 1,
+                accept_open_max: Some(1),
+                turnaway_open_min: Some(2),
+                turnaway_open_max: Some(2),
+                synack_ttl: Some(62),
+            },
+        ),
+        (
+            // Nothing left open, nothing below 0: J is accepted with none open.
+            vec![syn(2011), synack(2011, 62)],
+            ServiceCounts {
+                attempts: 1,
+                synacks: 1,
+                accept_open_max: Some(0),
+                synack_ttl: Some(62),
+                ..Default::default()
+            },
+        ),
+    ];
+    let mut kernel = Harness::load(MAX_FLOWS, counting)?;
+    let mut host_connections = HostConnections::default();
+    for (index, (frames, expected)) in intervals.into_iter().enumerate() {
+        let mut host_services = std::collections::HashMap::new();
+        for frame in &frames {
+            let bytes = frame.build().into_bytes();
+            kernel.run(&bytes, 1)?;
+            let (Observation::Reset(event) | Observation::Control(event)) = inspect(&bytes[..], LOOPBACK_IFINDEX)
+            else {
+                continue;
+            };
+            match track(&mut host_connections, &event) {
+                Tracked::Reset(_, Some(change)) | Tracked::Service(change) => {
+                    host_connections.count_service(&mut host_services, &change)
+                }
+                Tracked::Reset(_, None) | Tracked::Nothing => {}
+            }
+        }
+        let sample = kernel.collect()?;
+        let kernel_services: Vec<_> =
+            sample.services.iter().map(|(key, value)| (key.ip(), key.port, value.decoded())).collect();
+        assert_eq!(kernel_services, vec![(std::net::IpAddr::from(SERVER), 80, expected)], "interval {index}");
+        let host_services: Vec<_> =
+            host_services.iter().map(|(key, value)| (key.ip(), key.port, value.decoded())).collect();
+        assert_eq!(host_services, kernel_services, "interval {index}: the host's tracker counted differently");
+    }
     Ok(())
 }

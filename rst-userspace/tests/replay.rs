@@ -346,10 +346,27 @@ fn parity_reports_differences() {
         kernel: counters,
         host_flows: BTreeMap::from([(direction, 1)]),
         kernel_flows: BTreeMap::from([(direction, 1)]),
+        host_services: BTreeMap::new(),
+        kernel_services: BTreeMap::new(),
         left_out: 0,
         left_out_not_malformed: 0,
     };
     assert!(same.agrees(), "{}", same.describe());
+    // A service whose open count at its accepts differs.
+    let service = (IpAddr::from([192, 0, 2, 1]), 80);
+    let accepted = rst_common::wire::ServiceValue::accepted(Some(2), 64);
+    let services_differ = Parity {
+        host: counters,
+        kernel: counters,
+        host_flows: BTreeMap::new(),
+        kernel_flows: BTreeMap::new(),
+        host_services: BTreeMap::from([(service, accepted)]),
+        kernel_services: BTreeMap::from([(service, rst_common::wire::ServiceValue { accept_open_max: 2, ..accepted })]),
+        left_out: 0,
+        left_out_not_malformed: 0,
+    };
+    assert!(!services_differ.agrees());
+    assert!(services_differ.describe().contains("service 192.0.2.1:80: replay"), "{}", services_differ.describe());
     let differs = Parity { kernel_flows: BTreeMap::new(), ..same };
     assert!(!differs.agrees());
     assert!(

@@ -15,7 +15,8 @@ pub const DEFAULT_MAX_OVERFLOW_SOURCES: u32 = 16_384;
 /// is sized with the flow table (see [`crate::table::ConnSlots`]). Forgotten connections'
 /// resets are classified by inference.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 65_536;
-/// Default capacity of each of the two per-interval service tables.
+/// Default capacity of each of the two per-interval service tables, and of the open-connection
+/// counts per service (map `SERVICE_OPEN`, which lives across intervals).
 pub const DEFAULT_MAX_SERVICES: u32 = 16_384;
 
 const _: () = {

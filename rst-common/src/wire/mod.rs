@@ -26,6 +26,7 @@ pub use keys::{
 };
 pub use names::*;
 pub use values::{
-    CacheSlot, ConnState, FlowValue, LoggedFlow, ServiceValue, CONN_CLIENT_IS_LO, CONN_FIN, CONN_RESET, CONN_SYN,
+    accept_bits, accept_from_bits, merge_accept, merge_turnaway, turnaway_bits, turnaway_from_bits, CacheSlot,
+    ConnState, FlowValue, LoggedFlow, ServiceCounts, ServiceValue, CONN_CLIENT_IS_LO, CONN_FIN, CONN_RESET, CONN_SYN,
     CONN_SYNACK,
 };

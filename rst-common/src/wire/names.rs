@@ -26,6 +26,9 @@ pub const MAP_EVICTION_LOG: &str = "EVICTION_LOG";
 /// The global holding each CPU's eviction-log entries per epoch; the loader sets it.
 pub const GLOBAL_EVICTION_LOG_SLOTS: &str = "EVICTION_LOG_SLOTS";
 pub const MAP_SERVICES: [&str; 2] = ["SERVICES_0", "SERVICES_1"];
+/// Open connections per service, across intervals (see [`crate::services`]); only the
+/// programs use it.
+pub const MAP_SERVICE_OPEN: &str = "SERVICE_OPEN";
 pub const MAP_STACK_RESETS: [&str; 2] = ["STACK_RESETS_0", "STACK_RESETS_1"];
 pub const PROG_XDP: &str = "rstwatch_xdp";
 pub const PROG_TC: &str = "rstwatch_tc";
@@ -94,7 +97,7 @@ pub enum ProgramKind {
 
 /// Every map of the object and its kind, the `.bss` data map included: a map added to the
 /// object is added here, and the contract test holds the object to exactly this list.
-pub const MAPS: [(&str, MapKind); 17] = [
+pub const MAPS: [(&str, MapKind); 18] = [
     (MAP_FLOW_TABLE, MapKind::Array),
     (MAP_FLOW_BLOCKS, MapKind::Array),
     (MAP_OVERFLOW_SOURCES[0], MapKind::Hash),
@@ -109,6 +112,7 @@ pub const MAPS: [(&str, MapKind); 17] = [
     (MAP_CONN_FINGERPRINTS, MapKind::Array),
     (MAP_SERVICES[0], MapKind::Hash),
     (MAP_SERVICES[1], MapKind::Hash),
+    (MAP_SERVICE_OPEN, MapKind::Hash),
     (MAP_STACK_RESETS[0], MapKind::Hash),
     (MAP_STACK_RESETS[1], MapKind::Hash),
     // The loader's overrides of the globals below, a map aya makes from the section.

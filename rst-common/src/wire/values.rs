@@ -33,7 +33,14 @@ impl ConnState {
     }
 }
 
-/// Per-service handshake counts for one interval (atomic adds, shared by all CPUs).
+/// Per-service handshake counts and open-connection evidence for one interval (shared by all
+/// CPUs: atomic adds, and for the two 64-bit words after the counts a bounded compare-and-swap,
+/// see `rst-ebpf`'s `count_service`).
+///
+/// The open-connection fields are "+1-encoded": 0 means "no such event in the interval", `n + 1`
+/// means `n` connections were open. Read them through the accessors ([`Self::accept_open_max`]
+/// and the like), which decode it. "Open" is what [`crate::services::OpenConnections`] holds
+/// for the service: connections whose first SYN+ACK was seen, not yet closed by a FIN or RST.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ServiceValue {
@@ -41,6 +48,178 @@ pub struct ServiceValue {
     pub attempts: u64,
     /// SYN+ACKs: the server accepted the handshake.
     pub synacks: u64,
+    /// The most connections open at any counted (first) SYN+ACK of the interval, before it
+    /// counted; +1-encoded. One 64-bit word with `synack_ttl`, so one compare-and-swap sets both.
+    pub accept_open_max: u32,
+    /// The TTL / hop limit of the interval's latest counted SYN+ACK (0: none).
+    pub synack_ttl: u8,
+    pub _pad: [u8; 3],
+    /// The fewest and most connections open at the interval's turn-aways (the server's first
+    /// RST of a connection classified `refused` or `handshake`, the connection itself no longer
+    /// open); +1-encoded. One 64-bit word, so one compare-and-swap moves both.
+    pub turnaway_open_min: u32,
+    pub turnaway_open_max: u32,
+}
+
+impl ServiceValue {
+    /// One connection attempt (a SYN without ACK).
+    pub const ATTEMPT: ServiceValue = ServiceValue::new(1, 0, 0, 0, 0);
+
+    /// The counts of one first SYN+ACK with `open_before` connections open before it
+    /// (`None`: unknown, the open-count store had no room) and TTL `ttl`.
+    #[inline(always)]
+    pub const fn accepted(open_before: Option<u32>, ttl: u8) -> ServiceValue {
+        ServiceValue::new(0, 1, plus_one(open_before), ttl, 0)
+    }
+
+    /// One turn-away with `open` connections open.
+    #[inline(always)]
+    pub const fn turned_away(open: u32) -> ServiceValue {
+        ServiceValue::new(0, 0, 0, 0, plus_one(Some(open)))
+    }
+
+    #[inline(always)]
+    const fn new(attempts: u64, synacks: u64, accept_open: u32, synack_ttl: u8, turnaway_open: u32) -> ServiceValue {
+        ServiceValue {
+            attempts,
+            synacks,
+            accept_open_max: accept_open,
+            synack_ttl,
+            _pad: [0; 3],
+            turnaway_open_min: turnaway_open,
+            turnaway_open_max: turnaway_open,
+        }
+    }
+
+    /// Folds `later` (counts of the same service, made after these) in: sums the counts, keeps
+    /// the extremes and the latest TTL. What the kernel does atomically, for the host's tables.
+    #[inline(always)]
+    pub fn merge(&mut self, later: &ServiceValue) {
+        let ServiceValue { attempts, synacks, accept_open_max, synack_ttl, _pad, turnaway_open_min, turnaway_open_max } =
+            *later;
+        self.attempts += attempts;
+        self.synacks += synacks;
+        let (accept, ttl) = merge_accept(self.accept_word(), accept_open_max, synack_ttl);
+        self.accept_open_max = accept;
+        self.synack_ttl = ttl;
+        let (min, max) = merge_turnaway(self.turnaway_word(), turnaway_open_min, turnaway_open_max);
+        self.turnaway_open_min = min;
+        self.turnaway_open_max = max;
+    }
+
+    /// The most connections open at the interval's accepts, if it had a counted one whose open
+    /// count was known.
+    pub fn accept_open_max(&self) -> Option<u64> {
+        decode(self.accept_open_max)
+    }
+
+    /// The fewest connections open at the interval's turn-aways, if it had one.
+    pub fn turnaway_open_min(&self) -> Option<u64> {
+        decode(self.turnaway_open_min)
+    }
+
+    /// The most connections open at the interval's turn-aways, if it had one.
+    pub fn turnaway_open_max(&self) -> Option<u64> {
+        decode(self.turnaway_open_max)
+    }
+
+    /// The TTL / hop limit of the interval's latest counted SYN+ACK, if it had one.
+    pub fn synack_ttl(&self) -> Option<u8> {
+        (self.synack_ttl != 0).then_some(self.synack_ttl)
+    }
+
+    /// Every count, the +1-encoded ones decoded: what userspace reads.
+    pub fn decoded(&self) -> ServiceCounts {
+        ServiceCounts {
+            attempts: self.attempts,
+            synacks: self.synacks,
+            accept_open_max: self.accept_open_max(),
+            turnaway_open_min: self.turnaway_open_min(),
+            turnaway_open_max: self.turnaway_open_max(),
+            synack_ttl: self.synack_ttl(),
+        }
+    }
+
+    /// `accept_open_max` and `synack_ttl`, as the word the kernel swaps.
+    #[inline(always)]
+    pub fn accept_word(&self) -> (u32, u8) {
+        (self.accept_open_max, self.synack_ttl)
+    }
+
+    /// `turnaway_open_min` and `turnaway_open_max`, as the word the kernel swaps.
+    #[inline(always)]
+    pub fn turnaway_word(&self) -> (u32, u32) {
+        (self.turnaway_open_min, self.turnaway_open_max)
+    }
+}
+
+/// The accept word (`accept_open_max`, `synack_ttl` and the padding after it) as the u64 in
+/// memory at `accept_open_max`, and back: for the kernel's compare-and-swap.
+#[inline(always)]
+pub fn accept_bits((open, ttl): (u32, u8)) -> u64 {
+    // SAFETY: two u32s are eight initialized bytes, any of which form a valid u64.
+    unsafe { core::mem::transmute::<[u32; 2], u64>([open, word([ttl, 0, 0, 0])]) }
+}
+
+#[inline(always)]
+pub fn accept_from_bits(bits: u64) -> (u32, u8) {
+    // SAFETY: as in `accept_bits`.
+    let [open, ttl] = unsafe { core::mem::transmute::<u64, [u32; 2]>(bits) };
+    (open, ttl.to_ne_bytes()[0])
+}
+
+/// The turn-away word (`turnaway_open_min`, `turnaway_open_max`) as the u64 in memory at
+/// `turnaway_open_min`, and back.
+#[inline(always)]
+pub fn turnaway_bits((min, max): (u32, u32)) -> u64 {
+    // SAFETY: as in `accept_bits`.
+    unsafe { core::mem::transmute::<[u32; 2], u64>([min, max]) }
+}
+
+#[inline(always)]
+pub fn turnaway_from_bits(bits: u64) -> (u32, u32) {
+    // SAFETY: as in `accept_bits`.
+    let [min, max] = unsafe { core::mem::transmute::<u64, [u32; 2]>(bits) };
+    (min, max)
+}
+
+/// A [`ServiceValue`] decoded (see its accessors): `None` where the interval had no such event.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceCounts {
+    pub attempts: u64,
+    pub synacks: u64,
+    pub accept_open_max: Option<u64>,
+    pub turnaway_open_min: Option<u64>,
+    pub turnaway_open_max: Option<u64>,
+    pub synack_ttl: Option<u8>,
+}
+
+/// The accept word (`accept_open_max`, `synack_ttl`) after folding in a later accept's.
+#[inline(always)]
+pub fn merge_accept((open, ttl): (u32, u8), later_open: u32, later_ttl: u8) -> (u32, u8) {
+    let open = if later_open > open { later_open } else { open };
+    (open, if later_ttl != 0 { later_ttl } else { ttl })
+}
+
+/// The turn-away word (`turnaway_open_min`, `turnaway_open_max`, both +1-encoded) after folding
+/// in a later one's; 0 (none) is no minimum.
+#[inline(always)]
+pub fn merge_turnaway((min, max): (u32, u32), later_min: u32, later_max: u32) -> (u32, u32) {
+    let min = if min == 0 || (later_min != 0 && later_min < min) { later_min } else { min };
+    (min, if later_max > max { later_max } else { max })
+}
+
+fn decode(encoded: u32) -> Option<u64> {
+    encoded.checked_sub(1).map(u64::from)
+}
+
+#[inline(always)]
+const fn plus_one(count: Option<u32>) -> u32 {
+    match count {
+        // Saturating: a count of u32::MAX open connections cannot happen in a u32 store anyway.
+        Some(count) => count.saturating_add(1),
+        None => 0,
+    }
 }
 
 /// One slot of the per-CPU flow cache (map `FLOW_CACHE`, `2 * FLOW_CACHE_SLOTS` slots per CPU,
@@ -96,4 +275,12 @@ pub struct LoggedFlow {
     pub resets: u64,
 }
 
-wire_sizes!(ConnState: 12, ServiceValue: 16, CacheSlot: 72, FlowValue: 8, LoggedFlow: 56);
+wire_sizes!(ConnState: 12, ServiceValue: 32, CacheSlot: 72, FlowValue: 8, LoggedFlow: 56);
+
+// The two words the kernel swaps whole.
+const _: () = {
+    assert!(core::mem::offset_of!(ServiceValue, accept_open_max) == 16);
+    assert!(core::mem::offset_of!(ServiceValue, synack_ttl) == 20);
+    assert!(core::mem::offset_of!(ServiceValue, turnaway_open_min) == 24);
+    assert!(core::mem::offset_of!(ServiceValue, turnaway_open_max) == 28);
+};

@@ -176,11 +176,13 @@ pub fn kernel(args: &KernelArgs) -> anyhow::Result<KernelReport> {
 
     // Flows that change every run: single test runs (no dispatcher swap), each followed by the
     // baseline on the same frame; per trial, median(prog) - median(baseline).
-    let single_lines: [(&'static str, &str); 7] = [
+    let single_lines: [(&'static str, &str); 9] = [
         ("IPv4 RST, existing flow, table path (two flows evicting each other)", "collide"),
         ("IPv4 RST, new flow each run (table store)", "new"),
         ("IPv4 RST refusing the SYN just seen, new flow each run (a refused connect)", "refused"),
         ("IPv4 SYN, new connection each run (connection state + service count)", "syn"),
+        ("IPv4 SYN+ACK accepting the SYN just seen, new client of one service each run (accept)", "synack"),
+        ("IPv4 FIN closing the connection just accepted, new client of one service each run (close)", "fin"),
         ("IPv4 RST over 64k flows, round robin (cache miss, table hit)", "64k"),
         ("IPv4 TCP ACK, single runs (calibration: cf. the repeat line)", "ack"),
         ("IPv4 RST, existing flow, single runs (calibration: cf. the repeat line)", "hit"),
@@ -207,6 +209,10 @@ pub fn kernel(args: &KernelArgs) -> anyhow::Result<KernelReport> {
                 "{singles} single runs, each the RST answering a new connection's SYN (run untimed just before)"
             ),
             "syn" => format!("{singles} single runs, each a connection never seen before"),
+            "synack" => format!("{singles} single runs, each the SYN+ACK answering a new client's SYN (run untimed just before)"),
+            "fin" => format!(
+                "{singles} single runs, each the client's FIN of a connection whose SYN and SYN+ACK ran untimed just before"
+            ),
             "64k" => "65 536 flows, one pass to insert, then one timed pass of single runs".to_owned(),
             _ => format!("{singles} single runs"),
         };
@@ -219,7 +225,7 @@ pub fn kernel(args: &KernelArgs) -> anyhow::Result<KernelReport> {
                     run(&programs, Hook::Xdp, counting_xdp, frame, 1)?;
                 }
             }
-            if kind == "new" || kind == "syn" || kind == "refused" {
+            if matches!(kind, "new" | "syn" | "refused" | "synack" | "fin") {
                 for _ in 0..4 * rst_common::wire::FLOW_CACHE_SLOTS {
                     run(&programs, Hook::Xdp, counting_xdp, &padded(new_flow(next_new)), 1)?;
                     next_new += 1;
@@ -230,7 +236,16 @@ pub fn kernel(args: &KernelArgs) -> anyhow::Result<KernelReport> {
             let mut base = Vec::with_capacity(count);
             for i in 0..count {
                 let new_frame;
-                let frame: &[u8] = if kind == "refused" {
+                let frame: &[u8] = if kind == "synack" || kind == "fin" {
+                    let [syn, synack, fin] = handshake_of(next_new);
+                    run(&programs, Hook::Xdp, counting_xdp, &padded(syn), 1)?;
+                    if kind == "fin" {
+                        run(&programs, Hook::Xdp, counting_xdp, &padded(synack.clone()), 1)?;
+                    }
+                    new_frame = padded(if kind == "fin" { fin } else { synack });
+                    next_new += 1;
+                    &new_frame
+                } else if kind == "refused" {
                     run(&programs, Hook::Xdp, counting_xdp, &padded(syn_of(next_new)), 1)?;
                     new_frame = padded(new_flow(next_new).flags(TCP_RST | TCP_ACK));
                     next_new += 1;
@@ -279,6 +294,20 @@ fn colliding_pair() -> (Vec<u8>, Vec<u8>) {
 fn new_flow(index: u32) -> FrameBuilder {
     let [_, b, c, d] = index.to_be_bytes();
     FrameBuilder::ipv4([172, 16 + (b & 0x0f), c, d], [192, 0, 2, 1]).ports(443, 50000).flags(TCP_RST)
+}
+
+/// A new client's SYN to one service (192.0.2.1:443), the service's SYN+ACK and the client's
+/// FIN: what a busy server sees, one open count going up and down.
+fn handshake_of(index: u32) -> [FrameBuilder; 3] {
+    let [_, b, c, d] = index.to_be_bytes();
+    let (client, server) = ([172, 16 + (b & 0x0f), c, d], [192, 0, 2, 1]);
+    let to_server =
+        |flags, seq, ack| FrameBuilder::ipv4(client, server).ports(50000, 443).flags(flags).seq_ack(seq, ack);
+    [
+        to_server(TCP_SYN, 1000, 0),
+        FrameBuilder::ipv4(server, client).ports(443, 50000).flags(TCP_SYN | TCP_ACK).seq_ack(9000, 1001),
+        to_server(TCP_FIN | TCP_ACK, 1001, 9001),
+    ]
 }
 
 /// The SYN that [`new_flow`]'s RST answers: the client's connection attempt.

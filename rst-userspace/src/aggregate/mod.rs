@@ -271,9 +271,7 @@ impl Aggregator {
             *self.overflow_sources.entry(*key).or_default() += resets;
         }
         for (key, value) in &sample.services {
-            let run = self.services.entry(*key).or_default();
-            run.attempts += value.attempts;
-            run.synacks += value.synacks;
+            self.services.entry(*key).or_default().merge(value);
         }
         self.interval_handshakes.clear();
         self.interval_handshakes.extend_from_slice(&sample.services);

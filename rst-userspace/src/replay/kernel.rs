@@ -5,12 +5,17 @@
 //! [`crate::collector::Collector`]. At the end, the kernel's counters and per-flow reset counts must equal
 //! replay's for the same frames. Test runs arrive on the loopback (ifindex 1) whatever capture
 //! interface a frame came from, so replay's side of the comparison tracks connections as if on
-//! the loopback too, and flows are compared by 5-tuple, direction and classification.
+//! the loopback too, and flows are compared by 5-tuple, direction and classification, services
+//! by address and port with every count of [`ServiceValue`] (the open connections at accepts
+//! and turn-aways included).
 
 use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr};
 
 use anyhow::Context as _;
-use rst_common::{wire::DEFAULT_MAX_FLOWS, Counters, FlowKey, Observation};
+use rst_common::{
+    wire::{ServiceValue, DEFAULT_MAX_FLOWS},
+    Counters, FlowKey, Observation,
+};
 
 use super::{link::Link, Tally};
 use crate::{
@@ -22,6 +27,9 @@ use crate::{
 /// (`FlowKey::class`, `peer_ttl`).
 pub type Direction = (IpAddr, u16, IpAddr, u16, u8, u8);
 
+/// A service without the interface: address and port.
+pub type Service = (IpAddr, u16);
+
 pub struct KernelCheck {
     /// The object loaded exactly as live mode loads it, with the live collector.
     harness: Harness,
@@ -30,8 +38,10 @@ pub struct KernelCheck {
     host_flows: BTreeMap<Direction, u64>,
     /// Replay's count of the frames the kernel also saw, with connection state of its own.
     host_tally: Tally,
+    host_services: BTreeMap<Service, ServiceValue>,
     kernel: Counters,
     kernel_flows: BTreeMap<Direction, u64>,
+    kernel_services: BTreeMap<Service, ServiceValue>,
     /// Frames a test run cannot take (see [`Link::kernel_frame`]).
     left_out: u64,
     left_out_not_malformed: u64,
@@ -46,6 +56,8 @@ pub struct Parity {
     pub kernel: Counters,
     pub host_flows: BTreeMap<Direction, u64>,
     pub kernel_flows: BTreeMap<Direction, u64>,
+    pub host_services: BTreeMap<Service, ServiceValue>,
+    pub kernel_services: BTreeMap<Service, ServiceValue>,
     /// Frames too short for a test run; replay must call them malformed.
     pub left_out: u64,
     pub left_out_not_malformed: u64,
@@ -61,8 +73,10 @@ impl KernelCheck {
             host: Counters::default(),
             host_flows: BTreeMap::new(),
             host_tally: Tally::default(),
+            host_services: BTreeMap::new(),
             kernel: Counters::default(),
             kernel_flows: BTreeMap::new(),
+            kernel_services: BTreeMap::new(),
             left_out: 0,
             left_out_not_malformed: 0,
             resets_since_collect: 0,
@@ -86,7 +100,9 @@ impl KernelCheck {
         }
         self.host_tally.count(&on_loopback);
         self.host.accumulate(&std::mem::take(&mut self.host_tally.counters));
-        self.host_tally.services.clear();
+        for (key, counts) in self.host_tally.services.drain() {
+            self.host_services.entry((key.ip(), key.port)).or_default().merge(&counts);
+        }
         if matches!(host, Observation::Reset(_)) {
             for (key, resets) in self.host_tally.flows.drain() {
                 *self.host_flows.entry(direction(&key)).or_default() += resets;
@@ -107,6 +123,10 @@ impl KernelCheck {
         for (key, resets) in &sample.flows {
             *self.kernel_flows.entry(direction(key)).or_default() += resets;
         }
+        // Intervals in order, so the latest SYN+ACK's TTL stays the latest.
+        for (key, counts) in &sample.services {
+            self.kernel_services.entry((key.ip(), key.port)).or_default().merge(counts);
+        }
         self.resets_since_collect = 0;
         Ok(())
     }
@@ -118,6 +138,8 @@ impl KernelCheck {
             kernel: self.kernel,
             host_flows: self.host_flows,
             kernel_flows: self.kernel_flows,
+            host_services: self.host_services,
+            kernel_services: self.kernel_services,
             left_out: self.left_out,
             left_out_not_malformed: self.left_out_not_malformed,
         })
@@ -126,7 +148,10 @@ impl KernelCheck {
 
 impl Parity {
     pub fn agrees(&self) -> bool {
-        self.host == self.kernel && self.host_flows == self.kernel_flows && self.left_out_not_malformed == 0
+        self.host == self.kernel
+            && self.host_flows == self.kernel_flows
+            && self.host_services == self.kernel_services
+            && self.left_out_not_malformed == 0
     }
 
     /// One line when they agree, the differences when they do not.
@@ -134,11 +159,12 @@ impl Parity {
         if self.agrees() {
             return format!(
                 "kernel parity: {} frames through BPF_PROG_TEST_RUN ({} too short for a test run and malformed in both), \
-                 {} resets in {} directions: identical",
+                 {} resets in {} directions, {} services: identical",
                 self.kernel.frames,
                 self.left_out,
                 self.kernel.resets,
-                self.kernel_flows.len()
+                self.kernel_flows.len(),
+                self.kernel_services.len()
             );
         }
         let mut text = String::from("kernel parity: replay and the kernel DISAGREE");
@@ -163,6 +189,18 @@ impl Parity {
                     text,
                     "\n  {src}:{sport} -> {dst}:{dport} (class {class:#04x}, peer TTL {peer_ttl}): replay {host}, kernel {kernel}"
                 );
+            }
+        }
+        let services = self
+            .host_services
+            .keys()
+            .chain(self.kernel_services.keys().filter(|k| !self.host_services.contains_key(*k)));
+        for service @ (addr, port) in services {
+            let host = self.host_services.get(service).copied().unwrap_or_default();
+            let kernel = self.kernel_services.get(service).copied().unwrap_or_default();
+            if host != kernel {
+                let _ =
+                    write!(text, "\n  service {addr}:{port}: replay {host:?}\n  {:>w$}kernel {kernel:?}", "", w = 10);
             }
         }
         text

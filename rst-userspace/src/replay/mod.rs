@@ -143,12 +143,14 @@ impl Tally {
             return;
         };
         match track(&mut self.connections, event) {
-            Tracked::Reset(key) => {
+            Tracked::Reset(key, service) => {
                 self.counters.resets += 1;
                 *self.flows.entry(key).or_default() += 1;
+                if let Some(change) = service {
+                    self.connections.count_service(&mut self.services, &change);
+                }
             }
-            Tracked::Attempt(service) => self.services.entry(service).or_default().attempts += 1,
-            Tracked::SynAck(service) => self.services.entry(service).or_default().synacks += 1,
+            Tracked::Service(change) => self.connections.count_service(&mut self.services, &change),
             Tracked::Nothing => {}
         }
     }

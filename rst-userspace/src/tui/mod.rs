@@ -493,7 +493,7 @@ mod tests {
             let service = ServiceKey::new(ipv4("10.0.1.1"), 80, &flows[0].0);
             let sample = Sample {
                 flows,
-                services: vec![(service, ServiceValue { attempts: 2, synacks: 1 })],
+                services: vec![(service, ServiceValue { attempts: 2, synacks: 1, ..ServiceValue::default() })],
                 ..Sample::default()
             };
             let record = aggregator.fold(&sample, Duration::from_secs(1), SystemTime::now());

@@ -1,0 +1,85 @@
+//! What a tracked segment changes about its service (the server's address and port): the
+//! per-interval counts ([`ServiceValue`]) and the connections it holds open across intervals.
+//!
+//! The kernel and the host share this: [`crate::track`] says what happened, [`service_counts`]
+//! moves the open count in an [`OpenConnections`] store (the kernel's `SERVICE_OPEN` map, a
+//! bounded map on the host) and says what to add to the interval's [`ServiceValue`]; the caller
+//! adds it (atomically in the kernel, with [`ServiceValue::merge`] on the host).
+//!
+//! "Open" counts connections from their first SYN+ACK to the first FIN or RST either side sent.
+//! A connection whose SYN+ACK went by before the run is not counted, at its close either (the
+//! tracker only reports closes of connections it saw accepted), and a count never goes below 0.
+//! Limitations: a connection the connection table forgets while open (its pair of slots taken by
+//! two newer connections) stays counted, since its close no longer finds it; and the kernel's
+//! store keeps a service once counted for the whole run (a count of 0 is not removed, which
+//! could race with an accept), so once [`crate::wire::DEFAULT_MAX_SERVICES`] services have
+//! accepted, new ones go uncounted (their accepts carry no open count, `None`).
+
+use crate::wire::{ServiceKey, ServiceValue};
+
+/// What a segment did to its service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServiceEvent {
+    /// A SYN without ACK: an attempt to connect. `reopens`: it replaces a connection of the same
+    /// client on the same 4-tuple that was still open (its close went unseen), which closes it.
+    Attempt { reopens: bool },
+    /// The first SYN+ACK of a connection (a retransmission, same ISN, is not reported), with the
+    /// TTL / hop limit it arrived with; `reopens` as for [`ServiceEvent::Attempt`].
+    Accepted { ttl: u8, reopens: bool },
+    /// The first FIN or RST of a connection that had a SYN+ACK.
+    Closed,
+    /// The server's first RST of a connection it never served: classified `refused` (no SYN+ACK)
+    /// or `handshake` (right after it). `closes`: the connection had a SYN+ACK and is closed by it.
+    TurnedAway { closes: bool },
+}
+
+/// One service's [`ServiceEvent`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceChange {
+    pub service: ServiceKey,
+    pub event: ServiceEvent,
+}
+
+/// Where open-connection counts live across intervals: the kernel's `SERVICE_OPEN` map, or a
+/// bounded map on the host.
+pub trait OpenConnections {
+    /// Counts one more open connection; returns how many were open before, or `None` when
+    /// there is no room for the service (it is then not counted).
+    fn open(&mut self, service: &ServiceKey) -> Option<u32>;
+    /// Counts one fewer, never going below 0.
+    fn close(&mut self, service: &ServiceKey);
+    /// How many are open now (0 for a service the store does not hold).
+    fn open_now(&mut self, service: &ServiceKey) -> u32;
+}
+
+/// Applies `change` to the open counts and returns what to add to its service's interval
+/// counts (`None`: nothing).
+#[inline(always)]
+pub fn service_counts<O: OpenConnections + ?Sized>(open: &mut O, change: &ServiceChange) -> Option<ServiceValue> {
+    let ServiceChange { service, event } = change;
+    match *event {
+        ServiceEvent::Attempt { reopens } => {
+            if reopens {
+                open.close(service);
+            }
+            Some(ServiceValue::ATTEMPT)
+        }
+        ServiceEvent::Accepted { ttl, reopens } => {
+            if reopens {
+                open.close(service);
+            }
+            Some(ServiceValue::accepted(open.open(service), ttl))
+        }
+        ServiceEvent::Closed => {
+            open.close(service);
+            None
+        }
+        ServiceEvent::TurnedAway { closes } => {
+            // The turned-away connection itself does not count: what the service held besides.
+            if closes {
+                open.close(service);
+            }
+            Some(ServiceValue::turned_away(open.open_now(service)))
+        }
+    }
+}
