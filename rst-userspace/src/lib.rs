@@ -20,6 +20,7 @@ pub mod replay;
 pub mod sys;
 pub mod testrun;
 pub mod tui;
+pub mod verdict;
 pub mod view;
 pub mod watch;
 

@@ -1,0 +1,475 @@
+//! What the run showed about each service, gathered interval by interval, and the rules that
+//! read causes out of it.
+//!
+//! Memory is bounded: services, hosts and client–service pairs beyond their caps are not
+//! tracked (they get no verdict rather than a partial one), and each keeps a fixed amount of
+//! state however long the run.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+};
+
+use rst_common::wire::{FlowKey, ResetClass, ResetKind};
+
+use super::{sort, Cause, ServiceAddr, Verdict};
+
+/// One service's handshake counts for one interval, as the tracker counted them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceSample {
+    pub service: ServiceAddr,
+    pub ifindex: u32,
+    /// SYNs (retransmissions once).
+    pub attempts: u64,
+    /// SYN+ACKs: accepted handshakes.
+    pub synacks: u64,
+    /// Most connections the service held open at any accept of the interval (before it).
+    pub open_at_accept: Option<u64>,
+    /// Fewest and most connections it held open at the interval's turn-aways.
+    pub open_at_turnaway: Option<(u64, u64)>,
+    /// TTL / hop limit the service's own SYN+ACKs arrived with on this interface.
+    pub synack_ttl: Option<u8>,
+}
+
+/// How many resets and how many connections they ended.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Tally {
+    resets: u64,
+    connections: u64,
+}
+
+impl Tally {
+    fn add(&mut self, other: Tally) {
+        let Tally { resets, connections } = other;
+        self.resets += resets;
+        self.connections += connections;
+    }
+}
+
+/// What an RST did to its connection, as far as the causes care.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Act {
+    /// The server side refused a SYN, or reset the connection inside the handshake.
+    TurnAway,
+    /// Mid-stream, without ACK: its sender answered as if it did not know the connection.
+    Stateless,
+    /// Mid-stream with ACK: a stateful abort.
+    Abort,
+}
+
+/// One bucket of resets: what they did, and the TTL they carried against the one their claimed
+/// sender's own packets carried (0: not known from the connection itself).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Bucket {
+    act: Act,
+    ifindex: u32,
+    /// The address the RST claims as its sender.
+    sender: IpAddr,
+    rst_ttl: u8,
+    peer_ttl: u8,
+}
+
+/// Turn-aways (and unanswered attempts) since the service's last accepted connection, while it
+/// held none open.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Down {
+    since_ms: u64,
+    turned_away: Tally,
+    unanswered: u64,
+    /// The latest interval's unanswered attempts, for its own verdicts.
+    latest_unanswered: u64,
+}
+
+#[derive(Clone, Debug, Default)]
+struct ServiceEvidence {
+    attempts: u64,
+    synacks: u64,
+    buckets: BTreeMap<Bucket, Tally>,
+    last_accept: Option<u64>,
+    down: Option<Down>,
+    /// Intervals whose turn-aways all happened at or above the open count of every accept in
+    /// them, and what they turned away; `limit` is the latest such threshold.
+    limit_turned_away: Tally,
+    limit: Option<u64>,
+    /// An interval contradicted the limit: an accept at or above a turn-away's open count, or a
+    /// turn-away with nothing open.
+    limit_contradicted: bool,
+    /// This interval's turn-aways (all TTLs), for the down/limit rules at its end.
+    interval_turned_away: Tally,
+    interval: ServiceSampleSum,
+    /// The resets of each cause in the latest interval (for the interval's verdicts).
+    latest: BTreeMap<Bucket, Tally>,
+}
+
+/// A service's samples of one interval summed over interfaces.
+#[derive(Clone, Copy, Debug, Default)]
+struct ServiceSampleSum {
+    attempts: u64,
+    synacks: u64,
+    open_at_accept: Option<u64>,
+    open_at_turnaway: Option<(u64, u64)>,
+}
+
+/// A client's resets of one service right after the handshake: the intervals they fell in.
+#[derive(Clone, Debug, Default)]
+struct CheckPattern {
+    resets: u64,
+    connections: u64,
+    /// (interval, connections) of the latest intervals with any, oldest first.
+    recent: Vec<(u64, u64)>,
+    latest: Tally,
+}
+
+/// Intervals of a client–service pair remembered to judge the pace of its checks.
+const CHECK_HISTORY: usize = 32;
+/// Connections a client must open and reset before its pattern can be a health check.
+const MIN_CHECKS: u64 = 3;
+
+/// Everything the run showed, fed one interval at a time.
+#[derive(Debug)]
+pub struct Evidence {
+    services: HashMap<ServiceAddr, ServiceEvidence>,
+    checks: HashMap<(IpAddr, ServiceAddr), CheckPattern>,
+    host_ttls: HashMap<(u32, IpAddr), u8>,
+    max_entries: usize,
+    interval: u64,
+    interval_start_ms: u64,
+}
+
+impl Evidence {
+    /// `max_entries` bounds each of the maps (services, client–service pairs, host TTLs).
+    pub fn new(max_entries: usize) -> Self {
+        Evidence {
+            services: HashMap::new(),
+            checks: HashMap::new(),
+            host_ttls: HashMap::new(),
+            max_entries,
+            interval: 0,
+            interval_start_ms: 0,
+        }
+    }
+
+    /// One interval, started `start_ms` after the run: each service's handshake counts and
+    /// every flow entry (key and resets) the interval counted.
+    pub fn interval<'a>(
+        &mut self,
+        start_ms: u64,
+        services: &[ServiceSample],
+        flows: impl Iterator<Item = (&'a FlowKey, u64)> + Clone,
+    ) {
+        self.interval += 1;
+        self.interval_start_ms = start_ms;
+        for evidence in self.services.values_mut() {
+            evidence.interval = ServiceSampleSum::default();
+            evidence.interval_turned_away = Tally::default();
+            evidence.latest.clear();
+        }
+        for pattern in self.checks.values_mut() {
+            pattern.latest = Tally::default();
+        }
+        // TTLs first: a forged reset is told by the host's own TTL, which this very interval
+        // may be the first to show.
+        for sample in services {
+            if let Some(ttl) = sample.synack_ttl {
+                self.learn_ttl(sample.ifindex, sample.service.addr, ttl);
+            }
+        }
+        for (key, _) in flows.clone() {
+            if key.peer_ttl != 0 {
+                self.learn_ttl(key.ifindex, key.src_ip(), key.peer_ttl);
+            }
+        }
+        for sample in services {
+            self.add_sample(sample);
+        }
+        for (key, resets) in flows {
+            self.add_reset(key, resets);
+        }
+        self.close_interval();
+    }
+
+    fn learn_ttl(&mut self, ifindex: u32, addr: IpAddr, ttl: u8) {
+        if self.host_ttls.len() < self.max_entries || self.host_ttls.contains_key(&(ifindex, addr)) {
+            self.host_ttls.insert((ifindex, addr), ttl);
+        }
+    }
+
+    fn service_mut(&mut self, service: ServiceAddr) -> Option<&mut ServiceEvidence> {
+        let room = self.services.len() < self.max_entries;
+        match self.services.entry(service) {
+            std::collections::hash_map::Entry::Occupied(entry) => Some(entry.into_mut()),
+            std::collections::hash_map::Entry::Vacant(entry) if room => Some(entry.insert(ServiceEvidence::default())),
+            std::collections::hash_map::Entry::Vacant(_) => None,
+        }
+    }
+
+    fn add_sample(&mut self, sample: &ServiceSample) {
+        let ServiceSample { service, ifindex: _, attempts, synacks, open_at_accept, open_at_turnaway, synack_ttl: _ } =
+            *sample;
+        let Some(evidence) = self.service_mut(service) else { return };
+        evidence.attempts += attempts;
+        evidence.synacks += synacks;
+        let sum = &mut evidence.interval;
+        sum.attempts += attempts;
+        sum.synacks += synacks;
+        sum.open_at_accept = max_option(sum.open_at_accept, open_at_accept);
+        sum.open_at_turnaway = match (sum.open_at_turnaway, open_at_turnaway) {
+            (Some((a_min, a_max)), Some((b_min, b_max))) => Some((a_min.min(b_min), a_max.max(b_max))),
+            (a, b) => a.or(b),
+        };
+    }
+
+    fn add_reset(&mut self, key: &FlowKey, resets: u64) {
+        let class = ResetClass(key.class);
+        let tally = Tally { resets, connections: if class.first() { resets.min(1) } else { 0 } };
+        let (server, client) = if class.server() {
+            ((key.src_ip(), key.sport), (key.dst_ip(), key.dport))
+        } else {
+            ((key.dst_ip(), key.dport), (key.src_ip(), key.sport))
+        };
+        let service = ServiceAddr { addr: server.0, port: server.1 };
+        let act = match (class.kind(), class.server(), class.ack()) {
+            (ResetKind::Refused, true, _) | (ResetKind::Handshake, true, _) => Act::TurnAway,
+            (ResetKind::Handshake, false, _) => {
+                self.add_check(client.0, service, tally);
+                return;
+            }
+            // A client's RST answering a SYN it did not send: no cause of the service's.
+            (ResetKind::Refused, false, _) => return,
+            (ResetKind::Established | ResetKind::Closing, _, false) => Act::Stateless,
+            (ResetKind::Established | ResetKind::Closing, _, true) => Act::Abort,
+        };
+        let bucket =
+            Bucket { act, ifindex: key.ifindex, sender: key.src_ip(), rst_ttl: key.rst_ttl, peer_ttl: key.peer_ttl };
+        let Some(evidence) = self.service_mut(service) else { return };
+        evidence.buckets.entry(bucket).or_default().add(tally);
+        evidence.latest.entry(bucket).or_default().add(tally);
+        if act == Act::TurnAway {
+            evidence.interval_turned_away.add(tally);
+        }
+    }
+
+    fn add_check(&mut self, client: IpAddr, service: ServiceAddr, tally: Tally) {
+        let room = self.checks.len() < self.max_entries;
+        let pattern = match self.checks.entry((client, service)) {
+            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::hash_map::Entry::Vacant(entry) if room => entry.insert(CheckPattern::default()),
+            std::collections::hash_map::Entry::Vacant(_) => return,
+        };
+        pattern.resets += tally.resets;
+        pattern.connections += tally.connections;
+        pattern.latest.add(tally);
+        match pattern.recent.last_mut() {
+            Some((interval, connections)) if *interval == self.interval => *connections += tally.connections,
+            _ => {
+                if pattern.recent.len() == CHECK_HISTORY {
+                    pattern.recent.remove(0);
+                }
+                pattern.recent.push((self.interval, tally.connections));
+            }
+        }
+    }
+
+    /// The down and limit rules need the whole interval: its accepts, its turn-aways and the
+    /// open counts at both.
+    fn close_interval(&mut self) {
+        let (interval, start_ms) = (self.interval, self.interval_start_ms);
+        for evidence in self.services.values_mut() {
+            let ServiceSampleSum { attempts, synacks, open_at_accept, open_at_turnaway } = evidence.interval;
+            let turned_away = evidence.interval_turned_away;
+            if let Some(down) = &mut evidence.down {
+                down.latest_unanswered = 0;
+            }
+            if turned_away.resets > 0 {
+                match open_at_turnaway {
+                    Some((min_open, _)) if min_open > 0 => {
+                        let below_every_accept = open_at_accept.is_none_or(|accept| accept < min_open);
+                        if below_every_accept {
+                            evidence.limit_turned_away.add(turned_away);
+                            evidence.limit = Some(min_open);
+                        } else {
+                            evidence.limit_contradicted = true;
+                        }
+                    }
+                    _ if synacks > 0 => evidence.limit_contradicted = true,
+                    _ => {}
+                }
+            }
+            if synacks > 0 {
+                evidence.last_accept = Some(interval);
+                evidence.down = None;
+                continue;
+            }
+            if evidence.last_accept.is_none() {
+                continue;
+            }
+            // Turn-aways with connections still open are the limit's, not a service gone down;
+            // without open counts the two cannot be told apart, so neither is claimed.
+            let nothing_open = matches!(open_at_turnaway, Some((_, 0)));
+            let unanswered = attempts.saturating_sub(turned_away.connections);
+            let refusing = turned_away.resets > 0 && nothing_open;
+            if refusing || (turned_away.resets == 0 && unanswered > 0) {
+                let down = evidence.down.get_or_insert(Down { since_ms: start_ms, ..Down::default() });
+                if refusing {
+                    down.turned_away.add(turned_away);
+                }
+                down.unanswered += unanswered;
+                down.latest_unanswered = unanswered;
+            }
+        }
+    }
+
+    /// The verdicts that hold for the whole run so far, most resets first.
+    pub fn verdicts(&self) -> Vec<Verdict> {
+        let mut verdicts = Vec::new();
+        for (service, evidence) in &self.services {
+            self.service_verdicts(*service, evidence, &evidence.buckets, true, &mut verdicts);
+        }
+        for ((client, service), pattern) in &self.checks {
+            if let Some(verdict) = health_check(
+                *client,
+                *service,
+                pattern,
+                Tally { resets: pattern.resets, connections: pattern.connections },
+            ) {
+                verdicts.push(verdict);
+            }
+        }
+        sort(&mut verdicts);
+        verdicts
+    }
+
+    /// The verdicts that hold for the latest interval: the run's causes, counting only the
+    /// resets that interval saw.
+    pub fn interval_verdicts(&self) -> Vec<Verdict> {
+        let mut verdicts = Vec::new();
+        for (service, evidence) in &self.services {
+            self.service_verdicts(*service, evidence, &evidence.latest, false, &mut verdicts);
+        }
+        for ((client, service), pattern) in &self.checks {
+            if pattern.latest.resets == 0 {
+                continue;
+            }
+            if let Some(verdict) = health_check(*client, *service, pattern, pattern.latest) {
+                verdicts.push(verdict);
+            }
+        }
+        sort(&mut verdicts);
+        verdicts
+    }
+
+    /// Whether `bucket`'s resets carry a TTL their claimed sender's own packets do not.
+    fn forged_ttl(&self, bucket: &Bucket) -> Option<u8> {
+        let own = match bucket.peer_ttl {
+            0 => *self.host_ttls.get(&(bucket.ifindex, bucket.sender))?,
+            ttl => ttl,
+        };
+        (own != bucket.rst_ttl).then_some(own)
+    }
+
+    fn service_verdicts(
+        &self,
+        service: ServiceAddr,
+        evidence: &ServiceEvidence,
+        buckets: &BTreeMap<Bucket, Tally>,
+        whole_run: bool,
+        out: &mut Vec<Verdict>,
+    ) {
+        let mut genuine: BTreeMap<Act, Tally> = BTreeMap::new();
+        let mut forged: BTreeMap<(ServiceAddr, u8, u8), Tally> = BTreeMap::new();
+        for (bucket, tally) in buckets {
+            if let Some(own_ttl) = self.forged_ttl(bucket) {
+                // The claimed sender is the server for turn-aways; a forged client RST is told
+                // by the service it cut.
+                let claimed = if bucket.sender == service.addr {
+                    service
+                } else {
+                    ServiceAddr { addr: bucket.sender, port: service.port }
+                };
+                forged.entry((claimed, bucket.rst_ttl, own_ttl)).or_default().add(*tally);
+                continue;
+            }
+            genuine.entry(bucket.act).or_default().add(*tally);
+        }
+        let turned_away = genuine.get(&Act::TurnAway).copied().unwrap_or_default();
+        if turned_away.resets > 0 && evidence.synacks == 0 {
+            let mut verdict = Verdict::new(Cause::NoListener, service);
+            (verdict.resets, verdict.connections) = (turned_away.resets, turned_away.connections);
+            out.push(verdict);
+        }
+        if let Some(down) = evidence.down {
+            let (tally, unanswered) =
+                if whole_run { (down.turned_away, down.unanswered) } else { (turned_away, down.latest_unanswered) };
+            if tally.resets > 0 || unanswered > 0 {
+                let mut verdict = Verdict::new(Cause::WentDown, service);
+                (verdict.resets, verdict.connections) = (tally.resets, tally.connections);
+                verdict.since_ms = Some(down.since_ms);
+                verdict.unanswered = unanswered;
+                out.push(verdict);
+            }
+        }
+        if let (Some(limit), false) = (evidence.limit, evidence.limit_contradicted) {
+            let tally = if whole_run { evidence.limit_turned_away } else { turned_away };
+            if evidence.synacks > 0 && tally.resets > 0 {
+                let mut verdict = Verdict::new(Cause::ConnectionLimit, service);
+                (verdict.resets, verdict.connections) = (tally.resets, tally.connections);
+                verdict.limit = Some(limit);
+                out.push(verdict);
+            }
+        }
+        for (act, cause) in [(Act::Stateless, Cause::StateLost), (Act::Abort, Cause::AppAbort)] {
+            if let Some(tally) = genuine.get(&act).filter(|t| t.resets > 0) {
+                let mut verdict = Verdict::new(cause, service);
+                (verdict.resets, verdict.connections) = (tally.resets, tally.connections);
+                out.push(verdict);
+            }
+        }
+        for ((claimed, rst_ttl, own_ttl), tally) in forged {
+            let mut verdict = Verdict::new(Cause::Middlebox, claimed);
+            (verdict.resets, verdict.connections) = (tally.resets, tally.connections);
+            (verdict.rst_ttl, verdict.peer_ttl) = (Some(rst_ttl), Some(own_ttl));
+            out.push(verdict);
+        }
+    }
+}
+
+fn max_option(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// A health check: at least [`MIN_CHECKS`] connections opened and reset right after the
+/// handshake at a steady pace — every interval about as many, or one every so many intervals.
+fn health_check(client: IpAddr, service: ServiceAddr, pattern: &CheckPattern, tally: Tally) -> Option<Verdict> {
+    if pattern.connections < MIN_CHECKS || !steady(&pattern.recent) {
+        return None;
+    }
+    let mut verdict = Verdict::new(Cause::HealthCheck, service);
+    (verdict.resets, verdict.connections) = (tally.resets, tally.connections);
+    verdict.client = Some(client);
+    Some(verdict)
+}
+
+/// Whether checks at `recent` (interval, connections) come at a steady pace.
+fn steady(recent: &[(u64, u64)]) -> bool {
+    let (Some(&(first, _)), Some(&(last, _))) = (recent.first(), recent.last()) else { return false };
+    let span = last - first + 1;
+    let total: u64 = recent.iter().map(|&(_, n)| n).sum();
+    if total >= span {
+        // At least one check an interval: every interval of the span has some, none far off
+        // the mean (an interval's edge may split a pair of checks).
+        let mean = total as f64 / span as f64;
+        return recent.len() as u64 == span
+            && recent.iter().all(|&(_, n)| (n as f64) >= mean / 2.0 && (n as f64) <= mean * 1.5 + 1.0);
+    }
+    // Slower than one an interval: one (or two, split by an edge) at a time, the gaps alike.
+    if recent.len() < 3 || recent.iter().any(|&(_, n)| n > 2) {
+        return false;
+    }
+    let mut gaps: Vec<u64> = recent.windows(2).map(|w| w[1].0 - w[0].0).collect();
+    gaps.sort_unstable();
+    let median = gaps[gaps.len() / 2];
+    gaps.iter().all(|&gap| gap.abs_diff(median) <= 1)
+}

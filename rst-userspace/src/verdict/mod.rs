@@ -1,0 +1,132 @@
+//! Verdicts: what is causing a service's resets, named from the evidence the traffic leaves.
+//!
+//! The one place that turns counts into causes. Live runs and replay feed the same
+//! [`Evidence`] with the same per-interval records (the flow entries the kernel or the host
+//! tracker counted, and each service's handshake counts), so both give the same verdicts.
+//!
+//! A service gets a cause only when its evidence is clear; otherwise it gets none, never a
+//! guess. Health checks are found first and their resets kept out of every other cause.
+
+mod evidence;
+mod text;
+
+use std::net::IpAddr;
+
+pub use evidence::{Evidence, ServiceSample};
+use serde::Serialize;
+
+/// Why a service's connections are reset. The serialized names are a contract.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    /// The service's host answers SYNs with RST+ACK and never accepted one in the run.
+    NoListener,
+    /// The service accepted connections, then refused (or stopped answering) new ones while
+    /// it held none open.
+    WentDown,
+    /// The service turns attempts away only while it holds at least `limit` connections open.
+    ConnectionLimit,
+    /// A side that had the connection answers a segment of it as a host that does not know
+    /// it: an RST without ACK mid-stream (restart, failover without state, a NAT timeout).
+    StateLost,
+    /// The RST's TTL is not the one its claimed sender's own packets arrive with.
+    Middlebox,
+    /// A stateful abort after data: RST+ACK in the window (SO_LINGER 0, close with unread data).
+    AppAbort,
+    /// One client opens and resets connections right after the handshake, at a steady pace.
+    HealthCheck,
+}
+
+impl Cause {
+    pub const ALL: [Cause; 7] = [
+        Cause::NoListener,
+        Cause::WentDown,
+        Cause::ConnectionLimit,
+        Cause::StateLost,
+        Cause::Middlebox,
+        Cause::AppAbort,
+        Cause::HealthCheck,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Cause::NoListener => "no_listener",
+            Cause::WentDown => "went_down",
+            Cause::ConnectionLimit => "connection_limit",
+            Cause::StateLost => "state_lost",
+            Cause::Middlebox => "middlebox",
+            Cause::AppAbort => "app_abort",
+            Cause::HealthCheck => "health_check",
+        }
+    }
+
+    /// Resets that are part of normal operation: kept out of the headline and the other causes.
+    pub const fn benign(self) -> bool {
+        matches!(self, Cause::HealthCheck)
+    }
+}
+
+/// A server address and port: what a verdict is about. For [`Cause::Middlebox`], the address
+/// and port the forged RST claims.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceAddr {
+    pub addr: IpAddr,
+    pub port: u16,
+}
+
+/// One cause for one service, with the evidence behind it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub cause: Cause,
+    pub service: ServiceAddr,
+    /// Resets this cause explains.
+    pub resets: u64,
+    /// Connections those resets ended (or turned away).
+    pub connections: u64,
+    /// [`Cause::ConnectionLimit`]: the open connections at which the service turns attempts away.
+    pub limit: Option<u64>,
+    /// [`Cause::WentDown`]: ms since the run started of the interval of the first refusal (or
+    /// unanswered attempt) after the last accepted connection.
+    pub since_ms: Option<u64>,
+    /// [`Cause::Middlebox`]: the TTL the forged resets carry and the one the host's own do.
+    pub rst_ttl: Option<u8>,
+    pub peer_ttl: Option<u8>,
+    /// [`Cause::WentDown`]: attempts after the last accept that got no answer at all.
+    pub unanswered: u64,
+    /// [`Cause::HealthCheck`]: the client that checks.
+    pub client: Option<IpAddr>,
+}
+
+impl Verdict {
+    fn new(cause: Cause, service: ServiceAddr) -> Self {
+        Verdict {
+            cause,
+            service,
+            resets: 0,
+            connections: 0,
+            limit: None,
+            since_ms: None,
+            rst_ttl: None,
+            peer_ttl: None,
+            unanswered: 0,
+            client: None,
+        }
+    }
+
+    pub fn benign(&self) -> bool {
+        self.cause.benign()
+    }
+
+    /// The verdict in words an on-call person reads at a glance.
+    pub fn text(&self) -> String {
+        text::sentence(self)
+    }
+}
+
+/// Most resets first; ties by service and cause, so the order is stable.
+pub fn sort(verdicts: &mut [Verdict]) {
+    verdicts.sort_by(|a, b| b.resets.cmp(&a.resets).then(a.service.cmp(&b.service)).then(a.cause.cmp(&b.cause)));
+}
+
+#[cfg(test)]
+mod tests;

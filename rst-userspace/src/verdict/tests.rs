@@ -1,0 +1,280 @@
+//! The rules' edges, one cause at a time, from flow entries as the tracker counts them.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use rst_common::wire::{FlowKey, ResetClass, ResetKind, DIRECTION_RX, FAMILY_IPV4, IPPROTO_TCP};
+
+use super::{Cause, Evidence, ServiceAddr, ServiceSample, Verdict};
+
+const IFINDEX: u32 = 7;
+const CLIENT: [u8; 4] = [10, 0, 1, 5];
+const SERVER: [u8; 4] = [10, 0, 2, 10];
+
+fn ip(octets: [u8; 4]) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::from(octets))
+}
+
+fn service(port: u16) -> ServiceAddr {
+    ServiceAddr { addr: ip(SERVER), port }
+}
+
+/// An RST entry: `server` sent it (else the client), from the service's port to an ephemeral one.
+fn rst(kind: ResetKind, server: bool, ack: bool, port: u16, client_port: u16, ttls: (u8, u8)) -> FlowKey {
+    let (src, dst, sport, dport) =
+        if server { (SERVER, CLIENT, port, client_port) } else { (CLIENT, SERVER, client_port, port) };
+    let mut key = FlowKey {
+        ifindex: IFINDEX,
+        sport,
+        dport,
+        family: FAMILY_IPV4,
+        protocol: IPPROTO_TCP,
+        direction: DIRECTION_RX,
+        class: ResetClass::new(kind, ack, server, true, true).0,
+        rst_ttl: ttls.0,
+        peer_ttl: ttls.1,
+        ..FlowKey::default()
+    };
+    key.src[..4].copy_from_slice(&src);
+    key.dst[..4].copy_from_slice(&dst);
+    key
+}
+
+fn refusal(port: u16, client_port: u16) -> FlowKey {
+    rst(ResetKind::Refused, true, true, port, client_port, (64, 0))
+}
+
+fn handshakes(port: u16, attempts: u64, synacks: u64) -> ServiceSample {
+    ServiceSample {
+        service: service(port),
+        ifindex: IFINDEX,
+        attempts,
+        synacks,
+        open_at_accept: None,
+        open_at_turnaway: None,
+        synack_ttl: None,
+    }
+}
+
+fn feed(evidence: &mut Evidence, start_ms: u64, services: &[ServiceSample], flows: &[FlowKey]) {
+    evidence.interval(start_ms, services, flows.iter().map(|key| (key, 1)));
+}
+
+fn causes(verdicts: &[Verdict]) -> Vec<(Cause, u16, u64)> {
+    let mut causes: Vec<_> = verdicts.iter().map(|v| (v.cause, v.service.port, v.resets)).collect();
+    causes.sort();
+    causes
+}
+
+#[test]
+fn a_closed_port_has_no_listener_and_nothing_else() {
+    let mut evidence = Evidence::new(64);
+    let flows: Vec<FlowKey> = (0..3).map(|i| refusal(81, 40_000 + i)).collect();
+    feed(&mut evidence, 0, &[handshakes(81, 3, 0)], &flows);
+    let verdicts = evidence.verdicts();
+    assert_eq!(causes(&verdicts), [(Cause::NoListener, 81, 3)]);
+    assert_eq!(verdicts[0].connections, 3);
+    assert!(!verdicts[0].benign());
+    assert!(verdicts[0].text().contains("nothing listens on 10.0.2.10:81"), "{}", verdicts[0].text());
+}
+
+#[test]
+fn a_service_that_accepted_then_refuses_with_nothing_open_went_down() {
+    let mut evidence = Evidence::new(64);
+    let up = ServiceSample { open_at_accept: Some(1), ..handshakes(443, 5, 5) };
+    feed(&mut evidence, 0, &[up], &[]);
+    let flows: Vec<FlowKey> = (0..4).map(|i| refusal(443, 41_000 + i)).collect();
+    let down = ServiceSample { open_at_turnaway: Some((0, 0)), ..handshakes(443, 6, 0) };
+    feed(&mut evidence, 1_000, &[down], &flows);
+    let verdicts = evidence.verdicts();
+    assert_eq!(causes(&verdicts), [(Cause::WentDown, 443, 4)]);
+    assert_eq!(verdicts[0].since_ms, Some(1_000));
+    assert_eq!(verdicts[0].unanswered, 2, "six attempts, four refused");
+    assert!(verdicts[0].text().contains("went down 1.0 s into the run"), "{}", verdicts[0].text());
+}
+
+#[test]
+fn a_service_that_comes_back_is_not_down() {
+    let mut evidence = Evidence::new(64);
+    feed(&mut evidence, 0, &[handshakes(443, 2, 2)], &[]);
+    let down = ServiceSample { open_at_turnaway: Some((0, 0)), ..handshakes(443, 1, 0) };
+    feed(&mut evidence, 1_000, &[down], &[refusal(443, 41_000)]);
+    assert_eq!(causes(&evidence.verdicts()), [(Cause::WentDown, 443, 1)]);
+    feed(&mut evidence, 2_000, &[handshakes(443, 3, 3)], &[]);
+    assert_eq!(causes(&evidence.verdicts()), []);
+}
+
+#[test]
+fn a_service_that_stops_answering_went_down_without_resets() {
+    let mut evidence = Evidence::new(64);
+    feed(&mut evidence, 0, &[handshakes(443, 2, 2)], &[]);
+    feed(&mut evidence, 1_000, &[handshakes(443, 3, 0)], &[]);
+    let verdicts = evidence.verdicts();
+    assert_eq!(causes(&verdicts), [(Cause::WentDown, 443, 0)]);
+    assert_eq!(verdicts[0].unanswered, 3);
+}
+
+#[test]
+fn turn_aways_while_connections_are_held_are_a_limit() {
+    let mut evidence = Evidence::new(64);
+    let full = ServiceSample { open_at_accept: Some(3), open_at_turnaway: Some((4, 4)), ..handshakes(443, 6, 4) };
+    feed(&mut evidence, 0, &[full], &[refusal(443, 42_000), refusal(443, 42_001)]);
+    let still_full = ServiceSample { open_at_turnaway: Some((4, 4)), ..handshakes(443, 1, 0) };
+    feed(&mut evidence, 1_000, &[still_full], &[refusal(443, 42_002)]);
+    let verdicts = evidence.verdicts();
+    assert_eq!(causes(&verdicts), [(Cause::ConnectionLimit, 443, 3)], "held connections: not down");
+    assert_eq!(verdicts[0].limit, Some(4));
+    assert!(verdicts[0].text().contains("turns connections away at ~4 open (3 turned away)"), "{}", verdicts[0].text());
+}
+
+#[test]
+fn a_limit_that_moves_reports_the_latest() {
+    let mut evidence = Evidence::new(64);
+    let at_four = ServiceSample { open_at_accept: Some(3), open_at_turnaway: Some((4, 4)), ..handshakes(443, 5, 4) };
+    feed(&mut evidence, 0, &[at_four], &[refusal(443, 42_000)]);
+    let at_six = ServiceSample { open_at_accept: Some(5), open_at_turnaway: Some((6, 6)), ..handshakes(443, 3, 2) };
+    feed(&mut evidence, 1_000, &[at_six], &[refusal(443, 42_001)]);
+    let verdicts = evidence.verdicts();
+    assert_eq!(causes(&verdicts), [(Cause::ConnectionLimit, 443, 2)]);
+    assert_eq!(verdicts[0].limit, Some(6));
+}
+
+#[test]
+fn an_accept_above_a_turn_away_is_no_limit() {
+    let mut evidence = Evidence::new(64);
+    let mixed = ServiceSample { open_at_accept: Some(7), open_at_turnaway: Some((4, 4)), ..handshakes(443, 5, 4) };
+    feed(&mut evidence, 0, &[mixed], &[refusal(443, 42_000)]);
+    assert_eq!(causes(&evidence.verdicts()), []);
+}
+
+#[test]
+fn without_open_counts_neither_down_nor_limit_is_claimed() {
+    let mut evidence = Evidence::new(64);
+    feed(&mut evidence, 0, &[handshakes(443, 4, 4)], &[]);
+    feed(&mut evidence, 1_000, &[handshakes(443, 2, 0)], &[refusal(443, 42_000), refusal(443, 42_001)]);
+    assert_eq!(causes(&evidence.verdicts()), []);
+}
+
+#[test]
+fn an_rst_without_ack_mid_stream_is_lost_state() {
+    let mut evidence = Evidence::new(64);
+    let lost = rst(ResetKind::Established, true, false, 443, 43_000, (64, 64));
+    feed(&mut evidence, 0, &[], &[lost]);
+    assert_eq!(causes(&evidence.verdicts()), [(Cause::StateLost, 443, 1)]);
+}
+
+#[test]
+fn a_single_abort_after_data_is_an_app_abort() {
+    let mut evidence = Evidence::new(64);
+    let abort = rst(ResetKind::Established, true, true, 443, 43_000, (64, 64));
+    feed(&mut evidence, 0, &[], &[abort]);
+    let verdicts = evidence.verdicts();
+    assert_eq!(causes(&verdicts), [(Cause::AppAbort, 443, 1)]);
+    assert!(verdicts[0].text().contains("1 connection to 10.0.2.10:443 aborted"), "{}", verdicts[0].text());
+}
+
+#[test]
+fn a_reset_whose_ttl_is_not_its_senders_is_forged() {
+    let mut evidence = Evidence::new(64);
+    let forged = rst(ResetKind::Established, true, true, 443, 43_000, (250, 60));
+    feed(&mut evidence, 0, &[], &[forged]);
+    let verdicts = evidence.verdicts();
+    assert_eq!(causes(&verdicts), [(Cause::Middlebox, 443, 1)], "not an abort as well");
+    assert_eq!((verdicts[0].rst_ttl, verdicts[0].peer_ttl), (Some(250), Some(60)));
+}
+
+#[test]
+fn refusals_forged_for_a_host_are_caught_by_its_own_ttl() {
+    let mut evidence = Evidence::new(64);
+    // The host answers on 443 with TTL 127 (its SYN+ACKs); "refusals" for 444 arrive with 64:
+    // a firewall answered the SYNs, which never reached the host.
+    let open = ServiceSample { synack_ttl: Some(127), ..handshakes(443, 2, 2) };
+    feed(
+        &mut evidence,
+        0,
+        &[open, handshakes(444, 3, 0)],
+        &[refusal(444, 44_000), refusal(444, 44_001), refusal(444, 44_002)],
+    );
+    let verdicts = evidence.verdicts();
+    assert_eq!(causes(&verdicts), [(Cause::Middlebox, 444, 3)], "no listener would be a wrong verdict");
+    assert_eq!((verdicts[0].rst_ttl, verdicts[0].peer_ttl), (Some(64), Some(127)));
+    assert!(
+        verdicts[0]
+            .text()
+            .contains("forged 3 resets claiming to be 10.0.2.10:444 (TTL 64; the host's own packets arrive with 127)"),
+        "{}",
+        verdicts[0].text()
+    );
+}
+
+fn check(client_port: u16) -> FlowKey {
+    rst(ResetKind::Handshake, false, true, 8080, client_port, (64, 64))
+}
+
+#[test]
+fn steady_resets_after_the_handshake_are_a_health_check() {
+    for every in [1u64, 2, 3] {
+        let mut evidence = Evidence::new(64);
+        for i in 0..10u64 {
+            let flows: Vec<FlowKey> = if i % every == 0 { vec![check(45_000 + i as u16)] } else { vec![] };
+            feed(&mut evidence, i * 1_000, &[handshakes(8080, flows.len() as u64, flows.len() as u64)], &flows);
+        }
+        let verdicts = evidence.verdicts();
+        assert_eq!(verdicts.len(), 1, "every {every}: {verdicts:?}");
+        assert_eq!(verdicts[0].cause, Cause::HealthCheck);
+        assert!(verdicts[0].benign());
+        assert_eq!(verdicts[0].client, Some(ip(CLIENT)));
+    }
+}
+
+#[test]
+fn irregular_or_few_resets_after_the_handshake_are_no_health_check() {
+    // Every interval is fed, quiet ones too, as a run does.
+    let run = |with_checks: &[u64]| {
+        let mut evidence = Evidence::new(64);
+        for i in 0..=with_checks.iter().copied().max().unwrap_or(0) {
+            let flows = if with_checks.contains(&i) { vec![check(45_000 + i as u16)] } else { vec![] };
+            feed(&mut evidence, i * 1_000, &[], &flows);
+        }
+        causes(&evidence.verdicts())
+    };
+    assert_eq!(run(&[0, 1, 7, 8, 20]), [], "irregular gaps");
+    assert_eq!(run(&[0, 2]), [], "two are not a pattern");
+    assert_eq!(run(&[0, 2, 4, 6]), [(Cause::HealthCheck, 8080, 4)], "the same pattern, steady, is one");
+}
+
+#[test]
+fn an_interval_carries_only_its_own_resets() {
+    let mut evidence = Evidence::new(64);
+    feed(&mut evidence, 0, &[handshakes(81, 2, 0)], &[refusal(81, 40_000), refusal(81, 40_001)]);
+    feed(&mut evidence, 1_000, &[handshakes(81, 1, 0)], &[refusal(81, 40_002)]);
+    assert_eq!(causes(&evidence.interval_verdicts()), [(Cause::NoListener, 81, 1)]);
+    assert_eq!(causes(&evidence.verdicts()), [(Cause::NoListener, 81, 3)]);
+    feed(&mut evidence, 2_000, &[], &[]);
+    assert_eq!(causes(&evidence.interval_verdicts()), [], "a quiet interval has no verdict");
+}
+
+#[test]
+fn evidence_stays_within_its_bound() {
+    let mut evidence = Evidence::new(2);
+    let flows: Vec<FlowKey> = (0..5).map(|port| refusal(100 + port, 40_000)).collect();
+    feed(&mut evidence, 0, &[], &flows);
+    assert_eq!(evidence.verdicts().len(), 2);
+}
+
+#[test]
+fn cause_names_are_the_contract() {
+    let names: Vec<String> = Cause::ALL
+        .iter()
+        .map(|c| serde_json::to_value(c).expect("serializes").as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(
+        names,
+        ["no_listener", "went_down", "connection_limit", "state_lost", "middlebox", "app_abort", "health_check"]
+    );
+    assert!(
+        Cause::ALL
+            .iter()
+            .all(|c| serde_json::to_value(c).ok().and_then(|v| v.as_str().map(str::to_owned))
+                == Some(c.name().to_owned()))
+    );
+}
