@@ -78,6 +78,12 @@ struct ResetterLabels {
     src: String,
 }
 
+/// One series per cause: a fixed enum.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CauseLabels {
+    cause: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProgramLabels {
     program: &'static str,
@@ -123,6 +129,8 @@ exposed_metrics! {
             "TCP resets in flows, by interface, direction (rx received, tx sent) and kind (refused, handshake, established, closing)";
         middlebox_resets: Family<InterfaceLabels, Counter> => "middlebox_resets",
             "Resets whose TTL differs from the claimed sender's handshake: likely injected in between";
+        resets_by_cause: Family<CauseLabels, Counter> => "resets_by_cause",
+            "Resets each cause explains (the verdicts: no_listener, went_down, connection_limit, state_lost, middlebox, app_abort, health_check)";
         kernel_resets: Family<ReasonLabels, Counter> => "kernel_resets",
             "Resets this host's TCP stack sent, by the kernel's reason (tcp:tcp_send_reset; all namespaces)";
         service_attempts: Family<ServiceLabels, Gauge> => "service_attempts",
@@ -184,6 +192,9 @@ impl Metrics {
         self.source_overflow.inc_by(totals.source_overflow);
         self.unattributed_resets.inc_by(totals.source_overflow);
         self.intervals.inc();
+        for verdict in &interval.verdicts {
+            self.resets_by_cause.get_or_create(&CauseLabels { cause: verdict.cause.name() }).inc_by(verdict.resets);
+        }
         for group in by_interface {
             let InterfaceResets { iface, direction, kinds, middlebox } = group;
             for (kind, resets) in kinds.present() {
@@ -452,10 +463,14 @@ mod tests {
             r#"rstwatch_resets_total{iface="veth9",direction="rx",kind="closing"} 4"#,
             r#"rstwatch_middlebox_resets_total{iface="veth9",direction="rx"} 4"#,
             r#"rstwatch_top_resetter_resets{rank="1",src="10.0.0.1"} 9"#,
+            // The verdicts: the closing RST's connection shows 10.0.0.1's own TTL (60), so every
+            // RST claiming to be it with 64 — the refusals too — was forged in between.
+            r#"rstwatch_resets_by_cause_total{cause="middlebox"} 9"#,
         ] {
             assert!(text.contains(series), "{series} missing in\n{text}");
         }
         assert!(!text.contains(r#"direction="tx",kind="closing""#), "no series for kinds that did not happen");
+        assert!(!text.contains(r#"cause="no_listener""#), "forged refusals are not a closed port");
     }
 
     #[test]

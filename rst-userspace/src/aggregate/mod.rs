@@ -21,7 +21,10 @@ use self::model::{
     CountingMode, Direction, Family, Flow, Interface, Interval, KernelEvents, KindCounts, Middlebox, Run, Service,
     Side, Totals, Unlisted,
 };
-use crate::collector::Sample;
+use crate::{
+    collector::Sample,
+    verdict::{Evidence, ServiceAddr, ServiceSample},
+};
 
 /// Tens of thousands of flow keys per interval go through these maps: a fast,
 /// non-cryptographic hasher, as in the collector.
@@ -119,6 +122,19 @@ fn four_tuple_of_event(key: &StackResetKey) -> FourTuple {
     (key.src, key.dst, key.sport, key.dport, key.family)
 }
 
+/// A service's handshakes of one interval as the verdict evidence takes them.
+fn service_sample((key, value): &(ServiceKey, ServiceValue)) -> ServiceSample {
+    ServiceSample {
+        service: ServiceAddr { addr: key.ip(), port: key.port },
+        ifindex: key.ifindex,
+        attempts: value.attempts,
+        synacks: value.synacks,
+        open_at_accept: None,
+        open_at_turnaway: None,
+        synack_ttl: None,
+    }
+}
+
 /// One flow of the last interval: its counts then, and over the run (`None` for a flow the run
 /// had no room for).
 pub struct IntervalFlow<'a> {
@@ -165,7 +181,14 @@ pub struct Aggregator {
     kernel_events: KernelEvents,
     reason_names: Vec<String>,
     counting: Option<CountingMode>,
+    /// What the run showed about each service's causes ([`crate::verdict`]).
+    evidence: Evidence,
+    /// The last interval's handshakes as the evidence takes them (kept for its capacity).
+    service_samples: Vec<ServiceSample>,
 }
+
+/// Services, client–service pairs and hosts the verdict evidence follows at most.
+const MAX_EVIDENCE_ENTRIES: usize = rst_common::wire::DEFAULT_MAX_SERVICES as usize;
 
 impl Aggregator {
     pub fn new(interfaces: Vec<Interface>, top: usize) -> Self {
@@ -194,6 +217,8 @@ impl Aggregator {
             },
             reason_names: Vec::new(),
             counting: None,
+            evidence: Evidence::new(MAX_EVIDENCE_ENTRIES),
+            service_samples: Vec::new(),
         }
     }
 
@@ -241,6 +266,7 @@ impl Aggregator {
     /// its record has the totals and empty rankings, for a reader that follows the run through
     /// [`Aggregator::interval_flows`] instead.
     pub fn fold(&mut self, sample: &Sample, elapsed: Duration, ended: SystemTime) -> Interval {
+        let started_ms = self.elapsed.as_millis() as u64;
         self.intervals += 1;
         self.elapsed += elapsed;
         self.totals.accumulate(&sample.counters);
@@ -277,6 +303,13 @@ impl Aggregator {
         self.interval_handshakes.extend_from_slice(&sample.services);
         self.interval_overflow.clear();
         self.interval_overflow.extend(sample.overflow_sources.iter().map(|(key, resets)| (key.src_ip(), *resets)));
+        self.service_samples.clear();
+        self.service_samples.extend(sample.services.iter().map(service_sample));
+        self.evidence.interval(
+            started_ms,
+            &self.service_samples,
+            sample.flows.iter().map(|(key, resets)| (key, *resets)),
+        );
         let record = Interval {
             seq: self.intervals,
             ended,
@@ -288,6 +321,7 @@ impl Aggregator {
             flows: Vec::new(),
             services: Vec::new(),
             destinations: Vec::new(),
+            verdicts: self.evidence.interval_verdicts(),
         };
         self.interval_flows = interval;
         record
@@ -341,7 +375,13 @@ impl Aggregator {
             destinations: rank::destinations(self.flows.iter()),
             services: self.service_records(self.services.iter(), self.flows.iter()),
             kernel_events,
+            verdicts: self.evidence.verdicts(),
         }
+    }
+
+    /// What is causing the run's resets so far, per service, most resets first.
+    pub fn verdicts(&self) -> Vec<crate::verdict::Verdict> {
+        self.evidence.verdicts()
     }
 
     /// The run's services so far, the top N by resets (then attempts): what `--metrics` exports.

@@ -14,6 +14,7 @@ use rst_common::{
 };
 use serde::{ser::SerializeMap as _, Serialize, Serializer};
 
+pub use crate::verdict::Verdict;
 use crate::{loader::Hook, replay::link::Link};
 
 /// Gives each enum one name a value, written once: `name()` returns it, and it is the value's
@@ -367,6 +368,8 @@ pub struct Interval {
     pub flows: Vec<Flow>,
     pub services: Vec<Service>,
     pub destinations: Vec<Destination>,
+    /// The causes that held for this interval, counting its resets only.
+    pub verdicts: Vec<Verdict>,
 }
 
 impl Interval {
@@ -391,6 +394,8 @@ pub struct Run {
     pub destinations: Vec<Destination>,
     pub services: Vec<Service>,
     pub kernel_events: KernelEvents,
+    /// What is causing the resets, per service, most resets first.
+    pub verdicts: Vec<Verdict>,
 }
 
 pub fn per_second(count: u64, elapsed: Duration) -> f64 {

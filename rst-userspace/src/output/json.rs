@@ -10,9 +10,10 @@ use crate::aggregate::{
     diagnosis,
     model::{
         AttachMode, CountingMode, Destination, Direction, Family, Flow, Interface, Interval, KernelEvents, KindCounts,
-        Middlebox, Run, Service, Side, Source, Totals, Unlisted,
+        Middlebox, Run, Service, Side, Source, Totals, Unlisted, Verdict,
     },
 };
+use crate::verdict::Cause;
 
 fn ms(duration: std::time::Duration) -> f64 {
     duration.as_secs_f64() * 1e3
@@ -221,6 +222,47 @@ impl<'a> From<&'a KernelEvents> for KernelEventsRecord<'a> {
     }
 }
 
+/// One cause of one service's resets (`verdicts`): the `cause` values are a contract.
+#[derive(Serialize)]
+pub struct VerdictRecord {
+    cause: Cause,
+    /// The service (for `middlebox`, the address and port the forged resets claim).
+    addr: IpAddr,
+    port: u16,
+    resets: u64,
+    connections: u64,
+    text: String,
+    benign: bool,
+    limit: Option<u64>,
+    since_ms: Option<u64>,
+    rst_ttl: Option<u8>,
+    peer_ttl: Option<u8>,
+    unanswered: u64,
+    client: Option<IpAddr>,
+}
+
+impl From<&Verdict> for VerdictRecord {
+    fn from(verdict: &Verdict) -> Self {
+        let Verdict { cause, service, resets, connections, limit, since_ms, rst_ttl, peer_ttl, unanswered, client } =
+            verdict;
+        VerdictRecord {
+            cause: *cause,
+            addr: service.addr,
+            port: service.port,
+            resets: *resets,
+            connections: *connections,
+            text: verdict.text(),
+            benign: verdict.benign(),
+            limit: *limit,
+            since_ms: *since_ms,
+            rst_ttl: *rst_ttl,
+            peer_ttl: *peer_ttl,
+            unanswered: *unanswered,
+            client: *client,
+        }
+    }
+}
+
 fn all<'a, T, R: From<&'a T>>(items: &'a [T]) -> Vec<R> {
     items.iter().map(R::from).collect()
 }
@@ -242,12 +284,24 @@ pub struct IntervalRecord<'a> {
     flows: Vec<FlowRecord<'a>>,
     services: Vec<ServiceRecord<'a>>,
     destinations: Vec<DestinationRecord>,
+    verdicts: Vec<VerdictRecord>,
 }
 
 impl<'a> From<&'a Interval> for IntervalRecord<'a> {
     fn from(interval: &'a Interval) -> Self {
-        let Interval { seq, ended, elapsed, totals, flows_seen, flow_resets, sources, flows, services, destinations } =
-            interval;
+        let Interval {
+            seq,
+            ended,
+            elapsed,
+            totals,
+            flows_seen,
+            flow_resets,
+            sources,
+            flows,
+            services,
+            destinations,
+            verdicts,
+        } = interval;
         IntervalRecord {
             kind: "interval",
             seq: *seq,
@@ -262,6 +316,7 @@ impl<'a> From<&'a Interval> for IntervalRecord<'a> {
             flows: all(flows),
             services: all(services),
             destinations: all(destinations),
+            verdicts: all(verdicts),
         }
     }
 }
@@ -285,6 +340,7 @@ pub struct SummaryRecord<'a> {
     services: Vec<ServiceRecord<'a>>,
     kernel_events: KernelEventsRecord<'a>,
     diagnosis: Vec<String>,
+    verdicts: Vec<VerdictRecord>,
 }
 
 impl<'a> From<&'a Run> for SummaryRecord<'a> {
@@ -301,6 +357,7 @@ impl<'a> From<&'a Run> for SummaryRecord<'a> {
             destinations,
             services,
             kernel_events,
+            verdicts,
         } = run;
         SummaryRecord {
             kind: "summary",
@@ -317,6 +374,7 @@ impl<'a> From<&'a Run> for SummaryRecord<'a> {
             services: all(services),
             kernel_events: kernel_events.into(),
             diagnosis: diagnosis::sentences(run),
+            verdicts: all(verdicts),
         }
     }
 }

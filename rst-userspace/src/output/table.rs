@@ -76,6 +76,10 @@ impl<W: Write> TablePrinter<W> {
         if t.resets == 0 {
             writeln!(self.out, "   no resets seen")?;
         } else {
+            // The causes lead: what a tired on-call person reads first.
+            for verdict in &run.verdicts {
+                writeln!(self.out, "   ▶ {}", verdict.text())?;
+            }
             for line in diagnosis::sentences(run) {
                 writeln!(self.out, "   » {line}")?;
             }

@@ -206,6 +206,7 @@ mod tests {
             flows: vec![],
             services: vec![],
             destinations: vec![],
+            verdicts: vec![],
         }
     }
 

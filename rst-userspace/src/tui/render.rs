@@ -21,7 +21,7 @@ impl App {
             return;
         }
         let [header, tabs, table, footer] =
-            Layout::vertical([Constraint::Length(2), Constraint::Length(1), Constraint::Min(0), Constraint::Length(2)])
+            Layout::vertical([Constraint::Length(3), Constraint::Length(1), Constraint::Min(0), Constraint::Length(2)])
                 .areas(area);
         frame.render_widget(Paragraph::new(self.header_lines()), header);
         frame.render_widget(Paragraph::new(self.tabs_line()), tabs);
@@ -66,7 +66,13 @@ impl App {
         } else {
             second.push_str("  │ waiting for the first interval");
         }
-        vec![Line::from(first), Line::from(second)]
+        // The cause that explains most resets leads; the others are in the summary and JSON.
+        let verdict = match s.verdicts.split_first() {
+            Some((top, [])) => format!("▶ {}", top.text()),
+            Some((top, rest)) => format!("▶ {}  (+{} more causes)", top.text(), rest.len()),
+            None => "no cause named yet".to_string(),
+        };
+        vec![Line::from(first), Line::from(second), Line::from(verdict)]
     }
 
     fn tabs_line(&self) -> Line<'static> {

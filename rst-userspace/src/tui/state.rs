@@ -10,7 +10,7 @@ use rst_common::{wire::ResetKind, FlowKey};
 use super::columns::{self, Cell, Context};
 use crate::{
     aggregate::{
-        model::{Direction, Interval, Service, Totals},
+        model::{Direction, Interval, Service, Totals, Verdict},
         Aggregator, FastMap,
     },
     output,
@@ -183,6 +183,8 @@ pub struct Snapshot {
     overflow: FastMap<IpAddr, (u64, u64)>,
     /// Interface names by ifindex, each allocated once.
     names: FastMap<u32, Arc<str>>,
+    /// The run's verdicts, most resets first.
+    pub verdicts: Vec<Verdict>,
 }
 
 impl Snapshot {
@@ -202,6 +204,7 @@ impl Snapshot {
             run: flow.run.map(|run| (run.resets, run.kinds.dominant())),
         });
         self.advance(&refresh, flows, |ifindex| aggregator.iface_name(ifindex));
+        self.verdicts = aggregator.verdicts();
     }
 
     /// Takes in one refresh: costs the flows and services it brings.

@@ -459,10 +459,16 @@ fn steady(recent: &[(u64, u64)]) -> bool {
     let total: u64 = recent.iter().map(|&(_, n)| n).sum();
     if total >= span {
         // At least one check an interval: every interval of the span has some, none far off
-        // the mean (an interval's edge may split a pair of checks).
+        // the mean (an interval's edge may split a pair of checks). The first and last
+        // intervals may be cut short (the checks began, or the run ended, inside them): only
+        // too many there speaks against a steady pace.
         let mean = total as f64 / span as f64;
+        let last_index = recent.len() - 1;
         return recent.len() as u64 == span
-            && recent.iter().all(|&(_, n)| (n as f64) >= mean / 2.0 && (n as f64) <= mean * 1.5 + 1.0);
+            && recent.iter().enumerate().all(|(i, &(_, n))| {
+                let edge = i == 0 || i == last_index;
+                (edge || n as f64 >= mean / 2.0) && n as f64 <= mean * 1.5 + 1.0
+            });
     }
     // Slower than one an interval: one (or two, split by an edge) at a time, the gaps alike.
     if recent.len() < 3 || recent.iter().any(|&(_, n)| n > 2) {

@@ -227,6 +227,24 @@ fn steady_resets_after_the_handshake_are_a_health_check() {
 }
 
 #[test]
+fn checks_faster_than_the_interval_are_steady_though_the_run_ends_mid_interval() {
+    let run = |per_interval: &[u16]| {
+        let mut evidence = Evidence::new(64);
+        let mut port = 45_000;
+        for (i, &n) in per_interval.iter().enumerate() {
+            let flows: Vec<FlowKey> = (0..n).map(|k| check(port + k)).collect();
+            port += n;
+            feed(&mut evidence, i as u64 * 1_000, &[], &flows);
+        }
+        causes(&evidence.verdicts())
+    };
+    assert_eq!(run(&[4, 4, 1]), [(Cause::HealthCheck, 8080, 9)], "a short last interval");
+    assert_eq!(run(&[1, 4, 4, 4]), [(Cause::HealthCheck, 8080, 13)], "checks began mid-interval");
+    assert_eq!(run(&[4, 1, 4, 4]), [], "a gap inside the run is no steady pace");
+    assert_eq!(run(&[4, 4, 12]), [], "a burst is no steady pace");
+}
+
+#[test]
 fn irregular_or_few_resets_after_the_handshake_are_no_health_check() {
     // Every interval is fed, quiet ones too, as a run does.
     let run = |with_checks: &[u64]| {
