@@ -13,7 +13,7 @@ use std::{
 };
 
 use rst_common::{
-    wire::{ResetClass, ServiceKey, ServiceValue, SourceKey, StackResetKey},
+    wire::{ResetClass, ServiceCounts, ServiceKey, ServiceValue, SourceKey, StackResetKey},
     Counters, FlowKey,
 };
 
@@ -124,14 +124,16 @@ fn four_tuple_of_event(key: &StackResetKey) -> FourTuple {
 
 /// A service's handshakes of one interval as the verdict evidence takes them.
 fn service_sample((key, value): &(ServiceKey, ServiceValue)) -> ServiceSample {
+    let ServiceCounts { attempts, synacks, accept_open_max, turnaway_open_min, turnaway_open_max, synack_ttl } =
+        value.decoded();
     ServiceSample {
         service: ServiceAddr { addr: key.ip(), port: key.port },
         ifindex: key.ifindex,
-        attempts: value.attempts,
-        synacks: value.synacks,
-        open_at_accept: None,
-        open_at_turnaway: None,
-        synack_ttl: None,
+        attempts,
+        synacks,
+        open_at_accept: accept_open_max,
+        open_at_turnaway: turnaway_open_min.zip(turnaway_open_max),
+        synack_ttl,
     }
 }
 
