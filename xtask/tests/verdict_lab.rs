@@ -1,12 +1,13 @@
 //! The verdict lab against independent witnesses: tcpdump on the client's veth and on every
 //! server host's veth, and the kernel's `tcp:tcp_send_reset` tracepoint. Each service must have
 //! produced exactly the RSTs its account says, with the properties its cause means, and no
-//! service any RST it should not have.
+//! service any RST it should not have; then rstwatch, live on the client's veth and in replay of
+//! the committed capture, must name each service by its cause and no other.
 //!
 //! The lab test needs root (namespaces, nftables, tracefs); the committed capture's test does not.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr},
     path::Path,
     time::Duration,
@@ -263,7 +264,7 @@ fn check_kernel_reasons(run: &Run, events: &[diag_lab::KernelReset]) -> Result<(
 }
 
 #[test]
-fn every_service_resets_for_its_one_cause_only() -> Result<()> {
+fn every_service_resets_for_its_one_cause_only_and_rstwatch_names_it() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     ensure!(unsafe { libc::geteuid() } == 0, "this test needs root (namespaces, nftables, tracefs)");
     xtask::lab::sweep_stale()?;
@@ -273,8 +274,17 @@ fn every_service_resets_for_its_one_cause_only() -> Result<()> {
     let host_caps: Vec<(Role, Capture)> =
         lab.hosts.iter().map(|h| Ok((h.role, Capture::start(&h.iface)?))).collect::<Result<_>>()?;
     let trace = ResetTrace::start()?;
+    // rstwatch watches the client's veth through the same run: its verdicts are checked against
+    // the account last, once the witnesses have shown the lab did what the account says. (One
+    // lab per test process at a time: the tracepoint sees every namespace's resets.)
+    let mut watch = diag_lab::nsenter(&lab.client_if.ns, xtask::build::rstwatch_for_tests());
+    watch.args(["-i", &lab.client_if.name, "--format", "json", "--interval", "1s"]);
+    let mut rstwatch = xtask::lab::Proc::spawn(&mut watch)?;
+    rstwatch.wait_for_stderr(&format!("attached to {}", lab.client_if.name), Duration::from_secs(30))?;
     let run = lab.run_all(RUN)?;
     std::thread::sleep(SETTLE);
+    rstwatch.signal(libc::SIGINT)?;
+    let watched = rstwatch.finish(Duration::from_secs(30))?;
     let events = trace.stop()?;
     let client_segs = client_cap.stop()?;
     let host_segs: BTreeMap<Role, Vec<Segment>> =
@@ -339,7 +349,9 @@ fn every_service_resets_for_its_one_cause_only() -> Result<()> {
     let ours = [IpAddr::from(CLIENT), IpAddr::from(CLIENT6)];
     ensure!(client_segs.iter().all(|s| ours.contains(&s.src.ip()) || ours.contains(&s.dst.ip())));
     ensure!(client_segs.iter().filter_map(Segment::as_rst).all(|r| r.ttl == DEFAULT_TTL || r.ttl == DEFAULT_TTL - 1));
-    Ok(())
+    ensure!(watched.status.success(), "rstwatch failed ({}): {}", watched.status, watched.stderr);
+    let summary = xtask::lab::summary_line(&watched.stdout)?;
+    check_verdicts("live, the client's veth", &summary, &run.to_json(&lab))
 }
 
 /// The capture committed for replay tests still matches the account committed with it: per
@@ -378,4 +390,74 @@ fn committed_capture_matches_its_account() -> Result<()> {
     got.sort();
     ensure!(got == want, "the committed capture's RSTs differ from its account\n  want: {want:?}\n  got:  {got:?}");
     Ok(())
+}
+
+/// (cause, addr, port) of a verdict or an account entry.
+fn identity(entry: &Value) -> (String, String, u64) {
+    (
+        entry["cause"].as_str().unwrap_or("?").to_owned(),
+        entry["addr"].as_str().unwrap_or("?").to_owned(),
+        entry["port"].as_u64().unwrap_or(0),
+    )
+}
+
+/// rstwatch's summary names every service of the lab's `account` by its own cause, with the
+/// account's counts and fields, and no service by a cause it does not have.
+fn check_verdicts(what: &str, summary: &Value, account: &Value) -> Result<()> {
+    let verdicts = summary["verdicts"].as_array().with_context(|| format!("{what}: no summary.verdicts"))?;
+    let services = account["services"].as_array().context("account.services")?;
+    // The lab's service goes down 30 ms after its last accept, inside one interval: the
+    // evidence holds an interval's accepts and refusals without their order, so rstwatch must
+    // name no cause there rather than guess.
+    let (gone, services): (Vec<&Value>, Vec<&Value>) = services.iter().partition(|s| s["cause"] == "went_down");
+    for service in &gone {
+        let named: Vec<&Value> =
+            verdicts.iter().filter(|v| v["addr"] == service["addr"] && v["port"] == service["port"]).collect();
+        ensure!(named.is_empty(), "{what}: a guess for a service whose order of events is unknown: {named:#?}");
+    }
+    let expected: BTreeSet<_> = services.iter().copied().map(identity).collect();
+    let named: BTreeSet<_> = verdicts.iter().map(identity).collect();
+    let wrong: Vec<_> = named.difference(&expected).collect();
+    ensure!(wrong.is_empty(), "{what}: causes a service does not have: {wrong:?}\nverdicts: {verdicts:#?}");
+    let missed: Vec<_> = expected.difference(&named).collect();
+    ensure!(missed.is_empty(), "{what}: causes not named: {missed:?}\nverdicts: {verdicts:#?}");
+    for service in services {
+        let id = identity(service);
+        let verdict = verdicts.iter().find(|v| identity(v) == id).context("named above")?;
+        ensure!(
+            verdict["resets"] == service["resets"],
+            "{what}: {id:?} resets {} ≠ {}",
+            verdict["resets"],
+            service["resets"]
+        );
+        ensure!(verdict["benign"] == service["benign"], "{what}: {id:?} benign");
+        for field in ["limit", "rst_ttl", "peer_ttl"] {
+            ensure!(
+                service[field].is_null() || verdict[field] == service[field],
+                "{what}: {id:?} {field} {} ≠ {}",
+                verdict[field],
+                service[field]
+            );
+        }
+        ensure!(verdict["text"].as_str().is_some_and(|t| !t.is_empty()), "{what}: {id:?} has no sentence");
+    }
+    let resets: Vec<u64> = verdicts.iter().map(|v| v["resets"].as_u64().unwrap_or(0)).collect();
+    ensure!(resets.windows(2).all(|w| w[0] >= w[1]), "{what}: verdicts not sorted by resets: {resets:?}");
+    Ok(())
+}
+
+/// `rstwatch replay` of the committed capture gives the verdicts its account says (no root:
+/// the same evidence code as a live run, fed from the capture).
+#[test]
+fn replay_of_the_committed_capture_names_each_cause() -> Result<()> {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../rst-userspace/tests/data");
+    let account: Value = serde_json::from_slice(&std::fs::read(data.join("verdict-lab.account.json"))?)?;
+    let output = std::process::Command::new(xtask::build::rstwatch_for_tests())
+        .args(["replay", "--format", "json"])
+        .arg(data.join("verdict-lab.cap"))
+        .output()
+        .context("running rstwatch replay")?;
+    ensure!(output.status.success(), "replay failed: {}", String::from_utf8_lossy(&output.stderr));
+    let summary = xtask::lab::summary_line(&String::from_utf8_lossy(&output.stdout))?;
+    check_verdicts("replay", &summary, &account)
 }
