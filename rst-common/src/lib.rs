@@ -19,6 +19,7 @@ macro_rules! wire_sizes {
     };
 }
 
+pub mod cause;
 pub mod cursor;
 pub mod diagnose;
 pub mod parse;
@@ -26,6 +27,7 @@ pub mod services;
 pub mod table;
 pub mod wire;
 
+pub use cause::Cause;
 pub use cursor::{Cursor, Header};
 pub use diagnose::{track, ConnTable, Tracked};
 pub use parse::{

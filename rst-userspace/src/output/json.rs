@@ -13,7 +13,6 @@ use crate::aggregate::{
         Middlebox, Run, Service, Side, Source, Totals, Unlisted, Verdict,
     },
 };
-use crate::verdict::Cause;
 
 fn ms(duration: std::time::Duration) -> f64 {
     duration.as_secs_f64() * 1e3
@@ -225,7 +224,7 @@ impl<'a> From<&'a KernelEvents> for KernelEventsRecord<'a> {
 /// One cause of one service's resets (`verdicts`): the `cause` values are a contract.
 #[derive(Serialize)]
 pub struct VerdictRecord {
-    cause: Cause,
+    cause: &'static str,
     /// The service (for `middlebox`, the address and port the forged resets claim).
     addr: IpAddr,
     port: u16,
@@ -246,7 +245,7 @@ impl From<&Verdict> for VerdictRecord {
         let Verdict { cause, service, resets, connections, limit, since_ms, rst_ttl, peer_ttl, unanswered, client } =
             verdict;
         VerdictRecord {
-            cause: *cause,
+            cause: cause.name(),
             addr: service.addr,
             port: service.port,
             resets: *resets,

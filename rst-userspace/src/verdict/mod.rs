@@ -13,58 +13,8 @@ mod text;
 use std::net::IpAddr;
 
 pub use evidence::{Evidence, ServiceSample};
-use serde::Serialize;
-
-/// Why a service's connections are reset. The serialized names are a contract.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Cause {
-    /// The service's host answers SYNs with RST+ACK and never accepted one in the run.
-    NoListener,
-    /// The service accepted connections, then refused (or stopped answering) new ones while
-    /// it held none open.
-    WentDown,
-    /// The service turns attempts away only while it holds at least `limit` connections open.
-    ConnectionLimit,
-    /// A side that had the connection answers a segment of it as a host that does not know
-    /// it: an RST without ACK mid-stream (restart, failover without state, a NAT timeout).
-    StateLost,
-    /// The RST's TTL is not the one its claimed sender's own packets arrive with.
-    Middlebox,
-    /// A stateful abort after data: RST+ACK in the window (SO_LINGER 0, close with unread data).
-    AppAbort,
-    /// One client opens and resets connections right after the handshake, at a steady pace.
-    HealthCheck,
-}
-
-impl Cause {
-    pub const ALL: [Cause; 7] = [
-        Cause::NoListener,
-        Cause::WentDown,
-        Cause::ConnectionLimit,
-        Cause::StateLost,
-        Cause::Middlebox,
-        Cause::AppAbort,
-        Cause::HealthCheck,
-    ];
-
-    pub const fn name(self) -> &'static str {
-        match self {
-            Cause::NoListener => "no_listener",
-            Cause::WentDown => "went_down",
-            Cause::ConnectionLimit => "connection_limit",
-            Cause::StateLost => "state_lost",
-            Cause::Middlebox => "middlebox",
-            Cause::AppAbort => "app_abort",
-            Cause::HealthCheck => "health_check",
-        }
-    }
-
-    /// Resets that are part of normal operation: kept out of the headline and the other causes.
-    pub const fn benign(self) -> bool {
-        matches!(self, Cause::HealthCheck)
-    }
-}
+/// The causes and their contract names live in rst-common, shared with the verdict lab.
+pub use rst_common::Cause;
 
 /// A server address and port: what a verdict is about. For [`Cause::Middlebox`], the address
 /// and port the forged RST claims.

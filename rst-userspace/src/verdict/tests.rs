@@ -281,18 +281,10 @@ fn evidence_stays_within_its_bound() {
 
 #[test]
 fn cause_names_are_the_contract() {
-    let names: Vec<String> = Cause::ALL
-        .iter()
-        .map(|c| serde_json::to_value(c).expect("serializes").as_str().unwrap_or("").to_owned())
-        .collect();
+    let names: Vec<&str> = Cause::ALL.iter().map(|c| c.name()).collect();
     assert_eq!(
         names,
         ["no_listener", "went_down", "connection_limit", "state_lost", "middlebox", "app_abort", "health_check"]
     );
-    assert!(
-        Cause::ALL
-            .iter()
-            .all(|c| serde_json::to_value(c).ok().and_then(|v| v.as_str().map(str::to_owned))
-                == Some(c.name().to_owned()))
-    );
+    assert_eq!(Cause::ALL.iter().filter(|c| c.benign()).collect::<Vec<_>>(), [&Cause::HealthCheck]);
 }

@@ -11,43 +11,19 @@ use serde_json::{json, Value};
 
 use crate::diag_lab::{End, Resetter, Rst, DEFAULT_TTL};
 
-/// Why a service's connections were reset, as rstwatch's `cause` names it (issue 18).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Cause {
-    NoListener,
-    WentDown,
-    ConnectionLimit,
-    StateLost,
-    Middlebox,
-    AppAbort,
-    HealthCheck,
+/// Why a service's connections were reset: the cause rstwatch must name (its own list, shared).
+pub use rst_common::Cause;
+
+/// What the lab needs to know of each cause to account for its RSTs.
+pub trait CauseOnTheWire {
+    /// Who puts this cause's RSTs on the wire.
+    fn resetter(self) -> Resetter;
+    /// Whether the cause's RSTs carry ACK.
+    fn rst_has_ack(self) -> bool;
 }
 
-impl Cause {
-    pub const ALL: [Cause; 7] = [
-        Cause::NoListener,
-        Cause::WentDown,
-        Cause::ConnectionLimit,
-        Cause::StateLost,
-        Cause::Middlebox,
-        Cause::AppAbort,
-        Cause::HealthCheck,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Cause::NoListener => "no_listener",
-            Cause::WentDown => "went_down",
-            Cause::ConnectionLimit => "connection_limit",
-            Cause::StateLost => "state_lost",
-            Cause::Middlebox => "middlebox",
-            Cause::AppAbort => "app_abort",
-            Cause::HealthCheck => "health_check",
-        }
-    }
-
-    /// Who puts this cause's RSTs on the wire.
-    pub fn resetter(self) -> Resetter {
+impl CauseOnTheWire for Cause {
+    fn resetter(self) -> Resetter {
         match self {
             Cause::Middlebox => Resetter::Router,
             Cause::HealthCheck => Resetter::Client,
@@ -60,12 +36,8 @@ impl Cause {
     /// Whether the cause's RSTs carry ACK. Only the standby answering a segment of a connection
     /// it never saw does not: it takes the segment's acknowledgement number as its sequence
     /// number instead (RFC 9293 3.10.7.1).
-    pub fn rst_has_ack(self) -> bool {
+    fn rst_has_ack(self) -> bool {
         self != Cause::StateLost
-    }
-
-    pub fn benign(self) -> bool {
-        self == Cause::HealthCheck
     }
 }
 
