@@ -13,6 +13,7 @@ use crate::aggregate::{
         Middlebox, Run, Service, Side, Source, Totals, Unlisted, Verdict,
     },
 };
+use crate::verdict::Detail;
 
 fn ms(duration: std::time::Duration) -> f64 {
     duration.as_secs_f64() * 1e3
@@ -242,9 +243,8 @@ pub struct VerdictRecord {
 
 impl From<&Verdict> for VerdictRecord {
     fn from(verdict: &Verdict) -> Self {
-        let Verdict { cause, service, resets, connections, limit, since_ms, rst_ttl, peer_ttl, unanswered, client } =
-            verdict;
-        VerdictRecord {
+        let Verdict { cause, service, resets, connections, detail } = verdict;
+        let mut record = VerdictRecord {
             cause: cause.name(),
             addr: service.addr,
             port: service.port,
@@ -252,13 +252,23 @@ impl From<&Verdict> for VerdictRecord {
             connections: *connections,
             text: verdict.text(),
             benign: verdict.benign(),
-            limit: *limit,
-            since_ms: *since_ms,
-            rst_ttl: *rst_ttl,
-            peer_ttl: *peer_ttl,
-            unanswered: *unanswered,
-            client: *client,
+            limit: None,
+            since_ms: None,
+            rst_ttl: None,
+            peer_ttl: None,
+            unanswered: 0,
+            client: None,
+        };
+        match *detail {
+            Detail::None => {}
+            Detail::Limit { open } => record.limit = Some(open),
+            Detail::Down { since_ms, unanswered } => {
+                (record.since_ms, record.unanswered) = (Some(since_ms), unanswered)
+            }
+            Detail::Forged { rst_ttl, peer_ttl } => (record.rst_ttl, record.peer_ttl) = (Some(rst_ttl), Some(peer_ttl)),
+            Detail::Checker { client } => record.client = Some(client),
         }
+        record
     }
 }
 

@@ -12,7 +12,7 @@ use std::{
 
 use rst_common::wire::{FlowKey, ResetClass, ResetKind};
 
-use super::{sort, Cause, ServiceAddr, Verdict};
+use super::{sort, Cause, Detail, ServiceAddr, Verdict};
 
 /// One service's handshake counts for one interval, as the tracker counted them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,6 +39,10 @@ struct Tally {
 }
 
 impl Tally {
+    fn counts(self) -> (u64, u64) {
+        (self.resets, self.connections)
+    }
+
     fn add(&mut self, other: Tally) {
         let Tally { resets, connections } = other;
         self.resets += resets;
@@ -393,42 +397,30 @@ impl Evidence {
         }
         let turned_away = genuine.get(&Act::TurnAway).copied().unwrap_or_default();
         if turned_away.resets > 0 && evidence.synacks == 0 {
-            let mut verdict = Verdict::new(Cause::NoListener, service);
-            (verdict.resets, verdict.connections) = (turned_away.resets, turned_away.connections);
-            out.push(verdict);
+            out.push(Verdict::new(Cause::NoListener, service, turned_away.counts(), Detail::None));
         }
         if let Some(down) = evidence.down {
             let (tally, unanswered) =
                 if whole_run { (down.turned_away, down.unanswered) } else { (turned_away, down.latest_unanswered) };
             if tally.resets > 0 || unanswered > 0 {
-                let mut verdict = Verdict::new(Cause::WentDown, service);
-                (verdict.resets, verdict.connections) = (tally.resets, tally.connections);
-                verdict.since_ms = Some(down.since_ms);
-                verdict.unanswered = unanswered;
-                out.push(verdict);
+                let detail = Detail::Down { since_ms: down.since_ms, unanswered };
+                out.push(Verdict::new(Cause::WentDown, service, tally.counts(), detail));
             }
         }
         if let (Some(limit), false) = (evidence.limit, evidence.limit_contradicted) {
             let tally = if whole_run { evidence.limit_turned_away } else { turned_away };
             if evidence.synacks > 0 && tally.resets > 0 {
-                let mut verdict = Verdict::new(Cause::ConnectionLimit, service);
-                (verdict.resets, verdict.connections) = (tally.resets, tally.connections);
-                verdict.limit = Some(limit);
-                out.push(verdict);
+                out.push(Verdict::new(Cause::ConnectionLimit, service, tally.counts(), Detail::Limit { open: limit }));
             }
         }
         for (act, cause) in [(Act::Stateless, Cause::StateLost), (Act::Abort, Cause::AppAbort)] {
             if let Some(tally) = genuine.get(&act).filter(|t| t.resets > 0) {
-                let mut verdict = Verdict::new(cause, service);
-                (verdict.resets, verdict.connections) = (tally.resets, tally.connections);
-                out.push(verdict);
+                out.push(Verdict::new(cause, service, tally.counts(), Detail::None));
             }
         }
         for ((claimed, rst_ttl, own_ttl), tally) in forged {
-            let mut verdict = Verdict::new(Cause::Middlebox, claimed);
-            (verdict.resets, verdict.connections) = (tally.resets, tally.connections);
-            (verdict.rst_ttl, verdict.peer_ttl) = (Some(rst_ttl), Some(own_ttl));
-            out.push(verdict);
+            let detail = Detail::Forged { rst_ttl, peer_ttl: own_ttl };
+            out.push(Verdict::new(Cause::Middlebox, claimed, tally.counts(), detail));
         }
     }
 }
@@ -446,10 +438,7 @@ fn health_check(client: IpAddr, service: ServiceAddr, pattern: &CheckPattern, ta
     if pattern.connections < MIN_CHECKS || !steady(&pattern.recent) {
         return None;
     }
-    let mut verdict = Verdict::new(Cause::HealthCheck, service);
-    (verdict.resets, verdict.connections) = (tally.resets, tally.connections);
-    verdict.client = Some(client);
-    Some(verdict)
+    Some(Verdict::new(Cause::HealthCheck, service, tally.counts(), Detail::Checker { client }))
 }
 
 /// Whether checks at `recent` (interval, connections) come at a steady pace.

@@ -33,34 +33,38 @@ pub struct Verdict {
     pub resets: u64,
     /// Connections those resets ended (or turned away).
     pub connections: u64,
+    pub detail: Detail,
+}
+
+/// What a cause adds to its counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Detail {
+    None,
     /// [`Cause::ConnectionLimit`]: the open connections at which the service turns attempts away.
-    pub limit: Option<u64>,
+    Limit {
+        open: u64,
+    },
     /// [`Cause::WentDown`]: ms since the run started of the interval of the first refusal (or
-    /// unanswered attempt) after the last accepted connection.
-    pub since_ms: Option<u64>,
+    /// unanswered attempt) after the last accepted connection, and the attempts after it that
+    /// got no answer at all.
+    Down {
+        since_ms: u64,
+        unanswered: u64,
+    },
     /// [`Cause::Middlebox`]: the TTL the forged resets carry and the one the host's own do.
-    pub rst_ttl: Option<u8>,
-    pub peer_ttl: Option<u8>,
-    /// [`Cause::WentDown`]: attempts after the last accept that got no answer at all.
-    pub unanswered: u64,
+    Forged {
+        rst_ttl: u8,
+        peer_ttl: u8,
+    },
     /// [`Cause::HealthCheck`]: the client that checks.
-    pub client: Option<IpAddr>,
+    Checker {
+        client: IpAddr,
+    },
 }
 
 impl Verdict {
-    fn new(cause: Cause, service: ServiceAddr) -> Self {
-        Verdict {
-            cause,
-            service,
-            resets: 0,
-            connections: 0,
-            limit: None,
-            since_ms: None,
-            rst_ttl: None,
-            peer_ttl: None,
-            unanswered: 0,
-            client: None,
-        }
+    fn new(cause: Cause, service: ServiceAddr, (resets, connections): (u64, u64), detail: Detail) -> Self {
+        Verdict { cause, service, resets, connections, detail }
     }
 
     pub fn benign(&self) -> bool {

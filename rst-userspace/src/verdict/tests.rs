@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use rst_common::wire::{FlowKey, ResetClass, ResetKind, DIRECTION_RX, FAMILY_IPV4, IPPROTO_TCP};
 
-use super::{Cause, Evidence, ServiceAddr, ServiceSample, Verdict};
+use super::{Cause, Detail, Evidence, ServiceAddr, ServiceSample, Verdict};
 
 const IFINDEX: u32 = 7;
 const CLIENT: [u8; 4] = [10, 0, 1, 5];
@@ -59,6 +59,13 @@ fn feed(evidence: &mut Evidence, start_ms: u64, services: &[ServiceSample], flow
     evidence.interval(start_ms, services, flows.iter().map(|key| (key, 1)));
 }
 
+/// The verdicts of one interval with these flow entries and no handshakes.
+fn verdicts_of(flows: &[FlowKey]) -> Vec<Verdict> {
+    let mut evidence = Evidence::new(64);
+    feed(&mut evidence, 0, &[], flows);
+    evidence.verdicts()
+}
+
 fn causes(verdicts: &[Verdict]) -> Vec<(Cause, u16, u64)> {
     let mut causes: Vec<_> = verdicts.iter().map(|v| (v.cause, v.service.port, v.resets)).collect();
     causes.sort();
@@ -87,8 +94,7 @@ fn a_service_that_accepted_then_refuses_with_nothing_open_went_down() {
     feed(&mut evidence, 1_000, &[down], &flows);
     let verdicts = evidence.verdicts();
     assert_eq!(causes(&verdicts), [(Cause::WentDown, 443, 4)]);
-    assert_eq!(verdicts[0].since_ms, Some(1_000));
-    assert_eq!(verdicts[0].unanswered, 2, "six attempts, four refused");
+    assert_eq!(verdicts[0].detail, Detail::Down { since_ms: 1_000, unanswered: 2 }, "six attempts, four refused");
     assert!(verdicts[0].text().contains("went down 1.0 s into the run"), "{}", verdicts[0].text());
 }
 
@@ -110,7 +116,7 @@ fn a_service_that_stops_answering_went_down_without_resets() {
     feed(&mut evidence, 1_000, &[handshakes(443, 3, 0)], &[]);
     let verdicts = evidence.verdicts();
     assert_eq!(causes(&verdicts), [(Cause::WentDown, 443, 0)]);
-    assert_eq!(verdicts[0].unanswered, 3);
+    assert_eq!(verdicts[0].detail, Detail::Down { since_ms: 1_000, unanswered: 3 });
 }
 
 #[test]
@@ -122,7 +128,7 @@ fn turn_aways_while_connections_are_held_are_a_limit() {
     feed(&mut evidence, 1_000, &[still_full], &[refusal(443, 42_002)]);
     let verdicts = evidence.verdicts();
     assert_eq!(causes(&verdicts), [(Cause::ConnectionLimit, 443, 3)], "held connections: not down");
-    assert_eq!(verdicts[0].limit, Some(4));
+    assert_eq!(verdicts[0].detail, Detail::Limit { open: 4 });
     assert!(verdicts[0].text().contains("turns connections away at ~4 open (3 turned away)"), "{}", verdicts[0].text());
 }
 
@@ -135,7 +141,7 @@ fn a_limit_that_moves_reports_the_latest() {
     feed(&mut evidence, 1_000, &[at_six], &[refusal(443, 42_001)]);
     let verdicts = evidence.verdicts();
     assert_eq!(causes(&verdicts), [(Cause::ConnectionLimit, 443, 2)]);
-    assert_eq!(verdicts[0].limit, Some(6));
+    assert_eq!(verdicts[0].detail, Detail::Limit { open: 6 });
 }
 
 #[test]
@@ -156,30 +162,22 @@ fn without_open_counts_neither_down_nor_limit_is_claimed() {
 
 #[test]
 fn an_rst_without_ack_mid_stream_is_lost_state() {
-    let mut evidence = Evidence::new(64);
     let lost = rst(ResetKind::Established, true, false, 443, 43_000, (64, 64));
-    feed(&mut evidence, 0, &[], &[lost]);
-    assert_eq!(causes(&evidence.verdicts()), [(Cause::StateLost, 443, 1)]);
+    assert_eq!(causes(&verdicts_of(&[lost])), [(Cause::StateLost, 443, 1)]);
 }
 
 #[test]
 fn a_single_abort_after_data_is_an_app_abort() {
-    let mut evidence = Evidence::new(64);
-    let abort = rst(ResetKind::Established, true, true, 443, 43_000, (64, 64));
-    feed(&mut evidence, 0, &[], &[abort]);
-    let verdicts = evidence.verdicts();
+    let verdicts = verdicts_of(&[rst(ResetKind::Established, true, true, 443, 43_000, (64, 64))]);
     assert_eq!(causes(&verdicts), [(Cause::AppAbort, 443, 1)]);
     assert!(verdicts[0].text().contains("1 connection to 10.0.2.10:443 aborted"), "{}", verdicts[0].text());
 }
 
 #[test]
 fn a_reset_whose_ttl_is_not_its_senders_is_forged() {
-    let mut evidence = Evidence::new(64);
-    let forged = rst(ResetKind::Established, true, true, 443, 43_000, (250, 60));
-    feed(&mut evidence, 0, &[], &[forged]);
-    let verdicts = evidence.verdicts();
+    let verdicts = verdicts_of(&[rst(ResetKind::Established, true, true, 443, 43_000, (250, 60))]);
     assert_eq!(causes(&verdicts), [(Cause::Middlebox, 443, 1)], "not an abort as well");
-    assert_eq!((verdicts[0].rst_ttl, verdicts[0].peer_ttl), (Some(250), Some(60)));
+    assert_eq!(verdicts[0].detail, Detail::Forged { rst_ttl: 250, peer_ttl: 60 });
 }
 
 #[test]
@@ -196,7 +194,7 @@ fn refusals_forged_for_a_host_are_caught_by_its_own_ttl() {
     );
     let verdicts = evidence.verdicts();
     assert_eq!(causes(&verdicts), [(Cause::Middlebox, 444, 3)], "no listener would be a wrong verdict");
-    assert_eq!((verdicts[0].rst_ttl, verdicts[0].peer_ttl), (Some(64), Some(127)));
+    assert_eq!(verdicts[0].detail, Detail::Forged { rst_ttl: 64, peer_ttl: 127 });
     assert!(
         verdicts[0]
             .text()
@@ -222,7 +220,7 @@ fn steady_resets_after_the_handshake_are_a_health_check() {
         assert_eq!(verdicts.len(), 1, "every {every}: {verdicts:?}");
         assert_eq!(verdicts[0].cause, Cause::HealthCheck);
         assert!(verdicts[0].benign());
-        assert_eq!(verdicts[0].client, Some(ip(CLIENT)));
+        assert_eq!(verdicts[0].detail, Detail::Checker { client: ip(CLIENT) });
     }
 }
 
