@@ -348,7 +348,12 @@ impl Evidence {
     pub fn interval_verdicts(&self) -> Vec<Verdict> {
         let mut verdicts = Vec::new();
         for (service, evidence) in &self.services {
-            self.service_verdicts(*service, evidence, &evidence.latest, false, &mut verdicts);
+            // Most services are quiet in any one interval: only those with something new are
+            // weighed again, so an interval costs what it brought, not what the run holds.
+            let quiet = evidence.latest.is_empty() && evidence.down.is_none_or(|down| down.latest_unanswered == 0);
+            if !quiet {
+                self.service_verdicts(*service, evidence, &evidence.latest, false, &mut verdicts);
+            }
         }
         for ((client, service), pattern) in &self.checks {
             if pattern.latest.resets == 0 {
