@@ -1,22 +1,14 @@
 //! A verdict in the words a tired on-call person reads.
 
-use std::net::IpAddr;
-
-use super::{Cause, Detail, ServiceAddr, Verdict};
-
-fn endpoint(service: ServiceAddr) -> String {
-    match service.addr {
-        IpAddr::V4(addr) => format!("{addr}:{}", service.port),
-        IpAddr::V6(addr) => format!("[{addr}]:{}", service.port),
-    }
-}
+use super::{Cause, Detail, Verdict};
+use crate::aggregate::model::endpoint;
 
 fn plural(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
 pub(super) fn sentence(verdict: &Verdict) -> String {
-    let service = endpoint(verdict.service);
+    let service = endpoint(verdict.service.addr, verdict.service.port);
     let resets = verdict.resets;
     match (verdict.cause, verdict.detail) {
         (Cause::NoListener, _) => format!(
