@@ -686,4 +686,21 @@ fn replay_classifies_and_ranks_services() {
         screen.lines().any(|l| l.contains("192.0.2.80:81") && l.contains("100%") && l.contains("refused 3")),
         "{screen}"
     );
+    // Every connection was reset once: the table folds them by client host, `--by flow` does not.
+    let summary_part = screen.split("SUMMARY").nth(1).expect("a summary");
+    assert!(summary_part.contains("TOP CONVERSATIONS"), "{screen}");
+    assert!(
+        summary_part.lines().any(|l| l.contains("192.0.2.80:81 → 192.0.2.1 ")
+            && l.contains("3 connections")
+            && l.contains("rx refused by the server")),
+        "{screen}"
+    );
+    assert!(!summary_part.contains(":40001"), "no ephemeral-port lines when folded: {screen}");
+    let raw = rstwatch(&["replay", "--by", "flow", file]);
+    assert!(raw.status.success(), "{}", text(&raw.stderr));
+    let raw = text(&raw.stdout);
+    assert!(!raw.contains("CONVERSATIONS"), "{raw}");
+    for port in [40001, 40002, 40003, 40004] {
+        assert!(raw.contains(&format!("192.0.2.1:{port}")), "--by flow lists every flow: {raw}");
+    }
 }

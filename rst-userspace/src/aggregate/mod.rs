@@ -2,6 +2,7 @@
 //! to, over an interval and over the run, joined with the kernel's reasons; ranked in
 //! [`rank`], explained in words in [`diagnosis`].
 
+pub mod conversation;
 pub mod diagnosis;
 pub mod model;
 pub mod rank;
@@ -261,6 +262,10 @@ impl Aggregator {
         interval.services.truncate(self.top);
         interval.destinations = rank::destinations(flows.iter());
         interval.destinations.truncate(self.top);
+        interval.conversations = conversation::conversations(flows.iter(), |ifindex| self.iface_name(ifindex));
+        if let Some(list) = &mut interval.conversations {
+            list.truncate(self.top);
+        }
         interval
     }
 
@@ -324,6 +329,7 @@ impl Aggregator {
             services: Vec::new(),
             destinations: Vec::new(),
             verdicts: self.evidence.interval_verdicts(),
+            conversations: None,
         };
         self.interval_flows = interval;
         record
@@ -378,6 +384,7 @@ impl Aggregator {
             services: self.service_records(self.services.iter(), self.flows.iter()),
             kernel_events,
             verdicts: self.evidence.verdicts(),
+            conversations: conversation::conversations(self.flows.iter(), |ifindex| self.iface_name(ifindex)),
         }
     }
 

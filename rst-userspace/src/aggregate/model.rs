@@ -73,7 +73,7 @@ impl Direction {
 }
 
 /// The role of the RSTs' sender in the connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Side {
     /// It sent the SYN.
     Client,
@@ -370,12 +370,58 @@ pub struct Interval {
     pub destinations: Vec<Destination>,
     /// The causes that held for this interval, counting its resets only.
     pub verdicts: Vec<Verdict>,
+    /// All of the interval's flows folded by conversation (top N), when most were reset once.
+    pub conversations: Option<Vec<Conversation>>,
 }
 
 impl Interval {
     pub fn rate(&self) -> f64 {
         per_second(self.totals.resets, self.elapsed)
     }
+}
+
+/// One end of a conversation: a service (address and port) or a client host (its ports vary).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Endpoint {
+    pub addr: IpAddr,
+    pub port: Option<u16>,
+}
+
+impl Endpoint {
+    pub const fn service(addr: IpAddr, port: u16) -> Self {
+        Endpoint { addr, port: Some(port) }
+    }
+
+    pub const fn host(addr: IpAddr) -> Self {
+        Endpoint { addr, port: None }
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.port {
+            Some(port) => f.write_str(&endpoint(self.addr, port)),
+            None => write!(f, "{}", self.addr),
+        }
+    }
+}
+
+/// Flows between a service and one client host, whichever client ports they used: what the
+/// table lists when most connections were reset once (see `aggregate::conversation`).
+#[derive(Debug, Clone)]
+pub struct Conversation {
+    pub iface: String,
+    pub direction: Direction,
+    /// The role of the RSTs' sender.
+    pub side: Side,
+    pub sender: Endpoint,
+    pub receiver: Endpoint,
+    /// Flows folded in: one per connection (client port).
+    pub connections: u64,
+    pub resets: u64,
+    pub kinds: KindCounts,
+    /// Connections in which this side's RST came first.
+    pub first: u64,
 }
 
 /// The whole run: every flow (up to `--summary-flows`), every source, cumulative.
@@ -396,6 +442,8 @@ pub struct Run {
     pub kernel_events: KernelEvents,
     /// What is causing the resets, per service, most resets first.
     pub verdicts: Vec<Verdict>,
+    /// The flows folded by conversation, when most were reset once.
+    pub conversations: Option<Vec<Conversation>>,
 }
 
 pub fn per_second(count: u64, elapsed: Duration) -> f64 {

@@ -310,6 +310,8 @@ impl<'a> From<&'a Interval> for IntervalRecord<'a> {
             services,
             destinations,
             verdicts,
+            // The table's folding; the JSON lists every flow as it is.
+            conversations: _,
         } = interval;
         IntervalRecord {
             kind: "interval",
@@ -367,6 +369,7 @@ impl<'a> From<&'a Run> for SummaryRecord<'a> {
             services,
             kernel_events,
             verdicts,
+            conversations: _,
         } = run;
         SummaryRecord {
             kind: "summary",

@@ -5,7 +5,7 @@ use std::io::{self, Write};
 use crate::{
     aggregate::{
         diagnosis,
-        model::{endpoint, per_second, Destination, Flow, Interval, Run, Service, Source, Totals},
+        model::{endpoint, per_second, Conversation, Destination, Flow, Interval, Run, Service, Source, Totals},
         rank::ROW_DETAIL,
     },
     view::View,
@@ -46,7 +46,10 @@ impl<W: Write> TablePrinter<W> {
             writeln!(self.out, "   no resets")?;
         } else {
             self.ranking(&record.sources, &record.destinations, &record.services)?;
-            self.flows_table(&record.flows, "TOP FLOWS")?;
+            match self.folded(&record.conversations) {
+                Some(conversations) => self.conversations_table(conversations, "TOP CONVERSATIONS")?,
+                None => self.flows_table(&record.flows, "TOP FLOWS")?,
+            }
         }
         self.out.flush()
     }
@@ -85,7 +88,16 @@ impl<W: Write> TablePrinter<W> {
             }
             let sources = &run.sources[..run.sources.len().min(self.top)];
             self.ranking(sources, &run.destinations, &run.services)?;
-            self.flows_table(&run.flows[..run.flows.len().min(self.top)], "TOP FLOWS (whole run)")?;
+            let (listed, unit) = match self.folded(&run.conversations) {
+                Some(list) => {
+                    self.conversations_table(&list[..list.len().min(self.top)], "TOP CONVERSATIONS (whole run)")?;
+                    (list.len(), "conversations")
+                }
+                None => {
+                    self.flows_table(&run.flows[..run.flows.len().min(self.top)], "TOP FLOWS (whole run)")?;
+                    (run.flows.len(), "flows")
+                }
+            };
             if run.unlisted.resets > 0 {
                 writeln!(
                     self.out,
@@ -93,8 +105,8 @@ impl<W: Write> TablePrinter<W> {
                     run.unlisted.resets
                 )?;
             }
-            if run.flows.len() > self.top {
-                writeln!(self.out, "   … {} more flows (--format json lists every flow)", run.flows.len() - self.top)?;
+            if listed > self.top {
+                writeln!(self.out, "   … {} more {unit} (--format json lists every flow)", listed - self.top)?;
             }
         }
         self.out.flush()
@@ -191,6 +203,40 @@ impl<W: Write> TablePrinter<W> {
                 service.refused,
                 service.refused_share,
                 kinds.join(", ")
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The conversations to list instead of the flows: `--by flow` always asks for the flows.
+    fn folded<'a>(&self, conversations: &'a Option<Vec<Conversation>>) -> Option<&'a [Conversation]> {
+        conversations.as_deref().filter(|_| self.by != View::Flow)
+    }
+
+    fn conversations_table(&mut self, conversations: &[Conversation], title: &str) -> io::Result<()> {
+        let rows: Vec<(String, String, &Conversation)> =
+            conversations.iter().map(|c| (c.sender.to_string(), c.receiver.to_string(), c)).collect();
+        let iface_width = conversations.iter().map(|c| c.iface.len()).max().unwrap_or(0).max(5);
+        let sender_width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+        let receiver_width = rows.iter().map(|r| r.1.len()).max().unwrap_or(0);
+        writeln!(self.out, "   {title} (flows folded by client host; --by flow lists each)")?;
+        for (sender, receiver, conversation) in &rows {
+            let kinds: Vec<&str> = conversation.kinds.present().map(|(kind, _)| kind.name()).collect();
+            let connections = match conversation.connections {
+                1 => "1 connection".to_owned(),
+                n => format!("{n} connections"),
+            };
+            let mut notes =
+                format!("{} {} by the {}", conversation.direction.name(), kinds.join("+"), conversation.side.name());
+            if conversation.first == conversation.connections {
+                notes.push_str(", first");
+            } else if conversation.first > 0 {
+                notes.push_str(&format!(", first in {}", conversation.first));
+            }
+            writeln!(
+                self.out,
+                "   {:<iface_width$}  {:>sender_width$} → {:<receiver_width$} {:>9}  {connections:<16} {notes}",
+                conversation.iface, sender, receiver, conversation.resets
             )?;
         }
         Ok(())

@@ -207,6 +207,7 @@ mod tests {
             services: vec![],
             destinations: vec![],
             verdicts: vec![],
+            conversations: None,
         }
     }
 
