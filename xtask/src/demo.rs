@@ -233,6 +233,13 @@ fn print_report(report: &traffic::Report) {
         println!("  {:<17} {resets:>6} RSTs over {flows} flows", src.to_string());
     }
     println!("  (the balancer kept {held} connections and closed them cleanly)");
+    println!("  causes (rstwatch's ▶ lines should name the first two and nothing else):");
+    println!("    {:<17} connection_limit at ~{BALANCER_LIMIT} open", VIP.to_string());
+    println!("    {:<17} no_listener", APP.to_string());
+    println!(
+        "    {:<17} none: each connection reset right after its handshake, no data, nothing held — no clear cause",
+        ABORTER.to_string()
+    );
     for e in &report.errors {
         println!("  unexpected: {e}");
     }

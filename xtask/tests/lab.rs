@@ -333,6 +333,16 @@ fn counts_client_resets_on_the_server_side() -> Result<()> {
         from_server,
         "TC egress on the server side must count exactly the server's own resets"
     );
+    // The balancer accepts every handshake and resets what is over its two: a connection limit
+    // of two, from the server's own veth, and no other cause for that service.
+    let verdicts = summary["verdicts"].as_array().context("verdicts")?;
+    let balancer: Vec<&Value> = verdicts.iter().filter(|v| v["addr"] == S4 && v["port"] == 443).collect();
+    assert_eq!(balancer.len(), 1, "one cause for the balancer: {verdicts:?}");
+    assert_eq!(
+        (balancer[0]["cause"].as_str(), balancer[0]["limit"].as_u64(), balancer[0]["resets"].as_u64()),
+        (Some("connection_limit"), Some(2), Some(kept_then_full + all_turned_away)),
+        "{verdicts:?}"
+    );
     assert_detached(&hosts.server_if)
 }
 

@@ -100,6 +100,8 @@ struct ServiceEvidence {
     limit_contradicted: bool,
     /// This interval's turn-aways (all TTLs), for the down/limit rules at its end.
     interval_turned_away: Tally,
+    /// Some of them reset a connection right after its handshake (not refused at the SYN).
+    interval_reset_after_accept: bool,
     interval: ServiceSampleSum,
     /// The resets of each cause in the latest interval (for the interval's verdicts).
     latest: BTreeMap<Bucket, Tally>,
@@ -166,6 +168,7 @@ impl Evidence {
         for evidence in self.services.values_mut() {
             evidence.interval = ServiceSampleSum::default();
             evidence.interval_turned_away = Tally::default();
+            evidence.interval_reset_after_accept = false;
             evidence.latest.clear();
         }
         for pattern in self.checks.values_mut() {
@@ -250,6 +253,7 @@ impl Evidence {
         evidence.latest.entry(bucket).or_default().add(tally);
         if act == Act::TurnAway {
             evidence.interval_turned_away.add(tally);
+            evidence.interval_reset_after_accept |= class.kind() == ResetKind::Handshake;
         }
     }
 
@@ -287,7 +291,12 @@ impl Evidence {
             if turned_away.resets > 0 {
                 match open_at_turnaway {
                     Some((min_open, _)) if min_open > 0 => {
-                        let below_every_accept = open_at_accept.is_none_or(|accept| accept < min_open);
+                        // A balancer that accepts and then resets what is over its limit had the
+                        // N held connections open at that connection's own accept too: an accept
+                        // at N is then the turned-away one's, only one above N contradicts.
+                        let reset_after_accept = evidence.interval_reset_after_accept;
+                        let below_every_accept = open_at_accept
+                            .is_none_or(|accept| accept < min_open || (reset_after_accept && accept == min_open));
                         if below_every_accept {
                             evidence.limit_turned_away.add(turned_away);
                             evidence.limit = Some(min_open);

@@ -132,6 +132,28 @@ fn turn_aways_while_connections_are_held_are_a_limit() {
     assert!(verdicts[0].text().contains("turns connections away at ~4 open (3 turned away)"), "{}", verdicts[0].text());
 }
 
+/// A balancer that accepts every handshake and resets the ones over its limit: the turned-away
+/// connection's own accept happened with the held ones open, at the same count as its reset.
+#[test]
+fn resets_right_after_accepts_at_the_held_count_are_a_limit() {
+    let mut evidence = Evidence::new(64);
+    let full = ServiceSample { open_at_accept: Some(6), open_at_turnaway: Some((6, 6)), ..handshakes(443, 9, 9) };
+    let reset = |client_port| rst(ResetKind::Handshake, true, true, 443, client_port, (64, 64));
+    feed(&mut evidence, 0, &[full], &[reset(42_000), reset(42_001), reset(42_002)]);
+    let verdicts = evidence.verdicts();
+    assert_eq!(causes(&verdicts), [(Cause::ConnectionLimit, 443, 3)]);
+    assert_eq!(verdicts[0].detail, Detail::Limit { open: 6 });
+    // Refused at the SYN, the same counts mean an accept with six open: no limit of six.
+    let mut evidence = Evidence::new(64);
+    feed(&mut evidence, 0, &[full], &[refusal(443, 42_000), refusal(443, 42_001)]);
+    assert_eq!(causes(&evidence.verdicts()), []);
+    // One accept above the resets' count contradicts it whatever the kind.
+    let mut evidence = Evidence::new(64);
+    let above = ServiceSample { open_at_accept: Some(7), ..full };
+    feed(&mut evidence, 0, &[above], &[reset(42_000)]);
+    assert_eq!(causes(&evidence.verdicts()), []);
+}
+
 #[test]
 fn a_limit_that_moves_reports_the_latest() {
     let mut evidence = Evidence::new(64);
