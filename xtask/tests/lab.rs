@@ -9,11 +9,10 @@ use std::{
     net::{IpAddr, SocketAddr},
     path::PathBuf,
     process::Command,
-    sync::atomic::{AtomicU32, Ordering},
     time::Duration,
 };
 
-use anyhow::{bail, ensure, Context as _, Result};
+use anyhow::{ensure, Context as _, Result};
 use serde_json::Value;
 use xtask::lab::{Finished, Iface, Netns, Proc, TwoHosts};
 
@@ -161,89 +160,22 @@ fn assert_refused(fin: &Finished, needle: &str, iface: &Iface) -> Result<()> {
     assert_detached(iface)
 }
 
-static CAPTURES: AtomicU32 = AtomicU32::new(0);
-
-/// tcpdump on `iface`, writing every TCP frame to a file of its own.
-struct Capture {
-    proc: Proc,
-    path: PathBuf,
-}
+/// tcpdump on `iface` (the diagnosis lab's witness), counting resets per directional flow.
+struct Capture(xtask::diag_lab::Capture);
 
 impl Capture {
     fn start(iface: &Iface) -> Result<Capture> {
-        let n = CAPTURES.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("rstwatch-lab-{}-{n}.pcap", std::process::id()));
-        let mut cmd = iface.ns.exec("tcpdump");
-        cmd.args(["-i", &iface.name, "-nn", "-U", "-Z", "root", "-w"]).arg(&path).arg("tcp");
-        let mut proc = Proc::spawn(&mut cmd)?;
-        proc.wait_for_stderr("listening on", START_TIMEOUT)?;
-        Ok(Capture { proc, path })
+        xtask::diag_lab::Capture::start(iface).map(Capture)
     }
 
-    /// Stops the capture and counts resets per directional flow.
     fn resets(self) -> Result<BTreeMap<FlowKey, u64>> {
-        self.proc.signal(libc::SIGINT)?;
-        let fin = self.proc.finish(EXIT_TIMEOUT)?;
-        ensure!(fin.status.success(), "tcpdump failed ({}): {}", fin.status, fin.stderr);
-        let bytes = std::fs::read(&self.path).with_context(|| format!("reading {}", self.path.display()))?;
-        let _ = std::fs::remove_file(&self.path);
-        pcap_resets(&bytes)
+        let mut flows = BTreeMap::new();
+        for segment in self.0.stop()?.iter().filter(|s| s.has(xtask::diag_lab::RST)) {
+            *flows.entry((segment.src.ip(), segment.src.port(), segment.dst.ip(), segment.dst.port())).or_insert(0) +=
+                1;
+        }
+        Ok(flows)
     }
-}
-
-/// A small pcap reader (Ethernet, IPv4/IPv6 without extension headers, TCP): only what tcpdump
-/// writes for a veth.
-fn pcap_resets(bytes: &[u8]) -> Result<BTreeMap<FlowKey, u64>> {
-    ensure!(bytes.len() >= 24, "pcap too short");
-    let le = match bytes[..4] {
-        [0xd4, 0xc3, 0xb2, 0xa1] | [0x4d, 0x3c, 0xb2, 0xa1] => true,
-        [0xa1, 0xb2, 0xc3, 0xd4] | [0xa1, 0xb2, 0x3c, 0x4d] => false,
-        _ => bail!("not a pcap file"),
-    };
-    let u32_at = |b: &[u8], at: usize| {
-        let w = [b[at], b[at + 1], b[at + 2], b[at + 3]];
-        if le {
-            u32::from_le_bytes(w)
-        } else {
-            u32::from_be_bytes(w)
-        }
-    };
-    ensure!(u32_at(bytes, 20) == 1, "link type {} is not Ethernet", u32_at(bytes, 20));
-    let mut flows = BTreeMap::new();
-    let mut at = 24;
-    while at + 16 <= bytes.len() {
-        let len = usize::try_from(u32_at(bytes, at + 8))?;
-        let frame = bytes.get(at + 16..at + 16 + len).context("truncated pcap record")?;
-        at += 16 + len;
-        let be16 = |b: &[u8], i: usize| u16::from_be_bytes([b[i], b[i + 1]]);
-        if frame.len() < 14 {
-            continue;
-        }
-        let (src, dst, tcp) = match be16(frame, 12) {
-            0x0800 => {
-                let ip4 = &frame[14..];
-                let ihl = usize::from(ip4[0] & 0x0f) * 4;
-                if ip4[9] != 6 {
-                    continue;
-                }
-                let a = |i: usize| IpAddr::from([ip4[i], ip4[i + 1], ip4[i + 2], ip4[i + 3]]);
-                (a(12), a(16), &ip4[ihl..])
-            }
-            0x86dd => {
-                let ip6 = &frame[14..];
-                if ip6[6] != 6 {
-                    continue;
-                }
-                let a = |i: usize| -> Result<IpAddr> { Ok(IpAddr::from(<[u8; 16]>::try_from(&ip6[i..i + 16])?)) };
-                (a(8)?, a(24)?, &ip6[40..])
-            }
-            _ => continue,
-        };
-        if tcp.len() >= 14 && tcp[13] & 0x04 != 0 {
-            *flows.entry((src, be16(tcp, 0), dst, be16(tcp, 2))).or_insert(0) += 1;
-        }
-    }
-    Ok(flows)
 }
 
 fn refused_and_aborted_steps() -> Vec<String> {
