@@ -73,11 +73,10 @@ pub fn kubernetes_validate_path() -> std::path::PathBuf {
 fn kubernetes_validate() -> Result<()> {
     let item = format!("kubernetes-validate {KUBERNETES_VALIDATE_VERSION}");
     let path = kubernetes_validate_path();
-    let version = cmd::capture(
-        Command::new("python3").args(["-m", "kubernetes_validate", "--version"]).env("PYTHONPATH", &path),
-    )
-    .ok()
-    .filter(|o| o.status.success());
+    let version =
+        cmd::capture(Command::new("python3").args(["-m", "kubernetes_validate", "--version"]).env("PYTHONPATH", &path))
+            .ok()
+            .filter(|o| o.status.success());
     if version.is_some_and(|o| String::from_utf8_lossy(&o.stdout).trim() == KUBERNETES_VALIDATE_VERSION) {
         report(&item, "ok");
         return Ok(());

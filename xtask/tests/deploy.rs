@@ -90,13 +90,29 @@ fn the_rule_unit_tests_catch_broken_alerts() -> Result<()> {
     }
     let breakages = [
         // Fires on any service with attempts, the healthy and the health-checked too.
-        ("rstwatch:refused_share:ratio_rate5m > 0.5", "rstwatch:refused_share:ratio_rate5m >= 0", "RstwatchServiceRefusing"),
+        (
+            "rstwatch:refused_share:ratio_rate5m > 0.5",
+            "rstwatch:refused_share:ratio_rate5m >= 0",
+            "RstwatchServiceRefusing",
+        ),
         // Counts health checks' resets as a surge.
-        ("rstwatch:unexplained_resets:rate10m\n            > 3", "sum by (instance) (rate(rstwatch_resets_total[10m]))\n            > 3", "RstwatchResetSurge"),
+        (
+            "rstwatch:unexplained_resets:rate10m\n            > 3",
+            "sum by (instance) (rate(rstwatch_resets_total[10m]))\n            > 3",
+            "RstwatchResetSurge",
+        ),
         // A service nobody calls any more is not down.
-        ("and on (addr, port) sum by (addr, port) (increase(rstwatch_attempts_by_service_total[5m])) > 0", "", "RstwatchServiceDown"),
+        (
+            "and on (addr, port) sum by (addr, port) (increase(rstwatch_attempts_by_service_total[5m])) > 0",
+            "",
+            "RstwatchServiceDown",
+        ),
         ("rstwatch:middlebox_resets:rate5m > 0.1", "rstwatch:middlebox_resets:rate5m >= 0", "RstwatchMiddleboxResets"),
-        ("max by (instance) (rstwatch_flow_table_fill_ratio) > 0.9", "max by (instance) (rstwatch_flow_table_fill_ratio) > 0.2", "RstwatchOverflow"),
+        (
+            "max by (instance) (rstwatch_flow_table_fill_ratio) > 0.9",
+            "max by (instance) (rstwatch_flow_table_fill_ratio) > 0.2",
+            "RstwatchOverflow",
+        ),
         ("up{job=~\".*rstwatch.*\"} == 0", "up{job=~\".*rstwatch.*\"} >= 0", "RstwatchInstanceDown"),
     ];
     for (n, (from, to, alert)) in breakages.iter().enumerate() {
@@ -146,7 +162,10 @@ fn the_daemonset_validates_against_the_kubernetes_schemas() -> Result<()> {
     assert_eq!(pod["metadata"]["annotations"]["prometheus.io/port"], port, "scrape annotation");
     assert_eq!(pod["metadata"]["annotations"]["prometheus.io/scrape"], "true");
     let ports = container["ports"].as_array().context("ports")?;
-    assert!(ports.iter().any(|p| p["name"] == "metrics" && p["containerPort"].to_string() == port), "{ports:?}");
+    assert!(
+        ports.iter().any(|p| p["name"] == "metrics" && p["containerPort"].as_u64() == port.parse().ok()),
+        "{ports:?}"
+    );
     assert_eq!(container["securityContext"]["privileged"], false);
     Ok(())
 }
