@@ -343,3 +343,90 @@ fn prometheus_ranks_the_fleet_from_three_rstwatch_with_the_shipped_rules() -> Re
     }
     Ok(())
 }
+
+/// rstwatch's own exposition, scraped from inside `ns`: the number of series of each metric.
+fn series_of(ns: &Netns, port: u16) -> Result<BTreeMap<String, usize>> {
+    let text = get(ns, port, "/metrics")?;
+    let mut series = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        let name = line.split(['{', ' ']).next().unwrap_or_default();
+        *series.entry(name.to_owned()).or_default() += 1;
+    }
+    Ok(series)
+}
+
+/// Checks one rstwatch's series against the bound and returns the total.
+fn within_bound(what: &str, series: &BTreeMap<String, usize>) -> usize {
+    let total: usize = series.values().sum();
+    let reasons = series.get("rstwatch_kernel_resets_total").copied().unwrap_or(0);
+    let programs = series.get("rstwatch_program_run_seconds_per_packet").copied().unwrap_or(0);
+    let bound = series_bound(1, TOP, reasons, programs);
+    eprintln!("{what}: {total} series (bound {bound} with --top {TOP}, {reasons} kernel reasons, {programs} programs)");
+    assert!(total <= bound, "{what}: {total} series over the bound {bound}: {series:?}");
+    total
+}
+
+/// The series bound holds when it is pushed: a flood of distinct flows (most of them new every
+/// interval) and a port scan (a new service per port) fill the per-resetter and per-service
+/// slots, and nothing grows past them.
+#[test]
+fn series_stay_under_the_bound_idle_under_a_flood_of_flows_and_during_a_scan() -> Result<()> {
+    let rstwatch = xtask::build::rstwatch_for_tests();
+    let metrics = format!("127.0.0.1:{FIRST_METRICS_PORT}");
+    let watch = |ns: &Netns, iface: &Iface| -> Result<Proc> {
+        let mut cmd = ns.exec(&rstwatch);
+        cmd.args(["-i", &iface.name, "--interval", "500ms", "--format", "json", "--top", &TOP.to_string()])
+            .args(["--metrics", &metrics]);
+        let mut proc = Proc::spawn(&mut cmd)?;
+        proc.wait_for_stderr(&format!("attached to {}", iface.name), START_TIMEOUT)?;
+        Ok(proc)
+    };
+    let settle = || std::thread::sleep(Duration::from_millis(1200));
+
+    // Idle, then a flood: 10.20.0.1 and 10.20.1.1 resetting 120 000 distinct flows, as fast as
+    // the live-frames generator goes (tens of thousands of new flows per interval).
+    xtask::bench::build_bench()?;
+    let flood = xtask::bench::FloodLab::new()?;
+    let watcher = watch(&flood.mon, &flood.mon_if)?;
+    settle();
+    let idle = within_bound("idle", &series_of(&flood.mon, FIRST_METRICS_PORT)?);
+    let plan =
+        xtask::bench::GenPlan { flows: 120_000, first: 0, repeat: 1, length: xtask::bench::GenLength::Passes(1) };
+    let started = Instant::now();
+    let sent = xtask::bench::generate(&flood, &plan)?;
+    let rate = sent.sent as f64 / started.elapsed().as_secs_f64();
+    settle();
+    let flooded = series_of(&flood.mon, FIRST_METRICS_PORT)?;
+    let total = within_bound(&format!("flood of {} flows at {rate:.0} flows/s", sent.sent), &flooded);
+    assert_eq!(flooded.get("rstwatch_resets_by_source_total"), Some(&2), "the flood's two senders: {flooded:?}");
+    assert!(total > idle, "the flood added series: {idle} → {total}");
+    drop(watcher);
+    drop(flood);
+
+    // A scan: one client tries 300 closed ports of a server, each refused.
+    xtask::lab::sweep_stale()?;
+    let hosts = xtask::lab::TwoHosts::new(&["10.82.1.2".parse()?], &["10.82.2.2".parse()?])?;
+    let watcher = watch(&hosts.client, &hosts.client_if)?;
+    let steps = (2000..2300).map(|port| step(Kind::Refused, 1, "10.82.1.2", &format!("10.82.2.2:{port}"))).collect();
+    let plan = Plan {
+        client_ns: hosts.client.clone(),
+        server_ns: hosts.server.clone(),
+        steps,
+        rounds: Some(1),
+        duration: None,
+        pace: Duration::ZERO,
+        balancer_limit: 0,
+        hold: None,
+    };
+    let report = traffic::run(&plan, &|| false)?;
+    ensure!(report.errors.is_empty() && report.conns.len() == 300, "the scan: {:?}", report.errors);
+    settle();
+    let scanned = series_of(&hosts.client, FIRST_METRICS_PORT)?;
+    within_bound("scan of 300 ports", &scanned);
+    for family in ["attempts", "accepted", "refused", "resets"] {
+        let name = format!("rstwatch_{family}_by_service_total");
+        assert_eq!(scanned.get(&name), Some(&TOP), "300 services, {TOP} slots: {scanned:?}");
+    }
+    drop(watcher);
+    Ok(())
+}
