@@ -89,7 +89,8 @@ impl LiveSession {
         let interfaces: Vec<Interface> = attachments.iter().flatten().map(Interface::of).collect();
         let metrics = metrics.map(|(listener, runtime)| {
             let names: HashMap<u32, String> = interfaces.iter().map(|i| (i.ifindex, i.iface.clone())).collect();
-            let metrics = Arc::new(Metrics::new(names, settings.max_flows, reason_names.clone()));
+            let metrics =
+                Arc::new(Metrics::new(names, settings.max_flows, reason_names.clone()).tracking(settings.top));
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!("serving metrics on http://{addr}/metrics");
             }
@@ -150,6 +151,11 @@ impl LiveSession {
                 &interval,
                 &self.aggregator.interval_by_interface(),
                 &self.aggregator.top_services(),
+            );
+            metrics.observe_fleet(
+                elapsed,
+                &self.aggregator.interval_source_resets(),
+                &self.aggregator.interval_services(),
             );
         }
         interval

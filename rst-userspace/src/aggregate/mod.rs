@@ -430,6 +430,20 @@ impl Aggregator {
         self.service_records(self.interval_handshakes.iter().map(|(k, v)| (k, v)), self.interval_flows.iter())
     }
 
+    /// The last interval's resets per sender, flows and overflow together, largest first.
+    pub fn interval_source_resets(&self) -> Vec<(IpAddr, u64)> {
+        let mut sources: HashMap<IpAddr, u64> = HashMap::new();
+        for (key, stats) in &self.interval_flows {
+            *sources.entry(key.src_ip()).or_default() += stats.resets;
+        }
+        for (src, resets) in &self.interval_overflow {
+            *sources.entry(*src).or_default() += resets;
+        }
+        let mut sources: Vec<(IpAddr, u64)> = sources.into_iter().filter(|(_, resets)| *resets > 0).collect();
+        sources.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        sources
+    }
+
     /// The last interval's resets that overflowed the flow table, by sender.
     pub fn interval_overflow(&self) -> &[(IpAddr, u64)] {
         &self.interval_overflow
