@@ -63,6 +63,13 @@ pub struct Interfaces {
     /// Interface to watch; repeat for several.
     #[arg(short = 'i', long = "iface", value_name = "IFACE", required = true)]
     pub ifaces: Vec<String>,
+    /// Do not name the workload (cgroup, unit, pod) behind each reset, nor attach
+    /// tcp:tcp_receive_reset for it.
+    #[arg(long)]
+    pub no_workloads: bool,
+    /// The kubelet's pod log directory, where pod names and namespaces come from.
+    #[arg(long, value_name = "DIR", default_value = crate::workload::DEFAULT_POD_LOGS)]
+    pub pod_logs: std::path::PathBuf,
 }
 
 /// Where a live command counts.
@@ -96,6 +103,7 @@ pub struct LiveOptions {
     pub hook: HookChoice,
     pub xdp_mode: XdpModeChoice,
     pub counting: Counting,
+    pub workloads: crate::workload::Setting,
 }
 
 impl LiveOptions {
@@ -105,6 +113,11 @@ impl LiveOptions {
             hook: hooks.hook,
             xdp_mode: hooks.xdp_mode,
             counting: counting.counting,
+            workloads: if interfaces.no_workloads {
+                crate::workload::Setting::Off
+            } else {
+                crate::workload::Setting::On { pod_logs: interfaces.pod_logs.clone() }
+            },
         }
     }
 }

@@ -84,6 +84,8 @@ impl LiveSession {
         let collector = Collector::new(&mut ebpf)?;
         // Before the interfaces: once "attached to" is logged, every reset's reason is recorded.
         let (kernel_events, reason_names) = loader::start_kernel_events(&mut ebpf);
+        let offsets = ebpf.workload_offsets().clone();
+        let workloads = crate::workload::start(&mut ebpf, &offsets, &options.workloads);
         let attachments: Vec<Option<Attachment>> =
             loader::attach_all(&mut ebpf, options.hook, options.xdp_mode, targets)?.into_iter().map(Some).collect();
         let interfaces: Vec<Interface> = attachments.iter().flatten().map(Interface::of).collect();
@@ -100,6 +102,13 @@ impl LiveSession {
         loader::warn_kernel_events(&kernel_events);
         aggregator.kernel_events(kernel_events, reason_names);
         aggregator.counting(counting);
+        match workloads {
+            Ok(resolver) => aggregator.workloads(resolver),
+            Err(why) if options.workloads != crate::workload::Setting::Off => {
+                tracing::warn!("workloads behind resets are unavailable: {why}")
+            }
+            Err(_) => {}
+        }
         Ok(LiveSession {
             options: options.clone(),
             missing_since: vec![None; attachments.len()],

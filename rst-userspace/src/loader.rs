@@ -25,6 +25,7 @@ use rst_common::wire::{
     CountingPrograms, GLOBAL_EVICTION_LOG_SLOTS, GLOBAL_FLOW_TABLE_BITS, GLOBAL_SEND_RESET_DADDR_OFFSET,
     GLOBAL_SEND_RESET_REASON_OFFSET, GLOBAL_SEND_RESET_SADDR_OFFSET, MAP_CONNECTIONS, MAP_CONN_FINGERPRINTS,
     MAP_EVICTION_LOG, MAP_FLOW_BLOCKS, MAP_FLOW_TABLE, MAP_OVERFLOW_SOURCES, MAP_SERVICES, MAP_STACK_RESETS,
+    MAP_WORKLOADS,
 };
 
 // The tracepoint program's part of loading lives in its own module; its functions keep their
@@ -248,11 +249,18 @@ impl CountingMode {
 pub struct LoadedObject {
     ebpf: Ebpf,
     counting: CountingMode,
+    /// Whether the workload programs found their offsets (`Err`: why not).
+    workload_offsets: Result<(), String>,
 }
 
 impl LoadedObject {
     pub fn counting(&self) -> CountingMode {
         self.counting
+    }
+
+    /// Whether the programs record workloads (`Err`: why not).
+    pub fn workload_offsets(&self) -> &Result<(), String> {
+        &self.workload_offsets
     }
 
     /// The counting programs that were loaded.
@@ -308,6 +316,7 @@ pub fn load_counting(max_flows: u32, counting: Counting) -> anyhow::Result<Loade
     let programs = mode.programs();
     let max_sources = overflow_sources_for(max_flows);
     let offsets = SendResetFormat::read();
+    let workload_offsets = crate::workload::Offsets::read();
     let table_bits = rst_common::table::flow_table_bits(max_flows);
     let cpu_ids = crate::flow_table::possible_cpu_ids().context("reading the possible CPUs")?;
     let cpus = u32::try_from(cpu_ids.len()).context("more CPUs than a u32 counts")?;
@@ -327,7 +336,12 @@ pub fn load_counting(max_flows: u32, counting: Counting) -> anyhow::Result<Loade
         .map_max_entries(MAP_SERVICES[0], max_sources)
         .map_max_entries(MAP_SERVICES[1], max_sources)
         .map_max_entries(MAP_STACK_RESETS[0], max_sources)
-        .map_max_entries(MAP_STACK_RESETS[1], max_sources);
+        .map_max_entries(MAP_STACK_RESETS[1], max_sources)
+        .map_max_entries(MAP_WORKLOADS[0], max_sources)
+        .map_max_entries(MAP_WORKLOADS[1], max_sources);
+    if let Ok(workload) = &workload_offsets {
+        workload.apply(&mut loader);
+    }
     if let Ok(format) = &offsets {
         loader
             .override_global(GLOBAL_SEND_RESET_REASON_OFFSET, &format.reason, true)
@@ -343,7 +357,8 @@ pub fn load_counting(max_flows: u32, counting: Counting) -> anyhow::Result<Loade
     for name in [programs.tc, programs.tc_egress] {
         classifier(&mut ebpf, name)?.load().map_err(|error| load_error(Box::new(error)))?;
     }
-    Ok(LoadedObject { ebpf, counting: mode })
+    let workload_offsets = workload_offsets.map(|_| ()).map_err(|error| format!("{error:#}"));
+    Ok(LoadedObject { ebpf, counting: mode, workload_offsets })
 }
 
 fn load_error(error: Box<dyn std::error::Error + Send + Sync>) -> anyhow::Error {

@@ -13,13 +13,16 @@ use std::{
 };
 
 use rst_common::{
-    wire::{ResetClass, ServiceCounts, ServiceKey, ServiceValue, SourceKey, StackResetKey},
+    wire::{
+        ResetClass, ServiceCounts, ServiceKey, ServiceValue, SourceKey, StackResetKey, WorkloadKey, DIRECTION_TX,
+        ORIGIN_APPLICATION, ORIGIN_KERNEL,
+    },
     Counters, FlowKey,
 };
 
 use self::model::{
-    CountingMode, Direction, Family, Flow, Interface, Interval, KernelEvents, KindCounts, Middlebox, Run, Service,
-    Side, Totals, Unlisted,
+    CountingMode, Direction, Family, Flow, Interface, Interval, KernelEvents, KindCounts, Middlebox, Origin, Run,
+    Service, Side, Totals, Unlisted, Workload, WorkloadResets,
 };
 use crate::{
     collector::Sample,
@@ -46,6 +49,58 @@ pub struct FlowStats {
     pub middlebox: Option<Middlebox>,
     /// Kernel reason code → events.
     pub reasons: BTreeMap<u32, u64>,
+    pub owners: Owners,
+}
+
+/// The sockets behind a flow's RSTs, from the workload events joined to it.
+#[derive(Debug, Clone, Default)]
+pub struct Owners {
+    /// Cgroup id → RSTs (0: a socket without a cgroup, or no socket).
+    pub cgroups: BTreeMap<u64, u64>,
+    /// tx RSTs a socket sent.
+    pub application: u64,
+    /// tx RSTs the kernel sent for nobody.
+    pub kernel: u64,
+}
+
+impl Owners {
+    fn add(&mut self, event: &WorkloadKey, count: u64) {
+        *self.cgroups.entry(event.cgroup).or_default() += count;
+        match event.origin {
+            ORIGIN_APPLICATION => self.application += count,
+            ORIGIN_KERNEL => self.kernel += count,
+            _ => {}
+        }
+    }
+
+    fn merge(&mut self, other: &Owners) {
+        let Owners { cgroups, application, kernel } = other;
+        for (cgroup, count) in cgroups {
+            *self.cgroups.entry(*cgroup).or_default() += count;
+        }
+        self.application += application;
+        self.kernel += kernel;
+    }
+
+    /// The cgroup most of the flow's RSTs had (ties: the lower id).
+    pub fn cgroup(&self) -> Option<u64> {
+        let mut best: Option<(u64, u64)> = None;
+        for (&cgroup, &count) in self.cgroups.iter().filter(|(cgroup, _)| **cgroup != 0) {
+            if best.is_none_or(|(_, most)| count > most) {
+                best = Some((cgroup, count));
+            }
+        }
+        best.map(|(cgroup, _)| cgroup)
+    }
+
+    /// A socket sent any of them: the kernel's answers that follow an abort are its aftermath.
+    pub fn origin(&self) -> Origin {
+        if self.application > 0 {
+            Origin::Application
+        } else {
+            Origin::Kernel
+        }
+    }
 }
 
 impl FlowStats {
@@ -67,7 +122,9 @@ impl FlowStats {
     }
 
     fn merge(&mut self, other: &FlowStats) {
-        let FlowStats { resets, kinds, with_ack, from_server, side_observed, first, middlebox, reasons } = other;
+        let FlowStats { resets, kinds, with_ack, from_server, side_observed, first, middlebox, reasons, owners } =
+            other;
+        self.owners.merge(owners);
         self.resets += resets;
         self.kinds.merge(kinds);
         self.with_ack += with_ack;
@@ -176,6 +233,12 @@ pub struct Aggregator {
     tx_flows: FastMap<FourTuple, FlowKey>,
     /// Kernel events not matched in their interval: tried once more in the next.
     pending_events: Vec<(StackResetKey, u64)>,
+    /// rx flows of the run by 4-tuple, for workload events.
+    rx_flows: FastMap<FourTuple, FlowKey>,
+    /// Workload events not matched in their interval: tried once more in the next.
+    pending_workloads: Vec<(WorkloadKey, u64)>,
+    /// Names cgroups; `None` when workloads are off or unavailable.
+    resolver: Option<crate::workload::Resolver>,
     services: FastMap<ServiceKey, ServiceValue>,
     overflow_sources: FastMap<SourceKey, u64>,
     flow_limit: usize,
@@ -208,6 +271,9 @@ impl Aggregator {
             interval_overflow: Vec::new(),
             tx_flows: FastMap::default(),
             pending_events: Vec::new(),
+            rx_flows: FastMap::default(),
+            pending_workloads: Vec::new(),
+            resolver: None,
             services: FastMap::default(),
             overflow_sources: FastMap::default(),
             flow_limit: DEFAULT_SUMMARY_FLOWS as usize,
@@ -229,6 +295,11 @@ impl Aggregator {
     pub fn kernel_events(&mut self, available: Result<(), String>, reason_names: Vec<String>) {
         self.kernel_events.unavailable = available.err();
         self.reason_names = reason_names;
+    }
+
+    /// Names the workloads of the run's resets with `resolver` (live runs with workloads on).
+    pub fn workloads(&mut self, resolver: crate::workload::Resolver) {
+        self.resolver = Some(resolver);
     }
 
     /// How the kernel side counts, for the summary.
@@ -280,14 +351,16 @@ impl Aggregator {
             interval.entry(key.flow_id()).or_default().add(key, *resets);
         }
         self.join_kernel_events(&mut interval, &sample.stack_resets);
+        self.join_workloads(&mut interval, &sample.workloads);
         for (id, stats) in &interval {
             if let Some(run) = self.flows.get_mut(id) {
                 run.merge(stats);
             } else if self.flows.len() < self.flow_limit {
                 self.flows.insert(*id, stats.clone());
-                if Direction::of(id) == Direction::Tx {
-                    self.tx_flows.insert(four_tuple_of_flow(id), *id);
-                }
+                match Direction::of(id) {
+                    Direction::Tx => self.tx_flows.insert(four_tuple_of_flow(id), *id),
+                    Direction::Rx => self.rx_flows.insert(four_tuple_of_flow(id), *id),
+                };
             } else {
                 // Still the sender's: counted for its source, like a flow-table overflow.
                 self.unlisted.resets += stats.resets;
@@ -360,6 +433,79 @@ impl Aggregator {
         }
     }
 
+    /// Charges workload events to the flows (either direction) they explain, as
+    /// [`Aggregator::join_kernel_events`] does; each event's cgroup is named now, while it
+    /// still exists. An event no watched flow has (another interface, another namespace with
+    /// the same addresses' traffic unwatched) is dropped after its second interval.
+    fn join_workloads(&mut self, interval: &mut FastMap<FlowKey, FlowStats>, events: &[(WorkloadKey, u64)]) {
+        if events.is_empty() && self.pending_workloads.is_empty() {
+            return;
+        }
+        let Some(resolver) = self.resolver.as_mut() else {
+            return;
+        };
+        let by_tuple: FastMap<(FourTuple, bool), FlowKey> =
+            interval.keys().map(|id| ((four_tuple_of_flow(id), Direction::of(id) == Direction::Tx), *id)).collect();
+        let pending = std::mem::take(&mut self.pending_workloads);
+        let tries = pending.iter().map(|event| (event, true)).chain(events.iter().map(|event| (event, false)));
+        for ((event, count), retried) in tries {
+            if event.cgroup != 0 && resolver.resolve(event.cgroup).is_none() {
+                tracing::debug!("cgroup {} vanished before it could be named", event.cgroup);
+            }
+            let tuple = (event.src, event.dst, event.sport, event.dport, event.family);
+            let tx = event.direction == DIRECTION_TX;
+            let stats = match by_tuple.get(&(tuple, tx)) {
+                Some(id) => interval.get_mut(id),
+                None => {
+                    let run = if tx { &self.tx_flows } else { &self.rx_flows };
+                    run.get(&tuple).and_then(|id| self.flows.get_mut(id))
+                }
+            };
+            match stats {
+                Some(stats) => stats.owners.add(event, *count),
+                None if retried => {}
+                None => self.pending_workloads.push((*event, *count)),
+            }
+        }
+    }
+
+    /// Resets per workload over `flows`, most first.
+    fn workload_records<'a>(&self, flows: impl Iterator<Item = (&'a FlowKey, &'a FlowStats)>) -> Vec<WorkloadResets> {
+        let Some(resolver) = &self.resolver else {
+            return Vec::new();
+        };
+        let mut by_cgroup: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+        for (key, stats) in flows {
+            let Some(cgroup) = stats.owners.cgroup() else { continue };
+            let counts = by_cgroup.entry(cgroup).or_default();
+            match Direction::of(key) {
+                Direction::Tx => counts.0 += stats.resets,
+                Direction::Rx => counts.1 += stats.resets,
+            }
+        }
+        let mut records: Vec<WorkloadResets> = by_cgroup
+            .into_iter()
+            .filter_map(|(cgroup, (sent, received))| {
+                Some(WorkloadResets { workload: resolver.known(cgroup)?.clone(), sent, received })
+            })
+            .collect();
+        records.sort_by(|a, b| {
+            (b.sent + b.received).cmp(&(a.sent + a.received)).then_with(|| a.workload.cgroup.cmp(&b.workload.cgroup))
+        });
+        records
+    }
+
+    /// The last interval's resets per workload, most first: what `--metrics` exports.
+    pub fn interval_workloads(&self) -> Vec<WorkloadResets> {
+        self.workload_records(self.interval_flows.iter())
+    }
+
+    /// The workload of a flow's sockets, as far as it could be named.
+    fn workload_of(&self, stats: &FlowStats) -> Option<Workload> {
+        let cgroup = stats.owners.cgroup()?;
+        self.resolver.as_ref()?.known(cgroup).cloned()
+    }
+
     /// The whole run: every flow, every source, cumulative.
     pub fn summary(&self) -> Run {
         let mut kernel_events = self.kernel_events.clone();
@@ -378,6 +524,7 @@ impl Aggregator {
             services: self.service_records(self.services.iter(), self.flows.iter()),
             kernel_events,
             verdicts: self.evidence.verdicts(),
+            workloads: self.workload_records(self.flows.iter()),
         }
     }
 
@@ -475,6 +622,8 @@ impl Aggregator {
                     reasons: stats.reasons.iter().map(|(code, count)| (self.reason_name(*code), *count)).collect(),
                     no_kernel_event: (direction == Direction::Tx && self.kernel_events.available())
                         .then(|| stats.resets.saturating_sub(explained)),
+                    workload: self.workload_of(stats),
+                    origin: (direction == Direction::Tx && self.resolver.is_some()).then(|| stats.owners.origin()),
                 }
             })
             .collect()
