@@ -65,10 +65,24 @@ pub struct ReceiveFormat {
 const TRACEFS_MOUNTS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
 
 fn read_format(event: &'static str) -> Result<String, Error> {
-    TRACEFS_MOUNTS
-        .iter()
-        .find_map(|mount| std::fs::read_to_string(format!("{mount}/events/tcp/{event}/format")).ok())
-        .ok_or_else(|| Error::Format(event, "no format file (is tracefs mounted at /sys/kernel/tracing?)".into()))
+    let mut denied = false;
+    for mount in TRACEFS_MOUNTS {
+        match std::fs::read_to_string(format!("{mount}/events/tcp/{event}/format")) {
+            Ok(format) => return Ok(format),
+            Err(error) => denied |= error.kind() == std::io::ErrorKind::PermissionDenied,
+        }
+    }
+    Err(Error::Format(
+        event,
+        if denied {
+            // tracefs is root's, mode 0700: CAP_BPF and CAP_PERFMON do not open it.
+            "tracefs is not readable by this user: run as uid 0 (with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON \
+             only, as in a container), or grant CAP_DAC_READ_SEARCH"
+                .into()
+        } else {
+            "no format file (is tracefs mounted at /sys/kernel/tracing?)".into()
+        },
+    ))
 }
 
 /// The offset of field `name` (of `size` bytes) in a tracepoint format file.
