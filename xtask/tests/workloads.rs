@@ -229,7 +229,10 @@ fn client(cgroups: &Cgroups, cgroup: &str, ns: &Netns, mode: &str, host: &str, p
 
 /// Per direction and origin, the resets of flows with the given workload cgroup (`None`: no
 /// workload).
-fn by_workload(summary: &Value) -> Result<BTreeMap<(String, Option<String>, Option<String>), u64>> {
+/// A flow's direction, origin and workload cgroup.
+type Attribution = (String, Option<String>, Option<String>);
+
+fn by_workload(summary: &Value) -> Result<BTreeMap<Attribution, u64>> {
     let mut counts = BTreeMap::new();
     for flow in summary["flows"].as_array().context("no flows")? {
         let key = (

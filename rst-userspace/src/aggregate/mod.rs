@@ -637,3 +637,6 @@ impl Aggregator {
         rank::services(handshakes, flows, |ifindex| self.iface_name(ifindex))
     }
 }
+
+#[cfg(test)]
+mod workload_tests;
