@@ -79,7 +79,8 @@ impl LiveSession {
         settings: Settings,
         metrics: Option<(tokio::net::TcpListener, &tokio::runtime::Handle)>,
     ) -> anyhow::Result<LiveSession> {
-        let mut ebpf = loader::load_counting(settings.max_flows, options.counting)?;
+        let workloads_on = options.workloads != crate::workload::Setting::Off;
+        let mut ebpf = loader::load_with(settings.max_flows, options.counting, workloads_on)?;
         let counting = ebpf.counting();
         let collector = Collector::new(&mut ebpf)?;
         // Before the interfaces: once "attached to" is logged, every reset's reason is recorded.

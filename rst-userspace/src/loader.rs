@@ -299,6 +299,12 @@ pub fn is_preempt_rt(sys_kernel_realtime: Option<&str>, version: &str) -> bool {
 
 /// [`load`], counting as `counting` says.
 pub fn load_counting(max_flows: u32, counting: Counting) -> anyhow::Result<LoadedObject> {
+    load_with(max_flows, counting, true)
+}
+
+/// [`load_counting`], with the workload programs' recording on or off (`--no-workloads`: the
+/// reset tracepoints then skip it, a constant the verifier prunes).
+pub fn load_with(max_flows: u32, counting: Counting, workloads: bool) -> anyhow::Result<LoadedObject> {
     let mode = counting.resolve();
     match (counting, mode) {
         (Counting::Auto, CountingMode::Atomic) => tracing::info!(
@@ -316,7 +322,8 @@ pub fn load_counting(max_flows: u32, counting: Counting) -> anyhow::Result<Loade
     let programs = mode.programs();
     let max_sources = overflow_sources_for(max_flows);
     let offsets = SendResetFormat::read();
-    let workload_offsets = crate::workload::Offsets::read();
+    let workload_offsets =
+        if workloads { crate::workload::Offsets::read().map_err(|e| format!("{e:#}")) } else { Err("off".to_owned()) };
     let table_bits = rst_common::table::flow_table_bits(max_flows);
     let cpu_ids = crate::flow_table::possible_cpu_ids().context("reading the possible CPUs")?;
     let cpus = u32::try_from(cpu_ids.len()).context("more CPUs than a u32 counts")?;
@@ -357,7 +364,7 @@ pub fn load_counting(max_flows: u32, counting: Counting) -> anyhow::Result<Loade
     for name in [programs.tc, programs.tc_egress] {
         classifier(&mut ebpf, name)?.load().map_err(|error| load_error(Box::new(error)))?;
     }
-    let workload_offsets = workload_offsets.map(|_| ()).map_err(|error| format!("{error:#}"));
+    let workload_offsets = workload_offsets.map(|_| ());
     Ok(LoadedObject { ebpf, counting: mode, workload_offsets })
 }
 

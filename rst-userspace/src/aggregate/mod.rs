@@ -93,12 +93,16 @@ impl Owners {
         best.map(|(cgroup, _)| cgroup)
     }
 
-    /// A socket sent any of them: the kernel's answers that follow an abort are its aftermath.
-    pub fn origin(&self) -> Origin {
+    /// A socket sent any of them (the kernel's answers that follow an abort are its aftermath),
+    /// else the kernel alone; `None` when this host's TCP stack sent none of them (forwarded,
+    /// netfilter's REJECT, a raw socket).
+    pub fn origin(&self) -> Option<Origin> {
         if self.application > 0 {
-            Origin::Application
+            Some(Origin::Application)
+        } else if self.kernel > 0 {
+            Some(Origin::Kernel)
         } else {
-            Origin::Kernel
+            None
         }
     }
 }
@@ -623,7 +627,11 @@ impl Aggregator {
                     no_kernel_event: (direction == Direction::Tx && self.kernel_events.available())
                         .then(|| stats.resets.saturating_sub(explained)),
                     workload: self.workload_of(stats),
-                    origin: (direction == Direction::Tx && self.resolver.is_some()).then(|| stats.owners.origin()),
+                    origin: if direction == Direction::Tx && self.resolver.is_some() {
+                        stats.owners.origin()
+                    } else {
+                        None
+                    },
                 }
             })
             .collect()

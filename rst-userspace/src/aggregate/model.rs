@@ -278,7 +278,8 @@ pub struct Flow {
     /// no local socket was involved (forwarded traffic, a kernel answer) or workloads are off.
     pub workload: Option<Workload>,
     /// tx flows: whether a socket sent them or the kernel answered for nobody; `None` for rx
-    /// flows and when workloads are off.
+    /// flows, for tx RSTs this host's TCP stack did not send (forwarded, netfilter) and when
+    /// workloads are off.
     pub origin: Option<Origin>,
 }
 

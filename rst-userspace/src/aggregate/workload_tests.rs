@@ -9,7 +9,7 @@ use std::{
 
 use rst_common::{
     wire::{WorkloadKey, DIRECTION_RX, DIRECTION_TX, FAMILY_IPV4, ORIGIN_APPLICATION, ORIGIN_KERNEL, ORIGIN_RECEIVED},
-    FlowKey,
+    Counters, FlowKey,
 };
 
 use super::{model::Origin, Aggregator};
@@ -62,6 +62,7 @@ fn events_name_their_flows_workload_and_origin_and_count_per_workload() {
     let first = Sample {
         flows: vec![(abort, 3), (closed, 2), (refused, 1), (forwarded, 5)],
         workloads: vec![(event(&abort, id, ORIGIN_APPLICATION), 3), (event(&closed, 0, ORIGIN_KERNEL), 2)],
+        counters: Counters { resets: 11, ..Counters::default() },
         ..Sample::default()
     };
     aggregator.fold(&first, Duration::from_secs(1), SystemTime::now());
@@ -82,6 +83,14 @@ fn events_name_their_flows_workload_and_origin_and_count_per_workload() {
     assert_eq!((named(81, 40002), of(81, 40002).origin), (None, None));
     let [only] = run.workloads.as_slice() else { panic!("one workload: {:?}", run.workloads) };
     assert_eq!((only.workload.unit.as_deref(), only.sent, only.received), (Some("api.service"), 3, 1));
+    let sentences = super::diagnosis::sentences(&run);
+    for wanted in ["api.service sent 3 resets to 10.0.0.2:443", "api.service received 1 refusals from 10.0.0.2:81"] {
+        assert!(sentences.iter().any(|s| s == wanted), "{wanted:?} in {sentences:#?}");
+    }
+    assert!(
+        sentences.iter().any(|s| s.starts_with("this host's kernel sent 2 resets for no socket")),
+        "{sentences:#?}"
+    );
 }
 
 #[test]
