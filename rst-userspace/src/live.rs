@@ -160,6 +160,7 @@ impl LiveSession {
                 &interval,
                 &self.aggregator.interval_by_interface(),
                 &self.aggregator.top_services(),
+                &self.aggregator.top_workloads(),
             );
         }
         interval

@@ -499,9 +499,11 @@ impl Aggregator {
         records
     }
 
-    /// The last interval's resets per workload, most first: what `--metrics` exports.
-    pub fn interval_workloads(&self) -> Vec<WorkloadResets> {
-        self.workload_records(self.interval_flows.iter())
+    /// The run's workloads so far, the top N by resets: what `--metrics` exports.
+    pub fn top_workloads(&self) -> Vec<WorkloadResets> {
+        let mut workloads = self.workload_records(self.flows.iter());
+        workloads.truncate(self.top);
+        workloads
     }
 
     /// The workload of a flow's sockets, as far as it could be named.
