@@ -336,6 +336,8 @@ impl Aggregator {
         interval.services.truncate(self.top);
         interval.destinations = rank::destinations(flows.iter());
         interval.destinations.truncate(self.top);
+        interval.workloads = self.workload_records(flows.iter());
+        interval.workloads.truncate(self.top);
         interval
     }
 
@@ -401,6 +403,7 @@ impl Aggregator {
             services: Vec::new(),
             destinations: Vec::new(),
             verdicts: self.evidence.interval_verdicts(),
+            workloads: Vec::new(),
         };
         self.interval_flows = interval;
         record
@@ -504,6 +507,11 @@ impl Aggregator {
         let mut workloads = self.workload_records(self.flows.iter());
         workloads.truncate(self.top);
         workloads
+    }
+
+    /// The workload of cgroup `id`, when it was named.
+    pub fn workload_name(&self, id: u64) -> Option<&Workload> {
+        self.resolver.as_ref()?.known(id)
     }
 
     /// The workload of a flow's sockets, as far as it could be named.

@@ -435,6 +435,8 @@ pub struct Interval {
     pub destinations: Vec<Destination>,
     /// The causes that held for this interval, counting its resets only.
     pub verdicts: Vec<Verdict>,
+    /// The interval's top workloads (empty when workloads are off, and unranked intervals).
+    pub workloads: Vec<WorkloadResets>,
 }
 
 impl Interval {

@@ -13,7 +13,12 @@ use rst_common::{
 };
 
 use super::{model::Origin, Aggregator};
-use crate::{collector::Sample, workload::Resolver};
+use crate::{
+    collector::Sample,
+    tui::{columns::Cell, state::Snapshot},
+    view::View,
+    workload::Resolver,
+};
 
 struct TempTree(PathBuf);
 
@@ -65,7 +70,16 @@ fn events_name_their_flows_workload_and_origin_and_count_per_workload() {
         counters: Counters { resets: 11, ..Counters::default() },
         ..Sample::default()
     };
-    aggregator.fold(&first, Duration::from_secs(1), SystemTime::now());
+    let record = aggregator.fold(&first, Duration::from_secs(1), SystemTime::now());
+    // `rstwatch top`'s workload view groups the flows the same way.
+    let mut snapshot = Snapshot::default();
+    snapshot.follow(&record, &aggregator);
+    let rows = snapshot.rows(View::Workload, None);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(
+        (&rows[0][0], &rows[0][1], &rows[0][2], &rows[0][5]),
+        (&Cell::Text("api.service".into()), &Cell::Count(3), &Cell::Count(0), &Cell::Count(3))
+    );
     // The receiving socket's event lands an interval after its segment; then the cgroup goes.
     let late = Sample { workloads: vec![(event(&refused, id, ORIGIN_RECEIVED), 1)], ..Sample::default() };
     aggregator.fold(&late, Duration::from_secs(1), SystemTime::now());

@@ -363,6 +363,7 @@ pub struct IntervalRecord<'a> {
     services: Vec<ServiceRecord<'a>>,
     destinations: Vec<DestinationRecord>,
     verdicts: Vec<VerdictRecord>,
+    workloads: Vec<WorkloadResetsRecord<'a>>,
 }
 
 impl<'a> From<&'a Interval> for IntervalRecord<'a> {
@@ -379,6 +380,7 @@ impl<'a> From<&'a Interval> for IntervalRecord<'a> {
             services,
             destinations,
             verdicts,
+            workloads,
         } = interval;
         IntervalRecord {
             kind: "interval",
@@ -395,6 +397,7 @@ impl<'a> From<&'a Interval> for IntervalRecord<'a> {
             services: all(services),
             destinations: all(destinations),
             verdicts: all(verdicts),
+            workloads: all(workloads),
         }
     }
 }
