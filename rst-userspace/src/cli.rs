@@ -60,7 +60,8 @@ pub enum Command {
 /// The interfaces a live command watches.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Interfaces {
-    /// Interface to watch; repeat for several.
+    /// Interface to watch; repeat for several. A pattern (`'veth*'`, `'cali?'`) watches every
+    /// matching interface, those that appear later included.
     #[arg(short = 'i', long = "iface", value_name = "IFACE", required = true)]
     pub ifaces: Vec<String>,
     /// Do not name the workload (cgroup, unit, pod) behind each reset, nor attach

@@ -418,7 +418,8 @@ fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Sche
 pub fn resolve_targets(names: &[String]) -> anyhow::Result<Vec<(String, u32)>> {
     let mut seen = std::collections::HashSet::new();
     let mut targets = Vec::new();
-    for name in names {
+    // Patterns match interfaces as they come (see `live`), none of them need exist at the start.
+    for name in names.iter().filter(|name| !is_pattern(name)) {
         let ifindex = resolve_interface(name)?;
         if !seen.insert(ifindex) {
             anyhow::bail!("interface {name:?} given more than once");
@@ -465,6 +466,40 @@ pub fn attach_all(
     targets: &[(String, u32)],
 ) -> anyhow::Result<Vec<Attachment>> {
     targets.iter().map(|(iface, ifindex)| attach(ebpf, hook, xdp_mode, iface, *ifindex)).collect()
+}
+
+/// Whether `-i` names a pattern (`'veth*'`, `'cali?'`) rather than one interface.
+pub fn is_pattern(name: &str) -> bool {
+    name.contains(['*', '?'])
+}
+
+/// Shell-style matching of an interface name: `*` any run of characters, `?` any one.
+pub fn pattern_matches(pattern: &str, name: &str) -> bool {
+    let (pattern, name) = (pattern.as_bytes(), name.as_bytes());
+    let (mut p, mut n) = (0, 0);
+    // Where the last `*` was, and the name position it matched up to: backtrack there.
+    let mut star: Option<(usize, usize)> = None;
+    while n < name.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p, n));
+                p += 1;
+            }
+            Some(&c) if c == b'?' || c == name[n] => {
+                p += 1;
+                n += 1;
+            }
+            _ => match star {
+                Some((at, matched)) => {
+                    p = at + 1;
+                    n = matched + 1;
+                    star = Some((at, matched + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
 }
 
 /// Resolves an interface name the way the kernel would, with errors an operator can act on.
@@ -661,6 +696,19 @@ fn describe_holder(ifindex: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn interface_patterns_match_like_the_shell() {
+        assert!(is_pattern("veth*") && is_pattern("cali?") && !is_pattern("eth0"));
+        for (pattern, name) in
+            [("veth*", "veth1a2b"), ("veth*", "veth"), ("*", "lo"), ("c?li*", "cali12"), ("*a*b", "xxaab")]
+        {
+            assert!(pattern_matches(pattern, name), "{pattern} {name}");
+        }
+        for (pattern, name) in [("veth*", "eth0"), ("cali?", "cali12"), ("*a*b", "xxaba"), ("veth", "veth0")] {
+            assert!(!pattern_matches(pattern, name), "{pattern} {name}");
+        }
+    }
 
     #[test]
     fn preempt_rt_is_told_by_sys_kernel_realtime_or_the_version_string() {

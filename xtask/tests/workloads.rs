@@ -377,3 +377,46 @@ fn the_minimal_capability_set_names_workloads() -> Result<()> {
     );
     Ok(())
 }
+
+/// `-i` with a pattern: a veth created after the start that matches is attached and its resets
+/// reported under its name.
+#[test]
+fn a_pattern_picks_up_an_interface_created_after_the_start() -> Result<()> {
+    let mut hosts = hosts()?;
+    let first = hosts.client_if.name.clone();
+    // The lab names its pairs <tag><n>a / <tag><n>b: the next pair's client end matches this.
+    let pattern = format!("{}1*", first.strip_suffix("0a").context("lab interface names end in 0a")?);
+    let mut rw = watch(&hosts, &[], &["-i", &pattern])?;
+    ensure!(!rw.stderr().contains("matches -i"), "nothing matched before the veth existed: {}", rw.stderr());
+    let (client, server) = (hosts.client.clone(), hosts.server.clone());
+    let (late_client, late_server) = hosts.lab.add_veth(&client, &server)?;
+    late_client.add_addr("10.78.3.1".parse()?, 24)?;
+    late_server.add_addr("10.78.3.2".parse()?, 24)?;
+    rw.wait_for_stderr(&format!("interface {} matches -i '{pattern}'", late_client.name), START_TIMEOUT)?;
+    let mut refused = Command::new("nsenter");
+    refused.arg(format!("--net=/run/netns/{}", client.name())).args([
+        "python3",
+        "-c",
+        CLIENT_PY,
+        "refused",
+        "10.78.3.2",
+        "81",
+        "3",
+    ]);
+    let fin = Proc::spawn(&mut refused)?.finish(EXIT_TIMEOUT)?;
+    ensure!(fin.status.success(), "refused client: {}", fin.stderr);
+    std::thread::sleep(Duration::from_millis(700));
+    let summary = stop(rw)?;
+    let on_late: u64 = summary["flows"]
+        .as_array()
+        .context("flows")?
+        .iter()
+        .filter(|f| f["iface"] == late_client.name.as_str() && f["direction"] == "rx")
+        .filter_map(|f| f["resets"].as_u64())
+        .sum();
+    assert_eq!(on_late, 3, "flows: {}", summary["flows"]);
+    let interfaces: Vec<&str> =
+        summary["interfaces"].as_array().context("interfaces")?.iter().filter_map(|i| i["iface"].as_str()).collect();
+    assert!(interfaces.contains(&late_client.name.as_str()) && interfaces.contains(&first.as_str()), "{interfaces:?}");
+    Ok(())
+}
