@@ -71,6 +71,11 @@ pub struct Interfaces {
     /// The kubelet's pod log directory, where pod names and namespaces come from.
     #[arg(long, value_name = "DIR", default_value = crate::workload::DEFAULT_POD_LOGS)]
     pub pod_logs: std::path::PathBuf,
+    /// The host's cgroup2 tree, where cgroup ids are named; default: the cgroup2 mount in
+    /// /proc/self/mountinfo. In a container with its own cgroup namespace, mount the host's
+    /// /sys/fs/cgroup somewhere and name it here.
+    #[arg(long, value_name = "DIR")]
+    pub cgroup_root: Option<std::path::PathBuf>,
 }
 
 /// Where a live command counts.
@@ -117,7 +122,10 @@ impl LiveOptions {
             workloads: if interfaces.no_workloads {
                 crate::workload::Setting::Off
             } else {
-                crate::workload::Setting::On { pod_logs: interfaces.pod_logs.clone() }
+                crate::workload::Setting::On {
+                    pod_logs: interfaces.pod_logs.clone(),
+                    cgroup_root: interfaces.cgroup_root.clone(),
+                }
             },
         }
     }

@@ -169,13 +169,13 @@ impl Offsets {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Setting {
     Off,
-    On { pod_logs: PathBuf },
+    On { pod_logs: PathBuf, cgroup_root: Option<PathBuf> },
 }
 
 /// Attaches `tcp:tcp_receive_reset` (the sent side rides on `tcp:tcp_send_reset`) and makes
 /// the resolver; when that is not possible, why, for the caller to say once.
 pub fn start(ebpf: &mut Ebpf, offsets_loaded: &Result<(), String>, setting: &Setting) -> Result<Resolver, String> {
-    let Setting::On { pod_logs } = setting else {
+    let Setting::On { pod_logs, cgroup_root } = setting else {
         return Err("off (--no-workloads)".into());
     };
     offsets_loaded.clone()?;
@@ -186,7 +186,10 @@ pub fn start(ebpf: &mut Ebpf, offsets_loaded: &Result<(), String>, setting: &Set
             .try_into()?;
         program.load().context("loading the tcp:tcp_receive_reset program")?;
         program.attach("tcp", "tcp_receive_reset").context("attaching to tcp:tcp_receive_reset")?;
-        Ok(Resolver::for_host(pod_logs)?)
+        Ok(match cgroup_root {
+            Some(root) => Resolver::new(root.clone(), pod_logs.clone(), PathBuf::from("/proc")),
+            None => Resolver::for_host(pod_logs)?,
+        })
     };
     attach().map_err(|error| format!("{error:#}"))
 }
