@@ -451,6 +451,7 @@ impl Aggregator {
         let Some(resolver) = self.resolver.as_mut() else {
             return;
         };
+        resolver.new_round();
         let by_tuple: FastMap<(FourTuple, bool), FlowKey> =
             interval.keys().map(|id| ((four_tuple_of_flow(id), Direction::of(id) == Direction::Tx), *id)).collect();
         let pending = std::mem::take(&mut self.pending_workloads);

@@ -27,6 +27,10 @@ pub struct Resolver {
     /// Every cgroup seen in a walk: id → path under the root.
     paths: HashMap<u64, String>,
     resolved: HashMap<u64, Workload>,
+    /// Ids a walk did not find: gone before they could be named (ids are not reused).
+    missing: std::collections::HashSet<u64>,
+    /// Whether the tree was walked since [`Resolver::new_round`]: one walk per round at most.
+    walked: bool,
 }
 
 impl Resolver {
@@ -41,17 +45,41 @@ impl Resolver {
     }
 
     pub fn new(root: PathBuf, pod_logs: PathBuf, proc: PathBuf) -> Resolver {
-        Resolver { root, pod_logs, proc, paths: HashMap::new(), resolved: HashMap::new() }
+        Resolver {
+            root,
+            pod_logs,
+            proc,
+            paths: HashMap::new(),
+            resolved: HashMap::new(),
+            missing: std::collections::HashSet::new(),
+            walked: false,
+        }
+    }
+
+    /// Allows the next miss to walk the tree again (the aggregator calls it once per interval).
+    pub fn new_round(&mut self) {
+        self.walked = false;
     }
 
     /// The workload of cgroup `id`, resolved now if it was not before; `None` when no cgroup
-    /// with that id exists (it came and went unseen).
+    /// with that id exists (it came and went unseen), or it was not found and the tree was
+    /// already walked this round.
     pub fn resolve(&mut self, id: u64) -> Option<&Workload> {
         if !self.resolved.contains_key(&id) {
-            if !self.paths.contains_key(&id) {
-                self.walk();
+            if self.missing.contains(&id) {
+                return None;
             }
-            let path = self.paths.get(&id)?.clone();
+            if !self.paths.contains_key(&id) {
+                if self.walked {
+                    return None;
+                }
+                self.walk();
+                self.walked = true;
+            }
+            let Some(path) = self.paths.get(&id).cloned() else {
+                self.missing.insert(id);
+                return None;
+            };
             let workload = self.workload(&path);
             self.resolved.insert(id, workload);
         }
@@ -173,6 +201,12 @@ mod tests {
         let pod_names = workload.pod.expect("a pod");
         assert_eq!((pod_names.namespace.as_deref(), pod_names.name.as_deref()), (Some("shop"), Some("cart-7d9f")));
         assert_eq!(workload.container.as_deref(), Some("c0ffee"));
+        // A new cgroup is found by the next round's walk, not by this round's.
+        tree.dir("cg/late.service");
+        let late = tree.id("cg/late.service");
+        assert!(resolver.resolve(late).is_none(), "this round walked already");
+        resolver.new_round();
+        assert_eq!(resolver.resolve(late).map(|w| w.cgroup.as_str()), Some("/late.service"));
         // Gone from the tree, still named.
         std::fs::remove_dir_all(tree.0.join("cg/system.slice/nginx.service")).expect("rmdir");
         assert_eq!(resolver.resolve(nginx).map(|w| w.cgroup.as_str()), Some("/system.slice/nginx.service"));
