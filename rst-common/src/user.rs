@@ -6,7 +6,7 @@ use crate::{
     table::FlowSlot,
     wire::{
         CacheSlot, ConnKey, ConnState, Counters, FlowKey, FlowValue, LoggedFlow, ResetCounters, ServiceKey,
-        ServiceValue, SourceKey, StackResetKey, TrafficCounters, FAMILY_IPV4,
+        ServiceValue, SourceKey, StackResetKey, TrafficCounters, WorkloadKey, FAMILY_IPV4,
     },
 };
 
@@ -38,6 +38,8 @@ unsafe impl aya::Pod for ServiceValue {}
 unsafe impl aya::Pod for StackResetKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for FlowSlot {}
+// SAFETY: as above.
+unsafe impl aya::Pod for WorkloadKey {}
 
 impl FlowKey {
     pub fn src_ip(&self) -> IpAddr {
@@ -62,6 +64,16 @@ impl ServiceKey {
 }
 
 impl StackResetKey {
+    pub fn src_ip(&self) -> IpAddr {
+        to_ip(self.family, &self.src)
+    }
+
+    pub fn dst_ip(&self) -> IpAddr {
+        to_ip(self.family, &self.dst)
+    }
+}
+
+impl WorkloadKey {
     pub fn src_ip(&self) -> IpAddr {
         to_ip(self.family, &self.src)
     }

@@ -13,6 +13,8 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod workload;
+
 use core::intrinsics::{atomic_cxchg, atomic_or, atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
@@ -251,6 +253,7 @@ fn record_stack_reset(ctx: &TracePointContext) -> Result<(), i32> {
     let Some((_, dport, dst)) = sockaddr(&dst) else {
         return Ok(());
     };
+    workload::sent(ctx, src, dst, (sport, dport), family);
     let key = StackResetKey::new(src, dst, sport, dport, family, reason);
     let epoch = current_epoch();
     let recorded = match epoch {

@@ -60,9 +60,22 @@ pub enum Command {
 /// The interfaces a live command watches.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Interfaces {
-    /// Interface to watch; repeat for several.
+    /// Interface to watch; repeat for several. A pattern (`'veth*'`, `'cali?'`) watches every
+    /// matching interface, those that appear later included.
     #[arg(short = 'i', long = "iface", value_name = "IFACE", required = true)]
     pub ifaces: Vec<String>,
+    /// Do not name the workload (cgroup, unit, pod) behind each reset, nor attach
+    /// tcp:tcp_receive_reset for it.
+    #[arg(long)]
+    pub no_workloads: bool,
+    /// The kubelet's pod log directory, where pod names and namespaces come from.
+    #[arg(long, value_name = "DIR", default_value = crate::workload::DEFAULT_POD_LOGS)]
+    pub pod_logs: std::path::PathBuf,
+    /// The host's cgroup2 tree, where cgroup ids are named; default: the cgroup2 mount in
+    /// /proc/self/mountinfo. In a container with its own cgroup namespace, mount the host's
+    /// /sys/fs/cgroup somewhere and name it here.
+    #[arg(long, value_name = "DIR")]
+    pub cgroup_root: Option<std::path::PathBuf>,
 }
 
 /// Where a live command counts.
@@ -96,6 +109,7 @@ pub struct LiveOptions {
     pub hook: HookChoice,
     pub xdp_mode: XdpModeChoice,
     pub counting: Counting,
+    pub workloads: crate::workload::Setting,
 }
 
 impl LiveOptions {
@@ -105,6 +119,14 @@ impl LiveOptions {
             hook: hooks.hook,
             xdp_mode: hooks.xdp_mode,
             counting: counting.counting,
+            workloads: if interfaces.no_workloads {
+                crate::workload::Setting::Off
+            } else {
+                crate::workload::Setting::On {
+                    pod_logs: interfaces.pod_logs.clone(),
+                    cgroup_root: interfaces.cgroup_root.clone(),
+                }
+            },
         }
     }
 }

@@ -16,9 +16,10 @@ use aya::{
 };
 use rst_common::{
     wire::{
-        CacheSlot, ResetCounters, ServiceKey, ServiceValue, SourceKey, StackResetKey, TrafficCounters, DIRECTION_RX,
-        DIRECTION_TX, FLOW_CACHE_SLOTS, MAP_EPOCH, MAP_EVICTION_LOG, MAP_FLOW_BLOCKS, MAP_FLOW_CACHE, MAP_FLOW_TABLE,
-        MAP_OVERFLOW_SOURCES, MAP_RESET_COUNTERS, MAP_SERVICES, MAP_STACK_RESETS, MAP_TRAFFIC,
+        CacheSlot, ResetCounters, ServiceKey, ServiceValue, SourceKey, StackResetKey, TrafficCounters, WorkloadKey,
+        DIRECTION_RX, DIRECTION_TX, FLOW_CACHE_SLOTS, MAP_EPOCH, MAP_EVICTION_LOG, MAP_FLOW_BLOCKS, MAP_FLOW_CACHE,
+        MAP_FLOW_TABLE, MAP_OVERFLOW_SOURCES, MAP_RESET_COUNTERS, MAP_SERVICES, MAP_STACK_RESETS, MAP_TRAFFIC,
+        MAP_WORKLOADS,
     },
     Counters, FlowKey, FlowValue,
 };
@@ -41,6 +42,8 @@ pub struct Sample {
     pub services: Vec<(ServiceKey, ServiceValue)>,
     /// Resets this host's TCP stack sent, per 4-tuple and kernel reason.
     pub stack_resets: Vec<(StackResetKey, u64)>,
+    /// Resets per socket cgroup and origin (see [`crate::workload`]).
+    pub workloads: Vec<(WorkloadKey, u64)>,
     /// How long the flip + grace period + drain took.
     pub read_time: std::time::Duration,
     /// Flow-table writes that raced with another CPU's (`ResetCounters::table_races`): when
@@ -57,6 +60,7 @@ pub struct Collector {
     overflow_sources: [MapData; 2],
     services: [MapData; 2],
     stack_resets: [MapData; 2],
+    workloads: [MapData; 2],
     flow_cache: MapData,
     log: EvictionLogMap,
     _log: MapData,
@@ -82,6 +86,7 @@ impl Sample {
             || !self.flows.is_empty()
             || !self.services.is_empty()
             || !self.stack_resets.is_empty()
+            || !self.workloads.is_empty()
     }
 }
 
@@ -108,6 +113,7 @@ impl Collector {
             [hash_map_data(take(MAP_OVERFLOW_SOURCES[0])?)?, hash_map_data(take(MAP_OVERFLOW_SOURCES[1])?)?];
         let services = [hash_map_data(take(MAP_SERVICES[0])?)?, hash_map_data(take(MAP_SERVICES[1])?)?];
         let stack_resets = [hash_map_data(take(MAP_STACK_RESETS[0])?)?, hash_map_data(take(MAP_STACK_RESETS[1])?)?];
+        let workloads = [hash_map_data(take(MAP_WORKLOADS[0])?)?, hash_map_data(take(MAP_WORKLOADS[1])?)?];
         let flow_cache = match take(MAP_FLOW_CACHE)? {
             Map::PerCpuArray(data) => data,
             other => anyhow::bail!("expected a per-CPU array for the flow cache, got {other:?}"),
@@ -133,6 +139,7 @@ impl Collector {
             overflow_sources,
             services,
             stack_resets,
+            workloads,
             flow_cache,
             log,
             _log: log_data,
@@ -201,6 +208,11 @@ impl Collector {
             stack_resets.push((*key, value.resets));
         })
         .context("draining the kernel-reset table")?;
+        let mut workloads = Vec::new();
+        drain_hash_map::<WorkloadKey, FlowValue>(self.workloads[finished as usize].fd().as_fd(), |key, value| {
+            workloads.push((*key, value.resets));
+        })
+        .context("draining the workload table")?;
         // Last: until everything of the epoch is read, its counts (and the logs' lengths) stay.
         let zeroes = PerCpuValues::try_from(vec![ResetCounters::default(); self.cpus])?;
         self.reset_counters.set(finished, zeroes, 0).context("resetting the reset counters")?;
@@ -210,6 +222,7 @@ impl Collector {
             overflow_sources,
             services,
             stack_resets,
+            workloads,
             read_time: started.elapsed(),
             table_races: resets.table_races,
         })

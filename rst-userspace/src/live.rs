@@ -55,6 +55,10 @@ pub struct LiveSession {
     attachments: Vec<Option<Attachment>>,
     /// Per `-i`: whether its disappearance was reported and a re-attach failure logged.
     missing_since: Vec<Option<bool>>,
+    /// Interfaces attached because a `-i` pattern matched them, with the pattern.
+    matched: Vec<(String, Attachment)>,
+    /// Interfaces a pattern matched whose attach failed: said once, retried every interval.
+    failed: std::collections::HashSet<u32>,
     collector: Collector,
     ebpf: loader::LoadedObject,
     aggregator: Aggregator,
@@ -79,11 +83,14 @@ impl LiveSession {
         settings: Settings,
         metrics: Option<(tokio::net::TcpListener, &tokio::runtime::Handle)>,
     ) -> anyhow::Result<LiveSession> {
-        let mut ebpf = loader::load_counting(settings.max_flows, options.counting)?;
+        let workloads_on = options.workloads != crate::workload::Setting::Off;
+        let mut ebpf = loader::load_with(settings.max_flows, options.counting, workloads_on)?;
         let counting = ebpf.counting();
         let collector = Collector::new(&mut ebpf)?;
         // Before the interfaces: once "attached to" is logged, every reset's reason is recorded.
         let (kernel_events, reason_names) = loader::start_kernel_events(&mut ebpf);
+        let offsets = ebpf.workload_offsets().clone();
+        let workloads = crate::workload::start(&mut ebpf, &offsets, &options.workloads);
         let attachments: Vec<Option<Attachment>> =
             loader::attach_all(&mut ebpf, options.hook, options.xdp_mode, targets)?.into_iter().map(Some).collect();
         let interfaces: Vec<Interface> = attachments.iter().flatten().map(Interface::of).collect();
@@ -101,16 +108,27 @@ impl LiveSession {
         loader::warn_kernel_events(&kernel_events);
         aggregator.kernel_events(kernel_events, reason_names);
         aggregator.counting(counting);
-        Ok(LiveSession {
+        match workloads {
+            Ok(resolver) => aggregator.workloads(resolver),
+            Err(why) if options.workloads != crate::workload::Setting::Off => {
+                tracing::warn!("workloads behind resets are unavailable: {why}")
+            }
+            Err(_) => {}
+        }
+        let mut session = LiveSession {
             options: options.clone(),
             missing_since: vec![None; attachments.len()],
+            matched: Vec::new(),
+            failed: std::collections::HashSet::new(),
             attachments,
             collector,
             ebpf,
             aggregator,
             metrics,
             interval_start: Instant::now(),
-        })
+        };
+        session.follow_patterns();
+        Ok(session)
     }
 
     /// Starts the first interval now (after whatever set-up followed [`LiveSession::start`]).
@@ -151,6 +169,7 @@ impl LiveSession {
                 &interval,
                 &self.aggregator.interval_by_interface(),
                 &self.aggregator.top_services(),
+                &self.aggregator.top_workloads(),
             );
             metrics.observe_fleet(
                 elapsed,
@@ -163,11 +182,13 @@ impl LiveSession {
 
     /// Detaches from every interface (also what dropping the session does), saying so once.
     pub fn detach(&mut self) {
-        if self.attachments.is_empty() {
+        if self.attachments.is_empty() && self.matched.is_empty() {
             return;
         }
-        let detached: Vec<String> = self.attachments.iter().flatten().map(|a| a.iface.clone()).collect();
+        let mut detached: Vec<String> = self.attachments.iter().flatten().map(|a| a.iface.clone()).collect();
+        detached.extend(self.matched.iter().map(|(_, a)| a.iface.clone()));
         self.attachments.clear();
+        self.matched.clear();
         tracing::info!("detached from {}", detached.join(", "));
     }
 
@@ -213,7 +234,9 @@ impl LiveSession {
     /// Interfaces come and go: a deleted one is reported once and the others carry on; one that
     /// comes back under its name (with a new ifindex) is attached again.
     fn follow_interfaces(&mut self) {
-        for (index, name) in self.options.ifaces.iter().enumerate() {
+        self.follow_patterns();
+        let exact: Vec<&String> = self.options.ifaces.iter().filter(|name| !loader::is_pattern(name)).collect();
+        for (index, name) in exact.into_iter().enumerate() {
             let current = loader::resolve_interface(name).ok();
             let attached = self.attachments[index].as_ref().map(|a| a.ifindex);
             if attached.is_some() && attached == current {
@@ -241,6 +264,59 @@ impl LiveSession {
                             "interface {name} is back but attaching failed: {error:#}; retrying every interval"
                         );
                         self.missing_since[index] = Some(true);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl LiveSession {
+    /// `-i` patterns: attaches every interface of this namespace that matches one and is not
+    /// watched yet (interfaces that appeared since: a container's veth), and forgets those
+    /// that are gone.
+    fn follow_patterns(&mut self) {
+        let patterns: Vec<&String> = self.options.ifaces.iter().filter(|name| loader::is_pattern(name)).collect();
+        if patterns.is_empty() {
+            return;
+        }
+        let present = match crate::sys::netdev::interfaces() {
+            Ok(present) => present,
+            Err(error) => {
+                tracing::warn!("listing interfaces for -i patterns: {error:#}");
+                return;
+            }
+        };
+        self.matched.retain(|(_, attachment)| {
+            let here =
+                present.iter().any(|(name, ifindex)| *ifindex == attachment.ifindex && *name == attachment.iface);
+            if !here {
+                tracing::info!("interface {} (ifindex {}) is gone", attachment.iface, attachment.ifindex);
+            }
+            here
+        });
+        for (name, ifindex) in &present {
+            let watched = self.attachments.iter().flatten().any(|a| a.ifindex == *ifindex)
+                || self.matched.iter().any(|(_, a)| a.ifindex == *ifindex);
+            let Some(pattern) = patterns.iter().find(|pattern| loader::pattern_matches(pattern, name)) else {
+                continue;
+            };
+            if watched {
+                continue;
+            }
+            match loader::attach(&mut self.ebpf, self.options.hook, self.options.xdp_mode, name, *ifindex) {
+                Ok(attachment) => {
+                    tracing::info!("interface {name} matches -i '{pattern}'");
+                    self.aggregator.add_interface(Interface::of(&attachment));
+                    if let Some(metrics) = &self.metrics {
+                        metrics.add_interface(*ifindex, name);
+                    }
+                    self.failed.remove(ifindex);
+                    self.matched.push(((*pattern).clone(), attachment));
+                }
+                Err(error) => {
+                    if self.failed.insert(*ifindex) {
+                        tracing::warn!("interface {name} matches -i '{pattern}' but attaching failed: {error:#}; retrying every interval");
                     }
                 }
             }

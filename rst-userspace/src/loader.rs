@@ -25,6 +25,7 @@ use rst_common::wire::{
     CountingPrograms, GLOBAL_EVICTION_LOG_SLOTS, GLOBAL_FLOW_TABLE_BITS, GLOBAL_SEND_RESET_DADDR_OFFSET,
     GLOBAL_SEND_RESET_REASON_OFFSET, GLOBAL_SEND_RESET_SADDR_OFFSET, MAP_CONNECTIONS, MAP_CONN_FINGERPRINTS,
     MAP_EVICTION_LOG, MAP_FLOW_BLOCKS, MAP_FLOW_TABLE, MAP_OVERFLOW_SOURCES, MAP_SERVICES, MAP_STACK_RESETS,
+    MAP_WORKLOADS,
 };
 
 // The tracepoint program's part of loading lives in its own module; its functions keep their
@@ -248,11 +249,18 @@ impl CountingMode {
 pub struct LoadedObject {
     ebpf: Ebpf,
     counting: CountingMode,
+    /// Whether the workload programs found their offsets (`Err`: why not).
+    workload_offsets: Result<(), String>,
 }
 
 impl LoadedObject {
     pub fn counting(&self) -> CountingMode {
         self.counting
+    }
+
+    /// Whether the programs record workloads (`Err`: why not).
+    pub fn workload_offsets(&self) -> &Result<(), String> {
+        &self.workload_offsets
     }
 
     /// The counting programs that were loaded.
@@ -291,6 +299,12 @@ pub fn is_preempt_rt(sys_kernel_realtime: Option<&str>, version: &str) -> bool {
 
 /// [`load`], counting as `counting` says.
 pub fn load_counting(max_flows: u32, counting: Counting) -> anyhow::Result<LoadedObject> {
+    load_with(max_flows, counting, true)
+}
+
+/// [`load_counting`], with the workload programs' recording on or off (`--no-workloads`: the
+/// reset tracepoints then skip it, a constant the verifier prunes).
+pub fn load_with(max_flows: u32, counting: Counting, workloads: bool) -> anyhow::Result<LoadedObject> {
     let mode = counting.resolve();
     match (counting, mode) {
         (Counting::Auto, CountingMode::Atomic) => tracing::info!(
@@ -308,6 +322,8 @@ pub fn load_counting(max_flows: u32, counting: Counting) -> anyhow::Result<Loade
     let programs = mode.programs();
     let max_sources = overflow_sources_for(max_flows);
     let offsets = SendResetFormat::read();
+    let workload_offsets =
+        if workloads { crate::workload::Offsets::read().map_err(|e| format!("{e:#}")) } else { Err("off".to_owned()) };
     let table_bits = rst_common::table::flow_table_bits(max_flows);
     let cpu_ids = crate::flow_table::possible_cpu_ids().context("reading the possible CPUs")?;
     let cpus = u32::try_from(cpu_ids.len()).context("more CPUs than a u32 counts")?;
@@ -327,7 +343,12 @@ pub fn load_counting(max_flows: u32, counting: Counting) -> anyhow::Result<Loade
         .map_max_entries(MAP_SERVICES[0], max_sources)
         .map_max_entries(MAP_SERVICES[1], max_sources)
         .map_max_entries(MAP_STACK_RESETS[0], max_sources)
-        .map_max_entries(MAP_STACK_RESETS[1], max_sources);
+        .map_max_entries(MAP_STACK_RESETS[1], max_sources)
+        .map_max_entries(MAP_WORKLOADS[0], max_sources)
+        .map_max_entries(MAP_WORKLOADS[1], max_sources);
+    if let Ok(workload) = &workload_offsets {
+        workload.apply(&mut loader);
+    }
     if let Ok(format) = &offsets {
         loader
             .override_global(GLOBAL_SEND_RESET_REASON_OFFSET, &format.reason, true)
@@ -343,7 +364,8 @@ pub fn load_counting(max_flows: u32, counting: Counting) -> anyhow::Result<Loade
     for name in [programs.tc, programs.tc_egress] {
         classifier(&mut ebpf, name)?.load().map_err(|error| load_error(Box::new(error)))?;
     }
-    Ok(LoadedObject { ebpf, counting: mode })
+    let workload_offsets = workload_offsets.map(|_| ());
+    Ok(LoadedObject { ebpf, counting: mode, workload_offsets })
 }
 
 fn load_error(error: Box<dyn std::error::Error + Send + Sync>) -> anyhow::Error {
@@ -396,7 +418,8 @@ fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Sche
 pub fn resolve_targets(names: &[String]) -> anyhow::Result<Vec<(String, u32)>> {
     let mut seen = std::collections::HashSet::new();
     let mut targets = Vec::new();
-    for name in names {
+    // Patterns match interfaces as they come (see `live`), none of them need exist at the start.
+    for name in names.iter().filter(|name| !is_pattern(name)) {
         let ifindex = resolve_interface(name)?;
         if !seen.insert(ifindex) {
             anyhow::bail!("interface {name:?} given more than once");
@@ -443,6 +466,40 @@ pub fn attach_all(
     targets: &[(String, u32)],
 ) -> anyhow::Result<Vec<Attachment>> {
     targets.iter().map(|(iface, ifindex)| attach(ebpf, hook, xdp_mode, iface, *ifindex)).collect()
+}
+
+/// Whether `-i` names a pattern (`'veth*'`, `'cali?'`) rather than one interface.
+pub fn is_pattern(name: &str) -> bool {
+    name.contains(['*', '?'])
+}
+
+/// Shell-style matching of an interface name: `*` any run of characters, `?` any one.
+pub fn pattern_matches(pattern: &str, name: &str) -> bool {
+    let (pattern, name) = (pattern.as_bytes(), name.as_bytes());
+    let (mut p, mut n) = (0, 0);
+    // Where the last `*` was, and the name position it matched up to: backtrack there.
+    let mut star: Option<(usize, usize)> = None;
+    while n < name.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p, n));
+                p += 1;
+            }
+            Some(&c) if c == b'?' || c == name[n] => {
+                p += 1;
+                n += 1;
+            }
+            _ => match star {
+                Some((at, matched)) => {
+                    p = at + 1;
+                    n = matched + 1;
+                    star = Some((at, matched + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
 }
 
 /// Resolves an interface name the way the kernel would, with errors an operator can act on.
@@ -639,6 +696,19 @@ fn describe_holder(ifindex: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn interface_patterns_match_like_the_shell() {
+        assert!(is_pattern("veth*") && is_pattern("cali?") && !is_pattern("eth0"));
+        for (pattern, name) in
+            [("veth*", "veth1a2b"), ("veth*", "veth"), ("*", "lo"), ("c?li*", "cali12"), ("*a*b", "xxaab")]
+        {
+            assert!(pattern_matches(pattern, name), "{pattern} {name}");
+        }
+        for (pattern, name) in [("veth*", "eth0"), ("cali?", "cali12"), ("*a*b", "xxaba"), ("veth", "veth0")] {
+            assert!(!pattern_matches(pattern, name), "{pattern} {name}");
+        }
+    }
 
     #[test]
     fn preempt_rt_is_told_by_sys_kernel_realtime_or_the_version_string() {

@@ -29,7 +29,7 @@ use tokio::{net::TcpListener, sync::Semaphore};
 use self::slots::Slots;
 use crate::{
     aggregate::{
-        model::{Direction, Interval, Service},
+        model::{Direction, Interval, Service, Workload, WorkloadResets},
         InterfaceResets,
     },
     collector::Sample,
@@ -67,6 +67,17 @@ struct ServiceLabels {
     iface: String,
     addr: String,
     port: u16,
+}
+
+/// A workload among the run's top ones (at most `--top`); empty strings for what it lacks.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkloadLabels {
+    rank: u32,
+    cgroup: String,
+    unit: String,
+    namespace: String,
+    pod: String,
+    container: String,
 }
 
 /// The kernel's reset reasons: a fixed enum.
@@ -174,6 +185,10 @@ exposed_metrics! {
             "Handshakes accepted (SYN+ACK) since the start by the run's top services";
         service_resets: Family<ServiceLabels, Gauge> => "service_resets",
             "Resets since the start on connections of the run's top services";
+        workload_sent_resets: Family<WorkloadLabels, Gauge> => "workload_sent_resets",
+            "Resets since the start that the run's top workloads' sockets sent (at most --top series)";
+        workload_received_resets: Family<WorkloadLabels, Gauge> => "workload_received_resets",
+            "Resets since the start that the run's top workloads' sockets received";
         unattributed_resets: Counter => "unattributed_resets",
             "Resets that found room in neither the flow nor the source table (no interface known)";
         overflow: Counter => "flow_overflow", "Resets that found no room in the flow table";
@@ -273,6 +288,7 @@ impl Metrics {
         interval: &Interval,
         by_interface: &[InterfaceResets],
         services: &[Service],
+        workloads: &[WorkloadResets],
     ) {
         let totals = &interval.totals;
         for (direction, frames, tcp) in [
@@ -336,6 +352,22 @@ impl Metrics {
             self.service_attempts.get_or_create(&labels).set(service.attempts as i64);
             self.service_synacks.get_or_create(&labels).set(service.synacks as i64);
             self.service_resets.get_or_create(&labels).set(service.resets as i64);
+        }
+        for family in [&self.workload_sent_resets, &self.workload_received_resets] {
+            family.clear();
+        }
+        for (rank, resets) in workloads.iter().enumerate() {
+            let Workload { cgroup, unit, pod, container, processes: _ } = &resets.workload;
+            let labels = WorkloadLabels {
+                rank: rank as u32 + 1,
+                cgroup: cgroup.clone(),
+                unit: unit.clone().unwrap_or_default(),
+                namespace: pod.as_ref().and_then(|pod| pod.namespace.clone()).unwrap_or_default(),
+                pod: pod.as_ref().map(|pod| pod.name.clone().unwrap_or_else(|| pod.uid.clone())).unwrap_or_default(),
+                container: container.clone().unwrap_or_default(),
+            };
+            self.workload_sent_resets.get_or_create(&labels).set(resets.sent as i64);
+            self.workload_received_resets.get_or_create(&labels).set(resets.received as i64);
         }
         self.top_resetters.clear();
         for (rank, source) in interval.sources.iter().enumerate() {
@@ -553,7 +585,7 @@ mod tests {
         let mut aggregator = Aggregator::new(interfaces, 10);
         let interval = aggregator.add(&sample, Duration::from_secs(1), SystemTime::now());
         let metrics = Metrics::new(HashMap::from([(7, "veth9".to_string())]), 1024, Vec::new());
-        metrics.observe(&sample, &interval, &aggregator.interval_by_interface(), &aggregator.top_services());
+        metrics.observe(&sample, &interval, &aggregator.interval_by_interface(), &aggregator.top_services(), &[]);
         let text = metrics.encode().unwrap();
         for series in [
             r#"rstwatch_resets_total{iface="veth9",direction="tx",kind="refused"} 5"#,
@@ -613,6 +645,34 @@ mod tests {
         assert!(text.contains(r#"rstwatch_resets_by_source_total{src="10.0.0.3"} 1"#), "{text}");
         assert!(!text.contains(r#"src="10.0.0.1""#) && !text.contains(r#"port="80""#), "idle series removed:\n{text}");
         assert!(text.contains(r#"rstwatch_refused_by_service_total{addr="10.0.0.3",port="82"} 1"#), "{text}");
+    }
+
+    #[test]
+    fn workloads_are_the_top_ones_with_their_names_as_labels() {
+        use crate::aggregate::model::{Pod, Workload, WorkloadResets};
+        let workload = |cgroup: &str, pod: Option<Pod>, sent, received| WorkloadResets {
+            workload: Workload { cgroup: cgroup.into(), unit: Some("u.scope".into()), pod, ..Workload::default() },
+            sent,
+            received,
+        };
+        let pod = Pod { namespace: Some("shop".into()), name: Some("cart".into()), uid: "u1".into() };
+        let metrics = Metrics::new(HashMap::new(), 1024, Vec::new());
+        let (sample, interval) = (
+            Sample::default(),
+            Aggregator::new(Vec::new(), 1).fold(&Sample::default(), Duration::from_secs(1), SystemTime::now()),
+        );
+        let top = [workload("/a", Some(pod), 3, 1), workload("/b", None, 0, 2)];
+        metrics.observe(&sample, &interval, &[], &[], &top);
+        let text = metrics.encode().unwrap();
+        for series in [
+            r#"rstwatch_workload_sent_resets{rank="1",cgroup="/a",unit="u.scope",namespace="shop",pod="cart",container=""} 3"#,
+            r#"rstwatch_workload_received_resets{rank="2",cgroup="/b",unit="u.scope",namespace="",pod="",container=""} 2"#,
+        ] {
+            assert!(text.contains(series), "{series} missing in\n{text}");
+        }
+        // Refilled each interval: a workload that left the top is gone.
+        metrics.observe(&sample, &interval, &[], &[], &top[1..]);
+        assert!(!metrics.encode().unwrap().contains(r#"cgroup="/a""#));
     }
 
     #[test]

@@ -12,10 +12,12 @@ pub enum View {
     Service,
     /// Single flows.
     Flow,
+    /// Local workloads (cgroup: service, pod, container): resets their sockets sent and received.
+    Workload,
 }
 
 impl View {
-    pub const ALL: [View; 4] = [View::Src, View::Dst, View::Service, View::Flow];
+    pub const ALL: [View; 5] = [View::Src, View::Dst, View::Service, View::Flow, View::Workload];
 
     pub const fn name(self) -> &'static str {
         match self {
@@ -23,6 +25,7 @@ impl View {
             View::Dst => "dst",
             View::Service => "service",
             View::Flow => "flow",
+            View::Workload => "workload",
         }
     }
 }

@@ -184,8 +184,9 @@ fn series_bound(ifaces: usize, top: usize, reasons: usize, programs: usize) -> u
     let fixed = 12 + causes + 1;
     // resets (2 directions × kinds, and the overflowed resets'), middlebox (2 directions).
     let per_iface = 2 * kinds + 1 + 2;
-    // The three service gauges, the top resetter gauge, resets_by_source, the four by_service.
-    let per_top = 3 + 1 + 1 + 4;
+    // The three service gauges, the top resetter gauge, resets_by_source, the four by_service,
+    // the two workload gauges (sent, received).
+    let per_top = 3 + 1 + 1 + 4 + 2;
     fixed + ifaces * per_iface + top * per_top + reasons + programs
 }
 

@@ -13,6 +13,7 @@ mod hash;
 mod keys;
 pub mod names;
 mod values;
+mod workload;
 
 pub use class::{ResetClass, ResetKind};
 pub use counters::{Counters, ResetCounters, TrafficCounters};
@@ -30,3 +31,4 @@ pub use values::{
     ConnState, FlowValue, LoggedFlow, ServiceCounts, ServiceValue, CONN_CLIENT_IS_LO, CONN_FIN, CONN_RESET, CONN_SYN,
     CONN_SYNACK,
 };
+pub use workload::{WorkloadKey, ORIGIN_APPLICATION, ORIGIN_KERNEL, ORIGIN_RECEIVED};

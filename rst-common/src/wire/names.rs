@@ -63,6 +63,29 @@ pub const PROG_SEND_RESET: &str = "rstwatch_send_reset";
 pub const GLOBAL_SEND_RESET_REASON_OFFSET: &str = "SEND_RESET_REASON_OFFSET";
 pub const GLOBAL_SEND_RESET_SADDR_OFFSET: &str = "SEND_RESET_SADDR_OFFSET";
 pub const GLOBAL_SEND_RESET_DADDR_OFFSET: &str = "SEND_RESET_DADDR_OFFSET";
+/// Tracepoint `tcp:tcp_receive_reset`: the receiving socket's cgroup (see [`MAP_WORKLOADS`]).
+pub const PROG_RECEIVE_RESET: &str = "rstwatch_receive_reset";
+/// Resets per socket cgroup and origin ([`crate::wire::WorkloadKey`]), flipped and drained
+/// like the stack-reset tables.
+pub const MAP_WORKLOADS: [&str; 2] = ["WORKLOADS_0", "WORKLOADS_1"];
+/// Whether the tracepoint programs record workloads (0 or 1); the loader sets it with the
+/// offsets below, read from the kernel's BTF and the tracepoints' format files.
+pub const GLOBAL_WORKLOADS_ON: &str = "WORKLOADS_ON";
+pub const GLOBAL_SEND_RESET_SKADDR_OFFSET: &str = "SEND_RESET_SKADDR_OFFSET";
+pub const GLOBAL_SEND_RESET_STATE_OFFSET: &str = "SEND_RESET_STATE_OFFSET";
+pub const GLOBAL_RECEIVE_RESET_SKADDR_OFFSET: &str = "RECEIVE_RESET_SKADDR_OFFSET";
+pub const GLOBAL_RECEIVE_RESET_SPORT_OFFSET: &str = "RECEIVE_RESET_SPORT_OFFSET";
+pub const GLOBAL_RECEIVE_RESET_DPORT_OFFSET: &str = "RECEIVE_RESET_DPORT_OFFSET";
+pub const GLOBAL_RECEIVE_RESET_FAMILY_OFFSET: &str = "RECEIVE_RESET_FAMILY_OFFSET";
+pub const GLOBAL_RECEIVE_RESET_SADDR_OFFSET: &str = "RECEIVE_RESET_SADDR_OFFSET";
+pub const GLOBAL_RECEIVE_RESET_DADDR_OFFSET: &str = "RECEIVE_RESET_DADDR_OFFSET";
+pub const GLOBAL_RECEIVE_RESET_SADDR_V6_OFFSET: &str = "RECEIVE_RESET_SADDR_V6_OFFSET";
+pub const GLOBAL_RECEIVE_RESET_DADDR_V6_OFFSET: &str = "RECEIVE_RESET_DADDR_V6_OFFSET";
+/// `struct sock` → its cgroup pointer (`sk_cgrp_data.cgroup`), `struct cgroup` → `kn`,
+/// `struct kernfs_node` → `id` (the cgroup id: the cgroup directory's inode number).
+pub const GLOBAL_SOCK_CGROUP_OFFSET: &str = "SOCK_CGROUP_OFFSET";
+pub const GLOBAL_CGROUP_KN_OFFSET: &str = "CGROUP_KN_OFFSET";
+pub const GLOBAL_KERNFS_NODE_ID_OFFSET: &str = "KERNFS_NODE_ID_OFFSET";
 /// An empty XDP_PASS program in the same object: the baseline for cost measurements.
 pub const PROG_XDP_BASELINE: &str = "rstwatch_xdp_pass";
 /// An empty TC program returning "next": the baseline for the TC programs.
@@ -97,7 +120,7 @@ pub enum ProgramKind {
 
 /// Every map of the object and its kind, the `.bss` data map included: a map added to the
 /// object is added here, and the contract test holds the object to exactly this list.
-pub const MAPS: [(&str, MapKind); 18] = [
+pub const MAPS: [(&str, MapKind); 20] = [
     (MAP_FLOW_TABLE, MapKind::Array),
     (MAP_FLOW_BLOCKS, MapKind::Array),
     (MAP_OVERFLOW_SOURCES[0], MapKind::Hash),
@@ -115,12 +138,14 @@ pub const MAPS: [(&str, MapKind); 18] = [
     (MAP_SERVICE_OPEN, MapKind::Hash),
     (MAP_STACK_RESETS[0], MapKind::Hash),
     (MAP_STACK_RESETS[1], MapKind::Hash),
+    (MAP_WORKLOADS[0], MapKind::Hash),
+    (MAP_WORKLOADS[1], MapKind::Hash),
     // The loader's overrides of the globals below, a map aya makes from the section.
     (".rodata", MapKind::Array),
 ];
 
 /// Every program of the object and its kind.
-pub const PROGRAMS: [(&str, ProgramKind); 9] = [
+pub const PROGRAMS: [(&str, ProgramKind); 10] = [
     (PROG_XDP, ProgramKind::Xdp),
     (PROG_TC, ProgramKind::SchedClassifier),
     (PROG_TC_EGRESS, ProgramKind::SchedClassifier),
@@ -128,15 +153,30 @@ pub const PROGRAMS: [(&str, ProgramKind); 9] = [
     (PROG_TC_ATOMIC, ProgramKind::SchedClassifier),
     (PROG_TC_EGRESS_ATOMIC, ProgramKind::SchedClassifier),
     (PROG_SEND_RESET, ProgramKind::TracePoint),
+    (PROG_RECEIVE_RESET, ProgramKind::TracePoint),
     (PROG_XDP_BASELINE, ProgramKind::Xdp),
     (PROG_TC_BASELINE, ProgramKind::SchedClassifier),
 ];
 
 /// The u32 globals the loader sets before loading (read-only to the programs).
-pub const LOADER_GLOBALS: [&str; 5] = [
+pub const LOADER_GLOBALS: [&str; 19] = [
     GLOBAL_FLOW_TABLE_BITS,
     GLOBAL_EVICTION_LOG_SLOTS,
     GLOBAL_SEND_RESET_REASON_OFFSET,
     GLOBAL_SEND_RESET_SADDR_OFFSET,
     GLOBAL_SEND_RESET_DADDR_OFFSET,
+    GLOBAL_WORKLOADS_ON,
+    GLOBAL_SEND_RESET_SKADDR_OFFSET,
+    GLOBAL_SEND_RESET_STATE_OFFSET,
+    GLOBAL_RECEIVE_RESET_SKADDR_OFFSET,
+    GLOBAL_RECEIVE_RESET_SPORT_OFFSET,
+    GLOBAL_RECEIVE_RESET_DPORT_OFFSET,
+    GLOBAL_RECEIVE_RESET_FAMILY_OFFSET,
+    GLOBAL_RECEIVE_RESET_SADDR_OFFSET,
+    GLOBAL_RECEIVE_RESET_DADDR_OFFSET,
+    GLOBAL_RECEIVE_RESET_SADDR_V6_OFFSET,
+    GLOBAL_RECEIVE_RESET_DADDR_V6_OFFSET,
+    GLOBAL_SOCK_CGROUP_OFFSET,
+    GLOBAL_CGROUP_KN_OFFSET,
+    GLOBAL_KERNFS_NODE_ID_OFFSET,
 ];

@@ -5,7 +5,10 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use rst_common::wire::ResetKind;
 
-use super::model::{endpoint, percent, Direction, Flow, Run, Side};
+use super::model::{endpoint, percent, Direction, Flow, Origin, Run, Side};
+
+/// Workloads the summary names in words at most.
+const WORKLOAD_SENTENCES: usize = 3;
 
 /// The run's diagnosis, most telling first; empty without resets.
 pub fn sentences(run: &Run) -> Vec<String> {
@@ -98,10 +101,57 @@ pub fn sentences(run: &Run) -> Vec<String> {
             "{unexplained} resets left this host with no TCP stack event: made by something else here (netfilter REJECT, a proxy) or forwarded through it"
         ));
     }
+    lines.extend(workload_sentences(run));
     if let Some(why) = &kernel_events.unavailable {
         if flows.iter().any(|f| f.direction == Direction::Tx) {
             lines.push(format!("no kernel reasons: {why}"));
         }
+    }
+    lines
+}
+
+/// Who the resets belonged to on this host: "cart-7d9f (shop) received 4 refusals from
+/// 10.77.0.100:81", "nginx.service sent 3 resets to 10.0.0.2:443", and what the kernel sent
+/// for no socket.
+fn workload_sentences(run: &Run) -> Vec<String> {
+    let mut lines = Vec::new();
+    for resets in run.workloads.iter().take(WORKLOAD_SENTENCES) {
+        let name = resets.workload.describe();
+        let mine = |direction: Direction| {
+            run.flows.iter().filter(move |f| f.direction == direction && f.workload.as_ref() == Some(&resets.workload))
+        };
+        if resets.received > 0 {
+            // The peer that sent it the most, by address and port.
+            let mut peers: BTreeMap<(IpAddr, u16), (u64, u64)> = BTreeMap::new();
+            for flow in mine(Direction::Rx) {
+                let peer = peers.entry((flow.src, flow.sport)).or_default();
+                peer.0 += flow.resets;
+                peer.1 += flow.kinds.get(ResetKind::Refused);
+            }
+            if let Some((&(addr, port), &(count, refused))) = peers.iter().max_by_key(|(_, (count, _))| *count) {
+                let what = if refused == count { "refusals" } else { "resets" };
+                let rest = resets.received - count;
+                let more = if rest > 0 { format!(" (and {rest} from others)") } else { String::new() };
+                lines.push(format!("{name} received {count} {what} from {}{more}", endpoint(addr, port)));
+            }
+        }
+        if resets.sent > 0 {
+            let mut peers: BTreeMap<(IpAddr, u16), u64> = BTreeMap::new();
+            for flow in mine(Direction::Tx) {
+                *peers.entry((flow.dst, flow.dport)).or_default() += flow.resets;
+            }
+            if let Some((&(addr, port), &count)) = peers.iter().max_by_key(|(_, count)| **count) {
+                let rest = resets.sent - count;
+                let more = if rest > 0 { format!(" (and {rest} to others)") } else { String::new() };
+                lines.push(format!("{name} sent {count} resets to {}{more}", endpoint(addr, port)));
+            }
+        }
+    }
+    let by_kernel: u64 = run.flows.iter().filter(|f| f.origin == Some(Origin::Kernel)).map(|f| f.resets).sum();
+    if by_kernel > 0 {
+        lines.push(format!(
+            "this host's kernel sent {by_kernel} resets for no socket (a closed port, an unknown connection): no application asked for them"
+        ));
     }
     lines
 }

@@ -14,13 +14,16 @@ use std::{
 };
 
 use rst_common::{
-    wire::{ResetClass, ServiceCounts, ServiceKey, ServiceValue, SourceKey, StackResetKey},
+    wire::{
+        ResetClass, ServiceCounts, ServiceKey, ServiceValue, SourceKey, StackResetKey, WorkloadKey, DIRECTION_TX,
+        ORIGIN_APPLICATION, ORIGIN_KERNEL,
+    },
     Counters, FlowKey,
 };
 
 use self::model::{
-    CountingMode, Direction, Family, Flow, Interface, Interval, KernelEvents, KindCounts, Middlebox, Run, Service,
-    Side, Totals, Unlisted,
+    CountingMode, Direction, Family, Flow, Interface, Interval, KernelEvents, KindCounts, Middlebox, Origin, Run,
+    Service, Side, Totals, Unlisted, Workload, WorkloadResets,
 };
 use crate::{
     collector::Sample,
@@ -47,6 +50,62 @@ pub struct FlowStats {
     pub middlebox: Option<Middlebox>,
     /// Kernel reason code → events.
     pub reasons: BTreeMap<u32, u64>,
+    pub owners: Owners,
+}
+
+/// The sockets behind a flow's RSTs, from the workload events joined to it.
+#[derive(Debug, Clone, Default)]
+pub struct Owners {
+    /// Cgroup id → RSTs (0: a socket without a cgroup, or no socket).
+    pub cgroups: BTreeMap<u64, u64>,
+    /// tx RSTs a socket sent.
+    pub application: u64,
+    /// tx RSTs the kernel sent for nobody.
+    pub kernel: u64,
+}
+
+impl Owners {
+    fn add(&mut self, event: &WorkloadKey, count: u64) {
+        *self.cgroups.entry(event.cgroup).or_default() += count;
+        match event.origin {
+            ORIGIN_APPLICATION => self.application += count,
+            ORIGIN_KERNEL => self.kernel += count,
+            _ => {}
+        }
+    }
+
+    fn merge(&mut self, other: &Owners) {
+        let Owners { cgroups, application, kernel } = other;
+        for (cgroup, count) in cgroups {
+            *self.cgroups.entry(*cgroup).or_default() += count;
+        }
+        self.application += application;
+        self.kernel += kernel;
+    }
+
+    /// The cgroup most of the flow's RSTs had (ties: the lower id).
+    pub fn cgroup(&self) -> Option<u64> {
+        let mut best: Option<(u64, u64)> = None;
+        for (&cgroup, &count) in self.cgroups.iter().filter(|(cgroup, _)| **cgroup != 0) {
+            if best.is_none_or(|(_, most)| count > most) {
+                best = Some((cgroup, count));
+            }
+        }
+        best.map(|(cgroup, _)| cgroup)
+    }
+
+    /// A socket sent any of them (the kernel's answers that follow an abort are its aftermath),
+    /// else the kernel alone; `None` when this host's TCP stack sent none of them (forwarded,
+    /// netfilter's REJECT, a raw socket).
+    pub fn origin(&self) -> Option<Origin> {
+        if self.application > 0 {
+            Some(Origin::Application)
+        } else if self.kernel > 0 {
+            Some(Origin::Kernel)
+        } else {
+            None
+        }
+    }
 }
 
 impl FlowStats {
@@ -68,7 +127,9 @@ impl FlowStats {
     }
 
     fn merge(&mut self, other: &FlowStats) {
-        let FlowStats { resets, kinds, with_ack, from_server, side_observed, first, middlebox, reasons } = other;
+        let FlowStats { resets, kinds, with_ack, from_server, side_observed, first, middlebox, reasons, owners } =
+            other;
+        self.owners.merge(owners);
         self.resets += resets;
         self.kinds.merge(kinds);
         self.with_ack += with_ack;
@@ -177,6 +238,12 @@ pub struct Aggregator {
     tx_flows: FastMap<FourTuple, FlowKey>,
     /// Kernel events not matched in their interval: tried once more in the next.
     pending_events: Vec<(StackResetKey, u64)>,
+    /// rx flows of the run by 4-tuple, for workload events.
+    rx_flows: FastMap<FourTuple, FlowKey>,
+    /// Workload events not matched in their interval: tried once more in the next.
+    pending_workloads: Vec<(WorkloadKey, u64)>,
+    /// Names cgroups; `None` when workloads are off or unavailable.
+    resolver: Option<crate::workload::Resolver>,
     services: FastMap<ServiceKey, ServiceValue>,
     overflow_sources: FastMap<SourceKey, u64>,
     flow_limit: usize,
@@ -209,6 +276,9 @@ impl Aggregator {
             interval_overflow: Vec::new(),
             tx_flows: FastMap::default(),
             pending_events: Vec::new(),
+            rx_flows: FastMap::default(),
+            pending_workloads: Vec::new(),
+            resolver: None,
             services: FastMap::default(),
             overflow_sources: FastMap::default(),
             flow_limit: DEFAULT_SUMMARY_FLOWS as usize,
@@ -230,6 +300,11 @@ impl Aggregator {
     pub fn kernel_events(&mut self, available: Result<(), String>, reason_names: Vec<String>) {
         self.kernel_events.unavailable = available.err();
         self.reason_names = reason_names;
+    }
+
+    /// Names the workloads of the run's resets with `resolver` (live runs with workloads on).
+    pub fn workloads(&mut self, resolver: crate::workload::Resolver) {
+        self.resolver = Some(resolver);
     }
 
     /// How the kernel side counts, for the summary.
@@ -266,6 +341,8 @@ impl Aggregator {
         if let Some(list) = &mut interval.conversations {
             list.truncate(self.top);
         }
+        interval.workloads = self.workload_records(flows.iter());
+        interval.workloads.truncate(self.top);
         interval
     }
 
@@ -285,14 +362,16 @@ impl Aggregator {
             interval.entry(key.flow_id()).or_default().add(key, *resets);
         }
         self.join_kernel_events(&mut interval, &sample.stack_resets);
+        self.join_workloads(&mut interval, &sample.workloads);
         for (id, stats) in &interval {
             if let Some(run) = self.flows.get_mut(id) {
                 run.merge(stats);
             } else if self.flows.len() < self.flow_limit {
                 self.flows.insert(*id, stats.clone());
-                if Direction::of(id) == Direction::Tx {
-                    self.tx_flows.insert(four_tuple_of_flow(id), *id);
-                }
+                match Direction::of(id) {
+                    Direction::Tx => self.tx_flows.insert(four_tuple_of_flow(id), *id),
+                    Direction::Rx => self.rx_flows.insert(four_tuple_of_flow(id), *id),
+                };
             } else {
                 // Still the sender's: counted for its source, like a flow-table overflow.
                 self.unlisted.resets += stats.resets;
@@ -330,6 +409,7 @@ impl Aggregator {
             destinations: Vec::new(),
             verdicts: self.evidence.interval_verdicts(),
             conversations: None,
+            workloads: Vec::new(),
         };
         self.interval_flows = interval;
         record
@@ -366,6 +446,87 @@ impl Aggregator {
         }
     }
 
+    /// Charges workload events to the flows (either direction) they explain, as
+    /// [`Aggregator::join_kernel_events`] does; each event's cgroup is named now, while it
+    /// still exists. An event no watched flow has (another interface, another namespace with
+    /// the same addresses' traffic unwatched) is dropped after its second interval.
+    fn join_workloads(&mut self, interval: &mut FastMap<FlowKey, FlowStats>, events: &[(WorkloadKey, u64)]) {
+        if events.is_empty() && self.pending_workloads.is_empty() {
+            return;
+        }
+        let Some(resolver) = self.resolver.as_mut() else {
+            return;
+        };
+        resolver.new_round();
+        let by_tuple: FastMap<(FourTuple, bool), FlowKey> =
+            interval.keys().map(|id| ((four_tuple_of_flow(id), Direction::of(id) == Direction::Tx), *id)).collect();
+        let pending = std::mem::take(&mut self.pending_workloads);
+        let tries = pending.iter().map(|event| (event, true)).chain(events.iter().map(|event| (event, false)));
+        for ((event, count), retried) in tries {
+            if event.cgroup != 0 && resolver.resolve(event.cgroup).is_none() {
+                tracing::debug!("cgroup {} vanished before it could be named", event.cgroup);
+            }
+            let tuple = (event.src, event.dst, event.sport, event.dport, event.family);
+            let tx = event.direction == DIRECTION_TX;
+            let stats = match by_tuple.get(&(tuple, tx)) {
+                Some(id) => interval.get_mut(id),
+                None => {
+                    let run = if tx { &self.tx_flows } else { &self.rx_flows };
+                    run.get(&tuple).and_then(|id| self.flows.get_mut(id))
+                }
+            };
+            match stats {
+                Some(stats) => stats.owners.add(event, *count),
+                None if retried => {}
+                None => self.pending_workloads.push((*event, *count)),
+            }
+        }
+    }
+
+    /// Resets per workload over `flows`, most first.
+    fn workload_records<'a>(&self, flows: impl Iterator<Item = (&'a FlowKey, &'a FlowStats)>) -> Vec<WorkloadResets> {
+        let Some(resolver) = &self.resolver else {
+            return Vec::new();
+        };
+        let mut by_cgroup: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+        for (key, stats) in flows {
+            let Some(cgroup) = stats.owners.cgroup() else { continue };
+            let counts = by_cgroup.entry(cgroup).or_default();
+            match Direction::of(key) {
+                Direction::Tx => counts.0 += stats.resets,
+                Direction::Rx => counts.1 += stats.resets,
+            }
+        }
+        let mut records: Vec<WorkloadResets> = by_cgroup
+            .into_iter()
+            .filter_map(|(cgroup, (sent, received))| {
+                Some(WorkloadResets { workload: resolver.known(cgroup)?.clone(), sent, received })
+            })
+            .collect();
+        records.sort_by(|a, b| {
+            (b.sent + b.received).cmp(&(a.sent + a.received)).then_with(|| a.workload.cgroup.cmp(&b.workload.cgroup))
+        });
+        records
+    }
+
+    /// The run's workloads so far, the top N by resets: what `--metrics` exports.
+    pub fn top_workloads(&self) -> Vec<WorkloadResets> {
+        let mut workloads = self.workload_records(self.flows.iter());
+        workloads.truncate(self.top);
+        workloads
+    }
+
+    /// The workload of cgroup `id`, when it was named.
+    pub fn workload_name(&self, id: u64) -> Option<&Workload> {
+        self.resolver.as_ref()?.known(id)
+    }
+
+    /// The workload of a flow's sockets, as far as it could be named.
+    fn workload_of(&self, stats: &FlowStats) -> Option<Workload> {
+        let cgroup = stats.owners.cgroup()?;
+        self.resolver.as_ref()?.known(cgroup).cloned()
+    }
+
     /// The whole run: every flow, every source, cumulative.
     pub fn summary(&self) -> Run {
         let mut kernel_events = self.kernel_events.clone();
@@ -385,6 +546,7 @@ impl Aggregator {
             kernel_events,
             verdicts: self.evidence.verdicts(),
             conversations: conversation::conversations(self.flows.iter(), |ifindex| self.iface_name(ifindex)),
+            workloads: self.workload_records(self.flows.iter()),
         }
     }
 
@@ -496,6 +658,12 @@ impl Aggregator {
                     reasons: stats.reasons.iter().map(|(code, count)| (self.reason_name(*code), *count)).collect(),
                     no_kernel_event: (direction == Direction::Tx && self.kernel_events.available())
                         .then(|| stats.resets.saturating_sub(explained)),
+                    workload: self.workload_of(stats),
+                    origin: if direction == Direction::Tx && self.resolver.is_some() {
+                        stats.owners.origin()
+                    } else {
+                        None
+                    },
                 }
             })
             .collect()
@@ -509,3 +677,6 @@ impl Aggregator {
         rank::services(handshakes, flows, |ifindex| self.iface_name(ifindex))
     }
 }
+
+#[cfg(test)]
+mod workload_tests;

@@ -48,6 +48,7 @@ macro_rules! serialized_by_name {
 }
 
 named! {
+    Origin { Application => "application", Kernel => "kernel" }
     Direction { Rx => "rx", Tx => "tx" }
     Side { Client => "client", Server => "server" }
     Family { Ipv4 => "ipv4", Ipv6 => "ipv6" }
@@ -273,6 +274,70 @@ pub struct Flow {
     /// tx RSTs with no kernel event: made by something else on the host (netfilter, a proxy).
     /// `None` when kernel events are unavailable, and for rx flows.
     pub no_kernel_event: Option<u64>,
+    /// The workload of the local socket that sent (tx) or received (rx) the RSTs; `None` when
+    /// no local socket was involved (forwarded traffic, a kernel answer) or workloads are off.
+    pub workload: Option<Workload>,
+    /// tx flows: whether a socket sent them or the kernel answered for nobody; `None` for rx
+    /// flows, for tx RSTs this host's TCP stack did not send (forwarded, netfilter) and when
+    /// workloads are off.
+    pub origin: Option<Origin>,
+}
+
+/// Who sent a tx RST (see [`rst_common::wire::ORIGIN_APPLICATION`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Origin {
+    /// A socket: abort, linger 0, close with unread data, a listener's answer.
+    Application,
+    /// No socket: a closed port, an unknown connection (or only TIME_WAIT remains).
+    Kernel,
+}
+
+/// A cgroup (v2) resolved to what it names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Workload {
+    /// The path under the cgroup2 root (`/system.slice/nginx.service`).
+    pub cgroup: String,
+    /// The last `*.service` / `*.scope` component.
+    pub unit: Option<String>,
+    pub pod: Option<Pod>,
+    /// The container id of a kubelet container cgroup.
+    pub container: Option<String>,
+    /// The processes in the cgroup when it was resolved.
+    pub processes: Vec<Process>,
+}
+
+impl Workload {
+    /// The workload in words: the pod (`cart-7d9f (shop)`), else the unit, else the cgroup.
+    pub fn describe(&self) -> String {
+        match &self.pod {
+            Some(Pod { namespace: Some(namespace), name: Some(name), .. }) => format!("{name} ({namespace})"),
+            Some(Pod { uid, .. }) => format!("pod {uid}"),
+            None => self.unit.clone().unwrap_or_else(|| self.cgroup.clone()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pod {
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    pub uid: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Process {
+    pub pid: u32,
+    pub comm: String,
+}
+
+/// One workload's resets over the run or an interval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadResets {
+    pub workload: Workload,
+    /// RSTs its sockets sent (tx flows).
+    pub sent: u64,
+    /// RSTs its sockets received (rx flows).
+    pub received: u64,
 }
 
 /// A server address and port, on one interface.
@@ -372,6 +437,8 @@ pub struct Interval {
     pub verdicts: Vec<Verdict>,
     /// All of the interval's flows folded by conversation (top N), when most were reset once.
     pub conversations: Option<Vec<Conversation>>,
+    /// The interval's top workloads (empty when workloads are off, and unranked intervals).
+    pub workloads: Vec<WorkloadResets>,
 }
 
 impl Interval {
@@ -444,6 +511,8 @@ pub struct Run {
     pub verdicts: Vec<Verdict>,
     /// The flows folded by conversation, when most were reset once.
     pub conversations: Option<Vec<Conversation>>,
+    /// Resets per workload, most first (empty when workloads are off).
+    pub workloads: Vec<WorkloadResets>,
 }
 
 pub fn per_second(count: u64, elapsed: Duration) -> f64 {

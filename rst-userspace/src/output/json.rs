@@ -10,7 +10,8 @@ use crate::aggregate::{
     diagnosis,
     model::{
         AttachMode, CountingMode, Destination, Direction, Family, Flow, Interface, Interval, KernelEvents, KindCounts,
-        Middlebox, Run, Service, Side, Source, Totals, Unlisted, Verdict,
+        Middlebox, Origin, Pod, Process, Run, Service, Side, Source, Totals, Unlisted, Verdict, Workload,
+        WorkloadResets,
     },
 };
 use crate::verdict::Detail;
@@ -52,6 +53,70 @@ pub struct FlowRecord<'a> {
     middlebox: Option<Middlebox>,
     reasons: &'a BTreeMap<String, u64>,
     no_kernel_event: Option<u64>,
+    workload: Option<WorkloadRecord<'a>>,
+    origin: Option<Origin>,
+}
+
+#[derive(Serialize)]
+pub struct PodRecord<'a> {
+    namespace: Option<&'a str>,
+    name: Option<&'a str>,
+    uid: &'a str,
+}
+
+impl<'a> From<&'a Pod> for PodRecord<'a> {
+    fn from(pod: &'a Pod) -> Self {
+        let Pod { namespace, name, uid } = pod;
+        PodRecord { namespace: namespace.as_deref(), name: name.as_deref(), uid }
+    }
+}
+
+#[derive(Serialize)]
+pub struct ProcessRecord<'a> {
+    pid: u32,
+    comm: &'a str,
+}
+
+/// A flow's workload: `{cgroup, unit, pod, container, processes}`.
+#[derive(Serialize)]
+pub struct WorkloadRecord<'a> {
+    cgroup: &'a str,
+    unit: Option<&'a str>,
+    pod: Option<PodRecord<'a>>,
+    container: Option<&'a str>,
+    processes: Vec<ProcessRecord<'a>>,
+}
+
+impl<'a> From<&'a Workload> for WorkloadRecord<'a> {
+    fn from(workload: &'a Workload) -> Self {
+        let Workload { cgroup, unit, pod, container, processes } = workload;
+        WorkloadRecord {
+            cgroup,
+            unit: unit.as_deref(),
+            pod: pod.as_ref().map(PodRecord::from),
+            container: container.as_deref(),
+            processes: processes.iter().map(|Process { pid, comm }| ProcessRecord { pid: *pid, comm }).collect(),
+        }
+    }
+}
+
+/// One entry of the summary's `workloads`.
+#[derive(Serialize)]
+pub struct WorkloadResetsRecord<'a> {
+    cgroup: &'a str,
+    unit: Option<&'a str>,
+    pod: Option<PodRecord<'a>>,
+    container: Option<&'a str>,
+    sent: u64,
+    received: u64,
+}
+
+impl<'a> From<&'a WorkloadResets> for WorkloadResetsRecord<'a> {
+    fn from(resets: &'a WorkloadResets) -> Self {
+        let WorkloadResets { workload, sent, received } = resets;
+        let WorkloadRecord { cgroup, unit, pod, container, processes: _ } = WorkloadRecord::from(workload);
+        WorkloadResetsRecord { cgroup, unit, pod, container, sent: *sent, received: *received }
+    }
 }
 
 impl<'a> From<&'a Flow> for FlowRecord<'a> {
@@ -74,6 +139,8 @@ impl<'a> From<&'a Flow> for FlowRecord<'a> {
             middlebox,
             reasons,
             no_kernel_event,
+            workload,
+            origin,
         } = flow;
         FlowRecord {
             iface,
@@ -93,6 +160,8 @@ impl<'a> From<&'a Flow> for FlowRecord<'a> {
             middlebox: *middlebox,
             reasons,
             no_kernel_event: *no_kernel_event,
+            workload: workload.as_ref().map(WorkloadRecord::from),
+            origin: *origin,
         }
     }
 }
@@ -294,6 +363,7 @@ pub struct IntervalRecord<'a> {
     services: Vec<ServiceRecord<'a>>,
     destinations: Vec<DestinationRecord>,
     verdicts: Vec<VerdictRecord>,
+    workloads: Vec<WorkloadResetsRecord<'a>>,
 }
 
 impl<'a> From<&'a Interval> for IntervalRecord<'a> {
@@ -312,6 +382,7 @@ impl<'a> From<&'a Interval> for IntervalRecord<'a> {
             verdicts,
             // The table's folding; the JSON lists every flow as it is.
             conversations: _,
+            workloads,
         } = interval;
         IntervalRecord {
             kind: "interval",
@@ -328,6 +399,7 @@ impl<'a> From<&'a Interval> for IntervalRecord<'a> {
             services: all(services),
             destinations: all(destinations),
             verdicts: all(verdicts),
+            workloads: all(workloads),
         }
     }
 }
@@ -352,6 +424,7 @@ pub struct SummaryRecord<'a> {
     kernel_events: KernelEventsRecord<'a>,
     diagnosis: Vec<String>,
     verdicts: Vec<VerdictRecord>,
+    workloads: Vec<WorkloadResetsRecord<'a>>,
 }
 
 impl<'a> From<&'a Run> for SummaryRecord<'a> {
@@ -370,6 +443,7 @@ impl<'a> From<&'a Run> for SummaryRecord<'a> {
             kernel_events,
             verdicts,
             conversations: _,
+            workloads,
         } = run;
         SummaryRecord {
             kind: "summary",
@@ -387,6 +461,7 @@ impl<'a> From<&'a Run> for SummaryRecord<'a> {
             kernel_events: kernel_events.into(),
             diagnosis: diagnosis::sentences(run),
             verdicts: all(verdicts),
+            workloads: all(workloads),
         }
     }
 }

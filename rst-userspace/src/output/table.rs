@@ -5,7 +5,10 @@ use std::io::{self, Write};
 use crate::{
     aggregate::{
         diagnosis,
-        model::{endpoint, per_second, Conversation, Destination, Flow, Interval, Run, Service, Source, Totals},
+        model::{
+            endpoint, per_second, Conversation, Destination, Flow, Interval, Origin, Run, Service, Source, Totals,
+            WorkloadResets,
+        },
         rank::ROW_DETAIL,
     },
     view::View,
@@ -45,7 +48,7 @@ impl<W: Write> TablePrinter<W> {
         if t.resets == 0 {
             writeln!(self.out, "   no resets")?;
         } else {
-            self.ranking(&record.sources, &record.destinations, &record.services)?;
+            self.ranking(&record.sources, &record.destinations, &record.services, &record.workloads)?;
             match self.folded(&record.conversations) {
                 Some(conversations) => self.conversations_table(conversations, "TOP CONVERSATIONS")?,
                 None => self.flows_table(&record.flows, "TOP FLOWS")?,
@@ -87,7 +90,7 @@ impl<W: Write> TablePrinter<W> {
                 writeln!(self.out, "   » {line}")?;
             }
             let sources = &run.sources[..run.sources.len().min(self.top)];
-            self.ranking(sources, &run.destinations, &run.services)?;
+            self.ranking(sources, &run.destinations, &run.services, &run.workloads)?;
             let (listed, unit) = match self.folded(&run.conversations) {
                 Some(list) => {
                     self.conversations_table(&list[..list.len().min(self.top)], "TOP CONVERSATIONS (whole run)")?;
@@ -113,13 +116,43 @@ impl<W: Write> TablePrinter<W> {
     }
 
     /// The table `--by` asks for (flows are always listed after it).
-    fn ranking(&mut self, sources: &[Source], destinations: &[Destination], services: &[Service]) -> io::Result<()> {
+    fn ranking(
+        &mut self,
+        sources: &[Source],
+        destinations: &[Destination],
+        services: &[Service],
+        workloads: &[WorkloadResets],
+    ) -> io::Result<()> {
         match self.by {
             View::Src => self.sources_table(sources),
             View::Dst => self.destinations_table(destinations),
             View::Service => self.services_table(services),
             View::Flow => Ok(()),
+            View::Workload => self.workloads_table(workloads),
         }
+    }
+
+    fn workloads_table(&mut self, workloads: &[WorkloadResets]) -> io::Result<()> {
+        if workloads.is_empty() {
+            return writeln!(self.out, "   no resets of local workloads (or workloads are off)");
+        }
+        let names: Vec<String> = workloads.iter().map(|w| w.workload.describe()).collect();
+        let width = names.iter().map(String::len).max().unwrap_or(0).max(16);
+        writeln!(self.out, "   {:<width$} {:>9} {:>9}  CGROUP · PROCESSES", "WORKLOAD", "SENT", "RECEIVED")?;
+        for (name, resets) in names.iter().zip(workloads).take(self.top) {
+            let mut processes: Vec<String> =
+                resets.workload.processes.iter().take(ROW_DETAIL).map(|p| format!("{} {}", p.comm, p.pid)).collect();
+            if resets.workload.processes.len() > ROW_DETAIL {
+                processes.push("…".into());
+            }
+            let detail = if processes.is_empty() { String::new() } else { format!(" · {}", processes.join(", ")) };
+            writeln!(
+                self.out,
+                "   {:<width$} {:>9} {:>9}  {}{detail}",
+                name, resets.sent, resets.received, resets.workload.cgroup
+            )?;
+        }
+        Ok(())
     }
 
     fn overflow_warning(&mut self, totals: &Totals) -> io::Result<()> {
@@ -264,6 +297,12 @@ impl<W: Write> TablePrinter<W> {
             }
             if flow.no_kernel_event.unwrap_or(0) > 0 {
                 notes.push_str(", not from the TCP stack");
+            }
+            if let Some(workload) = &flow.workload {
+                notes.push_str(&format!(", {}", workload.describe()));
+            }
+            if flow.origin == Some(Origin::Kernel) {
+                notes.push_str(", the kernel for no socket");
             }
             writeln!(
                 self.out,

@@ -139,6 +139,7 @@ impl App {
             KeyCode::Char('2' | 'd') => self.set_view(View::Dst),
             KeyCode::Char('3' | 'v') => self.set_view(View::Service),
             KeyCode::Char('4' | 'f') => self.set_view(View::Flow),
+            KeyCode::Char('5' | 'w') => self.set_view(View::Workload),
             KeyCode::Left | KeyCode::Char('<' | ',') => {
                 let sorting = self.sorting_mut();
                 sorting.column = (sorting.column + columns - 1) % columns;

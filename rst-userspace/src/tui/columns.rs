@@ -5,7 +5,7 @@ use std::{cmp::Ordering, fmt, net::IpAddr};
 
 use rst_common::wire::ResetKind;
 
-use super::state::{FlowRow, GroupRow, ServiceRow};
+use super::state::{FlowRow, GroupRow, ServiceRow, WorkloadRow};
 use crate::view::View;
 
 /// One table cell, kept typed so that sorting is numeric (and by address, not by text).
@@ -133,6 +133,15 @@ pub const FLOW_COLUMNS: [Column<FlowRow>; 8] = [
     column("TOTAL", |f, _| Cell::Count(f.total)),
 ];
 
+pub const WORKLOAD_COLUMNS: [Column<WorkloadRow>; 6] = [
+    column("WORKLOAD", |w, _| Cell::Text(w.name.to_string())),
+    column("SENT", |w, _| Cell::Count(w.sent)),
+    column("RECEIVED", |w, _| Cell::Count(w.received)),
+    sorted("RSTS", |w, _| Cell::Count(w.last)),
+    column("RSTS/s", |w, c| c.rate(w.last)),
+    column("TOTAL", |w, _| Cell::Count(w.total)),
+];
+
 /// A view's column titles, and where its default sort is.
 pub struct Spec {
     pub titles: Vec<&'static str>,
@@ -155,6 +164,7 @@ pub fn spec(view: View) -> Spec {
         View::Dst => spec_of(&DST_COLUMNS, "dst: addresses that received RSTs · RSTS/RATE/SHARE: last interval · TOTAL: whole run"),
         View::Service => spec_of(&SERVICE_COLUMNS, "service: server address:port (from SYN / SYN+ACK, else the lower port) · ATTEMPTS, REFUSED: whole run · RSTS/RATE/SHARE: last interval · TOTAL: whole run"),
         View::Flow => spec_of(&FLOW_COLUMNS, "flow: interface, rx/tx, directional 5-tuple (FROM is the RST sender), the run's main reset kind"),
+        View::Workload => spec_of(&WORKLOAD_COLUMNS, "workload: the local service / pod / cgroup whose sockets sent or received the RSTs · SENT, RECEIVED, TOTAL: whole run · RSTS/RATE: last interval"),
     }
 }
 

@@ -176,7 +176,7 @@ mod tests {
             family: FAMILY_IPV4,
             ..FlowKey::default()
         };
-        FlowChange { key, last, run: Some((total, None)) }
+        FlowChange { key, last, run: Some((total, None)), workload: None }
     }
 
     fn service(addr: &str, port: u16, attempts: u64, refused: u64, resets: u64) -> Service {
@@ -208,6 +208,7 @@ mod tests {
             destinations: vec![],
             verdicts: vec![],
             conversations: None,
+            workloads: vec![],
         }
     }
 
@@ -440,7 +441,7 @@ mod tests {
             idle.update(empty());
             let mut full = App::new("veth0 (native)".into(), "tc", Duration::from_secs(1));
             full.update(sample());
-            for view in ['1', '2', '3', '4'] {
+            for view in ['1', '2', '3', '4', '5'] {
                 for app in [&mut idle, &mut full] {
                     press(app, KeyCode::Char(view));
                     for _ in 0..7 {

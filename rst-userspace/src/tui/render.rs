@@ -101,7 +101,7 @@ impl App {
         let keys = if self.editing.is_some() {
             "type an address substring or a port number · Enter apply · Esc clear".to_string()
         } else {
-            "1-4/s d v f view · ←→/<> sort · r reverse · / filter · p/space pause · ↑↓ scroll · q quit".to_string()
+            "1-5/s d v f w view · ←→/<> sort · r reverse · / filter · p/space pause · ↑↓ scroll · q quit".to_string()
         };
         vec![Line::from(keys), Line::from(columns::spec(self.view).note)]
     }

@@ -89,6 +89,8 @@ pub struct FlowRow {
     /// RSTs in the last interval it had any in.
     pub last: Stamped,
     pub total: u64,
+    /// The cgroup id of the local socket behind its RSTs, when known.
+    pub workload: Option<u64>,
 }
 
 /// A count with the interval it belongs to: stamped rather than cleared, so that a refresh
@@ -127,6 +129,17 @@ pub struct GroupRow {
     pub total: u64,
 }
 
+/// One local workload: the RSTs its sockets sent and received over the run, all of them in
+/// the last interval and over the run.
+#[derive(Clone, Debug)]
+pub struct WorkloadRow {
+    pub name: Arc<str>,
+    pub sent: u64,
+    pub received: u64,
+    pub last: u64,
+    pub total: u64,
+}
+
 /// One service (server address and port; the same on several interfaces adds up): attempts
 /// and refusals over the run, RSTs in the last interval and over the run.
 #[derive(Clone, Debug)]
@@ -146,6 +159,8 @@ pub struct FlowChange {
     pub key: FlowKey,
     pub last: u64,
     pub run: Option<(u64, Option<ResetKind>)>,
+    /// The cgroup id of its local socket, when known.
+    pub workload: Option<u64>,
 }
 
 /// What the run did since the last refresh.
@@ -183,6 +198,8 @@ pub struct Snapshot {
     overflow: FastMap<IpAddr, (u64, u64)>,
     /// Interface names by ifindex, each allocated once.
     names: FastMap<u32, Arc<str>>,
+    /// Workloads in words by cgroup id, each allocated once.
+    workloads: FastMap<u64, Arc<str>>,
     /// The run's verdicts, most resets first.
     pub verdicts: Vec<Verdict>,
 }
@@ -198,10 +215,19 @@ impl Snapshot {
             services: &services,
             overflow: aggregator.interval_overflow(),
         };
+        for flow in aggregator.interval_flows() {
+            let cgroup = flow.run.unwrap_or(flow.interval).owners.cgroup();
+            if let Some(cgroup) = cgroup.filter(|cgroup| !self.workloads.contains_key(cgroup)) {
+                if let Some(workload) = aggregator.workload_name(cgroup) {
+                    self.workloads.insert(cgroup, workload.describe().into());
+                }
+            }
+        }
         let flows = aggregator.interval_flows().map(|flow| FlowChange {
             key: *flow.key,
             last: flow.interval.resets,
             run: flow.run.map(|run| (run.resets, run.kinds.dominant())),
+            workload: flow.run.unwrap_or(flow.interval).owners.cgroup(),
         });
         self.advance(&refresh, flows, |ifindex| aggregator.iface_name(ifindex));
         self.verdicts = aggregator.verdicts();
@@ -237,10 +263,12 @@ impl Snapshot {
                     row.last = Stamped::new(change.last, interval.seq);
                     row.total = total;
                     row.kind = kind;
+                    row.workload = change.workload.or(row.workload);
                 }
                 None => {
                     let iface = self.name(key.ifindex, &iface_name);
-                    let row = new_row(&key, iface, kind, Stamped::new(change.last, interval.seq), total);
+                    let mut row = new_row(&key, iface, kind, Stamped::new(change.last, interval.seq), total);
+                    row.workload = change.workload;
                     self.flows.insert(key, row);
                 }
             }
@@ -294,6 +322,29 @@ impl Snapshot {
                 let context = Context { seconds, all_last, interval };
                 columns::cells(services.into_iter(), &columns::SERVICE_COLUMNS, &context)
             }
+            View::Workload => {
+                let mut groups: FastMap<u64, WorkloadRow> = FastMap::default();
+                for f in self.flow_rows(filter) {
+                    let Some(name) = f.workload.and_then(|cgroup| Some((cgroup, self.workloads.get(&cgroup)?))) else {
+                        continue;
+                    };
+                    let row = groups.entry(name.0).or_insert_with(|| WorkloadRow {
+                        name: Arc::clone(name.1),
+                        sent: 0,
+                        received: 0,
+                        last: 0,
+                        total: 0,
+                    });
+                    match f.direction {
+                        Direction::Tx => row.sent += f.total,
+                        Direction::Rx => row.received += f.total,
+                    }
+                    row.last += f.last.at(interval);
+                    row.total += f.total;
+                }
+                let all_last = groups.values().map(|g| g.last).sum();
+                columns::cells(groups.values(), &columns::WORKLOAD_COLUMNS, &Context { seconds, all_last, interval })
+            }
             View::Src | View::Dst => {
                 let mut groups: FastMap<IpAddr, GroupRow> = FastMap::default();
                 let mut add = |ip: IpAddr, last: u64, total: u64| {
@@ -331,5 +382,6 @@ fn new_row(key: &FlowKey, iface: Arc<str>, kind: Option<ResetKind>, last: Stampe
         kind,
         last,
         total,
+        workload: None,
     }
 }
