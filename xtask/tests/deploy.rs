@@ -152,11 +152,13 @@ fn the_daemonset_validates_against_the_kubernetes_schemas() -> Result<()> {
     let daemonset = manifest(&path)?;
     let pod = &daemonset["spec"]["template"];
     let container = &pod["spec"]["containers"][0];
-    for mount in ["/var/log/pods", "/sys/fs/cgroup", "/sys/kernel/tracing"] {
+    for mount in ["/var/log/pods", "/host/sys/fs/cgroup", "/sys/kernel/tracing"] {
         let found = container["volumeMounts"].as_array().into_iter().flatten().find(|m| m["mountPath"] == mount);
         assert!(found.is_some_and(|m| m["readOnly"] == true), "{mount} is not mounted read-only: {container}");
     }
     let args: Vec<&str> = container["args"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    let cgroup_root = args.iter().position(|a| *a == "--cgroup-root").and_then(|i| args.get(i + 1));
+    assert_eq!(cgroup_root, Some(&"/host/sys/fs/cgroup"), "the node's cgroup tree is named: {args:?}");
     let metrics = args.iter().position(|a| *a == "--metrics").and_then(|i| args.get(i + 1)).context("no --metrics")?;
     let port = metrics.rsplit(':').next().context("--metrics port")?;
     assert_eq!(pod["metadata"]["annotations"]["prometheus.io/port"], port, "scrape annotation");
