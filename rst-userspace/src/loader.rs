@@ -22,9 +22,10 @@ use aya::{
 };
 use caps::{CapSet, Capability};
 use rst_common::wire::{
-    CountingPrograms, GLOBAL_EVICTION_LOG_SLOTS, GLOBAL_FLOW_TABLE_BITS, GLOBAL_SEND_RESET_DADDR_OFFSET,
-    GLOBAL_SEND_RESET_REASON_OFFSET, GLOBAL_SEND_RESET_SADDR_OFFSET, MAP_CONNECTIONS, MAP_CONN_FINGERPRINTS,
-    MAP_EVICTION_LOG, MAP_FLOW_BLOCKS, MAP_FLOW_TABLE, MAP_OVERFLOW_SOURCES, MAP_SERVICES, MAP_STACK_RESETS,
+    CountingPrograms, GLOBAL_CAPTURE_BUDGET, GLOBAL_CAPTURE_HANDSHAKES, GLOBAL_CAPTURE_SNAPLEN,
+    GLOBAL_EVICTION_LOG_SLOTS, GLOBAL_FLOW_TABLE_BITS, GLOBAL_SEND_RESET_DADDR_OFFSET, GLOBAL_SEND_RESET_REASON_OFFSET,
+    GLOBAL_SEND_RESET_SADDR_OFFSET, MAP_CONNECTIONS, MAP_CONN_FINGERPRINTS, MAP_EVICTION_LOG, MAP_FLOW_BLOCKS,
+    MAP_FLOW_TABLE, MAP_OVERFLOW_SOURCES, MAP_SERVICES, MAP_STACK_RESETS,
 };
 
 // The tracepoint program's part of loading lives in its own module; its functions keep their
@@ -248,6 +249,8 @@ impl CountingMode {
 pub struct LoadedObject {
     ebpf: Ebpf,
     counting: CountingMode,
+    /// Whether the capturing programs were loaded (`--capture`).
+    capturing: bool,
 }
 
 impl LoadedObject {
@@ -257,8 +260,26 @@ impl LoadedObject {
 
     /// The counting programs that were loaded.
     pub fn programs(&self) -> CountingPrograms {
-        self.counting.programs()
+        programs_for(self.counting, self.capturing)
     }
+}
+
+fn programs_for(counting: CountingMode, capturing: bool) -> CountingPrograms {
+    if capturing {
+        CountingPrograms::capturing(counting == CountingMode::Atomic)
+    } else {
+        counting.programs()
+    }
+}
+
+/// What the capturing programs are loaded with (`--capture`, see [`crate::capture`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CaptureLoad {
+    /// RSTs per second handed to the ring.
+    pub budget: u32,
+    /// Bytes of each frame.
+    pub snaplen: u32,
+    pub handshakes: bool,
 }
 
 impl std::ops::Deref for LoadedObject {
@@ -291,6 +312,12 @@ pub fn is_preempt_rt(sys_kernel_realtime: Option<&str>, version: &str) -> bool {
 
 /// [`load`], counting as `counting` says.
 pub fn load_counting(max_flows: u32, counting: Counting) -> anyhow::Result<LoadedObject> {
+    load_with(max_flows, counting, None)
+}
+
+/// [`load_counting`], with the capturing programs instead of the plain ones when `capture` is
+/// given.
+pub fn load_with(max_flows: u32, counting: Counting, capture: Option<CaptureLoad>) -> anyhow::Result<LoadedObject> {
     let mode = counting.resolve();
     match (counting, mode) {
         (Counting::Auto, CountingMode::Atomic) => tracing::info!(
@@ -305,7 +332,7 @@ pub fn load_counting(max_flows: u32, counting: Counting) -> anyhow::Result<Loade
         ),
         _ => {}
     }
-    let programs = mode.programs();
+    let programs = programs_for(mode, capture.is_some());
     let max_sources = overflow_sources_for(max_flows);
     let offsets = SendResetFormat::read();
     let table_bits = rst_common::table::flow_table_bits(max_flows);
@@ -334,6 +361,14 @@ pub fn load_counting(max_flows: u32, counting: Counting) -> anyhow::Result<Loade
             .override_global(GLOBAL_SEND_RESET_SADDR_OFFSET, &format.saddr, true)
             .override_global(GLOBAL_SEND_RESET_DADDR_OFFSET, &format.daddr, true);
     }
+    let capture_globals =
+        capture.map(|CaptureLoad { budget, snaplen, handshakes }| (budget, snaplen, u32::from(handshakes)));
+    if let Some((budget, snaplen, handshakes)) = &capture_globals {
+        loader
+            .override_global(GLOBAL_CAPTURE_BUDGET, budget, true)
+            .override_global(GLOBAL_CAPTURE_SNAPLEN, snaplen, true)
+            .override_global(GLOBAL_CAPTURE_HANDSHAKES, handshakes, true);
+    }
     let mut ebpf = loader.load(EBPF_OBJECT).map_err(|error| load_error(Box::new(error)))?;
     let xdp: &mut Xdp = ebpf
         .program_mut(programs.xdp)
@@ -343,7 +378,7 @@ pub fn load_counting(max_flows: u32, counting: Counting) -> anyhow::Result<Loade
     for name in [programs.tc, programs.tc_egress] {
         classifier(&mut ebpf, name)?.load().map_err(|error| load_error(Box::new(error)))?;
     }
-    Ok(LoadedObject { ebpf, counting: mode })
+    Ok(LoadedObject { ebpf, counting: mode, capturing: capture.is_some() })
 }
 
 fn load_error(error: Box<dyn std::error::Error + Send + Sync>) -> anyhow::Error {

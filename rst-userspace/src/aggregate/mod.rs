@@ -378,6 +378,7 @@ impl Aggregator {
             services: self.service_records(self.services.iter(), self.flows.iter()),
             kernel_events,
             verdicts: self.evidence.verdicts(),
+            capture: None,
         }
     }
 

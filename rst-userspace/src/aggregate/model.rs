@@ -396,6 +396,28 @@ pub struct Run {
     pub kernel_events: KernelEvents,
     /// What is causing the resets, per service, most resets first.
     pub verdicts: Vec<Verdict>,
+    /// `--capture`: what went into the file; `None` without it.
+    pub capture: Option<CaptureSummary>,
+}
+
+/// `--capture`: every RST counted is either written or dropped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CaptureSummary {
+    /// The path `--capture` named.
+    pub file: String,
+    /// The files of the run still on disk (more than one with `--capture-max-size`), oldest first.
+    pub files: Vec<String>,
+    pub written: u64,
+    /// `over_budget + ring_full + not_written`.
+    pub dropped: u64,
+    /// Beyond `--capture-budget` in their second.
+    pub over_budget: u64,
+    /// The ring buffer was full (rstwatch fell behind), or the frame could not be read.
+    pub ring_full: u64,
+    /// Handed over but not written: the capture had stopped.
+    pub not_written: u64,
+    /// Why the capture stopped early.
+    pub error: Option<String>,
 }
 
 pub fn per_second(count: u64, elapsed: Duration) -> f64 {

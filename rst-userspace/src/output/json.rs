@@ -9,8 +9,8 @@ use serde::Serialize;
 use crate::aggregate::{
     diagnosis,
     model::{
-        AttachMode, CountingMode, Destination, Direction, Family, Flow, Interface, Interval, KernelEvents, KindCounts,
-        Middlebox, Run, Service, Side, Source, Totals, Unlisted, Verdict,
+        AttachMode, CaptureSummary, CountingMode, Destination, Direction, Family, Flow, Interface, Interval,
+        KernelEvents, KindCounts, Middlebox, Run, Service, Side, Source, Totals, Unlisted, Verdict,
     },
 };
 use crate::verdict::Detail;
@@ -350,6 +350,37 @@ pub struct SummaryRecord<'a> {
     kernel_events: KernelEventsRecord<'a>,
     diagnosis: Vec<String>,
     verdicts: Vec<VerdictRecord>,
+    /// `--capture`: null without it.
+    capture: Option<CaptureRecord<'a>>,
+}
+
+/// The summary's `capture`: `written + dropped` is the resets counted.
+#[derive(Serialize)]
+pub struct CaptureRecord<'a> {
+    file: &'a str,
+    files: &'a [String],
+    written: u64,
+    dropped: u64,
+    over_budget: u64,
+    ring_full: u64,
+    not_written: u64,
+    error: Option<&'a str>,
+}
+
+impl<'a> From<&'a CaptureSummary> for CaptureRecord<'a> {
+    fn from(capture: &'a CaptureSummary) -> Self {
+        let CaptureSummary { file, files, written, dropped, over_budget, ring_full, not_written, error } = capture;
+        CaptureRecord {
+            file,
+            files,
+            written: *written,
+            dropped: *dropped,
+            over_budget: *over_budget,
+            ring_full: *ring_full,
+            not_written: *not_written,
+            error: error.as_deref(),
+        }
+    }
 }
 
 impl<'a> From<&'a Run> for SummaryRecord<'a> {
@@ -367,6 +398,7 @@ impl<'a> From<&'a Run> for SummaryRecord<'a> {
             services,
             kernel_events,
             verdicts,
+            capture,
         } = run;
         SummaryRecord {
             kind: "summary",
@@ -384,6 +416,7 @@ impl<'a> From<&'a Run> for SummaryRecord<'a> {
             kernel_events: kernel_events.into(),
             diagnosis: diagnosis::sentences(run),
             verdicts: all(verdicts),
+            capture: capture.as_ref().map(CaptureRecord::from),
         }
     }
 }

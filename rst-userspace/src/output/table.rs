@@ -5,7 +5,7 @@ use std::io::{self, Write};
 use crate::{
     aggregate::{
         diagnosis,
-        model::{endpoint, per_second, Destination, Flow, Interval, Run, Service, Source, Totals},
+        model::{endpoint, per_second, CaptureSummary, Destination, Flow, Interval, Run, Service, Source, Totals},
         rank::ROW_DETAIL,
     },
     view::View,
@@ -73,6 +73,9 @@ impl<W: Write> TablePrinter<W> {
             t.fragments
         )?;
         self.overflow_warning(t)?;
+        if let Some(capture) = &run.capture {
+            self.capture_line(capture)?;
+        }
         if t.resets == 0 {
             writeln!(self.out, "   no resets seen")?;
         } else {
@@ -108,6 +111,27 @@ impl<W: Write> TablePrinter<W> {
             View::Service => self.services_table(services),
             View::Flow => Ok(()),
         }
+    }
+
+    /// `--capture`: where the resets went, and what the capture could not keep.
+    fn capture_line(&mut self, capture: &CaptureSummary) -> io::Result<()> {
+        let CaptureSummary { file, files, written, dropped, over_budget, ring_full, not_written, error } = capture;
+        let place = match files.len() {
+            0 | 1 => file.clone(),
+            n => format!("{file} ({n} files)"),
+        };
+        write!(self.out, "   capture {place}: {written} RSTs written, {dropped} dropped")?;
+        if *dropped > 0 {
+            write!(
+                self.out,
+                " (budget {over_budget}, ring full {ring_full}, after the capture stopped {not_written})"
+            )?;
+        }
+        writeln!(self.out)?;
+        if let Some(error) = error {
+            writeln!(self.out, "   WARNING: the capture stopped early: {error}")?;
+        }
+        Ok(())
     }
 
     fn overflow_warning(&mut self, totals: &Totals) -> io::Result<()> {
