@@ -57,12 +57,24 @@ impl Layout {
     }
 }
 
-/// A file this run created, known by its inode so that nothing else is ever removed under its name.
+/// A file this run created, known by its inode (and once closed, its size and modification
+/// time, as an inode number can be reused) so that nothing else is ever removed under its name.
 #[derive(Debug)]
 struct Created {
     path: PathBuf,
     dev: u64,
     ino: u64,
+    /// Size and mtime (ns) when rstwatch closed it; `None` while open.
+    closed: Option<(u64, i64)>,
+}
+
+impl Created {
+    fn is(&self, meta: &std::fs::Metadata) -> bool {
+        let mtime = meta.mtime() * 1_000_000_000 + meta.mtime_nsec();
+        meta.dev() == self.dev
+            && meta.ino() == self.ino
+            && self.closed.is_none_or(|(size, closed_mtime)| size == meta.len() && closed_mtime == mtime)
+    }
 }
 
 /// The open file and the files written before it.
@@ -96,7 +108,7 @@ fn create(path: &Path) -> Result<(File, Created), Error> {
             _ => Error::Create { path: display(path), source },
         })?;
     let meta = file.metadata().map_err(|source| Error::Create { path: display(path), source })?;
-    Ok((file, Created { path: path.to_owned(), dev: meta.dev(), ino: meta.ino() }))
+    Ok((file, Created { path: path.to_owned(), dev: meta.dev(), ino: meta.ino(), closed: None }))
 }
 
 impl Files {
@@ -143,6 +155,9 @@ impl Files {
         };
         let next = self.layout.name(index);
         let replaces_current = self.current.path == next;
+        if let Ok(meta) = self.file.metadata() {
+            self.current.closed = Some((meta.len(), meta.mtime() * 1_000_000_000 + meta.mtime_nsec()));
+        }
         let (file, created) = create_replacing(&next, &mut self.earlier, &self.current, self.layout.files)?;
         let previous = std::mem::replace(&mut self.current, created);
         if !replaces_current {
@@ -162,7 +177,7 @@ impl Files {
             return Err(removed());
         }
         match std::fs::symlink_metadata(&self.current.path) {
-            Ok(meta) if meta.dev() == self.current.dev && meta.ino() == self.current.ino => Ok(()),
+            Ok(meta) if self.current.is(&meta) => Ok(()),
             _ => Err(removed()),
         }
     }
@@ -191,7 +206,7 @@ fn create_replacing(
 
 fn remove_own(file: &Created) -> Result<(), Error> {
     match std::fs::symlink_metadata(&file.path) {
-        Ok(meta) if meta.dev() == file.dev && meta.ino() == file.ino => {
+        Ok(meta) if file.is(&meta) => {
             std::fs::remove_file(&file.path).map_err(|source| Error::Create { path: display(&file.path), source })
         }
         // Already gone: its place is free.

@@ -353,7 +353,8 @@ impl Writer {
             if direction == DIRECTION_TX { pcapng::Direction::Outbound } else { pcapng::Direction::Inbound };
         let Some(files) = &self.files else { return false };
         let probe = pcapng::packet(0, wall, data, wire_len, direction, text);
-        if files.full_for(probe.len()) {
+        // Room for the statistics blocks that close the file, so it stays under the cap.
+        if files.full_for(probe.len() + self.interfaces.len().max(1) * pcapng::STATISTICS_MAX_LEN) {
             self.close_file(None);
             let rotated = match &mut self.files {
                 Some(files) => files.rotate(),

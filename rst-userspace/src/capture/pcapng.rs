@@ -130,6 +130,9 @@ pub struct Statistics {
     pub delivered: u64,
 }
 
+/// The largest [`statistics`] block: room a capped file keeps for them at its end.
+pub const STATISTICS_MAX_LEN: usize = 88;
+
 pub fn statistics(interface: u32, stats: &Statistics) -> Vec<u8> {
     let Statistics { start_ns, end_ns, received, dropped, delivered } = *stats;
     let mut block = Block::new(INTERFACE_STATISTICS);
@@ -169,6 +172,7 @@ mod tests {
             packet(0, 1_700_000_000_123_456_789, &[1, 2, 3, 4, 5], 60, Direction::Outbound, "refused"),
             statistics(0, &Statistics { start_ns: 1, end_ns: 2, received: Some(3), dropped: Some(1), delivered: 2 }),
         ];
+        assert_eq!(blocks[3].len(), STATISTICS_MAX_LEN);
         for block in &blocks {
             let (_, head, tail) = words(block);
             assert_eq!(block.len() % 4, 0);
