@@ -18,6 +18,10 @@ use rst_common::wire::{
     CAPTURE_HANDSHAKE, CAPTURE_MAX_SNAPLEN, CAPTURE_RING_BYTES, CAPTURE_RST,
 };
 
+/// Userspace polls the ring (every few ms, see `rstwatch::capture`), so no submit needs to
+/// schedule the wake-up that costs a notification per record.
+const BPF_RB_NO_WAKEUP: u64 = 1;
+
 #[map]
 static CAPTURE_RING: RingBuf = RingBuf::with_byte_size(CAPTURE_RING_BYTES, 0);
 /// Cumulative, never flipped: userspace reads it at the end (and for the table's line).
@@ -155,10 +159,10 @@ fn send<S: Source>(source: &S, key: &FlowKey, now: u64, what: u8) -> Sent {
     }
     // SAFETY: as above; `len` is at most the array's size.
     if len == 0 || !source.load(unsafe { (&raw mut (*record).data).cast::<u8>() }, len) {
-        entry.discard(0);
+        entry.discard(BPF_RB_NO_WAKEUP);
         return Sent::Unreadable;
     }
-    entry.submit(0);
+    entry.submit(BPF_RB_NO_WAKEUP);
     Sent::Yes
 }
 
