@@ -166,20 +166,21 @@ fn send<S: Source>(source: &S, key: &FlowKey, now: u64, what: u8) -> Sent {
     Sent::Yes
 }
 
-/// Takes one RST from this second's budget. Two CPUs crossing into a new second at once may
-/// both restart the count, so a second can take a few more than the budget (at most one per
-/// CPU); what was not taken is counted either way.
+/// Takes one RST from this second's budget. A second starts with the first RST after the last
+/// one ended (a comparison, not a division: a 64-bit divide costs the over-budget path more than
+/// everything else in it). Two CPUs crossing into a new second at once may both restart the
+/// count, so a second can take a few more than the budget (at most one per CPU); what was not
+/// taken is counted either way.
 #[inline(always)]
 fn within_budget(now: u64) -> bool {
     let Some(window) = CAPTURE_BUDGET.get_ptr_mut(0) else {
         return false;
     };
-    let second = now / 1_000_000_000;
     // SAFETY: a live array element; aligned u64 words are never torn, and the count is added
     // atomically.
     unsafe {
-        if core::ptr::read_volatile(&raw const (*window).second) != second {
-            core::ptr::write_volatile(&raw mut (*window).second, second);
+        if now >= core::ptr::read_volatile(&raw const (*window).ends_ns) {
+            core::ptr::write_volatile(&raw mut (*window).ends_ns, now + 1_000_000_000);
             core::ptr::write_volatile(&raw mut (*window).used, 0);
         }
         if core::ptr::read_volatile(&raw const (*window).used) >= u64::from(global(&CAPTURE_BUDGET_PER_SECOND)) {

@@ -309,12 +309,12 @@ fn rotation_keeps_at_most_n_files_under_the_cap() -> Result<()> {
     Ok(())
 }
 
-/// A 64 KiB tmpfs fills up: one line says the capture stopped, counting goes on to the end,
+/// A 256 KiB tmpfs fills up: one line says the capture stopped, counting goes on to the end,
 /// the exit status is a failure and the file is readable up to its last complete block.
 #[test]
 fn a_full_disk_stops_the_capture_and_counting_goes_on() -> Result<()> {
     let lab = flood_lab()?;
-    let scratch = Scratch::tmpfs("full", "64k")?;
+    let scratch = Scratch::tmpfs("full", "256k")?;
     let file = scratch.path("full.pcapng");
     let file_arg = file.display().to_string();
     let proc = start(&lab, &["--interval", "500ms", "--capture", &file_arg, "--capture-budget", "1000000"])?;

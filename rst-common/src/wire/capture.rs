@@ -71,11 +71,11 @@ impl CaptureCounters {
     }
 }
 
-/// The shared budget window: the second (`time_ns / 1e9`) it counts and the records sent in it.
+/// The shared budget window: when its second ends (`bpf_ktime_get_ns`) and the records sent in it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CaptureBudget {
-    pub second: u64,
+    pub ends_ns: u64,
     pub used: u64,
 }
 

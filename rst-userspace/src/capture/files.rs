@@ -83,14 +83,22 @@ pub struct Files {
     layout: Layout,
     file: File,
     current: Created,
-    /// Bytes of complete blocks in the open file.
+    /// Bytes of complete blocks in the open file, written or still in `pending`.
     size: u64,
+    /// Complete blocks not written yet: written together (one write, whole blocks) when there
+    /// are [`FLUSH_AT`] bytes of them, and by [`Files::flush`].
+    pending: Vec<u8>,
+    /// Bytes of the open file actually written.
+    flushed: u64,
     /// Packets in the open file.
     packets: u64,
     index: u64,
     /// Earlier files still on disk, oldest first.
     earlier: VecDeque<Created>,
 }
+
+/// Pending bytes that make a write: a few hundred RSTs.
+const FLUSH_AT: usize = 64 << 10;
 
 fn display(path: &Path) -> String {
     path.display().to_string()
@@ -115,7 +123,17 @@ impl Files {
     /// Creates the first file (nothing is written yet).
     pub fn create(layout: Layout) -> Result<Files, Error> {
         let (file, current) = create(&layout.name(0))?;
-        Ok(Files { layout, file, current, size: 0, packets: 0, index: 0, earlier: VecDeque::new() })
+        Ok(Files {
+            layout,
+            file,
+            current,
+            size: 0,
+            pending: Vec::with_capacity(FLUSH_AT),
+            flushed: 0,
+            packets: 0,
+            index: 0,
+            earlier: VecDeque::new(),
+        })
     }
 
     pub fn current_path(&self) -> &Path {
@@ -133,21 +151,40 @@ impl Files {
         self.layout.max_size.is_some_and(|max| self.packets > 0 && self.size + bytes as u64 > max)
     }
 
-    /// Writes one complete block; a packet block counts toward the file's packets.
+    /// Adds one complete block (written by [`Files::flush`]); a packet block counts toward the
+    /// file's packets.
     pub fn write(&mut self, block: &[u8], packet: bool) -> Result<(), Error> {
-        if let Err(source) = self.file.write_all(block) {
-            // Cut a partial block off, so that readers see only complete ones.
-            let _ = self.file.set_len(self.size);
-            return Err(Error::Write { path: display(&self.current.path), source });
-        }
+        self.pending.extend_from_slice(block);
         self.size += block.len() as u64;
         self.packets += u64::from(packet);
+        Ok(())
+    }
+
+    /// Whether enough blocks are pending to make a write worth it.
+    pub fn should_flush(&self) -> bool {
+        self.pending.len() >= FLUSH_AT
+    }
+
+    /// Writes the pending blocks in one write: the file always ends at a block boundary, even
+    /// after kill -9, and a write that fails part-way is cut back to the last complete block.
+    pub fn flush(&mut self) -> Result<(), Error> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        if let Err(source) = self.file.write_all(&self.pending) {
+            let _ = self.file.set_len(self.flushed);
+            self.pending.clear();
+            return Err(Error::Write { path: display(&self.current.path), source });
+        }
+        self.flushed += self.pending.len() as u64;
+        self.pending.clear();
         Ok(())
     }
 
     /// Closes the open file and creates the next; with a file count, the oldest of this run's
     /// files gives up its place first (removed only if it is still the file rstwatch created).
     pub fn rotate(&mut self) -> Result<(), Error> {
+        self.flush()?;
         self.index += 1;
         let index = match self.layout.files {
             Some(files) => self.index % u64::from(files),
@@ -165,6 +202,7 @@ impl Files {
         }
         self.file = file;
         self.size = 0;
+        self.flushed = 0;
         self.packets = 0;
         Ok(())
     }
@@ -265,6 +303,7 @@ mod tests {
             }
             files.write(&[0; 60], true).expect("writing");
         }
+        files.flush().expect("flushing");
         let mut names: Vec<String> = std::fs::read_dir(&dir.0)
             .expect("listing")
             .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())

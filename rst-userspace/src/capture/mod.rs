@@ -60,6 +60,8 @@ const CHECK_EVERY: Duration = Duration::from_millis(200);
 /// How long the thread sleeps when the ring is empty: the ring holds well over a second of
 /// the default budget.
 const IDLE: Duration = Duration::from_millis(10);
+/// Records per pass over the ring before the file checks.
+const DRAIN_AT_MOST: usize = 16_384;
 
 /// What the run knows that the comments can use: the verdict on each service, by address and
 /// port, and the kernel's reason for each tx flow's resets.
@@ -211,6 +213,8 @@ struct Writer {
     received: u64,
     written: u64,
     written_by_interface: HashMap<u32, u64>,
+    /// The interfaces of the RSTs in blocks not flushed yet: written once they are.
+    unflushed: Vec<u32>,
 }
 
 fn wall_ns() -> u64 {
@@ -234,6 +238,7 @@ impl Writer {
             received: 0,
             written: 0,
             written_by_interface: HashMap::new(),
+            unflushed: Vec::new(),
         })
     }
 
@@ -242,14 +247,18 @@ impl Writer {
         loop {
             // Read before draining: what the programs submitted before the stop is all there.
             let stopping = self.shared.stop.load(Ordering::Acquire);
-            let mut drained = 0u64;
-            while let Some(item) = ring.next() {
+            let mut drained = 0;
+            // Bounded, so a flood that keeps the ring full still lets the checks below run.
+            while drained < DRAIN_AT_MOST {
+                let Some(item) = ring.next() else { break };
                 if let Some(record) = read_record(&item) {
                     self.record(&record);
                 }
                 drained += 1;
             }
-            if stopping {
+            // What was drained reaches the file before the thread sleeps or ends.
+            self.flush();
+            if stopping && drained < DRAIN_AT_MOST {
                 return;
             }
             if last_check.elapsed() >= CHECK_EVERY {
@@ -258,7 +267,7 @@ impl Writer {
                     self.fail(&anyhow::Error::from(error));
                 }
             }
-            if drained == 0 {
+            if drained < DRAIN_AT_MOST {
                 std::thread::sleep(IDLE);
             }
         }
@@ -305,8 +314,7 @@ impl Writer {
                 };
                 if self.write_packet(record.ifindex, record.time_ns, data, record.wire_len, record.direction, &comment)
                 {
-                    self.written += 1;
-                    *self.written_by_interface.entry(record.ifindex).or_default() += 1;
+                    self.unflushed.push(record.ifindex);
                 }
             }
             (CAPTURE_HANDSHAKE, Observation::Control(event)) if event.flags & TCP_SYN != 0 => {
@@ -368,7 +376,11 @@ impl Writer {
         }
         let Some(id) = self.interface_id(ifindex) else { return false };
         let block = pcapng::packet(id, wall, data, wire_len, direction, text);
-        self.write(&block, true)
+        let written = self.write(&block, true);
+        if self.files.as_ref().is_some_and(Files::should_flush) {
+            self.flush();
+        }
+        written && self.files.is_some()
     }
 
     /// The interface block id of `ifindex` in the open file, writing the block if needed.
@@ -406,6 +418,8 @@ impl Writer {
     /// The open file's statistics blocks: what was written to the capture for each interface
     /// so far, and with the run's counts at the end, what it received and dropped.
     fn close_file(&mut self, run: Option<&Run>) {
+        // The counts below are of what reached the file.
+        self.flush();
         let end_ns = wall_ns();
         let counted = run.and_then(counted_by_interface);
         for (id, ifindex) in self.interfaces.clone().into_iter().enumerate() {
@@ -427,6 +441,24 @@ impl Writer {
     fn end(&mut self, run: &Run) {
         if self.files.is_some() {
             self.close_file(Some(run));
+            self.flush();
+        }
+    }
+
+    /// Writes the pending blocks; their RSTs count as written only once that succeeded.
+    fn flush(&mut self) {
+        let Some(files) = &mut self.files else { return };
+        match files.flush() {
+            Ok(()) => {
+                for ifindex in self.unflushed.drain(..) {
+                    self.written += 1;
+                    *self.written_by_interface.entry(ifindex).or_default() += 1;
+                }
+            }
+            Err(error) => {
+                self.unflushed.clear();
+                self.fail(&anyhow::Error::from(error));
+            }
         }
     }
 
