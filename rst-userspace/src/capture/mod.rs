@@ -192,6 +192,16 @@ struct Held {
     data: Vec<u8>,
 }
 
+/// One frame to write, from the ring or held.
+#[derive(Clone, Copy)]
+struct Frame<'a> {
+    ifindex: u32,
+    time_ns: u64,
+    data: &'a [u8],
+    wire_len: u32,
+    direction: u8,
+}
+
 /// The thread's side: the open file and what has gone into it.
 struct Writer {
     /// `None` once the capture stopped.
@@ -288,14 +298,15 @@ impl Writer {
                 }
                 if let Some(held) = connection.and_then(|c| self.held.remove(&c)) {
                     for segment in held {
-                        self.write_packet(
-                            segment.ifindex,
-                            segment.time_ns,
-                            &segment.data,
-                            segment.wire_len,
-                            segment.direction,
-                            comment::HANDSHAKE,
-                        );
+                        let Held { time_ns, ifindex, wire_len, direction, data } = &segment;
+                        let frame = Frame {
+                            ifindex: *ifindex,
+                            time_ns: *time_ns,
+                            data,
+                            wire_len: *wire_len,
+                            direction: *direction,
+                        };
+                        self.write_packet(&frame, comment::HANDSHAKE, false);
                     }
                 }
                 let comment = {
@@ -312,10 +323,14 @@ impl Writer {
                         known_for(&known, record, event_key.as_ref()),
                     )
                 };
-                if self.write_packet(record.ifindex, record.time_ns, data, record.wire_len, record.direction, &comment)
-                {
-                    self.unflushed.push(record.ifindex);
-                }
+                let frame = Frame {
+                    ifindex: record.ifindex,
+                    time_ns: record.time_ns,
+                    data,
+                    wire_len: record.wire_len,
+                    direction: record.direction,
+                };
+                self.write_packet(&frame, &comment, true);
             }
             (CAPTURE_HANDSHAKE, Observation::Control(event)) if event.flags & TCP_SYN != 0 => {
                 let (connection, _) = event.key.connection();
@@ -347,15 +362,8 @@ impl Writer {
 
     /// Writes one packet block (rotating first when the cap says so); false if the capture
     /// has stopped or stops now.
-    fn write_packet(
-        &mut self,
-        ifindex: u32,
-        time_ns: u64,
-        data: &[u8],
-        wire_len: u32,
-        direction: u8,
-        text: &str,
-    ) -> bool {
+    fn write_packet(&mut self, frame: &Frame<'_>, text: &str, reset: bool) -> bool {
+        let Frame { ifindex, time_ns, data, wire_len, direction } = *frame;
         let wall = (i128::from(time_ns) + self.offset_ns).max(0) as u64;
         let direction =
             if direction == DIRECTION_TX { pcapng::Direction::Outbound } else { pcapng::Direction::Inbound };
@@ -376,11 +384,16 @@ impl Writer {
         }
         let Some(id) = self.interface_id(ifindex) else { return false };
         let block = pcapng::packet(id, wall, data, wire_len, direction, text);
-        let written = self.write(&block, true);
+        if !self.write(&block, true) {
+            return false;
+        }
+        if reset {
+            self.unflushed.push(ifindex);
+        }
         if self.files.as_ref().is_some_and(Files::should_flush) {
             self.flush();
         }
-        written && self.files.is_some()
+        self.files.is_some()
     }
 
     /// The interface block id of `ifindex` in the open file, writing the block if needed.
