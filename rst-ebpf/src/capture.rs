@@ -41,14 +41,14 @@ static CAPTURE_HANDSHAKES: u32 = 0;
 /// Where a program's frame bytes come from: the whole frame (all XDP buffers, the whole skb),
 /// not only the directly readable part.
 pub trait Source {
-    fn wire_len(&self) -> u32;
+    fn bytes_on_wire(&self) -> u32;
     /// Copies the frame's first `len` bytes (1 ..= [`CAPTURE_MAX_SNAPLEN`]) to `dst`.
     fn load(&self, dst: *mut u8, len: u32) -> bool;
 }
 
 impl Source for XdpContext {
     #[inline(always)]
-    fn wire_len(&self) -> u32 {
+    fn bytes_on_wire(&self) -> u32 {
         // SAFETY: the helper reads the context the kernel passed to this run.
         unsafe { bpf_xdp_get_buff_len(self.ctx) as u32 }
     }
@@ -62,7 +62,7 @@ impl Source for XdpContext {
 
 impl Source for TcContext {
     #[inline(always)]
-    fn wire_len(&self) -> u32 {
+    fn bytes_on_wire(&self) -> u32 {
         // SAFETY: `skb` is the context pointer the kernel passed to this program run.
         unsafe { (*self.skb.skb).len }
     }
@@ -140,7 +140,7 @@ fn send<S: Source>(source: &S, key: &FlowKey, now: u64, what: u8) -> Sent {
     let Some(mut entry) = CAPTURE_RING.reserve::<CaptureRecord>(0) else {
         return Sent::RingFull;
     };
-    let wire_len = source.wire_len();
+    let wire_len = source.bytes_on_wire();
     let len = wire_len.min(global(&CAPTURE_SNAPLEN)).min(CAPTURE_MAX_SNAPLEN as u32);
     let record = entry.as_mut_ptr();
     // SAFETY: `record` is the reserved, writable record; only plain fields are written, and

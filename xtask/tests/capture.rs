@@ -100,8 +100,11 @@ fn tshark(file: &Path) -> Result<Vec<Packet>> {
     Ok(packets)
 }
 
-/// The interface statistics blocks of a pcapng: (interface id, ifrecv, ifdrop, usrdeliv).
-fn statistics_blocks(file: &Path) -> Result<Vec<(u32, Option<u64>, Option<u64>, Option<u64>)>> {
+/// One interface statistics block: interface id, `isb_ifrecv`, `isb_ifdrop`, `isb_usrdeliv`.
+type Statistics = (u32, Option<u64>, Option<u64>, Option<u64>);
+
+/// The interface statistics blocks of a pcapng.
+fn statistics_blocks(file: &Path) -> Result<Vec<Statistics>> {
     let bytes = std::fs::read(file)?;
     let word = |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
     let mut blocks = Vec::new();
