@@ -158,6 +158,10 @@ impl LiveSession {
             Ranking::Skip => self.aggregator.fold(sample, elapsed, SystemTime::now()),
         };
         if let Some(capture) = &self.capture {
+            // After the fold: the flows they belong to are in the run now.
+            for (id, (bytes, len)) in capture.take_payloads() {
+                self.aggregator.rst_payload(&id, &bytes, len);
+            }
             let verdicts = self.aggregator.verdicts();
             let verdicts = verdicts.iter().map(|v| ((v.service.addr, v.service.port), v.cause.name())).collect();
             capture.update_known(capture::Known { verdicts, reasons: HashMap::new() });

@@ -414,3 +414,45 @@ fn an_existing_file_or_a_symlink_is_never_opened() -> Result<()> {
     assert!(!target.exists(), "the symlink was not followed");
     Ok(())
 }
+
+/// An RST with text in it, sent from a raw socket: the flow record carries the text, the table
+/// shows it, and replay of the capture finds it too.
+#[test]
+fn an_rst_with_a_payload_from_a_raw_socket_shows_its_text() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    ensure!(unsafe { libc::geteuid() } == 0, "this test needs root (network namespaces, BPF, XDP)");
+    lab::sweep_stale()?;
+    let hosts = TwoHosts::new(&[ip("10.79.1.2")], &[ip("10.79.2.2")])?;
+    let scratch = Scratch::new("payload")?;
+    let file = scratch.path("payload.pcapng");
+    let mut cmd = hosts.server.exec(rstwatch());
+    cmd.args(["-i", &hosts.server_if.name, "--format", "json", "--capture"]).arg(&file);
+    let mut proc = Proc::spawn(&mut cmd)?;
+    proc.wait_for_stderr(&format!("attached to {}", hosts.server_if.name), START_TIMEOUT)?;
+    // IPPROTO_RAW: the kernel fills in the IP checksum and sends the segment as written.
+    let script = r#"
+import socket, struct
+src, dst, text = "10.79.1.2", "10.79.2.2", b"policy deny\x00"
+tcp = struct.pack("!HHIIBBHHH", 4444, 80, 1000, 2000, 5 << 4, 0x14, 0, 0, 0) + text
+ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 1, 0, 64, 6, 0, socket.inet_aton(src), socket.inet_aton(dst))
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+s.sendto(ip + tcp, (dst, 0))
+"#;
+    let mut python = hosts.client.exec("python3");
+    python.args(["-c", script]);
+    let sent = Proc::spawn(&mut python)?.finish(Duration::from_secs(30))?;
+    ensure!(sent.status.success(), "the raw socket failed: {}", sent.stderr);
+    std::thread::sleep(Duration::from_millis(1500));
+    let fin = stop(proc)?;
+    ensure!(fin.status.success(), "rstwatch failed: {}", fin.stderr);
+    let live = summary(&fin)?;
+    let flows = live["flows"].as_array().context("flows")?;
+    let flow =
+        flows.iter().find(|f| f["sport"] == 4444).with_context(|| format!("no flow from port 4444: {flows:?}"))?;
+    assert_eq!(flow["rst_payload"], "policy deny\\x00", "{flow}");
+    assert_eq!(flow["resets"], 1);
+    let table = Command::new(rstwatch()).arg("replay").arg(&file).output()?;
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains(r#"payload "policy deny\x00""#), "{table}");
+    Ok(())
+}

@@ -4,6 +4,7 @@
 
 pub mod diagnosis;
 pub mod model;
+pub mod payload;
 pub mod rank;
 
 use std::{
@@ -46,6 +47,8 @@ pub struct FlowStats {
     pub middlebox: Option<Middlebox>,
     /// Kernel reason code → events.
     pub reasons: BTreeMap<u32, u64>,
+    /// The last RST payload seen, escaped (see [`payload`]).
+    pub rst_payload: Option<String>,
 }
 
 impl FlowStats {
@@ -67,7 +70,11 @@ impl FlowStats {
     }
 
     fn merge(&mut self, other: &FlowStats) {
-        let FlowStats { resets, kinds, with_ack, from_server, side_observed, first, middlebox, reasons } = other;
+        let FlowStats { resets, kinds, with_ack, from_server, side_observed, first, middlebox, reasons, rst_payload } =
+            other;
+        if rst_payload.is_some() {
+            self.rst_payload.clone_from(rst_payload);
+        }
         self.resets += resets;
         self.kinds.merge(kinds);
         self.with_ack += with_ack;
@@ -360,6 +367,15 @@ impl Aggregator {
         }
     }
 
+    /// The payload of the last RST of the flow `id` (its [`FlowKey::flow_id`]) that had one:
+    /// the first bytes (at most [`payload::RST_PAYLOAD_BYTES`]) and the payload's length. A
+    /// flow the run does not list keeps none.
+    pub fn rst_payload(&mut self, id: &FlowKey, bytes: &[u8], len: usize) {
+        if let Some(stats) = self.flows.get_mut(id) {
+            stats.rst_payload = Some(payload::escape(bytes, len));
+        }
+    }
+
     /// The whole run: every flow, every source, cumulative.
     pub fn summary(&self) -> Run {
         let mut kernel_events = self.kernel_events.clone();
@@ -476,6 +492,7 @@ impl Aggregator {
                     reasons: stats.reasons.iter().map(|(code, count)| (self.reason_name(*code), *count)).collect(),
                     no_kernel_event: (direction == Direction::Tx && self.kernel_events.available())
                         .then(|| stats.resets.saturating_sub(explained)),
+                    rst_payload: stats.rst_payload.clone(),
                 }
             })
             .collect()

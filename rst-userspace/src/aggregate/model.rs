@@ -273,6 +273,9 @@ pub struct Flow {
     /// tx RSTs with no kernel event: made by something else on the host (netfilter, a proxy).
     /// `None` when kernel events are unavailable, and for rx flows.
     pub no_kernel_event: Option<u64>,
+    /// The first bytes of the last RST payload, printable-escaped; `None` when no RST of the
+    /// flow carried data (or, live, without `--capture`, which is what reads them).
+    pub rst_payload: Option<String>,
 }
 
 /// A server address and port, on one interface.

@@ -34,7 +34,10 @@ use rst_common::{
 };
 
 use self::files::{Files, Layout};
-use crate::aggregate::model::{CaptureSummary, Run};
+use crate::aggregate::{
+    model::{CaptureSummary, Run},
+    payload,
+};
 
 /// What `--capture` and its options ask for.
 #[derive(Debug, Clone)]
@@ -78,7 +81,13 @@ struct Shared {
     /// ifindex → interface name, for the interface blocks.
     names: Mutex<HashMap<u32, String>>,
     known: Mutex<Known>,
+    /// Per flow (its `flow_id`), the last RST payload written since the session took them:
+    /// its first bytes and its length.
+    payloads: Mutex<HashMap<FlowKey, (Vec<u8>, usize)>>,
 }
+
+/// Flows whose payloads are kept between two intervals; more wait for the next.
+const MAX_PAYLOAD_FLOWS: usize = 65_536;
 
 /// A running capture.
 pub struct Capture {
@@ -134,6 +143,11 @@ impl Capture {
     /// A watched interface (again, perhaps under a new ifindex).
     pub fn add_interface(&self, name: &str, ifindex: u32) {
         self.shared.names.lock().unwrap_or_else(PoisonError::into_inner).insert(ifindex, name.to_owned());
+    }
+
+    /// The RST payloads read since the last call: per flow, the first bytes and the length.
+    pub fn take_payloads(&self) -> HashMap<FlowKey, (Vec<u8>, usize)> {
+        std::mem::take(&mut *self.shared.payloads.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// What the run knows now, for the comments of what is written from here on.
@@ -293,6 +307,15 @@ impl Writer {
                     Observation::Reset(event) => Some(event.key.connection().0),
                     _ => None,
                 };
+                if let (Observation::Reset(event), Some((bytes, len))) =
+                    (observation, payload::of_frame(data, rst_common::parse::walk(data)))
+                {
+                    let mut payloads = self.shared.payloads.lock().unwrap_or_else(PoisonError::into_inner);
+                    let id = event.key.flow_id();
+                    if payloads.len() < MAX_PAYLOAD_FLOWS || payloads.contains_key(&id) {
+                        payloads.insert(id, (bytes.to_vec(), len));
+                    }
+                }
                 if self.files.is_none() {
                     return;
                 }

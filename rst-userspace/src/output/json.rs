@@ -52,6 +52,7 @@ pub struct FlowRecord<'a> {
     middlebox: Option<Middlebox>,
     reasons: &'a BTreeMap<String, u64>,
     no_kernel_event: Option<u64>,
+    rst_payload: Option<&'a str>,
 }
 
 impl<'a> From<&'a Flow> for FlowRecord<'a> {
@@ -74,6 +75,7 @@ impl<'a> From<&'a Flow> for FlowRecord<'a> {
             middlebox,
             reasons,
             no_kernel_event,
+            rst_payload,
         } = flow;
         FlowRecord {
             iface,
@@ -93,6 +95,7 @@ impl<'a> From<&'a Flow> for FlowRecord<'a> {
             middlebox: *middlebox,
             reasons,
             no_kernel_event: *no_kernel_event,
+            rst_payload: rst_payload.as_deref(),
         }
     }
 }

@@ -243,6 +243,9 @@ impl<W: Write> TablePrinter<W> {
             if flow.no_kernel_event.unwrap_or(0) > 0 {
                 notes.push_str(", not from the TCP stack");
             }
+            if let Some(payload) = &flow.rst_payload {
+                notes.push_str(&format!(", payload \"{payload}\""));
+            }
             writeln!(
                 self.out,
                 "   {:<iface_width$}  {:>src_width$} → {:<dst_width$} {:>9}  {notes}",
