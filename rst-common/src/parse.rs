@@ -237,6 +237,23 @@ fn walk_tcp<C: Cursor + ?Sized>(frame: &C, family: u8, l3: usize, l4: usize) -> 
     Walk::Tcp(Segment { family, l3, l4, flags: tcp.flags })
 }
 
+/// Where a TCP segment's payload starts and how long the IP header says it is (0 for the bare
+/// RST almost every stack sends). `None` if the headers the walk saw are gone.
+#[inline(always)]
+pub fn tcp_payload<C: Cursor + ?Sized>(frame: &C, segment: &Segment) -> Option<(usize, usize)> {
+    let tcp = frame.header::<TcpHdr>(segment.l4)?;
+    let start = segment.l4 + usize::from(tcp.data_offset >> 4) * 4;
+    // Where the IP datagram ends, by its own length field.
+    let end = if segment.family == FAMILY_IPV4 {
+        segment.l3 + usize::from(u16::from_be_bytes(frame.header::<Ipv4Hdr>(segment.l3)?.total_len))
+    } else {
+        segment.l3
+            + core::mem::size_of::<Ipv6Hdr>()
+            + usize::from(u16::from_be_bytes(frame.header::<Ipv6Hdr>(segment.l3)?.payload_len))
+    };
+    Some((start, end.saturating_sub(start)))
+}
+
 /// A TCP segment rstwatch acts on, read once from the frame: an RST, or a segment that
 /// opens or closes a connection (SYN, SYN+ACK, FIN).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

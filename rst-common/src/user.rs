@@ -5,8 +5,8 @@ use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use crate::{
     table::FlowSlot,
     wire::{
-        CacheSlot, ConnKey, ConnState, Counters, FlowKey, FlowValue, LoggedFlow, ResetCounters, ServiceKey,
-        ServiceValue, SourceKey, StackResetKey, TrafficCounters, WorkloadKey, FAMILY_IPV4,
+        CacheSlot, CaptureBudget, CaptureCounters, ConnKey, ConnState, Counters, FlowKey, FlowValue, LoggedFlow,
+        ResetCounters, ServiceKey, ServiceValue, SourceKey, StackResetKey, TrafficCounters, WorkloadKey, FAMILY_IPV4,
     },
 };
 
@@ -40,6 +40,10 @@ unsafe impl aya::Pod for StackResetKey {}
 unsafe impl aya::Pod for FlowSlot {}
 // SAFETY: as above.
 unsafe impl aya::Pod for WorkloadKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for CaptureCounters {}
+// SAFETY: as above.
+unsafe impl aya::Pod for CaptureBudget {}
 
 impl FlowKey {
     pub fn src_ip(&self) -> IpAddr {

@@ -17,6 +17,8 @@ mod workload;
 
 use core::intrinsics::{atomic_cxchg, atomic_or, atomic_xadd, AtomicOrdering};
 
+mod capture;
+
 use aya_ebpf::{
     bindings::{xdp_action, BPF_F_MMAPABLE, BPF_NOEXIST},
     helpers::bpf_get_smp_processor_id,
@@ -153,20 +155,20 @@ impl Cursor for Packet {
 
 #[xdp(frags)]
 pub fn rstwatch_xdp(ctx: XdpContext) -> u32 {
-    count_xdp::<PER_CPU>(&ctx)
+    count_xdp::<PER_CPU, NO_CAPTURE>(&ctx)
 }
 
 /// The same count on the TC ingress hook (tcx, kernel ≥ 6.6), for interfaces whose XDP hook
 /// another program holds. Returns "next": the verdict stays with the other programs and the stack.
 #[classifier]
 pub fn rstwatch_tc(ctx: TcContext) -> i32 {
-    count_skb::<PER_CPU>(&ctx, DIRECTION_RX)
+    count_skb::<PER_CPU, NO_CAPTURE>(&ctx, DIRECTION_RX)
 }
 
 /// What the host sends (tcx egress): its own resets and its side of every handshake.
 #[classifier]
 pub fn rstwatch_tc_egress(ctx: TcContext) -> i32 {
-    count_skb::<PER_CPU>(&ctx, DIRECTION_TX)
+    count_skb::<PER_CPU, NO_CAPTURE>(&ctx, DIRECTION_TX)
 }
 
 // The three counting programs again, counting with atomic adds only and without the per-CPU
@@ -177,18 +179,55 @@ pub fn rstwatch_tc_egress(ctx: TcContext) -> i32 {
 
 #[xdp(frags)]
 pub fn rstwatch_xdp_atomic(ctx: XdpContext) -> u32 {
-    count_xdp::<ATOMIC_ADDS>(&ctx)
+    count_xdp::<ATOMIC_ADDS, NO_CAPTURE>(&ctx)
 }
 
 #[classifier]
 pub fn rstwatch_tc_atomic(ctx: TcContext) -> i32 {
-    count_skb::<ATOMIC_ADDS>(&ctx, DIRECTION_RX)
+    count_skb::<ATOMIC_ADDS, NO_CAPTURE>(&ctx, DIRECTION_RX)
 }
 
 #[classifier]
 pub fn rstwatch_tc_egress_atomic(ctx: TcContext) -> i32 {
-    count_skb::<ATOMIC_ADDS>(&ctx, DIRECTION_TX)
+    count_skb::<ATOMIC_ADDS, NO_CAPTURE>(&ctx, DIRECTION_TX)
 }
+
+// `--capture`: both sets again, handing each RST to userspace (see `capture`). Separate
+// programs for the same reason as the atomic set: the default ones carry nothing of it.
+
+#[xdp(frags)]
+pub fn rstwatch_xdp_capture(ctx: XdpContext) -> u32 {
+    count_xdp::<PER_CPU, CAPTURE>(&ctx)
+}
+
+#[classifier]
+pub fn rstwatch_tc_capture(ctx: TcContext) -> i32 {
+    count_skb::<PER_CPU, CAPTURE>(&ctx, DIRECTION_RX)
+}
+
+#[classifier]
+pub fn rstwatch_tc_egress_capture(ctx: TcContext) -> i32 {
+    count_skb::<PER_CPU, CAPTURE>(&ctx, DIRECTION_TX)
+}
+
+#[xdp(frags)]
+pub fn rstwatch_xdp_atomic_capture(ctx: XdpContext) -> u32 {
+    count_xdp::<ATOMIC_ADDS, CAPTURE>(&ctx)
+}
+
+#[classifier]
+pub fn rstwatch_tc_atomic_capture(ctx: TcContext) -> i32 {
+    count_skb::<ATOMIC_ADDS, CAPTURE>(&ctx, DIRECTION_RX)
+}
+
+#[classifier]
+pub fn rstwatch_tc_egress_atomic_capture(ctx: TcContext) -> i32 {
+    count_skb::<ATOMIC_ADDS, CAPTURE>(&ctx, DIRECTION_TX)
+}
+
+/// Whether a program hands RSTs to the capture ring (the `CAPTURE` parameter below).
+const NO_CAPTURE: bool = false;
+const CAPTURE: bool = true;
 
 /// How a program counts (the `ATOMIC` parameter below): plain adds to per-CPU state, or
 /// atomic adds only.
@@ -196,16 +235,16 @@ const PER_CPU: bool = false;
 const ATOMIC_ADDS: bool = true;
 
 #[inline(always)]
-fn count_xdp<const ATOMIC: bool>(ctx: &XdpContext) -> u32 {
-    count_frame::<ATOMIC, _>(&Packet { start: ctx.data(), end: ctx.data_end() }, DIRECTION_RX, || {
+fn count_xdp<const ATOMIC: bool, const CAPTURE: bool>(ctx: &XdpContext) -> u32 {
+    count_frame::<ATOMIC, CAPTURE, _, _>(&Packet { start: ctx.data(), end: ctx.data_end() }, ctx, DIRECTION_RX, || {
         ctx.ingress_ifindex() as u32
     });
     xdp_action::XDP_PASS
 }
 
 #[inline(always)]
-fn count_skb<const ATOMIC: bool>(ctx: &TcContext, direction: u8) -> i32 {
-    count_frame::<ATOMIC, _>(&Packet { start: ctx.data(), end: ctx.data_end() }, direction, || {
+fn count_skb<const ATOMIC: bool, const CAPTURE: bool>(ctx: &TcContext, direction: u8) -> i32 {
+    count_frame::<ATOMIC, CAPTURE, _, _>(&Packet { start: ctx.data(), end: ctx.data_end() }, ctx, direction, || {
         // SAFETY: `skb` is the context pointer the kernel passed to this program run.
         unsafe { (*ctx.skb.skb).ifindex }
     });
@@ -306,7 +345,12 @@ pub fn rstwatch_tc_next(_ctx: TcContext) -> i32 {
 }
 
 #[inline(always)]
-fn count_frame<const ATOMIC: bool, C: Cursor>(frame: &C, direction: u8, ifindex: impl FnOnce() -> u32) {
+fn count_frame<const ATOMIC: bool, const CAPTURE: bool, C: Cursor, S: capture::Source>(
+    frame: &C,
+    source: &S,
+    direction: u8,
+    ifindex: impl FnOnce() -> u32,
+) {
     // One slot per direction: the index is a constant of each program.
     let Some(traffic) = TRAFFIC.get_ptr_mut(u32::from(direction)) else {
         return;
@@ -316,8 +360,11 @@ fn count_frame<const ATOMIC: bool, C: Cursor>(frame: &C, direction: u8, ifindex:
         return;
     };
     if event.flags & TCP_RST != 0 {
-        count_reset::<ATOMIC>(event);
+        count_reset::<ATOMIC, CAPTURE, _>(event, source);
         return;
+    }
+    if CAPTURE {
+        capture::handshake(source, &event.key, event.flags);
     }
     match track(&mut Connections, event) {
         // Resets were counted above, with the flow cache in front of the classifier.
@@ -584,9 +631,11 @@ fn count_service<const ATOMIC: bool>(key: &ServiceKey, counts: ServiceValue) {
 }
 
 /// Counts an RST. A repeated RST whose verdict the per-CPU cache slot still holds (see
-/// [`CacheSlot`]) is one add; anything else goes through the classifier first.
+/// [`CacheSlot`]) is one add; anything else goes through the classifier first. Returns the key
+/// A capturing program (`CAPTURE`) hands it to the capture ring with the class it was counted
+/// under; in the others those calls are compiled out, leaving the instructions they had before.
 #[inline(always)]
-fn count_reset<const ATOMIC: bool>(event: &TcpEvent) {
+fn count_reset<const ATOMIC: bool, const CAPTURE: bool, S: capture::Source>(event: &TcpEvent, source: &S) {
     let epoch = current_epoch();
     let Some(counters) = RESET_COUNTERS.get_ptr_mut(epoch) else {
         return;
@@ -600,7 +649,11 @@ fn count_reset<const ATOMIC: bool>(event: &TcpEvent) {
     // one CPU cannot interleave.
     let counters = unsafe { &mut *counters };
     if ATOMIC {
-        write_back::<ATOMIC>(epoch, &classify::<ATOMIC>(event), 1, counters);
+        let key = classify::<ATOMIC>(event);
+        write_back::<ATOMIC>(epoch, &key, 1, counters);
+        if CAPTURE {
+            capture::reset::<ATOMIC, _>(source, &key);
+        }
         return;
     }
     // Without a generation to check a verdict against (never for an in-range index), or
@@ -609,16 +662,26 @@ fn count_reset<const ATOMIC: bool>(event: &TcpEvent) {
     let (Some(generation), Some(slot)) =
         (conn_generation(generation_slot), FLOW_CACHE.get_ptr_mut(epoch * FLOW_CACHE_SLOTS + cache_slot))
     else {
-        write_back::<ATOMIC>(epoch, &classify::<ATOMIC>(event), 1, counters);
+        let key = classify::<ATOMIC>(event);
+        write_back::<ATOMIC>(epoch, &key, 1, counters);
+        if CAPTURE {
+            capture::reset::<ATOMIC, _>(source, &key);
+        }
         return;
     };
     // SAFETY: per-CPU slot, as above.
     let slot = unsafe { &mut *slot };
     if slot.holds_verdict_for(event, generation) {
         slot.resets += 1;
+        if CAPTURE {
+            capture::reset::<ATOMIC, _>(source, &slot.key);
+        }
         return;
     }
     let key = classify::<ATOMIC>(event);
+    if CAPTURE {
+        capture::reset::<ATOMIC, _>(source, &key);
+    }
     if slot.resets != 0 {
         if slot.key.same_flow(&key) {
             slot.resets += 1;

@@ -1,9 +1,9 @@
 //! The command line: every clap struct, the options shared by several commands, and their
 //! parsers.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use rst_common::wire::DEFAULT_MAX_FLOWS;
+use rst_common::wire::{CAPTURE_DEFAULT_BUDGET, CAPTURE_DEFAULT_SNAPLEN, CAPTURE_MAX_SNAPLEN, DEFAULT_MAX_FLOWS};
 
 use crate::{
     aggregate::DEFAULT_SUMMARY_FLOWS,
@@ -110,6 +110,8 @@ pub struct LiveOptions {
     pub xdp_mode: XdpModeChoice,
     pub counting: Counting,
     pub workloads: crate::workload::Setting,
+    /// `--capture`.
+    pub capture: Option<crate::capture::Options>,
 }
 
 impl LiveOptions {
@@ -127,7 +129,89 @@ impl LiveOptions {
                     cgroup_root: interfaces.cgroup_root.clone(),
                 }
             },
+            capture: None,
         }
+    }
+
+    pub fn with_capture(mut self, capture: &CaptureArgs) -> Self {
+        self.capture = capture.options();
+        self
+    }
+}
+
+/// `--capture FILE` and its limits.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CaptureArgs {
+    /// Write every RST rstwatch counts to FILE, a pcapng for Wireshark: one interface block per
+    /// watched interface, each packet with its direction and a comment with rstwatch's reading.
+    /// Created mode 0600; a FILE that exists (or is a symlink) is never opened.
+    #[arg(long, value_name = "FILE")]
+    pub capture: Option<PathBuf>,
+    /// Bytes of each RST to keep (all headers fit in the default).
+    #[arg(long, value_name = "BYTES", default_value_t = CAPTURE_DEFAULT_SNAPLEN,
+          value_parser = clap::value_parser!(u32).range(54..=CAPTURE_MAX_SNAPLEN as i64))]
+    pub snaplen: u32,
+    /// Most RSTs written per second; the rest are counted (summary `capture.dropped`), not written.
+    #[arg(long, value_name = "RSTS", default_value_t = CAPTURE_DEFAULT_BUDGET,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub capture_budget: u32,
+    /// Start a new file when this one would pass SIZE (like tcpdump -C; 10M, 1G, 500k, 1MiB):
+    /// FILE's name gets a number, `resets.0.pcapng`, `resets.1.pcapng`, ….
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, requires = "capture")]
+    pub capture_max_size: Option<u64>,
+    /// With --capture-max-size, keep at most N files, reusing the oldest name (like tcpdump -W).
+    #[arg(long, value_name = "N", requires = "capture_max_size", value_parser = clap::value_parser!(u32).range(1..))]
+    pub capture_files: Option<u32>,
+    /// Also write the SYN and SYN+ACK of every connection that was then reset.
+    #[arg(long, requires = "capture")]
+    pub capture_handshakes: bool,
+}
+
+impl CaptureArgs {
+    pub fn options(&self) -> Option<crate::capture::Options> {
+        let CaptureArgs { capture, snaplen, capture_budget, capture_max_size, capture_files, capture_handshakes } =
+            self;
+        Some(crate::capture::Options {
+            layout: crate::capture::files::Layout {
+                path: capture.clone()?,
+                max_size: *capture_max_size,
+                files: *capture_files,
+            },
+            snaplen: *snaplen,
+            budget: *capture_budget,
+            handshakes: *capture_handshakes,
+        })
+    }
+}
+
+/// Why a size was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SizeError {
+    #[error("expected a number of bytes with an optional k, M, G (1000s) or KiB, MiB, GiB suffix")]
+    Syntax,
+    #[error("must be at least 1 byte")]
+    Zero,
+}
+
+/// `10M`, `1G`, `500k`, `1MiB`, `4096`.
+pub fn parse_size(text: &str) -> Result<u64, SizeError> {
+    let digits = text.trim().find(|c: char| !c.is_ascii_digit()).unwrap_or(text.trim().len());
+    let (number, unit) = text.trim().split_at(digits);
+    let number: u64 = number.parse().map_err(|_| SizeError::Syntax)?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "k" | "K" | "kB" | "KB" => 1_000,
+        "M" | "MB" => 1_000_000,
+        "G" | "GB" => 1_000_000_000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return Err(SizeError::Syntax),
+    };
+    match number.checked_mul(scale) {
+        Some(0) => Err(SizeError::Zero),
+        Some(bytes) => Ok(bytes),
+        None => Err(SizeError::Syntax),
     }
 }
 
@@ -153,11 +237,13 @@ pub struct WatchArgs {
     pub counting: CountingChoice,
     #[command(flatten)]
     pub report: ReportOptions,
+    #[command(flatten)]
+    pub capture: CaptureArgs,
 }
 
 impl WatchArgs {
     pub fn live(&self) -> LiveOptions {
-        LiveOptions::new(&self.interfaces, self.hooks, self.counting)
+        LiveOptions::new(&self.interfaces, self.hooks, self.counting).with_capture(&self.capture)
     }
 }
 
@@ -233,4 +319,21 @@ pub fn parse_interval(text: &str) -> Result<Duration, DurationError> {
         return Err(DurationError::TooShort);
     }
     Ok(interval)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_decimal_and_binary_suffixes() {
+        assert_eq!(parse_size("4096").ok(), Some(4096));
+        assert_eq!(parse_size("10M").ok(), Some(10_000_000));
+        assert_eq!(parse_size("500k").ok(), Some(500_000));
+        assert_eq!(parse_size("1MiB").ok(), Some(1 << 20));
+        assert_eq!(parse_size("2G").ok(), Some(2_000_000_000));
+        assert!(matches!(parse_size("0"), Err(SizeError::Zero)));
+        assert!(matches!(parse_size("ten"), Err(SizeError::Syntax)));
+        assert!(matches!(parse_size("1T"), Err(SizeError::Syntax)));
+    }
 }

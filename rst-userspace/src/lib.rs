@@ -5,6 +5,7 @@
 //! model), and the model's readers: [`output`] (table or JSON Lines), [`metrics`], [`tui`].
 
 pub mod aggregate;
+pub mod capture;
 pub mod cli;
 pub mod collector;
 pub mod connections;

@@ -16,6 +16,7 @@ use crate::{
         model::{Interface, Interval, Run},
         Aggregator,
     },
+    capture::{self, Capture},
     cli::LiveOptions,
     collector::{Collector, Sample},
     loader::{self, Attachment, HookChoice},
@@ -64,6 +65,8 @@ pub struct LiveSession {
     aggregator: Aggregator,
     metrics: Option<Arc<Metrics>>,
     interval_start: Instant,
+    /// `--capture`: the thread writing the file.
+    capture: Option<Capture>,
 }
 
 impl LiveSession {
@@ -84,9 +87,18 @@ impl LiveSession {
         metrics: Option<(tokio::net::TcpListener, &tokio::runtime::Handle)>,
     ) -> anyhow::Result<LiveSession> {
         let workloads_on = options.workloads != crate::workload::Setting::Off;
-        let mut ebpf = loader::load_with(settings.max_flows, options.counting, workloads_on)?;
+        // The file first: a path that cannot be written stops the run before anything is loaded.
+        let capture_files = options.capture.as_ref().map(capture::create).transpose()?;
+        let capture_load = options.capture.as_ref().map(|capture::Options { snaplen, budget, handshakes, .. }| {
+            loader::CaptureLoad { budget: *budget, snaplen: *snaplen, handshakes: *handshakes }
+        });
+        let mut ebpf = loader::load_with(settings.max_flows, options.counting, workloads_on, capture_load)?;
         let counting = ebpf.counting();
         let collector = Collector::new(&mut ebpf)?;
+        let capture = match (capture_files, &options.capture) {
+            (Some(files), Some(capture_options)) => Some(Capture::start(&mut ebpf, files, capture_options, targets)?),
+            _ => None,
+        };
         // Before the interfaces: once "attached to" is logged, every reset's reason is recorded.
         let (kernel_events, reason_names) = loader::start_kernel_events(&mut ebpf);
         let offsets = ebpf.workload_offsets().clone();
@@ -126,6 +138,7 @@ impl LiveSession {
             aggregator,
             metrics,
             interval_start: Instant::now(),
+            capture,
         };
         session.follow_patterns();
         Ok(session)
@@ -163,6 +176,15 @@ impl LiveSession {
             Ranking::TopN => self.aggregator.add(sample, elapsed, SystemTime::now()),
             Ranking::Skip => self.aggregator.fold(sample, elapsed, SystemTime::now()),
         };
+        if let Some(capture) = &self.capture {
+            // After the fold: the flows they belong to are in the run now.
+            for (id, (bytes, len)) in capture.take_payloads() {
+                self.aggregator.rst_payload(&id, &bytes, len);
+            }
+            let verdicts = self.aggregator.verdicts();
+            let verdicts = verdicts.iter().map(|v| ((v.service.addr, v.service.port), v.cause.name())).collect();
+            capture.update_known(capture::Known { verdicts, reasons: HashMap::new() });
+        }
         if let Some(metrics) = &self.metrics {
             metrics.observe(
                 sample,
@@ -198,7 +220,12 @@ impl LiveSession {
         let sample = self.collector.collect()?;
         let elapsed = self.interval_start.elapsed();
         let interval = self.fold(&sample, elapsed, Ranking::TopN);
-        Ok(Finished { interval, counted_anything: sample.counted_anything(), run: self.aggregator.summary() })
+        let mut run = self.aggregator.summary();
+        // After the collector's grace period: every program run that could still capture is over.
+        if let Some(capture) = self.capture.take() {
+            run.capture = Some(capture.finish(&run)?);
+        }
+        Ok(Finished { interval, counted_anything: sample.counted_anything(), run })
     }
 
     /// The run so far.
@@ -252,6 +279,9 @@ impl LiveSession {
                 Ok(attachment) => {
                     tracing::info!("interface {name} is back (ifindex {ifindex})");
                     self.aggregator.add_interface(Interface::of(&attachment));
+                    if let Some(capture) = &self.capture {
+                        capture.add_interface(name, ifindex);
+                    }
                     if let Some(metrics) = &self.metrics {
                         metrics.add_interface(ifindex, name);
                     }

@@ -22,10 +22,10 @@ use aya::{
 };
 use caps::{CapSet, Capability};
 use rst_common::wire::{
-    CountingPrograms, GLOBAL_EVICTION_LOG_SLOTS, GLOBAL_FLOW_TABLE_BITS, GLOBAL_SEND_RESET_DADDR_OFFSET,
-    GLOBAL_SEND_RESET_REASON_OFFSET, GLOBAL_SEND_RESET_SADDR_OFFSET, MAP_CONNECTIONS, MAP_CONN_FINGERPRINTS,
-    MAP_EVICTION_LOG, MAP_FLOW_BLOCKS, MAP_FLOW_TABLE, MAP_OVERFLOW_SOURCES, MAP_SERVICES, MAP_STACK_RESETS,
-    MAP_WORKLOADS,
+    CountingPrograms, GLOBAL_CAPTURE_BUDGET, GLOBAL_CAPTURE_HANDSHAKES, GLOBAL_CAPTURE_SNAPLEN,
+    GLOBAL_EVICTION_LOG_SLOTS, GLOBAL_FLOW_TABLE_BITS, GLOBAL_SEND_RESET_DADDR_OFFSET, GLOBAL_SEND_RESET_REASON_OFFSET,
+    GLOBAL_SEND_RESET_SADDR_OFFSET, MAP_CONNECTIONS, MAP_CONN_FINGERPRINTS, MAP_EVICTION_LOG, MAP_FLOW_BLOCKS,
+    MAP_FLOW_TABLE, MAP_OVERFLOW_SOURCES, MAP_SERVICES, MAP_STACK_RESETS, MAP_WORKLOADS,
 };
 
 // The tracepoint program's part of loading lives in its own module; its functions keep their
@@ -251,6 +251,8 @@ pub struct LoadedObject {
     counting: CountingMode,
     /// Whether the workload programs found their offsets (`Err`: why not).
     workload_offsets: Result<(), String>,
+    /// Whether the capturing programs were loaded (`--capture`).
+    capturing: bool,
 }
 
 impl LoadedObject {
@@ -265,8 +267,26 @@ impl LoadedObject {
 
     /// The counting programs that were loaded.
     pub fn programs(&self) -> CountingPrograms {
-        self.counting.programs()
+        programs_for(self.counting, self.capturing)
     }
+}
+
+fn programs_for(counting: CountingMode, capturing: bool) -> CountingPrograms {
+    if capturing {
+        CountingPrograms::capturing(counting == CountingMode::Atomic)
+    } else {
+        counting.programs()
+    }
+}
+
+/// What the capturing programs are loaded with (`--capture`, see [`crate::capture`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CaptureLoad {
+    /// RSTs per second handed to the ring.
+    pub budget: u32,
+    /// Bytes of each frame.
+    pub snaplen: u32,
+    pub handshakes: bool,
 }
 
 impl std::ops::Deref for LoadedObject {
@@ -299,12 +319,18 @@ pub fn is_preempt_rt(sys_kernel_realtime: Option<&str>, version: &str) -> bool {
 
 /// [`load`], counting as `counting` says.
 pub fn load_counting(max_flows: u32, counting: Counting) -> anyhow::Result<LoadedObject> {
-    load_with(max_flows, counting, true)
+    load_with(max_flows, counting, true, None)
 }
 
 /// [`load_counting`], with the workload programs' recording on or off (`--no-workloads`: the
-/// reset tracepoints then skip it, a constant the verifier prunes).
-pub fn load_with(max_flows: u32, counting: Counting, workloads: bool) -> anyhow::Result<LoadedObject> {
+/// reset tracepoints then skip it, a constant the verifier prunes), and the capturing programs
+/// instead of the plain ones when `capture` is given.
+pub fn load_with(
+    max_flows: u32,
+    counting: Counting,
+    workloads: bool,
+    capture: Option<CaptureLoad>,
+) -> anyhow::Result<LoadedObject> {
     let mode = counting.resolve();
     match (counting, mode) {
         (Counting::Auto, CountingMode::Atomic) => tracing::info!(
@@ -319,7 +345,7 @@ pub fn load_with(max_flows: u32, counting: Counting, workloads: bool) -> anyhow:
         ),
         _ => {}
     }
-    let programs = mode.programs();
+    let programs = programs_for(mode, capture.is_some());
     let max_sources = overflow_sources_for(max_flows);
     let offsets = SendResetFormat::read();
     let workload_offsets =
@@ -355,6 +381,14 @@ pub fn load_with(max_flows: u32, counting: Counting, workloads: bool) -> anyhow:
             .override_global(GLOBAL_SEND_RESET_SADDR_OFFSET, &format.saddr, true)
             .override_global(GLOBAL_SEND_RESET_DADDR_OFFSET, &format.daddr, true);
     }
+    let capture_globals =
+        capture.map(|CaptureLoad { budget, snaplen, handshakes }| (budget, snaplen, u32::from(handshakes)));
+    if let Some((budget, snaplen, handshakes)) = &capture_globals {
+        loader
+            .override_global(GLOBAL_CAPTURE_BUDGET, budget, true)
+            .override_global(GLOBAL_CAPTURE_SNAPLEN, snaplen, true)
+            .override_global(GLOBAL_CAPTURE_HANDSHAKES, handshakes, true);
+    }
     let mut ebpf = loader.load(EBPF_OBJECT).map_err(|error| load_error(Box::new(error)))?;
     let xdp: &mut Xdp = ebpf
         .program_mut(programs.xdp)
@@ -365,7 +399,7 @@ pub fn load_with(max_flows: u32, counting: Counting, workloads: bool) -> anyhow:
         classifier(&mut ebpf, name)?.load().map_err(|error| load_error(Box::new(error)))?;
     }
     let workload_offsets = workload_offsets.map(|_| ());
-    Ok(LoadedObject { ebpf, counting: mode, workload_offsets })
+    Ok(LoadedObject { ebpf, counting: mode, workload_offsets, capturing: capture.is_some() })
 }
 
 fn load_error(error: Box<dyn std::error::Error + Send + Sync>) -> anyhow::Error {

@@ -37,7 +37,11 @@ pub fn run(args: WatchArgs) -> anyhow::Result<()> {
             printer.interval(&finished.interval)?;
         }
         printer.summary(&finished.run)?;
-        Ok(())
+        // The counts are complete; the exit status says the file is not.
+        match finished.run.capture.and_then(|capture| capture.error) {
+            Some(error) => Err(crate::capture::Stopped(error).into()),
+            None => Ok(()),
+        }
     });
     match result {
         Err(error) if output::is_broken_pipe(&error) => Ok(()),

@@ -40,6 +40,8 @@ pub enum Part {
     Userspace,
     /// `rstwatch top` vs plain `rstwatch` under the same flood (not in the default set).
     Top,
+    /// `rstwatch --capture` vs tcpdump writing the same RSTs under the flood (not in the default set).
+    Capture,
 }
 
 pub struct Options {
@@ -419,7 +421,7 @@ pub fn run(options: &Options) -> Result<()> {
         markdown.push_str(&kernel_table(&kernel)?);
         results["kernel"] = serde_json::to_value(Report::Kernel(kernel))?;
     }
-    if parts.iter().any(|part| [Part::Flood, Part::Userspace, Part::Top].contains(part)) {
+    if parts.iter().any(|part| [Part::Flood, Part::Userspace, Part::Top, Part::Capture].contains(part)) {
         let lab = FloodLab::new()?;
         if parts.contains(&Part::Flood) {
             eprintln!("xtask bench: part 2, exactness under flood");
@@ -439,6 +441,11 @@ pub fn run(options: &Options) -> Result<()> {
         if parts.contains(&Part::Top) {
             results["top"] = crate::bench_top::run(&lab, options.quick)?;
             markdown.push_str(&crate::bench_top::table(&results["top"])?);
+        }
+        if parts.contains(&Part::Capture) {
+            eprintln!("xtask bench: capture under flood");
+            results["capture"] = crate::bench_capture::run(&lab, options.quick)?;
+            markdown.push_str(&crate::bench_capture::table(&results["capture"])?);
         }
     }
     let out = options.out.clone().unwrap_or_else(|| cmd::workspace_root().join("target/bench/results.json"));

@@ -5,6 +5,7 @@
 //! `ip`), so a failure message names a command that can be re-run by hand.
 
 pub mod bench;
+pub mod bench_capture;
 pub mod bench_top;
 pub mod build;
 pub mod cli;

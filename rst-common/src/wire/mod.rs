@@ -6,6 +6,7 @@
 //! concern; everything is re-exported here, so `rst_common::wire::FlowKey` and the like stay the
 //! paths to use.
 
+mod capture;
 mod class;
 mod counters;
 mod defaults;
@@ -15,6 +16,10 @@ pub mod names;
 mod values;
 mod workload;
 
+pub use capture::{
+    CaptureBudget, CaptureCounters, CaptureRecord, CAPTURE_DEFAULT_BUDGET, CAPTURE_DEFAULT_SNAPLEN, CAPTURE_HANDSHAKE,
+    CAPTURE_MAX_SNAPLEN, CAPTURE_RING_BYTES, CAPTURE_RST,
+};
 pub use class::{ResetClass, ResetKind};
 pub use counters::{Counters, ResetCounters, TrafficCounters};
 pub use defaults::{

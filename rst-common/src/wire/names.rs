@@ -57,6 +57,41 @@ impl CountingPrograms {
         }
     }
 }
+/// `--capture`: the same three counting programs (per-CPU and atomic sets) that also hand each
+/// RST to userspace through [`MAP_CAPTURE_RING`]; loaded instead of the plain ones, so the plain
+/// programs carry nothing of it.
+pub const PROG_XDP_CAPTURE: &str = "rstwatch_xdp_capture";
+pub const PROG_TC_CAPTURE: &str = "rstwatch_tc_capture";
+pub const PROG_TC_EGRESS_CAPTURE: &str = "rstwatch_tc_egress_capture";
+pub const PROG_XDP_ATOMIC_CAPTURE: &str = "rstwatch_xdp_atomic_capture";
+pub const PROG_TC_ATOMIC_CAPTURE: &str = "rstwatch_tc_atomic_capture";
+pub const PROG_TC_EGRESS_ATOMIC_CAPTURE: &str = "rstwatch_tc_egress_atomic_capture";
+/// The BPF ring buffer of [`crate::wire::CaptureRecord`]s.
+pub const MAP_CAPTURE_RING: &str = "CAPTURE_RING";
+/// Per CPU, what the capture programs sent and dropped ([`crate::wire::CaptureCounters`]).
+pub const MAP_CAPTURE_COUNTERS: &str = "CAPTURE_COUNTERS";
+/// The shared per-second budget window ([`crate::wire::CaptureBudget`]).
+pub const MAP_CAPTURE_BUDGET: &str = "CAPTURE_BUDGET";
+/// Globals the loader sets for the capture programs: RSTs per second, bytes per frame, and
+/// whether SYN / SYN+ACK segments go to the ring too (0 or 1).
+pub const GLOBAL_CAPTURE_BUDGET: &str = "CAPTURE_BUDGET_PER_SECOND";
+pub const GLOBAL_CAPTURE_SNAPLEN: &str = "CAPTURE_SNAPLEN";
+pub const GLOBAL_CAPTURE_HANDSHAKES: &str = "CAPTURE_HANDSHAKES";
+
+impl CountingPrograms {
+    /// The capturing set of [`CountingPrograms::new`].
+    pub const fn capturing(atomic: bool) -> CountingPrograms {
+        if atomic {
+            CountingPrograms {
+                xdp: PROG_XDP_ATOMIC_CAPTURE,
+                tc: PROG_TC_ATOMIC_CAPTURE,
+                tc_egress: PROG_TC_EGRESS_ATOMIC_CAPTURE,
+            }
+        } else {
+            CountingPrograms { xdp: PROG_XDP_CAPTURE, tc: PROG_TC_CAPTURE, tc_egress: PROG_TC_EGRESS_CAPTURE }
+        }
+    }
+}
 /// Tracepoint `tcp:tcp_send_reset` (kernel ≥ 6.10 for its `reason`).
 pub const PROG_SEND_RESET: &str = "rstwatch_send_reset";
 /// Globals the loader sets from the tracepoint's format file before loading.
@@ -97,6 +132,7 @@ pub enum MapKind {
     Hash,
     Array,
     PerCpuArray,
+    RingBuf,
 }
 
 impl MapKind {
@@ -106,6 +142,7 @@ impl MapKind {
             MapKind::Hash => 1,
             MapKind::Array => 2,
             MapKind::PerCpuArray => 6,
+            MapKind::RingBuf => 27,
         }
     }
 }
@@ -120,7 +157,7 @@ pub enum ProgramKind {
 
 /// Every map of the object and its kind, the `.bss` data map included: a map added to the
 /// object is added here, and the contract test holds the object to exactly this list.
-pub const MAPS: [(&str, MapKind); 20] = [
+pub const MAPS: [(&str, MapKind); 23] = [
     (MAP_FLOW_TABLE, MapKind::Array),
     (MAP_FLOW_BLOCKS, MapKind::Array),
     (MAP_OVERFLOW_SOURCES[0], MapKind::Hash),
@@ -140,12 +177,15 @@ pub const MAPS: [(&str, MapKind); 20] = [
     (MAP_STACK_RESETS[1], MapKind::Hash),
     (MAP_WORKLOADS[0], MapKind::Hash),
     (MAP_WORKLOADS[1], MapKind::Hash),
+    (MAP_CAPTURE_RING, MapKind::RingBuf),
+    (MAP_CAPTURE_COUNTERS, MapKind::PerCpuArray),
+    (MAP_CAPTURE_BUDGET, MapKind::Array),
     // The loader's overrides of the globals below, a map aya makes from the section.
     (".rodata", MapKind::Array),
 ];
 
 /// Every program of the object and its kind.
-pub const PROGRAMS: [(&str, ProgramKind); 10] = [
+pub const PROGRAMS: [(&str, ProgramKind); 16] = [
     (PROG_XDP, ProgramKind::Xdp),
     (PROG_TC, ProgramKind::SchedClassifier),
     (PROG_TC_EGRESS, ProgramKind::SchedClassifier),
@@ -156,10 +196,16 @@ pub const PROGRAMS: [(&str, ProgramKind); 10] = [
     (PROG_RECEIVE_RESET, ProgramKind::TracePoint),
     (PROG_XDP_BASELINE, ProgramKind::Xdp),
     (PROG_TC_BASELINE, ProgramKind::SchedClassifier),
+    (PROG_XDP_CAPTURE, ProgramKind::Xdp),
+    (PROG_TC_CAPTURE, ProgramKind::SchedClassifier),
+    (PROG_TC_EGRESS_CAPTURE, ProgramKind::SchedClassifier),
+    (PROG_XDP_ATOMIC_CAPTURE, ProgramKind::Xdp),
+    (PROG_TC_ATOMIC_CAPTURE, ProgramKind::SchedClassifier),
+    (PROG_TC_EGRESS_ATOMIC_CAPTURE, ProgramKind::SchedClassifier),
 ];
 
 /// The u32 globals the loader sets before loading (read-only to the programs).
-pub const LOADER_GLOBALS: [&str; 19] = [
+pub const LOADER_GLOBALS: [&str; 22] = [
     GLOBAL_FLOW_TABLE_BITS,
     GLOBAL_EVICTION_LOG_SLOTS,
     GLOBAL_SEND_RESET_REASON_OFFSET,
@@ -179,4 +225,7 @@ pub const LOADER_GLOBALS: [&str; 19] = [
     GLOBAL_SOCK_CGROUP_OFFSET,
     GLOBAL_CGROUP_KN_OFFSET,
     GLOBAL_KERNFS_NODE_ID_OFFSET,
+    GLOBAL_CAPTURE_BUDGET,
+    GLOBAL_CAPTURE_SNAPLEN,
+    GLOBAL_CAPTURE_HANDSHAKES,
 ];

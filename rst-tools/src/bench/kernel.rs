@@ -115,14 +115,24 @@ pub struct KernelArgs {
     /// `atomic`: what a PREEMPT_RT kernel gets (see `rstwatch::loader::Counting`).
     #[arg(long, value_enum, default_value_t = Counting::Auto)]
     pub counting: Counting,
+    /// Measure the capturing programs (`--capture`) with this budget per second (RSTs handed to
+    /// the ring; the ring is emptied after every trial, so keep `--repeat` under ~14 000 to
+    /// measure the hand-over rather than a full ring).
+    #[arg(long)]
+    pub capture_budget: Option<u32>,
 }
 
 pub fn kernel(args: &KernelArgs) -> anyhow::Result<KernelReport> {
-    let KernelArgs { trials, repeat, singles, max_flows, ref lines, counting } = *args;
+    let KernelArgs { trials, repeat, singles, max_flows, ref lines, counting, capture_budget } = *args;
     // Smaller tables (to see what fits the CPU caches) skip the 64k-flow line, which would overflow.
     ensure!(max_flows >= 8192, "--max-flows must hold the new-flow lines' 4 096 warm-up flows twice");
     let wanted = |name: &str| lines.is_empty() || lines.iter().any(|part| name.contains(part.trim()));
-    let mut programs = Harness::load(max_flows, counting)?;
+    let capture = capture_budget.map(|budget| rstwatch::loader::CaptureLoad {
+        budget,
+        snaplen: rst_common::wire::CAPTURE_DEFAULT_SNAPLEN,
+        handshakes: false,
+    });
+    let mut programs = Harness::load_with(max_flows, counting, capture)?;
     programs.load_baselines()?;
     // The counting programs loaded: the per-CPU set, or the atomic one.
     let CountingPrograms { xdp: counting_xdp, tc_egress: counting_tc_egress, .. } = programs.programs();

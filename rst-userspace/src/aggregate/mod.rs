@@ -5,6 +5,7 @@
 pub mod conversation;
 pub mod diagnosis;
 pub mod model;
+pub mod payload;
 pub mod rank;
 
 use std::{
@@ -51,6 +52,8 @@ pub struct FlowStats {
     /// Kernel reason code → events.
     pub reasons: BTreeMap<u32, u64>,
     pub owners: Owners,
+    /// The last RST payload seen, escaped (see [`payload`]).
+    pub rst_payload: Option<String>,
 }
 
 /// The sockets behind a flow's RSTs, from the workload events joined to it.
@@ -127,9 +130,22 @@ impl FlowStats {
     }
 
     fn merge(&mut self, other: &FlowStats) {
-        let FlowStats { resets, kinds, with_ack, from_server, side_observed, first, middlebox, reasons, owners } =
-            other;
+        let FlowStats {
+            resets,
+            kinds,
+            with_ack,
+            from_server,
+            side_observed,
+            first,
+            middlebox,
+            reasons,
+            owners,
+            rst_payload,
+        } = other;
         self.owners.merge(owners);
+        if rst_payload.is_some() {
+            self.rst_payload.clone_from(rst_payload);
+        }
         self.resets += resets;
         self.kinds.merge(kinds);
         self.with_ack += with_ack;
@@ -527,6 +543,15 @@ impl Aggregator {
         self.resolver.as_ref()?.known(cgroup).cloned()
     }
 
+    /// The payload of the last RST of the flow `id` (its [`FlowKey::flow_id`]) that had one:
+    /// the first bytes (at most [`payload::RST_PAYLOAD_BYTES`]) and the payload's length. A
+    /// flow the run does not list keeps none.
+    pub fn rst_payload(&mut self, id: &FlowKey, bytes: &[u8], len: usize) {
+        if let Some(stats) = self.flows.get_mut(id) {
+            stats.rst_payload = Some(payload::escape(bytes, len));
+        }
+    }
+
     /// The whole run: every flow, every source, cumulative.
     pub fn summary(&self) -> Run {
         let mut kernel_events = self.kernel_events.clone();
@@ -547,6 +572,7 @@ impl Aggregator {
             verdicts: self.evidence.verdicts(),
             conversations: conversation::conversations(self.flows.iter(), |ifindex| self.iface_name(ifindex)),
             workloads: self.workload_records(self.flows.iter()),
+            capture: None,
         }
     }
 
@@ -664,6 +690,7 @@ impl Aggregator {
                     } else {
                         None
                     },
+                    rst_payload: stats.rst_payload.clone(),
                 }
             })
             .collect()

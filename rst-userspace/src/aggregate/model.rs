@@ -281,6 +281,9 @@ pub struct Flow {
     /// flows, for tx RSTs this host's TCP stack did not send (forwarded, netfilter) and when
     /// workloads are off.
     pub origin: Option<Origin>,
+    /// The first bytes of the last RST payload, printable-escaped; `None` when no RST of the
+    /// flow carried data (or, live, without `--capture`, which is what reads them).
+    pub rst_payload: Option<String>,
 }
 
 /// Who sent a tx RST (see [`rst_common::wire::ORIGIN_APPLICATION`]).
@@ -513,6 +516,28 @@ pub struct Run {
     pub conversations: Option<Vec<Conversation>>,
     /// Resets per workload, most first (empty when workloads are off).
     pub workloads: Vec<WorkloadResets>,
+    /// `--capture`: what went into the file; `None` without it.
+    pub capture: Option<CaptureSummary>,
+}
+
+/// `--capture`: every RST counted is either written or dropped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CaptureSummary {
+    /// The path `--capture` named.
+    pub file: String,
+    /// The files of the run still on disk (more than one with `--capture-max-size`), oldest first.
+    pub files: Vec<String>,
+    pub written: u64,
+    /// `over_budget + ring_full + not_written`.
+    pub dropped: u64,
+    /// Beyond `--capture-budget` in their second.
+    pub over_budget: u64,
+    /// The ring buffer was full (rstwatch fell behind), or the frame could not be read.
+    pub ring_full: u64,
+    /// Handed over but not written: the capture had stopped.
+    pub not_written: u64,
+    /// Why the capture stopped early.
+    pub error: Option<String>,
 }
 
 pub fn per_second(count: u64, elapsed: Duration) -> f64 {

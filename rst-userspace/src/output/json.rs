@@ -9,9 +9,9 @@ use serde::Serialize;
 use crate::aggregate::{
     diagnosis,
     model::{
-        AttachMode, CountingMode, Destination, Direction, Family, Flow, Interface, Interval, KernelEvents, KindCounts,
-        Middlebox, Origin, Pod, Process, Run, Service, Side, Source, Totals, Unlisted, Verdict, Workload,
-        WorkloadResets,
+        AttachMode, CaptureSummary, CountingMode, Destination, Direction, Family, Flow, Interface, Interval,
+        KernelEvents, KindCounts, Middlebox, Origin, Pod, Process, Run, Service, Side, Source, Totals, Unlisted,
+        Verdict, Workload, WorkloadResets,
     },
 };
 use crate::verdict::Detail;
@@ -55,6 +55,7 @@ pub struct FlowRecord<'a> {
     no_kernel_event: Option<u64>,
     workload: Option<WorkloadRecord<'a>>,
     origin: Option<Origin>,
+    rst_payload: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -141,6 +142,7 @@ impl<'a> From<&'a Flow> for FlowRecord<'a> {
             no_kernel_event,
             workload,
             origin,
+            rst_payload,
         } = flow;
         FlowRecord {
             iface,
@@ -162,6 +164,7 @@ impl<'a> From<&'a Flow> for FlowRecord<'a> {
             no_kernel_event: *no_kernel_event,
             workload: workload.as_ref().map(WorkloadRecord::from),
             origin: *origin,
+            rst_payload: rst_payload.as_deref(),
         }
     }
 }
@@ -425,6 +428,37 @@ pub struct SummaryRecord<'a> {
     diagnosis: Vec<String>,
     verdicts: Vec<VerdictRecord>,
     workloads: Vec<WorkloadResetsRecord<'a>>,
+    /// `--capture`: null without it.
+    capture: Option<CaptureRecord<'a>>,
+}
+
+/// The summary's `capture`: `written + dropped` is the resets counted.
+#[derive(Serialize)]
+pub struct CaptureRecord<'a> {
+    file: &'a str,
+    files: &'a [String],
+    written: u64,
+    dropped: u64,
+    over_budget: u64,
+    ring_full: u64,
+    not_written: u64,
+    error: Option<&'a str>,
+}
+
+impl<'a> From<&'a CaptureSummary> for CaptureRecord<'a> {
+    fn from(capture: &'a CaptureSummary) -> Self {
+        let CaptureSummary { file, files, written, dropped, over_budget, ring_full, not_written, error } = capture;
+        CaptureRecord {
+            file,
+            files,
+            written: *written,
+            dropped: *dropped,
+            over_budget: *over_budget,
+            ring_full: *ring_full,
+            not_written: *not_written,
+            error: error.as_deref(),
+        }
+    }
 }
 
 impl<'a> From<&'a Run> for SummaryRecord<'a> {
@@ -444,6 +478,7 @@ impl<'a> From<&'a Run> for SummaryRecord<'a> {
             verdicts,
             conversations: _,
             workloads,
+            capture,
         } = run;
         SummaryRecord {
             kind: "summary",
@@ -462,6 +497,7 @@ impl<'a> From<&'a Run> for SummaryRecord<'a> {
             diagnosis: diagnosis::sentences(run),
             verdicts: all(verdicts),
             workloads: all(workloads),
+            capture: capture.as_ref().map(CaptureRecord::from),
         }
     }
 }

@@ -6,8 +6,8 @@ use crate::{
     aggregate::{
         diagnosis,
         model::{
-            endpoint, per_second, Conversation, Destination, Flow, Interval, Origin, Run, Service, Source, Totals,
-            WorkloadResets,
+            endpoint, per_second, CaptureSummary, Conversation, Destination, Flow, Interval, Origin, Run, Service,
+            Source, Totals, WorkloadResets,
         },
         rank::ROW_DETAIL,
     },
@@ -79,6 +79,9 @@ impl<W: Write> TablePrinter<W> {
             t.fragments
         )?;
         self.overflow_warning(t)?;
+        if let Some(capture) = &run.capture {
+            self.capture_line(capture)?;
+        }
         if t.resets == 0 {
             writeln!(self.out, "   no resets seen")?;
         } else {
@@ -151,6 +154,27 @@ impl<W: Write> TablePrinter<W> {
                 "   {:<width$} {:>9} {:>9}  {}{detail}",
                 name, resets.sent, resets.received, resets.workload.cgroup
             )?;
+        }
+        Ok(())
+    }
+
+    /// `--capture`: where the resets went, and what the capture could not keep.
+    fn capture_line(&mut self, capture: &CaptureSummary) -> io::Result<()> {
+        let CaptureSummary { file, files, written, dropped, over_budget, ring_full, not_written, error } = capture;
+        let place = match files.len() {
+            0 | 1 => file.clone(),
+            n => format!("{file} ({n} files)"),
+        };
+        write!(self.out, "   capture {place}: {written} RSTs written, {dropped} dropped")?;
+        if *dropped > 0 {
+            write!(
+                self.out,
+                " (budget {over_budget}, ring full {ring_full}, after the capture stopped {not_written})"
+            )?;
+        }
+        writeln!(self.out)?;
+        if let Some(error) = error {
+            writeln!(self.out, "   WARNING: the capture stopped early: {error}")?;
         }
         Ok(())
     }
@@ -303,6 +327,9 @@ impl<W: Write> TablePrinter<W> {
             }
             if flow.origin == Some(Origin::Kernel) {
                 notes.push_str(", the kernel for no socket");
+            }
+            if let Some(payload) = &flow.rst_payload {
+                notes.push_str(&format!(", payload \"{payload}\""));
             }
             writeln!(
                 self.out,

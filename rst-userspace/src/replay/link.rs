@@ -149,6 +149,16 @@ impl Link {
         }
     }
 
+    /// The payload of the TCP segment in `frame` (see [`crate::aggregate::payload::of_frame`]).
+    pub fn rst_payload(self, frame: &[u8]) -> Option<(&[u8], usize)> {
+        let walked = match self.locate(frame) {
+            Located::Ethernet => rst_common::parse::walk(frame),
+            Located::Network { offset, ether_type } => rst_common::parse::walk_from(frame, offset, ether_type),
+            Located::Truncated => return None,
+        };
+        crate::aggregate::payload::of_frame(frame, walked)
+    }
+
     /// The frame as the XDP program would receive it, or `None` when a test run cannot take it.
     ///
     /// XDP only ever sees Ethernet, so a frame of another link type is given to the kernel

@@ -82,6 +82,7 @@ pub fn run_to<W: Write>(args: &ReplayArgs, out: W) -> anyhow::Result<()> {
         interfaces: 0,
         by_name: HashMap::new(),
         kernel,
+        payloads: HashMap::new(),
     };
     let mut broken = 0usize;
     for path in &args.files {
@@ -185,6 +186,8 @@ struct Replay<W: Write> {
     /// capture) is one interface.
     by_name: HashMap<(String, Link), u32>,
     kernel: Option<KernelCheck>,
+    /// The interval's last RST payload per flow (`flow_id`): first bytes and length.
+    payloads: HashMap<FlowKey, (Vec<u8>, usize)>,
 }
 
 impl<W: Write> Replay<W> {
@@ -245,6 +248,11 @@ impl<W: Write> Replay<W> {
     fn packet(&mut self, link: Link, ifindex: u32, timestamp_ns: u64, frame: &[u8]) -> anyhow::Result<()> {
         self.advance_clock(timestamp_ns)?;
         let observation = link.inspect(frame, ifindex);
+        if let Observation::Reset(event) = &observation {
+            if let Some((bytes, len)) = link.rst_payload(frame) {
+                self.payloads.insert(event.key.flow_id(), (bytes.to_vec(), len));
+            }
+        }
         self.tally.count(&observation);
         if let Some(check) = &mut self.kernel {
             check.frame(link, frame, &observation)?;
@@ -298,6 +306,9 @@ impl<W: Write> Replay<W> {
         };
         let ended = SystemTime::UNIX_EPOCH + Duration::from_nanos(ended_ns);
         let record = self.aggregator.add(&sample, Duration::from_nanos(elapsed_ns), ended);
+        for (id, (bytes, len)) in self.payloads.drain() {
+            self.aggregator.rst_payload(&id, &bytes, len);
+        }
         self.printer.interval(&record)
     }
 

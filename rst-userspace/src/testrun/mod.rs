@@ -83,13 +83,21 @@ pub struct Harness {
     probe: probe::Probe,
     /// Every map's kernel id, taken before the collector took the maps out of `ebpf`.
     map_ids: Vec<(String, u32)>,
+    /// With the capturing programs: their ring, emptied at every collect.
+    capture_ring: Option<aya::maps::RingBuf<aya::maps::MapData>>,
 }
 
 impl Harness {
     /// Loads the object with room for `max_flows` flows per epoch and the counting programs
     /// `counting` picks.
     pub fn load(max_flows: u32, counting: Counting) -> anyhow::Result<Self> {
-        let mut ebpf = loader::load_counting(max_flows, counting).context("loading the eBPF object for test runs")?;
+        Self::load_with(max_flows, counting, None)
+    }
+
+    /// [`Harness::load`] with the capturing programs when `capture` is given (`--capture`).
+    pub fn load_with(max_flows: u32, counting: Counting, capture: Option<loader::CaptureLoad>) -> anyhow::Result<Self> {
+        let mut ebpf =
+            loader::load_with(max_flows, counting, true, capture).context("loading the eBPF object for test runs")?;
         let programs = ebpf.programs();
         let mut map_ids = Vec::new();
         for (name, map) in ebpf.maps() {
@@ -99,7 +107,14 @@ impl Harness {
         }
         let probe = probe::Probe::open(|name| second_handle(&map_ids, name), max_flows)?;
         let collector = Collector::new(&mut ebpf)?;
-        Ok(Self { ebpf, collector, programs, probe, map_ids })
+        let capture_ring = match capture {
+            Some(_) => {
+                let ring = ebpf.take_map(rst_common::wire::MAP_CAPTURE_RING).context("the capture ring")?;
+                Some(aya::maps::RingBuf::try_from(ring).context("opening the capture ring")?)
+            }
+            None => None,
+        };
+        Ok(Self { ebpf, collector, programs, probe, map_ids, capture_ring })
     }
 
     /// Also loads the empty XDP and TC programs of the object, the floor cost measurements
@@ -160,6 +175,9 @@ impl Harness {
 
     /// Ends the epoch the test runs wrote to and returns what it counted.
     pub fn collect(&mut self) -> anyhow::Result<Sample> {
+        if let Some(ring) = &mut self.capture_ring {
+            while ring.next().is_some() {}
+        }
         self.collector.collect()
     }
 
