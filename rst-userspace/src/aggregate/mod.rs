@@ -13,7 +13,7 @@ use std::{
 };
 
 use rst_common::{
-    wire::{ResetClass, ServiceCounts, ServiceKey, ServiceValue, SourceKey, StackResetKey},
+    wire::{ResetClass, DownRun, ServiceCounts, ServiceKey, ServiceValue, SourceKey, StackResetKey},
     Counters, FlowKey,
 };
 
@@ -122,10 +122,18 @@ fn four_tuple_of_event(key: &StackResetKey) -> FourTuple {
     (key.src, key.dst, key.sport, key.dport, key.family)
 }
 
-/// A service's handshakes of one interval as the verdict evidence takes them.
-fn service_sample((key, value): &(ServiceKey, ServiceValue)) -> ServiceSample {
-    let ServiceCounts { attempts, synacks, accept_open_max, turnaway_open_min, turnaway_open_max, synack_ttl } =
-        value.decoded();
+/// A service's handshakes of one interval as the verdict evidence takes them; `origin_ms`: the
+/// run's start on the tracker's clock.
+fn service_sample((key, value): &(ServiceKey, ServiceValue), origin_ms: u64) -> ServiceSample {
+    let ServiceCounts {
+        attempts,
+        synacks,
+        accept_open_max,
+        turnaway_open_min,
+        turnaway_open_max,
+        synack_ttl,
+        down_turnaways: _,
+    } = value.decoded();
     ServiceSample {
         service: ServiceAddr { addr: key.ip(), port: key.port },
         ifindex: key.ifindex,
@@ -134,6 +142,9 @@ fn service_sample((key, value): &(ServiceKey, ServiceValue)) -> ServiceSample {
         open_at_accept: accept_open_max,
         open_at_turnaway: turnaway_open_min.zip(turnaway_open_max),
         synack_ttl,
+        down: value
+            .down()
+            .map(|DownRun { since_ms, turnaways }| DownRun { since_ms: since_ms.saturating_sub(origin_ms), turnaways }),
     }
 }
 
@@ -187,6 +198,8 @@ pub struct Aggregator {
     evidence: Evidence,
     /// The last interval's handshakes as the evidence takes them (kept for its capacity).
     service_samples: Vec<ServiceSample>,
+    /// The run's start on the service tracker's clock, in ms (see [`Aggregator::tracker_origin`]).
+    tracker_origin_ms: u64,
 }
 
 /// Services, client–service pairs and hosts the verdict evidence follows at most.
@@ -221,7 +234,14 @@ impl Aggregator {
             counting: None,
             evidence: Evidence::new(MAX_EVIDENCE_ENTRIES),
             service_samples: Vec::new(),
+            tracker_origin_ms: 0,
         }
+    }
+
+    /// When the run started on the clock the service tracker stamps its down runs with (the
+    /// kernel's monotonic clock live, capture time in replay), so verdicts say when in the run.
+    pub fn tracker_origin(&mut self, origin_ms: u64) {
+        self.tracker_origin_ms = origin_ms;
     }
 
     /// Whether kernel reset events are coming (`Err`: why not), and the names of the kernel's
@@ -306,7 +326,8 @@ impl Aggregator {
         self.interval_overflow.clear();
         self.interval_overflow.extend(sample.overflow_sources.iter().map(|(key, resets)| (key.src_ip(), *resets)));
         self.service_samples.clear();
-        self.service_samples.extend(sample.services.iter().map(service_sample));
+        let origin_ms = self.tracker_origin_ms;
+        self.service_samples.extend(sample.services.iter().map(|service| service_sample(service, origin_ms)));
         self.evidence.interval(
             started_ms,
             &self.service_samples,

@@ -6,6 +6,7 @@ use std::io;
 
 pub mod affinity;
 pub mod bpf_link;
+pub mod clock;
 pub mod ethtool;
 pub mod map_batch;
 pub mod membarrier;

@@ -10,7 +10,7 @@ use std::{
     net::IpAddr,
 };
 
-use rst_common::wire::{FlowKey, ResetClass, ResetKind};
+use rst_common::wire::{DownRun, FlowKey, ResetClass, ResetKind};
 
 use super::{sort, Cause, Detail, ServiceAddr, Verdict};
 
@@ -29,6 +29,10 @@ pub struct ServiceSample {
     pub open_at_turnaway: Option<(u64, u64)>,
     /// TTL / hop limit the service's own SYN+ACKs arrived with on this interface.
     pub synack_ttl: Option<u8>,
+    /// The run of turn-aways (each with nothing else open) the service was in at the interval's
+    /// end, begun after its latest accept, `since_ms` after the run started: what the tracker,
+    /// which sees accepts and refusals in order, says ([`rst_common::services`]).
+    pub down: Option<DownRun>,
 }
 
 /// How many resets and how many connections they ended.
@@ -80,7 +84,9 @@ struct Down {
     since_ms: u64,
     turned_away: Tally,
     unanswered: u64,
-    /// The latest interval's unanswered attempts, for its own verdicts.
+    /// The latest interval's turn-aways and unanswered attempts after the last accept, for its
+    /// own verdicts.
+    latest_turned_away: Tally,
     latest_unanswered: u64,
 }
 
@@ -112,6 +118,11 @@ struct ServiceSampleSum {
     synacks: u64,
     open_at_accept: Option<u64>,
     open_at_turnaway: Option<(u64, u64)>,
+    /// The latest run of turn-aways any interface's tracker saw the service end the interval in.
+    down: Option<DownRun>,
+    /// An interface saw an accept and no run after it: the interfaces disagree whether the
+    /// service ended the interval down, so it is not claimed.
+    up_at_end: bool,
 }
 
 /// A client's resets of one service right after the handshake: the intervals they fell in.
@@ -208,8 +219,16 @@ impl Evidence {
     }
 
     fn add_sample(&mut self, sample: &ServiceSample) {
-        let ServiceSample { service, ifindex: _, attempts, synacks, open_at_accept, open_at_turnaway, synack_ttl: _ } =
-            *sample;
+        let ServiceSample {
+            service,
+            ifindex: _,
+            attempts,
+            synacks,
+            open_at_accept,
+            open_at_turnaway,
+            synack_ttl: _,
+            down,
+        } = *sample;
         let Some(evidence) = self.service_mut(service) else { return };
         evidence.attempts += attempts;
         evidence.synacks += synacks;
@@ -221,6 +240,11 @@ impl Evidence {
             (Some((a_min, a_max)), Some((b_min, b_max))) => Some((a_min.min(b_min), a_max.max(b_max))),
             (a, b) => a.or(b),
         };
+        sum.down = match (sum.down, down) {
+            (Some(a), Some(b)) => Some(if (b.since_ms, b.turnaways) > (a.since_ms, a.turnaways) { b } else { a }),
+            (a, b) => a.or(b),
+        };
+        sum.up_at_end |= synacks > 0 && down.is_none();
     }
 
     fn add_reset(&mut self, key: &FlowKey, resets: u64) {
@@ -279,9 +303,12 @@ impl Evidence {
     fn close_interval(&mut self) {
         let (interval, start_ms) = (self.interval, self.interval_start_ms);
         for evidence in self.services.values_mut() {
-            let ServiceSampleSum { attempts, synacks, open_at_accept, open_at_turnaway } = evidence.interval;
+            let ServiceSampleSum { attempts, synacks, open_at_accept, open_at_turnaway, down: run, up_at_end } =
+                evidence.interval;
+            let run = run.filter(|_| !up_at_end);
             let turned_away = evidence.interval_turned_away;
             if let Some(down) = &mut evidence.down {
+                down.latest_turned_away = Tally::default();
                 down.latest_unanswered = 0;
             }
             if turned_away.resets > 0 {
@@ -301,7 +328,12 @@ impl Evidence {
             }
             if synacks > 0 {
                 evidence.last_accept = Some(interval);
-                evidence.down = None;
+                // The interval's counts do not order its accepts and refusals; the tracker's run
+                // does: begun after the interval's last accept, the service died inside it.
+                evidence.down = run.map(|run| {
+                    let tally = died_after_accept(run, turned_away);
+                    Down { since_ms: run.since_ms, turned_away: tally, latest_turned_away: tally, ..Down::default() }
+                });
                 continue;
             }
             if evidence.last_accept.is_none() {
@@ -313,9 +345,13 @@ impl Evidence {
             let unanswered = attempts.saturating_sub(turned_away.connections);
             let refusing = turned_away.resets > 0 && nothing_open;
             if refusing || (turned_away.resets == 0 && unanswered > 0) {
-                let down = evidence.down.get_or_insert(Down { since_ms: start_ms, ..Down::default() });
+                // When the tracker saw the first refusal, else (attempts left unanswered, which
+                // it does not time) the interval's start.
+                let since_ms = run.map_or(start_ms, |run| run.since_ms);
+                let down = evidence.down.get_or_insert(Down { since_ms, ..Down::default() });
                 if refusing {
                     down.turned_away.add(turned_away);
+                    down.latest_turned_away = turned_away;
                 }
                 down.unanswered += unanswered;
                 down.latest_unanswered = unanswered;
@@ -350,7 +386,8 @@ impl Evidence {
         for (service, evidence) in &self.services {
             // Most services are quiet in any one interval: only those with something new are
             // weighed again, so an interval costs what it brought, not what the run holds.
-            let quiet = evidence.latest.is_empty() && evidence.down.is_none_or(|down| down.latest_unanswered == 0);
+            let quiet = evidence.latest.is_empty()
+                && evidence.down.is_none_or(|down| down.latest_unanswered == 0 && down.latest_turned_away.resets == 0);
             if !quiet {
                 self.service_verdicts(*service, evidence, &evidence.latest, false, &mut verdicts);
             }
@@ -405,8 +442,11 @@ impl Evidence {
             out.push(Verdict::new(Cause::NoListener, service, turned_away.counts(), Detail::None));
         }
         if let Some(down) = evidence.down {
-            let (tally, unanswered) =
-                if whole_run { (down.turned_away, down.unanswered) } else { (turned_away, down.latest_unanswered) };
+            let (tally, unanswered) = if whole_run {
+                (down.turned_away, down.unanswered)
+            } else {
+                (down.latest_turned_away, down.latest_unanswered)
+            };
             if tally.resets > 0 || unanswered > 0 {
                 let detail = Detail::Down { since_ms: down.since_ms, unanswered };
                 out.push(Verdict::new(Cause::WentDown, service, tally.counts(), detail));
@@ -428,6 +468,16 @@ impl Evidence {
             out.push(Verdict::new(Cause::Middlebox, claimed, tally.counts(), detail));
         }
     }
+}
+
+/// The turn-aways of an interval with accepts that came after its last one: the run's, as the
+/// tracker counted them (connections), out of the interval's (`turned_away`); their resets are
+/// the interval's when the run holds all its turn-aways, else one each (a turn-away's first
+/// RST: repeats are not told apart from earlier refusals').
+fn died_after_accept(run: DownRun, turned_away: Tally) -> Tally {
+    let connections = run.turnaways.min(turned_away.connections);
+    let resets = if connections == turned_away.connections { turned_away.resets } else { connections };
+    Tally { resets, connections }
 }
 
 fn max_option(a: Option<u64>, b: Option<u64>) -> Option<u64> {
