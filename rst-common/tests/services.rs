@@ -8,9 +8,13 @@ use rst_common::{
     diagnose::{track, ConnTable, Tracked},
     parse::{TcpEvent, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     service_counts,
-    wire::{down_after_accept, down_after_turnaway, down_in_run, ConnKey, ConnState, DownRun, OpenValue, ServiceCounts, ServiceKey, ServiceValue},
-    OpenConnections, Opened, ServiceChange, TurnAway,
+    wire::{
+        down_after_accept, down_after_turnaway, down_in_run, ConnKey, ConnState, DownRun, OpenValue, ServiceCounts,
+        ServiceKey, ServiceValue,
+    },
+    OpenConnections, Opened, ServiceChange,
     ServiceEvent::{self, Accepted, Attempt, Closed, TurnedAway},
+    TurnAway,
 };
 use rst_craft::FrameBuilder;
 

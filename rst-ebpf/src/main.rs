@@ -33,8 +33,8 @@ use rst_common::{
     track,
     wire::{
         accept_bits, accept_from_bits, merge_accept, merge_turnaway, turnaway_bits, turnaway_from_bits, CacheSlot,
-        ConnKey, ConnState, FlowKey, FlowValue, LoggedFlow, OpenValue, ResetCounters, ServiceKey, ServiceValue, SourceKey,
-        StackResetKey, TrafficCounters, CONN_GENERATIONS as CONN_GENERATIONS_LEN, DEFAULT_MAX_FLOWS,
+        ConnKey, ConnState, FlowKey, FlowValue, LoggedFlow, OpenValue, ResetCounters, ServiceKey, ServiceValue,
+        SourceKey, StackResetKey, TrafficCounters, CONN_GENERATIONS as CONN_GENERATIONS_LEN, DEFAULT_MAX_FLOWS,
         DEFAULT_MAX_OVERFLOW_SOURCES, DEFAULT_MAX_SERVICES, DIRECTION_RX, DIRECTION_TX, FAMILY_IPV4, FAMILY_IPV6,
         FLOW_CACHE_SLOTS,
     },
@@ -502,7 +502,9 @@ impl OpenConnections for ServiceOpen {
     fn open_now(&mut self, service: &ServiceKey) -> u32 {
         match SERVICE_OPEN.get_ptr(service) {
             // SAFETY: as in `open`; an aligned u64 is never torn.
-            Some(value) => unsafe { core::ptr::read_volatile(&raw const (*value).open) }.min(u64::from(u32::MAX)) as u32,
+            Some(value) => {
+                unsafe { core::ptr::read_volatile(&raw const (*value).open) }.min(u64::from(u32::MAX)) as u32
+            }
             None => 0,
         }
     }

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use rst_common::{
     service_counts,
     wire::{
-        down_after_accept, down_after_turnaway, down_in_run, ConnKey, ConnState, OpenValue, ServiceKey, ServiceValue, DEFAULT_MAX_CONNECTIONS,
-        DEFAULT_MAX_SERVICES,
+        down_after_accept, down_after_turnaway, down_in_run, ConnKey, ConnState, OpenValue, ServiceKey, ServiceValue,
+        DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_SERVICES,
     },
     ConnTable, OpenConnections, Opened, ServiceChange, TurnAway,
 };

@@ -689,13 +689,7 @@ fn open_connections_counted(counting: Counting) -> anyhow::Result<()> {
         (
             // Back (M accepted and closed), then down again inside the interval: N refused after
             // the accept, a new run of one.
-            vec![
-                syn(2014),
-                synack(2014, 62),
-                c2s(2014, TCP_RST | TCP_ACK, 20145, 7001),
-                syn(2015),
-                refuse(2015),
-            ],
+            vec![syn(2014), synack(2014, 62), c2s(2014, TCP_RST | TCP_ACK, 20145, 7001), syn(2015), refuse(2015)],
             ServiceCounts {
                 attempts: 2,
                 synacks: 1,

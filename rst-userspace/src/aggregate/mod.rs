@@ -13,7 +13,7 @@ use std::{
 };
 
 use rst_common::{
-    wire::{ResetClass, DownRun, ServiceCounts, ServiceKey, ServiceValue, SourceKey, StackResetKey},
+    wire::{DownRun, ResetClass, ServiceCounts, ServiceKey, ServiceValue, SourceKey, StackResetKey},
     Counters, FlowKey,
 };
 
