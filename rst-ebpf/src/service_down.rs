@@ -3,6 +3,10 @@
 //! [`ServiceValue`] so userspace can tell a service that died after its last accept of the
 //! interval from one that came back. Only the accept and turn-away paths come here; the clock
 //! is read only when nothing is open at a turn-away.
+//!
+//! Out of line (BPF-to-BPF calls): inlined, their code tipped LLVM into leaving the per-CPU
+//! programs' bodies out of line instead, a call every frame pays (BENCHMARKS.md, the down-run
+//! section); here only the paths that need them pay the call.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use rst_common::wire::{down_after_accept, down_after_turnaway, down_in_run, ServiceValue};
@@ -14,7 +18,7 @@ use crate::update_word;
 ///
 /// # Safety
 /// `down` points into a live `SERVICE_OPEN` element every writer of which uses atomics.
-#[inline(always)]
+#[inline(never)]
 pub(crate) unsafe fn turned_away(down: *mut u64) -> u64 {
     // SAFETY: no preconditions; CLOCK_MONOTONIC, which userspace maps to the run's start.
     let now_ms = unsafe { bpf_ktime_get_ns() } / 1_000_000;
@@ -29,7 +33,7 @@ pub(crate) unsafe fn turned_away(down: *mut u64) -> u64 {
 ///
 /// # Safety
 /// As for [`turned_away`].
-#[inline(always)]
+#[inline(never)]
 pub(crate) unsafe fn end(down: *mut u64) -> u64 {
     // SAFETY: the caller's pointer; an aligned u64 is never torn.
     if !down_in_run(unsafe { core::ptr::read_volatile(down) }) {
@@ -48,7 +52,7 @@ pub(crate) unsafe fn end(down: *mut u64) -> u64 {
 ///
 /// # Safety
 /// `value` points into a live `SERVICES_*` element every writer of which uses atomics.
-#[inline(always)]
+#[inline(never)]
 pub(crate) unsafe fn count(value: *mut ServiceValue, counts: &ServiceValue) {
     let (latest, ended) = (counts.down_latest, counts.down_ended);
     if latest != 0 {

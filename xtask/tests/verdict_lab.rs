@@ -20,7 +20,7 @@ use std::{
 };
 
 use anyhow::{ensure, Context as _, Result};
-use serde_json::Value;
+use serde_json::{json, Value};
 use xtask::{
     diag_lab::{
         self, ensure_rsts, listing, tcp_segments, Capture, End, ResetTrace, Segment, ACK, DEFAULT_TTL, FIN, RST, SYN,
@@ -296,12 +296,21 @@ fn every_service_resets_for_its_one_cause_only_and_rstwatch_names_it() -> Result
     let mut server_side = xtask::lab::Proc::spawn(&mut server_watch)?;
     let last_port = &lab.hosts.last().context("no hosts")?.port.name;
     server_side.wait_for_stderr(&format!("attached to {last_port}"), Duration::from_secs(30))?;
+    // And a third on the server that goes down, on its own veth: its kernel sends the refusals,
+    // so the verdict carries the reason it gave.
+    let down_host = lab.host(Role::Down);
+    let mut own_watch = diag_lab::nsenter(&down_host.ns, xtask::build::rstwatch_for_tests());
+    own_watch.args(["-i", &down_host.iface.name, "--format", "json", "--interval", "1s"]);
+    let mut on_the_server = xtask::lab::Proc::spawn(&mut own_watch)?;
+    on_the_server.wait_for_stderr(&format!("attached to {}", down_host.iface.name), Duration::from_secs(30))?;
     let run = lab.run_all(RUN)?;
     std::thread::sleep(SETTLE);
     rstwatch.signal(libc::SIGINT)?;
     server_side.signal(libc::SIGINT)?;
+    on_the_server.signal(libc::SIGINT)?;
     let watched = rstwatch.finish(Duration::from_secs(30))?;
     let server_watched = server_side.finish(Duration::from_secs(30))?;
+    let own_watched = on_the_server.finish(Duration::from_secs(30))?;
     let events = trace.stop()?;
     let client_segs = client_cap.stop()?;
     let host_segs: BTreeMap<Role, Vec<Segment>> =
@@ -371,6 +380,12 @@ fn every_service_resets_for_its_one_cause_only_and_rstwatch_names_it() -> Result
     let summary = xtask::lab::summary_line(&watched.stdout)?;
     let started = live_start_unix_ms(&watched.stdout)?;
     check_verdicts("live, the client's veth", &summary, &account, started, LIVE_SLACK_MS, &[])?;
+    // Of the resets seen there, the client's kernel sent only HAProxy's (a socket closed in a
+    // state that resets); every other verdict's resets it received.
+    for verdict in summary["verdicts"].as_array().context("verdicts")? {
+        let want = if verdict["cause"] == Cause::HealthCheck.name() { json!("TCP_STATE") } else { Value::Null };
+        ensure!(verdict["kernel_reason"] == want, "client's veth: kernel_reason of {verdict:#}");
+    }
     ensure!(
         server_watched.status.success(),
         "rstwatch on the server side failed ({}): {}",
@@ -379,7 +394,30 @@ fn every_service_resets_for_its_one_cause_only_and_rstwatch_names_it() -> Result
     );
     let summary = xtask::lab::summary_line(&server_watched.stdout)?;
     let started = live_start_unix_ms(&server_watched.stdout)?;
-    check_verdicts("live, the server side", &summary, &account, started, LIVE_SLACK_MS, &NOT_ON_THE_SERVER_SIDE)
+    check_verdicts("live, the server side", &summary, &account, started, LIVE_SLACK_MS, &NOT_ON_THE_SERVER_SIDE)?;
+    ensure!(own_watched.status.success(), "rstwatch on the down host failed: {}", own_watched.stderr);
+    check_own_refusals(&own_watched.stdout, &account)
+}
+
+/// rstwatch on the down host's own veth: of the lab's services only that one crosses it, and
+/// its refusals are its own kernel's, which says why: no socket (the listener is gone).
+fn check_own_refusals(stdout: &str, account: &Value) -> Result<()> {
+    let what = "live, the down host's own veth";
+    let summary = xtask::lab::summary_line(stdout)?;
+    let down = account["services"]
+        .as_array()
+        .context("account.services")?
+        .iter()
+        .find(|s| s["cause"] == Cause::WentDown.name())
+        .context("no went_down account")?;
+    let only = json!({ "services": [down] });
+    // Any verdict besides its own is a cause no service has here.
+    check_verdicts(what, &summary, &only, live_start_unix_ms(stdout)?, LIVE_SLACK_MS, &[])?;
+    let verdict = &summary["verdicts"][0];
+    ensure!(verdict["kernel_reason"] == "NO_SOCKET", "{what}: kernel_reason {}", verdict["kernel_reason"]);
+    let text = verdict["text"].as_str().unwrap_or_default();
+    ensure!(text.contains("NO_SOCKET"), "{what}: the sentence does not name the kernel's reason: {text}");
+    Ok(())
 }
 
 /// Causes whose resets never cross a server's veth (see the module's comment).

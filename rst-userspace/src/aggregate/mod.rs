@@ -122,6 +122,11 @@ fn four_tuple_of_event(key: &StackResetKey) -> FourTuple {
     (key.src, key.dst, key.sport, key.dport, key.family)
 }
 
+/// The name of kernel reason `code` (index into `names`, as the loader read them).
+fn reason_name(names: &[String], code: u32) -> String {
+    names.get(code as usize).cloned().unwrap_or_else(|| format!("REASON_{code}"))
+}
+
 /// A service's handshakes of one interval as the verdict evidence takes them; `origin_ms`: the
 /// run's start on the tracker's clock.
 fn service_sample((key, value): &(ServiceKey, ServiceValue), origin_ms: u64) -> ServiceSample {
@@ -366,17 +371,25 @@ impl Aggregator {
         let tries = pending.iter().map(|event| (event, true)).chain(events.iter().map(|event| (event, false)));
         for ((event, count), retried) in tries {
             let tuple = four_tuple_of_event(event);
-            let stats = match interval_tx.get(&tuple) {
-                Some(id) => interval.get_mut(id),
-                None => self.tx_flows.get(&tuple).and_then(|id| self.flows.get_mut(id)),
+            let (id, stats) = match interval_tx.get(&tuple) {
+                Some(id) => (Some(*id), interval.get_mut(id)),
+                None => match self.tx_flows.get(&tuple) {
+                    Some(id) => (Some(*id), self.flows.get_mut(id)),
+                    None => (None, None),
+                },
             };
-            match stats {
-                Some(stats) => {
+            match (id, stats) {
+                (Some(id), Some(stats)) => {
                     *stats.reasons.entry(event.reason).or_default() += count;
                     self.kernel_events.matched += count;
+                    if let Some(kind) = stats.kinds.dominant() {
+                        let reason = reason_name(&self.reason_names, event.reason);
+                        let ack = stats.with_ack * 2 >= stats.resets;
+                        self.evidence.stack_resets(&id, stats.server_side(), kind, ack, &reason, *count);
+                    }
                 }
-                None if retried => self.kernel_events.elsewhere += count,
-                None => self.pending_events.push((*event, *count)),
+                _ if retried => self.kernel_events.elsewhere += count,
+                _ => self.pending_events.push((*event, *count)),
             }
         }
     }
@@ -464,7 +477,7 @@ impl Aggregator {
     }
 
     fn reason_name(&self, code: u32) -> String {
-        self.reason_names.get(code as usize).cloned().unwrap_or_else(|| format!("REASON_{code}"))
+        reason_name(&self.reason_names, code)
     }
 
     /// The `limit` largest flows as records, largest first; ties in a stable, readable order.

@@ -55,7 +55,7 @@ impl Tally {
 }
 
 /// What an RST did to its connection, as far as the causes care.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum Act {
     /// The server side refused a SYN, or reset the connection inside the handshake.
     TurnAway,
@@ -63,7 +63,39 @@ enum Act {
     Stateless,
     /// Mid-stream with ACK: a stateful abort.
     Abort,
+    /// A client's reset right after the handshake (a health check's, if steady). Never in a
+    /// [`Bucket`]: such resets go to the client–service pair's [`CheckPattern`].
+    Check,
 }
+
+impl Act {
+    /// What an RST did, from its classification; `None`: no cause of the service's (a
+    /// client's RST answering a SYN it did not send).
+    fn of(kind: ResetKind, server: bool, ack: bool) -> Option<Act> {
+        Some(match (kind, server, ack) {
+            (ResetKind::Refused, true, _) | (ResetKind::Handshake, true, _) => Act::TurnAway,
+            (ResetKind::Handshake, false, _) => Act::Check,
+            (ResetKind::Refused, false, _) => return None,
+            (ResetKind::Established | ResetKind::Closing, _, false) => Act::Stateless,
+            (ResetKind::Established | ResetKind::Closing, _, true) => Act::Abort,
+        })
+    }
+
+    /// The act whose resets `cause` explains.
+    fn of_cause(cause: Cause) -> Option<Act> {
+        match cause {
+            Cause::NoListener | Cause::WentDown | Cause::ConnectionLimit => Some(Act::TurnAway),
+            Cause::StateLost => Some(Act::Stateless),
+            Cause::AppAbort => Some(Act::Abort),
+            Cause::HealthCheck => Some(Act::Check),
+            // A reset this host's stack sent is not forged in between.
+            Cause::Middlebox => None,
+        }
+    }
+}
+
+/// Most kernel reasons one service and act keep (there are a few dozen codes in all).
+const MAX_REASONS: usize = 8;
 
 /// One bucket of resets: what they did, and the TTL they carried against the one their claimed
 /// sender's own packets carried (0: not known from the connection itself).
@@ -146,6 +178,8 @@ pub struct Evidence {
     services: HashMap<ServiceAddr, ServiceEvidence>,
     checks: HashMap<(IpAddr, ServiceAddr), CheckPattern>,
     host_ttls: HashMap<(u32, IpAddr), u8>,
+    /// The kernel's reasons for the resets this host's stack sent, per service and act.
+    reasons: HashMap<(ServiceAddr, Act), BTreeMap<String, u64>>,
     max_entries: usize,
     interval: u64,
     interval_start_ms: u64,
@@ -158,6 +192,7 @@ impl Evidence {
             services: HashMap::new(),
             checks: HashMap::new(),
             host_ttls: HashMap::new(),
+            reasons: HashMap::new(),
             max_entries,
             interval: 0,
             interval_start_ms: 0,
@@ -201,6 +236,51 @@ impl Evidence {
             self.add_reset(key, resets);
         }
         self.close_interval();
+    }
+
+    /// `resets` RSTs this host's TCP stack sent (`tcp:tcp_send_reset`) on the flow `flow` (its
+    /// 4-tuple; the classification cleared), for kernel reason `reason`: `server` whether the
+    /// connection's server sent them, `kind` and `ack` what most of the flow's RSTs were. They
+    /// corroborate the cause of the same act (see [`Verdict::kernel_reason`]).
+    pub fn stack_resets(
+        &mut self,
+        flow: &FlowKey,
+        server: bool,
+        kind: ResetKind,
+        ack: bool,
+        reason: &str,
+        resets: u64,
+    ) {
+        let Some(act) = Act::of(kind, server, ack) else { return };
+        let (addr, port) = if server { (flow.src_ip(), flow.sport) } else { (flow.dst_ip(), flow.dport) };
+        let key = (ServiceAddr { addr, port }, act);
+        let room = self.reasons.len() < self.max_entries;
+        let reasons = match self.reasons.entry(key) {
+            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::hash_map::Entry::Vacant(entry) if room => entry.insert(BTreeMap::new()),
+            std::collections::hash_map::Entry::Vacant(_) => return,
+        };
+        if let Some(count) = reasons.get_mut(reason) {
+            *count += resets;
+        } else if reasons.len() < MAX_REASONS {
+            reasons.insert(reason.to_owned(), resets);
+        }
+    }
+
+    /// The kernel reason most of `service`'s own resets of the act `cause` explains carried.
+    fn kernel_reason(&self, service: ServiceAddr, cause: Cause) -> Option<String> {
+        let reasons = self.reasons.get(&(service, Act::of_cause(cause)?))?;
+        reasons.iter().max_by_key(|(_, count)| **count).map(|(reason, _)| reason.clone())
+    }
+
+    /// Names the kernel's reason on each verdict whose resets this host's stack sent.
+    fn corroborate(&self, verdicts: &mut [Verdict]) {
+        if self.reasons.is_empty() {
+            return;
+        }
+        for verdict in verdicts {
+            verdict.kernel_reason = self.kernel_reason(verdict.service, verdict.cause);
+        }
     }
 
     fn learn_ttl(&mut self, ifindex: u32, addr: IpAddr, ttl: u8) {
@@ -256,17 +336,11 @@ impl Evidence {
             ((key.dst_ip(), key.dport), (key.src_ip(), key.sport))
         };
         let service = ServiceAddr { addr: server.0, port: server.1 };
-        let act = match (class.kind(), class.server(), class.ack()) {
-            (ResetKind::Refused, true, _) | (ResetKind::Handshake, true, _) => Act::TurnAway,
-            (ResetKind::Handshake, false, _) => {
-                self.add_check(client.0, service, tally);
-                return;
-            }
-            // A client's RST answering a SYN it did not send: no cause of the service's.
-            (ResetKind::Refused, false, _) => return,
-            (ResetKind::Established | ResetKind::Closing, _, false) => Act::Stateless,
-            (ResetKind::Established | ResetKind::Closing, _, true) => Act::Abort,
-        };
+        let Some(act) = Act::of(class.kind(), class.server(), class.ack()) else { return };
+        if act == Act::Check {
+            self.add_check(client.0, service, tally);
+            return;
+        }
         let bucket =
             Bucket { act, ifindex: key.ifindex, sender: key.src_ip(), rst_ttl: key.rst_ttl, peer_ttl: key.peer_ttl };
         let Some(evidence) = self.service_mut(service) else { return };
@@ -375,6 +449,7 @@ impl Evidence {
                 verdicts.push(verdict);
             }
         }
+        self.corroborate(&mut verdicts);
         sort(&mut verdicts);
         verdicts
     }
@@ -400,6 +475,7 @@ impl Evidence {
                 verdicts.push(verdict);
             }
         }
+        self.corroborate(&mut verdicts);
         sort(&mut verdicts);
         verdicts
     }

@@ -377,3 +377,30 @@ fn cause_names_are_the_contract() {
     );
     assert_eq!(Cause::ALL.iter().filter(|c| c.benign()).collect::<Vec<_>>(), [&Cause::HealthCheck]);
 }
+
+#[test]
+fn the_kernels_reason_corroborates_only_the_cause_of_the_resets_it_sent() {
+    let mut evidence = Evidence::new(64);
+    let refusals: Vec<FlowKey> = (0..3).map(|i| refusal(81, 40_000 + i)).collect();
+    let aborts: Vec<FlowKey> =
+        (0..2).map(|i| rst(ResetKind::Established, true, true, 82, 45_000 + i, (64, 64))).collect();
+    let flows: Vec<FlowKey> = refusals.iter().chain(&aborts).copied().collect();
+    feed(&mut evidence, 0, &[handshakes(81, 3, 0), handshakes(82, 2, 2)], &flows);
+    // This host's stack sent the refusals (two NO_SOCKET, one other) and one of the aborts.
+    let refused = refusals[0].flow_id();
+    evidence.stack_resets(&refused, true, ResetKind::Refused, true, "NO_SOCKET", 2);
+    evidence.stack_resets(&refused, true, ResetKind::Refused, true, "TCP_FLAGS", 1);
+    evidence.stack_resets(&aborts[0].flow_id(), true, ResetKind::Established, true, "TCP_ABORT_ON_CLOSE", 1);
+    // A client's RST to a SYN it did not send names no cause, so no reason either.
+    evidence.stack_resets(&refused, false, ResetKind::Refused, true, "NO_SOCKET", 1);
+    let verdicts = evidence.verdicts();
+    let reason = |port: u16| verdicts.iter().find(|v| v.service.port == port).and_then(|v| v.kernel_reason.clone());
+    assert_eq!(causes(&verdicts), [(Cause::NoListener, 81, 3), (Cause::AppAbort, 82, 2)]);
+    assert_eq!(reason(81).as_deref(), Some("NO_SOCKET"), "the most common");
+    assert_eq!(reason(82).as_deref(), Some("TCP_ABORT_ON_CLOSE"));
+    assert!(verdicts[0].text().ends_with("(this host's kernel: NO_SOCKET)"), "{}", verdicts[0].text());
+    // Without the stack's events (resets received, not sent), no reason.
+    let mut received = Evidence::new(64);
+    feed(&mut received, 0, &[handshakes(81, 3, 0)], &refusals);
+    assert_eq!(received.verdicts()[0].kernel_reason, None);
+}
