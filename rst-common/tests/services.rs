@@ -245,7 +245,6 @@ fn merging_keeps_sums_extremes_and_the_latest_ttl() {
 #[test]
 fn an_interval_ends_in_a_run_only_if_no_accept_came_after_its_idle_turn_aways() {
     let mut open = Open::default();
-    let service = ServiceKey::default();
     let accept = Accepted { ttl: 64, reopens: false };
     let refused = TurnedAway { closes: false };
     // Never accepted in the run: refusals start no run (a closed port is not a service gone down).
