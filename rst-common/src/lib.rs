@@ -33,7 +33,7 @@ pub use diagnose::{track, ConnTable, Tracked};
 pub use parse::{
     count, inspect, inspect_from, inspect_with, walk, walk_from, FrameCounters, Observation, Segment, TcpEvent, Walk,
 };
-pub use services::{service_counts, OpenConnections, ServiceChange, ServiceEvent};
+pub use services::{service_counts, OpenConnections, Opened, ServiceChange, ServiceEvent, TurnAway};
 pub use wire::{Counters, FlowKey, FlowValue};
 
 #[cfg(feature = "user")]

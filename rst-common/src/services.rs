@@ -6,6 +6,12 @@
 //! bounded map on the host) and says what to add to the interval's [`ServiceValue`]; the caller
 //! adds it (atomically in the kernel, with [`ServiceValue::merge`] on the host).
 //!
+//! Across intervals the store also keeps each service's down word
+//! ([`crate::wire::down_after_turnaway`]): its turn-aways since its latest accept, each made
+//! with nothing else open, and the time of the first — reset by the next accept. It orders an
+//! interval's accepts and refusals, which the interval's counts cannot: a service that accepts
+//! and then dies inside one interval ends it in a run. Only accepts and turn-aways touch it.
+//!
 //! "Open" counts connections from their first SYN+ACK to the first FIN or RST either side sent.
 //! A connection whose SYN+ACK went by before the run is not counted, at its close either (the
 //! tracker only reports closes of connections it saw accepted), and a count never goes below 0.
@@ -40,12 +46,34 @@ pub struct ServiceChange {
     pub event: ServiceEvent,
 }
 
+/// What an accept found in the store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Opened {
+    /// Connections open before it; `None` when there is no room for the service (or the kernel
+    /// could not read the count): it is then not counted.
+    pub before: Option<u32>,
+    /// The down word it ended (0: none).
+    pub ended_down: u64,
+}
+
+/// What a turn-away found in the store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TurnAway {
+    /// Connections the service held open besides the one turned away.
+    pub open: u32,
+    /// The down word after it: 0 unless nothing else was open and the store holds the service.
+    pub down: u64,
+}
+
 /// Where open-connection counts live across intervals: the kernel's `SERVICE_OPEN` map, or a
 /// bounded map on the host.
 pub trait OpenConnections {
-    /// Counts one more open connection; returns how many were open before, or `None` when
-    /// there is no room for the service (it is then not counted).
-    fn open(&mut self, service: &ServiceKey) -> Option<u32>;
+    /// Counts one more open connection and ends the service's down run, if any.
+    fn open(&mut self, service: &ServiceKey) -> Opened;
+    /// A turn-away: closes the connection first when `closes`, then, if nothing else is open,
+    /// moves the down word on ([`crate::wire::down_after_turnaway`], at the store's clock). A
+    /// service the store does not hold (it never accepted in the run) has no down word.
+    fn turn_away(&mut self, service: &ServiceKey, closes: bool) -> TurnAway;
     /// Counts one fewer, never going below 0.
     fn close(&mut self, service: &ServiceKey);
     /// How many are open now (0 for a service the store does not hold).
@@ -68,7 +96,8 @@ pub fn service_counts<O: OpenConnections + ?Sized>(open: &mut O, change: &Servic
             if reopens {
                 open.close(service);
             }
-            Some(ServiceValue::accepted(open.open(service), ttl))
+            let Opened { before, ended_down } = open.open(service);
+            Some(ServiceValue::accepted(before, ttl, ended_down))
         }
         ServiceEvent::Closed => {
             open.close(service);
@@ -76,10 +105,8 @@ pub fn service_counts<O: OpenConnections + ?Sized>(open: &mut O, change: &Servic
         }
         ServiceEvent::TurnedAway { closes } => {
             // The turned-away connection itself does not count: what the service held besides.
-            if closes {
-                open.close(service);
-            }
-            Some(ServiceValue::turned_away(open.open_now(service)))
+            let TurnAway { open, down } = open.turn_away(service, closes);
+            Some(ServiceValue::turned_away(open, down))
         }
     }
 }

@@ -8,9 +8,13 @@ use rst_common::{
     diagnose::{track, ConnTable, Tracked},
     parse::{TcpEvent, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     service_counts,
-    wire::{ConnKey, ConnState, ServiceCounts, ServiceKey, ServiceValue},
-    OpenConnections, ServiceChange,
+    wire::{
+        down_after_accept, down_after_turnaway, down_in_run, ConnKey, ConnState, DownRun, OpenValue, ServiceCounts,
+        ServiceKey, ServiceValue,
+    },
+    OpenConnections, Opened, ServiceChange,
     ServiceEvent::{self, Accepted, Attempt, Closed, TurnedAway},
+    TurnAway,
 };
 use rst_craft::FrameBuilder;
 
@@ -26,22 +30,38 @@ impl ConnTable for Table {
     }
 }
 
+/// A store of its own (not the host's, whose code this would only repeat), with a clock the
+/// test moves.
 #[derive(Default)]
-struct Open(HashMap<ServiceKey, u32>);
+struct Open(HashMap<ServiceKey, OpenValue>, u64);
 
 impl OpenConnections for Open {
-    fn open(&mut self, service: &ServiceKey) -> Option<u32> {
-        let open = self.0.entry(*service).or_default();
-        *open += 1;
-        Some(*open - 1)
+    fn open(&mut self, service: &ServiceKey) -> Opened {
+        let value = self.0.entry(*service).or_default();
+        value.open += 1;
+        let ended_down = if down_in_run(value.down) { value.down } else { 0 };
+        value.down = down_after_accept(value.down);
+        Opened { before: Some(value.open as u32 - 1), ended_down }
     }
     fn close(&mut self, service: &ServiceKey) {
-        if let Some(open) = self.0.get_mut(service) {
-            *open = open.saturating_sub(1);
+        if let Some(value) = self.0.get_mut(service) {
+            value.open = value.open.saturating_sub(1);
         }
     }
+    fn turn_away(&mut self, service: &ServiceKey, closes: bool) -> TurnAway {
+        if closes {
+            self.close(service);
+        }
+        let now_ms = self.1;
+        let Some(value) = self.0.get_mut(service) else { return TurnAway::default() };
+        if value.open != 0 {
+            return TurnAway { open: value.open as u32, down: 0 };
+        }
+        value.down = down_after_turnaway(value.down, now_ms);
+        TurnAway { open: 0, down: value.down }
+    }
     fn open_now(&mut self, service: &ServiceKey) -> u32 {
-        self.0.get(service).copied().unwrap_or(0)
+        self.0.get(service).map_or(0, |value| value.open as u32)
     }
 }
 
@@ -179,7 +199,15 @@ fn counts(
     (turnaway_open_min, turnaway_open_max): (Option<u64>, Option<u64>),
     synack_ttl: Option<u8>,
 ) -> ServiceCounts {
-    ServiceCounts { attempts, synacks, accept_open_max, turnaway_open_min, turnaway_open_max, synack_ttl }
+    ServiceCounts {
+        attempts,
+        synacks,
+        accept_open_max,
+        turnaway_open_min,
+        turnaway_open_max,
+        synack_ttl,
+        down_turnaways: None,
+    }
 }
 
 #[test]
@@ -193,7 +221,9 @@ fn accepts_and_turn_aways_record_the_open_count_and_a_limit_that_moves() {
     assert_eq!(first.decoded(), counts((1, 3), Some(2), (Some(3), Some(3)), Some(62)));
     // Two open carried over; the limit moves down: turned away at 2, then at 1 after a close.
     let second = interval(&mut open, &[TurnedAway { closes: false }, Closed, TurnedAway { closes: true }]);
-    assert_eq!(second.decoded(), counts((0, 0), None, (Some(0), Some(2)), None));
+    // The last, closing the only one left, is a turn-away with nothing else open: a run of one.
+    let down = ServiceCounts { down_turnaways: Some(1), ..counts((0, 0), None, (Some(0), Some(2)), None) };
+    assert_eq!(second.decoded(), down);
     // Nothing left open; more closes than opens never go below 0.
     let third = interval(&mut open, &[Closed, Closed, accept(64), Attempt { reopens: true }]);
     assert_eq!(third.decoded(), counts((1, 1), Some(0), (None, None), Some(64)));
@@ -202,12 +232,45 @@ fn accepts_and_turn_aways_record_the_open_count_and_a_limit_that_moves() {
 
 #[test]
 fn merging_keeps_sums_extremes_and_the_latest_ttl() {
-    let mut value = ServiceValue::accepted(Some(4), 60);
-    value.merge(&ServiceValue::turned_away(7));
-    value.merge(&ServiceValue::accepted(None, 0));
-    value.merge(&ServiceValue::turned_away(3));
-    value.merge(&ServiceValue::accepted(Some(1), 59));
+    let mut value = ServiceValue::accepted(Some(4), 60, 0);
+    value.merge(&ServiceValue::turned_away(7, 0));
+    value.merge(&ServiceValue::accepted(None, 0, 0));
+    value.merge(&ServiceValue::turned_away(3, 0));
+    value.merge(&ServiceValue::accepted(Some(1), 59, 0));
     value.merge(&ServiceValue::ATTEMPT);
     assert_eq!(value.decoded(), counts((1, 3), Some(4), (Some(3), Some(7)), Some(59)));
     assert_eq!(ServiceValue::default().decoded(), ServiceCounts::default());
+}
+
+#[test]
+fn an_interval_ends_in_a_run_only_if_no_accept_came_after_its_idle_turn_aways() {
+    let mut open = Open::default();
+    let accept = Accepted { ttl: 64, reopens: false };
+    let refused = TurnedAway { closes: false };
+    // Never accepted in the run: refusals start no run (a closed port is not a service gone down).
+    let closed = interval(&mut open, &[Attempt { reopens: false }, refused]);
+    assert_eq!(closed.down(), None);
+    // Accepts, a close, then refusals with nothing open: down since the first of them, at 1 000 ms.
+    open.1 = 900;
+    let mut died = interval(&mut open, &[accept, accept, Closed, refused]);
+    assert_eq!(died.down(), None, "one still open: a turn-away of a limit, not of a service gone");
+    open.1 = 1_000;
+    died.merge(&interval(&mut open, &[Closed, refused, refused]));
+    assert_eq!(died.down(), Some(DownRun { since_ms: 1_000, turnaways: 2 }));
+    assert_eq!(died.decoded().down_turnaways, Some(2));
+    // Still down the next interval: the run keeps its start.
+    open.1 = 2_000;
+    let still = interval(&mut open, &[refused]);
+    assert_eq!(still.down(), Some(DownRun { since_ms: 1_000, turnaways: 3 }));
+    // It comes back: an accept after the refusals ends the run, within the interval too.
+    let back = interval(&mut open, &[refused, accept]);
+    assert_eq!(back.down(), None, "the accept came last");
+    assert_eq!(DownRun::of(back.down_ended), DownRun { since_ms: 1_000, turnaways: 4 });
+    // Back and down again inside one interval, the clock unmoved: a new run, 1 ms later.
+    let again = interval(&mut open, &[Closed, refused, accept, Closed, refused]);
+    assert_eq!(again.down(), Some(DownRun { since_ms: 2_001, turnaways: 1 }));
+    // A single refusal after an accept is a run of one; a reset in the handshake that closes
+    // the only open connection is one too.
+    let handshake = interval(&mut open, &[accept, TurnedAway { closes: true }]);
+    assert_eq!(handshake.down().map(|run| run.turnaways), Some(1));
 }

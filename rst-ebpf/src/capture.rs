@@ -94,7 +94,11 @@ fn bump<const ATOMIC: bool>(counter: *mut u64) {
 
 /// Hands one counted RST, classified as `key` says, to the ring — or counts why not. Each call
 /// adds exactly one to one of the [`CaptureCounters`], so userspace can account for every RST.
-#[inline(always)]
+///
+/// Out of line (a BPF-to-BPF call, only on the capturing programs' RSTs): inlined at its four
+/// call sites, its locals beside the down-run and diagnosis ones took the TC programs past the
+/// 512-byte stack frame.
+#[inline(never)]
 pub fn reset<const ATOMIC: bool, S: Source>(source: &S, key: &FlowKey) {
     let Some(counters) = CAPTURE_COUNTERS.get_ptr_mut(0) else {
         return;

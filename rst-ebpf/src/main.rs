@@ -37,13 +37,15 @@ use rst_common::{
     track,
     wire::{
         accept_bits, accept_from_bits, merge_accept, merge_turnaway, turnaway_bits, turnaway_from_bits, CacheSlot,
-        ConnKey, ConnState, FlowKey, FlowValue, LoggedFlow, ResetCounters, ServiceKey, ServiceValue, SourceKey,
-        StackResetKey, TrafficCounters, CONN_GENERATIONS as CONN_GENERATIONS_LEN, DEFAULT_MAX_FLOWS,
+        ConnKey, ConnState, FlowKey, FlowValue, LoggedFlow, OpenValue, ResetCounters, ServiceKey, ServiceValue,
+        SourceKey, StackResetKey, TrafficCounters, CONN_GENERATIONS as CONN_GENERATIONS_LEN, DEFAULT_MAX_FLOWS,
         DEFAULT_MAX_OVERFLOW_SOURCES, DEFAULT_MAX_SERVICES, DIRECTION_RX, DIRECTION_TX, FAMILY_IPV4, FAMILY_IPV6,
         FLOW_CACHE_SLOTS,
     },
-    ConnTable, Cursor, Header, OpenConnections, ServiceChange, Tracked,
+    ConnTable, Cursor, Header, OpenConnections, Opened, ServiceChange, Tracked, TurnAway,
 };
+
+mod service_down;
 
 /// Two flow tables (the halves of one array, see [`rst_common::table`]) and two reset-counter
 /// slots used in turn: the program writes to half `EPOCH` and `RESET_COUNTERS[EPOCH]` while
@@ -111,10 +113,11 @@ static CONN_FINGERPRINTS: Array<u64> = Array::with_max_entries(conn_fingerprint_
 static SERVICES_0: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
 #[map]
 static SERVICES_1: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
-/// Open connections per service (see [`rst_common::services`]): lives across intervals, never
-/// flipped or drained; only SYN+ACKs, FINs and RSTs of tracked connections touch it.
+/// Open connections and the down word per service (see [`rst_common::services`]): lives across
+/// intervals, never flipped or drained; only SYN+ACKs, FINs and RSTs of tracked connections
+/// touch it.
 #[map]
-static SERVICE_OPEN: HashMap<ServiceKey, u64> = HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+static SERVICE_OPEN: HashMap<ServiceKey, OpenValue> = HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
 /// Resets the host's TCP stack sent, per 4-tuple and kernel reason; flipped and drained too.
 #[map]
 static STACK_RESETS_0: HashMap<StackResetKey, FlowValue> = HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
@@ -484,28 +487,36 @@ struct ServiceOpen;
 
 impl OpenConnections for ServiceOpen {
     #[inline(always)]
-    fn open(&mut self, service: &ServiceKey) -> Option<u32> {
+    fn open(&mut self, service: &ServiceKey) -> Opened {
         let value = match SERVICE_OPEN.get_ptr_mut(service) {
             Some(value) => value,
-            None => match SERVICE_OPEN.insert(service, 1, BPF_NOEXIST as u64) {
-                Ok(()) => return Some(0),
-                // Another CPU created it a moment ago.
-                Err(err) if err == -EEXIST => SERVICE_OPEN.get_ptr_mut(service)?,
-                Err(_) => return None,
+            // Inserted empty and counted below like any other: a non-zero constant would have
+            // LLVM keep it in a `.rodata.cst16` section, a map the object contract does not allow.
+            None => match SERVICE_OPEN.insert(service, OpenValue::default(), BPF_NOEXIST as u64) {
+                // Another CPU may have created it a moment ago (-EEXIST): found either way.
+                Ok(()) | Err(_) => match SERVICE_OPEN.get_ptr_mut(service) {
+                    Some(value) => value,
+                    None => return Opened::default(),
+                },
             },
         };
+        // SAFETY: a live element for this program run; every writer uses atomics.
+        let open = unsafe { &raw mut (*value).open };
         // BPF's fetching add needs `-mcpu=v3`, which the object is not built for: a
         // compare-and-swap tells the count before; when it keeps losing, a plain atomic add still
         // counts the connection, only its accept goes without an open count.
-        // SAFETY: a live element for this program run; every writer uses atomics.
-        match unsafe { update_word(value, |open| open + 1) } {
+        // SAFETY: as above.
+        let before = match unsafe { update_word(open, |open| open + 1) } {
             Some(before) => Some(before.min(u64::from(u32::MAX)) as u32),
             None => {
                 // SAFETY: as above.
-                unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(value, 1) };
+                unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(open, 1) };
                 None
             }
-        }
+        };
+        // SAFETY: as above.
+        let ended_down = unsafe { service_down::end(&raw mut (*value).down) };
+        Opened { before, ended_down }
     }
 
     #[inline(always)]
@@ -513,15 +524,37 @@ impl OpenConnections for ServiceOpen {
         if let Some(value) = SERVICE_OPEN.get_ptr_mut(service) {
             // SAFETY: as in `open`. Never below 0; a dropped update (see `update_word`) leaves
             // one connection too many counted.
-            unsafe { update_word(value, |open| open.saturating_sub(1)) };
+            unsafe { update_word(&raw mut (*value).open, |open| open.saturating_sub(1)) };
         }
+    }
+
+    #[inline(always)]
+    fn turn_away(&mut self, service: &ServiceKey, closes: bool) -> TurnAway {
+        let Some(value) = SERVICE_OPEN.get_ptr_mut(service) else {
+            return TurnAway::default();
+        };
+        // SAFETY: as in `open`.
+        let open = unsafe { &raw mut (*value).open };
+        if closes {
+            // SAFETY: as in `close`.
+            unsafe { update_word(open, |open| open.saturating_sub(1)) };
+        }
+        // SAFETY: as in `open`; an aligned u64 is never torn.
+        let open = unsafe { core::ptr::read_volatile(open) }.min(u64::from(u32::MAX)) as u32;
+        if open != 0 {
+            return TurnAway { open, down: 0 };
+        }
+        // SAFETY: as in `open`.
+        TurnAway { open, down: unsafe { service_down::turned_away(&raw mut (*value).down) } }
     }
 
     #[inline(always)]
     fn open_now(&mut self, service: &ServiceKey) -> u32 {
         match SERVICE_OPEN.get_ptr(service) {
             // SAFETY: as in `open`; an aligned u64 is never torn.
-            Some(value) => unsafe { core::ptr::read_volatile(value) }.min(u64::from(u32::MAX)) as u32,
+            Some(value) => {
+                unsafe { core::ptr::read_volatile(&raw const (*value).open) }.min(u64::from(u32::MAX)) as u32
+            }
             None => 0,
         }
     }
@@ -536,7 +569,7 @@ impl OpenConnections for ServiceOpen {
 /// # Safety
 /// `word` points into a live map element every writer of which uses atomics.
 #[inline(always)]
-unsafe fn update_word(word: *mut u64, next: impl Fn(u64) -> u64) -> Option<u64> {
+pub(crate) unsafe fn update_word(word: *mut u64, next: impl Fn(u64) -> u64) -> Option<u64> {
     // SAFETY: the caller's pointer; an aligned u64 is never torn.
     let mut current = unsafe { core::ptr::read_volatile(word) };
     for _ in 0..CAS_TRIES {
@@ -628,6 +661,8 @@ fn count_service<const ATOMIC: bool>(key: &ServiceKey, counts: ServiceValue) {
             })
         };
     }
+    // SAFETY: as above.
+    unsafe { service_down::count(value, &counts) };
 }
 
 /// Counts an RST. A repeated RST whose verdict the per-CPU cache slot still holds (see

@@ -5,8 +5,11 @@ use std::collections::HashMap;
 
 use rst_common::{
     service_counts,
-    wire::{ConnKey, ConnState, ServiceKey, ServiceValue, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_SERVICES},
-    ConnTable, OpenConnections, ServiceChange,
+    wire::{
+        down_after_accept, down_after_turnaway, down_in_run, ConnKey, ConnState, OpenValue, ServiceKey, ServiceValue,
+        DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_SERVICES,
+    },
+    ConnTable, OpenConnections, Opened, ServiceChange, TurnAway,
 };
 
 /// A bounded map of connection state, and the open-connection count of each service.
@@ -14,13 +17,16 @@ use rst_common::{
 /// Where the kernel's connection table forgets the older connection of a pair of slots, this
 /// forgets all of them at once when full: cheaper, and equally harmless, since forgotten state
 /// only turns observed classifications into inferred ones. The open counts are bounded as the
-/// kernel's `SERVICE_OPEN` map is: a service that finds no room is not counted.
+/// kernel's `SERVICE_OPEN` map is: a service that finds no room is not counted. Its clock,
+/// for the services' down words, is what the caller last set ([`HostConnections::set_clock_ms`]):
+/// capture time in replay.
 #[derive(Debug)]
 pub struct HostConnections {
     states: HashMap<ConnKey, ConnState>,
     capacity: usize,
-    open: HashMap<ServiceKey, u32>,
+    open: HashMap<ServiceKey, OpenValue>,
     services_capacity: usize,
+    now_ms: u64,
 }
 
 impl HostConnections {
@@ -30,7 +36,13 @@ impl HostConnections {
             capacity: capacity.max(1),
             open: HashMap::new(),
             services_capacity: DEFAULT_MAX_SERVICES as usize,
+            now_ms: 0,
         }
+    }
+
+    /// The time of the segments tracked next, in ms (on whatever clock the run's origin is on).
+    pub fn set_clock_ms(&mut self, now_ms: u64) {
+        self.now_ms = now_ms;
     }
 
     /// Applies a tracked service change to the open counts and adds what it counts to
@@ -62,29 +74,47 @@ impl ConnTable for HostConnections {
 }
 
 impl OpenConnections for HostConnections {
-    fn open(&mut self, service: &ServiceKey) -> Option<u32> {
+    fn open(&mut self, service: &ServiceKey) -> Opened {
         if self.open.len() >= self.services_capacity && !self.open.contains_key(service) {
-            return None;
+            return Opened::default();
         }
-        let open = self.open.entry(*service).or_default();
-        let before = *open;
-        *open = open.saturating_add(1);
-        Some(before)
+        let value = self.open.entry(*service).or_default();
+        let before = value.open.min(u64::from(u32::MAX)) as u32;
+        value.open = value.open.saturating_add(1);
+        let ended_down = if down_in_run(value.down) { value.down } else { 0 };
+        value.down = down_after_accept(value.down);
+        Opened { before: Some(before), ended_down }
     }
 
     fn close(&mut self, service: &ServiceKey) {
-        if let Some(open) = self.open.get_mut(service) {
-            *open = open.saturating_sub(1);
+        if let Some(value) = self.open.get_mut(service) {
+            value.open = value.open.saturating_sub(1);
         }
     }
 
+    fn turn_away(&mut self, service: &ServiceKey, closes: bool) -> TurnAway {
+        let now_ms = self.now_ms;
+        let Some(value) = self.open.get_mut(service) else { return TurnAway::default() };
+        if closes {
+            value.open = value.open.saturating_sub(1);
+        }
+        let open = value.open.min(u64::from(u32::MAX)) as u32;
+        if open != 0 {
+            return TurnAway { open, down: 0 };
+        }
+        value.down = down_after_turnaway(value.down, now_ms);
+        TurnAway { open, down: value.down }
+    }
+
     fn open_now(&mut self, service: &ServiceKey) -> u32 {
-        self.open.get(service).copied().unwrap_or(0)
+        self.open.get(service).map_or(0, |value| value.open.min(u64::from(u32::MAX)) as u32)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use rst_common::wire::DownRun;
+
     use super::*;
 
     fn service(port: u16) -> ServiceKey {
@@ -96,16 +126,49 @@ mod tests {
         let mut host = HostConnections { services_capacity: 2, ..HostConnections::default() };
         host.close(&service(1));
         assert_eq!(host.open_now(&service(1)), 0, "a close of nothing counted");
-        assert_eq!(host.open(&service(1)), Some(0));
-        assert_eq!(host.open(&service(1)), Some(1));
+        assert_eq!(host.open(&service(1)).before, Some(0));
+        assert_eq!(host.open(&service(1)).before, Some(1));
         for _ in 0..3 {
             host.close(&service(1));
         }
         assert_eq!(host.open_now(&service(1)), 0, "three closes of two connections");
-        assert_eq!(host.open(&service(1)), Some(0), "and the next accept finds none open");
-        assert_eq!(host.open(&service(2)), Some(0));
-        assert_eq!(host.open(&service(3)), None, "no room for a third service");
+        assert_eq!(host.open(&service(1)).before, Some(0), "and the next accept finds none open");
+        assert_eq!(host.open(&service(2)).before, Some(0));
+        assert_eq!(host.open(&service(3)), Opened::default(), "no room for a third service");
         assert_eq!(host.open_now(&service(3)), 0);
-        assert_eq!(host.open(&service(2)), Some(1), "the services it holds still count");
+        assert_eq!(host.turn_away(&service(3), false), TurnAway::default(), "nor a down word");
+        assert_eq!(host.open(&service(2)).before, Some(1), "the services it holds still count");
+    }
+
+    #[test]
+    fn a_down_run_begins_at_the_first_idle_turn_away_and_the_next_accept_ends_it() {
+        let mut host = HostConnections::default();
+        host.set_clock_ms(1_000);
+        assert_eq!(host.turn_away(&service(1), false), TurnAway::default(), "never accepted: no run");
+        host.open(&service(1));
+        host.set_clock_ms(1_010);
+        assert_eq!(host.turn_away(&service(1), false), TurnAway { open: 1, down: 0 }, "one open: no run");
+        host.set_clock_ms(1_020);
+        let first = host.turn_away(&service(1), true);
+        assert_eq!((first.open, DownRun::of(first.down)), (0, DownRun { since_ms: 1_020, turnaways: 1 }));
+        host.set_clock_ms(1_500);
+        let second = host.turn_away(&service(1), false);
+        assert_eq!(DownRun::of(second.down), DownRun { since_ms: 1_020, turnaways: 2 }, "the run keeps its start");
+        assert!(second.down > first.down);
+        let back = host.open(&service(1));
+        assert_eq!(back, Opened { before: Some(0), ended_down: second.down });
+        host.close(&service(1));
+        host.set_clock_ms(2_000);
+        let again = host.turn_away(&service(1), false);
+        assert_eq!(DownRun::of(again.down), DownRun { since_ms: 2_000, turnaways: 1 }, "a new run after the accept");
+        assert!(again.down > back.ended_down, "later runs have larger words");
+        // Back and down again within the same ms: the new run starts 1 ms later, still ordered.
+        let back = host.open(&service(1));
+        host.close(&service(1));
+        let quick = host.turn_away(&service(1), false);
+        assert_eq!(DownRun::of(quick.down), DownRun { since_ms: 2_001, turnaways: 1 });
+        assert!(quick.down > back.ended_down);
+        assert_eq!(host.open(&service(1)).ended_down, quick.down, "an accept ends the run it was in");
+        assert_eq!(host.open(&service(1)).ended_down, 0, "and the next one ends nothing");
     }
 }

@@ -141,12 +141,23 @@ impl LiveSession {
             capture,
         };
         session.follow_patterns();
+        session.set_tracker_origin();
         Ok(session)
     }
 
     /// Starts the first interval now (after whatever set-up followed [`LiveSession::start`]).
     pub fn restart_clock(&mut self) {
         self.interval_start = Instant::now();
+        self.set_tracker_origin();
+    }
+
+    /// The run starts now on the kernel's clock too (verdicts' `since_ms`).
+    fn set_tracker_origin(&mut self) {
+        match crate::sys::clock::monotonic_ms() {
+            Ok(origin_ms) => self.aggregator.tracker_origin(origin_ms),
+            // Then `since_ms` counts from boot rather than from the start: still ordered.
+            Err(error) => tracing::warn!("{:#}", anyhow::Error::new(error)),
+        }
     }
 
     /// Ends the interval: follows the interfaces, reads the maps, folds the sample in and

@@ -11,7 +11,7 @@ use rst_common::{
     inspect,
     parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     track,
-    wire::{ResetClass, ResetKind, ServiceCounts, FLOW_CACHE_SLOTS},
+    wire::{ResetClass, ResetKind, ServiceCounts, ServiceKey, ServiceValue, FLOW_CACHE_SLOTS},
     FlowKey, Observation, Tracked,
 };
 use rst_craft::{cases, tcp_v4, tcp_v6, FrameBuilder, VlanKind};
@@ -557,10 +557,13 @@ fn resets_are_classified_in_the_kernel_as_on_the_host() -> anyhow::Result<()> {
         vec![(std::net::IpAddr::from(SERVER), 80, 10, 7)],
         "ten attempts and seven SYN+ACKs to one service (a retransmitted SYN counts once)"
     );
-    // Every field, the open counts at accepts and turn-aways and the TTL included, as the host
-    // counted them from the same frames.
+    // Every field, the open counts at accepts and turn-aways, the TTL and the down run included,
+    // as the host counted them from the same frames (the run's start is on each side's clock).
+    let decoded = |services: &[(ServiceKey, ServiceValue)]| -> Vec<_> {
+        services.iter().map(|(key, value)| (*key, value.decoded())).collect()
+    };
     let host_services: Vec<_> = host_services.into_iter().collect();
-    assert_eq!(sample.services, host_services, "the kernel counted services differently from the host");
+    assert_eq!(decoded(&sample.services), decoded(&host_services), "the kernel counted services differently");
     Ok(())
 }
 
@@ -574,10 +577,11 @@ fn open_connections_per_service_are_counted_the_same_with_atomic_counting() -> a
     open_connections_counted(Counting::Atomic)
 }
 
-/// Three intervals of one service (10.0.0.2:80): the open count goes up at a connection's first
+/// Five intervals of one service (10.0.0.2:80): the open count goes up at a connection's first
 /// SYN+ACK only, down once at its first FIN or RST, never below 0, and lives across intervals;
-/// each interval records the open counts at its accepts and turn-aways and its last SYN+ACK's
-/// TTL. The host's tracker, fed the same frames, must count the same.
+/// each interval records the open counts at its accepts and turn-aways, its last SYN+ACK's
+/// TTL, and whether it ended in a run of turn-aways with nothing open after its last accept
+/// (how many). The host's tracker, fed the same frames, must count the same.
 fn open_connections_counted(counting: Counting) -> anyhow::Result<()> {
     const CLIENT: [u8; 4] = [10, 0, 0, 1];
     const SERVER: [u8; 4] = [10, 0, 0, 2];
@@ -631,6 +635,8 @@ fn open_connections_counted(counting: Counting) -> anyhow::Result<()> {
                 turnaway_open_min: Some(0),
                 turnaway_open_max: Some(2),
                 synack_ttl: Some(60),
+                // F's reset, with nothing open, began a run; H's accept after it ended it.
+                down_turnaways: None,
             },
         ),
         (
@@ -654,6 +660,7 @@ fn open_connections_counted(counting: Counting) -> anyhow::Result<()> {
                 turnaway_open_min: Some(2),
                 turnaway_open_max: Some(2),
                 synack_ttl: Some(62),
+                down_turnaways: None,
             },
         ),
         (
@@ -665,6 +672,32 @@ fn open_connections_counted(counting: Counting) -> anyhow::Result<()> {
                 accept_open_max: Some(0),
                 synack_ttl: Some(62),
                 ..Default::default()
+            },
+        ),
+        (
+            // J closes; K and L are refused with nothing open: the service ends the interval in
+            // a run of two.
+            vec![c2s(2011, TCP_RST | TCP_ACK, 20115, 7001), syn(2012), refuse(2012), syn(2013), refuse(2013)],
+            ServiceCounts {
+                attempts: 2,
+                turnaway_open_min: Some(0),
+                turnaway_open_max: Some(0),
+                down_turnaways: Some(2),
+                ..Default::default()
+            },
+        ),
+        (
+            // Back (M accepted and closed), then down again inside the interval: N refused after
+            // the accept, a new run of one.
+            vec![syn(2014), synack(2014, 62), c2s(2014, TCP_RST | TCP_ACK, 20145, 7001), syn(2015), refuse(2015)],
+            ServiceCounts {
+                attempts: 2,
+                synacks: 1,
+                accept_open_max: Some(0),
+                turnaway_open_min: Some(0),
+                turnaway_open_max: Some(0),
+                synack_ttl: Some(62),
+                down_turnaways: Some(1),
             },
         ),
     ];

@@ -354,7 +354,7 @@ fn parity_reports_differences() {
     assert!(same.agrees(), "{}", same.describe());
     // A service whose open count at its accepts differs.
     let service = (IpAddr::from([192, 0, 2, 1]), 80);
-    let accepted = rst_common::wire::ServiceValue::accepted(Some(2), 64);
+    let accepted = rst_common::wire::ServiceValue::accepted(Some(2), 64, 0);
     let services_differ = Parity {
         host: counters,
         kernel: counters,

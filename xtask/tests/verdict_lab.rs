@@ -1,8 +1,14 @@
 //! The verdict lab against independent witnesses: tcpdump on the client's veth and on every
 //! server host's veth, and the kernel's `tcp:tcp_send_reset` tracepoint. Each service must have
 //! produced exactly the RSTs its account says, with the properties its cause means, and no
-//! service any RST it should not have; then rstwatch, live on the client's veth and in replay of
-//! the committed capture, must name each service by its cause and no other.
+//! service any RST it should not have; then rstwatch, live on the client's veth, live on the
+//! server side (the router's ends of the server hosts' veths, one rstwatch on all eight) and in
+//! replay of the committed capture, must name each service by its cause and no other.
+//!
+//! From the server side every cause shows but `middlebox`: the router forges its resets in its
+//! forward path and sends them back to the client, and the SYNs they answer never reach the
+//! guarded host, so nothing of that service crosses a server's veth. rstwatch must then name no
+//! cause for it there rather than a wrong one.
 //!
 //! The lab test needs root (namespaces, nftables, tracefs); the committed capture's test does not.
 
@@ -14,7 +20,7 @@ use std::{
 };
 
 use anyhow::{ensure, Context as _, Result};
-use serde_json::Value;
+use serde_json::{json, Value};
 use xtask::{
     diag_lab::{
         self, ensure_rsts, listing, tcp_segments, Capture, End, ResetTrace, Segment, ACK, DEFAULT_TTL, FIN, RST, SYN,
@@ -281,10 +287,30 @@ fn every_service_resets_for_its_one_cause_only_and_rstwatch_names_it() -> Result
     watch.args(["-i", &lab.client_if.name, "--format", "json", "--interval", "1s"]);
     let mut rstwatch = xtask::lab::Proc::spawn(&mut watch)?;
     rstwatch.wait_for_stderr(&format!("attached to {}", lab.client_if.name), Duration::from_secs(30))?;
+    // And a second on the server side: every server host's veth, at the router's end.
+    let mut server_watch = diag_lab::nsenter(&lab.router, xtask::build::rstwatch_for_tests());
+    for host in &lab.hosts {
+        server_watch.args(["-i", &host.port.name]);
+    }
+    server_watch.args(["--format", "json", "--interval", "1s"]);
+    let mut server_side = xtask::lab::Proc::spawn(&mut server_watch)?;
+    let last_port = &lab.hosts.last().context("no hosts")?.port.name;
+    server_side.wait_for_stderr(&format!("attached to {last_port}"), Duration::from_secs(30))?;
+    // And a third on the server that goes down, on its own veth: its kernel sends the refusals,
+    // so the verdict carries the reason it gave.
+    let down_host = lab.host(Role::Down);
+    let mut own_watch = diag_lab::nsenter(&down_host.ns, xtask::build::rstwatch_for_tests());
+    own_watch.args(["-i", &down_host.iface.name, "--format", "json", "--interval", "1s"]);
+    let mut on_the_server = xtask::lab::Proc::spawn(&mut own_watch)?;
+    on_the_server.wait_for_stderr(&format!("attached to {}", down_host.iface.name), Duration::from_secs(30))?;
     let run = lab.run_all(RUN)?;
     std::thread::sleep(SETTLE);
     rstwatch.signal(libc::SIGINT)?;
+    server_side.signal(libc::SIGINT)?;
+    on_the_server.signal(libc::SIGINT)?;
     let watched = rstwatch.finish(Duration::from_secs(30))?;
+    let server_watched = server_side.finish(Duration::from_secs(30))?;
+    let own_watched = on_the_server.finish(Duration::from_secs(30))?;
     let events = trace.stop()?;
     let client_segs = client_cap.stop()?;
     let host_segs: BTreeMap<Role, Vec<Segment>> =
@@ -350,8 +376,73 @@ fn every_service_resets_for_its_one_cause_only_and_rstwatch_names_it() -> Result
     ensure!(client_segs.iter().all(|s| ours.contains(&s.src.ip()) || ours.contains(&s.dst.ip())));
     ensure!(client_segs.iter().filter_map(Segment::as_rst).all(|r| r.ttl == DEFAULT_TTL || r.ttl == DEFAULT_TTL - 1));
     ensure!(watched.status.success(), "rstwatch failed ({}): {}", watched.status, watched.stderr);
+    let account = run.to_json(&lab);
     let summary = xtask::lab::summary_line(&watched.stdout)?;
-    check_verdicts("live, the client's veth", &summary, &run.to_json(&lab))
+    let started = live_start_unix_ms(&watched.stdout)?;
+    check_verdicts("live, the client's veth", &summary, &account, started, LIVE_SLACK_MS, &[])?;
+    // Of the resets seen there, the client's kernel sent only HAProxy's (a socket closed in a
+    // state that resets); every other verdict's resets it received.
+    for verdict in summary["verdicts"].as_array().context("verdicts")? {
+        let want = if verdict["cause"] == Cause::HealthCheck.name() { json!("TCP_STATE") } else { Value::Null };
+        ensure!(verdict["kernel_reason"] == want, "client's veth: kernel_reason of {verdict:#}");
+    }
+    ensure!(
+        server_watched.status.success(),
+        "rstwatch on the server side failed ({}): {}",
+        server_watched.status,
+        server_watched.stderr
+    );
+    let summary = xtask::lab::summary_line(&server_watched.stdout)?;
+    let started = live_start_unix_ms(&server_watched.stdout)?;
+    check_verdicts("live, the server side", &summary, &account, started, LIVE_SLACK_MS, &NOT_ON_THE_SERVER_SIDE)?;
+    ensure!(own_watched.status.success(), "rstwatch on the down host failed: {}", own_watched.stderr);
+    check_own_refusals(&own_watched.stdout, &account)
+}
+
+/// rstwatch on the down host's own veth: of the lab's services only that one crosses it, and
+/// its refusals are its own kernel's, which says why: no socket (the listener is gone).
+fn check_own_refusals(stdout: &str, account: &Value) -> Result<()> {
+    let what = "live, the down host's own veth";
+    let summary = xtask::lab::summary_line(stdout)?;
+    let down = account["services"]
+        .as_array()
+        .context("account.services")?
+        .iter()
+        .find(|s| s["cause"] == Cause::WentDown.name())
+        .context("no went_down account")?;
+    let only = json!({ "services": [down] });
+    // Any verdict besides its own is a cause no service has here.
+    check_verdicts(what, &summary, &only, live_start_unix_ms(stdout)?, LIVE_SLACK_MS, &[])?;
+    let verdict = &summary["verdicts"][0];
+    ensure!(verdict["kernel_reason"] == "NO_SOCKET", "{what}: kernel_reason {}", verdict["kernel_reason"]);
+    let text = verdict["text"].as_str().unwrap_or_default();
+    ensure!(text.contains("NO_SOCKET"), "{what}: the sentence does not name the kernel's reason: {text}");
+    Ok(())
+}
+
+/// Causes whose resets never cross a server's veth (see the module's comment).
+const NOT_ON_THE_SERVER_SIDE: [Cause; 1] = [Cause::Middlebox];
+
+/// How far rstwatch's `since_ms` may be from the account's first refusal, live: the account
+/// times the attempt, rstwatch the refusal's arrival, each on its own clock, and the run's
+/// start is read back from the first interval's end (ms) less its length.
+const LIVE_SLACK_MS: u64 = 30;
+/// The same in replay: both from the capture's timestamps (the account's attempt is timed just
+/// before its SYN), so only rounding to ms and the attempt's own latency.
+const REPLAY_SLACK_MS: u64 = 5;
+
+/// When a live run started (Unix ms): its first interval's end less its length.
+fn live_start_unix_ms(stdout: &str) -> Result<u64> {
+    let first: Value = stdout
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find(|v| v["type"] == "interval")
+        .context("no interval record")?;
+    let ended = first["time"].as_str().context("interval.time")?;
+    let ended = humantime::parse_rfc3339(ended).with_context(|| format!("interval.time {ended}"))?;
+    let ended_ms = u64::try_from(ended.duration_since(std::time::UNIX_EPOCH)?.as_millis())?;
+    let elapsed_ms = first["elapsed_ms"].as_f64().context("interval.elapsed_ms")?;
+    Ok(ended_ms - elapsed_ms.round() as u64)
 }
 
 /// The capture committed for replay tests still matches the account committed with it: per
@@ -402,18 +493,26 @@ fn identity(entry: &Value) -> (String, String, u64) {
 }
 
 /// rstwatch's summary names every service of the lab's `account` by its own cause, with the
-/// account's counts and fields, and no service by a cause it does not have.
-fn check_verdicts(what: &str, summary: &Value, account: &Value) -> Result<()> {
+/// account's counts and fields, and no service by a cause it does not have; services of the
+/// `unseen` causes (not visible from this vantage) get no verdict at all. `started_unix_ms`:
+/// when rstwatch's run began, to check `since_ms` against the account's first refusal within
+/// `slack_ms`.
+fn check_verdicts(
+    what: &str,
+    summary: &Value,
+    account: &Value,
+    started_unix_ms: u64,
+    slack_ms: u64,
+    unseen: &[Cause],
+) -> Result<()> {
     let verdicts = summary["verdicts"].as_array().with_context(|| format!("{what}: no summary.verdicts"))?;
     let services = account["services"].as_array().context("account.services")?;
-    // The lab's service goes down 30 ms after its last accept, inside one interval: the
-    // evidence holds an interval's accepts and refusals without their order, so rstwatch must
-    // name no cause there rather than guess.
-    let (gone, services): (Vec<&Value>, Vec<&Value>) = services.iter().partition(|s| s["cause"] == "went_down");
-    for service in &gone {
+    let (hidden, services): (Vec<&Value>, Vec<&Value>) =
+        services.iter().partition(|s| unseen.iter().any(|c| s["cause"] == c.name()));
+    for service in &hidden {
         let named: Vec<&Value> =
             verdicts.iter().filter(|v| v["addr"] == service["addr"] && v["port"] == service["port"]).collect();
-        ensure!(named.is_empty(), "{what}: a guess for a service whose order of events is unknown: {named:#?}");
+        ensure!(named.is_empty(), "{what}: a verdict for a service this vantage cannot see: {named:#?}");
     }
     let expected: BTreeSet<_> = services.iter().copied().map(identity).collect();
     let named: BTreeSet<_> = verdicts.iter().map(identity).collect();
@@ -439,6 +538,15 @@ fn check_verdicts(what: &str, summary: &Value, account: &Value) -> Result<()> {
                 service[field]
             );
         }
+        if let Some(first_refusal) = service["since_unix_ms"].as_u64() {
+            let since = verdict["since_ms"].as_u64().with_context(|| format!("{what}: {id:?} has no since_ms"))?;
+            let at = started_unix_ms + since;
+            ensure!(
+                at.abs_diff(first_refusal) <= slack_ms,
+                "{what}: {id:?} since_ms {since} puts the first refusal at {at} (Unix ms), the account at \
+                 {first_refusal}, more than {slack_ms} ms apart"
+            );
+        }
         ensure!(verdict["text"].as_str().is_some_and(|t| !t.is_empty()), "{what}: {id:?} has no sentence");
     }
     let resets: Vec<u64> = verdicts.iter().map(|v| v["resets"].as_u64().unwrap_or(0)).collect();
@@ -459,5 +567,8 @@ fn replay_of_the_committed_capture_names_each_cause() -> Result<()> {
         .context("running rstwatch replay")?;
     ensure!(output.status.success(), "replay failed: {}", String::from_utf8_lossy(&output.stderr));
     let summary = xtask::lab::summary_line(&String::from_utf8_lossy(&output.stdout))?;
-    check_verdicts("replay", &summary, &account)
+    // Replay's run starts at the capture's first frame.
+    let segments = tcp_segments(&std::fs::read(data.join("verdict-lab.cap"))?)?;
+    let first_us = segments.iter().map(|s| s.time_us).min().context("an empty capture")?;
+    check_verdicts("replay", &summary, &account, first_us / 1000, REPLAY_SLACK_MS, &[])
 }

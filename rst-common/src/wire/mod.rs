@@ -32,8 +32,8 @@ pub use keys::{
 };
 pub use names::*;
 pub use values::{
-    accept_bits, accept_from_bits, merge_accept, merge_turnaway, turnaway_bits, turnaway_from_bits, CacheSlot,
-    ConnState, FlowValue, LoggedFlow, ServiceCounts, ServiceValue, CONN_CLIENT_IS_LO, CONN_FIN, CONN_RESET, CONN_SYN,
-    CONN_SYNACK,
+    accept_bits, accept_from_bits, down_after_accept, down_after_turnaway, down_in_run, merge_accept, merge_turnaway,
+    turnaway_bits, turnaway_from_bits, CacheSlot, ConnState, DownRun, FlowValue, LoggedFlow, OpenValue, ServiceCounts,
+    ServiceValue, CONN_CLIENT_IS_LO, CONN_FIN, CONN_RESET, CONN_SYN, CONN_SYNACK,
 };
 pub use workload::{WorkloadKey, ORIGIN_APPLICATION, ORIGIN_KERNEL, ORIGIN_RECEIVED};

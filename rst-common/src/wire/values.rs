@@ -59,6 +59,12 @@ pub struct ServiceValue {
     /// open); +1-encoded. One 64-bit word, so one compare-and-swap moves both.
     pub turnaway_open_min: u32,
     pub turnaway_open_max: u32,
+    /// The service's down word ([`down_after_turnaway`]) after the interval's latest turn-away
+    /// made with nothing else open, if any (0: none). Down words only grow over a run, so the
+    /// latest is the largest: merged by maximum.
+    pub down_latest: u64,
+    /// The largest down word (a run in progress) an accept of the interval ended (0: none).
+    pub down_ended: u64,
 }
 
 impl ServiceValue {
@@ -66,16 +72,22 @@ impl ServiceValue {
     pub const ATTEMPT: ServiceValue = ServiceValue::new(1, 0, 0, 0, 0);
 
     /// The counts of one first SYN+ACK with `open_before` connections open before it
-    /// (`None`: unknown, the open-count store had no room) and TTL `ttl`.
+    /// (`None`: unknown, the open-count store had no room) and TTL `ttl`; `ended_down`: the
+    /// down word it ended (0: the service was not turning connections away).
     #[inline(always)]
-    pub const fn accepted(open_before: Option<u32>, ttl: u8) -> ServiceValue {
-        ServiceValue::new(0, 1, plus_one(open_before), ttl, 0)
+    pub const fn accepted(open_before: Option<u32>, ttl: u8, ended_down: u64) -> ServiceValue {
+        let mut value = ServiceValue::new(0, 1, plus_one(open_before), ttl, 0);
+        value.down_ended = ended_down;
+        value
     }
 
-    /// One turn-away with `open` connections open.
+    /// One turn-away with `open` connections open; `down`: the service's down word after it
+    /// (0 unless nothing was open).
     #[inline(always)]
-    pub const fn turned_away(open: u32) -> ServiceValue {
-        ServiceValue::new(0, 0, 0, 0, plus_one(Some(open)))
+    pub const fn turned_away(open: u32, down: u64) -> ServiceValue {
+        let mut value = ServiceValue::new(0, 0, 0, 0, plus_one(Some(open)));
+        value.down_latest = down;
+        value
     }
 
     #[inline(always)]
@@ -88,6 +100,8 @@ impl ServiceValue {
             _pad: [0; 3],
             turnaway_open_min: turnaway_open,
             turnaway_open_max: turnaway_open,
+            down_latest: 0,
+            down_ended: 0,
         }
     }
 
@@ -95,8 +109,17 @@ impl ServiceValue {
     /// the extremes and the latest TTL. What the kernel does atomically, for the host's tables.
     #[inline(always)]
     pub fn merge(&mut self, later: &ServiceValue) {
-        let ServiceValue { attempts, synacks, accept_open_max, synack_ttl, _pad, turnaway_open_min, turnaway_open_max } =
-            *later;
+        let ServiceValue {
+            attempts,
+            synacks,
+            accept_open_max,
+            synack_ttl,
+            _pad,
+            turnaway_open_min,
+            turnaway_open_max,
+            down_latest,
+            down_ended,
+        } = *later;
         self.attempts += attempts;
         self.synacks += synacks;
         let (accept, ttl) = merge_accept(self.accept_word(), accept_open_max, synack_ttl);
@@ -105,6 +128,17 @@ impl ServiceValue {
         let (min, max) = merge_turnaway(self.turnaway_word(), turnaway_open_min, turnaway_open_max);
         self.turnaway_open_min = min;
         self.turnaway_open_max = max;
+        self.down_latest = self.down_latest.max(down_latest);
+        self.down_ended = self.down_ended.max(down_ended);
+    }
+
+    /// The run of turn-aways the service was in at the end of the interval: begun after its
+    /// latest accept, each with nothing else open, and not ended by an accept since. `None`
+    /// when the interval had no such turn-away or an accept ended the run after it.
+    pub fn down(&self) -> Option<DownRun> {
+        // Down words only grow over a run (later runs begin later), so the interval's latest
+        // run ended exactly when some accept ended a word at least as large.
+        (self.down_latest != 0 && self.down_latest > self.down_ended).then(|| DownRun::of(self.down_latest))
     }
 
     /// The most connections open at the interval's accepts, if it had a counted one whose open
@@ -137,6 +171,7 @@ impl ServiceValue {
             turnaway_open_min: self.turnaway_open_min(),
             turnaway_open_max: self.turnaway_open_max(),
             synack_ttl: self.synack_ttl(),
+            down_turnaways: self.down().map(|run| run.turnaways),
         }
     }
 
@@ -192,6 +227,84 @@ pub struct ServiceCounts {
     pub turnaway_open_min: Option<u64>,
     pub turnaway_open_max: Option<u64>,
     pub synack_ttl: Option<u8>,
+    /// Turn-aways of the run the service was in at the interval's end ([`ServiceValue::down`];
+    /// its start, a time on the tracker's clock, left out: the kernel's and the host's differ).
+    pub down_turnaways: Option<u64>,
+}
+
+/// Bits of a down word that count its turn-aways; above them one bit marks a run an accept
+/// ended, the rest hold the first turn-away's time (ms on the tracker's clock: 43 bits reach
+/// past the year 2200 of Unix time).
+const DOWN_COUNT_BITS: u32 = 20;
+const DOWN_COUNT_MAX: u64 = (1 << DOWN_COUNT_BITS) - 1;
+const DOWN_ENDED: u64 = 1 << DOWN_COUNT_BITS;
+const DOWN_SINCE_SHIFT: u32 = DOWN_COUNT_BITS + 1;
+
+/// One service's turn-aways since its latest accept, each made while it held no other
+/// connection open, packed in one word (the kernel swaps it whole): the time of the first in
+/// the high bits, how many (saturating) in the low ones. Each run begins at least 1 ms after the
+/// one before (see [`down_after_turnaway`]), so words only grow over a run: the largest is the
+/// latest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DownRun {
+    /// When the first turn-away of the run was counted: ms on the tracker's clock (the kernel's
+    /// monotonic clock, or capture time in replay).
+    pub since_ms: u64,
+    pub turnaways: u64,
+}
+
+impl DownRun {
+    pub fn of(word: u64) -> DownRun {
+        DownRun { since_ms: word >> DOWN_SINCE_SHIFT, turnaways: word & DOWN_COUNT_MAX }
+    }
+}
+
+/// The down word after one more turn-away with nothing open, at `now_ms` on the tracker's clock.
+/// 0 (never in a run) or a run an accept ended: the turn-away begins a run — 1 ms after the
+/// ended one began if the clock has not moved on since, so runs stay ordered by their words
+/// (a service that dies twice within one ms has its second run's start 1 ms late).
+#[inline(always)]
+pub fn down_after_turnaway(word: u64, now_ms: u64) -> u64 {
+    if word == 0 {
+        return (now_ms << DOWN_SINCE_SHIFT) | 1;
+    }
+    if word & DOWN_ENDED != 0 {
+        let after_ended = (word >> DOWN_SINCE_SHIFT) + 1;
+        let since = if now_ms > after_ended { now_ms } else { after_ended };
+        return (since << DOWN_SINCE_SHIFT) | 1;
+    }
+    if word & DOWN_COUNT_MAX == DOWN_COUNT_MAX {
+        word
+    } else {
+        word + 1
+    }
+}
+
+/// The down word after an accept: a run in progress is marked ended (its start kept, to order
+/// the next run after it); anything else stays.
+#[inline(always)]
+pub fn down_after_accept(word: u64) -> u64 {
+    if down_in_run(word) {
+        word | DOWN_ENDED
+    } else {
+        word
+    }
+}
+
+/// Whether `word` is a run in progress (an accept ends it; [`down_after_accept`]).
+#[inline(always)]
+pub fn down_in_run(word: u64) -> bool {
+    word != 0 && word & DOWN_ENDED == 0
+}
+
+/// What the kernel's `SERVICE_OPEN` holds per service across intervals (the host's store the
+/// same): open connections, and the down word ([`down_after_turnaway`]; 0: never in a run),
+/// whose run each accept ends ([`down_after_accept`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenValue {
+    pub open: u64,
+    pub down: u64,
 }
 
 /// The accept word (`accept_open_max`, `synack_ttl`) after folding in a later accept's.
@@ -275,7 +388,7 @@ pub struct LoggedFlow {
     pub resets: u64,
 }
 
-wire_sizes!(ConnState: 12, ServiceValue: 32, CacheSlot: 72, FlowValue: 8, LoggedFlow: 56);
+wire_sizes!(ConnState: 12, ServiceValue: 48, OpenValue: 16, CacheSlot: 72, FlowValue: 8, LoggedFlow: 56);
 
 // The two words the kernel swaps whole.
 const _: () = {
@@ -283,4 +396,7 @@ const _: () = {
     assert!(core::mem::offset_of!(ServiceValue, synack_ttl) == 20);
     assert!(core::mem::offset_of!(ServiceValue, turnaway_open_min) == 24);
     assert!(core::mem::offset_of!(ServiceValue, turnaway_open_max) == 28);
+    assert!(core::mem::offset_of!(ServiceValue, down_latest) == 32);
+    assert!(core::mem::offset_of!(ServiceValue, down_ended) == 40);
+    assert!(core::mem::offset_of!(OpenValue, down) == 8);
 };

@@ -186,10 +186,14 @@ pub fn kernel(args: &KernelArgs) -> anyhow::Result<KernelReport> {
 
     // Flows that change every run: single test runs (no dispatcher swap), each followed by the
     // baseline on the same frame; per trial, median(prog) - median(baseline).
-    let single_lines: [(&'static str, &str); 9] = [
+    let single_lines: [(&'static str, &str); 10] = [
         ("IPv4 RST, existing flow, table path (two flows evicting each other)", "collide"),
         ("IPv4 RST, new flow each run (table store)", "new"),
         ("IPv4 RST refusing the SYN just seen, new flow each run (a refused connect)", "refused"),
+        (
+            "IPv4 RST refusing a new client of a service that accepted before, nothing open (a service gone down)",
+            "down",
+        ),
         ("IPv4 SYN, new connection each run (connection state + service count)", "syn"),
         ("IPv4 SYN+ACK accepting the SYN just seen, new client of one service each run (accept)", "synack"),
         ("IPv4 FIN closing the connection just accepted, new client of one service each run (close)", "fin"),
@@ -218,6 +222,10 @@ pub fn kernel(args: &KernelArgs) -> anyhow::Result<KernelReport> {
             "refused" => format!(
                 "{singles} single runs, each the RST answering a new connection's SYN (run untimed just before)"
             ),
+            "down" => format!(
+                "{singles} single runs, each the RST answering a new client's SYN (run untimed just before) to one \
+                 service that accepted and closed a connection before the trial"
+            ),
             "syn" => format!("{singles} single runs, each a connection never seen before"),
             "synack" => format!("{singles} single runs, each the SYN+ACK answering a new client's SYN (run untimed just before)"),
             "fin" => format!(
@@ -235,11 +243,23 @@ pub fn kernel(args: &KernelArgs) -> anyhow::Result<KernelReport> {
                     run(&programs, Hook::Xdp, counting_xdp, frame, 1)?;
                 }
             }
-            if matches!(kind, "new" | "syn" | "refused" | "synack" | "fin") {
+            if matches!(kind, "new" | "syn" | "refused" | "down" | "synack" | "fin") {
                 for _ in 0..4 * rst_common::wire::FLOW_CACHE_SLOTS {
                     run(&programs, Hook::Xdp, counting_xdp, &padded(new_flow(next_new)), 1)?;
                     next_new += 1;
                 }
+            }
+            if kind == "down" {
+                // The service accepts one connection and both sides close it: counted, none open.
+                let [syn, synack, fin] = handshake_to(next_new, DOWN_PORT);
+                let server_fin = FrameBuilder::ipv4([192, 0, 2, 1], client_of(next_new))
+                    .ports(DOWN_PORT, 50000)
+                    .flags(TCP_FIN | TCP_ACK)
+                    .seq_ack(9001, 1002);
+                for frame in [syn, synack, fin, server_fin] {
+                    run(&programs, Hook::Xdp, counting_xdp, &padded(frame), 1)?;
+                }
+                next_new += 1;
             }
             let count = if kind == "64k" { frames.len() } else { singles as usize };
             let mut prog = Vec::with_capacity(count);
@@ -253,6 +273,17 @@ pub fn kernel(args: &KernelArgs) -> anyhow::Result<KernelReport> {
                         run(&programs, Hook::Xdp, counting_xdp, &padded(synack.clone()), 1)?;
                     }
                     new_frame = padded(if kind == "fin" { fin } else { synack });
+                    next_new += 1;
+                    &new_frame
+                } else if kind == "down" {
+                    let [syn, ..] = handshake_to(next_new, DOWN_PORT);
+                    run(&programs, Hook::Xdp, counting_xdp, &padded(syn), 1)?;
+                    new_frame = padded(
+                        FrameBuilder::ipv4([192, 0, 2, 1], client_of(next_new))
+                            .ports(DOWN_PORT, 50000)
+                            .flags(TCP_RST | TCP_ACK)
+                            .seq_ack(0, 1001),
+                    );
                     next_new += 1;
                     &new_frame
                 } else if kind == "refused" {
@@ -306,16 +337,30 @@ fn new_flow(index: u32) -> FrameBuilder {
     FrameBuilder::ipv4([172, 16 + (b & 0x0f), c, d], [192, 0, 2, 1]).ports(443, 50000).flags(TCP_RST)
 }
 
+/// The service port of the "down" line: apart from 443, which the SYN+ACK line leaves with
+/// thousands of connections open.
+const DOWN_PORT: u16 = 444;
+
+/// Client `index`: 172.16/12 addresses, counting up.
+fn client_of(index: u32) -> [u8; 4] {
+    let [_, b, c, d] = index.to_be_bytes();
+    [172, 16 + (b & 0x0f), c, d]
+}
+
 /// A new client's SYN to one service (192.0.2.1:443), the service's SYN+ACK and the client's
 /// FIN: what a busy server sees, one open count going up and down.
 fn handshake_of(index: u32) -> [FrameBuilder; 3] {
-    let [_, b, c, d] = index.to_be_bytes();
-    let (client, server) = ([172, 16 + (b & 0x0f), c, d], [192, 0, 2, 1]);
+    handshake_to(index, 443)
+}
+
+/// [`handshake_of`] to port `port` of the same server.
+fn handshake_to(index: u32, port: u16) -> [FrameBuilder; 3] {
+    let (client, server) = (client_of(index), [192, 0, 2, 1]);
     let to_server =
-        |flags, seq, ack| FrameBuilder::ipv4(client, server).ports(50000, 443).flags(flags).seq_ack(seq, ack);
+        |flags, seq, ack| FrameBuilder::ipv4(client, server).ports(50000, port).flags(flags).seq_ack(seq, ack);
     [
         to_server(TCP_SYN, 1000, 0),
-        FrameBuilder::ipv4(server, client).ports(443, 50000).flags(TCP_SYN | TCP_ACK).seq_ack(9000, 1001),
+        FrameBuilder::ipv4(server, client).ports(port, 50000).flags(TCP_SYN | TCP_ACK).seq_ack(9000, 1001),
         to_server(TCP_FIN | TCP_ACK, 1001, 9001),
     ]
 }

@@ -16,8 +16,8 @@ use std::{
 
 use rst_common::{
     wire::{
-        ResetClass, ServiceCounts, ServiceKey, ServiceValue, SourceKey, StackResetKey, WorkloadKey, DIRECTION_TX,
-        ORIGIN_APPLICATION, ORIGIN_KERNEL,
+        DownRun, ResetClass, ServiceCounts, ServiceKey, ServiceValue, SourceKey, StackResetKey, WorkloadKey,
+        DIRECTION_TX, ORIGIN_APPLICATION, ORIGIN_KERNEL,
     },
     Counters, FlowKey,
 };
@@ -200,10 +200,23 @@ fn four_tuple_of_event(key: &StackResetKey) -> FourTuple {
     (key.src, key.dst, key.sport, key.dport, key.family)
 }
 
-/// A service's handshakes of one interval as the verdict evidence takes them.
-fn service_sample((key, value): &(ServiceKey, ServiceValue)) -> ServiceSample {
-    let ServiceCounts { attempts, synacks, accept_open_max, turnaway_open_min, turnaway_open_max, synack_ttl } =
-        value.decoded();
+/// The name of kernel reason `code` (index into `names`, as the loader read them).
+fn reason_name(names: &[String], code: u32) -> String {
+    names.get(code as usize).cloned().unwrap_or_else(|| format!("REASON_{code}"))
+}
+
+/// A service's handshakes of one interval as the verdict evidence takes them; `origin_ms`: the
+/// run's start on the tracker's clock.
+fn service_sample((key, value): &(ServiceKey, ServiceValue), origin_ms: u64) -> ServiceSample {
+    let ServiceCounts {
+        attempts,
+        synacks,
+        accept_open_max,
+        turnaway_open_min,
+        turnaway_open_max,
+        synack_ttl,
+        down_turnaways: _,
+    } = value.decoded();
     ServiceSample {
         service: ServiceAddr { addr: key.ip(), port: key.port },
         ifindex: key.ifindex,
@@ -212,6 +225,9 @@ fn service_sample((key, value): &(ServiceKey, ServiceValue)) -> ServiceSample {
         open_at_accept: accept_open_max,
         open_at_turnaway: turnaway_open_min.zip(turnaway_open_max),
         synack_ttl,
+        down: value
+            .down()
+            .map(|DownRun { since_ms, turnaways }| DownRun { since_ms: since_ms.saturating_sub(origin_ms), turnaways }),
     }
 }
 
@@ -271,6 +287,8 @@ pub struct Aggregator {
     evidence: Evidence,
     /// The last interval's handshakes as the evidence takes them (kept for its capacity).
     service_samples: Vec<ServiceSample>,
+    /// The run's start on the service tracker's clock, in ms (see [`Aggregator::tracker_origin`]).
+    tracker_origin_ms: u64,
 }
 
 /// Services, client–service pairs and hosts the verdict evidence follows at most.
@@ -308,7 +326,14 @@ impl Aggregator {
             counting: None,
             evidence: Evidence::new(MAX_EVIDENCE_ENTRIES),
             service_samples: Vec::new(),
+            tracker_origin_ms: 0,
         }
+    }
+
+    /// When the run started on the clock the service tracker stamps its down runs with (the
+    /// kernel's monotonic clock live, capture time in replay), so verdicts say when in the run.
+    pub fn tracker_origin(&mut self, origin_ms: u64) {
+        self.tracker_origin_ms = origin_ms;
     }
 
     /// Whether kernel reset events are coming (`Err`: why not), and the names of the kernel's
@@ -406,7 +431,8 @@ impl Aggregator {
         self.interval_overflow.clear();
         self.interval_overflow.extend(sample.overflow_sources.iter().map(|(key, resets)| (key.src_ip(), *resets)));
         self.service_samples.clear();
-        self.service_samples.extend(sample.services.iter().map(service_sample));
+        let origin_ms = self.tracker_origin_ms;
+        self.service_samples.extend(sample.services.iter().map(|service| service_sample(service, origin_ms)));
         self.evidence.interval(
             started_ms,
             &self.service_samples,
@@ -447,17 +473,25 @@ impl Aggregator {
         let tries = pending.iter().map(|event| (event, true)).chain(events.iter().map(|event| (event, false)));
         for ((event, count), retried) in tries {
             let tuple = four_tuple_of_event(event);
-            let stats = match interval_tx.get(&tuple) {
-                Some(id) => interval.get_mut(id),
-                None => self.tx_flows.get(&tuple).and_then(|id| self.flows.get_mut(id)),
+            let (id, stats) = match interval_tx.get(&tuple) {
+                Some(id) => (Some(*id), interval.get_mut(id)),
+                None => match self.tx_flows.get(&tuple) {
+                    Some(id) => (Some(*id), self.flows.get_mut(id)),
+                    None => (None, None),
+                },
             };
-            match stats {
-                Some(stats) => {
+            match (id, stats) {
+                (Some(id), Some(stats)) => {
                     *stats.reasons.entry(event.reason).or_default() += count;
                     self.kernel_events.matched += count;
+                    if let Some(kind) = stats.kinds.dominant() {
+                        let reason = reason_name(&self.reason_names, event.reason);
+                        let ack = stats.with_ack * 2 >= stats.resets;
+                        self.evidence.stack_resets(&id, stats.server_side(), kind, ack, &reason, *count);
+                    }
                 }
-                None if retried => self.kernel_events.elsewhere += count,
-                None => self.pending_events.push((*event, *count)),
+                _ if retried => self.kernel_events.elsewhere += count,
+                _ => self.pending_events.push((*event, *count)),
             }
         }
     }
@@ -652,7 +686,7 @@ impl Aggregator {
     }
 
     fn reason_name(&self, code: u32) -> String {
-        self.reason_names.get(code as usize).cloned().unwrap_or_else(|| format!("REASON_{code}"))
+        reason_name(&self.reason_names, code)
     }
 
     /// The `limit` largest flows as records, largest first; ties in a stable, readable order.

@@ -311,11 +311,13 @@ pub struct VerdictRecord {
     peer_ttl: Option<u8>,
     unanswered: u64,
     client: Option<IpAddr>,
+    /// The kernel's reason where this host's stack sent the resets (`NO_SOCKET`, …).
+    kernel_reason: Option<String>,
 }
 
 impl From<&Verdict> for VerdictRecord {
     fn from(verdict: &Verdict) -> Self {
-        let Verdict { cause, service, resets, connections, detail } = verdict;
+        let Verdict { cause, service, resets, connections, detail, kernel_reason } = verdict;
         let mut record = VerdictRecord {
             cause: cause.name(),
             addr: service.addr,
@@ -330,6 +332,7 @@ impl From<&Verdict> for VerdictRecord {
             peer_ttl: None,
             unanswered: 0,
             client: None,
+            kernel_reason: kernel_reason.clone(),
         };
         match *detail {
             Detail::None => {}

@@ -247,6 +247,7 @@ impl<W: Write> Replay<W> {
     #[inline]
     fn packet(&mut self, link: Link, ifindex: u32, timestamp_ns: u64, frame: &[u8]) -> anyhow::Result<()> {
         self.advance_clock(timestamp_ns)?;
+        self.tally.connections.set_clock_ms(timestamp_ns / 1_000_000);
         let observation = link.inspect(frame, ifindex);
         if let Observation::Reset(event) = &observation {
             if let Some((bytes, len)) = link.rst_payload(frame) {
@@ -265,6 +266,8 @@ impl<W: Write> Replay<W> {
     fn advance_clock(&mut self, timestamp: u64) -> io::Result<()> {
         let interval = self.interval_ns;
         let Some(window) = &mut self.window else {
+            // The run starts at the first frame, for the service tracker's clock too.
+            self.aggregator.tracker_origin(timestamp / 1_000_000);
             self.window = Some(Window { start: timestamp, latest: timestamp });
             return Ok(());
         };

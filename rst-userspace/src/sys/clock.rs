@@ -1,16 +1,23 @@
-//! The clock the BPF programs stamp records with (`bpf_ktime_get_ns`: CLOCK_MONOTONIC), so a
-//! capture's timestamps can be turned into wall-clock time.
+//! clock_gettime(2): the clock BPF programs stamp records and events with (`bpf_ktime_get_ns`:
+//! CLOCK_MONOTONIC), so they can be turned into run time or wall-clock time.
 
 use super::{Error, Result};
 
-/// CLOCK_MONOTONIC in nanoseconds.
+/// Now on `CLOCK_MONOTONIC` in ns: time since boot, not counting suspend, which
+/// [`std::time::Instant`] does not expose as a number.
 ///
-/// Minimum kernel: any. Errors: none in practice (EINVAL only for an unknown clock id).
+/// Minimum kernel: any. Errors: [`Error::Os`], none on Linux ≥ 2.6 for this clock (`EINVAL`
+/// would mean it is missing).
 pub fn monotonic_ns() -> Result<u64> {
     let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `now` is a valid, writable timespec for the duration of the call.
     if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) } != 0 {
         return Err(Error::last("clock_gettime(CLOCK_MONOTONIC)"));
     }
-    Ok(now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64)
+    Ok(u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap_or(0))
+}
+
+/// [`monotonic_ns`] in ms.
+pub fn monotonic_ms() -> Result<u64> {
+    monotonic_ns().map(|ns| ns / 1_000_000)
 }

@@ -10,7 +10,7 @@ use std::{
     net::IpAddr,
 };
 
-use rst_common::wire::{FlowKey, ResetClass, ResetKind};
+use rst_common::wire::{DownRun, FlowKey, ResetClass, ResetKind};
 
 use super::{sort, Cause, Detail, ServiceAddr, Verdict};
 
@@ -29,6 +29,10 @@ pub struct ServiceSample {
     pub open_at_turnaway: Option<(u64, u64)>,
     /// TTL / hop limit the service's own SYN+ACKs arrived with on this interface.
     pub synack_ttl: Option<u8>,
+    /// The run of turn-aways (each with nothing else open) the service was in at the interval's
+    /// end, begun after its latest accept, `since_ms` after the run started: what the tracker,
+    /// which sees accepts and refusals in order, says ([`rst_common::services`]).
+    pub down: Option<DownRun>,
 }
 
 /// How many resets and how many connections they ended.
@@ -51,7 +55,7 @@ impl Tally {
 }
 
 /// What an RST did to its connection, as far as the causes care.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum Act {
     /// The server side refused a SYN, or reset the connection inside the handshake.
     TurnAway,
@@ -59,7 +63,39 @@ enum Act {
     Stateless,
     /// Mid-stream with ACK: a stateful abort.
     Abort,
+    /// A client's reset right after the handshake (a health check's, if steady). Never in a
+    /// [`Bucket`]: such resets go to the client–service pair's [`CheckPattern`].
+    Check,
 }
+
+impl Act {
+    /// What an RST did, from its classification; `None`: no cause of the service's (a
+    /// client's RST answering a SYN it did not send).
+    fn of(kind: ResetKind, server: bool, ack: bool) -> Option<Act> {
+        Some(match (kind, server, ack) {
+            (ResetKind::Refused, true, _) | (ResetKind::Handshake, true, _) => Act::TurnAway,
+            (ResetKind::Handshake, false, _) => Act::Check,
+            (ResetKind::Refused, false, _) => return None,
+            (ResetKind::Established | ResetKind::Closing, _, false) => Act::Stateless,
+            (ResetKind::Established | ResetKind::Closing, _, true) => Act::Abort,
+        })
+    }
+
+    /// The act whose resets `cause` explains.
+    fn of_cause(cause: Cause) -> Option<Act> {
+        match cause {
+            Cause::NoListener | Cause::WentDown | Cause::ConnectionLimit => Some(Act::TurnAway),
+            Cause::StateLost => Some(Act::Stateless),
+            Cause::AppAbort => Some(Act::Abort),
+            Cause::HealthCheck => Some(Act::Check),
+            // A reset this host's stack sent is not forged in between.
+            Cause::Middlebox => None,
+        }
+    }
+}
+
+/// Most kernel reasons one service and act keep (there are a few dozen codes in all).
+const MAX_REASONS: usize = 8;
 
 /// One bucket of resets: what they did, and the TTL they carried against the one their claimed
 /// sender's own packets carried (0: not known from the connection itself).
@@ -80,7 +116,9 @@ struct Down {
     since_ms: u64,
     turned_away: Tally,
     unanswered: u64,
-    /// The latest interval's unanswered attempts, for its own verdicts.
+    /// The latest interval's turn-aways and unanswered attempts after the last accept, for its
+    /// own verdicts.
+    latest_turned_away: Tally,
     latest_unanswered: u64,
 }
 
@@ -114,6 +152,11 @@ struct ServiceSampleSum {
     synacks: u64,
     open_at_accept: Option<u64>,
     open_at_turnaway: Option<(u64, u64)>,
+    /// The latest run of turn-aways any interface's tracker saw the service end the interval in.
+    down: Option<DownRun>,
+    /// An interface saw an accept and no run after it: the interfaces disagree whether the
+    /// service ended the interval down, so it is not claimed.
+    up_at_end: bool,
 }
 
 /// A client's resets of one service right after the handshake: the intervals they fell in.
@@ -137,6 +180,8 @@ pub struct Evidence {
     services: HashMap<ServiceAddr, ServiceEvidence>,
     checks: HashMap<(IpAddr, ServiceAddr), CheckPattern>,
     host_ttls: HashMap<(u32, IpAddr), u8>,
+    /// The kernel's reasons for the resets this host's stack sent, per service and act.
+    reasons: HashMap<(ServiceAddr, Act), BTreeMap<String, u64>>,
     max_entries: usize,
     interval: u64,
     interval_start_ms: u64,
@@ -149,6 +194,7 @@ impl Evidence {
             services: HashMap::new(),
             checks: HashMap::new(),
             host_ttls: HashMap::new(),
+            reasons: HashMap::new(),
             max_entries,
             interval: 0,
             interval_start_ms: 0,
@@ -195,6 +241,51 @@ impl Evidence {
         self.close_interval();
     }
 
+    /// `resets` RSTs this host's TCP stack sent (`tcp:tcp_send_reset`) on the flow `flow` (its
+    /// 4-tuple; the classification cleared), for kernel reason `reason`: `server` whether the
+    /// connection's server sent them, `kind` and `ack` what most of the flow's RSTs were. They
+    /// corroborate the cause of the same act (see [`Verdict::kernel_reason`]).
+    pub fn stack_resets(
+        &mut self,
+        flow: &FlowKey,
+        server: bool,
+        kind: ResetKind,
+        ack: bool,
+        reason: &str,
+        resets: u64,
+    ) {
+        let Some(act) = Act::of(kind, server, ack) else { return };
+        let (addr, port) = if server { (flow.src_ip(), flow.sport) } else { (flow.dst_ip(), flow.dport) };
+        let key = (ServiceAddr { addr, port }, act);
+        let room = self.reasons.len() < self.max_entries;
+        let reasons = match self.reasons.entry(key) {
+            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::hash_map::Entry::Vacant(entry) if room => entry.insert(BTreeMap::new()),
+            std::collections::hash_map::Entry::Vacant(_) => return,
+        };
+        if let Some(count) = reasons.get_mut(reason) {
+            *count += resets;
+        } else if reasons.len() < MAX_REASONS {
+            reasons.insert(reason.to_owned(), resets);
+        }
+    }
+
+    /// The kernel reason most of `service`'s own resets of the act `cause` explains carried.
+    fn kernel_reason(&self, service: ServiceAddr, cause: Cause) -> Option<String> {
+        let reasons = self.reasons.get(&(service, Act::of_cause(cause)?))?;
+        reasons.iter().max_by_key(|(_, count)| **count).map(|(reason, _)| reason.clone())
+    }
+
+    /// Names the kernel's reason on each verdict whose resets this host's stack sent.
+    fn corroborate(&self, verdicts: &mut [Verdict]) {
+        if self.reasons.is_empty() {
+            return;
+        }
+        for verdict in verdicts {
+            verdict.kernel_reason = self.kernel_reason(verdict.service, verdict.cause);
+        }
+    }
+
     fn learn_ttl(&mut self, ifindex: u32, addr: IpAddr, ttl: u8) {
         if self.host_ttls.len() < self.max_entries || self.host_ttls.contains_key(&(ifindex, addr)) {
             self.host_ttls.insert((ifindex, addr), ttl);
@@ -211,8 +302,16 @@ impl Evidence {
     }
 
     fn add_sample(&mut self, sample: &ServiceSample) {
-        let ServiceSample { service, ifindex: _, attempts, synacks, open_at_accept, open_at_turnaway, synack_ttl: _ } =
-            *sample;
+        let ServiceSample {
+            service,
+            ifindex: _,
+            attempts,
+            synacks,
+            open_at_accept,
+            open_at_turnaway,
+            synack_ttl: _,
+            down,
+        } = *sample;
         let Some(evidence) = self.service_mut(service) else { return };
         evidence.attempts += attempts;
         evidence.synacks += synacks;
@@ -224,6 +323,11 @@ impl Evidence {
             (Some((a_min, a_max)), Some((b_min, b_max))) => Some((a_min.min(b_min), a_max.max(b_max))),
             (a, b) => a.or(b),
         };
+        sum.down = match (sum.down, down) {
+            (Some(a), Some(b)) => Some(if (b.since_ms, b.turnaways) > (a.since_ms, a.turnaways) { b } else { a }),
+            (a, b) => a.or(b),
+        };
+        sum.up_at_end |= synacks > 0 && down.is_none();
     }
 
     fn add_reset(&mut self, key: &FlowKey, resets: u64) {
@@ -235,17 +339,11 @@ impl Evidence {
             ((key.dst_ip(), key.dport), (key.src_ip(), key.sport))
         };
         let service = ServiceAddr { addr: server.0, port: server.1 };
-        let act = match (class.kind(), class.server(), class.ack()) {
-            (ResetKind::Refused, true, _) | (ResetKind::Handshake, true, _) => Act::TurnAway,
-            (ResetKind::Handshake, false, _) => {
-                self.add_check(client.0, service, tally);
-                return;
-            }
-            // A client's RST answering a SYN it did not send: no cause of the service's.
-            (ResetKind::Refused, false, _) => return,
-            (ResetKind::Established | ResetKind::Closing, _, false) => Act::Stateless,
-            (ResetKind::Established | ResetKind::Closing, _, true) => Act::Abort,
-        };
+        let Some(act) = Act::of(class.kind(), class.server(), class.ack()) else { return };
+        if act == Act::Check {
+            self.add_check(client.0, service, tally);
+            return;
+        }
         let bucket =
             Bucket { act, ifindex: key.ifindex, sender: key.src_ip(), rst_ttl: key.rst_ttl, peer_ttl: key.peer_ttl };
         let Some(evidence) = self.service_mut(service) else { return };
@@ -283,9 +381,12 @@ impl Evidence {
     fn close_interval(&mut self) {
         let (interval, start_ms) = (self.interval, self.interval_start_ms);
         for evidence in self.services.values_mut() {
-            let ServiceSampleSum { attempts, synacks, open_at_accept, open_at_turnaway } = evidence.interval;
+            let ServiceSampleSum { attempts, synacks, open_at_accept, open_at_turnaway, down: run, up_at_end } =
+                evidence.interval;
+            let run = run.filter(|_| !up_at_end);
             let turned_away = evidence.interval_turned_away;
             if let Some(down) = &mut evidence.down {
+                down.latest_turned_away = Tally::default();
                 down.latest_unanswered = 0;
             }
             if turned_away.resets > 0 {
@@ -310,7 +411,12 @@ impl Evidence {
             }
             if synacks > 0 {
                 evidence.last_accept = Some(interval);
-                evidence.down = None;
+                // The interval's counts do not order its accepts and refusals; the tracker's run
+                // does: begun after the interval's last accept, the service died inside it.
+                evidence.down = run.map(|run| {
+                    let tally = died_after_accept(run, turned_away);
+                    Down { since_ms: run.since_ms, turned_away: tally, latest_turned_away: tally, ..Down::default() }
+                });
                 continue;
             }
             if evidence.last_accept.is_none() {
@@ -322,9 +428,13 @@ impl Evidence {
             let unanswered = attempts.saturating_sub(turned_away.connections);
             let refusing = turned_away.resets > 0 && nothing_open;
             if refusing || (turned_away.resets == 0 && unanswered > 0) {
-                let down = evidence.down.get_or_insert(Down { since_ms: start_ms, ..Down::default() });
+                // When the tracker saw the first refusal, else (attempts left unanswered, which
+                // it does not time) the interval's start.
+                let since_ms = run.map_or(start_ms, |run| run.since_ms);
+                let down = evidence.down.get_or_insert(Down { since_ms, ..Down::default() });
                 if refusing {
                     down.turned_away.add(turned_away);
+                    down.latest_turned_away = turned_away;
                 }
                 down.unanswered += unanswered;
                 down.latest_unanswered = unanswered;
@@ -348,6 +458,7 @@ impl Evidence {
                 verdicts.push(verdict);
             }
         }
+        self.corroborate(&mut verdicts);
         sort(&mut verdicts);
         verdicts
     }
@@ -359,7 +470,8 @@ impl Evidence {
         for (service, evidence) in &self.services {
             // Most services are quiet in any one interval: only those with something new are
             // weighed again, so an interval costs what it brought, not what the run holds.
-            let quiet = evidence.latest.is_empty() && evidence.down.is_none_or(|down| down.latest_unanswered == 0);
+            let quiet = evidence.latest.is_empty()
+                && evidence.down.is_none_or(|down| down.latest_unanswered == 0 && down.latest_turned_away.resets == 0);
             if !quiet {
                 self.service_verdicts(*service, evidence, &evidence.latest, false, &mut verdicts);
             }
@@ -372,6 +484,7 @@ impl Evidence {
                 verdicts.push(verdict);
             }
         }
+        self.corroborate(&mut verdicts);
         sort(&mut verdicts);
         verdicts
     }
@@ -414,8 +527,11 @@ impl Evidence {
             out.push(Verdict::new(Cause::NoListener, service, turned_away.counts(), Detail::None));
         }
         if let Some(down) = evidence.down {
-            let (tally, unanswered) =
-                if whole_run { (down.turned_away, down.unanswered) } else { (turned_away, down.latest_unanswered) };
+            let (tally, unanswered) = if whole_run {
+                (down.turned_away, down.unanswered)
+            } else {
+                (down.latest_turned_away, down.latest_unanswered)
+            };
             if tally.resets > 0 || unanswered > 0 {
                 let detail = Detail::Down { since_ms: down.since_ms, unanswered };
                 out.push(Verdict::new(Cause::WentDown, service, tally.counts(), detail));
@@ -437,6 +553,16 @@ impl Evidence {
             out.push(Verdict::new(Cause::Middlebox, claimed, tally.counts(), detail));
         }
     }
+}
+
+/// The turn-aways of an interval with accepts that came after its last one: the run's, as the
+/// tracker counted them (connections), out of the interval's (`turned_away`); their resets are
+/// the interval's when the run holds all its turn-aways, else one each (a turn-away's first
+/// RST: repeats are not told apart from earlier refusals').
+fn died_after_accept(run: DownRun, turned_away: Tally) -> Tally {
+    let connections = run.turnaways.min(turned_away.connections);
+    let resets = if connections == turned_away.connections { turned_away.resets } else { connections };
+    Tally { resets, connections }
 }
 
 fn max_option(a: Option<u64>, b: Option<u64>) -> Option<u64> {

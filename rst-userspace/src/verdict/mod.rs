@@ -34,6 +34,9 @@ pub struct Verdict {
     /// Connections those resets ended (or turned away).
     pub connections: u64,
     pub detail: Detail,
+    /// Where this host's own TCP stack sent the resets (`tcp:tcp_send_reset`): the reason the
+    /// kernel gave for most of them (`NO_SOCKET`, `TCP_STATE`, …), corroborating the cause.
+    pub kernel_reason: Option<String>,
 }
 
 /// What a cause adds to its counts.
@@ -64,7 +67,7 @@ pub enum Detail {
 
 impl Verdict {
     fn new(cause: Cause, service: ServiceAddr, (resets, connections): (u64, u64), detail: Detail) -> Self {
-        Verdict { cause, service, resets, connections, detail }
+        Verdict { cause, service, resets, connections, detail, kernel_reason: None }
     }
 
     pub fn benign(&self) -> bool {

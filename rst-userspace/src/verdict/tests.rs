@@ -2,7 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use rst_common::wire::{FlowKey, ResetClass, ResetKind, DIRECTION_RX, FAMILY_IPV4, IPPROTO_TCP};
+use rst_common::wire::{DownRun, FlowKey, ResetClass, ResetKind, DIRECTION_RX, FAMILY_IPV4, IPPROTO_TCP};
 
 use super::{Cause, Detail, Evidence, ServiceAddr, ServiceSample, Verdict};
 
@@ -52,6 +52,7 @@ fn handshakes(port: u16, attempts: u64, synacks: u64) -> ServiceSample {
         open_at_accept: None,
         open_at_turnaway: None,
         synack_ttl: None,
+        down: None,
     }
 }
 
@@ -96,6 +97,96 @@ fn a_service_that_accepted_then_refuses_with_nothing_open_went_down() {
     assert_eq!(causes(&verdicts), [(Cause::WentDown, 443, 4)]);
     assert_eq!(verdicts[0].detail, Detail::Down { since_ms: 1_000, unanswered: 2 }, "six attempts, four refused");
     assert!(verdicts[0].text().contains("went down 1.0 s into the run"), "{}", verdicts[0].text());
+}
+
+/// An interval in which the service accepted (`accepts`, none left open) and turned away
+/// `refused` connections with nothing open; `run`: what the tracker says it ended in.
+fn died_in_interval(accepts: u64, refused: u16, run: Option<DownRun>) -> (ServiceSample, Vec<FlowKey>) {
+    let sample = ServiceSample {
+        open_at_accept: Some(0),
+        open_at_turnaway: Some((0, 0)),
+        down: run,
+        ..handshakes(443, accepts + u64::from(refused), accepts)
+    };
+    (sample, (0..refused).map(|i| refusal(443, 43_000 + i)).collect())
+}
+
+#[test]
+fn a_service_that_dies_after_its_last_accept_within_the_interval_went_down_then() {
+    let run = DownRun { since_ms: 730, turnaways: 3 };
+    let (sample, flows) = died_in_interval(2, 3, Some(run));
+    let mut evidence = Evidence::new(64);
+    feed(&mut evidence, 0, &[sample], &flows);
+    for verdicts in [evidence.verdicts(), evidence.interval_verdicts()] {
+        assert_eq!(causes(&verdicts), [(Cause::WentDown, 443, 3)]);
+        assert_eq!(verdicts[0].connections, 3);
+        assert_eq!(verdicts[0].detail, Detail::Down { since_ms: 730, unanswered: 0 }, "the tracker's time");
+    }
+    // It stays down: the next interval's refusals add to it, since the same first refusal.
+    let still = DownRun { since_ms: 730, turnaways: 5 };
+    let down = ServiceSample { open_at_turnaway: Some((0, 0)), down: Some(still), ..handshakes(443, 2, 0) };
+    feed(&mut evidence, 1_000, &[down], &[refusal(443, 44_000), refusal(443, 44_001)]);
+    let verdicts = evidence.verdicts();
+    assert_eq!(causes(&verdicts), [(Cause::WentDown, 443, 5)]);
+    assert_eq!(verdicts[0].detail, Detail::Down { since_ms: 730, unanswered: 0 });
+    assert_eq!(causes(&evidence.interval_verdicts()), [(Cause::WentDown, 443, 2)]);
+}
+
+#[test]
+fn without_the_trackers_order_an_interval_with_accepts_and_refusals_gets_no_down_verdict() {
+    // The same counts with no run: the accepts may have come after the refusals (it came back).
+    let (sample, flows) = died_in_interval(2, 3, None);
+    let mut evidence = Evidence::new(64);
+    feed(&mut evidence, 0, &[sample], &flows);
+    assert_eq!(causes(&evidence.verdicts()), [], "no guess");
+}
+
+#[test]
+fn a_single_refusal_after_the_last_accept_went_down_and_earlier_ones_are_not_counted() {
+    let mut evidence = Evidence::new(64);
+    let (sample, flows) = died_in_interval(1, 1, Some(DownRun { since_ms: 10, turnaways: 1 }));
+    feed(&mut evidence, 0, &[sample], &flows);
+    assert_eq!(causes(&evidence.verdicts()), [(Cause::WentDown, 443, 1)]);
+    // Three refused in the interval, only the last after its last accept: one is the run's.
+    let mut evidence = Evidence::new(64);
+    let (sample, flows) = died_in_interval(2, 3, Some(DownRun { since_ms: 20, turnaways: 1 }));
+    feed(&mut evidence, 0, &[sample], &flows);
+    let verdicts = evidence.verdicts();
+    assert_eq!(causes(&verdicts), [(Cause::WentDown, 443, 1)]);
+    assert_eq!((verdicts[0].connections, verdicts[0].detail), (1, Detail::Down { since_ms: 20, unanswered: 0 }));
+}
+
+#[test]
+fn a_refusal_run_across_intervals_is_dated_by_the_tracker_and_ends_when_the_service_returns() {
+    let mut evidence = Evidence::new(64);
+    feed(&mut evidence, 0, &[handshakes(443, 2, 2)], &[]);
+    let run = DownRun { since_ms: 1_234, turnaways: 1 };
+    let down = ServiceSample { open_at_turnaway: Some((0, 0)), down: Some(run), ..handshakes(443, 1, 0) };
+    feed(&mut evidence, 1_000, &[down], &[refusal(443, 41_000)]);
+    let verdicts = evidence.verdicts();
+    assert_eq!(verdicts[0].detail, Detail::Down { since_ms: 1_234, unanswered: 0 }, "not the interval's start");
+    // Back within the next interval, after one more refusal: the run ended, no verdict.
+    let (back, flows) = died_in_interval(1, 1, None);
+    feed(&mut evidence, 2_000, &[back], &flows);
+    assert_eq!(causes(&evidence.verdicts()), []);
+}
+
+#[test]
+fn interfaces_that_disagree_on_whether_the_service_ended_down_give_no_verdict() {
+    let mut evidence = Evidence::new(64);
+    let (died, flows) = died_in_interval(1, 2, Some(DownRun { since_ms: 5, turnaways: 2 }));
+    let other = ServiceSample { ifindex: IFINDEX + 1, down: None, ..died };
+    feed(&mut evidence, 0, &[died, other], &flows);
+    assert_eq!(causes(&evidence.verdicts()), []);
+}
+
+#[test]
+fn a_limit_is_not_a_service_gone_down() {
+    // Turn-aways while connections are held start no run: the tracker says nothing.
+    let mut evidence = Evidence::new(64);
+    let full = ServiceSample { open_at_accept: Some(3), open_at_turnaway: Some((4, 4)), ..handshakes(443, 6, 4) };
+    feed(&mut evidence, 0, &[full], &[refusal(443, 42_000), refusal(443, 42_001)]);
+    assert_eq!(causes(&evidence.verdicts()), [(Cause::ConnectionLimit, 443, 2)]);
 }
 
 #[test]
@@ -307,4 +398,31 @@ fn cause_names_are_the_contract() {
         ["no_listener", "went_down", "connection_limit", "state_lost", "middlebox", "app_abort", "health_check"]
     );
     assert_eq!(Cause::ALL.iter().filter(|c| c.benign()).collect::<Vec<_>>(), [&Cause::HealthCheck]);
+}
+
+#[test]
+fn the_kernels_reason_corroborates_only_the_cause_of_the_resets_it_sent() {
+    let mut evidence = Evidence::new(64);
+    let refusals: Vec<FlowKey> = (0..3).map(|i| refusal(81, 40_000 + i)).collect();
+    let aborts: Vec<FlowKey> =
+        (0..2).map(|i| rst(ResetKind::Established, true, true, 82, 45_000 + i, (64, 64))).collect();
+    let flows: Vec<FlowKey> = refusals.iter().chain(&aborts).copied().collect();
+    feed(&mut evidence, 0, &[handshakes(81, 3, 0), handshakes(82, 2, 2)], &flows);
+    // This host's stack sent the refusals (two NO_SOCKET, one other) and one of the aborts.
+    let refused = refusals[0].flow_id();
+    evidence.stack_resets(&refused, true, ResetKind::Refused, true, "NO_SOCKET", 2);
+    evidence.stack_resets(&refused, true, ResetKind::Refused, true, "TCP_FLAGS", 1);
+    evidence.stack_resets(&aborts[0].flow_id(), true, ResetKind::Established, true, "TCP_ABORT_ON_CLOSE", 1);
+    // A client's RST to a SYN it did not send names no cause, so no reason either.
+    evidence.stack_resets(&refused, false, ResetKind::Refused, true, "NO_SOCKET", 1);
+    let verdicts = evidence.verdicts();
+    let reason = |port: u16| verdicts.iter().find(|v| v.service.port == port).and_then(|v| v.kernel_reason.clone());
+    assert_eq!(causes(&verdicts), [(Cause::NoListener, 81, 3), (Cause::AppAbort, 82, 2)]);
+    assert_eq!(reason(81).as_deref(), Some("NO_SOCKET"), "the most common");
+    assert_eq!(reason(82).as_deref(), Some("TCP_ABORT_ON_CLOSE"));
+    assert!(verdicts[0].text().ends_with("(this host's kernel: NO_SOCKET)"), "{}", verdicts[0].text());
+    // Without the stack's events (resets received, not sent), no reason.
+    let mut received = Evidence::new(64);
+    feed(&mut received, 0, &[handshakes(81, 3, 0)], &refusals);
+    assert_eq!(received.verdicts()[0].kernel_reason, None);
 }

@@ -8,6 +8,14 @@ fn plural(n: u64, one: &str, many: &str) -> String {
 }
 
 pub(super) fn sentence(verdict: &Verdict) -> String {
+    let mut text = cause_sentence(verdict);
+    if let Some(reason) = &verdict.kernel_reason {
+        text.push_str(&format!(" (this host's kernel: {reason})"));
+    }
+    text
+}
+
+fn cause_sentence(verdict: &Verdict) -> String {
     let service = endpoint(verdict.service.addr, verdict.service.port);
     let resets = verdict.resets;
     match (verdict.cause, verdict.detail) {

@@ -164,6 +164,9 @@ pub struct Host {
     pub role: Role,
     pub ns: Netns,
     pub iface: Iface,
+    /// The router's end of that veth (a port of the LAN bridge): the server side of the lab,
+    /// watched from one namespace.
+    pub port: Iface,
 }
 
 /// What one run of every scenario accounts for.
@@ -243,7 +246,7 @@ impl VerdictLab {
             iface.add_addr(role.addr6().into(), 64)?;
             ns.ip(["route", "add", "default", "via", &ROUTER_LAN.to_string()])?;
             ns.ip(["-6", "route", "add", "default", "via", &ROUTER6_LAN.to_string()])?;
-            hosts.push(Host { role, ns, iface });
+            hosts.push(Host { role, ns, iface, port });
         }
         sysctl(&router, "net.ipv4.ip_forward=1")?;
         sysctl(&router, "net.ipv6.conf.all.forwarding=1")?;
