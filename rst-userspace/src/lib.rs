@@ -16,6 +16,7 @@ pub mod loader;
 pub mod logsink;
 pub mod metrics;
 pub mod netlink;
+pub mod netns;
 pub mod output;
 pub mod replay;
 pub mod sys;

@@ -13,7 +13,7 @@ use anyhow::Context as _;
 
 use crate::{
     aggregate::{
-        model::{Interface, Interval, Run},
+        model::{Interface, Interval, PeerNetns, Run},
         Aggregator,
     },
     capture::{self, Capture},
@@ -105,7 +105,8 @@ impl LiveSession {
         let workloads = crate::workload::start(&mut ebpf, &offsets, &options.workloads);
         let attachments: Vec<Option<Attachment>> =
             loader::attach_all(&mut ebpf, options.hook, options.xdp_mode, targets)?.into_iter().map(Some).collect();
-        let interfaces: Vec<Interface> = attachments.iter().flatten().map(Interface::of).collect();
+        let interfaces: Vec<Interface> =
+            attachments.iter().flatten().map(|a| Interface::of(a, peer_netns(&a.iface, a.ifindex))).collect();
         let metrics = metrics.map(|(listener, runtime)| {
             let names: HashMap<u32, String> = interfaces.iter().map(|i| (i.ifindex, i.iface.clone())).collect();
             let metrics =
@@ -289,7 +290,7 @@ impl LiveSession {
             match loader::attach(&mut self.ebpf, self.options.hook, self.options.xdp_mode, name, ifindex) {
                 Ok(attachment) => {
                     tracing::info!("interface {name} is back (ifindex {ifindex})");
-                    self.aggregator.add_interface(Interface::of(&attachment));
+                    self.aggregator.add_interface(Interface::of(&attachment, peer_netns(name, ifindex)));
                     if let Some(capture) = &self.capture {
                         capture.add_interface(name, ifindex);
                     }
@@ -347,8 +348,10 @@ impl LiveSession {
             }
             match loader::attach(&mut self.ebpf, self.options.hook, self.options.xdp_mode, name, *ifindex) {
                 Ok(attachment) => {
-                    tracing::info!("interface {name} matches -i '{pattern}'");
-                    self.aggregator.add_interface(Interface::of(&attachment));
+                    let peer = peer_netns(name, *ifindex);
+                    let described = crate::netns::describe(peer.as_ref());
+                    tracing::info!("interface {name} matches -i '{pattern}'{described}");
+                    self.aggregator.add_interface(Interface::of(&attachment, peer));
                     if let Some(metrics) = &self.metrics {
                         metrics.add_interface(*ifindex, name);
                     }
@@ -363,6 +366,15 @@ impl LiveSession {
             }
         }
     }
+}
+
+/// The namespace of a just-attached interface's peer, looked up once: a failed lookup is said
+/// and leaves it unnamed.
+fn peer_netns(iface: &str, ifindex: u32) -> Option<PeerNetns> {
+    crate::netns::peer_of(ifindex, &crate::netns::Places::default()).unwrap_or_else(|error| {
+        tracing::warn!("interface {iface}: {:#}", anyhow::Error::new(error));
+        None
+    })
 }
 
 /// Binds the `--metrics` endpoint on `runtime` (before anything is loaded: a taken port fails

@@ -581,6 +581,7 @@ mod tests {
             iface: "veth9".into(),
             ifindex: 7,
             mode: AttachMode::Capture(crate::replay::link::Link::Ethernet),
+            peer_netns: None,
         }];
         let mut aggregator = Aggregator::new(interfaces, 10);
         let interval = aggregator.add(&sample, Duration::from_secs(1), SystemTime::now());

@@ -379,20 +379,38 @@ fn the_minimal_capability_set_names_workloads() -> Result<()> {
 }
 
 /// `-i` with a pattern: a veth created after the start that matches is attached and its resets
-/// reported under its name.
+/// reported under its name, with the namespace its peer is in named: the lab's name for it, the
+/// process running there (in a pod container's cgroup) and that container. The veth watched
+/// from the start is named too (its peer is the server's namespace, where nothing runs).
 #[test]
 fn a_pattern_picks_up_an_interface_created_after_the_start() -> Result<()> {
     let mut hosts = hosts()?;
+    let cgroups = Cgroups::new()?;
     let first = hosts.client_if.name.clone();
     // The lab names its pairs <tag><n>a / <tag><n>b: the next pair's client end matches this.
     let pattern = format!("{}1*", first.strip_suffix("0a").context("lab interface names end in 0a")?);
     let mut rw = watch(&hosts, &[], &["-i", &pattern])?;
     ensure!(!rw.stderr().contains("matches -i"), "nothing matched before the veth existed: {}", rw.stderr());
-    let (client, server) = (hosts.client.clone(), hosts.server.clone());
-    let (late_client, late_server) = hosts.lab.add_veth(&client, &server)?;
+    // The container's namespace, with its process running before its veth appears.
+    let container_ns = hosts.lab.add_ns("ctr")?;
+    let container = format!("5eed{}", std::process::id());
+    let scope = cgroups.make(&format!(
+        "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod77_{}.slice/cri-containerd-{container}.scope",
+        std::process::id()
+    ))?;
+    let sleeper = cgroups.hold(&scope, &["ip", "netns", "exec", container_ns.name(), "sleep", "30"])?;
+    let pid = sleeper.id();
+    wait_for_comm(pid, "sleep")?;
+    let client = hosts.client.clone();
+    let (late_client, late_server) = hosts.lab.add_veth(&client, &container_ns)?;
     late_client.add_addr("10.78.3.1".parse()?, 24)?;
     late_server.add_addr("10.78.3.2".parse()?, 24)?;
-    rw.wait_for_stderr(&format!("interface {} matches -i '{pattern}'", late_client.name), START_TIMEOUT)?;
+    let said = format!(
+        "interface {} matches -i '{pattern}' (peer in netns {}, pid {pid} sleep, container {container})",
+        late_client.name,
+        container_ns.name()
+    );
+    rw.wait_for_stderr(&said, START_TIMEOUT)?;
     let mut refused = Command::new("nsenter");
     refused.arg(format!("--net=/run/netns/{}", client.name())).args([
         "python3",
@@ -415,8 +433,38 @@ fn a_pattern_picks_up_an_interface_created_after_the_start() -> Result<()> {
         .filter_map(|f| f["resets"].as_u64())
         .sum();
     assert_eq!(on_late, 3, "flows: {}", summary["flows"]);
-    let interfaces: Vec<&str> =
-        summary["interfaces"].as_array().context("interfaces")?.iter().filter_map(|i| i["iface"].as_str()).collect();
-    assert!(interfaces.contains(&late_client.name.as_str()) && interfaces.contains(&first.as_str()), "{interfaces:?}");
+    let interfaces = summary["interfaces"].as_array().context("interfaces")?;
+    let record = |name: &str| interfaces.iter().find(|i| i["iface"] == name).cloned();
+    let late = record(&late_client.name).with_context(|| format!("{} not in {interfaces:?}", late_client.name))?;
+    let peer = &late["peer_netns"];
+    assert_eq!(
+        (&peer["name"], &peer["pid"], &peer["comm"], &peer["container"]),
+        (&Value::from(container_ns.name()), &Value::from(pid), &Value::from("sleep"), &Value::from(container.as_str())),
+        "{late}"
+    );
+    assert!(peer["nsid"].is_i64(), "{late}");
+    let watched = record(&first).with_context(|| format!("{first} not in {interfaces:?}"))?;
+    let server_peer = &watched["peer_netns"];
+    assert_eq!(
+        (&server_peer["name"], &server_peer["pid"]),
+        (&Value::from(hosts.server.name()), &Value::Null),
+        "{watched}"
+    );
+    assert_ne!(server_peer["nsid"], peer["nsid"], "{interfaces:?}");
+    drop(sleeper);
     Ok(())
+}
+
+/// Waits until process `pid` runs `comm` (`ip netns exec` has entered the namespace and
+/// exec'd it).
+fn wait_for_comm(pid: u32, comm: &str) -> Result<()> {
+    let deadline = std::time::Instant::now() + START_TIMEOUT;
+    loop {
+        let now = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if now.trim_end() == comm {
+            return Ok(());
+        }
+        ensure!(std::time::Instant::now() < deadline, "pid {pid} is {now:?}, not {comm}, after {START_TIMEOUT:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -124,16 +124,35 @@ pub struct Interface {
     pub iface: String,
     pub ifindex: u32,
     pub mode: AttachMode,
+    /// Where the other end of the link is, when it is in another network namespace (a veth's
+    /// peer in a container's).
+    pub peer_netns: Option<PeerNetns>,
 }
 
 impl Interface {
-    pub fn of(attachment: &crate::loader::Attachment) -> Self {
+    /// A live interface; its peer's namespace is looked up by the caller (once, on attach).
+    pub fn of(attachment: &crate::loader::Attachment, peer_netns: Option<PeerNetns>) -> Self {
         Interface {
             iface: attachment.iface.clone(),
             ifindex: attachment.ifindex,
             mode: AttachMode::Live(attachment.hook),
+            peer_netns,
         }
     }
+}
+
+/// The network namespace a link's peer is in, named as far as this host can tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerNetns {
+    /// The kernel's id of that namespace relative to ours (`IFLA_LINK_NETNSID`).
+    pub nsid: i32,
+    /// Its name under `/run/netns` (`ip netns`), if it has one.
+    pub name: Option<String>,
+    /// A process in it (the lowest pid) and its `comm`.
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    /// The container id in that process's cgroup path.
+    pub container: Option<String>,
 }
 
 /// RSTs by [`ResetKind`]: one slot per kind, so a new kind needs no new field anywhere.

@@ -10,8 +10,8 @@ use crate::aggregate::{
     diagnosis,
     model::{
         AttachMode, CaptureSummary, CountingMode, Destination, Direction, Family, Flow, Interface, Interval,
-        KernelEvents, KindCounts, Middlebox, Origin, Pod, Process, Run, Service, Side, Source, Totals, Unlisted,
-        Verdict, Workload, WorkloadResets,
+        KernelEvents, KindCounts, Middlebox, Origin, PeerNetns, Pod, Process, Run, Service, Side, Source, Totals,
+        Unlisted, Verdict, Workload, WorkloadResets,
     },
 };
 use crate::verdict::Detail;
@@ -25,12 +25,41 @@ pub struct InterfaceRecord<'a> {
     iface: &'a str,
     ifindex: u32,
     mode: AttachMode,
+    peer_netns: Option<PeerNetnsRecord<'a>>,
 }
 
 impl<'a> From<&'a Interface> for InterfaceRecord<'a> {
     fn from(interface: &'a Interface) -> Self {
-        let Interface { iface, ifindex, mode } = interface;
-        InterfaceRecord { iface, ifindex: *ifindex, mode: *mode }
+        let Interface { iface, ifindex, mode, peer_netns } = interface;
+        InterfaceRecord {
+            iface,
+            ifindex: *ifindex,
+            mode: *mode,
+            peer_netns: peer_netns.as_ref().map(PeerNetnsRecord::from),
+        }
+    }
+}
+
+/// An interface's `peer_netns`: `{nsid, name, pid, comm, container}`.
+#[derive(Serialize)]
+pub struct PeerNetnsRecord<'a> {
+    nsid: i32,
+    name: Option<&'a str>,
+    pid: Option<u32>,
+    comm: Option<&'a str>,
+    container: Option<&'a str>,
+}
+
+impl<'a> From<&'a PeerNetns> for PeerNetnsRecord<'a> {
+    fn from(peer: &'a PeerNetns) -> Self {
+        let PeerNetns { nsid, name, pid, comm, container } = peer;
+        PeerNetnsRecord {
+            nsid: *nsid,
+            name: name.as_deref(),
+            pid: *pid,
+            comm: comm.as_deref(),
+            container: container.as_deref(),
+        }
     }
 }
 

@@ -240,7 +240,12 @@ impl<W: Write> Replay<W> {
         if let Some(name) = &interface.name {
             self.by_name.insert((name.clone(), link), ifindex);
         }
-        self.aggregator.add_interface(model::Interface { iface, ifindex, mode: AttachMode::Capture(link) });
+        self.aggregator.add_interface(model::Interface {
+            iface,
+            ifindex,
+            mode: AttachMode::Capture(link),
+            peer_netns: None,
+        });
         Slot::Supported { link, ifindex }
     }
 

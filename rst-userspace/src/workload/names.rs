@@ -49,6 +49,13 @@ fn container_id(part: &str) -> String {
     SCOPE_PREFIXES.iter().find_map(|prefix| scope.strip_prefix(prefix)).unwrap_or(scope).to_owned()
 }
 
+/// The id of a container runtime's scope (`docker-<id>.scope`, `cri-containerd-<id>.scope`…) at
+/// the end of a cgroup path: a container outside Kubernetes, which [`path_names`] leaves out.
+pub fn scope_container(path: &str) -> Option<String> {
+    let scope = path.rsplit('/').next()?.strip_suffix(".scope")?;
+    SCOPE_PREFIXES.iter().find_map(|prefix| scope.strip_prefix(prefix)).filter(|id| !id.is_empty()).map(str::to_owned)
+}
+
 /// The pod of `uid` from the kubelet's log directories (`<namespace>_<name>_<uid>`: neither a
 /// namespace nor a pod name may hold `_`); without one, the uid alone.
 pub fn pod(uid: &str, log_dirs: impl IntoIterator<Item = String>) -> Pod {
@@ -115,6 +122,15 @@ mod tests {
         assert_eq!((guaranteed.pod_uid.as_deref(), guaranteed.container.as_deref()), (Some("55"), Some("99")));
         // Outside kubepods a `pod…` directory is nobody's pod.
         assert_eq!(path_names("/system.slice/podman.service").pod_uid, None);
+    }
+
+    #[test]
+    fn a_runtime_scope_outside_kubernetes_names_its_container() {
+        assert_eq!(scope_container("/system.slice/docker-ff01.scope").as_deref(), Some("ff01"));
+        assert_eq!(scope_container("/machine.slice/crio-77.scope").as_deref(), Some("77"));
+        assert_eq!(scope_container("/user.slice/session-3.scope"), None);
+        assert_eq!(scope_container("/system.slice/docker-.scope"), None);
+        assert_eq!(scope_container("/system.slice/docker.service"), None);
     }
 
     #[test]
