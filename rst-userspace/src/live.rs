@@ -352,6 +352,9 @@ impl LiveSession {
                     let described = crate::netns::describe(peer.as_ref());
                     tracing::info!("interface {name} matches -i '{pattern}'{described}");
                     self.aggregator.add_interface(Interface::of(&attachment, peer));
+                    if let Some(capture) = &self.capture {
+                        capture.add_interface(name, *ifindex);
+                    }
                     if let Some(metrics) = &self.metrics {
                         metrics.add_interface(*ifindex, name);
                     }
