@@ -7,6 +7,8 @@ use anyhow::Context as _;
 use aya::{programs::TracePoint, Ebpf};
 use rst_common::wire::PROG_SEND_RESET;
 
+use crate::tracefs;
+
 /// Where `tcp:tcp_send_reset` keeps the fields rstwatch reads, from its format file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SendResetFormat {
@@ -15,18 +17,13 @@ pub struct SendResetFormat {
     pub daddr: u32,
 }
 
-const TRACEFS_MOUNTS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
-
 impl SendResetFormat {
     /// # Errors
     /// A one-line reason when tracefs is not mounted or the tracepoint (or its `reason`
     /// field, before Linux 6.10) does not exist.
     pub fn read() -> Result<SendResetFormat, String> {
-        let Some(format) = TRACEFS_MOUNTS
-            .iter()
-            .find_map(|mount| std::fs::read_to_string(format!("{mount}/events/tcp/tcp_send_reset/format")).ok())
-        else {
-            let mounted = TRACEFS_MOUNTS.iter().any(|mount| std::path::Path::new(mount).join("events").exists());
+        let Ok(format) = tracefs::tcp_format("tcp_send_reset") else {
+            let mounted = tracefs::MOUNTS.iter().any(|mount| std::path::Path::new(mount).join("events").exists());
             return Err(if mounted {
                 "this kernel has no tcp:tcp_send_reset tracepoint".to_owned()
             } else {
@@ -38,33 +35,15 @@ impl SendResetFormat {
 
     /// Parses a tracepoint format file: `field:<type> <name>[<n>];\toffset:<o>;\tsize:<s>;…`.
     pub fn parse(format: &str) -> Result<SendResetFormat, String> {
-        let field = |wanted: &str, size: u32| -> Result<u32, String> {
-            for line in format.lines() {
-                let mut parts = line.trim().split(';').map(str::trim);
-                let Some(declaration) = parts.next().and_then(|d| d.strip_prefix("field:")) else {
-                    continue;
-                };
-                // `__u8 saddr[28]`, or on older kernels `saddr[sizeof(struct sockaddr_in6)]`.
-                let name = declaration.split('[').next().unwrap_or_default();
-                let name = name.rsplit(' ').next().unwrap_or_default();
-                if name != wanted {
-                    continue;
+        let field = |wanted: &str, size: u32| {
+            tracefs::field(format, wanted, size).map_err(|error| match error {
+                tracefs::FieldError::Size => {
+                    format!("tcp:tcp_send_reset field {wanted} is not {size} bytes on this kernel")
                 }
-                let mut offset = None;
-                let mut actual_size = None;
-                for part in parts {
-                    if let Some(value) = part.strip_prefix("offset:") {
-                        offset = value.parse::<u32>().ok();
-                    } else if let Some(value) = part.strip_prefix("size:") {
-                        actual_size = value.parse::<u32>().ok();
-                    }
+                tracefs::FieldError::Missing => {
+                    format!("tcp:tcp_send_reset has no {wanted} field on this kernel (Linux 6.10 added the reason)")
                 }
-                return match (offset, actual_size) {
-                    (Some(offset), Some(actual)) if actual == size => Ok(offset),
-                    _ => Err(format!("tcp:tcp_send_reset field {wanted} is not {size} bytes on this kernel")),
-                };
-            }
-            Err(format!("tcp:tcp_send_reset has no {wanted} field on this kernel (Linux 6.10 added the reason)"))
+            })
         };
         Ok(SendResetFormat { reason: field("reason", 4)?, saddr: field("saddr", 28)?, daddr: field("daddr", 28)? })
     }
@@ -89,9 +68,8 @@ pub fn warn_kernel_events(status: &Result<(), String>) {
 /// `enum sk_rst_reason` names from the tracepoint's print format (they change between kernel
 /// versions), or Linux 6.18's list when the format cannot be read.
 pub fn reset_reason_names() -> Vec<String> {
-    TRACEFS_MOUNTS
-        .iter()
-        .find_map(|mount| std::fs::read_to_string(format!("{mount}/events/tcp/tcp_send_reset/format")).ok())
+    tracefs::tcp_format("tcp_send_reset")
+        .ok()
         .and_then(|format| parse_reason_names(&format))
         .unwrap_or_else(|| LINUX_6_18_RESET_REASONS.iter().map(|name| (*name).to_owned()).collect())
 }

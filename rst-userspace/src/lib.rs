@@ -21,6 +21,7 @@ pub mod output;
 pub mod replay;
 pub mod sys;
 pub mod testrun;
+pub mod tracefs;
 pub mod tui;
 pub mod verdict;
 pub mod view;

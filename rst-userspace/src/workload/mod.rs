@@ -62,54 +62,33 @@ pub struct ReceiveFormat {
     pub daddr_v6: u32,
 }
 
-const TRACEFS_MOUNTS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
-
 fn read_format(event: &'static str) -> Result<String, Error> {
-    let mut denied = false;
-    for mount in TRACEFS_MOUNTS {
-        match std::fs::read_to_string(format!("{mount}/events/tcp/{event}/format")) {
-            Ok(format) => return Ok(format),
-            Err(error) => denied |= error.kind() == std::io::ErrorKind::PermissionDenied,
-        }
-    }
-    Err(Error::Format(
-        event,
-        if denied {
-            // tracefs is root's, mode 0700: CAP_BPF and CAP_PERFMON do not open it.
-            "tracefs is not readable by this user: run as uid 0 (with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON \
-             only, as in a container), or grant CAP_DAC_READ_SEARCH"
-                .into()
-        } else {
-            "no format file (is tracefs mounted at /sys/kernel/tracing?)".into()
-        },
-    ))
+    crate::tracefs::tcp_format(event).map_err(|crate::tracefs::NoFormat { denied }| {
+        Error::Format(
+            event,
+            if denied {
+                // tracefs is root's, mode 0700: CAP_BPF and CAP_PERFMON do not open it.
+                "tracefs is not readable by this user: run as uid 0 (with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON \
+                 only, as in a container), or grant CAP_DAC_READ_SEARCH"
+                    .into()
+            } else {
+                "no format file (is tracefs mounted at /sys/kernel/tracing?)".into()
+            },
+        )
+    })
 }
 
 /// The offset of field `name` (of `size` bytes) in a tracepoint format file.
 pub fn field(event: &'static str, format: &str, name: &str, size: u32) -> Result<u32, Error> {
-    for line in format.lines() {
-        let mut parts = line.trim().split(';').map(str::trim);
-        let Some(declaration) = parts.next().and_then(|d| d.strip_prefix("field:")) else {
-            continue;
-        };
-        let declared = declaration.split('[').next().unwrap_or_default().rsplit(' ').next().unwrap_or_default();
-        if declared != name {
-            continue;
-        }
-        let (mut offset, mut actual) = (None, None);
-        for part in parts {
-            if let Some(value) = part.strip_prefix("offset:") {
-                offset = value.parse::<u32>().ok();
-            } else if let Some(value) = part.strip_prefix("size:") {
-                actual = value.parse::<u32>().ok();
-            }
-        }
-        return match (offset, actual) {
-            (Some(offset), Some(actual)) if actual == size => Ok(offset),
-            _ => Err(Error::Format(event, format!("field {name} is not {size} bytes"))),
-        };
-    }
-    Err(Error::Format(event, format!("no field {name}")))
+    crate::tracefs::field(format, name, size).map_err(|error| {
+        Error::Format(
+            event,
+            match error {
+                crate::tracefs::FieldError::Size => format!("field {name} is not {size} bytes"),
+                crate::tracefs::FieldError::Missing => format!("no field {name}"),
+            },
+        )
+    })
 }
 
 impl Offsets {
