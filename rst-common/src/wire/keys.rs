@@ -207,7 +207,7 @@ pub const fn word(bytes: [u8; 4]) -> u32 {
 }
 
 #[inline(always)]
-const fn ports_word(a: u16, b: u16) -> u32 {
+pub(crate) const fn ports_word(a: u16, b: u16) -> u32 {
     let (a, b) = (a.to_ne_bytes(), b.to_ne_bytes());
     word([a[0], a[1], b[0], b[1]])
 }

@@ -2,7 +2,7 @@
 //! (the `tcp:tcp_send_reset` and `tcp:tcp_receive_reset` tracepoints): the key the kernel
 //! counts them under, joined to flows in userspace by 4-tuple and direction.
 
-use super::keys::word;
+use super::keys::{ports_word, word};
 
 /// No socket sent it: the stack answered for nobody (closed port, unknown connection), or only
 /// the kernel's remains of a connection (TIME_WAIT, a pending request) were there.
@@ -40,7 +40,6 @@ impl WorkloadKey {
         direction: u8,
         origin: u8,
     ) -> Self {
-        let (s, d) = (sport.to_ne_bytes(), dport.to_ne_bytes());
         let words = [
             0,
             0,
@@ -52,7 +51,7 @@ impl WorkloadKey {
             dst[1],
             dst[2],
             dst[3],
-            word([s[0], s[1], d[0], d[1]]),
+            ports_word(sport, dport),
             word([family, direction, origin, 0]),
         ];
         // SAFETY: WorkloadKey is repr(C), 48 bytes without implicit padding (asserted below).
