@@ -107,7 +107,7 @@ fn change(service: ServiceKey, event: ServiceEvent) -> ServiceChange {
 /// Updates connection state with one event from [`crate::count`] and says what to count.
 #[inline(always)]
 pub fn track<T: ConnTable + ?Sized>(conns: &mut T, event: &TcpEvent) -> Tracked {
-    let TcpEvent { key, flags, seq, ack } = *event;
+    let TcpEvent { key, flags, seq, ack, payload_at: _, payload_len: _ } = *event;
     let (conn, sender_is_lo) = key.connection();
     if flags & TCP_RST != 0 {
         let (key, service) = classify(conns, &conn, sender_is_lo, event);
@@ -201,7 +201,7 @@ fn classify<T: ConnTable + ?Sized>(
     sender_is_lo: bool,
     event: &TcpEvent,
 ) -> (FlowKey, Option<ServiceChange>) {
-    let TcpEvent { key, flags, seq, ack } = *event;
+    let TcpEvent { key, flags, seq, ack, payload_at: _, payload_len: _ } = *event;
     let ack_set = flags & TCP_ACK != 0;
     let inferred = if ack_set && seq == 0 { ResetKind::Refused } else { ResetKind::Established };
     let mut class = None;

@@ -264,6 +264,11 @@ pub struct TcpEvent {
     pub flags: u8,
     pub seq: u32,
     pub ack: u32,
+    /// An RST's payload: where it starts in the frame and how long the IP header says it is
+    /// (see [`tcp_payload`]); both 0 for a bare RST and for every other event, whose payload
+    /// nothing reads.
+    pub payload_at: u16,
+    pub payload_len: u16,
 }
 
 /// Reads the [`TcpEvent`] of a segment the walk found.
@@ -295,7 +300,21 @@ pub fn tcp_event<C: Cursor + ?Sized>(frame: &C, segment: &Segment, direction: u8
         flags: tcp.flags,
         seq: u32::from_be_bytes(tcp.seq),
         ack: u32::from_be_bytes(tcp.ack),
+        payload_at: 0,
+        payload_len: 0,
     })
+}
+
+/// `event` with its payload's place, for an RST: only resets read it, so only they pay the
+/// second look at the headers. Offsets beyond a u16 (no frame has them) read as no payload.
+#[inline(always)]
+fn with_payload<C: Cursor + ?Sized>(frame: &C, segment: &Segment, event: TcpEvent) -> TcpEvent {
+    match tcp_payload(frame, segment) {
+        Some((at, len)) if len != 0 && at <= usize::from(u16::MAX) && len <= usize::from(u16::MAX) => {
+            TcpEvent { payload_at: at as u16, payload_len: len as u16, ..event }
+        }
+        _ => event,
+    }
 }
 
 /// What one frame means to rstwatch's counters.
@@ -338,7 +357,7 @@ fn observe<C: Cursor + ?Sized>(frame: &C, walked: Walk, direction: u8, ifindex: 
     match walked {
         Walk::Tcp(segment) if segment.flags & (TCP_RST | TCP_SYN | TCP_FIN) != 0 => {
             match tcp_event(frame, &segment, direction, ifindex()) {
-                Some(event) if segment.flags & TCP_RST != 0 => Observation::Reset(event),
+                Some(event) if segment.flags & TCP_RST != 0 => Observation::Reset(with_payload(frame, &segment, event)),
                 Some(event) => Observation::Control(event),
                 None => Observation::Malformed,
             }

@@ -353,7 +353,15 @@ impl FrameBuilder {
         let Transport::Tcp(tcp) = &self.transport else {
             panic!("not a TCP frame: {:?}", self.transport);
         };
-        TcpEvent { key: self.flow_key(ifindex), flags: tcp.flags, seq: tcp.seq, ack: tcp.ack }
+        // Only an RST's payload is located (see `rst_common::parse::TcpEvent`); it ends the
+        // frame, which the builder does not pad.
+        let (payload_at, payload_len) = if tcp.flags & TCP_RST != 0 && !tcp.payload.is_empty() {
+            let at = self.build().bytes.len() - tcp.payload.len();
+            (u16::try_from(at).expect("a frame under 64 KiB"), u16::try_from(tcp.payload.len()).expect("under 64 KiB"))
+        } else {
+            (0, 0)
+        };
+        TcpEvent { key: self.flow_key(ifindex), flags: tcp.flags, seq: tcp.seq, ack: tcp.ack, payload_at, payload_len }
     }
 
     /// Sets the IPv4 TTL or IPv6 hop limit.

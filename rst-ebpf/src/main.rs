@@ -47,6 +47,8 @@ use rst_common::{
 
 mod service_down;
 
+mod payload;
+
 /// Two flow tables (the halves of one array, see [`rst_common::table`]) and two reset-counter
 /// slots used in turn: the program writes to half `EPOCH` and `RESET_COUNTERS[EPOCH]` while
 /// userspace drains the other pair. Userspace flips `EPOCH` and waits for an RCU grace period
@@ -348,7 +350,7 @@ pub fn rstwatch_tc_next(_ctx: TcContext) -> i32 {
 }
 
 #[inline(always)]
-fn count_frame<const ATOMIC: bool, const CAPTURE: bool, C: Cursor, S: capture::Source>(
+fn count_frame<const ATOMIC: bool, const CAPTURE: bool, C: Cursor, S: capture::Source + payload::Bytes>(
     frame: &C,
     source: &S,
     direction: u8,
@@ -363,6 +365,10 @@ fn count_frame<const ATOMIC: bool, const CAPTURE: bool, C: Cursor, S: capture::S
         return;
     };
     if event.flags & TCP_RST != 0 {
+        if event.payload_len != 0 {
+            let request = payload::request(event.key.direction, event.payload_at, event.payload_len);
+            payload::hand_over::<ATOMIC, _>(source, request);
+        }
         count_reset::<ATOMIC, CAPTURE, _>(event, source);
         return;
     }

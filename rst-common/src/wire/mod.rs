@@ -13,6 +13,7 @@ mod defaults;
 mod hash;
 mod keys;
 pub mod names;
+mod payload;
 mod values;
 mod workload;
 
@@ -31,6 +32,7 @@ pub use keys::{
     FAMILY_IPV4, FAMILY_IPV6, IPPROTO_TCP,
 };
 pub use names::*;
+pub use payload::{PayloadCounters, PayloadRecord, PAYLOAD_FRAME_BYTES, PAYLOAD_RING_BYTES, RST_PAYLOAD_BYTES};
 pub use values::{
     accept_bits, accept_from_bits, down_after_accept, down_after_turnaway, down_in_run, merge_accept, merge_turnaway,
     turnaway_bits, turnaway_from_bits, CacheSlot, ConnState, DownRun, FlowValue, LoggedFlow, OpenValue, ServiceCounts,

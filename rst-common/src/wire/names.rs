@@ -72,6 +72,12 @@ pub const MAP_CAPTURE_RING: &str = "CAPTURE_RING";
 pub const MAP_CAPTURE_COUNTERS: &str = "CAPTURE_COUNTERS";
 /// The shared per-second budget window ([`crate::wire::CaptureBudget`]).
 pub const MAP_CAPTURE_BUDGET: &str = "CAPTURE_BUDGET";
+/// The BPF ring buffer of [`crate::wire::PayloadRecord`]s: every counting program hands over
+/// the payload of each RST that has one.
+pub const MAP_PAYLOAD_RING: &str = "PAYLOAD_RING";
+/// Per CPU, what the counting programs handed over of RST payloads and what they could not
+/// ([`crate::wire::PayloadCounters`]).
+pub const MAP_PAYLOAD_COUNTERS: &str = "PAYLOAD_COUNTERS";
 /// Globals the loader sets for the capture programs: RSTs per second, bytes per frame, and
 /// whether SYN / SYN+ACK segments go to the ring too (0 or 1).
 pub const GLOBAL_CAPTURE_BUDGET: &str = "CAPTURE_BUDGET_PER_SECOND";
@@ -157,7 +163,7 @@ pub enum ProgramKind {
 
 /// Every map of the object and its kind, the `.bss` data map included: a map added to the
 /// object is added here, and the contract test holds the object to exactly this list.
-pub const MAPS: [(&str, MapKind); 23] = [
+pub const MAPS: [(&str, MapKind); 25] = [
     (MAP_FLOW_TABLE, MapKind::Array),
     (MAP_FLOW_BLOCKS, MapKind::Array),
     (MAP_OVERFLOW_SOURCES[0], MapKind::Hash),
@@ -180,6 +186,8 @@ pub const MAPS: [(&str, MapKind); 23] = [
     (MAP_CAPTURE_RING, MapKind::RingBuf),
     (MAP_CAPTURE_COUNTERS, MapKind::PerCpuArray),
     (MAP_CAPTURE_BUDGET, MapKind::Array),
+    (MAP_PAYLOAD_RING, MapKind::RingBuf),
+    (MAP_PAYLOAD_COUNTERS, MapKind::PerCpuArray),
     // The loader's overrides of the globals below, a map aya makes from the section.
     (".rodata", MapKind::Array),
 ];

@@ -1,0 +1,154 @@
+//! RST payloads in every counting program: the first bytes of an RST that carries data (the
+//! text some devices put in a reset) go to userspace through a small ring buffer of their own,
+//! which it drains each interval into the flow record's `rst_payload`. Only an RST whose IP
+//! length leaves room for data calls in here; bare RSTs and all other traffic never do.
+//!
+//! Minimum kernel: 5.18 (`bpf_xdp_load_bytes`; the ring buffer 5.8).
+
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
+
+use aya_ebpf::{
+    helpers::{bpf_skb_load_bytes, bpf_xdp_get_buff_len, bpf_xdp_load_bytes},
+    macros::map,
+    maps::{PerCpuArray, RingBuf},
+    programs::{TcContext, XdpContext},
+};
+use rst_common::wire::{PayloadCounters, PayloadRecord, PAYLOAD_FRAME_BYTES, PAYLOAD_RING_BYTES, RST_PAYLOAD_BYTES};
+
+/// Userspace drains the ring once per interval, so no submit schedules a wake-up.
+const BPF_RB_NO_WAKEUP: u64 = 1;
+
+#[map]
+static PAYLOAD_RING: RingBuf = RingBuf::with_byte_size(PAYLOAD_RING_BYTES, 0);
+/// Cumulative, never flipped: userspace reads it each interval and says what was lost.
+#[map]
+static PAYLOAD_COUNTERS: PerCpuArray<PayloadCounters> = PerCpuArray::with_max_entries(1, 0);
+
+/// Where a program's frame bytes come from: the whole frame (all XDP buffers, the whole skb),
+/// so a payload beyond the directly readable part is read too.
+pub trait Bytes {
+    /// The interface, as the flow key has it (read again rather than handed over: see
+    /// [`hand_over`]).
+    fn ifindex(&self) -> u32;
+    fn bytes_on_wire(&self) -> u32;
+    /// Copies the frame's first `len` bytes (1 ..= [`PAYLOAD_FRAME_BYTES`]) to `dst`.
+    fn load(&self, dst: *mut u8, len: u32) -> bool;
+}
+
+impl Bytes for XdpContext {
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        self.ingress_ifindex() as u32
+    }
+
+    #[inline(always)]
+    fn bytes_on_wire(&self) -> u32 {
+        // SAFETY: the helper reads the context the kernel passed to this run.
+        unsafe { bpf_xdp_get_buff_len(self.ctx) as u32 }
+    }
+
+    #[inline(always)]
+    fn load(&self, dst: *mut u8, len: u32) -> bool {
+        // SAFETY: `dst` holds `len` writable bytes (a ring record's data), checked by the
+        // verifier; the helper checks `len` against the frame.
+        unsafe { bpf_xdp_load_bytes(self.ctx, 0, dst.cast(), len) == 0 }
+    }
+}
+
+impl Bytes for TcContext {
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        // SAFETY: `skb` is the context pointer the kernel passed to this program run.
+        unsafe { (*self.skb.skb).ifindex }
+    }
+
+    #[inline(always)]
+    fn bytes_on_wire(&self) -> u32 {
+        // SAFETY: `skb` is the context pointer the kernel passed to this program run.
+        unsafe { (*self.skb.skb).len }
+    }
+
+    #[inline(always)]
+    fn load(&self, dst: *mut u8, len: u32) -> bool {
+        // SAFETY: as for XDP.
+        unsafe { bpf_skb_load_bytes(self.skb.skb.cast(), 0, dst.cast(), len) == 0 }
+    }
+}
+
+/// What [`hand_over`] is asked for, in one register: the frame bytes a record of an RST with a
+/// payload wants (its headers and the payload's first [`RST_PAYLOAD_BYTES`], from `payload_at`
+/// and `payload_len` of the [`rst_common::parse::TcpEvent`]; below 2^17) and, above bit 24,
+/// the direction.
+#[inline(always)]
+pub fn request(direction: u8, payload_at: u16, payload_len: u16) -> u32 {
+    let wanted = u32::from(payload_at) + u32::from(payload_len).min(RST_PAYLOAD_BYTES as u32);
+    wanted | u32::from(direction) << 24
+}
+
+/// Hands one counted RST with a payload to the ring — or counts why not: the frame's first
+/// bytes, as many as the [`request`] wants. Each call adds exactly one to one of the
+/// [`PayloadCounters`]; counting never depends on it.
+///
+/// Out of line (a BPF-to-BPF call with a frame of its own, only for RSTs with data), and given
+/// what fits BPF's callee-saved registers across each helper call (one packed request, the
+/// interface read again when the record is written): the default programs' frames are 496
+/// bytes, and with this one's 16 (its map key, nothing spilled) the chain is at the verifier's
+/// 512-byte limit. An inlined copy, a flow key handed over, or one more argument spilled took
+/// them past it.
+#[inline(never)]
+pub fn hand_over<const ATOMIC: bool, S: Bytes>(source: &S, request: u32) {
+    let outcome = send(source, request);
+    let Some(counters) = PAYLOAD_COUNTERS.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: a live per-CPU slot, for each field.
+    let counter = unsafe {
+        match outcome {
+            Sent::Yes => &raw mut (*counters).sent,
+            Sent::RingFull => &raw mut (*counters).ring_full,
+            Sent::Unreadable => &raw mut (*counters).unreadable,
+        }
+    };
+    if ATOMIC {
+        // SAFETY: a live per-CPU slot; every writer adds atomically in this mode.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, 1) };
+    } else {
+        // SAFETY: this CPU's slot; programs on one CPU do not interleave (see `add_local`).
+        unsafe { *counter += 1 };
+    }
+}
+
+enum Sent {
+    Yes,
+    RingFull,
+    Unreadable,
+}
+
+/// The record takes as much of what the request wants as the frame holds (the IP length may
+/// claim more than arrived) and the record has room for.
+#[inline(always)]
+fn send<S: Bytes>(source: &S, request: u32) -> Sent {
+    // At least 1 by a clamp on `len` itself, not by a test: LLVM answered `len == 0` with a test
+    // of the frame's length, which leaves the verifier without a lower bound on `len`. A frame
+    // of length 0 (none reaches a program) fails the load below instead.
+    let len = (request & 0x00ff_ffff).min(source.bytes_on_wire()).clamp(1, PAYLOAD_FRAME_BYTES as u32);
+    let Some(mut entry) = PAYLOAD_RING.reserve::<PayloadRecord>(0) else {
+        return Sent::RingFull;
+    };
+    let record = entry.as_mut_ptr();
+    // SAFETY: `record` is the reserved, writable record; only plain fields are written, and
+    // `data` is filled by the helper below.
+    unsafe {
+        (*record).ifindex = source.ifindex();
+        (*record).captured = len as u16;
+        (*record).direction = (request >> 24) as u8;
+        (*record)._pad = 0;
+    }
+    // SAFETY: as above; `len` is at most the array's size.
+    if !source.load(unsafe { (&raw mut (*record).data).cast::<u8>() }, len) {
+        entry.discard(BPF_RB_NO_WAKEUP);
+        return Sent::Unreadable;
+    }
+    entry.submit(BPF_RB_NO_WAKEUP);
+    Sent::Yes
+}
