@@ -6,7 +6,8 @@ use crate::{
     table::FlowSlot,
     wire::{
         CacheSlot, CaptureBudget, CaptureCounters, ConnKey, ConnState, Counters, FlowKey, FlowValue, LoggedFlow,
-        ResetCounters, ServiceKey, ServiceValue, SourceKey, StackResetKey, TrafficCounters, WorkloadKey, FAMILY_IPV4,
+        PayloadCounters, ResetCounters, ServiceKey, ServiceValue, SourceKey, StackResetKey, TrafficCounters,
+        WorkloadKey, FAMILY_IPV4,
     },
 };
 
@@ -44,6 +45,8 @@ unsafe impl aya::Pod for WorkloadKey {}
 unsafe impl aya::Pod for CaptureCounters {}
 // SAFETY: as above.
 unsafe impl aya::Pod for CaptureBudget {}
+// SAFETY: as above.
+unsafe impl aya::Pod for PayloadCounters {}
 
 impl FlowKey {
     pub fn src_ip(&self) -> IpAddr {

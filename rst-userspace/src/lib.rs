@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod netlink;
 pub mod netns;
 pub mod output;
+pub mod payloads;
 pub mod replay;
 pub mod sys;
 pub mod testrun;

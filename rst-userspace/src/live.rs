@@ -21,6 +21,7 @@ use crate::{
     collector::{Collector, Sample},
     loader::{self, Attachment, HookChoice},
     metrics::{self, Metrics},
+    payloads::Payloads,
 };
 
 /// What a live run is sized by.
@@ -67,6 +68,8 @@ pub struct LiveSession {
     interval_start: Instant,
     /// `--capture`: the thread writing the file.
     capture: Option<Capture>,
+    /// The RST payloads the counting programs hand over.
+    payloads: Payloads,
 }
 
 impl LiveSession {
@@ -95,6 +98,7 @@ impl LiveSession {
         let mut ebpf = loader::load_with(settings.max_flows, options.counting, workloads_on, capture_load)?;
         let counting = ebpf.counting();
         let collector = Collector::new(&mut ebpf)?;
+        let payloads = Payloads::open(&mut ebpf)?;
         let capture = match (capture_files, &options.capture) {
             (Some(files), Some(capture_options)) => Some(Capture::start(&mut ebpf, files, capture_options, targets)?),
             _ => None,
@@ -140,6 +144,7 @@ impl LiveSession {
             metrics,
             interval_start: Instant::now(),
             capture,
+            payloads,
         };
         session.follow_patterns();
         session.set_tracker_origin();
@@ -188,8 +193,9 @@ impl LiveSession {
             Ranking::TopN => self.aggregator.add(sample, elapsed, SystemTime::now()),
             Ranking::Skip => self.aggregator.fold(sample, elapsed, SystemTime::now()),
         };
+        // After the fold: the flows they belong to are in the run now.
+        self.payloads.drain(&mut self.aggregator);
         if let Some(capture) = &self.capture {
-            // After the fold: the flows they belong to are in the run now.
             for (id, (bytes, len)) in capture.take_payloads() {
                 self.aggregator.rst_payload(&id, &bytes, len);
             }

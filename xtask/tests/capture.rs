@@ -456,3 +456,62 @@ s.sendto(ip + tcp, (dst, 0))
     assert!(table.contains(r#"payload "policy deny\x00""#), "{table}");
     Ok(())
 }
+
+/// Sends one RST+ACK with `text` as its payload from `sport`, through a raw socket on the
+/// client (IPPROTO_RAW: the kernel fills in the IP checksum and sends the segment as written).
+fn send_rst_with_payload(hosts: &TwoHosts, sport: u16) -> Result<()> {
+    let script = format!(
+        r#"
+import socket, struct
+src, dst, text = "10.79.1.2", "10.79.2.2", b"policy deny\x00"
+tcp = struct.pack("!HHIIBBHHH", {sport}, 80, 1000, 2000, 5 << 4, 0x14, 0, 0, 0) + text
+ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 1, 0, 64, 6, 0, socket.inet_aton(src), socket.inet_aton(dst))
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+s.sendto(ip + tcp, (dst, 0))
+"#
+    );
+    let mut python = hosts.client.exec("python3");
+    python.args(["-c", &script]);
+    let sent = Proc::spawn(&mut python)?.finish(Duration::from_secs(30))?;
+    ensure!(sent.status.success(), "the raw socket failed: {}", sent.stderr);
+    Ok(())
+}
+
+/// The same RST without `--capture`: the default programs hand its payload over through
+/// `PAYLOAD_RING`, so the JSON flow record (XDP) and the table (TC ingress) show the text.
+#[test]
+fn an_rst_with_a_payload_shows_its_text_without_capture_too() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    ensure!(unsafe { libc::geteuid() } == 0, "this test needs root (network namespaces, BPF, XDP)");
+    lab::sweep_stale()?;
+    let hosts = TwoHosts::new(&[ip("10.79.1.2")], &[ip("10.79.2.2")])?;
+    // The default programs hand the payload over (PAYLOAD_RING): the JSON flow record...
+    let mut cmd = hosts.server.exec(rstwatch());
+    cmd.args(["-i", &hosts.server_if.name, "--format", "json"]);
+    let mut proc = Proc::spawn(&mut cmd)?;
+    proc.wait_for_stderr(&format!("attached to {}", hosts.server_if.name), START_TIMEOUT)?;
+    send_rst_with_payload(&hosts, 4446)?;
+    std::thread::sleep(Duration::from_millis(1500));
+    let fin = stop(proc)?;
+    ensure!(fin.status.success(), "rstwatch failed: {}", fin.stderr);
+    let live = summary(&fin)?;
+    let flows = live["flows"].as_array().context("flows")?;
+    let flow =
+        flows.iter().find(|f| f["sport"] == 4446).with_context(|| format!("no flow from port 4446: {flows:?}"))?;
+    assert_eq!(flow["rst_payload"], "policy deny\\x00", "{flow}");
+    assert_eq!(flow["resets"], 1);
+    ensure!(!fin.stderr.contains("RST payloads were not handed over"), "payloads lost: {}", fin.stderr);
+    // ...and the table, on TC ingress this time (the other program set's callee).
+    let mut cmd = hosts.server.exec(rstwatch());
+    cmd.args(["-i", &hosts.server_if.name, "--hook", "tc", "--by", "flow"]);
+    let mut proc = Proc::spawn(&mut cmd)?;
+    proc.wait_for_stderr(&format!("attached to {}", hosts.server_if.name), START_TIMEOUT)?;
+    send_rst_with_payload(&hosts, 4447)?;
+    std::thread::sleep(Duration::from_millis(1500));
+    let fin = stop(proc)?;
+    ensure!(fin.status.success(), "rstwatch failed: {}", fin.stderr);
+    let line = fin.stdout.lines().rev().find(|l| l.contains(":4447") || l.contains("4447 →"));
+    let line = line.with_context(|| format!("no line for port 4447: {}", fin.stdout))?;
+    assert!(line.contains(r#"payload "policy deny\x00""#), "{line}");
+    Ok(())
+}

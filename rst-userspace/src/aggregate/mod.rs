@@ -579,10 +579,14 @@ impl Aggregator {
 
     /// The payload of the last RST of the flow `id` (its [`FlowKey::flow_id`]) that had one:
     /// the first bytes (at most [`payload::RST_PAYLOAD_BYTES`]) and the payload's length. A
-    /// flow the run does not list keeps none.
-    pub fn rst_payload(&mut self, id: &FlowKey, bytes: &[u8], len: usize) {
-        if let Some(stats) = self.flows.get_mut(id) {
-            stats.rst_payload = Some(payload::escape(bytes, len));
+    /// flow the run does not list keeps none. Returns whether the run lists the flow.
+    pub fn rst_payload(&mut self, id: &FlowKey, bytes: &[u8], len: usize) -> bool {
+        match self.flows.get_mut(id) {
+            Some(stats) => {
+                stats.rst_payload = Some(payload::escape(bytes, len));
+                true
+            }
+            None => false,
         }
     }
 
