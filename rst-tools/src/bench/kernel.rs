@@ -147,6 +147,12 @@ pub fn kernel(args: &KernelArgs) -> anyhow::Result<KernelReport> {
         ("IPv4 TCP ACK", padded(tcp_v4().flags(TCP_ACK))),
         ("IPv4 RST, existing flow (per-CPU cache hit)", padded(tcp_v4().ports(443, 40000).flags(TCP_RST))),
         ("IPv6 RST, existing flow", padded(tcp_v6().ports(443, 40001).flags(TCP_RST))),
+        // The ring (PAYLOAD_RING) is full after its first ~1 000 records and nothing drains it
+        // here: what this line measures past them is the check, the call and a failed reserve.
+        (
+            "IPv4 RST with a payload, existing flow (PAYLOAD_RING full)",
+            padded(tcp_v4().ports(443, 40009).flags(TCP_RST | TCP_ACK).payload(b"policy deny")),
+        ),
         (
             "802.1Q VLAN IPv4 RST, existing flow",
             padded(tcp_v4().vlan(VlanKind::Dot1Q, 100).ports(443, 40002).flags(TCP_RST)),
