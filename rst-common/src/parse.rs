@@ -309,7 +309,9 @@ pub fn tcp_event<C: Cursor + ?Sized>(frame: &C, segment: &Segment, direction: u8
 /// second look at the headers. Offsets beyond a u16 (no frame has them) read as no payload.
 #[inline(always)]
 fn with_payload<C: Cursor + ?Sized>(frame: &C, segment: &Segment, event: TcpEvent) -> TcpEvent {
-    match tcp_payload(frame, segment) {
+    // The family as the event holds it, not the walk's: kept live from the walk to here, it
+    // cost every IPv4 TCP frame a stack spill in the kernel programs.
+    match tcp_payload(frame, &Segment { family: event.key.family, ..*segment }) {
         Some((at, len)) if len != 0 && at <= usize::from(u16::MAX) && len <= usize::from(u16::MAX) => {
             TcpEvent { payload_at: at as u16, payload_len: len as u16, ..event }
         }

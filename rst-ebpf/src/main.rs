@@ -140,9 +140,9 @@ const EEXIST: i32 = 17;
 /// The directly readable bytes of a packet (`data` .. `data_end`) as a [`Cursor`]: the first
 /// buffer of a multi-buffer XDP frame, the linear part of an skb. The headers rstwatch reads
 /// are there.
-struct Packet {
-    start: usize,
-    end: usize,
+pub(crate) struct Packet {
+    pub(crate) start: usize,
+    pub(crate) end: usize,
 }
 
 impl Cursor for Packet {
@@ -230,6 +230,45 @@ pub fn rstwatch_tc_egress_atomic_capture(ctx: TcContext) -> i32 {
     count_skb::<ATOMIC_ADDS, CAPTURE>(&ctx, DIRECTION_TX)
 }
 
+// An RST with a payload, tail-called from the counting program of the same set and hook once it
+// counted the frame's traffic (see `payload`): hands the payload to userspace and counts the
+// RST. The loader puts the ones of the set it loads in the program arrays.
+
+#[xdp(frags)]
+pub fn rstwatch_xdp_payload(ctx: XdpContext) -> u32 {
+    count_payload_xdp::<PER_CPU>(&ctx)
+}
+
+#[classifier]
+pub fn rstwatch_tc_payload(ctx: TcContext) -> i32 {
+    count_payload_skb::<PER_CPU>(&ctx, DIRECTION_RX)
+}
+
+#[classifier]
+pub fn rstwatch_tc_egress_payload(ctx: TcContext) -> i32 {
+    count_payload_skb::<PER_CPU>(&ctx, DIRECTION_TX)
+}
+
+#[xdp(frags)]
+pub fn rstwatch_xdp_atomic_payload(ctx: XdpContext) -> u32 {
+    count_payload_xdp::<ATOMIC_ADDS>(&ctx)
+}
+
+#[classifier]
+pub fn rstwatch_tc_atomic_payload(ctx: TcContext) -> i32 {
+    count_payload_skb::<ATOMIC_ADDS>(&ctx, DIRECTION_RX)
+}
+
+#[classifier]
+pub fn rstwatch_tc_egress_atomic_payload(ctx: TcContext) -> i32 {
+    count_payload_skb::<ATOMIC_ADDS>(&ctx, DIRECTION_TX)
+}
+
+/// Whether a program is a counting program or the payload program one tail-calls (the `PAYLOAD`
+/// parameter below).
+const COUNTING: bool = false;
+const PAYLOAD: bool = true;
+
 /// Whether a program hands RSTs to the capture ring (the `CAPTURE` parameter below).
 const NO_CAPTURE: bool = false;
 const CAPTURE: bool = true;
@@ -241,18 +280,51 @@ const ATOMIC_ADDS: bool = true;
 
 #[inline(always)]
 fn count_xdp<const ATOMIC: bool, const CAPTURE: bool>(ctx: &XdpContext) -> u32 {
-    count_frame::<ATOMIC, CAPTURE, _, _>(&Packet { start: ctx.data(), end: ctx.data_end() }, ctx, DIRECTION_RX, || {
-        ctx.ingress_ifindex() as u32
-    });
+    count_frame::<ATOMIC, CAPTURE, COUNTING, _, _>(
+        &Packet { start: ctx.data(), end: ctx.data_end() },
+        ctx,
+        DIRECTION_RX,
+        || ctx.ingress_ifindex() as u32,
+    );
     xdp_action::XDP_PASS
 }
 
 #[inline(always)]
 fn count_skb<const ATOMIC: bool, const CAPTURE: bool>(ctx: &TcContext, direction: u8) -> i32 {
-    count_frame::<ATOMIC, CAPTURE, _, _>(&Packet { start: ctx.data(), end: ctx.data_end() }, ctx, direction, || {
-        // SAFETY: `skb` is the context pointer the kernel passed to this program run.
-        unsafe { (*ctx.skb.skb).ifindex }
-    });
+    count_frame::<ATOMIC, CAPTURE, COUNTING, _, _>(
+        &Packet { start: ctx.data(), end: ctx.data_end() },
+        ctx,
+        direction,
+        || {
+            // SAFETY: `skb` is the context pointer the kernel passed to this program run.
+            unsafe { (*ctx.skb.skb).ifindex }
+        },
+    );
+    TCX_NEXT
+}
+
+#[inline(always)]
+fn count_payload_xdp<const ATOMIC: bool>(ctx: &XdpContext) -> u32 {
+    count_frame::<ATOMIC, NO_CAPTURE, PAYLOAD, _, _>(
+        &Packet { start: ctx.data(), end: ctx.data_end() },
+        ctx,
+        DIRECTION_RX,
+        || ctx.ingress_ifindex() as u32,
+    );
+    xdp_action::XDP_PASS
+}
+
+#[inline(always)]
+fn count_payload_skb<const ATOMIC: bool>(ctx: &TcContext, direction: u8) -> i32 {
+    count_frame::<ATOMIC, NO_CAPTURE, PAYLOAD, _, _>(
+        &Packet { start: ctx.data(), end: ctx.data_end() },
+        ctx,
+        direction,
+        || {
+            // SAFETY: `skb` is the context pointer the kernel passed to this program run.
+            unsafe { (*ctx.skb.skb).ifindex }
+        },
+    );
     TCX_NEXT
 }
 
@@ -350,7 +422,13 @@ pub fn rstwatch_tc_next(_ctx: TcContext) -> i32 {
 }
 
 #[inline(always)]
-fn count_frame<const ATOMIC: bool, const CAPTURE: bool, C: Cursor, S: capture::Source + payload::Bytes>(
+fn count_frame<
+    const ATOMIC: bool,
+    const CAPTURE: bool,
+    const PAYLOAD: bool,
+    C: Cursor,
+    S: capture::Source + payload::Bytes,
+>(
     frame: &C,
     source: &S,
     direction: u8,
@@ -361,15 +439,25 @@ fn count_frame<const ATOMIC: bool, const CAPTURE: bool, C: Cursor, S: capture::S
         return;
     };
     let observation = inspect_with(frame, direction, ifindex);
-    let Some(event) = count(&mut Traffic::<ATOMIC>(traffic), &observation) else {
+    // A payload program's caller counted the frame's traffic already.
+    let event =
+        if PAYLOAD { count(&mut Counted, &observation) } else { count(&mut Traffic::<ATOMIC>(traffic), &observation) };
+    let Some(event) = event else {
         return;
     };
     if event.flags & TCP_RST != 0 {
-        if event.payload_len != 0 {
-            let request = payload::request(event.key.direction, event.payload_at, event.payload_len);
-            payload::hand_over::<ATOMIC, _>(source, request);
+        if PAYLOAD {
+            payload::hand_over::<ATOMIC, _>(source, payload::request(direction, event.payload_at, event.payload_len));
+        } else if !CAPTURE && event.payload_len != 0 {
+            // The capturing programs hand over every RST's frame, its payload included; here the
+            // payload program of this set does, and counts the RST. Returns only when none is
+            // loaded; then the RST is counted here.
+            source.count_elsewhere(direction);
         }
         count_reset::<ATOMIC, CAPTURE, _>(event, source);
+        return;
+    }
+    if PAYLOAD {
         return;
     }
     if CAPTURE {
@@ -397,6 +485,20 @@ unsafe fn add_local<const ATOMIC: bool>(counter: *mut u64, n: u64) {
         // SAFETY: as above; programs on one CPU do not preempt each other while one runs.
         unsafe { *counter += n };
     }
+}
+
+/// The [`FrameCounters`] of a frame whose traffic its first program counted (see `payload`).
+struct Counted;
+
+impl FrameCounters for Counted {
+    #[inline(always)]
+    fn not_tcp(&mut self) {}
+    #[inline(always)]
+    fn tcp(&mut self) {}
+    #[inline(always)]
+    fn malformed(&mut self) {}
+    #[inline(always)]
+    fn fragment(&mut self) {}
 }
 
 /// This CPU's `TRAFFIC` slot for one direction as the parser's [`FrameCounters`].

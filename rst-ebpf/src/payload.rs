@@ -1,16 +1,26 @@
 //! RST payloads in every counting program: the first bytes of an RST that carries data (the
 //! text some devices put in a reset) go to userspace through a small ring buffer of their own,
 //! which it drains each interval into the flow record's `rst_payload`. Only an RST whose IP
-//! length leaves room for data calls in here; bare RSTs and all other traffic never do.
+//! length leaves room for data comes here; bare RSTs and all other traffic never do.
 //!
-//! Minimum kernel: 5.18 (`bpf_xdp_load_bytes`; the ring buffer 5.8).
+//! Before it counts such an RST, the counting program tail-calls a program of its set
+//! (`rstwatch_*_payload`, through [`PAYLOAD_XDP_PROGRAMS`] / [`PAYLOAD_TC_PROGRAMS`]) that walks
+//! the frame again, hands it over and counts the RST. A call from the counting program itself,
+//! even out of line, kept more of its registers live across the RST branch (every bare RST paid
+//! ~18 ns for it) and left its stack chain at the verifier's 512-byte limit; a tail call keeps
+//! nothing live in the counting program and starts a stack of its own. (At the program's end,
+//! after the counting, the context and one bit live across it took the counting programs past
+//! 512 stack bytes.)
+//!
+//! Minimum kernel: 5.18 (`bpf_xdp_load_bytes`; the ring buffer 5.8; tail calls from
+//! multi-buffer XDP programs into one 5.18).
 
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
     helpers::{bpf_skb_load_bytes, bpf_xdp_get_buff_len, bpf_xdp_load_bytes},
     macros::map,
-    maps::{PerCpuArray, RingBuf},
+    maps::{PerCpuArray, ProgramArray, RingBuf},
     programs::{TcContext, XdpContext},
 };
 use rst_common::wire::{PayloadCounters, PayloadRecord, PAYLOAD_FRAME_BYTES, PAYLOAD_RING_BYTES, RST_PAYLOAD_BYTES};
@@ -20,6 +30,12 @@ const BPF_RB_NO_WAKEUP: u64 = 1;
 
 #[map]
 static PAYLOAD_RING: RingBuf = RingBuf::with_byte_size(PAYLOAD_RING_BYTES, 0);
+/// The XDP program of the loaded set (slot 0) that counts an RST with a payload.
+#[map]
+static PAYLOAD_XDP_PROGRAMS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+/// The TC programs of the loaded set that do, by direction (`DIRECTION_RX`, `DIRECTION_TX`).
+#[map]
+static PAYLOAD_TC_PROGRAMS: ProgramArray = ProgramArray::with_max_entries(2, 0);
 /// Cumulative, never flipped: userspace reads it each interval and says what was lost.
 #[map]
 static PAYLOAD_COUNTERS: PerCpuArray<PayloadCounters> = PerCpuArray::with_max_entries(1, 0);
@@ -33,6 +49,9 @@ pub trait Bytes {
     fn bytes_on_wire(&self) -> u32;
     /// Copies the frame's first `len` bytes (1 ..= [`PAYLOAD_FRAME_BYTES`]) to `dst`.
     fn load(&self, dst: *mut u8, len: u32) -> bool;
+    /// Tail-calls the program that counts an RST with a payload on this hook; returns only if
+    /// none took over (an empty slot: the kernel tests load the counting programs alone).
+    fn count_elsewhere(&self, direction: u8);
 }
 
 impl Bytes for XdpContext {
@@ -52,6 +71,13 @@ impl Bytes for XdpContext {
         // SAFETY: `dst` holds `len` writable bytes (a ring record's data), checked by the
         // verifier; the helper checks `len` against the frame.
         unsafe { bpf_xdp_load_bytes(self.ctx, 0, dst.cast(), len) == 0 }
+    }
+
+    #[inline(always)]
+    fn count_elsewhere(&self, _direction: u8) {
+        // SAFETY: a tail call with this run's context into a program of the same type that
+        // counts what the caller left uncounted and returns PASS, as the caller would have.
+        unsafe { PAYLOAD_XDP_PROGRAMS.tail_call(self, 0) }
     }
 }
 
@@ -73,9 +99,15 @@ impl Bytes for TcContext {
         // SAFETY: as for XDP.
         unsafe { bpf_skb_load_bytes(self.skb.skb.cast(), 0, dst.cast(), len) == 0 }
     }
+
+    #[inline(always)]
+    fn count_elsewhere(&self, direction: u8) {
+        // SAFETY: as for XDP.
+        unsafe { PAYLOAD_TC_PROGRAMS.tail_call(self, u32::from(direction)) }
+    }
 }
 
-/// What [`hand_over`] is asked for, in one register: the frame bytes a record of an RST with a
+/// What [`hand_over`] is asked for, packed: the frame bytes a record of an RST with a
 /// payload wants (its headers and the payload's first [`RST_PAYLOAD_BYTES`], from `payload_at`
 /// and `payload_len` of the [`rst_common::parse::TcpEvent`]; below 2^17) and, above bit 24,
 /// the direction.
@@ -87,15 +119,9 @@ pub fn request(direction: u8, payload_at: u16, payload_len: u16) -> u32 {
 
 /// Hands one counted RST with a payload to the ring — or counts why not: the frame's first
 /// bytes, as many as the [`request`] wants. Each call adds exactly one to one of the
-/// [`PayloadCounters`]; counting never depends on it.
-///
-/// Out of line (a BPF-to-BPF call with a frame of its own, only for RSTs with data), and given
-/// what fits BPF's callee-saved registers across each helper call (one packed request, the
-/// interface read again when the record is written): the default programs' frames are 496
-/// bytes, and with this one's 16 (its map key, nothing spilled) the chain is at the verifier's
-/// 512-byte limit. An inlined copy, a flow key handed over, or one more argument spilled took
-/// them past it.
-#[inline(never)]
+/// [`PayloadCounters`]; counting never depends on it. Inline: the payload program's stack is
+/// the counting code's (496 bytes), and a frame of its own would add to it.
+#[inline(always)]
 pub fn hand_over<const ATOMIC: bool, S: Bytes>(source: &S, request: u32) {
     let outcome = send(source, request);
     let Some(counters) = PAYLOAD_COUNTERS.get_ptr_mut(0) else {

@@ -14,6 +14,7 @@ use std::{
 
 use anyhow::Context as _;
 use aya::{
+    maps::ProgramArray,
     programs::{
         tc::{SchedClassifierLink, TcAttachOptions},
         LinkOrder, SchedClassifier, TcAttachType, Xdp,
@@ -22,10 +23,11 @@ use aya::{
 };
 use caps::{CapSet, Capability};
 use rst_common::wire::{
-    CountingPrograms, GLOBAL_CAPTURE_BUDGET, GLOBAL_CAPTURE_HANDSHAKES, GLOBAL_CAPTURE_SNAPLEN,
-    GLOBAL_EVICTION_LOG_SLOTS, GLOBAL_FLOW_TABLE_BITS, GLOBAL_SEND_RESET_DADDR_OFFSET, GLOBAL_SEND_RESET_REASON_OFFSET,
-    GLOBAL_SEND_RESET_SADDR_OFFSET, MAP_CONNECTIONS, MAP_CONN_FINGERPRINTS, MAP_EVICTION_LOG, MAP_FLOW_BLOCKS,
-    MAP_FLOW_TABLE, MAP_OVERFLOW_SOURCES, MAP_SERVICES, MAP_STACK_RESETS, MAP_WORKLOADS,
+    CountingPrograms, DIRECTION_RX, DIRECTION_TX, GLOBAL_CAPTURE_BUDGET, GLOBAL_CAPTURE_HANDSHAKES,
+    GLOBAL_CAPTURE_SNAPLEN, GLOBAL_EVICTION_LOG_SLOTS, GLOBAL_FLOW_TABLE_BITS, GLOBAL_SEND_RESET_DADDR_OFFSET,
+    GLOBAL_SEND_RESET_REASON_OFFSET, GLOBAL_SEND_RESET_SADDR_OFFSET, MAP_CONNECTIONS, MAP_CONN_FINGERPRINTS,
+    MAP_EVICTION_LOG, MAP_FLOW_BLOCKS, MAP_FLOW_TABLE, MAP_OVERFLOW_SOURCES, MAP_PAYLOAD_TC_PROGRAMS,
+    MAP_PAYLOAD_XDP_PROGRAMS, MAP_SERVICES, MAP_STACK_RESETS, MAP_WORKLOADS,
 };
 
 // The tracepoint program's part of loading lives in its own module; its functions keep their
@@ -398,6 +400,14 @@ pub fn load_with(
     for name in [programs.tc, programs.tc_egress] {
         classifier(&mut ebpf, name)?.load().map_err(|error| load_error(Box::new(error)))?;
     }
+    // Without them every RST still counts, in the counting program (its tail call finds no
+    // program): a kernel that refuses them costs the payloads, not the run.
+    if capture.is_none() {
+        if let Err(error) = install_payload_programs(&mut ebpf, CountingPrograms::payload(mode == CountingMode::Atomic))
+        {
+            tracing::warn!("RST payloads will not be read (rst_payload stays null): {error:#}");
+        }
+    }
     let workload_offsets = workload_offsets.map(|_| ());
     Ok(LoadedObject { ebpf, counting: mode, workload_offsets, capturing: capture.is_some() })
 }
@@ -440,6 +450,36 @@ pub fn tc_program(object: &mut LoadedObject) -> anyhow::Result<&mut SchedClassif
 pub fn tc_egress_program(object: &mut LoadedObject) -> anyhow::Result<&mut SchedClassifier> {
     let name = object.programs().tc_egress;
     classifier(object, name)
+}
+
+/// Loads the programs that count an RST with a payload (see `rst-ebpf/src/payload.rs`) and puts
+/// them where the counting programs tail-call them. The program arrays stay in `ebpf`: the
+/// kernel empties a program array when userspace closes its last descriptor of it.
+fn install_payload_programs(ebpf: &mut Ebpf, programs: CountingPrograms) -> anyhow::Result<()> {
+    let CountingPrograms { xdp, tc, tc_egress } = programs;
+    let xdp_program: &mut Xdp =
+        ebpf.program_mut(xdp).ok_or_else(|| anyhow::anyhow!("the eBPF object has no program {xdp}"))?.try_into()?;
+    xdp_program.load().map_err(|error| load_error(Box::new(error)))?;
+    let xdp_fd = xdp_program.fd()?.try_clone()?;
+    let mut tc_fds = Vec::with_capacity(2);
+    for (direction, name) in [(DIRECTION_RX, tc), (DIRECTION_TX, tc_egress)] {
+        let program = classifier(ebpf, name)?;
+        program.load().map_err(|error| load_error(Box::new(error)))?;
+        tc_fds.push((direction, program.fd()?.try_clone()?));
+    }
+    let mut slots = ProgramArray::try_from(program_array(ebpf, MAP_PAYLOAD_XDP_PROGRAMS)?)?;
+    slots.set(0, &xdp_fd, 0).with_context(|| format!("putting {xdp} into {MAP_PAYLOAD_XDP_PROGRAMS}"))?;
+    let mut slots = ProgramArray::try_from(program_array(ebpf, MAP_PAYLOAD_TC_PROGRAMS)?)?;
+    for (direction, fd) in &tc_fds {
+        slots
+            .set(u32::from(*direction), fd, 0)
+            .with_context(|| format!("putting the TC payload programs into {MAP_PAYLOAD_TC_PROGRAMS}"))?;
+    }
+    Ok(())
+}
+
+fn program_array<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::maps::Map> {
+    ebpf.map_mut(name).ok_or_else(|| anyhow::anyhow!("the eBPF object has no map {name}"))
 }
 
 fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut SchedClassifier> {

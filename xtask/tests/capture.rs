@@ -429,19 +429,7 @@ fn an_rst_with_a_payload_from_a_raw_socket_shows_its_text() -> Result<()> {
     cmd.args(["-i", &hosts.server_if.name, "--format", "json", "--capture"]).arg(&file);
     let mut proc = Proc::spawn(&mut cmd)?;
     proc.wait_for_stderr(&format!("attached to {}", hosts.server_if.name), START_TIMEOUT)?;
-    // IPPROTO_RAW: the kernel fills in the IP checksum and sends the segment as written.
-    let script = r#"
-import socket, struct
-src, dst, text = "10.79.1.2", "10.79.2.2", b"policy deny\x00"
-tcp = struct.pack("!HHIIBBHHH", 4444, 80, 1000, 2000, 5 << 4, 0x14, 0, 0, 0) + text
-ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 1, 0, 64, 6, 0, socket.inet_aton(src), socket.inet_aton(dst))
-s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-s.sendto(ip + tcp, (dst, 0))
-"#;
-    let mut python = hosts.client.exec("python3");
-    python.args(["-c", script]);
-    let sent = Proc::spawn(&mut python)?.finish(Duration::from_secs(30))?;
-    ensure!(sent.status.success(), "the raw socket failed: {}", sent.stderr);
+    send_rst_with_payload(&hosts, From::Client, 4444)?;
     std::thread::sleep(Duration::from_millis(1500));
     let fin = stop(proc)?;
     ensure!(fin.status.success(), "rstwatch failed: {}", fin.stderr);
@@ -457,28 +445,40 @@ s.sendto(ip + tcp, (dst, 0))
     Ok(())
 }
 
-/// Sends one RST+ACK with `text` as its payload from `sport`, through a raw socket on the
-/// client (IPPROTO_RAW: the kernel fills in the IP checksum and sends the segment as written).
-fn send_rst_with_payload(hosts: &TwoHosts, sport: u16) -> Result<()> {
+/// Which host a raw-socket RST leaves from.
+enum From {
+    Client,
+    Server,
+}
+
+/// Sends one RST+ACK with "policy deny\0" as its payload from `sport` to port 80 of the other
+/// host, through a raw socket (IPPROTO_RAW: the kernel fills in the IP checksum and sends the
+/// segment as written).
+fn send_rst_with_payload(hosts: &TwoHosts, from: From, sport: u16) -> Result<()> {
+    let (host, src, dst) = match from {
+        From::Client => (&hosts.client, "10.79.1.2", "10.79.2.2"),
+        From::Server => (&hosts.server, "10.79.2.2", "10.79.1.2"),
+    };
     let script = format!(
         r#"
 import socket, struct
-src, dst, text = "10.79.1.2", "10.79.2.2", b"policy deny\x00"
+src, dst, text = "{src}", "{dst}", b"policy deny\x00"
 tcp = struct.pack("!HHIIBBHHH", {sport}, 80, 1000, 2000, 5 << 4, 0x14, 0, 0, 0) + text
 ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 1, 0, 64, 6, 0, socket.inet_aton(src), socket.inet_aton(dst))
 s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
 s.sendto(ip + tcp, (dst, 0))
 "#
     );
-    let mut python = hosts.client.exec("python3");
+    let mut python = host.exec("python3");
     python.args(["-c", &script]);
     let sent = Proc::spawn(&mut python)?.finish(Duration::from_secs(30))?;
     ensure!(sent.status.success(), "the raw socket failed: {}", sent.stderr);
     Ok(())
 }
 
-/// The same RST without `--capture`: the default programs hand its payload over through
-/// `PAYLOAD_RING`, so the JSON flow record (XDP) and the table (TC ingress) show the text.
+/// The same RST without `--capture`: the default programs' payload programs hand its payload
+/// over through `PAYLOAD_RING`, so the JSON flow record (XDP; TC egress for the one the server
+/// sends) and the table (TC ingress) show the text.
 #[test]
 fn an_rst_with_a_payload_shows_its_text_without_capture_too() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
@@ -490,23 +490,29 @@ fn an_rst_with_a_payload_shows_its_text_without_capture_too() -> Result<()> {
     cmd.args(["-i", &hosts.server_if.name, "--format", "json"]);
     let mut proc = Proc::spawn(&mut cmd)?;
     proc.wait_for_stderr(&format!("attached to {}", hosts.server_if.name), START_TIMEOUT)?;
-    send_rst_with_payload(&hosts, 4446)?;
+    send_rst_with_payload(&hosts, From::Client, 4446)?;
+    send_rst_with_payload(&hosts, From::Server, 4448)?;
     std::thread::sleep(Duration::from_millis(1500));
     let fin = stop(proc)?;
     ensure!(fin.status.success(), "rstwatch failed: {}", fin.stderr);
     let live = summary(&fin)?;
     let flows = live["flows"].as_array().context("flows")?;
-    let flow =
-        flows.iter().find(|f| f["sport"] == 4446).with_context(|| format!("no flow from port 4446: {flows:?}"))?;
-    assert_eq!(flow["rst_payload"], "policy deny\\x00", "{flow}");
-    assert_eq!(flow["resets"], 1);
+    for (sport, direction) in [(4446, "rx"), (4448, "tx")] {
+        let flow = flows
+            .iter()
+            .find(|f| f["sport"] == sport)
+            .with_context(|| format!("no flow from port {sport}: {flows:?}"))?;
+        assert_eq!(flow["rst_payload"], "policy deny\\x00", "{flow}");
+        assert_eq!(flow["resets"], 1, "{flow}");
+        assert_eq!(flow["direction"], direction, "{flow}");
+    }
     ensure!(!fin.stderr.contains("RST payloads were not handed over"), "payloads lost: {}", fin.stderr);
     // ...and the table, on TC ingress this time (the other program set's callee).
     let mut cmd = hosts.server.exec(rstwatch());
     cmd.args(["-i", &hosts.server_if.name, "--hook", "tc", "--by", "flow"]);
     let mut proc = Proc::spawn(&mut cmd)?;
     proc.wait_for_stderr(&format!("attached to {}", hosts.server_if.name), START_TIMEOUT)?;
-    send_rst_with_payload(&hosts, 4447)?;
+    send_rst_with_payload(&hosts, From::Client, 4447)?;
     std::thread::sleep(Duration::from_millis(1500));
     let fin = stop(proc)?;
     ensure!(fin.status.success(), "rstwatch failed: {}", fin.stderr);

@@ -78,6 +78,35 @@ pub const MAP_PAYLOAD_RING: &str = "PAYLOAD_RING";
 /// Per CPU, what the counting programs handed over of RST payloads and what they could not
 /// ([`crate::wire::PayloadCounters`]).
 pub const MAP_PAYLOAD_COUNTERS: &str = "PAYLOAD_COUNTERS";
+/// The counting programs' tail calls for an RST with a payload: slot 0 the loaded set's XDP
+/// program, slots `DIRECTION_RX` / `DIRECTION_TX` its TC ones (see [`CountingPrograms::payload`]).
+pub const MAP_PAYLOAD_XDP_PROGRAMS: &str = "PAYLOAD_XDP_PROGRAMS";
+pub const MAP_PAYLOAD_TC_PROGRAMS: &str = "PAYLOAD_TC_PROGRAMS";
+/// What counts an RST with a payload and hands it to [`MAP_PAYLOAD_RING`], per set of
+/// [`CountingPrograms`]: the counting program tail-calls it (the capturing sets do not: they
+/// hand over every RST's frame).
+pub const PROG_XDP_PAYLOAD: &str = "rstwatch_xdp_payload";
+pub const PROG_TC_PAYLOAD: &str = "rstwatch_tc_payload";
+pub const PROG_TC_EGRESS_PAYLOAD: &str = "rstwatch_tc_egress_payload";
+pub const PROG_XDP_ATOMIC_PAYLOAD: &str = "rstwatch_xdp_atomic_payload";
+pub const PROG_TC_ATOMIC_PAYLOAD: &str = "rstwatch_tc_atomic_payload";
+pub const PROG_TC_EGRESS_ATOMIC_PAYLOAD: &str = "rstwatch_tc_egress_atomic_payload";
+
+impl CountingPrograms {
+    /// The payload programs the set [`CountingPrograms::new`]`(atomic)` tail-calls.
+    pub const fn payload(atomic: bool) -> CountingPrograms {
+        if atomic {
+            CountingPrograms {
+                xdp: PROG_XDP_ATOMIC_PAYLOAD,
+                tc: PROG_TC_ATOMIC_PAYLOAD,
+                tc_egress: PROG_TC_EGRESS_ATOMIC_PAYLOAD,
+            }
+        } else {
+            CountingPrograms { xdp: PROG_XDP_PAYLOAD, tc: PROG_TC_PAYLOAD, tc_egress: PROG_TC_EGRESS_PAYLOAD }
+        }
+    }
+}
+
 /// Globals the loader sets for the capture programs: RSTs per second, bytes per frame, and
 /// whether SYN / SYN+ACK segments go to the ring too (0 or 1).
 pub const GLOBAL_CAPTURE_BUDGET: &str = "CAPTURE_BUDGET_PER_SECOND";
@@ -138,6 +167,7 @@ pub enum MapKind {
     Hash,
     Array,
     PerCpuArray,
+    ProgramArray,
     RingBuf,
 }
 
@@ -147,6 +177,7 @@ impl MapKind {
         match self {
             MapKind::Hash => 1,
             MapKind::Array => 2,
+            MapKind::ProgramArray => 3,
             MapKind::PerCpuArray => 6,
             MapKind::RingBuf => 27,
         }
@@ -163,7 +194,7 @@ pub enum ProgramKind {
 
 /// Every map of the object and its kind, the `.bss` data map included: a map added to the
 /// object is added here, and the contract test holds the object to exactly this list.
-pub const MAPS: [(&str, MapKind); 25] = [
+pub const MAPS: [(&str, MapKind); 27] = [
     (MAP_FLOW_TABLE, MapKind::Array),
     (MAP_FLOW_BLOCKS, MapKind::Array),
     (MAP_OVERFLOW_SOURCES[0], MapKind::Hash),
@@ -188,12 +219,14 @@ pub const MAPS: [(&str, MapKind); 25] = [
     (MAP_CAPTURE_BUDGET, MapKind::Array),
     (MAP_PAYLOAD_RING, MapKind::RingBuf),
     (MAP_PAYLOAD_COUNTERS, MapKind::PerCpuArray),
+    (MAP_PAYLOAD_XDP_PROGRAMS, MapKind::ProgramArray),
+    (MAP_PAYLOAD_TC_PROGRAMS, MapKind::ProgramArray),
     // The loader's overrides of the globals below, a map aya makes from the section.
     (".rodata", MapKind::Array),
 ];
 
 /// Every program of the object and its kind.
-pub const PROGRAMS: [(&str, ProgramKind); 16] = [
+pub const PROGRAMS: [(&str, ProgramKind); 22] = [
     (PROG_XDP, ProgramKind::Xdp),
     (PROG_TC, ProgramKind::SchedClassifier),
     (PROG_TC_EGRESS, ProgramKind::SchedClassifier),
@@ -210,6 +243,12 @@ pub const PROGRAMS: [(&str, ProgramKind); 16] = [
     (PROG_XDP_ATOMIC_CAPTURE, ProgramKind::Xdp),
     (PROG_TC_ATOMIC_CAPTURE, ProgramKind::SchedClassifier),
     (PROG_TC_EGRESS_ATOMIC_CAPTURE, ProgramKind::SchedClassifier),
+    (PROG_XDP_PAYLOAD, ProgramKind::Xdp),
+    (PROG_TC_PAYLOAD, ProgramKind::SchedClassifier),
+    (PROG_TC_EGRESS_PAYLOAD, ProgramKind::SchedClassifier),
+    (PROG_XDP_ATOMIC_PAYLOAD, ProgramKind::Xdp),
+    (PROG_TC_ATOMIC_PAYLOAD, ProgramKind::SchedClassifier),
+    (PROG_TC_EGRESS_ATOMIC_PAYLOAD, ProgramKind::SchedClassifier),
 ];
 
 /// The u32 globals the loader sets before loading (read-only to the programs).
