@@ -729,3 +729,45 @@ fn open_connections_counted(counting: Counting) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn rsts_with_a_payload_are_counted_once_and_handed_over() -> anyhow::Result<()> {
+    rsts_with_a_payload_counted_once(Counting::PerCpu)
+}
+
+#[test]
+fn rsts_with_a_payload_are_counted_once_and_handed_over_with_atomic_counting() -> anyhow::Result<()> {
+    rsts_with_a_payload_counted_once(Counting::Atomic)
+}
+
+/// An RST with data goes from the counting program to its set's payload program (a tail call),
+/// which hands the frame to `PAYLOAD_RING` and counts the RST: each one counts exactly once, on
+/// XDP and TC egress alike, and each is handed over or counted as not; a bare RST (Ethernet
+/// padding after the IP datagram is not data) never is.
+fn rsts_with_a_payload_counted_once(counting: Counting) -> anyhow::Result<()> {
+    const REPEAT: u32 = 50;
+    let mut kernel = loaded_counting(counting)?;
+    let with_data = tcp_v4().ports(443, 40100).flags(TCP_RST | TCP_ACK).payload(b"policy deny");
+    let mut bare = tcp_v4().ports(443, 40101).flags(TCP_RST).build().bytes;
+    bare.resize(60, 0);
+    kernel.run(&with_data.build().bytes, REPEAT)?;
+    kernel.run(&bare, REPEAT)?;
+    let egress = kernel.tc(kernel.programs().tc_egress)?;
+    rstwatch::testrun::run_tc(egress, &with_data.build().bytes, REPEAT)?;
+    let sample = kernel.collect()?;
+    assert_eq!(sample.counters.resets, 3 * u64::from(REPEAT));
+    let flows = sample_flows(&sample)?;
+    let counted: Vec<u64> = flows.values().copied().collect();
+    assert_eq!(counted, vec![u64::from(REPEAT); 3], "{flows:?}");
+    assert_eq!(flows.get(&with_data.flow_key(LOOPBACK_IFINDEX)), Some(&u64::from(REPEAT)), "{flows:?}");
+    let counters = aya::maps::PerCpuArray::<_, rst_common::wire::PayloadCounters>::try_from(
+        kernel.ebpf().map(rst_common::wire::MAP_PAYLOAD_COUNTERS).context("no payload counters")?,
+    )?;
+    let mut total = rst_common::wire::PayloadCounters::default();
+    for per_cpu in counters.get(&0, 0)?.iter() {
+        total.add(per_cpu);
+    }
+    // The ring (no one drains it here) holds ~1 000 records: all of these fit.
+    assert_eq!(total, rst_common::wire::PayloadCounters { sent: 2 * u64::from(REPEAT), ring_full: 0, unreadable: 0 });
+    Ok(())
+}

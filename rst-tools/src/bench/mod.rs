@@ -24,13 +24,15 @@ const MIN_ETHERNET: usize = 60;
 /// The budget per frame at 10 Gb/s line rate with 64-byte frames: (64 + 20) * 8 bits / 10 Gb/s.
 const BUDGET_NS: f64 = 67.2;
 
-/// Pads a TCP frame with payload to the 60-byte Ethernet minimum.
+/// Pads a frame to the 60-byte Ethernet minimum as a NIC does: zero bytes after the IP
+/// datagram, which its length field leaves out (a bare RST stays bare: TCP payload would make
+/// every one of them an RST with data, which the programs hand over).
 pub fn padded(frame: FrameBuilder) -> Vec<u8> {
-    let len = frame.build().into_bytes().len();
-    if len >= MIN_ETHERNET {
-        return frame.build().into_bytes();
+    let mut bytes = frame.build().into_bytes();
+    if bytes.len() < MIN_ETHERNET {
+        bytes.resize(MIN_ETHERNET, 0);
     }
-    frame.payload(&vec![0u8; MIN_ETHERNET - len]).build().into_bytes()
+    bytes
 }
 
 /// The `index`-th flow of a flood: a server (10.20.N.1:443) resetting clients (10.30.0.2:PORT),
