@@ -98,7 +98,8 @@ impl LiveSession {
         let mut ebpf = loader::load_with(settings.max_flows, options.counting, workloads_on, capture_load)?;
         let counting = ebpf.counting();
         let collector = Collector::new(&mut ebpf)?;
-        let payloads = Payloads::open(&mut ebpf)?;
+        let reads_payloads = ebpf.reads_payloads();
+        let payloads = Payloads::open(&mut ebpf, reads_payloads)?;
         let capture = match (capture_files, &options.capture) {
             (Some(files), Some(capture_options)) => Some(Capture::start(&mut ebpf, files, capture_options, targets)?),
             _ => None,
@@ -243,6 +244,7 @@ impl LiveSession {
         if let Some(capture) = self.capture.take() {
             run.capture = Some(capture.finish(&run)?);
         }
+        run.rst_payloads = self.payloads.summary();
         Ok(Finished { interval, counted_anything: sample.counted_anything(), run })
     }
 

@@ -255,6 +255,8 @@ pub struct LoadedObject {
     workload_offsets: Result<(), String>,
     /// Whether the capturing programs were loaded (`--capture`).
     capturing: bool,
+    /// Whether the payload programs are in place (see `install_payload_programs`).
+    reads_payloads: bool,
 }
 
 impl LoadedObject {
@@ -270,6 +272,12 @@ impl LoadedObject {
     /// The counting programs that were loaded.
     pub fn programs(&self) -> CountingPrograms {
         programs_for(self.counting, self.capturing)
+    }
+
+    /// Whether the counting programs hand RSTs with data to the payload ring (not when
+    /// capturing: the capture hands over every RST's frame).
+    pub fn reads_payloads(&self) -> bool {
+        self.reads_payloads
     }
 }
 
@@ -402,14 +410,16 @@ pub fn load_with(
     }
     // Without them every RST still counts, in the counting program (its tail call finds no
     // program): a kernel that refuses them costs the payloads, not the run.
-    if capture.is_none() {
-        if let Err(error) = install_payload_programs(&mut ebpf, CountingPrograms::payload(mode == CountingMode::Atomic))
-        {
-            tracing::warn!("RST payloads will not be read (rst_payload stays null): {error:#}");
-        }
-    }
+    let reads_payloads = capture.is_none()
+        && match install_payload_programs(&mut ebpf, CountingPrograms::payload(mode == CountingMode::Atomic)) {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!("RST payloads will not be read (rst_payload stays null): {error:#}");
+                false
+            }
+        };
     let workload_offsets = workload_offsets.map(|_| ());
-    Ok(LoadedObject { ebpf, counting: mode, workload_offsets, capturing: capture.is_some() })
+    Ok(LoadedObject { ebpf, counting: mode, workload_offsets, capturing: capture.is_some(), reads_payloads })
 }
 
 fn load_error(error: Box<dyn std::error::Error + Send + Sync>) -> anyhow::Error {

@@ -12,7 +12,7 @@ use rst_common::{
     wire::{FlowKey, PayloadCounters, PayloadRecord, MAP_PAYLOAD_COUNTERS, MAP_PAYLOAD_RING},
 };
 
-use crate::aggregate::{payload, Aggregator};
+use crate::aggregate::{model::PayloadSummary, payload, Aggregator};
 
 /// Flows whose payload arrived before their first count (an RST between the collector's flip
 /// and this drain): kept for one more interval, at most this many.
@@ -25,11 +25,14 @@ pub struct Payloads {
     pending: HashMap<FlowKey, (Vec<u8>, usize)>,
     /// What the kernel had not handed over at the last look, so each loss is said once.
     dropped: u64,
+    /// Whether the payload programs are in place, so the counters mean anything.
+    installed: bool,
 }
 
 impl Payloads {
-    /// Takes the ring and its counters from the object.
-    pub fn open(ebpf: &mut aya::Ebpf) -> anyhow::Result<Payloads> {
+    /// Takes the ring and its counters from the object; `installed`: whether the loader put
+    /// the payload programs in place (see [`crate::loader::LoadedObject::reads_payloads`]).
+    pub fn open(ebpf: &mut aya::Ebpf, installed: bool) -> anyhow::Result<Payloads> {
         let ring = ebpf
             .take_map(MAP_PAYLOAD_RING)
             .with_context(|| format!("the eBPF object has no map {MAP_PAYLOAD_RING}"))?;
@@ -38,7 +41,7 @@ impl Payloads {
             .take_map(MAP_PAYLOAD_COUNTERS)
             .with_context(|| format!("the eBPF object has no map {MAP_PAYLOAD_COUNTERS}"))?;
         let counters = PerCpuArray::try_from(counters).context("opening the payload counters")?;
-        Ok(Payloads { ring, counters, pending: HashMap::new(), dropped: 0 })
+        Ok(Payloads { ring, counters, pending: HashMap::new(), dropped: 0, installed })
     }
 
     /// Gives every payload handed over since the last call to its flow in `aggregator` (the
@@ -65,6 +68,24 @@ impl Payloads {
             total.add(counters);
         }
         Ok(total)
+    }
+
+    /// The run's account of RSTs with data, for the summary: none when the payload programs
+    /// are not in place (capturing, or refused by the kernel) or the counters cannot be read
+    /// (said in the log).
+    pub fn summary(&self) -> Option<PayloadSummary> {
+        if !self.installed {
+            return None;
+        }
+        match self.counters() {
+            Ok(PayloadCounters { sent, ring_full, unreadable }) => {
+                Some(PayloadSummary { handed_over: sent, ring_full, unreadable })
+            }
+            Err(error) => {
+                tracing::warn!("{error:#}");
+                None
+            }
+        }
     }
 
     fn report(&mut self) {

@@ -439,6 +439,8 @@ fn an_rst_with_a_payload_from_a_raw_socket_shows_its_text() -> Result<()> {
         flows.iter().find(|f| f["sport"] == 4444).with_context(|| format!("no flow from port 4444: {flows:?}"))?;
     assert_eq!(flow["rst_payload"], "policy deny\\x00", "{flow}");
     assert_eq!(flow["resets"], 1);
+    // The capture hands over every RST's frame: no payload programs, no account of theirs.
+    assert!(live["rst_payloads"].is_null(), "{}", live["rst_payloads"]);
     let table = Command::new(rstwatch()).arg("replay").arg(&file).output()?;
     let table = String::from_utf8_lossy(&table.stdout);
     assert!(table.contains(r#"payload "policy deny\x00""#), "{table}");
@@ -506,6 +508,9 @@ fn an_rst_with_a_payload_shows_its_text_without_capture_too() -> Result<()> {
         assert_eq!(flow["resets"], 1, "{flow}");
         assert_eq!(flow["direction"], direction, "{flow}");
     }
+    // Every RST with data handed over, and the summary says so.
+    assert_eq!(live["rst_payloads"]["handed_over"], 2, "{}", live["rst_payloads"]);
+    assert_eq!(live["rst_payloads"]["dropped"], 0, "{}", live["rst_payloads"]);
     ensure!(!fin.stderr.contains("RST payloads were not handed over"), "payloads lost: {}", fin.stderr);
     // ...and the table, on TC ingress this time (the other program set's callee).
     let mut cmd = hosts.server.exec(rstwatch());

@@ -611,6 +611,7 @@ impl Aggregator {
             conversations: conversation::conversations(self.flows.iter(), |ifindex| self.iface_name(ifindex)),
             workloads: self.workload_records(self.flows.iter()),
             capture: None,
+            rst_payloads: None,
         }
     }
 

@@ -537,6 +537,18 @@ pub struct Run {
     pub workloads: Vec<WorkloadResets>,
     /// `--capture`: what went into the file; `None` without it.
     pub capture: Option<CaptureSummary>,
+    /// Live runs without `--capture`: what the kernel handed over of RSTs with data.
+    pub rst_payloads: Option<PayloadSummary>,
+}
+
+/// Every RST with data the counting programs saw is handed over or counted as not.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PayloadSummary {
+    pub handed_over: u64,
+    /// The ring had no room (more RSTs with data in an interval than it holds).
+    pub ring_full: u64,
+    /// The frame's bytes could not be read.
+    pub unreadable: u64,
 }
 
 /// `--capture`: every RST counted is either written or dropped.

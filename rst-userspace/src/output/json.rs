@@ -10,8 +10,8 @@ use crate::aggregate::{
     diagnosis,
     model::{
         AttachMode, CaptureSummary, CountingMode, Destination, Direction, Family, Flow, Interface, Interval,
-        KernelEvents, KindCounts, Middlebox, Origin, PeerNetns, Pod, Process, Run, Service, Side, Source, Totals,
-        Unlisted, Verdict, Workload, WorkloadResets,
+        KernelEvents, KindCounts, Middlebox, Origin, PayloadSummary, PeerNetns, Pod, Process, Run, Service, Side,
+        Source, Totals, Unlisted, Verdict, Workload, WorkloadResets,
     },
 };
 use crate::verdict::Detail;
@@ -462,6 +462,24 @@ pub struct SummaryRecord<'a> {
     workloads: Vec<WorkloadResetsRecord<'a>>,
     /// `--capture`: null without it.
     capture: Option<CaptureRecord<'a>>,
+    /// Live runs without `--capture`: null in replay and with it.
+    rst_payloads: Option<PayloadsRecord>,
+}
+
+/// The summary's `rst_payloads`: `handed_over + dropped` is the RSTs with data counted.
+#[derive(Serialize)]
+pub struct PayloadsRecord {
+    handed_over: u64,
+    dropped: u64,
+    ring_full: u64,
+    unreadable: u64,
+}
+
+impl From<&PayloadSummary> for PayloadsRecord {
+    fn from(payloads: &PayloadSummary) -> Self {
+        let PayloadSummary { handed_over, ring_full, unreadable } = *payloads;
+        PayloadsRecord { handed_over, dropped: ring_full + unreadable, ring_full, unreadable }
+    }
 }
 
 /// The summary's `capture`: `written + dropped` is the resets counted.
@@ -511,6 +529,7 @@ impl<'a> From<&'a Run> for SummaryRecord<'a> {
             conversations: _,
             workloads,
             capture,
+            rst_payloads,
         } = run;
         SummaryRecord {
             kind: "summary",
@@ -530,6 +549,7 @@ impl<'a> From<&'a Run> for SummaryRecord<'a> {
             verdicts: all(verdicts),
             workloads: all(workloads),
             capture: capture.as_ref().map(CaptureRecord::from),
+            rst_payloads: rst_payloads.as_ref().map(PayloadsRecord::from),
         }
     }
 }

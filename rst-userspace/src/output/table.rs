@@ -6,8 +6,8 @@ use crate::{
     aggregate::{
         diagnosis,
         model::{
-            endpoint, per_second, CaptureSummary, Conversation, Destination, Flow, Interval, Origin, Run, Service,
-            Source, Totals, WorkloadResets,
+            endpoint, per_second, CaptureSummary, Conversation, Destination, Flow, Interval, Origin, PayloadSummary,
+            Run, Service, Source, Totals, WorkloadResets,
         },
         rank::ROW_DETAIL,
     },
@@ -81,6 +81,9 @@ impl<W: Write> TablePrinter<W> {
         self.overflow_warning(t)?;
         if let Some(capture) = &run.capture {
             self.capture_line(capture)?;
+        }
+        if let Some(payloads) = &run.rst_payloads {
+            self.payload_loss_line(payloads)?;
         }
         if t.resets == 0 {
             writeln!(self.out, "   no resets seen")?;
@@ -175,6 +178,20 @@ impl<W: Write> TablePrinter<W> {
         writeln!(self.out)?;
         if let Some(error) = error {
             writeln!(self.out, "   WARNING: the capture stopped early: {error}")?;
+        }
+        Ok(())
+    }
+
+    /// RSTs with data whose payload the kernel could not hand over: said only when there are
+    /// some (the flows show every payload that arrived).
+    fn payload_loss_line(&mut self, payloads: &PayloadSummary) -> io::Result<()> {
+        let PayloadSummary { handed_over, ring_full, unreadable } = *payloads;
+        if ring_full + unreadable > 0 {
+            writeln!(
+                self.out,
+                "   WARNING: {} RST payloads not read (ring full {ring_full}, unreadable {unreadable}; {handed_over} read)",
+                ring_full + unreadable
+            )?;
         }
         Ok(())
     }
