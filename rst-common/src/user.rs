@@ -5,8 +5,9 @@ use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use crate::{
     table::FlowSlot,
     wire::{
-        CacheSlot, CaptureBudget, CaptureCounters, ConnKey, ConnState, Counters, FlowKey, FlowValue, LoggedFlow,
-        ResetCounters, ServiceKey, ServiceValue, SourceKey, StackResetKey, TrafficCounters, WorkloadKey, FAMILY_IPV4,
+        CacheSlot, CaptureBudget, CaptureCounters, CaptureReason, CaptureReasonKey, ConnKey, ConnState, Counters,
+        FlowKey, FlowValue, LoggedFlow, ResetCounters, ServiceKey, ServiceValue, SourceKey, StackResetKey,
+        TrafficCounters, WorkloadKey, FAMILY_IPV4,
     },
 };
 
@@ -44,6 +45,10 @@ unsafe impl aya::Pod for WorkloadKey {}
 unsafe impl aya::Pod for CaptureCounters {}
 // SAFETY: as above.
 unsafe impl aya::Pod for CaptureBudget {}
+// SAFETY: as above.
+unsafe impl aya::Pod for CaptureReasonKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for CaptureReason {}
 
 impl FlowKey {
     pub fn src_ip(&self) -> IpAddr {

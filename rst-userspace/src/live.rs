@@ -95,12 +95,14 @@ impl LiveSession {
         let mut ebpf = loader::load_with(settings.max_flows, options.counting, workloads_on, capture_load)?;
         let counting = ebpf.counting();
         let collector = Collector::new(&mut ebpf)?;
-        let capture = match (capture_files, &options.capture) {
-            (Some(files), Some(capture_options)) => Some(Capture::start(&mut ebpf, files, capture_options, targets)?),
-            _ => None,
-        };
         // Before the interfaces: once "attached to" is logged, every reset's reason is recorded.
         let (kernel_events, reason_names) = loader::start_kernel_events(&mut ebpf);
+        let capture = match (capture_files, &options.capture) {
+            (Some(files), Some(capture_options)) => {
+                Some(Capture::start(&mut ebpf, files, capture_options, targets, reason_names.clone())?)
+            }
+            _ => None,
+        };
         let offsets = ebpf.workload_offsets().clone();
         let workloads = crate::workload::start(&mut ebpf, &offsets, &options.workloads);
         let attachments: Vec<Option<Attachment>> =
@@ -195,7 +197,7 @@ impl LiveSession {
             }
             let verdicts = self.aggregator.verdicts();
             let verdicts = verdicts.iter().map(|v| ((v.service.addr, v.service.port), v.cause.name())).collect();
-            capture.update_known(capture::Known { verdicts, reasons: HashMap::new() });
+            capture.update_known(capture::Known { verdicts });
         }
         if let Some(metrics) = &self.metrics {
             metrics.observe(

@@ -77,6 +77,12 @@ pub const MAP_CAPTURE_BUDGET: &str = "CAPTURE_BUDGET";
 pub const GLOBAL_CAPTURE_BUDGET: &str = "CAPTURE_BUDGET_PER_SECOND";
 pub const GLOBAL_CAPTURE_SNAPLEN: &str = "CAPTURE_SNAPLEN";
 pub const GLOBAL_CAPTURE_HANDSHAKES: &str = "CAPTURE_HANDSHAKES";
+/// The kernel's reason for each RST this host's stack sent, by the RST's tuple
+/// ([`crate::wire::CaptureReasonKey`] → [`crate::wire::CaptureReason`]): written by
+/// `tcp:tcp_send_reset` only while capturing, read by the capture programs for the record.
+pub const MAP_CAPTURE_REASONS: &str = "CAPTURE_REASONS";
+/// Whether `tcp:tcp_send_reset` writes [`MAP_CAPTURE_REASONS`] (0 or 1, set with `--capture`).
+pub const GLOBAL_CAPTURE_REASONS: &str = "CAPTURE_REASONS_ON";
 
 impl CountingPrograms {
     /// The capturing set of [`CountingPrograms::new`].
@@ -132,6 +138,7 @@ pub enum MapKind {
     Hash,
     Array,
     PerCpuArray,
+    LruHash,
     RingBuf,
 }
 
@@ -142,6 +149,7 @@ impl MapKind {
             MapKind::Hash => 1,
             MapKind::Array => 2,
             MapKind::PerCpuArray => 6,
+            MapKind::LruHash => 9,
             MapKind::RingBuf => 27,
         }
     }
@@ -157,7 +165,7 @@ pub enum ProgramKind {
 
 /// Every map of the object and its kind, the `.bss` data map included: a map added to the
 /// object is added here, and the contract test holds the object to exactly this list.
-pub const MAPS: [(&str, MapKind); 23] = [
+pub const MAPS: [(&str, MapKind); 24] = [
     (MAP_FLOW_TABLE, MapKind::Array),
     (MAP_FLOW_BLOCKS, MapKind::Array),
     (MAP_OVERFLOW_SOURCES[0], MapKind::Hash),
@@ -180,6 +188,7 @@ pub const MAPS: [(&str, MapKind); 23] = [
     (MAP_CAPTURE_RING, MapKind::RingBuf),
     (MAP_CAPTURE_COUNTERS, MapKind::PerCpuArray),
     (MAP_CAPTURE_BUDGET, MapKind::Array),
+    (MAP_CAPTURE_REASONS, MapKind::LruHash),
     // The loader's overrides of the globals below, a map aya makes from the section.
     (".rodata", MapKind::Array),
 ];
@@ -205,7 +214,7 @@ pub const PROGRAMS: [(&str, ProgramKind); 16] = [
 ];
 
 /// The u32 globals the loader sets before loading (read-only to the programs).
-pub const LOADER_GLOBALS: [&str; 22] = [
+pub const LOADER_GLOBALS: [&str; 23] = [
     GLOBAL_FLOW_TABLE_BITS,
     GLOBAL_EVICTION_LOG_SLOTS,
     GLOBAL_SEND_RESET_REASON_OFFSET,
@@ -228,4 +237,5 @@ pub const LOADER_GLOBALS: [&str; 22] = [
     GLOBAL_CAPTURE_BUDGET,
     GLOBAL_CAPTURE_SNAPLEN,
     GLOBAL_CAPTURE_HANDSHAKES,
+    GLOBAL_CAPTURE_REASONS,
 ];
