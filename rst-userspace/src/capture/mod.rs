@@ -577,7 +577,7 @@ fn counted_by_interface(run: &Run) -> Option<HashMap<u32, u64>> {
 }
 
 /// One ring record, copied out (records are fixed-size; anything else is not ours).
-fn read_record(bytes: &[u8]) -> Option<CaptureRecord> {
+pub(crate) fn read_record(bytes: &[u8]) -> Option<CaptureRecord> {
     if bytes.len() < std::mem::size_of::<CaptureRecord>() {
         return None;
     }
