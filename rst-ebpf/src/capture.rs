@@ -62,7 +62,7 @@ pub fn stack_reset(src: [u32; 4], dst: [u32; 4], ports: (u16, u16), family: u8, 
     // SAFETY: the helper has no preconditions.
     let value = CaptureReason { time_ns: unsafe { bpf_ktime_get_ns() }, reason, _pad: 0 };
     // A full LRU evicts its oldest entry: nothing to do on failure, the record then has none.
-    let _ = CAPTURE_REASONS.insert(&key, &value, 0);
+    let _ = CAPTURE_REASONS.insert(key, value, 0);
 }
 
 /// The record's [`CaptureRecord::kernel_reason`] byte for the RST `key` counted at `*now` (the
@@ -72,7 +72,7 @@ pub fn stack_reset(src: [u32; 4], dst: [u32; 4], ports: (u16, u16), family: u8, 
 #[inline(always)]
 fn kernel_reason(key: &FlowKey, now: *const u64) -> u8 {
     let key = CaptureReasonKey::of_flow(key);
-    let Some(found) = CAPTURE_REASONS.get_ptr(&key) else {
+    let Some(found) = CAPTURE_REASONS.get_ptr(key) else {
         return 0;
     };
     // SAFETY: a live map value; read field by field, not copied to the stack (this frame is at
