@@ -5,9 +5,9 @@ use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use crate::{
     table::FlowSlot,
     wire::{
-        CacheSlot, CaptureBudget, CaptureCounters, ConnKey, ConnState, Counters, FlowKey, FlowValue, LoggedFlow,
-        PayloadCounters, ResetCounters, ServiceKey, ServiceValue, SourceKey, StackResetKey, TrafficCounters,
-        WorkloadKey, FAMILY_IPV4,
+        CacheSlot, CaptureBudget, CaptureCounters, CaptureReason, CaptureReasonKey, ConnKey, ConnState, Counters,
+        FlowKey, FlowValue, LoggedFlow, PayloadCounters, ResetCounters, ServiceKey, ServiceValue, SourceKey,
+        StackResetKey, TrafficCounters, WorkloadKey, FAMILY_IPV4,
     },
 };
 
@@ -47,6 +47,10 @@ unsafe impl aya::Pod for CaptureCounters {}
 unsafe impl aya::Pod for CaptureBudget {}
 // SAFETY: as above.
 unsafe impl aya::Pod for PayloadCounters {}
+// SAFETY: as above.
+unsafe impl aya::Pod for CaptureReasonKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for CaptureReason {}
 
 impl FlowKey {
     pub fn src_ip(&self) -> IpAddr {

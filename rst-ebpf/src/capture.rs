@@ -10,12 +10,13 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes, bpf_xdp_get_buff_len, bpf_xdp_load_bytes},
     macros::map,
-    maps::{Array, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
 };
 use rst_common::wire::{
-    CaptureBudget, CaptureCounters, CaptureRecord, FlowKey, CAPTURE_DEFAULT_BUDGET, CAPTURE_DEFAULT_SNAPLEN,
-    CAPTURE_HANDSHAKE, CAPTURE_MAX_SNAPLEN, CAPTURE_RING_BYTES, CAPTURE_RST,
+    reason_byte, CaptureBudget, CaptureCounters, CaptureReason, CaptureReasonKey, CaptureRecord, FlowKey,
+    CAPTURE_DEFAULT_BUDGET, CAPTURE_DEFAULT_SNAPLEN, CAPTURE_HANDSHAKE, CAPTURE_MAX_SNAPLEN, CAPTURE_REASONS_ENTRIES,
+    CAPTURE_REASON_MAX_AGE_NS, CAPTURE_RING_BYTES, CAPTURE_RST,
 };
 
 /// Userspace polls the ring (every few ms, see `rstwatch::capture`), so no submit needs to
@@ -37,6 +38,56 @@ static CAPTURE_BUDGET_PER_SECOND: u32 = CAPTURE_DEFAULT_BUDGET;
 static CAPTURE_SNAPLEN: u32 = CAPTURE_DEFAULT_SNAPLEN;
 #[unsafe(no_mangle)]
 static CAPTURE_HANDSHAKES: u32 = 0;
+
+/// The kernel's reason for each RST this host's stack sent, by the RST's tuple: the tracepoint
+/// writes it before the RST reaches a hook, the capture programs read it into the record. The
+/// reasons the summary reports come from the stack-reset tables; this is only for the records,
+/// which are written before any interval ends.
+#[map]
+static CAPTURE_REASONS: LruHashMap<CaptureReasonKey, CaptureReason> =
+    LruHashMap::with_max_entries(CAPTURE_REASONS_ENTRIES, 0);
+/// Set by the loader with `--capture`; without it the tracepoint leaves the map alone.
+#[unsafe(no_mangle)]
+static CAPTURE_REASONS_ON: u32 = 0;
+
+/// `tcp:tcp_send_reset`, while capturing: remembers why the stack sends this RST, for the
+/// capture program that sees it leave (or arrive at a watched peer). Addresses and ports as
+/// [`CaptureReasonKey::new`] takes them, in the RST's direction.
+#[inline(always)]
+pub fn stack_reset(src: [u32; 4], dst: [u32; 4], ports: (u16, u16), family: u8, reason: u32) {
+    if global(&CAPTURE_REASONS_ON) == 0 {
+        return;
+    }
+    let key = CaptureReasonKey::new(src, dst, ports.0, ports.1, family);
+    // SAFETY: the helper has no preconditions.
+    let value = CaptureReason { time_ns: unsafe { bpf_ktime_get_ns() }, reason, _pad: 0 };
+    // A full LRU evicts its oldest entry: nothing to do on failure, the record then has none.
+    let _ = CAPTURE_REASONS.insert(key, value, 0);
+}
+
+/// The record's [`CaptureRecord::kernel_reason`] byte for the RST `key` counted at `*now` (the
+/// record's time, read again after the lookup rather than kept in a register or the stack): the
+/// reason the tracepoint wrote for its tuple within the last [`CAPTURE_REASON_MAX_AGE_NS`],
+/// else 0 (an RST this host's stack did not send: forwarded, forged, or from a raw socket).
+#[inline(always)]
+fn kernel_reason(key: &FlowKey, now: *const u64) -> u8 {
+    let key = CaptureReasonKey::of_flow(key);
+    let Some(found) = CAPTURE_REASONS.get_ptr(key) else {
+        return 0;
+    };
+    // SAFETY: a live map value; read field by field, not copied to the stack (this frame is at
+    // the limit). A concurrent update may change it between the reads: both are this tuple's.
+    let (time_ns, reason) = unsafe {
+        (core::ptr::read_volatile(&raw const (*found).time_ns), core::ptr::read_volatile(&raw const (*found).reason))
+    };
+    // SAFETY: `now` is the reserved record's time field.
+    let now = unsafe { core::ptr::read_volatile(now) };
+    // `now` may be a little earlier than `time_ns` when the tracepoint ran on another CPU.
+    if now.wrapping_sub(time_ns) as i64 > CAPTURE_REASON_MAX_AGE_NS as i64 {
+        return 0;
+    }
+    reason_byte(reason)
+}
 
 /// Where a program's frame bytes come from: the whole frame (all XDP buffers, the whole skb),
 /// not only the directly readable part.
@@ -110,7 +161,7 @@ pub fn reset<const ATOMIC: bool, S: Source>(source: &S, key: &FlowKey) {
         bump::<ATOMIC>(unsafe { &raw mut (*counters).over_budget });
         return;
     }
-    let outcome = send(source, key, now, CAPTURE_RST);
+    let outcome = send::<true, _>(source, key, now, CAPTURE_RST);
     // SAFETY: as above, for each field.
     let counter = unsafe {
         match outcome {
@@ -130,7 +181,7 @@ pub fn handshake<S: Source>(source: &S, key: &FlowKey, flags: u8) {
         return;
     }
     // SAFETY: the helper has no preconditions.
-    let _ = send(source, key, unsafe { bpf_ktime_get_ns() }, CAPTURE_HANDSHAKE);
+    let _ = send::<false, _>(source, key, unsafe { bpf_ktime_get_ns() }, CAPTURE_HANDSHAKE);
 }
 
 enum Sent {
@@ -140,7 +191,9 @@ enum Sent {
 }
 
 #[inline(always)]
-fn send<S: Source>(source: &S, key: &FlowKey, now: u64, what: u8) -> Sent {
+/// `REASON`: look the kernel's reason up (RSTs; a const so the inlined handshake path carries
+/// none of it).
+fn send<const REASON: bool, S: Source>(source: &S, key: &FlowKey, now: u64, what: u8) -> Sent {
     let Some(mut entry) = CAPTURE_RING.reserve::<CaptureRecord>(0) else {
         return Sent::RingFull;
     };
@@ -159,7 +212,19 @@ fn send<S: Source>(source: &S, key: &FlowKey, now: u64, what: u8) -> Sent {
         (*record).class = key.class;
         (*record).rst_ttl = key.rst_ttl;
         (*record).peer_ttl = key.peer_ttl;
-        (*record)._pad = 0;
+        (*record).kernel_reason = 0;
+    }
+    let mut len = len;
+    if REASON {
+        // After the fields above, and `len` read back after it, so that only the key's address
+        // is live across the lookup: `reset`'s frame and its caller's are at the 512-byte limit
+        // together.
+        // SAFETY: as above.
+        unsafe {
+            (*record).kernel_reason = kernel_reason(key, &raw const (*record).time_ns);
+            // Bounded again for the verifier, which does not know what the field holds.
+            len = u32::from(core::ptr::read_volatile(&raw const (*record).captured)).min(CAPTURE_MAX_SNAPLEN as u32);
+        }
     }
     // SAFETY: as above; `len` is at most the array's size.
     if len == 0 || !source.load(unsafe { (&raw mut (*record).data).cast::<u8>() }, len) {

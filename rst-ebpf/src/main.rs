@@ -370,6 +370,7 @@ fn record_stack_reset(ctx: &TracePointContext) -> Result<(), i32> {
         return Ok(());
     };
     workload::sent(ctx, src, dst, (sport, dport), family);
+    capture::stack_reset(src, dst, (sport, dport), family, reason);
     let key = StackResetKey::new(src, dst, sport, dport, family, reason);
     let epoch = current_epoch();
     let recorded = match epoch {

@@ -3,7 +3,7 @@
 
 Builds two network namespaces (names with this pid), runs target/release/rstwatch in one of
 them (nsenter --net, so it sees tracefs and the cgroup2 tree) with and without
---no-workloads, and makes N refused connects each way plus N aborts, so that
+--no-workloads, and with --capture (into a file under /tmp, removed after), and makes N refused connects each way plus N aborts, so that
 tcp:tcp_send_reset fires with and without a socket and tcp:tcp_receive_reset fires. Kernel BPF
 run-time statistics are on only while the resets are made, through a BPF_ENABLE_STATS file
 descriptor (closing it restores the previous state); `bpftool prog show` reads them. Root.
@@ -120,7 +120,10 @@ def main():
             sh("ip", "-n", ns, "link", "set", ifc, "up"); sh("ip", "-n", ns, "link", "set", "lo", "up")
         server = in_ns(B, SERVER)
         time.sleep(0.5)
-        for label, extra in (("workloads on", []), ("--no-workloads", ["--no-workloads"])):
+        # --capture: the send program also records each reason for the capture's comments.
+        capture = f"/tmp/rwcost-{PID}.pcapng"
+        configs = (("workloads on", []), ("--no-workloads", ["--no-workloads"]), ("--capture", ["--capture", capture]))
+        for label, extra in configs:
             result, elapsed = run(extra)
             for name in ("rstwatch_send_reset", "rstwatch_receive_reset"):
                 if name in result:
@@ -130,6 +133,8 @@ def main():
         if server:
             server.kill()
         sh("ip", "netns", "del", A, check=False); sh("ip", "netns", "del", B, check=False)
+        if os.path.exists(f"/tmp/rwcost-{PID}.pcapng"):
+            os.remove(f"/tmp/rwcost-{PID}.pcapng")
         for _ in range(50):
             try:
                 os.rmdir(CG)

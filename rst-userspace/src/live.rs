@@ -100,12 +100,14 @@ impl LiveSession {
         let collector = Collector::new(&mut ebpf)?;
         let reads_payloads = ebpf.reads_payloads();
         let payloads = Payloads::open(&mut ebpf, reads_payloads)?;
-        let capture = match (capture_files, &options.capture) {
-            (Some(files), Some(capture_options)) => Some(Capture::start(&mut ebpf, files, capture_options, targets)?),
-            _ => None,
-        };
         // Before the interfaces: once "attached to" is logged, every reset's reason is recorded.
         let (kernel_events, reason_names) = loader::start_kernel_events(&mut ebpf);
+        let capture = match (capture_files, &options.capture) {
+            (Some(files), Some(capture_options)) => {
+                Some(Capture::start(&mut ebpf, files, capture_options, targets, reason_names.clone())?)
+            }
+            _ => None,
+        };
         let offsets = ebpf.workload_offsets().clone();
         let workloads = crate::workload::start(&mut ebpf, &offsets, &options.workloads);
         let attachments: Vec<Option<Attachment>> =
@@ -202,7 +204,7 @@ impl LiveSession {
             }
             let verdicts = self.aggregator.verdicts();
             let verdicts = verdicts.iter().map(|v| ((v.service.addr, v.service.port), v.cause.name())).collect();
-            capture.update_known(capture::Known { verdicts, reasons: HashMap::new() });
+            capture.update_known(capture::Known { verdicts });
         }
         if let Some(metrics) = &self.metrics {
             metrics.observe(

@@ -24,10 +24,11 @@ use aya::{
 use caps::{CapSet, Capability};
 use rst_common::wire::{
     CountingPrograms, DIRECTION_RX, DIRECTION_TX, GLOBAL_CAPTURE_BUDGET, GLOBAL_CAPTURE_HANDSHAKES,
-    GLOBAL_CAPTURE_SNAPLEN, GLOBAL_EVICTION_LOG_SLOTS, GLOBAL_FLOW_TABLE_BITS, GLOBAL_SEND_RESET_DADDR_OFFSET,
-    GLOBAL_SEND_RESET_REASON_OFFSET, GLOBAL_SEND_RESET_SADDR_OFFSET, MAP_CONNECTIONS, MAP_CONN_FINGERPRINTS,
-    MAP_EVICTION_LOG, MAP_FLOW_BLOCKS, MAP_FLOW_TABLE, MAP_OVERFLOW_SOURCES, MAP_PAYLOAD_TC_PROGRAMS,
-    MAP_PAYLOAD_XDP_PROGRAMS, MAP_SERVICES, MAP_STACK_RESETS, MAP_WORKLOADS,
+    GLOBAL_CAPTURE_REASONS, GLOBAL_CAPTURE_SNAPLEN, GLOBAL_EVICTION_LOG_SLOTS, GLOBAL_FLOW_TABLE_BITS,
+    GLOBAL_SEND_RESET_DADDR_OFFSET, GLOBAL_SEND_RESET_REASON_OFFSET, GLOBAL_SEND_RESET_SADDR_OFFSET,
+    MAP_CAPTURE_REASONS, MAP_CONNECTIONS, MAP_CONN_FINGERPRINTS, MAP_EVICTION_LOG, MAP_FLOW_BLOCKS, MAP_FLOW_TABLE,
+    MAP_OVERFLOW_SOURCES, MAP_PAYLOAD_TC_PROGRAMS, MAP_PAYLOAD_XDP_PROGRAMS, MAP_SERVICES, MAP_STACK_RESETS,
+    MAP_WORKLOADS,
 };
 
 // The tracepoint program's part of loading lives in its own module; its functions keep their
@@ -397,7 +398,11 @@ pub fn load_with(
         loader
             .override_global(GLOBAL_CAPTURE_BUDGET, budget, true)
             .override_global(GLOBAL_CAPTURE_SNAPLEN, snaplen, true)
-            .override_global(GLOBAL_CAPTURE_HANDSHAKES, handshakes, true);
+            .override_global(GLOBAL_CAPTURE_HANDSHAKES, handshakes, true)
+            .override_global(GLOBAL_CAPTURE_REASONS, &1u32, true);
+    } else {
+        // Nothing writes it without the capture: no kernel memory for its preallocated entries.
+        loader.map_max_entries(MAP_CAPTURE_REASONS, 1);
     }
     let mut ebpf = loader.load(EBPF_OBJECT).map_err(|error| load_error(Box::new(error)))?;
     let xdp: &mut Xdp = ebpf

@@ -11,13 +11,16 @@ use rst_common::{
     inspect,
     parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     track,
-    wire::{ResetClass, ResetKind, ServiceCounts, ServiceKey, ServiceValue, FLOW_CACHE_SLOTS},
+    wire::{
+        CaptureReason, CaptureReasonKey, ResetClass, ResetKind, ServiceCounts, ServiceKey, ServiceValue,
+        CAPTURE_DEFAULT_BUDGET, CAPTURE_DEFAULT_SNAPLEN, FLOW_CACHE_SLOTS,
+    },
     FlowKey, Observation, Tracked,
 };
 use rst_craft::{cases, tcp_v4, tcp_v6, FrameBuilder, VlanKind};
 use rstwatch::{
     connections::HostConnections,
-    loader::Counting,
+    loader::{CaptureLoad, Counting},
     sys::affinity::{pin_current_thread, usable_cpus},
     testrun::{expected_sample, run_xdp, sample_flows, Harness, Verdict, LOOPBACK_IFINDEX},
 };
@@ -769,5 +772,44 @@ fn rsts_with_a_payload_counted_once(counting: Counting) -> anyhow::Result<()> {
     }
     // The ring (no one drains it here) holds ~1 000 records: all of these fit.
     assert_eq!(total, rst_common::wire::PayloadCounters { sent: 2 * u64::from(REPEAT), ring_full: 0, unreadable: 0 });
+    Ok(())
+}
+
+/// `--capture`: the capture program puts in each record the reason `tcp:tcp_send_reset`
+/// recorded for the RST's own tuple within the last second, and none for the reverse tuple, a
+/// stale entry, or a tuple never recorded.
+#[test]
+fn a_captured_rst_carries_the_kernel_reason_recorded_for_its_tuple() -> anyhow::Result<()> {
+    for counting in [Counting::PerCpu, Counting::Atomic] {
+        captured_reasons(counting).with_context(|| format!("{counting:?}"))?;
+    }
+    Ok(())
+}
+
+fn captured_reasons(counting: Counting) -> anyhow::Result<()> {
+    let capture = CaptureLoad { budget: CAPTURE_DEFAULT_BUDGET, snaplen: CAPTURE_DEFAULT_SNAPLEN, handshakes: false };
+    let mut kernel = Harness::load_with(MAX_FLOWS, counting, Some(capture))?;
+    let now = rstwatch::sys::clock::monotonic_ns()?;
+    let reason = |time_ns: u64, reason: u32| CaptureReason { time_ns, reason, _pad: 0 };
+    let v4 = tcp_v4().ports(8080, 41000).flags(TCP_RST | TCP_ACK);
+    let v6 = tcp_v6().ports(8443, 41001).flags(TCP_RST);
+    let stale = tcp_v4().ports(8081, 41002).flags(TCP_RST);
+    kernel.record_kernel_reason(&CaptureReasonKey::of_flow(&v4.flow_key(LOOPBACK_IFINDEX)), &reason(now, 1))?;
+    kernel.record_kernel_reason(&CaptureReasonKey::of_flow(&v6.flow_key(LOOPBACK_IFINDEX)), &reason(now, 12))?;
+    kernel.record_kernel_reason(
+        &CaptureReasonKey::of_flow(&stale.flow_key(LOOPBACK_IFINDEX)),
+        &reason(now.saturating_sub(3_000_000_000), 1),
+    )?;
+    // The v4 RST's reverse direction: the same connection, but the other side's RST.
+    let reverse = FrameBuilder::ipv4(rst_craft::SERVER_V4, rst_craft::CLIENT_V4).ports(41000, 8080).flags(TCP_RST);
+    let never = tcp_v4().ports(9000, 41003).flags(TCP_RST);
+    let mut found = Vec::new();
+    for frame in [&v4, &v6, &stale, &reverse, &never] {
+        kernel.run(&frame.build().bytes, 1)?;
+        let records = kernel.capture_records();
+        anyhow::ensure!(records.len() == 1, "one record per RST, got {}", records.len());
+        found.push(records[0].kernel_reason());
+    }
+    assert_eq!(found, [Some(1), Some(12), None, None, None], "v4, v6, stale, reverse, never recorded");
     Ok(())
 }

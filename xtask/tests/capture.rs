@@ -526,3 +526,78 @@ fn an_rst_with_a_payload_shows_its_text_without_capture_too() -> Result<()> {
     assert!(line.contains(r#"payload "policy deny\x00""#), "{line}");
     Ok(())
 }
+
+/// Each RST this host's stack sent carries the kernel's reason in its comment: a refused SYN
+/// (`NO_SOCKET`, traced before the RST goes out) and a server's SO_LINGER 0 abort (traced only
+/// after it went out, so found by the writer); an RST forged from a raw socket, which no stack
+/// sent, carries none. rstwatch enters only the server's network namespace (`nsenter --net`),
+/// so it has the host's tracefs for `tcp:tcp_send_reset`.
+#[test]
+fn the_comment_names_the_kernel_reason_of_the_hosts_own_resets_and_none_for_a_forged_one() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    ensure!(unsafe { libc::geteuid() } == 0, "this test needs root (network namespaces, BPF, XDP)");
+    lab::sweep_stale()?;
+    let hosts = TwoHosts::new(&[ip("10.81.1.2")], &[ip("10.81.2.2")])?;
+    let scratch = Scratch::new("reason")?;
+    let file = scratch.path("reasons.pcapng");
+    let mut cmd = xtask::diag_lab::nsenter(&hosts.server, rstwatch());
+    cmd.args(["-i", &hosts.server_if.name, "--format", "json", "--capture"]).arg(&file);
+    let mut proc = Proc::spawn(&mut cmd)?;
+    proc.wait_for_stderr(&format!("attached to {}", hosts.server_if.name), START_TIMEOUT)?;
+    ensure!(!proc.stderr().contains("kernel reasons"), "no kernel reasons here: {}", proc.stderr());
+    let mut traffic = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    traffic
+        .args(["traffic", "--client-ns", hosts.client.name(), "--server-ns", hosts.server.name(), "--rounds", "3"])
+        .arg("refused:10.81.1.2->10.81.2.2:81")
+        .arg("server-abort:10.81.1.2->10.81.2.2:8443");
+    let generated = Proc::spawn(&mut traffic)?.finish(Duration::from_secs(120))?;
+    ensure!(generated.status.success(), "traffic generator failed: {}", generated.stderr);
+    // Sent by the server's host, on a tuple no socket has: its stack never traced it.
+    let script = r#"
+import socket, struct
+src, dst = "10.81.2.2", "10.81.1.2"
+tcp = struct.pack("!HHIIBBHHH", 4444, 5555, 1000, 2000, 5 << 4, 0x14, 0, 0, 0)
+ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 1, 0, 64, 6, 0, socket.inet_aton(src), socket.inet_aton(dst))
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+s.sendto(ip + tcp, (dst, 0))
+"#;
+    let mut python = hosts.server.exec("python3");
+    python.args(["-c", script]);
+    let sent = Proc::spawn(&mut python)?.finish(Duration::from_secs(30))?;
+    ensure!(sent.status.success(), "the raw socket failed: {}", sent.stderr);
+    std::thread::sleep(Duration::from_millis(500));
+    let fin = stop(proc)?;
+    ensure!(fin.status.success(), "rstwatch failed: {}", fin.stderr);
+    let (written, dropped) = accounted(&summary(&fin)?)?;
+    assert_eq!((written, dropped), (7, 0), "three refused, three aborted, one forged");
+
+    let output = Command::new("tshark")
+        .arg("-r")
+        .arg(&file)
+        .args(["-Y", "tcp.flags.reset == 1", "-T", "fields", "-E", "separator=|", "-e", "tcp.srcport"])
+        .args(["-e", "frame.comment"])
+        .output()
+        .context("running tshark")?;
+    ensure!(output.status.success(), "tshark: {}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let by_port = |port: &str| -> Vec<&str> {
+        stdout.lines().filter_map(|line| line.split_once('|')).filter(|(p, _)| *p == port).map(|(_, c)| c).collect()
+    };
+    let reason =
+        |comment: &str| comment.split("; ").find_map(|part| part.strip_prefix("kernel reason=")).map(str::to_owned);
+    let refused = by_port("81");
+    assert_eq!(refused.len(), 3, "{stdout}");
+    assert!(refused.iter().all(|c| reason(c).as_deref() == Some("NO_SOCKET")), "{refused:#?}");
+    let aborted = by_port("8443");
+    assert_eq!(aborted.len(), 3, "{stdout}");
+    // SO_LINGER 0 closes through tcp_disconnect: TCP_STATE on 6.18 (names differ between kernels).
+    let abort_reasons: std::collections::BTreeSet<Option<String>> = aborted.iter().map(|c| reason(c)).collect();
+    assert!(
+        abort_reasons.len() == 1 && abort_reasons.iter().all(|r| r.as_ref().is_some_and(|r| r != "NO_SOCKET")),
+        "one reason of the stack's own for every abort: {aborted:#?}"
+    );
+    let forged = by_port("4444");
+    assert_eq!(forged.len(), 1, "{stdout}");
+    assert!(forged[0].contains("sent by this host") && reason(forged[0]).is_none(), "{forged:#?}");
+    Ok(())
+}

@@ -18,8 +18,9 @@ mod values;
 mod workload;
 
 pub use capture::{
-    CaptureBudget, CaptureCounters, CaptureRecord, CAPTURE_DEFAULT_BUDGET, CAPTURE_DEFAULT_SNAPLEN, CAPTURE_HANDSHAKE,
-    CAPTURE_MAX_SNAPLEN, CAPTURE_RING_BYTES, CAPTURE_RST,
+    reason_byte, CaptureBudget, CaptureCounters, CaptureReason, CaptureReasonKey, CaptureRecord,
+    CAPTURE_DEFAULT_BUDGET, CAPTURE_DEFAULT_SNAPLEN, CAPTURE_HANDSHAKE, CAPTURE_MAX_SNAPLEN, CAPTURE_REASONS_ENTRIES,
+    CAPTURE_REASON_MAX_AGE_NS, CAPTURE_RING_BYTES, CAPTURE_RST,
 };
 pub use class::{ResetClass, ResetKind};
 pub use counters::{Counters, ResetCounters, TrafficCounters};

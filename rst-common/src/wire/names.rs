@@ -112,6 +112,12 @@ impl CountingPrograms {
 pub const GLOBAL_CAPTURE_BUDGET: &str = "CAPTURE_BUDGET_PER_SECOND";
 pub const GLOBAL_CAPTURE_SNAPLEN: &str = "CAPTURE_SNAPLEN";
 pub const GLOBAL_CAPTURE_HANDSHAKES: &str = "CAPTURE_HANDSHAKES";
+/// The kernel's reason for each RST this host's stack sent, by the RST's tuple
+/// ([`crate::wire::CaptureReasonKey`] → [`crate::wire::CaptureReason`]): written by
+/// `tcp:tcp_send_reset` only while capturing, read by the capture programs for the record.
+pub const MAP_CAPTURE_REASONS: &str = "CAPTURE_REASONS";
+/// Whether `tcp:tcp_send_reset` writes [`MAP_CAPTURE_REASONS`] (0 or 1, set with `--capture`).
+pub const GLOBAL_CAPTURE_REASONS: &str = "CAPTURE_REASONS_ON";
 
 impl CountingPrograms {
     /// The capturing set of [`CountingPrograms::new`].
@@ -168,6 +174,7 @@ pub enum MapKind {
     Array,
     PerCpuArray,
     ProgramArray,
+    LruHash,
     RingBuf,
 }
 
@@ -179,6 +186,7 @@ impl MapKind {
             MapKind::Array => 2,
             MapKind::ProgramArray => 3,
             MapKind::PerCpuArray => 6,
+            MapKind::LruHash => 9,
             MapKind::RingBuf => 27,
         }
     }
@@ -194,7 +202,7 @@ pub enum ProgramKind {
 
 /// Every map of the object and its kind, the `.bss` data map included: a map added to the
 /// object is added here, and the contract test holds the object to exactly this list.
-pub const MAPS: [(&str, MapKind); 27] = [
+pub const MAPS: [(&str, MapKind); 28] = [
     (MAP_FLOW_TABLE, MapKind::Array),
     (MAP_FLOW_BLOCKS, MapKind::Array),
     (MAP_OVERFLOW_SOURCES[0], MapKind::Hash),
@@ -221,6 +229,7 @@ pub const MAPS: [(&str, MapKind); 27] = [
     (MAP_PAYLOAD_COUNTERS, MapKind::PerCpuArray),
     (MAP_PAYLOAD_XDP_PROGRAMS, MapKind::ProgramArray),
     (MAP_PAYLOAD_TC_PROGRAMS, MapKind::ProgramArray),
+    (MAP_CAPTURE_REASONS, MapKind::LruHash),
     // The loader's overrides of the globals below, a map aya makes from the section.
     (".rodata", MapKind::Array),
 ];
@@ -252,7 +261,7 @@ pub const PROGRAMS: [(&str, ProgramKind); 22] = [
 ];
 
 /// The u32 globals the loader sets before loading (read-only to the programs).
-pub const LOADER_GLOBALS: [&str; 22] = [
+pub const LOADER_GLOBALS: [&str; 23] = [
     GLOBAL_FLOW_TABLE_BITS,
     GLOBAL_EVICTION_LOG_SLOTS,
     GLOBAL_SEND_RESET_REASON_OFFSET,
@@ -275,4 +284,5 @@ pub const LOADER_GLOBALS: [&str; 22] = [
     GLOBAL_CAPTURE_BUDGET,
     GLOBAL_CAPTURE_SNAPLEN,
     GLOBAL_CAPTURE_HANDSHAKES,
+    GLOBAL_CAPTURE_REASONS,
 ];

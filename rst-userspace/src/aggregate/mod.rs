@@ -201,7 +201,7 @@ fn four_tuple_of_event(key: &StackResetKey) -> FourTuple {
 }
 
 /// The name of kernel reason `code` (index into `names`, as the loader read them).
-fn reason_name(names: &[String], code: u32) -> String {
+pub(crate) fn reason_name(names: &[String], code: u32) -> String {
     names.get(code as usize).cloned().unwrap_or_else(|| format!("REASON_{code}"))
 }
 

@@ -7,8 +7,9 @@ use rst_common::wire::{ResetClass, DIRECTION_TX};
 
 use crate::aggregate::model::Side;
 
-/// What the comment says about an RST beyond its class: the verdict on its service, and the
-/// kernel's reason for a reset this host's stack sent, where the run already knows them.
+/// What the comment says about an RST beyond its class: the verdict on its service, where the
+/// run already has one, and the kernel's reason for a reset this host's stack sent (from the
+/// capture's own record of `tcp:tcp_send_reset`, see `rstwatch::capture`).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Known<'a> {
     pub verdict: Option<&'static str>,
@@ -65,6 +66,14 @@ mod tests {
         assert_eq!(
             text,
             "rstwatch: established; side=client (from the ports); not first; sent by this host; kernel reason=NO_SOCKET"
+        );
+        // Both, in that order: the stack's own reason for this RST, then the service's verdict.
+        let class = ResetClass::new(ResetKind::Refused, true, true, true, true).0;
+        let known = Known { verdict: Some("no_listener"), reason: Some("NO_SOCKET") };
+        assert_eq!(
+            reset(class, DIRECTION_TX, 64, 0, known),
+            "rstwatch: refused; side=server (observed); first; ack; sent by this host; kernel reason=NO_SOCKET; \
+             verdict=no_listener"
         );
     }
 }

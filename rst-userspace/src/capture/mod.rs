@@ -24,12 +24,13 @@ use std::{
 };
 
 use anyhow::Context as _;
-use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use rst_common::{
     parse::{Observation, TCP_SYN},
     wire::{
-        CaptureCounters, CaptureRecord, ConnKey, FlowKey, CAPTURE_HANDSHAKE, CAPTURE_RST, DIRECTION_TX,
-        MAP_CAPTURE_COUNTERS, MAP_CAPTURE_RING,
+        CaptureCounters, CaptureReason, CaptureReasonKey, CaptureRecord, ConnKey, FlowKey, CAPTURE_HANDSHAKE,
+        CAPTURE_REASON_MAX_AGE_NS, CAPTURE_RST, DIRECTION_TX, MAP_CAPTURE_COUNTERS, MAP_CAPTURE_REASONS,
+        MAP_CAPTURE_RING,
     },
 };
 
@@ -67,11 +68,10 @@ const IDLE: Duration = Duration::from_millis(10);
 const DRAIN_AT_MOST: usize = 16_384;
 
 /// What the run knows that the comments can use: the verdict on each service, by address and
-/// port, and the kernel's reason for each tx flow's resets.
+/// port. (The kernel's reason comes with each record.)
 #[derive(Debug, Default)]
 pub struct Known {
     pub verdicts: HashMap<(IpAddr, u16), &'static str>,
-    pub reasons: HashMap<FlowKey, String>,
 }
 
 /// What the session and the thread share.
@@ -104,12 +104,14 @@ pub fn create(options: &Options) -> Result<Files, files::Error> {
 }
 
 impl Capture {
-    /// Takes the ring and counters from the object and starts the thread that writes `files`.
+    /// Takes the ring and counters from the object and starts the thread that writes `files`;
+    /// `reason_names` name the kernel's reset reasons (index = code), as the summary does.
     pub fn start(
         ebpf: &mut aya::Ebpf,
         files: Files,
         options: &Options,
         interfaces: &[(String, u32)],
+        reason_names: Vec<String>,
     ) -> anyhow::Result<Capture> {
         let ring = ebpf
             .take_map(MAP_CAPTURE_RING)
@@ -119,6 +121,10 @@ impl Capture {
             .take_map(MAP_CAPTURE_COUNTERS)
             .with_context(|| format!("the eBPF object has no map {MAP_CAPTURE_COUNTERS}"))?;
         let counters = PerCpuArray::try_from(counters).context("opening the capture counters")?;
+        let reasons = ebpf
+            .take_map(MAP_CAPTURE_REASONS)
+            .with_context(|| format!("the eBPF object has no map {MAP_CAPTURE_REASONS}"))?;
+        let reasons = BpfHashMap::try_from(reasons).context("opening the capture's kernel reasons")?;
         let shared = Arc::new(Shared::default());
         {
             let mut names = shared.names.lock().unwrap_or_else(PoisonError::into_inner);
@@ -127,7 +133,8 @@ impl Capture {
             }
         }
         let file = options.layout.path.display().to_string();
-        let mut writer = Writer::new(files, options.snaplen, Arc::clone(&shared))?;
+        let mut writer =
+            Writer::new(files, options.snaplen, Arc::clone(&shared), Reasons { map: reasons, names: reason_names })?;
         writer.begin_file();
         let thread = std::thread::Builder::new()
             .name("capture".into())
@@ -225,6 +232,7 @@ struct Writer {
     failure: Option<String>,
     snaplen: u32,
     shared: Arc<Shared>,
+    reasons: Reasons,
     /// Wall-clock minus monotonic nanoseconds: the records carry `bpf_ktime_get_ns`.
     offset_ns: i128,
     /// When the open file was started (wall-clock ns), for its statistics blocks.
@@ -246,7 +254,7 @@ fn wall_ns() -> u64 {
 }
 
 impl Writer {
-    fn new(files: Files, snaplen: u32, shared: Arc<Shared>) -> anyhow::Result<Writer> {
+    fn new(files: Files, snaplen: u32, shared: Arc<Shared>, reasons: Reasons) -> anyhow::Result<Writer> {
         let monotonic = crate::sys::clock::monotonic_ns().context("reading the monotonic clock")?;
         Ok(Writer {
             files: Some(files),
@@ -254,6 +262,7 @@ impl Writer {
             failure: None,
             snaplen,
             shared,
+            reasons,
             offset_ns: i128::from(wall_ns()) - i128::from(monotonic),
             file_started_ns: wall_ns(),
             interfaces: Vec::new(),
@@ -332,18 +341,22 @@ impl Writer {
                         self.write_packet(&frame, comment::HANDSHAKE, false);
                     }
                 }
+                let event_key = match observation {
+                    Observation::Reset(event) => Some(event.key),
+                    _ => None,
+                };
+                let reason = self.reasons.name(record, event_key.as_ref());
                 let comment = {
                     let known = self.shared.known.lock().unwrap_or_else(PoisonError::into_inner);
-                    let event_key = match observation {
-                        Observation::Reset(event) => Some(event.key),
-                        _ => None,
-                    };
                     comment::reset(
                         record.class,
                         record.direction,
                         record.rst_ttl,
                         record.peer_ttl,
-                        known_for(&known, record, event_key.as_ref()),
+                        comment::Known {
+                            verdict: verdict_for(&known, record, event_key.as_ref()),
+                            reason: reason.as_deref(),
+                        },
                     )
                 };
                 let frame = Frame {
@@ -519,20 +532,35 @@ impl Writer {
     }
 }
 
-/// What the run knows about this RST: its service's verdict (the service is the server side
-/// of the connection), and for a tx RST the kernel's reason.
-fn known_for<'a>(known: &'a Known, record: &CaptureRecord, key: Option<&FlowKey>) -> comment::Known<'a> {
-    let Some(key) = key else { return comment::Known::default() };
+/// The kernel's reasons for the RSTs this host's stack sent: the map `tcp:tcp_send_reset` fills
+/// while capturing, and their names.
+struct Reasons {
+    map: BpfHashMap<MapData, CaptureReasonKey, CaptureReason>,
+    /// By code, as the summary names them.
+    names: Vec<String>,
+}
+
+impl Reasons {
+    /// The reason the record carries (the capture program found it: the stack traced the RST
+    /// before sending it, as it does for a segment that finds no socket), else the one the
+    /// tracepoint wrote for the RST's tuple since: the stack traces the RSTs it sends on its
+    /// own (an abort, SO_LINGER 0, a keepalive timeout) only after they went out, so a capture
+    /// program sees those first. Either within [`CAPTURE_REASON_MAX_AGE_NS`] of the RST.
+    fn name(&self, record: &CaptureRecord, key: Option<&FlowKey>) -> Option<String> {
+        let code = record.kernel_reason().or_else(|| {
+            let found = self.map.get(&CaptureReasonKey::of_flow(key?), 0).ok()?;
+            (found.time_ns.abs_diff(record.time_ns) <= CAPTURE_REASON_MAX_AGE_NS).then_some(found.reason)
+        })?;
+        Some(crate::aggregate::reason_name(&self.names, code))
+    }
+}
+
+/// The verdict on this RST's service (the server side of the connection), once the run has one.
+fn verdict_for(known: &Known, record: &CaptureRecord, key: Option<&FlowKey>) -> Option<&'static str> {
+    let key = key?;
     let server = rst_common::wire::ResetClass(record.class).server();
     let service = if server { (key.src_ip(), key.sport) } else { (key.dst_ip(), key.dport) };
-    comment::Known {
-        verdict: known.verdicts.get(&service).copied(),
-        reason: if record.direction == DIRECTION_TX {
-            known.reasons.get(&key.flow_id()).map(String::as_str)
-        } else {
-            None
-        },
-    }
+    known.verdicts.get(&service).copied()
 }
 
 /// The run's RSTs per interface, when every one is in a flow (an RST the flow table had no
@@ -549,7 +577,7 @@ fn counted_by_interface(run: &Run) -> Option<HashMap<u32, u64>> {
 }
 
 /// One ring record, copied out (records are fixed-size; anything else is not ours).
-fn read_record(bytes: &[u8]) -> Option<CaptureRecord> {
+pub(crate) fn read_record(bytes: &[u8]) -> Option<CaptureRecord> {
     if bytes.len() < std::mem::size_of::<CaptureRecord>() {
         return None;
     }

@@ -23,7 +23,10 @@ use aya::{
 pub use context::XdpMd;
 pub use probe::{expected_sample, sample_flows, Verdict};
 use rst_common::{
-    wire::{CountingPrograms, PROG_TC_BASELINE, PROG_XDP_BASELINE},
+    wire::{
+        CaptureReason, CaptureReasonKey, CaptureRecord, CountingPrograms, MAP_CAPTURE_REASONS, PROG_TC_BASELINE,
+        PROG_XDP_BASELINE,
+    },
     FlowKey,
 };
 
@@ -85,6 +88,8 @@ pub struct Harness {
     map_ids: Vec<(String, u32)>,
     /// With the capturing programs: their ring, emptied at every collect.
     capture_ring: Option<aya::maps::RingBuf<aya::maps::MapData>>,
+    /// With the capturing programs: the kernel reasons `tcp:tcp_send_reset` would record.
+    capture_reasons: Option<aya::maps::HashMap<MapData, CaptureReasonKey, CaptureReason>>,
 }
 
 impl Harness {
@@ -107,14 +112,18 @@ impl Harness {
         }
         let probe = probe::Probe::open(|name| second_handle(&map_ids, name), max_flows)?;
         let collector = Collector::new(&mut ebpf)?;
-        let capture_ring = match capture {
+        let (capture_ring, capture_reasons) = match capture {
             Some(_) => {
                 let ring = ebpf.take_map(rst_common::wire::MAP_CAPTURE_RING).context("the capture ring")?;
-                Some(aya::maps::RingBuf::try_from(ring).context("opening the capture ring")?)
+                let reasons = ebpf.take_map(MAP_CAPTURE_REASONS).context("the capture's kernel reasons")?;
+                (
+                    Some(aya::maps::RingBuf::try_from(ring).context("opening the capture ring")?),
+                    Some(aya::maps::HashMap::try_from(reasons).context("opening the capture's kernel reasons")?),
+                )
             }
-            None => None,
+            None => (None, None),
         };
-        Ok(Self { ebpf, collector, programs, probe, map_ids, capture_ring })
+        Ok(Self { ebpf, collector, programs, probe, map_ids, capture_ring, capture_reasons })
     }
 
     /// Also loads the empty XDP and TC programs of the object, the floor cost measurements
@@ -179,6 +188,25 @@ impl Harness {
             while ring.next().is_some() {}
         }
         self.collector.collect()
+    }
+
+    /// With the capturing programs: the records in the ring, taken out of it.
+    pub fn capture_records(&mut self) -> Vec<CaptureRecord> {
+        let mut records = Vec::new();
+        if let Some(ring) = &mut self.capture_ring {
+            while let Some(item) = ring.next() {
+                records.extend(crate::capture::read_record(&item));
+            }
+        }
+        records
+    }
+
+    /// With the capturing programs: what `tcp:tcp_send_reset` records for an RST this host's
+    /// stack sends, written as the tracepoint would.
+    pub fn record_kernel_reason(&mut self, key: &CaptureReasonKey, reason: &CaptureReason) -> anyhow::Result<()> {
+        let map = self.capture_reasons.as_mut().context("loaded without the capturing programs")?;
+        map.insert(key, reason, 0).context("writing the capture's kernel reasons")?;
+        Ok(())
     }
 
     /// In `epoch`: eviction-log entries used, all CPUs, and flow-table slots used.
