@@ -217,8 +217,14 @@ pub struct GenOutcome {
 
 /// Runs the live-frames generator in the generator namespace, out of its veth.
 pub fn generate(lab: &FloodLab, plan: &GenPlan) -> Result<GenOutcome> {
+    generate_with(lab, plan, &[])
+}
+
+/// [`generate`] with more of the generator's options (`rstwatch-bench gen --help`).
+pub fn generate_with(lab: &FloodLab, plan: &GenPlan, extra: &[&str]) -> Result<GenOutcome> {
     let mut args = plan.args(&lab.gen_if.name);
     args.extend(["--list".to_owned(), "1".to_owned()]);
+    args.extend(extra.iter().map(|arg| (*arg).to_owned()));
     let mut report: GenReport = bench_report(Some(&lab.gen), &args)?;
     let (sent, delivered) = (report.sent, report.delivered);
     let mut expected = BTreeMap::new();

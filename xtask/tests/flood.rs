@@ -70,6 +70,44 @@ fn flood_counted_once_in_its_flow(counting: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// A flood of RSTs that all carry text goes through the payload programs (a tail call from the
+/// counting program, which then counts in their place): every RST still counts once in its
+/// flow, and every one is either handed over or counted as dropped when the ring is full —
+/// nothing lost without a number.
+#[test]
+fn a_flood_of_rsts_with_text_is_counted_once_and_every_payload_accounted_for() -> Result<()> {
+    const TEXT: &str = "policy deny";
+    let lab = lab()?;
+    let rstwatch = bench::start_rstwatch(&lab, &["--interval", "200ms"])?;
+    let plan = GenPlan { flows: 16, first: 0, repeat: 20_000, length: GenLength::Passes(1) };
+    let fast = bench::generate_with(&lab, &plan, &["--payload", TEXT])?;
+    let sweep = bench::generate_with(
+        &lab,
+        &GenPlan { flows: 2048, first: 3000, repeat: 1, length: GenLength::Passes(1) },
+        &["--payload", TEXT],
+    )?;
+    let out = bench::stop_rstwatch(rstwatch)?;
+    let delivered = fast.delivered + sweep.delivered;
+    let mut expected: BTreeMap<_, u64> = fast.expected;
+    for (flow, count) in sweep.expected {
+        *expected.entry(flow).or_default() += count;
+    }
+    let exact = bench::check_exact(&out, delivered, &expected)?;
+    assert_eq!(exact.overflow, 0, "{exact:?}");
+    let payloads = &out.summary["rst_payloads"];
+    eprintln!("{delivered} RSTs with text delivered; rst_payloads {payloads}; generator {}", fast.json);
+    let field =
+        |name: &str| payloads[name].as_u64().with_context(|| format!("summary rst_payloads.{name}: {payloads}"));
+    assert_eq!(field("handed_over")? + field("dropped")?, delivered, "{payloads}");
+    assert!(field("handed_over")? > 0, "{payloads}");
+    let flows = out.summary["flows"].as_array().context("summary flows")?;
+    let with_text = flows.iter().filter(|flow| flow["rst_payload"] == TEXT).count();
+    assert!(with_text > 0, "no flow shows the payload");
+    // Whatever the ring dropped, a flow shows this payload or none: never another flow's.
+    assert!(flows.iter().all(|flow| flow["rst_payload"].is_null() || flow["rst_payload"] == TEXT));
+    Ok(())
+}
+
 /// A flow table of 64 entries against 4096 flows: most RSTs overflow, and still every one is in
 /// the totals, and every one is either in its flow or in `overflow`.
 #[test]

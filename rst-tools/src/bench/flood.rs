@@ -54,14 +54,21 @@ pub struct GenArgs {
     /// Above 0: list the frames each flow delivered (`expected`).
     #[arg(long, default_value_t = 0)]
     pub list: u32,
+    /// TCP payload of every RST (text some devices put in a reset); none by default.
+    #[arg(long)]
+    pub payload: Option<String>,
 }
 
 pub fn generate(args: &GenArgs) -> anyhow::Result<GenReport> {
-    let GenArgs { ref iface, flows, first, repeat, passes, seconds, rate, batch, list } = *args;
+    let GenArgs { ref iface, flows, first, repeat, passes, seconds, rate, batch, list, ref payload } = *args;
     ensure!(flows > 0 && repeat > 0, "--flows and --repeat must be positive");
     let ifindex = loader::resolve_interface(iface)?;
     let prog = test_run::load_xdp_tx().context("loading the XDP_TX generator program")?;
-    let frames: Vec<Vec<u8>> = (first..first + flows).map(|i| padded(flood_flow(i))).collect();
+    let frame_of = |i| match payload {
+        Some(text) => padded(flood_flow(i).payload(text.as_bytes())),
+        None => padded(flood_flow(i)),
+    };
+    let frames: Vec<Vec<u8>> = (first..first + flows).map(frame_of).collect();
     let contexts: Vec<XdpMd> = frames.iter().map(|f| XdpMd::arriving(f.len(), ifindex)).collect();
     let mut xmit_errors = XmitErrors::open(iface).context("reading the veth's XDP transmit errors")?;
     let started = Instant::now();
