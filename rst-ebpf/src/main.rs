@@ -23,7 +23,7 @@ use aya_ebpf::{
     bindings::{xdp_action, BPF_F_MMAPABLE, BPF_NOEXIST},
     helpers::bpf_get_smp_processor_id,
     macros::{classifier, map, tracepoint, xdp},
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::{TcContext, TracePointContext, XdpContext},
 };
 use rst_common::{
@@ -117,9 +117,11 @@ static SERVICES_0: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries
 static SERVICES_1: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
 /// Open connections and the down word per service (see [`rst_common::services`]): lives across
 /// intervals, never flipped or drained; only SYN+ACKs, FINs and RSTs of tracked connections
-/// touch it.
+/// touch it. An LRU map: every server a host ever talks to is a service (pod addresses churn),
+/// and a plain hash, once full, left every new service without an open count for the rest of
+/// the run; here the service longest untouched makes room.
 #[map]
-static SERVICE_OPEN: HashMap<ServiceKey, OpenValue> = HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+static SERVICE_OPEN: LruHashMap<ServiceKey, OpenValue> = LruHashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
 /// Resets the host's TCP stack sent, per 4-tuple and kernel reason; flipped and drained too.
 #[map]
 static STACK_RESETS_0: HashMap<StackResetKey, FlowValue> = HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);

@@ -813,3 +813,31 @@ fn captured_reasons(counting: Counting) -> anyhow::Result<()> {
     assert_eq!(found, [Some(1), Some(12), None, None, None], "v4, v6, stale, reverse, never recorded");
     Ok(())
 }
+
+/// `SERVICE_OPEN` holds every service the host saw accept a connection; when more services
+/// than it has room for come and go, the longest untouched one makes room, so a new service
+/// still has its open connections counted (a plain hash, full, counted none for it).
+#[test]
+fn a_new_service_is_tracked_after_more_services_than_the_map_holds() -> anyhow::Result<()> {
+    const SERVER: [u8; 4] = [10, 0, 3, 2];
+    const CLIENT: [u8; 4] = [10, 0, 3, 1];
+    let accept = |server: [u8; 4], sport: u16, client_port: u16| {
+        FrameBuilder::ipv4(server, CLIENT).ports(sport, client_port).flags(TCP_SYN | TCP_ACK).seq_ack(7000, 1).ttl(64)
+    };
+    let mut kernel = Harness::load(MAX_FLOWS, Counting::Auto)?;
+    // Accepts by more distinct services than the map holds, each once (its SYN unseen).
+    let services = rst_common::wire::DEFAULT_MAX_SERVICES + 512;
+    for index in 0..services {
+        let server = [10, 1, (index >> 8) as u8, index as u8];
+        kernel.run(&accept(server, 443, 40000).build().into_bytes(), 1)?;
+    }
+    kernel.collect()?;
+    // A new service accepts two connections: the second with the first still open.
+    kernel.run(&accept(SERVER, 8080, 50001).build().into_bytes(), 1)?;
+    kernel.run(&accept(SERVER, 8080, 50002).build().into_bytes(), 1)?;
+    let sample = kernel.collect()?;
+    let counted: Vec<_> = sample.services.iter().map(|(key, value)| (key.ip(), key.port, value.decoded())).collect();
+    let expected = ServiceCounts { synacks: 2, accept_open_max: Some(1), synack_ttl: Some(64), ..Default::default() };
+    assert_eq!(counted, vec![(std::net::IpAddr::from(SERVER), 8080, expected)]);
+    Ok(())
+}

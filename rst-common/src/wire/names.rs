@@ -217,7 +217,7 @@ pub const MAPS: [(&str, MapKind); 28] = [
     (MAP_CONN_FINGERPRINTS, MapKind::Array),
     (MAP_SERVICES[0], MapKind::Hash),
     (MAP_SERVICES[1], MapKind::Hash),
-    (MAP_SERVICE_OPEN, MapKind::Hash),
+    (MAP_SERVICE_OPEN, MapKind::LruHash),
     (MAP_STACK_RESETS[0], MapKind::Hash),
     (MAP_STACK_RESETS[1], MapKind::Hash),
     (MAP_WORKLOADS[0], MapKind::Hash),
