@@ -26,10 +26,6 @@ impl<V> Recent<V> {
         self.entries.get(&id).map(|entry| &entry.value)
     }
 
-    pub fn contains(&self, id: u64) -> bool {
-        self.entries.contains_key(&id)
-    }
-
     /// Marks `id` used at `now`; whether it is here.
     pub fn touch(&mut self, id: u64, now: Duration) -> bool {
         match self.entries.get_mut(&id) {
@@ -62,6 +58,10 @@ impl<V> Recent<V> {
     pub fn len(&self) -> usize {
         self.entries.len()
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
 }
 
 #[cfg(test)]
@@ -89,11 +89,11 @@ mod tests {
         recent.forget_unused(at(3601), HOUR);
         assert_eq!((recent.get(1), recent.get(2), recent.get(3)), (None, Some(&"busy"), Some(&"late")));
         recent.forget_unused(at(5401), HOUR);
-        assert_eq!((recent.contains(2), recent.contains(3)), (true, false));
+        assert_eq!((recent.get(2), recent.get(3)), (Some(&"busy"), None));
         // A touch never moves an entry back in time.
         assert!(recent.touch(2, at(10)));
         recent.forget_unused(at(6601), HOUR);
-        assert_eq!(recent.len(), 0);
+        assert!(recent.is_empty());
     }
 
     #[test]
@@ -105,7 +105,10 @@ mod tests {
         recent.touch(1, at(4));
         recent.insert(4, 40, at(5));
         assert_eq!(recent.len(), 3);
-        assert_eq!((recent.get(1), recent.get(2), recent.get(3), recent.get(4)), (Some(&10), None, Some(&30), Some(&40)));
+        assert_eq!(
+            (recent.get(1), recent.get(2), recent.get(3), recent.get(4)),
+            (Some(&10), None, Some(&30), Some(&40))
+        );
         // Replacing a present id evicts nothing.
         recent.insert(3, 31, at(6));
         assert_eq!((recent.len(), recent.get(1), recent.get(3)), (3, Some(&10), Some(&31)));

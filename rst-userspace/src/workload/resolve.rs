@@ -300,7 +300,7 @@ mod tests {
         assert!(resolver.known(busy).is_some() && resolver.known(reported).is_some());
         assert_eq!(resolver.resolved.len(), 2);
         assert!(resolver.paths.keys().all(|id| ![idle, busy, reported, unnamed].contains(id)), "old paths go");
-        assert_eq!(resolver.missing.len(), 0, "old misses go");
+        assert!(resolver.missing.is_empty(), "old misses go");
         // Its path forgotten and its directory gone, `unnamed` is now a miss, not a stale name.
         assert!(resolver.resolve(unnamed).is_none());
     }
