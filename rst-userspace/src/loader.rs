@@ -503,6 +503,11 @@ pub fn resolve_targets(names: &[String]) -> anyhow::Result<Vec<(String, u32)>> {
     let mut seen = std::collections::HashSet::new();
     let mut targets = Vec::new();
     // Patterns match interfaces as they come (see `live`), none of them need exist at the start.
+    if !names.iter().any(|name| name == LOOPBACK) {
+        if let Some(pattern) = names.iter().find(|name| is_pattern(name) && glob(name, LOOPBACK)) {
+            tracing::info!("-i '{pattern}' leaves out {LOOPBACK}: watch it with -i {LOOPBACK}");
+        }
+    }
     for name in names.iter().filter(|name| !is_pattern(name)) {
         let ifindex = resolve_interface(name)?;
         if !seen.insert(ifindex) {
@@ -564,9 +569,10 @@ const LOOPBACK: &str = "lo";
 /// [`LOOPBACK`], which is watched only when `-i lo` names it (a `'*'` meant "every device",
 /// not the host's own local traffic).
 pub fn pattern_matches(pattern: &str, name: &str) -> bool {
-    if name == LOOPBACK {
-        return false;
-    }
+    name != LOOPBACK && glob(pattern, name)
+}
+
+fn glob(pattern: &str, name: &str) -> bool {
     let (pattern, name) = (pattern.as_bytes(), name.as_bytes());
     let (mut p, mut n) = (0, 0);
     // Where the last `*` was, and the name position it matched up to: backtrack there.
@@ -811,7 +817,7 @@ mod tests {
         for name in ["lo0", "lob", "xlo", "lo1"] {
             assert!(pattern_matches("*", name) && pattern_matches("*lo*", name), "{name}");
         }
-        assert!(pattern_matches("??", "ab"));
+        assert!(pattern_matches("??", "ab") && glob("*", LOOPBACK), "the shell would match it");
         // `-i lo` is a name: resolved and attached like any other.
         assert!(!is_pattern(LOOPBACK));
     }
