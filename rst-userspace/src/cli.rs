@@ -61,7 +61,8 @@ pub enum Command {
 #[derive(Debug, Clone, clap::Args)]
 pub struct Interfaces {
     /// Interface to watch; repeat for several. A pattern (`'veth*'`, `'cali?'`) watches every
-    /// matching interface, those that appear later included.
+    /// matching interface, those that appear later included; no pattern matches `lo`, which is
+    /// watched only when named (`-i lo`).
     #[arg(short = 'i', long = "iface", value_name = "IFACE", required = true)]
     pub ifaces: Vec<String>,
     /// Do not name the workload (cgroup, unit, pod) behind each reset, nor attach

@@ -508,6 +508,11 @@ pub fn resolve_targets(names: &[String]) -> anyhow::Result<Vec<(String, u32)>> {
     let mut seen = std::collections::HashSet::new();
     let mut targets = Vec::new();
     // Patterns match interfaces as they come (see `live`), none of them need exist at the start.
+    if !names.iter().any(|name| name == LOOPBACK) {
+        if let Some(pattern) = names.iter().find(|name| is_pattern(name) && glob(name, LOOPBACK)) {
+            tracing::info!("-i '{pattern}' leaves out {LOOPBACK}: watch it with -i {LOOPBACK}");
+        }
+    }
     for name in names.iter().filter(|name| !is_pattern(name)) {
         let ifindex = resolve_interface(name)?;
         if !seen.insert(ifindex) {
@@ -562,8 +567,17 @@ pub fn is_pattern(name: &str) -> bool {
     name.contains(['*', '?'])
 }
 
-/// Shell-style matching of an interface name: `*` any run of characters, `?` any one.
+/// The loopback interface: a pattern never matches it.
+const LOOPBACK: &str = "lo";
+
+/// Shell-style matching of an interface name: `*` any run of characters, `?` any one; never
+/// [`LOOPBACK`], which is watched only when `-i lo` names it (a `'*'` meant "every device",
+/// not the host's own local traffic).
 pub fn pattern_matches(pattern: &str, name: &str) -> bool {
+    name != LOOPBACK && glob(pattern, name)
+}
+
+fn glob(pattern: &str, name: &str) -> bool {
     let (pattern, name) = (pattern.as_bytes(), name.as_bytes());
     let (mut p, mut n) = (0, 0);
     // Where the last `*` was, and the name position it matched up to: backtrack there.
@@ -790,13 +804,27 @@ mod tests {
     fn interface_patterns_match_like_the_shell() {
         assert!(is_pattern("veth*") && is_pattern("cali?") && !is_pattern("eth0"));
         for (pattern, name) in
-            [("veth*", "veth1a2b"), ("veth*", "veth"), ("*", "lo"), ("c?li*", "cali12"), ("*a*b", "xxaab")]
+            [("veth*", "veth1a2b"), ("veth*", "veth"), ("*", "eth0"), ("c?li*", "cali12"), ("*a*b", "xxaab")]
         {
             assert!(pattern_matches(pattern, name), "{pattern} {name}");
         }
         for (pattern, name) in [("veth*", "eth0"), ("cali?", "cali12"), ("*a*b", "xxaba"), ("veth", "veth0")] {
             assert!(!pattern_matches(pattern, name), "{pattern} {name}");
         }
+    }
+
+    #[test]
+    fn no_pattern_matches_loopback_and_its_name_is_not_a_pattern() {
+        for pattern in ["*", "l*", "lo*", "?o", "l?", "*o", "??"] {
+            assert!(!pattern_matches(pattern, "lo"), "{pattern}");
+        }
+        // Only loopback itself is left out.
+        for name in ["lo0", "lob", "xlo", "lo1"] {
+            assert!(pattern_matches("*", name) && pattern_matches("*lo*", name), "{name}");
+        }
+        assert!(pattern_matches("??", "ab") && glob("*", LOOPBACK), "the shell would match it");
+        // `-i lo` is a name: resolved and attached like any other.
+        assert!(!is_pattern(LOOPBACK));
     }
 
     #[test]

@@ -423,6 +423,11 @@ impl Aggregator {
         for (key, resets) in &sample.overflow_sources {
             *self.overflow_sources.entry(*key).or_default() += resets;
         }
+        if let Some(resolver) = self.resolver.as_mut() {
+            // The summary names the run's flows' workloads at the end: theirs stay in use.
+            let in_use = self.flows.values().flat_map(|stats| stats.owners.cgroups.keys().copied());
+            resolver.trim(self.elapsed, in_use.filter(|cgroup| *cgroup != 0));
+        }
         for (key, value) in &sample.services {
             self.services.entry(*key).or_default().merge(value);
         }
@@ -507,7 +512,7 @@ impl Aggregator {
         let Some(resolver) = self.resolver.as_mut() else {
             return;
         };
-        resolver.new_round();
+        resolver.new_round(self.elapsed);
         let by_tuple: FastMap<(FourTuple, bool), FlowKey> =
             interval.keys().map(|id| ((four_tuple_of_flow(id), Direction::of(id) == Direction::Tx), *id)).collect();
         let pending = std::mem::take(&mut self.pending_workloads);

@@ -121,3 +121,40 @@ fn without_a_resolver_there_are_no_workloads_and_no_origins() {
     assert!(run.workloads.is_empty());
     assert_eq!((run.flows[0].workload.as_ref(), run.flows[0].origin), (None, None));
 }
+
+#[test]
+fn a_vanished_cgroup_keeps_its_name_while_the_run_reports_it_and_goes_an_hour_after_its_last_use() {
+    let tree = TempTree(std::env::temp_dir().join(format!("rstwatch-agg-forget-{}", std::process::id())));
+    let (listed, unlisted) = (tree.0.join("cg/listed.service"), tree.0.join("cg/unlisted.service"));
+    let mut ids = Vec::new();
+    for dir in [&listed, &unlisted] {
+        std::fs::create_dir_all(dir).expect("mkdir");
+        ids.push(std::fs::metadata(dir).expect("stat").ino());
+    }
+    // One flow fits the summary: the second one's resets go unlisted, its name only ever
+    // reported in its interval.
+    let mut aggregator = Aggregator::new(Vec::new(), 10).limit_flows(1);
+    aggregator.workloads(Resolver::new(tree.0.join("cg"), tree.0.join("logs"), tree.0.join("proc")));
+    let (host, peer) = ([10, 0, 0, 1], [10, 0, 0, 2]);
+    for (sport, id) in [(40000, ids[0]), (40001, ids[1])] {
+        let abort = flow(DIRECTION_TX, host, sport, peer, 443);
+        let sample = Sample {
+            flows: vec![(abort, 1)],
+            workloads: vec![(event(&abort, id, ORIGIN_APPLICATION), 1)],
+            ..Sample::default()
+        };
+        aggregator.fold(&sample, Duration::from_secs(60), SystemTime::now());
+        assert!(aggregator.workload_name(id).is_some());
+    }
+    std::fs::remove_dir(&listed).expect("rmdir");
+    std::fs::remove_dir(&unlisted).expect("rmdir");
+    // Two hours of quiet intervals on the run's clock.
+    for _ in 0..120 {
+        aggregator.fold(&Sample::default(), Duration::from_secs(60), SystemTime::now());
+    }
+    assert_eq!(aggregator.workload_name(ids[1]).map(|w| w.cgroup.as_str()), None, "unused for over an hour");
+    let run = aggregator.summary();
+    let [only] = run.flows.as_slice() else { panic!("one listed flow: {:?}", run.flows) };
+    assert_eq!(only.workload.as_ref().map(|w| w.cgroup.as_str()), Some("/listed.service"));
+    assert_eq!(run.workloads.len(), 1);
+}

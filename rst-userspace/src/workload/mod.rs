@@ -3,11 +3,13 @@
 //!
 //! The kernel side (`rst-ebpf/src/workload.rs`) reads the socket's cgroup id in the two reset
 //! tracepoints; this module finds the offsets it reads at ([`btf`], the format files), attaches
-//! `tcp:tcp_receive_reset`, and names cgroups ([`names`], pure; [`resolve`], the filesystem).
+//! `tcp:tcp_receive_reset`, and names cgroups ([`names`], pure; [`resolve`], the filesystem,
+//! caching in [`recent`] maps that forget what goes unused).
 //! Needs what kernel reasons need (tracefs, CAP_PERFMON) and a readable `/sys/kernel/btf/vmlinux`.
 
 pub mod btf;
 pub mod names;
+pub mod recent;
 pub mod resolve;
 
 use std::path::PathBuf;

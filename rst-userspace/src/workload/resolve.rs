@@ -1,21 +1,37 @@
 //! The thin filesystem layer: cgroup ids → [`Workload`]s by walking the cgroup2 tree (a
 //! cgroup's id is its directory's inode number), its `cgroup.procs` and `/proc/<pid>/comm`,
-//! and the kubelet's `/var/log/pods`. Resolutions are cached for the run: a cgroup that
-//! vanished keeps the name it had.
+//! and the kubelet's `/var/log/pods`. Resolutions are cached while they are used: a cgroup
+//! that vanished keeps the name it had as long as a report still holds its resets, and what
+//! nothing used for [`UNUSED_WINDOW`] is forgotten, so pod churn does not grow a long run.
 
 use std::{
     collections::HashMap,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
-use super::{names, Error};
+use super::{names, recent::Recent, Error};
 use crate::aggregate::model::{Process, Workload};
 
 /// Processes listed per workload at most.
 const MAX_PROCESSES: usize = 16;
 /// Cgroup directories walked at most per refresh, so a host with a huge tree stays bounded.
+/// Also the most paths kept: a walk that leaves more keeps only what it saw.
 const MAX_CGROUPS: usize = 100_000;
+/// How long a name, a path or a miss nothing used is kept. Events arrive within an interval or
+/// two of their reset and reports read names of resets they hold (the run's flows keep theirs
+/// in use), so an hour only has to outlast the longest `--interval` with room to spare, while a
+/// node with pod churn forgets its dead pods within the hour.
+const UNUSED_WINDOW: Duration = Duration::from_secs(3600);
+/// Forgetting walks the caches, so at most once a minute: far below the window's resolution.
+const TRIM_EVERY: Duration = Duration::from_secs(60);
+/// Names kept at most, the least recently used going first: a node runs a few hundred pods
+/// (the kubelet's default limit is 110), so this holds hours of churn, and at about a
+/// kilobyte a name (16 processes at most) a few MiB at worst.
+const MAX_NAMES: usize = 4096;
+/// Ids not found kept at most: a forgotten one costs at most one more walk in a later round.
+const MAX_MISSING: usize = 16_384;
 
 /// The kubelet's pod log directories, where the DaemonSet mounts them.
 pub const DEFAULT_POD_LOGS: &str = "/var/log/pods";
@@ -24,13 +40,17 @@ pub struct Resolver {
     root: PathBuf,
     pod_logs: PathBuf,
     proc: PathBuf,
-    /// Every cgroup seen in a walk: id → path under the root.
-    paths: HashMap<u64, String>,
-    resolved: HashMap<u64, Workload>,
+    /// Every cgroup seen in a walk: id → path under the root and when a walk last saw it.
+    paths: HashMap<u64, (String, Duration)>,
+    resolved: Recent<Workload>,
     /// Ids a walk did not find: gone before they could be named (ids are not reused).
-    missing: std::collections::HashSet<u64>,
+    missing: Recent<()>,
     /// Whether the tree was walked since [`Resolver::new_round`]: one walk per round at most.
     walked: bool,
+    /// The run's clock at the last [`Resolver::new_round`] / [`Resolver::trim`].
+    now: Duration,
+    /// When the caches were last trimmed.
+    trimmed: Duration,
 }
 
 impl Resolver {
@@ -50,23 +70,46 @@ impl Resolver {
             pod_logs,
             proc,
             paths: HashMap::new(),
-            resolved: HashMap::new(),
-            missing: std::collections::HashSet::new(),
+            resolved: Recent::new(MAX_NAMES),
+            missing: Recent::new(MAX_MISSING),
             walked: false,
+            now: Duration::ZERO,
+            trimmed: Duration::ZERO,
         }
     }
 
-    /// Allows the next miss to walk the tree again (the aggregator calls it once per interval).
-    pub fn new_round(&mut self) {
+    /// Allows the next miss to walk the tree again (the aggregator calls it once per interval);
+    /// `now` is the run's clock, what uses are stamped with.
+    pub fn new_round(&mut self, now: Duration) {
         self.walked = false;
+        self.now = self.now.max(now);
+    }
+
+    /// Forgets names, paths and misses not used for [`UNUSED_WINDOW`], at most once per
+    /// [`TRIM_EVERY`] (otherwise `in_use` is not even iterated). `in_use`: the cgroups the
+    /// reports still hold resets of (the run's flows), counted as used now so that a vanished
+    /// cgroup keeps its name while it is reported. Allocates nothing.
+    pub fn trim(&mut self, now: Duration, in_use: impl Iterator<Item = u64>) {
+        self.now = self.now.max(now);
+        if self.now < self.trimmed + TRIM_EVERY {
+            return;
+        }
+        self.trimmed = self.now;
+        for id in in_use {
+            self.resolved.touch(id, self.now);
+        }
+        self.resolved.forget_unused(self.now, UNUSED_WINDOW);
+        self.missing.forget_unused(self.now, UNUSED_WINDOW);
+        let now = self.now;
+        self.paths.retain(|_, (_, seen)| now.saturating_sub(*seen) <= UNUSED_WINDOW);
     }
 
     /// The workload of cgroup `id`, resolved now if it was not before; `None` when no cgroup
     /// with that id exists (it came and went unseen), or it was not found and the tree was
     /// already walked this round.
     pub fn resolve(&mut self, id: u64) -> Option<&Workload> {
-        if !self.resolved.contains_key(&id) {
-            if self.missing.contains(&id) {
+        if !self.resolved.touch(id, self.now) {
+            if self.missing.touch(id, self.now) {
                 return None;
             }
             if !self.paths.contains_key(&id) {
@@ -76,31 +119,32 @@ impl Resolver {
                 self.walk();
                 self.walked = true;
             }
-            let Some(path) = self.paths.get(&id).cloned() else {
-                self.missing.insert(id);
+            let Some((path, _)) = self.paths.get(&id).cloned() else {
+                self.missing.insert(id, (), self.now);
                 return None;
             };
             let workload = self.workload(&path);
-            self.resolved.insert(id, workload);
+            self.resolved.insert(id, workload, self.now);
         }
-        self.resolved.get(&id)
+        self.resolved.get(id)
     }
 
-    /// A name already resolved.
+    /// A name already resolved (reading it is not a use: see [`Resolver::trim`]).
     pub fn known(&self, id: u64) -> Option<&Workload> {
-        self.resolved.get(&id)
+        self.resolved.get(id)
     }
 
     fn walk(&mut self) {
+        let now = self.now;
         let mut pending = vec![(self.root.clone(), String::from("/"))];
         let mut seen = 0;
         while let Some((dir, path)) = pending.pop() {
             let Ok(meta) = std::fs::metadata(&dir) else { continue };
-            self.paths.insert(meta.ino(), path.clone());
+            self.paths.insert(meta.ino(), (path.clone(), now));
             seen += 1;
             if seen >= MAX_CGROUPS {
                 tracing::debug!("cgroup walk stopped after {MAX_CGROUPS} cgroups");
-                return;
+                break;
             }
             let Ok(entries) = std::fs::read_dir(&dir) else { continue };
             for entry in entries.flatten() {
@@ -110,6 +154,11 @@ impl Resolver {
                     pending.push((entry.path(), child));
                 }
             }
+        }
+        if self.paths.len() > MAX_CGROUPS {
+            // What this walk did not see is gone from the tree, the least recently seen by
+            // definition; what it saw is at most MAX_CGROUPS.
+            self.paths.retain(|_, (_, seen)| *seen == now);
         }
     }
 
@@ -205,11 +254,79 @@ mod tests {
         tree.dir("cg/late.service");
         let late = tree.id("cg/late.service");
         assert!(resolver.resolve(late).is_none(), "this round walked already");
-        resolver.new_round();
+        resolver.new_round(Duration::from_secs(1));
         assert_eq!(resolver.resolve(late).map(|w| w.cgroup.as_str()), Some("/late.service"));
         // Gone from the tree, still named.
         std::fs::remove_dir_all(tree.0.join("cg/system.slice/nginx.service")).expect("rmdir");
         assert_eq!(resolver.resolve(nginx).map(|w| w.cgroup.as_str()), Some("/system.slice/nginx.service"));
         assert!(resolver.resolve(u64::MAX).is_none());
+    }
+
+    #[test]
+    fn forgets_what_goes_unused_for_the_window_and_keeps_what_is_used_or_reported() {
+        let tree = Tree::new("resolve-trim");
+        for unit in ["idle", "busy", "reported", "unnamed"] {
+            tree.dir(&format!("cg/{unit}.service"));
+        }
+        let id = |unit: &str| tree.id(&format!("cg/{unit}.service"));
+        let (idle, busy, reported, unnamed) = (id("idle"), id("busy"), id("reported"), id("unnamed"));
+        let mut resolver = Resolver::new(tree.0.join("cg"), tree.0.join("logs"), tree.0.join("proc"));
+        let at = Duration::from_secs;
+        resolver.new_round(at(0));
+        for id in [idle, busy, reported] {
+            assert!(resolver.resolve(id).is_some());
+        }
+        // All four leave the tree; `unnamed` was walked but never named.
+        for unit in ["idle", "busy", "reported", "unnamed"] {
+            std::fs::remove_dir(tree.0.join(format!("cg/{unit}.service"))).expect("rmdir");
+        }
+        resolver.new_round(at(0));
+        assert!(resolver.resolve(u64::MAX - 1).is_none());
+        assert_eq!(resolver.missing.len(), 1, "a miss, remembered");
+        // Trimming is at most once a minute: this one, before any is old, keeps all.
+        resolver.trim(at(30), std::iter::empty());
+        for minute in 1..=60 {
+            resolver.new_round(at(minute * 60));
+            assert!(resolver.resolve(busy).is_some(), "a vanished cgroup keeps its name while used");
+            resolver.trim(at(minute * 60), [reported].into_iter());
+        }
+        assert!(resolver.known(idle).is_some(), "an hour unused is still inside the window");
+        resolver.new_round(at(3601));
+        resolver.trim(at(3601), [reported].into_iter());
+        assert!(resolver.known(idle).is_some(), "the last trim was under a minute ago");
+        resolver.new_round(at(3660));
+        resolver.trim(at(3660), [reported].into_iter());
+        assert_eq!(resolver.known(idle), None, "unused past the window");
+        assert!(resolver.known(busy).is_some() && resolver.known(reported).is_some());
+        assert_eq!(resolver.resolved.len(), 2);
+        assert!(resolver.paths.keys().all(|id| ![idle, busy, reported, unnamed].contains(id)), "old paths go");
+        assert!(resolver.missing.is_empty(), "old misses go");
+        // Its path forgotten and its directory gone, `unnamed` is now a miss, not a stale name.
+        assert!(resolver.resolve(unnamed).is_none());
+    }
+
+    #[test]
+    fn names_and_misses_stay_under_their_caps() {
+        let tree = Tree::new("resolve-cap");
+        tree.dir("cg");
+        let mut resolver = Resolver::new(tree.0.join("cg"), tree.0.join("logs"), tree.0.join("proc"));
+        // The root's id stands for every cgroup: each distinct id past the cap evicts the oldest.
+        let root = tree.id("cg");
+        resolver.new_round(Duration::ZERO);
+        assert!(resolver.resolve(root).is_some());
+        let path = resolver.paths[&root].clone();
+        for extra in 1..=(MAX_NAMES as u64 + 10) {
+            resolver.paths.insert(root + extra, path.clone());
+            resolver.new_round(Duration::from_millis(extra));
+            assert!(resolver.resolve(root + extra).is_some());
+        }
+        assert_eq!(resolver.resolved.len(), MAX_NAMES);
+        assert_eq!(resolver.known(root), None, "the least recently used went first");
+        assert!(resolver.known(root + MAX_NAMES as u64 + 10).is_some());
+        for miss in 0..(MAX_MISSING as u64 + 10) {
+            resolver.new_round(Duration::from_secs(10 + miss));
+            assert!(resolver.resolve(u64::MAX - miss).is_none());
+        }
+        assert_eq!(resolver.missing.len(), MAX_MISSING);
     }
 }
