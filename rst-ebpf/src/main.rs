@@ -425,13 +425,7 @@ pub fn rstwatch_tc_next(_ctx: TcContext) -> i32 {
 }
 
 #[inline(always)]
-fn count_frame<
-    const ATOMIC: bool,
-    const CAPTURE: bool,
-    const PAYLOAD: bool,
-    C: Cursor,
-    S: capture::Source + payload::Bytes,
->(
+fn count_frame<const ATOMIC: bool, const CAPTURE: bool, const PAYLOAD: bool, C: Cursor, S: payload::Bytes>(
     frame: &C,
     source: &S,
     direction: u8,

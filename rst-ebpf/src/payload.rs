@@ -18,12 +18,13 @@
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
-    helpers::{bpf_skb_load_bytes, bpf_xdp_get_buff_len, bpf_xdp_load_bytes},
     macros::map,
     maps::{PerCpuArray, ProgramArray, RingBuf},
     programs::{TcContext, XdpContext},
 };
 use rst_common::wire::{PayloadCounters, PayloadRecord, PAYLOAD_FRAME_BYTES, PAYLOAD_RING_BYTES, RST_PAYLOAD_BYTES};
+
+use crate::capture::Source;
 
 /// Userspace drains the ring once per interval, so no submit schedules a wake-up.
 const BPF_RB_NO_WAKEUP: u64 = 1;
@@ -40,15 +41,13 @@ static PAYLOAD_TC_PROGRAMS: ProgramArray = ProgramArray::with_max_entries(2, 0);
 #[map]
 static PAYLOAD_COUNTERS: PerCpuArray<PayloadCounters> = PerCpuArray::with_max_entries(1, 0);
 
-/// Where a program's frame bytes come from: the whole frame (all XDP buffers, the whole skb),
-/// so a payload beyond the directly readable part is read too.
-pub trait Bytes {
+/// A program's frame as the payload hand-over reads it: its bytes as the capture reads them
+/// (the whole frame: all XDP buffers, the whole skb, so a payload beyond the directly readable
+/// part is read too), its interface, and the way to the payload program of its hook.
+pub trait Bytes: Source {
     /// The interface, as the flow key has it (read again rather than handed over: see
     /// [`hand_over`]).
     fn ifindex(&self) -> u32;
-    fn bytes_on_wire(&self) -> u32;
-    /// Copies the frame's first `len` bytes (1 ..= [`PAYLOAD_FRAME_BYTES`]) to `dst`.
-    fn load(&self, dst: *mut u8, len: u32) -> bool;
     /// Tail-calls the program that counts an RST with a payload on this hook; returns only if
     /// none took over (an empty slot: the kernel tests load the counting programs alone).
     fn count_elsewhere(&self, direction: u8);
@@ -58,19 +57,6 @@ impl Bytes for XdpContext {
     #[inline(always)]
     fn ifindex(&self) -> u32 {
         self.ingress_ifindex() as u32
-    }
-
-    #[inline(always)]
-    fn bytes_on_wire(&self) -> u32 {
-        // SAFETY: the helper reads the context the kernel passed to this run.
-        unsafe { bpf_xdp_get_buff_len(self.ctx) as u32 }
-    }
-
-    #[inline(always)]
-    fn load(&self, dst: *mut u8, len: u32) -> bool {
-        // SAFETY: `dst` holds `len` writable bytes (a ring record's data), checked by the
-        // verifier; the helper checks `len` against the frame.
-        unsafe { bpf_xdp_load_bytes(self.ctx, 0, dst.cast(), len) == 0 }
     }
 
     #[inline(always)]
@@ -86,18 +72,6 @@ impl Bytes for TcContext {
     fn ifindex(&self) -> u32 {
         // SAFETY: `skb` is the context pointer the kernel passed to this program run.
         unsafe { (*self.skb.skb).ifindex }
-    }
-
-    #[inline(always)]
-    fn bytes_on_wire(&self) -> u32 {
-        // SAFETY: `skb` is the context pointer the kernel passed to this program run.
-        unsafe { (*self.skb.skb).len }
-    }
-
-    #[inline(always)]
-    fn load(&self, dst: *mut u8, len: u32) -> bool {
-        // SAFETY: as for XDP.
-        unsafe { bpf_skb_load_bytes(self.skb.skb.cast(), 0, dst.cast(), len) == 0 }
     }
 
     #[inline(always)]

@@ -2,7 +2,7 @@
 //! counters that say what they could not hand over.
 
 use super::{
-    keys::{ports_word, word},
+    keys::{tuple_words, word},
     FlowKey,
 };
 
@@ -131,18 +131,8 @@ impl CaptureReasonKey {
     /// Built word-wise (see [`word`]); addresses as in [`FlowKey`], in native-endian words.
     #[inline(always)]
     pub fn new(src: [u32; 4], dst: [u32; 4], sport: u16, dport: u16, family: u8) -> CaptureReasonKey {
-        let words = [
-            src[0],
-            src[1],
-            src[2],
-            src[3],
-            dst[0],
-            dst[1],
-            dst[2],
-            dst[3],
-            ports_word(sport, dport),
-            word([family, 0, 0, 0]),
-        ];
+        let [s0, s1, s2, s3, d0, d1, d2, d3, ports] = tuple_words(src, dst, sport, dport);
+        let words = [s0, s1, s2, s3, d0, d1, d2, d3, ports, word([family, 0, 0, 0])];
         // SAFETY: CaptureReasonKey is repr(C), 40 bytes without implicit padding (asserted below).
         unsafe { core::mem::transmute::<[u32; 10], CaptureReasonKey>(words) }
     }

@@ -212,6 +212,13 @@ pub(crate) const fn ports_word(a: u16, b: u16) -> u32 {
     word([a[0], a[1], b[0], b[1]])
 }
 
+/// The words every key of a sent or received reset starts its tuple with: source and
+/// destination addresses (as in [`FlowKey`], native-endian words), then both ports.
+#[inline(always)]
+pub(crate) const fn tuple_words(src: [u32; 4], dst: [u32; 4], sport: u16, dport: u16) -> [u32; 9] {
+    [src[0], src[1], src[2], src[3], dst[0], dst[1], dst[2], dst[3], ports_word(sport, dport)]
+}
+
 /// An address as four native-endian words (its bytes in memory order).
 #[inline(always)]
 pub fn native_words(a: &[u8; 16]) -> [u32; 4] {
@@ -256,19 +263,8 @@ impl StackResetKey {
     /// Built word-wise (see [`word`]); addresses as in [`FlowKey`], in native-endian words.
     #[inline(always)]
     pub fn new(src: [u32; 4], dst: [u32; 4], sport: u16, dport: u16, family: u8, reason: u32) -> Self {
-        let words = [
-            src[0],
-            src[1],
-            src[2],
-            src[3],
-            dst[0],
-            dst[1],
-            dst[2],
-            dst[3],
-            ports_word(sport, dport),
-            word([family, 0, 0, 0]),
-            reason,
-        ];
+        let [s0, s1, s2, s3, d0, d1, d2, d3, ports] = tuple_words(src, dst, sport, dport);
+        let words = [s0, s1, s2, s3, d0, d1, d2, d3, ports, word([family, 0, 0, 0]), reason];
         // SAFETY: StackResetKey is repr(C), 44 bytes without implicit padding (asserted below).
         unsafe { core::mem::transmute::<[u32; 11], StackResetKey>(words) }
     }

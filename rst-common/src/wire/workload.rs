@@ -2,7 +2,7 @@
 //! (the `tcp:tcp_send_reset` and `tcp:tcp_receive_reset` tracepoints): the key the kernel
 //! counts them under, joined to flows in userspace by 4-tuple and direction.
 
-use super::keys::{ports_word, word};
+use super::keys::{tuple_words, word};
 
 /// No socket sent it: the stack answered for nobody (closed port, unknown connection), or only
 /// the kernel's remains of a connection (TIME_WAIT, a pending request) were there.
@@ -40,20 +40,8 @@ impl WorkloadKey {
         direction: u8,
         origin: u8,
     ) -> Self {
-        let words = [
-            0,
-            0,
-            src[0],
-            src[1],
-            src[2],
-            src[3],
-            dst[0],
-            dst[1],
-            dst[2],
-            dst[3],
-            ports_word(sport, dport),
-            word([family, direction, origin, 0]),
-        ];
+        let [s0, s1, s2, s3, d0, d1, d2, d3, ports] = tuple_words(src, dst, sport, dport);
+        let words = [0, 0, s0, s1, s2, s3, d0, d1, d2, d3, ports, word([family, direction, origin, 0])];
         // SAFETY: WorkloadKey is repr(C), 48 bytes without implicit padding (asserted below).
         // The cgroup is stored whole afterwards: an aligned u64 store, whatever the byte order.
         let mut key = unsafe { core::mem::transmute::<[u32; 12], WorkloadKey>(words) };
