@@ -142,9 +142,9 @@ const EEXIST: i32 = 17;
 /// The directly readable bytes of a packet (`data` .. `data_end`) as a [`Cursor`]: the first
 /// buffer of a multi-buffer XDP frame, the linear part of an skb. The headers rstwatch reads
 /// are there.
-pub(crate) struct Packet {
-    pub(crate) start: usize,
-    pub(crate) end: usize,
+struct Packet {
+    start: usize,
+    end: usize,
 }
 
 impl Cursor for Packet {
@@ -444,7 +444,7 @@ fn count_frame<const ATOMIC: bool, const CAPTURE: bool, const PAYLOAD: bool, C: 
     };
     if event.flags & TCP_RST != 0 {
         if PAYLOAD {
-            payload::hand_over::<ATOMIC, _>(source, payload::request(direction, event.payload_at, event.payload_len));
+            payload::hand_over::<ATOMIC, _>(source, &event.key, payload::wanted(event.payload_at, event.payload_len));
         } else if !CAPTURE && event.payload_len != 0 {
             // The capturing programs hand over every RST's frame, its payload included; here the
             // payload program of this set does, and counts the RST. Returns only when none is

@@ -22,7 +22,9 @@ use aya_ebpf::{
     maps::{PerCpuArray, ProgramArray, RingBuf},
     programs::{TcContext, XdpContext},
 };
-use rst_common::wire::{PayloadCounters, PayloadRecord, PAYLOAD_FRAME_BYTES, PAYLOAD_RING_BYTES, RST_PAYLOAD_BYTES};
+use rst_common::wire::{
+    FlowKey, PayloadCounters, PayloadRecord, PAYLOAD_FRAME_BYTES, PAYLOAD_RING_BYTES, RST_PAYLOAD_BYTES,
+};
 
 use crate::capture::Source;
 
@@ -41,24 +43,16 @@ static PAYLOAD_TC_PROGRAMS: ProgramArray = ProgramArray::with_max_entries(2, 0);
 #[map]
 static PAYLOAD_COUNTERS: PerCpuArray<PayloadCounters> = PerCpuArray::with_max_entries(1, 0);
 
-/// A program's frame as the payload hand-over reads it: its bytes as the capture reads them
-/// (the whole frame: all XDP buffers, the whole skb, so a payload beyond the directly readable
-/// part is read too), its interface, and the way to the payload program of its hook.
+/// A program's way to the payload program of its hook; its frame's bytes are read as the
+/// capture reads them ([`Source`]: the whole frame, all XDP buffers, the whole skb, so a payload
+/// beyond the directly readable part is read too).
 pub trait Bytes: Source {
-    /// The interface, as the flow key has it (read again rather than handed over: see
-    /// [`hand_over`]).
-    fn ifindex(&self) -> u32;
     /// Tail-calls the program that counts an RST with a payload on this hook; returns only if
     /// none took over (an empty slot: the kernel tests load the counting programs alone).
     fn count_elsewhere(&self, direction: u8);
 }
 
 impl Bytes for XdpContext {
-    #[inline(always)]
-    fn ifindex(&self) -> u32 {
-        self.ingress_ifindex() as u32
-    }
-
     #[inline(always)]
     fn count_elsewhere(&self, _direction: u8) {
         // SAFETY: a tail call with this run's context into a program of the same type that
@@ -69,35 +63,27 @@ impl Bytes for XdpContext {
 
 impl Bytes for TcContext {
     #[inline(always)]
-    fn ifindex(&self) -> u32 {
-        // SAFETY: `skb` is the context pointer the kernel passed to this program run.
-        unsafe { (*self.skb.skb).ifindex }
-    }
-
-    #[inline(always)]
     fn count_elsewhere(&self, direction: u8) {
         // SAFETY: as for XDP.
         unsafe { PAYLOAD_TC_PROGRAMS.tail_call(self, u32::from(direction)) }
     }
 }
 
-/// What [`hand_over`] is asked for, packed: the frame bytes a record of an RST with a
-/// payload wants (its headers and the payload's first [`RST_PAYLOAD_BYTES`], from `payload_at`
-/// and `payload_len` of the [`rst_common::parse::TcpEvent`]; below 2^17) and, above bit 24,
-/// the direction.
+/// The frame bytes a record of an RST with a payload wants: its headers and the payload's first
+/// [`RST_PAYLOAD_BYTES`] (`payload_at` and `payload_len` of the
+/// [`rst_common::parse::TcpEvent`]).
 #[inline(always)]
-pub fn request(direction: u8, payload_at: u16, payload_len: u16) -> u32 {
-    let wanted = u32::from(payload_at) + u32::from(payload_len).min(RST_PAYLOAD_BYTES as u32);
-    wanted | u32::from(direction) << 24
+pub fn wanted(payload_at: u16, payload_len: u16) -> u32 {
+    u32::from(payload_at) + u32::from(payload_len).min(RST_PAYLOAD_BYTES as u32)
 }
 
-/// Hands one counted RST with a payload to the ring — or counts why not: the frame's first
-/// bytes, as many as the [`request`] wants. Each call adds exactly one to one of the
+/// Hands one RST with a payload, of flow `key`, to the ring — or counts why not: the frame's
+/// first `wanted` bytes (see [`wanted`]). Each call adds exactly one to one of the
 /// [`PayloadCounters`]; counting never depends on it. Inline: the payload program's stack is
 /// the counting code's (496 bytes), and a frame of its own would add to it.
 #[inline(always)]
-pub fn hand_over<const ATOMIC: bool, S: Bytes>(source: &S, request: u32) {
-    let outcome = send(source, request);
+pub fn hand_over<const ATOMIC: bool, S: Bytes>(source: &S, key: &FlowKey, wanted: u32) {
+    let outcome = send(source, key, wanted);
     let Some(counters) = PAYLOAD_COUNTERS.get_ptr_mut(0) else {
         return;
     };
@@ -124,14 +110,14 @@ enum Sent {
     Unreadable,
 }
 
-/// The record takes as much of what the request wants as the frame holds (the IP length may
-/// claim more than arrived) and the record has room for.
+/// The record takes as much of what is wanted as the frame holds (the IP length may claim more
+/// than arrived) and the record has room for.
 #[inline(always)]
-fn send<S: Bytes>(source: &S, request: u32) -> Sent {
+fn send<S: Bytes>(source: &S, key: &FlowKey, wanted: u32) -> Sent {
     // At least 1 by a clamp on `len` itself, not by a test: LLVM answered `len == 0` with a test
     // of the frame's length, which leaves the verifier without a lower bound on `len`. A frame
     // of length 0 (none reaches a program) fails the load below instead.
-    let len = (request & 0x00ff_ffff).min(source.bytes_on_wire()).clamp(1, PAYLOAD_FRAME_BYTES as u32);
+    let len = wanted.min(source.bytes_on_wire()).clamp(1, PAYLOAD_FRAME_BYTES as u32);
     let Some(mut entry) = PAYLOAD_RING.reserve::<PayloadRecord>(0) else {
         return Sent::RingFull;
     };
@@ -139,9 +125,9 @@ fn send<S: Bytes>(source: &S, request: u32) -> Sent {
     // SAFETY: `record` is the reserved, writable record; only plain fields are written, and
     // `data` is filled by the helper below.
     unsafe {
-        (*record).ifindex = source.ifindex();
+        (*record).ifindex = key.ifindex;
         (*record).captured = len as u16;
-        (*record).direction = (request >> 24) as u8;
+        (*record).direction = key.direction;
         (*record)._pad = 0;
     }
     // SAFETY: as above; `len` is at most the array's size.

@@ -15,9 +15,8 @@ pub const PAYLOAD_FRAME_BYTES: usize = 256;
 
 /// One RST with a payload: the frame's first bytes up to the payload's first
 /// [`RST_PAYLOAD_BYTES`], which userspace walks with the same parser as every frame (for the
-/// flow and the payload's place). Only the kernel's own numbers travel beside them: copying
-/// the frame rather than the flow key keeps the counting programs' stack as it is (only scalars
-/// cross the call), which the flow key would not.
+/// flow and the payload's place, as for a captured frame), with the interface and direction
+/// the walk cannot tell.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct PayloadRecord {
