@@ -197,11 +197,9 @@ impl LiveSession {
             Ranking::Skip => self.aggregator.fold(sample, elapsed, SystemTime::now()),
         };
         // After the fold: the flows they belong to are in the run now.
-        self.payloads.drain(&mut self.aggregator);
+        let captured = self.capture.as_ref().map(Capture::take_payloads).unwrap_or_default();
+        self.payloads.drain(&mut self.aggregator, captured);
         if let Some(capture) = &self.capture {
-            for (id, (bytes, len)) in capture.take_payloads() {
-                self.aggregator.rst_payload(&id, &bytes, len);
-            }
             let verdicts = self.aggregator.verdicts();
             let verdicts = verdicts.iter().map(|v| ((v.service.addr, v.service.port), v.cause.name())).collect();
             capture.update_known(capture::Known { verdicts });

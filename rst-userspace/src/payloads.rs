@@ -1,7 +1,8 @@
 //! RST payloads in every live run: the counting programs hand each RST that carries data to
-//! `PAYLOAD_RING` (see `rst-ebpf/src/payload.rs`), and each interval this drains it into the
-//! flow records' `rst_payload`, through the same walk and escape as the capture and replay.
-//! What the kernel could not hand over is counted there and said here, in the log.
+//! `PAYLOAD_RING` (see `rst-ebpf/src/payload.rs`; with `--capture`, the capture's frames carry
+//! them instead), and each interval this gives them to the flow records' `rst_payload`, through
+//! the same walk and escape as replay. What the kernel could not hand over is counted there and
+//! said here, in the log.
 
 use std::collections::HashMap;
 
@@ -44,17 +45,26 @@ impl Payloads {
         Ok(Payloads { ring, counters, pending: HashMap::new(), dropped: 0, installed })
     }
 
-    /// Gives every payload handed over since the last call to its flow in `aggregator` (the
-    /// last one wins, as in the capture), and says in the log what the kernel dropped since.
-    pub fn drain(&mut self, aggregator: &mut Aggregator) {
+    /// Gives every payload handed over since the last call — through the ring, or `captured`
+    /// from the frames `--capture` wrote — to its flow in `aggregator` (the last one wins), and
+    /// says in the log what the kernel dropped since. A payload whose flow the run does not list
+    /// yet waits for the next call.
+    pub fn drain(&mut self, aggregator: &mut Aggregator, captured: HashMap<FlowKey, (Vec<u8>, usize)>) {
         let mut pending = std::mem::take(&mut self.pending);
         pending.retain(|id, (bytes, len)| !aggregator.rst_payload(id, bytes, *len));
-        while let Some(item) = self.ring.next() {
-            let Some((id, bytes, len)) = of_record(&item) else { continue };
+        let mut deliver = |id: FlowKey, bytes: Vec<u8>, len: usize| {
             if !aggregator.rst_payload(&id, &bytes, len)
                 && (self.pending.len() < MAX_PENDING || self.pending.contains_key(&id))
             {
                 self.pending.insert(id, (bytes, len));
+            }
+        };
+        for (id, (bytes, len)) in captured {
+            deliver(id, bytes, len);
+        }
+        while let Some(item) = self.ring.next() {
+            if let Some((id, bytes, len)) = of_record(&item) {
+                deliver(id, bytes, len);
             }
         }
         self.report();

@@ -3,8 +3,8 @@
 
 use rst_common::parse::{tcp_payload, Walk};
 
-/// Bytes of a payload a flow record keeps.
-pub const RST_PAYLOAD_BYTES: usize = 64;
+/// Bytes of a payload a flow record keeps: as many as the kernel hands over.
+pub use rst_common::wire::RST_PAYLOAD_BYTES;
 
 /// The first bytes of the payload of the segment the walk found in `frame` (as many as the
 /// frame holds, at most [`RST_PAYLOAD_BYTES`]) and the payload's length; `None` without one.
