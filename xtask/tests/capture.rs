@@ -149,6 +149,21 @@ fn start(lab: &FloodLab, extra: &[&str]) -> Result<Proc> {
     bench::start_rstwatch(lab, extra)
 }
 
+/// A client and a server namespace joined by a veth, with one address each (needs root).
+fn two_hosts(client: &str, server: &str) -> Result<TwoHosts> {
+    // SAFETY: geteuid has no preconditions.
+    ensure!(unsafe { libc::geteuid() } == 0, "this test needs root (network namespaces, BPF, XDP)");
+    lab::sweep_stale()?;
+    TwoHosts::new(&[ip(client)], &[ip(server)])
+}
+
+/// Starts `cmd` (an rstwatch on the server's veth) and waits until it attached there.
+fn watching(hosts: &TwoHosts, cmd: &mut Command) -> Result<Proc> {
+    let mut proc = Proc::spawn(cmd)?;
+    proc.wait_for_stderr(&format!("attached to {}", hosts.server_if.name), START_TIMEOUT)?;
+    Ok(proc)
+}
+
 fn stop(proc: Proc) -> Result<Finished> {
     proc.signal(libc::SIGINT)?;
     proc.finish(EXIT_TIMEOUT)
@@ -188,16 +203,12 @@ fn ip(s: &str) -> IpAddr {
 /// right interface, in the right direction, with its kind; replay of the file counts the same.
 #[test]
 fn tshark_reads_every_reset_with_interface_direction_and_kind_and_replay_counts_the_same() -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    ensure!(unsafe { libc::geteuid() } == 0, "this test needs root (network namespaces, BPF, XDP)");
-    lab::sweep_stale()?;
-    let hosts = TwoHosts::new(&[ip("10.78.1.2")], &[ip("10.78.2.2")])?;
+    let hosts = two_hosts("10.78.1.2", "10.78.2.2")?;
     let scratch = Scratch::new("tshark")?;
     let file = scratch.path("resets.pcapng");
     let mut cmd = hosts.server.exec(rstwatch());
     cmd.args(["-i", &hosts.server_if.name, "--format", "json", "--capture"]).arg(&file).arg("--capture-handshakes");
-    let mut proc = Proc::spawn(&mut cmd)?;
-    proc.wait_for_stderr(&format!("attached to {}", hosts.server_if.name), START_TIMEOUT)?;
+    let proc = watching(&hosts, &mut cmd)?;
     let server = SocketAddr::new(ip("10.78.2.2"), 81);
     let aborted = SocketAddr::new(ip("10.78.2.2"), 8443);
     let mut traffic = Command::new(env!("CARGO_BIN_EXE_xtask"));
@@ -419,16 +430,12 @@ fn an_existing_file_or_a_symlink_is_never_opened() -> Result<()> {
 /// shows it, and replay of the capture finds it too.
 #[test]
 fn an_rst_with_a_payload_from_a_raw_socket_shows_its_text() -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    ensure!(unsafe { libc::geteuid() } == 0, "this test needs root (network namespaces, BPF, XDP)");
-    lab::sweep_stale()?;
-    let hosts = TwoHosts::new(&[ip("10.79.1.2")], &[ip("10.79.2.2")])?;
+    let hosts = two_hosts("10.79.1.2", "10.79.2.2")?;
     let scratch = Scratch::new("payload")?;
     let file = scratch.path("payload.pcapng");
     let mut cmd = hosts.server.exec(rstwatch());
     cmd.args(["-i", &hosts.server_if.name, "--format", "json", "--capture"]).arg(&file);
-    let mut proc = Proc::spawn(&mut cmd)?;
-    proc.wait_for_stderr(&format!("attached to {}", hosts.server_if.name), START_TIMEOUT)?;
+    let proc = watching(&hosts, &mut cmd)?;
     send_rst_with_payload(&hosts, From::Client, 4444)?;
     std::thread::sleep(Duration::from_millis(1500));
     let fin = stop(proc)?;
@@ -454,18 +461,24 @@ enum From {
 }
 
 /// Sends one RST+ACK with "policy deny\0" as its payload from `sport` to port 80 of the other
-/// host, through a raw socket (IPPROTO_RAW: the kernel fills in the IP checksum and sends the
-/// segment as written).
+/// host.
 fn send_rst_with_payload(hosts: &TwoHosts, from: From, sport: u16) -> Result<()> {
     let (host, src, dst) = match from {
         From::Client => (&hosts.client, "10.79.1.2", "10.79.2.2"),
         From::Server => (&hosts.server, "10.79.2.2", "10.79.1.2"),
     };
+    send_raw_rst(host, (src, sport), (dst, 80), r#"b"policy deny\x00""#)
+}
+
+/// Sends one RST+ACK from `host` through a raw socket (IPPROTO_RAW: the kernel fills in the IP
+/// checksum and sends the segment as written), so no stack traces it; `payload` is a Python
+/// bytes literal.
+fn send_raw_rst(host: &lab::Netns, (src, sport): (&str, u16), (dst, dport): (&str, u16), payload: &str) -> Result<()> {
     let script = format!(
         r#"
 import socket, struct
-src, dst, text = "{src}", "{dst}", b"policy deny\x00"
-tcp = struct.pack("!HHIIBBHHH", {sport}, 80, 1000, 2000, 5 << 4, 0x14, 0, 0, 0) + text
+src, dst, text = "{src}", "{dst}", {payload}
+tcp = struct.pack("!HHIIBBHHH", {sport}, {dport}, 1000, 2000, 5 << 4, 0x14, 0, 0, 0) + text
 ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 1, 0, 64, 6, 0, socket.inet_aton(src), socket.inet_aton(dst))
 s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
 s.sendto(ip + tcp, (dst, 0))
@@ -483,15 +496,11 @@ s.sendto(ip + tcp, (dst, 0))
 /// sends) and the table (TC ingress) show the text.
 #[test]
 fn an_rst_with_a_payload_shows_its_text_without_capture_too() -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    ensure!(unsafe { libc::geteuid() } == 0, "this test needs root (network namespaces, BPF, XDP)");
-    lab::sweep_stale()?;
-    let hosts = TwoHosts::new(&[ip("10.79.1.2")], &[ip("10.79.2.2")])?;
+    let hosts = two_hosts("10.79.1.2", "10.79.2.2")?;
     // The default programs hand the payload over (PAYLOAD_RING): the JSON flow record...
     let mut cmd = hosts.server.exec(rstwatch());
     cmd.args(["-i", &hosts.server_if.name, "--format", "json"]);
-    let mut proc = Proc::spawn(&mut cmd)?;
-    proc.wait_for_stderr(&format!("attached to {}", hosts.server_if.name), START_TIMEOUT)?;
+    let proc = watching(&hosts, &mut cmd)?;
     send_rst_with_payload(&hosts, From::Client, 4446)?;
     send_rst_with_payload(&hosts, From::Server, 4448)?;
     std::thread::sleep(Duration::from_millis(1500));
@@ -515,8 +524,7 @@ fn an_rst_with_a_payload_shows_its_text_without_capture_too() -> Result<()> {
     // ...and the table, on TC ingress this time (the other program set's callee).
     let mut cmd = hosts.server.exec(rstwatch());
     cmd.args(["-i", &hosts.server_if.name, "--hook", "tc", "--by", "flow"]);
-    let mut proc = Proc::spawn(&mut cmd)?;
-    proc.wait_for_stderr(&format!("attached to {}", hosts.server_if.name), START_TIMEOUT)?;
+    let proc = watching(&hosts, &mut cmd)?;
     send_rst_with_payload(&hosts, From::Client, 4447)?;
     std::thread::sleep(Duration::from_millis(1500));
     let fin = stop(proc)?;
@@ -534,16 +542,12 @@ fn an_rst_with_a_payload_shows_its_text_without_capture_too() -> Result<()> {
 /// so it has the host's tracefs for `tcp:tcp_send_reset`.
 #[test]
 fn the_comment_names_the_kernel_reason_of_the_hosts_own_resets_and_none_for_a_forged_one() -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    ensure!(unsafe { libc::geteuid() } == 0, "this test needs root (network namespaces, BPF, XDP)");
-    lab::sweep_stale()?;
-    let hosts = TwoHosts::new(&[ip("10.81.1.2")], &[ip("10.81.2.2")])?;
+    let hosts = two_hosts("10.81.1.2", "10.81.2.2")?;
     let scratch = Scratch::new("reason")?;
     let file = scratch.path("reasons.pcapng");
     let mut cmd = xtask::diag_lab::nsenter(&hosts.server, rstwatch());
     cmd.args(["-i", &hosts.server_if.name, "--format", "json", "--capture"]).arg(&file);
-    let mut proc = Proc::spawn(&mut cmd)?;
-    proc.wait_for_stderr(&format!("attached to {}", hosts.server_if.name), START_TIMEOUT)?;
+    let proc = watching(&hosts, &mut cmd)?;
     ensure!(!proc.stderr().contains("kernel reasons"), "no kernel reasons here: {}", proc.stderr());
     let mut traffic = Command::new(env!("CARGO_BIN_EXE_xtask"));
     traffic
@@ -553,18 +557,7 @@ fn the_comment_names_the_kernel_reason_of_the_hosts_own_resets_and_none_for_a_fo
     let generated = Proc::spawn(&mut traffic)?.finish(Duration::from_secs(120))?;
     ensure!(generated.status.success(), "traffic generator failed: {}", generated.stderr);
     // Sent by the server's host, on a tuple no socket has: its stack never traced it.
-    let script = r#"
-import socket, struct
-src, dst = "10.81.2.2", "10.81.1.2"
-tcp = struct.pack("!HHIIBBHHH", 4444, 5555, 1000, 2000, 5 << 4, 0x14, 0, 0, 0)
-ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 1, 0, 64, 6, 0, socket.inet_aton(src), socket.inet_aton(dst))
-s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-s.sendto(ip + tcp, (dst, 0))
-"#;
-    let mut python = hosts.server.exec("python3");
-    python.args(["-c", script]);
-    let sent = Proc::spawn(&mut python)?.finish(Duration::from_secs(30))?;
-    ensure!(sent.status.success(), "the raw socket failed: {}", sent.stderr);
+    send_raw_rst(&hosts.server, ("10.81.2.2", 4444), ("10.81.1.2", 5555), r#"b"""#)?;
     std::thread::sleep(Duration::from_millis(500));
     let fin = stop(proc)?;
     ensure!(fin.status.success(), "rstwatch failed: {}", fin.stderr);
