@@ -20,10 +20,17 @@ pub enum Cause {
     AppAbort,
     /// One client opens and resets connections right after the handshake, at a steady pace.
     HealthCheck,
+    /// Resets that end a connection already being closed: after the peer's FIN, or answering
+    /// the late segments (ACKs, FINs, keep-alive probes) of a connection the resetter had
+    /// closed itself. How TLS stacks, browsers and SSH end connections every day.
+    Teardown,
+    /// One client probing many ports or hosts, almost all refused or unanswered, few or none
+    /// completed.
+    Scan,
 }
 
 impl Cause {
-    pub const ALL: [Cause; 7] = [
+    pub const ALL: [Cause; 9] = [
         Cause::NoListener,
         Cause::WentDown,
         Cause::ConnectionLimit,
@@ -31,6 +38,8 @@ impl Cause {
         Cause::Middlebox,
         Cause::AppAbort,
         Cause::HealthCheck,
+        Cause::Teardown,
+        Cause::Scan,
     ];
 
     /// The contract's name: the `cause` value in JSON and in metric labels.
@@ -43,11 +52,13 @@ impl Cause {
             Cause::Middlebox => "middlebox",
             Cause::AppAbort => "app_abort",
             Cause::HealthCheck => "health_check",
+            Cause::Teardown => "teardown",
+            Cause::Scan => "scan",
         }
     }
 
     /// Resets that are part of normal operation: kept out of the headline and the other causes.
     pub const fn benign(self) -> bool {
-        matches!(self, Cause::HealthCheck)
+        matches!(self, Cause::HealthCheck | Cause::Teardown)
     }
 }

@@ -28,8 +28,9 @@ use crate::{
     parse::{TcpEvent, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     services::{ServiceChange, ServiceEvent},
     wire::{
-        CacheSlot, ConnKey, ConnState, FlowKey, ResetClass, ResetKind, ServiceKey, CONN_CLIENT_IS_LO, CONN_FIN,
-        CONN_RESET, CONN_SYN, CONN_SYNACK,
+        CacheSlot, ConnKey, ConnState, FlowKey, ResetClass, ResetContext, ResetKind, ServiceKey, CONN_CLIENT_IS_LO,
+        CONN_FIN, CONN_RESET, CONN_SYN, CONN_SYNACK, SIDE_CLIENT_FIN, SIDE_CLIENT_RST, SIDE_DATA_MOVED, SIDE_LATE_DATA,
+        SIDE_SERVER_FIN, SIDE_SERVER_RST,
     },
 };
 
@@ -42,6 +43,12 @@ pub trait ConnTable {
     /// Called after every change [`track`] makes to `key`'s state, so a verdict remembered
     /// from before (the kernel's flow cache, see [`CacheSlot`]) is not trusted after it.
     fn changed(&mut self, _key: &ConnKey) {}
+    /// Whether every data segment of the table's connections goes through [`track_data`], so
+    /// a connection without late data had none. Not in the kernel, whose plain segments never
+    /// touch connection state.
+    fn watches_data(&self) -> bool {
+        false
+    }
 }
 
 impl CacheSlot {
@@ -145,7 +152,10 @@ pub fn track<T: ConnTable + ?Sized>(conns: &mut T, event: &TcpEvent) -> Tracked 
             if state.flags & CONN_SYN != 0 && (state.flags & CONN_CLIENT_IS_LO != 0) == client_is_lo {
                 state.server_isn = seq;
                 state.server_ttl = key.rst_ttl;
-                state.flags |= CONN_SYNACK;
+                // The handshake went on: an RST before it (forged, or out of the window) ended
+                // nothing, and the connection's first real RST is still to come.
+                state.flags = (state.flags | CONN_SYNACK) & !CONN_RESET;
+                state.sides &= !(SIDE_CLIENT_RST | SIDE_SERVER_RST);
                 joined = true;
             }
         }
@@ -166,11 +176,15 @@ pub fn track<T: ConnTable + ?Sized>(conns: &mut T, event: &TcpEvent) -> Tracked 
         let mut changed = false;
         let mut closed = None;
         if let Some(state) = conns.get(&conn) {
-            changed = state.flags & CONN_FIN == 0;
+            let sender_is_client = (state.flags & CONN_CLIENT_IS_LO != 0) == sender_is_lo;
+            let side = if sender_is_client { SIDE_CLIENT_FIN } else { SIDE_SERVER_FIN };
+            // Each side's first FIN changes what its peer's RSTs mean (teardown or not).
+            changed = state.sides & side == 0;
             if holds_open(state) {
                 closed = Some(server_of(state, &key, sender_is_lo));
             }
             state.flags |= CONN_FIN;
+            state.sides |= side;
         }
         if changed {
             conns.changed(&conn);
@@ -207,6 +221,7 @@ fn classify<T: ConnTable + ?Sized>(
     let mut class = None;
     let mut changed = false;
     let mut service = None;
+    let watches_data = conns.watches_data();
     if let Some(state) = conns.get(conn) {
         let sender_is_client = (state.flags & CONN_CLIENT_IS_LO != 0) == sender_is_lo;
         let (own_isn, peer_isn) =
@@ -214,16 +229,24 @@ fn classify<T: ConnTable + ?Sized>(
         let kind = if state.flags & CONN_FIN != 0 {
             ResetKind::Closing
         } else if state.flags & CONN_SYNACK != 0 {
-            let nothing_sent = seq == own_isn.wrapping_add(1) && (!ack_set || ack == peer_isn.wrapping_add(1));
+            // An RST without ACK says nothing of what its peer sent: an earlier RST of the
+            // connection that showed data moved still holds.
+            let at_isn = seq == own_isn.wrapping_add(1) || seq == own_isn;
+            let nothing_sent =
+                at_isn && (!ack_set || ack == peer_isn.wrapping_add(1)) && state.sides & SIDE_DATA_MOVED == 0;
             if nothing_sent {
                 ResetKind::Handshake
             } else {
                 ResetKind::Established
             }
         } else if state.flags & CONN_SYN != 0 {
-            if !sender_is_client && ack_set && ack == state.client_isn.wrapping_add(1) {
+            // A client aborting its own attempt sends its ISN + 1 (after the SYN, as Linux does)
+            // or its ISN (a stack that never counted the SYN's sequence number).
+            let client_isn = state.client_isn;
+            let handshake_seq = seq == client_isn.wrapping_add(1) || seq == client_isn;
+            if !sender_is_client && ack_set && ack == client_isn.wrapping_add(1) {
                 ResetKind::Refused
-            } else if sender_is_client && seq != state.client_isn.wrapping_add(1) {
+            } else if sender_is_client && !handshake_seq {
                 // The client has sent data: the SYN+ACK went by on another path (asymmetric
                 // routing) or unseen.
                 ResetKind::Established
@@ -236,6 +259,26 @@ fn classify<T: ConnTable + ?Sized>(
         let observed = state.flags & (CONN_SYN | CONN_SYNACK) != 0;
         let peer_ttl = if sender_is_client { state.client_ttl } else { state.server_ttl };
         let first = state.flags & CONN_RESET == 0;
+        let (own_fin, peer_fin, own_rst) = if sender_is_client {
+            (SIDE_CLIENT_FIN, SIDE_SERVER_FIN, SIDE_CLIENT_RST)
+        } else {
+            (SIDE_SERVER_FIN, SIDE_CLIENT_FIN, SIDE_SERVER_RST)
+        };
+        let sides = state.sides;
+        let context = ResetContext::new(
+            state.flags & CONN_SYNACK != 0,
+            sides & own_fin != 0,
+            sides & peer_fin != 0,
+            sides & own_rst != 0,
+            // Late data is the peer's only when the sender is the side that closed.
+            sides & (own_fin | peer_fin | SIDE_LATE_DATA) == own_fin | SIDE_LATE_DATA,
+            watches_data,
+        );
+        let moved = if kind == ResetKind::Established { SIDE_DATA_MOVED } else { 0 };
+        if sides & (own_rst | moved) != own_rst | moved {
+            state.sides |= own_rst | moved;
+            changed = true;
+        }
         let open = holds_open(state);
         let turned_away = !sender_is_client && matches!(kind, ResetKind::Refused | ResetKind::Handshake);
         let event = if turned_away {
@@ -252,12 +295,12 @@ fn classify<T: ConnTable + ?Sized>(
             state.flags |= CONN_RESET;
             changed = true;
         }
-        class = Some((ResetClass::new(kind, ack_set, !sender_is_client, observed, first), peer_ttl));
+        class = Some((ResetClass::new(kind, ack_set, !sender_is_client, observed, first), peer_ttl, context));
     }
     if changed {
         conns.changed(conn);
     }
-    let (class, peer_ttl) = match class {
+    let (class, peer_ttl, context) = match class {
         Some(found) => found,
         // Not remembered: an insert per RST would make a scan of unknown connections pay for
         // one table write each, exactly when rstwatch must stay cheap. So with no handshake seen,
@@ -265,10 +308,27 @@ fn classify<T: ConnTable + ?Sized>(
         None => {
             // A refusal comes from the server whatever the ports say.
             let server = inferred == ResetKind::Refused || client_is_lo_by_ports(conn) != sender_is_lo;
-            (ResetClass::new(inferred, ack_set, server, false, true), 0)
+            (ResetClass::new(inferred, ack_set, server, false, true), 0, ResetContext::default())
         }
     };
-    (key.classified(class.0, peer_ttl), service)
+    (key.classified(class.0, peer_ttl, context.0), service)
+}
+
+/// A segment carrying `payload_len` bytes of data (no SYN, FIN or RST: those go to [`track`]),
+/// seen where data segments are affordable: replay, never the kernel programs, whose plain
+/// segments do not touch connection state ([`ConnTable::watches_data`]). Marks a connection
+/// that one side closed and the other then wrote to: the evidence that tells a keep-alive race
+/// from a teardown.
+pub fn track_data<T: ConnTable + ?Sized>(conns: &mut T, key: &FlowKey) {
+    let (conn, sender_is_lo) = key.connection();
+    let Some(state) = conns.get(&conn) else { return };
+    let sender_is_client = (state.flags & CONN_CLIENT_IS_LO != 0) == sender_is_lo;
+    let (own_fin, peer_fin) =
+        if sender_is_client { (SIDE_CLIENT_FIN, SIDE_SERVER_FIN) } else { (SIDE_SERVER_FIN, SIDE_CLIENT_FIN) };
+    if state.sides & (own_fin | peer_fin | SIDE_LATE_DATA) == peer_fin {
+        state.sides |= SIDE_LATE_DATA;
+        conns.changed(&conn);
+    }
 }
 
 #[inline(always)]

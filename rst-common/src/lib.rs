@@ -29,7 +29,7 @@ pub mod wire;
 
 pub use cause::Cause;
 pub use cursor::{Cursor, Header};
-pub use diagnose::{track, ConnTable, Tracked};
+pub use diagnose::{track, track_data, ConnTable, Tracked};
 pub use parse::{
     count, inspect, inspect_from, inspect_with, walk, walk_from, FrameCounters, Observation, Segment, TcpEvent, Walk,
 };

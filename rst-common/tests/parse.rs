@@ -123,7 +123,8 @@ fn ipv4_key_is_exact() {
         class: 0,
         rst_ttl: 64,
         peer_ttl: 0,
-        _pad: [0; 2],
+        context: 0,
+        _pad: 0,
     };
     assert_eq!(key, expected);
 }
@@ -154,7 +155,8 @@ fn ipv6_key_is_exact_and_directional() {
             class: 0,
             rst_ttl: 64,
             peer_ttl: 0,
-            _pad: [0; 2]
+            context: 0,
+            _pad: 0
         }
     );
     assert_ne!(forward, backward, "the two directions of a connection are separate flows");

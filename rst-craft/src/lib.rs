@@ -514,7 +514,8 @@ pub fn received_key(family: u8, src: [u8; 16], dst: [u8; 16], ifindex: u32, port
         class: 0,
         rst_ttl,
         peer_ttl: 0,
-        _pad: [0; 2],
+        context: 0,
+        _pad: 0,
     }
 }
 

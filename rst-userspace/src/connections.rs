@@ -27,6 +27,8 @@ pub struct HostConnections {
     open: HashMap<ServiceKey, OpenValue>,
     services_capacity: usize,
     now_ms: u64,
+    /// Every data segment goes through [`rst_common::track_data`] (replay).
+    watch_data: bool,
 }
 
 impl HostConnections {
@@ -37,7 +39,14 @@ impl HostConnections {
             open: HashMap::new(),
             services_capacity: DEFAULT_MAX_SERVICES as usize,
             now_ms: 0,
+            watch_data: false,
         }
+    }
+
+    /// The caller hands every data segment to [`rst_common::track_data`], so resets can tell
+    /// whether their peer wrote after their sender closed.
+    pub fn watching_data(self) -> Self {
+        HostConnections { watch_data: true, ..self }
     }
 
     /// The time of the segments tracked next, in ms (on whatever clock the run's origin is on).
@@ -70,6 +79,10 @@ impl ConnTable for HostConnections {
             self.states.clear();
         }
         self.states.insert(*key, *state);
+    }
+
+    fn watches_data(&self) -> bool {
+        self.watch_data
     }
 }
 

@@ -153,6 +153,8 @@ fn suspect(cause: Cause) -> &'static str {
         Cause::StateLost => "a VIP failing over to a standby that knows none of the connections",
         Cause::Middlebox => "a firewall on the router forging resets for one port",
         Cause::AppAbort => "an application aborting its connections (SO_LINGER 0)",
+        Cause::Teardown => "connections reset while already closing (ordinary teardown)",
+        Cause::Scan => "a client scanning ports",
     }
 }
 

@@ -26,8 +26,8 @@ use xtask::{
         self, ensure_rsts, listing, tcp_segments, Capture, End, ResetTrace, Segment, ACK, DEFAULT_TTL, FIN, RST, SYN,
     },
     verdict_lab::{
-        host_of, Account, Cause, Details, Outcome, Role, Run, VerdictLab, CLIENT, CLIENT6, IPV6_CAUSES, SERVED_PORT,
-        VIP,
+        host_of, Account, Cause, Details, Outcome, Role, Run, VerdictLab, CLIENT, CLIENT6, IPV6_CAUSES, LAB_CAUSES,
+        SERVED_PORT, VIP,
     },
 };
 
@@ -226,7 +226,7 @@ fn check_counts(run: &Run) -> Result<()> {
     ensure!(count(Cause::StateLost, Outcome::Reset) == 3);
     ensure!(count(Cause::Middlebox, Outcome::Refused) == 3);
     ensure!(count(Cause::AppAbort, Outcome::Reset) == 3);
-    let v4 = Cause::ALL.iter().filter(|&&c| c != Cause::HealthCheck);
+    let v4 = LAB_CAUSES.iter().filter(|&&c| c != Cause::HealthCheck);
     let order: Vec<Cause> = v4.chain(&IPV6_CAUSES).chain([&Cause::HealthCheck]).copied().collect();
     ensure!(run.accounts.iter().map(|a| a.cause).collect::<Vec<_>>() == order);
     let v6: Vec<Cause> = run.accounts.iter().filter(|a| a.service.is_ipv6()).map(|a| a.cause).collect();
@@ -455,7 +455,7 @@ fn committed_capture_matches_its_account() -> Result<()> {
     let segments = tcp_segments(&pcap)?;
     let mut want: Vec<(SocketAddr, SocketAddr)> = Vec::new();
     let services = account["services"].as_array().context("no services")?;
-    ensure!(services.len() == Cause::ALL.len() + IPV6_CAUSES.len(), "{} services", services.len());
+    ensure!(services.len() == LAB_CAUSES.len() + IPV6_CAUSES.len(), "{} services", services.len());
     for service in services {
         let from_client = service["sender"] == "client";
         let mut resets = 0;

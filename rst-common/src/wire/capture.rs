@@ -175,7 +175,7 @@ mod tests {
     #[test]
     fn a_flow_key_finds_the_tracepoints_key_of_the_same_rst() {
         let (src, dst) = ([1, 2, 3, 4], [0x0a00_0002, 0, 0, 9]);
-        let flow = FlowKey::from_parts(src, dst, 7, 80, 40_000, FAMILY_IPV6, DIRECTION_TX, 64).classified(0x55, 63);
+        let flow = FlowKey::from_parts(src, dst, 7, 80, 40_000, FAMILY_IPV6, DIRECTION_TX, 64).classified(0x55, 63, 0);
         assert_eq!(CaptureReasonKey::of_flow(&flow), CaptureReasonKey::new(src, dst, 80, 40_000, FAMILY_IPV6));
         assert_ne!(CaptureReasonKey::of_flow(&flow), CaptureReasonKey::new(dst, src, 40_000, 80, FAMILY_IPV6));
     }

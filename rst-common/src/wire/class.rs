@@ -80,3 +80,70 @@ impl ResetClass {
         self.0 & Self::FIRST != 0
     }
 }
+
+/// What the connection had seen when an RST came, packed into [`FlowKey::context`]: the
+/// evidence that tells an ordinary teardown from a lost connection, and a side's first reset
+/// from its answers to the peer's late segments. All false when no handshake was seen.
+///
+/// [`FlowKey::context`]: super::FlowKey::context
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ResetContext(pub u8);
+
+impl ResetContext {
+    /// The server's SYN+ACK was seen: the connection was accepted.
+    const ANSWERED: u8 = 1 << 0;
+    /// The RST's sender had sent a FIN before it.
+    const SENDER_CLOSED: u8 = 1 << 1;
+    /// The RST's peer had sent a FIN before it.
+    const PEER_CLOSED: u8 = 1 << 2;
+    /// The sender had already reset this connection: this RST answers the peer's late segments.
+    const SENDER_RESET: u8 = 1 << 3;
+    /// The peer sent data after the sender's FIN (a connection the sender closed, written to).
+    const PEER_LATE_DATA: u8 = 1 << 4;
+    /// The connection's data segments were watched (replay), so [`Self::peer_late_data`] false
+    /// means none came; in the kernel they are not.
+    const DATA_WATCHED: u8 = 1 << 5;
+
+    #[inline(always)]
+    pub const fn new(
+        answered: bool,
+        sender_closed: bool,
+        peer_closed: bool,
+        sender_reset: bool,
+        peer_late_data: bool,
+        data_watched: bool,
+    ) -> Self {
+        ResetContext(
+            if answered { Self::ANSWERED } else { 0 }
+                | if sender_closed { Self::SENDER_CLOSED } else { 0 }
+                | if peer_closed { Self::PEER_CLOSED } else { 0 }
+                | if sender_reset { Self::SENDER_RESET } else { 0 }
+                | if peer_late_data { Self::PEER_LATE_DATA } else { 0 }
+                | if data_watched { Self::DATA_WATCHED } else { 0 },
+        )
+    }
+
+    pub const fn answered(self) -> bool {
+        self.0 & Self::ANSWERED != 0
+    }
+
+    pub const fn sender_closed(self) -> bool {
+        self.0 & Self::SENDER_CLOSED != 0
+    }
+
+    pub const fn peer_closed(self) -> bool {
+        self.0 & Self::PEER_CLOSED != 0
+    }
+
+    pub const fn sender_reset(self) -> bool {
+        self.0 & Self::SENDER_RESET != 0
+    }
+
+    pub const fn peer_late_data(self) -> bool {
+        self.0 & Self::PEER_LATE_DATA != 0
+    }
+
+    pub const fn data_watched(self) -> bool {
+        self.0 & Self::DATA_WATCHED != 0
+    }
+}

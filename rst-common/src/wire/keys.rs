@@ -37,7 +37,10 @@ pub struct FlowKey {
     /// TTL / hop limit the claimed sender used in its SYN or SYN+ACK on this interface; 0 when
     /// no handshake segment of it was seen.
     pub peer_ttl: u8,
-    pub _pad: [u8; 2],
+    /// A [`super::ResetContext`] as its byte: what the connection had seen when the RST came
+    /// (whose FIN, whose earlier RST, the SYN+ACK); 0 until classified.
+    pub context: u8,
+    pub _pad: u8,
 }
 
 /// A TCP connection on one interface, the same whichever way a segment goes: endpoints in a
@@ -89,12 +92,13 @@ impl FlowKey {
     }
 
     /// Whether this (classified) key is `segment`'s (as parsed, unclassified) but for the
-    /// classifier's verdict: the class byte and the peer's TTL.
+    /// classifier's verdict: the class byte, the peer's TTL and the context byte.
     #[inline(always)]
     pub fn classifies(&self, segment: &FlowKey) -> bool {
-        // The class is the fourth byte of word 10, the peer's TTL the second byte of word 11.
+        // The class is the fourth byte of word 10, the peer's TTL and the context the second
+        // and third bytes of word 11.
         const CLASS: u32 = word([0, 0, 0, 0xff]);
-        const PEER_TTL: u32 = word([0, 0xff, 0, 0]);
+        const PEER_TTL: u32 = word([0, 0xff, 0xff, 0]);
         let (a, b) = (self.words(), segment.words());
         let mut differ = 0;
         for i in 0..10 {
@@ -149,10 +153,10 @@ impl FlowKey {
 
     /// This key with the classifier's verdict, built word-wise (see [`word`]).
     #[inline(always)]
-    pub fn classified(&self, class: u8, peer_ttl: u8) -> FlowKey {
+    pub fn classified(&self, class: u8, peer_ttl: u8, context: u8) -> FlowKey {
         let mut words = self.words();
         words[10] = word([self.family, self.protocol, self.direction, class]);
-        words[11] = word([self.rst_ttl, peer_ttl, 0, 0]);
+        words[11] = word([self.rst_ttl, peer_ttl, context, 0]);
         // SAFETY: as in `from_parts`.
         unsafe { core::mem::transmute::<[u32; 12], FlowKey>(words) }
     }
@@ -181,17 +185,17 @@ impl FlowKey {
         (unsafe { core::mem::transmute::<[u32; 11], ConnKey>(words) }, sender_is_lo)
     }
 
-    /// The key as the header walk alone makes it: the classifier's `class` and `peer_ttl`
-    /// cleared (`rst_ttl` is the segment's own).
+    /// The key as the header walk alone makes it: the classifier's `class`, `peer_ttl` and
+    /// `context` cleared (`rst_ttl` is the segment's own).
     #[inline(always)]
     pub fn unclassified(&self) -> FlowKey {
-        FlowKey { class: 0, peer_ttl: 0, ..*self }
+        FlowKey { class: 0, peer_ttl: 0, context: 0, ..*self }
     }
 
     /// The same flow with the classification cleared: what a flow record is keyed by.
     #[inline(always)]
     pub fn flow_id(&self) -> FlowKey {
-        FlowKey { class: 0, rst_ttl: 0, peer_ttl: 0, ..*self }
+        FlowKey { class: 0, rst_ttl: 0, peer_ttl: 0, context: 0, ..*self }
     }
 }
 

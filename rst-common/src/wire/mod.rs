@@ -22,7 +22,7 @@ pub use capture::{
     CAPTURE_DEFAULT_BUDGET, CAPTURE_DEFAULT_SNAPLEN, CAPTURE_HANDSHAKE, CAPTURE_MAX_SNAPLEN, CAPTURE_REASONS_ENTRIES,
     CAPTURE_REASON_MAX_AGE_NS, CAPTURE_RING_BYTES, CAPTURE_RST,
 };
-pub use class::{ResetClass, ResetKind};
+pub use class::{ResetClass, ResetContext, ResetKind};
 pub use counters::{Counters, ResetCounters, TrafficCounters};
 pub use defaults::{
     CONN_GENERATIONS, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_OVERFLOW_SOURCES, DEFAULT_MAX_SERVICES,
@@ -37,6 +37,7 @@ pub use payload::{PayloadCounters, PayloadRecord, PAYLOAD_FRAME_BYTES, PAYLOAD_R
 pub use values::{
     accept_bits, accept_from_bits, down_after_accept, down_after_turnaway, down_in_run, merge_accept, merge_turnaway,
     turnaway_bits, turnaway_from_bits, CacheSlot, ConnState, DownRun, FlowValue, LoggedFlow, OpenValue, ServiceCounts,
-    ServiceValue, CONN_CLIENT_IS_LO, CONN_FIN, CONN_RESET, CONN_SYN, CONN_SYNACK,
+    ServiceValue, CONN_CLIENT_IS_LO, CONN_FIN, CONN_RESET, CONN_SYN, CONN_SYNACK, SIDE_CLIENT_FIN, SIDE_CLIENT_RST,
+    SIDE_DATA_MOVED, SIDE_LATE_DATA, SIDE_SERVER_FIN, SIDE_SERVER_RST,
 };
 pub use workload::{WorkloadKey, ORIGIN_APPLICATION, ORIGIN_KERNEL, ORIGIN_RECEIVED};

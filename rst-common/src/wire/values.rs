@@ -13,7 +13,8 @@ pub struct ConnState {
     pub server_ttl: u8,
     /// `CONN_*` bits.
     pub flags: u8,
-    pub _pad: u8,
+    /// `SIDE_*` bits: which side closed or reset, for the reset's [`super::ResetContext`].
+    pub sides: u8,
 }
 
 /// The client is the `lo` endpoint of the [`ConnKey`].
@@ -22,6 +23,21 @@ pub const CONN_SYN: u8 = 1 << 1;
 pub const CONN_SYNACK: u8 = 1 << 2;
 pub const CONN_FIN: u8 = 1 << 3;
 pub const CONN_RESET: u8 = 1 << 4;
+
+/// The client sent a FIN ([`ConnState::sides`]).
+pub const SIDE_CLIENT_FIN: u8 = 1 << 0;
+/// The server sent a FIN.
+pub const SIDE_SERVER_FIN: u8 = 1 << 1;
+/// The client sent an RST.
+pub const SIDE_CLIENT_RST: u8 = 1 << 2;
+/// The server sent an RST.
+pub const SIDE_SERVER_RST: u8 = 1 << 3;
+/// A side that had not closed sent data after the other side's FIN: seen only where data
+/// segments are tracked ([`crate::diagnose::track_data`], replay), never in the kernel.
+pub const SIDE_LATE_DATA: u8 = 1 << 4;
+/// An RST of the connection showed that data had moved (classified `established`), which a
+/// later RST without ACK at the sender's ISN + 1 cannot show.
+pub const SIDE_DATA_MOVED: u8 = 1 << 5;
 
 impl ConnState {
     /// Built word-wise (see [`word`]).

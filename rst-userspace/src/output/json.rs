@@ -14,7 +14,7 @@ use crate::aggregate::{
         Source, Totals, Unlisted, Verdict, Workload, WorkloadResets,
     },
 };
-use crate::verdict::Detail;
+use crate::verdict::{Detail, ScanCounts};
 
 fn ms(duration: std::time::Duration) -> f64 {
     duration.as_secs_f64() * 1e3
@@ -342,11 +342,35 @@ pub struct VerdictRecord {
     client: Option<IpAddr>,
     /// The kernel's reason where this host's stack sent the resets (`NO_SOCKET`, …).
     kernel_reason: Option<String>,
+    /// Which side sent the resets where the cause depends on it (`app_abort`, `state_lost`,
+    /// `teardown`): `"server"` or `"client"`; null otherwise.
+    side: Option<Side>,
+    /// `teardown`: connections reset after the peer's FIN, and after the resetter's own FIN
+    /// (answering the peer's late segments); null otherwise.
+    after_peer_fin: Option<u64>,
+    after_own_fin: Option<u64>,
+    /// `scan`: what the scanner (`client`) probed and how it was answered; null otherwise.
+    scan: Option<ScanRecord>,
+}
+
+/// A scan verdict's counts.
+#[derive(Serialize)]
+pub struct ScanRecord {
+    /// Distinct ports and hosts probed.
+    ports: u64,
+    hosts: u64,
+    /// Targets (host and port) that refused, that answered and were reset by the scanner at
+    /// once, and that stayed silent.
+    refused: u64,
+    open: u64,
+    silent: u64,
+    /// The scanner's connections that went past the handshake before a reset.
+    completed: u64,
 }
 
 impl From<&Verdict> for VerdictRecord {
     fn from(verdict: &Verdict) -> Self {
-        let Verdict { cause, service, resets, connections, detail, kernel_reason } = verdict;
+        let Verdict { cause, service, resets, connections, detail, side, kernel_reason } = verdict;
         let mut record = VerdictRecord {
             cause: cause.name(),
             addr: service.addr,
@@ -362,6 +386,10 @@ impl From<&Verdict> for VerdictRecord {
             unanswered: 0,
             client: None,
             kernel_reason: kernel_reason.clone(),
+            side: *side,
+            after_peer_fin: None,
+            after_own_fin: None,
+            scan: None,
         };
         match *detail {
             Detail::None => {}
@@ -371,6 +399,13 @@ impl From<&Verdict> for VerdictRecord {
             }
             Detail::Forged { rst_ttl, peer_ttl } => (record.rst_ttl, record.peer_ttl) = (Some(rst_ttl), Some(peer_ttl)),
             Detail::Checker { client } => record.client = Some(client),
+            Detail::Teardown { after_peer_fin, after_own_fin } => {
+                (record.after_peer_fin, record.after_own_fin) = (Some(after_peer_fin), Some(after_own_fin))
+            }
+            Detail::Scan(ScanCounts { client, ports, hosts, refused, open, silent, completed }) => {
+                record.client = Some(client);
+                record.scan = Some(ScanRecord { ports, hosts, refused, open, silent, completed });
+            }
         }
         record
     }

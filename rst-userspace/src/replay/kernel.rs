@@ -25,8 +25,8 @@ use crate::{
 };
 
 /// One direction of a 5-tuple, without the interface, with the classifier's verdict
-/// (`FlowKey::class`, `peer_ttl`).
-pub type Direction = (IpAddr, u16, IpAddr, u16, u8, u8);
+/// (`FlowKey::class`, `peer_ttl`, `context`).
+pub type Direction = (IpAddr, u16, IpAddr, u16, u8, u8, u8);
 
 /// A service without the interface: address and port.
 pub type Service = (IpAddr, u16);
@@ -185,10 +185,10 @@ impl Parity {
             let host = self.host_flows.get(direction).copied().unwrap_or(0);
             let kernel = self.kernel_flows.get(direction).copied().unwrap_or(0);
             if host != kernel {
-                let (src, sport, dst, dport, class, peer_ttl) = direction;
+                let (src, sport, dst, dport, class, peer_ttl, context) = direction;
                 let _ = write!(
                     text,
-                    "\n  {src}:{sport} -> {dst}:{dport} (class {class:#04x}, peer TTL {peer_ttl}): replay {host}, kernel {kernel}"
+                    "\n  {src}:{sport} -> {dst}:{dport} (class {class:#04x}, peer TTL {peer_ttl}, context {context:#04x}): replay {host}, kernel {kernel}"
                 );
             }
         }
@@ -215,5 +215,5 @@ fn same_services(host: &BTreeMap<Service, ServiceValue>, kernel: &BTreeMap<Servi
 }
 
 fn direction(key: &FlowKey) -> Direction {
-    (key.src_ip(), key.sport, key.dst_ip(), key.dport, key.class, key.peer_ttl)
+    (key.src_ip(), key.sport, key.dst_ip(), key.dport, key.class, key.peer_ttl, key.context)
 }

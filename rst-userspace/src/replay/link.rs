@@ -8,8 +8,9 @@
 use pcap_file::DataLink;
 use rst_common::{
     inspect, inspect_from,
-    parse::{ETH_P_IPV4, ETH_P_IPV6},
-    Observation,
+    parse::{tcp_event, tcp_payload, ETH_P_IPV4, ETH_P_IPV6},
+    wire::DIRECTION_RX,
+    FlowKey, Observation, Walk,
 };
 
 /// A protocol number the walk does not know: frames that carry it are not TCP over IP.
@@ -151,12 +152,27 @@ impl Link {
 
     /// The payload of the TCP segment in `frame` (see [`crate::aggregate::payload::of_frame`]).
     pub fn rst_payload(self, frame: &[u8]) -> Option<(&[u8], usize)> {
-        let walked = match self.locate(frame) {
+        crate::aggregate::payload::of_frame(frame, self.walk(frame)?)
+    }
+
+    /// The directional key of the data segment in `frame` (one carrying payload, without SYN,
+    /// FIN or RST: [`Link::inspect`] calls it [`Observation::Segment`]), for
+    /// [`rst_common::track_data`]; `None` for a segment without data.
+    pub fn data_segment(self, frame: &[u8], ifindex: u32) -> Option<FlowKey> {
+        let Walk::Tcp(segment) = self.walk(frame)? else { return None };
+        let (_, len) = tcp_payload(frame, &segment)?;
+        if len == 0 {
+            return None;
+        }
+        Some(tcp_event(frame, &segment, DIRECTION_RX, ifindex)?.key)
+    }
+
+    fn walk(self, frame: &[u8]) -> Option<Walk> {
+        Some(match self.locate(frame) {
             Located::Ethernet => rst_common::parse::walk(frame),
             Located::Network { offset, ether_type } => rst_common::parse::walk_from(frame, offset, ether_type),
             Located::Truncated => return None,
-        };
-        crate::aggregate::payload::of_frame(frame, walked)
+        })
     }
 
     /// The frame as the XDP program would receive it, or `None` when a test run cannot take it.

@@ -20,7 +20,7 @@ use std::{
 
 use anyhow::Context as _;
 use rst_common::{
-    track,
+    track, track_data,
     wire::{ServiceKey, ServiceValue},
     Counters, FlowKey, Observation, Tracked,
 };
@@ -76,7 +76,10 @@ pub fn run_to<W: Write>(args: &ReplayArgs, out: W) -> anyhow::Result<()> {
         aggregator: Aggregator::new(Vec::new(), top as usize).limit_flows(summary_flows),
         printer: Printer::new(out, format, top as usize, by),
         interval_ns: u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX),
-        tally: Tally::default(),
+        tally: Tally {
+            connections: HostConnections::with_capacity(REPLAY_CONNECTIONS).watching_data(),
+            ..Tally::default()
+        },
         window: None,
         new_file: false,
         interfaces: 0,
@@ -254,10 +257,18 @@ impl<W: Write> Replay<W> {
         self.advance_clock(timestamp_ns)?;
         self.tally.connections.set_clock_ms(timestamp_ns / 1_000_000);
         let observation = link.inspect(frame, ifindex);
-        if let Observation::Reset(event) = &observation {
-            if let Some((bytes, len)) = link.rst_payload(frame) {
-                self.payloads.insert(event.key.flow_id(), (bytes.to_vec(), len));
+        match &observation {
+            Observation::Reset(event) => {
+                if let Some((bytes, len)) = link.rst_payload(frame) {
+                    self.payloads.insert(event.key.flow_id(), (bytes.to_vec(), len));
+                }
             }
+            Observation::Segment => {
+                if let Some(key) = link.data_segment(frame, ifindex) {
+                    track_data(&mut self.tally.connections, &key);
+                }
+            }
+            _ => {}
         }
         self.tally.count(&observation);
         if let Some(check) = &mut self.kernel {

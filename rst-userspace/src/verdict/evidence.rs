@@ -10,9 +10,12 @@ use std::{
     net::IpAddr,
 };
 
-use rst_common::wire::{DownRun, FlowKey, ResetClass, ResetKind};
+use rst_common::wire::{DownRun, FlowKey, ResetClass, ResetContext, ResetKind};
 
-use super::{sort, Cause, Detail, ServiceAddr, Verdict};
+use super::{
+    scan::{scan, Probes, Scan, ServiceView},
+    sort, Cause, Detail, ServiceAddr, Side, Verdict,
+};
 
 /// One service's handshake counts for one interval, as the tracker counted them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,9 +40,9 @@ pub struct ServiceSample {
 
 /// How many resets and how many connections they ended.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Tally {
-    resets: u64,
-    connections: u64,
+pub(super) struct Tally {
+    pub resets: u64,
+    pub connections: u64,
 }
 
 impl Tally {
@@ -47,7 +50,14 @@ impl Tally {
         (self.resets, self.connections)
     }
 
-    fn add(&mut self, other: Tally) {
+    fn minus(self, other: Tally) -> Tally {
+        Tally {
+            resets: self.resets.saturating_sub(other.resets),
+            connections: self.connections.saturating_sub(other.connections),
+        }
+    }
+
+    pub fn add(&mut self, other: Tally) {
         let Tally { resets, connections } = other;
         self.resets += resets;
         self.connections += connections;
@@ -59,37 +69,83 @@ impl Tally {
 enum Act {
     /// The server side refused a SYN, or reset the connection inside the handshake.
     TurnAway,
-    /// Mid-stream, without ACK: its sender answered as if it did not know the connection.
+    /// Without ACK, by a side that had accepted the connection and not closed it: its sender
+    /// answered as if it did not know the connection.
     Stateless,
-    /// Mid-stream with ACK: a stateful abort.
+    /// With ACK after data, before any FIN: a stateful abort.
     Abort,
     /// A client's reset right after the handshake (a health check's, if steady). Never in a
     /// [`Bucket`]: such resets go to the client–service pair's [`CheckPattern`].
     Check,
+    /// A connection already being closed: after the peer's FIN (`after_peer_fin`), or after the
+    /// sender's own FIN answering the peer's late segments, which carried no data.
+    Teardown { after_peer_fin: bool },
+    /// Nothing in the connection says why: no handshake seen (a lone RST), a client giving up
+    /// its own unanswered SYN, a closed connection written to (the keep-alive race, told only
+    /// where data is watched) or written to unseen. Kept only so a forged TTL still shows.
+    Unexplained,
 }
 
 impl Act {
-    /// What an RST did, from its classification; `None`: no cause of the service's (a
-    /// client's RST answering a SYN it did not send).
-    fn of(kind: ResetKind, server: bool, ack: bool) -> Option<Act> {
+    /// What an RST did, from its classification and what its connection had seen; `None`: no
+    /// cause of the service's (a client's RST answering a SYN it did not send).
+    fn of(class: ResetClass, context: ResetContext) -> Option<Act> {
+        if !class.side_observed() {
+            return Some(Act::Unexplained);
+        }
+        let (server, ack) = (class.server(), class.ack());
+        Some(match class.kind() {
+            ResetKind::Refused if server => Act::TurnAway,
+            ResetKind::Refused => return None,
+            // Accepted, acknowledged (an RST without ACK takes its sequence number from the
+            // segment it answers: the SYN+ACK's, ISN + 1), then not known.
+            ResetKind::Handshake if server && context.answered() && !ack => Act::Stateless,
+            ResetKind::Handshake if server => Act::TurnAway,
+            ResetKind::Handshake if context.answered() => Act::Check,
+            ResetKind::Handshake => Act::Unexplained,
+            ResetKind::Established if ack => Act::Abort,
+            ResetKind::Established => Act::Stateless,
+            ResetKind::Closing if context.peer_closed() => Act::Teardown { after_peer_fin: true },
+            ResetKind::Closing if context.sender_closed() && context.data_watched() && !context.peer_late_data() => {
+                Act::Teardown { after_peer_fin: false }
+            }
+            ResetKind::Closing => Act::Unexplained,
+        })
+    }
+
+    /// The act of a flow's RSTs this host's stack sent, from what the flow record keeps (most
+    /// of its RSTs' kind and ACK flag; not their context): keyed like [`Act::of_cause`].
+    fn of_sent(kind: ResetKind, server: bool, ack: bool) -> Option<Act> {
         Some(match (kind, server, ack) {
-            (ResetKind::Refused, true, _) | (ResetKind::Handshake, true, _) => Act::TurnAway,
-            (ResetKind::Handshake, false, _) => Act::Check,
+            (ResetKind::Refused, true, _) | (ResetKind::Handshake, true, true) => Act::TurnAway,
             (ResetKind::Refused, false, _) => return None,
-            (ResetKind::Established | ResetKind::Closing, _, false) => Act::Stateless,
-            (ResetKind::Established | ResetKind::Closing, _, true) => Act::Abort,
+            (ResetKind::Handshake, false, _) => Act::Check,
+            (ResetKind::Handshake | ResetKind::Established, _, false) => Act::Stateless,
+            (ResetKind::Established, _, true) => Act::Abort,
+            (ResetKind::Closing, _, _) => Act::Teardown { after_peer_fin: true },
         })
     }
 
     /// The act whose resets `cause` explains.
     fn of_cause(cause: Cause) -> Option<Act> {
         match cause {
-            Cause::NoListener | Cause::WentDown | Cause::ConnectionLimit => Some(Act::TurnAway),
+            Cause::NoListener | Cause::WentDown | Cause::ConnectionLimit | Cause::Scan => Some(Act::TurnAway),
             Cause::StateLost => Some(Act::Stateless),
             Cause::AppAbort => Some(Act::Abort),
             Cause::HealthCheck => Some(Act::Check),
+            Cause::Teardown => Some(Act::Teardown { after_peer_fin: true }),
             // A reset this host's stack sent is not forged in between.
             Cause::Middlebox => None,
+        }
+    }
+
+    /// The cause this act's genuine resets name, where the act alone names one.
+    fn cause(self) -> Option<Cause> {
+        match self {
+            Act::Stateless => Some(Cause::StateLost),
+            Act::Abort => Some(Cause::AppAbort),
+            Act::Teardown { .. } => Some(Cause::Teardown),
+            Act::TurnAway | Act::Check | Act::Unexplained => None,
         }
     }
 }
@@ -102,6 +158,8 @@ const MAX_REASONS: usize = 8;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Bucket {
     act: Act,
+    /// The RST's sender is the connection's server (else its client).
+    by_server: bool,
     ifindex: u32,
     /// The address the RST claims as its sender.
     sender: IpAddr,
@@ -179,6 +237,12 @@ const MIN_CHECKS: u64 = 3;
 pub struct Evidence {
     services: HashMap<ServiceAddr, ServiceEvidence>,
     checks: HashMap<(IpAddr, ServiceAddr), CheckPattern>,
+    /// What each flow's first RST did, so the same side's further RSTs on the connection (its
+    /// answers to the peer's late segments) go with it; forgotten all at once when full.
+    first_acts: HashMap<FlowKey, Act>,
+    /// Per client: the services that turned it away and those it reset right after their
+    /// SYN+ACK, for the scan rule.
+    probes: HashMap<IpAddr, Probes>,
     host_ttls: HashMap<(u32, IpAddr), u8>,
     /// The kernel's reasons for the resets this host's stack sent, per service and act.
     reasons: HashMap<(ServiceAddr, Act), BTreeMap<String, u64>>,
@@ -193,6 +257,8 @@ impl Evidence {
         Evidence {
             services: HashMap::new(),
             checks: HashMap::new(),
+            first_acts: HashMap::new(),
+            probes: HashMap::new(),
             host_ttls: HashMap::new(),
             reasons: HashMap::new(),
             max_entries,
@@ -220,6 +286,9 @@ impl Evidence {
         for pattern in self.checks.values_mut() {
             pattern.latest = Tally::default();
         }
+        for probes in self.probes.values_mut() {
+            probes.new_interval();
+        }
         // TTLs first: a forged reset is told by the host's own TTL, which this very interval
         // may be the first to show.
         for sample in services {
@@ -235,7 +304,11 @@ impl Evidence {
         for sample in services {
             self.add_sample(sample);
         }
-        for (key, resets) in flows {
+        // Each side's first RST of a connection before its further ones, which go with it.
+        for (key, resets) in flows.clone().filter(|(key, _)| !ResetContext(key.context).sender_reset()) {
+            self.add_reset(key, resets);
+        }
+        for (key, resets) in flows.filter(|(key, _)| ResetContext(key.context).sender_reset()) {
             self.add_reset(key, resets);
         }
         self.close_interval();
@@ -254,7 +327,7 @@ impl Evidence {
         reason: &str,
         resets: u64,
     ) {
-        let Some(act) = Act::of(kind, server, ack) else { return };
+        let Some(act) = Act::of_sent(kind, server, ack) else { return };
         let (addr, port) = if server { (flow.src_ip(), flow.sport) } else { (flow.dst_ip(), flow.dport) };
         let key = (ServiceAddr { addr, port }, act);
         let room = self.reasons.len() < self.max_entries;
@@ -332,6 +405,7 @@ impl Evidence {
 
     fn add_reset(&mut self, key: &FlowKey, resets: u64) {
         let class = ResetClass(key.class);
+        let context = ResetContext(key.context);
         let tally = Tally { resets, connections: if class.first() { resets.min(1) } else { 0 } };
         let (server, client) = if class.server() {
             ((key.src_ip(), key.sport), (key.dst_ip(), key.dport))
@@ -339,19 +413,67 @@ impl Evidence {
             ((key.dst_ip(), key.dport), (key.src_ip(), key.sport))
         };
         let service = ServiceAddr { addr: server.0, port: server.1 };
-        let Some(act) = Act::of(class.kind(), class.server(), class.ack()) else { return };
+        let act = if context.sender_reset() {
+            // An answer to what the peer still sent after this side's first RST.
+            self.first_acts.get(&key.flow_id()).copied().unwrap_or(Act::Unexplained)
+        } else {
+            let Some(act) = Act::of(class, context) else { return };
+            if class.side_observed() {
+                if self.first_acts.len() >= self.max_entries {
+                    self.first_acts.clear();
+                }
+                self.first_acts.insert(key.flow_id(), act);
+            }
+            act
+        };
+        match act {
+            Act::TurnAway => self.add_probe(client.0, service, tally, false),
+            Act::Check => self.add_probe(client.0, service, tally, true),
+            Act::Stateless | Act::Abort | Act::Teardown { .. } => self.add_completed(client.0, tally),
+            Act::Unexplained => {}
+        }
         if act == Act::Check {
             self.add_check(client.0, service, tally);
             return;
         }
-        let bucket =
-            Bucket { act, ifindex: key.ifindex, sender: key.src_ip(), rst_ttl: key.rst_ttl, peer_ttl: key.peer_ttl };
+        let bucket = Bucket {
+            act,
+            by_server: class.server(),
+            ifindex: key.ifindex,
+            sender: key.src_ip(),
+            rst_ttl: key.rst_ttl,
+            peer_ttl: key.peer_ttl,
+        };
         let Some(evidence) = self.service_mut(service) else { return };
         evidence.buckets.entry(bucket).or_default().add(tally);
         evidence.latest.entry(bucket).or_default().add(tally);
         if act == Act::TurnAway {
             evidence.interval_turned_away.add(tally);
             evidence.interval_reset_after_accept |= class.kind() == ResetKind::Handshake;
+        }
+    }
+
+    fn probes_mut(&mut self, client: IpAddr) -> Option<&mut Probes> {
+        let room = self.probes.len() < self.max_entries;
+        match self.probes.entry(client) {
+            std::collections::hash_map::Entry::Occupied(entry) => Some(entry.into_mut()),
+            std::collections::hash_map::Entry::Vacant(entry) if room => Some(entry.insert(Probes::default())),
+            std::collections::hash_map::Entry::Vacant(_) => None,
+        }
+    }
+
+    /// A connection attempt of `client` that `service` turned away (`open`: that the client
+    /// reset right after the service's SYN+ACK).
+    fn add_probe(&mut self, client: IpAddr, service: ServiceAddr, tally: Tally, open: bool) {
+        if let Some(probes) = self.probes_mut(client) {
+            probes.add(service, tally, open);
+        }
+    }
+
+    /// A connection of `client` that went past its handshake before it was reset.
+    fn add_completed(&mut self, client: IpAddr, tally: Tally) {
+        if let Some(probes) = self.probes_mut(client) {
+            probes.completed += tally.connections;
         }
     }
 
@@ -444,17 +566,51 @@ impl Evidence {
 
     /// The verdicts that hold for the whole run so far, most resets first.
     pub fn verdicts(&self) -> Vec<Verdict> {
+        self.all_verdicts(true)
+    }
+
+    /// The verdicts that hold for the latest interval: the run's causes, counting only the
+    /// resets that interval saw.
+    pub fn interval_verdicts(&self) -> Vec<Verdict> {
+        self.all_verdicts(false)
+    }
+
+    fn all_verdicts(&self, whole_run: bool) -> Vec<Verdict> {
         let mut verdicts = Vec::new();
+        let scans = self.scans(whole_run);
+        let mut scanned: HashMap<ServiceAddr, Tally> = HashMap::new();
+        for found in &scans {
+            for (service, tally) in &found.turned_away {
+                scanned.entry(*service).or_default().add(*tally);
+            }
+            let Scan { counts, host, tally, turned_away: _ } = found;
+            let service = ServiceAddr { addr: *host, port: 0 };
+            verdicts.push(Verdict::new(Cause::Scan, service, tally.counts(), Detail::Scan(*counts)));
+        }
         for (service, evidence) in &self.services {
-            self.service_verdicts(*service, evidence, &evidence.buckets, true, &mut verdicts);
+            let excluded = scanned.get(service).copied().unwrap_or_default();
+            if whole_run {
+                self.service_verdicts(*service, evidence, &evidence.buckets, true, excluded, &mut verdicts);
+                continue;
+            }
+            // Most services are quiet in any one interval: only those with something new are
+            // weighed again, so an interval costs what it brought, not what the run holds.
+            let quiet = evidence.latest.is_empty()
+                && evidence.down.is_none_or(|down| down.latest_unanswered == 0 && down.latest_turned_away.resets == 0);
+            if !quiet {
+                self.service_verdicts(*service, evidence, &evidence.latest, false, excluded, &mut verdicts);
+            }
         }
         for ((client, service), pattern) in &self.checks {
-            if let Some(verdict) = health_check(
-                *client,
-                *service,
-                pattern,
-                Tally { resets: pattern.resets, connections: pattern.connections },
-            ) {
+            let tally = if whole_run {
+                Tally { resets: pattern.resets, connections: pattern.connections }
+            } else {
+                pattern.latest
+            };
+            if tally.resets == 0 || scans.iter().any(|found| found.counts.client == *client) {
+                continue;
+            }
+            if let Some(verdict) = health_check(*client, *service, pattern, tally) {
                 verdicts.push(verdict);
             }
         }
@@ -463,30 +619,41 @@ impl Evidence {
         verdicts
     }
 
-    /// The verdicts that hold for the latest interval: the run's causes, counting only the
-    /// resets that interval saw.
-    pub fn interval_verdicts(&self) -> Vec<Verdict> {
-        let mut verdicts = Vec::new();
-        for (service, evidence) in &self.services {
-            // Most services are quiet in any one interval: only those with something new are
-            // weighed again, so an interval costs what it brought, not what the run holds.
-            let quiet = evidence.latest.is_empty()
-                && evidence.down.is_none_or(|down| down.latest_unanswered == 0 && down.latest_turned_away.resets == 0);
-            if !quiet {
-                self.service_verdicts(*service, evidence, &evidence.latest, false, &mut verdicts);
+    /// The clients whose probes make a scan (see [`super::scan`]).
+    fn scans(&self, whole_run: bool) -> Vec<Scan> {
+        let mut candidates: Vec<(&IpAddr, &Probes)> =
+            self.probes.iter().filter(|(_, probes)| probes.may_be_scan()).collect();
+        if candidates.is_empty() {
+            return Vec::new();
+        }
+        candidates.sort_by_key(|(client, _)| **client);
+        let views: Vec<(ServiceAddr, ServiceView)> = self
+            .services
+            .iter()
+            .map(|(service, evidence)| {
+                let view = ServiceView {
+                    attempts: evidence.attempts,
+                    synacks: evidence.synacks,
+                    any_reset: !evidence.buckets.is_empty(),
+                };
+                (*service, view)
+            })
+            .collect();
+        // The clients each host turned away or answered: a silent port is a client's only where
+        // it is the one client there.
+        let mut clients_of: HashMap<IpAddr, (IpAddr, bool)> = HashMap::new();
+        for (client, probes) in &self.probes {
+            for host in probes.hosts() {
+                clients_of.entry(host).and_modify(|(first, many)| *many |= first != client).or_insert((*client, false));
             }
         }
-        for ((client, service), pattern) in &self.checks {
-            if pattern.latest.resets == 0 {
-                continue;
-            }
-            if let Some(verdict) = health_check(*client, *service, pattern, pattern.latest) {
-                verdicts.push(verdict);
-            }
-        }
-        self.corroborate(&mut verdicts);
-        sort(&mut verdicts);
-        verdicts
+        candidates
+            .into_iter()
+            .filter_map(|(client, probes)| {
+                let sole = |host: IpAddr| clients_of.get(&host).is_some_and(|(first, many)| first == client && !many);
+                scan(*client, probes, &views, sole, whole_run)
+            })
+            .collect()
     }
 
     /// Whether `bucket`'s resets carry a TTL their claimed sender's own packets do not.
@@ -504,9 +671,10 @@ impl Evidence {
         evidence: &ServiceEvidence,
         buckets: &BTreeMap<Bucket, Tally>,
         whole_run: bool,
+        scanned: Tally,
         out: &mut Vec<Verdict>,
     ) {
-        let mut genuine: BTreeMap<Act, Tally> = BTreeMap::new();
+        let mut genuine: BTreeMap<(Act, bool), Tally> = BTreeMap::new();
         let mut forged: BTreeMap<(ServiceAddr, u8, u8), Tally> = BTreeMap::new();
         for (bucket, tally) in buckets {
             if let Some(own_ttl) = self.forged_ttl(bucket) {
@@ -520,9 +688,10 @@ impl Evidence {
                 forged.entry((claimed, bucket.rst_ttl, own_ttl)).or_default().add(*tally);
                 continue;
             }
-            genuine.entry(bucket.act).or_default().add(*tally);
+            genuine.entry((bucket.act, bucket.by_server)).or_default().add(*tally);
         }
-        let turned_away = genuine.get(&Act::TurnAway).copied().unwrap_or_default();
+        // A scanner's refusals are its verdict's, not the service's.
+        let turned_away = genuine.get(&(Act::TurnAway, true)).copied().unwrap_or_default().minus(scanned);
         if turned_away.resets > 0 && evidence.synacks == 0 {
             out.push(Verdict::new(Cause::NoListener, service, turned_away.counts(), Detail::None));
         }
@@ -543,9 +712,31 @@ impl Evidence {
                 out.push(Verdict::new(Cause::ConnectionLimit, service, tally.counts(), Detail::Limit { open: limit }));
             }
         }
-        for (act, cause) in [(Act::Stateless, Cause::StateLost), (Act::Abort, Cause::AppAbort)] {
-            if let Some(tally) = genuine.get(&act).filter(|t| t.resets > 0) {
-                out.push(Verdict::new(cause, service, tally.counts(), Detail::None));
+        // Per side: who aborted, lost the connection or reset it while closing.
+        let mut teardowns: BTreeMap<bool, (Tally, Detail)> = BTreeMap::new();
+        for (&(act, by_server), tally) in &genuine {
+            let side = if by_server { Side::Server } else { Side::Client };
+            match act {
+                Act::Teardown { after_peer_fin } => {
+                    let (sum, detail) = teardowns
+                        .entry(by_server)
+                        .or_insert((Tally::default(), Detail::Teardown { after_peer_fin: 0, after_own_fin: 0 }));
+                    sum.add(*tally);
+                    if let Detail::Teardown { after_peer_fin: peer, after_own_fin: own } = detail {
+                        *if after_peer_fin { peer } else { own } += tally.connections;
+                    }
+                }
+                _ => {
+                    if let Some(cause) = act.cause().filter(|_| tally.resets > 0) {
+                        out.push(Verdict::new(cause, service, tally.counts(), Detail::None).by(side));
+                    }
+                }
+            }
+        }
+        for (by_server, (tally, detail)) in teardowns {
+            if tally.resets > 0 {
+                let side = if by_server { Side::Server } else { Side::Client };
+                out.push(Verdict::new(Cause::Teardown, service, tally.counts(), detail).by(side));
             }
         }
         for ((claimed, rst_ttl, own_ttl), tally) in forged {

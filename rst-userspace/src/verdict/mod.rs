@@ -8,16 +8,20 @@
 //! guess. Health checks are found first and their resets kept out of every other cause.
 
 mod evidence;
+mod scan;
 mod text;
 
 use std::net::IpAddr;
 
 pub use evidence::{Evidence, ServiceSample};
+pub use scan::{ScanCounts, SCAN_MAX_COMPLETED_PERCENT, SCAN_MIN_CLOSED_PERCENT, SCAN_MIN_TARGETS};
+
+pub use crate::aggregate::model::Side;
 /// The causes and their contract names live in rst-common, shared with the verdict lab.
 pub use rst_common::Cause;
 
 /// A server address and port: what a verdict is about. For [`Cause::Middlebox`], the address
-/// and port the forged RST claims.
+/// and port the forged RST claims; for [`Cause::Scan`], the host probed most, port 0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ServiceAddr {
     pub addr: IpAddr,
@@ -34,6 +38,10 @@ pub struct Verdict {
     /// Connections those resets ended (or turned away).
     pub connections: u64,
     pub detail: Detail,
+    /// Which side of the connections sent the resets, where the cause depends on it (an abort,
+    /// a lost connection, a teardown); `None` where the cause says it (a refusal is the
+    /// server's, a health check or scan its client's).
+    pub side: Option<Side>,
     /// Where this host's own TCP stack sent the resets (`tcp:tcp_send_reset`): the reason the
     /// kernel gave for most of them (`NO_SOCKET`, `TCP_STATE`, …), corroborating the cause.
     pub kernel_reason: Option<String>,
@@ -63,11 +71,23 @@ pub enum Detail {
     Checker {
         client: IpAddr,
     },
+    /// [`Cause::Teardown`]: the connections reset after the peer's FIN, and those whose
+    /// resetter had closed them itself and answered the peer's late segments.
+    Teardown {
+        after_peer_fin: u64,
+        after_own_fin: u64,
+    },
+    /// [`Cause::Scan`]: the scanner and what its probes met.
+    Scan(ScanCounts),
 }
 
 impl Verdict {
     fn new(cause: Cause, service: ServiceAddr, (resets, connections): (u64, u64), detail: Detail) -> Self {
-        Verdict { cause, service, resets, connections, detail, kernel_reason: None }
+        Verdict { cause, service, resets, connections, detail, side: None, kernel_reason: None }
+    }
+
+    fn by(self, side: Side) -> Self {
+        Verdict { side: Some(side), ..self }
     }
 
     pub fn benign(&self) -> bool {

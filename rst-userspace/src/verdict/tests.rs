@@ -2,7 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use rst_common::wire::{DownRun, FlowKey, ResetClass, ResetKind, DIRECTION_RX, FAMILY_IPV4, IPPROTO_TCP};
+use rst_common::wire::{DownRun, FlowKey, ResetClass, ResetContext, ResetKind, DIRECTION_RX, FAMILY_IPV4, IPPROTO_TCP};
 
 use super::{Cause, Detail, Evidence, ServiceAddr, ServiceSample, Verdict};
 
@@ -18,8 +18,24 @@ fn service(port: u16) -> ServiceAddr {
     ServiceAddr { addr: ip(SERVER), port }
 }
 
-/// An RST entry: `server` sent it (else the client), from the service's port to an ephemeral one.
+/// An RST entry: `server` sent it (else the client), from the service's port to an ephemeral one,
+/// in a connection whose handshake was seen whole (a refusal's had no SYN+ACK) and that neither
+/// side had closed or reset.
 fn rst(kind: ResetKind, server: bool, ack: bool, port: u16, client_port: u16, ttls: (u8, u8)) -> FlowKey {
+    let answered = kind != ResetKind::Refused;
+    rst_in(kind, server, ack, port, client_port, ttls, ResetContext::new(answered, false, false, false, false, false))
+}
+
+/// [`rst`] in a connection that had seen `context`.
+fn rst_in(
+    kind: ResetKind,
+    server: bool,
+    ack: bool,
+    port: u16,
+    client_port: u16,
+    ttls: (u8, u8),
+    context: ResetContext,
+) -> FlowKey {
     let (src, dst, sport, dport) =
         if server { (SERVER, CLIENT, port, client_port) } else { (CLIENT, SERVER, client_port, port) };
     let mut key = FlowKey {
@@ -32,6 +48,7 @@ fn rst(kind: ResetKind, server: bool, ack: bool, port: u16, client_port: u16, tt
         class: ResetClass::new(kind, ack, server, true, true).0,
         rst_ttl: ttls.0,
         peer_ttl: ttls.1,
+        context: context.0,
         ..FlowKey::default()
     };
     key.src[..4].copy_from_slice(&src);
@@ -385,7 +402,8 @@ fn an_interval_carries_only_its_own_resets() {
 #[test]
 fn evidence_stays_within_its_bound() {
     let mut evidence = Evidence::new(2);
-    let flows: Vec<FlowKey> = (0..5).map(|port| refusal(100 + port, 40_000)).collect();
+    // Four closed ports: one short of a scan.
+    let flows: Vec<FlowKey> = (0..4).map(|port| refusal(100 + port, 40_000)).collect();
     feed(&mut evidence, 0, &[], &flows);
     assert_eq!(evidence.verdicts().len(), 2);
 }
@@ -395,9 +413,19 @@ fn cause_names_are_the_contract() {
     let names: Vec<&str> = Cause::ALL.iter().map(|c| c.name()).collect();
     assert_eq!(
         names,
-        ["no_listener", "went_down", "connection_limit", "state_lost", "middlebox", "app_abort", "health_check"]
+        [
+            "no_listener",
+            "went_down",
+            "connection_limit",
+            "state_lost",
+            "middlebox",
+            "app_abort",
+            "health_check",
+            "teardown",
+            "scan"
+        ]
     );
-    assert_eq!(Cause::ALL.iter().filter(|c| c.benign()).collect::<Vec<_>>(), [&Cause::HealthCheck]);
+    assert_eq!(Cause::ALL.iter().filter(|c| c.benign()).collect::<Vec<_>>(), [&Cause::HealthCheck, &Cause::Teardown]);
 }
 
 #[test]
@@ -425,4 +453,158 @@ fn the_kernels_reason_corroborates_only_the_cause_of_the_resets_it_sent() {
     let mut received = Evidence::new(64);
     feed(&mut received, 0, &[handshakes(81, 3, 0)], &refusals);
     assert_eq!(received.verdicts()[0].kernel_reason, None);
+}
+
+/// What a connection had seen: (SYN+ACK seen, sender closed, peer closed, sender had reset,
+/// peer wrote after the sender's FIN, data watched).
+fn seen(
+    answered: bool,
+    sender_fin: bool,
+    peer_fin: bool,
+    sender_reset: bool,
+    late_data: bool,
+    watched: bool,
+) -> ResetContext {
+    ResetContext::new(answered, sender_fin, peer_fin, sender_reset, late_data, watched)
+}
+
+fn closing(server: bool, ack: bool, client_port: u16, context: ResetContext) -> FlowKey {
+    rst_in(ResetKind::Closing, server, ack, 443, client_port, (64, 64), context)
+}
+
+#[test]
+fn resets_after_the_peers_fin_are_teardown_with_or_without_ack() {
+    let after_client_fin = seen(true, false, true, false, false, false);
+    let flows = [closing(true, false, 40_000, after_client_fin), closing(true, true, 40_001, after_client_fin)];
+    let verdicts = verdicts_of(&flows);
+    assert_eq!(causes(&verdicts), [(Cause::Teardown, 443, 2)]);
+    assert!(verdicts[0].benign());
+    assert_eq!(verdicts[0].side, Some(super::Side::Server));
+    assert_eq!(verdicts[0].detail, Detail::Teardown { after_peer_fin: 2, after_own_fin: 0 });
+    assert!(verdicts[0].text().contains("ordinary teardown"), "{}", verdicts[0].text());
+}
+
+#[test]
+fn a_reset_after_its_senders_own_fin_is_teardown_only_without_late_data() {
+    // The client's late ACK or keep-alive probe, watched: no data came after the server's FIN.
+    let quiet = seen(true, true, false, false, false, true);
+    let verdicts = verdicts_of(&[closing(true, false, 40_000, quiet)]);
+    assert_eq!(causes(&verdicts), [(Cause::Teardown, 443, 1)]);
+    assert_eq!(verdicts[0].detail, Detail::Teardown { after_peer_fin: 0, after_own_fin: 1 });
+    // The client wrote to the connection the server had closed: the keep-alive race, not a
+    // teardown (and not named here).
+    assert_eq!(causes(&verdicts_of(&[closing(true, false, 40_001, seen(true, true, false, false, true, true))])), []);
+    // Where data is not watched (the kernel), its absence says nothing.
+    assert_eq!(causes(&verdicts_of(&[closing(true, false, 40_002, seen(true, true, false, false, false, false))])), []);
+}
+
+#[test]
+fn a_forged_reset_while_closing_is_still_a_middlebox() {
+    let after_client_fin = seen(true, false, true, false, false, false);
+    let forged = rst_in(ResetKind::Closing, true, true, 443, 40_000, (50, 64), after_client_fin);
+    assert_eq!(causes(&verdicts_of(&[forged])), [(Cause::Middlebox, 443, 1)]);
+}
+
+#[test]
+fn a_lone_reset_and_an_abandoned_attempt_name_nothing() {
+    let lone = FlowKey { class: ResetClass::new(ResetKind::Established, false, false, false, true).0, ..check(40_000) };
+    assert_eq!(causes(&verdicts_of(&[lone])), [], "no handshake seen");
+    let abandoned = rst_in(ResetKind::Handshake, false, false, 8080, 40_001, (64, 64), ResetContext::default());
+    assert_eq!(causes(&verdicts_of(&[abandoned])), [], "the client gave up its own unanswered SYN");
+}
+
+#[test]
+fn an_accepted_connection_reset_without_ack_lost_its_state_data_or_not() {
+    let idle = rst(ResetKind::Handshake, true, false, 443, 40_000, (64, 64));
+    let busy = rst(ResetKind::Established, true, false, 443, 40_001, (64, 64));
+    let verdicts = verdicts_of(&[idle, busy]);
+    assert_eq!(causes(&verdicts), [(Cause::StateLost, 443, 2)]);
+    assert_eq!(verdicts[0].side, Some(super::Side::Server));
+    // With ACK inside the handshake: the service turned it away.
+    let turned = rst(ResetKind::Handshake, true, true, 443, 40_002, (64, 64));
+    assert!(!causes(&verdicts_of(&[turned])).iter().any(|(cause, _, _)| *cause == Cause::StateLost));
+}
+
+#[test]
+fn an_abort_says_which_side_aborted() {
+    let by_client = rst(ResetKind::Established, false, true, 80, 40_000, (64, 64));
+    let verdicts = verdicts_of(&[by_client]);
+    assert_eq!(causes(&verdicts), [(Cause::AppAbort, 80, 1)]);
+    assert_eq!(verdicts[0].side, Some(super::Side::Client));
+    assert!(verdicts[0].text().contains("by its client"), "{}", verdicts[0].text());
+}
+
+#[test]
+fn a_sides_further_resets_go_with_its_first() {
+    let first = rst(ResetKind::Established, true, true, 80, 40_000, (64, 64));
+    // The client's data still in flight meets the server's stack, which no longer knows it.
+    let answers =
+        rst_in(ResetKind::Established, true, false, 80, 40_000, (64, 64), seen(true, false, false, true, false, false));
+    let answers = FlowKey { class: ResetClass::new(ResetKind::Established, false, true, true, false).0, ..answers };
+    let mut evidence = Evidence::new(64);
+    evidence.interval(0, &[], [(&answers, 3), (&first, 1)].into_iter());
+    let verdicts = evidence.verdicts();
+    assert_eq!(causes(&verdicts), [(Cause::AppAbort, 80, 4)], "not state_lost");
+    assert_eq!(verdicts[0].connections, 1);
+}
+
+/// A client of `SERVER`'s ports: `closed` ports refuse it, `open` ones it resets right after
+/// their SYN+ACK; `silent` more ports on the same host get attempts and no answer.
+fn probing(evidence: &mut Evidence, closed: u16, open: u16, silent: u16) {
+    let mut flows: Vec<FlowKey> = (0..closed).map(|i| refusal(1_000 + i, 50_000 + i)).collect();
+    flows.extend((0..open).map(|i| check_of(2_000 + i, 51_000 + i)));
+    let mut samples: Vec<ServiceSample> = (0..closed).map(|i| handshakes(1_000 + i, 1, 0)).collect();
+    samples.extend((0..open).map(|i| handshakes(2_000 + i, 1, 1)));
+    samples.extend((0..silent).map(|i| handshakes(3_000 + i, 1, 0)));
+    feed(evidence, 0, &samples, &flows);
+}
+
+fn check_of(port: u16, client_port: u16) -> FlowKey {
+    rst(ResetKind::Handshake, false, false, port, client_port, (64, 64))
+}
+
+#[test]
+fn a_scan_is_one_verdict_for_the_scanner_from_five_targets() {
+    let mut evidence = Evidence::new(4096);
+    probing(&mut evidence, 4, 0, 996);
+    let verdicts = evidence.verdicts();
+    assert_eq!(causes(&verdicts), [(Cause::Scan, 0, 4)], "four closed of 1000 probed: one scan, no no_listener");
+    let Detail::Scan(counts) = verdicts[0].detail else { panic!("{:?}", verdicts[0].detail) };
+    assert_eq!(
+        (counts.client, counts.ports, counts.hosts, counts.refused, counts.silent),
+        (ip(CLIENT), 1000, 1, 4, 996)
+    );
+    assert!(verdicts[0].text().contains("10.0.1.5 scanned 1000 ports on 1 host"), "{}", verdicts[0].text());
+
+    let mut edge = Evidence::new(4096);
+    probing(&mut edge, 3, 2, 0);
+    assert_eq!(causes(&edge.verdicts()), [(Cause::Scan, 0, 5)], "five targets, three closed");
+}
+
+#[test]
+fn below_the_scan_thresholds_the_services_keep_their_verdicts() {
+    let mut four = Evidence::new(4096);
+    probing(&mut four, 4, 0, 0);
+    assert_eq!(causes(&four.verdicts()).len(), 4, "four targets: four closed ports");
+    assert!(causes(&four.verdicts()).iter().all(|(cause, _, _)| *cause == Cause::NoListener));
+
+    let mut mostly_open = Evidence::new(4096);
+    probing(&mut mostly_open, 2, 3, 0);
+    assert!(!causes(&mostly_open.verdicts()).iter().any(|(cause, _, _)| *cause == Cause::Scan), "two closed of five");
+
+    // One closed port retried many times is one target.
+    let mut retries = Evidence::new(4096);
+    let flows: Vec<FlowKey> = (0..20).map(|i| refusal(81, 40_000 + i)).collect();
+    feed(&mut retries, 0, &[handshakes(81, 20, 0)], &flows);
+    assert_eq!(causes(&retries.verdicts()), [(Cause::NoListener, 81, 20)]);
+}
+
+#[test]
+fn a_client_whose_connections_mostly_completed_is_no_scan() {
+    let mut evidence = Evidence::new(4096);
+    probing(&mut evidence, 5, 0, 0);
+    let aborted: Vec<FlowKey> =
+        (0..30).map(|i| rst(ResetKind::Established, true, true, 80, 52_000 + i, (64, 64))).collect();
+    feed(&mut evidence, 1_000, &[], &aborted);
+    assert!(!causes(&evidence.verdicts()).iter().any(|(cause, _, _)| *cause == Cause::Scan));
 }

@@ -1,6 +1,6 @@
 //! A verdict in the words a tired on-call person reads.
 
-use super::{Cause, Detail, Verdict};
+use super::{Cause, Detail, ScanCounts, Side, Verdict};
 use crate::aggregate::model::endpoint;
 
 fn plural(n: u64, one: &str, many: &str) -> String {
@@ -39,8 +39,13 @@ fn cause_sentence(verdict: &Verdict) -> String {
         }
         (Cause::ConnectionLimit, _) => format!("{service} turns connections away ({resets}): a connection limit"),
         (Cause::StateLost, _) => format!(
-            "{service}: {} reset mid-stream by a side that no longer knew {} (RST without ACK): state lost — a restart, a failover without state, broken persistence or a NAT timeout",
+            "{service}: {} reset after the handshake by {} that no longer knew {} (RST without ACK): state lost — a restart, a failover without state, broken persistence or a NAT timeout",
             plural(verdict.connections.max(1), "connection", "connections"),
+            match verdict.side {
+                Some(Side::Server) => "the server side",
+                Some(Side::Client) => "the client side",
+                None => "a side",
+            },
             if verdict.connections == 1 { "it" } else { "them" }
         ),
         (Cause::Middlebox, Detail::Forged { rst_ttl, peer_ttl }) => format!(
@@ -51,8 +56,13 @@ fn cause_sentence(verdict: &Verdict) -> String {
             format!("a device in between forged {} claiming to be {service}", plural(resets, "reset", "resets"))
         }
         (Cause::AppAbort, _) => format!(
-            "{} to {service} aborted after data (RST+ACK: SO_LINGER 0 or close with unread data): an application abort",
-            plural(verdict.connections.max(1), "connection", "connections")
+            "{} to {service} aborted after data by {} (RST+ACK: SO_LINGER 0 or close with unread data): an application abort",
+            plural(verdict.connections.max(1), "connection", "connections"),
+            match verdict.side {
+                Some(Side::Server) => "the service",
+                Some(Side::Client) => "its client",
+                None => "one side",
+            },
         ),
         (Cause::HealthCheck, detail) => format!(
             "{} health-checks {service} ({}, reset right after the handshake): benign",
@@ -62,5 +72,44 @@ fn cause_sentence(verdict: &Verdict) -> String {
             },
             plural(verdict.connections, "check", "checks")
         ),
+        (Cause::Teardown, detail) => {
+            let (after_peer, after_own) = match detail {
+                Detail::Teardown { after_peer_fin, after_own_fin } => (after_peer_fin, after_own_fin),
+                _ => (0, 0),
+            };
+            let (resetter, peer, own) = match verdict.side {
+                Some(Side::Client) => (format!("clients of {service}"), "the service's", "they had closed themselves"),
+                _ => (service, "the client's", "it had closed itself"),
+            };
+            let mut how = Vec::new();
+            if after_peer > 0 {
+                how.push(format!("{} after {peer} FIN", plural(after_peer, "connection", "connections")));
+            }
+            if after_own > 0 {
+                how.push(format!(
+                    "{} {own}, answering late segments without data (ACKs, FINs, keep-alive probes)",
+                    plural(after_own, "connection", "connections")
+                ));
+            }
+            let how = if how.is_empty() { "connections already closing".to_owned() } else { how.join(" and ") };
+            format!("{resetter} reset {how}: ordinary teardown ({})", plural(resets, "reset", "resets"))
+        }
+        (Cause::Scan, Detail::Scan(ScanCounts { client, ports, hosts, refused, open, silent, completed })) => {
+            let mut answers = vec![format!("{refused} refused")];
+            if open > 0 {
+                answers.push(format!("{open} answered and reset by the scanner at once"));
+            }
+            if silent > 0 {
+                answers.push(format!("{silent} silent"));
+            }
+            format!(
+                "{client} scanned {} on {}: {}; {} completed — a scan, not broken services",
+                plural(ports, "port", "ports"),
+                plural(hosts, "host", "hosts"),
+                answers.join(", "),
+                plural(completed, "connection", "connections"),
+            )
+        }
+        (Cause::Scan, _) => format!("a client scanned {service} ({})", plural(resets, "reset", "resets")),
     }
 }

@@ -26,10 +26,13 @@ impl CauseOnTheWire for Cause {
     fn resetter(self) -> Resetter {
         match self {
             Cause::Middlebox => Resetter::Router,
-            Cause::HealthCheck => Resetter::Client,
-            Cause::NoListener | Cause::WentDown | Cause::ConnectionLimit | Cause::StateLost | Cause::AppAbort => {
-                Resetter::Server
-            }
+            Cause::HealthCheck | Cause::Scan => Resetter::Client,
+            Cause::NoListener
+            | Cause::WentDown
+            | Cause::ConnectionLimit
+            | Cause::StateLost
+            | Cause::AppAbort
+            | Cause::Teardown => Resetter::Server,
         }
     }
 
