@@ -200,9 +200,7 @@ impl LiveSession {
         let captured = self.capture.as_ref().map(Capture::take_payloads).unwrap_or_default();
         self.payloads.drain(&mut self.aggregator, captured);
         if let Some(capture) = &self.capture {
-            let verdicts = self.aggregator.verdicts();
-            let verdicts = verdicts.iter().map(|v| ((v.service.addr, v.service.port), v.cause.name())).collect();
-            capture.update_known(capture::Known { verdicts });
+            capture.update_known(capture::Known::from_verdicts(&self.aggregator.verdicts()));
         }
         if let Some(metrics) = &self.metrics {
             metrics.observe(

@@ -176,7 +176,7 @@ exposed_metrics! {
         middlebox_resets: Family<InterfaceLabels, Counter> => "middlebox_resets",
             "Resets whose TTL differs from the claimed sender's handshake: likely injected in between";
         resets_by_cause: Family<CauseLabels, Counter> => "resets_by_cause",
-            "Resets each cause explains (the verdicts: no_listener, went_down, connection_limit, state_lost, middlebox, app_abort, health_check)";
+            "Resets each cause explains (the verdicts: no_listener, went_down, connection_limit, state_lost, middlebox, app_abort, health_check, teardown, scan; benign: health_check, teardown)";
         kernel_resets: Family<ReasonLabels, Counter> => "kernel_resets",
             "Resets this host's TCP stack sent, by the kernel's reason (tcp:tcp_send_reset; all namespaces)";
         service_attempts: Family<ServiceLabels, Gauge> => "service_attempts",

@@ -110,7 +110,7 @@ mod tests {
             .iter()
             .map(|(key, resets)| {
                 let mut stats = FlowStats::default();
-                stats.add(key, *resets);
+                stats.add(key, *resets, None);
                 (*key, stats)
             })
             .collect();

@@ -22,12 +22,22 @@ pub fn sentences(run: &Run) -> Vec<String> {
         .filter(|s| s.attempts > 0 && s.refused > 0)
         .max_by(|a, b| a.refused_share.total_cmp(&b.refused_share).then_with(|| a.refused.cmp(&b.refused)))
     {
+        // Retransmitted SYNs are one attempt; a refusal is counted per RST, and an attempt
+        // begun before the run has none: the two are said apart when they do not add up.
+        let counts = if service.refused <= service.attempts {
+            format!("{} of {}", service.refused, service.attempts)
+        } else {
+            format!(
+                "{} refusals for {} {}, some refused more than once or begun before the run",
+                service.refused,
+                service.attempts,
+                if service.attempts == 1 { "attempt" } else { "attempts" }
+            )
+        };
         lines.push(format!(
-            "{:.0}% of connection attempts to {} were refused ({} of {})",
+            "{:.0}% of connection attempts to {} were refused ({counts})",
             service.refused_share,
             endpoint(service.addr, service.port),
-            service.refused,
-            service.attempts
         ));
     }
     // Accepted, then reset: a balancer or server shedding load after the handshake.

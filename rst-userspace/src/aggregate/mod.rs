@@ -112,7 +112,9 @@ impl Owners {
 }
 
 impl FlowStats {
-    fn add(&mut self, key: &FlowKey, resets: u64) {
+    /// `own_ttl`: the TTL the RST's claimed sender's own packets carry (its handshake's, or
+    /// what the host showed elsewhere on the interface), if known.
+    fn add(&mut self, key: &FlowKey, resets: u64, own_ttl: Option<u8>) {
         let class = ResetClass(key.class);
         self.resets += resets;
         self.kinds.add(class.kind(), resets);
@@ -124,8 +126,8 @@ impl FlowStats {
         }
         self.side_observed |= class.side_observed();
         self.first |= class.first();
-        if key.peer_ttl != 0 && key.peer_ttl != key.rst_ttl {
-            self.add_middlebox(Middlebox { rst_ttl: key.rst_ttl, peer_ttl: key.peer_ttl, resets });
+        if let Some(peer_ttl) = own_ttl.filter(|&ttl| ttl != key.rst_ttl) {
+            self.add_middlebox(Middlebox { rst_ttl: key.rst_ttl, peer_ttl, resets });
         }
     }
 
@@ -397,10 +399,21 @@ impl Aggregator {
         self.totals.accumulate(&sample.counters);
         // Reused across intervals: a map of tens of thousands of flows allocated afresh every
         // interval leaves the allocator's heap higher each time.
+        self.service_samples.clear();
+        let origin_ms = self.tracker_origin_ms;
+        self.service_samples.extend(sample.services.iter().map(|service| service_sample(service, origin_ms)));
+        // The evidence first: it learns each host's own TTL, which a flow's forged resets are
+        // told by when their connection showed none.
+        self.evidence.interval(
+            started_ms,
+            &self.service_samples,
+            sample.flows.iter().map(|(key, resets)| (key, *resets)),
+        );
         let mut interval = std::mem::take(&mut self.interval_flows);
         interval.clear();
         for (key, resets) in &sample.flows {
-            interval.entry(key.flow_id()).or_default().add(key, *resets);
+            let own_ttl = self.evidence.own_ttl(key);
+            interval.entry(key.flow_id()).or_default().add(key, *resets, own_ttl);
         }
         self.join_kernel_events(&mut interval, &sample.stack_resets);
         self.join_workloads(&mut interval, &sample.workloads);
@@ -435,14 +448,6 @@ impl Aggregator {
         self.interval_handshakes.extend_from_slice(&sample.services);
         self.interval_overflow.clear();
         self.interval_overflow.extend(sample.overflow_sources.iter().map(|(key, resets)| (key.src_ip(), *resets)));
-        self.service_samples.clear();
-        let origin_ms = self.tracker_origin_ms;
-        self.service_samples.extend(sample.services.iter().map(|service| service_sample(service, origin_ms)));
-        self.evidence.interval(
-            started_ms,
-            &self.service_samples,
-            sample.flows.iter().map(|(key, resets)| (key, *resets)),
-        );
         let record = Interval {
             seq: self.intervals,
             ended,
@@ -749,5 +754,7 @@ impl Aggregator {
     }
 }
 
+#[cfg(test)]
+mod agreement_tests;
 #[cfg(test)]
 mod workload_tests;

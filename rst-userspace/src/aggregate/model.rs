@@ -334,6 +334,7 @@ impl Workload {
         match &self.pod {
             Some(Pod { namespace: Some(namespace), name: Some(name), .. }) => format!("{name} ({namespace})"),
             Some(Pod { uid, .. }) => format!("pod {uid}"),
+            None if self.unit.is_none() && self.cgroup == "/" => "host processes (root cgroup)".to_owned(),
             None => self.unit.clone().unwrap_or_else(|| self.cgroup.clone()),
         }
     }

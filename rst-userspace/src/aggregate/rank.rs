@@ -157,7 +157,8 @@ pub fn services<'a>(
                 synacks: tally.handshakes.synacks,
                 resets: tally.resets,
                 refused,
-                refused_share: percent(refused, tally.handshakes.attempts),
+                // A share of attempts: refusals beyond them (one attempt refused again) stop at all.
+                refused_share: percent(refused.min(tally.handshakes.attempts), tally.handshakes.attempts),
                 kinds: tally.kinds,
             }
         })

@@ -13,7 +13,7 @@ pub mod files;
 pub mod pcapng;
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     net::IpAddr,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -39,6 +39,7 @@ use crate::aggregate::{
     model::{CaptureSummary, Run},
     payload,
 };
+use crate::verdict::{Cause, Detail, Verdict};
 
 /// What `--capture` and its options ask for.
 #[derive(Debug, Clone)]
@@ -68,10 +69,29 @@ const IDLE: Duration = Duration::from_millis(10);
 const DRAIN_AT_MOST: usize = 16_384;
 
 /// What the run knows that the comments can use: the verdict on each service, by address and
-/// port. (The kernel's reason comes with each record.)
+/// port, and the clients found scanning. (The kernel's reason comes with each record.)
 #[derive(Debug, Default)]
 pub struct Known {
     pub verdicts: HashMap<(IpAddr, u16), &'static str>,
+    /// A scan's resets are the scanner's verdict, whichever service answered them.
+    pub scanners: HashSet<IpAddr>,
+}
+
+impl Known {
+    pub fn from_verdicts(verdicts: &[Verdict]) -> Known {
+        let mut known = Known::default();
+        for verdict in verdicts {
+            match (verdict.cause, verdict.detail) {
+                (Cause::Scan, Detail::Scan(counts)) => {
+                    known.scanners.insert(counts.client);
+                }
+                _ => {
+                    known.verdicts.insert((verdict.service.addr, verdict.service.port), verdict.cause.name());
+                }
+            }
+        }
+        known
+    }
 }
 
 /// What the session and the thread share.
@@ -354,7 +374,7 @@ impl Writer {
                         record.rst_ttl,
                         record.peer_ttl,
                         comment::Known {
-                            verdict: verdict_for(&known, record, event_key.as_ref()),
+                            verdict: verdict_for(&known, record.class, event_key.as_ref()),
                             reason: reason.as_deref(),
                         },
                     )
@@ -556,10 +576,14 @@ impl Reasons {
 }
 
 /// The verdict on this RST's service (the server side of the connection), once the run has one.
-fn verdict_for(known: &Known, record: &CaptureRecord, key: Option<&FlowKey>) -> Option<&'static str> {
+fn verdict_for(known: &Known, class: u8, key: Option<&FlowKey>) -> Option<&'static str> {
     let key = key?;
-    let server = rst_common::wire::ResetClass(record.class).server();
-    let service = if server { (key.src_ip(), key.sport) } else { (key.dst_ip(), key.dport) };
+    let server = rst_common::wire::ResetClass(class).server();
+    let (service, client) =
+        if server { ((key.src_ip(), key.sport), key.dst_ip()) } else { ((key.dst_ip(), key.dport), key.src_ip()) };
+    if known.scanners.contains(&client) {
+        return Some(Cause::Scan.name());
+    }
     known.verdicts.get(&service).copied()
 }
 
@@ -584,4 +608,46 @@ pub(crate) fn read_record(bytes: &[u8]) -> Option<CaptureRecord> {
     // SAFETY: `CaptureRecord` is a repr(C) aggregate of integers and bytes, valid for every bit
     // pattern, and `bytes` holds at least its size; read_unaligned makes no alignment demand.
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<CaptureRecord>()) })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use rst_common::wire::{ResetClass, ResetKind, FAMILY_IPV4};
+
+    use super::{verdict_for, Known};
+    use crate::verdict::{Cause, Detail, ScanCounts, ServiceAddr, Verdict};
+
+    fn verdict(cause: Cause, addr: &str, port: u16, detail: Detail) -> Verdict {
+        Verdict {
+            cause,
+            service: ServiceAddr { addr: addr.parse().expect("addr"), port },
+            resets: 1,
+            connections: 1,
+            detail,
+            side: None,
+            kernel_reason: None,
+        }
+    }
+
+    #[test]
+    fn a_scanners_refusals_carry_the_scan_verdict_whichever_port_answered() {
+        let scanner: IpAddr = "10.0.0.9".parse().expect("addr");
+        let counts = ScanCounts { client: scanner, ports: 9, hosts: 1, refused: 9, open: 0, silent: 0, completed: 0 };
+        let known = Known::from_verdicts(&[
+            verdict(Cause::Scan, "10.0.0.1", 0, Detail::Scan(counts)),
+            verdict(Cause::NoListener, "10.0.0.1", 81, Detail::None),
+        ]);
+        let refusal = |client: [u8; 4], port: u16| {
+            let mut key = rst_common::FlowKey { sport: port, dport: 40_000, family: FAMILY_IPV4, ..Default::default() };
+            key.src[..4].copy_from_slice(&[10, 0, 0, 1]);
+            key.dst[..4].copy_from_slice(&client);
+            key
+        };
+        let class = ResetClass::new(ResetKind::Refused, true, true, true, true).0;
+        assert_eq!(verdict_for(&known, class, Some(&refusal([10, 0, 0, 9], 22))), Some("scan"));
+        assert_eq!(verdict_for(&known, class, Some(&refusal([10, 0, 0, 7], 81))), Some("no_listener"));
+        assert_eq!(verdict_for(&known, class, Some(&refusal([10, 0, 0, 7], 82))), None);
+    }
 }

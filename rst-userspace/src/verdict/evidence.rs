@@ -656,6 +656,16 @@ impl Evidence {
             .collect()
     }
 
+    /// The TTL the RST `key`'s claimed sender's own packets carry: its handshake's, or what the
+    /// host showed on the interface in other connections; `None` when neither is known. Flow
+    /// records tell forged resets by it, as the verdicts do.
+    pub fn own_ttl(&self, key: &FlowKey) -> Option<u8> {
+        match key.peer_ttl {
+            0 => self.host_ttls.get(&(key.ifindex, key.src_ip())).copied(),
+            ttl => Some(ttl),
+        }
+    }
+
     /// Whether `bucket`'s resets carry a TTL their claimed sender's own packets do not.
     fn forged_ttl(&self, bucket: &Bucket) -> Option<u8> {
         let own = match bucket.peer_ttl {
