@@ -126,7 +126,7 @@ impl FlowStats {
         }
         self.side_observed |= class.side_observed();
         self.first |= class.first();
-        if let Some(peer_ttl) = own_ttl.filter(|&ttl| ttl != key.rst_ttl) {
+        if let Some(peer_ttl) = own_ttl.filter(|&ttl| crate::verdict::forged(key.rst_ttl, ttl)) {
             self.add_middlebox(Middlebox { rst_ttl: key.rst_ttl, peer_ttl, resets });
         }
     }

@@ -31,7 +31,7 @@ pub fn reset(class: u8, direction: u8, rst_ttl: u8, peer_ttl: u8, known: Known<'
         text.push_str("; ack");
     }
     text.push_str(if direction == DIRECTION_TX { "; sent by this host" } else { "; received" });
-    if peer_ttl != 0 && peer_ttl != rst_ttl {
+    if peer_ttl != 0 && crate::verdict::forged(rst_ttl, peer_ttl) {
         let _ = write!(text, "; middlebox: TTL {rst_ttl}, its claimed sender's handshake had {peer_ttl}");
     }
     if let Some(reason) = known.reason {

@@ -397,7 +397,9 @@ impl From<&Verdict> for VerdictRecord {
             Detail::Down { since_ms, unanswered } => {
                 (record.since_ms, record.unanswered) = (Some(since_ms), unanswered)
             }
-            Detail::Forged { rst_ttl, peer_ttl } => (record.rst_ttl, record.peer_ttl) = (Some(rst_ttl), Some(peer_ttl)),
+            Detail::Forged { rst_ttl, peer_ttl, claimed_client } => {
+                (record.rst_ttl, record.peer_ttl, record.client) = (Some(rst_ttl), Some(peer_ttl), claimed_client)
+            }
             Detail::Checker { client } => record.client = Some(client),
             Detail::Teardown { after_peer_fin, after_own_fin } => {
                 (record.after_peer_fin, record.after_own_fin) = (Some(after_peer_fin), Some(after_own_fin))

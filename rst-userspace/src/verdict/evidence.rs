@@ -13,7 +13,7 @@ use std::{
 use rst_common::wire::{DownRun, FlowKey, ResetClass, ResetContext, ResetKind};
 
 use super::{
-    scan::{scan, Probes, Scan, ServiceView},
+    scan::{scan, Answer, Probes, Scan, ServiceView},
     sort, Cause, Detail, ServiceAddr, Side, Verdict,
 };
 
@@ -198,6 +198,9 @@ struct ServiceEvidence {
     interval_turned_away: Tally,
     /// Some of them reset a connection right after its handshake (not refused at the SYN).
     interval_reset_after_accept: bool,
+    /// Those refused at the SYN: only these say a service went down. One that accepts and then
+    /// resets is up (an abort, a limit), whichever interval its accept fell in.
+    interval_refused: Tally,
     interval: ServiceSampleSum,
     /// The resets of each cause in the latest interval (for the interval's verdicts).
     latest: BTreeMap<Bucket, Tally>,
@@ -281,6 +284,7 @@ impl Evidence {
             evidence.interval = ServiceSampleSum::default();
             evidence.interval_turned_away = Tally::default();
             evidence.interval_reset_after_accept = false;
+            evidence.interval_refused = Tally::default();
             evidence.latest.clear();
         }
         for pattern in self.checks.values_mut() {
@@ -427,9 +431,14 @@ impl Evidence {
             act
         };
         match act {
-            Act::TurnAway => self.add_probe(client.0, service, tally, false),
-            Act::Check => self.add_probe(client.0, service, tally, true),
+            Act::TurnAway => self.add_probe(client.0, service, tally, Answer::Refused),
+            Act::Check => self.add_probe(client.0, service, tally, Answer::Open),
             Act::Stateless | Act::Abort | Act::Teardown { .. } => self.add_completed(client.0, tally),
+            // A closed port's answer to what opened no connection here: no cause of its own,
+            // but what a FIN, NULL or Xmas scan leaves.
+            Act::Unexplained if !class.side_observed() && class.kind() == ResetKind::Refused => {
+                self.add_probe(client.0, service, tally, Answer::ClosedUnseen)
+            }
             Act::Unexplained => {}
         }
         if act == Act::Check {
@@ -450,6 +459,9 @@ impl Evidence {
         if act == Act::TurnAway {
             evidence.interval_turned_away.add(tally);
             evidence.interval_reset_after_accept |= class.kind() == ResetKind::Handshake;
+            if class.kind() == ResetKind::Refused {
+                evidence.interval_refused.add(tally);
+            }
         }
     }
 
@@ -462,11 +474,10 @@ impl Evidence {
         }
     }
 
-    /// A connection attempt of `client` that `service` turned away (`open`: that the client
-    /// reset right after the service's SYN+ACK).
-    fn add_probe(&mut self, client: IpAddr, service: ServiceAddr, tally: Tally, open: bool) {
+    /// A connection attempt of `client` and what `service` answered.
+    fn add_probe(&mut self, client: IpAddr, service: ServiceAddr, tally: Tally, answer: Answer) {
         if let Some(probes) = self.probes_mut(client) {
-            probes.add(service, tally, open);
+            probes.add(service, tally, answer);
         }
     }
 
@@ -507,6 +518,7 @@ impl Evidence {
                 evidence.interval;
             let run = run.filter(|_| !up_at_end);
             let turned_away = evidence.interval_turned_away;
+            let refused = evidence.interval_refused;
             if let Some(down) = &mut evidence.down {
                 down.latest_turned_away = Tally::default();
                 down.latest_unanswered = 0;
@@ -535,8 +547,8 @@ impl Evidence {
                 evidence.last_accept = Some(interval);
                 // The interval's counts do not order its accepts and refusals; the tracker's run
                 // does: begun after the interval's last accept, the service died inside it.
-                evidence.down = run.map(|run| {
-                    let tally = died_after_accept(run, turned_away);
+                evidence.down = run.filter(|_| refused.resets > 0).map(|run| {
+                    let tally = died_after_accept(run, refused);
                     Down { since_ms: run.since_ms, turned_away: tally, latest_turned_away: tally, ..Down::default() }
                 });
                 continue;
@@ -548,15 +560,15 @@ impl Evidence {
             // without open counts the two cannot be told apart, so neither is claimed.
             let nothing_open = matches!(open_at_turnaway, Some((_, 0)));
             let unanswered = attempts.saturating_sub(turned_away.connections);
-            let refusing = turned_away.resets > 0 && nothing_open;
+            let refusing = refused.resets > 0 && nothing_open;
             if refusing || (turned_away.resets == 0 && unanswered > 0) {
                 // When the tracker saw the first refusal, else (attempts left unanswered, which
                 // it does not time) the interval's start.
                 let since_ms = run.map_or(start_ms, |run| run.since_ms);
                 let down = evidence.down.get_or_insert(Down { since_ms, ..Down::default() });
                 if refusing {
-                    down.turned_away.add(turned_away);
-                    down.latest_turned_away = turned_away;
+                    down.turned_away.add(refused);
+                    down.latest_turned_away = refused;
                 }
                 down.unanswered += unanswered;
                 down.latest_unanswered = unanswered;
@@ -672,7 +684,7 @@ impl Evidence {
             0 => *self.host_ttls.get(&(bucket.ifindex, bucket.sender))?,
             ttl => ttl,
         };
-        (own != bucket.rst_ttl).then_some(own)
+        forged(bucket.rst_ttl, own).then_some(own)
     }
 
     fn service_verdicts(
@@ -685,17 +697,12 @@ impl Evidence {
         out: &mut Vec<Verdict>,
     ) {
         let mut genuine: BTreeMap<(Act, bool), Tally> = BTreeMap::new();
-        let mut forged: BTreeMap<(ServiceAddr, u8, u8), Tally> = BTreeMap::new();
+        let mut forged: BTreeMap<(Option<IpAddr>, u8, u8), Tally> = BTreeMap::new();
         for (bucket, tally) in buckets {
             if let Some(own_ttl) = self.forged_ttl(bucket) {
-                // The claimed sender is the server for turn-aways; a forged client RST is told
-                // by the service it cut.
-                let claimed = if bucket.sender == service.addr {
-                    service
-                } else {
-                    ServiceAddr { addr: bucket.sender, port: service.port }
-                };
-                forged.entry((claimed, bucket.rst_ttl, own_ttl)).or_default().add(*tally);
+                // A forged client RST is told by the service it cut, and the client it claims.
+                let claimed_client = (!bucket.by_server).then_some(bucket.sender);
+                forged.entry((claimed_client, bucket.rst_ttl, own_ttl)).or_default().add(*tally);
                 continue;
             }
             genuine.entry((bucket.act, bucket.by_server)).or_default().add(*tally);
@@ -749,11 +756,20 @@ impl Evidence {
                 out.push(Verdict::new(Cause::Teardown, service, tally.counts(), detail).by(side));
             }
         }
-        for ((claimed, rst_ttl, own_ttl), tally) in forged {
-            let detail = Detail::Forged { rst_ttl, peer_ttl: own_ttl };
-            out.push(Verdict::new(Cause::Middlebox, claimed, tally.counts(), detail));
+        for ((claimed_client, rst_ttl, own_ttl), tally) in forged {
+            let detail = Detail::Forged { rst_ttl, peer_ttl: own_ttl, claimed_client };
+            out.push(Verdict::new(Cause::Middlebox, service, tally.counts(), detail));
         }
     }
+}
+
+/// Whether an RST arriving with `rst_ttl` was forged in between, its claimed sender's own
+/// packets arriving with `own_ttl`. A device in between is nearer than the sender: with the
+/// same initial TTL its packets arrive with more, with another initial TTL far off. One less
+/// is the sender's own RST seen again one hop on: a capture of several interfaces at once
+/// (`tcpdump -i any` on a router) holds each forwarded segment twice.
+pub fn forged(rst_ttl: u8, own_ttl: u8) -> bool {
+    rst_ttl != own_ttl && rst_ttl != own_ttl.wrapping_sub(1)
 }
 
 /// The turn-aways of an interval with accepts that came after its last one: the run's, as the

@@ -13,15 +13,18 @@ mod text;
 
 use std::net::IpAddr;
 
-pub use evidence::{Evidence, ServiceSample};
-pub use scan::{ScanCounts, SCAN_MAX_COMPLETED_PERCENT, SCAN_MIN_CLOSED_PERCENT, SCAN_MIN_TARGETS};
+pub use evidence::{forged, Evidence, ServiceSample};
+pub use scan::{
+    ScanCounts, SCAN_MAX_COMPLETED_PERCENT, SCAN_MAX_PROBES_PER_TARGET, SCAN_MIN_CLOSED_PERCENT, SCAN_MIN_TARGETS,
+};
 
 pub use crate::aggregate::model::Side;
 /// The causes and their contract names live in rst-common, shared with the verdict lab.
 pub use rst_common::Cause;
 
 /// A server address and port: what a verdict is about. For [`Cause::Middlebox`], the address
-/// and port the forged RST claims; for [`Cause::Scan`], the host probed most, port 0.
+/// and port the forged RST claims, or the service whose client it claims to be; for
+/// [`Cause::Scan`], the host probed most, port 0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ServiceAddr {
     pub addr: IpAddr,
@@ -66,6 +69,8 @@ pub enum Detail {
     Forged {
         rst_ttl: u8,
         peer_ttl: u8,
+        /// The resets claimed to come from this client of the service (else from the service).
+        claimed_client: Option<IpAddr>,
     },
     /// [`Cause::HealthCheck`]: the client that checks.
     Checker {

@@ -3,7 +3,8 @@
 //!
 //! A probe is a connection attempt that a service turned away or whose SYN+ACK the client
 //! reset at once (a SYN scan's open port, a version probe); a completed connection is one that
-//! went past its handshake. Attempts that got no answer at all are counted per service, not per
+//! went past its handshake. A scan tries each target about once: a client that comes back to a
+//! few services (a health checker, a client of broken services) is not one. Attempts that got no answer at all are counted per service, not per
 //! client (the kernel counts SYNs by service): a silent port is the client's only on a host
 //! that answered the client's other probes, and only when that client is the sole one turned
 //! away there.
@@ -23,9 +24,24 @@ pub const SCAN_MIN_CLOSED_PERCENT: u64 = 50;
 /// At most this share, in percent, of the client's connections (probes and completed ones)
 /// completed.
 pub const SCAN_MAX_COMPLETED_PERCENT: u64 = 20;
+/// At most this many connections per target on average: a scan tries each port once (and a
+/// retry); a client of a few services, broken or not, comes back to each.
+pub const SCAN_MAX_PROBES_PER_TARGET: u64 = 2;
 /// Targets remembered per client; beyond them probes still count, their services' refusals are
 /// then not kept out of the services' own verdicts.
 const MAX_TARGETS: usize = 4096;
+
+/// What a probe met.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// The service turned the attempt away.
+    Refused,
+    /// The service accepted; the client reset its SYN+ACK at once.
+    Open,
+    /// An RST+ACK with sequence 0 (RFC 9293's answer of a closed port) to a segment rstwatch
+    /// did not see open a connection: a FIN, NULL or Xmas probe, or a SYN gone by unseen.
+    ClosedUnseen,
+}
 
 /// One client's probes over the run.
 #[derive(Clone, Debug, Default)]
@@ -34,6 +50,8 @@ pub struct Probes {
     refused: BTreeMap<ServiceAddr, (Tally, Tally)>,
     /// Services whose SYN+ACK the client reset at once.
     open: BTreeMap<ServiceAddr, (Tally, Tally)>,
+    /// Closed ports that answered what rstwatch did not see open a connection.
+    closed_unseen: BTreeMap<ServiceAddr, (Tally, Tally)>,
     /// Probes of targets beyond [`MAX_TARGETS`].
     untracked: u64,
     /// The client's connections that went past the handshake and were reset.
@@ -42,14 +60,20 @@ pub struct Probes {
 
 impl Probes {
     pub fn new_interval(&mut self) {
-        for (_, latest) in self.refused.values_mut().chain(self.open.values_mut()) {
+        for (_, latest) in
+            self.refused.values_mut().chain(self.open.values_mut()).chain(self.closed_unseen.values_mut())
+        {
             *latest = Tally::default();
         }
     }
 
-    pub fn add(&mut self, service: ServiceAddr, tally: Tally, open: bool) {
-        let room = self.refused.len() + self.open.len() < MAX_TARGETS;
-        let targets = if open { &mut self.open } else { &mut self.refused };
+    pub fn add(&mut self, service: ServiceAddr, tally: Tally, answer: Answer) {
+        let room = self.refused.len() + self.open.len() + self.closed_unseen.len() < MAX_TARGETS;
+        let targets = match answer {
+            Answer::Refused => &mut self.refused,
+            Answer::Open => &mut self.open,
+            Answer::ClosedUnseen => &mut self.closed_unseen,
+        };
         match targets.get_mut(&service) {
             Some((run, latest)) => {
                 run.add(tally);
@@ -65,12 +89,16 @@ impl Probes {
     /// Whether the client probed enough targets to be weighed as a scan at all (a cheap first
     /// filter: most clients meet one or two services).
     pub fn may_be_scan(&self) -> bool {
-        !self.refused.is_empty()
+        !self.refused.is_empty() || !self.closed_unseen.is_empty()
     }
 
     /// The hosts this client's probes reached.
     pub fn hosts(&self) -> BTreeSet<IpAddr> {
-        self.refused.keys().chain(self.open.keys()).map(|service| service.addr).collect()
+        self.targets().map(|service| service.addr).collect()
+    }
+
+    fn targets(&self) -> impl Iterator<Item = &ServiceAddr> {
+        self.refused.keys().chain(self.open.keys()).chain(self.closed_unseen.keys())
     }
 }
 
@@ -129,12 +157,20 @@ pub fn scan(
         })
         .map(|(service, _)| *service)
         .collect();
-    let refused = probes.refused.len() as u64;
-    let open = probes.open.keys().filter(|service| !probes.refused.contains_key(service)).count() as u64;
+    let closed: BTreeSet<&ServiceAddr> = probes.refused.keys().chain(probes.closed_unseen.keys()).collect();
+    let refused = closed.len() as u64;
+    let open = probes.open.keys().filter(|service| !closed.contains(service)).count() as u64;
     let targets = refused + open + silent.len() as u64 + probes.untracked;
-    let connections: u64 = probes.refused.values().chain(probes.open.values()).map(|(run, _)| run.connections).sum();
+    let connections: u64 = probes
+        .refused
+        .values()
+        .chain(probes.open.values())
+        .chain(probes.closed_unseen.values())
+        .map(|(run, _)| run.connections)
+        .sum();
     let closed = refused + silent.len() as u64;
     let is_scan = targets >= SCAN_MIN_TARGETS
+        && connections <= targets * SCAN_MAX_PROBES_PER_TARGET
         && closed * 100 >= targets * SCAN_MIN_CLOSED_PERCENT
         && probes.completed * 100 <= (connections + probes.completed) * SCAN_MAX_COMPLETED_PERCENT;
     if !is_scan {
@@ -150,7 +186,7 @@ pub fn scan(
         *per_host.entry(service.addr).or_default() += tallies.0.connections.max(1);
         turned_away.push((*service, counted));
     }
-    for (service, tallies) in &probes.open {
+    for (service, tallies) in probes.open.iter().chain(&probes.closed_unseen) {
         tally.add(pick(tallies));
         *per_host.entry(service.addr).or_default() += tallies.0.connections.max(1);
     }
@@ -160,8 +196,7 @@ pub fn scan(
     if tally.resets == 0 {
         return None;
     }
-    let all: BTreeSet<ServiceAddr> =
-        probes.refused.keys().chain(probes.open.keys()).chain(silent.iter()).copied().collect();
+    let all: BTreeSet<ServiceAddr> = probes.targets().chain(silent.iter()).copied().collect();
     let ports = all.iter().map(|service| service.port).collect::<BTreeSet<_>>().len() as u64;
     let host =
         per_host.iter().max_by_key(|(addr, count)| (**count, std::cmp::Reverse(**addr))).map(|(addr, _)| *addr)?;

@@ -307,7 +307,7 @@ fn a_single_abort_after_data_is_an_app_abort() {
 fn a_reset_whose_ttl_is_not_its_senders_is_forged() {
     let verdicts = verdicts_of(&[rst(ResetKind::Established, true, true, 443, 43_000, (250, 60))]);
     assert_eq!(causes(&verdicts), [(Cause::Middlebox, 443, 1)], "not an abort as well");
-    assert_eq!(verdicts[0].detail, Detail::Forged { rst_ttl: 250, peer_ttl: 60 });
+    assert_eq!(verdicts[0].detail, Detail::Forged { rst_ttl: 250, peer_ttl: 60, claimed_client: None });
 }
 
 #[test]
@@ -324,7 +324,7 @@ fn refusals_forged_for_a_host_are_caught_by_its_own_ttl() {
     );
     let verdicts = evidence.verdicts();
     assert_eq!(causes(&verdicts), [(Cause::Middlebox, 444, 3)], "no listener would be a wrong verdict");
-    assert_eq!(verdicts[0].detail, Detail::Forged { rst_ttl: 64, peer_ttl: 127 });
+    assert_eq!(verdicts[0].detail, Detail::Forged { rst_ttl: 64, peer_ttl: 127, claimed_client: None });
     assert!(
         verdicts[0]
             .text()
@@ -607,4 +607,59 @@ fn a_client_whose_connections_mostly_completed_is_no_scan() {
         (0..30).map(|i| rst(ResetKind::Established, true, true, 80, 52_000 + i, (64, 64))).collect();
     feed(&mut evidence, 1_000, &[], &aborted);
     assert!(!causes(&evidence.verdicts()).iter().any(|(cause, _, _)| *cause == Cause::Scan));
+}
+
+#[test]
+fn a_client_that_comes_back_to_a_few_broken_services_is_no_scan() {
+    // Five closed ports, each tried three times: a client of broken services, not a scanner.
+    let mut evidence = Evidence::new(4096);
+    let flows: Vec<FlowKey> = (0..15).map(|i| refusal(1_000 + i / 3, 50_000 + i)).collect();
+    let samples: Vec<ServiceSample> = (0..5).map(|i| handshakes(1_000 + i, 3, 0)).collect();
+    feed(&mut evidence, 0, &samples, &flows);
+    let verdicts = causes(&evidence.verdicts());
+    assert_eq!(verdicts.len(), 5, "{verdicts:?}");
+    assert!(verdicts.iter().all(|(cause, _, _)| *cause == Cause::NoListener), "{verdicts:?}");
+    // Twice each (a probe and its retry) is still a scan.
+    let mut retried = Evidence::new(4096);
+    let flows: Vec<FlowKey> = (0..10).map(|i| refusal(1_000 + i / 2, 50_000 + i)).collect();
+    let samples: Vec<ServiceSample> = (0..5).map(|i| handshakes(1_000 + i, 2, 0)).collect();
+    feed(&mut retried, 0, &samples, &flows);
+    assert_eq!(causes(&retried.verdicts()), [(Cause::Scan, 0, 10)]);
+}
+
+#[test]
+fn a_service_that_accepts_and_resets_across_an_interval_edge_did_not_go_down() {
+    let mut evidence = Evidence::new(64);
+    let accepted = ServiceSample { open_at_accept: Some(0), ..handshakes(9000, 1, 1) };
+    feed(&mut evidence, 0, &[accepted], &[]);
+    // The RST+ACK right after that accept lands in the next interval, nothing else open.
+    let reset = rst(ResetKind::Handshake, true, true, 9000, 40_000, (64, 64));
+    let after = ServiceSample { open_at_turnaway: Some((0, 0)), ..handshakes(9000, 0, 0) };
+    feed(&mut evidence, 1_000, &[after], &[reset]);
+    assert!(!causes(&evidence.verdicts()).iter().any(|(cause, _, _)| *cause == Cause::WentDown));
+}
+
+#[test]
+fn a_reset_forged_in_a_clients_name_names_the_service_and_the_client() {
+    let forged = rst(ResetKind::Established, false, true, 8080, 59_921, (244, 116));
+    let verdicts = verdicts_of(&[forged]);
+    assert_eq!(causes(&verdicts), [(Cause::Middlebox, 8080, 1)]);
+    assert_eq!(verdicts[0].service, service(8080));
+    assert_eq!(verdicts[0].detail, Detail::Forged { rst_ttl: 244, peer_ttl: 116, claimed_client: Some(ip(CLIENT)) });
+    assert!(
+        verdicts[0].text().contains("claiming to be 10.0.1.5, a client of 10.0.2.10:8080"),
+        "{}",
+        verdicts[0].text()
+    );
+}
+
+#[test]
+fn a_reset_one_hop_below_its_senders_ttl_is_its_own_seen_again() {
+    // `tcpdump -i any` on a router: the server's RST as it arrived (64) and as it left (63).
+    let flows = [
+        rst(ResetKind::Established, true, true, 8554, 52_470, (64, 64)),
+        rst(ResetKind::Established, true, true, 8554, 52_470, (63, 64)),
+    ];
+    assert_eq!(causes(&verdicts_of(&flows)), [(Cause::AppAbort, 8554, 2)]);
+    assert!(super::forged(65, 64) && super::forged(62, 64) && !super::forged(63, 64) && !super::forged(64, 64));
 }

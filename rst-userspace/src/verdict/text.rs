@@ -48,9 +48,13 @@ fn cause_sentence(verdict: &Verdict) -> String {
             },
             if verdict.connections == 1 { "it" } else { "them" }
         ),
-        (Cause::Middlebox, Detail::Forged { rst_ttl, peer_ttl }) => format!(
-            "a device in between forged {} claiming to be {service} (TTL {rst_ttl}; the host's own packets arrive with {peer_ttl})",
+        (Cause::Middlebox, Detail::Forged { rst_ttl, peer_ttl, claimed_client }) => format!(
+            "a device in between forged {} claiming to be {} (TTL {rst_ttl}; the host's own packets arrive with {peer_ttl})",
             plural(resets, "reset", "resets"),
+            match claimed_client {
+                Some(client) => format!("{client}, a client of {service}"),
+                None => service,
+            }
         ),
         (Cause::Middlebox, _) => {
             format!("a device in between forged {} claiming to be {service}", plural(resets, "reset", "resets"))
