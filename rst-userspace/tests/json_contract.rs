@@ -18,7 +18,7 @@ use pcap_file::{
     pcap::{PcapHeader, PcapPacket, PcapWriter},
     DataLink,
 };
-use rst_common::parse::{TCP_ACK, TCP_RST, TCP_SYN};
+use rst_common::parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 use rst_craft::{self as craft, FrameBuilder};
 use serde_json::Value;
 
@@ -26,8 +26,8 @@ const MS: u64 = 1_000_000;
 
 /// Frames that make every array of the report non-empty: the crafted case table (every kind
 /// of frame and reset), a closed port refusing three attempts, an accepted connection the
-/// server aborts, and a reset whose TTL is not the server's (a middlebox), spread over three
-/// seconds so that several intervals are written.
+/// server aborts, a reset whose TTL is not the server's (a middlebox), a teardown and a scan,
+/// spread over three seconds so that several intervals are written.
 fn contract_capture() -> Vec<(u64, Vec<u8>)> {
     let mut frames: Vec<(u64, Vec<u8>)> =
         craft::cases(1).into_iter().enumerate().map(|(i, case)| (i as u64 * MS, case.frame)).collect();
@@ -60,6 +60,25 @@ fn contract_capture() -> Vec<(u64, Vec<u8>)> {
         for (i, frame) in handshake.into_iter().enumerate() {
             frames.push((t + i as u64 * MS, frame.build().into_bytes()));
         }
+    }
+    // A teardown: the client closes, the server resets its late FIN's connection.
+    let teardown = [
+        FrameBuilder::ipv4(client, server).ports(40006, 8443).flags(TCP_SYN).seq_ack(700, 0),
+        FrameBuilder::ipv4(server, client).ports(8443, 40006).flags(TCP_SYN | TCP_ACK).seq_ack(7000, 701),
+        FrameBuilder::ipv4(client, server).ports(40006, 8443).flags(TCP_FIN | TCP_ACK).seq_ack(701, 7001),
+        FrameBuilder::ipv4(server, client).ports(8443, 40006).flags(TCP_RST).seq_ack(7001, 0),
+    ];
+    for (i, frame) in teardown.into_iter().enumerate() {
+        frames.push((2_500 * MS + i as u64 * MS, frame.build().into_bytes()));
+    }
+    // A scan: another client refused once on each of five ports of another host.
+    let (scanner, scanned) = ([192, 0, 2, 9], [192, 0, 2, 90]);
+    for port in 1u16..=5 {
+        let t = 2_600 * MS + u64::from(port) * MS;
+        let syn = FrameBuilder::ipv4(scanner, scanned).ports(50000, port).flags(TCP_SYN).seq_ack(9, 0);
+        let refusal = FrameBuilder::ipv4(scanned, scanner).ports(port, 50000).flags(TCP_RST | TCP_ACK).seq_ack(0, 10);
+        frames.push((t, syn.build().into_bytes()));
+        frames.push((t + MS / 2, refusal.build().into_bytes()));
     }
     frames
 }

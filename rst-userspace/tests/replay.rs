@@ -338,8 +338,8 @@ fn kernel_parity_on_every_capture() {
 /// The comparison itself can fail: a missing reset or a differing counter is reported.
 #[test]
 fn parity_reports_differences() {
-    let direction: (IpAddr, u16, IpAddr, u16, u8, u8) =
-        ("192.0.2.1".parse().unwrap_or(IpAddr::from([0; 4])), 80, IpAddr::from([192, 0, 2, 2]), 5000, 0, 0);
+    let direction: (IpAddr, u16, IpAddr, u16, u8, u8, u8) =
+        ("192.0.2.1".parse().unwrap_or(IpAddr::from([0; 4])), 80, IpAddr::from([192, 0, 2, 2]), 5000, 0, 0, 0);
     let counters = rst_common::Counters { frames: 1, tcp: 1, resets: 1, ..Default::default() };
     let same = Parity {
         host: counters,
@@ -370,7 +370,7 @@ fn parity_reports_differences() {
     let differs = Parity { kernel_flows: BTreeMap::new(), ..same };
     assert!(!differs.agrees());
     assert!(
-        differs.describe().contains("192.0.2.1:80 -> 192.0.2.2:5000 (class 0x00, peer TTL 0): replay 1, kernel 0"),
+        differs.describe().contains("192.0.2.1:80 -> 192.0.2.2:5000 (class 0x00, peer TTL 0, context 0x00): replay 1, kernel 0"),
         "{}",
         differs.describe()
     );

