@@ -218,7 +218,9 @@ fn classify<T: ConnTable + ?Sized>(
     let TcpEvent { key, flags, seq, ack, payload_at: _, payload_len: _ } = *event;
     let ack_set = flags & TCP_ACK != 0;
     let inferred = if ack_set && seq == 0 { ResetKind::Refused } else { ResetKind::Established };
-    let mut class = None;
+    // The class, the peer's TTL and the context packed in one word: the kernel programs have
+    // no stack to spare for three.
+    let mut verdict: Option<u32> = None;
     let mut changed = false;
     let mut service = None;
     let watches_data = conns.watches_data();
@@ -231,7 +233,8 @@ fn classify<T: ConnTable + ?Sized>(
         } else if state.flags & CONN_SYNACK != 0 {
             // An RST without ACK says nothing of what its peer sent: an earlier RST of the
             // connection that showed data moved still holds.
-            let at_isn = seq == own_isn.wrapping_add(1) || seq == own_isn;
+            // At its ISN + 1, or its ISN (a stack that never counted its SYN's number).
+            let at_isn = seq.wrapping_sub(own_isn) <= 1;
             let nothing_sent =
                 at_isn && (!ack_set || ack == peer_isn.wrapping_add(1)) && state.sides & SIDE_DATA_MOVED == 0;
             if nothing_sent {
@@ -243,7 +246,7 @@ fn classify<T: ConnTable + ?Sized>(
             // A client aborting its own attempt sends its ISN + 1 (after the SYN, as Linux does)
             // or its ISN (a stack that never counted the SYN's sequence number).
             let client_isn = state.client_isn;
-            let handshake_seq = seq == client_isn.wrapping_add(1) || seq == client_isn;
+            let handshake_seq = seq.wrapping_sub(client_isn) <= 1;
             if !sender_is_client && ack_set && ack == client_isn.wrapping_add(1) {
                 ResetKind::Refused
             } else if sender_is_client && !handshake_seq {
@@ -259,59 +262,82 @@ fn classify<T: ConnTable + ?Sized>(
         let observed = state.flags & (CONN_SYN | CONN_SYNACK) != 0;
         let peer_ttl = if sender_is_client { state.client_ttl } else { state.server_ttl };
         let first = state.flags & CONN_RESET == 0;
-        let (own_fin, peer_fin, own_rst) = if sender_is_client {
-            (SIDE_CLIENT_FIN, SIDE_SERVER_FIN, SIDE_CLIENT_RST)
-        } else {
-            (SIDE_SERVER_FIN, SIDE_CLIENT_FIN, SIDE_SERVER_RST)
-        };
+        // The sides' bits as they were: the context is read out of them once the table is done
+        // with (see `context_of`).
         let sides = state.sides;
-        let context = ResetContext::new(
-            state.flags & CONN_SYNACK != 0,
-            sides & own_fin != 0,
-            sides & peer_fin != 0,
-            sides & own_rst != 0,
-            // Late data is the peer's only when the sender is the side that closed.
-            sides & (own_fin | peer_fin | SIDE_LATE_DATA) == own_fin | SIDE_LATE_DATA,
-            watches_data,
-        );
-        let moved = if kind == ResetKind::Established { SIDE_DATA_MOVED } else { 0 };
-        if sides & (own_rst | moved) != own_rst | moved {
-            state.sides |= own_rst | moved;
-            changed = true;
-        }
+        let flip = u8::from(!sender_is_client);
+        let moved = u8::from(kind == ResetKind::Established) << SIDE_DATA_MOVED.trailing_zeros();
+        let updated = sides | SIDE_CLIENT_RST << flip | moved;
+        changed |= updated != sides;
+        state.sides = updated;
+        let answered = (state.flags >> CONN_SYNACK.trailing_zeros()) & 1;
         let open = holds_open(state);
         let turned_away = !sender_is_client && matches!(kind, ResetKind::Refused | ResetKind::Handshake);
-        let event = if turned_away {
-            Some(ServiceEvent::TurnedAway { closes: open })
+        // What the reset did to its service, said once the table is done with (see `EVENT_*`).
+        let event = if !(first && observed) {
+            EVENT_NONE
+        } else if turned_away {
+            EVENT_TURNED_AWAY | u32::from(open) * EVENT_CLOSES
         } else if open {
-            Some(ServiceEvent::Closed)
+            EVENT_CLOSED
         } else {
-            None
+            EVENT_NONE
         };
-        if let (true, true, Some(event)) = (first, observed, event) {
-            service = Some(change(server_of(state, &key, sender_is_lo), event));
-        }
         if first {
             state.flags |= CONN_RESET;
             changed = true;
         }
-        class = Some((ResetClass::new(kind, ack_set, !sender_is_client, observed, first), peer_ttl, context));
+        let class = ResetClass::new(kind, ack_set, !sender_is_client, observed, first);
+        verdict = Some(
+            u32::from(class.0)
+                | u32::from(peer_ttl) << 8
+                | u32::from(sides) << 16
+                | (event | u32::from(sender_is_client) * EVENT_SENT_BY_CLIENT | u32::from(answered) * EVENT_ANSWERED)
+                    << 24,
+        );
     }
     if changed {
         conns.changed(conn);
     }
-    let (class, peer_ttl, context) = match class {
-        Some(found) => found,
+    // Built after the table's last call: live across it, a service key or the context's bits
+    // cost the kernel programs stack they do not have.
+    if let Some(verdict) = verdict {
+        let bits = verdict >> 24;
+        let event = match bits & EVENT_MASK {
+            EVENT_CLOSED => Some(ServiceEvent::Closed),
+            EVENT_TURNED_AWAY => Some(ServiceEvent::TurnedAway { closes: bits & EVENT_CLOSES != 0 }),
+            _ => None,
+        };
+        if let Some(event) = event {
+            let server = if bits & EVENT_SENT_BY_CLIENT != 0 {
+                ServiceKey::new(key.dst, key.dport, &key)
+            } else {
+                ServiceKey::new(key.src, key.sport, &key)
+            };
+            service = Some(change(server, event));
+        }
+    }
+    let verdict = match verdict {
+        Some(found) => {
+            let bits = found >> 24;
+            let context = context_of(
+                (found >> 16) as u8,
+                bits & EVENT_SENT_BY_CLIENT != 0,
+                bits & EVENT_ANSWERED != 0,
+                watches_data,
+            );
+            found & 0xffff | u32::from(context.0) << 16
+        }
         // Not remembered: an insert per RST would make a scan of unknown connections pay for
         // one table write each, exactly when rstwatch must stay cheap. So with no handshake seen,
-        // every RST of the connection counts as its first.
+        // every RST of the connection counts as its first, in no context.
         None => {
             // A refusal comes from the server whatever the ports say.
             let server = inferred == ResetKind::Refused || client_is_lo_by_ports(conn) != sender_is_lo;
-            (ResetClass::new(inferred, ack_set, server, false, true), 0, ResetContext::default())
+            u32::from(ResetClass::new(inferred, ack_set, server, false, true).0)
         }
     };
-    (key.classified(class.0, peer_ttl, context.0), service)
+    (key.classified(verdict as u8, (verdict >> 8) as u8, (verdict >> 16) as u8), service)
 }
 
 /// A segment carrying `payload_len` bytes of data (no SYN, FIN or RST: those go to [`track`]),
@@ -330,6 +356,33 @@ pub fn track_data<T: ConnTable + ?Sized>(conns: &mut T, key: &FlowKey) {
         conns.changed(&conn);
     }
 }
+
+/// What a connection whose sides had seen `sides` ([`ConnState::sides`]) says about an RST from
+/// its client (`sent_by_client`) or server, `answered`: its SYN+ACK was seen. By shifts rather
+/// than branches, which on an RST multiply the states the verifier walks: a server's bits sit
+/// one above the client's.
+#[inline(always)]
+fn context_of(sides: u8, sent_by_client: bool, answered: bool, watches_data: bool) -> ResetContext {
+    let flip = u8::from(!sent_by_client);
+    let own_fin = (sides >> (SIDE_CLIENT_FIN.trailing_zeros() as u8 + flip)) & 1;
+    let peer_fin = (sides >> (SIDE_CLIENT_FIN.trailing_zeros() as u8 + (flip ^ 1))) & 1;
+    let own_rst = (sides >> (SIDE_CLIENT_RST.trailing_zeros() as u8 + flip)) & 1;
+    // Late data is the peer's only when the sender is the side that closed.
+    let late = (sides >> SIDE_LATE_DATA.trailing_zeros()) & own_fin & (peer_fin ^ 1) & 1;
+    ResetContext::from_bits(u8::from(answered), own_fin, peer_fin, own_rst, late, u8::from(watches_data))
+}
+
+/// A classified RST's effect on its service, packed beside its verdict in [`classify`].
+const EVENT_NONE: u32 = 0;
+const EVENT_CLOSED: u32 = 1;
+const EVENT_TURNED_AWAY: u32 = 2;
+const EVENT_MASK: u32 = 0b11;
+/// With [`EVENT_TURNED_AWAY`]: the connection had its SYN+ACK, and the reset closes it.
+const EVENT_CLOSES: u32 = 1 << 2;
+/// The reset's sender is the connection's client: its service is the destination.
+const EVENT_SENT_BY_CLIENT: u32 = 1 << 3;
+/// The connection's SYN+ACK was seen.
+const EVENT_ANSWERED: u32 = 1 << 4;
 
 #[inline(always)]
 fn client_flag(client_is_lo: bool) -> u8 {

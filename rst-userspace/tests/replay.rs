@@ -370,7 +370,9 @@ fn parity_reports_differences() {
     let differs = Parity { kernel_flows: BTreeMap::new(), ..same };
     assert!(!differs.agrees());
     assert!(
-        differs.describe().contains("192.0.2.1:80 -> 192.0.2.2:5000 (class 0x00, peer TTL 0, context 0x00): replay 1, kernel 0"),
+        differs
+            .describe()
+            .contains("192.0.2.1:80 -> 192.0.2.2:5000 (class 0x00, peer TTL 0, context 0x00): replay 1, kernel 0"),
         "{}",
         differs.describe()
     );

@@ -113,13 +113,34 @@ impl ResetContext {
         peer_late_data: bool,
         data_watched: bool,
     ) -> Self {
+        Self::from_bits(
+            answered as u8,
+            sender_closed as u8,
+            peer_closed as u8,
+            sender_reset as u8,
+            peer_late_data as u8,
+            data_watched as u8,
+        )
+    }
+
+    /// [`Self::new`] from 0 / 1 values, without a branch: the kernel programs build it on every
+    /// RST, where each branch multiplies the states the verifier walks.
+    #[inline(always)]
+    pub const fn from_bits(
+        answered: u8,
+        sender_closed: u8,
+        peer_closed: u8,
+        sender_reset: u8,
+        peer_late_data: u8,
+        data_watched: u8,
+    ) -> Self {
         ResetContext(
-            if answered { Self::ANSWERED } else { 0 }
-                | if sender_closed { Self::SENDER_CLOSED } else { 0 }
-                | if peer_closed { Self::PEER_CLOSED } else { 0 }
-                | if sender_reset { Self::SENDER_RESET } else { 0 }
-                | if peer_late_data { Self::PEER_LATE_DATA } else { 0 }
-                | if data_watched { Self::DATA_WATCHED } else { 0 },
+            answered * Self::ANSWERED
+                | sender_closed * Self::SENDER_CLOSED
+                | peer_closed * Self::PEER_CLOSED
+                | sender_reset * Self::SENDER_RESET
+                | peer_late_data * Self::PEER_LATE_DATA
+                | data_watched * Self::DATA_WATCHED,
         )
     }
 

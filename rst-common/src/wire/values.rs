@@ -38,6 +38,8 @@ pub const SIDE_LATE_DATA: u8 = 1 << 4;
 /// An RST of the connection showed that data had moved (classified `established`), which a
 /// later RST without ACK at the sender's ISN + 1 cannot show.
 pub const SIDE_DATA_MOVED: u8 = 1 << 5;
+// The classifier reads a side's bits by shifting the client's by one for the server.
+const _: () = assert!(SIDE_SERVER_FIN == SIDE_CLIENT_FIN << 1 && SIDE_SERVER_RST == SIDE_CLIENT_RST << 1);
 
 impl ConnState {
     /// Built word-wise (see [`word`]).
