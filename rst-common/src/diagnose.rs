@@ -277,7 +277,7 @@ fn classify<T: ConnTable + ?Sized>(
         let event = if !(first && observed) {
             EVENT_NONE
         } else if turned_away {
-            EVENT_TURNED_AWAY | u32::from(open) * EVENT_CLOSES
+            EVENT_TURNED_AWAY | (u32::from(open) * EVENT_CLOSES)
         } else if open {
             EVENT_CLOSED
         } else {
@@ -292,7 +292,9 @@ fn classify<T: ConnTable + ?Sized>(
             u32::from(class.0)
                 | u32::from(peer_ttl) << 8
                 | u32::from(sides) << 16
-                | (event | u32::from(sender_is_client) * EVENT_SENT_BY_CLIENT | u32::from(answered) * EVENT_ANSWERED)
+                | (event
+                    | (u32::from(sender_is_client) * EVENT_SENT_BY_CLIENT)
+                    | (u32::from(answered) * EVENT_ANSWERED))
                     << 24,
         );
     }

@@ -135,12 +135,12 @@ impl ResetContext {
         data_watched: u8,
     ) -> Self {
         ResetContext(
-            answered * Self::ANSWERED
-                | sender_closed * Self::SENDER_CLOSED
-                | peer_closed * Self::PEER_CLOSED
-                | sender_reset * Self::SENDER_RESET
-                | peer_late_data * Self::PEER_LATE_DATA
-                | data_watched * Self::DATA_WATCHED,
+            (answered * Self::ANSWERED)
+                | (sender_closed * Self::SENDER_CLOSED)
+                | (peer_closed * Self::PEER_CLOSED)
+                | (sender_reset * Self::SENDER_RESET)
+                | (peer_late_data * Self::PEER_LATE_DATA)
+                | (data_watched * Self::DATA_WATCHED),
         )
     }
 

@@ -663,3 +663,15 @@ fn a_reset_one_hop_below_its_senders_ttl_is_its_own_seen_again() {
     assert_eq!(causes(&verdicts_of(&flows)), [(Cause::AppAbort, 8554, 2)]);
     assert!(super::forged(65, 64) && super::forged(62, 64) && !super::forged(63, 64) && !super::forged(64, 64));
 }
+
+#[test]
+fn closed_ports_answering_fin_null_or_xmas_probes_count_for_a_scan_and_name_nothing_alone() {
+    // RST+ACK with sequence 0 to segments that opened nothing here: only the ports say who.
+    let unseen = |port: u16| FlowKey {
+        class: ResetClass::new(ResetKind::Refused, true, true, false, true).0,
+        ..refusal(port, 50_000)
+    };
+    assert_eq!(causes(&verdicts_of(&[unseen(3390)])), [], "a lone closed-port answer");
+    let probes: Vec<FlowKey> = (0..5).map(|i| unseen(3390 + i)).collect();
+    assert_eq!(causes(&verdicts_of(&probes)), [(Cause::Scan, 0, 5)]);
+}
