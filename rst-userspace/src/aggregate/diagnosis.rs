@@ -139,7 +139,12 @@ fn workload_sentences(run: &Run) -> Vec<String> {
                 peer.1 += flow.kinds.get(ResetKind::Refused);
             }
             if let Some((&(addr, port), &(count, refused))) = peers.iter().max_by_key(|(_, (count, _))| *count) {
-                let what = if refused == count { "refusals" } else { "resets" };
+                let what = match (refused == count, count == 1) {
+                    (true, true) => "refusal",
+                    (true, false) => "refusals",
+                    (false, true) => "reset",
+                    (false, false) => "resets",
+                };
                 let rest = resets.received - count;
                 let more = if rest > 0 { format!(" (and {rest} from others)") } else { String::new() };
                 lines.push(format!("{name} received {count} {what} from {}{more}", endpoint(addr, port)));
@@ -153,7 +158,8 @@ fn workload_sentences(run: &Run) -> Vec<String> {
             if let Some((&(addr, port), &count)) = peers.iter().max_by_key(|(_, count)| **count) {
                 let rest = resets.sent - count;
                 let more = if rest > 0 { format!(" (and {rest} to others)") } else { String::new() };
-                lines.push(format!("{name} sent {count} resets to {}{more}", endpoint(addr, port)));
+                let what = if count == 1 { "reset" } else { "resets" };
+                lines.push(format!("{name} sent {count} {what} to {}{more}", endpoint(addr, port)));
             }
         }
     }

@@ -98,7 +98,7 @@ fn events_name_their_flows_workload_and_origin_and_count_per_workload() {
     let [only] = run.workloads.as_slice() else { panic!("one workload: {:?}", run.workloads) };
     assert_eq!((only.workload.unit.as_deref(), only.sent, only.received), (Some("api.service"), 3, 1));
     let sentences = super::diagnosis::sentences(&run);
-    for wanted in ["api.service sent 3 resets to 10.0.0.2:443", "api.service received 1 refusals from 10.0.0.2:81"] {
+    for wanted in ["api.service sent 3 resets to 10.0.0.2:443", "api.service received 1 refusal from 10.0.0.2:81"] {
         assert!(sentences.iter().any(|s| s == wanted), "{wanted:?} in {sentences:#?}");
     }
     assert!(
