@@ -333,7 +333,7 @@ fn listener_roles(steps: &[Step]) -> Result<BTreeMap<SocketAddr, Kind>> {
 }
 
 /// Runs `f` on a fresh thread that entered `ns`, so whatever sockets `f` creates live there.
-pub(crate) fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+pub fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
     thread::scope(|scope| {
         scope
             .spawn(|| {

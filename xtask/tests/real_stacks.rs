@@ -29,14 +29,13 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     io::{self, Read as _, Write as _},
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     process::Command,
     thread,
     time::{Duration, Instant},
 };
 
-use anyhow::{anyhow, bail, ensure, Context as _, Result};
+use anyhow::{bail, ensure, Context as _, Result};
 use serde_json::Value;
 use socket2::{Socket, TcpKeepalive};
 use xtask::{
@@ -45,6 +44,7 @@ use xtask::{
         Segment, ACK, FIN, RST, SYN,
     },
     lab::{Iface, Lab, Netns, Proc, TwoHosts},
+    traffic::in_netns,
 };
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -135,19 +135,6 @@ fn run_test(test: &str, tools: &[&str], body: impl FnOnce(&Path) -> Result<()>) 
     result
 }
 
-/// Runs `f` on a thread inside `ns`: the sockets it creates belong there.
-fn in_ns<T: Send>(ns: &Netns, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-    thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                ns.enter_current_thread()?;
-                f()
-            })
-            .join()
-            .map_err(|_| anyhow!("the thread in {} panicked", ns.name()))?
-    })
-}
-
 /// A client socket of `ns` connected from `client_ip` to `server`.
 fn connect(client_ip: IpAddr, server: SocketAddr) -> Result<(Socket, SocketAddr)> {
     let (sock, local) = bound_client(client_ip)?;
@@ -157,23 +144,7 @@ fn connect(client_ip: IpAddr, server: SocketAddr) -> Result<(Socket, SocketAddr)
 }
 
 fn tcp_state(sock: &Socket) -> io::Result<u8> {
-    // SAFETY: tcp_info is plain data; all zeroes is a valid value.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::tcp_info>()).unwrap_or(libc::socklen_t::MAX);
-    // SAFETY: `info` and `len` are valid for writes of the sizes given for the whole call.
-    let rc = unsafe {
-        libc::getsockopt(
-            sock.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            std::ptr::addr_of_mut!(info).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(info.tcpi_state)
+    Ok(diag_lab::tcp_info(sock)?.tcpi_state)
 }
 
 /// Polls `done` every 10 ms until it holds, failing after `timeout`.
@@ -532,17 +503,17 @@ fn idle_connections_across_a_vip_failover_are_state_lost() -> Result<()> {
         let vip = SocketAddr::new(VIP.into(), VIP_PORT);
         let vip32 = format!("{VIP}/32");
         primary.ip(["addr", "add", &vip32, "dev", &primary_if.name])?;
-        let on_primary = in_ns(&primary, || listener(vip))?;
+        let on_primary = in_netns(&primary, || listener(vip))?;
 
         let vantages = watch(dir, &[("client", &client_if), ("standby", &standby_if)])?;
         let conns: Vec<(Socket, SocketAddr)> =
-            in_ns(&client, || (0..VIP_CONNS).map(|_| connect(VIP_CLIENT.into(), vip)).collect())?;
+            in_netns(&client, || (0..VIP_CONNS).map(|_| connect(VIP_CLIENT.into(), vip)).collect())?;
         // Accepted: each handshake's last ACK reached the primary before the move.
         let accepted: Vec<Socket> = (0..VIP_CONNS).map(|_| accept(&on_primary)).collect::<Result<_>>()?;
         thread::sleep(Duration::from_millis(300));
         primary.ip(["addr", "del", &vip32, "dev", &primary_if.name])?;
         standby.ip(["addr", "add", &vip32, "dev", &standby_if.name])?;
-        let on_standby = in_ns(&standby, || listener(vip))?;
+        let on_standby = in_netns(&standby, || listener(vip))?;
         client.ip(["neigh", "flush", "to", &VIP.to_string()])?;
         for (sock, local) in &conns {
             (&*sock).write_all(b"hello after the failover\n").with_context(|| format!("{local}: writing"))?;
@@ -659,8 +630,9 @@ fn an_nmap_syn_scan_is_one_scan_verdict_not_a_no_listener_per_closed_port() -> R
     run_test("an_nmap_syn_scan_is_one_scan_verdict_not_a_no_listener_per_closed_port", &["nmap"], |dir| {
         let hosts = TwoHosts::new(&[SCANNER.into()], &[TARGET.into()])?;
         nft(&hosts.server, &target_ruleset())?;
-        let _listening: Vec<Socket> =
-            in_ns(&hosts.server, || OPEN_PORTS.iter().map(|&p| listener(SocketAddr::new(TARGET.into(), p))).collect())?;
+        let _listening: Vec<Socket> = in_netns(&hosts.server, || {
+            OPEN_PORTS.iter().map(|&p| listener(SocketAddr::new(TARGET.into(), p))).collect()
+        })?;
         ping(&hosts.client, TARGET.into())?;
         let vantages = watch(dir, &[("client", &hosts.client_if), ("server", &hosts.server_if)])?;
         let mut cmd = hosts.client.exec("nmap");
@@ -759,7 +731,7 @@ fn a_client_closing_with_the_response_unread_after_the_servers_fin_is_a_teardown
         let _nginx = nginx(&hosts.server, dir, server)?;
         ping(&hosts.client, server.ip())?;
         let vantages = watch(dir, &[("client", &hosts.client_if), ("server", &hosts.server_if)])?;
-        let conns: Vec<(Socket, SocketAddr)> = in_ns(&hosts.client, || {
+        let conns: Vec<(Socket, SocketAddr)> = in_netns(&hosts.client, || {
             (0..TEARDOWN_CONNS)
                 .map(|_| {
                     let (sock, local) = connect(UNREAD_CLIENT.into(), server)?;
@@ -796,30 +768,44 @@ fn a_client_closing_with_the_response_unread_after_the_servers_fin_is_a_teardown
                 );
             }
         }
-        let want = [Want {
-            cause: "teardown",
-            addr: server.ip(),
-            port: HTTP_PORT,
-            side: Some("client"),
-            resets: TEARDOWN_CONNS as u64,
-        }];
-        for s in &seen {
-            for (how, summary) in [("live", &s.live), ("replay", &s.replay)] {
-                let what = format!("{}'s veth, {how} {}", s.name, s.pcap_hint());
-                expect_verdicts(&what, summary, &want)?;
-                let v = &verdicts(summary)?[0];
-                ensure!(v["benign"] == true && !alarming(v), "{what}: a teardown is benign: {v}");
-                ensure!(v["after_peer_fin"] == TEARDOWN_CONNS && v["after_own_fin"] == 0, "{what}: {v}");
-                // Live on the client's veth the resets are its own stack's, which says why: a
-                // close with data unread. Received ones (the server's veth) and replay carry none.
-                let reason =
-                    if (s.name, how) == ("client", "live") { "TCP_ABORT_ON_CLOSE".into() } else { Value::Null };
-                ensure!(v["kernel_reason"] == reason, "{what}: kernel_reason, want {reason}: {v}");
-            }
-            same_live_and_replay(s)?;
-        }
-        Ok(())
+        expect_teardowns(&seen, server, "client", |what, name, how, v| {
+            // Live on the client's veth the resets are its own stack's, which says why: a
+            // close with data unread. Received ones (the server's veth) and replay carry none.
+            let reason = if (name, how) == ("client", "live") { "TCP_ABORT_ON_CLOSE".into() } else { Value::Null };
+            ensure!(v["kernel_reason"] == reason, "{what}: kernel_reason, want {reason}: {v}");
+            Ok(())
+        })
     })
+}
+
+/// On every vantage, live and replayed: one benign `teardown` of `server` by `side`, all
+/// [`TEARDOWN_CONNS`] connections reset after the peer's FIN; `more` checks what else the
+/// vantage (`what`, its name, "live" or "replay") says of the verdict.
+fn expect_teardowns(
+    seen: &[Seen],
+    server: SocketAddr,
+    side: &'static str,
+    more: impl Fn(&str, &str, &str, &Value) -> Result<()>,
+) -> Result<()> {
+    let want = [Want {
+        cause: "teardown",
+        addr: server.ip(),
+        port: HTTP_PORT,
+        side: Some(side),
+        resets: TEARDOWN_CONNS as u64,
+    }];
+    for s in seen {
+        for (how, summary) in [("live", &s.live), ("replay", &s.replay)] {
+            let what = format!("{}'s veth, {how} {}", s.name, s.pcap_hint());
+            expect_verdicts(&what, summary, &want)?;
+            let v = &verdicts(summary)?[0];
+            ensure!(v["benign"] == true && !alarming(v), "{what}: a teardown is benign: {v}");
+            ensure!(v["after_peer_fin"] == TEARDOWN_CONNS && v["after_own_fin"] == 0, "{what}: {v}");
+            more(&what, s.name, how, v)?;
+        }
+        same_live_and_replay(s)?;
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -846,7 +832,7 @@ fn keepalive_lab(dir: &Path, client_ip: Ipv4Addr, server_ip: Ipv4Addr) -> Result
 /// Keep-alive requests for `/hello`, each answered in full; `keepalive`: with TCP keep-alive
 /// probing every second after a second idle.
 fn keepalive_requests(ns: &Netns, client_ip: Ipv4Addr, server: SocketAddr, keepalive: bool) -> Result<Vec<Socket>> {
-    in_ns(ns, || {
+    in_netns(ns, || {
         (0..TEARDOWN_CONNS)
             .map(|_| {
                 let (sock, _) = connect(client_ip.into(), server)?;
@@ -905,24 +891,7 @@ fn nginx_closing_idle_keepalive_connections_then_the_clients_fin_is_a_teardown_b
                 );
             }
         }
-        let want = [Want {
-            cause: "teardown",
-            addr: server.ip(),
-            port: HTTP_PORT,
-            side: Some("server"),
-            resets: TEARDOWN_CONNS as u64,
-        }];
-        for s in &seen {
-            for (how, summary) in [("live", &s.live), ("replay", &s.replay)] {
-                let what = format!("{}'s veth, {how} {}", s.name, s.pcap_hint());
-                expect_verdicts(&what, summary, &want)?;
-                let v = &verdicts(summary)?[0];
-                ensure!(v["benign"] == true && !alarming(v), "{what}: a teardown is benign: {v}");
-                ensure!(v["after_peer_fin"] == TEARDOWN_CONNS && v["after_own_fin"] == 0, "{what}: {v}");
-            }
-            same_live_and_replay(s)?;
-        }
-        Ok(())
+        expect_teardowns(&seen, server, "server", |_, _, _, _| Ok(()))
     })
 }
 

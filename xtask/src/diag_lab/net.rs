@@ -93,6 +93,11 @@ pub fn wait_until(what: &str, mut done: impl FnMut() -> io::Result<bool>) -> Res
 
 /// Segments sent and not yet acknowledged (`tcpi_unacked`).
 pub fn unacked(sock: &Socket) -> io::Result<u32> {
+    Ok(tcp_info(sock)?.tcpi_unacked)
+}
+
+/// The socket's `TCP_INFO`: its state, unacknowledged segments and the rest.
+pub fn tcp_info(sock: &Socket) -> io::Result<libc::tcp_info> {
     // SAFETY: tcp_info is plain data; all zeroes is a valid value.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::tcp_info>()).unwrap_or(libc::socklen_t::MAX);
@@ -109,7 +114,7 @@ pub fn unacked(sock: &Socket) -> io::Result<u32> {
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(info.tcpi_unacked)
+    Ok(info)
 }
 
 /// Bytes received and not yet read (`FIONREAD`).
