@@ -13,7 +13,7 @@ use std::{
 use rst_common::wire::{DownRun, FlowKey, ResetClass, ResetContext, ResetKind};
 
 use super::{
-    scan::{scan, Answer, Probes, Scan, ServiceView},
+    scan::{scan, Answer, Probes, Scan},
     sort, Cause, Detail, ServiceAddr, Side, Verdict,
 };
 
@@ -633,37 +633,47 @@ impl Evidence {
 
     /// The clients whose probes make a scan (see [`super::scan`]).
     fn scans(&self, whole_run: bool) -> Vec<Scan> {
-        let mut candidates: Vec<(&IpAddr, &Probes)> =
-            self.probes.iter().filter(|(_, probes)| probes.may_be_scan()).collect();
+        // An interval weighs again only the clients it brought probes of.
+        let mut candidates: Vec<(&IpAddr, &Probes)> = self
+            .probes
+            .iter()
+            .filter(|(_, probes)| probes.may_be_scan() && (whole_run || probes.probed_lately()))
+            .collect();
         if candidates.is_empty() {
             return Vec::new();
         }
         candidates.sort_by_key(|(client, _)| **client);
-        let views: Vec<(ServiceAddr, ServiceView)> = self
-            .services
-            .iter()
-            .map(|(service, evidence)| {
-                let view = ServiceView {
-                    attempts: evidence.attempts,
-                    synacks: evidence.synacks,
-                    any_reset: !evidence.buckets.is_empty(),
-                };
-                (*service, view)
-            })
-            .collect();
-        // The clients each host turned away or answered: a silent port is a client's only where
-        // it is the one client there.
-        let mut clients_of: HashMap<IpAddr, (IpAddr, bool)> = HashMap::new();
+        // The client each host turned away or answered, if only one: a silent port is a client's
+        // only where it is the one client there.
+        let mut sole_client: HashMap<IpAddr, Option<IpAddr>> = HashMap::new();
         for (client, probes) in &self.probes {
             for host in probes.hosts() {
-                clients_of.entry(host).and_modify(|(first, many)| *many |= first != client).or_insert((*client, false));
+                sole_client
+                    .entry(host)
+                    .and_modify(|sole| {
+                        if *sole != Some(*client) {
+                            *sole = None;
+                        }
+                    })
+                    .or_insert(Some(*client));
+            }
+        }
+        // The silent ports of those hosts, found in one pass over the services.
+        let mut silent: HashMap<IpAddr, Vec<ServiceAddr>> = HashMap::new();
+        for (service, evidence) in &self.services {
+            let unanswered = evidence.attempts > 0 && evidence.synacks == 0 && evidence.buckets.is_empty();
+            if unanswered && sole_client.get(&service.addr).is_some_and(Option::is_some) {
+                silent.entry(service.addr).or_default().push(*service);
             }
         }
         candidates
             .into_iter()
             .filter_map(|(client, probes)| {
-                let sole = |host: IpAddr| clients_of.get(&host).is_some_and(|(first, many)| first == client && !many);
-                scan(*client, probes, &views, sole, whole_run)
+                let theirs = |host: &IpAddr| match sole_client.get(host) {
+                    Some(Some(sole)) if sole == client => silent.get(host).map_or(&[][..], Vec::as_slice),
+                    _ => &[],
+                };
+                scan(*client, probes, theirs, whole_run)
             })
             .collect()
     }

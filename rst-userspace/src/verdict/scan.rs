@@ -56,10 +56,18 @@ pub struct Probes {
     untracked: u64,
     /// The client's connections that went past the handshake and were reset.
     pub completed: u64,
+    /// The latest interval brought probes.
+    lately: bool,
 }
 
 impl Probes {
+    /// Whether the latest interval brought probes of this client.
+    pub fn probed_lately(&self) -> bool {
+        self.lately
+    }
+
     pub fn new_interval(&mut self) {
+        self.lately = false;
         for (_, latest) in
             self.refused.values_mut().chain(self.open.values_mut()).chain(self.closed_unseen.values_mut())
         {
@@ -68,6 +76,7 @@ impl Probes {
     }
 
     pub fn add(&mut self, service: ServiceAddr, tally: Tally, answer: Answer) {
+        self.lately = true;
         let room = self.refused.len() + self.open.len() + self.closed_unseen.len() < MAX_TARGETS;
         let targets = match answer {
             Answer::Refused => &mut self.refused,
@@ -127,36 +136,18 @@ pub struct Scan {
     pub turned_away: Vec<(ServiceAddr, Tally)>,
 }
 
-/// A service's handshake counts over the run, for telling silent ports.
-pub struct ServiceView {
-    pub attempts: u64,
-    pub synacks: u64,
-    pub any_reset: bool,
-}
-
 /// Whether `probes` is a scan and what it says; `whole_run`: the run's counts, else the latest
-/// interval's (`None` when that interval added nothing). `services` lists every tracked
-/// service; `sole_client_of(host)`: whether this client is the only one `host` turned away or
-/// answered, so its silent ports can be this client's.
-pub fn scan(
+/// interval's (`None` when that interval added nothing). `silent_on(host)`: the ports of a host
+/// the client probed that got attempts and never an answer, where this client is the only one
+/// the host turned away or answered (empty elsewhere).
+pub fn scan<'a>(
     client: IpAddr,
     probes: &Probes,
-    services: &[(ServiceAddr, ServiceView)],
-    sole_client_of: impl Fn(IpAddr) -> bool,
+    silent_on: impl Fn(&IpAddr) -> &'a [ServiceAddr],
     whole_run: bool,
 ) -> Option<Scan> {
     let hosts = probes.hosts();
-    let silent: BTreeSet<ServiceAddr> = services
-        .iter()
-        .filter(|(service, view)| {
-            hosts.contains(&service.addr)
-                && view.attempts > 0
-                && view.synacks == 0
-                && !view.any_reset
-                && sole_client_of(service.addr)
-        })
-        .map(|(service, _)| *service)
-        .collect();
+    let silent: BTreeSet<ServiceAddr> = hosts.iter().flat_map(|host| silent_on(host).iter().copied()).collect();
     let closed: BTreeSet<&ServiceAddr> = probes.refused.keys().chain(probes.closed_unseen.keys()).collect();
     let refused = closed.len() as u64;
     let open = probes.open.keys().filter(|service| !closed.contains(service)).count() as u64;
