@@ -5,10 +5,12 @@
 //! server side (the router's ends of the server hosts' veths, one rstwatch on all eight) and in
 //! replay of the committed capture, must name each service by its cause and no other.
 //!
-//! From the server side every cause shows but `middlebox`: the router forges its resets in its
-//! forward path and sends them back to the client, and the SYNs they answer never reach the
-//! guarded host, so nothing of that service crosses a server's veth. rstwatch must then name no
-//! cause for it there rather than a wrong one.
+//! From the server side every cause shows but `middlebox` and `state_lost`: the router forges its
+//! resets in its forward path and sends them back to the client, and the SYNs they answer never
+//! reach the guarded host, so nothing of that service crosses a server's veth; and the standby's
+//! resets cross the standby's veth, where none of those connections' handshakes did (they went
+//! to the primary, on its own veth): lone resets, which name nothing. rstwatch must then name no
+//! cause for either there rather than a wrong one.
 //!
 //! The lab test needs root (namespaces, nftables, tracefs); the committed capture's test does not.
 
@@ -423,7 +425,7 @@ fn check_own_refusals(stdout: &str, account: &Value) -> Result<()> {
 }
 
 /// Causes whose resets never cross a server's veth (see the module's comment).
-const NOT_ON_THE_SERVER_SIDE: [Cause; 1] = [Cause::Middlebox];
+const NOT_ON_THE_SERVER_SIDE: [Cause; 2] = [Cause::Middlebox, Cause::StateLost];
 
 /// How far rstwatch's `since_ms` may be from the account's first refusal, live: the account
 /// times the attempt, rstwatch the refusal's arrival, each on its own clock, and the run's
