@@ -49,6 +49,10 @@ pub struct Sample {
     /// Flow-table writes that raced with another CPU's (`ResetCounters::table_races`): when
     /// non-zero the table's slots were summed by key.
     pub table_races: u64,
+    /// Per flow whose RSTs answered late segments after their sender's own FIN, the longest
+    /// time since that FIN, in ms: replay's, which sees every segment's time (the kernel keeps
+    /// no time per connection), so empty live.
+    pub close_gaps: Vec<(FlowKey, u64)>,
 }
 
 pub struct Collector {
@@ -225,6 +229,8 @@ impl Collector {
             workloads,
             read_time: started.elapsed(),
             table_races: resets.table_races,
+            // The kernel keeps no time per connection.
+            close_gaps: Vec::new(),
         })
     }
 

@@ -71,6 +71,18 @@ fn contract_capture() -> Vec<(u64, Vec<u8>)> {
     for (i, frame) in teardown.into_iter().enumerate() {
         frames.push((2_500 * MS + i as u64 * MS, frame.build().into_bytes()));
     }
+    // A teardown after the resetter's own FIN: the server closes, the client's late ACK meets
+    // a reset two seconds on.
+    let late = [
+        FrameBuilder::ipv4(client, server).ports(40007, 8443).flags(TCP_SYN).seq_ack(800, 0),
+        FrameBuilder::ipv4(server, client).ports(8443, 40007).flags(TCP_SYN | TCP_ACK).seq_ack(8000, 801),
+        FrameBuilder::ipv4(server, client).ports(8443, 40007).flags(TCP_FIN | TCP_ACK).seq_ack(8001, 801),
+    ];
+    for (i, frame) in late.into_iter().enumerate() {
+        frames.push((2_520 * MS + i as u64 * MS, frame.build().into_bytes()));
+    }
+    let reset = FrameBuilder::ipv4(server, client).ports(8443, 40007).flags(TCP_RST).seq_ack(8002, 0);
+    frames.push((2_990 * MS, reset.build().into_bytes()));
     // A scan: another client refused once on each of five ports of another host.
     let (scanner, scanned) = ([192, 0, 2, 9], [192, 0, 2, 90]);
     for port in 1u16..=5 {

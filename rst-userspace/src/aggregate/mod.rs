@@ -404,6 +404,7 @@ impl Aggregator {
         self.service_samples.extend(sample.services.iter().map(|service| service_sample(service, origin_ms)));
         // The evidence first: it learns each host's own TTL, which a flow's forged resets are
         // told by when their connection showed none.
+        self.evidence.close_gaps(&sample.close_gaps);
         self.evidence.interval(
             started_ms,
             &self.service_samples,

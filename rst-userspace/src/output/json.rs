@@ -349,6 +349,9 @@ pub struct VerdictRecord {
     /// (answering the peer's late segments); null otherwise.
     after_peer_fin: Option<u64>,
     after_own_fin: Option<u64>,
+    /// `teardown`: the longest time between a resetter's own FIN and its reset of a late
+    /// segment, ms, where it is seen (`replay`); null otherwise.
+    after_close_ms: Option<u64>,
     /// `scan`: what the scanner (`client`) probed and how it was answered; null otherwise.
     scan: Option<ScanRecord>,
 }
@@ -389,6 +392,7 @@ impl From<&Verdict> for VerdictRecord {
             side: *side,
             after_peer_fin: None,
             after_own_fin: None,
+            after_close_ms: None,
             scan: None,
         };
         match *detail {
@@ -401,8 +405,9 @@ impl From<&Verdict> for VerdictRecord {
                 (record.rst_ttl, record.peer_ttl, record.client) = (Some(rst_ttl), Some(peer_ttl), claimed_client)
             }
             Detail::Checker { client } => record.client = Some(client),
-            Detail::Teardown { after_peer_fin, after_own_fin } => {
-                (record.after_peer_fin, record.after_own_fin) = (Some(after_peer_fin), Some(after_own_fin))
+            Detail::Teardown { after_peer_fin, after_own_fin, gap_ms } => {
+                (record.after_peer_fin, record.after_own_fin) = (Some(after_peer_fin), Some(after_own_fin));
+                record.after_close_ms = gap_ms;
             }
             Detail::Scan(ScanCounts { client, ports, hosts, refused, open, silent, completed }) => {
                 record.client = Some(client);

@@ -20,9 +20,10 @@ use std::{
 
 use anyhow::Context as _;
 use rst_common::{
+    parse::{TCP_FIN, TCP_RST},
     track, track_data,
-    wire::{ServiceKey, ServiceValue},
-    Counters, FlowKey, Observation, Tracked,
+    wire::{ConnKey, ResetContext, ServiceKey, ServiceValue},
+    ConnTable as _, Counters, FlowKey, Observation, Tracked,
 };
 
 use self::{
@@ -124,6 +125,13 @@ pub struct Tally {
     pub services: HashMap<ServiceKey, ServiceValue>,
     /// Lives across intervals, as the kernel's does.
     pub connections: HostConnections,
+    /// When each end of a connection sent its first FIN (ms, capture time), for the gap before
+    /// the late segments its RSTs answer; bounded like `connections`.
+    closes: HashMap<(ConnKey, bool), u64>,
+    /// This interval's flows whose RSTs followed their sender's FIN: the longest gap, ms.
+    pub close_gaps: HashMap<FlowKey, u64>,
+    /// The capture time of the frame being counted, ms.
+    pub now_ms: u64,
 }
 
 /// Connections replay remembers: captures are read once, so a generous bound costs little.
@@ -136,6 +144,9 @@ impl Default for Tally {
             flows: HashMap::new(),
             services: HashMap::new(),
             connections: HostConnections::with_capacity(REPLAY_CONNECTIONS),
+            closes: HashMap::new(),
+            close_gaps: HashMap::new(),
+            now_ms: 0,
         }
     }
 }
@@ -146,8 +157,22 @@ impl Tally {
         let Some(event) = rst_common::count(&mut self.counters, observation) else {
             return;
         };
+        // Times are replay's own: the kernel check's tally, which sees no data, keeps none.
+        let timed = self.connections.watches_data();
+        if timed && event.flags & TCP_FIN != 0 && event.flags & TCP_RST == 0 {
+            if self.closes.len() >= REPLAY_CONNECTIONS {
+                self.closes.clear();
+            }
+            self.closes.entry(event.key.connection()).or_insert(self.now_ms);
+        }
         match track(&mut self.connections, event) {
             Tracked::Reset(key, service) => {
+                if timed && ResetContext(key.context).sender_closed() {
+                    if let Some(closed) = self.closes.get(&key.connection()) {
+                        let gap = self.close_gaps.entry(key.flow_id()).or_default();
+                        *gap = (*gap).max(self.now_ms.saturating_sub(*closed));
+                    }
+                }
                 self.counters.resets += 1;
                 *self.flows.entry(key).or_default() += 1;
                 if let Some(change) = service {
@@ -256,6 +281,7 @@ impl<W: Write> Replay<W> {
     fn packet(&mut self, link: Link, ifindex: u32, timestamp_ns: u64, frame: &[u8]) -> anyhow::Result<()> {
         self.advance_clock(timestamp_ns)?;
         self.tally.connections.set_clock_ms(timestamp_ns / 1_000_000);
+        self.tally.now_ms = timestamp_ns / 1_000_000;
         let observation = link.inspect(frame, ifindex);
         match &observation {
             Observation::Reset(event) => {
@@ -319,6 +345,7 @@ impl<W: Write> Replay<W> {
             counters: mem::take(&mut self.tally.counters),
             flows: self.tally.flows.drain().collect(),
             services: self.tally.services.drain().collect(),
+            close_gaps: self.tally.close_gaps.drain().collect(),
             read_time: Duration::ZERO,
             // Nothing overflows a host map.
             ..Sample::default()

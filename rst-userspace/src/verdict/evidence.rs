@@ -204,6 +204,8 @@ struct ServiceEvidence {
     interval: ServiceSampleSum,
     /// The resets of each cause in the latest interval (for the interval's verdicts).
     latest: BTreeMap<Bucket, Tally>,
+    /// The longest time between a resetter's own FIN and its reset of a late segment (replay).
+    close_gap_ms: Option<u64>,
 }
 
 /// A service's samples of one interval summed over interfaces.
@@ -246,6 +248,9 @@ pub struct Evidence {
     /// Per client: the services that turned it away and those it reset right after their
     /// SYN+ACK, for the scan rule.
     probes: HashMap<IpAddr, Probes>,
+    /// The next interval's flows whose RSTs followed their sender's own FIN, and the longest
+    /// time since it (replay's; see [`Evidence::close_gaps`]).
+    close_gaps: HashMap<FlowKey, u64>,
     host_ttls: HashMap<(u32, IpAddr), u8>,
     /// The kernel's reasons for the resets this host's stack sent, per service and act.
     reasons: HashMap<(ServiceAddr, Act), BTreeMap<String, u64>>,
@@ -262,6 +267,7 @@ impl Evidence {
             checks: HashMap::new(),
             first_acts: HashMap::new(),
             probes: HashMap::new(),
+            close_gaps: HashMap::new(),
             host_ttls: HashMap::new(),
             reasons: HashMap::new(),
             max_entries,
@@ -316,6 +322,14 @@ impl Evidence {
             self.add_reset(key, resets);
         }
         self.close_interval();
+    }
+
+    /// For the next interval: per flow whose RSTs answered late segments after their sender's
+    /// own FIN, the longest time since that FIN in ms (replay knows it; the kernel keeps no time
+    /// per connection). A teardown says it.
+    pub fn close_gaps(&mut self, gaps: &[(FlowKey, u64)]) {
+        self.close_gaps.clear();
+        self.close_gaps.extend(gaps.iter().copied());
     }
 
     /// `resets` RSTs this host's TCP stack sent (`tcp:tcp_send_reset`) on the flow `flow` (its
@@ -453,7 +467,14 @@ impl Evidence {
             rst_ttl: key.rst_ttl,
             peer_ttl: key.peer_ttl,
         };
+        let gap = match act {
+            Act::Teardown { after_peer_fin: false } => self.close_gaps.get(&key.flow_id()).copied(),
+            _ => None,
+        };
         let Some(evidence) = self.service_mut(service) else { return };
+        if let Some(gap) = gap {
+            evidence.close_gap_ms = Some(evidence.close_gap_ms.unwrap_or(0).max(gap));
+        }
         evidence.buckets.entry(bucket).or_default().add(tally);
         evidence.latest.entry(bucket).or_default().add(tally);
         if act == Act::TurnAway {
@@ -745,12 +766,14 @@ impl Evidence {
             let side = if by_server { Side::Server } else { Side::Client };
             match act {
                 Act::Teardown { after_peer_fin } => {
-                    let (sum, detail) = teardowns
-                        .entry(by_server)
-                        .or_insert((Tally::default(), Detail::Teardown { after_peer_fin: 0, after_own_fin: 0 }));
+                    let empty = Detail::Teardown { after_peer_fin: 0, after_own_fin: 0, gap_ms: None };
+                    let (sum, detail) = teardowns.entry(by_server).or_insert((Tally::default(), empty));
                     sum.add(*tally);
-                    if let Detail::Teardown { after_peer_fin: peer, after_own_fin: own } = detail {
+                    if let Detail::Teardown { after_peer_fin: peer, after_own_fin: own, gap_ms } = detail {
                         *if after_peer_fin { peer } else { own } += tally.connections;
+                        if !after_peer_fin {
+                            *gap_ms = evidence.close_gap_ms;
+                        }
                     }
                 }
                 _ => {

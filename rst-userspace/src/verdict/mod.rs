@@ -81,6 +81,9 @@ pub enum Detail {
     Teardown {
         after_peer_fin: u64,
         after_own_fin: u64,
+        /// The longest time between a resetter's own FIN and its reset of a late segment, ms:
+        /// where it is seen (replay).
+        gap_ms: Option<u64>,
     },
     /// [`Cause::Scan`]: the scanner and what its probes met.
     Scan(ScanCounts),

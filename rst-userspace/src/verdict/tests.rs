@@ -480,7 +480,7 @@ fn resets_after_the_peers_fin_are_teardown_with_or_without_ack() {
     assert_eq!(causes(&verdicts), [(Cause::Teardown, 443, 2)]);
     assert!(verdicts[0].benign());
     assert_eq!(verdicts[0].side, Some(super::Side::Server));
-    assert_eq!(verdicts[0].detail, Detail::Teardown { after_peer_fin: 2, after_own_fin: 0 });
+    assert_eq!(verdicts[0].detail, Detail::Teardown { after_peer_fin: 2, after_own_fin: 0, gap_ms: None });
     assert!(verdicts[0].text().contains("ordinary teardown"), "{}", verdicts[0].text());
 }
 
@@ -490,7 +490,7 @@ fn a_reset_after_its_senders_own_fin_is_teardown_only_without_late_data() {
     let quiet = seen(true, true, false, false, false, true);
     let verdicts = verdicts_of(&[closing(true, false, 40_000, quiet)]);
     assert_eq!(causes(&verdicts), [(Cause::Teardown, 443, 1)]);
-    assert_eq!(verdicts[0].detail, Detail::Teardown { after_peer_fin: 0, after_own_fin: 1 });
+    assert_eq!(verdicts[0].detail, Detail::Teardown { after_peer_fin: 0, after_own_fin: 1, gap_ms: None });
     // The client wrote to the connection the server had closed: the keep-alive race, not a
     // teardown (and not named here).
     assert_eq!(causes(&verdicts_of(&[closing(true, false, 40_001, seen(true, true, false, false, true, true))])), []);
@@ -674,4 +674,22 @@ fn closed_ports_answering_fin_null_or_xmas_probes_count_for_a_scan_and_name_noth
     assert_eq!(causes(&verdicts_of(&[unseen(3390)])), [], "a lone closed-port answer");
     let probes: Vec<FlowKey> = (0..5).map(|i| unseen(3390 + i)).collect();
     assert_eq!(causes(&verdicts_of(&probes)), [(Cause::Scan, 0, 5)]);
+}
+
+#[test]
+fn a_teardown_says_how_long_after_its_close_the_late_segment_came_where_that_is_seen() {
+    let quiet = seen(true, true, false, false, false, true);
+    let late = closing(true, false, 40_000, quiet);
+    let mut evidence = Evidence::new(64);
+    evidence.close_gaps(&[(late.flow_id(), 45_200)]);
+    feed(&mut evidence, 0, &[], &[late]);
+    let verdicts = evidence.verdicts();
+    assert_eq!(verdicts[0].detail, Detail::Teardown { after_peer_fin: 0, after_own_fin: 1, gap_ms: Some(45_200) });
+    assert!(
+        verdicts[0].text().contains(
+            "10.0.2.10:443 reset 1 connection it had closed itself, answering late segments without data (ACKs, FINs, keep-alive probes) up to 45 s after its close: ordinary teardown"
+        ),
+        "{}",
+        verdicts[0].text()
+    );
 }

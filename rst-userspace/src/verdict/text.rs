@@ -7,6 +7,15 @@ fn plural(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
+/// A gap as people say it: "45 s", "1.2 s", "300 ms".
+fn seconds(ms: u64) -> String {
+    match ms {
+        0..1_000 => format!("{ms} ms"),
+        1_000..10_000 => format!("{:.1} s", ms as f64 / 1e3),
+        _ => format!("{} s", (ms + 500) / 1_000),
+    }
+}
+
 pub(super) fn sentence(verdict: &Verdict) -> String {
     let mut text = cause_sentence(verdict);
     if let Some(reason) = &verdict.kernel_reason {
@@ -77,21 +86,27 @@ fn cause_sentence(verdict: &Verdict) -> String {
             plural(verdict.connections, "check", "checks")
         ),
         (Cause::Teardown, detail) => {
-            let (after_peer, after_own) = match detail {
-                Detail::Teardown { after_peer_fin, after_own_fin } => (after_peer_fin, after_own_fin),
-                _ => (0, 0),
+            let (after_peer, after_own, gap_ms) = match detail {
+                Detail::Teardown { after_peer_fin, after_own_fin, gap_ms } => (after_peer_fin, after_own_fin, gap_ms),
+                _ => (0, 0, None),
             };
-            let (resetter, peer, own) = match verdict.side {
-                Some(Side::Client) => (format!("clients of {service}"), "the service's", "they had closed themselves"),
-                _ => (service, "the client's", "it had closed itself"),
+            let (resetter, peer, own, whose) = match verdict.side {
+                Some(Side::Client) => {
+                    (format!("clients of {service}"), "the service's", "they had closed themselves", "their")
+                }
+                _ => (service, "the client's", "it had closed itself", "its"),
             };
             let mut how = Vec::new();
             if after_peer > 0 {
                 how.push(format!("{} after {peer} FIN", plural(after_peer, "connection", "connections")));
             }
             if after_own > 0 {
+                let later = match gap_ms {
+                    Some(ms) => format!(" up to {} after {whose} close", seconds(ms)),
+                    None => String::new(),
+                };
                 how.push(format!(
-                    "{} {own}, answering late segments without data (ACKs, FINs, keep-alive probes)",
+                    "{} {own}, answering late segments without data (ACKs, FINs, keep-alive probes){later}",
                     plural(after_own, "connection", "connections")
                 ));
             }
