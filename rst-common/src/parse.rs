@@ -92,12 +92,17 @@ pub struct TcpHdr {
     pub urgent: [u8; 2],
 }
 
-// SAFETY: all of these are repr(C) structs of u8 and [u8; N] only.
+// SAFETY: repr(C), u8 and [u8; N] fields only (alignment 1, no padding, any bytes valid).
 unsafe impl Header for EthHdr {}
+// SAFETY: repr(C), u8 and [u8; N] fields only (alignment 1, no padding, any bytes valid).
 unsafe impl Header for VlanTag {}
+// SAFETY: repr(C), u8 and [u8; N] fields only (alignment 1, no padding, any bytes valid).
 unsafe impl Header for Ipv4Hdr {}
+// SAFETY: repr(C), u8 and [u8; N] fields only (alignment 1, no padding, any bytes valid).
 unsafe impl Header for Ipv6Hdr {}
+// SAFETY: repr(C), u8 and [u8; N] fields only (alignment 1, no padding, any bytes valid).
 unsafe impl Header for Ipv6ExtHdr {}
+// SAFETY: repr(C), u8 and [u8; N] fields only (alignment 1, no padding, any bytes valid).
 unsafe impl Header for TcpHdr {}
 
 wire_sizes!(EthHdr: 14, VlanTag: 4, Ipv4Hdr: 20, Ipv6Hdr: 40, Ipv6ExtHdr: 8, TcpHdr: 20);

@@ -342,6 +342,7 @@ pub fn conn_lookup<T: ConnSlots>(table: &T, bits: u32, key: &ConnKey) -> Option<
         let slot = table.slot(set | way)?;
         // SAFETY: a live slot of the table for the whole call.
         if unsafe { (*slot).key.same_connection(key) } {
+            // SAFETY: the same live slot; only its address is taken, nothing is read.
             return Some(unsafe { &raw mut (*slot).state });
         }
     }
@@ -396,6 +397,7 @@ mod tests {
         }
 
         fn blocks(&self) -> Vec<u64> {
+            // SAFETY: single-threaded test; no reference into the cell is live.
             unsafe { (*self.1.get()).clone() }
         }
     }
@@ -482,6 +484,7 @@ mod tests {
                 assert_eq!(add_to_flow_table(&table, bits, 1, &key(i), round), Added::Stored, "flow {i}");
             }
         }
+        // SAFETY: single-threaded test; the table is not in use.
         let slots: Vec<FlowSlot> = table.0.iter().map(|cell| unsafe { *cell.get() }).collect();
         let (epoch0, epoch1) = slots.split_at(1 << bits);
         assert!(epoch0.iter().all(|slot| *slot == FlowSlot::EMPTY), "epoch 0 was written");
@@ -518,6 +521,7 @@ mod tests {
         // Nearly every slot fills before flows start to overflow.
         assert!(stored <= 1 << bits && stored > (1 << bits) * 95 / 100, "stored {stored}");
         assert_eq!(stored + refused, 4 * (1 << bits));
+        // SAFETY: single-threaded test; the table is not in use.
         let slots: Vec<FlowSlot> = table.0.iter().map(|cell| unsafe { *cell.get() }).collect();
         assert!(slots[1 << bits..].iter().all(|slot| *slot == FlowSlot::EMPTY));
         // A slot being filled by another CPU is skipped, not counted into, and the skip is
@@ -584,6 +588,7 @@ mod tests {
         assert_eq!(conn_lookup(&table, bits, &same[0]), None, "an empty table knows nothing");
         conn_store(&table, bits, &same[0], &state(1));
         conn_store(&table, bits, &same[1], &state(2));
+        // SAFETY: a live slot of the test's table.
         let read = |c: &ConnKey| conn_lookup(&table, bits, c).map(|p| unsafe { (*p).client_isn });
         assert_eq!((read(&same[0]), read(&same[1])), (Some(1), Some(2)));
         // Updating either keeps both.
@@ -591,12 +596,15 @@ mod tests {
         conn_store(&table, bits, &same[1], &state(20));
         assert_eq!((read(&same[0]), read(&same[1])), (Some(10), Some(20)));
         // In place, through the pointer.
+        // SAFETY: a live slot of the test's table.
         unsafe { (*conn_lookup(&table, bits, &same[0]).unwrap()).flags = 7 };
+        // SAFETY: a live slot of the test's table.
         assert_eq!(conn_lookup(&table, bits, &same[0]).map(|p| unsafe { (*p).flags }), Some(7));
         // A third forgets the older of the two (the one stored first into the pair).
         conn_store(&table, bits, &same[2], &state(3));
         assert_eq!((read(&same[0]), read(&same[1]), read(&same[2])), (None, Some(20), Some(3)));
         // Nothing outside the pair was touched.
+        // SAFETY: single-threaded test; the table is not in use.
         let used = table.0.iter().filter(|cell| unsafe { (*cell.get()).key.ifindex } != 0).count();
         assert_eq!(used, 2);
     }
@@ -620,8 +628,11 @@ mod tests {
         assert!(table.2.get() < 100, "{} slot reads for 10 000 absent connections", table.2.get());
         // A fingerprint that matches a slot holding another connection finds nothing.
         let (set, fingerprint) = conn(5).conn_place(bits);
+        // SAFETY: live elements of the test's table, single-threaded.
         unsafe { *table.fingerprints(set).unwrap() = [fingerprint, fingerprint] };
+        // SAFETY: as above.
         unsafe { (*table.slot(set).unwrap()).key = conn(7) };
+        // SAFETY: as above.
         unsafe { (*table.slot(set | 1).unwrap()).key = conn(8) };
         assert_eq!(conn_lookup(&table, bits, &conn(5)), None);
     }

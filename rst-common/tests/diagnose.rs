@@ -2,6 +2,8 @@
 //! they build their segments with rst-craft, which a unit test of rst-common cannot use without
 //! linking a second copy of rst-common's types).
 
+#![allow(clippy::panic)] // test helpers: a panic is the failure report
+
 use rst_common::{
     diagnose::{track, ConnTable, Tracked},
     parse::{TcpEvent, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},

@@ -656,8 +656,8 @@ impl OpenConnections for ServiceOpen {
     #[inline(always)]
     fn open_now(&mut self, service: &ServiceKey) -> u32 {
         match SERVICE_OPEN.get_ptr(service) {
-            // SAFETY: as in `open`; an aligned u64 is never torn.
             Some(value) => {
+                // SAFETY: as in `open`; an aligned u64 is never torn.
                 unsafe { core::ptr::read_volatile(&raw const (*value).open) }.min(u64::from(u32::MAX)) as u32
             }
             None => 0,

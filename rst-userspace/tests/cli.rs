@@ -1,5 +1,7 @@
 //! The parts of the command line that need no kernel: version, completions, man page.
 
+#![allow(clippy::expect_used)] // test helpers: a panic is the failure report
+
 use std::process::Command;
 
 fn rstwatch(args: &[&str]) -> (bool, String) {

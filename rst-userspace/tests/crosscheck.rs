@@ -26,6 +26,8 @@
 //!
 //! Without tshark the test passes with a visible notice, except under `CI=true`, where it fails.
 
+#![allow(clippy::unreachable)] // test helpers: a panic is the failure report
+
 use std::{
     collections::BTreeMap,
     fmt,

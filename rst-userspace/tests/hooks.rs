@@ -2,6 +2,8 @@
 //! test's own thread (gone when the thread ends). Also the TC program's verdict: always "next".
 //! The per-CPU programs throughout, so the names checked do not depend on the kernel.
 
+#![allow(clippy::expect_used)] // test helpers: a panic is the failure report
+
 use std::process::Command;
 
 use aya::programs::{SchedClassifier, TcAttachType, TestRun, TestRunOptions};

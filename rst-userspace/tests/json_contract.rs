@@ -5,6 +5,8 @@
 //! Adding a field means adding its line to that file (`RSTWATCH_BLESS=1` rewrites it, and the
 //! diff shows what was added); a renamed or dropped field fails here, before anyone parses it.
 
+#![allow(clippy::expect_used)] // test helpers: a panic is the failure report
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs::File,

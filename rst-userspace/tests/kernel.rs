@@ -3,6 +3,8 @@
 //! Needs root (CAP_BPF + CAP_PERFMON, or CAP_SYS_ADMIN) and a kernel with multi-buffer XDP
 //! test runs (5.18+).
 
+#![allow(clippy::expect_used)] // test helpers: a panic is the failure report
+
 use std::collections::BTreeMap;
 
 use anyhow::Context as _;

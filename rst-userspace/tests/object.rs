@@ -3,6 +3,8 @@
 //! takes it as, nothing exists that the names list does not know, and `.bss` holds exactly
 //! `EPOCH`, a u32 (the collector updates it as a one-entry array of u32).
 
+#![allow(clippy::expect_used)] // test helpers: a panic is the failure report
+
 use std::collections::BTreeMap;
 
 use aya_obj::{EbpfSectionKind, Object, ProgramSection};

@@ -2,6 +2,8 @@
 //! `--log-level debug` (tracing target `rstwatch::kernel`), told by the collector from the
 //! counters the programs keep. Needs root, like tests/kernel.rs.
 
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
+
 use std::{
     io,
     sync::{Arc, Mutex},

@@ -25,6 +25,8 @@
 //! the corpus its captures are skipped with a notice (the ones in `tests/data/real` still run),
 //! except under `CI=true`, where a missing corpus is a failure.
 
+#![allow(clippy::panic)] // test helpers: a panic is the failure report
+
 use std::{
     collections::BTreeMap,
     net::IpAddr,

@@ -9,6 +9,8 @@
 //!
 //! Tests that need the kernel (`--kernel`) need root, like the other kernel tests.
 
+#![allow(clippy::expect_used, clippy::panic)] // test helpers: a panic is the failure report
+
 use std::{
     borrow::Cow,
     collections::BTreeMap,

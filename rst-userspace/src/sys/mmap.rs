@@ -112,6 +112,7 @@ mod tests {
         // SAFETY: inside the mapping, which lives; nothing else touches the file.
         unsafe { last.write_volatile(7) };
         assert_eq!(
+            // SAFETY: as above.
             mapping.run(511, 1).unwrap().iter().map(|element| unsafe { element.read_volatile() }).sum::<u64>(),
             7
         );
