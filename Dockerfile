@@ -3,10 +3,12 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
-# The eBPF nightly is named once, in rst-ebpf/rust-toolchain.toml.
-RUN rustup toolchain install "$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rst-ebpf/rust-toolchain.toml)" \
-        --profile minimal --component rust-src \
-    && cargo install --locked bpf-linker@0.10.4
+# The eBPF nightly is named once, in rst-ebpf/rust-toolchain.toml: rustup reads it there (the
+# toolchain active in that directory) and installs it with the components it lists.
+WORKDIR /src/rst-ebpf
+RUN rustup toolchain install --profile minimal
+WORKDIR /src
+RUN cargo install --locked bpf-linker@0.10.4
 RUN cargo build --release --locked -p rst-userspace \
     && install -m 0755 target/release/rstwatch /rstwatch
 

@@ -28,6 +28,3 @@ pub mod verdict;
 pub mod view;
 pub mod watch;
 pub mod workload;
-
-/// The batch commands' old path, for code written against it.
-pub use sys::map_batch as batch;

@@ -19,7 +19,7 @@ pub fn run() -> Result<()> {
     )?;
     // The eBPF crate only builds for its BPF target, with core built from source on the nightly;
     // its own target directory keeps this from invalidating the host build.
-    let toolchain = format!("+{}", setup::ebpf_toolchain());
+    let toolchain = format!("+{}", setup::ebpf_toolchain()?);
     let target_dir = root.join("target/lint-ebpf");
     let target_dir = target_dir.to_str().context("the workspace path is not UTF-8")?;
     step(

@@ -7,19 +7,13 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::cmd;
 
-/// The toolchain file that names the nightly building the eBPF object (build.rs reads it too).
-const EBPF_TOOLCHAIN_FILE: &str = include_str!("../../rst-ebpf/rust-toolchain.toml");
+#[path = "../../rst-ebpf/toolchain.rs"]
+mod toolchain_file;
 
-/// The nightly that builds the eBPF object, as `rst-ebpf/rust-toolchain.toml` names it.
-pub fn ebpf_toolchain() -> &'static str {
-    toolchain_channel(EBPF_TOOLCHAIN_FILE).expect("rst-ebpf/rust-toolchain.toml names a channel")
-}
-
-/// The `channel = "..."` of a rust-toolchain.toml (the file is ours: one quoted value per line).
-pub fn toolchain_channel(file: &str) -> Option<&str> {
-    file.lines()
-        .filter_map(|line| line.trim().strip_prefix("channel"))
-        .find_map(|rest| rest.trim_start().strip_prefix('=')?.trim().strip_prefix('"')?.split('"').next())
+/// The nightly that builds the eBPF object, as `rst-ebpf/rust-toolchain.toml` names it: read by
+/// `rst-ebpf/toolchain.rs`, for rst-userspace's build script as for setup and lint.
+pub fn ebpf_toolchain() -> Result<&'static str> {
+    toolchain_file::channel().context("rst-ebpf/rust-toolchain.toml names no channel")
 }
 
 /// Components `cargo xtask lint` and the build need on the nightly: `-Z build-std` compiles
@@ -133,7 +127,7 @@ fn report(item: &str, state: &str) {
 }
 
 fn toolchain() -> Result<()> {
-    let toolchain = ebpf_toolchain();
+    let toolchain = ebpf_toolchain()?;
     let item = format!("{toolchain} + {}", EBPF_COMPONENTS.join(", "));
     let toolchains = cmd::output(&mut cmd::command("rustup", ["toolchain", "list"]))
         .context("rustup is required to install the eBPF toolchain")?;

@@ -8,7 +8,12 @@ use anyhow::{ensure, Context as _};
 use aya::maps::{Array, Map, MapData, PerCpuArray, PerCpuValues};
 use rst_bench_report::{median, DrainReport, DrainRow};
 use rst_common::wire::{FlowKey, MAP_EPOCH, MAP_FLOW_BLOCKS, MAP_FLOW_TABLE};
-use rstwatch::{flow_table::FlowTableMap, loader::Counting, sys::membarrier, testrun::Harness};
+use rstwatch::{
+    flow_table::FlowTableMap,
+    loader::Counting,
+    sys::{map_batch, membarrier},
+    testrun::Harness,
+};
 
 use super::flood_flow;
 
@@ -62,10 +67,10 @@ pub fn drain(sizes: &[u32], trials: usize) -> anyhow::Result<DrainReport> {
     for _ in 0..trials.max(5) {
         let started = Instant::now();
         let _: Vec<rst_common::wire::CacheSlot> =
-            rstwatch::batch::lookup_per_cpu_array(cache.fd().as_fd(), slots, slots, cpus)?;
+            map_batch::lookup_per_cpu_array(cache.fd().as_fd(), slots, slots, cpus)?;
         cache_read.push(started.elapsed().as_nanos() as f64);
         let started = Instant::now();
-        rstwatch::batch::update_per_cpu_array(cache.fd().as_fd(), slots, &zeroes, cpus)?;
+        map_batch::update_per_cpu_array(cache.fd().as_fd(), slots, &zeroes, cpus)?;
         cache_clear.push(started.elapsed().as_nanos() as f64);
     }
     let mut rows = Vec::new();
