@@ -6,7 +6,7 @@
 //!
 //! The updates are out of line (BPF-to-BPF calls), behind inline tests of whether there is
 //! anything to do: inlined, their code tipped LLVM into leaving the per-CPU programs' bodies
-//! out of line instead, a call every frame paid (BENCHMARKS.md, the down-run section).
+//! out of line instead, a call every frame paid (docs/benchmark-history.md, "went_down inside one interval").
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use rst_common::wire::{down_after_accept, down_after_turnaway, down_in_run, ServiceValue};

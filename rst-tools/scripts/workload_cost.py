@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Cost per reset of the workload attribution (BENCHMARKS.md, "Workloads").
+"""Cost per reset of the workload attribution (docs/benchmark-history.md, "Workloads").
 
 Builds two network namespaces (names with this pid), runs target/release/rstwatch in one of
 them (nsenter --net, so it sees tracefs and the cgroup2 tree) with and without

@@ -264,7 +264,7 @@ pub const KERNEL_LOG_TARGET: &str = "rstwatch::kernel";
 /// The kernel side's rare events in `epoch` — a CPU's eviction log filling, resets finding the
 /// flow table full, races for a flow-table slot — at debug level, per CPU (`per_cpu` in the
 /// order of `cpu_ids`). Told from the counters the programs keep anyway, so they cost the
-/// programs nothing (see "Why no aya-log" in the README).
+/// programs nothing (see "Why no aya-log" in docs/design.md).
 fn log_rare_events(epoch: u32, per_cpu: &[ResetCounters], cpu_ids: &[u32], log_slots: u32) {
     for (cpu, counters) in cpu_ids.iter().zip(per_cpu) {
         if counters.logged >= u64::from(log_slots) {

@@ -108,16 +108,16 @@ impl Kind {
 enum Rule {
     /// What the frames show.
     Frames,
-    /// No SYN or SYN+ACK of the connection in view (README, "Why"): an RST+ACK with sequence 0 is
+    /// No SYN or SYN+ACK of the connection in view (docs/verdicts.md, "Why"): an RST+ACK with sequence 0 is
     /// `refused` and anything else `established`; a refusal comes from the server, otherwise the
     /// lower port is the server's (equal ports: the lower address); `side_observed` false; the
     /// connection is not remembered, so every such RST is reported as its connection's first.
     NoHandshake,
     /// The responder's RST before any SYN+ACK whose ACK does not acknowledge the SYN (no ACK, or
-    /// a wrong one: an injected or stale RST). README: only an RST acknowledging the SYN is a
+    /// a wrong one: an injected or stale RST). docs/verdicts.md: only an RST acknowledging the SYN is a
     /// refusal; rstwatch reads the rest as `handshake`. Zeek would still say `REJ`.
     UnacknowledgedSyn,
-    /// README's stated limitation: an RST without ACK from a side that sent no payload, after
+    /// docs/verdicts.md's stated limitation: an RST without ACK from a side that sent no payload, after
     /// only its peer sent some, carries no word of that payload and reads as `handshake`. Only
     /// while no earlier RST of the connection was read `established`: that one told the tracker.
     NoAckAfterPeerData,
@@ -620,7 +620,7 @@ fn independent_reading_of_handshake_cases() {
             (Kind::Closing, false, "RSTO"),
         ]
     );
-    // No handshake in view: the README's rule.
+    // No handshake in view: docs/verdicts.md's rule.
     let frames = [frame(true, RST, 0, 0, 0), frame(false, RST | ACK, 0, 1, 0)];
     let readings = read_resets(&frames);
     assert_eq!(

@@ -174,7 +174,7 @@ fn start_prometheus(mon: &Netns, dir: &Path, targets: &[String]) -> Result<Proc>
     Ok(proc)
 }
 
-/// The series one rstwatch exports at most, as README's "Cardinality" states it: `ifaces`
+/// The series one rstwatch exports at most, as docs/metrics.md's "Cardinality per node" states it: `ifaces`
 /// watched, `--top`, the kernel's reset reasons seen and the programs whose run time is sampled.
 fn series_bound(ifaces: usize, top: usize, reasons: usize, programs: usize) -> usize {
     let causes = rst_common::Cause::ALL.len();

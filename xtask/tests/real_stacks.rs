@@ -13,7 +13,7 @@
 //!   server's RST answers the client's FIN, `teardown` by the server; and the same connections
 //!   probed by the client's TCP keep-alive instead: the RST answers a probe after the server's
 //!   own FIN, which only replay can tell (the kernel programs do not watch data segments, so
-//!   live names nothing there, by design: README, "Why: what each reset is").
+//!   live names nothing there, by design: docs/verdicts.md, "Why: what each reset is").
 //!
 //! Each test runs rstwatch live on the client's veth and on the server's veth (one process per
 //! namespace), tcpdump on both, then `rstwatch replay` on each capture. The captures are checked
@@ -322,7 +322,7 @@ fn expect_verdicts(what: &str, summary: &Value, want: &[Want]) -> Result<()> {
 }
 
 /// A teardown after the resetter's own FIN (answering the peer's late segments) is told only
-/// where data segments are watched: replay, not live (README, "Why: what each reset is").
+/// where data segments are watched: replay, not live (docs/verdicts.md, "Why: what each reset is").
 fn own_fin_teardowns(v: &Value) -> u64 {
     if v["cause"] == "teardown" {
         v["after_own_fin"].as_u64().unwrap_or(0)
@@ -574,7 +574,7 @@ fn idle_connections_across_a_vip_failover_are_state_lost() -> Result<()> {
         expect_verdicts("client's veth, live", &client_seen.live, &want)?;
         expect_verdicts("client's veth, replay", &client_seen.replay, &want)?;
         // The standby never saw the connections open: its resets are lone ones, which name no
-        // cause (the README's rule), rather than a guess.
+        // cause (docs/verdicts.md's rule), rather than a guess.
         expect_verdicts("standby's veth, live", &standby_seen.live, &[])?;
         expect_verdicts("standby's veth, replay", &standby_seen.replay, &[])?;
         for s in &seen {
