@@ -306,7 +306,7 @@ impl Metrics {
         self.unattributed_resets.inc_by(totals.source_overflow);
         self.intervals.inc();
         for verdict in &interval.verdicts {
-            self.resets_by_cause.get_or_create(&CauseLabels { cause: verdict.cause.name() }).inc_by(verdict.resets);
+            self.resets_by_cause.get_or_create(&CauseLabels { cause: verdict.cause().name() }).inc_by(verdict.resets);
         }
         for group in by_interface {
             let InterfaceResets { iface, direction, kinds, middlebox } = group;

@@ -54,6 +54,6 @@ fn a_refusal_forged_by_the_hosts_own_ttl_is_a_middlebox_in_its_flow_record_too()
     let middlebox_of = |port: u16| run.flows.iter().find(|f| f.sport == port).expect("flow").middlebox;
     assert_eq!(middlebox_of(7105), Some(Middlebox { rst_ttl: 64, peer_ttl: 63, resets: 1 }));
     assert_eq!(middlebox_of(7106), None);
-    let causes: Vec<(Cause, u16)> = aggregator.verdicts().iter().map(|v| (v.cause, v.service.port)).collect();
+    let causes: Vec<(Cause, u16)> = aggregator.verdicts().iter().map(|v| (v.cause(), v.service.port)).collect();
     assert!(causes.contains(&(Cause::Middlebox, 7105)), "{causes:?}");
 }

@@ -5,14 +5,14 @@ use std::fmt::Write as _;
 
 use rst_common::wire::{ResetClass, DIRECTION_TX};
 
-use crate::aggregate::model::Side;
+use crate::{aggregate::model::Side, verdict::Cause};
 
 /// What the comment says about an RST beyond its class: the verdict on its service, where the
 /// run already has one, and the kernel's reason for a reset this host's stack sent (from the
 /// capture's own record of `tcp:tcp_send_reset`, see `rstwatch::capture`).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Known<'a> {
-    pub verdict: Option<&'static str>,
+    pub verdict: Option<Cause>,
     pub reason: Option<&'a str>,
 }
 
@@ -38,7 +38,7 @@ pub fn reset(class: u8, direction: u8, rst_ttl: u8, peer_ttl: u8, known: Known<'
         let _ = write!(text, "; kernel reason={reason}");
     }
     if let Some(verdict) = known.verdict {
-        let _ = write!(text, "; verdict={verdict}");
+        let _ = write!(text, "; verdict={}", verdict.name());
     }
     text
 }
@@ -55,7 +55,7 @@ mod tests {
     #[test]
     fn the_comment_names_kind_side_first_and_a_middlebox() {
         let class = ResetClass::new(ResetKind::Refused, true, true, true, true).0;
-        let text = reset(class, DIRECTION_RX, 64, 63, Known { verdict: Some("no_listener"), reason: None });
+        let text = reset(class, DIRECTION_RX, 64, 63, Known { verdict: Some(Cause::NoListener), reason: None });
         assert_eq!(
             text,
             "rstwatch: refused; side=server (observed); first; ack; received; \
@@ -69,7 +69,7 @@ mod tests {
         );
         // Both, in that order: the stack's own reason for this RST, then the service's verdict.
         let class = ResetClass::new(ResetKind::Refused, true, true, true, true).0;
-        let known = Known { verdict: Some("no_listener"), reason: Some("NO_SOCKET") };
+        let known = Known { verdict: Some(Cause::NoListener), reason: Some("NO_SOCKET") };
         assert_eq!(
             reset(class, DIRECTION_TX, 64, 0, known),
             "rstwatch: refused; side=server (observed); first; ack; sent by this host; kernel reason=NO_SOCKET; \

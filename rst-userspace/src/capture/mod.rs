@@ -39,7 +39,7 @@ use crate::aggregate::{
     model::{CaptureSummary, Run},
     payload,
 };
-use crate::verdict::{Cause, Detail, Verdict};
+use crate::verdict::{Cause, Finding, Verdict};
 
 /// What `--capture` and its options ask for.
 #[derive(Debug, Clone)]
@@ -72,7 +72,7 @@ const DRAIN_AT_MOST: usize = 16_384;
 /// port, and the clients found scanning. (The kernel's reason comes with each record.)
 #[derive(Debug, Default)]
 pub struct Known {
-    pub verdicts: HashMap<(IpAddr, u16), &'static str>,
+    pub verdicts: HashMap<(IpAddr, u16), Cause>,
     /// A scan's resets are the scanner's verdict, whichever service answered them.
     pub scanners: HashSet<IpAddr>,
 }
@@ -81,12 +81,12 @@ impl Known {
     pub fn from_verdicts(verdicts: &[Verdict]) -> Known {
         let mut known = Known::default();
         for verdict in verdicts {
-            match (verdict.cause, verdict.detail) {
-                (Cause::Scan, Detail::Scan(counts)) => {
+            match verdict.finding {
+                Finding::Scan(counts) => {
                     known.scanners.insert(counts.client);
                 }
                 _ => {
-                    known.verdicts.insert((verdict.service.addr, verdict.service.port), verdict.cause.name());
+                    known.verdicts.insert((verdict.service.addr, verdict.service.port), verdict.cause());
                 }
             }
         }
@@ -576,13 +576,13 @@ impl Reasons {
 }
 
 /// The verdict on this RST's service (the server side of the connection), once the run has one.
-fn verdict_for(known: &Known, class: u8, key: Option<&FlowKey>) -> Option<&'static str> {
+fn verdict_for(known: &Known, class: u8, key: Option<&FlowKey>) -> Option<Cause> {
     let key = key?;
     let server = rst_common::wire::ResetClass(class).server();
     let (service, client) =
         if server { ((key.src_ip(), key.sport), key.dst_ip()) } else { ((key.dst_ip(), key.dport), key.src_ip()) };
     if known.scanners.contains(&client) {
-        return Some(Cause::Scan.name());
+        return Some(Cause::Scan);
     }
     known.verdicts.get(&service).copied()
 }
@@ -617,15 +617,14 @@ mod tests {
     use rst_common::wire::{ResetClass, ResetKind, FAMILY_IPV4};
 
     use super::{verdict_for, Known};
-    use crate::verdict::{Cause, Detail, ScanCounts, ServiceAddr, Verdict};
+    use crate::verdict::{Cause, Finding, ScanCounts, ServiceAddr, Verdict};
 
-    fn verdict(cause: Cause, addr: &str, port: u16, detail: Detail) -> Verdict {
+    fn verdict(finding: Finding, addr: &str, port: u16) -> Verdict {
         Verdict {
-            cause,
+            finding,
             service: ServiceAddr { addr: addr.parse().expect("addr"), port },
             resets: 1,
             connections: 1,
-            detail,
             side: None,
             kernel_reason: None,
         }
@@ -636,8 +635,8 @@ mod tests {
         let scanner: IpAddr = "10.0.0.9".parse().expect("addr");
         let counts = ScanCounts { client: scanner, ports: 9, hosts: 1, refused: 9, open: 0, silent: 0, completed: 0 };
         let known = Known::from_verdicts(&[
-            verdict(Cause::Scan, "10.0.0.1", 0, Detail::Scan(counts)),
-            verdict(Cause::NoListener, "10.0.0.1", 81, Detail::None),
+            verdict(Finding::Scan(counts), "10.0.0.1", 0),
+            verdict(Finding::NoListener, "10.0.0.1", 81),
         ]);
         let refusal = |client: [u8; 4], port: u16| {
             let mut key = rst_common::FlowKey { sport: port, dport: 40_000, family: FAMILY_IPV4, ..Default::default() };
@@ -646,8 +645,8 @@ mod tests {
             key
         };
         let class = ResetClass::new(ResetKind::Refused, true, true, true, true).0;
-        assert_eq!(verdict_for(&known, class, Some(&refusal([10, 0, 0, 9], 22))), Some("scan"));
-        assert_eq!(verdict_for(&known, class, Some(&refusal([10, 0, 0, 7], 81))), Some("no_listener"));
+        assert_eq!(verdict_for(&known, class, Some(&refusal([10, 0, 0, 9], 22))), Some(Cause::Scan));
+        assert_eq!(verdict_for(&known, class, Some(&refusal([10, 0, 0, 7], 81))), Some(Cause::NoListener));
         assert_eq!(verdict_for(&known, class, Some(&refusal([10, 0, 0, 7], 82))), None);
     }
 }

@@ -14,7 +14,7 @@ use crate::aggregate::{
         Source, Totals, Unlisted, Verdict, Workload, WorkloadResets,
     },
 };
-use crate::verdict::{Detail, ScanCounts};
+use crate::verdict::{Finding, ScanCounts};
 
 fn ms(duration: std::time::Duration) -> f64 {
     duration.as_secs_f64() * 1e3
@@ -373,9 +373,9 @@ pub struct ScanRecord {
 
 impl From<&Verdict> for VerdictRecord {
     fn from(verdict: &Verdict) -> Self {
-        let Verdict { cause, service, resets, connections, detail, side, kernel_reason } = verdict;
+        let Verdict { finding, service, resets, connections, side, kernel_reason } = verdict;
         let mut record = VerdictRecord {
-            cause: cause.name(),
+            cause: finding.cause().name(),
             addr: service.addr,
             port: service.port,
             resets: *resets,
@@ -395,21 +395,21 @@ impl From<&Verdict> for VerdictRecord {
             after_close_ms: None,
             scan: None,
         };
-        match *detail {
-            Detail::None => {}
-            Detail::Limit { open } => record.limit = Some(open),
-            Detail::Down { since_ms, unanswered } => {
+        match *finding {
+            Finding::NoListener | Finding::StateLost | Finding::AppAbort => {}
+            Finding::ConnectionLimit { open } => record.limit = Some(open),
+            Finding::WentDown { since_ms, unanswered } => {
                 (record.since_ms, record.unanswered) = (Some(since_ms), unanswered)
             }
-            Detail::Forged { rst_ttl, peer_ttl, claimed_client } => {
+            Finding::Middlebox { rst_ttl, peer_ttl, claimed_client } => {
                 (record.rst_ttl, record.peer_ttl, record.client) = (Some(rst_ttl), Some(peer_ttl), claimed_client)
             }
-            Detail::Checker { client } => record.client = Some(client),
-            Detail::Teardown { after_peer_fin, after_own_fin, gap_ms } => {
+            Finding::HealthCheck { client } => record.client = Some(client),
+            Finding::Teardown { after_peer_fin, after_own_fin, gap_ms } => {
                 (record.after_peer_fin, record.after_own_fin) = (Some(after_peer_fin), Some(after_own_fin));
                 record.after_close_ms = gap_ms;
             }
-            Detail::Scan(ScanCounts { client, ports, hosts, refused, open, silent, completed }) => {
+            Finding::Scan(ScanCounts { client, ports, hosts, refused, open, silent, completed }) => {
                 record.client = Some(client);
                 record.scan = Some(ScanRecord { ports, hosts, refused, open, silent, completed });
             }

@@ -14,7 +14,7 @@ use rst_common::wire::{DownRun, FlowKey, ResetClass, ResetContext, ResetKind};
 
 use super::{
     scan::{scan, Answer, Probes, Scan},
-    sort, Cause, Detail, ServiceAddr, Side, Verdict,
+    sort, Cause, Finding, ServiceAddr, Side, Verdict,
 };
 
 /// One service's handshake counts for one interval, as the tracker counted them.
@@ -139,13 +139,13 @@ impl Act {
         }
     }
 
-    /// The cause this act's genuine resets name, where the act alone names one.
-    fn cause(self) -> Option<Cause> {
+    /// The finding this act's genuine resets name, where the act alone names one (a teardown's
+    /// counts are summed per side first).
+    fn finding(self) -> Option<Finding> {
         match self {
-            Act::Stateless => Some(Cause::StateLost),
-            Act::Abort => Some(Cause::AppAbort),
-            Act::Teardown { .. } => Some(Cause::Teardown),
-            Act::TurnAway | Act::Check | Act::Unexplained => None,
+            Act::Stateless => Some(Finding::StateLost),
+            Act::Abort => Some(Finding::AppAbort),
+            Act::TurnAway | Act::Check | Act::Teardown { .. } | Act::Unexplained => None,
         }
     }
 }
@@ -373,7 +373,7 @@ impl Evidence {
             return;
         }
         for verdict in verdicts {
-            verdict.kernel_reason = self.kernel_reason(verdict.service, verdict.cause);
+            verdict.kernel_reason = self.kernel_reason(verdict.service, verdict.cause());
         }
     }
 
@@ -618,7 +618,7 @@ impl Evidence {
             }
             let Scan { counts, host, tally, turned_away: _ } = found;
             let service = ServiceAddr { addr: *host, port: 0 };
-            verdicts.push(Verdict::new(Cause::Scan, service, tally.counts(), Detail::Scan(*counts)));
+            verdicts.push(Verdict::new(Finding::Scan(*counts), service, tally.counts()));
         }
         for (service, evidence) in &self.services {
             let excluded = scanned.get(service).copied().unwrap_or_default();
@@ -741,7 +741,7 @@ impl Evidence {
         // A scanner's refusals are its verdict's, not the service's.
         let turned_away = genuine.get(&(Act::TurnAway, true)).copied().unwrap_or_default().minus(scanned);
         if turned_away.resets > 0 && evidence.synacks == 0 {
-            out.push(Verdict::new(Cause::NoListener, service, turned_away.counts(), Detail::None));
+            out.push(Verdict::new(Finding::NoListener, service, turned_away.counts()));
         }
         if let Some(down) = evidence.down {
             let (tally, unanswered) = if whole_run {
@@ -750,26 +750,26 @@ impl Evidence {
                 (down.latest_turned_away, down.latest_unanswered)
             };
             if tally.resets > 0 || unanswered > 0 {
-                let detail = Detail::Down { since_ms: down.since_ms, unanswered };
-                out.push(Verdict::new(Cause::WentDown, service, tally.counts(), detail));
+                let finding = Finding::WentDown { since_ms: down.since_ms, unanswered };
+                out.push(Verdict::new(finding, service, tally.counts()));
             }
         }
         if let (Some(limit), false) = (evidence.limit, evidence.limit_contradicted) {
             let tally = if whole_run { evidence.limit_turned_away } else { turned_away };
             if evidence.synacks > 0 && tally.resets > 0 {
-                out.push(Verdict::new(Cause::ConnectionLimit, service, tally.counts(), Detail::Limit { open: limit }));
+                out.push(Verdict::new(Finding::ConnectionLimit { open: limit }, service, tally.counts()));
             }
         }
         // Per side: who aborted, lost the connection or reset it while closing.
-        let mut teardowns: BTreeMap<bool, (Tally, Detail)> = BTreeMap::new();
+        let mut teardowns: BTreeMap<bool, (Tally, Finding)> = BTreeMap::new();
         for (&(act, by_server), tally) in &genuine {
             let side = if by_server { Side::Server } else { Side::Client };
             match act {
                 Act::Teardown { after_peer_fin } => {
-                    let empty = Detail::Teardown { after_peer_fin: 0, after_own_fin: 0, gap_ms: None };
-                    let (sum, detail) = teardowns.entry(by_server).or_insert((Tally::default(), empty));
+                    let empty = Finding::Teardown { after_peer_fin: 0, after_own_fin: 0, gap_ms: None };
+                    let (sum, finding) = teardowns.entry(by_server).or_insert((Tally::default(), empty));
                     sum.add(*tally);
-                    if let Detail::Teardown { after_peer_fin: peer, after_own_fin: own, gap_ms } = detail {
+                    if let Finding::Teardown { after_peer_fin: peer, after_own_fin: own, gap_ms } = finding {
                         *if after_peer_fin { peer } else { own } += tally.connections;
                         if !after_peer_fin {
                             *gap_ms = evidence.close_gap_ms;
@@ -777,21 +777,21 @@ impl Evidence {
                     }
                 }
                 _ => {
-                    if let Some(cause) = act.cause().filter(|_| tally.resets > 0) {
-                        out.push(Verdict::new(cause, service, tally.counts(), Detail::None).by(side));
+                    if let Some(finding) = act.finding().filter(|_| tally.resets > 0) {
+                        out.push(Verdict::new(finding, service, tally.counts()).by(side));
                     }
                 }
             }
         }
-        for (by_server, (tally, detail)) in teardowns {
+        for (by_server, (tally, finding)) in teardowns {
             if tally.resets > 0 {
                 let side = if by_server { Side::Server } else { Side::Client };
-                out.push(Verdict::new(Cause::Teardown, service, tally.counts(), detail).by(side));
+                out.push(Verdict::new(finding, service, tally.counts()).by(side));
             }
         }
         for ((claimed_client, rst_ttl, own_ttl), tally) in forged {
-            let detail = Detail::Forged { rst_ttl, peer_ttl: own_ttl, claimed_client };
-            out.push(Verdict::new(Cause::Middlebox, service, tally.counts(), detail));
+            let finding = Finding::Middlebox { rst_ttl, peer_ttl: own_ttl, claimed_client };
+            out.push(Verdict::new(finding, service, tally.counts()));
         }
     }
 }
@@ -828,7 +828,7 @@ fn health_check(client: IpAddr, service: ServiceAddr, pattern: &CheckPattern, ta
     if pattern.connections < MIN_CHECKS || !steady(&pattern.recent) {
         return None;
     }
-    Some(Verdict::new(Cause::HealthCheck, service, tally.counts(), Detail::Checker { client }))
+    Some(Verdict::new(Finding::HealthCheck { client }, service, tally.counts()))
 }
 
 /// Whether checks at `recent` (interval, connections) come at a steady pace.

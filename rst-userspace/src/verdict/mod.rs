@@ -34,13 +34,13 @@ pub struct ServiceAddr {
 /// One cause for one service, with the evidence behind it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verdict {
-    pub cause: Cause,
+    /// The cause and what it adds to the counts.
+    pub finding: Finding,
     pub service: ServiceAddr,
     /// Resets this cause explains.
     pub resets: u64,
     /// Connections those resets ended (or turned away).
     pub connections: u64,
-    pub detail: Detail,
     /// Which side of the connections sent the resets, where the cause depends on it (an abort,
     /// a lost connection, a teardown); `None` where the cause says it (a refusal is the
     /// server's, a health check or scan its client's).
@@ -50,34 +50,36 @@ pub struct Verdict {
     pub kernel_reason: Option<String>,
 }
 
-/// What a cause adds to its counts.
+/// A cause with what it adds to its counts: one variant per [`Cause`], so a cause cannot come
+/// with another's details.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Detail {
-    None,
-    /// [`Cause::ConnectionLimit`]: the open connections at which the service turns attempts away.
-    Limit {
-        open: u64,
-    },
-    /// [`Cause::WentDown`]: ms since the run started of the interval of the first refusal (or
-    /// unanswered attempt) after the last accepted connection, and the attempts after it that
-    /// got no answer at all.
-    Down {
+pub enum Finding {
+    NoListener,
+    /// ms since the run started of the interval of the first refusal (or unanswered attempt)
+    /// after the last accepted connection, and the attempts after it that got no answer at all.
+    WentDown {
         since_ms: u64,
         unanswered: u64,
     },
-    /// [`Cause::Middlebox`]: the TTL the forged resets carry and the one the host's own do.
-    Forged {
+    /// The open connections at which the service turns attempts away.
+    ConnectionLimit {
+        open: u64,
+    },
+    StateLost,
+    /// The TTL the forged resets carry and the one the host's own do.
+    Middlebox {
         rst_ttl: u8,
         peer_ttl: u8,
         /// The resets claimed to come from this client of the service (else from the service).
         claimed_client: Option<IpAddr>,
     },
-    /// [`Cause::HealthCheck`]: the client that checks.
-    Checker {
+    AppAbort,
+    /// The client that checks.
+    HealthCheck {
         client: IpAddr,
     },
-    /// [`Cause::Teardown`]: the connections reset after the peer's FIN, and those whose
-    /// resetter had closed them itself and answered the peer's late segments.
+    /// The connections reset after the peer's FIN, and those whose resetter had closed them
+    /// itself and answered the peer's late segments.
     Teardown {
         after_peer_fin: u64,
         after_own_fin: u64,
@@ -85,21 +87,41 @@ pub enum Detail {
         /// where it is seen (replay).
         gap_ms: Option<u64>,
     },
-    /// [`Cause::Scan`]: the scanner and what its probes met.
+    /// The scanner and what its probes met.
     Scan(ScanCounts),
 }
 
+impl Finding {
+    pub const fn cause(&self) -> Cause {
+        match self {
+            Finding::NoListener => Cause::NoListener,
+            Finding::WentDown { .. } => Cause::WentDown,
+            Finding::ConnectionLimit { .. } => Cause::ConnectionLimit,
+            Finding::StateLost => Cause::StateLost,
+            Finding::Middlebox { .. } => Cause::Middlebox,
+            Finding::AppAbort => Cause::AppAbort,
+            Finding::HealthCheck { .. } => Cause::HealthCheck,
+            Finding::Teardown { .. } => Cause::Teardown,
+            Finding::Scan(_) => Cause::Scan,
+        }
+    }
+}
+
 impl Verdict {
-    fn new(cause: Cause, service: ServiceAddr, (resets, connections): (u64, u64), detail: Detail) -> Self {
-        Verdict { cause, service, resets, connections, detail, side: None, kernel_reason: None }
+    fn new(finding: Finding, service: ServiceAddr, (resets, connections): (u64, u64)) -> Self {
+        Verdict { finding, service, resets, connections, side: None, kernel_reason: None }
     }
 
     fn by(self, side: Side) -> Self {
         Verdict { side: Some(side), ..self }
     }
 
+    pub const fn cause(&self) -> Cause {
+        self.finding.cause()
+    }
+
     pub fn benign(&self) -> bool {
-        self.cause.benign()
+        self.cause().benign()
     }
 
     /// The verdict in words an on-call person reads at a glance.
@@ -110,7 +132,7 @@ impl Verdict {
 
 /// Most resets first; ties by service and cause, so the order is stable.
 pub fn sort(verdicts: &mut [Verdict]) {
-    verdicts.sort_by(|a, b| b.resets.cmp(&a.resets).then(a.service.cmp(&b.service)).then(a.cause.cmp(&b.cause)));
+    verdicts.sort_by(|a, b| b.resets.cmp(&a.resets).then(a.service.cmp(&b.service)).then(a.cause().cmp(&b.cause())));
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use rst_common::wire::{DownRun, FlowKey, ResetClass, ResetContext, ResetKind, DIRECTION_RX, FAMILY_IPV4, IPPROTO_TCP};
 
-use super::{Cause, Detail, Evidence, ServiceAddr, ServiceSample, Verdict};
+use super::{Cause, Evidence, Finding, ServiceAddr, ServiceSample, Verdict};
 
 const IFINDEX: u32 = 7;
 const CLIENT: [u8; 4] = [10, 0, 1, 5];
@@ -85,7 +85,7 @@ fn verdicts_of(flows: &[FlowKey]) -> Vec<Verdict> {
 }
 
 fn causes(verdicts: &[Verdict]) -> Vec<(Cause, u16, u64)> {
-    let mut causes: Vec<_> = verdicts.iter().map(|v| (v.cause, v.service.port, v.resets)).collect();
+    let mut causes: Vec<_> = verdicts.iter().map(|v| (v.cause(), v.service.port, v.resets)).collect();
     causes.sort();
     causes
 }
@@ -112,7 +112,7 @@ fn a_service_that_accepted_then_refuses_with_nothing_open_went_down() {
     feed(&mut evidence, 1_000, &[down], &flows);
     let verdicts = evidence.verdicts();
     assert_eq!(causes(&verdicts), [(Cause::WentDown, 443, 4)]);
-    assert_eq!(verdicts[0].detail, Detail::Down { since_ms: 1_000, unanswered: 2 }, "six attempts, four refused");
+    assert_eq!(verdicts[0].finding, Finding::WentDown { since_ms: 1_000, unanswered: 2 }, "six attempts, four refused");
     assert!(verdicts[0].text().contains("went down 1.0 s into the run"), "{}", verdicts[0].text());
 }
 
@@ -137,7 +137,7 @@ fn a_service_that_dies_after_its_last_accept_within_the_interval_went_down_then(
     for verdicts in [evidence.verdicts(), evidence.interval_verdicts()] {
         assert_eq!(causes(&verdicts), [(Cause::WentDown, 443, 3)]);
         assert_eq!(verdicts[0].connections, 3);
-        assert_eq!(verdicts[0].detail, Detail::Down { since_ms: 730, unanswered: 0 }, "the tracker's time");
+        assert_eq!(verdicts[0].finding, Finding::WentDown { since_ms: 730, unanswered: 0 }, "the tracker's time");
     }
     // It stays down: the next interval's refusals add to it, since the same first refusal.
     let still = DownRun { since_ms: 730, turnaways: 5 };
@@ -145,7 +145,7 @@ fn a_service_that_dies_after_its_last_accept_within_the_interval_went_down_then(
     feed(&mut evidence, 1_000, &[down], &[refusal(443, 44_000), refusal(443, 44_001)]);
     let verdicts = evidence.verdicts();
     assert_eq!(causes(&verdicts), [(Cause::WentDown, 443, 5)]);
-    assert_eq!(verdicts[0].detail, Detail::Down { since_ms: 730, unanswered: 0 });
+    assert_eq!(verdicts[0].finding, Finding::WentDown { since_ms: 730, unanswered: 0 });
     assert_eq!(causes(&evidence.interval_verdicts()), [(Cause::WentDown, 443, 2)]);
 }
 
@@ -170,7 +170,7 @@ fn a_single_refusal_after_the_last_accept_went_down_and_earlier_ones_are_not_cou
     feed(&mut evidence, 0, &[sample], &flows);
     let verdicts = evidence.verdicts();
     assert_eq!(causes(&verdicts), [(Cause::WentDown, 443, 1)]);
-    assert_eq!((verdicts[0].connections, verdicts[0].detail), (1, Detail::Down { since_ms: 20, unanswered: 0 }));
+    assert_eq!((verdicts[0].connections, verdicts[0].finding), (1, Finding::WentDown { since_ms: 20, unanswered: 0 }));
 }
 
 #[test]
@@ -181,7 +181,7 @@ fn a_refusal_run_across_intervals_is_dated_by_the_tracker_and_ends_when_the_serv
     let down = ServiceSample { open_at_turnaway: Some((0, 0)), down: Some(run), ..handshakes(443, 1, 0) };
     feed(&mut evidence, 1_000, &[down], &[refusal(443, 41_000)]);
     let verdicts = evidence.verdicts();
-    assert_eq!(verdicts[0].detail, Detail::Down { since_ms: 1_234, unanswered: 0 }, "not the interval's start");
+    assert_eq!(verdicts[0].finding, Finding::WentDown { since_ms: 1_234, unanswered: 0 }, "not the interval's start");
     // Back within the next interval, after one more refusal: the run ended, no verdict.
     let (back, flows) = died_in_interval(1, 1, None);
     feed(&mut evidence, 2_000, &[back], &flows);
@@ -224,7 +224,7 @@ fn a_service_that_stops_answering_went_down_without_resets() {
     feed(&mut evidence, 1_000, &[handshakes(443, 3, 0)], &[]);
     let verdicts = evidence.verdicts();
     assert_eq!(causes(&verdicts), [(Cause::WentDown, 443, 0)]);
-    assert_eq!(verdicts[0].detail, Detail::Down { since_ms: 1_000, unanswered: 3 });
+    assert_eq!(verdicts[0].finding, Finding::WentDown { since_ms: 1_000, unanswered: 3 });
 }
 
 #[test]
@@ -236,7 +236,7 @@ fn turn_aways_while_connections_are_held_are_a_limit() {
     feed(&mut evidence, 1_000, &[still_full], &[refusal(443, 42_002)]);
     let verdicts = evidence.verdicts();
     assert_eq!(causes(&verdicts), [(Cause::ConnectionLimit, 443, 3)], "held connections: not down");
-    assert_eq!(verdicts[0].detail, Detail::Limit { open: 4 });
+    assert_eq!(verdicts[0].finding, Finding::ConnectionLimit { open: 4 });
     assert!(verdicts[0].text().contains("turns connections away at ~4 open (3 turned away)"), "{}", verdicts[0].text());
 }
 
@@ -250,7 +250,7 @@ fn resets_right_after_accepts_at_the_held_count_are_a_limit() {
     feed(&mut evidence, 0, &[full], &[reset(42_000), reset(42_001), reset(42_002)]);
     let verdicts = evidence.verdicts();
     assert_eq!(causes(&verdicts), [(Cause::ConnectionLimit, 443, 3)]);
-    assert_eq!(verdicts[0].detail, Detail::Limit { open: 6 });
+    assert_eq!(verdicts[0].finding, Finding::ConnectionLimit { open: 6 });
     // Refused at the SYN, the same counts mean an accept with six open: no limit of six.
     let mut evidence = Evidence::new(64);
     feed(&mut evidence, 0, &[full], &[refusal(443, 42_000), refusal(443, 42_001)]);
@@ -271,7 +271,7 @@ fn a_limit_that_moves_reports_the_latest() {
     feed(&mut evidence, 1_000, &[at_six], &[refusal(443, 42_001)]);
     let verdicts = evidence.verdicts();
     assert_eq!(causes(&verdicts), [(Cause::ConnectionLimit, 443, 2)]);
-    assert_eq!(verdicts[0].detail, Detail::Limit { open: 6 });
+    assert_eq!(verdicts[0].finding, Finding::ConnectionLimit { open: 6 });
 }
 
 #[test]
@@ -307,7 +307,7 @@ fn a_single_abort_after_data_is_an_app_abort() {
 fn a_reset_whose_ttl_is_not_its_senders_is_forged() {
     let verdicts = verdicts_of(&[rst(ResetKind::Established, true, true, 443, 43_000, (250, 60))]);
     assert_eq!(causes(&verdicts), [(Cause::Middlebox, 443, 1)], "not an abort as well");
-    assert_eq!(verdicts[0].detail, Detail::Forged { rst_ttl: 250, peer_ttl: 60, claimed_client: None });
+    assert_eq!(verdicts[0].finding, Finding::Middlebox { rst_ttl: 250, peer_ttl: 60, claimed_client: None });
 }
 
 #[test]
@@ -324,7 +324,7 @@ fn refusals_forged_for_a_host_are_caught_by_its_own_ttl() {
     );
     let verdicts = evidence.verdicts();
     assert_eq!(causes(&verdicts), [(Cause::Middlebox, 444, 3)], "no listener would be a wrong verdict");
-    assert_eq!(verdicts[0].detail, Detail::Forged { rst_ttl: 64, peer_ttl: 127, claimed_client: None });
+    assert_eq!(verdicts[0].finding, Finding::Middlebox { rst_ttl: 64, peer_ttl: 127, claimed_client: None });
     assert!(
         verdicts[0]
             .text()
@@ -348,9 +348,9 @@ fn steady_resets_after_the_handshake_are_a_health_check() {
         }
         let verdicts = evidence.verdicts();
         assert_eq!(verdicts.len(), 1, "every {every}: {verdicts:?}");
-        assert_eq!(verdicts[0].cause, Cause::HealthCheck);
+        assert_eq!(verdicts[0].cause(), Cause::HealthCheck);
         assert!(verdicts[0].benign());
-        assert_eq!(verdicts[0].detail, Detail::Checker { client: ip(CLIENT) });
+        assert_eq!(verdicts[0].finding, Finding::HealthCheck { client: ip(CLIENT) });
     }
 }
 
@@ -480,7 +480,7 @@ fn resets_after_the_peers_fin_are_teardown_with_or_without_ack() {
     assert_eq!(causes(&verdicts), [(Cause::Teardown, 443, 2)]);
     assert!(verdicts[0].benign());
     assert_eq!(verdicts[0].side, Some(super::Side::Server));
-    assert_eq!(verdicts[0].detail, Detail::Teardown { after_peer_fin: 2, after_own_fin: 0, gap_ms: None });
+    assert_eq!(verdicts[0].finding, Finding::Teardown { after_peer_fin: 2, after_own_fin: 0, gap_ms: None });
     assert!(verdicts[0].text().contains("ordinary teardown"), "{}", verdicts[0].text());
 }
 
@@ -490,7 +490,7 @@ fn a_reset_after_its_senders_own_fin_is_teardown_only_without_late_data() {
     let quiet = seen(true, true, false, false, false, true);
     let verdicts = verdicts_of(&[closing(true, false, 40_000, quiet)]);
     assert_eq!(causes(&verdicts), [(Cause::Teardown, 443, 1)]);
-    assert_eq!(verdicts[0].detail, Detail::Teardown { after_peer_fin: 0, after_own_fin: 1, gap_ms: None });
+    assert_eq!(verdicts[0].finding, Finding::Teardown { after_peer_fin: 0, after_own_fin: 1, gap_ms: None });
     // The client wrote to the connection the server had closed: the keep-alive race, not a
     // teardown (and not named here).
     assert_eq!(causes(&verdicts_of(&[closing(true, false, 40_001, seen(true, true, false, false, true, true))])), []);
@@ -569,7 +569,7 @@ fn a_scan_is_one_verdict_for_the_scanner_from_five_targets() {
     probing(&mut evidence, 4, 0, 996);
     let verdicts = evidence.verdicts();
     assert_eq!(causes(&verdicts), [(Cause::Scan, 0, 4)], "four closed of 1000 probed: one scan, no no_listener");
-    let Detail::Scan(counts) = verdicts[0].detail else { panic!("{:?}", verdicts[0].detail) };
+    let Finding::Scan(counts) = verdicts[0].finding else { panic!("{:?}", verdicts[0].finding) };
     assert_eq!(
         (counts.client, counts.ports, counts.hosts, counts.refused, counts.silent),
         (ip(CLIENT), 1000, 1, 4, 996)
@@ -645,7 +645,10 @@ fn a_reset_forged_in_a_clients_name_names_the_service_and_the_client() {
     let verdicts = verdicts_of(&[forged]);
     assert_eq!(causes(&verdicts), [(Cause::Middlebox, 8080, 1)]);
     assert_eq!(verdicts[0].service, service(8080));
-    assert_eq!(verdicts[0].detail, Detail::Forged { rst_ttl: 244, peer_ttl: 116, claimed_client: Some(ip(CLIENT)) });
+    assert_eq!(
+        verdicts[0].finding,
+        Finding::Middlebox { rst_ttl: 244, peer_ttl: 116, claimed_client: Some(ip(CLIENT)) }
+    );
     assert!(
         verdicts[0].text().contains("claiming to be 10.0.1.5, a client of 10.0.2.10:8080"),
         "{}",
@@ -684,7 +687,7 @@ fn a_teardown_says_how_long_after_its_close_the_late_segment_came_where_that_is_
     evidence.close_gaps(&[(late.flow_id(), 45_200)]);
     feed(&mut evidence, 0, &[], &[late]);
     let verdicts = evidence.verdicts();
-    assert_eq!(verdicts[0].detail, Detail::Teardown { after_peer_fin: 0, after_own_fin: 1, gap_ms: Some(45_200) });
+    assert_eq!(verdicts[0].finding, Finding::Teardown { after_peer_fin: 0, after_own_fin: 1, gap_ms: Some(45_200) });
     assert!(
         verdicts[0].text().contains(
             "10.0.2.10:443 reset 1 connection it had closed itself, answering late segments without data (ACKs, FINs, keep-alive probes) up to 45 s after its close: ordinary teardown"

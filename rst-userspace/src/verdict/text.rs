@@ -1,6 +1,6 @@
 //! A verdict in the words a tired on-call person reads.
 
-use super::{Cause, Detail, ScanCounts, Side, Verdict};
+use super::{Finding, ScanCounts, Side, Verdict};
 use crate::aggregate::model::endpoint;
 
 fn plural(n: u64, one: &str, many: &str) -> String {
@@ -27,27 +27,23 @@ pub(super) fn sentence(verdict: &Verdict) -> String {
 fn cause_sentence(verdict: &Verdict) -> String {
     let service = endpoint(verdict.service.addr, verdict.service.port);
     let resets = verdict.resets;
-    match (verdict.cause, verdict.detail) {
-        (Cause::NoListener, _) => format!(
+    match verdict.finding {
+        Finding::NoListener => format!(
             "nothing listens on {service}: {} refused, none accepted in the run",
             plural(verdict.connections.max(1).min(resets), "attempt", "attempts")
         ),
-        (Cause::WentDown, detail) => {
-            let (since, unanswered) = match detail {
-                Detail::Down { since_ms, unanswered } => (format!(" {:.1} s into the run", since_ms as f64 / 1e3), unanswered),
-                _ => (String::new(), 0),
-            };
+        Finding::WentDown { since_ms, unanswered } => {
+            let since = format!(" {:.1} s into the run", since_ms as f64 / 1e3);
             let unanswered = match unanswered {
                 0 => String::new(),
                 n => format!(", {} unanswered", plural(n, "attempt", "attempts")),
             };
             format!("{service} went down{since}: it accepted connections, then refused {resets}{unanswered}")
         }
-        (Cause::ConnectionLimit, Detail::Limit { open }) => {
+        Finding::ConnectionLimit { open } => {
             format!("{service} turns connections away at ~{open} open ({resets} turned away): a connection limit")
         }
-        (Cause::ConnectionLimit, _) => format!("{service} turns connections away ({resets}): a connection limit"),
-        (Cause::StateLost, _) => format!(
+        Finding::StateLost => format!(
             "{service}: {} reset after the handshake by {} that no longer knew {} (RST without ACK): state lost — a restart, a failover without state, broken persistence or a NAT timeout",
             plural(verdict.connections.max(1), "connection", "connections"),
             match verdict.side {
@@ -57,7 +53,7 @@ fn cause_sentence(verdict: &Verdict) -> String {
             },
             if verdict.connections == 1 { "it" } else { "them" }
         ),
-        (Cause::Middlebox, Detail::Forged { rst_ttl, peer_ttl, claimed_client }) => format!(
+        Finding::Middlebox { rst_ttl, peer_ttl, claimed_client } => format!(
             "a device in between forged {} claiming to be {} (TTL {rst_ttl}; the host's own packets arrive with {peer_ttl})",
             plural(resets, "reset", "resets"),
             match claimed_client {
@@ -65,10 +61,7 @@ fn cause_sentence(verdict: &Verdict) -> String {
                 None => service,
             }
         ),
-        (Cause::Middlebox, _) => {
-            format!("a device in between forged {} claiming to be {service}", plural(resets, "reset", "resets"))
-        }
-        (Cause::AppAbort, _) => format!(
+        Finding::AppAbort => format!(
             "{} to {service} aborted after data by {} (RST+ACK: SO_LINGER 0 or close with unread data): an application abort",
             plural(verdict.connections.max(1), "connection", "connections"),
             match verdict.side {
@@ -77,19 +70,11 @@ fn cause_sentence(verdict: &Verdict) -> String {
                 None => "one side",
             },
         ),
-        (Cause::HealthCheck, detail) => format!(
-            "{} health-checks {service} ({}, reset right after the handshake): benign",
-            match detail {
-                Detail::Checker { client } => client.to_string(),
-                _ => "a client".to_owned(),
-            },
+        Finding::HealthCheck { client } => format!(
+            "{client} health-checks {service} ({}, reset right after the handshake): benign",
             plural(verdict.connections, "check", "checks")
         ),
-        (Cause::Teardown, detail) => {
-            let (after_peer, after_own, gap_ms) = match detail {
-                Detail::Teardown { after_peer_fin, after_own_fin, gap_ms } => (after_peer_fin, after_own_fin, gap_ms),
-                _ => (0, 0, None),
-            };
+        Finding::Teardown { after_peer_fin, after_own_fin, gap_ms } => {
             let (resetter, peer, own, whose) = match verdict.side {
                 Some(Side::Client) => {
                     (format!("clients of {service}"), "the service's", "they had closed themselves", "their")
@@ -97,23 +82,23 @@ fn cause_sentence(verdict: &Verdict) -> String {
                 _ => (service, "the client's", "it had closed itself", "its"),
             };
             let mut how = Vec::new();
-            if after_peer > 0 {
-                how.push(format!("{} after {peer} FIN", plural(after_peer, "connection", "connections")));
+            if after_peer_fin > 0 {
+                how.push(format!("{} after {peer} FIN", plural(after_peer_fin, "connection", "connections")));
             }
-            if after_own > 0 {
+            if after_own_fin > 0 {
                 let later = match gap_ms {
                     Some(ms) => format!(" up to {} after {whose} close", seconds(ms)),
                     None => String::new(),
                 };
                 how.push(format!(
                     "{} {own}, answering late segments without data (ACKs, FINs, keep-alive probes){later}",
-                    plural(after_own, "connection", "connections")
+                    plural(after_own_fin, "connection", "connections")
                 ));
             }
             let how = if how.is_empty() { "connections already closing".to_owned() } else { how.join(" and ") };
             format!("{resetter} reset {how}: ordinary teardown ({})", plural(resets, "reset", "resets"))
         }
-        (Cause::Scan, Detail::Scan(ScanCounts { client, ports, hosts, refused, open, silent, completed })) => {
+        Finding::Scan(ScanCounts { client, ports, hosts, refused, open, silent, completed }) => {
             let mut answers = vec![format!("{refused} refused")];
             if open > 0 {
                 answers.push(format!("{open} answered and reset by the scanner at once"));
@@ -129,6 +114,5 @@ fn cause_sentence(verdict: &Verdict) -> String {
                 plural(completed, "connection", "connections"),
             )
         }
-        (Cause::Scan, _) => format!("a client scanned {service} ({})", plural(resets, "reset", "resets")),
     }
 }
