@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-/// The workspace root: xtask always lives one level below it.
+/// The workspace root: rst-lab always lives one level below it.
 pub fn workspace_root() -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     manifest.parent().map(Path::to_path_buf).unwrap_or_else(|| manifest.to_path_buf())

@@ -1,17 +1,11 @@
-//! `cargo xtask fuzz` and `cargo xtask soak`: the repeatable evidence behind RELIABILITY.md.
-//!
-//! - `fuzz` runs the differential fuzzer (`rstwatch-fuzz`, crate rst-tools) through cargo: xtask
-//!   must not depend on rst-userspace, whose build script builds the eBPF object.
-//! - `soak` floods rstwatch with RSTs for minutes, reusing the bench's flood lab and its
-//!   live-frames generator (`bench gen`: a two-instruction XDP_TX program under
-//!   `BPF_PROG_TEST_RUN` with `BPF_F_TEST_XDP_LIVE_FRAMES`), in rounds that each move to a new
-//!   set of flows (churn), and checks every interval rstwatch reports: flows plus overflow equal
-//!   the kernel's total, intervals neither skipped nor late by more than one interval, and
-//!   rstwatch's resident memory flat after warm-up.
+//! The soak behind `cargo xtask soak` and the short soak of the reliability suite: floods rstwatch
+//! with RSTs for minutes, reusing the flood lab and its live-frames generator (`bench gen`: a
+//! two-instruction XDP_TX program under `BPF_PROG_TEST_RUN` with `BPF_F_TEST_XDP_LIVE_FRAMES`), in
+//! rounds that each move to a new set of flows (churn), and checks every interval rstwatch
+//! reports: flows plus overflow equal the kernel's total, intervals neither skipped nor late by
+//! more than one interval, and rstwatch's resident memory flat after warm-up.
 
 use std::{
-    path::PathBuf,
-    process::ExitCode,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
@@ -23,19 +17,7 @@ use std::{
 use anyhow::{ensure, Context as _, Result};
 use serde_json::{json, Value};
 
-use crate::{bench, cmd};
-
-/// `cargo run --release -p rst-tools --bin rstwatch-fuzz -- ARGS`; the exit status is the fuzzer's.
-pub fn fuzz(args: &[String]) -> Result<ExitCode> {
-    let mut cargo = cmd::command("cargo", ["run", "--release", "-p", "rst-tools", "--bin", "rstwatch-fuzz", "--"]);
-    cargo.args(args).current_dir(cmd::workspace_root());
-    println!("xtask: {}", cmd::describe(&cargo));
-    let status = cargo.status().with_context(|| format!("cannot start `{}`", cmd::describe(&cargo)))?;
-    Ok(match status.code() {
-        Some(0) => ExitCode::SUCCESS,
-        _ => ExitCode::FAILURE,
-    })
-}
+use crate::flood as bench;
 
 #[derive(Clone, Debug)]
 pub struct SoakOptions {
@@ -387,24 +369,6 @@ fn proc_exited(pid: u32) -> bool {
         Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
         Err(_) => true,
     }
-}
-
-/// `cargo xtask soak`: prints the report as JSON (also to `out`) and fails on any problem.
-pub fn soak_command(options: &SoakOptions, out: Option<PathBuf>) -> Result<ExitCode> {
-    let report = soak(options)?;
-    let text = serde_json::to_string_pretty(&report.to_json())?;
-    println!("{text}");
-    let out = out.unwrap_or_else(|| cmd::workspace_root().join("target/reliability/soak.json"));
-    if let Some(dir) = out.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&out, &text).with_context(|| format!("writing {}", out.display()))?;
-    eprintln!("xtask: soak report in {}", out.display());
-    let problems = report.problems();
-    for p in &problems {
-        eprintln!("xtask soak: {p}");
-    }
-    Ok(if problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 #[cfg(test)]

@@ -10,8 +10,8 @@ use anyhow::{Context as _, Result};
 use rst_bench_report::median;
 use serde_json::{json, Value};
 
-use crate::{
-    bench::{self, FloodLab, GenLength, GenPlan, RST_FILTER},
+use rst_lab::{
+    flood::{self as bench, FloodLab, GenLength, GenPlan, RST_FILTER},
     lab::Proc,
 };
 

@@ -14,9 +14,9 @@ use std::{
 use anyhow::{ensure, Context as _, Result};
 use serde_json::{json, Value};
 
-use crate::{
-    bench::{self, FloodLab},
+use rst_lab::{
     cmd,
+    flood::{self as bench, FloodLab},
     lab::Proc,
 };
 
@@ -87,7 +87,7 @@ impl TopInTmux {
 
     /// SIGTERMs `top` (it restores the terminal, detaches and prints its summary) and waits.
     fn stop(self) -> Result<()> {
-        crate::signal::send(self.pid, libc::SIGTERM)?;
+        rst_lab::signal::send(self.pid, libc::SIGTERM)?;
         let deadline = Instant::now() + Duration::from_secs(60);
         while std::path::Path::new(&format!("/proc/{}", self.pid)).exists() {
             ensure!(Instant::now() < deadline, "rstwatch top (pid {}) did not exit on SIGTERM", self.pid);

@@ -2,10 +2,12 @@
 
 use std::{process::ExitCode, time::Duration};
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use crate::{bench, build, demo, lab, lint, reliability, setup, signal, testrun, traffic, verdict_lab};
+use rst_lab::{lab, verdict_lab};
+
+use crate::{bench, build, demo, lint, reliability, setup, testrun};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "rstwatch developer tasks")]
@@ -78,35 +80,6 @@ enum Command {
         #[arg(long)]
         capture: Option<std::path::PathBuf>,
     },
-    /// Generate resets between two lab namespaces and print what was done as JSON.
-    #[command(hide = true)]
-    Traffic(TrafficArgs),
-}
-
-#[derive(clap::Args)]
-struct TrafficArgs {
-    #[arg(long)]
-    client_ns: String,
-    #[arg(long)]
-    server_ns: String,
-    /// Number of rounds (each round runs every step once).
-    #[arg(long)]
-    rounds: Option<u32>,
-    /// Or: run for this many milliseconds.
-    #[arg(long)]
-    duration_ms: Option<u64>,
-    /// Pause after each round, in milliseconds.
-    #[arg(long, default_value_t = 0)]
-    pace_ms: u64,
-    /// Connections the balancer keeps before it resets new ones.
-    #[arg(long, default_value_t = 4)]
-    balancer_limit: usize,
-    /// How long a client keeps a connection the balancer accepted (default: until the end).
-    #[arg(long)]
-    hold_ms: Option<u64>,
-    /// KIND[/EVERY]:SRC->DST:PORT, KIND one of refused, server-abort, client-abort, balancer.
-    #[arg(required = true)]
-    steps: Vec<traffic::Step>,
 }
 
 pub fn main() -> ExitCode {
@@ -137,7 +110,6 @@ fn run(command: Command) -> Result<ExitCode> {
                 println!("removed {name}");
             }
         }
-        Command::Traffic(args) => return run_traffic(args),
         Command::VerdictLab { seconds, capture } => {
             let account = verdict_lab::run_command(Duration::from_secs(seconds), capture.as_deref())?;
             println!("{account:#}");
@@ -158,28 +130,4 @@ fn run(command: Command) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn run_traffic(args: TrafficArgs) -> Result<ExitCode> {
-    signal::install()?;
-    let plan = traffic::Plan {
-        client_ns: lab::Netns::open(&args.client_ns)?,
-        server_ns: lab::Netns::open(&args.server_ns)?,
-        steps: args.steps,
-        rounds: args.rounds,
-        duration: args.duration_ms.map(Duration::from_millis),
-        pace: Duration::from_millis(args.pace_ms),
-        balancer_limit: args.balancer_limit,
-        hold: args.hold_ms.map(Duration::from_millis),
-    };
-    let report = traffic::run(&plan, &signal::stop_requested).context("traffic")?;
-    println!("{}", report.to_json());
-    if report.errors.is_empty() {
-        Ok(ExitCode::SUCCESS)
-    } else {
-        for e in &report.errors {
-            eprintln!("xtask traffic: {e}");
-        }
-        Ok(ExitCode::FAILURE)
-    }
 }

@@ -1,6 +1,6 @@
 //! `cargo xtask demo`: the forum case ("I'm seeing a large number of TCP RST and am not sure what
 //! is causing it") replayed in a namespace lab, with rstwatch showing who sends the resets; then
-//! the forum's suspects one by one in the verdict lab (`crate::verdict_lab`), a VIP failover to a
+//! the forum's suspects one by one in the verdict lab (`rst_lab::verdict_lab`), a VIP failover to a
 //! standby without state and a firewall forging resets among them, watched from the client.
 
 use std::{
@@ -13,11 +13,13 @@ use std::{
 
 use anyhow::{anyhow, bail, Context as _, Result};
 
-use crate::{
-    build, lab, setup, signal,
+use rst_lab::{
+    lab, signal,
     traffic::{self, Kind, Side, Step},
     verdict_lab::{self, Cause, VerdictLab},
 };
+
+use crate::{build, setup};
 
 const CLIENTS: [Ipv4Addr; 3] =
     [Ipv4Addr::new(10, 77, 1, 11), Ipv4Addr::new(10, 77, 1, 12), Ipv4Addr::new(10, 77, 1, 13)];
@@ -65,7 +67,7 @@ pub fn run(seconds: Duration) -> Result<()> {
 
     // The kernel's reasons come through tracefs; without it the demo still runs, and rstwatch
     // says what is missing.
-    if let Err(error) = crate::diag_lab::ensure_tracefs() {
+    if let Err(error) = rst_lab::diag_lab::ensure_tracefs() {
         eprintln!("xtask: no tracefs ({error:#}): rstwatch will show no kernel reasons");
     }
     let mut watcher = watch(&hosts.server, &hosts.server_if, &rstwatch, seconds, &["--by", "service"])?;
@@ -105,7 +107,7 @@ fn watch(
     extra: &[&str],
 ) -> Result<lab::Proc> {
     let duration_arg = format!("{}s", seconds.as_secs());
-    let mut cmd = crate::diag_lab::nsenter(ns, rstwatch);
+    let mut cmd = rst_lab::diag_lab::nsenter(ns, rstwatch);
     cmd.args(["-i", &iface.name, "--duration", &duration_arg]).args(extra);
     let mut watcher = lab::Proc::spawn_with(&mut cmd, false, true)?;
     watcher.wait_for_stderr("attached", Duration::from_secs(30)).context("starting rstwatch")?;

@@ -6,7 +6,9 @@ use std::path::Path;
 
 use anyhow::{Context as _, Result};
 
-use crate::{cmd, setup};
+use rst_lab::cmd;
+
+use crate::setup;
 
 pub fn run() -> Result<()> {
     let root = cmd::workspace_root();

@@ -5,7 +5,10 @@ use std::process::Command;
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::cmd;
+use rst_lab::{
+    cmd,
+    paths::{hadolint_path, kubernetes_validate_path},
+};
 
 #[path = "../../rst-ebpf/toolchain.rs"]
 mod toolchain_file;
@@ -37,7 +40,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "python3",
     "python3-pip",
     "systemd",
-    // xtask/tests/real_stacks.rs: nmap's SYN scan, and nginx closing idle keep-alive connections.
+    // rst-e2e/tests/real_stacks.rs: nmap's SYN scan, and nginx closing idle keep-alive connections.
     "nmap",
     "nginx",
 ];
@@ -61,12 +64,6 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
-/// Where setup puts kubernetes-validate: run it as `python3 -m kubernetes_validate` with this
-/// directory as `PYTHONPATH`.
-pub fn kubernetes_validate_path() -> std::path::PathBuf {
-    cmd::workspace_root().join("target/tools/kubernetes-validate")
-}
-
 fn kubernetes_validate() -> Result<()> {
     let item = format!("kubernetes-validate {KUBERNETES_VALIDATE_VERSION}");
     let path = kubernetes_validate_path();
@@ -82,11 +79,6 @@ fn kubernetes_validate() -> Result<()> {
         .context("installing kubernetes-validate from PyPI (python3 with pip is needed)")?;
     report(&item, "installed");
     Ok(())
-}
-
-/// Where setup puts hadolint: `target/tools/hadolint/bin/hadolint`.
-pub fn hadolint_path() -> std::path::PathBuf {
-    cmd::workspace_root().join("target/tools/hadolint/bin/hadolint")
 }
 
 fn hadolint() -> Result<()> {

@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 
-use crate::{build, cmd, lab, lint, setup};
+use rst_lab::{cmd, lab};
+
+use crate::{build, lint, setup};
 
 pub fn run(extra: &[String]) -> Result<ExitCode> {
     setup::run()?;

@@ -94,7 +94,7 @@ impl Scenario {
 
     /// The reason the sender's kernel gives in `tcp:tcp_send_reset`; `None` when no TCP stack
     /// made the RST (netfilter did). Checked against the tracepoint by
-    /// `xtask/tests/diagnosis.rs`; on Linux 6.18 (and `nstat` in the namespaces agrees):
+    /// `rst-e2e/tests/diagnosis.rs`; on Linux 6.18 (and `nstat` in the namespaces agrees):
     /// - `tcp_close()` with unread data: reason `TCP_ABORT_ON_CLOSE`, MIB `TCPAbortOnClose`;
     /// - SO_LINGER {on, 0} goes through `tcp_disconnect()`: reason `TCP_STATE`, and the MIB it
     ///   bumps is `TCPAbortOnData` — no reset here carries the reason `TCP_ABORT_ON_DATA`.

@@ -21,12 +21,12 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context as _, Result};
-use serde_json::Value;
-use xtask::{
+use rst_lab::{
     cmd::workspace_root,
     lab::{Iface, Lab, Netns, Proc},
     traffic::{self, Kind, Plan, Report, Side, Step},
 };
+use serde_json::Value;
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const MEASURED: Duration = Duration::from_secs(20);
@@ -194,8 +194,8 @@ fn series_bound(ifaces: usize, top: usize, reasons: usize, programs: usize) -> u
 fn prometheus_ranks_the_fleet_from_three_rstwatch_with_the_shipped_rules() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     ensure!(unsafe { libc::geteuid() } == 0, "this test needs root (network namespaces, BPF, XDP)");
-    let rstwatch = xtask::build::rstwatch_for_tests();
-    xtask::lab::sweep_stale()?;
+    let rstwatch = rst_lab::paths::rstwatch_for_tests();
+    rst_lab::lab::sweep_stale()?;
     let mut lab = Lab::new()?;
     let mon = lab.add_ns("mon")?;
     let mut nodes = Vec::new();
@@ -372,7 +372,7 @@ fn within_bound(what: &str, series: &BTreeMap<String, usize>) -> usize {
 /// slots, and nothing grows past them.
 #[test]
 fn series_stay_under_the_bound_idle_under_a_flood_of_flows_and_during_a_scan() -> Result<()> {
-    let rstwatch = xtask::build::rstwatch_for_tests();
+    let rstwatch = rst_lab::paths::rstwatch_for_tests();
     let metrics = format!("127.0.0.1:{FIRST_METRICS_PORT}");
     let watch = |ns: &Netns, iface: &Iface| -> Result<Proc> {
         let mut cmd = ns.exec(&rstwatch);
@@ -386,15 +386,15 @@ fn series_stay_under_the_bound_idle_under_a_flood_of_flows_and_during_a_scan() -
 
     // Idle, then a flood: 10.20.0.1 and 10.20.1.1 resetting 120 000 distinct flows, as fast as
     // the live-frames generator goes (tens of thousands of new flows per interval).
-    xtask::bench::build_bench()?;
-    let flood = xtask::bench::FloodLab::new()?;
+    rst_lab::flood::build_bench()?;
+    let flood = rst_lab::flood::FloodLab::new()?;
     let watcher = watch(&flood.mon, &flood.mon_if)?;
     settle();
     let idle = within_bound("idle", &series_of(&flood.mon, FIRST_METRICS_PORT)?);
     let plan =
-        xtask::bench::GenPlan { flows: 120_000, first: 0, repeat: 1, length: xtask::bench::GenLength::Passes(1) };
+        rst_lab::flood::GenPlan { flows: 120_000, first: 0, repeat: 1, length: rst_lab::flood::GenLength::Passes(1) };
     let started = Instant::now();
-    let sent = xtask::bench::generate(&flood, &plan)?;
+    let sent = rst_lab::flood::generate(&flood, &plan)?;
     let rate = sent.sent as f64 / started.elapsed().as_secs_f64();
     settle();
     let flooded = series_of(&flood.mon, FIRST_METRICS_PORT)?;
@@ -405,8 +405,8 @@ fn series_stay_under_the_bound_idle_under_a_flood_of_flows_and_during_a_scan() -
     drop(flood);
 
     // A scan: one client tries 300 closed ports of a server, each refused.
-    xtask::lab::sweep_stale()?;
-    let hosts = xtask::lab::TwoHosts::new(&["10.82.1.2".parse()?], &["10.82.2.2".parse()?])?;
+    rst_lab::lab::sweep_stale()?;
+    let hosts = rst_lab::lab::TwoHosts::new(&["10.82.1.2".parse()?], &["10.82.2.2".parse()?])?;
     let watcher = watch(&hosts.client, &hosts.client_if)?;
     let steps = (2000..2300).map(|port| step(Kind::Refused, 1, "10.82.1.2", &format!("10.82.2.2:{port}"))).collect();
     let plan = Plan {

@@ -16,8 +16,8 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context as _, Result};
+use rst_lab::lab::{Iface, Proc, TwoHosts};
 use serde_json::Value;
-use xtask::lab::{Iface, Proc, TwoHosts};
 
 const C1: &str = "10.79.1.2";
 const C2: &str = "10.79.1.3";
@@ -30,7 +30,7 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn rstwatch() -> PathBuf {
-    xtask::build::rstwatch_for_tests()
+    rst_lab::paths::rstwatch_for_tests()
 }
 
 /// Whether the test can run: tmux present (else skipped, or a failure under CI) and root.
@@ -45,7 +45,7 @@ fn ready(test: &str) -> Result<bool> {
     }
     // SAFETY: geteuid has no preconditions.
     ensure!(unsafe { libc::geteuid() } == 0, "these tests need root (network namespaces, BPF, XDP)");
-    xtask::lab::sweep_stale()?;
+    rst_lab::lab::sweep_stale()?;
     Ok(true)
 }
 
@@ -205,8 +205,8 @@ impl Drop for Tmux {
 
 /// Runs the lab's traffic generator; returns the RSTs the server sent, by its own account.
 fn server_resets(hosts: &TwoHosts, rounds: u32, steps: &[String]) -> Result<u64> {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
-    cmd.args(["traffic", "--client-ns", hosts.client.name(), "--server-ns", hosts.server.name()])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rst-traffic"));
+    cmd.args(["--client-ns", hosts.client.name(), "--server-ns", hosts.server.name()])
         .args(["--rounds", &rounds.to_string()])
         .args(steps);
     let fin = Proc::spawn(&mut cmd)?.finish(Duration::from_secs(120))?;
@@ -388,7 +388,7 @@ fn sigterm_restores_the_terminal_and_detaches() -> Result<()> {
     // rstwatch is the only process in the client's namespace.
     let pids = hosts.client.pids()?;
     ensure!(pids.len() == 1, "expected rstwatch alone in {}: {pids:?}", hosts.client.name());
-    xtask::signal::send(pids[0], libc::SIGTERM)?;
+    rst_lab::signal::send(pids[0], libc::SIGTERM)?;
     let (code, stty) = tmux.wait_exit()?;
     assert_restored(&tmux, iface, code, &stty)
 }

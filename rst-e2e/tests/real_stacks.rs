@@ -36,9 +36,7 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context as _, Result};
-use serde_json::Value;
-use socket2::{Socket, TcpKeepalive};
-use xtask::{
+use rst_lab::{
     diag_lab::{
         self, accept, bound_client, ensure_rsts, listener, listing, nft, nsenter, ping, queued, sysctl, Capture, Rst,
         Segment, ACK, FIN, RST, SYN,
@@ -46,6 +44,8 @@ use xtask::{
     lab::{Iface, Lab, Netns, Proc, TwoHosts},
     traffic::in_netns,
 };
+use serde_json::Value;
+use socket2::{Socket, TcpKeepalive};
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -89,7 +89,7 @@ fn ready(test: &str, tools: &[&str]) -> Result<bool> {
             return Ok(false);
         }
     }
-    xtask::lab::sweep_stale()?;
+    rst_lab::lab::sweep_stale()?;
     diag_lab::ensure_tracefs()?;
     Ok(true)
 }
@@ -201,7 +201,7 @@ fn watch(dir: &Path, ends: &[(&'static str, &Iface)]) -> Result<Vec<Vantage>> {
     for &(name, iface) in ends {
         let pcap = dir.join(format!("{name}.pcap"));
         let capture = Capture::to_file(iface, &pcap)?;
-        let mut cmd = nsenter(&iface.ns, xtask::build::rstwatch_for_tests());
+        let mut cmd = nsenter(&iface.ns, rst_lab::paths::rstwatch_for_tests());
         cmd.args(["-i", &iface.name, "--format", "json", "--interval", "1s"]);
         let mut rstwatch = Proc::spawn(&mut cmd)?;
         rstwatch.wait_for_stderr(&format!("attached to {}", iface.name), START_TIMEOUT)?;
@@ -224,7 +224,7 @@ fn stop(dir: &Path, vantages: Vec<Vantage>) -> Result<Vec<Seen>> {
         std::fs::write(dir.join(format!("{name}.live.stderr")), &live.stderr)?;
         ensure!(live.status.success(), "{name}: rstwatch failed ({}): {}", live.status, live.stderr.trim());
         let segments = capture.stop()?;
-        let replayed = Command::new(xtask::build::rstwatch_for_tests())
+        let replayed = Command::new(rst_lab::paths::rstwatch_for_tests())
             .args(["replay", "--format", "json"])
             .arg(&pcap)
             .output()
@@ -236,8 +236,8 @@ fn stop(dir: &Path, vantages: Vec<Vantage>) -> Result<Vec<Seen>> {
             replayed.status,
             String::from_utf8_lossy(&replayed.stderr).trim()
         );
-        let live = xtask::lab::summary_line(&live.stdout).with_context(|| format!("{name}: live"))?;
-        let replay = xtask::lab::summary_line(&String::from_utf8_lossy(&replayed.stdout))
+        let live = rst_lab::lab::summary_line(&live.stdout).with_context(|| format!("{name}: live"))?;
+        let replay = rst_lab::lab::summary_line(&String::from_utf8_lossy(&replayed.stdout))
             .with_context(|| format!("{name}: replay"))?;
         seen.push(Seen { name, segments, live, replay });
     }

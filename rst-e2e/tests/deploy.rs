@@ -9,11 +9,11 @@ use std::{
 };
 
 use anyhow::{ensure, Context as _, Result};
-use serde_json::Value;
-use xtask::{
+use rst_lab::{
     cmd::workspace_root,
-    setup::{hadolint_path, kubernetes_validate_path},
+    paths::{hadolint_path, kubernetes_validate_path},
 };
+use serde_json::Value;
 
 /// The recording rules and alerts named in the fleet issue: a contract.
 const RECORDING_RULES: &[&str] = &[
@@ -207,7 +207,7 @@ fn kubernetes_validate_flags_a_bad_manifest() -> Result<()> {
 fn verify_unit(unit: &str, name: &str) -> Result<(bool, String)> {
     let dir = scratch("systemd")?;
     let path = dir.join(name);
-    let rstwatch = xtask::build::rstwatch_for_tests();
+    let rstwatch = rst_lab::paths::rstwatch_for_tests();
     std::fs::write(&path, unit.replace("/usr/local/bin/rstwatch", &rstwatch.display().to_string()))?;
     let (ok, text) = run(Command::new("systemd-analyze").arg("verify").arg(&path))?;
     Ok((ok && text.trim().is_empty(), text))

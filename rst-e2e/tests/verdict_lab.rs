@@ -22,8 +22,7 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context as _, Result};
-use serde_json::{json, Value};
-use xtask::{
+use rst_lab::{
     diag_lab::{
         self, ensure_rsts, listing, tcp_segments, Capture, End, ResetTrace, Segment, ACK, DEFAULT_TTL, FIN, RST, SYN,
     },
@@ -32,6 +31,7 @@ use xtask::{
         SERVED_PORT, VIP,
     },
 };
+use serde_json::{json, Value};
 
 /// Past any delayed ACK or first retransmission timeout, so a stray segment would show.
 const SETTLE: Duration = Duration::from_millis(700);
@@ -276,7 +276,7 @@ fn check_kernel_reasons(run: &Run, events: &[diag_lab::KernelReset]) -> Result<(
 fn every_service_resets_for_its_one_cause_only_and_rstwatch_names_it() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     ensure!(unsafe { libc::geteuid() } == 0, "this test needs root (namespaces, nftables, tracefs)");
-    xtask::lab::sweep_stale()?;
+    rst_lab::lab::sweep_stale()?;
     diag_lab::ensure_tracefs()?;
     let lab = VerdictLab::new()?;
     let client_cap = Capture::start(&lab.client_if)?;
@@ -286,25 +286,25 @@ fn every_service_resets_for_its_one_cause_only_and_rstwatch_names_it() -> Result
     // rstwatch watches the client's veth through the same run: its verdicts are checked against
     // the account last, once the witnesses have shown the lab did what the account says. (One
     // lab per test process at a time: the tracepoint sees every namespace's resets.)
-    let mut watch = diag_lab::nsenter(&lab.client_if.ns, xtask::build::rstwatch_for_tests());
+    let mut watch = diag_lab::nsenter(&lab.client_if.ns, rst_lab::paths::rstwatch_for_tests());
     watch.args(["-i", &lab.client_if.name, "--format", "json", "--interval", "1s"]);
-    let mut rstwatch = xtask::lab::Proc::spawn(&mut watch)?;
+    let mut rstwatch = rst_lab::lab::Proc::spawn(&mut watch)?;
     rstwatch.wait_for_stderr(&format!("attached to {}", lab.client_if.name), Duration::from_secs(30))?;
     // And a second on the server side: every server host's veth, at the router's end.
-    let mut server_watch = diag_lab::nsenter(&lab.router, xtask::build::rstwatch_for_tests());
+    let mut server_watch = diag_lab::nsenter(&lab.router, rst_lab::paths::rstwatch_for_tests());
     for host in &lab.hosts {
         server_watch.args(["-i", &host.port.name]);
     }
     server_watch.args(["--format", "json", "--interval", "1s"]);
-    let mut server_side = xtask::lab::Proc::spawn(&mut server_watch)?;
+    let mut server_side = rst_lab::lab::Proc::spawn(&mut server_watch)?;
     let last_port = &lab.hosts.last().context("no hosts")?.port.name;
     server_side.wait_for_stderr(&format!("attached to {last_port}"), Duration::from_secs(30))?;
     // And a third on the server that goes down, on its own veth: its kernel sends the refusals,
     // so the verdict carries the reason it gave.
     let down_host = lab.host(Role::Down);
-    let mut own_watch = diag_lab::nsenter(&down_host.ns, xtask::build::rstwatch_for_tests());
+    let mut own_watch = diag_lab::nsenter(&down_host.ns, rst_lab::paths::rstwatch_for_tests());
     own_watch.args(["-i", &down_host.iface.name, "--format", "json", "--interval", "1s"]);
-    let mut on_the_server = xtask::lab::Proc::spawn(&mut own_watch)?;
+    let mut on_the_server = rst_lab::lab::Proc::spawn(&mut own_watch)?;
     on_the_server.wait_for_stderr(&format!("attached to {}", down_host.iface.name), Duration::from_secs(30))?;
     let run = lab.run_all(RUN)?;
     std::thread::sleep(SETTLE);
@@ -381,7 +381,7 @@ fn every_service_resets_for_its_one_cause_only_and_rstwatch_names_it() -> Result
     ensure!(client_segs.iter().filter_map(Segment::as_rst).all(|r| r.ttl == DEFAULT_TTL || r.ttl == DEFAULT_TTL - 1));
     ensure!(watched.status.success(), "rstwatch failed ({}): {}", watched.status, watched.stderr);
     let account = run.to_json(&lab);
-    let summary = xtask::lab::summary_line(&watched.stdout)?;
+    let summary = rst_lab::lab::summary_line(&watched.stdout)?;
     let started = live_start_unix_ms(&watched.stdout)?;
     check_verdicts("live, the client's veth", &summary, &account, started, LIVE_SLACK_MS, &[])?;
     // Of the resets seen there, the client's kernel sent only HAProxy's (a socket closed in a
@@ -396,7 +396,7 @@ fn every_service_resets_for_its_one_cause_only_and_rstwatch_names_it() -> Result
         server_watched.status,
         server_watched.stderr
     );
-    let summary = xtask::lab::summary_line(&server_watched.stdout)?;
+    let summary = rst_lab::lab::summary_line(&server_watched.stdout)?;
     let started = live_start_unix_ms(&server_watched.stdout)?;
     check_verdicts("live, the server side", &summary, &account, started, LIVE_SLACK_MS, &NOT_ON_THE_SERVER_SIDE)?;
     ensure!(own_watched.status.success(), "rstwatch on the down host failed: {}", own_watched.stderr);
@@ -407,7 +407,7 @@ fn every_service_resets_for_its_one_cause_only_and_rstwatch_names_it() -> Result
 /// its refusals are its own kernel's, which says why: no socket (the listener is gone).
 fn check_own_refusals(stdout: &str, account: &Value) -> Result<()> {
     let what = "live, the down host's own veth";
-    let summary = xtask::lab::summary_line(stdout)?;
+    let summary = rst_lab::lab::summary_line(stdout)?;
     let down = account["services"]
         .as_array()
         .context("account.services")?
@@ -564,13 +564,13 @@ fn check_verdicts(
 fn replay_of_the_committed_capture_names_each_cause() -> Result<()> {
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../rst-userspace/tests/data");
     let account: Value = serde_json::from_slice(&std::fs::read(data.join("verdict-lab.account.json"))?)?;
-    let output = std::process::Command::new(xtask::build::rstwatch_for_tests())
+    let output = std::process::Command::new(rst_lab::paths::rstwatch_for_tests())
         .args(["replay", "--format", "json"])
         .arg(data.join("verdict-lab.cap"))
         .output()
         .context("running rstwatch replay")?;
     ensure!(output.status.success(), "replay failed: {}", String::from_utf8_lossy(&output.stderr));
-    let summary = xtask::lab::summary_line(&String::from_utf8_lossy(&output.stdout))?;
+    let summary = rst_lab::lab::summary_line(&String::from_utf8_lossy(&output.stdout))?;
     // Replay's run starts at the capture's first frame.
     let segments = tcp_segments(&std::fs::read(data.join("verdict-lab.cap"))?)?;
     let first_us = segments.iter().map(|s| s.time_us).min().context("an empty capture")?;

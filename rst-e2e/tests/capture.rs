@@ -12,11 +12,11 @@ use std::{
 };
 
 use anyhow::{ensure, Context as _, Result};
-use serde_json::Value;
-use xtask::{
-    bench::{self, FloodLab, GenLength, GenPlan},
+use rst_lab::{
+    flood::{self, FloodLab, GenLength, GenPlan},
     lab::{self, Finished, Proc, TwoHosts},
 };
+use serde_json::Value;
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -135,18 +135,18 @@ fn statistics_blocks(file: &Path) -> Result<Vec<Statistics>> {
 }
 
 fn rstwatch() -> PathBuf {
-    xtask::build::rstwatch_for_tests()
+    rst_lab::paths::rstwatch_for_tests()
 }
 
 fn flood_lab() -> Result<FloodLab> {
-    bench::build_bench()?;
+    flood::build_bench()?;
     FloodLab::new()
 }
 
 /// rstwatch on the flood lab's monitor, JSON output, `extra` options.
 fn start(lab: &FloodLab, extra: &[&str]) -> Result<Proc> {
     let _ = rstwatch();
-    bench::start_rstwatch(lab, extra)
+    flood::start_rstwatch(lab, extra)
 }
 
 /// A client and a server namespace joined by a veth, with one address each (needs root).
@@ -174,12 +174,12 @@ fn summary(fin: &Finished) -> Result<Value> {
 }
 
 /// The JSON lines as the bench's exactness check reads them.
-fn output(fin: &Finished, summary: &Value) -> Result<bench::RstwatchOutput> {
+fn output(fin: &Finished, summary: &Value) -> Result<flood::RstwatchOutput> {
     let mut intervals = Vec::new();
     for line in fin.stdout.lines().filter(|l| l.contains("\"type\":\"interval\"")) {
         intervals.push(serde_json::from_str(line)?);
     }
-    Ok(bench::RstwatchOutput { intervals, summary: summary.clone() })
+    Ok(flood::RstwatchOutput { intervals, summary: summary.clone() })
 }
 
 fn count(value: &Value, path: &str) -> Result<u64> {
@@ -211,9 +211,9 @@ fn tshark_reads_every_reset_with_interface_direction_and_kind_and_replay_counts_
     let proc = watching(&hosts, &mut cmd)?;
     let server = SocketAddr::new(ip("10.78.2.2"), 81);
     let aborted = SocketAddr::new(ip("10.78.2.2"), 8443);
-    let mut traffic = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    let mut traffic = Command::new(env!("CARGO_BIN_EXE_rst-traffic"));
     traffic
-        .args(["traffic", "--client-ns", hosts.client.name(), "--server-ns", hosts.server.name(), "--rounds", "4"])
+        .args(["--client-ns", hosts.client.name(), "--server-ns", hosts.server.name(), "--rounds", "4"])
         .arg(format!("refused:10.78.1.2->{server}"))
         .arg(format!("client-abort:10.78.1.2->{aborted}"));
     let generated = Proc::spawn(&mut traffic)?.finish(Duration::from_secs(120))?;
@@ -273,12 +273,12 @@ fn a_flood_beyond_the_budget_is_cut_and_every_reset_accounted_for() -> Result<()
     let file_arg = file.display().to_string();
     let proc = start(&lab, &["--interval", "500ms", "--capture", &file_arg, "--capture-budget", "2000"])?;
     let started = std::time::Instant::now();
-    let gen = bench::generate(&lab, &GenPlan { flows: 16, first: 0, repeat: 20_000, length: GenLength::Passes(1) })?;
+    let gen = flood::generate(&lab, &GenPlan { flows: 16, first: 0, repeat: 20_000, length: GenLength::Passes(1) })?;
     let seconds = started.elapsed().as_secs_f64();
     let fin = stop(proc)?;
     ensure!(fin.status.success(), "rstwatch failed: {}", fin.stderr);
     let summary = summary(&fin)?;
-    bench::check_exact(&output(&fin, &summary)?, gen.delivered, &gen.expected)?;
+    flood::check_exact(&output(&fin, &summary)?, gen.delivered, &gen.expected)?;
     let (written, dropped) = accounted(&summary)?;
     assert!(dropped > 0 && count(&summary, "/capture/over_budget")? > 0, "{}", summary["capture"]);
     // The budget holds per second, to within one RST per CPU at each second's turn.
@@ -298,7 +298,7 @@ fn rotation_keeps_at_most_n_files_under_the_cap() -> Result<()> {
     let scratch = Scratch::new("rotate")?;
     let file_arg = scratch.path("r.pcapng").display().to_string();
     let proc = start(&lab, &["--capture", &file_arg, "--capture-max-size", "20k", "--capture-files", "3"])?;
-    let gen = bench::generate(&lab, &GenPlan { flows: 8, first: 0, repeat: 400, length: GenLength::Passes(1) })?;
+    let gen = flood::generate(&lab, &GenPlan { flows: 8, first: 0, repeat: 400, length: GenLength::Passes(1) })?;
     let fin = stop(proc)?;
     ensure!(fin.status.success(), "rstwatch failed: {}", fin.stderr);
     let summary = summary(&fin)?;
@@ -332,14 +332,14 @@ fn a_full_disk_stops_the_capture_and_counting_goes_on() -> Result<()> {
     let file = scratch.path("full.pcapng");
     let file_arg = file.display().to_string();
     let proc = start(&lab, &["--interval", "500ms", "--capture", &file_arg, "--capture-budget", "1000000"])?;
-    let gen = bench::generate(&lab, &GenPlan { flows: 16, first: 0, repeat: 2_000, length: GenLength::Passes(1) })?;
+    let gen = flood::generate(&lab, &GenPlan { flows: 16, first: 0, repeat: 2_000, length: GenLength::Passes(1) })?;
     let fin = stop(proc)?;
     assert!(!fin.status.success(), "the exit status must say the capture stopped; stderr: {}", fin.stderr);
     let stopped: Vec<&str> = fin.stderr.lines().filter(|l| l.contains("capture stopped: ")).collect();
     assert_eq!(stopped.len(), 1, "one line when it happens: {}", fin.stderr);
     assert!(stopped[0].contains("No space left on device"), "{}", stopped[0]);
     let summary = summary(&fin)?;
-    bench::check_exact(&output(&fin, &summary)?, gen.delivered, &gen.expected)?;
+    flood::check_exact(&output(&fin, &summary)?, gen.delivered, &gen.expected)?;
     let (written, dropped) = accounted(&summary)?;
     assert!(written > 0 && dropped > 0, "{}", summary["capture"]);
     assert!(summary["capture"]["error"].as_str().is_some_and(|e| e.contains("No space left")));
@@ -355,11 +355,11 @@ fn a_file_removed_mid_run_stops_the_capture_and_counting_goes_on() -> Result<()>
     let file = scratch.path("gone.pcapng");
     let file_arg = file.display().to_string();
     let proc = start(&lab, &["--capture", &file_arg])?;
-    let first = bench::generate(&lab, &GenPlan { flows: 4, first: 0, repeat: 100, length: GenLength::Passes(1) })?;
+    let first = flood::generate(&lab, &GenPlan { flows: 4, first: 0, repeat: 100, length: GenLength::Passes(1) })?;
     std::thread::sleep(Duration::from_millis(300));
     std::fs::remove_file(&file)?;
     std::thread::sleep(Duration::from_millis(600));
-    let second = bench::generate(&lab, &GenPlan { flows: 4, first: 10, repeat: 100, length: GenLength::Passes(1) })?;
+    let second = flood::generate(&lab, &GenPlan { flows: 4, first: 10, repeat: 100, length: GenLength::Passes(1) })?;
     let fin = stop(proc)?;
     assert!(!fin.status.success(), "stderr: {}", fin.stderr);
     assert_eq!(
@@ -386,7 +386,7 @@ fn kill_9_mid_capture_leaves_a_file_tshark_reads() -> Result<()> {
     let proc = start(&lab, &["--capture", &file_arg, "--capture-budget", "1000000"])?;
     std::thread::scope(|scope| -> Result<()> {
         let flood = scope.spawn(|| {
-            bench::generate(&lab, &GenPlan { flows: 16, first: 0, repeat: 2_000, length: GenLength::Seconds(1.5) })
+            flood::generate(&lab, &GenPlan { flows: 16, first: 0, repeat: 2_000, length: GenLength::Seconds(1.5) })
         });
         std::thread::sleep(Duration::from_millis(700));
         proc.signal(libc::SIGKILL)?;
@@ -545,13 +545,13 @@ fn the_comment_names_the_kernel_reason_of_the_hosts_own_resets_and_none_for_a_fo
     let hosts = two_hosts("10.81.1.2", "10.81.2.2")?;
     let scratch = Scratch::new("reason")?;
     let file = scratch.path("reasons.pcapng");
-    let mut cmd = xtask::diag_lab::nsenter(&hosts.server, rstwatch());
+    let mut cmd = rst_lab::diag_lab::nsenter(&hosts.server, rstwatch());
     cmd.args(["-i", &hosts.server_if.name, "--format", "json", "--capture"]).arg(&file);
     let proc = watching(&hosts, &mut cmd)?;
     ensure!(!proc.stderr().contains("kernel reasons"), "no kernel reasons here: {}", proc.stderr());
-    let mut traffic = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    let mut traffic = Command::new(env!("CARGO_BIN_EXE_rst-traffic"));
     traffic
-        .args(["traffic", "--client-ns", hosts.client.name(), "--server-ns", hosts.server.name(), "--rounds", "3"])
+        .args(["--client-ns", hosts.client.name(), "--server-ns", hosts.server.name(), "--rounds", "3"])
         .arg("refused:10.81.1.2->10.81.2.2:81")
         .arg("server-abort:10.81.1.2->10.81.2.2:8443");
     let generated = Proc::spawn(&mut traffic)?.finish(Duration::from_secs(120))?;

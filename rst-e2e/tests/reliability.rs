@@ -3,7 +3,7 @@
 //! compiler's to enforce: `[workspace.lints]` in Cargo.toml, run by `cargo xtask lint`.)
 //!
 //! Runs the release binary (`cargo xtask build`, or RSTWATCH_BIN). Everything live runs inside
-//! lab namespaces (`xtask::lab`), never on the machine's own interfaces. Needs root.
+//! lab namespaces (`rst_lab::lab`), never on the machine's own interfaces. Needs root.
 
 use std::{
     io::Read as _,
@@ -16,22 +16,22 @@ use std::{
 };
 
 use anyhow::{ensure, Context as _, Result};
-use serde_json::Value;
-use xtask::{
+use rst_lab::{
     lab::{Iface, Lab, Netns, Proc},
-    reliability,
+    soak,
 };
+use serde_json::Value;
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn rstwatch() -> PathBuf {
-    xtask::build::rstwatch_for_tests()
+    rst_lab::paths::rstwatch_for_tests()
 }
 
 fn root() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     ensure!(unsafe { libc::geteuid() } == 0, "these tests need root (namespaces, BPF, XDP)");
-    xtask::lab::sweep_stale()?;
+    rst_lab::lab::sweep_stale()?;
     Ok(())
 }
 
@@ -50,7 +50,7 @@ fn lab() -> Result<(Lab, Netns, Iface)> {
 fn bpftool_attachments(iface: &Iface) -> Result<Vec<(String, u64)>> {
     let mut cmd = iface.ns.exec("bpftool");
     cmd.args(["-j", "net", "show", "dev", &iface.name]);
-    let out = xtask::cmd::output(&mut cmd)?;
+    let out = rst_lab::cmd::output(&mut cmd)?;
     let v: Value = serde_json::from_str(out.trim()).with_context(|| format!("bpftool net show: {out}"))?;
     let mut found = Vec::new();
     for section in v.as_array().into_iter().flatten() {
@@ -64,7 +64,7 @@ fn bpftool_attachments(iface: &Iface) -> Result<Vec<(String, u64)>> {
 }
 
 fn prog_loaded(id: u64) -> bool {
-    xtask::cmd::succeeds(Command::new("bpftool").args(["prog", "show", "id", &id.to_string()]))
+    rst_lab::cmd::succeeds(Command::new("bpftool").args(["prog", "show", "id", &id.to_string()]))
 }
 
 fn wait_until(timeout: Duration, mut done: impl FnMut() -> Result<bool>) -> Result<bool> {
@@ -134,7 +134,7 @@ fn programs_of(pid: u32) -> Result<Vec<(String, u64)>> {
         let Ok(info) = std::fs::read_to_string(entry?.path()) else { continue };
         let Some(id) = info.lines().find_map(|line| line.strip_prefix("prog_id:")) else { continue };
         let id: u64 = id.trim().parse()?;
-        let shown = xtask::cmd::output(Command::new("bpftool").args(["-j", "prog", "show", "id", &id.to_string()]))?;
+        let shown = rst_lab::cmd::output(Command::new("bpftool").args(["-j", "prog", "show", "id", &id.to_string()]))?;
         let v: Value = serde_json::from_str(shown.trim()).with_context(|| format!("bpftool prog show: {shown}"))?;
         programs.push((v["name"].as_str().unwrap_or_default().to_owned(), id));
     }
@@ -551,7 +551,7 @@ fn hostile_capture_files_get_clear_errors_in_flat_memory() -> Result<()> {
 fn short_soak_keeps_exact_intervals_and_flat_memory() -> Result<()> {
     root()?;
     let seconds: f64 = std::env::var("RSTWATCH_SOAK_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(20.0);
-    let mut options = reliability::SoakOptions::minutes(seconds / 60.0);
+    let mut options = soak::SoakOptions::minutes(seconds / 60.0);
     options.round = Duration::from_secs(5);
     options.churn_rate = 20_000;
     // rstwatch's memory is bounded by --summary-flows (the run's flow list); a small one is
@@ -562,7 +562,7 @@ fn short_soak_keeps_exact_intervals_and_flat_memory() -> Result<()> {
     // up (+2.8 MiB seen under a parallel test run); the unbounded growth this guards against was
     // +31 MiB in 20 s. Judge flatness on the second half.
     options.warmup = Duration::from_secs_f64(seconds / 2.0);
-    let report = reliability::soak(&options)?;
+    let report = soak::soak(&options)?;
     eprintln!("{}", serde_json::to_string(&report.to_json())?);
     let problems = report.problems();
     ensure!(problems.is_empty(), "soak problems:\n{}", problems.join("\n"));

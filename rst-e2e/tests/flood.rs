@@ -9,12 +9,12 @@
 use std::collections::BTreeMap;
 
 use anyhow::{ensure, Context as _, Result};
-use xtask::bench::{self, FloodLab, GenLength, GenPlan};
+use rst_lab::flood::{self, FloodLab, GenLength, GenPlan};
 
 fn lab() -> Result<FloodLab> {
-    let rstwatch = bench::rstwatch_bin();
+    let rstwatch = flood::rstwatch_bin();
     ensure!(rstwatch.is_file(), "{} does not exist: run `cargo xtask build` (or set RSTWATCH_BIN)", rstwatch.display());
-    bench::build_bench()?;
+    flood::build_bench()?;
     FloodLab::new()
 }
 
@@ -36,10 +36,10 @@ fn every_reset_of_a_flood_is_counted_once_with_atomic_counting() -> Result<()> {
 fn flood_counted_once_in_its_flow(counting: &[&str]) -> Result<()> {
     let lab = lab()?;
     let xdp_before = lab.xdp_received()?;
-    let rstwatch = bench::start_rstwatch(&lab, &[&["--interval", "200ms"], counting].concat())?;
-    let fast = bench::generate(&lab, &GenPlan { flows: 16, first: 0, repeat: 50_000, length: GenLength::Passes(1) })?;
-    let sweep = bench::generate(&lab, &GenPlan { flows: 4096, first: 1000, repeat: 1, length: GenLength::Passes(2) })?;
-    let out = bench::stop_rstwatch(rstwatch)?;
+    let rstwatch = flood::start_rstwatch(&lab, &[&["--interval", "200ms"], counting].concat())?;
+    let fast = flood::generate(&lab, &GenPlan { flows: 16, first: 0, repeat: 50_000, length: GenLength::Passes(1) })?;
+    let sweep = flood::generate(&lab, &GenPlan { flows: 4096, first: 1000, repeat: 1, length: GenLength::Passes(2) })?;
+    let out = flood::stop_rstwatch(rstwatch)?;
     if !counting.is_empty() {
         assert_eq!(out.summary["counting"], "atomic", "the atomic programs counted");
     }
@@ -63,7 +63,7 @@ fn flood_counted_once_in_its_flow(counting: &[&str]) -> Result<()> {
     for (flow, count) in sweep.expected {
         *expected.entry(flow).or_default() += count;
     }
-    let exact = bench::check_exact(&out, delivered, &expected)?;
+    let exact = flood::check_exact(&out, delivered, &expected)?;
     assert_eq!(exact.overflow, 0, "{exact:?}");
     assert_eq!(exact.flows, 16 + 4096);
     assert!(exact.intervals >= 3, "the flood must span several intervals: {exact:?}");
@@ -78,21 +78,21 @@ fn flood_counted_once_in_its_flow(counting: &[&str]) -> Result<()> {
 fn a_flood_of_rsts_with_text_is_counted_once_and_every_payload_accounted_for() -> Result<()> {
     const TEXT: &str = "policy deny";
     let lab = lab()?;
-    let rstwatch = bench::start_rstwatch(&lab, &["--interval", "200ms"])?;
+    let rstwatch = flood::start_rstwatch(&lab, &["--interval", "200ms"])?;
     let plan = GenPlan { flows: 16, first: 0, repeat: 20_000, length: GenLength::Passes(1) };
-    let fast = bench::generate_with(&lab, &plan, &["--payload", TEXT])?;
-    let sweep = bench::generate_with(
+    let fast = flood::generate_with(&lab, &plan, &["--payload", TEXT])?;
+    let sweep = flood::generate_with(
         &lab,
         &GenPlan { flows: 2048, first: 3000, repeat: 1, length: GenLength::Passes(1) },
         &["--payload", TEXT],
     )?;
-    let out = bench::stop_rstwatch(rstwatch)?;
+    let out = flood::stop_rstwatch(rstwatch)?;
     let delivered = fast.delivered + sweep.delivered;
     let mut expected: BTreeMap<_, u64> = fast.expected;
     for (flow, count) in sweep.expected {
         *expected.entry(flow).or_default() += count;
     }
-    let exact = bench::check_exact(&out, delivered, &expected)?;
+    let exact = flood::check_exact(&out, delivered, &expected)?;
     assert_eq!(exact.overflow, 0, "{exact:?}");
     let payloads = &out.summary["rst_payloads"];
     eprintln!("{delivered} RSTs with text delivered; rst_payloads {payloads}; generator {}", fast.json);
@@ -114,11 +114,11 @@ fn a_flood_of_rsts_with_text_is_counted_once_and_every_payload_accounted_for() -
 fn a_flood_that_overflows_the_table_still_adds_up() -> Result<()> {
     let lab = lab()?;
     let xdp_before = lab.xdp_received()?;
-    let rstwatch = bench::start_rstwatch(&lab, &["--interval", "300ms", "--max-flows", "64"])?;
-    let sweep = bench::generate(&lab, &GenPlan { flows: 4096, first: 0, repeat: 1, length: GenLength::Passes(3) })?;
+    let rstwatch = flood::start_rstwatch(&lab, &["--interval", "300ms", "--max-flows", "64"])?;
+    let sweep = flood::generate(&lab, &GenPlan { flows: 4096, first: 0, repeat: 1, length: GenLength::Passes(3) })?;
     let fast =
-        bench::generate(&lab, &GenPlan { flows: 4, first: 50_000, repeat: 20_000, length: GenLength::Passes(1) })?;
-    let out = bench::stop_rstwatch(rstwatch)?;
+        flood::generate(&lab, &GenPlan { flows: 4, first: 50_000, repeat: 20_000, length: GenLength::Passes(1) })?;
+    let out = flood::stop_rstwatch(rstwatch)?;
 
     let delivered = sweep.delivered + fast.delivered;
     let sent = fast.sent + sweep.sent;
@@ -143,7 +143,7 @@ fn a_flood_that_overflows_the_table_still_adds_up() -> Result<()> {
         received,
         "rstwatch saw a different number of received frames than reached the peer's XDP hook"
     );
-    let exact = bench::check_exact(&out, delivered, &expected)?;
+    let exact = flood::check_exact(&out, delivered, &expected)?;
     assert!(exact.overflow > 0, "4096 flows must overflow a 64-entry table: {exact:?}");
     assert!(exact.in_flows > 0, "the table still holds flows: {exact:?}");
     Ok(())
@@ -156,9 +156,9 @@ fn frames_the_veth_drops_before_the_hook_are_told_apart_exactly() -> Result<()> 
     let lab = lab()?;
     lab.threaded_napi()?;
     let xdp_before = lab.xdp_received()?;
-    let rstwatch = bench::start_rstwatch(&lab, &["--interval", "200ms"])?;
-    let gen = bench::generate(&lab, &GenPlan { flows: 8, first: 7000, repeat: 100_000, length: GenLength::Passes(1) })?;
-    let out = bench::stop_rstwatch(rstwatch)?;
+    let rstwatch = flood::start_rstwatch(&lab, &["--interval", "200ms"])?;
+    let gen = flood::generate(&lab, &GenPlan { flows: 8, first: 7000, repeat: 100_000, length: GenLength::Passes(1) })?;
+    let out = flood::stop_rstwatch(rstwatch)?;
     let received = lab.xdp_received()? - xdp_before;
     assert!(
         gen.delivered < gen.sent,
@@ -170,7 +170,7 @@ fn frames_the_veth_drops_before_the_hook_are_told_apart_exactly() -> Result<()> 
         "the peer received {received} XDP frames, the generator delivered {}",
         gen.delivered
     );
-    let exact = bench::check_exact(&out, gen.delivered, &gen.expected)?;
+    let exact = flood::check_exact(&out, gen.delivered, &gen.expected)?;
     assert_eq!(exact.overflow, 0, "{exact:?}");
     Ok(())
 }

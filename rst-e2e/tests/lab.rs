@@ -13,8 +13,8 @@ use std::{
 };
 
 use anyhow::{ensure, Context as _, Result};
+use rst_lab::lab::{Finished, Iface, Netns, Proc, TwoHosts};
 use serde_json::Value;
-use xtask::lab::{Finished, Iface, Netns, Proc, TwoHosts};
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -31,14 +31,14 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn rstwatch() -> PathBuf {
-    xtask::build::rstwatch_for_tests()
+    rst_lab::paths::rstwatch_for_tests()
 }
 
 fn hosts() -> Result<TwoHosts> {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
     ensure!(euid == 0, "these tests need root (network namespaces, BPF, XDP)");
-    xtask::lab::sweep_stale()?;
+    rst_lab::lab::sweep_stale()?;
     TwoHosts::new(&[ip(C1), ip(C2), ip(C3), ip(C6)], &[ip(S4), ip(S6)])
 }
 
@@ -53,10 +53,8 @@ fn watch(iface: &Iface, args: &[&str]) -> Result<Proc> {
 
 /// Runs the generator and returns its JSON account; the run must have gone exactly as planned.
 fn traffic(hosts: &TwoHosts, extra: &[&str], steps: &[String]) -> Result<Value> {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
-    cmd.args(["traffic", "--client-ns", hosts.client.name(), "--server-ns", hosts.server.name()])
-        .args(extra)
-        .args(steps);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rst-traffic"));
+    cmd.args(["--client-ns", hosts.client.name(), "--server-ns", hosts.server.name()]).args(extra).args(steps);
     let fin = Proc::spawn(&mut cmd)?.finish(Duration::from_secs(120))?;
     ensure!(fin.status.success(), "traffic generator failed ({}): {}", fin.status, fin.stderr);
     let report: Value = serde_json::from_str(fin.stdout.trim()).context("traffic generator JSON")?;
@@ -98,7 +96,7 @@ fn flow_key(v: &Value) -> Result<FlowKey> {
 
 /// rstwatch's final summary: the one `summary` line, the last line of its stdout.
 fn summary(fin: &Finished) -> Result<Value> {
-    xtask::lab::summary_line(&fin.stdout).with_context(|| format!("rstwatch's stdout:\n{}", fin.stdout))
+    rst_lab::lab::summary_line(&fin.stdout).with_context(|| format!("rstwatch's stdout:\n{}", fin.stdout))
 }
 
 /// rstwatch's flows with resets that `iface` received, checking the totals add up.
@@ -143,7 +141,11 @@ fn counted_in(summary: &Value, iface: &Iface, direction: &str) -> Result<BTreeMa
 
 fn assert_detached(iface: &Iface) -> Result<()> {
     let details = iface.details()?;
-    assert!(!xtask::lab::details_show_xdp(&details), "an XDP program is still attached to {}:\n{details}", iface.name);
+    assert!(
+        !rst_lab::lab::details_show_xdp(&details),
+        "an XDP program is still attached to {}:\n{details}",
+        iface.name
+    );
     Ok(())
 }
 
@@ -161,16 +163,16 @@ fn assert_refused(fin: &Finished, needle: &str, iface: &Iface) -> Result<()> {
 }
 
 /// tcpdump on `iface` (the diagnosis lab's witness), counting resets per directional flow.
-struct Capture(xtask::diag_lab::Capture);
+struct Capture(rst_lab::diag_lab::Capture);
 
 impl Capture {
     fn start(iface: &Iface) -> Result<Capture> {
-        xtask::diag_lab::Capture::start(iface).map(Capture)
+        rst_lab::diag_lab::Capture::start(iface).map(Capture)
     }
 
     fn resets(self) -> Result<BTreeMap<FlowKey, u64>> {
         let mut flows = BTreeMap::new();
-        for segment in self.0.stop()?.iter().filter(|s| s.has(xtask::diag_lab::RST)) {
+        for segment in self.0.stop()?.iter().filter(|s| s.has(rst_lab::diag_lab::RST)) {
             *flows.entry((segment.src.ip(), segment.src.port(), segment.dst.ip(), segment.dst.port())).or_insert(0) +=
                 1;
         }

@@ -1,5 +1,5 @@
 //! rstwatch's diagnosis of who reset what and why, end to end: the three-namespace lab of
-//! `xtask::diag_lab` (client — router with a middlebox rule — server) drives real Linux TCP
+//! `rst_lab::diag_lab` (client — router with a middlebox rule — server) drives real Linux TCP
 //! stacks through five reset scenarios over IPv4 and IPv6, and rstwatch watches the client's and
 //! the server's veth at once.
 //!
@@ -16,14 +16,14 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context as _, Result};
-use serde_json::{json, Value};
-use xtask::{
+use rst_lab::{
     diag_lab::{
         self, ensure_rsts, listing, Capture, Conn, DiagLab, End, Family, ResetTrace, Scenario, Segment, ACK,
         DEFAULT_TTL, PSH, SYN,
     },
     lab::{Finished, Iface, Proc},
 };
+use serde_json::{json, Value};
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -35,7 +35,7 @@ fn lab() -> Result<DiagLab> {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
     ensure!(euid == 0, "these tests need root (network namespaces, BPF, tracefs)");
-    xtask::lab::sweep_stale()?;
+    rst_lab::lab::sweep_stale()?;
     diag_lab::ensure_tracefs()?;
     DiagLab::new()
 }
@@ -158,7 +158,7 @@ fn diag_lab_scenarios_produce_the_expected_resets() -> Result<()> {
 
 /// `nsenter --net` rather than `ip netns exec`: rstwatch needs the host's tracefs.
 fn watch(iface: &Iface) -> Result<Proc> {
-    let mut cmd = diag_lab::nsenter(&iface.ns, xtask::build::rstwatch_for_tests());
+    let mut cmd = diag_lab::nsenter(&iface.ns, rst_lab::paths::rstwatch_for_tests());
     cmd.args(["-i", &iface.name, "--format", "json", "--interval", "1s"]);
     let mut proc = Proc::spawn(&mut cmd)?;
     proc.wait_for_stderr(&format!("attached to {}", iface.name), START_TIMEOUT)?;
@@ -168,7 +168,7 @@ fn watch(iface: &Iface) -> Result<Proc> {
 /// rstwatch's final summary: the one `summary` line, the last line of its stdout.
 fn summary(fin: &Finished, what: &str) -> Result<Value> {
     ensure!(fin.status.success(), "rstwatch on the {what}'s veth failed ({}): {}", fin.status, fin.stderr);
-    xtask::lab::summary_line(&fin.stdout).with_context(|| format!("rstwatch on the {what}'s veth:\n{}", fin.stdout))
+    rst_lab::lab::summary_line(&fin.stdout).with_context(|| format!("rstwatch on the {what}'s veth:\n{}", fin.stdout))
 }
 
 /// A flow by the RST's source and destination. Within one interface of this lab each pair's RSTs

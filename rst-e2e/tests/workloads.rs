@@ -16,8 +16,8 @@ use std::{
 };
 
 use anyhow::{ensure, Context as _, Result};
+use rst_lab::lab::{Finished, Netns, Proc, TwoHosts};
 use serde_json::Value;
-use xtask::lab::{Finished, Netns, Proc, TwoHosts};
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -188,14 +188,14 @@ impl Drop for PodLogs {
 fn hosts() -> Result<TwoHosts> {
     // SAFETY: geteuid has no preconditions.
     ensure!(unsafe { libc::geteuid() } == 0, "these tests need root (namespaces, cgroups, BPF, tracefs)");
-    xtask::diag_lab::ensure_tracefs()?;
-    xtask::lab::sweep_stale()?;
+    rst_lab::diag_lab::ensure_tracefs()?;
+    rst_lab::lab::sweep_stale()?;
     TwoHosts::new(&[CLIENT.parse()?], &[SERVER.parse()?])
 }
 
 /// rstwatch in the client's network namespace only, watching its end of the veth.
 fn watch(hosts: &TwoHosts, prefix: &[&str], args: &[&str]) -> Result<Proc> {
-    let bin = xtask::build::rstwatch_for_tests();
+    let bin = rst_lab::paths::rstwatch_for_tests();
     let mut cmd = Command::new("nsenter");
     cmd.arg(format!("--net=/run/netns/{}", hosts.client.name()))
         .args(prefix)
@@ -211,7 +211,7 @@ fn stop(proc: Proc) -> Result<Value> {
     proc.signal(libc::SIGINT)?;
     let fin = proc.finish(EXIT_TIMEOUT)?;
     ensure!(fin.status.success(), "rstwatch failed ({}): {}", fin.status, fin.stderr);
-    xtask::lab::summary_line(&fin.stdout).with_context(|| format!("stderr: {}", fin.stderr))
+    rst_lab::lab::summary_line(&fin.stdout).with_context(|| format!("stderr: {}", fin.stderr))
 }
 
 fn server(hosts: &TwoHosts, port: u16) -> Result<Proc> {
@@ -366,7 +366,7 @@ fn the_minimal_capability_set_names_workloads() -> Result<()> {
     let mut cmd = Command::new("nsenter");
     cmd.arg(format!("--net=/run/netns/{}", hosts.client.name()))
         .args(&nobody)
-        .arg(xtask::build::rstwatch_for_tests())
+        .arg(rst_lab::paths::rstwatch_for_tests())
         .args(["-i", &hosts.client_if.name, "--format", "json", "--duration", "1s"]);
     let fin = Proc::spawn(&mut cmd)?.finish(EXIT_TIMEOUT)?;
     assert_eq!(fin.status.code(), Some(0), "stderr: {}", fin.stderr);

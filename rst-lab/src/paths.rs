@@ -1,0 +1,32 @@
+//! Where the suites, the bench and xtask find what `cargo xtask build` and `cargo xtask setup` put
+//! in the workspace's `target/`.
+
+use std::path::PathBuf;
+
+use crate::cmd;
+
+/// `target/release/rstwatch`, which `cargo xtask build` makes.
+pub fn rstwatch_path() -> PathBuf {
+    cmd::workspace_root().join("target/release/rstwatch")
+}
+
+/// The binary the end-to-end suites run: `RSTWATCH_BIN`, or the release build, which must exist.
+///
+/// # Panics
+/// When it does not exist: a test without its binary must fail, saying how to build it.
+pub fn rstwatch_for_tests() -> PathBuf {
+    let bin = std::env::var_os("RSTWATCH_BIN").map(PathBuf::from).unwrap_or_else(rstwatch_path);
+    assert!(bin.is_file(), "{} does not exist: run `cargo xtask build` (or set RSTWATCH_BIN)", bin.display());
+    bin
+}
+
+/// Where setup puts kubernetes-validate: run it as `python3 -m kubernetes_validate` with this
+/// directory as `PYTHONPATH`.
+pub fn kubernetes_validate_path() -> PathBuf {
+    cmd::workspace_root().join("target/tools/kubernetes-validate")
+}
+
+/// Where setup puts hadolint: `target/tools/hadolint/bin/hadolint`.
+pub fn hadolint_path() -> PathBuf {
+    cmd::workspace_root().join("target/tools/hadolint/bin/hadolint")
+}
