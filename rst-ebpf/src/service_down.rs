@@ -11,7 +11,7 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use rst_common::wire::{down_after_accept, down_after_turnaway, down_in_run, ServiceValue};
 
-use crate::update_word;
+use crate::services::update_word;
 
 /// One more turn-away with nothing open; returns the down word after it (0 when the update
 /// kept losing to other CPUs: that interval then tells no run, never a wrong one).

@@ -20,7 +20,11 @@ use rst_common::wire::{
     ORIGIN_APPLICATION, ORIGIN_KERNEL, ORIGIN_RECEIVED,
 };
 
-use crate::{add_to_table, current_epoch, AF_INET, AF_INET6};
+use crate::{
+    maps::current_epoch,
+    stack_reset::{AF_INET, AF_INET6},
+    tables::add_to_table,
+};
 
 /// Resets per socket cgroup, origin and 4-tuple; flipped and drained like `STACK_RESETS_*`.
 #[map]

@@ -30,14 +30,122 @@ pub const MAP_SERVICES: [&str; 2] = ["SERVICES_0", "SERVICES_1"];
 /// programs use it.
 pub const MAP_SERVICE_OPEN: &str = "SERVICE_OPEN";
 pub const MAP_STACK_RESETS: [&str; 2] = ["STACK_RESETS_0", "STACK_RESETS_1"];
-pub const PROG_XDP: &str = "rstwatch_xdp";
-pub const PROG_TC: &str = "rstwatch_tc";
-pub const PROG_TC_EGRESS: &str = "rstwatch_tc_egress";
-/// The same three programs counting with atomic adds only and without the per-CPU flow cache,
-/// for kernels where two programs on one CPU may interleave (PREEMPT_RT).
-pub const PROG_XDP_ATOMIC: &str = "rstwatch_xdp_atomic";
-pub const PROG_TC_ATOMIC: &str = "rstwatch_tc_atomic";
-pub const PROG_TC_EGRESS_ATOMIC: &str = "rstwatch_tc_egress_atomic";
+/// The counting programs and the payload programs they tail-call, in one table from which both
+/// their name constants here and their entry points in `rst-ebpf` are generated (a program's
+/// name is its function's name), so neither can drift from the other.
+///
+/// `program_matrix!(callback)` calls `callback!` with one row per program,
+/// `(CONSTANT, function, hook, counting, variant)`:
+/// - hook: `xdp` (XDP), `tc` (tcx ingress), `tc_egress` (tcx egress: what the host sends);
+/// - counting: `per_cpu` (the default: plain adds to per-CPU state and a per-CPU flow cache in
+///   front of the flow table) or `atomic` (atomic adds only, without the flow cache and the
+///   eviction logs, whose multi-field updates no atomic covers: for kernels where two programs
+///   on one CPU may interleave, PREEMPT_RT); the loader loads one set or the other;
+/// - variant: `count` (the counting program), `capture` (`--capture`: the same, handing each RST
+///   to userspace through [`MAP_CAPTURE_RING`]; loaded instead of the plain one, so the plain
+///   programs carry nothing of it), `payload` (what the counting program of the same hook and
+///   counting tail-calls for an RST with a payload: hands the payload to [`MAP_PAYLOAD_RING`]
+///   and counts the RST; the capturing programs do not call it, they hand over every RST's frame).
+///
+/// Separate programs rather than flags the verifier folds: one more branch in the default
+/// program cost it up to ~10 ns per RST in register spills.
+#[macro_export]
+macro_rules! program_matrix {
+    ($callback:ident) => {
+        $callback! {
+            (PROG_XDP, rstwatch_xdp, xdp, per_cpu, count),
+            (PROG_TC, rstwatch_tc, tc, per_cpu, count),
+            (PROG_TC_EGRESS, rstwatch_tc_egress, tc_egress, per_cpu, count),
+            (PROG_XDP_ATOMIC, rstwatch_xdp_atomic, xdp, atomic, count),
+            (PROG_TC_ATOMIC, rstwatch_tc_atomic, tc, atomic, count),
+            (PROG_TC_EGRESS_ATOMIC, rstwatch_tc_egress_atomic, tc_egress, atomic, count),
+            (PROG_XDP_CAPTURE, rstwatch_xdp_capture, xdp, per_cpu, capture),
+            (PROG_TC_CAPTURE, rstwatch_tc_capture, tc, per_cpu, capture),
+            (PROG_TC_EGRESS_CAPTURE, rstwatch_tc_egress_capture, tc_egress, per_cpu, capture),
+            (PROG_XDP_ATOMIC_CAPTURE, rstwatch_xdp_atomic_capture, xdp, atomic, capture),
+            (PROG_TC_ATOMIC_CAPTURE, rstwatch_tc_atomic_capture, tc, atomic, capture),
+            (PROG_TC_EGRESS_ATOMIC_CAPTURE, rstwatch_tc_egress_atomic_capture, tc_egress, atomic, capture),
+            (PROG_XDP_PAYLOAD, rstwatch_xdp_payload, xdp, per_cpu, payload),
+            (PROG_TC_PAYLOAD, rstwatch_tc_payload, tc, per_cpu, payload),
+            (PROG_TC_EGRESS_PAYLOAD, rstwatch_tc_egress_payload, tc_egress, per_cpu, payload),
+            (PROG_XDP_ATOMIC_PAYLOAD, rstwatch_xdp_atomic_payload, xdp, atomic, payload),
+            (PROG_TC_ATOMIC_PAYLOAD, rstwatch_tc_atomic_payload, tc, atomic, payload),
+            (PROG_TC_EGRESS_ATOMIC_PAYLOAD, rstwatch_tc_egress_atomic_payload, tc_egress, atomic, payload),
+        }
+    };
+}
+
+/// A row's hook, counting and variant as values.
+#[derive(Clone, Copy)]
+enum Hook {
+    Xdp,
+    Tc,
+    TcEgress,
+}
+
+#[derive(Clone, Copy)]
+enum Variant {
+    Count,
+    Capture,
+    Payload,
+}
+
+macro_rules! matrix_hook {
+    (xdp) => {
+        Hook::Xdp
+    };
+    (tc) => {
+        Hook::Tc
+    };
+    (tc_egress) => {
+        Hook::TcEgress
+    };
+}
+
+macro_rules! matrix_atomic {
+    (per_cpu) => {
+        false
+    };
+    (atomic) => {
+        true
+    };
+}
+
+macro_rules! matrix_variant {
+    (count) => {
+        Variant::Count
+    };
+    (capture) => {
+        Variant::Capture
+    };
+    (payload) => {
+        Variant::Payload
+    };
+}
+
+/// The name constants, and [`matrix_program`]: the name at a row's coordinates (a match the
+/// compiler holds to cover every coordinate once).
+macro_rules! matrix_names {
+    ($(($constant:ident, $name:ident, $hook:ident, $counting:ident, $variant:ident)),* $(,)?) => {
+        $(
+            #[doc = concat!(
+                "The program `", stringify!($name), "` (hook `", stringify!($hook), "`, `",
+                stringify!($counting), "` counting, variant `", stringify!($variant),
+                "`; see [`program_matrix!`](crate::program_matrix))."
+            )]
+            pub const $constant: &str = stringify!($name);
+        )*
+
+        /// The program of the matrix at these coordinates.
+        const fn matrix_program(hook: Hook, atomic: bool, variant: Variant) -> &'static str {
+            match (hook, atomic, variant) {
+                $((matrix_hook!($hook), matrix_atomic!($counting), matrix_variant!($variant)) => $constant,)*
+            }
+        }
+    };
+}
+
+program_matrix!(matrix_names);
 
 /// The names of one set of counting programs (XDP, TC ingress, TC egress).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,22 +158,28 @@ pub struct CountingPrograms {
 impl CountingPrograms {
     /// Per-CPU counting (the default), or atomic counting.
     pub const fn new(atomic: bool) -> CountingPrograms {
-        if atomic {
-            CountingPrograms { xdp: PROG_XDP_ATOMIC, tc: PROG_TC_ATOMIC, tc_egress: PROG_TC_EGRESS_ATOMIC }
-        } else {
-            CountingPrograms { xdp: PROG_XDP, tc: PROG_TC, tc_egress: PROG_TC_EGRESS }
+        CountingPrograms::set(atomic, Variant::Count)
+    }
+
+    /// The capturing set of [`CountingPrograms::new`].
+    pub const fn capturing(atomic: bool) -> CountingPrograms {
+        CountingPrograms::set(atomic, Variant::Capture)
+    }
+
+    /// The payload programs the set [`CountingPrograms::new`]`(atomic)` tail-calls.
+    pub const fn payload(atomic: bool) -> CountingPrograms {
+        CountingPrograms::set(atomic, Variant::Payload)
+    }
+
+    const fn set(atomic: bool, variant: Variant) -> CountingPrograms {
+        CountingPrograms {
+            xdp: matrix_program(Hook::Xdp, atomic, variant),
+            tc: matrix_program(Hook::Tc, atomic, variant),
+            tc_egress: matrix_program(Hook::TcEgress, atomic, variant),
         }
     }
 }
-/// `--capture`: the same three counting programs (per-CPU and atomic sets) that also hand each
-/// RST to userspace through [`MAP_CAPTURE_RING`]; loaded instead of the plain ones, so the plain
-/// programs carry nothing of it.
-pub const PROG_XDP_CAPTURE: &str = "rstwatch_xdp_capture";
-pub const PROG_TC_CAPTURE: &str = "rstwatch_tc_capture";
-pub const PROG_TC_EGRESS_CAPTURE: &str = "rstwatch_tc_egress_capture";
-pub const PROG_XDP_ATOMIC_CAPTURE: &str = "rstwatch_xdp_atomic_capture";
-pub const PROG_TC_ATOMIC_CAPTURE: &str = "rstwatch_tc_atomic_capture";
-pub const PROG_TC_EGRESS_ATOMIC_CAPTURE: &str = "rstwatch_tc_egress_atomic_capture";
+
 /// The BPF ring buffer of [`crate::wire::CaptureRecord`]s.
 pub const MAP_CAPTURE_RING: &str = "CAPTURE_RING";
 /// Per CPU, what the capture programs sent and dropped ([`crate::wire::CaptureCounters`]).
@@ -82,31 +196,6 @@ pub const MAP_PAYLOAD_COUNTERS: &str = "PAYLOAD_COUNTERS";
 /// program, slots `DIRECTION_RX` / `DIRECTION_TX` its TC ones (see [`CountingPrograms::payload`]).
 pub const MAP_PAYLOAD_XDP_PROGRAMS: &str = "PAYLOAD_XDP_PROGRAMS";
 pub const MAP_PAYLOAD_TC_PROGRAMS: &str = "PAYLOAD_TC_PROGRAMS";
-/// What counts an RST with a payload and hands it to [`MAP_PAYLOAD_RING`], per set of
-/// [`CountingPrograms`]: the counting program tail-calls it (the capturing sets do not: they
-/// hand over every RST's frame).
-pub const PROG_XDP_PAYLOAD: &str = "rstwatch_xdp_payload";
-pub const PROG_TC_PAYLOAD: &str = "rstwatch_tc_payload";
-pub const PROG_TC_EGRESS_PAYLOAD: &str = "rstwatch_tc_egress_payload";
-pub const PROG_XDP_ATOMIC_PAYLOAD: &str = "rstwatch_xdp_atomic_payload";
-pub const PROG_TC_ATOMIC_PAYLOAD: &str = "rstwatch_tc_atomic_payload";
-pub const PROG_TC_EGRESS_ATOMIC_PAYLOAD: &str = "rstwatch_tc_egress_atomic_payload";
-
-impl CountingPrograms {
-    /// The payload programs the set [`CountingPrograms::new`]`(atomic)` tail-calls.
-    pub const fn payload(atomic: bool) -> CountingPrograms {
-        if atomic {
-            CountingPrograms {
-                xdp: PROG_XDP_ATOMIC_PAYLOAD,
-                tc: PROG_TC_ATOMIC_PAYLOAD,
-                tc_egress: PROG_TC_EGRESS_ATOMIC_PAYLOAD,
-            }
-        } else {
-            CountingPrograms { xdp: PROG_XDP_PAYLOAD, tc: PROG_TC_PAYLOAD, tc_egress: PROG_TC_EGRESS_PAYLOAD }
-        }
-    }
-}
-
 /// Globals the loader sets for the capture programs: RSTs per second, bytes per frame, and
 /// whether SYN / SYN+ACK segments go to the ring too (0 or 1).
 pub const GLOBAL_CAPTURE_BUDGET: &str = "CAPTURE_BUDGET_PER_SECOND";
@@ -119,20 +208,6 @@ pub const MAP_CAPTURE_REASONS: &str = "CAPTURE_REASONS";
 /// Whether `tcp:tcp_send_reset` writes [`MAP_CAPTURE_REASONS`] (0 or 1, set with `--capture`).
 pub const GLOBAL_CAPTURE_REASONS: &str = "CAPTURE_REASONS_ON";
 
-impl CountingPrograms {
-    /// The capturing set of [`CountingPrograms::new`].
-    pub const fn capturing(atomic: bool) -> CountingPrograms {
-        if atomic {
-            CountingPrograms {
-                xdp: PROG_XDP_ATOMIC_CAPTURE,
-                tc: PROG_TC_ATOMIC_CAPTURE,
-                tc_egress: PROG_TC_EGRESS_ATOMIC_CAPTURE,
-            }
-        } else {
-            CountingPrograms { xdp: PROG_XDP_CAPTURE, tc: PROG_TC_CAPTURE, tc_egress: PROG_TC_EGRESS_CAPTURE }
-        }
-    }
-}
 /// Tracepoint `tcp:tcp_send_reset` (kernel ≥ 6.10 for its `reason`).
 pub const PROG_SEND_RESET: &str = "rstwatch_send_reset";
 /// Globals the loader sets from the tracepoint's format file before loading.
@@ -286,3 +361,58 @@ pub const LOADER_GLOBALS: [&str; 23] = [
     GLOBAL_CAPTURE_HANDSHAKES,
     GLOBAL_CAPTURE_REASONS,
 ];
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+
+    use std::{format, string::String, vec::Vec};
+
+    use super::*;
+
+    /// Every row of the matrix as its name and the name its coordinates spell.
+    macro_rules! spelled {
+        ($(($constant:ident, $name:ident, $hook:ident, $counting:ident, $variant:ident)),* $(,)?) => {
+            [$(($constant, spell(stringify!($hook), stringify!($counting), stringify!($variant)))),*]
+        };
+    }
+
+    fn spell(hook: &str, counting: &str, variant: &str) -> String {
+        let counting = if counting == "atomic" { "_atomic" } else { "" };
+        let variant = if variant == "count" { String::new() } else { format!("_{variant}") };
+        format!("rstwatch_{hook}{counting}{variant}")
+    }
+
+    #[test]
+    fn each_program_of_the_matrix_is_named_by_its_coordinates_once() {
+        let rows = program_matrix!(spelled);
+        for (name, spelled) in &rows {
+            assert_eq!(*name, spelled);
+        }
+        let mut names: Vec<&str> = rows.iter().map(|(name, _)| *name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), 18);
+        for (name, _) in &rows {
+            assert!(PROGRAMS.iter().any(|(listed, _)| listed == name), "{name} is not in PROGRAMS");
+        }
+    }
+
+    #[test]
+    fn the_sets_pick_their_coordinates() {
+        for atomic in [false, true] {
+            let counting = if atomic { "atomic" } else { "per_cpu" };
+            for (set, variant) in [
+                (CountingPrograms::new(atomic), "count"),
+                (CountingPrograms::capturing(atomic), "capture"),
+                (CountingPrograms::payload(atomic), "payload"),
+            ] {
+                assert_eq!(set.xdp, spell("xdp", counting, variant));
+                assert_eq!(set.tc, spell("tc", counting, variant));
+                assert_eq!(set.tc_egress, spell("tc_egress", counting, variant));
+            }
+        }
+        assert_eq!(CountingPrograms::new(false).xdp, "rstwatch_xdp");
+        assert_eq!(CountingPrograms::payload(true).tc_egress, "rstwatch_tc_egress_atomic_payload");
+    }
+}
