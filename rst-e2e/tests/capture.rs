@@ -12,6 +12,7 @@ use std::{
 };
 
 use anyhow::{ensure, Context as _, Result};
+use rst_lab::Need;
 use rst_lab::{
     flood::{self, FloodLab, GenLength, GenPlan},
     lab::{self, Finished, Proc, TwoHosts},
@@ -203,6 +204,7 @@ fn ip(s: &str) -> IpAddr {
 /// right interface, in the right direction, with its kind; replay of the file counts the same.
 #[test]
 fn tshark_reads_every_reset_with_interface_direction_and_kind_and_replay_counts_the_same() -> Result<()> {
+    rst_lab::require!(Need::Root("network namespaces, BPF, XDP"), Need::Tool("ip"), Need::Tool("tshark"));
     let hosts = two_hosts("10.78.1.2", "10.78.2.2")?;
     let scratch = Scratch::new("tshark")?;
     let file = scratch.path("resets.pcapng");
@@ -267,6 +269,7 @@ fn tshark_reads_every_reset_with_interface_direction_and_kind_and_replay_counts_
 /// are dropped and counted, and counting stays exact.
 #[test]
 fn a_flood_beyond_the_budget_is_cut_and_every_reset_accounted_for() -> Result<()> {
+    rst_lab::require!(Need::Root("network namespaces, BPF, XDP"), Need::Tool("ip"), Need::Tool("tshark"));
     let lab = flood_lab()?;
     let scratch = Scratch::new("budget")?;
     let file = scratch.path("flood.pcapng");
@@ -294,6 +297,7 @@ fn a_flood_beyond_the_budget_is_cut_and_every_reset_accounted_for() -> Result<()
 /// cap and each readable, the newest holding the last RSTs.
 #[test]
 fn rotation_keeps_at_most_n_files_under_the_cap() -> Result<()> {
+    rst_lab::require!(Need::Root("network namespaces, BPF, XDP"), Need::Tool("ip"), Need::Tool("tshark"));
     let lab = flood_lab()?;
     let scratch = Scratch::new("rotate")?;
     let file_arg = scratch.path("r.pcapng").display().to_string();
@@ -327,6 +331,7 @@ fn rotation_keeps_at_most_n_files_under_the_cap() -> Result<()> {
 /// the exit status is a failure and the file is readable up to its last complete block.
 #[test]
 fn a_full_disk_stops_the_capture_and_counting_goes_on() -> Result<()> {
+    rst_lab::require!(Need::Root("network namespaces, BPF, XDP"), Need::Tool("ip"), Need::Tool("tshark"));
     let lab = flood_lab()?;
     let scratch = Scratch::tmpfs("full", "256k")?;
     let file = scratch.path("full.pcapng");
@@ -350,6 +355,7 @@ fn a_full_disk_stops_the_capture_and_counting_goes_on() -> Result<()> {
 /// The file removed while rstwatch writes it: said once, capture stops, counting goes on.
 #[test]
 fn a_file_removed_mid_run_stops_the_capture_and_counting_goes_on() -> Result<()> {
+    rst_lab::require!(Need::Root("network namespaces, BPF, XDP"), Need::Tool("ip"), Need::Tool("tshark"));
     let lab = flood_lab()?;
     let scratch = Scratch::new("removed")?;
     let file = scratch.path("gone.pcapng");
@@ -379,6 +385,7 @@ fn a_file_removed_mid_run_stops_the_capture_and_counting_goes_on() -> Result<()>
 /// kill -9 in the middle of a flood: the file ends at a complete block and tshark reads it.
 #[test]
 fn kill_9_mid_capture_leaves_a_file_tshark_reads() -> Result<()> {
+    rst_lab::require!(Need::Root("network namespaces, BPF, XDP"), Need::Tool("ip"), Need::Tool("tshark"));
     let lab = flood_lab()?;
     let scratch = Scratch::new("kill9")?;
     let file = scratch.path("killed.pcapng");
@@ -404,6 +411,7 @@ fn kill_9_mid_capture_leaves_a_file_tshark_reads() -> Result<()> {
 /// A path that exists, or a symlink, is refused before anything is attached, and left as it was.
 #[test]
 fn an_existing_file_or_a_symlink_is_never_opened() -> Result<()> {
+    rst_lab::require!(Need::Root("network namespaces, BPF, XDP"), Need::Tool("ip"), Need::Tool("tshark"));
     let lab = flood_lab()?;
     let scratch = Scratch::new("exists")?;
     let theirs = scratch.path("theirs.pcapng");
@@ -430,6 +438,7 @@ fn an_existing_file_or_a_symlink_is_never_opened() -> Result<()> {
 /// shows it, and replay of the capture finds it too.
 #[test]
 fn an_rst_with_a_payload_from_a_raw_socket_shows_its_text() -> Result<()> {
+    rst_lab::require!(Need::Root("network namespaces, BPF, XDP"), Need::Tool("ip"), Need::Tool("tshark"));
     let hosts = two_hosts("10.79.1.2", "10.79.2.2")?;
     let scratch = Scratch::new("payload")?;
     let file = scratch.path("payload.pcapng");
@@ -496,6 +505,7 @@ s.sendto(ip + tcp, (dst, 0))
 /// sends) and the table (TC ingress) show the text.
 #[test]
 fn an_rst_with_a_payload_shows_its_text_without_capture_too() -> Result<()> {
+    rst_lab::require!(Need::Root("network namespaces, BPF, XDP"), Need::Tool("ip"), Need::Tool("tshark"));
     let hosts = two_hosts("10.79.1.2", "10.79.2.2")?;
     // The default programs hand the payload over (PAYLOAD_RING): the JSON flow record...
     let mut cmd = hosts.server.exec(rstwatch());
@@ -542,6 +552,7 @@ fn an_rst_with_a_payload_shows_its_text_without_capture_too() -> Result<()> {
 /// so it has the host's tracefs for `tcp:tcp_send_reset`.
 #[test]
 fn the_comment_names_the_kernel_reason_of_the_hosts_own_resets_and_none_for_a_forged_one() -> Result<()> {
+    rst_lab::require!(Need::Root("network namespaces, BPF, XDP"), Need::Tool("ip"), Need::Tool("tshark"));
     let hosts = two_hosts("10.81.1.2", "10.81.2.2")?;
     let scratch = Scratch::new("reason")?;
     let file = scratch.path("reasons.pcapng");

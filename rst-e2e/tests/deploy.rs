@@ -12,8 +12,14 @@ use anyhow::{ensure, Context as _, Result};
 use rst_lab::{
     cmd::workspace_root,
     paths::{hadolint_path, kubernetes_validate_path},
+    Need,
 };
 use serde_json::Value;
+
+/// How a missing linter is installed.
+const SETUP: &str = "`cargo xtask setup` installs it";
+/// How a missing release binary is made.
+const RELEASE: &str = "`cargo xtask build` makes it, or set RSTWATCH_BIN";
 
 /// The recording rules and alerts named in the fleet issue: a contract.
 const RECORDING_RULES: &[&str] = &[
@@ -57,6 +63,7 @@ fn promtool(args: &[&Path], subcommand: &[&str]) -> Result<(bool, String)> {
 
 #[test]
 fn prometheus_rules_pass_promtool_check_with_the_contract_names() -> Result<()> {
+    rst_lab::require!(Need::Tool("promtool"));
     let path = workspace_root().join("deploy/prometheus/rules.yml");
     let rules = std::fs::read_to_string(&path)?;
     let recorded = rule_names(&rules, "record");
@@ -73,6 +80,7 @@ fn prometheus_rules_pass_promtool_check_with_the_contract_names() -> Result<()> 
 
 #[test]
 fn prometheus_rules_pass_their_unit_tests() -> Result<()> {
+    rst_lab::require!(Need::Tool("promtool"));
     let (ok, text) = promtool(&[&workspace_root().join("deploy/prometheus/rules_test.yml")], &["test", "rules"])?;
     assert!(ok && text.contains("SUCCESS"), "promtool test rules:\n{text}");
     Ok(())
@@ -82,6 +90,7 @@ fn prometheus_rules_pass_their_unit_tests() -> Result<()> {
 /// broken rule: each of these breakages makes the unit tests fail, naming the alert.
 #[test]
 fn the_rule_unit_tests_catch_broken_alerts() -> Result<()> {
+    rst_lab::require!(Need::Tool("promtool"));
     let root = workspace_root().join("deploy/prometheus");
     let rules = std::fs::read_to_string(root.join("rules.yml"))?;
     let tests = std::fs::read_to_string(root.join("rules_test.yml"))?;
@@ -144,6 +153,7 @@ fn manifest(path: &Path) -> Result<Value> {
 
 #[test]
 fn the_daemonset_validates_against_the_kubernetes_schemas() -> Result<()> {
+    rst_lab::require!(Need::Tool("python3"), Need::File(&kubernetes_validate_path(), SETUP));
     let path = workspace_root().join("deploy/daemonset.yaml");
     let (ok, text) = kubernetes_validate(&[&path])?;
     assert!(ok && text.contains("passed for resource daemonset/rstwatch"), "kubernetes-validate:\n{text}");
@@ -193,6 +203,7 @@ fn the_pod_monitor_selects_the_daemonsets_metrics_port() -> Result<()> {
 
 #[test]
 fn kubernetes_validate_flags_a_bad_manifest() -> Result<()> {
+    rst_lab::require!(Need::Tool("python3"), Need::File(&kubernetes_validate_path(), SETUP));
     let good = std::fs::read_to_string(workspace_root().join("deploy/daemonset.yaml"))?;
     let bad = scratch("k8s")?.join("daemonset.bad.yaml");
     std::fs::write(&bad, good.replace("hostNetwork: true", "hostNetwrk: true"))?;
@@ -215,6 +226,7 @@ fn verify_unit(unit: &str, name: &str) -> Result<(bool, String)> {
 
 #[test]
 fn the_systemd_unit_passes_systemd_analyze_verify() -> Result<()> {
+    rst_lab::require!(Need::Tool("systemd-analyze"), Need::File(&rst_lab::paths::rstwatch_release(), RELEASE));
     let unit = std::fs::read_to_string(workspace_root().join("deploy/rstwatch.service"))?;
     assert!(unit.contains("ExecStart=/usr/local/bin/rstwatch "), "the unit's ExecStart moved: update this test");
     let (clean, findings) = verify_unit(&unit, "rstwatch.service")?;
@@ -224,6 +236,7 @@ fn the_systemd_unit_passes_systemd_analyze_verify() -> Result<()> {
 
 #[test]
 fn systemd_analyze_flags_a_bad_unit() -> Result<()> {
+    rst_lab::require!(Need::Tool("systemd-analyze"), Need::File(&rst_lab::paths::rstwatch_release(), RELEASE));
     let unit = std::fs::read_to_string(workspace_root().join("deploy/rstwatch.service"))?;
     let (clean, findings) = verify_unit(&unit.replace("NoNewPrivileges=", "NoNewPrivilege="), "rstwatch-bad.service")?;
     assert!(!clean && findings.contains("NoNewPrivilege"), "systemd-analyze should flag the typo:\n{findings}");
@@ -240,6 +253,7 @@ fn hadolint(dockerfile: &Path) -> Result<(bool, String)> {
 
 #[test]
 fn dockerfile_passes_hadolint() -> Result<()> {
+    rst_lab::require!(Need::File(&hadolint_path(), SETUP));
     let (clean, findings) = hadolint(&workspace_root().join("Dockerfile"))?;
     assert!(clean && findings.trim().is_empty(), "hadolint findings:\n{findings}");
     Ok(())
@@ -248,6 +262,7 @@ fn dockerfile_passes_hadolint() -> Result<()> {
 /// The lint above could pass by linting nothing: the same linter flags an unpinned base image.
 #[test]
 fn hadolint_flags_a_bad_dockerfile() -> Result<()> {
+    rst_lab::require!(Need::File(&hadolint_path(), SETUP));
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("deploy");
     std::fs::create_dir_all(&dir)?;
     let bad = dir.join("Dockerfile.bad");

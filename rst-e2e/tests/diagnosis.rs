@@ -16,6 +16,7 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context as _, Result};
+use rst_lab::Need;
 use rst_lab::{
     diag_lab::{
         self, ensure_rsts, listing, Capture, Conn, DiagLab, End, Family, ResetTrace, Scenario, Segment, ACK,
@@ -131,6 +132,12 @@ fn check_kernel_reasons(conns: &[Conn], events: &[diag_lab::KernelReset]) -> Res
 /// connection, with the flags, TTLs and kernel reasons `diag_lab` states. Needs no rstwatch.
 #[test]
 fn diag_lab_scenarios_produce_the_expected_resets() -> Result<()> {
+    rst_lab::require!(
+        Need::Root("network namespaces, BPF, tracefs"),
+        Need::Tool("ip"),
+        Need::Tool("nft"),
+        Need::Tool("tcpdump")
+    );
     let lab = lab()?;
     let client_cap = Capture::start(&lab.client_if)?;
     let server_cap = Capture::start(&lab.server_if)?;
@@ -416,6 +423,12 @@ fn router_problems(summary: &Value, conns: &[Conn]) -> Result<Vec<String>> {
 /// per-service and per-source views.
 #[test]
 fn diagnosis_lab_classifies_every_reset() -> Result<()> {
+    rst_lab::require!(
+        Need::Root("network namespaces, BPF, tracefs"),
+        Need::Tool("ip"),
+        Need::Tool("nft"),
+        Need::Tool("tcpdump")
+    );
     let lab = lab()?;
     assert!(
         Path::new(diag_lab::TRACEFS).join("events/tcp/tcp_send_reset").is_dir(),

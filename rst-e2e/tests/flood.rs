@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{ensure, Context as _, Result};
 use rst_lab::flood::{self, FloodLab, GenLength, GenPlan};
+use rst_lab::Need;
 
 fn lab() -> Result<FloodLab> {
     let rstwatch = flood::rstwatch_bin();
@@ -23,6 +24,7 @@ fn lab() -> Result<FloodLab> {
 /// epoch flips land in the middle of the flood.
 #[test]
 fn every_reset_of_a_flood_is_counted_once_in_its_flow() -> Result<()> {
+    rst_lab::require!(Need::Root("network namespaces, BPF, XDP"), Need::Tool("ip"));
     flood_counted_once_in_its_flow(&[])
 }
 
@@ -30,6 +32,7 @@ fn every_reset_of_a_flood_is_counted_once_in_its_flow() -> Result<()> {
 /// table).
 #[test]
 fn every_reset_of_a_flood_is_counted_once_with_atomic_counting() -> Result<()> {
+    rst_lab::require!(Need::Root("network namespaces, BPF, XDP"), Need::Tool("ip"));
     flood_counted_once_in_its_flow(&["--counting", "atomic"])
 }
 
@@ -76,6 +79,7 @@ fn flood_counted_once_in_its_flow(counting: &[&str]) -> Result<()> {
 /// nothing lost without a number.
 #[test]
 fn a_flood_of_rsts_with_text_is_counted_once_and_every_payload_accounted_for() -> Result<()> {
+    rst_lab::require!(Need::Root("network namespaces, BPF, XDP"), Need::Tool("ip"));
     const TEXT: &str = "policy deny";
     let lab = lab()?;
     let rstwatch = flood::start_rstwatch(&lab, &["--interval", "200ms"])?;
@@ -112,6 +116,7 @@ fn a_flood_of_rsts_with_text_is_counted_once_and_every_payload_accounted_for() -
 /// the totals, and every one is either in its flow or in `overflow`.
 #[test]
 fn a_flood_that_overflows_the_table_still_adds_up() -> Result<()> {
+    rst_lab::require!(Need::Root("network namespaces, BPF, XDP"), Need::Tool("ip"));
     let lab = lab()?;
     let xdp_before = lab.xdp_received()?;
     let rstwatch = flood::start_rstwatch(&lab, &["--interval", "300ms", "--max-flows", "64"])?;
@@ -153,6 +158,7 @@ fn a_flood_that_overflows_the_table_still_adds_up() -> Result<()> {
 /// counter around each run, so every flow's count must still be exactly what arrived.
 #[test]
 fn frames_the_veth_drops_before_the_hook_are_told_apart_exactly() -> Result<()> {
+    rst_lab::require!(Need::Root("network namespaces, BPF, XDP"), Need::Tool("ip"));
     let lab = lab()?;
     lab.threaded_napi()?;
     let xdp_before = lab.xdp_received()?;

@@ -14,6 +14,7 @@ use std::{
 
 use anyhow::{ensure, Context as _, Result};
 use rst_lab::lab::{Finished, Iface, Netns, Proc, TwoHosts};
+use rst_lab::Need;
 use serde_json::Value;
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -191,12 +192,14 @@ fn refused_and_aborted_steps() -> Vec<String> {
 /// (a) Resets the server sends, counted on the client's veth, flow by flow.
 #[test]
 fn counts_server_resets_exactly_on_the_client_side() -> Result<()> {
+    rst_lab::require!(Need::Root("network namespaces, BPF, XDP"), Need::Tool("ip"), Need::Tool("tcpdump"));
     counts_server_resets_on_the_client_side(&[], "per-cpu")
 }
 
 /// The same with the programs a PREEMPT_RT kernel gets: atomic adds, no per-CPU cache.
 #[test]
 fn atomic_counting_counts_server_resets_exactly_on_the_client_side() -> Result<()> {
+    rst_lab::require!(Need::Root("network namespaces, BPF, XDP"), Need::Tool("ip"), Need::Tool("tcpdump"));
     counts_server_resets_on_the_client_side(&["--counting", "atomic"], "atomic")
 }
 
@@ -232,6 +235,7 @@ fn counts_server_resets_on_the_client_side(counting: &[&str], mode: &str) -> Res
 /// egress the server's own resets as sent.
 #[test]
 fn counts_client_resets_on_the_server_side() -> Result<()> {
+    rst_lab::require!(Need::Root("network namespaces, BPF, XDP"), Need::Tool("ip"), Need::Tool("tcpdump"));
     let hosts = hosts()?;
     let capture = Capture::start(&hosts.server_if)?;
     let rw = watch(&hosts.server_if, &["--duration", "6s", "--interval", "1s", "--format", "json"])?;
@@ -285,6 +289,7 @@ fn counts_client_resets_on_the_server_side() -> Result<()> {
 /// `--hook tc` counts exactly the same resets through a tcx link.
 #[test]
 fn hook_tc_watches_beside_a_foreign_xdp_program() -> Result<()> {
+    rst_lab::require!(Need::Root("network namespaces, BPF, XDP"), Need::Tool("ip"), Need::Tool("tcpdump"));
     let hosts = hosts()?;
     let iface = &hosts.client_if;
     let foreign = watch(iface, &["--duration", "8s", "--format", "json"])?;
@@ -331,6 +336,7 @@ const METRICS_PORT: u16 = 19101;
 /// keeps serving while idle clients hold connections open.
 #[test]
 fn metrics_endpoint_counts_exactly_and_survives_bad_clients() -> Result<()> {
+    rst_lab::require!(Need::Root("network namespaces, BPF, XDP"), Need::Tool("ip"), Need::Tool("tcpdump"));
     let hosts = hosts()?;
     let iface = &hosts.client_if;
     let listen = format!("127.0.0.1:{METRICS_PORT}");
@@ -409,6 +415,7 @@ impl OutputWithStdin for Command {
 /// keep being counted exactly, and when it comes back under its name it is attached again.
 #[test]
 fn a_deleted_interface_is_reported_and_reattached_when_it_returns() -> Result<()> {
+    rst_lab::require!(Need::Root("network namespaces, BPF, XDP"), Need::Tool("ip"), Need::Tool("tcpdump"));
     let hosts = hosts()?;
     let extra = Iface { ns: Netns::open(hosts.client.name())?, name: format!("{}x", hosts.client_if.name) };
     let peer = format!("{}y", hosts.client_if.name);
@@ -461,6 +468,7 @@ fn rstwatch_str() -> String {
 /// (c) An interface that does not exist.
 #[test]
 fn unknown_interface_is_one_line_error() -> Result<()> {
+    rst_lab::require!(Need::Root("network namespaces, BPF, XDP"), Need::Tool("ip"), Need::Tool("tcpdump"));
     let hosts = hosts()?;
     let fin = run_to_end(&hosts.client, &rstwatch_str(), &["-i", "nosuchif0", "--duration", "1s"])?;
     assert_eq!(fin.status.code(), Some(1), "runtime errors exit 1");
@@ -470,6 +478,7 @@ fn unknown_interface_is_one_line_error() -> Result<()> {
 /// (c) Durations that do not parse or make no sense.
 #[test]
 fn bad_durations_are_one_line_errors() -> Result<()> {
+    rst_lab::require!(Need::Root("network namespaces, BPF, XDP"), Need::Tool("ip"), Need::Tool("tcpdump"));
     let hosts = hosts()?;
     let iface = hosts.client_if.name.as_str();
     for (args, needle) in [
@@ -485,6 +494,7 @@ fn bad_durations_are_one_line_errors() -> Result<()> {
 /// (c) Without CAP_BPF (and CAP_SYS_ADMIN, which also grants it) or without CAP_NET_ADMIN.
 #[test]
 fn missing_capabilities_are_named() -> Result<()> {
+    rst_lab::require!(Need::Root("network namespaces, BPF, XDP"), Need::Tool("ip"), Need::Tool("tcpdump"));
     let hosts = hosts()?;
     for (caps, needle) in [("-bpf,-sys_admin", "CAP_BPF"), ("-net_admin", "CAP_NET_ADMIN")] {
         let privileges = [format!("--bounding-set={caps}"), format!("--inh-caps={caps}")];
@@ -498,6 +508,7 @@ fn missing_capabilities_are_named() -> Result<()> {
 /// PERFMON) is enough, and each one of them is needed: without it the error names it.
 #[test]
 fn an_unprivileged_user_needs_exactly_bpf_net_admin_and_perfmon() -> Result<()> {
+    rst_lab::require!(Need::Root("network namespaces, BPF, XDP"), Need::Tool("ip"), Need::Tool("tcpdump"));
     let hosts = hosts()?;
     let run_as_nobody = |caps: &str| -> Result<Finished> {
         let set = format!("-all,{caps}");
@@ -528,6 +539,7 @@ fn an_unprivileged_user_needs_exactly_bpf_net_admin_and_perfmon() -> Result<()> 
 /// carries on untouched.
 #[test]
 fn second_attach_fails_and_first_keeps_running() -> Result<()> {
+    rst_lab::require!(Need::Root("network namespaces, BPF, XDP"), Need::Tool("ip"), Need::Tool("tcpdump"));
     let hosts = hosts()?;
     let first = watch(&hosts.client_if, &["--duration", "5s", "--format", "json"])?;
     let second = run_to_end(&hosts.client, &rstwatch_str(), &["-i", &hosts.client_if.name, "--duration", "1s"])?;
@@ -554,18 +566,21 @@ fn stops_on(signal: libc::c_int) -> Result<()> {
 /// (d)
 #[test]
 fn sigterm_prints_summary_and_detaches() -> Result<()> {
+    rst_lab::require!(Need::Root("network namespaces, BPF, XDP"), Need::Tool("ip"), Need::Tool("tcpdump"));
     stops_on(libc::SIGTERM)
 }
 
 /// (d)
 #[test]
 fn sigint_prints_summary_and_detaches() -> Result<()> {
+    rst_lab::require!(Need::Root("network namespaces, BPF, XDP"), Need::Tool("ip"), Need::Tool("tcpdump"));
     stops_on(libc::SIGINT)
 }
 
 /// The lab itself: everything it made is gone after drop, also when the test panics.
 #[test]
 fn lab_is_removed_after_a_panic() -> Result<()> {
+    rst_lab::require!(Need::Root("network namespaces, BPF, XDP"), Need::Tool("ip"), Need::Tool("tcpdump"));
     let names = std::sync::Mutex::new(None);
     let panicked = std::panic::catch_unwind(|| {
         let hosts = hosts().expect("lab");
@@ -584,6 +599,7 @@ fn lab_is_removed_after_a_panic() -> Result<()> {
 /// counts are the same, and the filters are gone after rstwatch exits.
 #[test]
 fn clsact_filters_count_both_directions_and_are_removed_at_exit() -> Result<()> {
+    rst_lab::require!(Need::Root("network namespaces, BPF, XDP"), Need::Tool("ip"), Need::Tool("tcpdump"));
     let hosts = hosts()?;
     let iface = &hosts.server_if;
     let mut cmd = iface.ns.exec(rstwatch());

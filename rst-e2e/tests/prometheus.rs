@@ -21,6 +21,7 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context as _, Result};
+use rst_lab::Need;
 use rst_lab::{
     cmd::workspace_root,
     lab::{Iface, Lab, Netns, Proc},
@@ -192,6 +193,7 @@ fn series_bound(ifaces: usize, top: usize, reasons: usize, programs: usize) -> u
 
 #[test]
 fn prometheus_ranks_the_fleet_from_three_rstwatch_with_the_shipped_rules() -> Result<()> {
+    rst_lab::require!(Need::Root("network namespaces, BPF, XDP"), Need::Tool("ip"), Need::Tool("prometheus"));
     // SAFETY: geteuid has no preconditions.
     ensure!(unsafe { libc::geteuid() } == 0, "this test needs root (network namespaces, BPF, XDP)");
     let rstwatch = rst_lab::paths::rstwatch_for_tests();
@@ -372,6 +374,7 @@ fn within_bound(what: &str, series: &BTreeMap<String, usize>) -> usize {
 /// slots, and nothing grows past them.
 #[test]
 fn series_stay_under_the_bound_idle_under_a_flood_of_flows_and_during_a_scan() -> Result<()> {
+    rst_lab::require!(Need::Root("network namespaces, BPF, XDP"), Need::Tool("ip"), Need::Tool("prometheus"));
     let rstwatch = rst_lab::paths::rstwatch_for_tests();
     let metrics = format!("127.0.0.1:{FIRST_METRICS_PORT}");
     let watch = |ns: &Netns, iface: &Iface| -> Result<Proc> {

@@ -43,6 +43,7 @@ use rst_lab::{
     },
     lab::{Iface, Lab, Netns, Proc, TwoHosts},
     traffic::in_netns,
+    Need,
 };
 use serde_json::Value;
 use socket2::{Socket, TcpKeepalive};
@@ -65,29 +66,13 @@ const BENIGN: [&str; 2] = ["teardown", "health_check"];
 // Preconditions, namespaces and sockets
 // ---------------------------------------------------------------------------------------------
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
-}
-
-/// Whether the test can run: root and `tools`; otherwise skipped with a notice, or a failure
-/// under CI=true.
+/// Whether the test can run: root and `tools`; otherwise skipped with its reason, or a failure
+/// under CI=true (`rst_lab::skip`).
 fn ready(test: &str, tools: &[&str]) -> Result<bool> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        ensure!(!in_ci(), "{test}: needs root (network namespaces, BPF, nftables)");
-        eprintln!("{test}: SKIPPED: needs root (network namespaces, BPF, nftables)");
+    let mut needs = vec![Need::Root("network namespaces, BPF, nftables")];
+    needs.extend(["ip", "nft", "tcpdump"].iter().chain(tools).map(|tool| Need::Tool(tool)));
+    if !rst_lab::skip::require(test, &needs)? {
         return Ok(false);
-    }
-    for tool in tools {
-        if !on_path(tool) {
-            ensure!(!in_ci(), "{test}: {tool} is not installed (`cargo xtask setup` must install it)");
-            eprintln!("{test}: SKIPPED: {tool} is not installed (`cargo xtask setup` installs it)");
-            return Ok(false);
-        }
     }
     rst_lab::lab::sweep_stale()?;
     diag_lab::ensure_tracefs()?;

@@ -16,12 +16,15 @@ use std::{
 };
 
 use anyhow::{ensure, Context as _, Result};
+use rst_lab::Need;
 use rst_lab::{
     lab::{Iface, Lab, Netns, Proc},
     soak,
 };
 use serde_json::Value;
 
+/// How a missing release binary is made.
+const RELEASE: &str = "`cargo xtask build` makes it, or set RSTWATCH_BIN";
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn rstwatch() -> PathBuf {
@@ -87,6 +90,7 @@ fn wait_until(timeout: Duration, mut done: impl FnMut() -> Result<bool>) -> Resu
 /// `bpftool net`, `bpftool prog`) shows nothing left, and a new rstwatch attaches at once.
 #[test]
 fn kill_9_leaves_nothing_attached() -> Result<()> {
+    rst_lab::require!(Need::Root("namespaces, BPF, XDP"), Need::Tool("ip"), Need::Tool("bpftool"));
     let (_lab, mon, mon_if) = lab()?;
     let mut report = Vec::new();
     for mode in ["skb", "native", "auto"] {
@@ -146,6 +150,7 @@ fn programs_of(pid: u32) -> Result<Vec<(String, u64)>> {
 /// would keep loaded, is freed.)
 #[test]
 fn kill_9_with_hook_tc_leaves_nothing_attached() -> Result<()> {
+    rst_lab::require!(Need::Root("namespaces, BPF, XDP"), Need::Tool("ip"), Need::Tool("bpftool"));
     let (_lab, mon, mon_if) = lab()?;
     let mut cmd = mon.exec(rstwatch());
     // The per-CPU programs whatever the kernel, for the name checked below.
@@ -300,6 +305,7 @@ fn clear_error(what: &str, outcome: &Outcome) -> Result<()> {
 
 #[test]
 fn hostile_command_lines_get_one_line_errors_and_attach_nothing() -> Result<()> {
+    rst_lab::require!(Need::Root("namespaces, BPF, XDP"), Need::Tool("ip"), Need::Tool("bpftool"));
     let (_lab, mon, mon_if) = lab()?;
     let mut failures = Vec::new();
     let mut table = Vec::new();
@@ -402,6 +408,7 @@ const REPLAY_RSS_LIMIT_KB: u64 = 64 * 1024;
 
 #[test]
 fn hostile_capture_files_get_clear_errors_in_flat_memory() -> Result<()> {
+    rst_lab::require!(Need::File(&rst_lab::paths::rstwatch_release(), RELEASE));
     let dir = TempDir::new()?;
     let d = &dir.0;
     let pcap = fixture("sll-loopback-resets.pcap")?;
@@ -549,6 +556,7 @@ fn hostile_capture_files_get_clear_errors_in_flat_memory() -> Result<()> {
 /// ~20 s of the soak `cargo xtask soak` runs for ten minutes.
 #[test]
 fn short_soak_keeps_exact_intervals_and_flat_memory() -> Result<()> {
+    rst_lab::require!(Need::Root("namespaces, BPF, XDP"), Need::Tool("ip"), Need::Tool("bpftool"));
     root()?;
     let seconds: f64 = std::env::var("RSTWATCH_SOAK_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(20.0);
     let mut options = soak::SoakOptions::minutes(seconds / 60.0);

@@ -16,7 +16,10 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context as _, Result};
-use rst_lab::lab::{Iface, Proc, TwoHosts};
+use rst_lab::{
+    lab::{Iface, Proc, TwoHosts},
+    Need,
+};
 use serde_json::Value;
 
 const C1: &str = "10.79.1.2";
@@ -33,18 +36,13 @@ fn rstwatch() -> PathBuf {
     rst_lab::paths::rstwatch_for_tests()
 }
 
-/// Whether the test can run: tmux present (else skipped, or a failure under CI) and root.
+/// Whether the test can run: root and tmux; else skipped with its reason, or a failure under
+/// CI=true (`rst_lab::skip`).
 fn ready(test: &str) -> Result<bool> {
-    let tmux = Command::new("tmux").arg("-V").output().is_ok_and(|o| o.status.success());
-    if !tmux {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            bail!("tmux is not installed (`cargo xtask setup` must install it)");
-        }
-        eprintln!("{test}: SKIPPED: tmux is not installed (`apt-get install tmux`)");
+    let needs = [Need::Root("network namespaces, BPF, XDP"), Need::Tool("ip"), Need::Tool("tmux")];
+    if !rst_lab::skip::require(test, &needs)? {
         return Ok(false);
     }
-    // SAFETY: geteuid has no preconditions.
-    ensure!(unsafe { libc::geteuid() } == 0, "these tests need root (network namespaces, BPF, XDP)");
     rst_lab::lab::sweep_stale()?;
     Ok(true)
 }

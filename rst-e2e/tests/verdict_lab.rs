@@ -22,6 +22,7 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context as _, Result};
+use rst_lab::Need;
 use rst_lab::{
     diag_lab::{
         self, ensure_rsts, listing, tcp_segments, Capture, End, ResetTrace, Segment, ACK, DEFAULT_TTL, FIN, RST, SYN,
@@ -34,6 +35,8 @@ use rst_lab::{
 use serde_json::{json, Value};
 
 /// Past any delayed ACK or first retransmission timeout, so a stray segment would show.
+/// How a missing release binary is made.
+const RELEASE: &str = "`cargo xtask build` makes it, or set RSTWATCH_BIN";
 const SETTLE: Duration = Duration::from_millis(700);
 const RUN: Duration = Duration::from_secs(3);
 /// HAProxy's `inter`, and how far apart two checks may be from it on a loaded CI machine.
@@ -274,6 +277,14 @@ fn check_kernel_reasons(run: &Run, events: &[diag_lab::KernelReset]) -> Result<(
 
 #[test]
 fn every_service_resets_for_its_one_cause_only_and_rstwatch_names_it() -> Result<()> {
+    rst_lab::require!(
+        Need::Root("namespaces, nftables, tracefs"),
+        Need::Tool("ip"),
+        Need::Tool("nft"),
+        Need::Tool("tcpdump"),
+        Need::Tool("haproxy"),
+        Need::Tool("python3")
+    );
     // SAFETY: geteuid has no preconditions.
     ensure!(unsafe { libc::geteuid() } == 0, "this test needs root (namespaces, nftables, tracefs)");
     rst_lab::lab::sweep_stale()?;
@@ -562,6 +573,7 @@ fn check_verdicts(
 /// the same evidence code as a live run, fed from the capture).
 #[test]
 fn replay_of_the_committed_capture_names_each_cause() -> Result<()> {
+    rst_lab::require!(Need::File(&rst_lab::paths::rstwatch_release(), RELEASE));
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../rst-userspace/tests/data");
     let account: Value = serde_json::from_slice(&std::fs::read(data.join("verdict-lab.account.json"))?)?;
     let output = std::process::Command::new(rst_lab::paths::rstwatch_for_tests())

@@ -17,6 +17,7 @@ use std::{
 
 use anyhow::{ensure, Context as _, Result};
 use rst_lab::lab::{Finished, Netns, Proc, TwoHosts};
+use rst_lab::Need;
 use serde_json::Value;
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -256,6 +257,7 @@ fn workload<'a>(summary: &'a Value, cgroup: &str) -> Result<&'a Value> {
 
 #[test]
 fn each_reset_names_its_workload_and_origin_with_exact_counts() -> Result<()> {
+    rst_lab::require!(Need::Root("namespaces, cgroups, BPF, tracefs"), Need::Tool("ip"), Need::Tool("nsenter"));
     let hosts = hosts()?;
     let cgroups = Cgroups::new()?;
     let uid = format!("{:08x}-77aa-4bbb-8ccc-{:012x}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
@@ -335,6 +337,7 @@ fn each_reset_names_its_workload_and_origin_with_exact_counts() -> Result<()> {
 /// rstwatch runs on and names what it would need.
 #[test]
 fn the_minimal_capability_set_names_workloads() -> Result<()> {
+    rst_lab::require!(Need::Root("namespaces, cgroups, BPF, tracefs"), Need::Tool("ip"), Need::Tool("nsenter"));
     let hosts = hosts()?;
     let cgroups = Cgroups::new()?;
     let service = cgroups.make("caps.service")?;
@@ -384,6 +387,7 @@ fn the_minimal_capability_set_names_workloads() -> Result<()> {
 /// from the start is named too (its peer is the server's namespace, where nothing runs).
 #[test]
 fn a_pattern_picks_up_an_interface_created_after_the_start() -> Result<()> {
+    rst_lab::require!(Need::Root("namespaces, cgroups, BPF, tracefs"), Need::Tool("ip"), Need::Tool("nsenter"));
     let mut hosts = hosts()?;
     let cgroups = Cgroups::new()?;
     let first = hosts.client_if.name.clone();

@@ -10,12 +10,17 @@ pub fn rstwatch_path() -> PathBuf {
     cmd::workspace_root().join("target/release/rstwatch")
 }
 
-/// The binary the end-to-end suites run: `RSTWATCH_BIN`, or the release build, which must exist.
+/// The binary the end-to-end suites run: `RSTWATCH_BIN`, or the release build.
+pub fn rstwatch_release() -> PathBuf {
+    std::env::var_os("RSTWATCH_BIN").map(PathBuf::from).unwrap_or_else(rstwatch_path)
+}
+
+/// [`rstwatch_release`], which must exist.
 ///
 /// # Panics
 /// When it does not exist: a test without its binary must fail, saying how to build it.
 pub fn rstwatch_for_tests() -> PathBuf {
-    let bin = std::env::var_os("RSTWATCH_BIN").map(PathBuf::from).unwrap_or_else(rstwatch_path);
+    let bin = rstwatch_release();
     assert!(bin.is_file(), "{} does not exist: run `cargo xtask build` (or set RSTWATCH_BIN)", bin.display());
     bin
 }

@@ -25,6 +25,9 @@ use anyhow::{bail, Result};
 pub enum Need<'a> {
     /// Effective uid 0, for what the text says (`"network namespaces, BPF, XDP"`).
     Root(&'a str),
+    /// What `BPF_PROG_TEST_RUN` of the eBPF object needs: CAP_BPF and CAP_PERFMON (the verifier
+    /// refuses the programs' packet-pointer comparisons without it), which root has.
+    Bpf,
     /// A program on `PATH` (or in `/usr/sbin`, `/sbin`: root's tools), from the Debian package
     /// `cargo xtask setup` installs.
     Tool(&'a str),
@@ -41,6 +44,20 @@ pub fn ci() -> bool {
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// Whether the effective capabilities hold CAP_BPF and CAP_PERFMON (`CapEff` of
+/// `/proc/self/status`).
+pub fn can_load_bpf() -> bool {
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    [CAP_PERFMON, CAP_BPF].iter().all(|cap| effective & (1 << cap) != 0)
 }
 
 /// Where `program` is: a path as given if it is a file, else the first executable of that name
@@ -63,6 +80,7 @@ fn executable(path: &Path) -> bool {
 pub fn missing(need: &Need) -> Option<String> {
     match need {
         Need::Root(what) => (!is_root()).then(|| format!("needs root ({what})")),
+        Need::Bpf => (!can_load_bpf()).then(|| "needs CAP_BPF and CAP_PERFMON (root): BPF test runs".to_owned()),
         Need::Tool(tool) => {
             find_tool(tool).is_none().then(|| format!("{tool} is not installed (`cargo xtask setup` installs it)"))
         }
@@ -123,6 +141,9 @@ mod tests {
         let file = missing(&Need::File(Path::new("/no/such/file"), "make it")).unwrap();
         assert_eq!(file, "/no/such/file does not exist (make it)");
         assert_eq!(missing(&Need::Root("x")).is_none(), is_root());
+        if is_root() {
+            assert_eq!(missing(&Need::Bpf), None);
+        }
     }
 
     #[test]

@@ -36,6 +36,7 @@ use support::{captures_in, corpus_dir, expected_resets, Direction};
 
 #[test]
 fn corpus_resets_match_wireshark_in_kernel_and_host() -> anyhow::Result<()> {
+    rst_lab::require!(rst_lab::Need::Bpf);
     let Some(corpus) = corpus_dir()? else {
         return Ok(());
     };

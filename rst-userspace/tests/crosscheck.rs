@@ -533,21 +533,14 @@ fn fixtures_in(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(captures)
 }
 
-fn tshark_available() -> bool {
-    if Command::new("tshark").arg("-v").output().is_ok_and(|output| output.status.success()) {
-        return true;
-    }
-    assert!(
-        !std::env::var("CI").is_ok_and(|ci| ci == "true"),
-        "tshark not found (CI=true: the cross-check is required)"
-    );
-    eprintln!("NOTICE: tshark not found, skipping the cross-check");
-    false
+/// Whether tshark is there; without it the test skips (`rst_lab::skip`), and fails under CI=true.
+fn tshark_available() -> anyhow::Result<bool> {
+    rst_lab::skip::require(&rst_lab::skip::current_test(), &[rst_lab::Need::Tool("tshark")])
 }
 
 #[test]
 fn classifier_agrees_with_tsharks_reading_of_every_capture() -> anyhow::Result<()> {
-    if !tshark_available() {
+    if !tshark_available()? {
         return Ok(());
     }
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");

@@ -85,6 +85,7 @@ fn reference_and_host_agree_on_every_truncation() {
 /// Frames once found disagreeing, through host and kernel, one by one.
 #[test]
 fn regressions_agree_with_the_reference() -> anyhow::Result<()> {
+    rst_lab::require!(rst_lab::Need::Bpf);
     let mut kernel = Harness::load(MAX_FLOWS, Counting::Auto)?;
     let mut failures = Vec::new();
     let regressions = regressions()?;
@@ -101,6 +102,7 @@ fn regressions_agree_with_the_reference() -> anyhow::Result<()> {
 /// A slice of the full differential run (`cargo xtask fuzz` does ten million).
 #[test]
 fn quick_differential_slice_has_no_disagreement() -> anyhow::Result<()> {
+    rst_lab::require!(rst_lab::Need::Bpf);
     let frames = std::env::var("RSTWATCH_FUZZ_FRAMES").ok().and_then(|v| v.parse().ok()).unwrap_or(QUICK_FRAMES);
     // A seed of its own, so the slice does not just repeat the first frames of the full run.
     let config = Config {

@@ -18,6 +18,13 @@ use rstwatch::{
     netlink,
 };
 
+/// Whether the test can run: root, for a network namespace of its own and BPF; otherwise it
+/// skips with its reason, or fails under CI=true (`rst_lab::skip`).
+fn ready() -> bool {
+    let needs = [rst_lab::Need::Root("a network namespace of its own, BPF, XDP and TC")];
+    rst_lab::skip::require(&rst_lab::skip::current_test(), &needs).expect("CI=true: this test must run")
+}
+
 /// Moves this test thread into a fresh network namespace holding the veth pair `a` — `b`.
 /// Children spawned from this thread inherit the namespace, so `ip` configures it.
 fn private_veth(a: &str, b: &str) -> u32 {
@@ -42,6 +49,9 @@ fn tcx_ingress_programs(iface: &str) -> Vec<String> {
 
 #[test]
 fn tc_attachment_is_a_tcx_link_that_goes_with_its_owner() {
+    if !ready() {
+        return;
+    }
     let ifindex = private_veth("rwhook0", "rwhook1");
     let mut ebpf = loader::load_counting(1024, Counting::PerCpu).expect("load");
     let attachment =
@@ -61,6 +71,9 @@ fn tc_filters(iface: &str, direction: &str) -> String {
 /// a netlink filter, removed when the attachment is dropped.
 #[test]
 fn clsact_attachment_for_older_kernels_is_removed_with_its_owner() {
+    if !ready() {
+        return;
+    }
     let _ifindex = private_veth("rwhook4", "rwhook5");
     let mut ebpf = loader::load_counting(1024, Counting::PerCpu).expect("load");
     let program = loader::tc_egress_program(&mut ebpf).expect("program");
@@ -76,6 +89,9 @@ fn clsact_attachment_for_older_kernels_is_removed_with_its_owner() {
 
 #[test]
 fn xdp_attachment_goes_with_its_owner_and_blocks_a_second_one() {
+    if !ready() {
+        return;
+    }
     let ifindex = private_veth("rwhook2", "rwhook3");
     let mut ebpf = loader::load_counting(1024, Counting::PerCpu).expect("load");
     let attachment =
@@ -101,6 +117,9 @@ fn xdp_attachment_goes_with_its_owner_and_blocks_a_second_one() {
 
 #[test]
 fn tc_program_counts_like_xdp_and_always_says_next() {
+    if !ready() {
+        return;
+    }
     let mut ebpf = loader::load_counting(1024, Counting::PerCpu).expect("load");
     let mut collector = Collector::new(&mut ebpf).expect("collector");
     let program = loader::tc_program(&mut ebpf).expect("program");

@@ -31,6 +31,7 @@ const MAX_FLOWS: u32 = 1024;
 
 #[test]
 fn every_case_is_classified_and_counted_like_the_host_expects() -> anyhow::Result<()> {
+    rst_lab::require!(rst_lab::Need::Bpf);
     every_case_counted_like_the_host_expects(Counting::PerCpu)
 }
 
@@ -39,6 +40,7 @@ fn every_case_is_classified_and_counted_like_the_host_expects() -> anyhow::Resul
 /// interleaving itself cannot be produced here: it takes a preemptible softirq.)
 #[test]
 fn atomic_counting_classifies_and_counts_every_case_the_same() -> anyhow::Result<()> {
+    rst_lab::require!(rst_lab::Need::Bpf);
     every_case_counted_like_the_host_expects(Counting::Atomic)
 }
 
@@ -84,6 +86,7 @@ fn every_case_counted_like_the_host_expects(counting: Counting) -> anyhow::Resul
 
 #[test]
 fn repeats_count_every_run_and_the_next_epoch_starts_empty() -> anyhow::Result<()> {
+    rst_lab::require!(rst_lab::Need::Bpf);
     const REPEAT: u32 = 1000;
     let mut kernel = Harness::load(MAX_FLOWS, Counting::Auto)?;
     let reset = tcp_v6().vlan(VlanKind::Dot1Q, 3).flags(TCP_RST | TCP_ACK);
@@ -116,6 +119,7 @@ fn repeats_count_every_run_and_the_next_epoch_starts_empty() -> anyhow::Result<(
 /// program as multi-buffer packets; the headers are in the first buffer, so they count.
 #[test]
 fn jumbo_and_multi_buffer_frames_count_and_pass() -> anyhow::Result<()> {
+    rst_lab::require!(rst_lab::Need::Bpf);
     let mut kernel = Harness::load(MAX_FLOWS, Counting::Auto)?;
     let mut expected = Vec::new();
     for (index, len) in [1514usize, 4096, 9000, 9018, 65535].into_iter().enumerate() {
@@ -144,6 +148,7 @@ fn jumbo_and_multi_buffer_frames_count_and_pass() -> anyhow::Result<()> {
 /// The ingress interface comes from the context; a test run without one reports the loopback.
 #[test]
 fn ingress_ifindex_is_part_of_the_key() -> anyhow::Result<()> {
+    rst_lab::require!(rst_lab::Need::Bpf);
     let other = other_interface();
     let mut kernel = Harness::load(MAX_FLOWS, Counting::Auto)?;
     let reset = tcp_v4().flags(TCP_RST);
@@ -168,6 +173,7 @@ fn ingress_ifindex_is_part_of_the_key() -> anyhow::Result<()> {
 /// overflow-source table, never lost: `sum(flows) + overflow == resets`.
 #[test]
 fn a_full_flow_table_counts_overflow() -> anyhow::Result<()> {
+    rst_lab::require!(rst_lab::Need::Bpf);
     const SCANNED: u16 = 3 * FLOW_CACHE_SLOTS as u16;
     let mut kernel = Harness::load(2, Counting::Auto)?;
     let flows: Vec<_> = (0..SCANNED).map(|i| tcp_v4().ports(10_000 + i, 443).flags(TCP_RST)).collect();
@@ -205,6 +211,7 @@ fn a_full_flow_table_counts_overflow() -> anyhow::Result<()> {
 /// the log's first), and nothing of an epoch is counted again when it comes round.
 #[test]
 fn evictions_beyond_the_log_go_to_the_table_and_every_count_is_exact() -> anyhow::Result<()> {
+    rst_lab::require!(rst_lab::Need::Bpf);
     const MAX: u32 = 8192;
     let cpus = rstwatch::flow_table::possible_cpu_ids()?.len();
     let log_slots = rst_common::table::eviction_log_slots(MAX, cpus as u32);
@@ -241,12 +248,14 @@ fn evictions_beyond_the_log_go_to_the_table_and_every_count_is_exact() -> anyhow
 /// incremented from both CPUs at once: the per-flow sums and the totals must be exact.
 #[test]
 fn concurrent_test_runs_lose_no_counts() -> anyhow::Result<()> {
+    rst_lab::require!(rst_lab::Need::Bpf);
     concurrent_test_runs_count_exactly(Counting::PerCpu)
 }
 
 /// The same with atomic counting, where both CPUs add every RST to the shared table entries.
 #[test]
 fn concurrent_test_runs_lose_no_counts_with_atomic_counting() -> anyhow::Result<()> {
+    rst_lab::require!(rst_lab::Need::Bpf);
     concurrent_test_runs_count_exactly(Counting::Atomic)
 }
 
@@ -296,6 +305,7 @@ fn concurrent_test_runs_count_exactly(counting: Counting) -> anyhow::Result<()> 
 /// reported once, in every round.
 #[test]
 fn two_cpus_storing_the_same_flows_at_once_keep_every_count() -> anyhow::Result<()> {
+    rst_lab::require!(rst_lab::Need::Bpf);
     const THREADS: usize = 2;
     const ROUNDS: u16 = 8;
     const FLOWS: u16 = 3 * FLOW_CACHE_SLOTS as u16;
@@ -382,6 +392,7 @@ fn other_interface() -> Option<(String, u32)> {
 /// `diagnose` documents.
 #[test]
 fn resets_are_classified_in_the_kernel_as_on_the_host() -> anyhow::Result<()> {
+    rst_lab::require!(rst_lab::Need::Bpf);
     const CLIENT: [u8; 4] = [10, 0, 0, 1];
     const SERVER: [u8; 4] = [10, 0, 0, 2];
     // The server is two hops further than the client from where rstwatch watches.
@@ -574,11 +585,13 @@ fn resets_are_classified_in_the_kernel_as_on_the_host() -> anyhow::Result<()> {
 
 #[test]
 fn open_connections_per_service_are_counted_at_accepts_and_turn_aways() -> anyhow::Result<()> {
+    rst_lab::require!(rst_lab::Need::Bpf);
     open_connections_counted(Counting::PerCpu)
 }
 
 #[test]
 fn open_connections_per_service_are_counted_the_same_with_atomic_counting() -> anyhow::Result<()> {
+    rst_lab::require!(rst_lab::Need::Bpf);
     open_connections_counted(Counting::Atomic)
 }
 
@@ -737,11 +750,13 @@ fn open_connections_counted(counting: Counting) -> anyhow::Result<()> {
 
 #[test]
 fn rsts_with_a_payload_are_counted_once_and_handed_over() -> anyhow::Result<()> {
+    rst_lab::require!(rst_lab::Need::Bpf);
     rsts_with_a_payload_counted_once(Counting::PerCpu)
 }
 
 #[test]
 fn rsts_with_a_payload_are_counted_once_and_handed_over_with_atomic_counting() -> anyhow::Result<()> {
+    rst_lab::require!(rst_lab::Need::Bpf);
     rsts_with_a_payload_counted_once(Counting::Atomic)
 }
 
@@ -782,6 +797,7 @@ fn rsts_with_a_payload_counted_once(counting: Counting) -> anyhow::Result<()> {
 /// stale entry, or a tuple never recorded.
 #[test]
 fn a_captured_rst_carries_the_kernel_reason_recorded_for_its_tuple() -> anyhow::Result<()> {
+    rst_lab::require!(rst_lab::Need::Bpf);
     for counting in [Counting::PerCpu, Counting::Atomic] {
         captured_reasons(counting).with_context(|| format!("{counting:?}"))?;
     }
@@ -821,6 +837,7 @@ fn captured_reasons(counting: Counting) -> anyhow::Result<()> {
 /// still has its open connections counted (a plain hash, full, counted none for it).
 #[test]
 fn a_new_service_is_tracked_after_more_services_than_the_map_holds() -> anyhow::Result<()> {
+    rst_lab::require!(rst_lab::Need::Bpf);
     const SERVER: [u8; 4] = [10, 0, 3, 2];
     const CLIENT: [u8; 4] = [10, 0, 3, 1];
     let accept = |server: [u8; 4], sport: u16, client_port: u16| {

@@ -53,6 +53,7 @@ fn scan_logging_at(level: tracing::Level) -> anyhow::Result<String> {
 
 #[test]
 fn rare_kernel_events_are_logged_at_debug_only() -> anyhow::Result<()> {
+    rst_lab::require!(rst_lab::Need::Bpf);
     let debug_log = scan_logging_at(tracing::Level::DEBUG)?;
     let lines: Vec<&str> = debug_log.lines().filter(|line| line.contains(KERNEL_LOG_TARGET)).collect();
     assert!(lines.iter().any(|line| line.contains("filled its eviction log")), "the log filling: {lines:#?}");

@@ -302,16 +302,11 @@ fn short_link_headers_are_malformed() {
     );
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// `--kernel` on every corpus capture, every fixture and the crafted cases in every link type.
 #[test]
 fn kernel_parity_on_every_capture() {
-    if !is_root() {
-        eprintln!("NOTICE: not root, skipping the kernel parity test (BPF_PROG_TEST_RUN needs root)");
+    let test = rst_lab::skip::current_test();
+    if !rst_lab::skip::require(&test, &[rst_lab::Need::Bpf]).expect("BPF test runs (CI=true: this test must run)") {
         return;
     }
     // Make sure the crafted captures exist even when this test runs first.
@@ -577,7 +572,7 @@ fn replay_runs_unprivileged() {
     let copy = std::env::temp_dir().join(format!("rstwatch-replay-unprivileged-{}.pcap", std::process::id()));
     std::fs::copy(&fixture, &copy).expect("copying the fixture");
     let binary = env!("CARGO_BIN_EXE_rstwatch");
-    let output = if is_root() {
+    let output = if rst_lab::skip::is_root() {
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o644)).expect("chmod");
         // The binary itself may sit under a directory nobody cannot enter: copy it too.
