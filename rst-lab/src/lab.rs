@@ -265,7 +265,7 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         if let Err(e) = self.teardown() {
-            eprintln!("xtask: {e:#}");
+            eprintln!("rst-lab: {e:#}");
         }
     }
 }

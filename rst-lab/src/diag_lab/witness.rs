@@ -297,7 +297,7 @@ impl Drop for ResetTrace {
             let _ = self.set_enabled(false);
         }
         if let Err(e) = std::fs::remove_dir(&self.dir) {
-            eprintln!("xtask: removing tracefs instance {}: {e}", self.dir.display());
+            eprintln!("rst-lab: removing tracefs instance {}: {e}", self.dir.display());
         }
     }
 }

@@ -337,7 +337,7 @@ impl VerdictLab {
 /// `cargo xtask verdict-lab`: a fresh lab, every scenario, the account as JSON.
 pub fn run_command(at_least: Duration, capture: Option<&Path>) -> Result<Value> {
     for name in crate::lab::sweep_stale()? {
-        eprintln!("xtask: removed stale lab namespace {name}");
+        eprintln!("rst-lab: removed stale lab namespace {name}");
     }
     let lab = VerdictLab::new()?;
     let run = lab.run_all_captured(at_least, capture)?;
