@@ -7,6 +7,7 @@
 //! A service gets a cause only when its evidence is clear; otherwise it gets none, never a
 //! guess. Health checks are found first and their resets kept out of every other cause.
 
+mod act;
 mod evidence;
 mod scan;
 mod text;
