@@ -1,8 +1,12 @@
 //! Where the model goes: one printer per `--format`, chosen once. [`table`] writes for people,
 //! [`json`] is the JSON Lines contract.
 
+pub mod capture;
 pub mod json;
+pub mod metrics;
 pub mod table;
+pub mod tui;
+pub mod view;
 
 use std::{
     io::{self, Write},
@@ -16,8 +20,8 @@ use self::{
     table::TablePrinter,
 };
 use crate::{
-    aggregate::model::{Interval, Run},
-    view::View,
+    model::aggregate::model::{Interval, Run},
+    output::view::View,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
