@@ -61,7 +61,7 @@ fn main() -> ExitCode {
         Some(Command::Man) => clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
             .render(&mut io::stdout())
             .context("writing the man page"),
-        Some(Command::Top(args)) => rstwatch::output::tui::run(&args),
+        Some(Command::Top(args)) => rstwatch::cmd::top::run(&args),
         None => rstwatch::cmd::watch::run(cli.watch),
     };
     match outcome {
