@@ -20,8 +20,9 @@ use crate::{
         model::{Interface, Interval, PeerNetns, Run},
         Aggregator,
     },
-    output::capture::{self, Capture},
+    output::capture::{self, Capture, CapturedPayloads},
     output::metrics::{self, Metrics},
+    output::{Output, Tick},
 };
 
 /// What a live run is sized by.
@@ -64,10 +65,14 @@ pub struct LiveSession {
     collector: Collector,
     ebpf: load::LoadedObject,
     aggregator: Aggregator,
+    /// `--metrics`: also among `outputs`; kept for the run-time sampling the watch mode adds.
     metrics: Option<Arc<Metrics>>,
     interval_start: Instant,
-    /// `--capture`: the thread writing the file.
-    capture: Option<Capture>,
+    /// What follows the run interval by interval (`--capture`'s writer, `--metrics`), in the
+    /// order they were registered.
+    outputs: Vec<Box<dyn Output>>,
+    /// With `--capture`, the RST payloads come from the capture's frames.
+    captured_payloads: Option<CapturedPayloads>,
     /// The RST payloads the counting programs hand over.
     payloads: Payloads,
 }
@@ -135,6 +140,15 @@ impl LiveSession {
             }
             Err(_) => {}
         }
+        // The outputs, each registered once.
+        let mut outputs: Vec<Box<dyn Output>> = Vec::new();
+        let captured_payloads = capture.as_ref().map(Capture::payloads);
+        if let Some(capture) = capture {
+            outputs.push(Box::new(capture));
+        }
+        if let Some(metrics) = &metrics {
+            outputs.push(Box::new(Arc::clone(metrics)));
+        }
         let mut session = LiveSession {
             options: options.clone(),
             missing_since: vec![None; attachments.len()],
@@ -146,7 +160,8 @@ impl LiveSession {
             aggregator,
             metrics,
             interval_start: Instant::now(),
-            capture,
+            outputs,
+            captured_payloads,
             payloads,
         };
         session.follow_patterns();
@@ -188,35 +203,22 @@ impl LiveSession {
         let now = Instant::now();
         let elapsed = now - self.interval_start;
         self.interval_start = now;
-        Ok(self.fold(&sample, elapsed, ranking))
+        self.fold(&sample, elapsed, ranking)
     }
 
-    fn fold(&mut self, sample: &Sample, elapsed: Duration, ranking: Ranking) -> Interval {
+    fn fold(&mut self, sample: &Sample, elapsed: Duration, ranking: Ranking) -> anyhow::Result<Interval> {
         let interval = match ranking {
             Ranking::TopN => self.aggregator.add(sample, elapsed, SystemTime::now()),
             Ranking::Skip => self.aggregator.fold(sample, elapsed, SystemTime::now()),
         };
         // After the fold: the flows they belong to are in the run now.
-        let captured = self.capture.as_ref().map(Capture::take_payloads).unwrap_or_default();
+        let captured = self.captured_payloads.as_ref().map(CapturedPayloads::take).unwrap_or_default();
         self.payloads.drain(&mut self.aggregator, captured);
-        if let Some(capture) = &self.capture {
-            capture.update_known(capture::Known::from_verdicts(&self.aggregator.verdicts()));
+        let tick = Tick { sample, interval: &interval, elapsed, aggregator: &self.aggregator };
+        for output in &mut self.outputs {
+            output.interval(&tick)?;
         }
-        if let Some(metrics) = &self.metrics {
-            metrics.observe(
-                sample,
-                &interval,
-                &self.aggregator.interval_by_interface(),
-                &self.aggregator.top_services(),
-                &self.aggregator.top_workloads(),
-            );
-            metrics.observe_fleet(
-                elapsed,
-                &self.aggregator.interval_source_resets(),
-                &self.aggregator.interval_services(),
-            );
-        }
-        interval
+        Ok(interval)
     }
 
     /// Detaches from every interface (also what dropping the session does), saying so once.
@@ -236,11 +238,10 @@ impl LiveSession {
         self.detach();
         let sample = self.collector.collect()?;
         let elapsed = self.interval_start.elapsed();
-        let interval = self.fold(&sample, elapsed, Ranking::TopN);
+        let interval = self.fold(&sample, elapsed, Ranking::TopN)?;
         let mut run = self.aggregator.summary();
-        // After the collector's grace period: every program run that could still capture is over.
-        if let Some(capture) = self.capture.take() {
-            run.capture = Some(capture.finish(&run)?);
+        for output in std::mem::take(&mut self.outputs) {
+            output.finish(&mut run)?;
         }
         run.rst_payloads = self.payloads.summary();
         Ok(Finished { interval, counted_anything: sample.counted_anything(), run })
@@ -280,8 +281,9 @@ impl LiveSession {
     /// comes back under its name (with a new ifindex) is attached again.
     fn follow_interfaces(&mut self) {
         self.follow_patterns();
-        let exact: Vec<&String> = self.options.ifaces.iter().filter(|name| !load::is_pattern(name)).collect();
-        for (index, name) in exact.into_iter().enumerate() {
+        // Owned: attaching borrows the session.
+        let exact: Vec<String> = self.options.ifaces.iter().filter(|name| !load::is_pattern(name)).cloned().collect();
+        for (index, name) in exact.iter().enumerate() {
             let current = load::resolve_interface(name).ok();
             let attached = self.attachments[index].as_ref().map(|a| a.ifindex);
             if attached.is_some() && attached == current {
@@ -293,16 +295,11 @@ impl LiveSession {
                 self.missing_since[index] = Some(false);
             }
             let Some(ifindex) = current else { continue };
-            match load::attach(&mut self.ebpf, self.options.hook, self.options.xdp_mode, name, ifindex) {
+            match self.attach(name, ifindex) {
                 Ok(attachment) => {
                     tracing::info!("interface {name} is back (ifindex {ifindex})");
-                    self.aggregator.add_interface(Interface::of(&attachment, peer_netns(name, ifindex)));
-                    if let Some(capture) = &self.capture {
-                        capture.add_interface(name, ifindex);
-                    }
-                    if let Some(metrics) = &self.metrics {
-                        metrics.add_interface(ifindex, name);
-                    }
+                    let peer = peer_netns(name, ifindex);
+                    self.register(&attachment, peer);
                     self.attachments[index] = Some(attachment);
                     self.missing_since[index] = None;
                 }
@@ -320,11 +317,24 @@ impl LiveSession {
 }
 
 impl LiveSession {
+    /// Attaches the session's hook to an interface that came after the start.
+    fn attach(&mut self, iface: &str, ifindex: u32) -> anyhow::Result<Attachment> {
+        load::attach(&mut self.ebpf, self.options.hook, self.options.xdp_mode, iface, ifindex)
+    }
+
+    /// Registers a just-attached interface with the run and every output.
+    fn register(&mut self, attachment: &Attachment, peer: Option<PeerNetns>) {
+        self.aggregator.add_interface(Interface::of(attachment, peer));
+        for output in &mut self.outputs {
+            output.interface_added(&attachment.iface, attachment.ifindex);
+        }
+    }
+
     /// `-i` patterns: attaches every interface of this namespace that matches one and is not
     /// watched yet (interfaces that appeared since: a container's veth), and forgets those
     /// that are gone.
     fn follow_patterns(&mut self) {
-        let patterns: Vec<&String> = self.options.ifaces.iter().filter(|name| load::is_pattern(name)).collect();
+        let patterns: Vec<String> = self.options.ifaces.iter().filter(|name| load::is_pattern(name)).cloned().collect();
         if patterns.is_empty() {
             return;
         }
@@ -352,18 +362,12 @@ impl LiveSession {
             if watched {
                 continue;
             }
-            match load::attach(&mut self.ebpf, self.options.hook, self.options.xdp_mode, name, *ifindex) {
+            match self.attach(name, *ifindex) {
                 Ok(attachment) => {
                     let peer = peer_netns(name, *ifindex);
                     let described = crate::model::workload::netns::describe(peer.as_ref());
                     tracing::info!("interface {name} matches -i '{pattern}'{described}");
-                    self.aggregator.add_interface(Interface::of(&attachment, peer));
-                    if let Some(capture) = &self.capture {
-                        capture.add_interface(name, *ifindex);
-                    }
-                    if let Some(metrics) = &self.metrics {
-                        metrics.add_interface(*ifindex, name);
-                    }
+                    self.register(&attachment, peer);
                     self.failed.remove(ifindex);
                     self.matched.push(((*pattern).clone(), attachment));
                 }

@@ -172,9 +172,9 @@ impl Capture {
         self.shared.names.lock().unwrap_or_else(PoisonError::into_inner).insert(ifindex, name.to_owned());
     }
 
-    /// The RST payloads read since the last call: per flow, the first bytes and the length.
-    pub fn take_payloads(&self) -> HashMap<FlowKey, (Vec<u8>, usize)> {
-        std::mem::take(&mut *self.shared.payloads.lock().unwrap_or_else(PoisonError::into_inner))
+    /// Where the RST payloads the capture reads are taken from, each interval.
+    pub fn payloads(&self) -> CapturedPayloads {
+        CapturedPayloads(Arc::clone(&self.shared))
     }
 
     /// What the run knows now, for the comments of what is written from here on.
@@ -212,6 +212,34 @@ impl Capture {
             not_written,
             error: writer.failure.clone(),
         })
+    }
+}
+
+/// Each interval tells the writer what the run knows now; the end accounts for every RST.
+impl crate::output::Output for Capture {
+    fn interval(&mut self, tick: &crate::output::Tick<'_>) -> anyhow::Result<()> {
+        self.update_known(Known::from_verdicts(&tick.aggregator.verdicts()));
+        Ok(())
+    }
+
+    fn interface_added(&mut self, iface: &str, ifindex: u32) {
+        self.add_interface(iface, ifindex);
+    }
+
+    fn finish(self: Box<Self>, run: &mut Run) -> anyhow::Result<()> {
+        // After the collector's grace period: every program run that could still capture is over.
+        run.capture = Some(Capture::finish(*self, run)?);
+        Ok(())
+    }
+}
+
+/// The capture's RST payloads, handed to the run each interval (see [`Capture::payloads`]).
+pub struct CapturedPayloads(Arc<Shared>);
+
+impl CapturedPayloads {
+    /// The RST payloads read since the last call: per flow, the first bytes and the length.
+    pub fn take(&self) -> HashMap<FlowKey, (Vec<u8>, usize)> {
+        std::mem::take(&mut *self.0.payloads.lock().unwrap_or_else(PoisonError::into_inner))
     }
 }
 

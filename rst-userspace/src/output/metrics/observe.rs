@@ -15,6 +15,30 @@ use crate::{
     },
 };
 
+/// The metrics follow the run through the model (the endpoint serves what they hold).
+impl crate::output::Output for std::sync::Arc<Metrics> {
+    fn interval(&mut self, tick: &crate::output::Tick<'_>) -> anyhow::Result<()> {
+        let crate::output::Tick { sample, interval, elapsed, aggregator } = tick;
+        self.observe(
+            sample,
+            interval,
+            &aggregator.interval_by_interface(),
+            &aggregator.top_services(),
+            &aggregator.top_workloads(),
+        );
+        self.observe_fleet(*elapsed, &aggregator.interval_source_resets(), &aggregator.interval_services());
+        Ok(())
+    }
+
+    fn interface_added(&mut self, iface: &str, ifindex: u32) {
+        self.add_interface(ifindex, iface);
+    }
+
+    fn finish(self: Box<Self>, _run: &mut crate::model::aggregate::model::Run) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
 impl Metrics {
     /// Folds one interval of length `elapsed` into the per-resetter and per-service counters:
     /// `sources` every resetter of the interval with its resets, largest first (see
