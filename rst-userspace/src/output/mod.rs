@@ -106,6 +106,20 @@ fn json_line(out: &mut impl Write, record: &impl Serialize) -> io::Result<()> {
     out.flush()
 }
 
+/// The printer as an [`Output`]: each interval printed, the summary at the end (replay; the
+/// watch mode prints itself, as its last interval is printed only when it counted anything).
+impl<W: Write> Output for Printer<W> {
+    fn interval(&mut self, tick: &Tick<'_>) -> anyhow::Result<()> {
+        Ok(Printer::interval(self, tick.interval)?)
+    }
+
+    fn interface_added(&mut self, _iface: &str, _ifindex: u32) {}
+
+    fn finish(mut self: Box<Self>, run: &mut Run) -> anyhow::Result<()> {
+        Ok(self.summary(run)?)
+    }
+}
+
 /// Whether `error` is a closed stdout (`rstwatch … | head`): not a failure.
 pub fn is_broken_pipe(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| cause.downcast_ref::<io::Error>().is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe))

@@ -2,7 +2,7 @@
 //!
 //! Frames stream out of the files ([`capture`]), lose their link header ([`link`]) and go
 //! through `rst-common`'s walk, exactly as in the XDP program; a host map takes the place of
-//! the kernel's flow table. The report comes from the live [`Aggregator`] and [`Printer`],
+//! the kernel's flow table. The report comes from the live [`Aggregator`] and [`Printer`] (an [`Output`]),
 //! with intervals measured in capture time: a frame stamped at or after the end of the current
 //! interval closes it. Needs no privileges, except `--kernel`.
 
@@ -39,7 +39,7 @@ use crate::{
         model::{self, AttachMode},
         Aggregator,
     },
-    output::{self, Printer},
+    output::{self, Output, Printer, Tick},
 };
 
 #[derive(Debug, clap::Args)]
@@ -75,7 +75,7 @@ pub fn run_to<W: Write>(args: &ReplayArgs, out: W) -> anyhow::Result<()> {
         // A pcapng file may declare an interface after packets of another: each is added to the
         // aggregator when met.
         aggregator: Aggregator::new(Vec::new(), top as usize).limit_flows(summary_flows),
-        printer: Printer::new(out, format, top as usize, by),
+        outputs: vec![Box::new(Printer::new(out, format, top as usize, by))],
         interval_ns: u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX),
         tally: Tally {
             connections: HostConnections::with_capacity(REPLAY_CONNECTIONS).watching_data(),
@@ -199,9 +199,10 @@ struct Window {
     latest: u64,
 }
 
-struct Replay<W: Write> {
+struct Replay<'w> {
     aggregator: Aggregator,
-    printer: Printer<W>,
+    /// What the run is reported to, interval by interval: the printer.
+    outputs: Vec<Box<dyn Output + 'w>>,
     interval_ns: u64,
     tally: Tally,
     window: Option<Window>,
@@ -218,7 +219,7 @@ struct Replay<W: Write> {
     payloads: HashMap<FlowKey, (Vec<u8>, usize)>,
 }
 
-impl<W: Write> Replay<W> {
+impl Replay<'_> {
     fn file(&mut self, path: &Path) -> Result<(), Stop<anyhow::Error>> {
         let mut reader = CaptureReader::open(path)?;
         self.new_file = self.window.is_some();
@@ -305,7 +306,7 @@ impl<W: Write> Replay<W> {
 
     /// Closes the intervals that end at or before `timestamp`.
     #[inline]
-    fn advance_clock(&mut self, timestamp: u64) -> io::Result<()> {
+    fn advance_clock(&mut self, timestamp: u64) -> anyhow::Result<()> {
         let interval = self.interval_ns;
         let Some(window) = &mut self.window else {
             // The run starts at the first frame, for the service tracker's clock too.
@@ -340,7 +341,7 @@ impl<W: Write> Replay<W> {
     }
 
     /// Reports what was counted since the last flush as one interval of `elapsed_ns`.
-    fn flush(&mut self, elapsed_ns: u64, ended_ns: u64) -> io::Result<()> {
+    fn flush(&mut self, elapsed_ns: u64, ended_ns: u64) -> anyhow::Result<()> {
         let sample = Sample {
             counters: mem::take(&mut self.tally.counters),
             flows: self.tally.flows.drain().collect(),
@@ -351,17 +352,26 @@ impl<W: Write> Replay<W> {
             ..Sample::default()
         };
         let ended = SystemTime::UNIX_EPOCH + Duration::from_nanos(ended_ns);
-        let record = self.aggregator.add(&sample, Duration::from_nanos(elapsed_ns), ended);
+        let elapsed = Duration::from_nanos(elapsed_ns);
+        let record = self.aggregator.add(&sample, elapsed, ended);
         for (id, (bytes, len)) in self.payloads.drain() {
             self.aggregator.rst_payload(&id, &bytes, len);
         }
-        self.printer.interval(&record)
+        let tick = Tick { sample: &sample, interval: &record, elapsed, aggregator: &self.aggregator };
+        for output in &mut self.outputs {
+            output.interval(&tick)?;
+        }
+        Ok(())
     }
 
-    fn finish(&mut self) -> io::Result<()> {
+    fn finish(&mut self) -> anyhow::Result<()> {
         if let Some(window) = self.window.take() {
             self.flush(window.latest - window.start, window.latest)?;
         }
-        self.printer.summary(&self.aggregator.summary())
+        let mut run = self.aggregator.summary();
+        for output in mem::take(&mut self.outputs) {
+            output.finish(&mut run)?;
+        }
+        Ok(())
     }
 }
