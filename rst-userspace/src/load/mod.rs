@@ -5,6 +5,12 @@
 //! crashed or killed rstwatch leaves nothing behind: the kernel detaches when the last link fd
 //! closes. Without tcx (before 6.6) rstwatch counts received resets only and says so; without
 //! the tracepoint's `reason` (before 6.10) or tracefs it reports no kernel reasons and says so.
+//!
+//! By concern: `caps` (what loading and attaching need), `counting` (PREEMPT_RT and how the
+//! programs count), `object` (loading: maps sized, globals set), `tail_call` (the payload
+//! programs' wiring), `interfaces` (`-i` names and patterns), `attach` (XDP, tcx, clsact),
+//! [`kernel_events`] (the `tcp:tcp_send_reset` program), [`netlink`], [`tracefs`], and
+//! [`testrun`] (the object under BPF_PROG_TEST_RUN). Their items keep their `load::` paths.
 
 pub mod kernel_events;
 pub mod netlink;

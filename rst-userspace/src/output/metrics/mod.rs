@@ -7,8 +7,8 @@
 //! clients, so a misbehaving scraper cannot stall the counting.
 //!
 //! This module is the registry: every metric with its labels, declared once. The model's
-//! mapping onto it is [`observe`](self::observe), the endpoint [`server`](self::server), the
-//! text-format rewrite [`text`](self::text), the program run-time sampling [`run_time`](self::run_time).
+//! mapping onto it is `observe`, the endpoint `server`, the
+//! text-format rewrite `text`, the program run-time sampling `run_time`.
 
 mod observe;
 mod run_time;
