@@ -17,7 +17,7 @@ pub enum Report {
     Latency(LatencyReport),
 }
 
-/// Which counting programs the object loaded (see `rstwatch::loader::Counting`).
+/// Which counting programs the object loaded (see `rstwatch::load::Counting`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum CountingMode {

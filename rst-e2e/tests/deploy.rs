@@ -280,7 +280,7 @@ fn grafana_dashboard_queries_only_metrics_rstwatch_exports() -> Result<()> {
     let root = workspace_root();
     let dashboard: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(root.join("deploy/grafana-dashboard.json"))?)?;
-    let source = std::fs::read_to_string(root.join("rst-userspace/src/metrics.rs"))?;
+    let source = std::fs::read_to_string(root.join("rst-userspace/src/output/metrics/mod.rs"))?;
     let recorded = rule_names(&std::fs::read_to_string(root.join("deploy/prometheus/rules.yml"))?, "record");
     let mut queried = Vec::new();
     let mut rules_queried = Vec::new();

@@ -19,7 +19,7 @@ use rst_common::wire::{
     CAPTURE_REASON_MAX_AGE_NS, CAPTURE_RING_BYTES, CAPTURE_RST,
 };
 
-/// Userspace polls the ring (every few ms, see `rstwatch::capture`), so no submit needs to
+/// Userspace polls the ring (every few ms, see `rstwatch::output::capture`), so no submit needs to
 /// schedule the wake-up that costs a notification per record.
 const BPF_RB_NO_WAKEUP: u64 = 1;
 

@@ -6,12 +6,12 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use rst_common::wire::{CAPTURE_DEFAULT_BUDGET, CAPTURE_DEFAULT_SNAPLEN, CAPTURE_MAX_SNAPLEN, DEFAULT_MAX_FLOWS};
 
 use crate::{
-    aggregate::DEFAULT_SUMMARY_FLOWS,
-    loader::{Counting, HookChoice, XdpModeChoice},
-    metrics,
+    cmd::replay::ReplayArgs,
+    load::{Counting, HookChoice, XdpModeChoice},
+    model::aggregate::DEFAULT_SUMMARY_FLOWS,
+    output::metrics,
+    output::view::View,
     output::Format,
-    replay::ReplayArgs,
-    view::View,
 };
 
 /// Counts TCP resets per flow with XDP on the given interfaces and reports the top resetters.
@@ -70,7 +70,7 @@ pub struct Interfaces {
     #[arg(long)]
     pub no_workloads: bool,
     /// The kubelet's pod log directory, where pod names and namespaces come from.
-    #[arg(long, value_name = "DIR", default_value = crate::workload::DEFAULT_POD_LOGS)]
+    #[arg(long, value_name = "DIR", default_value = crate::model::workload::DEFAULT_POD_LOGS)]
     pub pod_logs: std::path::PathBuf,
     /// The host's cgroup2 tree, where cgroup ids are named; default: the cgroup2 mount in
     /// /proc/self/mountinfo. In a container with its own cgroup namespace, mount the host's
@@ -110,9 +110,9 @@ pub struct LiveOptions {
     pub hook: HookChoice,
     pub xdp_mode: XdpModeChoice,
     pub counting: Counting,
-    pub workloads: crate::workload::Setting,
+    pub workloads: crate::model::workload::Setting,
     /// `--capture`.
-    pub capture: Option<crate::capture::Options>,
+    pub capture: Option<crate::output::capture::Options>,
 }
 
 impl LiveOptions {
@@ -123,9 +123,9 @@ impl LiveOptions {
             xdp_mode: hooks.xdp_mode,
             counting: counting.counting,
             workloads: if interfaces.no_workloads {
-                crate::workload::Setting::Off
+                crate::model::workload::Setting::Off
             } else {
-                crate::workload::Setting::On {
+                crate::model::workload::Setting::On {
                     pod_logs: interfaces.pod_logs.clone(),
                     cgroup_root: interfaces.cgroup_root.clone(),
                 }
@@ -169,11 +169,11 @@ pub struct CaptureArgs {
 }
 
 impl CaptureArgs {
-    pub fn options(&self) -> Option<crate::capture::Options> {
+    pub fn options(&self) -> Option<crate::output::capture::Options> {
         let CaptureArgs { capture, snaplen, capture_budget, capture_max_size, capture_files, capture_handshakes } =
             self;
-        Some(crate::capture::Options {
-            layout: crate::capture::files::Layout {
+        Some(crate::output::capture::Options {
+            layout: crate::output::capture::files::Layout {
                 path: capture.clone()?,
                 max_size: *capture_max_size,
                 files: *capture_files,

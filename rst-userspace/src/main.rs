@@ -48,7 +48,7 @@ fn main() -> ExitCode {
     };
     init_logging(&cli.log_level, cli.log_format);
     let outcome = match cli.command {
-        Some(Command::Replay(args)) => rstwatch::replay::run(&args),
+        Some(Command::Replay(args)) => rstwatch::cmd::replay::run(&args),
         Some(Command::Completions { shell }) => {
             clap_complete::generate(
                 shell,
@@ -61,8 +61,8 @@ fn main() -> ExitCode {
         Some(Command::Man) => clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
             .render(&mut io::stdout())
             .context("writing the man page"),
-        Some(Command::Top(args)) => rstwatch::tui::run(&args),
-        None => rstwatch::watch::run(cli.watch),
+        Some(Command::Top(args)) => rstwatch::cmd::top::run(&args),
+        None => rstwatch::cmd::watch::run(cli.watch),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -26,8 +26,8 @@ use pcap_file::{
 };
 use rst_common::{inspect, FlowKey, Observation};
 use rstwatch::{
-    loader::Counting,
-    testrun::{sample_flows, Harness, Verdict, LOOPBACK_IFINDEX, MIN_FRAME},
+    load::testrun::{sample_flows, Harness, Verdict, LOOPBACK_IFINDEX, MIN_FRAME},
+    load::Counting,
 };
 
 mod support;

@@ -15,7 +15,7 @@ use rst_common::{
 };
 use rst_craft::{cases, ipv6_chain, tcp_v4, tcp_v6, vlan_ipv4_options_rst, Ipv6Ext, VlanKind};
 use rst_tools::fuzz as engine;
-use rstwatch::{loader::Counting, testrun::Harness};
+use rstwatch::{load::testrun::Harness, load::Counting};
 
 /// Frames in the quick slice; `RSTWATCH_FUZZ_FRAMES` overrides.
 const QUICK_FRAMES: u64 = 200_000;

@@ -13,9 +13,9 @@ use rst_common::{
 };
 use rst_craft::tcp_v4;
 use rstwatch::{
-    collector::Collector,
-    loader::{self, Counting, Hook, TcLink, XdpMode, XdpModeChoice},
-    netlink,
+    collect::Collector,
+    load::netlink,
+    load::{self, Counting, Hook, TcLink, XdpMode, XdpModeChoice},
 };
 
 /// Whether the test can run: root, for a network namespace of its own and BPF; otherwise it
@@ -39,7 +39,7 @@ fn private_veth(a: &str, b: &str) -> u32 {
         let status = Command::new("ip").args(&args).status().expect("ip runs");
         assert!(status.success(), "ip {args:?}");
     }
-    loader::resolve_interface(a).expect("the veth exists")
+    load::resolve_interface(a).expect("the veth exists")
 }
 
 fn tcx_ingress_programs(iface: &str) -> Vec<String> {
@@ -53,9 +53,9 @@ fn tc_attachment_is_a_tcx_link_that_goes_with_its_owner() {
         return;
     }
     let ifindex = private_veth("rwhook0", "rwhook1");
-    let mut ebpf = loader::load_counting(1024, Counting::PerCpu).expect("load");
+    let mut ebpf = load::load_counting(1024, Counting::PerCpu).expect("load");
     let attachment =
-        loader::attach_tc(loader::tc_program(&mut ebpf).expect("program"), "rwhook0", ifindex).expect("attach tc");
+        load::attach_tc(load::tc_program(&mut ebpf).expect("program"), "rwhook0", ifindex).expect("attach tc");
     assert_eq!(attachment.hook, Hook::TcIngress);
     assert_eq!(tcx_ingress_programs("rwhook0"), [PROG_TC]);
     drop(attachment);
@@ -75,9 +75,9 @@ fn clsact_attachment_for_older_kernels_is_removed_with_its_owner() {
         return;
     }
     let _ifindex = private_veth("rwhook4", "rwhook5");
-    let mut ebpf = loader::load_counting(1024, Counting::PerCpu).expect("load");
-    let program = loader::tc_egress_program(&mut ebpf).expect("program");
-    let link = loader::attach_tc_with(program, "rwhook4", TcAttachType::Egress, TcLink::Clsact).expect("attach clsact");
+    let mut ebpf = load::load_counting(1024, Counting::PerCpu).expect("load");
+    let program = load::tc_egress_program(&mut ebpf).expect("program");
+    let link = load::attach_tc_with(program, "rwhook4", TcAttachType::Egress, TcLink::Clsact).expect("attach clsact");
     let listed = tc_filters("rwhook4", "egress");
     assert!(listed.contains(PROG_TC_EGRESS), "the filter names the program: {listed}");
     let (_, tcx) = SchedClassifier::query_tcx("rwhook4", TcAttachType::Egress).expect("tcx query");
@@ -93,17 +93,17 @@ fn xdp_attachment_goes_with_its_owner_and_blocks_a_second_one() {
         return;
     }
     let ifindex = private_veth("rwhook2", "rwhook3");
-    let mut ebpf = loader::load_counting(1024, Counting::PerCpu).expect("load");
+    let mut ebpf = load::load_counting(1024, Counting::PerCpu).expect("load");
     let attachment =
-        loader::attach_xdp(loader::xdp_program(&mut ebpf).expect("program"), "rwhook2", ifindex, XdpModeChoice::Auto)
+        load::attach_xdp(load::xdp_program(&mut ebpf).expect("program"), "rwhook2", ifindex, XdpModeChoice::Auto)
             .expect("attach xdp");
     assert_eq!(attachment.hook, Hook::Xdp(XdpMode::Native), "veth supports native XDP");
     let held = netlink::attached_xdp(ifindex).expect("rtnetlink").expect("an XDP program is attached");
     assert_eq!(netlink::program_name(held.program_id).as_deref(), Some("rstwatch_xdp"));
 
-    let mut second = loader::load_counting(1024, Counting::PerCpu).expect("load");
+    let mut second = load::load_counting(1024, Counting::PerCpu).expect("load");
     let refused =
-        loader::attach_xdp(loader::xdp_program(&mut second).expect("program"), "rwhook2", ifindex, XdpModeChoice::Skb)
+        load::attach_xdp(load::xdp_program(&mut second).expect("program"), "rwhook2", ifindex, XdpModeChoice::Skb)
             .expect_err("the hook is taken");
     let message = refused.to_string();
     assert!(
@@ -120,9 +120,9 @@ fn tc_program_counts_like_xdp_and_always_says_next() {
     if !ready() {
         return;
     }
-    let mut ebpf = loader::load_counting(1024, Counting::PerCpu).expect("load");
+    let mut ebpf = load::load_counting(1024, Counting::PerCpu).expect("load");
     let mut collector = Collector::new(&mut ebpf).expect("collector");
-    let program = loader::tc_program(&mut ebpf).expect("program");
+    let program = load::tc_program(&mut ebpf).expect("program");
     let reset = tcp_v4().flags(TCP_RST | TCP_ACK);
     for frame in [reset.build().bytes, tcp_v4().flags(TCP_ACK).build().bytes] {
         let result =

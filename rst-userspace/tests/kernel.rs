@@ -21,10 +21,10 @@ use rst_common::{
 };
 use rst_craft::{cases, tcp_v4, tcp_v6, FrameBuilder, VlanKind};
 use rstwatch::{
-    connections::HostConnections,
-    loader::{CaptureLoad, Counting},
+    collect::connections::HostConnections,
+    load::testrun::{expected_sample, run_xdp, sample_flows, Harness, Verdict, LOOPBACK_IFINDEX},
+    load::{CaptureLoad, Counting},
     sys::affinity::{pin_current_thread, usable_cpus},
-    testrun::{expected_sample, run_xdp, sample_flows, Harness, Verdict, LOOPBACK_IFINDEX},
 };
 
 const MAX_FLOWS: u32 = 1024;
@@ -213,7 +213,7 @@ fn a_full_flow_table_counts_overflow() -> anyhow::Result<()> {
 fn evictions_beyond_the_log_go_to_the_table_and_every_count_is_exact() -> anyhow::Result<()> {
     rst_lab::require!(rst_lab::Need::Bpf);
     const MAX: u32 = 8192;
-    let cpus = rstwatch::flow_table::possible_cpu_ids()?.len();
+    let cpus = rstwatch::collect::flow_table::possible_cpu_ids()?.len();
     let log_slots = rst_common::table::eviction_log_slots(MAX, cpus as u32);
     let scanned = FLOW_CACHE_SLOTS + log_slots + 1000;
     let mut kernel = Harness::load(MAX, Counting::Auto)?;
@@ -773,7 +773,7 @@ fn rsts_with_a_payload_counted_once(counting: Counting) -> anyhow::Result<()> {
     kernel.run(&with_data.build().bytes, REPEAT)?;
     kernel.run(&bare, REPEAT)?;
     let egress = kernel.tc(kernel.programs().tc_egress)?;
-    rstwatch::testrun::run_tc(egress, &with_data.build().bytes, REPEAT)?;
+    rstwatch::load::testrun::run_tc(egress, &with_data.build().bytes, REPEAT)?;
     let sample = kernel.collect()?;
     assert_eq!(sample.counters.resets, 3 * u64::from(REPEAT));
     let flows = sample_flows(&sample)?;

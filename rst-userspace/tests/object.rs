@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use aya_obj::{EbpfSectionKind, Object, ProgramSection};
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
 use rst_common::wire::{names, ProgramKind, GLOBAL_EPOCH, MAP_EPOCH};
-use rstwatch::loader::EBPF_OBJECT;
+use rstwatch::load::EBPF_OBJECT;
 
 fn parsed() -> Object {
     Object::parse(EBPF_OBJECT).expect("the embedded object parses as aya parses it")

@@ -11,7 +11,7 @@ use std::{
 
 use rst_common::{parse::TCP_RST, wire::FLOW_CACHE_SLOTS};
 use rst_craft::tcp_v4;
-use rstwatch::{collector::KERNEL_LOG_TARGET, loader::Counting, testrun::Harness};
+use rstwatch::{collect::KERNEL_LOG_TARGET, load::testrun::Harness, load::Counting};
 
 /// Everything a subscriber writes, kept for the test to read.
 #[derive(Clone, Default)]

@@ -38,7 +38,7 @@ use rst_common::{
     Observation,
 };
 use rst_craft::{self as craft, tcp_v4, tcp_v6};
-use rstwatch::replay::kernel::Parity;
+use rstwatch::cmd::replay::kernel::Parity;
 use serde_json::Value;
 
 mod support;

@@ -9,10 +9,10 @@ use aya::maps::{Array, Map, MapData, PerCpuArray, PerCpuValues};
 use rst_bench_report::{median, DrainReport, DrainRow};
 use rst_common::wire::{FlowKey, MAP_EPOCH, MAP_FLOW_BLOCKS, MAP_FLOW_TABLE};
 use rstwatch::{
-    flow_table::FlowTableMap,
-    loader::Counting,
+    collect::flow_table::FlowTableMap,
+    load::testrun::Harness,
+    load::Counting,
     sys::{map_batch, membarrier},
-    testrun::Harness,
 };
 
 use super::flood_flow;
@@ -110,8 +110,8 @@ pub fn drain(sizes: &[u32], trials: usize) -> anyhow::Result<DrainReport> {
         }
         // The same table with every CPU's eviction log full as well (distinct flows): the log
         // entries go through the merge map, and then every table slot is looked up in it.
-        let cpu_ids = rstwatch::flow_table::possible_cpu_ids()?;
-        let log_slots = log_entries / (2 * rstwatch::flow_table::eviction_log_cpus(&cpu_ids));
+        let cpu_ids = rstwatch::collect::flow_table::possible_cpu_ids()?;
+        let log_slots = log_entries / (2 * rstwatch::collect::flow_table::eviction_log_cpus(&cpu_ids));
         let logged: Vec<(u32, rst_common::wire::LoggedFlow)> = cpu_ids
             .iter()
             .flat_map(|&cpu| (0..log_slots).map(move |n| (cpu, n)))

@@ -17,9 +17,9 @@ use aya::programs::Xdp;
 use rst_bench_report::{FlowCount, GenReport, PktReport};
 use rst_common::wire::PROG_XDP_BASELINE;
 use rstwatch::{
-    loader,
+    load,
+    load::testrun::XdpMd,
     sys::{ethtool::XmitErrors, packet::PacketSender, test_run},
-    testrun::XdpMd,
 };
 
 use super::{flood_flow, padded};
@@ -62,7 +62,7 @@ pub struct GenArgs {
 pub fn generate(args: &GenArgs) -> anyhow::Result<GenReport> {
     let GenArgs { ref iface, flows, first, repeat, passes, seconds, rate, batch, list, ref payload } = *args;
     ensure!(flows > 0 && repeat > 0, "--flows and --repeat must be positive");
-    let ifindex = loader::resolve_interface(iface)?;
+    let ifindex = load::resolve_interface(iface)?;
     let prog = test_run::load_xdp_tx().context("loading the XDP_TX generator program")?;
     let frame_of = |i| match payload {
         Some(text) => padded(flood_flow(i).payload(text.as_bytes())),
@@ -160,7 +160,7 @@ pub struct PktArgs {
 pub fn packet_flood(args: &PktArgs) -> anyhow::Result<PktReport> {
     let PktArgs { ref iface, flows, rate, seconds } = *args;
     ensure!(flows > 0 && rate > 0.0 && seconds > 0.0, "--flows, --rate and --seconds must be positive");
-    let ifindex = loader::resolve_interface(iface)?;
+    let ifindex = load::resolve_interface(iface)?;
     let mut sender = PacketSender::open(ifindex).context("socket(AF_PACKET)")?;
     let frames: Vec<Vec<u8>> = (0..flows).map(|i| padded(flood_flow(i))).collect();
     const BATCH: usize = 64;
@@ -197,13 +197,13 @@ pub struct HoldArgs {
 /// which detaches the program.
 pub fn hold(args: &HoldArgs) -> anyhow::Result<()> {
     let HoldArgs { ref iface, program: ref name } = *args;
-    let ifindex = loader::resolve_interface(iface)?;
-    let mut ebpf = loader::load(1024)?;
+    let ifindex = load::resolve_interface(iface)?;
+    let mut ebpf = load::load(1024)?;
     let program: &mut Xdp = ebpf.program_mut(name).with_context(|| format!("no program {name}"))?.try_into()?;
     if program.fd().is_err() {
         program.load()?;
     }
-    let attachment = loader::attach_xdp(program, iface, ifindex, loader::XdpModeChoice::Auto)?;
+    let attachment = load::attach_xdp(program, iface, ifindex, load::XdpModeChoice::Auto)?;
     eprintln!("bench: attached {name} to {iface} ({:?})", attachment.hook);
     loop {
         std::thread::sleep(Duration::from_secs(3600));

@@ -15,8 +15,8 @@ use rst_common::{
 };
 use rst_craft::{tcp_v4, tcp_v6, FrameBuilder, VlanKind};
 use rstwatch::{
-    loader::Counting,
-    testrun::{self, Harness},
+    load::testrun::{self, Harness},
+    load::Counting,
 };
 
 use super::{flood_flow, padded, BUDGET_NS};
@@ -112,7 +112,7 @@ pub struct KernelArgs {
     /// Only the lines whose names contain one of these (comma-separated); all by default.
     #[arg(long, value_delimiter = ',')]
     pub lines: Vec<String>,
-    /// `atomic`: what a PREEMPT_RT kernel gets (see `rstwatch::loader::Counting`).
+    /// `atomic`: what a PREEMPT_RT kernel gets (see `rstwatch::load::Counting`).
     #[arg(long, value_enum, default_value_t = Counting::Auto)]
     pub counting: Counting,
     /// Measure the capturing programs (`--capture`) with this budget per second (RSTs handed to
@@ -127,7 +127,7 @@ pub fn kernel(args: &KernelArgs) -> anyhow::Result<KernelReport> {
     // Smaller tables (to see what fits the CPU caches) skip the 64k-flow line, which would overflow.
     ensure!(max_flows >= 8192, "--max-flows must hold the new-flow lines' 4 096 warm-up flows twice");
     let wanted = |name: &str| lines.is_empty() || lines.iter().any(|part| name.contains(part.trim()));
-    let capture = capture_budget.map(|budget| rstwatch::loader::CaptureLoad {
+    let capture = capture_budget.map(|budget| rstwatch::load::CaptureLoad {
         budget,
         snaplen: rst_common::wire::CAPTURE_DEFAULT_SNAPLEN,
         handshakes: false,

@@ -35,8 +35,8 @@ pub use generate::{generate, Rng, Seeds};
 pub use reference::{host, reference, AH_ZERO_AS_8_BYTES};
 use rst_common::{wire::FAMILY_IPV4, FlowKey};
 use rstwatch::{
-    loader::Counting,
-    testrun::{sample_flows, Harness, LOOPBACK_IFINDEX, MIN_FRAME},
+    load::testrun::{sample_flows, Harness, LOOPBACK_IFINDEX, MIN_FRAME},
+    load::Counting,
 };
 
 /// What a test run without `ctx_in` reports as the ingress interface (the loopback).

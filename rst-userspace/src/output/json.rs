@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use serde::Serialize;
 
-use crate::aggregate::{
+use crate::model::aggregate::{
     diagnosis,
     model::{
         AttachMode, CaptureSummary, CountingMode, Destination, Direction, Family, Flow, Interface, Interval,
@@ -14,7 +14,7 @@ use crate::aggregate::{
         Source, Totals, Unlisted, Verdict, Workload, WorkloadResets,
     },
 };
-use crate::verdict::{Finding, ScanCounts};
+use crate::model::verdict::{Finding, ScanCounts};
 
 fn ms(duration: std::time::Duration) -> f64 {
     duration.as_secs_f64() * 1e3

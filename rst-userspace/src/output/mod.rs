@@ -1,12 +1,18 @@
 //! Where the model goes: one printer per `--format`, chosen once. [`table`] writes for people,
-//! [`json`] is the JSON Lines contract.
+//! [`json`] is the JSON Lines contract. Beside the printer, the outputs a live run feeds
+//! interval by interval ([`metrics`], [`capture`]) are each an [`Output`], registered once in
+//! [`crate::cmd::live`].
 
+pub mod capture;
 pub mod json;
+pub mod metrics;
 pub mod table;
+pub mod tui;
+pub mod view;
 
 use std::{
     io::{self, Write},
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use serde::Serialize;
@@ -16,9 +22,47 @@ use self::{
     table::TablePrinter,
 };
 use crate::{
-    aggregate::model::{Interval, Run},
-    view::View,
+    collect::Sample,
+    model::aggregate::{
+        model::{Interval, Run},
+        Aggregator,
+    },
+    output::view::View,
 };
+
+/// One interval as an [`Output`] sees it: folded into the run already.
+pub struct Tick<'a> {
+    /// The kernel's read the interval came from (for what only it knows: the overflowed
+    /// resets' interfaces, the kernel's reasons, the collector's own health).
+    pub sample: &'a Sample,
+    /// The interval's model.
+    pub interval: &'a Interval,
+    /// How long the interval lasted.
+    pub elapsed: Duration,
+    /// The run so far, the interval included.
+    pub aggregator: &'a Aggregator,
+}
+
+/// An output that follows a live run: told of every interval, of every interface attached after
+/// the start, and of the run's end. A new one is a type implementing this and one registration
+/// in [`crate::cmd::live::LiveSession::start`].
+pub trait Output {
+    /// One interval, after it was folded into the run.
+    ///
+    /// # Errors
+    /// The output's own (it stops the run).
+    fn interval(&mut self, tick: &Tick<'_>) -> anyhow::Result<()>;
+
+    /// An interface attached after the start (perhaps one back under a new ifindex).
+    fn interface_added(&mut self, iface: &str, ifindex: u32);
+
+    /// The run is over (detached, last interval read): the output's last word, which it may add
+    /// to the run's summary.
+    ///
+    /// # Errors
+    /// The output's own.
+    fn finish(self: Box<Self>, run: &mut Run) -> anyhow::Result<()>;
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -60,6 +104,20 @@ fn json_line(out: &mut impl Write, record: &impl Serialize) -> io::Result<()> {
     serde_json::to_writer(&mut *out, record)?;
     out.write_all(b"\n")?;
     out.flush()
+}
+
+/// The printer as an [`Output`]: each interval printed, the summary at the end (replay; the
+/// watch mode prints itself, as its last interval is printed only when it counted anything).
+impl<W: Write> Output for Printer<W> {
+    fn interval(&mut self, tick: &Tick<'_>) -> anyhow::Result<()> {
+        Ok(Printer::interval(self, tick.interval)?)
+    }
+
+    fn interface_added(&mut self, _iface: &str, _ifindex: u32) {}
+
+    fn finish(mut self: Box<Self>, run: &mut Run) -> anyhow::Result<()> {
+        Ok(self.summary(run)?)
+    }
 }
 
 /// Whether `error` is a closed stdout (`rstwatch … | head`): not a failure.

@@ -3,7 +3,7 @@
 use std::io::{self, Write};
 
 use crate::{
-    aggregate::{
+    model::aggregate::{
         diagnosis,
         model::{
             endpoint, per_second, CaptureSummary, Conversation, Destination, Flow, Interval, Origin, PayloadSummary,
@@ -11,7 +11,7 @@ use crate::{
         },
         rank::ROW_DETAIL,
     },
-    view::View,
+    output::view::View,
 };
 
 use super::clock;

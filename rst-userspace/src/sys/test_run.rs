@@ -1,6 +1,6 @@
 //! `bpf(2)` for the benchmarks' flood generator: a program outside rstwatch's object, which aya
 //! can neither load (it loads ELF objects) nor test-run (its `TestRun` needs a program it
-//! loaded). Everything in rstwatch's own object goes through aya ([`crate::testrun`]).
+//! loaded). Everything in rstwatch's own object goes through aya ([`crate::load::testrun`]).
 
 use std::{
     io,
@@ -8,7 +8,7 @@ use std::{
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
 };
 
-use crate::testrun::{XdpMd, XDP_TX};
+use crate::load::testrun::{XdpMd, XDP_TX};
 
 /// `union bpf_attr` for BPF_PROG_LOAD, up to `expected_attach_type`, plus zeroed room.
 #[repr(C)]

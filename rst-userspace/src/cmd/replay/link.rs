@@ -1,0 +1,263 @@
+//! Link layers replay understands: where the network header starts and what it is.
+//!
+//! This is the only packet knowledge replay adds to `rst-common`: it peels the capture's link
+//! header and hands the rest to the shared walk ([`rst_common::inspect`] for Ethernet,
+//! [`rst_common::inspect_from`] with the link header's protocol for everything else), so every
+//! classification is the kernel's.
+
+use pcap_file::DataLink;
+use rst_common::{
+    inspect, inspect_from,
+    parse::{tcp_event, tcp_payload, ETH_P_IPV4, ETH_P_IPV6},
+    wire::DIRECTION_RX,
+    FlowKey, Observation, Walk,
+};
+
+/// A protocol number the walk does not know: frames that carry it are not TCP over IP.
+const ETH_P_NONE: u16 = 0;
+/// `ARPHRD_NETLINK`: a cooked frame whose protocol field is a netlink family, not an ethertype.
+const ARPHRD_NETLINK: u16 = 824;
+const ETH_HLEN: usize = 14;
+const SLL_HLEN: usize = 16;
+const SLL2_HLEN: usize = 20;
+const NULL_HLEN: usize = 4;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Link {
+    Ethernet,
+    /// Linux cooked capture v1 (`tcpdump -i any` before libpcap 1.10).
+    LinuxSll,
+    /// Linux cooked capture v2.
+    LinuxSll2,
+    /// Raw IP; the version nibble says IPv4 or IPv6.
+    RawIp,
+    Ipv4,
+    Ipv6,
+    /// BSD loopback with the address family in the capturing host's byte order (macOS `lo0`).
+    Null,
+    /// BSD loopback with the address family in network byte order (OpenBSD).
+    Loop,
+}
+
+/// Where a frame's network layer is, according to its link header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Located {
+    /// An Ethernet frame: the walk starts at the Ethernet header itself.
+    Ethernet,
+    /// The header at `offset` is of protocol `ether_type`.
+    Network { offset: usize, ether_type: u16 },
+    /// Shorter than its own link header.
+    Truncated,
+}
+
+impl Link {
+    pub fn from_datalink(datalink: DataLink) -> Option<Link> {
+        Some(match datalink {
+            DataLink::ETHERNET => Link::Ethernet,
+            DataLink::LINUX_SLL => Link::LinuxSll,
+            DataLink::LINUX_SLL2 => Link::LinuxSll2,
+            // 12 and 14 are DLT_RAW on OpenBSD and BSD/OS; some writers put them in files
+            // instead of LINKTYPE_RAW (101), and Wireshark reads them as raw IP too.
+            DataLink::RAW | DataLink::Unknown(12 | 14) => Link::RawIp,
+            DataLink::IPV4 => Link::Ipv4,
+            DataLink::IPV6 => Link::Ipv6,
+            DataLink::NULL => Link::Null,
+            DataLink::LOOP => Link::Loop,
+            _ => return None,
+        })
+    }
+
+    /// The name replay reports as the interface's `mode`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Link::Ethernet => "ethernet",
+            Link::LinuxSll => "linux-sll",
+            Link::LinuxSll2 => "linux-sll2",
+            Link::RawIp => "raw-ip",
+            Link::Ipv4 => "raw-ipv4",
+            Link::Ipv6 => "raw-ipv6",
+            Link::Null => "bsd-null",
+            Link::Loop => "bsd-loop",
+        }
+    }
+
+    #[inline]
+    pub fn locate(self, frame: &[u8]) -> Located {
+        match self {
+            Link::Ethernet => Located::Ethernet,
+            Link::LinuxSll => match (be16(frame, 2), be16(frame, 14)) {
+                (Some(ARPHRD_NETLINK), Some(_)) => Located::Network { offset: SLL_HLEN, ether_type: ETH_P_NONE },
+                (Some(_), Some(protocol)) if frame.len() >= SLL_HLEN => {
+                    Located::Network { offset: SLL_HLEN, ether_type: protocol }
+                }
+                _ => Located::Truncated,
+            },
+            Link::LinuxSll2 => match (be16(frame, 0), be16(frame, 8)) {
+                (Some(_), Some(ARPHRD_NETLINK)) if frame.len() >= SLL2_HLEN => {
+                    Located::Network { offset: SLL2_HLEN, ether_type: ETH_P_NONE }
+                }
+                (Some(protocol), Some(_)) if frame.len() >= SLL2_HLEN => {
+                    Located::Network { offset: SLL2_HLEN, ether_type: protocol }
+                }
+                _ => Located::Truncated,
+            },
+            Link::RawIp => {
+                // An empty frame or a version other than 4 and 6 goes to the IPv4 walk, which
+                // calls it malformed: a bad IP version is malformed wherever it is found.
+                let ether_type = match frame.first() {
+                    Some(byte) if byte >> 4 == 6 => ETH_P_IPV6,
+                    _ => ETH_P_IPV4,
+                };
+                Located::Network { offset: 0, ether_type }
+            }
+            Link::Ipv4 => Located::Network { offset: 0, ether_type: ETH_P_IPV4 },
+            Link::Ipv6 => Located::Network { offset: 0, ether_type: ETH_P_IPV6 },
+            Link::Null | Link::Loop => {
+                let Some(bytes) = frame.get(..NULL_HLEN) else {
+                    return Located::Truncated;
+                };
+                let raw = [bytes[0], bytes[1], bytes[2], bytes[3]];
+                let family = match self {
+                    Link::Loop => u32::from_be_bytes(raw),
+                    // Host order of whoever captured: families are small, so a value with
+                    // high bits set was written by a host of the other byte order.
+                    _ => match u32::from_le_bytes(raw) {
+                        le if le & 0xffff_0000 != 0 => u32::from_be_bytes(raw),
+                        le => le,
+                    },
+                };
+                let ether_type = match family {
+                    // AF_INET everywhere.
+                    2 => ETH_P_IPV4,
+                    // AF_INET6 on Linux, NetBSD/OpenBSD, FreeBSD/DragonFly, Darwin.
+                    10 | 24 | 28 | 30 => ETH_P_IPV6,
+                    _ => ETH_P_NONE,
+                };
+                Located::Network { offset: NULL_HLEN, ether_type }
+            }
+        }
+    }
+
+    /// The shared classification of one frame of this link type.
+    #[inline]
+    pub fn inspect(self, frame: &[u8], ifindex: u32) -> Observation {
+        match self.locate(frame) {
+            Located::Ethernet => inspect(frame, ifindex),
+            Located::Network { offset, ether_type } => inspect_from(frame, offset, ether_type, ifindex),
+            // Like an Ethernet frame shorter than its Ethernet header, which the walk itself
+            // calls malformed.
+            Located::Truncated => Observation::Malformed,
+        }
+    }
+
+    /// The payload of the TCP segment in `frame` (see [`crate::model::aggregate::payload::of_frame`]).
+    pub fn rst_payload(self, frame: &[u8]) -> Option<(&[u8], usize)> {
+        crate::model::aggregate::payload::of_frame(frame, self.walk(frame)?)
+    }
+
+    /// The directional key of the data segment in `frame` (one carrying payload, without SYN,
+    /// FIN or RST: [`Link::inspect`] calls it [`Observation::Segment`]), for
+    /// [`rst_common::track_data`]; `None` for a segment without data.
+    pub fn data_segment(self, frame: &[u8], ifindex: u32) -> Option<FlowKey> {
+        let Walk::Tcp(segment) = self.walk(frame)? else { return None };
+        let (_, len) = tcp_payload(frame, &segment)?;
+        if len == 0 {
+            return None;
+        }
+        Some(tcp_event(frame, &segment, DIRECTION_RX, ifindex)?.key)
+    }
+
+    fn walk(self, frame: &[u8]) -> Option<Walk> {
+        Some(match self.locate(frame) {
+            Located::Ethernet => rst_common::parse::walk(frame),
+            Located::Network { offset, ether_type } => rst_common::parse::walk_from(frame, offset, ether_type),
+            Located::Truncated => return None,
+        })
+    }
+
+    /// The frame as the XDP program would receive it, or `None` when a test run cannot take it.
+    ///
+    /// XDP only ever sees Ethernet, so a frame of another link type is given to the kernel
+    /// with its link header replaced by a synthetic Ethernet header carrying the protocol the
+    /// link header named. The walk then starts at the same network header with the same
+    /// protocol as [`Link::inspect`]'s `inspect_from` does, which is exactly the equivalence
+    /// `walk_from` promises; only the offsets differ, and no classification depends on them.
+    ///
+    /// Frames shorter than an Ethernet header (or than their own link header) have no
+    /// equivalent: `BPF_PROG_TEST_RUN` refuses XDP input shorter than 14 bytes, and a NIC never
+    /// delivers such a frame.
+    pub fn kernel_frame<'a>(self, frame: &'a [u8], scratch: &'a mut Vec<u8>) -> Option<&'a [u8]> {
+        match self.locate(frame) {
+            Located::Ethernet => (frame.len() >= ETH_HLEN).then_some(frame),
+            Located::Network { offset, ether_type } => {
+                let network = frame.get(offset..)?;
+                scratch.clear();
+                // Locally administered unicast addresses: nothing in the walk reads them.
+                scratch.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01]);
+                scratch.extend_from_slice(&ether_type.to_be_bytes());
+                scratch.extend_from_slice(network);
+                Some(&scratch[..])
+            }
+            Located::Truncated => None,
+        }
+    }
+}
+
+#[inline]
+fn be16(frame: &[u8], offset: usize) -> Option<u16> {
+    let bytes = frame.get(offset..offset + 2)?;
+    Some(u16::from_be_bytes([bytes[0], bytes[1]]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sll_and_sll2_name_the_protocol_and_refuse_short_headers() {
+        let mut sll = vec![0u8; 16];
+        sll[14..16].copy_from_slice(&ETH_P_IPV6.to_be_bytes());
+        assert_eq!(Link::LinuxSll.locate(&sll), Located::Network { offset: 16, ether_type: ETH_P_IPV6 });
+        assert_eq!(Link::LinuxSll.locate(&sll[..15]), Located::Truncated);
+        sll[2..4].copy_from_slice(&ARPHRD_NETLINK.to_be_bytes());
+        assert_eq!(Link::LinuxSll.locate(&sll), Located::Network { offset: 16, ether_type: ETH_P_NONE });
+
+        let mut sll2 = vec![0u8; 20];
+        sll2[0..2].copy_from_slice(&ETH_P_IPV4.to_be_bytes());
+        assert_eq!(Link::LinuxSll2.locate(&sll2), Located::Network { offset: 20, ether_type: ETH_P_IPV4 });
+        assert_eq!(Link::LinuxSll2.locate(&sll2[..19]), Located::Truncated);
+        assert_eq!(Link::LinuxSll.inspect(&sll2[..3], 1), Observation::Malformed);
+    }
+
+    #[test]
+    fn bsd_loopback_families_in_either_byte_order() {
+        for (header, ether_type) in [
+            ([2, 0, 0, 0], ETH_P_IPV4),
+            ([0, 0, 0, 2], ETH_P_IPV4),
+            ([30, 0, 0, 0], ETH_P_IPV6),
+            ([0, 0, 0, 24], ETH_P_IPV6),
+            ([7, 0, 0, 0], ETH_P_NONE),
+        ] {
+            assert_eq!(Link::Null.locate(&header), Located::Network { offset: 4, ether_type }, "{header:?}");
+        }
+        assert_eq!(Link::Loop.locate(&[0, 0, 0, 2]), Located::Network { offset: 4, ether_type: ETH_P_IPV4 });
+        assert_eq!(Link::Loop.locate(&[2, 0, 0, 0]), Located::Network { offset: 4, ether_type: ETH_P_NONE });
+        assert_eq!(Link::Null.locate(&[2, 0, 0]), Located::Truncated);
+    }
+
+    #[test]
+    fn raw_ip_follows_the_version_nibble_and_kernel_frames_carry_it() {
+        assert_eq!(Link::RawIp.locate(&[0x60]), Located::Network { offset: 0, ether_type: ETH_P_IPV6 });
+        assert_eq!(Link::RawIp.locate(&[0x45]), Located::Network { offset: 0, ether_type: ETH_P_IPV4 });
+        assert_eq!(Link::RawIp.inspect(&[], 1), Observation::Malformed);
+        assert_eq!(Link::RawIp.inspect(&[0x75; 40], 1), Observation::Malformed);
+
+        let mut scratch = Vec::new();
+        let frame = Link::RawIp.kernel_frame(&[0x60, 1, 2], &mut scratch).map(<[u8]>::to_vec);
+        let mut expected = vec![0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01, 0x86, 0xdd];
+        expected.extend_from_slice(&[0x60, 1, 2]);
+        assert_eq!(frame, Some(expected));
+        assert_eq!(Link::Ethernet.kernel_frame(&[0; 13], &mut scratch), None);
+        assert_eq!(Link::LinuxSll.kernel_frame(&[0; 15], &mut scratch), None);
+    }
+}

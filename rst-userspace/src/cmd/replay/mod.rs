@@ -1,0 +1,377 @@
+//! `rstwatch replay`: the same report from capture files, computed by the same classifier.
+//!
+//! Frames stream out of the files ([`capture`]), lose their link header ([`link`]) and go
+//! through `rst-common`'s walk, exactly as in the XDP program; a host map takes the place of
+//! the kernel's flow table. The report comes from the live [`Aggregator`] and [`Printer`] (an [`Output`]),
+//! with intervals measured in capture time: a frame stamped at or after the end of the current
+//! interval closes it. Needs no privileges, except `--kernel`.
+
+pub mod capture;
+pub mod kernel;
+pub mod link;
+
+use std::{
+    collections::HashMap,
+    io::{self, Write},
+    mem,
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime},
+};
+
+use anyhow::Context as _;
+use rst_common::{
+    parse::{TCP_FIN, TCP_RST},
+    track, track_data,
+    wire::{ConnKey, ResetContext, ServiceKey, ServiceValue},
+    ConnTable as _, Counters, FlowKey, Observation, Tracked,
+};
+
+use self::{
+    capture::{CaptureError, CaptureReader, Event, Interface, Stop},
+    kernel::KernelCheck,
+    link::Link,
+};
+use crate::{
+    cli::ReportOptions,
+    collect::connections::HostConnections,
+    collect::Sample,
+    model::aggregate::{
+        model::{self, AttachMode},
+        Aggregator,
+    },
+    output::{self, Output, Printer, Tick},
+};
+
+#[derive(Debug, clap::Args)]
+pub struct ReplayArgs {
+    /// pcap or pcapng files, read in order as one run.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    #[command(flatten)]
+    pub report: ReportOptions,
+    /// On a broken file, report the error, keep what was read before the break and go on with
+    /// the next file; the summary is printed and the exit status is still non-zero.
+    #[arg(long)]
+    pub keep_going: bool,
+    /// Also run every frame through the XDP program (BPF_PROG_TEST_RUN) and check that the
+    /// kernel's counts equal replay's; needs root.
+    #[arg(long)]
+    pub kernel: bool,
+}
+
+pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
+    match run_to(args, io::stdout().lock()) {
+        // `rstwatch replay … | head` is not an error.
+        Err(error) if output::is_broken_pipe(&error) => Ok(()),
+        other => other,
+    }
+}
+
+/// Replays `args.files` and writes the report to `out`.
+pub fn run_to<W: Write>(args: &ReplayArgs, out: W) -> anyhow::Result<()> {
+    let ReportOptions { interval, top, format, summary_flows, by } = args.report;
+    let kernel = if args.kernel { Some(KernelCheck::new()?) } else { None };
+    let mut replay = Replay {
+        // A pcapng file may declare an interface after packets of another: each is added to the
+        // aggregator when met.
+        aggregator: Aggregator::new(Vec::new(), top as usize).limit_flows(summary_flows),
+        outputs: vec![Box::new(Printer::new(out, format, top as usize, by))],
+        interval_ns: u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX),
+        tally: Tally {
+            connections: HostConnections::with_capacity(REPLAY_CONNECTIONS).watching_data(),
+            ..Tally::default()
+        },
+        window: None,
+        new_file: false,
+        interfaces: 0,
+        by_name: HashMap::new(),
+        kernel,
+        payloads: HashMap::new(),
+    };
+    let mut broken = 0usize;
+    for path in &args.files {
+        match replay.file(path) {
+            Ok(()) => {}
+            Err(Stop::Capture(error)) => {
+                let error = anyhow::Error::new(error).context(path.display().to_string());
+                if !args.keep_going {
+                    return Err(error);
+                }
+                eprintln!("rstwatch: error: {error:#} (--keep-going: reporting what was read)");
+                broken += 1;
+            }
+            Err(Stop::Sink(error)) => return Err(error.context(path.display().to_string())),
+        }
+    }
+    replay.finish()?;
+    if let Some(check) = replay.kernel.take() {
+        let parity = check.finish()?;
+        eprintln!("rstwatch: {}", parity.describe());
+        if !parity.agrees() {
+            anyhow::bail!("the kernel and replay disagree on the same frames");
+        }
+    }
+    if broken > 0 {
+        anyhow::bail!("{broken} of {} files could not be read to the end (errors above)", args.files.len());
+    }
+    Ok(())
+}
+
+/// Counts frames with the same `rst_common::count` and `track` the kernel programs use. Only
+/// the tables differ: host maps have no capacity limit, so the overflow counters stay zero.
+pub struct Tally {
+    pub counters: Counters,
+    pub flows: HashMap<FlowKey, u64>,
+    pub services: HashMap<ServiceKey, ServiceValue>,
+    /// Lives across intervals, as the kernel's does.
+    pub connections: HostConnections,
+    /// When each end of a connection sent its first FIN (ms, capture time), for the gap before
+    /// the late segments its RSTs answer; bounded like `connections`.
+    closes: HashMap<(ConnKey, bool), u64>,
+    /// This interval's flows whose RSTs followed their sender's FIN: the longest gap, ms.
+    pub close_gaps: HashMap<FlowKey, u64>,
+    /// The capture time of the frame being counted, ms.
+    pub now_ms: u64,
+}
+
+/// Connections replay remembers: captures are read once, so a generous bound costs little.
+const REPLAY_CONNECTIONS: usize = 1 << 20;
+
+impl Default for Tally {
+    fn default() -> Self {
+        Tally {
+            counters: Counters::default(),
+            flows: HashMap::new(),
+            services: HashMap::new(),
+            connections: HostConnections::with_capacity(REPLAY_CONNECTIONS),
+            closes: HashMap::new(),
+            close_gaps: HashMap::new(),
+            now_ms: 0,
+        }
+    }
+}
+
+impl Tally {
+    #[inline]
+    pub fn count(&mut self, observation: &Observation) {
+        let Some(event) = rst_common::count(&mut self.counters, observation) else {
+            return;
+        };
+        // Times are replay's own: the kernel check's tally, which sees no data, keeps none.
+        let timed = self.connections.watches_data();
+        if timed && event.flags & TCP_FIN != 0 && event.flags & TCP_RST == 0 {
+            if self.closes.len() >= REPLAY_CONNECTIONS {
+                self.closes.clear();
+            }
+            self.closes.entry(event.key.connection()).or_insert(self.now_ms);
+        }
+        match track(&mut self.connections, event) {
+            Tracked::Reset(key, service) => {
+                if timed && ResetContext(key.context).sender_closed() {
+                    if let Some(closed) = self.closes.get(&key.connection()) {
+                        let gap = self.close_gaps.entry(key.flow_id()).or_default();
+                        *gap = (*gap).max(self.now_ms.saturating_sub(*closed));
+                    }
+                }
+                self.counters.resets += 1;
+                *self.flows.entry(key).or_default() += 1;
+                if let Some(change) = service {
+                    self.connections.count_service(&mut self.services, &change);
+                }
+            }
+            Tracked::Service(change) => self.connections.count_service(&mut self.services, &change),
+            Tracked::Nothing => {}
+        }
+    }
+}
+
+/// What replay knows of one of a file's interfaces.
+#[derive(Clone, Copy)]
+enum Slot {
+    Supported { link: Link, ifindex: u32 },
+    Unsupported(pcap_file::DataLink),
+}
+
+/// The interval being filled, in capture time (ns since the Unix epoch).
+struct Window {
+    start: u64,
+    /// The latest timestamp counted in it.
+    latest: u64,
+}
+
+struct Replay<'w> {
+    aggregator: Aggregator,
+    /// What the run is reported to, interval by interval: the printer.
+    outputs: Vec<Box<dyn Output + 'w>>,
+    interval_ns: u64,
+    tally: Tally,
+    window: Option<Window>,
+    /// Set when a file after the first begins: its first frame decides whether the timeline
+    /// goes on (the next file of a rotated capture) or a new stretch of time begins.
+    new_file: bool,
+    /// Interfaces met so far; the next one gets ifindex `interfaces + 1`.
+    interfaces: u32,
+    /// Named interfaces already seen: the same name and link type in several files (a rotated
+    /// capture) is one interface.
+    by_name: HashMap<(String, Link), u32>,
+    kernel: Option<KernelCheck>,
+    /// The interval's last RST payload per flow (`flow_id`): first bytes and length.
+    payloads: HashMap<FlowKey, (Vec<u8>, usize)>,
+}
+
+impl Replay<'_> {
+    fn file(&mut self, path: &Path) -> Result<(), Stop<anyhow::Error>> {
+        let mut reader = CaptureReader::open(path)?;
+        self.new_file = self.window.is_some();
+        let mut slots: Vec<Slot> = Vec::new();
+        reader.read(|event| match event {
+            Event::Interface(interface) => {
+                slots.push(self.interface(path, interface));
+                Ok(())
+            }
+            Event::Packet(packet) => match slots.get(packet.interface) {
+                Some(Slot::Supported { link, ifindex }) => self
+                    .packet(*link, *ifindex, packet.timestamp_ns, packet.data)
+                    .with_context(|| format!("frame {}", packet.frame))
+                    .map_err(Stop::Sink),
+                Some(Slot::Unsupported(datalink)) => Err(Stop::Capture(CaptureError::UnsupportedLink {
+                    frame: packet.frame,
+                    datalink: *datalink,
+                    code: u32::from(*datalink),
+                })),
+                // The reader announces every interface before its packets.
+                None => Err(Stop::Sink(anyhow::anyhow!(
+                    "frame {}: interface {} was never announced",
+                    packet.frame,
+                    packet.interface
+                ))),
+            },
+        })
+    }
+
+    fn interface(&mut self, path: &Path, interface: &Interface) -> Slot {
+        let Some(link) = Link::from_datalink(interface.datalink) else {
+            return Slot::Unsupported(interface.datalink);
+        };
+        if let Some(name) = &interface.name {
+            if let Some(&ifindex) = self.by_name.get(&(name.clone(), link)) {
+                return Slot::Supported { link, ifindex };
+            }
+        }
+        let file = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+        let iface = match (&interface.name, interface.pcapng) {
+            (Some(name), _) => name.clone(),
+            (None, true) => format!("{file}#{}", interface.index),
+            (None, false) => file,
+        };
+        self.interfaces = self.interfaces.saturating_add(1);
+        let ifindex = self.interfaces;
+        if let Some(name) = &interface.name {
+            self.by_name.insert((name.clone(), link), ifindex);
+        }
+        self.aggregator.add_interface(model::Interface {
+            iface,
+            ifindex,
+            mode: AttachMode::Capture(link),
+            peer_netns: None,
+        });
+        Slot::Supported { link, ifindex }
+    }
+
+    #[inline]
+    fn packet(&mut self, link: Link, ifindex: u32, timestamp_ns: u64, frame: &[u8]) -> anyhow::Result<()> {
+        self.advance_clock(timestamp_ns)?;
+        self.tally.connections.set_clock_ms(timestamp_ns / 1_000_000);
+        self.tally.now_ms = timestamp_ns / 1_000_000;
+        let observation = link.inspect(frame, ifindex);
+        match &observation {
+            Observation::Reset(event) => {
+                if let Some((bytes, len)) = link.rst_payload(frame) {
+                    self.payloads.insert(event.key.flow_id(), (bytes.to_vec(), len));
+                }
+            }
+            Observation::Segment => {
+                if let Some(key) = link.data_segment(frame, ifindex) {
+                    track_data(&mut self.tally.connections, &key);
+                }
+            }
+            _ => {}
+        }
+        self.tally.count(&observation);
+        if let Some(check) = &mut self.kernel {
+            check.frame(link, frame, &observation)?;
+        }
+        Ok(())
+    }
+
+    /// Closes the intervals that end at or before `timestamp`.
+    #[inline]
+    fn advance_clock(&mut self, timestamp: u64) -> anyhow::Result<()> {
+        let interval = self.interval_ns;
+        let Some(window) = &mut self.window else {
+            // The run starts at the first frame, for the service tracker's clock too.
+            self.aggregator.tracker_origin(timestamp / 1_000_000);
+            self.window = Some(Window { start: timestamp, latest: timestamp });
+            return Ok(());
+        };
+        let end = window.start.saturating_add(interval);
+        if mem::take(&mut self.new_file) && !(window.start..end).contains(&timestamp) {
+            // The next file does not continue this interval: close it where its frames ended
+            // and start over, so the time between unrelated captures counts for nothing.
+            let (start, latest) = (window.start, window.latest);
+            self.window = Some(Window { start: timestamp, latest: timestamp });
+            return self.flush(latest - start, latest);
+        }
+        // (`end` saturates only for stamps centuries away: such a file's frames stay in one
+        // interval rather than each closing one.)
+        if timestamp < end || end == u64::MAX {
+            // Out-of-order stamps (merged interfaces) count where they are read.
+            window.latest = window.latest.max(timestamp);
+            return Ok(());
+        }
+        // Whole intervals without a frame become one idle record, not thousands.
+        let idle = (timestamp - end) / interval;
+        let next = end + idle * interval;
+        self.window = Some(Window { start: next, latest: timestamp });
+        self.flush(interval, end)?;
+        if idle > 0 {
+            self.flush(idle * interval, next)?;
+        }
+        Ok(())
+    }
+
+    /// Reports what was counted since the last flush as one interval of `elapsed_ns`.
+    fn flush(&mut self, elapsed_ns: u64, ended_ns: u64) -> anyhow::Result<()> {
+        let sample = Sample {
+            counters: mem::take(&mut self.tally.counters),
+            flows: self.tally.flows.drain().collect(),
+            services: self.tally.services.drain().collect(),
+            close_gaps: self.tally.close_gaps.drain().collect(),
+            read_time: Duration::ZERO,
+            // Nothing overflows a host map.
+            ..Sample::default()
+        };
+        let ended = SystemTime::UNIX_EPOCH + Duration::from_nanos(ended_ns);
+        let elapsed = Duration::from_nanos(elapsed_ns);
+        let record = self.aggregator.add(&sample, elapsed, ended);
+        for (id, (bytes, len)) in self.payloads.drain() {
+            self.aggregator.rst_payload(&id, &bytes, len);
+        }
+        let tick = Tick { sample: &sample, interval: &record, elapsed, aggregator: &self.aggregator };
+        for output in &mut self.outputs {
+            output.interval(&tick)?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> anyhow::Result<()> {
+        if let Some(window) = self.window.take() {
+            self.flush(window.latest - window.start, window.latest)?;
+        }
+        let mut run = self.aggregator.summary();
+        for output in mem::take(&mut self.outputs) {
+            output.finish(&mut run)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,78 @@
+//! Loading the eBPF object and attaching its programs: XDP (or TC ingress) and TC egress on
+//! each interface, and the `tcp:tcp_send_reset` tracepoint once.
+//!
+//! Minimum kernel: 5.18 (multi-buffer XDP); the attachments are bpf_links (5.9+; tcx 6.6+), so a
+//! crashed or killed rstwatch leaves nothing behind: the kernel detaches when the last link fd
+//! closes. Without tcx (before 6.6) rstwatch counts received resets only and says so; without
+//! the tracepoint's `reason` (before 6.10) or tracefs it reports no kernel reasons and says so.
+//!
+//! By concern: `caps` (what loading and attaching need), `counting` (PREEMPT_RT and how the
+//! programs count), `object` (loading: maps sized, globals set), `tail_call` (the payload
+//! programs' wiring), `interfaces` (`-i` names and patterns), `attach` (XDP, tcx, clsact),
+//! [`kernel_events`] (the `tcp:tcp_send_reset` program), [`netlink`], [`tracefs`], and
+//! [`testrun`] (the object under BPF_PROG_TEST_RUN). Their items keep their `load::` paths.
+
+pub mod kernel_events;
+pub mod netlink;
+pub mod testrun;
+pub mod tracefs;
+
+mod attach;
+mod caps;
+mod counting;
+mod interfaces;
+mod object;
+mod tail_call;
+
+// Each concern lives in its own module; their items keep their `load::` paths.
+pub use attach::{
+    attach, attach_all, attach_tc, attach_tc_egress, attach_tc_with, attach_xdp, Attachment, Hook, HookChoice, TcLink,
+    XdpMode, XdpModeChoice,
+};
+pub use caps::check_capabilities;
+pub use counting::{is_preempt_rt, Counting, CountingMode};
+pub use interfaces::{is_pattern, pattern_matches, resolve_interface, resolve_targets};
+// The tracepoint program's part of loading lives in its own module, too.
+pub use kernel_events::{
+    attach_kernel_events, parse_reason_names, reset_reason_names, start_kernel_events, warn_kernel_events,
+    SendResetFormat,
+};
+pub use object::{
+    load, load_counting, load_with, overflow_sources_for, tc_egress_program, tc_program, xdp_program, CaptureLoad,
+    LoadedObject,
+};
+
+/// The XDP object built by `build.rs` (aya-build), embedded so the binary is self-contained.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rst-ebpf"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "missing capability {capability} ({why}); run as root or grant it, e.g. `--cap-add {short}` in a container"
+    )]
+    MissingCapability { capability: &'static str, short: &'static str, why: &'static str },
+    #[error("invalid interface name {name:?}: {why}")]
+    InvalidInterfaceName { name: String, why: &'static str },
+    #[error("unknown interface {name:?} (see `ip link`)")]
+    UnknownInterface { name: String },
+    #[error("interface {iface} already has an XDP program attached{holder}; rstwatch never replaces another program: watch beside it with --hook tc")]
+    AlreadyAttached { iface: String, holder: String },
+    #[error("the driver of {iface} does not support native XDP; use --xdp-mode skb (or auto)")]
+    NativeUnsupported { iface: String },
+    #[error("attaching XDP to {iface} ({mode}) failed")]
+    Attach {
+        iface: String,
+        mode: XdpMode,
+        #[source]
+        source: crate::sys::Error,
+    },
+    #[error("attaching to the TC {direction} hook of {iface} failed")]
+    AttachTc {
+        iface: String,
+        direction: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("loading the eBPF object failed")]
+    Load(#[source] Box<dyn std::error::Error + Send + Sync>),
+}

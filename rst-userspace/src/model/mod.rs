@@ -1,0 +1,7 @@
+//! The run's typed model: [`aggregate`] folds each interval's sample into flows, sources,
+//! services and totals; [`verdict`] names each service's cause from the same records;
+//! [`workload`] names the process, unit, pod or container behind a reset.
+
+pub mod aggregate;
+pub mod verdict;
+pub mod workload;

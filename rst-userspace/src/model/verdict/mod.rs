@@ -1,0 +1,140 @@
+//! Verdicts: what is causing a service's resets, named from the evidence the traffic leaves.
+//!
+//! The one place that turns counts into causes. Live runs and replay feed the same
+//! [`Evidence`] with the same per-interval records (the flow entries the kernel or the host
+//! tracker counted, and each service's handshake counts), so both give the same verdicts.
+//!
+//! A service gets a cause only when its evidence is clear; otherwise it gets none, never a
+//! guess. Health checks are found first and their resets kept out of every other cause.
+
+mod act;
+mod evidence;
+mod scan;
+mod text;
+
+use std::net::IpAddr;
+
+pub use evidence::{forged, Evidence, ServiceSample};
+pub use scan::{
+    ScanCounts, SCAN_MAX_COMPLETED_PERCENT, SCAN_MAX_PROBES_PER_TARGET, SCAN_MIN_CLOSED_PERCENT, SCAN_MIN_TARGETS,
+};
+
+pub use crate::model::aggregate::model::Side;
+/// The causes and their contract names live in rst-common, shared with the verdict lab.
+pub use rst_common::Cause;
+
+/// A server address and port: what a verdict is about. For [`Cause::Middlebox`], the address
+/// and port the forged RST claims, or the service whose client it claims to be; for
+/// [`Cause::Scan`], the host probed most, port 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceAddr {
+    pub addr: IpAddr,
+    pub port: u16,
+}
+
+/// One cause for one service, with the evidence behind it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    /// The cause and what it adds to the counts.
+    pub finding: Finding,
+    pub service: ServiceAddr,
+    /// Resets this cause explains.
+    pub resets: u64,
+    /// Connections those resets ended (or turned away).
+    pub connections: u64,
+    /// Which side of the connections sent the resets, where the cause depends on it (an abort,
+    /// a lost connection, a teardown); `None` where the cause says it (a refusal is the
+    /// server's, a health check or scan its client's).
+    pub side: Option<Side>,
+    /// Where this host's own TCP stack sent the resets (`tcp:tcp_send_reset`): the reason the
+    /// kernel gave for most of them (`NO_SOCKET`, `TCP_STATE`, …), corroborating the cause.
+    pub kernel_reason: Option<String>,
+}
+
+/// A cause with what it adds to its counts: one variant per [`Cause`], so a cause cannot come
+/// with another's details.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finding {
+    NoListener,
+    /// ms since the run started of the interval of the first refusal (or unanswered attempt)
+    /// after the last accepted connection, and the attempts after it that got no answer at all.
+    WentDown {
+        since_ms: u64,
+        unanswered: u64,
+    },
+    /// The open connections at which the service turns attempts away.
+    ConnectionLimit {
+        open: u64,
+    },
+    StateLost,
+    /// The TTL the forged resets carry and the one the host's own do.
+    Middlebox {
+        rst_ttl: u8,
+        peer_ttl: u8,
+        /// The resets claimed to come from this client of the service (else from the service).
+        claimed_client: Option<IpAddr>,
+    },
+    AppAbort,
+    /// The client that checks.
+    HealthCheck {
+        client: IpAddr,
+    },
+    /// The connections reset after the peer's FIN, and those whose resetter had closed them
+    /// itself and answered the peer's late segments.
+    Teardown {
+        after_peer_fin: u64,
+        after_own_fin: u64,
+        /// The longest time between a resetter's own FIN and its reset of a late segment, ms:
+        /// where it is seen (replay).
+        gap_ms: Option<u64>,
+    },
+    /// The scanner and what its probes met.
+    Scan(ScanCounts),
+}
+
+impl Finding {
+    pub const fn cause(&self) -> Cause {
+        match self {
+            Finding::NoListener => Cause::NoListener,
+            Finding::WentDown { .. } => Cause::WentDown,
+            Finding::ConnectionLimit { .. } => Cause::ConnectionLimit,
+            Finding::StateLost => Cause::StateLost,
+            Finding::Middlebox { .. } => Cause::Middlebox,
+            Finding::AppAbort => Cause::AppAbort,
+            Finding::HealthCheck { .. } => Cause::HealthCheck,
+            Finding::Teardown { .. } => Cause::Teardown,
+            Finding::Scan(_) => Cause::Scan,
+        }
+    }
+}
+
+impl Verdict {
+    fn new(finding: Finding, service: ServiceAddr, (resets, connections): (u64, u64)) -> Self {
+        Verdict { finding, service, resets, connections, side: None, kernel_reason: None }
+    }
+
+    fn by(self, side: Side) -> Self {
+        Verdict { side: Some(side), ..self }
+    }
+
+    pub const fn cause(&self) -> Cause {
+        self.finding.cause()
+    }
+
+    pub fn benign(&self) -> bool {
+        self.cause().benign()
+    }
+
+    /// The verdict in words an on-call person reads at a glance.
+    pub fn text(&self) -> String {
+        text::sentence(self)
+    }
+}
+
+/// Most resets first; ties by service and cause, so the order is stable.
+pub fn sort(verdicts: &mut [Verdict]) {
+    verdicts.sort_by(|a, b| b.resets.cmp(&a.resets).then(a.service.cmp(&b.service)).then(a.cause().cmp(&b.cause())));
+}
+
+#[cfg(test)]
+mod tests;
