@@ -1,6 +1,6 @@
 //! What the tracker reports about services, and how those reports move open counts and fill an
 //! interval's [`ServiceValue`]: the host's side of what the kernel counts (the kernel's is in
-//! rst-userspace/tests/kernel.rs, against the same frames).
+//! rst-userspace/tests/kernel/, against the same frames).
 
 use std::collections::HashMap;
 

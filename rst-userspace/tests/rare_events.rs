@@ -1,6 +1,6 @@
 //! The kernel side's rare events — an eviction log that fills, a flow table that overflows — at
 //! `--log-level debug` (tracing target `rstwatch::kernel`), told by the collector from the
-//! counters the programs keep. Needs root, like tests/kernel.rs.
+//! counters the programs keep. Needs root, like tests/kernel/.
 
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 

@@ -40,7 +40,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "python3",
     "python3-pip",
     "systemd",
-    // rst-e2e/tests/real_stacks.rs: nmap's SYN scan, and nginx closing idle keep-alive connections.
+    // rst-e2e/tests/real_stacks/: nmap's SYN scan, and nginx closing idle keep-alive connections.
     "nmap",
     "nginx",
 ];

@@ -56,7 +56,7 @@ pub const ROUTER6_LAN: Ipv6Addr = Ipv6Addr::new(0xfd89, 2, 0, 0, 0, 0, 0, 1);
 /// The scenarios that also run over IPv6 (on the same hosts, ports and counts).
 pub const IPV6_CAUSES: [Cause; 2] = [Cause::NoListener, Cause::AppAbort];
 /// The causes the lab makes, one host each: the forum thread's suspects. `teardown` and `scan`
-/// are checked on real captures and on labs of their own (`rst-e2e/tests/real_stacks.rs`).
+/// are checked on real captures and on labs of their own (`rst-e2e/tests/real_stacks/`).
 pub const LAB_CAUSES: [Cause; 7] = [
     Cause::NoListener,
     Cause::WentDown,
