@@ -6,7 +6,8 @@
 //! state however long the run.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{hash_map::Entry, BTreeMap, HashMap},
+    hash::Hash,
     net::IpAddr,
 };
 
@@ -263,12 +264,7 @@ impl Evidence {
         let Some(act) = Act::of_sent(kind, server, ack) else { return };
         let (addr, port) = if server { (flow.src_ip(), flow.sport) } else { (flow.dst_ip(), flow.dport) };
         let key = (ServiceAddr { addr, port }, act);
-        let room = self.reasons.len() < self.max_entries;
-        let reasons = match self.reasons.entry(key) {
-            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
-            std::collections::hash_map::Entry::Vacant(entry) if room => entry.insert(BTreeMap::new()),
-            std::collections::hash_map::Entry::Vacant(_) => return,
-        };
+        let Some(reasons) = bounded_entry(&mut self.reasons, key, self.max_entries) else { return };
         if let Some(count) = reasons.get_mut(reason) {
             *count += resets;
         } else if reasons.len() < MAX_REASONS {
@@ -299,12 +295,7 @@ impl Evidence {
     }
 
     fn service_mut(&mut self, service: ServiceAddr) -> Option<&mut ServiceEvidence> {
-        let room = self.services.len() < self.max_entries;
-        match self.services.entry(service) {
-            std::collections::hash_map::Entry::Occupied(entry) => Some(entry.into_mut()),
-            std::collections::hash_map::Entry::Vacant(entry) if room => Some(entry.insert(ServiceEvidence::default())),
-            std::collections::hash_map::Entry::Vacant(_) => None,
-        }
+        bounded_entry(&mut self.services, service, self.max_entries)
     }
 
     fn add_sample(&mut self, sample: &ServiceSample) {
@@ -402,12 +393,7 @@ impl Evidence {
     }
 
     fn probes_mut(&mut self, client: IpAddr) -> Option<&mut Probes> {
-        let room = self.probes.len() < self.max_entries;
-        match self.probes.entry(client) {
-            std::collections::hash_map::Entry::Occupied(entry) => Some(entry.into_mut()),
-            std::collections::hash_map::Entry::Vacant(entry) if room => Some(entry.insert(Probes::default())),
-            std::collections::hash_map::Entry::Vacant(_) => None,
-        }
+        bounded_entry(&mut self.probes, client, self.max_entries)
     }
 
     /// A connection attempt of `client` and what `service` answered.
@@ -425,12 +411,7 @@ impl Evidence {
     }
 
     fn add_check(&mut self, client: IpAddr, service: ServiceAddr, tally: Tally) {
-        let room = self.checks.len() < self.max_entries;
-        let pattern = match self.checks.entry((client, service)) {
-            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
-            std::collections::hash_map::Entry::Vacant(entry) if room => entry.insert(CheckPattern::default()),
-            std::collections::hash_map::Entry::Vacant(_) => return,
-        };
+        let Some(pattern) = bounded_entry(&mut self.checks, (client, service), self.max_entries) else { return };
         pattern.resets += tally.resets;
         pattern.connections += tally.connections;
         pattern.latest.add(tally);
@@ -718,6 +699,17 @@ impl Evidence {
 /// (`tcpdump -i any` on a router) holds each forwarded segment twice.
 pub fn forged(rst_ttl: u8, own_ttl: u8) -> bool {
     rst_ttl != own_ttl && rst_ttl != own_ttl.wrapping_sub(1)
+}
+
+/// `map`'s value for `key`, a new default one while `map` holds fewer than `max` entries; `None`
+/// when it is full: what is not tracked gets no verdict rather than a partial one.
+fn bounded_entry<K: Hash + Eq, V: Default>(map: &mut HashMap<K, V>, key: K, max: usize) -> Option<&mut V> {
+    let room = map.len() < max;
+    match map.entry(key) {
+        Entry::Occupied(entry) => Some(entry.into_mut()),
+        Entry::Vacant(entry) if room => Some(entry.insert(V::default())),
+        Entry::Vacant(_) => None,
+    }
 }
 
 /// The turn-aways of an interval with accepts that came after its last one: the run's, as the

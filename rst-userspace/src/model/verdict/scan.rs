@@ -148,9 +148,9 @@ pub fn scan<'a>(
 ) -> Option<Scan> {
     let hosts = probes.hosts();
     let silent: BTreeSet<ServiceAddr> = hosts.iter().flat_map(|host| silent_on(host).iter().copied()).collect();
-    let closed: BTreeSet<&ServiceAddr> = probes.refused.keys().chain(probes.closed_unseen.keys()).collect();
-    let refused = closed.len() as u64;
-    let open = probes.open.keys().filter(|service| !closed.contains(service)).count() as u64;
+    let refusing: BTreeSet<&ServiceAddr> = probes.refused.keys().chain(probes.closed_unseen.keys()).collect();
+    let refused = refusing.len() as u64;
+    let open = probes.open.keys().filter(|service| !refusing.contains(service)).count() as u64;
     let targets = refused + open + silent.len() as u64 + probes.untracked;
     let connections: u64 = probes
         .refused
