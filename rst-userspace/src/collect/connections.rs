@@ -54,6 +54,11 @@ impl HostConnections {
         self.now_ms = now_ms;
     }
 
+    /// The time last set with [`HostConnections::set_clock_ms`].
+    pub fn clock_ms(&self) -> u64 {
+        self.now_ms
+    }
+
     /// Applies a tracked service change to the open counts and adds what it counts to
     /// `services`, as the kernel programs do to the interval's service table.
     pub fn count_service(&mut self, services: &mut HashMap<ServiceKey, ServiceValue>, change: &ServiceChange) {

@@ -130,8 +130,6 @@ pub struct Tally {
     closes: HashMap<(ConnKey, bool), u64>,
     /// This interval's flows whose RSTs followed their sender's FIN: the longest gap, ms.
     pub close_gaps: HashMap<FlowKey, u64>,
-    /// The capture time of the frame being counted, ms.
-    pub now_ms: u64,
 }
 
 /// Connections replay remembers: captures are read once, so a generous bound costs little.
@@ -146,7 +144,6 @@ impl Default for Tally {
             connections: HostConnections::with_capacity(REPLAY_CONNECTIONS),
             closes: HashMap::new(),
             close_gaps: HashMap::new(),
-            now_ms: 0,
         }
     }
 }
@@ -163,14 +160,14 @@ impl Tally {
             if self.closes.len() >= REPLAY_CONNECTIONS {
                 self.closes.clear();
             }
-            self.closes.entry(event.key.connection()).or_insert(self.now_ms);
+            self.closes.entry(event.key.connection()).or_insert(self.connections.clock_ms());
         }
         match track(&mut self.connections, event) {
             Tracked::Reset(key, service) => {
                 if timed && ResetContext(key.context).sender_closed() {
                     if let Some(closed) = self.closes.get(&key.connection()) {
                         let gap = self.close_gaps.entry(key.flow_id()).or_default();
-                        *gap = (*gap).max(self.now_ms.saturating_sub(*closed));
+                        *gap = (*gap).max(self.connections.clock_ms().saturating_sub(*closed));
                     }
                 }
                 self.counters.resets += 1;
@@ -282,7 +279,6 @@ impl Replay<'_> {
     fn packet(&mut self, link: Link, ifindex: u32, timestamp_ns: u64, frame: &[u8]) -> anyhow::Result<()> {
         self.advance_clock(timestamp_ns)?;
         self.tally.connections.set_clock_ms(timestamp_ns / 1_000_000);
-        self.tally.now_ms = timestamp_ns / 1_000_000;
         let observation = link.inspect(frame, ifindex);
         match &observation {
             Observation::Reset(event) => {
