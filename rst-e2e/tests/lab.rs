@@ -595,7 +595,7 @@ fn lab_is_removed_after_a_panic() -> Result<()> {
 }
 
 /// Kernels before 6.6 have no tcx links: `--hook tc` ingress and the egress program then go
-/// through a clsact qdisc and netlink filters (forced here with RSTWATCH_TC_LINK=clsact). The
+/// through a clsact qdisc and netlink filters (asked for here with --tc-link clsact). The
 /// counts are the same, and the filters are gone after rstwatch exits.
 #[test]
 fn clsact_filters_count_both_directions_and_are_removed_at_exit() -> Result<()> {
@@ -603,11 +603,13 @@ fn clsact_filters_count_both_directions_and_are_removed_at_exit() -> Result<()> 
     let hosts = hosts()?;
     let iface = &hosts.server_if;
     let mut cmd = iface.ns.exec(rstwatch());
-    cmd.env("RSTWATCH_TC_LINK", "clsact").args([
+    cmd.args([
         "-i",
         &iface.name,
         "--hook",
         "tc",
+        "--tc-link",
+        "clsact",
         "--duration",
         "5s",
         "--interval",

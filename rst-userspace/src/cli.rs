@@ -7,7 +7,7 @@ use rst_common::wire::{CAPTURE_DEFAULT_BUDGET, CAPTURE_DEFAULT_SNAPLEN, CAPTURE_
 
 use crate::{
     cmd::replay::ReplayArgs,
-    load::{Counting, HookChoice, XdpModeChoice},
+    load::{AttachOptions, Counting, HookChoice, TcLinkChoice, XdpModeChoice},
     model::aggregate::DEFAULT_SUMMARY_FLOWS,
     output::metrics,
     output::view::View,
@@ -88,6 +88,11 @@ pub struct Hooks {
     /// Where to hook XDP.
     #[arg(long, value_enum, default_value_t = XdpModeChoice::Auto)]
     pub xdp_mode: XdpModeChoice,
+    /// How the TC programs attach: tcx links (kernel ≥ 6.6; gone with the process, even after
+    /// kill -9), clsact qdisc filters (the only way before 6.6; removed at exit, but they outlive
+    /// kill -9), or auto: tcx where the kernel has it.
+    #[arg(long, value_enum, default_value_t = TcLinkChoice::Auto)]
+    pub tc_link: TcLinkChoice,
 }
 
 /// How a live command's programs count.
@@ -107,8 +112,7 @@ pub struct CountingChoice {
 #[derive(Debug, Clone)]
 pub struct LiveOptions {
     pub ifaces: Vec<String>,
-    pub hook: HookChoice,
-    pub xdp_mode: XdpModeChoice,
+    pub attach: AttachOptions,
     pub counting: Counting,
     pub workloads: crate::model::workload::Setting,
     /// `--capture`.
@@ -119,8 +123,7 @@ impl LiveOptions {
     pub fn new(interfaces: &Interfaces, hooks: Hooks, counting: CountingChoice) -> Self {
         LiveOptions {
             ifaces: interfaces.ifaces.clone(),
-            hook: hooks.hook,
-            xdp_mode: hooks.xdp_mode,
+            attach: AttachOptions { hook: hooks.hook, xdp_mode: hooks.xdp_mode, tc_link: hooks.tc_link },
             counting: counting.counting,
             workloads: if interfaces.no_workloads {
                 crate::model::workload::Setting::Off

@@ -116,7 +116,7 @@ impl LiveSession {
         let offsets = ebpf.workload_offsets().clone();
         let workloads = crate::model::workload::start(&mut ebpf, &offsets, &options.workloads);
         let attachments: Vec<Option<Attachment>> =
-            load::attach_all(&mut ebpf, options.hook, options.xdp_mode, targets)?.into_iter().map(Some).collect();
+            load::attach_all(&mut ebpf, options.attach, targets)?.into_iter().map(Some).collect();
         let interfaces: Vec<Interface> =
             attachments.iter().flatten().map(|a| Interface::of(a, peer_netns(&a.iface, a.ifindex))).collect();
         let metrics = metrics.map(|(listener, runtime)| {
@@ -260,13 +260,13 @@ impl LiveSession {
     }
 
     pub fn hook(&self) -> HookChoice {
-        self.options.hook
+        self.options.attach.hook
     }
 
     /// The counting program of the chosen hook, with its name, for run-time sampling.
     pub fn counting_program(&self) -> Option<(&'static str, &aya::programs::Program)> {
         let programs = self.ebpf.programs();
-        let name = match self.options.hook {
+        let name = match self.options.attach.hook {
             HookChoice::Xdp => programs.xdp,
             HookChoice::Tc => programs.tc,
         };
@@ -319,7 +319,7 @@ impl LiveSession {
 impl LiveSession {
     /// Attaches the session's hook to an interface that came after the start.
     fn attach(&mut self, iface: &str, ifindex: u32) -> anyhow::Result<Attachment> {
-        load::attach(&mut self.ebpf, self.options.hook, self.options.xdp_mode, iface, ifindex)
+        load::attach(&mut self.ebpf, self.options.attach, iface, ifindex)
     }
 
     /// Registers a just-attached interface with the run and every output.

@@ -24,6 +24,36 @@ pub enum HookChoice {
     Tc,
 }
 
+/// How to attach the TC programs: `auto` takes tcx links where the kernel has them (6.6+) and a
+/// `clsact` qdisc before; `clsact` asks for the qdisc on any kernel, beside tools that manage
+/// their TC programs as clsact filters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum TcLinkChoice {
+    #[default]
+    Auto,
+    Tcx,
+    Clsact,
+}
+
+impl TcLinkChoice {
+    /// The way this kernel attaches for this choice.
+    pub fn resolve(self) -> TcLink {
+        match self {
+            TcLinkChoice::Auto => TcLink::for_this_kernel(),
+            TcLinkChoice::Tcx => TcLink::Tcx,
+            TcLinkChoice::Clsact => TcLink::Clsact,
+        }
+    }
+}
+
+/// Where and how the live commands attach (the `--hook`, `--xdp-mode` and `--tc-link` options).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttachOptions {
+    pub hook: HookChoice,
+    pub xdp_mode: XdpModeChoice,
+    pub tc_link: TcLinkChoice,
+}
+
 /// How to hook XDP: in the driver (fast path) or in the generic network stack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum XdpModeChoice {
@@ -96,24 +126,25 @@ impl fmt::Display for XdpMode {
 /// Attaches the chosen hook's program to one interface.
 pub fn attach(
     ebpf: &mut LoadedObject,
-    hook: HookChoice,
-    xdp_mode: XdpModeChoice,
+    options: AttachOptions,
     iface: &str,
     ifindex: u32,
 ) -> anyhow::Result<Attachment> {
+    let AttachOptions { hook, xdp_mode, tc_link } = options;
+    let tc_link = tc_link.resolve();
     let mut attachment = match hook {
         HookChoice::Xdp => attach_xdp(xdp_program(ebpf)?, iface, ifindex, xdp_mode)?,
-        HookChoice::Tc => attach_tc(tc_program(ebpf)?, iface, ifindex)?,
+        HookChoice::Tc => attach_tc_as(tc_program(ebpf)?, iface, ifindex, tc_link)?,
     };
-    match attach_tc_egress(tc_egress_program(ebpf)?, iface) {
+    match attach_tc_with(tc_egress_program(ebpf)?, iface, TcAttachType::Egress, tc_link) {
         Ok(link) => attachment.egress = Some(link),
         Err(error) => tracing::warn!("{:#}; counting only the resets {iface} receives", anyhow::Error::from(error)),
     }
-    let ingress = match (attachment.hook, TcLink::for_this_kernel()) {
+    let ingress = match (attachment.hook, tc_link) {
         (Hook::TcIngress, TcLink::Clsact) => "clsact ingress".to_owned(),
         (hook, _) => hook.to_string(),
     };
-    let egress = match (attachment.egress.is_some(), TcLink::for_this_kernel()) {
+    let egress = match (attachment.egress.is_some(), tc_link) {
         (false, _) => "",
         (true, TcLink::Tcx) => " + tcx egress",
         (true, TcLink::Clsact) => " + clsact egress",
@@ -125,11 +156,10 @@ pub fn attach(
 /// Attaches to every target; if one fails, those before it are dropped (detached) on the way out.
 pub fn attach_all(
     ebpf: &mut LoadedObject,
-    hook: HookChoice,
-    xdp_mode: XdpModeChoice,
+    options: AttachOptions,
     targets: &[(String, u32)],
 ) -> anyhow::Result<Vec<Attachment>> {
-    targets.iter().map(|(iface, ifindex)| attach(ebpf, hook, xdp_mode, iface, *ifindex)).collect()
+    targets.iter().map(|(iface, ifindex)| attach(ebpf, options, iface, *ifindex)).collect()
 }
 
 /// An attached program. Dropping it (or the process dying) detaches it: both kinds are links
@@ -156,7 +186,11 @@ enum Link {
 /// # Errors
 /// [`Error::AttachTc`] (kernels before 6.6 have no tcx), [`Error::MissingCapability`] on EPERM.
 pub fn attach_tc(program: &mut SchedClassifier, iface: &str, ifindex: u32) -> Result<Attachment, Error> {
-    let link = attach_tcx(program, iface, TcAttachType::Ingress)?;
+    attach_tc_as(program, iface, ifindex, TcLink::for_this_kernel())
+}
+
+fn attach_tc_as(program: &mut SchedClassifier, iface: &str, ifindex: u32, how: TcLink) -> Result<Attachment, Error> {
+    let link = attach_tc_with(program, iface, TcAttachType::Ingress, how)?;
     Ok(Attachment { iface: iface.to_owned(), ifindex, hook: Hook::TcIngress, _link: Link::Tc(link), egress: None })
 }
 
@@ -165,7 +199,7 @@ pub fn attach_tc(program: &mut SchedClassifier, iface: &str, ifindex: u32) -> Re
 /// # Errors
 /// As [`attach_tc`].
 pub fn attach_tc_egress(program: &mut SchedClassifier, iface: &str) -> Result<SchedClassifierLink, Error> {
-    attach_tcx(program, iface, TcAttachType::Egress)
+    attach_tc_with(program, iface, TcAttachType::Egress, TcLink::for_this_kernel())
 }
 
 /// How TC programs are attached: tcx links where the kernel has them (6.6+), otherwise a
@@ -180,25 +214,13 @@ pub enum TcLink {
 }
 
 impl TcLink {
-    /// tcx on kernels that have it. `RSTWATCH_TC_LINK=clsact` forces the older way (tests use
-    /// it to exercise the path on new kernels).
+    /// tcx on kernels that have it.
     pub fn for_this_kernel() -> TcLink {
-        if std::env::var_os("RSTWATCH_TC_LINK").is_some_and(|v| v == "clsact") {
-            return TcLink::Clsact;
-        }
         match aya::util::KernelVersion::current() {
             Ok(version) if version < aya::util::KernelVersion::new(6, 6, 0) => TcLink::Clsact,
             _ => TcLink::Tcx,
         }
     }
-}
-
-fn attach_tcx(
-    program: &mut SchedClassifier,
-    iface: &str,
-    direction: TcAttachType,
-) -> Result<SchedClassifierLink, Error> {
-    attach_tc_with(program, iface, direction, TcLink::for_this_kernel())
 }
 
 /// Attaches a TC program to one direction of `iface`, first in line; it returns "next"
