@@ -6,6 +6,7 @@
 //! [`output`] (table, JSON Lines, metrics, `top`'s view, capture). [`cmd`] holds the commands
 //! (watch, top, replay) that drive them; [`cli`] their options.
 
+pub mod availability;
 pub mod cli;
 pub mod cmd;
 pub mod collect;

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use aya::{programs::TracePoint, Ebpf};
 use rst_common::wire::PROG_SEND_RESET;
 
-use crate::load::tracefs;
+use crate::{availability::Availability, load::tracefs, model::kernel_reason::ReasonNames};
 
 /// Where `tcp:tcp_send_reset` keeps the fields rstwatch reads, from its format file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,17 +50,15 @@ impl SendResetFormat {
 }
 
 /// Attaches the kernel-event program (see [`attach_kernel_events`]); when that is not possible,
-/// returns why, for the caller to say once (after the interfaces are attached, so a failed start
-/// stays one line) and to report. Also returns the names of the kernel's reset reasons, index =
-/// code.
-pub fn start_kernel_events(ebpf: &mut Ebpf) -> (Result<(), String>, Vec<String>) {
-    let status = attach_kernel_events(ebpf).map_err(|error| format!("{error:#}"));
-    (status, reset_reason_names())
+/// says why, for the caller to say once (after the interfaces are attached, so a failed start
+/// stays one line) and to report. Also returns this kernel's names of the reset reasons.
+pub fn start_kernel_events(ebpf: &mut Ebpf) -> (Availability, ReasonNames) {
+    (Availability::of(attach_kernel_events(ebpf)), ReasonNames::new(reset_reason_names()))
 }
 
 /// The warning for [`start_kernel_events`]'s failure.
-pub fn warn_kernel_events(status: &Result<(), String>) {
-    if let Err(why) = status {
+pub fn warn_kernel_events(status: &Availability) {
+    if let Some(why) = status.why_not() {
         tracing::warn!("kernel reasons for this host's resets are unavailable: {why}");
     }
 }

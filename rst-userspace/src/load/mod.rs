@@ -26,8 +26,8 @@ mod tail_call;
 
 // Each concern lives in its own module; their items keep their `load::` paths.
 pub use attach::{
-    attach, attach_all, attach_tc, attach_tc_egress, attach_tc_with, attach_xdp, AttachOptions, Attachment, Hook, HookChoice,
-    TcLink, TcLinkChoice, XdpMode, XdpModeChoice,
+    attach, attach_all, attach_tc, attach_tc_egress, attach_tc_with, attach_xdp, AttachOptions, Attachment, Hook,
+    HookChoice, TcLink, TcLinkChoice, XdpMode, XdpModeChoice,
 };
 pub use caps::check_capabilities;
 pub use counting::{is_preempt_rt, Counting, CountingMode};

@@ -24,6 +24,7 @@ use super::{
     tail_call::install_payload_programs,
     Error, EBPF_OBJECT,
 };
+use crate::availability::Availability;
 
 /// Capacity of the overflow-source tables for a given flow-table capacity: a quarter of it, so
 /// memory stays proportional to what the operator asked for, within sane bounds.
@@ -47,8 +48,8 @@ pub fn load(max_flows: u32) -> anyhow::Result<LoadedObject> {
 pub struct LoadedObject {
     ebpf: Ebpf,
     counting: CountingMode,
-    /// Whether the workload programs found their offsets (`Err`: why not).
-    workload_offsets: Result<(), String>,
+    /// Whether the workload programs found their offsets.
+    workload_offsets: Availability,
     /// Whether the capturing programs were loaded (`--capture`).
     capturing: bool,
     /// Whether the payload programs are in place (see `install_payload_programs`).
@@ -60,8 +61,8 @@ impl LoadedObject {
         self.counting
     }
 
-    /// Whether the programs record workloads (`Err`: why not).
-    pub fn workload_offsets(&self) -> &Result<(), String> {
+    /// Whether the programs record workloads.
+    pub fn workload_offsets(&self) -> &Availability {
         &self.workload_offsets
     }
 
@@ -207,7 +208,7 @@ pub fn load_with(
                 false
             }
         };
-    let workload_offsets = workload_offsets.map(|_| ());
+    let workload_offsets = Availability::of(workload_offsets.map(|_| ()));
     Ok(LoadedObject { ebpf, counting: mode, workload_offsets, capturing: capture.is_some(), reads_payloads })
 }
 

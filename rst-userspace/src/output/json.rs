@@ -14,7 +14,10 @@ use crate::model::aggregate::{
         Source, Totals, Unlisted, Verdict, Workload, WorkloadResets,
     },
 };
-use crate::model::verdict::{Finding, ScanCounts};
+use crate::model::{
+    kernel_reason::KernelReason,
+    verdict::{Finding, ScanCounts},
+};
 
 fn ms(duration: std::time::Duration) -> f64 {
     duration.as_secs_f64() * 1e3
@@ -80,7 +83,7 @@ pub struct FlowRecord<'a> {
     side_observed: bool,
     first: bool,
     middlebox: Option<Middlebox>,
-    reasons: &'a BTreeMap<String, u64>,
+    reasons: ReasonCounts<'a>,
     no_kernel_event: Option<u64>,
     workload: Option<WorkloadRecord<'a>>,
     origin: Option<Origin>,
@@ -189,7 +192,7 @@ impl<'a> From<&'a Flow> for FlowRecord<'a> {
             side_observed: *side_observed,
             first: *first,
             middlebox: *middlebox,
-            reasons,
+            reasons: ReasonCounts(reasons),
             no_kernel_event: *no_kernel_event,
             workload: workload.as_ref().map(WorkloadRecord::from),
             origin: *origin,
@@ -302,6 +305,15 @@ impl From<&Source> for SourceRecord {
     }
 }
 
+/// A flow's kernel reasons as `{"NAME": count}`, in name order.
+pub struct ReasonCounts<'a>(&'a BTreeMap<KernelReason, u64>);
+
+impl Serialize for ReasonCounts<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(reason, count)| (reason.name(), count)))
+    }
+}
+
 #[derive(Serialize)]
 pub struct KernelEventsRecord<'a> {
     available: bool,
@@ -313,10 +325,10 @@ pub struct KernelEventsRecord<'a> {
 
 impl<'a> From<&'a KernelEvents> for KernelEventsRecord<'a> {
     fn from(events: &'a KernelEvents) -> Self {
-        let KernelEvents { unavailable, matched, elsewhere } = events;
+        let KernelEvents { availability, matched, elsewhere } = events;
         KernelEventsRecord {
-            available: unavailable.is_none(),
-            reason: unavailable.as_deref(),
+            available: availability.is_available(),
+            reason: availability.why_not(),
             matched: *matched,
             elsewhere: *elsewhere,
         }
@@ -388,7 +400,7 @@ impl From<&Verdict> for VerdictRecord {
             peer_ttl: None,
             unanswered: 0,
             client: None,
-            kernel_reason: kernel_reason.clone(),
+            kernel_reason: kernel_reason.as_ref().map(ToString::to_string),
             side: *side,
             after_peer_fin: None,
             after_own_fin: None,

@@ -333,7 +333,7 @@ impl<W: Write> TablePrinter<W> {
                 notes.push_str(&format!(", MIDDLEBOX? TTL {} vs {}", middlebox.rst_ttl, middlebox.peer_ttl));
             }
             if !flow.reasons.is_empty() {
-                let reasons: Vec<&str> = flow.reasons.keys().map(String::as_str).collect();
+                let reasons: Vec<String> = flow.reasons.keys().map(ToString::to_string).collect();
                 notes.push_str(&format!(", kernel: {}", reasons.join("+")));
             }
             if flow.no_kernel_event.unwrap_or(0) > 0 {

@@ -6,6 +6,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 use rst_common::wire::ResetKind;
 
 use super::model::{endpoint, percent, Direction, Flow, Origin, Run, Side};
+use crate::model::kernel_reason::KernelReason;
 
 /// Workloads the summary names in words at most.
 const WORKLOAD_SENTENCES: usize = 3;
@@ -92,16 +93,16 @@ pub fn sentences(run: &Run) -> Vec<String> {
             "TTL says a middlebox sent {resets} resets claiming to be {src} (TTL {rst_ttl}; {src}'s handshake had {peer_ttl})"
         ));
     }
-    let mut reasons: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut reasons: BTreeMap<&KernelReason, u64> = BTreeMap::new();
     let mut unexplained = 0;
     for flow in flows {
         for (reason, count) in &flow.reasons {
-            *reasons.entry(reason.as_str()).or_default() += count;
+            *reasons.entry(reason).or_default() += count;
         }
         unexplained += flow.no_kernel_event.unwrap_or(0);
     }
     if !reasons.is_empty() {
-        let mut by_count: Vec<(&str, u64)> = reasons.into_iter().collect();
+        let mut by_count: Vec<(&KernelReason, u64)> = reasons.into_iter().collect();
         by_count.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
         let listed: Vec<String> = by_count.iter().map(|(reason, count)| format!("{reason} {count}")).collect();
         lines.push(format!("this host's TCP stack sent resets because: {}", listed.join(", ")));
@@ -112,7 +113,7 @@ pub fn sentences(run: &Run) -> Vec<String> {
         ));
     }
     lines.extend(workload_sentences(run));
-    if let Some(why) = &kernel_events.unavailable {
+    if let Some(why) = kernel_events.availability.why_not() {
         if flows.iter().any(|f| f.direction == Direction::Tx) {
             lines.push(format!("no kernel reasons: {why}"));
         }

@@ -27,8 +27,12 @@ use self::model::{
     Service, Side, Totals, Unlisted, Workload, WorkloadResets,
 };
 use crate::{
+    availability::Availability,
     collect::Sample,
-    model::verdict::{Evidence, ServiceAddr, ServiceSample},
+    model::{
+        kernel_reason::ReasonNames,
+        verdict::{Evidence, ServiceAddr, ServiceSample},
+    },
 };
 
 /// Tens of thousands of flow keys per interval go through these maps: a fast,
@@ -202,11 +206,6 @@ fn four_tuple_of_event(key: &StackResetKey) -> FourTuple {
     (key.src, key.dst, key.sport, key.dport, key.family)
 }
 
-/// The name of kernel reason `code` (index into `names`, as the loader read them).
-pub(crate) fn reason_name(names: &[String], code: u32) -> String {
-    names.get(code as usize).cloned().unwrap_or_else(|| format!("REASON_{code}"))
-}
-
 /// A service's handshakes of one interval as the verdict evidence takes them; `origin_ms`: the
 /// run's start on the tracker's clock.
 fn service_sample((key, value): &(ServiceKey, ServiceValue), origin_ms: u64) -> ServiceSample {
@@ -283,7 +282,7 @@ pub struct Aggregator {
     flow_limit: usize,
     unlisted: Unlisted,
     kernel_events: KernelEvents,
-    reason_names: Vec<String>,
+    reason_names: ReasonNames,
     counting: Option<CountingMode>,
     /// What the run showed about each service's causes ([`crate::model::verdict`]).
     evidence: Evidence,
@@ -320,11 +319,11 @@ impl Aggregator {
             flow_limit: DEFAULT_SUMMARY_FLOWS as usize,
             unlisted: Unlisted::default(),
             kernel_events: KernelEvents {
-                unavailable: Some("not watching a live host".into()),
+                availability: Availability::Unavailable("not watching a live host".into()),
                 matched: 0,
                 elsewhere: 0,
             },
-            reason_names: Vec::new(),
+            reason_names: ReasonNames::default(),
             counting: None,
             evidence: Evidence::new(MAX_EVIDENCE_ENTRIES),
             service_samples: Vec::new(),
@@ -338,10 +337,9 @@ impl Aggregator {
         self.tracker_origin_ms = origin_ms;
     }
 
-    /// Whether kernel reset events are coming (`Err`: why not), and the names of the kernel's
-    /// reason codes, index = code.
-    pub fn kernel_events(&mut self, available: Result<(), String>, reason_names: Vec<String>) {
-        self.kernel_events.unavailable = available.err();
+    /// Whether kernel reset events are coming, and this kernel's names of their reasons.
+    pub fn kernel_events(&mut self, available: Availability, reason_names: ReasonNames) {
+        self.kernel_events.availability = available;
         self.reason_names = reason_names;
     }
 
@@ -496,7 +494,7 @@ impl Aggregator {
                     *stats.reasons.entry(event.reason).or_default() += count;
                     self.kernel_events.matched += count;
                     if let Some(kind) = stats.kinds.dominant() {
-                        let reason = reason_name(&self.reason_names, event.reason);
+                        let reason = self.reason_names.reason(event.reason);
                         let ack = stats.with_ack * 2 >= stats.resets;
                         self.evidence.stack_resets(&id, stats.server_side(), kind, ack, &reason, *count);
                     }
@@ -701,10 +699,6 @@ impl Aggregator {
         self.names.get(&ifindex).cloned().unwrap_or_else(|| format!("if{ifindex}"))
     }
 
-    fn reason_name(&self, code: u32) -> String {
-        reason_name(&self.reason_names, code)
-    }
-
     /// The `limit` largest flows as records, largest first; ties in a stable, readable order.
     fn flow_records<'a>(&self, flows: impl Iterator<Item = (&'a FlowKey, &'a FlowStats)>, limit: usize) -> Vec<Flow> {
         let mut ranked: Vec<(&FlowKey, &FlowStats)> = flows.collect();
@@ -731,7 +725,11 @@ impl Aggregator {
                     side_observed: stats.side_observed,
                     first: stats.first,
                     middlebox: stats.middlebox,
-                    reasons: stats.reasons.iter().map(|(code, count)| (self.reason_name(*code), *count)).collect(),
+                    reasons: stats
+                        .reasons
+                        .iter()
+                        .map(|(code, count)| (self.reason_names.reason(*code), *count))
+                        .collect(),
                     no_kernel_event: (direction == Direction::Tx && self.kernel_events.available())
                         .then(|| stats.resets.saturating_sub(explained)),
                     workload: self.workload_of(stats),

@@ -15,7 +15,7 @@ use rst_common::{
 use serde::{ser::SerializeMap as _, Serialize, Serializer};
 
 pub use crate::model::verdict::Verdict;
-use crate::{cmd::replay::link::Link, load::Hook};
+use crate::{availability::Availability, cmd::replay::link::Link, load::Hook, model::kernel_reason::KernelReason};
 
 /// Gives each enum one name a value, written once: `name()` returns it, and it is the value's
 /// JSON form (the contract strings).
@@ -289,7 +289,7 @@ pub struct Flow {
     pub first: bool,
     pub middlebox: Option<Middlebox>,
     /// The kernel's reasons for the RSTs this host's stack sent (tx flows).
-    pub reasons: BTreeMap<String, u64>,
+    pub reasons: BTreeMap<KernelReason, u64>,
     /// tx RSTs with no kernel event: made by something else on the host (netfilter, a proxy).
     /// `None` when kernel events are unavailable, and for rx flows.
     pub no_kernel_event: Option<u64>,
@@ -415,10 +415,10 @@ pub struct Source {
 }
 
 /// Kernel reset events (tracepoint `tcp:tcp_send_reset`).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct KernelEvents {
-    /// Why they are not coming; `None` when they are.
-    pub unavailable: Option<String>,
+    /// Whether they are coming, and why not.
+    pub availability: Availability,
     /// Events joined to a tx flow on a watched interface.
     pub matched: u64,
     /// Events for resets that left through no watched interface (other namespaces, other
@@ -428,7 +428,7 @@ pub struct KernelEvents {
 
 impl KernelEvents {
     pub fn available(&self) -> bool {
-        self.unavailable.is_none()
+        self.availability.is_available()
     }
 }
 

@@ -18,6 +18,7 @@ use super::{
     scan::{scan, Answer, Probes, Scan},
     sort, Cause, Finding, ServiceAddr, Side, Verdict,
 };
+use crate::model::kernel_reason::KernelReason;
 
 /// One service's handshake counts for one interval, as the tracker counted them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -169,7 +170,7 @@ pub struct Evidence {
     close_gaps: HashMap<FlowKey, u64>,
     host_ttls: HashMap<(u32, IpAddr), u8>,
     /// The kernel's reasons for the resets this host's stack sent, per service and act.
-    reasons: HashMap<(ServiceAddr, Act), BTreeMap<String, u64>>,
+    reasons: HashMap<(ServiceAddr, Act), BTreeMap<KernelReason, u64>>,
     max_entries: usize,
     interval: u64,
     interval_start_ms: u64,
@@ -258,7 +259,7 @@ impl Evidence {
         server: bool,
         kind: ResetKind,
         ack: bool,
-        reason: &str,
+        reason: &KernelReason,
         resets: u64,
     ) {
         let Some(act) = Act::of_sent(kind, server, ack) else { return };
@@ -268,12 +269,12 @@ impl Evidence {
         if let Some(count) = reasons.get_mut(reason) {
             *count += resets;
         } else if reasons.len() < MAX_REASONS {
-            reasons.insert(reason.to_owned(), resets);
+            reasons.insert(reason.clone(), resets);
         }
     }
 
     /// The kernel reason most of `service`'s own resets of the act `cause` explains carried.
-    fn kernel_reason(&self, service: ServiceAddr, cause: Cause) -> Option<String> {
+    fn kernel_reason(&self, service: ServiceAddr, cause: Cause) -> Option<KernelReason> {
         let reasons = self.reasons.get(&(service, Act::of_cause(cause)?))?;
         reasons.iter().max_by_key(|(_, count)| **count).map(|(reason, _)| reason.clone())
     }

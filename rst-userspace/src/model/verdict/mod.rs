@@ -14,6 +14,8 @@ mod text;
 
 use std::net::IpAddr;
 
+use crate::model::kernel_reason::KernelReason;
+
 pub use evidence::{forged, Evidence, ServiceSample};
 pub use scan::{
     ScanCounts, SCAN_MAX_COMPLETED_PERCENT, SCAN_MAX_PROBES_PER_TARGET, SCAN_MIN_CLOSED_PERCENT, SCAN_MIN_TARGETS,
@@ -48,7 +50,7 @@ pub struct Verdict {
     pub side: Option<Side>,
     /// Where this host's own TCP stack sent the resets (`tcp:tcp_send_reset`): the reason the
     /// kernel gave for most of them (`NO_SOCKET`, `TCP_STATE`, …), corroborating the cause.
-    pub kernel_reason: Option<String>,
+    pub kernel_reason: Option<KernelReason>,
 }
 
 /// A cause with what it adds to its counts: one variant per [`Cause`], so a cause cannot come

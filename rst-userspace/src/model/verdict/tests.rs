@@ -5,6 +5,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use rst_common::wire::{DownRun, FlowKey, ResetClass, ResetContext, ResetKind, DIRECTION_RX, FAMILY_IPV4, IPPROTO_TCP};
 
 use super::{Cause, Evidence, Finding, ServiceAddr, ServiceSample, Verdict};
+use crate::model::kernel_reason::ReasonNames;
 
 const IFINDEX: u32 = 7;
 const CLIENT: [u8; 4] = [10, 0, 1, 5];
@@ -438,13 +439,18 @@ fn the_kernels_reason_corroborates_only_the_cause_of_the_resets_it_sent() {
     feed(&mut evidence, 0, &[handshakes(81, 3, 0), handshakes(82, 2, 2)], &flows);
     // This host's stack sent the refusals (two NO_SOCKET, one other) and one of the aborts.
     let refused = refusals[0].flow_id();
-    evidence.stack_resets(&refused, true, ResetKind::Refused, true, "NO_SOCKET", 2);
-    evidence.stack_resets(&refused, true, ResetKind::Refused, true, "TCP_FLAGS", 1);
-    evidence.stack_resets(&aborts[0].flow_id(), true, ResetKind::Established, true, "TCP_ABORT_ON_CLOSE", 1);
+    let names =
+        ReasonNames::new(["NOT_SPECIFIED", "NO_SOCKET", "TCP_FLAGS", "TCP_ABORT_ON_CLOSE"].map(String::from).into());
+    let (no_socket, flags, on_close) = (names.reason(1), names.reason(2), names.reason(3));
+    evidence.stack_resets(&refused, true, ResetKind::Refused, true, &no_socket, 2);
+    evidence.stack_resets(&refused, true, ResetKind::Refused, true, &flags, 1);
+    evidence.stack_resets(&aborts[0].flow_id(), true, ResetKind::Established, true, &on_close, 1);
     // A client's RST to a SYN it did not send names no cause, so no reason either.
-    evidence.stack_resets(&refused, false, ResetKind::Refused, true, "NO_SOCKET", 1);
+    evidence.stack_resets(&refused, false, ResetKind::Refused, true, &no_socket, 1);
     let verdicts = evidence.verdicts();
-    let reason = |port: u16| verdicts.iter().find(|v| v.service.port == port).and_then(|v| v.kernel_reason.clone());
+    let reason = |port: u16| {
+        verdicts.iter().find(|v| v.service.port == port).and_then(|v| v.kernel_reason.as_ref().map(ToString::to_string))
+    };
     assert_eq!(causes(&verdicts), [(Cause::NoListener, 81, 3), (Cause::AppAbort, 82, 2)]);
     assert_eq!(reason(81).as_deref(), Some("NO_SOCKET"), "the most common");
     assert_eq!(reason(82).as_deref(), Some("TCP_ABORT_ON_CLOSE"));

@@ -27,6 +27,8 @@ use rst_common::wire::{
 
 pub use self::resolve::{Resolver, DEFAULT_POD_LOGS};
 
+use crate::availability::Availability;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("reading the kernel's BTF: {0}")]
@@ -156,11 +158,13 @@ pub enum Setting {
 
 /// Attaches `tcp:tcp_receive_reset` (the sent side rides on `tcp:tcp_send_reset`) and makes
 /// the resolver; when that is not possible, why, for the caller to say once.
-pub fn start(ebpf: &mut Ebpf, offsets_loaded: &Result<(), String>, setting: &Setting) -> Result<Resolver, String> {
+pub fn start(ebpf: &mut Ebpf, offsets_loaded: &Availability, setting: &Setting) -> Result<Resolver, String> {
     let Setting::On { pod_logs, cgroup_root } = setting else {
         return Err("off (--no-workloads)".into());
     };
-    offsets_loaded.clone()?;
+    if let Some(why) = offsets_loaded.why_not() {
+        return Err(why.to_owned());
+    }
     let mut attach = || -> anyhow::Result<Resolver> {
         let program: &mut TracePoint = ebpf
             .program_mut(PROG_RECEIVE_RESET)

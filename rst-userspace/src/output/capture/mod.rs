@@ -39,7 +39,10 @@ use crate::model::aggregate::{
     model::{CaptureSummary, Run},
     payload,
 };
-use crate::model::verdict::{Cause, Finding, Verdict};
+use crate::model::{
+    kernel_reason::ReasonNames,
+    verdict::{Cause, Finding, Verdict},
+};
 
 /// What `--capture` and its options ask for.
 #[derive(Debug, Clone)]
@@ -131,7 +134,7 @@ impl Capture {
         files: Files,
         options: &Options,
         interfaces: &[(String, u32)],
-        reason_names: Vec<String>,
+        reason_names: ReasonNames,
     ) -> anyhow::Result<Capture> {
         let ring = ebpf
             .take_map(MAP_CAPTURE_RING)
@@ -584,8 +587,7 @@ impl Writer {
 /// while capturing, and their names.
 struct Reasons {
     map: BpfHashMap<MapData, CaptureReasonKey, CaptureReason>,
-    /// By code, as the summary names them.
-    names: Vec<String>,
+    names: ReasonNames,
 }
 
 impl Reasons {
@@ -599,7 +601,7 @@ impl Reasons {
             let found = self.map.get(&CaptureReasonKey::of_flow(key?), 0).ok()?;
             (found.time_ns.abs_diff(record.time_ns) <= CAPTURE_REASON_MAX_AGE_NS).then_some(found.reason)
         })?;
-        Some(crate::model::aggregate::reason_name(&self.names, code))
+        Some(self.names.name(code).into_owned())
     }
 }
 

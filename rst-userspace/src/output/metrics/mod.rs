@@ -30,6 +30,7 @@ pub use self::{
     server::{parse_listen, serve, ListenError},
     text::prometheus_text,
 };
+use crate::model::kernel_reason::ReasonNames;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct InterfaceLabels {
@@ -205,14 +206,14 @@ exposed_metrics! {
     }
     names: std::sync::Mutex<HashMap<u32, String>>,
     max_flows: u32,
-    reason_names: Vec<String>,
+    reason_names: ReasonNames,
     fleet: std::sync::Mutex<Fleet>,
 }
 
 impl Metrics {
     /// `interfaces`: ifindex → name of every interface watched.
     /// `reason_names`: the kernel's reset reasons, index = code.
-    pub fn new(interfaces: HashMap<u32, String>, max_flows: u32, reason_names: Vec<String>) -> Self {
+    pub fn new(interfaces: HashMap<u32, String>, max_flows: u32, reason_names: ReasonNames) -> Self {
         Metrics::registered(
             std::sync::Mutex::new(interfaces),
             max_flows,

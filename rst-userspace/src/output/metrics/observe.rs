@@ -137,8 +137,7 @@ impl Metrics {
             }
         }
         for (key, count) in &sample.stack_resets {
-            let reason =
-                self.reason_names.get(key.reason as usize).cloned().unwrap_or_else(|| format!("REASON_{}", key.reason));
+            let reason = self.reason_names.name(key.reason).into_owned();
             self.kernel_resets.get_or_create(&ReasonLabels { reason }).inc_by(*count);
         }
         for family in [&self.service_attempts, &self.service_synacks, &self.service_resets] {
@@ -195,6 +194,7 @@ mod tests {
         model::{AttachMode, Interface},
         Aggregator,
     };
+    use crate::model::kernel_reason::ReasonNames;
 
     #[test]
     fn resets_are_counted_per_interface_direction_and_kind_from_the_model() {
@@ -227,7 +227,7 @@ mod tests {
         }];
         let mut aggregator = Aggregator::new(interfaces, 10);
         let interval = aggregator.add(&sample, Duration::from_secs(1), SystemTime::now());
-        let metrics = Metrics::new(HashMap::from([(7, "veth9".to_string())]), 1024, Vec::new());
+        let metrics = Metrics::new(HashMap::from([(7, "veth9".to_string())]), 1024, ReasonNames::default());
         metrics.observe(&sample, &interval, &aggregator.interval_by_interface(), &aggregator.top_services(), &[]);
         let text = metrics.encode().unwrap();
         for series in [
@@ -260,7 +260,7 @@ mod tests {
             refused_share: 0.0,
             kinds: Default::default(),
         };
-        let metrics = Metrics::new(HashMap::new(), 1024, Vec::new()).tracking(2);
+        let metrics = Metrics::new(HashMap::new(), 1024, ReasonNames::default()).tracking(2);
         let second = Duration::from_secs(1);
         metrics.observe_fleet(
             second,
@@ -299,7 +299,7 @@ mod tests {
             received,
         };
         let pod = Pod { namespace: Some("shop".into()), name: Some("cart".into()), uid: "u1".into() };
-        let metrics = Metrics::new(HashMap::new(), 1024, Vec::new());
+        let metrics = Metrics::new(HashMap::new(), 1024, ReasonNames::default());
         let (sample, interval) = (
             Sample::default(),
             Aggregator::new(Vec::new(), 1).fold(&Sample::default(), Duration::from_secs(1), SystemTime::now()),
