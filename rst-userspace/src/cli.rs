@@ -60,7 +60,7 @@ pub enum Command {
 /// The interfaces a live command watches.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Interfaces {
-    /// Interface to watch; repeat for several. A pattern (`'veth*'`, `'cali?'`) watches every
+    /// Interface to watch; repeat for several. A pattern (`'veth*'`, `'cali?'`, `'eth[01]'`) watches every
     /// matching interface, those that appear later included; no pattern matches `lo`, which is
     /// watched only when named (`-i lo`).
     #[arg(short = 'i', long = "iface", value_name = "IFACE", required = true)]

@@ -1,5 +1,5 @@
 //! Which interfaces `-i` names: names resolved up front the way the kernel would, and
-//! shell-style patterns (`'veth*'`, `'cali?'`) matched against interfaces as they come.
+//! shell-style patterns (`'veth*'`, `'cali?'`, `'eth[01]'`) matched against interfaces as they come.
 
 use std::ffi::CString;
 
@@ -14,6 +14,11 @@ pub fn resolve_targets(names: &[String]) -> anyhow::Result<Vec<(String, u32)>> {
     let mut seen = std::collections::HashSet::new();
     let mut targets = Vec::new();
     // Patterns match interfaces as they come (see `live`), none of them need exist at the start.
+    for pattern in names.iter().filter(|name| is_pattern(name)) {
+        if let Err(error) = glob::Pattern::new(pattern) {
+            return Err(Error::InvalidInterfaceName { name: pattern.clone(), why: error.msg }.into());
+        }
+    }
     if !names.iter().any(|name| name == LOOPBACK) {
         if let Some(pattern) = names.iter().find(|name| is_pattern(name) && glob(name, LOOPBACK)) {
             tracing::info!("-i '{pattern}' leaves out {LOOPBACK}: watch it with -i {LOOPBACK}");
@@ -29,47 +34,24 @@ pub fn resolve_targets(names: &[String]) -> anyhow::Result<Vec<(String, u32)>> {
     Ok(targets)
 }
 
-/// Whether `-i` names a pattern (`'veth*'`, `'cali?'`) rather than one interface.
+/// Whether `-i` names a pattern (`'veth*'`, `'cali?'`, `'eth[01]'`) rather than one interface.
 pub fn is_pattern(name: &str) -> bool {
-    name.contains(['*', '?'])
+    name.contains(['*', '?', '['])
 }
 
 /// The loopback interface: a pattern never matches it.
 const LOOPBACK: &str = "lo";
 
-/// Shell-style matching of an interface name: `*` any run of characters, `?` any one; never
+/// Shell-style matching of an interface name (`*`, `?`, `[…]`, as `glob` reads them); never
 /// [`LOOPBACK`], which is watched only when `-i lo` names it (a `'*'` meant "every device",
 /// not the host's own local traffic).
 pub fn pattern_matches(pattern: &str, name: &str) -> bool {
     name != LOOPBACK && glob(pattern, name)
 }
 
+/// A pattern [`resolve_targets`] did not refuse always parses; anything else matches nothing.
 fn glob(pattern: &str, name: &str) -> bool {
-    let (pattern, name) = (pattern.as_bytes(), name.as_bytes());
-    let (mut p, mut n) = (0, 0);
-    // Where the last `*` was, and the name position it matched up to: backtrack there.
-    let mut star: Option<(usize, usize)> = None;
-    while n < name.len() {
-        match pattern.get(p) {
-            Some(b'*') => {
-                star = Some((p, n));
-                p += 1;
-            }
-            Some(&c) if c == b'?' || c == name[n] => {
-                p += 1;
-                n += 1;
-            }
-            _ => match star {
-                Some((at, matched)) => {
-                    p = at + 1;
-                    n = matched + 1;
-                    star = Some((at, matched + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    pattern[p..].iter().all(|&c| c == b'*')
+    glob::Pattern::new(pattern).is_ok_and(|pattern| pattern.matches(name))
 }
 
 /// Resolves an interface name the way the kernel would, with errors an operator can act on.
@@ -103,6 +85,13 @@ mod tests {
         for (pattern, name) in [("veth*", "eth0"), ("cali?", "cali12"), ("*a*b", "xxaba"), ("veth", "veth0")] {
             assert!(!pattern_matches(pattern, name), "{pattern} {name}");
         }
+        assert!(is_pattern("eth[01]") && pattern_matches("eth[01]", "eth1") && !pattern_matches("eth[01]", "eth2"));
+    }
+
+    #[test]
+    fn a_pattern_that_does_not_parse_is_refused_up_front() {
+        let error = resolve_targets(&["eth[0".to_owned()]).expect_err("an unclosed class");
+        assert!(error.to_string().starts_with("invalid interface name \"eth[0\""), "{error}");
     }
 
     #[test]
