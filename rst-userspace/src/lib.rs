@@ -4,12 +4,16 @@
 //! [`sys`]), [`collect`] (maps → one exact [`collect::Sample`] per interval), [`model`] (samples
 //! → the run's typed model: aggregate, verdict, workload), and the model's readers under
 //! [`output`] (table, JSON Lines, metrics, `top`'s view, capture). [`cmd`] holds the commands
-//! (watch, top, replay) that drive them; [`cli`] their options.
+//! (watch, top, replay) that drive them; [`cli`] their options. Every module's error folds into
+//! [`Error`].
+
+pub use error::{Error, Result};
 
 pub mod availability;
 pub mod cli;
 pub mod cmd;
 pub mod collect;
+pub mod error;
 pub mod load;
 pub mod logsink;
 pub mod model;

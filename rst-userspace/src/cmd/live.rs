@@ -80,7 +80,7 @@ pub struct LiveSession {
 impl LiveSession {
     /// Everything that can be checked without touching the kernel: the interfaces exist, the
     /// capabilities are there. Returns the interfaces' indexes for [`LiveSession::start`].
-    pub fn preflight(options: &LiveOptions) -> anyhow::Result<Vec<(String, u32)>> {
+    pub fn preflight(options: &LiveOptions) -> crate::Result<Vec<(String, u32)>> {
         let targets = load::resolve_targets(&options.ifaces)?;
         load::check_capabilities()?;
         Ok(targets)
@@ -93,7 +93,7 @@ impl LiveSession {
         targets: &[(String, u32)],
         settings: Settings,
         metrics: Option<(tokio::net::TcpListener, &tokio::runtime::Handle)>,
-    ) -> anyhow::Result<LiveSession> {
+    ) -> crate::Result<LiveSession> {
         let workloads_on = options.workloads != crate::model::workload::Setting::Off;
         // The file first: a path that cannot be written stops the run before anything is loaded.
         let capture_files = options.capture.as_ref().map(capture::create).transpose()?;
@@ -319,7 +319,7 @@ impl LiveSession {
 impl LiveSession {
     /// Attaches the session's hook to an interface that came after the start.
     fn attach(&mut self, iface: &str, ifindex: u32) -> anyhow::Result<Attachment> {
-        load::attach(&mut self.ebpf, self.options.attach, iface, ifindex)
+        Ok(load::attach(&mut self.ebpf, self.options.attach, iface, ifindex)?)
     }
 
     /// Registers a just-attached interface with the run and every output.

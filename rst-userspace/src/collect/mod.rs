@@ -13,7 +13,6 @@ pub mod payloads;
 
 use std::{collections::HashMap, os::fd::AsFd as _, time::Instant};
 
-use anyhow::Context as _;
 use aya::{
     maps::{Array, Map, MapData, PerCpuArray, PerCpuValues},
     Ebpf,
@@ -100,23 +99,22 @@ impl Sample {
 
 impl Collector {
     /// Takes ownership of the maps the collector drains.
-    pub fn new(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
-        let mut take = |name: &str| ebpf.take_map(name).with_context(|| format!("the eBPF object has no map {name}"));
+    pub fn new(ebpf: &mut Ebpf) -> Result<Self, Error> {
+        let mut take = |name: &str| ebpf.take_map(name).ok_or_else(|| Error::MissingMap(name.to_owned()));
         let flow_table = match take(MAP_FLOW_TABLE)? {
             Map::Array(data) => data,
-            other => anyhow::bail!("expected an array for the flow table, got {other:?}"),
+            other => return Err(Error::map_type("an array", "the flow table", &other)),
         };
-        let slots = flow_table.info().context("reading the flow table's size")?.max_entries();
-        anyhow::ensure!(
-            slots.is_power_of_two() && slots >= 2,
-            "the flow table has {slots} slots, not two epochs of a power of two"
-        );
+        let slots = flow_table.info().map_err(map("reading the flow table's size"))?.max_entries();
+        if !(slots.is_power_of_two() && slots >= 2) {
+            return Err(Error::FlowTableSlots(slots));
+        }
         let flow_blocks = match take(MAP_FLOW_BLOCKS)? {
             Map::Array(data) => data,
-            other => anyhow::bail!("expected an array for the flow table's block bitmap, got {other:?}"),
+            other => return Err(Error::map_type("an array", "the flow table's block bitmap", &other)),
         };
         let flows = FlowTableMap::new(flow_table.fd().as_fd(), flow_blocks.fd().as_fd(), (slots / 2).trailing_zeros())
-            .context("mapping the flow table (Linux >= 5.5)")?;
+            .map_err(table("mapping the flow table (Linux >= 5.5)"))?;
         let overflow_sources =
             [hash_map_data(take(MAP_OVERFLOW_SOURCES[0])?)?, hash_map_data(take(MAP_OVERFLOW_SOURCES[1])?)?];
         let services = [hash_map_data(take(MAP_SERVICES[0])?)?, hash_map_data(take(MAP_SERVICES[1])?)?];
@@ -124,22 +122,24 @@ impl Collector {
         let workloads = [hash_map_data(take(MAP_WORKLOADS[0])?)?, hash_map_data(take(MAP_WORKLOADS[1])?)?];
         let flow_cache = match take(MAP_FLOW_CACHE)? {
             Map::PerCpuArray(data) => data,
-            other => anyhow::bail!("expected a per-CPU array for the flow cache, got {other:?}"),
+            other => return Err(Error::map_type("a per-CPU array", "the flow cache", &other)),
         };
-        let cpus = aya::util::nr_cpus().map_err(|(what, error)| anyhow::anyhow!("{what}: {error}"))?;
+        let cpus = aya::util::nr_cpus().map_err(|(what, source)| Error::Cpus { what, source })?;
         let log_data = match take(MAP_EVICTION_LOG)? {
             Map::Array(data) => data,
-            other => anyhow::bail!("expected an array for the eviction log, got {other:?}"),
+            other => return Err(Error::map_type("an array", "the eviction log", &other)),
         };
-        let log_entries = log_data.info().context("reading the eviction log's size")?.max_entries();
-        let cpu_ids = crate::collect::flow_table::possible_cpu_ids().context("reading the possible CPUs")?;
-        let log =
-            EvictionLogMap::new(log_data.fd().as_fd(), log_entries, cpu_ids).context("mapping the eviction log")?;
+        let log_entries = log_data.info().map_err(map("reading the eviction log's size"))?.max_entries();
+        let cpu_ids = crate::collect::flow_table::possible_cpu_ids().map_err(table("reading the possible CPUs"))?;
+        let log = EvictionLogMap::new(log_data.fd().as_fd(), log_entries, cpu_ids)
+            .map_err(table("mapping the eviction log"))?;
         let epoch: Array<MapData, u32> =
-            take(MAP_EPOCH)?.try_into().context("the epoch global (the object's .bss) must be a single u32")?;
-        let reset_counters: PerCpuArray<MapData, ResetCounters> = take(MAP_RESET_COUNTERS)?.try_into()?;
-        let traffic: PerCpuArray<MapData, TrafficCounters> = take(MAP_TRAFFIC)?.try_into()?;
-        let active = epoch.get(&0, 0)? & 1;
+            take(MAP_EPOCH)?.try_into().map_err(map("the epoch global (the object's .bss) must be a single u32"))?;
+        let reset_counters: PerCpuArray<MapData, ResetCounters> =
+            take(MAP_RESET_COUNTERS)?.try_into().map_err(map("opening the reset counters"))?;
+        let traffic: PerCpuArray<MapData, TrafficCounters> =
+            take(MAP_TRAFFIC)?.try_into().map_err(map("opening the traffic counters"))?;
+        let active = epoch.get(&0, 0).map_err(map("reading the epoch"))? & 1;
         let mut collector = Self {
             flows,
             _flow_table: [flow_table, flow_blocks],
@@ -165,15 +165,15 @@ impl Collector {
     }
 
     /// Ends the current epoch and returns everything counted in it.
-    pub fn collect(&mut self) -> anyhow::Result<Sample> {
+    pub fn collect(&mut self) -> Result<Sample, Error> {
         let started = Instant::now();
         let finished = self.active;
         let next = finished ^ 1;
-        self.epoch.set(0, next, 0).context("flipping the epoch")?;
+        self.epoch.set(0, next, 0).map_err(map("flipping the epoch"))?;
         self.active = next;
         self.wait_for_grace_period();
 
-        let per_cpu = self.reset_counters.get(&finished, 0).context("reading the reset counters")?;
+        let per_cpu = self.reset_counters.get(&finished, 0).map_err(map("reading the reset counters"))?;
         let logged: Vec<u64> = per_cpu.iter().map(|cpu| cpu.logged).collect();
         let resets = ResetCounters::sum(per_cpu.iter());
         log_rare_events(finished, &per_cpu, self.log.cpu_ids(), self.log.slots());
@@ -184,9 +184,9 @@ impl Collector {
         let first_slot = finished * FLOW_CACHE_SLOTS;
         let cached_slots: Vec<CacheSlot> =
             lookup_per_cpu_array(self.flow_cache.fd().as_fd(), first_slot, FLOW_CACHE_SLOTS, self.cpus)
-                .context("reading the flow cache")?;
+                .map_err(sys("reading the flow cache"))?;
         update_per_cpu_array(self.flow_cache.fd().as_fd(), first_slot, &self.empty_cache, self.cpus)
-            .context("clearing the flow cache")?;
+            .map_err(sys("clearing the flow cache"))?;
         let mut logged_flows = Vec::new();
         self.log.drain(finished, &logged, |key, resets| logged_flows.push((*key, resets)));
         let cached_flows = cached_slots.iter().map(|slot| (slot.key, slot.resets));
@@ -204,26 +204,26 @@ impl Collector {
                     overflow_sources.push((*key, value.resets));
                 },
             )
-            .context("draining the overflow-source table")?;
+            .map_err(sys("draining the overflow-source table"))?;
         }
         let mut services = Vec::new();
         drain_hash_map::<ServiceKey, ServiceValue>(self.services[finished as usize].fd().as_fd(), |key, value| {
             services.push((*key, *value));
         })
-        .context("draining the service table")?;
+        .map_err(sys("draining the service table"))?;
         let mut stack_resets = Vec::new();
         drain_hash_map::<StackResetKey, FlowValue>(self.stack_resets[finished as usize].fd().as_fd(), |key, value| {
             stack_resets.push((*key, value.resets));
         })
-        .context("draining the kernel-reset table")?;
+        .map_err(sys("draining the kernel-reset table"))?;
         let mut workloads = Vec::new();
         drain_hash_map::<WorkloadKey, FlowValue>(self.workloads[finished as usize].fd().as_fd(), |key, value| {
             workloads.push((*key, value.resets));
         })
-        .context("draining the workload table")?;
+        .map_err(sys("draining the workload table"))?;
         // Last: until everything of the epoch is read, its counts (and the logs' lengths) stay.
-        let zeroes = PerCpuValues::try_from(vec![ResetCounters::default(); self.cpus])?;
-        self.reset_counters.set(finished, zeroes, 0).context("resetting the reset counters")?;
+        let zeroes = PerCpuValues::try_from(vec![ResetCounters::default(); self.cpus]).map_err(Error::CpuValues)?;
+        self.reset_counters.set(finished, zeroes, 0).map_err(map("resetting the reset counters"))?;
         Ok(Sample {
             counters,
             flows,
@@ -239,10 +239,10 @@ impl Collector {
     }
 
     /// Cumulative traffic: both directions together, and what was sent.
-    fn read_traffic(&self) -> anyhow::Result<[TrafficCounters; 2]> {
+    fn read_traffic(&self) -> Result<[TrafficCounters; 2], Error> {
         let [received, sent] = [DIRECTION_RX, DIRECTION_TX].map(|direction| {
-            let per_cpu = self.traffic.get(&u32::from(direction), 0).context("reading the traffic counters")?;
-            anyhow::Ok(TrafficCounters::sum(per_cpu.iter()))
+            let per_cpu = self.traffic.get(&u32::from(direction), 0).map_err(map("reading the traffic counters"))?;
+            Ok::<_, Error>(TrafficCounters::sum(per_cpu.iter()))
         });
         let (received, sent) = (received?, sent?);
         Ok([TrafficCounters::sum([&received, &sent]), sent])
@@ -324,11 +324,66 @@ fn merge_flows(
     flows
 }
 
-fn hash_map_data(map: Map) -> anyhow::Result<MapData> {
+fn hash_map_data(map: Map) -> Result<MapData, Error> {
     match map {
         Map::HashMap(data) => Ok(data),
-        other => anyhow::bail!("expected a hash map, got {other:?}"),
+        other => Err(Error::map_type("a hash map", "a drained table", &other)),
     }
+}
+
+/// Why the collector cannot open or read the kernel's maps.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the eBPF object has no map {0}")]
+    MissingMap(String),
+    /// A map of another type than the collector reads it as: an object from another build.
+    #[error("expected {expected} for {what}, got {got}")]
+    MapType { expected: &'static str, what: &'static str, got: String },
+    #[error("the flow table has {0} slots, not two epochs of a power of two")]
+    FlowTableSlots(u32),
+    #[error("{what}: {source}")]
+    Cpus { what: &'static str, source: std::io::Error },
+    #[error("one value per CPU")]
+    CpuValues(#[source] std::io::Error),
+    /// A map operation through aya (`what`: which).
+    #[error("{what}")]
+    Map {
+        what: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    /// A batch or per-CPU operation of the collector's own (`what`: which).
+    #[error("{what}")]
+    Sys {
+        what: &'static str,
+        #[source]
+        source: crate::sys::Error,
+    },
+    /// Mapping the flow table or the eviction log (`what`: which).
+    #[error("{what}")]
+    Table {
+        what: &'static str,
+        #[source]
+        source: flow_table::Error,
+    },
+}
+
+impl Error {
+    fn map_type(expected: &'static str, what: &'static str, got: &Map) -> Error {
+        Error::MapType { expected, what, got: format!("{got:?}") }
+    }
+}
+
+fn map(what: &'static str) -> impl FnOnce(aya::maps::MapError) -> Error {
+    move |source| Error::Map { what, source }
+}
+
+fn sys(what: &'static str) -> impl FnOnce(crate::sys::Error) -> Error {
+    move |source| Error::Sys { what, source }
+}
+
+fn table(what: &'static str) -> impl FnOnce(flow_table::Error) -> Error {
+    move |source| Error::Table { what, source }
 }
 
 #[cfg(test)]

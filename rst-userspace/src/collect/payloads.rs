@@ -6,13 +6,13 @@
 
 use std::collections::HashMap;
 
-use anyhow::Context as _;
 use aya::maps::{MapData, PerCpuArray, RingBuf};
 use rst_common::{
     parse::{walk, Observation},
     wire::{FlowKey, PayloadCounters, PayloadRecord, MAP_PAYLOAD_COUNTERS, MAP_PAYLOAD_RING},
 };
 
+use super::Error;
 use crate::model::aggregate::{model::PayloadSummary, payload, Aggregator};
 
 /// Flows whose payload arrived before their first count (an RST between the collector's flip
@@ -33,15 +33,12 @@ pub struct Payloads {
 impl Payloads {
     /// Takes the ring and its counters from the object; `installed`: whether the loader put
     /// the payload programs in place (see [`crate::load::LoadedObject::reads_payloads`]).
-    pub fn open(ebpf: &mut aya::Ebpf, installed: bool) -> anyhow::Result<Payloads> {
-        let ring = ebpf
-            .take_map(MAP_PAYLOAD_RING)
-            .with_context(|| format!("the eBPF object has no map {MAP_PAYLOAD_RING}"))?;
-        let ring = RingBuf::try_from(ring).context("opening the payload ring buffer")?;
-        let counters = ebpf
-            .take_map(MAP_PAYLOAD_COUNTERS)
-            .with_context(|| format!("the eBPF object has no map {MAP_PAYLOAD_COUNTERS}"))?;
-        let counters = PerCpuArray::try_from(counters).context("opening the payload counters")?;
+    pub fn open(ebpf: &mut aya::Ebpf, installed: bool) -> Result<Payloads, Error> {
+        let mut take = |name: &str| ebpf.take_map(name).ok_or_else(|| Error::MissingMap(name.to_owned()));
+        let ring = RingBuf::try_from(take(MAP_PAYLOAD_RING)?)
+            .map_err(|source| Error::Map { what: "opening the payload ring buffer", source })?;
+        let counters = PerCpuArray::try_from(take(MAP_PAYLOAD_COUNTERS)?)
+            .map_err(|source| Error::Map { what: "opening the payload counters", source })?;
         Ok(Payloads { ring, counters, pending: HashMap::new(), dropped: 0, installed })
     }
 
@@ -71,8 +68,9 @@ impl Payloads {
     }
 
     /// The kernel's counts, summed over the CPUs.
-    pub fn counters(&self) -> anyhow::Result<PayloadCounters> {
-        let per_cpu = self.counters.get(&0, 0).context("reading the payload counters")?;
+    pub fn counters(&self) -> Result<PayloadCounters, Error> {
+        let per_cpu =
+            self.counters.get(&0, 0).map_err(|source| Error::Map { what: "reading the payload counters", source })?;
         let mut total = PayloadCounters::default();
         for counters in per_cpu.iter() {
             total.add(counters);

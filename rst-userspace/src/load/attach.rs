@@ -124,12 +124,7 @@ impl fmt::Display for XdpMode {
 }
 
 /// Attaches the chosen hook's program to one interface.
-pub fn attach(
-    ebpf: &mut LoadedObject,
-    options: AttachOptions,
-    iface: &str,
-    ifindex: u32,
-) -> anyhow::Result<Attachment> {
+pub fn attach(ebpf: &mut LoadedObject, options: AttachOptions, iface: &str, ifindex: u32) -> Result<Attachment, Error> {
     let AttachOptions { hook, xdp_mode, tc_link } = options;
     let tc_link = tc_link.resolve();
     let mut attachment = match hook {
@@ -158,7 +153,7 @@ pub fn attach_all(
     ebpf: &mut LoadedObject,
     options: AttachOptions,
     targets: &[(String, u32)],
-) -> anyhow::Result<Vec<Attachment>> {
+) -> Result<Vec<Attachment>, Error> {
     targets.iter().map(|(iface, ifindex)| attach(ebpf, options, iface, *ifindex)).collect()
 }
 

@@ -10,13 +10,13 @@ const MAX_IFACE_NAME: usize = 15;
 
 /// Resolves every `-i` up front (before anything touches the kernel): one ifindex each, no
 /// interface twice.
-pub fn resolve_targets(names: &[String]) -> anyhow::Result<Vec<(String, u32)>> {
+pub fn resolve_targets(names: &[String]) -> Result<Vec<(String, u32)>, Error> {
     let mut seen = std::collections::HashSet::new();
     let mut targets = Vec::new();
     // Patterns match interfaces as they come (see `live`), none of them need exist at the start.
     for pattern in names.iter().filter(|name| is_pattern(name)) {
         if let Err(error) = glob::Pattern::new(pattern) {
-            return Err(Error::InvalidInterfaceName { name: pattern.clone(), why: error.msg }.into());
+            return Err(Error::InvalidInterfaceName { name: pattern.clone(), why: error.msg });
         }
     }
     if !names.iter().any(|name| name == LOOPBACK) {
@@ -27,7 +27,7 @@ pub fn resolve_targets(names: &[String]) -> anyhow::Result<Vec<(String, u32)>> {
     for name in names.iter().filter(|name| !is_pattern(name)) {
         let ifindex = resolve_interface(name)?;
         if !seen.insert(ifindex) {
-            anyhow::bail!("interface {name:?} given more than once");
+            return Err(Error::DuplicateInterface { name: name.clone() });
         }
         targets.push((name.clone(), ifindex));
     }

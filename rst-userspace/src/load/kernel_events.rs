@@ -3,11 +3,14 @@
 //! attaching it. Minimum kernel: 6.10 for the `reason` field; without it, or without tracefs,
 //! rstwatch reports no kernel reasons and says so once.
 
-use anyhow::Context as _;
 use aya::{programs::TracePoint, Ebpf};
 use rst_common::wire::PROG_SEND_RESET;
 
-use crate::{availability::Availability, load::tracefs, model::kernel_reason::ReasonNames};
+use crate::{
+    availability::Availability,
+    load::{tracefs, Error},
+    model::kernel_reason::ReasonNames,
+};
 
 /// Where `tcp:tcp_send_reset` keeps the fields rstwatch reads, from its format file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,14 +133,15 @@ pub fn parse_reason_names(format: &str) -> Option<Vec<String>> {
 /// # Errors
 /// Why the reasons are unavailable (no tracefs, an older kernel, missing CAP_PERFMON): the
 /// caller reports it once and carries on without them.
-pub fn attach_kernel_events(ebpf: &mut Ebpf) -> anyhow::Result<()> {
-    SendResetFormat::read().map_err(anyhow::Error::msg)?;
+pub fn attach_kernel_events(ebpf: &mut Ebpf) -> Result<(), Error> {
+    SendResetFormat::read().map_err(Error::Tracepoint)?;
     let program: &mut TracePoint = ebpf
         .program_mut(PROG_SEND_RESET)
-        .ok_or_else(|| anyhow::anyhow!("the eBPF object has no program {PROG_SEND_RESET}"))?
+        .ok_or_else(|| Error::MissingProgram(PROG_SEND_RESET.to_owned()))?
         .try_into()?;
-    program.load().context("loading the tcp:tcp_send_reset program")?;
-    program.attach("tcp", "tcp_send_reset").context("attaching to tcp:tcp_send_reset")?;
+    let failed = |what| move |source| Error::TracepointProgram { what, source };
+    program.load().map_err(failed("loading the tcp:tcp_send_reset program"))?;
+    program.attach("tcp", "tcp_send_reset").map_err(failed("attaching to tcp:tcp_send_reset"))?;
     Ok(())
 }
 

@@ -75,4 +75,39 @@ pub enum Error {
     },
     #[error("loading the eBPF object failed")]
     Load(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("interface {name:?} given more than once")]
+    DuplicateInterface { name: String },
+    #[error("the eBPF object has no program {0}")]
+    MissingProgram(String),
+    #[error("the eBPF object has no map {0}")]
+    MissingMap(String),
+    #[error(transparent)]
+    Program(#[from] aya::programs::ProgramError),
+    #[error(transparent)]
+    Map(#[from] aya::maps::MapError),
+    /// A payload program that would not go into the program array its counting program
+    /// tail-calls.
+    #[error("putting {program} into {array}")]
+    TailCall {
+        program: String,
+        array: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("reading the possible CPUs")]
+    PossibleCpus(#[source] crate::collect::flow_table::Error),
+    #[error("more CPUs than a u32 counts")]
+    TooManyCpus,
+    /// Why `tcp:tcp_send_reset` cannot give the kernel's reasons (no tracefs, an older kernel).
+    #[error("{0}")]
+    Tracepoint(String),
+    /// Loading or attaching a tracepoint program (`what` says which).
+    #[error("{what}")]
+    TracepointProgram {
+        what: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
 }

@@ -4,7 +4,6 @@
 
 use std::io;
 
-use anyhow::Context as _;
 use aya::{
     programs::{SchedClassifier, Xdp},
     Ebpf, EbpfLoader,
@@ -37,7 +36,7 @@ pub fn overflow_sources_for(max_flows: u32) -> u32 {
 /// one epoch's flow table, the overflow-source tables to [`overflow_sources_for`], services
 /// and kernel events to a quarter of it, and loads the XDP and TC programs. The tracepoint program is loaded by
 /// [`super::attach_kernel_events`].
-pub fn load(max_flows: u32) -> anyhow::Result<LoadedObject> {
+pub fn load(max_flows: u32) -> Result<LoadedObject, Error> {
     load_counting(max_flows, Counting::Auto)
 }
 
@@ -111,7 +110,7 @@ impl std::ops::DerefMut for LoadedObject {
 }
 
 /// [`load`], counting as `counting` says.
-pub fn load_counting(max_flows: u32, counting: Counting) -> anyhow::Result<LoadedObject> {
+pub fn load_counting(max_flows: u32, counting: Counting) -> Result<LoadedObject, Error> {
     load_with(max_flows, counting, true, None)
 }
 
@@ -123,7 +122,7 @@ pub fn load_with(
     counting: Counting,
     workloads: bool,
     capture: Option<CaptureLoad>,
-) -> anyhow::Result<LoadedObject> {
+) -> Result<LoadedObject, Error> {
     let mode = counting.resolve();
     match (counting, mode) {
         (Counting::Auto, CountingMode::Atomic) => tracing::info!(
@@ -147,8 +146,8 @@ pub fn load_with(
         Err("off".to_owned())
     };
     let table_bits = rst_common::table::flow_table_bits(max_flows);
-    let cpu_ids = crate::collect::flow_table::possible_cpu_ids().context("reading the possible CPUs")?;
-    let cpus = u32::try_from(cpu_ids.len()).context("more CPUs than a u32 counts")?;
+    let cpu_ids = crate::collect::flow_table::possible_cpu_ids().map_err(Error::PossibleCpus)?;
+    let cpus = u32::try_from(cpu_ids.len()).map_err(|_| Error::TooManyCpus)?;
     let log_slots = rst_common::table::eviction_log_slots(max_flows, cpus);
     let log_runs = 2 * crate::collect::flow_table::eviction_log_cpus(&cpu_ids);
     let mut loader = EbpfLoader::new();
@@ -190,10 +189,8 @@ pub fn load_with(
         loader.map_max_entries(MAP_CAPTURE_REASONS, 1);
     }
     let mut ebpf = loader.load(EBPF_OBJECT).map_err(|error| load_error(Box::new(error)))?;
-    let xdp: &mut Xdp = ebpf
-        .program_mut(programs.xdp)
-        .ok_or_else(|| anyhow::anyhow!("the eBPF object has no program {}", programs.xdp))?
-        .try_into()?;
+    let xdp: &mut Xdp =
+        ebpf.program_mut(programs.xdp).ok_or_else(|| Error::MissingProgram(programs.xdp.to_owned()))?.try_into()?;
     xdp.load().map_err(|error| load_error(Box::new(error)))?;
     for name in [programs.tc, programs.tc_egress] {
         classifier(&mut ebpf, name)?.load().map_err(|error| load_error(Box::new(error)))?;
@@ -212,7 +209,7 @@ pub fn load_with(
     Ok(LoadedObject { ebpf, counting: mode, workload_offsets, capturing: capture.is_some(), reads_payloads })
 }
 
-pub(super) fn load_error(error: Box<dyn std::error::Error + Send + Sync>) -> anyhow::Error {
+pub(super) fn load_error(error: Box<dyn std::error::Error + Send + Sync>) -> Error {
     let denied = {
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error.as_ref());
         let mut denied = false;
@@ -229,30 +226,29 @@ pub(super) fn load_error(error: Box<dyn std::error::Error + Send + Sync>) -> any
             capability: "CAP_PERFMON",
             short: "PERFMON",
             why: "without it the verifier refuses the program's packet-pointer comparisons",
-        }
-        .into();
+        };
     }
-    Error::Load(error).into()
+    Error::Load(error)
 }
 
 /// The XDP program that counts, of the set the object was loaded with.
-pub fn xdp_program(object: &mut LoadedObject) -> anyhow::Result<&mut Xdp> {
+pub fn xdp_program(object: &mut LoadedObject) -> Result<&mut Xdp, Error> {
     let name = object.programs().xdp;
-    let program = object.program_mut(name).ok_or_else(|| anyhow::anyhow!("the eBPF object has no program {name}"))?;
+    let program = object.program_mut(name).ok_or_else(|| Error::MissingProgram(name.to_owned()))?;
     Ok(program.try_into()?)
 }
 
-pub fn tc_program(object: &mut LoadedObject) -> anyhow::Result<&mut SchedClassifier> {
+pub fn tc_program(object: &mut LoadedObject) -> Result<&mut SchedClassifier, Error> {
     let name = object.programs().tc;
     classifier(object, name)
 }
 
-pub fn tc_egress_program(object: &mut LoadedObject) -> anyhow::Result<&mut SchedClassifier> {
+pub fn tc_egress_program(object: &mut LoadedObject) -> Result<&mut SchedClassifier, Error> {
     let name = object.programs().tc_egress;
     classifier(object, name)
 }
 
-pub(super) fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut SchedClassifier> {
-    let program = ebpf.program_mut(name).ok_or_else(|| anyhow::anyhow!("the eBPF object has no program {name}"))?;
+pub(super) fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier, Error> {
+    let program = ebpf.program_mut(name).ok_or_else(|| Error::MissingProgram(name.to_owned()))?;
     Ok(program.try_into()?)
 }

@@ -187,7 +187,7 @@ impl Harness {
         if let Some(ring) = &mut self.capture_ring {
             while ring.next().is_some() {}
         }
-        self.collector.collect()
+        Ok(self.collector.collect()?)
     }
 
     /// With the capturing programs: the records in the ring, taken out of it.

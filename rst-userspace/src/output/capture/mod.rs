@@ -44,6 +44,25 @@ use crate::model::{
     verdict::{Cause, Finding, Verdict},
 };
 
+/// Why the capture cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the eBPF object has no map {0}")]
+    MissingMap(String),
+    #[error("{what}")]
+    Map {
+        what: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("reading the monotonic clock")]
+    Clock(#[source] crate::sys::Error),
+    #[error("starting the capture thread")]
+    Thread(#[source] std::io::Error),
+    #[error(transparent)]
+    Files(#[from] files::Error),
+}
+
 /// What `--capture` and its options ask for.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -135,19 +154,14 @@ impl Capture {
         options: &Options,
         interfaces: &[(String, u32)],
         reason_names: ReasonNames,
-    ) -> anyhow::Result<Capture> {
-        let ring = ebpf
-            .take_map(MAP_CAPTURE_RING)
-            .with_context(|| format!("the eBPF object has no map {MAP_CAPTURE_RING}"))?;
-        let ring = RingBuf::try_from(ring).context("opening the capture ring buffer")?;
-        let counters = ebpf
-            .take_map(MAP_CAPTURE_COUNTERS)
-            .with_context(|| format!("the eBPF object has no map {MAP_CAPTURE_COUNTERS}"))?;
-        let counters = PerCpuArray::try_from(counters).context("opening the capture counters")?;
-        let reasons = ebpf
-            .take_map(MAP_CAPTURE_REASONS)
-            .with_context(|| format!("the eBPF object has no map {MAP_CAPTURE_REASONS}"))?;
-        let reasons = BpfHashMap::try_from(reasons).context("opening the capture's kernel reasons")?;
+    ) -> Result<Capture, Error> {
+        let mut take = |name: &str| ebpf.take_map(name).ok_or_else(|| Error::MissingMap(name.to_owned()));
+        let map = |what| move |source| Error::Map { what, source };
+        let ring = RingBuf::try_from(take(MAP_CAPTURE_RING)?).map_err(map("opening the capture ring buffer"))?;
+        let counters =
+            PerCpuArray::try_from(take(MAP_CAPTURE_COUNTERS)?).map_err(map("opening the capture counters"))?;
+        let reasons =
+            BpfHashMap::try_from(take(MAP_CAPTURE_REASONS)?).map_err(map("opening the capture's kernel reasons"))?;
         let shared = Arc::new(Shared::default());
         {
             let mut names = shared.names.lock().unwrap_or_else(PoisonError::into_inner);
@@ -166,7 +180,7 @@ impl Capture {
                 writer.run(&mut ring);
                 writer
             })
-            .context("starting the capture thread")?;
+            .map_err(Error::Thread)?;
         Ok(Capture { shared, thread: Some(thread), counters, file })
     }
 
@@ -305,8 +319,8 @@ fn wall_ns() -> u64 {
 }
 
 impl Writer {
-    fn new(files: Files, snaplen: u32, shared: Arc<Shared>, reasons: Reasons) -> anyhow::Result<Writer> {
-        let monotonic = crate::sys::clock::monotonic_ns().context("reading the monotonic clock")?;
+    fn new(files: Files, snaplen: u32, shared: Arc<Shared>, reasons: Reasons) -> Result<Writer, Error> {
+        let monotonic = crate::sys::clock::monotonic_ns().map_err(Error::Clock)?;
         Ok(Writer {
             files: Some(files),
             closed_paths: Vec::new(),
