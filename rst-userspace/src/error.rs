@@ -4,16 +4,17 @@
 
 /// Any error the library's steps return: loading and attaching, collecting, starting the
 /// capture, naming workloads, reading a capture file.
+/// The large ones (aya's program and map errors inside) are boxed, so a `Result` stays small.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
-    Load(#[from] crate::load::Error),
+    Load(Box<crate::load::Error>),
     #[error(transparent)]
-    Collect(#[from] crate::collect::Error),
+    Collect(Box<crate::collect::Error>),
     #[error(transparent)]
     Sys(#[from] crate::sys::Error),
     #[error(transparent)]
-    Capture(#[from] crate::output::capture::Error),
+    Capture(Box<crate::output::capture::Error>),
     #[error(transparent)]
     CaptureFiles(#[from] crate::output::capture::files::Error),
     #[error(transparent)]
@@ -24,6 +25,18 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+macro_rules! boxed_from {
+    ($($variant:ident: $source:ty),+ $(,)?) => {$(
+        impl From<$source> for Error {
+            fn from(error: $source) -> Error {
+                Error::$variant(Box::new(error))
+            }
+        }
+    )+};
+}
+
+boxed_from!(Load: crate::load::Error, Collect: crate::collect::Error, Capture: crate::output::capture::Error);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -32,7 +45,7 @@ mod tests {
     fn a_module_error_folds_in_and_keeps_its_chain() {
         let missing = crate::load::Error::MissingProgram("rstwatch_xdp".into());
         let error: Error = missing.into();
-        assert!(matches!(error, Error::Load(crate::load::Error::MissingProgram(_))));
+        assert!(matches!(&error, Error::Load(load) if matches!(**load, crate::load::Error::MissingProgram(_))));
         assert_eq!(format!("{:#}", anyhow::Error::from(error)), "the eBPF object has no program rstwatch_xdp");
         let mapping = crate::collect::Error::Table {
             what: "mapping the eviction log",
