@@ -34,6 +34,9 @@ pub struct Settings {
     pub top: usize,
     /// Most flows the run keeps.
     pub summary_flows: u32,
+    /// How long an interval lasts: a last read of under half of one that counted nothing is
+    /// a stub ([`Tick::stub`]).
+    pub interval: Duration,
 }
 
 /// Whether an interval's record carries its top N rankings.
@@ -46,8 +49,6 @@ enum Ranking {
 /// The last interval, read after detaching, and the whole run.
 pub struct Finished {
     pub interval: Interval,
-    /// Whether the last interval counted anything at all.
-    pub counted_anything: bool,
     pub run: Run,
 }
 
@@ -68,6 +69,7 @@ pub struct LiveSession {
     /// `--metrics`: also among `outputs`; kept for the run-time sampling the watch mode adds.
     metrics: Option<Arc<Metrics>>,
     interval_start: Instant,
+    interval: Duration,
     /// What follows the run interval by interval (`--capture`'s writer, `--metrics`), in the
     /// order they were registered.
     outputs: Vec<Box<dyn Output>>,
@@ -160,6 +162,7 @@ impl LiveSession {
             aggregator,
             metrics,
             interval_start: Instant::now(),
+            interval: settings.interval,
             outputs,
             captured_payloads,
             payloads,
@@ -167,6 +170,13 @@ impl LiveSession {
         session.follow_patterns();
         session.set_tracker_origin();
         Ok(session)
+    }
+
+    /// Adds an output the command brings (the printer), after those [`LiveSession::start`]
+    /// registered: it is finished last, when the run's summary holds everything the others
+    /// added to it.
+    pub fn add_output(&mut self, output: Box<dyn Output>) {
+        self.outputs.push(output);
     }
 
     /// Starts the first interval now (after whatever set-up followed [`LiveSession::start`]).
@@ -203,10 +213,10 @@ impl LiveSession {
         let now = Instant::now();
         let elapsed = now - self.interval_start;
         self.interval_start = now;
-        self.fold(&sample, elapsed, ranking)
+        self.fold(&sample, elapsed, ranking, false)
     }
 
-    fn fold(&mut self, sample: &Sample, elapsed: Duration, ranking: Ranking) -> anyhow::Result<Interval> {
+    fn fold(&mut self, sample: &Sample, elapsed: Duration, ranking: Ranking, stub: bool) -> anyhow::Result<Interval> {
         let interval = match ranking {
             Ranking::TopN => self.aggregator.add(sample, elapsed, SystemTime::now()),
             Ranking::Skip => self.aggregator.fold(sample, elapsed, SystemTime::now()),
@@ -214,7 +224,7 @@ impl LiveSession {
         // After the fold: the flows they belong to are in the run now.
         let captured = self.captured_payloads.as_ref().map(CapturedPayloads::take).unwrap_or_default();
         self.payloads.drain(&mut self.aggregator, captured);
-        let tick = Tick { sample, interval: &interval, elapsed, aggregator: &self.aggregator };
+        let tick = Tick { sample, interval: &interval, elapsed, aggregator: &self.aggregator, stub };
         for output in &mut self.outputs {
             output.interval(&tick)?;
         }
@@ -238,13 +248,14 @@ impl LiveSession {
         self.detach();
         let sample = self.collector.collect()?;
         let elapsed = self.interval_start.elapsed();
-        let interval = self.fold(&sample, elapsed, Ranking::TopN)?;
+        let stub = !sample.counted_anything() && elapsed < self.interval / 2;
+        let interval = self.fold(&sample, elapsed, Ranking::TopN, stub)?;
         let mut run = self.aggregator.summary();
+        run.rst_payloads = self.payloads.summary();
         for output in std::mem::take(&mut self.outputs) {
             output.finish(&mut run)?;
         }
-        run.rst_payloads = self.payloads.summary();
-        Ok(Finished { interval, counted_anything: sample.counted_anything(), run })
+        Ok(Finished { interval, run })
     }
 
     /// The run so far.

@@ -34,7 +34,12 @@ pub fn run(args: &TopArgs) -> anyhow::Result<()> {
     let targets = LiveSession::preflight(&options)?;
     terminal::install_signal_handlers()?;
     // The view follows every flow itself (see `Snapshot::follow`); `top` sizes the summary.
-    let settings = Settings { max_flows: args.max_flows, top: SUMMARY_TOP, summary_flows: DEFAULT_SUMMARY_FLOWS };
+    let settings = Settings {
+        max_flows: args.max_flows,
+        top: SUMMARY_TOP,
+        summary_flows: DEFAULT_SUMMARY_FLOWS,
+        interval: args.interval,
+    };
     let mut session = LiveSession::start(&options, &targets, settings, None)?;
     let hook = match session.hook() {
         HookChoice::Xdp => "xdp",

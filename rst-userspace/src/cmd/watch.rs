@@ -24,19 +24,15 @@ pub fn run(args: WatchArgs) -> anyhow::Result<()> {
         .context("starting the runtime")?;
     let listener = args.metrics.map(|addr| live::bind_metrics(&runtime, addr)).transpose()?;
     let ReportOptions { interval, top, format, summary_flows, by } = args.report;
-    let settings = Settings { max_flows: args.max_flows, top: top as usize, summary_flows };
+    let settings = Settings { max_flows: args.max_flows, top: top as usize, summary_flows, interval };
     let mut session =
         LiveSession::start(&live, &targets, settings, listener.map(|listener| (listener, runtime.handle())))?;
-    let mut printer = Printer::new(io::stdout().lock(), format, top as usize, by);
+    session.add_output(Box::new(Printer::new(io::stdout().lock(), format, top as usize, by)));
     session.restart_clock();
-    let outcome = runtime.block_on(watch(&args, &mut session, &mut printer));
+    let outcome = runtime.block_on(watch(&args, &mut session));
     session.detach();
     let result = outcome.and_then(|()| {
         let finished = session.finish()?;
-        if finished.counted_anything || finished.interval.elapsed >= interval / 2 {
-            printer.interval(&finished.interval)?;
-        }
-        printer.summary(&finished.run)?;
         // The counts are complete; the exit status says the file is not.
         match finished.run.capture.and_then(|capture| capture.error) {
             Some(error) => Err(crate::output::capture::Stopped(error).into()),
@@ -49,12 +45,8 @@ pub fn run(args: WatchArgs) -> anyhow::Result<()> {
     }
 }
 
-/// Reports every interval until a stop condition.
-async fn watch<W: io::Write>(
-    args: &WatchArgs,
-    session: &mut LiveSession,
-    printer: &mut Printer<W>,
-) -> anyhow::Result<()> {
+/// Reports every interval (through the session's outputs) until a stop condition.
+async fn watch(args: &WatchArgs, session: &mut LiveSession) -> anyhow::Result<()> {
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let started = tokio::time::Instant::now();
@@ -86,7 +78,7 @@ async fn watch<W: io::Write>(
                 if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                     return Ok(());
                 }
-                printer.interval(&session.tick()?)?;
+                session.tick()?;
             }
             _ = sample_due => {
                 if let (Some(metrics), Some((name, program))) = (session.metrics(), session.counting_program()) {

@@ -41,6 +41,9 @@ pub struct Tick<'a> {
     pub elapsed: Duration,
     /// The run so far, the interval included.
     pub aggregator: &'a Aggregator,
+    /// The run's last read, cut short by the stop, counted nothing and lasted under half an
+    /// interval: folded in, but worth no line of its own.
+    pub stub: bool,
 }
 
 /// An output that follows a live run: told of every interval, of every interface attached after
@@ -110,6 +113,9 @@ fn json_line(out: &mut impl Write, record: &impl Serialize) -> io::Result<()> {
 /// watch mode prints itself, as its last interval is printed only when it counted anything).
 impl<W: Write> Output for Printer<W> {
     fn interval(&mut self, tick: &Tick<'_>) -> anyhow::Result<()> {
+        if tick.stub {
+            return Ok(());
+        }
         Ok(Printer::interval(self, tick.interval)?)
     }
 

@@ -353,7 +353,7 @@ impl Replay<'_> {
         for (id, (bytes, len)) in self.payloads.drain() {
             self.aggregator.rst_payload(&id, &bytes, len);
         }
-        let tick = Tick { sample: &sample, interval: &record, elapsed, aggregator: &self.aggregator };
+        let tick = Tick { sample: &sample, interval: &record, elapsed, aggregator: &self.aggregator, stub: false };
         for output in &mut self.outputs {
             output.interval(&tick)?;
         }

@@ -18,7 +18,7 @@ use crate::{
 /// The metrics follow the run through the model (the endpoint serves what they hold).
 impl crate::output::Output for std::sync::Arc<Metrics> {
     fn interval(&mut self, tick: &crate::output::Tick<'_>) -> anyhow::Result<()> {
-        let crate::output::Tick { sample, interval, elapsed, aggregator } = tick;
+        let crate::output::Tick { sample, interval, elapsed, aggregator, stub: _ } = tick;
         self.observe(
             sample,
             interval,
