@@ -1,5 +1,17 @@
 //! The classifier's verdict on an RST, as packed into [`super::FlowKey::class`].
 
+/// A packed byte's flags, declared once each: its bit and its getter, with the doc on both.
+macro_rules! flags {
+    ($ty:ident { $($(#[$doc:meta])* $bit:ident = $value:expr => $getter:ident;)+ }) => {
+        impl $ty {
+            $($(#[$doc])* const $bit: u8 = $value;)+
+            $($(#[$doc])* pub const fn $getter(self) -> bool {
+                self.0 & Self::$bit != 0
+            })+
+        }
+    };
+}
+
 /// What kind of reset, by the state of its connection when it was seen.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -33,16 +45,19 @@ impl ResetKind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ResetClass(pub u8);
 
+flags!(ResetClass {
+    /// The RST had ACK set.
+    ACK = 1 << 2 => ack;
+    /// Its sender is the connection's server (else the client).
+    SERVER = 1 << 3 => server;
+    /// The side is known from a SYN / SYN+ACK seen, not inferred from the ports.
+    SIDE_OBSERVED = 1 << 4 => side_observed;
+    /// The first RST rstwatch saw in this connection on this interface.
+    FIRST = 1 << 5 => first;
+});
+
 impl ResetClass {
     const KIND: u8 = 0b11;
-    /// The RST had ACK set.
-    const ACK: u8 = 1 << 2;
-    /// Its sender is the connection's server (else the client).
-    const SERVER: u8 = 1 << 3;
-    /// The side is known from a SYN / SYN+ACK seen, not inferred from the ports.
-    const SIDE_OBSERVED: u8 = 1 << 4;
-    /// The first RST rstwatch saw in this connection on this interface.
-    const FIRST: u8 = 1 << 5;
 
     #[inline(always)]
     pub const fn new(kind: ResetKind, ack: bool, server: bool, side_observed: bool, first: bool) -> Self {
@@ -63,22 +78,6 @@ impl ResetClass {
             _ => ResetKind::Closing,
         }
     }
-
-    pub const fn ack(self) -> bool {
-        self.0 & Self::ACK != 0
-    }
-
-    pub const fn server(self) -> bool {
-        self.0 & Self::SERVER != 0
-    }
-
-    pub const fn side_observed(self) -> bool {
-        self.0 & Self::SIDE_OBSERVED != 0
-    }
-
-    pub const fn first(self) -> bool {
-        self.0 & Self::FIRST != 0
-    }
 }
 
 /// What the connection had seen when an RST came, packed into [`FlowKey::context`]: the
@@ -89,21 +88,23 @@ impl ResetClass {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ResetContext(pub u8);
 
-impl ResetContext {
+flags!(ResetContext {
     /// The server's SYN+ACK was seen: the connection was accepted.
-    const ANSWERED: u8 = 1 << 0;
+    ANSWERED = 1 << 0 => answered;
     /// The RST's sender had sent a FIN before it.
-    const SENDER_CLOSED: u8 = 1 << 1;
+    SENDER_CLOSED = 1 << 1 => sender_closed;
     /// The RST's peer had sent a FIN before it.
-    const PEER_CLOSED: u8 = 1 << 2;
+    PEER_CLOSED = 1 << 2 => peer_closed;
     /// The sender had already reset this connection: this RST answers the peer's late segments.
-    const SENDER_RESET: u8 = 1 << 3;
+    SENDER_RESET = 1 << 3 => sender_reset;
     /// The peer sent data after the sender's FIN (a connection the sender closed, written to).
-    const PEER_LATE_DATA: u8 = 1 << 4;
+    PEER_LATE_DATA = 1 << 4 => peer_late_data;
     /// The connection's data segments were watched (replay), so [`Self::peer_late_data`] false
     /// means none came; in the kernel they are not.
-    const DATA_WATCHED: u8 = 1 << 5;
+    DATA_WATCHED = 1 << 5 => data_watched;
+});
 
+impl ResetContext {
     #[inline(always)]
     pub const fn new(
         answered: bool,
@@ -142,29 +143,5 @@ impl ResetContext {
                 | (peer_late_data * Self::PEER_LATE_DATA)
                 | (data_watched * Self::DATA_WATCHED),
         )
-    }
-
-    pub const fn answered(self) -> bool {
-        self.0 & Self::ANSWERED != 0
-    }
-
-    pub const fn sender_closed(self) -> bool {
-        self.0 & Self::SENDER_CLOSED != 0
-    }
-
-    pub const fn peer_closed(self) -> bool {
-        self.0 & Self::PEER_CLOSED != 0
-    }
-
-    pub const fn sender_reset(self) -> bool {
-        self.0 & Self::SENDER_RESET != 0
-    }
-
-    pub const fn peer_late_data(self) -> bool {
-        self.0 & Self::PEER_LATE_DATA != 0
-    }
-
-    pub const fn data_watched(self) -> bool {
-        self.0 & Self::DATA_WATCHED != 0
     }
 }
