@@ -37,12 +37,6 @@ pub const TCP_PSH: u8 = 0x08;
 /// at least this long so the kernel tests can replay all of them.
 pub const MIN_TEST_RUN_FRAME: usize = 14;
 
-const IPPROTO_UDP: u8 = 17;
-const IPPROTO_ICMPV6: u8 = 58;
-const IPPROTO_NO_NEXT_HEADER: u8 = 59;
-const ETH_P_ARP: u16 = 0x0806;
-const ETH_P_LLDP: u16 = 0x88cc;
-
 /// Which tag protocol identifier a VLAN tag is announced with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VlanKind {
