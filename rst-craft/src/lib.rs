@@ -12,6 +12,8 @@
 //! [`cases`] is the one table of frames and the [`Observation`] each must produce. The host
 //! tests run it through [`rst_common::inspect`], the kernel tests through the XDP program: a case
 //! added here is checked in both places.
+//!
+//! [`capture`] writes frames as the pcap and pcapng files `rstwatch replay` reads.
 
 /// The etherparse this module builds with, for callers that name its types (TCP options).
 pub use etherparse;
@@ -590,5 +592,6 @@ impl Crafted {
     }
 }
 
+pub mod capture;
 mod cases;
 pub use cases::*;

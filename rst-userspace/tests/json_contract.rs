@@ -16,12 +16,12 @@ use std::{
     time::Duration,
 };
 
-use pcap_file::{
-    pcap::{PcapHeader, PcapPacket, PcapWriter},
-    DataLink,
-};
 use rst_common::parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
-use rst_craft::{self as craft, FrameBuilder};
+use rst_craft::{
+    self as craft,
+    capture::{write_pcap as write_capture, DataLink},
+    FrameBuilder,
+};
 use serde_json::Value;
 
 const MS: u64 = 1_000_000;
@@ -99,12 +99,9 @@ fn contract_capture() -> Vec<(u64, Vec<u8>)> {
 
 fn write_pcap(path: &Path, frames: &[(u64, Vec<u8>)]) {
     let file = BufWriter::new(File::create(path).expect("creating the capture"));
-    let header = PcapHeader { datalink: DataLink::ETHERNET, snaplen: 262_144, ..PcapHeader::default() };
-    let mut writer = PcapWriter::with_header(file, header).expect("pcap header");
-    for (ns, data) in frames {
-        let timestamp = Duration::from_secs(1_700_000_000) + Duration::from_nanos(*ns);
-        writer.write_packet(&PcapPacket::new(timestamp, data.len() as u32, data)).expect("pcap record");
-    }
+    let frames =
+        frames.iter().map(|(ns, data)| (Duration::from_secs(1_700_000_000) + Duration::from_nanos(*ns), &data[..]));
+    write_capture(file, DataLink::ETHERNET, frames).expect("writing the pcap");
 }
 
 fn type_name(value: &Value) -> &'static str {
