@@ -55,6 +55,14 @@ pub fn ipv6_ext_rst() -> FrameBuilder {
         .flags(TCP_RST | TCP_ACK)
 }
 
+// What the not-TCP cases carry: protocols the walk must pass over, so rst-common has no names
+// for them.
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ICMPV6: u8 = 58;
+const IPPROTO_NO_NEXT_HEADER: u8 = 59;
+const ETH_P_ARP: u16 = 0x0806;
+const ETH_P_LLDP: u16 = 0x88cc;
+
 /// Every header variant and every malformed variant the walk distinguishes, each with the
 /// [`Observation`] it must produce on interface `ifindex`.
 ///

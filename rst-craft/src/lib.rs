@@ -12,6 +12,8 @@
 //! [`cases`] is the one table of frames and the [`Observation`] each must produce. The host
 //! tests run it through [`rst_common::inspect`], the kernel tests through the XDP program: a case
 //! added here is checked in both places.
+//!
+//! [`capture`] writes frames as the pcap and pcapng files `rstwatch replay` reads.
 
 /// The etherparse this module builds with, for callers that name its types (TCP options).
 pub use etherparse;
@@ -36,12 +38,6 @@ pub const TCP_PSH: u8 = 0x08;
 /// The shortest frame `BPF_PROG_TEST_RUN` accepts for XDP (`ETH_HLEN`); every [`cases`] frame is
 /// at least this long so the kernel tests can replay all of them.
 pub const MIN_TEST_RUN_FRAME: usize = 14;
-
-const IPPROTO_UDP: u8 = 17;
-const IPPROTO_ICMPV6: u8 = 58;
-const IPPROTO_NO_NEXT_HEADER: u8 = 59;
-const ETH_P_ARP: u16 = 0x0806;
-const ETH_P_LLDP: u16 = 0x88cc;
 
 /// Which tag protocol identifier a VLAN tag is announced with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -596,5 +592,6 @@ impl Crafted {
     }
 }
 
+pub mod capture;
 mod cases;
 pub use cases::*;

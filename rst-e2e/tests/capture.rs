@@ -14,7 +14,7 @@ use std::{
 use anyhow::{ensure, Context as _, Result};
 use rst_lab::Need;
 use rst_lab::{
-    flood::{self, FloodLab, GenLength, GenPlan},
+    flood::{self, FloodLab, GenLength, GenOutcome, GenPlan},
     lab::{self, Finished, Proc, TwoHosts},
 };
 use serde_json::Value;
@@ -139,23 +139,38 @@ fn rstwatch() -> PathBuf {
     rst_lab::paths::rstwatch_for_tests()
 }
 
-fn flood_lab() -> Result<FloodLab> {
+/// Whether this machine has what every test here needs; if not, the test is skipped with its
+/// one line (a failure under `CI=true`).
+fn ready() -> Result<bool> {
+    let needs = [Need::Root("network namespaces, BPF, XDP"), Need::Tool("ip"), Need::Tool("tshark")];
+    rst_lab::skip::require(&rst_lab::skip::current_test(), &needs)
+}
+
+/// The flood lab, or `None` where the test is skipped ([`ready`]).
+fn flood_lab() -> Result<Option<FloodLab>> {
+    if !ready()? {
+        return Ok(None);
+    }
     flood::build_bench()?;
-    FloodLab::new()
+    FloodLab::new().map(Some)
 }
 
-/// rstwatch on the flood lab's monitor, JSON output, `extra` options.
-fn start(lab: &FloodLab, extra: &[&str]) -> Result<Proc> {
+/// rstwatch on the flood lab's monitor, JSON output, capturing to `file`, `extra` options.
+fn start(lab: &FloodLab, file: &Path, extra: &[&str]) -> Result<Proc> {
     let _ = rstwatch();
-    flood::start_rstwatch(lab, extra)
+    let file = file.display().to_string();
+    let args: Vec<&str> = ["--capture", &file].into_iter().chain(extra.iter().copied()).collect();
+    flood::start_rstwatch(lab, &args)
 }
 
-/// A client and a server namespace joined by a veth, with one address each (needs root).
-fn two_hosts(client: &str, server: &str) -> Result<TwoHosts> {
-    // SAFETY: geteuid has no preconditions.
-    ensure!(unsafe { libc::geteuid() } == 0, "this test needs root (network namespaces, BPF, XDP)");
+/// A client and a server namespace joined by a veth, with one address each, or `None` where the
+/// test is skipped ([`ready`]).
+fn two_hosts(client: &str, server: &str) -> Result<Option<TwoHosts>> {
+    if !ready()? {
+        return Ok(None);
+    }
     lab::sweep_stale()?;
-    TwoHosts::new(&[ip(client)], &[ip(server)])
+    TwoHosts::new(&[ip(client)], &[ip(server)]).map(Some)
 }
 
 /// Starts `cmd` (an rstwatch on the server's veth) and waits until it attached there.
@@ -170,6 +185,13 @@ fn stop(proc: Proc) -> Result<Finished> {
     proc.finish(EXIT_TIMEOUT)
 }
 
+/// [`stop`], and rstwatch must have exited with success.
+fn stop_ok(proc: Proc) -> Result<Finished> {
+    let fin = stop(proc)?;
+    ensure!(fin.status.success(), "rstwatch failed: {}", fin.stderr);
+    Ok(fin)
+}
+
 fn summary(fin: &Finished) -> Result<Value> {
     lab::summary_line(&fin.stdout).with_context(|| format!("stderr: {}", fin.stderr.trim()))
 }
@@ -181,6 +203,11 @@ fn output(fin: &Finished, summary: &Value) -> Result<flood::RstwatchOutput> {
         intervals.push(serde_json::from_str(line)?);
     }
     Ok(flood::RstwatchOutput { intervals, summary: summary.clone() })
+}
+
+/// One pass of the generator: `repeat` RSTs on each of `flows` flows from flow `first` on.
+fn one_pass(lab: &FloodLab, flows: u32, first: u32, repeat: u32) -> Result<GenOutcome> {
+    flood::generate(lab, &GenPlan { flows, first, repeat, length: GenLength::Passes(1) })
 }
 
 fn count(value: &Value, path: &str) -> Result<u64> {
@@ -204,8 +231,7 @@ fn ip(s: &str) -> IpAddr {
 /// right interface, in the right direction, with its kind; replay of the file counts the same.
 #[test]
 fn tshark_reads_every_reset_with_interface_direction_and_kind_and_replay_counts_the_same() -> Result<()> {
-    rst_lab::require!(Need::Root("network namespaces, BPF, XDP"), Need::Tool("ip"), Need::Tool("tshark"));
-    let hosts = two_hosts("10.78.1.2", "10.78.2.2")?;
+    let Some(hosts) = two_hosts("10.78.1.2", "10.78.2.2")? else { return Ok(()) };
     let scratch = Scratch::new("tshark")?;
     let file = scratch.path("resets.pcapng");
     let mut cmd = hosts.server.exec(rstwatch());
@@ -220,8 +246,7 @@ fn tshark_reads_every_reset_with_interface_direction_and_kind_and_replay_counts_
         .arg(format!("client-abort:10.78.1.2->{aborted}"));
     let generated = Proc::spawn(&mut traffic)?.finish(Duration::from_secs(120))?;
     ensure!(generated.status.success(), "traffic generator failed: {}", generated.stderr);
-    let fin = stop(proc)?;
-    ensure!(fin.status.success(), "rstwatch failed: {}", fin.stderr);
+    let fin = stop_ok(proc)?;
     let live = summary(&fin)?;
     let (written, dropped) = accounted(&live)?;
     assert_eq!((written, dropped), (8, 0), "four refused and four aborted connections: {}", live["capture"]);
@@ -269,17 +294,14 @@ fn tshark_reads_every_reset_with_interface_direction_and_kind_and_replay_counts_
 /// are dropped and counted, and counting stays exact.
 #[test]
 fn a_flood_beyond_the_budget_is_cut_and_every_reset_accounted_for() -> Result<()> {
-    rst_lab::require!(Need::Root("network namespaces, BPF, XDP"), Need::Tool("ip"), Need::Tool("tshark"));
-    let lab = flood_lab()?;
+    let Some(lab) = flood_lab()? else { return Ok(()) };
     let scratch = Scratch::new("budget")?;
     let file = scratch.path("flood.pcapng");
-    let file_arg = file.display().to_string();
-    let proc = start(&lab, &["--interval", "500ms", "--capture", &file_arg, "--capture-budget", "2000"])?;
+    let proc = start(&lab, &file, &["--interval", "500ms", "--capture-budget", "2000"])?;
     let started = std::time::Instant::now();
-    let gen = flood::generate(&lab, &GenPlan { flows: 16, first: 0, repeat: 20_000, length: GenLength::Passes(1) })?;
+    let gen = one_pass(&lab, 16, 0, 20_000)?;
     let seconds = started.elapsed().as_secs_f64();
-    let fin = stop(proc)?;
-    ensure!(fin.status.success(), "rstwatch failed: {}", fin.stderr);
+    let fin = stop_ok(proc)?;
     let summary = summary(&fin)?;
     flood::check_exact(&output(&fin, &summary)?, gen.delivered, &gen.expected)?;
     let (written, dropped) = accounted(&summary)?;
@@ -297,14 +319,11 @@ fn a_flood_beyond_the_budget_is_cut_and_every_reset_accounted_for() -> Result<()
 /// cap and each readable, the newest holding the last RSTs.
 #[test]
 fn rotation_keeps_at_most_n_files_under_the_cap() -> Result<()> {
-    rst_lab::require!(Need::Root("network namespaces, BPF, XDP"), Need::Tool("ip"), Need::Tool("tshark"));
-    let lab = flood_lab()?;
+    let Some(lab) = flood_lab()? else { return Ok(()) };
     let scratch = Scratch::new("rotate")?;
-    let file_arg = scratch.path("r.pcapng").display().to_string();
-    let proc = start(&lab, &["--capture", &file_arg, "--capture-max-size", "20k", "--capture-files", "3"])?;
-    let gen = flood::generate(&lab, &GenPlan { flows: 8, first: 0, repeat: 400, length: GenLength::Passes(1) })?;
-    let fin = stop(proc)?;
-    ensure!(fin.status.success(), "rstwatch failed: {}", fin.stderr);
+    let proc = start(&lab, &scratch.path("r.pcapng"), &["--capture-max-size", "20k", "--capture-files", "3"])?;
+    let gen = one_pass(&lab, 8, 0, 400)?;
+    let fin = stop_ok(proc)?;
     let summary = summary(&fin)?;
     let (written, dropped) = accounted(&summary)?;
     assert_eq!((written, dropped), (gen.delivered, 0), "{}", summary["capture"]);
@@ -331,13 +350,11 @@ fn rotation_keeps_at_most_n_files_under_the_cap() -> Result<()> {
 /// the exit status is a failure and the file is readable up to its last complete block.
 #[test]
 fn a_full_disk_stops_the_capture_and_counting_goes_on() -> Result<()> {
-    rst_lab::require!(Need::Root("network namespaces, BPF, XDP"), Need::Tool("ip"), Need::Tool("tshark"));
-    let lab = flood_lab()?;
+    let Some(lab) = flood_lab()? else { return Ok(()) };
     let scratch = Scratch::tmpfs("full", "256k")?;
     let file = scratch.path("full.pcapng");
-    let file_arg = file.display().to_string();
-    let proc = start(&lab, &["--interval", "500ms", "--capture", &file_arg, "--capture-budget", "1000000"])?;
-    let gen = flood::generate(&lab, &GenPlan { flows: 16, first: 0, repeat: 2_000, length: GenLength::Passes(1) })?;
+    let proc = start(&lab, &file, &["--interval", "500ms", "--capture-budget", "1000000"])?;
+    let gen = one_pass(&lab, 16, 0, 2_000)?;
     let fin = stop(proc)?;
     assert!(!fin.status.success(), "the exit status must say the capture stopped; stderr: {}", fin.stderr);
     let stopped: Vec<&str> = fin.stderr.lines().filter(|l| l.contains("capture stopped: ")).collect();
@@ -355,17 +372,15 @@ fn a_full_disk_stops_the_capture_and_counting_goes_on() -> Result<()> {
 /// The file removed while rstwatch writes it: said once, capture stops, counting goes on.
 #[test]
 fn a_file_removed_mid_run_stops_the_capture_and_counting_goes_on() -> Result<()> {
-    rst_lab::require!(Need::Root("network namespaces, BPF, XDP"), Need::Tool("ip"), Need::Tool("tshark"));
-    let lab = flood_lab()?;
+    let Some(lab) = flood_lab()? else { return Ok(()) };
     let scratch = Scratch::new("removed")?;
     let file = scratch.path("gone.pcapng");
-    let file_arg = file.display().to_string();
-    let proc = start(&lab, &["--capture", &file_arg])?;
-    let first = flood::generate(&lab, &GenPlan { flows: 4, first: 0, repeat: 100, length: GenLength::Passes(1) })?;
+    let proc = start(&lab, &file, &[])?;
+    let first = one_pass(&lab, 4, 0, 100)?;
     std::thread::sleep(Duration::from_millis(300));
     std::fs::remove_file(&file)?;
     std::thread::sleep(Duration::from_millis(600));
-    let second = flood::generate(&lab, &GenPlan { flows: 4, first: 10, repeat: 100, length: GenLength::Passes(1) })?;
+    let second = one_pass(&lab, 4, 10, 100)?;
     let fin = stop(proc)?;
     assert!(!fin.status.success(), "stderr: {}", fin.stderr);
     assert_eq!(
@@ -385,12 +400,10 @@ fn a_file_removed_mid_run_stops_the_capture_and_counting_goes_on() -> Result<()>
 /// kill -9 in the middle of a flood: the file ends at a complete block and tshark reads it.
 #[test]
 fn kill_9_mid_capture_leaves_a_file_tshark_reads() -> Result<()> {
-    rst_lab::require!(Need::Root("network namespaces, BPF, XDP"), Need::Tool("ip"), Need::Tool("tshark"));
-    let lab = flood_lab()?;
+    let Some(lab) = flood_lab()? else { return Ok(()) };
     let scratch = Scratch::new("kill9")?;
     let file = scratch.path("killed.pcapng");
-    let file_arg = file.display().to_string();
-    let proc = start(&lab, &["--capture", &file_arg, "--capture-budget", "1000000"])?;
+    let proc = start(&lab, &file, &["--capture-budget", "1000000"])?;
     std::thread::scope(|scope| -> Result<()> {
         let flood = scope.spawn(|| {
             flood::generate(&lab, &GenPlan { flows: 16, first: 0, repeat: 2_000, length: GenLength::Seconds(1.5) })
@@ -411,8 +424,7 @@ fn kill_9_mid_capture_leaves_a_file_tshark_reads() -> Result<()> {
 /// A path that exists, or a symlink, is refused before anything is attached, and left as it was.
 #[test]
 fn an_existing_file_or_a_symlink_is_never_opened() -> Result<()> {
-    rst_lab::require!(Need::Root("network namespaces, BPF, XDP"), Need::Tool("ip"), Need::Tool("tshark"));
-    let lab = flood_lab()?;
+    let Some(lab) = flood_lab()? else { return Ok(()) };
     let scratch = Scratch::new("exists")?;
     let theirs = scratch.path("theirs.pcapng");
     std::fs::write(&theirs, b"not rstwatch's")?;
@@ -438,8 +450,7 @@ fn an_existing_file_or_a_symlink_is_never_opened() -> Result<()> {
 /// shows it, and replay of the capture finds it too.
 #[test]
 fn an_rst_with_a_payload_from_a_raw_socket_shows_its_text() -> Result<()> {
-    rst_lab::require!(Need::Root("network namespaces, BPF, XDP"), Need::Tool("ip"), Need::Tool("tshark"));
-    let hosts = two_hosts("10.79.1.2", "10.79.2.2")?;
+    let Some(hosts) = two_hosts("10.79.1.2", "10.79.2.2")? else { return Ok(()) };
     let scratch = Scratch::new("payload")?;
     let file = scratch.path("payload.pcapng");
     let mut cmd = hosts.server.exec(rstwatch());
@@ -447,8 +458,7 @@ fn an_rst_with_a_payload_from_a_raw_socket_shows_its_text() -> Result<()> {
     let proc = watching(&hosts, &mut cmd)?;
     send_rst_with_payload(&hosts, From::Client, 4444)?;
     std::thread::sleep(Duration::from_millis(1500));
-    let fin = stop(proc)?;
-    ensure!(fin.status.success(), "rstwatch failed: {}", fin.stderr);
+    let fin = stop_ok(proc)?;
     let live = summary(&fin)?;
     let flows = live["flows"].as_array().context("flows")?;
     let flow =
@@ -505,8 +515,7 @@ s.sendto(ip + tcp, (dst, 0))
 /// sends) and the table (TC ingress) show the text.
 #[test]
 fn an_rst_with_a_payload_shows_its_text_without_capture_too() -> Result<()> {
-    rst_lab::require!(Need::Root("network namespaces, BPF, XDP"), Need::Tool("ip"), Need::Tool("tshark"));
-    let hosts = two_hosts("10.79.1.2", "10.79.2.2")?;
+    let Some(hosts) = two_hosts("10.79.1.2", "10.79.2.2")? else { return Ok(()) };
     // The default programs hand the payload over (PAYLOAD_RING): the JSON flow record...
     let mut cmd = hosts.server.exec(rstwatch());
     cmd.args(["-i", &hosts.server_if.name, "--format", "json"]);
@@ -514,8 +523,7 @@ fn an_rst_with_a_payload_shows_its_text_without_capture_too() -> Result<()> {
     send_rst_with_payload(&hosts, From::Client, 4446)?;
     send_rst_with_payload(&hosts, From::Server, 4448)?;
     std::thread::sleep(Duration::from_millis(1500));
-    let fin = stop(proc)?;
-    ensure!(fin.status.success(), "rstwatch failed: {}", fin.stderr);
+    let fin = stop_ok(proc)?;
     let live = summary(&fin)?;
     let flows = live["flows"].as_array().context("flows")?;
     for (sport, direction) in [(4446, "rx"), (4448, "tx")] {
@@ -537,8 +545,7 @@ fn an_rst_with_a_payload_shows_its_text_without_capture_too() -> Result<()> {
     let proc = watching(&hosts, &mut cmd)?;
     send_rst_with_payload(&hosts, From::Client, 4447)?;
     std::thread::sleep(Duration::from_millis(1500));
-    let fin = stop(proc)?;
-    ensure!(fin.status.success(), "rstwatch failed: {}", fin.stderr);
+    let fin = stop_ok(proc)?;
     let line = fin.stdout.lines().rev().find(|l| l.contains(":4447") || l.contains("4447 →"));
     let line = line.with_context(|| format!("no line for port 4447: {}", fin.stdout))?;
     assert!(line.contains(r#"payload "policy deny\x00""#), "{line}");
@@ -552,8 +559,7 @@ fn an_rst_with_a_payload_shows_its_text_without_capture_too() -> Result<()> {
 /// so it has the host's tracefs for `tcp:tcp_send_reset`.
 #[test]
 fn the_comment_names_the_kernel_reason_of_the_hosts_own_resets_and_none_for_a_forged_one() -> Result<()> {
-    rst_lab::require!(Need::Root("network namespaces, BPF, XDP"), Need::Tool("ip"), Need::Tool("tshark"));
-    let hosts = two_hosts("10.81.1.2", "10.81.2.2")?;
+    let Some(hosts) = two_hosts("10.81.1.2", "10.81.2.2")? else { return Ok(()) };
     let scratch = Scratch::new("reason")?;
     let file = scratch.path("reasons.pcapng");
     let mut cmd = rst_lab::diag_lab::nsenter(&hosts.server, rstwatch());
@@ -570,8 +576,7 @@ fn the_comment_names_the_kernel_reason_of_the_hosts_own_resets_and_none_for_a_fo
     // Sent by the server's host, on a tuple no socket has: its stack never traced it.
     send_raw_rst(&hosts.server, ("10.81.2.2", 4444), ("10.81.1.2", 5555), r#"b"""#)?;
     std::thread::sleep(Duration::from_millis(500));
-    let fin = stop(proc)?;
-    ensure!(fin.status.success(), "rstwatch failed: {}", fin.stderr);
+    let fin = stop_ok(proc)?;
     let (written, dropped) = accounted(&summary(&fin)?)?;
     assert_eq!((written, dropped), (7, 0), "three refused, three aborted, one forged");
 

@@ -43,6 +43,16 @@ fn hosts() -> Result<TwoHosts> {
     TwoHosts::new(&[ip(C1), ip(C2), ip(C3), ip(C6)], &[ip(S4), ip(S6)])
 }
 
+/// [`hosts`], or `None` where this machine lacks root, ip or tcpdump: the test is then skipped,
+/// with its one line (a failure under `CI=true`).
+fn ready_hosts() -> Result<Option<TwoHosts>> {
+    let needs = [Need::Root("network namespaces, BPF, XDP"), Need::Tool("ip"), Need::Tool("tcpdump")];
+    if !rst_lab::skip::require(&rst_lab::skip::current_test(), &needs)? {
+        return Ok(None);
+    }
+    hosts().map(Some)
+}
+
 /// Starts rstwatch inside `iface`'s namespace and waits until it says it attached.
 fn watch(iface: &Iface, args: &[&str]) -> Result<Proc> {
     let mut cmd = iface.ns.exec(rstwatch());
@@ -235,8 +245,7 @@ fn counts_server_resets_on_the_client_side(counting: &[&str], mode: &str) -> Res
 /// egress the server's own resets as sent.
 #[test]
 fn counts_client_resets_on_the_server_side() -> Result<()> {
-    rst_lab::require!(Need::Root("network namespaces, BPF, XDP"), Need::Tool("ip"), Need::Tool("tcpdump"));
-    let hosts = hosts()?;
+    let Some(hosts) = ready_hosts()? else { return Ok(()) };
     let capture = Capture::start(&hosts.server_if)?;
     let rw = watch(&hosts.server_if, &["--duration", "6s", "--interval", "1s", "--format", "json"])?;
     let mut s = steps("client-abort", &[C1, C2, C3], S4, 9000);
@@ -289,8 +298,7 @@ fn counts_client_resets_on_the_server_side() -> Result<()> {
 /// `--hook tc` counts exactly the same resets through a tcx link.
 #[test]
 fn hook_tc_watches_beside_a_foreign_xdp_program() -> Result<()> {
-    rst_lab::require!(Need::Root("network namespaces, BPF, XDP"), Need::Tool("ip"), Need::Tool("tcpdump"));
-    let hosts = hosts()?;
+    let Some(hosts) = ready_hosts()? else { return Ok(()) };
     let iface = &hosts.client_if;
     let foreign = watch(iface, &["--duration", "8s", "--format", "json"])?;
     let refused = run_to_end(&hosts.client, &rstwatch_str(), &["-i", &iface.name, "--duration", "1s"])?;
@@ -336,8 +344,7 @@ const METRICS_PORT: u16 = 19101;
 /// keeps serving while idle clients hold connections open.
 #[test]
 fn metrics_endpoint_counts_exactly_and_survives_bad_clients() -> Result<()> {
-    rst_lab::require!(Need::Root("network namespaces, BPF, XDP"), Need::Tool("ip"), Need::Tool("tcpdump"));
-    let hosts = hosts()?;
+    let Some(hosts) = ready_hosts()? else { return Ok(()) };
     let iface = &hosts.client_if;
     let listen = format!("127.0.0.1:{METRICS_PORT}");
     let rw = watch(iface, &["--duration", "8s", "--format", "json", "--metrics", &listen])?;
@@ -415,8 +422,7 @@ impl OutputWithStdin for Command {
 /// keep being counted exactly, and when it comes back under its name it is attached again.
 #[test]
 fn a_deleted_interface_is_reported_and_reattached_when_it_returns() -> Result<()> {
-    rst_lab::require!(Need::Root("network namespaces, BPF, XDP"), Need::Tool("ip"), Need::Tool("tcpdump"));
-    let hosts = hosts()?;
+    let Some(hosts) = ready_hosts()? else { return Ok(()) };
     let extra = Iface { ns: Netns::open(hosts.client.name())?, name: format!("{}x", hosts.client_if.name) };
     let peer = format!("{}y", hosts.client_if.name);
     let create = || -> Result<()> {
@@ -468,8 +474,7 @@ fn rstwatch_str() -> String {
 /// (c) An interface that does not exist.
 #[test]
 fn unknown_interface_is_one_line_error() -> Result<()> {
-    rst_lab::require!(Need::Root("network namespaces, BPF, XDP"), Need::Tool("ip"), Need::Tool("tcpdump"));
-    let hosts = hosts()?;
+    let Some(hosts) = ready_hosts()? else { return Ok(()) };
     let fin = run_to_end(&hosts.client, &rstwatch_str(), &["-i", "nosuchif0", "--duration", "1s"])?;
     assert_eq!(fin.status.code(), Some(1), "runtime errors exit 1");
     assert_refused(&fin, "nosuchif0", &hosts.client_if)
@@ -478,8 +483,7 @@ fn unknown_interface_is_one_line_error() -> Result<()> {
 /// (c) Durations that do not parse or make no sense.
 #[test]
 fn bad_durations_are_one_line_errors() -> Result<()> {
-    rst_lab::require!(Need::Root("network namespaces, BPF, XDP"), Need::Tool("ip"), Need::Tool("tcpdump"));
-    let hosts = hosts()?;
+    let Some(hosts) = ready_hosts()? else { return Ok(()) };
     let iface = hosts.client_if.name.as_str();
     for (args, needle) in [
         (vec!["-i", iface, "--duration", "5parsecs"], "5parsecs"),
@@ -494,8 +498,7 @@ fn bad_durations_are_one_line_errors() -> Result<()> {
 /// (c) Without CAP_BPF (and CAP_SYS_ADMIN, which also grants it) or without CAP_NET_ADMIN.
 #[test]
 fn missing_capabilities_are_named() -> Result<()> {
-    rst_lab::require!(Need::Root("network namespaces, BPF, XDP"), Need::Tool("ip"), Need::Tool("tcpdump"));
-    let hosts = hosts()?;
+    let Some(hosts) = ready_hosts()? else { return Ok(()) };
     for (caps, needle) in [("-bpf,-sys_admin", "CAP_BPF"), ("-net_admin", "CAP_NET_ADMIN")] {
         let privileges = [format!("--bounding-set={caps}"), format!("--inh-caps={caps}")];
         let fin = rstwatch_with_privileges(&hosts, &privileges, &["--duration", "1s"])?;
@@ -508,8 +511,7 @@ fn missing_capabilities_are_named() -> Result<()> {
 /// PERFMON) is enough, and each one of them is needed: without it the error names it.
 #[test]
 fn an_unprivileged_user_needs_exactly_bpf_net_admin_and_perfmon() -> Result<()> {
-    rst_lab::require!(Need::Root("network namespaces, BPF, XDP"), Need::Tool("ip"), Need::Tool("tcpdump"));
-    let hosts = hosts()?;
+    let Some(hosts) = ready_hosts()? else { return Ok(()) };
     let run_as_nobody = |caps: &str| -> Result<Finished> {
         let set = format!("-all,{caps}");
         let privileges = [
@@ -539,8 +541,7 @@ fn an_unprivileged_user_needs_exactly_bpf_net_admin_and_perfmon() -> Result<()> 
 /// carries on untouched.
 #[test]
 fn second_attach_fails_and_first_keeps_running() -> Result<()> {
-    rst_lab::require!(Need::Root("network namespaces, BPF, XDP"), Need::Tool("ip"), Need::Tool("tcpdump"));
-    let hosts = hosts()?;
+    let Some(hosts) = ready_hosts()? else { return Ok(()) };
     let first = watch(&hosts.client_if, &["--duration", "5s", "--format", "json"])?;
     let second = run_to_end(&hosts.client, &rstwatch_str(), &["-i", &hosts.client_if.name, "--duration", "1s"])?;
     assert_one_line_error(&second, "already has an XDP program");

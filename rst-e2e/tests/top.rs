@@ -256,9 +256,7 @@ fn assert_restored(tmux: &Tmux, iface: &Iface, code: i32, stty: &str) -> Result<
 
 #[test]
 fn live_view_shows_resetters_switches_views_filters_pauses_and_quits_cleanly() -> Result<()> {
-    let Some((hosts, tmux)) = top_on_client("live_view", 160, 40, "--interval 500ms")? else {
-        return Ok(());
-    };
+    let Some((hosts, tmux)) = top_on_client("live_view", 160, 40, "--interval 500ms")? else { return Ok(()) };
     let iface = &hosts.client_if;
     tmux.wait_for("the hook in the header", |s| s.contains("rstwatch top") && s.contains("hook xdp"))?;
     ensure!(tmux.stderr().contains(&format!("attached to {}", iface.name)), "stderr: {}", tmux.stderr());
@@ -352,9 +350,7 @@ fn live_view_shows_resetters_switches_views_filters_pauses_and_quits_cleanly() -
 
 #[test]
 fn empty_data_in_a_tiny_window_does_not_crash_and_ctrl_c_restores() -> Result<()> {
-    let Some((hosts, tmux)) = top_on_client("empty_data", 20, 5, "--interval 200ms")? else {
-        return Ok(());
-    };
+    let Some((hosts, tmux)) = top_on_client("empty_data", 20, 5, "--interval 200ms")? else { return Ok(()) };
     let iface = &hosts.client_if;
     // Several intervals of nothing, with every view and a few keys, then a resize.
     for key in ["2", "3", "4", "Right", "Right", "Left", "r", "Down", "PageDown", "p", "p", "1"] {
@@ -379,9 +375,7 @@ fn empty_data_in_a_tiny_window_does_not_crash_and_ctrl_c_restores() -> Result<()
 
 #[test]
 fn sigterm_restores_the_terminal_and_detaches() -> Result<()> {
-    let Some((hosts, tmux)) = top_on_client("sigterm", 80, 24, "--interval 200ms")? else {
-        return Ok(());
-    };
+    let Some((hosts, tmux)) = top_on_client("sigterm", 80, 24, "--interval 200ms")? else { return Ok(()) };
     let iface = &hosts.client_if;
     // rstwatch is the only process in the client's namespace.
     let pids = hosts.client.pids()?;

@@ -15,7 +15,7 @@ use rst_craft::tcp_v4;
 use rstwatch::{
     collect::Collector,
     load::netlink,
-    load::{self, Counting, Hook, TcLink, XdpMode, XdpModeChoice},
+    load::{self, Counting, Hook, LoadedObject, TcLink, XdpMode, XdpModeChoice},
 };
 
 /// Whether the test can run: root, for a network namespace of its own and BPF; otherwise it
@@ -42,6 +42,16 @@ fn private_veth(a: &str, b: &str) -> u32 {
     load::resolve_interface(a).expect("the veth exists")
 }
 
+/// Past [`ready`]: the veth pair `a` — `b` of [`private_veth`] and the per-CPU programs loaded;
+/// `None` where the test skips.
+fn programs_on_private_veth(a: &str, b: &str) -> Option<(u32, LoadedObject)> {
+    if !ready() {
+        return None;
+    }
+    let ifindex = private_veth(a, b);
+    Some((ifindex, load::load_counting(1024, Counting::PerCpu).expect("load")))
+}
+
 fn tcx_ingress_programs(iface: &str) -> Vec<String> {
     let (_, programs) = SchedClassifier::query_tcx(iface, TcAttachType::Ingress).expect("tcx query");
     programs.iter().map(|info| info.name_as_str().unwrap_or("?").to_owned()).collect()
@@ -49,11 +59,7 @@ fn tcx_ingress_programs(iface: &str) -> Vec<String> {
 
 #[test]
 fn tc_attachment_is_a_tcx_link_that_goes_with_its_owner() {
-    if !ready() {
-        return;
-    }
-    let ifindex = private_veth("rwhook0", "rwhook1");
-    let mut ebpf = load::load_counting(1024, Counting::PerCpu).expect("load");
+    let Some((ifindex, mut ebpf)) = programs_on_private_veth("rwhook0", "rwhook1") else { return };
     let attachment =
         load::attach_tc(load::tc_program(&mut ebpf).expect("program"), "rwhook0", ifindex).expect("attach tc");
     assert_eq!(attachment.hook, Hook::TcIngress);
@@ -71,11 +77,7 @@ fn tc_filters(iface: &str, direction: &str) -> String {
 /// a netlink filter, removed when the attachment is dropped.
 #[test]
 fn clsact_attachment_for_older_kernels_is_removed_with_its_owner() {
-    if !ready() {
-        return;
-    }
-    let _ifindex = private_veth("rwhook4", "rwhook5");
-    let mut ebpf = load::load_counting(1024, Counting::PerCpu).expect("load");
+    let Some((_ifindex, mut ebpf)) = programs_on_private_veth("rwhook4", "rwhook5") else { return };
     let program = load::tc_egress_program(&mut ebpf).expect("program");
     let link = load::attach_tc_with(program, "rwhook4", TcAttachType::Egress, TcLink::Clsact).expect("attach clsact");
     let listed = tc_filters("rwhook4", "egress");
@@ -89,11 +91,7 @@ fn clsact_attachment_for_older_kernels_is_removed_with_its_owner() {
 
 #[test]
 fn xdp_attachment_goes_with_its_owner_and_blocks_a_second_one() {
-    if !ready() {
-        return;
-    }
-    let ifindex = private_veth("rwhook2", "rwhook3");
-    let mut ebpf = load::load_counting(1024, Counting::PerCpu).expect("load");
+    let Some((ifindex, mut ebpf)) = programs_on_private_veth("rwhook2", "rwhook3") else { return };
     let attachment =
         load::attach_xdp(load::xdp_program(&mut ebpf).expect("program"), "rwhook2", ifindex, XdpModeChoice::Auto)
             .expect("attach xdp");

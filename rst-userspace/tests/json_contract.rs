@@ -16,12 +16,12 @@ use std::{
     time::Duration,
 };
 
-use pcap_file::{
-    pcap::{PcapHeader, PcapPacket, PcapWriter},
-    DataLink,
-};
 use rst_common::parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
-use rst_craft::{self as craft, FrameBuilder};
+use rst_craft::{
+    self as craft,
+    capture::{write_pcap as write_capture, DataLink},
+    FrameBuilder,
+};
 use serde_json::Value;
 
 const MS: u64 = 1_000_000;
@@ -45,19 +45,16 @@ fn contract_capture() -> Vec<(u64, Vec<u8>)> {
     let conversations = [(40004u16, 60u8, 60u8), (40005, 60, 250)];
     for (n, (port, synack_ttl, rst_ttl)) in conversations.into_iter().enumerate() {
         let t = 2_000 * MS + n as u64 * 100 * MS;
+        let to_server =
+            |flags, (seq, ack)| FrameBuilder::ipv4(client, server).ports(port, 443).flags(flags).seq_ack(seq, ack);
+        let to_client = |flags, (seq, ack), ttl| {
+            FrameBuilder::ipv4(server, client).ports(443, port).flags(flags).seq_ack(seq, ack).ttl(ttl)
+        };
         let handshake = [
-            FrameBuilder::ipv4(client, server).ports(port, 443).flags(TCP_SYN).seq_ack(500, 0),
-            FrameBuilder::ipv4(server, client)
-                .ports(443, port)
-                .flags(TCP_SYN | TCP_ACK)
-                .seq_ack(9000, 501)
-                .ttl(synack_ttl),
-            FrameBuilder::ipv4(client, server).ports(port, 443).flags(TCP_ACK).seq_ack(501, 9001),
-            FrameBuilder::ipv4(server, client)
-                .ports(443, port)
-                .flags(TCP_RST | TCP_ACK)
-                .seq_ack(9001, 601)
-                .ttl(rst_ttl),
+            to_server(TCP_SYN, (500, 0)),
+            to_client(TCP_SYN | TCP_ACK, (9000, 501), synack_ttl),
+            to_server(TCP_ACK, (501, 9001)),
+            to_client(TCP_RST | TCP_ACK, (9001, 601), rst_ttl),
         ];
         for (i, frame) in handshake.into_iter().enumerate() {
             frames.push((t + i as u64 * MS, frame.build().into_bytes()));
@@ -99,12 +96,9 @@ fn contract_capture() -> Vec<(u64, Vec<u8>)> {
 
 fn write_pcap(path: &Path, frames: &[(u64, Vec<u8>)]) {
     let file = BufWriter::new(File::create(path).expect("creating the capture"));
-    let header = PcapHeader { datalink: DataLink::ETHERNET, snaplen: 262_144, ..PcapHeader::default() };
-    let mut writer = PcapWriter::with_header(file, header).expect("pcap header");
-    for (ns, data) in frames {
-        let timestamp = Duration::from_secs(1_700_000_000) + Duration::from_nanos(*ns);
-        writer.write_packet(&PcapPacket::new(timestamp, data.len() as u32, data)).expect("pcap record");
-    }
+    let frames =
+        frames.iter().map(|(ns, data)| (Duration::from_secs(1_700_000_000) + Duration::from_nanos(*ns), &data[..]));
+    write_capture(file, DataLink::ETHERNET, frames).expect("writing the pcap");
 }
 
 fn type_name(value: &Value) -> &'static str {

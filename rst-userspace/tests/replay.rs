@@ -12,7 +12,6 @@
 #![allow(clippy::expect_used, clippy::panic)] // test helpers: a panic is the failure report
 
 use std::{
-    borrow::Cow,
     collections::BTreeMap,
     fs::File,
     io::BufWriter,
@@ -22,22 +21,15 @@ use std::{
     time::Duration,
 };
 
-use pcap_file::{
-    pcap::{PcapHeader, PcapPacket, PcapWriter},
-    pcapng::{
-        blocks::{
-            enhanced_packet::EnhancedPacketBlock,
-            interface_description::{InterfaceDescriptionBlock, InterfaceDescriptionOption},
-        },
-        PcapNgWriter,
-    },
-    DataLink,
-};
 use rst_common::{
     parse::{TCP_ACK, TCP_RST, TCP_SYN},
     Observation,
 };
-use rst_craft::{self as craft, tcp_v4, tcp_v6};
+use rst_craft::{
+    self as craft,
+    capture::{write_pcap as write_capture, write_pcapng, DataLink},
+    tcp_v4, tcp_v6,
+};
 use rstwatch::cmd::replay::kernel::Parity;
 use serde_json::Value;
 
@@ -173,12 +165,8 @@ fn two_interfaces_in_one_pcapng_are_reported_apart() {
 /// Writes a classic pcap of `frames` (timestamp in ns since T0, bytes).
 fn write_pcap(path: &Path, datalink: DataLink, frames: &[(u64, Vec<u8>)]) {
     let file = BufWriter::new(File::create(path).expect("creating a capture"));
-    let header = PcapHeader { datalink, snaplen: 262_144, ..PcapHeader::default() };
-    let mut writer = PcapWriter::with_header(file, header).expect("pcap header");
-    for (ns, data) in frames {
-        let timestamp = Duration::from_secs(T0) + Duration::from_nanos(*ns);
-        writer.write_packet(&PcapPacket::new(timestamp, data.len() as u32, data)).expect("pcap record");
-    }
+    let frames = frames.iter().map(|(ns, data)| (Duration::from_secs(T0) + Duration::from_nanos(*ns), &data[..]));
+    write_capture(file, datalink, frames).expect("writing the pcap");
 }
 
 fn tmp(name: &str) -> PathBuf {
@@ -497,29 +485,10 @@ fn truncated_file_names_the_frame_and_keep_going_reports_the_rest() {
 #[test]
 fn corrupt_pcapng_block_names_the_frame() {
     let path = tmp("corrupt.pcapng");
-    {
-        let file = BufWriter::new(File::create(&path).expect("creating"));
-        let mut writer = PcapNgWriter::new(file).expect("pcapng");
-        writer
-            .write_pcapng_block(InterfaceDescriptionBlock {
-                linktype: DataLink::ETHERNET,
-                snaplen: 0,
-                options: vec![InterfaceDescriptionOption::IfName(Cow::Borrowed("eth9"))],
-            })
-            .expect("idb");
-        for i in 0..4u16 {
-            let data = tcp_v4().ports(443, 2000 + i).flags(TCP_RST | TCP_ACK).build().into_bytes();
-            writer
-                .write_pcapng_block(EnhancedPacketBlock {
-                    interface_id: 0,
-                    timestamp: Duration::from_secs(T0),
-                    original_len: data.len() as u32,
-                    data: Cow::Owned(data),
-                    options: vec![],
-                })
-                .expect("epb");
-        }
-    }
+    let frames: Vec<Vec<u8>> =
+        (0..4u16).map(|i| tcp_v4().ports(443, 2000 + i).flags(TCP_RST | TCP_ACK).build().into_bytes()).collect();
+    let file = BufWriter::new(File::create(&path).expect("creating"));
+    write_pcapng(file, &["eth9"], frames.iter().map(|data| (0, Duration::from_secs(T0), &data[..]))).expect("pcapng");
     let mut bytes = std::fs::read(&path).expect("reading");
     // Find the third EPB (type 6, little-endian) and break its trailing length.
     let starts: Vec<usize> =

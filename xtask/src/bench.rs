@@ -6,7 +6,7 @@
 //! floods and prints Markdown tables.
 
 use std::{
-    fmt::Write as _,
+    fmt::{self, Write as _},
     path::PathBuf,
     thread,
     time::{Duration, Instant},
@@ -233,18 +233,45 @@ fn flood_once(lab: &FloodLab, listener: &str, plan: &GenPlan) -> Result<Value> {
     Ok(row)
 }
 
+/// A flood table's title, the plan of its trials, and its head: "on the peer", then `columns`
+/// (name, markdown alignment).
+pub(crate) fn table_head(md: &mut String, title: &str, plan: &Value, columns: &[(&str, &str)]) -> fmt::Result {
+    writeln!(md, "\n### {title}\n")?;
+    writeln!(md, "Plan per trial: `{}`; medians over trials.\n", plan.as_str().unwrap_or("?"))?;
+    let names: String = columns.iter().map(|(name, _)| format!(" {name} |")).collect();
+    let aligns: String = columns.iter().map(|(_, align)| format!("{align}|")).collect();
+    writeln!(md, "| on the peer |{names}")?;
+    writeln!(md, "|---|{aligns}")
+}
+
+/// The runs of each listener that has any, in the order of `listeners`.
+pub(crate) fn by_listener<'a>(
+    runs: &'a [Value],
+    listeners: &'a [&str],
+) -> impl Iterator<Item = (&'a str, Vec<&'a Value>)> {
+    listeners.iter().filter_map(|&listener| {
+        let rows: Vec<&Value> = runs.iter().filter(|r| r["listener"] == listener).collect();
+        (!rows.is_empty()).then_some((listener, rows))
+    })
+}
+
 fn flood_table(flood: &Value) -> Result<String> {
     let mut md = String::new();
     let runs = flood["runs"].as_array().context("flood runs")?;
-    writeln!(md, "\n### 2. Exactness under flood (live-frames XDP_TX generator → veth → listener on the peer)\n")?;
-    writeln!(md, "Plan per trial: `{}`; medians over trials.\n", flood["rate_plan"].as_str().unwrap_or("?"))?;
-    writeln!(md, "| on the peer | sent / trial | received (ethtool xdp) | counted / delivered | kernel-reported rate (Mpps) | wall rate (Mpps) | trials |")?;
-    writeln!(md, "|---|---:|---:|---|---:|---:|---:|")?;
-    for listener in LISTENERS {
-        let rows: Vec<&Value> = runs.iter().filter(|r| r["listener"] == listener).collect();
-        if rows.is_empty() {
-            continue;
-        }
+    table_head(
+        &mut md,
+        "2. Exactness under flood (live-frames XDP_TX generator → veth → listener on the peer)",
+        &flood["rate_plan"],
+        &[
+            ("sent / trial", "---:"),
+            ("received (ethtool xdp)", "---:"),
+            ("counted / delivered", "---"),
+            ("kernel-reported rate (Mpps)", "---:"),
+            ("wall rate (Mpps)", "---:"),
+            ("trials", "---:"),
+        ],
+    )?;
+    for (listener, rows) in by_listener(runs, &LISTENERS) {
         let ratios: Vec<String> = rows
             .iter()
             .map(|r| match r["counted"].as_u64() {

@@ -88,15 +88,19 @@ fn once(lab: &FloodLab, listener: &str, plan: &GenPlan, file: &std::path::Path) 
 pub fn table(capture: &Value) -> Result<String> {
     let mut md = String::new();
     let runs = capture["runs"].as_array().context("capture runs")?;
-    writeln!(md, "\n### Capture under flood (`cargo xtask bench --part capture`)\n")?;
-    writeln!(md, "Plan per trial: `{}`; medians over trials.\n", capture["plan"].as_str().unwrap_or("?"))?;
-    writeln!(md, "| on the peer | counted / delivered | written to the file | kernel-reported rate (Mpps) | wall rate (Mpps) | trials |")?;
-    writeln!(md, "|---|---|---|---:|---:|---:|")?;
-    for listener in LISTENERS {
-        let rows: Vec<&Value> = runs.iter().filter(|r| r["listener"] == listener).collect();
-        if rows.is_empty() {
-            continue;
-        }
+    crate::bench::table_head(
+        &mut md,
+        "Capture under flood (`cargo xtask bench --part capture`)",
+        &capture["plan"],
+        &[
+            ("counted / delivered", "---"),
+            ("written to the file", "---"),
+            ("kernel-reported rate (Mpps)", "---:"),
+            ("wall rate (Mpps)", "---:"),
+            ("trials", "---:"),
+        ],
+    )?;
+    for (listener, rows) in crate::bench::by_listener(runs, &LISTENERS) {
         let ratio = |r: &&Value, key: &str| match r[key].as_u64() {
             Some(n) => {
                 let delivered = r["gen"]["delivered"].as_u64().unwrap_or(0).max(1);

@@ -343,19 +343,11 @@ fn a_client_closing_with_the_response_unread_after_the_servers_fin_is_a_teardown
         drop(conns);
         let seen = stop(dir, vantages)?;
 
-        for s in &seen {
-            let want: Vec<Rst> = clients.iter().map(|&c| rst(c, server, true)).collect();
-            ensure_rsts(&format!("the {}'s veth", s.name), want, &s.segments)?;
-            for (reset, before) in rsts_with_history(&s.segments) {
-                ensure!(
-                    before.iter().any(|b| b.src == server && b.has(FIN))
-                        && !before.iter().any(|b| b.src == reset.src && b.has(FIN)),
-                    "{}: {reset} should follow the server's FIN, and no FIN of the client's:{}",
-                    s.name,
-                    listing(before)
-                );
-            }
-        }
+        let want: Vec<Rst> = clients.iter().map(|&c| rst(c, server, true)).collect();
+        expect_resets(&seen, &want, "follow the server's FIN, and no FIN of the client's", |reset, before| {
+            before.iter().any(|b| b.src == server && b.has(FIN))
+                && !before.iter().any(|b| b.src == reset.src && b.has(FIN))
+        })?;
         expect_teardowns(&seen, server, "client", |what, name, how, v| {
             // Live on the client's veth the resets are its own stack's, which says why: a
             // close with data unread. Received ones (the server's veth) and replay carry none.
@@ -364,6 +356,23 @@ fn a_client_closing_with_the_response_unread_after_the_servers_fin_is_a_teardown
             Ok(())
         })
     })
+}
+
+/// On every vantage's capture: exactly the resets `want`, each of which should `answer` what came
+/// before it on its connection (`answers`: the reset and that history, oldest first).
+fn expect_resets(
+    seen: &[Seen],
+    want: &[Rst],
+    answer: &str,
+    answers: impl Fn(&Segment, &[&Segment]) -> bool,
+) -> Result<()> {
+    for s in seen {
+        ensure_rsts(&format!("the {}'s veth", s.name), want.to_vec(), &s.segments)?;
+        for (reset, before) in rsts_with_history(&s.segments) {
+            ensure!(answers(reset, &before), "{}: {reset} should {answer}:{}", s.name, listing(before));
+        }
+    }
+    Ok(())
 }
 
 /// On every vantage, live and replayed: one benign `teardown` of `server` by `side`, all
@@ -443,6 +452,34 @@ fn local(sock: &Socket) -> Result<SocketAddr> {
     sock.local_addr()?.as_socket().context("a socket without an IP address")
 }
 
+/// Waits until every socket is in TCP `state`, `what` the wait is for.
+fn wait_for_state(socks: &[Socket], state: u8, what: &str, timeout: Duration) -> Result<()> {
+    for sock in socks {
+        wait_until(what, timeout, || Ok(tcp_state(sock)? == state))?;
+    }
+    Ok(())
+}
+
+/// [`keepalive_requests`] in a [`keepalive_lab`], watched from both ends until `closed` has seen
+/// the connections end: the server, the clients' addresses and what each vantage saw. The
+/// clients' sockets are closed before the watch stops.
+fn keepalive_watched(
+    dir: &Path,
+    client_ip: Ipv4Addr,
+    server_ip: Ipv4Addr,
+    keepalive: bool,
+    closed: impl FnOnce(&TwoHosts, &[Socket]) -> Result<()>,
+) -> Result<(SocketAddr, Vec<SocketAddr>, Vec<Seen>)> {
+    let (hosts, _nginx, server) = keepalive_lab(dir, client_ip, server_ip)?;
+    let vantages = watch(dir, &[("client", &hosts.client_if), ("server", &hosts.server_if)])?;
+    let socks = keepalive_requests(&hosts.client, client_ip, server, keepalive)?;
+    closed(&hosts, &socks)?;
+    let clients: Vec<SocketAddr> = socks.iter().map(local).collect::<Result<_>>()?;
+    drop(socks);
+    let seen = stop(dir, vantages)?;
+    Ok((server, clients, seen))
+}
+
 /// nginx closes each idle connection after its keepalive_timeout (FIN); once its orphaned
 /// socket is gone, the client closes too (FIN), which the server's stack answers with an RST
 /// without ACK: a teardown by the server, after the client's FIN.
@@ -450,35 +487,18 @@ fn local(sock: &Socket) -> Result<SocketAddr> {
 fn nginx_closing_idle_keepalive_connections_then_the_clients_fin_is_a_teardown_by_the_server() -> Result<()> {
     let test = "nginx_closing_idle_keepalive_connections_then_the_clients_fin_is_a_teardown_by_the_server";
     run_test(test, &["nginx"], |dir| {
-        let (hosts, _nginx, server) = keepalive_lab(dir, IDLE_CLIENT, IDLE_SERVER)?;
-        let vantages = watch(dir, &[("client", &hosts.client_if), ("server", &hosts.server_if)])?;
-        let socks = keepalive_requests(&hosts.client, IDLE_CLIENT, server, false)?;
-        for sock in &socks {
-            wait_until("nginx closed the idle connection", IO_TIMEOUT, || Ok(tcp_state(sock)? == TCP_CLOSE_WAIT))?;
-        }
-        wait_until("the server's orphaned sockets are gone", IO_TIMEOUT, || {
-            Ok(!has_socket(&hosts.server, "connected", HTTP_PORT)?)
+        let (server, clients, seen) = keepalive_watched(dir, IDLE_CLIENT, IDLE_SERVER, false, |hosts, socks| {
+            wait_for_state(socks, TCP_CLOSE_WAIT, "nginx closed the idle connection", IO_TIMEOUT)?;
+            wait_until("the server's orphaned sockets are gone", IO_TIMEOUT, || {
+                Ok(!has_socket(&hosts.server, "connected", HTTP_PORT)?)
+            })
         })?;
-        let clients: Vec<SocketAddr> = socks.iter().map(local).collect::<Result<_>>()?;
-        drop(socks);
-        let seen = stop(dir, vantages)?;
 
-        for s in &seen {
-            let want: Vec<Rst> = clients.iter().map(|&c| rst(server, c, false)).collect();
-            ensure_rsts(&format!("the {}'s veth", s.name), want, &s.segments)?;
-            for (reset, before) in rsts_with_history(&s.segments) {
-                let last = before.last().with_context(|| format!("{}: {reset} alone", s.name))?;
-                ensure!(
-                    before.iter().any(|b| b.src == server && b.has(FIN))
-                        && last.src == reset.dst
-                        && last.has(FIN)
-                        && reset.seq == last.ack,
-                    "{}: {reset} should answer the client's FIN, after the server's:{}",
-                    s.name,
-                    listing(before)
-                );
-            }
-        }
+        let want: Vec<Rst> = clients.iter().map(|&c| rst(server, c, false)).collect();
+        expect_resets(&seen, &want, "answer the client's FIN, after the server's", |reset, before| {
+            before.iter().any(|b| b.src == server && b.has(FIN))
+                && before.last().is_some_and(|last| last.src == reset.dst && last.has(FIN) && reset.seq == last.ack)
+        })?;
         expect_teardowns(&seen, server, "server", |_, _, _, _| Ok(()))
     })
 }
@@ -492,35 +512,16 @@ fn nginx_closing_idle_keepalive_connections_then_the_clients_fin_is_a_teardown_b
 fn keepalive_probes_after_nginx_closed_are_a_teardown_in_replay_and_nothing_alarming_live() -> Result<()> {
     let test = "keepalive_probes_after_nginx_closed_are_a_teardown_in_replay_and_nothing_alarming_live";
     run_test(test, &["nginx"], |dir| {
-        let (hosts, _nginx, server) = keepalive_lab(dir, PROBED_CLIENT, PROBED_SERVER)?;
-        let vantages = watch(dir, &[("client", &hosts.client_if), ("server", &hosts.server_if)])?;
-        let socks = keepalive_requests(&hosts.client, PROBED_CLIENT, server, true)?;
-        for sock in &socks {
-            wait_until("a keep-alive probe drew the server's reset", Duration::from_secs(15), || {
-                Ok(tcp_state(sock)? == TCP_CLOSE)
-            })?;
-        }
-        let clients: Vec<SocketAddr> = socks.iter().map(local).collect::<Result<_>>()?;
-        drop(socks);
-        let seen = stop(dir, vantages)?;
+        let (server, clients, seen) = keepalive_watched(dir, PROBED_CLIENT, PROBED_SERVER, true, |_, socks| {
+            wait_for_state(socks, TCP_CLOSE, "a keep-alive probe drew the server's reset", Duration::from_secs(15))
+        })?;
 
-        for s in &seen {
-            let want: Vec<Rst> = clients.iter().map(|&c| rst(server, c, false)).collect();
-            ensure_rsts(&format!("the {}'s veth", s.name), want, &s.segments)?;
-            for (reset, before) in rsts_with_history(&s.segments) {
-                let last = before.last().with_context(|| format!("{}: {reset} alone", s.name))?;
-                ensure!(
-                    before.iter().any(|b| b.src == server && b.has(FIN))
-                        && !before.iter().any(|b| b.src == reset.dst && (b.has(FIN) || b.has(RST)))
-                        && last.src == reset.dst
-                        && last.payload == 0
-                        && reset.seq == last.ack,
-                    "{}: {reset} should answer a keep-alive probe after the server's FIN:{}",
-                    s.name,
-                    listing(before)
-                );
-            }
-        }
+        let want: Vec<Rst> = clients.iter().map(|&c| rst(server, c, false)).collect();
+        expect_resets(&seen, &want, "answer a keep-alive probe after the server's FIN", |reset, before| {
+            before.iter().any(|b| b.src == server && b.has(FIN))
+                && !before.iter().any(|b| b.src == reset.dst && (b.has(FIN) || b.has(RST)))
+                && before.last().is_some_and(|last| last.src == reset.dst && last.payload == 0 && reset.seq == last.ack)
+        })?;
         let want = [Want {
             cause: "teardown",
             addr: server.ip(),

@@ -9,23 +9,15 @@
 //! and about 2% resets spread over a few thousand flows, 100 000 frames per second of capture
 //! time. A `.pcapng` name writes pcapng with two interfaces, frames alternating between them.
 
-use std::{borrow::Cow, fs::File, io::BufWriter, time::Duration};
+use std::{fs::File, io::BufWriter, time::Duration};
 
 use anyhow::Context as _;
 use clap::Parser;
-use pcap_file::{
-    pcap::{PcapHeader, PcapPacket, PcapWriter},
-    pcapng::{
-        blocks::{
-            enhanced_packet::EnhancedPacketBlock,
-            interface_description::{InterfaceDescriptionBlock, InterfaceDescriptionOption},
-        },
-        PcapNgWriter,
-    },
-    DataLink,
-};
 use rst_common::parse::{TCP_ACK, TCP_RST, TCP_SYN};
-use rst_craft::{tcp_v4, tcp_v6, FrameBuilder, VlanKind};
+use rst_craft::{
+    capture::{self, DataLink},
+    tcp_v4, tcp_v6, FrameBuilder, VlanKind,
+};
 
 /// Distinct frames written in turn: enough flows that the flow table is exercised.
 const TEMPLATES: usize = 4096;
@@ -47,36 +39,11 @@ fn main() -> anyhow::Result<()> {
     let file = BufWriter::with_capacity(1 << 20, File::create(&path).with_context(|| format!("creating {path}"))?);
     let start = Duration::from_secs(1_700_000_000);
     let at = |i: u64| start + Duration::from_micros(i * 10);
+    let frames = (0..count).map(|i| (i, at(i), templates[(i as usize) % TEMPLATES].as_slice()));
     if path.ends_with(".pcapng") {
-        let mut writer = PcapNgWriter::new(file)?;
-        for name in ["bench0", "bench1"] {
-            writer.write_pcapng_block(InterfaceDescriptionBlock {
-                linktype: DataLink::ETHERNET,
-                snaplen: 0,
-                // pcap-file writes EPB timestamps in nanoseconds: say so (the default is µs).
-                options: vec![
-                    InterfaceDescriptionOption::IfName(Cow::Borrowed(name)),
-                    InterfaceDescriptionOption::IfTsResol(9),
-                ],
-            })?;
-        }
-        for i in 0..count {
-            let data = &templates[(i as usize) % TEMPLATES];
-            writer.write_pcapng_block(EnhancedPacketBlock {
-                interface_id: (i % 2) as u32,
-                timestamp: at(i),
-                original_len: data.len() as u32,
-                data: Cow::Borrowed(data),
-                options: vec![],
-            })?;
-        }
+        capture::write_pcapng(file, &["bench0", "bench1"], frames.map(|(i, at, data)| ((i % 2) as u32, at, data)))?;
     } else {
-        let header = PcapHeader { datalink: DataLink::ETHERNET, snaplen: 65535, ..PcapHeader::default() };
-        let mut writer = PcapWriter::with_header(file, header)?;
-        for i in 0..count {
-            let data = &templates[(i as usize) % TEMPLATES];
-            writer.write_packet(&PcapPacket::new(at(i), data.len() as u32, data))?;
-        }
+        capture::write_pcap(file, DataLink::ETHERNET, frames.map(|(_, at, data)| (at, data)))?;
     }
     eprintln!("{path}: {count} frames, {resets} of every {TEMPLATES} are resets");
     Ok(())

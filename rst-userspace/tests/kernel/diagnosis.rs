@@ -199,17 +199,10 @@ fn resets_are_classified_in_the_kernel_as_on_the_host() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[test]
-fn open_connections_per_service_are_counted_at_accepts_and_turn_aways() -> anyhow::Result<()> {
-    rst_lab::require!(rst_lab::Need::Bpf);
-    open_connections_counted(Counting::PerCpu)
-}
-
-#[test]
-fn open_connections_per_service_are_counted_the_same_with_atomic_counting() -> anyhow::Result<()> {
-    rst_lab::require!(rst_lab::Need::Bpf);
-    open_connections_counted(Counting::Atomic)
-}
+in_both_counting_modes!(open_connections_counted:
+    open_connections_per_service_are_counted_at_accepts_and_turn_aways,
+    open_connections_per_service_are_counted_the_same_with_atomic_counting,
+);
 
 /// Five intervals of one service (10.0.0.2:80): the open count goes up at a connection's first
 /// SYN+ACK only, down once at its first FIN or RST, never below 0, and lives across intervals;
@@ -364,17 +357,10 @@ fn open_connections_counted(counting: Counting) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[test]
-fn rsts_with_a_payload_are_counted_once_and_handed_over() -> anyhow::Result<()> {
-    rst_lab::require!(rst_lab::Need::Bpf);
-    rsts_with_a_payload_counted_once(Counting::PerCpu)
-}
-
-#[test]
-fn rsts_with_a_payload_are_counted_once_and_handed_over_with_atomic_counting() -> anyhow::Result<()> {
-    rst_lab::require!(rst_lab::Need::Bpf);
-    rsts_with_a_payload_counted_once(Counting::Atomic)
-}
+in_both_counting_modes!(rsts_with_a_payload_counted_once:
+    rsts_with_a_payload_are_counted_once_and_handed_over,
+    rsts_with_a_payload_are_counted_once_and_handed_over_with_atomic_counting,
+);
 
 /// An RST with data goes from the counting program to its set's payload program (a tail call),
 /// which hands the frame to `PAYLOAD_RING` and counts the RST: each one counts exactly once, on

@@ -27,25 +27,38 @@ use rstwatch::{
     sys::affinity::{pin_current_thread, usable_cpus},
 };
 
+/// Two tests of `$body`, where BPF test runs are allowed: `$per_cpu` counting per CPU, `$atomic`
+/// with the atomic adds a PREEMPT_RT kernel gets.
+macro_rules! in_both_counting_modes {
+    ($body:ident: $(#[$per_cpu_doc:meta])* $per_cpu:ident, $(#[$atomic_doc:meta])* $atomic:ident $(,)?) => {
+        $(#[$per_cpu_doc])*
+        #[test]
+        fn $per_cpu() -> anyhow::Result<()> {
+            rst_lab::require!(rst_lab::Need::Bpf);
+            $body(Counting::PerCpu)
+        }
+
+        $(#[$atomic_doc])*
+        #[test]
+        fn $atomic() -> anyhow::Result<()> {
+            rst_lab::require!(rst_lab::Need::Bpf);
+            $body(Counting::Atomic)
+        }
+    };
+}
+
 /// Classification, services, payloads and captured reasons in the kernel.
 mod diagnosis;
 
 const MAX_FLOWS: u32 = 1024;
 
-#[test]
-fn every_case_is_classified_and_counted_like_the_host_expects() -> anyhow::Result<()> {
-    rst_lab::require!(rst_lab::Need::Bpf);
-    every_case_counted_like_the_host_expects(Counting::PerCpu)
-}
-
-/// Counting for kernels where programs on one CPU may interleave (PREEMPT_RT): atomic adds,
-/// every RST classified and added to the shared table, the per-CPU cache and logs unused. (The
-/// interleaving itself cannot be produced here: it takes a preemptible softirq.)
-#[test]
-fn atomic_counting_classifies_and_counts_every_case_the_same() -> anyhow::Result<()> {
-    rst_lab::require!(rst_lab::Need::Bpf);
-    every_case_counted_like_the_host_expects(Counting::Atomic)
-}
+in_both_counting_modes!(every_case_counted_like_the_host_expects:
+    every_case_is_classified_and_counted_like_the_host_expects,
+    /// Counting for kernels where programs on one CPU may interleave (PREEMPT_RT): atomic adds,
+    /// every RST classified and added to the shared table, the per-CPU cache and logs unused. (The
+    /// interleaving itself cannot be produced here: it takes a preemptible softirq.)
+    atomic_counting_classifies_and_counts_every_case_the_same,
+);
 
 /// The programs loaded counting as asked (per CPU or atomic), and saying so.
 fn loaded_counting(counting: Counting) -> anyhow::Result<Harness> {
@@ -247,20 +260,13 @@ fn evictions_beyond_the_log_go_to_the_table_and_every_count_is_exact() -> anyhow
     Ok(())
 }
 
-/// Two threads hammer the same two flows with repeated test runs, so entries are created and
-/// incremented from both CPUs at once: the per-flow sums and the totals must be exact.
-#[test]
-fn concurrent_test_runs_lose_no_counts() -> anyhow::Result<()> {
-    rst_lab::require!(rst_lab::Need::Bpf);
-    concurrent_test_runs_count_exactly(Counting::PerCpu)
-}
-
-/// The same with atomic counting, where both CPUs add every RST to the shared table entries.
-#[test]
-fn concurrent_test_runs_lose_no_counts_with_atomic_counting() -> anyhow::Result<()> {
-    rst_lab::require!(rst_lab::Need::Bpf);
-    concurrent_test_runs_count_exactly(Counting::Atomic)
-}
+in_both_counting_modes!(concurrent_test_runs_count_exactly:
+    /// Two threads hammer the same two flows with repeated test runs, so entries are created and
+    /// incremented from both CPUs at once: the per-flow sums and the totals must be exact.
+    concurrent_test_runs_lose_no_counts,
+    /// The same with atomic counting, where both CPUs add every RST to the shared table entries.
+    concurrent_test_runs_lose_no_counts_with_atomic_counting,
+);
 
 fn concurrent_test_runs_count_exactly(counting: Counting) -> anyhow::Result<()> {
     const THREADS: usize = 2;
