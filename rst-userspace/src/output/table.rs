@@ -290,9 +290,8 @@ impl<W: Write> TablePrinter<W> {
     fn conversations_table(&mut self, conversations: &[Conversation], title: &str) -> io::Result<()> {
         let rows: Vec<(String, String, &Conversation)> =
             conversations.iter().map(|c| (c.sender.to_string(), c.receiver.to_string(), c)).collect();
-        let iface_width = conversations.iter().map(|c| c.iface.len()).max().unwrap_or(0).max(5);
-        let sender_width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
-        let receiver_width = rows.iter().map(|r| r.1.len()).max().unwrap_or(0);
+        let [iface_width, sender_width, receiver_width] =
+            column_widths(conversations.iter().map(|c| c.iface.as_str()), &rows);
         writeln!(self.out, "   {title} (flows folded by client host; --by flow lists each)")?;
         for (sender, receiver, conversation) in &rows {
             let kinds: Vec<&str> = conversation.kinds.present().map(|(kind, _)| kind.name()).collect();
@@ -319,9 +318,7 @@ impl<W: Write> TablePrinter<W> {
     fn flows_table(&mut self, flows: &[Flow], title: &str) -> io::Result<()> {
         let rows: Vec<(String, String, &Flow)> =
             flows.iter().map(|f| (endpoint(f.src, f.sport), endpoint(f.dst, f.dport), f)).collect();
-        let iface_width = flows.iter().map(|f| f.iface.len()).max().unwrap_or(0).max(5);
-        let src_width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
-        let dst_width = rows.iter().map(|r| r.1.len()).max().unwrap_or(0);
+        let [iface_width, src_width, dst_width] = column_widths(flows.iter().map(|f| f.iface.as_str()), &rows);
         writeln!(self.out, "   {title}")?;
         for (src, dst, flow) in &rows {
             let kinds: Vec<&str> = flow.kinds.present().map(|(kind, _)| kind.name()).collect();
@@ -362,4 +359,15 @@ impl<W: Write> TablePrinter<W> {
 fn with_resets(addresses: &[(std::net::IpAddr, u64)]) -> String {
     let listed: Vec<String> = addresses.iter().map(|(addr, resets)| format!("{addr} ({resets})")).collect();
     listed.join(", ")
+}
+
+/// The widths of a two-endpoint table's columns: its interfaces (at least the header's five)
+/// and the rows' two endpoints.
+fn column_widths<'a, T>(ifaces: impl Iterator<Item = &'a str>, rows: &[(String, String, T)]) -> [usize; 3] {
+    let widest = |lengths: &mut dyn Iterator<Item = usize>| lengths.max().unwrap_or(0);
+    [
+        widest(&mut ifaces.map(str::len)).max(5),
+        widest(&mut rows.iter().map(|r| r.0.len())),
+        widest(&mut rows.iter().map(|r| r.1.len())),
+    ]
 }

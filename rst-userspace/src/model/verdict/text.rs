@@ -16,6 +16,15 @@ fn seconds(ms: u64) -> String {
     }
 }
 
+/// Who did it, in words: `[server, client, unknown]`.
+fn by_side(side: Option<Side>, [server, client, unknown]: [&'static str; 3]) -> &'static str {
+    match side {
+        Some(Side::Server) => server,
+        Some(Side::Client) => client,
+        None => unknown,
+    }
+}
+
 pub(super) fn sentence(verdict: &Verdict) -> String {
     let mut text = cause_sentence(verdict);
     if let Some(reason) = &verdict.kernel_reason {
@@ -46,11 +55,7 @@ fn cause_sentence(verdict: &Verdict) -> String {
         Finding::StateLost => format!(
             "{service}: {} reset after the handshake by {} that no longer knew {} (RST without ACK): state lost — a restart, a failover without state, broken persistence or a NAT timeout",
             plural(verdict.connections.max(1), "connection", "connections"),
-            match verdict.side {
-                Some(Side::Server) => "the server side",
-                Some(Side::Client) => "the client side",
-                None => "a side",
-            },
+            by_side(verdict.side, ["the server side", "the client side", "a side"]),
             if verdict.connections == 1 { "it" } else { "them" }
         ),
         Finding::Middlebox { rst_ttl, peer_ttl, claimed_client } => format!(
@@ -64,11 +69,7 @@ fn cause_sentence(verdict: &Verdict) -> String {
         Finding::AppAbort => format!(
             "{} to {service} aborted after data by {} (RST+ACK: SO_LINGER 0 or close with unread data): an application abort",
             plural(verdict.connections.max(1), "connection", "connections"),
-            match verdict.side {
-                Some(Side::Server) => "the service",
-                Some(Side::Client) => "its client",
-                None => "one side",
-            },
+            by_side(verdict.side, ["the service", "its client", "one side"]),
         ),
         Finding::HealthCheck { client } => format!(
             "{client} health-checks {service} ({}, reset right after the handshake): benign",
