@@ -27,10 +27,26 @@ pub enum Cause {
     /// One client probing many ports or hosts, almost all refused or unanswered, few or none
     /// completed.
     Scan,
+    /// Something forgets idle connections and resets them on their next use (a balancer's or
+    /// firewall's idle timeout, an expired conntrack entry): resets of established connections
+    /// after idle gaps that cluster near one value.
+    IdleTimeout,
+    /// A side closed an idle keep-alive connection (FIN) as its peer reused it: the peer's
+    /// request met the closed side's RST.
+    KeepaliveRace,
+    /// A NAT lost a connection's translation: replies reach the client untranslated, from an
+    /// address it never talked to, and its kernel resets them.
+    NatLost,
+    /// A listener's accept queue is full and the kernel resets what overflows it
+    /// (`net.ipv4.tcp_abort_on_overflow=1`).
+    ListenOverflow,
+    /// This host's firewall (nftables / iptables `reject with tcp reset`) answered, not its TCP
+    /// stack.
+    LocalFirewall,
 }
 
 impl Cause {
-    pub const ALL: [Cause; 9] = [
+    pub const ALL: [Cause; 14] = [
         Cause::NoListener,
         Cause::WentDown,
         Cause::ConnectionLimit,
@@ -40,6 +56,11 @@ impl Cause {
         Cause::HealthCheck,
         Cause::Teardown,
         Cause::Scan,
+        Cause::IdleTimeout,
+        Cause::KeepaliveRace,
+        Cause::NatLost,
+        Cause::ListenOverflow,
+        Cause::LocalFirewall,
     ];
 
     /// The contract's name: the `cause` value in JSON and in metric labels.
@@ -54,6 +75,11 @@ impl Cause {
             Cause::HealthCheck => "health_check",
             Cause::Teardown => "teardown",
             Cause::Scan => "scan",
+            Cause::IdleTimeout => "idle_timeout",
+            Cause::KeepaliveRace => "keepalive_race",
+            Cause::NatLost => "nat_lost",
+            Cause::ListenOverflow => "listen_overflow",
+            Cause::LocalFirewall => "local_firewall",
         }
     }
 

@@ -253,7 +253,13 @@ fn check_kernel_reasons(run: &Run, events: &[diag_lab::KernelReset]) -> Result<(
             Cause::AppAbort | Cause::HealthCheck => Some("TCP_STATE"),
             Cause::StateLost => Some("TCP_FLAGS"),
             Cause::ConnectionLimit | Cause::Middlebox => None,
-            Cause::Teardown | Cause::Scan => bail!("the verdict lab made a {} account", account.cause.name()),
+            Cause::Teardown
+            | Cause::Scan
+            | Cause::IdleTimeout
+            | Cause::KeepaliveRace
+            | Cause::NatLost
+            | Cause::ListenOverflow
+            | Cause::LocalFirewall => bail!("the verdict lab made a {} account", account.cause.name()),
         };
         let mut want: Vec<_> = account
             .rsts_at(End::Client)
@@ -350,7 +356,13 @@ fn every_service_resets_for_its_one_cause_only_and_rstwatch_names_it() -> Result
         check_closed(account, server_segs)?;
         match account.cause {
             Cause::NoListener | Cause::Middlebox => {}
-            Cause::Teardown | Cause::Scan => bail!("the verdict lab made a {} account", account.cause.name()),
+            Cause::Teardown
+            | Cause::Scan
+            | Cause::IdleTimeout
+            | Cause::KeepaliveRace
+            | Cause::NatLost
+            | Cause::ListenOverflow
+            | Cause::LocalFirewall => bail!("the verdict lab made a {} account", account.cause.name()),
             Cause::WentDown => check_went_down(account, &run, &client_segs)?,
             Cause::ConnectionLimit => check_limit(account, &client_segs)?,
             Cause::StateLost => {

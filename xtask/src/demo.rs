@@ -157,6 +157,11 @@ fn suspect(cause: Cause) -> &'static str {
         Cause::AppAbort => "an application aborting its connections (SO_LINGER 0)",
         Cause::Teardown => "connections reset while already closing (ordinary teardown)",
         Cause::Scan => "a client scanning ports",
+        Cause::IdleTimeout => "a firewall forgetting idle connections",
+        Cause::KeepaliveRace => "a server closing idle keep-alive connections as clients reuse them",
+        Cause::NatLost => "a NAT losing its translations",
+        Cause::ListenOverflow => "a listener whose accept queue overflows",
+        Cause::LocalFirewall => "this host's firewall rejecting with resets",
     }
 }
 

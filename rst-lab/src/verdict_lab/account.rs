@@ -25,14 +25,19 @@ pub trait CauseOnTheWire {
 impl CauseOnTheWire for Cause {
     fn resetter(self) -> Resetter {
         match self {
-            Cause::Middlebox => Resetter::Router,
-            Cause::HealthCheck | Cause::Scan => Resetter::Client,
+            // The device that forgot an idle connection answers for the server.
+            Cause::Middlebox | Cause::IdleTimeout => Resetter::Router,
+            // A lost NAT's replies are reset by the client they reach untranslated.
+            Cause::HealthCheck | Cause::Scan | Cause::NatLost => Resetter::Client,
             Cause::NoListener
             | Cause::WentDown
             | Cause::ConnectionLimit
             | Cause::StateLost
             | Cause::AppAbort
-            | Cause::Teardown => Resetter::Server,
+            | Cause::Teardown
+            | Cause::KeepaliveRace
+            | Cause::ListenOverflow
+            | Cause::LocalFirewall => Resetter::Server,
         }
     }
 

@@ -167,7 +167,13 @@ pub fn host_of(cause: Cause) -> Role {
         Cause::Middlebox => Role::Guarded,
         Cause::AppAbort => Role::Aborter,
         Cause::HealthCheck => Role::Backend,
-        Cause::Teardown | Cause::Scan => panic!("the verdict lab makes no {} scenario", cause.name()),
+        Cause::Teardown
+        | Cause::Scan
+        | Cause::IdleTimeout
+        | Cause::KeepaliveRace
+        | Cause::NatLost
+        | Cause::ListenOverflow
+        | Cause::LocalFirewall => panic!("the verdict lab makes no {} scenario", cause.name()),
     }
 }
 
@@ -305,7 +311,14 @@ impl VerdictLab {
                 Cause::StateLost => self.state_lost(&clock),
                 Cause::Middlebox => self.middlebox(&clock),
                 Cause::AppAbort => self.app_abort(Family::V4, &clock),
-                Cause::HealthCheck | Cause::Teardown | Cause::Scan => continue,
+                Cause::HealthCheck
+                | Cause::Teardown
+                | Cause::Scan
+                | Cause::IdleTimeout
+                | Cause::KeepaliveRace
+                | Cause::NatLost
+                | Cause::ListenOverflow
+                | Cause::LocalFirewall => continue,
             };
             accounts.push(account.context(cause.name())?);
         }

@@ -366,6 +366,21 @@ pub struct VerdictRecord {
     after_close_ms: Option<u64>,
     /// `scan`: what the scanner (`client`) probed and how it was answered; null otherwise.
     scan: Option<ScanRecord>,
+    /// `idle_timeout`: the typical idle gap before the resets; `keepalive_race`: how long the
+    /// closing side's connections had been idle before its FIN, where seen; ms. Null otherwise.
+    idle_ms: Option<u64>,
+    /// `nat_lost`: the untranslated address and port the replies came from; null otherwise.
+    backend: Option<EndpointRecord>,
+    /// `local_firewall`: the netfilter hook that rejected (`prerouting`, `input`, `forward`,
+    /// `output`, `postrouting`); null otherwise.
+    hook: Option<&'static str>,
+}
+
+/// An address and port.
+#[derive(Serialize)]
+pub struct EndpointRecord {
+    addr: IpAddr,
+    port: u16,
 }
 
 /// A scan verdict's counts.
@@ -406,6 +421,9 @@ impl From<&Verdict> for VerdictRecord {
             after_own_fin: None,
             after_close_ms: None,
             scan: None,
+            idle_ms: None,
+            backend: None,
+            hook: None,
         };
         match *finding {
             Finding::NoListener | Finding::StateLost | Finding::AppAbort => {}
@@ -425,6 +443,16 @@ impl From<&Verdict> for VerdictRecord {
                 record.client = Some(client);
                 record.scan = Some(ScanRecord { ports, hosts, refused, open, silent, completed });
             }
+            Finding::IdleTimeout { idle_ms, forged } => {
+                record.idle_ms = Some(idle_ms);
+                (record.rst_ttl, record.peer_ttl) = (forged.map(|(rst, _)| rst), forged.map(|(_, peer)| peer));
+            }
+            Finding::KeepaliveRace { idle_ms } => record.idle_ms = idle_ms,
+            Finding::NatLost { backend } => {
+                record.backend = Some(EndpointRecord { addr: backend.addr, port: backend.port })
+            }
+            Finding::ListenOverflow { limit } => record.limit = Some(limit),
+            Finding::LocalFirewall { hook } => record.hook = Some(hook.name()),
         }
         record
     }

@@ -21,9 +21,13 @@ pub(super) enum Act {
     /// A connection already being closed: after the peer's FIN (`after_peer_fin`), or after the
     /// sender's own FIN answering the peer's late segments, which carried no data.
     Teardown { after_peer_fin: bool },
+    /// After the sender's own FIN, answering data its peer still wrote, not having closed: a
+    /// keep-alive connection closed as the peer reused it. Told only where data is watched
+    /// (replay); live, the kernel's reason says it for resets this host sends.
+    Race,
     /// Nothing in the connection says why: no handshake seen (a lone RST), a client giving up
-    /// its own unanswered SYN, a closed connection written to (the keep-alive race, told only
-    /// where data is watched) or written to unseen. Kept only so a forged TTL still shows.
+    /// its own unanswered SYN, a closed connection written to unseen. Kept only so a forged TTL
+    /// still shows.
     Unexplained,
 }
 
@@ -50,6 +54,7 @@ impl Act {
             ResetKind::Closing if context.sender_closed() && context.data_watched() && !context.peer_late_data() => {
                 Act::Teardown { after_peer_fin: false }
             }
+            ResetKind::Closing if context.sender_closed() && context.peer_late_data() => Act::Race,
             ResetKind::Closing => Act::Unexplained,
         })
     }
@@ -75,8 +80,13 @@ impl Act {
             Cause::AppAbort => Some(Act::Abort),
             Cause::HealthCheck => Some(Act::Check),
             Cause::Teardown => Some(Act::Teardown { after_peer_fin: true }),
-            // A reset this host's stack sent is not forged in between.
-            Cause::Middlebox => None,
+            Cause::KeepaliveRace => Some(Act::Race),
+            // A reset this host's stack sent is not forged in between; an idle timeout's resets
+            // are of several acts; a lost NAT's, an overflow's and the firewall's are told by
+            // their own events.
+            Cause::Middlebox | Cause::IdleTimeout | Cause::NatLost | Cause::ListenOverflow | Cause::LocalFirewall => {
+                None
+            }
         }
     }
 
@@ -86,6 +96,7 @@ impl Act {
         match self {
             Act::Stateless => Some(Finding::StateLost),
             Act::Abort => Some(Finding::AppAbort),
+            Act::Race => Some(Finding::KeepaliveRace { idle_ms: None }),
             Act::TurnAway | Act::Check | Act::Teardown { .. } | Act::Unexplained => None,
         }
     }

@@ -354,7 +354,7 @@ impl Evidence {
         match act {
             Act::TurnAway => self.add_probe(client.0, service, tally, Answer::Refused),
             Act::Check => self.add_probe(client.0, service, tally, Answer::Open),
-            Act::Stateless | Act::Abort | Act::Teardown { .. } => self.add_completed(client.0, tally),
+            Act::Stateless | Act::Abort | Act::Teardown { .. } | Act::Race => self.add_completed(client.0, tally),
             // A closed port's answer to what opened no connection here: no cause of its own,
             // but what a FIN, NULL or Xmas scan leaves.
             Act::Unexplained if !class.side_observed() && class.kind() == ResetKind::Refused => {

@@ -92,6 +92,67 @@ pub enum Finding {
     },
     /// The scanner and what its probes met.
     Scan(ScanCounts),
+    /// The typical idle gap before the resets (the median of those that cluster), ms, and the
+    /// TTL the resets carry with the one their claimed sender's own packets do, when a device
+    /// in between forged them.
+    IdleTimeout {
+        idle_ms: u64,
+        forged: Option<(u8, u8)>,
+    },
+    /// How long the closing side's connections had been idle (from their last data to its FIN),
+    /// ms, where seen.
+    KeepaliveRace {
+        idle_ms: Option<u64>,
+    },
+    /// The address and port the untranslated replies came from (the backend behind the NAT);
+    /// the verdict's service is the one the client talked to.
+    NatLost {
+        backend: ServiceAddr,
+    },
+    /// The accept queue's length when the listener overflowed.
+    ListenOverflow {
+        limit: u64,
+    },
+    /// Where netfilter rejected the segments.
+    LocalFirewall {
+        hook: NetfilterHook,
+    },
+}
+
+/// A netfilter hook, where this host's firewall rejected a segment with a reset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum NetfilterHook {
+    Prerouting,
+    Input,
+    Forward,
+    Output,
+    Postrouting,
+}
+
+impl NetfilterHook {
+    pub const ALL: [NetfilterHook; 5] = [
+        NetfilterHook::Prerouting,
+        NetfilterHook::Input,
+        NetfilterHook::Forward,
+        NetfilterHook::Output,
+        NetfilterHook::Postrouting,
+    ];
+
+    /// The kernel's `enum nf_inet_hooks` value.
+    pub fn of_code(code: u32) -> Option<NetfilterHook> {
+        Self::ALL.get(code as usize).copied()
+    }
+
+    /// The name the JSON and the text use (the nftables hook names).
+    pub const fn name(self) -> &'static str {
+        match self {
+            NetfilterHook::Prerouting => "prerouting",
+            NetfilterHook::Input => "input",
+            NetfilterHook::Forward => "forward",
+            NetfilterHook::Output => "output",
+            NetfilterHook::Postrouting => "postrouting",
+        }
+    }
 }
 
 impl Finding {
@@ -106,6 +167,11 @@ impl Finding {
             Finding::HealthCheck { .. } => Cause::HealthCheck,
             Finding::Teardown { .. } => Cause::Teardown,
             Finding::Scan(_) => Cause::Scan,
+            Finding::IdleTimeout { .. } => Cause::IdleTimeout,
+            Finding::KeepaliveRace { .. } => Cause::KeepaliveRace,
+            Finding::NatLost { .. } => Cause::NatLost,
+            Finding::ListenOverflow { .. } => Cause::ListenOverflow,
+            Finding::LocalFirewall { .. } => Cause::LocalFirewall,
         }
     }
 }

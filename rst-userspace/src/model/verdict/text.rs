@@ -99,6 +99,45 @@ fn cause_sentence(verdict: &Verdict) -> String {
             let how = if how.is_empty() { "connections already closing".to_owned() } else { how.join(" and ") };
             format!("{resetter} reset {how}: ordinary teardown ({})", plural(resets, "reset", "resets"))
         }
+        Finding::IdleTimeout { idle_ms, forged } => {
+            let who = match forged {
+                Some((rst_ttl, peer_ttl)) => format!(
+                    "a device in between (TTL {rst_ttl}; the host's own packets arrive with {peer_ttl})"
+                ),
+                None => by_side(verdict.side, ["the server side", "the client side", "a side"]).to_owned(),
+            };
+            format!(
+                "{} to {service} reset by {who} on their first use after ~{} idle: an idle timeout (a balancer, firewall or NAT forgets idle connections; keep-alives shorter than it, or a pool idle timeout below it, avoid it)",
+                plural(verdict.connections.max(1), "connection", "connections"),
+                seconds(idle_ms),
+            )
+        }
+        Finding::KeepaliveRace { idle_ms } => {
+            let closer = by_side(verdict.side, ["the server", "the client", "one side"]);
+            let after = match idle_ms {
+                Some(ms) => format!(" after {} idle", seconds(ms)),
+                None => String::new(),
+            };
+            format!(
+                "{} to {service} closed by {closer}{after} as the other side reused them: its request met an RST — a keep-alive race (make the client pool's idle timeout shorter than the server's keep-alive timeout)",
+                plural(verdict.connections.max(1), "connection", "connections"),
+            )
+        }
+        Finding::NatLost { backend } => format!(
+            "replies to clients of {service} arrived untranslated from {} and the clients reset {} ({}): a NAT lost the connections' state (conntrack flushed, expired or INVALID)",
+            endpoint(backend.addr, backend.port),
+            if verdict.connections == 1 { "it" } else { "them" },
+            plural(resets, "reset", "resets"),
+        ),
+        Finding::ListenOverflow { limit } => format!(
+            "{service}'s accept queue was full ({limit}): the kernel reset {} (tcp_abort_on_overflow) — the application accepts too slowly",
+            plural(verdict.connections.max(1), "connection", "connections"),
+        ),
+        Finding::LocalFirewall { hook } => format!(
+            "this host's firewall rejected {} to {service} with a reset at the {} hook, not its TCP stack",
+            plural(resets, "segment", "segments"),
+            hook.name(),
+        ),
         Finding::Scan(ScanCounts { client, ports, hosts, refused, open, silent, completed }) => {
             let mut answers = vec![format!("{refused} refused")];
             if open > 0 {

@@ -107,6 +107,11 @@ impl Known {
                 Finding::Scan(counts) => {
                     known.scanners.insert(counts.client);
                 }
+                // The clients' resets go to the backend, not to the service they talked to.
+                Finding::NatLost { backend } => {
+                    known.verdicts.insert((backend.addr, backend.port), verdict.cause());
+                    known.verdicts.insert((verdict.service.addr, verdict.service.port), verdict.cause());
+                }
                 _ => {
                     known.verdicts.insert((verdict.service.addr, verdict.service.port), verdict.cause());
                 }
