@@ -56,6 +56,15 @@ pub struct Sample {
     /// time since that FIN, in ms: replay's, which sees every segment's time (the kernel keeps
     /// no time per connection), so empty live.
     pub close_gaps: Vec<(FlowKey, u64)>,
+    /// Per flow whose RSTs followed their sender's own FIN: how long the connection had gone
+    /// without data when the sender closed, ms (replay's, as `close_gaps`).
+    pub idle_before_close: Vec<(FlowKey, u64)>,
+    /// Per flow: the idle gap before its first RST of the interval, ms (replay's).
+    pub idle_gaps: Vec<(FlowKey, u64)>,
+    /// Per flow whose sender answered a segment from an address it never opened a connection
+    /// to while its endpoint held a live connection to another (replay's): that connection's
+    /// service, address and port.
+    pub nat_lost: Vec<(FlowKey, ([u8; 16], u16))>,
 }
 
 pub struct Collector {
@@ -235,6 +244,9 @@ impl Collector {
             table_races: resets.table_races,
             // The kernel keeps no time per connection.
             close_gaps: Vec::new(),
+            idle_before_close: Vec::new(),
+            idle_gaps: Vec::new(),
+            nat_lost: Vec::new(),
         })
     }
 

@@ -155,16 +155,13 @@ impl Link {
         crate::model::aggregate::payload::of_frame(frame, self.walk(frame)?)
     }
 
-    /// The directional key of the data segment in `frame` (one carrying payload, without SYN,
-    /// FIN or RST: [`Link::inspect`] calls it [`Observation::Segment`]), for
-    /// [`rst_common::track_data`]; `None` for a segment without data.
-    pub fn data_segment(self, frame: &[u8], ifindex: u32) -> Option<FlowKey> {
+    /// The directional key of a segment without SYN, FIN or RST in `frame` ([`Link::inspect`]
+    /// calls it [`Observation::Segment`]) and whether it carried payload: for
+    /// [`rst_common::track_data`] and replay's timings.
+    pub fn segment(self, frame: &[u8], ifindex: u32) -> Option<(FlowKey, bool)> {
         let Walk::Tcp(segment) = self.walk(frame)? else { return None };
         let (_, len) = tcp_payload(frame, &segment)?;
-        if len == 0 {
-            return None;
-        }
-        Some(tcp_event(frame, &segment, DIRECTION_RX, ifindex)?.key)
+        Some((tcp_event(frame, &segment, DIRECTION_RX, ifindex)?.key, len > 0))
     }
 
     fn walk(self, frame: &[u8]) -> Option<Walk> {

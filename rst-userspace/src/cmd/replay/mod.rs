@@ -9,6 +9,7 @@
 pub mod capture;
 pub mod kernel;
 pub mod link;
+mod timing;
 
 use std::{
     collections::HashMap,
@@ -20,9 +21,9 @@ use std::{
 
 use anyhow::Context as _;
 use rst_common::{
-    parse::{TCP_FIN, TCP_RST},
+    parse::TCP_RST,
     track, track_data,
-    wire::{ConnKey, ResetContext, ServiceKey, ServiceValue},
+    wire::{ServiceKey, ServiceValue},
     ConnTable as _, Counters, FlowKey, Observation, Tracked,
 };
 
@@ -30,6 +31,7 @@ use self::{
     capture::{CaptureError, CaptureReader, Event, Interface, Stop},
     kernel::KernelCheck,
     link::Link,
+    timing::Timings,
 };
 use crate::{
     cli::ReportOptions,
@@ -125,11 +127,9 @@ pub struct Tally {
     pub services: HashMap<ServiceKey, ServiceValue>,
     /// Lives across intervals, as the kernel's does.
     pub connections: HostConnections,
-    /// When each end of a connection sent its first FIN (ms, capture time), for the gap before
-    /// the late segments its RSTs answer; bounded like `connections`.
-    closes: HashMap<(ConnKey, bool), u64>,
-    /// This interval's flows whose RSTs followed their sender's FIN: the longest gap, ms.
-    pub close_gaps: HashMap<FlowKey, u64>,
+    /// Replay's own times (capture time, ms), bounded like `connections`; the kernel check's
+    /// tally, which sees no data, keeps none.
+    timings: Timings,
 }
 
 /// Connections replay remembers: captures are read once, so a generous bound costs little.
@@ -142,8 +142,7 @@ impl Default for Tally {
             flows: HashMap::new(),
             services: HashMap::new(),
             connections: HostConnections::with_capacity(REPLAY_CONNECTIONS),
-            closes: HashMap::new(),
-            close_gaps: HashMap::new(),
+            timings: Timings::with_capacity(REPLAY_CONNECTIONS),
         }
     }
 }
@@ -156,19 +155,14 @@ impl Tally {
         };
         // Times are replay's own: the kernel check's tally, which sees no data, keeps none.
         let timed = self.connections.watches_data();
-        if timed && event.flags & TCP_FIN != 0 && event.flags & TCP_RST == 0 {
-            if self.closes.len() >= REPLAY_CONNECTIONS {
-                self.closes.clear();
-            }
-            self.closes.entry(event.key.connection()).or_insert(self.connections.clock_ms());
+        let now_ms = self.connections.clock_ms();
+        if timed && event.flags & TCP_RST == 0 {
+            self.timings.control(event, now_ms);
         }
         match track(&mut self.connections, event) {
             Tracked::Reset(key, service) => {
-                if timed && ResetContext(key.context).sender_closed() {
-                    if let Some(closed) = self.closes.get(&key.connection()) {
-                        let gap = self.close_gaps.entry(key.flow_id()).or_default();
-                        *gap = (*gap).max(self.connections.clock_ms().saturating_sub(*closed));
-                    }
+                if timed {
+                    self.timings.reset(&key, &mut self.connections, now_ms);
                 }
                 self.counters.resets += 1;
                 *self.flows.entry(key).or_default() += 1;
@@ -287,8 +281,11 @@ impl Replay<'_> {
                 }
             }
             Observation::Segment => {
-                if let Some(key) = link.data_segment(frame, ifindex) {
-                    track_data(&mut self.tally.connections, &key);
+                if let Some((key, data)) = link.segment(frame, ifindex) {
+                    if data {
+                        track_data(&mut self.tally.connections, &key);
+                    }
+                    self.tally.timings.segment(&key, data, timestamp_ns / 1_000_000);
                 }
             }
             _ => {}
@@ -342,7 +339,10 @@ impl Replay<'_> {
             counters: mem::take(&mut self.tally.counters),
             flows: self.tally.flows.drain().collect(),
             services: self.tally.services.drain().collect(),
-            close_gaps: self.tally.close_gaps.drain().collect(),
+            close_gaps: self.tally.timings.measured.close_gaps.drain().collect(),
+            idle_before_close: self.tally.timings.measured.idle_before_close.drain().collect(),
+            idle_gaps: self.tally.timings.measured.idle_gaps.drain().collect(),
+            nat_lost: self.tally.timings.measured.nat_lost.drain().collect(),
             read_time: Duration::ZERO,
             // Nothing overflows a host map.
             ..Sample::default()

@@ -15,6 +15,7 @@ use rst_common::wire::{DownRun, FlowKey, ResetClass, ResetContext, ResetKind};
 
 use super::{
     act::Act,
+    check::{health_check, CheckPattern},
     scan::{scan, Answer, Probes, Scan},
     sort, Cause, Finding, ServiceAddr, Side, Verdict,
 };
@@ -49,7 +50,7 @@ pub(super) struct Tally {
 }
 
 impl Tally {
-    fn counts(self) -> (u64, u64) {
+    pub fn counts(self) -> (u64, u64) {
         (self.resets, self.connections)
     }
 
@@ -138,21 +139,6 @@ struct ServiceSampleSum {
     /// service ended the interval down, so it is not claimed.
     up_at_end: bool,
 }
-
-/// A client's resets of one service right after the handshake: the intervals they fell in.
-#[derive(Clone, Debug, Default)]
-struct CheckPattern {
-    resets: u64,
-    connections: u64,
-    /// (interval, connections) of the latest intervals with any, oldest first.
-    recent: Vec<(u64, u64)>,
-    latest: Tally,
-}
-
-/// Intervals of a client–service pair remembered to judge the pace of its checks.
-const CHECK_HISTORY: usize = 32;
-/// Connections a client must open and reset before its pattern can be a health check.
-const MIN_CHECKS: u64 = 3;
 
 /// Everything the run showed, fed one interval at a time.
 #[derive(Debug)]
@@ -412,18 +398,8 @@ impl Evidence {
     }
 
     fn add_check(&mut self, client: IpAddr, service: ServiceAddr, tally: Tally) {
-        let Some(pattern) = bounded_entry(&mut self.checks, (client, service), self.max_entries) else { return };
-        pattern.resets += tally.resets;
-        pattern.connections += tally.connections;
-        pattern.latest.add(tally);
-        match pattern.recent.last_mut() {
-            Some((interval, connections)) if *interval == self.interval => *connections += tally.connections,
-            _ => {
-                if pattern.recent.len() == CHECK_HISTORY {
-                    pattern.recent.remove(0);
-                }
-                pattern.recent.push((self.interval, tally.connections));
-            }
+        if let Some(pattern) = bounded_entry(&mut self.checks, (client, service), self.max_entries) {
+            pattern.add(self.interval, tally);
         }
     }
 
@@ -728,41 +704,4 @@ fn max_option(a: Option<u64>, b: Option<u64>) -> Option<u64> {
         (Some(a), Some(b)) => Some(a.max(b)),
         (a, b) => a.or(b),
     }
-}
-
-/// A health check: at least [`MIN_CHECKS`] connections opened and reset right after the
-/// handshake at a steady pace — every interval about as many, or one every so many intervals.
-fn health_check(client: IpAddr, service: ServiceAddr, pattern: &CheckPattern, tally: Tally) -> Option<Verdict> {
-    if pattern.connections < MIN_CHECKS || !steady(&pattern.recent) {
-        return None;
-    }
-    Some(Verdict::new(Finding::HealthCheck { client }, service, tally.counts()))
-}
-
-/// Whether checks at `recent` (interval, connections) come at a steady pace.
-fn steady(recent: &[(u64, u64)]) -> bool {
-    let (Some(&(first, _)), Some(&(last, _))) = (recent.first(), recent.last()) else { return false };
-    let span = last - first + 1;
-    let total: u64 = recent.iter().map(|&(_, n)| n).sum();
-    if total >= span {
-        // At least one check an interval: every interval of the span has some, none far off
-        // the mean (an interval's edge may split a pair of checks). The first and last
-        // intervals may be cut short (the checks began, or the run ended, inside them): only
-        // too many there speaks against a steady pace.
-        let mean = total as f64 / span as f64;
-        let last_index = recent.len() - 1;
-        return recent.len() as u64 == span
-            && recent.iter().enumerate().all(|(i, &(_, n))| {
-                let edge = i == 0 || i == last_index;
-                (edge || n as f64 >= mean / 2.0) && n as f64 <= mean * 1.5 + 1.0
-            });
-    }
-    // Slower than one an interval: one (or two, split by an edge) at a time, the gaps alike.
-    if recent.len() < 3 || recent.iter().any(|&(_, n)| n > 2) {
-        return false;
-    }
-    let mut gaps: Vec<u64> = recent.windows(2).map(|w| w[1].0 - w[0].0).collect();
-    gaps.sort_unstable();
-    let median = gaps[gaps.len() / 2];
-    gaps.iter().all(|&gap| gap.abs_diff(median) <= 1)
 }

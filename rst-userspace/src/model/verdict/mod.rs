@@ -8,6 +8,7 @@
 //! guess. Health checks are found first and their resets kept out of every other cause.
 
 mod act;
+mod check;
 mod evidence;
 mod scan;
 mod text;
