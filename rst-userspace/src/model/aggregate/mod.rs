@@ -31,7 +31,7 @@ use crate::{
     collect::Sample,
     model::{
         kernel_reason::ReasonNames,
-        verdict::{Evidence, ServiceAddr, ServiceSample},
+        verdict::{Evidence, FlowTimings, ServiceAddr, ServiceSample},
     },
 };
 
@@ -402,7 +402,12 @@ impl Aggregator {
         self.service_samples.extend(sample.services.iter().map(|service| service_sample(service, origin_ms)));
         // The evidence first: it learns each host's own TTL, which a flow's forged resets are
         // told by when their connection showed none.
-        self.evidence.close_gaps(&sample.close_gaps);
+        self.evidence.timings(FlowTimings {
+            close_gaps: &sample.close_gaps,
+            idle_before_close: &sample.idle_before_close,
+            idle_gaps: &sample.idle_gaps,
+            nat_lost: &sample.nat_lost,
+        });
         self.evidence.interval(
             started_ms,
             &self.service_samples,

@@ -16,6 +16,7 @@ use rst_common::wire::{DownRun, FlowKey, ResetClass, ResetContext, ResetKind};
 use super::{
     act::Act,
     check::{health_check, CheckPattern},
+    idle::{Cluster, IdleResets},
     scan::{scan, Answer, Probes, Scan},
     sort, Cause, Finding, ServiceAddr, Side, Verdict,
 };
@@ -124,6 +125,38 @@ struct ServiceEvidence {
     latest: BTreeMap<Bucket, Tally>,
     /// The longest time between a resetter's own FIN and its reset of a late segment (replay).
     close_gap_ms: Option<u64>,
+    /// The idle gaps before its stateless resets and aborts, for the idle-timeout rule.
+    idle: IdleResets<Bucket>,
+    /// How long the connections a keep-alive race closed had gone without data before their
+    /// closer's FIN (replay), the first few.
+    race_idle_ms: Vec<u64>,
+    /// Resets this host's stack sent answering data on connections it had closed (the kernel's
+    /// `TCP_ABORT_ON_DATA`), by whether the server sent them: the run's and the latest
+    /// interval's.
+    kernel_races: BTreeMap<bool, Tally>,
+    latest_kernel_races: BTreeMap<bool, Tally>,
+    /// Clients' resets of replies that reached them untranslated, by the backend they came
+    /// from: the run's and the latest interval's.
+    nat_lost: BTreeMap<ServiceAddr, Tally>,
+    latest_nat_lost: BTreeMap<ServiceAddr, Tally>,
+}
+
+/// Keep-alive races whose idle time a service keeps.
+const MAX_RACE_IDLE: usize = 64;
+
+/// What replay measured per flow for the next interval (see [`Evidence::timings`]); the kernel
+/// keeps no time per connection, so live runs hand over empty lists.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FlowTimings<'a> {
+    /// Flows whose RSTs followed their sender's own FIN: the longest time since it, ms.
+    pub close_gaps: &'a [(FlowKey, u64)],
+    /// The same flows: how long their connection had gone without data at that FIN, ms.
+    pub idle_before_close: &'a [(FlowKey, u64)],
+    /// The idle gap before each flow's first RST, ms.
+    pub idle_gaps: &'a [(FlowKey, u64)],
+    /// Flows whose sender answered a segment from an address it never opened a connection to,
+    /// while its endpoint held a live one elsewhere: that connection's service.
+    pub nat_lost: &'a [(FlowKey, ([u8; 16], u16))],
 }
 
 /// A service's samples of one interval summed over interfaces.
@@ -152,8 +185,12 @@ pub struct Evidence {
     /// SYN+ACK, for the scan rule.
     probes: HashMap<IpAddr, Probes>,
     /// The next interval's flows whose RSTs followed their sender's own FIN, and the longest
-    /// time since it (replay's; see [`Evidence::close_gaps`]).
+    /// time since it (replay's; see [`Evidence::timings`]).
     close_gaps: HashMap<FlowKey, u64>,
+    /// The next interval's per-flow idle times and lost translations (replay's).
+    idle_before_close: HashMap<FlowKey, u64>,
+    idle_gaps: HashMap<FlowKey, u64>,
+    nat_lost: HashMap<FlowKey, ServiceAddr>,
     host_ttls: HashMap<(u32, IpAddr), u8>,
     /// The kernel's reasons for the resets this host's stack sent, per service and act.
     reasons: HashMap<(ServiceAddr, Act), BTreeMap<KernelReason, u64>>,
@@ -171,6 +208,9 @@ impl Evidence {
             first_acts: HashMap::new(),
             probes: HashMap::new(),
             close_gaps: HashMap::new(),
+            idle_before_close: HashMap::new(),
+            idle_gaps: HashMap::new(),
+            nat_lost: HashMap::new(),
             host_ttls: HashMap::new(),
             reasons: HashMap::new(),
             max_entries,
@@ -195,6 +235,8 @@ impl Evidence {
             evidence.interval_reset_after_accept = false;
             evidence.interval_refused = Tally::default();
             evidence.latest.clear();
+            evidence.latest_kernel_races.clear();
+            evidence.latest_nat_lost.clear();
         }
         for pattern in self.checks.values_mut() {
             pattern.latest = Tally::default();
@@ -227,12 +269,22 @@ impl Evidence {
         self.close_interval();
     }
 
-    /// For the next interval: per flow whose RSTs answered late segments after their sender's
-    /// own FIN, the longest time since that FIN in ms (replay knows it; the kernel keeps no time
-    /// per connection). A teardown says it.
-    pub fn close_gaps(&mut self, gaps: &[(FlowKey, u64)]) {
+    /// For the next interval: what replay measured per flow (see [`FlowTimings`]). A teardown
+    /// says how long after its close, a keep-alive race how idle the connection was, an idle
+    /// timeout its gap; a lost translation names the service behind the client's resets.
+    pub fn timings(&mut self, timings: FlowTimings<'_>) {
+        let FlowTimings { close_gaps, idle_before_close, idle_gaps, nat_lost } = timings;
         self.close_gaps.clear();
-        self.close_gaps.extend(gaps.iter().copied());
+        self.close_gaps.extend(close_gaps.iter().copied());
+        self.idle_before_close.clear();
+        self.idle_before_close.extend(idle_before_close.iter().copied());
+        self.idle_gaps.clear();
+        self.idle_gaps.extend(idle_gaps.iter().copied());
+        self.nat_lost.clear();
+        self.nat_lost.extend(nat_lost.iter().map(|(key, (addr, port))| {
+            let service = FlowKey { dst: *addr, dport: *port, ..*key };
+            (key.flow_id(), ServiceAddr { addr: service.dst_ip(), port: *port })
+        }));
     }
 
     /// `resets` RSTs this host's TCP stack sent (`tcp:tcp_send_reset`) on the flow `flow` (its
@@ -251,6 +303,19 @@ impl Evidence {
         let Some(act) = Act::of_sent(kind, server, ack) else { return };
         let (addr, port) = if server { (flow.src_ip(), flow.sport) } else { (flow.dst_ip(), flow.dport) };
         let key = (ServiceAddr { addr, port }, act);
+        // Data on a connection this host had closed: the keep-alive race, which the kernel alone
+        // sees live (its plain segments never reach rstwatch's connection state).
+        let race = kind == ResetKind::Closing && reason.name() == "TCP_ABORT_ON_DATA";
+        let key = if race {
+            if let Some(evidence) = self.service_mut(key.0) {
+                let tally = Tally { resets, connections: resets };
+                evidence.kernel_races.entry(server).or_default().add(tally);
+                evidence.latest_kernel_races.entry(server).or_default().add(tally);
+            }
+            (key.0, Act::Race)
+        } else {
+            key
+        };
         let Some(reasons) = bounded_entry(&mut self.reasons, key, self.max_entries) else { return };
         if let Some(count) = reasons.get_mut(reason) {
             *count += resets;
@@ -324,6 +389,17 @@ impl Evidence {
             ((key.dst_ip(), key.dport), (key.src_ip(), key.sport))
         };
         let service = ServiceAddr { addr: server.0, port: server.1 };
+        if let Some(&talked_to) = self.nat_lost.get(&key.flow_id()) {
+            // A client's answer to a reply that reached it untranslated: the lost NAT's, whatever
+            // the reply looked like (a scan's probe answered, a check's handshake reset).
+            let backend = ServiceAddr { addr: key.dst_ip(), port: key.dport };
+            let tally = Tally { resets, connections: resets.min(1) };
+            if let Some(evidence) = self.service_mut(talked_to) {
+                evidence.nat_lost.entry(backend).or_default().add(tally);
+                evidence.latest_nat_lost.entry(backend).or_default().add(tally);
+            }
+            return;
+        }
         let act = if context.sender_reset() {
             // An answer to what the peer still sent after this side's first RST.
             self.first_acts.get(&key.flow_id()).copied().unwrap_or(Act::Unexplained)
@@ -360,13 +436,23 @@ impl Evidence {
             rst_ttl: key.rst_ttl,
             peer_ttl: key.peer_ttl,
         };
+        let flow = key.flow_id();
         let gap = match act {
-            Act::Teardown { after_peer_fin: false } => self.close_gaps.get(&key.flow_id()).copied(),
+            Act::Teardown { after_peer_fin: false } => self.close_gaps.get(&flow).copied(),
             _ => None,
         };
+        let idle_gap = matches!(act, Act::Stateless | Act::Abort).then(|| self.idle_gaps.get(&flow).copied()).flatten();
+        let race_idle = (act == Act::Race).then(|| self.idle_before_close.get(&flow).copied()).flatten();
+        let interval = self.interval;
         let Some(evidence) = self.service_mut(service) else { return };
         if let Some(gap) = gap {
             evidence.close_gap_ms = Some(evidence.close_gap_ms.unwrap_or(0).max(gap));
+        }
+        if let Some(gap) = idle_gap {
+            evidence.idle.add(interval, gap, bucket, tally.resets, tally.connections);
+        }
+        if let Some(idle) = race_idle.filter(|_| evidence.race_idle_ms.len() < MAX_RACE_IDLE) {
+            evidence.race_idle_ms.push(idle);
         }
         evidence.buckets.entry(bucket).or_default().add(tally);
         evidence.latest.entry(bucket).or_default().add(tally);
@@ -591,6 +677,22 @@ impl Evidence {
         forged(bucket.rst_ttl, own).then_some(own)
     }
 
+    /// The idle timeout a cluster of gaps shows: forged when its resets were (the device that
+    /// forgot the connections answered for the server), else by the side that sent them.
+    fn idle_timeout(&self, service: ServiceAddr, cluster: &Cluster<Bucket>) -> Option<Verdict> {
+        let mut tally = Tally::default();
+        for (_, resets, connections) in &cluster.members {
+            tally.add(Tally { resets: *resets, connections: *connections });
+        }
+        let (first, _, _) = cluster.members.first()?;
+        let forged = self.forged_ttl(first).map(|own| (first.rst_ttl, own));
+        let verdict = Verdict::new(Finding::IdleTimeout { idle_ms: cluster.idle_ms, forged }, service, tally.counts());
+        Some(match forged {
+            Some(_) => verdict,
+            None => verdict.by(if first.by_server { Side::Server } else { Side::Client }),
+        })
+    }
+
     fn service_verdicts(
         &self,
         service: ServiceAddr,
@@ -600,9 +702,29 @@ impl Evidence {
         scanned: Tally,
         out: &mut Vec<Verdict>,
     ) {
+        // An idle timeout's resets are its own, not a lost state's, an abort's or a forgery's.
+        let cluster = evidence.idle.cluster((!whole_run).then_some(self.interval));
+        let without_idle;
+        let buckets = match &cluster {
+            Some(Cluster { members, .. }) => {
+                let mut rest = buckets.clone();
+                for (bucket, resets, connections) in members {
+                    if let Some(tally) = rest.get_mut(bucket) {
+                        *tally = tally.minus(Tally { resets: *resets, connections: *connections });
+                    }
+                }
+                without_idle = rest;
+                &without_idle
+            }
+            None => buckets,
+        };
+        if let Some(cluster) = &cluster {
+            out.extend(self.idle_timeout(service, cluster));
+        }
         let mut genuine: BTreeMap<(Act, bool), Tally> = BTreeMap::new();
         let mut forged: BTreeMap<(Option<IpAddr>, u8, u8), Tally> = BTreeMap::new();
-        for (bucket, tally) in buckets {
+        // (A bucket the idle timeout took whole is empty.)
+        for (bucket, tally) in buckets.iter().filter(|(_, tally)| tally.resets > 0) {
             if let Some(own_ttl) = self.forged_ttl(bucket) {
                 // A forged client RST is told by the service it cut, and the client it claims.
                 let claimed_client = (!bucket.by_server).then_some(bucket.sender);
@@ -649,12 +771,26 @@ impl Evidence {
                         }
                     }
                 }
+                Act::Race if tally.resets > 0 => {
+                    let finding = Finding::KeepaliveRace { idle_ms: median(&evidence.race_idle_ms) };
+                    out.push(Verdict::new(finding, service, tally.counts()).by(side));
+                }
                 _ => {
                     if let Some(finding) = act.finding().filter(|_| tally.resets > 0) {
                         out.push(Verdict::new(finding, service, tally.counts()).by(side));
                     }
                 }
             }
+        }
+        let kernel_races = if whole_run { &evidence.kernel_races } else { &evidence.latest_kernel_races };
+        for (&by_server, tally) in kernel_races {
+            let side = if by_server { Side::Server } else { Side::Client };
+            let finding = Finding::KeepaliveRace { idle_ms: None };
+            out.push(Verdict::new(finding, service, tally.counts()).by(side));
+        }
+        let nat_lost = if whole_run { &evidence.nat_lost } else { &evidence.latest_nat_lost };
+        for (&backend, tally) in nat_lost {
+            out.push(Verdict::new(Finding::NatLost { backend }, service, tally.counts()));
         }
         for (by_server, (tally, finding)) in teardowns {
             if tally.resets > 0 {
@@ -667,6 +803,13 @@ impl Evidence {
             out.push(Verdict::new(finding, service, tally.counts()));
         }
     }
+}
+
+/// The median of `values`, `None` when there are none.
+fn median(values: &[u64]) -> Option<u64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_unstable();
+    sorted.get(sorted.len() / 2).copied()
 }
 
 /// Whether an RST arriving with `rst_ttl` was forged in between, its claimed sender's own

@@ -52,7 +52,7 @@ impl<B: Copy + PartialEq> IdleResets<B> {
         let members = idle
             .into_iter()
             .filter(|(interval, gap, ..)| near(*gap, idle_ms) && only.is_none_or(|only| *interval == only))
-            .map(|&&(_, _, bucket, resets, connections)| (bucket, resets, connections))
+            .map(|&(_, _, bucket, resets, connections)| (bucket, resets, connections))
             .collect::<Vec<_>>();
         (!members.is_empty()).then_some(Cluster { idle_ms, members })
     }

@@ -10,6 +10,7 @@
 mod act;
 mod check;
 mod evidence;
+mod idle;
 mod scan;
 mod text;
 
@@ -17,7 +18,8 @@ use std::net::IpAddr;
 
 use crate::model::kernel_reason::KernelReason;
 
-pub use evidence::{forged, Evidence, ServiceSample};
+pub use evidence::{forged, Evidence, FlowTimings, ServiceSample};
+pub use idle::{IDLE_MIN_CLUSTER_PERCENT, IDLE_MIN_CONNECTIONS, IDLE_MIN_MS, IDLE_SPREAD_PERCENT};
 pub use scan::{
     ScanCounts, SCAN_MAX_COMPLETED_PERCENT, SCAN_MAX_PROBES_PER_TARGET, SCAN_MIN_CLOSED_PERCENT, SCAN_MIN_TARGETS,
 };

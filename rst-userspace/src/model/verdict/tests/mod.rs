@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use rst_common::wire::{DownRun, FlowKey, ResetClass, ResetContext, ResetKind, DIRECTION_RX, FAMILY_IPV4, IPPROTO_TCP};
 
-use super::{Cause, Evidence, Finding, ServiceAddr, ServiceSample, Verdict};
+use super::{Cause, Evidence, Finding, FlowTimings, ServiceAddr, ServiceSample, Verdict};
 use crate::model::kernel_reason::ReasonNames;
 
 const IFINDEX: u32 = 7;
@@ -698,7 +698,7 @@ fn a_teardown_says_how_long_after_its_close_the_late_segment_came_where_that_is_
     let quiet = seen(true, true, false, false, false, true);
     let late = closing(true, false, 40_000, quiet);
     let mut evidence = Evidence::new(64);
-    evidence.close_gaps(&[(late.flow_id(), 45_200)]);
+    evidence.timings(FlowTimings { close_gaps: &[(late.flow_id(), 45_200)], ..FlowTimings::default() });
     feed(&mut evidence, 0, &[], &[late]);
     let verdicts = evidence.verdicts();
     assert_eq!(verdicts[0].finding, Finding::Teardown { after_peer_fin: 0, after_own_fin: 1, gap_ms: Some(45_200) });
@@ -710,3 +710,5 @@ fn a_teardown_says_how_long_after_its_close_the_late_segment_came_where_that_is_
         verdicts[0].text()
     );
 }
+
+mod production;

@@ -1,0 +1,104 @@
+//! The causes production hits most: idle timeouts, keep-alive races, lost NAT state.
+
+use rst_common::wire::{ResetClass, ResetKind};
+
+use super::*;
+use crate::model::kernel_reason::ReasonNames;
+
+/// Stateless resets by the server (RST without ACK mid-stream), one per connection, each after
+/// the idle gap given.
+fn after_idle(gaps_ms: &[u64], ttls: (u8, u8)) -> Vec<Verdict> {
+    let flows: Vec<FlowKey> =
+        (0..gaps_ms.len() as u16).map(|i| rst(ResetKind::Established, true, false, 443, 40_000 + i, ttls)).collect();
+    let gaps: Vec<(FlowKey, u64)> = flows.iter().zip(gaps_ms).map(|(key, gap)| (key.flow_id(), *gap)).collect();
+    let mut evidence = Evidence::new(64);
+    evidence.timings(FlowTimings { idle_gaps: &gaps, ..FlowTimings::default() });
+    feed(&mut evidence, 0, &[], &flows);
+    evidence.verdicts()
+}
+
+#[test]
+fn resets_after_gaps_near_one_value_are_an_idle_timeout() {
+    let verdicts = after_idle(&[5_000, 5_100, 4_900], (64, 64));
+    assert_eq!(causes(&verdicts), [(Cause::IdleTimeout, 443, 3)], "and no state_lost beside it");
+    assert_eq!(verdicts[0].finding, Finding::IdleTimeout { idle_ms: 5_000, forged: None });
+    assert_eq!(verdicts[0].side, Some(super::super::Side::Server));
+    assert!(verdicts[0].text().contains("after ~5.0 s idle"), "{}", verdicts[0].text());
+}
+
+#[test]
+fn gaps_spread_over_an_order_of_magnitude_or_a_single_late_reset_are_no_timeout() {
+    assert_eq!(causes(&after_idle(&[1_000, 3_000, 10_000], (64, 64))), [(Cause::StateLost, 443, 3)]);
+    assert_eq!(causes(&after_idle(&[350_000], (64, 64))), [(Cause::StateLost, 443, 1)]);
+    // Short pauses are traffic, not idleness.
+    assert_eq!(causes(&after_idle(&[200, 210, 190], (64, 64))), [(Cause::StateLost, 443, 3)]);
+}
+
+#[test]
+fn a_device_forging_resets_after_its_idle_timeout_is_named_with_its_ttl() {
+    let verdicts = after_idle(&[350_000, 351_000, 349_500, 350_500], (63, 61));
+    assert_eq!(causes(&verdicts), [(Cause::IdleTimeout, 443, 4)], "not a middlebox beside it");
+    assert_eq!(verdicts[0].finding, Finding::IdleTimeout { idle_ms: 350_500, forged: Some((63, 61)) });
+    assert_eq!(verdicts[0].side, None);
+}
+
+#[test]
+fn the_cluster_takes_only_its_own_resets() {
+    // Two quick aborts beside three after ~4 s idle.
+    let verdicts = after_idle(&[4_000, 4_100, 3_950, 20, 30], (64, 64));
+    assert_eq!(causes(&verdicts), [(Cause::StateLost, 443, 2), (Cause::IdleTimeout, 443, 3)]);
+}
+
+#[test]
+fn a_keepalive_race_says_how_idle_the_connection_was_when_its_closer_closed() {
+    let late_data = seen(true, true, false, false, true, true);
+    let flows = [closing(true, false, 40_000, late_data), closing(true, false, 40_001, late_data)];
+    let idle: Vec<(FlowKey, u64)> = flows.iter().map(|key| (key.flow_id(), 2_000)).collect();
+    let mut evidence = Evidence::new(64);
+    evidence.timings(FlowTimings { idle_before_close: &idle, ..FlowTimings::default() });
+    feed(&mut evidence, 0, &[], &flows);
+    let verdicts = evidence.verdicts();
+    assert_eq!(causes(&verdicts), [(Cause::KeepaliveRace, 443, 2)]);
+    assert_eq!(verdicts[0].finding, Finding::KeepaliveRace { idle_ms: Some(2_000) });
+    assert!(verdicts[0].text().contains("closed by the server after 2.0 s idle"), "{}", verdicts[0].text());
+}
+
+#[test]
+fn live_the_kernels_abort_on_data_is_the_keepalive_race() {
+    // Data not watched: the closing server's RST alone says nothing...
+    let unwatched = closing(true, false, 40_000, seen(true, true, false, false, false, false));
+    let mut evidence = Evidence::new(64);
+    feed(&mut evidence, 0, &[], &[unwatched]);
+    assert_eq!(causes(&evidence.verdicts()), []);
+    // ...the kernel's reason for it does.
+    let names = ReasonNames::new(["NOT_SPECIFIED", "TCP_ABORT_ON_DATA", "NO_SOCKET"].map(String::from).into());
+    evidence.stack_resets(&unwatched.flow_id(), true, ResetKind::Closing, false, &names.reason(1), 1);
+    let verdicts = evidence.verdicts();
+    assert_eq!(causes(&verdicts), [(Cause::KeepaliveRace, 443, 1)]);
+    assert_eq!(verdicts[0].kernel_reason.as_ref().map(ToString::to_string).as_deref(), Some("TCP_ABORT_ON_DATA"));
+    // Another reason on a closing connection is no race.
+    let mut other = Evidence::new(64);
+    feed(&mut other, 0, &[], &[unwatched]);
+    other.stack_resets(&unwatched.flow_id(), true, ResetKind::Closing, false, &names.reason(2), 1);
+    assert_eq!(causes(&other.verdicts()), []);
+}
+
+#[test]
+fn a_clients_resets_of_untranslated_replies_name_the_lost_nat() {
+    // The client's RST to the backend's address: no handshake of its own seen.
+    let mut lone = rst(ResetKind::Established, false, false, 8080, 40_000, (64, 0));
+    lone.class = ResetClass::new(ResetKind::Established, false, false, false, true).0;
+    lone.dst[..4].copy_from_slice(&[10, 0, 3, 7]);
+    let vip = ([10, 0, 2, 20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], 80);
+    let mut evidence = Evidence::new(64);
+    evidence.timings(FlowTimings { nat_lost: &[(lone.flow_id(), vip)], ..FlowTimings::default() });
+    feed(&mut evidence, 0, &[], &[lone]);
+    let verdicts = evidence.verdicts();
+    assert_eq!(verdicts.len(), 1, "{verdicts:?}");
+    assert_eq!(verdicts[0].cause(), Cause::NatLost);
+    assert_eq!(verdicts[0].service, ServiceAddr { addr: ip([10, 0, 2, 20]), port: 80 });
+    assert_eq!(verdicts[0].finding, Finding::NatLost { backend: ServiceAddr { addr: ip([10, 0, 3, 7]), port: 8080 } });
+    assert!(verdicts[0].text().contains("arrived untranslated from 10.0.3.7:8080"), "{}", verdicts[0].text());
+    // Without the live connection elsewhere, the same lone reset names nothing.
+    assert_eq!(causes(&verdicts_of(&[lone])), []);
+}
