@@ -16,7 +16,7 @@ use rst_common::wire::{DownRun, FlowKey, ResetClass, ResetContext, ResetKind};
 use super::{
     act::Act,
     check::{health_check, CheckPattern},
-    idle::{Cluster, IdleResets},
+    idle::{Cluster, IdleResets, IDLE_MIN_MS},
     scan::{scan, Answer, Probes, Scan},
     sort, Cause, Finding, ServiceAddr, Side, Verdict,
 };
@@ -405,6 +405,10 @@ impl Evidence {
             self.first_acts.get(&key.flow_id()).copied().unwrap_or(Act::Unexplained)
         } else {
             let Some(act) = Act::of(class, context) else { return };
+            // Its closer must have closed an idle connection: one that closes right after its
+            // last word (an FTP client after QUIT) and gets the reply reset did not race.
+            let idle_closed = self.idle_before_close.get(&key.flow_id()).is_some_and(|&idle| idle >= IDLE_MIN_MS);
+            let act = if act == Act::Race && !idle_closed { Act::Unexplained } else { act };
             if class.side_observed() {
                 if self.first_acts.len() >= self.max_entries {
                     self.first_acts.clear();

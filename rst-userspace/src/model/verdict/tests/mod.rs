@@ -502,12 +502,9 @@ fn a_reset_after_its_senders_own_fin_is_teardown_only_without_late_data() {
     let verdicts = verdicts_of(&[closing(true, false, 40_000, quiet)]);
     assert_eq!(causes(&verdicts), [(Cause::Teardown, 443, 1)]);
     assert_eq!(verdicts[0].finding, Finding::Teardown { after_peer_fin: 0, after_own_fin: 1, gap_ms: None });
-    // The client wrote to the connection the server had closed: the keep-alive race, not a
-    // teardown.
-    let race = verdicts_of(&[closing(true, false, 40_001, seen(true, true, false, false, true, true))]);
-    assert_eq!(causes(&race), [(Cause::KeepaliveRace, 443, 1)]);
-    assert_eq!(race[0].side, Some(super::Side::Server));
-    assert!(race[0].text().contains("keep-alive race"), "{}", race[0].text());
+    // The client wrote to the connection the server had closed: not a teardown (a keep-alive
+    // race where the server had been idle when it closed: see production.rs).
+    assert_eq!(causes(&verdicts_of(&[closing(true, false, 40_001, seen(true, true, false, false, true, true))])), []);
     // Where data is not watched (the kernel), its absence says nothing.
     assert_eq!(causes(&verdicts_of(&[closing(true, false, 40_002, seen(true, true, false, false, false, false))])), []);
 }

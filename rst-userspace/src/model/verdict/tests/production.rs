@@ -61,6 +61,13 @@ fn a_keepalive_race_says_how_idle_the_connection_was_when_its_closer_closed() {
     assert_eq!(causes(&verdicts), [(Cause::KeepaliveRace, 443, 2)]);
     assert_eq!(verdicts[0].finding, Finding::KeepaliveRace { idle_ms: Some(2_000) });
     assert!(verdicts[0].text().contains("closed by the server after 2.0 s idle"), "{}", verdicts[0].text());
+    // A closer that closed right after its last word (an FTP client after QUIT) did not race:
+    // the reply it resets is no reuse.
+    let quick: Vec<(FlowKey, u64)> = flows.iter().map(|key| (key.flow_id(), 40)).collect();
+    let mut evidence = Evidence::new(64);
+    evidence.timings(FlowTimings { idle_before_close: &quick, ..FlowTimings::default() });
+    feed(&mut evidence, 0, &[], &flows);
+    assert_eq!(causes(&evidence.verdicts()), []);
 }
 
 #[test]
