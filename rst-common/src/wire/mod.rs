@@ -14,6 +14,7 @@ mod hash;
 mod keys;
 pub mod names;
 mod payload;
+mod socket;
 mod values;
 mod workload;
 
@@ -40,4 +41,5 @@ pub use values::{
     ServiceValue, CONN_CLIENT_IS_LO, CONN_FIN, CONN_RESET, CONN_SYN, CONN_SYNACK, SIDE_CLIENT_FIN, SIDE_CLIENT_RST,
     SIDE_DATA_MOVED, SIDE_LATE_DATA, SIDE_SERVER_FIN, SIDE_SERVER_RST,
 };
+pub use socket::{IdleKey, IdleValue, ListenKey, ListenValue};
 pub use workload::{WorkloadKey, ORIGIN_APPLICATION, ORIGIN_KERNEL, ORIGIN_RECEIVED};

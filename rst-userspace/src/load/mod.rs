@@ -13,7 +13,9 @@
 //! [`testrun`] (the object under BPF_PROG_TEST_RUN). Their items keep their `load::` paths.
 
 pub mod kernel_events;
+pub mod btf_path;
 pub mod netlink;
+pub mod socket_reads;
 pub mod testrun;
 pub mod tracefs;
 
@@ -37,6 +39,7 @@ pub use kernel_events::{
     attach_kernel_events, parse_reason_names, reset_reason_names, start_kernel_events, warn_kernel_events,
     SendResetFormat,
 };
+pub use socket_reads::{attach_receive_reset, warn_socket_reads, SocketReads};
 pub use object::{
     load, load_counting, load_with, overflow_sources_for, tc_egress_program, tc_program, xdp_program, CaptureLoad,
     LoadedObject,
