@@ -6,8 +6,8 @@ use crate::{
     table::FlowSlot,
     wire::{
         CacheSlot, CaptureBudget, CaptureCounters, CaptureReason, CaptureReasonKey, ConnKey, ConnState, Counters,
-        FlowKey, FlowValue, IdleKey, IdleValue, ListenKey, ListenValue, LoggedFlow, PayloadCounters, ResetCounters, ServiceKey, ServiceValue, SourceKey,
-        StackResetKey, TrafficCounters, WorkloadKey, FAMILY_IPV4,
+        FlowKey, FlowValue, IdleKey, IdleValue, ListenKey, ListenValue, LoggedFlow, PayloadCounters, ResetCounters,
+        ServiceKey, ServiceValue, SourceKey, StackResetKey, TrafficCounters, WorkloadKey, FAMILY_IPV4,
     },
 };
 

@@ -25,9 +25,7 @@ use aya_ebpf::{
     maps::HashMap,
     programs::TracePointContext,
 };
-use rst_common::wire::{
-    IdleKey, IdleValue, ListenKey, ListenValue, DEFAULT_MAX_SERVICES, FAMILY_IPV4, FAMILY_IPV6,
-};
+use rst_common::wire::{IdleKey, IdleValue, ListenKey, ListenValue, DEFAULT_MAX_SERVICES, FAMILY_IPV4, FAMILY_IPV6};
 
 use crate::{maps::current_epoch, tables::EEXIST};
 
@@ -94,10 +92,13 @@ fn read<T>(at: u64) -> Option<T> {
 #[derive(Clone, Copy)]
 struct Addrs6([u32; 8]);
 
+/// Family, source and destination addresses, (source port, destination port).
+pub(crate) type Tuple = (u8, [u32; 4], [u32; 4], (u16, u16));
+
 /// The RST's tuple for a reset answering the segment `tcp:tcp_send_reset` records (`skbaddr`):
 /// (family, RST source = the segment's destination, RST destination, (sport, dport)).
 #[inline(always)]
-pub(crate) fn answered_tuple(ctx: &TracePointContext) -> Option<(u8, [u32; 4], [u32; 4], (u16, u16))> {
+pub(crate) fn answered_tuple(ctx: &TracePointContext) -> Option<Tuple> {
     // SAFETY: bpf_probe_read of the tracepoint record at the offset its format file gives.
     let skb = unsafe { ctx.read_at::<u64>(global(&SEND_RESET_SKBADDR_OFFSET) as usize) }.ok()?;
     if skb == 0 {
@@ -136,9 +137,9 @@ pub(crate) fn listen_reset(sk: u64, addr: [u32; 4], port: u16, family: u8) {
         _ => &LISTEN_RESETS_1,
     };
     let fresh = ListenValue { resets: 1, backlog, max_backlog };
-    let value = match table.insert(&key, &fresh, BPF_NOEXIST as u64) {
+    let value = match table.insert(key, fresh, BPF_NOEXIST as u64) {
         Ok(()) => return,
-        Err(err) if err == -EEXIST => table.get_ptr_mut(&key),
+        Err(err) if err == -EEXIST => table.get_ptr_mut(key),
         // Full: the reset still counts in the stack-reset table.
         Err(_) => return,
     };
@@ -174,7 +175,7 @@ pub(crate) fn idle_gap(sk: u64, key: &IdleKey) {
         0 => &IDLE_GAPS_0,
         _ => &IDLE_GAPS_1,
     };
-    let value = match table.insert(key, &gap, BPF_NOEXIST as u64) {
+    let value = match table.insert(key, gap, BPF_NOEXIST as u64) {
         Ok(()) => return,
         Err(err) if err == -EEXIST => table.get_ptr_mut(key),
         // Full: the reset still counts elsewhere; only its gap is lost.

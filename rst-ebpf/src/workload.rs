@@ -124,11 +124,8 @@ pub fn sent(ctx: &TracePointContext, src: [u32; 4], dst: [u32; 4], ports: (u16, 
         return;
     }
     let (sk, state) = send_reset_socket(ctx);
-    let (origin, cgroup) = if is_full_socket(sk, state) {
-        (ORIGIN_APPLICATION, cgroup_of(sk))
-    } else {
-        (ORIGIN_KERNEL, 0)
-    };
+    let (origin, cgroup) =
+        if is_full_socket(sk, state) { (ORIGIN_APPLICATION, cgroup_of(sk)) } else { (ORIGIN_KERNEL, 0) };
     count(&WorkloadKey::new(cgroup, src, dst, ports, family, DIRECTION_TX, origin));
 }
 

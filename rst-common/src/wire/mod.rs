@@ -35,11 +35,11 @@ pub use keys::{
 };
 pub use names::*;
 pub use payload::{PayloadCounters, PayloadRecord, PAYLOAD_FRAME_BYTES, PAYLOAD_RING_BYTES, RST_PAYLOAD_BYTES};
+pub use socket::{IdleKey, IdleValue, ListenKey, ListenValue};
 pub use values::{
     accept_bits, accept_from_bits, down_after_accept, down_after_turnaway, down_in_run, merge_accept, merge_turnaway,
     turnaway_bits, turnaway_from_bits, CacheSlot, ConnState, DownRun, FlowValue, LoggedFlow, OpenValue, ServiceCounts,
     ServiceValue, CONN_CLIENT_IS_LO, CONN_FIN, CONN_RESET, CONN_SYN, CONN_SYNACK, SIDE_CLIENT_FIN, SIDE_CLIENT_RST,
     SIDE_DATA_MOVED, SIDE_LATE_DATA, SIDE_SERVER_FIN, SIDE_SERVER_RST,
 };
-pub use socket::{IdleKey, IdleValue, ListenKey, ListenValue};
 pub use workload::{WorkloadKey, ORIGIN_APPLICATION, ORIGIN_KERNEL, ORIGIN_RECEIVED};

@@ -65,7 +65,8 @@ fn timer_list() -> Result<(u64, u64), String> {
     std::fs::File::open("/proc/timer_list")
         .and_then(|mut file| file.read_to_string(&mut text))
         .map_err(|error| format!("no kernel config to read HZ from, and /proc/timer_list: {error}"))?;
-    parse_timer_list(&text).ok_or_else(|| "no kernel config to read HZ from, and /proc/timer_list has no jiffies".into())
+    parse_timer_list(&text)
+        .ok_or_else(|| "no kernel config to read HZ from, and /proc/timer_list has no jiffies".into())
 }
 
 pub fn parse_timer_list(text: &str) -> Option<(u64, u64)> {

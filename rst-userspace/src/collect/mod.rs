@@ -169,8 +169,7 @@ impl Collector {
         let services = [hash_map_data(take(MAP_SERVICES[0])?)?, hash_map_data(take(MAP_SERVICES[1])?)?];
         let stack_resets = [hash_map_data(take(MAP_STACK_RESETS[0])?)?, hash_map_data(take(MAP_STACK_RESETS[1])?)?];
         let workloads = [hash_map_data(take(MAP_WORKLOADS[0])?)?, hash_map_data(take(MAP_WORKLOADS[1])?)?];
-        let listen_resets =
-            [hash_map_data(take(MAP_LISTEN_RESETS[0])?)?, hash_map_data(take(MAP_LISTEN_RESETS[1])?)?];
+        let listen_resets = [hash_map_data(take(MAP_LISTEN_RESETS[0])?)?, hash_map_data(take(MAP_LISTEN_RESETS[1])?)?];
         let idle_gaps = [hash_map_data(take(MAP_IDLE_GAPS[0])?)?, hash_map_data(take(MAP_IDLE_GAPS[1])?)?];
         let flow_cache = match take(MAP_FLOW_CACHE)? {
             Map::PerCpuArray(data) => data,

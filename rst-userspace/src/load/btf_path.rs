@@ -197,8 +197,16 @@ pub(crate) mod tests {
             strings.push(0);
             at
         };
-        let (int, outer, a, deep, named, inner, x, inner_t) =
-            (intern("int"), intern("outer"), intern("a"), intern("deep"), intern("named"), intern("inner"), intern("x"), intern("inner_t"));
+        let (int, outer, a, deep, named, inner, x, inner_t) = (
+            intern("int"),
+            intern("outer"),
+            intern("a"),
+            intern("deep"),
+            intern("named"),
+            intern("inner"),
+            intern("x"),
+            intern("inner_t"),
+        );
         let mut types = Vec::new();
         let mut put = |words: &[u32]| words.iter().for_each(|w| types.extend_from_slice(&w.to_ne_bytes()));
         put(&[int, 1 << 24, 4, 32]);

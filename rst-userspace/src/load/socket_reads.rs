@@ -67,8 +67,9 @@ impl SocketReads {
     pub fn read() -> SocketReads {
         let send = crate::load::tracefs::tcp_format("tcp_send_reset")
             .map_err(|_| "tcp:tcp_send_reset has no readable format file (tracefs mounted and readable?)".to_owned());
-        let receive = crate::load::tracefs::tcp_format("tcp_receive_reset")
-            .map_err(|_| "tcp:tcp_receive_reset has no readable format file (tracefs mounted and readable?)".to_owned());
+        let receive = crate::load::tracefs::tcp_format("tcp_receive_reset").map_err(|_| {
+            "tcp:tcp_receive_reset has no readable format file (tracefs mounted and readable?)".to_owned()
+        });
         let types = Types::of_kernel().map_err(|error| format!("{error:#}"));
         SocketReads::parse(send.as_deref(), receive.as_deref(), types.as_ref())
     }
