@@ -1,4 +1,9 @@
 //! `tcp:tcp_send_reset`: the resets this host's TCP stack sends, per 4-tuple and reason.
+//!
+//! A listener's resets (state `TCP_LISTEN`: a refused connection, e.g. an accept-queue
+//! overflow under `tcp_abort_on_overflow`) carry the listener's own address and a `0.0.0.0:0`
+//! peer in the tracepoint; they are keyed by the refused connection's tuple, read from the
+//! segment answered (see [`crate::socket`]), so their reason joins that flow.
 
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
