@@ -6,8 +6,8 @@ use crate::{
     table::FlowSlot,
     wire::{
         CacheSlot, CaptureBudget, CaptureCounters, CaptureReason, CaptureReasonKey, ConnKey, ConnState, Counters,
-        FlowKey, FlowValue, LoggedFlow, PayloadCounters, ResetCounters, ServiceKey, ServiceValue, SourceKey,
-        StackResetKey, TrafficCounters, WorkloadKey, FAMILY_IPV4,
+        FlowKey, FlowValue, IdleKey, IdleValue, ListenKey, ListenValue, LoggedFlow, PayloadCounters, ResetCounters,
+        ServiceKey, ServiceValue, SourceKey, StackResetKey, TrafficCounters, WorkloadKey, FAMILY_IPV4,
     },
 };
 
@@ -41,6 +41,14 @@ unsafe impl aya::Pod for StackResetKey {}
 unsafe impl aya::Pod for FlowSlot {}
 // SAFETY: as above.
 unsafe impl aya::Pod for WorkloadKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for ListenKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for ListenValue {}
+// SAFETY: as above.
+unsafe impl aya::Pod for IdleKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for IdleValue {}
 // SAFETY: as above.
 unsafe impl aya::Pod for CaptureCounters {}
 // SAFETY: as above.

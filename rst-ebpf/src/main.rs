@@ -35,6 +35,9 @@ mod services;
 
 mod tables;
 
+// Last: see its module doc.
+mod socket;
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

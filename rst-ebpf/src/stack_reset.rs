@@ -1,13 +1,19 @@
 //! `tcp:tcp_send_reset`: the resets this host's TCP stack sends, per 4-tuple and reason.
+//!
+//! A listener's resets (state `TCP_LISTEN`: a refused connection, e.g. an accept-queue
+//! overflow under `tcp_abort_on_overflow`) carry the listener's own address and a `0.0.0.0:0`
+//! peer in the tracepoint; they are keyed by the refused connection's tuple, read from the
+//! segment answered (see [`crate::socket`]), so their reason joins that flow.
 
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use rst_common::wire::{StackResetKey, FAMILY_IPV4, FAMILY_IPV6};
+use rst_common::wire::{IdleKey, StackResetKey, DIRECTION_TX, FAMILY_IPV4, FAMILY_IPV6};
 
 use crate::{
     capture,
     maps::{current_epoch, RESET_COUNTERS, STACK_RESETS_0, STACK_RESETS_1},
+    socket,
     tables::add_to_table,
     workload,
 };
@@ -56,12 +62,27 @@ fn record_stack_reset(ctx: &TracePointContext) -> Result<(), i32> {
             ctx.read_at::<SockAddr>(daddr_offset as usize)?,
         )
     };
-    let Some((family, sport, src)) = sockaddr(&src) else {
+    let Some((mut family, mut sport, mut src)) = sockaddr(&src) else {
         return Ok(());
     };
-    let Some((_, dport, dst)) = sockaddr(&dst) else {
+    let Some((_, mut dport, mut dst)) = sockaddr(&dst) else {
         return Ok(());
     };
+    if socket::listen_on() || socket::idle_on() {
+        let (sk, state) = workload::send_reset_socket(ctx);
+        if state == socket::TCP_LISTEN {
+            // A listener's addresses are its own (peer 0.0.0.0:0): the connection's are in the
+            // segment it answers.
+            if socket::listen_on() && sk != 0 {
+                if let Some(tuple) = socket::answered_tuple(ctx) {
+                    (family, src, dst, (sport, dport)) = tuple;
+                    socket::listen_reset(sk, src, sport, family);
+                }
+            }
+        } else if socket::idle_on() && workload::is_full_socket(sk, state) {
+            socket::idle_gap(sk, &IdleKey::new(src, dst, (sport, dport), family, DIRECTION_TX));
+        }
+    }
     workload::sent(ctx, src, dst, (sport, dport), family);
     capture::stack_reset(src, dst, (sport, dport), family, reason);
     let key = StackResetKey::new(src, dst, sport, dport, family, reason);

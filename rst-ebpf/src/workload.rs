@@ -16,12 +16,13 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use rst_common::wire::{
-    FlowValue, WorkloadKey, DEFAULT_MAX_SERVICES, DIRECTION_RX, DIRECTION_TX, FAMILY_IPV4, FAMILY_IPV6,
+    FlowValue, IdleKey, WorkloadKey, DEFAULT_MAX_SERVICES, DIRECTION_RX, DIRECTION_TX, FAMILY_IPV4, FAMILY_IPV6,
     ORIGIN_APPLICATION, ORIGIN_KERNEL, ORIGIN_RECEIVED,
 };
 
 use crate::{
     maps::current_epoch,
+    socket,
     stack_reset::{AF_INET, AF_INET6},
     tables::add_to_table,
 };
@@ -97,31 +98,41 @@ fn cgroup_of(sk: u64) -> u64 {
     read(kn + u64::from(global(&KERNFS_NODE_ID_OFFSET)))
 }
 
+/// `tcp:tcp_send_reset`'s socket (0: none) and its state.
+#[inline(always)]
+pub(crate) fn send_reset_socket(ctx: &TracePointContext) -> (u64, i32) {
+    // SAFETY: bpf_probe_read of the tracepoint record at offsets its format file gives.
+    unsafe {
+        (
+            ctx.read_at::<u64>(global(&SEND_RESET_SKADDR_OFFSET) as usize).unwrap_or(0),
+            ctx.read_at::<i32>(global(&SEND_RESET_STATE_OFFSET) as usize).unwrap_or(0),
+        )
+    }
+}
+
+/// Whether `tcp:tcp_send_reset`'s socket is a full `struct sock` (not TIME_WAIT's or a pending
+/// request's remains), whose fields may be read.
+#[inline(always)]
+pub(crate) fn is_full_socket(sk: u64, state: i32) -> bool {
+    sk != 0 && state != TCP_TIME_WAIT && state != TCP_NEW_SYN_RECV
+}
+
 /// Called by `tcp:tcp_send_reset` with the RST's addresses: who sent it, socket or kernel.
 #[inline(always)]
 pub fn sent(ctx: &TracePointContext, src: [u32; 4], dst: [u32; 4], ports: (u16, u16), family: u8) {
     if !on() {
         return;
     }
-    // SAFETY: bpf_probe_read of the tracepoint record at offsets its format file gives.
-    let (sk, state) = unsafe {
-        (
-            ctx.read_at::<u64>(global(&SEND_RESET_SKADDR_OFFSET) as usize).unwrap_or(0),
-            ctx.read_at::<i32>(global(&SEND_RESET_STATE_OFFSET) as usize).unwrap_or(0),
-        )
-    };
-    let (origin, cgroup) = if sk == 0 || state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV {
-        (ORIGIN_KERNEL, 0)
-    } else {
-        (ORIGIN_APPLICATION, cgroup_of(sk))
-    };
+    let (sk, state) = send_reset_socket(ctx);
+    let (origin, cgroup) =
+        if is_full_socket(sk, state) { (ORIGIN_APPLICATION, cgroup_of(sk)) } else { (ORIGIN_KERNEL, 0) };
     count(&WorkloadKey::new(cgroup, src, dst, ports, family, DIRECTION_TX, origin));
 }
 
 /// `tcp:tcp_receive_reset`: a local socket accepted an RST. Always returns 0.
 #[tracepoint]
 pub fn rstwatch_receive_reset(ctx: TracePointContext) -> u32 {
-    if on() {
+    if on() || socket::idle_on() {
         let _ = received(&ctx);
     }
     0
@@ -173,9 +184,14 @@ fn received(ctx: &TracePointContext) -> Result<(), i32> {
     } else {
         return Ok(());
     };
-    let cgroup = if sk == 0 { 0 } else { cgroup_of(sk) };
     // The RST went from the peer to this socket: the flow's sender is the remote end.
-    count(&WorkloadKey::new(cgroup, remote, local, (dport, sport), family, DIRECTION_RX, ORIGIN_RECEIVED));
+    if on() {
+        let cgroup = if sk == 0 { 0 } else { cgroup_of(sk) };
+        count(&WorkloadKey::new(cgroup, remote, local, (dport, sport), family, DIRECTION_RX, ORIGIN_RECEIVED));
+    }
+    if socket::idle_on() && sk != 0 {
+        socket::idle_gap(sk, &IdleKey::new(remote, local, (dport, sport), family, DIRECTION_RX));
+    }
     Ok(())
 }
 

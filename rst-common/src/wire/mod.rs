@@ -14,6 +14,7 @@ mod hash;
 mod keys;
 pub mod names;
 mod payload;
+mod socket;
 mod values;
 mod workload;
 
@@ -34,6 +35,7 @@ pub use keys::{
 };
 pub use names::*;
 pub use payload::{PayloadCounters, PayloadRecord, PAYLOAD_FRAME_BYTES, PAYLOAD_RING_BYTES, RST_PAYLOAD_BYTES};
+pub use socket::{IdleKey, IdleValue, ListenKey, ListenValue};
 pub use values::{
     accept_bits, accept_from_bits, down_after_accept, down_after_turnaway, down_in_run, merge_accept, merge_turnaway,
     turnaway_bits, turnaway_from_bits, CacheSlot, ConnState, DownRun, FlowValue, LoggedFlow, OpenValue, ServiceCounts,

@@ -237,6 +237,30 @@ pub const GLOBAL_RECEIVE_RESET_DADDR_V6_OFFSET: &str = "RECEIVE_RESET_DADDR_V6_O
 pub const GLOBAL_SOCK_CGROUP_OFFSET: &str = "SOCK_CGROUP_OFFSET";
 pub const GLOBAL_CGROUP_KN_OFFSET: &str = "CGROUP_KN_OFFSET";
 pub const GLOBAL_KERNFS_NODE_ID_OFFSET: &str = "KERNFS_NODE_ID_OFFSET";
+/// Per listener address and port, the resets it sent while in `TCP_LISTEN` and its accept
+/// queue then ([`crate::wire::ListenKey`] → [`crate::wire::ListenValue`]), written by
+/// `tcp:tcp_send_reset`; flipped and drained like the stack-reset tables.
+pub const MAP_LISTEN_RESETS: [&str; 2] = ["LISTEN_RESETS_0", "LISTEN_RESETS_1"];
+/// Per reset's 4-tuple and direction, how long the local socket had been quiet before it
+/// ([`crate::wire::IdleKey`] → [`crate::wire::IdleValue`], jiffies), written by both reset
+/// tracepoints; flipped and drained like the stack-reset tables.
+pub const MAP_IDLE_GAPS: [&str; 2] = ["IDLE_GAPS_0", "IDLE_GAPS_1"];
+/// Whether `tcp:tcp_send_reset` reads a listener's resets from the segment it answers and
+/// records them in [`MAP_LISTEN_RESETS`] (0 or 1), and whether the reset tracepoints record
+/// idle gaps in [`MAP_IDLE_GAPS`]; the loader sets them with the offsets below (the
+/// tracepoint's `skbaddr` field; `sk_buff.head`, `.network_header`, `.transport_header`;
+/// `sock.sk_ack_backlog`, `.sk_max_ack_backlog`; `inet_connection_sock.icsk_ack.lrcvtime`,
+/// `tcp_sock.lsndtime`, from the kernel's BTF).
+pub const GLOBAL_LISTEN_RESETS_ON: &str = "LISTEN_RESETS_ON";
+pub const GLOBAL_IDLE_GAPS_ON: &str = "IDLE_GAPS_ON";
+pub const GLOBAL_SEND_RESET_SKBADDR_OFFSET: &str = "SEND_RESET_SKBADDR_OFFSET";
+pub const GLOBAL_SKB_HEAD_OFFSET: &str = "SKB_HEAD_OFFSET";
+pub const GLOBAL_SKB_NETWORK_HEADER_OFFSET: &str = "SKB_NETWORK_HEADER_OFFSET";
+pub const GLOBAL_SKB_TRANSPORT_HEADER_OFFSET: &str = "SKB_TRANSPORT_HEADER_OFFSET";
+pub const GLOBAL_SOCK_ACK_BACKLOG_OFFSET: &str = "SOCK_ACK_BACKLOG_OFFSET";
+pub const GLOBAL_SOCK_MAX_ACK_BACKLOG_OFFSET: &str = "SOCK_MAX_ACK_BACKLOG_OFFSET";
+pub const GLOBAL_ICSK_LRCVTIME_OFFSET: &str = "ICSK_LRCVTIME_OFFSET";
+pub const GLOBAL_TCP_LSNDTIME_OFFSET: &str = "TCP_LSNDTIME_OFFSET";
 /// An empty XDP_PASS program in the same object: the baseline for cost measurements.
 pub const PROG_XDP_BASELINE: &str = "rstwatch_xdp_pass";
 /// An empty TC program returning "next": the baseline for the TC programs.
@@ -277,7 +301,7 @@ pub enum ProgramKind {
 
 /// Every map of the object and its kind, the `.bss` data map included: a map added to the
 /// object is added here, and the contract test holds the object to exactly this list.
-pub const MAPS: [(&str, MapKind); 28] = [
+pub const MAPS: [(&str, MapKind); 32] = [
     (MAP_FLOW_TABLE, MapKind::Array),
     (MAP_FLOW_BLOCKS, MapKind::Array),
     (MAP_OVERFLOW_SOURCES[0], MapKind::Hash),
@@ -297,6 +321,10 @@ pub const MAPS: [(&str, MapKind); 28] = [
     (MAP_STACK_RESETS[1], MapKind::Hash),
     (MAP_WORKLOADS[0], MapKind::Hash),
     (MAP_WORKLOADS[1], MapKind::Hash),
+    (MAP_LISTEN_RESETS[0], MapKind::Hash),
+    (MAP_LISTEN_RESETS[1], MapKind::Hash),
+    (MAP_IDLE_GAPS[0], MapKind::Hash),
+    (MAP_IDLE_GAPS[1], MapKind::Hash),
     (MAP_CAPTURE_RING, MapKind::RingBuf),
     (MAP_CAPTURE_COUNTERS, MapKind::PerCpuArray),
     (MAP_CAPTURE_BUDGET, MapKind::Array),
@@ -336,7 +364,7 @@ pub const PROGRAMS: [(&str, ProgramKind); 22] = [
 ];
 
 /// The u32 globals the loader sets before loading (read-only to the programs).
-pub const LOADER_GLOBALS: [&str; 23] = [
+pub const LOADER_GLOBALS: [&str; 33] = [
     GLOBAL_FLOW_TABLE_BITS,
     GLOBAL_EVICTION_LOG_SLOTS,
     GLOBAL_SEND_RESET_REASON_OFFSET,
@@ -360,6 +388,16 @@ pub const LOADER_GLOBALS: [&str; 23] = [
     GLOBAL_CAPTURE_SNAPLEN,
     GLOBAL_CAPTURE_HANDSHAKES,
     GLOBAL_CAPTURE_REASONS,
+    GLOBAL_LISTEN_RESETS_ON,
+    GLOBAL_IDLE_GAPS_ON,
+    GLOBAL_SEND_RESET_SKBADDR_OFFSET,
+    GLOBAL_SKB_HEAD_OFFSET,
+    GLOBAL_SKB_NETWORK_HEADER_OFFSET,
+    GLOBAL_SKB_TRANSPORT_HEADER_OFFSET,
+    GLOBAL_SOCK_ACK_BACKLOG_OFFSET,
+    GLOBAL_SOCK_MAX_ACK_BACKLOG_OFFSET,
+    GLOBAL_ICSK_LRCVTIME_OFFSET,
+    GLOBAL_TCP_LSNDTIME_OFFSET,
 ];
 
 #[cfg(test)]

@@ -117,6 +117,17 @@ impl LiveSession {
         };
         let offsets = ebpf.workload_offsets().clone();
         let workloads = crate::model::workload::start(&mut ebpf, &offsets, &options.workloads);
+        // Received resets' idle gaps need tcp:tcp_receive_reset, which the workloads attach when on.
+        let listen_resets = kernel_events.why_not().map_or_else(
+            || ebpf.listen_resets().clone(),
+            |why| crate::availability::Availability::Unavailable(why.to_owned()),
+        );
+        let idle_gaps = match (kernel_events.why_not(), ebpf.idle_gaps().why_not()) {
+            (Some(why), _) | (None, Some(why)) => crate::availability::Availability::Unavailable(why.to_owned()),
+            (None, None) => {
+                crate::availability::Availability::of(load::attach_receive_reset(&mut ebpf, workloads.is_ok()))
+            }
+        };
         let attachments: Vec<Option<Attachment>> =
             load::attach_all(&mut ebpf, options.attach, targets)?.into_iter().map(Some).collect();
         let interfaces: Vec<Interface> =
@@ -133,6 +144,7 @@ impl LiveSession {
         });
         let mut aggregator = Aggregator::new(interfaces, settings.top).limit_flows(settings.summary_flows);
         load::warn_kernel_events(&kernel_events);
+        load::warn_socket_reads(&listen_resets, &idle_gaps);
         aggregator.kernel_events(kernel_events, reason_names);
         aggregator.counting(counting);
         match workloads {

@@ -9,6 +9,7 @@
 
 pub mod connections;
 pub mod flow_table;
+pub mod jiffies;
 pub mod payloads;
 
 use std::{collections::HashMap, os::fd::AsFd as _, time::Instant};
@@ -19,10 +20,10 @@ use aya::{
 };
 use rst_common::{
     wire::{
-        CacheSlot, ResetCounters, ServiceKey, ServiceValue, SourceKey, StackResetKey, TrafficCounters, WorkloadKey,
-        DIRECTION_RX, DIRECTION_TX, FLOW_CACHE_SLOTS, MAP_EPOCH, MAP_EVICTION_LOG, MAP_FLOW_BLOCKS, MAP_FLOW_CACHE,
-        MAP_FLOW_TABLE, MAP_OVERFLOW_SOURCES, MAP_RESET_COUNTERS, MAP_SERVICES, MAP_STACK_RESETS, MAP_TRAFFIC,
-        MAP_WORKLOADS,
+        CacheSlot, IdleKey, IdleValue, ListenKey, ListenValue, ResetCounters, ServiceKey, ServiceValue, SourceKey,
+        StackResetKey, TrafficCounters, WorkloadKey, DIRECTION_RX, DIRECTION_TX, FLOW_CACHE_SLOTS, MAP_EPOCH,
+        MAP_EVICTION_LOG, MAP_FLOW_BLOCKS, MAP_FLOW_CACHE, MAP_FLOW_TABLE, MAP_IDLE_GAPS, MAP_LISTEN_RESETS,
+        MAP_OVERFLOW_SOURCES, MAP_RESET_COUNTERS, MAP_SERVICES, MAP_STACK_RESETS, MAP_TRAFFIC, MAP_WORKLOADS,
     },
     Counters, FlowKey, FlowValue,
 };
@@ -47,6 +48,21 @@ pub struct Sample {
     pub stack_resets: Vec<(StackResetKey, u64)>,
     /// Resets per socket cgroup and origin (see [`crate::model::workload`]).
     pub workloads: Vec<(WorkloadKey, u64)>,
+    /// Per listener address and port (the address the clients connected to), the resets it
+    /// sent while in `TCP_LISTEN` (refused connections: an accept-queue overflow under
+    /// `net.ipv4.tcp_abort_on_overflow`, a stray ACK), with the largest accept queue
+    /// (`backlog`) seen at one of them and its limit (`max_backlog`), in connections. Each such
+    /// reset is in `stack_resets` too, under the refused connection's own tuple. Live only
+    /// (`tcp:tcp_send_reset`); empty in replay, and when unavailable
+    /// ([`crate::load::LoadedObject::listen_resets`]).
+    pub listen_resets: Vec<(ListenKey, ListenValue)>,
+    /// Per reset's 4-tuple and direction (`DIRECTION_TX`: a local socket sent it, `DIRECTION_RX`:
+    /// one received it; `src` is the RST's sender, as in flows), how long the local socket had
+    /// been quiet before it, in ms ([`IdleGap`]). Full sockets only: not the kernel's answers
+    /// for no socket, TIME_WAIT or pending handshakes, nor a listener's. Live only (both reset
+    /// tracepoints); empty in replay, and when unavailable
+    /// ([`crate::load::LoadedObject::idle_gaps`] or no known HZ).
+    pub idle_gaps: Vec<(IdleKey, IdleGap)>,
     /// How long the flip + grace period + drain took.
     pub read_time: std::time::Duration,
     /// Flow-table writes that raced with another CPU's (`ResetCounters::table_races`): when
@@ -67,6 +83,33 @@ pub struct Sample {
     pub nat_lost: Vec<(FlowKey, ([u8; 16], u16))>,
 }
 
+/// How long a socket had been quiet before its reset ([`IdleValue`] in milliseconds), of the
+/// last reset of its key in the interval.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IdleGap {
+    /// Resets of the key in the interval (usually 1).
+    pub resets: u64,
+    /// Since the socket last received data (or, without any, since its handshake), ms.
+    pub since_received_ms: u64,
+    /// Since it last sent data (or since its handshake), ms.
+    pub since_sent_ms: u64,
+    /// The idle gap: since it last received or sent data, whichever was later, ms. Resolution:
+    /// one jiffy (4 ms at HZ=250).
+    pub idle_ms: u64,
+}
+
+impl IdleGap {
+    /// The kernel's value, its jiffies turned into ms at `hz`.
+    pub fn of(value: &IdleValue, hz: u32) -> IdleGap {
+        IdleGap {
+            resets: value.resets,
+            since_received_ms: jiffies::to_ms(value.since_received, hz),
+            since_sent_ms: jiffies::to_ms(value.since_sent, hz),
+            idle_ms: jiffies::to_ms(value.idle(), hz),
+        }
+    }
+}
+
 pub struct Collector {
     flows: FlowTableMap,
     /// Keep the table's maps alive while mapped.
@@ -77,6 +120,10 @@ pub struct Collector {
     services: [MapData; 2],
     stack_resets: [MapData; 2],
     workloads: [MapData; 2],
+    listen_resets: [MapData; 2],
+    idle_gaps: [MapData; 2],
+    /// The kernel's HZ, for the idle gaps; `None` (said once at start) drops them.
+    hz: Option<u32>,
     flow_cache: MapData,
     log: EvictionLogMap,
     _log: MapData,
@@ -103,6 +150,8 @@ impl Sample {
             || !self.services.is_empty()
             || !self.stack_resets.is_empty()
             || !self.workloads.is_empty()
+            || !self.listen_resets.is_empty()
+            || !self.idle_gaps.is_empty()
     }
 }
 
@@ -129,6 +178,8 @@ impl Collector {
         let services = [hash_map_data(take(MAP_SERVICES[0])?)?, hash_map_data(take(MAP_SERVICES[1])?)?];
         let stack_resets = [hash_map_data(take(MAP_STACK_RESETS[0])?)?, hash_map_data(take(MAP_STACK_RESETS[1])?)?];
         let workloads = [hash_map_data(take(MAP_WORKLOADS[0])?)?, hash_map_data(take(MAP_WORKLOADS[1])?)?];
+        let listen_resets = [hash_map_data(take(MAP_LISTEN_RESETS[0])?)?, hash_map_data(take(MAP_LISTEN_RESETS[1])?)?];
+        let idle_gaps = [hash_map_data(take(MAP_IDLE_GAPS[0])?)?, hash_map_data(take(MAP_IDLE_GAPS[1])?)?];
         let flow_cache = match take(MAP_FLOW_CACHE)? {
             Map::PerCpuArray(data) => data,
             other => return Err(Error::map_type("a per-CPU array", "the flow cache", &other)),
@@ -157,6 +208,9 @@ impl Collector {
             services,
             stack_resets,
             workloads,
+            listen_resets,
+            idle_gaps,
+            hz: None,
             flow_cache,
             log,
             _log: log_data,
@@ -170,6 +224,16 @@ impl Collector {
             warned_no_membarrier: false,
         };
         collector.traffic_before = collector.read_traffic()?;
+        collector.hz = match jiffies::kernel_hz() {
+            Ok((hz, source)) => {
+                tracing::debug!("the kernel's HZ is {hz} ({source:?}): idle gaps are counted in its ticks");
+                Some(hz)
+            }
+            Err(why) => {
+                tracing::warn!("idle gaps before resets are unavailable: {why}");
+                None
+            }
+        };
         Ok(collector)
     }
 
@@ -230,6 +294,19 @@ impl Collector {
             workloads.push((*key, value.resets));
         })
         .map_err(sys("draining the workload table"))?;
+        let mut listen_resets = Vec::new();
+        drain_hash_map::<ListenKey, ListenValue>(self.listen_resets[finished as usize].fd().as_fd(), |key, value| {
+            listen_resets.push((*key, *value));
+        })
+        .map_err(sys("draining the listener-reset table"))?;
+        let mut idle_gaps = Vec::new();
+        let hz = self.hz;
+        drain_hash_map::<IdleKey, IdleValue>(self.idle_gaps[finished as usize].fd().as_fd(), |key, value| {
+            if let Some(hz) = hz {
+                idle_gaps.push((*key, IdleGap::of(value, hz)));
+            }
+        })
+        .map_err(sys("draining the idle-gap table"))?;
         // Last: until everything of the epoch is read, its counts (and the logs' lengths) stay.
         let zeroes = PerCpuValues::try_from(vec![ResetCounters::default(); self.cpus]).map_err(Error::CpuValues)?;
         self.reset_counters.set(finished, zeroes, 0).map_err(map("resetting the reset counters"))?;
@@ -240,6 +317,8 @@ impl Collector {
             services,
             stack_resets,
             workloads,
+            listen_resets,
+            idle_gaps,
             read_time: started.elapsed(),
             table_races: resets.table_races,
             // The kernel keeps no time per connection.

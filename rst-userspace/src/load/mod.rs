@@ -12,8 +12,10 @@
 //! [`kernel_events`] (the `tcp:tcp_send_reset` program), [`netlink`], [`tracefs`], and
 //! [`testrun`] (the object under BPF_PROG_TEST_RUN). Their items keep their `load::` paths.
 
+pub mod btf_path;
 pub mod kernel_events;
 pub mod netlink;
+pub mod socket_reads;
 pub mod testrun;
 pub mod tracefs;
 
@@ -41,6 +43,7 @@ pub use object::{
     load, load_counting, load_with, overflow_sources_for, tc_egress_program, tc_program, xdp_program, CaptureLoad,
     LoadedObject,
 };
+pub use socket_reads::{attach_receive_reset, warn_socket_reads, SocketReads};
 
 /// The XDP object built by `build.rs` (aya-build), embedded so the binary is self-contained.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rst-ebpf"));

@@ -13,13 +13,15 @@ use rst_common::wire::{
     CountingPrograms, GLOBAL_CAPTURE_BUDGET, GLOBAL_CAPTURE_HANDSHAKES, GLOBAL_CAPTURE_REASONS, GLOBAL_CAPTURE_SNAPLEN,
     GLOBAL_EVICTION_LOG_SLOTS, GLOBAL_FLOW_TABLE_BITS, GLOBAL_SEND_RESET_DADDR_OFFSET, GLOBAL_SEND_RESET_REASON_OFFSET,
     GLOBAL_SEND_RESET_SADDR_OFFSET, MAP_CAPTURE_REASONS, MAP_CONNECTIONS, MAP_CONN_FINGERPRINTS, MAP_EVICTION_LOG,
-    MAP_FLOW_BLOCKS, MAP_FLOW_TABLE, MAP_OVERFLOW_SOURCES, MAP_SERVICES, MAP_STACK_RESETS, MAP_WORKLOADS,
+    MAP_FLOW_BLOCKS, MAP_FLOW_TABLE, MAP_IDLE_GAPS, MAP_LISTEN_RESETS, MAP_OVERFLOW_SOURCES, MAP_SERVICES,
+    MAP_STACK_RESETS, MAP_WORKLOADS,
 };
 
 use super::{
     caps::has_capability,
     counting::{this_kernel_is_preempt_rt, Counting, CountingMode},
     kernel_events::SendResetFormat,
+    socket_reads::SocketReads,
     tail_call::install_payload_programs,
     Error, EBPF_OBJECT,
 };
@@ -34,7 +36,8 @@ pub fn overflow_sources_for(max_flows: u32) -> u32 {
 /// Loads the object with both epochs' flow tables sized to hold `max_flows` flows each at half
 /// load ([`rst_common::table::flow_table_bits`]), the connection table to as many slots as
 /// one epoch's flow table, the overflow-source tables to [`overflow_sources_for`], services
-/// and kernel events to a quarter of it, and loads the XDP and TC programs. The tracepoint program is loaded by
+/// and kernel events (stack resets, workloads, listener resets, idle gaps: each two epochs'
+/// tables, fixed at load) to a quarter of it, and loads the XDP and TC programs. The tracepoint program is loaded by
 /// [`super::attach_kernel_events`].
 pub fn load(max_flows: u32) -> Result<LoadedObject, Error> {
     load_counting(max_flows, Counting::Auto)
@@ -49,6 +52,9 @@ pub struct LoadedObject {
     counting: CountingMode,
     /// Whether the workload programs found their offsets.
     workload_offsets: Availability,
+    /// Whether the listener resets and the idle gaps are recorded (see [`super::socket_reads`]).
+    listen_resets: Availability,
+    idle_gaps: Availability,
     /// Whether the capturing programs were loaded (`--capture`).
     capturing: bool,
     /// Whether the payload programs are in place (see `install_payload_programs`).
@@ -63,6 +69,17 @@ impl LoadedObject {
     /// Whether the programs record workloads.
     pub fn workload_offsets(&self) -> &Availability {
         &self.workload_offsets
+    }
+
+    /// Whether `tcp:tcp_send_reset` records listener resets by the connection refused, with the
+    /// accept queue.
+    pub fn listen_resets(&self) -> &Availability {
+        &self.listen_resets
+    }
+
+    /// Whether the reset tracepoints record the idle gap before each connection's reset.
+    pub fn idle_gaps(&self) -> &Availability {
+        &self.idle_gaps
     }
 
     /// The counting programs that were loaded.
@@ -140,6 +157,7 @@ pub fn load_with(
     let programs = programs_for(mode, capture.is_some());
     let max_sources = overflow_sources_for(max_flows);
     let offsets = SendResetFormat::read();
+    let socket_reads = SocketReads::read();
     let workload_offsets = if workloads {
         crate::model::workload::Offsets::read().map_err(|e| format!("{e:#}"))
     } else {
@@ -166,10 +184,15 @@ pub fn load_with(
         .map_max_entries(MAP_STACK_RESETS[0], max_sources)
         .map_max_entries(MAP_STACK_RESETS[1], max_sources)
         .map_max_entries(MAP_WORKLOADS[0], max_sources)
-        .map_max_entries(MAP_WORKLOADS[1], max_sources);
+        .map_max_entries(MAP_WORKLOADS[1], max_sources)
+        .map_max_entries(MAP_LISTEN_RESETS[0], max_sources)
+        .map_max_entries(MAP_LISTEN_RESETS[1], max_sources)
+        .map_max_entries(MAP_IDLE_GAPS[0], max_sources)
+        .map_max_entries(MAP_IDLE_GAPS[1], max_sources);
     if let Ok(workload) = &workload_offsets {
         workload.apply(&mut loader);
     }
+    socket_reads.apply(&mut loader);
     if let Ok(format) = &offsets {
         loader
             .override_global(GLOBAL_SEND_RESET_REASON_OFFSET, &format.reason, true)
@@ -206,7 +229,19 @@ pub fn load_with(
             }
         };
     let workload_offsets = Availability::of(workload_offsets.map(|_| ()));
-    Ok(LoadedObject { ebpf, counting: mode, workload_offsets, capturing: capture.is_some(), reads_payloads })
+    // The programs run only with tcp:tcp_send_reset's format (its reason field).
+    let part = |part: Result<(), String>| Availability::of(offsets.as_ref().map_err(String::clone).and(part));
+    let listen_resets = part(socket_reads.listen.as_ref().map(|_| ()).map_err(String::clone));
+    let idle_gaps = part(socket_reads.idle.as_ref().map(|_| ()).map_err(String::clone));
+    Ok(LoadedObject {
+        ebpf,
+        counting: mode,
+        workload_offsets,
+        listen_resets,
+        idle_gaps,
+        capturing: capture.is_some(),
+        reads_payloads,
+    })
 }
 
 pub(super) fn load_error(error: Box<dyn std::error::Error + Send + Sync>) -> Error {

@@ -344,7 +344,8 @@ impl Replay<'_> {
             idle_gaps: self.tally.timings.measured.idle_gaps.drain().collect(),
             nat_lost: self.tally.timings.measured.nat_lost.drain().collect(),
             read_time: Duration::ZERO,
-            // Nothing overflows a host map.
+            // Nothing overflows a host map; listener resets and idle gaps are read from live
+            // sockets only (left empty).
             ..Sample::default()
         };
         let ended = SystemTime::UNIX_EPOCH + Duration::from_nanos(ended_ns);
