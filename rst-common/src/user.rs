@@ -76,6 +76,12 @@ impl SourceKey {
     }
 }
 
+impl crate::wire::ListenKey {
+    pub fn ip(&self) -> IpAddr {
+        to_ip(self.family, &self.addr)
+    }
+}
+
 impl ServiceKey {
     pub fn ip(&self) -> IpAddr {
         to_ip(self.family, &self.addr)

@@ -75,8 +75,9 @@ pub struct Sample {
     /// Per flow whose RSTs followed their sender's own FIN: how long the connection had gone
     /// without data when the sender closed, ms (replay's, as `close_gaps`).
     pub idle_before_close: Vec<(FlowKey, u64)>,
-    /// Per flow: the idle gap before its first RST of the interval, ms (replay's).
-    pub idle_gaps: Vec<(FlowKey, u64)>,
+    /// Per flow: the pause before its first RST of the interval, ms (replay's; live, the
+    /// kernel's `idle_gaps` tell it for local sockets).
+    pub pauses: Vec<(FlowKey, u64)>,
     /// Per flow whose sender answered a segment from an address it never opened a connection
     /// to while its endpoint held a live connection to another (replay's): that connection's
     /// service, address and port.
@@ -99,6 +100,14 @@ pub struct IdleGap {
 }
 
 impl IdleGap {
+    /// The pause before the reset: the silence before the segment it answers (the socket's
+    /// first use after the pause, seen just before it: one of its two times is recent, the other
+    /// from before the pause), or up to the reset when nothing broke it (a local abort after a
+    /// quiet spell). Replay measures the same from segment times.
+    pub fn pause_ms(&self) -> u64 {
+        self.idle_ms.max(self.since_received_ms.abs_diff(self.since_sent_ms))
+    }
+
     /// The kernel's value, its jiffies turned into ms at `hz`.
     pub fn of(value: &IdleValue, hz: u32) -> IdleGap {
         IdleGap {
@@ -324,7 +333,7 @@ impl Collector {
             // The kernel keeps no time per connection.
             close_gaps: Vec::new(),
             idle_before_close: Vec::new(),
-            idle_gaps: Vec::new(),
+            pauses: Vec::new(),
             nat_lost: Vec::new(),
         })
     }

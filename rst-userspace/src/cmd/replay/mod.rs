@@ -341,7 +341,7 @@ impl Replay<'_> {
             services: self.tally.services.drain().collect(),
             close_gaps: self.tally.timings.measured.close_gaps.drain().collect(),
             idle_before_close: self.tally.timings.measured.idle_before_close.drain().collect(),
-            idle_gaps: self.tally.timings.measured.idle_gaps.drain().collect(),
+            pauses: self.tally.timings.measured.pauses.drain().collect(),
             nat_lost: self.tally.timings.measured.nat_lost.drain().collect(),
             read_time: Duration::ZERO,
             // Nothing overflows a host map; listener resets and idle gaps are read from live

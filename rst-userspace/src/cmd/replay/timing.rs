@@ -62,8 +62,8 @@ pub struct Measured {
     pub close_gaps: FastMap<FlowKey, u64>,
     /// Per such flow: how long its connection had gone without data when its sender closed, ms.
     pub idle_before_close: FastMap<FlowKey, u64>,
-    /// Per flow: the idle gap before its first RST of the interval, ms.
-    pub idle_gaps: FastMap<FlowKey, u64>,
+    /// Per flow: the pause before its first RST of the interval, ms.
+    pub pauses: FastMap<FlowKey, u64>,
     /// Per flow whose sender answered a segment from an address it never opened a connection
     /// to, while its endpoint held a live connection to another: that connection's service.
     pub nat_lost: FastMap<FlowKey, ([u8; 16], u16)>,
@@ -120,7 +120,7 @@ impl Timings {
         let (conn, sender_is_lo) = key.connection();
         let flow = key.flow_id();
         if let Some(activity) = self.activity.get(&conn) {
-            self.measured.idle_gaps.entry(flow).or_insert(activity.idle_before(now_ms));
+            self.measured.pauses.entry(flow).or_insert(activity.idle_before(now_ms));
         }
         if ResetContext(key.context).sender_closed() {
             if let Some(close) = self.closes.get(&(conn, sender_is_lo)) {

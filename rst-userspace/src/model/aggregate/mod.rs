@@ -31,7 +31,7 @@ use crate::{
     collect::Sample,
     model::{
         kernel_reason::ReasonNames,
-        verdict::{Evidence, FlowTimings, ServiceAddr, ServiceSample},
+        verdict::{rst_tuple, Evidence, FlowTimings, RstTuple, ServiceAddr, ServiceSample},
     },
 };
 
@@ -288,6 +288,8 @@ pub struct Aggregator {
     evidence: Evidence,
     /// The last interval's handshakes as the evidence takes them (kept for its capacity).
     service_samples: Vec<ServiceSample>,
+    /// The interval's pauses before resets, for the evidence (kept for its capacity).
+    pauses: Vec<(RstTuple, u64)>,
     /// The run's start on the service tracker's clock, in ms (see [`Aggregator::tracker_origin`]).
     tracker_origin_ms: u64,
 }
@@ -327,6 +329,7 @@ impl Aggregator {
             counting: None,
             evidence: Evidence::new(MAX_EVIDENCE_ENTRIES),
             service_samples: Vec::new(),
+            pauses: Vec::new(),
             tracker_origin_ms: 0,
         }
     }
@@ -402,10 +405,16 @@ impl Aggregator {
         self.service_samples.extend(sample.services.iter().map(|service| service_sample(service, origin_ms)));
         // The evidence first: it learns each host's own TTL, which a flow's forged resets are
         // told by when their connection showed none.
+        // Replay's pauses by segment times, the kernel's by its sockets' (one or the other).
+        self.pauses.clear();
+        self.pauses.extend(sample.pauses.iter().map(|(key, pause)| (rst_tuple(key), *pause)));
+        self.pauses.extend(
+            sample.idle_gaps.iter().map(|(key, gap)| ((key.src, key.dst, key.sport, key.dport), gap.pause_ms())),
+        );
         self.evidence.timings(FlowTimings {
             close_gaps: &sample.close_gaps,
             idle_before_close: &sample.idle_before_close,
-            idle_gaps: &sample.idle_gaps,
+            pauses: &self.pauses,
             nat_lost: &sample.nat_lost,
         });
         self.evidence.interval(
@@ -413,6 +422,11 @@ impl Aggregator {
             &self.service_samples,
             sample.flows.iter().map(|(key, resets)| (key, *resets)),
         );
+        // After the interval's start: the kernel's own account of what overflowed.
+        for (key, value) in &sample.listen_resets {
+            let service = ServiceAddr { addr: key.ip(), port: key.port };
+            self.evidence.listen_overflow(service, value.resets, u64::from(value.max_backlog));
+        }
         let mut interval = std::mem::take(&mut self.interval_flows);
         interval.clear();
         for (key, resets) in &sample.flows {

@@ -139,6 +139,19 @@ struct ServiceEvidence {
     /// from: the run's and the latest interval's.
     nat_lost: BTreeMap<ServiceAddr, Tally>,
     latest_nat_lost: BTreeMap<ServiceAddr, Tally>,
+    /// Resets its listener sent while in LISTEN (its accept queue full), the run's and the
+    /// latest interval's, and the queue's length at the latest.
+    listen_overflow: Tally,
+    latest_listen_overflow: Tally,
+    listen_limit: u64,
+}
+
+/// An RST's addresses and ports as it went (sender first): what replay's and the kernel's
+/// per-reset times are keyed by.
+pub type RstTuple = ([u8; 16], [u8; 16], u16, u16);
+
+pub fn rst_tuple(key: &FlowKey) -> RstTuple {
+    (key.src, key.dst, key.sport, key.dport)
 }
 
 /// Keep-alive races whose idle time a service keeps.
@@ -152,8 +165,9 @@ pub struct FlowTimings<'a> {
     pub close_gaps: &'a [(FlowKey, u64)],
     /// The same flows: how long their connection had gone without data at that FIN, ms.
     pub idle_before_close: &'a [(FlowKey, u64)],
-    /// The idle gap before each flow's first RST, ms.
-    pub idle_gaps: &'a [(FlowKey, u64)],
+    /// The pause before each RST tuple's first RST, ms (replay's from segment times; live, the
+    /// kernel's for local sockets).
+    pub pauses: &'a [(RstTuple, u64)],
     /// Flows whose sender answered a segment from an address it never opened a connection to,
     /// while its endpoint held a live one elsewhere: that connection's service.
     pub nat_lost: &'a [(FlowKey, ([u8; 16], u16))],
@@ -189,7 +203,7 @@ pub struct Evidence {
     close_gaps: HashMap<FlowKey, u64>,
     /// The next interval's per-flow idle times and lost translations (replay's).
     idle_before_close: HashMap<FlowKey, u64>,
-    idle_gaps: HashMap<FlowKey, u64>,
+    pauses: HashMap<RstTuple, u64>,
     nat_lost: HashMap<FlowKey, ServiceAddr>,
     host_ttls: HashMap<(u32, IpAddr), u8>,
     /// The kernel's reasons for the resets this host's stack sent, per service and act.
@@ -209,7 +223,7 @@ impl Evidence {
             probes: HashMap::new(),
             close_gaps: HashMap::new(),
             idle_before_close: HashMap::new(),
-            idle_gaps: HashMap::new(),
+            pauses: HashMap::new(),
             nat_lost: HashMap::new(),
             host_ttls: HashMap::new(),
             reasons: HashMap::new(),
@@ -237,6 +251,7 @@ impl Evidence {
             evidence.latest.clear();
             evidence.latest_kernel_races.clear();
             evidence.latest_nat_lost.clear();
+            evidence.latest_listen_overflow = Tally::default();
         }
         for pattern in self.checks.values_mut() {
             pattern.latest = Tally::default();
@@ -273,18 +288,29 @@ impl Evidence {
     /// says how long after its close, a keep-alive race how idle the connection was, an idle
     /// timeout its gap; a lost translation names the service behind the client's resets.
     pub fn timings(&mut self, timings: FlowTimings<'_>) {
-        let FlowTimings { close_gaps, idle_before_close, idle_gaps, nat_lost } = timings;
+        let FlowTimings { close_gaps, idle_before_close, pauses, nat_lost } = timings;
         self.close_gaps.clear();
         self.close_gaps.extend(close_gaps.iter().copied());
         self.idle_before_close.clear();
         self.idle_before_close.extend(idle_before_close.iter().copied());
-        self.idle_gaps.clear();
-        self.idle_gaps.extend(idle_gaps.iter().copied());
+        self.pauses.clear();
+        self.pauses.extend(pauses.iter().copied());
         self.nat_lost.clear();
         self.nat_lost.extend(nat_lost.iter().map(|(key, (addr, port))| {
             let service = FlowKey { dst: *addr, dport: *port, ..*key };
             (key.flow_id(), ServiceAddr { addr: service.dst_ip(), port: *port })
         }));
+    }
+
+    /// `resets` RSTs a listener of this host sent while in LISTEN, to connections its full
+    /// accept queue had no room for (`tcp_abort_on_overflow`), its queue `limit` long: the
+    /// kernel's own account, from `tcp:tcp_send_reset`'s socket.
+    pub fn listen_overflow(&mut self, service: ServiceAddr, resets: u64, limit: u64) {
+        let Some(evidence) = self.service_mut(service) else { return };
+        let tally = Tally { resets, connections: resets };
+        evidence.listen_overflow.add(tally);
+        evidence.latest_listen_overflow.add(tally);
+        evidence.listen_limit = limit;
     }
 
     /// `resets` RSTs this host's TCP stack sent (`tcp:tcp_send_reset`) on the flow `flow` (its
@@ -305,7 +331,10 @@ impl Evidence {
         let key = (ServiceAddr { addr, port }, act);
         // Data on a connection this host had closed: the keep-alive race, which the kernel alone
         // sees live (its plain segments never reach rstwatch's connection state).
-        let race = kind == ResetKind::Closing && reason.name() == "TCP_ABORT_ON_DATA";
+        // Its closer must have been idle, as on the wire (see `add_reset`): the kernel's pause
+        // before the reset says so.
+        let idle_closed = self.pauses.get(&rst_tuple(flow)).is_some_and(|&pause| pause >= IDLE_MIN_MS);
+        let race = kind == ResetKind::Closing && reason.name() == "TCP_ABORT_ON_DATA" && idle_closed;
         let key = if race {
             if let Some(evidence) = self.service_mut(key.0) {
                 let tally = Tally { resets, connections: resets };
@@ -445,7 +474,8 @@ impl Evidence {
             Act::Teardown { after_peer_fin: false } => self.close_gaps.get(&flow).copied(),
             _ => None,
         };
-        let idle_gap = matches!(act, Act::Stateless | Act::Abort).then(|| self.idle_gaps.get(&flow).copied()).flatten();
+        let idle_gap =
+            matches!(act, Act::Stateless | Act::Abort).then(|| self.pauses.get(&rst_tuple(key)).copied()).flatten();
         let race_idle = (act == Act::Race).then(|| self.idle_before_close.get(&flow).copied()).flatten();
         let interval = self.interval;
         let Some(evidence) = self.service_mut(service) else { return };
@@ -737,8 +767,15 @@ impl Evidence {
             }
             genuine.entry((bucket.act, bucket.by_server)).or_default().add(*tally);
         }
-        // A scanner's refusals are its verdict's, not the service's.
-        let turned_away = genuine.get(&(Act::TurnAway, true)).copied().unwrap_or_default().minus(scanned);
+        // A scanner's refusals are its verdict's, not the service's; an overflowing queue's
+        // resets are the overflow's.
+        let overflowed = if whole_run { evidence.listen_overflow } else { evidence.latest_listen_overflow };
+        if overflowed.resets > 0 {
+            let finding = Finding::ListenOverflow { limit: evidence.listen_limit };
+            out.push(Verdict::new(finding, service, overflowed.counts()));
+        }
+        let turned_away =
+            genuine.get(&(Act::TurnAway, true)).copied().unwrap_or_default().minus(scanned).minus(overflowed);
         if turned_away.resets > 0 && evidence.synacks == 0 {
             out.push(Verdict::new(Finding::NoListener, service, turned_away.counts()));
         }

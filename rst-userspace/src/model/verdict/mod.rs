@@ -18,7 +18,7 @@ use std::net::IpAddr;
 
 use crate::model::kernel_reason::KernelReason;
 
-pub use evidence::{forged, Evidence, FlowTimings, ServiceSample};
+pub use evidence::{forged, rst_tuple, Evidence, FlowTimings, RstTuple, ServiceSample};
 pub use idle::{IDLE_MIN_CLUSTER_PERCENT, IDLE_MIN_CONNECTIONS, IDLE_MIN_MS, IDLE_SPREAD_PERCENT};
 pub use scan::{
     ScanCounts, SCAN_MAX_COMPLETED_PERCENT, SCAN_MAX_PROBES_PER_TARGET, SCAN_MIN_CLOSED_PERCENT, SCAN_MIN_TARGETS,

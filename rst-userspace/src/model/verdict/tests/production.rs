@@ -3,16 +3,19 @@
 use rst_common::wire::{ResetClass, ResetKind};
 
 use super::*;
-use crate::model::kernel_reason::ReasonNames;
+use crate::model::{
+    kernel_reason::ReasonNames,
+    verdict::{rst_tuple, RstTuple},
+};
 
 /// Stateless resets by the server (RST without ACK mid-stream), one per connection, each after
 /// the idle gap given.
 fn after_idle(gaps_ms: &[u64], ttls: (u8, u8)) -> Vec<Verdict> {
     let flows: Vec<FlowKey> =
         (0..gaps_ms.len() as u16).map(|i| rst(ResetKind::Established, true, false, 443, 40_000 + i, ttls)).collect();
-    let gaps: Vec<(FlowKey, u64)> = flows.iter().zip(gaps_ms).map(|(key, gap)| (key.flow_id(), *gap)).collect();
+    let gaps: Vec<(RstTuple, u64)> = flows.iter().zip(gaps_ms).map(|(key, gap)| (rst_tuple(key), *gap)).collect();
     let mut evidence = Evidence::new(64);
-    evidence.timings(FlowTimings { idle_gaps: &gaps, ..FlowTimings::default() });
+    evidence.timings(FlowTimings { pauses: &gaps, ..FlowTimings::default() });
     feed(&mut evidence, 0, &[], &flows);
     evidence.verdicts()
 }
@@ -80,6 +83,11 @@ fn live_the_kernels_abort_on_data_is_the_keepalive_race() {
     // ...the kernel's reason for it does.
     let names = ReasonNames::new(["NOT_SPECIFIED", "TCP_ABORT_ON_DATA", "NO_SOCKET"].map(String::from).into());
     evidence.stack_resets(&unwatched.flow_id(), true, ResetKind::Closing, false, &names.reason(1), 1);
+    assert_eq!(causes(&evidence.verdicts()), [], "without the server's idle time, a client's late reply maybe");
+    // The server's socket had sent nothing for 2 s when the client's data came.
+    let idle = [(rst_tuple(&unwatched), 2_000)];
+    evidence.timings(FlowTimings { pauses: &idle, ..FlowTimings::default() });
+    evidence.stack_resets(&unwatched.flow_id(), true, ResetKind::Closing, false, &names.reason(1), 1);
     let verdicts = evidence.verdicts();
     assert_eq!(causes(&verdicts), [(Cause::KeepaliveRace, 443, 1)]);
     assert_eq!(verdicts[0].kernel_reason.as_ref().map(ToString::to_string).as_deref(), Some("TCP_ABORT_ON_DATA"));
@@ -108,4 +116,22 @@ fn a_clients_resets_of_untranslated_replies_name_the_lost_nat() {
     assert!(verdicts[0].text().contains("arrived untranslated from 10.0.3.7:8080"), "{}", verdicts[0].text());
     // Without the live connection elsewhere, the same lone reset names nothing.
     assert_eq!(causes(&verdicts_of(&[lone])), []);
+}
+
+#[test]
+fn a_full_accept_queue_is_a_listen_overflow_and_not_a_limit_or_a_refusal() {
+    // The listener reset two connections its queue had no room for: the flows show them as
+    // the server's resets inside the handshake, which alone would read as turn-aways.
+    let flows = [
+        rst(ResetKind::Handshake, true, true, 7101, 40_000, (64, 64)),
+        rst(ResetKind::Handshake, true, true, 7101, 40_001, (64, 64)),
+    ];
+    let mut evidence = Evidence::new(64);
+    feed(&mut evidence, 0, &[handshakes(7101, 4, 4)], &flows);
+    evidence.listen_overflow(service(7101), 2, 1);
+    let verdicts = evidence.interval_verdicts();
+    assert_eq!(causes(&verdicts), [(Cause::ListenOverflow, 7101, 2)]);
+    assert_eq!(verdicts[0].finding, Finding::ListenOverflow { limit: 1 });
+    assert!(verdicts[0].text().contains("accept queue was full (1)"), "{}", verdicts[0].text());
+    assert_eq!(causes(&evidence.verdicts()), [(Cause::ListenOverflow, 7101, 2)]);
 }
