@@ -213,11 +213,22 @@ pub struct ServiceRecord<'a> {
     refused: u64,
     refused_share: f64,
     kinds: KindCounts,
+    /// Its resets by the pause before them: buckets with any, shortest first.
+    idle_gaps: Vec<PauseBucket>,
+}
+
+/// Resets whose pause was at most `le_ms` (and more than the previous bucket's); `le_ms` null:
+/// longer than the last bound.
+#[derive(Serialize)]
+pub struct PauseBucket {
+    le_ms: Option<u64>,
+    resets: u64,
 }
 
 impl<'a> From<&'a Service> for ServiceRecord<'a> {
     fn from(service: &'a Service) -> Self {
-        let Service { iface, ifindex, addr, port, attempts, synacks, resets, refused, refused_share, kinds } = service;
+        let Service { iface, ifindex, addr, port, attempts, synacks, resets, refused, refused_share, kinds, pauses } =
+            service;
         ServiceRecord {
             iface,
             ifindex: *ifindex,
@@ -229,6 +240,7 @@ impl<'a> From<&'a Service> for ServiceRecord<'a> {
             refused: *refused,
             refused_share: *refused_share,
             kinds: *kinds,
+            idle_gaps: pauses.buckets().map(|(le_ms, resets)| PauseBucket { le_ms, resets }).collect(),
         }
     }
 }

@@ -23,8 +23,8 @@ use rst_common::{
 };
 
 use self::model::{
-    CountingMode, Direction, Family, Flow, Interface, Interval, KernelEvents, KindCounts, Middlebox, Origin, Run,
-    Service, Side, Totals, Unlisted, Workload, WorkloadResets,
+    CountingMode, Direction, Family, Flow, Interface, Interval, KernelEvents, KindCounts, Middlebox, Origin, Pauses,
+    Run, Service, Side, Totals, Unlisted, Workload, WorkloadResets,
 };
 use crate::{
     availability::Availability,
@@ -58,6 +58,8 @@ pub struct FlowStats {
     pub owners: Owners,
     /// The last RST payload seen, escaped (see [`payload`]).
     pub rst_payload: Option<String>,
+    /// Its resets by the pause before them, where measured.
+    pub pauses: Pauses,
 }
 
 /// The sockets behind a flow's RSTs, from the workload events joined to it.
@@ -147,8 +149,10 @@ impl FlowStats {
             reasons,
             owners,
             rst_payload,
+            pauses,
         } = other;
         self.owners.merge(owners);
+        self.pauses.merge(pauses);
         if rst_payload.is_some() {
             self.rst_payload.clone_from(rst_payload);
         }
@@ -433,6 +437,7 @@ impl Aggregator {
             let own_ttl = self.evidence.own_ttl(key);
             interval.entry(key.flow_id()).or_default().add(key, *resets, own_ttl);
         }
+        self.join_pauses(&mut interval);
         self.join_kernel_events(&mut interval, &sample.stack_resets);
         self.join_workloads(&mut interval, &sample.workloads);
         for (id, stats) in &interval {
@@ -483,6 +488,19 @@ impl Aggregator {
         };
         self.interval_flows = interval;
         record
+    }
+
+    /// Charges the interval's pauses to the flows whose resets they came before.
+    fn join_pauses(&self, interval: &mut FastMap<FlowKey, FlowStats>) {
+        if self.pauses.is_empty() {
+            return;
+        }
+        let pauses: FastMap<RstTuple, u64> = self.pauses.iter().copied().collect();
+        for (id, stats) in interval.iter_mut() {
+            if let Some(pause) = pauses.get(&rst_tuple(id)) {
+                stats.pauses.add(*pause, stats.resets);
+            }
+        }
     }
 
     /// Charges kernel reset events to the tx flows they explain: this interval's first, then the

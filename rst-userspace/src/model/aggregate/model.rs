@@ -381,6 +381,50 @@ pub struct Service {
     /// Percent of attempts refused (0 without attempts).
     pub refused_share: f64,
     pub kinds: KindCounts,
+    /// Its resets by the pause before them, where measured (replay; live, local sockets').
+    pub pauses: Pauses,
+}
+
+/// Upper bounds (ms, inclusive) of the idle-gap histogram's buckets; one more bucket holds the
+/// longer ones. A second apart up to a minute, then the timeouts devices use (2, 5, 10, 30, 60
+/// minutes): "they all come after ~350 s" falls in one bucket.
+pub const PAUSE_BOUNDS_MS: [u64; 12] =
+    [100, 1_000, 2_000, 5_000, 10_000, 30_000, 60_000, 120_000, 300_000, 600_000, 1_800_000, 3_600_000];
+
+/// Resets by the pause before them (see [`PAUSE_BOUNDS_MS`]): fixed size, however long the run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pauses([u64; PAUSE_BOUNDS_MS.len() + 1]);
+
+impl Pauses {
+    pub fn add(&mut self, pause_ms: u64, resets: u64) {
+        let bucket = PAUSE_BOUNDS_MS.iter().position(|bound| pause_ms <= *bound).unwrap_or(PAUSE_BOUNDS_MS.len());
+        self.0[bucket] += resets;
+    }
+
+    pub fn merge(&mut self, other: &Pauses) {
+        for (mine, theirs) in self.0.iter_mut().zip(other.0) {
+            *mine += theirs;
+        }
+    }
+
+    /// The buckets with resets: (upper bound in ms, `None` past the last; resets).
+    pub fn buckets(&self) -> impl Iterator<Item = (Option<u64>, u64)> + '_ {
+        self.0.iter().enumerate().filter(|(_, n)| **n > 0).map(|(i, n)| (PAUSE_BOUNDS_MS.get(i).copied(), *n))
+    }
+
+    /// The bucket the middle reset fell in, `None` without any: its upper bound (`None` past
+    /// the last bound).
+    pub fn typical(&self) -> Option<Option<u64>> {
+        let total: u64 = self.0.iter().sum();
+        let mut seen = 0;
+        for (i, n) in self.0.iter().enumerate() {
+            seen += n;
+            if *n > 0 && seen * 2 >= total {
+                return Some(PAUSE_BOUNDS_MS.get(i).copied());
+            }
+        }
+        None
+    }
 }
 
 /// An address RSTs were sent to.
@@ -600,6 +644,23 @@ pub fn endpoint(ip: IpAddr, port: u16) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn pauses_fall_in_fixed_buckets_and_the_middle_reset_says_the_typical_one() {
+        let mut pauses = Pauses::default();
+        assert_eq!(pauses.typical(), None);
+        pauses.add(350_000, 3);
+        pauses.add(40, 1);
+        pauses.add(7_200_000, 1);
+        let buckets: Vec<_> = pauses.buckets().collect();
+        assert_eq!(buckets, [(Some(100), 1), (Some(600_000), 3), (None, 1)]);
+        assert_eq!(pauses.typical(), Some(Some(600_000)), "they come after 5 to 10 minutes");
+        let mut more = Pauses::default();
+        more.add(1_000, 1);
+        more.merge(&pauses);
+        assert_eq!(more.buckets().next(), Some((Some(100), 1)));
+        assert_eq!(more.buckets().nth(1), Some((Some(1_000), 1)), "a bound is inclusive");
+    }
+
     use super::*;
 
     fn json(value: impl Serialize) -> String {

@@ -9,7 +9,7 @@ use rst_common::{
 };
 
 use super::{
-    model::{per_second, percent, Destination, KindCounts, Service, Source},
+    model::{per_second, percent, Destination, KindCounts, Pauses, Service, Source},
     FlowStats,
 };
 
@@ -116,6 +116,7 @@ pub fn services<'a>(
         handshakes: ServiceValue,
         resets: u64,
         kinds: KindCounts,
+        pauses: Pauses,
     }
     let mut tallies: BTreeMap<ServiceKey, Tally> = BTreeMap::new();
     for (key, value) in handshakes {
@@ -140,6 +141,7 @@ pub fn services<'a>(
             ServiceKey::new(key.dst, key.dport, key)
         };
         let tally = tallies.entry(service).or_default();
+        tally.pauses.merge(&stats.pauses);
         for kind in ResetKind::ALL.into_iter().filter(|kind| *kind != ResetKind::Refused) {
             tally.kinds.add(kind, stats.kinds.get(kind));
         }
@@ -160,6 +162,7 @@ pub fn services<'a>(
                 // A share of attempts: refusals beyond them (one attempt refused again) stop at all.
                 refused_share: percent(refused.min(tally.handshakes.attempts), tally.handshakes.attempts),
                 kinds: tally.kinds,
+                pauses: tally.pauses,
             }
         })
         .collect();

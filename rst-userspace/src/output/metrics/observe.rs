@@ -259,6 +259,7 @@ mod tests {
             refused,
             refused_share: 0.0,
             kinds: Default::default(),
+            pauses: Default::default(),
         };
         let metrics = Metrics::new(HashMap::new(), 1024, ReasonNames::default()).tracking(2);
         let second = Duration::from_secs(1);

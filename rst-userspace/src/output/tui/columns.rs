@@ -16,6 +16,9 @@ pub enum Cell {
     Count(u64),
     Rate(f64),
     Percent(f64),
+    /// The typical pause before a row's resets: a histogram bucket's upper bound in ms
+    /// (`u64::MAX`: past the last bound), or none measured.
+    Pause(Option<u64>),
 }
 
 impl Cell {
@@ -25,6 +28,7 @@ impl Cell {
             (Cell::Endpoint(a, p), Cell::Endpoint(b, q)) => a.cmp(b).then(p.cmp(q)),
             (Cell::Count(a), Cell::Count(b)) => a.cmp(b),
             (Cell::Rate(a), Cell::Rate(b)) | (Cell::Percent(a), Cell::Percent(b)) => a.total_cmp(b),
+            (Cell::Pause(a), Cell::Pause(b)) => a.cmp(b),
             // Columns hold one kind of cell; this keeps the order total anyway.
             _ => self.rank().cmp(&other.rank()),
         }
@@ -37,11 +41,12 @@ impl Cell {
             Cell::Count(_) => 2,
             Cell::Rate(_) => 3,
             Cell::Percent(_) => 4,
+            Cell::Pause(_) => 5,
         }
     }
 
     pub fn numeric(&self) -> bool {
-        matches!(self, Cell::Count(_) | Cell::Rate(_) | Cell::Percent(_))
+        matches!(self, Cell::Count(_) | Cell::Rate(_) | Cell::Percent(_) | Cell::Pause(_))
     }
 }
 
@@ -55,6 +60,11 @@ impl fmt::Display for Cell {
             Cell::Count(n) => write!(f, "{n}"),
             Cell::Rate(r) => write!(f, "{r:.1}"),
             Cell::Percent(p) => write!(f, "{p:.0}%"),
+            Cell::Pause(None) => Ok(()),
+            Cell::Pause(Some(u64::MAX)) => f.write_str(">1h"),
+            Cell::Pause(Some(ms)) if *ms < 1_000 => write!(f, "≤{ms}ms"),
+            Cell::Pause(Some(ms)) if *ms < 60_000 => write!(f, "≤{}s", ms / 1_000),
+            Cell::Pause(Some(ms)) => write!(f, "≤{}m", ms / 60_000),
         }
     }
 }
@@ -110,7 +120,7 @@ const fn group_columns(address: &'static str) -> [Column<GroupRow>; 5] {
 pub const SRC_COLUMNS: [Column<GroupRow>; 5] = group_columns("RESETTER");
 pub const DST_COLUMNS: [Column<GroupRow>; 5] = group_columns("RESET PEER");
 
-pub const SERVICE_COLUMNS: [Column<ServiceRow>; 7] = [
+pub const SERVICE_COLUMNS: [Column<ServiceRow>; 8] = [
     column("SERVICE", |s, _| Cell::Endpoint(s.addr, Some(s.port))),
     column("ATTEMPTS", |s, _| Cell::Count(s.attempts)),
     column("REFUSED", |s, _| {
@@ -120,6 +130,8 @@ pub const SERVICE_COLUMNS: [Column<ServiceRow>; 7] = [
     column("RSTS/s", |s, c| c.rate(s.last.at(c.interval))),
     column("SHARE", |s, c| c.share(s.last.at(c.interval))),
     column("TOTAL", |s, _| Cell::Count(s.total)),
+    // "They all come after ~350 s": the bucket of the pause before most of its resets.
+    column("IDLE", |s, _| Cell::Pause(s.pauses.typical().map(|bound| bound.unwrap_or(u64::MAX)))),
 ];
 
 pub const FLOW_COLUMNS: [Column<FlowRow>; 8] = [

@@ -83,6 +83,7 @@ mod tests {
             refused,
             refused_share: 0.0,
             kinds: Default::default(),
+            pauses: Default::default(),
         }
     }
 
@@ -210,6 +211,7 @@ mod tests {
                 Cell::Rate(0.0),
                 Cell::Percent(0.0),
                 Cell::Count(20),
+                Cell::Pause(None),
             ]
         );
         assert_eq!(
@@ -222,6 +224,7 @@ mod tests {
                 Cell::Rate(1.0),
                 Cell::Percent(25.0),
                 Cell::Count(2),
+                Cell::Pause(None),
             ]
         );
 

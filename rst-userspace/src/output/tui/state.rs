@@ -10,7 +10,7 @@ use rst_common::{wire::ResetKind, FlowKey};
 use super::columns::{self, Cell, Context};
 use crate::{
     model::aggregate::{
-        model::{Direction, Interval, Service, Totals, Verdict},
+        model::{Direction, Interval, Pauses, Service, Totals, Verdict},
         Aggregator, FastMap,
     },
     output,
@@ -150,6 +150,8 @@ pub struct ServiceRow {
     pub refused: u64,
     pub last: Stamped,
     pub total: u64,
+    /// Its resets by the pause before them, over the run.
+    pub pauses: Pauses,
 }
 
 /// One flow of a refresh: its RSTs in the interval and, when the run holds it, over the run
@@ -282,7 +284,9 @@ impl Snapshot {
                 refused: 0,
                 last: Stamped::default(),
                 total: 0,
+                pauses: Pauses::default(),
             });
+            row.pauses.merge(&service.pauses);
             row.attempts += service.attempts;
             row.refused += service.refused;
             row.last.add(service.resets, interval.seq);
