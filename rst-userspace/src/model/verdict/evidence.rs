@@ -18,7 +18,7 @@ use super::{
     check::{health_check, CheckPattern},
     idle::{Cluster, IdleResets, IDLE_MIN_MS},
     scan::{scan, Answer, Probes, Scan},
-    sort, Cause, Finding, ServiceAddr, Side, Verdict,
+    sort, Cause, Finding, NetfilterHook, ServiceAddr, Side, Verdict,
 };
 use crate::model::kernel_reason::KernelReason;
 
@@ -144,6 +144,9 @@ struct ServiceEvidence {
     listen_overflow: Tally,
     latest_listen_overflow: Tally,
     listen_limit: u64,
+    /// Resets this host's netfilter sent for it, by hook: the run's and the latest interval's.
+    firewall: BTreeMap<NetfilterHook, Tally>,
+    latest_firewall: BTreeMap<NetfilterHook, Tally>,
 }
 
 /// An RST's addresses and ports as it went (sender first): what replay's and the kernel's
@@ -252,6 +255,7 @@ impl Evidence {
             evidence.latest_kernel_races.clear();
             evidence.latest_nat_lost.clear();
             evidence.latest_listen_overflow = Tally::default();
+            evidence.latest_firewall.clear();
         }
         for pattern in self.checks.values_mut() {
             pattern.latest = Tally::default();
@@ -311,6 +315,16 @@ impl Evidence {
         evidence.listen_overflow.add(tally);
         evidence.latest_listen_overflow.add(tally);
         evidence.listen_limit = limit;
+    }
+
+    /// `resets` RSTs this host's netfilter sent at `hook` (`reject with tcp reset`) in the name
+    /// of `service` (the RST's sender: what the rejected segment was for), each answering one
+    /// segment: the reject path's own event, joined to an RST this host sent.
+    pub fn local_firewall(&mut self, service: ServiceAddr, hook: NetfilterHook, resets: u64) {
+        let Some(evidence) = self.service_mut(service) else { return };
+        let tally = Tally { resets, connections: resets };
+        evidence.firewall.entry(hook).or_default().add(tally);
+        evidence.latest_firewall.entry(hook).or_default().add(tally);
     }
 
     /// `resets` RSTs this host's TCP stack sent (`tcp:tcp_send_reset`) on the flow `flow` (its
@@ -774,8 +788,20 @@ impl Evidence {
             let finding = Finding::ListenOverflow { limit: evidence.listen_limit };
             out.push(Verdict::new(finding, service, overflowed.counts()));
         }
-        let turned_away =
-            genuine.get(&(Act::TurnAway, true)).copied().unwrap_or_default().minus(scanned).minus(overflowed);
+        // The firewall's refusals are its own, not a closed port's.
+        let firewall = if whole_run { &evidence.firewall } else { &evidence.latest_firewall };
+        let mut rejected = Tally::default();
+        for (&hook, tally) in firewall {
+            rejected.add(*tally);
+            out.push(Verdict::new(Finding::LocalFirewall { hook }, service, tally.counts()));
+        }
+        let turned_away = genuine
+            .get(&(Act::TurnAway, true))
+            .copied()
+            .unwrap_or_default()
+            .minus(scanned)
+            .minus(overflowed)
+            .minus(rejected);
         if turned_away.resets > 0 && evidence.synacks == 0 {
             out.push(Verdict::new(Finding::NoListener, service, turned_away.counts()));
         }

@@ -135,3 +135,17 @@ fn a_full_accept_queue_is_a_listen_overflow_and_not_a_limit_or_a_refusal() {
     assert!(verdicts[0].text().contains("accept queue was full (1)"), "{}", verdicts[0].text());
     assert_eq!(causes(&evidence.verdicts()), [(Cause::ListenOverflow, 7101, 2)]);
 }
+
+#[test]
+fn this_hosts_firewall_rejecting_a_port_is_a_local_firewall_and_no_closed_port() {
+    let flows: Vec<FlowKey> = (0..3).map(|i| refusal(7777, 40_000 + i)).collect();
+    let mut evidence = Evidence::new(64);
+    feed(&mut evidence, 0, &[handshakes(7777, 3, 0)], &flows);
+    evidence.local_firewall(service(7777), super::super::NetfilterHook::Input, 3);
+    let verdicts = evidence.verdicts();
+    assert_eq!(causes(&verdicts), [(Cause::LocalFirewall, 7777, 3)], "and no no_listener beside it");
+    assert_eq!(verdicts[0].finding, Finding::LocalFirewall { hook: super::super::NetfilterHook::Input });
+    assert!(verdicts[0].text().contains("at the input hook"), "{}", verdicts[0].text());
+    // Without the reject path's event the same refusals are a closed port's.
+    assert_eq!(causes(&verdicts_of(&flows)), [(Cause::NoListener, 7777, 3)]);
+}
