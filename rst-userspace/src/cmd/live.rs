@@ -10,11 +10,12 @@ use std::{
 };
 
 use anyhow::Context as _;
+use rst_common::FlowKey;
 
 use crate::{
     cli::LiveOptions,
     collect::payloads::Payloads,
-    collect::{Collector, Sample},
+    collect::{sockets::Sockets, Collector, Sample},
     load::{self, Attachment, HookChoice},
     model::aggregate::{
         model::{Interface, Interval, PeerNetns, Run},
@@ -77,6 +78,9 @@ pub struct LiveSession {
     captured_payloads: Option<CapturedPayloads>,
     /// The RST payloads the counting programs hand over.
     payloads: Payloads,
+    /// This kernel's code for a reset sent for no socket: such a reset from a port that holds a
+    /// live connection elsewhere answered an untranslated reply (`nat_lost`).
+    no_socket: Option<u32>,
 }
 
 impl LiveSession {
@@ -145,6 +149,7 @@ impl LiveSession {
         let mut aggregator = Aggregator::new(interfaces, settings.top).limit_flows(settings.summary_flows);
         load::warn_kernel_events(&kernel_events);
         load::warn_socket_reads(&listen_resets, &idle_gaps);
+        let no_socket = reason_names.code_of("NO_SOCKET");
         aggregator.kernel_events(kernel_events, reason_names);
         aggregator.counting(counting);
         match workloads {
@@ -178,6 +183,7 @@ impl LiveSession {
             outputs,
             captured_payloads,
             payloads,
+            no_socket,
         };
         session.follow_patterns();
         session.set_tracker_origin();
@@ -220,12 +226,40 @@ impl LiveSession {
 
     fn step(&mut self, ranking: Ranking) -> anyhow::Result<Interval> {
         self.follow_interfaces();
-        let sample = self.collector.collect()?;
+        let sample = self.collect()?;
         tracing::debug!(read_ms = sample.read_time.as_secs_f64() * 1e3, flows = sample.flows.len(), "interval read");
         let now = Instant::now();
         let elapsed = now - self.interval_start;
         self.interval_start = now;
         self.fold(&sample, elapsed, ranking, false)
+    }
+
+    /// Reads the kernel's counts of the interval, and asks this namespace's socket table about
+    /// the resets its stack sent for no socket.
+    fn collect(&mut self) -> anyhow::Result<Sample> {
+        let mut sample = self.collector.collect()?;
+        let Some(no_socket) = self.no_socket else { return Ok(sample) };
+        let mut orphans = sample.stack_resets.iter().filter(|(key, _)| key.reason == no_socket).peekable();
+        if orphans.peek().is_none() {
+            return Ok(sample);
+        }
+        let sockets = Sockets::read();
+        let mut lost = Vec::new();
+        for (key, _) in orphans {
+            let flow = FlowKey {
+                src: key.src,
+                dst: key.dst,
+                sport: key.sport,
+                dport: key.dport,
+                family: key.family,
+                ..FlowKey::default()
+            };
+            if let Some((addr, port)) = sockets.peer_elsewhere((flow.src_ip(), key.sport), (flow.dst_ip(), key.dport)) {
+                lost.push((flow, (address_bytes(addr), port)));
+            }
+        }
+        sample.nat_lost.extend(lost);
+        Ok(sample)
     }
 
     fn fold(&mut self, sample: &Sample, elapsed: Duration, ranking: Ranking, stub: bool) -> anyhow::Result<Interval> {
@@ -258,7 +292,7 @@ impl LiveSession {
     /// Detaches before the last read, so the summary holds every RST that crossed the hook.
     pub fn finish(mut self) -> anyhow::Result<Finished> {
         self.detach();
-        let sample = self.collector.collect()?;
+        let sample = self.collect()?;
         let elapsed = self.interval_start.elapsed();
         let stub = !sample.counted_anything() && elapsed < self.interval / 2;
         let interval = self.fold(&sample, elapsed, Ranking::TopN, stub)?;
@@ -424,4 +458,14 @@ pub fn bind_metrics(
     runtime
         .block_on(tokio::net::TcpListener::bind(addr))
         .with_context(|| format!("binding the metrics endpoint to {addr}"))
+}
+
+/// An address as flow keys hold it: IPv4 in the first four bytes.
+fn address_bytes(addr: std::net::IpAddr) -> [u8; 16] {
+    let mut bytes = [0u8; 16];
+    match addr {
+        std::net::IpAddr::V4(v4) => bytes[..4].copy_from_slice(&v4.octets()),
+        std::net::IpAddr::V6(v6) => bytes = v6.octets(),
+    }
+    bytes
 }

@@ -11,6 +11,7 @@ pub mod connections;
 pub mod flow_table;
 pub mod jiffies;
 pub mod payloads;
+pub mod sockets;
 
 use std::{collections::HashMap, os::fd::AsFd as _, time::Instant};
 

@@ -18,6 +18,11 @@ impl ReasonNames {
         KernelReason { code, names: self.clone() }
     }
 
+    /// The code this kernel gives the reason `name`, if it has one.
+    pub fn code_of(&self, name: &str) -> Option<u32> {
+        self.0.iter().position(|known| known == name).and_then(|code| u32::try_from(code).ok())
+    }
+
     /// The name of `code`; `REASON_<code>` for a code this kernel's list does not name.
     pub fn name(&self, code: u32) -> Cow<'_, str> {
         match self.0.get(code as usize) {

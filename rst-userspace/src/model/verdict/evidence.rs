@@ -171,8 +171,9 @@ pub struct FlowTimings<'a> {
     /// The pause before each RST tuple's first RST, ms (replay's from segment times; live, the
     /// kernel's for local sockets).
     pub pauses: &'a [(RstTuple, u64)],
-    /// Flows whose sender answered a segment from an address it never opened a connection to,
-    /// while its endpoint held a live one elsewhere: that connection's service.
+    /// RSTs (their flow's addresses and ports) whose sender answered a segment from an address
+    /// it never opened a connection to, while its endpoint held a live one elsewhere: that
+    /// connection's service (replay's from the capture; live, this host's own sockets').
     pub nat_lost: &'a [(FlowKey, ([u8; 16], u16))],
 }
 
@@ -207,7 +208,7 @@ pub struct Evidence {
     /// The next interval's per-flow idle times and lost translations (replay's).
     idle_before_close: HashMap<FlowKey, u64>,
     pauses: HashMap<RstTuple, u64>,
-    nat_lost: HashMap<FlowKey, ServiceAddr>,
+    nat_lost: HashMap<RstTuple, ServiceAddr>,
     host_ttls: HashMap<(u32, IpAddr), u8>,
     /// The kernel's reasons for the resets this host's stack sent, per service and act.
     reasons: HashMap<(ServiceAddr, Act), BTreeMap<KernelReason, u64>>,
@@ -302,7 +303,7 @@ impl Evidence {
         self.nat_lost.clear();
         self.nat_lost.extend(nat_lost.iter().map(|(key, (addr, port))| {
             let service = FlowKey { dst: *addr, dport: *port, ..*key };
-            (key.flow_id(), ServiceAddr { addr: service.dst_ip(), port: *port })
+            (rst_tuple(key), ServiceAddr { addr: service.dst_ip(), port: *port })
         }));
     }
 
@@ -432,7 +433,7 @@ impl Evidence {
             ((key.dst_ip(), key.dport), (key.src_ip(), key.sport))
         };
         let service = ServiceAddr { addr: server.0, port: server.1 };
-        if let Some(&talked_to) = self.nat_lost.get(&key.flow_id()) {
+        if let Some(&talked_to) = self.nat_lost.get(&rst_tuple(key)) {
             // A client's answer to a reply that reached it untranslated: the lost NAT's, whatever
             // the reply looked like (a scan's probe answered, a check's handshake reset).
             let backend = ServiceAddr { addr: key.dst_ip(), port: key.dport };
