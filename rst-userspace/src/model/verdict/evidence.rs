@@ -279,11 +279,13 @@ impl Evidence {
         for sample in services {
             self.add_sample(sample);
         }
-        // Each side's first RST of a connection before its further ones, which go with it.
-        for (key, resets) in flows.clone().filter(|(key, _)| !ResetContext(key.context).sender_reset()) {
-            self.add_reset(key, resets);
-        }
-        for (key, resets) in flows.filter(|(key, _)| ResetContext(key.context).sender_reset()) {
+        // Each side's first RST of a connection before its further ones, which go with it; in
+        // key order, so that two connections on one 5-tuple in one interval (a refused attempt,
+        // then an accepted one from the same port) hand their further RSTs the same act in
+        // every run, whatever order the table was read in.
+        let mut ordered: Vec<(&FlowKey, u64)> = flows.collect();
+        ordered.sort_unstable_by_key(|(key, _)| (ResetContext(key.context).sender_reset(), **key));
+        for (key, resets) in ordered {
             self.add_reset(key, resets);
         }
         self.close_interval();
