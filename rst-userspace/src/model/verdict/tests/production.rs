@@ -149,3 +149,20 @@ fn this_hosts_firewall_rejecting_a_port_is_a_local_firewall_and_no_closed_port()
     // Without the reject path's event the same refusals are a closed port's.
     assert_eq!(causes(&verdicts_of(&flows)), [(Cause::NoListener, 7777, 3)]);
 }
+
+#[test]
+fn the_order_the_table_is_read_in_changes_no_verdict() {
+    // One client port: a refused attempt, then an accepted connection the server aborted, and
+    // the server's further RST answering what the client still sent.
+    let refused = refusal(443, 40_000);
+    let abort = rst(ResetKind::Established, true, true, 443, 40_000, (64, 64));
+    let again =
+        rst_in(ResetKind::Established, true, true, 443, 40_000, (64, 64), seen(true, false, false, true, false, false));
+    let verdicts = |flows: &[FlowKey]| {
+        let mut evidence = Evidence::new(64);
+        feed(&mut evidence, 0, &[handshakes(443, 2, 1)], flows);
+        evidence.verdicts()
+    };
+    assert_eq!(verdicts(&[refused, abort, again]), verdicts(&[abort, refused, again]));
+    assert_eq!(verdicts(&[again, abort, refused]), verdicts(&[refused, again, abort]));
+}
