@@ -35,6 +35,9 @@ mod services;
 
 mod tables;
 
+// Last, so its globals follow every other program's in `.rodata`.
+mod firewall;
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -237,6 +237,22 @@ pub const GLOBAL_RECEIVE_RESET_DADDR_V6_OFFSET: &str = "RECEIVE_RESET_DADDR_V6_O
 pub const GLOBAL_SOCK_CGROUP_OFFSET: &str = "SOCK_CGROUP_OFFSET";
 pub const GLOBAL_CGROUP_KN_OFFSET: &str = "CGROUP_KN_OFFSET";
 pub const GLOBAL_KERNFS_NODE_ID_OFFSET: &str = "KERNFS_NODE_ID_OFFSET";
+/// fentry programs on netfilter's `reject with tcp reset` (kernel functions [`FN_NF_SEND_RESET`]
+/// and [`FN_NF_SEND_RESET6`]; Linux >= 5.5 for fentry): the resets this host's firewall sent.
+pub const PROG_NF_SEND_RESET: &str = "rstwatch_nf_send_reset";
+pub const PROG_NF_SEND_RESET6: &str = "rstwatch_nf_send_reset6";
+/// The kernel functions they attach to (`net/ipv4/netfilter/nf_reject_ipv4.c`, `…ipv6.c`).
+pub const FN_NF_SEND_RESET: &str = "nf_send_reset";
+pub const FN_NF_SEND_RESET6: &str = "nf_send_reset6";
+/// Resets per [`crate::wire::FirewallResetKey`], flipped and drained like the stack-reset tables.
+pub const MAP_FIREWALL_RESETS: [&str; 2] = ["FIREWALL_RESETS_0", "FIREWALL_RESETS_1"];
+/// Per CPU and epoch (index = epoch), the firewall resets that found no room in
+/// [`MAP_FIREWALL_RESETS`] (a u64).
+pub const MAP_FIREWALL_OVERFLOW: &str = "FIREWALL_OVERFLOW";
+/// `struct sk_buff` → `head`, and → `network_header` (a u16 offset from `head`): where the
+/// firewall programs find the rejected packet; the loader sets them from the kernel's BTF.
+pub const GLOBAL_SKB_HEAD_OFFSET: &str = "SKB_HEAD_OFFSET";
+pub const GLOBAL_SKB_NETWORK_HEADER_OFFSET: &str = "SKB_NETWORK_HEADER_OFFSET";
 /// An empty XDP_PASS program in the same object: the baseline for cost measurements.
 pub const PROG_XDP_BASELINE: &str = "rstwatch_xdp_pass";
 /// An empty TC program returning "next": the baseline for the TC programs.
@@ -273,11 +289,13 @@ pub enum ProgramKind {
     Xdp,
     SchedClassifier,
     TracePoint,
+    /// A BTF-attached fentry program.
+    FEntry,
 }
 
 /// Every map of the object and its kind, the `.bss` data map included: a map added to the
 /// object is added here, and the contract test holds the object to exactly this list.
-pub const MAPS: [(&str, MapKind); 28] = [
+pub const MAPS: [(&str, MapKind); 31] = [
     (MAP_FLOW_TABLE, MapKind::Array),
     (MAP_FLOW_BLOCKS, MapKind::Array),
     (MAP_OVERFLOW_SOURCES[0], MapKind::Hash),
@@ -305,12 +323,15 @@ pub const MAPS: [(&str, MapKind); 28] = [
     (MAP_PAYLOAD_XDP_PROGRAMS, MapKind::ProgramArray),
     (MAP_PAYLOAD_TC_PROGRAMS, MapKind::ProgramArray),
     (MAP_CAPTURE_REASONS, MapKind::LruHash),
+    (MAP_FIREWALL_RESETS[0], MapKind::Hash),
+    (MAP_FIREWALL_RESETS[1], MapKind::Hash),
+    (MAP_FIREWALL_OVERFLOW, MapKind::PerCpuArray),
     // The loader's overrides of the globals below, a map aya makes from the section.
     (".rodata", MapKind::Array),
 ];
 
 /// Every program of the object and its kind.
-pub const PROGRAMS: [(&str, ProgramKind); 22] = [
+pub const PROGRAMS: [(&str, ProgramKind); 24] = [
     (PROG_XDP, ProgramKind::Xdp),
     (PROG_TC, ProgramKind::SchedClassifier),
     (PROG_TC_EGRESS, ProgramKind::SchedClassifier),
@@ -333,10 +354,12 @@ pub const PROGRAMS: [(&str, ProgramKind); 22] = [
     (PROG_XDP_ATOMIC_PAYLOAD, ProgramKind::Xdp),
     (PROG_TC_ATOMIC_PAYLOAD, ProgramKind::SchedClassifier),
     (PROG_TC_EGRESS_ATOMIC_PAYLOAD, ProgramKind::SchedClassifier),
+    (PROG_NF_SEND_RESET, ProgramKind::FEntry),
+    (PROG_NF_SEND_RESET6, ProgramKind::FEntry),
 ];
 
 /// The u32 globals the loader sets before loading (read-only to the programs).
-pub const LOADER_GLOBALS: [&str; 23] = [
+pub const LOADER_GLOBALS: [&str; 25] = [
     GLOBAL_FLOW_TABLE_BITS,
     GLOBAL_EVICTION_LOG_SLOTS,
     GLOBAL_SEND_RESET_REASON_OFFSET,
@@ -360,6 +383,8 @@ pub const LOADER_GLOBALS: [&str; 23] = [
     GLOBAL_CAPTURE_SNAPLEN,
     GLOBAL_CAPTURE_HANDSHAKES,
     GLOBAL_CAPTURE_REASONS,
+    GLOBAL_SKB_HEAD_OFFSET,
+    GLOBAL_SKB_NETWORK_HEADER_OFFSET,
 ];
 
 #[cfg(test)]

@@ -109,6 +109,7 @@ impl LiveSession {
         let payloads = Payloads::open(&mut ebpf, reads_payloads)?;
         // Before the interfaces: once "attached to" is logged, every reset's reason is recorded.
         let (kernel_events, reason_names) = load::start_kernel_events(&mut ebpf);
+        let firewall = load::start_firewall(&mut ebpf);
         let capture = match (capture_files, &options.capture) {
             (Some(files), Some(capture_options)) => {
                 Some(Capture::start(&mut ebpf, files, capture_options, targets, reason_names.clone())?)
@@ -133,6 +134,7 @@ impl LiveSession {
         });
         let mut aggregator = Aggregator::new(interfaces, settings.top).limit_flows(settings.summary_flows);
         load::warn_kernel_events(&kernel_events);
+        load::warn_firewall(&firewall);
         aggregator.kernel_events(kernel_events, reason_names);
         aggregator.counting(counting);
         match workloads {

@@ -19,8 +19,8 @@ use aya::{
 };
 use rst_common::{
     wire::{
-        CacheSlot, ResetCounters, ServiceKey, ServiceValue, SourceKey, StackResetKey, TrafficCounters, WorkloadKey,
-        DIRECTION_RX, DIRECTION_TX, FLOW_CACHE_SLOTS, MAP_EPOCH, MAP_EVICTION_LOG, MAP_FLOW_BLOCKS, MAP_FLOW_CACHE,
+        CacheSlot, FirewallResetKey, ResetCounters, ServiceKey, ServiceValue, SourceKey, StackResetKey, TrafficCounters, WorkloadKey,
+        DIRECTION_RX, DIRECTION_TX, FLOW_CACHE_SLOTS, MAP_EPOCH, MAP_EVICTION_LOG, MAP_FIREWALL_OVERFLOW, MAP_FIREWALL_RESETS, MAP_FLOW_BLOCKS, MAP_FLOW_CACHE,
         MAP_FLOW_TABLE, MAP_OVERFLOW_SOURCES, MAP_RESET_COUNTERS, MAP_SERVICES, MAP_STACK_RESETS, MAP_TRAFFIC,
         MAP_WORKLOADS,
     },
@@ -47,6 +47,12 @@ pub struct Sample {
     pub stack_resets: Vec<(StackResetKey, u64)>,
     /// Resets per socket cgroup and origin (see [`crate::model::workload`]).
     pub workloads: Vec<(WorkloadKey, u64)>,
+    /// Resets this host's firewall sent (`reject with tcp reset`), per RST tuple and netfilter
+    /// hook (see [`crate::load::firewall`]); empty where the programs are not attached, and in
+    /// replay (a capture shows no netfilter).
+    pub firewall_resets: Vec<(FirewallResetKey, u64)>,
+    /// Firewall resets that found no room in the kernel's table (so not in `firewall_resets`).
+    pub firewall_overflow: u64,
     /// How long the flip + grace period + drain took.
     pub read_time: std::time::Duration,
     /// Flow-table writes that raced with another CPU's (`ResetCounters::table_races`): when
@@ -68,6 +74,8 @@ pub struct Collector {
     services: [MapData; 2],
     stack_resets: [MapData; 2],
     workloads: [MapData; 2],
+    firewall_resets: [MapData; 2],
+    firewall_overflow: PerCpuArray<MapData, u64>,
     flow_cache: MapData,
     log: EvictionLogMap,
     _log: MapData,
@@ -94,6 +102,8 @@ impl Sample {
             || !self.services.is_empty()
             || !self.stack_resets.is_empty()
             || !self.workloads.is_empty()
+            || !self.firewall_resets.is_empty()
+            || self.firewall_overflow > 0
     }
 }
 
@@ -120,6 +130,10 @@ impl Collector {
         let services = [hash_map_data(take(MAP_SERVICES[0])?)?, hash_map_data(take(MAP_SERVICES[1])?)?];
         let stack_resets = [hash_map_data(take(MAP_STACK_RESETS[0])?)?, hash_map_data(take(MAP_STACK_RESETS[1])?)?];
         let workloads = [hash_map_data(take(MAP_WORKLOADS[0])?)?, hash_map_data(take(MAP_WORKLOADS[1])?)?];
+        let firewall_resets =
+            [hash_map_data(take(MAP_FIREWALL_RESETS[0])?)?, hash_map_data(take(MAP_FIREWALL_RESETS[1])?)?];
+        let firewall_overflow: PerCpuArray<MapData, u64> =
+            take(MAP_FIREWALL_OVERFLOW)?.try_into().map_err(map("opening the firewall overflow counters"))?;
         let flow_cache = match take(MAP_FLOW_CACHE)? {
             Map::PerCpuArray(data) => data,
             other => return Err(Error::map_type("a per-CPU array", "the flow cache", &other)),
@@ -148,6 +162,8 @@ impl Collector {
             services,
             stack_resets,
             workloads,
+            firewall_resets,
+            firewall_overflow,
             flow_cache,
             log,
             _log: log_data,
@@ -221,6 +237,13 @@ impl Collector {
             workloads.push((*key, value.resets));
         })
         .map_err(sys("draining the workload table"))?;
+        let mut firewall_resets = Vec::new();
+        drain_hash_map::<FirewallResetKey, FlowValue>(
+            self.firewall_resets[finished as usize].fd().as_fd(),
+            |key, value| firewall_resets.push((*key, value.resets)),
+        )
+        .map_err(sys("draining the firewall-reset table"))?;
+        let firewall_overflow = self.take_firewall_overflow(finished)?;
         // Last: until everything of the epoch is read, its counts (and the logs' lengths) stay.
         let zeroes = PerCpuValues::try_from(vec![ResetCounters::default(); self.cpus]).map_err(Error::CpuValues)?;
         self.reset_counters.set(finished, zeroes, 0).map_err(map("resetting the reset counters"))?;
@@ -231,11 +254,24 @@ impl Collector {
             services,
             stack_resets,
             workloads,
+            firewall_resets,
+            firewall_overflow,
             read_time: started.elapsed(),
             table_races: resets.table_races,
             // The kernel keeps no time per connection.
             close_gaps: Vec::new(),
         })
+    }
+
+    /// The epoch's firewall overflow, summed over CPUs, and zeroed for its next turn.
+    fn take_firewall_overflow(&mut self, epoch: u32) -> Result<u64, Error> {
+        let per_cpu = self.firewall_overflow.get(&epoch, 0).map_err(map("reading the firewall overflow counters"))?;
+        let overflow = per_cpu.iter().sum();
+        if overflow > 0 {
+            let zeroes = PerCpuValues::try_from(vec![0u64; self.cpus]).map_err(Error::CpuValues)?;
+            self.firewall_overflow.set(epoch, zeroes, 0).map_err(map("resetting the firewall overflow counters"))?;
+        }
+        Ok(overflow)
     }
 
     /// Cumulative traffic: both directions together, and what was sent.

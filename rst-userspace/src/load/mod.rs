@@ -9,9 +9,11 @@
 //! By concern: `caps` (what loading and attaching need), `counting` (PREEMPT_RT and how the
 //! programs count), `object` (loading: maps sized, globals set), `tail_call` (the payload
 //! programs' wiring), `interfaces` (`-i` names and patterns), `attach` (XDP, tcx, clsact),
-//! [`kernel_events`] (the `tcp:tcp_send_reset` program), [`netlink`], [`tracefs`], and
+//! [`kernel_events`] (the `tcp:tcp_send_reset` program), [`firewall`] (the fentry programs on
+//! netfilter's `reject with tcp reset`), [`netlink`], [`tracefs`], and
 //! [`testrun`] (the object under BPF_PROG_TEST_RUN). Their items keep their `load::` paths.
 
+pub mod firewall;
 pub mod kernel_events;
 pub mod netlink;
 pub mod testrun;
@@ -30,6 +32,7 @@ pub use attach::{
     HookChoice, TcLink, TcLinkChoice, XdpMode, XdpModeChoice,
 };
 pub use caps::check_capabilities;
+pub use firewall::{attach_firewall, start_firewall, warn_firewall, FirewallOffsets};
 pub use counting::{is_preempt_rt, Counting, CountingMode};
 pub use interfaces::{is_pattern, pattern_matches, resolve_interface, resolve_targets};
 // The tracepoint program's part of loading lives in its own module, too.
@@ -105,6 +108,17 @@ pub enum Error {
     #[error("{what}")]
     TracepointProgram {
         what: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    /// Why this host's firewall resets cannot be traced (no BTF, no reject function built in).
+    #[error("{0}")]
+    Firewall(String),
+    /// Loading or attaching a firewall program (`what` says which, `function` where).
+    #[error("{what} {function}: {source}")]
+    FirewallProgram {
+        what: &'static str,
+        function: &'static str,
         #[source]
         source: aya::programs::ProgramError,
     },

@@ -12,13 +12,14 @@ use caps::Capability;
 use rst_common::wire::{
     CountingPrograms, GLOBAL_CAPTURE_BUDGET, GLOBAL_CAPTURE_HANDSHAKES, GLOBAL_CAPTURE_REASONS, GLOBAL_CAPTURE_SNAPLEN,
     GLOBAL_EVICTION_LOG_SLOTS, GLOBAL_FLOW_TABLE_BITS, GLOBAL_SEND_RESET_DADDR_OFFSET, GLOBAL_SEND_RESET_REASON_OFFSET,
-    GLOBAL_SEND_RESET_SADDR_OFFSET, MAP_CAPTURE_REASONS, MAP_CONNECTIONS, MAP_CONN_FINGERPRINTS, MAP_EVICTION_LOG,
+    GLOBAL_SEND_RESET_SADDR_OFFSET, MAP_CAPTURE_REASONS, MAP_CONNECTIONS, MAP_CONN_FINGERPRINTS, MAP_EVICTION_LOG, MAP_FIREWALL_RESETS,
     MAP_FLOW_BLOCKS, MAP_FLOW_TABLE, MAP_OVERFLOW_SOURCES, MAP_SERVICES, MAP_STACK_RESETS, MAP_WORKLOADS,
 };
 
 use super::{
     caps::has_capability,
     counting::{this_kernel_is_preempt_rt, Counting, CountingMode},
+    firewall::FirewallOffsets,
     kernel_events::SendResetFormat,
     tail_call::install_payload_programs,
     Error, EBPF_OBJECT,
@@ -34,7 +35,7 @@ pub fn overflow_sources_for(max_flows: u32) -> u32 {
 /// Loads the object with both epochs' flow tables sized to hold `max_flows` flows each at half
 /// load ([`rst_common::table::flow_table_bits`]), the connection table to as many slots as
 /// one epoch's flow table, the overflow-source tables to [`overflow_sources_for`], services
-/// and kernel events to a quarter of it, and loads the XDP and TC programs. The tracepoint program is loaded by
+/// kernel events and firewall resets to a quarter of it, and loads the XDP and TC programs. The tracepoint program is loaded by
 /// [`super::attach_kernel_events`].
 pub fn load(max_flows: u32) -> Result<LoadedObject, Error> {
     load_counting(max_flows, Counting::Auto)
@@ -49,6 +50,8 @@ pub struct LoadedObject {
     counting: CountingMode,
     /// Whether the workload programs found their offsets.
     workload_offsets: Availability,
+    /// The reject functions the firewall programs can attach to, or why none.
+    firewall: Result<Vec<&'static str>, String>,
     /// Whether the capturing programs were loaded (`--capture`).
     capturing: bool,
     /// Whether the payload programs are in place (see `install_payload_programs`).
@@ -63,6 +66,12 @@ impl LoadedObject {
     /// Whether the programs record workloads.
     pub fn workload_offsets(&self) -> &Availability {
         &self.workload_offsets
+    }
+
+    /// The reject functions this kernel has for the firewall programs (their globals set), or
+    /// why they cannot run.
+    pub fn firewall_functions(&self) -> Result<&[&'static str], &str> {
+        self.firewall.as_deref().map_err(String::as_str)
     }
 
     /// The counting programs that were loaded.
@@ -145,6 +154,7 @@ pub fn load_with(
     } else {
         Err("off".to_owned())
     };
+    let firewall = FirewallOffsets::read();
     let table_bits = rst_common::table::flow_table_bits(max_flows);
     let cpu_ids = crate::collect::flow_table::possible_cpu_ids().map_err(Error::PossibleCpus)?;
     let cpus = u32::try_from(cpu_ids.len()).map_err(|_| Error::TooManyCpus)?;
@@ -166,7 +176,12 @@ pub fn load_with(
         .map_max_entries(MAP_STACK_RESETS[0], max_sources)
         .map_max_entries(MAP_STACK_RESETS[1], max_sources)
         .map_max_entries(MAP_WORKLOADS[0], max_sources)
-        .map_max_entries(MAP_WORKLOADS[1], max_sources);
+        .map_max_entries(MAP_WORKLOADS[1], max_sources)
+        .map_max_entries(MAP_FIREWALL_RESETS[0], max_sources)
+        .map_max_entries(MAP_FIREWALL_RESETS[1], max_sources);
+    if let Ok(firewall) = &firewall {
+        firewall.apply(&mut loader);
+    }
     if let Ok(workload) = &workload_offsets {
         workload.apply(&mut loader);
     }
@@ -206,7 +221,8 @@ pub fn load_with(
             }
         };
     let workload_offsets = Availability::of(workload_offsets.map(|_| ()));
-    Ok(LoadedObject { ebpf, counting: mode, workload_offsets, capturing: capture.is_some(), reads_payloads })
+    let firewall = firewall.map(|offsets| offsets.functions).map_err(|error| error.to_string());
+    Ok(LoadedObject { ebpf, counting: mode, workload_offsets, firewall, capturing: capture.is_some(), reads_payloads })
 }
 
 pub(super) fn load_error(error: Box<dyn std::error::Error + Send + Sync>) -> Error {

@@ -344,6 +344,8 @@ impl Replay<'_> {
             services: self.tally.services.drain().collect(),
             close_gaps: self.tally.close_gaps.drain().collect(),
             read_time: Duration::ZERO,
+            // A capture shows the firewall's resets on the wire, never netfilter's call.
+            firewall_resets: Vec::new(),
             // Nothing overflows a host map.
             ..Sample::default()
         };
