@@ -6,8 +6,8 @@ use crate::{
     table::FlowSlot,
     wire::{
         CacheSlot, CaptureBudget, CaptureCounters, CaptureReason, CaptureReasonKey, ConnKey, ConnState, Counters,
-        FirewallResetKey, FlowKey, FlowValue, LoggedFlow, PayloadCounters, ResetCounters, ServiceKey, ServiceValue, SourceKey,
-        StackResetKey, TrafficCounters, WorkloadKey, FAMILY_IPV4,
+        FirewallResetKey, FlowKey, FlowValue, LoggedFlow, PayloadCounters, ResetCounters, ServiceKey, ServiceValue,
+        SourceKey, StackResetKey, TrafficCounters, WorkloadKey, FAMILY_IPV4,
     },
 };
 

@@ -19,10 +19,10 @@ use aya::{
 };
 use rst_common::{
     wire::{
-        CacheSlot, FirewallResetKey, ResetCounters, ServiceKey, ServiceValue, SourceKey, StackResetKey, TrafficCounters, WorkloadKey,
-        DIRECTION_RX, DIRECTION_TX, FLOW_CACHE_SLOTS, MAP_EPOCH, MAP_EVICTION_LOG, MAP_FIREWALL_OVERFLOW, MAP_FIREWALL_RESETS, MAP_FLOW_BLOCKS, MAP_FLOW_CACHE,
-        MAP_FLOW_TABLE, MAP_OVERFLOW_SOURCES, MAP_RESET_COUNTERS, MAP_SERVICES, MAP_STACK_RESETS, MAP_TRAFFIC,
-        MAP_WORKLOADS,
+        CacheSlot, FirewallResetKey, ResetCounters, ServiceKey, ServiceValue, SourceKey, StackResetKey,
+        TrafficCounters, WorkloadKey, DIRECTION_RX, DIRECTION_TX, FLOW_CACHE_SLOTS, MAP_EPOCH, MAP_EVICTION_LOG,
+        MAP_FIREWALL_OVERFLOW, MAP_FIREWALL_RESETS, MAP_FLOW_BLOCKS, MAP_FLOW_CACHE, MAP_FLOW_TABLE,
+        MAP_OVERFLOW_SOURCES, MAP_RESET_COUNTERS, MAP_SERVICES, MAP_STACK_RESETS, MAP_TRAFFIC, MAP_WORKLOADS,
     },
     Counters, FlowKey, FlowValue,
 };

@@ -76,9 +76,11 @@ impl FirewallOffsets {
 
     /// Sets the programs' globals.
     pub fn apply<'a>(&'a self, loader: &mut aya::EbpfLoader<'a>) {
-        loader
-            .override_global(GLOBAL_SKB_HEAD_OFFSET, &self.skb_head, true)
-            .override_global(GLOBAL_SKB_NETWORK_HEADER_OFFSET, &self.skb_network_header, true);
+        loader.override_global(GLOBAL_SKB_HEAD_OFFSET, &self.skb_head, true).override_global(
+            GLOBAL_SKB_NETWORK_HEADER_OFFSET,
+            &self.skb_network_header,
+            true,
+        );
     }
 }
 
@@ -110,15 +112,36 @@ pub fn attach_firewall(object: &mut LoadedObject) -> Result<(), Error> {
             tracing::info!("this kernel has no {function} built in: its firewall resets are not traced");
             continue;
         }
-        let fentry: &mut FEntry = object
-            .program_mut(program)
-            .ok_or_else(|| Error::MissingProgram(program.to_owned()))?
-            .try_into()?;
-        let failed = |what| move |source| Error::FirewallProgram { what, function, source };
+        let fentry: &mut FEntry =
+            object.program_mut(program).ok_or_else(|| Error::MissingProgram(program.to_owned()))?.try_into()?;
+        let failed = |what| {
+            move |source: aya::programs::ProgramError| {
+                let refused = denied(&source) && privileged();
+                Error::FirewallProgram { what, function, refused, source }
+            }
+        };
         fentry.load(function, &btf).map_err(failed("loading the fentry program on"))?;
         fentry.attach().map_err(failed("attaching the fentry program to"))?;
     }
     Ok(())
+}
+
+/// Whether the kernel said EPERM somewhere in `error`'s chain.
+fn denied(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(current) = source {
+        if current.downcast_ref::<std::io::Error>().and_then(std::io::Error::raw_os_error) == Some(libc::EPERM) {
+            return true;
+        }
+        source = current.source();
+    }
+    false
+}
+
+/// Whether this process holds what loading a tracing program takes.
+fn privileged() -> bool {
+    use caps::Capability;
+    [Capability::CAP_BPF, Capability::CAP_PERFMON].into_iter().all(super::caps::has_capability)
 }
 
 /// Just enough of BTF (`Documentation/bpf/btf.rst`) for member offsets through anonymous
@@ -158,9 +181,8 @@ impl Types {
         let header = u32_at(4)? as usize;
         let (type_off, type_len) = (u32_at(8)? as usize, u32_at(12)? as usize);
         let (str_off, str_len) = (u32_at(16)? as usize, u32_at(20)? as usize);
-        let strings = blob
-            .get(header + str_off..header + str_off + str_len)
-            .ok_or_else(|| "truncated BTF strings".to_owned())?;
+        let strings =
+            blob.get(header + str_off..header + str_off + str_len).ok_or_else(|| "truncated BTF strings".to_owned())?;
         let name = |offset: u32| -> String {
             let tail = strings.get(offset as usize..).unwrap_or_default();
             let end = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());

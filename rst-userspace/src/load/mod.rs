@@ -32,8 +32,8 @@ pub use attach::{
     HookChoice, TcLink, TcLinkChoice, XdpMode, XdpModeChoice,
 };
 pub use caps::check_capabilities;
-pub use firewall::{attach_firewall, start_firewall, warn_firewall, FirewallOffsets};
 pub use counting::{is_preempt_rt, Counting, CountingMode};
+pub use firewall::{attach_firewall, start_firewall, warn_firewall, FirewallOffsets};
 pub use interfaces::{is_pattern, pattern_matches, resolve_interface, resolve_targets};
 // The tracepoint program's part of loading lives in its own module, too.
 pub use kernel_events::{
@@ -114,11 +114,14 @@ pub enum Error {
     /// Why this host's firewall resets cannot be traced (no BTF, no reject function built in).
     #[error("{0}")]
     Firewall(String),
-    /// Loading or attaching a firewall program (`what` says which, `function` where).
-    #[error("{what} {function}: {source}")]
+    /// Loading or attaching a firewall program (`what` says which, `function` where);
+    /// `refused` when the kernel said EPERM although rstwatch holds CAP_BPF and CAP_PERFMON: it
+    /// does not run fentry programs at all (no BPF trampolines, as in some VM kernels).
+    #[error("{what} {function}{}: {source}", if *refused { " (this kernel refuses fentry programs even to a privileged loader: no BPF trampolines)" } else { "" })]
     FirewallProgram {
         what: &'static str,
         function: &'static str,
+        refused: bool,
         #[source]
         source: aya::programs::ProgramError,
     },
