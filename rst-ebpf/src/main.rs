@@ -35,7 +35,9 @@ mod services;
 
 mod tables;
 
-// Last, so its globals follow every other program's in `.rodata`.
+// Its globals land in `.rodata` by name (the linker sorts them there), before SOCK_CGROUP_OFFSET
+// and WORKLOADS_ON: only those two tracepoint-only globals move, and every program loads its
+// globals through symbol relocations, so no instruction of another program changes.
 mod firewall;
 
 #[cfg(not(test))]
