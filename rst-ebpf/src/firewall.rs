@@ -1,12 +1,20 @@
-//! Resets this host's firewall sent: fentry programs on `nf_send_reset` and `nf_send_reset6`,
-//! where nftables' and iptables' `reject with tcp reset` build their RST. Those RSTs never pass
-//! through the TCP stack (no `tcp:tcp_send_reset`), so without this they are tx resets nobody
-//! claims. The programs run only when netfilter rejects a segment: nothing here is on the
-//! per-packet path, and the XDP and TC programs are unchanged.
+//! Resets this host's firewall sent: nftables' and iptables' `reject with tcp reset` build
+//! their RST in `nf_send_reset` / `nf_send_reset6`. Those RSTs never pass through the TCP stack
+//! (no `tcp:tcp_send_reset`), so without this they are tx resets nobody claims. Nothing here is
+//! on the per-packet path of normal traffic, and the XDP and TC programs are unchanged.
 //!
-//! The rejected segment's headers are read from `oldskb` (`skb->head + skb->network_header`)
+//! Two ways in, one used at a time (the loader says which):
+//! - fentry programs on `nf_send_reset` / `nf_send_reset6` (Linux >= 5.5): they run only when
+//!   netfilter rejects with an RST, and netfilter passes the hook. Preferred.
+//! - where the kernel refuses fentry (no BPF trampolines, as in some VM kernels), a BTF
+//!   tracepoint on `skb:kfree_skb` (Linux >= 5.17 for drop reasons) that keeps only the skbs
+//!   netfilter dropped (`SKB_DROP_REASON_NETFILTER_DROP`): a rejected segment is dropped so
+//!   right after its RST was sent. It runs on every dropped skb, returns at once for any other
+//!   reason, and records a *candidate*: a plain `drop` looks the same, so userspace confirms
+//!   one by an RST this host sent on its tuple. The hook is inferred ([`dropped_at`]).
+//!
+//! The rejected segment's headers are read from the skb (`skb->head + skb->network_header`)
 //! with `bpf_probe_read_kernel`, at `sk_buff` offsets the loader takes from the kernel's BTF.
-//! Minimum kernel: 5.5 (fentry), and the functions built in or their module loaded.
 //!
 //! Recorded is the RST netfilter is about to send, keyed as it will go on the wire. The kernel
 //! still declines a few after this point (a bad checksum on the rejected segment, a broadcast
@@ -16,13 +24,13 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
     helpers::bpf_probe_read_kernel,
-    macros::{fentry, map},
+    macros::{btf_tracepoint, fentry, map},
     maps::{HashMap, PerCpuArray},
-    programs::FEntryContext,
+    programs::{BtfTracePointContext, FEntryContext},
 };
 use rst_common::wire::{
-    FirewallResetKey, FlowValue, DEFAULT_MAX_SERVICES, FAMILY_IPV4, FAMILY_IPV6, NF_INET_HOOK_OTHER,
-    NF_INET_POST_ROUTING,
+    FirewallResetKey, FlowValue, DEFAULT_MAX_SERVICES, FAMILY_IPV4, FAMILY_IPV6, NF_INET_FORWARD, NF_INET_HOOK_OTHER,
+    NF_INET_LOCAL_IN, NF_INET_LOCAL_OUT, NF_INET_POST_ROUTING, NF_INET_PRE_ROUTING,
 };
 
 use crate::{maps::current_epoch, tables::add_to_table};
@@ -42,9 +50,28 @@ static FIREWALL_OVERFLOW: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0)
 static SKB_HEAD_OFFSET: u32 = 192;
 #[unsafe(no_mangle)]
 static SKB_NETWORK_HEADER_OFFSET: u32 = 180;
+/// For the `skb:kfree_skb` program only: `enum skb_drop_reason`'s `NETFILTER_DROP` (its number
+/// changes between kernels as reasons are added), and where it finds the skb's device
+/// (`sk_buff.dev`), route (`sk_buff._skb_refdst`) and the route's flags (`rtable.rt_flags`,
+/// `rt6_info.rt6i_flags`) to infer the hook by. Linux 6.18's (x86_64); the loader sets them from
+/// BTF.
+#[unsafe(no_mangle)]
+static NETFILTER_DROP_REASON: u32 = 12;
+#[unsafe(no_mangle)]
+static SKB_DEV_OFFSET: u32 = 16;
+#[unsafe(no_mangle)]
+static SKB_REFDST_OFFSET: u32 = 88;
+#[unsafe(no_mangle)]
+static RTABLE_FLAGS_OFFSET: u32 = 140;
+#[unsafe(no_mangle)]
+static RT6_INFO_FLAGS_OFFSET: u32 = 216;
 
 const IPPROTO_TCP: u8 = 6;
 const TCP_FLAG_RST: u8 = 0x04;
+/// `RTCF_LOCAL` (IPv4) and `RTF_LOCAL` (IPv6), the same bit: a route delivering to this host.
+const ROUTE_LOCAL: u32 = 0x8000_0000;
+/// `SKB_DST_NOREF`, the low bit of `_skb_refdst` (not part of the pointer).
+const SKB_DST_NOREF: u64 = 1;
 /// IPv4's fragment offset bits (`IP_OFFSET`).
 const IP_OFFSET: u16 = 0x1fff;
 /// IPv6 extension headers netfilter's `ipv6_skip_exthdr` walks past to the TCP header.
@@ -61,7 +88,7 @@ const MAX_EXTENSION_HEADERS: usize = 4;
 /// segment is being rejected with an RST. Always returns 0 (fentry cannot change the call).
 #[fentry(function = "nf_send_reset")]
 pub fn rstwatch_nf_send_reset(ctx: FEntryContext) -> i32 {
-    let _ = record(&ctx, FAMILY_IPV4);
+    let _ = network_header(ctx.arg(2)).and_then(|ip| record(ip, FAMILY_IPV4, netfilter_hook(ctx.arg(3))));
     0
 }
 
@@ -69,8 +96,81 @@ pub fn rstwatch_nf_send_reset(ctx: FEntryContext) -> i32 {
 /// for IPv6.
 #[fentry(function = "nf_send_reset6")]
 pub fn rstwatch_nf_send_reset6(ctx: FEntryContext) -> i32 {
-    let _ = record(&ctx, FAMILY_IPV6);
+    let _ = network_header(ctx.arg(2)).and_then(|ip| record(ip, FAMILY_IPV6, netfilter_hook(ctx.arg(3))));
     0
+}
+
+/// `skb:kfree_skb(struct sk_buff *skb, void *location, enum skb_drop_reason reason, struct sock
+/// *rx_sk)`, as a BTF tracepoint: used where fentry is refused. Only netfilter's drops are
+/// looked at; a TCP segment that is not itself an RST is recorded as the RST that would answer
+/// it, a candidate (see the module's doc). Always returns 0 (a tracepoint cannot change the free).
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn rstwatch_nf_drop(ctx: BtfTracePointContext) -> i32 {
+    let reason: u32 = ctx.arg(2);
+    // The one comparison every other drop pays.
+    if u64::from(reason) != global(&NETFILTER_DROP_REASON) {
+        return 0;
+    }
+    let _ = record_dropped(ctx.arg(0));
+    0
+}
+
+/// The hook number netfilter passed, or [`NF_INET_HOOK_OTHER`] for one outside the five.
+#[inline(always)]
+fn netfilter_hook(hook: i32) -> u8 {
+    if (0..=i32::from(NF_INET_POST_ROUTING)).contains(&hook) {
+        hook as u8
+    } else {
+        NF_INET_HOOK_OTHER
+    }
+}
+
+#[inline(always)]
+fn record_dropped(skb: u64) -> Result<(), i32> {
+    // The IP version, not `skb->protocol`: one read fewer, and the same packet bytes the tuple
+    // comes from. Anything but IPv4 or IPv6 (ARP, a bridge's frames) is not TCP to answer.
+    let ip = network_header(skb)?;
+    let first: u8 = read(ip)?;
+    let family = match first >> 4 {
+        4 => FAMILY_IPV4,
+        6 => FAMILY_IPV6,
+        _ => return Ok(()),
+    };
+    record(ip, family, dropped_at(skb, family)?)
+}
+
+/// The netfilter hook a dropped skb was at, inferred from the skb alone (kfree_skb is not told):
+/// - no `skb->dev`: `output`. A locally generated packet gets its device only in
+///   `ip_output` / `ip6_output`, after the output hook; a received one has it from the driver.
+/// - a device but no route (`_skb_refdst` 0): `prerouting` (received, routing not done yet).
+/// - a route that delivers locally (`RTCF_LOCAL` / `RTF_LOCAL`): `input`.
+/// - any other route: `forward`.
+///
+/// `postrouting` is never inferred: no reject runs there (nftables and iptables refuse it), so a
+/// drop there is a plain drop; it reads as `forward`, or as `input` for a packet to this host's
+/// own address (loopback). An `ingress` (netdev) drop reads as `prerouting`.
+#[inline(always)]
+fn dropped_at(skb: u64, family: u8) -> Result<u8, i32> {
+    let dev: u64 = read(skb + global(&SKB_DEV_OFFSET))?;
+    if dev == 0 {
+        return Ok(NF_INET_LOCAL_OUT);
+    }
+    let dst = read::<u64>(skb + global(&SKB_REFDST_OFFSET))? & !SKB_DST_NOREF;
+    if dst == 0 {
+        return Ok(NF_INET_PRE_ROUTING);
+    }
+    // Both route structs start with their `struct dst_entry`, which `_skb_refdst` points to.
+    let flags_at = if family == FAMILY_IPV4 { global(&RTABLE_FLAGS_OFFSET) } else { global(&RT6_INFO_FLAGS_OFFSET) };
+    let flags: u32 = read(dst + flags_at)?;
+    Ok(if flags & ROUTE_LOCAL != 0 { NF_INET_LOCAL_IN } else { NF_INET_FORWARD })
+}
+
+/// Where the skb's network (IP) header is.
+#[inline(always)]
+fn network_header(skb: u64) -> Result<u64, i32> {
+    let head: u64 = read(skb + global(&SKB_HEAD_OFFSET))?;
+    let network: u16 = read(skb + global(&SKB_NETWORK_HEADER_OFFSET))?;
+    Ok(head + u64::from(network))
 }
 
 /// A loader-set global, read so the compiler does not fold in the default.
@@ -100,14 +200,9 @@ struct Ipv6Header([u8; 40]);
 #[derive(Clone, Copy)]
 struct TcpStart([u8; 16]);
 
+/// Records the RST answering the segment whose IP header is at `ip`, rejected at `hook`.
 #[inline(always)]
-fn record(ctx: &FEntryContext, family: u8) -> Result<(), i32> {
-    let skb: u64 = ctx.arg(2);
-    let hook: i32 = ctx.arg(3);
-    let hook = if (0..=i32::from(NF_INET_POST_ROUTING)).contains(&hook) { hook as u8 } else { NF_INET_HOOK_OTHER };
-    let head: u64 = read(skb + global(&SKB_HEAD_OFFSET))?;
-    let network: u16 = read(skb + global(&SKB_NETWORK_HEADER_OFFSET))?;
-    let ip = head + u64::from(network);
+fn record(ip: u64, family: u8, hook: u8) -> Result<(), i32> {
     let (from, to, tcp) = if family == FAMILY_IPV4 {
         let header: Ipv4Header = read(ip)?;
         let h = &header.0;

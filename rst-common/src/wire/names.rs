@@ -253,6 +253,18 @@ pub const MAP_FIREWALL_OVERFLOW: &str = "FIREWALL_OVERFLOW";
 /// firewall programs find the rejected packet; the loader sets them from the kernel's BTF.
 pub const GLOBAL_SKB_HEAD_OFFSET: &str = "SKB_HEAD_OFFSET";
 pub const GLOBAL_SKB_NETWORK_HEADER_OFFSET: &str = "SKB_NETWORK_HEADER_OFFSET";
+/// Where the kernel refuses fentry: a BTF tracepoint on [`TP_KFREE_SKB`] that records netfilter's
+/// drops ([`GLOBAL_NETFILTER_DROP_REASON`]) as candidate firewall resets (Linux >= 5.17).
+pub const PROG_NF_DROP: &str = "rstwatch_nf_drop";
+pub const TP_KFREE_SKB: &str = "kfree_skb";
+/// `enum skb_drop_reason`'s `SKB_DROP_REASON_NETFILTER_DROP`, from the kernel's BTF.
+pub const GLOBAL_NETFILTER_DROP_REASON: &str = "NETFILTER_DROP_REASON";
+/// `sk_buff.dev`, `sk_buff._skb_refdst`, `rtable.rt_flags` and `rt6_info.rt6i_flags`: what
+/// [`PROG_NF_DROP`] infers the netfilter hook by, from the kernel's BTF.
+pub const GLOBAL_SKB_DEV_OFFSET: &str = "SKB_DEV_OFFSET";
+pub const GLOBAL_SKB_REFDST_OFFSET: &str = "SKB_REFDST_OFFSET";
+pub const GLOBAL_RTABLE_FLAGS_OFFSET: &str = "RTABLE_FLAGS_OFFSET";
+pub const GLOBAL_RT6_INFO_FLAGS_OFFSET: &str = "RT6_INFO_FLAGS_OFFSET";
 /// An empty XDP_PASS program in the same object: the baseline for cost measurements.
 pub const PROG_XDP_BASELINE: &str = "rstwatch_xdp_pass";
 /// An empty TC program returning "next": the baseline for the TC programs.
@@ -291,6 +303,8 @@ pub enum ProgramKind {
     TracePoint,
     /// A BTF-attached fentry program.
     FEntry,
+    /// A BTF tracepoint (`tp_btf`): a raw tracepoint with typed arguments.
+    BtfTracePoint,
 }
 
 /// Every map of the object and its kind, the `.bss` data map included: a map added to the
@@ -331,7 +345,7 @@ pub const MAPS: [(&str, MapKind); 31] = [
 ];
 
 /// Every program of the object and its kind.
-pub const PROGRAMS: [(&str, ProgramKind); 24] = [
+pub const PROGRAMS: [(&str, ProgramKind); 25] = [
     (PROG_XDP, ProgramKind::Xdp),
     (PROG_TC, ProgramKind::SchedClassifier),
     (PROG_TC_EGRESS, ProgramKind::SchedClassifier),
@@ -356,10 +370,11 @@ pub const PROGRAMS: [(&str, ProgramKind); 24] = [
     (PROG_TC_EGRESS_ATOMIC_PAYLOAD, ProgramKind::SchedClassifier),
     (PROG_NF_SEND_RESET, ProgramKind::FEntry),
     (PROG_NF_SEND_RESET6, ProgramKind::FEntry),
+    (PROG_NF_DROP, ProgramKind::BtfTracePoint),
 ];
 
 /// The u32 globals the loader sets before loading (read-only to the programs).
-pub const LOADER_GLOBALS: [&str; 25] = [
+pub const LOADER_GLOBALS: [&str; 30] = [
     GLOBAL_FLOW_TABLE_BITS,
     GLOBAL_EVICTION_LOG_SLOTS,
     GLOBAL_SEND_RESET_REASON_OFFSET,
@@ -385,6 +400,11 @@ pub const LOADER_GLOBALS: [&str; 25] = [
     GLOBAL_CAPTURE_REASONS,
     GLOBAL_SKB_HEAD_OFFSET,
     GLOBAL_SKB_NETWORK_HEADER_OFFSET,
+    GLOBAL_NETFILTER_DROP_REASON,
+    GLOBAL_SKB_DEV_OFFSET,
+    GLOBAL_SKB_REFDST_OFFSET,
+    GLOBAL_RTABLE_FLAGS_OFFSET,
+    GLOBAL_RT6_INFO_FLAGS_OFFSET,
 ];
 
 #[cfg(test)]

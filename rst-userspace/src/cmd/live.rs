@@ -134,7 +134,7 @@ impl LiveSession {
         });
         let mut aggregator = Aggregator::new(interfaces, settings.top).limit_flows(settings.summary_flows);
         load::warn_kernel_events(&kernel_events);
-        load::warn_firewall(&firewall);
+        load::log_firewall(&firewall);
         aggregator.kernel_events(kernel_events, reason_names);
         aggregator.counting(counting);
         match workloads {

@@ -9,8 +9,8 @@
 //! By concern: `caps` (what loading and attaching need), `counting` (PREEMPT_RT and how the
 //! programs count), `object` (loading: maps sized, globals set), `tail_call` (the payload
 //! programs' wiring), `interfaces` (`-i` names and patterns), `attach` (XDP, tcx, clsact),
-//! [`kernel_events`] (the `tcp:tcp_send_reset` program), [`firewall`] (the fentry programs on
-//! netfilter's `reject with tcp reset`), [`netlink`], [`tracefs`], and
+//! [`kernel_events`] (the `tcp:tcp_send_reset` program), [`firewall`] (netfilter's `reject with tcp
+//! reset`: fentry, or the `skb:kfree_skb` fallback), [`netlink`], [`tracefs`], and
 //! [`testrun`] (the object under BPF_PROG_TEST_RUN). Their items keep their `load::` paths.
 
 pub mod firewall;
@@ -33,7 +33,7 @@ pub use attach::{
 };
 pub use caps::check_capabilities;
 pub use counting::{is_preempt_rt, Counting, CountingMode};
-pub use firewall::{attach_firewall, start_firewall, warn_firewall, FirewallOffsets};
+pub use firewall::{attach_firewall, log_firewall, start_firewall, FirewallHook, FirewallOffsets, FirewallTargets};
 pub use interfaces::{is_pattern, pattern_matches, resolve_interface, resolve_targets};
 // The tracepoint program's part of loading lives in its own module, too.
 pub use kernel_events::{

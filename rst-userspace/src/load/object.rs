@@ -20,7 +20,7 @@ use rst_common::wire::{
 use super::{
     caps::has_capability,
     counting::{this_kernel_is_preempt_rt, Counting, CountingMode},
-    firewall::FirewallOffsets,
+    firewall::{FirewallOffsets, FirewallTargets},
     kernel_events::SendResetFormat,
     tail_call::install_payload_programs,
     Error, EBPF_OBJECT,
@@ -51,8 +51,8 @@ pub struct LoadedObject {
     counting: CountingMode,
     /// Whether the workload programs found their offsets.
     workload_offsets: Availability,
-    /// The reject functions the firewall programs can attach to, or why none.
-    firewall: Result<Vec<&'static str>, String>,
+    /// The ways in the firewall programs have on this kernel, or why none.
+    firewall: Result<FirewallTargets, String>,
     /// Whether the capturing programs were loaded (`--capture`).
     capturing: bool,
     /// Whether the payload programs are in place (see `install_payload_programs`).
@@ -69,10 +69,10 @@ impl LoadedObject {
         &self.workload_offsets
     }
 
-    /// The reject functions this kernel has for the firewall programs (their globals set), or
-    /// why they cannot run.
-    pub fn firewall_functions(&self) -> Result<&[&'static str], &str> {
-        self.firewall.as_deref().map_err(String::as_str)
+    /// The ways in this kernel has for the firewall programs (their globals set), or why they
+    /// cannot run.
+    pub fn firewall_targets(&self) -> Result<&FirewallTargets, &str> {
+        self.firewall.as_ref().map_err(String::as_str)
     }
 
     /// The counting programs that were loaded.
@@ -222,7 +222,7 @@ pub fn load_with(
             }
         };
     let workload_offsets = Availability::of(workload_offsets.map(|_| ()));
-    let firewall = firewall.map(|offsets| offsets.functions).map_err(|error| error.to_string());
+    let firewall = firewall.map(|offsets| offsets.targets).map_err(|error| error.to_string());
     Ok(LoadedObject { ebpf, counting: mode, workload_offsets, firewall, capturing: capture.is_some(), reads_payloads })
 }
 
