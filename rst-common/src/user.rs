@@ -6,8 +6,8 @@ use crate::{
     table::FlowSlot,
     wire::{
         CacheSlot, CaptureBudget, CaptureCounters, CaptureReason, CaptureReasonKey, ConnKey, ConnState, Counters,
-        FlowKey, FlowValue, IdleKey, IdleValue, ListenKey, ListenValue, LoggedFlow, PayloadCounters, ResetCounters,
-        ServiceKey, ServiceValue, SourceKey, StackResetKey, TrafficCounters, WorkloadKey, FAMILY_IPV4,
+        FirewallResetKey, FlowKey, FlowValue, IdleKey, IdleValue, ListenKey, ListenValue, LoggedFlow, PayloadCounters,
+        ResetCounters, ServiceKey, ServiceValue, SourceKey, StackResetKey, TrafficCounters, WorkloadKey, FAMILY_IPV4,
     },
 };
 
@@ -59,6 +59,20 @@ unsafe impl aya::Pod for PayloadCounters {}
 unsafe impl aya::Pod for CaptureReasonKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for CaptureReason {}
+// SAFETY: as above.
+unsafe impl aya::Pod for FirewallResetKey {}
+
+impl FirewallResetKey {
+    /// The RST's source: the rejected segment's destination.
+    pub fn src_ip(&self) -> IpAddr {
+        to_ip(self.family, &self.src)
+    }
+
+    /// The RST's destination: the rejected segment's source.
+    pub fn dst_ip(&self) -> IpAddr {
+        to_ip(self.family, &self.dst)
+    }
+}
 
 impl FlowKey {
     pub fn src_ip(&self) -> IpAddr {

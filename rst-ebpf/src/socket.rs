@@ -46,9 +46,9 @@ static IDLE_GAPS_ON: u32 = 0;
 #[unsafe(no_mangle)]
 static SEND_RESET_SKBADDR_OFFSET: u32 = 8;
 #[unsafe(no_mangle)]
-static SKB_HEAD_OFFSET: u32 = 192;
+pub(crate) static SKB_HEAD_OFFSET: u32 = 192;
 #[unsafe(no_mangle)]
-static SKB_NETWORK_HEADER_OFFSET: u32 = 180;
+pub(crate) static SKB_NETWORK_HEADER_OFFSET: u32 = 180;
 #[unsafe(no_mangle)]
 static SKB_TRANSPORT_HEADER_OFFSET: u32 = 178;
 #[unsafe(no_mangle)]

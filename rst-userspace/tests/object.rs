@@ -35,6 +35,8 @@ fn every_program_userspace_names_is_in_the_object_with_its_kind_and_no_other() {
                 ProgramSection::Xdp { .. } => Some(ProgramKind::Xdp),
                 ProgramSection::SchedClassifier => Some(ProgramKind::SchedClassifier),
                 ProgramSection::TracePoint => Some(ProgramKind::TracePoint),
+                ProgramSection::FEntry { .. } => Some(ProgramKind::FEntry),
+                ProgramSection::BtfTracePoint => Some(ProgramKind::BtfTracePoint),
                 _ => None,
             };
             (name.as_str(), kind)

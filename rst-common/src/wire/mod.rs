@@ -10,6 +10,7 @@ mod capture;
 mod class;
 mod counters;
 mod defaults;
+mod firewall;
 mod hash;
 mod keys;
 pub mod names;
@@ -28,6 +29,10 @@ pub use counters::{Counters, ResetCounters, TrafficCounters};
 pub use defaults::{
     CONN_GENERATIONS, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_FLOWS, DEFAULT_MAX_OVERFLOW_SOURCES, DEFAULT_MAX_SERVICES,
     FLOW_CACHE_SLOTS,
+};
+pub use firewall::{
+    hook_name, FirewallResetKey, NF_INET_FORWARD, NF_INET_HOOK_OTHER, NF_INET_LOCAL_IN, NF_INET_LOCAL_OUT,
+    NF_INET_POST_ROUTING, NF_INET_PRE_ROUTING,
 };
 pub use keys::{
     native_words, word, ConnKey, FlowKey, ServiceKey, SourceKey, StackResetKey, DIRECTION_RX, DIRECTION_TX,

@@ -261,6 +261,30 @@ pub const GLOBAL_SOCK_ACK_BACKLOG_OFFSET: &str = "SOCK_ACK_BACKLOG_OFFSET";
 pub const GLOBAL_SOCK_MAX_ACK_BACKLOG_OFFSET: &str = "SOCK_MAX_ACK_BACKLOG_OFFSET";
 pub const GLOBAL_ICSK_LRCVTIME_OFFSET: &str = "ICSK_LRCVTIME_OFFSET";
 pub const GLOBAL_TCP_LSNDTIME_OFFSET: &str = "TCP_LSNDTIME_OFFSET";
+/// fentry programs on netfilter's `reject with tcp reset` (kernel functions [`FN_NF_SEND_RESET`]
+/// and [`FN_NF_SEND_RESET6`]; Linux >= 5.5 for fentry): the resets this host's firewall sent.
+pub const PROG_NF_SEND_RESET: &str = "rstwatch_nf_send_reset";
+pub const PROG_NF_SEND_RESET6: &str = "rstwatch_nf_send_reset6";
+/// The kernel functions they attach to (`net/ipv4/netfilter/nf_reject_ipv4.c`, `…ipv6.c`).
+pub const FN_NF_SEND_RESET: &str = "nf_send_reset";
+pub const FN_NF_SEND_RESET6: &str = "nf_send_reset6";
+/// Resets per [`crate::wire::FirewallResetKey`], flipped and drained like the stack-reset tables.
+pub const MAP_FIREWALL_RESETS: [&str; 2] = ["FIREWALL_RESETS_0", "FIREWALL_RESETS_1"];
+/// Per CPU and epoch (index = epoch), the firewall resets that found no room in
+/// [`MAP_FIREWALL_RESETS`] (a u64).
+pub const MAP_FIREWALL_OVERFLOW: &str = "FIREWALL_OVERFLOW";
+/// Where the kernel refuses fentry: a BTF tracepoint on [`TP_KFREE_SKB`] that records netfilter's
+/// drops ([`GLOBAL_NETFILTER_DROP_REASON`]) as candidate firewall resets (Linux >= 5.17).
+pub const PROG_NF_DROP: &str = "rstwatch_nf_drop";
+pub const TP_KFREE_SKB: &str = "kfree_skb";
+/// `enum skb_drop_reason`'s `SKB_DROP_REASON_NETFILTER_DROP`, from the kernel's BTF.
+pub const GLOBAL_NETFILTER_DROP_REASON: &str = "NETFILTER_DROP_REASON";
+/// `sk_buff.dev`, `sk_buff._skb_refdst`, `rtable.rt_flags` and `rt6_info.rt6i_flags`: what
+/// [`PROG_NF_DROP`] infers the netfilter hook by, from the kernel's BTF.
+pub const GLOBAL_SKB_DEV_OFFSET: &str = "SKB_DEV_OFFSET";
+pub const GLOBAL_SKB_REFDST_OFFSET: &str = "SKB_REFDST_OFFSET";
+pub const GLOBAL_RTABLE_FLAGS_OFFSET: &str = "RTABLE_FLAGS_OFFSET";
+pub const GLOBAL_RT6_INFO_FLAGS_OFFSET: &str = "RT6_INFO_FLAGS_OFFSET";
 /// An empty XDP_PASS program in the same object: the baseline for cost measurements.
 pub const PROG_XDP_BASELINE: &str = "rstwatch_xdp_pass";
 /// An empty TC program returning "next": the baseline for the TC programs.
@@ -297,11 +321,15 @@ pub enum ProgramKind {
     Xdp,
     SchedClassifier,
     TracePoint,
+    /// A BTF-attached fentry program.
+    FEntry,
+    /// A BTF tracepoint (`tp_btf`): a raw tracepoint with typed arguments.
+    BtfTracePoint,
 }
 
 /// Every map of the object and its kind, the `.bss` data map included: a map added to the
 /// object is added here, and the contract test holds the object to exactly this list.
-pub const MAPS: [(&str, MapKind); 32] = [
+pub const MAPS: [(&str, MapKind); 35] = [
     (MAP_FLOW_TABLE, MapKind::Array),
     (MAP_FLOW_BLOCKS, MapKind::Array),
     (MAP_OVERFLOW_SOURCES[0], MapKind::Hash),
@@ -333,12 +361,15 @@ pub const MAPS: [(&str, MapKind); 32] = [
     (MAP_PAYLOAD_XDP_PROGRAMS, MapKind::ProgramArray),
     (MAP_PAYLOAD_TC_PROGRAMS, MapKind::ProgramArray),
     (MAP_CAPTURE_REASONS, MapKind::LruHash),
+    (MAP_FIREWALL_RESETS[0], MapKind::Hash),
+    (MAP_FIREWALL_RESETS[1], MapKind::Hash),
+    (MAP_FIREWALL_OVERFLOW, MapKind::PerCpuArray),
     // The loader's overrides of the globals below, a map aya makes from the section.
     (".rodata", MapKind::Array),
 ];
 
 /// Every program of the object and its kind.
-pub const PROGRAMS: [(&str, ProgramKind); 22] = [
+pub const PROGRAMS: [(&str, ProgramKind); 25] = [
     (PROG_XDP, ProgramKind::Xdp),
     (PROG_TC, ProgramKind::SchedClassifier),
     (PROG_TC_EGRESS, ProgramKind::SchedClassifier),
@@ -361,10 +392,13 @@ pub const PROGRAMS: [(&str, ProgramKind); 22] = [
     (PROG_XDP_ATOMIC_PAYLOAD, ProgramKind::Xdp),
     (PROG_TC_ATOMIC_PAYLOAD, ProgramKind::SchedClassifier),
     (PROG_TC_EGRESS_ATOMIC_PAYLOAD, ProgramKind::SchedClassifier),
+    (PROG_NF_SEND_RESET, ProgramKind::FEntry),
+    (PROG_NF_SEND_RESET6, ProgramKind::FEntry),
+    (PROG_NF_DROP, ProgramKind::BtfTracePoint),
 ];
 
 /// The u32 globals the loader sets before loading (read-only to the programs).
-pub const LOADER_GLOBALS: [&str; 33] = [
+pub const LOADER_GLOBALS: [&str; 38] = [
     GLOBAL_FLOW_TABLE_BITS,
     GLOBAL_EVICTION_LOG_SLOTS,
     GLOBAL_SEND_RESET_REASON_OFFSET,
@@ -398,6 +432,11 @@ pub const LOADER_GLOBALS: [&str; 33] = [
     GLOBAL_SOCK_MAX_ACK_BACKLOG_OFFSET,
     GLOBAL_ICSK_LRCVTIME_OFFSET,
     GLOBAL_TCP_LSNDTIME_OFFSET,
+    GLOBAL_NETFILTER_DROP_REASON,
+    GLOBAL_SKB_DEV_OFFSET,
+    GLOBAL_SKB_REFDST_OFFSET,
+    GLOBAL_RTABLE_FLAGS_OFFSET,
+    GLOBAL_RT6_INFO_FLAGS_OFFSET,
 ];
 
 #[cfg(test)]

@@ -113,6 +113,7 @@ impl LiveSession {
         let payloads = Payloads::open(&mut ebpf, reads_payloads)?;
         // Before the interfaces: once "attached to" is logged, every reset's reason is recorded.
         let (kernel_events, reason_names) = load::start_kernel_events(&mut ebpf);
+        let firewall = load::start_firewall(&mut ebpf);
         let capture = match (capture_files, &options.capture) {
             (Some(files), Some(capture_options)) => {
                 Some(Capture::start(&mut ebpf, files, capture_options, targets, reason_names.clone())?)
@@ -150,6 +151,7 @@ impl LiveSession {
         load::warn_kernel_events(&kernel_events);
         load::warn_socket_reads(&listen_resets, &idle_gaps);
         let no_socket = reason_names.code_of("NO_SOCKET");
+        load::log_firewall(&firewall);
         aggregator.kernel_events(kernel_events, reason_names);
         aggregator.counting(counting);
         match workloads {

@@ -21,9 +21,10 @@ use aya::{
 };
 use rst_common::{
     wire::{
-        CacheSlot, IdleKey, IdleValue, ListenKey, ListenValue, ResetCounters, ServiceKey, ServiceValue, SourceKey,
-        StackResetKey, TrafficCounters, WorkloadKey, DIRECTION_RX, DIRECTION_TX, FLOW_CACHE_SLOTS, MAP_EPOCH,
-        MAP_EVICTION_LOG, MAP_FLOW_BLOCKS, MAP_FLOW_CACHE, MAP_FLOW_TABLE, MAP_IDLE_GAPS, MAP_LISTEN_RESETS,
+        CacheSlot, FirewallResetKey, IdleKey, IdleValue, ListenKey, ListenValue, ResetCounters, ServiceKey,
+        ServiceValue, SourceKey, StackResetKey, TrafficCounters, WorkloadKey, DIRECTION_RX, DIRECTION_TX,
+        FLOW_CACHE_SLOTS, MAP_EPOCH, MAP_EVICTION_LOG, MAP_FIREWALL_OVERFLOW, MAP_FIREWALL_RESETS, MAP_FLOW_BLOCKS,
+        MAP_FLOW_CACHE, MAP_FLOW_TABLE, MAP_IDLE_GAPS, MAP_LISTEN_RESETS,
         MAP_OVERFLOW_SOURCES, MAP_RESET_COUNTERS, MAP_SERVICES, MAP_STACK_RESETS, MAP_TRAFFIC, MAP_WORKLOADS,
     },
     Counters, FlowKey, FlowValue,
@@ -64,6 +65,12 @@ pub struct Sample {
     /// tracepoints); empty in replay, and when unavailable
     /// ([`crate::load::LoadedObject::idle_gaps`] or no known HZ).
     pub idle_gaps: Vec<(IdleKey, IdleGap)>,
+    /// Resets this host's firewall sent (`reject with tcp reset`), per RST tuple and netfilter
+    /// hook (see [`crate::load::firewall`]); empty where the programs are not attached, and in
+    /// replay (a capture shows no netfilter).
+    pub firewall_resets: Vec<(FirewallResetKey, u64)>,
+    /// Firewall resets that found no room in the kernel's table (so not in `firewall_resets`).
+    pub firewall_overflow: u64,
     /// How long the flip + grace period + drain took.
     pub read_time: std::time::Duration,
     /// Flow-table writes that raced with another CPU's (`ResetCounters::table_races`): when
@@ -134,6 +141,8 @@ pub struct Collector {
     idle_gaps: [MapData; 2],
     /// The kernel's HZ, for the idle gaps; `None` (said once at start) drops them.
     hz: Option<u32>,
+    firewall_resets: [MapData; 2],
+    firewall_overflow: PerCpuArray<MapData, u64>,
     flow_cache: MapData,
     log: EvictionLogMap,
     _log: MapData,
@@ -162,6 +171,8 @@ impl Sample {
             || !self.workloads.is_empty()
             || !self.listen_resets.is_empty()
             || !self.idle_gaps.is_empty()
+            || !self.firewall_resets.is_empty()
+            || self.firewall_overflow > 0
     }
 }
 
@@ -190,6 +201,10 @@ impl Collector {
         let workloads = [hash_map_data(take(MAP_WORKLOADS[0])?)?, hash_map_data(take(MAP_WORKLOADS[1])?)?];
         let listen_resets = [hash_map_data(take(MAP_LISTEN_RESETS[0])?)?, hash_map_data(take(MAP_LISTEN_RESETS[1])?)?];
         let idle_gaps = [hash_map_data(take(MAP_IDLE_GAPS[0])?)?, hash_map_data(take(MAP_IDLE_GAPS[1])?)?];
+        let firewall_resets =
+            [hash_map_data(take(MAP_FIREWALL_RESETS[0])?)?, hash_map_data(take(MAP_FIREWALL_RESETS[1])?)?];
+        let firewall_overflow: PerCpuArray<MapData, u64> =
+            take(MAP_FIREWALL_OVERFLOW)?.try_into().map_err(map("opening the firewall overflow counters"))?;
         let flow_cache = match take(MAP_FLOW_CACHE)? {
             Map::PerCpuArray(data) => data,
             other => return Err(Error::map_type("a per-CPU array", "the flow cache", &other)),
@@ -221,6 +236,8 @@ impl Collector {
             listen_resets,
             idle_gaps,
             hz: None,
+            firewall_resets,
+            firewall_overflow,
             flow_cache,
             log,
             _log: log_data,
@@ -317,6 +334,13 @@ impl Collector {
             }
         })
         .map_err(sys("draining the idle-gap table"))?;
+        let mut firewall_resets = Vec::new();
+        drain_hash_map::<FirewallResetKey, FlowValue>(
+            self.firewall_resets[finished as usize].fd().as_fd(),
+            |key, value| firewall_resets.push((*key, value.resets)),
+        )
+        .map_err(sys("draining the firewall-reset table"))?;
+        let firewall_overflow = self.take_firewall_overflow(finished)?;
         // Last: until everything of the epoch is read, its counts (and the logs' lengths) stay.
         let zeroes = PerCpuValues::try_from(vec![ResetCounters::default(); self.cpus]).map_err(Error::CpuValues)?;
         self.reset_counters.set(finished, zeroes, 0).map_err(map("resetting the reset counters"))?;
@@ -329,6 +353,8 @@ impl Collector {
             workloads,
             listen_resets,
             idle_gaps,
+            firewall_resets,
+            firewall_overflow,
             read_time: started.elapsed(),
             table_races: resets.table_races,
             // The kernel keeps no time per connection.
@@ -337,6 +363,17 @@ impl Collector {
             pauses: Vec::new(),
             nat_lost: Vec::new(),
         })
+    }
+
+    /// The epoch's firewall overflow, summed over CPUs, and zeroed for its next turn.
+    fn take_firewall_overflow(&mut self, epoch: u32) -> Result<u64, Error> {
+        let per_cpu = self.firewall_overflow.get(&epoch, 0).map_err(map("reading the firewall overflow counters"))?;
+        let overflow = per_cpu.iter().sum();
+        if overflow > 0 {
+            let zeroes = PerCpuValues::try_from(vec![0u64; self.cpus]).map_err(Error::CpuValues)?;
+            self.firewall_overflow.set(epoch, zeroes, 0).map_err(map("resetting the firewall overflow counters"))?;
+        }
+        Ok(overflow)
     }
 
     /// Cumulative traffic: both directions together, and what was sent.

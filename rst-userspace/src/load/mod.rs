@@ -9,10 +9,12 @@
 //! By concern: `caps` (what loading and attaching need), `counting` (PREEMPT_RT and how the
 //! programs count), `object` (loading: maps sized, globals set), `tail_call` (the payload
 //! programs' wiring), `interfaces` (`-i` names and patterns), `attach` (XDP, tcx, clsact),
-//! [`kernel_events`] (the `tcp:tcp_send_reset` program), [`netlink`], [`tracefs`], and
+//! [`kernel_events`] (the `tcp:tcp_send_reset` program), [`firewall`] (netfilter's `reject with tcp
+//! reset`: fentry, or the `skb:kfree_skb` fallback), [`netlink`], [`tracefs`], and
 //! [`testrun`] (the object under BPF_PROG_TEST_RUN). Their items keep their `load::` paths.
 
 pub mod btf_path;
+pub mod firewall;
 pub mod kernel_events;
 pub mod netlink;
 pub mod socket_reads;
@@ -33,6 +35,7 @@ pub use attach::{
 };
 pub use caps::check_capabilities;
 pub use counting::{is_preempt_rt, Counting, CountingMode};
+pub use firewall::{attach_firewall, log_firewall, start_firewall, FirewallHook, FirewallOffsets, FirewallTargets};
 pub use interfaces::{is_pattern, pattern_matches, resolve_interface, resolve_targets};
 // The tracepoint program's part of loading lives in its own module, too.
 pub use kernel_events::{
@@ -108,6 +111,20 @@ pub enum Error {
     #[error("{what}")]
     TracepointProgram {
         what: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    /// Why this host's firewall resets cannot be traced (no BTF, no reject function built in).
+    #[error("{0}")]
+    Firewall(String),
+    /// Loading or attaching a firewall program (`what` says which, `function` where);
+    /// `refused` when the kernel said EPERM although rstwatch holds CAP_BPF and CAP_PERFMON: it
+    /// does not run fentry programs at all (no BPF trampolines, as in some VM kernels).
+    #[error("{what} {function}{}: {source}", if *refused { " (this kernel refuses fentry programs even to a privileged loader: no BPF trampolines)" } else { "" })]
+    FirewallProgram {
+        what: &'static str,
+        function: &'static str,
+        refused: bool,
         #[source]
         source: aya::programs::ProgramError,
     },

@@ -13,13 +13,14 @@ use rst_common::wire::{
     CountingPrograms, GLOBAL_CAPTURE_BUDGET, GLOBAL_CAPTURE_HANDSHAKES, GLOBAL_CAPTURE_REASONS, GLOBAL_CAPTURE_SNAPLEN,
     GLOBAL_EVICTION_LOG_SLOTS, GLOBAL_FLOW_TABLE_BITS, GLOBAL_SEND_RESET_DADDR_OFFSET, GLOBAL_SEND_RESET_REASON_OFFSET,
     GLOBAL_SEND_RESET_SADDR_OFFSET, MAP_CAPTURE_REASONS, MAP_CONNECTIONS, MAP_CONN_FINGERPRINTS, MAP_EVICTION_LOG,
-    MAP_FLOW_BLOCKS, MAP_FLOW_TABLE, MAP_IDLE_GAPS, MAP_LISTEN_RESETS, MAP_OVERFLOW_SOURCES, MAP_SERVICES,
-    MAP_STACK_RESETS, MAP_WORKLOADS,
+    MAP_FIREWALL_RESETS, MAP_FLOW_BLOCKS, MAP_FLOW_TABLE, MAP_IDLE_GAPS, MAP_LISTEN_RESETS, MAP_OVERFLOW_SOURCES,
+    MAP_SERVICES, MAP_STACK_RESETS, MAP_WORKLOADS,
 };
 
 use super::{
     caps::has_capability,
     counting::{this_kernel_is_preempt_rt, Counting, CountingMode},
+    firewall::{FirewallOffsets, FirewallTargets},
     kernel_events::SendResetFormat,
     socket_reads::SocketReads,
     tail_call::install_payload_programs,
@@ -36,8 +37,8 @@ pub fn overflow_sources_for(max_flows: u32) -> u32 {
 /// Loads the object with both epochs' flow tables sized to hold `max_flows` flows each at half
 /// load ([`rst_common::table::flow_table_bits`]), the connection table to as many slots as
 /// one epoch's flow table, the overflow-source tables to [`overflow_sources_for`], services
-/// and kernel events (stack resets, workloads, listener resets, idle gaps: each two epochs'
-/// tables, fixed at load) to a quarter of it, and loads the XDP and TC programs. The tracepoint program is loaded by
+/// and kernel events (stack resets, workloads, listener resets, idle gaps, firewall resets: each
+/// two epochs' tables, fixed at load) to a quarter of it, and loads the XDP and TC programs. The tracepoint program is loaded by
 /// [`super::attach_kernel_events`].
 pub fn load(max_flows: u32) -> Result<LoadedObject, Error> {
     load_counting(max_flows, Counting::Auto)
@@ -55,6 +56,8 @@ pub struct LoadedObject {
     /// Whether the listener resets and the idle gaps are recorded (see [`super::socket_reads`]).
     listen_resets: Availability,
     idle_gaps: Availability,
+    /// The ways in the firewall programs have on this kernel, or why none.
+    firewall: Result<FirewallTargets, String>,
     /// Whether the capturing programs were loaded (`--capture`).
     capturing: bool,
     /// Whether the payload programs are in place (see `install_payload_programs`).
@@ -80,6 +83,12 @@ impl LoadedObject {
     /// Whether the reset tracepoints record the idle gap before each connection's reset.
     pub fn idle_gaps(&self) -> &Availability {
         &self.idle_gaps
+    }
+
+    /// The ways in this kernel has for the firewall programs (their globals set), or why they
+    /// cannot run.
+    pub fn firewall_targets(&self) -> Result<&FirewallTargets, &str> {
+        self.firewall.as_ref().map_err(String::as_str)
     }
 
     /// The counting programs that were loaded.
@@ -163,6 +172,7 @@ pub fn load_with(
     } else {
         Err("off".to_owned())
     };
+    let firewall = FirewallOffsets::read();
     let table_bits = rst_common::table::flow_table_bits(max_flows);
     let cpu_ids = crate::collect::flow_table::possible_cpu_ids().map_err(Error::PossibleCpus)?;
     let cpus = u32::try_from(cpu_ids.len()).map_err(|_| Error::TooManyCpus)?;
@@ -188,7 +198,12 @@ pub fn load_with(
         .map_max_entries(MAP_LISTEN_RESETS[0], max_sources)
         .map_max_entries(MAP_LISTEN_RESETS[1], max_sources)
         .map_max_entries(MAP_IDLE_GAPS[0], max_sources)
-        .map_max_entries(MAP_IDLE_GAPS[1], max_sources);
+        .map_max_entries(MAP_IDLE_GAPS[1], max_sources)
+        .map_max_entries(MAP_FIREWALL_RESETS[0], max_sources)
+        .map_max_entries(MAP_FIREWALL_RESETS[1], max_sources);
+    if let Ok(firewall) = &firewall {
+        firewall.apply(&mut loader);
+    }
     if let Ok(workload) = &workload_offsets {
         workload.apply(&mut loader);
     }
@@ -233,12 +248,14 @@ pub fn load_with(
     let part = |part: Result<(), String>| Availability::of(offsets.as_ref().map_err(String::clone).and(part));
     let listen_resets = part(socket_reads.listen.as_ref().map(|_| ()).map_err(String::clone));
     let idle_gaps = part(socket_reads.idle.as_ref().map(|_| ()).map_err(String::clone));
+    let firewall = firewall.map(|offsets| offsets.targets).map_err(|error| error.to_string());
     Ok(LoadedObject {
         ebpf,
         counting: mode,
         workload_offsets,
         listen_resets,
         idle_gaps,
+        firewall,
         capturing: capture.is_some(),
         reads_payloads,
     })

@@ -344,6 +344,8 @@ impl Replay<'_> {
             pauses: self.tally.timings.measured.pauses.drain().collect(),
             nat_lost: self.tally.timings.measured.nat_lost.drain().collect(),
             read_time: Duration::ZERO,
+            // A capture shows the firewall's resets on the wire, never netfilter's call.
+            firewall_resets: Vec::new(),
             // Nothing overflows a host map; listener resets and idle gaps are read from live
             // sockets only (left empty).
             ..Sample::default()

@@ -16,7 +16,7 @@ use std::{
 
 use rst_common::{
     wire::{
-        DownRun, ResetClass, ServiceCounts, ServiceKey, ServiceValue, SourceKey, StackResetKey, WorkloadKey,
+        DownRun, FirewallResetKey, ResetClass, ServiceCounts, ServiceKey, ServiceValue, SourceKey, StackResetKey, WorkloadKey,
         DIRECTION_TX, ORIGIN_APPLICATION, ORIGIN_KERNEL,
     },
     Counters, FlowKey,
@@ -31,7 +31,7 @@ use crate::{
     collect::Sample,
     model::{
         kernel_reason::ReasonNames,
-        verdict::{rst_tuple, Evidence, FlowTimings, RstTuple, ServiceAddr, ServiceSample},
+        verdict::{rst_tuple, Evidence, FlowTimings, NetfilterHook, RstTuple, ServiceAddr, ServiceSample},
     },
 };
 
@@ -439,6 +439,8 @@ impl Aggregator {
         }
         self.join_pauses(&mut interval);
         self.join_kernel_events(&mut interval, &sample.stack_resets);
+        // The firewall's resets this host really sent (the interval's tx flows confirm them).
+        self.join_firewall(&interval, &sample.firewall_resets);
         self.join_workloads(&mut interval, &sample.workloads);
         for (id, stats) in &interval {
             if let Some(run) = self.flows.get_mut(id) {
@@ -488,6 +490,26 @@ impl Aggregator {
         };
         self.interval_flows = interval;
         record
+    }
+
+    /// The resets this host's netfilter sent: its events (or, where only netfilter's drops are
+    /// traced, its candidates: a plain drop looks the same) that an RST this host sent on the
+    /// same addresses and ports confirms, each for the service the RST speaks for.
+    fn join_firewall(&mut self, interval: &FastMap<FlowKey, FlowStats>, events: &[(FirewallResetKey, u64)]) {
+        if events.is_empty() {
+            return;
+        }
+        let sent: FastMap<RstTuple, u64> = interval
+            .iter()
+            .filter(|(id, _)| Direction::of(id) == Direction::Tx)
+            .map(|(id, stats)| (rst_tuple(id), stats.resets))
+            .collect();
+        for (key, count) in events {
+            let Some(hook) = NetfilterHook::of_code(u32::from(key.hook)) else { continue };
+            let Some(resets) = sent.get(&(key.src, key.dst, key.sport, key.dport)) else { continue };
+            let service = ServiceAddr { addr: key.src_ip(), port: key.sport };
+            self.evidence.local_firewall(service, hook, (*count).min(*resets));
+        }
     }
 
     /// Charges the interval's pauses to the flows whose resets they came before.
