@@ -16,8 +16,8 @@ use std::{
 
 use rst_common::{
     wire::{
-        DownRun, FirewallResetKey, ResetClass, ServiceCounts, ServiceKey, ServiceValue, SourceKey, StackResetKey, WorkloadKey,
-        DIRECTION_TX, ORIGIN_APPLICATION, ORIGIN_KERNEL,
+        DownRun, FirewallResetKey, ResetClass, ServiceCounts, ServiceKey, ServiceValue, SourceKey, StackResetKey,
+        WorkloadKey, DIRECTION_TX, ORIGIN_APPLICATION, ORIGIN_KERNEL,
     },
     Counters, FlowKey,
 };

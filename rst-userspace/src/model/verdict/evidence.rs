@@ -495,6 +495,9 @@ impl Evidence {
             matches!(act, Act::Stateless | Act::Abort).then(|| self.pauses.get(&rst_tuple(key)).copied()).flatten();
         let race_idle = (act == Act::Race).then(|| self.idle_before_close.get(&flow).copied()).flatten();
         let interval = self.interval;
+        // A timeout is the server side's, or a device's answering for either side (its TTL
+        // tells it): a client's own reset after a pause answered a late reply.
+        let idle_gap = idle_gap.filter(|_| bucket.by_server || self.forged_ttl(&bucket).is_some());
         let Some(evidence) = self.service_mut(service) else { return };
         if let Some(gap) = gap {
             evidence.close_gap_ms = Some(evidence.close_gap_ms.unwrap_or(0).max(gap));
@@ -798,13 +801,21 @@ impl Evidence {
             rejected.add(*tally);
             out.push(Verdict::new(Finding::LocalFirewall { hook }, service, tally.counts()));
         }
-        let turned_away = genuine
-            .get(&(Act::TurnAway, true))
-            .copied()
-            .unwrap_or_default()
-            .minus(scanned)
-            .minus(overflowed)
-            .minus(rejected);
+        // The listener's resets of an overflow answer the client's first data on a connection
+        // the queue had no room for: without ACK, they read as lost state on the wire.
+        let mut overflow_left = overflowed;
+        for act in [Act::Stateless, Act::TurnAway] {
+            if let Some(tally) = genuine.get_mut(&(act, true)) {
+                let taken = Tally {
+                    resets: tally.resets.min(overflow_left.resets),
+                    connections: tally.connections.min(overflow_left.connections),
+                };
+                *tally = tally.minus(taken);
+                overflow_left = overflow_left.minus(taken);
+            }
+        }
+        let turned_away =
+            genuine.get(&(Act::TurnAway, true)).copied().unwrap_or_default().minus(scanned).minus(rejected);
         if turned_away.resets > 0 && evidence.synacks == 0 {
             out.push(Verdict::new(Finding::NoListener, service, turned_away.counts()));
         }

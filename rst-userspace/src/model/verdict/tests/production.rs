@@ -166,3 +166,30 @@ fn the_order_the_table_is_read_in_changes_no_verdict() {
     assert_eq!(verdicts(&[refused, abort, again]), verdicts(&[abort, refused, again]));
     assert_eq!(verdicts(&[again, abort, refused]), verdicts(&[refused, again, abort]));
 }
+
+#[test]
+fn a_clients_own_resets_after_a_slow_reply_are_no_idle_timeout() {
+    // The backend took its time; the client (whose NAT lost the connection) reset the reply.
+    let flows: Vec<FlowKey> =
+        (0..3).map(|i| rst(ResetKind::Established, false, false, 8081, 40_000 + i, (64, 64))).collect();
+    let gaps: Vec<(RstTuple, u64)> = flows.iter().map(|key| (rst_tuple(key), 1_000)).collect();
+    let mut evidence = Evidence::new(64);
+    evidence.timings(FlowTimings { pauses: &gaps, ..FlowTimings::default() });
+    feed(&mut evidence, 0, &[], &flows);
+    assert_eq!(causes(&evidence.verdicts()), [(Cause::StateLost, 8081, 3)]);
+}
+
+#[test]
+fn an_overflows_resets_without_ack_are_not_lost_state_too() {
+    // What the listener really sends: no ACK, answering the client's first data.
+    let flows = [
+        rst(ResetKind::Handshake, true, false, 7101, 40_000, (64, 64)),
+        rst(ResetKind::Handshake, true, false, 7101, 40_001, (64, 64)),
+    ];
+    let mut evidence = Evidence::new(64);
+    feed(&mut evidence, 0, &[handshakes(7101, 4, 4)], &flows);
+    evidence.listen_overflow(service(7101), 2, 1);
+    assert_eq!(causes(&evidence.verdicts()), [(Cause::ListenOverflow, 7101, 2)]);
+    // Without the kernel's account, the wire says lost state.
+    assert_eq!(causes(&verdicts_of(&flows)), [(Cause::StateLost, 7101, 2)]);
+}
