@@ -208,7 +208,14 @@ fn nginx(ns: &Netns, dir: &Path) -> Result<Proc> {
 /// A python3 TCP server on the server host: `delay_s` after each request it answers with a
 /// small HTTP response and keeps the connection; `backlog` and `defer_accept` set its listener,
 /// `accepting: false` never accepts.
-fn python_server(ns: &Netns, port: u16, backlog: u32, defer_accept: bool, accepting: bool, delay_s: f64) -> Result<Proc> {
+fn python_server(
+    ns: &Netns,
+    port: u16,
+    backlog: u32,
+    defer_accept: bool,
+    accepting: bool,
+    delay_s: f64,
+) -> Result<Proc> {
     let script = format!(
         "import socket, threading, time\n\
          s = socket.socket()\n\
@@ -274,7 +281,10 @@ fn read_until_reset(sock: &Socket) -> Result<io::ErrorKind> {
 }
 
 /// The lab, watched from the client's veth and the server's; `scenario` runs in between.
-fn watched(dir: &Path, scenario: impl FnOnce(&ProdLab) -> Result<Vec<SocketAddr>>) -> Result<(Vec<SocketAddr>, Vec<Seen>)> {
+fn watched(
+    dir: &Path,
+    scenario: impl FnOnce(&ProdLab) -> Result<Vec<SocketAddr>>,
+) -> Result<(Vec<SocketAddr>, Vec<Seen>)> {
     let lab = ProdLab::new()?;
     let vantages = watch(dir, &[("client", &lab.client_if), ("server", &lab.server_if)])?;
     let clients = scenario(&lab)?;
@@ -383,7 +393,7 @@ fn rsts(segments: &[Segment]) -> Vec<&Segment> {
 }
 
 /// Segments of the connection `a` ↔ `b`, either direction.
-fn conn<'a>(segments: &'a [Segment], a: SocketAddr, b: SocketAddr) -> Vec<&'a Segment> {
+fn conn(segments: &[Segment], a: SocketAddr, b: SocketAddr) -> Vec<&Segment> {
     segments.iter().filter(|s| (s.src, s.dst) == (a, b) || (s.src, s.dst) == (b, a)).collect()
 }
 
@@ -401,7 +411,8 @@ fn one_rst_each(
     for &client in clients {
         let segs = conn(&seen.segments, client, server);
         let at = segs.iter().position(|s| s.has(RST));
-        let at = at.with_context(|| format!("{}: no RST on {client} ↔ {server}:{}", seen.name, listing(segs.clone())))?;
+        let at =
+            at.with_context(|| format!("{}: no RST on {client} ↔ {server}:{}", seen.name, listing(segs.clone())))?;
         let reset = segs[at];
         let from = from.unwrap_or(client);
         ensure!(reset.src == from, "{}: {reset} is not from {from}", seen.name);
@@ -479,7 +490,12 @@ fn nginx_closing_an_idle_keepalive_connection_as_the_client_reuses_it_is_a_keepa
     run_test(test, &["nginx"], |dir| {
         let (seen, _) = keepalive_race(dir)?;
         for s in &seen {
-            expect(&format!("{}'s veth, replay", s.name), &s.replay, Match::Exactly, &[race().idle(ms(KEEPALIVE_TIMEOUT))])?;
+            expect(
+                &format!("{}'s veth, replay", s.name),
+                &s.replay,
+                Match::Exactly,
+                &[race().idle(ms(KEEPALIVE_TIMEOUT))],
+            )?;
             expect(&format!("{}'s veth, live", s.name), &s.live, Match::AtMost, &[race()])?;
         }
         Ok(())
@@ -544,7 +560,10 @@ fn a_routers_conntrack_forgetting_idle_connections_is_an_idle_timeout() -> Resul
         one_rst_each(client, &clients, web, Some(web), |reset, before| {
             ensure!(reset.ttl == ROUTER_TTL, "{reset}: the router's own TTL is {ROUTER_TTL}");
             let late = before.last().context("nothing before the RST")?;
-            ensure!(late.src == reset.dst && late.payload > 0 && reset.seq == late.ack, "{reset} does not answer {late}");
+            ensure!(
+                late.src == reset.dst && late.payload > 0 && reset.seq == late.ack,
+                "{reset} does not answer {late}"
+            );
             let earlier = before[..before.len() - 1].last().context("no segment before the reuse")?;
             let gap = late.time_us - earlier.time_us;
             ensure!(gap >= ms(IDLE_GAP) * 1000 * 9 / 10, "only {gap} µs idle before the reuse");
@@ -702,7 +721,11 @@ fn listen_overflow(dir: &Path) -> Result<(Vec<Seen>, u64)> {
         for r in rsts(&s.segments) {
             ensure!(r.src == listener && clients.contains(&r.dst), "{}: {r} is not the listener's", s.name);
             let before = conn(&s.segments, r.dst, listener);
-            ensure!(before.iter().any(|b| b.src == listener && b.has(SYN | ACK)), "{}: {r} without a handshake", s.name);
+            ensure!(
+                before.iter().any(|b| b.src == listener && b.has(SYN | ACK)),
+                "{}: {r} without a handshake",
+                s.name
+            );
             let data = before.iter().rev().find(|b| b.src == r.dst && b.payload > 0);
             let data = data.with_context(|| format!("{}: {r} answers no data", s.name))?;
             ensure!(!r.has(ACK) && r.seq == data.ack, "{}: {r} is no answer to {data}", s.name);
@@ -726,7 +749,11 @@ fn a_listener_that_never_accepts_overflows_its_queue_and_resets_listen_overflow(
         for s in &seen {
             expect(&format!("{}'s veth, live", s.name), &s.live, Match::Includes, &[overflow(resets)])?;
             let replay = verdicts(&s.replay)?;
-            ensure!(!replay.iter().any(|v| v["cause"] == "listen_overflow"), "{}: replay cannot know the queue", s.name);
+            ensure!(
+                !replay.iter().any(|v| v["cause"] == "listen_overflow"),
+                "{}: replay cannot know the queue",
+                s.name
+            );
             eprintln!("{}'s veth, replay (live-only cause):{}", s.name, show(&replay));
         }
         Ok(())
