@@ -29,6 +29,11 @@
 //! other cause. listen_overflow and local_firewall are told by the server's kernel alone: the
 //! wire shows only refusals, so replay cannot name them.
 //!
+//! Where rstwatch does not (yet) name what the lab made, the full expectation is an `#[ignore]`d
+//! test whose reason says what it names instead; the running test asserts what holds and that
+//! nothing else is named. The client's captures of three runs are committed
+//! (`rst-userspace/tests/data/production-causes/`) and replayed without root.
+//!
 //! Needs root (namespaces, BPF, nftables, tracefs), nginx, python3 and conntrack (`cargo xtask
 //! setup` installs them); without them a test is skipped, except under CI=true.
 
@@ -835,4 +840,40 @@ fn live_the_servers_firewall_is_named_not_a_missing_listener() -> Result<()> {
         let server = vantage(&seen, "server")?;
         expect("server's veth, live", &server.live, Match::Exactly, &[firewall()])
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The committed captures (no root)
+// ---------------------------------------------------------------------------------------------
+
+/// `rstwatch replay` of the client's captures of three of the lab's runs, committed in
+/// `rst-userspace/tests/data/production-causes/`: each names its cause, with its fields, and
+/// nothing else. (listen_overflow and local_firewall are live-only.)
+#[test]
+fn replay_of_the_committed_lab_captures_names_each_cause() -> Result<()> {
+    let release = rst_lab::paths::rstwatch_release();
+    rst_lab::require!(rst_lab::Need::File(&release, "`cargo xtask build` makes it, or set RSTWATCH_BIN"));
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../rst-userspace/tests/data/production-causes");
+    let cases = [
+        ("keepalive-race.client.pcap", race().idle(ms(KEEPALIVE_TIMEOUT))),
+        (
+            "idle-timeout.client.pcap",
+            Expect::new("idle_timeout", SERVER, IDLE_PORT, None, CONNS as u64)
+                .idle(ms(IDLE_GAP))
+                .field("rst_ttl", ROUTER_TTL.into())
+                .field("peer_ttl", SERVER_TTL_AT_CLIENT.into()),
+        ),
+        ("nat-lost.client.pcap", nat()),
+    ];
+    for (file, want) in cases {
+        let output = std::process::Command::new(rst_lab::paths::rstwatch_for_tests())
+            .args(["replay", "--format", "json"])
+            .arg(data.join(file))
+            .output()
+            .context("running rstwatch replay")?;
+        ensure!(output.status.success(), "{file}: replay failed: {}", String::from_utf8_lossy(&output.stderr));
+        let summary = rst_lab::lab::summary_line(&String::from_utf8_lossy(&output.stdout))?;
+        expect(file, &summary, Match::Exactly, &[want])?;
+    }
+    Ok(())
 }
