@@ -29,10 +29,9 @@
 //! other cause. listen_overflow and local_firewall are told by the server's kernel alone: the
 //! wire shows only refusals, so replay cannot name them.
 //!
-//! Where rstwatch does not (yet) name what the lab made, the full expectation is an `#[ignore]`d
-//! test whose reason says what it names instead; the running test asserts what holds and that
-//! nothing else is named. The client's captures of three runs are committed
-//! (`rst-userspace/tests/data/production-causes/`) and replayed without root.
+//! The `live_*` tests hold the whole expectation of each live vantage. The client's captures of
+//! three runs are committed (`rst-userspace/tests/data/production-causes/`) and replayed without
+//! root.
 //!
 //! Needs root (namespaces, BPF, nftables, tracefs), nginx, python3 and conntrack (`cargo xtask
 //! setup` installs them); without them a test is skipped, except under CI=true.
@@ -512,7 +511,6 @@ fn nginx_closing_an_idle_keepalive_connection_as_the_client_reuses_it_is_a_keepa
 /// once the client ACKed the FIN: reason TCP_TIMEWAIT_SOCKET, where the live rule waits for
 /// TCP_ABORT_ON_DATA (a full socket's).
 #[test]
-#[ignore = "live names no keepalive_race: the kernel's reason for nginx's race is TCP_TIMEWAIT_SOCKET (FIN_WAIT2 time-wait socket), the live rule takes only TCP_ABORT_ON_DATA"]
 fn live_the_servers_kernel_names_nginxs_keepalive_race() -> Result<()> {
     run_test("live_the_servers_kernel_names_nginxs_keepalive_race", &["nginx"], |dir| {
         let (seen, _) = keepalive_race(dir)?;
@@ -669,7 +667,6 @@ fn a_flushed_dnat_sends_the_backends_reply_untranslated_and_the_client_resets_it
 /// (RST without ACK): a lost state, not an idle timeout (the 1 s before the reply was the
 /// backend's own work, the client waiting).
 #[test]
-#[ignore = "live names no nat_lost (only replay measures lost translations); the backend's veth names idle_timeout by the client (idle_ms 1000: the backend's own 1 s delay) instead of state_lost"]
 fn live_the_client_names_the_lost_nat_and_the_backend_no_idle_timeout() -> Result<()> {
     let test = "live_the_client_names_the_lost_nat_and_the_backend_no_idle_timeout";
     run_test(test, &["python3", "conntrack"], |dir| {
@@ -766,7 +763,6 @@ fn a_listener_that_never_accepts_overflows_its_queue_and_resets_listen_overflow(
 }
 
 #[test]
-#[ignore = "the overflow's resets (RST without ACK after the handshake) are also named state_lost by the server beside listen_overflow: the overflow is taken only out of the turn-aways"]
 fn live_a_listen_overflow_is_named_alone() -> Result<()> {
     run_test("live_a_listen_overflow_is_named_alone", &["python3"], |dir| {
         let (seen, resets) = listen_overflow(dir)?;
@@ -833,7 +829,6 @@ fn the_servers_own_firewall_rejecting_a_port_is_a_local_firewall() -> Result<()>
 }
 
 #[test]
-#[ignore = "no firewall evidence on this branch (feat-firewall): the server's live rstwatch names no_listener for a port its nftables rejects while a listener holds it"]
 fn live_the_servers_firewall_is_named_not_a_missing_listener() -> Result<()> {
     run_test("live_the_servers_firewall_is_named_not_a_missing_listener", &["python3"], |dir| {
         let seen = local_firewall(dir)?;

@@ -130,11 +130,6 @@ struct ServiceEvidence {
     /// How long the connections a keep-alive race closed had gone without data before their
     /// closer's FIN (replay), the first few.
     race_idle_ms: Vec<u64>,
-    /// Resets this host's stack sent answering data on connections it had closed (the kernel's
-    /// `TCP_ABORT_ON_DATA`), by whether the server sent them: the run's and the latest
-    /// interval's.
-    kernel_races: BTreeMap<bool, Tally>,
-    latest_kernel_races: BTreeMap<bool, Tally>,
     /// Clients' resets of replies that reached them untranslated, by the backend they came
     /// from: the run's and the latest interval's.
     nat_lost: BTreeMap<ServiceAddr, Tally>,
@@ -253,7 +248,6 @@ impl Evidence {
             evidence.interval_reset_after_accept = false;
             evidence.interval_refused = Tally::default();
             evidence.latest.clear();
-            evidence.latest_kernel_races.clear();
             evidence.latest_nat_lost.clear();
             evidence.latest_listen_overflow = Tally::default();
             evidence.latest_firewall.clear();
@@ -346,22 +340,10 @@ impl Evidence {
         let Some(act) = Act::of_sent(kind, server, ack) else { return };
         let (addr, port) = if server { (flow.src_ip(), flow.sport) } else { (flow.dst_ip(), flow.dport) };
         let key = (ServiceAddr { addr, port }, act);
-        // Data on a connection this host had closed: the keep-alive race, which the kernel alone
-        // sees live (its plain segments never reach rstwatch's connection state).
-        // Its closer must have been idle, as on the wire (see `add_reset`): the kernel's pause
-        // before the reset says so.
-        let idle_closed = self.pauses.get(&rst_tuple(flow)).is_some_and(|&pause| pause >= IDLE_MIN_MS);
-        let race = kind == ResetKind::Closing && reason.name() == "TCP_ABORT_ON_DATA" && idle_closed;
-        let key = if race {
-            if let Some(evidence) = self.service_mut(key.0) {
-                let tally = Tally { resets, connections: resets };
-                evidence.kernel_races.entry(server).or_default().add(tally);
-                evidence.latest_kernel_races.entry(server).or_default().add(tally);
-            }
-            (key.0, Act::Race)
-        } else {
-            key
-        };
+        // Data on a connection this host had closed (a full socket's abort on data, or its
+        // time-wait socket's answer): the reason of a keep-alive race's resets.
+        let on_data = matches!(reason.name().as_ref(), "TCP_ABORT_ON_DATA" | "TCP_TIMEWAIT_SOCKET");
+        let key = if kind == ResetKind::Closing && on_data { (key.0, Act::Race) } else { key };
         let Some(reasons) = bounded_entry(&mut self.reasons, key, self.max_entries) else { return };
         if let Some(count) = reasons.get_mut(reason) {
             *count += resets;
@@ -451,10 +433,7 @@ impl Evidence {
             self.first_acts.get(&key.flow_id()).copied().unwrap_or(Act::Unexplained)
         } else {
             let Some(act) = Act::of(class, context) else { return };
-            // Its closer must have closed an idle connection: one that closes right after its
-            // last word (an FTP client after QUIT) and gets the reply reset did not race.
-            let idle_closed = self.idle_before_close.get(&key.flow_id()).is_some_and(|&idle| idle >= IDLE_MIN_MS);
-            let act = if act == Act::Race && !idle_closed { Act::Unexplained } else { act };
+            let act = self.race_or_not(key, class, context, act);
             if class.side_observed() {
                 if self.first_acts.len() >= self.max_entries {
                     self.first_acts.clear();
@@ -516,6 +495,26 @@ impl Evidence {
             if class.kind() == ResetKind::Refused {
                 evidence.interval_refused.add(tally);
             }
+        }
+    }
+
+    /// Whether a reset after its sender's own FIN, its peer not having closed, ended a
+    /// keep-alive race: the closer had closed an idle connection and its peer used it after a
+    /// pause. Where data is watched (replay) the peer's late data shows on the wire and the
+    /// closer's idle time before its FIN must be a second or more (an FTP client closing right
+    /// after `QUIT` and resetting the reply did not race); elsewhere (live) the pause before the
+    /// reset — the local socket's, from the reset tracepoints — must be.
+    fn race_or_not(&self, key: &FlowKey, class: ResetClass, context: ResetContext, act: Act) -> Act {
+        let idle = |time: Option<&u64>| time.is_some_and(|&ms| ms >= IDLE_MIN_MS);
+        let unwatched_race = class.kind() == ResetKind::Closing
+            && class.side_observed()
+            && context.sender_closed()
+            && !context.peer_closed()
+            && !context.data_watched();
+        match act {
+            Act::Race if !idle(self.idle_before_close.get(&key.flow_id())) => Act::Unexplained,
+            Act::Unexplained if unwatched_race && idle(self.pauses.get(&rst_tuple(key))) => Act::Race,
+            act => act,
         }
     }
 
@@ -862,12 +861,6 @@ impl Evidence {
                     }
                 }
             }
-        }
-        let kernel_races = if whole_run { &evidence.kernel_races } else { &evidence.latest_kernel_races };
-        for (&by_server, tally) in kernel_races {
-            let side = if by_server { Side::Server } else { Side::Client };
-            let finding = Finding::KeepaliveRace { idle_ms: None };
-            out.push(Verdict::new(finding, service, tally.counts()).by(side));
         }
         let nat_lost = if whole_run { &evidence.nat_lost } else { &evidence.latest_nat_lost };
         for (&backend, tally) in nat_lost {

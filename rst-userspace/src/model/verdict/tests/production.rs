@@ -74,28 +74,33 @@ fn a_keepalive_race_says_how_idle_the_connection_was_when_its_closer_closed() {
 }
 
 #[test]
-fn live_the_kernels_abort_on_data_is_the_keepalive_race() {
+fn live_the_closers_pause_before_its_reset_tells_the_keepalive_race() {
     // Data not watched: the closing server's RST alone says nothing...
     let unwatched = closing(true, false, 40_000, seen(true, true, false, false, false, false));
-    let mut evidence = Evidence::new(64);
-    feed(&mut evidence, 0, &[], &[unwatched]);
-    assert_eq!(causes(&evidence.verdicts()), []);
-    // ...the kernel's reason for it does.
-    let names = ReasonNames::new(["NOT_SPECIFIED", "TCP_ABORT_ON_DATA", "NO_SOCKET"].map(String::from).into());
-    evidence.stack_resets(&unwatched.flow_id(), true, ResetKind::Closing, false, &names.reason(1), 1);
-    assert_eq!(causes(&evidence.verdicts()), [], "without the server's idle time, a client's late reply maybe");
-    // The server's socket had sent nothing for 2 s when the client's data came.
+    assert_eq!(causes(&verdicts_of(&[unwatched])), []);
+    // ...the pause before it, from the sockets' own times, does: the client used the
+    // connection after 2 s.
     let idle = [(rst_tuple(&unwatched), 2_000)];
+    let mut evidence = Evidence::new(64);
     evidence.timings(FlowTimings { pauses: &idle, ..FlowTimings::default() });
-    evidence.stack_resets(&unwatched.flow_id(), true, ResetKind::Closing, false, &names.reason(1), 1);
+    feed(&mut evidence, 0, &[], &[unwatched]);
+    let names =
+        ReasonNames::new(["NOT_SPECIFIED", "TCP_ABORT_ON_DATA", "TCP_TIMEWAIT_SOCKET"].map(String::from).into());
+    evidence.stack_resets(&unwatched.flow_id(), true, ResetKind::Closing, false, &names.reason(2), 1);
     let verdicts = evidence.verdicts();
     assert_eq!(causes(&verdicts), [(Cause::KeepaliveRace, 443, 1)]);
-    assert_eq!(verdicts[0].kernel_reason.as_ref().map(ToString::to_string).as_deref(), Some("TCP_ABORT_ON_DATA"));
-    // Another reason on a closing connection is no race.
-    let mut other = Evidence::new(64);
-    feed(&mut other, 0, &[], &[unwatched]);
-    other.stack_resets(&unwatched.flow_id(), true, ResetKind::Closing, false, &names.reason(2), 1);
-    assert_eq!(causes(&other.verdicts()), []);
+    assert_eq!(verdicts[0].side, Some(super::super::Side::Server));
+    assert_eq!(
+        verdicts[0].kernel_reason.as_ref().map(ToString::to_string).as_deref(),
+        Some("TCP_TIMEWAIT_SOCKET"),
+        "the server's time-wait socket answered the data"
+    );
+    // A closer that reset right after its last word (no pause) did not race.
+    let quick = [(rst_tuple(&unwatched), 30)];
+    let mut evidence = Evidence::new(64);
+    evidence.timings(FlowTimings { pauses: &quick, ..FlowTimings::default() });
+    feed(&mut evidence, 0, &[], &[unwatched]);
+    assert_eq!(causes(&evidence.verdicts()), []);
 }
 
 #[test]
