@@ -22,10 +22,7 @@
 //! entry with the kernel's own, so ~26 MB for both at the default 1M flows), and one u64 per
 //! CPU and epoch for what found no room.
 
-use std::{
-    collections::{HashMap, HashSet},
-    fmt,
-};
+use std::fmt;
 
 use aya::{
     programs::{BtfTracePoint, FEntry},
@@ -37,9 +34,11 @@ use rst_common::wire::{
     GLOBAL_SKB_REFDST_OFFSET, PROG_NF_DROP, PROG_NF_SEND_RESET, PROG_NF_SEND_RESET6, TP_KFREE_SKB,
 };
 
-use super::{Error, LoadedObject};
+use super::{
+    btf::{self, Types, VMLINUX_BTF},
+    Error, LoadedObject,
+};
 
-const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 /// The enum the `skb:kfree_skb` program filters on, and the value it keeps.
 const DROP_REASONS: &str = "skb_drop_reason";
 const NETFILTER_DROP: &str = "SKB_DROP_REASON_NETFILTER_DROP";
@@ -78,34 +77,37 @@ struct DropOffsets {
 }
 
 impl FirewallOffsets {
+    /// From this kernel's BTF ([`Types::of_kernel`], read once per load).
+    ///
     /// # Errors
     /// [`Error::Firewall`] when `/sys/kernel/btf/vmlinux` cannot be read or lacks what the
     /// programs need.
-    pub fn read() -> Result<FirewallOffsets, Error> {
-        let blob = std::fs::read(VMLINUX_BTF).map_err(|error| {
-            Error::Firewall(format!("reading {VMLINUX_BTF} (Linux >= 5.5 with CONFIG_DEBUG_INFO_BTF): {error}"))
-        })?;
-        FirewallOffsets::parse(&blob)
+    pub fn read(btf: Result<&Types, &btf::Error>) -> Result<FirewallOffsets, Error> {
+        match btf {
+            Ok(types) => FirewallOffsets::parse(types),
+            Err(btf::Error::NoBtf(error)) => Err(Error::Firewall(format!(
+                "reading {VMLINUX_BTF} (Linux >= 5.5 with CONFIG_DEBUG_INFO_BTF): {error}"
+            ))),
+            Err(error) => Err(Error::Firewall(error.to_string())),
+        }
     }
 
-    /// From a raw BTF blob (native byte order).
+    /// From the kernel's BTF types.
     ///
     /// # Errors
-    /// [`Error::Firewall`] naming what is missing: BTF itself, `sk_buff`'s members, or both the
-    /// reject functions and what the fallback needs.
-    pub fn parse(blob: &[u8]) -> Result<FirewallOffsets, Error> {
-        let types = Types::parse(blob).map_err(|why| Error::Firewall(format!("{VMLINUX_BTF}: {why}")))?;
+    /// [`Error::Firewall`] naming what is missing: `sk_buff`'s members, or both the reject
+    /// functions and what the fallback needs.
+    pub fn parse(types: &Types) -> Result<FirewallOffsets, Error> {
         let missing = |strukt: &str, member: &str| {
             format!("this kernel's BTF has no {strukt}.{member} (whole bytes) to read packets by")
         };
-        let offset =
-            |strukt: &str, member: &str| types.member_offset(strukt, member).ok_or_else(|| missing(strukt, member));
+        let offset = |strukt: &str, member: &str| types.member(strukt, member).map_err(|_| missing(strukt, member));
         let (skb_head, skb_network_header) = (
             offset("sk_buff", "head").map_err(Error::Firewall)?,
             offset("sk_buff", "network_header").map_err(Error::Firewall)?,
         );
         let functions: Vec<&'static str> =
-            [FN_NF_SEND_RESET, FN_NF_SEND_RESET6].into_iter().filter(|name| types.functions.contains(*name)).collect();
+            [FN_NF_SEND_RESET, FN_NF_SEND_RESET6].into_iter().filter(|name| types.has_function(name)).collect();
         let drops = (|| {
             let netfilter_drop = types
                 .enumerator(DROP_REASONS, NETFILTER_DROP)
@@ -293,153 +295,17 @@ fn privileged() -> bool {
     [Capability::CAP_BPF, Capability::CAP_PERFMON].into_iter().all(super::caps::has_capability)
 }
 
-/// Just enough of BTF (`Documentation/bpf/btf.rst`) for member offsets through anonymous
-/// structs and unions (`sk_buff` keeps its headers in `struct_group`s), the names of functions
-/// and the values of [`DROP_REASONS`]; the workload's reader looks at direct members only.
-struct Types {
-    /// By type id (id 0 is `void`): structs' and unions' members as (name, type id, bit
-    /// offset), and what qualifiers and typedefs refer to.
-    entries: Vec<Entry>,
-    structs: HashMap<String, u32>,
-    functions: HashSet<String>,
-    /// [`DROP_REASONS`]' enumerators (only that enum's: vmlinux has tens of thousands).
-    enumerators: HashMap<(String, String), u32>,
-}
-
-#[derive(Default)]
-struct Entry {
-    members: Vec<(String, u32, u32)>,
-    /// A typedef's or qualifier's type.
-    refers_to: Option<u32>,
-}
-
-const MAGIC: u16 = 0xeb9f;
-const KIND_STRUCT: u32 = 4;
-const KIND_UNION: u32 = 5;
-const KIND_ENUM: u32 = 6;
-const KIND_FUNC: u32 = 12;
-
-impl Types {
-    fn parse(blob: &[u8]) -> Result<Types, String> {
-        let u32_at = |at: usize| -> Result<u32, String> {
-            blob.get(at..at + 4)
-                .and_then(|b| b.try_into().ok())
-                .map(u32::from_ne_bytes)
-                .ok_or_else(|| "truncated BTF".to_owned())
-        };
-        if blob.len() < 24 || blob.get(..2) != Some(&MAGIC.to_ne_bytes()[..]) {
-            return Err("not a BTF blob (bad magic)".to_owned());
-        }
-        let header = u32_at(4)? as usize;
-        let (type_off, type_len) = (u32_at(8)? as usize, u32_at(12)? as usize);
-        let (str_off, str_len) = (u32_at(16)? as usize, u32_at(20)? as usize);
-        let strings =
-            blob.get(header + str_off..header + str_off + str_len).ok_or_else(|| "truncated BTF strings".to_owned())?;
-        let name = |offset: u32| -> String {
-            let tail = strings.get(offset as usize..).unwrap_or_default();
-            let end = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
-            String::from_utf8_lossy(&tail[..end]).into_owned()
-        };
-        let mut types = Types {
-            entries: vec![Entry::default()],
-            structs: HashMap::new(),
-            functions: HashSet::new(),
-            enumerators: HashMap::new(),
-        };
-        let mut at = header + type_off;
-        let end = at + type_len;
-        while at < end {
-            let (name_off, info, size_or_type) = (u32_at(at)?, u32_at(at + 4)?, u32_at(at + 8)?);
-            let (kind, vlen, kind_flag) = ((info >> 24) & 0x1f, (info & 0xffff) as usize, info >> 31 == 1);
-            at += 12;
-            let extra = match kind {
-                1 | 14 | 17 => 4,
-                3 => 12,
-                4 | 5 | 15 | 19 => 12 * vlen,
-                6 | 13 => 8 * vlen,
-                2 | 7..=12 | 16 | 18 => 0,
-                other => return Err(format!("unknown BTF kind {other}")),
-            };
-            let mut entry = Entry::default();
-            match kind {
-                KIND_STRUCT | KIND_UNION => {
-                    for member in 0..vlen {
-                        let base = at + 12 * member;
-                        let offset = u32_at(base + 8)?;
-                        // With kind_flag the top byte is a bitfield's size.
-                        let bits = if kind_flag { offset & 0x00ff_ffff } else { offset };
-                        entry.members.push((name(u32_at(base)?), u32_at(base + 4)?, bits));
-                    }
-                    if kind == KIND_STRUCT && name_off != 0 {
-                        let id = u32::try_from(types.entries.len()).map_err(|_| "too many BTF types".to_owned())?;
-                        types.structs.entry(name(name_off)).or_insert(id);
-                    }
-                }
-                // typedef, volatile, const, restrict, type tag.
-                8..=11 | 18 => entry.refers_to = Some(size_or_type),
-                KIND_FUNC => {
-                    types.functions.insert(name(name_off));
-                }
-                KIND_ENUM if name(name_off) == DROP_REASONS => {
-                    for value in 0..vlen {
-                        let base = at + 8 * value;
-                        let key = (DROP_REASONS.to_owned(), name(u32_at(base)?));
-                        types.enumerators.insert(key, u32_at(base + 4)?);
-                    }
-                }
-                _ => {}
-            }
-            types.entries.push(entry);
-            at += extra;
-        }
-        Ok(types)
-    }
-
-    /// The value of `enumerator` in `enumeration` (one of those kept, see [`Types::enumerators`]).
-    fn enumerator(&self, enumeration: &str, enumerator: &str) -> Option<u32> {
-        self.enumerators.get(&(enumeration.to_owned(), enumerator.to_owned())).copied()
-    }
-
-    /// The byte offset of `member` in struct `strukt`, looking through anonymous members.
-    fn member_offset(&self, strukt: &str, member: &str) -> Option<u32> {
-        let bits = self.find(*self.structs.get(strukt)?, member, 0)?;
-        (bits % 8 == 0).then_some(bits / 8)
-    }
-
-    fn find(&self, id: u32, member: &str, depth: u32) -> Option<u32> {
-        // Anonymous members nest a few levels deep; a cycle in a corrupt blob must not hang.
-        if depth > 8 {
-            return None;
-        }
-        let entry = self.entries.get(id as usize)?;
-        if let Some(target) = entry.refers_to {
-            return self.find(target, member, depth + 1);
-        }
-        for (name, type_id, bits) in &entry.members {
-            if name == member {
-                return Some(*bits);
-            }
-            if name.is_empty() {
-                if let Some(inner) = self.find(*type_id, member, depth + 1) {
-                    return Some(bits + inner);
-                }
-            }
-        }
-        None
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn this_kernels_btf_has_the_skb_headers_and_reject_functions() {
-        let Ok(blob) = std::fs::read(VMLINUX_BTF) else {
+        let Ok(types) = Types::of_kernel() else {
             eprintln!("skipped: no {VMLINUX_BTF}");
             return;
         };
-        let offsets = FirewallOffsets::parse(&blob).expect("offsets");
+        let offsets = FirewallOffsets::parse(&types).expect("offsets");
         assert!(offsets.skb_head > 0 && offsets.skb_network_header > 0, "{offsets:?}");
         assert_ne!(offsets.skb_head, offsets.skb_network_header);
         // The numbers rst-ebpf/src/firewall.rs defaults to are this kernel's.
@@ -448,7 +314,10 @@ mod tests {
 
     #[test]
     fn what_is_not_btf_is_named() {
-        let error = FirewallOffsets::parse(b"not btf at all, not at all").expect_err("not BTF");
+        let error = FirewallOffsets::read(Types::parse(b"not btf at all, not at all").as_ref()).expect_err("not BTF");
         assert!(error.to_string().contains("bad magic"), "{error}");
+        let missing = Types::parse(&btf::tests::blob(&[("sk_buff", &[("head", 1536)])])).expect("blob");
+        let error = FirewallOffsets::parse(&missing).expect_err("no network_header");
+        assert!(error.to_string().contains("no sk_buff.network_header (whole bytes)"), "{error}");
     }
 }

@@ -13,7 +13,7 @@
 //! reset`: fentry, or the `skb:kfree_skb` fallback), [`netlink`], [`tracefs`], and
 //! [`testrun`] (the object under BPF_PROG_TEST_RUN). Their items keep their `load::` paths.
 
-pub mod btf_path;
+pub mod btf;
 pub mod firewall;
 pub mod kernel_events;
 pub mod netlink;

@@ -166,13 +166,16 @@ pub fn load_with(
     let programs = programs_for(mode, capture.is_some());
     let max_sources = overflow_sources_for(max_flows);
     let offsets = SendResetFormat::read();
-    let socket_reads = SocketReads::read();
+    // Parsed once for all three; dropped once the offsets are had.
+    let btf = super::btf::Types::of_kernel();
+    let socket_reads = SocketReads::read(btf.as_ref());
     let workload_offsets = if workloads {
-        crate::model::workload::Offsets::read().map_err(|e| format!("{e:#}"))
+        crate::model::workload::Offsets::read(btf.as_ref()).map_err(|e| format!("{e:#}"))
     } else {
         Err("off".to_owned())
     };
-    let firewall = FirewallOffsets::read();
+    let firewall = FirewallOffsets::read(btf.as_ref());
+    drop(btf);
     let table_bits = rst_common::table::flow_table_bits(max_flows);
     let cpu_ids = crate::collect::flow_table::possible_cpu_ids().map_err(Error::PossibleCpus)?;
     let cpus = u32::try_from(cpu_ids.len()).map_err(|_| Error::TooManyCpus)?;

@@ -19,7 +19,7 @@ use rst_common::wire::{
     GLOBAL_TCP_LSNDTIME_OFFSET, PROG_RECEIVE_RESET,
 };
 
-use super::btf_path::Types;
+use super::btf::{self, Types};
 use crate::{
     availability::Availability,
     model::workload::{field, ReceiveFormat},
@@ -63,15 +63,15 @@ pub struct SocketReads {
 }
 
 impl SocketReads {
-    /// Reads this kernel's format files and BTF.
-    pub fn read() -> SocketReads {
+    /// Reads this kernel's format files; `btf` is its BTF ([`Types::of_kernel`], read once per load).
+    pub fn read(btf: Result<&Types, &btf::Error>) -> SocketReads {
         let send = crate::load::tracefs::tcp_format("tcp_send_reset")
             .map_err(|_| "tcp:tcp_send_reset has no readable format file (tracefs mounted and readable?)".to_owned());
         let receive = crate::load::tracefs::tcp_format("tcp_receive_reset").map_err(|_| {
             "tcp:tcp_receive_reset has no readable format file (tracefs mounted and readable?)".to_owned()
         });
-        let types = Types::of_kernel().map_err(|error| format!("{error:#}"));
-        SocketReads::parse(send.as_deref(), receive.as_deref(), types.as_ref())
+        let types = btf.map_err(|error| format!("{error:#}"));
+        SocketReads::parse(send.as_deref(), receive.as_deref(), types.as_ref().copied())
     }
 
     /// The offsets from the format files' text and the BTF types, each part on its own.
@@ -210,7 +210,7 @@ mod tests {
             eprintln!("skipped: no readable tracefs");
             return;
         }
-        let reads = SocketReads::read();
+        let reads = SocketReads::read(Types::of_kernel().as_ref());
         let listen = reads.listen.expect("listener offsets");
         assert!(listen.skb_head > 0 && listen.max_ack_backlog == listen.ack_backlog + 4, "{listen:?}");
         let idle = reads.idle.expect("idle offsets");
@@ -224,7 +224,7 @@ mod tests {
         let no_btf = "reading /sys/kernel/btf/vmlinux".to_owned();
         let reads = SocketReads::parse(Ok(send), Ok(""), Err(&no_btf));
         assert_eq!(reads.listen.as_ref().expect_err("no btf"), &no_btf);
-        let types = Types::parse(&crate::load::btf_path::tests::blob()).expect("blob");
+        let types = Types::parse(&btf::tests::nested_blob()).expect("blob");
         let no_receive = "no tcp_receive_reset".to_owned();
         let reads = SocketReads::parse(Ok(send), Err(&no_receive), Ok(&types));
         assert_eq!(reads.idle.as_ref().expect_err("no format"), &no_receive);

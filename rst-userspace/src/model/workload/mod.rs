@@ -2,12 +2,11 @@
 //! socket or the kernel alone sent it.
 //!
 //! The kernel side (`rst-ebpf/src/workload.rs`) reads the socket's cgroup id in the two reset
-//! tracepoints; this module finds the offsets it reads at ([`btf`], the format files), attaches
+//! tracepoints; this module finds the offsets it reads at ([`crate::load::btf`], the format files), attaches
 //! `tcp:tcp_receive_reset`, and names cgroups ([`names`], pure; [`resolve`], the filesystem,
 //! caching in [`recent`] maps that forget what goes unused).
 //! Needs what kernel reasons need (tracefs, CAP_PERFMON) and a readable `/sys/kernel/btf/vmlinux`.
 
-pub mod btf;
 pub mod names;
 pub mod netns;
 pub mod recent;
@@ -27,14 +26,12 @@ use rst_common::wire::{
 
 pub use self::resolve::{Resolver, DEFAULT_POD_LOGS};
 
-use crate::availability::Availability;
+use crate::{availability::Availability, load::btf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("reading the kernel's BTF: {0}")]
-    Btf(String),
-    #[error("reading /sys/kernel/btf/vmlinux (Linux >= 5.4 with CONFIG_DEBUG_INFO_BTF)")]
-    NoBtf(#[source] std::io::Error),
+    #[error(transparent)]
+    Btf(#[from] btf::Error),
     #[error("tracepoint {0}: {1}")]
     Format(&'static str, String),
     #[error("reading /proc/self/mountinfo")]
@@ -97,15 +94,16 @@ pub fn field(event: &'static str, format: &str, name: &str, size: u32) -> Result
 }
 
 impl Offsets {
+    /// From this kernel's BTF ([`btf::Types::of_kernel`], read once per load) and format files.
+    ///
     /// # Errors
     /// What this kernel or mount lacks, to be said once.
-    pub fn read() -> Result<Offsets, Error> {
-        let btf = std::fs::read("/sys/kernel/btf/vmlinux").map_err(Error::NoBtf)?;
-        Offsets::parse(&read_format("tcp_send_reset")?, &read_format("tcp_receive_reset")?, &btf)
+    pub fn read(btf: Result<&btf::Types, &btf::Error>) -> Result<Offsets, Error> {
+        let types = btf.map_err(Clone::clone)?;
+        Offsets::parse(&read_format("tcp_send_reset")?, &read_format("tcp_receive_reset")?, types)
     }
 
-    pub fn parse(send_format: &str, receive_format: &str, btf: &[u8]) -> Result<Offsets, Error> {
-        let structs = btf::Structs::parse(btf, &["sock", "sock_cgroup_data", "cgroup", "kernfs_node"])?;
+    pub fn parse(send_format: &str, receive_format: &str, types: &btf::Types) -> Result<Offsets, Error> {
         let send = |name, size| field("tcp_send_reset", send_format, name, size);
         let receive = |name, size| field("tcp_receive_reset", receive_format, name, size);
         Ok(Offsets {
@@ -121,9 +119,9 @@ impl Offsets {
                 saddr_v6: receive("saddr_v6", 16)?,
                 daddr_v6: receive("daddr_v6", 16)?,
             },
-            sock_cgroup: structs.offset("sock", "sk_cgrp_data")? + structs.offset("sock_cgroup_data", "cgroup")?,
-            cgroup_kn: structs.offset("cgroup", "kn")?,
-            kn_id: structs.offset("kernfs_node", "id")?,
+            sock_cgroup: types.member("sock", "sk_cgrp_data")? + types.member("sock_cgroup_data", "cgroup")?,
+            cgroup_kn: types.member("cgroup", "kn")?,
+            kn_id: types.member("kernfs_node", "id")?,
         })
     }
 
@@ -200,13 +198,18 @@ mod tests {
             ("cgroup", &[("kn", 2048)]),
             ("kernfs_node", &[("id", 768)]),
         ]);
+        let btf = btf::Types::parse(&btf).expect("blob");
         let offsets = Offsets::parse(SEND, RECEIVE, &btf).expect("offsets");
         assert_eq!((offsets.send_skaddr, offsets.send_state), (16, 24));
         assert_eq!((offsets.receive.saddr, offsets.receive.daddr_v6), (22, 46));
         assert_eq!((offsets.sock_cgroup, offsets.cgroup_kn, offsets.kn_id), (672, 256, 96));
         let old = Offsets::parse(SEND, &RECEIVE.replace("family", "fam"), &btf).expect_err("no family");
         assert!(old.to_string().contains("tcp_receive_reset: no field family"), "{old}");
-        let no_kn = btf::tests::blob(&[("sock", &[("sk_cgrp_data", 5376)])]);
-        assert!(Offsets::parse(SEND, RECEIVE, &no_kn).is_err());
+        let no_kn = btf::Types::parse(&btf::tests::blob(&[("sock", &[("sk_cgrp_data", 5376)])])).expect("blob");
+        let no_kn = Offsets::parse(SEND, RECEIVE, &no_kn).expect_err("no cgroup");
+        assert_eq!(no_kn.to_string(), "this kernel's BTF has no sock_cgroup_data.cgroup");
+        let no_btf = btf::Types::parse(b"not btf at all, not at all").err().expect("not BTF");
+        let no_btf = Offsets::read(Err(&no_btf)).expect_err("no BTF");
+        assert_eq!(no_btf.to_string(), "reading the kernel's BTF: not a BTF blob (bad magic)");
     }
 }
