@@ -126,11 +126,16 @@ pub(crate) fn answered_tuple(ctx: &TracePointContext) -> Option<Tuple> {
     Some((family, local, peer, (local_port, peer_port)))
 }
 
-/// Counts a reset a listener (`sk`) sent from `addr`:`port`, with its accept queue.
+/// Counts a reset a listener (`sk`) sent from `addr`:`port` while its accept queue was full
+/// (the kernel's `sk_acceptq_is_full`: more queued than the limit). A listener also answers a
+/// segment of a connection it does not hold (a late ACK, a standby's VIP): not an overflow.
 #[inline(always)]
 pub(crate) fn listen_reset(sk: u64, addr: [u32; 4], port: u16, family: u8) {
     let backlog = read::<u32>(sk + u64::from(global(&SOCK_ACK_BACKLOG_OFFSET))).unwrap_or(0);
     let max_backlog = read::<u32>(sk + u64::from(global(&SOCK_MAX_ACK_BACKLOG_OFFSET))).unwrap_or(0);
+    if backlog <= max_backlog {
+        return;
+    }
     let key = ListenKey::new(addr, port, family);
     let table = match current_epoch() {
         0 => &LISTEN_RESETS_0,

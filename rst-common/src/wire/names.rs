@@ -237,9 +237,10 @@ pub const GLOBAL_RECEIVE_RESET_DADDR_V6_OFFSET: &str = "RECEIVE_RESET_DADDR_V6_O
 pub const GLOBAL_SOCK_CGROUP_OFFSET: &str = "SOCK_CGROUP_OFFSET";
 pub const GLOBAL_CGROUP_KN_OFFSET: &str = "CGROUP_KN_OFFSET";
 pub const GLOBAL_KERNFS_NODE_ID_OFFSET: &str = "KERNFS_NODE_ID_OFFSET";
-/// Per listener address and port, the resets it sent while in `TCP_LISTEN` and its accept
-/// queue then ([`crate::wire::ListenKey`] → [`crate::wire::ListenValue`]), written by
-/// `tcp:tcp_send_reset`; flipped and drained like the stack-reset tables.
+/// Per listener address and port, the resets it sent while in `TCP_LISTEN` with its accept
+/// queue full (more queued than the limit), and the queue then ([`crate::wire::ListenKey`] →
+/// [`crate::wire::ListenValue`]), written by `tcp:tcp_send_reset`; flipped and drained like the
+/// stack-reset tables.
 pub const MAP_LISTEN_RESETS: [&str; 2] = ["LISTEN_RESETS_0", "LISTEN_RESETS_1"];
 /// Per reset's 4-tuple and direction, how long the local socket had been quiet before it
 /// ([`crate::wire::IdleKey`] → [`crate::wire::IdleValue`], jiffies), written by both reset

@@ -9,7 +9,7 @@ pub mod payload;
 pub mod rank;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     net::IpAddr,
     time::{Duration, SystemTime},
 };
@@ -17,7 +17,7 @@ use std::{
 use rst_common::{
     wire::{
         DownRun, FirewallResetKey, ResetClass, ServiceCounts, ServiceKey, ServiceValue, SourceKey, StackResetKey,
-        WorkloadKey, DIRECTION_TX, ORIGIN_APPLICATION, ORIGIN_KERNEL,
+        WorkloadKey, DIRECTION_RX, DIRECTION_TX, ORIGIN_APPLICATION, ORIGIN_KERNEL,
     },
     Counters, FlowKey,
 };
@@ -294,6 +294,8 @@ pub struct Aggregator {
     service_samples: Vec<ServiceSample>,
     /// The interval's pauses before resets, for the evidence (kept for its capacity).
     pauses: Vec<(RstTuple, u64)>,
+    /// The interval's RSTs a kernel says answered data after their sender's close.
+    late_data: Vec<RstTuple>,
     /// The run's start on the service tracker's clock, in ms (see [`Aggregator::tracker_origin`]).
     tracker_origin_ms: u64,
 }
@@ -334,6 +336,7 @@ impl Aggregator {
             evidence: Evidence::new(MAX_EVIDENCE_ENTRIES),
             service_samples: Vec::new(),
             pauses: Vec::new(),
+            late_data: Vec::new(),
             tracker_origin_ms: 0,
         }
     }
@@ -415,21 +418,47 @@ impl Aggregator {
         self.pauses.extend(
             sample.idle_gaps.iter().map(|(key, gap)| ((key.src, key.dst, key.sport, key.dport), gap.pause_ms())),
         );
+        self.late_data.clear();
+        let on_data = ["TCP_ABORT_ON_DATA", "TCP_TIMEWAIT_SOCKET"].map(|name| self.reason_names.code_of(name));
+        self.late_data.extend(
+            sample
+                .stack_resets
+                .iter()
+                .filter(|(key, _)| on_data.contains(&Some(key.reason)))
+                .map(|(key, _)| (key.src, key.dst, key.sport, key.dport)),
+        );
+        // The peer's socket had just sent when the reset came, after a longer silence.
+        self.late_data.extend(
+            sample
+                .idle_gaps
+                .iter()
+                .filter(|(key, gap)| key.direction == DIRECTION_RX && gap.since_sent_ms < gap.since_received_ms)
+                .map(|(key, _)| (key.src, key.dst, key.sport, key.dport)),
+        );
         self.evidence.timings(FlowTimings {
             close_gaps: &sample.close_gaps,
             idle_before_close: &sample.idle_before_close,
             pauses: &self.pauses,
             nat_lost: &sample.nat_lost,
+            late_data: &self.late_data,
         });
         self.evidence.interval(
             started_ms,
             &self.service_samples,
             sample.flows.iter().map(|(key, resets)| (key, *resets)),
         );
-        // After the interval's start: the kernel's own account of what overflowed.
-        for (key, value) in &sample.listen_resets {
-            let service = ServiceAddr { addr: key.ip(), port: key.port };
-            self.evidence.listen_overflow(service, value.resets, u64::from(value.max_backlog));
+        // After the interval's start: the kernel's own account of what overflowed, for the
+        // listeners whose resets crossed a watched interface (the tracepoint sees every
+        // namespace of the machine).
+        if !sample.listen_resets.is_empty() {
+            let resetters: HashSet<(IpAddr, u16)> =
+                sample.flows.iter().map(|(key, _)| (key.src_ip(), key.sport)).collect();
+            for (key, value) in &sample.listen_resets {
+                let service = ServiceAddr { addr: key.ip(), port: key.port };
+                if resetters.contains(&(service.addr, service.port)) {
+                    self.evidence.listen_overflow(service, value.resets, u64::from(value.max_backlog));
+                }
+            }
         }
         let mut interval = std::mem::take(&mut self.interval_flows);
         interval.clear();

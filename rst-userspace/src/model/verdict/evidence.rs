@@ -6,7 +6,7 @@
 //! state however long the run.
 
 use std::{
-    collections::{hash_map::Entry, BTreeMap, HashMap},
+    collections::{hash_map::Entry, BTreeMap, HashMap, HashSet},
     hash::Hash,
     net::IpAddr,
 };
@@ -170,6 +170,11 @@ pub struct FlowTimings<'a> {
     /// it never opened a connection to, while its endpoint held a live one elsewhere: that
     /// connection's service (replay's from the capture; live, this host's own sockets').
     pub nat_lost: &'a [(FlowKey, ([u8; 16], u16))],
+    /// RSTs that answered their peer's data on a connection their sender had closed, as a
+    /// kernel tells it live: the sender's reason (`TCP_ABORT_ON_DATA`, a time-wait socket's
+    /// `TCP_TIMEWAIT_SOCKET`), or the peer's socket, which had just sent data when the reset
+    /// came after a longer silence.
+    pub late_data: &'a [RstTuple],
 }
 
 /// A service's samples of one interval summed over interfaces.
@@ -203,6 +208,7 @@ pub struct Evidence {
     /// The next interval's per-flow idle times and lost translations (replay's).
     idle_before_close: HashMap<FlowKey, u64>,
     pauses: HashMap<RstTuple, u64>,
+    late_data: HashSet<RstTuple>,
     nat_lost: HashMap<RstTuple, ServiceAddr>,
     host_ttls: HashMap<(u32, IpAddr), u8>,
     /// The kernel's reasons for the resets this host's stack sent, per service and act.
@@ -223,6 +229,7 @@ impl Evidence {
             close_gaps: HashMap::new(),
             idle_before_close: HashMap::new(),
             pauses: HashMap::new(),
+            late_data: HashSet::new(),
             nat_lost: HashMap::new(),
             host_ttls: HashMap::new(),
             reasons: HashMap::new(),
@@ -289,7 +296,9 @@ impl Evidence {
     /// says how long after its close, a keep-alive race how idle the connection was, an idle
     /// timeout its gap; a lost translation names the service behind the client's resets.
     pub fn timings(&mut self, timings: FlowTimings<'_>) {
-        let FlowTimings { close_gaps, idle_before_close, pauses, nat_lost } = timings;
+        let FlowTimings { close_gaps, idle_before_close, pauses, nat_lost, late_data } = timings;
+        self.late_data.clear();
+        self.late_data.extend(late_data.iter().copied());
         self.close_gaps.clear();
         self.close_gaps.extend(close_gaps.iter().copied());
         self.idle_before_close.clear();
@@ -503,7 +512,8 @@ impl Evidence {
     /// pause. Where data is watched (replay) the peer's late data shows on the wire and the
     /// closer's idle time before its FIN must be a second or more (an FTP client closing right
     /// after `QUIT` and resetting the reply did not race); elsewhere (live) the pause before the
-    /// reset — the local socket's, from the reset tracepoints — must be.
+    /// reset — the local socket's, from the reset tracepoints — must be, and a kernel must say
+    /// the peer's data came (a keep-alive probe or a late ACK after the close is a teardown's).
     fn race_or_not(&self, key: &FlowKey, class: ResetClass, context: ResetContext, act: Act) -> Act {
         let idle = |time: Option<&u64>| time.is_some_and(|&ms| ms >= IDLE_MIN_MS);
         let unwatched_race = class.kind() == ResetKind::Closing
@@ -513,7 +523,13 @@ impl Evidence {
             && !context.data_watched();
         match act {
             Act::Race if !idle(self.idle_before_close.get(&key.flow_id())) => Act::Unexplained,
-            Act::Unexplained if unwatched_race && idle(self.pauses.get(&rst_tuple(key))) => Act::Race,
+            Act::Unexplained
+                if unwatched_race
+                    && idle(self.pauses.get(&rst_tuple(key)))
+                    && self.late_data.contains(&rst_tuple(key)) =>
+            {
+                Act::Race
+            }
             act => act,
         }
     }

@@ -78,11 +78,18 @@ fn live_the_closers_pause_before_its_reset_tells_the_keepalive_race() {
     // Data not watched: the closing server's RST alone says nothing...
     let unwatched = closing(true, false, 40_000, seen(true, true, false, false, false, false));
     assert_eq!(causes(&verdicts_of(&[unwatched])), []);
-    // ...the pause before it, from the sockets' own times, does: the client used the
-    // connection after 2 s.
+    // ...nor a pause before it alone (keep-alive probes after the close, answered once the
+    // closed socket is gone, are a teardown's)...
     let idle = [(rst_tuple(&unwatched), 2_000)];
+    let mut probes = Evidence::new(64);
+    probes.timings(FlowTimings { pauses: &idle, ..FlowTimings::default() });
+    feed(&mut probes, 0, &[], &[unwatched]);
+    assert_eq!(causes(&probes.verdicts()), []);
+    // ...the pause and a kernel saying data came after the close do: the client used the
+    // connection after 2 s.
+    let late = [rst_tuple(&unwatched)];
     let mut evidence = Evidence::new(64);
-    evidence.timings(FlowTimings { pauses: &idle, ..FlowTimings::default() });
+    evidence.timings(FlowTimings { pauses: &idle, late_data: &late, ..FlowTimings::default() });
     feed(&mut evidence, 0, &[], &[unwatched]);
     let names =
         ReasonNames::new(["NOT_SPECIFIED", "TCP_ABORT_ON_DATA", "TCP_TIMEWAIT_SOCKET"].map(String::from).into());
@@ -98,7 +105,7 @@ fn live_the_closers_pause_before_its_reset_tells_the_keepalive_race() {
     // A closer that reset right after its last word (no pause) did not race.
     let quick = [(rst_tuple(&unwatched), 30)];
     let mut evidence = Evidence::new(64);
-    evidence.timings(FlowTimings { pauses: &quick, ..FlowTimings::default() });
+    evidence.timings(FlowTimings { pauses: &quick, late_data: &late, ..FlowTimings::default() });
     feed(&mut evidence, 0, &[], &[unwatched]);
     assert_eq!(causes(&evidence.verdicts()), []);
 }
