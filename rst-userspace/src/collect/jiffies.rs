@@ -97,16 +97,20 @@ mod tests {
     }
 
     #[test]
-    fn this_kernels_rate_is_found() {
-        match kernel_hz() {
-            Ok((hz, source)) => {
-                assert!(RATES.contains(&hz));
-                eprintln!("HZ={hz} ({source:?})");
-                if let Ok(measured) = measured_hz() {
-                    assert_eq!(measured, hz, "the config and the measurement agree");
-                }
+    fn this_kernels_rate_is_found() -> anyhow::Result<()> {
+        let (hz, source) = match kernel_hz() {
+            Ok(found) => found,
+            Err(why) => {
+                rst_lab::skip::skip("this_kernels_rate_is_found", &why.to_string())?;
+                return Ok(());
             }
-            Err(why) => eprintln!("skipped: {why}"),
+        };
+        assert!(RATES.contains(&hz));
+        eprintln!("HZ={hz} ({source:?})");
+        // /proc/timer_list is root's: the measurement is checked where it can be read.
+        if let Ok(measured) = measured_hz() {
+            assert_eq!(measured, hz, "the config and the measurement agree");
         }
+        Ok(())
     }
 }
