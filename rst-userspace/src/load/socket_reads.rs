@@ -10,13 +10,10 @@
 
 use aya::{programs::TracePoint, Ebpf, EbpfLoader};
 use rst_common::wire::{
-    GLOBAL_ICSK_LRCVTIME_OFFSET, GLOBAL_IDLE_GAPS_ON, GLOBAL_LISTEN_RESETS_ON, GLOBAL_RECEIVE_RESET_DADDR_OFFSET,
-    GLOBAL_RECEIVE_RESET_DADDR_V6_OFFSET, GLOBAL_RECEIVE_RESET_DPORT_OFFSET, GLOBAL_RECEIVE_RESET_FAMILY_OFFSET,
-    GLOBAL_RECEIVE_RESET_SADDR_OFFSET, GLOBAL_RECEIVE_RESET_SADDR_V6_OFFSET, GLOBAL_RECEIVE_RESET_SKADDR_OFFSET,
-    GLOBAL_RECEIVE_RESET_SPORT_OFFSET, GLOBAL_SEND_RESET_SKADDR_OFFSET, GLOBAL_SEND_RESET_SKBADDR_OFFSET,
-    GLOBAL_SEND_RESET_STATE_OFFSET, GLOBAL_SKB_HEAD_OFFSET, GLOBAL_SKB_NETWORK_HEADER_OFFSET,
-    GLOBAL_SKB_TRANSPORT_HEADER_OFFSET, GLOBAL_SOCK_ACK_BACKLOG_OFFSET, GLOBAL_SOCK_MAX_ACK_BACKLOG_OFFSET,
-    GLOBAL_TCP_LSNDTIME_OFFSET, PROG_RECEIVE_RESET,
+    GLOBAL_ICSK_LRCVTIME_OFFSET, GLOBAL_IDLE_GAPS_ON, GLOBAL_LISTEN_RESETS_ON, GLOBAL_SEND_RESET_SKADDR_OFFSET,
+    GLOBAL_SEND_RESET_SKBADDR_OFFSET, GLOBAL_SEND_RESET_STATE_OFFSET, GLOBAL_SKB_HEAD_OFFSET,
+    GLOBAL_SKB_NETWORK_HEADER_OFFSET, GLOBAL_SKB_TRANSPORT_HEADER_OFFSET, GLOBAL_SOCK_ACK_BACKLOG_OFFSET,
+    GLOBAL_SOCK_MAX_ACK_BACKLOG_OFFSET, GLOBAL_TCP_LSNDTIME_OFFSET, PROG_RECEIVE_RESET,
 };
 
 use super::btf::{self, Types};
@@ -147,19 +144,11 @@ impl SocketReads {
         }
         if let Ok(idle) = &self.idle {
             let IdleOffsets { send, receive, lrcvtime, lsndtime } = idle;
-            let ReceiveFormat { skaddr, sport, dport, family, saddr, daddr, saddr_v6, daddr_v6 } = receive;
+            receive.apply(loader);
             loader
                 .override_global(GLOBAL_IDLE_GAPS_ON, &1u32, true)
                 .override_global(GLOBAL_SEND_RESET_SKADDR_OFFSET, &send.skaddr, true)
                 .override_global(GLOBAL_SEND_RESET_STATE_OFFSET, &send.state, true)
-                .override_global(GLOBAL_RECEIVE_RESET_SKADDR_OFFSET, skaddr, true)
-                .override_global(GLOBAL_RECEIVE_RESET_SPORT_OFFSET, sport, true)
-                .override_global(GLOBAL_RECEIVE_RESET_DPORT_OFFSET, dport, true)
-                .override_global(GLOBAL_RECEIVE_RESET_FAMILY_OFFSET, family, true)
-                .override_global(GLOBAL_RECEIVE_RESET_SADDR_OFFSET, saddr, true)
-                .override_global(GLOBAL_RECEIVE_RESET_DADDR_OFFSET, daddr, true)
-                .override_global(GLOBAL_RECEIVE_RESET_SADDR_V6_OFFSET, saddr_v6, true)
-                .override_global(GLOBAL_RECEIVE_RESET_DADDR_V6_OFFSET, daddr_v6, true)
                 .override_global(GLOBAL_ICSK_LRCVTIME_OFFSET, lrcvtime, true)
                 .override_global(GLOBAL_TCP_LSNDTIME_OFFSET, lsndtime, true);
         }

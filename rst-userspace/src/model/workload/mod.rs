@@ -64,6 +64,23 @@ pub struct ReceiveFormat {
     pub daddr_v6: u32,
 }
 
+impl ReceiveFormat {
+    /// Sets where the `tcp:tcp_receive_reset` programs read the fields, for every part that
+    /// reads them (the workloads, the idle gaps): the same values from the same format file.
+    pub fn apply<'a>(&'a self, loader: &mut EbpfLoader<'a>) {
+        let ReceiveFormat { skaddr, sport, dport, family, saddr, daddr, saddr_v6, daddr_v6 } = self;
+        loader
+            .override_global(GLOBAL_RECEIVE_RESET_SKADDR_OFFSET, skaddr, true)
+            .override_global(GLOBAL_RECEIVE_RESET_SPORT_OFFSET, sport, true)
+            .override_global(GLOBAL_RECEIVE_RESET_DPORT_OFFSET, dport, true)
+            .override_global(GLOBAL_RECEIVE_RESET_FAMILY_OFFSET, family, true)
+            .override_global(GLOBAL_RECEIVE_RESET_SADDR_OFFSET, saddr, true)
+            .override_global(GLOBAL_RECEIVE_RESET_DADDR_OFFSET, daddr, true)
+            .override_global(GLOBAL_RECEIVE_RESET_SADDR_V6_OFFSET, saddr_v6, true)
+            .override_global(GLOBAL_RECEIVE_RESET_DADDR_V6_OFFSET, daddr_v6, true);
+    }
+}
+
 fn read_format(event: &'static str) -> Result<String, Error> {
     crate::load::tracefs::tcp_format(event).map_err(|crate::load::tracefs::NoFormat { denied }| {
         Error::Format(
@@ -128,19 +145,11 @@ impl Offsets {
     /// Sets the programs' globals, workloads on.
     pub fn apply<'a>(&'a self, loader: &mut EbpfLoader<'a>) {
         let Offsets { send_skaddr, send_state, receive, sock_cgroup, cgroup_kn, kn_id } = self;
-        let ReceiveFormat { skaddr, sport, dport, family, saddr, daddr, saddr_v6, daddr_v6 } = receive;
+        receive.apply(loader);
         loader
             .override_global(GLOBAL_WORKLOADS_ON, &1u32, true)
             .override_global(GLOBAL_SEND_RESET_SKADDR_OFFSET, send_skaddr, true)
             .override_global(GLOBAL_SEND_RESET_STATE_OFFSET, send_state, true)
-            .override_global(GLOBAL_RECEIVE_RESET_SKADDR_OFFSET, skaddr, true)
-            .override_global(GLOBAL_RECEIVE_RESET_SPORT_OFFSET, sport, true)
-            .override_global(GLOBAL_RECEIVE_RESET_DPORT_OFFSET, dport, true)
-            .override_global(GLOBAL_RECEIVE_RESET_FAMILY_OFFSET, family, true)
-            .override_global(GLOBAL_RECEIVE_RESET_SADDR_OFFSET, saddr, true)
-            .override_global(GLOBAL_RECEIVE_RESET_DADDR_OFFSET, daddr, true)
-            .override_global(GLOBAL_RECEIVE_RESET_SADDR_V6_OFFSET, saddr_v6, true)
-            .override_global(GLOBAL_RECEIVE_RESET_DADDR_V6_OFFSET, daddr_v6, true)
             .override_global(GLOBAL_SOCK_CGROUP_OFFSET, sock_cgroup, true)
             .override_global(GLOBAL_CGROUP_KN_OFFSET, cgroup_kn, true)
             .override_global(GLOBAL_KERNFS_NODE_ID_OFFSET, kn_id, true);
