@@ -99,12 +99,18 @@ impl Timings {
     /// A SYN, SYN+ACK or FIN (no RST): the connection's activity, a client's SYN, a side's FIN.
     pub fn control(&mut self, event: &TcpEvent, now_ms: u64) {
         let (conn, sender_is_lo) = event.key.connection();
-        let activity = *bounded(&mut self.activity, self.capacity, conn);
         if event.flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
             let key = &event.key;
             let opened = Opened { conn, service: (key.dst, key.dport) };
             *bounded(&mut self.opened, self.capacity, (key.src, key.sport, key.family)) = opened;
+            // A new connection on the 4-tuple: an earlier one's closes and times are not its own
+            // (a pause before a refusal would otherwise reach back to the last connection).
+            self.closes.remove(&(conn, true));
+            self.closes.remove(&(conn, false));
+            *bounded(&mut self.activity, self.capacity, conn) =
+                Activity { prev_ms: now_ms, last_ms: now_ms, last_data_ms: None };
         }
+        let activity = *bounded(&mut self.activity, self.capacity, conn);
         if event.flags & TCP_FIN != 0 {
             let idle_ms = activity.last_data_ms.map(|data| now_ms.saturating_sub(data));
             if !self.closes.contains_key(&(conn, sender_is_lo)) {
