@@ -98,19 +98,9 @@ impl SocketReads {
             let (format, received, types) =
                 (send.map_err(String::clone)?, receive.map_err(String::clone)?, types.map_err(String::clone)?);
             let offset = |path| types.offset(path).map_err(|e| e.to_string());
-            let receive = |name, size| field("tcp_receive_reset", received, name, size).map_err(|e| e.to_string());
             Ok(IdleOffsets {
                 send: send_socket(format)?,
-                receive: ReceiveFormat {
-                    skaddr: receive("skaddr", 8)?,
-                    sport: receive("sport", 2)?,
-                    dport: receive("dport", 2)?,
-                    family: receive("family", 2)?,
-                    saddr: receive("saddr", 4)?,
-                    daddr: receive("daddr", 4)?,
-                    saddr_v6: receive("saddr_v6", 16)?,
-                    daddr_v6: receive("daddr_v6", 16)?,
-                },
+                receive: ReceiveFormat::parse(received).map_err(|e| e.to_string())?,
                 lrcvtime: offset("inet_connection_sock.icsk_ack.lrcvtime")?,
                 lsndtime: offset("tcp_sock.lsndtime")?,
             })

@@ -65,6 +65,21 @@ pub struct ReceiveFormat {
 }
 
 impl ReceiveFormat {
+    /// The fields' offsets from `tcp:tcp_receive_reset`'s format file.
+    pub fn parse(format: &str) -> Result<ReceiveFormat, Error> {
+        let field = |name, size| field("tcp_receive_reset", format, name, size);
+        Ok(ReceiveFormat {
+            skaddr: field("skaddr", 8)?,
+            sport: field("sport", 2)?,
+            dport: field("dport", 2)?,
+            family: field("family", 2)?,
+            saddr: field("saddr", 4)?,
+            daddr: field("daddr", 4)?,
+            saddr_v6: field("saddr_v6", 16)?,
+            daddr_v6: field("daddr_v6", 16)?,
+        })
+    }
+
     /// Sets where the `tcp:tcp_receive_reset` programs read the fields, for every part that
     /// reads them (the workloads, the idle gaps): the same values from the same format file.
     pub fn apply<'a>(&'a self, loader: &mut EbpfLoader<'a>) {
@@ -122,20 +137,10 @@ impl Offsets {
 
     pub fn parse(send_format: &str, receive_format: &str, types: &btf::Types) -> Result<Offsets, Error> {
         let send = |name, size| field("tcp_send_reset", send_format, name, size);
-        let receive = |name, size| field("tcp_receive_reset", receive_format, name, size);
         Ok(Offsets {
             send_skaddr: send("skaddr", 8)?,
             send_state: send("state", 4)?,
-            receive: ReceiveFormat {
-                skaddr: receive("skaddr", 8)?,
-                sport: receive("sport", 2)?,
-                dport: receive("dport", 2)?,
-                family: receive("family", 2)?,
-                saddr: receive("saddr", 4)?,
-                daddr: receive("daddr", 4)?,
-                saddr_v6: receive("saddr_v6", 16)?,
-                daddr_v6: receive("daddr_v6", 16)?,
-            },
+            receive: ReceiveFormat::parse(receive_format)?,
             sock_cgroup: types.member("sock", "sk_cgrp_data")? + types.member("sock_cgroup_data", "cgroup")?,
             cgroup_kn: types.member("cgroup", "kn")?,
             kn_id: types.member("kernfs_node", "id")?,
