@@ -296,50 +296,45 @@ impl Collector {
             table.drain(finished, whole_half, sink);
         };
         let flows = merge_flows(cached_flows.chain(logged_flows), drain_table, resets.table_races, &mut self.merged);
-        let mut overflow_sources = Vec::new();
-        if counters.overflow > 0 {
-            drain_hash_map::<SourceKey, FlowValue>(
-                self.overflow_sources[finished as usize].fd().as_fd(),
-                |key, value| {
-                    overflow_sources.push((*key, value.resets));
-                },
-            )
-            .map_err(sys("draining the overflow-source table"))?;
-        }
-        let mut services = Vec::new();
-        drain_hash_map::<ServiceKey, ServiceValue>(self.services[finished as usize].fd().as_fd(), |key, value| {
-            services.push((*key, *value));
-        })
-        .map_err(sys("draining the service table"))?;
-        let mut stack_resets = Vec::new();
-        drain_hash_map::<StackResetKey, FlowValue>(self.stack_resets[finished as usize].fd().as_fd(), |key, value| {
-            stack_resets.push((*key, value.resets));
-        })
-        .map_err(sys("draining the kernel-reset table"))?;
-        let mut workloads = Vec::new();
-        drain_hash_map::<WorkloadKey, FlowValue>(self.workloads[finished as usize].fd().as_fd(), |key, value| {
-            workloads.push((*key, value.resets));
-        })
-        .map_err(sys("draining the workload table"))?;
-        let mut listen_resets = Vec::new();
-        drain_hash_map::<ListenKey, ListenValue>(self.listen_resets[finished as usize].fd().as_fd(), |key, value| {
-            listen_resets.push((*key, *value));
-        })
-        .map_err(sys("draining the listener-reset table"))?;
-        let mut idle_gaps = Vec::new();
+        let half = finished as usize;
+        let overflow_sources = if counters.overflow > 0 {
+            drain(
+                &self.overflow_sources[half],
+                "draining the overflow-source table",
+                |key: &SourceKey, value: &FlowValue| Some((*key, value.resets)),
+            )?
+        } else {
+            Vec::new()
+        };
+        let services =
+            drain(&self.services[half], "draining the service table", |key: &ServiceKey, value: &ServiceValue| {
+                Some((*key, *value))
+            })?;
+        let stack_resets = drain(
+            &self.stack_resets[half],
+            "draining the kernel-reset table",
+            |key: &StackResetKey, value: &FlowValue| Some((*key, value.resets)),
+        )?;
+        let workloads =
+            drain(&self.workloads[half], "draining the workload table", |key: &WorkloadKey, value: &FlowValue| {
+                Some((*key, value.resets))
+            })?;
+        let listen_resets = drain(
+            &self.listen_resets[half],
+            "draining the listener-reset table",
+            |key: &ListenKey, value: &ListenValue| Some((*key, *value)),
+        )?;
+        // Without a known HZ the gaps cannot be said in ms: drained, not reported.
         let hz = self.hz;
-        drain_hash_map::<IdleKey, IdleValue>(self.idle_gaps[finished as usize].fd().as_fd(), |key, value| {
-            if let Some(hz) = hz {
-                idle_gaps.push((*key, IdleGap::of(value, hz)));
-            }
-        })
-        .map_err(sys("draining the idle-gap table"))?;
-        let mut firewall_resets = Vec::new();
-        drain_hash_map::<FirewallResetKey, FlowValue>(
-            self.firewall_resets[finished as usize].fd().as_fd(),
-            |key, value| firewall_resets.push((*key, value.resets)),
-        )
-        .map_err(sys("draining the firewall-reset table"))?;
+        let idle_gaps =
+            drain(&self.idle_gaps[half], "draining the idle-gap table", |key: &IdleKey, value: &IdleValue| {
+                hz.map(|hz| (*key, IdleGap::of(value, hz)))
+            })?;
+        let firewall_resets = drain(
+            &self.firewall_resets[half],
+            "draining the firewall-reset table",
+            |key: &FirewallResetKey, value: &FlowValue| Some((*key, value.resets)),
+        )?;
         let firewall_overflow = self.take_firewall_overflow(finished)?;
         // Last: until everything of the epoch is read, its counts (and the logs' lengths) stay.
         let zeroes = PerCpuValues::try_from(vec![ResetCounters::default(); self.cpus]).map_err(Error::CpuValues)?;
@@ -460,6 +455,18 @@ fn merge_flows(
     }
     flows.extend(merged.drain());
     flows
+}
+
+/// Empties one epoch's half of a table the programs fill, keeping what `keep` makes of each
+/// entry; `what` says it in an error.
+fn drain<K: aya::Pod, V: aya::Pod, T>(
+    map: &MapData,
+    what: &'static str,
+    mut keep: impl FnMut(&K, &V) -> Option<T>,
+) -> Result<Vec<T>, Error> {
+    let mut kept = Vec::new();
+    drain_hash_map::<K, V>(map.fd().as_fd(), |key, value| kept.extend(keep(key, value))).map_err(sys(what))?;
+    Ok(kept)
 }
 
 fn hash_map_data(map: Map) -> Result<MapData, Error> {
