@@ -172,9 +172,6 @@ fn server_ruleset() -> String {
 
 /// nginx on the server: `/hello` on [`RACE_PORT`] (keep-alive 2 s) and [`IDLE_PORT`] (60 s).
 fn nginx(ns: &Netns, dir: &Path) -> Result<Proc> {
-    let prefix = dir.join("nginx");
-    std::fs::create_dir_all(&prefix)?;
-    let p = prefix.display();
     let server = |port: u16, keepalive: &str| {
         format!(
             "\tserver {{\n\
@@ -184,29 +181,8 @@ fn nginx(ns: &Netns, dir: &Path) -> Result<Proc> {
              \t}}\n"
         )
     };
-    let conf = format!(
-        "user root;\n\
-         worker_processes 1;\n\
-         pid {p}/nginx.pid;\n\
-         error_log {p}/error.log notice;\n\
-         events {{ worker_connections 64; }}\n\
-         http {{\n\
-         \taccess_log off;\n\
-         {}{}\
-         }}\n",
-        server(RACE_PORT, &format!("{}s", KEEPALIVE_TIMEOUT.as_secs())),
-        server(IDLE_PORT, "60s"),
-    );
-    let conf_path = prefix.join("nginx.conf");
-    std::fs::write(&conf_path, conf)?;
-    let mut cmd = ns.exec("nginx");
-    cmd.arg("-p").arg(&prefix).arg("-e").arg(prefix.join("error.log")).arg("-c").arg(&conf_path);
-    cmd.args(["-g", "daemon off;"]);
-    let mut proc = Proc::spawn(&mut cmd)?;
-    for port in [RACE_PORT, IDLE_PORT] {
-        listening(ns, &mut proc, "nginx", port)?;
-    }
-    Ok(proc)
+    let http = server(RACE_PORT, &format!("{}s", KEEPALIVE_TIMEOUT.as_secs())) + &server(IDLE_PORT, "60s");
+    support::nginx_serving(ns, &dir.join("nginx"), &http, &[RACE_PORT, IDLE_PORT])
 }
 
 /// A python3 TCP server on the server host: `delay_s` after each request it answers with a
@@ -257,6 +233,18 @@ fn listening(ns: &Netns, proc: &mut Proc, what: &str, port: u16) -> Result<()> {
         }
         has_socket(ns, "listening", port)
     })
+}
+
+/// [`CONNS`] keep-alive connections from the client to `web`, each served one request.
+fn served_connections(web: SocketAddr) -> Result<Vec<Socket>> {
+    (0..CONNS)
+        .map(|_| {
+            let (sock, _) = connect(CLIENT.into(), web)?;
+            (&sock).write_all(REQUEST)?;
+            read_until(&sock, HELLO)?;
+            Ok(sock)
+        })
+        .collect()
 }
 
 fn local(sock: &Socket) -> Result<SocketAddr> {
@@ -438,14 +426,7 @@ fn keepalive_race(dir: &Path) -> Result<(Vec<Seen>, Vec<KernelReset>)> {
     let (clients, seen) = watched(dir, |lab| {
         let _nginx = nginx(&lab.server, dir)?;
         in_netns(&lab.client, || {
-            let socks: Vec<Socket> = (0..CONNS)
-                .map(|_| {
-                    let (sock, _) = connect(CLIENT.into(), web)?;
-                    (&sock).write_all(REQUEST)?;
-                    read_until(&sock, HELLO)?;
-                    Ok(sock)
-                })
-                .collect::<Result<_>>()?;
+            let socks = served_connections(web)?;
             thread::sleep(REUSE_AFTER);
             for sock in &socks {
                 ensure!(tcp_state(sock)? == TCP_CLOSE_WAIT, "{}: nginx had not closed it", local(sock)?);
@@ -533,14 +514,7 @@ fn a_routers_conntrack_forgetting_idle_connections_is_an_idle_timeout() -> Resul
         let (clients, seen) = watched(dir, |lab| {
             nginx_proc = Some(nginx(&lab.server, dir)?);
             in_netns(&lab.client, || {
-                let socks: Vec<Socket> = (0..CONNS)
-                    .map(|_| {
-                        let (sock, _) = connect(CLIENT.into(), web)?;
-                        (&sock).write_all(REQUEST)?;
-                        read_until(&sock, HELLO)?;
-                        Ok(sock)
-                    })
-                    .collect::<Result<_>>()?;
+                let socks = served_connections(web)?;
                 let quiet = Instant::now();
                 thread::sleep(IDLE_GAP);
                 for sock in &socks {

@@ -371,6 +371,23 @@ pub(crate) fn nginx(ns: &Netns, dir: &Path, addr: SocketAddr) -> Result<Proc> {
     std::fs::create_dir_all(&www)?;
     std::fs::write(www.join("big.bin"), vec![b'x'; BIG_LEN])?;
     let p = prefix.display();
+    let http = format!(
+        "\tdefault_type application/octet-stream;\n\
+         \tkeepalive_timeout 1s;\n\
+         \tserver {{\n\
+         \t\tlisten {addr};\n\
+         \t\troot {p}/www;\n\
+         \t\tlocation = /hello {{ return 200 \"hello\\n\"; }}\n\
+         \t}}\n"
+    );
+    nginx_serving(ns, &prefix, &http, &[addr.port()])
+}
+
+/// nginx in `ns` with its files under `prefix` and `http` inside its `http` block; returns
+/// once it listens on every one of `ports`.
+pub(crate) fn nginx_serving(ns: &Netns, prefix: &Path, http: &str, ports: &[u16]) -> Result<Proc> {
+    std::fs::create_dir_all(prefix)?;
+    let p = prefix.display();
     let conf = format!(
         "user root;\n\
          worker_processes 1;\n\
@@ -379,28 +396,23 @@ pub(crate) fn nginx(ns: &Netns, dir: &Path, addr: SocketAddr) -> Result<Proc> {
          events {{ worker_connections 64; }}\n\
          http {{\n\
          \taccess_log off;\n\
-         \tdefault_type application/octet-stream;\n\
-         \tkeepalive_timeout 1s;\n\
-         \tserver {{\n\
-         \t\tlisten {addr};\n\
-         \t\troot {p}/www;\n\
-         \t\tlocation = /hello {{ return 200 \"hello\\n\"; }}\n\
-         \t}}\n\
+         {http}\
          }}\n"
     );
     let conf_path = prefix.join("nginx.conf");
     std::fs::write(&conf_path, conf)?;
     let mut cmd = ns.exec("nginx");
-    cmd.arg("-p").arg(&prefix).arg("-e").arg(prefix.join("error.log")).arg("-c").arg(&conf_path);
+    cmd.arg("-p").arg(prefix).arg("-e").arg(prefix.join("error.log")).arg("-c").arg(&conf_path);
     cmd.args(["-g", "daemon off;"]);
     let mut proc = Proc::spawn(&mut cmd)?;
-    let port = addr.port();
-    wait_until("nginx listens", START_TIMEOUT, || {
-        if let Some(status) = proc.try_wait()? {
-            bail!("nginx exited ({status}): {}", proc.stderr().trim());
-        }
-        has_socket(ns, "listening", port)
-    })?;
+    for &port in ports {
+        wait_until("nginx listens", START_TIMEOUT, || {
+            if let Some(status) = proc.try_wait()? {
+                bail!("nginx exited ({status}): {}", proc.stderr().trim());
+            }
+            has_socket(ns, "listening", port)
+        })?;
+    }
     Ok(proc)
 }
 
