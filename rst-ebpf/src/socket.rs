@@ -19,7 +19,6 @@
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
     helpers::{bpf_jiffies64, bpf_probe_read_kernel},
     macros::map,
     maps::HashMap,
@@ -27,7 +26,7 @@ use aya_ebpf::{
 };
 use rst_common::wire::{IdleKey, IdleValue, ListenKey, ListenValue, DEFAULT_MAX_SERVICES, FAMILY_IPV4, FAMILY_IPV6};
 
-use crate::{maps::current_epoch, tables::EEXIST};
+use crate::{maps::current_epoch, tables::insert_or_existing};
 
 #[map]
 static LISTEN_RESETS_0: HashMap<ListenKey, ListenValue> = HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
@@ -142,13 +141,8 @@ pub(crate) fn listen_reset(sk: u64, addr: [u32; 4], port: u16, family: u8) {
         _ => &LISTEN_RESETS_1,
     };
     let fresh = ListenValue { resets: 1, backlog, max_backlog };
-    let value = match table.insert(key, fresh, BPF_NOEXIST as u64) {
-        Ok(()) => return,
-        Err(err) if err == -EEXIST => table.get_ptr_mut(key),
-        // Full: the reset still counts in the stack-reset table.
-        Err(_) => return,
-    };
-    if let Some(value) = value {
+    // Full: the reset still counts in the stack-reset table.
+    if let Some(value) = insert_or_existing(table, &key, &fresh) {
         // SAFETY: a live map element for this program run (freed only after an RCU grace
         // period); the count is added atomically, the backlog fields are single aligned u32
         // stores whose races only lose a sample (documented on ListenValue).
@@ -180,13 +174,8 @@ pub(crate) fn idle_gap(sk: u64, key: &IdleKey) {
         0 => &IDLE_GAPS_0,
         _ => &IDLE_GAPS_1,
     };
-    let value = match table.insert(key, gap, BPF_NOEXIST as u64) {
-        Ok(()) => return,
-        Err(err) if err == -EEXIST => table.get_ptr_mut(key),
-        // Full: the reset still counts elsewhere; only its gap is lost.
-        Err(_) => return,
-    };
-    if let Some(value) = value {
+    // Full: the reset still counts elsewhere; only its gap is lost.
+    if let Some(value) = insert_or_existing(table, key, &gap) {
         // SAFETY: a live map element for this program run; the count is added atomically, the
         // gaps are aligned u32 stores (the last reset's win, as IdleValue documents).
         unsafe {

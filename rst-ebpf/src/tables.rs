@@ -181,6 +181,17 @@ pub(crate) fn add_to_table<K>(table: &HashMap<K, FlowValue>, key: &K, resets: u6
     }
 }
 
+/// Inserts `fresh` for `key` as a new entry, or, when another run of the program (on this CPU
+/// or another) holds it already, returns that entry to add to; `None` when `fresh` went in, or
+/// the table is full (what the caller counts then is lost, as the caller's doc says).
+#[inline(always)]
+pub(crate) fn insert_or_existing<K, V>(table: &HashMap<K, V>, key: &K, fresh: &V) -> Option<*mut V> {
+    match table.insert(key, fresh, BPF_NOEXIST as u64) {
+        Err(err) if err == -EEXIST => table.get_ptr_mut(key),
+        _ => None,
+    }
+}
+
 #[inline(always)]
 fn add(value: *mut FlowValue, resets: u64) {
     // SAFETY: `value` points into a live map element for the duration of this program run (the
