@@ -198,7 +198,10 @@ pub struct Evidence {
     checks: HashMap<(IpAddr, ServiceAddr), CheckPattern>,
     /// What each flow's first RST did, so the same side's further RSTs on the connection (its
     /// answers to the peer's late segments) go with it; forgotten all at once when full.
-    first_acts: HashMap<FlowKey, Act>,
+    /// Each kept with the interval and the RST's key it came from: when two connections on
+    /// one 5-tuple (a refused attempt, then an accepted one from the same port) both begin in
+    /// one interval, the larger key's act holds, whatever order the flows come in.
+    first_acts: HashMap<FlowKey, (u64, FlowKey, Act)>,
     /// Per client: the services that turned it away and those it reset right after their
     /// SYN+ACK, for the scan rule.
     probes: HashMap<IpAddr, Probes>,
@@ -280,13 +283,11 @@ impl Evidence {
         for sample in services {
             self.add_sample(sample);
         }
-        // Each side's first RST of a connection before its further ones, which go with it; in
-        // key order, so that two connections on one 5-tuple in one interval (a refused attempt,
-        // then an accepted one from the same port) hand their further RSTs the same act in
-        // every run, whatever order the table was read in.
-        let mut ordered: Vec<(&FlowKey, u64)> = flows.collect();
-        ordered.sort_unstable_by_key(|(key, _)| (ResetContext(key.context).sender_reset(), **key));
-        for (key, resets) in ordered {
+        // Each side's first RST of a connection before its further ones, which go with it.
+        for (key, resets) in flows.clone().filter(|(key, _)| !ResetContext(key.context).sender_reset()) {
+            self.add_reset(key, resets);
+        }
+        for (key, resets) in flows.filter(|(key, _)| ResetContext(key.context).sender_reset()) {
             self.add_reset(key, resets);
         }
         self.close_interval();
@@ -439,7 +440,7 @@ impl Evidence {
         }
         let act = if context.sender_reset() {
             // An answer to what the peer still sent after this side's first RST.
-            self.first_acts.get(&key.flow_id()).copied().unwrap_or(Act::Unexplained)
+            self.first_acts.get(&key.flow_id()).map_or(Act::Unexplained, |&(_, _, act)| act)
         } else {
             let Some(act) = Act::of(class, context) else { return };
             let act = self.race_or_not(key, class, context, act);
@@ -447,7 +448,11 @@ impl Evidence {
                 if self.first_acts.len() >= self.max_entries {
                     self.first_acts.clear();
                 }
-                self.first_acts.insert(key.flow_id(), act);
+                let interval = self.interval;
+                let first = self.first_acts.entry(key.flow_id()).or_insert((interval, *key, act));
+                if first.0 < interval || (first.0 == interval && first.1 <= *key) {
+                    *first = (interval, *key, act);
+                }
             }
             act
         };
