@@ -28,8 +28,8 @@ const MS: u64 = 1_000_000;
 
 /// Frames that make every array of the report non-empty: the crafted case table (every kind
 /// of frame and reset), a closed port refusing three attempts, an accepted connection the
-/// server aborts, a reset whose TTL is not the server's (a middlebox), a teardown and a scan,
-/// spread over three seconds so that several intervals are written.
+/// server aborts, a reset whose TTL is not the server's (a middlebox), a teardown, a scan and a
+/// reset after two hours idle, so that several intervals are written.
 fn contract_capture() -> Vec<(u64, Vec<u8>)> {
     let mut frames: Vec<(u64, Vec<u8>)> =
         craft::cases(1).into_iter().enumerate().map(|(i, case)| (i as u64 * MS, case.frame)).collect();
@@ -82,6 +82,16 @@ fn contract_capture() -> Vec<(u64, Vec<u8>)> {
     }
     let reset = FrameBuilder::ipv4(server, client).ports(8443, 40007).flags(TCP_RST).seq_ack(8002, 0);
     frames.push((2_990 * MS, reset.build().into_bytes()));
+    // A connection reset on its first use after two hours idle: past the pause histogram's last
+    // bound (`le_ms` null).
+    let idle = [
+        FrameBuilder::ipv4(client, server).ports(40008, 8443).flags(TCP_SYN).seq_ack(900, 0),
+        FrameBuilder::ipv4(server, client).ports(8443, 40008).flags(TCP_SYN | TCP_ACK).seq_ack(9000, 901),
+        FrameBuilder::ipv4(client, server).ports(40008, 8443).flags(TCP_ACK).seq_ack(901, 9001),
+    ];
+    for (i, frame) in idle.into_iter().enumerate() {
+        frames.push((2_540 * MS + i as u64 * MS, frame.build().into_bytes()));
+    }
     // A scan: another client refused once on each of five ports of another host.
     let (scanner, scanned) = ([192, 0, 2, 9], [192, 0, 2, 90]);
     for port in 1u16..=5 {
@@ -91,6 +101,9 @@ fn contract_capture() -> Vec<(u64, Vec<u8>)> {
         frames.push((t, syn.build().into_bytes()));
         frames.push((t + MS / 2, refusal.build().into_bytes()));
     }
+    // Last, in time order: the idle connection's reset, two hours on.
+    let stale = FrameBuilder::ipv4(server, client).ports(8443, 40008).flags(TCP_RST).seq_ack(9001, 0);
+    frames.push((7_200_000 * MS, stale.build().into_bytes()));
     frames
 }
 

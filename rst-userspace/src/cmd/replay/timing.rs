@@ -30,7 +30,8 @@ struct Activity {
 
 impl Activity {
     fn touch(&mut self, now_ms: u64, data: bool) {
-        self.prev_ms = self.last_ms;
+        // A connection first seen now (mid-stream: its handshake not captured) has no pause yet.
+        self.prev_ms = if self.last_ms == 0 { now_ms } else { self.last_ms };
         self.last_ms = now_ms;
         if data {
             self.last_data_ms = Some(now_ms);
