@@ -19,6 +19,7 @@ macro_rules! wire_sizes {
     };
 }
 
+pub mod activity;
 pub mod cause;
 pub mod cursor;
 pub mod diagnose;
@@ -27,6 +28,7 @@ pub mod services;
 pub mod table;
 pub mod wire;
 
+pub use activity::Activity;
 pub use cause::Cause;
 pub use cursor::{Cursor, Header};
 pub use diagnose::{track, track_data, ConnTable, Tracked};

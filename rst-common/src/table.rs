@@ -19,7 +19,10 @@
 //! is then stored twice, and userspace adds the two up. Nothing is counted for a key it was not
 //! compared equal to.
 
-use crate::wire::{ConnKey, ConnState, FlowKey};
+use crate::{
+    activity::Activity,
+    wire::{ConnKey, ConnState, FlowKey},
+};
 
 /// Slots a flow may probe before it overflows. At the table's design load (half full, see
 /// [`flow_table_bits`]) all of them are taken with probability 2^-32.
@@ -242,12 +245,15 @@ pub fn add_to_flow_table<T: SlotArray>(table: &T, bits: u32, epoch: u32, key: &F
 
 /// One slot of the connection table (map `CONNECTIONS`): a cache line. All zeroes is free (no
 /// real key has interface 0).
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnSlot {
     pub key: ConnKey,
     pub state: ConnState,
-    pub _pad: u64,
+    /// Written only by the programs that time every connection (`--idle-gaps`), which set it
+    /// at each SYN and SYN+ACK, after any store that gave the slot a new key: the others leave
+    /// it as it was, stale or zero.
+    pub activity: Activity,
 }
 
 wire_sizes!(ConnSlot: 64);
@@ -332,6 +338,27 @@ pub trait ConnSlots {
 /// connection (as if forgotten) or cost a slot compare that fails: never a wrong state.
 #[inline(always)]
 pub fn conn_lookup<T: ConnSlots>(table: &T, bits: u32, key: &ConnKey) -> Option<*mut ConnState> {
+    // SAFETY: a live slot; only its field's address is taken, nothing is read.
+    conn_find(table, bits, key, |slot| unsafe { &raw mut (*slot).state })
+}
+
+/// `key`'s [`Activity`] in a table of `1 << bits` slots, to read and update in place; as
+/// [`conn_lookup`].
+#[inline(always)]
+pub fn conn_activity<T: ConnSlots>(table: &T, bits: u32, key: &ConnKey) -> Option<*mut Activity> {
+    // SAFETY: as in `conn_lookup`.
+    conn_find(table, bits, key, |slot| unsafe { &raw mut (*slot).activity })
+}
+
+/// The `field` of `key`'s slot. The field's address is taken where the key matched, as before
+/// [`conn_activity`] existed: the counting programs' instructions stay what they were.
+#[inline(always)]
+fn conn_find<T: ConnSlots, F>(
+    table: &T,
+    bits: u32,
+    key: &ConnKey,
+    field: impl Fn(*mut ConnSlot) -> *mut F,
+) -> Option<*mut F> {
     let (set, fingerprint) = key.conn_place(bits.clamp(1, MAX_FLOW_TABLE_BITS + 1));
     // SAFETY: a live element of the fingerprint array; bytes, so no torn read.
     let fingerprints = unsafe { core::ptr::read_volatile(table.fingerprints(set)?) };
@@ -342,8 +369,7 @@ pub fn conn_lookup<T: ConnSlots>(table: &T, bits: u32, key: &ConnKey) -> Option<
         let slot = table.slot(set | way)?;
         // SAFETY: a live slot of the table for the whole call.
         if unsafe { (*slot).key.same_connection(key) } {
-            // SAFETY: the same live slot; only its address is taken, nothing is read.
-            return Some(unsafe { &raw mut (*slot).state });
+            return Some(field(slot));
         }
     }
     None

@@ -12,7 +12,7 @@ use rst_common::{
     Cursor, Header,
 };
 
-use crate::count::count_frame;
+use crate::{count::count_frame, pauses};
 
 /// One entry point per row of [`rst_common::program_matrix!`]: its words become the parameters
 /// of [`count_xdp`] / [`count_skb`] (a word no arm knows fails the build).
@@ -125,6 +125,28 @@ fn count_skb<const ATOMIC: bool, const CAPTURE: bool, const PAYLOAD: bool>(ctx: 
 
 /// `TCX_NEXT` (include/uapi/linux/bpf.h), the same value as `TC_ACT_UNSPEC` for clsact.
 const TCX_NEXT: i32 = -1;
+
+/// `--idle-gaps`, received: times every TCP segment's connection (see `pauses`). Attached on
+/// tcx ingress after the counting program (after XDP, which runs first anyway).
+#[classifier]
+pub fn rstwatch_pauses(ctx: TcContext) -> i32 {
+    time_skb(&ctx, DIRECTION_RX)
+}
+
+/// `--idle-gaps`, sent (tcx egress, after the counting program).
+#[classifier]
+pub fn rstwatch_pauses_egress(ctx: TcContext) -> i32 {
+    time_skb(&ctx, DIRECTION_TX)
+}
+
+#[inline(always)]
+fn time_skb(ctx: &TcContext, direction: u8) -> i32 {
+    pauses::time_frame(&Packet { start: ctx.data(), end: ctx.data_end() }, direction, || {
+        // SAFETY: `skb` is the context pointer the kernel passed to this program run.
+        unsafe { (*ctx.skb.skb).ifindex }
+    });
+    TCX_NEXT
+}
 
 /// The baseline for cost measurements: the cheapest program the same hook can run.
 #[xdp(frags)]

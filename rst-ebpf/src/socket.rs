@@ -8,7 +8,9 @@
 //! - the idle gap before a full socket's reset, sent or received: `jiffies` against
 //!   `icsk_ack.lrcvtime` and `lsndtime` (the last data received and sent).
 //!
-//! Only the reset tracepoints call this, never a per-packet program. Reads go through
+//! Only the reset tracepoints call this, never a per-packet program, with one exception: the
+//! programs that time every connection (`--idle-gaps`, see `pauses`) record the pauses of
+//! connections without a socket here in the same idle-gap table ([`record_pause`]). Reads go through
 //! `bpf_probe_read_kernel` (CAP_PERFMON) at offsets the loader takes from the kernel's BTF;
 //! `bpf_jiffies64` needs Linux 5.5. Each part stays off (a constant the verifier prunes)
 //! unless the loader found all its offsets.
@@ -183,5 +185,22 @@ pub(crate) fn idle_gap(sk: u64, key: &IdleKey) {
             core::ptr::write_volatile(&raw mut (*value).since_received, gap.since_received);
             core::ptr::write_volatile(&raw mut (*value).since_sent, gap.since_sent);
         }
+    }
+}
+
+/// Records the pause (jiffies) before an RST of a connection the per-packet programs timed
+/// (`pauses`): the first of the interval's RSTs of `key` keeps its pause, as replay does; a
+/// socket's own gap ([`idle_gap`]) replaces it, whichever comes first.
+#[inline(always)]
+pub(crate) fn record_pause(key: &IdleKey, pause: u32) {
+    let table = match current_epoch() {
+        0 => &IDLE_GAPS_0,
+        _ => &IDLE_GAPS_1,
+    };
+    let fresh = IdleValue { resets: 1, since_received: pause, since_sent: pause };
+    // Full: the reset still counts elsewhere; only its gap is lost.
+    if let Some(value) = insert_or_existing(table, key, &fresh) {
+        // SAFETY: a live map element for this program run; the count is added atomically.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*value).resets, 1) };
     }
 }

@@ -93,6 +93,12 @@ pub struct Hooks {
     /// kill -9), or auto: tcx where the kernel has it.
     #[arg(long, value_enum, default_value_t = TcLinkChoice::Auto)]
     pub tc_link: TcLinkChoice,
+    /// Also time every connection's pauses (programs of their own on TC ingress and egress),
+    /// for the idle gap before resets of connections that have no socket on this host: a
+    /// router's, a gateway's, a mirror port's. This host's own sockets are timed without it.
+    /// Costs each TCP segment of a known connection tens of ns (BENCHMARKS.md).
+    #[arg(long)]
+    pub idle_gaps: bool,
 }
 
 /// How a live command's programs count.
@@ -123,7 +129,12 @@ impl LiveOptions {
     pub fn new(interfaces: &Interfaces, hooks: Hooks, counting: CountingChoice) -> Self {
         LiveOptions {
             ifaces: interfaces.ifaces.clone(),
-            attach: AttachOptions { hook: hooks.hook, xdp_mode: hooks.xdp_mode, tc_link: hooks.tc_link },
+            attach: AttachOptions {
+                hook: hooks.hook,
+                xdp_mode: hooks.xdp_mode,
+                tc_link: hooks.tc_link,
+                idle_gaps: hooks.idle_gaps,
+            },
             counting: counting.counting,
             workloads: if interfaces.no_workloads {
                 crate::model::workload::Setting::Off

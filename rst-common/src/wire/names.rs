@@ -290,6 +290,10 @@ pub const GLOBAL_RT6_INFO_FLAGS_OFFSET: &str = "RT6_INFO_FLAGS_OFFSET";
 pub const PROG_XDP_BASELINE: &str = "rstwatch_xdp_pass";
 /// An empty TC program returning "next": the baseline for the TC programs.
 pub const PROG_TC_BASELINE: &str = "rstwatch_tc_next";
+/// `--idle-gaps`: the programs that time every connection's pauses, received (tcx ingress) and
+/// sent (tcx egress), attached after the counting programs (see [`crate::Activity`]).
+pub const PROG_PAUSES: &str = "rstwatch_pauses";
+pub const PROG_PAUSES_EGRESS: &str = "rstwatch_pauses_egress";
 
 /// The kinds of map the object defines (`enum bpf_map_type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -370,7 +374,7 @@ pub const MAPS: [(&str, MapKind); 35] = [
 ];
 
 /// Every program of the object and its kind.
-pub const PROGRAMS: [(&str, ProgramKind); 25] = [
+pub const PROGRAMS: [(&str, ProgramKind); 27] = [
     (PROG_XDP, ProgramKind::Xdp),
     (PROG_TC, ProgramKind::SchedClassifier),
     (PROG_TC_EGRESS, ProgramKind::SchedClassifier),
@@ -381,6 +385,8 @@ pub const PROGRAMS: [(&str, ProgramKind); 25] = [
     (PROG_RECEIVE_RESET, ProgramKind::TracePoint),
     (PROG_XDP_BASELINE, ProgramKind::Xdp),
     (PROG_TC_BASELINE, ProgramKind::SchedClassifier),
+    (PROG_PAUSES, ProgramKind::SchedClassifier),
+    (PROG_PAUSES_EGRESS, ProgramKind::SchedClassifier),
     (PROG_XDP_CAPTURE, ProgramKind::Xdp),
     (PROG_TC_CAPTURE, ProgramKind::SchedClassifier),
     (PROG_TC_EGRESS_CAPTURE, ProgramKind::SchedClassifier),

@@ -4,7 +4,7 @@
 //! its reset (`idle_timeout`). Both are per-epoch tables, flipped and drained like
 //! `STACK_RESETS_*`, sized like them (a quarter of `--max-flows`, see the loader).
 
-use super::keys::{tuple_words, word};
+use super::keys::{native_words, tuple_words, word};
 
 /// A listener that sent resets while in `TCP_LISTEN`: the local address and port the clients
 /// connected to (for a wildcard listener, one key per local address it was reached at),
@@ -71,11 +71,28 @@ impl IdleKey {
         // SAFETY: IdleKey is repr(C), 40 bytes without implicit padding (asserted below).
         unsafe { core::mem::transmute::<[u32; 10], IdleKey>(words) }
     }
+
+    /// The key of the RST `key` names (its sender, receiver, ports and direction).
+    #[inline(always)]
+    pub fn of_reset(key: &super::FlowKey) -> Self {
+        IdleKey::new(
+            native_words(&key.src),
+            native_words(&key.dst),
+            (key.sport, key.dport),
+            key.family,
+            key.direction,
+        )
+    }
 }
 
 /// How long the local socket had been quiet when a reset was sent or received, in jiffies
 /// (the kernel's tick, `HZ` per second; userspace converts), of the last reset recorded for
 /// the key in the epoch.
+///
+/// The programs that time every connection (`--idle-gaps`) record a connection that has no
+/// socket here (a router's, a tap's) in the same table, its pause before the interval's first
+/// reset of the key ([`crate::Activity::pause_before`]) in both fields: a socket's entry, where
+/// there is one, is the last writer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IdleValue {

@@ -106,6 +106,8 @@ struct ProdLab {
     router: Netns,
     server: Netns,
     client_if: Iface,
+    /// The router's veth to the client: a vantage with no socket of the connections.
+    router_if: Iface,
     server_if: Iface,
     // Last: its drop kills what runs in the namespaces and deletes them.
     _lab: Lab,
@@ -135,7 +137,7 @@ impl ProdLab {
         sysctl(&server, "net.ipv4.tcp_abort_on_overflow=1")?;
         nft(&server, &server_ruleset())?;
         ping(&client, SERVER.into())?;
-        Ok(ProdLab { client, router, server, client_if, server_if, _lab: lab })
+        Ok(ProdLab { client, router, server, client_if, router_if: router_client_if, server_if, _lab: lab })
     }
 }
 
@@ -277,8 +279,23 @@ fn watched(
     dir: &Path,
     scenario: impl FnOnce(&ProdLab) -> Result<Vec<SocketAddr>>,
 ) -> Result<(Vec<SocketAddr>, Vec<Seen>)> {
+    watched_from(dir, false, scenario)
+}
+
+/// [`watched`], and with `router` from the router's veth to the client too, live with
+/// `--idle-gaps` (no socket of the connections is there: only the per-connection timing sees
+/// their pauses).
+fn watched_from(
+    dir: &Path,
+    router: bool,
+    scenario: impl FnOnce(&ProdLab) -> Result<Vec<SocketAddr>>,
+) -> Result<(Vec<SocketAddr>, Vec<Seen>)> {
     let lab = ProdLab::new()?;
-    let vantages = watch(dir, &[("client", &lab.client_if), ("server", &lab.server_if)])?;
+    let mut ends: Vec<(&'static str, &Iface, &[&str])> = vec![("client", &lab.client_if, &[]), ("server", &lab.server_if, &[])];
+    if router {
+        ends.push(("router", &lab.router_if, &["--idle-gaps"]));
+    }
+    let vantages = watch_with(dir, &ends)?;
     let clients = scenario(&lab)?;
     let seen = stop(dir, vantages)?;
     Ok((clients, seen))
@@ -511,7 +528,7 @@ fn a_routers_conntrack_forgetting_idle_connections_is_an_idle_timeout() -> Resul
         let web = SocketAddr::new(SERVER.into(), IDLE_PORT);
         let mut gaps = Vec::new();
         let mut nginx_proc = None;
-        let (clients, seen) = watched(dir, |lab| {
+        let (clients, seen) = watched_from(dir, true, |lab| {
             nginx_proc = Some(nginx(&lab.server, dir)?);
             in_netns(&lab.client, || {
                 let socks = served_connections(web)?;
@@ -562,6 +579,11 @@ fn a_routers_conntrack_forgetting_idle_connections_is_an_idle_timeout() -> Resul
         };
         expect("client's veth, live", &client.live, Match::Exactly, &[idle()])?;
         expect("client's veth, replay", &client.replay, Match::Exactly, &[idle()])?;
+        let router = vantage(&seen, "router")?;
+        // Its own firewall forged the resets: the idle timeout names the hook, and no
+        // local_firewall verdict counts them again.
+        expect("router's veth, live", &router.live, Match::Exactly, &[idle().field("hook", "forward".into())])?;
+        expect("router's veth, replay", &router.replay, Match::Exactly, &[idle()])?;
         // The server never learns: nothing to name there.
         expect("server's veth, live", &server.live, Match::Exactly, &[])?;
         expect("server's veth, replay", &server.replay, Match::Exactly, &[])?;

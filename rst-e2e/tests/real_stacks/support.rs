@@ -154,12 +154,18 @@ impl Seen {
 /// Starts a capture and a live rstwatch on each `(name, interface)`; returns once every
 /// rstwatch is attached.
 pub(crate) fn watch(dir: &Path, ends: &[(&'static str, &Iface)]) -> Result<Vec<Vantage>> {
+    let ends: Vec<_> = ends.iter().map(|&(name, iface)| (name, iface, &[][..])).collect();
+    watch_with(dir, &ends)
+}
+
+/// [`watch`], each rstwatch with its vantage's own extra arguments.
+pub(crate) fn watch_with(dir: &Path, ends: &[(&'static str, &Iface, &[&str])]) -> Result<Vec<Vantage>> {
     let mut vantages = Vec::new();
-    for &(name, iface) in ends {
+    for &(name, iface, args) in ends {
         let pcap = dir.join(format!("{name}.pcap"));
         let capture = Capture::to_file(iface, &pcap)?;
         let mut cmd = nsenter(&iface.ns, rst_lab::paths::rstwatch_for_tests());
-        cmd.args(["-i", &iface.name, "--format", "json", "--interval", "1s"]);
+        cmd.args(["-i", &iface.name, "--format", "json", "--interval", "1s"]).args(args);
         let mut rstwatch = Proc::spawn(&mut cmd)?;
         rstwatch.wait_for_stderr(&format!("attached to {}", iface.name), START_TIMEOUT)?;
         vantages.push(Vantage { name, pcap, capture, rstwatch });

@@ -10,9 +10,10 @@ use aya::programs::{
     tc::{SchedClassifierLink, TcAttachOptions},
     LinkOrder, SchedClassifier, TcAttachType, Xdp,
 };
+use rst_common::wire::{PROG_PAUSES, PROG_PAUSES_EGRESS};
 
 use super::{
-    object::{tc_egress_program, tc_program, xdp_program, LoadedObject},
+    object::{classifier, load_error, tc_egress_program, tc_program, xdp_program, LoadedObject},
     Error,
 };
 
@@ -46,12 +47,15 @@ impl TcLinkChoice {
     }
 }
 
-/// Where and how the live commands attach (the `--hook`, `--xdp-mode` and `--tc-link` options).
+/// Where and how the live commands attach (the `--hook`, `--xdp-mode`, `--tc-link` and
+/// `--idle-gaps` options).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AttachOptions {
     pub hook: HookChoice,
     pub xdp_mode: XdpModeChoice,
     pub tc_link: TcLinkChoice,
+    /// Attach the programs that time every connection's pauses too (see [`attach_pauses`]).
+    pub idle_gaps: bool,
 }
 
 /// How to hook XDP: in the driver (fast path) or in the generic network stack.
@@ -125,8 +129,11 @@ impl fmt::Display for XdpMode {
 
 /// Attaches the chosen hook's program to one interface.
 pub fn attach(ebpf: &mut LoadedObject, options: AttachOptions, iface: &str, ifindex: u32) -> Result<Attachment, Error> {
-    let AttachOptions { hook, xdp_mode, tc_link } = options;
+    let AttachOptions { hook, xdp_mode, tc_link, idle_gaps } = options;
     let tc_link = tc_link.resolve();
+    // Before the counting programs, which then go first in line: a SYN's connection has its
+    // slot by the time the pauses program looks for it.
+    let pauses = if idle_gaps { attach_pauses(ebpf, iface, tc_link)? } else { Vec::new() };
     let mut attachment = match hook {
         HookChoice::Xdp => attach_xdp(xdp_program(ebpf)?, iface, ifindex, xdp_mode)?,
         HookChoice::Tc => attach_tc_as(tc_program(ebpf)?, iface, ifindex, tc_link)?,
@@ -144,8 +151,30 @@ pub fn attach(ebpf: &mut LoadedObject, options: AttachOptions, iface: &str, ifin
         (true, TcLink::Tcx) => " + tcx egress",
         (true, TcLink::Clsact) => " + clsact egress",
     };
-    tracing::info!("attached to {iface} (ifindex {ifindex}, {ingress}{egress})");
+    let timed = if pauses.is_empty() { "" } else { "; timing every connection's pauses" };
+    tracing::info!("attached to {iface} (ifindex {ifindex}, {ingress}{egress}{timed})");
+    attachment.pauses = pauses;
     Ok(attachment)
+}
+
+/// Attaches `--idle-gaps`' programs ([`PROG_PAUSES`], [`PROG_PAUSES_EGRESS`]) to `iface`'s
+/// ingress and egress, loading them on first use. Attached first in line, before the counting
+/// programs are: those then run before them (tcx `first`; a clsact filter with an
+/// automatic priority runs before the filters already there).
+///
+/// # Errors
+/// As [`attach_tc`]: unlike the counting egress program, a pauses program that cannot attach
+/// stops the run, since the operator asked for them.
+pub fn attach_pauses(ebpf: &mut LoadedObject, iface: &str, how: TcLink) -> Result<Vec<SchedClassifierLink>, Error> {
+    let mut links = Vec::with_capacity(2);
+    for (name, direction) in [(PROG_PAUSES, TcAttachType::Ingress), (PROG_PAUSES_EGRESS, TcAttachType::Egress)] {
+        let program = classifier(ebpf, name)?;
+        if program.fd().is_err() {
+            program.load().map_err(|error| load_error(Box::new(error)))?;
+        }
+        links.push(attach_tc_with(program, iface, direction, how)?);
+    }
+    Ok(links)
 }
 
 /// Attaches to every target; if one fails, those before it are dropped (detached) on the way out.
@@ -167,6 +196,8 @@ pub struct Attachment {
     _link: Link,
     /// The TC egress link, when the kernel has tcx: what the host sends.
     pub egress: Option<SchedClassifierLink>,
+    /// `--idle-gaps`' ingress and egress links; empty without it.
+    pub pauses: Vec<SchedClassifierLink>,
 }
 
 #[derive(Debug)]
@@ -186,7 +217,7 @@ pub fn attach_tc(program: &mut SchedClassifier, iface: &str, ifindex: u32) -> Re
 
 fn attach_tc_as(program: &mut SchedClassifier, iface: &str, ifindex: u32, how: TcLink) -> Result<Attachment, Error> {
     let link = attach_tc_with(program, iface, TcAttachType::Ingress, how)?;
-    Ok(Attachment { iface: iface.to_owned(), ifindex, hook: Hook::TcIngress, _link: Link::Tc(link), egress: None })
+    Ok(Attachment { iface: iface.to_owned(), ifindex, hook: Hook::TcIngress, _link: Link::Tc(link), egress: None, pauses: Vec::new() })
 }
 
 /// Attaches the egress program to `iface` through a tcx link, first in line.
@@ -289,6 +320,7 @@ pub fn attach_xdp(program: &Xdp, iface: &str, ifindex: u32, choice: XdpModeChoic
                     hook: Hook::Xdp(mode),
                     _link: Link::Xdp(link),
                     egress: None,
+                    pauses: Vec::new(),
                 });
             }
             Err(error) => match error.raw_os_error() {

@@ -455,9 +455,10 @@ impl From<&Verdict> for VerdictRecord {
                 record.client = Some(client);
                 record.scan = Some(ScanRecord { ports, hosts, refused, open, silent, completed });
             }
-            Finding::IdleTimeout { idle_ms, forged } => {
+            Finding::IdleTimeout { idle_ms, forged, hook } => {
                 record.idle_ms = Some(idle_ms);
                 (record.rst_ttl, record.peer_ttl) = (forged.map(|(rst, _)| rst), forged.map(|(_, peer)| peer));
+                record.hook = hook.map(|hook| hook.name());
             }
             Finding::KeepaliveRace { idle_ms } => record.idle_ms = idle_ms,
             Finding::NatLost { backend } => {

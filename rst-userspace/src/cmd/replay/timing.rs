@@ -5,10 +5,12 @@
 //! since its sender's close, and whether its sender answered a lost NAT's untranslated reply.
 
 use rst_common::{
-    parse::{TCP_ACK, TCP_FIN, TCP_SYN},
+    parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     wire::{ConnKey, ResetClass, ResetContext, CONN_FIN, CONN_RESET, CONN_SYNACK},
-    ConnTable, FlowKey, TcpEvent,
+    Activity, ConnTable, FlowKey, TcpEvent,
 };
+
+use std::collections::hash_map::Entry;
 
 use crate::model::aggregate::FastMap;
 
@@ -20,30 +22,24 @@ struct Close {
     idle_ms: Option<u64>,
 }
 
-/// A connection's latest two moments of activity (any segment) and its latest data, ms.
-#[derive(Clone, Copy, Debug, Default)]
-struct Activity {
-    prev_ms: u64,
-    last_ms: u64,
+/// A connection's activity (any segment; its pauses as the kernel's `--idle-gaps` programs
+/// keep them, in ms) and its latest data, ms.
+#[derive(Clone, Copy, Debug)]
+struct Seen {
+    activity: Activity,
     last_data_ms: Option<u64>,
 }
 
-impl Activity {
-    fn touch(&mut self, now_ms: u64, data: bool) {
-        // A connection first seen now (mid-stream: its handshake not captured) has no pause yet.
-        self.prev_ms = if self.last_ms == 0 { now_ms } else { self.last_ms };
-        self.last_ms = now_ms;
-        if data {
-            self.last_data_ms = Some(now_ms);
-        }
+impl Seen {
+    fn begun(now_ms: u64) -> Seen {
+        Seen { activity: Activity::begun(ticks(now_ms)), last_data_ms: None }
     }
+}
 
-    /// The pause before an RST at `now_ms`: the longer of the silence before the segment it
-    /// answers (the first after the pause, seen just before it) and the silence up to it (when
-    /// that segment was not captured).
-    fn idle_before(&self, now_ms: u64) -> u64 {
-        now_ms.saturating_sub(self.last_ms).max(self.last_ms.saturating_sub(self.prev_ms))
-    }
+/// Capture time in [`Activity`]'s wrapping ticks: ms, whose differences hold pauses of up to
+/// 24 days.
+fn ticks(now_ms: u64) -> u32 {
+    now_ms as u32
 }
 
 /// A client's end of a connection: address, port, family.
@@ -74,7 +70,7 @@ pub struct Measured {
 #[derive(Debug)]
 pub struct Timings {
     closes: FastMap<(ConnKey, bool), Close>,
-    activity: FastMap<ConnKey, Activity>,
+    activity: FastMap<ConnKey, Seen>,
     opened: FastMap<Endpoint, Opened>,
     capacity: usize,
     pub measured: Measured,
@@ -94,7 +90,29 @@ impl Timings {
     /// A segment without SYN, FIN or RST of `key`'s connection; `data`: it carried payload.
     pub fn segment(&mut self, key: &FlowKey, data: bool, now_ms: u64) {
         let (conn, _) = key.connection();
-        bounded(&mut self.activity, self.capacity, conn).touch(now_ms, data);
+        let (seen, _) = self.seen(conn, 0, now_ms);
+        if data {
+            seen.last_data_ms = Some(now_ms);
+        }
+    }
+
+    /// `conn`'s activity after a segment with TCP `flags` at `now_ms` and, for an RST of a
+    /// connection seen before, the pause before it (ms). A connection first seen now
+    /// (mid-stream: its handshake not captured) has no pause yet; a SYN or SYN+ACK begins a
+    /// connection anew, its data too.
+    fn seen(&mut self, conn: ConnKey, flags: u8, now_ms: u64) -> (&mut Seen, Option<u64>) {
+        make_room(&mut self.activity, self.capacity, &conn);
+        match self.activity.entry(conn) {
+            Entry::Occupied(entry) => {
+                let seen = entry.into_mut();
+                let pause = seen.activity.segment(flags, ticks(now_ms));
+                if flags & TCP_SYN != 0 {
+                    seen.last_data_ms = None;
+                }
+                (seen, pause.map(u64::from))
+            }
+            Entry::Vacant(entry) => (entry.insert(Seen::begun(now_ms)), None),
+        }
     }
 
     /// A SYN, SYN+ACK or FIN (no RST): the connection's activity, a client's SYN, a side's FIN.
@@ -108,17 +126,15 @@ impl Timings {
             // (a pause before a refusal would otherwise reach back to the last connection).
             self.closes.remove(&(conn, true));
             self.closes.remove(&(conn, false));
-            *bounded(&mut self.activity, self.capacity, conn) =
-                Activity { prev_ms: now_ms, last_ms: now_ms, last_data_ms: None };
         }
-        let activity = *bounded(&mut self.activity, self.capacity, conn);
+        let (seen, _) = self.seen(conn, event.flags, now_ms);
+        let last_data_ms = seen.last_data_ms;
         if event.flags & TCP_FIN != 0 {
-            let idle_ms = activity.last_data_ms.map(|data| now_ms.saturating_sub(data));
+            let idle_ms = last_data_ms.map(|data| now_ms.saturating_sub(data));
             if !self.closes.contains_key(&(conn, sender_is_lo)) {
                 *bounded(&mut self.closes, self.capacity, (conn, sender_is_lo)) = Close { at_ms: now_ms, idle_ms };
             }
         }
-        bounded(&mut self.activity, self.capacity, conn).touch(now_ms, false);
     }
 
     /// An RST, classified (`key`), before it counts as its connection's activity; `conns`: the
@@ -126,8 +142,8 @@ impl Timings {
     pub fn reset<T: ConnTable>(&mut self, key: &FlowKey, conns: &mut T, now_ms: u64) {
         let (conn, sender_is_lo) = key.connection();
         let flow = key.flow_id();
-        if let Some(activity) = self.activity.get(&conn) {
-            self.measured.pauses.entry(flow).or_insert(activity.idle_before(now_ms));
+        if let (_, Some(pause)) = self.seen(conn, TCP_RST, now_ms) {
+            self.measured.pauses.entry(flow).or_insert(pause);
         }
         if ResetContext(key.context).sender_closed() {
             if let Some(close) = self.closes.get(&(conn, sender_is_lo)) {
@@ -143,7 +159,6 @@ impl Timings {
                 self.measured.nat_lost.insert(flow, service);
             }
         }
-        bounded(&mut self.activity, self.capacity, conn).touch(now_ms, false);
     }
 
     /// The service of a live connection (accepted, neither side closed or reset) that the RST's
@@ -161,8 +176,13 @@ impl Timings {
 
 /// `map`'s entry for `key`, the map emptied first when it is full and `key` is new.
 fn bounded<K: std::hash::Hash + Eq, V: Default>(map: &mut FastMap<K, V>, capacity: usize, key: K) -> &mut V {
-    if map.len() >= capacity && !map.contains_key(&key) {
+    make_room(map, capacity, &key);
+    map.entry(key).or_default()
+}
+
+/// Empties `map` when it is full and `key` is new: a full map is forgotten at once.
+fn make_room<K: std::hash::Hash + Eq, V>(map: &mut FastMap<K, V>, capacity: usize, key: &K) {
+    if map.len() >= capacity && !map.contains_key(key) {
         map.clear();
     }
-    map.entry(key).or_default()
 }

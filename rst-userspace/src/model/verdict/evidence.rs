@@ -752,15 +752,29 @@ impl Evidence {
     }
 
     /// The idle timeout a cluster of gaps shows: forged when its resets were (the device that
-    /// forgot the connections answered for the server), else by the side that sent them.
-    fn idle_timeout(&self, service: ServiceAddr, cluster: &Cluster<Bucket>) -> Option<Verdict> {
+    /// forgot the connections answered for the server), else by the side that sent them. The
+    /// forging device was this host's own firewall when it rejected segments of the service
+    /// (`firewall`, per hook): the resets are then the firewall's, taken from its tallies, at
+    /// the hook that rejected most.
+    fn idle_timeout(
+        &self,
+        service: ServiceAddr,
+        cluster: &Cluster<Bucket>,
+        firewall: &mut BTreeMap<NetfilterHook, Tally>,
+    ) -> Option<Verdict> {
         let mut tally = Tally::default();
         for (_, resets, connections) in &cluster.members {
             tally.add(Tally { resets: *resets, connections: *connections });
         }
         let (first, _, _) = cluster.members.first()?;
         let forged = self.forged_ttl(first).map(|own| (first.rst_ttl, own));
-        let verdict = Verdict::new(Finding::IdleTimeout { idle_ms: cluster.idle_ms, forged }, service, tally.counts());
+        let hook = forged.and_then(|_| {
+            let (&hook, rejected) = firewall.iter_mut().filter(|(_, t)| t.resets > 0).max_by_key(|(_, t)| t.resets)?;
+            *rejected = rejected.minus(tally);
+            Some(hook)
+        });
+        let finding = Finding::IdleTimeout { idle_ms: cluster.idle_ms, forged, hook };
+        let verdict = Verdict::new(finding, service, tally.counts());
         Some(match forged {
             Some(_) => verdict,
             None => verdict.by(if first.by_server { Side::Server } else { Side::Client }),
@@ -792,8 +806,11 @@ impl Evidence {
             }
             None => buckets,
         };
+        // The firewall's rejections, less those the idle timeout explains (this host forged
+        // its resets).
+        let mut firewall = if whole_run { evidence.firewall.clone() } else { evidence.latest_firewall.clone() };
         if let Some(cluster) = &cluster {
-            out.extend(self.idle_timeout(service, cluster));
+            out.extend(self.idle_timeout(service, cluster, &mut firewall));
         }
         let mut genuine: BTreeMap<(Act, bool), Tally> = BTreeMap::new();
         let mut forged: BTreeMap<(Option<IpAddr>, u8, u8), Tally> = BTreeMap::new();
@@ -815,9 +832,8 @@ impl Evidence {
             out.push(Verdict::new(finding, service, overflowed.counts()));
         }
         // The firewall's refusals are its own, not a closed port's.
-        let firewall = if whole_run { &evidence.firewall } else { &evidence.latest_firewall };
         let mut rejected = Tally::default();
-        for (&hook, tally) in firewall {
+        for (&hook, tally) in firewall.iter().filter(|(_, tally)| tally.resets > 0) {
             rejected.add(*tally);
             out.push(Verdict::new(Finding::LocalFirewall { hook }, service, tally.counts()));
         }

@@ -97,10 +97,12 @@ pub enum Finding {
     Scan(ScanCounts),
     /// The typical idle gap before the resets (the median of those that cluster), ms, and the
     /// TTL the resets carry with the one their claimed sender's own packets do, when a device
-    /// in between forged them.
+    /// in between forged them; `hook` when that device was this host's own firewall (a router
+    /// whose conntrack forgot the connections and rejected what followed).
     IdleTimeout {
         idle_ms: u64,
         forged: Option<(u8, u8)>,
+        hook: Option<NetfilterHook>,
     },
     /// How long the closing side's connections had been idle (from their last data to its FIN),
     /// ms, where seen.

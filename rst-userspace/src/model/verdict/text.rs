@@ -99,12 +99,13 @@ fn cause_sentence(verdict: &Verdict) -> String {
             let how = if how.is_empty() { "connections already closing".to_owned() } else { how.join(" and ") };
             format!("{resetter} reset {how}: ordinary teardown ({})", plural(resets, "reset", "resets"))
         }
-        Finding::IdleTimeout { idle_ms, forged } => {
-            let who = match forged {
-                Some((rst_ttl, peer_ttl)) => format!(
+        Finding::IdleTimeout { idle_ms, forged, hook } => {
+            let who = match (hook, forged) {
+                (Some(hook), _) => format!("this host's firewall (at the {} hook: its connection tracking had forgotten them)", hook.name()),
+                (None, Some((rst_ttl, peer_ttl))) => format!(
                     "a device in between (TTL {rst_ttl}; the host's own packets arrive with {peer_ttl})"
                 ),
-                None => by_side(verdict.side, ["the server side", "the client side", "a side"]).to_owned(),
+                (None, None) => by_side(verdict.side, ["the server side", "the client side", "a side"]).to_owned(),
             };
             format!(
                 "{} to {service} reset by {who} on their first use after ~{} idle: an idle timeout (a balancer, firewall or NAT forgets idle connections; keep-alives shorter than it, or a pool idle timeout below it, avoid it)",

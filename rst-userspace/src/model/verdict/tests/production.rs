@@ -24,7 +24,7 @@ fn after_idle(gaps_ms: &[u64], ttls: (u8, u8)) -> Vec<Verdict> {
 fn resets_after_gaps_near_one_value_are_an_idle_timeout() {
     let verdicts = after_idle(&[5_000, 5_100, 4_900], (64, 64));
     assert_eq!(causes(&verdicts), [(Cause::IdleTimeout, 443, 3)], "and no state_lost beside it");
-    assert_eq!(verdicts[0].finding, Finding::IdleTimeout { idle_ms: 5_000, forged: None });
+    assert_eq!(verdicts[0].finding, Finding::IdleTimeout { idle_ms: 5_000, forged: None, hook: None });
     assert_eq!(verdicts[0].side, Some(super::super::Side::Server));
     assert!(verdicts[0].text().contains("after ~5.0 s idle"), "{}", verdicts[0].text());
 }
@@ -41,7 +41,7 @@ fn gaps_spread_over_an_order_of_magnitude_or_a_single_late_reset_are_no_timeout(
 fn a_device_forging_resets_after_its_idle_timeout_is_named_with_its_ttl() {
     let verdicts = after_idle(&[350_000, 351_000, 349_500, 350_500], (63, 61));
     assert_eq!(causes(&verdicts), [(Cause::IdleTimeout, 443, 4)], "not a middlebox beside it");
-    assert_eq!(verdicts[0].finding, Finding::IdleTimeout { idle_ms: 350_500, forged: Some((63, 61)) });
+    assert_eq!(verdicts[0].finding, Finding::IdleTimeout { idle_ms: 350_500, forged: Some((63, 61)), hook: None });
     assert_eq!(verdicts[0].side, None);
 }
 
