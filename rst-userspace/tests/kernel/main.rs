@@ -49,6 +49,8 @@ macro_rules! in_both_counting_modes {
 
 /// Classification, services, payloads and captured reasons in the kernel.
 mod diagnosis;
+/// `--idle-gaps`' programs.
+mod pauses;
 
 const MAX_FLOWS: u32 = 1024;
 

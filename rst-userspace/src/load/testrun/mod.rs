@@ -24,7 +24,8 @@ pub use context::XdpMd;
 pub use probe::{expected_sample, sample_flows, Verdict};
 use rst_common::{
     wire::{
-        CaptureReason, CaptureReasonKey, CaptureRecord, CountingPrograms, MAP_CAPTURE_REASONS, PROG_TC_BASELINE,
+        CaptureReason, CaptureReasonKey, CaptureRecord, CountingPrograms, MAP_CAPTURE_REASONS, PROG_PAUSES, PROG_PAUSES_EGRESS,
+        PROG_TC_BASELINE,
         PROG_XDP_BASELINE,
     },
     FlowKey,
@@ -133,6 +134,15 @@ impl Harness {
         xdp.load().map_err(|source| Error::Program { name: PROG_XDP_BASELINE.to_owned(), source })?;
         let tc: &mut SchedClassifier = program_mut(&mut self.ebpf, PROG_TC_BASELINE)?;
         tc.load().map_err(|source| Error::Program { name: PROG_TC_BASELINE.to_owned(), source })?;
+        Ok(())
+    }
+
+    /// Also loads `--idle-gaps`' programs ([`PROG_PAUSES`], [`PROG_PAUSES_EGRESS`]).
+    pub fn load_pauses(&mut self) -> Result<(), Error> {
+        for name in [PROG_PAUSES, PROG_PAUSES_EGRESS] {
+            let tc: &mut SchedClassifier = program_mut(&mut self.ebpf, name)?;
+            tc.load().map_err(|source| Error::Program { name: name.to_owned(), source })?;
+        }
         Ok(())
     }
 
