@@ -11,13 +11,18 @@ use crate::model::{
 /// Stateless resets by the server (RST without ACK mid-stream), one per connection, each after
 /// the idle gap given.
 fn after_idle(gaps_ms: &[u64], ttls: (u8, u8)) -> Vec<Verdict> {
+    idle_evidence(gaps_ms, ttls).verdicts()
+}
+
+/// The evidence of [`after_idle`], before its verdicts.
+fn idle_evidence(gaps_ms: &[u64], ttls: (u8, u8)) -> Evidence {
     let flows: Vec<FlowKey> =
         (0..gaps_ms.len() as u16).map(|i| rst(ResetKind::Established, true, false, 443, 40_000 + i, ttls)).collect();
     let gaps: Vec<(RstTuple, u64)> = flows.iter().zip(gaps_ms).map(|(key, gap)| (rst_tuple(key), *gap)).collect();
     let mut evidence = Evidence::new(64);
     evidence.timings(FlowTimings { pauses: &gaps, ..FlowTimings::default() });
     feed(&mut evidence, 0, &[], &flows);
-    evidence.verdicts()
+    evidence
 }
 
 #[test]
@@ -43,6 +48,32 @@ fn a_device_forging_resets_after_its_idle_timeout_is_named_with_its_ttl() {
     assert_eq!(causes(&verdicts), [(Cause::IdleTimeout, 443, 4)], "not a middlebox beside it");
     assert_eq!(verdicts[0].finding, Finding::IdleTimeout { idle_ms: 350_500, forged: Some((63, 61)), hook: None });
     assert_eq!(verdicts[0].side, None);
+}
+
+#[test]
+fn an_idle_timeout_this_hosts_firewall_forged_names_its_hook_and_counts_once() {
+    use super::super::NetfilterHook;
+    // A router whose conntrack forgot idle connections: its own RSTs (TTL 64, the server's
+    // forwarded packets 63), and its firewall's rejections of the same service.
+    let mut evidence = idle_evidence(&[5_000, 5_050, 4_950], (64, 63));
+    evidence.local_firewall(service(443), NetfilterHook::Forward, 3);
+    let verdicts = evidence.verdicts();
+    assert_eq!(causes(&verdicts), [(Cause::IdleTimeout, 443, 3)], "no local_firewall counting them again");
+    let hook = Some(NetfilterHook::Forward);
+    assert_eq!(verdicts[0].finding, Finding::IdleTimeout { idle_ms: 5_000, forged: Some((64, 63)), hook });
+    assert!(verdicts[0].text().contains("this host's firewall (at the forward hook"), "{}", verdicts[0].text());
+    // Rejections beyond the timeout's resets stay the firewall's own.
+    let mut evidence = idle_evidence(&[5_000, 5_050, 4_950], (64, 63));
+    evidence.local_firewall(service(443), NetfilterHook::Forward, 5);
+    let mut found = causes(&evidence.verdicts());
+    found.sort();
+    assert_eq!(found, [(Cause::IdleTimeout, 443, 3), (Cause::LocalFirewall, 443, 2)]);
+    // The firewall of a host whose resets were not forged is not the timeout's sender.
+    let mut evidence = idle_evidence(&[5_000, 5_050, 4_950], (64, 64));
+    evidence.local_firewall(service(443), NetfilterHook::Input, 3);
+    let verdicts = evidence.verdicts();
+    assert!(verdicts.iter().any(|v| v.finding == Finding::IdleTimeout { idle_ms: 5_000, forged: None, hook: None }));
+    assert!(verdicts.iter().any(|v| v.finding == Finding::LocalFirewall { hook: NetfilterHook::Input }));
 }
 
 #[test]
