@@ -75,13 +75,7 @@ impl IdleKey {
     /// The key of the RST `key` names (its sender, receiver, ports and direction).
     #[inline(always)]
     pub fn of_reset(key: &super::FlowKey) -> Self {
-        IdleKey::new(
-            native_words(&key.src),
-            native_words(&key.dst),
-            (key.sport, key.dport),
-            key.family,
-            key.direction,
-        )
+        IdleKey::new(native_words(&key.src), native_words(&key.dst), (key.sport, key.dport), key.family, key.direction)
     }
 }
 

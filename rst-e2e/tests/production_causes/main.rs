@@ -17,7 +17,9 @@
 //!   kernel's TCP_ABORT_ON_DATA).
 //! - `idle_timeout`: the router's conntrack forgets established connections after 3 s
 //!   (`nf_conntrack_tcp_timeout_established`, `nf_conntrack_tcp_loose=0`) and rejects what it no
-//!   longer knows with a forged RST; clients reuse their nginx connections after 5 s idle.
+//!   longer knows with a forged RST; clients reuse their nginx connections after 5 s idle. Also
+//!   watched from the router's veth to the client with `--idle-gaps`: no socket of the
+//!   connections is there, and its own firewall forged the resets.
 //! - `nat_lost`: the router's conntrack is flushed while the DNAT'ed backend still owes its
 //!   reply; the reply reaches the client untranslated and the client's stack resets it.
 //! - `listen_overflow`: a listener with backlog 1 and TCP_DEFER_ACCEPT that never accepts,
@@ -291,7 +293,8 @@ fn watched_from(
     scenario: impl FnOnce(&ProdLab) -> Result<Vec<SocketAddr>>,
 ) -> Result<(Vec<SocketAddr>, Vec<Seen>)> {
     let lab = ProdLab::new()?;
-    let mut ends: Vec<(&'static str, &Iface, &[&str])> = vec![("client", &lab.client_if, &[]), ("server", &lab.server_if, &[])];
+    let mut ends: Vec<(&'static str, &Iface, &[&str])> =
+        vec![("client", &lab.client_if, &[]), ("server", &lab.server_if, &[])];
     if router {
         ends.push(("router", &lab.router_if, &["--idle-gaps"]));
     }

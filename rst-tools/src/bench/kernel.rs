@@ -11,7 +11,7 @@ use anyhow::ensure;
 use rst_bench_report::{median, CountingMode, KernelLine, KernelReport};
 use rst_common::{
     parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
-    wire::{CountingPrograms, PROG_TC_BASELINE, PROG_XDP_ATOMIC, PROG_XDP_BASELINE},
+    wire::{CountingPrograms, PROG_PAUSES, PROG_TC_BASELINE, PROG_XDP_ATOMIC, PROG_XDP_BASELINE},
 };
 use rst_craft::{tcp_v4, tcp_v6, FrameBuilder, VlanKind};
 use rstwatch::{
@@ -134,6 +134,7 @@ pub fn kernel(args: &KernelArgs) -> anyhow::Result<KernelReport> {
     });
     let mut programs = Harness::load_with(max_flows, counting, capture)?;
     programs.load_baselines()?;
+    programs.load_pauses()?;
     // The counting programs loaded: the per-CPU set, or the atomic one.
     let CountingPrograms { xdp: counting_xdp, tc_egress: counting_tc_egress, .. } = programs.programs();
     let mut measured = Vec::new();
@@ -188,6 +189,69 @@ pub fn kernel(args: &KernelArgs) -> anyhow::Result<KernelReport> {
             let line = repeated_line(&mut programs, hook, programs_ab, (name, method), &frame, trials, repeat)?;
             measured.push(line);
         }
+    }
+
+    // `--idle-gaps`: the pauses program, which runs beside the counting programs for every
+    // frame, against the empty TC program. A known connection is one the counting program saw
+    // open (its SYN and SYN+ACK, run untimed first).
+    let [known_syn, known_synack, _] = handshake_to(0x000f_0000, PAUSES_PORT);
+    for frame in [known_syn, known_synack] {
+        run(&programs, Hook::Xdp, counting_xdp, &padded(frame), 1)?;
+    }
+    let known_ack = FrameBuilder::ipv4(client_of(0x000f_0000), [192, 0, 2, 1])
+        .ports(50000, PAUSES_PORT)
+        .flags(TCP_ACK)
+        .seq_ack(1001, 9001);
+    let pauses: Vec<(&'static str, Vec<u8>)> = vec![
+        ("--idle-gaps: IPv4 TCP ACK, unknown connection (pauses program)", padded(tcp_v4().flags(TCP_ACK))),
+        ("--idle-gaps: IPv4 TCP ACK of a known connection (pauses program)", padded(known_ack)),
+        ("--idle-gaps: non-TCP (IPv4 UDP) (pauses program)", {
+            let udp = FrameBuilder::ipv4([10, 0, 0, 1], [10, 0, 0, 2]).ip_payload(17, &[0u8; 26]);
+            udp.build().into_bytes()
+        }),
+    ];
+    for (name, frame) in pauses {
+        if !wanted(name) {
+            continue;
+        }
+        let method = format!("repeat {repeat}, {} B frame, as an skb", frame.len());
+        let programs_ab = [PROG_PAUSES, PROG_TC_BASELINE];
+        measured.push(repeated_line(&mut programs, Hook::Tc, programs_ab, (name, method), &frame, trials, repeat)?);
+    }
+    let many = "--idle-gaps: ACKs of 64k known connections, round robin (pauses program, single runs)";
+    if max_flows >= 65_536 && wanted(many) {
+        let clients: Vec<u32> = (0..65_536u32).map(|i| 0x0010_0000 + i).collect();
+        for &client in &clients {
+            let [syn, synack, _] = handshake_to(client, PAUSES_PORT);
+            run(&programs, Hook::Xdp, counting_xdp, &padded(syn), 1)?;
+            run(&programs, Hook::Xdp, counting_xdp, &padded(synack), 1)?;
+        }
+        let acks: Vec<Vec<u8>> = clients
+            .iter()
+            .map(|&client| {
+                padded(
+                    FrameBuilder::ipv4(client_of(client), [192, 0, 2, 1])
+                        .ports(50000, PAUSES_PORT)
+                        .flags(TCP_ACK)
+                        .seq_ack(1001, 9001),
+                )
+            })
+            .collect();
+        let mut line = Line {
+            name: many,
+            method: "65 536 connections, one timed pass of single runs".to_owned(),
+            trials: Vec::new(),
+        };
+        for _ in 0..trials {
+            let mut prog = Vec::with_capacity(acks.len());
+            let mut base = Vec::with_capacity(acks.len());
+            for ack in &acks {
+                prog.push(run(&programs, Hook::Tc, PROG_PAUSES, ack, 1)?);
+                base.push(run(&programs, Hook::Tc, PROG_TC_BASELINE, ack, 1)?);
+            }
+            line.trials.push((median(prog), median(base)));
+        }
+        measured.push(line);
     }
 
     // Flows that change every run: single test runs (no dispatcher swap), each followed by the
@@ -342,6 +406,9 @@ fn new_flow(index: u32) -> FrameBuilder {
     let [_, b, c, d] = index.to_be_bytes();
     FrameBuilder::ipv4([172, 16 + (b & 0x0f), c, d], [192, 0, 2, 1]).ports(443, 50000).flags(TCP_RST)
 }
+
+/// The service port of the `--idle-gaps` lines' connections: apart from the others' services.
+const PAUSES_PORT: u16 = 8443;
 
 /// The service port of the "down" line: apart from 443, which the SYN+ACK line leaves with
 /// thousands of connections open.

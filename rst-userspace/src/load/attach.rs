@@ -217,7 +217,14 @@ pub fn attach_tc(program: &mut SchedClassifier, iface: &str, ifindex: u32) -> Re
 
 fn attach_tc_as(program: &mut SchedClassifier, iface: &str, ifindex: u32, how: TcLink) -> Result<Attachment, Error> {
     let link = attach_tc_with(program, iface, TcAttachType::Ingress, how)?;
-    Ok(Attachment { iface: iface.to_owned(), ifindex, hook: Hook::TcIngress, _link: Link::Tc(link), egress: None, pauses: Vec::new() })
+    Ok(Attachment {
+        iface: iface.to_owned(),
+        ifindex,
+        hook: Hook::TcIngress,
+        _link: Link::Tc(link),
+        egress: None,
+        pauses: Vec::new(),
+    })
 }
 
 /// Attaches the egress program to `iface` through a tcx link, first in line.

@@ -5,7 +5,7 @@ use std::{thread, time::Duration};
 
 use rst_common::{
     parse::{TCP_ACK, TCP_RST, TCP_SYN},
-    wire::{IdleKey, PROG_PAUSES, DIRECTION_RX, FAMILY_IPV4},
+    wire::{IdleKey, DIRECTION_RX, FAMILY_IPV4, PROG_PAUSES},
 };
 use rst_craft::FrameBuilder;
 use rstwatch::load::{
@@ -29,7 +29,8 @@ fn to_client(dport: u16, flags: u8, seq: u32, ack: u32) -> Vec<u8> {
 
 /// The server's RST of client port `port`, as the idle-gap table keys it.
 fn rst_key(port: u16) -> IdleKey {
-    let mut key = IdleKey { sport: 443, dport: port, family: FAMILY_IPV4, direction: DIRECTION_RX, ..IdleKey::default() };
+    let mut key =
+        IdleKey { sport: 443, dport: port, family: FAMILY_IPV4, direction: DIRECTION_RX, ..IdleKey::default() };
     key.src[..4].copy_from_slice(&SERVER);
     key.dst[..4].copy_from_slice(&CLIENT);
     key

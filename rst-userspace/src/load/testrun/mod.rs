@@ -24,9 +24,8 @@ pub use context::XdpMd;
 pub use probe::{expected_sample, sample_flows, Verdict};
 use rst_common::{
     wire::{
-        CaptureReason, CaptureReasonKey, CaptureRecord, CountingPrograms, MAP_CAPTURE_REASONS, PROG_PAUSES, PROG_PAUSES_EGRESS,
-        PROG_TC_BASELINE,
-        PROG_XDP_BASELINE,
+        CaptureReason, CaptureReasonKey, CaptureRecord, CountingPrograms, MAP_CAPTURE_REASONS, PROG_PAUSES,
+        PROG_PAUSES_EGRESS, PROG_TC_BASELINE, PROG_XDP_BASELINE,
     },
     FlowKey,
 };
