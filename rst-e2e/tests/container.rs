@@ -10,6 +10,8 @@
 //! attached to the machine's own interfaces. Needs root, containerd, ctr, runc (`cargo xtask
 //! setup`) and the image tarball (`cargo xtask image`, which `cargo xtask test` runs).
 
+#[path = "container/docker.rs"]
+mod docker;
 #[path = "container/runtime.rs"]
 mod runtime;
 
@@ -416,8 +418,18 @@ fn the_daemonset_runs_under_containerd_counting_exactly_within_its_limits() -> R
         ensure!(Instant::now() < deadline, "programs {attachments:?} still loaded 10 s after SIGKILL");
         std::thread::sleep(Duration::from_millis(100));
     }
+
+    // 3. Granted too little, rstwatch's own error names the whole set in each runtime's words.
+    let short = PodSpec { cap_add: vec!["NET_ADMIN".to_owned()], ..spec.clone() };
+    let (task, _) =
+        containerd.run(&short.ctr_flags(&node.netns_path())?, &image, &runtime::unique("rstwatch"), &argv)?;
+    let fin = task.finish(START_TIMEOUT)?;
+    ensure!(!fin.status.success() && fin.stderr.contains(GRANT_HINT), "without BPF and PERFMON: {}", fin.stderr);
     Ok(())
 }
+
+/// What rstwatch's missing-capability error says in a container.
+const GRANT_HINT: &str = "in a container grant BPF, NET_ADMIN and PERFMON";
 
 /// Program ids attached in `ns` (`bpftool net show`: XDP, tc, tcx).
 fn bpftool_attachments(ns: &Netns) -> Result<Vec<u64>> {
@@ -438,4 +450,113 @@ fn bpftool_attachments(ns: &Netns) -> Result<Vec<u64>> {
 
 fn prog_loaded(id: u64) -> bool {
     rst_lab::cmd::succeeds(Command::new("bpftool").args(["prog", "show", "id", &id.to_string()]))
+}
+
+/// A network namespace that is a running container's, named for `ip`: removed (the name
+/// only; the namespace lives as long as the container) when dropped.
+struct Attached(String);
+
+impl Attached {
+    fn new(pid: &str) -> Result<(Attached, Netns)> {
+        let name = format!("{}{}-dkr", rst_lab::lab::NS_PREFIX, runtime::unique("node"));
+        rst_lab::cmd::output(Command::new("ip").args(["netns", "attach", &name, pid]))?;
+        let attached = Attached(name);
+        let ns = Netns::open(&attached.0)?;
+        Ok((attached, ns))
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "delete", &self.0]).status();
+    }
+}
+
+/// The README's `docker run` line under Debian's docker.io. Docker 20.10 refuses it
+/// (`unknown capability: "CAP_BPF"`: moby#42601); later engines take it. Where it is refused,
+/// the fallback the docs give (SYS_ADMIN in place of BPF and PERFMON) runs the image, counts a
+/// refused burst exactly with the kernel's reason; and with NET_ADMIN alone rstwatch's error
+/// names what to grant. The host network is a container's own namespace (a sleeping node
+/// container, as a pod's pause container), reached by a lab veth, never the machine's.
+#[test]
+fn the_readme_docker_line_and_the_docker_20_10_fallback() -> Result<()> {
+    rst_lab::require!(
+        Need::Root("namespaces, BPF, dockerd"),
+        Need::Tool("dockerd"),
+        Need::Tool(docker::DOCKER),
+        Need::Tool("containerd"),
+        Need::Tool("runc"),
+        Need::File(&image_tarball(), IMAGE)
+    );
+    rst_lab::lab::sweep_stale()?;
+    let dockerd = docker::Dockerd::start()?;
+    let version = dockerd.server_version()?;
+    let loaded = dockerd.output(&["load", "--input", &image_tarball().display().to_string()])?;
+    ensure!(loaded.contains("rstwatch:latest"), "docker load: {loaded}");
+    let node_name = runtime::unique("rstwatch-node");
+    let sleeper = ["run", "--detach", "--network", "none", "--name", &node_name, "--entrypoint", "sleep", "rstwatch"];
+    dockerd.output(&[&sleeper[..], &["infinity"]].concat())?;
+    let pid = dockerd.output(&["inspect", "--format", "{{.State.Pid}}", &node_name])?;
+    let (_attached, node_ns) = Attached::new(pid.trim())?;
+    let mut lab = rst_lab::lab::Lab::new()?;
+    let peer = lab.add_ns("peer")?;
+    let (peer_if, node_if) = lab.add_veth(&peer, &node_ns)?;
+    node_if.add_addr("10.28.2.1".parse()?, 24)?;
+    peer_if.add_addr("10.28.2.2".parse()?, 24)?;
+
+    let readme = docker::readme_line()?;
+    ensure!(readme[..2] == ["docker", "run"], "{readme:?}");
+    let on_lab = |line: &[String]| -> Result<Vec<String>> {
+        let line = docker::replace(line, &["--network", "host"], &["--network", &format!("container:{node_name}")])?;
+        docker::replace(&line, &["-i", "eth0"], &["-i", &node_if.name, "--format", "json"])
+    };
+    let run = |line: &[String]| -> Result<Proc> {
+        let args: Vec<&str> = line[1..].iter().map(String::as_str).collect();
+        Proc::spawn(&mut dockerd.docker(&args))
+    };
+    let attached = format!("attached to {}", node_if.name);
+    let line = on_lab(&readme)?;
+    let fallback = if version.starts_with("20.10.") {
+        let fin = run(&line)?.finish(START_TIMEOUT)?;
+        ensure!(
+            !fin.status.success() && fin.stderr.contains(r#"invalid CapAdd: unknown capability: "CAP_BPF""#),
+            "Docker {version} took the README's line: {} {}",
+            fin.status,
+            fin.stderr
+        );
+        let line = docker::replace(&line, &["--cap-add", "BPF"], &["--cap-add", "SYS_ADMIN"])?;
+        docker::replace(&line, &["--cap-add", "PERFMON"], &[])?
+    } else {
+        line
+    };
+    let mut rstwatch = run(&fallback)?;
+    rstwatch.wait_for_stderr(&attached, START_TIMEOUT)?;
+    let n = 30;
+    let mut client = peer.exec("python3");
+    client.args(["-c", REFUSED_PY, "10.28.2.1", "81", "42000", &n.to_string()]);
+    let fin = Proc::spawn(&mut client)?.finish(START_TIMEOUT)?;
+    ensure!(fin.status.success(), "refused client: {}", fin.stderr);
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = flood::stop_rstwatch(rstwatch)?;
+    let expected = refused_flows(("10.28.2.1", 81), "10.28.2.2", 42_000, n);
+    flood::check_exact(&out, u64::from(n), &expected)?;
+    for flow in out.summary["flows"].as_array().context("flows")? {
+        ensure!(flow["reasons"] == serde_json::json!({"NO_SOCKET": 1}), "kernel reason of {flow}");
+    }
+
+    // Too little granted: rstwatch names the set, and the fallback, in its one error line.
+    let too_little = docker::replace(&fallback, &["--cap-add", "SYS_ADMIN"], &[])?;
+    let too_little = docker::replace(&too_little, &["--cap-add", "BPF"], &[]).unwrap_or(too_little);
+    let too_little = docker::replace(&too_little, &["--cap-add", "PERFMON"], &[]).unwrap_or(too_little);
+    let fin = run(&too_little)?.finish(START_TIMEOUT)?;
+    ensure!(
+        !fin.status.success() && fin.stderr.contains(GRANT_HINT) && fin.stderr.contains("--cap-add SYS_ADMIN"),
+        "with NET_ADMIN alone: {}",
+        fin.stderr
+    );
+    eprintln!(
+        "docker {version}: README line {}; ran with {fallback:?}",
+        if fallback == on_lab(&readme)? { "taken" } else { "refused" }
+    );
+    Ok(())
 }
