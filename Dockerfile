@@ -12,6 +12,8 @@ RUN cargo install --locked bpf-linker@0.10.4
 RUN cargo build --release --locked -p rst-userspace \
     && install -m 0755 target/release/rstwatch /rstwatch
 
+# `cargo xtask image` builds this same runtime image with no registry (a debootstrap'd Debian
+# base); it reads the instructions below, so keep them to FROM, COPY, USER, ENTRYPOINT and CMD.
 FROM debian:bookworm-slim
 COPY --from=build /rstwatch /usr/local/bin/rstwatch
 # Root inside the container, but holding only what `docker run` grants:

@@ -35,3 +35,8 @@ pub fn kubernetes_validate_path() -> PathBuf {
 pub fn hadolint_path() -> PathBuf {
     cmd::workspace_root().join("target/tools/hadolint/bin/hadolint")
 }
+
+/// The image tarball `cargo xtask image` writes (OCI layout plus Docker's manifest.json).
+pub fn image_tarball() -> PathBuf {
+    cmd::workspace_root().join("target/image/rstwatch-image.tar")
+}

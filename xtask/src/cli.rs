@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 
 use rst_lab::{lab, verdict_lab};
 
-use crate::{bench, build, demo, lint, reliability, setup, testrun};
+use crate::{bench, build, demo, image, lint, reliability, setup, testrun};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "rstwatch developer tasks")]
@@ -22,6 +22,9 @@ enum Command {
     Setup,
     /// Build target/release/rstwatch.
     Build,
+    /// Build the container image with no registry (Debian base by debootstrap, cached under
+    /// target/image): target/image/rstwatch-image.tar, for `docker load` and `ctr images import`.
+    Image,
     /// Replay the forum case in a namespace lab and watch it with rstwatch.
     Demo {
         /// How long rstwatch watches (and traffic runs), in seconds.
@@ -98,6 +101,10 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Setup => setup::run()?,
         Command::Build => {
             build::run()?;
+        }
+        Command::Image => {
+            setup::run()?;
+            image::run()?;
         }
         Command::Demo { seconds } => demo::run(Duration::from_secs(seconds))?,
         Command::Lint => {

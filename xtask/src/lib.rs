@@ -11,6 +11,7 @@ pub mod bench_top;
 pub mod build;
 pub mod cli;
 pub mod demo;
+pub mod image;
 pub mod lint;
 pub mod reliability;
 pub mod setup;

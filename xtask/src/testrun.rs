@@ -7,12 +7,14 @@ use anyhow::{Context as _, Result};
 
 use rst_lab::{cmd, lab};
 
-use crate::{build, lint, setup};
+use crate::{build, image, lint, setup};
 
 pub fn run(extra: &[String]) -> Result<ExitCode> {
     setup::run()?;
     lint::run()?;
     build::run()?;
+    // The container suite runs the image as shipped (rst-e2e/tests/container.rs).
+    image::run()?;
     // Leftovers of a test run that was killed would otherwise pile up run after run.
     for name in lab::sweep_stale()? {
         println!("xtask: removed stale lab namespace {name}");

@@ -53,9 +53,7 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error(
-        "missing capability {capability} ({why}); run as root or grant it, e.g. `--cap-add {short}` in a container"
-    )]
+    #[error("missing capability {capability} ({why}); {}", caps::grant_hint(.short))]
     MissingCapability { capability: &'static str, short: &'static str, why: &'static str },
     #[error("invalid interface name {name:?}: {why}")]
     InvalidInterfaceName { name: String, why: &'static str },
