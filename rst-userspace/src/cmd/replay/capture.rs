@@ -5,11 +5,12 @@
 //! flat whatever the file size, and frames are handed out as borrowed slices, never copied.
 //! pcap-file's own `Read`-based readers are not used because they cannot tell a truncated file
 //! from a corrupt one (both become `UnexpectedEof`), and their pcap reader rejects valid files
-//! whose frames were longer than the snap length (`orig_len > snaplen`).
+//! whose frames were longer than the snap length (`orig_len > snaplen`). The bytes come from a
+//! [`Source`]: a file or a pipe, decompressed if need be.
 
 use std::{
     borrow::Cow,
-    fs::File,
+    fmt,
     io::{self, Read},
     path::Path,
 };
@@ -20,8 +21,10 @@ use pcap_file::{
     DataLink, PcapError, TsResolution,
 };
 
-/// Bytes read from the file at a time.
-const CHUNK: usize = 1 << 20;
+use super::source::{Compression, Source};
+
+/// Bytes read from the file at a time: large reads, few system calls.
+const CHUNK: usize = 4 << 20;
 /// The largest record (pcap packet record or pcapng block) accepted. Frames are at most 256 KiB
 /// (libpcap's largest snap length); anything much bigger is a corrupt length field, and this
 /// bound keeps such a file from making replay allocate without limit.
@@ -42,25 +45,50 @@ pub enum CaptureError {
     #[error("frame {frame} (byte {offset}): read failed")]
     Io {
         frame: u64,
-        offset: u64,
+        offset: Offset,
+        #[source]
+        source: io::Error,
+    },
+    #[error("frame {frame} ({offset}): bad {compression} data (truncated or corrupt)")]
+    Decompress {
+        compression: &'static str,
+        frame: u64,
+        offset: Offset,
         #[source]
         source: io::Error,
     },
     #[error("not a pcap or pcapng file ({what})")]
     NotCapture { what: String },
-    #[error("frame {frame} (byte {offset}): the file ends inside a record: truncated capture")]
-    Truncated { frame: u64, offset: u64 },
-    #[error("frame {frame} (byte {offset}): corrupt {what}: {reason}")]
-    Corrupt { frame: u64, offset: u64, what: &'static str, reason: String },
+    #[error("frame {frame} ({offset}): the file ends inside a record: truncated capture")]
+    Truncated { frame: u64, offset: Offset },
+    #[error("frame {frame} ({offset}): corrupt {what}: {reason}")]
+    Corrupt { frame: u64, offset: Offset, what: &'static str, reason: String },
     #[error(
         "frame {frame}: unsupported link type {datalink:?} ({code}); replay reads Ethernet, Linux \
          cooked capture (SLL, SLL2), raw IP and BSD loopback"
     )]
     UnsupportedLink { frame: u64, datalink: DataLink, code: u32 },
     #[error(
-        "frame {frame} (byte {offset}): packet on interface {interface}, which no interface description block declared"
+        "frame {frame} ({offset}): packet on interface {interface}, which no interface description block declared"
     )]
-    UnknownInterface { frame: u64, offset: u64, interface: u32 },
+    UnknownInterface { frame: u64, offset: Offset, interface: u32 },
+}
+
+/// Where in a capture something went wrong: a byte offset in the capture as pcap or pcapng, so
+/// in the decompressed data of a compressed one (which is what `zcat FILE | tail -c` reaches).
+#[derive(Debug, Clone, Copy)]
+pub struct Offset {
+    pub byte: u64,
+    pub compression: Compression,
+}
+
+impl fmt::Display for Offset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.compression {
+            Compression::None => write!(f, "byte {}", self.byte),
+            other => write!(f, "byte {} of the {}-decompressed data", self.byte, other.name()),
+        }
+    }
 }
 
 /// An interface a capture declares: the pcap file header, or a pcapng IDB.
@@ -149,7 +177,8 @@ enum Format {
 
 /// A capture file read front to back, one buffer at a time.
 pub struct CaptureReader {
-    file: File,
+    source: Box<dyn Read + Send>,
+    compression: Compression,
     buf: Vec<u8>,
     /// Unparsed bytes are `buf[start..end]`.
     start: usize,
@@ -162,13 +191,23 @@ pub struct CaptureReader {
 }
 
 impl CaptureReader {
+    /// Opens `path` (`-`: standard input); see [`Source::open`].
     pub fn open(path: &Path) -> Result<Self, CaptureError> {
-        let file = File::open(path).map_err(CaptureError::Open)?;
-        Ok(Self::new(file))
+        Ok(Self::new(Source::open(path)?))
     }
 
-    pub fn new(file: File) -> Self {
-        Self { file, buf: vec![0; CHUNK], start: 0, end: 0, offset: 0, eof: false, frames: 0, interfaces: Vec::new() }
+    pub fn new(source: Source) -> Self {
+        Self {
+            source: source.reader,
+            compression: source.compression,
+            buf: vec![0; CHUNK],
+            start: 0,
+            end: 0,
+            offset: 0,
+            eof: false,
+            frames: 0,
+            interfaces: Vec::new(),
+        }
     }
 
     /// Frames read so far.
@@ -213,7 +252,13 @@ impl CaptureReader {
         while self.end < 4 && self.fill()? {}
         let magic: [u8; 4] = match self.buf.get(..4) {
             Some(magic) if self.end >= 4 => [magic[0], magic[1], magic[2], magic[3]],
-            _ if self.end == 0 => return Err(CaptureError::NotCapture { what: "the file is empty".into() }),
+            _ if self.end == 0 => {
+                let what = match self.compression {
+                    Compression::None => "the file is empty".to_owned(),
+                    other => format!("its {} data is empty", other.name()),
+                };
+                return Err(CaptureError::NotCapture { what });
+            }
             _ => return Err(CaptureError::NotCapture { what: format!("only {} bytes long", self.end) }),
         };
         if magic == PCAPNG_MAGIC {
@@ -228,10 +273,10 @@ impl CaptureReader {
             };
             return Ok(Format::Pcap { parser, frac_to_ns, frac_limit });
         }
-        let what = match magic {
-            [0x1f, 0x8b, ..] => "gzip-compressed: decompress it first".to_owned(),
-            _ => format!("starts with {:02x} {:02x} {:02x} {:02x}", magic[0], magic[1], magic[2], magic[3]),
-        };
+        let mut what = format!("starts with {:02x} {:02x} {:02x} {:02x}", magic[0], magic[1], magic[2], magic[3]);
+        if self.compression != Compression::None {
+            what.push_str(&format!(" once {}-decompressed", self.compression.name()));
+        }
         Err(CaptureError::NotCapture { what })
     }
 
@@ -346,7 +391,7 @@ impl CaptureReader {
         let frame = self.frames + 1;
         let interface = *section_base + interface_id as usize;
         let Some(declared) = self.interfaces.get(interface) else {
-            return Err(CaptureError::UnknownInterface { frame, offset: self.offset, interface: interface_id }.into());
+            return Err(CaptureError::UnknownInterface { frame, offset: self.at(), interface: interface_id }.into());
         };
         let timestamp_ns = match raw_timestamp {
             Some(units) => declared.scale.to_ns(units).saturating_add(declared.offset_ns),
@@ -434,7 +479,7 @@ impl CaptureReader {
             self.buf.resize(self.buf.len() * 2, 0);
         }
         loop {
-            match self.file.read(&mut self.buf[self.end..]) {
+            match self.source.read(&mut self.buf[self.end..]) {
                 Ok(0) => {
                     self.eof = true;
                     return Ok(false);
@@ -444,13 +489,19 @@ impl CaptureReader {
                     return Ok(true);
                 }
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-                Err(source) => return Err(CaptureError::Io { frame: self.frames + 1, offset: self.offset, source }),
+                Err(source) => {
+                    let (frame, offset) = (self.frames + 1, self.at());
+                    return Err(match self.compression {
+                        Compression::None => CaptureError::Io { frame, offset, source },
+                        other => CaptureError::Decompress { compression: other.name(), frame, offset, source },
+                    });
+                }
             }
         }
     }
 
     fn truncated(&self) -> CaptureError {
-        CaptureError::Truncated { frame: self.frames + 1, offset: self.offset }
+        CaptureError::Truncated { frame: self.frames + 1, offset: self.at() }
     }
 
     fn corrupt(&self, what: &'static str, error: PcapError) -> CaptureError {
@@ -458,7 +509,12 @@ impl CaptureReader {
     }
 
     fn corrupt_at(&self, frame: u64, what: &'static str, reason: String) -> CaptureError {
-        CaptureError::Corrupt { frame, offset: self.offset, what, reason }
+        CaptureError::Corrupt { frame, offset: self.at(), what, reason }
+    }
+
+    /// Where the unparsed bytes begin: the record being read.
+    fn at(&self) -> Offset {
+        Offset { byte: self.offset, compression: self.compression }
     }
 }
 

@@ -1,0 +1,159 @@
+//! Where a capture's bytes come from: a file or standard input (`-`), plain, gzip or zstd.
+//!
+//! The compression is told by the first bytes, never by the name: archives are renamed, and a
+//! pipe has no name. Every source counts the bytes taken from the file or pipe itself (before
+//! decompression) for the progress line, whose total is the file's size when it has one.
+
+use std::{
+    fs::File,
+    io::{self, Read},
+    path::Path,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+};
+
+use super::capture::{CaptureError, Offset};
+
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// How a capture is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "uncompressed",
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+/// An opened capture, ready to be read from its first byte (decompressed if it was compressed).
+pub struct Source {
+    pub reader: Box<dyn Read + Send>,
+    pub compression: Compression,
+    /// The stored size (compressed, if so), when the source is a regular file.
+    pub size: Option<u64>,
+    /// Bytes taken from the file or pipe so far (compressed, if so).
+    pub consumed: Arc<AtomicU64>,
+}
+
+impl Source {
+    /// Opens `path`, or standard input when it is `-`.
+    pub fn open(path: &Path) -> Result<Source, CaptureError> {
+        if path.as_os_str() == "-" {
+            return Source::from_reader(Box::new(io::stdin()), None);
+        }
+        let file = File::open(path).map_err(CaptureError::Open)?;
+        // A FIFO or a character device has no meaningful length.
+        let size = file.metadata().ok().filter(|m| m.is_file()).map(|m| m.len());
+        Source::from_reader(Box::new(file), size)
+    }
+
+    /// Detects the compression of `inner` from its first bytes.
+    pub fn from_reader(inner: Box<dyn Read + Send>, size: Option<u64>) -> Result<Source, CaptureError> {
+        let consumed = Arc::new(AtomicU64::new(0));
+        let mut counted = Counted { inner, consumed: Arc::clone(&consumed) };
+        let mut magic = [0u8; 4];
+        let mut got = 0;
+        // A pipe may hand over fewer bytes than asked: the magic needs all four (or the end).
+        while got < magic.len() {
+            match counted.read(&mut magic[got..]) {
+                Ok(0) => break,
+                Ok(read) => got += read,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(source) => {
+                    let offset = Offset { byte: got as u64, compression: Compression::None };
+                    return Err(CaptureError::Io { frame: 1, offset, source });
+                }
+            }
+        }
+        let head = io::Cursor::new(magic[..got].to_vec());
+        let whole = head.chain(counted);
+        let compression = if magic[..got].starts_with(&ZSTD_MAGIC) {
+            Compression::Zstd
+        } else if magic[..got].starts_with(&GZIP_MAGIC) {
+            Compression::Gzip
+        } else {
+            Compression::None
+        };
+        let reader: Box<dyn Read + Send> = match compression {
+            Compression::None => Box::new(whole),
+            // Multi-member: `cat a.gz b.gz` and pigz's output are one stream.
+            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(whole)),
+            Compression::Zstd => {
+                Box::new(zstd::stream::read::Decoder::new(whole).map_err(|source| CaptureError::Decompress {
+                    compression: "zstd",
+                    frame: 1,
+                    offset: Offset { byte: 0, compression: Compression::Zstd },
+                    source,
+                })?)
+            }
+        };
+        Ok(Source { reader, compression, size, consumed })
+    }
+}
+
+/// Counts what passes through for the progress line; one relaxed add per read call (a buffer's
+/// worth), nothing per frame.
+struct Counted {
+    inner: Box<dyn Read + Send>,
+    consumed: Arc<AtomicU64>,
+}
+
+impl Read for Counted {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let read = self.inner.read(buf)?;
+        self.consumed.fetch_add(read as u64, Ordering::Relaxed);
+        Ok(read)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use super::*;
+
+    fn read_all(bytes: Vec<u8>) -> (Compression, Vec<u8>, u64) {
+        let source = Source::from_reader(Box::new(io::Cursor::new(bytes)), None).expect("opens");
+        let Source { mut reader, compression, consumed, .. } = source;
+        let mut out = Vec::new();
+        reader.read_to_end(&mut out).expect("reads");
+        (compression, out, consumed.load(Ordering::Relaxed))
+    }
+
+    #[test]
+    fn compression_is_told_by_content_and_counted_before_decompression() {
+        let plain: Vec<u8> = (0..100_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        let (kind, out, consumed) = read_all(plain.clone());
+        assert_eq!((kind, consumed), (Compression::None, plain.len() as u64));
+        assert_eq!(out, plain);
+
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&plain).expect("gzip");
+        let gz = gz.finish().expect("gzip");
+        // Two members, as `cat a.gz b.gz` makes.
+        let twice = [gz.clone(), gz.clone()].concat();
+        let (kind, out, consumed) = read_all(twice.clone());
+        assert_eq!((kind, consumed), (Compression::Gzip, twice.len() as u64));
+        assert_eq!(out, [plain.clone(), plain.clone()].concat());
+
+        let zst = zstd::encode_all(&plain[..], 1).expect("zstd");
+        let (kind, out, consumed) = read_all(zst.clone());
+        assert_eq!((kind, consumed), (Compression::Zstd, zst.len() as u64));
+        assert_eq!(out, plain);
+
+        // Shorter than any magic: read as it is, for the capture reader to refuse.
+        assert_eq!(read_all(vec![0x1f]).1, vec![0x1f]);
+    }
+}
