@@ -311,22 +311,16 @@ impl Replay<'_> {
         self.progress.frame();
         self.advance_clock(timestamp_ns)?;
         self.tally.connections.set_clock_ms(timestamp_ns / 1_000_000);
-        let observation = link.inspect(frame, ifindex);
-        match &observation {
-            Observation::Reset(event) => {
-                if let Some((bytes, len)) = link.rst_payload(frame) {
-                    self.payloads.insert(event.key.flow_id(), (bytes.to_vec(), len));
-                }
+        let (observation, segment) = link.inspect_segment(frame, ifindex);
+        if let Some((key, data)) = segment {
+            if data {
+                track_data(&mut self.tally.connections, &key);
             }
-            Observation::Segment => {
-                if let Some((key, data)) = link.segment(frame, ifindex) {
-                    if data {
-                        track_data(&mut self.tally.connections, &key);
-                    }
-                    self.tally.timings.segment(&key, data, timestamp_ns / 1_000_000);
-                }
+            self.tally.timings.segment(&key, data, timestamp_ns / 1_000_000);
+        } else if let Observation::Reset(event) = &observation {
+            if let Some((bytes, len)) = link.rst_payload(frame) {
+                self.payloads.insert(event.key.flow_id(), (bytes.to_vec(), len));
             }
-            _ => {}
         }
         self.tally.count(&observation);
         if let Some(check) = &mut self.kernel {
