@@ -124,7 +124,9 @@ pub fn run_to<W: Write>(args: &ReplayArgs, out: W) -> anyhow::Result<()> {
                 if !args.keep_going {
                     return Err(error);
                 }
-                eprintln!("rstwatch: error: {error:#} (--keep-going: reporting what was read)");
+                replay.progress.suspend(|| {
+                    eprintln!("rstwatch: error: {error:#} (--keep-going: reporting what was read)");
+                });
                 broken += 1;
             }
             Err(Stop::Sink(error)) => return Err(error.context(path.display().to_string())),
@@ -242,7 +244,8 @@ struct Replay<'w> {
 impl Replay<'_> {
     fn file(&mut self, path: &Path) -> Result<(), Stop<anyhow::Error>> {
         let source = Source::open(path)?;
-        self.progress.file(&path.display().to_string(), source.size, Arc::clone(&source.consumed));
+        let name = if path.as_os_str() == "-" { "standard input".to_owned() } else { path.display().to_string() };
+        self.progress.file(&name, source.size, Arc::clone(&source.consumed));
         let mut reader = CaptureReader::new(source);
         self.new_file = self.window.is_some();
         let mut slots: Vec<Slot> = Vec::new();

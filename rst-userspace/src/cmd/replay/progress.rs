@@ -1,83 +1,90 @@
 //! The progress line of a long replay: on stderr, and only when stderr is a terminal, so it
 //! never mixes into the report (stdout) or into a log that stderr was sent to.
+//!
+//! The replay loop only stores counts; the line is drawn by indicatif's own ticker thread, which
+//! reads them a few times a second, so a frame costs one store whether the line is shown or not.
 
 use std::{
+    fmt::Write as _,
     io::{self, IsTerminal as _},
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     time::Duration,
 };
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 
-/// Frames between two looks at the byte count: the bar is redrawn at most a few times a
-/// second anyway, and a look per frame would cost more than the frame.
-const FRAMES_PER_UPDATE: u64 = 1 << 16;
+/// What the line shows, shared with the ticker.
+#[derive(Default)]
+struct Shown {
+    /// The current file: its name and stored size (when it has one).
+    file: Mutex<(String, Option<u64>)>,
+    /// Stored bytes of the current file read so far; swapped for each file.
+    consumed: Mutex<Arc<AtomicU64>>,
+    frames: AtomicU64,
+}
 
 /// The line for the whole run, one file after another.
 pub struct Progress {
     bar: Option<ProgressBar>,
-    /// The current file's stored bytes read so far.
-    consumed: Arc<AtomicU64>,
-    /// Frames of the whole run.
+    shown: Arc<Shown>,
     frames: u64,
 }
 
 impl Progress {
     /// Shows a line only when stderr is a terminal and `quiet` is off.
     pub fn new(quiet: bool) -> Progress {
-        let shown = !quiet && io::stderr().is_terminal();
-        Progress::to(shown.then(ProgressDrawTarget::stderr))
-    }
-
-    fn to(target: Option<ProgressDrawTarget>) -> Progress {
-        let bar = target.map(|target| {
-            let bar = ProgressBar::with_draw_target(None, target);
-            bar.enable_steady_tick(Duration::from_millis(250));
+        let shown = Arc::new(Shown::default());
+        let bar = (!quiet && io::stderr().is_terminal()).then(|| {
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+            let line = Arc::clone(&shown);
+            let style = ProgressStyle::with_template("{line}")
+                .map(|style| {
+                    style.with_key("line", move |state: &ProgressState, out: &mut dyn std::fmt::Write| {
+                        line.draw(state, out);
+                    })
+                })
+                .unwrap_or_else(|_| ProgressStyle::default_spinner());
+            bar.set_style(style);
+            bar.enable_steady_tick(Duration::from_millis(200));
             bar
         });
-        Progress { bar, consumed: Arc::new(AtomicU64::new(0)), frames: 0 }
+        Progress { bar, shown, frames: 0 }
     }
 
     /// A new file begins: `size` is its stored size when known, `consumed` its running count of
     /// stored bytes read.
     pub fn file(&mut self, name: &str, size: Option<u64>, consumed: Arc<AtomicU64>) {
-        self.consumed = consumed;
-        let Some(bar) = &self.bar else { return };
-        bar.set_message(name.to_owned());
-        match size {
-            Some(size) => {
-                bar.set_length(size);
-                bar.set_style(style("{msg} {bytes}/{total_bytes} ({bytes_per_sec}, ETA {eta}) {prefix}"));
-            }
-            None => {
-                bar.unset_length();
-                bar.set_style(style("{msg} {bytes} ({bytes_per_sec}) {prefix}"));
-            }
+        if let Ok(mut file) = self.shown.file.lock() {
+            *file = (name.to_owned(), size);
         }
-        bar.set_position(0);
-        bar.reset_eta();
+        if let Ok(mut current) = self.shown.consumed.lock() {
+            *current = consumed;
+        }
+        if let Some(bar) = &self.bar {
+            // The rate and ETA are the current file's.
+            bar.reset_elapsed();
+        }
     }
 
     /// One more frame read.
     #[inline]
     pub fn frame(&mut self) {
         self.frames += 1;
-        if self.frames % FRAMES_PER_UPDATE == 0 {
-            self.update();
+        self.shown.frames.store(self.frames, Ordering::Relaxed);
+    }
+
+    /// Runs `f` (which writes to stderr) with the line taken off the terminal meanwhile.
+    pub fn suspend(&self, f: impl FnOnce()) {
+        match &self.bar {
+            Some(bar) => bar.suspend(f),
+            None => f(),
         }
     }
 
-    fn update(&self) {
-        let Some(bar) = &self.bar else { return };
-        bar.set_position(self.consumed.load(Ordering::Relaxed));
-        let elapsed = bar.elapsed().as_secs_f64().max(1e-3);
-        bar.set_prefix(format!("{} frames, {:.1} M frames/s", self.frames, self.frames as f64 / elapsed / 1e6));
-    }
-
-    /// Takes the line off the terminal: the report that follows owns the screen.
+    /// Takes the line off the terminal: what follows (the report, an error) owns the screen.
     pub fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
@@ -91,7 +98,23 @@ impl Drop for Progress {
     }
 }
 
-fn style(template: &str) -> ProgressStyle {
-    // The templates are constants: an error here is a typo caught by the first test run.
-    ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_spinner())
+impl Shown {
+    /// `FILE: 120.0 MiB / 383.0 MiB, 1500000 frames, 700.0 MiB/s, ETA 0:00:02`
+    fn draw(&self, state: &ProgressState, out: &mut dyn std::fmt::Write) {
+        let (name, size) = self.file.lock().map(|f| f.clone()).unwrap_or_default();
+        let read = self.consumed.lock().map(|c| c.load(Ordering::Relaxed)).unwrap_or(0);
+        let frames = self.frames.load(Ordering::Relaxed);
+        let seconds = state.elapsed().as_secs_f64().max(1e-3);
+        let rate = read as f64 / seconds;
+        let mut line = format!("{name}: {}", HumanBytes(read));
+        if let Some(size) = size {
+            let _ = write!(line, " / {}", HumanBytes(size));
+        }
+        let _ = write!(line, ", {frames} frames, {}/s", HumanBytes(rate as u64));
+        if let Some(size) = size.filter(|_| rate > 0.0) {
+            let eta = (size.saturating_sub(read) as f64 / rate) as u64;
+            let _ = write!(line, ", ETA {}:{:02}:{:02}", eta / 3600, eta / 60 % 60, eta % 60);
+        }
+        let _ = out.write_str(&line);
+    }
 }
