@@ -246,7 +246,7 @@ impl Replay<'_> {
         let source = Source::open(path)?;
         let name = if path.as_os_str() == "-" { "standard input".to_owned() } else { path.display().to_string() };
         self.progress.file(&name, source.size, Arc::clone(&source.consumed));
-        let mut reader = CaptureReader::new(source);
+        let mut reader = CaptureReader::new(source)?;
         self.new_file = self.window.is_some();
         let mut slots: Vec<Slot> = Vec::new();
         reader.read(|event| match event {

@@ -3,15 +3,22 @@
 //! The compression is told by the first bytes, never by the name: archives are renamed, and a
 //! pipe has no name. Every source counts the bytes taken from the file or pipe itself (before
 //! decompression) for the progress line, whose total is the file's size when it has one.
+//!
+//! The bytes are read (and decompressed) ahead on a thread of their own ([`ReadAhead`]): the
+//! copy out of the page cache and the decompression then overlap the parsing, and the chunks
+//! change hands without being copied again.
 
 use std::{
     fs::File,
     io::{self, Read},
+    os::fd::AsFd as _,
     path::Path,
     sync::{
         atomic::{AtomicU64, Ordering},
+        mpsc::{sync_channel, Receiver, SyncSender, TryRecvError},
         Arc,
     },
+    thread,
 };
 
 use super::capture::{CaptureError, Offset};
@@ -41,6 +48,9 @@ impl Compression {
 pub struct Source {
     pub reader: Box<dyn Read + Send>,
     pub compression: Compression,
+    /// A pipe or terminal: hand over what a read gave at once rather than wait for a whole
+    /// chunk, so that a live `tcpdump -w -` is reported as it comes.
+    pub eager: bool,
     /// The stored size (compressed, if so), when the source is a regular file.
     pub size: Option<u64>,
     /// Bytes taken from the file or pipe so far (compressed, if so).
@@ -51,7 +61,16 @@ impl Source {
     /// Opens `path`, or standard input when it is `-`.
     pub fn open(path: &Path) -> Result<Source, CaptureError> {
         if path.as_os_str() == "-" {
-            return Source::from_reader(Box::new(io::stdin()), None);
+            let stdin = io::stdin();
+            // `rstwatch replay - < FILE` has a size (and so an ETA); a pipe has none.
+            let size = stdin
+                .as_fd()
+                .try_clone_to_owned()
+                .ok()
+                .and_then(|fd| File::from(fd).metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len());
+            return Source::from_reader(Box::new(stdin), size);
         }
         let file = File::open(path).map_err(CaptureError::Open)?;
         // A FIFO or a character device has no meaningful length.
@@ -99,7 +118,82 @@ impl Source {
                 })?)
             }
         };
-        Ok(Source { reader, compression, size, consumed })
+        let eager = size.is_none() && compression == Compression::None;
+        Ok(Source { reader, compression, eager, size, consumed })
+    }
+}
+
+/// Room kept before each chunk's bytes: the unparsed end of the previous chunk (part of one
+/// record) is copied there, so a record never straddles two buffers. Larger than any frame
+/// (256 KiB) with its record header; a longer leftover takes the slow way (a joined buffer).
+pub const HEADROOM: usize = 512 << 10;
+
+/// A source read on its own thread into chunks `[HEADROOM zero bytes][data]`.
+pub struct ReadAhead {
+    full: Receiver<io::Result<Vec<u8>>>,
+    /// Chunks handed back for reuse: no allocation per chunk once running.
+    empty: SyncSender<Vec<u8>>,
+}
+
+impl ReadAhead {
+    /// Starts reading `source` in chunks of `chunk` bytes.
+    pub fn spawn(source: Source, chunk: usize) -> io::Result<ReadAhead> {
+        // Two chunks ahead keep the reader busy while the parser works on a third.
+        let (full_tx, full) = sync_channel(2);
+        let (empty, empty_rx) = sync_channel(4);
+        let Source { mut reader, eager, .. } = source;
+        thread::Builder::new().name("replay-read".into()).spawn(move || loop {
+            let mut buf = match empty_rx.try_recv() {
+                Ok(buf) => buf,
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => Vec::new(),
+            };
+            buf.resize(HEADROOM + chunk, 0);
+            let mut end = HEADROOM;
+            let mut error = None;
+            let mut at_end = false;
+            while end < buf.len() {
+                match reader.read(&mut buf[end..]) {
+                    Ok(0) => {
+                        at_end = true;
+                        break;
+                    }
+                    Ok(read) => {
+                        end += read;
+                        if eager {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        error = Some(e);
+                        break;
+                    }
+                }
+            }
+            buf.truncate(end);
+            // The parser is gone (it stopped early): so is the point of reading on.
+            if end > HEADROOM && full_tx.send(Ok(buf)).is_err() {
+                return;
+            }
+            if let Some(error) = error {
+                let _ = full_tx.send(Err(error));
+                return;
+            }
+            if at_end {
+                return;
+            }
+        })?;
+        Ok(ReadAhead { full, empty })
+    }
+
+    /// The next chunk (its bytes from [`HEADROOM`] on); `None` at the end of the source.
+    pub fn next(&self) -> Option<io::Result<Vec<u8>>> {
+        self.full.recv().ok()
+    }
+
+    /// Hands a chunk back for reuse.
+    pub fn recycle(&self, buf: Vec<u8>) {
+        let _ = self.empty.try_send(buf);
     }
 }
 
