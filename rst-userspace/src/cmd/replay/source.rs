@@ -15,7 +15,7 @@ use std::{
     path::Path,
     sync::{
         atomic::{AtomicU64, Ordering},
-        mpsc::{sync_channel, Receiver, SyncSender, TryRecvError},
+        mpsc::{sync_channel, Receiver, SyncSender},
         Arc,
     },
     thread,
@@ -143,10 +143,7 @@ impl ReadAhead {
         let (empty, empty_rx) = sync_channel(4);
         let Source { mut reader, eager, .. } = source;
         thread::Builder::new().name("replay-read".into()).spawn(move || loop {
-            let mut buf = match empty_rx.try_recv() {
-                Ok(buf) => buf,
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => Vec::new(),
-            };
+            let mut buf: Vec<u8> = empty_rx.try_recv().unwrap_or_default();
             buf.resize(HEADROOM + chunk, 0);
             let mut end = HEADROOM;
             let mut error = None;
