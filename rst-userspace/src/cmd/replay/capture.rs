@@ -475,7 +475,7 @@ impl CaptureReader {
                 format!("longer than {} MiB (a corrupt length field?)", MAX_RECORD >> 20),
             ));
         }
-        let mut next = match self.ahead.next() {
+        let (mut next, mut end) = match self.ahead.next() {
             None => {
                 self.eof = true;
                 return Ok(false);
@@ -495,15 +495,16 @@ impl CaptureReader {
             HEADROOM - leftover
         } else {
             // A record longer than the headroom (jumbo frames, large pcapng blocks): joined.
-            let mut joined = Vec::with_capacity(leftover + next.len() - HEADROOM);
+            let mut joined = Vec::with_capacity(leftover + end - HEADROOM);
             joined.extend_from_slice(&self.buf[self.start..self.end]);
-            joined.extend_from_slice(&next[HEADROOM..]);
+            joined.extend_from_slice(&next[HEADROOM..end]);
+            end = joined.len();
             self.ahead.recycle(std::mem::replace(&mut next, joined));
             0
         };
         self.ahead.recycle(std::mem::replace(&mut self.buf, next));
         self.start = start;
-        self.end = self.buf.len();
+        self.end = end;
         Ok(true)
     }
 

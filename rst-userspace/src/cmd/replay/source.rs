@@ -128,9 +128,11 @@ impl Source {
 /// (256 KiB) with its record header; a longer leftover takes the slow way (a joined buffer).
 pub const HEADROOM: usize = 512 << 10;
 
-/// A source read on its own thread into chunks `[HEADROOM zero bytes][data]`.
+/// A source read on its own thread into chunks `[HEADROOM bytes][data]`, handed over with where
+/// their data ends. A chunk keeps its full length for reuse: shortening it would make the next
+/// fill zero what a pipe's small reads then overwrite (4 MiB per 64 KiB read).
 pub struct ReadAhead {
-    full: Receiver<io::Result<Vec<u8>>>,
+    full: Receiver<io::Result<(Vec<u8>, usize)>>,
     /// Chunks handed back for reuse: no allocation per chunk once running.
     empty: SyncSender<Vec<u8>>,
 }
@@ -144,7 +146,9 @@ impl ReadAhead {
         let Source { mut reader, eager, .. } = source;
         thread::Builder::new().name("replay-read".into()).spawn(move || loop {
             let mut buf: Vec<u8> = empty_rx.try_recv().unwrap_or_default();
-            buf.resize(HEADROOM + chunk, 0);
+            if buf.len() != HEADROOM + chunk {
+                buf.resize(HEADROOM + chunk, 0);
+            }
             let mut end = HEADROOM;
             let mut error = None;
             let mut at_end = false;
@@ -167,9 +171,8 @@ impl ReadAhead {
                     }
                 }
             }
-            buf.truncate(end);
             // The parser is gone (it stopped early): so is the point of reading on.
-            if end > HEADROOM && full_tx.send(Ok(buf)).is_err() {
+            if end > HEADROOM && full_tx.send(Ok((buf, end))).is_err() {
                 return;
             }
             if let Some(error) = error {
@@ -183,8 +186,9 @@ impl ReadAhead {
         Ok(ReadAhead { full, empty })
     }
 
-    /// The next chunk (its bytes from [`HEADROOM`] on); `None` at the end of the source.
-    pub fn next(&self) -> Option<io::Result<Vec<u8>>> {
+    /// The next chunk and the end of its data (which starts at [`HEADROOM`]); `None` at the end
+    /// of the source.
+    pub fn next(&self) -> Option<io::Result<(Vec<u8>, usize)>> {
         self.full.recv().ok()
     }
 
