@@ -22,10 +22,9 @@ use std::{
     io::{self, Write},
     mem,
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, SystemTime},
 };
-
-use std::sync::Arc;
 
 use anyhow::Context as _;
 use rst_common::{
@@ -392,9 +391,9 @@ impl Replay<'_> {
             self.aggregator.rst_payload(&id, &bytes, len);
         }
         let tick = Tick { sample: &sample, interval: &record, elapsed, aggregator: &self.aggregator, stub: false };
-        for output in &mut self.outputs {
-            output.interval(&tick)?;
-        }
+        // A report on the terminal the progress line is drawn on would be torn by its redraws.
+        let (outputs, progress) = (&mut self.outputs, &self.progress);
+        progress.suspend(|| outputs.iter_mut().try_for_each(|output| output.interval(&tick)))?;
         Ok(())
     }
 

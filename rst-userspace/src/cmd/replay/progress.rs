@@ -76,8 +76,9 @@ impl Progress {
         self.shown.frames.store(self.frames, Ordering::Relaxed);
     }
 
-    /// Runs `f` (which writes to stderr) with the line taken off the terminal meanwhile.
-    pub fn suspend(&self, f: impl FnOnce()) {
+    /// Runs `f` (which writes to the terminal: an error, or the report when stdout is the same
+    /// terminal) with the line taken off it meanwhile.
+    pub fn suspend<R>(&self, f: impl FnOnce() -> R) -> R {
         match &self.bar {
             Some(bar) => bar.suspend(f),
             None => f(),
@@ -110,8 +111,14 @@ impl Shown {
         if let Some(size) = size {
             let _ = write!(line, " / {}", HumanBytes(size));
         }
-        let _ = write!(line, ", {frames} frames, {}/s", HumanBytes(rate as u64));
-        if let Some(size) = size.filter(|_| rate > 0.0) {
+        let _ = write!(line, ", {frames} frames");
+        // A rate over the first moments (the header read, the first chunk) says nothing yet.
+        if seconds < 0.5 || rate <= 0.0 {
+            let _ = out.write_str(&line);
+            return;
+        }
+        let _ = write!(line, ", {}/s", HumanBytes(rate as u64));
+        if let Some(size) = size {
             let eta = (size.saturating_sub(read) as f64 / rate) as u64;
             let _ = write!(line, ", ETA {}:{:02}:{:02}", eta / 3600, eta / 60 % 60, eta % 60);
         }
