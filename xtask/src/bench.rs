@@ -32,6 +32,8 @@ pub enum Part {
     Top,
     /// `rstwatch --capture` vs tcpdump writing the same RSTs under the flood (not in the default set).
     Capture,
+    /// `rstwatch replay` vs tcpdump filtering the same capture file for RSTs (needs no root).
+    Replay,
 }
 
 pub struct Options {
@@ -50,8 +52,11 @@ pub fn run(options: &Options) -> Result<()> {
     let started = Instant::now();
     build::run()?;
     build_bench()?;
-    let parts: Vec<Part> =
-        if options.parts.is_empty() { vec![Part::Kernel, Part::Flood, Part::Userspace] } else { options.parts.clone() };
+    let parts: Vec<Part> = if options.parts.is_empty() {
+        vec![Part::Kernel, Part::Flood, Part::Userspace, Part::Replay]
+    } else {
+        options.parts.clone()
+    };
     let mut results = json!({ "machine": machine()?, "quick": options.quick });
     let mut markdown = String::new();
     writeln!(markdown, "{}", machine_line(&results["machine"]))?;
@@ -91,6 +96,11 @@ pub fn run(options: &Options) -> Result<()> {
             results["capture"] = crate::bench_capture::run(&lab, options.quick)?;
             markdown.push_str(&crate::bench_capture::table(&results["capture"])?);
         }
+    }
+    if parts.contains(&Part::Replay) {
+        eprintln!("xtask bench: replay against tcpdump");
+        results["replay"] = crate::bench_replay::run(options.quick)?;
+        markdown.push_str(&crate::bench_replay::table(&results["replay"])?);
     }
     let out = options.out.clone().unwrap_or_else(|| cmd::workspace_root().join("target/bench/results.json"));
     if let Some(dir) = out.parent() {

@@ -7,6 +7,7 @@
 
 pub mod bench;
 pub mod bench_capture;
+pub mod bench_replay;
 pub mod bench_top;
 pub mod build;
 pub mod cli;

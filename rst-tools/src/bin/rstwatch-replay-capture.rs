@@ -19,7 +19,7 @@ use rst_craft::{
     tcp_v4, tcp_v6, FrameBuilder, VlanKind,
 };
 
-/// Distinct frames written in turn: enough flows that the flow table is exercised.
+/// Distinct frames written in turn by default: enough flows that the flow table is exercised.
 const TEMPLATES: usize = 4096;
 
 #[derive(Parser)]
@@ -30,22 +30,26 @@ struct Args {
     /// Frames to write.
     #[arg(default_value_t = 1_000_000)]
     count: u64,
+    /// Distinct frames written in turn, each of its own flow.
+    #[arg(long, default_value_t = TEMPLATES)]
+    flows: usize,
 }
 
 fn main() -> anyhow::Result<()> {
-    let Args { path, count } = Args::parse();
-    let templates: Vec<Vec<u8>> = (0..TEMPLATES).map(template).collect();
-    let resets = (0..TEMPLATES).filter(|i| i % 50 == 7).count();
+    let Args { path, count, flows } = Args::parse();
+    let flows = flows.max(1);
+    let templates: Vec<Vec<u8>> = (0..flows).map(template).collect();
+    let resets = (0..flows).filter(|i| i % 50 == 7).count();
     let file = BufWriter::with_capacity(1 << 20, File::create(&path).with_context(|| format!("creating {path}"))?);
     let start = Duration::from_secs(1_700_000_000);
     let at = |i: u64| start + Duration::from_micros(i * 10);
-    let frames = (0..count).map(|i| (i, at(i), templates[(i as usize) % TEMPLATES].as_slice()));
+    let frames = (0..count).map(|i| (i, at(i), templates[(i as usize) % flows].as_slice()));
     if path.ends_with(".pcapng") {
         capture::write_pcapng(file, &["bench0", "bench1"], frames.map(|(i, at, data)| ((i % 2) as u32, at, data)))?;
     } else {
         capture::write_pcap(file, DataLink::ETHERNET, frames.map(|(_, at, data)| (at, data)))?;
     }
-    eprintln!("{path}: {count} frames, {resets} of every {TEMPLATES} are resets");
+    eprintln!("{path}: {count} frames, {resets} of every {flows} are resets");
     Ok(())
 }
 

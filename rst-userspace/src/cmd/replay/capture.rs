@@ -5,23 +5,23 @@
 //! flat whatever the file size, and frames are handed out as borrowed slices, never copied.
 //! pcap-file's own `Read`-based readers are not used because they cannot tell a truncated file
 //! from a corrupt one (both become `UnexpectedEof`), and their pcap reader rejects valid files
-//! whose frames were longer than the snap length (`orig_len > snaplen`).
+//! whose frames were longer than the snap length (`orig_len > snaplen`). The bytes come from a
+//! [`Source`]: a file or a pipe, decompressed if need be.
 
-use std::{
-    borrow::Cow,
-    fs::File,
-    io::{self, Read},
-    path::Path,
-};
+use std::{borrow::Cow, fmt, io, path::Path};
 
 use pcap_file::{
     pcap::PcapParser,
     pcapng::{blocks::interface_description::InterfaceDescriptionOption, Block, PcapNgParser},
-    DataLink, PcapError, TsResolution,
+    DataLink, Endianness, PcapError, TsResolution,
 };
 
-/// Bytes read from the file at a time.
-const CHUNK: usize = 1 << 20;
+use super::source::{Compression, ReadAhead, Source, HEADROOM};
+
+/// Bytes read from the file at a time: large reads, few system calls and hand-overs.
+const CHUNK: usize = 4 << 20;
+/// A pcap record header: seconds, fraction, captured length, original length.
+const PCAP_RECORD_HEADER: usize = 16;
 /// The largest record (pcap packet record or pcapng block) accepted. Frames are at most 256 KiB
 /// (libpcap's largest snap length); anything much bigger is a corrupt length field, and this
 /// bound keeps such a file from making replay allocate without limit.
@@ -42,25 +42,50 @@ pub enum CaptureError {
     #[error("frame {frame} (byte {offset}): read failed")]
     Io {
         frame: u64,
-        offset: u64,
+        offset: Offset,
+        #[source]
+        source: io::Error,
+    },
+    #[error("frame {frame} ({offset}): bad {compression} data (truncated or corrupt)")]
+    Decompress {
+        compression: &'static str,
+        frame: u64,
+        offset: Offset,
         #[source]
         source: io::Error,
     },
     #[error("not a pcap or pcapng file ({what})")]
     NotCapture { what: String },
-    #[error("frame {frame} (byte {offset}): the file ends inside a record: truncated capture")]
-    Truncated { frame: u64, offset: u64 },
-    #[error("frame {frame} (byte {offset}): corrupt {what}: {reason}")]
-    Corrupt { frame: u64, offset: u64, what: &'static str, reason: String },
+    #[error("frame {frame} ({offset}): the file ends inside a record: truncated capture")]
+    Truncated { frame: u64, offset: Offset },
+    #[error("frame {frame} ({offset}): corrupt {what}: {reason}")]
+    Corrupt { frame: u64, offset: Offset, what: &'static str, reason: String },
     #[error(
         "frame {frame}: unsupported link type {datalink:?} ({code}); replay reads Ethernet, Linux \
          cooked capture (SLL, SLL2), raw IP and BSD loopback"
     )]
     UnsupportedLink { frame: u64, datalink: DataLink, code: u32 },
     #[error(
-        "frame {frame} (byte {offset}): packet on interface {interface}, which no interface description block declared"
+        "frame {frame} ({offset}): packet on interface {interface}, which no interface description block declared"
     )]
-    UnknownInterface { frame: u64, offset: u64, interface: u32 },
+    UnknownInterface { frame: u64, offset: Offset, interface: u32 },
+}
+
+/// Where in a capture something went wrong: a byte offset in the capture as pcap or pcapng, so
+/// in the decompressed data of a compressed one (which is what `zcat FILE | tail -c` reaches).
+#[derive(Debug, Clone, Copy)]
+pub struct Offset {
+    pub byte: u64,
+    pub compression: Compression,
+}
+
+impl fmt::Display for Offset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.compression {
+            Compression::None => write!(f, "byte {}", self.byte),
+            other => write!(f, "byte {} of the {}-decompressed data", self.byte, other.name()),
+        }
+    }
 }
 
 /// An interface a capture declares: the pcap file header, or a pcapng IDB.
@@ -149,7 +174,9 @@ enum Format {
 
 /// A capture file read front to back, one buffer at a time.
 pub struct CaptureReader {
-    file: File,
+    ahead: ReadAhead,
+    compression: Compression,
+    /// The chunk being parsed (see [`ReadAhead`]).
     buf: Vec<u8>,
     /// Unparsed bytes are `buf[start..end]`.
     start: usize,
@@ -162,13 +189,26 @@ pub struct CaptureReader {
 }
 
 impl CaptureReader {
+    /// Opens `path` (`-`: standard input); see [`Source::open`].
     pub fn open(path: &Path) -> Result<Self, CaptureError> {
-        let file = File::open(path).map_err(CaptureError::Open)?;
-        Ok(Self::new(file))
+        Self::new(Source::open(path)?)
     }
 
-    pub fn new(file: File) -> Self {
-        Self { file, buf: vec![0; CHUNK], start: 0, end: 0, offset: 0, eof: false, frames: 0, interfaces: Vec::new() }
+    pub fn new(source: Source) -> Result<Self, CaptureError> {
+        let compression = source.compression;
+        let offset = Offset { byte: 0, compression };
+        let ahead = ReadAhead::spawn(source, CHUNK).map_err(|source| CaptureError::Io { frame: 1, offset, source })?;
+        Ok(Self {
+            ahead,
+            compression,
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+            offset: 0,
+            eof: false,
+            frames: 0,
+            interfaces: Vec::new(),
+        })
     }
 
     /// Frames read so far.
@@ -210,11 +250,17 @@ impl CaptureReader {
 
     /// Detects the format from the magic number and parses the file header.
     fn open_format(&mut self) -> Result<Format, CaptureError> {
-        while self.end < 4 && self.fill()? {}
-        let magic: [u8; 4] = match self.buf.get(..4) {
-            Some(magic) if self.end >= 4 => [magic[0], magic[1], magic[2], magic[3]],
-            _ if self.end == 0 => return Err(CaptureError::NotCapture { what: "the file is empty".into() }),
-            _ => return Err(CaptureError::NotCapture { what: format!("only {} bytes long", self.end) }),
+        while self.end - self.start < 4 && self.fill()? {}
+        let magic: [u8; 4] = match self.buf.get(self.start..self.start + 4) {
+            Some(magic) => [magic[0], magic[1], magic[2], magic[3]],
+            _ if self.end == self.start => {
+                let what = match self.compression {
+                    Compression::None => "the file is empty".to_owned(),
+                    other => format!("its {} data is empty", other.name()),
+                };
+                return Err(CaptureError::NotCapture { what });
+            }
+            _ => return Err(CaptureError::NotCapture { what: format!("only {} bytes long", self.end - self.start) }),
         };
         if magic == PCAPNG_MAGIC {
             let parser = self.parse_header("pcapng section header", PcapNgParser::new)?;
@@ -228,10 +274,10 @@ impl CaptureReader {
             };
             return Ok(Format::Pcap { parser, frac_to_ns, frac_limit });
         }
-        let what = match magic {
-            [0x1f, 0x8b, ..] => "gzip-compressed: decompress it first".to_owned(),
-            _ => format!("starts with {:02x} {:02x} {:02x} {:02x}", magic[0], magic[1], magic[2], magic[3]),
-        };
+        let mut what = format!("starts with {:02x} {:02x} {:02x} {:02x}", magic[0], magic[1], magic[2], magic[3]);
+        if self.compression != Compression::None {
+            what.push_str(&format!(" once {}-decompressed", self.compression.name()));
+        }
         Err(CaptureError::NotCapture { what })
     }
 
@@ -267,34 +313,37 @@ impl CaptureReader {
         frac_limit: u32,
         sink: &mut impl FnMut(Event<'_>) -> Result<(), Stop<E>>,
     ) -> Result<bool, Stop<E>> {
+        // The record is decoded here rather than by pcap-file: four words, and the length checked
+        // before the frame is waited for (a corrupt length is reported at once, not after
+        // buffering up to the record bound).
         let available = &self.buf[self.start..self.end];
-        match parser.next_raw_packet(available) {
-            Ok((rest, raw)) => {
-                let used = available.len() - rest.len();
-                let frame = self.frames + 1;
-                if raw.ts_frac >= frac_limit {
-                    return Err(self
-                        .corrupt_at(frame, "packet record", format!("timestamp fraction {}", raw.ts_frac))
-                        .into());
-                }
-                if raw.incl_len > MAX_FRAME {
-                    return Err(self
-                        .corrupt_at(frame, "packet record", format!("captured length {} > {MAX_FRAME}", raw.incl_len))
-                        .into());
-                }
-                let data: &[u8] = match &raw.data {
-                    Cow::Borrowed(data) => data,
-                    Cow::Owned(data) => data,
-                };
-                let timestamp_ns = u64::from(raw.ts_sec) * 1_000_000_000 + u64::from(raw.ts_frac * frac_to_ns);
-                self.frames = frame;
-                sink(Event::Packet(Packet { frame, interface: 0, timestamp_ns, data }))?;
-                self.consume(used);
-                Ok(true)
+        let Some(header) = available.get(..PCAP_RECORD_HEADER) else { return self.refill_or_end() };
+        let big_endian = parser.header().endianness == Endianness::Big;
+        let word = |i: usize| {
+            let bytes = [header[i], header[i + 1], header[i + 2], header[i + 3]];
+            if big_endian {
+                u32::from_be_bytes(bytes)
+            } else {
+                u32::from_le_bytes(bytes)
             }
-            Err(PcapError::IncompleteBuffer) => self.refill_or_end(),
-            Err(error) => Err(self.corrupt("packet record", error).into()),
+        };
+        let (ts_sec, ts_frac, incl_len) = (word(0), word(4), word(8));
+        let frame = self.frames + 1;
+        if incl_len > MAX_FRAME {
+            return Err(self
+                .corrupt_at(frame, "packet record", format!("captured length {incl_len} > {MAX_FRAME}"))
+                .into());
         }
+        let used = PCAP_RECORD_HEADER + incl_len as usize;
+        let Some(data) = available.get(PCAP_RECORD_HEADER..used) else { return self.refill_or_end() };
+        if ts_frac >= frac_limit {
+            return Err(self.corrupt_at(frame, "packet record", format!("timestamp fraction {ts_frac}")).into());
+        }
+        let timestamp_ns = u64::from(ts_sec) * 1_000_000_000 + u64::from(ts_frac * frac_to_ns);
+        self.frames = frame;
+        sink(Event::Packet(Packet { frame, interface: 0, timestamp_ns, data }))?;
+        self.consume(used);
+        Ok(true)
     }
 
     /// One pcapng block. Returns false at the clean end of the file.
@@ -346,7 +395,7 @@ impl CaptureReader {
         let frame = self.frames + 1;
         let interface = *section_base + interface_id as usize;
         let Some(declared) = self.interfaces.get(interface) else {
-            return Err(CaptureError::UnknownInterface { frame, offset: self.offset, interface: interface_id }.into());
+            return Err(CaptureError::UnknownInterface { frame, offset: self.at(), interface: interface_id }.into());
         };
         let timestamp_ns = match raw_timestamp {
             Some(units) => declared.scale.to_ns(units).saturating_add(declared.offset_ns),
@@ -412,45 +461,55 @@ impl CaptureReader {
         }
     }
 
-    /// Reads more of the file behind the unparsed bytes. Returns false at the end of the file.
+    /// Takes the next chunk, the unparsed bytes moved in front of it. Returns false at the end
+    /// of the file.
     fn fill(&mut self) -> Result<bool, CaptureError> {
         if self.eof {
             return Ok(false);
         }
-        if self.start > 0 {
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
+        let leftover = self.end - self.start;
+        if leftover >= MAX_RECORD {
+            return Err(self.corrupt_at(
+                self.frames + 1,
+                "record",
+                format!("longer than {} MiB (a corrupt length field?)", MAX_RECORD >> 20),
+            ));
         }
-        if self.end == self.buf.len() {
-            // One record fills the whole buffer: grow it, up to the bound.
-            if self.buf.len() >= MAX_RECORD {
-                return Err(self.corrupt_at(
-                    self.frames + 1,
-                    "record",
-                    format!("longer than {} MiB (a corrupt length field?)", MAX_RECORD >> 20),
-                ));
+        let (mut next, mut end) = match self.ahead.next() {
+            None => {
+                self.eof = true;
+                return Ok(false);
             }
-            self.buf.resize(self.buf.len() * 2, 0);
-        }
-        loop {
-            match self.file.read(&mut self.buf[self.end..]) {
-                Ok(0) => {
-                    self.eof = true;
-                    return Ok(false);
-                }
-                Ok(read) => {
-                    self.end += read;
-                    return Ok(true);
-                }
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-                Err(source) => return Err(CaptureError::Io { frame: self.frames + 1, offset: self.offset, source }),
+            Some(Ok(next)) => next,
+            Some(Err(source)) => {
+                self.eof = true;
+                let (frame, offset) = (self.frames + 1, self.at());
+                return Err(match self.compression {
+                    Compression::None => CaptureError::Io { frame, offset, source },
+                    other => CaptureError::Decompress { compression: other.name(), frame, offset, source },
+                });
             }
-        }
+        };
+        let start = if leftover <= HEADROOM {
+            next[HEADROOM - leftover..HEADROOM].copy_from_slice(&self.buf[self.start..self.end]);
+            HEADROOM - leftover
+        } else {
+            // A record longer than the headroom (jumbo frames, large pcapng blocks): joined.
+            let mut joined = Vec::with_capacity(leftover + end - HEADROOM);
+            joined.extend_from_slice(&self.buf[self.start..self.end]);
+            joined.extend_from_slice(&next[HEADROOM..end]);
+            end = joined.len();
+            self.ahead.recycle(std::mem::replace(&mut next, joined));
+            0
+        };
+        self.ahead.recycle(std::mem::replace(&mut self.buf, next));
+        self.start = start;
+        self.end = end;
+        Ok(true)
     }
 
     fn truncated(&self) -> CaptureError {
-        CaptureError::Truncated { frame: self.frames + 1, offset: self.offset }
+        CaptureError::Truncated { frame: self.frames + 1, offset: self.at() }
     }
 
     fn corrupt(&self, what: &'static str, error: PcapError) -> CaptureError {
@@ -458,7 +517,12 @@ impl CaptureReader {
     }
 
     fn corrupt_at(&self, frame: u64, what: &'static str, reason: String) -> CaptureError {
-        CaptureError::Corrupt { frame, offset: self.offset, what, reason }
+        CaptureError::Corrupt { frame, offset: self.at(), what, reason }
+    }
+
+    /// Where the unparsed bytes begin: the record being read.
+    fn at(&self) -> Offset {
+        Offset { byte: self.offset, compression: self.compression }
     }
 }
 

@@ -8,7 +8,7 @@
 use pcap_file::DataLink;
 use rst_common::{
     inspect, inspect_from,
-    parse::{tcp_event, tcp_payload, ETH_P_IPV4, ETH_P_IPV6},
+    parse::{tcp_event, tcp_payload, ETH_P_IPV4, ETH_P_IPV6, TCP_FIN, TCP_RST, TCP_SYN},
     wire::DIRECTION_RX,
     FlowKey, Observation, Walk,
 };
@@ -150,20 +150,35 @@ impl Link {
         }
     }
 
+    /// [`Link::inspect`], and for a segment without SYN, FIN or RST ([`Observation::Segment`],
+    /// most of any capture) also its directional key and whether it carried payload, from one walk of the headers.
+    #[inline]
+    pub fn inspect_segment(self, frame: &[u8], ifindex: u32) -> (Observation, Option<(FlowKey, bool)>) {
+        if let Some(Walk::Tcp(segment)) = self.walk(frame) {
+            if segment.flags & (TCP_RST | TCP_SYN | TCP_FIN) == 0 {
+                return (Observation::Segment, Self::segment_of(frame, &segment, ifindex));
+            }
+        }
+        // Everything else is classified by the shared walk itself, as the kernel does: a second
+        // walk, but only for the few frames that are not plain segments.
+        (self.inspect(frame, ifindex), None)
+    }
+
     /// The payload of the TCP segment in `frame` (see [`crate::model::aggregate::payload::of_frame`]).
     pub fn rst_payload(self, frame: &[u8]) -> Option<(&[u8], usize)> {
         crate::model::aggregate::payload::of_frame(frame, self.walk(frame)?)
     }
 
-    /// The directional key of a segment without SYN, FIN or RST in `frame` ([`Link::inspect`]
-    /// calls it [`Observation::Segment`]) and whether it carried payload: for
-    /// [`rst_common::track_data`] and replay's timings.
-    pub fn segment(self, frame: &[u8], ifindex: u32) -> Option<(FlowKey, bool)> {
-        let Walk::Tcp(segment) = self.walk(frame)? else { return None };
-        let (_, len) = tcp_payload(frame, &segment)?;
-        Some((tcp_event(frame, &segment, DIRECTION_RX, ifindex)?.key, len > 0))
+    /// The directional key of a segment without SYN, FIN or RST ([`Link::inspect`] calls it
+    /// [`Observation::Segment`]) and whether it carried payload: for [`rst_common::track_data`]
+    /// and replay's timings.
+    #[inline]
+    fn segment_of(frame: &[u8], segment: &rst_common::parse::Segment, ifindex: u32) -> Option<(FlowKey, bool)> {
+        let (_, len) = tcp_payload(frame, segment)?;
+        Some((tcp_event(frame, segment, DIRECTION_RX, ifindex)?.key, len > 0))
     }
 
+    #[inline]
     fn walk(self, frame: &[u8]) -> Option<Walk> {
         Some(match self.locate(frame) {
             Located::Ethernet => rst_common::parse::walk(frame),

@@ -5,10 +5,16 @@
 //! the kernel's flow table. The report comes from the live [`Aggregator`] and [`Printer`] (an [`Output`]),
 //! with intervals measured in capture time: a frame stamped at or after the end of the current
 //! interval closes it. Needs no privileges, except `--kernel`.
+//!
+//! A file may be `-` (standard input) and may be gzip- or zstd-compressed ([`source`]); a long
+//! run shows its progress on a terminal ([`progress`]); `--from` / `--to` keep a window of
+//! capture time, as if the capture had been cut there.
 
 pub mod capture;
 pub mod kernel;
 pub mod link;
+mod progress;
+pub mod source;
 mod timing;
 
 use std::{
@@ -16,6 +22,7 @@ use std::{
     io::{self, Write},
     mem,
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
@@ -31,6 +38,8 @@ use self::{
     capture::{CaptureError, CaptureReader, Event, Interface, Stop},
     kernel::KernelCheck,
     link::Link,
+    progress::Progress,
+    source::Source,
     timing::Timings,
 };
 use crate::{
@@ -46,9 +55,20 @@ use crate::{
 
 #[derive(Debug, clap::Args)]
 pub struct ReplayArgs {
-    /// pcap or pcapng files, read in order as one run.
+    /// pcap or pcapng files, read in order as one run; `-` reads standard input. gzip and zstd
+    /// files are decompressed (told by their content, not their name).
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
+    /// Replay only frames stamped at or after this time: RFC 3339 (`2024-05-01T12:00:00Z`,
+    /// UTC) or Unix seconds (`1714564800.5`).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub from: Option<u64>,
+    /// Replay only frames stamped before this time (same forms as `--from`).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub to: Option<u64>,
+    /// No progress line (it is shown on stderr only when stderr is a terminal).
+    #[arg(long, short)]
+    pub quiet: bool,
     #[command(flatten)]
     pub report: ReportOptions,
     /// On a broken file, report the error, keep what was read before the break and go on with
@@ -73,6 +93,8 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
 pub fn run_to<W: Write>(args: &ReplayArgs, out: W) -> anyhow::Result<()> {
     let ReportOptions { interval, top, format, summary_flows, by } = args.report;
     let kernel = if args.kernel { Some(KernelCheck::new()?) } else { None };
+    let (from, to) = (args.from.unwrap_or(0), args.to.unwrap_or(u64::MAX));
+    anyhow::ensure!(from < to, "--from must be before --to: the window would hold no frame");
     let mut replay = Replay {
         // A pcapng file may declare an interface after packets of another: each is added to the
         // aggregator when met.
@@ -89,6 +111,8 @@ pub fn run_to<W: Write>(args: &ReplayArgs, out: W) -> anyhow::Result<()> {
         by_name: HashMap::new(),
         kernel,
         payloads: HashMap::new(),
+        range: from..to,
+        progress: Progress::new(args.quiet),
     };
     let mut broken = 0usize;
     for path in &args.files {
@@ -99,12 +123,15 @@ pub fn run_to<W: Write>(args: &ReplayArgs, out: W) -> anyhow::Result<()> {
                 if !args.keep_going {
                     return Err(error);
                 }
-                eprintln!("rstwatch: error: {error:#} (--keep-going: reporting what was read)");
+                replay.progress.suspend(|| {
+                    eprintln!("rstwatch: error: {error:#} (--keep-going: reporting what was read)");
+                });
                 broken += 1;
             }
             Err(Stop::Sink(error)) => return Err(error.context(path.display().to_string())),
         }
     }
+    replay.progress.finish();
     replay.finish()?;
     if let Some(check) = replay.kernel.take() {
         let parity = check.finish()?;
@@ -208,11 +235,17 @@ struct Replay<'w> {
     kernel: Option<KernelCheck>,
     /// The interval's last RST payload per flow (`flow_id`): first bytes and length.
     payloads: HashMap<FlowKey, (Vec<u8>, usize)>,
+    /// Capture time replayed (`--from`, `--to`), ns since the Unix epoch.
+    range: std::ops::Range<u64>,
+    progress: Progress,
 }
 
 impl Replay<'_> {
     fn file(&mut self, path: &Path) -> Result<(), Stop<anyhow::Error>> {
-        let mut reader = CaptureReader::open(path)?;
+        let source = Source::open(path)?;
+        let name = if path.as_os_str() == "-" { "standard input".to_owned() } else { path.display().to_string() };
+        self.progress.file(&name, source.size, Arc::clone(&source.consumed));
+        let mut reader = CaptureReader::new(source)?;
         self.new_file = self.window.is_some();
         let mut slots: Vec<Slot> = Vec::new();
         reader.read(|event| match event {
@@ -221,6 +254,12 @@ impl Replay<'_> {
                 Ok(())
             }
             Event::Packet(packet) => match slots.get(packet.interface) {
+                // Outside the window the frame is not replayed at all, as if the file had been
+                // cut there (`editcap -A FROM -B TO`).
+                Some(Slot::Supported { .. }) if !self.range.contains(&packet.timestamp_ns) => {
+                    self.progress.frame();
+                    Ok(())
+                }
                 Some(Slot::Supported { link, ifindex }) => self
                     .packet(*link, *ifindex, packet.timestamp_ns, packet.data)
                     .with_context(|| format!("frame {}", packet.frame))
@@ -271,24 +310,19 @@ impl Replay<'_> {
 
     #[inline]
     fn packet(&mut self, link: Link, ifindex: u32, timestamp_ns: u64, frame: &[u8]) -> anyhow::Result<()> {
+        self.progress.frame();
         self.advance_clock(timestamp_ns)?;
         self.tally.connections.set_clock_ms(timestamp_ns / 1_000_000);
-        let observation = link.inspect(frame, ifindex);
-        match &observation {
-            Observation::Reset(event) => {
-                if let Some((bytes, len)) = link.rst_payload(frame) {
-                    self.payloads.insert(event.key.flow_id(), (bytes.to_vec(), len));
-                }
+        let (observation, segment) = link.inspect_segment(frame, ifindex);
+        if let Some((key, data)) = segment {
+            if data {
+                track_data(&mut self.tally.connections, &key);
             }
-            Observation::Segment => {
-                if let Some((key, data)) = link.segment(frame, ifindex) {
-                    if data {
-                        track_data(&mut self.tally.connections, &key);
-                    }
-                    self.tally.timings.segment(&key, data, timestamp_ns / 1_000_000);
-                }
+            self.tally.timings.segment(&key, data, timestamp_ns / 1_000_000);
+        } else if let Observation::Reset(event) = &observation {
+            if let Some((bytes, len)) = link.rst_payload(frame) {
+                self.payloads.insert(event.key.flow_id(), (bytes.to_vec(), len));
             }
-            _ => {}
         }
         self.tally.count(&observation);
         if let Some(check) = &mut self.kernel {
@@ -357,9 +391,9 @@ impl Replay<'_> {
             self.aggregator.rst_payload(&id, &bytes, len);
         }
         let tick = Tick { sample: &sample, interval: &record, elapsed, aggregator: &self.aggregator, stub: false };
-        for output in &mut self.outputs {
-            output.interval(&tick)?;
-        }
+        // A report on the terminal the progress line is drawn on would be torn by its redraws.
+        let (outputs, progress) = (&mut self.outputs, &self.progress);
+        progress.suspend(|| outputs.iter_mut().try_for_each(|output| output.interval(&tick)))?;
         Ok(())
     }
 
@@ -372,5 +406,49 @@ impl Replay<'_> {
             output.finish(&mut run)?;
         }
         Ok(())
+    }
+}
+
+/// A `--from` / `--to` time: Unix seconds (with a fraction, if any) or RFC 3339 in UTC. In ns
+/// since the Unix epoch, as frames are stamped.
+fn parse_time(text: &str) -> Result<u64, String> {
+    let seconds = |whole: &str, fraction: &str| -> Option<u64> {
+        if whole.is_empty()
+            || !whole.bytes().all(|b| b.is_ascii_digit())
+            || !fraction.bytes().all(|b| b.is_ascii_digit())
+        {
+            return None;
+        }
+        // Nanoseconds: the fraction's first nine digits, padded.
+        let mut nanos = 0u64;
+        for i in 0..9 {
+            nanos = nanos * 10 + fraction.as_bytes().get(i).map_or(0, |d| u64::from(d - b'0'));
+        }
+        whole.parse::<u64>().ok()?.checked_mul(1_000_000_000)?.checked_add(nanos)
+    };
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    if let Some(ns) = seconds(whole, fraction) {
+        return Ok(ns);
+    }
+    let time = humantime::parse_rfc3339_weak(text)
+        .map_err(|e| format!("{e}: expected Unix seconds (1714564800.5) or RFC 3339 (2024-05-01T12:00:00Z)"))?;
+    let since = time.duration_since(SystemTime::UNIX_EPOCH).map_err(|_| "before 1970".to_owned())?;
+    u64::try_from(since.as_nanos()).map_err(|_| "too far in the future".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_time;
+
+    #[test]
+    fn times_are_unix_seconds_or_rfc3339() {
+        assert_eq!(parse_time("1700000000"), Ok(1_700_000_000_000_000_000));
+        assert_eq!(parse_time("1700000000.25"), Ok(1_700_000_000_250_000_000));
+        assert_eq!(parse_time("1700000000.0000000019"), Ok(1_700_000_000_000_000_001));
+        assert_eq!(parse_time("2023-11-14T22:13:20Z"), Ok(1_700_000_000_000_000_000));
+        assert_eq!(parse_time("2023-11-14 22:13:20.5"), Ok(1_700_000_000_500_000_000));
+        for bad in ["", ".5", "yesterday", "1700000000.x", "-5"] {
+            assert!(parse_time(bad).is_err(), "{bad:?}");
+        }
     }
 }
