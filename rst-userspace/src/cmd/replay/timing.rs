@@ -12,7 +12,7 @@ use rst_common::{
 
 use std::collections::hash_map::Entry;
 
-use crate::model::aggregate::FastMap;
+use crate::{collect::connections::ConnId, model::aggregate::FastMap};
 
 /// When one side of a connection sent its first FIN, and how long the connection had then gone
 /// without data (`None`: no data seen).
@@ -70,7 +70,7 @@ pub struct Measured {
 #[derive(Debug)]
 pub struct Timings {
     closes: FastMap<(ConnKey, bool), Close>,
-    activity: FastMap<ConnKey, Seen>,
+    activity: FastMap<ConnId, Seen>,
     opened: FastMap<Endpoint, Opened>,
     capacity: usize,
     pub measured: Measured,
@@ -101,6 +101,7 @@ impl Timings {
     /// (mid-stream: its handshake not captured) has no pause yet; a SYN or SYN+ACK begins a
     /// connection anew, its data too.
     fn seen(&mut self, conn: ConnKey, flags: u8, now_ms: u64) -> (&mut Seen, Option<u64>) {
+        let conn = ConnId(conn);
         make_room(&mut self.activity, self.capacity, &conn);
         match self.activity.entry(conn) {
             Entry::Occupied(entry) => {
