@@ -79,7 +79,7 @@ impl Node {
         let lab = FloodLab::new()?;
         lab.mon_if.add_addr(NODE.parse()?, 24)?;
         lab.gen_if.add_addr(PEER.parse()?, 24)?;
-        let cgroup2 = cgroup2_root()?;
+        let cgroup2 = rst_lab::paths::cgroup2_root()?;
         let pid = std::process::id();
         let pod_uid = format!("{pid:08x}-28aa-4bbb-8ccc-{:012x}", rand_tail());
         let pod_cgroup = format!(
@@ -147,17 +147,6 @@ impl Drop for Node {
 fn rand_tail() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
         & 0xffff_ffff_ffff
-}
-
-fn cgroup2_root() -> Result<PathBuf> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
-    mountinfo
-        .lines()
-        .find_map(|line| {
-            let (mount, fs) = line.split_once(" - ")?;
-            (fs.split_whitespace().next()? == "cgroup2").then(|| mount.split_whitespace().nth(4).map(PathBuf::from))?
-        })
-        .context("no cgroup2 mount")
 }
 
 /// `GET path` on `addr` from inside `ns`, as Prometheus or the readiness probe would: the body.

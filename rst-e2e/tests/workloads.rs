@@ -61,18 +61,6 @@ while True:
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
-/// The cgroup2 mount, found as rstwatch finds it.
-fn cgroup2_root() -> Result<PathBuf> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
-    mountinfo
-        .lines()
-        .find_map(|line| {
-            let (mount, fs) = line.split_once(" - ")?;
-            (fs.split_whitespace().next()? == "cgroup2").then(|| mount.split_whitespace().nth(4).map(PathBuf::from))?
-        })
-        .context("no cgroup2 mount")
-}
-
 /// A cgroup tree made for one test under the cgroup2 root, removed (its processes killed
 /// first) when dropped, also when the test fails.
 struct Cgroups {
@@ -84,7 +72,7 @@ struct Cgroups {
 impl Cgroups {
     fn new() -> Result<Cgroups> {
         let top = format!("/rstwatch-{}-{}.slice", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
-        let root = cgroup2_root()?;
+        let root = rst_lab::paths::cgroup2_root()?;
         std::fs::create_dir(root.join(&top[1..])).with_context(|| format!("creating cgroup {top}"))?;
         Ok(Cgroups { root, top })
     }

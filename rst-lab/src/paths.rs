@@ -40,3 +40,17 @@ pub fn hadolint_path() -> PathBuf {
 pub fn image_tarball() -> PathBuf {
     cmd::workspace_root().join("target/image/rstwatch-image.tar")
 }
+
+/// The machine's cgroup2 mount (`/sys/fs/cgroup/unified` on a hybrid host), found in
+/// `/proc/self/mountinfo` as rstwatch finds it.
+pub fn cgroup2_root() -> anyhow::Result<PathBuf> {
+    use anyhow::Context as _;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+    mountinfo
+        .lines()
+        .find_map(|line| {
+            let (mount, fs) = line.split_once(" - ")?;
+            (fs.split_whitespace().next()? == "cgroup2").then(|| mount.split_whitespace().nth(4).map(PathBuf::from))?
+        })
+        .context("no cgroup2 mount")
+}
