@@ -347,16 +347,21 @@ fn classify<T: ConnTable + ?Sized>(
 /// segments do not touch connection state ([`ConnTable::watches_data`]). Marks a connection
 /// that one side closed and the other then wrote to: the evidence that tells a keep-alive race
 /// from a teardown.
-pub fn track_data<T: ConnTable + ?Sized>(conns: &mut T, key: &FlowKey) {
+///
+/// Returns whether either side of the connection has sent a FIN: until one has, no data can be
+/// late, and a caller that tracks FINs itself may skip the lookup.
+pub fn track_data<T: ConnTable + ?Sized>(conns: &mut T, key: &FlowKey) -> bool {
     let (conn, sender_is_lo) = key.connection();
-    let Some(state) = conns.get(&conn) else { return };
+    let Some(state) = conns.get(&conn) else { return false };
     let sender_is_client = (state.flags & CONN_CLIENT_IS_LO != 0) == sender_is_lo;
     let (own_fin, peer_fin) =
         if sender_is_client { (SIDE_CLIENT_FIN, SIDE_SERVER_FIN) } else { (SIDE_SERVER_FIN, SIDE_CLIENT_FIN) };
+    let closing = state.sides & (SIDE_CLIENT_FIN | SIDE_SERVER_FIN) != 0;
     if state.sides & (own_fin | peer_fin | SIDE_LATE_DATA) == peer_fin {
         state.sides |= SIDE_LATE_DATA;
         conns.changed(&conn);
     }
+    closing
 }
 
 /// What a connection whose sides had seen `sides` ([`ConnState::sides`]) says about an RST from

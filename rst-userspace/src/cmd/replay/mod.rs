@@ -315,10 +315,10 @@ impl Replay<'_> {
         self.tally.connections.set_clock_ms(timestamp_ns / 1_000_000);
         let (observation, segment) = link.inspect_segment(frame, ifindex);
         if let Some((key, data)) = segment {
-            if data {
-                track_data(&mut self.tally.connections, &key);
+            // Only data of a connection that may have closed can be late (see `Timings::segment`).
+            if let Some(unsettled) = self.tally.timings.segment(&key, data, timestamp_ns / 1_000_000) {
+                *unsettled = track_data(&mut self.tally.connections, &key);
             }
-            self.tally.timings.segment(&key, data, timestamp_ns / 1_000_000);
         } else if let Observation::Reset(event) = &observation {
             if let Some((bytes, len)) = link.rst_payload(frame) {
                 self.payloads.insert(event.key.flow_id(), (bytes.to_vec(), len));

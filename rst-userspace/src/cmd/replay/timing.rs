@@ -23,16 +23,22 @@ struct Close {
 }
 
 /// A connection's activity (any segment; its pauses as the kernel's `--idle-gaps` programs
-/// keep them, in ms) and its latest data, ms.
+/// keep them, in ms), its latest data, ms, and whether its data must still go to
+/// [`rst_common::track_data`].
 #[derive(Clone, Copy, Debug)]
 struct Seen {
     activity: Activity,
     last_data_ms: Option<u64>,
+    /// A FIN (or an RST) of the connection may have been seen since the connection table last
+    /// said it had none: only then can its data be late, so only then is the table asked
+    /// (saving a second lookup per data segment, a fifth of a replay). Set for a connection
+    /// first seen here, and at every FIN and RST; cleared when the table says no side closed.
+    unsettled: bool,
 }
 
 impl Seen {
     fn begun(now_ms: u64) -> Seen {
-        Seen { activity: Activity::begun(ticks(now_ms)), last_data_ms: None }
+        Seen { activity: Activity::begun(ticks(now_ms)), last_data_ms: None, unsettled: true }
     }
 }
 
@@ -88,12 +94,16 @@ impl Timings {
     }
 
     /// A segment without SYN, FIN or RST of `key`'s connection; `data`: it carried payload.
-    pub fn segment(&mut self, key: &FlowKey, data: bool, now_ms: u64) {
+    /// Returns whether a data segment must go to [`rst_common::track_data`], which the caller
+    /// answers with what it returned (whether a side has closed).
+    pub fn segment(&mut self, key: &FlowKey, data: bool, now_ms: u64) -> Option<&mut bool> {
         let (conn, _) = key.connection();
         let (seen, _) = self.seen(conn, 0, now_ms);
-        if data {
-            seen.last_data_ms = Some(now_ms);
+        if !data {
+            return None;
         }
+        seen.last_data_ms = Some(now_ms);
+        seen.unsettled.then_some(&mut seen.unsettled)
     }
 
     /// `conn`'s activity after a segment with TCP `flags` at `now_ms` and, for an RST of a
@@ -129,6 +139,7 @@ impl Timings {
             self.closes.remove(&(conn, false));
         }
         let (seen, _) = self.seen(conn, event.flags, now_ms);
+        seen.unsettled |= event.flags & TCP_FIN != 0;
         let last_data_ms = seen.last_data_ms;
         if event.flags & TCP_FIN != 0 {
             let idle_ms = last_data_ms.map(|data| now_ms.saturating_sub(data));
@@ -143,7 +154,9 @@ impl Timings {
     pub fn reset<T: ConnTable>(&mut self, key: &FlowKey, conns: &mut T, now_ms: u64) {
         let (conn, sender_is_lo) = key.connection();
         let flow = key.flow_id();
-        if let (_, Some(pause)) = self.seen(conn, TCP_RST, now_ms) {
+        let (seen, pause) = self.seen(conn, TCP_RST, now_ms);
+        seen.unsettled = true;
+        if let Some(pause) = pause {
             self.measured.pauses.entry(flow).or_insert(pause);
         }
         if ResetContext(key.context).sender_closed() {
