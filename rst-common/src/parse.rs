@@ -215,6 +215,16 @@ pub trait Tunnels {
         port == GENEVE_PORT
     }
 
+    /// What the walk found in a tunnel (the tunnel, then the segment inside), as the walk
+    /// continues with it. The kernel passes the words through memory the verifier cannot see
+    /// into, so that every way the headers can be laid out continues as one state instead of
+    /// multiplying the states of everything after the walk; elsewhere they are returned as
+    /// they are. `None` when that memory is not there (the frame counts as malformed).
+    #[inline(always)]
+    fn conceal(&self, words: [u64; 2]) -> Option<[u64; 2]> {
+        Some(words)
+    }
+
     /// The tunnel's number (below [`TUNNEL_INTERFACE`]), handed out on first sight and the same
     /// for the same key ever after; [`TUNNEL_UNRECORDED`] when there is no room for another.
     fn number(&mut self, tunnel: &TunnelKey) -> u32;
@@ -423,6 +433,10 @@ fn walk_ipv6<const INNER: bool, C: Cursor + ?Sized, T: Tunnels + ?Sized>(frame: 
 
 /// An IP payload other than TCP at `l4`, protocol `protocol`: on the link, a tunnel to walk
 /// into; inside one, a second tunnel is malformed (one level only, never misread).
+///
+/// Every frame that is not TCP comes here, by as many ways as the headers before can be laid
+/// out, so what each way pays is kept to the protocol and a UDP port; the rest is walked once
+/// the layout is concealed (see [`Tunnels::conceal`]).
 #[inline(always)]
 fn not_tcp<const INNER: bool, C: Cursor + ?Sized, T: Tunnels + ?Sized>(
     frame: &C,
@@ -432,20 +446,172 @@ fn not_tcp<const INNER: bool, C: Cursor + ?Sized, T: Tunnels + ?Sized>(
     protocol: u8,
     tunnels: &T,
 ) -> Walk {
-    let Some(tunnel) = tunnel_at(frame, family, l4, protocol, tunnels) else {
+    let vxlan = match protocol {
+        IPPROTO_UDP => {
+            // A UDP header cut short is no tunnel's: not TCP, as before tunnels were walked.
+            let Some(udp) = frame.header::<UdpHdr>(l4) else {
+                return Walk::NotTcp;
+            };
+            let dport = u16::from_be_bytes(udp.dport);
+            if tunnels.vxlan_port(dport) {
+                true
+            } else if tunnels.geneve_port(dport) {
+                false
+            } else {
+                return Walk::NotTcp;
+            }
+        }
+        IPPROTO_GRE | IPPROTO_IPIP | IPPROTO_IPV6 => false,
+        _ => return Walk::NotTcp,
+    };
+    if INNER || l4 > MAX_TUNNEL_OFFSET {
+        return Walk::Malformed;
+    }
+    let Some(words) = tunnels.conceal(Outer { family, protocol, vxlan, l3: l3 as u16, l4: l4 as u16 }.words()) else {
+        return Walk::Malformed;
+    };
+    let Outer { family, protocol, vxlan, l3, l4 } = Outer::from_words(words);
+    let Some(tunnel) = tunnel_at(frame, family, usize::from(l4), protocol, vxlan) else {
         return Walk::Malformed;
     };
     let Some((kind, keyed, key, inner, ether_type)) = tunnel else {
         return Walk::NotTcp;
     };
-    if INNER {
+    if inner > MAX_TUNNEL_OFFSET {
         return Walk::Malformed;
     }
-    match walk_level::<true, C, T>(frame, inner, ether_type, tunnels) {
-        Walk::Tcp(segment) => {
-            Walk::Tcp(Segment { tunnel: Encap { kind: kind as u8, keyed, outer: l3 as u16, key }, ..segment })
+    let found = Found { kind: kind as u8, keyed, key, outer: l3, inner: inner as u16, ether_type };
+    let Some(words) = tunnels.conceal(found.words()) else {
+        return Walk::Malformed;
+    };
+    let Found { kind, keyed, key, outer, inner, ether_type } = Found::from_words(words);
+    match walk_level::<true, C, T>(frame, usize::from(inner), ether_type, tunnels) {
+        Walk::Tcp(segment) if segment.l4 <= MAX_TUNNELLED_L4 => {
+            let segment = Segment { tunnel: Encap { kind, keyed, outer, key }, ..segment };
+            // Every inner layout continues as one state too.
+            match tunnels.conceal(segment_words(&segment)) {
+                Some(words) => Walk::Tcp(segment_from_words(words)),
+                None => Walk::Malformed,
+            }
         }
+        Walk::Tcp(_) => Walk::Malformed,
         other => other,
+    }
+}
+
+/// The outer IP header of a tunnel, as the walk goes on to the tunnel's own header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Outer {
+    family: u8,
+    protocol: u8,
+    /// UDP to a VXLAN port (else to a Geneve one).
+    vxlan: bool,
+    l3: u16,
+    l4: u16,
+}
+
+impl Outer {
+    #[inline(always)]
+    fn words(&self) -> [u64; 2] {
+        [
+            u64::from(self.family) | (u64::from(self.protocol) << 8) | (u64::from(self.vxlan) << 16),
+            u64::from(self.l3) | (u64::from(self.l4) << 16),
+        ]
+    }
+
+    #[inline(always)]
+    fn from_words(words: [u64; 2]) -> Outer {
+        let bound = MAX_TUNNEL_OFFSET as u64;
+        Outer {
+            family: words[0] as u8,
+            protocol: (words[0] >> 8) as u8,
+            vxlan: (words[0] >> 16) & 1 != 0,
+            l3: (words[1] & bound) as u16,
+            l4: ((words[1] >> 16) & bound) as u16,
+        }
+    }
+}
+
+/// How far into a frame a tunnelled segment's TCP header may start (its IP header starts
+/// before it): deeper is malformed. A bound the kernel's verifier can work with.
+pub const MAX_TUNNELLED_L4: usize = 4095;
+
+/// A tunnelled segment as two words (see [`Tunnels::conceal`]).
+#[inline(always)]
+fn segment_words(segment: &Segment) -> [u64; 2] {
+    let Encap { kind, keyed, outer, key } = segment.tunnel;
+    // The kind less one: read back plus one, it is known not to be 0 (not "outside a
+    // tunnel"), so the verifier does not walk the rest of the program for that too.
+    [
+        u64::from(key)
+            | (u64::from(kind.wrapping_sub(1) & 0x7f) << 32)
+            | (u64::from(keyed) << 40)
+            | (u64::from(segment.family) << 48)
+            | (u64::from(segment.flags) << 56),
+        u64::from(outer) | ((segment.l3 as u64) << 16) | ((segment.l4 as u64) << 32),
+    ]
+}
+
+/// Back from [`segment_words`], every offset bounded whatever the words say.
+#[inline(always)]
+fn segment_from_words(words: [u64; 2]) -> Segment {
+    let bound = MAX_TUNNELLED_L4 as u64;
+    Segment {
+        family: (words[0] >> 48) as u8,
+        flags: (words[0] >> 56) as u8,
+        l3: ((words[1] >> 16) & bound) as usize,
+        l4: ((words[1] >> 32) & bound) as usize,
+        tunnel: Encap {
+            kind: ((words[0] >> 32) & 0x7f) as u8 + 1,
+            keyed: (words[0] >> 40) & 1 != 0,
+            outer: (words[1] & MAX_TUNNEL_OFFSET as u64) as u16,
+            key: words[0] as u32,
+        },
+    }
+}
+
+/// How far into a frame a tunnel's outer IP header and its payload may start: far beyond any
+/// real stack of headers (the deepest legitimate one, IPv6 with a few extension headers and
+/// Geneve options, is under 400 bytes), and a bound the kernel's verifier can work with. Deeper
+/// is malformed.
+pub const MAX_TUNNEL_OFFSET: usize = 1023;
+
+/// A tunnel the walk found, as it continues into its payload (see [`Tunnels::conceal`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Found {
+    pub kind: u8,
+    pub keyed: bool,
+    pub key: u32,
+    /// Offsets of the outer IP header and of the payload, both at most [`MAX_TUNNEL_OFFSET`].
+    pub outer: u16,
+    pub inner: u16,
+    /// What the payload starts with (an inner Ethernet header's type once it is read).
+    pub ether_type: u16,
+}
+
+impl Found {
+    /// As two words: the key, then the kind, keyed, both offsets and the ethertype.
+    #[inline(always)]
+    pub fn words(&self) -> [u64; 2] {
+        [
+            u64::from(self.key) | (u64::from(self.kind) << 32) | (u64::from(self.keyed) << 40),
+            u64::from(self.outer) | (u64::from(self.inner) << 16) | (u64::from(self.ether_type) << 32),
+        ]
+    }
+
+    /// Back from [`Found::words`], the offsets bounded by [`MAX_TUNNEL_OFFSET`] whatever the
+    /// words say.
+    #[inline(always)]
+    pub fn from_words(words: [u64; 2]) -> Found {
+        let offset_mask = MAX_TUNNEL_OFFSET as u64;
+        Found {
+            key: words[0] as u32,
+            kind: (words[0] >> 32) as u8,
+            keyed: (words[0] >> 40) & 1 != 0,
+            outer: (words[1] & offset_mask) as u16,
+            inner: ((words[1] >> 16) & offset_mask) as u16,
+            ether_type: (words[1] >> 32) as u16,
+        }
     }
 }
 
@@ -453,29 +619,21 @@ fn not_tcp<const INNER: bool, C: Cursor + ?Sized, T: Tunnels + ?Sized>(
 /// ethertype.
 type TunnelAt = (TunnelKind, bool, u32, usize, u16);
 
-/// The tunnel whose header is at `l4` inside an IP header of `family` that says `protocol`:
-/// `Some(None)` if it is none, `None` if its headers are cut short.
+/// The tunnel whose header is at `l4` inside an IP header of `family` that says `protocol`
+/// (UDP: to a VXLAN port if `vxlan`, else to a Geneve one): `Some(None)` if it is none, `None`
+/// if its headers are cut short.
 #[inline(always)]
-fn tunnel_at<C: Cursor + ?Sized, T: Tunnels + ?Sized>(
+fn tunnel_at<C: Cursor + ?Sized>(
     frame: &C,
     family: u8,
     l4: usize,
     protocol: u8,
-    tunnels: &T,
+    vxlan: bool,
 ) -> Option<Option<TunnelAt>> {
     let v6 = family == FAMILY_IPV6;
     // Ethertype 0: an Ethernet header comes first.
     let found = match protocol {
         IPPROTO_UDP => {
-            // A UDP header cut short is no tunnel's: not TCP, as before tunnels were walked.
-            let Some(udp) = frame.header::<UdpHdr>(l4) else {
-                return Some(None);
-            };
-            let dport = u16::from_be_bytes(udp.dport);
-            let vxlan = tunnels.vxlan_port(dport);
-            if !vxlan && !tunnels.geneve_port(dport) {
-                return Some(None);
-            }
             let at = l4 + core::mem::size_of::<UdpHdr>();
             let overlay = frame.header::<OverlayHdr>(at)?;
             let vni = u32::from_be_bytes([0, overlay.vni[0], overlay.vni[1], overlay.vni[2]]);
@@ -735,15 +893,19 @@ pub fn tunnel_key<C: Cursor + ?Sized>(frame: &C, encap: &Encap, ifindex: u32) ->
 
 /// `event` (inside `encap`) counted under its tunnel's number.
 #[inline(always)]
-fn in_tunnel<C: Cursor + ?Sized, T: Tunnels + ?Sized>(
+pub fn in_tunnel<C: Cursor + ?Sized, T: Tunnels + ?Sized>(
     frame: &C,
     encap: &Encap,
     event: TcpEvent,
     tunnels: &mut T,
 ) -> Option<TcpEvent> {
     let (key, swapped) = tunnel_key(frame, encap, event.key.ifindex)?;
-    let number = tunnels.number(&key) & TUNNEL_UNRECORDED;
-    Some(TcpEvent { key: event.key.in_tunnel(TUNNEL_INTERFACE | number, swapped), ..event })
+    let number = tunnels.number(&key);
+    // However the number was had (found, handed out, raced for, none left), the rest of the
+    // program goes on from one state (see `Tunnels::conceal`).
+    let [word, _] = tunnels.conceal([u64::from(number) | (u64::from(swapped) << 32), 0])?;
+    let number = word as u32 & TUNNEL_UNRECORDED;
+    Some(TcpEvent { key: event.key.in_tunnel(TUNNEL_INTERFACE | number, (word >> 32) & 1 != 0), ..event })
 }
 
 /// The kinds of frame there are counters for; each method counts one frame of that kind.

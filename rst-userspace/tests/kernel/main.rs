@@ -51,6 +51,8 @@ macro_rules! in_both_counting_modes {
 mod diagnosis;
 /// `--idle-gaps`' programs.
 mod pauses;
+/// The verifier's cost of each program set.
+mod verifier;
 
 const MAX_FLOWS: u32 = 1024;
 
