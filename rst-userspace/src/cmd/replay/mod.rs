@@ -39,6 +39,7 @@ use crate::{
     collect::Sample,
     model::aggregate::{
         model::{self, AttachMode},
+        tunnels::TunnelNumbers,
         Aggregator,
     },
     output::{self, Output, Printer, Tick},
@@ -59,6 +60,8 @@ pub struct ReplayArgs {
     /// kernel's counts equal replay's; needs root.
     #[arg(long)]
     pub kernel: bool,
+    #[command(flatten)]
+    pub tunnel_ports: crate::cli::TunnelPorts,
 }
 
 pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
@@ -89,6 +92,7 @@ pub fn run_to<W: Write>(args: &ReplayArgs, out: W) -> anyhow::Result<()> {
         by_name: HashMap::new(),
         kernel,
         payloads: HashMap::new(),
+        tunnels: TunnelNumbers::new(&args.tunnel_ports.vxlan, &args.tunnel_ports.geneve),
     };
     let mut broken = 0usize;
     for path in &args.files {
@@ -208,6 +212,8 @@ struct Replay<'w> {
     kernel: Option<KernelCheck>,
     /// The interval's last RST payload per flow (`flow_id`): first bytes and length.
     payloads: HashMap<FlowKey, (Vec<u8>, usize)>,
+    /// Tunnels numbered as the kernel numbers them.
+    tunnels: TunnelNumbers,
 }
 
 impl Replay<'_> {
@@ -273,15 +279,15 @@ impl Replay<'_> {
     fn packet(&mut self, link: Link, ifindex: u32, timestamp_ns: u64, frame: &[u8]) -> anyhow::Result<()> {
         self.advance_clock(timestamp_ns)?;
         self.tally.connections.set_clock_ms(timestamp_ns / 1_000_000);
-        let observation = link.inspect(frame, ifindex);
+        let observation = link.inspect(frame, ifindex, &mut self.tunnels);
         match &observation {
             Observation::Reset(event) => {
-                if let Some((bytes, len)) = link.rst_payload(frame) {
+                if let Some((bytes, len)) = link.rst_payload(frame, &self.tunnels) {
                     self.payloads.insert(event.key.flow_id(), (bytes.to_vec(), len));
                 }
             }
             Observation::Segment => {
-                if let Some((key, data)) = link.segment(frame, ifindex) {
+                if let Some((key, data)) = link.segment(frame, ifindex, &mut self.tunnels) {
                     if data {
                         track_data(&mut self.tally.connections, &key);
                     }
@@ -337,6 +343,7 @@ impl Replay<'_> {
     fn flush(&mut self, elapsed_ns: u64, ended_ns: u64) -> anyhow::Result<()> {
         let sample = Sample {
             counters: mem::take(&mut self.tally.counters),
+            tunnels: self.tunnels.take_new(),
             flows: self.tally.flows.drain().collect(),
             services: self.tally.services.drain().collect(),
             close_gaps: self.tally.timings.measured.close_gaps.drain().collect(),

@@ -7,6 +7,7 @@ pub mod diagnosis;
 pub mod model;
 pub mod payload;
 pub mod rank;
+pub mod tunnels;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -298,6 +299,8 @@ pub struct Aggregator {
     late_data: Vec<RstTuple>,
     /// The run's start on the service tracker's clock, in ms (see [`Aggregator::tracker_origin`]).
     tracker_origin_ms: u64,
+    /// The tunnels flows were counted inside, by number.
+    tunnels: tunnels::KnownTunnels,
 }
 
 /// Services, client–service pairs and hosts the verdict evidence follows at most.
@@ -338,6 +341,7 @@ impl Aggregator {
             pauses: Vec::new(),
             late_data: Vec::new(),
             tracker_origin_ms: 0,
+            tunnels: tunnels::KnownTunnels::default(),
         }
     }
 
@@ -371,6 +375,12 @@ impl Aggregator {
 
     /// Makes an interface known after the start (replay meets pcapng interfaces as it reads; a
     /// live interface may come back under a new ifindex).
+    /// The tunnels the kernel (or replay) numbered: flows inside them are reported with the
+    /// tunnel, on its underlay interface.
+    pub fn learn_tunnels(&mut self, tunnels: &[(u32, rst_common::wire::TunnelKey)]) {
+        self.tunnels.learn(tunnels);
+    }
+
     pub fn add_interface(&mut self, interface: Interface) {
         self.names.insert(interface.ifindex, interface.iface.clone());
         self.interfaces.push(interface);
@@ -402,6 +412,7 @@ impl Aggregator {
     /// [`Aggregator::interval_flows`] instead.
     pub fn fold(&mut self, sample: &Sample, elapsed: Duration, ended: SystemTime) -> Interval {
         let started_ms = self.elapsed.as_millis() as u64;
+        self.tunnels.learn(&sample.tunnels);
         self.intervals += 1;
         self.elapsed += elapsed;
         self.totals.accumulate(&sample.counters);
@@ -784,6 +795,7 @@ impl Aggregator {
     }
 
     pub fn iface_name(&self, ifindex: u32) -> String {
+        let ifindex = self.tunnels.underlay(ifindex);
         self.names.get(&ifindex).cloned().unwrap_or_else(|| format!("if{ifindex}"))
     }
 
@@ -799,7 +811,7 @@ impl Aggregator {
                 let explained: u64 = stats.reasons.values().sum();
                 Flow {
                     iface: self.iface_name(key.ifindex),
-                    ifindex: key.ifindex,
+                    ifindex: self.tunnels.underlay(key.ifindex),
                     family: Family::of(key),
                     src: key.src_ip(),
                     sport: key.sport,
@@ -827,6 +839,7 @@ impl Aggregator {
                         None
                     },
                     rst_payload: stats.rst_payload.clone(),
+                    tunnel: self.tunnels.of(key),
                 }
             })
             .collect()
@@ -837,7 +850,12 @@ impl Aggregator {
         handshakes: impl Iterator<Item = (&'a ServiceKey, &'a ServiceValue)>,
         flows: impl Iterator<Item = (&'a FlowKey, &'a FlowStats)>,
     ) -> Vec<Service> {
-        rank::services(handshakes, flows, |ifindex| self.iface_name(ifindex))
+        let mut services = rank::services(handshakes, flows, |ifindex| self.iface_name(ifindex));
+        for service in &mut services {
+            service.tunnel = self.tunnels.of_service(service.ifindex);
+            service.ifindex = self.tunnels.underlay(service.ifindex);
+        }
+        services
     }
 }
 
