@@ -90,7 +90,7 @@ impl Tunnels for KernelTunnels {
         // SAFETY: a live array element, written only through `update_word`.
         let taken = unsafe { update_word(count, |next| if next < u64::from(MAX_TUNNELS) { next + 1 } else { next }) };
         if let Some(number) = taken.filter(|&number| number < u64::from(MAX_TUNNELS)) {
-            if TUNNELS.insert(tunnel, &(number as u32), BPF_NOEXIST as u64).is_ok() {
+            if TUNNELS.insert(tunnel, number as u32, BPF_NOEXIST as u64).is_ok() {
                 return number as u32;
             }
         }

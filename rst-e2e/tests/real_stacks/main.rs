@@ -26,6 +26,8 @@
 //! panic; captures and rstwatch's output are kept (and their directory named) when a test fails.
 
 mod support;
+/// Resets inside VXLAN.
+mod tunnels;
 
 use std::{
     collections::BTreeSet,

@@ -1,0 +1,224 @@
+//! Resets inside VXLAN (the kernel's driver, over an IPv4 and an IPv6 underlay) between two
+//! namespaces: the stacks inside refuse and abort connections, rstwatch on the underlay veth
+//! counts each inner 5-tuple's resets exactly as tshark does in the capture of the same wire,
+//! both ways (XDP ingress, TC egress), with the tunnel's type, VNI and outer addresses; replay
+//! of the capture counts the same.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::Path,
+    process::Command,
+    thread,
+};
+
+use anyhow::{ensure, Context as _, Result};
+use rst_lab::{
+    diag_lab::{accept, listener},
+    lab::{Iface, Lab, Netns},
+    traffic::in_netns,
+};
+use serde_json::Value;
+
+use super::support::*;
+
+/// One underlay and the VXLAN device over it in each namespace.
+struct Overlay {
+    vni: u32,
+    underlay: [IpAddr; 2],
+    /// The overlay addresses of the two ends (inner IPv4 and IPv6).
+    inner4: [Ipv4Addr; 2],
+    inner6: [Ipv6Addr; 2],
+    device: &'static str,
+}
+
+const CLOSED_PORT: u16 = 7401;
+const ABORT_PORT: u16 = 7402;
+const REFUSED: usize = 3;
+const ABORTED: usize = 2;
+
+fn overlays() -> [Overlay; 2] {
+    [
+        Overlay {
+            vni: 42,
+            underlay: [IpAddr::from([192, 168, 77, 1]), IpAddr::from([192, 168, 77, 2])],
+            inner4: [Ipv4Addr::new(10, 210, 0, 1), Ipv4Addr::new(10, 210, 0, 2)],
+            inner6: ["fd78::1".parse().expect("literal"), "fd78::2".parse().expect("literal")],
+            device: "vx4",
+        },
+        Overlay {
+            vni: 4_660_000 & 0xff_ffff,
+            underlay: ["fd77::1".parse().expect("literal"), "fd77::2".parse().expect("literal")],
+            inner4: [Ipv4Addr::new(10, 211, 0, 1), Ipv4Addr::new(10, 211, 0, 2)],
+            inner6: ["fd79::1".parse().expect("literal"), "fd79::2".parse().expect("literal")],
+            device: "vx6",
+        },
+    ]
+}
+
+fn vxlan(ns: &Netns, underlay: &Iface, overlay: &Overlay, end: usize) -> Result<()> {
+    let (local, remote) = (overlay.underlay[end].to_string(), overlay.underlay[1 - end].to_string());
+    let vni = overlay.vni.to_string();
+    ns.ip([
+        "link",
+        "add",
+        overlay.device,
+        "type",
+        "vxlan",
+        "id",
+        &vni,
+        "local",
+        &local,
+        "remote",
+        &remote,
+        "dstport",
+        "4789",
+        "dev",
+        &underlay.name,
+    ])?;
+    ns.ip(["link", "set", overlay.device, "up"])?;
+    ns.ip(["addr", "add", &format!("{}/24", overlay.inner4[end]), "dev", overlay.device])?;
+    ns.ip(["-6", "addr", "add", &format!("{}/64", overlay.inner6[end]), "dev", overlay.device, "nodad"])?;
+    Ok(())
+}
+
+/// Inner (src, sport, dst, dport) of every RST in `pcap`, as tshark decodes VXLAN (the last
+/// IP header of a frame is the inner one), with the VNI.
+fn tshark_resets(pcap: &Path) -> Result<BTreeMap<(String, u16, String, u16, u32), u64>> {
+    let out = Command::new("tshark")
+        .arg("-r")
+        .arg(pcap)
+        .args(["-Y", "tcp.flags.reset == 1 && vxlan", "-T", "fields", "-E", "occurrence=l", "-E", "separator=,"])
+        .args(["-e", "ip.src", "-e", "ipv6.src", "-e", "tcp.srcport", "-e", "ip.dst", "-e", "ipv6.dst"])
+        .args(["-e", "tcp.dstport", "-e", "vxlan.vni", "-e", "eth.type"])
+        .output()
+        .context("running tshark")?;
+    ensure!(out.status.success(), "tshark failed: {}", String::from_utf8_lossy(&out.stderr));
+    let mut resets = BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let f: Vec<&str> = line.split(',').collect();
+        ensure!(f.len() >= 7, "tshark line {line:?}");
+        // The last Ethernet type is the inner frame's: it says which of the last addresses is
+        // the inner one (an IPv4 packet in an IPv6 underlay has both).
+        let inner_v6 = f.get(7).is_some_and(|t| t.trim() == "0x86dd");
+        let (src, dst) = if inner_v6 { (f[1], f[4]) } else { (f[0], f[3]) };
+        let key = (src.to_owned(), f[2].parse()?, dst.to_owned(), f[5].parse()?, f[6].parse()?);
+        *resets.entry(key).or_default() += 1;
+    }
+    Ok(resets)
+}
+
+/// The summary's flows inside tunnels as tshark's keys, checking each one's tunnel against
+/// the overlays' (type, VNI, outer addresses the right way round).
+fn rstwatch_resets(summary: &Value, overlays: &[Overlay]) -> Result<BTreeMap<(String, u16, String, u16, u32), u64>> {
+    let mut resets = BTreeMap::new();
+    for flow in summary["flows"].as_array().context("no flows")? {
+        let tunnel = &flow["tunnel"];
+        if tunnel.is_null() {
+            continue;
+        }
+        ensure!(tunnel["type"] == "vxlan", "flow {flow}: not vxlan");
+        let vni = tunnel["vni"].as_u64().context("a VXLAN tunnel has a VNI")? as u32;
+        let overlay = overlays.iter().find(|o| o.vni == vni).with_context(|| format!("flow {flow}: unknown VNI"))?;
+        let outer = |field: &str| -> Result<IpAddr> { Ok(tunnel[field].as_str().context("outer")?.parse()?) };
+        let src: IpAddr = flow["src"].as_str().context("src")?.parse()?;
+        // The inner source sits behind the outer source: end 0's addresses are behind end 0's.
+        let end = usize::from(src != IpAddr::V4(overlay.inner4[0]) && src != IpAddr::V6(overlay.inner6[0]));
+        ensure!(
+            outer("outer_src")? == overlay.underlay[end] && outer("outer_dst")? == overlay.underlay[1 - end],
+            "flow {flow}: outer addresses"
+        );
+        let key = (
+            src.to_string(),
+            flow["sport"].as_u64().context("sport")? as u16,
+            flow["dst"].as_str().context("dst")?.to_owned(),
+            flow["dport"].as_u64().context("dport")? as u16,
+            vni,
+        );
+        *resets.entry(key).or_default() += flow["resets"].as_u64().context("resets")?;
+    }
+    Ok(resets)
+}
+
+/// Refusals (a closed port) and aborts (SO_LINGER 0 after accept) from `a` to `b` inside the
+/// overlay, over inner IPv4 and IPv6; `b` aborts half of the accepted connections, `a` the
+/// other half, so resets go both ways over the wire.
+fn traffic(a: &Netns, b: &Netns, overlay: &Overlay) -> Result<()> {
+    let inner: [(IpAddr, IpAddr); 2] =
+        [(overlay.inner4[0].into(), overlay.inner4[1].into()), (overlay.inner6[0].into(), overlay.inner6[1].into())];
+    for (client_ip, server_ip) in inner {
+        for _ in 0..REFUSED {
+            in_netns(a, || {
+                let refused = connect(client_ip, SocketAddr::new(server_ip, CLOSED_PORT));
+                ensure!(refused.is_err(), "{server_ip}:{CLOSED_PORT} accepted a connection");
+                Ok(())
+            })?;
+        }
+        let server = in_netns(b, || listener(SocketAddr::new(server_ip, ABORT_PORT)))?;
+        for i in 0..ABORTED * 2 {
+            let (client, _) = in_netns(a, || connect(client_ip, SocketAddr::new(server_ip, ABORT_PORT)))?;
+            let accepted = accept(&server)?;
+            let aborting = if i % 2 == 0 { &accepted } else { &client };
+            aborting.set_linger(Some(std::time::Duration::ZERO))?;
+            if i % 2 == 0 {
+                drop(accepted);
+                // The client's socket sees the reset; closing it after sends nothing.
+                thread::sleep(std::time::Duration::from_millis(50));
+                drop(client);
+            } else {
+                drop(client);
+                thread::sleep(std::time::Duration::from_millis(50));
+                drop(accepted);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn resets_inside_vxlan_are_counted_per_inner_tuple_with_their_vni() -> Result<()> {
+    run_test("resets_inside_vxlan_are_counted_per_inner_tuple_with_their_vni", &["tshark"], |dir| {
+        let mut lab = Lab::new()?;
+        let a = lab.add_ns("vxa")?;
+        let b = lab.add_ns("vxb")?;
+        let (a_if, b_if) = lab.add_veth(&a, &b)?;
+        let overlays = overlays();
+        for overlay in &overlays {
+            a_if.add_addr(overlay.underlay[0], if overlay.underlay[0].is_ipv4() { 24 } else { 64 })?;
+            b_if.add_addr(overlay.underlay[1], if overlay.underlay[1].is_ipv4() { 24 } else { 64 })?;
+        }
+        for overlay in &overlays {
+            vxlan(&a, &a_if, overlay, 0)?;
+            vxlan(&b, &b_if, overlay, 1)?;
+        }
+        let vantages = watch_all_ip(dir, &[("underlay", &a_if)])?;
+        for overlay in &overlays {
+            traffic(&a, &b, overlay)?;
+        }
+        let seen = stop(dir, vantages)?;
+        let underlay = vantage(&seen, "underlay")?;
+        let witness = tshark_resets(&dir.join("underlay.pcap"))?;
+        // Each overlay, each inner family: the refusals, and one reset per abort.
+        let expected_resets = (REFUSED + ABORTED * 2) * 2 * overlays.len();
+        ensure!(
+            witness.values().sum::<u64>() as usize == expected_resets,
+            "tshark saw {} resets inside VXLAN, the lab made {expected_resets}: {witness:#?}",
+            witness.values().sum::<u64>()
+        );
+        let live = rstwatch_resets(&underlay.live, &overlays)?;
+        ensure!(live == witness, "live counts differ from tshark's:\n live {live:#?}\n tshark {witness:#?}");
+        let replay = rstwatch_resets(&underlay.replay, &overlays)?;
+        ensure!(replay == witness, "replay counts differ from tshark's:\n replay {replay:#?}\n tshark {witness:#?}");
+        // Both directions: the underlay's end sent (TC egress) and received (XDP) resets.
+        let directions: Vec<&str> = underlay.live["flows"]
+            .as_array()
+            .context("flows")?
+            .iter()
+            .filter(|f| !f["tunnel"].is_null())
+            .filter_map(|f| f["direction"].as_str())
+            .collect();
+        ensure!(directions.contains(&"rx") && directions.contains(&"tx"), "directions {directions:?}");
+        ensure!(underlay.live["totals"]["malformed"] == 0, "malformed: {}", underlay.live["totals"]);
+        Ok(())
+    })
+}
