@@ -164,9 +164,8 @@ pub(crate) fn watch_with(dir: &Path, ends: &[(&'static str, &Iface, &[&str])]) -
 }
 
 /// [`watch`] capturing everything IP: the TCP inside tunnels is UDP, GRE or IP on the wire.
-pub(crate) fn watch_all_ip(dir: &Path, ends: &[(&'static str, &Iface)]) -> Result<Vec<Vantage>> {
-    let ends: Vec<_> = ends.iter().map(|&(name, iface)| (name, iface, &[][..])).collect();
-    watch_filtered(dir, &ends, "ip or ip6")
+pub(crate) fn watch_all_ip(dir: &Path, ends: &[(&'static str, &Iface, &[&str])]) -> Result<Vec<Vantage>> {
+    watch_filtered(dir, ends, "ip or ip6")
 }
 
 fn watch_filtered(dir: &Path, ends: &[(&'static str, &Iface, &[&str])], filter: &str) -> Result<Vec<Vantage>> {

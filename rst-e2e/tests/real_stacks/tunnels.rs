@@ -82,9 +82,12 @@ fn vxlan(ns: &Netns, underlay: &Iface, overlay: &Overlay, end: usize) -> Result<
     Ok(())
 }
 
+/// An inner (src, sport, dst, dport) and the VNI around it.
+type Inner = (String, u16, String, u16, u32);
+
 /// Inner (src, sport, dst, dport) of every RST in `pcap`, as tshark decodes VXLAN (the last
 /// IP header of a frame is the inner one), with the VNI.
-fn tshark_resets(pcap: &Path) -> Result<BTreeMap<(String, u16, String, u16, u32), u64>> {
+fn tshark_resets(pcap: &Path) -> Result<BTreeMap<Inner, u64>> {
     let out = Command::new("tshark")
         .arg("-r")
         .arg(pcap)
@@ -108,9 +111,38 @@ fn tshark_resets(pcap: &Path) -> Result<BTreeMap<(String, u16, String, u16, u32)
     Ok(resets)
 }
 
+/// Each RST's VNI and packet comment in a pcapng rstwatch wrote.
+fn captured_comments(pcapng: &Path) -> Result<Vec<(u32, String)>> {
+    let out = Command::new("tshark")
+        .arg("-r")
+        .arg(pcapng)
+        .args([
+            "-Y",
+            "tcp.flags.reset == 1",
+            "-T",
+            "fields",
+            "-E",
+            "separator=|",
+            "-e",
+            "vxlan.vni",
+            "-e",
+            "frame.comment",
+        ])
+        .output()
+        .context("running tshark")?;
+    ensure!(out.status.success(), "tshark failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| {
+            let (vni, comment) = line.split_once('|').with_context(|| format!("tshark line {line:?}"))?;
+            Ok((vni.parse().with_context(|| format!("VNI in {line:?}"))?, comment.to_owned()))
+        })
+        .collect()
+}
+
 /// The summary's flows inside tunnels as tshark's keys, checking each one's tunnel against
 /// the overlays' (type, VNI, outer addresses the right way round).
-fn rstwatch_resets(summary: &Value, overlays: &[Overlay]) -> Result<BTreeMap<(String, u16, String, u16, u32), u64>> {
+fn rstwatch_resets(summary: &Value, overlays: &[Overlay]) -> Result<BTreeMap<Inner, u64>> {
     let mut resets = BTreeMap::new();
     for flow in summary["flows"].as_array().context("no flows")? {
         let tunnel = &flow["tunnel"];
@@ -191,7 +223,9 @@ fn resets_inside_vxlan_are_counted_per_inner_tuple_with_their_vni() -> Result<()
             vxlan(&a, &a_if, overlay, 0)?;
             vxlan(&b, &b_if, overlay, 1)?;
         }
-        let vantages = watch_all_ip(dir, &[("underlay", &a_if)])?;
+        let captured = dir.join("rstwatch.pcapng");
+        let capture_arg = captured.to_string_lossy().into_owned();
+        let vantages = watch_all_ip(dir, &[("underlay", &a_if, &["--capture", &capture_arg])])?;
         for overlay in &overlays {
             traffic(&a, &b, overlay)?;
         }
@@ -219,6 +253,21 @@ fn resets_inside_vxlan_are_counted_per_inner_tuple_with_their_vni() -> Result<()
             .collect();
         ensure!(directions.contains(&"rx") && directions.contains(&"tx"), "directions {directions:?}");
         ensure!(underlay.live["totals"]["malformed"] == 0, "malformed: {}", underlay.live["totals"]);
+        // --capture wrote each of them as it was on the wire, outer headers and all, its
+        // comment naming the tunnel and VNI.
+        let written = tshark_resets(&captured)?;
+        ensure!(written == witness, "--capture differs from tshark's:\n capture {written:#?}\n tshark {witness:#?}");
+        let comments = captured_comments(&captured)?;
+        for overlay in &overlays {
+            let inside = format!("inside vxlan VNI {}", overlay.vni);
+            let named =
+                comments.iter().filter(|(vni, comment)| *vni == overlay.vni && comment.contains(&inside)).count();
+            ensure!(
+                named == (REFUSED + ABORTED * 2) * 2,
+                "VNI {}: {named} comments say {inside:?}: {comments:?}",
+                overlay.vni
+            );
+        }
         Ok(())
     })
 }
