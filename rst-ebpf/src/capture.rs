@@ -218,7 +218,7 @@ fn send<const REASON: bool, S: Source>(source: &S, key: &FlowKey, now: u64, what
     // `data` is filled by the helper below.
     unsafe {
         (*record).time_ns = now;
-        (*record).ifindex = if key.ifindex & TUNNEL_INTERFACE != 0 { source.ifindex() } else { key.ifindex };
+        (*record).ifindex = key.ifindex;
         (*record).wire_len = wire_len;
         (*record).captured = len as u16;
         (*record).direction = key.direction;
@@ -244,6 +244,13 @@ fn send<const REASON: bool, S: Source>(source: &S, key: &FlowKey, now: u64, what
     if len == 0 || !source.load(unsafe { (&raw mut (*record).data).cast::<u8>() }, len) {
         entry.discard(BPF_RB_NO_WAKEUP);
         return Sent::Unreadable;
+    }
+    if key.ifindex & TUNNEL_INTERFACE != 0 {
+        // After the copy: set before it, the branch had LLVM check the length in one register
+        // and pass another to the helper, whose zero length the verifier then could not rule
+        // out.
+        // SAFETY: as above.
+        unsafe { (*record).ifindex = source.ifindex() };
     }
     entry.submit(BPF_RB_NO_WAKEUP);
     Sent::Yes
