@@ -456,3 +456,33 @@ fn tunnelled_resets_count_under_the_tunnels_number() -> anyhow::Result<()> {
     assert_eq!(host.len, tunnels.len() - 1, "{numbers:?}");
     Ok(())
 }
+
+/// A tunnel inside a tunnel, and a tunnel cut short inside its headers, are counted malformed
+/// by the kernel, never as the reset inside.
+#[test]
+fn nested_and_truncated_tunnels_are_malformed_in_the_kernel() -> anyhow::Result<()> {
+    use rst_craft::tunnel::{Encapsulation, Outer, Tunnel};
+
+    rst_lab::require!(rst_lab::Need::Bpf);
+    let mut kernel = Harness::load(MAX_FLOWS, Counting::Auto)?;
+    let (a, b) = ([192, 0, 2, 1], [192, 0, 2, 2]);
+    let inner = tcp_v4().ports(443, 42000).flags(TCP_RST).build();
+    let vxlan = Tunnel::vxlan(Outer::V4(a, b), 42);
+    let gre = Tunnel::new(
+        Outer::V4(b, a),
+        Encapsulation::Gre { key: Some(1), checksum: false, sequence: None, ethernet: false },
+    );
+    let once = vxlan.wrap(&inner);
+    let twice = [gre.wrap_bytes(&once, Some(vxlan.outer_l3())), vxlan.wrap_bytes(&once, None)];
+    // Cut inside the VXLAN header (after the UDP header), and inside the inner TCP header.
+    let udp_end = vxlan.outer_l3() + 20 + 8;
+    let cuts = [&once[..udp_end + 4], &once[..once.len() - inner.bytes.len() + inner.tcp_header_end() - 1]];
+    for frame in twice.iter().map(Vec::as_slice).chain(cuts) {
+        kernel.run(frame, 1)?;
+    }
+    let sample = kernel.collect()?;
+    assert_eq!(sample.counters.malformed, 4, "{:?}", sample.counters);
+    assert_eq!(sample.counters.resets, 0);
+    assert!(sample.flows.is_empty());
+    Ok(())
+}
