@@ -20,7 +20,10 @@ use rst_lab::{
 };
 use serde_json::Value;
 
-use super::support::*;
+use super::{
+    support::*,
+    userspace_tunnel::{configure, End, Pumps},
+};
 
 /// One underlay and the VXLAN device over it in each namespace.
 struct Overlay {
@@ -270,4 +273,186 @@ fn resets_inside_vxlan_are_counted_per_inner_tuple_with_their_vni() -> Result<()
         }
         Ok(())
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tunnels this kernel has no driver for, encapsulated in userspace as the drivers do
+
+/// A tunnel kind as rstwatch must report it: the type by the inner family, and the VNI or key.
+struct Kind {
+    name: &'static str,
+    encapsulation: rst_craft::tunnel::Encapsulation,
+    outer_v6: bool,
+    /// `tunnel.type` for inner IPv4, for inner IPv6.
+    types: [&'static str; 2],
+    vni: Option<u32>,
+}
+
+fn userspace_kinds() -> Vec<Kind> {
+    use rst_craft::tunnel::Encapsulation::{Geneve, Gre, Ip};
+    let gre = |key, ethernet| Gre { key, checksum: false, sequence: None, ethernet };
+    vec![
+        Kind {
+            name: "geneve",
+            encapsulation: Geneve { vni: 5000, port: 6081, options: 8, ethernet: true },
+            outer_v6: false,
+            types: ["geneve", "geneve"],
+            vni: Some(5000),
+        },
+        Kind {
+            name: "gre",
+            encapsulation: gre(Some(77), false),
+            outer_v6: false,
+            types: ["gre", "gre"],
+            vni: Some(77),
+        },
+        Kind {
+            name: "gretap",
+            encapsulation: gre(None, true),
+            outer_v6: false,
+            types: ["gretap", "gretap"],
+            vni: None,
+        },
+        Kind { name: "ipip-sit", encapsulation: Ip, outer_v6: false, types: ["ipip", "sit"], vni: None },
+        Kind { name: "ip6tnl", encapsulation: Ip, outer_v6: true, types: ["ipip6", "ip6ip6"], vni: None },
+        Kind {
+            name: "ip6gre",
+            encapsulation: gre(Some(9), false),
+            outer_v6: true,
+            types: ["ip6gre", "ip6gre"],
+            vni: Some(9),
+        },
+        Kind {
+            name: "ip6gretap",
+            encapsulation: gre(None, true),
+            outer_v6: true,
+            types: ["ip6gretap", "ip6gretap"],
+            vni: None,
+        },
+    ]
+}
+
+/// Inner (src, sport, dst, dport) of every RST in `pcap`, however tunnelled: tshark's last
+/// IP header of the frame is the inner one, and the protocol before `tcp` says its family.
+fn tshark_inner_resets(pcap: &Path) -> Result<BTreeMap<(String, u16, String, u16), u64>> {
+    let out = Command::new("tshark")
+        .arg("-r")
+        .arg(pcap)
+        .args(["-d", "udp.port==6081,geneve", "-Y", "tcp.flags.reset == 1", "-T", "fields", "-E", "occurrence=l"])
+        .args(["-E", "separator=|", "-e", "frame.protocols", "-e", "ip.src", "-e", "ipv6.src", "-e", "tcp.srcport"])
+        .args(["-e", "ip.dst", "-e", "ipv6.dst", "-e", "tcp.dstport"])
+        .output()
+        .context("running tshark")?;
+    ensure!(out.status.success(), "tshark failed: {}", String::from_utf8_lossy(&out.stderr));
+    let mut resets = BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let f: Vec<&str> = line.split('|').collect();
+        ensure!(f.len() == 7, "tshark line {line:?}");
+        let inner_v6 = f[0].contains("ipv6:tcp");
+        let (src, dst) = if inner_v6 { (f[2], f[5]) } else { (f[1], f[4]) };
+        *resets.entry((src.to_owned(), f[3].parse()?, dst.to_owned(), f[6].parse()?)).or_default() += 1;
+    }
+    Ok(resets)
+}
+
+#[test]
+fn resets_inside_tunnels_without_a_driver_are_counted_per_inner_tuple() -> Result<()> {
+    run_test("resets_inside_tunnels_without_a_driver_are_counted_per_inner_tuple", &["tshark"], |dir| {
+        let mut failures = Vec::new();
+        for kind in userspace_kinds() {
+            let dir = dir.join(kind.name);
+            std::fs::create_dir_all(&dir)?;
+            if let Err(error) = userspace_tunnel_case(&dir, &kind) {
+                failures.push(format!("{}: {error:#}", kind.name));
+            }
+        }
+        ensure!(failures.is_empty(), "{}", failures.join("\n"));
+        Ok(())
+    })
+}
+
+fn userspace_tunnel_case(dir: &Path, kind: &Kind) -> Result<()> {
+    use rst_craft::tunnel::{Outer, Tunnel};
+    let mut lab = Lab::new()?;
+    let a = lab.add_ns("tna")?;
+    let b = lab.add_ns("tnb")?;
+    let (a_if, b_if) = lab.add_veth(&a, &b)?;
+    // Outer addresses no namespace owns: the stacks never see the wrapped frames as theirs.
+    let outer = |end: u8| -> (Outer, Outer) {
+        if kind.outer_v6 {
+            let addr = |last: u8| {
+                let mut a = [0u8; 16];
+                a[..2].copy_from_slice(&[0xfd, 0x90]);
+                a[15] = last;
+                a
+            };
+            (Outer::V6(addr(end), addr(3 - end)), Outer::V6(addr(3 - end), addr(end)))
+        } else {
+            (Outer::V4([172, 31, 0, end], [172, 31, 0, 3 - end]), Outer::V4([172, 31, 0, 3 - end], [172, 31, 0, end]))
+        }
+    };
+    let (a_outer, b_outer) = outer(1);
+    let mut a_sends = Tunnel::new(a_outer, kind.encapsulation);
+    let mut b_sends = Tunnel::new(b_outer, kind.encapsulation);
+    if kind.outer_v6 {
+        // What an ip6 tunnel adds by default (Geneve and GRE over IPv6 the same here).
+        a_sends = a_sends.encap_limit(4);
+        b_sends = b_sends.encap_limit(4);
+    }
+    let captured = dir.join("rstwatch.pcapng");
+    let capture_arg = captured.to_string_lossy().into_owned();
+    let vantages = watch_all_ip(dir, &[("underlay", &a_if, &["--capture", &capture_arg])])?;
+    let pumps = Pumps::start([
+        End { ns: a.clone(), underlay: a_if.clone(), tun_name: "otun", sends: a_sends },
+        End { ns: b.clone(), underlay: b_if.clone(), tun_name: "otun", sends: b_sends },
+    ])?;
+    configure(&a, "otun", "10.220.0.1/24", "fd80::1/64")?;
+    configure(&b, "otun", "10.220.0.2/24", "fd80::2/64")?;
+    let overlay = Overlay {
+        vni: 0,
+        underlay: [IpAddr::from([0, 0, 0, 0]), IpAddr::from([0, 0, 0, 0])],
+        inner4: [Ipv4Addr::new(10, 220, 0, 1), Ipv4Addr::new(10, 220, 0, 2)],
+        inner6: ["fd80::1".parse()?, "fd80::2".parse()?],
+        device: "otun",
+    };
+    let traffic_result = traffic(&a, &b, &overlay);
+    let seen = stop(dir, vantages)?;
+    pumps.stop()?;
+    traffic_result?;
+    let underlay = vantage(&seen, "underlay")?;
+    let witness = tshark_inner_resets(&dir.join("underlay.pcap"))?;
+    let expected_resets = (REFUSED + ABORTED * 2) * 2;
+    ensure!(
+        witness.values().sum::<u64>() as usize == expected_resets,
+        "tshark saw {} resets inside, the lab made {expected_resets}: {witness:#?}",
+        witness.values().sum::<u64>()
+    );
+    for (what, summary) in [("live", &underlay.live), ("replay", &underlay.replay)] {
+        let mut counted = BTreeMap::new();
+        for flow in summary["flows"].as_array().context("flows")? {
+            let tunnel = &flow["tunnel"];
+            ensure!(!tunnel.is_null(), "{what}: flow {flow} outside the tunnel");
+            let src: IpAddr = flow["src"].as_str().context("src")?.parse()?;
+            let want_type = kind.types[usize::from(src.is_ipv6())];
+            ensure!(tunnel["type"] == want_type, "{what}: flow {flow}: want type {want_type}");
+            ensure!(
+                tunnel["vni"].as_u64().map(|v| v as u32) == kind.vni,
+                "{what}: flow {flow}: want VNI {:?}",
+                kind.vni
+            );
+            let key = (
+                src.to_string(),
+                flow["sport"].as_u64().context("sport")? as u16,
+                flow["dst"].as_str().context("dst")?.to_owned(),
+                flow["dport"].as_u64().context("dport")? as u16,
+            );
+            *counted.entry(key).or_default() += flow["resets"].as_u64().context("resets")?;
+        }
+        ensure!(counted == witness, "{what} differs from tshark:\n {what} {counted:#?}\n tshark {witness:#?}");
+        ensure!(summary["totals"]["malformed"] == 0, "{what}: malformed {}", summary["totals"]);
+    }
+    let written = tshark_inner_resets(&captured)?;
+    ensure!(written == witness, "--capture differs from tshark:\n {written:#?}\n {witness:#?}");
+    drop(lab);
+    Ok(())
 }
