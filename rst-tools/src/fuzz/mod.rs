@@ -71,7 +71,7 @@ fn tally(sample: &rstwatch::collect::Sample) -> anyhow::Result<Tally> {
     let numbers = numbers.get_or_insert_with(std::collections::HashMap::new);
     numbers.extend(sample.tunnels.iter().copied());
     let mut flows = BTreeMap::new();
-    for (key, resets) in sample_flows(&sample)? {
+    for (key, resets) in sample_flows(sample)? {
         *flows.entry(reference::canonical(key, numbers)).or_default() += resets;
     }
     Ok(Tally { frames: sample.counters.frames, resets: sample.counters.resets, flows })
