@@ -398,7 +398,7 @@ impl Aggregator {
         interval.services.truncate(self.top);
         interval.destinations = rank::destinations(flows.iter());
         interval.destinations.truncate(self.top);
-        interval.conversations = conversation::conversations(flows.iter(), |ifindex| self.iface_name(ifindex));
+        interval.conversations = conversation::conversations(flows.iter(), |ifindex| self.iface_label(ifindex));
         if let Some(list) = &mut interval.conversations {
             list.truncate(self.top);
         }
@@ -716,7 +716,7 @@ impl Aggregator {
             services: self.service_records(self.services.iter(), self.flows.iter()),
             kernel_events,
             verdicts: self.evidence.verdicts(),
-            conversations: conversation::conversations(self.flows.iter(), |ifindex| self.iface_name(ifindex)),
+            conversations: conversation::conversations(self.flows.iter(), |ifindex| self.iface_label(ifindex)),
             workloads: self.workload_records(self.flows.iter()),
             capture: None,
             rst_payloads: None,
@@ -792,6 +792,15 @@ impl Aggregator {
     /// Time covered by the run so far.
     pub fn elapsed(&self) -> Duration {
         self.elapsed
+    }
+
+    /// The interface as the tables name it: a tunnel's after its underlay ("eth0 vxlan 42"),
+    /// so that two tenants' flows with the same inner addresses read apart.
+    pub fn iface_label(&self, ifindex: u32) -> String {
+        match self.tunnels.of_service(ifindex) {
+            Some(tunnel) => format!("{} {}", self.iface_name(ifindex), tunnel.describe()),
+            None => self.iface_name(ifindex),
+        }
     }
 
     pub fn iface_name(&self, ifindex: u32) -> String {

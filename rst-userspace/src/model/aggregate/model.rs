@@ -429,6 +429,25 @@ pub struct ServiceTunnel {
     pub vni: Option<u32>,
 }
 
+impl ServiceTunnel {
+    /// For people: "vxlan 42", "gre key 7", "ipip".
+    pub fn describe(&self) -> String {
+        match (self.kind, self.vni) {
+            (TunnelType::Known(TunnelKind::Vxlan | TunnelKind::Geneve), Some(vni)) => {
+                format!("{} {vni}", self.kind.name())
+            }
+            (kind, Some(key)) => format!("{} key {key}", kind.name()),
+            (kind, None) => kind.name().to_owned(),
+        }
+    }
+}
+
+impl FlowTunnel {
+    pub fn describe(&self) -> String {
+        ServiceTunnel { kind: self.kind, vni: self.vni }.describe()
+    }
+}
+
 /// Upper bounds (ms, inclusive) of the idle-gap histogram's buckets; one more bucket holds the
 /// longer ones. A second apart up to a minute, then the timeouts devices use (2, 5, 10, 30, 60
 /// minutes): "they all come after ~350 s" falls in one bucket.

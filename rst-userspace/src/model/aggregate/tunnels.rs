@@ -6,7 +6,7 @@ use std::{collections::HashMap, net::IpAddr};
 
 use rst_common::{
     parse::Tunnels,
-    wire::{tunnel_number, FlowKey, TunnelKey, TunnelKind, FAMILY_IPV4, TUNNEL_UNRECORDED},
+    wire::{tunnel_number, FlowKey, TunnelKey, FAMILY_IPV4, TUNNEL_UNRECORDED},
 };
 
 use super::model::{FlowTunnel, ServiceTunnel, TunnelType};
@@ -21,14 +21,6 @@ pub struct KnownTunnels {
 impl KnownTunnels {
     pub fn learn(&mut self, tunnels: &[(u32, TunnelKey)]) {
         self.by_number.extend(tunnels.iter().copied());
-    }
-
-    pub fn len(&self) -> usize {
-        self.by_number.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_number.is_empty()
     }
 
     /// The interface a key's `ifindex` stands for: itself, or its tunnel's underlay; 0 for a
@@ -133,7 +125,55 @@ impl Tunnels for TunnelNumbers {
     }
 }
 
-/// Every tunnel kind's contract name, for the docs test.
-pub fn type_names() -> impl Iterator<Item = &'static str> {
-    TunnelKind::ALL.iter().map(|kind| kind.name()).chain(std::iter::once(TunnelType::Unrecorded.name()))
+#[cfg(test)]
+mod tests {
+    use rst_common::wire::{TunnelKind, FAMILY_IPV6, TUNNEL_INTERFACE};
+
+    use super::*;
+
+    #[test]
+    fn a_number_reads_back_as_its_tunnel_the_right_way_round() {
+        let (lo, hi) = ([0xfd; 16], [0xfe; 16]);
+        let tunnel = TunnelKey {
+            lo,
+            hi,
+            ifindex: 7,
+            key: 42,
+            kind: TunnelKind::Vxlan as u8,
+            family: FAMILY_IPV6,
+            keyed: 1,
+            _pad: 0,
+        };
+        let mut known = KnownTunnels::default();
+        known.learn(&[(3, tunnel)]);
+        let key = FlowKey { ifindex: TUNNEL_INTERFACE | 3, outer_swapped: 1, ..FlowKey::default() };
+        assert_eq!(known.underlay(key.ifindex), 7);
+        assert_eq!(known.underlay(5), 5, "a plain interface is itself");
+        assert_eq!(known.underlay(TUNNEL_INTERFACE | 4), 0, "a number no table holds has no interface");
+        let flow = known.of(&key).expect("a tunnelled flow");
+        assert_eq!(
+            (flow.kind, flow.vni, flow.outer_src, flow.outer_dst),
+            (TunnelType::Known(TunnelKind::Vxlan), Some(42), Some(IpAddr::from(hi)), Some(IpAddr::from(lo)))
+        );
+        assert_eq!(flow.describe(), "vxlan 42");
+        assert_eq!(known.of(&FlowKey { ifindex: 5, ..key }), None);
+        let unrecorded = known.of(&FlowKey { ifindex: TUNNEL_INTERFACE | TUNNEL_UNRECORDED, ..key }).expect("tunnel");
+        assert_eq!((unrecorded.kind.name(), unrecorded.outer_src), ("unrecorded", None));
+        let service = known.of_service(key.ifindex).expect("a tunnelled service");
+        assert_eq!(service.describe(), "vxlan 42");
+        let gre = ServiceTunnel { kind: TunnelType::Known(TunnelKind::Gre), vni: Some(7) };
+        assert_eq!(gre.describe(), "gre key 7");
+    }
+
+    #[test]
+    fn replay_numbers_tunnels_once_each_in_the_order_met() {
+        let mut numbers = TunnelNumbers::new(&[4790], &[]);
+        let a = TunnelKey { kind: 1, ..TunnelKey::default() };
+        let b = TunnelKey { kind: 2, ..TunnelKey::default() };
+        assert_eq!((numbers.number(&a), numbers.number(&b), numbers.number(&a)), (0, 1, 0));
+        assert_eq!(numbers.take_new(), vec![(0, a), (1, b)]);
+        assert!(numbers.take_new().is_empty());
+        assert!(numbers.vxlan_port(4790) && numbers.vxlan_port(8472) && !numbers.vxlan_port(4791));
+        assert!(numbers.geneve_port(6081) && !numbers.geneve_port(4790));
+    }
 }
