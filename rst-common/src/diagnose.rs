@@ -108,7 +108,7 @@ fn holds_open(state: &ConnState) -> bool {
 
 #[inline(always)]
 fn change(service: ServiceKey, event: ServiceEvent) -> ServiceChange {
-    ServiceChange { service, event }
+    ServiceChange::new(service, event)
 }
 
 /// Updates connection state with one event from [`crate::count`] and says what to count.
@@ -305,9 +305,13 @@ fn classify<T: ConnTable + ?Sized>(
     // cost the kernel programs stack they do not have.
     if let Some(verdict) = verdict {
         let bits = verdict >> 24;
+        // As the change's word (see `ServiceChange`): an `Option` of the enum has a tag value
+        // no variant has, on which LLVM leaves the word unset and the verifier finds it so.
         let event = match bits & EVENT_MASK {
-            EVENT_CLOSED => Some(ServiceEvent::Closed),
-            EVENT_TURNED_AWAY => Some(ServiceEvent::TurnedAway { closes: bits & EVENT_CLOSES != 0 }),
+            EVENT_CLOSED => Some(ServiceChange::word_of(ServiceEvent::Closed)),
+            EVENT_TURNED_AWAY => {
+                Some(ServiceChange::word_of(ServiceEvent::TurnedAway { closes: bits & EVENT_CLOSES != 0 }))
+            }
             _ => None,
         };
         if let Some(event) = event {
@@ -316,7 +320,7 @@ fn classify<T: ConnTable + ?Sized>(
             } else {
                 ServiceKey::new(key.src, key.sport, &key)
             };
-            service = Some(change(server, event));
+            service = Some(ServiceChange::from_word(server, event));
         }
     }
     let verdict = match verdict {

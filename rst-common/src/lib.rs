@@ -33,7 +33,8 @@ pub use cause::Cause;
 pub use cursor::{Cursor, Header};
 pub use diagnose::{track, track_data, ConnTable, Tracked};
 pub use parse::{
-    count, inspect, inspect_from, inspect_with, walk, walk_from, FrameCounters, Observation, Segment, TcpEvent, Walk,
+    count, inspect, inspect_from, inspect_from_tunnels, inspect_tunnels, inspect_with, walk, walk_from, walk_with,
+    Encap, FrameCounters, Observation, Segment, TcpEvent, Tunnels, Walk,
 };
 pub use services::{service_counts, OpenConnections, Opened, ServiceChange, ServiceEvent, TurnAway};
 pub use wire::{Counters, FlowKey, FlowValue};

@@ -40,10 +40,50 @@ pub enum ServiceEvent {
 }
 
 /// One service's [`ServiceEvent`].
+///
+/// The event is held as a word every byte of which is set: as the enum, the bytes a variant
+/// has no field for are undefined, and LLVM then stores whatever register it likes there when
+/// the kernel programs build the change on their stack, a packet pointer's low byte as soon as
+/// one is at hand, which the verifier refuses ("invalid size of register spill").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ServiceChange {
     pub service: ServiceKey,
-    pub event: ServiceEvent,
+    event: u32,
+}
+
+impl ServiceChange {
+    #[inline(always)]
+    pub fn new(service: ServiceKey, event: ServiceEvent) -> Self {
+        ServiceChange { service, event: Self::word_of(event) }
+    }
+
+    /// The word that holds `event`.
+    #[inline(always)]
+    pub const fn word_of(event: ServiceEvent) -> u32 {
+        match event {
+            ServiceEvent::Attempt { reopens } => (reopens as u32) << 16,
+            ServiceEvent::Accepted { ttl, reopens } => 1 | ((ttl as u32) << 8) | ((reopens as u32) << 16),
+            ServiceEvent::Closed => 2,
+            ServiceEvent::TurnedAway { closes } => 3 | ((closes as u32) << 16),
+        }
+    }
+
+    /// A change whose event is held as [`ServiceChange::word_of`] says.
+    #[inline(always)]
+    pub const fn from_word(service: ServiceKey, event: u32) -> Self {
+        ServiceChange { service, event }
+    }
+
+    #[inline(always)]
+    pub fn event(&self) -> ServiceEvent {
+        let flag = (self.event >> 16) & 1 != 0;
+        match self.event & 0xff {
+            0 => ServiceEvent::Attempt { reopens: flag },
+            1 => ServiceEvent::Accepted { ttl: (self.event >> 8) as u8, reopens: flag },
+            2 => ServiceEvent::Closed,
+            _ => ServiceEvent::TurnedAway { closes: flag },
+        }
+    }
 }
 
 /// What an accept found in the store.
@@ -84,8 +124,8 @@ pub trait OpenConnections {
 /// counts (`None`: nothing).
 #[inline(always)]
 pub fn service_counts<O: OpenConnections + ?Sized>(open: &mut O, change: &ServiceChange) -> Option<ServiceValue> {
-    let ServiceChange { service, event } = change;
-    match *event {
+    let service = &change.service;
+    match change.event() {
         ServiceEvent::Attempt { reopens } => {
             if reopens {
                 open.close(service);

@@ -22,6 +22,8 @@ unsafe impl aya::Pod for TrafficCounters {}
 // SAFETY: as above.
 unsafe impl aya::Pod for SourceKey {}
 // SAFETY: as above.
+unsafe impl aya::Pod for crate::wire::TunnelKey {}
+// SAFETY: as above.
 unsafe impl aya::Pod for CacheSlot {}
 // SAFETY: as above.
 unsafe impl aya::Pod for ResetCounters {}

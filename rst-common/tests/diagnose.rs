@@ -117,5 +117,5 @@ fn a_slot_holds_a_verdict_only_for_the_same_segment_at_the_same_generation() {
     assert!(slot.holds_verdict_for(&same_but_psh, 7));
     // Only the verdict bytes are ignored: a key differing elsewhere is another segment.
     assert!(key.classifies(&rst.key));
-    assert!(!FlowKey { _pad: 1, ..key }.classifies(&rst.key));
+    assert!(!FlowKey { outer_swapped: 1, ..key }.classifies(&rst.key));
 }

@@ -124,7 +124,7 @@ fn ipv4_key_is_exact() {
         rst_ttl: 64,
         peer_ttl: 0,
         context: 0,
-        _pad: 0,
+        outer_swapped: 0,
     };
     assert_eq!(key, expected);
 }

@@ -85,7 +85,7 @@ fn service_events(events: &[TcpEvent]) -> Vec<Option<ServiceEvent>> {
         .map(|event| match track(&mut table, event) {
             Tracked::Service(change) | Tracked::Reset(_, Some(change)) => {
                 assert_eq!(change.service, service, "every change is the server's, 10.0.0.2:443 on ifindex 3");
-                Some(change.event)
+                Some(change.event())
             }
             Tracked::Reset(_, None) | Tracked::Nothing => None,
         })
@@ -184,7 +184,7 @@ fn interval(open: &mut Open, changes: &[ServiceEvent]) -> ServiceValue {
     let service = ServiceKey::default();
     let mut value = ServiceValue::default();
     for &event in changes {
-        if let Some(counts) = service_counts(open, &ServiceChange { service, event }) {
+        if let Some(counts) = service_counts(open, &ServiceChange::new(service, event)) {
             value.merge(&counts);
         }
     }

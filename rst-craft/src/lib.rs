@@ -511,7 +511,7 @@ pub fn received_key(family: u8, src: [u8; 16], dst: [u8; 16], ifindex: u32, port
         rst_ttl,
         peer_ttl: 0,
         context: 0,
-        _pad: 0,
+        outer_swapped: 0,
     }
 }
 
@@ -594,4 +594,5 @@ impl Crafted {
 
 pub mod capture;
 mod cases;
+pub mod tunnel;
 pub use cases::*;

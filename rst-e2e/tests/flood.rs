@@ -73,6 +73,37 @@ fn flood_counted_once_in_its_flow(counting: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// A flood of RSTs inside VXLAN, as an overlay node's underlay carries it: every inner RST
+/// counts once in its inner flow, each flow with the tunnel's VNI, nothing malformed.
+#[test]
+fn a_flood_of_vxlan_encapsulated_rsts_is_counted_once_in_its_inner_flow() -> Result<()> {
+    rst_lab::require!(Need::Root("network namespaces, BPF, XDP"), Need::Tool("ip"));
+    let lab = lab()?;
+    let rstwatch = flood::start_rstwatch(&lab, &["--interval", "200ms"])?;
+    let plan = GenPlan { flows: 16, first: 0, repeat: 50_000, length: GenLength::Passes(1) };
+    let fast = flood::generate_with(&lab, &plan, &["--vxlan", "42"])?;
+    let sweep = flood::generate_with(
+        &lab,
+        &GenPlan { flows: 4096, first: 1000, repeat: 1, length: GenLength::Passes(2) },
+        &["--vxlan", "42"],
+    )?;
+    let out = flood::stop_rstwatch(rstwatch)?;
+    let delivered = fast.delivered + sweep.delivered;
+    let mut expected: BTreeMap<_, u64> = fast.expected;
+    for (flow, count) in sweep.expected {
+        *expected.entry(flow).or_default() += count;
+    }
+    let exact = flood::check_exact(&out, delivered, &expected)?;
+    assert_eq!(exact.overflow, 0, "{exact:?}");
+    assert_eq!(exact.flows, 16 + 4096);
+    for flow in out.summary["flows"].as_array().context("flows")? {
+        assert_eq!(flow["tunnel"]["type"], "vxlan", "{flow}");
+        assert_eq!(flow["tunnel"]["vni"], 42, "{flow}");
+    }
+    assert_eq!(out.summary["totals"]["malformed"], 0);
+    Ok(())
+}
+
 /// A flood of RSTs that all carry text goes through the payload programs (a tail call from the
 /// counting program, which then counts in their place): every RST still counts once in its
 /// flow, and every one is either handed over or counted as dropped when the ring is full —

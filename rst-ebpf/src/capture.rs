@@ -16,7 +16,7 @@ use aya_ebpf::{
 use rst_common::wire::{
     reason_byte, CaptureBudget, CaptureCounters, CaptureReason, CaptureReasonKey, CaptureRecord, FlowKey,
     CAPTURE_DEFAULT_BUDGET, CAPTURE_DEFAULT_SNAPLEN, CAPTURE_HANDSHAKE, CAPTURE_MAX_SNAPLEN, CAPTURE_REASONS_ENTRIES,
-    CAPTURE_REASON_MAX_AGE_NS, CAPTURE_RING_BYTES, CAPTURE_RST,
+    CAPTURE_REASON_MAX_AGE_NS, CAPTURE_RING_BYTES, CAPTURE_RST, TUNNEL_INTERFACE,
 };
 
 /// Userspace polls the ring (every few ms, see `rstwatch::output::capture`), so no submit needs to
@@ -93,6 +93,9 @@ fn kernel_reason(key: &FlowKey, now: *const u64) -> u8 {
 /// not only the directly readable part.
 pub trait Source {
     fn bytes_on_wire(&self) -> u32;
+    /// The interface the frame crossed: what a tunnelled RST's record names, where its key has
+    /// the tunnel's number (see `rst_common::wire::TUNNEL_INTERFACE`).
+    fn ifindex(&self) -> u32;
     /// Copies the frame's first `len` bytes (1 ..= [`CAPTURE_MAX_SNAPLEN`]) to `dst`.
     fn load(&self, dst: *mut u8, len: u32) -> bool;
 }
@@ -102,6 +105,11 @@ impl Source for XdpContext {
     fn bytes_on_wire(&self) -> u32 {
         // SAFETY: the helper reads the context the kernel passed to this run.
         unsafe { bpf_xdp_get_buff_len(self.ctx) as u32 }
+    }
+
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        self.ingress_ifindex() as u32
     }
 
     #[inline(always)]
@@ -116,6 +124,12 @@ impl Source for TcContext {
     fn bytes_on_wire(&self) -> u32 {
         // SAFETY: `skb` is the context pointer the kernel passed to this program run.
         unsafe { (*self.skb.skb).len }
+    }
+
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        // SAFETY: as above.
+        unsafe { (*self.skb.skb).ifindex }
     }
 
     #[inline(always)]
@@ -230,6 +244,13 @@ fn send<const REASON: bool, S: Source>(source: &S, key: &FlowKey, now: u64, what
     if len == 0 || !source.load(unsafe { (&raw mut (*record).data).cast::<u8>() }, len) {
         entry.discard(BPF_RB_NO_WAKEUP);
         return Sent::Unreadable;
+    }
+    if key.ifindex & TUNNEL_INTERFACE != 0 {
+        // After the copy: set before it, the branch had LLVM check the length in one register
+        // and pass another to the helper, whose zero length the verifier then could not rule
+        // out.
+        // SAFETY: as above.
+        unsafe { (*record).ifindex = source.ifindex() };
     }
     entry.submit(BPF_RB_NO_WAKEUP);
     Sent::Yes

@@ -5,7 +5,7 @@
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use rst_common::{
-    count, inspect_with,
+    count, inspect_tunnels,
     parse::{FrameCounters, TcpEvent, TCP_RST},
     track,
     wire::{FlowKey, TrafficCounters, DIRECTION_TX, FLOW_CACHE_SLOTS},
@@ -18,6 +18,7 @@ use crate::{
     payload,
     services::record_service,
     tables::{conn_generation, write_back, Connections},
+    tunnels::KernelTunnels,
 };
 
 #[inline(always)]
@@ -37,7 +38,7 @@ pub(crate) fn count_frame<
     let Some(traffic) = TRAFFIC.get_ptr_mut(u32::from(direction)) else {
         return;
     };
-    let observation = inspect_with(frame, direction, ifindex);
+    let observation = inspect_tunnels(frame, direction, ifindex, &mut KernelTunnels);
     // A payload program's caller counted the frame's traffic already.
     let event =
         if PAYLOAD { count(&mut Counted, &observation) } else { count(&mut Traffic::<ATOMIC>(traffic), &observation) };

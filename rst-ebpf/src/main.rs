@@ -37,6 +37,8 @@ mod tables;
 
 mod pauses;
 
+mod tunnels;
+
 // Its globals land in `.rodata` by name (the linker sorts them there): CAPTURE_* to
 // KERNFS_NODE_ID_OFFSET keep their offsets, the tracepoint-only RECEIVE_RESET_* to WORKLOADS_ON
 // move, and every program loads its globals through symbol relocations, so no instruction of

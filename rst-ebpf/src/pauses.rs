@@ -14,22 +14,28 @@
 
 use aya_ebpf::helpers::bpf_jiffies64;
 use rst_common::{
-    parse::tcp_event,
+    parse::{in_tunnel, tcp_event},
     table::conn_activity,
-    walk,
+    walk_with,
     wire::{FlowKey, IdleKey},
     Activity, Cursor, Walk,
 };
 
-use crate::{maps::table_bits, socket::record_pause, tables::Connections};
+use crate::{maps::table_bits, socket::record_pause, tables::Connections, tunnels::KnownTunnels};
 
 /// Times one frame's TCP segment, if it is one.
 #[inline(always)]
 pub(crate) fn time_frame<C: Cursor>(frame: &C, direction: u8, ifindex: impl FnOnce() -> u32) {
-    let Walk::Tcp(segment) = walk(frame) else {
+    let Walk::Tcp(segment) = walk_with(frame, &KnownTunnels) else {
         return;
     };
-    if let Some(event) = tcp_event(frame, &segment, direction, ifindex()) {
+    // A tunnelled connection is known by its tunnel's number, if the counting program gave
+    // it one.
+    let event = match tcp_event(frame, &segment, direction, ifindex()) {
+        Some(event) if segment.tunnel.kind != 0 => in_tunnel(frame, &segment.tunnel, event, &mut KnownTunnels),
+        event => event,
+    };
+    if let Some(event) = event {
         time_segment(&event.key, event.flags);
     }
 }

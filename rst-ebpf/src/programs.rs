@@ -40,6 +40,9 @@ macro_rules! entry_point {
     };
     (@hook $name:ident, xdp, $atomic:ident, $capture:ident, $payload:ident) => {
         #[xdp(frags)]
+        // Inlined into the macro's entry point: one function, as before the tunnel walk made
+        // the body too large for LLVM to inline by itself (a BPF-to-BPF call costs a frame).
+        #[inline(always)]
         pub fn $name(ctx: XdpContext) -> u32 {
             count_xdp::<$atomic, $capture, $payload>(&ctx)
         }
@@ -48,6 +51,7 @@ macro_rules! entry_point {
     // holds: returns "next", the verdict stays with the other programs and the stack.
     (@hook $name:ident, tc, $atomic:ident, $capture:ident, $payload:ident) => {
         #[classifier]
+        #[inline(always)]
         pub fn $name(ctx: TcContext) -> i32 {
             count_skb::<$atomic, $capture, $payload>(&ctx, DIRECTION_RX)
         }
@@ -55,6 +59,7 @@ macro_rules! entry_point {
     // What the host sends (tcx egress): its own resets and its side of every handshake.
     (@hook $name:ident, tc_egress, $atomic:ident, $capture:ident, $payload:ident) => {
         #[classifier]
+        #[inline(always)]
         pub fn $name(ctx: TcContext) -> i32 {
             count_skb::<$atomic, $capture, $payload>(&ctx, DIRECTION_TX)
         }

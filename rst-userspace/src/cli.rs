@@ -112,6 +112,17 @@ pub struct CountingChoice {
     pub counting: Counting,
 }
 
+/// UDP ports that carry VXLAN or Geneve besides the well-known ones (4789 and 8472, 6081).
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+pub struct TunnelPorts {
+    /// Also walk into UDP to PORT as VXLAN (besides 4789 and 8472); repeatable, up to 4.
+    #[arg(long = "vxlan-port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub vxlan: Vec<u16>,
+    /// Also walk into UDP to PORT as Geneve (besides 6081); repeatable, up to 4.
+    #[arg(long = "geneve-port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub geneve: Vec<u16>,
+}
+
 /// What every live command asks for: where to count and how. Its parts are flattened apart
 /// because each command interleaves its own options between them (`--help`, the man page and
 /// the completions list options in declaration order, and that order is part of the CLI).
@@ -123,6 +134,8 @@ pub struct LiveOptions {
     pub workloads: crate::model::workload::Setting,
     /// `--capture`.
     pub capture: Option<crate::output::capture::Options>,
+    /// `--vxlan-port`, `--geneve-port`.
+    pub tunnel_ports: TunnelPorts,
 }
 
 impl LiveOptions {
@@ -145,7 +158,13 @@ impl LiveOptions {
                 }
             },
             capture: None,
+            tunnel_ports: TunnelPorts::default(),
         }
+    }
+
+    pub fn with_tunnel_ports(mut self, ports: &TunnelPorts) -> Self {
+        self.tunnel_ports = ports.clone();
+        self
     }
 
     pub fn with_capture(mut self, capture: &CaptureArgs) -> Self {
@@ -254,11 +273,15 @@ pub struct WatchArgs {
     pub report: ReportOptions,
     #[command(flatten)]
     pub capture: CaptureArgs,
+    #[command(flatten)]
+    pub tunnel_ports: TunnelPorts,
 }
 
 impl WatchArgs {
     pub fn live(&self) -> LiveOptions {
-        LiveOptions::new(&self.interfaces, self.hooks, self.counting).with_capture(&self.capture)
+        LiveOptions::new(&self.interfaces, self.hooks, self.counting)
+            .with_capture(&self.capture)
+            .with_tunnel_ports(&self.tunnel_ports)
     }
 }
 
@@ -278,11 +301,13 @@ pub struct TopArgs {
     pub max_flows: u32,
     #[command(flatten)]
     pub counting: CountingChoice,
+    #[command(flatten)]
+    pub tunnel_ports: TunnelPorts,
 }
 
 impl TopArgs {
     pub fn live(&self) -> LiveOptions {
-        LiveOptions::new(&self.interfaces, self.hooks, self.counting)
+        LiveOptions::new(&self.interfaces, self.hooks, self.counting).with_tunnel_ports(&self.tunnel_ports)
     }
 }
 

@@ -58,6 +58,46 @@ fn reference_agrees_with_the_case_table() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// The reference walks into tunnels on its own: a reset inside each kind counts, under the
+/// tunnel (not the underlay), and so does every cut of it once its TCP header is whole; the
+/// same inside a second tunnel does not count at all.
+#[test]
+fn reference_walks_one_level_into_tunnels() {
+    use rst_common::wire::{tunnel_number, TUNNEL_INTERFACE};
+    use rst_craft::tunnel::{Encapsulation, Outer, Tunnel};
+
+    let (a, b) = ([198, 51, 100, 1], [198, 51, 100, 2]);
+    let mut v6 = ([0u8; 16], [0u8; 16]);
+    v6.0[..2].copy_from_slice(&[0xfd, 0x77]);
+    v6.1[..2].copy_from_slice(&[0xfd, 0x77]);
+    v6.1[15] = 1;
+    let tunnels = [
+        Tunnel::vxlan(Outer::V4(a, b), 42),
+        Tunnel::new(Outer::V6(v6.0, v6.1), Encapsulation::Geneve { vni: 3, port: 6081, options: 12, ethernet: false }),
+        Tunnel::new(
+            Outer::V4(a, b),
+            Encapsulation::Gre { key: Some(1), checksum: true, sequence: Some(2), ethernet: true },
+        ),
+        Tunnel::new(Outer::V6(v6.0, v6.1), Encapsulation::Ip).encap_limit(4).outer_vlan(7),
+    ];
+    let inner = tcp_v6().vlan(VlanKind::Dot1Q, 5).flags(TCP_RST | TCP_ACK).build();
+    for tunnel in &tunnels {
+        let frame = tunnel.wrap(&inner);
+        let key = reference(&frame, IFINDEX).unwrap_or_else(|| panic!("{tunnel:?}: not counted"));
+        assert!(tunnel_number(key.ifindex).is_some(), "{tunnel:?}: counted on the underlay");
+        assert_eq!(key.ifindex & TUNNEL_INTERFACE, TUNNEL_INTERFACE);
+        for len in 0..=frame.len() {
+            let cut = &frame[..len];
+            assert_eq!(host(cut, IFINDEX), reference(cut, IFINDEX), "{tunnel:?} cut at {len}: {}", engine::hex(cut));
+        }
+        for outer in &tunnels {
+            let twice = outer.wrap_bytes(&frame, Some(tunnel.outer_l3()));
+            assert_eq!(reference(&twice, IFINDEX), None, "{tunnel:?} in {outer:?}");
+            assert_eq!(host(&twice, IFINDEX), None, "{tunnel:?} in {outer:?}");
+        }
+    }
+}
+
 /// Every cut of a few RSTs, host side (this also covers the lengths below 14 bytes, which
 /// only the host can take): reference and rst-common's walk agree at every length.
 #[test]

@@ -20,6 +20,7 @@ use rst_common::parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 use rst_craft::{
     self as craft,
     capture::{write_pcap as write_capture, DataLink},
+    tunnel::{Encapsulation, Outer, Tunnel},
     FrameBuilder,
 };
 use serde_json::Value;
@@ -100,6 +101,21 @@ fn contract_capture() -> Vec<(u64, Vec<u8>)> {
         let refusal = FrameBuilder::ipv4(scanned, scanner).ports(port, 50000).flags(TCP_RST | TCP_ACK).seq_ack(0, 10);
         frames.push((t, syn.build().into_bytes()));
         frames.push((t + MS / 2, refusal.build().into_bytes()));
+    }
+    // Inside tunnels: a port refused inside VXLAN (a VNI) and inside IP-in-IP (none).
+    let (vtep_a, vtep_b) = ([198, 51, 100, 1], [198, 51, 100, 2]);
+    for (i, tunnel) in
+        [Tunnel::vxlan(Outer::V4(vtep_a, vtep_b), 42), Tunnel::new(Outer::V4(vtep_a, vtep_b), Encapsulation::Ip)]
+            .into_iter()
+            .enumerate()
+    {
+        let t = 2_700 * MS + i as u64 * 10 * MS;
+        let (pod_a, pod_b) = ([10, 244, 1, 5], [10, 244, 2, 9]);
+        let syn = FrameBuilder::ipv4(pod_a, pod_b).ports(41000, 8080).flags(TCP_SYN).seq_ack(5, 0);
+        let refusal = FrameBuilder::ipv4(pod_b, pod_a).ports(8080, 41000).flags(TCP_RST | TCP_ACK).seq_ack(0, 6);
+        let back = Tunnel { outer: Outer::V4(vtep_b, vtep_a), ..tunnel.clone() };
+        frames.push((t, tunnel.wrap(&syn.build())));
+        frames.push((t + MS / 2, back.wrap(&refusal.build())));
     }
     // Last, in time order: the idle connection's reset, two hours on.
     let stale = FrameBuilder::ipv4(server, client).ports(8443, 40008).flags(TCP_RST).seq_ack(9001, 0);

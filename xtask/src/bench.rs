@@ -180,27 +180,35 @@ fn flood(lab: &FloodLab, quick: bool) -> Result<Value> {
         for k in 0..LISTENERS.len() {
             let listener = LISTENERS[(k + trial) % LISTENERS.len()];
             eprintln!("xtask bench:   trial {} {listener}", trial + 1);
-            runs.push(flood_once(lab, listener, &rate_plan)?);
+            runs.push(flood_once(lab, listener, &rate_plan, &[])?);
         }
     }
     // Exactness over many flows: 4096 flows (four times the per-CPU cache), one frame per run.
     let many_plan =
         GenPlan { flows: 4096, first: 100_000, repeat: 1, length: GenLength::Passes(if quick { 3 } else { 10 }) };
     eprintln!("xtask bench:   rstwatch, {} flows", many_plan.flows);
-    let many = flood_once(lab, "rstwatch", &many_plan)?;
-    Ok(
-        json!({ "rate_plan": format!("{rate_plan:?}"), "many_plan": format!("{many_plan:?}"), "runs": runs, "many": many }),
-    )
+    let many = flood_once(lab, "rstwatch", &many_plan, &[])?;
+    // The same flows inside VXLAN (VNI 42), as an overlay node's underlay carries them.
+    eprintln!("xtask bench:   rstwatch, {} flows inside VXLAN", many_plan.flows);
+    let many_vxlan = flood_once(lab, "rstwatch", &many_plan, &["--vxlan", "42"])?;
+    Ok(json!({
+        "rate_plan": format!("{rate_plan:?}"),
+        "many_plan": format!("{many_plan:?}"),
+        "runs": runs,
+        "many": many,
+        "many_vxlan": many_vxlan,
+    }))
 }
 
-fn flood_once(lab: &FloodLab, listener: &str, plan: &GenPlan) -> Result<Value> {
+/// One flood of `plan` (with the generator's `gen_extra` options) watched by `listener`.
+fn flood_once(lab: &FloodLab, listener: &str, plan: &GenPlan, gen_extra: &[&str]) -> Result<Value> {
     let xdp_before = lab.xdp_received()?;
     let rx_before = lab.rx_packets()?;
     let mut row = json!({ "listener": listener });
     match listener {
         "rstwatch" => {
             let proc = start_rstwatch(lab, &["--interval", "1s"])?;
-            let gen = generate(lab, plan)?;
+            let gen = generate_with(lab, plan, gen_extra)?;
             let out = stop_rstwatch(proc)?;
             let exact = check_exact(&out, gen.delivered, &gen.expected);
             row["gen"] = gen.json;
@@ -218,14 +226,14 @@ fn flood_once(lab: &FloodLab, listener: &str, plan: &GenPlan) -> Result<Value> {
             command.args(["hold", "--iface", &lab.mon_if.name]);
             let mut proc = Proc::spawn(&mut command)?;
             proc.wait_for_stderr("attached", START_TIMEOUT)?;
-            let gen = generate(lab, plan)?;
+            let gen = generate_with(lab, plan, gen_extra)?;
             drop(proc);
             row["gen"] = gen.json;
             row["sent"] = gen.sent.into();
         }
         "tcpdump" | "tshark" => {
             let proc = start_capture(lab, listener)?;
-            let gen = generate(lab, plan)?;
+            let gen = generate_with(lab, plan, gen_extra)?;
             let captured = stop_capture(proc)?;
             row["gen"] = gen.json;
             row["sent"] = gen.sent.into();
@@ -233,7 +241,7 @@ fn flood_once(lab: &FloodLab, listener: &str, plan: &GenPlan) -> Result<Value> {
             row["dropped"] = captured.dropped.into();
         }
         _ => {
-            let gen = generate(lab, plan)?;
+            let gen = generate_with(lab, plan, gen_extra)?;
             row["gen"] = gen.json;
             row["sent"] = gen.sent.into();
         }

@@ -9,8 +9,9 @@ use super::{
 /// Most bytes of a frame one record carries (`--snaplen` is at most this). The ring's record
 /// size is a constant for the verifier, so this bounds what one RST costs the ring.
 pub const CAPTURE_MAX_SNAPLEN: usize = 256;
-/// `--snaplen` when not given: every header rstwatch reads, with room for options.
-pub const CAPTURE_DEFAULT_SNAPLEN: u32 = 128;
+/// `--snaplen` when not given: every header rstwatch reads, with room for options, a tunnel's
+/// included (VXLAN over IPv6 around an IPv6 RST, a VLAN tag outside and inside: 160 bytes).
+pub const CAPTURE_DEFAULT_SNAPLEN: u32 = 192;
 /// `--capture-budget` when not given: RSTs per second.
 pub const CAPTURE_DEFAULT_BUDGET: u32 = 10_000;
 /// Bytes of the ring buffer (a power of two of pages): about 14 000 records.

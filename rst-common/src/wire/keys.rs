@@ -40,7 +40,10 @@ pub struct FlowKey {
     /// A [`super::ResetContext`] as its byte: what the connection had seen when the RST came
     /// (whose FIN, whose earlier RST, the SYN+ACK); 0 until classified.
     pub context: u8,
-    pub _pad: u8,
+    /// 1 when the segment came through a tunnel from its `hi` endpoint (see
+    /// [`super::TunnelKey`]): which way round the tunnel's outer addresses were. 0 outside
+    /// tunnels.
+    pub outer_swapped: u8,
 }
 
 /// A TCP connection on one interface, the same whichever way a segment goes: endpoints in a
@@ -156,7 +159,8 @@ impl FlowKey {
     pub fn classified(&self, class: u8, peer_ttl: u8, context: u8) -> FlowKey {
         let mut words = self.words();
         words[10] = word([self.family, self.protocol, self.direction, class]);
-        words[11] = word([self.rst_ttl, peer_ttl, context, 0]);
+        // The TTL and the tunnel side stay as they are.
+        words[11] = (words[11] & word([0xff, 0, 0, 0xff])) | word([0, peer_ttl, context, 0]);
         // SAFETY: as in `from_parts`.
         unsafe { core::mem::transmute::<[u32; 12], FlowKey>(words) }
     }
@@ -183,6 +187,17 @@ impl FlowKey {
         ];
         // SAFETY: ConnKey is repr(C), 44 bytes without implicit padding (asserted below).
         (unsafe { core::mem::transmute::<[u32; 11], ConnKey>(words) }, sender_is_lo)
+    }
+
+    /// This key counted under a tunnel's `interface` (see [`super::TUNNEL_INTERFACE`]), its
+    /// outer source the tunnel's `hi` endpoint if `swapped`; built word-wise (see [`word`]).
+    #[inline(always)]
+    pub fn in_tunnel(&self, interface: u32, swapped: bool) -> FlowKey {
+        let mut words = self.words();
+        words[8] = interface;
+        words[11] = word([self.rst_ttl, self.peer_ttl, self.context, swapped as u8]);
+        // SAFETY: as in `from_parts`.
+        unsafe { core::mem::transmute::<[u32; 12], FlowKey>(words) }
     }
 
     /// The key as the header walk alone makes it: the classifier's `class`, `peer_ttl` and

@@ -16,6 +16,7 @@ mod keys;
 pub mod names;
 mod payload;
 mod socket;
+mod tunnel;
 mod values;
 mod workload;
 
@@ -41,6 +42,7 @@ pub use keys::{
 pub use names::*;
 pub use payload::{PayloadCounters, PayloadRecord, PAYLOAD_FRAME_BYTES, PAYLOAD_RING_BYTES, RST_PAYLOAD_BYTES};
 pub use socket::{IdleKey, IdleValue, ListenKey, ListenValue};
+pub use tunnel::{tunnel_number, TunnelKey, TunnelKind, MAX_TUNNELS, TUNNEL_INTERFACE, TUNNEL_UNRECORDED};
 pub use values::{
     accept_bits, accept_from_bits, down_after_accept, down_after_turnaway, down_in_run, merge_accept, merge_turnaway,
     turnaway_bits, turnaway_from_bits, CacheSlot, ConnState, DownRun, FlowValue, LoggedFlow, OpenValue, ServiceCounts,

@@ -295,6 +295,18 @@ pub const PROG_TC_BASELINE: &str = "rstwatch_tc_next";
 pub const PROG_PAUSES: &str = "rstwatch_pauses";
 pub const PROG_PAUSES_EGRESS: &str = "rstwatch_pauses_egress";
 
+/// Every tunnel the counting programs saw a connection in ([`crate::wire::TunnelKey`] → its
+/// number, see [`crate::wire::TUNNEL_INTERFACE`]), and the next number to hand out (an array
+/// of one u32). Never flipped: userspace reads the table to name a flow's tunnel.
+pub const MAP_TUNNELS: &str = "TUNNELS";
+pub const MAP_TUNNEL_COUNT: &str = "TUNNEL_COUNT";
+/// Per CPU, the tunnel the walk just found (scratch: see `rst_common::parse::Tunnels::conceal`).
+pub const MAP_TUNNEL_FOUND: &str = "TUNNEL_FOUND";
+/// UDP ports beyond the well-known ones that carry VXLAN and Geneve (`--vxlan-port`,
+/// `--geneve-port`): two to a u32 global, the first in the low half, 0 for none.
+pub const GLOBAL_VXLAN_PORTS: [&str; 2] = ["VXLAN_PORTS_0", "VXLAN_PORTS_1"];
+pub const GLOBAL_GENEVE_PORTS: [&str; 2] = ["GENEVE_PORTS_0", "GENEVE_PORTS_1"];
+
 /// The kinds of map the object defines (`enum bpf_map_type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MapKind {
@@ -334,7 +346,7 @@ pub enum ProgramKind {
 
 /// Every map of the object and its kind, the `.bss` data map included: a map added to the
 /// object is added here, and the contract test holds the object to exactly this list.
-pub const MAPS: [(&str, MapKind); 35] = [
+pub const MAPS: [(&str, MapKind); 38] = [
     (MAP_FLOW_TABLE, MapKind::Array),
     (MAP_FLOW_BLOCKS, MapKind::Array),
     (MAP_OVERFLOW_SOURCES[0], MapKind::Hash),
@@ -369,6 +381,9 @@ pub const MAPS: [(&str, MapKind); 35] = [
     (MAP_FIREWALL_RESETS[0], MapKind::Hash),
     (MAP_FIREWALL_RESETS[1], MapKind::Hash),
     (MAP_FIREWALL_OVERFLOW, MapKind::PerCpuArray),
+    (MAP_TUNNELS, MapKind::Hash),
+    (MAP_TUNNEL_COUNT, MapKind::Array),
+    (MAP_TUNNEL_FOUND, MapKind::PerCpuArray),
     // The loader's overrides of the globals below, a map aya makes from the section.
     (".rodata", MapKind::Array),
 ];
@@ -405,7 +420,7 @@ pub const PROGRAMS: [(&str, ProgramKind); 27] = [
 ];
 
 /// The u32 globals the loader sets before loading (read-only to the programs).
-pub const LOADER_GLOBALS: [&str; 38] = [
+pub const LOADER_GLOBALS: [&str; 42] = [
     GLOBAL_FLOW_TABLE_BITS,
     GLOBAL_EVICTION_LOG_SLOTS,
     GLOBAL_SEND_RESET_REASON_OFFSET,
@@ -444,6 +459,10 @@ pub const LOADER_GLOBALS: [&str; 38] = [
     GLOBAL_SKB_REFDST_OFFSET,
     GLOBAL_RTABLE_FLAGS_OFFSET,
     GLOBAL_RT6_INFO_FLAGS_OFFSET,
+    GLOBAL_VXLAN_PORTS[0],
+    GLOBAL_VXLAN_PORTS[1],
+    GLOBAL_GENEVE_PORTS[0],
+    GLOBAL_GENEVE_PORTS[1],
 ];
 
 #[cfg(test)]

@@ -26,6 +26,10 @@
 //! panic; captures and rstwatch's output are kept (and their directory named) when a test fails.
 
 mod support;
+/// Resets inside VXLAN, and inside tunnels encapsulated in userspace.
+mod tunnels;
+/// TUN devices and pumps that encapsulate as tunnel drivers do.
+mod userspace_tunnel;
 
 use std::{
     collections::BTreeSet,

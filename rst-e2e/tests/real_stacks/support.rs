@@ -160,10 +160,19 @@ pub(crate) fn watch(dir: &Path, ends: &[(&'static str, &Iface)]) -> Result<Vec<V
 
 /// [`watch`], each rstwatch with its vantage's own extra arguments.
 pub(crate) fn watch_with(dir: &Path, ends: &[(&'static str, &Iface, &[&str])]) -> Result<Vec<Vantage>> {
+    watch_filtered(dir, ends, "tcp")
+}
+
+/// [`watch`] capturing everything IP: the TCP inside tunnels is UDP, GRE or IP on the wire.
+pub(crate) fn watch_all_ip(dir: &Path, ends: &[(&'static str, &Iface, &[&str])]) -> Result<Vec<Vantage>> {
+    watch_filtered(dir, ends, "ip or ip6")
+}
+
+fn watch_filtered(dir: &Path, ends: &[(&'static str, &Iface, &[&str])], filter: &str) -> Result<Vec<Vantage>> {
     let mut vantages = Vec::new();
     for &(name, iface, args) in ends {
         let pcap = dir.join(format!("{name}.pcap"));
-        let capture = Capture::to_file(iface, &pcap)?;
+        let capture = Capture::to_file_filtered(iface, &pcap, filter)?;
         let mut cmd = nsenter(&iface.ns, rst_lab::paths::rstwatch_for_tests());
         cmd.args(["-i", &iface.name, "--format", "json", "--interval", "1s"]).args(args);
         let mut rstwatch = Proc::spawn(&mut cmd)?;

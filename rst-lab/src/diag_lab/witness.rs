@@ -156,15 +156,21 @@ impl Capture {
     pub fn start(iface: &Iface) -> Result<Capture> {
         let n = CAPTURES.fetch_add(1, Ordering::Relaxed);
         let path = std::env::temp_dir().join(format!("rstwatch-diag-{}-{n}.pcap", std::process::id()));
-        Self::spawn(iface, path, false)
+        Self::spawn(iface, path, false, "tcp")
     }
 
     /// Like [`Capture::start`], but into `path`, which stays when the capture ends.
     pub fn to_file(iface: &Iface, path: &Path) -> Result<Capture> {
-        Self::spawn(iface, path.to_owned(), true)
+        Self::spawn(iface, path.to_owned(), true, "tcp")
     }
 
-    fn spawn(iface: &Iface, path: PathBuf, keep: bool) -> Result<Capture> {
+    /// [`Capture::to_file`] of what tcpdump's `filter` passes: `"udp or tcp or ip proto 47
+    /// or ip proto 4 or ip6"` for tunnels, whose TCP is inside UDP, GRE or IP.
+    pub fn to_file_filtered(iface: &Iface, path: &Path, filter: &str) -> Result<Capture> {
+        Self::spawn(iface, path.to_owned(), true, filter)
+    }
+
+    fn spawn(iface: &Iface, path: PathBuf, keep: bool, filter: &str) -> Result<Capture> {
         let mut cmd = iface.ns.exec("tcpdump");
         // --immediate-mode: without it packets reach tcpdump in blocks, and those of the last
         // block before SIGINT can be lost. Immediate mode gives every frame a ring slot of the
@@ -173,7 +179,7 @@ impl Capture {
         // lab's segments are small: a 2 KiB snap length and a 16 MiB ring hold thousands.
         cmd.args(["-i", &iface.name, "-nn", "-U", "--immediate-mode", "-s", "2048", "-B", "16384", "-Z", "root", "-w"])
             .arg(&path)
-            .arg("tcp");
+            .arg(filter);
         let mut proc = Proc::spawn(&mut cmd)?;
         proc.wait_for_stderr("listening on", CAPTURE_START_TIMEOUT)?;
         Ok(Capture { proc: Some(proc), path, keep })

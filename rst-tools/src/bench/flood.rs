@@ -22,6 +22,8 @@ use rstwatch::{
     sys::{ethtool::XmitErrors, packet::PacketSender, test_run},
 };
 
+use rst_craft::tunnel::{Outer, Tunnel};
+
 use super::{flood_flow, padded};
 
 /// `gen`'s options.
@@ -57,16 +59,31 @@ pub struct GenArgs {
     /// TCP payload of every RST (text some devices put in a reset); none by default.
     #[arg(long)]
     pub payload: Option<String>,
+    /// Every RST inside VXLAN with this VNI (outer IPv4, UDP 4789), as an overlay node's
+    /// underlay carries it; the expected flows are the inner ones.
+    #[arg(long)]
+    pub vxlan: Option<u32>,
 }
 
 pub fn generate(args: &GenArgs) -> anyhow::Result<GenReport> {
-    let GenArgs { ref iface, flows, first, repeat, passes, seconds, rate, batch, list, ref payload } = *args;
+    let GenArgs { ref iface, flows, first, repeat, passes, seconds, rate, batch, list, ref payload, vxlan } = *args;
     ensure!(flows > 0 && repeat > 0, "--flows and --repeat must be positive");
     let ifindex = load::resolve_interface(iface)?;
     let prog = test_run::load_xdp_tx().context("loading the XDP_TX generator program")?;
-    let frame_of = |i| match payload {
-        Some(text) => padded(flood_flow(i).payload(text.as_bytes())),
-        None => padded(flood_flow(i)),
+    let frame_of = |i| {
+        let frame = match payload {
+            Some(text) => flood_flow(i).payload(text.as_bytes()),
+            None => flood_flow(i),
+        };
+        match vxlan {
+            // The outer frame's destination MAC is nobody's either: the peer's stack drops it.
+            Some(vni) => {
+                let mut outer = Tunnel::vxlan(Outer::V4([10, 40, 0, 1], [10, 40, 0, 2]), vni).wrap(&frame.build());
+                outer[..6].copy_from_slice(&[0x02, 0x52, 0x53, 0x54, 0x00, 0x01]);
+                outer
+            }
+            None => padded(frame),
+        }
     };
     let frames: Vec<Vec<u8>> = (first..first + flows).map(frame_of).collect();
     let contexts: Vec<XdpMd> = frames.iter().map(|f| XdpMd::arriving(f.len(), ifindex)).collect();

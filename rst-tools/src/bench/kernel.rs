@@ -13,13 +13,22 @@ use rst_common::{
     parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     wire::{CountingPrograms, PROG_PAUSES, PROG_TC_BASELINE, PROG_XDP_ATOMIC, PROG_XDP_BASELINE},
 };
-use rst_craft::{tcp_v4, tcp_v6, FrameBuilder, VlanKind};
+use rst_craft::{
+    tcp_v4, tcp_v6,
+    tunnel::{Outer, Tunnel},
+    FrameBuilder, VlanKind,
+};
 use rstwatch::{
     load::testrun::{self, Harness},
     load::Counting,
 };
 
 use super::{flood_flow, padded, BUDGET_NS};
+
+/// `inner` inside VXLAN between two tunnel endpoints, as Linux's driver sends it.
+fn vxlan(inner: FrameBuilder) -> Vec<u8> {
+    Tunnel::vxlan(Outer::V4([192, 168, 77, 2], [192, 168, 77, 1]), 42).wrap(&inner.build())
+}
 
 /// How a frame reaches the programs: as an XDP buffer, or as an skb at TC.
 #[derive(Clone, Copy)]
@@ -167,6 +176,10 @@ pub fn kernel(args: &KernelArgs) -> anyhow::Result<KernelReport> {
             "IPv4 FIN+ACK (connection state looked up and flagged)",
             padded(tcp_v4().ports(40004, 443).flags(TCP_FIN | TCP_ACK)),
         ),
+        // Inside VXLAN (outer IPv4, UDP 4789, VNI 42): the tunnel's header walked, the inner
+        // segment counted under the tunnel's number.
+        ("VXLAN: inner IPv4 TCP ACK", vxlan(tcp_v4().flags(TCP_ACK))),
+        ("VXLAN: inner IPv4 RST, existing flow", vxlan(tcp_v4().ports(443, 40010).flags(TCP_RST))),
     ];
     // What the host sends: the TC egress program against an empty TC program, same method.
     let egress: Vec<(&'static str, Vec<u8>)> = vec![

@@ -13,7 +13,12 @@ use pcap_file::{
     pcapng::{Block, PcapNgReader},
     DataLink,
 };
-use rst_craft::{cases, etherparse::TcpOptionElement, FrameBuilder, Ipv6Ext, VlanKind};
+use rst_craft::{
+    cases,
+    etherparse::TcpOptionElement,
+    tunnel::{Encapsulation, Outer, Tunnel},
+    FrameBuilder, Ipv6Ext, VlanKind,
+};
 
 use super::{
     reference::{ETH_P_IPV4, ETH_P_IPV6, TCP_RST, VLAN_TPIDS},
@@ -441,6 +446,84 @@ fn structured(rng: &mut Rng) -> Vec<u8> {
     builder.build().into_bytes()
 }
 
+/// A random tunnel around a frame, as Linux's drivers write it (rst-craft's `tunnel`).
+fn random_tunnel(rng: &mut Rng) -> Tunnel {
+    let outer = if rng.chance(50) {
+        Outer::V4([172, 16, rng.byte(), rng.byte()], [172, 16, rng.byte(), rng.byte()])
+    } else {
+        let mut src = [0u8; 16];
+        let mut dst = [0u8; 16];
+        src[..2].copy_from_slice(&[0xfd, 0x77]);
+        dst[..2].copy_from_slice(&[0xfd, 0x77]);
+        src[15] = rng.byte();
+        dst[15] = rng.byte();
+        Outer::V6(src, dst)
+    };
+    let vni = (rng.next_u64() & 0xff_ffff) as u32;
+    let encapsulation = match rng.below(4) {
+        0 => Encapsulation::Vxlan { vni, port: rng.pick(&[4789, 8472, 4790]) },
+        1 => Encapsulation::Geneve {
+            vni,
+            port: rng.pick(&[6081, 6081, 6082]),
+            options: 4 * rng.below(20),
+            ethernet: rng.chance(70),
+        },
+        2 => Encapsulation::Gre {
+            key: rng.chance(50).then(|| rng.next_u64() as u32),
+            checksum: rng.chance(30),
+            sequence: rng.chance(30).then(|| rng.next_u64() as u32),
+            ethernet: rng.chance(40),
+        },
+        _ => Encapsulation::Ip,
+    };
+    let mut tunnel = Tunnel::new(outer, encapsulation);
+    for _ in 0..rng.below(3) {
+        tunnel = tunnel.outer_vlan(rng.below(4096) as u16);
+    }
+    if matches!(outer, Outer::V6(..)) && rng.chance(50) {
+        tunnel = tunnel.encap_limit(4);
+    }
+    tunnel
+}
+
+/// Where an Ethernet frame's IP header starts, past its VLAN tags (`None`: not IP).
+fn ip_at(frame: &[u8]) -> Option<usize> {
+    let mut at = 12;
+    loop {
+        let ether_type = u16::from_be_bytes([*frame.get(at)?, *frame.get(at + 1)?]);
+        if VLAN_TPIDS.contains(&ether_type) {
+            at += 4;
+            continue;
+        }
+        return matches!(ether_type, ETH_P_IPV4 | ETH_P_IPV6).then_some(at + 2);
+    }
+}
+
+/// A structured frame inside a tunnel; one in ten inside a second one (which must not count).
+fn tunnelled(rng: &mut Rng) -> Vec<u8> {
+    let mut frame = structured(rng);
+    for _ in 0..if rng.chance(10) { 2 } else { 1 } {
+        let tunnel = random_tunnel(rng);
+        let l3 = ip_at(&frame);
+        if l3.is_none()
+            && matches!(
+                tunnel.encapsulation,
+                Encapsulation::Ip
+                    | Encapsulation::Gre { ethernet: false, .. }
+                    | Encapsulation::Geneve { ethernet: false, .. }
+            )
+        {
+            break;
+        }
+        frame = tunnel.wrap_bytes(&frame, l3);
+    }
+    if rng.chance(20) {
+        let len = rng.below(frame.len() + 1);
+        frame.truncate(len);
+    }
+    frame
+}
+
 /// The next frame and where it came from.
 pub fn generate(rng: &mut Rng, seeds: &Seeds) -> (&'static str, Vec<u8>) {
     let kind = rng.below(100);
@@ -455,7 +538,8 @@ pub fn generate(rng: &mut Rng, seeds: &Seeds) -> (&'static str, Vec<u8>) {
             }
             return ("random", frame);
         }
-        5..=29 => ("structured", structured(rng)),
+        5..=14 => ("tunnel", tunnelled(rng)),
+        15..=29 => ("structured", structured(rng)),
         30..=59 if seeds.corpus_frames > 0 => {
             let (_, frame) = &seeds.frames[rng.below(seeds.corpus_frames)];
             ("corpus", frame.clone())

@@ -61,8 +61,25 @@ fn collect(kernel: &mut Harness) -> anyhow::Result<Tally> {
     }
     // The classifier's verdict is left out: the reference does not compute it (the header walk
     // is what is fuzzed; classification has tests of its own).
-    Ok(Tally { frames: sample.counters.frames, resets: sample.counters.resets, flows: sample_flows(&sample)? })
+    tally(&sample)
 }
+
+/// A sample's counts, each tunnel's number made canonical ([`reference::canonical`]): the
+/// kernel numbers tunnels its own way, and says which is which in the samples.
+fn tally(sample: &rstwatch::collect::Sample) -> anyhow::Result<Tally> {
+    let mut numbers = KERNEL_TUNNELS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let numbers = numbers.get_or_insert_with(std::collections::HashMap::new);
+    numbers.extend(sample.tunnels.iter().copied());
+    let mut flows = BTreeMap::new();
+    for (key, resets) in sample_flows(sample)? {
+        *flows.entry(reference::canonical(key, numbers)).or_default() += resets;
+    }
+    Ok(Tally { frames: sample.counters.frames, resets: sample.counters.resets, flows })
+}
+
+/// The kernel's tunnel numbers, as its collects report them (see [`reference::canonical`]).
+static KERNEL_TUNNELS: std::sync::Mutex<Option<std::collections::HashMap<u32, rst_common::wire::TunnelKey>>> =
+    std::sync::Mutex::new(None);
 
 /// Runs `frames` and collects: the kernel's frame count, reset count and per-flow counts.
 fn run_and_collect(kernel: &mut Harness, frames: &[&[u8]]) -> anyhow::Result<Tally> {
@@ -298,7 +315,7 @@ fn check_batch(
     }
     let sample = kernel.collect()?;
     report.collects += 1;
-    let got = Tally { frames: sample.counters.frames, resets: sample.counters.resets, flows: sample_flows(&sample)? };
+    let got = tally(&sample)?;
     let expected = Tally::expected(batch.iter().map(|(_, f)| f.as_slice()));
     report.distinct_flows_max_batch = report.distinct_flows_max_batch.max(expected.flows.len());
     if sample.counters.overflow != 0 || got != expected {

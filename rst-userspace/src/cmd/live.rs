@@ -106,7 +106,13 @@ impl LiveSession {
         let capture_load = options.capture.as_ref().map(|capture::Options { snaplen, budget, handshakes, .. }| {
             load::CaptureLoad { budget: *budget, snaplen: *snaplen, handshakes: *handshakes }
         });
-        let mut ebpf = load::load_with(settings.max_flows, options.counting, workloads_on, capture_load)?;
+        let mut ebpf = load::load_with_ports(
+            settings.max_flows,
+            options.counting,
+            workloads_on,
+            capture_load,
+            &options.tunnel_ports,
+        )?;
         let counting = ebpf.counting();
         let collector = Collector::new(&mut ebpf)?;
         let reads_payloads = ebpf.reads_payloads();

@@ -25,7 +25,7 @@ use rst_common::{
         ServiceValue, SourceKey, StackResetKey, TrafficCounters, WorkloadKey, DIRECTION_RX, DIRECTION_TX,
         FLOW_CACHE_SLOTS, MAP_EPOCH, MAP_EVICTION_LOG, MAP_FIREWALL_OVERFLOW, MAP_FIREWALL_RESETS, MAP_FLOW_BLOCKS,
         MAP_FLOW_CACHE, MAP_FLOW_TABLE, MAP_IDLE_GAPS, MAP_LISTEN_RESETS, MAP_OVERFLOW_SOURCES, MAP_RESET_COUNTERS,
-        MAP_SERVICES, MAP_STACK_RESETS, MAP_TRAFFIC, MAP_WORKLOADS,
+        MAP_SERVICES, MAP_STACK_RESETS, MAP_TRAFFIC, MAP_TUNNELS, MAP_TUNNEL_COUNT, MAP_WORKLOADS,
     },
     Counters, FlowKey, FlowValue,
 };
@@ -41,6 +41,9 @@ type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 #[derive(Debug, Default)]
 pub struct Sample {
     pub counters: Counters,
+    /// Tunnels numbered so far (a number each: see [`rst_common::wire::TUNNEL_INTERFACE`]),
+    /// at least those numbered since the previous sample.
+    pub tunnels: Vec<(u32, rst_common::wire::TunnelKey)>,
     pub flows: Vec<(FlowKey, u64)>,
     /// Per sender, the resets that found no room in the flow table (`counters.overflow`).
     pub overflow_sources: Vec<(SourceKey, u64)>,
@@ -156,6 +159,11 @@ pub struct Collector {
     cpus: usize,
     active: u32,
     warned_no_membarrier: bool,
+    /// The kernel's tunnel numbers (never drained) and how many it handed out; see
+    /// [`Collector::tunnels`].
+    tunnels: aya::maps::HashMap<MapData, rst_common::wire::TunnelKey, u32>,
+    tunnel_count: Array<MapData, u64>,
+    tunnels_read: usize,
 }
 
 impl Sample {
@@ -177,6 +185,24 @@ impl Sample {
 }
 
 impl Collector {
+    /// The kernel's tunnel table, whenever it may hold a tunnel not read yet: the count of
+    /// numbers handed out is one read; the table (small: one entry per tunnel and pair of
+    /// endpoints) is read whole only then. A number lost in a race between CPUs is never in
+    /// the table, so the count can stay ahead of it and the table be read again: harmless.
+    fn tunnels(&mut self) -> Result<Vec<(u32, rst_common::wire::TunnelKey)>, Error> {
+        let handed_out = self.tunnel_count.get(&0, 0).map_err(map("reading the tunnel count"))?;
+        if handed_out as usize <= self.tunnels_read {
+            return Ok(Vec::new());
+        }
+        let mut tunnels = Vec::new();
+        for entry in self.tunnels.iter() {
+            let (key, number) = entry.map_err(map("reading the tunnel table"))?;
+            tunnels.push((number, key));
+        }
+        self.tunnels_read = tunnels.len();
+        Ok(tunnels)
+    }
+
     /// Takes ownership of the maps the collector drains.
     pub fn new(ebpf: &mut Ebpf) -> Result<Self, Error> {
         let mut take = |name: &str| ebpf.take_map(name).ok_or_else(|| Error::MissingMap(name.to_owned()));
@@ -225,6 +251,8 @@ impl Collector {
         let traffic: PerCpuArray<MapData, TrafficCounters> =
             take(MAP_TRAFFIC)?.try_into().map_err(map("opening the traffic counters"))?;
         let active = epoch.get(&0, 0).map_err(map("reading the epoch"))? & 1;
+        let tunnels = take(MAP_TUNNELS)?.try_into().map_err(map("opening the tunnel table"))?;
+        let tunnel_count = take(MAP_TUNNEL_COUNT)?.try_into().map_err(map("opening the tunnel count"))?;
         let mut collector = Self {
             flows,
             _flow_table: [flow_table, flow_blocks],
@@ -249,6 +277,9 @@ impl Collector {
             cpus,
             active,
             warned_no_membarrier: false,
+            tunnels,
+            tunnel_count,
+            tunnels_read: 0,
         };
         collector.traffic_before = collector.read_traffic()?;
         collector.hz = match jiffies::kernel_hz() {
@@ -339,8 +370,10 @@ impl Collector {
         // Last: until everything of the epoch is read, its counts (and the logs' lengths) stay.
         let zeroes = PerCpuValues::try_from(vec![ResetCounters::default(); self.cpus]).map_err(Error::CpuValues)?;
         self.reset_counters.set(finished, zeroes, 0).map_err(map("resetting the reset counters"))?;
+        let tunnels = self.tunnels()?;
         Ok(Sample {
             counters,
+            tunnels,
             flows,
             overflow_sources,
             services,

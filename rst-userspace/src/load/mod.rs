@@ -43,8 +43,8 @@ pub use kernel_events::{
     SendResetFormat,
 };
 pub use object::{
-    load, load_counting, load_with, overflow_sources_for, tc_egress_program, tc_program, xdp_program, CaptureLoad,
-    LoadedObject,
+    load, load_counting, load_with, load_with_ports, overflow_sources_for, tc_egress_program, tc_program, xdp_program,
+    CaptureLoad, LoadedObject,
 };
 pub use socket_reads::{attach_receive_reset, warn_socket_reads, SocketReads};
 
@@ -53,6 +53,8 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("at most 4 extra {kind} ports ({count} given)")]
+    TooManyTunnelPorts { kind: &'static str, count: usize },
     #[error("missing capability {capability} ({why}); {}", caps::grant_hint(.short))]
     MissingCapability { capability: &'static str, short: &'static str, why: &'static str },
     #[error("invalid interface name {name:?}: {why}")]

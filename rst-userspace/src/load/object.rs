@@ -11,10 +11,10 @@ use aya::{
 use caps::Capability;
 use rst_common::wire::{
     CountingPrograms, GLOBAL_CAPTURE_BUDGET, GLOBAL_CAPTURE_HANDSHAKES, GLOBAL_CAPTURE_REASONS, GLOBAL_CAPTURE_SNAPLEN,
-    GLOBAL_EVICTION_LOG_SLOTS, GLOBAL_FLOW_TABLE_BITS, GLOBAL_SEND_RESET_DADDR_OFFSET, GLOBAL_SEND_RESET_REASON_OFFSET,
-    GLOBAL_SEND_RESET_SADDR_OFFSET, MAP_CAPTURE_REASONS, MAP_CONNECTIONS, MAP_CONN_FINGERPRINTS, MAP_EVICTION_LOG,
-    MAP_FIREWALL_RESETS, MAP_FLOW_BLOCKS, MAP_FLOW_TABLE, MAP_IDLE_GAPS, MAP_LISTEN_RESETS, MAP_OVERFLOW_SOURCES,
-    MAP_SERVICES, MAP_STACK_RESETS, MAP_WORKLOADS,
+    GLOBAL_EVICTION_LOG_SLOTS, GLOBAL_FLOW_TABLE_BITS, GLOBAL_GENEVE_PORTS, GLOBAL_SEND_RESET_DADDR_OFFSET,
+    GLOBAL_SEND_RESET_REASON_OFFSET, GLOBAL_SEND_RESET_SADDR_OFFSET, GLOBAL_VXLAN_PORTS, MAP_CAPTURE_REASONS,
+    MAP_CONNECTIONS, MAP_CONN_FINGERPRINTS, MAP_EVICTION_LOG, MAP_FIREWALL_RESETS, MAP_FLOW_BLOCKS, MAP_FLOW_TABLE,
+    MAP_IDLE_GAPS, MAP_LISTEN_RESETS, MAP_OVERFLOW_SOURCES, MAP_SERVICES, MAP_STACK_RESETS, MAP_WORKLOADS,
 };
 
 use super::{
@@ -149,6 +149,29 @@ pub fn load_with(
     workloads: bool,
     capture: Option<CaptureLoad>,
 ) -> Result<LoadedObject, Error> {
+    load_with_ports(max_flows, counting, workloads, capture, &crate::cli::TunnelPorts::default())
+}
+
+/// The globals that hold extra tunnel ports: two to a word, the first in the low half, 0 for
+/// none (see `rst_common::wire::GLOBAL_VXLAN_PORTS`).
+fn port_words(kind: &'static str, ports: &[u16]) -> Result<[u32; 2], Error> {
+    if ports.len() > 4 {
+        return Err(Error::TooManyTunnelPorts { kind, count: ports.len() });
+    }
+    let port = |i: usize| u32::from(ports.get(i).copied().unwrap_or(0));
+    Ok([port(0) | (port(1) << 16), port(2) | (port(3) << 16)])
+}
+
+/// [`load_with`], walking into VXLAN and Geneve on `tunnel_ports` too.
+pub fn load_with_ports(
+    max_flows: u32,
+    counting: Counting,
+    workloads: bool,
+    capture: Option<CaptureLoad>,
+    tunnel_ports: &crate::cli::TunnelPorts,
+) -> Result<LoadedObject, Error> {
+    let vxlan_ports = port_words("VXLAN", &tunnel_ports.vxlan)?;
+    let geneve_ports = port_words("Geneve", &tunnel_ports.geneve)?;
     let mode = counting.resolve();
     match (counting, mode) {
         (Counting::Auto, CountingMode::Atomic) => tracing::info!(
@@ -188,6 +211,10 @@ pub fn load_with(
         .override_global(GLOBAL_FLOW_TABLE_BITS, &table_bits, true)
         .map_max_entries(MAP_EVICTION_LOG, log_runs * log_slots)
         .override_global(GLOBAL_EVICTION_LOG_SLOTS, &log_slots, true)
+        .override_global(GLOBAL_VXLAN_PORTS[0], &vxlan_ports[0], true)
+        .override_global(GLOBAL_VXLAN_PORTS[1], &vxlan_ports[1], true)
+        .override_global(GLOBAL_GENEVE_PORTS[0], &geneve_ports[0], true)
+        .override_global(GLOBAL_GENEVE_PORTS[1], &geneve_ports[1], true)
         .map_max_entries(MAP_OVERFLOW_SOURCES[0], max_sources)
         .map_max_entries(MAP_OVERFLOW_SOURCES[1], max_sources)
         .map_max_entries(MAP_CONNECTIONS, 1 << table_bits)

@@ -9,9 +9,9 @@ use serde::Serialize;
 use crate::model::aggregate::{
     diagnosis,
     model::{
-        AttachMode, CaptureSummary, CountingMode, Destination, Direction, Family, Flow, Interface, Interval,
-        KernelEvents, KindCounts, Middlebox, Origin, PayloadSummary, PeerNetns, Pod, Process, Run, Service, Side,
-        Source, Totals, Unlisted, Verdict, Workload, WorkloadResets,
+        AttachMode, CaptureSummary, CountingMode, Destination, Direction, Family, Flow, FlowTunnel, Interface,
+        Interval, KernelEvents, KindCounts, Middlebox, Origin, PayloadSummary, PeerNetns, Pod, Process, Run, Service,
+        ServiceTunnel, Side, Source, Totals, Unlisted, Verdict, Workload, WorkloadResets,
     },
 };
 use crate::model::{
@@ -88,6 +88,7 @@ pub struct FlowRecord<'a> {
     workload: Option<WorkloadRecord<'a>>,
     origin: Option<Origin>,
     rst_payload: Option<&'a str>,
+    tunnel: Option<FlowTunnel>,
 }
 
 #[derive(Serialize)]
@@ -175,6 +176,7 @@ impl<'a> From<&'a Flow> for FlowRecord<'a> {
             workload,
             origin,
             rst_payload,
+            tunnel,
         } = flow;
         FlowRecord {
             iface,
@@ -197,6 +199,7 @@ impl<'a> From<&'a Flow> for FlowRecord<'a> {
             workload: workload.as_ref().map(WorkloadRecord::from),
             origin: *origin,
             rst_payload: rst_payload.as_deref(),
+            tunnel: *tunnel,
         }
     }
 }
@@ -215,6 +218,7 @@ pub struct ServiceRecord<'a> {
     kinds: KindCounts,
     /// Its resets by the pause before them: buckets with any, shortest first.
     idle_gaps: Vec<PauseBucket>,
+    tunnel: Option<ServiceTunnel>,
 }
 
 /// Resets whose pause was at most `le_ms` (and more than the previous bucket's); `le_ms` null:
@@ -227,8 +231,20 @@ pub struct PauseBucket {
 
 impl<'a> From<&'a Service> for ServiceRecord<'a> {
     fn from(service: &'a Service) -> Self {
-        let Service { iface, ifindex, addr, port, attempts, synacks, resets, refused, refused_share, kinds, pauses } =
-            service;
+        let Service {
+            iface,
+            ifindex,
+            addr,
+            port,
+            attempts,
+            synacks,
+            resets,
+            refused,
+            refused_share,
+            kinds,
+            pauses,
+            tunnel,
+        } = service;
         ServiceRecord {
             iface,
             ifindex: *ifindex,
@@ -241,6 +257,7 @@ impl<'a> From<&'a Service> for ServiceRecord<'a> {
             refused_share: *refused_share,
             kinds: *kinds,
             idle_gaps: pauses.buckets().map(|(le_ms, resets)| PauseBucket { le_ms, resets }).collect(),
+            tunnel: *tunnel,
         }
     }
 }

@@ -326,6 +326,9 @@ impl<W: Write> TablePrinter<W> {
             if flow.first {
                 notes.push_str(", first");
             }
+            if let Some(tunnel) = &flow.tunnel {
+                notes.push_str(&format!(", in {}", tunnel.describe()));
+            }
             if let Some(middlebox) = &flow.middlebox {
                 notes.push_str(&format!(", MIDDLEBOX? TTL {} vs {}", middlebox.rst_ttl, middlebox.peer_ttl));
             }

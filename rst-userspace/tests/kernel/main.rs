@@ -51,6 +51,8 @@ macro_rules! in_both_counting_modes {
 mod diagnosis;
 /// `--idle-gaps`' programs.
 mod pauses;
+/// The verifier's cost of each program set.
+mod verifier;
 
 const MAX_FLOWS: u32 = 1024;
 
@@ -396,4 +398,91 @@ fn other_interface() -> Option<(String, u32)> {
         .collect();
     interfaces.sort_by_key(|(_, ifindex)| *ifindex);
     interfaces.into_iter().next()
+}
+
+/// Resets inside tunnels count under the tunnel's number, the same for both directions of
+/// a tunnel and distinct per VNI, and the collector reads each number's tunnel back, as the
+/// host's walk makes it.
+#[test]
+fn tunnelled_resets_count_under_the_tunnels_number() -> anyhow::Result<()> {
+    use rst_common::{
+        parse::TunnelTable,
+        wire::{tunnel_number, DIRECTION_RX},
+    };
+    use rst_craft::tunnel::{Encapsulation, Outer, Tunnel};
+
+    rst_lab::require!(rst_lab::Need::Bpf);
+    let mut kernel = Harness::load(MAX_FLOWS, Counting::Auto)?;
+    let (a, b) = ([192, 0, 2, 1], [192, 0, 2, 2]);
+    let (v6a, v6b) = (
+        [0xfd, 0x77, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+        [0xfd, 0x77, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+    );
+    let tunnels = [
+        Tunnel::vxlan(Outer::V4(a, b), 42),
+        Tunnel::vxlan(Outer::V4(b, a), 42),
+        Tunnel::vxlan(Outer::V4(a, b), 43),
+        Tunnel::new(Outer::V6(v6a, v6b), Encapsulation::Geneve { vni: 7, port: 6081, options: 8, ethernet: true }),
+        Tunnel::new(
+            Outer::V4(a, b),
+            Encapsulation::Gre { key: Some(9), checksum: true, sequence: None, ethernet: false },
+        ),
+        Tunnel::new(Outer::V6(v6a, v6b), Encapsulation::Ip).encap_limit(4),
+    ];
+    let mut host = TunnelTable::<8>::default();
+    let mut expected = BTreeMap::new();
+    for (i, tunnel) in tunnels.iter().enumerate() {
+        let inner = tcp_v4().ports(443, 41000 + i as u16).flags(TCP_RST | TCP_ACK);
+        let frame = tunnel.wrap(&inner.build());
+        kernel.run(&frame, 3)?;
+        let Observation::Reset(event) =
+            rst_common::inspect_tunnels(&frame[..], DIRECTION_RX, || LOOPBACK_IFINDEX, &mut host)
+        else {
+            panic!("{tunnel:?}: not a reset on the host");
+        };
+        *expected.entry(event.key).or_insert(0) += 3;
+    }
+    let sample = kernel.collect()?;
+    assert_eq!(sample.counters.resets, 3 * tunnels.len() as u64);
+    // The host numbered them in the order met, as the kernel did: the same keys.
+    assert_eq!(sample_flows(&sample)?, expected);
+    let mut read: Vec<(u32, rst_common::wire::TunnelKey)> = sample.tunnels.clone();
+    read.sort_by_key(|(number, _)| *number);
+    let host_tunnels: Vec<(u32, rst_common::wire::TunnelKey)> =
+        host.keys[..host.len].iter().enumerate().map(|(n, key)| (n as u32, *key)).collect();
+    assert_eq!(read, host_tunnels);
+    // Both directions of the first tunnel are one tunnel; another VNI another.
+    let numbers: Vec<Option<u32>> = expected.keys().map(|key| tunnel_number(key.ifindex)).collect();
+    assert_eq!(host.len, tunnels.len() - 1, "{numbers:?}");
+    Ok(())
+}
+
+/// A tunnel inside a tunnel, and a tunnel cut short inside its headers, are counted malformed
+/// by the kernel, never as the reset inside.
+#[test]
+fn nested_and_truncated_tunnels_are_malformed_in_the_kernel() -> anyhow::Result<()> {
+    use rst_craft::tunnel::{Encapsulation, Outer, Tunnel};
+
+    rst_lab::require!(rst_lab::Need::Bpf);
+    let mut kernel = Harness::load(MAX_FLOWS, Counting::Auto)?;
+    let (a, b) = ([192, 0, 2, 1], [192, 0, 2, 2]);
+    let inner = tcp_v4().ports(443, 42000).flags(TCP_RST).build();
+    let vxlan = Tunnel::vxlan(Outer::V4(a, b), 42);
+    let gre = Tunnel::new(
+        Outer::V4(b, a),
+        Encapsulation::Gre { key: Some(1), checksum: false, sequence: None, ethernet: false },
+    );
+    let once = vxlan.wrap(&inner);
+    let twice = [gre.wrap_bytes(&once, Some(vxlan.outer_l3())), vxlan.wrap_bytes(&once, None)];
+    // Cut inside the VXLAN header (after the UDP header), and inside the inner TCP header.
+    let udp_end = vxlan.outer_l3() + 20 + 8;
+    let cuts = [&once[..udp_end + 4], &once[..once.len() - inner.bytes.len() + inner.tcp_header_end() - 1]];
+    for frame in twice.iter().map(Vec::as_slice).chain(cuts) {
+        kernel.run(frame, 1)?;
+    }
+    let sample = kernel.collect()?;
+    assert_eq!(sample.counters.malformed, 4, "{:?}", sample.counters);
+    assert_eq!(sample.counters.resets, 0);
+    assert!(sample.flows.is_empty());
+    Ok(())
 }

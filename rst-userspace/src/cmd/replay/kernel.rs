@@ -97,7 +97,11 @@ impl KernelCheck {
         self.harness.run(input, 1)?;
         let mut on_loopback = *host;
         if let Observation::Reset(event) | Observation::Control(event) = &mut on_loopback {
-            event.key.ifindex = LOOPBACK_IFINDEX;
+            // A tunnel's number stands in the interface's place; the kernel numbers tunnels in
+            // the order it meets them too.
+            if rst_common::wire::tunnel_number(event.key.ifindex).is_none() {
+                event.key.ifindex = LOOPBACK_IFINDEX;
+            }
         }
         self.host_tally.count(&on_loopback);
         self.host.accumulate(&std::mem::take(&mut self.host_tally.counters));

@@ -1,14 +1,17 @@
 //! Link layers replay understands: where the network header starts and what it is.
 //!
 //! This is the only packet knowledge replay adds to `rst-common`: it peels the capture's link
-//! header and hands the rest to the shared walk ([`rst_common::inspect`] for Ethernet,
-//! [`rst_common::inspect_from`] with the link header's protocol for everything else), so every
+//! header and hands the rest to the shared walk ([`rst_common::inspect_tunnels`] for Ethernet,
+//! [`rst_common::inspect_from_tunnels`] with the link header's protocol for everything else), so every
 //! classification is the kernel's.
 
 use pcap_file::DataLink;
 use rst_common::{
-    inspect, inspect_from,
-    parse::{tcp_event, tcp_payload, ETH_P_IPV4, ETH_P_IPV6, TCP_FIN, TCP_RST, TCP_SYN},
+    inspect_from_tunnels, inspect_tunnels,
+    parse::{
+        in_tunnel, tcp_event, tcp_payload, walk_from_with, walk_with, Tunnels, ETH_P_IPV4, ETH_P_IPV6, TCP_FIN,
+        TCP_RST, TCP_SYN,
+    },
     wire::DIRECTION_RX,
     FlowKey, Observation, Walk,
 };
@@ -138,12 +141,15 @@ impl Link {
         }
     }
 
-    /// The shared classification of one frame of this link type.
+    /// The shared classification of one frame of this link type, tunnels numbered by
+    /// `tunnels` as the kernel numbers them.
     #[inline]
-    pub fn inspect(self, frame: &[u8], ifindex: u32) -> Observation {
+    pub fn inspect<T: Tunnels>(self, frame: &[u8], ifindex: u32, tunnels: &mut T) -> Observation {
         match self.locate(frame) {
-            Located::Ethernet => inspect(frame, ifindex),
-            Located::Network { offset, ether_type } => inspect_from(frame, offset, ether_type, ifindex),
+            Located::Ethernet => inspect_tunnels(frame, DIRECTION_RX, || ifindex, tunnels),
+            Located::Network { offset, ether_type } => {
+                inspect_from_tunnels(frame, offset, ether_type, ifindex, tunnels)
+            }
             // Like an Ethernet frame shorter than its Ethernet header, which the walk itself
             // calls malformed.
             Located::Truncated => Observation::Malformed,
@@ -153,36 +159,49 @@ impl Link {
     /// [`Link::inspect`], and for a segment without SYN, FIN or RST ([`Observation::Segment`],
     /// most of any capture) also its directional key and whether it carried payload, from one walk of the headers.
     #[inline]
-    pub fn inspect_segment(self, frame: &[u8], ifindex: u32) -> (Observation, Option<(FlowKey, bool)>) {
-        if let Some(Walk::Tcp(segment)) = self.walk(frame) {
+    pub fn inspect_segment<T: Tunnels>(
+        self,
+        frame: &[u8],
+        ifindex: u32,
+        tunnels: &mut T,
+    ) -> (Observation, Option<(FlowKey, bool)>) {
+        if let Some(Walk::Tcp(segment)) = self.walk(frame, tunnels) {
             if segment.flags & (TCP_RST | TCP_SYN | TCP_FIN) == 0 {
-                return (Observation::Segment, Self::segment_of(frame, &segment, ifindex));
+                return (Observation::Segment, Self::segment_of(frame, &segment, ifindex, tunnels));
             }
         }
         // Everything else is classified by the shared walk itself, as the kernel does: a second
         // walk, but only for the few frames that are not plain segments.
-        (self.inspect(frame, ifindex), None)
+        (self.inspect(frame, ifindex, tunnels), None)
     }
 
     /// The payload of the TCP segment in `frame` (see [`crate::model::aggregate::payload::of_frame`]).
-    pub fn rst_payload(self, frame: &[u8]) -> Option<(&[u8], usize)> {
-        crate::model::aggregate::payload::of_frame(frame, self.walk(frame)?)
+    pub fn rst_payload<'a, T: Tunnels>(self, frame: &'a [u8], tunnels: &T) -> Option<(&'a [u8], usize)> {
+        crate::model::aggregate::payload::of_frame(frame, self.walk(frame, tunnels)?)
     }
 
     /// The directional key of a segment without SYN, FIN or RST ([`Link::inspect`] calls it
     /// [`Observation::Segment`]) and whether it carried payload: for [`rst_common::track_data`]
     /// and replay's timings.
     #[inline]
-    fn segment_of(frame: &[u8], segment: &rst_common::parse::Segment, ifindex: u32) -> Option<(FlowKey, bool)> {
+    fn segment_of<T: Tunnels>(
+        frame: &[u8],
+        segment: &rst_common::parse::Segment,
+        ifindex: u32,
+        tunnels: &mut T,
+    ) -> Option<(FlowKey, bool)> {
         let (_, len) = tcp_payload(frame, segment)?;
-        Some((tcp_event(frame, segment, DIRECTION_RX, ifindex)?.key, len > 0))
+        let event = tcp_event(frame, segment, DIRECTION_RX, ifindex)?;
+        // Inside a tunnel, the connection is known by the tunnel's number, as its SYN and RST.
+        let event = if segment.tunnel.kind != 0 { in_tunnel(frame, &segment.tunnel, event, tunnels)? } else { event };
+        Some((event.key, len > 0))
     }
 
     #[inline]
-    fn walk(self, frame: &[u8]) -> Option<Walk> {
+    fn walk<T: Tunnels>(self, frame: &[u8], tunnels: &T) -> Option<Walk> {
         Some(match self.locate(frame) {
-            Located::Ethernet => rst_common::parse::walk(frame),
-            Located::Network { offset, ether_type } => rst_common::parse::walk_from(frame, offset, ether_type),
+            Located::Ethernet => walk_with(frame, tunnels),
+            Located::Network { offset, ether_type } => walk_from_with(frame, offset, ether_type, tunnels),
             Located::Truncated => return None,
         })
     }
@@ -223,6 +242,8 @@ fn be16(frame: &[u8], offset: usize) -> Option<u16> {
 
 #[cfg(test)]
 mod tests {
+    use rst_common::parse::DefaultPorts;
+
     use super::*;
 
     #[test]
@@ -238,7 +259,7 @@ mod tests {
         sll2[0..2].copy_from_slice(&ETH_P_IPV4.to_be_bytes());
         assert_eq!(Link::LinuxSll2.locate(&sll2), Located::Network { offset: 20, ether_type: ETH_P_IPV4 });
         assert_eq!(Link::LinuxSll2.locate(&sll2[..19]), Located::Truncated);
-        assert_eq!(Link::LinuxSll.inspect(&sll2[..3], 1), Observation::Malformed);
+        assert_eq!(Link::LinuxSll.inspect(&sll2[..3], 1, &mut DefaultPorts), Observation::Malformed);
     }
 
     #[test]
@@ -261,8 +282,8 @@ mod tests {
     fn raw_ip_follows_the_version_nibble_and_kernel_frames_carry_it() {
         assert_eq!(Link::RawIp.locate(&[0x60]), Located::Network { offset: 0, ether_type: ETH_P_IPV6 });
         assert_eq!(Link::RawIp.locate(&[0x45]), Located::Network { offset: 0, ether_type: ETH_P_IPV4 });
-        assert_eq!(Link::RawIp.inspect(&[], 1), Observation::Malformed);
-        assert_eq!(Link::RawIp.inspect(&[0x75; 40], 1), Observation::Malformed);
+        assert_eq!(Link::RawIp.inspect(&[], 1, &mut DefaultPorts), Observation::Malformed);
+        assert_eq!(Link::RawIp.inspect(&[0x75; 40], 1, &mut DefaultPorts), Observation::Malformed);
 
         let mut scratch = Vec::new();
         let frame = Link::RawIp.kernel_frame(&[0x60, 1, 2], &mut scratch).map(<[u8]>::to_vec);

@@ -48,6 +48,7 @@ use crate::{
     collect::Sample,
     model::aggregate::{
         model::{self, AttachMode},
+        tunnels::TunnelNumbers,
         Aggregator,
     },
     output::{self, Output, Printer, Tick},
@@ -79,6 +80,8 @@ pub struct ReplayArgs {
     /// kernel's counts equal replay's; needs root.
     #[arg(long)]
     pub kernel: bool,
+    #[command(flatten)]
+    pub tunnel_ports: crate::cli::TunnelPorts,
 }
 
 pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
@@ -113,6 +116,7 @@ pub fn run_to<W: Write>(args: &ReplayArgs, out: W) -> anyhow::Result<()> {
         payloads: HashMap::new(),
         range: from..to,
         progress: Progress::new(args.quiet),
+        tunnels: TunnelNumbers::new(&args.tunnel_ports.vxlan, &args.tunnel_ports.geneve),
     };
     let mut broken = 0usize;
     for path in &args.files {
@@ -238,6 +242,8 @@ struct Replay<'w> {
     /// Capture time replayed (`--from`, `--to`), ns since the Unix epoch.
     range: std::ops::Range<u64>,
     progress: Progress,
+    /// Tunnels numbered as the kernel numbers them.
+    tunnels: TunnelNumbers,
 }
 
 impl Replay<'_> {
@@ -313,14 +319,14 @@ impl Replay<'_> {
         self.progress.frame();
         self.advance_clock(timestamp_ns)?;
         self.tally.connections.set_clock_ms(timestamp_ns / 1_000_000);
-        let (observation, segment) = link.inspect_segment(frame, ifindex);
+        let (observation, segment) = link.inspect_segment(frame, ifindex, &mut self.tunnels);
         if let Some((key, data)) = segment {
             // Only data of a connection that may have closed can be late (see `Timings::segment`).
             if let Some(unsettled) = self.tally.timings.segment(&key, data, timestamp_ns / 1_000_000) {
                 *unsettled = track_data(&mut self.tally.connections, &key);
             }
         } else if let Observation::Reset(event) = &observation {
-            if let Some((bytes, len)) = link.rst_payload(frame) {
+            if let Some((bytes, len)) = link.rst_payload(frame, &self.tunnels) {
                 self.payloads.insert(event.key.flow_id(), (bytes.to_vec(), len));
             }
         }
@@ -371,6 +377,7 @@ impl Replay<'_> {
     fn flush(&mut self, elapsed_ns: u64, ended_ns: u64) -> anyhow::Result<()> {
         let sample = Sample {
             counters: mem::take(&mut self.tally.counters),
+            tunnels: self.tunnels.take_new(),
             flows: self.tally.flows.drain().collect(),
             services: self.tally.services.drain().collect(),
             close_gaps: self.tally.timings.measured.close_gaps.drain().collect(),

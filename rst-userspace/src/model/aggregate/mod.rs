@@ -7,6 +7,7 @@ pub mod diagnosis;
 pub mod model;
 pub mod payload;
 pub mod rank;
+pub mod tunnels;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -298,6 +299,8 @@ pub struct Aggregator {
     late_data: Vec<RstTuple>,
     /// The run's start on the service tracker's clock, in ms (see [`Aggregator::tracker_origin`]).
     tracker_origin_ms: u64,
+    /// The tunnels flows were counted inside, by number.
+    tunnels: tunnels::KnownTunnels,
 }
 
 /// Services, client–service pairs and hosts the verdict evidence follows at most.
@@ -338,6 +341,7 @@ impl Aggregator {
             pauses: Vec::new(),
             late_data: Vec::new(),
             tracker_origin_ms: 0,
+            tunnels: tunnels::KnownTunnels::default(),
         }
     }
 
@@ -371,6 +375,12 @@ impl Aggregator {
 
     /// Makes an interface known after the start (replay meets pcapng interfaces as it reads; a
     /// live interface may come back under a new ifindex).
+    /// The tunnels the kernel (or replay) numbered: flows inside them are reported with the
+    /// tunnel, on its underlay interface.
+    pub fn learn_tunnels(&mut self, tunnels: &[(u32, rst_common::wire::TunnelKey)]) {
+        self.tunnels.learn(tunnels);
+    }
+
     pub fn add_interface(&mut self, interface: Interface) {
         self.names.insert(interface.ifindex, interface.iface.clone());
         self.interfaces.push(interface);
@@ -388,7 +398,7 @@ impl Aggregator {
         interval.services.truncate(self.top);
         interval.destinations = rank::destinations(flows.iter());
         interval.destinations.truncate(self.top);
-        interval.conversations = conversation::conversations(flows.iter(), |ifindex| self.iface_name(ifindex));
+        interval.conversations = conversation::conversations(flows.iter(), |ifindex| self.iface_label(ifindex));
         if let Some(list) = &mut interval.conversations {
             list.truncate(self.top);
         }
@@ -402,6 +412,7 @@ impl Aggregator {
     /// [`Aggregator::interval_flows`] instead.
     pub fn fold(&mut self, sample: &Sample, elapsed: Duration, ended: SystemTime) -> Interval {
         let started_ms = self.elapsed.as_millis() as u64;
+        self.tunnels.learn(&sample.tunnels);
         self.intervals += 1;
         self.elapsed += elapsed;
         self.totals.accumulate(&sample.counters);
@@ -705,7 +716,7 @@ impl Aggregator {
             services: self.service_records(self.services.iter(), self.flows.iter()),
             kernel_events,
             verdicts: self.evidence.verdicts(),
-            conversations: conversation::conversations(self.flows.iter(), |ifindex| self.iface_name(ifindex)),
+            conversations: conversation::conversations(self.flows.iter(), |ifindex| self.iface_label(ifindex)),
             workloads: self.workload_records(self.flows.iter()),
             capture: None,
             rst_payloads: None,
@@ -783,7 +794,17 @@ impl Aggregator {
         self.elapsed
     }
 
+    /// The interface as the tables name it: a tunnel's after its underlay ("eth0 vxlan 42"),
+    /// so that two tenants' flows with the same inner addresses read apart.
+    pub fn iface_label(&self, ifindex: u32) -> String {
+        match self.tunnels.of_service(ifindex) {
+            Some(tunnel) => format!("{} {}", self.iface_name(ifindex), tunnel.describe()),
+            None => self.iface_name(ifindex),
+        }
+    }
+
     pub fn iface_name(&self, ifindex: u32) -> String {
+        let ifindex = self.tunnels.underlay(ifindex);
         self.names.get(&ifindex).cloned().unwrap_or_else(|| format!("if{ifindex}"))
     }
 
@@ -799,7 +820,7 @@ impl Aggregator {
                 let explained: u64 = stats.reasons.values().sum();
                 Flow {
                     iface: self.iface_name(key.ifindex),
-                    ifindex: key.ifindex,
+                    ifindex: self.tunnels.underlay(key.ifindex),
                     family: Family::of(key),
                     src: key.src_ip(),
                     sport: key.sport,
@@ -827,6 +848,7 @@ impl Aggregator {
                         None
                     },
                     rst_payload: stats.rst_payload.clone(),
+                    tunnel: self.tunnels.of(key),
                 }
             })
             .collect()
@@ -837,7 +859,12 @@ impl Aggregator {
         handshakes: impl Iterator<Item = (&'a ServiceKey, &'a ServiceValue)>,
         flows: impl Iterator<Item = (&'a FlowKey, &'a FlowStats)>,
     ) -> Vec<Service> {
-        rank::services(handshakes, flows, |ifindex| self.iface_name(ifindex))
+        let mut services = rank::services(handshakes, flows, |ifindex| self.iface_name(ifindex));
+        for service in &mut services {
+            service.tunnel = self.tunnels.of_service(service.ifindex);
+            service.ifindex = self.tunnels.underlay(service.ifindex);
+        }
+        services
     }
 }
 

@@ -9,7 +9,7 @@ use std::{
 };
 
 use rst_common::{
-    wire::{ResetKind, DIRECTION_TX, FAMILY_IPV4},
+    wire::{ResetKind, TunnelKind, DIRECTION_TX, FAMILY_IPV4},
     Counters, FlowKey,
 };
 use serde::{ser::SerializeMap as _, Serialize, Serializer};
@@ -45,6 +45,37 @@ macro_rules! serialized_by_name {
             }
         )+
     };
+}
+
+/// What a flow's tunnel was: one of the kinds the header walk knows (named in one place,
+/// [`TunnelKind::name`]), or a tunnel the kernel's table had no room to number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TunnelType {
+    Known(TunnelKind),
+    Unrecorded,
+}
+
+impl TunnelType {
+    pub const fn name(self) -> &'static str {
+        match self {
+            TunnelType::Known(kind) => kind.name(),
+            TunnelType::Unrecorded => "unrecorded",
+        }
+    }
+}
+
+serialized_by_name!(TunnelType);
+
+/// The tunnel a flow's segments came through: the flow's addresses and ports are the inner
+/// ones. `vni` is the VXLAN / Geneve VNI or the GRE key (`None` when the tunnel has none); the
+/// outer addresses are `None` only for an unrecorded tunnel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct FlowTunnel {
+    #[serde(rename = "type")]
+    pub kind: TunnelType,
+    pub vni: Option<u32>,
+    pub outer_src: Option<IpAddr>,
+    pub outer_dst: Option<IpAddr>,
 }
 
 named! {
@@ -303,6 +334,8 @@ pub struct Flow {
     /// The first bytes of the last RST payload, printable-escaped; `None` when no RST of the
     /// flow carried data (or, live, without `--capture`, which is what reads them).
     pub rst_payload: Option<String>,
+    /// The tunnel the flow was inside (its tuple is the inner one); `None` on the link itself.
+    pub tunnel: Option<FlowTunnel>,
 }
 
 /// Who sent a tx RST (see [`rst_common::wire::ORIGIN_APPLICATION`]).
@@ -383,6 +416,36 @@ pub struct Service {
     pub kinds: KindCounts,
     /// Its resets by the pause before them, where measured (replay; live, local sockets').
     pub pauses: Pauses,
+    /// The tunnel the service was reached through (its address is the inner one); `None` on
+    /// the link itself.
+    pub tunnel: Option<ServiceTunnel>,
+}
+
+/// A service's tunnel: what tells a tenant's service from another's at the same address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct ServiceTunnel {
+    #[serde(rename = "type")]
+    pub kind: TunnelType,
+    pub vni: Option<u32>,
+}
+
+impl ServiceTunnel {
+    /// For people: "vxlan 42", "gre key 7", "ipip".
+    pub fn describe(&self) -> String {
+        match (self.kind, self.vni) {
+            (TunnelType::Known(TunnelKind::Vxlan | TunnelKind::Geneve), Some(vni)) => {
+                format!("{} {vni}", self.kind.name())
+            }
+            (kind, Some(key)) => format!("{} key {key}", kind.name()),
+            (kind, None) => kind.name().to_owned(),
+        }
+    }
+}
+
+impl FlowTunnel {
+    pub fn describe(&self) -> String {
+        ServiceTunnel { kind: self.kind, vni: self.vni }.describe()
+    }
 }
 
 /// Upper bounds (ms, inclusive) of the idle-gap histogram's buckets; one more bucket holds the

@@ -163,6 +163,8 @@ pub fn services<'a>(
                 refused_share: percent(refused.min(tally.handshakes.attempts), tally.handshakes.attempts),
                 kinds: tally.kinds,
                 pauses: tally.pauses,
+                // Set by the aggregator, which knows the tunnels.
+                tunnel: None,
             }
         })
         .collect();

@@ -426,6 +426,7 @@ impl Writer {
                         comment::Known {
                             verdict: verdict_for(&known, record.class, event_key.as_ref()),
                             reason: reason.as_deref(),
+                            tunnel: tunnel_of(data),
                         },
                     )
                 };
@@ -657,6 +658,16 @@ pub(crate) fn read_record(bytes: &[u8]) -> Option<CaptureRecord> {
     // SAFETY: `CaptureRecord` is a repr(C) aggregate of integers and bytes, valid for every bit
     // pattern, and `bytes` holds at least its size; read_unaligned makes no alignment demand.
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<CaptureRecord>()) })
+}
+
+/// The tunnel an RST's frame came through, by the shared walk: its kind and VNI or GRE key.
+fn tunnel_of(data: &[u8]) -> Option<(rst_common::wire::TunnelKind, Option<u32>)> {
+    let rst_common::Walk::Tcp(segment) = rst_common::parse::walk(data) else {
+        return None;
+    };
+    let tunnel = segment.tunnel;
+    let kind = rst_common::wire::TunnelKind::from_byte(tunnel.kind)?;
+    Some((kind, tunnel.keyed.then_some(tunnel.key)))
 }
 
 #[cfg(test)]

@@ -260,6 +260,7 @@ mod tests {
             refused_share: 0.0,
             kinds: Default::default(),
             pauses: Default::default(),
+            tunnel: None,
         };
         let metrics = Metrics::new(HashMap::new(), 1024, ReasonNames::default()).tracking(2);
         let second = Duration::from_secs(1);

@@ -84,6 +84,7 @@ mod tests {
             refused_share: 0.0,
             kinds: Default::default(),
             pauses: Default::default(),
+            tunnel: None,
         }
     }
 
