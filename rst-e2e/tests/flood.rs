@@ -104,6 +104,27 @@ fn a_flood_of_vxlan_encapsulated_rsts_is_counted_once_in_its_inner_flow() -> Res
     Ok(())
 }
 
+/// RSTs with text inside VXLAN: the payload, read again from the frame on the host, goes to
+/// the inner flow under its tunnel's number, never to another flow.
+#[test]
+fn vxlan_encapsulated_rsts_with_text_show_it_in_their_inner_flow() -> Result<()> {
+    rst_lab::require!(Need::Root("network namespaces, BPF, XDP"), Need::Tool("ip"));
+    const TEXT: &str = "policy deny";
+    let lab = lab()?;
+    let rstwatch = flood::start_rstwatch(&lab, &["--interval", "200ms"])?;
+    let plan = GenPlan { flows: 16, first: 0, repeat: 2_000, length: GenLength::Passes(1) };
+    let gen = flood::generate_with(&lab, &plan, &["--vxlan", "42", "--payload", TEXT])?;
+    let out = flood::stop_rstwatch(rstwatch)?;
+    let exact = flood::check_exact(&out, gen.delivered, &gen.expected)?;
+    assert_eq!(exact.overflow, 0, "{exact:?}");
+    let flows = out.summary["flows"].as_array().context("summary flows")?;
+    assert!(flows.iter().all(|flow| flow["tunnel"]["vni"] == 42), "every flow inside VNI 42");
+    let with_text = flows.iter().filter(|flow| flow["rst_payload"] == TEXT).count();
+    assert!(with_text > 0, "no flow shows the payload: {}", out.summary["rst_payloads"]);
+    assert!(flows.iter().all(|flow| flow["rst_payload"].is_null() || flow["rst_payload"] == TEXT));
+    Ok(())
+}
+
 /// A flood of RSTs that all carry text goes through the payload programs (a tail call from the
 /// counting program, which then counts in their place): every RST still counts once in its
 /// flow, and every one is either handed over or counted as dropped when the ring is full —

@@ -24,6 +24,7 @@ use aya_ebpf::{
 };
 use rst_common::wire::{
     FlowKey, PayloadCounters, PayloadRecord, PAYLOAD_FRAME_BYTES, PAYLOAD_RING_BYTES, RST_PAYLOAD_BYTES,
+    TUNNEL_INTERFACE,
 };
 
 use crate::capture::Source;
@@ -134,6 +135,12 @@ fn send<S: Bytes>(source: &S, key: &FlowKey, wanted: u32) -> Sent {
     if !source.load(unsafe { (&raw mut (*record).data).cast::<u8>() }, len) {
         entry.discard(BPF_RB_NO_WAKEUP);
         return Sent::Unreadable;
+    }
+    if key.ifindex & TUNNEL_INTERFACE != 0 {
+        // A tunnelled RST's key holds its tunnel's number: the record names the interface
+        // (userspace finds the tunnel again in the frame).
+        // SAFETY: as above.
+        unsafe { (*record).ifindex = source.ifindex() };
     }
     entry.submit(BPF_RB_NO_WAKEUP);
     Sent::Yes

@@ -6,7 +6,7 @@
 //! number: the port globals are read for UDP frames alone, the table never for plain TCP.
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     macros::map,
     maps::{Array, HashMap, PerCpuArray},
 };
@@ -18,9 +18,11 @@ use rst_common::{
 use crate::services::update_word;
 
 /// Every tunnel seen, numbered in the order first seen; userspace reads it back to name the
-/// tunnel of a flow. Never flipped: a number stays its tunnel's for the run.
+/// tunnel of a flow. Never flipped: a number stays its tunnel's for the run. Not preallocated:
+/// room for 65 536 tunnels would otherwise cost ~6 MiB of kernel memory on every host, most of
+/// which see none; an entry is allocated once per tunnel, when first seen.
 #[map]
-static TUNNELS: HashMap<TunnelKey, u32> = HashMap::with_max_entries(MAX_TUNNELS, 0);
+static TUNNELS: HashMap<TunnelKey, u32> = HashMap::with_max_entries(MAX_TUNNELS, BPF_F_NO_PREALLOC);
 /// The next number to hand out (slot 0). A u64 taken by compare-and-swap: BPF's atomic add
 /// returns the old value only from cpu v3 on, and the object is built for v1.
 #[map]

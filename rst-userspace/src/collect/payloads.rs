@@ -9,11 +9,16 @@ use std::collections::HashMap;
 use aya::maps::{MapData, PerCpuArray, RingBuf};
 use rst_common::{
     parse::{walk, Observation},
-    wire::{FlowKey, PayloadCounters, PayloadRecord, MAP_PAYLOAD_COUNTERS, MAP_PAYLOAD_RING},
+    wire::{PayloadCounters, PayloadRecord, MAP_PAYLOAD_COUNTERS, MAP_PAYLOAD_RING},
 };
 
 use super::Error;
-use crate::model::aggregate::{model::PayloadSummary, payload, Aggregator};
+use crate::model::aggregate::{
+    model::PayloadSummary,
+    payload,
+    tunnels::{FrameFlow, FrameTunnel},
+    Aggregator,
+};
 
 /// Flows whose payload arrived before their first count (an RST between the collector's flip
 /// and this drain): kept for one more interval, at most this many.
@@ -23,7 +28,7 @@ pub struct Payloads {
     ring: RingBuf<MapData>,
     counters: PerCpuArray<MapData, PayloadCounters>,
     /// Payloads of flows the run did not list yet, from the last drain.
-    pending: HashMap<FlowKey, (Vec<u8>, usize)>,
+    pending: HashMap<FrameFlow, (Vec<u8>, usize)>,
     /// What the kernel had not handed over at the last look, so each loss is said once.
     dropped: u64,
     /// Whether the payload programs are in place, so the counters mean anything.
@@ -46,11 +51,11 @@ impl Payloads {
     /// from the frames `--capture` wrote — to its flow in `aggregator` (the last one wins), and
     /// says in the log what the kernel dropped since. A payload whose flow the run does not list
     /// yet waits for the next call.
-    pub fn drain(&mut self, aggregator: &mut Aggregator, captured: HashMap<FlowKey, (Vec<u8>, usize)>) {
+    pub fn drain(&mut self, aggregator: &mut Aggregator, captured: HashMap<FrameFlow, (Vec<u8>, usize)>) {
         let mut pending = std::mem::take(&mut self.pending);
-        pending.retain(|id, (bytes, len)| !aggregator.rst_payload(id, bytes, *len));
-        let mut deliver = |id: FlowKey, bytes: Vec<u8>, len: usize| {
-            if !aggregator.rst_payload(&id, &bytes, len)
+        pending.retain(|id, (bytes, len)| !aggregator.rst_payload_of(id, bytes, *len));
+        let mut deliver = |id: FrameFlow, bytes: Vec<u8>, len: usize| {
+            if !aggregator.rst_payload_of(&id, &bytes, len)
                 && (self.pending.len() < MAX_PENDING || self.pending.contains_key(&id))
             {
                 self.pending.insert(id, (bytes, len));
@@ -116,8 +121,9 @@ impl Payloads {
     }
 }
 
-/// The flow (its [`FlowKey::flow_id`]), first bytes and length of the payload in one record.
-fn of_record(item: &[u8]) -> Option<(FlowKey, Vec<u8>, usize)> {
+/// The flow (its [`rst_common::FlowKey::flow_id`] and tunnel), first bytes and length of the payload in one
+/// record.
+fn of_record(item: &[u8]) -> Option<(FrameFlow, Vec<u8>, usize)> {
     if item.len() < std::mem::size_of::<PayloadRecord>() {
         return None;
     }
@@ -126,9 +132,10 @@ fn of_record(item: &[u8]) -> Option<(FlowKey, Vec<u8>, usize)> {
     let record = unsafe { item.as_ptr().cast::<PayloadRecord>().read_unaligned() };
     let PayloadRecord { ifindex, captured, direction, _pad: _, data } = record;
     let data = &data[..usize::from(captured).min(data.len())];
-    let Observation::Reset(event) = rst_common::inspect_with(data, direction, || ifindex) else {
+    let mut tunnel = FrameTunnel::default();
+    let Observation::Reset(event) = rst_common::inspect_tunnels(data, direction, || ifindex, &mut tunnel) else {
         return None;
     };
     let (bytes, len) = payload::of_frame(data, walk(data))?;
-    Some((event.key.flow_id(), bytes.to_vec(), len))
+    Some(((event.key.flow_id(), tunnel.0), bytes.to_vec(), len))
 }

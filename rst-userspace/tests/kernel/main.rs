@@ -486,3 +486,37 @@ fn nested_and_truncated_tunnels_are_malformed_in_the_kernel() -> anyhow::Result<
     assert!(sample.flows.is_empty());
     Ok(())
 }
+
+/// `--vxlan-port` / `--geneve-port` reach the programs: VXLAN and Geneve on those ports are
+/// walked into, on other ports they stay UDP; more than four of a kind is refused at load.
+#[test]
+fn extra_vxlan_and_geneve_ports_are_walked_into() -> anyhow::Result<()> {
+    use rst_craft::tunnel::{Encapsulation, Outer, Tunnel};
+    use rstwatch::cli::TunnelPorts;
+
+    rst_lab::require!(rst_lab::Need::Bpf);
+    let ports = TunnelPorts { vxlan: vec![4790], geneve: vec![7000, 7001] };
+    let mut kernel = Harness::load_with_ports(MAX_FLOWS, Counting::Auto, None, &ports)?;
+    let outer = Outer::V4([192, 0, 2, 1], [192, 0, 2, 2]);
+    let inner = tcp_v4().ports(443, 43000).flags(TCP_RST).build();
+    let geneve = |port| Encapsulation::Geneve { vni: 9, port, options: 0, ethernet: true };
+    let counted = [
+        Tunnel::new(outer, Encapsulation::Vxlan { vni: 1, port: 4790 }),
+        Tunnel::new(outer, geneve(7001)),
+        Tunnel::new(outer, Encapsulation::Vxlan { vni: 1, port: 4789 }),
+    ];
+    let not_tunnels =
+        [Tunnel::new(outer, Encapsulation::Vxlan { vni: 1, port: 4791 }), Tunnel::new(outer, geneve(7002))];
+    for tunnel in counted.iter().chain(&not_tunnels) {
+        kernel.run(&tunnel.wrap(&inner), 1)?;
+    }
+    let sample = kernel.collect()?;
+    assert_eq!(sample.counters.resets, counted.len() as u64, "{:?}", sample.counters);
+    // Not TCP: neither a TCP segment nor malformed.
+    let frames = (counted.len() + not_tunnels.len()) as u64;
+    assert_eq!((sample.counters.frames, sample.counters.tcp), (frames, counted.len() as u64), "{:?}", sample.counters);
+    assert_eq!(sample.counters.malformed, 0);
+    let five = TunnelPorts { vxlan: vec![1, 2, 3, 4, 5], geneve: Vec::new() };
+    assert!(Harness::load_with_ports(MAX_FLOWS, Counting::Auto, None, &five).is_err());
+    Ok(())
+}

@@ -101,8 +101,18 @@ impl Harness {
 
     /// [`Harness::load`] with the capturing programs when `capture` is given (`--capture`).
     pub fn load_with(max_flows: u32, counting: Counting, capture: Option<load::CaptureLoad>) -> anyhow::Result<Self> {
-        let mut ebpf =
-            load::load_with(max_flows, counting, true, capture).context("loading the eBPF object for test runs")?;
+        Self::load_with_ports(max_flows, counting, capture, &crate::cli::TunnelPorts::default())
+    }
+
+    /// [`Harness::load_with`], walking into VXLAN and Geneve on `tunnel_ports` too.
+    pub fn load_with_ports(
+        max_flows: u32,
+        counting: Counting,
+        capture: Option<load::CaptureLoad>,
+        tunnel_ports: &crate::cli::TunnelPorts,
+    ) -> anyhow::Result<Self> {
+        let mut ebpf = load::load_with_ports(max_flows, counting, true, capture, tunnel_ports)
+            .context("loading the eBPF object for test runs")?;
         let programs = ebpf.programs();
         let mut map_ids = Vec::new();
         for (name, map) in ebpf.maps() {

@@ -688,6 +688,19 @@ impl Aggregator {
     /// The payload of the last RST of the flow `id` (its [`FlowKey::flow_id`]) that had one:
     /// the first bytes (at most [`payload::RST_PAYLOAD_BYTES`]) and the payload's length. A
     /// flow the run does not list keeps none. Returns whether the run lists the flow.
+    /// [`Aggregator::rst_payload`] for a flow read again from its frame: inside a tunnel, under
+    /// the number the run's tunnel table gives it (false while the table has none).
+    pub fn rst_payload_of(&mut self, (id, tunnel): &tunnels::FrameFlow, bytes: &[u8], len: usize) -> bool {
+        let id = match tunnel {
+            None => *id,
+            Some(tunnel) => match self.tunnels.number_of(tunnel) {
+                Some(number) => FlowKey { ifindex: rst_common::wire::TUNNEL_INTERFACE | number, ..*id },
+                None => return false,
+            },
+        };
+        self.rst_payload(&id, bytes, len)
+    }
+
     pub fn rst_payload(&mut self, id: &FlowKey, bytes: &[u8], len: usize) -> bool {
         match self.flows.get_mut(id) {
             Some(stats) => {

@@ -23,6 +23,11 @@ impl KnownTunnels {
         self.by_number.extend(tunnels.iter().copied());
     }
 
+    /// The number of `tunnel`, if numbered.
+    pub fn number_of(&self, tunnel: &TunnelKey) -> Option<u32> {
+        self.by_number.iter().find(|(_, known)| *known == tunnel).map(|(number, _)| *number)
+    }
+
     /// The interface a key's `ifindex` stands for: itself, or its tunnel's underlay; 0 for a
     /// tunnel no table had room for.
     pub fn underlay(&self, ifindex: u32) -> u32 {
@@ -57,6 +62,23 @@ impl KnownTunnels {
             kind: tunnel.and_then(TunnelKey::tunnel_kind).map_or(TunnelType::Unrecorded, TunnelType::Known),
             vni: tunnel.filter(|tunnel| tunnel.keyed != 0).map(|tunnel| tunnel.key),
         })
+    }
+}
+
+/// A flow as a frame read again on the host shows it: its key (the tunnel's number not yet
+/// known, see [`FrameTunnel`]) and the tunnel it came through.
+pub type FrameFlow = (FlowKey, Option<TunnelKey>);
+
+/// Walks a frame again (a payload's or a captured RST's) with the well-known ports, noting the
+/// tunnel instead of numbering it: the run's tunnel table gives the number later
+/// ([`super::Aggregator::rst_payload_of`]).
+#[derive(Default)]
+pub struct FrameTunnel(pub Option<TunnelKey>);
+
+impl Tunnels for FrameTunnel {
+    fn number(&mut self, tunnel: &TunnelKey) -> u32 {
+        self.0 = Some(*tunnel);
+        TUNNEL_UNRECORDED
     }
 }
 

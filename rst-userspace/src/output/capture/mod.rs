@@ -29,7 +29,7 @@ use rst_common::{
     parse::{Observation, TCP_SYN},
     wire::{
         CaptureCounters, CaptureReason, CaptureReasonKey, CaptureRecord, ConnKey, FlowKey, CAPTURE_HANDSHAKE,
-        CAPTURE_REASON_MAX_AGE_NS, CAPTURE_RST, DIRECTION_TX, MAP_CAPTURE_COUNTERS, MAP_CAPTURE_REASONS,
+        CAPTURE_REASON_MAX_AGE_NS, CAPTURE_RST, DIRECTION_RX, DIRECTION_TX, MAP_CAPTURE_COUNTERS, MAP_CAPTURE_REASONS,
         MAP_CAPTURE_RING,
     },
 };
@@ -38,6 +38,7 @@ use self::files::{Files, Layout};
 use crate::model::aggregate::{
     model::{CaptureSummary, Run},
     payload,
+    tunnels::{FrameFlow, FrameTunnel},
 };
 use crate::model::{
     kernel_reason::ReasonNames,
@@ -130,7 +131,7 @@ struct Shared {
     known: Mutex<Known>,
     /// Per flow (its `flow_id`), the last RST payload written since the session took them:
     /// its first bytes and its length.
-    payloads: Mutex<HashMap<FlowKey, (Vec<u8>, usize)>>,
+    payloads: Mutex<HashMap<FrameFlow, (Vec<u8>, usize)>>,
 }
 
 /// Flows whose payloads are kept between two intervals; more wait for the next.
@@ -260,7 +261,7 @@ pub struct CapturedPayloads(Arc<Shared>);
 
 impl CapturedPayloads {
     /// The RST payloads read since the last call: per flow, the first bytes and the length.
-    pub fn take(&self) -> HashMap<FlowKey, (Vec<u8>, usize)> {
+    pub fn take(&self) -> HashMap<FrameFlow, (Vec<u8>, usize)> {
         std::mem::take(&mut *self.0.payloads.lock().unwrap_or_else(PoisonError::into_inner))
     }
 }
@@ -378,7 +379,8 @@ impl Writer {
 
     fn record(&mut self, record: &CaptureRecord) {
         let data = &record.data[..usize::from(record.captured).min(record.data.len())];
-        let observation = rst_common::inspect(data, record.ifindex);
+        let mut tunnel = FrameTunnel::default();
+        let observation = rst_common::inspect_tunnels(data, DIRECTION_RX, || record.ifindex, &mut tunnel);
         match (record.what, observation) {
             (CAPTURE_RST, observation) => {
                 self.received += 1;
@@ -390,7 +392,7 @@ impl Writer {
                     (observation, payload::of_frame(data, rst_common::parse::walk(data)))
                 {
                     let mut payloads = self.shared.payloads.lock().unwrap_or_else(PoisonError::into_inner);
-                    let id = event.key.flow_id();
+                    let id = (event.key.flow_id(), tunnel.0);
                     if payloads.len() < MAX_PAYLOAD_FLOWS || payloads.contains_key(&id) {
                         payloads.insert(id, (bytes.to_vec(), len));
                     }
