@@ -116,13 +116,17 @@ impl LiveSession {
         let counting = ebpf.counting();
         let collector = Collector::new(&mut ebpf)?;
         let reads_payloads = ebpf.reads_payloads();
-        let payloads = Payloads::open(&mut ebpf, reads_payloads)?;
+        let tunnel_ports = crate::model::aggregate::tunnels::TunnelPortSet::new(
+            &options.tunnel_ports.vxlan,
+            &options.tunnel_ports.geneve,
+        );
+        let payloads = Payloads::open(&mut ebpf, reads_payloads, tunnel_ports.clone())?;
         // Before the interfaces: once "attached to" is logged, every reset's reason is recorded.
         let (kernel_events, reason_names) = load::start_kernel_events(&mut ebpf);
         let firewall = load::start_firewall(&mut ebpf);
         let capture = match (capture_files, &options.capture) {
             (Some(files), Some(capture_options)) => {
-                Some(Capture::start(&mut ebpf, files, capture_options, targets, reason_names.clone())?)
+                Some(Capture::start(&mut ebpf, files, capture_options, targets, reason_names.clone(), tunnel_ports)?)
             }
             _ => None,
         };

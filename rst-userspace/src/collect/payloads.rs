@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use aya::maps::{MapData, PerCpuArray, RingBuf};
 use rst_common::{
-    parse::{walk, Observation},
+    parse::{walk_with, Observation},
     wire::{PayloadCounters, PayloadRecord, MAP_PAYLOAD_COUNTERS, MAP_PAYLOAD_RING},
 };
 
@@ -16,7 +16,7 @@ use super::Error;
 use crate::model::aggregate::{
     model::PayloadSummary,
     payload,
-    tunnels::{FrameFlow, FrameTunnel},
+    tunnels::{FrameFlow, FrameTunnel, TunnelPortSet},
     Aggregator,
 };
 
@@ -33,18 +33,20 @@ pub struct Payloads {
     dropped: u64,
     /// Whether the payload programs are in place, so the counters mean anything.
     installed: bool,
+    ports: TunnelPortSet,
 }
 
 impl Payloads {
     /// Takes the ring and its counters from the object; `installed`: whether the loader put
     /// the payload programs in place (see [`crate::load::LoadedObject::reads_payloads`]).
-    pub fn open(ebpf: &mut aya::Ebpf, installed: bool) -> Result<Payloads, Error> {
+    /// The frames are walked with `ports`, the run's tunnel ports.
+    pub fn open(ebpf: &mut aya::Ebpf, installed: bool, ports: TunnelPortSet) -> Result<Payloads, Error> {
         let mut take = |name: &str| ebpf.take_map(name).ok_or_else(|| Error::MissingMap(name.to_owned()));
         let ring = RingBuf::try_from(take(MAP_PAYLOAD_RING)?)
             .map_err(|source| Error::Map { what: "opening the payload ring buffer", source })?;
         let counters = PerCpuArray::try_from(take(MAP_PAYLOAD_COUNTERS)?)
             .map_err(|source| Error::Map { what: "opening the payload counters", source })?;
-        Ok(Payloads { ring, counters, pending: HashMap::new(), dropped: 0, installed })
+        Ok(Payloads { ring, counters, pending: HashMap::new(), dropped: 0, installed, ports })
     }
 
     /// Gives every payload handed over since the last call — through the ring, or `captured`
@@ -65,7 +67,7 @@ impl Payloads {
             deliver(id, bytes, len);
         }
         while let Some(item) = self.ring.next() {
-            if let Some((id, bytes, len)) = of_record(&item) {
+            if let Some((id, bytes, len)) = of_record(&item, &self.ports) {
                 deliver(id, bytes, len);
             }
         }
@@ -123,7 +125,7 @@ impl Payloads {
 
 /// The flow (its [`rst_common::FlowKey::flow_id`] and tunnel), first bytes and length of the payload in one
 /// record.
-fn of_record(item: &[u8]) -> Option<(FrameFlow, Vec<u8>, usize)> {
+fn of_record(item: &[u8], ports: &TunnelPortSet) -> Option<(FrameFlow, Vec<u8>, usize)> {
     if item.len() < std::mem::size_of::<PayloadRecord>() {
         return None;
     }
@@ -132,10 +134,10 @@ fn of_record(item: &[u8]) -> Option<(FrameFlow, Vec<u8>, usize)> {
     let record = unsafe { item.as_ptr().cast::<PayloadRecord>().read_unaligned() };
     let PayloadRecord { ifindex, captured, direction, _pad: _, data } = record;
     let data = &data[..usize::from(captured).min(data.len())];
-    let mut tunnel = FrameTunnel::default();
+    let mut tunnel = FrameTunnel::new(ports);
     let Observation::Reset(event) = rst_common::inspect_tunnels(data, direction, || ifindex, &mut tunnel) else {
         return None;
     };
-    let (bytes, len) = payload::of_frame(data, walk(data))?;
-    Some(((event.key.flow_id(), tunnel.0), bytes.to_vec(), len))
+    let (bytes, len) = payload::of_frame(data, walk_with(data, &tunnel))?;
+    Some(((event.key.flow_id(), tunnel.found), bytes.to_vec(), len))
 }

@@ -69,15 +69,53 @@ impl KnownTunnels {
 /// known, see [`FrameTunnel`]) and the tunnel it came through.
 pub type FrameFlow = (FlowKey, Option<TunnelKey>);
 
-/// Walks a frame again (a payload's or a captured RST's) with the well-known ports, noting the
+/// The UDP ports VXLAN and Geneve are walked into: the well-known ones and the run's
+/// `--vxlan-port` / `--geneve-port`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TunnelPortSet {
+    vxlan: Vec<u16>,
+    geneve: Vec<u16>,
+}
+
+impl TunnelPortSet {
+    pub fn new(vxlan: &[u16], geneve: &[u16]) -> Self {
+        TunnelPortSet { vxlan: vxlan.to_vec(), geneve: geneve.to_vec() }
+    }
+
+    fn vxlan_port(&self, port: u16) -> bool {
+        rst_common::parse::VXLAN_PORTS.contains(&port) || self.vxlan.contains(&port)
+    }
+
+    fn geneve_port(&self, port: u16) -> bool {
+        port == rst_common::parse::GENEVE_PORT || self.geneve.contains(&port)
+    }
+}
+
+/// Walks a frame again (a payload's or a captured RST's) with the run's ports, noting the
 /// tunnel instead of numbering it: the run's tunnel table gives the number later
 /// ([`super::Aggregator::rst_payload_of`]).
-#[derive(Default)]
-pub struct FrameTunnel(pub Option<TunnelKey>);
+pub struct FrameTunnel<'a> {
+    pub found: Option<TunnelKey>,
+    ports: &'a TunnelPortSet,
+}
 
-impl Tunnels for FrameTunnel {
+impl<'a> FrameTunnel<'a> {
+    pub fn new(ports: &'a TunnelPortSet) -> Self {
+        FrameTunnel { found: None, ports }
+    }
+}
+
+impl Tunnels for FrameTunnel<'_> {
+    fn vxlan_port(&self, port: u16) -> bool {
+        self.ports.vxlan_port(port)
+    }
+
+    fn geneve_port(&self, port: u16) -> bool {
+        self.ports.geneve_port(port)
+    }
+
     fn number(&mut self, tunnel: &TunnelKey) -> u32 {
-        self.0 = Some(*tunnel);
+        self.found = Some(*tunnel);
         TUNNEL_UNRECORDED
     }
 }
@@ -97,19 +135,13 @@ pub struct TunnelNumbers {
     numbers: HashMap<TunnelKey, u32>,
     /// Numbered since [`TunnelNumbers::take_new`] last ran.
     new: Vec<(u32, TunnelKey)>,
-    vxlan_ports: Vec<u16>,
-    geneve_ports: Vec<u16>,
+    ports: TunnelPortSet,
 }
 
 impl TunnelNumbers {
     /// With VXLAN and Geneve on `vxlan_ports` and `geneve_ports` besides the well-known ones.
     pub fn new(vxlan_ports: &[u16], geneve_ports: &[u16]) -> Self {
-        TunnelNumbers {
-            numbers: HashMap::new(),
-            new: Vec::new(),
-            vxlan_ports: vxlan_ports.to_vec(),
-            geneve_ports: geneve_ports.to_vec(),
-        }
+        TunnelNumbers { numbers: HashMap::new(), new: Vec::new(), ports: TunnelPortSet::new(vxlan_ports, geneve_ports) }
     }
 
     /// The tunnels numbered since the last call.
@@ -126,11 +158,11 @@ impl Default for TunnelNumbers {
 
 impl Tunnels for TunnelNumbers {
     fn vxlan_port(&self, port: u16) -> bool {
-        rst_common::parse::VXLAN_PORTS.contains(&port) || self.vxlan_ports.contains(&port)
+        self.ports.vxlan_port(port)
     }
 
     fn geneve_port(&self, port: u16) -> bool {
-        port == rst_common::parse::GENEVE_PORT || self.geneve_ports.contains(&port)
+        self.ports.geneve_port(port)
     }
 
     fn number(&mut self, tunnel: &TunnelKey) -> u32 {
@@ -152,6 +184,24 @@ mod tests {
     use rst_common::wire::{TunnelKind, FAMILY_IPV6, TUNNEL_INTERFACE};
 
     use super::*;
+
+    #[test]
+    fn a_frame_walked_again_finds_its_tunnel_on_the_runs_extra_port_only() {
+        use rst_craft::tunnel::{Encapsulation, Outer, Tunnel};
+        let inner = rst_craft::tcp_v4().flags(rst_common::parse::TCP_RST).build();
+        let outer = Outer::V4([192, 0, 2, 1], [192, 0, 2, 2]);
+        let frame = Tunnel::new(outer, Encapsulation::Vxlan { vni: 42, port: 4790 }).wrap(&inner);
+        let found = |ports: &TunnelPortSet| {
+            let mut tunnel = FrameTunnel::new(ports);
+            let observation = rst_common::inspect_tunnels(&frame[..], 0, || 1, &mut tunnel);
+            (matches!(observation, rst_common::Observation::Reset(_)), tunnel.found.map(|t| (t.kind, t.key)))
+        };
+        assert_eq!(found(&TunnelPortSet::default()), (false, None), "4790 is plain UDP by default");
+        let ports = TunnelPortSet::new(&[4790], &[]);
+        assert_eq!(found(&ports), (true, Some((TunnelKind::Vxlan as u8, 42))), "--vxlan-port 4790");
+        let walked = rst_common::parse::walk_with(&frame[..], &FrameTunnel::new(&ports));
+        assert!(matches!(walked, rst_common::Walk::Tcp(_)), "the payload's walk sees the segment too");
+    }
 
     #[test]
     fn a_number_reads_back_as_its_tunnel_the_right_way_round() {

@@ -38,7 +38,7 @@ use self::files::{Files, Layout};
 use crate::model::aggregate::{
     model::{CaptureSummary, Run},
     payload,
-    tunnels::{FrameFlow, FrameTunnel},
+    tunnels::{FrameFlow, FrameTunnel, TunnelPortSet},
 };
 use crate::model::{
     kernel_reason::ReasonNames,
@@ -160,6 +160,7 @@ impl Capture {
         options: &Options,
         interfaces: &[(String, u32)],
         reason_names: ReasonNames,
+        ports: TunnelPortSet,
     ) -> Result<Capture, Error> {
         let mut take = |name: &str| ebpf.take_map(name).ok_or_else(|| Error::MissingMap(name.to_owned()));
         let map = |what| move |source| Error::Map { what, source };
@@ -176,8 +177,13 @@ impl Capture {
             }
         }
         let file = options.layout.path.display().to_string();
-        let mut writer =
-            Writer::new(files, options.snaplen, Arc::clone(&shared), Reasons { map: reasons, names: reason_names })?;
+        let mut writer = Writer::new(
+            files,
+            options.snaplen,
+            Arc::clone(&shared),
+            Reasons { map: reasons, names: reason_names },
+            ports,
+        )?;
         writer.begin_file();
         let thread = std::thread::Builder::new()
             .name("capture".into())
@@ -318,6 +324,8 @@ struct Writer {
     written_by_interface: HashMap<u32, u64>,
     /// The interfaces of the RSTs in blocks not flushed yet: written once they are.
     unflushed: Vec<u32>,
+    /// The run's tunnel ports, for walking the records again.
+    ports: TunnelPortSet,
 }
 
 fn wall_ns() -> u64 {
@@ -325,9 +333,16 @@ fn wall_ns() -> u64 {
 }
 
 impl Writer {
-    fn new(files: Files, snaplen: u32, shared: Arc<Shared>, reasons: Reasons) -> Result<Writer, Error> {
+    fn new(
+        files: Files,
+        snaplen: u32,
+        shared: Arc<Shared>,
+        reasons: Reasons,
+        ports: TunnelPortSet,
+    ) -> Result<Writer, Error> {
         let monotonic = crate::sys::clock::monotonic_ns().map_err(Error::Clock)?;
         Ok(Writer {
+            ports,
             files: Some(files),
             closed_paths: Vec::new(),
             failure: None,
@@ -379,8 +394,10 @@ impl Writer {
 
     fn record(&mut self, record: &CaptureRecord) {
         let data = &record.data[..usize::from(record.captured).min(record.data.len())];
-        let mut tunnel = FrameTunnel::default();
+        let mut tunnel = FrameTunnel::new(&self.ports);
         let observation = rst_common::inspect_tunnels(data, DIRECTION_RX, || record.ifindex, &mut tunnel);
+        let found = tunnel.found;
+        let walked = rst_common::parse::walk_with(data, &tunnel);
         match (record.what, observation) {
             (CAPTURE_RST, observation) => {
                 self.received += 1;
@@ -388,11 +405,10 @@ impl Writer {
                     Observation::Reset(event) => Some(event.key.connection().0),
                     _ => None,
                 };
-                if let (Observation::Reset(event), Some((bytes, len))) =
-                    (observation, payload::of_frame(data, rst_common::parse::walk(data)))
+                if let (Observation::Reset(event), Some((bytes, len))) = (observation, payload::of_frame(data, walked))
                 {
                     let mut payloads = self.shared.payloads.lock().unwrap_or_else(PoisonError::into_inner);
-                    let id = (event.key.flow_id(), tunnel.0);
+                    let id = (event.key.flow_id(), found);
                     if payloads.len() < MAX_PAYLOAD_FLOWS || payloads.contains_key(&id) {
                         payloads.insert(id, (bytes.to_vec(), len));
                     }
@@ -428,7 +444,7 @@ impl Writer {
                         comment::Known {
                             verdict: verdict_for(&known, record.class, event_key.as_ref()),
                             reason: reason.as_deref(),
-                            tunnel: tunnel_of(data),
+                            tunnel: tunnel_of(walked),
                         },
                     )
                 };
@@ -662,9 +678,10 @@ pub(crate) fn read_record(bytes: &[u8]) -> Option<CaptureRecord> {
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<CaptureRecord>()) })
 }
 
-/// The tunnel an RST's frame came through, by the shared walk: its kind and VNI or GRE key.
-fn tunnel_of(data: &[u8]) -> Option<(rst_common::wire::TunnelKind, Option<u32>)> {
-    let rst_common::Walk::Tcp(segment) = rst_common::parse::walk(data) else {
+/// The tunnel an RST's frame came through, by the shared walk (with the run's tunnel ports):
+/// its kind and VNI or GRE key.
+fn tunnel_of(walked: rst_common::Walk) -> Option<(rst_common::wire::TunnelKind, Option<u32>)> {
+    let rst_common::Walk::Tcp(segment) = walked else {
         return None;
     };
     let tunnel = segment.tunnel;
