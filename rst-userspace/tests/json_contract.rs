@@ -30,7 +30,8 @@ const MS: u64 = 1_000_000;
 /// Frames that make every array of the report non-empty: the crafted case table (every kind
 /// of frame and reset), a closed port refusing three attempts, an accepted connection the
 /// server aborts, a reset whose TTL is not the server's (a middlebox), a teardown, a scan and a
-/// reset after two hours idle, so that several intervals are written.
+/// reset after two hours idle, so that several intervals are written; resets inside tunnels,
+/// one of them beyond what the kernel's table of tunnels numbers.
 fn contract_capture() -> Vec<(u64, Vec<u8>)> {
     let mut frames: Vec<(u64, Vec<u8>)> =
         craft::cases(1).into_iter().enumerate().map(|(i, case)| (i as u64 * MS, case.frame)).collect();
@@ -117,6 +118,17 @@ fn contract_capture() -> Vec<(u64, Vec<u8>)> {
         frames.push((t, tunnel.wrap(&syn.build())));
         frames.push((t + MS / 2, back.wrap(&refusal.build())));
     }
+    // A tunnel the table had no room to number: as many tunnels as the kernel's table holds
+    // (a segment each, VNIs of their own), then a reset in one more, whose flow has no outer
+    // addresses to report.
+    let (pod_a, pod_b) = ([10, 244, 3, 5], [10, 244, 4, 9]);
+    let segment = FrameBuilder::ipv4(pod_a, pod_b).ports(42000, 8080).flags(TCP_ACK).seq_ack(5, 6).build();
+    for vni in 0..rst_common::wire::MAX_TUNNELS {
+        let tunnel = Tunnel::vxlan(Outer::V4(vtep_a, vtep_b), 100_000 + vni);
+        frames.push((2_800 * MS + u64::from(vni), tunnel.wrap(&segment)));
+    }
+    let reset = FrameBuilder::ipv4(pod_b, pod_a).ports(8080, 42000).flags(TCP_RST | TCP_ACK).seq_ack(6, 5).build();
+    frames.push((2_900 * MS, Tunnel::vxlan(Outer::V4(vtep_b, vtep_a), 99).wrap(&reset)));
     // Last, in time order: the idle connection's reset, two hours on.
     let stale = FrameBuilder::ipv4(server, client).ports(8443, 40008).flags(TCP_RST).seq_ack(9001, 0);
     frames.push((7_200_000 * MS, stale.build().into_bytes()));

@@ -672,3 +672,64 @@ fn replay_classifies_and_ranks_services() {
         assert!(raw.contains(&format!("192.0.2.1:{port}")), "--by flow lists every flow: {raw}");
     }
 }
+
+/// Two tenants of one overlay at the same inner addresses, VXLAN VNI 42 and 43: in 42 the port
+/// is closed (three refusals), in 43 it accepts. They are two flows, two services and, since
+/// one's accepts say nothing about the other's listener, one verdict: VNI 42's.
+#[test]
+fn two_tenants_at_one_inner_address_get_verdicts_of_their_own() {
+    use rst_craft::tunnel::{Outer, Tunnel};
+    let (client, server) = ([10, 244, 0, 5], [10, 244, 1, 7]);
+    let (vtep_a, vtep_b) = ([198, 51, 100, 1], [198, 51, 100, 2]);
+    let ms = 1_000_000u64;
+    let mut frames = Vec::new();
+    for vni in [42, 43] {
+        let there = Tunnel::vxlan(Outer::V4(vtep_a, vtep_b), vni);
+        let back = Tunnel::vxlan(Outer::V4(vtep_b, vtep_a), vni);
+        for (i, port) in [40001u16, 40002, 40003].into_iter().enumerate() {
+            let t = u64::from(vni) * 1_000 * ms + i as u64 * 10 * ms;
+            let syn = craft::FrameBuilder::ipv4(client, server).ports(port, 81).flags(TCP_SYN).seq_ack(100, 0);
+            frames.push((t, there.wrap(&syn.build())));
+            let answer = craft::FrameBuilder::ipv4(server, client).ports(81, port);
+            let answer = match vni {
+                42 => answer.flags(TCP_RST | TCP_ACK).seq_ack(0, 101),
+                _ => answer.flags(TCP_SYN | TCP_ACK).seq_ack(9000, 101),
+            };
+            frames.push((t + ms, back.wrap(&answer.build())));
+        }
+    }
+    let path = tmp("tenants.pcap");
+    write_pcap(&path, DataLink::ETHERNET, &frames);
+    let (output, lines) = replay_json(&[path.to_str().expect("UTF-8")]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let summary = summary(&lines);
+    let services: Vec<(u64, u64, u64, &Value)> = summary["services"]
+        .as_array()
+        .expect("services")
+        .iter()
+        .map(|s| {
+            (
+                s["attempts"].as_u64().unwrap_or(0),
+                s["synacks"].as_u64().unwrap_or(0),
+                s["refused"].as_u64().unwrap_or(0),
+                &s["tunnel"]["vni"],
+            )
+        })
+        .collect();
+    assert_eq!(services.len(), 2, "one service per tenant: {}", summary["services"]);
+    assert!(services.contains(&(3, 0, 3, &Value::from(42))), "{}", summary["services"]);
+    assert!(services.contains(&(3, 3, 0, &Value::from(43))), "{}", summary["services"]);
+    let verdicts = summary["verdicts"].as_array().expect("verdicts");
+    assert_eq!(verdicts.len(), 1, "{verdicts:#?}");
+    let verdict = &verdicts[0];
+    assert_eq!(
+        (verdict["cause"].as_str(), verdict["addr"].as_str(), verdict["port"].as_u64(), verdict["resets"].as_u64()),
+        (Some("no_listener"), Some("10.244.1.7"), Some(81), Some(3)),
+        "{verdict}"
+    );
+    assert_eq!((verdict["tunnel"]["type"].as_str(), verdict["tunnel"]["vni"].as_u64()), (Some("vxlan"), Some(42)));
+    assert!(verdict["text"].as_str().is_some_and(|text| text.contains("10.244.1.7:81 in vxlan 42")), "{verdict}");
+    // The table says which tenant too.
+    let table = rstwatch(&["replay", path.to_str().expect("UTF-8")]);
+    assert!(text(&table.stdout).contains("in vxlan 42"), "{}", text(&table.stdout));
+}

@@ -256,6 +256,26 @@ fn resets_inside_vxlan_are_counted_per_inner_tuple_with_their_vni() -> Result<()
             .collect();
         ensure!(directions.contains(&"rx") && directions.contains(&"tx"), "directions {directions:?}");
         ensure!(underlay.live["totals"]["malformed"] == 0, "malformed: {}", underlay.live["totals"]);
+        // Each tenant's closed port is its own verdict, named with its tunnel.
+        for (view, summary) in [("live", &underlay.live), ("replay", &underlay.replay)] {
+            for overlay in &overlays {
+                for server in [IpAddr::from(overlay.inner4[1]), IpAddr::from(overlay.inner6[1])] {
+                    let named = summary["verdicts"].as_array().context("verdicts")?.iter().any(|v| {
+                        v["cause"] == "no_listener"
+                            && v["addr"] == server.to_string()
+                            && v["port"] == CLOSED_PORT
+                            && v["tunnel"]["type"] == "vxlan"
+                            && v["tunnel"]["vni"] == overlay.vni
+                    });
+                    ensure!(
+                        named,
+                        "{view}: no no_listener verdict for {server}:{CLOSED_PORT} in VNI {}: {:#}",
+                        overlay.vni,
+                        summary["verdicts"]
+                    );
+                }
+            }
+        }
         // --capture wrote each of them as it was on the wire, outer headers and all, its
         // comment naming the tunnel and VNI.
         let written = tshark_resets(&captured)?;

@@ -403,6 +403,9 @@ pub struct VerdictRecord {
     /// `local_firewall`: the netfilter hook that rejected (`prerouting`, `input`, `forward`,
     /// `output`, `postrouting`); null otherwise.
     hook: Option<&'static str>,
+    /// The tunnel the service was reached through (`addr` is the inner address), as in
+    /// `services[].tunnel`; null outside tunnels.
+    tunnel: Option<ServiceTunnel>,
 }
 
 /// An address and port.
@@ -453,6 +456,7 @@ impl From<&Verdict> for VerdictRecord {
             idle_ms: None,
             backend: None,
             hook: None,
+            tunnel: service.tunnel,
         };
         match *finding {
             Finding::NoListener | Finding::StateLost | Finding::AppAbort => {}

@@ -10,7 +10,7 @@ pub mod rank;
 pub mod tunnels;
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap},
     net::IpAddr,
     time::{Duration, SystemTime},
 };
@@ -25,7 +25,7 @@ use rst_common::{
 
 use self::model::{
     CountingMode, Direction, Family, Flow, Interface, Interval, KernelEvents, KindCounts, Middlebox, Origin, Pauses,
-    Run, Service, Side, Totals, Unlisted, Workload, WorkloadResets,
+    Run, Service, ServiceTunnel, Side, Totals, Unlisted, Workload, WorkloadResets,
 };
 use crate::{
     availability::Availability,
@@ -213,7 +213,11 @@ fn four_tuple_of_event(key: &StackResetKey) -> FourTuple {
 
 /// A service's handshakes of one interval as the verdict evidence takes them; `origin_ms`: the
 /// run's start on the tracker's clock.
-fn service_sample((key, value): &(ServiceKey, ServiceValue), origin_ms: u64) -> ServiceSample {
+fn service_sample(
+    (key, value): &(ServiceKey, ServiceValue),
+    origin_ms: u64,
+    tunnels: &tunnels::KnownTunnels,
+) -> ServiceSample {
     let ServiceCounts {
         attempts,
         synacks,
@@ -224,7 +228,7 @@ fn service_sample((key, value): &(ServiceKey, ServiceValue), origin_ms: u64) -> 
         down_turnaways: _,
     } = value.decoded();
     ServiceSample {
-        service: ServiceAddr { addr: key.ip(), port: key.port },
+        service: ServiceAddr { addr: key.ip(), port: key.port, tunnel: tunnels.of_service(key.ifindex) },
         ifindex: key.ifindex,
         attempts,
         synacks,
@@ -379,6 +383,7 @@ impl Aggregator {
     /// tunnel, on its underlay interface.
     pub fn learn_tunnels(&mut self, tunnels: &[(u32, rst_common::wire::TunnelKey)]) {
         self.tunnels.learn(tunnels);
+        self.evidence.learn_tunnels(tunnels);
     }
 
     pub fn add_interface(&mut self, interface: Interface) {
@@ -413,6 +418,7 @@ impl Aggregator {
     pub fn fold(&mut self, sample: &Sample, elapsed: Duration, ended: SystemTime) -> Interval {
         let started_ms = self.elapsed.as_millis() as u64;
         self.tunnels.learn(&sample.tunnels);
+        self.evidence.learn_tunnels(&sample.tunnels);
         self.intervals += 1;
         self.elapsed += elapsed;
         self.totals.accumulate(&sample.counters);
@@ -420,7 +426,8 @@ impl Aggregator {
         // interval leaves the allocator's heap higher each time.
         self.service_samples.clear();
         let origin_ms = self.tracker_origin_ms;
-        self.service_samples.extend(sample.services.iter().map(|service| service_sample(service, origin_ms)));
+        let tunnels = &self.tunnels;
+        self.service_samples.extend(sample.services.iter().map(|service| service_sample(service, origin_ms, tunnels)));
         // The evidence first: it learns each host's own TTL, which a flow's forged resets are
         // told by when their connection showed none.
         // Replay's pauses by segment times, the kernel's by its sockets' (one or the other).
@@ -462,11 +469,19 @@ impl Aggregator {
         // listeners whose resets crossed a watched interface (the tracepoint sees every
         // namespace of the machine).
         if !sample.listen_resets.is_empty() {
-            let resetters: HashSet<(IpAddr, u16)> =
-                sample.flows.iter().map(|(key, _)| (key.src_ip(), key.sport)).collect();
+            // The listener's socket does not say which tenant it serves: its resets go to the
+            // service whose RSTs crossed in one tunnel (or none), never to one of several.
+            let mut resetters: HashMap<(IpAddr, u16), Option<Option<ServiceTunnel>>> = HashMap::new();
+            for (key, _) in &sample.flows {
+                let tunnel = self.tunnels.of_service(key.ifindex);
+                resetters
+                    .entry((key.src_ip(), key.sport))
+                    .and_modify(|sole| *sole = sole.filter(|sole| *sole == tunnel))
+                    .or_insert(Some(tunnel));
+            }
             for (key, value) in &sample.listen_resets {
-                let service = ServiceAddr { addr: key.ip(), port: key.port };
-                if resetters.contains(&(service.addr, service.port)) {
+                if let Some(&Some(tunnel)) = resetters.get(&(key.ip(), key.port)) {
+                    let service = ServiceAddr { addr: key.ip(), port: key.port, tunnel };
                     self.evidence.listen_overflow(service, value.resets, u64::from(value.max_backlog));
                 }
             }
@@ -539,15 +554,17 @@ impl Aggregator {
         if events.is_empty() {
             return;
         }
-        let sent: FastMap<RstTuple, u64> = interval
+        let sent: FastMap<RstTuple, (u64, u32)> = interval
             .iter()
             .filter(|(id, _)| Direction::of(id) == Direction::Tx)
-            .map(|(id, stats)| (rst_tuple(id), stats.resets))
+            .map(|(id, stats)| (rst_tuple(id), (stats.resets, id.ifindex)))
             .collect();
         for (key, count) in events {
             let Some(hook) = NetfilterHook::of_code(u32::from(key.hook)) else { continue };
-            let Some(resets) = sent.get(&(key.src, key.dst, key.sport, key.dport)) else { continue };
-            let service = ServiceAddr { addr: key.src_ip(), port: key.sport };
+            let Some((resets, ifindex)) = sent.get(&(key.src, key.dst, key.sport, key.dport)) else { continue };
+            // The service of the tenant whose RST it was, when this host sent it into a tunnel.
+            let service =
+                ServiceAddr { addr: key.src_ip(), port: key.sport, tunnel: self.tunnels.of_service(*ifindex) };
             self.evidence.local_firewall(service, hook, (*count).min(*resets));
         }
     }

@@ -18,9 +18,13 @@ use super::{
     check::{health_check, CheckPattern},
     idle::{Cluster, IdleResets, IDLE_MIN_MS},
     scan::{scan, Answer, Probes, Scan},
-    sort, Cause, Finding, NetfilterHook, ServiceAddr, Side, Verdict,
+    sort, Cause, Finding, NetfilterHook, ServiceAddr, ServiceTunnel, Side, Verdict,
 };
-use crate::model::kernel_reason::KernelReason;
+use crate::model::{aggregate::tunnels::KnownTunnels, kernel_reason::KernelReason};
+
+/// A client: its address, and the tunnel it was reached through (two tenants' clients at one
+/// inner address are two clients, whose probes never add up to one scan).
+type Client = (IpAddr, Option<ServiceTunnel>);
 
 /// One service's handshake counts for one interval, as the tracker counted them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -196,6 +200,9 @@ struct ServiceSampleSum {
 pub struct Evidence {
     services: HashMap<ServiceAddr, ServiceEvidence>,
     checks: HashMap<(IpAddr, ServiceAddr), CheckPattern>,
+    /// The tunnels flows were counted in, by number: what scopes a service or client to its
+    /// tenant.
+    tunnels: KnownTunnels,
     /// What each flow's first RST did, so the same side's further RSTs on the connection (its
     /// answers to the peer's late segments) go with it; forgotten all at once when full.
     /// Each kept with the interval and the RST's key it came from: when two connections on
@@ -204,7 +211,7 @@ pub struct Evidence {
     first_acts: HashMap<FlowKey, (u64, FlowKey, Act)>,
     /// Per client: the services that turned it away and those it reset right after their
     /// SYN+ACK, for the scan rule.
-    probes: HashMap<IpAddr, Probes>,
+    probes: HashMap<Client, Probes>,
     /// The next interval's flows whose RSTs followed their sender's own FIN, and the longest
     /// time since it (replay's; see [`Evidence::timings`]).
     close_gaps: HashMap<FlowKey, u64>,
@@ -227,6 +234,7 @@ impl Evidence {
         Evidence {
             services: HashMap::new(),
             checks: HashMap::new(),
+            tunnels: KnownTunnels::default(),
             first_acts: HashMap::new(),
             probes: HashMap::new(),
             close_gaps: HashMap::new(),
@@ -293,6 +301,12 @@ impl Evidence {
         self.close_interval();
     }
 
+    /// The tunnels numbered so far (the kernel's `TUNNELS` map, replay's numbering): a flow
+    /// counted inside one is its tenant's.
+    pub fn learn_tunnels(&mut self, tunnels: &[(u32, rst_common::wire::TunnelKey)]) {
+        self.tunnels.learn(tunnels);
+    }
+
     /// For the next interval: what replay measured per flow (see [`FlowTimings`]). A teardown
     /// says how long after its close, a keep-alive race how idle the connection was, an idle
     /// timeout its gap; a lost translation names the service behind the client's resets.
@@ -309,7 +323,8 @@ impl Evidence {
         self.nat_lost.clear();
         self.nat_lost.extend(nat_lost.iter().map(|(key, (addr, port))| {
             let service = FlowKey { dst: *addr, dport: *port, ..*key };
-            (rst_tuple(key), ServiceAddr { addr: service.dst_ip(), port: *port })
+            // Scoped to the RST's tunnel where it is used ([`Evidence::add_reset`]).
+            (rst_tuple(key), ServiceAddr::on_link(service.dst_ip(), *port))
         }));
     }
 
@@ -349,7 +364,9 @@ impl Evidence {
     ) {
         let Some(act) = Act::of_sent(kind, server, ack) else { return };
         let (addr, port) = if server { (flow.src_ip(), flow.sport) } else { (flow.dst_ip(), flow.dport) };
-        let key = (ServiceAddr { addr, port }, act);
+        // The stack's own sockets: a tunnelled service's resets it sent are not told apart by
+        // tenant here, so they corroborate only a service outside tunnels.
+        let key = (ServiceAddr::on_link(addr, port), act);
         // Data on a connection this host had closed (a full socket's abort on data, or its
         // time-wait socket's answer): the reason of a keep-alive race's resets.
         let on_data = matches!(reason.name().as_ref(), "TCP_ABORT_ON_DATA" | "TCP_TIMEWAIT_SOCKET");
@@ -426,11 +443,14 @@ impl Evidence {
         } else {
             ((key.dst_ip(), key.dport), (key.src_ip(), key.sport))
         };
-        let service = ServiceAddr { addr: server.0, port: server.1 };
+        let tunnel = self.tunnels.of_service(key.ifindex);
+        let service = ServiceAddr { addr: server.0, port: server.1, tunnel };
+        let client = (client.0, tunnel);
         if let Some(&talked_to) = self.nat_lost.get(&rst_tuple(key)) {
             // A client's answer to a reply that reached it untranslated: the lost NAT's, whatever
             // the reply looked like (a scan's probe answered, a check's handshake reset).
-            let backend = ServiceAddr { addr: key.dst_ip(), port: key.dport };
+            let talked_to = ServiceAddr { tunnel, ..talked_to };
+            let backend = ServiceAddr { addr: key.dst_ip(), port: key.dport, tunnel };
             let tally = Tally { resets, connections: resets.min(1) };
             if let Some(evidence) = self.service_mut(talked_to) {
                 evidence.nat_lost.entry(backend).or_default().add(tally);
@@ -457,13 +477,13 @@ impl Evidence {
             act
         };
         match act {
-            Act::TurnAway => self.add_probe(client.0, service, tally, Answer::Refused),
-            Act::Check => self.add_probe(client.0, service, tally, Answer::Open),
-            Act::Stateless | Act::Abort | Act::Teardown { .. } | Act::Race => self.add_completed(client.0, tally),
+            Act::TurnAway => self.add_probe(client, service, tally, Answer::Refused),
+            Act::Check => self.add_probe(client, service, tally, Answer::Open),
+            Act::Stateless | Act::Abort | Act::Teardown { .. } | Act::Race => self.add_completed(client, tally),
             // A closed port's answer to what opened no connection here: no cause of its own,
             // but what a FIN, NULL or Xmas scan leaves.
             Act::Unexplained if !class.side_observed() && class.kind() == ResetKind::Refused => {
-                self.add_probe(client.0, service, tally, Answer::ClosedUnseen)
+                self.add_probe(client, service, tally, Answer::ClosedUnseen)
             }
             Act::Unexplained => {}
         }
@@ -539,19 +559,19 @@ impl Evidence {
         }
     }
 
-    fn probes_mut(&mut self, client: IpAddr) -> Option<&mut Probes> {
+    fn probes_mut(&mut self, client: Client) -> Option<&mut Probes> {
         bounded_entry(&mut self.probes, client, self.max_entries)
     }
 
     /// A connection attempt of `client` and what `service` answered.
-    fn add_probe(&mut self, client: IpAddr, service: ServiceAddr, tally: Tally, answer: Answer) {
+    fn add_probe(&mut self, client: Client, service: ServiceAddr, tally: Tally, answer: Answer) {
         if let Some(probes) = self.probes_mut(client) {
             probes.add(service, tally, answer);
         }
     }
 
     /// A connection of `client` that went past its handshake before it was reset.
-    fn add_completed(&mut self, client: IpAddr, tally: Tally) {
+    fn add_completed(&mut self, client: Client, tally: Tally) {
         if let Some(probes) = self.probes_mut(client) {
             probes.completed += tally.connections;
         }
@@ -645,12 +665,12 @@ impl Evidence {
         let mut verdicts = Vec::new();
         let scans = self.scans(whole_run);
         let mut scanned: HashMap<ServiceAddr, Tally> = HashMap::new();
-        for found in &scans {
+        for (found, tunnel) in &scans {
             for (service, tally) in &found.turned_away {
                 scanned.entry(*service).or_default().add(*tally);
             }
             let Scan { counts, host, tally, turned_away: _ } = found;
-            let service = ServiceAddr { addr: *host, port: 0 };
+            let service = ServiceAddr { addr: *host, port: 0, tunnel: *tunnel };
             verdicts.push(Verdict::new(Finding::Scan(*counts), service, tally.counts()));
         }
         for (service, evidence) in &self.services {
@@ -673,7 +693,8 @@ impl Evidence {
             } else {
                 pattern.latest
             };
-            if tally.resets == 0 || scans.iter().any(|found| found.counts.client == *client) {
+            let scanner = |(found, tunnel): &(Scan, _)| (found.counts.client, *tunnel) == (*client, service.tunnel);
+            if tally.resets == 0 || scans.iter().any(scanner) {
                 continue;
             }
             if let Some(verdict) = health_check(*client, *service, pattern, tally) {
@@ -685,10 +706,10 @@ impl Evidence {
         verdicts
     }
 
-    /// The clients whose probes make a scan (see [`super::scan`]).
-    fn scans(&self, whole_run: bool) -> Vec<Scan> {
+    /// The clients whose probes make a scan (see [`super::scan`]), each with its tunnel.
+    fn scans(&self, whole_run: bool) -> Vec<(Scan, Option<ServiceTunnel>)> {
         // An interval weighs again only the clients it brought probes of.
-        let mut candidates: Vec<(&IpAddr, &Probes)> = self
+        let mut candidates: Vec<(&Client, &Probes)> = self
             .probes
             .iter()
             .filter(|(_, probes)| probes.may_be_scan() && (whole_run || probes.probed_lately()))
@@ -698,12 +719,12 @@ impl Evidence {
         }
         candidates.sort_by_key(|(client, _)| **client);
         // The client each host turned away or answered, if only one: a silent port is a client's
-        // only where it is the one client there.
-        let mut sole_client: HashMap<IpAddr, Option<IpAddr>> = HashMap::new();
+        // only where it is the one client there. Hosts, like clients, are their tenant's.
+        let mut sole_client: HashMap<Client, Option<Client>> = HashMap::new();
         for (client, probes) in &self.probes {
             for host in probes.hosts() {
                 sole_client
-                    .entry(host)
+                    .entry((host, client.1))
                     .and_modify(|sole| {
                         if *sole != Some(*client) {
                             *sole = None;
@@ -713,21 +734,22 @@ impl Evidence {
             }
         }
         // The silent ports of those hosts, found in one pass over the services.
-        let mut silent: HashMap<IpAddr, Vec<ServiceAddr>> = HashMap::new();
+        let mut silent: HashMap<Client, Vec<ServiceAddr>> = HashMap::new();
         for (service, evidence) in &self.services {
             let unanswered = evidence.attempts > 0 && evidence.synacks == 0 && evidence.buckets.is_empty();
-            if unanswered && sole_client.get(&service.addr).is_some_and(Option::is_some) {
-                silent.entry(service.addr).or_default().push(*service);
+            let host = (service.addr, service.tunnel);
+            if unanswered && sole_client.get(&host).is_some_and(Option::is_some) {
+                silent.entry(host).or_default().push(*service);
             }
         }
         candidates
             .into_iter()
             .filter_map(|(client, probes)| {
-                let theirs = |host: &IpAddr| match sole_client.get(host) {
-                    Some(Some(sole)) if sole == client => silent.get(host).map_or(&[][..], Vec::as_slice),
+                let theirs = |host: &IpAddr| match sole_client.get(&(*host, client.1)) {
+                    Some(Some(sole)) if sole == client => silent.get(&(*host, client.1)).map_or(&[][..], Vec::as_slice),
                     _ => &[],
                 };
-                scan(*client, probes, theirs, whole_run)
+                scan(client.0, probes, theirs, whole_run).map(|found| (found, client.1))
             })
             .collect()
     }

@@ -24,7 +24,7 @@ pub use scan::{
     ScanCounts, SCAN_MAX_COMPLETED_PERCENT, SCAN_MAX_PROBES_PER_TARGET, SCAN_MIN_CLOSED_PERCENT, SCAN_MIN_TARGETS,
 };
 
-pub use crate::model::aggregate::model::Side;
+pub use crate::model::aggregate::model::{ServiceTunnel, Side};
 /// The causes and their contract names live in rst-common, shared with the verdict lab.
 pub use rst_common::Cause;
 
@@ -35,6 +35,18 @@ pub use rst_common::Cause;
 pub struct ServiceAddr {
     pub addr: IpAddr,
     pub port: u16,
+    /// The tunnel (type and VNI or key) the service was reached through, its address the
+    /// inner one: two tenants' services at one inner address are two services, whose evidence
+    /// never mixes. Tunnels that differ only in their outer addresses (one tenant reached from
+    /// several hosts) are one.
+    pub tunnel: Option<ServiceTunnel>,
+}
+
+impl ServiceAddr {
+    /// A service on the link itself, outside any tunnel.
+    pub const fn on_link(addr: IpAddr, port: u16) -> Self {
+        ServiceAddr { addr, port, tunnel: None }
+    }
 }
 
 /// One cause for one service, with the evidence behind it.

@@ -34,7 +34,11 @@ pub(super) fn sentence(verdict: &Verdict) -> String {
 }
 
 fn cause_sentence(verdict: &Verdict) -> String {
-    let service = endpoint(verdict.service.addr, verdict.service.port);
+    let service = match verdict.service.tunnel {
+        // Two tenants' services at one inner address read apart.
+        Some(tunnel) => format!("{} in {}", endpoint(verdict.service.addr, verdict.service.port), tunnel.describe()),
+        None => endpoint(verdict.service.addr, verdict.service.port),
+    };
     let resets = verdict.resets;
     match verdict.finding {
         Finding::NoListener => format!(

@@ -701,7 +701,7 @@ mod tests {
     fn verdict(finding: Finding, addr: &str, port: u16) -> Verdict {
         Verdict {
             finding,
-            service: ServiceAddr { addr: addr.parse().expect("addr"), port },
+            service: ServiceAddr::on_link(addr.parse().expect("addr"), port),
             resets: 1,
             connections: 1,
             side: None,

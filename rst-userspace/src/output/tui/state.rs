@@ -231,7 +231,9 @@ impl Snapshot {
             run: flow.run.map(|run| (run.resets, run.kinds.dominant())),
             workload: flow.run.unwrap_or(flow.interval).owners.cgroup(),
         });
-        self.advance(&refresh, flows, |ifindex| aggregator.iface_name(ifindex));
+        // A tunnel's flows name it after the underlay ("eth0 vxlan 42"): two tenants' flows with
+        // one inner tuple are two rows that read apart.
+        self.advance(&refresh, flows, |ifindex| aggregator.iface_label(ifindex));
         self.verdicts = aggregator.verdicts();
     }
 

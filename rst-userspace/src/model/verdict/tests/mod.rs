@@ -16,7 +16,7 @@ fn ip(octets: [u8; 4]) -> IpAddr {
 }
 
 fn service(port: u16) -> ServiceAddr {
-    ServiceAddr { addr: ip(SERVER), port }
+    ServiceAddr::on_link(ip(SERVER), port)
 }
 
 /// An RST entry: `server` sent it (else the client), from the service's port to an ephemeral one,
@@ -709,3 +709,4 @@ fn a_teardown_says_how_long_after_its_close_the_late_segment_came_where_that_is_
 }
 
 mod production;
+mod tunnels;

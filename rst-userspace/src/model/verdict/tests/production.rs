@@ -154,8 +154,8 @@ fn a_clients_resets_of_untranslated_replies_name_the_lost_nat() {
     let verdicts = evidence.verdicts();
     assert_eq!(verdicts.len(), 1, "{verdicts:?}");
     assert_eq!(verdicts[0].cause(), Cause::NatLost);
-    assert_eq!(verdicts[0].service, ServiceAddr { addr: ip([10, 0, 2, 20]), port: 80 });
-    assert_eq!(verdicts[0].finding, Finding::NatLost { backend: ServiceAddr { addr: ip([10, 0, 3, 7]), port: 8080 } });
+    assert_eq!(verdicts[0].service, ServiceAddr::on_link(ip([10, 0, 2, 20]), 80));
+    assert_eq!(verdicts[0].finding, Finding::NatLost { backend: ServiceAddr::on_link(ip([10, 0, 3, 7]), 8080) });
     assert!(verdicts[0].text().contains("arrived untranslated from 10.0.3.7:8080"), "{}", verdicts[0].text());
     // Without the live connection elsewhere, the same lone reset names nothing.
     assert_eq!(causes(&verdicts_of(&[lone])), []);
