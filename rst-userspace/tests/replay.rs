@@ -320,6 +320,43 @@ fn kernel_parity_on_every_capture() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// A tunnel's connection seen on two capture interfaces (its SYN on one, the answers on the
+/// other), over an extra VXLAN port: the kernel meets it on one interface, the loopback, and so
+/// must replay's side of the comparison; `--vxlan-port` reaches the kernel's walk too.
+#[test]
+fn kernel_parity_holds_for_a_tunnel_across_interfaces_and_on_an_extra_port() {
+    use rst_craft::tunnel::{Encapsulation, Outer, Tunnel};
+    let test = rst_lab::skip::current_test();
+    if !rst_lab::skip::require(&test, &[rst_lab::Need::Bpf]).expect("BPF test runs (CI=true: this test must run)") {
+        return;
+    }
+    let (client, server) = ([10, 244, 0, 5], [10, 244, 1, 7]);
+    let (vtep_a, vtep_b) = ([198, 51, 100, 1], [198, 51, 100, 2]);
+    let there = Tunnel::new(Outer::V4(vtep_a, vtep_b), Encapsulation::Vxlan { vni: 7, port: 4790 });
+    let back = Tunnel { outer: Outer::V4(vtep_b, vtep_a), ..there.clone() };
+    let to_server =
+        |flags, seq, ack| craft::FrameBuilder::ipv4(client, server).ports(40000, 443).flags(flags).seq_ack(seq, ack);
+    let to_client =
+        |flags, seq, ack| craft::FrameBuilder::ipv4(server, client).ports(443, 40000).flags(flags).seq_ack(seq, ack);
+    let frames: Vec<(u32, Vec<u8>)> = vec![
+        (0, there.wrap(&to_server(TCP_SYN, 100, 0).build())),
+        (1, back.wrap(&to_client(TCP_SYN | TCP_ACK, 900, 101).build())),
+        (0, there.wrap(&to_server(TCP_ACK, 101, 901).build())),
+        (1, back.wrap(&to_client(TCP_RST | TCP_ACK, 901, 101).build())),
+    ];
+    let path = tmp("tunnel-two-interfaces.pcapng");
+    let file = BufWriter::new(File::create(&path).expect("creating the capture"));
+    let stamped = frames.iter().enumerate().map(|(i, (interface, data))| {
+        (*interface, Duration::from_secs(T0) + Duration::from_millis(i as u64), &data[..])
+    });
+    write_pcapng(file, &["eth0", "eth1"], stamped).expect("pcapng");
+    let output =
+        rstwatch(&["replay", "--kernel", "--vxlan-port", "4790", "--format", "json", path.to_str().expect("UTF-8")]);
+    let stderr = text(&output.stderr);
+    assert!(output.status.success() && stderr.contains(": identical"), "{stderr}");
+    assert!(stderr.contains("1 resets"), "the reset inside the tunnel went through both: {stderr}");
+}
+
 /// The comparison itself can fail: a missing reset or a differing counter is reported.
 #[test]
 fn parity_reports_differences() {

@@ -4,8 +4,9 @@
 //! loaded exactly as live mode loads it, and the kernel's counts are read with the live
 //! [`crate::collect::Collector`]. At the end, the kernel's counters and per-flow reset counts must equal
 //! replay's for the same frames. Test runs arrive on the loopback (ifindex 1) whatever capture
-//! interface a frame came from, so replay's side of the comparison tracks connections as if on
-//! the loopback too, and flows are compared by 5-tuple, direction and classification, services
+//! interface a frame came from, so replay's side of the comparison walks each frame again as if
+//! on the loopback (tunnels numbered by that interface too, as the kernel numbers them: one
+//! tunnel met on two capture interfaces is one), and flows are compared by 5-tuple, direction and classification, services
 //! by address and port with every count of [`ServiceValue`] (the open connections at accepts
 //! and turn-aways included, and the turn-aways of the run a service ended in; not when that run
 //! began, which each side stamps with its own clock).
@@ -20,8 +21,10 @@ use rst_common::{
 
 use super::{link::Link, Tally};
 use crate::{
+    cli::TunnelPorts,
     load::testrun::{Harness, LOOPBACK_IFINDEX},
     load::Counting,
+    model::aggregate::tunnels::TunnelNumbers,
 };
 
 /// One direction of a 5-tuple, without the interface, with the classifier's verdict
@@ -40,6 +43,8 @@ pub struct KernelCheck {
     /// Replay's count of the frames the kernel also saw, with connection state of its own.
     host_tally: Tally,
     host_services: BTreeMap<Service, ServiceValue>,
+    /// Replay's numbering of the tunnels the test runs meet, on the loopback.
+    host_tunnels: TunnelNumbers,
     kernel: Counters,
     kernel_flows: BTreeMap<Direction, u64>,
     kernel_services: BTreeMap<Service, ServiceValue>,
@@ -65,9 +70,10 @@ pub struct Parity {
 }
 
 impl KernelCheck {
-    pub fn new() -> anyhow::Result<Self> {
+    /// With the object walking into VXLAN and Geneve on `tunnel_ports` too, as replay does.
+    pub fn new(tunnel_ports: &TunnelPorts) -> anyhow::Result<Self> {
         // The collector's traffic baseline is taken here, before any frame runs.
-        let harness = Harness::load(DEFAULT_MAX_FLOWS, Counting::Auto)
+        let harness = Harness::load_with_ports(DEFAULT_MAX_FLOWS, Counting::Auto, None, tunnel_ports)
             .context("--kernel runs every frame through the XDP program with BPF_PROG_TEST_RUN, which needs root (CAP_BPF, CAP_PERFMON)")?;
         Ok(Self {
             harness,
@@ -75,6 +81,7 @@ impl KernelCheck {
             host_flows: BTreeMap::new(),
             host_tally: Tally::default(),
             host_services: BTreeMap::new(),
+            host_tunnels: TunnelNumbers::new(&tunnel_ports.vxlan, &tunnel_ports.geneve),
             kernel: Counters::default(),
             kernel_flows: BTreeMap::new(),
             kernel_services: BTreeMap::new(),
@@ -85,25 +92,18 @@ impl KernelCheck {
         })
     }
 
-    /// Runs one frame through the kernel; `host` is what replay made of it.
-    pub fn frame(&mut self, link: Link, frame: &[u8], host: &Observation) -> anyhow::Result<()> {
+    /// Runs one frame through the kernel and replay's walk, both on the loopback.
+    pub fn frame(&mut self, link: Link, frame: &[u8]) -> anyhow::Result<()> {
+        let host = link.inspect(frame, LOOPBACK_IFINDEX, &mut self.host_tunnels);
         let Some(input) = link.kernel_frame(frame, &mut self.scratch) else {
             self.left_out += 1;
-            if *host != Observation::Malformed {
+            if host != Observation::Malformed {
                 self.left_out_not_malformed += 1;
             }
             return Ok(());
         };
         self.harness.run(input, 1)?;
-        let mut on_loopback = *host;
-        if let Observation::Reset(event) | Observation::Control(event) = &mut on_loopback {
-            // A tunnel's number stands in the interface's place; the kernel numbers tunnels in
-            // the order it meets them too.
-            if rst_common::wire::tunnel_number(event.key.ifindex).is_none() {
-                event.key.ifindex = LOOPBACK_IFINDEX;
-            }
-        }
-        self.host_tally.count(&on_loopback);
+        self.host_tally.count(&host);
         self.host.accumulate(&std::mem::take(&mut self.host_tally.counters));
         for (key, counts) in self.host_tally.services.drain() {
             self.host_services.entry((key.ip(), key.port)).or_default().merge(&counts);

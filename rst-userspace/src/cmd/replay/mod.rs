@@ -95,7 +95,7 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
 /// Replays `args.files` and writes the report to `out`.
 pub fn run_to<W: Write>(args: &ReplayArgs, out: W) -> anyhow::Result<()> {
     let ReportOptions { interval, top, format, summary_flows, by } = args.report;
-    let kernel = if args.kernel { Some(KernelCheck::new()?) } else { None };
+    let kernel = if args.kernel { Some(KernelCheck::new(&args.tunnel_ports)?) } else { None };
     let (from, to) = (args.from.unwrap_or(0), args.to.unwrap_or(u64::MAX));
     anyhow::ensure!(from < to, "--from must be before --to: the window would hold no frame");
     let mut replay = Replay {
@@ -332,7 +332,7 @@ impl Replay<'_> {
         }
         self.tally.count(&observation);
         if let Some(check) = &mut self.kernel {
-            check.frame(link, frame, &observation)?;
+            check.frame(link, frame)?;
         }
         Ok(())
     }

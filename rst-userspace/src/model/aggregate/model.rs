@@ -430,6 +430,14 @@ pub struct ServiceTunnel {
 }
 
 impl ServiceTunnel {
+    /// What of `tunnel` tells its tenant: the kind and the VNI or key, not the outer addresses.
+    pub fn of(tunnel: &rst_common::wire::TunnelKey) -> Self {
+        ServiceTunnel {
+            kind: tunnel.tunnel_kind().map_or(TunnelType::Unrecorded, TunnelType::Known),
+            vni: (tunnel.keyed != 0).then_some(tunnel.key),
+        }
+    }
+
     /// For people: "vxlan 42", "gre key 7", "ipip".
     pub fn describe(&self) -> String {
         match (self.kind, self.vni) {

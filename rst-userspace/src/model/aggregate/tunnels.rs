@@ -58,10 +58,7 @@ impl KnownTunnels {
     pub fn of_service(&self, ifindex: u32) -> Option<ServiceTunnel> {
         let number = tunnel_number(ifindex)?;
         let tunnel = self.by_number.get(&number).filter(|_| number != TUNNEL_UNRECORDED);
-        Some(ServiceTunnel {
-            kind: tunnel.and_then(TunnelKey::tunnel_kind).map_or(TunnelType::Unrecorded, TunnelType::Known),
-            vni: tunnel.filter(|tunnel| tunnel.keyed != 0).map(|tunnel| tunnel.key),
-        })
+        Some(tunnel.map_or(ServiceTunnel { kind: TunnelType::Unrecorded, vni: None }, ServiceTunnel::of))
     }
 }
 

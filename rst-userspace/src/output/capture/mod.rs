@@ -28,21 +28,21 @@ use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use rst_common::{
     parse::{Observation, TCP_SYN},
     wire::{
-        CaptureCounters, CaptureReason, CaptureReasonKey, CaptureRecord, ConnKey, FlowKey, CAPTURE_HANDSHAKE,
-        CAPTURE_REASON_MAX_AGE_NS, CAPTURE_RST, DIRECTION_RX, DIRECTION_TX, MAP_CAPTURE_COUNTERS, MAP_CAPTURE_REASONS,
-        MAP_CAPTURE_RING,
+        CaptureCounters, CaptureReason, CaptureReasonKey, CaptureRecord, ConnKey, FlowKey, TunnelKey,
+        CAPTURE_HANDSHAKE, CAPTURE_REASON_MAX_AGE_NS, CAPTURE_RST, DIRECTION_RX, DIRECTION_TX, MAP_CAPTURE_COUNTERS,
+        MAP_CAPTURE_REASONS, MAP_CAPTURE_RING,
     },
 };
 
 use self::files::{Files, Layout};
 use crate::model::aggregate::{
-    model::{CaptureSummary, Run},
+    model::{CaptureSummary, Run, ServiceTunnel},
     payload,
     tunnels::{FrameFlow, FrameTunnel, TunnelPortSet},
 };
 use crate::model::{
     kernel_reason::ReasonNames,
-    verdict::{Cause, Finding, Verdict},
+    verdict::{Cause, Finding, ServiceAddr, Verdict},
 };
 
 /// Why the capture cannot start.
@@ -91,13 +91,14 @@ const IDLE: Duration = Duration::from_millis(10);
 /// Records per pass over the ring before the file checks.
 const DRAIN_AT_MOST: usize = 16_384;
 
-/// What the run knows that the comments can use: the verdict on each service, by address and
-/// port, and the clients found scanning. (The kernel's reason comes with each record.)
+/// What the run knows that the comments can use: the verdict on each service, by address, port
+/// and tunnel (a tenant's), and the clients found scanning. (The kernel's reason comes with each
+/// record.)
 #[derive(Debug, Default)]
 pub struct Known {
-    pub verdicts: HashMap<(IpAddr, u16), Cause>,
+    pub verdicts: HashMap<(IpAddr, u16, Option<ServiceTunnel>), Cause>,
     /// A scan's resets are the scanner's verdict, whichever service answered them.
-    pub scanners: HashSet<IpAddr>,
+    pub scanners: HashSet<(IpAddr, Option<ServiceTunnel>)>,
 }
 
 impl Known {
@@ -106,15 +107,17 @@ impl Known {
         for verdict in verdicts {
             match verdict.finding {
                 Finding::Scan(counts) => {
-                    known.scanners.insert(counts.client);
+                    known.scanners.insert((counts.client, verdict.service.tunnel));
                 }
                 // The clients' resets go to the backend, not to the service they talked to.
                 Finding::NatLost { backend } => {
-                    known.verdicts.insert((backend.addr, backend.port), verdict.cause());
-                    known.verdicts.insert((verdict.service.addr, verdict.service.port), verdict.cause());
+                    known.verdicts.insert((backend.addr, backend.port, backend.tunnel), verdict.cause());
+                    let ServiceAddr { addr, port, tunnel } = verdict.service;
+                    known.verdicts.insert((addr, port, tunnel), verdict.cause());
                 }
                 _ => {
-                    known.verdicts.insert((verdict.service.addr, verdict.service.port), verdict.cause());
+                    let ServiceAddr { addr, port, tunnel } = verdict.service;
+                    known.verdicts.insert((addr, port, tunnel), verdict.cause());
                 }
             }
         }
@@ -442,7 +445,7 @@ impl Writer {
                         record.rst_ttl,
                         record.peer_ttl,
                         comment::Known {
-                            verdict: verdict_for(&known, record.class, event_key.as_ref()),
+                            verdict: verdict_for(&known, record.class, event_key.as_ref(), found.as_ref()),
                             reason: reason.as_deref(),
                             tunnel: tunnel_of(walked),
                         },
@@ -643,13 +646,18 @@ impl Reasons {
     }
 }
 
-/// The verdict on this RST's service (the server side of the connection), once the run has one.
-fn verdict_for(known: &Known, class: u8, key: Option<&FlowKey>) -> Option<Cause> {
+/// The verdict on this RST's service (the server side of the connection, inside `tunnel`'s
+/// tenant), once the run has one.
+fn verdict_for(known: &Known, class: u8, key: Option<&FlowKey>, tunnel: Option<&TunnelKey>) -> Option<Cause> {
     let key = key?;
+    let tunnel = tunnel.map(ServiceTunnel::of);
     let server = rst_common::wire::ResetClass(class).server();
-    let (service, client) =
-        if server { ((key.src_ip(), key.sport), key.dst_ip()) } else { ((key.dst_ip(), key.dport), key.src_ip()) };
-    if known.scanners.contains(&client) {
+    let (service, client) = if server {
+        ((key.src_ip(), key.sport, tunnel), key.dst_ip())
+    } else {
+        ((key.dst_ip(), key.dport, tunnel), key.src_ip())
+    };
+    if known.scanners.contains(&(client, tunnel)) {
         return Some(Cause::Scan);
     }
     known.verdicts.get(&service).copied()
@@ -693,9 +701,10 @@ fn tunnel_of(walked: rst_common::Walk) -> Option<(rst_common::wire::TunnelKind, 
 mod tests {
     use std::net::IpAddr;
 
-    use rst_common::wire::{ResetClass, ResetKind, FAMILY_IPV4};
+    use rst_common::wire::{ResetClass, ResetKind, TunnelKey, TunnelKind, FAMILY_IPV4};
 
     use super::{verdict_for, Known};
+    use crate::model::aggregate::model::ServiceTunnel;
     use crate::model::verdict::{Cause, Finding, ScanCounts, ServiceAddr, Verdict};
 
     fn verdict(finding: Finding, addr: &str, port: u16) -> Verdict {
@@ -724,8 +733,20 @@ mod tests {
             key
         };
         let class = ResetClass::new(ResetKind::Refused, true, true, true, true).0;
-        assert_eq!(verdict_for(&known, class, Some(&refusal([10, 0, 0, 9], 22))), Some(Cause::Scan));
-        assert_eq!(verdict_for(&known, class, Some(&refusal([10, 0, 0, 7], 81))), Some(Cause::NoListener));
-        assert_eq!(verdict_for(&known, class, Some(&refusal([10, 0, 0, 7], 82))), None);
+        assert_eq!(verdict_for(&known, class, Some(&refusal([10, 0, 0, 9], 22)), None), Some(Cause::Scan));
+        assert_eq!(verdict_for(&known, class, Some(&refusal([10, 0, 0, 7], 81)), None), Some(Cause::NoListener));
+        assert_eq!(verdict_for(&known, class, Some(&refusal([10, 0, 0, 7], 82)), None), None);
+        // Inside a tunnel, the verdicts of its tenant only.
+        let vxlan = |vni| TunnelKey { kind: TunnelKind::Vxlan as u8, keyed: 1, key: vni, ..TunnelKey::default() };
+        let in_tenant = |vni| {
+            let mut verdict = verdict(Finding::NoListener, "10.0.0.1", 81);
+            verdict.service.tunnel = Some(ServiceTunnel::of(&vxlan(vni)));
+            verdict
+        };
+        let known = Known::from_verdicts(&[in_tenant(42)]);
+        let refused = refusal([10, 0, 0, 7], 81);
+        assert_eq!(verdict_for(&known, class, Some(&refused), Some(&vxlan(42))), Some(Cause::NoListener));
+        assert_eq!(verdict_for(&known, class, Some(&refused), Some(&vxlan(43))), None, "another tenant's");
+        assert_eq!(verdict_for(&known, class, Some(&refused), None), None, "outside the tunnel");
     }
 }
