@@ -768,5 +768,7 @@ fn two_tenants_at_one_inner_address_get_verdicts_of_their_own() {
     assert!(verdict["text"].as_str().is_some_and(|text| text.contains("10.244.1.7:81 in vxlan 42")), "{verdict}");
     // The table says which tenant too.
     let table = rstwatch(&["replay", path.to_str().expect("UTF-8")]);
-    assert!(text(&table.stdout).contains("in vxlan 42"), "{}", text(&table.stdout));
+    let table = text(&table.stdout);
+    assert!(table.contains("nothing listens on 10.244.1.7:81 in vxlan 42"), "{table}");
+    assert!(table.contains("attempts to 10.244.1.7:81 in vxlan 42 were refused (3 of 3)"), "{table}");
 }

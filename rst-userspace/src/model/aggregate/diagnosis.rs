@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use rst_common::wire::ResetKind;
 
-use super::model::{endpoint, percent, Direction, Flow, Origin, Run, Side};
+use super::model::{endpoint, percent, service_endpoint, Direction, Flow, Origin, Run, Side};
 use crate::model::kernel_reason::KernelReason;
 
 /// Workloads the summary names in words at most.
@@ -38,7 +38,7 @@ pub fn sentences(run: &Run) -> Vec<String> {
         lines.push(format!(
             "{:.0}% of connection attempts to {} were refused ({counts})",
             service.refused_share,
-            endpoint(service.addr, service.port),
+            service_endpoint(service.addr, service.port, service.tunnel.as_ref()),
         ));
     }
     // Accepted, then reset: a balancer or server shedding load after the handshake.
@@ -57,7 +57,7 @@ pub fn sentences(run: &Run) -> Vec<String> {
         lines.push(format!(
             "{:.0}% of accepted connections to {} were reset, mostly {kind} ({reset} resets, {} SYN+ACKs)",
             percent(reset, service.synacks),
-            endpoint(service.addr, service.port),
+            service_endpoint(service.addr, service.port, service.tunnel.as_ref()),
             service.synacks
         ));
     }

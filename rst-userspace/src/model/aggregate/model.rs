@@ -705,6 +705,15 @@ pub fn percent(part: u64, whole: u64) -> f64 {
     }
 }
 
+/// A service as people write it, with its tunnel where it has one (`10.0.0.7:80 in vxlan 42`):
+/// two tenants' services at one inner address read apart.
+pub fn service_endpoint(ip: IpAddr, port: u16, tunnel: Option<&ServiceTunnel>) -> String {
+    match tunnel {
+        Some(tunnel) => format!("{} in {}", endpoint(ip, port), tunnel.describe()),
+        None => endpoint(ip, port),
+    }
+}
+
 /// An address and port as people write them: `[v6]:port` for IPv6.
 pub fn endpoint(ip: IpAddr, port: u16) -> String {
     match ip {

@@ -1,7 +1,7 @@
 //! A verdict in the words a tired on-call person reads.
 
 use super::{Finding, ScanCounts, Side, Verdict};
-use crate::model::aggregate::model::endpoint;
+use crate::model::aggregate::model::{endpoint, service_endpoint};
 
 fn plural(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
@@ -34,11 +34,7 @@ pub(super) fn sentence(verdict: &Verdict) -> String {
 }
 
 fn cause_sentence(verdict: &Verdict) -> String {
-    let service = match verdict.service.tunnel {
-        // Two tenants' services at one inner address read apart.
-        Some(tunnel) => format!("{} in {}", endpoint(verdict.service.addr, verdict.service.port), tunnel.describe()),
-        None => endpoint(verdict.service.addr, verdict.service.port),
-    };
+    let service = service_endpoint(verdict.service.addr, verdict.service.port, verdict.service.tunnel.as_ref());
     let resets = verdict.resets;
     match verdict.finding {
         Finding::NoListener => format!(
