@@ -120,7 +120,7 @@ const fn group_columns(address: &'static str) -> [Column<GroupRow>; 5] {
 pub const SRC_COLUMNS: [Column<GroupRow>; 5] = group_columns("RESETTER");
 pub const DST_COLUMNS: [Column<GroupRow>; 5] = group_columns("RESET PEER");
 
-pub const SERVICE_COLUMNS: [Column<ServiceRow>; 8] = [
+pub const SERVICE_COLUMNS: [Column<ServiceRow>; 9] = [
     column("SERVICE", |s, _| Cell::Endpoint(s.addr, Some(s.port))),
     column("ATTEMPTS", |s, _| Cell::Count(s.attempts)),
     column("REFUSED", |s, _| {
@@ -132,6 +132,8 @@ pub const SERVICE_COLUMNS: [Column<ServiceRow>; 8] = [
     column("TOTAL", |s, _| Cell::Count(s.total)),
     // "They all come after ~350 s": the bucket of the pause before most of its resets.
     column("IDLE", |s, _| Cell::Pause(s.pauses.typical().map(|bound| bound.unwrap_or(u64::MAX)))),
+    // Two tenants' services at one inner address are two rows: this tells them apart.
+    column("TUNNEL", |s, _| Cell::Text(s.tunnel.map(|tunnel| tunnel.describe()).unwrap_or_default())),
 ];
 
 pub const FLOW_COLUMNS: [Column<FlowRow>; 8] = [

@@ -213,6 +213,7 @@ mod tests {
                 Cell::Percent(0.0),
                 Cell::Count(20),
                 Cell::Pause(None),
+                Cell::Text(String::new()),
             ]
         );
         assert_eq!(
@@ -226,6 +227,7 @@ mod tests {
                 Cell::Percent(25.0),
                 Cell::Count(2),
                 Cell::Pause(None),
+                Cell::Text(String::new()),
             ]
         );
 
@@ -359,6 +361,49 @@ mod tests {
         assert!(screen.contains("10.0.0.1"), "{screen}");
         assert!(screen.contains("RSTS ▼"), "{screen}");
         assert!(screen.contains("overflow 10"), "{screen}");
+    }
+
+    /// Two tenants with the same inner tuple in VXLAN VNIs 42 and 43: two flow rows and two
+    /// service rows that say which tunnel each is.
+    #[test]
+    fn tenants_behind_tunnels_are_rows_of_their_own() {
+        use rst_common::wire::{ResetClass, ServiceKey, ServiceValue, TunnelKey, TunnelKind, TUNNEL_INTERFACE};
+
+        use crate::{collect::Sample, model::aggregate::Aggregator};
+
+        let vxlan =
+            |vni| TunnelKey { ifindex: 3, kind: TunnelKind::Vxlan as u8, keyed: 1, key: vni, ..TunnelKey::default() };
+        let base = FlowKey {
+            class: ResetClass::new(ResetKind::Refused, true, true, true, false).0,
+            ..flow("10.0.1.1", 80, "10.0.0.1", 4000, 0, 0).key
+        };
+        let in_tunnel = |number| FlowKey { ifindex: TUNNEL_INTERFACE | number, ..base };
+        let service = |number| {
+            (
+                ServiceKey::new(ipv4("10.0.1.1"), 80, &in_tunnel(number)),
+                ServiceValue { attempts: 1, ..ServiceValue::default() },
+            )
+        };
+        let sample = Sample {
+            flows: vec![(in_tunnel(0), 1), (in_tunnel(1), 2)],
+            services: vec![service(0), service(1)],
+            tunnels: vec![(0, vxlan(42)), (1, vxlan(43))],
+            ..Sample::default()
+        };
+        let mut aggregator = Aggregator::new(vec![], 10);
+        let mut snapshot = Snapshot::default();
+        let record = aggregator.fold(&sample, Duration::from_secs(1), SystemTime::now());
+        snapshot.follow(&record, &aggregator);
+        let mut flows: Vec<String> = snapshot.rows(View::Flow, None).iter().map(|row| row[0].to_string()).collect();
+        flows.sort();
+        assert_eq!(flows, ["if3 vxlan 42", "if3 vxlan 43"]);
+        let mut services: Vec<(String, String)> =
+            snapshot.rows(View::Service, None).iter().map(|row| (row[0].to_string(), row[8].to_string())).collect();
+        services.sort();
+        assert_eq!(
+            services,
+            [("10.0.1.1:80".to_owned(), "vxlan 42".to_owned()), ("10.0.1.1:80".to_owned(), "vxlan 43".to_owned())]
+        );
     }
 
     /// Following the aggregator interval by interval ends where the run's summary is: every flow's

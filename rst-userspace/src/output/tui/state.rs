@@ -10,7 +10,7 @@ use rst_common::{wire::ResetKind, FlowKey};
 use super::columns::{self, Cell, Context};
 use crate::{
     model::aggregate::{
-        model::{Direction, Interval, Pauses, Service, Totals, Verdict},
+        model::{Direction, Interval, Pauses, Service, ServiceTunnel, Totals, Verdict},
         Aggregator, FastMap,
     },
     output,
@@ -146,6 +146,8 @@ pub struct WorkloadRow {
 pub struct ServiceRow {
     pub addr: IpAddr,
     pub port: u16,
+    /// The tunnel it was reached through (its address the inner one).
+    pub tunnel: Option<ServiceTunnel>,
     pub attempts: u64,
     pub refused: u64,
     pub last: Stamped,
@@ -195,7 +197,7 @@ pub struct Snapshot {
     flows: FastMap<FlowKey, FlowRow>,
     /// The last interval's flows the run had no room for: shown for that interval only.
     transient: Vec<FlowRow>,
-    services: FastMap<(IpAddr, u16), ServiceRow>,
+    services: FastMap<(IpAddr, u16, Option<ServiceTunnel>), ServiceRow>,
     /// RSTs that overflowed the flow table, per sender: (last interval, run).
     overflow: FastMap<IpAddr, (u64, u64)>,
     /// Interface names by ifindex, each allocated once.
@@ -278,10 +280,11 @@ impl Snapshot {
             }
         }
         for service in services.iter() {
-            let at = (service.addr, service.port);
+            let at = (service.addr, service.port, service.tunnel);
             let row = self.services.entry(at).or_insert_with(|| ServiceRow {
                 addr: service.addr,
                 port: service.port,
+                tunnel: service.tunnel,
                 attempts: 0,
                 refused: 0,
                 last: Stamped::default(),
