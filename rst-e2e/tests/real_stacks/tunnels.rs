@@ -2,7 +2,8 @@
 //! namespaces: the stacks inside refuse and abort connections, rstwatch on the underlay veth
 //! counts each inner 5-tuple's resets exactly as tshark does in the capture of the same wire,
 //! both ways (XDP ingress, TC egress), with the tunnel's type, VNI and outer addresses; replay
-//! of the capture counts the same.
+//! of the capture counts the same. Two tenants at one inner address are two flows and get
+//! verdicts of their own.
 
 use std::{
     collections::BTreeMap,
@@ -290,6 +291,99 @@ fn resets_inside_vxlan_are_counted_per_inner_tuple_with_their_vni() -> Result<()
                 "VNI {}: {named} comments say {inside:?}: {comments:?}",
                 overlay.vni
             );
+        }
+        Ok(())
+    })
+}
+
+/// Two tenants of one VXLAN underlay, VNIs 42 and 43, each a pair of namespaces of its own with
+/// the same inner addresses (each VXLAN device moved into its tenant's namespace, its socket
+/// left on the underlay). In 42 the port is closed; in 43 it listens, and its server aborts a
+/// connection from the very client port 42's refusals went to. rstwatch on the underlay veth
+/// counts one inner 5-tuple as two flows, and names 42's closed port without 43's accepts
+/// hiding it.
+#[test]
+fn two_tenants_at_one_inner_address_are_two_flows_and_their_own_verdicts() -> Result<()> {
+    const CLIENT_PORT: u16 = 45_000;
+    run_test("two_tenants_at_one_inner_address_are_two_flows_and_their_own_verdicts", &[], |dir| {
+        let mut lab = Lab::new()?;
+        let (ua, ub) = (lab.add_ns("vta")?, lab.add_ns("vtb")?);
+        let (a_if, b_if) = lab.add_veth(&ua, &ub)?;
+        let underlay = [IpAddr::from([192, 168, 78, 1]), IpAddr::from([192, 168, 78, 2])];
+        a_if.add_addr(underlay[0], 24)?;
+        b_if.add_addr(underlay[1], 24)?;
+        let inner = [Ipv4Addr::new(10, 212, 0, 1), Ipv4Addr::new(10, 212, 0, 2)];
+        let mut tenants = Vec::new();
+        for vni in [42u32, 43] {
+            let mut ends = Vec::new();
+            for (end, (ns, iface)) in [(&ua, &a_if), (&ub, &b_if)].into_iter().enumerate() {
+                let tenant = lab.add_ns(&format!("t{vni}{end}"))?;
+                let device = format!("vt{vni}");
+                let (local, remote) = (underlay[end].to_string(), underlay[1 - end].to_string());
+                let id = vni.to_string();
+                let dev = &iface.name;
+                ns.ip([
+                    "link", "add", &device, "type", "vxlan", "id", &id, "local", &local, "remote", &remote, "dstport",
+                    "4789", "dev", dev,
+                ])?;
+                ns.ip(["link", "set", &device, "netns", tenant.name()])?;
+                tenant.ip(["link", "set", "lo", "up"])?;
+                tenant.ip(["link", "set", &device, "up"])?;
+                tenant.ip(["addr", "add", &format!("{}/24", inner[end]), "dev", &device])?;
+                ends.push(tenant);
+            }
+            tenants.push((vni, ends));
+        }
+        let vantages = watch_all_ip(dir, &[("underlay", &a_if, &[])])?;
+        let server = SocketAddr::new(inner[1].into(), CLOSED_PORT);
+        let client = SocketAddr::new(inner[0].into(), CLIENT_PORT);
+        let bound = || -> Result<socket2::Socket> {
+            let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+            sock.set_reuse_address(true)?;
+            sock.bind(&client.into())?;
+            Ok(sock)
+        };
+        let (_, closed) = &tenants[0];
+        for _ in 0..REFUSED {
+            in_netns(&closed[0], || {
+                let refused = bound()?.connect_timeout(&server.into(), std::time::Duration::from_secs(2));
+                ensure!(refused.is_err(), "VNI 42: {server} accepted a connection");
+                Ok(())
+            })?;
+        }
+        let (_, open) = &tenants[1];
+        let listening = in_netns(&open[1], || listener(server))?;
+        let sock = in_netns(&open[0], || {
+            let sock = bound()?;
+            sock.connect_timeout(&server.into(), std::time::Duration::from_secs(2))?;
+            Ok(sock)
+        })?;
+        let accepted = accept(&listening)?;
+        accepted.set_linger(Some(std::time::Duration::ZERO))?;
+        drop(accepted);
+        thread::sleep(std::time::Duration::from_millis(50));
+        drop(sock);
+        let seen = stop(dir, vantages)?;
+        let underlay_seen = vantage(&seen, "underlay")?;
+        for (view, summary) in [("live", &underlay_seen.live), ("replay", &underlay_seen.replay)] {
+            let flows: BTreeMap<u64, u64> = summary["flows"]
+                .as_array()
+                .context("flows")?
+                .iter()
+                .filter(|f| f["src"] == inner[1].to_string() && f["sport"] == CLOSED_PORT && f["dport"] == CLIENT_PORT)
+                .map(|f| (f["tunnel"]["vni"].as_u64().unwrap_or(0), f["resets"].as_u64().unwrap_or(0)))
+                .collect();
+            ensure!(
+                flows == BTreeMap::from([(42, REFUSED as u64), (43, 1)]),
+                "{view}: one inner 5-tuple, two tenants: {flows:?}\n{:#}",
+                summary["flows"]
+            );
+            let verdicts = summary["verdicts"].as_array().context("verdicts")?;
+            let of = |vni: u32| -> Vec<&str> {
+                verdicts.iter().filter(|v| v["tunnel"]["vni"] == vni).filter_map(|v| v["cause"].as_str()).collect()
+            };
+            ensure!(of(42) == ["no_listener"], "{view}: VNI 42's verdicts {:?}: {}", of(42), show(verdicts));
+            ensure!(!of(43).contains(&"no_listener"), "{view}: VNI 43 listens: {}", show(verdicts));
         }
         Ok(())
     })
