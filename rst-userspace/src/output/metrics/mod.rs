@@ -19,7 +19,7 @@ mod text;
 use std::{collections::HashMap, net::IpAddr, sync::atomic::AtomicU64, time::Duration};
 
 use prometheus_client::{
-    encoding::{text::encode, EncodeLabelSet},
+    encoding::{text::encode, EncodeLabel, EncodeLabelSet, LabelSetEncoder},
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
@@ -30,7 +30,7 @@ pub use self::{
     server::{parse_listen, serve, ListenError},
     text::prometheus_text,
 };
-use crate::model::kernel_reason::ReasonNames;
+use crate::model::{aggregate::model::ServiceTunnel, kernel_reason::ReasonNames};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct InterfaceLabels {
@@ -51,12 +51,25 @@ struct ResetLabels {
     kind: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 struct ServiceLabels {
     rank: u32,
     iface: String,
     addr: String,
     port: u16,
+    /// See [`tunnel_label`].
+    tunnel: Option<String>,
+}
+
+impl EncodeLabelSet for ServiceLabels {
+    fn encode(&self, mut encoder: LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        let ServiceLabels { rank, iface, addr, port, tunnel } = self;
+        ("rank", *rank).encode(encoder.encode_label())?;
+        ("iface", iface.as_str()).encode(encoder.encode_label())?;
+        ("addr", addr.as_str()).encode(encoder.encode_label())?;
+        ("port", *port).encode(encoder.encode_label())?;
+        encode_tunnel(tunnel.as_deref(), &mut encoder)
+    }
 }
 
 /// A workload among the run's top ones (at most `--top`); empty strings for what it lacks.
@@ -100,16 +113,51 @@ struct SourceLabels {
 }
 
 /// One of at most `--top` services holding a stable slot.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 struct ServiceKeyLabels {
     addr: String,
     port: u16,
+    /// See [`tunnel_label`].
+    tunnel: Option<String>,
 }
+
+impl ServiceKeyLabels {
+    fn of((addr, port, tunnel): ServiceSlot) -> Self {
+        ServiceKeyLabels { addr: addr.to_string(), port, tunnel: tunnel_label(tunnel.as_ref()) }
+    }
+}
+
+impl EncodeLabelSet for ServiceKeyLabels {
+    fn encode(&self, mut encoder: LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        let ServiceKeyLabels { addr, port, tunnel } = self;
+        ("addr", addr.as_str()).encode(encoder.encode_label())?;
+        ("port", *port).encode(encoder.encode_label())?;
+        encode_tunnel(tunnel.as_deref(), &mut encoder)
+    }
+}
+
+/// A service's `tunnel` label: the tunnel it was reached through ("vxlan 42", "gre key 7"), so
+/// that two tenants' services at one inner address are two series. Absent outside tunnels,
+/// which keeps those series (and every rule over them) as they were: Prometheus reads an empty
+/// label as no label.
+fn tunnel_label(tunnel: Option<&ServiceTunnel>) -> Option<String> {
+    tunnel.map(ServiceTunnel::describe)
+}
+
+fn encode_tunnel(tunnel: Option<&str>, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+    match tunnel {
+        Some(tunnel) => ("tunnel", tunnel).encode(encoder.encode_label()),
+        None => Ok(()),
+    }
+}
+
+/// A service as the fleet counters know it: address, port, tunnel.
+type ServiceSlot = (IpAddr, u16, Option<ServiceTunnel>);
 
 /// The label sets of the `*_by_source` / `*_by_service` counters: see [`slots`].
 struct Fleet {
     sources: Slots<IpAddr>,
-    services: Slots<(IpAddr, u16)>,
+    services: Slots<ServiceSlot>,
 }
 
 impl Fleet {

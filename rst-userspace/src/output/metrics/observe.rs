@@ -4,7 +4,7 @@
 use std::{collections::HashMap, net::IpAddr, time::Duration};
 
 use super::{
-    CauseLabels, DirectionLabels, InterfaceLabels, Metrics, ReasonLabels, ResetLabels, ResetterLabels,
+    tunnel_label, CauseLabels, DirectionLabels, InterfaceLabels, Metrics, ReasonLabels, ResetLabels, ResetterLabels,
     ServiceKeyLabels, ServiceLabels, SourceLabels, WorkloadLabels, OTHER_SOURCE,
 };
 use crate::{
@@ -51,8 +51,8 @@ impl Metrics {
         }
         let service_families =
             [&self.attempts_by_service, &self.accepted_by_service, &self.refused_by_service, &self.resets_by_service];
-        for (addr, port) in fleet.services.tick(elapsed) {
-            let labels = ServiceKeyLabels { addr: addr.to_string(), port };
+        for slot in fleet.services.tick(elapsed) {
+            let labels = ServiceKeyLabels::of(slot);
             for family in service_families {
                 family.remove(&labels);
             }
@@ -69,11 +69,12 @@ impl Metrics {
             self.resets_by_source.get_or_create(&SourceLabels { src: OTHER_SOURCE.to_owned() }).inc_by(other);
         }
         for service in services {
-            let Service { addr, port, attempts, synacks, refused, resets, .. } = service;
-            if (*attempts == 0 && *resets == 0) || !fleet.services.admit(&(*addr, *port)) {
+            let Service { addr, port, attempts, synacks, refused, resets, tunnel, .. } = service;
+            let slot = (*addr, *port, *tunnel);
+            if (*attempts == 0 && *resets == 0) || !fleet.services.admit(&slot) {
                 continue;
             }
-            let labels = ServiceKeyLabels { addr: addr.to_string(), port: *port };
+            let labels = ServiceKeyLabels::of(slot);
             for (family, count) in service_families.into_iter().zip([attempts, synacks, refused, resets]) {
                 family.get_or_create(&labels).inc_by(*count);
             }
@@ -149,6 +150,7 @@ impl Metrics {
                 iface: service.iface.clone(),
                 addr: service.addr.to_string(),
                 port: service.port,
+                tunnel: tunnel_label(service.tunnel.as_ref()),
             };
             self.service_attempts.get_or_create(&labels).set(service.attempts as i64);
             self.service_synacks.get_or_create(&labels).set(service.synacks as i64);
@@ -290,6 +292,47 @@ mod tests {
         assert!(text.contains(r#"rstwatch_resets_by_source_total{src="10.0.0.3"} 1"#), "{text}");
         assert!(!text.contains(r#"src="10.0.0.1""#) && !text.contains(r#"port="80""#), "idle series removed:\n{text}");
         assert!(text.contains(r#"rstwatch_refused_by_service_total{addr="10.0.0.3",port="82"} 1"#), "{text}");
+    }
+
+    /// Two tenants' services at one inner address, and the same address outside tunnels: three
+    /// series each, the tunnel a label only where there is one.
+    #[test]
+    fn tenants_behind_tunnels_are_series_of_their_own() {
+        use crate::model::aggregate::model::{ServiceTunnel, TunnelType};
+        use rst_common::wire::TunnelKind;
+        let vxlan = |vni| Some(ServiceTunnel { kind: TunnelType::Known(TunnelKind::Vxlan), vni: Some(vni) });
+        let service = |tunnel, attempts, refused| Service {
+            iface: "veth9".into(),
+            ifindex: 7,
+            addr: IpAddr::from([10, 0, 0, 1]),
+            port: 80,
+            attempts,
+            synacks: attempts - refused,
+            resets: refused,
+            refused,
+            refused_share: 0.0,
+            kinds: Default::default(),
+            pauses: Default::default(),
+            tunnel,
+        };
+        let services = [service(vxlan(42), 4, 4), service(vxlan(43), 5, 0), service(None, 2, 1)];
+        let metrics = Metrics::new(HashMap::new(), 1024, ReasonNames::default());
+        metrics.observe_fleet(Duration::from_secs(1), &[], &services);
+        let (sample, interval) = (
+            Sample::default(),
+            Aggregator::new(Vec::new(), 1).fold(&Sample::default(), Duration::from_secs(1), SystemTime::now()),
+        );
+        metrics.observe(&sample, &interval, &[], &services, &[]);
+        let text = metrics.encode().unwrap();
+        for series in [
+            r#"rstwatch_refused_by_service_total{addr="10.0.0.1",port="80",tunnel="vxlan 42"} 4"#,
+            r#"rstwatch_accepted_by_service_total{addr="10.0.0.1",port="80",tunnel="vxlan 43"} 5"#,
+            r#"rstwatch_refused_by_service_total{addr="10.0.0.1",port="80"} 1"#,
+            r#"rstwatch_service_attempts{rank="1",iface="veth9",addr="10.0.0.1",port="80",tunnel="vxlan 42"} 4"#,
+            r#"rstwatch_service_attempts{rank="3",iface="veth9",addr="10.0.0.1",port="80"} 2"#,
+        ] {
+            assert!(text.contains(series), "{series} missing in\n{text}");
+        }
     }
 
     #[test]
