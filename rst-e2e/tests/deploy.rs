@@ -112,10 +112,12 @@ fn the_rule_unit_tests_catch_broken_alerts() -> Result<()> {
         ),
         // A service nobody calls any more is not down.
         (
-            "and on (addr, port) sum by (addr, port) (increase(rstwatch_attempts_by_service_total[5m])) > 0",
+            "and on (addr, port, tunnel) sum by (addr, port, tunnel) (increase(rstwatch_attempts_by_service_total[5m])) > 0",
             "",
             "RstwatchServiceDown",
         ),
+        // Sums an overlay's tenants at one inner address: one tenant's closed port is diluted.
+        ("by (addr, port, tunnel)", "by (addr, port)", "RstwatchServiceRefusing"),
         ("rstwatch:middlebox_resets:rate5m > 0.1", "rstwatch:middlebox_resets:rate5m >= 0", "RstwatchMiddleboxResets"),
         (
             "max by (instance) (rstwatch_flow_table_fill_ratio) > 0.9",
