@@ -771,4 +771,8 @@ fn two_tenants_at_one_inner_address_get_verdicts_of_their_own() {
     let table = text(&table.stdout);
     assert!(table.contains("nothing listens on 10.244.1.7:81 in vxlan 42"), "{table}");
     assert!(table.contains("attempts to 10.244.1.7:81 in vxlan 42 were refused (3 of 3)"), "{table}");
+    let by_service = text(&rstwatch(&["replay", "--by", "service", path.to_str().expect("UTF-8")]).stdout);
+    for tenant in ["10.244.1.7:81 in vxlan 42", "10.244.1.7:81 in vxlan 43"] {
+        assert!(by_service.contains(tenant), "{tenant} missing in\n{by_service}");
+    }
 }

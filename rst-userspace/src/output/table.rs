@@ -6,8 +6,8 @@ use crate::{
     model::aggregate::{
         diagnosis,
         model::{
-            endpoint, per_second, CaptureSummary, Conversation, Destination, Flow, Interval, Origin, PayloadSummary,
-            Run, Service, Source, Totals, WorkloadResets,
+            endpoint, per_second, service_endpoint, CaptureSummary, Conversation, Destination, Flow, Interval, Origin,
+            PayloadSummary, Run, Service, Source, Totals, WorkloadResets,
         },
         rank::ROW_DETAIL,
     },
@@ -258,7 +258,12 @@ impl<W: Write> TablePrinter<W> {
     }
 
     fn services_table(&mut self, services: &[Service]) -> io::Result<()> {
-        let width = services.iter().map(|s| endpoint(s.addr, s.port).len()).max().unwrap_or(0).max(21);
+        let width = services
+            .iter()
+            .map(|s| service_endpoint(s.addr, s.port, s.tunnel.as_ref()).len())
+            .max()
+            .unwrap_or(0)
+            .max(21);
         writeln!(
             self.out,
             "   {:<width$} {:>9} {:>8} {:>9} {:>8} {:>8}  RESETS BY KIND",
@@ -270,7 +275,7 @@ impl<W: Write> TablePrinter<W> {
             writeln!(
                 self.out,
                 "   {:<width$} {:>9} {:>8} {:>9} {:>8} {:>7.0}%  {}",
-                endpoint(service.addr, service.port),
+                service_endpoint(service.addr, service.port, service.tunnel.as_ref()),
                 service.attempts,
                 service.synacks,
                 service.resets,
