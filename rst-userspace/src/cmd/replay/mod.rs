@@ -10,6 +10,7 @@
 //! run shows its progress on a terminal ([`progress`]); `--from` / `--to` keep a window of
 //! capture time, as if the capture had been cut there.
 
+mod activity;
 pub mod capture;
 pub mod kernel;
 pub mod link;
@@ -322,7 +323,8 @@ impl Replay<'_> {
         let (observation, segment) = link.inspect_segment(frame, ifindex, &mut self.tunnels);
         if let Some((key, data)) = segment {
             // Only data of a connection that may have closed can be late (see `Timings::segment`).
-            if let Some(unsettled) = self.tally.timings.segment(&key, data, timestamp_ns / 1_000_000) {
+            let conn = self.tally.timings.conn_of(&key);
+            if let Some(unsettled) = self.tally.timings.segment(&conn, data, timestamp_ns / 1_000_000) {
                 *unsettled = track_data(&mut self.tally.connections, &key);
             }
         } else if let Observation::Reset(event) = &observation {
