@@ -3,10 +3,8 @@
 //!
 //! An open-addressed table of its own rather than a `HashMap`: one slot is one 64-byte line
 //! holding the whole key and its value, so a lookup touches one line (a `HashMap` bucket of the
-//! same pair took 80 bytes, often two lines, plus its control bytes), and the slot of a key can
-//! be prefetched from its hash before the lookup ([`ActivityTable::prefetch`]), which lets the
-//! replay loop start the load of a later frame's slot while it works on the current one.
-//! Bounded like the other tables of replay: a full table is forgotten at once.
+//! same pair took 80 bytes, often two lines, plus its control bytes), and the key is hashed once
+//! per segment. Bounded like the other tables of replay: a full table is forgotten at once.
 
 use std::hash::BuildHasher as _;
 
@@ -64,7 +62,7 @@ const EMPTY: Slot = Slot {
 /// Slots of a new table: 64 KiB, grown by doubling.
 const FIRST_SLOTS: usize = 1 << 10;
 
-/// A key's hash, computed once per segment: for [`ActivityTable::prefetch`] and the lookup.
+/// A key's hash ([`ActivityTable::hash`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Hash(u64);
 
@@ -100,7 +98,8 @@ impl ActivityTable {
     }
 
     /// Connections held.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.len
     }
 
@@ -118,20 +117,6 @@ impl ActivityTable {
         let hi = fold(word(&key.hi, 0) ^ s2, word(&key.hi, 8) ^ s3);
         let rest = fold(ports ^ s1, tail ^ s2);
         Hash(fold(lo ^ hi.rotate_left(23) ^ rest.rotate_left(47), s3))
-    }
-
-    /// Starts loading the slot a key of `hash` is looked for first: a hint, nothing more.
-    #[inline(always)]
-    pub fn prefetch(&self, hash: Hash) {
-        let slot = &self.slots[self.home(hash)];
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: prefetching has no effect on memory or program state, whatever the address; this
-        // one is a live slot of the table besides.
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>((slot as *const Slot).cast::<i8>());
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = slot;
     }
 
     #[inline(always)]

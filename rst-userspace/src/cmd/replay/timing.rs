@@ -84,18 +84,11 @@ impl Timings {
         }
     }
 
-    /// The connection of a segment and its hash, for [`Timings::segment`]: taken before, so
-    /// that its slot can be prefetched ([`Timings::prefetch`]) while earlier frames are counted.
+    /// The connection of a segment and its hash, for [`Timings::segment`].
     #[inline(always)]
     pub fn conn_of(&self, key: &FlowKey) -> (ConnKey, Hash) {
         let (conn, _) = key.connection();
         (conn, self.activity.hash(&conn))
-    }
-
-    /// Starts loading where the connection of `hash` is kept.
-    #[inline(always)]
-    pub fn prefetch(&self, hash: Hash) {
-        self.activity.prefetch(hash);
     }
 
     /// A segment without SYN, FIN or RST of connection `conn` ([`Timings::conn_of`]); `data`:
