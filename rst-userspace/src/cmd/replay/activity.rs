@@ -126,22 +126,33 @@ impl ActivityTable {
 
     /// `key`'s value (its `hash` from [`ActivityTable::hash`]), and whether it was there: a new
     /// key gets `new`'s value, the table forgotten first when it holds `capacity` keys.
-    #[inline]
+    ///
+    /// Inlined whole: the caller has just built the key, word by word, and a lookup behind a
+    /// call read it back from memory in wider loads than it was stored with, which waited for
+    /// the stores (a third of the lookup's time).
+    #[inline(always)]
     pub fn get_or_insert(&mut self, key: &ConnKey, hash: Hash, new: impl FnOnce() -> Seen) -> (&mut Seen, bool) {
-        let mut at = self.find(key, hash);
-        let found = self.slots[at].seen.used;
-        if !found {
-            if self.len >= self.capacity {
-                self.clear();
-                at = self.find(key, hash);
-            } else if (self.len + 1) * 2 > self.slots.len() {
-                self.grow();
-                at = self.find(key, hash);
-            }
-            self.slots[at] = Slot { key: *key, seen: Seen { used: true, ..new() } };
-            self.len += 1;
+        let at = self.find(key, hash);
+        if self.slots[at].seen.used {
+            return (&mut self.slots[at].seen, true);
         }
-        (&mut self.slots[at].seen, found)
+        (self.insert(at, key, hash, new()), false)
+    }
+
+    /// Puts a new `key` where [`ActivityTable::find`] left off (`at`).
+    #[cold]
+    #[inline(never)]
+    fn insert(&mut self, mut at: usize, key: &ConnKey, hash: Hash, seen: Seen) -> &mut Seen {
+        if self.len >= self.capacity {
+            self.clear();
+            at = self.find(key, hash);
+        } else if (self.len + 1) * 2 > self.slots.len() {
+            self.grow();
+            at = self.find(key, hash);
+        }
+        self.slots[at] = Slot { key: *key, seen: Seen { used: true, ..seen } };
+        self.len += 1;
+        &mut self.slots[at].seen
     }
 
     /// The value of `key`, if the table holds it.
