@@ -50,7 +50,7 @@ use crate::{
     model::aggregate::{
         model::{self, AttachMode},
         tunnels::TunnelNumbers,
-        Aggregator,
+        Aggregator, FastMap,
     },
     output::{self, Output, Printer, Tick},
 };
@@ -114,7 +114,7 @@ pub fn run_to<W: Write>(args: &ReplayArgs, out: W) -> anyhow::Result<()> {
         interfaces: 0,
         by_name: HashMap::new(),
         kernel,
-        payloads: HashMap::new(),
+        payloads: FastMap::default(),
         range: from..to,
         progress: Progress::new(args.quiet),
         tunnels: TunnelNumbers::new(&args.tunnel_ports.vxlan, &args.tunnel_ports.geneve),
@@ -155,7 +155,7 @@ pub fn run_to<W: Write>(args: &ReplayArgs, out: W) -> anyhow::Result<()> {
 /// the tables differ: host maps have no capacity limit, so the overflow counters stay zero.
 pub struct Tally {
     pub counters: Counters,
-    pub flows: HashMap<FlowKey, u64>,
+    pub flows: FastMap<FlowKey, u64>,
     pub services: HashMap<ServiceKey, ServiceValue>,
     /// Lives across intervals, as the kernel's does.
     pub connections: HostConnections,
@@ -171,7 +171,7 @@ impl Default for Tally {
     fn default() -> Self {
         Tally {
             counters: Counters::default(),
-            flows: HashMap::new(),
+            flows: FastMap::default(),
             services: HashMap::new(),
             connections: HostConnections::with_capacity(REPLAY_CONNECTIONS),
             timings: Timings::with_capacity(REPLAY_CONNECTIONS),
@@ -239,7 +239,7 @@ struct Replay<'w> {
     by_name: HashMap<(String, Link), u32>,
     kernel: Option<KernelCheck>,
     /// The interval's last RST payload per flow (`flow_id`): first bytes and length.
-    payloads: HashMap<FlowKey, (Vec<u8>, usize)>,
+    payloads: FastMap<FlowKey, (Vec<u8>, usize)>,
     /// Capture time replayed (`--from`, `--to`), ns since the Unix epoch.
     range: std::ops::Range<u64>,
     progress: Progress,
@@ -329,7 +329,11 @@ impl Replay<'_> {
             }
         } else if let Observation::Reset(event) = &observation {
             if let Some((bytes, len)) = link.rst_payload(frame, &self.tunnels) {
-                self.payloads.insert(event.key.flow_id(), (bytes.to_vec(), len));
+                // A flow's later RSTs overwrite its payload in place: no allocation per RST.
+                let (kept, kept_len) = self.payloads.entry(event.key.flow_id()).or_default();
+                kept.clear();
+                kept.extend_from_slice(bytes);
+                *kept_len = len;
             }
         }
         self.tally.count(&observation);
