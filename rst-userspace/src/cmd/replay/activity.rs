@@ -198,15 +198,16 @@ mod tests {
     use super::*;
 
     fn key(i: u32) -> ConnKey {
-        let mut key = ConnKey { ifindex: i % 3, lo_port: i as u16, hi_port: (i >> 16) as u16, family: 4, ..ConnKey::default() };
+        let mut key =
+            ConnKey { ifindex: i % 3, lo_port: i as u16, hi_port: (i >> 16) as u16, family: 4, ..ConnKey::default() };
         key.lo[..4].copy_from_slice(&i.to_be_bytes());
         key.hi[12..].copy_from_slice(&(i / 7).to_le_bytes());
         key
     }
 
     fn seen(i: u32) -> Seen {
-        let mut seen = Seen::new(Activity::begun(i), i % 2 == 0);
-        seen.set_last_data_ms((i % 3 != 0).then_some(u64::from(i) << 20));
+        let mut seen = Seen::new(Activity::begun(i), i.is_multiple_of(2));
+        seen.set_last_data_ms((!i.is_multiple_of(3)).then_some(u64::from(i) << 20));
         seen
     }
 
