@@ -130,6 +130,8 @@ pub enum Stop<E> {
     Capture(CaptureError),
     /// The sink's own error.
     Sink(E),
+    /// The sink has all it wants from this capture: reading ends here, without an error.
+    Enough,
 }
 
 impl<E> From<CaptureError> for Stop<E> {

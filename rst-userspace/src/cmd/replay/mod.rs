@@ -8,7 +8,10 @@
 //!
 //! A file may be `-` (standard input) and may be gzip- or zstd-compressed ([`source`]); a long
 //! run shows its progress on a terminal ([`progress`]); `--from` / `--to` keep a window of
-//! capture time, as if the capture had been cut there.
+//! capture time, as if the capture had been cut there. Captures are not strictly in time order
+//! (interfaces merged, per-CPU buffers), so a file is read past `--to` until a frame is stamped
+//! [`PAST_WINDOW`] or more after it: then it is clearly past the window, and its rest is not
+//! read.
 
 mod activity;
 pub mod capture;
@@ -65,7 +68,9 @@ pub struct ReplayArgs {
     /// UTC) or Unix seconds (`1714564800.5`).
     #[arg(long, value_name = "TIME", value_parser = parse_time)]
     pub from: Option<u64>,
-    /// Replay only frames stamped before this time (same forms as `--from`).
+    /// Replay only frames stamped before this time (same forms as `--from`). A file is read no
+    /// further than its first frame stamped a minute or more after TIME: a frame before TIME
+    /// that comes after that one (a capture out of order by more than a minute) is left out.
     #[arg(long, value_name = "TIME", value_parser = parse_time)]
     pub to: Option<u64>,
     /// No progress line (it is shown on stderr only when stderr is a terminal).
@@ -116,6 +121,7 @@ pub fn run_to<W: Write>(args: &ReplayArgs, out: W) -> anyhow::Result<()> {
         kernel,
         payloads: FastMap::default(),
         range: from..to,
+        past: args.to.map(|to| to.saturating_add(PAST_WINDOW.as_nanos() as u64)),
         progress: Progress::new(args.quiet),
         tunnels: TunnelNumbers::new(&args.tunnel_ports.vxlan, &args.tunnel_ports.geneve),
     };
@@ -134,6 +140,8 @@ pub fn run_to<W: Write>(args: &ReplayArgs, out: W) -> anyhow::Result<()> {
                 broken += 1;
             }
             Err(Stop::Sink(error)) => return Err(error.context(path.display().to_string())),
+            // `Replay::file` ends a file it has enough of without an error.
+            Err(Stop::Enough) => {}
         }
     }
     replay.progress.finish();
@@ -163,6 +171,10 @@ pub struct Tally {
     /// tally, which sees no data, keeps none.
     timings: Timings,
 }
+
+/// How far past `--to` a file's frames may be stamped before it is read no further: out of order
+/// by less than this, a frame inside the window is still replayed.
+pub const PAST_WINDOW: Duration = Duration::from_secs(60);
 
 /// Connections replay remembers: captures are read once, so a generous bound costs little.
 const REPLAY_CONNECTIONS: usize = 1 << 20;
@@ -242,6 +254,8 @@ struct Replay<'w> {
     payloads: FastMap<FlowKey, (Vec<u8>, usize)>,
     /// Capture time replayed (`--from`, `--to`), ns since the Unix epoch.
     range: std::ops::Range<u64>,
+    /// A frame stamped at or after this (`--to` and [`PAST_WINDOW`]) ends its file.
+    past: Option<u64>,
     progress: Progress,
     /// Tunnels numbered as the kernel numbers them.
     tunnels: TunnelNumbers,
@@ -255,7 +269,7 @@ impl Replay<'_> {
         let mut reader = CaptureReader::new(source)?;
         self.new_file = self.window.is_some();
         let mut slots: Vec<Slot> = Vec::new();
-        reader.read(|event| match event {
+        let read = reader.read(|event| match event {
             Event::Interface(interface) => {
                 slots.push(self.interface(path, interface));
                 Ok(())
@@ -264,6 +278,9 @@ impl Replay<'_> {
                 // Outside the window the frame is not replayed at all, as if the file had been
                 // cut there (`editcap -A FROM -B TO`).
                 Some(Slot::Supported { .. }) if !self.range.contains(&packet.timestamp_ns) => {
+                    if self.past.is_some_and(|past| packet.timestamp_ns >= past) {
+                        return Err(Stop::Enough);
+                    }
                     self.progress.frame();
                     Ok(())
                 }
@@ -283,7 +300,11 @@ impl Replay<'_> {
                     packet.interface
                 ))),
             },
-        })
+        });
+        match read {
+            Err(Stop::Enough) => Ok(()),
+            other => other,
+        }
     }
 
     fn interface(&mut self, path: &Path, interface: &Interface) -> Slot {
