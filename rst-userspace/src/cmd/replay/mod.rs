@@ -122,7 +122,7 @@ pub fn run_to<W: Write>(args: &ReplayArgs, out: W) -> anyhow::Result<()> {
         payloads: FastMap::default(),
         range: from..to,
         past: args.to.map(|to| to.saturating_add(PAST_WINDOW.as_nanos() as u64)),
-        progress: Progress::new(args.quiet),
+        progress: Progress::new(args.quiet, args.files.len(), total_size(&args.files)),
         tunnels: TunnelNumbers::new(&args.tunnel_ports.vxlan, &args.tunnel_ports.geneve),
     };
     let mut broken = 0usize;
@@ -441,6 +441,18 @@ impl Replay<'_> {
         }
         Ok(())
     }
+}
+
+/// The stored size of all `files`, when every one is a regular file (not `-`, a pipe or a
+/// device): the progress line's total.
+fn total_size(files: &[PathBuf]) -> Option<u64> {
+    files
+        .iter()
+        .map(|path| {
+            let regular = (path.as_os_str() != "-").then(|| std::fs::metadata(path).ok()).flatten()?;
+            regular.is_file().then(|| regular.len())
+        })
+        .sum()
 }
 
 /// A `--from` / `--to` time: Unix seconds (with a fraction, if any) or RFC 3339 in UTC. In ns
