@@ -449,8 +449,8 @@ fn total_size(files: &[PathBuf]) -> Option<u64> {
     files
         .iter()
         .map(|path| {
-            let regular = (path.as_os_str() != "-").then(|| std::fs::metadata(path).ok()).flatten()?;
-            regular.is_file().then(|| regular.len())
+            let metadata = (path.as_os_str() != "-").then(|| std::fs::metadata(path).ok()).flatten()?;
+            metadata.is_file().then_some(metadata.len())
         })
         .sum()
 }
