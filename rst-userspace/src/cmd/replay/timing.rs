@@ -113,6 +113,7 @@ impl Timings {
         self.seen_hashed(&conn, hash, flags, now_ms)
     }
 
+    /// [`Timings::seen`] with the connection's hash already taken.
     #[inline(always)]
     fn seen_hashed(&mut self, conn: &ConnKey, hash: Hash, flags: u8, now_ms: u64) -> (&mut Seen, Option<u64>) {
         let (seen, found) = self.activity.get_or_insert(conn, hash, || begun(now_ms));
