@@ -236,6 +236,29 @@ fn from_and_to_replay_a_window_as_if_the_file_were_cut() {
     assert_eq!(output.status.code(), Some(2), "a usage error");
 }
 
+#[test]
+fn a_file_is_read_no_further_than_a_minute_past_to() {
+    let frames = seconds_capture(6);
+    let at = |seconds: u64| Duration::from_secs(T0 + seconds) + Duration::from_millis(250);
+    let reset = |port: u16| tcp_v4().ports(443, port).flags(TCP_RST | TCP_ACK).build().into_bytes();
+    // --to T0+5.25. Out of order by less than a minute past it, frame 2 still counts; a frame a
+    // minute past it ends the file, and frame 3 after it is not read. The next file is.
+    let mut disordered = vec![frames[0].clone(), frames[1].clone(), (at(30), reset(3000))];
+    disordered.extend([frames[2].clone(), (at(65), reset(3001)), frames[3].clone()]);
+    let first = write("past-to", "first.pcap", &pcap_bytes(&disordered));
+    let next = write("past-to", "next.pcap", &pcap_bytes(&frames[4..5]));
+    let to = format!("{}.25", T0 + 5);
+    let output = replay(&["--to", &to, &first], None);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert_eq!(summary(&output)["totals"]["resets"].as_u64(), Some(3), "frames 0, 1 and 2");
+    let output = replay(&["--to", &to, &first, &next], None);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert_eq!(summary(&output)["totals"]["resets"].as_u64(), Some(4), "and frame 4 of the next file");
+    // Without --to, every frame of the file counts.
+    let output = replay(&[&first], None);
+    assert_eq!(summary(&output)["totals"]["resets"].as_u64(), Some(6));
+}
+
 /// A pseudo-terminal: (controller, the terminal's side as a file).
 fn pty() -> (File, File) {
     let (mut controller, mut terminal) = (-1, -1);

@@ -18,9 +18,9 @@ use rst_common::{
 use crate::model::aggregate::FastMap;
 
 /// A [`ConnKey`] hashed as six words instead of field by field. Replay looks a connection up for
-/// every data segment it reads (here, and in its timings); with SipHash over the derived
-/// field-by-field hash that lookup was the largest cost of a replay (a third of its time on 5 M
-/// frames).
+/// every SYN, FIN and RST, and for the data of a connection that may have closed (its timings
+/// keep a table of their own); with SipHash over the derived field-by-field hash that lookup was
+/// the largest cost of a replay (a third of its time on 5 M frames).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct ConnId(pub(crate) ConnKey);
 

@@ -118,7 +118,10 @@ pub struct Packet<'a> {
 pub enum Event<'a> {
     /// Comes before any packet on it.
     Interface(&'a Interface),
-    Packet(Packet<'a>),
+    /// By reference: the sink reads the fields it needs where the reader wrote them (a packet
+    /// passed by value was copied whole on entry, a copy that waited on the reader's stores:
+    /// a seventh of a replay).
+    Packet(&'a Packet<'a>),
 }
 
 /// Why [`CaptureReader::read`] stopped early.
@@ -127,6 +130,8 @@ pub enum Stop<E> {
     Capture(CaptureError),
     /// The sink's own error.
     Sink(E),
+    /// The sink has all it wants from this capture: reading ends here, without an error.
+    Enough,
 }
 
 impl<E> From<CaptureError> for Stop<E> {
@@ -341,7 +346,7 @@ impl CaptureReader {
         }
         let timestamp_ns = u64::from(ts_sec) * 1_000_000_000 + u64::from(ts_frac * frac_to_ns);
         self.frames = frame;
-        sink(Event::Packet(Packet { frame, interface: 0, timestamp_ns, data }))?;
+        sink(Event::Packet(&Packet { frame, interface: 0, timestamp_ns, data }))?;
         self.consume(used);
         Ok(true)
     }
@@ -407,7 +412,7 @@ impl CaptureReader {
             Cow::Owned(data) => data,
         };
         self.frames = frame;
-        sink(Event::Packet(Packet { frame, interface, timestamp_ns, data }))?;
+        sink(Event::Packet(&Packet { frame, interface, timestamp_ns, data }))?;
         self.consume(used);
         Ok(true)
     }

@@ -8,8 +8,12 @@
 //!
 //! A file may be `-` (standard input) and may be gzip- or zstd-compressed ([`source`]); a long
 //! run shows its progress on a terminal ([`progress`]); `--from` / `--to` keep a window of
-//! capture time, as if the capture had been cut there.
+//! capture time, as if the capture had been cut there. Captures are not strictly in time order
+//! (interfaces merged, per-CPU buffers), so a file is read past `--to` until a frame is stamped
+//! [`PAST_WINDOW`] or more after it: then it is clearly past the window, and its rest is not
+//! read.
 
+mod activity;
 pub mod capture;
 pub mod kernel;
 pub mod link;
@@ -49,7 +53,7 @@ use crate::{
     model::aggregate::{
         model::{self, AttachMode},
         tunnels::TunnelNumbers,
-        Aggregator,
+        Aggregator, FastMap,
     },
     output::{self, Output, Printer, Tick},
 };
@@ -64,7 +68,9 @@ pub struct ReplayArgs {
     /// UTC) or Unix seconds (`1714564800.5`).
     #[arg(long, value_name = "TIME", value_parser = parse_time)]
     pub from: Option<u64>,
-    /// Replay only frames stamped before this time (same forms as `--from`).
+    /// Replay only frames stamped before this time (same forms as `--from`). A file is read no
+    /// further than its first frame stamped a minute or more after TIME: a frame before TIME
+    /// that comes after that one (a capture out of order by more than a minute) is left out.
     #[arg(long, value_name = "TIME", value_parser = parse_time)]
     pub to: Option<u64>,
     /// No progress line (it is shown on stderr only when stderr is a terminal).
@@ -113,9 +119,10 @@ pub fn run_to<W: Write>(args: &ReplayArgs, out: W) -> anyhow::Result<()> {
         interfaces: 0,
         by_name: HashMap::new(),
         kernel,
-        payloads: HashMap::new(),
+        payloads: FastMap::default(),
         range: from..to,
-        progress: Progress::new(args.quiet),
+        past: args.to.map(|to| to.saturating_add(PAST_WINDOW.as_nanos() as u64)),
+        progress: Progress::new(args.quiet, args.files.len(), total_size(&args.files)),
         tunnels: TunnelNumbers::new(&args.tunnel_ports.vxlan, &args.tunnel_ports.geneve),
     };
     let mut broken = 0usize;
@@ -133,6 +140,8 @@ pub fn run_to<W: Write>(args: &ReplayArgs, out: W) -> anyhow::Result<()> {
                 broken += 1;
             }
             Err(Stop::Sink(error)) => return Err(error.context(path.display().to_string())),
+            // `Replay::file` ends a file it has enough of without an error.
+            Err(Stop::Enough) => {}
         }
     }
     replay.progress.finish();
@@ -154,7 +163,7 @@ pub fn run_to<W: Write>(args: &ReplayArgs, out: W) -> anyhow::Result<()> {
 /// the tables differ: host maps have no capacity limit, so the overflow counters stay zero.
 pub struct Tally {
     pub counters: Counters,
-    pub flows: HashMap<FlowKey, u64>,
+    pub flows: FastMap<FlowKey, u64>,
     pub services: HashMap<ServiceKey, ServiceValue>,
     /// Lives across intervals, as the kernel's does.
     pub connections: HostConnections,
@@ -163,6 +172,10 @@ pub struct Tally {
     timings: Timings,
 }
 
+/// How far past `--to` a file's frames may be stamped before it is read no further: out of order
+/// by less than this, a frame inside the window is still replayed.
+pub const PAST_WINDOW: Duration = Duration::from_secs(60);
+
 /// Connections replay remembers: captures are read once, so a generous bound costs little.
 const REPLAY_CONNECTIONS: usize = 1 << 20;
 
@@ -170,7 +183,7 @@ impl Default for Tally {
     fn default() -> Self {
         Tally {
             counters: Counters::default(),
-            flows: HashMap::new(),
+            flows: FastMap::default(),
             services: HashMap::new(),
             connections: HostConnections::with_capacity(REPLAY_CONNECTIONS),
             timings: Timings::with_capacity(REPLAY_CONNECTIONS),
@@ -238,9 +251,11 @@ struct Replay<'w> {
     by_name: HashMap<(String, Link), u32>,
     kernel: Option<KernelCheck>,
     /// The interval's last RST payload per flow (`flow_id`): first bytes and length.
-    payloads: HashMap<FlowKey, (Vec<u8>, usize)>,
+    payloads: FastMap<FlowKey, (Vec<u8>, usize)>,
     /// Capture time replayed (`--from`, `--to`), ns since the Unix epoch.
     range: std::ops::Range<u64>,
+    /// A frame stamped at or after this (`--to` and [`PAST_WINDOW`]) ends its file.
+    past: Option<u64>,
     progress: Progress,
     /// Tunnels numbered as the kernel numbers them.
     tunnels: TunnelNumbers,
@@ -254,7 +269,7 @@ impl Replay<'_> {
         let mut reader = CaptureReader::new(source)?;
         self.new_file = self.window.is_some();
         let mut slots: Vec<Slot> = Vec::new();
-        reader.read(|event| match event {
+        let read = reader.read(|event| match event {
             Event::Interface(interface) => {
                 slots.push(self.interface(path, interface));
                 Ok(())
@@ -263,6 +278,9 @@ impl Replay<'_> {
                 // Outside the window the frame is not replayed at all, as if the file had been
                 // cut there (`editcap -A FROM -B TO`).
                 Some(Slot::Supported { .. }) if !self.range.contains(&packet.timestamp_ns) => {
+                    if self.past.is_some_and(|past| packet.timestamp_ns >= past) {
+                        return Err(Stop::Enough);
+                    }
                     self.progress.frame();
                     Ok(())
                 }
@@ -282,7 +300,11 @@ impl Replay<'_> {
                     packet.interface
                 ))),
             },
-        })
+        });
+        match read {
+            Err(Stop::Enough) => Ok(()),
+            other => other,
+        }
     }
 
     fn interface(&mut self, path: &Path, interface: &Interface) -> Slot {
@@ -322,12 +344,17 @@ impl Replay<'_> {
         let (observation, segment) = link.inspect_segment(frame, ifindex, &mut self.tunnels);
         if let Some((key, data)) = segment {
             // Only data of a connection that may have closed can be late (see `Timings::segment`).
-            if let Some(unsettled) = self.tally.timings.segment(&key, data, timestamp_ns / 1_000_000) {
+            let conn = self.tally.timings.conn_of(&key);
+            if let Some(unsettled) = self.tally.timings.segment(&conn, data, timestamp_ns / 1_000_000) {
                 *unsettled = track_data(&mut self.tally.connections, &key);
             }
         } else if let Observation::Reset(event) = &observation {
             if let Some((bytes, len)) = link.rst_payload(frame, &self.tunnels) {
-                self.payloads.insert(event.key.flow_id(), (bytes.to_vec(), len));
+                // A flow's later RSTs overwrite its payload in place: no allocation per RST.
+                let (kept, kept_len) = self.payloads.entry(event.key.flow_id()).or_default();
+                kept.clear();
+                kept.extend_from_slice(bytes);
+                *kept_len = len;
             }
         }
         self.tally.count(&observation);
@@ -414,6 +441,18 @@ impl Replay<'_> {
         }
         Ok(())
     }
+}
+
+/// The stored size of all `files`, when every one is a regular file (not `-`, a pipe or a
+/// device): the progress line's total.
+fn total_size(files: &[PathBuf]) -> Option<u64> {
+    files
+        .iter()
+        .map(|path| {
+            let metadata = (path.as_os_str() != "-").then(|| std::fs::metadata(path).ok()).flatten()?;
+            metadata.is_file().then_some(metadata.len())
+        })
+        .sum()
 }
 
 /// A `--from` / `--to` time: Unix seconds (with a fraction, if any) or RFC 3339 in UTC. In ns

@@ -10,9 +10,8 @@ use rst_common::{
     Activity, ConnTable, FlowKey, TcpEvent,
 };
 
-use std::collections::hash_map::Entry;
-
-use crate::{collect::connections::ConnId, model::aggregate::FastMap};
+use super::activity::{ActivityTable, Hash, Seen};
+use crate::model::aggregate::FastMap;
 
 /// When one side of a connection sent its first FIN, and how long the connection had then gone
 /// without data (`None`: no data seen).
@@ -22,24 +21,13 @@ struct Close {
     idle_ms: Option<u64>,
 }
 
-/// A connection's activity (any segment; its pauses as the kernel's `--idle-gaps` programs
-/// keep them, in ms), its latest data, ms, and whether its data must still go to
-/// [`rst_common::track_data`].
-#[derive(Clone, Copy, Debug)]
-struct Seen {
-    activity: Activity,
-    last_data_ms: Option<u64>,
-    /// A FIN (or an RST) of the connection may have been seen since the connection table last
-    /// said it had none: only then can its data be late, so only then is the table asked
-    /// (saving a second lookup per data segment, a fifth of a replay). Set for a connection
-    /// first seen here, and at every FIN and RST; cleared when the table says no side closed.
-    unsettled: bool,
-}
-
-impl Seen {
-    fn begun(now_ms: u64) -> Seen {
-        Seen { activity: Activity::begun(ticks(now_ms)), last_data_ms: None, unsettled: true }
-    }
+/// A connection first seen at `now_ms`: mid-stream (its handshake not captured), so it has no
+/// pause yet, and its data must go to [`rst_common::track_data`] until the connection table
+/// says no side closed (`unsettled`, set for a connection first seen here, and at every FIN and
+/// RST: only then can its data be late, so only then is the table asked, saving a second
+/// lookup per data segment, a fifth of a replay).
+fn begun(now_ms: u64) -> Seen {
+    Seen::new(Activity::begun(ticks(now_ms)), true)
 }
 
 /// Capture time in [`Activity`]'s wrapping ticks: ms, whose differences hold pauses of up to
@@ -76,7 +64,10 @@ pub struct Measured {
 #[derive(Debug)]
 pub struct Timings {
     closes: FastMap<(ConnKey, bool), Close>,
-    activity: FastMap<ConnId, Seen>,
+    /// Per connection: its activity (any segment; its pauses as the kernel's `--idle-gaps`
+    /// programs keep them, in ms), its latest data, and whether its data must still go to
+    /// [`rst_common::track_data`].
+    activity: ActivityTable,
     opened: FastMap<Endpoint, Opened>,
     capacity: usize,
     pub measured: Measured,
@@ -86,44 +77,54 @@ impl Timings {
     pub fn with_capacity(capacity: usize) -> Timings {
         Timings {
             closes: FastMap::default(),
-            activity: FastMap::default(),
+            activity: ActivityTable::with_capacity(capacity),
             opened: FastMap::default(),
             capacity: capacity.max(1),
             measured: Measured::default(),
         }
     }
 
-    /// A segment without SYN, FIN or RST of `key`'s connection; `data`: it carried payload.
-    /// Returns whether a data segment must go to [`rst_common::track_data`], which the caller
-    /// answers with what it returned (whether a side has closed).
-    pub fn segment(&mut self, key: &FlowKey, data: bool, now_ms: u64) -> Option<&mut bool> {
+    /// The connection of a segment and its hash, for [`Timings::segment`].
+    #[inline(always)]
+    pub fn conn_of(&self, key: &FlowKey) -> (ConnKey, Hash) {
         let (conn, _) = key.connection();
-        let (seen, _) = self.seen(conn, 0, now_ms);
+        (conn, self.activity.hash(&conn))
+    }
+
+    /// A segment without SYN, FIN or RST of connection `conn` ([`Timings::conn_of`]); `data`:
+    /// it carried payload. Returns whether a data segment must go to
+    /// [`rst_common::track_data`], which the caller answers with what it returned (whether a
+    /// side has closed).
+    #[inline]
+    pub fn segment(&mut self, (conn, hash): &(ConnKey, Hash), data: bool, now_ms: u64) -> Option<&mut bool> {
+        let (seen, _) = self.seen_hashed(conn, *hash, 0, now_ms);
         if !data {
             return None;
         }
-        seen.last_data_ms = Some(now_ms);
+        seen.set_last_data_ms(Some(now_ms));
         seen.unsettled.then_some(&mut seen.unsettled)
     }
 
     /// `conn`'s activity after a segment with TCP `flags` at `now_ms` and, for an RST of a
-    /// connection seen before, the pause before it (ms). A connection first seen now
-    /// (mid-stream: its handshake not captured) has no pause yet; a SYN or SYN+ACK begins a
-    /// connection anew, its data too.
+    /// connection seen before, the pause before it (ms). A connection first seen now has no
+    /// pause yet; a SYN or SYN+ACK begins a connection anew, its data too.
     fn seen(&mut self, conn: ConnKey, flags: u8, now_ms: u64) -> (&mut Seen, Option<u64>) {
-        let conn = ConnId(conn);
-        make_room(&mut self.activity, self.capacity, &conn);
-        match self.activity.entry(conn) {
-            Entry::Occupied(entry) => {
-                let seen = entry.into_mut();
-                let pause = seen.activity.segment(flags, ticks(now_ms));
-                if flags & TCP_SYN != 0 {
-                    seen.last_data_ms = None;
-                }
-                (seen, pause.map(u64::from))
-            }
-            Entry::Vacant(entry) => (entry.insert(Seen::begun(now_ms)), None),
+        let hash = self.activity.hash(&conn);
+        self.seen_hashed(&conn, hash, flags, now_ms)
+    }
+
+    /// [`Timings::seen`] with the connection's hash already taken.
+    #[inline(always)]
+    fn seen_hashed(&mut self, conn: &ConnKey, hash: Hash, flags: u8, now_ms: u64) -> (&mut Seen, Option<u64>) {
+        let (seen, found) = self.activity.get_or_insert(conn, hash, || begun(now_ms));
+        if !found {
+            return (seen, None);
         }
+        let pause = seen.activity.segment(flags, ticks(now_ms));
+        if flags & TCP_SYN != 0 {
+            seen.set_last_data_ms(None);
+        }
+        (seen, pause.map(u64::from))
     }
 
     /// A SYN, SYN+ACK or FIN (no RST): the connection's activity, a client's SYN, a side's FIN.
@@ -140,7 +141,7 @@ impl Timings {
         }
         let (seen, _) = self.seen(conn, event.flags, now_ms);
         seen.unsettled |= event.flags & TCP_FIN != 0;
-        let last_data_ms = seen.last_data_ms;
+        let last_data_ms = seen.last_data_ms();
         if event.flags & TCP_FIN != 0 {
             let idle_ms = last_data_ms.map(|data| now_ms.saturating_sub(data));
             if !self.closes.contains_key(&(conn, sender_is_lo)) {
