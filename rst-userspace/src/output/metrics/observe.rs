@@ -193,7 +193,7 @@ mod tests {
 
     use super::{super::SLOT_IDLE_AFTER, *};
     use crate::model::aggregate::{
-        model::{AttachMode, Interface},
+        model::{AttachMode, Interface, ServiceTunnel},
         Aggregator,
     };
     use crate::model::kernel_reason::ReasonNames;
@@ -247,13 +247,12 @@ mod tests {
         assert!(!text.contains(r#"cause="no_listener""#), "forged refusals are not a closed port");
     }
 
-    #[test]
-    fn resetters_and_services_keep_counters_in_at_most_top_slots() {
-        let ip = |last: u8| IpAddr::from([10, 0, 0, last]);
-        let service = |last: u8, port: u16, attempts: u64, refused: u64| Service {
+    /// A service record on veth9 whose resets are all refusals.
+    fn refusing(addr: IpAddr, port: u16, attempts: u64, refused: u64, tunnel: Option<ServiceTunnel>) -> Service {
+        Service {
             iface: "veth9".into(),
             ifindex: 7,
-            addr: ip(last),
+            addr,
             port,
             attempts,
             synacks: attempts - refused,
@@ -262,8 +261,15 @@ mod tests {
             refused_share: 0.0,
             kinds: Default::default(),
             pauses: Default::default(),
-            tunnel: None,
-        };
+            tunnel,
+        }
+    }
+
+    #[test]
+    fn resetters_and_services_keep_counters_in_at_most_top_slots() {
+        let ip = |last: u8| IpAddr::from([10, 0, 0, last]);
+        let service =
+            |last: u8, port: u16, attempts: u64, refused: u64| refusing(ip(last), port, attempts, refused, None);
         let metrics = Metrics::new(HashMap::new(), 1024, ReasonNames::default()).tracking(2);
         let second = Duration::from_secs(1);
         metrics.observe_fleet(
@@ -298,23 +304,10 @@ mod tests {
     /// series each, the tunnel a label only where there is one.
     #[test]
     fn tenants_behind_tunnels_are_series_of_their_own() {
-        use crate::model::aggregate::model::{ServiceTunnel, TunnelType};
+        use crate::model::aggregate::model::TunnelType;
         use rst_common::wire::TunnelKind;
         let vxlan = |vni| Some(ServiceTunnel { kind: TunnelType::Known(TunnelKind::Vxlan), vni: Some(vni) });
-        let service = |tunnel, attempts, refused| Service {
-            iface: "veth9".into(),
-            ifindex: 7,
-            addr: IpAddr::from([10, 0, 0, 1]),
-            port: 80,
-            attempts,
-            synacks: attempts - refused,
-            resets: refused,
-            refused,
-            refused_share: 0.0,
-            kinds: Default::default(),
-            pauses: Default::default(),
-            tunnel,
-        };
+        let service = |tunnel, attempts, refused| refusing(IpAddr::from([10, 0, 0, 1]), 80, attempts, refused, tunnel);
         let services = [service(vxlan(42), 4, 4), service(vxlan(43), 5, 0), service(None, 2, 1)];
         let metrics = Metrics::new(HashMap::new(), 1024, ReasonNames::default());
         metrics.observe_fleet(Duration::from_secs(1), &[], &services);
