@@ -158,21 +158,28 @@ impl Link {
 
     /// [`Link::inspect`], and for a segment without SYN, FIN or RST ([`Observation::Segment`],
     /// most of any capture) also its directional key and whether it carried payload, from one walk of the headers.
+    ///
+    /// The key goes to `plain` rather than back to the caller: a returned key was copied out of
+    /// the return slot in wider loads than it was stored with, which waited for the stores.
     #[inline]
     pub fn inspect_segment<T: Tunnels>(
         self,
         frame: &[u8],
         ifindex: u32,
         tunnels: &mut T,
-    ) -> (Observation, Option<(FlowKey, bool)>) {
+        plain: impl FnOnce(&FlowKey, bool),
+    ) -> Observation {
         if let Some(Walk::Tcp(segment)) = self.walk(frame, tunnels) {
             if segment.flags & (TCP_RST | TCP_SYN | TCP_FIN) == 0 {
-                return (Observation::Segment, Self::segment_of(frame, &segment, ifindex, tunnels));
+                if let Some((key, data)) = Self::segment_of(frame, &segment, ifindex, tunnels) {
+                    plain(&key, data);
+                }
+                return Observation::Segment;
             }
         }
         // Everything else is classified by the shared walk itself, as the kernel does: a second
         // walk, but only for the few frames that are not plain segments.
-        (self.inspect(frame, ifindex, tunnels), None)
+        self.inspect(frame, ifindex, tunnels)
     }
 
     /// The payload of the TCP segment in `frame` (see [`crate::model::aggregate::payload::of_frame`]).

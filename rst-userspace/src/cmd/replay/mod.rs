@@ -341,14 +341,15 @@ impl Replay<'_> {
         self.progress.frame();
         self.advance_clock(timestamp_ns)?;
         self.tally.connections.set_clock_ms(timestamp_ns / 1_000_000);
-        let (observation, segment) = link.inspect_segment(frame, ifindex, &mut self.tunnels);
-        if let Some((key, data)) = segment {
+        let (timings, connections) = (&mut self.tally.timings, &mut self.tally.connections);
+        let observation = link.inspect_segment(frame, ifindex, &mut self.tunnels, |key, data| {
             // Only data of a connection that may have closed can be late (see `Timings::segment`).
-            let conn = self.tally.timings.conn_of(&key);
-            if let Some(unsettled) = self.tally.timings.segment(&conn, data, timestamp_ns / 1_000_000) {
-                *unsettled = track_data(&mut self.tally.connections, &key);
+            let conn = timings.conn_of(key);
+            if let Some(unsettled) = timings.segment(&conn, data, timestamp_ns / 1_000_000) {
+                *unsettled = track_data(connections, key);
             }
-        } else if let Observation::Reset(event) = &observation {
+        });
+        if let Observation::Reset(event) = &observation {
             if let Some((bytes, len)) = link.rst_payload(frame, &self.tunnels) {
                 // A flow's later RSTs overwrite its payload in place: no allocation per RST.
                 let (kept, kept_len) = self.payloads.entry(event.key.flow_id()).or_default();
