@@ -79,12 +79,17 @@ impl TunnelPortSet {
         TunnelPortSet { vxlan: vxlan.to_vec(), geneve: geneve.to_vec() }
     }
 
+    // Asked for every UDP datagram replay reads: the well-known ports compared inline, the
+    // run's own (usually none) only when there are some (a slice search is a call).
+    #[inline(always)]
     fn vxlan_port(&self, port: u16) -> bool {
-        rst_common::parse::VXLAN_PORTS.contains(&port) || self.vxlan.contains(&port)
+        let [a, b] = rst_common::parse::VXLAN_PORTS;
+        port == a || port == b || (!self.vxlan.is_empty() && self.vxlan.contains(&port))
     }
 
+    #[inline(always)]
     fn geneve_port(&self, port: u16) -> bool {
-        port == rst_common::parse::GENEVE_PORT || self.geneve.contains(&port)
+        port == rst_common::parse::GENEVE_PORT || (!self.geneve.is_empty() && self.geneve.contains(&port))
     }
 }
 
@@ -154,10 +159,12 @@ impl Default for TunnelNumbers {
 }
 
 impl Tunnels for TunnelNumbers {
+    #[inline(always)]
     fn vxlan_port(&self, port: u16) -> bool {
         self.ports.vxlan_port(port)
     }
 
+    #[inline(always)]
     fn geneve_port(&self, port: u16) -> bool {
         self.ports.geneve_port(port)
     }
