@@ -103,18 +103,23 @@ impl ActivityTable {
         self.len
     }
 
+    /// Read in 4-byte words, as [`ConnKey`]s are built, and paired with words that are not
+    /// their neighbours: a wider load of a key just built waits for its narrower stores
+    /// (paired neighbours were merged into one).
     #[inline(always)]
     pub fn hash(&self, key: &ConnKey) -> Hash {
         let word = |bytes: &[u8], at: usize| {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(&bytes[at..at + 8]);
-            u64::from_ne_bytes(w)
+            let mut w = [0u8; 4];
+            w.copy_from_slice(&bytes[at..at + 4]);
+            u64::from(u32::from_ne_bytes(w))
         };
         let [s0, s1, s2, s3] = self.seeds;
-        let ports = u64::from(key.ifindex) | u64::from(key.lo_port) << 32 | u64::from(key.hi_port) << 48;
-        let tail = u64::from(key.family) | u64::from_ne_bytes([0, key._pad[0], key._pad[1], key._pad[2], 0, 0, 0, 0]);
-        let lo = fold(word(&key.lo, 0) ^ s0, word(&key.lo, 8) ^ s1);
-        let hi = fold(word(&key.hi, 0) ^ s2, word(&key.hi, 8) ^ s3);
+        let pair = |bytes: &[u8], first: usize| word(bytes, first) | word(bytes, first + 8) << 32;
+        let ports = u64::from(key.ifindex) | u64::from(key.family) << 32;
+        let tail = u64::from(key.lo_port) | u64::from(key.hi_port) << 16
+            | u64::from_ne_bytes([0, 0, 0, 0, key._pad[0], key._pad[1], key._pad[2], 0]);
+        let lo = fold(pair(&key.lo, 0) ^ s0, pair(&key.lo, 4) ^ s1);
+        let hi = fold(pair(&key.hi, 0) ^ s2, pair(&key.hi, 4) ^ s3);
         let rest = fold(ports ^ s1, tail ^ s2);
         Hash(fold(lo ^ hi.rotate_left(23) ^ rest.rotate_left(47), s3))
     }
