@@ -116,7 +116,8 @@ impl ActivityTable {
         let [s0, s1, s2, s3] = self.seeds;
         let pair = |bytes: &[u8], first: usize| word(bytes, first) | word(bytes, first + 8) << 32;
         let ports = u64::from(key.ifindex) | u64::from(key.family) << 32;
-        let tail = u64::from(key.lo_port) | u64::from(key.hi_port) << 16
+        let tail = u64::from(key.lo_port)
+            | u64::from(key.hi_port) << 16
             | u64::from_ne_bytes([0, 0, 0, 0, key._pad[0], key._pad[1], key._pad[2], 0]);
         let lo = fold(pair(&key.lo, 0) ^ s0, pair(&key.lo, 4) ^ s1);
         let hi = fold(pair(&key.hi, 0) ^ s2, pair(&key.hi, 4) ^ s3);
