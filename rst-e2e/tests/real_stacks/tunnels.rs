@@ -89,28 +89,13 @@ fn vxlan(ns: &Netns, underlay: &Iface, overlay: &Overlay, end: usize) -> Result<
 /// An inner (src, sport, dst, dport) and the VNI around it.
 type Inner = (String, u16, String, u16, u32);
 
-/// Inner (src, sport, dst, dport) of every RST in `pcap`, as tshark decodes VXLAN (the last
-/// IP header of a frame is the inner one), with the VNI.
+/// Inner (src, sport, dst, dport) of every RST inside VXLAN in `pcap`, with its VNI.
 fn tshark_resets(pcap: &Path) -> Result<BTreeMap<Inner, u64>> {
-    let out = Command::new("tshark")
-        .arg("-r")
-        .arg(pcap)
-        .args(["-Y", "tcp.flags.reset == 1 && vxlan", "-T", "fields", "-E", "occurrence=l", "-E", "separator=,"])
-        .args(["-e", "ip.src", "-e", "ipv6.src", "-e", "tcp.srcport", "-e", "ip.dst", "-e", "ipv6.dst"])
-        .args(["-e", "tcp.dstport", "-e", "vxlan.vni", "-e", "eth.type"])
-        .output()
-        .context("running tshark")?;
-    ensure!(out.status.success(), "tshark failed: {}", String::from_utf8_lossy(&out.stderr));
     let mut resets = BTreeMap::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let f: Vec<&str> = line.split(',').collect();
-        ensure!(f.len() >= 7, "tshark line {line:?}");
-        // The last Ethernet type is the inner frame's: it says which of the last addresses is
-        // the inner one (an IPv4 packet in an IPv6 underlay has both).
-        let inner_v6 = f.get(7).is_some_and(|t| t.trim() == "0x86dd");
-        let (src, dst) = if inner_v6 { (f[1], f[4]) } else { (f[0], f[3]) };
-        let key = (src.to_owned(), f[2].parse()?, dst.to_owned(), f[5].parse()?, f[6].parse()?);
-        *resets.entry(key).or_default() += 1;
+    for ((src, sport, dst, dport, vni), count) in tshark_tunnelled_resets(pcap)? {
+        if let Some(vni) = vni {
+            *resets.entry((src, sport, dst, dport, vni)).or_default() += count;
+        }
     }
     Ok(resets)
 }
@@ -446,25 +431,36 @@ fn userspace_kinds() -> Vec<Kind> {
     ]
 }
 
-/// Inner (src, sport, dst, dport) of every RST in `pcap`, however tunnelled: tshark's last
-/// IP header of the frame is the inner one, and the protocol before `tcp` says its family.
+/// Inner (src, sport, dst, dport) of every RST in `pcap`, however tunnelled.
 fn tshark_inner_resets(pcap: &Path) -> Result<BTreeMap<(String, u16, String, u16), u64>> {
+    let mut resets = BTreeMap::new();
+    for ((src, sport, dst, dport, _), count) in tshark_tunnelled_resets(pcap)? {
+        *resets.entry((src, sport, dst, dport)).or_default() += count;
+    }
+    Ok(resets)
+}
+
+/// Inner (src, sport, dst, dport) of every RST in `pcap`, however tunnelled, with the VXLAN
+/// VNI around it if any: tshark's last IP header of the frame is the inner one, and the
+/// protocol before `tcp` says its family (an IPv4 packet in an IPv6 underlay has both).
+fn tshark_tunnelled_resets(pcap: &Path) -> Result<BTreeMap<(String, u16, String, u16, Option<u32>), u64>> {
     let out = Command::new("tshark")
         .arg("-r")
         .arg(pcap)
         .args(["-d", "udp.port==6081,geneve", "-Y", "tcp.flags.reset == 1", "-T", "fields", "-E", "occurrence=l"])
         .args(["-E", "separator=|", "-e", "frame.protocols", "-e", "ip.src", "-e", "ipv6.src", "-e", "tcp.srcport"])
-        .args(["-e", "ip.dst", "-e", "ipv6.dst", "-e", "tcp.dstport"])
+        .args(["-e", "ip.dst", "-e", "ipv6.dst", "-e", "tcp.dstport", "-e", "vxlan.vni"])
         .output()
         .context("running tshark")?;
     ensure!(out.status.success(), "tshark failed: {}", String::from_utf8_lossy(&out.stderr));
     let mut resets = BTreeMap::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let f: Vec<&str> = line.split('|').collect();
-        ensure!(f.len() == 7, "tshark line {line:?}");
+        ensure!(f.len() == 8, "tshark line {line:?}");
         let inner_v6 = f[0].contains("ipv6:tcp");
         let (src, dst) = if inner_v6 { (f[2], f[5]) } else { (f[1], f[4]) };
-        *resets.entry((src.to_owned(), f[3].parse()?, dst.to_owned(), f[6].parse()?)).or_default() += 1;
+        let vni = if f[7].is_empty() { None } else { Some(f[7].parse()?) };
+        *resets.entry((src.to_owned(), f[3].parse()?, dst.to_owned(), f[6].parse()?, vni)).or_default() += 1;
     }
     Ok(resets)
 }
