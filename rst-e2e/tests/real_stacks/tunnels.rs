@@ -440,10 +440,13 @@ fn tshark_inner_resets(pcap: &Path) -> Result<BTreeMap<(String, u16, String, u16
     Ok(resets)
 }
 
+/// An inner (src, sport, dst, dport) and the VXLAN VNI around it, if any.
+type Tunnelled = (String, u16, String, u16, Option<u32>);
+
 /// Inner (src, sport, dst, dport) of every RST in `pcap`, however tunnelled, with the VXLAN
 /// VNI around it if any: tshark's last IP header of the frame is the inner one, and the
 /// protocol before `tcp` says its family (an IPv4 packet in an IPv6 underlay has both).
-fn tshark_tunnelled_resets(pcap: &Path) -> Result<BTreeMap<(String, u16, String, u16, Option<u32>), u64>> {
+fn tshark_tunnelled_resets(pcap: &Path) -> Result<BTreeMap<Tunnelled, u64>> {
     let out = Command::new("tshark")
         .arg("-r")
         .arg(pcap)
