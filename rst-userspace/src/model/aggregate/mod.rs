@@ -383,7 +383,6 @@ impl Aggregator {
     /// tunnel, on its underlay interface.
     pub fn learn_tunnels(&mut self, tunnels: &[(u32, rst_common::wire::TunnelKey)]) {
         self.tunnels.learn(tunnels);
-        self.evidence.learn_tunnels(tunnels);
     }
 
     pub fn add_interface(&mut self, interface: Interface) {
@@ -418,7 +417,6 @@ impl Aggregator {
     pub fn fold(&mut self, sample: &Sample, elapsed: Duration, ended: SystemTime) -> Interval {
         let started_ms = self.elapsed.as_millis() as u64;
         self.tunnels.learn(&sample.tunnels);
-        self.evidence.learn_tunnels(&sample.tunnels);
         self.intervals += 1;
         self.elapsed += elapsed;
         self.totals.accumulate(&sample.counters);
@@ -464,6 +462,7 @@ impl Aggregator {
             started_ms,
             &self.service_samples,
             sample.flows.iter().map(|(key, resets)| (key, *resets)),
+            &self.tunnels,
         );
         // After the interval's start: the kernel's own account of what overflowed, for the
         // listeners whose resets crossed a watched interface (the tracepoint sees every

@@ -200,9 +200,6 @@ struct ServiceSampleSum {
 pub struct Evidence {
     services: HashMap<ServiceAddr, ServiceEvidence>,
     checks: HashMap<(IpAddr, ServiceAddr), CheckPattern>,
-    /// The tunnels flows were counted in, by number: what scopes a service or client to its
-    /// tenant.
-    tunnels: KnownTunnels,
     /// What each flow's first RST did, so the same side's further RSTs on the connection (its
     /// answers to the peer's late segments) go with it; forgotten all at once when full.
     /// Each kept with the interval and the RST's key it came from: when two connections on
@@ -234,7 +231,6 @@ impl Evidence {
         Evidence {
             services: HashMap::new(),
             checks: HashMap::new(),
-            tunnels: KnownTunnels::default(),
             first_acts: HashMap::new(),
             probes: HashMap::new(),
             close_gaps: HashMap::new(),
@@ -251,12 +247,14 @@ impl Evidence {
     }
 
     /// One interval, started `start_ms` after the run: each service's handshake counts and
-    /// every flow entry (key and resets) the interval counted.
+    /// every flow entry (key and resets) the interval counted; `tunnels`, the run's numbering of
+    /// the tunnels flows were counted in, scopes each to its tenant.
     pub fn interval<'a>(
         &mut self,
         start_ms: u64,
         services: &[ServiceSample],
         flows: impl Iterator<Item = (&'a FlowKey, u64)> + Clone,
+        tunnels: &KnownTunnels,
     ) {
         self.interval += 1;
         self.interval_start_ms = start_ms;
@@ -293,18 +291,12 @@ impl Evidence {
         }
         // Each side's first RST of a connection before its further ones, which go with it.
         for (key, resets) in flows.clone().filter(|(key, _)| !ResetContext(key.context).sender_reset()) {
-            self.add_reset(key, resets);
+            self.add_reset(key, resets, tunnels.of_service(key.ifindex));
         }
         for (key, resets) in flows.filter(|(key, _)| ResetContext(key.context).sender_reset()) {
-            self.add_reset(key, resets);
+            self.add_reset(key, resets, tunnels.of_service(key.ifindex));
         }
         self.close_interval();
-    }
-
-    /// The tunnels numbered so far (the kernel's `TUNNELS` map, replay's numbering): a flow
-    /// counted inside one is its tenant's.
-    pub fn learn_tunnels(&mut self, tunnels: &[(u32, rst_common::wire::TunnelKey)]) {
-        self.tunnels.learn(tunnels);
     }
 
     /// For the next interval: what replay measured per flow (see [`FlowTimings`]). A teardown
@@ -434,7 +426,8 @@ impl Evidence {
         sum.up_at_end |= synacks > 0 && down.is_none();
     }
 
-    fn add_reset(&mut self, key: &FlowKey, resets: u64) {
+    /// `tunnel`: the tunnel `key` was counted in (its tenant), from the run's numbering.
+    fn add_reset(&mut self, key: &FlowKey, resets: u64, tunnel: Option<ServiceTunnel>) {
         let class = ResetClass(key.class);
         let context = ResetContext(key.context);
         let tally = Tally { resets, connections: if class.first() { resets.min(1) } else { 0 } };
@@ -443,7 +436,6 @@ impl Evidence {
         } else {
             ((key.dst_ip(), key.dport), (key.src_ip(), key.sport))
         };
-        let tunnel = self.tunnels.of_service(key.ifindex);
         let service = ServiceAddr { addr: server.0, port: server.1, tunnel };
         let client = (client.0, tunnel);
         if let Some(&talked_to) = self.nat_lost.get(&rst_tuple(key)) {

@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use rst_common::wire::{DownRun, FlowKey, ResetClass, ResetContext, ResetKind, DIRECTION_RX, FAMILY_IPV4, IPPROTO_TCP};
 
 use super::{Cause, Evidence, Finding, FlowTimings, ServiceAddr, ServiceSample, Verdict};
-use crate::model::kernel_reason::ReasonNames;
+use crate::model::{aggregate::tunnels::KnownTunnels, kernel_reason::ReasonNames};
 
 const IFINDEX: u32 = 7;
 const CLIENT: [u8; 4] = [10, 0, 1, 5];
@@ -75,7 +75,7 @@ fn handshakes(port: u16, attempts: u64, synacks: u64) -> ServiceSample {
 }
 
 fn feed(evidence: &mut Evidence, start_ms: u64, services: &[ServiceSample], flows: &[FlowKey]) {
-    evidence.interval(start_ms, services, flows.iter().map(|key| (key, 1)));
+    evidence.interval(start_ms, services, flows.iter().map(|key| (key, 1)), &KnownTunnels::default());
 }
 
 /// The verdicts of one interval with these flow entries and no handshakes.
@@ -553,7 +553,7 @@ fn a_sides_further_resets_go_with_its_first() {
         rst_in(ResetKind::Established, true, false, 80, 40_000, (64, 64), seen(true, false, false, true, false, false));
     let answers = FlowKey { class: ResetClass::new(ResetKind::Established, false, true, true, false).0, ..answers };
     let mut evidence = Evidence::new(64);
-    evidence.interval(0, &[], [(&answers, 3), (&first, 1)].into_iter());
+    evidence.interval(0, &[], [(&answers, 3), (&first, 1)].into_iter(), &KnownTunnels::default());
     let verdicts = evidence.verdicts();
     assert_eq!(causes(&verdicts), [(Cause::AppAbort, 80, 4)], "not state_lost");
     assert_eq!(verdicts[0].connections, 1);

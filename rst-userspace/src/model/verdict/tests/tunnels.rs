@@ -3,8 +3,11 @@
 
 use rst_common::wire::{FlowKey, TunnelKey, TunnelKind, FAMILY_IPV4, TUNNEL_INTERFACE};
 
-use super::{causes, feed, handshakes, refusal, service, Cause, Evidence, ServiceSample, IFINDEX};
-use crate::model::aggregate::model::{ServiceTunnel, TunnelType};
+use super::{causes, handshakes, refusal, service, Cause, Evidence, ServiceSample, IFINDEX};
+use crate::model::aggregate::{
+    model::{ServiceTunnel, TunnelType},
+    tunnels::KnownTunnels,
+};
 
 /// The tunnels' numbers: VNI 42 over two pairs of underlay endpoints, VNI 43 over one.
 const VNI_42: u32 = 0;
@@ -25,10 +28,11 @@ fn vxlan(vni: u32, outer_last_octet: u8) -> TunnelKey {
     tunnel
 }
 
-fn tenants() -> Evidence {
-    let mut evidence = Evidence::new(4096);
-    evidence.learn_tunnels(&[(VNI_42, vxlan(42, 2)), (VNI_42_OTHER_PATH, vxlan(42, 3)), (VNI_43, vxlan(43, 2))]);
-    evidence
+/// One interval of `flows` (a reset each) and `samples`, with the tenants' tunnels numbered.
+fn feed_tenants(evidence: &mut Evidence, samples: &[ServiceSample], flows: &[FlowKey]) {
+    let mut tunnels = KnownTunnels::default();
+    tunnels.learn(&[(VNI_42, vxlan(42, 2)), (VNI_42_OTHER_PATH, vxlan(42, 3)), (VNI_43, vxlan(43, 2))]);
+    evidence.interval(0, samples, flows.iter().map(|key| (key, 1)), &tunnels);
 }
 
 fn inside(number: u32, key: FlowKey) -> FlowKey {
@@ -47,7 +51,7 @@ fn sample_inside(number: u32, vni: u32, sample: ServiceSample) -> ServiceSample 
 
 #[test]
 fn a_tenants_closed_port_is_not_hidden_by_another_tenants_open_one_at_the_same_address() {
-    let mut evidence = tenants();
+    let mut evidence = Evidence::new(4096);
     let refused = [
         inside(VNI_42, refusal(81, 40_000)),
         inside(VNI_42, refusal(81, 40_001)),
@@ -58,7 +62,7 @@ fn a_tenants_closed_port_is_not_hidden_by_another_tenants_open_one_at_the_same_a
         sample_inside(VNI_42_OTHER_PATH, 42, handshakes(81, 1, 0)),
         sample_inside(VNI_43, 43, handshakes(81, 5, 5)),
     ];
-    feed(&mut evidence, 0, &samples, &refused);
+    feed_tenants(&mut evidence, &samples, &refused);
     let verdicts = evidence.verdicts();
     // One evidence for both would hold VNI 43's accepts: a port that accepts has a listener.
     assert_eq!(causes(&verdicts), [(Cause::NoListener, 81, 3)], "{verdicts:#?}");
@@ -71,10 +75,10 @@ fn a_tenants_closed_port_is_not_hidden_by_another_tenants_open_one_at_the_same_a
 fn one_address_probing_in_two_tenants_is_two_clients_not_one_scan() {
     // Five refused targets make a scan; here they are three of one tenant's client and two of
     // another's, at the same inner address.
-    let mut split = tenants();
+    let mut split = Evidence::new(4096);
     let flows: Vec<FlowKey> =
         (1..=5u16).map(|port| inside(if port <= 3 { VNI_42 } else { VNI_43 }, refusal(port, 50_000))).collect();
-    feed(&mut split, 0, &[], &flows);
+    feed_tenants(&mut split, &[], &flows);
     let verdicts = split.verdicts();
     assert!(verdicts.iter().all(|verdict| verdict.cause() == Cause::NoListener), "{verdicts:#?}");
     let scoped: Vec<_> = verdicts.iter().map(|verdict| (verdict.service.port, verdict.service.tunnel)).collect();
@@ -82,9 +86,9 @@ fn one_address_probing_in_two_tenants_is_two_clients_not_one_scan() {
     assert!(scoped.contains(&(1, scope(42))) && scoped.contains(&(5, scope(43))), "{scoped:?}");
 
     // The same five in one tenant are one.
-    let mut one = tenants();
+    let mut one = Evidence::new(4096);
     let flows: Vec<FlowKey> = (1..=5u16).map(|port| inside(VNI_42, refusal(port, 50_000))).collect();
-    feed(&mut one, 0, &[], &flows);
+    feed_tenants(&mut one, &[], &flows);
     let verdicts = one.verdicts();
     assert_eq!(causes(&verdicts), [(Cause::Scan, 0, 5)], "{verdicts:#?}");
     assert_eq!(verdicts[0].service.tunnel, scope(42));
