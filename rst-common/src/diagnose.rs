@@ -356,14 +356,20 @@ fn classify<T: ConnTable + ?Sized>(
 /// late, and a caller that tracks FINs itself may skip the lookup.
 pub fn track_data<T: ConnTable + ?Sized>(conns: &mut T, key: &FlowKey) -> bool {
     let (conn, sender_is_lo) = key.connection();
-    let Some(state) = conns.get(&conn) else { return false };
+    track_connection_data(conns, &conn, sender_is_lo)
+}
+
+/// [`track_data`] for a segment whose connection was already taken from its key
+/// ([`FlowKey::connection`]): `sender_is_lo`, its sender is the connection's `lo` endpoint.
+pub fn track_connection_data<T: ConnTable + ?Sized>(conns: &mut T, conn: &ConnKey, sender_is_lo: bool) -> bool {
+    let Some(state) = conns.get(conn) else { return false };
     let sender_is_client = (state.flags & CONN_CLIENT_IS_LO != 0) == sender_is_lo;
     let (own_fin, peer_fin) =
         if sender_is_client { (SIDE_CLIENT_FIN, SIDE_SERVER_FIN) } else { (SIDE_SERVER_FIN, SIDE_CLIENT_FIN) };
     let closing = state.sides & (SIDE_CLIENT_FIN | SIDE_SERVER_FIN) != 0;
     if state.sides & (own_fin | peer_fin | SIDE_LATE_DATA) == peer_fin {
         state.sides |= SIDE_LATE_DATA;
-        conns.changed(&conn);
+        conns.changed(conn);
     }
     closing
 }

@@ -62,9 +62,17 @@ const EMPTY: Slot = Slot {
 /// Slots of a new table: 64 KiB, grown by doubling.
 const FIRST_SLOTS: usize = 1 << 10;
 
-/// A key's hash ([`ActivityTable::hash`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A key's hash ([`ConnHasher::hash`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Hash(u64);
+
+/// The table's hash function with its per-run seeds: a copy hashes keys on the decoding thread
+/// (see `decode`) exactly as the table would.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnHasher {
+    /// Keyed per run: a capture made to collide would otherwise turn every lookup into a scan.
+    seeds: [u64; 4],
+}
 
 /// Connections and what was seen of them, at most `capacity`; linear probing, at most half
 /// full, so a probe rarely goes past the first line.
@@ -72,8 +80,7 @@ pub struct ActivityTable {
     slots: Vec<Slot>,
     len: usize,
     capacity: usize,
-    /// Keyed per run: a capture made to collide would otherwise turn every lookup into a scan.
-    seeds: [u64; 4],
+    hasher: ConnHasher,
 }
 
 impl std::fmt::Debug for ActivityTable {
@@ -89,20 +96,7 @@ fn fold(a: u64, b: u64) -> u64 {
     (product as u64) ^ ((product >> 64) as u64)
 }
 
-impl ActivityTable {
-    /// A table that holds at most `capacity` connections (at least one).
-    pub fn with_capacity(capacity: usize) -> ActivityTable {
-        let state = std::collections::hash_map::RandomState::new();
-        let seeds = [0u64, 1, 2, 3].map(|i| state.hash_one(i) | 1);
-        ActivityTable { slots: vec![EMPTY; FIRST_SLOTS], len: 0, capacity: capacity.max(1), seeds }
-    }
-
-    /// Connections held.
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.len
-    }
-
+impl ConnHasher {
     /// Read in 4-byte words, as [`ConnKey`]s are built, and paired with words that are not
     /// their neighbours: a wider load of a key just built waits for its narrower stores
     /// (paired neighbours were merged into one).
@@ -123,6 +117,31 @@ impl ActivityTable {
         let hi = fold(pair(&key.hi, 0) ^ s2, pair(&key.hi, 4) ^ s3);
         let rest = fold(ports ^ s1, tail ^ s2);
         Hash(fold(lo ^ hi.rotate_left(23) ^ rest.rotate_left(47), s3))
+    }
+}
+
+impl ActivityTable {
+    /// A table that holds at most `capacity` connections (at least one).
+    pub fn with_capacity(capacity: usize) -> ActivityTable {
+        let state = std::collections::hash_map::RandomState::new();
+        let hasher = ConnHasher { seeds: [0u64, 1, 2, 3].map(|i| state.hash_one(i) | 1) };
+        ActivityTable { slots: vec![EMPTY; FIRST_SLOTS], len: 0, capacity: capacity.max(1), hasher }
+    }
+
+    /// Connections held.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The table's hash function, for keys hashed elsewhere.
+    pub fn hasher(&self) -> ConnHasher {
+        self.hasher
+    }
+
+    #[inline(always)]
+    fn hash(&self, key: &ConnKey) -> Hash {
+        self.hasher.hash(key)
     }
 
     #[inline(always)]

@@ -16,10 +16,10 @@ use pcap_file::{
     DataLink, Endianness, PcapError, TsResolution,
 };
 
-use super::source::{Compression, ReadAhead, Source, HEADROOM};
+use super::source::{Chunk, Compression, ReadAhead, Source, HEADROOM};
 
 /// Bytes read from the file at a time: large reads, few system calls and hand-overs.
-const CHUNK: usize = 4 << 20;
+pub const CHUNK: usize = 1 << 20;
 /// A pcap record header: seconds, fraction, captured length, original length.
 const PCAP_RECORD_HEADER: usize = 16;
 /// The largest record (pcap packet record or pcapng block) accepted. Frames are at most 256 KiB
@@ -113,6 +113,9 @@ pub struct Packet<'a> {
     /// Capture time in nanoseconds since the Unix epoch.
     pub timestamp_ns: u64,
     pub data: &'a [u8],
+    /// Where `data` starts in the buffer being read, which [`Event::Read`] hands over once all
+    /// its frames were: `None` for a frame not in it (pcap-file's own copy).
+    pub at: Option<usize>,
 }
 
 pub enum Event<'a> {
@@ -122,6 +125,9 @@ pub enum Event<'a> {
     /// passed by value was copied whole on entry, a copy that waited on the reader's stores:
     /// a seventh of a replay).
     Packet(&'a Packet<'a>),
+    /// A buffer all of whose frames have been handed out (their [`Packet::at`] are into it):
+    /// the frames can be read on after the reader has moved on.
+    Read(Chunk),
 }
 
 /// Why [`CaptureReader::read`] stopped early.
@@ -182,7 +188,7 @@ pub struct CaptureReader {
     ahead: ReadAhead,
     compression: Compression,
     /// The chunk being parsed (see [`ReadAhead`]).
-    buf: Vec<u8>,
+    buf: Chunk,
     /// Unparsed bytes are `buf[start..end]`.
     start: usize,
     end: usize,
@@ -204,9 +210,9 @@ impl CaptureReader {
         let offset = Offset { byte: 0, compression };
         let ahead = ReadAhead::spawn(source, CHUNK).map_err(|source| CaptureError::Io { frame: 1, offset, source })?;
         Ok(Self {
+            buf: ahead.chunk(Vec::new()),
             ahead,
             compression,
-            buf: Vec::new(),
             start: 0,
             end: 0,
             offset: 0,
@@ -216,9 +222,10 @@ impl CaptureReader {
         })
     }
 
-    /// Frames read so far.
-    pub fn frames(&self) -> u64 {
-        self.frames
+    /// The buffer being read, once [`CaptureReader::read`] has returned: the last frames handed
+    /// out are in it.
+    pub fn into_last_read(self) -> Chunk {
+        self.buf
     }
 
     /// Reads the whole capture, handing every interface and frame to `sink` in file order.
@@ -255,7 +262,7 @@ impl CaptureReader {
 
     /// Detects the format from the magic number and parses the file header.
     fn open_format(&mut self) -> Result<Format, CaptureError> {
-        while self.end - self.start < 4 && self.fill()? {}
+        while self.end - self.start < 4 && self.fill()?.is_some() {}
         let magic: [u8; 4] = match self.buf.get(self.start..self.start + 4) {
             Some(magic) => [magic[0], magic[1], magic[2], magic[3]],
             _ if self.end == self.start => {
@@ -300,7 +307,7 @@ impl CaptureReader {
                     return Ok(header);
                 }
                 Err(PcapError::IncompleteBuffer) => {
-                    if !self.fill()? {
+                    if self.fill()?.is_none() {
                         return Err(self.truncated());
                     }
                 }
@@ -322,7 +329,7 @@ impl CaptureReader {
         // before the frame is waited for (a corrupt length is reported at once, not after
         // buffering up to the record bound).
         let available = &self.buf[self.start..self.end];
-        let Some(header) = available.get(..PCAP_RECORD_HEADER) else { return self.refill_or_end() };
+        let Some(header) = available.get(..PCAP_RECORD_HEADER) else { return self.refill_or_end(sink) };
         let big_endian = parser.header().endianness == Endianness::Big;
         let word = |i: usize| {
             let bytes = [header[i], header[i + 1], header[i + 2], header[i + 3]];
@@ -340,13 +347,14 @@ impl CaptureReader {
                 .into());
         }
         let used = PCAP_RECORD_HEADER + incl_len as usize;
-        let Some(data) = available.get(PCAP_RECORD_HEADER..used) else { return self.refill_or_end() };
+        let Some(data) = available.get(PCAP_RECORD_HEADER..used) else { return self.refill_or_end(sink) };
         if ts_frac >= frac_limit {
             return Err(self.corrupt_at(frame, "packet record", format!("timestamp fraction {ts_frac}")).into());
         }
         let timestamp_ns = u64::from(ts_sec) * 1_000_000_000 + u64::from(ts_frac * frac_to_ns);
         self.frames = frame;
-        sink(Event::Packet(&Packet { frame, interface: 0, timestamp_ns, data }))?;
+        let at = Some(self.start + PCAP_RECORD_HEADER);
+        sink(Event::Packet(&Packet { frame, interface: 0, timestamp_ns, data, at }))?;
         self.consume(used);
         Ok(true)
     }
@@ -363,7 +371,7 @@ impl CaptureReader {
         let available = &self.buf[self.start..self.end];
         let (rest, block) = match parser.next_block(available) {
             Ok(parsed) => parsed,
-            Err(PcapError::IncompleteBuffer) => return self.refill_or_end(),
+            Err(PcapError::IncompleteBuffer) => return self.refill_or_end(sink),
             Err(error) => return Err(self.corrupt("block", error).into()),
         };
         let used = available.len() - rest.len();
@@ -411,8 +419,10 @@ impl CaptureReader {
             Cow::Borrowed(data) => data,
             Cow::Owned(data) => data,
         };
+        let offset = (data.as_ptr() as usize).wrapping_sub(self.buf.as_ptr() as usize);
+        let at = (offset < self.buf.len() && data.len() <= self.buf.len() - offset).then_some(offset);
         self.frames = frame;
-        sink(Event::Packet(&Packet { frame, interface, timestamp_ns, data }))?;
+        sink(Event::Packet(&Packet { frame, interface, timestamp_ns, data, at }))?;
         self.consume(used);
         Ok(true)
     }
@@ -454,9 +464,11 @@ impl CaptureReader {
         self.offset += used as u64;
     }
 
-    /// After the parser asked for more bytes: reads them, or reports the end of the file.
-    fn refill_or_end<E>(&mut self) -> Result<bool, Stop<E>> {
-        if self.fill()? {
+    /// After the parser asked for more bytes: reads them (the buffer they replace goes to
+    /// `sink`), or reports the end of the file.
+    fn refill_or_end<E>(&mut self, sink: &mut impl FnMut(Event<'_>) -> Result<(), Stop<E>>) -> Result<bool, Stop<E>> {
+        if let Some(read) = self.fill()? {
+            sink(Event::Read(read))?;
             return Ok(true);
         }
         if self.start == self.end {
@@ -466,11 +478,11 @@ impl CaptureReader {
         }
     }
 
-    /// Takes the next chunk, the unparsed bytes moved in front of it. Returns false at the end
-    /// of the file.
-    fn fill(&mut self) -> Result<bool, CaptureError> {
+    /// Takes the next chunk, the unparsed bytes moved in front of it, and returns the one it
+    /// replaces; `None` at the end of the file.
+    fn fill(&mut self) -> Result<Option<Chunk>, CaptureError> {
         if self.eof {
-            return Ok(false);
+            return Ok(None);
         }
         let leftover = self.end - self.start;
         if leftover >= MAX_RECORD {
@@ -483,7 +495,7 @@ impl CaptureReader {
         let (mut next, mut end) = match self.ahead.next() {
             None => {
                 self.eof = true;
-                return Ok(false);
+                return Ok(None);
             }
             Some(Ok(next)) => next,
             Some(Err(source)) => {
@@ -507,10 +519,10 @@ impl CaptureReader {
             self.ahead.recycle(std::mem::replace(&mut next, joined));
             0
         };
-        self.ahead.recycle(std::mem::replace(&mut self.buf, next));
+        let read = std::mem::replace(&mut self.buf, self.ahead.chunk(next));
         self.start = start;
         self.end = end;
-        Ok(true)
+        Ok(Some(read))
     }
 
     fn truncated(&self) -> CaptureError {

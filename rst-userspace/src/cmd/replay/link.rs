@@ -12,7 +12,7 @@ use rst_common::{
         in_tunnel, tcp_event, tcp_payload, walk_from_with, walk_with, Tunnels, ETH_P_IPV4, ETH_P_IPV6, TCP_FIN,
         TCP_RST, TCP_SYN,
     },
-    wire::DIRECTION_RX,
+    wire::{ConnKey, DIRECTION_RX},
     FlowKey, Observation, Walk,
 };
 
@@ -40,6 +40,42 @@ pub enum Link {
     Null,
     /// BSD loopback with the address family in network byte order (OpenBSD).
     Loop,
+}
+
+/// What a frame is, as far as the frame alone tells ([`Link::classify`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Classified {
+    /// Counted as it is, nothing else to do: not TCP, a fragment, malformed, or a segment
+    /// without SYN, FIN or RST whose key cannot be built.
+    Counted(Counted),
+    /// A segment without SYN, FIN or RST outside tunnels (most of any capture): its connection,
+    /// whether its sender is the connection's `lo` end, whether it carried payload.
+    Plain { conn: ConnKey, sender_is_lo: bool, data: bool },
+    /// SYN, FIN or RST, or a segment inside a tunnel: what it is depends on the frames before
+    /// it (the connection's state, the tunnels numbered so far), so [`Link::inspect_segment`]
+    /// must see it in order.
+    Stateful,
+}
+
+/// The observations a frame is counted as without further work (one byte, where an
+/// [`Observation`] carries an event).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counted {
+    NotTcp,
+    Fragment,
+    Malformed,
+    Segment,
+}
+
+impl Counted {
+    pub fn observation(self) -> Observation {
+        match self {
+            Counted::NotTcp => Observation::NotTcp,
+            Counted::Fragment => Observation::Fragment,
+            Counted::Malformed => Observation::Malformed,
+            Counted::Segment => Observation::Segment,
+        }
+    }
 }
 
 /// Where a frame's network layer is, according to its link header.
@@ -180,6 +216,29 @@ impl Link {
         // Everything else is classified by the shared walk itself, as the kernel does: a second
         // walk, but only for the few frames that are not plain segments.
         self.inspect(frame, ifindex, tunnels)
+    }
+
+    /// What `frame` is without the state of the frames before it: what the walk and its keys
+    /// give with the run's tunnel `ports`, up to where [`Link::inspect_segment`] would number a
+    /// tunnel or read the connection table. A frame it calls [`Classified::Counted`] or
+    /// [`Classified::Plain`] gives [`Link::inspect_segment`] the same observation and key.
+    #[inline]
+    pub fn classify<T: Tunnels>(self, frame: &[u8], ifindex: u32, ports: &T) -> Classified {
+        let segment = match self.walk(frame, ports) {
+            Some(Walk::Tcp(segment)) => segment,
+            Some(Walk::NotTcp) => return Classified::Counted(Counted::NotTcp),
+            Some(Walk::Fragment) => return Classified::Counted(Counted::Fragment),
+            Some(Walk::Malformed) | None => return Classified::Counted(Counted::Malformed),
+        };
+        if segment.flags & (TCP_RST | TCP_SYN | TCP_FIN) != 0 || segment.tunnel.kind != 0 {
+            return Classified::Stateful;
+        }
+        let Some((_, len)) = tcp_payload(frame, &segment) else { return Classified::Counted(Counted::Segment) };
+        let Some(event) = tcp_event(frame, &segment, DIRECTION_RX, ifindex) else {
+            return Classified::Counted(Counted::Segment);
+        };
+        let (conn, sender_is_lo) = event.key.connection();
+        Classified::Plain { conn, sender_is_lo, data: len > 0 }
     }
 
     /// The payload of the TCP segment in `frame` (see [`crate::model::aggregate::payload::of_frame`]).

@@ -15,6 +15,7 @@
 
 mod activity;
 pub mod capture;
+mod decode;
 pub mod kernel;
 pub mod link;
 mod progress;
@@ -33,13 +34,14 @@ use std::{
 use anyhow::Context as _;
 use rst_common::{
     parse::TCP_RST,
-    track, track_data,
+    track, track_connection_data, track_data,
     wire::{ServiceKey, ServiceValue},
     ConnTable as _, Counters, FlowKey, Observation, Tracked,
 };
 
 use self::{
-    capture::{CaptureError, CaptureReader, Event, Interface, Stop},
+    capture::Stop,
+    decode::{Batch, Interfaces, Item, Kind, Message, Settings},
     kernel::KernelCheck,
     link::Link,
     progress::Progress,
@@ -51,8 +53,7 @@ use crate::{
     collect::connections::HostConnections,
     collect::Sample,
     model::aggregate::{
-        model::{self, AttachMode},
-        tunnels::TunnelNumbers,
+        tunnels::{TunnelNumbers, TunnelPortSet},
         Aggregator, FastMap,
     },
     output::{self, Output, Printer, Tick},
@@ -116,12 +117,12 @@ pub fn run_to<W: Write>(args: &ReplayArgs, out: W) -> anyhow::Result<()> {
         },
         window: None,
         new_file: false,
-        interfaces: 0,
-        by_name: HashMap::new(),
+        interfaces: Interfaces::default(),
         kernel,
         payloads: FastMap::default(),
         range: from..to,
         past: args.to.map(|to| to.saturating_add(PAST_WINDOW.as_nanos() as u64)),
+        ports: TunnelPortSet::new(&args.tunnel_ports.vxlan, &args.tunnel_ports.geneve),
         progress: Progress::new(args.quiet, args.files.len(), total_size(&args.files)),
         tunnels: TunnelNumbers::new(&args.tunnel_ports.vxlan, &args.tunnel_ports.geneve),
     };
@@ -220,13 +221,6 @@ impl Tally {
     }
 }
 
-/// What replay knows of one of a file's interfaces.
-#[derive(Clone, Copy)]
-enum Slot {
-    Supported { link: Link, ifindex: u32 },
-    Unsupported(pcap_file::DataLink),
-}
-
 /// The interval being filled, in capture time (ns since the Unix epoch).
 struct Window {
     start: u64,
@@ -244,11 +238,8 @@ struct Replay<'w> {
     /// Set when a file after the first begins: its first frame decides whether the timeline
     /// goes on (the next file of a rotated capture) or a new stretch of time begins.
     new_file: bool,
-    /// Interfaces met so far; the next one gets ifindex `interfaces + 1`.
-    interfaces: u32,
-    /// Named interfaces already seen: the same name and link type in several files (a rotated
-    /// capture) is one interface.
-    by_name: HashMap<(String, Link), u32>,
+    /// Interfaces met so far, lent to each file's decoding thread.
+    interfaces: Interfaces,
     kernel: Option<KernelCheck>,
     /// The interval's last RST payload per flow (`flow_id`): first bytes and length.
     payloads: FastMap<FlowKey, (Vec<u8>, usize)>,
@@ -256,6 +247,8 @@ struct Replay<'w> {
     range: std::ops::Range<u64>,
     /// A frame stamped at or after this (`--to` and [`PAST_WINDOW`]) ends its file.
     past: Option<u64>,
+    /// The run's tunnel ports, for the decoding thread's walk.
+    ports: TunnelPortSet,
     progress: Progress,
     /// Tunnels numbered as the kernel numbers them.
     tunnels: TunnelNumbers,
@@ -266,81 +259,81 @@ impl Replay<'_> {
         let source = Source::open(path)?;
         let name = if path.as_os_str() == "-" { "standard input".to_owned() } else { path.display().to_string() };
         self.progress.file(&name, source.size, Arc::clone(&source.consumed));
-        let mut reader = CaptureReader::new(source)?;
         self.new_file = self.window.is_some();
-        let mut slots: Vec<Slot> = Vec::new();
-        let read = reader.read(|event| match event {
-            Event::Interface(interface) => {
-                slots.push(self.interface(path, interface));
-                Ok(())
-            }
-            Event::Packet(packet) => match slots.get(packet.interface) {
-                // Outside the window the frame is not replayed at all, as if the file had been
-                // cut there (`editcap -A FROM -B TO`).
-                Some(Slot::Supported { .. }) if !self.range.contains(&packet.timestamp_ns) => {
-                    if self.past.is_some_and(|past| packet.timestamp_ns >= past) {
-                        return Err(Stop::Enough);
-                    }
-                    self.progress.frame();
-                    Ok(())
+        let settings = Settings {
+            ports: self.ports.clone(),
+            hasher: self.tally.timings.hasher(),
+            range: self.range.clone(),
+            past: self.past,
+        };
+        let decoded = decode::spawn(source, path, settings, mem::take(&mut self.interfaces))
+            .context("starting the decoding thread")
+            .map_err(Stop::Sink)?;
+        for message in decoded {
+            match message {
+                Message::Batch(batch) => self.batch(&batch)?,
+                Message::End { interfaces, result } => {
+                    self.interfaces = interfaces;
+                    return match result {
+                        Err(Stop::Enough) => Ok(()),
+                        other => other,
+                    };
                 }
-                Some(Slot::Supported { link, ifindex }) => self
-                    .packet(*link, *ifindex, packet.timestamp_ns, packet.data)
-                    .with_context(|| format!("frame {}", packet.frame))
-                    .map_err(Stop::Sink),
-                Some(Slot::Unsupported(datalink)) => Err(Stop::Capture(CaptureError::UnsupportedLink {
-                    frame: packet.frame,
-                    datalink: *datalink,
-                    code: u32::from(*datalink),
-                })),
-                // The reader announces every interface before its packets.
-                None => Err(Stop::Sink(anyhow::anyhow!(
-                    "frame {}: interface {} was never announced",
-                    packet.frame,
-                    packet.interface
-                ))),
-            },
-        });
-        match read {
-            Err(Stop::Enough) => Ok(()),
-            other => other,
+            }
         }
+        Err(Stop::Sink(anyhow::anyhow!("the decoding thread stopped before the end of the file")))
     }
 
-    fn interface(&mut self, path: &Path, interface: &Interface) -> Slot {
-        let Some(link) = Link::from_datalink(interface.datalink) else {
-            return Slot::Unsupported(interface.datalink);
-        };
-        if let Some(name) = &interface.name {
-            if let Some(&ifindex) = self.by_name.get(&(name.clone(), link)) {
-                return Slot::Supported { link, ifindex };
+    /// A batch's frames, in file order.
+    fn batch(&mut self, batch: &Batch) -> Result<(), Stop<anyhow::Error>> {
+        let mut frame = batch.first_frame;
+        for item in &batch.items {
+            let replayed = match item.kind {
+                Kind::Interface => {
+                    if let Some(interface) = batch.interface(item) {
+                        self.aggregator.add_interface(interface.clone());
+                    }
+                    continue;
+                }
+                Kind::Outside => Ok(()),
+                _ => self.item(batch, item),
+            };
+            replayed.with_context(|| format!("frame {frame}")).map_err(Stop::Sink)?;
+            frame += 1;
+        }
+        self.progress.frames(batch.frames);
+        Ok(())
+    }
+
+    /// One frame inside the window.
+    #[inline]
+    fn item(&mut self, batch: &Batch, item: &Item) -> anyhow::Result<()> {
+        let timestamp_ns = item.timestamp_ns;
+        self.advance_clock(timestamp_ns)?;
+        let now_ms = timestamp_ns / 1_000_000;
+        self.tally.connections.set_clock_ms(now_ms);
+        match item.kind {
+            Kind::Plain => {
+                let (timings, connections) = (&mut self.tally.timings, &mut self.tally.connections);
+                // Only data of a connection that may have closed can be late (see `Timings::segment`).
+                if let Some(unsettled) = timings.segment(&(item.conn, item.hash), item.data, now_ms) {
+                    *unsettled = track_connection_data(connections, &item.conn, item.sender_is_lo);
+                }
+                self.tally.count(&Observation::Segment);
             }
+            Kind::Counted(counted) => self.tally.count(&counted.observation()),
+            _ => return self.packet(item.link, item.ifindex, timestamp_ns, batch.frame(item)),
         }
-        let file = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
-        let iface = match (&interface.name, interface.pcapng) {
-            (Some(name), _) => name.clone(),
-            (None, true) => format!("{file}#{}", interface.index),
-            (None, false) => file,
-        };
-        self.interfaces = self.interfaces.saturating_add(1);
-        let ifindex = self.interfaces;
-        if let Some(name) = &interface.name {
-            self.by_name.insert((name.clone(), link), ifindex);
+        if let Some(check) = &mut self.kernel {
+            check.frame(item.link, batch.frame(item))?;
         }
-        self.aggregator.add_interface(model::Interface {
-            iface,
-            ifindex,
-            mode: AttachMode::Capture(link),
-            peer_netns: None,
-        });
-        Slot::Supported { link, ifindex }
+        Ok(())
     }
 
     #[inline]
+    /// A frame whose observation depends on the frames before it ([`Kind::Stateful`]), its
+    /// interval's clock already advanced.
     fn packet(&mut self, link: Link, ifindex: u32, timestamp_ns: u64, frame: &[u8]) -> anyhow::Result<()> {
-        self.progress.frame();
-        self.advance_clock(timestamp_ns)?;
-        self.tally.connections.set_clock_ms(timestamp_ns / 1_000_000);
         let (timings, connections) = (&mut self.tally.timings, &mut self.tally.connections);
         let observation = link.inspect_segment(frame, ifindex, &mut self.tunnels, |key, data| {
             // Only data of a connection that may have closed can be late (see `Timings::segment`).

@@ -93,8 +93,8 @@ impl Progress {
 
     /// One more frame read.
     #[inline]
-    pub fn frame(&mut self) {
-        self.frames += 1;
+    pub fn frames(&mut self, read: u64) {
+        self.frames += read;
         self.shown.frames.store(self.frames, Ordering::Relaxed);
     }
 

@@ -142,13 +142,17 @@ impl ReadAhead {
     pub fn spawn(source: Source, chunk: usize) -> io::Result<ReadAhead> {
         // Two chunks ahead keep the reader busy while the parser works on a third.
         let (full_tx, full) = sync_channel(2);
-        let (empty, empty_rx) = sync_channel(4);
+        // Every chunk in flight can come back: those queued here, the parser's, and those the
+        // replay loop still reads (see `decode`).
+        let (empty, empty_rx) = sync_channel::<Vec<u8>>(8);
         let Source { mut reader, eager, .. } = source;
         thread::Builder::new().name("replay-read".into()).spawn(move || loop {
-            let mut buf: Vec<u8> = empty_rx.try_recv().unwrap_or_default();
-            if buf.len() != HEADROOM + chunk {
-                buf.resize(HEADROOM + chunk, 0);
-            }
+            // A new chunk comes zeroed from the allocator untouched: its pages are faulted in as
+            // they are first written, and the headroom's mostly never are.
+            let mut buf: Vec<u8> = match empty_rx.try_recv() {
+                Ok(buf) if buf.len() == HEADROOM + chunk => buf,
+                _ => vec![0; HEADROOM + chunk],
+            };
             let mut end = HEADROOM;
             let mut error = None;
             let mut at_end = false;
@@ -195,6 +199,43 @@ impl ReadAhead {
     /// Hands a chunk back for reuse.
     pub fn recycle(&self, buf: Vec<u8>) {
         let _ = self.empty.try_send(buf);
+    }
+
+    /// `buf` as a [`Chunk`], handed back for reuse when dropped.
+    pub fn chunk(&self, buf: Vec<u8>) -> Chunk {
+        Chunk { bytes: buf, home: Some(self.empty.clone()) }
+    }
+}
+
+/// A chunk of a [`ReadAhead`]'s bytes, which may be read on another thread than the parser's
+/// and goes back to the reading thread for reuse when dropped (a new chunk would fault in
+/// every page again).
+pub struct Chunk {
+    bytes: Vec<u8>,
+    home: Option<SyncSender<Vec<u8>>>,
+}
+
+impl Chunk {
+    /// No bytes, from no reader.
+    pub fn empty() -> Chunk {
+        Chunk { bytes: Vec::new(), home: None }
+    }
+}
+
+impl std::ops::Deref for Chunk {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        // The reading thread may be gone (the file is read) or have chunks enough: then it is freed.
+        if let Some(home) = &self.home {
+            let _ = home.try_send(std::mem::take(&mut self.bytes));
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use rst_common::{
     Activity, ConnTable, FlowKey, TcpEvent,
 };
 
-use super::activity::{ActivityTable, Hash, Seen};
+use super::activity::{ActivityTable, ConnHasher, Hash, Seen};
 use crate::model::aggregate::FastMap;
 
 /// When one side of a connection sent its first FIN, and how long the connection had then gone
@@ -84,11 +84,16 @@ impl Timings {
         }
     }
 
+    /// The hash function of the activity table, for keys hashed on another thread.
+    pub fn hasher(&self) -> ConnHasher {
+        self.activity.hasher()
+    }
+
     /// The connection of a segment and its hash, for [`Timings::segment`].
     #[inline(always)]
     pub fn conn_of(&self, key: &FlowKey) -> (ConnKey, Hash) {
         let (conn, _) = key.connection();
-        (conn, self.activity.hash(&conn))
+        (conn, self.activity.hasher().hash(&conn))
     }
 
     /// A segment without SYN, FIN or RST of connection `conn` ([`Timings::conn_of`]); `data`:
@@ -109,7 +114,7 @@ impl Timings {
     /// connection seen before, the pause before it (ms). A connection first seen now has no
     /// pause yet; a SYN or SYN+ACK begins a connection anew, its data too.
     fn seen(&mut self, conn: ConnKey, flags: u8, now_ms: u64) -> (&mut Seen, Option<u64>) {
-        let hash = self.activity.hash(&conn);
+        let hash = self.activity.hasher().hash(&conn);
         self.seen_hashed(&conn, hash, flags, now_ms)
     }
 
