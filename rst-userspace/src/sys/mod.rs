@@ -8,6 +8,7 @@ pub mod affinity;
 pub mod bpf_link;
 pub mod clock;
 pub mod ethtool;
+pub mod file_map;
 pub mod map_batch;
 pub mod membarrier;
 pub mod mmap;

@@ -144,6 +144,21 @@ impl ActivityTable {
         self.hasher.hash(key)
     }
 
+    /// Starts loading the line `hash`'s key would be looked up in first, for a lookup a few
+    /// frames later: the table is beyond the nearest caches, and its line was the lookup's wait.
+    #[inline(always)]
+    pub fn prefetch(&self, hash: Hash) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let slot: *const Slot = &self.slots[self.home(hash)];
+            // SAFETY: a prefetch is a hint that never faults, whatever the address; SSE, which it
+            // needs, is part of every x86_64 CPU.
+            unsafe { core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(slot.cast()) };
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = hash;
+    }
+
     #[inline(always)]
     fn home(&self, hash: Hash) -> usize {
         hash.0 as usize & (self.slots.len() - 1)

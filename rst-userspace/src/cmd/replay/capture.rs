@@ -8,7 +8,15 @@
 //! whose frames were longer than the snap length (`orig_len > snaplen`). The bytes come from a
 //! [`Source`]: a file or a pipe, decompressed if need be.
 
-use std::{borrow::Cow, fmt, io, path::Path};
+use std::{
+    borrow::Cow,
+    fmt, io,
+    path::Path,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+};
 
 use pcap_file::{
     pcap::PcapParser,
@@ -17,6 +25,7 @@ use pcap_file::{
 };
 
 use super::source::{Chunk, Compression, ReadAhead, Source, HEADROOM};
+use crate::sys::file_map::FileMap;
 
 /// Bytes read from the file at a time: large reads, few system calls and hand-overs.
 pub const CHUNK: usize = 1 << 20;
@@ -183,9 +192,17 @@ enum Format {
     PcapNg { parser: PcapNgParser, section_base: usize, last_timestamp_ns: u64 },
 }
 
+/// Where the reader's buffers come from.
+enum Input {
+    /// Chunks read ahead on a thread of their own.
+    Read(ReadAhead),
+    /// Windows of a mapped file; `taken` counts the bytes they reached, for the progress line.
+    Mapped { map: Arc<FileMap>, taken: Arc<AtomicU64> },
+}
+
 /// A capture file read front to back, one buffer at a time.
 pub struct CaptureReader {
-    ahead: ReadAhead,
+    input: Input,
     compression: Compression,
     /// The chunk being parsed (see [`ReadAhead`]).
     buf: Chunk,
@@ -205,13 +222,20 @@ impl CaptureReader {
         Self::new(Source::open(path)?)
     }
 
-    pub fn new(source: Source) -> Result<Self, CaptureError> {
+    pub fn new(mut source: Source) -> Result<Self, CaptureError> {
         let compression = source.compression;
         let offset = Offset { byte: 0, compression };
-        let ahead = ReadAhead::spawn(source, CHUNK).map_err(|source| CaptureError::Io { frame: 1, offset, source })?;
+        let input = match source.mapped.take() {
+            Some(map) => Input::Mapped { map: Arc::new(map), taken: Arc::clone(&source.consumed) },
+            None => Input::Read(ReadAhead::spawn(source, CHUNK).map_err(|source| CaptureError::Io {
+                frame: 1,
+                offset,
+                source,
+            })?),
+        };
         Ok(Self {
-            buf: ahead.chunk(Vec::new()),
-            ahead,
+            buf: Chunk::empty(),
+            input,
             compression,
             start: 0,
             end: 0,
@@ -492,34 +516,52 @@ impl CaptureReader {
                 format!("longer than {} MiB (a corrupt length field?)", MAX_RECORD >> 20),
             ));
         }
-        let (mut next, mut end) = match self.ahead.next() {
-            None => {
-                self.eof = true;
-                return Ok(None);
+        let (next, start, end) = match &self.input {
+            Input::Mapped { map, taken } => {
+                // The next window starts at the unparsed bytes: a record is never split.
+                let from = self.offset as usize;
+                let reached = from + leftover;
+                let len = map.bytes().len();
+                if reached >= len {
+                    self.eof = true;
+                    return Ok(None);
+                }
+                let to = (reached + CHUNK).min(len);
+                taken.store(to as u64, Ordering::Relaxed);
+                (Chunk::mapped(Arc::clone(map), from..to), 0, to - from)
             }
-            Some(Ok(next)) => next,
-            Some(Err(source)) => {
-                self.eof = true;
-                let (frame, offset) = (self.frames + 1, self.at());
-                return Err(match self.compression {
-                    Compression::None => CaptureError::Io { frame, offset, source },
-                    other => CaptureError::Decompress { compression: other.name(), frame, offset, source },
-                });
+            Input::Read(ahead) => {
+                let (mut next, mut end) = match ahead.next() {
+                    None => {
+                        self.eof = true;
+                        return Ok(None);
+                    }
+                    Some(Ok(next)) => next,
+                    Some(Err(source)) => {
+                        self.eof = true;
+                        let (frame, offset) = (self.frames + 1, self.at());
+                        return Err(match self.compression {
+                            Compression::None => CaptureError::Io { frame, offset, source },
+                            other => CaptureError::Decompress { compression: other.name(), frame, offset, source },
+                        });
+                    }
+                };
+                let start = if leftover <= HEADROOM {
+                    next[HEADROOM - leftover..HEADROOM].copy_from_slice(&self.buf[self.start..self.end]);
+                    HEADROOM - leftover
+                } else {
+                    // A record longer than the headroom (jumbo frames, large pcapng blocks): joined.
+                    let mut joined = Vec::with_capacity(leftover + end - HEADROOM);
+                    joined.extend_from_slice(&self.buf[self.start..self.end]);
+                    joined.extend_from_slice(&next[HEADROOM..end]);
+                    end = joined.len();
+                    ahead.recycle(std::mem::replace(&mut next, joined));
+                    0
+                };
+                (ahead.chunk(next), start, end)
             }
         };
-        let start = if leftover <= HEADROOM {
-            next[HEADROOM - leftover..HEADROOM].copy_from_slice(&self.buf[self.start..self.end]);
-            HEADROOM - leftover
-        } else {
-            // A record longer than the headroom (jumbo frames, large pcapng blocks): joined.
-            let mut joined = Vec::with_capacity(leftover + end - HEADROOM);
-            joined.extend_from_slice(&self.buf[self.start..self.end]);
-            joined.extend_from_slice(&next[HEADROOM..end]);
-            end = joined.len();
-            self.ahead.recycle(std::mem::replace(&mut next, joined));
-            0
-        };
-        let read = std::mem::replace(&mut self.buf, self.ahead.chunk(next));
+        let read = std::mem::replace(&mut self.buf, next);
         self.start = start;
         self.end = end;
         Ok(Some(read))

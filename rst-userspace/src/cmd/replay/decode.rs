@@ -24,7 +24,6 @@ use std::{
 use rst_common::wire::ConnKey;
 
 use super::{
-    activity::{ConnHasher, Hash},
     capture::{CaptureError, CaptureReader, Event, Interface, Packet, Stop, CHUNK},
     link::{Classified, Counted, Link},
     source::{Chunk, Source},
@@ -46,8 +45,6 @@ const ITEMS: usize = CHUNK / 64;
 pub struct Settings {
     /// The run's tunnel ports, for the walk (tunnels are numbered by the loop).
     pub ports: TunnelPortSet,
-    /// The activity table's hash, so that the loop does not hash again.
-    pub hasher: ConnHasher,
     /// Capture time replayed (`--from`, `--to`), ns since the Unix epoch.
     pub range: Range<u64>,
     /// A frame stamped at or after this (`--to` and `PAST_WINDOW`) ends its file.
@@ -124,10 +121,9 @@ pub struct Item {
     at: u32,
     len: u32,
     copied: bool,
-    /// [`Kind::Plain`]: its connection and the connection's hash, whether its sender is the
-    /// connection's `lo` end, whether it carried payload.
+    /// [`Kind::Plain`]: its connection, whether its sender is the connection's `lo` end,
+    /// whether it carried payload.
     pub conn: ConnKey,
-    pub hash: Hash,
     pub sender_is_lo: bool,
     pub data: bool,
 }
@@ -143,7 +139,6 @@ impl Item {
             len: 0,
             copied: false,
             conn: ConnKey::default(),
-            hash: Hash::default(),
             sender_is_lo: false,
             data: false,
         }
@@ -286,7 +281,7 @@ fn decode(
     packet: &Packet<'_>,
     batch: &mut Batch,
 ) -> Result<Item, Stop<anyhow::Error>> {
-    let Settings { hasher, range, past, .. } = settings;
+    let Settings { range, past, .. } = settings;
     let (link, ifindex) = match slots.get(packet.interface) {
         Some(Slot::Supported { link, ifindex }) => (*link, *ifindex),
         Some(Slot::Unsupported(datalink)) => {
@@ -317,13 +312,9 @@ fn decode(
     let mut item = match link.classify(packet.data, ifindex, walker) {
         Classified::Counted(counted) => Item::new(Kind::Counted(counted), link, ifindex, timestamp_ns),
         Classified::Stateful => Item::new(Kind::Stateful, link, ifindex, timestamp_ns),
-        Classified::Plain { conn, sender_is_lo, data } => Item {
-            conn,
-            hash: hasher.hash(&conn),
-            sender_is_lo,
-            data,
-            ..Item::new(Kind::Plain, link, ifindex, timestamp_ns)
-        },
+        Classified::Plain { conn, sender_is_lo, data } => {
+            Item { conn, sender_is_lo, data, ..Item::new(Kind::Plain, link, ifindex, timestamp_ns) }
+        }
     };
     item.len = packet.data.len() as u32;
     match packet.at {

@@ -40,6 +40,7 @@ use rst_common::{
 };
 
 use self::{
+    activity::Hash,
     capture::Stop,
     decode::{Batch, Interfaces, Item, Kind, Message, Settings},
     kernel::KernelCheck,
@@ -177,6 +178,10 @@ pub struct Tally {
 /// by less than this, a frame inside the window is still replayed.
 pub const PAST_WINDOW: Duration = Duration::from_secs(60);
 
+/// How many frames ahead of the one replayed the activity table's line of a plain segment is
+/// fetched: enough for the load to arrive, few enough that it is still there.
+const PREFETCH_AHEAD: usize = 8;
+
 /// Connections replay remembers: captures are read once, so a generous bound costs little.
 const REPLAY_CONNECTIONS: usize = 1 << 20;
 
@@ -260,12 +265,7 @@ impl Replay<'_> {
         let name = if path.as_os_str() == "-" { "standard input".to_owned() } else { path.display().to_string() };
         self.progress.file(&name, source.size, Arc::clone(&source.consumed));
         self.new_file = self.window.is_some();
-        let settings = Settings {
-            ports: self.ports.clone(),
-            hasher: self.tally.timings.hasher(),
-            range: self.range.clone(),
-            past: self.past,
-        };
+        let settings = Settings { ports: self.ports.clone(), range: self.range.clone(), past: self.past };
         let decoded = decode::spawn(source, path, settings, mem::take(&mut self.interfaces))
             .context("starting the decoding thread")
             .map_err(Stop::Sink)?;
@@ -287,7 +287,20 @@ impl Replay<'_> {
     /// A batch's frames, in file order.
     fn batch(&mut self, batch: &Batch) -> Result<(), Stop<anyhow::Error>> {
         let mut frame = batch.first_frame;
-        for item in &batch.items {
+        // Plain segments' connections are hashed here, a few frames ahead, and their line of the
+        // activity table fetched meanwhile (hashing on the decoding thread made it the slower).
+        let hasher = self.tally.timings.hasher();
+        let mut hashes = [Hash::default(); PREFETCH_AHEAD];
+        for (hash, item) in hashes.iter_mut().zip(&batch.items) {
+            *hash = hasher.hash(&item.conn);
+        }
+        for (at, item) in batch.items.iter().enumerate() {
+            let hash = hashes[at % PREFETCH_AHEAD];
+            if let Some(ahead) = batch.items.get(at + PREFETCH_AHEAD).filter(|ahead| ahead.kind == Kind::Plain) {
+                let next = hasher.hash(&ahead.conn);
+                self.tally.timings.prefetch(next);
+                hashes[at % PREFETCH_AHEAD] = next;
+            }
             let replayed = match item.kind {
                 Kind::Interface => {
                     if let Some(interface) = batch.interface(item) {
@@ -296,7 +309,7 @@ impl Replay<'_> {
                     continue;
                 }
                 Kind::Outside => Ok(()),
-                _ => self.item(batch, item),
+                _ => self.item(batch, item, hash),
             };
             replayed.with_context(|| format!("frame {frame}")).map_err(Stop::Sink)?;
             frame += 1;
@@ -307,7 +320,7 @@ impl Replay<'_> {
 
     /// One frame inside the window.
     #[inline]
-    fn item(&mut self, batch: &Batch, item: &Item) -> anyhow::Result<()> {
+    fn item(&mut self, batch: &Batch, item: &Item, hash: Hash) -> anyhow::Result<()> {
         let timestamp_ns = item.timestamp_ns;
         self.advance_clock(timestamp_ns)?;
         let now_ms = timestamp_ns / 1_000_000;
@@ -316,7 +329,7 @@ impl Replay<'_> {
             Kind::Plain => {
                 let (timings, connections) = (&mut self.tally.timings, &mut self.tally.connections);
                 // Only data of a connection that may have closed can be late (see `Timings::segment`).
-                if let Some(unsettled) = timings.segment(&(item.conn, item.hash), item.data, now_ms) {
+                if let Some(unsettled) = timings.segment(&(item.conn, hash), item.data, now_ms) {
                     *unsettled = track_connection_data(connections, &item.conn, item.sender_is_lo);
                 }
                 self.tally.count(&Observation::Segment);

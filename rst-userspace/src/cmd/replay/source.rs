@@ -11,6 +11,7 @@
 use std::{
     fs::File,
     io::{self, Read},
+    ops::Range,
     os::fd::AsFd as _,
     path::Path,
     sync::{
@@ -22,6 +23,7 @@ use std::{
 };
 
 use super::capture::{CaptureError, Offset};
+use crate::sys::file_map::FileMap;
 
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
@@ -35,6 +37,21 @@ pub enum Compression {
 }
 
 impl Compression {
+    /// The compression of a file that starts with `head`.
+    fn of(head: &[u8]) -> Compression {
+        if head.starts_with(&ZSTD_MAGIC) {
+            Compression::Zstd
+        } else if head.starts_with(&GZIP_MAGIC) {
+            Compression::Gzip
+        } else {
+            Compression::None
+        }
+    }
+
+    fn compressed(self) -> bool {
+        self != Compression::None
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Compression::None => "uncompressed",
@@ -55,6 +72,9 @@ pub struct Source {
     pub size: Option<u64>,
     /// Bytes taken from the file or pipe so far (compressed, if so).
     pub consumed: Arc<AtomicU64>,
+    /// The file, mapped, when it is a regular file and not compressed: then it is parsed in
+    /// place, `reader` is not read, and the parser counts `consumed`.
+    pub mapped: Option<FileMap>,
 }
 
 impl Source {
@@ -75,6 +95,22 @@ impl Source {
         let file = File::open(path).map_err(CaptureError::Open)?;
         // A FIFO or a character device has no meaningful length.
         let size = file.metadata().ok().filter(|m| m.is_file()).map(|m| m.len());
+        // A file that cannot be mapped (empty, or on a file system that refuses) is read.
+        let mapped =
+            size.filter(|&size| size > 0).and_then(|size| FileMap::new(&file, size, &path.display().to_string()).ok());
+        if let Some(map) = mapped.filter(|map| !Compression::of(map.bytes()).compressed()) {
+            // (Mapping leaves the file's position alone: a reader would start at its start.)
+            let consumed = Arc::new(AtomicU64::new(0));
+            let reader = Box::new(io::empty());
+            return Ok(Source {
+                reader,
+                compression: Compression::None,
+                eager: false,
+                size,
+                consumed,
+                mapped: Some(map),
+            });
+        }
         Source::from_reader(Box::new(file), size)
     }
 
@@ -98,13 +134,7 @@ impl Source {
         }
         let head = io::Cursor::new(magic[..got].to_vec());
         let whole = head.chain(counted);
-        let compression = if magic[..got].starts_with(&ZSTD_MAGIC) {
-            Compression::Zstd
-        } else if magic[..got].starts_with(&GZIP_MAGIC) {
-            Compression::Gzip
-        } else {
-            Compression::None
-        };
+        let compression = Compression::of(&magic[..got]);
         let reader: Box<dyn Read + Send> = match compression {
             Compression::None => Box::new(whole),
             // Multi-member: `cat a.gz b.gz` and pigz's output are one stream.
@@ -119,7 +149,7 @@ impl Source {
             }
         };
         let eager = size.is_none() && compression == Compression::None;
-        Ok(Source { reader, compression, eager, size, consumed })
+        Ok(Source { reader, compression, eager, size, consumed, mapped: None })
     }
 }
 
@@ -203,38 +233,55 @@ impl ReadAhead {
 
     /// `buf` as a [`Chunk`], handed back for reuse when dropped.
     pub fn chunk(&self, buf: Vec<u8>) -> Chunk {
-        Chunk { bytes: buf, home: Some(self.empty.clone()) }
+        Chunk(Bytes::Read { bytes: buf, home: Some(self.empty.clone()) })
     }
 }
 
-/// A chunk of a [`ReadAhead`]'s bytes, which may be read on another thread than the parser's
-/// and goes back to the reading thread for reuse when dropped (a new chunk would fault in
-/// every page again).
-pub struct Chunk {
-    bytes: Vec<u8>,
-    home: Option<SyncSender<Vec<u8>>>,
+/// A buffer of a capture's bytes, which may be read on another thread than the parser's: a
+/// chunk a [`ReadAhead`] read, which goes back to the reading thread for reuse when dropped (a
+/// new chunk would fault in every page again), or a window of a mapped file, whose pages leave
+/// the process's memory when dropped (see [`FileMap::release`]).
+pub struct Chunk(Bytes);
+
+enum Bytes {
+    Read { bytes: Vec<u8>, home: Option<SyncSender<Vec<u8>>> },
+    Mapped { map: Arc<FileMap>, range: Range<usize> },
 }
 
 impl Chunk {
     /// No bytes, from no reader.
     pub fn empty() -> Chunk {
-        Chunk { bytes: Vec::new(), home: None }
+        Chunk(Bytes::Read { bytes: Vec::new(), home: None })
+    }
+
+    /// The bytes `range` of `map`.
+    pub fn mapped(map: Arc<FileMap>, range: Range<usize>) -> Chunk {
+        Chunk(Bytes::Mapped { map, range })
     }
 }
 
 impl std::ops::Deref for Chunk {
     type Target = [u8];
 
+    #[inline]
     fn deref(&self) -> &[u8] {
-        &self.bytes
+        match &self.0 {
+            Bytes::Read { bytes, .. } => bytes,
+            Bytes::Mapped { map, range } => map.bytes().get(range.clone()).unwrap_or_default(),
+        }
     }
 }
 
 impl Drop for Chunk {
     fn drop(&mut self) {
-        // The reading thread may be gone (the file is read) or have chunks enough: then it is freed.
-        if let Some(home) = &self.home {
-            let _ = home.try_send(std::mem::take(&mut self.bytes));
+        match &mut self.0 {
+            // The reading thread may be gone (the file is read) or have chunks enough: then it
+            // is freed.
+            Bytes::Read { bytes, home: Some(home) } => {
+                let _ = home.try_send(std::mem::take(bytes));
+            }
+            Bytes::Read { home: None, .. } => {}
+            Bytes::Mapped { map, range } => map.release(range.clone()),
         }
     }
 }

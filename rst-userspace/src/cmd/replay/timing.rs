@@ -89,6 +89,12 @@ impl Timings {
         self.activity.hasher()
     }
 
+    /// A segment of the connection with `hash` is coming: see [`ActivityTable::prefetch`].
+    #[inline(always)]
+    pub fn prefetch(&self, hash: Hash) {
+        self.activity.prefetch(hash);
+    }
+
     /// The connection of a segment and its hash, for [`Timings::segment`].
     #[inline(always)]
     pub fn conn_of(&self, key: &FlowKey) -> (ConnKey, Hash) {

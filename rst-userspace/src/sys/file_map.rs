@@ -1,0 +1,131 @@
+//! mmap(2) of a regular file, read in place: replay parses a capture where it lies in the page
+//! cache instead of copying it out (the copy was a quarter of a replay's CPU time).
+//!
+//! A mapped file that shrinks while it is read makes the next touch of a vanished page raise
+//! SIGBUS, which would kill the process with no word of why. [`FileMap::new`] installs a
+//! handler that says which file it was and exits with status 1 instead: the file is gone, so
+//! there is nothing to go on with.
+
+use std::{
+    fs::File,
+    ops::Range,
+    os::fd::AsRawFd as _,
+    ptr::NonNull,
+    sync::{
+        atomic::{AtomicPtr, Ordering},
+        Once,
+    },
+};
+
+use super::{Error, Result};
+
+/// A read-only, private mapping of a whole file as it was when mapped.
+pub struct FileMap {
+    start: NonNull<u8>,
+    len: usize,
+    page: usize,
+}
+
+// SAFETY: the mapping is read-only memory owned by this value alone; reading it from several
+// threads is reading shared immutable bytes, and unmapping happens once, in `drop`.
+unsafe impl Send for FileMap {}
+// SAFETY: as above: `&FileMap` only reads, and `release` only drops page-table entries, which
+// the next read faults back in from the page cache with the same bytes.
+unsafe impl Sync for FileMap {}
+
+/// What the SIGBUS handler writes: the message for the file mapped last (leaked, one per file
+/// mapped, so that the handler never reads freed memory).
+static SIGBUS_MESSAGE: AtomicPtr<Vec<u8>> = AtomicPtr::new(std::ptr::null_mut());
+
+impl FileMap {
+    /// Maps the first `len` bytes of `file` (its size when opened; `name` is what the SIGBUS
+    /// message calls it). Linux 2.6 (`MADV_SEQUENTIAL`, `MADV_DONTNEED`).
+    ///
+    /// # Errors
+    /// [`Error::Os`] with mmap's errno: `EINVAL` for `len` 0, `ENODEV` for a file that cannot be
+    /// mapped (a pipe, a device, some FUSE files), `ENOMEM` when the address space is full;
+    /// [`Error::Malformed`] for a `len` beyond the address space.
+    pub fn new(file: &File, len: u64, name: &str) -> Result<FileMap> {
+        let len = usize::try_from(len)
+            .map_err(|_| Error::Malformed { call: "mmap", what: "a file larger than the address space" })?;
+        // SAFETY: a new read-only private mapping of an open descriptor, placed where the kernel
+        // chooses: it aliases no Rust object, and the result is checked before any use.
+        let address =
+            unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_PRIVATE, file.as_raw_fd(), 0) };
+        if address == libc::MAP_FAILED {
+            return Err(Error::last("mmap"));
+        }
+        let start =
+            NonNull::new(address.cast::<u8>()).ok_or(Error::Malformed { call: "mmap", what: "returned NULL" })?;
+        // Read front to back, once: the kernel reads ahead further and keeps less behind. Advice
+        // only: a refusal changes nothing that matters.
+        // SAFETY: advice on the mapping just made, `len` bytes; it changes no contents.
+        unsafe { libc::madvise(address, len, libc::MADV_SEQUENTIAL) };
+        // SAFETY: sysconf takes no pointers.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096).max(1);
+        let message = format!(
+            "rstwatch: error: {name}: the file shrank while replay read it (a file that may still change can be \
+             piped in: cat FILE | rstwatch replay -)\n"
+        );
+        let old = SIGBUS_MESSAGE.swap(Box::into_raw(Box::new(message.into_bytes())), Ordering::AcqRel);
+        // The handler may be reading the old message on another thread: it stays allocated.
+        let _ = old;
+        install_sigbus_handler();
+        Ok(FileMap { start, len, page })
+    }
+
+    /// The file's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: `start` is a live read-only mapping of `len` bytes until `self` is dropped, and
+        // the slice cannot outlive `self`. Nothing in this process writes it; a file shrunk
+        // meanwhile is the SIGBUS this module handles.
+        unsafe { std::slice::from_raw_parts(self.start.as_ptr(), self.len) }
+    }
+
+    /// Tells the kernel the whole pages inside `range` are read (`MADV_DONTNEED`): they leave
+    /// this process's resident memory, not the page cache, so a replay's memory stays bounded by
+    /// what it keeps rather than the file's size. Reading them again faults them back in.
+    pub fn release(&self, range: Range<usize>) {
+        let first = range.start.div_ceil(self.page) * self.page;
+        let end = range.end.min(self.len) / self.page * self.page;
+        if first >= end {
+            return;
+        }
+        // SAFETY: `first..end` lies inside the mapping; dropping the page-table entries of a
+        // read-only private file mapping never loses data (it has no private copies).
+        unsafe { libc::madvise(self.start.as_ptr().add(first).cast(), end - first, libc::MADV_DONTNEED) };
+    }
+}
+
+impl Drop for FileMap {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `new`; no slice of it outlives `self`.
+        unsafe { libc::munmap(self.start.as_ptr().cast(), self.len) };
+    }
+}
+
+fn install_sigbus_handler() {
+    static INSTALLED: Once = Once::new();
+    INSTALLED.call_once(|| {
+        // SAFETY: an all-zero sigaction is valid (no flags, empty mask) before its fields are set.
+        let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+        action.sa_sigaction = on_sigbus as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        // SAFETY: `action` is initialised; the handler only calls async-signal-safe functions.
+        unsafe {
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(libc::SIGBUS, &action, std::ptr::null_mut());
+        }
+    });
+}
+
+extern "C" fn on_sigbus(_signal: libc::c_int) {
+    let message = SIGBUS_MESSAGE.load(Ordering::Acquire);
+    // SAFETY: the pointer is null or a leaked, never freed Vec; write(2) and _exit(2) are
+    // async-signal-safe, and nothing here allocates or locks.
+    unsafe {
+        if let Some(message) = message.as_ref() {
+            libc::write(libc::STDERR_FILENO, message.as_ptr().cast(), message.len());
+        }
+        libc::_exit(1);
+    }
+}
