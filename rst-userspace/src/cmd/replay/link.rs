@@ -308,9 +308,81 @@ fn be16(frame: &[u8], offset: usize) -> Option<u16> {
 
 #[cfg(test)]
 mod tests {
-    use rst_common::parse::DefaultPorts;
+    use rst_common::parse::{DefaultPorts, TCP_ACK};
+    use rst_craft::{
+        cases, tcp_v4, tcp_v6,
+        tunnel::{Encapsulation, Outer, Tunnel},
+        VlanKind,
+    };
 
     use super::*;
+    use crate::model::aggregate::tunnels::{FrameTunnel, TunnelNumbers, TunnelPortSet};
+
+    const IFINDEX: u32 = 3;
+
+    /// `frame` as `link` carries it: its network header after that link's header.
+    fn as_link(link: Link, frame: &[u8]) -> Vec<u8> {
+        let (protocol, network) = (frame.get(12..14).unwrap_or(&[0, 0]), frame.get(14..).unwrap_or_default());
+        let mut header = match link {
+            Link::RawIp => Vec::new(),
+            Link::LinuxSll => [&[0, 0, 0, 1, 0, 6][..], &[2, 0, 0, 0, 0, 1, 0, 0], protocol].concat(),
+            _ => return frame.to_vec(),
+        };
+        header.extend_from_slice(network);
+        header
+    }
+
+    /// What the decoding thread decides alone must be what the replay loop's own inspection
+    /// would have said: the same observation, and for a plain segment the same connection.
+    #[test]
+    fn classify_agrees_with_inspect_segment_on_every_prefix_of_every_frame() {
+        let mut frames: Vec<Vec<u8>> = cases(IFINDEX).into_iter().map(|case| case.frame).collect();
+        let outer = Outer::V4([10, 0, 0, 1], [10, 0, 0, 2]);
+        let gre = Encapsulation::Gre { key: Some(7), checksum: false, sequence: None, ethernet: false };
+        let tunnels = [Tunnel::vxlan(outer, 42), Tunnel::new(outer, gre)];
+        for flags in [TCP_ACK, TCP_ACK | 0x08, TCP_SYN, TCP_FIN | TCP_ACK, TCP_RST] {
+            for payload in [&b""[..], b"data"] {
+                for builder in [tcp_v4(), tcp_v6(), tcp_v4().vlan(VlanKind::Dot1Q, 7), tcp_v4().ports(443, 49152)] {
+                    let crafted = builder.flags(flags).payload(payload).build();
+                    frames.extend(tunnels.iter().map(|tunnel| tunnel.wrap(&crafted)));
+                    frames.push(crafted.into_bytes());
+                }
+            }
+        }
+        let ports = TunnelPortSet::new(&[], &[]);
+        let mut checked = [0usize; 3];
+        for frame in &frames {
+            for len in 0..=frame.len() {
+                for link in [Link::Ethernet, Link::RawIp, Link::LinuxSll] {
+                    let bytes = as_link(link, &frame[..len]);
+                    let classified = link.classify(&bytes, IFINDEX, &FrameTunnel::new(&ports));
+                    let mut plain = None;
+                    let observed =
+                        link.inspect_segment(&bytes, IFINDEX, &mut TunnelNumbers::new(&[], &[]), |key, data| {
+                            plain = Some((key.connection(), data));
+                        });
+                    let context = format!("{link:?}, {len} of {} bytes: {classified:?}, {observed:?}", frame.len());
+                    match classified {
+                        Classified::Counted(counted) => {
+                            assert_eq!((observed, plain), (counted.observation(), None), "{context}");
+                            checked[0] += 1;
+                        }
+                        Classified::Plain { conn, sender_is_lo, data } => {
+                            let expected = (Observation::Segment, Some(((conn, sender_is_lo), data)));
+                            assert_eq!((observed, plain), expected, "{context}");
+                            checked[1] += 1;
+                        }
+                        Classified::Stateful => {
+                            assert!(!matches!(observed, Observation::NotTcp | Observation::Fragment), "{context}");
+                            checked[2] += 1;
+                        }
+                    }
+                }
+            }
+        }
+        // Each answer was given, or the comparison proved little.
+        assert!(checked.iter().all(|&n| n > 100), "counted, plain, stateful: {checked:?}");
+    }
 
     #[test]
     fn sll_and_sll2_name_the_protocol_and_refuse_short_headers() {
