@@ -134,6 +134,39 @@ fn stdin_gzip_and_zstd_give_the_plain_files_report() {
     }
 }
 
+/// A file is parsed in place (mapped) in windows of 1 MiB; standard input is read in chunks.
+/// Across many windows, records split by their edges and a block longer than two windows
+/// (a 2.5 MiB frame in pcapng), both must give the same report.
+#[test]
+fn a_mapped_file_across_many_windows_reports_what_its_bytes_piped_do() {
+    let mut frames = Vec::new();
+    for i in 0..60_000u32 {
+        let (port, flags) = (40_000 + (i % 500) as u16, if i % 97 == 0 { TCP_RST } else { TCP_ACK });
+        // Sizes that drift, so records straddle the windows' edges at every offset.
+        let payload = vec![0x5a; (i % 131) as usize];
+        let frame = tcp_v4().ports(port, 443).flags(flags).payload(&payload).build().into_bytes();
+        frames.push((0u32, Duration::from_micros(u64::from(i)) + Duration::from_secs(T0), frame));
+        if i == 30_000 {
+            // An RST with 2.5 MiB after its IP packet: no IP packet is that long, a block can be.
+            let mut jumbo = tcp_v4().ports(39_999, 443).flags(TCP_RST).build().into_bytes();
+            jumbo.resize(jumbo.len() + (5 << 19), 1);
+            frames.push((0, Duration::from_secs(T0 + 1), jumbo));
+        }
+    }
+    let mut bytes = Vec::new();
+    rst_craft::capture::write_pcapng(&mut bytes, &["eth0"], frames.iter().map(|(i, t, f)| (*i, *t, &f[..])))
+        .expect("pcapng");
+    assert!(bytes.len() > 8 << 20, "{} bytes: fewer windows than meant", bytes.len());
+    let path = write("windows", "many-windows.pcapng", &bytes);
+    let mapped = replay(&[&path], None);
+    assert!(mapped.status.success(), "{}", text(&mapped.stderr));
+    assert_eq!(summary(&mapped)["totals"]["frames"].as_u64(), Some(frames.len() as u64));
+    assert_eq!(summary(&mapped)["totals"]["resets"].as_u64(), Some(60_000 / 97 + 1 + 1));
+    let piped = replay(&["-"], Some(bytes));
+    assert!(piped.status.success(), "{}", text(&piped.stderr));
+    assert!(without_names(&piped.stdout) == without_names(&mapped.stdout), "the mapped file's report differs");
+}
+
 /// Runs replay on a broken stream: exit 1, one error line naming the file, `expected` in it.
 fn broken(path: &str, keep_going: bool, expected: &[&str]) -> Output {
     let args: Vec<&str> = if keep_going { vec!["--keep-going", path] } else { vec![path] };

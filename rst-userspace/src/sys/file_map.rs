@@ -129,3 +129,39 @@ extern "C" fn on_sigbus(_signal: libc::c_int) {
         libc::_exit(1);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{fs::File, io::Write as _, process::Command};
+
+    use super::FileMap;
+
+    const CHILD: &str = "RSTWATCH_TEST_SIGBUS_FILE";
+    const TEST: &str = "sys::file_map::tests::a_file_shrunk_under_its_mapping_is_named_and_exits_1";
+
+    /// Runs itself again as the child that maps a file, shrinks it and touches a page that is
+    /// gone: the process must end with the file named and status 1, not die of SIGBUS.
+    #[test]
+    fn a_file_shrunk_under_its_mapping_is_named_and_exits_1() {
+        let page = 4096;
+        if let Some(path) = std::env::var_os(CHILD) {
+            let file = File::options().read(true).write(true).open(&path).expect("open");
+            let map = FileMap::new(&file, 3 * page as u64, "shrinking.pcap").expect("map");
+            assert_eq!(map.bytes()[2 * page], 7, "the mapping reads the file");
+            file.set_len(0).expect("truncate");
+            let byte = std::hint::black_box(map.bytes()[2 * page]);
+            panic!("read {byte} from a page the file no longer has");
+        }
+        let path = std::env::temp_dir().join(format!("rstwatch-sigbus-{}", std::process::id()));
+        File::create(&path).and_then(|mut f| f.write_all(&vec![7u8; 3 * page])).expect("write");
+        let child = Command::new(std::env::current_exe().expect("test binary"))
+            .args(["--exact", TEST, "--nocapture", "--test-threads=1"])
+            .env(CHILD, &path)
+            .output()
+            .expect("run the child");
+        let _ = std::fs::remove_file(&path);
+        let stderr = String::from_utf8_lossy(&child.stderr);
+        assert_eq!(child.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("rstwatch: error: shrinking.pcap: the file shrank while replay read it"), "{stderr}");
+    }
+}
