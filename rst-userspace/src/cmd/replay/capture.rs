@@ -1,8 +1,9 @@
 //! Streaming pcap and pcapng reading.
 //!
 //! The formats are decoded by the `pcap-file` crate's slice parsers; this module only feeds
-//! them from a fixed-size buffer (grown only for a record that does not fit), so memory stays
-//! flat whatever the file size, and frames are handed out as borrowed slices, never copied.
+//! them a buffer at a time (a mapped file's window or a chunk read ahead, 1 MiB, grown only for
+//! a record that does not fit), so memory stays flat whatever the file size, and frames are
+//! handed out as borrowed slices, never copied.
 //! pcap-file's own `Read`-based readers are not used because they cannot tell a truncated file
 //! from a corrupt one (both become `UnexpectedEof`), and their pcap reader rejects valid files
 //! whose frames were longer than the snap length (`orig_len > snaplen`). The bytes come from a

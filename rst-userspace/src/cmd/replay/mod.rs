@@ -2,7 +2,9 @@
 //!
 //! Frames stream out of the files ([`capture`]), lose their link header ([`link`]) and go
 //! through `rst-common`'s walk, exactly as in the XDP program; a host map takes the place of
-//! the kernel's flow table. The report comes from the live [`Aggregator`] and [`Printer`] (an [`Output`]),
+//! the kernel's flow table. What a frame is by itself (its record, interface, and for a plain
+//! segment its connection) is decided on a second thread ([`decode`]); this loop keeps what
+//! depends on the frames before it. The report comes from the live [`Aggregator`] and [`Printer`] (an [`Output`]),
 //! with intervals measured in capture time: a frame stamped at or after the end of the current
 //! interval closes it. Needs no privileges, except `--kernel`.
 //!
