@@ -148,15 +148,7 @@ impl ActivityTable {
     /// frames later: the table is beyond the nearest caches, and its line was the lookup's wait.
     #[inline(always)]
     pub fn prefetch(&self, hash: Hash) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let slot: *const Slot = &self.slots[self.home(hash)];
-            // SAFETY: a prefetch is a hint that never faults, whatever the address; SSE, which it
-            // needs, is part of every x86_64 CPU.
-            unsafe { core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(slot.cast()) };
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = hash;
+        super::prefetch::prefetch(&self.slots[self.home(hash)]);
     }
 
     #[inline(always)]

@@ -25,11 +25,18 @@ use pcap_file::{
     DataLink, Endianness, PcapError, TsResolution,
 };
 
-use super::source::{Chunk, Compression, ReadAhead, Source, HEADROOM};
+use super::{
+    prefetch::prefetch,
+    source::{Chunk, Compression, ReadAhead, Source, HEADROOM},
+};
 use crate::sys::file_map::FileMap;
 
 /// Bytes read from the file at a time: large reads, few system calls and hand-overs.
 pub const CHUNK: usize = 1 << 20;
+/// How far ahead of the record being parsed its file's bytes are fetched: a page, so that the
+/// next page's first lines are on their way before the parser crosses into it (the hardware's
+/// own prefetch stops at page edges; a mapped file's pages are anywhere in memory).
+const PREFETCH_BYTES: usize = 4096;
 /// A pcap record header: seconds, fraction, captured length, original length.
 const PCAP_RECORD_HEADER: usize = 16;
 /// The largest record (pcap packet record or pcapng block) accepted. Frames are at most 256 KiB
@@ -354,6 +361,9 @@ impl CaptureReader {
         // before the frame is waited for (a corrupt length is reported at once, not after
         // buffering up to the record bound).
         let available = &self.buf[self.start..self.end];
+        if let Some(ahead) = available.get(PREFETCH_BYTES) {
+            prefetch(ahead);
+        }
         let Some(header) = available.get(..PCAP_RECORD_HEADER) else { return self.refill_or_end(sink) };
         let big_endian = parser.header().endianness == Endianness::Big;
         let word = |i: usize| {
@@ -394,6 +404,9 @@ impl CaptureReader {
         sink: &mut impl FnMut(Event<'_>) -> Result<(), Stop<E>>,
     ) -> Result<bool, Stop<E>> {
         let available = &self.buf[self.start..self.end];
+        if let Some(ahead) = available.get(PREFETCH_BYTES) {
+            prefetch(ahead);
+        }
         let (rest, block) = match parser.next_block(available) {
             Ok(parsed) => parsed,
             Err(PcapError::IncompleteBuffer) => return self.refill_or_end(sink),

@@ -20,6 +20,7 @@ pub mod capture;
 mod decode;
 pub mod kernel;
 pub mod link;
+mod prefetch;
 mod progress;
 pub mod source;
 mod timing;
