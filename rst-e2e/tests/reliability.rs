@@ -487,6 +487,9 @@ fn hostile_capture_files_get_clear_errors_in_flat_memory() -> Result<()> {
         if !outcome.stderr.contains(&file_name) {
             problems.push(format!("{name}: the error does not name the file: {}", outcome.stderr.trim()));
         }
+        if outcome.stderr.contains("byte byte") {
+            problems.push(format!("{name}: the offset is worded twice: {}", outcome.stderr.trim()));
+        }
         if outcome.max_rss_kb > REPLAY_RSS_LIMIT_KB {
             problems.push(format!("{name}: peak RSS {} KiB", outcome.max_rss_kb));
         }

@@ -56,7 +56,7 @@ const PCAP_MAGICS: [[u8; 4]; 4] =
 pub enum CaptureError {
     #[error("cannot open")]
     Open(#[source] io::Error),
-    #[error("frame {frame} (byte {offset}): read failed")]
+    #[error("frame {frame} ({offset}): read failed")]
     Io {
         frame: u64,
         offset: Offset,

@@ -162,7 +162,7 @@ pub const HEADROOM: usize = 512 << 10;
 
 /// A source read on its own thread into chunks `[HEADROOM bytes][data]`, handed over with where
 /// their data ends. A chunk keeps its full length for reuse: shortening it would make the next
-/// fill zero what a pipe's small reads then overwrite (4 MiB per 64 KiB read).
+/// fill zero what a pipe's small reads then overwrite (a chunk per 64 KiB read).
 pub struct ReadAhead {
     full: Receiver<io::Result<(Vec<u8>, usize)>>,
     /// Chunks handed back for reuse: no allocation per chunk once running.
