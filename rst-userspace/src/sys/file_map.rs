@@ -8,11 +8,10 @@
 
 use std::{
     fs::File,
-    ops::Range,
     os::fd::AsRawFd as _,
     ptr::NonNull,
     sync::{
-        atomic::{AtomicPtr, Ordering},
+        atomic::{AtomicPtr, AtomicUsize, Ordering},
         Once,
     },
 };
@@ -24,12 +23,17 @@ pub struct FileMap {
     start: NonNull<u8>,
     len: usize,
     page: usize,
+    /// Bytes before this were released ([`FileMap::release_before`]).
+    released: AtomicUsize,
 }
+
+/// Bytes released at a time (see [`FileMap::release_before`]).
+pub const RELEASE_STRIDE: usize = 8 << 20;
 
 // SAFETY: the mapping is read-only memory owned by this value alone; reading it from several
 // threads is reading shared immutable bytes, and unmapping happens once, in `drop`.
 unsafe impl Send for FileMap {}
-// SAFETY: as above: `&FileMap` only reads, and `release` only drops page-table entries, which
+// SAFETY: as above: `&FileMap` only reads, and `release_before` only drops page-table entries, which
 // the next read faults back in from the page cache with the same bytes.
 unsafe impl Sync for FileMap {}
 
@@ -71,7 +75,7 @@ impl FileMap {
         // The handler may be reading the old message on another thread: it stays allocated.
         let _ = old;
         install_sigbus_handler();
-        Ok(FileMap { start, len, page })
+        Ok(FileMap { start, len, page, released: AtomicUsize::new(0) })
     }
 
     /// The file's bytes.
@@ -82,17 +86,21 @@ impl FileMap {
         unsafe { std::slice::from_raw_parts(self.start.as_ptr(), self.len) }
     }
 
-    /// Tells the kernel the whole pages inside `range` are read (`MADV_DONTNEED`): they leave
-    /// this process's resident memory, not the page cache, so a replay's memory stays bounded by
-    /// what it keeps rather than the file's size. Reading them again faults them back in.
-    pub fn release(&self, range: Range<usize>) {
-        let first = range.start.div_ceil(self.page) * self.page;
-        let end = range.end.min(self.len) / self.page * self.page;
-        if first >= end {
+    /// Tells the kernel the pages before `end` are read (`MADV_DONTNEED`), once they add up to
+    /// [`RELEASE_STRIDE`]: they leave this process's resident memory, not the page cache, so a
+    /// replay's memory stays bounded by what it keeps rather than by the file's size. Each call
+    /// makes the kernel interrupt the other CPUs running this process to drop their TLB entries,
+    /// hence the stride. Reading a released page again faults it back in.
+    pub fn release_before(&self, end: usize) {
+        let end = end.min(self.len) / self.page * self.page;
+        let first = self.released.load(Ordering::Relaxed);
+        if end < first.saturating_add(RELEASE_STRIDE) {
             return;
         }
-        // SAFETY: `first..end` lies inside the mapping; dropping the page-table entries of a
-        // read-only private file mapping never loses data (it has no private copies).
+        self.released.store(end, Ordering::Relaxed);
+        // SAFETY: `first..end` lies inside the mapping (`first` is an earlier `end`); dropping the
+        // page-table entries of a read-only private file mapping never loses data (it has no
+        // private copies).
         unsafe { libc::madvise(self.start.as_ptr().add(first).cast(), end - first, libc::MADV_DONTNEED) };
     }
 }

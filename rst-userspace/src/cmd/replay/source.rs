@@ -242,7 +242,7 @@ impl ReadAhead {
 /// A buffer of a capture's bytes, which may be read on another thread than the parser's: a
 /// chunk a [`ReadAhead`] read, which goes back to the reading thread for reuse when dropped (a
 /// new chunk would fault in every page again), or a window of a mapped file, whose pages leave
-/// the process's memory when dropped (see [`FileMap::release`]).
+/// the process's memory once read (see [`FileMap::release_before`]).
 pub struct Chunk(Bytes);
 
 enum Bytes {
@@ -283,7 +283,7 @@ impl Drop for Chunk {
                 let _ = home.try_send(std::mem::take(bytes));
             }
             Bytes::Read { home: None, .. } => {}
-            Bytes::Mapped { map, range } => map.release(range.clone()),
+            Bytes::Mapped { map, range } => map.release_before(range.end),
         }
     }
 }
