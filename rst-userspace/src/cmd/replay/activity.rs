@@ -66,8 +66,8 @@ const FIRST_SLOTS: usize = 1 << 10;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Hash(u64);
 
-/// The table's hash function with its per-run seeds: a copy hashes keys on the decoding thread
-/// (see `decode`) exactly as the table would.
+/// The table's hash function with its per-run seeds: a copy hashes keys ahead of their lookup
+/// (see `Replay::batch`) exactly as the table would.
 #[derive(Clone, Copy, Debug)]
 pub struct ConnHasher {
     /// Keyed per run: a capture made to collide would otherwise turn every lookup into a scan.

@@ -71,6 +71,8 @@ pub enum CaptureError {
         #[source]
         source: io::Error,
     },
+    #[error("frame {frame} ({offset}): the file shrank to {now} bytes while it was read (it had {was})")]
+    Shrunk { frame: u64, offset: Offset, was: u64, now: u64 },
     #[error("not a pcap or pcapng file ({what})")]
     NotCapture { what: String },
     #[error("frame {frame} ({offset}): the file ends inside a record: truncated capture")]
@@ -225,9 +227,9 @@ pub struct CaptureReader {
 }
 
 impl CaptureReader {
-    /// Opens `path` (`-`: standard input); see [`Source::open`].
+    /// Opens `path` (`-`: standard input), mapped if it is a regular file; see [`Source::open`].
     pub fn open(path: &Path) -> Result<Self, CaptureError> {
-        Self::new(Source::open(path)?)
+        Self::new(Source::open(path, true)?)
     }
 
     pub fn new(mut source: Source) -> Result<Self, CaptureError> {
@@ -541,6 +543,15 @@ impl CaptureReader {
                     return Ok(None);
                 }
                 let to = (reached + CHUNK).min(len);
+                // Mapped bytes past the file's end raise SIGBUS: a file cut while it is read ends
+                // here with an error of its own, like a truncated one (`--keep-going` goes on).
+                if let Ok(now) = map.len_now() {
+                    if now < to as u64 {
+                        self.eof = true;
+                        let (frame, offset, was) = (self.frames + 1, self.at(), len as u64);
+                        return Err(CaptureError::Shrunk { frame, offset, was, now });
+                    }
+                }
                 taken.store(to as u64, Ordering::Relaxed);
                 (Chunk::mapped(Arc::clone(map), from..to), 0, to - from)
             }
@@ -601,7 +612,44 @@ impl CaptureReader {
 
 #[cfg(test)]
 mod tests {
-    use super::TsScale;
+    use std::{fs::File, time::Duration};
+
+    use rst_craft::{capture::write_pcap, tcp_v4};
+
+    use super::*;
+
+    /// A mapped file cut while it is read ends with an error naming where, after the frames
+    /// before (never with SIGBUS: the window past the new end is not touched).
+    #[test]
+    fn a_mapped_file_cut_while_read_is_a_capture_error() {
+        const CUT: u64 = 5 << 19;
+        let path = std::env::temp_dir().join(format!("rstwatch-shrunk-{}.pcap", std::process::id()));
+        let frame = tcp_v4().payload(&[0; 200]).build().into_bytes();
+        let frames: Vec<_> = (0..20_000u64).map(|i| (Duration::from_millis(i), &frame[..])).collect();
+        write_pcap(File::create(&path).expect("create"), DataLink::ETHERNET, frames).expect("write");
+        let source = Source::open(&path, true).expect("open");
+        assert!(source.mapped.is_some(), "a regular file is mapped");
+        let mut reader = CaptureReader::new(source).expect("reader");
+        let mut read = 0u64;
+        let result: Result<(), Stop<()>> = reader.read(|event| {
+            if let Event::Packet(_) = event {
+                read += 1;
+                if read == 1 {
+                    // Beyond the first two windows: the cut is met at the third.
+                    File::options().write(true).open(&path).and_then(|f| f.set_len(CUT)).expect("cut");
+                }
+            }
+            Ok(())
+        });
+        let _ = std::fs::remove_file(&path);
+        match result {
+            Err(Stop::Capture(CaptureError::Shrunk { now: CUT, .. })) => {}
+            other => panic!("{:?}", other.map_err(|e| format!("{e:?}"))),
+        }
+        // The first two windows' frames were all read.
+        let record = (frame.len() + PCAP_RECORD_HEADER) as u64;
+        assert!(read >= 2 * CHUNK as u64 / record - 1, "{read} frames before the error");
+    }
 
     #[test]
     fn pcapng_timestamp_resolutions() {

@@ -19,7 +19,7 @@ use std::{
     ops::Range,
     path::Path,
     sync::mpsc::{sync_channel, Receiver, SyncSender},
-    thread,
+    thread::{self, JoinHandle},
 };
 
 use rst_common::wire::ConnKey;
@@ -173,7 +173,9 @@ impl Batch {
     pub fn frame(&self, item: &Item) -> &[u8] {
         let bytes: &[u8] = if item.copied { &self.copied } else { &self.chunk };
         let at = item.at as usize;
-        bytes.get(at..at + item.len as usize).unwrap_or_default()
+        let frame = bytes.get(at..at + item.len as usize);
+        debug_assert!(frame.is_some(), "an item's frame outside its batch's bytes");
+        frame.unwrap_or_default()
     }
 }
 
@@ -195,21 +197,22 @@ pub enum Message {
     },
 }
 
-/// Starts decoding `source` (the file at `path`) on a thread of its own; `interfaces` come back
-/// with [`Message::End`].
+/// Starts decoding `source` (the file at `path`) on a thread of its own: the messages, ending
+/// with [`Message::End`] (which gives `interfaces` back), and the thread, for its panic if it
+/// ends without one.
 pub fn spawn(
     source: Source,
     path: &Path,
     settings: Settings,
     mut interfaces: Interfaces,
-) -> std::io::Result<Receiver<Message>> {
+) -> std::io::Result<(Receiver<Message>, JoinHandle<()>)> {
     let (sender, receiver) = sync_channel(AHEAD);
     let path = path.to_owned();
-    thread::Builder::new().name("replay-decode".into()).spawn(move || {
+    let thread = thread::Builder::new().name("replay-decode".into()).spawn(move || {
         let result = decode_file(source, &path, &settings, &mut interfaces, &sender);
         let _ = sender.send(Message::End { interfaces, result });
     })?;
-    Ok(receiver)
+    Ok((receiver, thread))
 }
 
 /// Decodes a whole file, batch by batch, into `sender`.

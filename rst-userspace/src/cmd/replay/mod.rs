@@ -127,6 +127,7 @@ pub fn run_to<W: Write>(args: &ReplayArgs, out: W) -> anyhow::Result<()> {
         range: from..to,
         past: args.to.map(|to| to.saturating_add(PAST_WINDOW.as_nanos() as u64)),
         ports: TunnelPortSet::new(&args.tunnel_ports.vxlan, &args.tunnel_ports.geneve),
+        map_files: !args.keep_going,
         progress: Progress::new(args.quiet, args.files.len(), total_size(&args.files)),
         tunnels: TunnelNumbers::new(&args.tunnel_ports.vxlan, &args.tunnel_ports.geneve),
     };
@@ -257,6 +258,10 @@ struct Replay<'w> {
     past: Option<u64>,
     /// The run's tunnel ports, for the decoding thread's walk.
     ports: TunnelPortSet,
+    /// Regular files are mapped, not read, unless `--keep-going`: a mapped file that shrinks
+    /// while it is read can end the run (SIGBUS) before its error is reported and the next file
+    /// read.
+    map_files: bool,
     progress: Progress,
     /// Tunnels numbered as the kernel numbers them.
     tunnels: TunnelNumbers,
@@ -264,12 +269,12 @@ struct Replay<'w> {
 
 impl Replay<'_> {
     fn file(&mut self, path: &Path) -> Result<(), Stop<anyhow::Error>> {
-        let source = Source::open(path)?;
+        let source = Source::open(path, self.map_files)?;
         let name = if path.as_os_str() == "-" { "standard input".to_owned() } else { path.display().to_string() };
         self.progress.file(&name, source.size, Arc::clone(&source.consumed));
         self.new_file = self.window.is_some();
         let settings = Settings { ports: self.ports.clone(), range: self.range.clone(), past: self.past };
-        let decoded = decode::spawn(source, path, settings, mem::take(&mut self.interfaces))
+        let (decoded, thread) = decode::spawn(source, path, settings, mem::take(&mut self.interfaces))
             .context("starting the decoding thread")
             .map_err(Stop::Sink)?;
         for message in decoded {
@@ -283,6 +288,10 @@ impl Replay<'_> {
                     };
                 }
             }
+        }
+        // The thread ended without a word: it panicked, and the run ends as if this one had.
+        if let Err(panic) = thread.join() {
+            std::panic::resume_unwind(panic);
         }
         Err(Stop::Sink(anyhow::anyhow!("the decoding thread stopped before the end of the file")))
     }

@@ -80,8 +80,9 @@ pub struct Source {
 }
 
 impl Source {
-    /// Opens `path`, or standard input when it is `-`.
-    pub fn open(path: &Path) -> Result<Source, CaptureError> {
+    /// Opens `path`, or standard input when it is `-`. A regular file is mapped when `map` is
+    /// set (see [`Source::mapped`]).
+    pub fn open(path: &Path, map: bool) -> Result<Source, CaptureError> {
         if path.as_os_str() == "-" {
             let stdin = io::stdin();
             // `rstwatch replay - < FILE` has a size (and so an ETA); a pipe has none.
@@ -98,8 +99,12 @@ impl Source {
         // A FIFO or a character device has no meaningful length.
         let size = file.metadata().ok().filter(|m| m.is_file()).map(|m| m.len());
         // A file that cannot be mapped (empty, or on a file system that refuses) is read.
-        let mapped =
-            size.filter(|&size| size > 0).and_then(|size| FileMap::new(&file, size, &path.display().to_string()).ok());
+        let mapped = size.filter(|&size| map && size > 0).and_then(|size| {
+            // SAFETY: replay reads captures at rest; one rewritten in place while it is replayed
+            // is outside what it supports, and the guide says to pipe such a file (shrinking is
+            // handled).
+            unsafe { FileMap::new(&file, size, &path.display().to_string()) }.ok()
+        });
         if let Some(map) = mapped.filter(|map| !Compression::of(map.bytes()).compressed()) {
             // (Mapping leaves the file's position alone: a reader would start at its start.)
             let consumed = Arc::new(AtomicU64::new(0));
