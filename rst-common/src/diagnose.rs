@@ -352,16 +352,12 @@ fn classify<T: ConnTable + ?Sized>(
 /// that one side closed and the other then wrote to: the evidence that tells a keep-alive race
 /// from a teardown.
 ///
+/// The segment is of connection `conn` ([`FlowKey::connection`]); `sender_is_lo`: its sender is
+/// the connection's `lo` endpoint.
+///
 /// Returns whether either side of the connection has sent a FIN: until one has, no data can be
 /// late, and a caller that tracks FINs itself may skip the lookup.
-pub fn track_data<T: ConnTable + ?Sized>(conns: &mut T, key: &FlowKey) -> bool {
-    let (conn, sender_is_lo) = key.connection();
-    track_connection_data(conns, &conn, sender_is_lo)
-}
-
-/// [`track_data`] for a segment whose connection was already taken from its key
-/// ([`FlowKey::connection`]): `sender_is_lo`, its sender is the connection's `lo` endpoint.
-pub fn track_connection_data<T: ConnTable + ?Sized>(conns: &mut T, conn: &ConnKey, sender_is_lo: bool) -> bool {
+pub fn track_data<T: ConnTable + ?Sized>(conns: &mut T, conn: &ConnKey, sender_is_lo: bool) -> bool {
     let Some(state) = conns.get(conn) else { return false };
     let sender_is_client = (state.flags & CONN_CLIENT_IS_LO != 0) == sender_is_lo;
     let (own_fin, peer_fin) =

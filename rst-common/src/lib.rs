@@ -31,7 +31,7 @@ pub mod wire;
 pub use activity::Activity;
 pub use cause::Cause;
 pub use cursor::{Cursor, Header};
-pub use diagnose::{track, track_connection_data, track_data, ConnTable, Tracked};
+pub use diagnose::{track, track_data, ConnTable, Tracked};
 pub use parse::{
     count, inspect, inspect_from, inspect_from_tunnels, inspect_tunnels, inspect_with, walk, walk_from, walk_with,
     Encap, FrameCounters, Observation, Segment, TcpEvent, Tunnels, Walk,

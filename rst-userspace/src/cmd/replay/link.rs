@@ -13,7 +13,7 @@ use rst_common::{
         TCP_RST, TCP_SYN,
     },
     wire::{ConnKey, DIRECTION_RX},
-    FlowKey, Observation, Walk,
+    FlowKey, Observation, TcpEvent, Walk,
 };
 
 /// A protocol number the walk does not know: frames that carry it are not TCP over IP.
@@ -192,23 +192,22 @@ impl Link {
         }
     }
 
-    /// [`Link::inspect`], and for a segment without SYN, FIN or RST ([`Observation::Segment`],
-    /// most of any capture) also its directional key and whether it carried payload, from one walk of the headers.
-    ///
-    /// The key goes to `plain` rather than back to the caller: a returned key was copied out of
-    /// the return slot in wider loads than it was stored with, which waited for the stores.
+    /// [`Link::inspect`], and for a segment without SYN, FIN or RST ([`Observation::Segment`])
+    /// also its connection, whether its sender is the connection's `lo` end and whether it
+    /// carried payload, handed to `plain`, from one walk of the headers.
     #[inline]
     pub fn inspect_segment<T: Tunnels>(
         self,
         frame: &[u8],
         ifindex: u32,
         tunnels: &mut T,
-        plain: impl FnOnce(&FlowKey, bool),
+        plain: impl FnOnce(&ConnKey, bool, bool),
     ) -> Observation {
         if let Some(Walk::Tcp(segment)) = self.walk(frame, tunnels) {
             if segment.flags & (TCP_RST | TCP_SYN | TCP_FIN) == 0 {
                 if let Some((key, data)) = Self::segment_of(frame, &segment, ifindex, tunnels) {
-                    plain(&key, data);
+                    let (conn, sender_is_lo) = key.connection();
+                    plain(&conn, sender_is_lo, data);
                 }
                 return Observation::Segment;
             }
@@ -233,12 +232,11 @@ impl Link {
         if segment.flags & (TCP_RST | TCP_SYN | TCP_FIN) != 0 || segment.tunnel.kind != 0 {
             return Classified::Stateful;
         }
-        let Some((_, len)) = tcp_payload(frame, &segment) else { return Classified::Counted(Counted::Segment) };
-        let Some(event) = tcp_event(frame, &segment, DIRECTION_RX, ifindex) else {
+        let Some((event, data)) = Self::plain_event(frame, &segment, ifindex) else {
             return Classified::Counted(Counted::Segment);
         };
         let (conn, sender_is_lo) = event.key.connection();
-        Classified::Plain { conn, sender_is_lo, data: len > 0 }
+        Classified::Plain { conn, sender_is_lo, data }
     }
 
     /// The payload of the TCP segment in `frame` (see [`crate::model::aggregate::payload::of_frame`]).
@@ -246,9 +244,17 @@ impl Link {
         crate::model::aggregate::payload::of_frame(frame, self.walk(frame, tunnels)?)
     }
 
-    /// The directional key of a segment without SYN, FIN or RST ([`Link::inspect`] calls it
-    /// [`Observation::Segment`]) and whether it carried payload: for [`rst_common::track_data`]
-    /// and replay's timings.
+    /// A segment without SYN, FIN or RST ([`Link::inspect`] calls it [`Observation::Segment`])
+    /// as an event on the interface, and whether it carried payload: for
+    /// [`rst_common::track_data`] and replay's timings.
+    #[inline]
+    fn plain_event(frame: &[u8], segment: &rst_common::parse::Segment, ifindex: u32) -> Option<(TcpEvent, bool)> {
+        let (_, len) = tcp_payload(frame, segment)?;
+        Some((tcp_event(frame, segment, DIRECTION_RX, ifindex)?, len > 0))
+    }
+
+    /// [`Link::plain_event`]'s key; inside a tunnel the connection is known by the tunnel's
+    /// number, as its SYN and RST.
     #[inline]
     fn segment_of<T: Tunnels>(
         frame: &[u8],
@@ -256,11 +262,9 @@ impl Link {
         ifindex: u32,
         tunnels: &mut T,
     ) -> Option<(FlowKey, bool)> {
-        let (_, len) = tcp_payload(frame, segment)?;
-        let event = tcp_event(frame, segment, DIRECTION_RX, ifindex)?;
-        // Inside a tunnel, the connection is known by the tunnel's number, as its SYN and RST.
+        let (event, data) = Self::plain_event(frame, segment, ifindex)?;
         let event = if segment.tunnel.kind != 0 { in_tunnel(frame, &segment.tunnel, event, tunnels)? } else { event };
-        Some((event.key, len > 0))
+        Some((event.key, data))
     }
 
     #[inline]
@@ -357,10 +361,14 @@ mod tests {
                     let bytes = as_link(link, &frame[..len]);
                     let classified = link.classify(&bytes, IFINDEX, &FrameTunnel::new(&ports));
                     let mut plain = None;
-                    let observed =
-                        link.inspect_segment(&bytes, IFINDEX, &mut TunnelNumbers::new(&[], &[]), |key, data| {
-                            plain = Some((key.connection(), data));
-                        });
+                    let observed = link.inspect_segment(
+                        &bytes,
+                        IFINDEX,
+                        &mut TunnelNumbers::new(&[], &[]),
+                        |conn, sender_is_lo, data| {
+                            plain = Some(((*conn, sender_is_lo), data));
+                        },
+                    );
                     let context = format!("{link:?}, {len} of {} bytes: {classified:?}, {observed:?}", frame.len());
                     match classified {
                         Classified::Counted(counted) => {

@@ -37,7 +37,7 @@ use std::{
 use anyhow::Context as _;
 use rst_common::{
     parse::TCP_RST,
-    track, track_connection_data, track_data,
+    track,
     wire::{ServiceKey, ServiceValue},
     ConnTable as _, Counters, FlowKey, Observation, Tracked,
 };
@@ -339,11 +339,8 @@ impl Replay<'_> {
         self.tally.connections.set_clock_ms(now_ms);
         match item.kind {
             Kind::Plain => {
-                let (timings, connections) = (&mut self.tally.timings, &mut self.tally.connections);
-                // Only data of a connection that may have closed can be late (see `Timings::segment`).
-                if let Some(unsettled) = timings.segment(&(item.conn, hash), item.data, now_ms) {
-                    *unsettled = track_connection_data(connections, &item.conn, item.sender_is_lo);
-                }
+                let Tally { timings, connections, .. } = &mut self.tally;
+                timings.segment(connections, &item.conn, hash, item.sender_is_lo, item.data, now_ms);
                 self.tally.count(&Observation::Segment);
             }
             Kind::Counted(counted) => self.tally.count(&counted.observation()),
@@ -355,17 +352,13 @@ impl Replay<'_> {
         Ok(())
     }
 
-    #[inline]
     /// A frame whose observation depends on the frames before it ([`Kind::Stateful`]), its
     /// interval's clock already advanced.
     fn packet(&mut self, link: Link, ifindex: u32, timestamp_ns: u64, frame: &[u8]) -> anyhow::Result<()> {
-        let (timings, connections) = (&mut self.tally.timings, &mut self.tally.connections);
-        let observation = link.inspect_segment(frame, ifindex, &mut self.tunnels, |key, data| {
-            // Only data of a connection that may have closed can be late (see `Timings::segment`).
-            let conn = timings.conn_of(key);
-            if let Some(unsettled) = timings.segment(&conn, data, timestamp_ns / 1_000_000) {
-                *unsettled = track_data(connections, key);
-            }
+        let Tally { timings, connections, .. } = &mut self.tally;
+        let observation = link.inspect_segment(frame, ifindex, &mut self.tunnels, |conn, sender_is_lo, data| {
+            let hash = timings.hasher().hash(conn);
+            timings.segment(connections, conn, hash, sender_is_lo, data, timestamp_ns / 1_000_000);
         });
         if let Observation::Reset(event) = &observation {
             if let Some((bytes, len)) = link.rst_payload(frame, &self.tunnels) {

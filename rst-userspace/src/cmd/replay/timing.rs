@@ -84,7 +84,7 @@ impl Timings {
         }
     }
 
-    /// The hash function of the activity table, for keys hashed on another thread.
+    /// The hash function of the activity table, for keys hashed ahead of their lookup.
     pub fn hasher(&self) -> ConnHasher {
         self.activity.hasher()
     }
@@ -95,25 +95,29 @@ impl Timings {
         self.activity.prefetch(hash);
     }
 
-    /// The connection of a segment and its hash, for [`Timings::segment`].
-    #[inline(always)]
-    pub fn conn_of(&self, key: &FlowKey) -> (ConnKey, Hash) {
-        let (conn, _) = key.connection();
-        (conn, self.activity.hasher().hash(&conn))
-    }
-
-    /// A segment without SYN, FIN or RST of connection `conn` ([`Timings::conn_of`]); `data`:
-    /// it carried payload. Returns whether a data segment must go to
-    /// [`rst_common::track_data`], which the caller answers with what it returned (whether a
-    /// side has closed).
+    /// A segment without SYN, FIN or RST of connection `conn` (its `hash` from
+    /// [`Timings::hasher`]; `sender_is_lo`: sent by the connection's `lo` end), `data`: it
+    /// carried payload. Data of a connection that may have closed goes to
+    /// [`rst_common::track_data`] in `conns`, which says whether a side has.
     #[inline]
-    pub fn segment(&mut self, (conn, hash): &(ConnKey, Hash), data: bool, now_ms: u64) -> Option<&mut bool> {
-        let (seen, _) = self.seen_hashed(conn, *hash, 0, now_ms);
+    pub fn segment<T: ConnTable>(
+        &mut self,
+        conns: &mut T,
+        conn: &ConnKey,
+        hash: Hash,
+        sender_is_lo: bool,
+        data: bool,
+        now_ms: u64,
+    ) {
+        let (seen, _) = self.seen_hashed(conn, hash, 0, now_ms);
         if !data {
-            return None;
+            return;
         }
         seen.set_last_data_ms(Some(now_ms));
-        seen.unsettled.then_some(&mut seen.unsettled)
+        // Only data of a connection that may have closed can be late.
+        if seen.unsettled {
+            seen.unsettled = rst_common::track_data(conns, conn, sender_is_lo);
+        }
     }
 
     /// `conn`'s activity after a segment with TCP `flags` at `now_ms` and, for an RST of a
