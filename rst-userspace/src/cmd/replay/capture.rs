@@ -133,8 +133,8 @@ pub struct Packet<'a> {
     pub timestamp_ns: u64,
     pub data: &'a [u8],
     /// Where `data` starts in the buffer being read, which [`Event::Read`] hands over once all
-    /// its frames were: `None` for a frame not in it (pcap-file's own copy).
-    pub at: Option<usize>,
+    /// its frames were.
+    pub at: usize,
 }
 
 pub enum Event<'a> {
@@ -363,9 +363,7 @@ impl CaptureReader {
         // before the frame is waited for (a corrupt length is reported at once, not after
         // buffering up to the record bound).
         let available = &self.buf[self.start..self.end];
-        if let Some(ahead) = available.get(PREFETCH_BYTES) {
-            prefetch(ahead);
-        }
+        prefetch_ahead(available);
         let Some(header) = available.get(..PCAP_RECORD_HEADER) else { return self.refill_or_end(sink) };
         let big_endian = parser.header().endianness == Endianness::Big;
         let word = |i: usize| {
@@ -390,7 +388,7 @@ impl CaptureReader {
         }
         let timestamp_ns = u64::from(ts_sec) * 1_000_000_000 + u64::from(ts_frac * frac_to_ns);
         self.frames = frame;
-        let at = Some(self.start + PCAP_RECORD_HEADER);
+        let at = self.start + PCAP_RECORD_HEADER;
         sink(Event::Packet(&Packet { frame, interface: 0, timestamp_ns, data, at }))?;
         self.consume(used);
         Ok(true)
@@ -406,9 +404,7 @@ impl CaptureReader {
         sink: &mut impl FnMut(Event<'_>) -> Result<(), Stop<E>>,
     ) -> Result<bool, Stop<E>> {
         let available = &self.buf[self.start..self.end];
-        if let Some(ahead) = available.get(PREFETCH_BYTES) {
-            prefetch(ahead);
-        }
+        prefetch_ahead(available);
         let (rest, block) = match parser.next_block(available) {
             Ok(parsed) => parsed,
             Err(PcapError::IncompleteBuffer) => return self.refill_or_end(sink),
@@ -455,12 +451,16 @@ impl CaptureReader {
             None => *last_timestamp_ns,
         };
         *last_timestamp_ns = timestamp_ns;
-        let data: &[u8] = match data {
-            Cow::Borrowed(data) => data,
-            Cow::Owned(data) => data,
+        // pcap-file's parsers borrow a block's data from the bytes they parse: where it starts
+        // in the buffer is where [`Event::Read`] hands it over.
+        let at = match data {
+            Cow::Borrowed(data) => (data.as_ptr() as usize).wrapping_sub(self.buf.as_ptr() as usize),
+            Cow::Owned(_) => usize::MAX,
         };
-        let offset = (data.as_ptr() as usize).wrapping_sub(self.buf.as_ptr() as usize);
-        let at = (offset < self.buf.len() && data.len() <= self.buf.len() - offset).then_some(offset);
+        let Some(data) = self.buf.get(at..).and_then(|rest| rest.get(..data.len())) else {
+            let reason = "its data is not inside the block read".to_owned();
+            return Err(self.corrupt_at(frame, "packet block", reason).into());
+        };
         self.frames = frame;
         sink(Event::Packet(&Packet { frame, interface, timestamp_ns, data, at }))?;
         self.consume(used);
@@ -607,6 +607,15 @@ impl CaptureReader {
     /// Where the unparsed bytes begin: the record being read.
     fn at(&self) -> Offset {
         Offset { byte: self.offset, compression: self.compression }
+    }
+}
+
+/// Starts fetching the bytes [`PREFETCH_BYTES`] past the record about to be parsed, the start
+/// of `available`.
+#[inline(always)]
+fn prefetch_ahead(available: &[u8]) {
+    if let Some(ahead) = available.get(PREFETCH_BYTES) {
+        prefetch(ahead);
     }
 }
 

@@ -118,10 +118,9 @@ pub struct Item {
     pub link: Link,
     pub ifindex: u32,
     pub timestamp_ns: u64,
-    /// The frame's bytes: `len` from `at` in the batch's chunk (or its `copied` bytes).
+    /// The frame's bytes: `len` from `at` in the batch's chunk.
     at: u32,
     len: u32,
-    copied: bool,
     /// [`Kind::Plain`]: its connection, whether its sender is the connection's `lo` end,
     /// whether it carried payload.
     pub conn: ConnKey,
@@ -138,7 +137,6 @@ impl Item {
             timestamp_ns,
             at: 0,
             len: 0,
-            copied: false,
             conn: ConnKey::default(),
             sender_is_lo: false,
             data: false,
@@ -150,8 +148,6 @@ impl Item {
 pub struct Batch {
     /// The bytes the frames are in.
     chunk: Chunk,
-    /// Frames that were not in a read buffer (pcap-file's own copies), one after another.
-    copied: Vec<u8>,
     pub items: Vec<Item>,
     /// The run's new interfaces ([`Kind::Interface`]).
     pub interfaces: Vec<model::Interface>,
@@ -171,9 +167,8 @@ impl Batch {
 
     /// The bytes of `item`'s frame.
     pub fn frame(&self, item: &Item) -> &[u8] {
-        let bytes: &[u8] = if item.copied { &self.copied } else { &self.chunk };
         let at = item.at as usize;
-        let frame = bytes.get(at..at + item.len as usize);
+        let frame = self.chunk.get(at..at + item.len as usize);
         debug_assert!(frame.is_some(), "an item's frame outside its batch's bytes");
         frame.unwrap_or_default()
     }
@@ -229,7 +224,6 @@ fn decode_file(
     let (spare, returned) = sync_channel(AHEAD + 2);
     let new_batch = |first_frame: u64| Batch {
         chunk: Chunk::empty(),
-        copied: Vec::new(),
         items: returned.try_recv().unwrap_or_else(|_| Vec::with_capacity(ITEMS)),
         interfaces: Vec::new(),
         first_frame,
@@ -256,7 +250,7 @@ fn decode_file(
             Ok(())
         }
         Event::Packet(packet) => {
-            let item = decode(settings, &walker, &slots, packet, &mut batch)?;
+            let item = decode(settings, &walker, &slots, packet)?;
             batch.items.push(item);
             batch.frames += 1;
             Ok(())
@@ -283,7 +277,6 @@ fn decode(
     walker: &FrameTunnel<'_>,
     slots: &[Slot],
     packet: &Packet<'_>,
-    batch: &mut Batch,
 ) -> Result<Item, Stop<anyhow::Error>> {
     let Settings { range, past, .. } = settings;
     let (link, ifindex) = match slots.get(packet.interface) {
@@ -320,14 +313,7 @@ fn decode(
             Item { conn, sender_is_lo, data, ..Item::new(Kind::Plain, link, ifindex, timestamp_ns) }
         }
     };
-    item.len = packet.data.len() as u32;
-    match packet.at {
-        Some(at) => item.at = at as u32,
-        None => {
-            item.at = batch.copied.len() as u32;
-            item.copied = true;
-            batch.copied.extend_from_slice(packet.data);
-        }
-    }
+    // A buffer holds at most a window and a record: offsets fit in 32 bits.
+    (item.at, item.len) = (packet.at as u32, packet.data.len() as u32);
     Ok(item)
 }

@@ -50,10 +50,6 @@ impl Compression {
         }
     }
 
-    fn compressed(self) -> bool {
-        self != Compression::None
-    }
-
     pub fn name(self) -> &'static str {
         match self {
             Compression::None => "uncompressed",
@@ -105,7 +101,7 @@ impl Source {
             // handled).
             unsafe { FileMap::new(&file, size, &path.display().to_string()) }.ok()
         });
-        if let Some(map) = mapped.filter(|map| !Compression::of(map.bytes()).compressed()) {
+        if let Some(map) = mapped.filter(|map| Compression::of(map.bytes()) == Compression::None) {
             // (Mapping leaves the file's position alone: a reader would start at its start.)
             let consumed = Arc::new(AtomicU64::new(0));
             let reader = Box::new(io::empty());
