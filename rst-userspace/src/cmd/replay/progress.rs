@@ -91,7 +91,7 @@ impl Progress {
         }
     }
 
-    /// One more frame read.
+    /// `read` more frames read.
     #[inline]
     pub fn frames(&mut self, read: u64) {
         self.frames += read;
