@@ -108,12 +108,10 @@ impl<'a> FrameTunnel<'a> {
 }
 
 impl Tunnels for FrameTunnel<'_> {
-    #[inline(always)]
     fn vxlan_port(&self, port: u16) -> bool {
         self.ports.vxlan_port(port)
     }
 
-    #[inline(always)]
     fn geneve_port(&self, port: u16) -> bool {
         self.ports.geneve_port(port)
     }
